@@ -1,0 +1,10 @@
+//! In-process stand-ins for third-party HTTP APIs that cannot be reached from here.
+//!
+//! Each binds `127.0.0.1:0` (or a given address), answers as the real API does (status codes,
+//! bodies), and can be told to fail or slow down. Used by tests and by the local development stack.
+
+pub mod http_server;
+mod jwks;
+
+pub use http_server::HttpStandIn;
+pub use jwks::JwksServer;

@@ -1,0 +1,186 @@
+//! Verified identities and the mapping from Clerk claim styles onto them.
+
+use serde::Deserialize;
+
+/// Who is calling, after the token was verified. Handlers read it from the request extensions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Principal {
+    /// A person, from a Clerk token.
+    User(UserPrincipal),
+    /// An internal service (for example the webhook gateway), from a service token.
+    Service(ServicePrincipal),
+}
+
+impl Principal {
+    /// The user, when the caller is one.
+    pub fn as_user(&self) -> Option<&UserPrincipal> {
+        match self {
+            Principal::User(u) => Some(u),
+            Principal::Service(_) => None,
+        }
+    }
+
+    /// Whether the caller is an internal service.
+    pub fn is_service(&self) -> bool {
+        matches!(self, Principal::Service(_))
+    }
+}
+
+/// A Clerk user, with the claims the services use.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserPrincipal {
+    /// Clerk user id (`sub`), `user_...`.
+    pub user_id: String,
+    /// `name` claim of a JWT template, when present and not empty.
+    pub name: Option<String>,
+    /// `email` claim of a JWT template, when present and not empty.
+    pub email: Option<String>,
+    /// The active organization, from v1 `org_*` claims or the v2 `o` claim.
+    pub org: Option<ActiveOrg>,
+    /// `iat` of the token (Unix seconds).
+    pub issued_at: i64,
+}
+
+/// The organization that is active in the user's session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ActiveOrg {
+    /// Clerk organization id, `org_...`.
+    pub id: String,
+    /// Slug, when the organization has one.
+    pub slug: Option<String>,
+    /// Normalised role: `org:admin`, `org:member` or `org:<custom>`.
+    pub role: String,
+}
+
+impl ActiveOrg {
+    /// Whether the role is `org:admin`.
+    pub fn is_admin(&self) -> bool {
+        self.role == "org:admin"
+    }
+}
+
+/// An internal service.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServicePrincipal {
+    /// `sub` of the service token, for example `webhook-gateway`.
+    pub name: String,
+}
+
+/// Normalises a Clerk role to the `org:` form: `admin` → `org:admin`, the legacy `basic_member`
+/// and `member` → `org:member`, `org:x` unchanged, `x` → `org:x`.
+pub fn normalize_role(role: &str) -> String {
+    let role = role.trim();
+    let bare = role.strip_prefix("org:").unwrap_or(role);
+    match bare {
+        "basic_member" | "member" => "org:member".to_owned(),
+        other => format!("org:{other}"),
+    }
+}
+
+/// The claims of a Clerk token that we read (unknown claims are ignored).
+#[derive(Debug, Deserialize)]
+pub(crate) struct ClerkClaims {
+    pub sub: String,
+    #[serde(default)]
+    pub azp: Option<String>,
+    #[serde(default)]
+    pub iat: Option<i64>,
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub email: Option<String>,
+    #[serde(default)]
+    pub org_id: Option<String>,
+    #[serde(default)]
+    pub org_role: Option<String>,
+    #[serde(default)]
+    pub org_slug: Option<String>,
+    #[serde(default)]
+    pub o: Option<OrgClaimV2>,
+}
+
+/// The v2 session-token `o` claim.
+#[derive(Debug, Deserialize)]
+pub(crate) struct OrgClaimV2 {
+    pub id: String,
+    #[serde(default)]
+    pub slg: Option<String>,
+    #[serde(default)]
+    pub rol: Option<String>,
+}
+
+/// JWT-template shortcodes render missing values as null or as the string "null".
+fn present(value: Option<String>) -> Option<String> {
+    value
+        .map(|v| v.trim().to_owned())
+        .filter(|v| !v.is_empty() && v != "null")
+}
+
+impl ClerkClaims {
+    pub(crate) fn into_principal(self) -> UserPrincipal {
+        let v1_org = present(self.org_id).map(|id| ActiveOrg {
+            id,
+            slug: present(self.org_slug),
+            role: normalize_role(present(self.org_role).as_deref().unwrap_or("member")),
+        });
+        let org = v1_org.or_else(|| {
+            self.o.and_then(|o| {
+                present(Some(o.id)).map(|id| ActiveOrg {
+                    id,
+                    slug: present(o.slg),
+                    role: normalize_role(present(o.rol).as_deref().unwrap_or("member")),
+                })
+            })
+        });
+        UserPrincipal {
+            user_id: self.sub,
+            name: present(self.name),
+            email: present(self.email),
+            org,
+            issued_at: self.iat.unwrap_or_default(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn roles_normalise_to_org_prefix() {
+        assert_eq!(normalize_role("admin"), "org:admin");
+        assert_eq!(normalize_role("org:admin"), "org:admin");
+        assert_eq!(normalize_role("basic_member"), "org:member");
+        assert_eq!(normalize_role("org:member"), "org:member");
+        assert_eq!(normalize_role("billing"), "org:billing");
+        assert_eq!(normalize_role("org:billing"), "org:billing");
+    }
+
+    #[test]
+    fn v1_and_v2_org_claims_map_to_the_same_org() {
+        let v1: ClerkClaims = serde_json::from_value(serde_json::json!({
+            "sub": "user_1", "org_id": "org_9", "org_role": "org:admin", "org_slug": "acme"
+        }))
+        .unwrap();
+        let v2: ClerkClaims = serde_json::from_value(serde_json::json!({
+            "sub": "user_1", "o": {"id": "org_9", "slg": "acme", "rol": "admin"}
+        }))
+        .unwrap();
+        let a = v1.into_principal().org.unwrap();
+        let b = v2.into_principal().org.unwrap();
+        assert_eq!(a, b);
+        assert!(a.is_admin());
+    }
+
+    #[test]
+    fn template_nulls_mean_no_org() {
+        let c: ClerkClaims = serde_json::from_value(serde_json::json!({
+            "sub": "user_1", "org_id": null, "org_role": "null", "name": "", "email": "null"
+        }))
+        .unwrap();
+        let p = c.into_principal();
+        assert_eq!(p.org, None);
+        assert_eq!(p.name, None);
+        assert_eq!(p.email, None);
+    }
+}

@@ -1,0 +1,96 @@
+//! Environment configuration shared by the services (clap `Args`, flattened into each binary).
+
+use crate::keys::{KeySource, KeyStoreOptions};
+use crate::verify::{Authenticator, ClerkSettings, MAX_LEEWAY_SECS, ServiceSettings};
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Token settings of a gRPC service.
+#[derive(Debug, Clone, clap::Args)]
+pub struct AuthArgs {
+    /// Clerk Frontend API URL; a user token's `iss` must equal it exactly (e.g. `https://clerk.example.com`).
+    #[arg(long, env = "CLERK_JWT_ISSUER_DOMAIN")]
+    pub clerk_jwt_issuer_domain: String,
+    /// Clerk JWKS URL. Default: `{CLERK_JWT_ISSUER_DOMAIN}/.well-known/jwks.json`.
+    #[arg(long, env = "CLERK_JWKS_URL")]
+    pub clerk_jwks_url: Option<String>,
+    /// Audience a user token's `aud` must contain (the seed's Convex applicationID).
+    #[arg(long, env = "CLERK_JWT_AUDIENCE", default_value = "convex")]
+    pub clerk_jwt_audience: String,
+    /// Comma-separated origins; when set, a user token's `azp` (if present) must be one of them.
+    #[arg(long, env = "CLERK_AUTHORIZED_PARTIES", value_delimiter = ',')]
+    pub clerk_authorized_parties: Vec<String>,
+    /// Issuer of internal service tokens.
+    #[arg(long, env = "SERVICE_JWT_ISSUER", default_value = "vbase-internal")]
+    pub service_jwt_issuer: String,
+    /// JWKS file with the public keys of internal callers (e.g. the gateway's Ed25519 key).
+    #[arg(long, env = "SERVICE_JWKS_FILE")]
+    pub service_jwks_file: Option<PathBuf>,
+    /// JWKS URL with the public keys of internal callers (instead of SERVICE_JWKS_FILE).
+    #[arg(long, env = "SERVICE_JWKS_URL", conflicts_with = "service_jwks_file")]
+    pub service_jwks_url: Option<String>,
+    /// Seconds between regular key refreshes.
+    #[arg(long, env = "JWKS_REFRESH_SECS", default_value_t = 300)]
+    pub jwks_refresh_secs: u64,
+}
+
+impl AuthArgs {
+    /// Checks the settings and builds the verifier for the service named `audience`
+    /// (e.g. `identity-service`). Errors name the variable at fault.
+    pub fn build(&self, audience: &str) -> Result<Authenticator, String> {
+        let issuer = self
+            .clerk_jwt_issuer_domain
+            .trim()
+            .trim_end_matches('/')
+            .to_owned();
+        if !(issuer.starts_with("https://") || issuer.starts_with("http://")) {
+            return Err(format!(
+                "CLERK_JWT_ISSUER_DOMAIN must be the Clerk Frontend API URL (https://...), got {issuer:?}"
+            ));
+        }
+        let clerk_jwks = self
+            .clerk_jwks_url
+            .clone()
+            .unwrap_or_else(|| format!("{issuer}/.well-known/jwks.json"));
+        let service_jwks = match (&self.service_jwks_file, &self.service_jwks_url) {
+            (Some(f), _) => KeySource::File(f.clone()),
+            (None, Some(u)) => KeySource::Url(u.clone()),
+            (None, None) => {
+                return Err(
+                    "SERVICE_JWKS_FILE or SERVICE_JWKS_URL must be set: internal callers (the webhook gateway) are verified with those keys"
+                        .to_owned(),
+                );
+            }
+        };
+        if self.service_jwt_issuer.trim().is_empty() {
+            return Err("SERVICE_JWT_ISSUER must not be empty".to_owned());
+        }
+        if self.service_jwt_issuer == issuer {
+            return Err("SERVICE_JWT_ISSUER must differ from CLERK_JWT_ISSUER_DOMAIN".to_owned());
+        }
+        let options = KeyStoreOptions {
+            refresh_interval: Duration::from_secs(self.jwks_refresh_secs.max(10)),
+            ..KeyStoreOptions::default()
+        };
+        Ok(Authenticator::new(
+            Some(ClerkSettings {
+                issuer,
+                jwks: KeySource::Url(clerk_jwks),
+                audience: self.clerk_jwt_audience.clone(),
+                authorized_parties: self
+                    .clerk_authorized_parties
+                    .iter()
+                    .map(|p| p.trim().to_owned())
+                    .filter(|p| !p.is_empty())
+                    .collect(),
+                leeway_secs: MAX_LEEWAY_SECS,
+            }),
+            Some(ServiceSettings {
+                issuer: self.service_jwt_issuer.clone(),
+                jwks: service_jwks,
+                audience: audience.to_owned(),
+            }),
+            options,
+        ))
+    }
+}

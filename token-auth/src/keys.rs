@@ -1,0 +1,269 @@
+//! Verification keys: loaded from a JWKS (URL or file), cached, refreshed in the background.
+//!
+//! Reads are synchronous (the interceptor never waits on the network). An unknown `kid` asks the
+//! background task for a re-fetch; the task performs at most one fetch per
+//! [`KeyStoreOptions::min_refetch_interval`], so a flood of unknown kids costs a bounded number of
+//! fetches. When the source is down, the keys already loaded keep working.
+
+use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, KeyAlgorithm};
+use jsonwebtoken::{Algorithm, DecodingKey};
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+/// Where a JWKS comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeySource {
+    /// Fetched with HTTP GET.
+    Url(String),
+    /// Read from a file (for example a mounted ConfigMap); re-read on every refresh.
+    File(PathBuf),
+}
+
+impl std::fmt::Display for KeySource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            KeySource::Url(u) => write!(f, "{u}"),
+            KeySource::File(p) => write!(f, "{}", p.display()),
+        }
+    }
+}
+
+/// Timing of the background refresh.
+#[derive(Debug, Clone, Copy)]
+pub struct KeyStoreOptions {
+    /// Regular refresh period.
+    pub refresh_interval: Duration,
+    /// Minimum time between two fetches (bounds re-fetches caused by unknown kids).
+    pub min_refetch_interval: Duration,
+    /// HTTP timeout of one fetch.
+    pub fetch_timeout: Duration,
+}
+
+impl Default for KeyStoreOptions {
+    fn default() -> Self {
+        Self {
+            refresh_interval: Duration::from_secs(300),
+            min_refetch_interval: Duration::from_secs(10),
+            fetch_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// A usable verification key and the one algorithm it verifies.
+pub(crate) struct StoredKey {
+    pub key: DecodingKey,
+    pub alg: Algorithm,
+}
+
+/// Cached keys by `kid`.
+pub struct KeyStore {
+    source: KeySource,
+    allowed: Vec<Algorithm>,
+    keys: RwLock<Arc<HashMap<String, Arc<StoredKey>>>>,
+    wake: Notify,
+    fetches: AtomicU64,
+    options: KeyStoreOptions,
+}
+
+impl std::fmt::Debug for KeyStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeyStore")
+            .field("source", &self.source)
+            .field("keys", &self.key_ids())
+            .finish()
+    }
+}
+
+impl KeyStore {
+    /// Creates the store and spawns its refresh task (needs a Tokio runtime). Keys whose
+    /// algorithm is not in `allowed` are ignored.
+    pub fn spawn(
+        source: KeySource,
+        allowed: Vec<Algorithm>,
+        options: KeyStoreOptions,
+    ) -> Arc<Self> {
+        let store = Arc::new(Self {
+            source,
+            allowed,
+            keys: RwLock::new(Arc::new(HashMap::new())),
+            wake: Notify::new(),
+            fetches: AtomicU64::new(0),
+            options,
+        });
+        let weak = Arc::downgrade(&store);
+        tokio::spawn(async move { refresh_loop(weak).await });
+        store
+    }
+
+    /// The key for `kid`, if loaded. A miss asks the refresh task for a (throttled) re-fetch.
+    pub(crate) fn get(&self, kid: &str) -> Option<Arc<StoredKey>> {
+        let found = self.keys.read().ok().and_then(|m| m.get(kid).cloned());
+        if found.is_none() {
+            self.wake.notify_one();
+        }
+        found
+    }
+
+    /// Ids of the keys currently loaded, sorted.
+    pub fn key_ids(&self) -> Vec<String> {
+        let mut ids: Vec<String> = self
+            .keys
+            .read()
+            .map(|m| m.keys().cloned().collect())
+            .unwrap_or_default();
+        ids.sort();
+        ids
+    }
+
+    /// Whether at least one key is loaded.
+    pub fn is_ready(&self) -> bool {
+        self.keys.read().map(|m| !m.is_empty()).unwrap_or(false)
+    }
+
+    /// How many fetches were attempted so far (successful or not).
+    pub fn fetch_count(&self) -> u64 {
+        self.fetches.load(Ordering::Relaxed)
+    }
+
+    /// Waits until keys are loaded or `timeout` passes; returns whether keys are loaded.
+    pub async fn wait_ready(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if self.is_ready() {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        self.is_ready()
+    }
+
+    async fn fetch(&self, http: &reqwest::Client) -> Result<usize, String> {
+        self.fetches.fetch_add(1, Ordering::Relaxed);
+        let body = match &self.source {
+            KeySource::Url(url) => {
+                let resp = http
+                    .get(url)
+                    .timeout(self.options.fetch_timeout)
+                    .send()
+                    .await
+                    .map_err(|e| format!("GET failed: {e}"))?;
+                if !resp.status().is_success() {
+                    return Err(format!("GET answered {}", resp.status()));
+                }
+                resp.bytes()
+                    .await
+                    .map_err(|e| format!("reading body: {e}"))?
+                    .to_vec()
+            }
+            KeySource::File(path) => tokio::fs::read(path)
+                .await
+                .map_err(|e| format!("reading file: {e}"))?,
+        };
+        let parsed = parse_jwks(&body, &self.allowed)?;
+        if parsed.is_empty() {
+            return Err("JWKS holds no usable key".to_owned());
+        }
+        let n = parsed.len();
+        if let Ok(mut guard) = self.keys.write() {
+            *guard = Arc::new(parsed);
+        }
+        Ok(n)
+    }
+}
+
+/// A JWKS document, keys left unparsed so that one key of an unknown kind spoils nothing.
+#[derive(serde::Deserialize)]
+struct RawJwkSet {
+    keys: Vec<serde_json::Value>,
+}
+
+/// Turns a JWKS document into usable keys, keeping only keys with a `kid` and an allowed
+/// algorithm.
+pub(crate) fn parse_jwks(
+    body: &[u8],
+    allowed: &[Algorithm],
+) -> Result<HashMap<String, Arc<StoredKey>>, String> {
+    let raw: RawJwkSet =
+        serde_json::from_slice(body).map_err(|e| format!("not a JWKS document: {e}"))?;
+    let mut out = HashMap::new();
+    for value in raw.keys {
+        let Ok(jwk) = serde_json::from_value::<Jwk>(value) else {
+            continue;
+        };
+        let Some(kid) = jwk.common.key_id.clone() else {
+            continue;
+        };
+        // The algorithm a key verifies: its `alg` when present, else implied by its type.
+        let alg = match (&jwk.common.key_algorithm, &jwk.algorithm) {
+            (Some(KeyAlgorithm::RS256), AlgorithmParameters::RSA(_))
+            | (None, AlgorithmParameters::RSA(_)) => Algorithm::RS256,
+            (Some(KeyAlgorithm::EdDSA), AlgorithmParameters::OctetKeyPair(p))
+            | (None, AlgorithmParameters::OctetKeyPair(p))
+                if p.curve == EllipticCurve::Ed25519 =>
+            {
+                Algorithm::EdDSA
+            }
+            _ => continue,
+        };
+        if !allowed.contains(&alg) {
+            continue;
+        }
+        if let Ok(key) = DecodingKey::from_jwk(&jwk) {
+            out.insert(kid, Arc::new(StoredKey { key, alg }));
+        }
+    }
+    Ok(out)
+}
+
+async fn refresh_loop(store: std::sync::Weak<KeyStore>) {
+    let http = reqwest::Client::new();
+    let mut last_fetch: Option<Instant> = None;
+    let mut failures: u32 = 0;
+    loop {
+        let Some(s) = store.upgrade() else { return };
+        let options = s.options;
+        // Throttle: never fetch more often than min_refetch_interval.
+        if let Some(at) = last_fetch {
+            let next = at + options.min_refetch_interval;
+            if Instant::now() < next {
+                drop(s);
+                tokio::time::sleep_until(next).await;
+                continue;
+            }
+        }
+        last_fetch = Some(Instant::now());
+        match s.fetch(&http).await {
+            Ok(n) => {
+                if failures > 0 {
+                    tracing::info!(source = %s.source, keys = n, "verification keys loaded again");
+                }
+                failures = 0;
+            }
+            Err(reason) => {
+                failures += 1;
+                tracing::warn!(source = %s.source, %reason, failures, "could not refresh verification keys; keeping the ones loaded");
+            }
+        }
+        // Until the first keys load, retry on the throttle interval; afterwards, on the period
+        // or when an unknown kid wakes us.
+        let wait = if s.is_ready() {
+            options.refresh_interval
+        } else {
+            options.min_refetch_interval
+        };
+        let notified = {
+            let s2 = Arc::clone(&s);
+            async move { s2.wake.notified().await }
+        };
+        drop(s);
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = notified => {}
+        }
+    }
+}

@@ -1,0 +1,221 @@
+//! Per-method access policy and the tower layer that enforces it on a tonic server.
+//!
+//! tonic's `Interceptor` does not see which method is called, so the check runs one step earlier,
+//! as a layer over the whole server (`Server::builder().layer(AuthLayer::new(..))`). It is fully
+//! synchronous (keys come from the in-memory [`crate::KeyStore`]); a refused call never reaches
+//! the handler. The verified [`Principal`] goes into the request extensions, where handlers read
+//! it with `request.extensions().get::<Principal>()`.
+
+use crate::claims::Principal;
+use crate::verify::{AuthError, Authenticator};
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use tonic::Status;
+
+/// gRPC services that need no token: health checks (Kubernetes probes) and reflection (grpcurl).
+const OPEN_SERVICES: &[&str] = &[
+    "grpc.health.v1.Health",
+    "grpc.reflection.v1.ServerReflection",
+    "grpc.reflection.v1alpha.ServerReflection",
+];
+
+/// Who may call a method.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Clerk user tokens only.
+    User,
+    /// Internal service tokens only.
+    Service,
+    /// Either.
+    UserOrService,
+}
+
+impl Access {
+    fn permits(self, principal: &Principal) -> bool {
+        matches!(
+            (self, principal),
+            (Access::UserOrService, _)
+                | (Access::User, Principal::User(_))
+                | (Access::Service, Principal::Service(_))
+        )
+    }
+}
+
+/// The declared access of every method of one gRPC service. Undeclared methods are denied.
+#[derive(Debug, Clone)]
+pub struct MethodPolicy {
+    service: String,
+    methods: HashMap<String, Access>,
+}
+
+/// What the policy says about a request path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    /// Health or reflection: no token needed.
+    Open,
+    /// A declared method of the protected service.
+    Protected(Access),
+    /// Anything else: denied.
+    Undeclared,
+}
+
+impl MethodPolicy {
+    /// A policy for the fully-qualified service name, e.g. `vbase.identity.v1.IdentityService`.
+    pub fn new(service: impl Into<String>) -> Self {
+        Self {
+            service: service.into(),
+            methods: HashMap::new(),
+        }
+    }
+
+    /// Declares a method.
+    #[must_use]
+    pub fn allow(mut self, method: &str, access: Access) -> Self {
+        self.methods.insert(method.to_owned(), access);
+        self
+    }
+
+    /// Decides a request path of the form `/package.Service/Method`.
+    pub fn decide(&self, path: &str) -> Decision {
+        let Some((service, method)) = path.strip_prefix('/').and_then(|p| p.split_once('/')) else {
+            return Decision::Undeclared;
+        };
+        if OPEN_SERVICES.contains(&service) {
+            return Decision::Open;
+        }
+        if service != self.service {
+            return Decision::Undeclared;
+        }
+        self.methods
+            .get(method)
+            .map_or(Decision::Undeclared, |a| Decision::Protected(*a))
+    }
+
+    /// Authenticates and authorizes one call: `Ok(None)` for open methods, the principal for
+    /// protected ones, the status to answer otherwise.
+    pub fn authorize(
+        &self,
+        auth: &Authenticator,
+        path: &str,
+        authorization: Option<&str>,
+    ) -> Result<Option<Principal>, Status> {
+        match self.decide(path) {
+            Decision::Open => Ok(None),
+            Decision::Undeclared => Err(Status::permission_denied(
+                "method is not declared in the access policy",
+            )),
+            Decision::Protected(access) => {
+                let principal = auth
+                    .verify_header(authorization)
+                    .map_err(|e: AuthError| Status::unauthenticated(e.to_string()))?;
+                if !access.permits(&principal) {
+                    let who = if principal.is_service() {
+                        "service tokens"
+                    } else {
+                        "user tokens"
+                    };
+                    return Err(Status::permission_denied(format!(
+                        "this method does not accept {who}"
+                    )));
+                }
+                Ok(Some(principal))
+            }
+        }
+    }
+}
+
+/// Tower layer enforcing a [`MethodPolicy`] with an [`Authenticator`].
+#[derive(Debug, Clone)]
+pub struct AuthLayer {
+    auth: Arc<Authenticator>,
+    policy: Arc<MethodPolicy>,
+}
+
+impl AuthLayer {
+    /// Creates the layer.
+    pub fn new(auth: Arc<Authenticator>, policy: MethodPolicy) -> Self {
+        Self {
+            auth,
+            policy: Arc::new(policy),
+        }
+    }
+}
+
+impl<S> tower::Layer<S> for AuthLayer {
+    type Service = AuthService<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        AuthService {
+            inner,
+            auth: Arc::clone(&self.auth),
+            policy: Arc::clone(&self.policy),
+        }
+    }
+}
+
+/// The service produced by [`AuthLayer`].
+#[derive(Debug, Clone)]
+pub struct AuthService<S> {
+    inner: S,
+    auth: Arc<Authenticator>,
+    policy: Arc<MethodPolicy>,
+}
+
+type BoxFuture<T, E> = Pin<Box<dyn Future<Output = Result<T, E>> + Send>>;
+
+impl<S, B> tower::Service<http::Request<B>> for AuthService<S>
+where
+    S: tower::Service<http::Request<B>, Response = http::Response<tonic::body::Body>>,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+{
+    type Response = http::Response<tonic::body::Body>;
+    type Error = S::Error;
+    type Future = BoxFuture<Self::Response, Self::Error>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
+        let authorization = req
+            .headers()
+            .get(http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok());
+        match self
+            .policy
+            .authorize(&self.auth, req.uri().path(), authorization)
+        {
+            Ok(Some(principal)) => {
+                req.extensions_mut().insert(principal);
+            }
+            Ok(None) => {}
+            Err(status) => {
+                tracing::debug!(path = req.uri().path(), code = ?status.code(), reason = status.message(), "call refused");
+                return Box::pin(std::future::ready(Ok(status.into_http())));
+            }
+        }
+        Box::pin(self.inner.call(req))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decides_paths() {
+        let p = MethodPolicy::new("a.v1.S").allow("Get", Access::User);
+        assert_eq!(p.decide("/a.v1.S/Get"), Decision::Protected(Access::User));
+        assert_eq!(p.decide("/a.v1.S/Other"), Decision::Undeclared);
+        assert_eq!(p.decide("/b.v1.S/Get"), Decision::Undeclared);
+        assert_eq!(p.decide("/grpc.health.v1.Health/Check"), Decision::Open);
+        assert_eq!(
+            p.decide("/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo"),
+            Decision::Open
+        );
+        assert_eq!(p.decide("garbage"), Decision::Undeclared);
+    }
+}

@@ -1,0 +1,236 @@
+//! Token verification: picks the trust domain by issuer, then verifies signature and claims.
+
+use crate::claims::{ClerkClaims, Principal, ServicePrincipal};
+use crate::keys::{KeySource, KeyStore, KeyStoreOptions, StoredKey};
+use base64::Engine;
+use jsonwebtoken::{Algorithm, Validation};
+use serde::Deserialize;
+use std::sync::Arc;
+
+/// Tokens longer than this are rejected before any parsing.
+const MAX_TOKEN_LEN: usize = 8 * 1024;
+/// Clerk's own default clock skew; the most leeway we allow.
+pub const MAX_LEEWAY_SECS: u64 = 5;
+
+/// Why a token was refused. The `Display` text is safe to return to the caller.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum AuthError {
+    /// No `authorization` metadata.
+    #[error("missing bearer token: send `authorization: Bearer <JWT>`")]
+    Missing,
+    /// Not `Bearer <token>`, or not a JWT.
+    #[error("malformed bearer token")]
+    Malformed,
+    /// The `iss` claim names no issuer we trust.
+    #[error("token issuer is not trusted")]
+    UntrustedIssuer,
+    /// No `kid` header.
+    #[error("token has no key id (kid)")]
+    MissingKeyId,
+    /// The `kid` is not in the current key set (a refresh was requested).
+    #[error(
+        "token signed with an unknown key; keys are refreshed in the background, retry shortly"
+    )]
+    UnknownKey,
+    /// `alg` is not the algorithm pinned for the key.
+    #[error("token algorithm is not allowed")]
+    AlgorithmNotAllowed,
+    /// Signature does not verify.
+    #[error("token signature is invalid")]
+    BadSignature,
+    /// `exp` passed (beyond the leeway).
+    #[error("token expired")]
+    Expired,
+    /// `nbf` is in the future (beyond the leeway).
+    #[error("token not valid yet")]
+    NotYetValid,
+    /// `aud` does not contain the expected audience.
+    #[error("token audience is not accepted")]
+    WrongAudience,
+    /// `azp` is not an authorized party.
+    #[error("token authorized party (azp) is not allowed")]
+    UnauthorizedParty,
+    /// Required claims are missing or have the wrong type.
+    #[error("token claims are invalid")]
+    InvalidClaims,
+}
+
+/// How Clerk user tokens are checked.
+#[derive(Debug, Clone)]
+pub struct ClerkSettings {
+    /// Exact `iss`: the Clerk Frontend API URL, no trailing slash.
+    pub issuer: String,
+    /// Where Clerk's keys come from (default `{issuer}/.well-known/jwks.json`).
+    pub jwks: KeySource,
+    /// A value `aud` must contain (the seed's applicationID is `convex`).
+    pub audience: String,
+    /// When not empty, a present `azp` must be one of these origins.
+    pub authorized_parties: Vec<String>,
+    /// Seconds of clock leeway for `exp`/`nbf`, at most [`MAX_LEEWAY_SECS`].
+    pub leeway_secs: u64,
+}
+
+/// How internal service tokens are checked.
+#[derive(Debug, Clone)]
+pub struct ServiceSettings {
+    /// Exact `iss` of service tokens (default `vbase-internal`).
+    pub issuer: String,
+    /// Where the services' public keys come from.
+    pub jwks: KeySource,
+    /// The receiving service's name, which `aud` must contain.
+    pub audience: String,
+}
+
+struct Domain<S> {
+    settings: S,
+    keys: Arc<KeyStore>,
+}
+
+/// Verifies bearer tokens of both kinds into a [`Principal`].
+pub struct Authenticator {
+    clerk: Option<Domain<ClerkSettings>>,
+    service: Option<Domain<ServiceSettings>>,
+}
+
+impl std::fmt::Debug for Authenticator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Authenticator")
+            .field("clerk", &self.clerk.as_ref().map(|d| &d.settings))
+            .field("service", &self.service.as_ref().map(|d| &d.settings))
+            .finish()
+    }
+}
+
+#[derive(Deserialize)]
+struct IssuerOnly {
+    iss: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct ServiceClaims {
+    sub: String,
+}
+
+impl Authenticator {
+    /// Builds the verifier and starts the key refresh tasks (needs a Tokio runtime).
+    pub fn new(
+        clerk: Option<ClerkSettings>,
+        service: Option<ServiceSettings>,
+        options: KeyStoreOptions,
+    ) -> Self {
+        let clerk = clerk.map(|mut settings| {
+            settings.leeway_secs = settings.leeway_secs.min(MAX_LEEWAY_SECS);
+            let keys = KeyStore::spawn(settings.jwks.clone(), vec![Algorithm::RS256], options);
+            Domain { settings, keys }
+        });
+        let service = service.map(|settings| {
+            let keys = KeyStore::spawn(
+                settings.jwks.clone(),
+                vec![Algorithm::EdDSA, Algorithm::RS256],
+                options,
+            );
+            Domain { settings, keys }
+        });
+        Self { clerk, service }
+    }
+
+    /// The key stores in use (Clerk first), for readiness checks and metrics.
+    pub fn key_stores(&self) -> Vec<Arc<KeyStore>> {
+        self.clerk
+            .iter()
+            .map(|d| Arc::clone(&d.keys))
+            .chain(self.service.iter().map(|d| Arc::clone(&d.keys)))
+            .collect()
+    }
+
+    /// Verifies the value of an `authorization` header.
+    pub fn verify_header(&self, value: Option<&str>) -> Result<Principal, AuthError> {
+        let value = value.ok_or(AuthError::Missing)?;
+        let token = value
+            .strip_prefix("Bearer ")
+            .or_else(|| value.strip_prefix("bearer "))
+            .ok_or(AuthError::Malformed)?;
+        self.verify(token.trim())
+    }
+
+    /// Verifies a compact JWT.
+    pub fn verify(&self, token: &str) -> Result<Principal, AuthError> {
+        if token.is_empty() || token.len() > MAX_TOKEN_LEN {
+            return Err(AuthError::Malformed);
+        }
+        let issuer = peek_issuer(token)?;
+        if let Some(d) = self.clerk.as_ref().filter(|d| d.settings.issuer == issuer) {
+            let s = &d.settings;
+            let claims: ClerkClaims =
+                verify_with(token, &d.keys, &s.issuer, &s.audience, s.leeway_secs)?;
+            if let (false, Some(azp)) = (s.authorized_parties.is_empty(), &claims.azp)
+                && !s.authorized_parties.iter().any(|p| p == azp)
+            {
+                return Err(AuthError::UnauthorizedParty);
+            }
+            return Ok(Principal::User(claims.into_principal()));
+        }
+        if let Some(d) = self
+            .service
+            .as_ref()
+            .filter(|d| d.settings.issuer == issuer)
+        {
+            let s = &d.settings;
+            let claims: ServiceClaims =
+                verify_with(token, &d.keys, &s.issuer, &s.audience, MAX_LEEWAY_SECS)?;
+            return Ok(Principal::Service(ServicePrincipal { name: claims.sub }));
+        }
+        Err(AuthError::UntrustedIssuer)
+    }
+}
+
+/// Reads `iss` without trusting it, only to choose which keys and rules apply.
+fn peek_issuer(token: &str) -> Result<String, AuthError> {
+    let mut parts = token.split('.');
+    let (Some(_), Some(payload), Some(_), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(AuthError::Malformed);
+    };
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload.trim_end_matches('='))
+        .map_err(|_| AuthError::Malformed)?;
+    let claims: IssuerOnly = serde_json::from_slice(&bytes).map_err(|_| AuthError::Malformed)?;
+    claims.iss.ok_or(AuthError::InvalidClaims)
+}
+
+fn verify_with<T: serde::de::DeserializeOwned>(
+    token: &str,
+    keys: &KeyStore,
+    issuer: &str,
+    audience: &str,
+    leeway: u64,
+) -> Result<T, AuthError> {
+    let header = jsonwebtoken::decode_header(token).map_err(|_| AuthError::AlgorithmNotAllowed)?;
+    let kid = header.kid.as_deref().ok_or(AuthError::MissingKeyId)?;
+    let stored: Arc<StoredKey> = keys.get(kid).ok_or(AuthError::UnknownKey)?;
+    if header.alg != stored.alg {
+        return Err(AuthError::AlgorithmNotAllowed);
+    }
+    let mut v = Validation::new(stored.alg);
+    v.leeway = leeway;
+    v.validate_exp = true;
+    v.validate_nbf = true;
+    v.set_issuer(&[issuer]);
+    v.set_audience(&[audience]);
+    v.set_required_spec_claims(&["exp", "iss", "sub", "aud"]);
+    jsonwebtoken::decode::<T>(token, &stored.key, &v)
+        .map(|d| d.claims)
+        .map_err(|e| {
+            use jsonwebtoken::errors::ErrorKind as K;
+            match e.kind() {
+                K::InvalidSignature => AuthError::BadSignature,
+                K::ExpiredSignature => AuthError::Expired,
+                K::ImmatureSignature => AuthError::NotYetValid,
+                K::InvalidAudience => AuthError::WrongAudience,
+                K::InvalidIssuer => AuthError::UntrustedIssuer,
+                K::InvalidAlgorithm | K::InvalidAlgorithmName => AuthError::AlgorithmNotAllowed,
+                _ => AuthError::InvalidClaims,
+            }
+        })
+}

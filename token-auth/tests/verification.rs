@@ -1,0 +1,475 @@
+//! Token verification against real keys served by an in-process JWKS server.
+
+use base64::Engine;
+use serde_json::{Value, json};
+use stand_ins::JwksServer;
+use std::time::Duration;
+use token_auth::signing::{SigningKey, now_secs};
+use token_auth::{
+    Access, AuthError, Authenticator, ClerkSettings, KeySource, KeyStoreOptions, MethodPolicy,
+    Principal, ServiceSettings,
+};
+use tonic::Code;
+
+const B64URL: base64::engine::GeneralPurpose = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+
+struct Fixture {
+    clerk_jwks: JwksServer,
+    clerk_key: SigningKey,
+    service_key: SigningKey,
+    _service_jwks: JwksServer,
+    auth: Authenticator,
+}
+
+fn options() -> KeyStoreOptions {
+    KeyStoreOptions {
+        refresh_interval: Duration::from_secs(300),
+        min_refetch_interval: Duration::from_millis(300),
+        fetch_timeout: Duration::from_secs(2),
+    }
+}
+
+async fn fixture(authorized_parties: &[&str]) -> Fixture {
+    let clerk_key = SigningKey::generate_rsa().unwrap();
+    let service_key = SigningKey::generate_ed25519().unwrap();
+    let clerk_jwks = JwksServer::start(SigningKey::jwks(&[&clerk_key]))
+        .await
+        .unwrap();
+    let service_jwks = JwksServer::start(SigningKey::jwks(&[&service_key]))
+        .await
+        .unwrap();
+    let auth = Authenticator::new(
+        Some(ClerkSettings {
+            issuer: clerk_jwks.issuer(),
+            jwks: KeySource::Url(clerk_jwks.jwks_url()),
+            audience: "convex".into(),
+            authorized_parties: authorized_parties.iter().map(|s| s.to_string()).collect(),
+            leeway_secs: 5,
+        }),
+        Some(ServiceSettings {
+            issuer: "vbase-internal".into(),
+            jwks: KeySource::Url(service_jwks.jwks_url()),
+            audience: "identity-service".into(),
+        }),
+        options(),
+    );
+    for store in auth.key_stores() {
+        assert!(
+            store.wait_ready(Duration::from_secs(5)).await,
+            "keys did not load"
+        );
+    }
+    Fixture {
+        clerk_jwks,
+        clerk_key,
+        service_key,
+        _service_jwks: service_jwks,
+        auth,
+    }
+}
+
+impl Fixture {
+    fn user_claims(&self) -> Value {
+        let now = now_secs();
+        json!({
+            "iss": self.clerk_jwks.issuer(), "sub": "user_2abc", "aud": "convex",
+            "iat": now, "nbf": now - 5, "exp": now + 60,
+            "name": "Ada Lovelace", "email": "ada@example.com",
+            "org_id": "org_1", "org_role": "org:admin", "org_slug": "acme",
+        })
+    }
+
+    fn user_token_with(&self, patch: Value) -> String {
+        let mut claims = self.user_claims();
+        for (k, v) in patch.as_object().unwrap() {
+            if v.is_null() {
+                claims.as_object_mut().unwrap().remove(k);
+            } else {
+                claims[k] = v.clone();
+            }
+        }
+        self.clerk_key.sign(&claims).unwrap()
+    }
+
+    fn service_token(&self, aud: &str) -> String {
+        let now = now_secs();
+        self.service_key
+            .sign(&json!({"iss":"vbase-internal","sub":"webhook-gateway","aud":aud,"iat":now,"nbf":now,"exp":now+120}))
+            .unwrap()
+    }
+}
+
+fn raw_token(header: &Value, claims: &Value, signature: &[u8]) -> String {
+    format!(
+        "{}.{}.{}",
+        B64URL.encode(header.to_string()),
+        B64URL.encode(claims.to_string()),
+        B64URL.encode(signature)
+    )
+}
+
+#[tokio::test]
+async fn valid_v1_template_token_maps_to_user_with_org() {
+    let f = fixture(&[]).await;
+    let p = f.auth.verify(&f.user_token_with(json!({}))).unwrap();
+    let Principal::User(u) = p else {
+        panic!("not a user")
+    };
+    assert_eq!(u.user_id, "user_2abc");
+    assert_eq!(u.email.as_deref(), Some("ada@example.com"));
+    let org = u.org.unwrap();
+    assert_eq!(
+        (org.id.as_str(), org.role.as_str(), org.slug.as_deref()),
+        ("org_1", "org:admin", Some("acme"))
+    );
+}
+
+#[tokio::test]
+async fn valid_v2_session_token_reads_org_from_o_claim() {
+    let f = fixture(&[]).await;
+    let token = f.user_token_with(json!({
+        "org_id": null, "org_role": null, "org_slug": null, "v": 2, "sid": "sess_1",
+        "o": {"id": "org_7", "slg": "team", "rol": "member", "per": "read"}
+    }));
+    let u = f.auth.verify(&token).unwrap().as_user().cloned().unwrap();
+    let org = u.org.unwrap();
+    assert_eq!(
+        (org.id.as_str(), org.role.as_str()),
+        ("org_7", "org:member")
+    );
+}
+
+#[tokio::test]
+async fn alg_none_is_rejected() {
+    let f = fixture(&[]).await;
+    let t = raw_token(
+        &json!({"alg":"none","typ":"JWT","kid":f.clerk_key.kid()}),
+        &f.user_claims(),
+        b"",
+    );
+    assert!(f.auth.verify(&t).is_err());
+    let t = format!("{}.", t.trim_end_matches('.'));
+    assert!(f.auth.verify(&t).is_err());
+}
+
+#[tokio::test]
+async fn hs256_signed_with_the_rsa_public_key_is_rejected() {
+    let f = fixture(&[]).await;
+    let jwk = f.clerk_key.public_jwk();
+    let header = json!({"alg":"HS256","typ":"JWT","kid":f.clerk_key.kid()});
+    let signing_input = format!(
+        "{}.{}",
+        B64URL.encode(header.to_string()),
+        B64URL.encode(f.user_claims().to_string())
+    );
+    // Attackers use the public key material as the HMAC secret: try both usual encodings.
+    for secret in [
+        jwk.to_string().into_bytes(),
+        jwk["n"].as_str().unwrap().as_bytes().to_vec(),
+    ] {
+        let key = aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, &secret);
+        let sig = aws_lc_rs::hmac::sign(&key, signing_input.as_bytes());
+        let token = format!("{signing_input}.{}", B64URL.encode(sig.as_ref()));
+        assert_eq!(f.auth.verify(&token), Err(AuthError::AlgorithmNotAllowed));
+    }
+}
+
+#[tokio::test]
+async fn missing_and_unknown_kid_are_rejected() {
+    let f = fixture(&[]).await;
+    let other = SigningKey::generate_rsa().unwrap();
+    assert_eq!(
+        f.auth.verify(&other.sign(&f.user_claims()).unwrap()),
+        Err(AuthError::UnknownKey)
+    );
+    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256);
+    header.kid = None;
+    let key =
+        jsonwebtoken::EncodingKey::from_rsa_pem(f.clerk_key.private_pem().as_bytes()).unwrap();
+    let no_kid = jsonwebtoken::encode(&header, &f.user_claims(), &key).unwrap();
+    assert_eq!(f.auth.verify(&no_kid), Err(AuthError::MissingKeyId));
+}
+
+#[tokio::test]
+async fn a_different_key_under_a_known_kid_fails_the_signature() {
+    let f = fixture(&[]).await;
+    let impostor = SigningKey::generate_rsa().unwrap();
+    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256);
+    header.kid = Some(f.clerk_key.kid().to_owned());
+    let key = jsonwebtoken::EncodingKey::from_rsa_pem(impostor.private_pem().as_bytes()).unwrap();
+    let token = jsonwebtoken::encode(&header, &f.user_claims(), &key).unwrap();
+    assert_eq!(f.auth.verify(&token), Err(AuthError::BadSignature));
+}
+
+#[tokio::test]
+async fn tampered_payload_is_rejected() {
+    let f = fixture(&[]).await;
+    let token = f.user_token_with(json!({}));
+    let parts: Vec<&str> = token.split('.').collect();
+    let mut claims: Value = serde_json::from_slice(&B64URL.decode(parts[1]).unwrap()).unwrap();
+    claims["sub"] = json!("user_attacker");
+    let forged = format!(
+        "{}.{}.{}",
+        parts[0],
+        B64URL.encode(claims.to_string()),
+        parts[2]
+    );
+    assert_eq!(f.auth.verify(&forged), Err(AuthError::BadSignature));
+}
+
+#[tokio::test]
+async fn exp_and_nbf_are_checked_with_at_most_five_seconds_leeway() {
+    let f = fixture(&[]).await;
+    let now = now_secs();
+    // Inside the leeway: accepted.
+    assert!(
+        f.auth
+            .verify(&f.user_token_with(json!({"exp": now - 2})))
+            .is_ok()
+    );
+    assert!(
+        f.auth
+            .verify(&f.user_token_with(json!({"nbf": now + 2})))
+            .is_ok()
+    );
+    // Beyond it: refused.
+    assert_eq!(
+        f.auth.verify(&f.user_token_with(json!({"exp": now - 9}))),
+        Err(AuthError::Expired)
+    );
+    assert_eq!(
+        f.auth
+            .verify(&f.user_token_with(json!({"exp": now - 3600}))),
+        Err(AuthError::Expired)
+    );
+    assert_eq!(
+        f.auth.verify(&f.user_token_with(json!({"nbf": now + 9}))),
+        Err(AuthError::NotYetValid)
+    );
+    // exp is required.
+    assert!(
+        f.auth
+            .verify(&f.user_token_with(json!({"exp": null})))
+            .is_err()
+    );
+}
+
+#[tokio::test]
+async fn issuer_must_match_exactly() {
+    let f = fixture(&[]).await;
+    let iss = f.clerk_jwks.issuer();
+    for bad in [
+        format!("{iss}/"),
+        "https://evil.clerk.accounts.dev".to_owned(),
+        String::new(),
+    ] {
+        let t = f.user_token_with(json!({ "iss": bad }));
+        assert_eq!(
+            f.auth.verify(&t),
+            Err(AuthError::UntrustedIssuer),
+            "iss {bad:?}"
+        );
+    }
+    assert!(
+        f.auth
+            .verify(&f.user_token_with(json!({"iss": null})))
+            .is_err()
+    );
+}
+
+#[tokio::test]
+async fn audience_must_contain_the_configured_value() {
+    let f = fixture(&[]).await;
+    assert_eq!(
+        f.auth.verify(&f.user_token_with(json!({"aud": "other"}))),
+        Err(AuthError::WrongAudience)
+    );
+    assert!(
+        f.auth
+            .verify(&f.user_token_with(json!({"aud": ["other", "convex"]})))
+            .is_ok()
+    );
+    assert!(
+        f.auth
+            .verify(&f.user_token_with(json!({"aud": null})))
+            .is_err()
+    );
+}
+
+#[tokio::test]
+async fn azp_must_be_an_authorized_party_when_configured() {
+    let f = fixture(&["https://app.example.com"]).await;
+    assert!(
+        f.auth
+            .verify(&f.user_token_with(json!({"azp": "https://app.example.com"})))
+            .is_ok()
+    );
+    assert_eq!(
+        f.auth
+            .verify(&f.user_token_with(json!({"azp": "https://evil.example.com"}))),
+        Err(AuthError::UnauthorizedParty)
+    );
+}
+
+#[tokio::test]
+async fn service_tokens_must_name_this_service() {
+    let f = fixture(&[]).await;
+    assert_eq!(
+        f.auth.verify(&f.service_token("identity-service")).unwrap(),
+        Principal::Service(token_auth::ServicePrincipal {
+            name: "webhook-gateway".into()
+        })
+    );
+    assert_eq!(
+        f.auth.verify(&f.service_token("workspace-service")),
+        Err(AuthError::WrongAudience)
+    );
+    // A service key cannot sign user tokens: the Clerk domain only trusts RS256 Clerk keys.
+    let forged = f.service_key.sign(&f.user_claims()).unwrap();
+    assert!(f.auth.verify(&forged).is_err());
+}
+
+#[tokio::test]
+async fn method_policy_separates_user_and_service_callers() {
+    let f = fixture(&[]).await;
+    let policy = MethodPolicy::new("vbase.identity.v1.IdentityService")
+        .allow("StoreUser", Access::User)
+        .allow("UpsertUser", Access::Service)
+        .allow("GetUser", Access::UserOrService);
+    let user = format!("Bearer {}", f.user_token_with(json!({})));
+    let service = format!("Bearer {}", f.service_token("identity-service"));
+    let path = |m: &str| format!("/vbase.identity.v1.IdentityService/{m}");
+    let code = |m: &str, h: Option<&str>| {
+        policy
+            .authorize(&f.auth, &path(m), h)
+            .err()
+            .map(|s| s.code())
+    };
+
+    assert_eq!(code("StoreUser", Some(&user)), None);
+    assert_eq!(
+        code("StoreUser", Some(&service)),
+        Some(Code::PermissionDenied)
+    );
+    assert_eq!(
+        code("UpsertUser", Some(&user)),
+        Some(Code::PermissionDenied)
+    );
+    assert_eq!(code("UpsertUser", Some(&service)), None);
+    assert_eq!(code("GetUser", Some(&user)), None);
+    assert_eq!(code("GetUser", Some(&service)), None);
+    assert_eq!(code("GetUser", None), Some(Code::Unauthenticated));
+    assert_eq!(
+        code("GetUser", Some("Basic abc")),
+        Some(Code::Unauthenticated)
+    );
+    assert_eq!(
+        code("GetUser", Some("Bearer not.a.jwt")),
+        Some(Code::Unauthenticated)
+    );
+    assert_eq!(
+        code("Undeclared", Some(&service)),
+        Some(Code::PermissionDenied)
+    );
+    assert!(
+        policy
+            .authorize(&f.auth, "/grpc.health.v1.Health/Check", None)
+            .unwrap()
+            .is_none()
+    );
+}
+
+async fn eventually(mut check: impl FnMut() -> bool) -> bool {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while tokio::time::Instant::now() < deadline {
+        if check() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    false
+}
+
+#[tokio::test]
+async fn key_rotation_is_picked_up_and_retired_keys_stop_working() {
+    let f = fixture(&[]).await;
+    let old_token = f.user_token_with(json!({}));
+    let next = SigningKey::generate_rsa().unwrap();
+    f.clerk_jwks
+        .set_jwks(SigningKey::jwks(&[&f.clerk_key, &next]));
+    let new_token = next.sign(&f.user_claims()).unwrap();
+    // The first sight of the new kid triggers a re-fetch; it then verifies.
+    assert!(
+        eventually(|| f.auth.verify(&new_token).is_ok()).await,
+        "new key never accepted"
+    );
+    assert!(f.auth.verify(&old_token).is_ok());
+    // The old key is retired from the JWKS: after a refresh its tokens fail.
+    f.clerk_jwks.set_jwks(SigningKey::jwks(&[&next]));
+    let probe = SigningKey::generate_rsa()
+        .unwrap()
+        .sign(&f.user_claims())
+        .unwrap();
+    assert!(
+        eventually(|| {
+            let _ = f.auth.verify(&probe); // an unknown kid asks for a refresh
+            f.auth.verify(&old_token).is_err()
+        })
+        .await,
+        "retired key still accepted"
+    );
+    assert!(f.auth.verify(&new_token).is_ok());
+}
+
+#[tokio::test]
+async fn jwks_down_keeps_known_keys_and_fails_unknown_ones_closed() {
+    let f = fixture(&[]).await;
+    f.clerk_jwks.set_up(false);
+    let unknown = SigningKey::generate_rsa()
+        .unwrap()
+        .sign(&f.user_claims())
+        .unwrap();
+    assert_eq!(f.auth.verify(&unknown), Err(AuthError::UnknownKey));
+    let hits = f.clerk_jwks.hits();
+    assert!(
+        eventually(|| f.clerk_jwks.hits() > hits).await,
+        "no re-fetch attempted"
+    );
+    assert!(f.auth.verify(&f.user_token_with(json!({}))).is_ok());
+    assert_eq!(f.auth.verify(&unknown), Err(AuthError::UnknownKey));
+}
+
+#[tokio::test]
+async fn a_flood_of_unknown_kids_causes_a_bounded_number_of_fetches() {
+    let f = fixture(&[]).await;
+    let before = f.clerk_jwks.hits();
+    let started = tokio::time::Instant::now();
+    let mut n = 0;
+    while started.elapsed() < Duration::from_millis(1000) {
+        let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256);
+        header.kid = Some(format!("kid-{n}"));
+        let key =
+            jsonwebtoken::EncodingKey::from_rsa_pem(f.clerk_key.private_pem().as_bytes()).unwrap();
+        let t = jsonwebtoken::encode(&header, &f.user_claims(), &key).unwrap();
+        assert_eq!(f.auth.verify(&t), Err(AuthError::UnknownKey));
+        n += 1;
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let fetches = f.clerk_jwks.hits() - before;
+    // min_refetch_interval is 300 ms: at most one fetch per interval (+1 for the edge).
+    let bound = started.elapsed().as_millis() as u64 / 300 + 2;
+    assert!(n > 100, "flood too small: {n}");
+    assert!(
+        fetches <= bound,
+        "{fetches} fetches for {n} unknown kids (bound {bound})"
+    );
+    assert!(fetches >= 1, "an unknown kid must trigger a re-fetch");
+}
+
+#[tokio::test]
+async fn oversized_and_garbage_tokens_are_malformed() {
+    let f = fixture(&[]).await;
+    assert_eq!(f.auth.verify(&"a".repeat(9000)), Err(AuthError::Malformed));
+    assert_eq!(f.auth.verify("x.y"), Err(AuthError::Malformed));
+    assert_eq!(f.auth.verify(""), Err(AuthError::Malformed));
+}
