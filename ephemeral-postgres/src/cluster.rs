@@ -1,0 +1,279 @@
+//! Starting, stopping and cleaning up one PostgreSQL cluster.
+
+use anyhow::{Context, Result, anyhow, bail};
+use std::io::Write;
+use std::os::unix::fs::MetadataExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// How the cluster is tuned.
+#[derive(Debug, Clone, Copy)]
+pub struct PgClusterOptions {
+    /// Keep PostgreSQL's durability (fsync, synchronous commit). Off is faster and fine for tests;
+    /// benchmarks keep it on.
+    pub durable: bool,
+    /// `max_connections`.
+    pub max_connections: u32,
+}
+
+impl Default for PgClusterOptions {
+    fn default() -> Self {
+        Self {
+            durable: false,
+            max_connections: 300,
+        }
+    }
+}
+
+/// A running cluster. Dropping it stops the server and deletes its files.
+#[derive(Debug)]
+pub struct PgCluster {
+    bin: PathBuf,
+    dir: PathBuf,
+    port: u16,
+    run_as: Option<(u32, u32)>,
+    options_line: String,
+    watchdog: Option<(Child, ChildStdin)>,
+}
+
+/// Finds the directory holding `initdb` and `pg_ctl`: PATH first, then the newest
+/// `/usr/lib/postgresql/*/bin`.
+fn find_bin_dir() -> Result<PathBuf> {
+    if let Some(path) = std::env::var_os("PATH") {
+        for dir in std::env::split_paths(&path) {
+            if dir.join("initdb").is_file() && dir.join("pg_ctl").is_file() {
+                return Ok(dir);
+            }
+        }
+    }
+    let mut candidates: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let version = e.file_name().to_str()?.parse::<u32>().ok()?;
+            let bin = e.path().join("bin");
+            bin.join("initdb").is_file().then_some((version, bin))
+        })
+        .collect();
+    candidates.sort();
+    candidates.pop().map(|(_, b)| b).ok_or_else(|| {
+        anyhow!("PostgreSQL binaries not found: put initdb/pg_ctl on PATH or install them under /usr/lib/postgresql/<version>/bin")
+    })
+}
+
+/// uid/gid of the `postgres` account when we run as root (PostgreSQL refuses root).
+fn unprivileged_account() -> Result<Option<(u32, u32)>> {
+    let euid = std::fs::metadata("/proc/self")
+        .map(|m| m.uid())
+        .unwrap_or(1);
+    if euid != 0 {
+        return Ok(None);
+    }
+    let passwd = std::fs::read_to_string("/etc/passwd").context("reading /etc/passwd")?;
+    for line in passwd.lines() {
+        let f: Vec<&str> = line.split(':').collect();
+        if f.len() > 3 && f[0] == "postgres" {
+            return Ok(Some((f[2].parse()?, f[3].parse()?)));
+        }
+    }
+    bail!(
+        "running as root and no `postgres` account exists to run PostgreSQL as (create one with `useradd postgres`)"
+    )
+}
+
+fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+impl PgCluster {
+    /// Creates and starts a new cluster.
+    pub fn start(options: PgClusterOptions) -> Result<Self> {
+        let bin = find_bin_dir()?;
+        let run_as = unprivileged_account()?;
+        let dir = tempfile::Builder::new()
+            .prefix("vbase-pg-")
+            .tempdir()
+            .context("creating a temp dir for PostgreSQL")?
+            .keep();
+        if let Some((uid, gid)) = run_as {
+            std::os::unix::fs::chown(&dir, Some(uid), Some(gid))
+                .context("chown of the data dir")?;
+        }
+        let mut cluster = Self {
+            bin,
+            dir,
+            port: 0,
+            run_as,
+            options_line: String::new(),
+            watchdog: None,
+        };
+        // Start the watchdog first: from here on, files are removed whatever happens.
+        cluster.spawn_watchdog()?;
+        cluster.initdb()?;
+        let mut last_err = None;
+        for _ in 0..5 {
+            cluster.port = free_port()?;
+            let durability = if options.durable {
+                ""
+            } else {
+                " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
+            };
+            cluster.options_line = format!(
+                "-p {} -k {} -c listen_addresses=127.0.0.1 -c max_connections={}{durability}",
+                cluster.port,
+                cluster.dir.display(),
+                options.max_connections
+            );
+            match cluster.pg_ctl_start() {
+                Ok(()) => return Ok(cluster),
+                Err(e) => last_err = Some(e),
+            }
+        }
+        Err(last_err.unwrap_or_else(|| anyhow!("PostgreSQL did not start")))
+    }
+
+    fn command(&self, program: &Path) -> Command {
+        let mut cmd = Command::new(program);
+        if let Some((uid, gid)) = self.run_as {
+            cmd.uid(uid).gid(gid);
+        }
+        // Own process group: a Ctrl-C meant for the parent must not kill the server or the
+        // watchdog before they clean up.
+        cmd.process_group(0);
+        cmd.env_remove("PGDATA");
+        cmd
+    }
+
+    fn data_dir(&self) -> PathBuf {
+        self.dir.join("data")
+    }
+
+    fn spawn_watchdog(&mut self) -> Result<()> {
+        let script = r#"cat >/dev/null; "$1/pg_ctl" -D "$2/data" -m immediate -w stop >/dev/null 2>&1; rm -rf "$2""#;
+        let mut child = self
+            .command(Path::new("/bin/sh"))
+            .args(["-c", script, "sh"])
+            .arg(&self.bin)
+            .arg(&self.dir)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting the PostgreSQL watchdog")?;
+        let stdin = child.stdin.take().context("watchdog stdin")?;
+        self.watchdog = Some((child, stdin));
+        Ok(())
+    }
+
+    fn initdb(&self) -> Result<()> {
+        let out = self
+            .command(&self.bin.join("initdb"))
+            .arg("-D")
+            .arg(self.data_dir())
+            .args([
+                "--no-sync",
+                "-U",
+                "postgres",
+                "--auth=trust",
+                "-E",
+                "UTF8",
+                "--locale=C",
+            ])
+            .stdin(Stdio::null())
+            .output()
+            .context("running initdb")?;
+        if !out.status.success() {
+            bail!("initdb failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(())
+    }
+
+    fn pg_ctl_start(&self) -> Result<()> {
+        let out = self
+            .command(&self.bin.join("pg_ctl"))
+            .arg("-D")
+            .arg(self.data_dir())
+            .arg("-l")
+            .arg(self.dir.join("postgres.log"))
+            .args(["-w", "-t", "30", "-o", &self.options_line, "start"])
+            .stdin(Stdio::null())
+            .output()
+            .context("running pg_ctl start")?;
+        if !out.status.success() {
+            let log = std::fs::read_to_string(self.dir.join("postgres.log")).unwrap_or_default();
+            bail!(
+                "pg_ctl start failed: {}{}",
+                String::from_utf8_lossy(&out.stderr),
+                log.lines().rev().take(5).collect::<Vec<_>>().join("\n")
+            );
+        }
+        Ok(())
+    }
+
+    /// Stops the server (fast shutdown), keeping its files; [`PgCluster::resume`] starts it again.
+    pub fn pause(&self) -> Result<()> {
+        let out = self
+            .command(&self.bin.join("pg_ctl"))
+            .arg("-D")
+            .arg(self.data_dir())
+            .args(["-m", "fast", "-w", "stop"])
+            .stdin(Stdio::null())
+            .output()?;
+        if !out.status.success() {
+            bail!(
+                "pg_ctl stop failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(())
+    }
+
+    /// Starts a paused server again on the same port.
+    pub fn resume(&self) -> Result<()> {
+        self.pg_ctl_start()
+    }
+
+    /// The directory holding the cluster's files (removed on drop).
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// TCP port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// A connection URL for database `db` as the `postgres` superuser.
+    pub fn url(&self, db: &str) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/{db}", self.port)
+    }
+
+    /// Waits until a connection succeeds, up to `timeout`.
+    pub fn wait_ready(&self, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("PostgreSQL on port {} not reachable", self.port);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for PgCluster {
+    fn drop(&mut self) {
+        if let Some((mut child, mut stdin)) = self.watchdog.take() {
+            let _ = stdin.flush();
+            drop(stdin); // EOF: the watchdog stops the server and removes the directory
+            let _ = child.wait();
+        }
+    }
+}
