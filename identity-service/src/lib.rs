@@ -1,1 +1,143 @@
+//! identity-service: VBase users kept in step with Clerk, over gRPC, on Postgres.
+//!
+//! `main.rs` parses [`Config`] and calls [`run`]; tests call [`run`] on `127.0.0.1:0`.
 
+pub mod error;
+pub mod grpc;
+pub mod metrics;
+pub mod schema;
+pub mod users;
+pub mod validate;
+
+use diesel_migrations::{EmbeddedMigrations, embed_migrations};
+use service_runtime::{DatabaseArgs, LogFormat};
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::net::TcpListener;
+use vbase_proto::identity::v1::identity_service_server::IdentityServiceServer;
+
+/// The schema migrations of identity-service.
+pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations");
+
+/// gRPC service name, as reported by health checks.
+pub const SERVICE_NAME: &str = "vbase.identity.v1.IdentityService";
+/// Audience that service tokens for this service must carry.
+pub const AUDIENCE: &str = "identity-service";
+
+/// Configuration of `identity-service serve`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Config {
+    #[command(flatten)]
+    pub db: DatabaseArgs,
+    #[command(flatten)]
+    pub auth: token_auth::AuthArgs,
+    /// gRPC listen address.
+    #[arg(long, env = "GRPC_ADDR", default_value = "0.0.0.0:50051")]
+    pub grpc_addr: SocketAddr,
+    /// Prometheus `/metrics` listen address.
+    #[arg(long, env = "METRICS_ADDR", default_value = "0.0.0.0:9091")]
+    pub metrics_addr: SocketAddr,
+    /// `json` or `pretty`.
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Json)]
+    pub log_format: LogFormat,
+    /// Apply migrations before serving.
+    #[arg(long = "migrate", env = "MIGRATE_ON_START", default_value_t = false)]
+    pub migrate_on_start: bool,
+    /// Hours processed event ids are kept (at least 72: Svix retries for ~28 h).
+    #[arg(long, env = "PROCESSED_EVENT_RETENTION_HOURS", default_value_t = 72)]
+    pub processed_event_retention_hours: u64,
+}
+
+/// Applies pending migrations to `database_url`.
+pub async fn migrate(database_url: &str) -> anyhow::Result<Vec<String>> {
+    service_runtime::db::run_migrations(database_url, MIGRATIONS).await
+}
+
+/// Runs the service on `listener` until `shutdown` resolves, then drains and returns.
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    if config.migrate_on_start {
+        let applied = migrate(&config.db.database_url).await?;
+        tracing::info!(?applied, "migrations applied");
+    }
+    let auth = Arc::new(config.auth.build(AUDIENCE).map_err(anyhow::Error::msg)?);
+    let pool = service_runtime::db::build_pool(&config.db.database_url, config.db.db_pool_size)?;
+
+    let mut registry = prometheus_client::registry::Registry::default();
+    let metrics = metrics::Metrics::register(&mut registry);
+    let registry = Arc::new(Mutex::new(registry));
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = move || {
+        let mut rx = stop_rx.clone();
+        async move {
+            let _ = rx.wait_for(|s| *s).await;
+        }
+    };
+
+    let metrics_listener = TcpListener::bind(config.metrics_addr).await?;
+    tokio::spawn(service_runtime::serve_metrics(
+        metrics_listener,
+        registry,
+        stopped(),
+    ));
+
+    let (reporter, health_service) = tonic_health::server::health_reporter();
+    reporter
+        .set_service_status(SERVICE_NAME, tonic_health::ServingStatus::NotServing)
+        .await;
+    tokio::spawn(service_runtime::watch_database(
+        pool.clone(),
+        reporter.clone(),
+        SERVICE_NAME,
+        Duration::from_secs(2),
+        stopped(),
+    ));
+    tokio::spawn(prune_loop(
+        pool.clone(),
+        metrics.clone(),
+        config.processed_event_retention_hours.max(72),
+        stopped(),
+    ));
+
+    let api = grpc::IdentityApi::new(pool, metrics);
+    tracing::info!(addr = %listener.local_addr()?, "identity-service listening");
+    let result = service_runtime::serve_grpc(
+        listener,
+        token_auth::AuthLayer::new(auth, grpc::policy()),
+        IdentityServiceServer::new(api),
+        (reporter, health_service),
+        shutdown,
+    )
+    .await;
+    let _ = stop_tx.send(true);
+    result
+}
+
+async fn prune_loop(
+    pool: service_runtime::Pool,
+    metrics: metrics::Metrics,
+    hours: u64,
+    stop: impl Future<Output = ()>,
+) {
+    tokio::pin!(stop);
+    loop {
+        match users::prune_processed_events(&pool, chrono::Duration::hours(hours as i64)).await {
+            Ok(n) if n > 0 => {
+                metrics.pruned_events.inc_by(n);
+                tracing::info!(pruned = n, "pruned processed event ids");
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "pruning processed event ids failed"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(3600)) => {}
+            _ = &mut stop => return,
+        }
+    }
+}

@@ -3,8 +3,10 @@
 //! Each binds `127.0.0.1:0` (or a given address), answers as the real API does (status codes,
 //! bodies), and can be told to fail or slow down. Used by tests and by the local development stack.
 
+mod clerk;
 pub mod http_server;
 mod jwks;
 
+pub use clerk::{ClerkStandIn, OrgClaim, ServiceKeys};
 pub use http_server::HttpStandIn;
 pub use jwks::JwksServer;

@@ -1,0 +1,3 @@
+DROP TABLE processed_events;
+DROP TABLE user_tombstones;
+DROP TABLE users;

@@ -1,0 +1,28 @@
+-- Users mirrored from Clerk. Owned by identity-service.
+CREATE TABLE users (
+    clerk_id          text PRIMARY KEY,
+    name              text NOT NULL,
+    email             text NOT NULL DEFAULT '',
+    image_url         text NOT NULL DEFAULT '',
+    -- Clerk's `updated_at` of the state last written by a webhook; NULL while only StoreUser wrote.
+    source_updated_at timestamptz,
+    -- `iat` of the user token whose claims were last written by StoreUser.
+    claims_seen_at    timestamptz,
+    created_at        timestamptz NOT NULL DEFAULT now(),
+    updated_at        timestamptz NOT NULL DEFAULT now()
+);
+
+-- A deleted user's id. Clerk never reuses ids, so a tombstone is final: nothing older or later
+-- brings the user back.
+CREATE TABLE user_tombstones (
+    clerk_id    text PRIMARY KEY,
+    deleted_at  timestamptz NOT NULL,
+    recorded_at timestamptz NOT NULL DEFAULT now()
+);
+
+-- Delivery ids already applied (the `svix-id`), kept >= 72 h then pruned.
+CREATE TABLE processed_events (
+    event_id     text PRIMARY KEY,
+    processed_at timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX processed_events_processed_at_idx ON processed_events (processed_at);

@@ -1,0 +1,272 @@
+//! `vbase.identity.v1.IdentityService`: validates input, calls the domain, maps the result.
+
+use crate::error::Error;
+use crate::metrics::Metrics;
+use crate::users::{self, Outcome, UserRecord};
+use crate::validate;
+use service_runtime::Pool;
+use std::collections::HashMap;
+use token_auth::{Access, MethodPolicy, Principal};
+use tonic::{Request, Response, Status};
+use vbase_proto::identity::v1 as pb;
+use vbase_proto::identity::v1::identity_service_server::IdentityService;
+
+/// Most ids one BatchGetUsers call may ask for.
+pub const MAX_BATCH: usize = 500;
+
+/// Who may call which method.
+pub fn policy() -> MethodPolicy {
+    MethodPolicy::new("vbase.identity.v1.IdentityService")
+        .allow("StoreUser", Access::User)
+        .allow("GetCurrentUser", Access::User)
+        .allow("GetUser", Access::UserOrService)
+        .allow("BatchGetUsers", Access::UserOrService)
+        .allow("UpsertUser", Access::Service)
+        .allow("DeleteUser", Access::Service)
+}
+
+/// The service implementation.
+#[derive(Clone)]
+pub struct IdentityApi {
+    pool: Pool,
+    metrics: Metrics,
+}
+
+impl IdentityApi {
+    /// Creates the handler set.
+    pub fn new(pool: Pool, metrics: Metrics) -> Self {
+        Self { pool, metrics }
+    }
+}
+
+fn principal<T>(req: &Request<T>) -> Result<Principal, Status> {
+    req.extensions()
+        .get::<Principal>()
+        .cloned()
+        .ok_or_else(|| Status::unauthenticated("no verified caller"))
+}
+
+fn ts(dt: chrono::DateTime<chrono::Utc>) -> prost_types::Timestamp {
+    vbase_proto::timestamp_from_millis(dt.timestamp_millis())
+}
+
+/// The full record, or the public profile (no email) for other users.
+fn to_proto(u: UserRecord, full: bool) -> pb::User {
+    pb::User {
+        clerk_id: u.clerk_id.clone(),
+        name: u.name.clone(),
+        email: if full { u.email.clone() } else { String::new() },
+        image_url: u.image_url.clone(),
+        created_at: Some(ts(u.created_at)),
+        updated_at: Some(ts(u.data_time())),
+    }
+}
+
+fn sees_everything(p: &Principal, clerk_id: &str) -> bool {
+    match p {
+        Principal::Service(_) => true,
+        Principal::User(u) => u.user_id == clerk_id,
+    }
+}
+
+fn outcome(o: Outcome) -> (pb::CommandOutcome, &'static str) {
+    match o {
+        Outcome::Applied => (pb::CommandOutcome::Applied, "applied"),
+        Outcome::Duplicate => (pb::CommandOutcome::Duplicate, "duplicate"),
+        Outcome::Stale => (pb::CommandOutcome::Stale, "stale"),
+    }
+}
+
+impl IdentityApi {
+    fn record<T>(
+        &self,
+        command: &'static str,
+        r: Result<Outcome, Error>,
+    ) -> Result<pb::CommandOutcome, Status> {
+        match r {
+            Ok(o) => {
+                let (proto, label) = outcome(o);
+                self.metrics.command(command, label);
+                Ok(proto)
+            }
+            Err(e) => {
+                self.metrics.command(
+                    command,
+                    if matches!(e, Error::Invalid(_)) {
+                        "invalid"
+                    } else {
+                        "error"
+                    },
+                );
+                Err(e.into())
+            }
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl IdentityService for IdentityApi {
+    async fn store_user(
+        &self,
+        req: Request<pb::StoreUserRequest>,
+    ) -> Result<Response<pb::StoreUserResponse>, Status> {
+        let p = principal(&req)?;
+        let user = p
+            .as_user()
+            .ok_or_else(|| Status::permission_denied("StoreUser is for user tokens"))?;
+        validate::user_id("token sub", &user.user_id)?;
+        let name = user
+            .name
+            .clone()
+            .filter(|n| validate::text("name", n, validate::MAX_NAME_LEN).is_ok());
+        let email = user.email.clone().filter(|e| validate::email(e).is_ok());
+        let issued_at =
+            chrono::DateTime::from_timestamp(user.issued_at, 0).unwrap_or_else(chrono::Utc::now);
+        let (record, created) = users::store_user(
+            &self.pool,
+            users::TokenClaims {
+                clerk_id: user.user_id.clone(),
+                name,
+                email,
+                issued_at,
+            },
+        )
+        .await?;
+        Ok(Response::new(pb::StoreUserResponse {
+            user: Some(to_proto(record, true)),
+            created,
+        }))
+    }
+
+    async fn get_current_user(
+        &self,
+        req: Request<pb::GetCurrentUserRequest>,
+    ) -> Result<Response<pb::GetCurrentUserResponse>, Status> {
+        let p = principal(&req)?;
+        let user = p
+            .as_user()
+            .ok_or_else(|| Status::permission_denied("GetCurrentUser is for user tokens"))?;
+        let record = users::get_user(&self.pool, &user.user_id)
+            .await?
+            .ok_or_else(|| {
+                Status::not_found(
+                    "user not synced yet: call StoreUser or wait for the Clerk webhook",
+                )
+            })?;
+        Ok(Response::new(pb::GetCurrentUserResponse {
+            user: Some(to_proto(record, true)),
+        }))
+    }
+
+    async fn get_user(
+        &self,
+        req: Request<pb::GetUserRequest>,
+    ) -> Result<Response<pb::GetUserResponse>, Status> {
+        let p = principal(&req)?;
+        let id = req.into_inner().clerk_id;
+        validate::user_id("clerk_id", &id)?;
+        let record = users::get_user(&self.pool, &id)
+            .await?
+            .ok_or_else(|| Status::not_found(format!("no user {id}")))?;
+        let full = sees_everything(&p, &id);
+        Ok(Response::new(pb::GetUserResponse {
+            user: Some(to_proto(record, full)),
+        }))
+    }
+
+    async fn batch_get_users(
+        &self,
+        req: Request<pb::BatchGetUsersRequest>,
+    ) -> Result<Response<pb::BatchGetUsersResponse>, Status> {
+        let p = principal(&req)?;
+        let ids = req.into_inner().clerk_ids;
+        if ids.len() > MAX_BATCH {
+            return Err(Status::invalid_argument(format!(
+                "at most {MAX_BATCH} clerk_ids per call, got {}",
+                ids.len()
+            )));
+        }
+        for id in &ids {
+            validate::user_id("clerk_ids[]", id)?;
+        }
+        let mut unique = ids.clone();
+        unique.sort();
+        unique.dedup();
+        let mut found: HashMap<String, UserRecord> = users::get_users(&self.pool, &unique)
+            .await?
+            .into_iter()
+            .map(|u| (u.clerk_id.clone(), u))
+            .collect();
+        let mut users_out = Vec::new();
+        let mut missing = Vec::new();
+        for id in ids {
+            match found.get(&id) {
+                Some(u) => users_out.push(to_proto(u.clone(), sees_everything(&p, &id))),
+                None if !missing.contains(&id) => missing.push(id),
+                None => {}
+            }
+        }
+        found.clear();
+        Ok(Response::new(pb::BatchGetUsersResponse {
+            users: users_out,
+            missing_clerk_ids: missing,
+        }))
+    }
+
+    async fn upsert_user(
+        &self,
+        req: Request<pb::UpsertUserCommand>,
+    ) -> Result<Response<pb::UpsertUserResponse>, Status> {
+        let c = req.into_inner();
+        let cmd = (|| {
+            validate::event_id(&c.event_id)?;
+            let occurred_at = validate::occurred_at(c.occurred_at.as_ref())?;
+            validate::user_id("clerk_id", &c.clerk_id)?;
+            validate::text("name", &c.name, validate::MAX_NAME_LEN)?;
+            validate::email(&c.email)?;
+            validate::url("image_url", &c.image_url)?;
+            Ok::<_, Error>(users::UpsertUser {
+                event_id: c.event_id.clone(),
+                occurred_at,
+                clerk_id: c.clerk_id.clone(),
+                name: c.name.trim().to_owned(),
+                email: c.email.clone(),
+                image_url: c.image_url.clone(),
+                created_at: validate::optional_time(c.created_at.as_ref()),
+            })
+        })();
+        let result = match cmd {
+            Ok(cmd) => users::upsert_user(&self.pool, cmd).await,
+            Err(e) => Err(e),
+        };
+        let outcome = self.record::<()>("upsert_user", result)?;
+        Ok(Response::new(pb::UpsertUserResponse {
+            outcome: outcome.into(),
+        }))
+    }
+
+    async fn delete_user(
+        &self,
+        req: Request<pb::DeleteUserCommand>,
+    ) -> Result<Response<pb::DeleteUserResponse>, Status> {
+        let c = req.into_inner();
+        let cmd = (|| {
+            validate::event_id(&c.event_id)?;
+            let occurred_at = validate::occurred_at(c.occurred_at.as_ref())?;
+            validate::user_id("clerk_id", &c.clerk_id)?;
+            Ok::<_, Error>(users::DeleteUser {
+                event_id: c.event_id.clone(),
+                occurred_at,
+                clerk_id: c.clerk_id.clone(),
+            })
+        })();
+        let result = match cmd {
+            Ok(cmd) => users::delete_user(&self.pool, cmd).await,
+            Err(e) => Err(e),
+        };
+        let outcome = self.record::<()>("delete_user", result)?;
+        Ok(Response::new(pb::DeleteUserResponse {
+            outcome: outcome.into(),
+        }))
+    }
+}

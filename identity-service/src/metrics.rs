@@ -1,0 +1,47 @@
+//! Prometheus metrics of identity-service.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::registry::Registry;
+
+/// Labels of `identity_commands`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CommandLabels {
+    pub command: &'static str,
+    pub outcome: &'static str,
+}
+
+/// The service's metrics.
+#[derive(Debug, Clone, Default)]
+pub struct Metrics {
+    /// Sync commands by command and outcome (applied, duplicate, stale, error).
+    pub commands: Family<CommandLabels, Counter>,
+    /// Processed event ids pruned after the retention period.
+    pub pruned_events: Counter,
+}
+
+impl Metrics {
+    /// Creates the metrics and registers them.
+    pub fn register(registry: &mut Registry) -> Self {
+        let m = Self::default();
+        registry.register(
+            "identity_commands",
+            "Sync commands by outcome",
+            m.commands.clone(),
+        );
+        registry.register(
+            "identity_processed_events_pruned",
+            "Processed event ids removed after the retention period",
+            m.pruned_events.clone(),
+        );
+        m
+    }
+
+    /// Counts one command.
+    pub fn command(&self, command: &'static str, outcome: &'static str) {
+        self.commands
+            .get_or_create(&CommandLabels { command, outcome })
+            .inc();
+    }
+}

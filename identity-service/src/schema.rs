@@ -1,0 +1,29 @@
+//! Diesel table definitions (mirrors `migrations/`).
+
+diesel::table! {
+    users (clerk_id) {
+        clerk_id -> Text,
+        name -> Text,
+        email -> Text,
+        image_url -> Text,
+        source_updated_at -> Nullable<Timestamptz>,
+        claims_seen_at -> Nullable<Timestamptz>,
+        created_at -> Timestamptz,
+        updated_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    user_tombstones (clerk_id) {
+        clerk_id -> Text,
+        deleted_at -> Timestamptz,
+        recorded_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    processed_events (event_id) {
+        event_id -> Text,
+        processed_at -> Timestamptz,
+    }
+}

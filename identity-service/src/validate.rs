@@ -1,0 +1,145 @@
+//! Input checks shared by the handlers. Each error message names the field and the rule.
+
+use crate::error::Error;
+use chrono::{DateTime, Utc};
+
+/// Longest accepted Clerk id.
+pub const MAX_ID_LEN: usize = 64;
+/// Longest accepted event id.
+pub const MAX_EVENT_ID_LEN: usize = 200;
+/// Longest accepted name.
+pub const MAX_NAME_LEN: usize = 256;
+/// Longest accepted email address (RFC 5321 path limit).
+pub const MAX_EMAIL_LEN: usize = 254;
+/// Longest accepted image URL.
+pub const MAX_URL_LEN: usize = 2048;
+
+/// A Clerk user id: `user_` followed by 1..=59 ASCII letters, digits or underscores.
+pub fn user_id(field: &str, id: &str) -> Result<(), Error> {
+    let ok = id.len() <= MAX_ID_LEN
+        && id.strip_prefix("user_").is_some_and(|rest| {
+            !rest.is_empty() && rest.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+        });
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::Invalid(format!(
+            "{field} must be a Clerk user id (`user_` + letters/digits, at most {MAX_ID_LEN} chars), got {:?}",
+            truncate(id)
+        )))
+    }
+}
+
+/// A delivery id: present, printable, at most [`MAX_EVENT_ID_LEN`] chars.
+pub fn event_id(id: &str) -> Result<(), Error> {
+    if id.is_empty()
+        || id.len() > MAX_EVENT_ID_LEN
+        || id.chars().any(|c| c.is_control() || c.is_whitespace())
+    {
+        return Err(Error::Invalid(format!(
+            "event_id must be the delivery id (svix-id), 1..={MAX_EVENT_ID_LEN} printable chars"
+        )));
+    }
+    Ok(())
+}
+
+/// A timestamp that must be present and after 2000-01-01.
+pub fn occurred_at(ts: Option<&prost_types::Timestamp>) -> Result<DateTime<Utc>, Error> {
+    let ts = ts.ok_or_else(|| {
+        Error::Invalid("occurred_at is required (the source's own timestamp)".into())
+    })?;
+    let dt = DateTime::<Utc>::from_timestamp(ts.seconds, ts.nanos.clamp(0, 999_999_999) as u32)
+        .filter(|d| d.timestamp() >= 946_684_800)
+        .ok_or_else(|| Error::Invalid("occurred_at is out of range".into()))?;
+    Ok(dt)
+}
+
+/// Optional timestamp (absent or zero = unknown).
+pub fn optional_time(ts: Option<&prost_types::Timestamp>) -> Option<DateTime<Utc>> {
+    ts.filter(|t| t.seconds > 0).and_then(|t| {
+        DateTime::<Utc>::from_timestamp(t.seconds, t.nanos.clamp(0, 999_999_999) as u32)
+    })
+}
+
+/// A bounded free-text field.
+pub fn text(field: &str, value: &str, max: usize) -> Result<(), Error> {
+    if value.chars().count() > max {
+        return Err(Error::Invalid(format!(
+            "{field} is longer than {max} characters"
+        )));
+    }
+    if value.chars().any(|c| c.is_control()) {
+        return Err(Error::Invalid(format!(
+            "{field} must not contain control characters"
+        )));
+    }
+    Ok(())
+}
+
+/// An email address (empty allowed: Clerk users may have none).
+pub fn email(value: &str) -> Result<(), Error> {
+    if value.is_empty() {
+        return Ok(());
+    }
+    let valid = value.len() <= MAX_EMAIL_LEN
+        && !value.chars().any(|c| c.is_whitespace() || c.is_control())
+        && value.split_once('@').is_some_and(|(local, domain)| {
+            !local.is_empty()
+                && !domain.is_empty()
+                && !domain.contains('@')
+                && domain.contains('.')
+                && !domain.starts_with('.')
+                && !domain.ends_with('.')
+        });
+    if valid {
+        Ok(())
+    } else {
+        Err(Error::Invalid(format!(
+            "email {:?} is not a valid address",
+            truncate(value)
+        )))
+    }
+}
+
+/// An http(s) URL or empty.
+pub fn url(field: &str, value: &str) -> Result<(), Error> {
+    text(field, value, MAX_URL_LEN)?;
+    if value.is_empty() || value.starts_with("https://") || value.starts_with("http://") {
+        Ok(())
+    } else {
+        Err(Error::Invalid(format!("{field} must be an http(s) URL")))
+    }
+}
+
+fn truncate(s: &str) -> String {
+    s.chars().take(80).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn user_ids() {
+        assert!(user_id("id", "user_29w83sxmDNGwOuEthce5gg56FcC").is_ok());
+        for bad in [
+            "",
+            "user_",
+            "org_123",
+            "user_a b",
+            "user_ä",
+            &format!("user_{}", "a".repeat(80)),
+        ] {
+            assert!(user_id("id", bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn emails() {
+        assert!(email("a@b.co").is_ok());
+        assert!(email("").is_ok());
+        for bad in ["a", "@b.co", "a@", "a@b", "a b@c.de", "a@b@c.de", "a@.com"] {
+            assert!(email(bad).is_err(), "{bad}");
+        }
+    }
+}

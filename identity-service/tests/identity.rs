@@ -1,0 +1,566 @@
+//! identity-service against a real Postgres, a real server and real tokens.
+
+mod support;
+
+use support::{Env, start, ts};
+use tonic::Code;
+use vbase_proto::identity::v1 as pb;
+use vbase_proto::identity::v1::CommandOutcome;
+
+/// Test times are offsets from this realistic base (Clerk timestamps are recent).
+const T0: i64 = 1_700_000_000;
+
+fn upsert(event: &str, at: i64, id: &str, name: &str, email: &str) -> pb::UpsertUserCommand {
+    pb::UpsertUserCommand {
+        event_id: event.into(),
+        occurred_at: ts(T0 + at),
+        clerk_id: id.into(),
+        name: name.into(),
+        email: email.into(),
+        image_url: format!("https://img.clerk.com/{name}"),
+        created_at: ts(1_700_000_000),
+    }
+}
+
+fn delete(event: &str, at: i64, id: &str) -> pb::DeleteUserCommand {
+    pb::DeleteUserCommand {
+        event_id: event.into(),
+        occurred_at: ts(T0 + at),
+        clerk_id: id.into(),
+    }
+}
+
+async fn stored(env: &Env, id: &str) -> Option<pb::User> {
+    let mut c = env.client().await;
+    match c
+        .get_user(env.service(pb::GetUserRequest {
+            clerk_id: id.into(),
+        }))
+        .await
+    {
+        Ok(r) => r.into_inner().user,
+        Err(s) if s.code() == Code::NotFound => None,
+        Err(s) => panic!("GetUser failed: {s:?}"),
+    }
+}
+
+async fn apply(env: &Env, cmd: pb::UpsertUserCommand) -> CommandOutcome {
+    let mut c = env.client().await;
+    c.upsert_user(env.service(cmd))
+        .await
+        .unwrap()
+        .into_inner()
+        .outcome()
+}
+
+#[tokio::test]
+async fn upsert_creates_then_updates_and_reads_back() {
+    let env = start().await;
+    assert_eq!(
+        apply(
+            &env,
+            upsert("msg_1", 1000, "user_a", "Ada", "ada@example.com")
+        )
+        .await,
+        CommandOutcome::Applied
+    );
+    let u = stored(&env, "user_a").await.unwrap();
+    assert_eq!(
+        (u.name.as_str(), u.email.as_str()),
+        ("Ada", "ada@example.com")
+    );
+    assert_eq!(u.image_url, "https://img.clerk.com/Ada");
+    assert_eq!(u.updated_at.unwrap().seconds, T0 + 1000);
+    assert_eq!(u.created_at.unwrap().seconds, 1_700_000_000);
+    assert_eq!(
+        apply(&env, upsert("msg_2", 2000, "user_a", "Ada L", "ada@l.org")).await,
+        CommandOutcome::Applied
+    );
+    assert_eq!(stored(&env, "user_a").await.unwrap().name, "Ada L");
+}
+
+#[tokio::test]
+async fn the_same_event_id_has_exactly_one_effect() {
+    let env = start().await;
+    assert_eq!(
+        apply(&env, upsert("msg_dup", 1000, "user_a", "First", "a@b.co")).await,
+        CommandOutcome::Applied
+    );
+    // A redelivery (even with other content, which Svix never sends) changes nothing.
+    assert_eq!(
+        apply(&env, upsert("msg_dup", 5000, "user_a", "Second", "a@b.co")).await,
+        CommandOutcome::Duplicate
+    );
+    assert_eq!(stored(&env, "user_a").await.unwrap().name, "First");
+    let mut c = env.client().await;
+    let d = c
+        .delete_user(env.service(delete("msg_del", 6000, "user_a")))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(d.outcome(), CommandOutcome::Applied);
+    let d = c
+        .delete_user(env.service(delete("msg_del", 6000, "user_a")))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(d.outcome(), CommandOutcome::Duplicate);
+}
+
+#[tokio::test]
+async fn an_older_upsert_changes_nothing_and_succeeds() {
+    let env = start().await;
+    apply(&env, upsert("msg_new", 2000, "user_a", "Newer", "n@b.co")).await;
+    assert_eq!(
+        apply(&env, upsert("msg_old", 1000, "user_a", "Older", "o@b.co")).await,
+        CommandOutcome::Stale
+    );
+    let u = stored(&env, "user_a").await.unwrap();
+    assert_eq!((u.name.as_str(), u.email.as_str()), ("Newer", "n@b.co"));
+}
+
+#[tokio::test]
+async fn a_delete_leaves_a_tombstone_nothing_resurrects() {
+    let env = start().await;
+    apply(&env, upsert("e1", 1000, "user_a", "Ada", "a@b.co")).await;
+    let mut c = env.client().await;
+    c.delete_user(env.service(delete("e2", 3000, "user_a")))
+        .await
+        .unwrap();
+    assert!(stored(&env, "user_a").await.is_none());
+    // Late older update, and a later one (ids are never reused): both stale.
+    assert_eq!(
+        apply(&env, upsert("e3", 2000, "user_a", "Late", "a@b.co")).await,
+        CommandOutcome::Stale
+    );
+    assert_eq!(
+        apply(&env, upsert("e4", 9000, "user_a", "Later", "a@b.co")).await,
+        CommandOutcome::Stale
+    );
+    assert!(stored(&env, "user_a").await.is_none());
+    // A still-valid token of the deleted user does not recreate it.
+    let err = c
+        .store_user(env.user("user_a", pb::StoreUserRequest {}))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    assert!(stored(&env, "user_a").await.is_none());
+    // A delete that arrives before any create also leaves a tombstone.
+    c.delete_user(env.service(delete("e5", 100, "user_b")))
+        .await
+        .unwrap();
+    assert_eq!(
+        apply(&env, upsert("e6", 50, "user_b", "B", "b@b.co")).await,
+        CommandOutcome::Stale
+    );
+    assert!(stored(&env, "user_b").await.is_none());
+}
+
+#[tokio::test]
+async fn concurrent_upserts_end_in_the_newest_state_without_errors() {
+    let env = start().await;
+    let mut handles = Vec::new();
+    // 40 writers race for the same user with shuffled timestamps.
+    let mut times: Vec<i64> = (1..=40).map(|i| i * 10).collect();
+    use rand::seq::SliceRandom;
+    times.shuffle(&mut rand::rng());
+    for t in times {
+        let mut c = env.client().await;
+        let req = env.service(upsert(
+            &format!("evt_{t}"),
+            t,
+            "user_race",
+            &format!("n{t}"),
+            "r@b.co",
+        ));
+        handles.push(tokio::spawn(async move { c.upsert_user(req).await }));
+    }
+    for h in handles {
+        let r = h.await.unwrap();
+        assert!(r.is_ok(), "an upsert failed: {r:?}");
+    }
+    let u = stored(&env, "user_race").await.unwrap();
+    assert_eq!(u.name, "n400");
+    assert_eq!(u.updated_at.unwrap().seconds, T0 + 400);
+}
+
+#[tokio::test]
+async fn invalid_input_is_refused_and_writes_nothing() {
+    let env = start().await;
+    let mut c = env.client().await;
+    let long = "x".repeat(300);
+    let bad: Vec<(&str, pb::UpsertUserCommand)> = vec![
+        ("empty id", upsert("v1", 1000, "", "N", "a@b.co")),
+        (
+            "no user_ prefix",
+            upsert("v1", 1000, "org_abc", "N", "a@b.co"),
+        ),
+        (
+            "absurd id",
+            upsert("v1", 1000, &format!("user_{long}"), "N", "a@b.co"),
+        ),
+        ("absurd name", upsert("v1", 1000, "user_v", &long, "a@b.co")),
+        (
+            "bad email",
+            upsert("v1", 1000, "user_v", "N", "not-an-email"),
+        ),
+        ("no event id", upsert("", 1000, "user_v", "N", "a@b.co")),
+        (
+            "no occurred_at",
+            pb::UpsertUserCommand {
+                occurred_at: None,
+                ..upsert("v1", 1, "user_v", "N", "a@b.co")
+            },
+        ),
+        (
+            "occurred_at in 1970",
+            pb::UpsertUserCommand {
+                occurred_at: ts(1000),
+                ..upsert("v1", 1, "user_v", "N", "a@b.co")
+            },
+        ),
+        (
+            "bad image url",
+            pb::UpsertUserCommand {
+                image_url: "javascript:alert(1)".into(),
+                ..upsert("v1", 1000, "user_v", "N", "a@b.co")
+            },
+        ),
+    ];
+    for (what, cmd) in bad {
+        let err = c.upsert_user(env.service(cmd)).await.unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{what}: {err:?}");
+        assert!(!err.message().is_empty());
+    }
+    let err = c
+        .delete_user(env.service(delete("v1", 1000, "nope")))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    // Nothing was written: the user is absent and event id v1 was never recorded.
+    assert!(stored(&env, "user_v").await.is_none());
+    assert_eq!(
+        apply(&env, upsert("v1", 1000, "user_v", "N", "a@b.co")).await,
+        CommandOutcome::Applied
+    );
+}
+
+#[tokio::test]
+async fn store_user_creates_from_claims_and_current_user_reads_it() {
+    let env = start().await;
+    let mut c = env.client().await;
+    let err = c
+        .get_current_user(env.user("user_s", pb::GetCurrentUserRequest {}))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+    let r = c
+        .store_user(env.user("user_s", pb::StoreUserRequest {}))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(r.created);
+    assert_eq!(r.user.as_ref().unwrap().email, "user_s@example.com");
+    let again = c
+        .store_user(env.user("user_s", pb::StoreUserRequest {}))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!again.created);
+    let me = c
+        .get_current_user(env.user("user_s", pb::GetCurrentUserRequest {}))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(me.user.unwrap().name, "Token Name");
+}
+
+#[tokio::test]
+async fn store_user_never_rolls_back_newer_webhook_data() {
+    let env = start().await;
+    let future = token_auth::signing::now_secs() + 3600 - T0;
+    apply(
+        &env,
+        upsert("w1", future, "user_w", "Webhook Name", "hook@b.co"),
+    )
+    .await;
+    let mut c = env.client().await;
+    let r = c
+        .store_user(env.user("user_w", pb::StoreUserRequest {}))
+        .await
+        .unwrap()
+        .into_inner();
+    let u = r.user.unwrap();
+    assert_eq!(
+        (u.name.as_str(), u.email.as_str()),
+        ("Webhook Name", "hook@b.co")
+    );
+    assert_eq!(stored(&env, "user_w").await.unwrap().name, "Webhook Name");
+}
+
+#[tokio::test]
+async fn store_user_refreshes_name_and_email_from_a_newer_token() {
+    let env = start().await;
+    apply(&env, upsert("w1", 1000, "user_w", "Old Name", "old@b.co")).await;
+    let mut c = env.client().await;
+    let r = c
+        .store_user(env.user("user_w", pb::StoreUserRequest {}))
+        .await
+        .unwrap()
+        .into_inner();
+    let u = r.user.unwrap();
+    assert_eq!(
+        (u.name.as_str(), u.email.as_str()),
+        ("Token Name", "user_w@example.com")
+    );
+    // The image from the webhook is kept.
+    assert_eq!(u.image_url, "https://img.clerk.com/Old Name");
+}
+
+#[tokio::test]
+async fn webhook_after_store_user_brings_the_authoritative_data() {
+    let env = start().await;
+    let mut c = env.client().await;
+    c.store_user(env.user("user_x", pb::StoreUserRequest {}))
+        .await
+        .unwrap();
+    // user.created carries Clerk's updated_at from before the token was issued.
+    let created = token_auth::signing::now_secs() - 30 - T0;
+    assert_eq!(
+        apply(
+            &env,
+            upsert("c1", created, "user_x", "Real Name", "real@b.co")
+        )
+        .await,
+        CommandOutcome::Applied
+    );
+    let u = stored(&env, "user_x").await.unwrap();
+    assert_eq!(
+        (u.name.as_str(), u.email.as_str()),
+        ("Real Name", "real@b.co")
+    );
+    assert_eq!(u.image_url, "https://img.clerk.com/Real Name");
+}
+
+#[tokio::test]
+async fn users_see_only_the_public_profile_of_others() {
+    let env = start().await;
+    apply(&env, upsert("a", 1000, "user_a", "Ada", "ada@b.co")).await;
+    apply(&env, upsert("b", 1000, "user_b", "Bob", "bob@b.co")).await;
+    let mut c = env.client().await;
+    let other = c
+        .get_user(env.user(
+            "user_a",
+            pb::GetUserRequest {
+                clerk_id: "user_b".into(),
+            },
+        ))
+        .await
+        .unwrap();
+    let other = other.into_inner().user.unwrap();
+    assert_eq!((other.name.as_str(), other.email.as_str()), ("Bob", ""));
+    let own = c
+        .get_user(env.user(
+            "user_a",
+            pb::GetUserRequest {
+                clerk_id: "user_a".into(),
+            },
+        ))
+        .await
+        .unwrap();
+    assert_eq!(own.into_inner().user.unwrap().email, "ada@b.co");
+    let svc = c
+        .get_user(env.service(pb::GetUserRequest {
+            clerk_id: "user_b".into(),
+        }))
+        .await
+        .unwrap();
+    assert_eq!(svc.into_inner().user.unwrap().email, "bob@b.co");
+
+    let batch = c
+        .batch_get_users(env.user(
+            "user_a",
+            pb::BatchGetUsersRequest {
+                clerk_ids: vec![
+                    "user_b".into(),
+                    "user_zz".into(),
+                    "user_a".into(),
+                    "user_b".into(),
+                ],
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let got: Vec<(&str, &str)> = batch
+        .users
+        .iter()
+        .map(|u| (u.clerk_id.as_str(), u.email.as_str()))
+        .collect();
+    assert_eq!(
+        got,
+        vec![("user_b", ""), ("user_a", "ada@b.co"), ("user_b", "")]
+    );
+    assert_eq!(batch.missing_clerk_ids, vec!["user_zz".to_string()]);
+
+    let too_many: Vec<String> = (0..501).map(|i| format!("user_{i}")).collect();
+    let err = c
+        .batch_get_users(env.service(pb::BatchGetUsersRequest {
+            clerk_ids: too_many,
+        }))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    let ok: Vec<String> = (0..500).map(|i| format!("user_{i}")).collect();
+    let r = c
+        .batch_get_users(env.service(pb::BatchGetUsersRequest { clerk_ids: ok }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.missing_clerk_ids.len(), 500);
+}
+
+fn code<T>(r: Result<tonic::Response<T>, tonic::Status>) -> Option<Code> {
+    r.err().map(|s| s.code())
+}
+
+#[tokio::test]
+async fn each_method_accepts_only_its_declared_callers() {
+    let env = start().await;
+    let mut c = env.client().await;
+    // Service-only commands refuse user tokens.
+    assert_eq!(
+        code(
+            c.upsert_user(env.user("user_a", upsert("p1", 1, "user_a", "N", "a@b.co")))
+                .await
+        ),
+        Some(Code::PermissionDenied)
+    );
+    assert_eq!(
+        code(
+            c.delete_user(env.user("user_a", delete("p2", 1, "user_a")))
+                .await
+        ),
+        Some(Code::PermissionDenied)
+    );
+    // User-only calls refuse service tokens.
+    assert_eq!(
+        code(c.store_user(env.service(pb::StoreUserRequest {})).await),
+        Some(Code::PermissionDenied)
+    );
+    assert_eq!(
+        code(
+            c.get_current_user(env.service(pb::GetCurrentUserRequest {}))
+                .await
+        ),
+        Some(Code::PermissionDenied)
+    );
+    // No token at all.
+    assert_eq!(
+        code(
+            c.get_user(tonic::Request::new(pb::GetUserRequest {
+                clerk_id: "user_a".into()
+            }))
+            .await
+        ),
+        Some(Code::Unauthenticated)
+    );
+    // A service token minted for the other service.
+    let wrong = support::bearer(
+        pb::GetUserRequest {
+            clerk_id: "user_a".into(),
+        },
+        &env.keys.token_for("workspace-service"),
+    );
+    assert_eq!(code(c.get_user(wrong).await), Some(Code::Unauthenticated));
+    // Nothing was written by the refused commands.
+    assert_eq!(
+        apply(&env, upsert("p1", 1000, "user_a", "N", "a@b.co")).await,
+        CommandOutcome::Applied
+    );
+}
+
+#[tokio::test]
+async fn health_and_reflection_need_no_token() {
+    use tonic_health::pb::health_client::HealthClient;
+    use tonic_reflection::pb::v1alpha::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1alpha::{
+        ServerReflectionRequest, server_reflection_request::MessageRequest,
+        server_reflection_response::MessageResponse,
+    };
+    let env = start().await;
+    let channel = tonic::transport::Channel::from_shared(format!("http://{}", env.server.addr))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut health = HealthClient::new(channel.clone());
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let r = health
+            .check(tonic_health::pb::HealthCheckRequest {
+                service: identity_service::SERVICE_NAME.into(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        if r.status == tonic_health::pb::health_check_response::ServingStatus::Serving as i32 {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "never SERVING");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let mut refl = ServerReflectionClient::new(channel);
+    let req = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut stream = refl
+        .server_reflection_info(tokio_stream::iter(vec![req]))
+        .await
+        .unwrap()
+        .into_inner();
+    let resp = stream.message().await.unwrap().unwrap();
+    let Some(MessageResponse::ListServicesResponse(list)) = resp.message_response else {
+        panic!("unexpected reflection answer")
+    };
+    let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+    assert!(
+        names.contains(&identity_service::SERVICE_NAME.to_string()),
+        "{names:?}"
+    );
+    assert!(
+        names.contains(&"grpc.health.v1.Health".to_string()),
+        "{names:?}"
+    );
+}
+
+#[tokio::test]
+async fn processed_event_ids_are_pruned_after_retention() {
+    let env = start().await;
+    apply(&env, upsert("old_evt", 1000, "user_p", "P", "p@b.co")).await;
+    apply(&env, upsert("new_evt", 2000, "user_p", "P2", "p@b.co")).await;
+    let pool = service_runtime::db::build_pool(env.db.url(), 2).unwrap();
+    {
+        use diesel_async::RunQueryDsl;
+        let mut conn = pool.get().await.unwrap();
+        diesel::sql_query("UPDATE processed_events SET processed_at = now() - interval '73 hours' WHERE event_id = 'old_evt'")
+            .execute(&mut conn)
+            .await
+            .unwrap();
+    }
+    let pruned =
+        identity_service::users::prune_processed_events(&pool, chrono::Duration::hours(72))
+            .await
+            .unwrap();
+    assert_eq!(pruned, 1);
+    // The recent id is still remembered; the pruned one would be accepted again (beyond Svix's retry window).
+    assert_eq!(
+        apply(&env, upsert("new_evt", 2000, "user_p", "P2", "p@b.co")).await,
+        CommandOutcome::Duplicate
+    );
+    assert_eq!(
+        apply(&env, upsert("old_evt", 1000, "user_p", "P", "p@b.co")).await,
+        CommandOutcome::Stale
+    );
+}

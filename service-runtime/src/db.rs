@@ -1,0 +1,108 @@
+//! Postgres pool, migrations, and classification of database failures.
+
+use anyhow::Context;
+use diesel_async::AsyncPgConnection;
+use diesel_async::pooled_connection::AsyncDieselConnectionManager;
+use diesel_async::pooled_connection::deadpool::Pool as DeadPool;
+use diesel_migrations::{EmbeddedMigrations, MigrationHarness};
+use std::time::Duration;
+
+/// The connection pool type of the services.
+pub type Pool = DeadPool<AsyncPgConnection>;
+
+/// Database settings shared by the services.
+#[derive(Debug, Clone, clap::Args)]
+pub struct DatabaseArgs {
+    /// PostgreSQL URL, e.g. `postgres://identity:secret@db:5432/vbase`.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    pub database_url: String,
+    /// Maximum pooled connections.
+    #[arg(long, env = "DB_POOL_SIZE", default_value_t = 16)]
+    pub db_pool_size: usize,
+}
+
+/// Builds a pool that fails fast (5 s) when the database is unreachable.
+pub fn build_pool(url: &str, max_size: usize) -> anyhow::Result<Pool> {
+    let manager = AsyncDieselConnectionManager::<AsyncPgConnection>::new(url);
+    DeadPool::builder(manager)
+        .max_size(max_size.max(1))
+        .wait_timeout(Some(Duration::from_secs(5)))
+        .create_timeout(Some(Duration::from_secs(5)))
+        .recycle_timeout(Some(Duration::from_secs(5)))
+        .runtime(deadpool::Runtime::Tokio1)
+        .build()
+        .context("building the database pool")
+}
+
+/// Applies pending migrations, then closes the connection.
+pub async fn run_migrations(
+    url: &str,
+    migrations: EmbeddedMigrations,
+) -> anyhow::Result<Vec<String>> {
+    use diesel::Connection;
+    use diesel_async::async_connection_wrapper::AsyncConnectionWrapper;
+    let url = url.to_owned();
+    tokio::task::spawn_blocking(move || {
+        let mut conn = AsyncConnectionWrapper::<AsyncPgConnection>::establish(&url)
+            .context("connecting to the database to migrate")?;
+        let applied = conn
+            .run_pending_migrations(migrations)
+            .map_err(|e| anyhow::anyhow!("migration failed: {e}"))?;
+        Ok(applied.iter().map(ToString::to_string).collect())
+    })
+    .await
+    .context("migration task")?
+}
+
+/// What kind of database failure happened, for mapping onto gRPC codes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DbFailure {
+    /// No row.
+    NotFound,
+    /// Unique constraint violated.
+    UniqueViolation,
+    /// Foreign key violated.
+    ForeignKeyViolation,
+    /// Serialization failure or deadlock: safe to retry.
+    Retryable,
+    /// The database is unreachable or the connection broke.
+    Unavailable,
+    /// Anything else.
+    Other,
+}
+
+/// Classifies a diesel error.
+pub fn classify(e: &diesel::result::Error) -> DbFailure {
+    use diesel::result::{DatabaseErrorKind as K, Error as E};
+    match e {
+        E::NotFound => DbFailure::NotFound,
+        E::DatabaseError(K::UniqueViolation, _) => DbFailure::UniqueViolation,
+        E::DatabaseError(K::ForeignKeyViolation, _) => DbFailure::ForeignKeyViolation,
+        E::DatabaseError(K::SerializationFailure, _) => DbFailure::Retryable,
+        E::DatabaseError(K::ClosedConnection, _) | E::BrokenTransactionManager => {
+            DbFailure::Unavailable
+        }
+        E::DatabaseError(_, info) if info.message().contains("deadlock detected") => {
+            DbFailure::Retryable
+        }
+        E::DatabaseError(K::Unknown, info)
+            if info.message().contains("connection") || info.message().contains("terminating") =>
+        {
+            DbFailure::Unavailable
+        }
+        _ => DbFailure::Other,
+    }
+}
+
+/// A short fingerprint of a migration set (names), to key test templates by schema version.
+pub fn migrations_fingerprint(migrations: &EmbeddedMigrations) -> String {
+    use diesel::migration::MigrationSource;
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    if let Ok(list) = MigrationSource::<diesel::pg::Pg>::migrations(migrations) {
+        for m in list {
+            m.name().to_string().hash(&mut h);
+        }
+    }
+    format!("{:x}", h.finish())
+}

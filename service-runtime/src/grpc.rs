@@ -1,0 +1,109 @@
+//! The tonic server every service runs: auth layer, health, reflection (v1 + v1alpha), drain.
+
+use crate::db::Pool;
+use diesel_async::RunQueryDsl;
+use std::convert::Infallible;
+use std::future::Future;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::server::NamedService;
+use tonic_health::ServingStatus;
+use tonic_health::server::HealthReporter;
+
+/// Serves `service` behind `auth` with health and reflection on `listener` until `shutdown`
+/// resolves, then reports NOT_SERVING and drains in-flight calls.
+pub async fn serve_grpc<S>(
+    listener: TcpListener,
+    auth: token_auth::AuthLayer,
+    service: S,
+    health: (
+        HealthReporter,
+        tonic_health::pb::health_server::HealthServer<impl tonic_health::pb::health_server::Health>,
+    ),
+    shutdown: impl Future<Output = ()> + Send,
+) -> anyhow::Result<()>
+where
+    S: tower::Service<
+            http::Request<tonic::body::Body>,
+            Response = http::Response<tonic::body::Body>,
+            Error = Infallible,
+        > + NamedService
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Future: Send + 'static,
+{
+    let (reporter, health_service) = health;
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(vbase_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(vbase_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()?;
+    let name = S::NAME;
+    let shutdown = async move {
+        shutdown.await;
+        // Stop advertising readiness first, then let tonic drain.
+        reporter
+            .set_service_status(name, ServingStatus::NotServing)
+            .await;
+        reporter
+            .set_service_status("", ServingStatus::NotServing)
+            .await;
+    };
+    tonic::transport::Server::builder()
+        .layer(auth)
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(service)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .await?;
+    Ok(())
+}
+
+/// Reports `service` (and the server as a whole, `""`) SERVING while `SELECT 1` succeeds on
+/// `pool`, NOT_SERVING otherwise; checks every `interval` until `stop` resolves.
+pub async fn watch_database(
+    pool: Pool,
+    reporter: HealthReporter,
+    service: &'static str,
+    interval: Duration,
+    stop: impl Future<Output = ()>,
+) {
+    tokio::pin!(stop);
+    let mut last: Option<bool> = None;
+    loop {
+        let ok = tokio::time::timeout(Duration::from_secs(3), async {
+            let mut conn = pool.get().await.ok()?;
+            diesel::sql_query("SELECT 1").execute(&mut conn).await.ok()
+        })
+        .await
+        .ok()
+        .flatten()
+        .is_some();
+        if last != Some(ok) {
+            let status = if ok {
+                ServingStatus::Serving
+            } else {
+                ServingStatus::NotServing
+            };
+            reporter.set_service_status(service, status).await;
+            reporter.set_service_status("", status).await;
+            if ok {
+                tracing::info!(service, "database reachable: SERVING");
+            } else {
+                tracing::warn!(service, "database unreachable: NOT_SERVING");
+            }
+            last = Some(ok);
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(interval) => {}
+            _ = &mut stop => return,
+        }
+    }
+}
