@@ -1,0 +1,126 @@
+//! Process-level behaviour: health follows the database, configuration errors are one clear line.
+
+mod support;
+
+use ephemeral_postgres::{PgCluster, PgClusterOptions};
+use std::time::Duration;
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+
+async fn status(addr: std::net::SocketAddr) -> i32 {
+    let channel = tonic::transport::Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut h = HealthClient::new(channel);
+    h.check(HealthCheckRequest {
+        service: identity_service::SERVICE_NAME.into(),
+    })
+    .await
+    .unwrap()
+    .into_inner()
+    .status
+}
+
+async fn wait_for(addr: std::net::SocketAddr, want: ServingStatus) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        if status(addr).await == want as i32 {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "health never became {want:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn health_follows_the_database_and_calls_fail_unavailable_meanwhile() {
+    let cluster = tokio::task::spawn_blocking(|| {
+        let c = PgCluster::start(PgClusterOptions::default()).unwrap();
+        c.wait_ready(Duration::from_secs(20)).unwrap();
+        c
+    })
+    .await
+    .unwrap();
+    let url = cluster.url("postgres");
+    identity_service::migrate(&url).await.unwrap();
+    let clerk = stand_ins::ClerkStandIn::start("convex").await.unwrap();
+    let keys = stand_ins::ServiceKeys::generate("vbase-internal", "webhook-gateway").unwrap();
+    let server = support::start_server(support::config(&url, &clerk, &keys)).await;
+    wait_for(server.addr, ServingStatus::Serving).await;
+
+    let cluster = tokio::task::spawn_blocking(move || {
+        cluster.pause().unwrap();
+        cluster
+    })
+    .await
+    .unwrap();
+    wait_for(server.addr, ServingStatus::NotServing).await;
+    let mut c = support::connect(server.addr).await;
+    let token = keys.token_for("identity-service");
+    let err = c
+        .get_user(support::bearer(
+            vbase_proto::identity::v1::GetUserRequest {
+                clerk_id: "user_a".into(),
+            },
+            &token,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unavailable, "{err:?}");
+
+    let cluster = tokio::task::spawn_blocking(move || {
+        cluster.resume().unwrap();
+        cluster
+    })
+    .await
+    .unwrap();
+    wait_for(server.addr, ServingStatus::Serving).await;
+    let r = c
+        .get_user(support::bearer(
+            vbase_proto::identity::v1::GetUserRequest {
+                clerk_id: "user_a".into(),
+            },
+            &token,
+        ))
+        .await;
+    assert_eq!(r.unwrap_err().code(), tonic::Code::NotFound);
+    server.stop().await.unwrap();
+    drop(cluster);
+}
+
+#[test]
+fn missing_configuration_is_one_line_naming_the_variable() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_identity-service"))
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("CLERK_JWT_ISSUER_DOMAIN", "https://clerk.example.com")
+        .env("SERVICE_JWKS_FILE", "/nonexistent")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("DATABASE_URL"), "{stderr}");
+}
+
+#[test]
+fn malformed_configuration_names_the_variable() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_identity-service"))
+        .env_clear()
+        .env("DATABASE_URL", "postgres://x@127.0.0.1:1/x")
+        .env("CLERK_JWT_ISSUER_DOMAIN", "https://clerk.example.com")
+        .env("SERVICE_JWKS_FILE", "/nonexistent")
+        .env("GRPC_ADDR", "not-an-address")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("GRPC_ADDR"), "{stderr}");
+}
