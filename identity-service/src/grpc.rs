@@ -78,7 +78,7 @@ fn outcome(o: Outcome) -> (pb::CommandOutcome, &'static str) {
 }
 
 impl IdentityApi {
-    fn record<T>(
+    fn record(
         &self,
         command: &'static str,
         r: Result<Outcome, Error>,
@@ -239,7 +239,7 @@ impl IdentityService for IdentityApi {
             Ok(cmd) => users::upsert_user(&self.pool, cmd).await,
             Err(e) => Err(e),
         };
-        let outcome = self.record::<()>("upsert_user", result)?;
+        let outcome = self.record("upsert_user", result)?;
         Ok(Response::new(pb::UpsertUserResponse {
             outcome: outcome.into(),
         }))
@@ -264,7 +264,7 @@ impl IdentityService for IdentityApi {
             Ok(cmd) => users::delete_user(&self.pool, cmd).await,
             Err(e) => Err(e),
         };
-        let outcome = self.record::<()>("delete_user", result)?;
+        let outcome = self.record("delete_user", result)?;
         Ok(Response::new(pb::DeleteUserResponse {
             outcome: outcome.into(),
         }))
