@@ -23,6 +23,12 @@ pub enum Error {
     Pool(#[from] diesel_async::pooled_connection::deadpool::PoolError),
 }
 
+impl From<input_validation::Invalid> for Error {
+    fn from(e: input_validation::Invalid) -> Self {
+        Error::Invalid(e.0)
+    }
+}
+
 impl From<Error> for Status {
     fn from(e: Error) -> Self {
         match e {

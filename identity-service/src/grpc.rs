@@ -3,7 +3,7 @@
 use crate::error::Error;
 use crate::metrics::Metrics;
 use crate::users::{self, Outcome, UserRecord};
-use crate::validate;
+use input_validation as validate;
 use service_runtime::Pool;
 use std::collections::HashMap;
 use token_auth::{Access, MethodPolicy, Principal};

@@ -7,7 +7,6 @@ pub mod grpc;
 pub mod metrics;
 pub mod schema;
 pub mod users;
-pub mod validate;
 
 use diesel_migrations::{EmbeddedMigrations, embed_migrations};
 use service_runtime::{DatabaseArgs, LogFormat};

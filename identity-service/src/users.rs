@@ -8,10 +8,11 @@
 //!   replicas neither lose updates nor race a delete.
 
 use crate::error::Error;
-use crate::schema::{processed_events, user_tombstones, users};
+use crate::schema::{user_tombstones, users};
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use diesel::sql_types::{Nullable, Text, Timestamptz};
+
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use service_runtime::Pool;
 
@@ -78,23 +79,8 @@ pub struct TokenClaims {
     pub issued_at: DateTime<Utc>,
 }
 
-/// Serialises all writes for one user until the transaction ends.
 async fn lock_user(conn: &mut AsyncPgConnection, clerk_id: &str) -> QueryResult<()> {
-    diesel::sql_query("SELECT pg_advisory_xact_lock(hashtextextended($1, 7))")
-        .bind::<Text, _>(clerk_id)
-        .execute(conn)
-        .await
-        .map(|_| ())
-}
-
-/// Records `event_id`; false when it was already recorded.
-async fn first_delivery(conn: &mut AsyncPgConnection, event_id: &str) -> QueryResult<bool> {
-    let inserted = diesel::insert_into(processed_events::table)
-        .values(processed_events::event_id.eq(event_id))
-        .on_conflict_do_nothing()
-        .execute(conn)
-        .await?;
-    Ok(inserted == 1)
+    service_runtime::db::lock_entity(conn, &format!("user:{clerk_id}")).await
 }
 
 async fn is_tombstoned(conn: &mut AsyncPgConnection, clerk_id: &str) -> QueryResult<bool> {
@@ -110,7 +96,7 @@ pub async fn upsert_user(pool: &Pool, cmd: UpsertUser) -> Result<Outcome, Error>
     let mut conn = pool.get().await?;
     let outcome = conn
         .transaction::<_, Error, _>(async |conn| {
-            if !first_delivery(conn, &cmd.event_id).await? {
+            if !service_runtime::db::record_delivery(conn, &cmd.event_id).await? {
                 return Ok(Outcome::Duplicate);
             }
             lock_user(conn, &cmd.clerk_id).await?;
@@ -146,7 +132,7 @@ pub async fn delete_user(pool: &Pool, cmd: DeleteUser) -> Result<Outcome, Error>
     let mut conn = pool.get().await?;
     let outcome = conn
         .transaction::<_, Error, _>(async |conn| {
-            if !first_delivery(conn, &cmd.event_id).await? {
+            if !service_runtime::db::record_delivery(conn, &cmd.event_id).await? {
                 return Ok(Outcome::Duplicate);
             }
             lock_user(conn, &cmd.clerk_id).await?;
@@ -255,22 +241,9 @@ pub async fn get_users(pool: &Pool, ids: &[String]) -> Result<Vec<UserRecord>, E
         .await?)
 }
 
-/// Deletes processed event ids older than `keep`, in batches; returns how many were removed.
+/// Deletes processed event ids older than `keep`; returns how many were removed.
 pub async fn prune_processed_events(pool: &Pool, keep: chrono::Duration) -> Result<u64, Error> {
     let mut conn = pool.get().await?;
-    let cutoff = Utc::now() - keep;
-    let mut total = 0u64;
-    loop {
-        let n = diesel::sql_query(
-            "DELETE FROM processed_events WHERE event_id IN (
-                 SELECT event_id FROM processed_events WHERE processed_at < $1 LIMIT 5000)",
-        )
-        .bind::<Timestamptz, _>(cutoff)
-        .execute(&mut conn)
-        .await?;
-        total += n as u64;
-        if n < 5000 {
-            return Ok(total);
-        }
-    }
+    let keep = keep.to_std().unwrap_or_default();
+    Ok(service_runtime::db::prune_processed_events(&mut conn, keep).await?)
 }

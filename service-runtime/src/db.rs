@@ -106,3 +106,53 @@ pub fn migrations_fingerprint(migrations: &EmbeddedMigrations) -> String {
     }
     format!("{:x}", h.finish())
 }
+
+/// Exactly-once delivery: records `event_id` in the service's `processed_events` table (same
+/// transaction as the change). Returns false when it was recorded before (a duplicate).
+pub async fn record_delivery(
+    conn: &mut AsyncPgConnection,
+    event_id: &str,
+) -> diesel::QueryResult<bool> {
+    use diesel_async::RunQueryDsl;
+    let n = diesel::sql_query(
+        "INSERT INTO processed_events (event_id) VALUES ($1) ON CONFLICT DO NOTHING",
+    )
+    .bind::<diesel::sql_types::Text, _>(event_id)
+    .execute(conn)
+    .await?;
+    Ok(n == 1)
+}
+
+/// Serialises writers of one entity (`key`) until the current transaction ends.
+pub async fn lock_entity(conn: &mut AsyncPgConnection, key: &str) -> diesel::QueryResult<()> {
+    use diesel_async::RunQueryDsl;
+    diesel::sql_query("SELECT pg_advisory_xact_lock(hashtextextended($1, 7))")
+        .bind::<diesel::sql_types::Text, _>(key)
+        .execute(conn)
+        .await
+        .map(|_| ())
+}
+
+/// Deletes processed event ids older than `keep`, in batches of 5000; returns how many.
+pub async fn prune_processed_events(
+    conn: &mut AsyncPgConnection,
+    keep: Duration,
+) -> diesel::QueryResult<u64> {
+    use diesel_async::RunQueryDsl;
+    let keep_secs = keep.as_secs() as f64;
+    let mut total = 0u64;
+    loop {
+        let n = diesel::sql_query(
+            "DELETE FROM processed_events WHERE event_id IN (
+                 SELECT event_id FROM processed_events
+                 WHERE processed_at < now() - make_interval(secs => $1) LIMIT 5000)",
+        )
+        .bind::<diesel::sql_types::Double, _>(keep_secs)
+        .execute(conn)
+        .await?;
+        total += n as u64;
+        if n < 5000 {
+            return Ok(total);
+        }
+    }
+}

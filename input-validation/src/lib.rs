@@ -1,7 +1,20 @@
-//! Input checks shared by the handlers. Each error message names the field and the rule.
+//! Checks of gRPC input shared by the VBase services. Each error names the field and the rule,
+//! so a caller can act on it; services map [`Invalid`] to `INVALID_ARGUMENT`.
 
-use crate::error::Error;
 use chrono::{DateTime, Utc};
+
+/// Input that breaks a rule; the message says which and how to fix it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct Invalid(pub String);
+
+type Error = Invalid;
+
+impl From<Invalid> for tonic::Status {
+    fn from(e: Invalid) -> Self {
+        tonic::Status::invalid_argument(e.0)
+    }
+}
 
 /// Longest accepted Clerk id.
 pub const MAX_ID_LEN: usize = 64;
@@ -23,7 +36,7 @@ pub fn user_id(field: &str, id: &str) -> Result<(), Error> {
     if ok {
         Ok(())
     } else {
-        Err(Error::Invalid(format!(
+        Err(Invalid(format!(
             "{field} must be a Clerk user id (`user_` + letters/digits, at most {MAX_ID_LEN} chars), got {:?}",
             truncate(id)
         )))
@@ -36,7 +49,7 @@ pub fn event_id(id: &str) -> Result<(), Error> {
         || id.len() > MAX_EVENT_ID_LEN
         || id.chars().any(|c| c.is_control() || c.is_whitespace())
     {
-        return Err(Error::Invalid(format!(
+        return Err(Invalid(format!(
             "event_id must be the delivery id (svix-id), 1..={MAX_EVENT_ID_LEN} printable chars"
         )));
     }
@@ -45,12 +58,11 @@ pub fn event_id(id: &str) -> Result<(), Error> {
 
 /// A timestamp that must be present and after 2000-01-01.
 pub fn occurred_at(ts: Option<&prost_types::Timestamp>) -> Result<DateTime<Utc>, Error> {
-    let ts = ts.ok_or_else(|| {
-        Error::Invalid("occurred_at is required (the source's own timestamp)".into())
-    })?;
+    let ts =
+        ts.ok_or_else(|| Invalid("occurred_at is required (the source's own timestamp)".into()))?;
     let dt = DateTime::<Utc>::from_timestamp(ts.seconds, ts.nanos.clamp(0, 999_999_999) as u32)
         .filter(|d| d.timestamp() >= 946_684_800)
-        .ok_or_else(|| Error::Invalid("occurred_at is out of range".into()))?;
+        .ok_or_else(|| Invalid("occurred_at is out of range".into()))?;
     Ok(dt)
 }
 
@@ -64,12 +76,10 @@ pub fn optional_time(ts: Option<&prost_types::Timestamp>) -> Option<DateTime<Utc
 /// A bounded free-text field.
 pub fn text(field: &str, value: &str, max: usize) -> Result<(), Error> {
     if value.chars().count() > max {
-        return Err(Error::Invalid(format!(
-            "{field} is longer than {max} characters"
-        )));
+        return Err(Invalid(format!("{field} is longer than {max} characters")));
     }
     if value.chars().any(|c| c.is_control()) {
-        return Err(Error::Invalid(format!(
+        return Err(Invalid(format!(
             "{field} must not contain control characters"
         )));
     }
@@ -94,7 +104,7 @@ pub fn email(value: &str) -> Result<(), Error> {
     if valid {
         Ok(())
     } else {
-        Err(Error::Invalid(format!(
+        Err(Invalid(format!(
             "email {:?} is not a valid address",
             truncate(value)
         )))
@@ -107,7 +117,7 @@ pub fn url(field: &str, value: &str) -> Result<(), Error> {
     if value.is_empty() || value.starts_with("https://") || value.starts_with("http://") {
         Ok(())
     } else {
-        Err(Error::Invalid(format!("{field} must be an http(s) URL")))
+        Err(Invalid(format!("{field} must be an http(s) URL")))
     }
 }
 
