@@ -9,10 +9,10 @@ pub mod schema;
 pub mod users;
 
 use diesel_migrations::{EmbeddedMigrations, embed_migrations};
-use service_runtime::{DatabaseArgs, LogFormat};
+use service_runtime::{Background, DatabaseArgs, LogFormat};
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
 use vbase_proto::identity::v1::identity_service_server::IdentityServiceServer;
@@ -66,56 +66,26 @@ pub async fn run(
     }
     let auth = Arc::new(config.auth.build(AUDIENCE).map_err(anyhow::Error::msg)?);
     let pool = service_runtime::db::build_pool(&config.db.database_url, config.db.db_pool_size)?;
-
     let mut registry = prometheus_client::registry::Registry::default();
     let metrics = metrics::Metrics::register(&mut registry);
-    let registry = Arc::new(Mutex::new(registry));
-
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let stopped = move || {
-        let mut rx = stop_rx.clone();
-        async move {
-            let _ = rx.wait_for(|s| *s).await;
-        }
-    };
-
-    let metrics_listener = TcpListener::bind(config.metrics_addr).await?;
-    tokio::spawn(service_runtime::serve_metrics(
-        metrics_listener,
-        registry,
-        stopped(),
-    ));
-
-    let (reporter, health_service) = tonic_health::server::health_reporter();
-    reporter
-        .set_service_status(SERVICE_NAME, tonic_health::ServingStatus::NotServing)
-        .await;
-    tokio::spawn(service_runtime::watch_database(
-        pool.clone(),
-        reporter.clone(),
-        SERVICE_NAME,
-        Duration::from_secs(2),
-        stopped(),
-    ));
+    let background = Background::default();
     tokio::spawn(prune_loop(
         pool.clone(),
         metrics.clone(),
         config.processed_event_retention_hours.max(72),
-        stopped(),
+        background.stopped(),
     ));
-
-    let api = grpc::IdentityApi::new(pool, metrics);
-    tracing::info!(addr = %listener.local_addr()?, "identity-service listening");
-    let result = service_runtime::serve_grpc(
+    service_runtime::serve_service(
         listener,
+        config.metrics_addr,
+        registry,
+        pool.clone(),
         token_auth::AuthLayer::new(auth, grpc::policy()),
-        IdentityServiceServer::new(api),
-        (reporter, health_service),
+        IdentityServiceServer::new(grpc::IdentityApi::new(pool, metrics)),
+        background,
         shutdown,
     )
-    .await;
-    let _ = stop_tx.send(true);
-    result
+    .await
 }
 
 async fn prune_loop(

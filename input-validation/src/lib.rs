@@ -27,19 +27,57 @@ pub const MAX_EMAIL_LEN: usize = 254;
 /// Longest accepted image URL.
 pub const MAX_URL_LEN: usize = 2048;
 
-/// A Clerk user id: `user_` followed by 1..=59 ASCII letters, digits or underscores.
-pub fn user_id(field: &str, id: &str) -> Result<(), Error> {
+/// A Clerk id with `prefix` (`user_`, `org_`): the prefix then ASCII letters, digits or
+/// underscores, at most [`MAX_ID_LEN`] chars.
+pub fn clerk_id(field: &str, prefix: &str, id: &str) -> Result<(), Error> {
     let ok = id.len() <= MAX_ID_LEN
-        && id.strip_prefix("user_").is_some_and(|rest| {
+        && id.strip_prefix(prefix).is_some_and(|rest| {
             !rest.is_empty() && rest.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
         });
     if ok {
         Ok(())
     } else {
         Err(Invalid(format!(
-            "{field} must be a Clerk user id (`user_` + letters/digits, at most {MAX_ID_LEN} chars), got {:?}",
+            "{field} must be a Clerk id (`{prefix}` + letters/digits, at most {MAX_ID_LEN} chars), got {:?}",
             truncate(id)
         )))
+    }
+}
+
+/// A Clerk user id, `user_...`.
+pub fn user_id(field: &str, id: &str) -> Result<(), Error> {
+    clerk_id(field, "user_", id)
+}
+
+/// A Clerk organization id, `org_...`.
+pub fn org_id(field: &str, id: &str) -> Result<(), Error> {
+    clerk_id(field, "org_", id)
+}
+
+/// One of our UUID ids.
+pub fn uuid(field: &str, id: &str) -> Result<uuid::Uuid, Error> {
+    uuid::Uuid::parse_str(id)
+        .map_err(|_| Invalid(format!("{field} must be a UUID, got {:?}", truncate(id))))
+}
+
+/// Required non-blank text of at most `max` chars, returned trimmed.
+pub fn required_text(field: &str, value: &str, max: usize) -> Result<String, Error> {
+    let v = value.trim();
+    if v.is_empty() {
+        return Err(Invalid(format!("{field} must not be empty")));
+    }
+    text(field, v, max)?;
+    Ok(v.to_owned())
+}
+
+/// Page size: 0 means `default`; otherwise 1..=`max`.
+pub fn page_size(value: i32, default: i64, max: i64) -> Result<i64, Error> {
+    match value {
+        0 => Ok(default),
+        v if v < 0 || i64::from(v) > max => {
+            Err(Invalid(format!("page_size must be 1..={max}, got {v}")))
+        }
+        v => Ok(i64::from(v)),
     }
 }
 
@@ -142,6 +180,16 @@ mod tests {
         ] {
             assert!(user_id("id", bad).is_err(), "{bad}");
         }
+        assert!(org_id("id", "org_29w9IfBrPmcpi0IeBVaKtA7R94W").is_ok());
+        assert!(org_id("id", "user_1").is_err());
+    }
+
+    #[test]
+    fn page_sizes() {
+        assert_eq!(page_size(0, 50, 500), Ok(50));
+        assert_eq!(page_size(500, 50, 500), Ok(500));
+        assert!(page_size(501, 50, 500).is_err());
+        assert!(page_size(-1, 50, 500).is_err());
     }
 
     #[test]

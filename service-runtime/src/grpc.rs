@@ -107,3 +107,92 @@ pub async fn watch_database(
         }
     }
 }
+
+/// Signals background tasks to stop once the server has drained.
+#[derive(Debug, Clone)]
+pub struct Background {
+    tx: tokio::sync::watch::Sender<bool>,
+}
+
+impl Default for Background {
+    fn default() -> Self {
+        Self {
+            tx: tokio::sync::watch::channel(false).0,
+        }
+    }
+}
+
+impl Background {
+    /// A future that resolves when [`Background::stop`] is called.
+    pub fn stopped(&self) -> impl Future<Output = ()> + Send + 'static {
+        let mut rx = self.tx.subscribe();
+        async move {
+            let _ = rx.wait_for(|s| *s).await;
+        }
+    }
+
+    /// Stops every task waiting on [`Background::stopped`].
+    pub fn stop(&self) {
+        let _ = self.tx.send(true);
+    }
+}
+
+/// Everything a service runs around its handlers: `/metrics` on `metrics_addr`, health that
+/// follows the database, the gRPC server behind `auth` on `listener`. Returns after `shutdown`
+/// and the drain; then stops `background`.
+#[allow(clippy::too_many_arguments)]
+pub async fn serve_service<S>(
+    listener: TcpListener,
+    metrics_addr: std::net::SocketAddr,
+    registry: prometheus_client::registry::Registry,
+    pool: Pool,
+    auth: token_auth::AuthLayer,
+    service: S,
+    background: Background,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()>
+where
+    S: tower::Service<
+            http::Request<tonic::body::Body>,
+            Response = http::Response<tonic::body::Body>,
+            Error = Infallible,
+        > + NamedService
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Future: Send + 'static,
+{
+    let registry = std::sync::Arc::new(std::sync::Mutex::new(registry));
+    let metrics_listener = TcpListener::bind(metrics_addr).await?;
+    tokio::spawn(crate::metrics::serve_metrics(
+        metrics_listener,
+        registry,
+        background.stopped(),
+    ));
+    let (reporter, health_service) = tonic_health::server::health_reporter();
+    reporter
+        .set_service_status(S::NAME, ServingStatus::NotServing)
+        .await;
+    reporter
+        .set_service_status("", ServingStatus::NotServing)
+        .await;
+    tokio::spawn(watch_database(
+        pool,
+        reporter.clone(),
+        S::NAME,
+        Duration::from_secs(2),
+        background.stopped(),
+    ));
+    tracing::info!(service = S::NAME, addr = %listener.local_addr()?, "listening");
+    let result = serve_grpc(
+        listener,
+        auth,
+        service,
+        (reporter, health_service),
+        shutdown,
+    )
+    .await;
+    background.stop();
+    result
+}

@@ -6,7 +6,9 @@
 mod clerk;
 pub mod http_server;
 mod jwks;
+mod liveblocks;
 
 pub use clerk::{ClerkStandIn, OrgClaim, ServiceKeys};
 pub use http_server::HttpStandIn;
 pub use jwks::JwksServer;
+pub use liveblocks::{LiveblocksMode, LiveblocksStandIn};

@@ -1,0 +1,242 @@
+//! Stand-in for the Liveblocks REST API's `DELETE /v2/rooms/{roomId}`.
+//!
+//! Answers as Liveblocks does: 204 with no body when the room existed, 404 `ROOM_NOT_FOUND`
+//! once it is gone, 401/403 for a wrong key. It can be told to fail (503), rate-limit (429 with
+//! `Retry-After`) or slow down, and records every successful deletion and the peak concurrency,
+//! overall and per room.
+
+use crate::http_server::{HttpStandIn, SeenRequest, empty_response, json_response};
+use bytes::Bytes;
+use http_body_util::Full;
+use serde_json::json;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::net::TcpListener;
+
+/// How the stand-in answers for now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LiveblocksMode {
+    /// Normal operation.
+    Up,
+    /// 503 for everything.
+    Down,
+    /// 429 with `Retry-After: secs`.
+    RateLimited { retry_after_secs: u64 },
+}
+
+#[derive(Default)]
+struct State {
+    mode: Option<LiveblocksMode>,
+    latency: Duration,
+    deleted: Vec<String>,
+    gone: HashSet<String>,
+    requests: u64,
+    in_flight: usize,
+    peak_in_flight: usize,
+    in_flight_rooms: HashMap<String, usize>,
+    overlapping_same_room: u64,
+    log_deletions: bool,
+}
+
+/// A running Liveblocks stand-in.
+pub struct LiveblocksStandIn {
+    server: HttpStandIn,
+    state: Arc<Mutex<State>>,
+}
+
+impl std::fmt::Debug for LiveblocksStandIn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LiveblocksStandIn")
+            .field("addr", &self.server.addr())
+            .finish()
+    }
+}
+
+/// Decodes `%XX` escapes of a path segment.
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%'
+            && i + 2 < bytes.len()
+            && let Ok(b) = u8::from_str_radix(&s[i + 1..i + 3], 16)
+        {
+            out.push(b);
+            i += 3;
+            continue;
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+impl LiveblocksStandIn {
+    /// Starts on `127.0.0.1:0`, accepting `secret` as the only valid key.
+    pub async fn start(secret: &str) -> std::io::Result<Self> {
+        Self::start_on(TcpListener::bind("127.0.0.1:0").await?, secret)
+    }
+
+    /// Starts on `listener`.
+    pub fn start_on(listener: TcpListener, secret: &str) -> std::io::Result<Self> {
+        let state = Arc::new(Mutex::new(State {
+            mode: Some(LiveblocksMode::Up),
+            ..State::default()
+        }));
+        let s = Arc::clone(&state);
+        let expected = format!("Bearer {secret}");
+        let server = HttpStandIn::serve(listener, move |req: SeenRequest| {
+            let s = Arc::clone(&s);
+            let expected = expected.clone();
+            async move { handle(&s, &expected, req).await }
+        });
+        Ok(Self { server, state })
+    }
+
+    /// Base URL (`LIVEBLOCKS_API_URL`).
+    pub fn base_url(&self) -> String {
+        self.server.base_url()
+    }
+
+    /// Changes how requests are answered.
+    pub fn set_mode(&self, mode: LiveblocksMode) {
+        if let Ok(mut s) = self.state.lock() {
+            s.mode = Some(mode);
+        }
+    }
+
+    /// Adds latency to every answer.
+    pub fn set_latency(&self, latency: Duration) {
+        if let Ok(mut s) = self.state.lock() {
+            s.latency = latency;
+        }
+    }
+
+    /// Logs each deletion at info level (development stack).
+    pub fn log_deletions(&self, on: bool) {
+        if let Ok(mut s) = self.state.lock() {
+            s.log_deletions = on;
+        }
+    }
+
+    /// Room ids deleted with a 204, in order (a room appears once per successful deletion).
+    pub fn deleted(&self) -> Vec<String> {
+        self.state
+            .lock()
+            .map(|s| s.deleted.clone())
+            .unwrap_or_default()
+    }
+
+    /// Requests received.
+    pub fn requests(&self) -> u64 {
+        self.state.lock().map(|s| s.requests).unwrap_or_default()
+    }
+
+    /// Highest number of requests in flight at once.
+    pub fn peak_in_flight(&self) -> usize {
+        self.state
+            .lock()
+            .map(|s| s.peak_in_flight)
+            .unwrap_or_default()
+    }
+
+    /// How often a request for a room arrived while another for the same room was in flight.
+    pub fn overlapping_same_room(&self) -> u64 {
+        self.state
+            .lock()
+            .map(|s| s.overlapping_same_room)
+            .unwrap_or_default()
+    }
+}
+
+async fn handle(
+    state: &Mutex<State>,
+    expected_auth: &str,
+    req: SeenRequest,
+) -> hyper::Response<Full<Bytes>> {
+    let Some(raw_id) = req
+        .path
+        .strip_prefix("/v2/rooms/")
+        .filter(|r| !r.is_empty() && !r.contains('/'))
+    else {
+        return json_response(404, &json!({"error":"NOT_FOUND","message":"Not found."}));
+    };
+    let room = percent_decode(raw_id);
+    let (latency, mode) = {
+        let Ok(mut s) = state.lock() else {
+            return empty_response(500);
+        };
+        s.requests += 1;
+        s.in_flight += 1;
+        s.peak_in_flight = s.peak_in_flight.max(s.in_flight);
+        let n = s.in_flight_rooms.entry(room.clone()).or_default();
+        *n += 1;
+        if *n > 1 {
+            s.overlapping_same_room += 1;
+        }
+        (s.latency, s.mode.clone().unwrap_or(LiveblocksMode::Up))
+    };
+    if !latency.is_zero() {
+        tokio::time::sleep(latency).await;
+    }
+    let auth_ok = req
+        .headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v == expected_auth);
+    let Ok(mut s) = state.lock() else {
+        return empty_response(500);
+    };
+    s.in_flight -= 1;
+    if let Some(n) = s.in_flight_rooms.get_mut(&room) {
+        *n -= 1;
+    }
+    if req.method != hyper::Method::DELETE {
+        return json_response(405, &json!({"error":"METHOD_NOT_ALLOWED"}));
+    }
+    match mode {
+        LiveblocksMode::Down => return json_response(503, &json!({"error":"SERVICE_UNAVAILABLE"})),
+        LiveblocksMode::RateLimited { retry_after_secs } => {
+            let mut r = json_response(
+                429,
+                &json!({"error":"TOO_MANY_REQUESTS","message":"Rate limit exceeded."}),
+            );
+            r.headers_mut()
+                .insert("retry-after", retry_after_secs.into());
+            return r;
+        }
+        LiveblocksMode::Up => {}
+    }
+    if !auth_ok {
+        return json_response(
+            401,
+            &json!({"error":"INVALID_SECRET_KEY","message":"Invalid secret key."}),
+        );
+    }
+    if room.len() > 128 || s.gone.contains(&room) {
+        return json_response(
+            404,
+            &json!({"error":"ROOM_NOT_FOUND","message":"Room not found.","suggestion":"","docs":""}),
+        );
+    }
+    s.gone.insert(room.clone());
+    s.deleted.push(room.clone());
+    if s.log_deletions {
+        tracing::info!(room_id = %room, "liveblocks stand-in: room deleted");
+    }
+    empty_response(204)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::percent_decode;
+
+    #[test]
+    fn decodes_percent_escapes() {
+        assert_eq!(percent_decode("doc%3Aabc"), "doc:abc");
+        assert_eq!(percent_decode("plain"), "plain");
+        assert_eq!(percent_decode("a%2"), "a%2");
+    }
+}

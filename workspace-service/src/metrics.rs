@@ -1,0 +1,83 @@
+//! Prometheus metrics of workspace-service.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use std::sync::atomic::AtomicU64;
+
+/// Labels of `workspace_commands`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CommandLabels {
+    pub command: &'static str,
+    pub outcome: &'static str,
+}
+
+/// Labels of `liveblocks_cleanup_deliveries`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    pub outcome: &'static str,
+}
+
+/// The service's metrics.
+#[derive(Debug, Clone, Default)]
+pub struct Metrics {
+    /// Sync commands by command and outcome.
+    pub commands: Family<CommandLabels, Counter>,
+    /// Liveblocks DELETE calls by outcome.
+    pub liveblocks_deliveries: Family<OutcomeLabels, Counter>,
+    /// Calls refused for the secret key (401/403).
+    pub liveblocks_key_rejections: Counter,
+    /// Jobs queued.
+    pub liveblocks_queue_depth: Gauge,
+    /// Age of the oldest queued job.
+    pub liveblocks_oldest_job_seconds: Gauge<f64, AtomicU64>,
+}
+
+impl Metrics {
+    /// Creates the metrics and registers them.
+    pub fn register(registry: &mut Registry) -> Self {
+        let m = Self::default();
+        registry.register(
+            "workspace_commands",
+            "Sync commands by outcome",
+            m.commands.clone(),
+        );
+        registry.register(
+            "liveblocks_cleanup_deliveries",
+            "Liveblocks room deletions by outcome",
+            m.liveblocks_deliveries.clone(),
+        );
+        registry.register(
+            "liveblocks_cleanup_key_rejections",
+            "Liveblocks calls refused for the secret key",
+            m.liveblocks_key_rejections.clone(),
+        );
+        registry.register(
+            "liveblocks_cleanup_queue_depth",
+            "Liveblocks rooms waiting for deletion",
+            m.liveblocks_queue_depth.clone(),
+        );
+        registry.register(
+            "liveblocks_cleanup_oldest_job_seconds",
+            "Age of the oldest queued Liveblocks room deletion",
+            m.liveblocks_oldest_job_seconds.clone(),
+        );
+        m
+    }
+
+    /// Counts one command.
+    pub fn command(&self, command: &'static str, outcome: &'static str) {
+        self.commands
+            .get_or_create(&CommandLabels { command, outcome })
+            .inc();
+    }
+
+    /// Counts one Liveblocks call.
+    pub fn liveblocks_delivery(&self, outcome: &'static str) {
+        self.liveblocks_deliveries
+            .get_or_create(&OutcomeLabels { outcome })
+            .inc();
+    }
+}
