@@ -470,7 +470,7 @@ async fn each_method_accepts_only_its_declared_callers() {
         pb::GetUserRequest {
             clerk_id: "user_a".into(),
         },
-        &env.keys.token_for("workspace-service"),
+        &env.service_token_for("workspace-service"),
     );
     assert_eq!(code(c.get_user(wrong).await), Some(Code::Unauthenticated));
     // Nothing was written by the refused commands.

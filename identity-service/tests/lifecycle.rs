@@ -49,9 +49,8 @@ async fn health_follows_the_database_and_calls_fail_unavailable_meanwhile() {
     .unwrap();
     let url = cluster.url("postgres");
     identity_service::migrate(&url).await.unwrap();
-    let clerk = stand_ins::ClerkStandIn::start("convex").await.unwrap();
-    let keys = stand_ins::ServiceKeys::generate("vbase-internal", "webhook-gateway").unwrap();
-    let server = support::start_server(support::config(&url, &clerk, &keys)).await;
+    let issuers = service_harness::Issuers::new().await;
+    let server = support::start_server(support::config(&url, &issuers)).await;
     wait_for(server.addr, ServingStatus::Serving).await;
 
     let cluster = tokio::task::spawn_blocking(move || {
@@ -61,8 +60,8 @@ async fn health_follows_the_database_and_calls_fail_unavailable_meanwhile() {
     .await
     .unwrap();
     wait_for(server.addr, ServingStatus::NotServing).await;
-    let mut c = support::connect(server.addr).await;
-    let token = keys.token_for("identity-service");
+    let mut c = vbase_proto::identity::v1::identity_service_client::IdentityServiceClient::new(server.channel().await);
+    let token = issuers.keys.token_for("identity-service");
     let err = c
         .get_user(support::bearer(
             vbase_proto::identity::v1::GetUserRequest {
