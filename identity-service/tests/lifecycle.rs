@@ -60,7 +60,9 @@ async fn health_follows_the_database_and_calls_fail_unavailable_meanwhile() {
     .await
     .unwrap();
     wait_for(server.addr, ServingStatus::NotServing).await;
-    let mut c = vbase_proto::identity::v1::identity_service_client::IdentityServiceClient::new(server.channel().await);
+    let mut c = vbase_proto::identity::v1::identity_service_client::IdentityServiceClient::new(
+        server.channel().await,
+    );
     let token = issuers.keys.token_for("identity-service");
     let err = c
         .get_user(support::bearer(

@@ -33,7 +33,9 @@ impl RunningServer {
         F: FnOnce(TcpListener, Shutdown) -> Fut,
         Fut: Future<Output = anyhow::Result<()>> + Send + 'static,
     {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind 127.0.0.1:0");
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind 127.0.0.1:0");
         let addr = listener.local_addr().expect("local addr");
         let (tx, rx) = oneshot::channel::<()>();
         let task = tokio::spawn(run(
@@ -42,7 +44,11 @@ impl RunningServer {
                 let _ = rx.await;
             }),
         ));
-        Self { addr, stop: Some(tx), task: Some(task) }
+        Self {
+            addr,
+            stop: Some(tx),
+            task: Some(task),
+        }
     }
 
     /// Asks for a graceful shutdown and waits for `run` to return.
@@ -74,10 +80,17 @@ impl Drop for RunningServer {
 pub async fn connect(addr: SocketAddr) -> Channel {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
-        match Channel::from_shared(format!("http://{addr}")).expect("valid uri").connect().await {
+        match Channel::from_shared(format!("http://{addr}"))
+            .expect("valid uri")
+            .connect()
+            .await
+        {
             Ok(c) => return c,
             Err(e) => {
-                assert!(tokio::time::Instant::now() < deadline, "server at {addr} not reachable: {e}");
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "server at {addr} not reachable: {e}"
+                );
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
         }
@@ -87,14 +100,19 @@ pub async fn connect(addr: SocketAddr) -> Channel {
 /// A request carrying `authorization: Bearer <token>`.
 pub fn bearer<T>(msg: T, token: &str) -> Request<T> {
     let mut r = Request::new(msg);
-    r.metadata_mut()
-        .insert("authorization", format!("Bearer {token}").parse().expect("ascii token"));
+    r.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {token}").parse().expect("ascii token"),
+    );
     r
 }
 
 /// A protobuf timestamp at `secs`.
 pub fn ts(secs: i64) -> Option<prost_types::Timestamp> {
-    Some(prost_types::Timestamp { seconds: secs, nanos: 0 })
+    Some(prost_types::Timestamp {
+        seconds: secs,
+        nanos: 0,
+    })
 }
 
 /// Trust material for a service under test: a Clerk stand-in and the gateway's service keys.
@@ -136,13 +154,33 @@ impl Issuers {
 
     /// A request with a user token (no active organization).
     pub fn user<T>(&self, user_id: &str, msg: T) -> Request<T> {
-        bearer(msg, &self.clerk.user_token(user_id, "Token Name", &format!("{user_id}@example.com"), None))
+        bearer(
+            msg,
+            &self.clerk.user_token(
+                user_id,
+                "Token Name",
+                &format!("{user_id}@example.com"),
+                None,
+            ),
+        )
     }
 
     /// A request with a user token whose active organization is `org_id` with `role`.
     pub fn member<T>(&self, user_id: &str, org_id: &str, role: &str, msg: T) -> Request<T> {
-        let org = OrgClaim { id: org_id.into(), role: role.into(), slug: String::new() };
-        bearer(msg, &self.clerk.user_token(user_id, "Token Name", &format!("{user_id}@example.com"), Some(&org)))
+        let org = OrgClaim {
+            id: org_id.into(),
+            role: role.into(),
+            slug: String::new(),
+        };
+        bearer(
+            msg,
+            &self.clerk.user_token(
+                user_id,
+                "Token Name",
+                &format!("{user_id}@example.com"),
+                Some(&org),
+            ),
+        )
     }
 }
 
@@ -170,7 +208,10 @@ where
         if probe().await {
             return;
         }
-        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for: {what}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for: {what}"
+        );
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
 }

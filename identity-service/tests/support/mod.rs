@@ -23,12 +23,18 @@ pub struct Env {
 
 pub async fn database() -> TestDatabase {
     let fp = service_runtime::db::migrations_fingerprint(&identity_service::MIGRATIONS);
-    service_harness::database("identity", &fp, |url| async move { identity_service::migrate(&url).await.map(|_| ()) }).await
+    service_harness::database("identity", &fp, |url| async move {
+        identity_service::migrate(&url).await.map(|_| ())
+    })
+    .await
 }
 
 pub fn config(db_url: &str, issuers: &Issuers) -> Config {
     Config {
-        db: DatabaseArgs { database_url: db_url.to_owned(), db_pool_size: 8 },
+        db: DatabaseArgs {
+            database_url: db_url.to_owned(),
+            db_pool_size: 8,
+        },
         auth: issuers.auth_args(),
         grpc_addr: "127.0.0.1:0".parse().unwrap(),
         metrics_addr: "127.0.0.1:0".parse().unwrap(),
@@ -39,14 +45,19 @@ pub fn config(db_url: &str, issuers: &Issuers) -> Config {
 }
 
 pub async fn start_server(config: Config) -> RunningServer {
-    RunningServer::start(|listener, shutdown| identity_service::run(config, listener, shutdown)).await
+    RunningServer::start(|listener, shutdown| identity_service::run(config, listener, shutdown))
+        .await
 }
 
 pub async fn start() -> Env {
     let issuers = Issuers::new().await;
     let db = database().await;
     let server = start_server(config(db.url(), &issuers)).await;
-    let env = Env { issuers, db, server };
+    let env = Env {
+        issuers,
+        db,
+        server,
+    };
     env.wait_keys_loaded().await;
     env
 }
@@ -75,9 +86,17 @@ impl Env {
         service_harness::eventually("keys loaded", std::time::Duration::from_secs(10), || {
             let mut c = c.clone();
             async move {
-                let u = c.get_current_user(self.user("user_probe", pb::GetCurrentUserRequest {})).await;
-                let s = c.get_user(self.service(pb::GetUserRequest { clerk_id: "user_probe".into() })).await;
-                let unauth = |e: Option<&tonic::Status>| e.is_some_and(|e| e.code() == tonic::Code::Unauthenticated);
+                let u = c
+                    .get_current_user(self.user("user_probe", pb::GetCurrentUserRequest {}))
+                    .await;
+                let s = c
+                    .get_user(self.service(pb::GetUserRequest {
+                        clerk_id: "user_probe".into(),
+                    }))
+                    .await;
+                let unauth = |e: Option<&tonic::Status>| {
+                    e.is_some_and(|e| e.code() == tonic::Code::Unauthenticated)
+                };
                 !unauth(u.as_ref().err()) && !unauth(s.as_ref().err())
             }
         })

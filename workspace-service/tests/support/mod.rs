@@ -1,0 +1,193 @@
+//! Starts the real workspace-service on 127.0.0.1:0 against its own Postgres database, with a
+//! stand-in Clerk issuer, the gateway's service keys and a Liveblocks stand-in.
+
+#![allow(dead_code)]
+
+use ephemeral_postgres::TestDatabase;
+use service_harness::{Issuers, RunningServer};
+use service_runtime::{DatabaseArgs, LogFormat};
+use stand_ins::LiveblocksStandIn;
+use tonic::Request;
+use tonic::transport::Channel;
+use vbase_proto::workspace::v1 as pb;
+use vbase_proto::workspace::v1::workspace_service_client::WorkspaceServiceClient;
+use workspace_service::{Config, LiveblocksArgs};
+
+#[allow(unused_imports)]
+pub use service_harness::{bearer, eventually, ts};
+
+pub const SECRET: &str = "sk_test_standin";
+/// Test times are offsets from this realistic base.
+pub const T0: i64 = 1_700_000_000;
+
+pub struct Env {
+    pub issuers: Issuers,
+    pub db: TestDatabase,
+    pub liveblocks: LiveblocksStandIn,
+    pub server: RunningServer,
+}
+
+pub async fn database() -> TestDatabase {
+    let fp = service_runtime::db::migrations_fingerprint(&workspace_service::MIGRATIONS);
+    service_harness::database("workspace", &fp, |url| async move {
+        workspace_service::migrate(&url).await.map(|_| ())
+    })
+    .await
+}
+
+pub fn config(db_url: &str, issuers: &Issuers, liveblocks_url: Option<&str>) -> Config {
+    Config {
+        db: DatabaseArgs {
+            database_url: db_url.to_owned(),
+            db_pool_size: 10,
+        },
+        auth: issuers.auth_args(),
+        liveblocks: LiveblocksArgs {
+            liveblocks_api_url: liveblocks_url.unwrap_or("http://127.0.0.1:9").to_owned(),
+            liveblocks_secret_key: liveblocks_url.map(|_| SECRET.to_owned()),
+            liveblocks_concurrency: 8,
+            liveblocks_timeout_secs: 5,
+            liveblocks_lease_secs: 10,
+            liveblocks_backoff_base_ms: 50,
+            liveblocks_backoff_max_secs: 1,
+            liveblocks_poll_ms: 50,
+        },
+        grpc_addr: "127.0.0.1:0".parse().unwrap(),
+        metrics_addr: "127.0.0.1:0".parse().unwrap(),
+        log_format: LogFormat::Pretty,
+        migrate_on_start: false,
+        processed_event_retention_hours: 72,
+    }
+}
+
+/// Starts the service; `with_worker` runs its Liveblocks worker against the stand-in.
+pub async fn start_with(with_worker: bool) -> Env {
+    let issuers = Issuers::new().await;
+    let db = database().await;
+    let liveblocks = LiveblocksStandIn::start(SECRET).await.unwrap();
+    let url = liveblocks.base_url();
+    let cfg = config(db.url(), &issuers, with_worker.then_some(url.as_str()));
+    let server = RunningServer::start(|l, s| workspace_service::run(cfg, l, s)).await;
+    let env = Env {
+        issuers,
+        db,
+        liveblocks,
+        server,
+    };
+    env.wait_keys_loaded().await;
+    env
+}
+
+pub async fn start() -> Env {
+    start_with(true).await
+}
+
+impl Env {
+    pub async fn client(&self) -> WorkspaceServiceClient<Channel> {
+        WorkspaceServiceClient::new(self.server.channel().await)
+    }
+
+    pub fn service<T>(&self, msg: T) -> Request<T> {
+        self.issuers.service("workspace-service", msg)
+    }
+
+    pub fn member<T>(&self, user: &str, org: &str, msg: T) -> Request<T> {
+        self.issuers.member(user, org, "org:member", msg)
+    }
+
+    pub fn admin<T>(&self, user: &str, org: &str, msg: T) -> Request<T> {
+        self.issuers.member(user, org, "org:admin", msg)
+    }
+
+    async fn wait_keys_loaded(&self) {
+        let c = self.client().await;
+        service_harness::eventually("keys loaded", std::time::Duration::from_secs(10), || {
+            let mut c = c.clone();
+            async move {
+                let q = || pb::GetWorkspaceRequest {
+                    clerk_org_id: "org_probe".into(),
+                };
+                let u = c
+                    .get_workspace(self.member("user_probe", "org_probe", q()))
+                    .await;
+                let s = c.get_workspace(self.service(q())).await;
+                let unauth = |e: Option<&tonic::Status>| {
+                    e.is_some_and(|e| e.code() == tonic::Code::Unauthenticated)
+                };
+                !unauth(u.as_ref().err()) && !unauth(s.as_ref().err())
+            }
+        })
+        .await;
+    }
+
+    /// Creates workspace `org` (by the gateway's command) and returns it.
+    pub async fn workspace(&self, org: &str) -> pb::Workspace {
+        let mut c = self.client().await;
+        let r = c
+            .upsert_workspace(self.service(upsert_ws(&format!("create-{org}"), 1, org, "Acme")))
+            .await
+            .unwrap()
+            .into_inner();
+        r.workspace.unwrap()
+    }
+
+    /// Rows in `table` (direct SQL, for orphan checks).
+    pub async fn count(&self, table: &str) -> i64 {
+        use diesel_async::RunQueryDsl;
+        #[derive(diesel::QueryableByName)]
+        struct N {
+            #[diesel(sql_type = diesel::sql_types::BigInt)]
+            n: i64,
+        }
+        let pool = service_runtime::db::build_pool(self.db.url(), 1).unwrap();
+        let mut conn = pool.get().await.unwrap();
+        let r: N = diesel::sql_query(format!("SELECT count(*) AS n FROM {table}"))
+            .get_result(&mut conn)
+            .await
+            .unwrap();
+        r.n
+    }
+
+    /// Runs SQL directly (fixtures that would take too long through the API).
+    pub async fn sql(&self, sql: &str) {
+        use diesel_async::SimpleAsyncConnection;
+        let pool = service_runtime::db::build_pool(self.db.url(), 1).unwrap();
+        let mut conn = pool.get().await.unwrap();
+        conn.batch_execute(sql).await.unwrap();
+    }
+}
+
+pub fn upsert_ws(event: &str, at: i64, org: &str, name: &str) -> pb::UpsertWorkspaceCommand {
+    pb::UpsertWorkspaceCommand {
+        event_id: event.into(),
+        occurred_at: ts(T0 + at),
+        clerk_org_id: org.into(),
+        name: name.into(),
+        slug: "acme".into(),
+        owner_clerk_id: "user_owner".into(),
+    }
+}
+
+pub fn delete_ws(event: &str, at: i64, org: &str) -> pb::DeleteWorkspaceCommand {
+    pb::DeleteWorkspaceCommand {
+        event_id: event.into(),
+        occurred_at: ts(T0 + at),
+        clerk_org_id: org.into(),
+    }
+}
+
+pub fn membership(
+    event: &str,
+    at: i64,
+    org: &str,
+    user: &str,
+    role: &str,
+) -> pb::UpsertMembershipCommand {
+    pb::UpsertMembershipCommand {
+        event_id: event.into(),
+        occurred_at: ts(T0 + at),
+        clerk_org_id: org.into(),
+        clerk_user_id: user.into(),
+        role: role.into(),
+    }
+}

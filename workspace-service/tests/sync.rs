@@ -1,0 +1,391 @@
+//! Sync commands from the gateway: exactly once, in source order, tombstones, membership order.
+
+mod support;
+
+use support::{Env, T0, delete_ws, membership, start_with, ts, upsert_ws};
+use tonic::Code;
+use vbase_proto::workspace::v1 as pb;
+use vbase_proto::workspace::v1::CommandOutcome as O;
+
+async fn channels(env: &Env, org: &str) -> Vec<String> {
+    let mut c = env.client().await;
+    let r = c
+        .list_channels(env.service(pb::ListChannelsRequest {
+            clerk_org_id: org.into(),
+            page_size: 0,
+            page_token: String::new(),
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    r.channels.into_iter().map(|c| c.name).collect()
+}
+
+async fn members(env: &Env, org: &str) -> Vec<(String, String)> {
+    let mut c = env.client().await;
+    let r = c
+        .list_members(env.service(pb::ListMembersRequest {
+            clerk_org_id: org.into(),
+            page_size: 0,
+            page_token: String::new(),
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    r.members
+        .into_iter()
+        .map(|m| (m.clerk_user_id, m.role))
+        .collect()
+}
+
+#[tokio::test]
+async fn creation_makes_general_once_even_under_duplicates_and_concurrency() {
+    let env = start_with(false).await;
+    let mut c = env.client().await;
+    let first = c
+        .upsert_workspace(env.service(upsert_ws("e1", 1, "org_a", "Acme")))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(first.outcome(), O::Applied);
+    let ws = first.workspace.unwrap();
+    assert_eq!(
+        (
+            ws.name.as_str(),
+            ws.slug.as_str(),
+            ws.owner_clerk_id.as_str()
+        ),
+        ("Acme", "acme", "user_owner")
+    );
+    let dup = c
+        .upsert_workspace(env.service(upsert_ws("e1", 1, "org_a", "Acme")))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(dup.outcome(), O::Duplicate);
+    assert_eq!(channels(&env, "org_a").await, vec!["general"]);
+
+    // 20 concurrent creation events (distinct deliveries) for a new organization.
+    let mut tasks = Vec::new();
+    for i in 0..20 {
+        let mut c = env.client().await;
+        let req = env.service(upsert_ws(&format!("c{i}"), 1 + i % 3, "org_b", "Bee"));
+        tasks.push(tokio::spawn(async move { c.upsert_workspace(req).await }));
+    }
+    for t in tasks {
+        t.await.unwrap().unwrap();
+    }
+    assert_eq!(channels(&env, "org_b").await, vec!["general"]);
+}
+
+#[tokio::test]
+async fn updates_apply_in_source_order_only() {
+    let env = start_with(false).await;
+    let mut c = env.client().await;
+    c.upsert_workspace(env.service(upsert_ws("e1", 10, "org_a", "First")))
+        .await
+        .unwrap();
+    let r = c
+        .upsert_workspace(env.service(upsert_ws("e2", 30, "org_a", "Third")))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.outcome(), O::Applied);
+    let r = c
+        .upsert_workspace(env.service(upsert_ws("e3", 20, "org_a", "Second")))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.outcome(), O::Stale);
+    let ws = c
+        .get_workspace(env.service(pb::GetWorkspaceRequest {
+            clerk_org_id: "org_a".into(),
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(ws.workspace.unwrap().name, "Third");
+}
+
+#[tokio::test]
+async fn deleted_workspaces_are_never_resurrected() {
+    let env = start_with(false).await;
+    let mut c = env.client().await;
+    c.upsert_workspace(env.service(upsert_ws("e1", 10, "org_a", "Acme")))
+        .await
+        .unwrap();
+    let d = c
+        .delete_workspace(env.service(delete_ws("d1", 20, "org_a")))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(d.outcome(), O::Applied);
+    // A redelivery, a second delete event, a late update and a newer one: all change nothing.
+    assert_eq!(
+        c.delete_workspace(env.service(delete_ws("d1", 20, "org_a")))
+            .await
+            .unwrap()
+            .into_inner()
+            .outcome(),
+        O::Duplicate
+    );
+    assert_eq!(
+        c.delete_workspace(env.service(delete_ws("d2", 25, "org_a")))
+            .await
+            .unwrap()
+            .into_inner()
+            .outcome(),
+        O::Stale
+    );
+    assert_eq!(
+        c.upsert_workspace(env.service(upsert_ws("e2", 15, "org_a", "Late")))
+            .await
+            .unwrap()
+            .into_inner()
+            .outcome(),
+        O::Stale
+    );
+    assert_eq!(
+        c.upsert_workspace(env.service(upsert_ws("e3", 99, "org_a", "New")))
+            .await
+            .unwrap()
+            .into_inner()
+            .outcome(),
+        O::Stale
+    );
+    let err = c
+        .get_workspace(env.service(pb::GetWorkspaceRequest {
+            clerk_org_id: "org_a".into(),
+        }))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+    // A delete that overtakes the creation also wins.
+    c.delete_workspace(env.service(delete_ws("d3", 50, "org_z")))
+        .await
+        .unwrap();
+    assert_eq!(
+        c.upsert_workspace(env.service(upsert_ws("e4", 10, "org_z", "Z")))
+            .await
+            .unwrap()
+            .into_inner()
+            .outcome(),
+        O::Stale
+    );
+    assert_eq!(env.count("workspaces").await, 0);
+    assert_eq!(env.count("channels").await, 0);
+}
+
+#[tokio::test]
+async fn memberships_may_arrive_before_their_organization() {
+    let env = start_with(false).await;
+    let mut c = env.client().await;
+    let r = c
+        .upsert_membership(env.service(membership("m1", 5, "org_a", "user_1", "admin")))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.outcome(), O::Applied);
+    c.upsert_membership(env.service(membership("m2", 6, "org_a", "user_2", "basic_member")))
+        .await
+        .unwrap();
+    c.upsert_workspace(env.service(upsert_ws("w1", 1, "org_a", "Acme")))
+        .await
+        .unwrap();
+    assert_eq!(
+        members(&env, "org_a").await,
+        vec![
+            ("user_1".to_string(), "org:admin".to_string()),
+            ("user_2".to_string(), "org:member".to_string())
+        ]
+    );
+}
+
+#[tokio::test]
+async fn membership_changes_follow_source_order() {
+    let env = start_with(false).await;
+    env.workspace("org_a").await;
+    let mut c = env.client().await;
+    let up = |e: &str, at: i64, role: &str| env.service(membership(e, at, "org_a", "user_1", role));
+    let del = |e: &str, at: i64| {
+        env.service(pb::DeleteMembershipCommand {
+            event_id: e.into(),
+            occurred_at: ts(T0 + at),
+            clerk_org_id: "org_a".into(),
+            clerk_user_id: "user_1".into(),
+        })
+    };
+    c.upsert_membership(up("a", 20, "org:admin")).await.unwrap();
+    assert_eq!(
+        c.upsert_membership(up("b", 10, "org:member"))
+            .await
+            .unwrap()
+            .into_inner()
+            .outcome(),
+        O::Stale
+    );
+    assert_eq!(
+        members(&env, "org_a").await,
+        vec![("user_1".to_string(), "org:admin".to_string())]
+    );
+    assert_eq!(
+        c.delete_membership(del("c", 30))
+            .await
+            .unwrap()
+            .into_inner()
+            .outcome(),
+        O::Applied
+    );
+    assert!(members(&env, "org_a").await.is_empty());
+    // The late update from before the delete does not bring the member back...
+    assert_eq!(
+        c.upsert_membership(up("d", 25, "org:member"))
+            .await
+            .unwrap()
+            .into_inner()
+            .outcome(),
+        O::Stale
+    );
+    assert!(members(&env, "org_a").await.is_empty());
+    // ...a new invitation after it does.
+    assert_eq!(
+        c.upsert_membership(up("e", 40, "org:billing"))
+            .await
+            .unwrap()
+            .into_inner()
+            .outcome(),
+        O::Applied
+    );
+    assert_eq!(
+        members(&env, "org_a").await,
+        vec![("user_1".to_string(), "org:billing".to_string())]
+    );
+}
+
+#[tokio::test]
+async fn a_removed_user_loses_memberships_and_receipts_but_messages_stay() {
+    let env = start_with(false).await;
+    env.workspace("org_a").await;
+    let mut c = env.client().await;
+    c.upsert_membership(env.service(membership("m1", 5, "org_a", "user_1", "org:member")))
+        .await
+        .unwrap();
+    let general = &c
+        .list_channels(env.service(pb::ListChannelsRequest {
+            clerk_org_id: "org_a".into(),
+            page_size: 0,
+            page_token: String::new(),
+        }))
+        .await
+        .unwrap()
+        .into_inner()
+        .channels[0];
+    let msg = c
+        .post_message(env.member(
+            "user_1",
+            "org_a",
+            pb::PostMessageRequest {
+                channel_id: general.id.clone(),
+                body: "hi".into(),
+                author_clerk_id: String::new(),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .message
+        .unwrap();
+    c.mark_channel_read(env.member(
+        "user_1",
+        "org_a",
+        pb::MarkChannelReadRequest {
+            channel_id: general.id.clone(),
+            message_id: String::new(),
+        },
+    ))
+    .await
+    .unwrap();
+    let r = c
+        .remove_user(env.service(pb::RemoveUserCommand {
+            event_id: "u1".into(),
+            occurred_at: ts(T0 + 9),
+            clerk_user_id: "user_1".into(),
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (r.outcome(), r.memberships_removed, r.read_receipts_removed),
+        (O::Applied, 1, 1)
+    );
+    assert!(members(&env, "org_a").await.is_empty());
+    let msgs = c
+        .list_messages(env.service(pb::ListMessagesRequest {
+            channel_id: general.id.clone(),
+            page_size: 0,
+            page_token: String::new(),
+        }))
+        .await
+        .unwrap()
+        .into_inner()
+        .messages;
+    assert_eq!(msgs.len(), 1);
+    assert_eq!(
+        (msgs[0].id.as_str(), msgs[0].author_deleted),
+        (msg.id.as_str(), true)
+    );
+    // Late membership events for the removed user are stale.
+    let late = c
+        .upsert_membership(env.service(membership("m2", 50, "org_a", "user_1", "org:admin")))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(late.outcome(), O::Stale);
+    assert!(members(&env, "org_a").await.is_empty());
+}
+
+#[tokio::test]
+async fn sync_commands_refuse_users_and_bad_input_writes_nothing() {
+    let env = start_with(false).await;
+    let mut c = env.client().await;
+    let err = c
+        .upsert_workspace(env.admin("user_1", "org_a", upsert_ws("x", 1, "org_a", "A")))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied);
+    let bad = vec![
+        upsert_ws("", 1, "org_a", "A"),
+        upsert_ws("x", 1, "user_a", "A"),
+        upsert_ws("x", 1, "org_a", ""),
+        upsert_ws("x", 1, "org_a", &"n".repeat(300)),
+        pb::UpsertWorkspaceCommand {
+            occurred_at: None,
+            ..upsert_ws("x", 1, "org_a", "A")
+        },
+        pb::UpsertWorkspaceCommand {
+            owner_clerk_id: "bob".into(),
+            ..upsert_ws("x", 1, "org_a", "A")
+        },
+    ];
+    for cmd in bad {
+        let err = c
+            .upsert_workspace(env.service(cmd.clone()))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{cmd:?}");
+    }
+    let err = c
+        .upsert_membership(env.service(membership("x", 1, "org_a", "user_1", "")))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert_eq!(env.count("workspaces").await, 0);
+    assert_eq!(env.count("memberships").await, 0);
+    // Event id "x" was never recorded.
+    let ok = c
+        .upsert_workspace(env.service(upsert_ws("x", 1, "org_a", "A")))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(ok.outcome(), O::Applied);
+}
