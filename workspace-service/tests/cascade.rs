@@ -1,0 +1,480 @@
+//! Workspace deletion: atomic cascade, no orphans, indexed foreign keys, and the durable
+//! Liveblocks clean-up against a stand-in that answers like the Liveblocks API.
+
+mod support;
+
+use stand_ins::{LiveblocksMode, LiveblocksStandIn};
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+use support::{Env, SECRET, delete_ws, eventually, start_with, ts};
+use vbase_proto::workspace::v1 as pb;
+use workspace_service::cleanup::{CleanupSettings, CleanupWorker, HttpLiveblocks};
+
+const TABLES: &[&str] = &[
+    "workspaces",
+    "channels",
+    "messages",
+    "read_receipts",
+    "rooms",
+    "documents",
+    "code_files",
+    "whiteboards",
+    "meetings",
+    "memberships",
+];
+
+/// Builds content in `org` through the API; returns the Liveblocks room ids it should produce.
+async fn populate(env: &Env, org: &str) -> BTreeSet<String> {
+    env.workspace(org).await;
+    let mut c = env.client().await;
+    let mut expected = BTreeSet::new();
+    c.upsert_membership(env.service(support::membership(
+        &format!("m-{org}"),
+        1,
+        org,
+        "user_1",
+        "org:member",
+    )))
+    .await
+    .unwrap();
+    let ch = c
+        .create_channel(env.member(
+            "user_1",
+            org,
+            pb::CreateChannelRequest {
+                clerk_org_id: org.into(),
+                name: "dev".into(),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .channel
+        .unwrap();
+    for i in 0..3 {
+        c.post_message(env.member(
+            "user_1",
+            org,
+            pb::PostMessageRequest {
+                channel_id: ch.id.clone(),
+                body: format!("m{i}"),
+                author_clerk_id: String::new(),
+            },
+        ))
+        .await
+        .unwrap();
+    }
+    c.mark_channel_read(env.member(
+        "user_1",
+        org,
+        pb::MarkChannelReadRequest {
+            channel_id: ch.id.clone(),
+            message_id: String::new(),
+        },
+    ))
+    .await
+    .unwrap();
+    for (kind, item) in [
+        (pb::RoomKind::Document, Some(pb::ItemKind::Document)),
+        (pb::RoomKind::Code, Some(pb::ItemKind::CodeFile)),
+        (pb::RoomKind::Whiteboard, Some(pb::ItemKind::Whiteboard)),
+        (pb::RoomKind::Conference, None),
+    ] {
+        let room = c
+            .create_room(env.member(
+                "user_1",
+                org,
+                pb::CreateRoomRequest {
+                    clerk_org_id: org.into(),
+                    kind: kind.into(),
+                    name: "r".into(),
+                },
+            ))
+            .await
+            .unwrap()
+            .into_inner()
+            .room
+            .unwrap();
+        expected.insert(room.liveblocks_room_id.clone());
+        match item {
+            Some(k) => {
+                for n in 0..2 {
+                    let it = c
+                        .create_room_item(env.member(
+                            "user_1",
+                            org,
+                            pb::CreateRoomItemRequest {
+                                room_id: room.id.clone(),
+                                kind: k.into(),
+                                name: format!("i{n}"),
+                                language: String::new(),
+                            },
+                        ))
+                        .await
+                        .unwrap()
+                        .into_inner()
+                        .item
+                        .unwrap();
+                    expected.insert(it.liveblocks_room_id);
+                }
+            }
+            None => {
+                c.schedule_meeting(env.member(
+                    "user_1",
+                    org,
+                    pb::ScheduleMeetingRequest {
+                        room_id: room.id.clone(),
+                        title: "m".into(),
+                        starts_at: ts(2_000_000_000),
+                        ends_at: ts(2_000_000_060),
+                    },
+                ))
+                .await
+                .unwrap();
+            }
+        }
+    }
+    expected
+}
+
+async fn delete(env: &Env, event: &str, org: &str) -> pb::DeleteWorkspaceResponse {
+    let mut c = env.client().await;
+    c.delete_workspace(env.service(delete_ws(event, 100, org)))
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+async fn all_deleted(live: &LiveblocksStandIn, expected: &BTreeSet<String>) {
+    eventually(
+        "every Liveblocks room deleted",
+        Duration::from_secs(20),
+        || async { live.deleted().iter().cloned().collect::<BTreeSet<_>>() == *expected },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn cascade_removes_every_row_and_queues_every_room_exactly_once() {
+    let env = start_with(true).await;
+    let expected = populate(&env, "org_a").await;
+    let keep = populate(&env, "org_b").await;
+    let before: Vec<i64> = futures_counts(&env).await;
+    let r = delete(&env, "d1", "org_a").await;
+    assert_eq!(r.outcome(), pb::CommandOutcome::Applied);
+    let queued: BTreeSet<String> = r.liveblocks_room_ids.iter().cloned().collect();
+    assert_eq!(queued, expected);
+    let rows = |t: &str| r.deleted_rows.get(t).copied().unwrap_or_default();
+    assert_eq!(
+        (
+            rows("workspaces"),
+            rows("channels"),
+            rows("messages"),
+            rows("read_receipts"),
+            rows("rooms")
+        ),
+        (1, 2, 3, 1, 4)
+    );
+    assert_eq!(
+        (
+            rows("documents"),
+            rows("code_files"),
+            rows("whiteboards"),
+            rows("meetings"),
+            rows("memberships")
+        ),
+        (2, 2, 2, 1, 1)
+    );
+    // Exactly org_a's rows are gone: what is left is org_b's, i.e. half of before.
+    let after = futures_counts(&env).await;
+    for ((t, b), a) in TABLES.iter().zip(&before).zip(&after) {
+        assert_eq!(*a * 2, *b, "{t}: {b} before, {a} after");
+    }
+    all_deleted(&env.liveblocks, &expected).await;
+    assert_eq!(
+        env.liveblocks.deleted().len(),
+        expected.len(),
+        "a room was deleted twice"
+    );
+    assert!(keep.is_disjoint(&env.liveblocks.deleted().into_iter().collect()));
+    eventually("queue drained", Duration::from_secs(10), || async {
+        env.count("liveblocks_cleanup_jobs").await == 0
+    })
+    .await;
+    // A repeated delete changes nothing and queues nothing.
+    let again = delete(&env, "d2", "org_a").await;
+    assert_eq!(again.outcome(), pb::CommandOutcome::Stale);
+    assert!(again.liveblocks_room_ids.is_empty());
+}
+
+async fn futures_counts(env: &Env) -> Vec<i64> {
+    let mut out = Vec::new();
+    for t in TABLES {
+        out.push(env.count(t).await);
+    }
+    out
+}
+
+#[tokio::test]
+async fn every_foreign_key_is_indexed() {
+    let env = start_with(false).await;
+    use diesel_async::RunQueryDsl;
+    #[derive(diesel::QueryableByName, Debug)]
+    struct Fk {
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        fk: String,
+    }
+    let pool = service_runtime::db::build_pool(env.db.url(), 1).unwrap();
+    let mut conn = pool.get().await.unwrap();
+    // Foreign keys whose columns are not the leading columns of some index.
+    let unindexed: Vec<Fk> = diesel::sql_query(
+        "SELECT c.conrelid::regclass::text || '.' || c.conname AS fk
+           FROM pg_constraint c
+          WHERE c.contype = 'f'
+            AND NOT EXISTS (
+                SELECT 1 FROM pg_index i
+                 WHERE i.indrelid = c.conrelid
+                   AND (i.indkey::int2[])[0:array_length(c.conkey, 1) - 1] @> c.conkey
+                   AND (i.indkey::int2[])[0:array_length(c.conkey, 1) - 1] <@ c.conkey)",
+    )
+    .load(&mut conn)
+    .await
+    .unwrap();
+    let names: Vec<&str> = unindexed.iter().map(|f| f.fk.as_str()).collect();
+    assert!(names.is_empty(), "foreign keys without an index: {names:?}");
+    #[derive(diesel::QueryableByName)]
+    struct N {
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        n: i64,
+    }
+    let n: N = diesel::sql_query("SELECT count(*) AS n FROM pg_constraint WHERE contype = 'f'")
+        .get_result(&mut conn)
+        .await
+        .unwrap();
+    assert!(
+        n.n >= 8,
+        "expected the cascade's foreign keys, found {}",
+        n.n
+    );
+}
+
+#[tokio::test]
+async fn liveblocks_down_during_and_after_the_delete_then_back() {
+    let env = start_with(true).await;
+    env.liveblocks.set_mode(LiveblocksMode::Down);
+    let expected = populate(&env, "org_a").await;
+    delete(&env, "d1", "org_a").await;
+    // Retries happen while it is down; nothing is lost or deleted.
+    eventually("retries while down", Duration::from_secs(10), || async {
+        env.liveblocks.requests() > expected.len() as u64
+    })
+    .await;
+    assert!(env.liveblocks.deleted().is_empty());
+    assert_eq!(
+        env.count("liveblocks_cleanup_jobs").await,
+        expected.len() as i64
+    );
+    env.liveblocks.set_mode(LiveblocksMode::Up);
+    all_deleted(&env.liveblocks, &expected).await;
+    eventually("queue drained", Duration::from_secs(10), || async {
+        env.count("liveblocks_cleanup_jobs").await == 0
+    })
+    .await;
+    assert_eq!(
+        env.liveblocks.deleted().len(),
+        expected.len(),
+        "a room was deleted more than once"
+    );
+}
+
+#[tokio::test]
+async fn rate_limits_are_honoured_with_retry_after() {
+    let env = start_with(true).await;
+    env.liveblocks.set_mode(LiveblocksMode::RateLimited {
+        retry_after_secs: 3,
+    });
+    let mut c = env.client().await;
+    env.workspace("org_a").await;
+    let room = c
+        .create_room(env.service(pb::CreateRoomRequest {
+            clerk_org_id: "org_a".into(),
+            kind: pb::RoomKind::Conference.into(),
+            name: "r".into(),
+        }))
+        .await
+        .unwrap()
+        .into_inner()
+        .room
+        .unwrap();
+    c.delete_room(env.service(pb::DeleteRoomRequest {
+        room_id: room.id.clone(),
+    }))
+    .await
+    .unwrap();
+    eventually("first attempt", Duration::from_secs(10), || async {
+        env.liveblocks.requests() >= 1
+    })
+    .await;
+    let first = tokio::time::Instant::now();
+    env.liveblocks.set_mode(LiveblocksMode::Up);
+    all_deleted(&env.liveblocks, &[room.liveblocks_room_id.clone()].into()).await;
+    // The backoff without Retry-After would be ~50 ms; the server asked for 3 s.
+    assert!(
+        first.elapsed() >= Duration::from_millis(2500),
+        "retried after {:?}",
+        first.elapsed()
+    );
+    assert_eq!(env.liveblocks.requests(), 2);
+}
+
+async fn enqueue_rooms(env: &Env, n: usize) -> BTreeSet<String> {
+    let rooms: BTreeSet<String> = (0..n).map(|i| format!("doc:{}", uuid_for(i))).collect();
+    let values = rooms
+        .iter()
+        .map(|r| format!("('{r}')"))
+        .collect::<Vec<_>>()
+        .join(",");
+    env.sql(&format!(
+        "INSERT INTO liveblocks_cleanup_jobs (room_id) VALUES {values}"
+    ))
+    .await;
+    rooms
+}
+
+fn uuid_for(i: usize) -> String {
+    format!("00000000-0000-7000-8000-{i:012}")
+}
+
+fn worker(
+    env: &Env,
+    live: &LiveblocksStandIn,
+    secret: &str,
+    settings: CleanupSettings,
+) -> CleanupWorker {
+    let pool = service_runtime::db::build_pool(env.db.url(), 4).unwrap();
+    let api = HttpLiveblocks::new(&live.base_url(), secret, Duration::from_secs(10)).unwrap();
+    CleanupWorker::new(
+        pool,
+        Arc::new(api),
+        settings,
+        workspace_service::metrics::Metrics::default(),
+        Arc::new(tokio::sync::Notify::new()),
+    )
+}
+
+fn fast() -> CleanupSettings {
+    CleanupSettings {
+        concurrency: 8,
+        lease: Duration::from_secs(30),
+        poll: Duration::from_millis(20),
+        backoff_base: Duration::from_millis(20),
+        backoff_max: Duration::from_millis(200),
+    }
+}
+
+#[tokio::test]
+async fn two_workers_never_send_the_same_job_at_once() {
+    let env = start_with(false).await;
+    env.liveblocks.set_latency(Duration::from_millis(15));
+    let rooms = enqueue_rooms(&env, 300).await;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let a =
+        tokio::spawn(worker(&env, &env.liveblocks, SECRET, fast()).run(stopped(stop_rx.clone())));
+    let b = tokio::spawn(worker(&env, &env.liveblocks, SECRET, fast()).run(stopped(stop_rx)));
+    all_deleted(&env.liveblocks, &rooms).await;
+    let _ = stop_tx.send(true);
+    a.await.unwrap();
+    b.await.unwrap();
+    assert_eq!(env.liveblocks.overlapping_same_room(), 0);
+    assert_eq!(env.liveblocks.deleted().len(), 300);
+    assert_eq!(
+        env.liveblocks.requests(),
+        300,
+        "every job sent exactly once"
+    );
+    assert!(
+        env.liveblocks.peak_in_flight() <= 16,
+        "concurrency bound exceeded: {}",
+        env.liveblocks.peak_in_flight()
+    );
+    assert!(
+        env.liveblocks.peak_in_flight() > 8,
+        "both workers should have worked in parallel"
+    );
+    assert_eq!(env.count("liveblocks_cleanup_jobs").await, 0);
+}
+
+#[tokio::test]
+async fn a_worker_killed_mid_job_leaves_it_to_be_retried() {
+    let env = start_with(false).await;
+    env.liveblocks.set_latency(Duration::from_secs(3));
+    let rooms = enqueue_rooms(&env, 1).await;
+    let short_lease = CleanupSettings {
+        lease: Duration::from_secs(1),
+        ..fast()
+    };
+    let crashed = tokio::spawn(
+        worker(&env, &env.liveblocks, SECRET, short_lease).run(std::future::pending()),
+    );
+    eventually("job in flight", Duration::from_secs(10), || async {
+        env.liveblocks.requests() == 1
+    })
+    .await;
+    crashed.abort();
+    let _ = crashed.await;
+    env.liveblocks.set_latency(Duration::ZERO);
+    let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
+    let survivor = tokio::spawn(worker(&env, &env.liveblocks, SECRET, short_lease).run(
+        async move {
+            let _ = stop_rx.wait_for(|s| *s).await;
+        },
+    ));
+    eventually(
+        "job retried and finished",
+        Duration::from_secs(15),
+        || async { env.count("liveblocks_cleanup_jobs").await == 0 },
+    )
+    .await;
+    let _ = stop_tx.send(true);
+    survivor.await.unwrap();
+    assert_eq!(
+        env.liveblocks
+            .deleted()
+            .into_iter()
+            .collect::<BTreeSet<_>>(),
+        rooms
+    );
+    assert_eq!(env.liveblocks.deleted().len(), 1);
+    assert!(
+        env.liveblocks.requests() >= 2,
+        "the job must have been sent again"
+    );
+}
+
+#[tokio::test]
+async fn a_rejected_key_keeps_jobs_queued() {
+    let env = start_with(false).await;
+    enqueue_rooms(&env, 3).await;
+    let w = worker(&env, &env.liveblocks, "sk_wrong", fast());
+    let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
+    let t = tokio::spawn(w.run(async move {
+        let _ = stop_rx.wait_for(|s| *s).await;
+    }));
+    eventually("attempts made", Duration::from_secs(10), || async {
+        env.liveblocks.requests() >= 6
+    })
+    .await;
+    let _ = stop_tx.send(true);
+    t.await.unwrap();
+    assert!(env.liveblocks.deleted().is_empty());
+    assert_eq!(env.count("liveblocks_cleanup_jobs").await, 3);
+    assert_eq!(
+        env.count("liveblocks_cleanup_jobs WHERE last_error LIKE '401%'")
+            .await,
+        3
+    );
+}
