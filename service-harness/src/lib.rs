@@ -33,9 +33,16 @@ impl RunningServer {
         F: FnOnce(TcpListener, Shutdown) -> Fut,
         Fut: Future<Output = anyhow::Result<()>> + Send + 'static,
     {
-        let listener = TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind 127.0.0.1:0");
+        Self::start_on("127.0.0.1:0".parse().expect("address"), run).await
+    }
+
+    /// Starts `run(listener, shutdown)` on `addr` (e.g. to restart a stopped server in place).
+    pub async fn start_on<F, Fut>(addr: SocketAddr, run: F) -> Self
+    where
+        F: FnOnce(TcpListener, Shutdown) -> Fut,
+        Fut: Future<Output = anyhow::Result<()>> + Send + 'static,
+    {
+        let listener = TcpListener::bind(addr).await.expect("bind");
         let addr = listener.local_addr().expect("local addr");
         let (tx, rx) = oneshot::channel::<()>();
         let task = tokio::spawn(run(

@@ -1,1 +1,354 @@
+//! webhook-gateway: Clerk webhooks in, verified and typed; gRPC commands out.
+//!
+//! `POST /clerk` reads at most 1 MiB, verifies the Svix signature on the raw bytes, parses the
+//! Clerk event into typed structs and forwards one typed command per event, answering 2xx only
+//! after the service committed it. Duplicates answer 2xx with no second effect (the services
+//! de-duplicate on `svix-id`); unhandled event types answer 2xx and are counted; signed but
+//! malformed payloads answer 400; a slow or unavailable service answers 503 within the deadline
+//! so Svix retries later.
 
+pub mod clerk;
+pub mod forward;
+pub mod metrics;
+pub mod verify;
+
+use bytes::Bytes;
+use clerk::Malformed;
+use forward::{Downstream, ForwardError, TokenSource};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use prometheus_client::registry::Registry;
+use service_runtime::LogFormat;
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::net::TcpListener;
+use verify::Verifier;
+
+/// Largest accepted webhook body.
+pub const MAX_BODY: usize = 1024 * 1024;
+
+/// Configuration of the gateway.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Config {
+    /// HTTP listen address (`POST /clerk`, `/healthz`, `/readyz`, `/metrics`).
+    #[arg(long, env = "HTTP_ADDR", default_value = "0.0.0.0:8080")]
+    pub http_addr: SocketAddr,
+    /// One or more `whsec_...` signing secrets, separated by spaces or commas (rotation).
+    #[arg(long, env = "CLERK_WEBHOOK_SECRET", hide_env_values = true)]
+    pub clerk_webhook_secret: String,
+    /// identity-service gRPC URL.
+    #[arg(
+        long,
+        env = "IDENTITY_SERVICE_URL",
+        default_value = "http://identity-service:50051"
+    )]
+    pub identity_service_url: String,
+    /// workspace-service gRPC URL.
+    #[arg(
+        long,
+        env = "WORKSPACE_SERVICE_URL",
+        default_value = "http://workspace-service:50052"
+    )]
+    pub workspace_service_url: String,
+    /// Issuer of the service tokens the gateway mints.
+    #[arg(long, env = "SERVICE_JWT_ISSUER", default_value = "vbase-internal")]
+    pub service_jwt_issuer: String,
+    /// PKCS#8 PEM private key (Ed25519 recommended) that signs service tokens.
+    #[arg(long, env = "SERVICE_JWT_SIGNING_KEY_FILE")]
+    pub service_jwt_signing_key_file: Option<PathBuf>,
+    /// A ready-made service token mounted by the platform (instead of a signing key).
+    #[arg(
+        long,
+        env = "SERVICE_TOKEN_FILE",
+        conflicts_with = "service_jwt_signing_key_file"
+    )]
+    pub service_token_file: Option<PathBuf>,
+    /// Deadline of one downstream command, seconds (keep under Svix's 15 s).
+    #[arg(long, env = "DOWNSTREAM_TIMEOUT_SECS", default_value_t = 8)]
+    pub downstream_timeout_secs: u64,
+    /// `json` or `pretty`.
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Json)]
+    pub log_format: LogFormat,
+}
+
+impl Config {
+    fn token_source(&self) -> anyhow::Result<TokenSource> {
+        match (&self.service_jwt_signing_key_file, &self.service_token_file) {
+            (Some(path), _) => {
+                let pem = std::fs::read_to_string(path).map_err(|e| {
+                    anyhow::anyhow!("SERVICE_JWT_SIGNING_KEY_FILE {}: {e}", path.display())
+                })?;
+                let key = token_auth::signing::SigningKey::from_pem(&pem).map_err(|e| {
+                    anyhow::anyhow!("SERVICE_JWT_SIGNING_KEY_FILE {}: {e}", path.display())
+                })?;
+                tracing::info!(kid = key.kid(), "signing service tokens");
+                Ok(TokenSource::Minted(
+                    token_auth::signing::ServiceTokenMinter::new(
+                        key,
+                        &self.service_jwt_issuer,
+                        "webhook-gateway",
+                        Duration::from_secs(300),
+                    ),
+                ))
+            }
+            (None, Some(path)) => Ok(TokenSource::File {
+                path: path.clone(),
+                cached: Mutex::new(None),
+            }),
+            (None, None) => {
+                anyhow::bail!("SERVICE_JWT_SIGNING_KEY_FILE or SERVICE_TOKEN_FILE must be set")
+            }
+        }
+    }
+}
+
+struct App {
+    verifier: Verifier,
+    downstream: Downstream,
+    metrics: metrics::Metrics,
+    registry: Mutex<Registry>,
+    deadline: Duration,
+}
+
+/// Runs the gateway on `listener` until `shutdown`; then stops accepting, finishes in-flight
+/// requests (30 s at most) and returns.
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let verifier = Verifier::new(&config.clerk_webhook_secret).map_err(anyhow::Error::msg)?;
+    let mut registry = Registry::default();
+    let metrics = metrics::Metrics::register(&mut registry);
+    let timeout = Duration::from_secs(config.downstream_timeout_secs.clamp(1, 12));
+    let downstream = Downstream::new(
+        &config.identity_service_url,
+        &config.workspace_service_url,
+        config.token_source()?,
+        timeout,
+        metrics.clone(),
+    )?;
+    let app = Arc::new(App {
+        verifier,
+        downstream,
+        metrics,
+        registry: Mutex::new(registry),
+        deadline: timeout + Duration::from_secs(1),
+    });
+    tracing::info!(addr = %listener.local_addr()?, "webhook-gateway listening");
+
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, _) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    continue;
+                }
+            },
+            _ = &mut shutdown => break,
+        };
+        let app = Arc::clone(&app);
+        let service = hyper::service::service_fn(move |req| {
+            let app = Arc::clone(&app);
+            async move { Ok::<_, Infallible>(route(&app, req).await) }
+        });
+        let conn = hyper::server::conn::http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(Duration::from_secs(10))
+            .serve_connection(TokioIo::new(stream), service);
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+    }
+    drop(listener);
+    tracing::info!("shutdown requested; finishing in-flight webhooks");
+    if tokio::time::timeout(Duration::from_secs(30), graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("some connections did not finish within 30 s");
+    }
+    Ok(())
+}
+
+fn text(status: StatusCode, body: impl Into<String>) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from(body.into())));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        "content-type",
+        http::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r
+}
+
+async fn route(app: &App, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    match (req.method(), req.uri().path()) {
+        (&Method::POST, "/clerk") => clerk_webhook(app, req).await,
+        (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n"),
+        (&Method::GET, "/readyz") => readyz(app).await,
+        (&Method::GET, "/metrics") => {
+            let mut out = String::new();
+            let encoded = app
+                .registry
+                .lock()
+                .map(|r| prometheus_client::encoding::text::encode(&mut out, &r).is_ok())
+                .unwrap_or(false);
+            if encoded {
+                let mut r = text(StatusCode::OK, out);
+                r.headers_mut().insert(
+                    "content-type",
+                    http::HeaderValue::from_static(
+                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    ),
+                );
+                r
+            } else {
+                text(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "metrics encoding failed\n",
+                )
+            }
+        }
+        (_, "/clerk") => text(StatusCode::METHOD_NOT_ALLOWED, "use POST\n"),
+        _ => text(StatusCode::NOT_FOUND, "not found\n"),
+    }
+}
+
+async fn readyz(app: &App) -> Response<Full<Bytes>> {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+    let (identity, workspace) = app.downstream.channels();
+    let check = |ch: tonic::transport::Channel, service: &'static str| async move {
+        let mut c = HealthClient::new(ch);
+        let r = tokio::time::timeout(
+            Duration::from_secs(2),
+            c.check(HealthCheckRequest {
+                service: service.into(),
+            }),
+        )
+        .await;
+        matches!(r, Ok(Ok(ref resp)) if resp.get_ref().status == ServingStatus::Serving as i32)
+    };
+    let (a, b) = tokio::join!(
+        check(identity, "vbase.identity.v1.IdentityService"),
+        check(workspace, "vbase.workspace.v1.WorkspaceService")
+    );
+    if a && b {
+        text(StatusCode::OK, "ready\n")
+    } else {
+        text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "identity-service: {}, workspace-service: {}\n",
+                ok(a),
+                ok(b)
+            ),
+        )
+    }
+}
+
+fn ok(b: bool) -> &'static str {
+    if b { "serving" } else { "not serving" }
+}
+
+fn header<'a>(req: &'a http::request::Parts, svix: &str, unbranded: &str) -> Option<&'a str> {
+    req.headers
+        .get(svix)
+        .or_else(|| req.headers.get(unbranded))
+        .and_then(|v| v.to_str().ok())
+}
+
+async fn clerk_webhook(app: &App, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    let started = Instant::now();
+    let (parts, body) = req.into_parts();
+    let declared = parts
+        .headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > MAX_BODY as u64) {
+        app.metrics.request("", "too_large");
+        return text(StatusCode::PAYLOAD_TOO_LARGE, "body larger than 1 MiB\n");
+    }
+    let body = match Limited::new(body, MAX_BODY).collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(e)
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some() =>
+        {
+            app.metrics.request("", "too_large");
+            return text(StatusCode::PAYLOAD_TOO_LARGE, "body larger than 1 MiB\n");
+        }
+        Err(_) => return text(StatusCode::BAD_REQUEST, "could not read the body\n"),
+    };
+    if body.is_empty() {
+        app.metrics.request("", "empty");
+        return text(StatusCode::BAD_REQUEST, "empty body\n");
+    }
+    if let Err(reason) = app.verifier.verify(&body, &parts.headers) {
+        app.metrics
+            .verification_failures
+            .get_or_create(&metrics::ReasonLabels {
+                reason: reason.label(),
+            })
+            .inc();
+        tracing::warn!(%reason, "webhook refused by verification");
+        return text(StatusCode::BAD_REQUEST, format!("{reason}\n"));
+    }
+    // Verified: both headers are present and the timestamp parses.
+    let svix_id = header(&parts, "svix-id", "webhook-id")
+        .unwrap_or_default()
+        .to_owned();
+    let svix_ts = header(&parts, "svix-timestamp", "webhook-timestamp")
+        .and_then(|t| t.parse::<i64>().ok())
+        .unwrap_or_default();
+    let (event_type, command) = match clerk::to_command(&svix_id, svix_ts, &body) {
+        Ok(c) => c,
+        Err(Malformed(reason)) => {
+            app.metrics.request("", "malformed");
+            tracing::warn!(svix_id, %reason, "signed webhook with a malformed payload");
+            return text(
+                StatusCode::BAD_REQUEST,
+                format!("malformed Clerk event: {reason}\n"),
+            );
+        }
+    };
+    let result = match tokio::time::timeout(app.deadline, app.downstream.send(command)).await {
+        Ok(r) => r,
+        Err(_) => Err(ForwardError::Unavailable("deadline exceeded".into())),
+    };
+    let ms = started.elapsed().as_millis() as u64;
+    match result {
+        Ok(outcome) => {
+            app.metrics.request(&event_type, outcome);
+            tracing::info!(svix_id, event_type, outcome, ms, "webhook applied");
+            text(StatusCode::OK, format!("{{\"outcome\":\"{outcome}\"}}"))
+        }
+        Err(ForwardError::Rejected(reason)) => {
+            app.metrics.request(&event_type, "rejected");
+            tracing::warn!(svix_id, event_type, %reason, ms, "webhook content refused by a service");
+            text(StatusCode::BAD_REQUEST, format!("rejected: {reason}\n"))
+        }
+        Err(ForwardError::Unavailable(reason)) => {
+            app.metrics.request(&event_type, "unavailable");
+            tracing::warn!(svix_id, event_type, %reason, ms, "downstream unavailable; Svix will retry");
+            let mut r = text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "downstream unavailable, retry later\n",
+            );
+            r.headers_mut()
+                .insert("retry-after", http::HeaderValue::from_static("5"));
+            r
+        }
+    }
+}

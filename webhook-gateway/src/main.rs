@@ -1,1 +1,58 @@
-fn main() {}
+//! `webhook-gateway [serve] | keygen --out-dir DIR`.
+
+use clap::{Parser, Subcommand};
+use service_runtime::{init_logging, shutdown_signal};
+use std::path::PathBuf;
+
+#[derive(Parser)]
+#[command(
+    name = "webhook-gateway",
+    version,
+    about = "Clerk webhooks in, verified and typed; gRPC commands out"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve `POST /clerk` (the default).
+    Serve(Box<webhook_gateway::Config>),
+    /// Write a new Ed25519 service signing key (`signing-key.pem`) and its public `jwks.json`.
+    Keygen {
+        /// Directory to write into.
+        #[arg(long)]
+        out_dir: PathBuf,
+    },
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let argv: Vec<String> = std::env::args().collect();
+    let parsed = Cli::try_parse_from(&argv).and_then(|c| match c.command {
+        Some(c) => Ok(c),
+        None => Cli::try_parse_from([argv[0].as_str(), "serve"]).map(|c| c.command.expect("serve")),
+    });
+    match parsed
+        .unwrap_or_else(|e| service_runtime::cli::exit_on_config_error("webhook-gateway", e))
+    {
+        Command::Keygen { out_dir } => {
+            let key = token_auth::signing::SigningKey::generate_ed25519()?;
+            std::fs::create_dir_all(&out_dir)?;
+            let pem = out_dir.join("signing-key.pem");
+            std::fs::write(&pem, key.private_pem())?;
+            std::fs::write(
+                out_dir.join("jwks.json"),
+                token_auth::signing::SigningKey::jwks(&[&key]).to_string(),
+            )?;
+            println!("kid {} written to {}", key.kid(), out_dir.display());
+            Ok(())
+        }
+        Command::Serve(config) => {
+            init_logging(config.log_format, "webhook-gateway");
+            let listener = tokio::net::TcpListener::bind(config.http_addr).await?;
+            webhook_gateway::run(*config, listener, shutdown_signal()).await
+        }
+    }
+}

@@ -1,0 +1,228 @@
+//! Sends typed commands to the services over gRPC with service tokens, within a deadline.
+
+use crate::clerk::Command;
+use crate::metrics::{CommandLabels, Metrics};
+use std::path::PathBuf;
+use std::sync::Mutex;
+use std::time::{Duration, Instant, SystemTime};
+use token_auth::signing::ServiceTokenMinter;
+use tonic::transport::Channel;
+use tonic::{Code, Request, Status};
+use vbase_proto::identity::v1::identity_service_client::IdentityServiceClient;
+use vbase_proto::workspace::v1::workspace_service_client::WorkspaceServiceClient;
+
+/// Where the gateway's service tokens come from.
+pub enum TokenSource {
+    /// Minted per audience with our signing key.
+    Minted(ServiceTokenMinter),
+    /// A token file mounted by the platform, re-read when it changes.
+    File {
+        path: PathBuf,
+        cached: Mutex<Option<(SystemTime, String)>>,
+    },
+}
+
+impl std::fmt::Debug for TokenSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TokenSource::Minted(m) => f.debug_tuple("Minted").field(m).finish(),
+            TokenSource::File { path, .. } => f.debug_struct("File").field("path", path).finish(),
+        }
+    }
+}
+
+impl TokenSource {
+    /// A token for the service named `audience`.
+    pub fn token_for(&self, audience: &str) -> Result<String, String> {
+        match self {
+            TokenSource::Minted(m) => m.token_for(audience).map_err(|e| e.to_string()),
+            TokenSource::File { path, cached } => {
+                let modified = std::fs::metadata(path)
+                    .and_then(|m| m.modified())
+                    .map_err(|e| format!("SERVICE_TOKEN_FILE unreadable: {e}"))?;
+                let mut guard = cached
+                    .lock()
+                    .map_err(|_| "token cache poisoned".to_owned())?;
+                if let Some((at, tok)) = guard.as_ref()
+                    && *at == modified
+                {
+                    return Ok(tok.clone());
+                }
+                let tok = std::fs::read_to_string(path)
+                    .map_err(|e| format!("SERVICE_TOKEN_FILE unreadable: {e}"))?
+                    .trim()
+                    .to_owned();
+                *guard = Some((modified, tok.clone()));
+                Ok(tok)
+            }
+        }
+    }
+}
+
+/// Why forwarding failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ForwardError {
+    /// The service refused the content (INVALID_ARGUMENT): answered 400, not retried usefully.
+    #[error("rejected: {0}")]
+    Rejected(String),
+    /// The service is unreachable, slow or failing: answered 503 so Svix retries later.
+    #[error("unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// gRPC clients of both services.
+#[derive(Clone)]
+pub struct Downstream {
+    channels: (Channel, Channel),
+    identity: IdentityServiceClient<Channel>,
+    workspace: WorkspaceServiceClient<Channel>,
+    tokens: std::sync::Arc<TokenSource>,
+    timeout: Duration,
+    metrics: Metrics,
+}
+
+fn outcome_label(o: i32) -> &'static str {
+    match o {
+        1 => "applied",
+        2 => "duplicate",
+        3 => "stale",
+        _ => "unknown",
+    }
+}
+
+impl Downstream {
+    /// Clients over lazily connected channels (the gateway starts even when services are down).
+    pub fn new(
+        identity_url: &str,
+        workspace_url: &str,
+        tokens: TokenSource,
+        timeout: Duration,
+        metrics: Metrics,
+    ) -> anyhow::Result<Self> {
+        let channel = |url: &str| -> anyhow::Result<Channel> {
+            Ok(Channel::from_shared(url.to_owned())?
+                .connect_timeout(Duration::from_secs(3))
+                .timeout(timeout)
+                .connect_lazy())
+        };
+        let (i, w) = (channel(identity_url)?, channel(workspace_url)?);
+        Ok(Self {
+            channels: (i.clone(), w.clone()),
+            identity: IdentityServiceClient::new(i),
+            workspace: WorkspaceServiceClient::new(w),
+            tokens: std::sync::Arc::new(tokens),
+            timeout,
+            metrics,
+        })
+    }
+
+    /// The channels, for readiness checks.
+    pub fn channels(&self) -> (Channel, Channel) {
+        self.channels.clone()
+    }
+
+    fn request<T>(&self, audience: &str, msg: T) -> Result<Request<T>, ForwardError> {
+        let token = self
+            .tokens
+            .token_for(audience)
+            .map_err(ForwardError::Unavailable)?;
+        let mut r = Request::new(msg);
+        r.set_timeout(self.timeout);
+        let value = format!("Bearer {token}").parse().map_err(|_| {
+            ForwardError::Unavailable("service token is not valid header text".into())
+        })?;
+        r.metadata_mut().insert("authorization", value);
+        Ok(r)
+    }
+
+    fn map(
+        &self,
+        command: &'static str,
+        started: Instant,
+        r: Result<i32, Status>,
+    ) -> Result<&'static str, ForwardError> {
+        self.metrics
+            .downstream_latency
+            .get_or_create(&CommandLabels { command })
+            .observe(started.elapsed().as_secs_f64());
+        match r {
+            Ok(o) => Ok(outcome_label(o)),
+            Err(s) if s.code() == Code::InvalidArgument => {
+                Err(ForwardError::Rejected(s.message().to_owned()))
+            }
+            Err(s) => {
+                if matches!(s.code(), Code::Unauthenticated | Code::PermissionDenied) {
+                    tracing::error!(command, code = ?s.code(), reason = s.message(), "a service refused the gateway's token: check SERVICE_JWT_* / SERVICE_JWKS_FILE");
+                }
+                Err(ForwardError::Unavailable(format!(
+                    "{command}: {:?} {}",
+                    s.code(),
+                    s.message()
+                )))
+            }
+        }
+    }
+
+    /// Sends the command; returns the outcome label (`applied`, `duplicate`, `stale`, `ignored`).
+    pub async fn send(&self, command: Command) -> Result<&'static str, ForwardError> {
+        let t = Instant::now();
+        let mut identity = self.identity.clone();
+        let mut workspace = self.workspace.clone();
+        match command {
+            Command::Ignored => Ok("ignored"),
+            Command::UpsertUser(c) => {
+                let r = identity
+                    .upsert_user(self.request("identity-service", c)?)
+                    .await
+                    .map(|r| r.into_inner().outcome);
+                self.map("upsert_user", t, r)
+            }
+            Command::DeleteUser(a, b) => {
+                let r = identity
+                    .delete_user(self.request("identity-service", a)?)
+                    .await
+                    .map(|r| r.into_inner().outcome);
+                let first = self.map("delete_user", t, r)?;
+                let t2 = Instant::now();
+                let r = workspace
+                    .remove_user(self.request("workspace-service", b)?)
+                    .await
+                    .map(|r| r.into_inner().outcome);
+                let second = self.map("remove_user", t2, r)?;
+                Ok(if first == "applied" || second == "applied" {
+                    "applied"
+                } else {
+                    first
+                })
+            }
+            Command::UpsertWorkspace(c) => {
+                let r = workspace
+                    .upsert_workspace(self.request("workspace-service", c)?)
+                    .await
+                    .map(|r| r.into_inner().outcome);
+                self.map("upsert_workspace", t, r)
+            }
+            Command::DeleteWorkspace(c) => {
+                let r = workspace
+                    .delete_workspace(self.request("workspace-service", c)?)
+                    .await
+                    .map(|r| r.into_inner().outcome);
+                self.map("delete_workspace", t, r)
+            }
+            Command::UpsertMembership(c) => {
+                let r = workspace
+                    .upsert_membership(self.request("workspace-service", c)?)
+                    .await
+                    .map(|r| r.into_inner().outcome);
+                self.map("upsert_membership", t, r)
+            }
+            Command::DeleteMembership(c) => {
+                let r = workspace
+                    .delete_membership(self.request("workspace-service", c)?)
+                    .await
+                    .map(|r| r.into_inner().outcome);
+                self.map("delete_membership", t, r)
+            }
+        }
+    }
+}

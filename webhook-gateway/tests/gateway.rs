@@ -1,0 +1,620 @@
+//! The gateway end to end: signed webhooks over HTTP into the real identity and workspace
+//! services on real Postgres.
+
+use ephemeral_postgres::TestDatabase;
+use serde_json::{Value, json};
+use service_harness::{Issuers, RunningServer, eventually};
+use service_runtime::{DatabaseArgs, LogFormat};
+use std::time::{Duration, Instant};
+use vbase_proto::identity::v1 as idp;
+use vbase_proto::identity::v1::identity_service_client::IdentityServiceClient;
+use vbase_proto::workspace::v1 as wsp;
+use vbase_proto::workspace::v1::workspace_service_client::WorkspaceServiceClient;
+
+const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+const NEXT_SECRET: &str = "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD";
+
+struct Stack {
+    issuers: Issuers,
+    _dbs: (TestDatabase, TestDatabase),
+    identity_cfg: identity_service::Config,
+    identity: Option<RunningServer>,
+    workspace: RunningServer,
+    gateway: RunningServer,
+    http: reqwest::Client,
+}
+
+async fn stack(secrets: &str) -> Stack {
+    let issuers = Issuers::new().await;
+    let idb = service_harness::database(
+        "identity",
+        &service_runtime::db::migrations_fingerprint(&identity_service::MIGRATIONS),
+        |u| async move { identity_service::migrate(&u).await.map(|_| ()) },
+    )
+    .await;
+    let wdb = service_harness::database(
+        "workspace",
+        &service_runtime::db::migrations_fingerprint(&workspace_service::MIGRATIONS),
+        |u| async move { workspace_service::migrate(&u).await.map(|_| ()) },
+    )
+    .await;
+    let db = |url: &str| DatabaseArgs {
+        database_url: url.into(),
+        db_pool_size: 8,
+    };
+    let identity_cfg = identity_service::Config {
+        db: db(idb.url()),
+        auth: issuers.auth_args(),
+        grpc_addr: "127.0.0.1:0".parse().unwrap(),
+        metrics_addr: "127.0.0.1:0".parse().unwrap(),
+        log_format: LogFormat::Pretty,
+        migrate_on_start: false,
+        processed_event_retention_hours: 72,
+    };
+    let workspace_cfg = workspace_service::Config {
+        db: db(wdb.url()),
+        auth: issuers.auth_args(),
+        liveblocks: workspace_service::LiveblocksArgs {
+            liveblocks_api_url: "http://127.0.0.1:9".into(),
+            liveblocks_secret_key: None,
+            liveblocks_concurrency: 4,
+            liveblocks_timeout_secs: 5,
+            liveblocks_lease_secs: 30,
+            liveblocks_backoff_base_ms: 100,
+            liveblocks_backoff_max_secs: 5,
+            liveblocks_poll_ms: 100,
+        },
+        grpc_addr: "127.0.0.1:0".parse().unwrap(),
+        metrics_addr: "127.0.0.1:0".parse().unwrap(),
+        log_format: LogFormat::Pretty,
+        migrate_on_start: false,
+        processed_event_retention_hours: 72,
+    };
+    let ic = identity_cfg.clone();
+    let identity = RunningServer::start(|l, s| identity_service::run(ic, l, s)).await;
+    let workspace = RunningServer::start(|l, s| workspace_service::run(workspace_cfg, l, s)).await;
+    let gateway_cfg = webhook_gateway::Config {
+        http_addr: "127.0.0.1:0".parse().unwrap(),
+        clerk_webhook_secret: secrets.into(),
+        identity_service_url: format!("http://{}", identity.addr),
+        workspace_service_url: format!("http://{}", workspace.addr),
+        service_jwt_issuer: "vbase-internal".into(),
+        service_jwt_signing_key_file: Some(issuers.keys.signing_key_file()),
+        service_token_file: None,
+        downstream_timeout_secs: 3,
+        log_format: LogFormat::Pretty,
+    };
+    let gateway = RunningServer::start(|l, s| webhook_gateway::run(gateway_cfg, l, s)).await;
+    let s = Stack {
+        issuers,
+        _dbs: (idb, wdb),
+        identity_cfg,
+        identity: Some(identity),
+        workspace,
+        gateway,
+        http: reqwest::Client::new(),
+    };
+    // Ready once both services are SERVING (keys loaded, databases reachable).
+    eventually("gateway ready", Duration::from_secs(20), || async {
+        s.http
+            .get(format!("http://{}/readyz", s.gateway.addr))
+            .send()
+            .await
+            .is_ok_and(|r| r.status() == 200)
+    })
+    .await;
+    s
+}
+
+fn now() -> i64 {
+    token_auth::signing::now_secs()
+}
+
+impl Stack {
+    async fn post_raw(&self, headers: &[(&str, String)], body: Vec<u8>) -> (u16, String) {
+        let mut req = self
+            .http
+            .post(format!("http://{}/clerk", self.gateway.addr))
+            .body(body);
+        for (k, v) in headers {
+            req = req.header(*k, v);
+        }
+        let r = req.send().await.unwrap();
+        (r.status().as_u16(), r.text().await.unwrap_or_default())
+    }
+
+    async fn send_signed(&self, secret: &str, id: &str, ts: i64, body: &Value) -> (u16, String) {
+        let bytes = body.to_string().into_bytes();
+        let sig = svix::webhooks::Webhook::new(secret)
+            .unwrap()
+            .sign(id, ts, &bytes)
+            .unwrap();
+        self.post_raw(
+            &[
+                ("svix-id", id.into()),
+                ("svix-timestamp", ts.to_string()),
+                ("svix-signature", sig),
+            ],
+            bytes,
+        )
+        .await
+    }
+
+    async fn send(&self, id: &str, body: &Value) -> (u16, String) {
+        self.send_signed(SECRET, id, now(), body).await
+    }
+
+    async fn identity(&self) -> IdentityServiceClient<tonic::transport::Channel> {
+        IdentityServiceClient::new(self.identity.as_ref().unwrap().channel().await)
+    }
+
+    async fn workspace(&self) -> WorkspaceServiceClient<tonic::transport::Channel> {
+        WorkspaceServiceClient::new(self.workspace.channel().await)
+    }
+
+    async fn user(&self, id: &str) -> Option<idp::User> {
+        let mut c = self.identity().await;
+        match c
+            .get_user(self.issuers.service(
+                "identity-service",
+                idp::GetUserRequest {
+                    clerk_id: id.into(),
+                },
+            ))
+            .await
+        {
+            Ok(r) => r.into_inner().user,
+            Err(s) if s.code() == tonic::Code::NotFound => None,
+            Err(s) => panic!("{s:?}"),
+        }
+    }
+
+    async fn members(&self, org: &str) -> Vec<(String, String)> {
+        let mut c = self.workspace().await;
+        c.list_members(self.issuers.service(
+            "workspace-service",
+            wsp::ListMembersRequest {
+                clerk_org_id: org.into(),
+                page_size: 0,
+                page_token: String::new(),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .members
+        .into_iter()
+        .map(|m| (m.clerk_user_id, m.role))
+        .collect()
+    }
+
+    async fn workspace_exists(&self, org: &str) -> bool {
+        let mut c = self.workspace().await;
+        c.get_workspace(self.issuers.service(
+            "workspace-service",
+            wsp::GetWorkspaceRequest {
+                clerk_org_id: org.into(),
+            },
+        ))
+        .await
+        .is_ok()
+    }
+}
+
+fn user_event(kind: &str, id: &str, first: &str, updated_at: i64) -> Value {
+    json!({
+        "data": {"id": id, "object": "user", "first_name": first, "last_name": "Example", "username": null,
+                 "primary_email_address_id": "idn_2", "image_url": "https://img.clerk.com/x",
+                 "email_addresses": [{"id": "idn_1", "email_address": "old@example.org", "object": "email_address"},
+                                     {"id": "idn_2", "email_address": "primary@example.org", "object": "email_address"}],
+                 "created_at": 1654012591514_i64, "updated_at": updated_at, "unknown_field": {"ignored": true}},
+        "object": "event", "type": kind, "timestamp": updated_at, "instance_id": "ins_1",
+        "event_attributes": {"http_request": {"client_ip": "", "user_agent": ""}}
+    })
+}
+
+fn org_event(kind: &str, id: &str, name: &str, updated_at: i64) -> Value {
+    json!({"data": {"id": id, "object": "organization", "name": name, "slug": "acme", "created_by": "user_owner",
+                    "created_at": 1654013202977_i64, "updated_at": updated_at, "logo_url": null},
+           "object": "event", "type": kind, "timestamp": updated_at})
+}
+
+fn membership_event(kind: &str, org: &str, user: &str, role: &str, updated_at: i64) -> Value {
+    json!({"data": {"id": "orgmem_1", "object": "organization_membership", "role": role, "permissions": [],
+                    "organization": {"id": org, "name": "Acme", "object": "organization", "created_at": 1, "updated_at": 1},
+                    "public_user_data": {"user_id": user, "identifier": "x@example.org", "first_name": null, "last_name": null},
+                    "created_at": 1654013203217_i64, "updated_at": updated_at},
+           "object": "event", "type": kind, "timestamp": updated_at})
+}
+
+fn deleted_event(kind: &str, object: &str, id: &str, at: i64) -> Value {
+    json!({"data": {"deleted": true, "id": id, "object": object}, "object": "event", "type": kind, "timestamp": at})
+}
+
+const T: i64 = 1_700_000_000_000;
+
+#[tokio::test]
+async fn every_routed_event_type_reaches_the_services() {
+    let s = stack(SECRET).await;
+    assert_eq!(
+        s.send("msg_u1", &user_event("user.created", "user_a", "Ada", T))
+            .await
+            .0,
+        200
+    );
+    let u = s.user("user_a").await.unwrap();
+    assert_eq!(
+        (u.name.as_str(), u.email.as_str()),
+        ("Ada Example", "primary@example.org")
+    );
+    assert_eq!(
+        s.send(
+            "msg_u2",
+            &user_event("user.updated", "user_a", "Augusta", T + 1000)
+        )
+        .await
+        .0,
+        200
+    );
+    assert_eq!(s.user("user_a").await.unwrap().name, "Augusta Example");
+
+    assert_eq!(
+        s.send(
+            "msg_o1",
+            &org_event("organization.created", "org_a", "Acme", T)
+        )
+        .await
+        .0,
+        200
+    );
+    assert!(s.workspace_exists("org_a").await);
+    assert_eq!(
+        s.send(
+            "msg_o2",
+            &org_event("organization.updated", "org_a", "Acme 2", T + 5)
+        )
+        .await
+        .0,
+        200
+    );
+    let mut w = s.workspace().await;
+    let ws = w
+        .get_workspace(s.issuers.service(
+            "workspace-service",
+            wsp::GetWorkspaceRequest {
+                clerk_org_id: "org_a".into(),
+            },
+        ))
+        .await
+        .unwrap();
+    assert_eq!(ws.into_inner().workspace.unwrap().name, "Acme 2");
+
+    assert_eq!(
+        s.send(
+            "msg_m1",
+            &membership_event(
+                "organizationMembership.created",
+                "org_a",
+                "user_a",
+                "admin",
+                T
+            )
+        )
+        .await
+        .0,
+        200
+    );
+    assert_eq!(
+        s.members("org_a").await,
+        vec![("user_a".to_string(), "org:admin".to_string())]
+    );
+    assert_eq!(
+        s.send(
+            "msg_m2",
+            &membership_event(
+                "organizationMembership.updated",
+                "org_a",
+                "user_a",
+                "basic_member",
+                T + 10
+            )
+        )
+        .await
+        .0,
+        200
+    );
+    assert_eq!(
+        s.members("org_a").await,
+        vec![("user_a".to_string(), "org:member".to_string())]
+    );
+    assert_eq!(
+        s.send(
+            "msg_m3",
+            &membership_event(
+                "organizationMembership.deleted",
+                "org_a",
+                "user_a",
+                "basic_member",
+                T + 20
+            )
+        )
+        .await
+        .0,
+        200
+    );
+    assert!(s.members("org_a").await.is_empty());
+
+    s.send(
+        "msg_m4",
+        &membership_event(
+            "organizationMembership.created",
+            "org_a",
+            "user_a",
+            "admin",
+            T + 30,
+        ),
+    )
+    .await;
+    assert_eq!(s.members("org_a").await.len(), 1);
+    assert_eq!(
+        s.send(
+            "msg_ud",
+            &deleted_event("user.deleted", "user", "user_a", T + 40)
+        )
+        .await
+        .0,
+        200
+    );
+    assert!(s.user("user_a").await.is_none());
+    assert!(
+        s.members("org_a").await.is_empty(),
+        "user.deleted also removes memberships"
+    );
+
+    assert_eq!(
+        s.send(
+            "msg_od",
+            &deleted_event("organization.deleted", "organization", "org_a", T + 50)
+        )
+        .await
+        .0,
+        200
+    );
+    assert!(!s.workspace_exists("org_a").await);
+
+    // Unhandled types: 2xx (Clerk stops retrying) and counted.
+    let (code, body) = s
+        .send(
+            "msg_s1",
+            &json!({"type": "session.created", "object": "event", "data": {"id": "sess_1"}}),
+        )
+        .await;
+    assert_eq!((code, body.as_str()), (200, "{\"outcome\":\"ignored\"}"));
+    let metrics = s
+        .http
+        .get(format!("http://{}/metrics", s.gateway.addr))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains(
+            r#"webhook_requests_total{event_type="session.created",outcome="ignored"} 1"#
+        ),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("webhook_downstream_latency_seconds"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn duplicate_deliveries_have_one_effect() {
+    let s = stack(SECRET).await;
+    let body = user_event("user.created", "user_d", "Dup", T);
+    assert_eq!(
+        s.send("msg_dup", &body).await,
+        (200, "{\"outcome\":\"applied\"}".into())
+    );
+    assert_eq!(
+        s.send("msg_dup", &body).await,
+        (200, "{\"outcome\":\"duplicate\"}".into())
+    );
+    // An older event under a new id is stale, also 2xx.
+    assert_eq!(
+        s.send(
+            "msg_old",
+            &user_event("user.updated", "user_d", "Old", T - 10)
+        )
+        .await,
+        (200, "{\"outcome\":\"stale\"}".into())
+    );
+    assert_eq!(s.user("user_d").await.unwrap().name, "Dup Example");
+}
+
+#[tokio::test]
+async fn verification_failures_are_400_and_forward_nothing() {
+    let s = stack(SECRET).await;
+    let body = user_event("user.created", "user_v", "V", T);
+    assert_eq!(
+        s.send_signed(SECRET, "m1", now() - 301, &body).await.0,
+        400,
+        "stale timestamp"
+    );
+    assert_eq!(
+        s.send_signed(SECRET, "m2", now() + 301, &body).await.0,
+        400,
+        "future timestamp"
+    );
+    assert_eq!(
+        s.send_signed(NEXT_SECRET, "m3", now(), &body).await.0,
+        400,
+        "other secret"
+    );
+    let bytes = body.to_string().into_bytes();
+    let sig = svix::webhooks::Webhook::new(SECRET)
+        .unwrap()
+        .sign("m4", now(), &bytes)
+        .unwrap();
+    let (code, text) = s
+        .post_raw(
+            &[("svix-id", "m4".into()), ("svix-signature", sig.clone())],
+            bytes.clone(),
+        )
+        .await;
+    assert_eq!((code, text.trim()), (400, "missing svix-timestamp header"));
+    // Tampered body under a valid signature.
+    let mut tampered = bytes.clone();
+    tampered[10] ^= 1;
+    let (code, _) = s
+        .post_raw(
+            &[
+                ("svix-id", "m4".into()),
+                ("svix-timestamp", now().to_string()),
+                ("svix-signature", sig),
+            ],
+            tampered,
+        )
+        .await;
+    assert_eq!(code, 400);
+    // Unbranded header names are accepted.
+    let sig = svix::webhooks::Webhook::new(SECRET)
+        .unwrap()
+        .sign("m5", now(), &bytes)
+        .unwrap();
+    let (code, _) = s
+        .post_raw(
+            &[
+                ("webhook-id", "m5".into()),
+                ("webhook-timestamp", now().to_string()),
+                ("webhook-signature", sig),
+            ],
+            bytes,
+        )
+        .await;
+    assert_eq!(code, 200);
+    assert_eq!(s.user("user_v").await.unwrap().name, "V Example");
+    let metrics = s
+        .http
+        .get(format!("http://{}/metrics", s.gateway.addr))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains(r#"webhook_verification_failures_total{reason="stale_timestamp"} 1"#),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn oversized_empty_and_malformed_bodies() {
+    let s = stack(SECRET).await;
+    let big = vec![b'x'; 2 * 1024 * 1024];
+    let (code, _) = s.post_raw(&[("svix-id", "m1".into())], big).await;
+    assert_eq!(code, 413);
+    let (code, _) = s.post_raw(&[], Vec::new()).await;
+    assert_eq!(code, 400);
+    // Signed, but not JSON / not a usable Clerk event: 400, nothing written.
+    let bytes = b"this is not json".to_vec();
+    let sig = svix::webhooks::Webhook::new(SECRET)
+        .unwrap()
+        .sign("m2", now(), &bytes)
+        .unwrap();
+    let (code, text) = s
+        .post_raw(
+            &[
+                ("svix-id", "m2".into()),
+                ("svix-timestamp", now().to_string()),
+                ("svix-signature", sig),
+            ],
+            bytes,
+        )
+        .await;
+    assert_eq!(code, 400, "{text}");
+    let mut no_updated_at = user_event("user.created", "user_m", "M", T);
+    no_updated_at["data"]
+        .as_object_mut()
+        .unwrap()
+        .remove("updated_at");
+    assert_eq!(s.send("m3", &no_updated_at).await.0, 400);
+    let mut bad_id = user_event("user.created", "bob", "M", T);
+    bad_id["data"]["id"] = json!("bob");
+    assert_eq!(s.send("m4", &bad_id).await.0, 400);
+    assert!(s.user("user_m").await.is_none());
+}
+
+#[tokio::test]
+async fn secret_rotation_accepts_old_and_new() {
+    let s = stack(&format!("{SECRET} {NEXT_SECRET}")).await;
+    assert_eq!(
+        s.send_signed(
+            SECRET,
+            "r1",
+            now(),
+            &user_event("user.created", "user_r", "R", T)
+        )
+        .await
+        .0,
+        200
+    );
+    assert_eq!(
+        s.send_signed(
+            NEXT_SECRET,
+            "r2",
+            now(),
+            &user_event("user.updated", "user_r", "R2", T + 1)
+        )
+        .await
+        .0,
+        200
+    );
+    assert_eq!(s.user("user_r").await.unwrap().name, "R2 Example");
+}
+
+#[tokio::test]
+async fn a_downstream_outage_answers_503_then_the_retry_applies_once() {
+    let mut s = stack(SECRET).await;
+    let addr = s.identity.as_ref().unwrap().addr;
+    s.identity.take().unwrap().stop().await.unwrap();
+    let body = user_event("user.created", "user_o", "Outage", T);
+    let started = Instant::now();
+    let (code, _) = s.send("msg_out", &body).await;
+    assert_eq!(code, 503);
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "503 took {:?}",
+        started.elapsed()
+    );
+    let ready = s
+        .http
+        .get(format!("http://{}/readyz", s.gateway.addr))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), 503);
+    // The service comes back on the same address; Svix retries the same message id.
+    let cfg = s.identity_cfg.clone();
+    s.identity =
+        Some(RunningServer::start_on(addr, |l, sd| identity_service::run(cfg, l, sd)).await);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let last = loop {
+        let r = s.send("msg_out", &body).await;
+        if r.0 == 200 || Instant::now() > deadline {
+            break r;
+        }
+        assert_eq!(r.0, 503, "{r:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(last.1, "{\"outcome\":\"applied\"}");
+    assert_eq!(
+        s.send("msg_out", &body).await,
+        (200, "{\"outcome\":\"duplicate\"}".into())
+    );
+    assert_eq!(s.user("user_o").await.unwrap().name, "Outage Example");
+}
