@@ -39,10 +39,14 @@ where
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(vbase_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .with_service_name(S::NAME)
+        .with_service_name("grpc.health.v1.Health")
         .build_v1()?;
     let reflection_v1alpha = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(vbase_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .with_service_name(S::NAME)
+        .with_service_name("grpc.health.v1.Health")
         .build_v1alpha()?;
     let name = S::NAME;
     let shutdown = async move {
@@ -107,6 +111,9 @@ pub async fn watch_database(
         }
     }
 }
+
+/// How long a shutdown waits for in-flight calls (under Kubernetes' default 30 s grace period).
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// Signals background tasks to stop once the server has drained.
 #[derive(Debug, Clone)]
@@ -185,14 +192,33 @@ where
         background.stopped(),
     ));
     tracing::info!(service = S::NAME, addr = %listener.local_addr()?, "listening");
-    let result = serve_grpc(
+    // A client that never acknowledges the GOAWAY must not hold the drain open forever.
+    let (drain_tx, drain_rx) = tokio::sync::oneshot::channel::<()>();
+    let shutdown = async move {
+        shutdown.await;
+        let _ = drain_tx.send(());
+    };
+    let server = serve_grpc(
         listener,
         auth,
         service,
         (reporter, health_service),
         shutdown,
-    )
-    .await;
+    );
+    let drain_deadline = async move {
+        if drain_rx.await.is_ok() {
+            tokio::time::sleep(DRAIN_TIMEOUT).await;
+        } else {
+            std::future::pending::<()>().await;
+        }
+    };
+    let result = tokio::select! {
+        r = server => r,
+        _ = drain_deadline => {
+            tracing::warn!(timeout = ?DRAIN_TIMEOUT, "in-flight calls did not finish in time; exiting anyway");
+            Ok(())
+        }
+    };
     background.stop();
     result
 }

@@ -1,5 +1,6 @@
 //! Structured logs on stderr: JSON (default, for log shippers) or pretty (for people).
 
+use std::io::IsTerminal;
 use tracing_subscriber::EnvFilter;
 
 /// Log output format (`LOG_FORMAT`).
@@ -16,6 +17,7 @@ pub enum LogFormat {
 pub fn init_logging(format: LogFormat, service: &'static str) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
+        .with_ansi(std::io::stderr().is_terminal())
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
     let result = match format {

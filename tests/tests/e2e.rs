@@ -1,0 +1,731 @@
+//! End to end across the three real binaries (separate processes) on a real PostgreSQL, with
+//! in-process stand-ins for Clerk's JWKS and the Liveblocks API. Driven only through public
+//! interfaces: signed HTTP webhooks and gRPC with tokens. Waits poll with deadlines.
+
+use rand::seq::{IndexedRandom, SliceRandom};
+use serde_json::{Value, json};
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+use token_auth::signing::{ServiceTokenMinter, SigningKey};
+use tonic::transport::Channel;
+use vbase_proto::identity::v1 as idp;
+use vbase_proto::identity::v1::identity_service_client::IdentityServiceClient;
+use vbase_proto::workspace::v1 as wsp;
+use vbase_proto::workspace::v1::workspace_service_client::WorkspaceServiceClient;
+use vbase_stack::{Stack, StackConfig, Which, dev_user_claims, sign_webhook};
+
+fn bin_dir() -> PathBuf {
+    // target/debug/deps/e2e-xxxx -> target/debug
+    let exe = std::env::current_exe().unwrap();
+    exe.parent().and_then(|p| p.parent()).unwrap().to_path_buf()
+}
+
+async fn stack() -> (Stack, tempfile_dir::Dir) {
+    let dir = tempfile_dir::Dir::new();
+    let mut cfg = StackConfig::dev(bin_dir(), dir.path());
+    cfg.extra_env.insert(
+        "workspace-service",
+        vec![
+            ("LIVEBLOCKS_BACKOFF_BASE_MS".into(), "50".into()),
+            ("LIVEBLOCKS_POLL_MS".into(), "50".into()),
+        ],
+    );
+    (Stack::start(cfg).await.expect("stack starts"), dir)
+}
+
+/// A temp dir without another dependency.
+mod tempfile_dir {
+    pub struct Dir(std::path::PathBuf);
+    impl Dir {
+        pub fn new() -> Self {
+            let p = std::env::temp_dir().join(format!(
+                "vbase-e2e-{}-{}",
+                std::process::id(),
+                rand::random::<u64>()
+            ));
+            std::fs::create_dir_all(&p).unwrap();
+            Self(p)
+        }
+        pub fn path(&self) -> std::path::PathBuf {
+            self.0.clone()
+        }
+    }
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+struct Client {
+    state: vbase_stack::StackState,
+    identity_addr: std::net::SocketAddr,
+    workspace_addr: std::net::SocketAddr,
+    http: reqwest::Client,
+    service: ServiceTokenMinter,
+    clerk_key: SigningKey,
+}
+
+impl Client {
+    fn new(stack: &Stack) -> Self {
+        let key = SigningKey::from_pem(&std::fs::read_to_string(&stack.service_key_file).unwrap())
+            .unwrap();
+        let clerk_key = SigningKey::from_pem(
+            &std::fs::read_to_string(stack.state.clerk_signing_key_file.as_ref().unwrap()).unwrap(),
+        )
+        .unwrap();
+        Self {
+            state: stack.state.clone(),
+            identity_addr: stack.identity_addr,
+            workspace_addr: stack.workspace_addr,
+            http: reqwest::Client::new(),
+            service: ServiceTokenMinter::new(
+                key,
+                "vbase-internal",
+                "e2e-tests",
+                Duration::from_secs(300),
+            ),
+            clerk_key,
+        }
+    }
+
+    async fn post(&self, id: &str, body: &Value) -> u16 {
+        let bytes = body.to_string().into_bytes();
+        let headers = sign_webhook(&self.state.webhook_secret, id, &bytes).unwrap();
+        let mut req = self
+            .http
+            .post(format!("{}/clerk", self.state.gateway_url))
+            .body(bytes);
+        for (k, v) in headers {
+            req = req.header(k, v);
+        }
+        match req.send().await {
+            Ok(r) => r.status().as_u16(),
+            Err(_) => 0,
+        }
+    }
+
+    /// Like Svix: retries every non-2xx after a short delay, until accepted.
+    async fn deliver(&self, id: &str, body: &Value) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let code = self.post(id, body).await;
+            if (200..300).contains(&code) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{id} never accepted (last {code})"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    fn user_token(&self, user: &str, org: Option<&str>, role: &str) -> String {
+        self.clerk_key
+            .sign(&dev_user_claims(
+                &self.state,
+                user,
+                org,
+                role,
+                "Token Name",
+                &format!("{user}@token.example"),
+            ))
+            .unwrap()
+    }
+
+    fn as_user<T>(&self, user: &str, org: Option<&str>, role: &str, msg: T) -> tonic::Request<T> {
+        service_harness::bearer(msg, &self.user_token(user, org, role))
+    }
+
+    fn as_service<T>(&self, aud: &str, msg: T) -> tonic::Request<T> {
+        service_harness::bearer(msg, &self.service.token_for(aud).unwrap())
+    }
+
+    async fn identity(&self) -> IdentityServiceClient<Channel> {
+        IdentityServiceClient::new(service_harness::connect(self.identity_addr).await)
+    }
+
+    async fn workspace(&self) -> WorkspaceServiceClient<Channel> {
+        WorkspaceServiceClient::new(service_harness::connect(self.workspace_addr).await)
+    }
+
+    async fn user(&self, id: &str) -> Option<idp::User> {
+        let mut c = self.identity().await;
+        match c
+            .get_user(self.as_service(
+                "identity-service",
+                idp::GetUserRequest {
+                    clerk_id: id.into(),
+                },
+            ))
+            .await
+        {
+            Ok(r) => r.into_inner().user,
+            Err(s) if s.code() == tonic::Code::NotFound => None,
+            Err(s) => panic!("{s:?}"),
+        }
+    }
+
+    async fn members(&self, org: &str) -> Option<BTreeMap<String, String>> {
+        let mut c = self.workspace().await;
+        let r = c
+            .list_members(self.as_service(
+                "workspace-service",
+                wsp::ListMembersRequest {
+                    clerk_org_id: org.into(),
+                    page_size: 500,
+                    page_token: String::new(),
+                },
+            ))
+            .await;
+        match r {
+            Ok(r) => Some(
+                r.into_inner()
+                    .members
+                    .into_iter()
+                    .map(|m| (m.clerk_user_id, m.role))
+                    .collect(),
+            ),
+            Err(s) if s.code() == tonic::Code::NotFound => None,
+            Err(s) => panic!("{s:?}"),
+        }
+    }
+
+    async fn workspace_name(&self, org: &str) -> Option<String> {
+        let mut c = self.workspace().await;
+        match c
+            .get_workspace(self.as_service(
+                "workspace-service",
+                wsp::GetWorkspaceRequest {
+                    clerk_org_id: org.into(),
+                },
+            ))
+            .await
+        {
+            Ok(r) => r.into_inner().workspace.map(|w| w.name),
+            Err(s) if s.code() == tonic::Code::NotFound => None,
+            Err(s) => panic!("{s:?}"),
+        }
+    }
+}
+
+async fn count(db_url: &str, sql: &str) -> i64 {
+    let (c, conn) = tokio_postgres::connect(db_url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    c.query_one(sql, &[]).await.unwrap().get::<_, i64>(0)
+}
+
+fn user_event(kind: &str, id: &str, first: &str, updated_ms: i64) -> Value {
+    json!({"data": {"id": id, "object": "user", "first_name": first, "last_name": null, "username": null,
+                    "primary_email_address_id": "idn_p", "image_url": format!("https://img.clerk.com/{first}"),
+                    "email_addresses": [{"id": "idn_x", "email_address": "secondary@example.org"},
+                                        {"id": "idn_p", "email_address": format!("{id}@example.org")}],
+                    "created_at": 1_700_000_000_000_i64, "updated_at": updated_ms},
+           "object": "event", "type": kind, "timestamp": updated_ms})
+}
+
+fn org_event(kind: &str, id: &str, name: &str, updated_ms: i64) -> Value {
+    json!({"data": {"id": id, "object": "organization", "name": name, "slug": null, "created_by": "user_owner",
+                    "created_at": 1_700_000_000_000_i64, "updated_at": updated_ms},
+           "object": "event", "type": kind, "timestamp": updated_ms})
+}
+
+fn membership_event(kind: &str, org: &str, user: &str, role: &str, updated_ms: i64) -> Value {
+    json!({"data": {"id": format!("orgmem_{org}_{user}"), "object": "organization_membership", "role": role,
+                    "organization": {"id": org, "name": "x", "created_at": 1, "updated_at": 1},
+                    "public_user_data": {"user_id": user, "identifier": "x@example.org"},
+                    "created_at": 1_700_000_000_000_i64, "updated_at": updated_ms},
+           "object": "event", "type": kind, "timestamp": updated_ms})
+}
+
+fn deleted_event(kind: &str, object: &str, id: &str, at_ms: i64) -> Value {
+    json!({"data": {"deleted": true, "id": id, "object": object}, "object": "event", "type": kind, "timestamp": at_ms})
+}
+
+#[tokio::test]
+async fn the_seed_lifecycle_end_to_end() {
+    let (stack, _dir) = stack().await;
+    let c = Client::new(&stack);
+    let now_ms = token_auth::signing::now_secs() * 1000;
+
+    // Sign-up: the webhook, then GetCurrentUser with the user's own token.
+    c.deliver(
+        "msg_signup",
+        &user_event("user.created", "user_ada", "Ada", now_ms - 60_000),
+    )
+    .await;
+    let mut ident = c.identity().await;
+    let me = ident
+        .get_current_user(c.as_user("user_ada", None, "", idp::GetCurrentUserRequest {}))
+        .await
+        .unwrap()
+        .into_inner()
+        .user
+        .unwrap();
+    assert_eq!(
+        (me.name.as_str(), me.email.as_str()),
+        ("Ada", "user_ada@example.org")
+    );
+
+    // StoreUser before the webhook arrives, then the webhook: one user, newest (webhook) data.
+    let stored = ident
+        .store_user(c.as_user("user_bob", None, "", idp::StoreUserRequest {}))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(stored.created);
+    c.deliver(
+        "msg_bob",
+        &user_event("user.created", "user_bob", "Bob", now_ms - 10_000),
+    )
+    .await;
+    let bob = c.user("user_bob").await.unwrap();
+    assert_eq!(
+        (
+            bob.name.as_str(),
+            bob.email.as_str(),
+            bob.image_url.as_str()
+        ),
+        ("Bob", "user_bob@example.org", "https://img.clerk.com/Bob")
+    );
+    let n = count(
+        &stack.identity_db,
+        "SELECT count(*) FROM users WHERE clerk_id = 'user_bob'",
+    )
+    .await;
+    assert_eq!(n, 1);
+
+    // Organization -> workspace with `general`; memberships; content.
+    c.deliver(
+        "msg_org",
+        &org_event("organization.created", "org_acme", "Acme", now_ms),
+    )
+    .await;
+    c.deliver(
+        "msg_m1",
+        &membership_event(
+            "organizationMembership.created",
+            "org_acme",
+            "user_ada",
+            "admin",
+            now_ms,
+        ),
+    )
+    .await;
+    c.deliver(
+        "msg_m2",
+        &membership_event(
+            "organizationMembership.created",
+            "org_acme",
+            "user_bob",
+            "basic_member",
+            now_ms,
+        ),
+    )
+    .await;
+    assert_eq!(
+        c.members("org_acme").await.unwrap(),
+        BTreeMap::from([
+            ("user_ada".to_string(), "org:admin".to_string()),
+            ("user_bob".to_string(), "org:member".to_string())
+        ])
+    );
+    let mut ws = c.workspace().await;
+    let org = Some("org_acme");
+    let channels = ws
+        .list_channels(c.as_user(
+            "user_bob",
+            org,
+            "org:member",
+            wsp::ListChannelsRequest {
+                clerk_org_id: "org_acme".into(),
+                page_size: 0,
+                page_token: String::new(),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .channels;
+    assert_eq!(
+        channels.iter().map(|c| c.name.as_str()).collect::<Vec<_>>(),
+        vec!["general"]
+    );
+    let general = channels[0].id.clone();
+    for (who, text) in [("user_bob", "hello"), ("user_ada", "welcome")] {
+        ws.post_message(c.as_user(
+            who,
+            org,
+            "org:member",
+            wsp::PostMessageRequest {
+                channel_id: general.clone(),
+                body: text.into(),
+                author_clerk_id: String::new(),
+            },
+        ))
+        .await
+        .unwrap();
+    }
+    ws.mark_channel_read(c.as_user(
+        "user_bob",
+        org,
+        "org:member",
+        wsp::MarkChannelReadRequest {
+            channel_id: general.clone(),
+            message_id: String::new(),
+        },
+    ))
+    .await
+    .unwrap();
+    let mut expected_rooms = BTreeSet::new();
+    for (kind, item) in [
+        (wsp::RoomKind::Document, Some(wsp::ItemKind::Document)),
+        (wsp::RoomKind::Code, Some(wsp::ItemKind::CodeFile)),
+        (wsp::RoomKind::Whiteboard, Some(wsp::ItemKind::Whiteboard)),
+        (wsp::RoomKind::Conference, None),
+    ] {
+        let room = ws
+            .create_room(c.as_user(
+                "user_ada",
+                org,
+                "org:admin",
+                wsp::CreateRoomRequest {
+                    clerk_org_id: "org_acme".into(),
+                    kind: kind.into(),
+                    name: "room".into(),
+                },
+            ))
+            .await
+            .unwrap()
+            .into_inner()
+            .room
+            .unwrap();
+        expected_rooms.insert(room.liveblocks_room_id.clone());
+        match item {
+            Some(k) => {
+                let it = ws
+                    .create_room_item(c.as_user(
+                        "user_bob",
+                        org,
+                        "org:member",
+                        wsp::CreateRoomItemRequest {
+                            room_id: room.id.clone(),
+                            kind: k.into(),
+                            name: "item".into(),
+                            language: String::new(),
+                        },
+                    ))
+                    .await
+                    .unwrap()
+                    .into_inner()
+                    .item
+                    .unwrap();
+                expected_rooms.insert(it.liveblocks_room_id);
+            }
+            None => {
+                ws.schedule_meeting(c.as_user(
+                    "user_bob",
+                    org,
+                    "org:member",
+                    wsp::ScheduleMeetingRequest {
+                        room_id: room.id.clone(),
+                        title: "standup".into(),
+                        starts_at: service_harness::ts(2_000_000_000),
+                        ends_at: service_harness::ts(2_000_000_900),
+                    },
+                ))
+                .await
+                .unwrap();
+            }
+        }
+    }
+
+    // User deleted: gone from identity, memberships gone, their messages kept.
+    c.deliver(
+        "msg_bob_del",
+        &deleted_event("user.deleted", "user", "user_bob", now_ms + 1000),
+    )
+    .await;
+    assert!(c.user("user_bob").await.is_none());
+    assert_eq!(
+        c.members("org_acme")
+            .await
+            .unwrap()
+            .keys()
+            .cloned()
+            .collect::<Vec<_>>(),
+        vec!["user_ada".to_string()]
+    );
+    let msgs = ws
+        .list_messages(c.as_user(
+            "user_ada",
+            org,
+            "org:admin",
+            wsp::ListMessagesRequest {
+                channel_id: general.clone(),
+                page_size: 0,
+                page_token: String::new(),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .messages;
+    let bob_msg = msgs
+        .iter()
+        .find(|m| m.author_clerk_id == "user_bob")
+        .expect("bob's message kept");
+    assert!(bob_msg.author_deleted);
+    assert_eq!(
+        count(&stack.workspace_db, "SELECT count(*) FROM read_receipts").await,
+        0
+    );
+
+    // Organization deleted: every row gone, and exactly the expected Liveblocks rooms deleted.
+    c.deliver(
+        "msg_org_del",
+        &deleted_event(
+            "organization.deleted",
+            "organization",
+            "org_acme",
+            now_ms + 2000,
+        ),
+    )
+    .await;
+    for t in [
+        "workspaces",
+        "channels",
+        "messages",
+        "read_receipts",
+        "rooms",
+        "documents",
+        "code_files",
+        "whiteboards",
+        "meetings",
+        "memberships",
+    ] {
+        assert_eq!(
+            count(&stack.workspace_db, &format!("SELECT count(*) FROM {t}")).await,
+            0,
+            "{t}"
+        );
+    }
+    let live = stack.liveblocks.as_ref().unwrap();
+    service_harness::eventually(
+        "Liveblocks rooms deleted",
+        Duration::from_secs(20),
+        || async { live.deleted().into_iter().collect::<BTreeSet<_>>() == expected_rooms },
+    )
+    .await;
+    assert_eq!(
+        live.deleted().len(),
+        expected_rooms.len(),
+        "each room exactly once"
+    );
+    // A late organization.updated does not bring it back.
+    c.deliver(
+        "msg_org_late",
+        &org_event("organization.updated", "org_acme", "Zombie", now_ms + 5000),
+    )
+    .await;
+    assert!(c.workspace_name("org_acme").await.is_none());
+    stack.stop().await;
+}
+
+/// The state the stream should end in, computed by applying it in order.
+#[derive(Debug, Default, PartialEq)]
+struct World {
+    users: BTreeMap<String, String>,
+    orgs: BTreeMap<String, String>,
+    members: BTreeMap<String, BTreeMap<String, String>>,
+}
+
+#[tokio::test]
+async fn a_shuffled_duplicated_stream_with_a_crash_ends_in_the_in_order_state() {
+    let (mut stack, _dir) = stack().await;
+    let base = token_auth::signing::now_secs() * 1000 - 3_600_000;
+    // A realistic stream, in order: users sign up and update their profile, organizations are
+    // created and renamed, members join and change roles; some users and organizations go.
+    let mut events: Vec<(String, Value)> = Vec::new();
+    let mut t = base;
+    let mut tick = || {
+        t += 1000;
+        t
+    };
+    let users: Vec<String> = (0..80).map(|i| format!("user_s{i}")).collect();
+    let orgs: Vec<String> = (0..10).map(|i| format!("org_s{i}")).collect();
+    for u in &users {
+        events.push((
+            format!("{u}_c"),
+            user_event("user.created", u, &format!("{u}v0"), tick()),
+        ));
+    }
+    for o in &orgs {
+        events.push((
+            format!("{o}_c"),
+            org_event("organization.created", o, &format!("{o}v0"), tick()),
+        ));
+    }
+    for round in 1..=3 {
+        for u in &users {
+            events.push((
+                format!("{u}_u{round}"),
+                user_event("user.updated", u, &format!("{u}v{round}"), tick()),
+            ));
+        }
+    }
+    for (i, o) in orgs.iter().enumerate() {
+        events.push((
+            format!("{o}_u"),
+            org_event("organization.updated", o, &format!("{o}v1"), tick()),
+        ));
+        for j in 0..8 {
+            let u = &users[(i * 8 + j) % users.len()];
+            events.push((
+                format!("{o}_{u}_mc"),
+                membership_event(
+                    "organizationMembership.created",
+                    o,
+                    u,
+                    "basic_member",
+                    tick(),
+                ),
+            ));
+            let role = if j % 2 == 0 { "admin" } else { "org:member" };
+            events.push((
+                format!("{o}_{u}_mu"),
+                membership_event("organizationMembership.updated", o, u, role, tick()),
+            ));
+        }
+    }
+    for u in users.iter().step_by(4) {
+        events.push((
+            format!("{u}_d"),
+            deleted_event("user.deleted", "user", u, tick()),
+        ));
+    }
+    for o in orgs.iter().take(2) {
+        events.push((
+            format!("{o}_d"),
+            deleted_event("organization.deleted", "organization", o, tick()),
+        ));
+    }
+    assert!(events.len() >= 500, "stream of {} events", events.len());
+
+    // In-order result.
+    let mut world = World::default();
+    for (_, e) in &events {
+        let d = &e["data"];
+        let id = |k: &str| d[k].as_str().unwrap_or_default().to_owned();
+        match e["type"].as_str().unwrap() {
+            "user.created" | "user.updated" => {
+                world.users.insert(id("id"), id("first_name"));
+            }
+            "user.deleted" => {
+                world.users.remove(&id("id"));
+                for m in world.members.values_mut() {
+                    m.remove(&id("id"));
+                }
+            }
+            "organization.created" | "organization.updated" => {
+                world.orgs.insert(id("id"), id("name"));
+                world.members.entry(id("id")).or_default();
+            }
+            "organization.deleted" => {
+                world.orgs.remove(&id("id"));
+                world.members.remove(&id("id"));
+            }
+            "organizationMembership.created" | "organizationMembership.updated" => {
+                let org = d["organization"]["id"].as_str().unwrap().to_owned();
+                let user = d["public_user_data"]["user_id"]
+                    .as_str()
+                    .unwrap()
+                    .to_owned();
+                let role = token_auth::normalize_role(d["role"].as_str().unwrap());
+                world.members.entry(org).or_default().insert(user, role);
+            }
+            other => panic!("{other}"),
+        }
+    }
+
+    // Deliveries: shuffled, 15% duplicated; 8 in flight; identity-service crashes mid-stream.
+    let mut deliveries: Vec<usize> = (0..events.len()).collect();
+    let mut rng = rand::rng();
+    let dups: Vec<usize> = deliveries
+        .choose_multiple(&mut rng, events.len() * 15 / 100)
+        .cloned()
+        .collect();
+    deliveries.extend(dups);
+    deliveries.shuffle(&mut rng);
+    let half = deliveries.len() / 2;
+    let c = Client::new(&stack);
+    for (batch_no, batch) in deliveries.chunks(8).enumerate() {
+        let sends = batch.iter().map(|&i| c.deliver(&events[i].0, &events[i].1));
+        futures_join(sends).await;
+        if batch_no * 8 >= half && batch_no * 8 < half + 8 {
+            stack.kill(Which::Identity);
+            // Deliveries during the outage get 503 and are retried by the sender.
+            let during = (0..events.len())
+                .filter(|&i| events[i].1["type"].as_str().unwrap().starts_with("user."))
+                .take(3);
+            for i in during {
+                assert_eq!(
+                    c.post(&events[i].0, &events[i].1).await,
+                    503,
+                    "identity is down"
+                );
+            }
+            stack.spawn(Which::Identity).unwrap();
+        }
+    }
+
+    // Final state equals the in-order result.
+    let mut got = World::default();
+    for u in &users {
+        if let Some(user) = c.user(u).await {
+            got.users.insert(u.clone(), user.name);
+        }
+    }
+    for o in &orgs {
+        if let Some(name) = c.workspace_name(o).await {
+            got.orgs.insert(o.clone(), name);
+            got.members.insert(o.clone(), c.members(o).await.unwrap());
+        }
+    }
+    assert_eq!(got, world);
+    // Every delivery id recorded exactly once by the service it concerns.
+    let identity_ids = events
+        .iter()
+        .filter(|(_, e)| e["type"].as_str().unwrap().starts_with("user."))
+        .count() as i64;
+    let workspace_ids = events
+        .iter()
+        .filter(|(_, e)| {
+            let t = e["type"].as_str().unwrap();
+            !t.starts_with("user.") || t == "user.deleted"
+        })
+        .count() as i64;
+    assert_eq!(
+        count(&stack.identity_db, "SELECT count(*) FROM processed_events").await,
+        identity_ids
+    );
+    assert_eq!(
+        count(&stack.workspace_db, "SELECT count(*) FROM processed_events").await,
+        workspace_ids
+    );
+    stack.stop().await;
+}
+
+async fn futures_join<F: std::future::Future<Output = ()>>(futs: impl Iterator<Item = F>) {
+    let mut set = Vec::new();
+    for f in futs {
+        set.push(Box::pin(f));
+    }
+    for f in set {
+        f.await;
+    }
+}
