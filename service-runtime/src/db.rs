@@ -45,6 +45,14 @@ pub async fn run_migrations(
     tokio::task::spawn_blocking(move || {
         let mut conn = AsyncConnectionWrapper::<AsyncPgConnection>::establish(&url)
             .context("connecting to the database to migrate")?;
+        // Replicas may migrate at once (init containers): one runs, the others wait, then
+        // find nothing pending. The lock is released when the connection closes.
+        {
+            use diesel::RunQueryDsl;
+            diesel::sql_query("SELECT pg_advisory_lock(7340261)")
+                .execute(&mut conn)
+                .context("taking the migration lock")?;
+        }
         let applied = conn
             .run_pending_migrations(migrations)
             .map_err(|e| anyhow::anyhow!("migration failed: {e}"))?;

@@ -1,0 +1,136 @@
+#!/usr/bin/env python3
+"""Offline checks of the Kubernetes manifests (run by .ci/run).
+
+1. Render every overlay with `kubectl kustomize` and validate the result against the
+   Kubernetes API schemas with `kubernetes-validate --strict` (no cluster needed).
+2. No drift: every environment variable a manifest sets for a container (explicit `env` and
+   the keys of `envFrom` ConfigMaps) is one its binary reads (from the binary's `--help`).
+3. Probes: every probe port is a declared container port that the binary really listens on
+   (per its *_ADDR setting), every HTTP probe path is served by the code, every gRPC probe
+   names the service's health name.
+"""
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+OVERLAYS = ["dev", "prod"]
+TARGET = Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target")) / "debug"
+# Paths each binary serves over HTTP, read from the code that serves them.
+HTTP_SOURCES = {
+    "webhook-gateway": [ROOT / "webhook-gateway/src/lib.rs"],
+    "identity-service": [ROOT / "service-runtime/src/metrics.rs"],
+    "workspace-service": [ROOT / "service-runtime/src/metrics.rs"],
+}
+GRPC_NAMES = {
+    "identity-service": ROOT / "identity-service/src/lib.rs",
+    "workspace-service": ROOT / "workspace-service/src/lib.rs",
+}
+errors = []
+
+
+def fail(msg):
+    errors.append(msg)
+
+
+def binary_env(binary, sub):
+    out = subprocess.run([str(TARGET / binary), sub, "--help"], capture_output=True, text=True, check=True).stdout
+    return set(re.findall(r"\[env: ([A-Z0-9_]+)", out))
+
+
+def served_paths(binary):
+    text = "".join(p.read_text() for p in HTTP_SOURCES[binary])
+    return set(re.findall(r'"(/[a-z]+)"\)?\s*=>', text)) | set(re.findall(r'\(&Method::\w+, "(/[a-z]+)"\)', text))
+
+
+def port_of(addr):
+    return int(addr.rsplit(":", 1)[1])
+
+
+def main():
+    for tool in ("kubectl",):
+        if subprocess.run(["which", tool], capture_output=True).returncode != 0:
+            sys.exit(f"{tool} is needed to render the kustomize overlays")
+    validator = os.environ.get("KUBERNETES_VALIDATE", "kubernetes-validate")
+    for overlay in OVERLAYS:
+        rendered = subprocess.run(
+            ["kubectl", "kustomize", str(ROOT / "deploy/k8s/overlays" / overlay)], capture_output=True, text=True
+        )
+        if rendered.returncode != 0:
+            fail(f"{overlay}: kustomize failed: {rendered.stderr}")
+            continue
+        out_file = Path(f"/tmp/vbase-{overlay}.yaml")
+        out_file.write_text(rendered.stdout)
+        v = subprocess.run([validator, "--strict", "--quiet", str(out_file)], capture_output=True, text=True)
+        if v.returncode != 0:
+            fail(f"{overlay}: schema validation failed:\n{v.stdout}{v.stderr}")
+        docs = [d for d in yaml.safe_load_all(rendered.stdout) if d]
+        configmaps = {d["metadata"]["name"]: d.get("data", {}) for d in docs if d["kind"] == "ConfigMap"}
+        deployments = [d for d in docs if d["kind"] == "Deployment"]
+        if overlay == "prod":
+            for d in deployments:
+                if d["spec"].get("replicas", 1) < 2:
+                    fail(f"prod: {d['metadata']['name']} has fewer than 2 replicas")
+        for d in deployments:
+            spec = d["spec"]["template"]["spec"]
+            for c in spec.get("initContainers", []) + spec["containers"]:
+                binary = Path(c["command"][0]).name
+                sub = (c.get("args") or ["serve"])[0]
+                where = f"{overlay}/{d['metadata']['name']}/{c['name']}"
+                reads = binary_env(binary, sub)
+                env = {e["name"]: e.get("value") for e in c.get("env", [])}
+                for src in c.get("envFrom", []):
+                    cm = src.get("configMapRef", {}).get("name")
+                    if cm not in configmaps:
+                        fail(f"{where}: envFrom names a missing ConfigMap {cm}")
+                        continue
+                    env.update(configmaps[cm])
+                for name in sorted(set(env) - reads):
+                    fail(f"{where}: sets {name}, which `{binary} {sub}` does not read")
+                sc = c.get("securityContext", {})
+                for key, want in [("runAsNonRoot", True), ("allowPrivilegeEscalation", False), ("readOnlyRootFilesystem", True)]:
+                    if sc.get(key) != want:
+                        fail(f"{where}: securityContext.{key} must be {want}")
+                if sc.get("capabilities", {}).get("drop") != ["ALL"]:
+                    fail(f"{where}: must drop ALL capabilities")
+                if sub != "serve":
+                    continue
+                ports = {p["name"]: p["containerPort"] for p in c.get("ports", [])}
+                listening = {port_of(v) for k, v in env.items() if k.endswith("_ADDR") and v}
+                for declared in ports.values():
+                    if declared not in listening:
+                        fail(f"{where}: containerPort {declared} is not an address the binary listens on ({sorted(listening)})")
+                for probe_name in ("readinessProbe", "livenessProbe", "startupProbe"):
+                    probe = c.get(probe_name)
+                    if not probe:
+                        fail(f"{where}: no {probe_name}")
+                        continue
+                    if "httpGet" in probe:
+                        port = probe["httpGet"]["port"]
+                        port = ports.get(port, port)
+                        if port not in listening:
+                            fail(f"{where}: {probe_name} port {port} is not served")
+                        path = probe["httpGet"]["path"]
+                        # The metrics listener serves /healthz and /metrics; the gateway its routes.
+                        if path not in served_paths(binary):
+                            fail(f"{where}: {probe_name} path {path} is not served by {binary}")
+                    elif "grpc" in probe:
+                        if probe["grpc"]["port"] not in listening:
+                            fail(f"{where}: {probe_name} gRPC port {probe['grpc']['port']} is not served")
+                        name = probe["grpc"].get("service", "")
+                        if binary not in GRPC_NAMES or f'"{name}"' not in GRPC_NAMES[binary].read_text():
+                            fail(f"{where}: {probe_name} checks gRPC health of {name!r}, not the service's name")
+                    else:
+                        fail(f"{where}: {probe_name} must be httpGet or grpc")
+        print(f"{overlay}: {len(docs)} objects rendered, validated and checked")
+    if errors:
+        print("\n".join(errors), file=sys.stderr)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
