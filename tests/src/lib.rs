@@ -61,6 +61,8 @@ pub struct StackConfig {
     pub echo_logs: bool,
     /// Extra environment per process.
     pub extra_env: BTreeMap<&'static str, Vec<(String, String)>>,
+    /// Keep PostgreSQL's durability (fsync) on the ephemeral cluster (benchmarks).
+    pub durable: bool,
 }
 
 impl StackConfig {
@@ -76,6 +78,7 @@ impl StackConfig {
             liveblocks_secret: None,
             echo_logs: false,
             extra_env: BTreeMap::new(),
+            durable: false,
         }
     }
 }
@@ -212,8 +215,12 @@ impl Stack {
         let (pg, admin_url) = match &config.database_url {
             Some(url) => (None, url.clone()),
             None => {
-                let c = tokio::task::spawn_blocking(|| {
-                    let c = PgCluster::start(PgClusterOptions::default())?;
+                let options = PgClusterOptions {
+                    durable: config.durable,
+                    ..PgClusterOptions::default()
+                };
+                let c = tokio::task::spawn_blocking(move || {
+                    let c = PgCluster::start(options)?;
                     c.wait_ready(Duration::from_secs(30))?;
                     Ok::<_, anyhow::Error>(c)
                 })
@@ -410,6 +417,16 @@ impl Stack {
         }
         self.children.insert(w, child);
         Ok(())
+    }
+
+    /// Process id of a running process.
+    pub fn pid(&self, w: Which) -> Option<u32> {
+        self.children.get(&w).map(Child::id)
+    }
+
+    /// Admin URL of the PostgreSQL server in use.
+    pub fn admin_db(&self) -> String {
+        with_db(&self.identity_db, "postgres")
     }
 
     /// Kills one process at once (SIGKILL: a crash, no drain).
