@@ -525,7 +525,7 @@ async fn main() -> Result<()> {
     let before = live.deleted().len();
     wdb.execute(
         "INSERT INTO liveblocks_cleanup_jobs (room_id) SELECT 'doc:' || gen_random_uuid() FROM generate_series(1, $1::int)",
-        &[&(rooms_to_clean as i32)],
+        &[&rooms_to_clean],
     )
     .await?;
     let t = Instant::now();
