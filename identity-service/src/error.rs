@@ -1,6 +1,5 @@
 //! The one place where identity-service errors become gRPC statuses.
 
-use service_runtime::{DbFailure, classify};
 use tonic::Status;
 
 /// Errors of the identity domain.
@@ -35,22 +34,8 @@ impl From<Error> for Status {
             Error::Invalid(m) => Status::invalid_argument(m),
             Error::NotFound(m) => Status::not_found(m),
             Error::Deleted(m) => Status::failed_precondition(m),
-            Error::Pool(e) => {
-                tracing::warn!(error = %e, "database pool unavailable");
-                Status::unavailable("database unavailable, retry later")
-            }
-            Error::Db(e) => match classify(&e) {
-                DbFailure::NotFound => Status::not_found("not found"),
-                DbFailure::UniqueViolation => Status::already_exists("already exists"),
-                DbFailure::Unavailable | DbFailure::Retryable => {
-                    tracing::warn!(error = %e, "transient database failure");
-                    Status::unavailable("database unavailable, retry later")
-                }
-                DbFailure::ForeignKeyViolation | DbFailure::Other => {
-                    tracing::error!(error = %e, "database error");
-                    Status::internal("internal error")
-                }
-            },
+            Error::Pool(e) => service_runtime::db::pool_status(&e),
+            Error::Db(e) => service_runtime::db::status_for(&e),
         }
     }
 }

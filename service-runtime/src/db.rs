@@ -164,3 +164,26 @@ pub async fn prune_processed_events(
         }
     }
 }
+
+/// The gRPC status for a database error: NOT_FOUND, ALREADY_EXISTS, UNAVAILABLE for transient
+/// failures (retry later), INTERNAL otherwise. Details are logged, never returned.
+pub fn status_for(e: &diesel::result::Error) -> tonic::Status {
+    match classify(e) {
+        DbFailure::NotFound => tonic::Status::not_found("not found"),
+        DbFailure::UniqueViolation => tonic::Status::already_exists("already exists"),
+        DbFailure::Unavailable | DbFailure::Retryable => {
+            tracing::warn!(error = %e, "transient database failure");
+            tonic::Status::unavailable("database unavailable, retry later")
+        }
+        DbFailure::ForeignKeyViolation | DbFailure::Other => {
+            tracing::error!(error = %e, "database error");
+            tonic::Status::internal("internal error")
+        }
+    }
+}
+
+/// The gRPC status when no pooled connection can be had.
+pub fn pool_status(e: &diesel_async::pooled_connection::deadpool::PoolError) -> tonic::Status {
+    tracing::warn!(error = %e, "database pool unavailable");
+    tonic::Status::unavailable("database unavailable, retry later")
+}
