@@ -8,16 +8,9 @@ diesel::table! {
         image_url -> Text,
         source_updated_at -> Nullable<Timestamptz>,
         claims_seen_at -> Nullable<Timestamptz>,
+        deleted_at -> Nullable<Timestamptz>,
         created_at -> Timestamptz,
         updated_at -> Timestamptz,
-    }
-}
-
-diesel::table! {
-    user_tombstones (clerk_id) {
-        clerk_id -> Text,
-        deleted_at -> Timestamptz,
-        recorded_at -> Timestamptz,
     }
 }
 

@@ -1,23 +1,25 @@
 //! The users domain: sync commands from Clerk webhooks, client-side sync, reads.
 //!
-//! Rules, all enforced inside one transaction per command:
-//! - exactly once per `event_id` (recorded in `processed_events` with the change);
+//! Each command is one SQL statement, so it is atomic without an explicit transaction:
+//! - exactly once per `event_id`: the statement first inserts the id into `processed_events`
+//!   (a data-modifying CTE) and writes the user only when that insert happened;
 //! - webhook state is ordered by Clerk's `updated_at`: older state changes nothing;
-//! - a delete leaves a final tombstone (Clerk never reuses ids);
-//! - commands for one user are serialised with a transaction-scoped advisory lock, so concurrent
-//!   replicas neither lose updates nor race a delete.
+//! - a delete keeps the row as a tombstone (`deleted_at` set, personal data cleared); Clerk
+//!   never reuses ids, so nothing writes to a tombstoned row again;
+//! - concurrent commands for one user meet on that one row: `INSERT ... ON CONFLICT DO UPDATE`
+//!   locks it and re-evaluates the guard on the newest version, so there are no lost updates,
+//!   no resurrection and no unique-violation errors.
 
 use crate::error::Error;
-use crate::schema::{user_tombstones, users};
+use crate::schema::users;
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
-use diesel::sql_types::{Nullable, Text, Timestamptz};
-
-use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use diesel::sql_types::{BigInt, Bool, Nullable, Text, Timestamptz};
+use diesel_async::RunQueryDsl;
 use service_runtime::Pool;
 
 /// A stored user.
-#[derive(Debug, Clone, PartialEq, Eq, Queryable, Selectable)]
+#[derive(Debug, Clone, PartialEq, Eq, Queryable, Selectable, QueryableByName)]
 #[diesel(table_name = users)]
 pub struct UserRecord {
     pub clerk_id: String,
@@ -26,6 +28,7 @@ pub struct UserRecord {
     pub image_url: String,
     pub source_updated_at: Option<DateTime<Utc>>,
     pub claims_seen_at: Option<DateTime<Utc>>,
+    pub deleted_at: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
@@ -79,163 +82,153 @@ pub struct TokenClaims {
     pub issued_at: DateTime<Utc>,
 }
 
-async fn lock_user(conn: &mut AsyncPgConnection, clerk_id: &str) -> QueryResult<()> {
-    service_runtime::db::lock_entity(conn, &format!("user:{clerk_id}")).await
+#[derive(QueryableByName)]
+struct Applied {
+    /// 1 when the event id was new.
+    #[diesel(sql_type = BigInt)]
+    fresh: i64,
+    /// 1 when the user row was written.
+    #[diesel(sql_type = BigInt)]
+    written: i64,
 }
 
-async fn is_tombstoned(conn: &mut AsyncPgConnection, clerk_id: &str) -> QueryResult<bool> {
-    diesel::select(diesel::dsl::exists(
-        user_tombstones::table.filter(user_tombstones::clerk_id.eq(clerk_id)),
-    ))
-    .get_result(conn)
-    .await
+impl Applied {
+    fn outcome(&self) -> Outcome {
+        match (self.fresh, self.written) {
+            (0, _) => Outcome::Duplicate,
+            (_, 0) => Outcome::Stale,
+            _ => Outcome::Applied,
+        }
+    }
 }
 
-/// Applies webhook state for a user.
+/// Applies webhook state for a user (one statement).
 pub async fn upsert_user(pool: &Pool, cmd: UpsertUser) -> Result<Outcome, Error> {
     let mut conn = pool.get().await?;
-    let outcome = conn
-        .transaction::<_, Error, _>(async |conn| {
-            if !service_runtime::db::record_delivery(conn, &cmd.event_id).await? {
-                return Ok(Outcome::Duplicate);
-            }
-            lock_user(conn, &cmd.clerk_id).await?;
-            if is_tombstoned(conn, &cmd.clerk_id).await? {
-                return Ok(Outcome::Stale);
-            }
-            let written = diesel::sql_query(
-                "INSERT INTO users (clerk_id, name, email, image_url, source_updated_at, created_at)
-                 VALUES ($1, $2, $3, $4, $5, COALESCE($6, now()))
-                 ON CONFLICT (clerk_id) DO UPDATE SET
-                     name = EXCLUDED.name, email = EXCLUDED.email, image_url = EXCLUDED.image_url,
-                     source_updated_at = EXCLUDED.source_updated_at,
-                     created_at = LEAST(users.created_at, EXCLUDED.created_at),
-                     updated_at = now()
-                 WHERE users.source_updated_at IS NULL OR users.source_updated_at < EXCLUDED.source_updated_at",
-            )
-            .bind::<Text, _>(&cmd.clerk_id)
-            .bind::<Text, _>(&cmd.name)
-            .bind::<Text, _>(&cmd.email)
-            .bind::<Text, _>(&cmd.image_url)
-            .bind::<Timestamptz, _>(cmd.occurred_at)
-            .bind::<Nullable<Timestamptz>, _>(cmd.created_at)
-            .execute(conn)
-            .await?;
-            Ok(if written == 1 { Outcome::Applied } else { Outcome::Stale })
-        })
-        .await?;
-    Ok(outcome)
+    let r: Applied = diesel::sql_query(
+        "WITH ev AS (
+             INSERT INTO processed_events (event_id) VALUES ($1) ON CONFLICT DO NOTHING RETURNING 1),
+         up AS (
+             INSERT INTO users (clerk_id, name, email, image_url, source_updated_at, created_at)
+             SELECT $2, $3, $4, $5, $6, COALESCE($7, now()) FROM ev
+             ON CONFLICT (clerk_id) DO UPDATE SET
+                 name = EXCLUDED.name, email = EXCLUDED.email, image_url = EXCLUDED.image_url,
+                 source_updated_at = EXCLUDED.source_updated_at,
+                 created_at = LEAST(users.created_at, EXCLUDED.created_at),
+                 updated_at = now()
+             WHERE users.deleted_at IS NULL
+               AND (users.source_updated_at IS NULL OR users.source_updated_at < EXCLUDED.source_updated_at)
+             RETURNING 1)
+         SELECT (SELECT count(*) FROM ev) AS fresh, (SELECT count(*) FROM up) AS written",
+    )
+    .bind::<Text, _>(&cmd.event_id)
+    .bind::<Text, _>(&cmd.clerk_id)
+    .bind::<Text, _>(&cmd.name)
+    .bind::<Text, _>(&cmd.email)
+    .bind::<Text, _>(&cmd.image_url)
+    .bind::<Timestamptz, _>(cmd.occurred_at)
+    .bind::<Nullable<Timestamptz>, _>(cmd.created_at)
+    .get_result(&mut conn)
+    .await?;
+    Ok(r.outcome())
 }
 
-/// Deletes a user and leaves a tombstone.
+/// Deletes a user: the row becomes a tombstone with its personal data cleared (one statement).
 pub async fn delete_user(pool: &Pool, cmd: DeleteUser) -> Result<Outcome, Error> {
     let mut conn = pool.get().await?;
-    let outcome = conn
-        .transaction::<_, Error, _>(async |conn| {
-            if !service_runtime::db::record_delivery(conn, &cmd.event_id).await? {
-                return Ok(Outcome::Duplicate);
-            }
-            lock_user(conn, &cmd.clerk_id).await?;
-            let new_tombstone = diesel::insert_into(user_tombstones::table)
-                .values((
-                    user_tombstones::clerk_id.eq(&cmd.clerk_id),
-                    user_tombstones::deleted_at.eq(cmd.occurred_at),
-                ))
-                .on_conflict_do_nothing()
-                .execute(conn)
-                .await?;
-            let removed = diesel::delete(users::table.filter(users::clerk_id.eq(&cmd.clerk_id)))
-                .execute(conn)
-                .await?;
-            Ok(if new_tombstone == 1 || removed == 1 {
-                Outcome::Applied
-            } else {
-                Outcome::Stale
-            })
-        })
-        .await?;
-    Ok(outcome)
+    let r: Applied = diesel::sql_query(
+        "WITH ev AS (
+             INSERT INTO processed_events (event_id) VALUES ($1) ON CONFLICT DO NOTHING RETURNING 1),
+         up AS (
+             INSERT INTO users (clerk_id, name, email, image_url, deleted_at)
+             SELECT $2, '', '', '', $3 FROM ev
+             ON CONFLICT (clerk_id) DO UPDATE SET
+                 name = '', email = '', image_url = '', deleted_at = EXCLUDED.deleted_at, updated_at = now()
+             WHERE users.deleted_at IS NULL
+             RETURNING 1)
+         SELECT (SELECT count(*) FROM ev) AS fresh, (SELECT count(*) FROM up) AS written",
+    )
+    .bind::<Text, _>(&cmd.event_id)
+    .bind::<Text, _>(&cmd.clerk_id)
+    .bind::<Timestamptz, _>(cmd.occurred_at)
+    .get_result(&mut conn)
+    .await?;
+    Ok(r.outcome())
+}
+
+#[derive(QueryableByName)]
+struct Stored {
+    #[diesel(embed)]
+    user: UserRecord,
+    #[diesel(sql_type = Bool)]
+    inserted: bool,
 }
 
 /// The seed's `storeUser`: creates the caller from token claims when unknown, refreshes name and
-/// email when the token is newer than the stored data. Returns the record and whether it was
-/// created.
+/// email when the token is newer than the stored data (never rolls back newer webhook data, never
+/// recreates a deleted user). Returns the record and whether it was created.
 pub async fn store_user(pool: &Pool, claims: TokenClaims) -> Result<(UserRecord, bool), Error> {
     let mut conn = pool.get().await?;
-    conn.transaction::<_, Error, _>(async |conn| {
-        lock_user(conn, &claims.clerk_id).await?;
-        if is_tombstoned(conn, &claims.clerk_id).await? {
-            return Err(Error::Deleted(
-                "this user was deleted in Clerk and cannot be stored again".into(),
-            ));
-        }
-        let existing: Option<UserRecord> = users::table
-            .find(&claims.clerk_id)
-            .select(UserRecord::as_select())
-            .first(conn)
-            .await
-            .optional()?;
-        match existing {
-            None => {
-                let email = claims.email.clone().unwrap_or_default();
-                let name = claims
-                    .name
-                    .clone()
-                    .or_else(|| claims.email.clone())
-                    .unwrap_or_else(|| "Anonymous".to_owned());
-                let created: UserRecord = diesel::insert_into(users::table)
-                    .values((
-                        users::clerk_id.eq(&claims.clerk_id),
-                        users::name.eq(name),
-                        users::email.eq(email),
-                        users::claims_seen_at.eq(claims.issued_at),
-                    ))
-                    .returning(UserRecord::as_returning())
-                    .get_result(conn)
-                    .await?;
-                Ok((created, true))
-            }
-            Some(user) => {
-                // Never roll back newer data: the token must be newer than what is stored.
-                let newer = user.data_time() < claims.issued_at;
-                let name = claims.name.clone().filter(|n| *n != user.name);
-                let email = claims.email.clone().filter(|e| *e != user.email);
-                if !newer || (name.is_none() && email.is_none()) {
-                    return Ok((user, false));
-                }
-                let updated: UserRecord = diesel::update(users::table.find(&claims.clerk_id))
-                    .set((
-                        users::name.eq(name.unwrap_or(user.name)),
-                        users::email.eq(email.unwrap_or(user.email)),
-                        users::claims_seen_at.eq(claims.issued_at),
-                        users::updated_at.eq(diesel::dsl::now),
-                    ))
-                    .returning(UserRecord::as_returning())
-                    .get_result(conn)
-                    .await?;
-                Ok((updated, false))
-            }
-        }
-    })
+    let name_for_new = claims
+        .name
+        .clone()
+        .or_else(|| claims.email.clone())
+        .unwrap_or_else(|| "Anonymous".to_owned());
+    // Writes only when the user is new, or the token is newer than the data held and says
+    // something different; the row lock of ON CONFLICT orders it against webhook commands.
+    let written: Option<Stored> = diesel::sql_query(
+        "INSERT INTO users AS u (clerk_id, name, email, claims_seen_at) VALUES ($1, $2, $3, $4)
+         ON CONFLICT (clerk_id) DO UPDATE SET
+             name = COALESCE($5, u.name), email = COALESCE($6, u.email),
+             claims_seen_at = EXCLUDED.claims_seen_at, updated_at = now()
+         WHERE u.deleted_at IS NULL
+           AND GREATEST(u.source_updated_at, u.claims_seen_at) < EXCLUDED.claims_seen_at
+           AND (u.name IS DISTINCT FROM COALESCE($5, u.name) OR u.email IS DISTINCT FROM COALESCE($6, u.email))
+         RETURNING u.*, (xmax = 0) AS inserted",
+    )
+    .bind::<Text, _>(&claims.clerk_id)
+    .bind::<Text, _>(&name_for_new)
+    .bind::<Text, _>(claims.email.clone().unwrap_or_default())
+    .bind::<Timestamptz, _>(claims.issued_at)
+    .bind::<Nullable<Text>, _>(&claims.name)
+    .bind::<Nullable<Text>, _>(&claims.email)
+    .get_result(&mut conn)
     .await
+    .optional()?;
+    if let Some(s) = written {
+        return Ok((s.user, s.inserted));
+    }
+    let existing: UserRecord = users::table
+        .find(&claims.clerk_id)
+        .select(UserRecord::as_select())
+        .first(&mut conn)
+        .await?;
+    if existing.deleted_at.is_some() {
+        return Err(Error::Deleted(
+            "this user was deleted in Clerk and cannot be stored again".into(),
+        ));
+    }
+    Ok((existing, false))
 }
 
-/// One user by id.
+/// One live user by id.
 pub async fn get_user(pool: &Pool, clerk_id: &str) -> Result<Option<UserRecord>, Error> {
     let mut conn = pool.get().await?;
     Ok(users::table
         .find(clerk_id)
+        .filter(users::deleted_at.is_null())
         .select(UserRecord::as_select())
         .first(&mut conn)
         .await
         .optional()?)
 }
 
-/// Users by ids (any order; unknown ids left out).
+/// Live users by ids (any order; unknown and deleted ids left out).
 pub async fn get_users(pool: &Pool, ids: &[String]) -> Result<Vec<UserRecord>, Error> {
     let mut conn = pool.get().await?;
     Ok(users::table
         .filter(users::clerk_id.eq_any(ids))
+        .filter(users::deleted_at.is_null())
         .select(UserRecord::as_select())
         .load(&mut conn)
         .await?)

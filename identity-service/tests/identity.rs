@@ -564,3 +564,37 @@ async fn processed_event_ids_are_pruned_after_retention() {
         CommandOutcome::Stale
     );
 }
+
+#[tokio::test]
+async fn a_delete_racing_upserts_and_store_user_always_wins() {
+    let env = start().await;
+    for round in 0..30 {
+        let user = format!("user_race{round}");
+        let mut a = env.client().await;
+        let mut b = env.client().await;
+        let mut s = env.client().await;
+        let up = env.service(upsert(&format!("u{round}"), 10, &user, "N", "a@b.co"));
+        let up_newer = env.service(upsert(&format!("v{round}"), 999, &user, "N2", "a@b.co"));
+        let del = env.service(delete(&format!("d{round}"), 500, &user));
+        let store = env.user(&user, pb::StoreUserRequest {});
+        let mut c = env.client().await;
+        let (r1, r2, r3, r4) = tokio::join!(
+            a.upsert_user(up),
+            b.delete_user(del),
+            s.store_user(store),
+            c.upsert_user(up_newer)
+        );
+        assert!(
+            r1.is_ok() && r2.is_ok() && r4.is_ok(),
+            "{r1:?} {r2:?} {r4:?}"
+        );
+        // StoreUser either ran first (created) or found the tombstone; it never errors otherwise.
+        if let Err(e) = r3 {
+            assert_eq!(e.code(), Code::FailedPrecondition);
+        }
+        assert!(
+            stored(&env, &user).await.is_none(),
+            "round {round}: deleted user came back"
+        );
+    }
+}

@@ -1,3 +1,2 @@
 DROP TABLE processed_events;
-DROP TABLE user_tombstones;
 DROP TABLE users;

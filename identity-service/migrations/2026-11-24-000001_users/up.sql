@@ -8,16 +8,11 @@ CREATE TABLE users (
     source_updated_at timestamptz,
     -- `iat` of the user token whose claims were last written by StoreUser.
     claims_seen_at    timestamptz,
+    -- Set when Clerk deleted the user: the row stays as a final tombstone (Clerk never reuses
+    -- ids) with its personal data cleared, so the row lock orders deletes against upserts.
+    deleted_at        timestamptz,
     created_at        timestamptz NOT NULL DEFAULT now(),
     updated_at        timestamptz NOT NULL DEFAULT now()
-);
-
--- A deleted user's id. Clerk never reuses ids, so a tombstone is final: nothing older or later
--- brings the user back.
-CREATE TABLE user_tombstones (
-    clerk_id    text PRIMARY KEY,
-    deleted_at  timestamptz NOT NULL,
-    recorded_at timestamptz NOT NULL DEFAULT now()
 );
 
 -- Delivery ids already applied (the `svix-id`), kept >= 72 h then pruned.
