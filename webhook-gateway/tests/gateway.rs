@@ -25,6 +25,11 @@ struct Stack {
 }
 
 async fn stack(secrets: &str) -> Stack {
+    stack_with(secrets, None).await
+}
+
+/// `token_file`: use `SERVICE_TOKEN_FILE` (a platform-mounted token) instead of the signing key.
+async fn stack_with(secrets: &str, token_file: Option<std::path::PathBuf>) -> Stack {
     let issuers = Issuers::new().await;
     let idb = service_harness::database(
         "identity",
@@ -79,8 +84,12 @@ async fn stack(secrets: &str) -> Stack {
         identity_service_url: format!("http://{}", identity.addr),
         workspace_service_url: format!("http://{}", workspace.addr),
         service_jwt_issuer: "vbase-internal".into(),
-        service_jwt_signing_key_file: Some(issuers.keys.signing_key_file()),
-        service_token_file: None,
+        service_jwt_signing_key_file: if token_file.is_some() {
+            None
+        } else {
+            Some(issuers.keys.signing_key_file())
+        },
+        service_token_file: token_file,
         downstream_timeout_secs: 3,
         log_format: LogFormat::Pretty,
     };
@@ -617,4 +626,42 @@ async fn a_downstream_outage_answers_503_then_the_retry_applies_once() {
         (200, "{\"outcome\":\"duplicate\"}".into())
     );
     assert_eq!(s.user("user_o").await.unwrap().name, "Outage Example");
+}
+
+#[tokio::test]
+async fn a_platform_mounted_token_file_is_used_and_re_read_when_it_changes() {
+    // One token for both services (aud lists both), as a platform would mount it.
+    let dir = std::env::temp_dir().join(format!("gw-token-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("token");
+    std::fs::write(&file, "not-a-token-yet").unwrap();
+    let s = stack_with(SECRET, Some(file.clone())).await;
+    let key = token_auth::signing::SigningKey::from_pem(
+        &std::fs::read_to_string(s.issuers.keys.signing_key_file()).unwrap(),
+    )
+    .unwrap();
+    let mint = || {
+        let now = now();
+        key.sign(&json!({"iss": "vbase-internal", "sub": "platform", "aud": ["identity-service", "workspace-service"],
+                         "iat": now, "nbf": now, "exp": now + 600}))
+            .unwrap()
+    };
+    // An unusable token: the services refuse it, the gateway answers 503 (Svix retries).
+    assert_eq!(
+        s.send("t1", &user_event("user.created", "user_t", "T", T))
+            .await
+            .0,
+        503
+    );
+    // The platform rotates the file: picked up without a restart.
+    std::thread::sleep(Duration::from_millis(20)); // a distinct modification time
+    std::fs::write(&file, mint()).unwrap();
+    assert_eq!(
+        s.send("t1", &user_event("user.created", "user_t", "T", T))
+            .await
+            .0,
+        200
+    );
+    assert_eq!(s.user("user_t").await.unwrap().name, "T Example");
+    let _ = std::fs::remove_dir_all(dir);
 }
