@@ -66,8 +66,8 @@ impl Drop for TestDatabase {
     }
 }
 
-/// Replaces the database name in a `postgres://` URL.
-fn with_database(url: &str, db: &str) -> String {
+/// Replaces the database name in a `postgres://` URL (keeps user, host and query).
+pub fn with_database(url: &str, db: &str) -> String {
     let (base, query) = match url.split_once('?') {
         Some((b, q)) => (b, Some(q)),
         None => (url, None),

@@ -12,4 +12,4 @@ mod cluster;
 mod databases;
 
 pub use cluster::{PgCluster, PgClusterOptions};
-pub use databases::{TestDatabase, TestDatabases};
+pub use databases::{TestDatabase, TestDatabases, with_database};

@@ -9,7 +9,7 @@
 
 use anyhow::{Context, Result, bail};
 use base64::Engine;
-use ephemeral_postgres::{PgCluster, PgClusterOptions};
+use ephemeral_postgres::{PgCluster, PgClusterOptions, with_database};
 use serde::{Deserialize, Serialize};
 use stand_ins::{ClerkStandIn, LiveblocksStandIn};
 use std::collections::BTreeMap;
@@ -142,20 +142,6 @@ pub fn generate_webhook_secret() -> String {
     )
 }
 
-fn with_db(url: &str, db: &str) -> String {
-    let (base, query) = url
-        .split_once('?')
-        .map_or((url, None), |(b, q)| (b, Some(q)));
-    let scheme_end = base.find("://").map_or(0, |i| i + 3);
-    let base = base[scheme_end..]
-        .find('/')
-        .map_or(base, |i| &base[..scheme_end + i]);
-    match query {
-        Some(q) => format!("{base}/{db}?{q}"),
-        None => format!("{base}/{db}"),
-    }
-}
-
 async fn ensure_database(admin_url: &str, db: &str) -> Result<()> {
     let (client, conn) = tokio_postgres::connect(admin_url, tokio_postgres::NoTls)
         .await
@@ -229,8 +215,8 @@ impl Stack {
                 (Some(c), url)
             }
         };
-        let identity_db = with_db(&admin_url, "vbase_identity");
-        let workspace_db = with_db(&admin_url, "vbase_workspace");
+        let identity_db = with_database(&admin_url, "vbase_identity");
+        let workspace_db = with_database(&admin_url, "vbase_workspace");
         ensure_database(&admin_url, "vbase_identity").await?;
         ensure_database(&admin_url, "vbase_workspace").await?;
 
@@ -426,7 +412,7 @@ impl Stack {
 
     /// Admin URL of the PostgreSQL server in use.
     pub fn admin_db(&self) -> String {
-        with_db(&self.identity_db, "postgres")
+        with_database(&self.identity_db, "postgres")
     }
 
     /// Kills one process at once (SIGKILL: a crash, no drain).

@@ -487,7 +487,11 @@ async fn main() -> Result<()> {
         .batch_execute("DROP DATABASE IF EXISTS bench_cascade")
         .await?;
     admin.batch_execute("CREATE DATABASE bench_cascade").await?;
-    let bdb = pg(&vbase_stack_with_db(&stack.admin_db(), "bench_cascade")).await?;
+    let bdb = pg(&ephemeral_postgres::with_database(
+        &stack.admin_db(),
+        "bench_cascade",
+    ))
+    .await?;
     bdb.batch_execute(CASCADE_SCHEMA).await?;
     let bws = "01000000-0000-7000-8000-000000000001";
     bdb.execute(
@@ -610,11 +614,4 @@ fn service_harness_bearer<T>(msg: T, token: &str) -> tonic::Request<T> {
         format!("Bearer {token}").parse().expect("ascii"),
     );
     r
-}
-
-fn vbase_stack_with_db(url: &str, db: &str) -> String {
-    match url.rsplit_once('/') {
-        Some((base, _)) => format!("{base}/{db}"),
-        None => url.to_owned(),
-    }
 }
