@@ -166,6 +166,79 @@ CREATE TABLE meetings (id uuid PRIMARY KEY, room_id uuid NOT NULL REFERENCES roo
 CREATE INDEX ON meetings (room_id, starts_at, id);
 ";
 
+/// CPU seconds (user + system) a process has used so far.
+fn cpu_secs(pid: u32) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0.0;
+    };
+    // Fields after the `(comm)`: state is field 3; utime and stime are fields 14 and 15.
+    let after = stat.rsplit_once(") ").map(|(_, r)| r).unwrap_or_default();
+    let f: Vec<&str> = after.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+/// Busy CPU seconds of the whole machine so far.
+fn machine_busy_secs() -> f64 {
+    let Ok(stat) = std::fs::read_to_string("/proc/stat") else {
+        return 0.0;
+    };
+    let v: Vec<f64> = stat
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal
+    let busy: f64 = v
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != 3 && *i != 4)
+        .map(|(_, x)| x)
+        .sum();
+    busy / 100.0
+}
+
+/// CPU used per call during a phase: our processes, this load generator, and the rest of the
+/// machine (PostgreSQL).
+struct CpuProbe {
+    pids: Vec<(&'static str, u32)>,
+    start: Vec<f64>,
+    machine: f64,
+}
+
+impl CpuProbe {
+    fn start(stack: &Stack) -> Self {
+        let mut pids: Vec<(&'static str, u32)> =
+            [Which::Gateway, Which::Identity, Which::Workspace]
+                .iter()
+                .filter_map(|w| stack.pid(*w).map(|p| (w.binary(), p)))
+                .collect();
+        pids.push(("load generator", std::process::id()));
+        let start = pids.iter().map(|(_, p)| cpu_secs(*p)).collect();
+        Self {
+            pids,
+            start,
+            machine: machine_busy_secs(),
+        }
+    }
+
+    fn per_call(&self, calls: usize) -> String {
+        let mut ours = 0.0;
+        let mut parts = Vec::new();
+        for ((name, pid), before) in self.pids.iter().zip(&self.start) {
+            let used = cpu_secs(*pid) - before;
+            ours += used;
+            parts.push(format!("{name} {:.0}", used * 1e6 / calls as f64));
+        }
+        let rest = (machine_busy_secs() - self.machine - ours).max(0.0);
+        parts.push(format!("PostgreSQL/other {:.0}", rest * 1e6 / calls as f64));
+        format!("CPU µs/call: {}", parts.join(", "))
+    }
+}
+
 fn vm_hwm_mib(pid: u32) -> Option<f64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let kb: f64 = status
@@ -262,6 +335,7 @@ async fn main() -> Result<()> {
     let secret = stack.state.webhook_secret.clone();
     let url = format!("{}/clerk", stack.state.gateway_url);
     let base_ms = now_secs() * 1000 - 86_400_000;
+    let probe = CpuProbe::start(&stack);
     let ours = load(vec![http; c], s.ingest, move |http: reqwest::Client, i| {
         let (secret, url) = (secret.clone(), url.clone());
         async move {
@@ -277,10 +351,12 @@ async fn main() -> Result<()> {
         }
     })
     .await;
+    let ingest_cpu = probe.per_call(s.ingest);
     let mut conns = Vec::new();
     for _ in 0..c {
         conns.push(pg(&stack.identity_db).await?);
     }
+    let probe = CpuProbe::start(&stack);
     let base = load(conns.clone(), s.ingest, move |db: Arc<tokio_postgres::Client>, i| async move {
         let ts = std::time::SystemTime::UNIX_EPOCH + Duration::from_millis((base_ms + i as i64) as u64);
         db.execute(
@@ -294,6 +370,7 @@ async fn main() -> Result<()> {
         .is_ok()
     })
     .await;
+    let ingest_base_cpu = probe.per_call(s.ingest);
     rows.push([
         format!(
             "webhook ingest, {} signed `user.updated` at concurrency {c}",
@@ -351,6 +428,7 @@ async fn main() -> Result<()> {
         ));
     }
     let toks = tokens.clone();
+    let probe = CpuProbe::start(&stack);
     let ours = load(
         clients,
         s.reads,
@@ -364,6 +442,8 @@ async fn main() -> Result<()> {
         },
     )
     .await;
+    let read_cpu = probe.per_call(s.reads);
+    let probe = CpuProbe::start(&stack);
     let base = load(
         conns.clone(),
         s.reads,
@@ -377,6 +457,7 @@ async fn main() -> Result<()> {
         },
     )
     .await;
+    let read_base_cpu = probe.per_call(s.reads);
     rows.push([
         format!("authenticated read `GetCurrentUser` (RS256), concurrency {c}"),
         format!(
@@ -588,6 +669,9 @@ async fn main() -> Result<()> {
     for r in &rows {
         table.push_str(&format!("| {} | {} | {} | {} |\n", r[0], r[1], r[2], r[3]));
     }
+    table.push_str(&format!(
+        "\nWhere the CPU goes (2 cores shared by everything):\n\n- ingest, ours: {ingest_cpu}\n- ingest, baseline: {ingest_base_cpu}\n- read, ours: {read_cpu}\n- read, baseline: {read_base_cpu}\n"
+    ));
     println!("{table}");
     if let Some(path) = args.write {
         std::fs::write(
