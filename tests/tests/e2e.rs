@@ -665,7 +665,7 @@ async fn a_shuffled_duplicated_stream_with_a_crash_ends_in_the_in_order_state() 
     let c = Client::new(&stack);
     for (batch_no, batch) in deliveries.chunks(8).enumerate() {
         let sends = batch.iter().map(|&i| c.deliver(&events[i].0, &events[i].1));
-        futures_join(sends).await;
+        futures::future::join_all(sends).await;
         if batch_no * 8 >= half && batch_no * 8 < half + 8 {
             stack.kill(Which::Identity);
             // Deliveries during the outage get 503 and are retried by the sender.
@@ -718,14 +718,4 @@ async fn a_shuffled_duplicated_stream_with_a_crash_ends_in_the_in_order_state() 
         workspace_ids
     );
     stack.stop().await;
-}
-
-async fn futures_join<F: std::future::Future<Output = ()>>(futs: impl Iterator<Item = F>) {
-    let mut set = Vec::new();
-    for f in futs {
-        set.push(Box::pin(f));
-    }
-    for f in set {
-        f.await;
-    }
 }
