@@ -13,7 +13,6 @@ use service_runtime::{Background, DatabaseArgs, LogFormat};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 use tokio::net::TcpListener;
 use vbase_proto::identity::v1::identity_service_server::IdentityServiceServer;
 
@@ -69,10 +68,13 @@ pub async fn run(
     let mut registry = prometheus_client::registry::Registry::default();
     let metrics = metrics::Metrics::register(&mut registry);
     let background = Background::default();
-    tokio::spawn(prune_loop(
+    let pruned = metrics.pruned_events.clone();
+    tokio::spawn(service_runtime::db::prune_loop(
         pool.clone(),
-        metrics.clone(),
-        config.processed_event_retention_hours.max(72),
+        config.processed_event_retention_hours,
+        move |n| {
+            pruned.inc_by(n);
+        },
         background.stopped(),
     ));
     service_runtime::serve_service(
@@ -86,27 +88,4 @@ pub async fn run(
         shutdown,
     )
     .await
-}
-
-async fn prune_loop(
-    pool: service_runtime::Pool,
-    metrics: metrics::Metrics,
-    hours: u64,
-    stop: impl Future<Output = ()>,
-) {
-    tokio::pin!(stop);
-    loop {
-        match users::prune_processed_events(&pool, chrono::Duration::hours(hours as i64)).await {
-            Ok(n) if n > 0 => {
-                metrics.pruned_events.inc_by(n);
-                tracing::info!(pruned = n, "pruned processed event ids");
-            }
-            Ok(_) => {}
-            Err(e) => tracing::warn!(error = %e, "pruning processed event ids failed"),
-        }
-        tokio::select! {
-            _ = tokio::time::sleep(Duration::from_secs(3600)) => {}
-            _ = &mut stop => return,
-        }
-    }
 }

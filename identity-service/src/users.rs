@@ -233,10 +233,3 @@ pub async fn get_users(pool: &Pool, ids: &[String]) -> Result<Vec<UserRecord>, E
         .load(&mut conn)
         .await?)
 }
-
-/// Deletes processed event ids older than `keep`; returns how many were removed.
-pub async fn prune_processed_events(pool: &Pool, keep: chrono::Duration) -> Result<u64, Error> {
-    let mut conn = pool.get().await?;
-    let keep = keep.to_std().unwrap_or_default();
-    Ok(service_runtime::db::prune_processed_events(&mut conn, keep).await?)
-}

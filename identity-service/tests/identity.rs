@@ -549,10 +549,13 @@ async fn processed_event_ids_are_pruned_after_retention() {
             .await
             .unwrap();
     }
-    let pruned =
-        identity_service::users::prune_processed_events(&pool, chrono::Duration::hours(72))
-            .await
-            .unwrap();
+    let mut conn = pool.get().await.unwrap();
+    let pruned = service_runtime::db::prune_processed_events(
+        &mut conn,
+        std::time::Duration::from_secs(72 * 3600),
+    )
+    .await
+    .unwrap();
     assert_eq!(pruned, 1);
     // The recent id is still remembered; the pruned one would be accepted again (beyond Svix's retry window).
     assert_eq!(

@@ -191,3 +191,35 @@ pub fn pool_status(e: &diesel_async::pooled_connection::deadpool::PoolError) -> 
     tracing::warn!(error = %e, "database pool unavailable");
     tonic::Status::unavailable("database unavailable, retry later")
 }
+
+/// Background job of both services: every hour, prunes processed event ids older than
+/// `keep_hours` (at least 72) and reports how many went to `on_pruned`; stops with `stop`.
+pub async fn prune_loop(
+    pool: Pool,
+    keep_hours: u64,
+    on_pruned: impl Fn(u64) + Send,
+    stop: impl std::future::Future<Output = ()>,
+) {
+    let keep = Duration::from_secs(keep_hours.max(72) * 3600);
+    tokio::pin!(stop);
+    loop {
+        let pruned = match pool.get().await {
+            Ok(mut conn) => prune_processed_events(&mut conn, keep)
+                .await
+                .map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        match pruned {
+            Ok(0) => {}
+            Ok(n) => {
+                on_pruned(n);
+                tracing::info!(pruned = n, "pruned processed event ids");
+            }
+            Err(error) => tracing::warn!(%error, "pruning processed event ids failed"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(3600)) => {}
+            _ = &mut stop => return,
+        }
+    }
+}

@@ -147,9 +147,10 @@ pub async fn run(
             "LIVEBLOCKS_SECRET_KEY is not set: Liveblocks rooms are queued but not deleted until it is"
         ),
     }
-    tokio::spawn(prune_loop(
+    tokio::spawn(service_runtime::db::prune_loop(
         pool.clone(),
-        config.processed_event_retention_hours.max(72),
+        config.processed_event_retention_hours,
+        |_| {},
         background.stopped(),
     ));
 
@@ -164,26 +165,4 @@ pub async fn run(
         shutdown,
     )
     .await
-}
-
-async fn prune_loop(pool: service_runtime::Pool, hours: u64, stop: impl Future<Output = ()>) {
-    tokio::pin!(stop);
-    loop {
-        if let Ok(mut conn) = pool.get().await {
-            match service_runtime::db::prune_processed_events(
-                &mut conn,
-                Duration::from_secs(hours * 3600),
-            )
-            .await
-            {
-                Ok(n) if n > 0 => tracing::info!(pruned = n, "pruned processed event ids"),
-                Ok(_) => {}
-                Err(e) => tracing::warn!(error = %e, "pruning processed event ids failed"),
-            }
-        }
-        tokio::select! {
-            _ = tokio::time::sleep(Duration::from_secs(3600)) => {}
-            _ = &mut stop => return,
-        }
-    }
 }
