@@ -75,7 +75,7 @@ impl WorkspaceApi {
         }
     }
 
-    fn record(&self, command: &'static str, r: &Result<Outcome, Error>) {
+    fn record(&self, command: &'static str, r: Result<Outcome, &Error>) {
         let label = match r {
             Ok(Outcome::Applied) => "applied",
             Ok(Outcome::Duplicate) => "duplicate",
@@ -256,10 +256,7 @@ impl WorkspaceService for WorkspaceApi {
             Ok(cmd) => sync::upsert_workspace(&self.pool, cmd).await,
             Err(e) => Err(e),
         };
-        self.record(
-            "upsert_workspace",
-            &result.as_ref().map(|r| r.0).map_err(classify_err),
-        );
+        self.record("upsert_workspace", result.as_ref().map(|r| r.0));
         let (o, ws) = result?;
         ok(pb::UpsertWorkspaceResponse {
             outcome: outcome(o),
@@ -282,10 +279,7 @@ impl WorkspaceService for WorkspaceApi {
             Ok(at) => sync::delete_workspace(&self.pool, &m.event_id, at, &m.clerk_org_id).await,
             Err(e) => Err(e),
         };
-        self.record(
-            "delete_workspace",
-            &result.as_ref().map(|r| r.0).map_err(classify_err),
-        );
+        self.record("delete_workspace", result.as_ref().map(|r| r.0));
         let (o, cascade) = result?;
         if !cascade.liveblocks_room_ids.is_empty() {
             self.cleanup_wake.notify_waiters();
@@ -351,10 +345,7 @@ impl WorkspaceService for WorkspaceApi {
             Ok(at) => sync::remove_user(&self.pool, &m.event_id, at, &m.clerk_user_id).await,
             Err(e) => Err(e),
         };
-        self.record(
-            "remove_user",
-            &result.as_ref().map(|r| r.outcome).map_err(classify_err),
-        );
+        self.record("remove_user", result.as_ref().map(|r| r.outcome));
         let r = result?;
         ok(pb::RemoveUserResponse {
             outcome: outcome(r.outcome),
@@ -724,14 +715,6 @@ impl WorkspaceService for WorkspaceApi {
     }
 }
 
-/// Keeps only the metric-relevant shape of an error.
-fn classify_err(e: &Error) -> Error {
-    match e {
-        Error::Invalid(m) => Error::Invalid(m.clone()),
-        _ => Error::NotFound(String::new()),
-    }
-}
-
 impl WorkspaceApi {
     async fn membership(
         &self,
@@ -766,7 +749,7 @@ impl WorkspaceApi {
             Ok(cmd) => sync::change_membership(&self.pool, cmd).await,
             Err(e) => Err(e),
         };
-        self.record(command, &result.as_ref().copied().map_err(classify_err));
+        self.record(command, result.as_ref().copied());
         result
     }
 }
