@@ -36,25 +36,23 @@ pub async fn serve_metrics(
     }
 }
 
+/// Content type of the Prometheus/OpenMetrics text exposition.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// Encodes `registry` as Prometheus text; `None` if it cannot be encoded.
+pub fn encode(registry: &Mutex<Registry>) -> Option<String> {
+    let mut text = String::new();
+    let r = registry.lock().ok()?;
+    prometheus_client::encoding::text::encode(&mut text, &r).ok()?;
+    Some(text)
+}
+
 fn respond(req: &Request<Incoming>, registry: &Mutex<Registry>) -> Response<Full<Bytes>> {
     let (status, ctype, body) = match (req.method().as_str(), req.uri().path()) {
-        ("GET", "/metrics") => {
-            let mut text = String::new();
-            let ok = registry
-                .lock()
-                .ok()
-                .map(|r| prometheus_client::encoding::text::encode(&mut text, &r).is_ok())
-                .unwrap_or(false);
-            if ok {
-                (
-                    200,
-                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                    text,
-                )
-            } else {
-                (500, "text/plain", "metrics encoding failed\n".to_owned())
-            }
-        }
+        ("GET", "/metrics") => match encode(registry) {
+            Some(text) => (200, CONTENT_TYPE, text),
+            None => (500, "text/plain", "metrics encoding failed\n".to_owned()),
+        },
         ("GET", "/healthz") => (200, "text/plain", "ok\n".to_owned()),
         _ => (404, "text/plain", "not found\n".to_owned()),
     };

@@ -196,29 +196,20 @@ async fn route(app: &App, req: Request<Incoming>) -> Response<Full<Bytes>> {
         (&Method::POST, "/clerk") => clerk_webhook(app, req).await,
         (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n"),
         (&Method::GET, "/readyz") => readyz(app).await,
-        (&Method::GET, "/metrics") => {
-            let mut out = String::new();
-            let encoded = app
-                .registry
-                .lock()
-                .map(|r| prometheus_client::encoding::text::encode(&mut out, &r).is_ok())
-                .unwrap_or(false);
-            if encoded {
+        (&Method::GET, "/metrics") => match service_runtime::metrics::encode(&app.registry) {
+            Some(out) => {
                 let mut r = text(StatusCode::OK, out);
                 r.headers_mut().insert(
                     "content-type",
-                    http::HeaderValue::from_static(
-                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                    ),
+                    http::HeaderValue::from_static(service_runtime::metrics::CONTENT_TYPE),
                 );
                 r
-            } else {
-                text(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "metrics encoding failed\n",
-                )
             }
-        }
+            None => text(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "metrics encoding failed\n",
+            ),
+        },
         (_, "/clerk") => text(StatusCode::METHOD_NOT_ALLOWED, "use POST\n"),
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
     }
