@@ -192,7 +192,7 @@ impl IdentityService for IdentityApi {
         let mut unique = ids.clone();
         unique.sort();
         unique.dedup();
-        let mut found: HashMap<String, UserRecord> = users::get_users(&self.pool, &unique)
+        let found: HashMap<String, UserRecord> = users::get_users(&self.pool, &unique)
             .await?
             .into_iter()
             .map(|u| (u.clerk_id.clone(), u))
@@ -206,7 +206,6 @@ impl IdentityService for IdentityApi {
                 None => {}
             }
         }
-        found.clear();
         Ok(Response::new(pb::BatchGetUsersResponse {
             users: users_out,
             missing_clerk_ids: missing,

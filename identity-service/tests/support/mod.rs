@@ -82,7 +82,7 @@ impl Env {
     /// Waits until both key sets are loaded (a user and a service call stop failing with
     /// UNAUTHENTICATED).
     async fn wait_keys_loaded(&self) {
-        let mut c = self.client().await;
+        let c = self.client().await;
         service_harness::eventually("keys loaded", std::time::Duration::from_secs(10), || {
             let mut c = c.clone();
             async move {
@@ -101,6 +101,5 @@ impl Env {
             }
         })
         .await;
-        let _ = &mut c;
     }
 }

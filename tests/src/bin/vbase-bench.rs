@@ -435,7 +435,7 @@ async fn main() -> Result<()> {
         move |mut cl: IdentityServiceClient<Channel>, i| {
             let tok = toks[i % toks.len()].clone();
             async move {
-                cl.get_current_user(service_harness_bearer(idp::GetCurrentUserRequest {}, &tok))
+                cl.get_current_user(service_harness::bearer(idp::GetCurrentUserRequest {}, &tok))
                     .await
                     .is_ok()
             }
@@ -532,10 +532,10 @@ async fn main() -> Result<()> {
             .await?,
     );
     let ws = wsc
-        .upsert_workspace(service_harness_bearer(
+        .upsert_workspace(service_harness::bearer(
             wsp::UpsertWorkspaceCommand {
                 event_id: "bench-ws".into(),
-                occurred_at: Some(prost_ts(now_secs())),
+                occurred_at: service_harness::ts(now_secs()),
                 clerk_org_id: "org_bench".into(),
                 name: "Bench".into(),
                 slug: String::new(),
@@ -551,10 +551,10 @@ async fn main() -> Result<()> {
     wdb.batch_execute(&populate_sql(&ws.id, &s)).await?;
     let rows_before: i64 = wdb.query_one("SELECT (SELECT count(*) FROM messages) + (SELECT count(*) FROM read_receipts) + (SELECT count(*) FROM channels) + (SELECT count(*) FROM rooms) + (SELECT count(*) FROM documents) + (SELECT count(*) FROM code_files) + (SELECT count(*) FROM whiteboards) + (SELECT count(*) FROM meetings)", &[]).await?.get(0);
     let t = Instant::now();
-    let mut req = service_harness_bearer(
+    let mut req = service_harness::bearer(
         wsp::DeleteWorkspaceCommand {
             event_id: "bench-del".into(),
-            occurred_at: Some(prost_ts(now_secs())),
+            occurred_at: service_harness::ts(now_secs()),
             clerk_org_id: "org_bench".into(),
         },
         &minter.token_for("workspace-service")?,
@@ -682,20 +682,4 @@ async fn main() -> Result<()> {
     stack.stop().await;
     let _ = std::fs::remove_dir_all(state);
     Ok(())
-}
-
-fn prost_ts(secs: i64) -> prost_types::Timestamp {
-    prost_types::Timestamp {
-        seconds: secs,
-        nanos: 0,
-    }
-}
-
-fn service_harness_bearer<T>(msg: T, token: &str) -> tonic::Request<T> {
-    let mut r = tonic::Request::new(msg);
-    r.metadata_mut().insert(
-        "authorization",
-        format!("Bearer {token}").parse().expect("ascii"),
-    );
-    r
 }
