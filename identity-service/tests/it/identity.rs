@@ -1,6 +1,6 @@
 //! identity-service against a real Postgres, a real server and real tokens.
 
-mod support;
+use crate::support;
 
 use support::{Env, start, ts};
 use tonic::Code;

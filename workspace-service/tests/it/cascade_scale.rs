@@ -1,7 +1,7 @@
 //! The seed could not delete a workspace past Convex's 16,000-write cap. Ours deletes
 //! 1,000,000 child rows in one call, atomically.
 
-mod support;
+use crate::support;
 
 use std::time::{Duration, Instant};
 use support::{delete_ws, start_with};

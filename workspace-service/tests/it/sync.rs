@@ -1,6 +1,6 @@
 //! Sync commands from the gateway: exactly once, in source order, tombstones, membership order.
 
-mod support;
+use crate::support;
 
 use support::{Env, T0, delete_ws, membership, start_with, ts, upsert_ws};
 use tonic::Code;

@@ -1,6 +1,6 @@
 //! Process-level behaviour: health follows the database, configuration errors are one clear line.
 
-mod support;
+use crate::support;
 
 use ephemeral_postgres::{PgCluster, PgClusterOptions};
 use std::time::Duration;

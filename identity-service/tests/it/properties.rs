@@ -1,6 +1,6 @@
 //! Property: any delivery order of a user's events, with duplicates, ends in the in-order state.
 
-mod support;
+use crate::support;
 
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};

@@ -1,6 +1,6 @@
 //! The user-facing API: every RPC's happy path and errors, authorization, pagination, unread counts.
 
-mod support;
+use crate::support;
 
 use support::{Env, start_with, ts};
 use tonic::Code;

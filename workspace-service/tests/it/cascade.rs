@@ -1,7 +1,7 @@
 //! Workspace deletion: atomic cascade, no orphans, indexed foreign keys, and the durable
 //! Liveblocks clean-up against a stand-in that answers like the Liveblocks API.
 
-mod support;
+use crate::support;
 
 use stand_ins::{LiveblocksMode, LiveblocksStandIn};
 use std::collections::BTreeSet;
