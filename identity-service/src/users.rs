@@ -16,7 +16,7 @@ use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use diesel::sql_types::{BigInt, Bool, Nullable, Text, Timestamptz};
 use diesel_async::RunQueryDsl;
-use service_runtime::Pool;
+use service_runtime::{Pool, prepared};
 
 /// A stored user.
 #[derive(Debug, Clone, PartialEq, Eq, Queryable, Selectable, QueryableByName)]
@@ -105,7 +105,7 @@ impl Applied {
 /// Applies webhook state for a user (one statement).
 pub async fn upsert_user(pool: &Pool, cmd: UpsertUser) -> Result<Outcome, Error> {
     let mut conn = pool.get().await?;
-    let r: Applied = diesel::sql_query(
+    let r: Applied = prepared(
         "WITH ev AS (
              INSERT INTO processed_events (event_id) VALUES ($1) ON CONFLICT DO NOTHING RETURNING 1),
          up AS (
@@ -136,7 +136,7 @@ pub async fn upsert_user(pool: &Pool, cmd: UpsertUser) -> Result<Outcome, Error>
 /// Deletes a user: the row becomes a tombstone with its personal data cleared (one statement).
 pub async fn delete_user(pool: &Pool, cmd: DeleteUser) -> Result<Outcome, Error> {
     let mut conn = pool.get().await?;
-    let r: Applied = diesel::sql_query(
+    let r: Applied = prepared(
         "WITH ev AS (
              INSERT INTO processed_events (event_id) VALUES ($1) ON CONFLICT DO NOTHING RETURNING 1),
          up AS (
@@ -176,7 +176,7 @@ pub async fn store_user(pool: &Pool, claims: TokenClaims) -> Result<(UserRecord,
         .unwrap_or_else(|| "Anonymous".to_owned());
     // Writes only when the user is new, or the token is newer than the data held and says
     // something different; the row lock of ON CONFLICT orders it against webhook commands.
-    let written: Option<Stored> = diesel::sql_query(
+    let written: Option<Stored> = prepared(
         "INSERT INTO users AS u (clerk_id, name, email, claims_seen_at) VALUES ($1, $2, $3, $4)
          ON CONFLICT (clerk_id) DO UPDATE SET
              name = COALESCE($5, u.name), email = COALESCE($6, u.email),
@@ -184,7 +184,8 @@ pub async fn store_user(pool: &Pool, claims: TokenClaims) -> Result<(UserRecord,
          WHERE u.deleted_at IS NULL
            AND GREATEST(u.source_updated_at, u.claims_seen_at) < EXCLUDED.claims_seen_at
            AND (u.name IS DISTINCT FROM COALESCE($5, u.name) OR u.email IS DISTINCT FROM COALESCE($6, u.email))
-         RETURNING u.*, (xmax = 0) AS inserted",
+         RETURNING u.clerk_id, u.name, u.email, u.image_url, u.source_updated_at, u.claims_seen_at,
+                   u.deleted_at, u.created_at, u.updated_at, (xmax = 0) AS inserted",
     )
     .bind::<Text, _>(&claims.clerk_id)
     .bind::<Text, _>(&name_for_new)

@@ -126,7 +126,7 @@ pub async fn record_delivery(
     event_id: &str,
 ) -> diesel::QueryResult<bool> {
     use diesel_async::RunQueryDsl;
-    let n = diesel::sql_query(
+    let n = crate::prepared(
         "INSERT INTO processed_events (event_id) VALUES ($1) ON CONFLICT DO NOTHING",
     )
     .bind::<diesel::sql_types::Text, _>(event_id)
@@ -138,7 +138,7 @@ pub async fn record_delivery(
 /// Serialises writers of one entity (`key`) until the current transaction ends.
 pub async fn lock_entity(conn: &mut AsyncPgConnection, key: &str) -> diesel::QueryResult<()> {
     use diesel_async::RunQueryDsl;
-    diesel::sql_query("SELECT pg_advisory_xact_lock(hashtextextended($1, 7))")
+    crate::prepared("SELECT pg_advisory_xact_lock(hashtextextended($1, 7))")
         .bind::<diesel::sql_types::Text, _>(key)
         .execute(conn)
         .await
@@ -154,7 +154,7 @@ pub async fn prune_processed_events(
     let keep_secs = keep.as_secs() as f64;
     let mut total = 0u64;
     loop {
-        let n = diesel::sql_query(
+        let n = crate::prepared(
             "DELETE FROM processed_events WHERE event_id IN (
                  SELECT event_id FROM processed_events
                  WHERE processed_at < now() - make_interval(secs => $1) LIMIT 5000)",

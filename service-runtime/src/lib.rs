@@ -7,10 +7,12 @@ pub mod db;
 pub mod grpc;
 pub mod logging;
 pub mod metrics;
+pub mod prepared;
 pub mod shutdown;
 
 pub use db::{DatabaseArgs, DbFailure, Pool, classify};
 pub use grpc::{Background, serve_grpc, serve_service, watch_database};
 pub use logging::{LogFormat, init_logging};
 pub use metrics::serve_metrics;
+pub use prepared::prepared;
 pub use shutdown::shutdown_signal;

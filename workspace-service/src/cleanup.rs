@@ -12,7 +12,7 @@ use diesel::QueryableByName;
 use diesel::sql_types::{Array, BigInt, Double, Integer, Nullable, Text, Uuid as SqlUuid};
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use rand::Rng;
-use service_runtime::Pool;
+use service_runtime::{Pool, prepared};
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -26,7 +26,7 @@ pub async fn enqueue(
     conn: &mut AsyncPgConnection,
     room_ids: &[String],
 ) -> diesel::QueryResult<usize> {
-    diesel::sql_query(
+    prepared(
         "INSERT INTO liveblocks_cleanup_jobs (room_id) SELECT unnest($1::text[]) ON CONFLICT (room_id) DO NOTHING",
     )
     .bind::<Array<Text>, _>(room_ids)
@@ -222,7 +222,7 @@ impl CleanupWorker {
 
     async fn lease(&self, n: usize, token: Uuid) -> anyhow::Result<Vec<Leased>> {
         let mut conn = self.pool.get().await?;
-        Ok(diesel::sql_query(
+        Ok(prepared(
             "UPDATE liveblocks_cleanup_jobs j
                 SET leased_until = now() + make_interval(secs => $2), lease_token = $3, attempts = j.attempts + 1
               WHERE j.room_id IN (
@@ -249,7 +249,7 @@ impl CleanupWorker {
         let mut conn = self.pool.get().await?;
         match retry_in {
             None => {
-                diesel::sql_query(
+                prepared(
                     "DELETE FROM liveblocks_cleanup_jobs WHERE room_id = $1 AND lease_token = $2",
                 )
                 .bind::<Text, _>(room_id)
@@ -258,7 +258,7 @@ impl CleanupWorker {
                 .await?;
             }
             Some(delay) => {
-                diesel::sql_query(
+                prepared(
                     "UPDATE liveblocks_cleanup_jobs
                         SET leased_until = NULL, lease_token = NULL, last_error = $3,
                             next_attempt_at = now() + make_interval(secs => $4)
@@ -330,7 +330,7 @@ impl CleanupWorker {
             oldest: f64,
         }
         let mut conn = self.pool.get().await?;
-        let d: Depth = diesel::sql_query(
+        let d: Depth = prepared(
             "SELECT count(*) AS depth,
                     COALESCE(EXTRACT(EPOCH FROM now() - min(enqueued_at)), 0)::float8 AS oldest
                FROM liveblocks_cleanup_jobs",

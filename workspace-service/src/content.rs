@@ -15,7 +15,7 @@ use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use diesel::sql_types::{BigInt, Nullable, Text, Timestamptz, Uuid as SqlUuid};
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
-use service_runtime::Pool;
+use service_runtime::{Pool, prepared};
 use uuid::Uuid;
 
 /// A channel.
@@ -204,10 +204,10 @@ async fn scope(
     conn: &mut AsyncPgConnection,
     caller: &Caller,
     what: &str,
-    sql: &str,
+    sql: &'static str,
     id: Uuid,
 ) -> Result<(Uuid, String), Error> {
-    let found: Option<Scope> = diesel::sql_query(sql)
+    let found: Option<Scope> = prepared(sql)
         .bind::<SqlUuid, _>(id)
         .get_result(conn)
         .await
@@ -263,7 +263,7 @@ pub async fn list_members(
 ) -> Result<(Vec<MemberRecord>, Option<String>), Error> {
     let mut conn = pool.get().await?;
     workspace_for(&mut conn, caller, org).await?;
-    let mut rows: Vec<MemberRecord> = diesel::sql_query(
+    let mut rows: Vec<MemberRecord> = prepared(
         "SELECT clerk_user_id, role, source_updated_at FROM memberships
          WHERE clerk_org_id = $1 AND NOT deleted AND ($2::text IS NULL OR clerk_user_id > $2)
          ORDER BY clerk_user_id LIMIT $3",
@@ -348,8 +348,8 @@ pub async fn list_channels(
     let (at, id) = split(decode(token)?);
     let mut conn = pool.get().await?;
     let ws = workspace_for(&mut conn, caller, org).await?;
-    let rows: Vec<ChannelRecord> = diesel::sql_query(
-        "SELECT * FROM channels WHERE workspace_id = $1
+    let rows: Vec<ChannelRecord> = prepared(
+        "SELECT id, workspace_id, name, created_by, created_at, updated_at FROM channels WHERE workspace_id = $1
            AND ($2::timestamptz IS NULL OR (created_at, id) > ($2, $3))
          ORDER BY created_at, id LIMIT $4",
     )
@@ -453,8 +453,8 @@ pub async fn list_messages(
     let (at, id) = split(decode(token)?);
     let mut conn = pool.get().await?;
     channel_scope(&mut conn, caller, channel_id).await?;
-    let rows: Vec<MessageRecord> = diesel::sql_query(
-        "SELECT * FROM messages WHERE channel_id = $1
+    let rows: Vec<MessageRecord> = prepared(
+        "SELECT id, channel_id, author_clerk_id, body, author_deleted, created_at, edited_at FROM messages WHERE channel_id = $1
            AND ($2::timestamptz IS NULL OR (created_at, id) < ($2, $3))
          ORDER BY created_at DESC, id DESC LIMIT $4",
     )
@@ -559,7 +559,7 @@ pub async fn mark_read(
         #[diesel(sql_type = Timestamptz)]
         last_read_at: DateTime<Utc>,
     }
-    let r: At = diesel::sql_query(
+    let r: At = prepared(
         "INSERT INTO read_receipts (channel_id, clerk_user_id, last_read_at) VALUES ($1, $2, $3)
          ON CONFLICT (channel_id, clerk_user_id) DO UPDATE
            SET last_read_at = GREATEST(read_receipts.last_read_at, EXCLUDED.last_read_at)
@@ -594,7 +594,7 @@ pub async fn unread_counts(
         #[diesel(sql_type = BigInt)]
         unread: i64,
     }
-    let rows: Vec<Row> = diesel::sql_query(
+    let rows: Vec<Row> = prepared(
         "SELECT c.id, (SELECT count(*) FROM messages m
                         WHERE m.channel_id = c.id AND m.author_clerk_id <> $2
                           AND m.created_at > COALESCE(r.last_read_at, '-infinity')) AS unread
@@ -651,8 +651,8 @@ pub async fn list_rooms(
     let (at, id) = split(decode(token)?);
     let mut conn = pool.get().await?;
     let ws = workspace_for(&mut conn, caller, org).await?;
-    let rows: Vec<RoomRecord> = diesel::sql_query(
-        "SELECT * FROM rooms WHERE workspace_id = $1 AND ($2::text IS NULL OR kind = $2)
+    let rows: Vec<RoomRecord> = prepared(
+        "SELECT id, workspace_id, kind, name, created_by, created_at, updated_at FROM rooms WHERE workspace_id = $1 AND ($2::text IS NULL OR kind = $2)
            AND ($3::timestamptz IS NULL OR (created_at, id) > ($3, $4))
          ORDER BY created_at, id LIMIT $5",
     )
@@ -812,19 +812,24 @@ async fn item_scope(
     kind: ItemKind,
     item_id: Uuid,
 ) -> Result<(), Error> {
-    scope(
-        conn,
-        caller,
-        kind.table(),
-        &format!(
-            "SELECT r.workspace_id, w.clerk_org_id, r.kind AS detail FROM {} i
-             JOIN rooms r ON r.id = i.room_id JOIN workspaces w ON w.id = r.workspace_id WHERE i.id = $1",
-            kind.table()
-        ),
-        item_id,
-    )
-    .await
-    .map(|_| ())
+    // One static statement per table, so each is prepared once per connection.
+    macro_rules! item_scope_sql {
+        ($table:literal) => {
+            concat!(
+                "SELECT r.workspace_id, w.clerk_org_id, r.kind AS detail FROM ",
+                $table,
+                " i JOIN rooms r ON r.id = i.room_id JOIN workspaces w ON w.id = r.workspace_id WHERE i.id = $1"
+            )
+        };
+    }
+    let sql = match kind {
+        ItemKind::Document => item_scope_sql!("documents"),
+        ItemKind::CodeFile => item_scope_sql!("code_files"),
+        ItemKind::Whiteboard => item_scope_sql!("whiteboards"),
+    };
+    scope(conn, caller, kind.table(), sql, item_id)
+        .await
+        .map(|_| ())
 }
 
 /// Renames an item.
@@ -932,8 +937,8 @@ pub async fn list_meetings(
     let (at, id) = split(decode(token)?);
     let mut conn = pool.get().await?;
     conference_room(&mut conn, caller, room_id).await?;
-    let rows: Vec<MeetingRecord> = diesel::sql_query(
-        "SELECT * FROM meetings WHERE room_id = $1
+    let rows: Vec<MeetingRecord> = prepared(
+        "SELECT id, room_id, title, starts_at, ends_at, cancelled_at, created_by, created_at FROM meetings WHERE room_id = $1
            AND ($2::timestamptz IS NULL OR (starts_at, id) > ($2, $3))
          ORDER BY starts_at, id LIMIT $4",
     )

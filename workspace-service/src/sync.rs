@@ -11,8 +11,8 @@ use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use diesel::sql_types::{Text, Timestamptz, Uuid as SqlUuid};
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
-use service_runtime::Pool;
 use service_runtime::db::{lock_entity, record_delivery};
+use service_runtime::{Pool, prepared};
 use std::collections::BTreeMap;
 use uuid::Uuid;
 
@@ -61,7 +61,7 @@ async fn org_tombstoned(conn: &mut AsyncPgConnection, clerk_org_id: &str) -> Que
         #[diesel(sql_type = diesel::sql_types::Bool)]
         hit: bool,
     }
-    let r: Hit = diesel::sql_query(
+    let r: Hit = prepared(
         "SELECT EXISTS (SELECT 1 FROM workspace_tombstones WHERE clerk_org_id = $1) AS hit",
     )
     .bind::<Text, _>(clerk_org_id)
@@ -76,12 +76,11 @@ async fn user_removed(conn: &mut AsyncPgConnection, clerk_user_id: &str) -> Quer
         #[diesel(sql_type = diesel::sql_types::Bool)]
         hit: bool,
     }
-    let r: Hit = diesel::sql_query(
-        "SELECT EXISTS (SELECT 1 FROM removed_users WHERE clerk_user_id = $1) AS hit",
-    )
-    .bind::<Text, _>(clerk_user_id)
-    .get_result(conn)
-    .await?;
+    let r: Hit =
+        prepared("SELECT EXISTS (SELECT 1 FROM removed_users WHERE clerk_user_id = $1) AS hit")
+            .bind::<Text, _>(clerk_user_id)
+            .get_result(conn)
+            .await?;
     Ok(r.hit)
 }
 
@@ -127,7 +126,7 @@ pub async fn upsert_workspace(
                     .returning(WorkspaceRecord::as_returning())
                     .get_result(conn)
                     .await?;
-                diesel::sql_query(
+                prepared(
                     "INSERT INTO channels (id, workspace_id, name, created_by) VALUES ($1, $2, $3, 'system')
                      ON CONFLICT (workspace_id, name) DO NOTHING",
                 )
@@ -235,22 +234,22 @@ pub async fn remove_user(
             return Ok(Removal { outcome: Outcome::Duplicate, memberships: 0, read_receipts: 0 });
         }
         lock_entity(conn, &format!("user:{clerk_user_id}")).await?;
-        let new = diesel::sql_query(
+        let new = prepared(
             "INSERT INTO removed_users (clerk_user_id, removed_at) VALUES ($1, $2) ON CONFLICT DO NOTHING",
         )
         .bind::<Text, _>(clerk_user_id)
         .bind::<Timestamptz, _>(occurred_at)
         .execute(conn)
         .await?;
-        let memberships = diesel::sql_query("DELETE FROM memberships WHERE clerk_user_id = $1")
+        let memberships = prepared("DELETE FROM memberships WHERE clerk_user_id = $1")
             .bind::<Text, _>(clerk_user_id)
             .execute(conn)
             .await? as i64;
-        let read_receipts = diesel::sql_query("DELETE FROM read_receipts WHERE clerk_user_id = $1")
+        let read_receipts = prepared("DELETE FROM read_receipts WHERE clerk_user_id = $1")
             .bind::<Text, _>(clerk_user_id)
             .execute(conn)
             .await? as i64;
-        diesel::sql_query("UPDATE messages SET author_deleted = true WHERE author_clerk_id = $1 AND NOT author_deleted")
+        prepared("UPDATE messages SET author_deleted = true WHERE author_clerk_id = $1 AND NOT author_deleted")
             .bind::<Text, _>(clerk_user_id)
             .execute(conn)
             .await?;
@@ -378,7 +377,7 @@ pub async fn delete_workspace(
             return Ok((Outcome::Duplicate, Cascade::default()));
         }
         lock_entity(conn, &format!("org:{clerk_org_id}")).await?;
-        let new_tombstone = diesel::sql_query(
+        let new_tombstone = prepared(
             "INSERT INTO workspace_tombstones (clerk_org_id, deleted_at) VALUES ($1, $2) ON CONFLICT DO NOTHING",
         )
         .bind::<Text, _>(clerk_org_id)
@@ -386,7 +385,7 @@ pub async fn delete_workspace(
         .execute(conn)
         .await?;
         let mut out = Cascade::default();
-        let memberships = diesel::sql_query("DELETE FROM memberships WHERE clerk_org_id = $1")
+        let memberships = prepared("DELETE FROM memberships WHERE clerk_org_id = $1")
             .bind::<Text, _>(clerk_org_id)
             .execute(conn)
             .await? as i64;

@@ -2,7 +2,7 @@
 
 use crate::support;
 
-use support::{Env, start_with, ts};
+use support::{Env, start, start_with, ts};
 use tonic::Code;
 use vbase_proto::workspace::v1 as pb;
 
@@ -1064,4 +1064,39 @@ async fn other_workspaces_are_denied_for_every_rpc() {
     assert_eq!(env.count("messages").await, 1);
     assert_eq!(env.count("documents").await, 1);
     assert_eq!(env.count("channels").await, 2);
+}
+
+/// Reads are prepared once per pooled connection; a migration that adds a column while the
+/// service runs (a rolling deploy) must not break them ("cached plan must not change result
+/// type" is what `SELECT *` would get).
+#[tokio::test]
+async fn prepared_reads_survive_a_column_added_while_running() {
+    let env = start().await;
+    env.workspace("org_a").await;
+    let ch = general(&env, "org_a").await;
+    let mut c = env.client().await;
+    c.post_message(env.member("user_m", "org_a", post(&ch.id, "before")))
+        .await
+        .unwrap();
+    let list = pb::ListMessagesRequest {
+        channel_id: ch.id.clone(),
+        page_size: 10,
+        page_token: String::new(),
+    };
+    for round in ["before the migration", "after the migration"] {
+        for _ in 0..5 {
+            let r = c
+                .list_messages(env.member("user_m", "org_a", list.clone()))
+                .await;
+            assert!(r.is_ok(), "{round}: {:?}", r.err());
+            assert_eq!(r.unwrap().into_inner().messages[0].body, "before");
+            assert_eq!(general(&env, "org_a").await.name, "general", "{round}");
+        }
+        env.sql(
+            "ALTER TABLE messages ADD COLUMN IF NOT EXISTS pinned boolean NOT NULL DEFAULT false",
+        )
+        .await;
+        env.sql("ALTER TABLE channels ADD COLUMN IF NOT EXISTS topic text")
+            .await;
+    }
 }

@@ -1,0 +1,105 @@
+//! `prepared` statements against a real PostgreSQL: values land in their numbered parameters,
+//! and the statement is prepared once per connection, where `sql_query` re-prepares every call.
+
+use diesel::sql_types::{BigInt, Nullable, Text};
+use diesel::{QueryableByName, sql_query};
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use ephemeral_postgres::TestDatabases;
+use service_runtime::prepared;
+
+#[derive(QueryableByName)]
+struct S {
+    #[diesel(sql_type = Nullable<Text>)]
+    s: Option<String>,
+}
+
+#[derive(QueryableByName)]
+struct N {
+    #[diesel(sql_type = BigInt)]
+    n: i64,
+}
+
+async fn conn() -> (ephemeral_postgres::TestDatabase, AsyncPgConnection) {
+    let db = TestDatabases::shared()
+        .await
+        .create("prepared_empty", |_| async { Ok(()) })
+        .await
+        .unwrap();
+    let conn = AsyncPgConnection::establish(db.url()).await.unwrap();
+    (db, conn)
+}
+
+/// Named statements this connection holds whose text contains `marker`.
+async fn held(conn: &mut AsyncPgConnection, marker: &str) -> i64 {
+    let r: N = sql_query(
+        "SELECT count(*) AS n FROM pg_prepared_statements WHERE statement LIKE '%' || $1 || '%' AND statement NOT LIKE '%pg_prepared_statements%'",
+    )
+    .bind::<Text, _>(marker)
+    .get_result(conn)
+    .await
+    .unwrap();
+    r.n
+}
+
+#[tokio::test]
+async fn parameters_bind_by_number_in_any_order_and_repeat() {
+    let (_db, mut conn) = conn().await;
+    let r: S = prepared("SELECT $2 || $1 || $2 || coalesce($3, '-') AS s")
+        .bind::<Text, _>("a")
+        .bind::<Text, _>("b")
+        .bind::<Nullable<Text>, _>(None::<String>)
+        .get_result(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(r.s.as_deref(), Some("bab-"));
+    // Text that looks like a comment or a placeholder is data, not SQL.
+    let tricky = "*/ $1 -- '";
+    let r: S = prepared("SELECT $1 AS s")
+        .bind::<Text, _>(tricky)
+        .get_result(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(r.s.as_deref(), Some(tricky));
+}
+
+#[tokio::test]
+async fn a_statement_is_prepared_once_per_connection_and_reused() {
+    let (_db, mut conn) = conn().await;
+    for i in 0..3_i64 {
+        let r: N = prepared("SELECT $1 + 1 AS n /* marker_cached */")
+            .bind::<BigInt, _>(i)
+            .get_result(&mut conn)
+            .await
+            .unwrap();
+        assert_eq!(r.n, i + 1);
+        assert_eq!(held(&mut conn, "marker_cached").await, 1, "call {i}");
+    }
+    // The baseline it replaces: diesel's sql_query keeps nothing prepared.
+    for i in 0..3_i64 {
+        let r: N = sql_query("SELECT $1 + 1 AS n /* marker_uncached */")
+            .bind::<BigInt, _>(i)
+            .get_result(&mut conn)
+            .await
+            .unwrap();
+        assert_eq!(r.n, i + 1);
+    }
+    assert_eq!(held(&mut conn, "marker_uncached").await, 0);
+}
+
+#[tokio::test]
+async fn errors_come_back_as_diesel_errors() {
+    let (_db, mut conn) = conn().await;
+    let e = prepared("SELECT $1::int / 0 AS n")
+        .bind::<diesel::sql_types::Integer, _>(1)
+        .execute(&mut conn)
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("division by zero"), "{e}");
+    // The connection (and its cache) still works afterwards.
+    let r: N = prepared("SELECT $1 AS n")
+        .bind::<BigInt, _>(7_i64)
+        .get_result(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(r.n, 7);
+}
