@@ -21,12 +21,38 @@ pub struct DatabaseArgs {
     pub db_pool_size: usize,
 }
 
+/// How PostgreSQL plans the statements a connection keeps prepared.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PlanCache {
+    /// PostgreSQL's default: after five executions it may keep one generic plan. Right when
+    /// every statement looks rows up by key, so no parameter value changes the best plan.
+    Auto,
+    /// Plan every execution for its actual parameters (`plan_cache_mode = force_custom_plan`),
+    /// keeping only the parse. For services whose statements page with optional cursors or
+    /// take a `LIMIT` as a parameter: a generic plan there can walk a whole index per page.
+    CustomOnly,
+}
+
 /// Builds a pool that fails fast (5 s) when the database is unreachable.
-pub fn build_pool(url: &str, max_size: usize) -> anyhow::Result<Pool> {
+pub fn build_pool(url: &str, max_size: usize, plans: PlanCache) -> anyhow::Result<Pool> {
+    use diesel_async::{AsyncConnection, RunQueryDsl};
     // Fast recycling: no `SELECT 1` round trip per checkout. The health watch probes the
     // database every 2 s, and a broken connection surfaces as UNAVAILABLE on first use.
     let mut config = diesel_async::pooled_connection::ManagerConfig::default();
     config.recycling_method = diesel_async::pooled_connection::RecyclingMethod::Fast;
+    config.custom_setup = Box::new(move |url| {
+        let url = url.to_owned();
+        Box::pin(async move {
+            let mut conn = AsyncPgConnection::establish(&url).await?;
+            if plans == PlanCache::CustomOnly {
+                diesel::sql_query("SET plan_cache_mode = force_custom_plan")
+                    .execute(&mut conn)
+                    .await
+                    .map_err(diesel::ConnectionError::CouldntSetupConfiguration)?;
+            }
+            Ok(conn)
+        })
+    });
     let manager = AsyncDieselConnectionManager::<AsyncPgConnection>::new_with_config(url, config);
     DeadPool::builder(manager)
         .max_size(max_size.max(1))

@@ -103,3 +103,27 @@ async fn errors_come_back_as_diesel_errors() {
         .unwrap();
     assert_eq!(r.n, 7);
 }
+
+#[derive(QueryableByName)]
+struct Mode {
+    #[diesel(sql_type = Text)]
+    plan_cache_mode: String,
+}
+
+#[tokio::test]
+async fn pools_set_the_plan_cache_mode_they_are_built_with() {
+    use service_runtime::db::{PlanCache, build_pool};
+    let (db, _conn) = conn().await;
+    for (plans, expected) in [
+        (PlanCache::CustomOnly, "force_custom_plan"),
+        (PlanCache::Auto, "auto"),
+    ] {
+        let pool = build_pool(db.url(), 2, plans).unwrap();
+        let mut c = pool.get().await.unwrap();
+        let m: Mode = sql_query("SHOW plan_cache_mode")
+            .get_result(&mut c)
+            .await
+            .unwrap();
+        assert_eq!(m.plan_cache_mode, expected, "{plans:?}");
+    }
+}

@@ -121,7 +121,11 @@ pub async fn run(
         tracing::info!(?applied, "migrations applied");
     }
     let auth = Arc::new(config.auth.build(AUDIENCE).map_err(anyhow::Error::msg)?);
-    let pool = service_runtime::db::build_pool(&config.db.database_url, config.db.db_pool_size)?;
+    let pool = service_runtime::db::build_pool(
+        &config.db.database_url,
+        config.db.db_pool_size,
+        service_runtime::db::PlanCache::CustomOnly,
+    )?;
     let mut registry = prometheus_client::registry::Registry::default();
     let metrics = metrics::Metrics::register(&mut registry);
     let background = Background::default();

@@ -225,7 +225,12 @@ async fn every_foreign_key_is_indexed() {
         #[diesel(sql_type = diesel::sql_types::Text)]
         fk: String,
     }
-    let pool = service_runtime::db::build_pool(env.db.url(), 1).unwrap();
+    let pool = service_runtime::db::build_pool(
+        env.db.url(),
+        1,
+        service_runtime::db::PlanCache::CustomOnly,
+    )
+    .unwrap();
     let mut conn = pool.get().await.unwrap();
     // Foreign keys whose columns are not the leading columns of some index.
     let unindexed: Vec<Fk> = diesel::sql_query(
@@ -352,7 +357,12 @@ fn worker(
     secret: &str,
     settings: CleanupSettings,
 ) -> CleanupWorker {
-    let pool = service_runtime::db::build_pool(env.db.url(), 4).unwrap();
+    let pool = service_runtime::db::build_pool(
+        env.db.url(),
+        4,
+        service_runtime::db::PlanCache::CustomOnly,
+    )
+    .unwrap();
     let api = HttpLiveblocks::new(&live.base_url(), secret, Duration::from_secs(10)).unwrap();
     CleanupWorker::new(
         pool,

@@ -139,7 +139,12 @@ impl Env {
             #[diesel(sql_type = diesel::sql_types::BigInt)]
             n: i64,
         }
-        let pool = service_runtime::db::build_pool(self.db.url(), 1).unwrap();
+        let pool = service_runtime::db::build_pool(
+            self.db.url(),
+            1,
+            service_runtime::db::PlanCache::CustomOnly,
+        )
+        .unwrap();
         let mut conn = pool.get().await.unwrap();
         let r: N = diesel::sql_query(format!("SELECT count(*) AS n FROM {table}"))
             .get_result(&mut conn)
@@ -151,7 +156,12 @@ impl Env {
     /// Runs SQL directly (fixtures that would take too long through the API).
     pub async fn sql(&self, sql: &str) {
         use diesel_async::SimpleAsyncConnection;
-        let pool = service_runtime::db::build_pool(self.db.url(), 1).unwrap();
+        let pool = service_runtime::db::build_pool(
+            self.db.url(),
+            1,
+            service_runtime::db::PlanCache::CustomOnly,
+        )
+        .unwrap();
         let mut conn = pool.get().await.unwrap();
         conn.batch_execute(sql).await.unwrap();
     }
