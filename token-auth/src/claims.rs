@@ -81,6 +81,8 @@ pub fn normalize_role(role: &str) -> String {
 #[derive(Debug, Deserialize)]
 pub(crate) struct ClerkClaims {
     pub sub: String,
+    /// Required and checked by verification; kept to bound how long a verified token is cached.
+    pub exp: i64,
     #[serde(default)]
     pub azp: Option<String>,
     #[serde(default)]
@@ -159,11 +161,11 @@ mod tests {
     #[test]
     fn v1_and_v2_org_claims_map_to_the_same_org() {
         let v1: ClerkClaims = serde_json::from_value(serde_json::json!({
-            "sub": "user_1", "org_id": "org_9", "org_role": "org:admin", "org_slug": "acme"
+            "sub": "user_1", "exp": 2_000_000_000_i64, "org_id": "org_9", "org_role": "org:admin", "org_slug": "acme"
         }))
         .unwrap();
         let v2: ClerkClaims = serde_json::from_value(serde_json::json!({
-            "sub": "user_1", "o": {"id": "org_9", "slg": "acme", "rol": "admin"}
+            "sub": "user_1", "exp": 2_000_000_000_i64, "o": {"id": "org_9", "slg": "acme", "rol": "admin"}
         }))
         .unwrap();
         let a = v1.into_principal().org.unwrap();
@@ -175,7 +177,7 @@ mod tests {
     #[test]
     fn template_nulls_mean_no_org() {
         let c: ClerkClaims = serde_json::from_value(serde_json::json!({
-            "sub": "user_1", "org_id": null, "org_role": "null", "name": "", "email": "null"
+            "sub": "user_1", "exp": 2_000_000_000_i64, "org_id": null, "org_role": "null", "name": "", "email": "null"
         }))
         .unwrap();
         let p = c.into_principal();

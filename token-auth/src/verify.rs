@@ -7,6 +7,9 @@ use jsonwebtoken::{Algorithm, Validation};
 use serde::Deserialize;
 use std::sync::Arc;
 
+/// How many verified tokens are remembered (about 300 bytes each).
+const VERIFIED_CACHE_ENTRIES: usize = 10_000;
+
 /// Tokens longer than this are rejected before any parsing.
 const MAX_TOKEN_LEN: usize = 8 * 1024;
 /// Clerk's own default clock skew; the most leeway we allow.
@@ -87,9 +90,36 @@ struct Domain<S> {
 }
 
 /// Verifies bearer tokens of both kinds into a [`Principal`].
+///
+/// A token that verified once is remembered by its SHA-256 digest, so the next call with the
+/// same token (the gateway reuses its token for minutes, a browser its Clerk token for up to a
+/// minute) costs a hash and a lookup instead of a signature check. A remembered token is
+/// accepted only while it is unexpired (same leeway) and the key that verified it is still the
+/// one loaded for its `kid`; a key removed from the JWKS ends its tokens at the next refresh.
 pub struct Authenticator {
     clerk: Option<Domain<ClerkSettings>>,
     service: Option<Domain<ServiceSettings>>,
+    verified: quick_cache::sync::Cache<[u8; 32], Arc<Verified>>,
+}
+
+/// A token that passed every check, and what its acceptance depends on.
+struct Verified {
+    principal: Principal,
+    exp: i64,
+    leeway: u64,
+    kid: String,
+    key: Arc<StoredKey>,
+    keys: Arc<KeyStore>,
+}
+
+impl Verified {
+    fn still_valid(&self, now: i64) -> bool {
+        now <= self.exp.saturating_add(self.leeway as i64)
+            && self
+                .keys
+                .get(&self.kid)
+                .is_some_and(|k| Arc::ptr_eq(&k, &self.key))
+    }
 }
 
 impl std::fmt::Debug for Authenticator {
@@ -109,6 +139,7 @@ struct IssuerOnly {
 #[derive(Deserialize)]
 struct ServiceClaims {
     sub: String,
+    exp: i64,
 }
 
 impl Authenticator {
@@ -131,7 +162,11 @@ impl Authenticator {
             );
             Domain { settings, keys }
         });
-        Self { clerk, service }
+        Self {
+            clerk,
+            service,
+            verified: quick_cache::sync::Cache::new(VERIFIED_CACHE_ENTRIES),
+        }
     }
 
     /// The key stores in use (Clerk first), for readiness checks and metrics.
@@ -158,17 +193,42 @@ impl Authenticator {
         if token.is_empty() || token.len() > MAX_TOKEN_LEN {
             return Err(AuthError::Malformed);
         }
+        let digest: [u8; 32] =
+            aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, token.as_bytes())
+                .as_ref()
+                .try_into()
+                .map_err(|_| AuthError::Malformed)?;
+        if let Some(hit) = self.verified.get(&digest) {
+            if hit.still_valid(crate::signing::now_secs()) {
+                return Ok(hit.principal.clone());
+            }
+            self.verified.remove(&digest);
+        }
+        let verified = self.verify_uncached(token)?;
+        let principal = verified.principal.clone();
+        self.verified.insert(digest, Arc::new(verified));
+        Ok(principal)
+    }
+
+    fn verify_uncached(&self, token: &str) -> Result<Verified, AuthError> {
         let issuer = peek_issuer(token)?;
         if let Some(d) = self.clerk.as_ref().filter(|d| d.settings.issuer == issuer) {
             let s = &d.settings;
-            let claims: ClerkClaims =
+            let (claims, kid, key): (ClerkClaims, _, _) =
                 verify_with(token, &d.keys, &s.issuer, &s.audience, s.leeway_secs)?;
             if let (false, Some(azp)) = (s.authorized_parties.is_empty(), &claims.azp)
                 && !s.authorized_parties.iter().any(|p| p == azp)
             {
                 return Err(AuthError::UnauthorizedParty);
             }
-            return Ok(Principal::User(claims.into_principal()));
+            return Ok(Verified {
+                exp: claims.exp,
+                principal: Principal::User(claims.into_principal()),
+                leeway: s.leeway_secs,
+                kid,
+                key,
+                keys: Arc::clone(&d.keys),
+            });
         }
         if let Some(d) = self
             .service
@@ -176,9 +236,16 @@ impl Authenticator {
             .filter(|d| d.settings.issuer == issuer)
         {
             let s = &d.settings;
-            let claims: ServiceClaims =
+            let (claims, kid, key): (ServiceClaims, _, _) =
                 verify_with(token, &d.keys, &s.issuer, &s.audience, MAX_LEEWAY_SECS)?;
-            return Ok(Principal::Service(ServicePrincipal { name: claims.sub }));
+            return Ok(Verified {
+                exp: claims.exp,
+                principal: Principal::Service(ServicePrincipal { name: claims.sub }),
+                leeway: MAX_LEEWAY_SECS,
+                kid,
+                key,
+                keys: Arc::clone(&d.keys),
+            });
         }
         Err(AuthError::UntrustedIssuer)
     }
@@ -205,7 +272,7 @@ fn verify_with<T: serde::de::DeserializeOwned>(
     issuer: &str,
     audience: &str,
     leeway: u64,
-) -> Result<T, AuthError> {
+) -> Result<(T, String, Arc<StoredKey>), AuthError> {
     let header = jsonwebtoken::decode_header(token).map_err(|_| AuthError::AlgorithmNotAllowed)?;
     let kid = header.kid.as_deref().ok_or(AuthError::MissingKeyId)?;
     let stored: Arc<StoredKey> = keys.get(kid).ok_or(AuthError::UnknownKey)?;
@@ -220,7 +287,7 @@ fn verify_with<T: serde::de::DeserializeOwned>(
     v.set_audience(&[audience]);
     v.set_required_spec_claims(&["exp", "iss", "sub", "aud"]);
     jsonwebtoken::decode::<T>(token, &stored.key, &v)
-        .map(|d| d.claims)
+        .map(|d| (d.claims, kid.to_owned(), Arc::clone(&stored)))
         .map_err(|e| {
             use jsonwebtoken::errors::ErrorKind as K;
             match e.kind() {

@@ -473,3 +473,24 @@ async fn oversized_and_garbage_tokens_are_malformed() {
     assert_eq!(f.auth.verify("x.y"), Err(AuthError::Malformed));
     assert_eq!(f.auth.verify(""), Err(AuthError::Malformed));
 }
+
+#[tokio::test]
+async fn a_token_verified_before_still_expires_on_time() {
+    let f = fixture(&[]).await;
+    // Expired 4 s ago: inside the 5 s leeway for about one more second.
+    let exp = now_secs() - 4;
+    let token = f.user_token_with(json!({ "exp": exp }));
+    assert!(f.auth.verify(&token).is_ok());
+    assert!(f.auth.verify(&token).is_ok(), "a repeat is accepted too");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(4);
+    let refused = loop {
+        match f.auth.verify(&token) {
+            Ok(_) => assert!(now_secs() <= exp + 5, "accepted after exp + leeway"),
+            Err(e) => break e,
+        }
+        assert!(tokio::time::Instant::now() < deadline, "never expired");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(refused, AuthError::Expired);
+    assert!(now_secs() > exp + 5 - 1);
+}
