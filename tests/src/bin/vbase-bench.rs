@@ -488,33 +488,64 @@ async fn main() -> Result<()> {
         st.wait_ready(Duration::from_secs(5)).await;
     }
     let now = now_secs();
-    let token = vkey.sign(&json!({"iss": jwks.issuer(), "sub": "user_1", "aud": "convex", "iat": now, "nbf": now, "exp": now + 3600, "org_id": "org_1", "org_role": "org:admin"}))?;
+    // Every token is distinct (its `sid`), so a first sight cannot hit the verified-token cache.
+    let distinct = (s.verifies / 10).max(50);
+    let sign = |i: usize| {
+        vkey.sign(&json!({"iss": jwks.issuer(), "sub": "user_1", "sid": format!("sess_{i}"), "aud": "convex", "iat": now, "nbf": now, "exp": now + 3600, "org_id": "org_1", "org_role": "org:admin"}))
+    };
+    let rounds: [Vec<String>; 2] = [
+        (0..distinct).map(sign).collect::<Result<_, _>>()?,
+        (distinct..2 * distinct)
+            .map(sign)
+            .collect::<Result<_, _>>()?,
+    ];
     let decoding =
         jsonwebtoken::DecodingKey::from_jwk(&serde_json::from_value(vkey.public_jwk())?)?;
     let mut v = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::RS256);
     v.set_audience(&["convex"]);
     v.set_issuer(&[jwks.issuer()]);
-    let time = |f: &dyn Fn() -> bool| {
+    let bare = |t: &str| jsonwebtoken::decode::<serde_json::Value>(t, &decoding, &v).is_ok();
+    let ours = |t: &str| auth.verify(t).is_ok();
+    let time = |tokens: &[String], passes: usize, f: &dyn Fn(&str) -> bool| {
         let t = Instant::now();
         let mut ok = 0;
-        for _ in 0..s.verifies {
-            ok += usize::from(f());
+        for _ in 0..passes {
+            for token in tokens {
+                ok += usize::from(f(token));
+            }
         }
-        (t.elapsed().as_secs_f64() * 1e6 / s.verifies as f64, ok)
+        (
+            t.elapsed().as_secs_f64() * 1e6 / (passes * tokens.len()) as f64,
+            ok,
+        )
     };
-    // Interleave to share the machine's state fairly; take the better of two rounds each.
-    let (b1, _) =
-        time(&|| jsonwebtoken::decode::<serde_json::Value>(&token, &decoding, &v).is_ok());
-    let (o1, ok1) = time(&|| auth.verify(&token).is_ok());
-    let (b2, _) =
-        time(&|| jsonwebtoken::decode::<serde_json::Value>(&token, &decoding, &v).is_ok());
-    let (o2, _) = time(&|| auth.verify(&token).is_ok());
+    // First sight: interleaved rounds on fresh tokens, the better of two each.
+    let (b1, _) = time(&rounds[0], 1, &bare);
+    let (o1, ok1) = time(&rounds[0], 1, &ours);
+    let (b2, _) = time(&rounds[1], 1, &bare);
+    let (o2, ok2) = time(&rounds[1], 1, &ours);
     let (ours_us, base_us) = (o1.min(o2), b1.min(b2));
     rows.push([
-        format!("token check per call, cached key ({} calls)", s.verifies),
-        format!("{ours_us:.1} µs ({ok1} verified)"),
+        format!(
+            "token check per call, first sight of each token, cached key ({} tokens)",
+            2 * distinct
+        ),
+        format!("{ours_us:.1} µs ({} verified)", ok1 + ok2),
         format!("{base_us:.1} µs (jsonwebtoken decode)"),
         format!("{:.2}x (goal <= 1.2)", ours_us / base_us),
+    ]);
+    // Repeats: the same tokens again (a client reuses its token until it expires).
+    let passes = (s.verifies / distinct).max(1);
+    let (rb, _) = time(&rounds[0], passes, &bare);
+    let (ro, okr) = time(&rounds[0], passes, &ours);
+    rows.push([
+        format!(
+            "token check per call, a token seen before ({} calls)",
+            passes * distinct
+        ),
+        format!("{ro:.1} µs ({okr} verified)"),
+        format!("{rb:.1} µs (jsonwebtoken decode)"),
+        format!("{:.2}x (no goal: the verified-token cache)", ro / rb),
     ]);
 
     // 4. Cascade delete vs a raw ON DELETE CASCADE delete of an identical copy.
