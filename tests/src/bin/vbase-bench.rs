@@ -322,8 +322,13 @@ async fn main() -> Result<()> {
         "identity-service",
         vec![
             ("DB_POOL_SIZE".into(), "32".into()),
-            ("RUST_LOG".into(), "warn".into()),
+            ("LOG_FORMAT".into(), "json".into()),
         ],
+    );
+    // Production logging: JSON, one line per applied webhook.
+    cfg.extra_env.insert(
+        "webhook-gateway",
+        vec![("LOG_FORMAT".into(), "json".into())],
     );
     eprintln!("starting the stack (release binaries, durable PostgreSQL)...");
     let stack = Stack::start(cfg).await?;
