@@ -59,13 +59,20 @@ where
             .set_service_status("", ServingStatus::NotServing)
             .await;
     };
+    // Replies go out as soon as they are written (no Nagle wait for the caller's ACK).
+    let incoming = tokio_stream::StreamExt::map(TcpListenerStream::new(listener), |conn| {
+        if let Ok(stream) = &conn {
+            let _ = stream.set_nodelay(true);
+        }
+        conn
+    });
     tonic::transport::Server::builder()
         .layer(auth)
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(service)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .serve_with_incoming_shutdown(incoming, shutdown)
         .await?;
     Ok(())
 }

@@ -156,6 +156,8 @@ pub async fn run(
             },
             _ = &mut shutdown => break,
         };
+        // Replies go out as soon as they are written (no Nagle wait for the sender's ACK).
+        let _ = stream.set_nodelay(true);
         let app = Arc::clone(&app);
         let service = hyper::service::service_fn(move |req| {
             let app = Arc::clone(&app);
