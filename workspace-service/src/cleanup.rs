@@ -17,7 +17,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
-use tokio::sync::{Notify, Semaphore};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use uuid::Uuid;
 
@@ -275,8 +275,12 @@ impl CleanupWorker {
         Ok(())
     }
 
-    async fn process(&self, job: Leased, token: Uuid) {
+    /// Calls Liveblocks for one leased job, then records the result. `permit` bounds the calls
+    /// in flight: it is released when the call returns, so recording this result (a commit)
+    /// overlaps the next call instead of holding a slot.
+    async fn process(&self, job: Leased, token: Uuid, permit: OwnedSemaphorePermit) {
         let delivery = self.api.delete_room(&job.room_id).await;
+        drop(permit);
         let (label, retry_in, error) = match &delivery {
             Delivery::Deleted => ("deleted", None, None),
             Delivery::AlreadyGone => ("already_gone", None, None),
@@ -386,10 +390,7 @@ impl CleanupWorker {
                     },
                 };
                 let worker = self.clone();
-                tasks.spawn(async move {
-                    worker.process(job, token).await;
-                    drop(permit);
-                });
+                tasks.spawn(async move { worker.process(job, token, permit).await });
             }
         }
         while tasks.join_next().await.is_some() {}
