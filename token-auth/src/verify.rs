@@ -193,11 +193,10 @@ impl Authenticator {
         if token.is_empty() || token.len() > MAX_TOKEN_LEN {
             return Err(AuthError::Malformed);
         }
-        let digest: [u8; 32] =
-            aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, token.as_bytes())
-                .as_ref()
-                .try_into()
-                .map_err(|_| AuthError::Malformed)?;
+        let mut digest = [0u8; 32];
+        digest.copy_from_slice(
+            aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, token.as_bytes()).as_ref(),
+        );
         if let Some(hit) = self.verified.get(&digest) {
             if hit.still_valid(crate::signing::now_secs()) {
                 return Ok(hit.principal.clone());
