@@ -161,12 +161,8 @@ async fn ensure_database(admin_url: &str, db: &str) -> Result<()> {
     Ok(())
 }
 
-fn pipe_logs(
-    tag: &'static str,
-    reader: impl std::io::Read + Send + 'static,
-    echo: bool,
-    file: PathBuf,
-) {
+/// Prints a child's output tagged by service, and appends it to its log file.
+fn pipe_logs(tag: &'static str, reader: impl std::io::Read + Send + 'static, file: PathBuf) {
     std::thread::spawn(move || {
         let mut out = std::fs::OpenOptions::new()
             .create(true)
@@ -174,9 +170,7 @@ fn pipe_logs(
             .open(file)
             .ok();
         for line in BufReader::new(reader).lines().map_while(Result::ok) {
-            if echo {
-                println!("[{tag:>17}] {line}");
-            }
+            println!("[{tag:>17}] {line}");
             if let Some(f) = out.as_mut() {
                 let _ = writeln!(f, "{line}");
             }
@@ -383,23 +377,33 @@ impl Stack {
 
     /// Starts (or restarts) one process.
     pub fn spawn(&mut self, w: Which) -> Result<()> {
-        let mut child = self
-            .command(w)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .with_context(|| format!("starting {}", w.binary()))?;
         let log = self
             .config
             .state_dir
             .join("logs")
             .join(format!("{}.log", w.binary()));
+        let mut cmd = self.command(w);
+        cmd.stdin(Stdio::null());
+        if self.config.echo_logs {
+            cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+        } else {
+            // The process appends to its log file itself: no relay in this process (the bench
+            // would otherwise count a copy of every log line as load-generator CPU).
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&log)
+                .with_context(|| format!("opening {}", log.display()))?;
+            cmd.stdout(file.try_clone()?).stderr(file);
+        }
+        let mut child = cmd
+            .spawn()
+            .with_context(|| format!("starting {}", w.binary()))?;
         if let Some(o) = child.stdout.take() {
-            pipe_logs(w.binary(), o, self.config.echo_logs, log.clone());
+            pipe_logs(w.binary(), o, log.clone());
         }
         if let Some(e) = child.stderr.take() {
-            pipe_logs(w.binary(), e, self.config.echo_logs, log);
+            pipe_logs(w.binary(), e, log);
         }
         self.children.insert(w, child);
         Ok(())
