@@ -17,6 +17,12 @@ pub enum Error {
     /// A database error.
     #[error("database error: {0}")]
     Db(#[from] diesel::result::Error),
+    /// The command was accepted but its result was lost (the service is stopping).
+    #[error("{0}")]
+    Interrupted(&'static str),
+    /// A broken invariant; details are logged, not returned.
+    #[error("{0}")]
+    Internal(&'static str),
     /// No connection could be had.
     #[error("database unavailable: {0}")]
     Pool(#[from] diesel_async::pooled_connection::deadpool::PoolError),
@@ -34,6 +40,11 @@ impl From<Error> for Status {
             Error::Invalid(m) => Status::invalid_argument(m),
             Error::NotFound(m) => Status::not_found(m),
             Error::Deleted(m) => Status::failed_precondition(m),
+            Error::Interrupted(m) => Status::unavailable(m),
+            Error::Internal(m) => {
+                tracing::error!(error = m, "internal error");
+                Status::internal("internal error")
+            }
             Error::Pool(e) => service_runtime::db::pool_status(&e),
             Error::Db(e) => service_runtime::db::status_for(&e),
         }

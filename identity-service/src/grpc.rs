@@ -1,5 +1,6 @@
 //! `vbase.identity.v1.IdentityService`: validates input, calls the domain, maps the result.
 
+use crate::batch::UpsertBatcher;
 use crate::error::Error;
 use crate::metrics::Metrics;
 use crate::users::{self, Outcome, UserRecord};
@@ -30,12 +31,23 @@ pub fn policy() -> MethodPolicy {
 pub struct IdentityApi {
     pool: Pool,
     metrics: Metrics,
+    upserts: UpsertBatcher,
 }
 
 impl IdentityApi {
     /// Creates the handler set.
-    pub fn new(pool: Pool, metrics: Metrics) -> Self {
-        Self { pool, metrics }
+    /// Creates the handler set; webhook upserts are group-committed over `batch_slots`
+    /// concurrent statements.
+    pub fn new(pool: Pool, metrics: Metrics, batch_slots: usize) -> Self {
+        let sizes = metrics.upsert_batch_size.clone();
+        let upserts = UpsertBatcher::start(pool.clone(), batch_slots, move |n| {
+            sizes.observe(n as f64);
+        });
+        Self {
+            pool,
+            metrics,
+            upserts,
+        }
     }
 }
 
@@ -235,7 +247,7 @@ impl IdentityService for IdentityApi {
             })
         })();
         let result = match cmd {
-            Ok(cmd) => users::upsert_user(&self.pool, cmd).await,
+            Ok(cmd) => self.upserts.upsert(cmd).await,
             Err(e) => Err(e),
         };
         let outcome = self.record("upsert_user", result)?;

@@ -2,6 +2,7 @@
 //!
 //! `main.rs` parses [`Config`] and calls [`run`]; tests call [`run`] on `127.0.0.1:0`.
 
+pub mod batch;
 pub mod error;
 pub mod grpc;
 pub mod metrics;
@@ -43,6 +44,11 @@ pub struct Config {
     /// Apply migrations before serving.
     #[arg(long = "migrate", env = "MIGRATE_ON_START", default_value_t = false)]
     pub migrate_on_start: bool,
+    /// Webhook upserts run as at most this many concurrent statements; commands that arrive
+    /// while all are busy are committed together in the next one (group commit). Fewer slots
+    /// make bigger batches under load; an idle service runs each command at once.
+    #[arg(long, env = "GROUP_COMMIT_SLOTS", default_value_t = 2)]
+    pub group_commit_slots: usize,
     /// Hours processed event ids are kept (at least 72: Svix retries for ~28 h).
     #[arg(long, env = "PROCESSED_EVENT_RETENTION_HOURS", default_value_t = 72)]
     pub processed_event_retention_hours: u64,
@@ -69,6 +75,9 @@ pub async fn run(
         config.db.db_pool_size,
         service_runtime::db::PlanCache::Auto,
     )?;
+    let slots = config
+        .group_commit_slots
+        .clamp(1, config.db.db_pool_size.max(1));
     let mut registry = prometheus_client::registry::Registry::default();
     let metrics = metrics::Metrics::register(&mut registry);
     let background = Background::default();
@@ -87,7 +96,7 @@ pub async fn run(
         registry,
         pool.clone(),
         token_auth::AuthLayer::new(auth, grpc::policy()),
-        IdentityServiceServer::new(grpc::IdentityApi::new(pool, metrics)),
+        IdentityServiceServer::new(grpc::IdentityApi::new(pool, metrics, slots)),
         background,
         shutdown,
     )

@@ -3,6 +3,7 @@
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
 /// Labels of `identity_commands`.
@@ -13,12 +14,24 @@ pub struct CommandLabels {
 }
 
 /// The service's metrics.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct Metrics {
     /// Sync commands by command and outcome (applied, duplicate, stale, error).
     pub commands: Family<CommandLabels, Counter>,
     /// Processed event ids pruned after the retention period.
     pub pruned_events: Counter,
+    /// Webhook upserts per group-commit statement.
+    pub upsert_batch_size: Histogram,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self {
+            commands: Family::default(),
+            pruned_events: Counter::default(),
+            upsert_batch_size: Histogram::new([1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0]),
+        }
+    }
 }
 
 impl Metrics {
@@ -34,6 +47,11 @@ impl Metrics {
             "identity_processed_events_pruned",
             "Processed event ids removed after the retention period",
             m.pruned_events.clone(),
+        );
+        registry.register(
+            "identity_upsert_batch_size",
+            "Webhook upserts committed per statement (group commit)",
+            m.upsert_batch_size.clone(),
         );
         m
     }

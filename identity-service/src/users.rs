@@ -14,7 +14,7 @@ use crate::error::Error;
 use crate::schema::users;
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
-use diesel::sql_types::{BigInt, Bool, Nullable, Text, Timestamptz};
+use diesel::sql_types::{Array, BigInt, Bool, Nullable, Text, Timestamptz};
 use diesel_async::RunQueryDsl;
 use service_runtime::{Pool, prepared};
 
@@ -131,6 +131,83 @@ pub async fn upsert_user(pool: &Pool, cmd: UpsertUser) -> Result<Outcome, Error>
     .get_result(&mut conn)
     .await?;
     Ok(r.outcome())
+}
+
+#[derive(QueryableByName)]
+struct BatchRow {
+    #[diesel(sql_type = BigInt)]
+    ord: i64,
+    #[diesel(sql_type = Bool)]
+    fresh: bool,
+    #[diesel(sql_type = Bool)]
+    written: bool,
+}
+
+/// Applies several upserts in one statement and one commit, with the outcome of each, in order.
+///
+/// The result is that of applying them one at a time, newest first for each user: a repeated
+/// event id (stored before, or earlier in `cmds`) is a duplicate; of the fresh events for one
+/// user only the newest can be written (an equal `occurred_at` goes to the earlier one), under
+/// the same guard as [`upsert_user`]; the others are stale. Event ids and users are locked in
+/// sorted order, so concurrent statements wait for each other instead of deadlocking.
+pub async fn upsert_users(pool: &Pool, cmds: &[UpsertUser]) -> Result<Vec<Outcome>, Error> {
+    let mut conn = pool.get().await?;
+    let col = |f: fn(&UpsertUser) -> String| cmds.iter().map(f).collect::<Vec<_>>();
+    let rows: Vec<BatchRow> = prepared(
+        "WITH input AS (
+             SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[],
+                                  $6::timestamptz[], $7::timestamptz[])
+                 WITH ORDINALITY AS t(event_id, clerk_id, name, email, image_url, source_updated_at,
+                                      created_at, ord)),
+         ev AS (
+             INSERT INTO processed_events (event_id)
+             SELECT DISTINCT event_id FROM input ORDER BY event_id
+             ON CONFLICT DO NOTHING RETURNING event_id),
+         fresh AS (
+             SELECT DISTINCT ON (i.event_id) i.* FROM input i JOIN ev USING (event_id)
+             ORDER BY i.event_id, i.ord),
+         newest AS (
+             SELECT DISTINCT ON (clerk_id) * FROM fresh
+             ORDER BY clerk_id, source_updated_at DESC, ord),
+         up AS (
+             INSERT INTO users (clerk_id, name, email, image_url, source_updated_at, created_at)
+             SELECT clerk_id, name, email, image_url, source_updated_at, COALESCE(created_at, now())
+             FROM newest ORDER BY clerk_id
+             ON CONFLICT (clerk_id) DO UPDATE SET
+                 name = EXCLUDED.name, email = EXCLUDED.email, image_url = EXCLUDED.image_url,
+                 source_updated_at = EXCLUDED.source_updated_at,
+                 created_at = LEAST(users.created_at, EXCLUDED.created_at),
+                 updated_at = now()
+             WHERE users.deleted_at IS NULL
+               AND (users.source_updated_at IS NULL OR users.source_updated_at < EXCLUDED.source_updated_at)
+             RETURNING clerk_id)
+         SELECT i.ord, f.ord IS NOT NULL AS fresh, (n.ord IS NOT NULL AND u.clerk_id IS NOT NULL) AS written
+         FROM input i
+         LEFT JOIN fresh f ON f.ord = i.ord
+         LEFT JOIN newest n ON n.ord = i.ord
+         LEFT JOIN up u ON u.clerk_id = n.clerk_id
+         ORDER BY i.ord",
+    )
+    .bind::<Array<Text>, _>(col(|c| c.event_id.clone()))
+    .bind::<Array<Text>, _>(col(|c| c.clerk_id.clone()))
+    .bind::<Array<Text>, _>(col(|c| c.name.clone()))
+    .bind::<Array<Text>, _>(col(|c| c.email.clone()))
+    .bind::<Array<Text>, _>(col(|c| c.image_url.clone()))
+    .bind::<Array<Timestamptz>, _>(cmds.iter().map(|c| c.occurred_at).collect::<Vec<_>>())
+    .bind::<Array<Nullable<Timestamptz>>, _>(cmds.iter().map(|c| c.created_at).collect::<Vec<_>>())
+    .load(&mut conn)
+    .await?;
+    if rows.len() != cmds.len() || rows.iter().enumerate().any(|(i, r)| r.ord != i as i64 + 1) {
+        return Err(Error::Internal("batched upsert answered rows out of order"));
+    }
+    Ok(rows
+        .iter()
+        .map(|r| match (r.fresh, r.written) {
+            (false, _) => Outcome::Duplicate,
+            (true, false) => Outcome::Stale,
+            (true, true) => Outcome::Applied,
+        })
+        .collect())
 }
 
 /// Deletes a user: the row becomes a tombstone with its personal data cleared (one statement).

@@ -40,6 +40,7 @@ pub fn config(db_url: &str, issuers: &Issuers) -> Config {
         metrics_addr: "127.0.0.1:0".parse().unwrap(),
         log_format: LogFormat::Pretty,
         migrate_on_start: false,
+        group_commit_slots: 2,
         processed_event_retention_hours: 72,
     }
 }
@@ -81,7 +82,7 @@ impl Env {
 
     /// Waits until both key sets are loaded (a user and a service call stop failing with
     /// UNAUTHENTICATED).
-    async fn wait_keys_loaded(&self) {
+    pub async fn wait_keys_loaded(&self) {
         let c = self.client().await;
         service_harness::eventually("keys loaded", std::time::Duration::from_secs(10), || {
             let mut c = c.clone();

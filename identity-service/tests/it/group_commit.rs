@@ -1,0 +1,210 @@
+//! Group commit: a batch of webhook upserts gives the outcomes and the end state of applying
+//! the same commands one at a time (newest first for each user), against a real PostgreSQL.
+
+use crate::support;
+
+use chrono::{DateTime, TimeZone, Utc};
+use identity_service::users::{self, DeleteUser, Outcome, UpsertUser};
+use proptest::prelude::*;
+use proptest::test_runner::{Config, TestRunner};
+use service_runtime::db::{PlanCache, build_pool};
+use std::sync::atomic::{AtomicU32, Ordering};
+
+fn at(secs: i64) -> DateTime<Utc> {
+    Utc.timestamp_opt(1_700_000_000 + secs, 0).unwrap()
+}
+
+/// A Clerk event: its id always carries the same content.
+#[derive(Debug, Clone)]
+struct Ev {
+    id: usize,
+    user: usize,
+    secs: i64,
+}
+
+fn command(ns: &str, e: &Ev) -> UpsertUser {
+    UpsertUser {
+        event_id: format!("{ns}-ev{}", e.id),
+        occurred_at: at(e.secs),
+        clerk_id: format!("user_{ns}_{}", e.user),
+        name: format!("name{}", e.id),
+        email: format!("e{}@example.com", e.id),
+        image_url: String::new(),
+        created_at: Some(at(0)),
+    }
+}
+
+type Row = (String, String, Option<DateTime<Utc>>, bool);
+
+/// Users of namespace `ns`, without the prefix: (suffix, name, source time, deleted).
+async fn state(db: &tokio_postgres::Client, ns: &str) -> Vec<Row> {
+    let prefix = format!("user_{ns}_");
+    db.query(
+        "SELECT clerk_id, name, source_updated_at, deleted_at IS NOT NULL FROM users
+         WHERE clerk_id LIKE $1 || '%' ORDER BY clerk_id",
+        &[&prefix],
+    )
+    .await
+    .unwrap()
+    .iter()
+    .map(|r| {
+        let id: String = r.get(0);
+        let t: Option<std::time::SystemTime> = r.get(2);
+        (
+            id[prefix.len()..].to_owned(),
+            r.get(1),
+            t.map(DateTime::<Utc>::from),
+            r.get(3),
+        )
+    })
+    .collect()
+}
+
+#[test]
+fn a_batch_equals_the_commands_one_at_a_time_newest_first() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let db = rt.block_on(support::database());
+    let pool = build_pool(db.url(), 4, PlanCache::Auto).unwrap();
+    let direct = rt.block_on(async {
+        let (c, conn) = tokio_postgres::connect(db.url(), tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        c
+    });
+    let case = AtomicU32::new(0);
+    // Events over 3 users with clashing times; some applied before the batch; a user maybe
+    // deleted before; the batch picks deliveries from the events, repeats included.
+    let strategy = (
+        prop::collection::vec((0usize..3, 0i64..6), 1..10),
+        prop::collection::vec(any::<bool>(), 10),
+        prop::option::of(0usize..3),
+        prop::collection::vec(0usize..10, 1..16),
+    );
+    let mut runner = TestRunner::new(Config {
+        cases: 64,
+        ..Config::default()
+    });
+    runner
+        .run(&strategy, |(evs, before, deleted, picks)| {
+            let n = case.fetch_add(1, Ordering::SeqCst);
+            let events: Vec<Ev> = evs
+                .iter()
+                .enumerate()
+                .map(|(id, &(user, secs))| Ev { id, user, secs })
+                .collect();
+            let batch: Vec<Ev> = picks
+                .iter()
+                .map(|p| events[p % events.len()].clone())
+                .collect();
+            let (one, many) = (format!("s{n}"), format!("b{n}"));
+            let (expected, got) = rt.block_on(async {
+                // The same history in both namespaces.
+                for ns in [&one, &many] {
+                    for e in events.iter().filter(|e| before[e.id]) {
+                        users::upsert_user(&pool, command(ns, e)).await.unwrap();
+                    }
+                    if let Some(u) = deleted {
+                        users::delete_user(
+                            &pool,
+                            DeleteUser {
+                                event_id: format!("{ns}-del"),
+                                occurred_at: at(3),
+                                clerk_id: format!("user_{ns}_{u}"),
+                            },
+                        )
+                        .await
+                        .unwrap();
+                    }
+                }
+                // One at a time, newest first (ties: earlier delivery first).
+                let mut order: Vec<usize> = (0..batch.len()).collect();
+                order.sort_by_key(|&i| (std::cmp::Reverse(batch[i].secs), i));
+                let mut expected = vec![Outcome::Duplicate; batch.len()];
+                for i in order {
+                    expected[i] = users::upsert_user(&pool, command(&one, &batch[i]))
+                        .await
+                        .unwrap();
+                }
+                let cmds: Vec<UpsertUser> = batch.iter().map(|e| command(&many, e)).collect();
+                let got = users::upsert_users(&pool, &cmds).await.unwrap();
+                (
+                    (expected, state(&direct, &one).await),
+                    (got, state(&direct, &many).await),
+                )
+            });
+            prop_assert_eq!(&got.0, &expected.0, "outcomes of {:?}", batch);
+            prop_assert_eq!(&got.1, &expected.1, "end state after {:?}", batch);
+            Ok(())
+        })
+        .unwrap();
+}
+
+#[tokio::test]
+async fn concurrent_upserts_share_statements_and_each_gets_its_own_outcome() {
+    let issuers = service_harness::Issuers::new().await;
+    let db = support::database().await;
+    let mut config = support::config(db.url(), &issuers);
+    config.group_commit_slots = 1;
+    let server = support::start_server(config).await;
+    let env = support::Env {
+        issuers,
+        db,
+        server,
+    };
+    env.wait_keys_loaded().await;
+    // 8 users x 8 events, each event delivered twice, all at once.
+    let calls = (0..128).map(|i| {
+        let env = &env;
+        async move {
+            let (user, version) = ((i / 2) % 8, (i / 2) / 8);
+            let mut c = env.client().await;
+            let r = c
+                .upsert_user(env.service(vbase_proto::identity::v1::UpsertUserCommand {
+                    event_id: format!("evt_{user}_{version}"),
+                    occurred_at: support::ts(1_700_000_000 + version as i64),
+                    clerk_id: format!("user_gc{user}"),
+                    name: format!("v{version}"),
+                    email: "gc@example.com".into(),
+                    image_url: String::new(),
+                    created_at: support::ts(1_700_000_000),
+                }))
+                .await
+                .unwrap()
+                .into_inner();
+            (format!("evt_{user}_{version}"), r.outcome)
+        }
+    });
+    let results = futures::future::join_all(calls).await;
+    use vbase_proto::identity::v1::CommandOutcome as O;
+    for event in 0..64 {
+        let id = format!("evt_{}_{}", event % 8, event / 8);
+        let outcomes: Vec<i32> = results
+            .iter()
+            .filter(|(e, _)| *e == id)
+            .map(|(_, o)| *o)
+            .collect();
+        assert_eq!(outcomes.len(), 2);
+        assert_eq!(
+            outcomes
+                .iter()
+                .filter(|&&o| o == O::Duplicate as i32)
+                .count(),
+            1,
+            "{id}: one delivery is the duplicate of the other, got {outcomes:?}"
+        );
+    }
+    let mut c = env.client().await;
+    for user in 0..8 {
+        let u = c
+            .get_user(env.service(vbase_proto::identity::v1::GetUserRequest {
+                clerk_id: format!("user_gc{user}"),
+            }))
+            .await
+            .unwrap()
+            .into_inner()
+            .user
+            .unwrap();
+        assert_eq!(u.name, "v7", "user_gc{user} holds its newest version");
+    }
+}
