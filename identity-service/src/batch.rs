@@ -2,104 +2,64 @@
 //!
 //! Clerk sends one webhook per change, and under load many arrive at once. Each `UpsertUser`
 //! still answers only after its own event is committed, but commands that arrive while the
-//! database is busy share one statement and one commit ([`users::upsert_users`]):
-//!
-//! - a command that finds a free slot runs at once, alone: no waiting when the service is idle;
-//! - when all slots are busy, the commands that queue up meanwhile go together as the next batch
-//!   (up to [`MAX_BATCH`]), so the batch size follows the load;
-//! - a batch that fails is replayed one command at a time, so each caller gets its own outcome
-//!   or its own error, never a neighbour's.
+//! database is busy share one statement and one commit ([`users::upsert_users`]). Batch sizes
+//! follow the load ([`micro_batch`]): an idle service runs each command at once, alone. A batch
+//! that fails is replayed one command at a time, so each caller gets its own outcome or its own
+//! error, never a neighbour's.
 
 use crate::error::Error;
 use crate::users::{self, Outcome, UpsertUser};
+use micro_batch::{MicroBatcher, SubmitError};
 use service_runtime::Pool;
-use std::sync::Arc;
-use tokio::sync::{Semaphore, mpsc, oneshot};
 
 /// Largest number of commands in one statement.
 pub const MAX_BATCH: usize = 64;
 
-struct Pending {
-    cmd: UpsertUser,
-    reply: oneshot::Sender<Result<Outcome, Error>>,
-}
-
 /// Queues upserts and applies them in batches, `slots` statements at a time.
 #[derive(Clone)]
 pub struct UpsertBatcher {
-    queue: mpsc::Sender<Pending>,
+    batcher: MicroBatcher<UpsertUser, Result<Outcome, Error>>,
     pool: Pool,
 }
 
 impl UpsertBatcher {
-    /// Starts the dispatcher; it stops when the last clone of the batcher is dropped, after the
-    /// batches in flight are done.
-    pub fn start(pool: Pool, slots: usize, on_batch: impl Fn(usize) + Send + 'static) -> Self {
-        let (queue, rx) = mpsc::channel(MAX_BATCH * slots.max(1) * 4);
-        tokio::spawn(dispatch(pool.clone(), rx, slots.max(1), on_batch));
-        Self { queue, pool }
+    /// Starts the dispatcher; `on_batch` sees the size of every batch.
+    pub fn start(
+        pool: Pool,
+        slots: usize,
+        on_batch: impl Fn(usize) + Send + Sync + 'static,
+    ) -> Self {
+        let p = pool.clone();
+        let batcher = MicroBatcher::start(slots, MAX_BATCH, move |cmds: Vec<UpsertUser>| {
+            on_batch(cmds.len());
+            let pool = p.clone();
+            async move { apply(&pool, cmds).await }
+        });
+        Self { batcher, pool }
     }
 
     /// Applies one upsert; returns when it is committed (or refused).
     pub async fn upsert(&self, cmd: UpsertUser) -> Result<Outcome, Error> {
-        let (reply, answer) = oneshot::channel();
-        if let Err(mpsc::error::SendError(p)) = self.queue.send(Pending { cmd, reply }).await {
+        match self.batcher.submit(cmd).await {
+            Ok(r) => r,
             // The dispatcher is gone (shutting down): apply it directly.
-            return users::upsert_user(&self.pool, p.cmd).await;
+            Err(SubmitError::Stopped(cmd)) => users::upsert_user(&self.pool, cmd).await,
+            Err(SubmitError::Lost) => Err(Error::Interrupted(
+                "the command's batch ended without its result; retry",
+            )),
         }
-        answer.await.unwrap_or(Err(Error::Interrupted(
-            "the service stopped before the command finished; retry",
-        )))
     }
 }
 
-async fn dispatch(
-    pool: Pool,
-    mut rx: mpsc::Receiver<Pending>,
-    slots: usize,
-    on_batch: impl Fn(usize),
-) {
-    let free = Arc::new(Semaphore::new(slots));
-    while let Some(first) = rx.recv().await {
-        // While every slot is busy, later commands queue up and join this batch.
-        let Ok(slot) = Arc::clone(&free).acquire_owned().await else {
-            return;
-        };
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(p) => batch.push(p),
-                Err(_) => break,
-            }
-        }
-        on_batch(batch.len());
-        let pool = pool.clone();
-        tokio::spawn(async move {
-            apply(&pool, batch).await;
-            drop(slot);
-        });
+async fn apply(pool: &Pool, cmds: Vec<UpsertUser>) -> Vec<Result<Outcome, Error>> {
+    if let [one] = cmds.as_slice() {
+        return vec![users::upsert_user(pool, one.clone()).await];
     }
-}
-
-async fn apply(pool: &Pool, mut batch: Vec<Pending>) {
-    if batch.len() == 1 {
-        let p = batch.remove(0);
-        let _ = p.reply.send(users::upsert_user(pool, p.cmd).await);
-        return;
-    }
-    let cmds: Vec<UpsertUser> = batch.iter().map(|p| p.cmd.clone()).collect();
     match users::upsert_users(pool, &cmds).await {
-        Ok(outcomes) => {
-            for (p, outcome) in batch.into_iter().zip(outcomes) {
-                let _ = p.reply.send(Ok(outcome));
-            }
-        }
+        Ok(outcomes) => outcomes.into_iter().map(Ok).collect(),
         Err(e) => {
-            tracing::warn!(error = %e, commands = batch.len(), "batched upsert failed; applying one at a time");
-            futures::future::join_all(batch.into_iter().map(|p| async move {
-                let _ = p.reply.send(users::upsert_user(pool, p.cmd).await);
-            }))
-            .await;
+            tracing::warn!(error = %e, commands = cmds.len(), "batched upsert failed; applying one at a time");
+            futures::future::join_all(cmds.into_iter().map(|c| users::upsert_user(pool, c))).await
         }
     }
 }
