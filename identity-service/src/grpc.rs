@@ -23,8 +23,12 @@ pub fn policy() -> MethodPolicy {
         .allow("GetUser", Access::UserOrService)
         .allow("BatchGetUsers", Access::UserOrService)
         .allow("UpsertUser", Access::Service)
+        .allow("UpsertUsers", Access::Service)
         .allow("DeleteUser", Access::Service)
 }
+
+/// Most commands in one `UpsertUsers` call.
+pub const MAX_UPSERTS_PER_CALL: usize = 100;
 
 /// The service implementation.
 #[derive(Clone)]
@@ -90,6 +94,32 @@ fn outcome(o: Outcome) -> (pb::CommandOutcome, &'static str) {
 }
 
 impl IdentityApi {
+    /// Validates and applies one webhook upsert (through the group commit).
+    async fn upsert_one(&self, c: &pb::UpsertUserCommand) -> Result<pb::CommandOutcome, Status> {
+        let cmd = (|| {
+            validate::event_id(&c.event_id)?;
+            let occurred_at = validate::occurred_at(c.occurred_at.as_ref())?;
+            validate::user_id("clerk_id", &c.clerk_id)?;
+            validate::text("name", &c.name, validate::MAX_NAME_LEN)?;
+            validate::email(&c.email)?;
+            validate::url("image_url", &c.image_url)?;
+            Ok::<_, Error>(users::UpsertUser {
+                event_id: c.event_id.clone(),
+                occurred_at,
+                clerk_id: c.clerk_id.clone(),
+                name: c.name.trim().to_owned(),
+                email: c.email.clone(),
+                image_url: c.image_url.clone(),
+                created_at: validate::optional_time(c.created_at.as_ref()),
+            })
+        })();
+        let result = match cmd {
+            Ok(cmd) => self.upserts.upsert(cmd).await,
+            Err(e) => Err(e),
+        };
+        self.record("upsert_user", result)
+    }
+
     fn record(
         &self,
         command: &'static str,
@@ -228,32 +258,40 @@ impl IdentityService for IdentityApi {
         &self,
         req: Request<pb::UpsertUserCommand>,
     ) -> Result<Response<pb::UpsertUserResponse>, Status> {
-        let c = req.into_inner();
-        let cmd = (|| {
-            validate::event_id(&c.event_id)?;
-            let occurred_at = validate::occurred_at(c.occurred_at.as_ref())?;
-            validate::user_id("clerk_id", &c.clerk_id)?;
-            validate::text("name", &c.name, validate::MAX_NAME_LEN)?;
-            validate::email(&c.email)?;
-            validate::url("image_url", &c.image_url)?;
-            Ok::<_, Error>(users::UpsertUser {
-                event_id: c.event_id.clone(),
-                occurred_at,
-                clerk_id: c.clerk_id.clone(),
-                name: c.name.trim().to_owned(),
-                email: c.email.clone(),
-                image_url: c.image_url.clone(),
-                created_at: validate::optional_time(c.created_at.as_ref()),
-            })
-        })();
-        let result = match cmd {
-            Ok(cmd) => self.upserts.upsert(cmd).await,
-            Err(e) => Err(e),
-        };
-        let outcome = self.record("upsert_user", result)?;
+        let outcome = self.upsert_one(&req.into_inner()).await?;
         Ok(Response::new(pb::UpsertUserResponse {
             outcome: outcome.into(),
         }))
+    }
+
+    async fn upsert_users(
+        &self,
+        req: Request<pb::UpsertUsersCommand>,
+    ) -> Result<Response<pb::UpsertUsersResponse>, Status> {
+        let commands = req.into_inner().commands;
+        if commands.len() > MAX_UPSERTS_PER_CALL {
+            return Err(Status::invalid_argument(format!(
+                "at most {MAX_UPSERTS_PER_CALL} commands per UpsertUsers call, got {}",
+                commands.len()
+            )));
+        }
+        // Concurrently, so they meet in the group commit as one batch.
+        let results = futures::future::join_all(commands.iter().map(|c| async move {
+            match self.upsert_one(c).await {
+                Ok(outcome) => pb::UpsertResult {
+                    outcome: outcome.into(),
+                    code: 0,
+                    message: String::new(),
+                },
+                Err(status) => pb::UpsertResult {
+                    outcome: pb::CommandOutcome::Unspecified.into(),
+                    code: status.code() as i32,
+                    message: status.message().to_owned(),
+                },
+            }
+        }))
+        .await;
+        Ok(Response::new(pb::UpsertUsersResponse { results }))
     }
 
     async fn delete_user(

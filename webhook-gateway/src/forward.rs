@@ -2,12 +2,14 @@
 
 use crate::clerk::Command;
 use crate::metrics::{CommandLabels, Metrics};
+use micro_batch::{MicroBatcher, SubmitError};
 use std::path::PathBuf;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 use token_auth::signing::ServiceTokenMinter;
 use tonic::transport::Channel;
 use tonic::{Code, Request, Status};
+use vbase_proto::identity::v1 as pb;
 use vbase_proto::identity::v1::identity_service_client::IdentityServiceClient;
 use vbase_proto::workspace::v1::workspace_service_client::WorkspaceServiceClient;
 
@@ -70,13 +72,123 @@ pub enum ForwardError {
     Unavailable(String),
 }
 
+/// `UpsertUsers` calls in flight at once; deliveries that arrive meanwhile go in the next call.
+pub const USER_BATCH_SLOTS: usize = 2;
+/// Most `user.created`/`user.updated` commands per `UpsertUsers` call.
+pub const USER_BATCH_MAX: usize = 64;
+
+type UserBatcher = MicroBatcher<pb::UpsertUserCommand, Result<i32, ForwardError>>;
+
+/// A request with the service token for `audience` and the deadline.
+fn request<T>(
+    tokens: &TokenSource,
+    timeout: Duration,
+    audience: &str,
+    msg: T,
+) -> Result<Request<T>, ForwardError> {
+    let token = tokens
+        .token_for(audience)
+        .map_err(ForwardError::Unavailable)?;
+    let mut r = Request::new(msg);
+    r.set_timeout(timeout);
+    let value = format!("Bearer {token}")
+        .parse()
+        .map_err(|_| ForwardError::Unavailable("service token is not valid header text".into()))?;
+    r.metadata_mut().insert("authorization", value);
+    Ok(r)
+}
+
+fn observe(metrics: &Metrics, command: &'static str, started: Instant) {
+    metrics
+        .downstream_latency
+        .get_or_create(&CommandLabels { command })
+        .observe(started.elapsed().as_secs_f64());
+}
+
+/// What a failed call means for the delivery: INVALID_ARGUMENT is the content's fault (400),
+/// anything else is worth a retry (503).
+fn failure(command: &'static str, s: &Status) -> ForwardError {
+    if s.code() == Code::InvalidArgument {
+        return ForwardError::Rejected(s.message().to_owned());
+    }
+    if matches!(s.code(), Code::Unauthenticated | Code::PermissionDenied) {
+        tracing::error!(command, code = ?s.code(), reason = s.message(), "a service refused the gateway's token: check SERVICE_JWT_* / SERVICE_JWKS_FILE");
+    }
+    ForwardError::Unavailable(format!("{command}: {:?} {}", s.code(), s.message()))
+}
+
+/// Sends a batch of user upserts as one `UpsertUsers` call.
+#[derive(Clone)]
+struct UserBatch {
+    identity: IdentityServiceClient<Channel>,
+    tokens: Arc<TokenSource>,
+    timeout: Duration,
+    metrics: Metrics,
+}
+
+impl UserBatch {
+    /// One result per command, in order: its outcome, or why it failed.
+    async fn send(&self, commands: Vec<pb::UpsertUserCommand>) -> Vec<Result<i32, ForwardError>> {
+        let n = commands.len();
+        let started = Instant::now();
+        let req = match request(
+            &self.tokens,
+            self.timeout,
+            "identity-service",
+            pb::UpsertUsersCommand {
+                commands: commands.clone(),
+            },
+        ) {
+            Ok(r) => r,
+            Err(e) => return vec![Err(e); n],
+        };
+        let r = self.identity.clone().upsert_users(req).await;
+        observe(&self.metrics, "upsert_users", started);
+        match r {
+            Ok(resp) => {
+                let results = resp.into_inner().results;
+                if results.len() != n {
+                    let e = ForwardError::Unavailable(format!(
+                        "UpsertUsers answered {} results for {n} commands",
+                        results.len()
+                    ));
+                    return vec![Err(e); n];
+                }
+                results
+                    .into_iter()
+                    .map(|r| match Code::from_i32(r.code) {
+                        Code::Ok => Ok(r.outcome),
+                        code => Err(failure("upsert_user", &Status::new(code, r.message))),
+                    })
+                    .collect()
+            }
+            // An identity-service without the batch call (mid-rollout): one call per command.
+            Err(s) if s.code() == Code::Unimplemented => {
+                futures::future::join_all(commands.into_iter().map(|c| async move {
+                    let req = request(&self.tokens, self.timeout, "identity-service", c)?;
+                    self.identity
+                        .clone()
+                        .upsert_user(req)
+                        .await
+                        .map(|r| r.into_inner().outcome)
+                        .map_err(|s| failure("upsert_user", &s))
+                }))
+                .await
+            }
+            Err(s) => vec![Err(failure("upsert_users", &s)); n],
+        }
+    }
+}
+
 /// gRPC clients of both services.
 #[derive(Clone)]
 pub struct Downstream {
     channels: (Channel, Channel),
     identity: IdentityServiceClient<Channel>,
     workspace: WorkspaceServiceClient<Channel>,
-    tokens: std::sync::Arc<TokenSource>,
+    /// Concurrent user upserts, coalesced into `UpsertUsers` calls.
+    user_upserts: UserBatcher,
+    tokens: Arc<TokenSource>,
     timeout: Duration,
     metrics: Metrics,
 }
@@ -106,11 +218,24 @@ impl Downstream {
                 .connect_lazy())
         };
         let (i, w) = (channel(identity_url)?, channel(workspace_url)?);
+        let tokens = Arc::new(tokens);
+        let identity = IdentityServiceClient::new(i.clone());
+        let batch = UserBatch {
+            identity: identity.clone(),
+            tokens: Arc::clone(&tokens),
+            timeout,
+            metrics: metrics.clone(),
+        };
+        let user_upserts = MicroBatcher::start(USER_BATCH_SLOTS, USER_BATCH_MAX, move |cmds| {
+            let batch = batch.clone();
+            async move { batch.send(cmds).await }
+        });
         Ok(Self {
-            channels: (i.clone(), w.clone()),
-            identity: IdentityServiceClient::new(i),
+            channels: (i, w.clone()),
+            identity,
             workspace: WorkspaceServiceClient::new(w),
-            tokens: std::sync::Arc::new(tokens),
+            user_upserts,
+            tokens,
             timeout,
             metrics,
         })
@@ -122,17 +247,7 @@ impl Downstream {
     }
 
     fn request<T>(&self, audience: &str, msg: T) -> Result<Request<T>, ForwardError> {
-        let token = self
-            .tokens
-            .token_for(audience)
-            .map_err(ForwardError::Unavailable)?;
-        let mut r = Request::new(msg);
-        r.set_timeout(self.timeout);
-        let value = format!("Bearer {token}").parse().map_err(|_| {
-            ForwardError::Unavailable("service token is not valid header text".into())
-        })?;
-        r.metadata_mut().insert("authorization", value);
-        Ok(r)
+        request(&self.tokens, self.timeout, audience, msg)
     }
 
     fn map(
@@ -141,26 +256,8 @@ impl Downstream {
         started: Instant,
         r: Result<i32, Status>,
     ) -> Result<&'static str, ForwardError> {
-        self.metrics
-            .downstream_latency
-            .get_or_create(&CommandLabels { command })
-            .observe(started.elapsed().as_secs_f64());
-        match r {
-            Ok(o) => Ok(outcome_label(o)),
-            Err(s) if s.code() == Code::InvalidArgument => {
-                Err(ForwardError::Rejected(s.message().to_owned()))
-            }
-            Err(s) => {
-                if matches!(s.code(), Code::Unauthenticated | Code::PermissionDenied) {
-                    tracing::error!(command, code = ?s.code(), reason = s.message(), "a service refused the gateway's token: check SERVICE_JWT_* / SERVICE_JWKS_FILE");
-                }
-                Err(ForwardError::Unavailable(format!(
-                    "{command}: {:?} {}",
-                    s.code(),
-                    s.message()
-                )))
-            }
-        }
+        observe(&self.metrics, command, started);
+        r.map(outcome_label).map_err(|s| failure(command, &s))
     }
 
     /// Sends the command; returns the outcome label (`applied`, `duplicate`, `stale`, `ignored`).
@@ -170,13 +267,19 @@ impl Downstream {
         let mut workspace = self.workspace.clone();
         match command {
             Command::Ignored => Ok("ignored"),
-            Command::UpsertUser(c) => {
-                let r = identity
-                    .upsert_user(self.request("identity-service", c)?)
-                    .await
-                    .map(|r| r.into_inner().outcome);
-                self.map("upsert_user", t, r)
-            }
+            Command::UpsertUser(c) => match self.user_upserts.submit(c).await {
+                Ok(r) => r.map(outcome_label),
+                Err(SubmitError::Stopped(c)) => {
+                    let r = identity
+                        .upsert_user(self.request("identity-service", c)?)
+                        .await
+                        .map(|r| r.into_inner().outcome);
+                    self.map("upsert_user", t, r)
+                }
+                Err(SubmitError::Lost) => Err(ForwardError::Unavailable(
+                    "the delivery's batch ended without its result".into(),
+                )),
+            },
             Command::DeleteUser(a, b) => {
                 let r = identity
                     .delete_user(self.request("identity-service", a)?)

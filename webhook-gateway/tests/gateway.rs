@@ -666,3 +666,78 @@ async fn a_platform_mounted_token_file_is_used_and_re_read_when_it_changes() {
     assert_eq!(s.user("user_t").await.unwrap().name, "T Example");
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[tokio::test]
+async fn concurrent_deliveries_share_calls_and_each_gets_its_own_answer() {
+    let s = stack(SECRET).await;
+    // 16 users x 3 versions, every delivery sent twice, and one the service refuses, all at once.
+    let mut deliveries: Vec<(String, Value)> = Vec::new();
+    for u in 0..16 {
+        for v in 0..3 {
+            let body = user_event(
+                "user.updated",
+                &format!("user_cc{u}"),
+                &format!("V{v}"),
+                T + v,
+            );
+            deliveries.push((format!("msg_cc{u}_{v}"), body.clone()));
+            deliveries.push((format!("msg_cc{u}_{v}"), body));
+        }
+    }
+    let refused = user_event("user.updated", "user_cc_bad", &"x".repeat(5000), T);
+    deliveries.push(("msg_cc_bad".into(), refused));
+    let answers = futures::future::join_all(deliveries.iter().map(|(id, b)| s.send(id, b))).await;
+    for (u, v) in (0..16).flat_map(|u| (0..3).map(move |v| (u, v))) {
+        let id = format!("msg_cc{u}_{v}");
+        let got: Vec<&(u16, String)> = deliveries
+            .iter()
+            .zip(&answers)
+            .filter(|((d, _), _)| *d == id)
+            .map(|(_, a)| a)
+            .collect();
+        assert!(
+            got.iter().all(|(status, _)| *status == 200),
+            "{id}: {got:?}"
+        );
+        assert_eq!(
+            got.iter().filter(|(_, b)| b.contains("duplicate")).count(),
+            1,
+            "{id}: one of the two deliveries is the duplicate: {got:?}"
+        );
+    }
+    let (status, body) = answers.last().unwrap();
+    assert_eq!(*status, 400, "{body}");
+    assert!(
+        body.contains("name"),
+        "the refusal says what is wrong: {body}"
+    );
+    for u in 0..16 {
+        assert_eq!(
+            s.user(&format!("user_cc{u}")).await.unwrap().name,
+            "V2 Example"
+        );
+    }
+    assert!(s.user("user_cc_bad").await.is_none());
+    // Fewer UpsertUsers calls than deliveries: concurrent deliveries went together.
+    let metrics = s
+        .http
+        .get(format!("http://{}/metrics", s.gateway.addr))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let calls: f64 = metrics
+        .lines()
+        .find(|l| {
+            l.starts_with("webhook_downstream_latency_seconds_count") && l.contains("upsert_users")
+        })
+        .and_then(|l| l.split_whitespace().last())
+        .and_then(|v| v.parse().ok())
+        .expect("UpsertUsers latency in /metrics");
+    assert!(
+        calls >= 1.0 && calls < deliveries.len() as f64,
+        "{calls} calls"
+    );
+}

@@ -208,3 +208,107 @@ async fn concurrent_upserts_share_statements_and_each_gets_its_own_outcome() {
         assert_eq!(u.name, "v7", "user_gc{user} holds its newest version");
     }
 }
+
+fn upsert(
+    event: &str,
+    user: &str,
+    name: &str,
+    secs: i64,
+) -> vbase_proto::identity::v1::UpsertUserCommand {
+    vbase_proto::identity::v1::UpsertUserCommand {
+        event_id: event.into(),
+        occurred_at: support::ts(1_700_000_000 + secs),
+        clerk_id: user.into(),
+        name: name.into(),
+        email: "b@example.com".into(),
+        image_url: String::new(),
+        created_at: support::ts(1_700_000_000),
+    }
+}
+
+#[tokio::test]
+async fn upsert_users_answers_each_command_as_if_sent_alone() {
+    use vbase_proto::identity::v1::{CommandOutcome as O, UpsertUsersCommand};
+    let env = support::start().await;
+    let mut c = env.client().await;
+    let mut bad_id = upsert("evt_b3", "not-a-clerk-id", "X", 1);
+    bad_id.clerk_id = "robert'); DROP TABLE users;--".into();
+    let results = c
+        .upsert_users(env.service(UpsertUsersCommand {
+            commands: vec![
+                upsert("evt_b1", "user_b1", "First", 1),
+                upsert("evt_b1", "user_b1", "First", 1),
+                bad_id,
+                upsert("evt_b2", "user_b1", "Older", 0),
+                upsert("evt_b4", "user_b2", "Other", 5),
+            ],
+        }))
+        .await
+        .unwrap()
+        .into_inner()
+        .results;
+    let got: Vec<(i32, i32)> = results.iter().map(|r| (r.code, r.outcome)).collect();
+    assert_eq!(
+        got,
+        vec![
+            (0, O::Applied as i32),
+            (0, O::Duplicate as i32),
+            (tonic::Code::InvalidArgument as i32, O::Unspecified as i32),
+            (0, O::Stale as i32),
+            (0, O::Applied as i32),
+        ]
+    );
+    assert!(
+        results[2].message.contains("clerk_id"),
+        "{}",
+        results[2].message
+    );
+    let name = |id: &'static str| {
+        let env = &env;
+        async move {
+            env.client()
+                .await
+                .get_user(env.service(vbase_proto::identity::v1::GetUserRequest {
+                    clerk_id: id.into(),
+                }))
+                .await
+                .map(|r| r.into_inner().user.unwrap().name)
+        }
+    };
+    assert_eq!(name("user_b1").await.unwrap(), "First");
+    assert_eq!(name("user_b2").await.unwrap(), "Other");
+}
+
+#[tokio::test]
+async fn upsert_users_refuses_oversized_calls_and_user_tokens_and_writes_nothing() {
+    use vbase_proto::identity::v1::UpsertUsersCommand;
+    let env = support::start().await;
+    let mut c = env.client().await;
+    let many: Vec<_> = (0..101)
+        .map(|i| upsert(&format!("evt_m{i}"), &format!("user_m{i}"), "M", 1))
+        .collect();
+    let err = c
+        .upsert_users(env.service(UpsertUsersCommand { commands: many }))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    assert!(err.message().contains("at most 100"), "{}", err.message());
+    let err = c
+        .upsert_users(env.user(
+            "user_m0",
+            UpsertUsersCommand {
+                commands: vec![upsert("evt_u", "user_m0", "M", 1)],
+            },
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::PermissionDenied, "{err:?}");
+    for id in ["user_m0", "user_m100"] {
+        let r = c
+            .get_user(env.service(vbase_proto::identity::v1::GetUserRequest {
+                clerk_id: id.into(),
+            }))
+            .await;
+        assert_eq!(r.unwrap_err().code(), tonic::Code::NotFound);
+    }
+}
