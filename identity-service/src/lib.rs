@@ -47,7 +47,7 @@ pub struct Config {
     /// Webhook upserts run as at most this many concurrent statements; commands that arrive
     /// while all are busy are committed together in the next one (group commit). Fewer slots
     /// make bigger batches under load; an idle service runs each command at once.
-    #[arg(long, env = "GROUP_COMMIT_SLOTS", default_value_t = 2)]
+    #[arg(long, env = "GROUP_COMMIT_SLOTS", default_value_t = 4)]
     pub group_commit_slots: usize,
     /// Hours processed event ids are kept (at least 72: Svix retries for ~28 h).
     #[arg(long, env = "PROCESSED_EVENT_RETENTION_HOURS", default_value_t = 72)]

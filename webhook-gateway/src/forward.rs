@@ -72,8 +72,6 @@ pub enum ForwardError {
     Unavailable(String),
 }
 
-/// `UpsertUsers` calls in flight at once; deliveries that arrive meanwhile go in the next call.
-pub const USER_BATCH_SLOTS: usize = 2;
 /// Most `user.created`/`user.updated` commands per `UpsertUsers` call.
 pub const USER_BATCH_MAX: usize = 64;
 
@@ -210,6 +208,7 @@ impl Downstream {
         tokens: TokenSource,
         timeout: Duration,
         metrics: Metrics,
+        user_batch_slots: usize,
     ) -> anyhow::Result<Self> {
         let channel = |url: &str| -> anyhow::Result<Channel> {
             Ok(Channel::from_shared(url.to_owned())?
@@ -226,7 +225,7 @@ impl Downstream {
             timeout,
             metrics: metrics.clone(),
         };
-        let user_upserts = MicroBatcher::start(USER_BATCH_SLOTS, USER_BATCH_MAX, move |cmds| {
+        let user_upserts = MicroBatcher::start(user_batch_slots, USER_BATCH_MAX, move |cmds| {
             let batch = batch.clone();
             async move { batch.send(cmds).await }
         });

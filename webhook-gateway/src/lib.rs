@@ -72,6 +72,10 @@ pub struct Config {
     /// Deadline of one downstream command, seconds (keep under Svix's 15 s).
     #[arg(long, env = "DOWNSTREAM_TIMEOUT_SECS", default_value_t = 8)]
     pub downstream_timeout_secs: u64,
+    /// `UpsertUsers` calls in flight at once: `user.created`/`user.updated` deliveries that
+    /// arrive while all are busy go to identity-service together in the next call.
+    #[arg(long, env = "IDENTITY_BATCH_SLOTS", default_value_t = 2)]
+    pub identity_batch_slots: usize,
     /// `json` or `pretty`.
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Json)]
     pub log_format: LogFormat,
@@ -133,6 +137,7 @@ pub async fn run(
         config.token_source()?,
         timeout,
         metrics.clone(),
+        config.identity_batch_slots,
     )?;
     let app = Arc::new(App {
         verifier,

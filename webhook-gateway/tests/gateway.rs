@@ -92,6 +92,7 @@ async fn stack_with(secrets: &str, token_file: Option<std::path::PathBuf>) -> St
         },
         service_token_file: token_file,
         downstream_timeout_secs: 3,
+        identity_batch_slots: 4,
         log_format: LogFormat::Pretty,
     };
     let gateway = RunningServer::start(|l, s| webhook_gateway::run(gateway_cfg, l, s)).await;
