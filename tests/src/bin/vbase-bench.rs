@@ -17,6 +17,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use token_auth::signing::{ServiceTokenMinter, SigningKey, now_secs};
 use tonic::transport::Channel;
+use tonic_health::pb::health_client::HealthClient;
 use vbase_proto::identity::v1 as idp;
 use vbase_proto::identity::v1::identity_service_client::IdentityServiceClient;
 use vbase_proto::workspace::v1 as wsp;
@@ -599,6 +600,33 @@ async fn main() -> Result<()> {
         })
         .await;
         cpu.push(format!("read, baseline: {}", probe.per_call(s.reads)));
+        // What one gRPC hop costs by itself: the health check (no token, no database) on the
+        // same server at the same concurrency; no read through gRPC can beat it.
+        let mut health = Vec::new();
+        for _ in 0..c {
+            health.push(tonic_health::pb::health_client::HealthClient::new(
+                Channel::from_shared(format!("http://{}", stack.identity_addr))?
+                    .connect()
+                    .await?,
+            ));
+        }
+        let probe = CpuProbe::start(&stack);
+        let floor = load(
+            health,
+            s.reads,
+            |mut h: HealthClient<Channel>, _| async move {
+                h.check(tonic_health::pb::HealthCheckRequest {
+                    service: String::new(),
+                })
+                .await
+                .is_ok()
+            },
+        )
+        .await;
+        cpu.push(format!(
+            "gRPC floor (health check): {}",
+            probe.per_call(s.reads)
+        ));
         rows.push([
             format!("authenticated read `GetCurrentUser` (RS256), concurrency {c}"),
             format!(
@@ -609,6 +637,20 @@ async fn main() -> Result<()> {
             ),
             format!("{:.0} SELECT/s, p99 {:.1} ms", base.rate(), base.pct(0.99)),
             format!("{:.2}x (goal >= 0.5)", ours.rate() / base.rate()),
+        ]);
+        rows.push([
+            format!("reference: gRPC health check on the same server (no token, no database), concurrency {c}"),
+            format!(
+                "{:.0} RPS, p99 {:.1} ms ({} errors)",
+                floor.rate(),
+                floor.pct(0.99),
+                floor.errors
+            ),
+            format!("{:.0} SELECT/s (the read baseline)", base.rate()),
+            format!(
+                "{:.2}x (no goal: the most any gRPC read could reach here)",
+                floor.rate() / base.rate()
+            ),
         ]);
     }
 
