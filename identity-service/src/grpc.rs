@@ -1,6 +1,6 @@
 //! `vbase.identity.v1.IdentityService`: validates input, calls the domain, maps the result.
 
-use crate::batch::UpsertBatcher;
+use crate::batch::{UpsertBatcher, UserLookups};
 use crate::error::Error;
 use crate::metrics::Metrics;
 use crate::users::{self, Outcome, UserRecord};
@@ -36,21 +36,24 @@ pub struct IdentityApi {
     pool: Pool,
     metrics: Metrics,
     upserts: UpsertBatcher,
+    lookups: UserLookups,
 }
 
 impl IdentityApi {
     /// Creates the handler set.
-    /// Creates the handler set; webhook upserts are group-committed over `batch_slots`
-    /// concurrent statements.
-    pub fn new(pool: Pool, metrics: Metrics, batch_slots: usize) -> Self {
+    /// Creates the handler set: webhook upserts are group-committed over `commit_slots`
+    /// concurrent statements, lookups by id coalesced over `lookup_slots` concurrent queries.
+    pub fn new(pool: Pool, metrics: Metrics, commit_slots: usize, lookup_slots: usize) -> Self {
         let sizes = metrics.upsert_batch_size.clone();
-        let upserts = UpsertBatcher::start(pool.clone(), batch_slots, move |n| {
+        let upserts = UpsertBatcher::start(pool.clone(), commit_slots, move |n| {
             sizes.observe(n as f64);
         });
+        let lookups = UserLookups::start(pool.clone(), lookup_slots);
         Self {
             pool,
             metrics,
             upserts,
+            lookups,
         }
     }
 }
@@ -188,13 +191,9 @@ impl IdentityService for IdentityApi {
         let user = p
             .as_user()
             .ok_or_else(|| Status::permission_denied("GetCurrentUser is for user tokens"))?;
-        let record = users::get_user(&self.pool, &user.user_id)
-            .await?
-            .ok_or_else(|| {
-                Status::not_found(
-                    "user not synced yet: call StoreUser or wait for the Clerk webhook",
-                )
-            })?;
+        let record = self.lookups.get(&user.user_id).await?.ok_or_else(|| {
+            Status::not_found("user not synced yet: call StoreUser or wait for the Clerk webhook")
+        })?;
         Ok(Response::new(pb::GetCurrentUserResponse {
             user: Some(to_proto(record, true)),
         }))
@@ -207,7 +206,9 @@ impl IdentityService for IdentityApi {
         let p = principal(&req)?;
         let id = req.into_inner().clerk_id;
         validate::user_id("clerk_id", &id)?;
-        let record = users::get_user(&self.pool, &id)
+        let record = self
+            .lookups
+            .get(&id)
             .await?
             .ok_or_else(|| Status::not_found(format!("no user {id}")))?;
         let full = sees_everything(&p, &id);

@@ -49,6 +49,10 @@ pub struct Config {
     /// make bigger batches under load; an idle service runs each command at once.
     #[arg(long, env = "GROUP_COMMIT_SLOTS", default_value_t = 4)]
     pub group_commit_slots: usize,
+    /// Lookups of users by id (GetCurrentUser, GetUser) run as at most this many concurrent
+    /// queries; lookups that arrive while all are busy go together in the next one.
+    #[arg(long, env = "LOOKUP_SLOTS", default_value_t = 2)]
+    pub lookup_slots: usize,
     /// Hours processed event ids are kept (at least 72: Svix retries for ~28 h).
     #[arg(long, env = "PROCESSED_EVENT_RETENTION_HOURS", default_value_t = 72)]
     pub processed_event_retention_hours: u64,
@@ -75,9 +79,9 @@ pub async fn run(
         config.db.db_pool_size,
         service_runtime::db::PlanCache::Auto,
     )?;
-    let slots = config
-        .group_commit_slots
-        .clamp(1, config.db.db_pool_size.max(1));
+    let slots = |n: usize| n.clamp(1, config.db.db_pool_size.max(1));
+    let (commit_slots, lookup_slots) =
+        (slots(config.group_commit_slots), slots(config.lookup_slots));
     let mut registry = prometheus_client::registry::Registry::default();
     let metrics = metrics::Metrics::register(&mut registry);
     let background = Background::default();
@@ -96,7 +100,12 @@ pub async fn run(
         registry,
         pool.clone(),
         token_auth::AuthLayer::new(auth, grpc::policy()),
-        IdentityServiceServer::new(grpc::IdentityApi::new(pool, metrics, slots)),
+        IdentityServiceServer::new(grpc::IdentityApi::new(
+            pool,
+            metrics,
+            commit_slots,
+            lookup_slots,
+        )),
         background,
         shutdown,
     )

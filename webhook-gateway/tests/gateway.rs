@@ -55,6 +55,7 @@ async fn stack_with(secrets: &str, token_file: Option<std::path::PathBuf>) -> St
         log_format: LogFormat::Pretty,
         migrate_on_start: false,
         group_commit_slots: 2,
+        lookup_slots: 2,
         processed_event_retention_hours: 72,
     };
     let workspace_cfg = workspace_service::Config {

@@ -41,6 +41,7 @@ pub fn config(db_url: &str, issuers: &Issuers) -> Config {
         log_format: LogFormat::Pretty,
         migrate_on_start: false,
         group_commit_slots: 2,
+        lookup_slots: 2,
         processed_event_retention_hours: 72,
     }
 }

@@ -1,4 +1,4 @@
-//! Group commit: a batch of webhook upserts gives the outcomes and the end state of applying
+//! Group commit and coalesced lookups. A batch of webhook upserts gives the outcomes and the end state of applying
 //! the same commands one at a time (newest first for each user), against a real PostgreSQL.
 
 use crate::support;
@@ -310,5 +310,68 @@ async fn upsert_users_refuses_oversized_calls_and_user_tokens_and_writes_nothing
             }))
             .await;
         assert_eq!(r.unwrap_err().code(), tonic::Code::NotFound);
+    }
+}
+
+#[tokio::test]
+async fn concurrent_lookups_share_queries_and_each_gets_its_own_user() {
+    use vbase_proto::identity::v1::{DeleteUserCommand, GetCurrentUserRequest, GetUserRequest};
+    let issuers = service_harness::Issuers::new().await;
+    let db = support::database().await;
+    let mut config = support::config(db.url(), &issuers);
+    config.lookup_slots = 1;
+    let server = support::start_server(config).await;
+    let env = support::Env {
+        issuers,
+        db,
+        server,
+    };
+    env.wait_keys_loaded().await;
+    let mut c = env.client().await;
+    for u in 0..20 {
+        c.upsert_user(env.service(upsert(
+            &format!("evt_l{u}"),
+            &format!("user_l{u}"),
+            &format!("L{u}"),
+            1,
+        )))
+        .await
+        .unwrap();
+    }
+    c.delete_user(env.service(DeleteUserCommand {
+        event_id: "evt_ldel".into(),
+        occurred_at: support::ts(1_700_000_100),
+        clerk_id: "user_l19".into(),
+    }))
+    .await
+    .unwrap();
+    // 20 known (one deleted) and 10 unknown ids, each asked 3 times, by services and by the
+    // users themselves, all at once.
+    let asks = (0..90).map(|i| {
+        let env = &env;
+        async move {
+            let u = i % 30;
+            let id = format!("user_l{u}");
+            let mut c = env.client().await;
+            let r = if i % 2 == 0 {
+                c.get_user(env.service(GetUserRequest {
+                    clerk_id: id.clone(),
+                }))
+                .await
+                .map(|r| r.into_inner().user.unwrap().name)
+            } else {
+                c.get_current_user(env.user(&id, GetCurrentUserRequest {}))
+                    .await
+                    .map(|r| r.into_inner().user.unwrap().name)
+            };
+            (u, r)
+        }
+    });
+    for (u, r) in futures::future::join_all(asks).await {
+        if u < 19 {
+            assert_eq!(r.unwrap(), format!("L{u}"));
+        } else {
+            assert_eq!(r.unwrap_err().code(), tonic::Code::NotFound, "user_l{u}");
+        }
     }
 }
