@@ -375,3 +375,54 @@ async fn concurrent_lookups_share_queries_and_each_gets_its_own_user() {
         }
     }
 }
+
+#[tokio::test]
+async fn a_batch_the_database_refuses_is_replayed_so_only_the_bad_command_fails() {
+    use identity_service::batch::UpsertBatcher;
+    let db = support::database().await;
+    let pool = build_pool(db.url(), 4, PlanCache::Auto).unwrap();
+    let (direct, conn) = tokio_postgres::connect(db.url(), tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    // Input validation lets this name through; the database does not.
+    direct
+        .batch_execute("ALTER TABLE users ADD CONSTRAINT no_poison CHECK (name <> 'Poison')")
+        .await
+        .unwrap();
+    let sizes = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = sizes.clone();
+    let batcher = UpsertBatcher::start(pool, 1, move |n| seen.lock().unwrap().push(n));
+    let cmds: Vec<UpsertUser> = (0..10)
+        .map(|i| {
+            let mut c = command(
+                "r",
+                &Ev {
+                    id: i,
+                    user: i,
+                    secs: 1,
+                },
+            );
+            if i == 4 {
+                c.name = "Poison".into();
+            }
+            c
+        })
+        .collect();
+    let results = futures::future::join_all(cmds.into_iter().map(|c| batcher.upsert(c))).await;
+    assert_eq!(
+        *sizes.lock().unwrap(),
+        vec![10],
+        "the ten went as one batch"
+    );
+    for (i, r) in results.iter().enumerate() {
+        if i == 4 {
+            assert!(r.is_err(), "the poisoned command fails: {r:?}");
+        } else {
+            assert_eq!(r.as_ref().ok(), Some(&Outcome::Applied), "command {i}");
+        }
+    }
+    let names = state(&direct, "r").await;
+    assert_eq!(names.len(), 9);
+    assert!(names.iter().all(|(_, name, _, _)| name != "Poison"));
+}
