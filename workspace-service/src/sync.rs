@@ -337,27 +337,48 @@ pub(crate) async fn delete_rooms_where(
     Ok(())
 }
 
+/// Rows this transaction has deleted so far from the tables a channel delete cascades to.
+#[derive(QueryableByName)]
+struct ChannelChildrenDeleted {
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    messages: i64,
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    read_receipts: i64,
+}
+
+async fn channel_children_deleted(
+    conn: &mut AsyncPgConnection,
+) -> QueryResult<ChannelChildrenDeleted> {
+    // PostgreSQL's own count of the rows the current transaction deleted, per table.
+    prepared(
+        "SELECT pg_stat_get_xact_tuples_deleted('messages'::regclass) AS messages,
+                pg_stat_get_xact_tuples_deleted('read_receipts'::regclass) AS read_receipts",
+    )
+    .get_result(conn)
+    .await
+}
+
 /// Deletes the channels matching `channels_filter` (`$1` = `key`) with their messages and
 /// read receipts. Runs inside the caller's transaction.
+///
+/// The messages and read receipts go with their channel, in one pass (`ON DELETE CASCADE`):
+/// deleting them first made the foreign-key check on the channel walk them all again. Their
+/// counts are the difference in the transaction's own deleted-row counts.
 pub(crate) async fn delete_channels_where(
     conn: &mut AsyncPgConnection,
     channels_filter: &str,
     key: Uuid,
     out: &mut Cascade,
 ) -> QueryResult<()> {
-    for table in ["messages", "read_receipts"] {
-        let n = diesel::sql_query(format!(
-            "DELETE FROM {table} WHERE channel_id IN (SELECT id FROM channels WHERE {channels_filter})"
-        ))
-        .bind::<SqlUuid, _>(key)
-        .execute(conn)
-        .await? as i64;
-        *out.deleted_rows.entry(table.into()).or_default() += n;
-    }
+    let before = channel_children_deleted(conn).await?;
     let n = diesel::sql_query(format!("DELETE FROM channels WHERE {channels_filter}"))
         .bind::<SqlUuid, _>(key)
         .execute(conn)
         .await? as i64;
+    let after = channel_children_deleted(conn).await?;
+    *out.deleted_rows.entry("messages".into()).or_default() += after.messages - before.messages;
+    *out.deleted_rows.entry("read_receipts".into()).or_default() +=
+        after.read_receipts - before.read_receipts;
     *out.deleted_rows.entry("channels".into()).or_default() += n;
     Ok(())
 }

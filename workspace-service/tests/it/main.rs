@@ -4,5 +4,6 @@
 mod cascade;
 mod cascade_scale;
 mod content;
+mod migrations;
 mod support;
 mod sync;

@@ -1,0 +1,2 @@
+-- Nothing to undo: a validated constraint is the same constraint.
+SELECT 1;
