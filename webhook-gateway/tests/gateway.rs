@@ -156,6 +156,18 @@ impl Stack {
         self.send_signed(SECRET, id, now(), body).await
     }
 
+    /// The gateway's Prometheus text.
+    async fn metrics(&self) -> String {
+        self.http
+            .get(format!("http://{}/metrics", self.gateway.addr))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
     async fn identity(&self) -> IdentityServiceClient<tonic::transport::Channel> {
         IdentityServiceClient::new(self.identity.as_ref().unwrap().channel().await)
     }
@@ -402,15 +414,7 @@ async fn every_routed_event_type_reaches_the_services() {
         )
         .await;
     assert_eq!((code, body.as_str()), (200, "{\"outcome\":\"ignored\"}"));
-    let metrics = s
-        .http
-        .get(format!("http://{}/metrics", s.gateway.addr))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = s.metrics().await;
     assert!(
         metrics.contains(
             r#"webhook_requests_total{event_type="session.created",outcome="ignored"} 1"#
@@ -509,15 +513,7 @@ async fn verification_failures_are_400_and_forward_nothing() {
         .await;
     assert_eq!(code, 200);
     assert_eq!(s.user("user_v").await.unwrap().name, "V Example");
-    let metrics = s
-        .http
-        .get(format!("http://{}/metrics", s.gateway.addr))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = s.metrics().await;
     assert!(
         metrics.contains(r#"webhook_verification_failures_total{reason="stale_timestamp"} 1"#),
         "{metrics}"
@@ -721,15 +717,7 @@ async fn concurrent_deliveries_share_calls_and_each_gets_its_own_answer() {
     }
     assert!(s.user("user_cc_bad").await.is_none());
     // Fewer UpsertUsers calls than deliveries: concurrent deliveries went together.
-    let metrics = s
-        .http
-        .get(format!("http://{}/metrics", s.gateway.addr))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = s.metrics().await;
     let calls: f64 = metrics
         .lines()
         .find(|l| {

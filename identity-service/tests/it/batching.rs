@@ -142,17 +142,7 @@ fn a_batch_equals_the_commands_one_at_a_time_newest_first() {
 
 #[tokio::test]
 async fn concurrent_upserts_share_statements_and_each_gets_its_own_outcome() {
-    let issuers = service_harness::Issuers::new().await;
-    let db = support::database().await;
-    let mut config = support::config(db.url(), &issuers);
-    config.group_commit_slots = 1;
-    let server = support::start_server(config).await;
-    let env = support::Env {
-        issuers,
-        db,
-        server,
-    };
-    env.wait_keys_loaded().await;
+    let env = support::start_with(|c| c.group_commit_slots = 1).await;
     // 8 users x 8 events, each event delivered twice, all at once.
     let calls = (0..128).map(|i| {
         let env = &env;
@@ -316,17 +306,7 @@ async fn upsert_users_refuses_oversized_calls_and_user_tokens_and_writes_nothing
 #[tokio::test]
 async fn concurrent_lookups_share_queries_and_each_gets_its_own_user() {
     use vbase_proto::identity::v1::{DeleteUserCommand, GetCurrentUserRequest, GetUserRequest};
-    let issuers = service_harness::Issuers::new().await;
-    let db = support::database().await;
-    let mut config = support::config(db.url(), &issuers);
-    config.lookup_slots = 1;
-    let server = support::start_server(config).await;
-    let env = support::Env {
-        issuers,
-        db,
-        server,
-    };
-    env.wait_keys_loaded().await;
+    let env = support::start_with(|c| c.lookup_slots = 1).await;
     let mut c = env.client().await;
     for u in 0..20 {
         c.upsert_user(env.service(upsert(

@@ -52,9 +52,16 @@ pub async fn start_server(config: Config) -> RunningServer {
 }
 
 pub async fn start() -> Env {
+    start_with(|_| {}).await
+}
+
+/// Like [`start`], with the configuration changed by `tweak` first.
+pub async fn start_with(tweak: impl FnOnce(&mut Config)) -> Env {
     let issuers = Issuers::new().await;
     let db = database().await;
-    let server = start_server(config(db.url(), &issuers)).await;
+    let mut config = config(db.url(), &issuers);
+    tweak(&mut config);
+    let server = start_server(config).await;
     let env = Env {
         issuers,
         db,
@@ -83,7 +90,7 @@ impl Env {
 
     /// Waits until both key sets are loaded (a user and a service call stop failing with
     /// UNAUTHENTICATED).
-    pub async fn wait_keys_loaded(&self) {
+    async fn wait_keys_loaded(&self) {
         let c = self.client().await;
         service_harness::eventually("keys loaded", std::time::Duration::from_secs(10), || {
             let mut c = c.clone();
