@@ -77,32 +77,6 @@ pub const USER_BATCH_MAX: usize = 64;
 
 type UserBatcher = MicroBatcher<pb::UpsertUserCommand, Result<i32, ForwardError>>;
 
-/// A request with the service token for `audience` and the deadline.
-fn request<T>(
-    tokens: &TokenSource,
-    timeout: Duration,
-    audience: &str,
-    msg: T,
-) -> Result<Request<T>, ForwardError> {
-    let token = tokens
-        .token_for(audience)
-        .map_err(ForwardError::Unavailable)?;
-    let mut r = Request::new(msg);
-    r.set_timeout(timeout);
-    let value = format!("Bearer {token}")
-        .parse()
-        .map_err(|_| ForwardError::Unavailable("service token is not valid header text".into()))?;
-    r.metadata_mut().insert("authorization", value);
-    Ok(r)
-}
-
-fn observe(metrics: &Metrics, command: &'static str, started: Instant) {
-    metrics
-        .downstream_latency
-        .get_or_create(&CommandLabels { command })
-        .observe(started.elapsed().as_secs_f64());
-}
-
 /// What a failed call means for the delivery: INVALID_ARGUMENT is the content's fault (400),
 /// anything else is worth a retry (503).
 fn failure(command: &'static str, s: &Status) -> ForwardError {
@@ -115,23 +89,71 @@ fn failure(command: &'static str, s: &Status) -> ForwardError {
     ForwardError::Unavailable(format!("{command}: {:?} {}", s.code(), s.message()))
 }
 
-/// Sends a batch of user upserts as one `UpsertUsers` call.
+/// What every call needs: service tokens, the deadline, latency metrics; and the
+/// identity-service client, which the batched upserts use too.
 #[derive(Clone)]
-struct UserBatch {
+struct Calls {
     identity: IdentityServiceClient<Channel>,
     tokens: Arc<TokenSource>,
     timeout: Duration,
     metrics: Metrics,
 }
 
-impl UserBatch {
-    /// One result per command, in order: its outcome, or why it failed.
-    async fn send(&self, commands: Vec<pb::UpsertUserCommand>) -> Vec<Result<i32, ForwardError>> {
+impl Calls {
+    /// A request with the service token for `audience` and the deadline.
+    fn request<T>(&self, audience: &str, msg: T) -> Result<Request<T>, ForwardError> {
+        let token = self
+            .tokens
+            .token_for(audience)
+            .map_err(ForwardError::Unavailable)?;
+        let mut r = Request::new(msg);
+        r.set_timeout(self.timeout);
+        let value = format!("Bearer {token}").parse().map_err(|_| {
+            ForwardError::Unavailable("service token is not valid header text".into())
+        })?;
+        r.metadata_mut().insert("authorization", value);
+        Ok(r)
+    }
+
+    fn observe(&self, command: &'static str, started: Instant) {
+        self.metrics
+            .downstream_latency
+            .get_or_create(&CommandLabels { command })
+            .observe(started.elapsed().as_secs_f64());
+    }
+
+    /// Records the call's latency and maps its result.
+    fn map(
+        &self,
+        command: &'static str,
+        started: Instant,
+        r: Result<i32, Status>,
+    ) -> Result<i32, ForwardError> {
+        self.observe(command, started);
+        r.map_err(|s| failure(command, &s))
+    }
+
+    /// One `UpsertUser` call.
+    async fn upsert_user(&self, c: pb::UpsertUserCommand) -> Result<i32, ForwardError> {
+        let started = Instant::now();
+        let r = self
+            .identity
+            .clone()
+            .upsert_user(self.request("identity-service", c)?)
+            .await
+            .map(|r| r.into_inner().outcome);
+        self.map("upsert_user", started, r)
+    }
+
+    /// Several upserts as one `UpsertUsers` call: one result per command, in order, its
+    /// outcome or why it failed.
+    async fn upsert_users(
+        &self,
+        commands: Vec<pb::UpsertUserCommand>,
+    ) -> Vec<Result<i32, ForwardError>> {
         let n = commands.len();
         let started = Instant::now();
-        let req = match request(
-            &self.tokens,
-            self.timeout,
+        let req = match self.request(
             "identity-service",
             pb::UpsertUsersCommand {
                 commands: commands.clone(),
@@ -141,40 +163,32 @@ impl UserBatch {
             Err(e) => return vec![Err(e); n],
         };
         let r = self.identity.clone().upsert_users(req).await;
-        observe(&self.metrics, "upsert_users", started);
-        match r {
-            Ok(resp) => {
-                let results = resp.into_inner().results;
-                if results.len() != n {
-                    let e = ForwardError::Unavailable(format!(
-                        "UpsertUsers answered {} results for {n} commands",
-                        results.len()
-                    ));
-                    return vec![Err(e); n];
-                }
-                results
-                    .into_iter()
-                    .map(|r| match Code::from_i32(r.code) {
-                        Code::Ok => Ok(r.outcome),
-                        code => Err(failure("upsert_user", &Status::new(code, r.message))),
-                    })
-                    .collect()
-            }
+        self.observe("upsert_users", started);
+        let results = match r {
+            Ok(resp) => resp.into_inner().results,
             // An identity-service without the batch call (mid-rollout): one call per command.
             Err(s) if s.code() == Code::Unimplemented => {
-                futures::future::join_all(commands.into_iter().map(|c| async move {
-                    let req = request(&self.tokens, self.timeout, "identity-service", c)?;
-                    self.identity
-                        .clone()
-                        .upsert_user(req)
-                        .await
-                        .map(|r| r.into_inner().outcome)
-                        .map_err(|s| failure("upsert_user", &s))
-                }))
-                .await
+                return futures::future::join_all(
+                    commands.into_iter().map(|c| self.upsert_user(c)),
+                )
+                .await;
             }
-            Err(s) => vec![Err(failure("upsert_users", &s)); n],
+            Err(s) => return vec![Err(failure("upsert_users", &s)); n],
+        };
+        if results.len() != n {
+            let e = ForwardError::Unavailable(format!(
+                "UpsertUsers answered {} results for {n} commands",
+                results.len()
+            ));
+            return vec![Err(e); n];
         }
+        results
+            .into_iter()
+            .map(|r| match Code::from_i32(r.code) {
+                Code::Ok => Ok(r.outcome),
+                code => Err(failure("upsert_user", &Status::new(code, r.message))),
+            })
+            .collect()
     }
 }
 
@@ -182,13 +196,10 @@ impl UserBatch {
 #[derive(Clone)]
 pub struct Downstream {
     channels: (Channel, Channel),
-    identity: IdentityServiceClient<Channel>,
     workspace: WorkspaceServiceClient<Channel>,
+    calls: Calls,
     /// Concurrent user upserts, coalesced into `UpsertUsers` calls.
     user_upserts: UserBatcher,
-    tokens: Arc<TokenSource>,
-    timeout: Duration,
-    metrics: Metrics,
 }
 
 fn outcome_label(o: i32) -> &'static str {
@@ -217,26 +228,22 @@ impl Downstream {
                 .connect_lazy())
         };
         let (i, w) = (channel(identity_url)?, channel(workspace_url)?);
-        let tokens = Arc::new(tokens);
-        let identity = IdentityServiceClient::new(i.clone());
-        let batch = UserBatch {
-            identity: identity.clone(),
-            tokens: Arc::clone(&tokens),
+        let calls = Calls {
+            identity: IdentityServiceClient::new(i.clone()),
+            tokens: Arc::new(tokens),
             timeout,
-            metrics: metrics.clone(),
+            metrics,
         };
+        let batch = calls.clone();
         let user_upserts = MicroBatcher::start(user_batch_slots, USER_BATCH_MAX, move |cmds| {
             let batch = batch.clone();
-            async move { batch.send(cmds).await }
+            async move { batch.upsert_users(cmds).await }
         });
         Ok(Self {
             channels: (i, w.clone()),
-            identity,
             workspace: WorkspaceServiceClient::new(w),
+            calls,
             user_upserts,
-            tokens,
-            timeout,
-            metrics,
         })
     }
 
@@ -246,7 +253,7 @@ impl Downstream {
     }
 
     fn request<T>(&self, audience: &str, msg: T) -> Result<Request<T>, ForwardError> {
-        request(&self.tokens, self.timeout, audience, msg)
+        self.calls.request(audience, msg)
     }
 
     fn map(
@@ -255,26 +262,19 @@ impl Downstream {
         started: Instant,
         r: Result<i32, Status>,
     ) -> Result<&'static str, ForwardError> {
-        observe(&self.metrics, command, started);
-        r.map(outcome_label).map_err(|s| failure(command, &s))
+        self.calls.map(command, started, r).map(outcome_label)
     }
 
     /// Sends the command; returns the outcome label (`applied`, `duplicate`, `stale`, `ignored`).
     pub async fn send(&self, command: Command) -> Result<&'static str, ForwardError> {
         let t = Instant::now();
-        let mut identity = self.identity.clone();
+        let mut identity = self.calls.identity.clone();
         let mut workspace = self.workspace.clone();
         match command {
             Command::Ignored => Ok("ignored"),
             Command::UpsertUser(c) => match self.user_upserts.submit(c).await {
                 Ok(r) => r.map(outcome_label),
-                Err(SubmitError::Stopped(c)) => {
-                    let r = identity
-                        .upsert_user(self.request("identity-service", c)?)
-                        .await
-                        .map(|r| r.into_inner().outcome);
-                    self.map("upsert_user", t, r)
-                }
+                Err(SubmitError::Stopped(c)) => self.calls.upsert_user(c).await.map(outcome_label),
                 Err(SubmitError::Lost) => Err(ForwardError::Unavailable(
                     "the delivery's batch ended without its result".into(),
                 )),
