@@ -40,7 +40,6 @@ pub struct IdentityApi {
 }
 
 impl IdentityApi {
-    /// Creates the handler set.
     /// Creates the handler set: webhook upserts are group-committed over `commit_slots`
     /// concurrent statements, lookups by id coalesced over `lookup_slots` concurrent queries.
     pub fn new(pool: Pool, metrics: Metrics, commit_slots: usize, lookup_slots: usize) -> Self {

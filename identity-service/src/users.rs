@@ -82,22 +82,23 @@ pub struct TokenClaims {
     pub issued_at: DateTime<Utc>,
 }
 
+/// What a sync statement reports for one command.
 #[derive(QueryableByName)]
 struct Applied {
-    /// 1 when the event id was new.
-    #[diesel(sql_type = BigInt)]
-    fresh: i64,
-    /// 1 when the user row was written.
-    #[diesel(sql_type = BigInt)]
-    written: i64,
+    /// The event id was new.
+    #[diesel(sql_type = Bool)]
+    fresh: bool,
+    /// The user row was written.
+    #[diesel(sql_type = Bool)]
+    written: bool,
 }
 
 impl Applied {
     fn outcome(&self) -> Outcome {
         match (self.fresh, self.written) {
-            (0, _) => Outcome::Duplicate,
-            (_, 0) => Outcome::Stale,
-            _ => Outcome::Applied,
+            (false, _) => Outcome::Duplicate,
+            (true, false) => Outcome::Stale,
+            (true, true) => Outcome::Applied,
         }
     }
 }
@@ -119,7 +120,7 @@ pub async fn upsert_user(pool: &Pool, cmd: UpsertUser) -> Result<Outcome, Error>
              WHERE users.deleted_at IS NULL
                AND (users.source_updated_at IS NULL OR users.source_updated_at < EXCLUDED.source_updated_at)
              RETURNING 1)
-         SELECT (SELECT count(*) FROM ev) AS fresh, (SELECT count(*) FROM up) AS written",
+         SELECT EXISTS (SELECT FROM ev) AS fresh, EXISTS (SELECT FROM up) AS written",
     )
     .bind::<Text, _>(&cmd.event_id)
     .bind::<Text, _>(&cmd.clerk_id)
@@ -137,10 +138,8 @@ pub async fn upsert_user(pool: &Pool, cmd: UpsertUser) -> Result<Outcome, Error>
 struct BatchRow {
     #[diesel(sql_type = BigInt)]
     ord: i64,
-    #[diesel(sql_type = Bool)]
-    fresh: bool,
-    #[diesel(sql_type = Bool)]
-    written: bool,
+    #[diesel(embed)]
+    applied: Applied,
 }
 
 /// Applies several upserts in one statement and one commit, with the outcome of each, in order.
@@ -200,14 +199,7 @@ pub async fn upsert_users(pool: &Pool, cmds: &[UpsertUser]) -> Result<Vec<Outcom
     if rows.len() != cmds.len() || rows.iter().enumerate().any(|(i, r)| r.ord != i as i64 + 1) {
         return Err(Error::Internal("batched upsert answered rows out of order"));
     }
-    Ok(rows
-        .iter()
-        .map(|r| match (r.fresh, r.written) {
-            (false, _) => Outcome::Duplicate,
-            (true, false) => Outcome::Stale,
-            (true, true) => Outcome::Applied,
-        })
-        .collect())
+    Ok(rows.iter().map(|r| r.applied.outcome()).collect())
 }
 
 /// Deletes a user: the row becomes a tombstone with its personal data cleared (one statement).
@@ -223,7 +215,7 @@ pub async fn delete_user(pool: &Pool, cmd: DeleteUser) -> Result<Outcome, Error>
                  name = '', email = '', image_url = '', deleted_at = EXCLUDED.deleted_at, updated_at = now()
              WHERE users.deleted_at IS NULL
              RETURNING 1)
-         SELECT (SELECT count(*) FROM ev) AS fresh, (SELECT count(*) FROM up) AS written",
+         SELECT EXISTS (SELECT FROM ev) AS fresh, EXISTS (SELECT FROM up) AS written",
     )
     .bind::<Text, _>(&cmd.event_id)
     .bind::<Text, _>(&cmd.clerk_id)
