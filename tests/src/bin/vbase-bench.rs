@@ -565,14 +565,20 @@ async fn main() -> Result<()> {
                 })
                 .collect(),
         );
-        let mut clients = Vec::new();
+        // One connection per worker, used by the reads and then by the health checks.
+        let mut channels = Vec::new();
         for _ in 0..c {
-            clients.push(IdentityServiceClient::new(
+            channels.push(
                 Channel::from_shared(format!("http://{}", stack.identity_addr))?
                     .connect()
                     .await?,
-            ));
+            );
         }
+        let clients: Vec<_> = channels
+            .iter()
+            .cloned()
+            .map(IdentityServiceClient::new)
+            .collect();
         let toks = tokens.clone();
         let probe = CpuProbe::start(&stack);
         let ours = load(
@@ -601,15 +607,8 @@ async fn main() -> Result<()> {
         .await;
         cpu.push(format!("read, baseline: {}", probe.per_call(s.reads)));
         // What one gRPC hop costs by itself: the health check (no token, no database) on the
-        // same server at the same concurrency; no read through gRPC can beat it.
-        let mut health = Vec::new();
-        for _ in 0..c {
-            health.push(tonic_health::pb::health_client::HealthClient::new(
-                Channel::from_shared(format!("http://{}", stack.identity_addr))?
-                    .connect()
-                    .await?,
-            ));
-        }
+        // same connections at the same concurrency; no read through gRPC can beat it.
+        let health: Vec<_> = channels.into_iter().map(HealthClient::new).collect();
         let probe = CpuProbe::start(&stack);
         let floor = load(
             health,
