@@ -78,10 +78,15 @@ pub struct UserLookups {
 }
 
 impl UserLookups {
-    /// Starts the dispatcher.
-    pub fn start(pool: Pool, slots: usize) -> Self {
+    /// Starts the dispatcher; `on_batch` sees the size of every batch.
+    pub fn start(
+        pool: Pool,
+        slots: usize,
+        on_batch: impl Fn(usize) + Send + Sync + 'static,
+    ) -> Self {
         let p = pool.clone();
         let batcher = MicroBatcher::start(slots, MAX_LOOKUP, move |ids: Vec<String>| {
+            on_batch(ids.len());
             let pool = p.clone();
             async move { lookup(&pool, ids).await }
         });

@@ -47,7 +47,10 @@ impl IdentityApi {
         let upserts = UpsertBatcher::start(pool.clone(), commit_slots, move |n| {
             sizes.observe(n as f64);
         });
-        let lookups = UserLookups::start(pool.clone(), lookup_slots);
+        let sizes = metrics.lookup_batch_size.clone();
+        let lookups = UserLookups::start(pool.clone(), lookup_slots, move |n| {
+            sizes.observe(n as f64);
+        });
         Self {
             pool,
             metrics,

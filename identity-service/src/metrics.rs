@@ -22,6 +22,8 @@ pub struct Metrics {
     pub pruned_events: Counter,
     /// Webhook upserts per group-commit statement.
     pub upsert_batch_size: Histogram,
+    /// User lookups per database query (coalesced reads).
+    pub lookup_batch_size: Histogram,
 }
 
 impl Default for Metrics {
@@ -30,6 +32,7 @@ impl Default for Metrics {
             commands: Family::default(),
             pruned_events: Counter::default(),
             upsert_batch_size: Histogram::new([1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0]),
+            lookup_batch_size: Histogram::new([1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0]),
         }
     }
 }
@@ -52,6 +55,11 @@ impl Metrics {
             "identity_upsert_batch_size",
             "Webhook upserts committed per statement (group commit)",
             m.upsert_batch_size.clone(),
+        );
+        registry.register(
+            "identity_lookup_batch_size",
+            "User lookups answered per database query (coalesced reads)",
+            m.lookup_batch_size.clone(),
         );
         m
     }

@@ -414,6 +414,17 @@ impl Stack {
         self.children.get(&w).map(Child::id)
     }
 
+    /// Prometheus endpoint of a service (`None` for the gateway, which serves `/metrics` on
+    /// its HTTP address).
+    pub fn metrics_url(&self, w: Which) -> Option<String> {
+        let addr = self
+            .env
+            .get(&w)?
+            .iter()
+            .find(|(k, _)| k == "METRICS_ADDR")?;
+        Some(format!("http://{}/metrics", addr.1))
+    }
+
     /// Admin URL of the PostgreSQL server in use.
     pub fn admin_db(&self) -> String {
         with_database(&self.identity_db, "postgres")

@@ -36,6 +36,9 @@ struct Args {
     /// Concurrent clients for the request rows.
     #[arg(long, default_value_t = 16)]
     concurrency: usize,
+    /// HTTP/2 connections the gRPC read rows multiplex their concurrent calls over.
+    #[arg(long, default_value_t = 16)]
+    grpc_connections: usize,
     /// Only these rows (comma-separated; all when absent). `reads` also runs `ingest`, which
     /// creates the users it reads.
     #[arg(long, value_enum, value_delimiter = ',')]
@@ -360,6 +363,43 @@ impl CpuProbe {
     }
 }
 
+/// Count and sum of a Prometheus histogram, read from a service's `/metrics`.
+async fn histogram(url: &str, name: &str) -> Option<(f64, f64)> {
+    let text = reqwest::get(url).await.ok()?.text().await.ok()?;
+    let value = |suffix: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name}_{suffix} ")))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+    };
+    Some((value("count")?, value("sum")?))
+}
+
+/// How a phase's requests were batched: the change of a size histogram over the phase.
+struct BatchProbe {
+    url: String,
+    name: &'static str,
+    before: (f64, f64),
+}
+
+impl BatchProbe {
+    async fn start(stack: &Stack, name: &'static str) -> Option<Self> {
+        let url = stack.metrics_url(Which::Identity)?;
+        let before = histogram(&url, name).await?;
+        Some(Self { url, name, before })
+    }
+
+    async fn report(self, what: &str) -> String {
+        match histogram(&self.url, self.name).await {
+            Some((n, sum)) if n > self.before.0 => format!(
+                "{what}: {:.0} database statements, {:.1} requests each on average",
+                n - self.before.0,
+                (sum - self.before.1) / (n - self.before.0)
+            ),
+            _ => format!("{what}: no batches seen"),
+        }
+    }
+}
+
 fn vm_hwm_mib(pid: u32) -> Option<f64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let kb: f64 = status
@@ -456,6 +496,7 @@ async fn main() -> Result<()> {
     let mut rows: Vec<[String; 4]> = Vec::new();
     // CPU per call by process, for the rows that drive the services over the network.
     let mut cpu: Vec<String> = Vec::new();
+    let mut batching: Vec<String> = Vec::new();
     let want = |r: Row| args.rows.is_empty() || args.rows.contains(&r);
     let users = 500.min(s.ingest);
     let mut conns = Vec::new();
@@ -489,12 +530,16 @@ async fn main() -> Result<()> {
         // Both sides start from the same state: vacuumed, and no checkpoint owed for earlier
         // writes (one falling inside a timed phase makes that side pay for full-page writes).
         settle(&conns[0].db).await?;
+        let batches = BatchProbe::start(&stack, "identity_upsert_batch_size").await;
         let probe = CpuProbe::start(&stack);
         let ours = load(senders, s.ingest, move |h: Http, i| {
             h.post(deliveries[i].clone())
         })
         .await;
         cpu.push(format!("ingest, ours: {}", probe.per_call(s.ingest)));
+        if let Some(b) = batches {
+            batching.push(b.report("ingest upserts (group commit)").await);
+        }
         settle(&conns[0].db).await?;
         let probe = CpuProbe::start(&stack);
         let base = load(conns.clone(), s.ingest, move |d: Direct, i| async move {
@@ -566,20 +611,22 @@ async fn main() -> Result<()> {
                 .collect(),
         );
         // One connection per worker, used by the reads and then by the health checks.
-        let mut channels = Vec::new();
-        for _ in 0..c {
-            channels.push(
+        let mut opened = Vec::new();
+        for _ in 0..args.grpc_connections.clamp(1, c) {
+            opened.push(
                 Channel::from_shared(format!("http://{}", stack.identity_addr))?
                     .connect()
                     .await?,
             );
         }
+        let channels: Vec<Channel> = (0..c).map(|i| opened[i % opened.len()].clone()).collect();
         let clients: Vec<_> = channels
             .iter()
             .cloned()
             .map(IdentityServiceClient::new)
             .collect();
         let toks = tokens.clone();
+        let batches = BatchProbe::start(&stack, "identity_lookup_batch_size").await;
         let probe = CpuProbe::start(&stack);
         let ours = load(
             clients,
@@ -598,6 +645,9 @@ async fn main() -> Result<()> {
         )
         .await;
         cpu.push(format!("read, ours: {}", probe.per_call(s.reads)));
+        if let Some(b) = batches {
+            batching.push(b.report("reads (coalesced lookups)").await);
+        }
         let probe = CpuProbe::start(&stack);
         let base = load(conns.clone(), s.reads, move |d: Direct, i| async move {
             d.db.query_opt(&d.select, &[&format!("user_b{}", i % users)])
@@ -914,6 +964,15 @@ async fn main() -> Result<()> {
         "\nWhere the CPU goes (2 cores shared by everything):\n\n{}",
         cpu.iter().map(|l| format!("- {l}\n")).collect::<String>()
     ));
+    if !batching.is_empty() {
+        table.push_str(&format!(
+            "\nHow identity-service batched (its `/metrics` histograms over each phase):\n\n{}",
+            batching
+                .iter()
+                .map(|l| format!("- {l}\n"))
+                .collect::<String>()
+        ));
+    }
     println!("{table}");
     if let Some(path) = args.write {
         std::fs::write(
