@@ -86,6 +86,7 @@ async fn dispatch<T, R, F, Fut>(
             return;
         };
         let mut batch = vec![first];
+        tokio::task::yield_now().await;
         while batch.len() < max_batch {
             match rx.try_recv() {
                 Ok(p) => batch.push(p),

@@ -51,6 +51,32 @@ async fn an_idle_batcher_runs_each_item_at_once_alone() {
     assert_eq!(*sizes.lock().unwrap(), vec![1, 1, 1]);
 }
 
+/// The server's shape: each request is its own task on the multi-thread runtime, and the
+/// requests one read from a connection become ready together. Tokio runs a task it has just
+/// woken next (its LIFO slot), so a dispatcher that took what was queued at once would take
+/// only the first request and send the rest one by one. It lets the tasks that were ready
+/// first submit, and they go together.
+#[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+async fn requests_that_become_ready_together_go_together_although_a_slot_is_free() {
+    let (b, sizes) = doubler(1, 64, Duration::ZERO);
+    let answers = tokio::spawn(async move {
+        let tasks: Vec<_> = (0..8)
+            .map(|i| {
+                let b = b.clone();
+                tokio::spawn(async move { (i, b.submit(i).await) })
+            })
+            .collect();
+        futures::future::join_all(tasks).await
+    })
+    .await
+    .unwrap();
+    for a in answers {
+        let (i, r) = a.unwrap();
+        assert_eq!(r, Ok(i * 2));
+    }
+    assert_eq!(*sizes.lock().unwrap(), vec![8]);
+}
+
 #[tokio::test]
 async fn items_that_arrive_while_the_slots_are_busy_go_together_each_with_its_own_result() {
     // Items that arrive together form one batch.
