@@ -1,10 +1,12 @@
 //! Coalesces concurrent requests into batches whose size follows the load.
 //!
 //! A [`MicroBatcher`] runs at most `slots` batches at a time. A request that finds a free slot
-//! goes at once, alone: nothing waits for a batch to fill, so an idle service answers as fast
-//! as without batching. While every slot is busy, the requests that arrive queue up, and the
-//! next free slot takes all of them (up to `max_batch`) as one batch. Each caller gets the
-//! result for its own item.
+//! goes at once: nothing waits for a batch to fill or for a timer, so an idle service answers
+//! as fast as without batching. It only lets the tasks that are already runnable go first
+//! (one yield), so requests that became ready together (several read from one socket) share
+//! its batch. While every slot is busy, the requests that arrive queue up, and the next free
+//! slot takes all of them (up to `max_batch`) as one batch. Each caller gets the result for its
+//! own item.
 //!
 //! ```ignore
 //! let b = MicroBatcher::start(2, 64, |items: Vec<u32>| async move {
@@ -86,6 +88,8 @@ async fn dispatch<T, R, F, Fut>(
             return;
         };
         let mut batch = vec![first];
+        // Tokio runs a task it has just woken before the others that are ready, so without
+        // this the first of several requests that became ready together would go alone.
         tokio::task::yield_now().await;
         while batch.len() < max_batch {
             match rx.try_recv() {
