@@ -687,12 +687,8 @@ pub async fn rename_room(
         .await?)
 }
 
-/// Deletes a room with its contents (admins); returns the Liveblocks rooms queued.
-pub async fn delete_room(
-    pool: &Pool,
-    caller: &Caller,
-    room_id: Uuid,
-) -> Result<Vec<String>, Error> {
+/// Deletes a room with its contents (admins); returns how many Liveblocks rooms it queued.
+pub async fn delete_room(pool: &Pool, caller: &Caller, room_id: Uuid) -> Result<i64, Error> {
     let mut conn = pool.get().await?;
     room_scope(&mut conn, caller, room_id).await?;
     caller.require_admin("deleting a room")?;
@@ -703,7 +699,7 @@ pub async fn delete_room(
             Ok(out)
         })
         .await?;
-    Ok(out.liveblocks_room_ids)
+    Ok(out.liveblocks_rooms_queued)
 }
 
 // ------------------------------------------------------------------------------------ room items

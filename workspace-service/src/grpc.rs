@@ -281,15 +281,15 @@ impl WorkspaceService for WorkspaceApi {
         };
         self.record("delete_workspace", result.as_ref().map(|r| r.0));
         let (o, cascade) = result?;
-        if !cascade.liveblocks_room_ids.is_empty() {
+        if cascade.liveblocks_rooms_queued > 0 {
             self.cleanup_wake.notify_waiters();
             self.cleanup_wake.notify_one();
         }
-        tracing::info!(clerk_org_id = %m.clerk_org_id, rows = ?cascade.deleted_rows, rooms = cascade.liveblocks_room_ids.len(), "workspace deleted");
+        tracing::info!(clerk_org_id = %m.clerk_org_id, rows = ?cascade.deleted_rows, rooms = cascade.liveblocks_rooms_queued, "workspace deleted");
         ok(pb::DeleteWorkspaceResponse {
             outcome: outcome(o),
             deleted_rows: cascade.deleted_rows.into_iter().collect(),
-            liveblocks_room_ids: cascade.liveblocks_room_ids,
+            liveblocks_rooms_queued: cascade.liveblocks_rooms_queued,
         })
     }
 
@@ -600,10 +600,10 @@ impl WorkspaceService for WorkspaceApi {
     async fn delete_room(&self, req: Request<pb::DeleteRoomRequest>) -> R<pb::DeleteRoomResponse> {
         let who = caller(&req)?;
         let id = v::uuid("room_id", &req.get_ref().room_id)?;
-        let ids = c::delete_room(&self.pool, &who, id).await?;
+        let queued = c::delete_room(&self.pool, &who, id).await?;
         self.cleanup_wake.notify_one();
         ok(pb::DeleteRoomResponse {
-            liveblocks_room_ids: ids,
+            liveblocks_rooms_queued: queued,
         })
     }
 

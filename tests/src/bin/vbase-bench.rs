@@ -36,6 +36,10 @@ struct Args {
     /// Concurrent clients for the request rows.
     #[arg(long, default_value_t = 16)]
     concurrency: usize,
+    /// Extra environment for one service, as `SERVICE:NAME=VALUE` (repeatable), e.g.
+    /// `identity-service:LOOKUP_SLOTS=1`, to compare settings.
+    #[arg(long = "env", value_name = "SERVICE:NAME=VALUE")]
+    service_env: Vec<String>,
     /// HTTP/2 connections the gRPC read rows multiplex their concurrent calls over.
     #[arg(long, default_value_t = 16)]
     grpc_connections: usize,
@@ -491,6 +495,23 @@ async fn main() -> Result<()> {
         "webhook-gateway",
         vec![("LOG_FORMAT".into(), "json".into())],
     );
+    for e in &args.service_env {
+        let (service, pair) = e
+            .split_once(':')
+            .context("--env wants SERVICE:NAME=VALUE")?;
+        let (name, value) = pair
+            .split_once('=')
+            .context("--env wants SERVICE:NAME=VALUE")?;
+        let service = [Which::Identity, Which::Workspace, Which::Gateway]
+            .into_iter()
+            .map(Which::binary)
+            .find(|b| *b == service)
+            .with_context(|| format!("--env: unknown service {service}"))?;
+        cfg.extra_env
+            .entry(service)
+            .or_default()
+            .push((name.to_owned(), value.to_owned()));
+    }
     eprintln!("starting the stack (release binaries, durable PostgreSQL)...");
     let stack = Stack::start(cfg).await?;
     let mut rows: Vec<[String; 4]> = Vec::new();
@@ -801,7 +822,7 @@ async fn main() -> Result<()> {
         // a single delete of a million rows moves by ±20 % between runs on this machine.
         let rounds = if args.smoke { 1 } else { 2 };
         let (mut ours_times, mut base_times) = (Vec::new(), Vec::new());
-        let (mut rows_before, mut deleted_total, mut rooms_queued) = (0_i64, 0_i64, 0_usize);
+        let (mut rows_before, mut deleted_total, mut rooms_queued) = (0_i64, 0_i64, 0_i64);
         for round in 0..rounds {
             let org = format!("org_bench{round}");
             let ws = wsc
@@ -836,7 +857,7 @@ async fn main() -> Result<()> {
             let deleted = wsc.delete_workspace(req).await?.into_inner();
             ours_times.push(t.elapsed());
             deleted_total = deleted.deleted_rows.values().sum();
-            rooms_queued = deleted.liveblocks_room_ids.len();
+            rooms_queued = deleted.liveblocks_rooms_queued;
             // The queued rooms are not part of the next round.
             wdb.batch_execute("DELETE FROM liveblocks_cleanup_jobs")
                 .await?;

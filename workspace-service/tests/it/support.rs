@@ -153,6 +153,29 @@ impl Env {
         r.n
     }
 
+    /// Liveblocks room ids in the clean-up queue, sorted.
+    pub async fn queued_rooms(&self) -> Vec<String> {
+        use diesel_async::RunQueryDsl;
+        #[derive(diesel::QueryableByName)]
+        struct Job {
+            #[diesel(sql_type = diesel::sql_types::Text)]
+            room_id: String,
+        }
+        let pool = service_runtime::db::build_pool(
+            self.db.url(),
+            1,
+            service_runtime::db::PlanCache::CustomOnly,
+        )
+        .unwrap();
+        let mut conn = pool.get().await.unwrap();
+        let jobs: Vec<Job> =
+            diesel::sql_query("SELECT room_id FROM liveblocks_cleanup_jobs ORDER BY room_id")
+                .load(&mut conn)
+                .await
+                .unwrap();
+        jobs.into_iter().map(|j| j.room_id).collect()
+    }
+
     /// Runs SQL directly (fixtures that would take too long through the API).
     pub async fn sql(&self, sql: &str) {
         use diesel_async::SimpleAsyncConnection;
