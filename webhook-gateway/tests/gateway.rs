@@ -5,6 +5,9 @@ use ephemeral_postgres::TestDatabase;
 use serde_json::{Value, json};
 use service_harness::{Issuers, RunningServer, eventually};
 use service_runtime::{DatabaseArgs, LogFormat};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 use vbase_proto::identity::v1 as idp;
 use vbase_proto::identity::v1::identity_service_client::IdentityServiceClient;
@@ -22,14 +25,65 @@ struct Stack {
     workspace: RunningServer,
     gateway: RunningServer,
     http: reqwest::Client,
+    /// Calls to `UpsertUsers` refused, when the gateway talks to an older identity-service.
+    refused_batches: Option<Arc<AtomicUsize>>,
 }
 
 async fn stack(secrets: &str) -> Stack {
-    stack_with(secrets, None).await
+    stack_with(secrets, None, false).await
+}
+
+/// An identity-service from before `UpsertUsers` (mid-rollout): an HTTP/2 proxy in front of the
+/// real one that answers that method as a tonic server answers a method it does not have
+/// (UNIMPLEMENTED, trailers only) and passes every other call through. Returns its address and
+/// the count of calls it refused.
+async fn older_identity(upstream: SocketAddr) -> (SocketAddr, Arc<AtomicUsize>) {
+    use http_body_util::{Either, Empty};
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let refused = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&refused);
+    tokio::spawn(async move {
+        while let Ok((downstream, _)) = listener.accept().await {
+            let counter = Arc::clone(&counter);
+            tokio::spawn(async move {
+                let up = tokio::net::TcpStream::connect(upstream).await.unwrap();
+                let (send, conn) =
+                    hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(up))
+                        .await
+                        .unwrap();
+                tokio::spawn(conn);
+                let svc =
+                    hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                        let (mut send, counter) = (send.clone(), Arc::clone(&counter));
+                        async move {
+                            if req.uri().path() == "/vbase.identity.v1.IdentityService/UpsertUsers"
+                            {
+                                counter.fetch_add(1, Ordering::SeqCst);
+                                let refusal = http::Response::builder()
+                                    .header("content-type", "application/grpc")
+                                    .header("grpc-status", "12")
+                                    .header("grpc-message", "Method not found")
+                                    .body(Either::Left(Empty::<bytes::Bytes>::new()))
+                                    .unwrap();
+                                return Ok::<_, hyper::Error>(refusal);
+                            }
+                            Ok(send.send_request(req).await?.map(Either::Right))
+                        }
+                    });
+                let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(downstream), svc)
+                    .await;
+            });
+        }
+    });
+    (addr, refused)
 }
 
 /// `token_file`: use `SERVICE_TOKEN_FILE` (a platform-mounted token) instead of the signing key.
-async fn stack_with(secrets: &str, token_file: Option<std::path::PathBuf>) -> Stack {
+/// `older`: the gateway reaches identity-service through [`older_identity`].
+async fn stack_with(secrets: &str, token_file: Option<std::path::PathBuf>, older: bool) -> Stack {
     let issuers = Issuers::new().await;
     let idb = service_harness::database(
         "identity",
@@ -80,10 +134,16 @@ async fn stack_with(secrets: &str, token_file: Option<std::path::PathBuf>) -> St
     let ic = identity_cfg.clone();
     let identity = RunningServer::start(|l, s| identity_service::run(ic, l, s)).await;
     let workspace = RunningServer::start(|l, s| workspace_service::run(workspace_cfg, l, s)).await;
+    let (identity_addr, refused_batches) = if older {
+        let (addr, refused) = older_identity(identity.addr).await;
+        (addr, Some(refused))
+    } else {
+        (identity.addr, None)
+    };
     let gateway_cfg = webhook_gateway::Config {
         http_addr: "127.0.0.1:0".parse().unwrap(),
         clerk_webhook_secret: secrets.into(),
-        identity_service_url: format!("http://{}", identity.addr),
+        identity_service_url: format!("http://{identity_addr}"),
         workspace_service_url: format!("http://{}", workspace.addr),
         service_jwt_issuer: "vbase-internal".into(),
         service_jwt_signing_key_file: if token_file.is_some() {
@@ -105,6 +165,7 @@ async fn stack_with(secrets: &str, token_file: Option<std::path::PathBuf>) -> St
         workspace,
         gateway,
         http: reqwest::Client::new(),
+        refused_batches,
     };
     // Ready once both services are SERVING (keys loaded, databases reachable).
     eventually("gateway ready", Duration::from_secs(20), || async {
@@ -166,6 +227,18 @@ impl Stack {
             .text()
             .await
             .unwrap()
+    }
+
+    /// Calls the gateway made to a downstream command (`upsert_users`, `upsert_user`, ...).
+    async fn downstream_calls(&self, command: &str) -> f64 {
+        let label = format!("command=\"{command}\"");
+        self.metrics()
+            .await
+            .lines()
+            .filter(|l| l.starts_with("webhook_downstream_latency_seconds_count"))
+            .filter(|l| l.contains(&label))
+            .filter_map(|l| l.split_whitespace().last()?.parse::<f64>().ok())
+            .sum()
     }
 
     async fn identity(&self) -> IdentityServiceClient<tonic::transport::Channel> {
@@ -634,7 +707,7 @@ async fn a_platform_mounted_token_file_is_used_and_re_read_when_it_changes() {
     std::fs::create_dir_all(&dir).unwrap();
     let file = dir.join("token");
     std::fs::write(&file, "not-a-token-yet").unwrap();
-    let s = stack_with(SECRET, Some(file.clone())).await;
+    let s = stack_with(SECRET, Some(file.clone()), false).await;
     let key = token_auth::signing::SigningKey::from_pem(
         &std::fs::read_to_string(s.issuers.keys.signing_key_file()).unwrap(),
     )
@@ -668,6 +741,27 @@ async fn a_platform_mounted_token_file_is_used_and_re_read_when_it_changes() {
 #[tokio::test]
 async fn concurrent_deliveries_share_calls_and_each_gets_its_own_answer() {
     let s = stack(SECRET).await;
+    let deliveries = deliver_concurrently(&s).await;
+    // Fewer UpsertUsers calls than deliveries: concurrent deliveries went together.
+    let calls = s.downstream_calls("upsert_users").await;
+    assert!(calls >= 1.0 && calls < deliveries as f64, "{calls} calls");
+}
+
+/// Mid-rollout, the identity-service may not have `UpsertUsers` yet: every delivery still gets
+/// its own answer, through one `UpsertUser` call per command.
+#[tokio::test]
+async fn an_identity_service_without_the_batch_call_gets_one_call_per_command() {
+    let s = stack_with(SECRET, None, true).await;
+    deliver_concurrently(&s).await;
+    let refused = s.refused_batches.as_ref().unwrap().load(Ordering::SeqCst);
+    assert!(refused >= 1, "the batch call was tried: {refused}");
+    // 48 distinct events and the refused one, each sent alone at least once.
+    let singles = s.downstream_calls("upsert_user").await;
+    assert!(singles >= 49.0, "{singles} single calls");
+}
+
+/// Sends 97 deliveries at once and checks each answer and the end state; returns how many.
+async fn deliver_concurrently(s: &Stack) -> usize {
     // 16 users x 3 versions, every delivery sent twice, and one the service refuses, all at once.
     let mut deliveries: Vec<(String, Value)> = Vec::new();
     for u in 0..16 {
@@ -716,18 +810,5 @@ async fn concurrent_deliveries_share_calls_and_each_gets_its_own_answer() {
         );
     }
     assert!(s.user("user_cc_bad").await.is_none());
-    // Fewer UpsertUsers calls than deliveries: concurrent deliveries went together.
-    let metrics = s.metrics().await;
-    let calls: f64 = metrics
-        .lines()
-        .find(|l| {
-            l.starts_with("webhook_downstream_latency_seconds_count") && l.contains("upsert_users")
-        })
-        .and_then(|l| l.split_whitespace().last())
-        .and_then(|v| v.parse().ok())
-        .expect("UpsertUsers latency in /metrics");
-    assert!(
-        calls >= 1.0 && calls < deliveries.len() as f64,
-        "{calls} calls"
-    );
+    deliveries.len()
 }
