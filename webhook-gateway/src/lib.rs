@@ -73,8 +73,10 @@ pub struct Config {
     #[arg(long, env = "DOWNSTREAM_TIMEOUT_SECS", default_value_t = 8)]
     pub downstream_timeout_secs: u64,
     /// `UpsertUsers` calls in flight at once: `user.created`/`user.updated` deliveries that
-    /// arrive while all are busy go to identity-service together in the next call.
-    #[arg(long, env = "IDENTITY_BATCH_SLOTS", default_value_t = 2)]
+    /// arrive while all are busy go to identity-service together in the next call. One call
+    /// at a time makes the largest batches (fewest commits); more slots let a slow call hold
+    /// back fewer deliveries.
+    #[arg(long, env = "IDENTITY_BATCH_SLOTS", default_value_t = 1)]
     pub identity_batch_slots: usize,
     /// `json` or `pretty`.
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Json)]
