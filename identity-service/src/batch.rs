@@ -12,6 +12,7 @@ use crate::users::{self, Outcome, UpsertUser, UserRecord};
 use micro_batch::{MicroBatcher, SubmitError};
 use service_runtime::Pool;
 use std::collections::HashMap;
+use std::future::Future;
 
 /// Largest number of commands in one statement.
 pub const MAX_BATCH: usize = 64;
@@ -30,12 +31,7 @@ impl UpsertBatcher {
         slots: usize,
         on_batch: impl Fn(usize) + Send + Sync + 'static,
     ) -> Self {
-        let p = pool.clone();
-        let batcher = MicroBatcher::start(slots, MAX_BATCH, move |cmds: Vec<UpsertUser>| {
-            on_batch(cmds.len());
-            let pool = p.clone();
-            async move { apply(&pool, cmds).await }
-        });
+        let batcher = start_over(&pool, slots, MAX_BATCH, on_batch, apply);
         Self { batcher, pool }
     }
 
@@ -52,15 +48,35 @@ impl UpsertBatcher {
     }
 }
 
-async fn apply(pool: &Pool, cmds: Vec<UpsertUser>) -> Vec<Result<Outcome, Error>> {
+/// A batcher whose batches run `run` on `pool`; `on_batch` sees the size of every batch.
+fn start_over<T, R, Fut>(
+    pool: &Pool,
+    slots: usize,
+    max_batch: usize,
+    on_batch: impl Fn(usize) + Send + Sync + 'static,
+    run: impl Fn(Pool, Vec<T>) -> Fut + Send + Sync + 'static,
+) -> MicroBatcher<T, R>
+where
+    T: Send + 'static,
+    R: Send + 'static,
+    Fut: Future<Output = Vec<R>> + Send + 'static,
+{
+    let pool = pool.clone();
+    MicroBatcher::start(slots, max_batch, move |items: Vec<T>| {
+        on_batch(items.len());
+        run(pool.clone(), items)
+    })
+}
+
+async fn apply(pool: Pool, cmds: Vec<UpsertUser>) -> Vec<Result<Outcome, Error>> {
     if let [one] = cmds.as_slice() {
-        return vec![users::upsert_user(pool, one.clone()).await];
+        return vec![users::upsert_user(&pool, one.clone()).await];
     }
-    match users::upsert_users(pool, &cmds).await {
+    match users::upsert_users(&pool, &cmds).await {
         Ok(outcomes) => outcomes.into_iter().map(Ok).collect(),
         Err(e) => {
             tracing::warn!(error = %e, commands = cmds.len(), "batched upsert failed; applying one at a time");
-            futures::future::join_all(cmds.into_iter().map(|c| users::upsert_user(pool, c))).await
+            futures::future::join_all(cmds.into_iter().map(|c| users::upsert_user(&pool, c))).await
         }
     }
 }
@@ -84,12 +100,7 @@ impl UserLookups {
         slots: usize,
         on_batch: impl Fn(usize) + Send + Sync + 'static,
     ) -> Self {
-        let p = pool.clone();
-        let batcher = MicroBatcher::start(slots, MAX_LOOKUP, move |ids: Vec<String>| {
-            on_batch(ids.len());
-            let pool = p.clone();
-            async move { lookup(&pool, ids).await }
-        });
+        let batcher = start_over(&pool, slots, MAX_LOOKUP, on_batch, lookup);
         Self { batcher, pool }
     }
 
@@ -102,11 +113,11 @@ impl UserLookups {
     }
 }
 
-async fn lookup(pool: &Pool, ids: Vec<String>) -> Vec<Result<Option<UserRecord>, Error>> {
+async fn lookup(pool: Pool, ids: Vec<String>) -> Vec<Result<Option<UserRecord>, Error>> {
     if let [one] = ids.as_slice() {
-        return vec![users::get_user(pool, one).await];
+        return vec![users::get_user(&pool, one).await];
     }
-    match users::get_users(pool, &ids).await {
+    match users::get_users(&pool, &ids).await {
         Ok(found) => {
             let by_id: HashMap<String, UserRecord> =
                 found.into_iter().map(|u| (u.clerk_id.clone(), u)).collect();
@@ -114,7 +125,7 @@ async fn lookup(pool: &Pool, ids: Vec<String>) -> Vec<Result<Option<UserRecord>,
         }
         Err(e) => {
             tracing::warn!(error = %e, ids = ids.len(), "batched lookup failed; looking up one at a time");
-            futures::future::join_all(ids.iter().map(|id| users::get_user(pool, id))).await
+            futures::future::join_all(ids.iter().map(|id| users::get_user(&pool, id))).await
         }
     }
 }
