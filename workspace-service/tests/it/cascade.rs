@@ -255,13 +255,7 @@ async fn every_foreign_key_is_indexed() {
         #[diesel(sql_type = diesel::sql_types::Text)]
         fk: String,
     }
-    let pool = service_runtime::db::build_pool(
-        env.db.url(),
-        1,
-        service_runtime::db::PlanCache::CustomOnly,
-    )
-    .unwrap();
-    let mut conn = pool.get().await.unwrap();
+    let mut conn = env.conn().await;
     // Foreign keys whose columns are not the leading columns of some index.
     let unindexed: Vec<Fk> = diesel::sql_query(
         "SELECT c.conrelid::regclass::text || '.' || c.conname AS fk

@@ -131,6 +131,21 @@ impl Env {
         r.workspace.unwrap()
     }
 
+    /// A connection to the test database, beside the API (fixtures and checks).
+    pub async fn conn(
+        &self,
+    ) -> diesel_async::pooled_connection::deadpool::Object<diesel_async::AsyncPgConnection> {
+        service_runtime::db::build_pool(
+            self.db.url(),
+            1,
+            service_runtime::db::PlanCache::CustomOnly,
+        )
+        .unwrap()
+        .get()
+        .await
+        .unwrap()
+    }
+
     /// Rows in `table` (direct SQL, for orphan checks).
     pub async fn count(&self, table: &str) -> i64 {
         use diesel_async::RunQueryDsl;
@@ -139,13 +154,7 @@ impl Env {
             #[diesel(sql_type = diesel::sql_types::BigInt)]
             n: i64,
         }
-        let pool = service_runtime::db::build_pool(
-            self.db.url(),
-            1,
-            service_runtime::db::PlanCache::CustomOnly,
-        )
-        .unwrap();
-        let mut conn = pool.get().await.unwrap();
+        let mut conn = self.conn().await;
         let r: N = diesel::sql_query(format!("SELECT count(*) AS n FROM {table}"))
             .get_result(&mut conn)
             .await
@@ -161,13 +170,7 @@ impl Env {
             #[diesel(sql_type = diesel::sql_types::Text)]
             room_id: String,
         }
-        let pool = service_runtime::db::build_pool(
-            self.db.url(),
-            1,
-            service_runtime::db::PlanCache::CustomOnly,
-        )
-        .unwrap();
-        let mut conn = pool.get().await.unwrap();
+        let mut conn = self.conn().await;
         let jobs: Vec<Job> =
             diesel::sql_query("SELECT room_id FROM liveblocks_cleanup_jobs ORDER BY room_id")
                 .load(&mut conn)
@@ -179,13 +182,7 @@ impl Env {
     /// Runs SQL directly (fixtures that would take too long through the API).
     pub async fn sql(&self, sql: &str) {
         use diesel_async::SimpleAsyncConnection;
-        let pool = service_runtime::db::build_pool(
-            self.db.url(),
-            1,
-            service_runtime::db::PlanCache::CustomOnly,
-        )
-        .unwrap();
-        let mut conn = pool.get().await.unwrap();
+        let mut conn = self.conn().await;
         conn.batch_execute(sql).await.unwrap();
     }
 }
