@@ -40,9 +40,10 @@ struct Args {
     /// `identity-service:LOOKUP_SLOTS=1`, to compare settings.
     #[arg(long = "env", value_name = "SERVICE:NAME=VALUE")]
     service_env: Vec<String>,
-    /// HTTP/2 connections the gRPC read rows multiplex their concurrent calls over.
-    #[arg(long, default_value_t = 16)]
-    grpc_connections: usize,
+    /// HTTP/2 connections the gRPC read rows multiplex their concurrent calls over (default:
+    /// one per concurrent caller).
+    #[arg(long)]
+    grpc_connections: Option<usize>,
     /// Only these rows (comma-separated; all when absent). `reads` also runs `ingest`, which
     /// creates the users it reads.
     #[arg(long, value_enum, value_delimiter = ',')]
@@ -272,6 +273,94 @@ fn populate_sql(ws: &str, s: &Scale) -> String {
         rooms = s.rooms - 1,
         i = s.items_per_room
     )
+}
+
+/// One timed `DeleteWorkspace` of a freshly loaded workspace, and what it reported.
+#[derive(Default)]
+struct OursDeleted {
+    took: Duration,
+    rows_before: i64,
+    deleted_total: i64,
+    rooms_queued: i64,
+}
+
+/// Loads a workspace of `s`'s size through our schema and deletes it with one call.
+async fn delete_ours(
+    wsc: &mut WorkspaceServiceClient<Channel>,
+    minter: &ServiceTokenMinter,
+    wdb: &tokio_postgres::Client,
+    s: &Scale,
+    round: usize,
+) -> Result<OursDeleted> {
+    let org = format!("org_bench{round}");
+    let ws = wsc
+        .upsert_workspace(service_harness::bearer(
+            wsp::UpsertWorkspaceCommand {
+                event_id: format!("bench-ws{round}"),
+                occurred_at: service_harness::ts(now_secs()),
+                clerk_org_id: org.clone(),
+                name: "Bench".into(),
+                slug: String::new(),
+                owner_clerk_id: String::new(),
+            },
+            &minter.token_for("workspace-service")?,
+        ))
+        .await?
+        .into_inner()
+        .workspace
+        .context("workspace")?;
+    wdb.batch_execute(&populate_sql(&ws.id, s)).await?;
+    settle(wdb).await?;
+    let rows_before = wdb.query_one("SELECT (SELECT count(*) FROM messages) + (SELECT count(*) FROM read_receipts) + (SELECT count(*) FROM channels) + (SELECT count(*) FROM rooms) + (SELECT count(*) FROM documents) + (SELECT count(*) FROM code_files) + (SELECT count(*) FROM whiteboards) + (SELECT count(*) FROM meetings)", &[]).await?.get(0);
+    let t = Instant::now();
+    let mut req = service_harness::bearer(
+        wsp::DeleteWorkspaceCommand {
+            event_id: format!("bench-del{round}"),
+            occurred_at: service_harness::ts(now_secs()),
+            clerk_org_id: org,
+        },
+        &minter.token_for("workspace-service")?,
+    );
+    req.set_timeout(Duration::from_secs(600));
+    let deleted = wsc.delete_workspace(req).await?.into_inner();
+    let took = t.elapsed();
+    // The queued rooms are not part of the next round.
+    wdb.batch_execute("DELETE FROM liveblocks_cleanup_jobs")
+        .await?;
+    Ok(OursDeleted {
+        took,
+        rows_before,
+        deleted_total: deleted.deleted_rows.values().sum(),
+        rooms_queued: deleted.liveblocks_rooms_queued,
+    })
+}
+
+/// Loads an identical copy into a fresh database with `ON DELETE CASCADE` foreign keys and
+/// times one raw `DELETE` of its workspace.
+async fn delete_baseline(stack: &Stack, s: &Scale) -> Result<Duration> {
+    let admin = pg(&stack.admin_db()).await?;
+    admin
+        .batch_execute("DROP DATABASE IF EXISTS bench_cascade")
+        .await?;
+    admin.batch_execute("CREATE DATABASE bench_cascade").await?;
+    let bdb = pg(&ephemeral_postgres::with_database(
+        &stack.admin_db(),
+        "bench_cascade",
+    ))
+    .await?;
+    bdb.batch_execute(CASCADE_SCHEMA).await?;
+    let bws = "01000000-0000-7000-8000-000000000001";
+    bdb.execute(
+        "INSERT INTO workspaces (id, clerk_org_id, name) VALUES ($1::text::uuid, 'org_b', 'B')",
+        &[&bws],
+    )
+    .await?;
+    bdb.batch_execute(&populate_sql(bws, s)).await?;
+    settle(&bdb).await?;
+    let t = Instant::now();
+    bdb.execute("DELETE FROM workspaces WHERE id = $1::text::uuid", &[&bws])
+        .await?;
+    Ok(t.elapsed())
 }
 
 /// The same tables with plain `ON DELETE CASCADE` foreign keys (the baseline's schema).
@@ -631,9 +720,10 @@ async fn main() -> Result<()> {
                 })
                 .collect(),
         );
-        // One connection per worker, used by the reads and then by the health checks.
+        // The callers' connections (one each unless `--grpc-connections`), used by the reads and
+        // then by the health checks.
         let mut opened = Vec::new();
-        for _ in 0..args.grpc_connections.clamp(1, c) {
+        for _ in 0..args.grpc_connections.unwrap_or(c).clamp(1, c) {
             opened.push(
                 Channel::from_shared(format!("http://{}", stack.identity_addr))?
                     .connect()
@@ -822,76 +912,26 @@ async fn main() -> Result<()> {
         // a single delete of a million rows moves by ±20 % between runs on this machine.
         let rounds = if args.smoke { 1 } else { 2 };
         let (mut ours_times, mut base_times) = (Vec::new(), Vec::new());
-        let (mut rows_before, mut deleted_total, mut rooms_queued) = (0_i64, 0_i64, 0_i64);
-        // Which side goes first alternates by round: the first big delete on a fresh cluster is
-        // slower whichever side makes it, so neither side always pays for it.
+        let mut last = OursDeleted::default();
+        // Which side deletes first alternates by round, so that neither side always runs
+        // straight after the other's load and delete.
         for round in 0..rounds {
-            for ours_turn in [round % 2 == 0, round % 2 != 0] {
-                if ours_turn {
-                    let org = format!("org_bench{round}");
-                    let ws = wsc
-                        .upsert_workspace(service_harness::bearer(
-                            wsp::UpsertWorkspaceCommand {
-                                event_id: format!("bench-ws{round}"),
-                                occurred_at: service_harness::ts(now_secs()),
-                                clerk_org_id: org.clone(),
-                                name: "Bench".into(),
-                                slug: String::new(),
-                                owner_clerk_id: String::new(),
-                            },
-                            &minter.token_for("workspace-service")?,
-                        ))
-                        .await?
-                        .into_inner()
-                        .workspace
-                        .context("workspace")?;
-                    wdb.batch_execute(&populate_sql(&ws.id, &s)).await?;
-                    settle(&wdb).await?;
-                    rows_before = wdb.query_one("SELECT (SELECT count(*) FROM messages) + (SELECT count(*) FROM read_receipts) + (SELECT count(*) FROM channels) + (SELECT count(*) FROM rooms) + (SELECT count(*) FROM documents) + (SELECT count(*) FROM code_files) + (SELECT count(*) FROM whiteboards) + (SELECT count(*) FROM meetings)", &[]).await?.get(0);
-                    let t = Instant::now();
-                    let mut req = service_harness::bearer(
-                        wsp::DeleteWorkspaceCommand {
-                            event_id: format!("bench-del{round}"),
-                            occurred_at: service_harness::ts(now_secs()),
-                            clerk_org_id: org,
-                        },
-                        &minter.token_for("workspace-service")?,
-                    );
-                    req.set_timeout(Duration::from_secs(600));
-                    let deleted = wsc.delete_workspace(req).await?.into_inner();
-                    ours_times.push(t.elapsed());
-                    deleted_total = deleted.deleted_rows.values().sum();
-                    rooms_queued = deleted.liveblocks_rooms_queued;
-                    // The queued rooms are not part of the next round.
-                    wdb.batch_execute("DELETE FROM liveblocks_cleanup_jobs")
-                        .await?;
-                } else {
-                    let admin = pg(&stack.admin_db()).await?;
-                    admin
-                        .batch_execute("DROP DATABASE IF EXISTS bench_cascade")
-                        .await?;
-                    admin.batch_execute("CREATE DATABASE bench_cascade").await?;
-                    let bdb = pg(&ephemeral_postgres::with_database(
-                        &stack.admin_db(),
-                        "bench_cascade",
-                    ))
-                    .await?;
-                    bdb.batch_execute(CASCADE_SCHEMA).await?;
-                    let bws = "01000000-0000-7000-8000-000000000001";
-                    bdb.execute(
-                        "INSERT INTO workspaces (id, clerk_org_id, name) VALUES ($1::text::uuid, 'org_b', 'B')",
-                        &[&bws],
-                    )
-                    .await?;
-                    bdb.batch_execute(&populate_sql(bws, &s)).await?;
-                    settle(&bdb).await?;
-                    let t = Instant::now();
-                    bdb.execute("DELETE FROM workspaces WHERE id = $1::text::uuid", &[&bws])
-                        .await?;
-                    base_times.push(t.elapsed());
-                }
+            let ours_first = round % 2 == 0;
+            if !ours_first {
+                base_times.push(delete_baseline(&stack, &s).await?);
+            }
+            last = delete_ours(&mut wsc, &minter, &wdb, &s, round).await?;
+            ours_times.push(last.took);
+            if ours_first {
+                base_times.push(delete_baseline(&stack, &s).await?);
             }
         }
+        let OursDeleted {
+            rows_before,
+            deleted_total,
+            rooms_queued,
+            ..
+        } = last;
         let secs = |v: &[Duration]| {
             v.iter()
                 .map(|d| format!("{:.2}", d.as_secs_f64()))
