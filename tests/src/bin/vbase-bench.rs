@@ -395,6 +395,34 @@ fn cpu_secs(pid: u32) -> f64 {
     (ticks(11) + ticks(12)) / 100.0
 }
 
+/// Context switches (voluntary and forced) of a process's live threads so far.
+fn context_switches(pid: u32) -> u64 {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0;
+    };
+    tasks
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("status")).ok())
+        .flat_map(|status| {
+            status
+                .lines()
+                .filter(|l| l.contains("ctxt_switches:"))
+                .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+                .collect::<Vec<_>>()
+        })
+        .sum()
+}
+
+/// Context switches of the whole machine so far (`ctxt` in `/proc/stat`).
+fn machine_context_switches() -> u64 {
+    std::fs::read_to_string("/proc/stat")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("ctxt ")?.trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
+
 /// Busy CPU seconds of the whole machine so far.
 fn machine_busy_secs() -> f64 {
     let Ok(stat) = std::fs::read_to_string("/proc/stat") else {
@@ -422,8 +450,8 @@ fn machine_busy_secs() -> f64 {
 /// machine (PostgreSQL).
 struct CpuProbe {
     pids: Vec<(&'static str, u32)>,
-    start: Vec<f64>,
-    machine: f64,
+    start: Vec<(f64, u64)>,
+    machine: (f64, u64),
 }
 
 impl CpuProbe {
@@ -434,25 +462,43 @@ impl CpuProbe {
                 .filter_map(|w| stack.pid(*w).map(|p| (w.binary(), p)))
                 .collect();
         pids.push(("load generator", std::process::id()));
-        let start = pids.iter().map(|(_, p)| cpu_secs(*p)).collect();
+        let start = pids
+            .iter()
+            .map(|(_, p)| (cpu_secs(*p), context_switches(*p)))
+            .collect();
         Self {
             pids,
             start,
-            machine: machine_busy_secs(),
+            machine: (machine_busy_secs(), machine_context_switches()),
         }
     }
 
     fn per_call(&self, calls: usize) -> String {
-        let mut ours = 0.0;
-        let mut parts = Vec::new();
-        for ((name, pid), before) in self.pids.iter().zip(&self.start) {
-            let used = cpu_secs(*pid) - before;
+        let calls = calls.max(1) as f64;
+        let (mut ours, mut ours_switches) = (0.0, 0);
+        let (mut parts, mut switches) = (Vec::new(), Vec::new());
+        for ((name, pid), (cpu, ctx)) in self.pids.iter().zip(&self.start) {
+            let used = cpu_secs(*pid) - cpu;
+            let switched = context_switches(*pid).saturating_sub(*ctx);
             ours += used;
-            parts.push(format!("{name} {:.0}", used * 1e6 / calls as f64));
+            ours_switches += switched;
+            parts.push(format!("{name} {:.0}", used * 1e6 / calls));
+            switches.push(format!("{name} {:.1}", switched as f64 / calls));
         }
-        let rest = (machine_busy_secs() - self.machine - ours).max(0.0);
-        parts.push(format!("PostgreSQL/other {:.0}", rest * 1e6 / calls as f64));
-        format!("CPU µs/call: {}", parts.join(", "))
+        let rest = (machine_busy_secs() - self.machine.0 - ours).max(0.0);
+        let rest_switches = machine_context_switches()
+            .saturating_sub(self.machine.1)
+            .saturating_sub(ours_switches);
+        parts.push(format!("PostgreSQL/other {:.0}", rest * 1e6 / calls));
+        switches.push(format!(
+            "PostgreSQL/other {:.1}",
+            rest_switches as f64 / calls
+        ));
+        format!(
+            "CPU µs/call: {}; context switches/call: {}",
+            parts.join(", "),
+            switches.join(", ")
+        )
     }
 }
 
@@ -737,6 +783,10 @@ async fn main() -> Result<()> {
             .map(IdentityServiceClient::new)
             .collect();
         let toks = tokens.clone();
+        // Both sides read from the same state: the ingest row left each user's row with dead
+        // versions, and whichever side read first would pay for pruning them and for setting
+        // their hint bits (page writes, WAL), while the other read clean pages.
+        settle(&conns[0].db).await?;
         let batches = BatchProbe::start(&stack, "identity_lookup_batch_size").await;
         let probe = CpuProbe::start(&stack);
         let ours = load(
@@ -759,6 +809,7 @@ async fn main() -> Result<()> {
         if let Some(b) = batches {
             batching.push(b.report("reads (coalesced lookups)").await);
         }
+        settle(&conns[0].db).await?;
         let probe = CpuProbe::start(&stack);
         let base = load(conns.clone(), s.reads, move |d: Direct, i| async move {
             d.db.query_opt(&d.select, &[&format!("user_b{}", i % users)])
