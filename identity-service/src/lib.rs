@@ -25,6 +25,13 @@ pub const SERVICE_NAME: &str = "vbase.identity.v1.IdentityService";
 /// Audience that service tokens for this service must carry.
 pub const AUDIENCE: &str = "identity-service";
 
+/// How PostgreSQL plans identity-service's statements. Every one looks users up by key or by
+/// an array of keys (batched lookups and upserts), and PostgreSQL's default would plan those
+/// that take an array again on every execution ([`PlanCache::GenericOnly`]).
+///
+/// [`PlanCache::GenericOnly`]: service_runtime::db::PlanCache::GenericOnly
+pub const PLANS: service_runtime::db::PlanCache = service_runtime::db::PlanCache::GenericOnly;
+
 /// Configuration of `identity-service serve`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct Config {
@@ -77,7 +84,7 @@ pub async fn run(
     let pool = service_runtime::db::build_pool(
         &config.db.database_url,
         config.db.db_pool_size,
-        service_runtime::db::PlanCache::Auto,
+        PLANS,
     )?;
     let slots = |n: usize| n.clamp(1, config.db.db_pool_size.max(1));
     let (commit_slots, lookup_slots) =

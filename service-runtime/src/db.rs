@@ -31,6 +31,23 @@ pub enum PlanCache {
     /// keeping only the parse. For services whose statements page with optional cursors or
     /// take a `LIMIT` as a parameter: a generic plan there can walk a whole index per page.
     CustomOnly,
+    /// Plan each statement once, for any parameters (`plan_cache_mode = force_generic_plan`).
+    /// For services whose statements look rows up by key or by an array of keys. Left to
+    /// itself, PostgreSQL plans a statement that takes an array (`= ANY($1)`, `unnest($1)`)
+    /// again on every execution: the plan for the actual (short) array always looks cheaper
+    /// than one for an array of unknown length, so the generic plan is never chosen.
+    GenericOnly,
+}
+
+impl PlanCache {
+    /// The `plan_cache_mode` to set on each new connection, if not PostgreSQL's default.
+    fn mode(self) -> Option<&'static str> {
+        match self {
+            PlanCache::Auto => None,
+            PlanCache::CustomOnly => Some("force_custom_plan"),
+            PlanCache::GenericOnly => Some("force_generic_plan"),
+        }
+    }
 }
 
 /// Builds a pool that fails fast (5 s) when the database is unreachable.
@@ -44,8 +61,8 @@ pub fn build_pool(url: &str, max_size: usize, plans: PlanCache) -> anyhow::Resul
         let url = url.to_owned();
         Box::pin(async move {
             let mut conn = AsyncPgConnection::establish(&url).await?;
-            if plans == PlanCache::CustomOnly {
-                diesel::sql_query("SET plan_cache_mode = force_custom_plan")
+            if let Some(mode) = plans.mode() {
+                diesel::sql_query(format!("SET plan_cache_mode = {mode}"))
                     .execute(&mut conn)
                     .await
                     .map_err(diesel::ConnectionError::CouldntSetupConfiguration)?;

@@ -116,6 +116,7 @@ async fn pools_set_the_plan_cache_mode_they_are_built_with() {
     let (db, _conn) = conn().await;
     for (plans, expected) in [
         (PlanCache::CustomOnly, "force_custom_plan"),
+        (PlanCache::GenericOnly, "force_generic_plan"),
         (PlanCache::Auto, "auto"),
     ] {
         let pool = build_pool(db.url(), 2, plans).unwrap();

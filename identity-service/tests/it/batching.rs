@@ -7,7 +7,7 @@ use chrono::{DateTime, TimeZone, Utc};
 use identity_service::users::{self, DeleteUser, Outcome, UpsertUser};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
-use service_runtime::db::{PlanCache, build_pool};
+use service_runtime::db::build_pool;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 fn at(secs: i64) -> DateTime<Utc> {
@@ -64,7 +64,7 @@ async fn state(db: &tokio_postgres::Client, ns: &str) -> Vec<Row> {
 fn a_batch_equals_the_commands_one_at_a_time_newest_first() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let db = rt.block_on(support::database());
-    let pool = build_pool(db.url(), 4, PlanCache::Auto).unwrap();
+    let pool = build_pool(db.url(), 4, identity_service::PLANS).unwrap();
     let direct = rt.block_on(async {
         let (c, conn) = tokio_postgres::connect(db.url(), tokio_postgres::NoTls)
             .await
@@ -360,7 +360,7 @@ async fn concurrent_lookups_share_queries_and_each_gets_its_own_user() {
 async fn a_batch_the_database_refuses_is_replayed_so_only_the_bad_command_fails() {
     use identity_service::batch::UpsertBatcher;
     let db = support::database().await;
-    let pool = build_pool(db.url(), 4, PlanCache::Auto).unwrap();
+    let pool = build_pool(db.url(), 4, identity_service::PLANS).unwrap();
     let (direct, conn) = tokio_postgres::connect(db.url(), tokio_postgres::NoTls)
         .await
         .unwrap();
@@ -405,4 +405,59 @@ async fn a_batch_the_database_refuses_is_replayed_so_only_the_bad_command_fails(
     let names = state(&direct, "r").await;
     assert_eq!(names.len(), 9);
     assert!(names.iter().all(|(_, name, _, _)| name != "Poison"));
+}
+
+#[derive(diesel::QueryableByName)]
+struct Plans {
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    statement: String,
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    generic_plans: i64,
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    custom_plans: i64,
+}
+
+#[tokio::test]
+async fn batched_lookups_and_upserts_are_planned_once_not_on_every_execution() {
+    use diesel_async::RunQueryDsl;
+    let db = support::database().await;
+    // One connection, so every statement below runs on the session whose plans are read.
+    let pool = build_pool(db.url(), 1, identity_service::PLANS).unwrap();
+    for round in 0..8 {
+        let cmds: Vec<UpsertUser> = (0..4)
+            .map(|u| {
+                command(
+                    "g",
+                    &Ev {
+                        id: round * 4 + u,
+                        user: u,
+                        secs: round as i64,
+                    },
+                )
+            })
+            .collect();
+        users::upsert_users(&pool, &cmds).await.unwrap();
+        let ids: Vec<String> = (0..4).map(|u| format!("user_g_{u}")).collect();
+        assert_eq!(users::get_users(&pool, &ids).await.unwrap().len(), 4);
+    }
+    let mut conn = pool.get().await.unwrap();
+    let plans: Vec<Plans> = diesel::sql_query(
+        "SELECT statement, generic_plans, custom_plans FROM pg_prepared_statements
+         WHERE (statement LIKE '%ANY%' OR statement LIKE '%unnest%')
+           AND statement NOT LIKE '%pg_prepared_statements%'",
+    )
+    .load(&mut conn)
+    .await
+    .unwrap();
+    let names: Vec<&str> = plans.iter().map(|p| p.statement.as_str()).collect();
+    assert_eq!(plans.len(), 2, "the lookup and the upsert: {names:#?}");
+    for p in plans {
+        // PostgreSQL's default plans these again for every array it is given.
+        assert_eq!(
+            (p.generic_plans, p.custom_plans),
+            (8, 0),
+            "planned once, reused 8 times: {}",
+            p.statement
+        );
+    }
 }
