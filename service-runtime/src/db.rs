@@ -188,6 +188,13 @@ pub async fn lock_entity(conn: &mut AsyncPgConnection, key: &str) -> diesel::Que
         .map(|_| ())
 }
 
+/// One batch of [`prune_processed_events`]: up to 5,000 ids older than `$1` seconds. The ids
+/// go to the delete as an array, so it finds them through the primary key; as an `IN
+/// (subquery)`, PostgreSQL chose a hash join over a scan of the whole table for every batch.
+pub const PRUNE_PROCESSED_EVENTS: &str = "DELETE FROM processed_events WHERE event_id = ANY(ARRAY(
+     SELECT event_id FROM processed_events
+     WHERE processed_at < now() - make_interval(secs => $1) LIMIT 5000))";
+
 /// Deletes processed event ids older than `keep`, in batches of 5000; returns how many.
 pub async fn prune_processed_events(
     conn: &mut AsyncPgConnection,
@@ -197,11 +204,7 @@ pub async fn prune_processed_events(
     let keep_secs = keep.as_secs() as f64;
     let mut total = 0u64;
     loop {
-        let n = crate::prepared(
-            "DELETE FROM processed_events WHERE event_id IN (
-                 SELECT event_id FROM processed_events
-                 WHERE processed_at < now() - make_interval(secs => $1) LIMIT 5000)",
-        )
+        let n = crate::prepared(PRUNE_PROCESSED_EVENTS)
         .bind::<diesel::sql_types::Double, _>(keep_secs)
         .execute(conn)
         .await?;

@@ -128,3 +128,61 @@ async fn pools_set_the_plan_cache_mode_they_are_built_with() {
         assert_eq!(m.plan_cache_mode, expected, "{plans:?}");
     }
 }
+
+#[derive(QueryableByName)]
+struct Plan {
+    #[diesel(sql_type = Text, column_name = "QUERY PLAN")]
+    line: String,
+}
+
+#[tokio::test]
+async fn pruning_finds_old_delivery_ids_through_the_key_and_keeps_the_recent_ones() {
+    use service_runtime::db::{PRUNE_PROCESSED_EVENTS, prune_processed_events};
+    let (_db, mut conn) = conn().await;
+    // The services' table (see their migrations): 12,000 ids, the oldest 9,000 past 72 hours.
+    for sql in [
+        "CREATE TABLE processed_events (event_id text PRIMARY KEY, processed_at timestamptz NOT NULL DEFAULT now())",
+        "CREATE INDEX ON processed_events USING brin (processed_at)",
+        "INSERT INTO processed_events SELECT 'msg_' || g, now() - interval '80 hours' + g * interval '3 seconds' FROM generate_series(1, 12000) g",
+        "ANALYZE processed_events",
+    ] {
+        sql_query(sql).execute(&mut conn).await.unwrap();
+    }
+    // A batch looks its ids up by key; a plan that scans the table would scan all of it once
+    // per batch of 5,000.
+    let plan: Vec<Plan> = sql_query(format!(
+        "EXPLAIN {}",
+        PRUNE_PROCESSED_EVENTS.replace("$1", "259200")
+    ))
+    .load(&mut conn)
+    .await
+    .unwrap();
+    let plan: Vec<&str> = plan.iter().map(|p| p.line.trim()).collect();
+    assert!(
+        plan.iter()
+            .any(|l| l.starts_with("Index Cond: (event_id = ANY")),
+        "{plan:#?}"
+    );
+    // (The subquery, `processed_events_1`, may read the oldest rows in order and stop at 5,000.)
+    assert!(
+        !plan
+            .iter()
+            .any(|l| l.contains("Seq Scan on processed_events ")),
+        "{plan:#?}"
+    );
+
+    let pruned = prune_processed_events(&mut conn, std::time::Duration::from_secs(72 * 3600))
+        .await
+        .unwrap();
+    let left: N = sql_query("SELECT count(*) AS n FROM processed_events WHERE processed_at < now() - interval '72 hours'")
+        .get_result(&mut conn)
+        .await
+        .unwrap();
+    let kept: N = sql_query("SELECT count(*) AS n FROM processed_events")
+        .get_result(&mut conn)
+        .await
+        .unwrap();
+    // 80 h ago + 3 s x g is older than 72 h for g < 9,600: two full batches and a partial one.
+    assert_eq!(pruned, 9599);
+    assert_eq!((left.n, kept.n), (0, 12000 - 9599));
+}
