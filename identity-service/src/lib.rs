@@ -81,11 +81,8 @@ pub async fn run(
         tracing::info!(?applied, "migrations applied");
     }
     let auth = Arc::new(config.auth.build(AUDIENCE).map_err(anyhow::Error::msg)?);
-    let pool = service_runtime::db::build_pool(
-        &config.db.database_url,
-        config.db.db_pool_size,
-        PLANS,
-    )?;
+    let pool =
+        service_runtime::db::build_pool(&config.db.database_url, config.db.db_pool_size, PLANS)?;
     let slots = |n: usize| n.clamp(1, config.db.db_pool_size.max(1));
     let (commit_slots, lookup_slots) =
         (slots(config.group_commit_slots), slots(config.lookup_slots));

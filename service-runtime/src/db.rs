@@ -205,9 +205,9 @@ pub async fn prune_processed_events(
     let mut total = 0u64;
     loop {
         let n = crate::prepared(PRUNE_PROCESSED_EVENTS)
-        .bind::<diesel::sql_types::Double, _>(keep_secs)
-        .execute(conn)
-        .await?;
+            .bind::<diesel::sql_types::Double, _>(keep_secs)
+            .execute(conn)
+            .await?;
         total += n as u64;
         if n < 5000 {
             return Ok(total);

@@ -540,8 +540,7 @@ async fn processed_event_ids_are_pruned_after_retention() {
     let env = start().await;
     apply(&env, upsert("old_evt", 1000, "user_p", "P", "p@b.co")).await;
     apply(&env, upsert("new_evt", 2000, "user_p", "P2", "p@b.co")).await;
-    let pool =
-        service_runtime::db::build_pool(env.db.url(), 2, identity_service::PLANS).unwrap();
+    let pool = service_runtime::db::build_pool(env.db.url(), 2, identity_service::PLANS).unwrap();
     {
         use diesel_async::RunQueryDsl;
         let mut conn = pool.get().await.unwrap();
