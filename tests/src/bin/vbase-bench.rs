@@ -446,8 +446,8 @@ fn machine_busy_secs() -> f64 {
     busy / 100.0
 }
 
-/// CPU used per call during a phase: our processes, this load generator, and the rest of the
-/// machine (PostgreSQL).
+/// CPU and context switches per call during a phase: our processes, this load generator, and
+/// the rest of the machine (PostgreSQL).
 struct CpuProbe {
     pids: Vec<(&'static str, u32)>,
     start: Vec<(f64, u64)>,
