@@ -30,6 +30,13 @@ pub const SERVICE_NAME: &str = "vbase.workspace.v1.WorkspaceService";
 /// Audience that service tokens for this service must carry.
 pub const AUDIENCE: &str = "workspace-service";
 
+/// How PostgreSQL plans workspace-service's statements: for each execution's actual parameters.
+/// Its pages take optional cursors and its job lease takes a `LIMIT`, and a generic plan made
+/// the lease re-run its subquery once per row ([`PlanCache::CustomOnly`]).
+///
+/// [`PlanCache::CustomOnly`]: service_runtime::db::PlanCache::CustomOnly
+pub const PLANS: service_runtime::db::PlanCache = service_runtime::db::PlanCache::CustomOnly;
+
 /// Liveblocks clean-up settings.
 #[derive(Debug, Clone, clap::Args)]
 pub struct LiveblocksArgs {
@@ -121,11 +128,8 @@ pub async fn run(
         tracing::info!(?applied, "migrations applied");
     }
     let auth = Arc::new(config.auth.build(AUDIENCE).map_err(anyhow::Error::msg)?);
-    let pool = service_runtime::db::build_pool(
-        &config.db.database_url,
-        config.db.db_pool_size,
-        service_runtime::db::PlanCache::CustomOnly,
-    )?;
+    let pool =
+        service_runtime::db::build_pool(&config.db.database_url, config.db.db_pool_size, PLANS)?;
     let mut registry = prometheus_client::registry::Registry::default();
     let metrics = metrics::Metrics::register(&mut registry);
     let background = Background::default();

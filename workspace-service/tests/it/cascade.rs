@@ -381,12 +381,7 @@ fn worker(
     secret: &str,
     settings: CleanupSettings,
 ) -> CleanupWorker {
-    let pool = service_runtime::db::build_pool(
-        env.db.url(),
-        4,
-        service_runtime::db::PlanCache::CustomOnly,
-    )
-    .unwrap();
+    let pool = service_runtime::db::build_pool(env.db.url(), 4, workspace_service::PLANS).unwrap();
     let api = HttpLiveblocks::new(&live.base_url(), secret, Duration::from_secs(10)).unwrap();
     CleanupWorker::new(
         pool,

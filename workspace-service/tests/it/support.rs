@@ -135,15 +135,11 @@ impl Env {
     pub async fn conn(
         &self,
     ) -> diesel_async::pooled_connection::deadpool::Object<diesel_async::AsyncPgConnection> {
-        service_runtime::db::build_pool(
-            self.db.url(),
-            1,
-            service_runtime::db::PlanCache::CustomOnly,
-        )
-        .unwrap()
-        .get()
-        .await
-        .unwrap()
+        service_runtime::db::build_pool(self.db.url(), 1, workspace_service::PLANS)
+            .unwrap()
+            .get()
+            .await
+            .unwrap()
     }
 
     /// Rows in `table` (direct SQL, for orphan checks).
