@@ -402,48 +402,39 @@ fn context_switches(pid: u32) -> u64 {
     };
     tasks
         .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("status")).ok())
-        .flat_map(|status| {
+        .map(|status| {
             status
                 .lines()
                 .filter(|l| l.contains("ctxt_switches:"))
                 .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
-                .collect::<Vec<_>>()
+                .sum::<u64>()
         })
         .sum()
 }
 
-/// Context switches of the whole machine so far (`ctxt` in `/proc/stat`).
-fn machine_context_switches() -> u64 {
-    std::fs::read_to_string("/proc/stat")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("ctxt ")?.trim().parse().ok())
-        })
-        .unwrap_or(0)
-}
-
-/// Busy CPU seconds of the whole machine so far.
-fn machine_busy_secs() -> f64 {
+/// Busy CPU seconds and context switches of the whole machine so far (one read of
+/// `/proc/stat`).
+fn machine_counters() -> (f64, u64) {
     let Ok(stat) = std::fs::read_to_string("/proc/stat") else {
-        return 0.0;
+        return (0.0, 0);
     };
-    let v: Vec<f64> = stat
+    // user nice system idle iowait irq softirq steal
+    let busy: f64 = stat
         .lines()
         .next()
         .unwrap_or_default()
         .split_whitespace()
         .skip(1)
-        .filter_map(|x| x.parse().ok())
-        .collect();
-    // user nice system idle iowait irq softirq steal
-    let busy: f64 = v
-        .iter()
+        .filter_map(|x| x.parse::<f64>().ok())
         .enumerate()
         .filter(|(i, _)| *i != 3 && *i != 4)
         .map(|(_, x)| x)
         .sum();
-    busy / 100.0
+    let switches = stat
+        .lines()
+        .find_map(|l| l.strip_prefix("ctxt ")?.trim().parse().ok())
+        .unwrap_or(0);
+    (busy / 100.0, switches)
 }
 
 /// CPU and context switches per call during a phase: our processes, this load generator, and
@@ -469,7 +460,7 @@ impl CpuProbe {
         Self {
             pids,
             start,
-            machine: (machine_busy_secs(), machine_context_switches()),
+            machine: machine_counters(),
         }
     }
 
@@ -485,8 +476,9 @@ impl CpuProbe {
             parts.push(format!("{name} {:.0}", used * 1e6 / calls));
             switches.push(format!("{name} {:.1}", switched as f64 / calls));
         }
-        let rest = (machine_busy_secs() - self.machine.0 - ours).max(0.0);
-        let rest_switches = machine_context_switches()
+        let (busy, machine_switches) = machine_counters();
+        let rest = (busy - self.machine.0 - ours).max(0.0);
+        let rest_switches = machine_switches
             .saturating_sub(self.machine.1)
             .saturating_sub(ours_switches);
         parts.push(format!("PostgreSQL/other {:.0}", rest * 1e6 / calls));
