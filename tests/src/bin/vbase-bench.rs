@@ -252,21 +252,27 @@ fn user_updated(user: &str, updated_ms: i64) -> Vec<u8> {
 }
 
 /// The cascade fixture: channels x messages, receipts, 4 kinds of rooms with items/meetings.
+///
+/// Every child table is filled in the same order on both sides, interleaved across its parents
+/// (`ORDER BY g, parent`), as a workspace's messages arrive over time: left to the planner, the
+/// join order (and so which pages hold a channel's messages) changed with the tables'
+/// statistics, and a delete over channel-clustered pages ran a third faster than over
+/// interleaved ones.
 fn populate_sql(ws: &str, s: &Scale) -> String {
     format!(
         "INSERT INTO channels (id, workspace_id, name) SELECT gen_random_uuid(), '{ws}', 'c' || g FROM generate_series(1, 20) g;
          INSERT INTO messages (id, channel_id, author_clerk_id, body, created_at)
            SELECT gen_random_uuid(), c.id, 'user_' || (g % 1000), 'message ' || g, now() - g * interval '1 second'
-             FROM channels c, generate_series(1, {m}) g WHERE c.workspace_id = '{ws}';
+             FROM channels c, generate_series(1, {m}) g WHERE c.workspace_id = '{ws}' ORDER BY g, c.id;
          INSERT INTO read_receipts (channel_id, clerk_user_id, last_read_at)
-           SELECT c.id, 'user_' || g, now() FROM channels c, generate_series(1, {r}) g WHERE c.workspace_id = '{ws}';
+           SELECT c.id, 'user_' || g, now() FROM channels c, generate_series(1, {r}) g WHERE c.workspace_id = '{ws}' ORDER BY g, c.id;
          INSERT INTO rooms (id, workspace_id, kind, name)
            SELECT gen_random_uuid(), '{ws}', (ARRAY['document','code','whiteboard','conference'])[1 + g % 4], 'r' || g FROM generate_series(0, {rooms}) g;
-         INSERT INTO documents (id, room_id, name) SELECT gen_random_uuid(), r.id, 'd' || g FROM rooms r, generate_series(1, {i}) g WHERE r.kind = 'document' AND r.workspace_id = '{ws}';
-         INSERT INTO code_files (id, room_id, name) SELECT gen_random_uuid(), r.id, 'f' || g FROM rooms r, generate_series(1, {i}) g WHERE r.kind = 'code' AND r.workspace_id = '{ws}';
-         INSERT INTO whiteboards (id, room_id, name) SELECT gen_random_uuid(), r.id, 'w' || g FROM rooms r, generate_series(1, {i}) g WHERE r.kind = 'whiteboard' AND r.workspace_id = '{ws}';
+         INSERT INTO documents (id, room_id, name) SELECT gen_random_uuid(), r.id, 'd' || g FROM rooms r, generate_series(1, {i}) g WHERE r.kind = 'document' AND r.workspace_id = '{ws}' ORDER BY g, r.id;
+         INSERT INTO code_files (id, room_id, name) SELECT gen_random_uuid(), r.id, 'f' || g FROM rooms r, generate_series(1, {i}) g WHERE r.kind = 'code' AND r.workspace_id = '{ws}' ORDER BY g, r.id;
+         INSERT INTO whiteboards (id, room_id, name) SELECT gen_random_uuid(), r.id, 'w' || g FROM rooms r, generate_series(1, {i}) g WHERE r.kind = 'whiteboard' AND r.workspace_id = '{ws}' ORDER BY g, r.id;
          INSERT INTO meetings (id, room_id, title, starts_at, ends_at)
-           SELECT gen_random_uuid(), r.id, 'm' || g, now(), now() + interval '1 hour' FROM rooms r, generate_series(1, {i}) g WHERE r.kind = 'conference' AND r.workspace_id = '{ws}';
+           SELECT gen_random_uuid(), r.id, 'm' || g, now(), now() + interval '1 hour' FROM rooms r, generate_series(1, {i}) g WHERE r.kind = 'conference' AND r.workspace_id = '{ws}' ORDER BY g, r.id;
          ANALYZE;",
         m = s.messages_per_channel,
         r = s.messages_per_channel / 45,
@@ -311,7 +317,7 @@ async fn delete_ours(
         .context("workspace")?;
     wdb.batch_execute(&populate_sql(&ws.id, s)).await?;
     settle(wdb).await?;
-    let rows_before = wdb.query_one("SELECT (SELECT count(*) FROM messages) + (SELECT count(*) FROM read_receipts) + (SELECT count(*) FROM channels) + (SELECT count(*) FROM rooms) + (SELECT count(*) FROM documents) + (SELECT count(*) FROM code_files) + (SELECT count(*) FROM whiteboards) + (SELECT count(*) FROM meetings)", &[]).await?.get(0);
+    let rows_before = wdb.query_one(COUNT_ROWS, &[]).await?.get(0);
     let t = Instant::now();
     let mut req = service_harness::bearer(
         wsp::DeleteWorkspaceCommand {
@@ -337,7 +343,8 @@ async fn delete_ours(
 
 /// Loads an identical copy into a fresh database with `ON DELETE CASCADE` foreign keys and
 /// times one raw `DELETE` of its workspace.
-async fn delete_baseline(stack: &Stack, s: &Scale) -> Result<Duration> {
+/// Returns the time and the number of rows the workspace held (counted as for ours).
+async fn delete_baseline(stack: &Stack, s: &Scale) -> Result<(Duration, i64)> {
     let admin = pg(&stack.admin_db()).await?;
     admin
         .batch_execute("DROP DATABASE IF EXISTS bench_cascade")
@@ -355,31 +362,55 @@ async fn delete_baseline(stack: &Stack, s: &Scale) -> Result<Duration> {
         &[&bws],
     )
     .await?;
+    // The channel workspace-service creates with every workspace.
+    bdb.execute(
+        "INSERT INTO channels (id, workspace_id, name, created_by) VALUES (gen_random_uuid(), $1::text::uuid, 'general', 'system')",
+        &[&bws],
+    )
+    .await?;
     bdb.batch_execute(&populate_sql(bws, s)).await?;
     settle(&bdb).await?;
+    let rows: i64 = bdb.query_one(COUNT_ROWS, &[]).await?.get(0);
     let t = Instant::now();
     bdb.execute("DELETE FROM workspaces WHERE id = $1::text::uuid", &[&bws])
         .await?;
-    Ok(t.elapsed())
+    Ok((t.elapsed(), rows))
 }
 
-/// The same tables with plain `ON DELETE CASCADE` foreign keys (the baseline's schema).
+/// Rows in the tables a workspace delete empties (both sides hold one workspace).
+const COUNT_ROWS: &str = "SELECT (SELECT count(*) FROM messages) + (SELECT count(*) FROM read_receipts) + (SELECT count(*) FROM channels) + (SELECT count(*) FROM rooms) + (SELECT count(*) FROM documents) + (SELECT count(*) FROM code_files) + (SELECT count(*) FROM whiteboards) + (SELECT count(*) FROM meetings)";
+
+/// The baseline's copy of workspace-service's tables (the same columns, defaults, checks and
+/// indexes as its migrations), with every foreign key `ON DELETE CASCADE`.
 const CASCADE_SCHEMA: &str = "
-CREATE TABLE workspaces (id uuid PRIMARY KEY, clerk_org_id text UNIQUE, name text);
-CREATE TABLE channels (id uuid PRIMARY KEY, workspace_id uuid NOT NULL REFERENCES workspaces ON DELETE CASCADE, name text NOT NULL, UNIQUE (workspace_id, name));
-CREATE TABLE messages (id uuid PRIMARY KEY, channel_id uuid NOT NULL REFERENCES channels ON DELETE CASCADE, author_clerk_id text, body text, created_at timestamptz);
+CREATE TABLE workspaces (id uuid PRIMARY KEY, clerk_org_id text NOT NULL UNIQUE, name text NOT NULL, slug text, owner_clerk_id text,
+  source_updated_at timestamptz NOT NULL DEFAULT now(), created_at timestamptz NOT NULL DEFAULT now(), updated_at timestamptz NOT NULL DEFAULT now());
+CREATE TABLE channels (id uuid PRIMARY KEY, workspace_id uuid NOT NULL REFERENCES workspaces ON DELETE CASCADE, name text NOT NULL,
+  created_by text NOT NULL DEFAULT '', created_at timestamptz NOT NULL DEFAULT now(), updated_at timestamptz NOT NULL DEFAULT now(), UNIQUE (workspace_id, name));
+CREATE TABLE messages (id uuid PRIMARY KEY, channel_id uuid NOT NULL REFERENCES channels ON DELETE CASCADE, author_clerk_id text NOT NULL,
+  body text NOT NULL, author_deleted boolean NOT NULL DEFAULT false, created_at timestamptz NOT NULL, edited_at timestamptz);
 CREATE INDEX ON messages (channel_id, created_at DESC, id DESC);
 CREATE INDEX ON messages (author_clerk_id);
-CREATE TABLE read_receipts (channel_id uuid NOT NULL REFERENCES channels ON DELETE CASCADE, clerk_user_id text, last_read_at timestamptz, PRIMARY KEY (channel_id, clerk_user_id));
-CREATE TABLE rooms (id uuid PRIMARY KEY, workspace_id uuid NOT NULL REFERENCES workspaces ON DELETE CASCADE, kind text, name text, created_at timestamptz DEFAULT now());
+CREATE TABLE read_receipts (channel_id uuid NOT NULL REFERENCES channels ON DELETE CASCADE, clerk_user_id text NOT NULL,
+  last_read_at timestamptz NOT NULL, PRIMARY KEY (channel_id, clerk_user_id));
+CREATE INDEX ON read_receipts (clerk_user_id);
+CREATE TABLE rooms (id uuid PRIMARY KEY, workspace_id uuid NOT NULL REFERENCES workspaces ON DELETE CASCADE,
+  kind text NOT NULL CHECK (kind IN ('document', 'code', 'whiteboard', 'conference')), name text NOT NULL,
+  created_by text NOT NULL DEFAULT '', created_at timestamptz NOT NULL DEFAULT now(), updated_at timestamptz NOT NULL DEFAULT now());
 CREATE INDEX ON rooms (workspace_id, created_at, id);
-CREATE TABLE documents (id uuid PRIMARY KEY, room_id uuid NOT NULL REFERENCES rooms ON DELETE CASCADE, name text, created_at timestamptz DEFAULT now());
+CREATE TABLE documents (id uuid PRIMARY KEY, room_id uuid NOT NULL REFERENCES rooms ON DELETE CASCADE, name text NOT NULL,
+  created_by text NOT NULL DEFAULT '', created_at timestamptz NOT NULL DEFAULT now(), updated_at timestamptz NOT NULL DEFAULT now());
 CREATE INDEX ON documents (room_id, created_at, id);
-CREATE TABLE code_files (id uuid PRIMARY KEY, room_id uuid NOT NULL REFERENCES rooms ON DELETE CASCADE, name text, created_at timestamptz DEFAULT now());
+CREATE TABLE code_files (id uuid PRIMARY KEY, room_id uuid NOT NULL REFERENCES rooms ON DELETE CASCADE, name text NOT NULL,
+  language text NOT NULL DEFAULT '', created_by text NOT NULL DEFAULT '', created_at timestamptz NOT NULL DEFAULT now(),
+  updated_at timestamptz NOT NULL DEFAULT now());
 CREATE INDEX ON code_files (room_id, created_at, id);
-CREATE TABLE whiteboards (id uuid PRIMARY KEY, room_id uuid NOT NULL REFERENCES rooms ON DELETE CASCADE, name text, created_at timestamptz DEFAULT now());
+CREATE TABLE whiteboards (id uuid PRIMARY KEY, room_id uuid NOT NULL REFERENCES rooms ON DELETE CASCADE, name text NOT NULL,
+  created_by text NOT NULL DEFAULT '', created_at timestamptz NOT NULL DEFAULT now(), updated_at timestamptz NOT NULL DEFAULT now());
 CREATE INDEX ON whiteboards (room_id, created_at, id);
-CREATE TABLE meetings (id uuid PRIMARY KEY, room_id uuid NOT NULL REFERENCES rooms ON DELETE CASCADE, title text, starts_at timestamptz, ends_at timestamptz);
+CREATE TABLE meetings (id uuid PRIMARY KEY, room_id uuid NOT NULL REFERENCES rooms ON DELETE CASCADE, title text NOT NULL,
+  starts_at timestamptz NOT NULL, ends_at timestamptz NOT NULL CHECK (ends_at > starts_at), cancelled_at timestamptz,
+  created_by text NOT NULL DEFAULT '', created_at timestamptz NOT NULL DEFAULT now());
 CREATE INDEX ON meetings (room_id, starts_at, id);
 ";
 
@@ -958,16 +989,28 @@ async fn main() -> Result<()> {
         let mut last = OursDeleted::default();
         // Which side deletes first alternates by round, so that neither side always runs
         // straight after the other's load and delete.
+        let mut base_rows = Vec::new();
         for round in 0..rounds {
             let ours_first = round % 2 == 0;
             if !ours_first {
-                base_times.push(delete_baseline(&stack, &s).await?);
+                let (took, rows) = delete_baseline(&stack, &s).await?;
+                base_times.push(took);
+                base_rows.push(rows);
             }
             last = delete_ours(&mut wsc, &minter, &wdb, &s, round).await?;
             ours_times.push(last.took);
             if ours_first {
-                base_times.push(delete_baseline(&stack, &s).await?);
+                let (took, rows) = delete_baseline(&stack, &s).await?;
+                base_times.push(took);
+                base_rows.push(rows);
             }
+            // An identical copy, or the ratio means nothing.
+            anyhow::ensure!(
+                base_rows.last() == Some(&last.rows_before),
+                "the baseline's copy holds {:?} rows, ours {}",
+                base_rows.last(),
+                last.rows_before
+            );
         }
         let OursDeleted {
             rows_before,
