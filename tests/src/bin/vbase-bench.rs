@@ -404,16 +404,16 @@ BEGIN
   END LOOP;
 END $$";
 
-/// CPU seconds (user + system) a process has used so far.
-fn cpu_secs(pid: u32) -> f64 {
+/// CPU seconds a process has used so far: (user + system, system alone).
+fn cpu_secs(pid: u32) -> (f64, f64) {
     let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return 0.0;
+        return (0.0, 0.0);
     };
     // Fields after the `(comm)`: state is field 3; utime and stime are fields 14 and 15.
     let after = stat.rsplit_once(") ").map(|(_, r)| r).unwrap_or_default();
     let f: Vec<&str> = after.split_whitespace().collect();
     let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-    (ticks(11) + ticks(12)) / 100.0
+    ((ticks(11) + ticks(12)) / 100.0, ticks(12) / 100.0)
 }
 
 /// Context switches (voluntary and forced) of a process's live threads so far.
@@ -462,7 +462,7 @@ fn machine_counters() -> (f64, u64) {
 /// the rest of the machine (PostgreSQL).
 struct CpuProbe {
     pids: Vec<(&'static str, u32)>,
-    start: Vec<(f64, u64)>,
+    start: Vec<((f64, f64), u64)>,
     machine: (f64, u64),
 }
 
@@ -489,12 +489,22 @@ impl CpuProbe {
         let calls = calls.max(1) as f64;
         let (mut ours, mut ours_switches) = (0.0, 0);
         let (mut parts, mut switches) = (Vec::new(), Vec::new());
-        for ((name, pid), (cpu, ctx)) in self.pids.iter().zip(&self.start) {
-            let used = cpu_secs(*pid) - cpu;
+        for ((name, pid), ((cpu, sys), ctx)) in self.pids.iter().zip(&self.start) {
+            let (now, now_sys) = cpu_secs(*pid);
+            let (used, in_kernel) = (now - cpu, now_sys - sys);
             let switched = context_switches(*pid).saturating_sub(*ctx);
             ours += used;
             ours_switches += switched;
-            parts.push(format!("{name} {:.0}", used * 1e6 / calls));
+            // The kernel's share only where the process did measurable work in the phase.
+            parts.push(if used * 1e6 / calls >= 0.5 {
+                format!(
+                    "{name} {:.0} ({:.0} % in the kernel)",
+                    used * 1e6 / calls,
+                    100.0 * in_kernel / used
+                )
+            } else {
+                format!("{name} {:.0}", used * 1e6 / calls)
+            });
             switches.push(format!("{name} {:.1}", switched as f64 / calls));
         }
         let (busy, machine_switches) = machine_counters();
