@@ -347,8 +347,13 @@ impl Stack {
         Ok(stack)
     }
 
+    /// Where the stack runs `w`'s binary from (also for one-off subcommands such as `migrate`).
+    pub fn binary_path(&self, w: Which) -> PathBuf {
+        self.config.bin_dir.join(w.binary())
+    }
+
     fn command(&self, w: Which) -> Command {
-        let mut cmd = Command::new(self.config.bin_dir.join(w.binary()));
+        let mut cmd = Command::new(self.binary_path(w));
         cmd.envs(self.env[&w].iter().map(|(k, v)| (k.as_str(), v.as_str())));
         cmd.env(
             "RUST_LOG",

@@ -342,14 +342,10 @@ async fn delete_ours(
 }
 
 /// Loads an identical copy into a fresh database (workspace-service's migrations, run by its
-/// binary `migrator`, with every foreign key `ON DELETE CASCADE`) and times one raw `DELETE` of
+/// binary, with every foreign key `ON DELETE CASCADE`) and times one raw `DELETE` of
 /// its workspace. Returns the time and the number of rows the workspace held (counted as for
 /// ours).
-async fn delete_baseline(
-    stack: &Stack,
-    migrator: &std::path::Path,
-    s: &Scale,
-) -> Result<(Duration, i64)> {
+async fn delete_baseline(stack: &Stack, s: &Scale) -> Result<(Duration, i64)> {
     let admin = pg(&stack.admin_db()).await?;
     admin
         .batch_execute("DROP DATABASE IF EXISTS bench_cascade")
@@ -357,7 +353,7 @@ async fn delete_baseline(
     admin.batch_execute("CREATE DATABASE bench_cascade").await?;
     let url = ephemeral_postgres::with_database(&stack.admin_db(), "bench_cascade");
     let bdb = pg(&url).await?;
-    let migrated = tokio::process::Command::new(migrator)
+    let migrated = tokio::process::Command::new(stack.binary_path(Which::Workspace))
         .arg("migrate")
         .env("DATABASE_URL", &url)
         .output()
@@ -495,15 +491,15 @@ impl CpuProbe {
             let switched = context_switches(*pid).saturating_sub(*ctx);
             ours += used;
             ours_switches += switched;
+            let us = used * 1e6 / calls;
             // The kernel's share only where the process did measurable work in the phase.
-            parts.push(if used * 1e6 / calls >= 0.5 {
+            parts.push(if us >= 0.5 {
                 format!(
-                    "{name} {:.0} ({:.0} % in the kernel)",
-                    used * 1e6 / calls,
+                    "{name} {us:.0} ({:.0} % in the kernel)",
                     100.0 * in_kernel / used
                 )
             } else {
-                format!("{name} {:.0}", used * 1e6 / calls)
+                format!("{name} {us:.0}")
             });
             switches.push(format!("{name} {:.1}", switched as f64 / calls));
         }
@@ -628,7 +624,6 @@ async fn main() -> Result<()> {
         .context("binary dir")?
         .to_path_buf();
     let state = std::env::temp_dir().join(format!("vbase-bench-{}", std::process::id()));
-    let stack_bin_dir = bin_dir.clone();
     let mut cfg = StackConfig::dev(bin_dir, state.clone());
     cfg.durable = true;
     cfg.extra_env.insert(
@@ -987,7 +982,6 @@ async fn main() -> Result<()> {
         // a single delete of a million rows moves by ±20 % between runs on this machine.
         let rounds = if args.smoke { 1 } else { 2 };
         let (mut ours_times, mut base_times) = (Vec::new(), Vec::new());
-        let migrator = stack_bin_dir.join(Which::Workspace.binary());
         let mut last = OursDeleted::default();
         // Which side deletes first alternates by round, so that neither side always runs
         // straight after the other's load and delete.
@@ -995,12 +989,12 @@ async fn main() -> Result<()> {
             let ours_first = round % 2 == 0;
             let mut base = None;
             if !ours_first {
-                base = Some(delete_baseline(&stack, &migrator, &s).await?);
+                base = Some(delete_baseline(&stack, &s).await?);
             }
             last = delete_ours(&mut wsc, &minter, &wdb, &s, round).await?;
             ours_times.push(last.took);
             if ours_first {
-                base = Some(delete_baseline(&stack, &migrator, &s).await?);
+                base = Some(delete_baseline(&stack, &s).await?);
             }
             let (took, base_rows) = base.context("the baseline ran")?;
             base_times.push(took);
