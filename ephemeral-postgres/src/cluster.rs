@@ -84,12 +84,6 @@ fn unprivileged_account() -> Result<Option<(u32, u32)>> {
     )
 }
 
-fn free_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
-}
-
 impl PgCluster {
     /// Creates and starts a new cluster.
     pub fn start(options: PgClusterOptions) -> Result<Self> {
@@ -117,7 +111,7 @@ impl PgCluster {
         cluster.initdb()?;
         let mut last_err = None;
         for _ in 0..5 {
-            cluster.port = free_port()?;
+            cluster.port = crate::unused_local_port()?;
             let durability = if options.durable {
                 ""
             } else {

@@ -10,6 +10,8 @@
 
 mod cluster;
 mod databases;
+mod port;
 
 pub use cluster::{PgCluster, PgClusterOptions};
 pub use databases::{TestDatabase, TestDatabases, with_database};
+pub use port::unused_local_port;

@@ -127,12 +127,6 @@ impl std::fmt::Debug for Stack {
     }
 }
 
-fn free_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
-}
-
 /// A new `whsec_` secret (24 random bytes, as Svix generates).
 pub fn generate_webhook_secret() -> String {
     let bytes: [u8; 24] = rand::random();
@@ -253,11 +247,11 @@ impl Stack {
         let [ip, wp, gp, imp, wmp] = match config.ports {
             Some(p) => p,
             None => [
-                free_port()?,
-                free_port()?,
-                free_port()?,
-                free_port()?,
-                free_port()?,
+                ephemeral_postgres::unused_local_port()?,
+                ephemeral_postgres::unused_local_port()?,
+                ephemeral_postgres::unused_local_port()?,
+                ephemeral_postgres::unused_local_port()?,
+                ephemeral_postgres::unused_local_port()?,
             ],
         };
         let identity_addr: SocketAddr = format!("127.0.0.1:{ip}").parse()?;
