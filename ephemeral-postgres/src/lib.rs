@@ -7,6 +7,8 @@
 //! - [`TestDatabases`] hands every test its own database, cloned (`STRATEGY FILE_COPY`, ~15 ms)
 //!   from a template migrated once per server under an advisory lock. It uses `DATABASE_URL`'s
 //!   server when set, else one shared [`PgCluster`] per process.
+//! - [`unused_local_port`] picks the port for a local server (the cluster's, and the local
+//!   stack's services) where no other process is handed it before the server binds it.
 
 mod cluster;
 mod databases;
