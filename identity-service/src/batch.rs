@@ -41,7 +41,7 @@ impl UpsertBatcher {
             Ok(r) => r,
             // The dispatcher is gone (shutting down): apply it directly.
             Err(SubmitError::Stopped(cmd)) => users::upsert_user(&self.pool, cmd).await,
-            Err(SubmitError::Lost) => Err(Error::Interrupted(
+            Err(SubmitError::Lost) => Err(Error::Unavailable(
                 "the command's batch ended without its result; retry",
             )),
         }

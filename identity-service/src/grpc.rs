@@ -17,7 +17,7 @@ pub const MAX_BATCH: usize = 500;
 
 /// Who may call which method.
 pub fn policy() -> MethodPolicy {
-    MethodPolicy::new("vbase.identity.v1.IdentityService")
+    MethodPolicy::new(crate::SERVICE_NAME)
         .allow("StoreUser", Access::User)
         .allow("GetCurrentUser", Access::User)
         .allow("GetUser", Access::UserOrService)

@@ -3,17 +3,16 @@
 //! `main.rs` parses [`Config`] and calls [`run`]; tests call [`run`] on `127.0.0.1:0`.
 
 pub mod batch;
-pub mod error;
-pub mod grpc;
-pub mod metrics;
-pub mod schema;
+mod error;
+mod grpc;
+mod metrics;
+mod schema;
 pub mod users;
 
 use diesel_migrations::{EmbeddedMigrations, embed_migrations};
-use service_runtime::{Background, DatabaseArgs, LogFormat};
+use service_runtime::{Boot, GrpcServices, ServiceArgs};
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use tokio::net::TcpListener;
 use vbase_proto::identity::v1::identity_service_server::IdentityServiceServer;
 
@@ -36,33 +35,42 @@ pub const PLANS: service_runtime::db::PlanCache = service_runtime::db::PlanCache
 #[derive(Debug, Clone, clap::Args)]
 pub struct Config {
     #[command(flatten)]
-    pub db: DatabaseArgs,
-    #[command(flatten)]
-    pub auth: token_auth::AuthArgs,
+    pub service: ServiceArgs,
     /// gRPC listen address.
     #[arg(long, env = "GRPC_ADDR", default_value = "0.0.0.0:50051")]
     pub grpc_addr: SocketAddr,
     /// Prometheus `/metrics` listen address.
     #[arg(long, env = "METRICS_ADDR", default_value = "0.0.0.0:9091")]
     pub metrics_addr: SocketAddr,
-    /// `json` or `pretty`.
-    #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Json)]
-    pub log_format: LogFormat,
-    /// Apply migrations before serving.
-    #[arg(long = "migrate", env = "MIGRATE_ON_START", default_value_t = false)]
-    pub migrate_on_start: bool,
-    /// Webhook upserts run as at most this many concurrent statements; commands that arrive
-    /// while all are busy are committed together in the next one (group commit). Fewer slots
-    /// make bigger batches under load; an idle service runs each command at once.
+    /// Webhook upserts run as at most this many concurrent statements (1 to DB_POOL_SIZE);
+    /// commands that arrive while all are busy are committed together in the next one (group
+    /// commit). Fewer slots make bigger batches under load; an idle service runs each command
+    /// at once.
     #[arg(long, env = "GROUP_COMMIT_SLOTS", default_value_t = 4)]
     pub group_commit_slots: usize,
     /// Lookups of users by id (GetCurrentUser, GetUser) run as at most this many concurrent
-    /// queries; lookups that arrive while all are busy go together in the next one.
+    /// queries (1 to DB_POOL_SIZE); lookups that arrive while all are busy go together in the
+    /// next one.
     #[arg(long, env = "LOOKUP_SLOTS", default_value_t = 2)]
     pub lookup_slots: usize,
-    /// Hours processed event ids are kept (at least 72: Svix retries for ~28 h).
-    #[arg(long, env = "PROCESSED_EVENT_RETENTION_HOURS", default_value_t = 72)]
-    pub processed_event_retention_hours: u64,
+}
+
+impl service_runtime::cli::CheckConfig for Config {
+    fn check(&self) -> Result<(), String> {
+        self.service.check()?;
+        let pool = self.service.db.db_pool_size;
+        for (name, slots) in [
+            ("GROUP_COMMIT_SLOTS", self.group_commit_slots),
+            ("LOOKUP_SLOTS", self.lookup_slots),
+        ] {
+            if !(1..=pool).contains(&slots) {
+                return Err(format!(
+                    "{name} ({slots}) must be from 1 to DB_POOL_SIZE ({pool}): each slot holds a connection"
+                ));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Applies pending migrations to `database_url`.
@@ -70,48 +78,28 @@ pub async fn migrate(database_url: &str) -> anyhow::Result<Vec<String>> {
     service_runtime::db::run_migrations(database_url, MIGRATIONS).await
 }
 
-/// Runs the service on `listener` until `shutdown` resolves, then drains and returns.
+/// Runs the service on `listener` until `shutdown` resolves, then drains, stops its workers
+/// and waits for them.
 pub async fn run(
     config: Config,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    if config.migrate_on_start {
-        let applied = migrate(&config.db.database_url).await?;
-        tracing::info!(?applied, "migrations applied");
-    }
-    let auth = Arc::new(config.auth.build(AUDIENCE).map_err(anyhow::Error::msg)?);
-    let pool =
-        service_runtime::db::build_pool(&config.db.database_url, config.db.db_pool_size, PLANS)?;
-    let slots = |n: usize| n.clamp(1, config.db.db_pool_size.max(1));
-    let (commit_slots, lookup_slots) =
-        (slots(config.group_commit_slots), slots(config.lookup_slots));
-    let mut registry = prometheus_client::registry::Registry::default();
-    let metrics = metrics::Metrics::register(&mut registry);
-    let background = Background::default();
+    use service_runtime::cli::CheckConfig;
+    config.check().map_err(anyhow::Error::msg)?;
+    let mut boot = Boot::start(&config.service, AUDIENCE, MIGRATIONS, PLANS).await?;
+    let metrics = metrics::Metrics::register(&mut boot.registry);
     let pruned = metrics.pruned_events.clone();
-    tokio::spawn(service_runtime::db::prune_loop(
-        pool.clone(),
-        config.processed_event_retention_hours,
-        move |n| {
-            pruned.inc_by(n);
-        },
-        background.stopped(),
-    ));
-    service_runtime::serve_service(
-        listener,
-        config.metrics_addr,
-        registry,
-        pool.clone(),
-        token_auth::AuthLayer::new(auth, grpc::policy()),
-        IdentityServiceServer::new(grpc::IdentityApi::new(
-            pool,
-            metrics,
-            commit_slots,
-            lookup_slots,
-        )),
-        background,
-        shutdown,
-    )
-    .await
+    boot.prune_delivery_ids(move |n| {
+        pruned.inc_by(n);
+    });
+    let api = grpc::IdentityApi::new(
+        boot.pool.clone(),
+        metrics,
+        config.group_commit_slots,
+        config.lookup_slots,
+    );
+    let services = GrpcServices::new().add(IdentityServiceServer::new(api), grpc::policy());
+    boot.serve(listener, config.metrics_addr, services, shutdown)
+        .await
 }

@@ -16,7 +16,7 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Serve(config) => {
-            init_logging(config.log_format, "identity-service");
+            init_logging(config.service.log_format, "identity-service");
             let listener = tokio::net::TcpListener::bind(config.grpc_addr).await?;
             identity_service::run(*config, listener, shutdown_signal()).await
         }

@@ -197,7 +197,9 @@ pub async fn upsert_users(pool: &Pool, cmds: &[UpsertUser]) -> Result<Vec<Outcom
     .load(&mut conn)
     .await?;
     if rows.len() != cmds.len() || rows.iter().enumerate().any(|(i, r)| r.ord != i as i64 + 1) {
-        return Err(Error::Internal("batched upsert answered rows out of order"));
+        return Err(Error::Internal(
+            "batched upsert answered rows out of order".into(),
+        ));
     }
     Ok(rows.iter().map(|r| r.applied.outcome()).collect())
 }
@@ -274,7 +276,7 @@ pub async fn store_user(pool: &Pool, claims: TokenClaims) -> Result<(UserRecord,
         .first(&mut conn)
         .await?;
     if existing.deleted_at.is_some() {
-        return Err(Error::Deleted(
+        return Err(Error::Precondition(
             "this user was deleted in Clerk and cannot be stored again".into(),
         ));
     }

@@ -154,6 +154,25 @@ impl Issuers {
         }
     }
 
+    /// The settings every service takes, for a test server on `database_url` with a pool of
+    /// `pool_size` and these issuers.
+    pub fn service_args(
+        &self,
+        database_url: &str,
+        pool_size: usize,
+    ) -> service_runtime::ServiceArgs {
+        service_runtime::ServiceArgs {
+            db: service_runtime::DatabaseArgs {
+                database_url: database_url.to_owned(),
+                db_pool_size: pool_size,
+            },
+            auth: self.auth_args(),
+            log_format: service_runtime::LogFormat::Pretty,
+            migrate_on_start: false,
+            processed_event_retention_hours: 72,
+        }
+    }
+
     /// A request with a service token for `audience`.
     pub fn service<T>(&self, audience: &str, msg: T) -> Request<T> {
         bearer(msg, &self.keys.token_for(audience))

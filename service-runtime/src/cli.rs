@@ -12,9 +12,19 @@ pub enum Command<C> {
     Migrate(DatabaseArgs),
 }
 
+/// Checks of a configuration that its parser cannot make (ranges, settings that depend on each
+/// other).
+pub trait CheckConfig {
+    /// What is wrong, in one line naming the setting.
+    fn check(&self) -> Result<(), String>;
+}
+
 /// Parses the command line and environment; on a configuration error prints one line naming
 /// the variable and exits with status 2.
-pub fn parse<C: Args + FromArgMatches>(binary: &'static str, about: &'static str) -> Command<C> {
+pub fn parse<C: Args + FromArgMatches + CheckConfig>(
+    binary: &'static str,
+    about: &'static str,
+) -> Command<C> {
     let cmd = clap::Command::new(binary)
         .version(env!("CARGO_PKG_VERSION"))
         .about(about)
@@ -38,7 +48,14 @@ pub fn parse<C: Args + FromArgMatches>(binary: &'static str, about: &'static str
         Some((_, sub)) => C::from_arg_matches(sub).map(|c| Command::Serve(Box::new(c))),
         None => unreachable!("serve is the default"),
     });
-    result.unwrap_or_else(|e| exit_on_config_error(binary, e))
+    let command = result.unwrap_or_else(|e| exit_on_config_error(binary, e));
+    if let Command::Serve(config) = &command
+        && let Err(problem) = config.check()
+    {
+        eprintln!("{binary}: configuration error: {problem}");
+        std::process::exit(2);
+    }
+    command
 }
 
 /// Prints a configuration error as one line naming the variable, then exits with status 2

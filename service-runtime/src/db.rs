@@ -16,7 +16,7 @@ pub struct DatabaseArgs {
     /// PostgreSQL URL, e.g. `postgres://identity:secret@db:5432/vbase`.
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     pub database_url: String,
-    /// Maximum pooled connections.
+    /// Maximum pooled connections (1 to 1000).
     #[arg(long, env = "DB_POOL_SIZE", default_value_t = 16)]
     pub db_pool_size: usize,
 }
@@ -50,8 +50,10 @@ impl PlanCache {
     }
 }
 
-/// Builds a pool that fails fast (5 s) when the database is unreachable.
+/// Builds a pool of at most `max_size` (at least 1) connections that fails fast (5 s) when
+/// the database is unreachable.
 pub fn build_pool(url: &str, max_size: usize, plans: PlanCache) -> anyhow::Result<Pool> {
+    anyhow::ensure!(max_size >= 1, "DB_POOL_SIZE must be at least 1");
     use diesel_async::{AsyncConnection, RunQueryDsl};
     // Fast recycling: no `SELECT 1` round trip per checkout. The health watch probes the
     // database every 2 s, and a broken connection surfaces as UNAVAILABLE on first use.
@@ -72,7 +74,7 @@ pub fn build_pool(url: &str, max_size: usize, plans: PlanCache) -> anyhow::Resul
     });
     let manager = AsyncDieselConnectionManager::<AsyncPgConnection>::new_with_config(url, config);
     DeadPool::builder(manager)
-        .max_size(max_size.max(1))
+        .max_size(max_size)
         .wait_timeout(Some(Duration::from_secs(5)))
         .create_timeout(Some(Duration::from_secs(5)))
         .recycle_timeout(Some(Duration::from_secs(5)))
@@ -239,14 +241,14 @@ pub fn pool_status(e: &diesel_async::pooled_connection::deadpool::PoolError) -> 
 }
 
 /// Background job of both services: every hour, prunes processed event ids older than
-/// `keep_hours` (at least 72) and reports how many went to `on_pruned`; stops with `stop`.
+/// `keep_hours` and reports how many went to `on_pruned`; stops with `stop`.
 pub async fn prune_loop(
     pool: Pool,
     keep_hours: u64,
     on_pruned: impl Fn(u64) + Send,
     stop: impl std::future::Future<Output = ()>,
 ) {
-    let keep = Duration::from_secs(keep_hours.max(72) * 3600);
+    let keep = Duration::from_secs(keep_hours * 3600);
     tokio::pin!(stop);
     loop {
         let pruned = match pool.get().await {

@@ -1,63 +1,113 @@
-//! The tonic server every service runs: auth layer, health, reflection (v1 + v1alpha), drain.
+//! The tonic server every service runs: its gRPC services behind the auth layer, health,
+//! reflection (v1 + v1alpha) for all of them, and the two-step shutdown.
 
 use crate::db::Pool;
+use crate::lifecycle::{Lifecycle, Workers};
 use diesel_async::RunQueryDsl;
 use std::convert::Infallible;
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
+use token_auth::{AuthLayer, Authenticator, MethodPolicy};
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::server::NamedService;
+use tonic::service::RoutesBuilder;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
-/// Serves `service` behind `auth` with health and reflection on `listener` until `shutdown`
+/// The gRPC services one server serves, each with the access policy of its methods.
+#[derive(Debug, Default)]
+pub struct GrpcServices {
+    routes: RoutesBuilder,
+    names: Vec<&'static str>,
+    policy: MethodPolicy,
+}
+
+impl GrpcServices {
+    /// No services yet.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds `service`, whose methods `policy` declares (it must name the same service).
+    ///
+    /// # Panics
+    /// If `policy` declares another service than `S::NAME`: a programming error that would
+    /// deny every call to the service.
+    #[must_use]
+    pub fn add<S>(mut self, service: S, policy: MethodPolicy) -> Self
+    where
+        S: tower::Service<
+                http::Request<tonic::body::Body>,
+                Response = http::Response<tonic::body::Body>,
+                Error = Infallible,
+            > + NamedService
+            + Clone
+            + Send
+            + Sync
+            + 'static,
+        S::Future: Send + 'static,
+    {
+        assert_eq!(
+            policy.services(),
+            vec![S::NAME],
+            "the policy added with a service must declare that service's methods"
+        );
+        self.routes.add_service(service);
+        self.names.push(S::NAME);
+        self.policy = self.policy.merge(policy);
+        self
+    }
+
+    /// The fully qualified names of the services.
+    pub fn names(&self) -> &[&'static str] {
+        &self.names
+    }
+}
+
+fn reflection_builder(names: &[&'static str]) -> tonic_reflection::server::Builder<'static> {
+    names.iter().fold(
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(vbase_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .with_service_name("grpc.health.v1.Health"),
+        |b, name| b.with_service_name(*name),
+    )
+}
+
+async fn report(reporter: &HealthReporter, names: &[&'static str], status: ServingStatus) {
+    for name in names.iter().chain(std::iter::once(&"")) {
+        reporter.set_service_status(*name, status).await;
+    }
+}
+
+/// Serves `services` behind `auth` with health and reflection on `listener` until `shutdown`
 /// resolves, then reports NOT_SERVING and drains in-flight calls.
-pub async fn serve_grpc<S>(
+pub async fn serve_grpc(
     listener: TcpListener,
-    auth: token_auth::AuthLayer,
-    service: S,
+    auth: Arc<Authenticator>,
+    services: GrpcServices,
     health: (
         HealthReporter,
         tonic_health::pb::health_server::HealthServer<impl tonic_health::pb::health_server::Health>,
     ),
     shutdown: impl Future<Output = ()> + Send,
-) -> anyhow::Result<()>
-where
-    S: tower::Service<
-            http::Request<tonic::body::Body>,
-            Response = http::Response<tonic::body::Body>,
-            Error = Infallible,
-        > + NamedService
-        + Clone
-        + Send
-        + Sync
-        + 'static,
-    S::Future: Send + 'static,
-{
+) -> anyhow::Result<()> {
+    let GrpcServices {
+        mut routes,
+        names,
+        policy,
+    } = services;
     let (reporter, health_service) = health;
-    let reflection_v1 = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(vbase_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .with_service_name(S::NAME)
-        .with_service_name("grpc.health.v1.Health")
-        .build_v1()?;
-    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(vbase_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .with_service_name(S::NAME)
-        .with_service_name("grpc.health.v1.Health")
-        .build_v1alpha()?;
-    let name = S::NAME;
+    routes
+        .add_service(health_service)
+        .add_service(reflection_builder(&names).build_v1()?)
+        .add_service(reflection_builder(&names).build_v1alpha()?);
     let shutdown = async move {
         shutdown.await;
         // Stop advertising readiness first, then let tonic drain.
-        reporter
-            .set_service_status(name, ServingStatus::NotServing)
-            .await;
-        reporter
-            .set_service_status("", ServingStatus::NotServing)
-            .await;
+        report(&reporter, &names, ServingStatus::NotServing).await;
     };
     // Replies go out as soon as they are written (no Nagle wait for the caller's ACK).
     let incoming = tokio_stream::StreamExt::map(TcpListenerStream::new(listener), |conn| {
@@ -67,22 +117,19 @@ where
         conn
     });
     tonic::transport::Server::builder()
-        .layer(auth)
-        .add_service(health_service)
-        .add_service(reflection_v1)
-        .add_service(reflection_v1alpha)
-        .add_service(service)
+        .layer(AuthLayer::new(auth, policy))
+        .add_routes(routes.routes())
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await?;
     Ok(())
 }
 
-/// Reports `service` (and the server as a whole, `""`) SERVING while `SELECT 1` succeeds on
+/// Reports `services` (and the server as a whole, `""`) SERVING while `SELECT 1` succeeds on
 /// `pool`, NOT_SERVING otherwise; checks every `interval` until `stop` resolves.
 pub async fn watch_database(
     pool: Pool,
     reporter: HealthReporter,
-    service: &'static str,
+    services: Vec<&'static str>,
     interval: Duration,
     stop: impl Future<Output = ()>,
 ) {
@@ -103,12 +150,11 @@ pub async fn watch_database(
             } else {
                 ServingStatus::NotServing
             };
-            reporter.set_service_status(service, status).await;
-            reporter.set_service_status("", status).await;
+            report(&reporter, &services, status).await;
             if ok {
-                tracing::info!(service, "database reachable: SERVING");
+                tracing::info!(?services, "database reachable: SERVING");
             } else {
-                tracing::warn!(service, "database unreachable: NOT_SERVING");
+                tracing::warn!(?services, "database unreachable: NOT_SERVING");
             }
             last = Some(ok);
         }
@@ -122,110 +168,97 @@ pub async fn watch_database(
 /// How long a shutdown waits for in-flight calls (under Kubernetes' default 30 s grace period).
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(20);
 
-/// Signals background tasks to stop once the server has drained.
-#[derive(Debug, Clone)]
-pub struct Background {
-    tx: tokio::sync::watch::Sender<bool>,
+/// How long the background workers get to finish after the drain.
+pub const WORKER_STOP_TIMEOUT: Duration = Duration::from_secs(8);
+
+/// What a service runs around its handlers.
+pub struct Serve {
+    /// The gRPC port.
+    pub listener: TcpListener,
+    /// Where `/metrics` listens.
+    pub metrics_addr: std::net::SocketAddr,
+    /// The metrics to expose.
+    pub registry: prometheus_client::registry::Registry,
+    /// The pool whose database health follows.
+    pub pool: Pool,
+    /// Verifies tokens for the services' policies.
+    pub auth: Arc<Authenticator>,
+    /// The gRPC services.
+    pub services: GrpcServices,
+    /// Phases of the service.
+    pub lifecycle: Lifecycle,
+    /// The service's background workers, awaited after the stop.
+    pub workers: Workers,
 }
 
-impl Default for Background {
-    fn default() -> Self {
-        Self {
-            tx: tokio::sync::watch::channel(false).0,
-        }
-    }
-}
-
-impl Background {
-    /// A future that resolves when [`Background::stop`] is called.
-    pub fn stopped(&self) -> impl Future<Output = ()> + Send + 'static {
-        let mut rx = self.tx.subscribe();
-        async move {
-            let _ = rx.wait_for(|s| *s).await;
-        }
-    }
-
-    /// Stops every task waiting on [`Background::stopped`].
-    pub fn stop(&self) {
-        let _ = self.tx.send(true);
-    }
-}
-
-/// Everything a service runs around its handlers: `/metrics` on `metrics_addr`, health that
-/// follows the database, the gRPC server behind `auth` on `listener`. Returns after `shutdown`
-/// and the drain; then stops `background`.
-#[allow(clippy::too_many_arguments)]
-pub async fn serve_service<S>(
-    listener: TcpListener,
-    metrics_addr: std::net::SocketAddr,
-    registry: prometheus_client::registry::Registry,
-    pool: Pool,
-    auth: token_auth::AuthLayer,
-    service: S,
-    background: Background,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> anyhow::Result<()>
-where
-    S: tower::Service<
-            http::Request<tonic::body::Body>,
-            Response = http::Response<tonic::body::Body>,
-            Error = Infallible,
-        > + NamedService
-        + Clone
-        + Send
-        + Sync
-        + 'static,
-    S::Future: Send + 'static,
-{
-    let registry = std::sync::Arc::new(std::sync::Mutex::new(registry));
-    let metrics_listener = TcpListener::bind(metrics_addr).await?;
-    tokio::spawn(crate::metrics::serve_metrics(
-        metrics_listener,
-        registry,
-        background.stopped(),
-    ));
-    let (reporter, health_service) = tonic_health::server::health_reporter();
-    reporter
-        .set_service_status(S::NAME, ServingStatus::NotServing)
-        .await;
-    reporter
-        .set_service_status("", ServingStatus::NotServing)
-        .await;
-    tokio::spawn(watch_database(
-        pool,
-        reporter.clone(),
-        S::NAME,
-        Duration::from_secs(2),
-        background.stopped(),
-    ));
-    tracing::info!(service = S::NAME, addr = %listener.local_addr()?, "listening");
-    // A client that never acknowledges the GOAWAY must not hold the drain open forever.
-    let (drain_tx, drain_rx) = tokio::sync::oneshot::channel::<()>();
-    let shutdown = async move {
-        shutdown.await;
-        let _ = drain_tx.send(());
-    };
-    let server = serve_grpc(
-        listener,
-        auth,
-        service,
-        (reporter, health_service),
-        shutdown,
-    );
-    let drain_deadline = async move {
-        if drain_rx.await.is_ok() {
+impl Serve {
+    /// Serves `/metrics`, health that follows the database, and the gRPC services until
+    /// `shutdown` resolves. Then: shutting down (NOT_SERVING, drain of at most
+    /// [`DRAIN_TIMEOUT`]), stopped (every background worker ends and is awaited).
+    pub async fn run(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let Serve {
+            listener,
+            metrics_addr,
+            registry,
+            pool,
+            auth,
+            services,
+            lifecycle,
+            mut workers,
+        } = self;
+        let registry = Arc::new(std::sync::Mutex::new(registry));
+        let metrics_listener = TcpListener::bind(metrics_addr).await?;
+        workers.spawn(
+            "metrics",
+            crate::metrics::serve_metrics(metrics_listener, registry, lifecycle.stopped()),
+        );
+        let names = services.names().to_vec();
+        let (reporter, health_service) = tonic_health::server::health_reporter();
+        report(&reporter, &names, ServingStatus::NotServing).await;
+        workers.spawn(
+            "health",
+            watch_database(
+                pool,
+                reporter.clone(),
+                names.clone(),
+                Duration::from_secs(2),
+                lifecycle.shutting_down(),
+            ),
+        );
+        tracing::info!(services = ?names, addr = %listener.local_addr()?, "listening");
+        let on_shutdown = lifecycle.clone();
+        let shutdown = async move {
+            shutdown.await;
+            on_shutdown.begin_shutdown();
+        };
+        let server = serve_grpc(
+            listener,
+            auth,
+            services,
+            (reporter, health_service),
+            shutdown,
+        );
+        // A client that never acknowledges the GOAWAY must not hold the drain open forever.
+        let draining = lifecycle.shutting_down();
+        let drain_deadline = async move {
+            draining.await;
             tokio::time::sleep(DRAIN_TIMEOUT).await;
-        } else {
-            std::future::pending::<()>().await;
+        };
+        let result = tokio::select! {
+            r = server => r,
+            _ = drain_deadline => {
+                tracing::warn!(timeout = ?DRAIN_TIMEOUT, "in-flight calls did not finish in time; exiting anyway");
+                Ok(())
+            }
+        };
+        lifecycle.stop();
+        let unfinished = workers.join(WORKER_STOP_TIMEOUT).await;
+        if unfinished.is_empty() {
+            tracing::info!("stopped");
         }
-    };
-    let result = tokio::select! {
-        r = server => r,
-        _ = drain_deadline => {
-            tracing::warn!(timeout = ?DRAIN_TIMEOUT, "in-flight calls did not finish in time; exiting anyway");
-            Ok(())
-        }
-    };
-    background.stop();
-    result
+        result
+    }
 }

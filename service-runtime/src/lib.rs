@@ -1,17 +1,25 @@
 //! What each VBase gRPC service runs besides its handlers: structured logging, the Prometheus
 //! `/metrics` endpoint, the Postgres pool and migrations, a health watch that reports SERVING only
-//! while the database answers, and the tonic server with auth, health, reflection and drain.
+//! while the database answers, the tonic server with auth, health, reflection and drain for
+//! one or several gRPC services, the lifecycle that background workers follow, and the one
+//! mapping of domain errors to gRPC statuses.
 
+pub mod boot;
 pub mod cli;
 pub mod db;
+pub mod error;
 pub mod grpc;
+pub mod lifecycle;
 pub mod logging;
 pub mod metrics;
 pub mod prepared;
 pub mod shutdown;
 
+pub use boot::{Boot, ServiceArgs};
 pub use db::{DatabaseArgs, DbFailure, Pool, classify};
-pub use grpc::{Background, serve_grpc, serve_service, watch_database};
+pub use error::Error;
+pub use grpc::{GrpcServices, Serve, serve_grpc, watch_database};
+pub use lifecycle::{Lifecycle, Phase, Workers};
 pub use logging::{LogFormat, init_logging};
 pub use metrics::serve_metrics;
 pub use prepared::prepared;

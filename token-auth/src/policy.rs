@@ -44,10 +44,13 @@ impl Access {
     }
 }
 
-/// The declared access of every method of one gRPC service. Undeclared methods are denied.
-#[derive(Debug, Clone)]
+/// The declared access of every method of the gRPC services one server serves. Undeclared
+/// methods, and every method of an undeclared service, are denied.
+#[derive(Debug, Clone, Default)]
 pub struct MethodPolicy {
-    service: String,
+    /// The service that [`MethodPolicy::allow`] declares methods of.
+    current: String,
+    /// Access by full path, `/package.Service/Method`.
     methods: HashMap<String, Access>,
 }
 
@@ -56,7 +59,7 @@ pub struct MethodPolicy {
 pub enum Decision {
     /// Health or reflection: no token needed.
     Open,
-    /// A declared method of the protected service.
+    /// A declared method of a protected service.
     Protected(Access),
     /// Anything else: denied.
     Undeclared,
@@ -66,32 +69,60 @@ impl MethodPolicy {
     /// A policy for the fully-qualified service name, e.g. `vbase.identity.v1.IdentityService`.
     pub fn new(service: impl Into<String>) -> Self {
         Self {
-            service: service.into(),
+            current: service.into(),
             methods: HashMap::new(),
         }
     }
 
-    /// Declares a method.
+    /// Declares a method of this policy's service.
     #[must_use]
     pub fn allow(mut self, method: &str, access: Access) -> Self {
-        self.methods.insert(method.to_owned(), access);
+        self.methods
+            .insert(format!("/{}/{method}", self.current), access);
         self
+    }
+
+    /// Declares `methods`, each with `access`.
+    #[must_use]
+    pub fn allow_all(self, methods: &[&str], access: Access) -> Self {
+        methods.iter().fold(self, |p, m| p.allow(m, access))
+    }
+
+    /// This policy and `other` together (a server serving both services).
+    #[must_use]
+    pub fn merge(mut self, other: MethodPolicy) -> Self {
+        self.methods.extend(other.methods);
+        if self.current.is_empty() {
+            self.current = other.current;
+        }
+        self
+    }
+
+    /// The services that have at least one declared method, sorted.
+    pub fn services(&self) -> Vec<&str> {
+        let mut names: Vec<&str> = self
+            .methods
+            .keys()
+            .filter_map(|p| p.strip_prefix('/')?.split_once('/').map(|(s, _)| s))
+            .collect();
+        names.sort_unstable();
+        names.dedup();
+        names
     }
 
     /// Decides a request path of the form `/package.Service/Method`.
     pub fn decide(&self, path: &str) -> Decision {
-        let Some((service, method)) = path.strip_prefix('/').and_then(|p| p.split_once('/')) else {
+        if let Some(access) = self.methods.get(path) {
+            return Decision::Protected(*access);
+        }
+        let Some((service, _)) = path.strip_prefix('/').and_then(|p| p.split_once('/')) else {
             return Decision::Undeclared;
         };
         if OPEN_SERVICES.contains(&service) {
-            return Decision::Open;
+            Decision::Open
+        } else {
+            Decision::Undeclared
         }
-        if service != self.service {
-            return Decision::Undeclared;
-        }
-        self.methods
-            .get(method)
-            .map_or(Decision::Undeclared, |a| Decision::Protected(*a))
     }
 
     /// Authenticates and authorizes one call: `Ok(None)` for open methods, the principal for
@@ -184,20 +215,32 @@ where
             .headers()
             .get(http::header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok());
-        match self
+        let decided = self
             .policy
-            .authorize(&self.auth, req.uri().path(), authorization)
-        {
+            .authorize(&self.auth, req.uri().path(), authorization);
+        let span = tracing::info_span!(
+            "rpc",
+            method = req.uri().path(),
+            caller = tracing::field::Empty
+        );
+        match decided {
             Ok(Some(principal)) => {
+                match &principal {
+                    Principal::Service(s) => {
+                        span.record("caller", format_args!("service:{}", s.name))
+                    }
+                    Principal::User(u) => span.record("caller", format_args!("user:{}", u.user_id)),
+                };
                 req.extensions_mut().insert(principal);
             }
             Ok(None) => {}
             Err(status) => {
-                tracing::debug!(path = req.uri().path(), code = ?status.code(), reason = status.message(), "call refused");
+                let _entered = span.enter();
+                tracing::debug!(code = ?status.code(), reason = status.message(), "call refused");
                 return Box::pin(std::future::ready(Ok(status.into_http())));
             }
         }
-        Box::pin(self.inner.call(req))
+        Box::pin(tracing::Instrument::instrument(self.inner.call(req), span))
     }
 }
 
@@ -207,8 +250,16 @@ mod tests {
 
     #[test]
     fn decides_paths() {
-        let p = MethodPolicy::new("a.v1.S").allow("Get", Access::User);
+        let p = MethodPolicy::new("a.v1.S")
+            .allow("Get", Access::User)
+            .merge(MethodPolicy::new("a.v1.Admin").allow("Get", Access::Service));
         assert_eq!(p.decide("/a.v1.S/Get"), Decision::Protected(Access::User));
+        assert_eq!(
+            p.decide("/a.v1.Admin/Get"),
+            Decision::Protected(Access::Service)
+        );
+        assert_eq!(p.decide("/a.v1.Admin/Other"), Decision::Undeclared);
+        assert_eq!(p.services(), vec!["a.v1.Admin", "a.v1.S"]);
         assert_eq!(p.decide("/a.v1.S/Other"), Decision::Undeclared);
         assert_eq!(p.decide("/b.v1.S/Get"), Decision::Undeclared);
         assert_eq!(p.decide("/grpc.health.v1.Health/Check"), Decision::Open);

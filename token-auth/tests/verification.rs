@@ -494,3 +494,63 @@ async fn a_token_verified_before_still_expires_on_time() {
     assert_eq!(refused, AuthError::Expired);
     assert!(now_secs() > exp + 5 - 1);
 }
+
+/// Log lines written while `f` runs, as JSON (the services' production format).
+struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn each_call_runs_in_a_span_naming_its_method_and_caller() {
+    use tower::{Layer, Service, ServiceExt};
+    let f = fixture(&[]).await;
+    let policy = MethodPolicy::new("vbase.identity.v1.IdentityService")
+        .allow("GetUser", Access::UserOrService);
+    let tokens = [
+        f.service_token("identity-service"),
+        f.user_token_with(json!({})),
+    ];
+    let layer = token_auth::AuthLayer::new(std::sync::Arc::new(f.auth), policy);
+    let handler = tower::service_fn(|_req: http::Request<()>| async {
+        tracing::info!("handled");
+        Ok::<_, std::convert::Infallible>(http::Response::new(tonic::body::Body::empty()))
+    });
+    let mut svc = layer.layer(handler);
+    let logs = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sink = std::sync::Arc::clone(&logs);
+    let subscriber = tracing_subscriber::fmt()
+        .json()
+        .with_writer(move || Captured(std::sync::Arc::clone(&sink)))
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+    for token in tokens {
+        let req = http::Request::builder()
+            .uri("/vbase.identity.v1.IdentityService/GetUser")
+            .header("authorization", format!("Bearer {token}"))
+            .body(())
+            .unwrap();
+        svc.ready().await.unwrap().call(req).await.unwrap();
+    }
+    let text = String::from_utf8(logs.lock().unwrap().clone()).unwrap();
+    let lines: Vec<&str> = text.lines().filter(|l| l.contains("handled")).collect();
+    assert_eq!(lines.len(), 2, "{text}");
+    for (line, caller) in lines
+        .iter()
+        .zip(["service:webhook-gateway", "user:user_2abc"])
+    {
+        assert!(
+            line.contains(r#""method":"/vbase.identity.v1.IdentityService/GetUser""#),
+            "{line}"
+        );
+        assert!(line.contains(&format!(r#""caller":"{caller}""#)), "{line}");
+        assert!(!line.contains("Bearer"), "a token reached the log: {line}");
+    }
+}

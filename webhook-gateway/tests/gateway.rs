@@ -4,7 +4,7 @@
 use ephemeral_postgres::TestDatabase;
 use serde_json::{Value, json};
 use service_harness::{Issuers, RunningServer, eventually};
-use service_runtime::{DatabaseArgs, LogFormat};
+use service_runtime::LogFormat;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -97,24 +97,15 @@ async fn stack_with(secrets: &str, token_file: Option<std::path::PathBuf>, older
         |u| async move { workspace_service::migrate(&u).await.map(|_| ()) },
     )
     .await;
-    let db = |url: &str| DatabaseArgs {
-        database_url: url.into(),
-        db_pool_size: 8,
-    };
     let identity_cfg = identity_service::Config {
-        db: db(idb.url()),
-        auth: issuers.auth_args(),
+        service: issuers.service_args(idb.url(), 8),
         grpc_addr: "127.0.0.1:0".parse().unwrap(),
         metrics_addr: "127.0.0.1:0".parse().unwrap(),
-        log_format: LogFormat::Pretty,
-        migrate_on_start: false,
         group_commit_slots: 2,
         lookup_slots: 2,
-        processed_event_retention_hours: 72,
     };
     let workspace_cfg = workspace_service::Config {
-        db: db(wdb.url()),
-        auth: issuers.auth_args(),
+        service: issuers.service_args(wdb.url(), 8),
         liveblocks: workspace_service::LiveblocksArgs {
             liveblocks_api_url: "http://127.0.0.1:9".into(),
             liveblocks_secret_key: None,
@@ -127,9 +118,6 @@ async fn stack_with(secrets: &str, token_file: Option<std::path::PathBuf>, older
         },
         grpc_addr: "127.0.0.1:0".parse().unwrap(),
         metrics_addr: "127.0.0.1:0".parse().unwrap(),
-        log_format: LogFormat::Pretty,
-        migrate_on_start: false,
-        processed_event_retention_hours: 72,
     };
     let ic = identity_cfg.clone();
     let identity = RunningServer::start(|l, s| identity_service::run(ic, l, s)).await;

@@ -6,7 +6,6 @@
 use ephemeral_postgres::TestDatabase;
 use identity_service::Config;
 use service_harness::{Issuers, RunningServer};
-use service_runtime::{DatabaseArgs, LogFormat};
 use tonic::Request;
 use tonic::transport::Channel;
 use vbase_proto::identity::v1 as pb;
@@ -31,18 +30,11 @@ pub async fn database() -> TestDatabase {
 
 pub fn config(db_url: &str, issuers: &Issuers) -> Config {
     Config {
-        db: DatabaseArgs {
-            database_url: db_url.to_owned(),
-            db_pool_size: 8,
-        },
-        auth: issuers.auth_args(),
+        service: issuers.service_args(db_url, 8),
         grpc_addr: "127.0.0.1:0".parse().unwrap(),
         metrics_addr: "127.0.0.1:0".parse().unwrap(),
-        log_format: LogFormat::Pretty,
-        migrate_on_start: false,
         group_commit_slots: 2,
         lookup_slots: 2,
-        processed_event_retention_hours: 72,
     }
 }
 

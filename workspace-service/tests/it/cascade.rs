@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use support::{Env, SECRET, delete_ws, eventually, start_with, ts};
 use vbase_proto::workspace::v1 as pb;
-use workspace_service::cleanup::{CleanupSettings, CleanupWorker, HttpLiveblocks};
+use workspace_service::workers::liveblocks::{CleanupSettings, CleanupWorker, HttpLiveblocks};
 
 const TABLES: &[&str] = &[
     "workspaces",

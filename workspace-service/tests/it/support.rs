@@ -5,7 +5,6 @@
 
 use ephemeral_postgres::TestDatabase;
 use service_harness::{Issuers, RunningServer};
-use service_runtime::{DatabaseArgs, LogFormat};
 use stand_ins::LiveblocksStandIn;
 use tonic::Request;
 use tonic::transport::Channel;
@@ -37,11 +36,7 @@ pub async fn database() -> TestDatabase {
 
 pub fn config(db_url: &str, issuers: &Issuers, liveblocks_url: Option<&str>) -> Config {
     Config {
-        db: DatabaseArgs {
-            database_url: db_url.to_owned(),
-            db_pool_size: 10,
-        },
-        auth: issuers.auth_args(),
+        service: issuers.service_args(db_url, 10),
         liveblocks: LiveblocksArgs {
             liveblocks_api_url: liveblocks_url.unwrap_or("http://127.0.0.1:9").to_owned(),
             liveblocks_secret_key: liveblocks_url.map(|_| SECRET.to_owned()),
@@ -54,9 +49,6 @@ pub fn config(db_url: &str, issuers: &Issuers, liveblocks_url: Option<&str>) -> 
         },
         grpc_addr: "127.0.0.1:0".parse().unwrap(),
         metrics_addr: "127.0.0.1:0".parse().unwrap(),
-        log_format: LogFormat::Pretty,
-        migrate_on_start: false,
-        processed_event_retention_hours: 72,
     }
 }
 

@@ -1,0 +1,128 @@
+//! What both services do the same way from configuration to serving: settings, migrations on
+//! start, the token verifier, the pool, the metrics registry, the prune of delivery ids, and
+//! the lifecycle their workers follow.
+
+use crate::db::{DatabaseArgs, PlanCache, Pool};
+use crate::grpc::{GrpcServices, Serve};
+use crate::lifecycle::{Lifecycle, Workers};
+use crate::logging::LogFormat;
+use diesel_migrations::EmbeddedMigrations;
+use prometheus_client::registry::Registry;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use token_auth::Authenticator;
+use tokio::net::TcpListener;
+
+/// Settings every service takes besides its own.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ServiceArgs {
+    #[command(flatten)]
+    pub db: DatabaseArgs,
+    #[command(flatten)]
+    pub auth: token_auth::AuthArgs,
+    /// `json` or `pretty`.
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Json)]
+    pub log_format: LogFormat,
+    /// Apply migrations before serving.
+    #[arg(long = "migrate", env = "MIGRATE_ON_START", default_value_t = false)]
+    pub migrate_on_start: bool,
+    /// Hours processed event ids are kept: 72 to 8760 (Svix retries for ~28 h).
+    #[arg(long, env = "PROCESSED_EVENT_RETENTION_HOURS", default_value_t = 72)]
+    pub processed_event_retention_hours: u64,
+}
+
+impl ServiceArgs {
+    /// What is out of range, if anything.
+    pub fn check(&self) -> Result<(), String> {
+        if !(72..=8760).contains(&self.processed_event_retention_hours) {
+            return Err(format!(
+                "PROCESSED_EVENT_RETENTION_HOURS ({}) must be from 72 (Svix retries for about 28 hours) to 8760",
+                self.processed_event_retention_hours
+            ));
+        }
+        if !(1..=1000).contains(&self.db.db_pool_size) {
+            return Err(format!(
+                "DB_POOL_SIZE ({}) must be from 1 to 1000",
+                self.db.db_pool_size
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// A service on its way to serving: what its handlers and workers share.
+pub struct Boot {
+    /// The service's database.
+    pub pool: Pool,
+    /// Verifies tokens (Clerk users and internal services).
+    pub auth: Arc<Authenticator>,
+    /// Where the service registers its metrics.
+    pub registry: Registry,
+    /// Phases every worker follows.
+    pub lifecycle: Lifecycle,
+    /// Background workers, awaited at the stop.
+    pub workers: Workers,
+    retention_hours: u64,
+}
+
+impl Boot {
+    /// Migrates (when asked), builds the verifier for `audience` and the pool.
+    pub async fn start(
+        args: &ServiceArgs,
+        audience: &str,
+        migrations: EmbeddedMigrations,
+        plans: PlanCache,
+    ) -> anyhow::Result<Self> {
+        args.check().map_err(anyhow::Error::msg)?;
+        if args.migrate_on_start {
+            let applied = crate::db::run_migrations(&args.db.database_url, migrations).await?;
+            tracing::info!(?applied, "migrations applied");
+        }
+        let auth = Arc::new(args.auth.build(audience).map_err(anyhow::Error::msg)?);
+        let pool = crate::db::build_pool(&args.db.database_url, args.db.db_pool_size, plans)?;
+        Ok(Self {
+            pool,
+            auth,
+            registry: Registry::default(),
+            lifecycle: Lifecycle::default(),
+            workers: Workers::default(),
+            retention_hours: args.processed_event_retention_hours,
+        })
+    }
+
+    /// Starts the hourly prune of delivery ids; `on_pruned` hears how many went.
+    pub fn prune_delivery_ids(&mut self, on_pruned: impl Fn(u64) + Send + 'static) {
+        self.workers.spawn(
+            "prune-delivery-ids",
+            crate::db::prune_loop(
+                self.pool.clone(),
+                self.retention_hours,
+                on_pruned,
+                self.lifecycle.stopped(),
+            ),
+        );
+    }
+
+    /// Serves `services` on `listener` until `shutdown`, then drains and stops the workers.
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        metrics_addr: SocketAddr,
+        services: GrpcServices,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        Serve {
+            listener,
+            metrics_addr,
+            registry: self.registry,
+            pool: self.pool,
+            auth: self.auth,
+            services,
+            lifecycle: self.lifecycle,
+            workers: self.workers,
+        }
+        .run(shutdown)
+        .await
+    }
+}

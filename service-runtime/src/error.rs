@@ -1,0 +1,74 @@
+//! The errors of a service's domain and the one place they become gRPC statuses. Messages of
+//! the client-facing kinds say what to fix; database and internal details are logged, never
+//! returned.
+
+use tonic::Status;
+
+/// What a domain function can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Bad input; the message says what to fix. INVALID_ARGUMENT.
+    #[error("{0}")]
+    Invalid(String),
+    /// The caller may not act here (also answered for things the caller cannot see, so
+    /// existence does not leak). PERMISSION_DENIED.
+    #[error("{0}")]
+    Denied(String),
+    /// Not found (only said where existence is no secret to the caller). NOT_FOUND.
+    #[error("{0}")]
+    NotFound(String),
+    /// Already exists (e.g. a channel name). ALREADY_EXISTS.
+    #[error("{0}")]
+    Exists(String),
+    /// The request does not fit the current state (e.g. a deleted user, a document in a code
+    /// room). FAILED_PRECONDITION.
+    #[error("{0}")]
+    Precondition(String),
+    /// Accepted but not finished (the service is stopping): retry. UNAVAILABLE.
+    #[error("{0}")]
+    Unavailable(&'static str),
+    /// A broken invariant; logged, answered as INTERNAL without details.
+    #[error("{0}")]
+    Internal(String),
+    /// A database error.
+    #[error("database error: {0}")]
+    Db(#[from] diesel::result::Error),
+    /// No connection could be had.
+    #[error("database unavailable: {0}")]
+    Pool(#[from] diesel_async::pooled_connection::deadpool::PoolError),
+}
+
+impl From<input_validation::Invalid> for Error {
+    fn from(e: input_validation::Invalid) -> Self {
+        Error::Invalid(e.0)
+    }
+}
+
+impl Error {
+    /// A short label for metrics: `invalid` for the caller's mistakes, `error` otherwise.
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Error::Invalid(_) => "invalid",
+            _ => "error",
+        }
+    }
+}
+
+impl From<Error> for Status {
+    fn from(e: Error) -> Self {
+        match e {
+            Error::Invalid(m) => Status::invalid_argument(m),
+            Error::Denied(m) => Status::permission_denied(m),
+            Error::NotFound(m) => Status::not_found(m),
+            Error::Exists(m) => Status::already_exists(m),
+            Error::Precondition(m) => Status::failed_precondition(m),
+            Error::Unavailable(m) => Status::unavailable(m),
+            Error::Internal(m) => {
+                tracing::error!(error = %m, "internal error");
+                Status::internal("internal error")
+            }
+            Error::Pool(e) => crate::db::pool_status(&e),
+            Error::Db(e) => crate::db::status_for(&e),
+        }
+    }
+}

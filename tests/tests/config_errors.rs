@@ -1,0 +1,77 @@
+//! A setting out of its range stops each service binary before it serves: one line naming the
+//! setting, exit status 2, never a silently adjusted value. Runs the real binaries (built by
+//! `scripts/test` before the tests).
+
+use std::io::Read;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn binary(name: &str) -> PathBuf {
+    // target/debug/deps/config_errors-xxxx -> target/debug/<name>
+    let exe = std::env::current_exe().unwrap();
+    exe.parent().unwrap().parent().unwrap().join(name)
+}
+
+/// Runs `name` with the required settings plus `extra`; returns (exit code, stderr). A binary
+/// still running after 10 s accepted the setting: it is killed and reported as `None`.
+fn run(name: &str, extra: &[(&str, &str)]) -> (Option<i32>, String) {
+    let mut child = Command::new(binary(name))
+        .env_clear()
+        .env("DATABASE_URL", "postgres://nobody@127.0.0.1:9/none")
+        .env("CLERK_JWT_ISSUER_DOMAIN", "https://clerk.example.com")
+        .env("SERVICE_JWKS_FILE", "/nonexistent/jwks.json")
+        .env("GRPC_ADDR", "127.0.0.1:0")
+        .env("METRICS_ADDR", "127.0.0.1:0")
+        .envs(extra.iter().copied())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{name} did not run (build the binaries first): {e}"));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let code = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status.code();
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    (code, stderr)
+}
+
+#[test]
+fn out_of_range_settings_exit_2_with_one_line_naming_them() {
+    let cases: &[(&str, (&str, &str))] = &[
+        ("workspace-service", ("LIVEBLOCKS_LEASE_SECS", "5")),
+        ("workspace-service", ("LIVEBLOCKS_CONCURRENCY", "0")),
+        ("workspace-service", ("LIVEBLOCKS_POLL_MS", "1")),
+        (
+            "workspace-service",
+            ("PROCESSED_EVENT_RETENTION_HOURS", "24"),
+        ),
+        ("identity-service", ("GROUP_COMMIT_SLOTS", "0")),
+        ("identity-service", ("LOOKUP_SLOTS", "17")),
+        ("identity-service", ("DB_POOL_SIZE", "0")),
+    ];
+    for (binary, (var, value)) in cases {
+        let (code, stderr) = run(binary, &[(var, value)]);
+        assert_eq!(code, Some(2), "{binary} {var}={value}: {stderr}");
+        let lines: Vec<&str> = stderr.lines().collect();
+        assert_eq!(lines.len(), 1, "{binary} {var}={value}: {stderr}");
+        assert!(
+            lines[0].contains("configuration error") && lines[0].contains(var),
+            "{binary} {var}={value}: {stderr}"
+        );
+    }
+}

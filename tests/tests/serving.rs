@@ -1,0 +1,283 @@
+//! The serving code every service runs (`service_runtime::Serve`): several gRPC services on one
+//! port, each behind its own access policy, all in reflection and health, and the two-step
+//! shutdown that drains calls and then awaits the background workers.
+//!
+//! The two services here answer from fixed data: what is under test is the server around them.
+
+use service_harness::Issuers;
+use service_runtime::{GrpcServices, Lifecycle, Serve, Workers};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+use token_auth::{Access, MethodPolicy};
+use tonic::{Code, Request, Response, Status};
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+use vbase_proto::identity::v1 as ipb;
+use vbase_proto::workspace::v1 as wpb;
+
+const AUDIENCE: &str = "test-service";
+const IDENTITY: &str = "vbase.identity.v1.IdentityService";
+const WORKSPACE: &str = "vbase.workspace.v1.WorkspaceService";
+
+/// Methods this test does not call answer UNIMPLEMENTED. Written out in the shape
+/// `async_trait` gives trait methods, because the attribute runs before this macro expands.
+macro_rules! unimplemented_methods {
+    ($($name:ident: $req:ty => $resp:ty),* $(,)?) => {
+        $(fn $name<'life0, 'async_trait>(
+            &'life0 self,
+            _: Request<$req>,
+        ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<Response<$resp>, Status>> + Send + 'async_trait>>
+        where
+            'life0: 'async_trait,
+            Self: 'async_trait,
+        {
+            Box::pin(std::future::ready(Err(Status::unimplemented(stringify!($name)))))
+        })*
+    };
+}
+
+struct Identity;
+
+#[tonic::async_trait]
+impl ipb::identity_service_server::IdentityService for Identity {
+    /// Answers the id it was asked for; `user_slow` takes 500 ms (a call in flight).
+    async fn get_user(
+        &self,
+        req: Request<ipb::GetUserRequest>,
+    ) -> Result<Response<ipb::GetUserResponse>, Status> {
+        let id = req.into_inner().clerk_id;
+        if id == "user_slow" {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        Ok(Response::new(ipb::GetUserResponse {
+            user: Some(ipb::User {
+                clerk_id: id,
+                ..Default::default()
+            }),
+        }))
+    }
+
+    unimplemented_methods! {
+        store_user: ipb::StoreUserRequest => ipb::StoreUserResponse,
+        get_current_user: ipb::GetCurrentUserRequest => ipb::GetCurrentUserResponse,
+        batch_get_users: ipb::BatchGetUsersRequest => ipb::BatchGetUsersResponse,
+        upsert_user: ipb::UpsertUserCommand => ipb::UpsertUserResponse,
+        upsert_users: ipb::UpsertUsersCommand => ipb::UpsertUsersResponse,
+        delete_user: ipb::DeleteUserCommand => ipb::DeleteUserResponse,
+    }
+}
+
+struct Workspace;
+
+#[tonic::async_trait]
+impl wpb::workspace_service_server::WorkspaceService for Workspace {
+    async fn get_workspace(
+        &self,
+        req: Request<wpb::GetWorkspaceRequest>,
+    ) -> Result<Response<wpb::GetWorkspaceResponse>, Status> {
+        Ok(Response::new(wpb::GetWorkspaceResponse {
+            workspace: Some(wpb::Workspace {
+                clerk_org_id: req.into_inner().clerk_org_id,
+                ..Default::default()
+            }),
+        }))
+    }
+
+    unimplemented_methods! {
+        upsert_workspace: wpb::UpsertWorkspaceCommand => wpb::UpsertWorkspaceResponse,
+        delete_workspace: wpb::DeleteWorkspaceCommand => wpb::DeleteWorkspaceResponse,
+        upsert_membership: wpb::UpsertMembershipCommand => wpb::UpsertMembershipResponse,
+        delete_membership: wpb::DeleteMembershipCommand => wpb::DeleteMembershipResponse,
+        remove_user: wpb::RemoveUserCommand => wpb::RemoveUserResponse,
+        list_members: wpb::ListMembersRequest => wpb::ListMembersResponse,
+        create_channel: wpb::CreateChannelRequest => wpb::CreateChannelResponse,
+        list_channels: wpb::ListChannelsRequest => wpb::ListChannelsResponse,
+        rename_channel: wpb::RenameChannelRequest => wpb::RenameChannelResponse,
+        delete_channel: wpb::DeleteChannelRequest => wpb::DeleteChannelResponse,
+        post_message: wpb::PostMessageRequest => wpb::PostMessageResponse,
+        list_messages: wpb::ListMessagesRequest => wpb::ListMessagesResponse,
+        edit_message: wpb::EditMessageRequest => wpb::EditMessageResponse,
+        delete_message: wpb::DeleteMessageRequest => wpb::DeleteMessageResponse,
+        mark_channel_read: wpb::MarkChannelReadRequest => wpb::MarkChannelReadResponse,
+        get_unread_counts: wpb::GetUnreadCountsRequest => wpb::GetUnreadCountsResponse,
+        create_room: wpb::CreateRoomRequest => wpb::CreateRoomResponse,
+        list_rooms: wpb::ListRoomsRequest => wpb::ListRoomsResponse,
+        rename_room: wpb::RenameRoomRequest => wpb::RenameRoomResponse,
+        delete_room: wpb::DeleteRoomRequest => wpb::DeleteRoomResponse,
+        create_room_item: wpb::CreateRoomItemRequest => wpb::CreateRoomItemResponse,
+        list_room_items: wpb::ListRoomItemsRequest => wpb::ListRoomItemsResponse,
+        rename_room_item: wpb::RenameRoomItemRequest => wpb::RenameRoomItemResponse,
+        delete_room_item: wpb::DeleteRoomItemRequest => wpb::DeleteRoomItemResponse,
+        schedule_meeting: wpb::ScheduleMeetingRequest => wpb::ScheduleMeetingResponse,
+        list_meetings: wpb::ListMeetingsRequest => wpb::ListMeetingsResponse,
+        cancel_meeting: wpb::CancelMeetingRequest => wpb::CancelMeetingResponse,
+    }
+}
+
+async fn status_of(health: &mut HealthClient<tonic::transport::Channel>, service: &str) -> i32 {
+    health
+        .check(HealthCheckRequest {
+            service: service.into(),
+        })
+        .await
+        .map(|r| r.into_inner().status)
+        .unwrap_or(-1)
+}
+
+#[tokio::test]
+async fn one_server_serves_several_services_each_with_its_policy_and_stops_in_two_steps() {
+    let issuers = Issuers::new().await;
+    let db = service_harness::database("serving", "none", |_| async { Ok(()) }).await;
+    let pool =
+        service_runtime::db::build_pool(db.url(), 2, service_runtime::db::PlanCache::Auto).unwrap();
+    let auth = Arc::new(issuers.auth_args().build(AUDIENCE).unwrap());
+    let lifecycle = Lifecycle::default();
+    let mut workers = Workers::default();
+    // A worker that needs a moment to finish after the stop: `run` must wait for it.
+    let worker_finished = Arc::new(AtomicBool::new(false));
+    let (finished, stopped, shutting_down) = (
+        Arc::clone(&worker_finished),
+        lifecycle.stopped(),
+        lifecycle.shutting_down(),
+    );
+    workers.spawn("slow-to-stop", async move {
+        shutting_down.await;
+        stopped.await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        finished.store(true, Ordering::SeqCst);
+    });
+    let services = GrpcServices::new()
+        .add(
+            ipb::identity_service_server::IdentityServiceServer::new(Identity),
+            MethodPolicy::new(IDENTITY).allow("GetUser", Access::UserOrService),
+        )
+        .add(
+            wpb::workspace_service_server::WorkspaceServiceServer::new(Workspace),
+            MethodPolicy::new(WORKSPACE).allow("GetWorkspace", Access::Service),
+        );
+    let server = service_harness::RunningServer::start(move |listener, shutdown| {
+        Serve {
+            listener,
+            metrics_addr: "127.0.0.1:0".parse().unwrap(),
+            registry: Default::default(),
+            pool,
+            auth,
+            services,
+            lifecycle,
+            workers,
+        }
+        .run(shutdown)
+    })
+    .await;
+    let channel = server.channel().await;
+    let mut identity = ipb::identity_service_client::IdentityServiceClient::new(channel.clone());
+    let mut workspace = wpb::workspace_service_client::WorkspaceServiceClient::new(channel.clone());
+    let health = HealthClient::new(channel.clone());
+
+    // Health follows the database for each service and for the server as a whole.
+    service_harness::eventually("SERVING", Duration::from_secs(10), || {
+        let mut h = health.clone();
+        async move {
+            for name in [IDENTITY, WORKSPACE, ""] {
+                if status_of(&mut h, name).await != ServingStatus::Serving as i32 {
+                    return false;
+                }
+            }
+            true
+        }
+    })
+    .await;
+
+    // Both services answer on the one port, each under its own policy.
+    let get_user = |id: &str| ipb::GetUserRequest {
+        clerk_id: id.into(),
+    };
+    let get_ws = || wpb::GetWorkspaceRequest {
+        clerk_org_id: "org_1".into(),
+    };
+    let user = identity
+        .get_user(issuers.service(AUDIENCE, get_user("user_1")))
+        .await
+        .unwrap();
+    assert_eq!(user.into_inner().user.unwrap().clerk_id, "user_1");
+    identity
+        .get_user(issuers.user("user_2", get_user("user_2")))
+        .await
+        .expect("GetUser accepts user tokens");
+    let ws = workspace
+        .get_workspace(issuers.service(AUDIENCE, get_ws()))
+        .await
+        .unwrap();
+    assert_eq!(ws.into_inner().workspace.unwrap().clerk_org_id, "org_1");
+    let denied = workspace
+        .get_workspace(issuers.user("user_2", get_ws()))
+        .await
+        .unwrap_err();
+    assert_eq!(denied.code(), Code::PermissionDenied, "{denied:?}");
+    let undeclared = workspace
+        .list_rooms(issuers.service(AUDIENCE, wpb::ListRoomsRequest::default()))
+        .await
+        .unwrap_err();
+    assert_eq!(undeclared.code(), Code::PermissionDenied, "{undeclared:?}");
+    let unauthenticated = identity.get_user(get_user("user_1")).await.unwrap_err();
+    assert_eq!(unauthenticated.code(), Code::Unauthenticated);
+
+    // Reflection lists both services.
+    let mut reflection =
+        tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient::new(
+            channel.clone(),
+        );
+    let request = tonic_reflection::pb::v1::ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(
+            tonic_reflection::pb::v1::server_reflection_request::MessageRequest::ListServices(
+                String::new(),
+            ),
+        ),
+    };
+    let mut answers = reflection
+        .server_reflection_info(tokio_stream::once(request))
+        .await
+        .unwrap()
+        .into_inner();
+    let answer = answers.message().await.unwrap().unwrap();
+    let Some(
+        tonic_reflection::pb::v1::server_reflection_response::MessageResponse::ListServicesResponse(
+            list,
+        ),
+    ) = answer.message_response
+    else {
+        panic!("not a list of services: {answer:?}");
+    };
+    let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+    for name in [IDENTITY, WORKSPACE, "grpc.health.v1.Health"] {
+        assert!(
+            names.iter().any(|n| n == name),
+            "{name} missing from {names:?}"
+        );
+    }
+
+    // Shutdown while a call is in flight: the call completes, and `run` returns only after
+    // the worker that needs a moment to stop has finished.
+    let mut slow = identity.clone();
+    let slow_token = issuers.service(AUDIENCE, get_user("user_slow"));
+    let in_flight = tokio::spawn(async move { slow.get_user(slow_token).await });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let stop = tokio::spawn(server.stop());
+    service_harness::eventually("NOT_SERVING while draining", Duration::from_secs(5), || {
+        let mut h = health.clone();
+        async move { status_of(&mut h, WORKSPACE).await != ServingStatus::Serving as i32 }
+    })
+    .await;
+    let answered = in_flight
+        .await
+        .unwrap()
+        .expect("the call in flight completes");
+    assert_eq!(answered.into_inner().user.unwrap().clerk_id, "user_slow");
+    stop.await.unwrap().unwrap();
+    assert!(
+        worker_finished.load(Ordering::SeqCst),
+        "run returned before its worker had stopped"
+    );
+}

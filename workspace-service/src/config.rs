@@ -1,0 +1,150 @@
+//! Configuration of `workspace-service serve`, from flags or the environment. Values out of
+//! range are refused with a message naming the setting, never silently adjusted.
+
+use crate::workers::liveblocks::CleanupSettings;
+use service_runtime::ServiceArgs;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// Liveblocks clean-up settings.
+#[derive(Debug, Clone, clap::Args)]
+pub struct LiveblocksArgs {
+    /// Liveblocks REST API base URL.
+    #[arg(
+        long,
+        env = "LIVEBLOCKS_API_URL",
+        default_value = "https://api.liveblocks.io"
+    )]
+    pub liveblocks_api_url: String,
+    /// Liveblocks secret key (`sk_...`). Without it rooms stay queued and nothing is sent.
+    #[arg(long, env = "LIVEBLOCKS_SECRET_KEY", hide_env_values = true)]
+    pub liveblocks_secret_key: Option<String>,
+    /// Deletions in flight at once, per replica (1 to 256).
+    #[arg(long, env = "LIVEBLOCKS_CONCURRENCY", default_value_t = 8)]
+    pub liveblocks_concurrency: usize,
+    /// Timeout of one Liveblocks call, seconds (at least 1).
+    #[arg(long, env = "LIVEBLOCKS_TIMEOUT_SECS", default_value_t = 10)]
+    pub liveblocks_timeout_secs: u64,
+    /// Lease of a job, seconds: after a crash the job is retried once it expires. At least
+    /// LIVEBLOCKS_TIMEOUT_SECS + 5, so a lease never ends while its call may still run.
+    #[arg(long, env = "LIVEBLOCKS_LEASE_SECS", default_value_t = 60)]
+    pub liveblocks_lease_secs: u64,
+    /// First retry delay, milliseconds (at least 1; doubles per attempt, with jitter).
+    #[arg(long, env = "LIVEBLOCKS_BACKOFF_BASE_MS", default_value_t = 1000)]
+    pub liveblocks_backoff_base_ms: u64,
+    /// Longest retry delay, seconds (at least 1).
+    #[arg(long, env = "LIVEBLOCKS_BACKOFF_MAX_SECS", default_value_t = 300)]
+    pub liveblocks_backoff_max_secs: u64,
+    /// Idle poll period of the worker, milliseconds (at least 10).
+    #[arg(long, env = "LIVEBLOCKS_POLL_MS", default_value_t = 1000)]
+    pub liveblocks_poll_ms: u64,
+}
+
+impl LiveblocksArgs {
+    /// The worker settings, or what is out of range.
+    pub fn settings(&self) -> Result<CleanupSettings, String> {
+        let out_of_range = |what: &str| Err(format!("{what} is out of range"));
+        if !(1..=256).contains(&self.liveblocks_concurrency) {
+            return out_of_range("LIVEBLOCKS_CONCURRENCY (1 to 256)");
+        }
+        if self.liveblocks_timeout_secs == 0 {
+            return out_of_range("LIVEBLOCKS_TIMEOUT_SECS (at least 1)");
+        }
+        if self.liveblocks_lease_secs < self.liveblocks_timeout_secs + 5 {
+            return Err(format!(
+                "LIVEBLOCKS_LEASE_SECS ({}) must be at least LIVEBLOCKS_TIMEOUT_SECS + 5 ({}), so a lease never ends while its call may still run",
+                self.liveblocks_lease_secs,
+                self.liveblocks_timeout_secs + 5
+            ));
+        }
+        if self.liveblocks_poll_ms < 10 {
+            return out_of_range("LIVEBLOCKS_POLL_MS (at least 10)");
+        }
+        if self.liveblocks_backoff_base_ms == 0 || self.liveblocks_backoff_max_secs == 0 {
+            return out_of_range(
+                "LIVEBLOCKS_BACKOFF_BASE_MS / LIVEBLOCKS_BACKOFF_MAX_SECS (at least 1)",
+            );
+        }
+        Ok(CleanupSettings {
+            concurrency: self.liveblocks_concurrency,
+            lease: Duration::from_secs(self.liveblocks_lease_secs),
+            poll: Duration::from_millis(self.liveblocks_poll_ms),
+            backoff_base: Duration::from_millis(self.liveblocks_backoff_base_ms),
+            backoff_max: Duration::from_secs(self.liveblocks_backoff_max_secs),
+        })
+    }
+
+    /// The timeout of one call.
+    pub fn timeout(&self) -> Duration {
+        Duration::from_secs(self.liveblocks_timeout_secs)
+    }
+}
+
+/// Configuration of `workspace-service serve`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Config {
+    #[command(flatten)]
+    pub service: ServiceArgs,
+    #[command(flatten)]
+    pub liveblocks: LiveblocksArgs,
+    /// gRPC listen address.
+    #[arg(long, env = "GRPC_ADDR", default_value = "0.0.0.0:50052")]
+    pub grpc_addr: SocketAddr,
+    /// Prometheus `/metrics` listen address.
+    #[arg(long, env = "METRICS_ADDR", default_value = "0.0.0.0:9092")]
+    pub metrics_addr: SocketAddr,
+}
+
+impl service_runtime::cli::CheckConfig for Config {
+    fn check(&self) -> Result<(), String> {
+        self.service.check()?;
+        self.liveblocks.settings().map(|_| ())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Debug, clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        liveblocks: LiveblocksArgs,
+    }
+
+    fn settings(args: &[&str]) -> Result<CleanupSettings, String> {
+        let argv = std::iter::once("x").chain(args.iter().copied());
+        Cli::try_parse_from(argv).unwrap().liveblocks.settings()
+    }
+
+    #[test]
+    fn out_of_range_settings_are_refused_not_clamped() {
+        for bad in [
+            &["--liveblocks-concurrency", "0"][..],
+            &["--liveblocks-concurrency", "257"],
+            &["--liveblocks-poll-ms", "5"],
+            &["--liveblocks-timeout-secs", "0"],
+            &["--liveblocks-backoff-base-ms", "0"],
+        ] {
+            assert!(settings(bad).is_err(), "{bad:?} was accepted");
+        }
+        let short_lease = Cli::try_parse_from([
+            "x",
+            "--liveblocks-timeout-secs",
+            "10",
+            "--liveblocks-lease-secs",
+            "12",
+        ])
+        .unwrap();
+        let err = short_lease.liveblocks.settings().unwrap_err();
+        assert!(err.contains("LIVEBLOCKS_LEASE_SECS"), "{err}");
+        let defaults = Cli::try_parse_from(["x"])
+            .unwrap()
+            .liveblocks
+            .settings()
+            .unwrap();
+        assert_eq!(defaults.concurrency, 8);
+        assert_eq!(defaults.lease, Duration::from_secs(60));
+    }
+}

@@ -1,0 +1,169 @@
+//! Who is calling, and where they may act: the workspace of a row is resolved and checked
+//! against the caller's active organization before anything else happens.
+
+use crate::error::Error;
+use crate::model::RoomKind;
+use diesel::OptionalExtension;
+use diesel::QueryableByName;
+use diesel::sql_types::{Text, Uuid as SqlUuid};
+use diesel_async::{AsyncPgConnection, RunQueryDsl};
+use service_runtime::prepared;
+use token_auth::Principal;
+use uuid::Uuid;
+
+/// The verified caller of a workspace RPC.
+#[derive(Debug, Clone)]
+pub enum Caller {
+    /// An internal service: may do everything.
+    Service,
+    /// A Clerk user with their active organization (if any) and role in it.
+    User {
+        /// `user_...`
+        id: String,
+        /// Active organization id.
+        org_id: Option<String>,
+        /// Whether the active-organization role is `org:admin`.
+        admin: bool,
+    },
+}
+
+impl Caller {
+    /// From the principal the auth layer verified.
+    pub fn from_principal(p: Option<&Principal>) -> Result<Self, Error> {
+        match p {
+            Some(Principal::Service(_)) => Ok(Caller::Service),
+            Some(Principal::User(u)) => Ok(Caller::User {
+                id: u.user_id.clone(),
+                org_id: u.org.as_ref().map(|o| o.id.clone()),
+                admin: u.org.as_ref().is_some_and(|o| o.is_admin()),
+            }),
+            None => Err(Error::Denied("no verified caller".into())),
+        }
+    }
+
+    /// Passes when the caller may act in the workspace of Clerk organization `org`.
+    pub fn check_org(&self, org: &str) -> Result<(), Error> {
+        match self {
+            Caller::Service => Ok(()),
+            Caller::User {
+                org_id: Some(o), ..
+            } if o == org => Ok(()),
+            Caller::User { org_id: None, .. } => Err(Error::Denied(
+                "no active organization in the token: select the workspace in Clerk first".into(),
+            )),
+            Caller::User { .. } => Err(Error::Denied(
+                "not in your active workspace: switch the active organization to act there".into(),
+            )),
+        }
+    }
+
+    /// Passes for services and `org:admin` users (call after [`Caller::check_org`]).
+    pub fn require_admin(&self, action: &str) -> Result<(), Error> {
+        match self {
+            Caller::Service | Caller::User { admin: true, .. } => Ok(()),
+            Caller::User { .. } => Err(Error::Denied(format!("{action} needs the org:admin role"))),
+        }
+    }
+
+    /// The user id, for users.
+    pub fn user_id(&self) -> Option<&str> {
+        match self {
+            Caller::Service => None,
+            Caller::User { id, .. } => Some(id),
+        }
+    }
+
+    /// What to record as creator.
+    pub fn actor(&self) -> String {
+        self.user_id().unwrap_or("service").to_owned()
+    }
+}
+
+/// The answer for an id the caller cannot see: NOT_FOUND for services, PERMISSION_DENIED for
+/// users (they must not learn whether another workspace holds it).
+pub fn unseen(caller: &Caller, what: &str) -> Error {
+    match caller {
+        Caller::Service => Error::NotFound(format!("no such {what}")),
+        Caller::User { .. } => Error::Denied(format!("{what} not found in your active workspace")),
+    }
+}
+
+/// The workspace of a row and one detail of the row (a name or a kind).
+#[derive(QueryableByName)]
+struct Scope {
+    #[diesel(sql_type = SqlUuid)]
+    workspace_id: Uuid,
+    #[diesel(sql_type = Text)]
+    clerk_org_id: String,
+    #[diesel(sql_type = Text)]
+    detail: String,
+}
+
+/// Resolves the workspace of a child row and checks the caller may act there. `sql` selects
+/// `workspace_id`, `clerk_org_id` and `detail` for `$1`.
+async fn scope(
+    conn: &mut AsyncPgConnection,
+    caller: &Caller,
+    what: &str,
+    sql: &'static str,
+    id: Uuid,
+) -> Result<(Uuid, String), Error> {
+    let found: Option<Scope> = prepared(sql)
+        .bind::<SqlUuid, _>(id)
+        .get_result(conn)
+        .await
+        .optional()?;
+    let s = found.ok_or_else(|| unseen(caller, what))?;
+    caller
+        .check_org(&s.clerk_org_id)
+        .map_err(|_| unseen(caller, what))?;
+    Ok((s.workspace_id, s.detail))
+}
+
+/// Checks the caller may act on the channel; returns its workspace id.
+pub async fn channel_scope(
+    conn: &mut AsyncPgConnection,
+    caller: &Caller,
+    channel_id: Uuid,
+) -> Result<Uuid, Error> {
+    scope(
+        conn,
+        caller,
+        "channel",
+        "SELECT c.workspace_id, w.clerk_org_id, c.name AS detail FROM channels c JOIN workspaces w ON w.id = c.workspace_id WHERE c.id = $1",
+        channel_id,
+    )
+    .await
+    .map(|(w, _)| w)
+}
+
+/// Checks the caller may act on the room; returns its workspace id and kind.
+pub async fn room_scope(
+    conn: &mut AsyncPgConnection,
+    caller: &Caller,
+    room_id: Uuid,
+) -> Result<(Uuid, RoomKind), Error> {
+    let (workspace, kind) = scope(
+        conn,
+        caller,
+        "room",
+        "SELECT r.workspace_id, w.clerk_org_id, r.kind AS detail FROM rooms r JOIN workspaces w ON w.id = r.workspace_id WHERE r.id = $1",
+        room_id,
+    )
+    .await?;
+    Ok((
+        workspace,
+        RoomKind::from_db(&kind).map_err(|e| Error::Internal(e.to_string()))?,
+    ))
+}
+
+/// Checks the caller may act on a row whose room is found by `sql` (see [`scope`]).
+pub async fn scope_through_room(
+    conn: &mut AsyncPgConnection,
+    caller: &Caller,
+    what: &str,
+    sql: &'static str,
+    id: Uuid,
+) -> Result<(), Error> {
+    scope(conn, caller, what, sql, id).await.map(|_| ())
+}

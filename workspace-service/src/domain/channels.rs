@@ -1,0 +1,163 @@
+//! Channels of a workspace: created by members, renamed and deleted by admins.
+
+use super::access::{Caller, channel_scope};
+use super::cascade::{Cascade, ChannelsOf, delete_channels};
+use super::workspaces::workspace_for;
+use crate::error::Error;
+use crate::model::paging::PageRequest;
+use crate::model::{Cursor, OrgId, Page};
+use crate::schema::channels;
+use chrono::{DateTime, Utc};
+use diesel::prelude::*;
+use diesel::sql_types::{BigInt, Nullable, Timestamptz, Uuid as SqlUuid};
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use service_runtime::prepared;
+use uuid::Uuid;
+
+/// A channel.
+#[derive(Debug, Clone, Queryable, Selectable, QueryableByName)]
+#[diesel(table_name = channels)]
+pub struct ChannelRecord {
+    pub id: Uuid,
+    pub workspace_id: Uuid,
+    pub name: String,
+    pub created_by: String,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// A checked channel name: 1..=80 of lowercase letters, digits, `-`, `_`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChannelName(String);
+
+impl ChannelName {
+    /// Trims and lowercases `name`, then checks it.
+    pub fn parse(name: &str) -> Result<Self, Error> {
+        let n = name.trim().to_lowercase();
+        if n.is_empty()
+            || n.len() > 80
+            || !n
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
+        {
+            return Err(Error::Invalid(format!(
+                "channel name must be 1..=80 lowercase letters, digits, '-' or '_', got {:?}",
+                name.chars().take(80).collect::<String>()
+            )));
+        }
+        Ok(Self(n))
+    }
+
+    /// The name.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+fn name_taken(e: diesel::result::Error, name: &ChannelName) -> Error {
+    match e {
+        diesel::result::Error::DatabaseError(
+            diesel::result::DatabaseErrorKind::UniqueViolation,
+            _,
+        ) => Error::Exists(format!(
+            "a channel named {:?} already exists in this workspace",
+            name.as_str()
+        )),
+        other => other.into(),
+    }
+}
+
+/// `CreateChannel`, validated.
+#[derive(Debug, Clone)]
+pub struct NewChannel {
+    pub org: OrgId,
+    pub name: ChannelName,
+}
+
+/// Creates a channel.
+pub async fn create_channel(
+    conn: &mut AsyncPgConnection,
+    caller: &Caller,
+    new: &NewChannel,
+) -> Result<ChannelRecord, Error> {
+    let ws = workspace_for(conn, caller, &new.org).await?;
+    diesel::insert_into(channels::table)
+        .values((
+            channels::id.eq(Uuid::now_v7()),
+            channels::workspace_id.eq(ws.id),
+            channels::name.eq(new.name.as_str()),
+            channels::created_by.eq(caller.actor()),
+        ))
+        .returning(ChannelRecord::as_returning())
+        .get_result(conn)
+        .await
+        .map_err(|e| name_taken(e, &new.name))
+}
+
+/// Channels of a workspace, oldest first.
+pub async fn list_channels(
+    conn: &mut AsyncPgConnection,
+    caller: &Caller,
+    org: &OrgId,
+    page: &PageRequest,
+) -> Result<Page<ChannelRecord>, Error> {
+    let ws = workspace_for(conn, caller, org).await?;
+    let (at, id) = page.after_parts();
+    let rows: Vec<ChannelRecord> = prepared(
+        "SELECT id, workspace_id, name, created_by, created_at, updated_at FROM channels WHERE workspace_id = $1
+           AND ($2::timestamptz IS NULL OR (created_at, id) > ($2, $3))
+         ORDER BY created_at, id LIMIT $4",
+    )
+    .bind::<SqlUuid, _>(ws.id)
+    .bind::<Nullable<Timestamptz>, _>(at)
+    .bind::<Nullable<SqlUuid>, _>(id)
+    .bind::<BigInt, _>(page.limit())
+    .load(conn)
+    .await?;
+    Ok(page.page(rows, |c| Cursor {
+        at: c.created_at,
+        id: c.id,
+    }))
+}
+
+/// Renames a channel (admins).
+pub async fn rename_channel(
+    conn: &mut AsyncPgConnection,
+    caller: &Caller,
+    channel_id: Uuid,
+    name: &ChannelName,
+) -> Result<ChannelRecord, Error> {
+    channel_scope(conn, caller, channel_id).await?;
+    caller.require_admin("renaming a channel")?;
+    diesel::update(channels::table.find(channel_id))
+        .set((
+            channels::name.eq(name.as_str()),
+            channels::updated_at.eq(diesel::dsl::now),
+        ))
+        .returning(ChannelRecord::as_returning())
+        .get_result(conn)
+        .await
+        .map_err(|e| name_taken(e, name))
+}
+
+/// Deletes a channel with its messages and read receipts (admins); returns messages deleted.
+pub async fn delete_channel(
+    conn: &mut AsyncPgConnection,
+    caller: &Caller,
+    channel_id: Uuid,
+) -> Result<i64, Error> {
+    channel_scope(conn, caller, channel_id).await?;
+    caller.require_admin("deleting a channel")?;
+    let out = conn
+        .transaction::<_, Error, _>(async |conn| {
+            let mut out = Cascade::default();
+            delete_channels(conn, ChannelsOf::Channel, channel_id, &mut out).await?;
+            Ok(out)
+        })
+        .await?;
+    Ok(out
+        .deleted_rows
+        .get("messages")
+        .copied()
+        .unwrap_or_default())
+}

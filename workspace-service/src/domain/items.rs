@@ -1,0 +1,215 @@
+//! Room items: documents, code files and whiteboards, each in a room of the matching kind and
+//! each a Liveblocks room of its own, queued for clean-up in the transaction that deletes it.
+
+use super::access::{Caller, room_scope, scope_through_room};
+use crate::error::Error;
+use crate::model::paging::PageRequest;
+use crate::model::{Cursor, ItemKind, Page};
+use crate::workers::liveblocks::enqueue;
+use chrono::{DateTime, Utc};
+use diesel::QueryableByName;
+use diesel::sql_types::{BigInt, Nullable, Text, Timestamptz, Uuid as SqlUuid};
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use service_runtime::prepared;
+use uuid::Uuid;
+
+/// A document, code file or whiteboard.
+#[derive(Debug, Clone, QueryableByName)]
+pub struct ItemRecord {
+    #[diesel(sql_type = SqlUuid)]
+    pub id: Uuid,
+    #[diesel(sql_type = SqlUuid)]
+    pub room_id: Uuid,
+    #[diesel(sql_type = Text)]
+    pub name: String,
+    #[diesel(sql_type = Text)]
+    pub language: String,
+    #[diesel(sql_type = Text)]
+    pub created_by: String,
+    #[diesel(sql_type = Timestamptz)]
+    pub created_at: DateTime<Utc>,
+    #[diesel(sql_type = Timestamptz)]
+    pub updated_at: DateTime<Utc>,
+}
+
+/// The statements of one item table. Each is static text, prepared once per connection.
+struct ItemSql {
+    insert: &'static str,
+    list: &'static str,
+    rename: &'static str,
+    delete: &'static str,
+    /// Selects the item's workspace for [`scope_through_room`].
+    scope: &'static str,
+}
+
+/// `$lang` is the column list's `language` (only code files have one); `$cols`/`$vals` add it
+/// to the insert.
+macro_rules! item_sql {
+    ($table:literal, $lang:literal, $cols:literal, $vals:literal) => {
+        ItemSql {
+            insert: concat!(
+                "INSERT INTO ", $table, " (id, room_id, name, created_by", $cols,
+                ") VALUES ($1, $2, $3, $4", $vals,
+                ") RETURNING id, room_id, name, ", $lang, ", created_by, created_at, updated_at"
+            ),
+            list: concat!(
+                "SELECT id, room_id, name, ", $lang, ", created_by, created_at, updated_at FROM ", $table,
+                " WHERE room_id = $1 AND ($2::timestamptz IS NULL OR (created_at, id) > ($2, $3))",
+                " ORDER BY created_at, id LIMIT $4"
+            ),
+            rename: concat!(
+                "UPDATE ", $table, " SET name = $2, updated_at = now() WHERE id = $1",
+                " RETURNING id, room_id, name, ", $lang, ", created_by, created_at, updated_at"
+            ),
+            delete: concat!("DELETE FROM ", $table, " WHERE id = $1"),
+            scope: concat!(
+                "SELECT r.workspace_id, w.clerk_org_id, r.kind AS detail FROM ", $table,
+                " i JOIN rooms r ON r.id = i.room_id JOIN workspaces w ON w.id = r.workspace_id WHERE i.id = $1"
+            ),
+        }
+    };
+}
+
+const DOCUMENTS: ItemSql = item_sql!("documents", "''::text AS language", "", "");
+const CODE_FILES: ItemSql = item_sql!("code_files", "language", ", language", ", $5");
+const WHITEBOARDS: ItemSql = item_sql!("whiteboards", "''::text AS language", "", "");
+
+fn sql(kind: ItemKind) -> &'static ItemSql {
+    match kind {
+        ItemKind::Document => &DOCUMENTS,
+        ItemKind::CodeFile => &CODE_FILES,
+        ItemKind::Whiteboard => &WHITEBOARDS,
+    }
+}
+
+/// `CreateRoomItem`, validated.
+#[derive(Debug, Clone)]
+pub struct NewItem {
+    pub room_id: Uuid,
+    pub kind: ItemKind,
+    pub name: String,
+    /// A code file's language (empty for other kinds).
+    pub language: String,
+}
+
+/// Creates a document, code file or whiteboard in a room of the matching kind.
+pub async fn create_item(
+    conn: &mut AsyncPgConnection,
+    caller: &Caller,
+    new: &NewItem,
+) -> Result<ItemRecord, Error> {
+    let (_, room_kind) = room_scope(conn, caller, new.room_id).await?;
+    if room_kind != new.kind.room_kind() {
+        return Err(Error::Precondition(format!(
+            "a {} room cannot hold {}",
+            room_kind.as_str(),
+            new.kind.table()
+        )));
+    }
+    let q = prepared(sql(new.kind).insert)
+        .bind::<SqlUuid, _>(Uuid::now_v7())
+        .bind::<SqlUuid, _>(new.room_id)
+        .bind::<Text, _>(&new.name)
+        .bind::<Text, _>(caller.actor());
+    let item = if new.kind == ItemKind::CodeFile {
+        q.bind::<Text, _>(&new.language).get_result(conn).await?
+    } else {
+        q.get_result(conn).await?
+    };
+    Ok(item)
+}
+
+/// Items of a room, oldest first.
+pub async fn list_items(
+    conn: &mut AsyncPgConnection,
+    caller: &Caller,
+    room_id: Uuid,
+    page: &PageRequest,
+) -> Result<(ItemKind, Page<ItemRecord>), Error> {
+    let (_, room_kind) = room_scope(conn, caller, room_id).await?;
+    let kind = room_kind.item_kind().ok_or_else(|| {
+        Error::Precondition("conference rooms hold meetings: use ListMeetings".into())
+    })?;
+    let (at, id) = page.after_parts();
+    let rows: Vec<ItemRecord> = prepared(sql(kind).list)
+        .bind::<SqlUuid, _>(room_id)
+        .bind::<Nullable<Timestamptz>, _>(at)
+        .bind::<Nullable<SqlUuid>, _>(id)
+        .bind::<BigInt, _>(page.limit())
+        .load(conn)
+        .await?;
+    Ok((
+        kind,
+        page.page(rows, |i| Cursor {
+            at: i.created_at,
+            id: i.id,
+        }),
+    ))
+}
+
+async fn item_scope(
+    conn: &mut AsyncPgConnection,
+    caller: &Caller,
+    kind: ItemKind,
+    item_id: Uuid,
+) -> Result<(), Error> {
+    scope_through_room(conn, caller, kind.table(), sql(kind).scope, item_id).await
+}
+
+/// Renames an item.
+pub async fn rename_item(
+    conn: &mut AsyncPgConnection,
+    caller: &Caller,
+    kind: ItemKind,
+    item_id: Uuid,
+    name: &str,
+) -> Result<ItemRecord, Error> {
+    item_scope(conn, caller, kind, item_id).await?;
+    Ok(prepared(sql(kind).rename)
+        .bind::<SqlUuid, _>(item_id)
+        .bind::<Text, _>(name)
+        .get_result(conn)
+        .await?)
+}
+
+/// Deletes an item and queues its Liveblocks room, in one transaction; returns the room id.
+pub async fn delete_item(
+    conn: &mut AsyncPgConnection,
+    caller: &Caller,
+    kind: ItemKind,
+    item_id: Uuid,
+) -> Result<String, Error> {
+    item_scope(conn, caller, kind, item_id).await?;
+    let room = kind.liveblocks_room(item_id);
+    conn.transaction::<_, Error, _>(async |conn| {
+        prepared(sql(kind).delete)
+            .bind::<SqlUuid, _>(item_id)
+            .execute(conn)
+            .await?;
+        enqueue(conn, std::slice::from_ref(&room)).await?;
+        Ok(())
+    })
+    .await?;
+    Ok(room)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_kind_has_the_statements_of_its_own_table() {
+        for kind in ItemKind::ALL {
+            let s = sql(kind);
+            let table = kind.table();
+            for stmt in [s.insert, s.list, s.rename, s.delete, s.scope] {
+                assert!(stmt.contains(&format!(" {table} ")), "{stmt}");
+            }
+            assert_eq!(
+                s.insert.contains("$5"),
+                kind == ItemKind::CodeFile,
+                "only code files bind a language"
+            );
+        }
+    }
+}

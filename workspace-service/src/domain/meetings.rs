@@ -1,0 +1,125 @@
+//! Meetings, scheduled in conference rooms and cancelled (never deleted) by members.
+
+use super::access::{Caller, room_scope, unseen};
+use crate::error::Error;
+use crate::model::paging::PageRequest;
+use crate::model::{Cursor, Page, RoomKind};
+use crate::schema::meetings;
+use chrono::{DateTime, Utc};
+use diesel::prelude::*;
+use diesel::sql_types::{BigInt, Nullable, Timestamptz, Uuid as SqlUuid};
+use diesel_async::{AsyncPgConnection, RunQueryDsl};
+use service_runtime::prepared;
+use uuid::Uuid;
+
+/// A meeting.
+#[derive(Debug, Clone, Queryable, Selectable, QueryableByName)]
+#[diesel(table_name = meetings)]
+pub struct MeetingRecord {
+    pub id: Uuid,
+    pub room_id: Uuid,
+    pub title: String,
+    pub starts_at: DateTime<Utc>,
+    pub ends_at: DateTime<Utc>,
+    pub cancelled_at: Option<DateTime<Utc>>,
+    pub created_by: String,
+    pub created_at: DateTime<Utc>,
+}
+
+/// `ScheduleMeeting`, validated (it ends after it starts).
+#[derive(Debug, Clone)]
+pub struct NewMeeting {
+    pub room_id: Uuid,
+    pub title: String,
+    pub starts_at: DateTime<Utc>,
+    pub ends_at: DateTime<Utc>,
+}
+
+async fn conference_room(
+    conn: &mut AsyncPgConnection,
+    caller: &Caller,
+    room_id: Uuid,
+) -> Result<(), Error> {
+    let (_, kind) = room_scope(conn, caller, room_id).await?;
+    if kind != RoomKind::Conference {
+        return Err(Error::Precondition(format!(
+            "meetings live in conference rooms, this is a {} room",
+            kind.as_str()
+        )));
+    }
+    Ok(())
+}
+
+/// Schedules a meeting in a conference room.
+pub async fn schedule_meeting(
+    conn: &mut AsyncPgConnection,
+    caller: &Caller,
+    new: &NewMeeting,
+) -> Result<MeetingRecord, Error> {
+    conference_room(conn, caller, new.room_id).await?;
+    Ok(diesel::insert_into(meetings::table)
+        .values((
+            meetings::id.eq(Uuid::now_v7()),
+            meetings::room_id.eq(new.room_id),
+            meetings::title.eq(&new.title),
+            meetings::starts_at.eq(new.starts_at),
+            meetings::ends_at.eq(new.ends_at),
+            meetings::created_by.eq(caller.actor()),
+        ))
+        .returning(MeetingRecord::as_returning())
+        .get_result(conn)
+        .await?)
+}
+
+/// Meetings of a conference room, by start time.
+pub async fn list_meetings(
+    conn: &mut AsyncPgConnection,
+    caller: &Caller,
+    room_id: Uuid,
+    page: &PageRequest,
+) -> Result<Page<MeetingRecord>, Error> {
+    conference_room(conn, caller, room_id).await?;
+    let (at, id) = page.after_parts();
+    let rows: Vec<MeetingRecord> = prepared(
+        "SELECT id, room_id, title, starts_at, ends_at, cancelled_at, created_by, created_at FROM meetings WHERE room_id = $1
+           AND ($2::timestamptz IS NULL OR (starts_at, id) > ($2, $3))
+         ORDER BY starts_at, id LIMIT $4",
+    )
+    .bind::<SqlUuid, _>(room_id)
+    .bind::<Nullable<Timestamptz>, _>(at)
+    .bind::<Nullable<SqlUuid>, _>(id)
+    .bind::<BigInt, _>(page.limit())
+    .load(conn)
+    .await?;
+    Ok(page.page(rows, |m| Cursor {
+        at: m.starts_at,
+        id: m.id,
+    }))
+}
+
+/// Cancels a meeting (idempotent).
+pub async fn cancel_meeting(
+    conn: &mut AsyncPgConnection,
+    caller: &Caller,
+    meeting_id: Uuid,
+) -> Result<MeetingRecord, Error> {
+    let m: MeetingRecord = meetings::table
+        .find(meeting_id)
+        .select(MeetingRecord::as_select())
+        .first(conn)
+        .await
+        .optional()?
+        .ok_or_else(|| unseen(caller, "meeting"))?;
+    room_scope(conn, caller, m.room_id)
+        .await
+        .map_err(|_| unseen(caller, "meeting"))?;
+    Ok(diesel::update(meetings::table.find(meeting_id))
+        .set(
+            meetings::cancelled_at.eq(diesel::dsl::sql::<Nullable<Timestamptz>>(
+                "COALESCE(cancelled_at, now())",
+            )),
+        )
+        .returning(MeetingRecord::as_returning())
+        .get_result(conn)
+        .await?)
+}

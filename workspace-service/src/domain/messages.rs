@@ -1,0 +1,145 @@
+//! Messages of a channel: posted by members (or by a service naming the author), edited by
+//! their author, deleted by their author or an admin.
+
+use super::access::{Caller, channel_scope, unseen};
+use crate::error::Error;
+use crate::model::paging::PageRequest;
+use crate::model::{Cursor, Page, UserId};
+use crate::schema::messages;
+use chrono::{DateTime, Utc};
+use diesel::prelude::*;
+use diesel::sql_types::{BigInt, Nullable, Timestamptz, Uuid as SqlUuid};
+use diesel_async::{AsyncPgConnection, RunQueryDsl};
+use service_runtime::prepared;
+use uuid::Uuid;
+
+/// Longest message body.
+pub const MAX_BODY: usize = 10_000;
+
+/// A message.
+#[derive(Debug, Clone, Queryable, Selectable, QueryableByName)]
+#[diesel(table_name = messages)]
+pub struct MessageRecord {
+    pub id: Uuid,
+    pub channel_id: Uuid,
+    pub author_clerk_id: String,
+    pub body: String,
+    pub author_deleted: bool,
+    pub created_at: DateTime<Utc>,
+    pub edited_at: Option<DateTime<Utc>>,
+}
+
+/// `PostMessage`, validated.
+#[derive(Debug, Clone)]
+pub struct NewMessage {
+    pub channel_id: Uuid,
+    pub body: String,
+    /// The author a service names (users post as themselves; checked when a service calls).
+    pub service_author: String,
+}
+
+/// Posts a message as the caller (services name the author).
+pub async fn post_message(
+    conn: &mut AsyncPgConnection,
+    caller: &Caller,
+    new: &NewMessage,
+) -> Result<MessageRecord, Error> {
+    let author = match caller.user_id() {
+        Some(u) => u.to_owned(),
+        None => UserId::parse("author_clerk_id", &new.service_author)?
+            .as_str()
+            .to_owned(),
+    };
+    channel_scope(conn, caller, new.channel_id).await?;
+    Ok(diesel::insert_into(messages::table)
+        .values((
+            messages::id.eq(Uuid::now_v7()),
+            messages::channel_id.eq(new.channel_id),
+            messages::author_clerk_id.eq(author),
+            messages::body.eq(&new.body),
+            messages::created_at.eq(Utc::now()),
+        ))
+        .returning(MessageRecord::as_returning())
+        .get_result(conn)
+        .await?)
+}
+
+/// Messages of a channel, newest first.
+pub async fn list_messages(
+    conn: &mut AsyncPgConnection,
+    caller: &Caller,
+    channel_id: Uuid,
+    page: &PageRequest,
+) -> Result<Page<MessageRecord>, Error> {
+    channel_scope(conn, caller, channel_id).await?;
+    let (at, id) = page.after_parts();
+    let rows: Vec<MessageRecord> = prepared(
+        "SELECT id, channel_id, author_clerk_id, body, author_deleted, created_at, edited_at FROM messages WHERE channel_id = $1
+           AND ($2::timestamptz IS NULL OR (created_at, id) < ($2, $3))
+         ORDER BY created_at DESC, id DESC LIMIT $4",
+    )
+    .bind::<SqlUuid, _>(channel_id)
+    .bind::<Nullable<Timestamptz>, _>(at)
+    .bind::<Nullable<SqlUuid>, _>(id)
+    .bind::<BigInt, _>(page.limit())
+    .load(conn)
+    .await?;
+    Ok(page.page(rows, |m| Cursor {
+        at: m.created_at,
+        id: m.id,
+    }))
+}
+
+async fn message_in_scope(
+    conn: &mut AsyncPgConnection,
+    caller: &Caller,
+    message_id: Uuid,
+) -> Result<MessageRecord, Error> {
+    let m: MessageRecord = messages::table
+        .find(message_id)
+        .select(MessageRecord::as_select())
+        .first(conn)
+        .await
+        .optional()?
+        .ok_or_else(|| unseen(caller, "message"))?;
+    channel_scope(conn, caller, m.channel_id)
+        .await
+        .map_err(|_| unseen(caller, "message"))?;
+    Ok(m)
+}
+
+/// Edits a message (its author only).
+pub async fn edit_message(
+    conn: &mut AsyncPgConnection,
+    caller: &Caller,
+    message_id: Uuid,
+    body: &str,
+) -> Result<MessageRecord, Error> {
+    let m = message_in_scope(conn, caller, message_id).await?;
+    if let Some(u) = caller.user_id()
+        && u != m.author_clerk_id
+    {
+        return Err(Error::Denied("only the author may edit a message".into()));
+    }
+    Ok(diesel::update(messages::table.find(message_id))
+        .set((messages::body.eq(body), messages::edited_at.eq(Utc::now())))
+        .returning(MessageRecord::as_returning())
+        .get_result(conn)
+        .await?)
+}
+
+/// Deletes a message (its author, or an admin for anyone's).
+pub async fn delete_message(
+    conn: &mut AsyncPgConnection,
+    caller: &Caller,
+    message_id: Uuid,
+) -> Result<(), Error> {
+    let m = message_in_scope(conn, caller, message_id).await?;
+    if caller.user_id() != Some(m.author_clerk_id.as_str()) {
+        caller.require_admin("deleting someone else's message")?;
+    }
+    diesel::delete(messages::table.find(message_id))
+        .execute(conn)
+        .await?;
+    Ok(())
+}

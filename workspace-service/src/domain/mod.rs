@@ -1,0 +1,43 @@
+//! What workspace-service does, one module per resource. Every function takes the caller's
+//! connection (`&mut AsyncPgConnection`, a pooled connection or an open transaction), so
+//! several steps can share one transaction; the handlers own the connection.
+//!
+//! Functions that act for a caller check access themselves: the workspace is only known after
+//! a lookup. Lists use keyset pages on `(time, id)`, stable under concurrent inserts.
+
+pub mod access;
+pub mod cascade;
+pub mod channels;
+pub mod items;
+pub mod meetings;
+pub mod memberships;
+pub mod messages;
+pub mod receipts;
+pub mod rooms;
+pub mod users;
+pub mod workspaces;
+
+/// What a sync command did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Written.
+    Applied,
+    /// This event id was applied before.
+    Duplicate,
+    /// Newer state or a tombstone is stored.
+    Stale,
+}
+
+impl Outcome {
+    /// The label of `workspace_commands{outcome}`.
+    pub fn label(self) -> &'static str {
+        match self {
+            Outcome::Applied => "applied",
+            Outcome::Duplicate => "duplicate",
+            Outcome::Stale => "stale",
+        }
+    }
+}
+
+/// Longest room, item or meeting name.
+pub const MAX_NAME: usize = 120;

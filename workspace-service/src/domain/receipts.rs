@@ -1,0 +1,93 @@
+//! Read receipts: how far each user has read each channel, and the unread counts that follow.
+
+use super::access::{Caller, channel_scope};
+use super::workspaces::workspace_for;
+use crate::error::Error;
+use crate::model::OrgId;
+use crate::schema::messages;
+use chrono::{DateTime, Utc};
+use diesel::prelude::*;
+use diesel::sql_types::{BigInt, Text, Timestamptz, Uuid as SqlUuid};
+use diesel_async::{AsyncPgConnection, RunQueryDsl};
+use service_runtime::prepared;
+use uuid::Uuid;
+
+fn reader(caller: &Caller, what: &str) -> Result<String, Error> {
+    caller
+        .user_id()
+        .map(str::to_owned)
+        .ok_or_else(|| Error::Invalid(format!("{what} belong to users: call with a user token")))
+}
+
+/// Marks a channel read for the calling user up to `message_id` (or now). Never moves back.
+pub async fn mark_read(
+    conn: &mut AsyncPgConnection,
+    caller: &Caller,
+    channel_id: Uuid,
+    message_id: Option<Uuid>,
+) -> Result<DateTime<Utc>, Error> {
+    let user = reader(caller, "read receipts")?;
+    channel_scope(conn, caller, channel_id).await?;
+    let at = match message_id {
+        None => Utc::now(),
+        Some(mid) => messages::table
+            .filter(
+                messages::id
+                    .eq(mid)
+                    .and(messages::channel_id.eq(channel_id)),
+            )
+            .select(messages::created_at)
+            .first(conn)
+            .await
+            .optional()?
+            .ok_or_else(|| Error::NotFound("no such message in this channel".into()))?,
+    };
+    #[derive(QueryableByName)]
+    struct At {
+        #[diesel(sql_type = Timestamptz)]
+        last_read_at: DateTime<Utc>,
+    }
+    let r: At = prepared(
+        "INSERT INTO read_receipts (channel_id, clerk_user_id, last_read_at) VALUES ($1, $2, $3)
+         ON CONFLICT (channel_id, clerk_user_id) DO UPDATE
+           SET last_read_at = GREATEST(read_receipts.last_read_at, EXCLUDED.last_read_at)
+         RETURNING last_read_at",
+    )
+    .bind::<SqlUuid, _>(channel_id)
+    .bind::<Text, _>(&user)
+    .bind::<Timestamptz, _>(at)
+    .get_result(conn)
+    .await?;
+    Ok(r.last_read_at)
+}
+
+/// Unread messages per channel for the calling user (others' messages after their receipt).
+pub async fn unread_counts(
+    conn: &mut AsyncPgConnection,
+    caller: &Caller,
+    org: &OrgId,
+) -> Result<Vec<(Uuid, i64)>, Error> {
+    let user = reader(caller, "unread counts")?;
+    let ws = workspace_for(conn, caller, org).await?;
+    #[derive(QueryableByName)]
+    struct Row {
+        #[diesel(sql_type = SqlUuid)]
+        id: Uuid,
+        #[diesel(sql_type = BigInt)]
+        unread: i64,
+    }
+    let rows: Vec<Row> = prepared(
+        "SELECT c.id, (SELECT count(*) FROM messages m
+                        WHERE m.channel_id = c.id AND m.author_clerk_id <> $2
+                          AND m.created_at > COALESCE(r.last_read_at, '-infinity')) AS unread
+         FROM channels c
+         LEFT JOIN read_receipts r ON r.channel_id = c.id AND r.clerk_user_id = $2
+         WHERE c.workspace_id = $1
+         ORDER BY c.created_at, c.id",
+    )
+    .bind::<SqlUuid, _>(ws.id)
+    .bind::<Text, _>(&user)
+    .load(conn)
+    .await?;
+    Ok(rows.into_iter().map(|r| (r.id, r.unread)).collect())
+}

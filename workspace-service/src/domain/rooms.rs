@@ -1,0 +1,159 @@
+//! Rooms of a workspace (document, code, whiteboard, conference), each a Liveblocks room of
+//! its own: created by members, renamed and deleted by admins.
+
+use super::access::{Caller, room_scope};
+use super::cascade::{Cascade, RoomsOf, delete_rooms};
+use super::workspaces::workspace_for;
+use crate::error::Error;
+use crate::model::paging::PageRequest;
+use crate::model::{Cursor, OrgId, Page, RoomKind};
+use crate::schema::rooms;
+use chrono::{DateTime, Utc};
+use diesel::prelude::*;
+use diesel::sql_types::{BigInt, Nullable, Text, Timestamptz, Uuid as SqlUuid};
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use service_runtime::prepared;
+use uuid::Uuid;
+
+/// A room as stored.
+#[derive(Debug, Clone, Queryable, Selectable, QueryableByName)]
+#[diesel(table_name = rooms)]
+struct RoomRow {
+    id: Uuid,
+    workspace_id: Uuid,
+    kind: String,
+    name: String,
+    created_by: String,
+    created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+}
+
+/// A room.
+#[derive(Debug, Clone)]
+pub struct RoomRecord {
+    pub id: Uuid,
+    pub workspace_id: Uuid,
+    pub kind: RoomKind,
+    pub name: String,
+    pub created_by: String,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl TryFrom<RoomRow> for RoomRecord {
+    type Error = Error;
+    fn try_from(r: RoomRow) -> Result<Self, Error> {
+        Ok(Self {
+            kind: RoomKind::from_db(&r.kind).map_err(|e| Error::Internal(e.to_string()))?,
+            id: r.id,
+            workspace_id: r.workspace_id,
+            name: r.name,
+            created_by: r.created_by,
+            created_at: r.created_at,
+            updated_at: r.updated_at,
+        })
+    }
+}
+
+/// `CreateRoom`, validated.
+#[derive(Debug, Clone)]
+pub struct NewRoom {
+    pub org: OrgId,
+    pub kind: RoomKind,
+    pub name: String,
+}
+
+/// Creates a room.
+pub async fn create_room(
+    conn: &mut AsyncPgConnection,
+    caller: &Caller,
+    new: &NewRoom,
+) -> Result<RoomRecord, Error> {
+    let ws = workspace_for(conn, caller, &new.org).await?;
+    let row: RoomRow = diesel::insert_into(rooms::table)
+        .values((
+            rooms::id.eq(Uuid::now_v7()),
+            rooms::workspace_id.eq(ws.id),
+            rooms::kind.eq(new.kind.as_str()),
+            rooms::name.eq(&new.name),
+            rooms::created_by.eq(caller.actor()),
+        ))
+        .returning(RoomRow::as_returning())
+        .get_result(conn)
+        .await?;
+    row.try_into()
+}
+
+/// `ListRooms`, validated.
+#[derive(Debug, Clone)]
+pub struct ListRooms {
+    pub org: OrgId,
+    /// Only rooms of this kind (`None`: all).
+    pub kind: Option<RoomKind>,
+    pub page: PageRequest,
+}
+
+/// Rooms of a workspace (optionally of one kind), oldest first.
+pub async fn list_rooms(
+    conn: &mut AsyncPgConnection,
+    caller: &Caller,
+    q: &ListRooms,
+) -> Result<Page<RoomRecord>, Error> {
+    let ws = workspace_for(conn, caller, &q.org).await?;
+    let (at, id) = q.page.after_parts();
+    let rows: Vec<RoomRow> = prepared(
+        "SELECT id, workspace_id, kind, name, created_by, created_at, updated_at FROM rooms WHERE workspace_id = $1 AND ($2::text IS NULL OR kind = $2)
+           AND ($3::timestamptz IS NULL OR (created_at, id) > ($3, $4))
+         ORDER BY created_at, id LIMIT $5",
+    )
+    .bind::<SqlUuid, _>(ws.id)
+    .bind::<Nullable<Text>, _>(q.kind.map(RoomKind::as_str))
+    .bind::<Nullable<Timestamptz>, _>(at)
+    .bind::<Nullable<SqlUuid>, _>(id)
+    .bind::<BigInt, _>(q.page.limit())
+    .load(conn)
+    .await?;
+    let rows = rows
+        .into_iter()
+        .map(RoomRecord::try_from)
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(q.page.page(rows, |r| Cursor {
+        at: r.created_at,
+        id: r.id,
+    }))
+}
+
+/// Renames a room (admins).
+pub async fn rename_room(
+    conn: &mut AsyncPgConnection,
+    caller: &Caller,
+    room_id: Uuid,
+    name: &str,
+) -> Result<RoomRecord, Error> {
+    room_scope(conn, caller, room_id).await?;
+    caller.require_admin("renaming a room")?;
+    let row: RoomRow = diesel::update(rooms::table.find(room_id))
+        .set((rooms::name.eq(name), rooms::updated_at.eq(diesel::dsl::now)))
+        .returning(RoomRow::as_returning())
+        .get_result(conn)
+        .await?;
+    row.try_into()
+}
+
+/// Deletes a room with its contents (admins); returns how many Liveblocks rooms it queued.
+pub async fn delete_room(
+    conn: &mut AsyncPgConnection,
+    caller: &Caller,
+    room_id: Uuid,
+) -> Result<i64, Error> {
+    room_scope(conn, caller, room_id).await?;
+    caller.require_admin("deleting a room")?;
+    let out = conn
+        .transaction::<_, Error, _>(async |conn| {
+            let mut out = Cascade::default();
+            delete_rooms(conn, RoomsOf::Room, room_id, &mut out).await?;
+            Ok(out)
+        })
+        .await?;
+    Ok(out.liveblocks_rooms_queued)
+}

@@ -1,0 +1,74 @@
+//! Users deleted in Clerk: their memberships and read receipts go; their messages stay,
+//! marked as written by a deleted author. The removal is final.
+
+use super::Outcome;
+use crate::error::Error;
+use crate::model::{EventId, LockKey, UserId};
+use chrono::{DateTime, Utc};
+use diesel::sql_types::{Text, Timestamptz};
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use service_runtime::db::record_delivery;
+use service_runtime::prepared;
+
+/// `user.deleted`, validated.
+#[derive(Debug, Clone)]
+pub struct RemoveUser {
+    pub event_id: EventId,
+    pub occurred_at: DateTime<Utc>,
+    pub user: UserId,
+}
+
+/// What removing a user did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Removal {
+    pub outcome: Outcome,
+    pub memberships: i64,
+    pub read_receipts: i64,
+}
+
+/// `user.deleted`: memberships and read receipts go, messages stay marked `author_deleted`.
+pub async fn remove_user(conn: &mut AsyncPgConnection, cmd: &RemoveUser) -> Result<Removal, Error> {
+    let user = cmd.user.as_str();
+    conn.transaction::<_, Error, _>(async |conn| {
+        if !record_delivery(conn, cmd.event_id.as_str()).await? {
+            return Ok(Removal {
+                outcome: Outcome::Duplicate,
+                memberships: 0,
+                read_receipts: 0,
+            });
+        }
+        LockKey::User(&cmd.user).lock(conn).await?;
+        let new = prepared(
+            "INSERT INTO removed_users (clerk_user_id, removed_at) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+        )
+        .bind::<Text, _>(user)
+        .bind::<Timestamptz, _>(cmd.occurred_at)
+        .execute(conn)
+        .await?;
+        let memberships = prepared("DELETE FROM memberships WHERE clerk_user_id = $1")
+            .bind::<Text, _>(user)
+            .execute(conn)
+            .await? as i64;
+        let read_receipts = prepared("DELETE FROM read_receipts WHERE clerk_user_id = $1")
+            .bind::<Text, _>(user)
+            .execute(conn)
+            .await? as i64;
+        prepared(
+            "UPDATE messages SET author_deleted = true WHERE author_clerk_id = $1 AND NOT author_deleted",
+        )
+        .bind::<Text, _>(user)
+        .execute(conn)
+        .await?;
+        let outcome = if new == 1 {
+            Outcome::Applied
+        } else {
+            Outcome::Stale
+        };
+        Ok(Removal {
+            outcome,
+            memberships,
+            read_receipts,
+        })
+    })
+    .await
+}

@@ -1,0 +1,161 @@
+//! Workspaces (= Clerk organizations): created and updated by `organization.*` events in the
+//! source's order, never brought back after a deletion's tombstone.
+
+use super::Outcome;
+use super::access::Caller;
+use crate::error::Error;
+use crate::model::{EventId, LockKey, OrgId, UserId};
+use crate::schema::workspaces;
+use chrono::{DateTime, Utc};
+use diesel::prelude::*;
+use diesel::sql_types::{Text, Uuid as SqlUuid};
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use service_runtime::db::record_delivery;
+use service_runtime::prepared;
+use uuid::Uuid;
+
+/// A stored workspace.
+#[derive(Debug, Clone, PartialEq, Eq, Queryable, Selectable)]
+#[diesel(table_name = workspaces)]
+pub struct WorkspaceRecord {
+    pub id: Uuid,
+    pub clerk_org_id: String,
+    pub name: String,
+    pub slug: Option<String>,
+    pub owner_clerk_id: Option<String>,
+    pub source_updated_at: DateTime<Utc>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// `organization.created/updated`, validated.
+#[derive(Debug, Clone)]
+pub struct UpsertWorkspace {
+    pub event_id: EventId,
+    pub occurred_at: DateTime<Utc>,
+    pub org: OrgId,
+    pub name: String,
+    pub slug: Option<String>,
+    pub owner: Option<UserId>,
+}
+
+/// The name of the channel every workspace starts with.
+pub const GENERAL: &str = "general";
+
+#[derive(QueryableByName)]
+struct Hit {
+    #[diesel(sql_type = diesel::sql_types::Bool)]
+    hit: bool,
+}
+
+/// Whether the organization was deleted (final: Clerk never reuses ids).
+pub async fn org_tombstoned(conn: &mut AsyncPgConnection, org: &OrgId) -> QueryResult<bool> {
+    let r: Hit = prepared(
+        "SELECT EXISTS (SELECT 1 FROM workspace_tombstones WHERE clerk_org_id = $1) AS hit",
+    )
+    .bind::<Text, _>(org.as_str())
+    .get_result(conn)
+    .await?;
+    Ok(r.hit)
+}
+
+/// Whether the user was deleted (final).
+pub async fn user_removed(conn: &mut AsyncPgConnection, user: &UserId) -> QueryResult<bool> {
+    let r: Hit =
+        prepared("SELECT EXISTS (SELECT 1 FROM removed_users WHERE clerk_user_id = $1) AS hit")
+            .bind::<Text, _>(user.as_str())
+            .get_result(conn)
+            .await?;
+    Ok(r.hit)
+}
+
+/// Finds a workspace by Clerk organization id.
+pub async fn find_workspace(
+    conn: &mut AsyncPgConnection,
+    org: &str,
+) -> QueryResult<Option<WorkspaceRecord>> {
+    workspaces::table
+        .filter(workspaces::clerk_org_id.eq(org))
+        .select(WorkspaceRecord::as_select())
+        .first(conn)
+        .await
+        .optional()
+}
+
+/// The workspace of `org`, if the caller may act there.
+pub async fn workspace_for(
+    conn: &mut AsyncPgConnection,
+    caller: &Caller,
+    org: &OrgId,
+) -> Result<WorkspaceRecord, Error> {
+    caller.check_org(org.as_str())?;
+    find_workspace(conn, org.as_str())
+        .await?
+        .ok_or_else(|| Error::NotFound(format!("workspace {org} is not synced (yet)")))
+}
+
+/// Creates or updates a workspace; creates `general` on first creation, in the same transaction.
+pub async fn upsert_workspace(
+    conn: &mut AsyncPgConnection,
+    cmd: &UpsertWorkspace,
+) -> Result<(Outcome, Option<WorkspaceRecord>), Error> {
+    conn.transaction::<_, Error, _>(async |conn| {
+        if !record_delivery(conn, cmd.event_id.as_str()).await? {
+            return Ok((
+                Outcome::Duplicate,
+                find_workspace(conn, cmd.org.as_str()).await?,
+            ));
+        }
+        LockKey::Org(&cmd.org).lock(conn).await?;
+        if org_tombstoned(conn, &cmd.org).await? {
+            return Ok((Outcome::Stale, None));
+        }
+        let owner = cmd.owner.as_ref().map(UserId::as_str);
+        match find_workspace(conn, cmd.org.as_str()).await? {
+            None => {
+                let id = Uuid::now_v7();
+                let ws: WorkspaceRecord = diesel::insert_into(workspaces::table)
+                    .values((
+                        workspaces::id.eq(id),
+                        workspaces::clerk_org_id.eq(cmd.org.as_str()),
+                        workspaces::name.eq(&cmd.name),
+                        workspaces::slug.eq(&cmd.slug),
+                        workspaces::owner_clerk_id.eq(owner),
+                        workspaces::source_updated_at.eq(cmd.occurred_at),
+                    ))
+                    .returning(WorkspaceRecord::as_returning())
+                    .get_result(conn)
+                    .await?;
+                prepared(
+                    "INSERT INTO channels (id, workspace_id, name, created_by) VALUES ($1, $2, $3, 'system')
+                     ON CONFLICT (workspace_id, name) DO NOTHING",
+                )
+                .bind::<SqlUuid, _>(Uuid::now_v7())
+                .bind::<SqlUuid, _>(id)
+                .bind::<Text, _>(GENERAL)
+                .execute(conn)
+                .await?;
+                Ok((Outcome::Applied, Some(ws)))
+            }
+            Some(existing) if existing.source_updated_at >= cmd.occurred_at => {
+                Ok((Outcome::Stale, Some(existing)))
+            }
+            Some(existing) => {
+                let ws: WorkspaceRecord = diesel::update(workspaces::table.find(existing.id))
+                    .set((
+                        workspaces::name.eq(&cmd.name),
+                        workspaces::slug.eq(&cmd.slug),
+                        workspaces::owner_clerk_id
+                            .eq(owner.map(str::to_owned).or(existing.owner_clerk_id)),
+                        workspaces::source_updated_at.eq(cmd.occurred_at),
+                        workspaces::updated_at.eq(diesel::dsl::now),
+                    ))
+                    .returning(WorkspaceRecord::as_returning())
+                    .get_result(conn)
+                    .await?;
+                Ok((Outcome::Applied, Some(ws)))
+            }
+        }
+    })
+    .await
+}

@@ -1,0 +1,54 @@
+//! Channels.
+
+use super::convert::{Id, ListChannels, Rename};
+use super::{R, WorkspaceApi, accept, ok};
+use crate::domain::channels::{self, ChannelName, NewChannel};
+use crate::model::Page;
+use tonic::Request;
+use vbase_proto::workspace::v1 as pb;
+
+pub(super) async fn create_channel(
+    api: &WorkspaceApi,
+    req: Request<pb::CreateChannelRequest>,
+) -> R<pb::CreateChannelResponse> {
+    let (who, new) = accept::<_, NewChannel>(req)?;
+    let ch = channels::create_channel(&mut *api.conn().await?, &who, &new).await?;
+    ok(pb::CreateChannelResponse {
+        channel: Some(ch.into()),
+    })
+}
+
+pub(super) async fn list_channels(
+    api: &WorkspaceApi,
+    req: Request<pb::ListChannelsRequest>,
+) -> R<pb::ListChannelsResponse> {
+    let (who, q) = accept::<_, ListChannels>(req)?;
+    let Page {
+        items,
+        next_page_token,
+    } = channels::list_channels(&mut *api.conn().await?, &who, &q.org, &q.page).await?;
+    ok(pb::ListChannelsResponse {
+        channels: items.into_iter().map(Into::into).collect(),
+        next_page_token,
+    })
+}
+
+pub(super) async fn rename_channel(
+    api: &WorkspaceApi,
+    req: Request<pb::RenameChannelRequest>,
+) -> R<pb::RenameChannelResponse> {
+    let (who, r) = accept::<_, Rename<ChannelName>>(req)?;
+    let ch = channels::rename_channel(&mut *api.conn().await?, &who, r.id, &r.name).await?;
+    ok(pb::RenameChannelResponse {
+        channel: Some(ch.into()),
+    })
+}
+
+pub(super) async fn delete_channel(
+    api: &WorkspaceApi,
+    req: Request<pb::DeleteChannelRequest>,
+) -> R<pb::DeleteChannelResponse> {
+    let (who, Id(id)) = accept(req)?;
+    let messages_deleted = channels::delete_channel(&mut *api.conn().await?, &who, id).await?;
+    ok(pb::DeleteChannelResponse { messages_deleted })
+}

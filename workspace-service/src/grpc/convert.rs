@@ -1,0 +1,438 @@
+//! Requests into checked inputs (`TryFrom<pb::...>`), and records into protos: the one place
+//! where wire types meet the domain's.
+
+use crate::domain::cascade::DeleteWorkspace;
+use crate::domain::channels::{ChannelName, ChannelRecord, NewChannel};
+use crate::domain::items::{ItemRecord, NewItem};
+use crate::domain::meetings::{MeetingRecord, NewMeeting};
+use crate::domain::memberships::{ListMembers, MemberRecord, MembershipChange};
+use crate::domain::messages::{MAX_BODY, MessageRecord, NewMessage};
+use crate::domain::rooms::{ListRooms, NewRoom, RoomRecord};
+use crate::domain::users::RemoveUser;
+use crate::domain::workspaces::{UpsertWorkspace, WorkspaceRecord};
+use crate::domain::{MAX_NAME, Outcome};
+use crate::error::Error;
+use crate::model::paging::{DEFAULT_PAGE, MAX_PAGE, PageRequest, decode_key};
+use crate::model::{EventId, ItemKind, OrgId, Role, RoomKind, UserId};
+use chrono::{DateTime, Utc};
+use input_validation as v;
+use uuid::Uuid;
+use vbase_proto::workspace::v1 as pb;
+
+// ------------------------------------------------------------------------ shared pieces
+
+fn ts(dt: DateTime<Utc>) -> prost_types::Timestamp {
+    vbase_proto::timestamp_from_millis(dt.timestamp_millis())
+}
+
+fn required_time(field: &str, t: Option<&prost_types::Timestamp>) -> Result<DateTime<Utc>, Error> {
+    let t = t.ok_or_else(|| Error::Invalid(format!("{field} is required")))?;
+    DateTime::from_timestamp(t.seconds, t.nanos.clamp(0, 999_999_999) as u32)
+        .ok_or_else(|| Error::Invalid(format!("{field} is out of range")))
+}
+
+fn name(value: &str) -> Result<String, Error> {
+    Ok(v::required_text("name", value, MAX_NAME)?)
+}
+
+fn room_kind(k: i32) -> Result<RoomKind, Error> {
+    match pb::RoomKind::try_from(k) {
+        Ok(pb::RoomKind::Document) => Ok(RoomKind::Document),
+        Ok(pb::RoomKind::Code) => Ok(RoomKind::Code),
+        Ok(pb::RoomKind::Whiteboard) => Ok(RoomKind::Whiteboard),
+        Ok(pb::RoomKind::Conference) => Ok(RoomKind::Conference),
+        _ => Err(Error::Invalid(
+            "kind must be DOCUMENT, CODE, WHITEBOARD or CONFERENCE".into(),
+        )),
+    }
+}
+
+fn item_kind(k: i32) -> Result<ItemKind, Error> {
+    match pb::ItemKind::try_from(k) {
+        Ok(pb::ItemKind::Document) => Ok(ItemKind::Document),
+        Ok(pb::ItemKind::CodeFile) => Ok(ItemKind::CodeFile),
+        Ok(pb::ItemKind::Whiteboard) => Ok(ItemKind::Whiteboard),
+        _ => Err(Error::Invalid(
+            "kind must be DOCUMENT, CODE_FILE or WHITEBOARD".into(),
+        )),
+    }
+}
+
+/// The wire value of an outcome.
+pub fn outcome(o: Outcome) -> i32 {
+    match o {
+        Outcome::Applied => pb::CommandOutcome::Applied,
+        Outcome::Duplicate => pb::CommandOutcome::Duplicate,
+        Outcome::Stale => pb::CommandOutcome::Stale,
+    }
+    .into()
+}
+
+/// A request that names one row by id.
+#[derive(Debug, Clone, Copy)]
+pub struct Id(pub Uuid);
+
+/// A request that names a workspace.
+#[derive(Debug, Clone)]
+pub struct Org(pub OrgId);
+
+/// A request for a page of a row's children.
+#[derive(Debug, Clone, Copy)]
+pub struct PageOf {
+    pub id: Uuid,
+    pub page: PageRequest,
+}
+
+/// A request that renames a row.
+#[derive(Debug, Clone)]
+pub struct Rename<N> {
+    pub id: Uuid,
+    pub name: N,
+}
+
+/// A request that names a room item.
+#[derive(Debug, Clone, Copy)]
+pub struct ItemRef {
+    pub kind: ItemKind,
+    pub id: Uuid,
+}
+
+/// `EditMessage`, validated.
+#[derive(Debug, Clone)]
+pub struct EditMessage {
+    pub id: Uuid,
+    pub body: String,
+}
+
+/// `MarkChannelRead`, validated.
+#[derive(Debug, Clone, Copy)]
+pub struct MarkRead {
+    pub channel_id: Uuid,
+    /// Up to this message (`None`: up to now).
+    pub message_id: Option<Uuid>,
+}
+
+/// Implements `TryFrom<$req>` for a type from a closure-like body over `m`.
+macro_rules! parse {
+    ($req:ty => $out:ty, |$m:ident| $body:expr) => {
+        impl TryFrom<$req> for $out {
+            type Error = Error;
+            fn try_from($m: $req) -> Result<Self, Error> {
+                $body
+            }
+        }
+    };
+}
+
+// ------------------------------------------------------------------------ sync commands
+
+parse!(pb::UpsertWorkspaceCommand => UpsertWorkspace, |m| {
+    let event_id = EventId::parse(&m.event_id)?;
+    let occurred_at = v::occurred_at(m.occurred_at.as_ref())?;
+    let org = OrgId::parse("clerk_org_id", &m.clerk_org_id)?;
+    let name = v::required_text("name", &m.name, 256)?;
+    v::text("slug", &m.slug, 256)?;
+    let owner = if m.owner_clerk_id.is_empty() {
+        None
+    } else {
+        Some(UserId::parse("owner_clerk_id", &m.owner_clerk_id)?)
+    };
+    Ok(UpsertWorkspace {
+        event_id,
+        occurred_at,
+        org,
+        name,
+        slug: Some(m.slug.trim().to_owned()).filter(|s| !s.is_empty()),
+        owner,
+    })
+});
+
+parse!(pb::DeleteWorkspaceCommand => DeleteWorkspace, |m| {
+    Ok(DeleteWorkspace {
+        event_id: EventId::parse(&m.event_id)?,
+        occurred_at: v::occurred_at(m.occurred_at.as_ref())?,
+        org: OrgId::parse("clerk_org_id", &m.clerk_org_id)?,
+    })
+});
+
+fn membership(
+    event_id: &str,
+    occurred_at: Option<&prost_types::Timestamp>,
+    org: &str,
+    user: &str,
+    role: Option<&str>,
+) -> Result<MembershipChange, Error> {
+    Ok(MembershipChange {
+        event_id: EventId::parse(event_id)?,
+        occurred_at: v::occurred_at(occurred_at)?,
+        org: OrgId::parse("clerk_org_id", org)?,
+        user: UserId::parse("clerk_user_id", user)?,
+        role: role.map(Role::parse).transpose()?,
+    })
+}
+
+parse!(pb::UpsertMembershipCommand => MembershipChange, |m| {
+    membership(&m.event_id, m.occurred_at.as_ref(), &m.clerk_org_id, &m.clerk_user_id, Some(&m.role))
+});
+
+parse!(pb::DeleteMembershipCommand => MembershipChange, |m| {
+    membership(&m.event_id, m.occurred_at.as_ref(), &m.clerk_org_id, &m.clerk_user_id, None)
+});
+
+parse!(pb::RemoveUserCommand => RemoveUser, |m| {
+    Ok(RemoveUser {
+        event_id: EventId::parse(&m.event_id)?,
+        occurred_at: v::occurred_at(m.occurred_at.as_ref())?,
+        user: UserId::parse("clerk_user_id", &m.clerk_user_id)?,
+    })
+});
+
+// ------------------------------------------------------------------------ workspaces
+
+parse!(pb::GetWorkspaceRequest => Org, |m| Ok(Org(OrgId::parse("clerk_org_id", &m.clerk_org_id)?)));
+parse!(pb::GetUnreadCountsRequest => Org, |m| Ok(Org(OrgId::parse("clerk_org_id", &m.clerk_org_id)?)));
+
+parse!(pb::ListMembersRequest => ListMembers, |m| {
+    let org = OrgId::parse("clerk_org_id", &m.clerk_org_id)?;
+    let size = v::page_size(m.page_size, DEFAULT_PAGE, MAX_PAGE)?;
+    Ok(ListMembers { org, size, after: decode_key(&m.page_token)? })
+});
+
+// ------------------------------------------------------------------------ channels, messages
+
+parse!(pb::CreateChannelRequest => NewChannel, |m| {
+    let org = OrgId::parse("clerk_org_id", &m.clerk_org_id)?;
+    Ok(NewChannel { org, name: ChannelName::parse(&m.name)? })
+});
+
+/// `ListChannels`: the workspace and the page.
+#[derive(Debug, Clone)]
+pub struct ListChannels {
+    pub org: OrgId,
+    pub page: PageRequest,
+}
+
+parse!(pb::ListChannelsRequest => ListChannels, |m| {
+    let org = OrgId::parse("clerk_org_id", &m.clerk_org_id)?;
+    Ok(ListChannels { org, page: PageRequest::parse(m.page_size, &m.page_token)? })
+});
+
+parse!(pb::RenameChannelRequest => Rename<ChannelName>, |m| {
+    let id = v::uuid("channel_id", &m.channel_id)?;
+    Ok(Rename { id, name: ChannelName::parse(&m.name)? })
+});
+
+parse!(pb::DeleteChannelRequest => Id, |m| Ok(Id(v::uuid("channel_id", &m.channel_id)?)));
+
+parse!(pb::PostMessageRequest => NewMessage, |m| {
+    let channel_id = v::uuid("channel_id", &m.channel_id)?;
+    Ok(NewMessage {
+        channel_id,
+        body: v::required_text("body", &m.body, MAX_BODY)?,
+        service_author: m.author_clerk_id,
+    })
+});
+
+parse!(pb::ListMessagesRequest => PageOf, |m| {
+    let id = v::uuid("channel_id", &m.channel_id)?;
+    Ok(PageOf { id, page: PageRequest::parse(m.page_size, &m.page_token)? })
+});
+
+parse!(pb::EditMessageRequest => EditMessage, |m| {
+    let id = v::uuid("message_id", &m.message_id)?;
+    Ok(EditMessage { id, body: v::required_text("body", &m.body, MAX_BODY)? })
+});
+
+parse!(pb::DeleteMessageRequest => Id, |m| Ok(Id(v::uuid("message_id", &m.message_id)?)));
+
+parse!(pb::MarkChannelReadRequest => MarkRead, |m| {
+    let channel_id = v::uuid("channel_id", &m.channel_id)?;
+    let message_id = if m.message_id.is_empty() {
+        None
+    } else {
+        Some(v::uuid("message_id", &m.message_id)?)
+    };
+    Ok(MarkRead { channel_id, message_id })
+});
+
+// ------------------------------------------------------------------------ rooms, items, meetings
+
+parse!(pb::CreateRoomRequest => NewRoom, |m| {
+    let org = OrgId::parse("clerk_org_id", &m.clerk_org_id)?;
+    let kind = room_kind(m.kind)?;
+    Ok(NewRoom { org, kind, name: name(&m.name)? })
+});
+
+parse!(pb::ListRoomsRequest => ListRooms, |m| {
+    let org = OrgId::parse("clerk_org_id", &m.clerk_org_id)?;
+    let kind = if m.kind == 0 { None } else { Some(room_kind(m.kind)?) };
+    Ok(ListRooms { org, kind, page: PageRequest::parse(m.page_size, &m.page_token)? })
+});
+
+parse!(pb::RenameRoomRequest => Rename<String>, |m| {
+    let id = v::uuid("room_id", &m.room_id)?;
+    Ok(Rename { id, name: name(&m.name)? })
+});
+
+parse!(pb::DeleteRoomRequest => Id, |m| Ok(Id(v::uuid("room_id", &m.room_id)?)));
+
+parse!(pb::CreateRoomItemRequest => NewItem, |m| {
+    let room_id = v::uuid("room_id", &m.room_id)?;
+    let kind = item_kind(m.kind)?;
+    let name = name(&m.name)?;
+    v::text("language", &m.language, 40)?;
+    if kind != ItemKind::CodeFile && !m.language.is_empty() {
+        return Err(Error::Invalid("language is for code files only".into()));
+    }
+    Ok(NewItem { room_id, kind, name, language: m.language.trim().to_owned() })
+});
+
+parse!(pb::ListRoomItemsRequest => PageOf, |m| {
+    let id = v::uuid("room_id", &m.room_id)?;
+    Ok(PageOf { id, page: PageRequest::parse(m.page_size, &m.page_token)? })
+});
+
+/// `RenameRoomItem`, validated.
+#[derive(Debug, Clone)]
+pub struct RenameItem {
+    pub item: ItemRef,
+    pub name: String,
+}
+
+parse!(pb::RenameRoomItemRequest => RenameItem, |m| {
+    let kind = item_kind(m.kind)?;
+    let id = v::uuid("item_id", &m.item_id)?;
+    Ok(RenameItem { item: ItemRef { kind, id }, name: name(&m.name)? })
+});
+
+parse!(pb::DeleteRoomItemRequest => ItemRef, |m| {
+    let kind = item_kind(m.kind)?;
+    Ok(ItemRef { kind, id: v::uuid("item_id", &m.item_id)? })
+});
+
+parse!(pb::ScheduleMeetingRequest => NewMeeting, |m| {
+    let room_id = v::uuid("room_id", &m.room_id)?;
+    let starts_at = required_time("starts_at", m.starts_at.as_ref())?;
+    let ends_at = required_time("ends_at", m.ends_at.as_ref())?;
+    let title = v::required_text("title", &m.title, MAX_NAME)?;
+    if ends_at <= starts_at {
+        return Err(Error::Invalid("ends_at must be after starts_at".into()));
+    }
+    Ok(NewMeeting { room_id, title, starts_at, ends_at })
+});
+
+parse!(pb::ListMeetingsRequest => PageOf, |m| {
+    let id = v::uuid("room_id", &m.room_id)?;
+    Ok(PageOf { id, page: PageRequest::parse(m.page_size, &m.page_token)? })
+});
+
+parse!(pb::CancelMeetingRequest => Id, |m| Ok(Id(v::uuid("meeting_id", &m.meeting_id)?)));
+
+// ------------------------------------------------------------------------ records into protos
+
+impl From<WorkspaceRecord> for pb::Workspace {
+    fn from(w: WorkspaceRecord) -> Self {
+        pb::Workspace {
+            id: w.id.to_string(),
+            clerk_org_id: w.clerk_org_id,
+            name: w.name,
+            slug: w.slug.unwrap_or_default(),
+            owner_clerk_id: w.owner_clerk_id.unwrap_or_default(),
+            created_at: Some(ts(w.created_at)),
+            updated_at: Some(ts(w.source_updated_at)),
+        }
+    }
+}
+
+impl From<MemberRecord> for pb::Member {
+    fn from(r: MemberRecord) -> Self {
+        pb::Member {
+            clerk_user_id: r.clerk_user_id,
+            role: r.role,
+            updated_at: Some(ts(r.source_updated_at)),
+        }
+    }
+}
+
+impl From<ChannelRecord> for pb::Channel {
+    fn from(ch: ChannelRecord) -> Self {
+        pb::Channel {
+            id: ch.id.to_string(),
+            workspace_id: ch.workspace_id.to_string(),
+            name: ch.name,
+            created_at: Some(ts(ch.created_at)),
+        }
+    }
+}
+
+impl From<MessageRecord> for pb::Message {
+    fn from(m: MessageRecord) -> Self {
+        pb::Message {
+            id: m.id.to_string(),
+            channel_id: m.channel_id.to_string(),
+            author_clerk_id: m.author_clerk_id,
+            body: m.body,
+            created_at: Some(ts(m.created_at)),
+            edited_at: m.edited_at.map(ts),
+            author_deleted: m.author_deleted,
+        }
+    }
+}
+
+impl From<RoomRecord> for pb::Room {
+    fn from(r: RoomRecord) -> Self {
+        let kind = match r.kind {
+            RoomKind::Document => pb::RoomKind::Document,
+            RoomKind::Code => pb::RoomKind::Code,
+            RoomKind::Whiteboard => pb::RoomKind::Whiteboard,
+            RoomKind::Conference => pb::RoomKind::Conference,
+        };
+        pb::Room {
+            liveblocks_room_id: RoomKind::liveblocks_room(r.id),
+            id: r.id.to_string(),
+            workspace_id: r.workspace_id.to_string(),
+            kind: kind.into(),
+            name: r.name,
+            created_at: Some(ts(r.created_at)),
+        }
+    }
+}
+
+/// An item of `kind` as a proto.
+pub fn item(kind: ItemKind, i: ItemRecord) -> pb::RoomItem {
+    let proto_kind = match kind {
+        ItemKind::Document => pb::ItemKind::Document,
+        ItemKind::CodeFile => pb::ItemKind::CodeFile,
+        ItemKind::Whiteboard => pb::ItemKind::Whiteboard,
+    };
+    pb::RoomItem {
+        liveblocks_room_id: kind.liveblocks_room(i.id),
+        id: i.id.to_string(),
+        room_id: i.room_id.to_string(),
+        kind: proto_kind.into(),
+        name: i.name,
+        language: i.language,
+        created_by: i.created_by,
+        created_at: Some(ts(i.created_at)),
+        updated_at: Some(ts(i.updated_at)),
+    }
+}
+
+impl From<MeetingRecord> for pb::Meeting {
+    fn from(m: MeetingRecord) -> Self {
+        pb::Meeting {
+            id: m.id.to_string(),
+            room_id: m.room_id.to_string(),
+            title: m.title,
+            starts_at: Some(ts(m.starts_at)),
+            ends_at: Some(ts(m.ends_at)),
+            cancelled: m.cancelled_at.is_some(),
+            created_by: m.created_by,
+        }
+    }
+}
+
+/// A timestamp as a proto.
+pub fn timestamp(dt: DateTime<Utc>) -> prost_types::Timestamp {
+    ts(dt)
+}

@@ -1,0 +1,61 @@
+//! Room items: documents, code files, whiteboards.
+
+use super::convert::{ItemRef, PageOf, RenameItem, item};
+use super::{R, WorkspaceApi, accept, ok};
+use crate::domain::items::{self, NewItem};
+use crate::model::Page;
+use tonic::Request;
+use vbase_proto::workspace::v1 as pb;
+
+pub(super) async fn create_room_item(
+    api: &WorkspaceApi,
+    req: Request<pb::CreateRoomItemRequest>,
+) -> R<pb::CreateRoomItemResponse> {
+    let (who, new) = accept::<_, NewItem>(req)?;
+    let i = items::create_item(&mut *api.conn().await?, &who, &new).await?;
+    ok(pb::CreateRoomItemResponse {
+        item: Some(item(new.kind, i)),
+    })
+}
+
+pub(super) async fn list_room_items(
+    api: &WorkspaceApi,
+    req: Request<pb::ListRoomItemsRequest>,
+) -> R<pb::ListRoomItemsResponse> {
+    let (who, q) = accept::<_, PageOf>(req)?;
+    let (
+        kind,
+        Page {
+            items,
+            next_page_token,
+        },
+    ) = items::list_items(&mut *api.conn().await?, &who, q.id, &q.page).await?;
+    ok(pb::ListRoomItemsResponse {
+        items: items.into_iter().map(|i| item(kind, i)).collect(),
+        next_page_token,
+    })
+}
+
+pub(super) async fn rename_room_item(
+    api: &WorkspaceApi,
+    req: Request<pb::RenameRoomItemRequest>,
+) -> R<pb::RenameRoomItemResponse> {
+    let (who, r) = accept::<_, RenameItem>(req)?;
+    let ItemRef { kind, id } = r.item;
+    let i = items::rename_item(&mut *api.conn().await?, &who, kind, id, &r.name).await?;
+    ok(pb::RenameRoomItemResponse {
+        item: Some(item(kind, i)),
+    })
+}
+
+pub(super) async fn delete_room_item(
+    api: &WorkspaceApi,
+    req: Request<pb::DeleteRoomItemRequest>,
+) -> R<pb::DeleteRoomItemResponse> {
+    let (who, ItemRef { kind, id }) = accept(req)?;
+    let room_id = items::delete_item(&mut *api.conn().await?, &who, kind, id).await?;
+    api.wake_cleanup();
+    ok(pb::DeleteRoomItemResponse {
+        liveblocks_room_id: room_id,
+    })
+}

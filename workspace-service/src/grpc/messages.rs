@@ -1,0 +1,83 @@
+//! Messages and read receipts.
+
+use super::convert::{EditMessage, Id, MarkRead, Org, PageOf, timestamp};
+use super::{R, WorkspaceApi, accept, ok};
+use crate::domain::messages::{self, NewMessage};
+use crate::domain::receipts;
+use crate::model::Page;
+use tonic::Request;
+use vbase_proto::workspace::v1 as pb;
+
+pub(super) async fn post_message(
+    api: &WorkspaceApi,
+    req: Request<pb::PostMessageRequest>,
+) -> R<pb::PostMessageResponse> {
+    let (who, new) = accept::<_, NewMessage>(req)?;
+    let msg = messages::post_message(&mut *api.conn().await?, &who, &new).await?;
+    ok(pb::PostMessageResponse {
+        message: Some(msg.into()),
+    })
+}
+
+pub(super) async fn list_messages(
+    api: &WorkspaceApi,
+    req: Request<pb::ListMessagesRequest>,
+) -> R<pb::ListMessagesResponse> {
+    let (who, q) = accept::<_, PageOf>(req)?;
+    let Page {
+        items,
+        next_page_token,
+    } = messages::list_messages(&mut *api.conn().await?, &who, q.id, &q.page).await?;
+    ok(pb::ListMessagesResponse {
+        messages: items.into_iter().map(Into::into).collect(),
+        next_page_token,
+    })
+}
+
+pub(super) async fn edit_message(
+    api: &WorkspaceApi,
+    req: Request<pb::EditMessageRequest>,
+) -> R<pb::EditMessageResponse> {
+    let (who, e) = accept::<_, EditMessage>(req)?;
+    let msg = messages::edit_message(&mut *api.conn().await?, &who, e.id, &e.body).await?;
+    ok(pb::EditMessageResponse {
+        message: Some(msg.into()),
+    })
+}
+
+pub(super) async fn delete_message(
+    api: &WorkspaceApi,
+    req: Request<pb::DeleteMessageRequest>,
+) -> R<pb::DeleteMessageResponse> {
+    let (who, Id(id)) = accept(req)?;
+    messages::delete_message(&mut *api.conn().await?, &who, id).await?;
+    ok(pb::DeleteMessageResponse {})
+}
+
+pub(super) async fn mark_channel_read(
+    api: &WorkspaceApi,
+    req: Request<pb::MarkChannelReadRequest>,
+) -> R<pb::MarkChannelReadResponse> {
+    let (who, m) = accept::<_, MarkRead>(req)?;
+    let at = receipts::mark_read(&mut *api.conn().await?, &who, m.channel_id, m.message_id).await?;
+    ok(pb::MarkChannelReadResponse {
+        last_read_at: Some(timestamp(at)),
+    })
+}
+
+pub(super) async fn get_unread_counts(
+    api: &WorkspaceApi,
+    req: Request<pb::GetUnreadCountsRequest>,
+) -> R<pb::GetUnreadCountsResponse> {
+    let (who, Org(org)) = accept(req)?;
+    let counts = receipts::unread_counts(&mut *api.conn().await?, &who, &org).await?;
+    ok(pb::GetUnreadCountsResponse {
+        counts: counts
+            .into_iter()
+            .map(|(id, unread)| pb::UnreadCount {
+                channel_id: id.to_string(),
+                unread,
+            })
+            .collect(),
+    })
+}

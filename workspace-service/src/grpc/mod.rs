@@ -1,0 +1,267 @@
+//! `vbase.workspace.v1.WorkspaceService`: each handler checks its request into a typed input
+//! ([`convert`]), takes a connection, calls the domain and maps the result. The trait impl
+//! here only routes each method to its resource's handler.
+
+mod channels;
+pub mod convert;
+mod items;
+mod meetings;
+mod messages;
+pub mod policy;
+mod rooms;
+mod sync;
+mod workspaces;
+
+use crate::domain::Outcome;
+use crate::domain::access::Caller;
+use crate::error::Error;
+use crate::metrics::Metrics;
+use diesel_async::AsyncPgConnection;
+use diesel_async::pooled_connection::deadpool::Object;
+use service_runtime::Pool;
+use std::sync::Arc;
+use token_auth::Principal;
+use tokio::sync::Notify;
+use tonic::{Request, Response, Status};
+use vbase_proto::workspace::v1 as pb;
+use vbase_proto::workspace::v1::workspace_service_server::WorkspaceService;
+
+pub use policy::policy;
+
+/// What a handler answers.
+type R<T> = Result<Response<T>, Status>;
+
+fn ok<T>(t: T) -> R<T> {
+    Ok(Response::new(t))
+}
+
+/// The verified caller and the request checked into `I`.
+fn accept<T, I>(req: Request<T>) -> Result<(Caller, I), Status>
+where
+    I: TryFrom<T, Error = Error>,
+{
+    let caller = Caller::from_principal(req.extensions().get::<Principal>())?;
+    Ok((caller, I::try_from(req.into_inner())?))
+}
+
+/// The service implementation.
+#[derive(Clone)]
+pub struct WorkspaceApi {
+    pool: Pool,
+    metrics: Metrics,
+    cleanup_wake: Arc<Notify>,
+}
+
+impl WorkspaceApi {
+    /// Creates the handler set; `cleanup_wake` is notified when Liveblocks rooms are queued.
+    pub fn new(pool: Pool, metrics: Metrics, cleanup_wake: Arc<Notify>) -> Self {
+        Self {
+            pool,
+            metrics,
+            cleanup_wake,
+        }
+    }
+
+    /// A pooled connection for one request.
+    async fn conn(&self) -> Result<Object<AsyncPgConnection>, Error> {
+        Ok(self.pool.get().await?)
+    }
+
+    /// Tells the Liveblocks worker that rooms were queued.
+    fn wake_cleanup(&self) {
+        self.cleanup_wake.notify_one();
+    }
+
+    /// Counts a sync command by outcome.
+    fn record(&self, command: &'static str, r: Result<Outcome, &Error>) {
+        let label = match r {
+            Ok(o) => o.label(),
+            Err(e) => e.metric_label(),
+        };
+        self.metrics.command(command, label);
+    }
+}
+
+#[tonic::async_trait]
+impl WorkspaceService for WorkspaceApi {
+    async fn upsert_workspace(
+        &self,
+        req: Request<pb::UpsertWorkspaceCommand>,
+    ) -> R<pb::UpsertWorkspaceResponse> {
+        sync::upsert_workspace(self, req).await
+    }
+
+    async fn delete_workspace(
+        &self,
+        req: Request<pb::DeleteWorkspaceCommand>,
+    ) -> R<pb::DeleteWorkspaceResponse> {
+        sync::delete_workspace(self, req).await
+    }
+
+    async fn upsert_membership(
+        &self,
+        req: Request<pb::UpsertMembershipCommand>,
+    ) -> R<pb::UpsertMembershipResponse> {
+        sync::upsert_membership(self, req).await
+    }
+
+    async fn delete_membership(
+        &self,
+        req: Request<pb::DeleteMembershipCommand>,
+    ) -> R<pb::DeleteMembershipResponse> {
+        sync::delete_membership(self, req).await
+    }
+
+    async fn remove_user(&self, req: Request<pb::RemoveUserCommand>) -> R<pb::RemoveUserResponse> {
+        sync::remove_user(self, req).await
+    }
+
+    async fn get_workspace(
+        &self,
+        req: Request<pb::GetWorkspaceRequest>,
+    ) -> R<pb::GetWorkspaceResponse> {
+        workspaces::get_workspace(self, req).await
+    }
+
+    async fn list_members(
+        &self,
+        req: Request<pb::ListMembersRequest>,
+    ) -> R<pb::ListMembersResponse> {
+        workspaces::list_members(self, req).await
+    }
+
+    async fn create_channel(
+        &self,
+        req: Request<pb::CreateChannelRequest>,
+    ) -> R<pb::CreateChannelResponse> {
+        channels::create_channel(self, req).await
+    }
+
+    async fn list_channels(
+        &self,
+        req: Request<pb::ListChannelsRequest>,
+    ) -> R<pb::ListChannelsResponse> {
+        channels::list_channels(self, req).await
+    }
+
+    async fn rename_channel(
+        &self,
+        req: Request<pb::RenameChannelRequest>,
+    ) -> R<pb::RenameChannelResponse> {
+        channels::rename_channel(self, req).await
+    }
+
+    async fn delete_channel(
+        &self,
+        req: Request<pb::DeleteChannelRequest>,
+    ) -> R<pb::DeleteChannelResponse> {
+        channels::delete_channel(self, req).await
+    }
+
+    async fn post_message(
+        &self,
+        req: Request<pb::PostMessageRequest>,
+    ) -> R<pb::PostMessageResponse> {
+        messages::post_message(self, req).await
+    }
+
+    async fn list_messages(
+        &self,
+        req: Request<pb::ListMessagesRequest>,
+    ) -> R<pb::ListMessagesResponse> {
+        messages::list_messages(self, req).await
+    }
+
+    async fn edit_message(
+        &self,
+        req: Request<pb::EditMessageRequest>,
+    ) -> R<pb::EditMessageResponse> {
+        messages::edit_message(self, req).await
+    }
+
+    async fn delete_message(
+        &self,
+        req: Request<pb::DeleteMessageRequest>,
+    ) -> R<pb::DeleteMessageResponse> {
+        messages::delete_message(self, req).await
+    }
+
+    async fn mark_channel_read(
+        &self,
+        req: Request<pb::MarkChannelReadRequest>,
+    ) -> R<pb::MarkChannelReadResponse> {
+        messages::mark_channel_read(self, req).await
+    }
+
+    async fn get_unread_counts(
+        &self,
+        req: Request<pb::GetUnreadCountsRequest>,
+    ) -> R<pb::GetUnreadCountsResponse> {
+        messages::get_unread_counts(self, req).await
+    }
+
+    async fn create_room(&self, req: Request<pb::CreateRoomRequest>) -> R<pb::CreateRoomResponse> {
+        rooms::create_room(self, req).await
+    }
+
+    async fn list_rooms(&self, req: Request<pb::ListRoomsRequest>) -> R<pb::ListRoomsResponse> {
+        rooms::list_rooms(self, req).await
+    }
+
+    async fn rename_room(&self, req: Request<pb::RenameRoomRequest>) -> R<pb::RenameRoomResponse> {
+        rooms::rename_room(self, req).await
+    }
+
+    async fn delete_room(&self, req: Request<pb::DeleteRoomRequest>) -> R<pb::DeleteRoomResponse> {
+        rooms::delete_room(self, req).await
+    }
+
+    async fn create_room_item(
+        &self,
+        req: Request<pb::CreateRoomItemRequest>,
+    ) -> R<pb::CreateRoomItemResponse> {
+        items::create_room_item(self, req).await
+    }
+
+    async fn list_room_items(
+        &self,
+        req: Request<pb::ListRoomItemsRequest>,
+    ) -> R<pb::ListRoomItemsResponse> {
+        items::list_room_items(self, req).await
+    }
+
+    async fn rename_room_item(
+        &self,
+        req: Request<pb::RenameRoomItemRequest>,
+    ) -> R<pb::RenameRoomItemResponse> {
+        items::rename_room_item(self, req).await
+    }
+
+    async fn delete_room_item(
+        &self,
+        req: Request<pb::DeleteRoomItemRequest>,
+    ) -> R<pb::DeleteRoomItemResponse> {
+        items::delete_room_item(self, req).await
+    }
+
+    async fn schedule_meeting(
+        &self,
+        req: Request<pb::ScheduleMeetingRequest>,
+    ) -> R<pb::ScheduleMeetingResponse> {
+        meetings::schedule_meeting(self, req).await
+    }
+
+    async fn list_meetings(
+        &self,
+        req: Request<pb::ListMeetingsRequest>,
+    ) -> R<pb::ListMeetingsResponse> {
+        meetings::list_meetings(self, req).await
+    }
+
+    async fn cancel_meeting(
+        &self,
+        req: Request<pb::CancelMeetingRequest>,
+    ) -> R<pb::CancelMeetingResponse> {
+        meetings::cancel_meeting(self, req).await
+    }
+}

@@ -1,0 +1,47 @@
+//! Who may call which method of `WorkspaceService` (handlers add the per-workspace and admin
+//! checks).
+
+use token_auth::{Access, MethodPolicy};
+
+/// The sync commands, sent by the webhook gateway.
+pub const SYNC_COMMANDS: &[&str] = &[
+    "UpsertWorkspace",
+    "DeleteWorkspace",
+    "UpsertMembership",
+    "DeleteMembership",
+    "RemoveUser",
+];
+
+/// Methods for users (within their active workspace) and for services.
+pub const CONTENT_METHODS: &[&str] = &[
+    "GetWorkspace",
+    "ListMembers",
+    "CreateChannel",
+    "ListChannels",
+    "RenameChannel",
+    "DeleteChannel",
+    "PostMessage",
+    "ListMessages",
+    "EditMessage",
+    "DeleteMessage",
+    "MarkChannelRead",
+    "GetUnreadCounts",
+    "CreateRoom",
+    "ListRooms",
+    "RenameRoom",
+    "DeleteRoom",
+    "CreateRoomItem",
+    "ListRoomItems",
+    "RenameRoomItem",
+    "DeleteRoomItem",
+    "ScheduleMeeting",
+    "ListMeetings",
+    "CancelMeeting",
+];
+
+/// The access policy of `vbase.workspace.v1.WorkspaceService`.
+pub fn policy() -> MethodPolicy {
+    MethodPolicy::new(crate::SERVICE_NAME)
+        .allow_all(SYNC_COMMANDS, Access::Service)
+        .allow_all(CONTENT_METHODS, Access::UserOrService)
+}

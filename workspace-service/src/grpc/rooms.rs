@@ -1,0 +1,57 @@
+//! Rooms.
+
+use super::convert::{Id, Rename};
+use super::{R, WorkspaceApi, accept, ok};
+use crate::domain::rooms::{self, ListRooms, NewRoom};
+use crate::model::Page;
+use tonic::Request;
+use vbase_proto::workspace::v1 as pb;
+
+pub(super) async fn create_room(
+    api: &WorkspaceApi,
+    req: Request<pb::CreateRoomRequest>,
+) -> R<pb::CreateRoomResponse> {
+    let (who, new) = accept::<_, NewRoom>(req)?;
+    let r = rooms::create_room(&mut *api.conn().await?, &who, &new).await?;
+    ok(pb::CreateRoomResponse {
+        room: Some(r.into()),
+    })
+}
+
+pub(super) async fn list_rooms(
+    api: &WorkspaceApi,
+    req: Request<pb::ListRoomsRequest>,
+) -> R<pb::ListRoomsResponse> {
+    let (who, q) = accept::<_, ListRooms>(req)?;
+    let Page {
+        items,
+        next_page_token,
+    } = rooms::list_rooms(&mut *api.conn().await?, &who, &q).await?;
+    ok(pb::ListRoomsResponse {
+        rooms: items.into_iter().map(Into::into).collect(),
+        next_page_token,
+    })
+}
+
+pub(super) async fn rename_room(
+    api: &WorkspaceApi,
+    req: Request<pb::RenameRoomRequest>,
+) -> R<pb::RenameRoomResponse> {
+    let (who, r) = accept::<_, Rename<String>>(req)?;
+    let room = rooms::rename_room(&mut *api.conn().await?, &who, r.id, &r.name).await?;
+    ok(pb::RenameRoomResponse {
+        room: Some(room.into()),
+    })
+}
+
+pub(super) async fn delete_room(
+    api: &WorkspaceApi,
+    req: Request<pb::DeleteRoomRequest>,
+) -> R<pb::DeleteRoomResponse> {
+    let (who, Id(id)) = accept(req)?;
+    let queued = rooms::delete_room(&mut *api.conn().await?, &who, id).await?;
+    api.wake_cleanup();
+    ok(pb::DeleteRoomResponse {
+        liveblocks_rooms_queued: queued,
+    })
+}

@@ -1,0 +1,102 @@
+//! The sync commands the webhook gateway sends (service tokens only), each counted by outcome.
+
+use super::convert::outcome;
+use super::{R, WorkspaceApi, ok};
+use crate::domain::cascade::{self, DeleteWorkspace};
+use crate::domain::memberships::{self, MembershipChange};
+use crate::domain::users::{self, RemoveUser};
+use crate::domain::workspaces::{self, UpsertWorkspace};
+use crate::error::Error;
+use tonic::Request;
+use vbase_proto::workspace::v1 as pb;
+
+pub(super) async fn upsert_workspace(
+    api: &WorkspaceApi,
+    req: Request<pb::UpsertWorkspaceCommand>,
+) -> R<pb::UpsertWorkspaceResponse> {
+    let result = async {
+        let cmd = UpsertWorkspace::try_from(req.into_inner())?;
+        workspaces::upsert_workspace(&mut *api.conn().await?, &cmd).await
+    }
+    .await;
+    api.record("upsert_workspace", result.as_ref().map(|r| r.0));
+    let (o, ws) = result?;
+    ok(pb::UpsertWorkspaceResponse {
+        outcome: outcome(o),
+        workspace: ws.map(Into::into),
+    })
+}
+
+pub(super) async fn delete_workspace(
+    api: &WorkspaceApi,
+    req: Request<pb::DeleteWorkspaceCommand>,
+) -> R<pb::DeleteWorkspaceResponse> {
+    let result = async {
+        let cmd = DeleteWorkspace::try_from(req.into_inner())?;
+        let done = cascade::delete_workspace(&mut *api.conn().await?, &cmd).await?;
+        Ok::<_, Error>((cmd.org, done))
+    }
+    .await;
+    api.record("delete_workspace", result.as_ref().map(|(_, r)| r.0));
+    let (org, (o, cascade)) = result?;
+    if cascade.liveblocks_rooms_queued > 0 {
+        api.wake_cleanup();
+    }
+    tracing::info!(clerk_org_id = %org, rows = ?cascade.deleted_rows, rooms = cascade.liveblocks_rooms_queued, "workspace deleted");
+    ok(pb::DeleteWorkspaceResponse {
+        outcome: outcome(o),
+        deleted_rows: cascade.deleted_rows.into_iter().collect(),
+        liveblocks_rooms_queued: cascade.liveblocks_rooms_queued,
+    })
+}
+
+async fn change_membership<T>(
+    api: &WorkspaceApi,
+    command: &'static str,
+    req: Request<T>,
+) -> Result<i32, Error>
+where
+    MembershipChange: TryFrom<T, Error = Error>,
+{
+    let result = async {
+        let cmd = MembershipChange::try_from(req.into_inner())?;
+        memberships::change_membership(&mut *api.conn().await?, &cmd).await
+    }
+    .await;
+    api.record(command, result.as_ref().copied());
+    result.map(outcome)
+}
+
+pub(super) async fn upsert_membership(
+    api: &WorkspaceApi,
+    req: Request<pb::UpsertMembershipCommand>,
+) -> R<pb::UpsertMembershipResponse> {
+    let outcome = change_membership(api, "upsert_membership", req).await?;
+    ok(pb::UpsertMembershipResponse { outcome })
+}
+
+pub(super) async fn delete_membership(
+    api: &WorkspaceApi,
+    req: Request<pb::DeleteMembershipCommand>,
+) -> R<pb::DeleteMembershipResponse> {
+    let outcome = change_membership(api, "delete_membership", req).await?;
+    ok(pb::DeleteMembershipResponse { outcome })
+}
+
+pub(super) async fn remove_user(
+    api: &WorkspaceApi,
+    req: Request<pb::RemoveUserCommand>,
+) -> R<pb::RemoveUserResponse> {
+    let result = async {
+        let cmd = RemoveUser::try_from(req.into_inner())?;
+        users::remove_user(&mut *api.conn().await?, &cmd).await
+    }
+    .await;
+    api.record("remove_user", result.as_ref().map(|r| r.outcome));
+    let r = result?;
+    ok(pb::RemoveUserResponse {
+        outcome: outcome(r.outcome),
+        memberships_removed: r.memberships,
+        read_receipts_removed: r.read_receipts,
+    })
+}

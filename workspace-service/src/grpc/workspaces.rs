@@ -1,0 +1,32 @@
+//! Reading a workspace and its members.
+
+use super::convert::Org;
+use super::{R, WorkspaceApi, accept, ok};
+use crate::domain::memberships::{self, ListMembers};
+use crate::domain::workspaces;
+use crate::model::paging::encode_key;
+use tonic::Request;
+use vbase_proto::workspace::v1 as pb;
+
+pub(super) async fn get_workspace(
+    api: &WorkspaceApi,
+    req: Request<pb::GetWorkspaceRequest>,
+) -> R<pb::GetWorkspaceResponse> {
+    let (who, Org(org)) = accept(req)?;
+    let ws = workspaces::workspace_for(&mut *api.conn().await?, &who, &org).await?;
+    ok(pb::GetWorkspaceResponse {
+        workspace: Some(ws.into()),
+    })
+}
+
+pub(super) async fn list_members(
+    api: &WorkspaceApi,
+    req: Request<pb::ListMembersRequest>,
+) -> R<pb::ListMembersResponse> {
+    let (who, q) = accept::<_, ListMembers>(req)?;
+    let (rows, next) = memberships::list_members(&mut *api.conn().await?, &who, &q).await?;
+    ok(pb::ListMembersResponse {
+        members: rows.into_iter().map(Into::into).collect(),
+        next_page_token: next.map(|k| encode_key(&k)).unwrap_or_default(),
+    })
+}

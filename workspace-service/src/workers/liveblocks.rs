@@ -1,0 +1,319 @@
+//! Durable Liveblocks room clean-up: rooms are queued in `liveblocks_cleanup_jobs` by the
+//! transaction that deletes their rows, and this worker deletes them at Liveblocks.
+//!
+//! 204/404 finish a job. 429 honours `Retry-After`; 5xx, timeouts and connection errors back
+//! off exponentially with jitter; 401/403 stay queued, are logged once per key problem and
+//! counted; any other refusal waits the longest backoff.
+
+use super::jobs::{
+    Attempt, JobHandler, JobRunner, JobTable, Leased, QueueSample, RunnerSettings, job_table,
+};
+use crate::metrics::Metrics;
+use diesel::sql_types::{Array, Text};
+use diesel_async::{AsyncPgConnection, RunQueryDsl};
+use rand::Rng;
+use service_runtime::{Pool, prepared};
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+use tokio::sync::Notify;
+
+/// The outbox of Liveblocks rooms to delete.
+pub static CLEANUP_JOBS: JobTable = job_table!("liveblocks_cleanup_jobs", "room_id", "text");
+
+/// Queues Liveblocks rooms for deletion (inside the caller's transaction).
+pub async fn enqueue(
+    conn: &mut AsyncPgConnection,
+    room_ids: &[String],
+) -> diesel::QueryResult<usize> {
+    prepared(
+        "INSERT INTO liveblocks_cleanup_jobs (room_id) SELECT unnest($1::text[]) ON CONFLICT (room_id) DO NOTHING",
+    )
+    .bind::<Array<Text>, _>(room_ids)
+    .execute(conn)
+    .await
+}
+
+/// What one DELETE call achieved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Delivery {
+    /// 204: deleted.
+    Deleted,
+    /// 404: already gone (done as well).
+    AlreadyGone,
+    /// 429 / 5xx / timeout / connection error: try again, after `after` when the server said so.
+    Retry {
+        after: Option<Duration>,
+        reason: String,
+    },
+    /// 401 / 403: the secret key is wrong; keep the job until it is fixed.
+    KeyRejected { status: u16 },
+    /// Another 4xx (e.g. 422): keep the job, back off to the maximum, alert.
+    Rejected { status: u16, reason: String },
+}
+
+/// The one Liveblocks call the worker needs.
+#[tonic::async_trait]
+pub trait LiveblocksApi: Send + Sync + 'static {
+    /// Deletes a room.
+    async fn delete_room(&self, room_id: &str) -> Delivery;
+}
+
+/// `encodeURIComponent`: keeps `A-Z a-z 0-9 - _ . ! ~ * ' ( )`, escapes everything else.
+pub fn encode_room_id(room_id: &str) -> String {
+    let mut out = String::with_capacity(room_id.len() * 3);
+    for b in room_id.bytes() {
+        if b.is_ascii_alphanumeric() || b"-_.!~*'()".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// The real Liveblocks REST API over reqwest.
+#[derive(Debug, Clone)]
+pub struct HttpLiveblocks {
+    client: reqwest::Client,
+    base_url: String,
+    secret: String,
+}
+
+impl HttpLiveblocks {
+    /// `base_url` like `https://api.liveblocks.io`; each call times out after `timeout`.
+    pub fn new(base_url: &str, secret: &str, timeout: Duration) -> anyhow::Result<Self> {
+        Ok(Self {
+            client: reqwest::Client::builder().timeout(timeout).build()?,
+            base_url: base_url.trim_end_matches('/').to_owned(),
+            secret: secret.to_owned(),
+        })
+    }
+}
+
+fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
+    headers
+        .get(reqwest::header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse::<u64>()
+        .ok()
+        .map(Duration::from_secs)
+}
+
+#[tonic::async_trait]
+impl LiveblocksApi for HttpLiveblocks {
+    async fn delete_room(&self, room_id: &str) -> Delivery {
+        let url = format!("{}/v2/rooms/{}", self.base_url, encode_room_id(room_id));
+        let resp = match self
+            .client
+            .delete(&url)
+            .bearer_auth(&self.secret)
+            .send()
+            .await
+        {
+            Ok(r) => r,
+            Err(e) => {
+                return Delivery::Retry {
+                    after: None,
+                    reason: format!("request failed: {e}"),
+                };
+            }
+        };
+        let status = resp.status().as_u16();
+        match status {
+            200..=299 => Delivery::Deleted,
+            404 => Delivery::AlreadyGone,
+            401 | 403 => Delivery::KeyRejected { status },
+            429 => Delivery::Retry {
+                after: retry_after(resp.headers()),
+                reason: "429 rate limited".into(),
+            },
+            500..=599 | 408 => Delivery::Retry {
+                after: retry_after(resp.headers()),
+                reason: format!("{status} from Liveblocks"),
+            },
+            _ => {
+                let body = resp.text().await.unwrap_or_default();
+                Delivery::Rejected {
+                    status,
+                    reason: body.chars().take(200).collect(),
+                }
+            }
+        }
+    }
+}
+
+/// Worker settings.
+#[derive(Debug, Clone, Copy)]
+pub struct CleanupSettings {
+    /// Calls in flight at most (per replica).
+    pub concurrency: usize,
+    /// How long a leased job belongs to this worker before others may retry it.
+    pub lease: Duration,
+    /// Idle poll period (a local enqueue wakes the worker at once).
+    pub poll: Duration,
+    /// First retry delay; doubles per attempt.
+    pub backoff_base: Duration,
+    /// Longest retry delay.
+    pub backoff_max: Duration,
+}
+
+impl Default for CleanupSettings {
+    fn default() -> Self {
+        Self {
+            concurrency: 8,
+            lease: Duration::from_secs(60),
+            poll: Duration::from_secs(1),
+            backoff_base: Duration::from_secs(1),
+            backoff_max: Duration::from_secs(300),
+        }
+    }
+}
+
+/// Exponential backoff with "equal jitter": half fixed, half random, capped.
+pub fn backoff(settings: &CleanupSettings, attempts: i32) -> Duration {
+    let exp = settings
+        .backoff_base
+        .saturating_mul(1u32 << attempts.clamp(1, 20).saturating_sub(1) as u32)
+        .min(settings.backoff_max);
+    let half = exp / 2;
+    half + half.mul_f64(rand::rng().random::<f64>())
+}
+
+/// Deletes one leased room at Liveblocks and decides what becomes of its job.
+struct CleanupHandler {
+    api: Arc<dyn LiveblocksApi>,
+    settings: CleanupSettings,
+    metrics: Metrics,
+    key_problem_logged: AtomicBool,
+}
+
+#[tonic::async_trait]
+impl JobHandler for CleanupHandler {
+    async fn attempt(&self, job: &Leased) -> Attempt {
+        let room_id = &job.key;
+        let delivery = self.api.delete_room(room_id).await;
+        let (label, attempt) = match &delivery {
+            Delivery::Deleted => ("deleted", Attempt::Done),
+            Delivery::AlreadyGone => ("already_gone", Attempt::Done),
+            Delivery::Retry { after, reason } => {
+                let delay = after.map_or_else(
+                    || backoff(&self.settings, job.attempts),
+                    |a| a.min(Duration::from_secs(3600)),
+                );
+                let error = reason.clone();
+                (
+                    "retry",
+                    Attempt::Retry {
+                        after: delay,
+                        error,
+                    },
+                )
+            }
+            Delivery::KeyRejected { status } => {
+                self.metrics.liveblocks_key_rejections.inc();
+                if !self.key_problem_logged.swap(true, Ordering::SeqCst) {
+                    tracing::error!(
+                        status,
+                        "Liveblocks rejected LIVEBLOCKS_SECRET_KEY; clean-up jobs stay queued until the key is fixed"
+                    );
+                }
+                let after = backoff(&self.settings, job.attempts);
+                let error = format!("{status}: secret key rejected");
+                ("key_rejected", Attempt::Retry { after, error })
+            }
+            Delivery::Rejected { status, reason } => {
+                tracing::error!(%room_id, status, %reason, "Liveblocks refused a room deletion; job kept");
+                let after = self.settings.backoff_max;
+                let error = format!("{status}: {reason}");
+                ("rejected", Attempt::Retry { after, error })
+            }
+        };
+        if attempt == Attempt::Done {
+            self.key_problem_logged.store(false, Ordering::SeqCst);
+        }
+        self.metrics.liveblocks_delivery(label);
+        attempt
+    }
+
+    fn sampled(&self, sample: QueueSample) {
+        self.metrics.liveblocks_queue_depth.set(sample.depth);
+        self.metrics
+            .liveblocks_oldest_job_seconds
+            .set(sample.oldest_seconds);
+    }
+}
+
+/// Drains the Liveblocks outbox.
+pub struct CleanupWorker {
+    runner: JobRunner<CleanupHandler>,
+}
+
+impl CleanupWorker {
+    /// Creates the worker; `wake` is notified after local enqueues.
+    pub fn new(
+        pool: Pool,
+        api: Arc<dyn LiveblocksApi>,
+        settings: CleanupSettings,
+        metrics: Metrics,
+        wake: Arc<Notify>,
+    ) -> Self {
+        let handler = CleanupHandler {
+            api,
+            settings,
+            metrics,
+            key_problem_logged: AtomicBool::new(false),
+        };
+        let runner_settings = RunnerSettings {
+            concurrency: settings.concurrency,
+            lease: settings.lease,
+            poll: settings.poll,
+        };
+        Self {
+            runner: JobRunner::new(pool, &CLEANUP_JOBS, handler, runner_settings, wake),
+        }
+    }
+
+    /// Updates the queue-depth and oldest-job-age gauges.
+    pub async fn sample_queue(&self) -> anyhow::Result<QueueSample> {
+        self.runner.sample().await
+    }
+
+    /// Runs until `stop` resolves, then lets in-flight calls finish.
+    pub async fn run(self, stop: impl Future<Output = ()>) {
+        self.runner.run(stop).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn room_ids_are_encoded_like_encode_uri_component() {
+        assert_eq!(encode_room_id("doc:0190-ab"), "doc%3A0190-ab");
+        assert_eq!(encode_room_id("a b/c"), "a%20b%2Fc");
+        assert_eq!(encode_room_id("x!~*'()._"), "x!~*'()._");
+    }
+
+    #[test]
+    fn backoff_grows_and_is_capped() {
+        let s = CleanupSettings {
+            backoff_base: Duration::from_secs(1),
+            backoff_max: Duration::from_secs(60),
+            ..Default::default()
+        };
+        for attempt in 1..30 {
+            let d = backoff(&s, attempt);
+            let full =
+                Duration::from_secs(1u64 << (attempt - 1).min(20)).min(Duration::from_secs(60));
+            assert!(
+                d >= full / 2 && d <= full,
+                "attempt {attempt}: {d:?} vs {full:?}"
+            );
+        }
+    }
+}
