@@ -40,12 +40,12 @@ pub enum PlanCache {
 }
 
 impl PlanCache {
-    /// The `plan_cache_mode` to set on each new connection, if not PostgreSQL's default.
-    fn mode(self) -> Option<&'static str> {
+    /// The statement that sets this mode on a new connection, if not PostgreSQL's default.
+    fn setting(self) -> Option<&'static str> {
         match self {
             PlanCache::Auto => None,
-            PlanCache::CustomOnly => Some("force_custom_plan"),
-            PlanCache::GenericOnly => Some("force_generic_plan"),
+            PlanCache::CustomOnly => Some("SET plan_cache_mode = force_custom_plan"),
+            PlanCache::GenericOnly => Some("SET plan_cache_mode = force_generic_plan"),
         }
     }
 }
@@ -63,8 +63,8 @@ pub fn build_pool(url: &str, max_size: usize, plans: PlanCache) -> anyhow::Resul
         let url = url.to_owned();
         Box::pin(async move {
             let mut conn = AsyncPgConnection::establish(&url).await?;
-            if let Some(mode) = plans.mode() {
-                diesel::sql_query(format!("SET plan_cache_mode = {mode}"))
+            if let Some(setting) = plans.setting() {
+                diesel::sql_query(setting)
                     .execute(&mut conn)
                     .await
                     .map_err(diesel::ConnectionError::CouldntSetupConfiguration)?;
