@@ -165,6 +165,8 @@ impl Issuers {
             db: service_runtime::DatabaseArgs {
                 database_url: database_url.to_owned(),
                 db_pool_size: pool_size,
+                db_statement_timeout_ms: 10_000,
+                db_idle_in_transaction_timeout_ms: 5_000,
             },
             auth: self.auth_args(),
             log_format: service_runtime::LogFormat::Pretty,

@@ -80,7 +80,12 @@ impl Boot {
             tracing::info!(?applied, "migrations applied");
         }
         let auth = Arc::new(args.auth.build(audience).map_err(anyhow::Error::msg)?);
-        let pool = crate::db::build_pool(&args.db.database_url, args.db.db_pool_size, plans)?;
+        let pool = crate::db::build_pool_with(
+            &args.db.database_url,
+            args.db.db_pool_size,
+            plans,
+            args.db.limits(),
+        )?;
         Ok(Self {
             pool,
             auth,

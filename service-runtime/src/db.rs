@@ -19,6 +19,36 @@ pub struct DatabaseArgs {
     /// Maximum pooled connections (1 to 1000).
     #[arg(long, env = "DB_POOL_SIZE", default_value_t = 16)]
     pub db_pool_size: usize,
+    /// Longest a statement may run, milliseconds (PostgreSQL's `statement_timeout`; 0 = no
+    /// limit).
+    #[arg(long, env = "DB_STATEMENT_TIMEOUT_MS", default_value_t = 10_000)]
+    pub db_statement_timeout_ms: u64,
+    /// Longest a session may sit idle inside a transaction before PostgreSQL ends it and
+    /// releases its locks, milliseconds (`idle_in_transaction_session_timeout`; 0 = no limit).
+    #[arg(
+        long,
+        env = "DB_IDLE_IN_TRANSACTION_TIMEOUT_MS",
+        default_value_t = 5_000
+    )]
+    pub db_idle_in_transaction_timeout_ms: u64,
+}
+
+impl DatabaseArgs {
+    /// The session limits these settings ask for.
+    pub fn limits(&self) -> SessionLimits {
+        SessionLimits {
+            statement_timeout_ms: self.db_statement_timeout_ms,
+            idle_in_transaction_timeout_ms: self.db_idle_in_transaction_timeout_ms,
+        }
+    }
+}
+
+/// Limits set on every pooled connection, so neither a runaway statement nor a transaction
+/// left open by a dropped caller holds locks for long. 0 means no limit.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SessionLimits {
+    pub statement_timeout_ms: u64,
+    pub idle_in_transaction_timeout_ms: u64,
 }
 
 /// How PostgreSQL plans the statements a connection keeps prepared.
@@ -50,9 +80,20 @@ impl PlanCache {
     }
 }
 
-/// Builds a pool of at most `max_size` (at least 1) connections that fails fast (5 s) when
-/// the database is unreachable.
+/// Builds a pool of at most `max_size` (at least 1) connections with no session limits (tests
+/// and tools); services use [`build_pool_with`].
 pub fn build_pool(url: &str, max_size: usize, plans: PlanCache) -> anyhow::Result<Pool> {
+    build_pool_with(url, max_size, plans, SessionLimits::default())
+}
+
+/// Builds a pool of at most `max_size` (at least 1) connections, each with `limits`, that
+/// fails fast (5 s) when the database is unreachable.
+pub fn build_pool_with(
+    url: &str,
+    max_size: usize,
+    plans: PlanCache,
+    limits: SessionLimits,
+) -> anyhow::Result<Pool> {
     anyhow::ensure!(max_size >= 1, "DB_POOL_SIZE must be at least 1");
     use diesel_async::{AsyncConnection, RunQueryDsl};
     // Fast recycling: no `SELECT 1` round trip per checkout. The health watch probes the
@@ -68,6 +109,19 @@ pub fn build_pool(url: &str, max_size: usize, plans: PlanCache) -> anyhow::Resul
                     .execute(&mut conn)
                     .await
                     .map_err(diesel::ConnectionError::CouldntSetupConfiguration)?;
+            }
+            if limits != SessionLimits::default() {
+                diesel::sql_query(
+                    "SELECT set_config('statement_timeout', $1, false),
+                            set_config('idle_in_transaction_session_timeout', $2, false)",
+                )
+                .bind::<diesel::sql_types::Text, _>(limits.statement_timeout_ms.to_string())
+                .bind::<diesel::sql_types::Text, _>(
+                    limits.idle_in_transaction_timeout_ms.to_string(),
+                )
+                .execute(&mut conn)
+                .await
+                .map_err(diesel::ConnectionError::CouldntSetupConfiguration)?;
             }
             Ok(conn)
         })
@@ -139,7 +193,10 @@ pub fn classify(e: &diesel::result::Error) -> DbFailure {
         E::DatabaseError(K::ClosedConnection, _) | E::BrokenTransactionManager => {
             DbFailure::Unavailable
         }
-        E::DatabaseError(_, info) if info.message().contains("deadlock detected") => {
+        E::DatabaseError(_, info)
+            if info.message().contains("deadlock detected")
+                || info.message().contains("statement timeout") =>
+        {
             DbFailure::Retryable
         }
         E::DatabaseError(K::Unknown, info)

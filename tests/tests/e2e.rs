@@ -485,7 +485,8 @@ async fn the_seed_lifecycle_end_to_end() {
         0
     );
 
-    // Organization deleted: every row gone, and exactly the expected Liveblocks rooms deleted.
+    // Organization deleted: gone at once, every row purged in the background, and exactly the
+    // expected Liveblocks rooms deleted.
     c.deliver(
         "msg_org_del",
         &deleted_event(
@@ -495,6 +496,11 @@ async fn the_seed_lifecycle_end_to_end() {
             now_ms + 2000,
         ),
     )
+    .await;
+    assert_eq!(c.workspace_name("org_acme").await, None);
+    service_harness::eventually("purge finished", Duration::from_secs(20), || async {
+        count(&stack.workspace_db, "SELECT count(*) FROM purge_jobs").await == 0
+    })
     .await;
     for t in [
         "workspaces",

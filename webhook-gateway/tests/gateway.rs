@@ -116,6 +116,12 @@ async fn stack_with(secrets: &str, token_file: Option<std::path::PathBuf>, older
             liveblocks_backoff_max_secs: 5,
             liveblocks_poll_ms: 100,
         },
+        purge: workspace_service::PurgeArgs {
+            purge_chunk_rows: 1000,
+            purge_concurrency: 2,
+            purge_poll_ms: 50,
+            purge_lease_secs: 10,
+        },
         grpc_addr: "127.0.0.1:0".parse().unwrap(),
         metrics_addr: "127.0.0.1:0".parse().unwrap(),
     };

@@ -2,6 +2,7 @@
 //! range are refused with a message naming the setting, never silently adjusted.
 
 use crate::workers::liveblocks::CleanupSettings;
+use crate::workers::purge::PurgeSettings;
 use service_runtime::ServiceArgs;
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -80,6 +81,61 @@ impl LiveblocksArgs {
     }
 }
 
+/// Settings of the purge of deleted workspaces and rooms.
+#[derive(Debug, Clone, clap::Args)]
+pub struct PurgeArgs {
+    /// Rows deleted per chunk, each chunk one short transaction (100 to 100000).
+    #[arg(long, env = "PURGE_CHUNK_ROWS", default_value_t = 10_000)]
+    pub purge_chunk_rows: i64,
+    /// Workspaces or rooms purged at once, per replica (1 to 16).
+    #[arg(long, env = "PURGE_CONCURRENCY", default_value_t = 2)]
+    pub purge_concurrency: usize,
+    /// Idle poll period of the purge worker, milliseconds (at least 10).
+    #[arg(long, env = "PURGE_POLL_MS", default_value_t = 1000)]
+    pub purge_poll_ms: u64,
+    /// Lease of a purge job, seconds (5 to 3600): every chunk extends it; a crashed worker's
+    /// job is taken over once it expires.
+    #[arg(long, env = "PURGE_LEASE_SECS", default_value_t = 60)]
+    pub purge_lease_secs: u64,
+}
+
+impl PurgeArgs {
+    /// The worker settings, or what is out of range.
+    pub fn settings(&self) -> Result<PurgeSettings, String> {
+        if !(100..=100_000).contains(&self.purge_chunk_rows) {
+            return Err(format!(
+                "PURGE_CHUNK_ROWS ({}) must be from 100 to 100000",
+                self.purge_chunk_rows
+            ));
+        }
+        if !(1..=16).contains(&self.purge_concurrency) {
+            return Err(format!(
+                "PURGE_CONCURRENCY ({}) must be from 1 to 16",
+                self.purge_concurrency
+            ));
+        }
+        if self.purge_poll_ms < 10 {
+            return Err(format!(
+                "PURGE_POLL_MS ({}) must be at least 10",
+                self.purge_poll_ms
+            ));
+        }
+        if !(5..=3600).contains(&self.purge_lease_secs) {
+            return Err(format!(
+                "PURGE_LEASE_SECS ({}) must be from 5 to 3600",
+                self.purge_lease_secs
+            ));
+        }
+        Ok(PurgeSettings {
+            chunk_rows: self.purge_chunk_rows,
+            concurrency: self.purge_concurrency,
+            poll: Duration::from_millis(self.purge_poll_ms),
+            lease: Duration::from_secs(self.purge_lease_secs),
+            ..PurgeSettings::default()
+        })
+    }
+}
+
 /// Configuration of `workspace-service serve`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct Config {
@@ -87,6 +143,8 @@ pub struct Config {
     pub service: ServiceArgs,
     #[command(flatten)]
     pub liveblocks: LiveblocksArgs,
+    #[command(flatten)]
+    pub purge: PurgeArgs,
     /// gRPC listen address.
     #[arg(long, env = "GRPC_ADDR", default_value = "0.0.0.0:50052")]
     pub grpc_addr: SocketAddr,
@@ -98,6 +156,7 @@ pub struct Config {
 impl service_runtime::cli::CheckConfig for Config {
     fn check(&self) -> Result<(), String> {
         self.service.check()?;
+        self.purge.settings()?;
         self.liveblocks.settings().map(|_| ())
     }
 }

@@ -15,7 +15,7 @@ mod model;
 mod schema;
 pub mod workers;
 
-pub use config::{Config, LiveblocksArgs};
+pub use config::{Config, LiveblocksArgs, PurgeArgs};
 
 use diesel_migrations::{EmbeddedMigrations, embed_migrations};
 use service_runtime::{Boot, GrpcServices};
@@ -53,6 +53,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let cleanup_settings = config.liveblocks.settings().map_err(anyhow::Error::msg)?;
+    let purge_settings = config.purge.settings().map_err(anyhow::Error::msg)?;
     let mut boot = Boot::start(&config.service, AUDIENCE, MIGRATIONS, PLANS).await?;
     let metrics = metrics::Metrics::register(&mut boot.registry);
     let wake = Arc::new(tokio::sync::Notify::new());
@@ -78,9 +79,20 @@ pub async fn run(
             "LIVEBLOCKS_SECRET_KEY is not set: Liveblocks rooms are queued but not deleted until it is"
         ),
     }
+    let purge_wake = Arc::new(tokio::sync::Notify::new());
+    let purge = workers::purge::PurgeWorker::new(
+        boot.pool.clone(),
+        purge_settings,
+        metrics.clone(),
+        boot.lifecycle.clone(),
+        Arc::clone(&purge_wake),
+        Arc::clone(&wake),
+    );
+    let stop = boot.lifecycle.stopped();
+    boot.workers.spawn("purge", purge.run(stop));
     boot.prune_delivery_ids(|_| {});
 
-    let api = grpc::WorkspaceApi::new(boot.pool.clone(), metrics, wake);
+    let api = grpc::WorkspaceApi::new(boot.pool.clone(), metrics, wake, purge_wake);
     let services = GrpcServices::new().add(WorkspaceServiceServer::new(api), grpc::policy());
     boot.serve(listener, config.metrics_addr, services, shutdown)
         .await

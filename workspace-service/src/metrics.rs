@@ -20,6 +20,12 @@ pub struct OutcomeLabels {
     pub outcome: &'static str,
 }
 
+/// Labels of `workspace_purge_rows`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TableLabels {
+    pub table: &'static str,
+}
+
 /// The service's metrics.
 #[derive(Debug, Clone, Default)]
 pub struct Metrics {
@@ -33,6 +39,12 @@ pub struct Metrics {
     pub liveblocks_queue_depth: Gauge,
     /// Age of the oldest queued job.
     pub liveblocks_oldest_job_seconds: Gauge<f64, AtomicU64>,
+    /// Rows purged by table (deleted workspaces and rooms).
+    pub purge_rows: Family<TableLabels, Counter>,
+    /// Purge jobs waiting or running.
+    pub purge_jobs_pending: Gauge,
+    /// Age of the oldest purge job.
+    pub purge_oldest_job_seconds: Gauge<f64, AtomicU64>,
 }
 
 impl Metrics {
@@ -64,7 +76,29 @@ impl Metrics {
             "Age of the oldest queued Liveblocks room deletion",
             m.liveblocks_oldest_job_seconds.clone(),
         );
+        registry.register(
+            "workspace_purge_rows",
+            "Rows of deleted workspaces and rooms purged, by table",
+            m.purge_rows.clone(),
+        );
+        registry.register(
+            "workspace_purge_jobs_pending",
+            "Deleted workspaces and rooms whose rows are still being purged",
+            m.purge_jobs_pending.clone(),
+        );
+        registry.register(
+            "workspace_purge_oldest_job_seconds",
+            "Age of the oldest purge job",
+            m.purge_oldest_job_seconds.clone(),
+        );
         m
+    }
+
+    /// Counts rows purged from `table`.
+    pub fn purged(&self, table: &'static str, rows: i64) {
+        self.purge_rows
+            .get_or_create(&TableLabels { table })
+            .inc_by(rows.max(0) as u64);
     }
 
     /// Counts one command.

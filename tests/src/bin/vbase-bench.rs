@@ -336,8 +336,8 @@ async fn delete_ours(
     Ok(OursDeleted {
         took,
         rows_before,
-        deleted_total: deleted.deleted_rows.values().sum(),
-        rooms_queued: deleted.liveblocks_rooms_queued,
+        deleted_total: i64::from(deleted.purge_queued),
+        rooms_queued: 0,
     })
 }
 

@@ -100,7 +100,8 @@ struct Scope {
 }
 
 /// Resolves the workspace of a child row and checks the caller may act there. `sql` selects
-/// `workspace_id`, `clerk_org_id` and `detail` for `$1`.
+/// `workspace_id`, `clerk_org_id` and `detail` for `$1`, and finds nothing in a deleted
+/// workspace or room (being purged), so those answer as if they never existed.
 async fn scope(
     conn: &mut AsyncPgConnection,
     caller: &Caller,
@@ -130,7 +131,8 @@ pub async fn channel_scope(
         conn,
         caller,
         "channel",
-        "SELECT c.workspace_id, w.clerk_org_id, c.name AS detail FROM channels c JOIN workspaces w ON w.id = c.workspace_id WHERE c.id = $1",
+        "SELECT c.workspace_id, w.clerk_org_id, c.name AS detail FROM channels c JOIN workspaces w ON w.id = c.workspace_id
+          WHERE c.id = $1 AND w.deleted_at IS NULL",
         channel_id,
     )
     .await
@@ -147,7 +149,8 @@ pub async fn room_scope(
         conn,
         caller,
         "room",
-        "SELECT r.workspace_id, w.clerk_org_id, r.kind AS detail FROM rooms r JOIN workspaces w ON w.id = r.workspace_id WHERE r.id = $1",
+        "SELECT r.workspace_id, w.clerk_org_id, r.kind AS detail FROM rooms r JOIN workspaces w ON w.id = r.workspace_id
+          WHERE r.id = $1 AND r.deleted_at IS NULL AND w.deleted_at IS NULL",
         room_id,
     )
     .await?;

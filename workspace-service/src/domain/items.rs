@@ -48,23 +48,38 @@ macro_rules! item_sql {
     ($table:literal, $lang:literal, $cols:literal, $vals:literal) => {
         ItemSql {
             insert: concat!(
-                "INSERT INTO ", $table, " (id, room_id, name, created_by", $cols,
-                ") VALUES ($1, $2, $3, $4", $vals,
-                ") RETURNING id, room_id, name, ", $lang, ", created_by, created_at, updated_at"
+                "INSERT INTO ",
+                $table,
+                " (id, room_id, name, created_by",
+                $cols,
+                ") VALUES ($1, $2, $3, $4",
+                $vals,
+                ") RETURNING id, room_id, name, ",
+                $lang,
+                ", created_by, created_at, updated_at"
             ),
             list: concat!(
-                "SELECT id, room_id, name, ", $lang, ", created_by, created_at, updated_at FROM ", $table,
+                "SELECT id, room_id, name, ",
+                $lang,
+                ", created_by, created_at, updated_at FROM ",
+                $table,
                 " WHERE room_id = $1 AND ($2::timestamptz IS NULL OR (created_at, id) > ($2, $3))",
                 " ORDER BY created_at, id LIMIT $4"
             ),
             rename: concat!(
-                "UPDATE ", $table, " SET name = $2, updated_at = now() WHERE id = $1",
-                " RETURNING id, room_id, name, ", $lang, ", created_by, created_at, updated_at"
+                "UPDATE ",
+                $table,
+                " SET name = $2, updated_at = now() WHERE id = $1",
+                " RETURNING id, room_id, name, ",
+                $lang,
+                ", created_by, created_at, updated_at"
             ),
             delete: concat!("DELETE FROM ", $table, " WHERE id = $1"),
             scope: concat!(
-                "SELECT r.workspace_id, w.clerk_org_id, r.kind AS detail FROM ", $table,
-                " i JOIN rooms r ON r.id = i.room_id JOIN workspaces w ON w.id = r.workspace_id WHERE i.id = $1"
+                "SELECT r.workspace_id, w.clerk_org_id, r.kind AS detail FROM ",
+                $table,
+                " i JOIN rooms r ON r.id = i.room_id JOIN workspaces w ON w.id = r.workspace_id",
+                " WHERE i.id = $1 AND r.deleted_at IS NULL AND w.deleted_at IS NULL"
             ),
         }
     };

@@ -8,13 +8,24 @@ use crate::model::{Cursor, Page, UserId};
 use crate::schema::messages;
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
-use diesel::sql_types::{BigInt, Nullable, Timestamptz, Uuid as SqlUuid};
+use diesel::sql_types::{BigInt, Nullable, Text, Timestamptz, Uuid as SqlUuid};
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use service_runtime::prepared;
 use uuid::Uuid;
 
 /// Longest message body.
 pub const MAX_BODY: usize = 10_000;
+
+/// A message's columns as read: `author_deleted` is true once the author was deleted in Clerk
+/// (`removed_users`), so removing a user rewrites none of their messages.
+macro_rules! message_columns {
+    () => {
+        "id, channel_id, author_clerk_id, body,
+         (author_deleted OR EXISTS (SELECT 1 FROM removed_users u WHERE u.clerk_user_id = author_clerk_id))
+           AS author_deleted,
+         created_at, edited_at"
+    };
+}
 
 /// A message.
 #[derive(Debug, Clone, Queryable, Selectable, QueryableByName)]
@@ -51,17 +62,18 @@ pub async fn post_message(
             .to_owned(),
     };
     channel_scope(conn, caller, new.channel_id).await?;
-    Ok(diesel::insert_into(messages::table)
-        .values((
-            messages::id.eq(Uuid::now_v7()),
-            messages::channel_id.eq(new.channel_id),
-            messages::author_clerk_id.eq(author),
-            messages::body.eq(&new.body),
-            messages::created_at.eq(Utc::now()),
-        ))
-        .returning(MessageRecord::as_returning())
-        .get_result(conn)
-        .await?)
+    Ok(prepared(concat!(
+        "INSERT INTO messages (id, channel_id, author_clerk_id, body, created_at)
+         VALUES ($1, $2, $3, $4, $5) RETURNING ",
+        message_columns!()
+    ))
+    .bind::<SqlUuid, _>(Uuid::now_v7())
+    .bind::<SqlUuid, _>(new.channel_id)
+    .bind::<Text, _>(author)
+    .bind::<Text, _>(&new.body)
+    .bind::<Timestamptz, _>(Utc::now())
+    .get_result(conn)
+    .await?)
 }
 
 /// Messages of a channel, newest first.
@@ -73,11 +85,13 @@ pub async fn list_messages(
 ) -> Result<Page<MessageRecord>, Error> {
     channel_scope(conn, caller, channel_id).await?;
     let (at, id) = page.after_parts();
-    let rows: Vec<MessageRecord> = prepared(
-        "SELECT id, channel_id, author_clerk_id, body, author_deleted, created_at, edited_at FROM messages WHERE channel_id = $1
+    let rows: Vec<MessageRecord> = prepared(concat!(
+        "SELECT ",
+        message_columns!(),
+        " FROM messages WHERE channel_id = $1
            AND ($2::timestamptz IS NULL OR (created_at, id) < ($2, $3))
-         ORDER BY created_at DESC, id DESC LIMIT $4",
-    )
+         ORDER BY created_at DESC, id DESC LIMIT $4"
+    ))
     .bind::<SqlUuid, _>(channel_id)
     .bind::<Nullable<Timestamptz>, _>(at)
     .bind::<Nullable<SqlUuid>, _>(id)
@@ -121,11 +135,15 @@ pub async fn edit_message(
     {
         return Err(Error::Denied("only the author may edit a message".into()));
     }
-    Ok(diesel::update(messages::table.find(message_id))
-        .set((messages::body.eq(body), messages::edited_at.eq(Utc::now())))
-        .returning(MessageRecord::as_returning())
-        .get_result(conn)
-        .await?)
+    Ok(prepared(concat!(
+        "UPDATE messages SET body = $2, edited_at = $3 WHERE id = $1 RETURNING ",
+        message_columns!()
+    ))
+    .bind::<SqlUuid, _>(message_id)
+    .bind::<Text, _>(body)
+    .bind::<Timestamptz, _>(Utc::now())
+    .get_result(conn)
+    .await?)
 }
 
 /// Deletes a message (its author, or an admin for anyone's).

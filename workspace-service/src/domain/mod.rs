@@ -6,12 +6,12 @@
 //! a lookup. Lists use keyset pages on `(time, id)`, stable under concurrent inserts.
 
 pub mod access;
-pub mod cascade;
 pub mod channels;
 pub mod items;
 pub mod meetings;
 pub mod memberships;
 pub mod messages;
+pub mod purge;
 pub mod receipts;
 pub mod rooms;
 pub mod users;

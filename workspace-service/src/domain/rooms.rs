@@ -2,7 +2,7 @@
 //! its own: created by members, renamed and deleted by admins.
 
 use super::access::{Caller, room_scope};
-use super::cascade::{Cascade, RoomsOf, delete_rooms};
+use super::purge::hide_room;
 use super::workspaces::workspace_for;
 use crate::error::Error;
 use crate::model::paging::PageRequest;
@@ -11,7 +11,7 @@ use crate::schema::rooms;
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use diesel::sql_types::{BigInt, Nullable, Text, Timestamptz, Uuid as SqlUuid};
-use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use service_runtime::prepared;
 use uuid::Uuid;
 
@@ -102,7 +102,7 @@ pub async fn list_rooms(
     let ws = workspace_for(conn, caller, &q.org).await?;
     let (at, id) = q.page.after_parts();
     let rows: Vec<RoomRow> = prepared(
-        "SELECT id, workspace_id, kind, name, created_by, created_at, updated_at FROM rooms WHERE workspace_id = $1 AND ($2::text IS NULL OR kind = $2)
+        "SELECT id, workspace_id, kind, name, created_by, created_at, updated_at FROM rooms WHERE workspace_id = $1 AND deleted_at IS NULL AND ($2::text IS NULL OR kind = $2)
            AND ($3::timestamptz IS NULL OR (created_at, id) > ($3, $4))
          ORDER BY created_at, id LIMIT $5",
     )
@@ -140,20 +140,14 @@ pub async fn rename_room(
     row.try_into()
 }
 
-/// Deletes a room with its contents (admins); returns how many Liveblocks rooms it queued.
+/// Deletes a room with its contents (admins): hidden at once, purged in the background.
+/// Returns whether this call queued the purge.
 pub async fn delete_room(
     conn: &mut AsyncPgConnection,
     caller: &Caller,
     room_id: Uuid,
-) -> Result<i64, Error> {
+) -> Result<bool, Error> {
     room_scope(conn, caller, room_id).await?;
     caller.require_admin("deleting a room")?;
-    let out = conn
-        .transaction::<_, Error, _>(async |conn| {
-            let mut out = Cascade::default();
-            delete_rooms(conn, RoomsOf::Room, room_id, &mut out).await?;
-            Ok(out)
-        })
-        .await?;
-    Ok(out.liveblocks_rooms_queued)
+    hide_room(conn, room_id).await
 }

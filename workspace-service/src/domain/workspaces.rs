@@ -69,13 +69,14 @@ pub async fn user_removed(conn: &mut AsyncPgConnection, user: &UserId) -> QueryR
     Ok(r.hit)
 }
 
-/// Finds a workspace by Clerk organization id.
+/// Finds a workspace by Clerk organization id; a deleted one (being purged) is not found.
 pub async fn find_workspace(
     conn: &mut AsyncPgConnection,
     org: &str,
 ) -> QueryResult<Option<WorkspaceRecord>> {
     workspaces::table
         .filter(workspaces::clerk_org_id.eq(org))
+        .filter(workspaces::deleted_at.is_null())
         .select(WorkspaceRecord::as_select())
         .first(conn)
         .await

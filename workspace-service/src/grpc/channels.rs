@@ -49,6 +49,8 @@ pub(super) async fn delete_channel(
     req: Request<pb::DeleteChannelRequest>,
 ) -> R<pb::DeleteChannelResponse> {
     let (who, Id(id)) = accept(req)?;
-    let messages_deleted = channels::delete_channel(&mut *api.conn().await?, &who, id).await?;
+    let messages_deleted = api
+        .detached(async move |mut conn| channels::delete_channel(&mut conn, &who, id).await)
+        .await?;
     ok(pb::DeleteChannelResponse { messages_deleted })
 }

@@ -1,12 +1,12 @@
 //! Requests into checked inputs (`TryFrom<pb::...>`), and records into protos: the one place
 //! where wire types meet the domain's.
 
-use crate::domain::cascade::DeleteWorkspace;
 use crate::domain::channels::{ChannelName, ChannelRecord, NewChannel};
 use crate::domain::items::{ItemRecord, NewItem};
 use crate::domain::meetings::{MeetingRecord, NewMeeting};
 use crate::domain::memberships::{ListMembers, MemberRecord, MembershipChange};
 use crate::domain::messages::{MAX_BODY, MessageRecord, NewMessage};
+use crate::domain::purge::DeleteWorkspace;
 use crate::domain::rooms::{ListRooms, NewRoom, RoomRecord};
 use crate::domain::users::RemoveUser;
 use crate::domain::workspaces::{UpsertWorkspace, WorkspaceRecord};

@@ -53,7 +53,9 @@ pub(super) async fn delete_room_item(
     req: Request<pb::DeleteRoomItemRequest>,
 ) -> R<pb::DeleteRoomItemResponse> {
     let (who, ItemRef { kind, id }) = accept(req)?;
-    let room_id = items::delete_item(&mut *api.conn().await?, &who, kind, id).await?;
+    let room_id = api
+        .detached(async move |mut conn| items::delete_item(&mut conn, &who, kind, id).await)
+        .await?;
     api.wake_cleanup();
     ok(pb::DeleteRoomItemResponse {
         liveblocks_room_id: room_id,

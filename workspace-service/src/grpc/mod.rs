@@ -19,6 +19,7 @@ use crate::metrics::Metrics;
 use diesel_async::AsyncPgConnection;
 use diesel_async::pooled_connection::deadpool::Object;
 use service_runtime::Pool;
+use std::future::Future;
 use std::sync::Arc;
 use token_auth::Principal;
 use tokio::sync::Notify;
@@ -50,15 +51,23 @@ pub struct WorkspaceApi {
     pool: Pool,
     metrics: Metrics,
     cleanup_wake: Arc<Notify>,
+    purge_wake: Arc<Notify>,
 }
 
 impl WorkspaceApi {
-    /// Creates the handler set; `cleanup_wake` is notified when Liveblocks rooms are queued.
-    pub fn new(pool: Pool, metrics: Metrics, cleanup_wake: Arc<Notify>) -> Self {
+    /// Creates the handler set; `cleanup_wake` is notified when Liveblocks rooms are queued,
+    /// `purge_wake` when a purge is.
+    pub fn new(
+        pool: Pool,
+        metrics: Metrics,
+        cleanup_wake: Arc<Notify>,
+        purge_wake: Arc<Notify>,
+    ) -> Self {
         Self {
             pool,
             metrics,
             cleanup_wake,
+            purge_wake,
         }
     }
 
@@ -67,9 +76,31 @@ impl WorkspaceApi {
         Ok(self.pool.get().await?)
     }
 
+    /// Runs `work` on a pooled connection in a task of its own. A caller that goes away (its
+    /// deadline passed, it reset the stream) drops the handler but not the task, so a
+    /// transaction that `work` began still ends in a commit or a rollback instead of being
+    /// abandoned on a connection that holds its locks. A retry of a command that committed
+    /// this way is answered DUPLICATE.
+    async fn detached<T, F, Fut>(&self, work: F) -> Result<T, Error>
+    where
+        F: FnOnce(Object<AsyncPgConnection>) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<T, Error>> + Send + 'static,
+        T: Send + 'static,
+    {
+        let pool = self.pool.clone();
+        tokio::spawn(async move { work(pool.get().await?).await })
+            .await
+            .map_err(|e| Error::Internal(format!("a detached database task failed: {e}")))?
+    }
+
     /// Tells the Liveblocks worker that rooms were queued.
     fn wake_cleanup(&self) {
         self.cleanup_wake.notify_one();
+    }
+
+    /// Tells the purge worker that a purge was queued.
+    fn wake_purge(&self) {
+        self.purge_wake.notify_one();
     }
 
     /// Counts a sync command by outcome.

@@ -49,9 +49,11 @@ pub(super) async fn delete_room(
     req: Request<pb::DeleteRoomRequest>,
 ) -> R<pb::DeleteRoomResponse> {
     let (who, Id(id)) = accept(req)?;
-    let queued = rooms::delete_room(&mut *api.conn().await?, &who, id).await?;
-    api.wake_cleanup();
-    ok(pb::DeleteRoomResponse {
-        liveblocks_rooms_queued: queued,
-    })
+    let purge_queued = api
+        .detached(async move |mut conn| rooms::delete_room(&mut conn, &who, id).await)
+        .await?;
+    if purge_queued {
+        api.wake_purge();
+    }
+    ok(pb::DeleteRoomResponse { purge_queued })
 }

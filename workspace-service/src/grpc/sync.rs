@@ -2,8 +2,8 @@
 
 use super::convert::outcome;
 use super::{R, WorkspaceApi, ok};
-use crate::domain::cascade::{self, DeleteWorkspace};
 use crate::domain::memberships::{self, MembershipChange};
+use crate::domain::purge::{self, DeleteWorkspace};
 use crate::domain::users::{self, RemoveUser};
 use crate::domain::workspaces::{self, UpsertWorkspace};
 use crate::error::Error;
@@ -16,7 +16,8 @@ pub(super) async fn upsert_workspace(
 ) -> R<pb::UpsertWorkspaceResponse> {
     let result = async {
         let cmd = UpsertWorkspace::try_from(req.into_inner())?;
-        workspaces::upsert_workspace(&mut *api.conn().await?, &cmd).await
+        api.detached(async move |mut conn| workspaces::upsert_workspace(&mut conn, &cmd).await)
+            .await
     }
     .await;
     api.record("upsert_workspace", result.as_ref().map(|r| r.0));
@@ -33,20 +34,22 @@ pub(super) async fn delete_workspace(
 ) -> R<pb::DeleteWorkspaceResponse> {
     let result = async {
         let cmd = DeleteWorkspace::try_from(req.into_inner())?;
-        let done = cascade::delete_workspace(&mut *api.conn().await?, &cmd).await?;
-        Ok::<_, Error>((cmd.org, done))
+        let org = cmd.org.clone();
+        let done = api
+            .detached(async move |mut conn| purge::delete_workspace(&mut conn, &cmd).await)
+            .await?;
+        Ok::<_, Error>((org, done))
     }
     .await;
-    api.record("delete_workspace", result.as_ref().map(|(_, r)| r.0));
-    let (org, (o, cascade)) = result?;
-    if cascade.liveblocks_rooms_queued > 0 {
-        api.wake_cleanup();
+    api.record("delete_workspace", result.as_ref().map(|(_, d)| d.outcome));
+    let (org, done) = result?;
+    if done.purge_queued {
+        api.wake_purge();
+        tracing::info!(clerk_org_id = %org, "workspace deleted; its rows are purged in the background");
     }
-    tracing::info!(clerk_org_id = %org, rows = ?cascade.deleted_rows, rooms = cascade.liveblocks_rooms_queued, "workspace deleted");
     ok(pb::DeleteWorkspaceResponse {
-        outcome: outcome(o),
-        deleted_rows: cascade.deleted_rows.into_iter().collect(),
-        liveblocks_rooms_queued: cascade.liveblocks_rooms_queued,
+        outcome: outcome(done.outcome),
+        purge_queued: done.purge_queued,
     })
 }
 
@@ -60,7 +63,8 @@ where
 {
     let result = async {
         let cmd = MembershipChange::try_from(req.into_inner())?;
-        memberships::change_membership(&mut *api.conn().await?, &cmd).await
+        api.detached(async move |mut conn| memberships::change_membership(&mut conn, &cmd).await)
+            .await
     }
     .await;
     api.record(command, result.as_ref().copied());
@@ -89,7 +93,8 @@ pub(super) async fn remove_user(
 ) -> R<pb::RemoveUserResponse> {
     let result = async {
         let cmd = RemoveUser::try_from(req.into_inner())?;
-        users::remove_user(&mut *api.conn().await?, &cmd).await
+        api.detached(async move |mut conn| users::remove_user(&mut conn, &cmd).await)
+            .await
     }
     .await;
     api.record("remove_user", result.as_ref().map(|r| r.outcome));

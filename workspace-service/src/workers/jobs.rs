@@ -13,6 +13,7 @@
 use diesel::QueryableByName;
 use diesel::sql_types::{BigInt, Double, Integer, Nullable, Text, Uuid as SqlUuid};
 use diesel_async::RunQueryDsl;
+use rand::Rng;
 use service_runtime::{Pool, prepared};
 use std::future::Future;
 use std::sync::Arc;
@@ -117,10 +118,20 @@ pub struct QueueSample {
 /// Does jobs of one table.
 #[tonic::async_trait]
 pub trait JobHandler: Send + Sync + 'static {
-    /// Does one leased job, with no transaction open.
-    async fn attempt(&self, job: &Leased) -> Attempt;
+    /// Does one leased job (leased under `token`), with no transaction open.
+    async fn attempt(&self, job: &Leased, token: Uuid) -> Attempt;
     /// Hears the queue's size every few seconds.
     fn sampled(&self, sample: QueueSample);
+}
+
+/// Exponential backoff with "equal jitter" for the `attempts`-th attempt: `base` doubled per
+/// attempt, capped at `max`, of which half is fixed and half random.
+pub fn backoff(base: Duration, max: Duration, attempts: i32) -> Duration {
+    let exp = base
+        .saturating_mul(1u32 << attempts.clamp(1, 20).saturating_sub(1) as u32)
+        .min(max);
+    let half = exp / 2;
+    half + half.mul_f64(rand::rng().random::<f64>())
 }
 
 /// How a runner drains its table.
@@ -264,7 +275,7 @@ impl<H: JobHandler> JobRunner<H> {
                 };
                 let runner = Arc::clone(&this);
                 tasks.spawn(async move {
-                    let attempt = runner.handler.attempt(&job).await;
+                    let attempt = runner.handler.attempt(&job, token).await;
                     // The slot is free once the work is; recording the result (a commit)
                     // overlaps the next job instead of holding a slot.
                     drop(permit);
@@ -276,5 +287,23 @@ impl<H: JobHandler> JobRunner<H> {
             }
         }
         while tasks.join_next().await.is_some() {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_and_is_capped() {
+        let (base, max) = (Duration::from_secs(1), Duration::from_secs(60));
+        for attempt in 1..30 {
+            let d = backoff(base, max, attempt);
+            let full = Duration::from_secs(1u64 << (attempt - 1).min(20)).min(max);
+            assert!(
+                d >= full / 2 && d <= full,
+                "attempt {attempt}: {d:?} vs {full:?}"
+            );
+        }
     }
 }

@@ -11,13 +11,13 @@ use super::jobs::{
 use crate::metrics::Metrics;
 use diesel::sql_types::{Array, Text};
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
-use rand::Rng;
 use service_runtime::{Pool, prepared};
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use tokio::sync::Notify;
+use uuid::Uuid;
 
 /// The outbox of Liveblocks rooms to delete.
 pub static CLEANUP_JOBS: JobTable = job_table!("liveblocks_cleanup_jobs", "room_id", "text");
@@ -173,14 +173,9 @@ impl Default for CleanupSettings {
     }
 }
 
-/// Exponential backoff with "equal jitter": half fixed, half random, capped.
-pub fn backoff(settings: &CleanupSettings, attempts: i32) -> Duration {
-    let exp = settings
-        .backoff_base
-        .saturating_mul(1u32 << attempts.clamp(1, 20).saturating_sub(1) as u32)
-        .min(settings.backoff_max);
-    let half = exp / 2;
-    half + half.mul_f64(rand::rng().random::<f64>())
+/// The backoff of the `attempts`-th attempt.
+fn backoff(settings: &CleanupSettings, attempts: i32) -> Duration {
+    super::jobs::backoff(settings.backoff_base, settings.backoff_max, attempts)
 }
 
 /// Deletes one leased room at Liveblocks and decides what becomes of its job.
@@ -193,7 +188,7 @@ struct CleanupHandler {
 
 #[tonic::async_trait]
 impl JobHandler for CleanupHandler {
-    async fn attempt(&self, job: &Leased) -> Attempt {
+    async fn attempt(&self, job: &Leased, _token: Uuid) -> Attempt {
         let room_id = &job.key;
         let delivery = self.api.delete_room(room_id).await;
         let (label, attempt) = match &delivery {
@@ -297,23 +292,5 @@ mod tests {
         assert_eq!(encode_room_id("doc:0190-ab"), "doc%3A0190-ab");
         assert_eq!(encode_room_id("a b/c"), "a%20b%2Fc");
         assert_eq!(encode_room_id("x!~*'()._"), "x!~*'()._");
-    }
-
-    #[test]
-    fn backoff_grows_and_is_capped() {
-        let s = CleanupSettings {
-            backoff_base: Duration::from_secs(1),
-            backoff_max: Duration::from_secs(60),
-            ..Default::default()
-        };
-        for attempt in 1..30 {
-            let d = backoff(&s, attempt);
-            let full =
-                Duration::from_secs(1u64 << (attempt - 1).min(20)).min(Duration::from_secs(60));
-            assert!(
-                d >= full / 2 && d <= full,
-                "attempt {attempt}: {d:?} vs {full:?}"
-            );
-        }
     }
 }

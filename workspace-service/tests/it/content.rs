@@ -764,7 +764,7 @@ async fn rooms_items_and_meetings() {
         ))
         .await;
     assert_eq!(code(r), Some(Code::PermissionDenied));
-    let queued = c
+    let deleted = c
         .delete_room(env.admin(
             "user_a",
             "org_a",
@@ -774,9 +774,31 @@ async fn rooms_items_and_meetings() {
         ))
         .await
         .unwrap()
-        .into_inner()
-        .liveblocks_rooms_queued;
-    assert_eq!(queued, 2);
+        .into_inner();
+    assert!(deleted.purge_queued);
+    // Gone for every RPC at once, whatever the purge has done so far.
+    let items = c
+        .list_room_items(env.member(
+            "user_1",
+            "org_a",
+            pb::ListRoomItemsRequest {
+                room_id: code_room.id.clone(),
+                ..Default::default()
+            },
+        ))
+        .await;
+    assert_eq!(code(items), Some(Code::PermissionDenied));
+    let again = c
+        .delete_room(env.admin(
+            "user_a",
+            "org_a",
+            pb::DeleteRoomRequest {
+                room_id: code_room.id.clone(),
+            },
+        ))
+        .await;
+    assert_eq!(code(again), Some(Code::PermissionDenied));
+    env.purges_done().await;
     assert_eq!(env.count("code_files").await, 0);
     let jobs = env.queued_rooms().await;
     assert_eq!(jobs.len(), 3);

@@ -47,6 +47,12 @@ pub fn config(db_url: &str, issuers: &Issuers, liveblocks_url: Option<&str>) -> 
             liveblocks_backoff_max_secs: 1,
             liveblocks_poll_ms: 50,
         },
+        purge: workspace_service::PurgeArgs {
+            purge_chunk_rows: 1000,
+            purge_concurrency: 2,
+            purge_poll_ms: 50,
+            purge_lease_secs: 10,
+        },
         grpc_addr: "127.0.0.1:0".parse().unwrap(),
         metrics_addr: "127.0.0.1:0".parse().unwrap(),
     }
@@ -167,6 +173,87 @@ impl Env {
         jobs.into_iter().map(|j| j.room_id).collect()
     }
 
+    /// One number from `sql` (a `SELECT` of one bigint-compatible value).
+    pub async fn scalar(&self, sql: &str) -> i64 {
+        use diesel_async::RunQueryDsl;
+        #[derive(diesel::QueryableByName)]
+        struct N {
+            #[diesel(sql_type = diesel::sql_types::BigInt)]
+            n: i64,
+        }
+        let mut conn = self.conn().await;
+        let r: N = diesel::sql_query(format!("SELECT ({sql})::bigint AS n"))
+            .get_result(&mut conn)
+            .await
+            .unwrap();
+        r.n
+    }
+
+    /// Every table of the schema, read from the catalog (so a table added later is covered),
+    /// is empty except the bookkeeping that outlives a workspace on purpose.
+    pub async fn assert_only_bookkeeping_left(&self) {
+        use diesel_async::RunQueryDsl;
+        #[derive(diesel::QueryableByName)]
+        struct Table {
+            #[diesel(sql_type = diesel::sql_types::Text)]
+            name: String,
+        }
+        let mut conn = self.conn().await;
+        let tables: Vec<Table> = diesel::sql_query(
+            "SELECT c.relname::text AS name FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+              WHERE n.nspname = 'public' AND c.relkind IN ('r', 'p') ORDER BY 1",
+        )
+        .load(&mut conn)
+        .await
+        .unwrap();
+        const BOOKKEEPING: &[&str] = &[
+            "__diesel_schema_migrations",
+            "processed_events",
+            "workspace_tombstones",
+            "removed_users",
+            "liveblocks_cleanup_jobs",
+        ];
+        assert!(
+            tables.len() > BOOKKEEPING.len() + 5,
+            "the catalog lists too few tables"
+        );
+        for t in tables
+            .iter()
+            .filter(|t| !BOOKKEEPING.contains(&t.name.as_str()))
+        {
+            assert_eq!(self.count(&t.name).await, 0, "{} still has rows", t.name);
+        }
+    }
+
+    /// Holds back every purge until the returned guard is dropped: a transaction holds a
+    /// `SHARE` lock on `messages`, which reads pass and deletes wait for.
+    pub async fn block_purges(&self) -> PurgeBlocker {
+        use diesel_async::SimpleAsyncConnection;
+        let mut conn = self.conn().await;
+        let (release, released) = tokio::sync::oneshot::channel::<()>();
+        let (locked_tx, locked) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(async move {
+            conn.batch_execute("BEGIN; LOCK TABLE messages IN SHARE MODE")
+                .await
+                .unwrap();
+            let _ = locked_tx.send(());
+            let _ = released.await;
+            conn.batch_execute("COMMIT").await.unwrap();
+        });
+        locked.await.unwrap();
+        PurgeBlocker(Some(release))
+    }
+
+    /// Waits until every purge job finished (20 s at most).
+    pub async fn purges_done(&self) {
+        eventually(
+            "purges done",
+            std::time::Duration::from_secs(20),
+            || async { self.count("purge_jobs").await == 0 },
+        )
+        .await;
+    }
+
     /// Runs SQL directly (fixtures that would take too long through the API).
     pub async fn sql(&self, sql: &str) {
         use diesel_async::SimpleAsyncConnection;
@@ -207,5 +294,16 @@ pub fn membership(
         clerk_org_id: org.into(),
         clerk_user_id: user.into(),
         role: role.into(),
+    }
+}
+
+/// See [`Env::block_purges`].
+pub struct PurgeBlocker(Option<tokio::sync::oneshot::Sender<()>>);
+
+impl Drop for PurgeBlocker {
+    fn drop(&mut self) {
+        if let Some(release) = self.0.take() {
+            let _ = release.send(());
+        }
     }
 }

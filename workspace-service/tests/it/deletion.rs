@@ -1,5 +1,6 @@
-//! Workspace deletion: atomic cascade, no orphans, indexed foreign keys, and the durable
-//! Liveblocks clean-up against a stand-in that answers like the Liveblocks API.
+//! Deletion in two steps (hidden at once, purged in the background in chunks), no orphans,
+//! indexed foreign keys, and the durable Liveblocks clean-up against a stand-in that answers
+//! like the Liveblocks API.
 
 use crate::support;
 
@@ -10,6 +11,7 @@ use std::time::Duration;
 use support::{Env, SECRET, delete_ws, eventually, start_with, ts};
 use vbase_proto::workspace::v1 as pb;
 use workspace_service::workers::liveblocks::{CleanupSettings, CleanupWorker, HttpLiveblocks};
+use workspace_service::workers::purge::{PurgeSettings, PurgeWorker};
 
 const TABLES: &[&str] = &[
     "workspaces",
@@ -156,35 +158,101 @@ async fn all_deleted(live: &LiveblocksStandIn, expected: &BTreeSet<String>) {
 }
 
 #[tokio::test]
-async fn cascade_removes_every_row_and_queues_every_room_exactly_once() {
+async fn a_deleted_workspace_is_gone_at_once_and_purged_to_the_last_row() {
     let env = start_with(true).await;
     let expected = populate(&env, "org_a").await;
     let keep = populate(&env, "org_b").await;
     let before: Vec<i64> = futures_counts(&env).await;
+    let mut c = env.client().await;
+    let channel = c
+        .list_channels(env.service(pb::ListChannelsRequest {
+            clerk_org_id: "org_a".into(),
+            ..Default::default()
+        }))
+        .await
+        .unwrap()
+        .into_inner()
+        .channels
+        .remove(0);
+    // Hold the purge back: the answers below must not depend on how far it got.
+    let blocker = env.block_purges().await;
     let r = delete(&env, "d1", "org_a").await;
     assert_eq!(r.outcome(), pb::CommandOutcome::Applied);
-    assert_eq!(r.liveblocks_rooms_queued, expected.len() as i64);
-    let rows = |t: &str| r.deleted_rows.get(t).copied().unwrap_or_default();
+    assert!(r.purge_queued);
+    let get = c
+        .get_workspace(env.member(
+            "user_1",
+            "org_a",
+            pb::GetWorkspaceRequest {
+                clerk_org_id: "org_a".into(),
+            },
+        ))
+        .await
+        .unwrap_err();
     assert_eq!(
-        (
-            rows("workspaces"),
-            rows("channels"),
-            rows("messages"),
-            rows("read_receipts"),
-            rows("rooms")
-        ),
-        (1, 2, 3, 1, 4)
+        get.code(),
+        tonic::Code::NotFound,
+        "as for a workspace never synced"
     );
+    let never = c
+        .get_workspace(env.member(
+            "user_1",
+            "org_never",
+            pb::GetWorkspaceRequest {
+                clerk_org_id: "org_never".into(),
+            },
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(get.message(), never.message().replace("org_never", "org_a"));
+    let list = c
+        .list_messages(env.member(
+            "user_1",
+            "org_a",
+            pb::ListMessagesRequest {
+                channel_id: channel.id.clone(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(list.code(), tonic::Code::PermissionDenied);
+    let post = c
+        .post_message(env.service(pb::PostMessageRequest {
+            channel_id: channel.id.clone(),
+            body: "late".into(),
+            author_clerk_id: "user_1".into(),
+        }))
+        .await
+        .unwrap_err();
+    assert_eq!(post.code(), tonic::Code::NotFound);
+    // Late events bring nothing back.
+    let late = c
+        .upsert_workspace(env.service(support::upsert_ws("late-up", 500, "org_a", "Back")))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(late.outcome(), pb::CommandOutcome::Stale);
+    let late_member = c
+        .upsert_membership(env.service(support::membership(
+            "late-m",
+            500,
+            "org_a",
+            "user_9",
+            "org:member",
+        )))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(late_member.outcome(), pb::CommandOutcome::Stale);
     assert_eq!(
-        (
-            rows("documents"),
-            rows("code_files"),
-            rows("whiteboards"),
-            rows("meetings"),
-            rows("memberships")
-        ),
-        (2, 2, 2, 1, 1)
+        futures_counts(&env).await[2],
+        before[2],
+        "nothing purged yet"
     );
+    drop(blocker);
+
+    env.purges_done().await;
     // Exactly org_a's rows are gone: what is left is org_b's, i.e. half of before.
     let after = futures_counts(&env).await;
     for ((t, b), a) in TABLES.iter().zip(&before).zip(&after) {
@@ -204,14 +272,15 @@ async fn cascade_removes_every_row_and_queues_every_room_exactly_once() {
     // A repeated delete changes nothing and queues nothing.
     let again = delete(&env, "d2", "org_a").await;
     assert_eq!(again.outcome(), pb::CommandOutcome::Stale);
-    assert_eq!(again.liveblocks_rooms_queued, 0);
+    assert!(!again.purge_queued);
+    assert_eq!(env.count("purge_jobs").await, 0);
 }
 
 /// A room id that is in the queue already (the API cannot cause it: ids are generated by the
-/// service, and a row is deleted once) does not stop the delete: every row still goes, and
+/// service, and a row is deleted once) does not stop the purge: every row still goes, and
 /// every room is queued exactly once.
 #[tokio::test]
-async fn a_room_queued_already_does_not_stop_the_delete() {
+async fn a_room_queued_already_does_not_stop_the_purge() {
     let env = start_with(false).await;
     let expected = populate(&env, "org_a").await;
     let pick = |kind: &str| {
@@ -228,14 +297,121 @@ async fn a_room_queued_already_does_not_stop_the_delete() {
     .await;
     let r = delete(&env, "d1", "org_a").await;
     assert_eq!(r.outcome(), pb::CommandOutcome::Applied);
-    assert_eq!(r.liveblocks_rooms_queued, expected.len() as i64);
+    env.purges_done().await;
     assert_eq!(
         env.queued_rooms().await,
         expected.iter().cloned().collect::<Vec<_>>()
     );
-    for t in TABLES {
-        assert_eq!(env.count(t).await, 0, "{t} still has rows");
+    env.assert_only_bookkeeping_left().await;
+}
+
+/// A chunk that fails part way (a trigger refuses one row) changes nothing of that chunk, the
+/// job records the error and is retried, and once the cause is gone the purge completes with
+/// every room queued once.
+#[tokio::test]
+async fn a_failed_chunk_changes_nothing_and_is_retried() {
+    let env = start_with(false).await;
+    let expected = populate(&env, "org_a").await;
+    env.sql(
+        "CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS $$
+           BEGIN IF OLD.name = 'i1' THEN RAISE EXCEPTION 'injected failure'; END IF; RETURN OLD; END $$;
+         CREATE TRIGGER refuse BEFORE DELETE ON code_files FOR EACH ROW EXECUTE FUNCTION refuse();",
+    )
+    .await;
+    delete(&env, "d1", "org_a").await;
+    eventually("the failure recorded", Duration::from_secs(20), || async {
+        env.scalar("SELECT count(*) FROM purge_jobs WHERE last_error LIKE '%injected failure%' AND attempts >= 2")
+            .await
+            == 1
+    })
+    .await;
+    // The failing chunk (both code files: the chunk holds up to 1000 rows) is untouched, and
+    // none of its rooms was queued; the steps before it went through.
+    assert_eq!(env.count("code_files").await, 2);
+    assert_eq!(env.count("documents").await, 0);
+    let queued = env.queued_rooms().await;
+    assert!(queued.iter().all(|r| !r.starts_with("code:")), "{queued:?}");
+    assert!(queued.iter().any(|r| r.starts_with("doc:")), "{queued:?}");
+    env.sql("DROP TRIGGER refuse ON code_files").await;
+    env.purges_done().await;
+    assert_eq!(
+        env.queued_rooms().await,
+        expected.iter().cloned().collect::<Vec<_>>()
+    );
+    env.assert_only_bookkeeping_left().await;
+}
+
+/// Two purge workers beside the service's own, on four jobs with one-row chunks: every chunk
+/// of a job is done under one lease token (an audit trigger records the token of each chunk),
+/// every row goes, and every room is queued once.
+#[tokio::test]
+async fn several_workers_never_hold_one_job_at_once() {
+    let env = start_with(false).await;
+    let mut expected = BTreeSet::new();
+    let orgs = ["org_a", "org_b", "org_c", "org_d"];
+    for org in orgs {
+        expected.extend(populate(&env, org).await);
     }
+    env.sql(
+        "CREATE TABLE purge_audit (target_id uuid, lease_token uuid);
+         CREATE FUNCTION audit() RETURNS trigger LANGUAGE plpgsql AS $$
+           BEGIN INSERT INTO purge_audit VALUES (NEW.target_id, NEW.lease_token); RETURN NEW; END $$;
+         CREATE TRIGGER audit AFTER UPDATE OF rows_purged ON purge_jobs FOR EACH ROW EXECUTE FUNCTION audit();",
+    )
+    .await;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut workers = Vec::new();
+    for _ in 0..2 {
+        let pool =
+            service_runtime::db::build_pool(env.db.url(), 4, workspace_service::PLANS).unwrap();
+        let worker = PurgeWorker::new(
+            pool,
+            PurgeSettings {
+                chunk_rows: 1,
+                concurrency: 4,
+                poll: Duration::from_millis(10),
+                lease: Duration::from_secs(30),
+                ..Default::default()
+            },
+            workspace_service::metrics::Metrics::default(),
+            service_runtime::Lifecycle::default(),
+            Arc::new(tokio::sync::Notify::new()),
+            Arc::new(tokio::sync::Notify::new()),
+        );
+        let mut rx = stop_rx.clone();
+        workers.push(tokio::spawn(worker.run(async move {
+            let _ = rx.wait_for(|s| *s).await;
+        })));
+    }
+    for (i, org) in orgs.iter().enumerate() {
+        delete(&env, &format!("d{i}"), org).await;
+    }
+    env.purges_done().await;
+    let _ = stop_tx.send(true);
+    for w in workers {
+        w.await.unwrap();
+    }
+    assert_eq!(
+        env.scalar("SELECT count(DISTINCT target_id) FROM purge_audit")
+            .await,
+        4,
+        "every job purged in chunks"
+    );
+    assert_eq!(
+        env.scalar(
+            "SELECT count(*) FROM (SELECT target_id FROM purge_audit GROUP BY target_id
+              HAVING count(DISTINCT lease_token) > 1) more"
+        )
+        .await,
+        0,
+        "a job was purged under more than one lease"
+    );
+    env.sql("DROP TABLE purge_audit").await;
+    env.assert_only_bookkeeping_left().await;
+    assert_eq!(
+        env.queued_rooms().await,
+        expected.iter().cloned().collect::<Vec<_>>()
+    );
 }
 
 async fn futures_counts(env: &Env) -> Vec<i64> {
@@ -294,6 +470,7 @@ async fn liveblocks_down_during_and_after_the_delete_then_back() {
     env.liveblocks.set_mode(LiveblocksMode::Down);
     let expected = populate(&env, "org_a").await;
     delete(&env, "d1", "org_a").await;
+    env.purges_done().await;
     // Retries happen while it is down; nothing is lost or deleted.
     eventually("retries while down", Duration::from_secs(10), || async {
         env.liveblocks.requests() > expected.len() as u64
