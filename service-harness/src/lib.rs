@@ -243,3 +243,114 @@ where
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
 }
+
+/// A transaction that holds the advisory lock a service takes for one entity
+/// (`service_runtime::db::lock_entity`), until dropped: the service's command for that entity
+/// waits meanwhile, as behind a slow concurrent writer.
+#[derive(Debug)]
+pub struct EntityLock(Option<oneshot::Sender<()>>);
+
+impl EntityLock {
+    /// Takes the lock of `key` (e.g. `org:org_1`) in `database_url`.
+    pub async fn hold(database_url: &str, key: &str) -> Self {
+        use diesel_async::SimpleAsyncConnection;
+        let pool =
+            service_runtime::db::build_pool(database_url, 1, service_runtime::db::PlanCache::Auto)
+                .expect("pool");
+        let mut conn = pool.get().await.expect("connection");
+        let (release, released) = oneshot::channel::<()>();
+        let (held_tx, held) = oneshot::channel::<()>();
+        let sql = format!(
+            "BEGIN; SELECT pg_advisory_xact_lock(hashtextextended('{}', 7))",
+            key.replace('\'', "")
+        );
+        tokio::spawn(async move {
+            conn.batch_execute(&sql).await.expect("lock taken");
+            let _ = held_tx.send(());
+            let _ = released.await;
+            conn.batch_execute("COMMIT").await.expect("lock released");
+        });
+        held.await.expect("lock task");
+        Self(Some(release))
+    }
+}
+
+impl Drop for EntityLock {
+    fn drop(&mut self) {
+        if let Some(release) = self.0.take() {
+            let _ = release.send(());
+        }
+    }
+}
+
+/// Tables of `database_url`'s `public` schema, read from the catalog (so a table added later
+/// is covered), that hold rows, other than those named in `except`, with their row counts.
+pub async fn tables_with_rows(database_url: &str, except: &[&str]) -> Vec<(String, i64)> {
+    use diesel_async::RunQueryDsl;
+    #[derive(diesel::QueryableByName)]
+    struct Table {
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        name: String,
+    }
+    #[derive(diesel::QueryableByName)]
+    struct N {
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        n: i64,
+    }
+    let pool =
+        service_runtime::db::build_pool(database_url, 1, service_runtime::db::PlanCache::Auto)
+            .expect("pool");
+    let mut conn = pool.get().await.expect("connection");
+    let tables: Vec<Table> = diesel::sql_query(
+        "SELECT c.relname::text AS name FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+          WHERE n.nspname = 'public' AND c.relkind IN ('r', 'p') ORDER BY 1",
+    )
+    .load(&mut conn)
+    .await
+    .expect("catalog");
+    assert!(
+        tables.len() > except.len(),
+        "the catalog lists too few tables"
+    );
+    let mut out = Vec::new();
+    for t in tables.iter().filter(|t| !except.contains(&t.name.as_str())) {
+        let n: N = diesel::sql_query(format!("SELECT count(*) AS n FROM \"{}\"", t.name))
+            .get_result(&mut conn)
+            .await
+            .expect("count");
+        if n.n > 0 {
+            out.push((t.name.clone(), n.n));
+        }
+    }
+    out
+}
+
+/// One number from `sql` (a `SELECT` of one value castable to bigint) in `database_url`.
+pub async fn scalar(database_url: &str, sql: &str) -> i64 {
+    use diesel_async::RunQueryDsl;
+    #[derive(diesel::QueryableByName)]
+    struct N {
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        n: i64,
+    }
+    let pool =
+        service_runtime::db::build_pool(database_url, 1, service_runtime::db::PlanCache::Auto)
+            .expect("pool");
+    let mut conn = pool.get().await.expect("connection");
+    diesel::sql_query(format!("SELECT ({sql})::bigint AS n"))
+        .get_result::<N>(&mut conn)
+        .await
+        .expect("one number")
+        .n
+}
+
+/// Runs `sql` (any number of statements) in `database_url`: fixtures too large to build
+/// through the API.
+pub async fn execute(database_url: &str, sql: &str) {
+    use diesel_async::SimpleAsyncConnection;
+    let pool =
+        service_runtime::db::build_pool(database_url, 1, service_runtime::db::PlanCache::Auto)
+            .expect("pool");
+    let mut conn = pool.get().await.expect("connection");
+    conn.batch_execute(sql).await.expect("fixture SQL");
+}

@@ -806,3 +806,124 @@ async fn deliver_concurrently(s: &Stack) -> usize {
     assert!(s.user("user_cc_bad").await.is_none());
     deliveries.len()
 }
+
+impl Stack {
+    fn workspace_db(&self) -> &str {
+        self._dbs.1.url()
+    }
+
+    async fn workspace_name(&self, org: &str) -> Option<String> {
+        let mut c = self.workspace().await;
+        c.get_workspace(self.issuers.service(
+            "workspace-service",
+            wsp::GetWorkspaceRequest {
+                clerk_org_id: org.into(),
+            },
+        ))
+        .await
+        .ok()
+        .and_then(|r| r.into_inner().workspace)
+        .map(|w| w.name)
+    }
+}
+
+/// A service that answers after the gateway's deadline (it waits behind a concurrent writer):
+/// the gateway answers 503 so Svix retries; the command still commits on its own, and the
+/// retry of the same delivery is a duplicate, applied once.
+#[tokio::test]
+async fn a_service_answering_after_the_deadline_gets_503_and_the_retry_applies_once() {
+    let s = stack(SECRET).await;
+    let created = org_event("organization.created", "org_slow", "Slow", T);
+    assert_eq!(s.send("msg_slow_c", &created).await.0, 200);
+    let writer = service_harness::EntityLock::hold(s.workspace_db(), "org:org_slow").await;
+    let renamed = org_event("organization.updated", "org_slow", "Renamed", T + 10);
+    let started = Instant::now();
+    let (code, _) = s.send("msg_slow_u", &renamed).await;
+    assert_eq!(code, 503, "past the deadline");
+    assert!(
+        started.elapsed() >= Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    drop(writer);
+    eventually("the command committed", Duration::from_secs(10), || async {
+        s.workspace_name("org_slow").await.as_deref() == Some("Renamed")
+    })
+    .await;
+    assert_eq!(
+        s.send("msg_slow_u", &renamed).await,
+        (200, "{\"outcome\":\"duplicate\"}".into())
+    );
+}
+
+/// A workspace of 5,000,000 child rows deleted through the gateway: answered 2xx at once,
+/// gone for every RPC, then purged to the last row with each Liveblocks room queued once.
+/// Long: `.ci/run` runs it on its own (`cargo test -p webhook-gateway --test gateway --
+/// --ignored`).
+#[tokio::test]
+#[ignore = "five million rows: run with --ignored (CI does)"]
+async fn a_workspace_of_five_million_rows_is_deleted_through_the_gateway_at_once() {
+    let s = stack(SECRET).await;
+    let created = org_event("organization.created", "org_huge", "Huge", T);
+    assert_eq!(s.send("msg_huge_c", &created).await.0, 200);
+    // 20 channels x 245,000 messages, 20 x 1,000 read receipts, 200 rooms with 400 documents,
+    // code files, whiteboards or meetings each: 5,000,221 child rows with `general`.
+    let fill = Instant::now();
+    service_harness::execute(
+        s.workspace_db(),
+        "INSERT INTO channels (id, workspace_id, name)
+           SELECT gen_random_uuid(), w.id, 'c' || g FROM workspaces w, generate_series(1, 20) g;
+         INSERT INTO messages (id, channel_id, author_clerk_id, body, created_at)
+           SELECT gen_random_uuid(), c.id, 'user_' || (g % 1000), 'message ' || g, now() - g * interval '1 second'
+             FROM channels c, generate_series(1, 245000) g WHERE c.name <> 'general' ORDER BY g, c.id;
+         INSERT INTO read_receipts (channel_id, clerk_user_id, last_read_at)
+           SELECT c.id, 'user_' || g, now() FROM channels c, generate_series(1, 1000) g WHERE c.name <> 'general';
+         INSERT INTO rooms (id, workspace_id, kind, name)
+           SELECT gen_random_uuid(), w.id, (ARRAY['document','code','whiteboard','conference'])[1 + g % 4], 'r' || g
+             FROM workspaces w, generate_series(0, 199) g;
+         INSERT INTO documents (id, room_id, name) SELECT gen_random_uuid(), r.id, 'd' || g FROM rooms r, generate_series(1, 400) g WHERE r.kind = 'document';
+         INSERT INTO code_files (id, room_id, name) SELECT gen_random_uuid(), r.id, 'f' || g FROM rooms r, generate_series(1, 400) g WHERE r.kind = 'code';
+         INSERT INTO whiteboards (id, room_id, name) SELECT gen_random_uuid(), r.id, 'w' || g FROM rooms r, generate_series(1, 400) g WHERE r.kind = 'whiteboard';
+         INSERT INTO meetings (id, room_id, title, starts_at, ends_at)
+           SELECT gen_random_uuid(), r.id, 'm' || g, now(), now() + interval '1 hour' FROM rooms r, generate_series(1, 400) g WHERE r.kind = 'conference';
+         ANALYZE;",
+    )
+    .await;
+    eprintln!("loaded 5,000,221 rows in {:?}", fill.elapsed());
+    let started = Instant::now();
+    let deleted = deleted_event("organization.deleted", "organization", "org_huge", T + 20);
+    let (code, body) = s.send("msg_huge_d", &deleted).await;
+    let answered = started.elapsed();
+    assert_eq!((code, body.as_str()), (200, "{\"outcome\":\"applied\"}"));
+    assert!(
+        answered < Duration::from_secs(1),
+        "answered in {answered:?}"
+    );
+    assert_eq!(s.workspace_name("org_huge").await, None);
+    assert!(!s.workspace_exists("org_huge").await);
+    let db = s.workspace_db();
+    eventually("purge done", Duration::from_secs(1200), || async {
+        service_harness::scalar(db, "SELECT count(*) FROM purge_jobs").await == 0
+    })
+    .await;
+    eprintln!(
+        "answered in {answered:?}, purged in {:?}",
+        started.elapsed()
+    );
+    let left = service_harness::tables_with_rows(
+        s.workspace_db(),
+        &[
+            "__diesel_schema_migrations",
+            "processed_events",
+            "workspace_tombstones",
+            "liveblocks_cleanup_jobs",
+        ],
+    )
+    .await;
+    assert!(left.is_empty(), "rows left: {left:?}");
+    // 200 rooms and 60,000 items, each queued once (the worker has no key here: they wait).
+    assert_eq!(
+        service_harness::scalar(db, "SELECT count(*) FROM liveblocks_cleanup_jobs").await,
+        60_200
+    );
+}

@@ -16,6 +16,16 @@ use workspace_service::{Config, LiveblocksArgs};
 pub use service_harness::{bearer, eventually, ts};
 
 pub const SECRET: &str = "sk_test_standin";
+
+/// Tables that outlive a deleted workspace on purpose: delivery ids, tombstones, removed users,
+/// the Liveblocks outbox, migrations.
+pub const BOOKKEEPING: &[&str] = &[
+    "__diesel_schema_migrations",
+    "processed_events",
+    "workspace_tombstones",
+    "removed_users",
+    "liveblocks_cleanup_jobs",
+];
 /// Test times are offsets from this realistic base.
 pub const T0: i64 = 1_700_000_000;
 
@@ -173,56 +183,16 @@ impl Env {
         jobs.into_iter().map(|j| j.room_id).collect()
     }
 
-    /// One number from `sql` (a `SELECT` of one bigint-compatible value).
+    /// One number from `sql` (a `SELECT` of one value castable to bigint).
     pub async fn scalar(&self, sql: &str) -> i64 {
-        use diesel_async::RunQueryDsl;
-        #[derive(diesel::QueryableByName)]
-        struct N {
-            #[diesel(sql_type = diesel::sql_types::BigInt)]
-            n: i64,
-        }
-        let mut conn = self.conn().await;
-        let r: N = diesel::sql_query(format!("SELECT ({sql})::bigint AS n"))
-            .get_result(&mut conn)
-            .await
-            .unwrap();
-        r.n
+        service_harness::scalar(self.db.url(), sql).await
     }
 
-    /// Every table of the schema, read from the catalog (so a table added later is covered),
+    /// Every table of the schema (read from the catalog, so a table added later is covered)
     /// is empty except the bookkeeping that outlives a workspace on purpose.
     pub async fn assert_only_bookkeeping_left(&self) {
-        use diesel_async::RunQueryDsl;
-        #[derive(diesel::QueryableByName)]
-        struct Table {
-            #[diesel(sql_type = diesel::sql_types::Text)]
-            name: String,
-        }
-        let mut conn = self.conn().await;
-        let tables: Vec<Table> = diesel::sql_query(
-            "SELECT c.relname::text AS name FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-              WHERE n.nspname = 'public' AND c.relkind IN ('r', 'p') ORDER BY 1",
-        )
-        .load(&mut conn)
-        .await
-        .unwrap();
-        const BOOKKEEPING: &[&str] = &[
-            "__diesel_schema_migrations",
-            "processed_events",
-            "workspace_tombstones",
-            "removed_users",
-            "liveblocks_cleanup_jobs",
-        ];
-        assert!(
-            tables.len() > BOOKKEEPING.len() + 5,
-            "the catalog lists too few tables"
-        );
-        for t in tables
-            .iter()
-            .filter(|t| !BOOKKEEPING.contains(&t.name.as_str()))
-        {
-            assert_eq!(self.count(&t.name).await, 0, "{} still has rows", t.name);
-        }
+        let left = service_harness::tables_with_rows(self.db.url(), BOOKKEEPING).await;
+        assert!(left.is_empty(), "rows left: {left:?}");
     }
 
     /// Holds back every purge until the returned guard is dropped: a transaction holds a
