@@ -292,17 +292,55 @@ fn step_sql(kind: PurgeKind, step: Step) -> &'static str {
 /// The channels of a workspace, whose messages the purge walks one channel at a time.
 const CHANNELS_OF: &str = "SELECT id FROM channels WHERE workspace_id = $1 ORDER BY id";
 
-/// Up to `$4` messages of channel `$1` after the cursor `($2, $3)`, newest first along the
-/// channel's index, so each chunk starts where the last ended instead of walking the index
-/// entries of the rows already deleted. Returns how many went and the new cursor.
-const MESSAGES_AFTER: &str = "WITH picked AS (
-        SELECT ctid, created_at, id FROM messages
-         WHERE channel_id = $1 AND ($2::timestamptz IS NULL OR (created_at, id) < ($2, $3))
-         ORDER BY created_at DESC, id DESC LIMIT $4),
-     gone AS (DELETE FROM messages WHERE ctid = ANY(ARRAY(SELECT ctid FROM picked)) RETURNING 1),
-     last AS (SELECT created_at, id FROM picked ORDER BY created_at, id LIMIT 1)
+/// The first chunk of a channel: its newest `$4` messages below the cursor `($2, $3)`, found
+/// through the channel's index and deleted in one range. Returns how many went, the oldest
+/// deleted (the new cursor) and the newest, whose distance sets the next chunk's window.
+const MESSAGES_FIRST: &str = "WITH bound AS (
+        SELECT created_at, id FROM messages
+         WHERE channel_id = $1 AND (created_at, id) < ($2, $3)
+         ORDER BY created_at DESC, id DESC OFFSET $4 - 1 LIMIT 1),
+     top AS (
+        SELECT created_at FROM messages WHERE channel_id = $1 AND (created_at, id) < ($2, $3)
+         ORDER BY created_at DESC, id DESC LIMIT 1),
+     gone AS (
+        DELETE FROM messages WHERE channel_id = $1 AND (created_at, id) < ($2, $3)
+           AND (created_at, id) >= (COALESCE((SELECT created_at FROM bound), '-infinity'),
+                                    COALESCE((SELECT id FROM bound), '00000000-0000-0000-0000-000000000000'))
+        RETURNING 1)
+     SELECT (SELECT count(*) FROM gone) AS n, (SELECT created_at FROM bound) AS bound_at,
+            (SELECT id FROM bound) AS bound_id, (SELECT created_at FROM top) AS top_at";
+
+/// The next chunk of a channel: the messages in a window of `$4` seconds below the newest
+/// message under the cursor `($2, $3)`, deleted in one range scan of the channel's index (no
+/// second pass to count them first). Returns how many went and the window's lower end, below
+/// which the channel's messages now all lie (none: the channel is empty).
+const MESSAGES_WINDOW: &str = "WITH hi AS (
+        SELECT created_at, id FROM messages WHERE channel_id = $1 AND (created_at, id) < ($2, $3)
+         ORDER BY created_at DESC, id DESC LIMIT 1),
+     gone AS (
+        DELETE FROM messages WHERE channel_id = $1
+           AND (created_at, id) <= ((SELECT created_at FROM hi), (SELECT id FROM hi))
+           AND created_at >= (SELECT created_at FROM hi) - make_interval(secs => $4)
+        RETURNING 1)
      SELECT (SELECT count(*) FROM gone) AS n,
-            (SELECT created_at FROM last) AS last_at, (SELECT id FROM last) AS last_id";
+            (SELECT created_at FROM hi) - make_interval(secs => $4) AS lo";
+
+/// Where a channel's messages are: below `cursor`, in windows of `window` seconds that each
+/// held about a chunk's worth at the rate seen so far.
+#[derive(Debug, Clone, Copy)]
+struct ChannelCursor {
+    cursor: (DateTime<Utc>, Uuid),
+    window: Option<f64>,
+}
+
+impl ChannelCursor {
+    fn start() -> Self {
+        Self {
+            cursor: (DateTime::<Utc>::MAX_UTC, Uuid::max()),
+            window: None,
+        }
+    }
+}
 
 /// Where a purge is: the step, and for messages the channel and the cursor in it.
 #[derive(Debug, Clone, Default)]
@@ -311,7 +349,7 @@ pub struct Progress {
     pub step: usize,
     /// Channels whose messages are still to go (loaded at the messages step).
     channels: Option<Vec<Uuid>>,
-    cursor: Option<(DateTime<Utc>, Uuid)>,
+    channel: Option<ChannelCursor>,
 }
 
 /// What one [`purge_chunk`] did.
@@ -374,6 +412,11 @@ pub async fn purge_chunk(
 }
 
 /// The next chunk of messages; `None` once every channel is empty.
+///
+/// A channel's first chunk finds its boundary through the index (exactly `limit` rows); later
+/// chunks delete a window of time sized from the rate seen so far, which costs one pass over
+/// the rows instead of two. A window that held more or fewer rows than `limit` resizes the
+/// next one (by at most 4x either way).
 async fn messages_chunk(
     conn: &mut AsyncPgConnection,
     workspace: Uuid,
@@ -386,13 +429,22 @@ async fn messages_chunk(
         id: Uuid,
     }
     #[derive(QueryableByName)]
-    struct Gone {
+    struct First {
         #[diesel(sql_type = BigInt)]
         n: i64,
         #[diesel(sql_type = Nullable<Timestamptz>)]
-        last_at: Option<DateTime<Utc>>,
+        bound_at: Option<DateTime<Utc>>,
         #[diesel(sql_type = Nullable<SqlUuid>)]
-        last_id: Option<Uuid>,
+        bound_id: Option<Uuid>,
+        #[diesel(sql_type = Nullable<Timestamptz>)]
+        top_at: Option<DateTime<Utc>>,
+    }
+    #[derive(QueryableByName)]
+    struct Window {
+        #[diesel(sql_type = BigInt)]
+        n: i64,
+        #[diesel(sql_type = Nullable<Timestamptz>)]
+        lo: Option<DateTime<Utc>>,
     }
     if progress.channels.is_none() {
         let ids: Vec<Id> = prepared(CHANNELS_OF)
@@ -403,22 +455,55 @@ async fn messages_chunk(
     }
     let channels = progress.channels.as_mut().expect("loaded above");
     while let Some(&channel) = channels.last() {
-        let (at, id) = progress.cursor.unzip();
-        let g: Gone = prepared(MESSAGES_AFTER)
-            .bind::<SqlUuid, _>(channel)
-            .bind::<Nullable<Timestamptz>, _>(at)
-            .bind::<Nullable<SqlUuid>, _>(id)
-            .bind::<BigInt, _>(limit)
-            .get_result(conn)
-            .await?;
-        if g.n < limit {
-            channels.pop();
-            progress.cursor = None;
-        } else {
-            progress.cursor = g.last_at.zip(g.last_id);
-        }
-        if g.n > 0 {
-            return Ok(Some(g.n));
+        let at = progress.channel.get_or_insert_with(ChannelCursor::start);
+        let (cursor_at, cursor_id) = at.cursor;
+        let n = match at.window {
+            None => {
+                let f: First = prepared(MESSAGES_FIRST)
+                    .bind::<SqlUuid, _>(channel)
+                    .bind::<Timestamptz, _>(cursor_at)
+                    .bind::<SqlUuid, _>(cursor_id)
+                    .bind::<BigInt, _>(limit)
+                    .get_result(conn)
+                    .await?;
+                match (f.bound_at, f.bound_id, f.top_at) {
+                    (Some(bound_at), Some(bound_id), Some(top_at)) => {
+                        at.cursor = (bound_at, bound_id);
+                        let span = (top_at - bound_at).as_seconds_f64();
+                        at.window = Some(span.max(0.001));
+                    }
+                    // Fewer than `limit` were left: all of them went.
+                    _ => {
+                        channels.pop();
+                        progress.channel = None;
+                    }
+                }
+                f.n
+            }
+            Some(window) => {
+                let w: Window = prepared(MESSAGES_WINDOW)
+                    .bind::<SqlUuid, _>(channel)
+                    .bind::<Timestamptz, _>(cursor_at)
+                    .bind::<SqlUuid, _>(cursor_id)
+                    .bind::<diesel::sql_types::Double, _>(window)
+                    .get_result(conn)
+                    .await?;
+                match w.lo {
+                    Some(lo) => {
+                        at.cursor = (lo, Uuid::nil());
+                        let scale = (limit as f64 / w.n.max(1) as f64).clamp(0.25, 4.0);
+                        at.window = Some((window * scale).max(0.001));
+                    }
+                    None => {
+                        channels.pop();
+                        progress.channel = None;
+                    }
+                }
+                w.n
+            }
+        };
+        if n > 0 {
+            return Ok(Some(n));
         }
     }
     Ok(None)

@@ -139,8 +139,11 @@ impl JobHandler for PurgeHandler {
                     error: "paused: the service stopped".into(),
                 };
             }
-            match self.chunk(target, token, &mut progress).await {
+            let started = std::time::Instant::now();
+            let chunk = self.chunk(target, token, &mut progress).await;
+            match chunk {
                 Ok(Held::Done(Chunk::Deleted { table, rows })) => {
+                    tracing::debug!(%target, table, rows, took = ?started.elapsed(), "purge chunk");
                     self.metrics.purged(table, rows);
                     if matches!(table, "documents" | "code_files" | "whiteboards" | "rooms") {
                         self.liveblocks_wake.notify_one();
