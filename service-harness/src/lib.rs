@@ -283,6 +283,27 @@ impl Drop for EntityLock {
     }
 }
 
+/// Tables of workspace-service that outlive a deleted workspace on purpose: delivery ids,
+/// tombstones, removed users, the Liveblocks outbox, migrations.
+pub const WORKSPACE_BOOKKEEPING: &[&str] = &[
+    "__diesel_schema_migrations",
+    "processed_events",
+    "workspace_tombstones",
+    "removed_users",
+    "liveblocks_cleanup_jobs",
+];
+
+/// One connection to `database_url`, for fixtures and checks beside a service.
+async fn connection(
+    database_url: &str,
+) -> diesel_async::pooled_connection::deadpool::Object<diesel_async::AsyncPgConnection> {
+    service_runtime::db::build_pool(database_url, 1, service_runtime::db::PlanCache::Auto)
+        .expect("pool")
+        .get()
+        .await
+        .expect("connection")
+}
+
 /// Tables of `database_url`'s `public` schema, read from the catalog (so a table added later
 /// is covered), that hold rows, other than those named in `except`, with their row counts.
 pub async fn tables_with_rows(database_url: &str, except: &[&str]) -> Vec<(String, i64)> {
@@ -297,10 +318,7 @@ pub async fn tables_with_rows(database_url: &str, except: &[&str]) -> Vec<(Strin
         #[diesel(sql_type = diesel::sql_types::BigInt)]
         n: i64,
     }
-    let pool =
-        service_runtime::db::build_pool(database_url, 1, service_runtime::db::PlanCache::Auto)
-            .expect("pool");
-    let mut conn = pool.get().await.expect("connection");
+    let mut conn = connection(database_url).await;
     let tables: Vec<Table> = diesel::sql_query(
         "SELECT c.relname::text AS name FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
           WHERE n.nspname = 'public' AND c.relkind IN ('r', 'p') ORDER BY 1",
@@ -333,10 +351,7 @@ pub async fn scalar(database_url: &str, sql: &str) -> i64 {
         #[diesel(sql_type = diesel::sql_types::BigInt)]
         n: i64,
     }
-    let pool =
-        service_runtime::db::build_pool(database_url, 1, service_runtime::db::PlanCache::Auto)
-            .expect("pool");
-    let mut conn = pool.get().await.expect("connection");
+    let mut conn = connection(database_url).await;
     diesel::sql_query(format!("SELECT ({sql})::bigint AS n"))
         .get_result::<N>(&mut conn)
         .await
@@ -348,9 +363,6 @@ pub async fn scalar(database_url: &str, sql: &str) -> i64 {
 /// through the API.
 pub async fn execute(database_url: &str, sql: &str) {
     use diesel_async::SimpleAsyncConnection;
-    let pool =
-        service_runtime::db::build_pool(database_url, 1, service_runtime::db::PlanCache::Auto)
-            .expect("pool");
-    let mut conn = pool.get().await.expect("connection");
+    let mut conn = connection(database_url).await;
     conn.batch_execute(sql).await.expect("fixture SQL");
 }

@@ -828,16 +828,7 @@ async fn a_purge_survives_a_crash_of_the_service() {
         service_harness::scalar(&db, "SELECT count(*) FROM purge_jobs").await == 0
     })
     .await;
-    let left = service_harness::tables_with_rows(
-        &db,
-        &[
-            "__diesel_schema_migrations",
-            "processed_events",
-            "workspace_tombstones",
-            "liveblocks_cleanup_jobs",
-        ],
-    )
-    .await;
+    let left = service_harness::tables_with_rows(&db, service_harness::WORKSPACE_BOOKKEEPING).await;
     assert!(left.is_empty(), "rows left: {left:?}");
     // The room and its 300 documents, each deleted at Liveblocks exactly once.
     let live = stack.liveblocks.as_ref().unwrap();

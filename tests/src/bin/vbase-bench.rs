@@ -282,6 +282,22 @@ fn populate_sql(ws: &str, s: &Scale) -> String {
     )
 }
 
+/// Polls `count` (a `SELECT count(*)`) every `poll` until it is 0 (600 s at most).
+async fn until_empty(db: &tokio_postgres::Client, count: &str, poll: Duration) -> Result<()> {
+    let t = Instant::now();
+    loop {
+        let left: i64 = db.query_one(count, &[]).await?.get(0);
+        if left == 0 {
+            return Ok(());
+        }
+        anyhow::ensure!(
+            t.elapsed() < Duration::from_secs(600),
+            "not done after 600 s: {count} = {left}"
+        );
+        tokio::time::sleep(poll).await;
+    }
+}
+
 /// One deletion of a freshly loaded workspace: the delete webhook's answer, then the purge.
 #[derive(Default)]
 struct OursDeleted {
@@ -346,20 +362,12 @@ async fn delete_ours(
         resp.status()
     );
     let t = Instant::now();
-    loop {
-        let left: i64 = wdb
-            .query_one("SELECT count(*) FROM purge_jobs", &[])
-            .await?
-            .get(0);
-        if left == 0 {
-            break;
-        }
-        anyhow::ensure!(
-            t.elapsed() < Duration::from_secs(600),
-            "the purge did not finish"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    until_empty(
+        wdb,
+        "SELECT count(*) FROM purge_jobs",
+        Duration::from_millis(5),
+    )
+    .await?;
     let purged = t.elapsed();
     let rows_after: i64 = wdb.query_one(COUNT_ROWS, &[]).await?.get(0);
     anyhow::ensure!(rows_after == 0, "{rows_after} rows left after the purge");
@@ -1120,20 +1128,12 @@ async fn main() -> Result<()> {
         )
         .await?;
         let t = Instant::now();
-        loop {
-            let left: i64 = wdb
-                .query_one("SELECT count(*) FROM liveblocks_cleanup_jobs", &[])
-                .await?
-                .get(0);
-            if left == 0 {
-                break;
-            }
-            anyhow::ensure!(
-                t.elapsed() < Duration::from_secs(600),
-                "clean-up did not finish"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        until_empty(
+            &wdb,
+            "SELECT count(*) FROM liveblocks_cleanup_jobs",
+            Duration::from_millis(20),
+        )
+        .await?;
         let took = t.elapsed().as_secs_f64();
         let done = live.deleted().len() - before;
         let rate = done as f64 / took;

@@ -16,16 +16,6 @@ use workspace_service::{Config, LiveblocksArgs};
 pub use service_harness::{bearer, eventually, ts};
 
 pub const SECRET: &str = "sk_test_standin";
-
-/// Tables that outlive a deleted workspace on purpose: delivery ids, tombstones, removed users,
-/// the Liveblocks outbox, migrations.
-pub const BOOKKEEPING: &[&str] = &[
-    "__diesel_schema_migrations",
-    "processed_events",
-    "workspace_tombstones",
-    "removed_users",
-    "liveblocks_cleanup_jobs",
-];
 /// Test times are offsets from this realistic base.
 pub const T0: i64 = 1_700_000_000;
 
@@ -191,7 +181,11 @@ impl Env {
     /// Every table of the schema (read from the catalog, so a table added later is covered)
     /// is empty except the bookkeeping that outlives a workspace on purpose.
     pub async fn assert_only_bookkeeping_left(&self) {
-        let left = service_harness::tables_with_rows(self.db.url(), BOOKKEEPING).await;
+        let left = service_harness::tables_with_rows(
+            self.db.url(),
+            service_harness::WORKSPACE_BOOKKEEPING,
+        )
+        .await;
         assert!(left.is_empty(), "rows left: {left:?}");
     }
 
