@@ -92,16 +92,6 @@ impl Workers {
         self.tasks.push((name, tokio::spawn(task)));
     }
 
-    /// How many tasks run.
-    pub fn len(&self) -> usize {
-        self.tasks.len()
-    }
-
-    /// Whether no task runs.
-    pub fn is_empty(&self) -> bool {
-        self.tasks.is_empty()
-    }
-
     /// Awaits every task, each for at most what is left of `limit`; a task still running
     /// then is aborted and named in the log. Returns the names of the tasks that did not end
     /// on their own (panicked or were aborted).

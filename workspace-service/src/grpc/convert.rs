@@ -21,7 +21,8 @@ use vbase_proto::workspace::v1 as pb;
 
 // ------------------------------------------------------------------------ shared pieces
 
-fn ts(dt: DateTime<Utc>) -> prost_types::Timestamp {
+/// A timestamp as a proto (millisecond precision, as every timestamp the API returns).
+pub fn timestamp(dt: DateTime<Utc>) -> prost_types::Timestamp {
     vbase_proto::timestamp_from_millis(dt.timestamp_millis())
 }
 
@@ -338,8 +339,8 @@ impl From<WorkspaceRecord> for pb::Workspace {
             name: w.name,
             slug: w.slug.unwrap_or_default(),
             owner_clerk_id: w.owner_clerk_id.unwrap_or_default(),
-            created_at: Some(ts(w.created_at)),
-            updated_at: Some(ts(w.source_updated_at)),
+            created_at: Some(timestamp(w.created_at)),
+            updated_at: Some(timestamp(w.source_updated_at)),
         }
     }
 }
@@ -349,7 +350,7 @@ impl From<MemberRecord> for pb::Member {
         pb::Member {
             clerk_user_id: r.clerk_user_id,
             role: r.role,
-            updated_at: Some(ts(r.source_updated_at)),
+            updated_at: Some(timestamp(r.source_updated_at)),
         }
     }
 }
@@ -360,7 +361,7 @@ impl From<ChannelRecord> for pb::Channel {
             id: ch.id.to_string(),
             workspace_id: ch.workspace_id.to_string(),
             name: ch.name,
-            created_at: Some(ts(ch.created_at)),
+            created_at: Some(timestamp(ch.created_at)),
         }
     }
 }
@@ -372,8 +373,8 @@ impl From<MessageRecord> for pb::Message {
             channel_id: m.channel_id.to_string(),
             author_clerk_id: m.author_clerk_id,
             body: m.body,
-            created_at: Some(ts(m.created_at)),
-            edited_at: m.edited_at.map(ts),
+            created_at: Some(timestamp(m.created_at)),
+            edited_at: m.edited_at.map(timestamp),
             author_deleted: m.author_deleted,
         }
     }
@@ -393,7 +394,7 @@ impl From<RoomRecord> for pb::Room {
             workspace_id: r.workspace_id.to_string(),
             kind: kind.into(),
             name: r.name,
-            created_at: Some(ts(r.created_at)),
+            created_at: Some(timestamp(r.created_at)),
         }
     }
 }
@@ -413,8 +414,8 @@ pub fn item(kind: ItemKind, i: ItemRecord) -> pb::RoomItem {
         name: i.name,
         language: i.language,
         created_by: i.created_by,
-        created_at: Some(ts(i.created_at)),
-        updated_at: Some(ts(i.updated_at)),
+        created_at: Some(timestamp(i.created_at)),
+        updated_at: Some(timestamp(i.updated_at)),
     }
 }
 
@@ -424,15 +425,10 @@ impl From<MeetingRecord> for pb::Meeting {
             id: m.id.to_string(),
             room_id: m.room_id.to_string(),
             title: m.title,
-            starts_at: Some(ts(m.starts_at)),
-            ends_at: Some(ts(m.ends_at)),
+            starts_at: Some(timestamp(m.starts_at)),
+            ends_at: Some(timestamp(m.ends_at)),
             cancelled: m.cancelled_at.is_some(),
             created_by: m.created_by,
         }
     }
-}
-
-/// A timestamp as a proto.
-pub fn timestamp(dt: DateTime<Utc>) -> prost_types::Timestamp {
-    ts(dt)
 }

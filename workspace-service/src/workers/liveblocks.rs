@@ -272,11 +272,6 @@ impl CleanupWorker {
         }
     }
 
-    /// Updates the queue-depth and oldest-job-age gauges.
-    pub async fn sample_queue(&self) -> anyhow::Result<QueueSample> {
-        self.runner.sample().await
-    }
-
     /// Runs until `stop` resolves, then lets in-flight calls finish.
     pub async fn run(self, stop: impl Future<Output = ()>) {
         self.runner.run(stop).await
