@@ -63,6 +63,12 @@ pub struct StackConfig {
     pub extra_env: BTreeMap<&'static str, Vec<(String, String)>>,
     /// Keep PostgreSQL's durability (fsync) on the ephemeral cluster (benchmarks).
     pub durable: bool,
+    /// Run each binary through this command instead of from `bin_dir`, with `{binary}` in it
+    /// replaced by the binary's name and the binary's arguments after it (e.g. `podman run
+    /// --rm --network host --env-host -v STATE:STATE --entrypoint /usr/local/bin/{binary}
+    /// IMAGE`, to run the stack from the container image). The process's environment must
+    /// reach the binary (`--env-host`).
+    pub launcher: Option<Vec<String>>,
 }
 
 impl StackConfig {
@@ -79,6 +85,7 @@ impl StackConfig {
             echo_logs: false,
             extra_env: BTreeMap::new(),
             durable: false,
+            launcher: None,
         }
     }
 }
@@ -178,7 +185,7 @@ impl Stack {
         std::fs::create_dir_all(config.state_dir.join("logs"))?;
         for w in [Which::Identity, Which::Workspace, Which::Gateway] {
             let bin = config.bin_dir.join(w.binary());
-            if !bin.is_file() {
+            if config.launcher.is_none() && !bin.is_file() {
                 bail!(
                     "{} not found: build the binaries first (`cargo build --workspace --bins`)",
                     bin.display()
@@ -347,7 +354,14 @@ impl Stack {
     }
 
     fn command(&self, w: Which) -> Command {
-        let mut cmd = Command::new(self.binary_path(w));
+        let mut cmd = match self.config.launcher.as_deref() {
+            Some([program, args @ ..]) => {
+                let mut c = Command::new(program);
+                c.args(args.iter().map(|a| a.replace("{binary}", w.binary())));
+                c
+            }
+            _ => Command::new(self.binary_path(w)),
+        };
         cmd.envs(self.env[&w].iter().map(|(k, v)| (k.as_str(), v.as_str())));
         cmd.env(
             "RUST_LOG",
