@@ -151,6 +151,7 @@ impl Issuers {
             service_jwks_file: Some(self.keys.jwks_file()),
             service_jwks_url: None,
             jwks_refresh_secs: 300,
+            token_max_lifetime_secs: 3600,
         }
     }
 

@@ -17,7 +17,7 @@ pub struct AuthArgs {
     /// Audience a user token's `aud` must contain (the seed's Convex applicationID).
     #[arg(long, env = "CLERK_JWT_AUDIENCE", default_value = "convex")]
     pub clerk_jwt_audience: String,
-    /// Comma-separated origins; when set, a user token's `azp` (if present) must be one of them.
+    /// Comma-separated origins; when set, a user token must name one of them in `azp`.
     #[arg(long, env = "CLERK_AUTHORIZED_PARTIES", value_delimiter = ',')]
     pub clerk_authorized_parties: Vec<String>,
     /// Issuer of internal service tokens.
@@ -32,6 +32,10 @@ pub struct AuthArgs {
     /// Seconds between regular key refreshes.
     #[arg(long, env = "JWKS_REFRESH_SECS", default_value_t = 300)]
     pub jwks_refresh_secs: u64,
+    /// The longest token lifetime (`exp - iat`) accepted, seconds (60 to 86400). Clerk's
+    /// session tokens live 60 s; a longer-lived token stays valid after a member is removed.
+    #[arg(long, env = "TOKEN_MAX_LIFETIME_SECS", default_value_t = 3600)]
+    pub token_max_lifetime_secs: i64,
 }
 
 impl AuthArgs {
@@ -52,6 +56,27 @@ impl AuthArgs {
             .clerk_jwks_url
             .clone()
             .unwrap_or_else(|| format!("{issuer}/.well-known/jwks.json"));
+        for (name, url) in [
+            (
+                "CLERK_JWKS_URL (or CLERK_JWT_ISSUER_DOMAIN)",
+                Some(&clerk_jwks),
+            ),
+            ("SERVICE_JWKS_URL", self.service_jwks_url.as_ref()),
+        ] {
+            if let Some(url) = url
+                && !crate::keys::acceptable_jwks_url(url)
+            {
+                return Err(format!(
+                    "{name} must be an https URL (http only to localhost), got {url:?}"
+                ));
+            }
+        }
+        if !(60..=86_400).contains(&self.token_max_lifetime_secs) {
+            return Err(format!(
+                "TOKEN_MAX_LIFETIME_SECS ({}) must be from 60 to 86400",
+                self.token_max_lifetime_secs
+            ));
+        }
         let service_jwks = match (&self.service_jwks_file, &self.service_jwks_url) {
             (Some(f), _) => KeySource::File(f.clone()),
             (None, Some(u)) => KeySource::Url(u.clone()),
@@ -84,11 +109,13 @@ impl AuthArgs {
                     .filter(|p| !p.is_empty())
                     .collect(),
                 leeway_secs: MAX_LEEWAY_SECS,
+                max_lifetime_secs: self.token_max_lifetime_secs,
             }),
             Some(ServiceSettings {
                 issuer: self.service_jwt_issuer.clone(),
                 jwks: service_jwks,
                 audience: audience.to_owned(),
+                max_lifetime_secs: self.token_max_lifetime_secs,
             }),
             options,
         ))

@@ -155,10 +155,7 @@ impl KeyStore {
                 if !resp.status().is_success() {
                     return Err(format!("GET answered {}", resp.status()));
                 }
-                resp.bytes()
-                    .await
-                    .map_err(|e| format!("reading body: {e}"))?
-                    .to_vec()
+                read_capped(resp, MAX_JWKS_BYTES).await?
             }
             KeySource::File(path) => tokio::fs::read(path)
                 .await
@@ -173,6 +170,40 @@ impl KeyStore {
             *guard = Arc::new(parsed);
         }
         Ok(n)
+    }
+}
+
+/// The largest JWKS document accepted (Clerk's holds a few keys of under 1 KiB each).
+pub const MAX_JWKS_BYTES: usize = 64 * 1024;
+
+/// The body of `resp`, refused once it exceeds `cap` bytes (without reading the rest).
+async fn read_capped(mut resp: reqwest::Response, cap: usize) -> Result<Vec<u8>, String> {
+    if resp.content_length().is_some_and(|n| n > cap as u64) {
+        return Err(format!("JWKS larger than {cap} bytes"));
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = resp
+        .chunk()
+        .await
+        .map_err(|e| format!("reading body: {e}"))?
+    {
+        if body.len() + chunk.len() > cap {
+            return Err(format!("JWKS larger than {cap} bytes"));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
+/// Whether `url` may serve keys: `https`, or `http` to this machine (development stand-ins).
+pub fn acceptable_jwks_url(url: &str) -> bool {
+    let Ok(u) = reqwest::Url::parse(url) else {
+        return false;
+    };
+    match u.scheme() {
+        "https" => true,
+        "http" => matches!(u.host_str(), Some("localhost" | "127.0.0.1" | "[::1]")),
+        _ => false,
     }
 }
 
@@ -221,7 +252,11 @@ pub(crate) fn parse_jwks(
 }
 
 async fn refresh_loop(store: std::sync::Weak<KeyStore>) {
-    let http = reqwest::Client::new();
+    // A JWKS endpoint that redirects is refused, not followed.
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap_or_default();
     let mut last_fetch: Option<Instant> = None;
     let mut failures: u32 = 0;
     loop {

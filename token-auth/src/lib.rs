@@ -20,6 +20,6 @@ mod verify;
 
 pub use claims::{ActiveOrg, Principal, ServicePrincipal, UserPrincipal, normalize_role};
 pub use config::AuthArgs;
-pub use keys::{KeySource, KeyStore, KeyStoreOptions};
+pub use keys::{KeySource, KeyStore, KeyStoreOptions, MAX_JWKS_BYTES, acceptable_jwks_url};
 pub use policy::{Access, AuthLayer, AuthService, MethodPolicy};
 pub use verify::{AuthError, Authenticator, ClerkSettings, ServiceSettings};

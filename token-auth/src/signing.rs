@@ -129,9 +129,18 @@ impl SigningKey {
         })
     }
 
-    /// Key id (the RFC 7638 thumbprint).
+    /// Key id (the RFC 7638 thumbprint unless [`SigningKey::with_kid`] named another).
     pub fn kid(&self) -> &str {
         &self.kid
+    }
+
+    /// The same key under the key id `kid`: for a JWKS made with another tool, which names
+    /// the key its own way.
+    #[must_use]
+    pub fn with_kid(mut self, kid: &str) -> Self {
+        self.kid = kid.to_owned();
+        self.public_jwk["kid"] = Value::String(kid.to_owned());
+        self
     }
 
     /// Algorithm the key signs with.

@@ -56,6 +56,33 @@ pub enum AuthError {
     /// Required claims are missing or have the wrong type.
     #[error("token claims are invalid")]
     InvalidClaims,
+    /// No `iat`: how long the token lives cannot be checked.
+    #[error("token has no issue time (iat)")]
+    MissingIssuedAt,
+    /// `exp - iat` is longer than this service accepts.
+    #[error("token lifetime (exp - iat) is longer than this service accepts")]
+    LifetimeTooLong,
+    /// An authorized-party list is configured and the token names none (`azp`).
+    #[error("token has no authorized party (azp), which this service requires")]
+    MissingParty,
+}
+
+/// Checks `iat` against `exp`: present, not in the future beyond `leeway`, and a lifetime of
+/// at most `max_lifetime` seconds.
+fn check_lifetime(
+    iat: Option<i64>,
+    exp: i64,
+    leeway: u64,
+    max_lifetime: i64,
+) -> Result<(), AuthError> {
+    let iat = iat.ok_or(AuthError::MissingIssuedAt)?;
+    if iat > crate::signing::now_secs().saturating_add(leeway as i64) {
+        return Err(AuthError::NotYetValid);
+    }
+    if exp.saturating_sub(iat) > max_lifetime {
+        return Err(AuthError::LifetimeTooLong);
+    }
+    Ok(())
 }
 
 /// How Clerk user tokens are checked.
@@ -71,6 +98,8 @@ pub struct ClerkSettings {
     pub authorized_parties: Vec<String>,
     /// Seconds of clock leeway for `exp`/`nbf`, at most [`MAX_LEEWAY_SECS`].
     pub leeway_secs: u64,
+    /// The longest lifetime (`exp - iat`) accepted, seconds.
+    pub max_lifetime_secs: i64,
 }
 
 /// How internal service tokens are checked.
@@ -82,6 +111,8 @@ pub struct ServiceSettings {
     pub jwks: KeySource,
     /// The receiving service's name, which `aud` must contain.
     pub audience: String,
+    /// The longest lifetime (`exp - iat`) accepted, seconds.
+    pub max_lifetime_secs: i64,
 }
 
 struct Domain<S> {
@@ -140,6 +171,8 @@ struct IssuerOnly {
 struct ServiceClaims {
     sub: String,
     exp: i64,
+    #[serde(default)]
+    iat: Option<i64>,
 }
 
 impl Authenticator {
@@ -215,10 +248,12 @@ impl Authenticator {
             let s = &d.settings;
             let (claims, kid, key): (ClerkClaims, _, _) =
                 verify_with(token, &d.keys, &s.issuer, &s.audience, s.leeway_secs)?;
-            if let (false, Some(azp)) = (s.authorized_parties.is_empty(), &claims.azp)
-                && !s.authorized_parties.iter().any(|p| p == azp)
-            {
-                return Err(AuthError::UnauthorizedParty);
+            check_lifetime(claims.iat, claims.exp, s.leeway_secs, s.max_lifetime_secs)?;
+            if !s.authorized_parties.is_empty() {
+                let azp = claims.azp.as_ref().ok_or(AuthError::MissingParty)?;
+                if !s.authorized_parties.iter().any(|p| p == azp) {
+                    return Err(AuthError::UnauthorizedParty);
+                }
             }
             return Ok(Verified {
                 exp: claims.exp,
@@ -237,6 +272,7 @@ impl Authenticator {
             let s = &d.settings;
             let (claims, kid, key): (ServiceClaims, _, _) =
                 verify_with(token, &d.keys, &s.issuer, &s.audience, MAX_LEEWAY_SECS)?;
+            check_lifetime(claims.iat, claims.exp, MAX_LEEWAY_SECS, s.max_lifetime_secs)?;
             return Ok(Verified {
                 exp: claims.exp,
                 principal: Principal::Service(ServicePrincipal { name: claims.sub }),

@@ -45,11 +45,13 @@ async fn fixture(authorized_parties: &[&str]) -> Fixture {
             audience: "convex".into(),
             authorized_parties: authorized_parties.iter().map(|s| s.to_string()).collect(),
             leeway_secs: 5,
+            max_lifetime_secs: 3600,
         }),
         Some(ServiceSettings {
             issuer: "vbase-internal".into(),
             jwks: KeySource::Url(service_jwks.jwks_url()),
             audience: "identity-service".into(),
+            max_lifetime_secs: 3600,
         }),
         options(),
     );
@@ -309,6 +311,103 @@ async fn azp_must_be_an_authorized_party_when_configured() {
             .verify(&f.user_token_with(json!({"azp": "https://evil.example.com"}))),
         Err(AuthError::UnauthorizedParty)
     );
+    // With an allow-list, a token that names no party is refused too.
+    assert_eq!(
+        f.auth.verify(&f.user_token_with(json!({"azp": null}))),
+        Err(AuthError::MissingParty)
+    );
+    // Without one, `azp` is not required.
+    let open = fixture(&[]).await;
+    assert!(
+        open.auth
+            .verify(&open.user_token_with(json!({"azp": null})))
+            .is_ok()
+    );
+}
+
+#[tokio::test]
+async fn tokens_without_iat_or_living_too_long_are_refused() {
+    let f = fixture(&[]).await;
+    let now = now_secs();
+    assert_eq!(
+        f.auth.verify(&f.user_token_with(json!({"iat": null}))),
+        Err(AuthError::MissingIssuedAt)
+    );
+    // A JWT template valid for two hours, against the one-hour maximum.
+    assert_eq!(
+        f.auth
+            .verify(&f.user_token_with(json!({"iat": now, "exp": now + 7200}))),
+        Err(AuthError::LifetimeTooLong)
+    );
+    // Exactly the maximum is accepted.
+    assert!(
+        f.auth
+            .verify(&f.user_token_with(json!({"iat": now, "exp": now + 3600})))
+            .is_ok()
+    );
+    assert_eq!(
+        f.auth
+            .verify(&f.user_token_with(json!({"iat": now + 60, "nbf": now - 5}))),
+        Err(AuthError::NotYetValid)
+    );
+    let service = f
+        .service_key
+        .sign(
+            &json!({"iss": "vbase-internal", "sub": "webhook-gateway", "aud": "identity-service",
+                      "nbf": now, "exp": now + 60}),
+        )
+        .unwrap();
+    assert_eq!(f.auth.verify(&service), Err(AuthError::MissingIssuedAt));
+}
+
+#[test]
+fn jwks_urls_must_be_https_except_to_this_machine() {
+    for (url, ok) in [
+        ("https://clerk.example.com/.well-known/jwks.json", true),
+        ("http://127.0.0.1:8080/jwks.json", true),
+        ("http://localhost/jwks.json", true),
+        ("http://[::1]:9/jwks.json", true),
+        ("http://clerk.example.com/.well-known/jwks.json", false),
+        ("http://127.0.0.2/jwks.json", false),
+        ("ftp://clerk.example.com/jwks.json", false),
+        ("not a url", false),
+    ] {
+        assert_eq!(token_auth::acceptable_jwks_url(url), ok, "{url}");
+    }
+    let args = token_auth::AuthArgs {
+        clerk_jwt_issuer_domain: "https://clerk.example.com".into(),
+        clerk_jwks_url: Some("http://clerk.example.com/.well-known/jwks.json".into()),
+        clerk_jwt_audience: "convex".into(),
+        clerk_authorized_parties: vec![],
+        service_jwt_issuer: "vbase-internal".into(),
+        service_jwks_file: Some("/dev/null".into()),
+        service_jwks_url: None,
+        jwks_refresh_secs: 300,
+        token_max_lifetime_secs: 3600,
+    };
+    let err = args.build("identity-service").unwrap_err();
+    assert!(err.contains("CLERK_JWKS_URL"), "{err}");
+}
+
+#[tokio::test]
+async fn a_jwks_over_64_kib_is_refused() {
+    let key = SigningKey::generate_rsa().unwrap();
+    let mut jwks = SigningKey::jwks(&[&key]);
+    jwks["padding"] = json!("x".repeat(1024 * 1024));
+    let server = JwksServer::start(jwks).await.unwrap();
+    let store = token_auth::KeyStore::spawn(
+        KeySource::Url(server.jwks_url()),
+        vec![jsonwebtoken::Algorithm::RS256],
+        options(),
+    );
+    assert!(
+        !store.wait_ready(Duration::from_secs(2)).await,
+        "a 1 MiB JWKS was accepted"
+    );
+    assert!(server.hits() >= 1, "it was fetched");
+    // The same keys in a document of normal size load.
+    server.set_jwks(SigningKey::jwks(&[&key]));
+    assert!(store.wait_ready(Duration::from_secs(5)).await);
 }
 
 #[tokio::test]

@@ -62,6 +62,10 @@ pub struct Config {
     /// PKCS#8 PEM private key (Ed25519 recommended) that signs service tokens.
     #[arg(long, env = "SERVICE_JWT_SIGNING_KEY_FILE")]
     pub service_jwt_signing_key_file: Option<PathBuf>,
+    /// Key id (`kid`) the service tokens name: the one the services' JWKS gives the key.
+    /// Default: the key's RFC 7638 thumbprint (what `webhook-gateway keygen` writes).
+    #[arg(long, env = "SERVICE_JWT_KEY_ID")]
+    pub service_jwt_key_id: Option<String>,
     /// A ready-made service token mounted by the platform (instead of a signing key).
     #[arg(
         long,
@@ -83,6 +87,9 @@ pub struct Config {
     pub log_format: LogFormat,
 }
 
+/// Lifetime of the service tokens the gateway mints; each is reused for at most half of it.
+pub const SERVICE_TOKEN_TTL: Duration = Duration::from_secs(60);
+
 impl Config {
     fn token_source(&self) -> anyhow::Result<TokenSource> {
         match (&self.service_jwt_signing_key_file, &self.service_token_file) {
@@ -90,16 +97,26 @@ impl Config {
                 let pem = std::fs::read_to_string(path).map_err(|e| {
                     anyhow::anyhow!("SERVICE_JWT_SIGNING_KEY_FILE {}: {e}", path.display())
                 })?;
-                let key = token_auth::signing::SigningKey::from_pem(&pem).map_err(|e| {
+                let mut key = token_auth::signing::SigningKey::from_pem(&pem).map_err(|e| {
                     anyhow::anyhow!("SERVICE_JWT_SIGNING_KEY_FILE {}: {e}", path.display())
                 })?;
+                if let Some(kid) = &self.service_jwt_key_id {
+                    let kid = kid.trim();
+                    anyhow::ensure!(
+                        !kid.is_empty()
+                            && kid.len() <= 200
+                            && kid.chars().all(|c| c.is_ascii_graphic()),
+                        "SERVICE_JWT_KEY_ID must be 1 to 200 printable ASCII characters"
+                    );
+                    key = key.with_kid(kid);
+                }
                 tracing::info!(kid = key.kid(), "signing service tokens");
                 Ok(TokenSource::Minted(
                     token_auth::signing::ServiceTokenMinter::new(
                         key,
                         &self.service_jwt_issuer,
                         "webhook-gateway",
-                        Duration::from_secs(300),
+                        SERVICE_TOKEN_TTL,
                     ),
                 ))
             }

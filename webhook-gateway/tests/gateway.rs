@@ -30,7 +30,7 @@ struct Stack {
 }
 
 async fn stack(secrets: &str) -> Stack {
-    stack_with(secrets, None, false).await
+    stack_with(secrets, None, false, None).await
 }
 
 /// An identity-service from before `UpsertUsers` (mid-rollout): an HTTP/2 proxy in front of the
@@ -83,8 +83,27 @@ async fn older_identity(upstream: SocketAddr) -> (SocketAddr, Arc<AtomicUsize>) 
 
 /// `token_file`: use `SERVICE_TOKEN_FILE` (a platform-mounted token) instead of the signing key.
 /// `older`: the gateway reaches identity-service through [`older_identity`].
-async fn stack_with(secrets: &str, token_file: Option<std::path::PathBuf>, older: bool) -> Stack {
+/// `custom_kid`: the services' JWKS names the gateway's key `(kid, _)`, and the gateway is
+/// told so (`SERVICE_JWT_KEY_ID`) when the flag is true.
+async fn stack_with(
+    secrets: &str,
+    token_file: Option<std::path::PathBuf>,
+    older: bool,
+    custom_kid: Option<(&str, bool)>,
+) -> Stack {
     let issuers = Issuers::new().await;
+    if let Some((kid, _)) = custom_kid {
+        let key = token_auth::signing::SigningKey::from_pem(
+            &std::fs::read_to_string(issuers.keys.signing_key_file()).unwrap(),
+        )
+        .unwrap()
+        .with_kid(kid);
+        std::fs::write(
+            issuers.keys.jwks_file(),
+            token_auth::signing::SigningKey::jwks(&[&key]).to_string(),
+        )
+        .unwrap();
+    }
     let idb = service_harness::database(
         "identity",
         &service_runtime::db::migrations_fingerprint(&identity_service::MIGRATIONS),
@@ -146,6 +165,9 @@ async fn stack_with(secrets: &str, token_file: Option<std::path::PathBuf>, older
             Some(issuers.keys.signing_key_file())
         },
         service_token_file: token_file,
+        service_jwt_key_id: custom_kid
+            .filter(|(_, told)| *told)
+            .map(|(kid, _)| kid.to_owned()),
         downstream_timeout_secs: 3,
         identity_batch_slots: 4,
         log_format: LogFormat::Pretty,
@@ -693,7 +715,7 @@ async fn a_platform_mounted_token_file_is_used_and_re_read_when_it_changes() {
     std::fs::create_dir_all(&dir).unwrap();
     let file = dir.join("token");
     std::fs::write(&file, "not-a-token-yet").unwrap();
-    let s = stack_with(SECRET, Some(file.clone()), false).await;
+    let s = stack_with(SECRET, Some(file.clone()), false, None).await;
     let key = token_auth::signing::SigningKey::from_pem(
         &std::fs::read_to_string(s.issuers.keys.signing_key_file()).unwrap(),
     )
@@ -737,7 +759,7 @@ async fn concurrent_deliveries_share_calls_and_each_gets_its_own_answer() {
 /// its own answer, through one `UpsertUser` call per command.
 #[tokio::test]
 async fn an_identity_service_without_the_batch_call_gets_one_call_per_command() {
-    let s = stack_with(SECRET, None, true).await;
+    let s = stack_with(SECRET, None, true, None).await;
     deliver_concurrently(&s).await;
     let refused = s.refused_batches.as_ref().unwrap().load(Ordering::SeqCst);
     assert!(refused >= 1, "the batch call was tried: {refused}");
@@ -911,4 +933,16 @@ async fn a_workspace_of_five_million_rows_is_deleted_through_the_gateway_at_once
         service_harness::scalar(db, "SELECT count(*) FROM liveblocks_cleanup_jobs").await,
         60_200
     );
+}
+
+/// A JWKS made with another tool names the gateway's key its own way: with SERVICE_JWT_KEY_ID
+/// the gateway's tokens name that kid and are accepted; without it, they name the thumbprint
+/// and every webhook answers 503.
+#[tokio::test]
+async fn a_custom_key_id_names_the_signing_key() {
+    let body = user_event("user.created", "user_kid", "Kid", T);
+    let told = stack_with(SECRET, None, false, Some(("ops-key-2026-11", true))).await;
+    assert_eq!(told.send("msg_kid_1", &body).await.0, 200);
+    let untold = stack_with(SECRET, None, false, Some(("ops-key-2026-11", false))).await;
+    assert_eq!(untold.send("msg_kid_2", &body).await.0, 503);
 }

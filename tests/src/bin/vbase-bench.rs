@@ -935,6 +935,7 @@ async fn main() -> Result<()> {
                 audience: "convex".into(),
                 authorized_parties: vec![],
                 leeway_secs: 5,
+                max_lifetime_secs: 3600,
             }),
             None,
             token_auth::KeyStoreOptions::default(),
