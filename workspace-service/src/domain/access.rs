@@ -65,6 +65,15 @@ impl Caller {
         }
     }
 
+    /// Passes for the row's creator `created_by`, for `org:admin` users and for services
+    /// (call after the scope check).
+    pub fn require_creator_or_admin(&self, created_by: &str, action: &str) -> Result<(), Error> {
+        if self.user_id() == Some(created_by) {
+            return Ok(());
+        }
+        self.require_admin(action)
+    }
+
     /// The user id, for users.
     pub fn user_id(&self) -> Option<&str> {
         match self {
@@ -160,13 +169,42 @@ pub async fn room_scope(
     ))
 }
 
-/// Checks the caller may act on a row whose room is found by `sql` (see [`scope`]).
+/// Checks the caller may act on a row whose room is found by `sql` (see [`scope`]); returns
+/// the row's detail (its creator, for room items).
 pub async fn scope_through_room(
     conn: &mut AsyncPgConnection,
     caller: &Caller,
     what: &str,
     sql: &'static str,
     id: Uuid,
+) -> Result<String, Error> {
+    scope(conn, caller, what, sql, id)
+        .await
+        .map(|(_, detail)| detail)
+}
+
+/// Refuses writes by a user deleted in Clerk whose token is still valid.
+pub async fn require_active_user(
+    conn: &mut AsyncPgConnection,
+    caller: &Caller,
 ) -> Result<(), Error> {
-    scope(conn, caller, what, sql, id).await.map(|_| ())
+    let Some(user) = caller.user_id() else {
+        return Ok(());
+    };
+    #[derive(QueryableByName)]
+    struct Removed {
+        #[diesel(sql_type = diesel::sql_types::Bool)]
+        removed: bool,
+    }
+    let r: Removed =
+        prepared("SELECT EXISTS (SELECT 1 FROM removed_users WHERE clerk_user_id = $1) AS removed")
+            .bind::<Text, _>(user)
+            .get_result(conn)
+            .await?;
+    if r.removed {
+        return Err(Error::Denied(
+            "this user was deleted in Clerk: its token no longer writes".into(),
+        ));
+    }
+    Ok(())
 }

@@ -1,6 +1,6 @@
 //! Channels of a workspace: created by members, renamed and deleted by admins.
 
-use super::access::{Caller, channel_scope};
+use super::access::{Caller, channel_scope, require_active_user};
 use super::workspaces::workspace_for;
 use crate::error::Error;
 use crate::model::paging::PageRequest;
@@ -80,6 +80,7 @@ pub async fn create_channel(
     new: &NewChannel,
 ) -> Result<ChannelRecord, Error> {
     let ws = workspace_for(conn, caller, &new.org).await?;
+    require_active_user(conn, caller).await?;
     diesel::insert_into(channels::table)
         .values((
             channels::id.eq(Uuid::now_v7()),

@@ -1,7 +1,7 @@
 //! Room items: documents, code files and whiteboards, each in a room of the matching kind and
 //! each a Liveblocks room of its own, queued for clean-up in the transaction that deletes it.
 
-use super::access::{Caller, room_scope, scope_through_room};
+use super::access::{Caller, require_active_user, room_scope, scope_through_room};
 use crate::error::Error;
 use crate::model::paging::PageRequest;
 use crate::model::{Cursor, ItemKind, Page};
@@ -38,7 +38,7 @@ struct ItemSql {
     list: &'static str,
     rename: &'static str,
     delete: &'static str,
-    /// Selects the item's workspace for [`scope_through_room`].
+    /// Selects the item's workspace and creator for [`scope_through_room`].
     scope: &'static str,
 }
 
@@ -76,7 +76,7 @@ macro_rules! item_sql {
             ),
             delete: concat!("DELETE FROM ", $table, " WHERE id = $1"),
             scope: concat!(
-                "SELECT r.workspace_id, w.clerk_org_id, r.kind AS detail FROM ",
+                "SELECT r.workspace_id, w.clerk_org_id, i.created_by AS detail FROM ",
                 $table,
                 " i JOIN rooms r ON r.id = i.room_id JOIN workspaces w ON w.id = r.workspace_id",
                 " WHERE i.id = $1 AND r.deleted_at IS NULL AND w.deleted_at IS NULL"
@@ -114,6 +114,7 @@ pub async fn create_item(
     new: &NewItem,
 ) -> Result<ItemRecord, Error> {
     let (_, room_kind) = room_scope(conn, caller, new.room_id).await?;
+    require_active_user(conn, caller).await?;
     if room_kind != new.kind.room_kind() {
         return Err(Error::Precondition(format!(
             "a {} room cannot hold {}",
@@ -162,12 +163,13 @@ pub async fn list_items(
     ))
 }
 
+/// Checks the caller may act on the item; returns its creator.
 async fn item_scope(
     conn: &mut AsyncPgConnection,
     caller: &Caller,
     kind: ItemKind,
     item_id: Uuid,
-) -> Result<(), Error> {
+) -> Result<String, Error> {
     scope_through_room(conn, caller, kind.table(), sql(kind).scope, item_id).await
 }
 
@@ -187,14 +189,19 @@ pub async fn rename_item(
         .await?)
 }
 
-/// Deletes an item and queues its Liveblocks room, in one transaction; returns the room id.
+/// Deletes an item (its creator or an admin: the Liveblocks deletion cannot be undone) and
+/// queues its Liveblocks room, in one transaction; returns the room id.
 pub async fn delete_item(
     conn: &mut AsyncPgConnection,
     caller: &Caller,
     kind: ItemKind,
     item_id: Uuid,
 ) -> Result<String, Error> {
-    item_scope(conn, caller, kind, item_id).await?;
+    let creator = item_scope(conn, caller, kind, item_id).await?;
+    caller.require_creator_or_admin(
+        &creator,
+        &format!("deleting someone else's {}", kind.noun()),
+    )?;
     let room = kind.liveblocks_room(item_id);
     conn.transaction::<_, Error, _>(async |conn| {
         prepared(sql(kind).delete)

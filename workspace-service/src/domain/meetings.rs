@@ -1,6 +1,6 @@
 //! Meetings, scheduled in conference rooms and cancelled (never deleted) by members.
 
-use super::access::{Caller, room_scope, unseen};
+use super::access::{Caller, require_active_user, room_scope, unseen};
 use crate::error::Error;
 use crate::model::paging::PageRequest;
 use crate::model::{Cursor, Page, RoomKind};
@@ -57,6 +57,7 @@ pub async fn schedule_meeting(
     new: &NewMeeting,
 ) -> Result<MeetingRecord, Error> {
     conference_room(conn, caller, new.room_id).await?;
+    require_active_user(conn, caller).await?;
     Ok(diesel::insert_into(meetings::table)
         .values((
             meetings::id.eq(Uuid::now_v7()),
@@ -97,7 +98,7 @@ pub async fn list_meetings(
     }))
 }
 
-/// Cancels a meeting (idempotent).
+/// Cancels a meeting (its creator or an admin; idempotent).
 pub async fn cancel_meeting(
     conn: &mut AsyncPgConnection,
     caller: &Caller,
@@ -113,6 +114,7 @@ pub async fn cancel_meeting(
     room_scope(conn, caller, m.room_id)
         .await
         .map_err(|_| unseen(caller, "meeting"))?;
+    caller.require_creator_or_admin(&m.created_by, "cancelling someone else's meeting")?;
     Ok(diesel::update(meetings::table.find(meeting_id))
         .set(
             meetings::cancelled_at.eq(diesel::dsl::sql::<Nullable<Timestamptz>>(

@@ -1,7 +1,7 @@
 //! Messages of a channel: posted by members (or by a service naming the author), edited by
 //! their author, deleted by their author or an admin.
 
-use super::access::{Caller, channel_scope, unseen};
+use super::access::{Caller, channel_scope, require_active_user, unseen};
 use crate::error::Error;
 use crate::model::paging::PageRequest;
 use crate::model::{Cursor, Page, UserId};
@@ -62,6 +62,7 @@ pub async fn post_message(
             .to_owned(),
     };
     channel_scope(conn, caller, new.channel_id).await?;
+    require_active_user(conn, caller).await?;
     Ok(prepared(concat!(
         "INSERT INTO messages (id, channel_id, author_clerk_id, body, created_at)
          VALUES ($1, $2, $3, $4, $5) RETURNING ",
@@ -135,6 +136,7 @@ pub async fn edit_message(
     {
         return Err(Error::Denied("only the author may edit a message".into()));
     }
+    require_active_user(conn, caller).await?;
     Ok(prepared(concat!(
         "UPDATE messages SET body = $2, edited_at = $3 WHERE id = $1 RETURNING ",
         message_columns!()
@@ -153,9 +155,7 @@ pub async fn delete_message(
     message_id: Uuid,
 ) -> Result<(), Error> {
     let m = message_in_scope(conn, caller, message_id).await?;
-    if caller.user_id() != Some(m.author_clerk_id.as_str()) {
-        caller.require_admin("deleting someone else's message")?;
-    }
+    caller.require_creator_or_admin(&m.author_clerk_id, "deleting someone else's message")?;
     diesel::delete(messages::table.find(message_id))
         .execute(conn)
         .await?;

@@ -1,6 +1,6 @@
 //! Read receipts: how far each user has read each channel, and the unread counts that follow.
 
-use super::access::{Caller, channel_scope};
+use super::access::{Caller, channel_scope, require_active_user};
 use super::workspaces::workspace_for;
 use crate::error::Error;
 use crate::model::OrgId;
@@ -28,6 +28,7 @@ pub async fn mark_read(
 ) -> Result<DateTime<Utc>, Error> {
     let user = reader(caller, "read receipts")?;
     channel_scope(conn, caller, channel_id).await?;
+    require_active_user(conn, caller).await?;
     let at = match message_id {
         None => Utc::now(),
         Some(mid) => messages::table

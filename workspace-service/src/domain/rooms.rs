@@ -1,7 +1,7 @@
 //! Rooms of a workspace (document, code, whiteboard, conference), each a Liveblocks room of
 //! its own: created by members, renamed and deleted by admins.
 
-use super::access::{Caller, room_scope};
+use super::access::{Caller, require_active_user, room_scope};
 use super::purge::hide_room;
 use super::workspaces::workspace_for;
 use crate::error::Error;
@@ -70,6 +70,7 @@ pub async fn create_room(
     new: &NewRoom,
 ) -> Result<RoomRecord, Error> {
     let ws = workspace_for(conn, caller, &new.org).await?;
+    require_active_user(conn, caller).await?;
     let row: RoomRow = diesel::insert_into(rooms::table)
         .values((
             rooms::id.eq(Uuid::now_v7()),

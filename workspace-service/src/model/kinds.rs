@@ -86,6 +86,15 @@ impl ItemKind {
         }
     }
 
+    /// What one item of this kind is called in messages.
+    pub fn noun(self) -> &'static str {
+        match self {
+            ItemKind::Document => "document",
+            ItemKind::CodeFile => "code file",
+            ItemKind::Whiteboard => "whiteboard",
+        }
+    }
+
     /// Liveblocks room prefix.
     pub fn prefix(self) -> &'static str {
         match self {

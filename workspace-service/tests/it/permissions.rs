@@ -1,0 +1,180 @@
+//! Irreversible deletions by their creator or an admin only, and no writes from the still-valid
+//! token of a user deleted in Clerk.
+
+use crate::support;
+
+use support::{Env, start_with};
+use tonic::Code;
+use vbase_proto::workspace::v1 as pb;
+
+async fn room(env: &Env, kind: pb::RoomKind) -> pb::Room {
+    env.client()
+        .await
+        .create_room(env.member(
+            "user_1",
+            "org_a",
+            pb::CreateRoomRequest {
+                clerk_org_id: "org_a".into(),
+                kind: kind.into(),
+                name: "r".into(),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .room
+        .unwrap()
+}
+
+#[tokio::test]
+async fn room_items_and_meetings_go_only_by_their_creator_or_an_admin() {
+    let env = start_with(false).await;
+    env.workspace("org_a").await;
+    let mut c = env.client().await;
+    let docs = room(&env, pb::RoomKind::Document).await;
+    let conf = room(&env, pb::RoomKind::Conference).await;
+    let doc = |name: &str| pb::CreateRoomItemRequest {
+        room_id: docs.id.clone(),
+        kind: pb::ItemKind::Document.into(),
+        name: name.into(),
+        language: String::new(),
+    };
+    let mine = c
+        .create_room_item(env.member("user_1", "org_a", doc("mine")))
+        .await
+        .unwrap()
+        .into_inner()
+        .item
+        .unwrap();
+    let delete = |id: &str| pb::DeleteRoomItemRequest {
+        kind: pb::ItemKind::Document.into(),
+        item_id: id.into(),
+    };
+    // Another member may not delete it (the Liveblocks deletion cannot be undone)...
+    let refused = c
+        .delete_room_item(env.member("user_2", "org_a", delete(&mine.id)))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::PermissionDenied, "{refused:?}");
+    assert_eq!(env.count("documents").await, 1);
+    assert_eq!(env.count("liveblocks_cleanup_jobs").await, 0);
+    // ...an admin may, and so may the creator.
+    c.delete_room_item(env.admin("user_3", "org_a", delete(&mine.id)))
+        .await
+        .unwrap();
+    let again = c
+        .create_room_item(env.member("user_1", "org_a", doc("again")))
+        .await
+        .unwrap()
+        .into_inner()
+        .item
+        .unwrap();
+    c.delete_room_item(env.member("user_1", "org_a", delete(&again.id)))
+        .await
+        .unwrap();
+
+    let meeting = c
+        .schedule_meeting(env.member(
+            "user_1",
+            "org_a",
+            pb::ScheduleMeetingRequest {
+                room_id: conf.id.clone(),
+                title: "Sync".into(),
+                starts_at: support::ts(2_000_000_000),
+                ends_at: support::ts(2_000_003_600),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .meeting
+        .unwrap();
+    let cancel = || pb::CancelMeetingRequest {
+        meeting_id: meeting.id.clone(),
+    };
+    let refused = c
+        .cancel_meeting(env.member("user_2", "org_a", cancel()))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::PermissionDenied);
+    let cancelled = c
+        .cancel_meeting(env.admin("user_3", "org_a", cancel()))
+        .await
+        .unwrap()
+        .into_inner()
+        .meeting
+        .unwrap();
+    assert!(cancelled.cancelled);
+}
+
+#[tokio::test]
+async fn a_deleted_users_token_no_longer_writes() {
+    let env = start_with(false).await;
+    env.workspace("org_a").await;
+    let mut c = env.client().await;
+    let channel = c
+        .list_channels(env.member(
+            "user_1",
+            "org_a",
+            pb::ListChannelsRequest {
+                clerk_org_id: "org_a".into(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .channels
+        .remove(0);
+    let post = || pb::PostMessageRequest {
+        channel_id: channel.id.clone(),
+        body: "hello".into(),
+        author_clerk_id: String::new(),
+    };
+    c.post_message(env.member("user_1", "org_a", post()))
+        .await
+        .unwrap();
+    c.remove_user(env.service(pb::RemoveUserCommand {
+        event_id: "gone".into(),
+        occurred_at: support::ts(support::T0 + 5),
+        clerk_user_id: "user_1".into(),
+    }))
+    .await
+    .unwrap();
+    // The token is still valid for its lifetime; its writes are refused all the same.
+    let posted = c
+        .post_message(env.member("user_1", "org_a", post()))
+        .await
+        .unwrap_err();
+    assert_eq!(posted.code(), Code::PermissionDenied, "{posted:?}");
+    let read = c
+        .mark_channel_read(env.member(
+            "user_1",
+            "org_a",
+            pb::MarkChannelReadRequest {
+                channel_id: channel.id.clone(),
+                message_id: String::new(),
+            },
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(read.code(), Code::PermissionDenied);
+    let created = c
+        .create_channel(env.member(
+            "user_1",
+            "org_a",
+            pb::CreateChannelRequest {
+                clerk_org_id: "org_a".into(),
+                name: "new".into(),
+            },
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(created.code(), Code::PermissionDenied);
+    assert_eq!(env.count("messages").await, 1);
+    assert_eq!(env.count("read_receipts").await, 0);
+    // Another member still writes.
+    c.post_message(env.member("user_2", "org_a", post()))
+        .await
+        .unwrap();
+}
