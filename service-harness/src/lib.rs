@@ -164,7 +164,7 @@ impl Issuers {
     ) -> service_runtime::ServiceArgs {
         service_runtime::ServiceArgs {
             db: service_runtime::DatabaseArgs {
-                database_url: database_url.to_owned(),
+                database_url: database_url.into(),
                 db_pool_size: pool_size,
                 db_statement_timeout_ms: 10_000,
                 db_idle_in_transaction_timeout_ms: 5_000,

@@ -76,12 +76,13 @@ impl Boot {
     ) -> anyhow::Result<Self> {
         args.check().map_err(anyhow::Error::msg)?;
         if args.migrate_on_start {
-            let applied = crate::db::run_migrations(&args.db.database_url, migrations).await?;
+            let applied =
+                crate::db::run_migrations(args.db.database_url.expose(), migrations).await?;
             tracing::info!(?applied, "migrations applied");
         }
         let auth = Arc::new(args.auth.build(audience).map_err(anyhow::Error::msg)?);
         let pool = crate::db::build_pool_with(
-            &args.db.database_url,
+            args.db.database_url.expose(),
             args.db.db_pool_size,
             plans,
             args.db.limits(),

@@ -15,7 +15,7 @@ pub type Pool = DeadPool<AsyncPgConnection>;
 pub struct DatabaseArgs {
     /// PostgreSQL URL, e.g. `postgres://identity:secret@db:5432/vbase`.
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
-    pub database_url: String,
+    pub database_url: crate::Secret,
     /// Maximum pooled connections (1 to 1000).
     #[arg(long, env = "DB_POOL_SIZE", default_value_t = 16)]
     pub db_pool_size: usize,

@@ -13,6 +13,7 @@ pub mod lifecycle;
 pub mod logging;
 pub mod metrics;
 pub mod prepared;
+pub mod secret;
 pub mod shutdown;
 
 pub use boot::{Boot, ServiceArgs};
@@ -23,4 +24,5 @@ pub use lifecycle::{Lifecycle, Phase, Workers};
 pub use logging::{LogFormat, init_logging};
 pub use metrics::serve_metrics;
 pub use prepared::prepared;
+pub use secret::Secret;
 pub use shutdown::shutdown_signal;

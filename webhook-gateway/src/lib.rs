@@ -41,7 +41,7 @@ pub struct Config {
     pub http_addr: SocketAddr,
     /// One or more `whsec_...` signing secrets, separated by spaces or commas (rotation).
     #[arg(long, env = "CLERK_WEBHOOK_SECRET", hide_env_values = true)]
-    pub clerk_webhook_secret: String,
+    pub clerk_webhook_secret: service_runtime::Secret,
     /// identity-service gRPC URL.
     #[arg(
         long,
@@ -146,7 +146,8 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let verifier = Verifier::new(&config.clerk_webhook_secret).map_err(anyhow::Error::msg)?;
+    let verifier =
+        Verifier::new(config.clerk_webhook_secret.expose()).map_err(anyhow::Error::msg)?;
     let mut registry = Registry::default();
     let metrics = metrics::Metrics::register(&mut registry);
     let timeout = Duration::from_secs(config.downstream_timeout_secs.clamp(1, 12));
@@ -367,5 +368,28 @@ async fn clerk_webhook(app: &App, req: Request<Incoming>) -> Response<Full<Bytes
                 .insert("retry-after", http::HeaderValue::from_static("5"));
             r
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[test]
+    fn secrets_never_show_in_debug() {
+        #[derive(Debug, clap::Parser)]
+        struct Serve {
+            #[command(flatten)]
+            config: Config,
+        }
+        let secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+        let parsed =
+            Serve::try_parse_from(["webhook-gateway", "--clerk-webhook-secret", secret]).unwrap();
+        let shown = format!("{parsed:?}");
+        assert!(shown.contains("identity-service:50051"), "{shown}");
+        assert!(!shown.contains("MfKQ9r8GKYqr"), "{shown}");
+        let verifier = Verifier::new(secret).unwrap();
+        assert!(!format!("{verifier:?}").contains("MfKQ9r8GKYqr"));
     }
 }

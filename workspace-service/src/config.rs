@@ -19,7 +19,7 @@ pub struct LiveblocksArgs {
     pub liveblocks_api_url: String,
     /// Liveblocks secret key (`sk_...`). Without it rooms stay queued and nothing is sent.
     #[arg(long, env = "LIVEBLOCKS_SECRET_KEY", hide_env_values = true)]
-    pub liveblocks_secret_key: Option<String>,
+    pub liveblocks_secret_key: Option<service_runtime::Secret>,
     /// Deletions in flight at once, per replica (1 to 256).
     #[arg(long, env = "LIVEBLOCKS_CONCURRENCY", default_value_t = 8)]
     pub liveblocks_concurrency: usize,
@@ -170,6 +170,39 @@ mod tests {
     struct Cli {
         #[command(flatten)]
         liveblocks: LiveblocksArgs,
+    }
+
+    #[test]
+    fn secrets_never_show_in_debug() {
+        #[derive(Debug, clap::Parser)]
+        struct Serve {
+            #[command(flatten)]
+            config: Config,
+        }
+        let parsed = Serve::try_parse_from([
+            "workspace-service",
+            "--database-url",
+            "postgres://app:db-password-1@db/vbase",
+            "--clerk-jwt-issuer-domain",
+            "https://clerk.example.com",
+            "--service-jwks-file",
+            "/etc/jwks.json",
+            "--liveblocks-secret-key",
+            "sk_live_secret_2",
+        ])
+        .unwrap();
+        let shown = format!("{parsed:?}");
+        assert!(shown.contains("clerk.example.com"), "{shown}");
+        for secret in ["db-password-1", "sk_live_secret_2"] {
+            assert!(!shown.contains(secret), "{secret} in {shown}");
+        }
+        let api = crate::workers::liveblocks::HttpLiveblocks::new(
+            "https://api.liveblocks.io",
+            "sk_live_secret_2",
+            Duration::from_secs(1),
+        )
+        .unwrap();
+        assert!(!format!("{api:?}").contains("sk_live_secret_2"));
     }
 
     fn settings(args: &[&str]) -> Result<CleanupSettings, String> {

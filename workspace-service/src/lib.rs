@@ -62,7 +62,7 @@ pub async fn run(
         Some(secret) if !secret.is_empty() => {
             let api = cleanup::HttpLiveblocks::new(
                 &config.liveblocks.liveblocks_api_url,
-                secret,
+                secret.expose(),
                 config.liveblocks.timeout(),
             )?;
             let worker = cleanup::CleanupWorker::new(

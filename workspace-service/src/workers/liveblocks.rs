@@ -78,7 +78,7 @@ pub fn encode_room_id(room_id: &str) -> String {
 pub struct HttpLiveblocks {
     client: reqwest::Client,
     base_url: String,
-    secret: String,
+    secret: service_runtime::Secret,
 }
 
 impl HttpLiveblocks {
@@ -87,7 +87,7 @@ impl HttpLiveblocks {
         Ok(Self {
             client: reqwest::Client::builder().timeout(timeout).build()?,
             base_url: base_url.trim_end_matches('/').to_owned(),
-            secret: secret.to_owned(),
+            secret: secret.into(),
         })
     }
 }
@@ -110,7 +110,7 @@ impl LiveblocksApi for HttpLiveblocks {
         let resp = match self
             .client
             .delete(&url)
-            .bearer_auth(&self.secret)
+            .bearer_auth(self.secret.expose())
             .send()
             .await
         {

@@ -39,7 +39,7 @@ pub fn config(db_url: &str, issuers: &Issuers, liveblocks_url: Option<&str>) -> 
         service: issuers.service_args(db_url, 10),
         liveblocks: LiveblocksArgs {
             liveblocks_api_url: liveblocks_url.unwrap_or("http://127.0.0.1:9").to_owned(),
-            liveblocks_secret_key: liveblocks_url.map(|_| SECRET.to_owned()),
+            liveblocks_secret_key: liveblocks_url.map(|_| SECRET.into()),
             liveblocks_concurrency: 8,
             liveblocks_timeout_secs: 5,
             liveblocks_lease_secs: 10,
