@@ -22,8 +22,12 @@ pub enum Caller {
         id: String,
         /// Active organization id.
         org_id: Option<String>,
-        /// Whether the active-organization role is `org:admin`.
+        /// The active-organization role the token states (normalised).
+        role: Option<String>,
+        /// Whether that role is `org:admin`.
         admin: bool,
+        /// When the token was issued (`iat`, seconds): what the token says is as of then.
+        issued_at: i64,
     },
 }
 
@@ -35,7 +39,9 @@ impl Caller {
             Some(Principal::User(u)) => Ok(Caller::User {
                 id: u.user_id.clone(),
                 org_id: u.org.as_ref().map(|o| o.id.clone()),
+                role: u.org.as_ref().map(|o| o.role.clone()),
                 admin: u.org.as_ref().is_some_and(|o| o.is_admin()),
+                issued_at: u.issued_at,
             }),
             None => Err(Error::Denied("no verified caller".into())),
         }
@@ -97,6 +103,63 @@ pub fn unseen(caller: &Caller, what: &str) -> Error {
     }
 }
 
+/// What our data learned about a user after their token was issued.
+#[derive(QueryableByName)]
+struct Standing {
+    #[diesel(sql_type = diesel::sql_types::Bool)]
+    removed: bool,
+    #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Bool>)]
+    membership_deleted: Option<bool>,
+    #[diesel(sql_type = diesel::sql_types::Nullable<Text>)]
+    role: Option<String>,
+}
+
+/// Access follows Clerk's changes, not only the token: a user deleted, or whose membership of
+/// `org` was removed or whose role there changed, after the token was issued is refused until
+/// they get a fresh token (which then states the new role, or no longer names the workspace).
+/// Services pass. One statement, by key.
+pub async fn check_standing(
+    conn: &mut AsyncPgConnection,
+    caller: &Caller,
+    org: &str,
+) -> Result<(), Error> {
+    let Caller::User {
+        id,
+        role,
+        issued_at,
+        ..
+    } = caller
+    else {
+        return Ok(());
+    };
+    let s: Standing = prepared(
+        "SELECT EXISTS (SELECT 1 FROM removed_users WHERE clerk_user_id = $2 AND removed_at > to_timestamp($3)) AS removed,
+                m.deleted AS membership_deleted, m.role
+           FROM (SELECT 1) one
+           LEFT JOIN memberships m
+             ON m.clerk_org_id = $1 AND m.clerk_user_id = $2 AND m.source_updated_at > to_timestamp($3)",
+    )
+    .bind::<Text, _>(org)
+    .bind::<Text, _>(id.as_str())
+    .bind::<diesel::sql_types::Double, _>(*issued_at as f64)
+    .get_result(conn)
+    .await?;
+    if s.removed {
+        return Err(Error::Denied(
+            "this user was deleted in Clerk after the token was issued".into(),
+        ));
+    }
+    match (s.membership_deleted, s.role) {
+        (Some(true), _) => Err(Error::Denied(
+            "your membership of this workspace was removed after the token was issued".into(),
+        )),
+        (Some(false), Some(now)) if Some(&now) != role.as_ref() => Err(Error::Denied(format!(
+            "your role in this workspace changed to {now} after the token was issued: get a fresh token"
+        ))),
+        _ => Ok(()),
+    }
+}
+
 /// The workspace of a row and one detail of the row (a name or a kind).
 #[derive(QueryableByName)]
 struct Scope {
@@ -127,6 +190,7 @@ async fn scope(
     caller
         .check_org(&s.clerk_org_id)
         .map_err(|_| unseen(caller, what))?;
+    check_standing(conn, caller, &s.clerk_org_id).await?;
     Ok((s.workspace_id, s.detail))
 }
 

@@ -90,9 +90,11 @@ pub async fn workspace_for(
     org: &OrgId,
 ) -> Result<WorkspaceRecord, Error> {
     caller.check_org(org.as_str())?;
-    find_workspace(conn, org.as_str())
+    let ws = find_workspace(conn, org.as_str())
         .await?
-        .ok_or_else(|| Error::NotFound(format!("workspace {org} is not synced (yet)")))
+        .ok_or_else(|| Error::NotFound(format!("workspace {org} is not synced (yet)")))?;
+    super::access::check_standing(conn, caller, org.as_str()).await?;
+    Ok(ws)
 }
 
 /// Creates or updates a workspace; creates `general` on first creation, in the same transaction.

@@ -178,3 +178,92 @@ async fn a_deleted_users_token_no_longer_writes() {
         .await
         .unwrap();
 }
+
+/// Seconds after `support::T0` that lie `ahead` seconds after now.
+fn after_now(ahead: i64) -> i64 {
+    token_auth::signing::now_secs() - support::T0 + ahead
+}
+
+/// A token states a membership as of its `iat`. Once a webhook tells us the membership was
+/// removed, the role changed or the user was deleted after that, the token is refused, for
+/// reads too; changes from before the token are already in it and change nothing.
+#[tokio::test]
+async fn access_follows_clerks_changes_not_only_the_token() {
+    let env = start_with(false).await;
+    env.workspace("org_a").await;
+    let mut c = env.client().await;
+    let list = || pb::ListChannelsRequest {
+        clerk_org_id: "org_a".into(),
+        ..Default::default()
+    };
+    for (user, role) in [
+        ("user_admin", "org:admin"),
+        ("user_gone", "org:member"),
+        ("user_del", "org:member"),
+    ] {
+        c.upsert_membership(env.service(support::membership(
+            &format!("m-{user}"),
+            1,
+            "org_a",
+            user,
+            role,
+        )))
+        .await
+        .unwrap();
+    }
+    let admin = || env.admin("user_admin", "org_a", list());
+    let gone = || env.member("user_gone", "org_a", list());
+    let deleted = || env.member("user_del", "org_a", list());
+    for req in [admin(), gone(), deleted()] {
+        c.list_channels(req).await.unwrap();
+    }
+    // Changes dated before the tokens were issued are already in them.
+    c.upsert_membership(env.service(support::membership(
+        "old",
+        2,
+        "org_a",
+        "user_admin",
+        "org:admin",
+    )))
+    .await
+    .unwrap();
+    c.list_channels(admin()).await.unwrap();
+
+    // Demoted, removed, deleted: after the tokens were issued.
+    let tokens = (admin(), gone(), deleted());
+    c.upsert_membership(env.service(support::membership(
+        "demote",
+        after_now(2),
+        "org_a",
+        "user_admin",
+        "org:member",
+    )))
+    .await
+    .unwrap();
+    c.delete_membership(env.service(pb::DeleteMembershipCommand {
+        event_id: "remove".into(),
+        occurred_at: support::ts(support::T0 + after_now(2)),
+        clerk_org_id: "org_a".into(),
+        clerk_user_id: "user_gone".into(),
+    }))
+    .await
+    .unwrap();
+    c.remove_user(env.service(pb::RemoveUserCommand {
+        event_id: "delete".into(),
+        occurred_at: support::ts(support::T0 + after_now(2)),
+        clerk_user_id: "user_del".into(),
+    }))
+    .await
+    .unwrap();
+    for (req, reason) in [
+        (tokens.0, "role in this workspace changed"),
+        (tokens.1, "membership of this workspace was removed"),
+        (tokens.2, "deleted in Clerk"),
+    ] {
+        let refused = c.list_channels(req).await.unwrap_err();
+        assert_eq!(refused.code(), Code::PermissionDenied, "{refused:?}");
+        assert!(refused.message().contains(reason), "{refused:?}");
+    }
+    // Services are not users: their calls go on.
+    c.list_channels(env.service(list())).await.unwrap();
+}

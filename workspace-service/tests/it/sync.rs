@@ -172,6 +172,7 @@ async fn deleted_workspaces_are_never_resurrected() {
             .outcome(),
         O::Stale
     );
+    env.purges_done().await;
     assert_eq!(env.count("workspaces").await, 0);
     assert_eq!(env.count("channels").await, 0);
 }
