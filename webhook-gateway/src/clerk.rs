@@ -149,11 +149,39 @@ pub enum Command {
 #[error("{0}")]
 pub struct Malformed(pub String);
 
+/// What is wrong with a payload, without quoting any of its values (they can hold emails and
+/// names, and the reason is logged and answered): serde's own message names the value it
+/// refused, so only its kind of error, a missing field's name and the position are kept.
+fn reason(what: &str, e: &serde_json::Error) -> Malformed {
+    use serde_json::error::Category;
+    let text = e.to_string();
+    let detail = match e.classify() {
+        Category::Data if text.starts_with("missing field") => text
+            .split(" at line")
+            .next()
+            .unwrap_or("missing field")
+            .to_owned(),
+        Category::Data => "a field has the wrong type or an unexpected value".to_owned(),
+        Category::Syntax => "not valid JSON".to_owned(),
+        Category::Eof => "the JSON ends early".to_owned(),
+        Category::Io => "unreadable".to_owned(),
+    };
+    if e.line() > 0 {
+        Malformed(format!(
+            "{what}: {detail} (line {}, column {})",
+            e.line(),
+            e.column()
+        ))
+    } else {
+        Malformed(format!("{what}: {detail}"))
+    }
+}
+
 fn parse<T: serde::de::DeserializeOwned>(
     kind: &str,
     data: serde_json::Value,
 ) -> Result<T, Malformed> {
-    serde_json::from_value(data).map_err(|e| Malformed(format!("{kind} payload: {e}")))
+    serde_json::from_value(data).map_err(|e| reason(&format!("{kind} payload"), &e))
 }
 
 /// Maps a verified body onto the command to send. `svix_timestamp_secs` is the fallback time of
@@ -164,7 +192,7 @@ pub fn to_command(
     body: &[u8],
 ) -> Result<(String, Command), Malformed> {
     let env: Envelope =
-        serde_json::from_slice(body).map_err(|e| Malformed(format!("not a Clerk event: {e}")))?;
+        serde_json::from_slice(body).map_err(|e| reason("not a Clerk event", &e))?;
     let event_time = timestamp_from_millis(
         env.timestamp
             .unwrap_or(svix_timestamp_secs.saturating_mul(1000)),

@@ -946,3 +946,54 @@ async fn a_custom_key_id_names_the_signing_key() {
     let untold = stack_with(SECRET, None, false, Some(("ops-key-2026-11", false))).await;
     assert_eq!(untold.send("msg_kid_2", &body).await.0, 503);
 }
+
+/// A log sink for one test (JSON, the production format).
+#[derive(Clone, Default)]
+struct Captured(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Refused payloads are logged and answered without quoting their values: an email in a field
+/// of the wrong type, or an address a service finds invalid, appears in no log line and in no
+/// answer.
+#[tokio::test(flavor = "current_thread")]
+async fn refusals_never_quote_personal_data() {
+    let logs = Captured::default();
+    let sink = logs.clone();
+    let _guard = tracing::subscriber::set_default(
+        tracing_subscriber::fmt()
+            .json()
+            .with_max_level(tracing::Level::DEBUG)
+            .with_writer(move || sink.clone())
+            .finish(),
+    );
+    let s = stack(SECRET).await;
+    let mut wrong_type = user_event("user.created", "user_pd1", "Ada", T);
+    wrong_type["data"]["updated_at"] = json!("ada.private@example.com");
+    let (code, answer) = s.send("msg_pd1", &wrong_type).await;
+    assert_eq!(code, 400);
+    let mut invalid = user_event("user.created", "user_pd2", "Ada", T);
+    invalid["data"]["email_addresses"][1]["email_address"] = json!("ada private@example.com");
+    let (code2, answer2) = s.send("msg_pd2", &invalid).await;
+    assert_eq!(code2, 400);
+    let text = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+    assert!(
+        text.contains("msg_pd1") && text.contains("msg_pd2"),
+        "the refusals were logged"
+    );
+    for leaked in ["ada.private", "ada private"] {
+        assert!(!text.contains(leaked), "{leaked} in the logs");
+        assert!(
+            !answer.contains(leaked) && !answer2.contains(leaked),
+            "{leaked} in an answer"
+        );
+    }
+}
