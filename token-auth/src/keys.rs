@@ -67,6 +67,8 @@ pub struct KeyStore {
     keys: RwLock<Arc<HashMap<String, Arc<StoredKey>>>>,
     wake: Notify,
     fetches: AtomicU64,
+    /// Counts finished fetches, so a request can wait for the next one.
+    generation: tokio::sync::watch::Sender<u64>,
     options: KeyStoreOptions,
 }
 
@@ -93,6 +95,7 @@ impl KeyStore {
             keys: RwLock::new(Arc::new(HashMap::new())),
             wake: Notify::new(),
             fetches: AtomicU64::new(0),
+            generation: tokio::sync::watch::channel(0).0,
             options,
         });
         let weak = Arc::downgrade(&store);
@@ -107,6 +110,24 @@ impl KeyStore {
             self.wake.notify_one();
         }
         found
+    }
+
+    /// Waits at most `bound` for a fetch that loads `kid` (a key rotated in since the last
+    /// fetch). Asks for a fetch, which stays throttled: a flood of unknown kids costs no more
+    /// fetches, and holds each request no longer than `bound`.
+    pub(crate) async fn wait_for(&self, kid: &str, bound: Duration) -> Option<Arc<StoredKey>> {
+        let mut fetched = self.generation.subscribe();
+        let deadline = tokio::time::Instant::now() + bound;
+        loop {
+            if let Some(key) = self.keys.read().ok().and_then(|m| m.get(kid).cloned()) {
+                return Some(key);
+            }
+            self.wake.notify_one();
+            match tokio::time::timeout_at(deadline, fetched.changed()).await {
+                Ok(Ok(())) => continue,
+                _ => return None,
+            }
+        }
     }
 
     /// Ids of the keys currently loaded, sorted.
@@ -272,7 +293,9 @@ async fn refresh_loop(store: std::sync::Weak<KeyStore>) {
             }
         }
         last_fetch = Some(Instant::now());
-        match s.fetch(&http).await {
+        let fetched = s.fetch(&http).await;
+        s.generation.send_modify(|g| *g += 1);
+        match fetched {
             Ok(n) => {
                 if failures > 0 {
                     tracing::info!(source = %s.source, keys = n, "verification keys loaded again");

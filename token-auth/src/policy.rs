@@ -142,21 +142,29 @@ impl MethodPolicy {
                 let principal = auth
                     .verify_header(authorization)
                     .map_err(|e: AuthError| Status::unauthenticated(e.to_string()))?;
-                if !access.permits(&principal) {
-                    let who = if principal.is_service() {
-                        "service tokens"
-                    } else {
-                        "user tokens"
-                    };
-                    return Err(Status::permission_denied(format!(
-                        "this method does not accept {who}"
-                    )));
-                }
-                Ok(Some(principal))
+                permit(access, principal).map(Some)
             }
         }
     }
 }
+
+/// The principal, if `access` admits its kind of caller.
+fn permit(access: Access, principal: Principal) -> Result<Principal, Status> {
+    if access.permits(&principal) {
+        return Ok(principal);
+    }
+    let who = if principal.is_service() {
+        "service tokens"
+    } else {
+        "user tokens"
+    };
+    Err(Status::permission_denied(format!(
+        "this method does not accept {who}"
+    )))
+}
+
+/// How long a call signed with a key not loaded yet waits for the key store's re-fetch.
+pub const UNKNOWN_KEY_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
 
 /// Tower layer enforcing a [`MethodPolicy`] with an [`Authenticator`].
 #[derive(Debug, Clone)]
@@ -196,11 +204,31 @@ pub struct AuthService<S> {
 
 type BoxFuture<T, E> = Pin<Box<dyn Future<Output = Result<T, E>> + Send>>;
 
+fn record_caller(span: &tracing::Span, principal: &Principal) {
+    match principal {
+        Principal::Service(s) => span.record("caller", format_args!("service:{}", s.name)),
+        Principal::User(u) => span.record("caller", format_args!("user:{}", u.user_id)),
+    };
+}
+
+fn refuse<E: Send + 'static>(
+    span: &tracing::Span,
+    status: Status,
+) -> BoxFuture<http::Response<tonic::body::Body>, E> {
+    let _entered = span.enter();
+    tracing::debug!(code = ?status.code(), reason = status.message(), "call refused");
+    Box::pin(std::future::ready(Ok(status.into_http())))
+}
+
 impl<S, B> tower::Service<http::Request<B>> for AuthService<S>
 where
-    S: tower::Service<http::Request<B>, Response = http::Response<tonic::body::Body>>,
+    S: tower::Service<http::Request<B>, Response = http::Response<tonic::body::Body>>
+        + Clone
+        + Send
+        + 'static,
     S::Future: Send + 'static,
     S::Error: Send + 'static,
+    B: Send + 'static,
 {
     type Response = http::Response<tonic::body::Body>;
     type Error = S::Error;
@@ -211,36 +239,65 @@ where
     }
 
     fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
-        let authorization = req
-            .headers()
-            .get(http::header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok());
-        let decided = self
-            .policy
-            .authorize(&self.auth, req.uri().path(), authorization);
         let span = tracing::info_span!(
             "rpc",
             method = req.uri().path(),
             caller = tracing::field::Empty
         );
-        match decided {
-            Ok(Some(principal)) => {
-                match &principal {
-                    Principal::Service(s) => {
-                        span.record("caller", format_args!("service:{}", s.name))
-                    }
-                    Principal::User(u) => span.record("caller", format_args!("user:{}", u.user_id)),
-                };
-                req.extensions_mut().insert(principal);
+        let access = match self.policy.decide(req.uri().path()) {
+            Decision::Open => {
+                return Box::pin(tracing::Instrument::instrument(self.inner.call(req), span));
             }
-            Ok(None) => {}
-            Err(status) => {
-                let _entered = span.enter();
-                tracing::debug!(code = ?status.code(), reason = status.message(), "call refused");
-                return Box::pin(std::future::ready(Ok(status.into_http())));
+            Decision::Undeclared => {
+                return refuse(
+                    &span,
+                    Status::permission_denied("method is not declared in the access policy"),
+                );
             }
+            Decision::Protected(access) => access,
+        };
+        let authorization = req
+            .headers()
+            .get(http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok());
+        match self.auth.verify_header(authorization) {
+            Ok(principal) => match permit(access, principal) {
+                Ok(principal) => {
+                    record_caller(&span, &principal);
+                    req.extensions_mut().insert(principal);
+                    Box::pin(tracing::Instrument::instrument(self.inner.call(req), span))
+                }
+                Err(status) => refuse(&span, status),
+            },
+            // A key Clerk rotated in since the last fetch: wait (boundedly) for the re-fetch.
+            Err(AuthError::UnknownKey) => {
+                let authorization = authorization.map(str::to_owned);
+                let auth = Arc::clone(&self.auth);
+                // The ready service goes into the future; a clone takes its place.
+                let clone = self.inner.clone();
+                let mut inner = std::mem::replace(&mut self.inner, clone);
+                let waiting = span.clone();
+                Box::pin(tracing::Instrument::instrument(
+                    async move {
+                        let verified = auth
+                            .verify_header_waiting(authorization.as_deref(), UNKNOWN_KEY_WAIT)
+                            .await
+                            .map_err(|e| Status::unauthenticated(e.to_string()))
+                            .and_then(|p| permit(access, p));
+                        match verified {
+                            Ok(principal) => {
+                                record_caller(&waiting, &principal);
+                                req.extensions_mut().insert(principal);
+                                inner.call(req).await
+                            }
+                            Err(status) => refuse(&waiting, status).await,
+                        }
+                    },
+                    span,
+                ))
+            }
+            Err(e) => refuse(&span, Status::unauthenticated(e.to_string())),
         }
-        Box::pin(tracing::Instrument::instrument(self.inner.call(req), span))
     }
 }
 

@@ -221,6 +221,53 @@ impl Authenticator {
         self.verify(token.trim())
     }
 
+    /// Like [`Authenticator::verify_header`], but a token signed with a key not loaded yet (a
+    /// key Clerk rotated in) waits at most `bound` for the (throttled) re-fetch, then is
+    /// verified again.
+    pub async fn verify_header_waiting(
+        &self,
+        value: Option<&str>,
+        bound: std::time::Duration,
+    ) -> Result<Principal, AuthError> {
+        match self.verify_header(value) {
+            Err(AuthError::UnknownKey) => {
+                let token = value.unwrap_or_default();
+                let token = token
+                    .strip_prefix("Bearer ")
+                    .or_else(|| token.strip_prefix("bearer "))
+                    .unwrap_or(token)
+                    .trim();
+                let keys = self.keys_for(token)?;
+                let kid = jsonwebtoken::decode_header(token)
+                    .ok()
+                    .and_then(|h| h.kid)
+                    .ok_or(AuthError::MissingKeyId)?;
+                match keys.wait_for(&kid, bound).await {
+                    Some(_) => self.verify(token),
+                    None => Err(AuthError::UnknownKey),
+                }
+            }
+            other => other,
+        }
+    }
+
+    /// The key store of the token's issuer.
+    fn keys_for(&self, token: &str) -> Result<Arc<KeyStore>, AuthError> {
+        let issuer = peek_issuer(token)?;
+        self.clerk
+            .iter()
+            .filter(|d| d.settings.issuer == issuer)
+            .map(|d| Arc::clone(&d.keys))
+            .chain(
+                self.service
+                    .iter()
+                    .filter(|d| d.settings.issuer == issuer)
+                    .map(|d| Arc::clone(&d.keys)),
+            )
+            .next()
+            .ok_or(AuthError::UntrustedIssuer)
+    }
+
     /// Verifies a compact JWT.
     pub fn verify(&self, token: &str) -> Result<Principal, AuthError> {
         if token.is_empty() || token.len() > MAX_TOKEN_LEN {

@@ -653,3 +653,94 @@ async fn each_call_runs_in_a_span_naming_its_method_and_caller() {
         assert!(!line.contains("Bearer"), "a token reached the log: {line}");
     }
 }
+
+/// After Clerk rotates its signing key, the first request with the new `kid` waits for the
+/// re-fetch and is accepted; through the layer too. Unknown kids in a flood each wait at most
+/// the bound and cost a bounded number of fetches.
+#[tokio::test]
+async fn a_rotated_key_is_accepted_on_first_sight() {
+    use tower::{Layer, Service, ServiceExt};
+    let f = fixture(&[]).await;
+    // Past the throttle of the fixture's first fetch.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let next = SigningKey::generate_rsa().unwrap();
+    f.clerk_jwks
+        .set_jwks(SigningKey::jwks(&[&f.clerk_key, &next]));
+    let rotated = format!("Bearer {}", next.sign(&f.user_claims()).unwrap());
+    assert_eq!(
+        f.auth.verify_header(Some(&rotated)),
+        Err(AuthError::UnknownKey)
+    );
+    let principal = f
+        .auth
+        .verify_header_waiting(Some(&rotated), Duration::from_secs(3))
+        .await
+        .expect("the rotated key is fetched and the token accepted");
+    assert_eq!(principal.as_user().unwrap().user_id, "user_2abc");
+
+    // Through the auth layer, on the first call with a freshly rotated key.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let third = SigningKey::generate_rsa().unwrap();
+    f.clerk_jwks
+        .set_jwks(SigningKey::jwks(&[&f.clerk_key, &next, &third]));
+    let policy = MethodPolicy::new("vbase.identity.v1.IdentityService")
+        .allow("GetUser", Access::UserOrService);
+    let fetches_before = f.auth.key_stores()[0].fetch_count();
+    let auth = std::sync::Arc::new(f.auth);
+    let handler = tower::service_fn(|req: http::Request<()>| async move {
+        assert!(req.extensions().get::<Principal>().is_some());
+        Ok::<_, std::convert::Infallible>(http::Response::new(tonic::body::Body::empty()))
+    });
+    let mut svc = token_auth::AuthLayer::new(std::sync::Arc::clone(&auth), policy).layer(handler);
+    let call = |token: String| {
+        http::Request::builder()
+            .uri("/vbase.identity.v1.IdentityService/GetUser")
+            .header("authorization", format!("Bearer {token}"))
+            .body(())
+            .unwrap()
+    };
+    let claims = json!({"iss": f.clerk_jwks.issuer(), "sub": "user_2abc", "aud": "convex",
+                        "iat": now_secs(), "nbf": now_secs() - 5, "exp": now_secs() + 60});
+    let resp = svc
+        .ready()
+        .await
+        .unwrap()
+        .call(call(third.sign(&claims).unwrap()))
+        .await
+        .unwrap();
+    assert!(
+        resp.headers().get("grpc-status").is_none(),
+        "refused: {:?}",
+        resp.headers()
+    );
+
+    // A flood of kids that exist nowhere: each waits at most the bound, and the store
+    // fetches a bounded number of times.
+    let forged: Vec<String> = (0..20)
+        .map(|_| {
+            format!(
+                "Bearer {}",
+                SigningKey::generate_rsa().unwrap().sign(&claims).unwrap()
+            )
+        })
+        .collect();
+    let started = std::time::Instant::now();
+    let mut waits = tokio::task::JoinSet::new();
+    for token in forged {
+        let auth = std::sync::Arc::clone(&auth);
+        waits.spawn(async move {
+            auth.verify_header_waiting(Some(&token), Duration::from_millis(500))
+                .await
+        });
+    }
+    while let Some(r) = waits.join_next().await {
+        assert_eq!(r.unwrap(), Err(AuthError::UnknownKey));
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    let fetched = auth.key_stores()[0].fetch_count() - fetches_before;
+    assert!(fetched <= 4, "{fetched} fetches");
+}
