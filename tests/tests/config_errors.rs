@@ -21,6 +21,12 @@ fn run(name: &str, extra: &[(&str, &str)]) -> (Option<i32>, String) {
         .env("DATABASE_URL", "postgres://nobody@127.0.0.1:9/none")
         .env("CLERK_JWT_ISSUER_DOMAIN", "https://clerk.example.com")
         .env("SERVICE_JWKS_FILE", "/nonexistent/jwks.json")
+        .env(
+            "CLERK_WEBHOOK_SECRET",
+            "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+        )
+        .env("SERVICE_JWT_SIGNING_KEY_FILE", "/nonexistent/key.pem")
+        .env("HTTP_ADDR", "127.0.0.1:0")
         .env("GRPC_ADDR", "127.0.0.1:0")
         .env("METRICS_ADDR", "127.0.0.1:0")
         .envs(extra.iter().copied())
@@ -63,6 +69,9 @@ fn out_of_range_settings_exit_2_with_one_line_naming_them() {
         ("identity-service", ("GROUP_COMMIT_SLOTS", "0")),
         ("identity-service", ("LOOKUP_SLOTS", "17")),
         ("identity-service", ("DB_POOL_SIZE", "0")),
+        ("webhook-gateway", ("DOWNSTREAM_TIMEOUT_SECS", "20")),
+        ("webhook-gateway", ("REQUEST_READ_TIMEOUT_SECS", "0")),
+        ("webhook-gateway", ("MAX_CONNECTIONS", "0")),
     ];
     for (binary, (var, value)) in cases {
         let (code, stderr) = run(binary, &[(var, value)]);

@@ -82,6 +82,13 @@ pub struct Config {
     /// back fewer deliveries.
     #[arg(long, env = "IDENTITY_BATCH_SLOTS", default_value_t = 1)]
     pub identity_batch_slots: usize,
+    /// Seconds a client has to send a request's headers, and again its whole body (1 to 60):
+    /// a client sending a byte a minute is cut off.
+    #[arg(long, env = "REQUEST_READ_TIMEOUT_SECS", default_value_t = 10)]
+    pub request_read_timeout_secs: u64,
+    /// Connections served at once (1 to 100000); more wait in the listen queue.
+    #[arg(long, env = "MAX_CONNECTIONS", default_value_t = 1024)]
+    pub max_connections: usize,
     /// `json` or `pretty`.
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Json)]
     pub log_format: LogFormat,
@@ -91,6 +98,32 @@ pub struct Config {
 pub const SERVICE_TOKEN_TTL: Duration = Duration::from_secs(60);
 
 impl Config {
+    /// What is out of range, if anything.
+    pub fn check(&self) -> Result<(), String> {
+        if !(1..=12).contains(&self.downstream_timeout_secs) {
+            return Err(format!(
+                "DOWNSTREAM_TIMEOUT_SECS ({}) must be from 1 to 12 (Svix gives up after 15 s)",
+                self.downstream_timeout_secs
+            ));
+        }
+        if !(1..=60).contains(&self.request_read_timeout_secs) {
+            return Err(format!(
+                "REQUEST_READ_TIMEOUT_SECS ({}) must be from 1 to 60",
+                self.request_read_timeout_secs
+            ));
+        }
+        if !(1..=100_000).contains(&self.max_connections) {
+            return Err(format!(
+                "MAX_CONNECTIONS ({}) must be from 1 to 100000",
+                self.max_connections
+            ));
+        }
+        if self.identity_batch_slots == 0 {
+            return Err("IDENTITY_BATCH_SLOTS must be at least 1".into());
+        }
+        Ok(())
+    }
+
     fn token_source(&self) -> anyhow::Result<TokenSource> {
         match (&self.service_jwt_signing_key_file, &self.service_token_file) {
             (Some(path), _) => {
@@ -137,6 +170,8 @@ struct App {
     metrics: metrics::Metrics,
     registry: Mutex<Registry>,
     deadline: Duration,
+    /// How long the body of one request may take to arrive.
+    read_timeout: Duration,
 }
 
 /// Runs the gateway on `listener` until `shutdown`; then stops accepting, finishes in-flight
@@ -146,11 +181,13 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    config.check().map_err(anyhow::Error::msg)?;
     let verifier =
         Verifier::new(config.clerk_webhook_secret.expose()).map_err(anyhow::Error::msg)?;
     let mut registry = Registry::default();
     let metrics = metrics::Metrics::register(&mut registry);
-    let timeout = Duration::from_secs(config.downstream_timeout_secs.clamp(1, 12));
+    let timeout = Duration::from_secs(config.downstream_timeout_secs);
+    let read_timeout = Duration::from_secs(config.request_read_timeout_secs);
     let downstream = Downstream::new(
         &config.identity_service_url,
         &config.workspace_service_url,
@@ -165,17 +202,29 @@ pub async fn run(
         metrics,
         registry: Mutex::new(registry),
         deadline: timeout + Duration::from_secs(1),
+        read_timeout,
     });
+    let connections = Arc::new(tokio::sync::Semaphore::new(config.max_connections));
     tracing::info!(addr = %listener.local_addr()?, "webhook-gateway listening");
 
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     tokio::pin!(shutdown);
     loop {
+        // At most MAX_CONNECTIONS at once: the next accept waits for a free slot.
+        let slot = tokio::select! {
+            slot = Arc::clone(&connections).acquire_owned() => match slot {
+                Ok(s) => s,
+                Err(_) => break,
+            },
+            _ = &mut shutdown => break,
+        };
         let (stream, _) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(a) => a,
                 Err(e) => {
-                    tracing::warn!(error = %e, "accept failed");
+                    // Out of file descriptors, for one: pause instead of spinning a core.
+                    tracing::warn!(error = %e, "accept failed; pausing 100 ms");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
                     continue;
                 }
             },
@@ -190,11 +239,12 @@ pub async fn run(
         });
         let conn = hyper::server::conn::http1::Builder::new()
             .timer(TokioTimer::new())
-            .header_read_timeout(Duration::from_secs(10))
+            .header_read_timeout(read_timeout)
             .serve_connection(TokioIo::new(stream), service);
         let conn = graceful.watch(conn);
         tokio::spawn(async move {
             let _ = conn.await;
+            drop(slot);
         });
     }
     drop(listener);
@@ -298,7 +348,15 @@ async fn clerk_webhook(app: &App, req: Request<Incoming>) -> Response<Full<Bytes
         app.metrics.request("", "too_large");
         return text(StatusCode::PAYLOAD_TOO_LARGE, "body larger than 1 MiB\n");
     }
-    let body = match Limited::new(body, MAX_BODY).collect().await {
+    let read = tokio::time::timeout(app.read_timeout, Limited::new(body, MAX_BODY).collect());
+    let Ok(read) = read.await else {
+        app.metrics.request("", "slow_body");
+        return text(
+            StatusCode::REQUEST_TIMEOUT,
+            "the body did not arrive in time\n",
+        );
+    };
+    let body = match read {
         Ok(b) => b.to_bytes(),
         Err(e)
             if e.downcast_ref::<http_body_util::LengthLimitError>()

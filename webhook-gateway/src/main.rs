@@ -50,6 +50,10 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Serve(config) => {
+            if let Err(problem) = config.check() {
+                eprintln!("webhook-gateway: configuration error: {problem}");
+                std::process::exit(2);
+            }
             init_logging(config.log_format, "webhook-gateway");
             let listener = tokio::net::TcpListener::bind(config.http_addr).await?;
             webhook_gateway::run(*config, listener, shutdown_signal()).await

@@ -170,6 +170,8 @@ async fn stack_with(
             .map(|(kid, _)| kid.to_owned()),
         downstream_timeout_secs: 3,
         identity_batch_slots: 4,
+        request_read_timeout_secs: 1,
+        max_connections: 64,
         log_format: LogFormat::Pretty,
     };
     let gateway = RunningServer::start(|l, s| webhook_gateway::run(gateway_cfg, l, s)).await;
@@ -1005,4 +1007,43 @@ async fn refusals_never_quote_personal_data() {
             "{leaked} in an answer"
         );
     }
+}
+
+/// A client that sends its body a byte at a time is cut off with 408 once the read deadline
+/// passes, instead of holding a connection for as long as it likes.
+#[tokio::test]
+async fn a_slow_body_is_cut_off() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let s = stack(SECRET).await;
+    let stream = tokio::net::TcpStream::connect(s.gateway.addr)
+        .await
+        .unwrap();
+    let (mut read, mut write) = stream.into_split();
+    write
+        .write_all(b"POST /clerk HTTP/1.1\r\nHost: gateway\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{")
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let dribble = tokio::spawn(async move {
+        for _ in 0..50 {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            if write.write_all(b" ").await.is_err() {
+                return;
+            }
+        }
+    });
+    let mut answer = vec![0u8; 256];
+    let n = tokio::time::timeout(Duration::from_secs(5), read.read(&mut answer))
+        .await
+        .expect("the gateway answered")
+        .unwrap();
+    let head = String::from_utf8_lossy(&answer[..n]).to_string();
+    assert!(head.starts_with("HTTP/1.1 408"), "{head}");
+    // The harness sets REQUEST_READ_TIMEOUT_SECS=1.
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    dribble.abort();
 }
