@@ -607,7 +607,7 @@ impl std::io::Write for Captured {
     }
 }
 
-#[tokio::test(flavor = "current_thread")]
+#[tokio::test]
 async fn each_call_runs_in_a_span_naming_its_method_and_caller() {
     use tower::{Layer, Service, ServiceExt};
     let f = fixture(&[]).await;
@@ -623,13 +623,22 @@ async fn each_call_runs_in_a_span_naming_its_method_and_caller() {
         Ok::<_, std::convert::Infallible>(http::Response::new(tonic::body::Body::empty()))
     });
     let mut svc = layer.layer(handler);
-    let logs = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-    let sink = std::sync::Arc::clone(&logs);
-    let subscriber = tracing_subscriber::fmt()
-        .json()
-        .with_writer(move || Captured(std::sync::Arc::clone(&sink)))
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    // The process-wide subscriber: a scoped one misses events once another test's thread
+    // (the rotated-key test goes through the same layer) has decided the callsites' interest.
+    static LOGS: std::sync::OnceLock<std::sync::Arc<std::sync::Mutex<Vec<u8>>>> =
+        std::sync::OnceLock::new();
+    let logs = std::sync::Arc::clone(LOGS.get_or_init(|| {
+        let logs = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = std::sync::Arc::clone(&logs);
+        tracing::subscriber::set_global_default(
+            tracing_subscriber::fmt()
+                .json()
+                .with_writer(move || Captured(std::sync::Arc::clone(&sink)))
+                .finish(),
+        )
+        .expect("no other subscriber in this test binary");
+        logs
+    }));
     for token in tokens {
         let req = http::Request::builder()
             .uri("/vbase.identity.v1.IdentityService/GetUser")
