@@ -3,6 +3,7 @@
 use crate::batch::{UpsertBatcher, UserLookups};
 use crate::error::Error;
 use crate::metrics::Metrics;
+use crate::reconcile;
 use crate::users::{self, Outcome, UserRecord};
 use input_validation as validate;
 use service_runtime::Pool;
@@ -25,6 +26,27 @@ pub fn policy() -> MethodPolicy {
         .allow("UpsertUser", Access::Service)
         .allow("UpsertUsers", Access::Service)
         .allow("DeleteUser", Access::Service)
+        .allow_all(
+            &["CompareUsers", "ListUnseenUsers", "FinishReconcile"],
+            Access::ServiceNamed(GATEWAY),
+        )
+}
+
+/// The `sub` of the webhook gateway's service tokens: the only caller of the reconcile methods.
+pub const GATEWAY: &str = "webhook-gateway";
+
+fn run_id(id: &str) -> Result<uuid::Uuid, Status> {
+    Ok(validate::uuid("run_id", id)?)
+}
+
+fn comparison(c: reconcile::Comparison) -> i32 {
+    match c {
+        reconcile::Comparison::Missing => pb::Comparison::Missing,
+        reconcile::Comparison::Older => pb::Comparison::Older,
+        reconcile::Comparison::Same => pb::Comparison::Same,
+        reconcile::Comparison::Newer => pb::Comparison::Newer,
+    }
+    .into()
 }
 
 /// Most commands in one `UpsertUsers` call.
@@ -116,6 +138,7 @@ impl IdentityApi {
                 email: c.email.clone(),
                 image_url: c.image_url.clone(),
                 created_at: validate::optional_time(c.created_at.as_ref()),
+                event_time: validate::optional_time(c.event_time.as_ref()),
             })
         })();
         let result = match cmd {
@@ -304,7 +327,7 @@ impl IdentityService for IdentityApi {
         let c = req.into_inner();
         let cmd = (|| {
             validate::event_id(&c.event_id)?;
-            let occurred_at = validate::occurred_at(c.occurred_at.as_ref())?;
+            let occurred_at = validate::optional_time(c.occurred_at.as_ref());
             validate::user_id("clerk_id", &c.clerk_id)?;
             Ok::<_, Error>(users::DeleteUser {
                 event_id: c.event_id.clone(),
@@ -320,5 +343,69 @@ impl IdentityService for IdentityApi {
         Ok(Response::new(pb::DeleteUserResponse {
             outcome: outcome.into(),
         }))
+    }
+
+    async fn compare_users(
+        &self,
+        req: Request<pb::CompareUsersRequest>,
+    ) -> Result<Response<pb::CompareUsersResponse>, Status> {
+        let m = req.into_inner();
+        let run = run_id(&m.run_id)?;
+        if m.users.len() > reconcile::MAX_PAGE {
+            return Err(Status::invalid_argument(format!(
+                "at most {} users per CompareUsers call, got {}",
+                reconcile::MAX_PAGE,
+                m.users.len()
+            )));
+        }
+        let page = m
+            .users
+            .into_iter()
+            .map(|u| {
+                validate::user_id("users[].clerk_id", &u.clerk_id)?;
+                Ok(reconcile::Listed {
+                    updated_at: validate::occurred_at(u.occurred_at.as_ref())?,
+                    clerk_id: u.clerk_id,
+                    name: u.name.trim().to_owned(),
+                    email: u.email,
+                    image_url: u.image_url,
+                })
+            })
+            .collect::<Result<Vec<_>, validate::Invalid>>()?;
+        let results = reconcile::compare(&self.pool, run, &page).await?;
+        Ok(Response::new(pb::CompareUsersResponse {
+            results: results.into_iter().map(comparison).collect(),
+        }))
+    }
+
+    async fn list_unseen_users(
+        &self,
+        req: Request<pb::ListUnseenRequest>,
+    ) -> Result<Response<pb::ListUnseenResponse>, Status> {
+        let m = req.into_inner();
+        let limit = validate::page_size(m.limit, 500, reconcile::MAX_PAGE as i64)?;
+        if !m.scope_id.is_empty() && !m.scope_id.starts_with("user_") {
+            // Users hang off no organization: an organization scope has no user candidates.
+            return Ok(Response::new(pb::ListUnseenResponse { ids: Vec::new() }));
+        }
+        let q = reconcile::Unseen {
+            run: run_id(&m.run_id)?,
+            started_at: validate::occurred_at(m.started_at.as_ref())
+                .map_err(|_| Status::invalid_argument("started_at is required"))?,
+            after: m.after,
+            limit,
+            scope: m.scope_id,
+        };
+        let ids = reconcile::unseen(&self.pool, &q).await?;
+        Ok(Response::new(pb::ListUnseenResponse { ids }))
+    }
+
+    async fn finish_reconcile(
+        &self,
+        req: Request<pb::FinishReconcileRequest>,
+    ) -> Result<Response<pb::FinishReconcileResponse>, Status> {
+        let run = run_id(&req.into_inner().run_id)?;
+        reconcile::finish(&self.pool, run).await?;
+        Ok(Response::new(pb::FinishReconcileResponse {}))
     }
 }

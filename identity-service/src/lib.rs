@@ -6,6 +6,7 @@ pub mod batch;
 mod error;
 mod grpc;
 mod metrics;
+pub mod reconcile;
 mod schema;
 pub mod users;
 

@@ -11,6 +11,8 @@ diesel::table! {
         deleted_at -> Nullable<Timestamptz>,
         created_at -> Timestamptz,
         updated_at -> Timestamptz,
+        source_event_time -> Timestamptz,
+        source_event_id -> Text,
     }
 }
 

@@ -3,7 +3,9 @@
 //! Each command is one SQL statement, so it is atomic without an explicit transaction:
 //! - exactly once per `event_id`: the statement first inserts the id into `processed_events`
 //!   (a data-modifying CTE) and writes the user only when that insert happened;
-//! - webhook state is ordered by Clerk's `updated_at`: older state changes nothing;
+//! - webhook state is ordered by Clerk's `updated_at`: older state changes nothing; two states
+//!   of the same instant go to the one the source said later (`event_time`), then to the
+//!   greater event id, whatever order they arrive in;
 //! - a delete keeps the row as a tombstone (`deleted_at` set, personal data cleared); Clerk
 //!   never reuses ids, so nothing writes to a tombstoned row again;
 //! - concurrent commands for one user meet on that one row: `INSERT ... ON CONFLICT DO UPDATE`
@@ -63,13 +65,16 @@ pub struct UpsertUser {
     pub email: String,
     pub image_url: String,
     pub created_at: Option<DateTime<Utc>>,
+    /// When the source said it (tie-break); `None`: unknown, loses every tie.
+    pub event_time: Option<DateTime<Utc>>,
 }
 
 /// `user.deleted`, already validated.
 #[derive(Debug, Clone)]
 pub struct DeleteUser {
     pub event_id: String,
-    pub occurred_at: DateTime<Utc>,
+    /// When Clerk deleted the user; `None`: unknown (the time of recording is kept).
+    pub occurred_at: Option<DateTime<Utc>>,
     pub clerk_id: String,
 }
 
@@ -110,15 +115,20 @@ pub async fn upsert_user(pool: &Pool, cmd: UpsertUser) -> Result<Outcome, Error>
         "WITH ev AS (
              INSERT INTO processed_events (event_id) VALUES ($1) ON CONFLICT DO NOTHING RETURNING 1),
          up AS (
-             INSERT INTO users (clerk_id, name, email, image_url, source_updated_at, created_at)
-             SELECT $2, $3, $4, $5, $6, COALESCE($7, now()) FROM ev
+             INSERT INTO users (clerk_id, name, email, image_url, source_updated_at, created_at,
+                                source_event_time, source_event_id)
+             SELECT $2, $3, $4, $5, $6, COALESCE($7, now()), COALESCE($8, '-infinity'), $1 FROM ev
              ON CONFLICT (clerk_id) DO UPDATE SET
                  name = EXCLUDED.name, email = EXCLUDED.email, image_url = EXCLUDED.image_url,
                  source_updated_at = EXCLUDED.source_updated_at,
+                 source_event_time = EXCLUDED.source_event_time,
+                 source_event_id = EXCLUDED.source_event_id,
                  created_at = LEAST(users.created_at, EXCLUDED.created_at),
                  updated_at = now()
              WHERE users.deleted_at IS NULL
-               AND (users.source_updated_at IS NULL OR users.source_updated_at < EXCLUDED.source_updated_at)
+               AND (users.source_updated_at IS NULL
+                    OR (users.source_updated_at, users.source_event_time, users.source_event_id)
+                     < (EXCLUDED.source_updated_at, EXCLUDED.source_event_time, EXCLUDED.source_event_id))
              RETURNING 1)
          SELECT EXISTS (SELECT FROM ev) AS fresh, EXISTS (SELECT FROM up) AS written",
     )
@@ -129,6 +139,7 @@ pub async fn upsert_user(pool: &Pool, cmd: UpsertUser) -> Result<Outcome, Error>
     .bind::<Text, _>(&cmd.image_url)
     .bind::<Timestamptz, _>(cmd.occurred_at)
     .bind::<Nullable<Timestamptz>, _>(cmd.created_at)
+    .bind::<Nullable<Timestamptz>, _>(cmd.event_time)
     .get_result(&mut conn)
     .await?;
     Ok(r.outcome())
@@ -146,7 +157,7 @@ struct BatchRow {
 ///
 /// The result is that of applying them one at a time, newest first for each user: a repeated
 /// event id (stored before, or earlier in `cmds`) is a duplicate; of the fresh events for one
-/// user only the newest can be written (an equal `occurred_at` goes to the earlier one), under
+/// user only the newest can be written (by `occurred_at`, then `event_time`, then event id), under
 /// the same guard as [`upsert_user`]; the others are stale. Event ids and users are locked in
 /// sorted order, so concurrent statements wait for each other instead of deadlocking.
 pub async fn upsert_users(pool: &Pool, cmds: &[UpsertUser]) -> Result<Vec<Outcome>, Error> {
@@ -155,9 +166,9 @@ pub async fn upsert_users(pool: &Pool, cmds: &[UpsertUser]) -> Result<Vec<Outcom
     let rows: Vec<BatchRow> = prepared(
         "WITH input AS (
              SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[],
-                                  $6::timestamptz[], $7::timestamptz[])
+                                  $6::timestamptz[], $7::timestamptz[], $8::timestamptz[])
                  WITH ORDINALITY AS t(event_id, clerk_id, name, email, image_url, source_updated_at,
-                                      created_at, ord)),
+                                      created_at, event_time, ord)),
          ev AS (
              INSERT INTO processed_events (event_id)
              SELECT DISTINCT event_id FROM input ORDER BY event_id
@@ -167,18 +178,25 @@ pub async fn upsert_users(pool: &Pool, cmds: &[UpsertUser]) -> Result<Vec<Outcom
              ORDER BY i.event_id, i.ord),
          newest AS (
              SELECT DISTINCT ON (clerk_id) * FROM fresh
-             ORDER BY clerk_id, source_updated_at DESC, ord),
+             ORDER BY clerk_id, source_updated_at DESC, COALESCE(event_time, '-infinity') DESC,
+                      event_id DESC, ord),
          up AS (
-             INSERT INTO users (clerk_id, name, email, image_url, source_updated_at, created_at)
-             SELECT clerk_id, name, email, image_url, source_updated_at, COALESCE(created_at, now())
+             INSERT INTO users (clerk_id, name, email, image_url, source_updated_at, created_at,
+                                source_event_time, source_event_id)
+             SELECT clerk_id, name, email, image_url, source_updated_at, COALESCE(created_at, now()),
+                    COALESCE(event_time, '-infinity'), event_id
              FROM newest ORDER BY clerk_id
              ON CONFLICT (clerk_id) DO UPDATE SET
                  name = EXCLUDED.name, email = EXCLUDED.email, image_url = EXCLUDED.image_url,
                  source_updated_at = EXCLUDED.source_updated_at,
+                 source_event_time = EXCLUDED.source_event_time,
+                 source_event_id = EXCLUDED.source_event_id,
                  created_at = LEAST(users.created_at, EXCLUDED.created_at),
                  updated_at = now()
              WHERE users.deleted_at IS NULL
-               AND (users.source_updated_at IS NULL OR users.source_updated_at < EXCLUDED.source_updated_at)
+               AND (users.source_updated_at IS NULL
+                    OR (users.source_updated_at, users.source_event_time, users.source_event_id)
+                     < (EXCLUDED.source_updated_at, EXCLUDED.source_event_time, EXCLUDED.source_event_id))
              RETURNING clerk_id)
          SELECT i.ord, f.ord IS NOT NULL AS fresh, (n.ord IS NOT NULL AND u.clerk_id IS NOT NULL) AS written
          FROM input i
@@ -194,6 +212,7 @@ pub async fn upsert_users(pool: &Pool, cmds: &[UpsertUser]) -> Result<Vec<Outcom
     .bind::<Array<Text>, _>(col(|c| c.image_url.clone()))
     .bind::<Array<Timestamptz>, _>(cmds.iter().map(|c| c.occurred_at).collect::<Vec<_>>())
     .bind::<Array<Nullable<Timestamptz>>, _>(cmds.iter().map(|c| c.created_at).collect::<Vec<_>>())
+    .bind::<Array<Nullable<Timestamptz>>, _>(cmds.iter().map(|c| c.event_time).collect::<Vec<_>>())
     .load(&mut conn)
     .await?;
     if rows.len() != cmds.len() || rows.iter().enumerate().any(|(i, r)| r.ord != i as i64 + 1) {
@@ -212,7 +231,7 @@ pub async fn delete_user(pool: &Pool, cmd: DeleteUser) -> Result<Outcome, Error>
              INSERT INTO processed_events (event_id) VALUES ($1) ON CONFLICT DO NOTHING RETURNING 1),
          up AS (
              INSERT INTO users (clerk_id, name, email, image_url, deleted_at)
-             SELECT $2, '', '', '', $3 FROM ev
+             SELECT $2, '', '', '', COALESCE($3, now()) FROM ev
              ON CONFLICT (clerk_id) DO UPDATE SET
                  name = '', email = '', image_url = '', deleted_at = EXCLUDED.deleted_at, updated_at = now()
              WHERE users.deleted_at IS NULL
@@ -221,7 +240,7 @@ pub async fn delete_user(pool: &Pool, cmd: DeleteUser) -> Result<Outcome, Error>
     )
     .bind::<Text, _>(&cmd.event_id)
     .bind::<Text, _>(&cmd.clerk_id)
-    .bind::<Timestamptz, _>(cmd.occurred_at)
+    .bind::<Nullable<Timestamptz>, _>(cmd.occurred_at)
     .get_result(&mut conn)
     .await?;
     Ok(r.outcome())

@@ -20,6 +20,8 @@ pub struct SeenRequest {
     pub method: hyper::Method,
     /// Path (percent-encoded as received).
     pub path: String,
+    /// Query string without `?` (empty when none).
+    pub query: String,
     /// Headers.
     pub headers: hyper::HeaderMap,
     /// Body bytes.
@@ -72,6 +74,7 @@ impl HttpStandIn {
                             let seen = SeenRequest {
                                 method: parts.method,
                                 path: parts.uri.path().to_owned(),
+                                query: parts.uri.query().unwrap_or_default().to_owned(),
                                 headers: parts.headers,
                                 body,
                             };

@@ -4,11 +4,13 @@
 //! bodies), and can be told to fail or slow down. Used by tests and by the local development stack.
 
 mod clerk;
+mod clerk_api;
 pub mod http_server;
 mod jwks;
 mod liveblocks;
 
 pub use clerk::{ClerkStandIn, OrgClaim, ServiceKeys};
+pub use clerk_api::{ClerkApiStandIn, membership_json, org_json, user_json};
 pub use http_server::HttpStandIn;
 pub use jwks::JwksServer;
 pub use liveblocks::{LiveblocksMode, LiveblocksStandIn};

@@ -65,6 +65,9 @@ impl ipb::identity_service_server::IdentityService for Identity {
         upsert_user: ipb::UpsertUserCommand => ipb::UpsertUserResponse,
         upsert_users: ipb::UpsertUsersCommand => ipb::UpsertUsersResponse,
         delete_user: ipb::DeleteUserCommand => ipb::DeleteUserResponse,
+        compare_users: ipb::CompareUsersRequest => ipb::CompareUsersResponse,
+        list_unseen_users: ipb::ListUnseenRequest => ipb::ListUnseenResponse,
+        finish_reconcile: ipb::FinishReconcileRequest => ipb::FinishReconcileResponse,
     }
 }
 
@@ -90,6 +93,11 @@ impl wpb::workspace_service_server::WorkspaceService for Workspace {
         upsert_membership: wpb::UpsertMembershipCommand => wpb::UpsertMembershipResponse,
         delete_membership: wpb::DeleteMembershipCommand => wpb::DeleteMembershipResponse,
         remove_user: wpb::RemoveUserCommand => wpb::RemoveUserResponse,
+        compare_workspaces: wpb::CompareWorkspacesRequest => wpb::CompareResponse,
+        compare_memberships: wpb::CompareMembershipsRequest => wpb::CompareResponse,
+        list_unseen_workspaces: wpb::ListUnseenRequest => wpb::ListUnseenWorkspacesResponse,
+        list_unseen_memberships: wpb::ListUnseenRequest => wpb::ListUnseenMembershipsResponse,
+        finish_reconcile: wpb::FinishReconcileRequest => wpb::FinishReconcileResponse,
         list_members: wpb::ListMembersRequest => wpb::ListMembersResponse,
         create_channel: wpb::CreateChannelRequest => wpb::CreateChannelResponse,
         list_channels: wpb::ListChannelsRequest => wpb::ListChannelsResponse,

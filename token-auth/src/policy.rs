@@ -31,6 +31,8 @@ pub enum Access {
     Service,
     /// Either.
     UserOrService,
+    /// Only the internal service whose token's `sub` is this name.
+    ServiceNamed(&'static str),
 }
 
 impl Access {
@@ -40,7 +42,7 @@ impl Access {
             (Access::UserOrService, _)
                 | (Access::User, Principal::User(_))
                 | (Access::Service, Principal::Service(_))
-        )
+        ) || matches!((self, principal), (Access::ServiceNamed(name), Principal::Service(s)) if s.name == name)
     }
 }
 
@@ -152,6 +154,11 @@ impl MethodPolicy {
 fn permit(access: Access, principal: Principal) -> Result<Principal, Status> {
     if access.permits(&principal) {
         return Ok(principal);
+    }
+    if let Access::ServiceNamed(name) = access {
+        return Err(Status::permission_denied(format!(
+            "this method is only for the {name} service"
+        )));
     }
     let who = if principal.is_service() {
         "service tokens"

@@ -1,8 +1,12 @@
-//! Typed Clerk webhook events and their mapping onto our sync commands.
+//! Typed Clerk resources and webhook events, and their mapping onto our sync commands: the one
+//! mapping, used by webhooks and by reconcile alike.
 //!
 //! Shapes follow Clerk's JSON types (many fields nullable, unknown fields ignored). The delivery
 //! id (`svix-id`) becomes every command's `event_id`; the resource's `updated_at` becomes
-//! `occurred_at` (the envelope `timestamp` for deletes, falling back to `svix-timestamp`).
+//! `occurred_at` (ordering is by the resource's own clock), and the envelope `timestamp`
+//! becomes `event_time` (a tie-break). Deletes of users and organizations carry the envelope
+//! `timestamp` when there is one and nothing otherwise: the delivery time (`svix-timestamp`,
+//! which a retry hours later moves) never orders anything.
 
 use serde::Deserialize;
 use vbase_proto::identity::v1 as idp;
@@ -85,6 +89,30 @@ impl User {
     }
 }
 
+impl User {
+    /// The upsert that makes our copy equal to this state.
+    pub fn upsert(
+        &self,
+        event_id: &str,
+        event_time: Option<prost_types::Timestamp>,
+    ) -> idp::UpsertUserCommand {
+        idp::UpsertUserCommand {
+            event_id: event_id.to_owned(),
+            occurred_at: Some(timestamp_from_millis(self.updated_at)),
+            name: self.display_name(),
+            email: self.primary_email().unwrap_or_default().to_owned(),
+            image_url: self
+                .image_url
+                .clone()
+                .or(self.profile_image_url.clone())
+                .unwrap_or_default(),
+            created_at: self.created_at.map(timestamp_from_millis),
+            clerk_id: self.id.clone(),
+            event_time,
+        }
+    }
+}
+
 /// `OrganizationJSON` (the fields we read).
 #[derive(Debug, Deserialize)]
 pub struct Organization {
@@ -94,7 +122,28 @@ pub struct Organization {
     pub slug: Option<String>,
     #[serde(default)]
     pub created_by: Option<String>,
+    #[serde(default)]
+    pub created_at: Option<i64>,
     pub updated_at: i64,
+}
+
+impl Organization {
+    /// The upsert that makes our copy equal to this state.
+    pub fn upsert(
+        &self,
+        event_id: &str,
+        event_time: Option<prost_types::Timestamp>,
+    ) -> wsp::UpsertWorkspaceCommand {
+        wsp::UpsertWorkspaceCommand {
+            event_id: event_id.to_owned(),
+            occurred_at: Some(timestamp_from_millis(self.updated_at)),
+            clerk_org_id: self.id.clone(),
+            name: self.name.clone(),
+            slug: self.slug.clone().unwrap_or_default(),
+            owner_clerk_id: self.created_by.clone().unwrap_or_default(),
+            event_time,
+        }
+    }
 }
 
 /// The organization reference inside a membership.
@@ -112,10 +161,71 @@ pub struct PublicUserData {
 /// `OrganizationMembershipJSON` (the fields we read).
 #[derive(Debug, Deserialize)]
 pub struct Membership {
+    /// `orgmem_...`
+    pub id: String,
     pub role: String,
     pub organization: OrganizationRef,
     pub public_user_data: PublicUserData,
+    pub created_at: i64,
     pub updated_at: i64,
+}
+
+impl Membership {
+    /// The upsert that makes our copy equal to this state.
+    pub fn upsert(
+        &self,
+        event_id: &str,
+        event_time: Option<prost_types::Timestamp>,
+    ) -> wsp::UpsertMembershipCommand {
+        wsp::UpsertMembershipCommand {
+            event_id: event_id.to_owned(),
+            occurred_at: Some(timestamp_from_millis(self.updated_at)),
+            clerk_org_id: self.organization.id.clone(),
+            clerk_user_id: self.public_user_data.user_id.clone(),
+            role: self.role.clone(),
+            clerk_membership_id: self.id.clone(),
+            membership_created_at: Some(timestamp_from_millis(self.created_at)),
+            event_time,
+        }
+    }
+
+    /// The delete of this membership; `event_time` is when access ended, when known.
+    pub fn delete(
+        &self,
+        event_id: &str,
+        event_time: Option<prost_types::Timestamp>,
+    ) -> wsp::DeleteMembershipCommand {
+        wsp::DeleteMembershipCommand {
+            event_id: event_id.to_owned(),
+            occurred_at: Some(timestamp_from_millis(self.updated_at)),
+            clerk_org_id: self.organization.id.clone(),
+            clerk_user_id: self.public_user_data.user_id.clone(),
+            clerk_membership_id: self.id.clone(),
+            membership_created_at: Some(timestamp_from_millis(self.created_at)),
+            event_time,
+        }
+    }
+}
+
+/// The commands that delete a user: the user in identity, memberships and receipts in
+/// workspace. `deleted_at`: when Clerk deleted it, when known.
+pub fn delete_user(
+    event_id: &str,
+    user: &str,
+    deleted_at: Option<prost_types::Timestamp>,
+) -> Command {
+    Command::DeleteUser(
+        idp::DeleteUserCommand {
+            event_id: event_id.to_owned(),
+            occurred_at: deleted_at,
+            clerk_id: user.to_owned(),
+        },
+        wsp::RemoveUserCommand {
+            event_id: event_id.to_owned(),
+            occurred_at: deleted_at,
+            clerk_user_id: user.to_owned(),
+        },
+    )
 }
 
 /// `DeletedObjectJSON`.
@@ -152,7 +262,7 @@ pub struct Malformed(pub String);
 /// What is wrong with a payload, without quoting any of its values (they can hold emails and
 /// names, and the reason is logged and answered): serde's own message names the value it
 /// refused, so only its kind of error, a missing field's name and the position are kept.
-fn reason(what: &str, e: &serde_json::Error) -> Malformed {
+pub fn describe(e: &serde_json::Error) -> String {
     use serde_json::error::Category;
     let text = e.to_string();
     let detail = match e.classify() {
@@ -167,14 +277,14 @@ fn reason(what: &str, e: &serde_json::Error) -> Malformed {
         Category::Io => "unreadable".to_owned(),
     };
     if e.line() > 0 {
-        Malformed(format!(
-            "{what}: {detail} (line {}, column {})",
-            e.line(),
-            e.column()
-        ))
+        format!("{detail} (line {}, column {})", e.line(), e.column())
     } else {
-        Malformed(format!("{what}: {detail}"))
+        detail
     }
+}
+
+fn reason(what: &str, e: &serde_json::Error) -> Malformed {
+    Malformed(format!("{what}: {}", describe(e)))
 }
 
 fn parse<T: serde::de::DeserializeOwned>(
@@ -184,20 +294,12 @@ fn parse<T: serde::de::DeserializeOwned>(
     serde_json::from_value(data).map_err(|e| reason(&format!("{kind} payload"), &e))
 }
 
-/// Maps a verified body onto the command to send. `svix_timestamp_secs` is the fallback time of
-/// delete events without an envelope `timestamp`.
-pub fn to_command(
-    event_id: &str,
-    svix_timestamp_secs: i64,
-    body: &[u8],
-) -> Result<(String, Command), Malformed> {
+/// Maps a verified body onto the command to send.
+pub fn to_command(event_id: &str, body: &[u8]) -> Result<(String, Command), Malformed> {
     let env: Envelope =
         serde_json::from_slice(body).map_err(|e| reason("not a Clerk event", &e))?;
-    let event_time = timestamp_from_millis(
-        env.timestamp
-            .unwrap_or(svix_timestamp_secs.saturating_mul(1000)),
-    );
-    let id = event_id.to_owned();
+    let event_time = env.timestamp.map(timestamp_from_millis);
+    let id = event_id;
     let deleted_id = |kind: &str, data: serde_json::Value| -> Result<String, Malformed> {
         parse::<Deleted>(kind, data)?
             .id
@@ -206,71 +308,25 @@ pub fn to_command(
     };
     let command = match env.kind.as_str() {
         "user.created" | "user.updated" => {
-            let u: User = parse(&env.kind, env.data)?;
-            Command::UpsertUser(idp::UpsertUserCommand {
-                event_id: id,
-                occurred_at: Some(timestamp_from_millis(u.updated_at)),
-                name: u.display_name(),
-                email: u.primary_email().unwrap_or_default().to_owned(),
-                image_url: u
-                    .image_url
-                    .clone()
-                    .or(u.profile_image_url.clone())
-                    .unwrap_or_default(),
-                created_at: u.created_at.map(timestamp_from_millis),
-                clerk_id: u.id,
-            })
+            Command::UpsertUser(parse::<User>(&env.kind, env.data)?.upsert(id, event_time))
         }
-        "user.deleted" => {
-            let user = deleted_id(&env.kind, env.data)?;
-            Command::DeleteUser(
-                idp::DeleteUserCommand {
-                    event_id: id.clone(),
-                    occurred_at: Some(event_time),
-                    clerk_id: user.clone(),
-                },
-                wsp::RemoveUserCommand {
-                    event_id: id,
-                    occurred_at: Some(event_time),
-                    clerk_user_id: user,
-                },
-            )
-        }
-        "organization.created" | "organization.updated" => {
-            let o: Organization = parse(&env.kind, env.data)?;
-            Command::UpsertWorkspace(wsp::UpsertWorkspaceCommand {
-                event_id: id,
-                occurred_at: Some(timestamp_from_millis(o.updated_at)),
-                clerk_org_id: o.id,
-                name: o.name,
-                slug: o.slug.unwrap_or_default(),
-                owner_clerk_id: o.created_by.unwrap_or_default(),
-            })
-        }
+        "user.deleted" => delete_user(id, &deleted_id(&env.kind, env.data)?, event_time),
+        "organization.created" | "organization.updated" => Command::UpsertWorkspace(
+            parse::<Organization>(&env.kind, env.data)?.upsert(id, event_time),
+        ),
         "organization.deleted" => Command::DeleteWorkspace(wsp::DeleteWorkspaceCommand {
-            event_id: id,
-            occurred_at: Some(event_time),
+            event_id: id.to_owned(),
+            occurred_at: event_time,
             clerk_org_id: deleted_id(&env.kind, env.data)?,
         }),
         "organizationMembership.created" | "organizationMembership.updated" => {
-            let m: Membership = parse(&env.kind, env.data)?;
-            Command::UpsertMembership(wsp::UpsertMembershipCommand {
-                event_id: id,
-                occurred_at: Some(timestamp_from_millis(m.updated_at)),
-                clerk_org_id: m.organization.id,
-                clerk_user_id: m.public_user_data.user_id,
-                role: m.role,
-            })
+            Command::UpsertMembership(
+                parse::<Membership>(&env.kind, env.data)?.upsert(id, event_time),
+            )
         }
-        "organizationMembership.deleted" => {
-            let m: Membership = parse(&env.kind, env.data)?;
-            Command::DeleteMembership(wsp::DeleteMembershipCommand {
-                event_id: id,
-                occurred_at: Some(event_time),
-                clerk_org_id: m.organization.id,
-                clerk_user_id: m.public_user_data.user_id,
-            })
-        }
+        "organizationMembership.deleted" => Command::DeleteMembership(
+            parse::<Membership>(&env.kind, env.data)?.delete(id, event_time),
+        ),
         _ => Command::Ignored,
     };
     Ok((env.kind, command))
@@ -303,7 +359,7 @@ mod tests {
           "event_attributes": {"http_request": {"client_ip": "0.0.0.0", "user_agent": "Mozilla/5.0"}},
           "instance_id": "ins_29w83yT7CwllvXylYLxcslj88O9", "object": "event", "timestamp": 1654012591835_i64, "type": "user.created"
         });
-        let (kind, cmd) = to_command("msg_1", 0, &body(payload)).unwrap();
+        let (kind, cmd) = to_command("msg_1", &body(payload)).unwrap();
         assert_eq!(kind, "user.created");
         let Command::UpsertUser(c) = cmd else {
             panic!("{cmd:?}")
@@ -346,7 +402,7 @@ mod tests {
     fn deletes_use_the_envelope_timestamp() {
         let payload = json!({"data": {"deleted": true, "id": "user_29wBMCtzATuFJut8jO2VNTVekS4", "object": "user"},
             "object": "event", "timestamp": 1661861640000_i64, "type": "user.deleted"});
-        let (_, cmd) = to_command("msg_2", 0, &body(payload)).unwrap();
+        let (_, cmd) = to_command("msg_2", &body(payload)).unwrap();
         let Command::DeleteUser(a, b) = cmd else {
             panic!()
         };
@@ -358,13 +414,13 @@ mod tests {
                 "user_29wBMCtzATuFJut8jO2VNTVekS4"
             )
         );
-        // Without an envelope timestamp the svix-timestamp is used.
+        // Without an envelope timestamp the time stays unknown: the delivery time is never used.
         let payload = json!({"data": {"deleted": true, "id": "org_1", "object": "organization"}, "object": "event", "type": "organization.deleted"});
-        let (_, cmd) = to_command("msg_3", 1_700_000_000, &body(payload)).unwrap();
+        let (_, cmd) = to_command("msg_3", &body(payload)).unwrap();
         let Command::DeleteWorkspace(d) = cmd else {
             panic!()
         };
-        assert_eq!(d.occurred_at.unwrap().seconds, 1_700_000_000);
+        assert_eq!(d.occurred_at, None);
     }
 
     #[test]
@@ -373,7 +429,7 @@ mod tests {
             "id": "org_29w9IfBrPmcpi0IeBVaKtA7R94W", "image_url": "https://img.clerk.com/xxxxxx", "logo_url": null, "name": "Acme Inc",
             "object": "organization", "public_metadata": {}, "slug": null, "updated_at": 1654013202977_i64},
             "object": "event", "timestamp": 1654013202977_i64, "type": "organization.created"});
-        let (_, cmd) = to_command("m", 0, &body(org)).unwrap();
+        let (_, cmd) = to_command("m", &body(org)).unwrap();
         let Command::UpsertWorkspace(w) = cmd else {
             panic!()
         };
@@ -385,7 +441,7 @@ mod tests {
             "organization": {"id": "org_29w9IfBrPmcpi0IeBVaKtA7R94W", "name": "Acme Inc", "object": "organization", "updated_at": 1, "created_at": 1},
             "public_user_data": {"first_name": "Example", "identifier": "example@example.org", "user_id": "user_29w83sxmDNGwOuEthce5gg56FcC"},
             "role": "admin", "updated_at": 1654013203217_i64}, "object": "event", "timestamp": 1654013203217_i64, "type": "organizationMembership.created"});
-        let (_, cmd) = to_command("m", 0, &body(mem.clone())).unwrap();
+        let (_, cmd) = to_command("m", &body(mem.clone())).unwrap();
         let Command::UpsertMembership(m) = cmd else {
             panic!()
         };
@@ -404,31 +460,26 @@ mod tests {
         let mut del = mem;
         del["type"] = json!("organizationMembership.deleted");
         del["timestamp"] = json!(1654013999000_i64);
-        let (_, cmd) = to_command("m", 0, &body(del)).unwrap();
+        let (_, cmd) = to_command("m", &body(del)).unwrap();
         let Command::DeleteMembership(d) = cmd else {
             panic!()
         };
-        assert_eq!(d.occurred_at.unwrap().seconds, 1654013999);
+        // Ordered by the membership's own clock; the envelope time says when access ended.
+        assert_eq!(d.occurred_at.unwrap(), timestamp_from_millis(1654013203217));
+        assert_eq!(d.event_time.unwrap().seconds, 1654013999);
+        assert_eq!(d.clerk_membership_id, "orgmem_1");
     }
 
     #[test]
     fn unknown_types_are_ignored_and_broken_payloads_are_malformed() {
         let (_, cmd) = to_command(
             "m",
-            0,
             br#"{"type":"session.created","data":{},"object":"event"}"#,
         )
         .unwrap();
         assert_eq!(cmd, Command::Ignored);
-        assert!(to_command("m", 0, b"not json").is_err());
-        assert!(to_command("m", 0, br#"{"type":"user.created","data":{"id":"user_1"}}"#).is_err());
-        assert!(
-            to_command(
-                "m",
-                0,
-                br#"{"type":"user.deleted","data":{"deleted":true}}"#
-            )
-            .is_err()
-        );
+        assert!(to_command("m", b"not json").is_err());
+        assert!(to_command("m", br#"{"type":"user.created","data":{"id":"user_1"}}"#).is_err());
+        assert!(to_command("m", br#"{"type":"user.deleted","data":{"deleted":true}}"#).is_err());
     }
 }

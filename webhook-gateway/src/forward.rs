@@ -72,6 +72,10 @@ pub enum ForwardError {
     Unavailable(String),
 }
 
+/// The `sub` of the service tokens the gateway mints: the services authorise the reconcile
+/// methods for this caller only.
+pub const GATEWAY_SUBJECT: &str = "webhook-gateway";
+
 /// Most `user.created`/`user.updated` commands per `UpsertUsers` call.
 pub const USER_BATCH_MAX: usize = 64;
 
@@ -252,8 +256,20 @@ impl Downstream {
         self.channels.clone()
     }
 
-    fn request<T>(&self, audience: &str, msg: T) -> Result<Request<T>, ForwardError> {
+    /// A request to the service named `audience`, with the gateway's service token and the
+    /// deadline.
+    pub fn request<T>(&self, audience: &str, msg: T) -> Result<Request<T>, ForwardError> {
         self.calls.request(audience, msg)
+    }
+
+    /// The identity-service client (calls need [`Downstream::request`]).
+    pub fn identity(&self) -> IdentityServiceClient<Channel> {
+        self.calls.identity.clone()
+    }
+
+    /// The workspace-service client (calls need [`Downstream::request`]).
+    pub fn workspace(&self) -> WorkspaceServiceClient<Channel> {
+        self.workspace.clone()
     }
 
     fn map(

@@ -8,8 +8,10 @@
 //! so Svix retries later.
 
 pub mod clerk;
+pub mod clerk_api;
 pub mod forward;
 pub mod metrics;
+pub mod reconcile;
 pub mod verify;
 
 use bytes::Bytes;
@@ -33,15 +35,10 @@ use verify::Verifier;
 /// Largest accepted webhook body.
 pub const MAX_BODY: usize = 1024 * 1024;
 
-/// Configuration of the gateway.
+/// How the gateway reaches the services: their URLs, its service tokens, the deadline of one
+/// command. Shared by `serve` and `reconcile`.
 #[derive(Debug, Clone, clap::Args)]
-pub struct Config {
-    /// HTTP listen address (`POST /clerk`, `/healthz`, `/readyz`, `/metrics`).
-    #[arg(long, env = "HTTP_ADDR", default_value = "0.0.0.0:8080")]
-    pub http_addr: SocketAddr,
-    /// One or more `whsec_...` signing secrets, separated by spaces or commas (rotation).
-    #[arg(long, env = "CLERK_WEBHOOK_SECRET", hide_env_values = true)]
-    pub clerk_webhook_secret: service_runtime::Secret,
+pub struct DownstreamArgs {
     /// identity-service gRPC URL.
     #[arg(
         long,
@@ -76,6 +73,19 @@ pub struct Config {
     /// Deadline of one downstream command, seconds (keep under Svix's 15 s).
     #[arg(long, env = "DOWNSTREAM_TIMEOUT_SECS", default_value_t = 8)]
     pub downstream_timeout_secs: u64,
+}
+
+/// Configuration of the gateway.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Config {
+    /// HTTP listen address (`POST /clerk`, `/healthz`, `/readyz`, `/metrics`).
+    #[arg(long, env = "HTTP_ADDR", default_value = "0.0.0.0:8080")]
+    pub http_addr: SocketAddr,
+    /// One or more `whsec_...` signing secrets, separated by spaces or commas (rotation).
+    #[arg(long, env = "CLERK_WEBHOOK_SECRET", hide_env_values = true)]
+    pub clerk_webhook_secret: service_runtime::Secret,
+    #[command(flatten)]
+    pub downstream: DownstreamArgs,
     /// `UpsertUsers` calls in flight at once: `user.created`/`user.updated` deliveries that
     /// arrive while all are busy go to identity-service together in the next call. One call
     /// at a time makes the largest batches (fewest commits); more slots let a slow call hold
@@ -97,7 +107,7 @@ pub struct Config {
 /// Lifetime of the service tokens the gateway mints; each is reused for at most half of it.
 pub const SERVICE_TOKEN_TTL: Duration = Duration::from_secs(60);
 
-impl Config {
+impl DownstreamArgs {
     /// What is out of range, if anything.
     pub fn check(&self) -> Result<(), String> {
         if !(1..=12).contains(&self.downstream_timeout_secs) {
@@ -106,22 +116,23 @@ impl Config {
                 self.downstream_timeout_secs
             ));
         }
-        if !(1..=60).contains(&self.request_read_timeout_secs) {
-            return Err(format!(
-                "REQUEST_READ_TIMEOUT_SECS ({}) must be from 1 to 60",
-                self.request_read_timeout_secs
-            ));
-        }
-        if !(1..=100_000).contains(&self.max_connections) {
-            return Err(format!(
-                "MAX_CONNECTIONS ({}) must be from 1 to 100000",
-                self.max_connections
-            ));
-        }
-        if self.identity_batch_slots == 0 {
-            return Err("IDENTITY_BATCH_SLOTS must be at least 1".into());
-        }
         Ok(())
+    }
+
+    /// Clients of both services (connected lazily), with `batch_slots` for user upserts.
+    pub fn connect(
+        &self,
+        metrics: metrics::Metrics,
+        batch_slots: usize,
+    ) -> anyhow::Result<Downstream> {
+        Downstream::new(
+            &self.identity_service_url,
+            &self.workspace_service_url,
+            self.token_source()?,
+            Duration::from_secs(self.downstream_timeout_secs),
+            metrics,
+            batch_slots,
+        )
     }
 
     fn token_source(&self) -> anyhow::Result<TokenSource> {
@@ -148,7 +159,7 @@ impl Config {
                     token_auth::signing::ServiceTokenMinter::new(
                         key,
                         &self.service_jwt_issuer,
-                        "webhook-gateway",
+                        forward::GATEWAY_SUBJECT,
                         SERVICE_TOKEN_TTL,
                     ),
                 ))
@@ -161,6 +172,29 @@ impl Config {
                 anyhow::bail!("SERVICE_JWT_SIGNING_KEY_FILE or SERVICE_TOKEN_FILE must be set")
             }
         }
+    }
+}
+
+impl Config {
+    /// What is out of range, if anything.
+    pub fn check(&self) -> Result<(), String> {
+        self.downstream.check()?;
+        if !(1..=60).contains(&self.request_read_timeout_secs) {
+            return Err(format!(
+                "REQUEST_READ_TIMEOUT_SECS ({}) must be from 1 to 60",
+                self.request_read_timeout_secs
+            ));
+        }
+        if !(1..=100_000).contains(&self.max_connections) {
+            return Err(format!(
+                "MAX_CONNECTIONS ({}) must be from 1 to 100000",
+                self.max_connections
+            ));
+        }
+        if self.identity_batch_slots == 0 {
+            return Err("IDENTITY_BATCH_SLOTS must be at least 1".into());
+        }
+        Ok(())
     }
 }
 
@@ -186,16 +220,11 @@ pub async fn run(
         Verifier::new(config.clerk_webhook_secret.expose()).map_err(anyhow::Error::msg)?;
     let mut registry = Registry::default();
     let metrics = metrics::Metrics::register(&mut registry);
-    let timeout = Duration::from_secs(config.downstream_timeout_secs);
+    let timeout = Duration::from_secs(config.downstream.downstream_timeout_secs);
     let read_timeout = Duration::from_secs(config.request_read_timeout_secs);
-    let downstream = Downstream::new(
-        &config.identity_service_url,
-        &config.workspace_service_url,
-        config.token_source()?,
-        timeout,
-        metrics.clone(),
-        config.identity_batch_slots,
-    )?;
+    let downstream = config
+        .downstream
+        .connect(metrics.clone(), config.identity_batch_slots)?;
     let app = Arc::new(App {
         verifier,
         downstream,
@@ -385,10 +414,7 @@ async fn clerk_webhook(app: &App, req: Request<Incoming>) -> Response<Full<Bytes
     let svix_id = header(&parts, "svix-id", "webhook-id")
         .unwrap_or_default()
         .to_owned();
-    let svix_ts = header(&parts, "svix-timestamp", "webhook-timestamp")
-        .and_then(|t| t.parse::<i64>().ok())
-        .unwrap_or_default();
-    let (event_type, command) = match clerk::to_command(&svix_id, svix_ts, &body) {
+    let (event_type, command) = match clerk::to_command(&svix_id, &body) {
         Ok(c) => c,
         Err(Malformed(reason)) => {
             app.metrics.request("", "malformed");

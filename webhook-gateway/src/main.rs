@@ -1,4 +1,4 @@
-//! `webhook-gateway [serve] | keygen --out-dir DIR`.
+//! `webhook-gateway [serve] | reconcile [--dry-run ...] | keygen --out-dir DIR`.
 
 use clap::{Parser, Subcommand};
 use service_runtime::{init_logging, shutdown_signal};
@@ -19,6 +19,10 @@ struct Cli {
 enum Command {
     /// Serve `POST /clerk` (the default).
     Serve(Box<webhook_gateway::Config>),
+    /// Make our data equal to Clerk's: page Clerk's Backend API, apply what differs through
+    /// the services' sync commands, delete what Clerk no longer has. Exit 0 when the run
+    /// completed, 1 when it stopped (one line on stderr says why), 2 for bad settings.
+    Reconcile(Box<webhook_gateway::reconcile::config::ReconcileConfig>),
     /// Write a new Ed25519 service signing key (`signing-key.pem`) and its public `jwks.json`.
     Keygen {
         /// Directory to write into.
@@ -47,6 +51,30 @@ async fn main() -> anyhow::Result<()> {
                 token_auth::signing::SigningKey::jwks(&[&key]).to_string(),
             )?;
             println!("kid {} written to {}", key.kid(), out_dir.display());
+            Ok(())
+        }
+        Command::Reconcile(config) => {
+            if let Err(problem) = config.check() {
+                eprintln!("webhook-gateway reconcile: configuration error: {problem}");
+                std::process::exit(2);
+            }
+            init_logging(config.log_format, "webhook-gateway");
+            let summary = match webhook_gateway::reconcile::execute(&config).await {
+                Ok(s) => s,
+                Err(e) => {
+                    eprintln!("webhook-gateway reconcile: {e:#}");
+                    std::process::exit(1);
+                }
+            };
+            if config.json {
+                println!("{}", serde_json::to_string_pretty(&summary)?);
+            } else {
+                print!("{}", summary.table());
+            }
+            if let Some(why) = &summary.error {
+                eprintln!("webhook-gateway reconcile: stopped: {why}");
+                std::process::exit(1);
+            }
             Ok(())
         }
         Command::Serve(config) => {

@@ -11,6 +11,8 @@ diesel::table! {
         created_at -> Timestamptz,
         updated_at -> Timestamptz,
         deleted_at -> Nullable<Timestamptz>,
+        source_event_time -> Timestamptz,
+        source_event_id -> Text,
     }
 }
 

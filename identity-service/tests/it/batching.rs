@@ -31,6 +31,7 @@ fn command(ns: &str, e: &Ev) -> UpsertUser {
         email: format!("e{}@example.com", e.id),
         image_url: String::new(),
         created_at: Some(at(0)),
+        event_time: None,
     }
 }
 
@@ -109,7 +110,7 @@ fn a_batch_equals_the_commands_one_at_a_time_newest_first() {
                             &pool,
                             DeleteUser {
                                 event_id: format!("{ns}-del"),
-                                occurred_at: at(3),
+                                occurred_at: Some(at(3)),
                                 clerk_id: format!("user_{ns}_{u}"),
                             },
                         )
@@ -117,9 +118,13 @@ fn a_batch_equals_the_commands_one_at_a_time_newest_first() {
                         .unwrap();
                     }
                 }
-                // One at a time, newest first (ties: earlier delivery first).
+                // One at a time, newest first: by time, then the greater event id (neither has
+                // an event time); repeats of one event in delivery order.
                 let mut order: Vec<usize> = (0..batch.len()).collect();
-                order.sort_by_key(|&i| (std::cmp::Reverse(batch[i].secs), i));
+                order.sort_by_key(|&i| {
+                    let id = command(&one, &batch[i]).event_id;
+                    (std::cmp::Reverse(batch[i].secs), std::cmp::Reverse(id), i)
+                });
                 let mut expected = vec![Outcome::Duplicate; batch.len()];
                 for i in order {
                     expected[i] = users::upsert_user(&pool, command(&one, &batch[i]))
@@ -158,6 +163,7 @@ async fn concurrent_upserts_share_statements_and_each_gets_its_own_outcome() {
                     email: "gc@example.com".into(),
                     image_url: String::new(),
                     created_at: support::ts(1_700_000_000),
+                    event_time: None,
                 }))
                 .await
                 .unwrap()
@@ -213,6 +219,7 @@ fn upsert(
         email: "b@example.com".into(),
         image_url: String::new(),
         created_at: support::ts(1_700_000_000),
+        event_time: None,
     }
 }
 

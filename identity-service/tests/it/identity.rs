@@ -19,6 +19,7 @@ fn upsert(event: &str, at: i64, id: &str, name: &str, email: &str) -> pb::Upsert
         email: email.into(),
         image_url: format!("https://img.clerk.com/{name}"),
         created_at: ts(1_700_000_000),
+        event_time: None,
     }
 }
 

@@ -85,6 +85,7 @@ fn any_interleaving_with_duplicates_equals_the_in_order_result() {
                                 email: "p@example.com".into(),
                                 image_url: String::new(),
                                 created_at: ts(T0),
+                                event_time: None,
                             }))
                             .await
                             .unwrap();

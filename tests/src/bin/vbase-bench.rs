@@ -328,6 +328,7 @@ async fn delete_ours(
                 name: "Bench".into(),
                 slug: String::new(),
                 owner_clerk_id: String::new(),
+                event_time: None,
             },
             &minter.token_for("workspace-service")?,
         ))

@@ -137,7 +137,8 @@ pub async fn check_standing(
                 m.deleted AS membership_deleted, m.role
            FROM (SELECT 1) one
            LEFT JOIN memberships m
-             ON m.clerk_org_id = $1 AND m.clerk_user_id = $2 AND m.source_updated_at > to_timestamp($3)",
+             ON m.clerk_org_id = $1 AND m.clerk_user_id = $2
+            AND CASE WHEN m.deleted THEN m.deleted_at ELSE m.source_updated_at END > to_timestamp($3)",
     )
     .bind::<Text, _>(org)
     .bind::<Text, _>(id.as_str())

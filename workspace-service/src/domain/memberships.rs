@@ -1,7 +1,9 @@
 //! Memberships, keyed by Clerk organization and user (they may arrive before the
-//! organization), applied in the source's order. A deleted membership stays as a row marked
-//! deleted, so an older upsert arriving late cannot bring it back; a newer one can (the user
-//! was invited again).
+//! organization), applied in the order of Clerk's own clock of the membership: of two
+//! memberships of one user in one organization (removed, then invited again) the one created
+//! later wins; within one membership id, its `updated_at`, then the time the source said it,
+//! then the event id. A deleted membership stays as a row marked deleted and is final for its
+//! id, so a late event of that membership cannot bring it back; a newer membership can.
 
 use super::Outcome;
 use super::access::Caller;
@@ -24,23 +26,80 @@ pub struct MembershipChange {
     pub user: UserId,
     /// The role; `None` for a delete.
     pub role: Option<Role>,
+    /// `orgmem_...`; empty when the sender did not say (ordered by `occurred_at` alone).
+    pub membership_id: String,
+    /// The membership's `created_at`.
+    pub membership_created_at: Option<DateTime<Utc>>,
+    /// When the source said it: a tie-break for upserts, and when access ended for a delete.
+    pub event_time: Option<DateTime<Utc>>,
 }
 
-/// An upsert applies only over strictly older state.
-const UPSERT: &str =
-    "INSERT INTO memberships (clerk_org_id, clerk_user_id, role, deleted, source_updated_at)
-     VALUES ($1, $2, $3, false, $4)
-     ON CONFLICT (clerk_org_id, clerk_user_id) DO UPDATE SET
-         role = EXCLUDED.role, deleted = false, source_updated_at = EXCLUDED.source_updated_at
-     WHERE memberships.source_updated_at < EXCLUDED.source_updated_at";
+/// The columns both statements write, and their values `$1..$8`.
+macro_rules! membership_insert {
+    ($role:literal, $deleted:literal) => {
+        concat!(
+            "INSERT INTO memberships (clerk_org_id, clerk_user_id, role, deleted, source_updated_at,
+                 clerk_membership_id, membership_created_at, source_event_time, source_event_id,
+                 deleted_at)
+             VALUES ($1, $2, ", $role, ", ", $deleted, ", $3, $4, COALESCE($5, '-infinity'),
+                 COALESCE($6, '-infinity'), $7, CASE WHEN ", $deleted, " THEN COALESCE($6, now()) END)
+             ON CONFLICT (clerk_org_id, clerk_user_id) DO UPDATE SET "
+        )
+    };
+}
 
-/// A delete also wins a tie with an upsert of the same instant; it keeps the last role.
-const DELETE: &str =
-    "INSERT INTO memberships (clerk_org_id, clerk_user_id, role, deleted, source_updated_at)
-     VALUES ($1, $2, '', true, $3)
-     ON CONFLICT (clerk_org_id, clerk_user_id) DO UPDATE SET
-         deleted = true, source_updated_at = EXCLUDED.source_updated_at
-     WHERE memberships.source_updated_at <= EXCLUDED.source_updated_at";
+/// Whether the row and the command both name their membership (else: ordered by time alone).
+macro_rules! known {
+    () => {
+        "(memberships.clerk_membership_id <> '' AND EXCLUDED.clerk_membership_id <> '')"
+    };
+}
+
+/// An upsert applies to a row of an earlier membership, or to older state of the same
+/// membership while it is not deleted.
+const UPSERT: &str = concat!(
+    membership_insert!("$8", "false"),
+    "role = EXCLUDED.role, deleted = false, deleted_at = NULL,
+     source_updated_at = EXCLUDED.source_updated_at,
+     recorded_at = CASE WHEN memberships.clerk_membership_id = EXCLUDED.clerk_membership_id
+                        THEN memberships.recorded_at ELSE now() END,
+     clerk_membership_id = EXCLUDED.clerk_membership_id,
+     membership_created_at = EXCLUDED.membership_created_at,
+     source_event_time = EXCLUDED.source_event_time, source_event_id = EXCLUDED.source_event_id
+     WHERE (", known!(), " AND (memberships.membership_created_at, memberships.clerk_membership_id)
+                               < (EXCLUDED.membership_created_at, EXCLUDED.clerk_membership_id))
+        OR (", known!(), " AND memberships.clerk_membership_id = EXCLUDED.clerk_membership_id
+            AND NOT memberships.deleted
+            AND (memberships.source_updated_at, memberships.source_event_time, memberships.source_event_id)
+              < (EXCLUDED.source_updated_at, EXCLUDED.source_event_time, EXCLUDED.source_event_id))
+        OR (NOT ", known!(), "
+            AND (memberships.source_updated_at, memberships.source_event_time, memberships.source_event_id)
+              < (EXCLUDED.source_updated_at, EXCLUDED.source_event_time, EXCLUDED.source_event_id))"
+);
+
+/// A delete ends this membership (final for its id) or an earlier one it replaced; a later
+/// membership is left alone. It keeps the last role.
+const DELETE: &str = concat!(
+    membership_insert!("''", "true"),
+    "deleted = true, deleted_at = EXCLUDED.deleted_at,
+     source_updated_at = EXCLUDED.source_updated_at,
+     clerk_membership_id = CASE WHEN EXCLUDED.clerk_membership_id = ''
+         THEN memberships.clerk_membership_id ELSE EXCLUDED.clerk_membership_id END,
+     membership_created_at = CASE WHEN EXCLUDED.clerk_membership_id = ''
+         THEN memberships.membership_created_at ELSE EXCLUDED.membership_created_at END,
+     source_event_time = EXCLUDED.source_event_time, source_event_id = EXCLUDED.source_event_id
+     WHERE (",
+    known!(),
+    " AND (memberships.membership_created_at, memberships.clerk_membership_id)
+                               < (EXCLUDED.membership_created_at, EXCLUDED.clerk_membership_id))
+        OR (",
+    known!(),
+    " AND memberships.clerk_membership_id = EXCLUDED.clerk_membership_id
+            AND NOT memberships.deleted)
+        OR (NOT ",
+    known!(),
+    " AND memberships.source_updated_at <= EXCLUDED.source_updated_at)"
+);
 
 /// Applies a membership upsert or delete, in source order.
 pub async fn change_membership(
@@ -55,24 +114,22 @@ pub async fn change_membership(
         if org_tombstoned(conn, &cmd.org).await? || user_removed(conn, &cmd.user).await? {
             return Ok(Outcome::Stale);
         }
+        let statement = prepared(if cmd.role.is_some() { UPSERT } else { DELETE })
+            .bind::<Text, _>(cmd.org.as_str())
+            .bind::<Text, _>(cmd.user.as_str())
+            .bind::<Timestamptz, _>(cmd.occurred_at)
+            .bind::<Text, _>(&cmd.membership_id)
+            .bind::<Nullable<Timestamptz>, _>(cmd.membership_created_at)
+            .bind::<Nullable<Timestamptz>, _>(cmd.event_time)
+            .bind::<Text, _>(cmd.event_id.as_str());
         let n = match &cmd.role {
             Some(role) => {
-                prepared(UPSERT)
-                    .bind::<Text, _>(cmd.org.as_str())
-                    .bind::<Text, _>(cmd.user.as_str())
+                statement
                     .bind::<Text, _>(role.as_str())
-                    .bind::<Timestamptz, _>(cmd.occurred_at)
                     .execute(conn)
                     .await?
             }
-            None => {
-                prepared(DELETE)
-                    .bind::<Text, _>(cmd.org.as_str())
-                    .bind::<Text, _>(cmd.user.as_str())
-                    .bind::<Timestamptz, _>(cmd.occurred_at)
-                    .execute(conn)
-                    .await?
-            }
+            None => statement.execute(conn).await?,
         };
         Ok(if n == 1 {
             Outcome::Applied

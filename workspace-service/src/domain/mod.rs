@@ -13,6 +13,7 @@ pub mod memberships;
 pub mod messages;
 pub mod purge;
 pub mod receipts;
+pub mod reconcile;
 pub mod rooms;
 pub mod users;
 pub mod workspaces;

@@ -65,7 +65,8 @@ pub async fn enqueue_purge(
 #[derive(Debug, Clone)]
 pub struct DeleteWorkspace {
     pub event_id: EventId,
-    pub occurred_at: DateTime<Utc>,
+    /// When Clerk deleted it; `None`: unknown (the time of recording is kept).
+    pub occurred_at: Option<DateTime<Utc>>,
     pub org: OrgId,
 }
 
@@ -92,10 +93,10 @@ pub async fn delete_workspace(
         }
         LockKey::Org(&cmd.org).lock(conn).await?;
         let new_tombstone = prepared(
-            "INSERT INTO workspace_tombstones (clerk_org_id, deleted_at) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+            "INSERT INTO workspace_tombstones (clerk_org_id, deleted_at) VALUES ($1, COALESCE($2, now())) ON CONFLICT DO NOTHING",
         )
         .bind::<Text, _>(cmd.org.as_str())
-        .bind::<Timestamptz, _>(cmd.occurred_at)
+        .bind::<Nullable<Timestamptz>, _>(cmd.occurred_at)
         .execute(conn)
         .await?;
         #[derive(QueryableByName)]

@@ -6,7 +6,7 @@ use super::Outcome;
 use crate::error::Error;
 use crate::model::{EventId, LockKey, UserId};
 use chrono::{DateTime, Utc};
-use diesel::sql_types::{Text, Timestamptz};
+use diesel::sql_types::{Nullable, Text, Timestamptz};
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use service_runtime::db::record_delivery;
 use service_runtime::prepared;
@@ -15,7 +15,9 @@ use service_runtime::prepared;
 #[derive(Debug, Clone)]
 pub struct RemoveUser {
     pub event_id: EventId,
-    pub occurred_at: DateTime<Utc>,
+    /// When Clerk deleted the user; `None`: unknown (the time of recording is kept, which
+    /// refuses every token issued before it).
+    pub occurred_at: Option<DateTime<Utc>>,
     pub user: UserId,
 }
 
@@ -40,10 +42,10 @@ pub async fn remove_user(conn: &mut AsyncPgConnection, cmd: &RemoveUser) -> Resu
         }
         LockKey::User(&cmd.user).lock(conn).await?;
         let new = prepared(
-            "INSERT INTO removed_users (clerk_user_id, removed_at) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+            "INSERT INTO removed_users (clerk_user_id, removed_at) VALUES ($1, COALESCE($2, now())) ON CONFLICT DO NOTHING",
         )
         .bind::<Text, _>(user)
-        .bind::<Timestamptz, _>(cmd.occurred_at)
+        .bind::<Nullable<Timestamptz>, _>(cmd.occurred_at)
         .execute(conn)
         .await?;
         let memberships = prepared("DELETE FROM memberships WHERE clerk_user_id = $1")

@@ -8,14 +8,14 @@ use crate::model::{EventId, LockKey, OrgId, UserId};
 use crate::schema::workspaces;
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
-use diesel::sql_types::{Text, Uuid as SqlUuid};
+use diesel::sql_types::{Nullable, Text, Timestamptz, Uuid as SqlUuid};
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use service_runtime::db::record_delivery;
 use service_runtime::prepared;
 use uuid::Uuid;
 
 /// A stored workspace.
-#[derive(Debug, Clone, PartialEq, Eq, Queryable, Selectable)]
+#[derive(Debug, Clone, PartialEq, Eq, Queryable, Selectable, QueryableByName)]
 #[diesel(table_name = workspaces)]
 pub struct WorkspaceRecord {
     pub id: Uuid,
@@ -33,6 +33,8 @@ pub struct WorkspaceRecord {
 pub struct UpsertWorkspace {
     pub event_id: EventId,
     pub occurred_at: DateTime<Utc>,
+    /// When the source said it (tie-break between states of the same `occurred_at`).
+    pub event_time: Option<DateTime<Utc>>,
     pub org: OrgId,
     pub name: String,
     pub slug: Option<String>,
@@ -125,6 +127,9 @@ pub async fn upsert_workspace(
                         workspaces::slug.eq(&cmd.slug),
                         workspaces::owner_clerk_id.eq(owner),
                         workspaces::source_updated_at.eq(cmd.occurred_at),
+                        workspaces::source_event_id.eq(cmd.event_id.as_str()),
+                        // None: the column's default, '-infinity' (loses every tie).
+                        cmd.event_time.map(|t| workspaces::source_event_time.eq(t)),
                     ))
                     .returning(WorkspaceRecord::as_returning())
                     .get_result(conn)
@@ -140,23 +145,33 @@ pub async fn upsert_workspace(
                 .await?;
                 Ok((Outcome::Applied, Some(ws)))
             }
-            Some(existing) if existing.source_updated_at >= cmd.occurred_at => {
-                Ok((Outcome::Stale, Some(existing)))
-            }
             Some(existing) => {
-                let ws: WorkspaceRecord = diesel::update(workspaces::table.find(existing.id))
-                    .set((
-                        workspaces::name.eq(&cmd.name),
-                        workspaces::slug.eq(&cmd.slug),
-                        workspaces::owner_clerk_id
-                            .eq(owner.map(str::to_owned).or(existing.owner_clerk_id)),
-                        workspaces::source_updated_at.eq(cmd.occurred_at),
-                        workspaces::updated_at.eq(diesel::dsl::now),
-                    ))
-                    .returning(WorkspaceRecord::as_returning())
-                    .get_result(conn)
-                    .await?;
-                Ok((Outcome::Applied, Some(ws)))
+                // Newer state, or the same instant said later (then the greater event id).
+                let ws: Option<WorkspaceRecord> = prepared(
+                    "UPDATE workspaces SET name = $2, slug = $3,
+                         owner_clerk_id = COALESCE($4, owner_clerk_id), source_updated_at = $5,
+                         source_event_time = COALESCE($6, '-infinity'), source_event_id = $7,
+                         updated_at = now()
+                     WHERE id = $1
+                       AND (source_updated_at, source_event_time, source_event_id)
+                         < ($5, COALESCE($6, '-infinity'), $7)
+                     RETURNING id, clerk_org_id, name, slug, owner_clerk_id, source_updated_at,
+                               created_at, updated_at",
+                )
+                .bind::<SqlUuid, _>(existing.id)
+                .bind::<Text, _>(&cmd.name)
+                .bind::<Nullable<Text>, _>(&cmd.slug)
+                .bind::<Nullable<Text>, _>(owner)
+                .bind::<Timestamptz, _>(cmd.occurred_at)
+                .bind::<Nullable<Timestamptz>, _>(cmd.event_time)
+                .bind::<Text, _>(cmd.event_id.as_str())
+                .get_result(conn)
+                .await
+                .optional()?;
+                Ok(match ws {
+                    Some(ws) => (Outcome::Applied, Some(ws)),
+                    None => (Outcome::Stale, Some(existing)),
+                })
             }
         }
     })

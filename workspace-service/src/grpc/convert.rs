@@ -141,6 +141,7 @@ parse!(pb::UpsertWorkspaceCommand => UpsertWorkspace, |m| {
     Ok(UpsertWorkspace {
         event_id,
         occurred_at,
+        event_time: v::optional_time(m.event_time.as_ref()),
         org,
         name,
         slug: Some(m.slug.trim().to_owned()).filter(|s| !s.is_empty()),
@@ -151,39 +152,66 @@ parse!(pb::UpsertWorkspaceCommand => UpsertWorkspace, |m| {
 parse!(pb::DeleteWorkspaceCommand => DeleteWorkspace, |m| {
     Ok(DeleteWorkspace {
         event_id: EventId::parse(&m.event_id)?,
-        occurred_at: v::occurred_at(m.occurred_at.as_ref())?,
+        occurred_at: v::optional_time(m.occurred_at.as_ref()),
         org: OrgId::parse("clerk_org_id", &m.clerk_org_id)?,
     })
 });
 
-fn membership(
-    event_id: &str,
-    occurred_at: Option<&prost_types::Timestamp>,
-    org: &str,
-    user: &str,
-    role: Option<&str>,
-) -> Result<MembershipChange, Error> {
+/// The fields both membership commands carry.
+struct MembershipFields<'a> {
+    event_id: &'a str,
+    occurred_at: Option<&'a prost_types::Timestamp>,
+    org: &'a str,
+    user: &'a str,
+    membership_id: &'a str,
+    created_at: Option<&'a prost_types::Timestamp>,
+    event_time: Option<&'a prost_types::Timestamp>,
+}
+
+fn membership(f: MembershipFields<'_>, role: Option<&str>) -> Result<MembershipChange, Error> {
+    if !f.membership_id.is_empty() {
+        v::clerk_id("clerk_membership_id", "orgmem_", f.membership_id)?;
+    }
     Ok(MembershipChange {
-        event_id: EventId::parse(event_id)?,
-        occurred_at: v::occurred_at(occurred_at)?,
-        org: OrgId::parse("clerk_org_id", org)?,
-        user: UserId::parse("clerk_user_id", user)?,
+        event_id: EventId::parse(f.event_id)?,
+        occurred_at: v::occurred_at(f.occurred_at)?,
+        org: OrgId::parse("clerk_org_id", f.org)?,
+        user: UserId::parse("clerk_user_id", f.user)?,
         role: role.map(Role::parse).transpose()?,
+        membership_id: f.membership_id.to_owned(),
+        membership_created_at: v::optional_time(f.created_at),
+        event_time: v::optional_time(f.event_time),
     })
 }
 
 parse!(pb::UpsertMembershipCommand => MembershipChange, |m| {
-    membership(&m.event_id, m.occurred_at.as_ref(), &m.clerk_org_id, &m.clerk_user_id, Some(&m.role))
+    membership(MembershipFields {
+        event_id: &m.event_id,
+        occurred_at: m.occurred_at.as_ref(),
+        org: &m.clerk_org_id,
+        user: &m.clerk_user_id,
+        membership_id: &m.clerk_membership_id,
+        created_at: m.membership_created_at.as_ref(),
+        event_time: m.event_time.as_ref(),
+    }, Some(&m.role))
 });
 
 parse!(pb::DeleteMembershipCommand => MembershipChange, |m| {
-    membership(&m.event_id, m.occurred_at.as_ref(), &m.clerk_org_id, &m.clerk_user_id, None)
+    membership(MembershipFields {
+        event_id: &m.event_id,
+        occurred_at: m.occurred_at.as_ref(),
+        org: &m.clerk_org_id,
+        user: &m.clerk_user_id,
+        membership_id: &m.clerk_membership_id,
+        created_at: m.membership_created_at.as_ref(),
+        event_time: m.event_time.as_ref(),
+    }, None)
 });
 
 parse!(pb::RemoveUserCommand => RemoveUser, |m| {
     Ok(RemoveUser {
         event_id: EventId::parse(&m.event_id)?,
-        occurred_at: v::occurred_at(m.occurred_at.as_ref())?,
+        occurred_at: v::optional_time(m.occurred_at.as_ref()),
         user: UserId::parse("clerk_user_id", &m.clerk_user_id)?,
     })
 });

@@ -8,6 +8,7 @@ mod items;
 mod meetings;
 mod messages;
 pub mod policy;
+mod reconcile;
 mod rooms;
 mod sync;
 mod workspaces;
@@ -145,6 +146,41 @@ impl WorkspaceService for WorkspaceApi {
 
     async fn remove_user(&self, req: Request<pb::RemoveUserCommand>) -> R<pb::RemoveUserResponse> {
         sync::remove_user(self, req).await
+    }
+
+    async fn compare_workspaces(
+        &self,
+        req: Request<pb::CompareWorkspacesRequest>,
+    ) -> R<pb::CompareResponse> {
+        reconcile::compare_workspaces(self, req).await
+    }
+
+    async fn compare_memberships(
+        &self,
+        req: Request<pb::CompareMembershipsRequest>,
+    ) -> R<pb::CompareResponse> {
+        reconcile::compare_memberships(self, req).await
+    }
+
+    async fn list_unseen_workspaces(
+        &self,
+        req: Request<pb::ListUnseenRequest>,
+    ) -> R<pb::ListUnseenWorkspacesResponse> {
+        reconcile::list_unseen_workspaces(self, req).await
+    }
+
+    async fn list_unseen_memberships(
+        &self,
+        req: Request<pb::ListUnseenRequest>,
+    ) -> R<pb::ListUnseenMembershipsResponse> {
+        reconcile::list_unseen_memberships(self, req).await
+    }
+
+    async fn finish_reconcile(
+        &self,
+        req: Request<pb::FinishReconcileRequest>,
+    ) -> R<pb::FinishReconcileResponse> {
+        reconcile::finish_reconcile(self, req).await
     }
 
     async fn get_workspace(

@@ -12,6 +12,18 @@ pub const SYNC_COMMANDS: &[&str] = &[
     "RemoveUser",
 ];
 
+/// Reconcile, for the webhook gateway's service token only.
+pub const RECONCILE_METHODS: &[&str] = &[
+    "CompareWorkspaces",
+    "CompareMemberships",
+    "ListUnseenWorkspaces",
+    "ListUnseenMemberships",
+    "FinishReconcile",
+];
+
+/// The `sub` of the webhook gateway's service tokens.
+pub const GATEWAY: &str = "webhook-gateway";
+
 /// Methods for users (within their active workspace) and for services.
 pub const CONTENT_METHODS: &[&str] = &[
     "GetWorkspace",
@@ -43,5 +55,6 @@ pub const CONTENT_METHODS: &[&str] = &[
 pub fn policy() -> MethodPolicy {
     MethodPolicy::new(crate::SERVICE_NAME)
         .allow_all(SYNC_COMMANDS, Access::Service)
+        .allow_all(RECONCILE_METHODS, Access::ServiceNamed(GATEWAY))
         .allow_all(CONTENT_METHODS, Access::UserOrService)
 }

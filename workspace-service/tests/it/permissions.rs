@@ -245,6 +245,8 @@ async fn access_follows_clerks_changes_not_only_the_token() {
         occurred_at: support::ts(support::T0 + after_now(2)),
         clerk_org_id: "org_a".into(),
         clerk_user_id: "user_gone".into(),
+        event_time: support::ts(support::T0 + after_now(2)),
+        ..Default::default()
     }))
     .await
     .unwrap();

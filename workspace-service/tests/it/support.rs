@@ -234,6 +234,7 @@ pub fn upsert_ws(event: &str, at: i64, org: &str, name: &str) -> pb::UpsertWorks
         name: name.into(),
         slug: "acme".into(),
         owner_clerk_id: "user_owner".into(),
+        event_time: None,
     }
 }
 
@@ -258,6 +259,7 @@ pub fn membership(
         clerk_org_id: org.into(),
         clerk_user_id: user.into(),
         role: role.into(),
+        ..Default::default()
     }
 }
 

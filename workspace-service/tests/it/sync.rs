@@ -214,6 +214,7 @@ async fn membership_changes_follow_source_order() {
             occurred_at: ts(T0 + at),
             clerk_org_id: "org_a".into(),
             clerk_user_id: "user_1".into(),
+            ..Default::default()
         })
     };
     c.upsert_membership(up("a", 20, "org:admin")).await.unwrap();

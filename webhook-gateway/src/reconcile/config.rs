@@ -1,0 +1,183 @@
+//! `webhook-gateway reconcile` settings and options.
+
+use crate::DownstreamArgs;
+use crate::clerk_api::HttpSettings;
+use service_runtime::{LogFormat, Secret};
+use std::time::Duration;
+
+/// What a run covers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    Users,
+    Organizations,
+    Memberships,
+}
+
+impl Kind {
+    /// All kinds, in the order a run takes them.
+    pub const ALL: [Kind; 3] = [Kind::Users, Kind::Organizations, Kind::Memberships];
+
+    /// `users`, `organizations`, `memberships`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Users => "users",
+            Kind::Organizations => "organizations",
+            Kind::Memberships => "memberships",
+        }
+    }
+}
+
+/// Clerk's Backend API settings.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ClerkApiArgs {
+    /// The instance's secret key, `sk_live_...` or `sk_test_...` (needed for reconcile only).
+    #[arg(long, env = "CLERK_SECRET_KEY", hide_env_values = true)]
+    pub clerk_secret_key: Secret,
+    /// Clerk's Backend API base URL.
+    #[arg(
+        long,
+        env = "CLERK_API_URL",
+        default_value = "https://api.clerk.com/v1"
+    )]
+    pub clerk_api_url: String,
+    /// Requests started per CLERK_API_WINDOW_SECS at most (Clerk allows 100 per 10 s on
+    /// development instances, 1000 on production ones).
+    #[arg(long, env = "CLERK_API_MAX_REQUESTS", default_value_t = 50)]
+    pub clerk_api_max_requests: usize,
+    /// The rate window, seconds.
+    #[arg(long, env = "CLERK_API_WINDOW_SECS", default_value_t = 10)]
+    pub clerk_api_window_secs: u64,
+    /// Items per list request (1 to 500, Clerk's maximum).
+    #[arg(long, env = "CLERK_API_PAGE_SIZE", default_value_t = 500)]
+    pub clerk_api_page_size: usize,
+    /// Retries of a request that failed with 5xx or a timeout, before the run stops.
+    #[arg(long, env = "CLERK_API_MAX_RETRIES", default_value_t = 5)]
+    pub clerk_api_max_retries: u32,
+    /// First retry delay, milliseconds (doubled per retry, at most 30 s).
+    #[arg(long, env = "CLERK_API_RETRY_BASE_MS", default_value_t = 500)]
+    pub clerk_api_retry_base_ms: u64,
+    /// Deadline of one request, seconds.
+    #[arg(long, env = "CLERK_API_TIMEOUT_SECS", default_value_t = 30)]
+    pub clerk_api_timeout_secs: u64,
+}
+
+impl ClerkApiArgs {
+    /// What is out of range, if anything.
+    pub fn check(&self) -> Result<(), String> {
+        let key = self.clerk_secret_key.expose();
+        if !key.starts_with("sk_") || key.len() < 8 || key.chars().any(char::is_whitespace) {
+            return Err(
+                "CLERK_SECRET_KEY must be the instance's secret key (sk_live_... or sk_test_...)"
+                    .into(),
+            );
+        }
+        if !token_auth::acceptable_jwks_url(&self.clerk_api_url) {
+            return Err(format!(
+                "CLERK_API_URL ({}) must be an https URL (http only on localhost)",
+                self.clerk_api_url
+            ));
+        }
+        if !(1..=500).contains(&self.clerk_api_page_size) {
+            return Err(format!(
+                "CLERK_API_PAGE_SIZE ({}) must be from 1 to 500",
+                self.clerk_api_page_size
+            ));
+        }
+        if !(1..=10_000).contains(&self.clerk_api_max_requests)
+            || !(1..=3600).contains(&self.clerk_api_window_secs)
+        {
+            return Err(
+                "CLERK_API_MAX_REQUESTS must be 1 to 10000 and CLERK_API_WINDOW_SECS 1 to 3600"
+                    .into(),
+            );
+        }
+        if !(1..=300).contains(&self.clerk_api_timeout_secs) || self.clerk_api_max_retries > 20 {
+            return Err(
+                "CLERK_API_TIMEOUT_SECS must be 1 to 300 and CLERK_API_MAX_RETRIES at most 20"
+                    .into(),
+            );
+        }
+        Ok(())
+    }
+
+    /// The HTTP client's settings.
+    pub fn http(&self) -> HttpSettings {
+        HttpSettings {
+            base_url: self.clerk_api_url.clone(),
+            secret_key: self.clerk_secret_key.clone(),
+            max_requests: self.clerk_api_max_requests,
+            window: Duration::from_secs(self.clerk_api_window_secs),
+            max_retries: self.clerk_api_max_retries,
+            retry_base: Duration::from_millis(self.clerk_api_retry_base_ms),
+            timeout: Duration::from_secs(self.clerk_api_timeout_secs),
+        }
+    }
+}
+
+/// `webhook-gateway reconcile`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ReconcileConfig {
+    #[command(flatten)]
+    pub clerk: ClerkApiArgs,
+    #[command(flatten)]
+    pub downstream: DownstreamArgs,
+    /// Report the differences; write nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Only this user (`user_...`) and its memberships.
+    #[arg(long, conflicts_with = "org")]
+    pub user: Option<String>,
+    /// Only this organization (`org_...`) and its memberships.
+    #[arg(long)]
+    pub org: Option<String>,
+    /// Only this kind.
+    #[arg(long, value_enum)]
+    pub only: Option<Kind>,
+    /// Print the summary as JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// `json` or `pretty` (logs, on stderr).
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Json)]
+    pub log_format: LogFormat,
+}
+
+impl ReconcileConfig {
+    /// What is out of range, if anything.
+    pub fn check(&self) -> Result<(), String> {
+        self.clerk.check()?;
+        self.downstream.check()?;
+        if let Some(u) = &self.user {
+            input_ok("--user", "user_", u)?;
+        }
+        if let Some(o) = &self.org {
+            input_ok("--org", "org_", o)?;
+        }
+        Ok(())
+    }
+
+    /// The kinds this run covers.
+    pub fn kinds(&self) -> Vec<Kind> {
+        Kind::ALL
+            .into_iter()
+            .filter(|k| self.only.is_none_or(|o| o == *k))
+            .filter(|k| match k {
+                Kind::Users => self.org.is_none(),
+                Kind::Organizations => self.user.is_none(),
+                Kind::Memberships => true,
+            })
+            .collect()
+    }
+}
+
+fn input_ok(flag: &str, prefix: &str, id: &str) -> Result<(), String> {
+    let ok = id.len() <= 64
+        && id.strip_prefix(prefix).is_some_and(|r| {
+            !r.is_empty() && r.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+        });
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("{flag} must be a Clerk id starting with {prefix}"))
+    }
+}

@@ -1,0 +1,178 @@
+//! `webhook-gateway reconcile`: makes our data equal to Clerk's by paging its Backend API.
+//!
+//! Per kind (users, organizations, memberships): page Clerk's listing oldest first (the next
+//! page is fetched while the current one is compared and applied); ask the owning service how
+//! each item compares with what it holds ([`Comparison`](vbase_proto::identity::v1::Comparison),
+//! which also records the item as seen by the run); send what is missing or older as the
+//! ordinary sync commands, with `occurred_at` = the resource's `updated_at` and an event id that
+//! names the run, so the services' ordering guard decides exactly as for a webhook and a newer
+//! webhook is never rolled back. Only when the listing of a kind was read to its end: ask the
+//! service for what it holds that the run did not see (created before the run started), confirm
+//! each with Clerk's single-resource endpoint (404), and delete it. Memory holds a page or two,
+//! whatever the number of users.
+
+pub mod config;
+mod kinds;
+pub mod summary;
+
+use crate::clerk_api::{ApiError, ClerkBackend, ClerkHttp};
+use crate::forward::{Downstream, ForwardError};
+use config::{Kind, ReconcileConfig};
+use std::time::Instant;
+use summary::{KindSummary, Summary};
+
+/// Why a run stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(transparent)]
+    Clerk(#[from] ApiError),
+    /// A service could not be reached or failed (not a refusal of one item).
+    #[error("services: {0}")]
+    Services(String),
+}
+
+impl From<ForwardError> for RunError {
+    fn from(e: ForwardError) -> Self {
+        RunError::Services(e.to_string())
+    }
+}
+
+impl From<tonic::Status> for RunError {
+    fn from(s: tonic::Status) -> Self {
+        RunError::Services(format!("{:?}: {}", s.code(), s.message()))
+    }
+}
+
+/// What one run is asked to do.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub dry_run: bool,
+    pub kinds: Vec<Kind>,
+    /// One user or organization only.
+    pub scope: Scope,
+    pub page_size: usize,
+}
+
+/// The part of Clerk a run covers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Scope {
+    All,
+    User(String),
+    Org(String),
+}
+
+impl Scope {
+    /// The id the services filter candidates by (empty: all).
+    fn id(&self) -> &str {
+        match self {
+            Scope::All => "",
+            Scope::User(id) | Scope::Org(id) => id,
+        }
+    }
+}
+
+/// Runs `webhook-gateway reconcile`: builds the clients from `config` and runs the plan.
+pub async fn execute(config: &ReconcileConfig) -> anyhow::Result<Summary> {
+    config.check().map_err(anyhow::Error::msg)?;
+    let clerk = ClerkHttp::new(config.clerk.http()).map_err(anyhow::Error::msg)?;
+    let metrics = crate::metrics::Metrics::register(&mut Default::default());
+    let downstream = config.downstream.connect(metrics, 4)?;
+    let scope = match (&config.user, &config.org) {
+        (Some(u), _) => Scope::User(u.clone()),
+        (None, Some(o)) => Scope::Org(o.clone()),
+        (None, None) => Scope::All,
+    };
+    let plan = Plan {
+        dry_run: config.dry_run,
+        kinds: config.kinds(),
+        scope,
+        page_size: config.clerk.clerk_api_page_size,
+    };
+    Ok(run(&clerk, &downstream, &plan).await)
+}
+
+/// Runs `plan` against `clerk` and the services. Never fails: a run that stops says why in
+/// [`Summary::error`] and has `completed == false`.
+pub async fn run(clerk: &impl ClerkBackend, downstream: &Downstream, plan: &Plan) -> Summary {
+    let started = Instant::now();
+    let ctx = kinds::Ctx::new(clerk, downstream, plan);
+    let requests_before = clerk.requests();
+    tracing::info!(run_id = %ctx.run, dry_run = plan.dry_run, kinds = ?plan.kinds, "reconcile started");
+    let mut summaries: Vec<KindSummary> = plan.kinds.iter().map(|k| KindSummary::new(*k)).collect();
+    // First every listing, then the deletions (memberships first, users last), and those only
+    // when every listing completed: a membership Clerk no longer has is deleted as itself, not
+    // as a side effect of its organization's or user's deletion, so a dry run reports exactly
+    // what the run applies.
+    let mut error = None;
+    for (kind, s) in plan.kinds.iter().zip(summaries.iter_mut()) {
+        let result = measured(clerk, s, async |s| match kind {
+            Kind::Users => kinds::users(&ctx, s).await,
+            Kind::Organizations => kinds::organizations(&ctx, s).await,
+            Kind::Memberships => kinds::memberships(&ctx, s).await,
+        })
+        .await;
+        if let Err(e) = result {
+            error = Some(format!("{}: {e}", kind.name()));
+            break;
+        }
+    }
+    if error.is_none() {
+        for (kind, s) in plan.kinds.iter().zip(summaries.iter_mut()).rev() {
+            let result = measured(clerk, s, async |s| match kind {
+                Kind::Users => kinds::sweep_users(&ctx, s).await,
+                Kind::Organizations => kinds::sweep_organizations(&ctx, s).await,
+                Kind::Memberships => kinds::sweep_memberships(&ctx, s).await,
+            })
+            .await;
+            if let Err(e) = result {
+                error = Some(format!("{} deletions: {e}", kind.name()));
+                break;
+            }
+        }
+    }
+    match &error {
+        Some(e) => tracing::error!(error = %e, "reconcile stopped"),
+        None => tracing::info!("reconcile completed"),
+    }
+    // Kinds not reached report nothing.
+    summaries.retain(|s| s.listing_complete || s.listed > 0 || s.requests > 0);
+    for s in &summaries {
+        tracing::info!(
+            kind = s.kind,
+            listed = s.listed,
+            created = s.created,
+            updated = s.updated,
+            unchanged = s.unchanged,
+            deleted = s.deleted,
+            stale = s.stale,
+            refused = s.refused,
+            kept = s.kept,
+            requests = s.requests,
+            listing_complete = s.listing_complete,
+            "reconcile kind"
+        );
+    }
+    ctx.finish().await;
+    Summary {
+        run_id: ctx.run.to_string(),
+        dry_run: plan.dry_run,
+        completed: error.is_none(),
+        error,
+        requests: clerk.requests() - requests_before,
+        duration_secs: started.elapsed().as_secs_f64(),
+        kinds: summaries,
+    }
+}
+
+/// Runs one step of a kind, adding its Clerk requests and time to the kind's summary.
+async fn measured(
+    clerk: &impl ClerkBackend,
+    s: &mut KindSummary,
+    step: impl AsyncFnOnce(&mut KindSummary) -> Result<(), RunError>,
+) -> Result<(), RunError> {
+    let (t, before) = (Instant::now(), clerk.requests());
+    let r = step(s).await;
+    s.requests += clerk.requests() - before;
+    s.duration_secs += t.elapsed().as_secs_f64();
+    r
+}

@@ -1,0 +1,115 @@
+//! What a reconcile run did, per kind: logged, printed, and in `--json`.
+
+use super::config::Kind;
+use serde::Serialize;
+use std::fmt::Write as _;
+
+/// Counts of one kind. In a dry run, `created`, `updated` and `deleted` count what the run
+/// would have done.
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct KindSummary {
+    pub kind: String,
+    /// Listed by Clerk.
+    pub listed: u64,
+    pub created: u64,
+    pub updated: u64,
+    /// Held as listed.
+    pub unchanged: u64,
+    /// Held here but gone from Clerk (confirmed with a 404).
+    pub deleted: u64,
+    /// Newer data or a deletion is held here (a webhook was faster): left alone.
+    pub stale: u64,
+    /// Listed by Clerk but not usable (does not parse, or a service refused it): logged with
+    /// its id, nothing written.
+    pub refused: u64,
+    /// Not in the listing but still found in Clerk when checked: left alone.
+    pub kept: u64,
+    /// Clerk requests this kind made.
+    pub requests: u64,
+    pub duration_secs: f64,
+    /// Whether Clerk's listing of this kind was read to its end (deletions need it).
+    pub listing_complete: bool,
+}
+
+impl KindSummary {
+    /// Empty counts for `kind`.
+    pub fn new(kind: Kind) -> Self {
+        Self {
+            kind: kind.name().to_owned(),
+            ..Self::default()
+        }
+    }
+}
+
+/// A whole run.
+#[derive(Debug, Clone, Serialize)]
+pub struct Summary {
+    /// Names the run in every event id it sends (`reconcile-<run_id>-...`).
+    pub run_id: String,
+    pub dry_run: bool,
+    /// Every kind finished.
+    pub completed: bool,
+    /// Why the run stopped, when it did.
+    pub error: Option<String>,
+    pub requests: u64,
+    pub duration_secs: f64,
+    pub kinds: Vec<KindSummary>,
+}
+
+impl Summary {
+    /// A table for people.
+    pub fn table(&self) -> String {
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "reconcile {} {}{} in {:.1} s, {} Clerk requests",
+            self.run_id,
+            if self.completed {
+                "completed"
+            } else {
+                "STOPPED"
+            },
+            if self.dry_run {
+                " (dry run: nothing written)"
+            } else {
+                ""
+            },
+            self.duration_secs,
+            self.requests
+        );
+        let _ = writeln!(
+            out,
+            "{:<14}{:>9}{:>9}{:>9}{:>10}{:>9}{:>8}{:>9}{:>7}{:>10}",
+            "kind",
+            "listed",
+            "created",
+            "updated",
+            "unchanged",
+            "deleted",
+            "stale",
+            "refused",
+            "kept",
+            "requests"
+        );
+        for k in &self.kinds {
+            let _ = writeln!(
+                out,
+                "{:<14}{:>9}{:>9}{:>9}{:>10}{:>9}{:>8}{:>9}{:>7}{:>10}",
+                k.kind,
+                k.listed,
+                k.created,
+                k.updated,
+                k.unchanged,
+                k.deleted,
+                k.stale,
+                k.refused,
+                k.kept,
+                k.requests
+            );
+        }
+        if let Some(e) = &self.error {
+            let _ = writeln!(out, "stopped: {e}");
+        }
+        out
+    }
+}

@@ -1,0 +1,392 @@
+//! The stack every gateway test runs: real identity and workspace services on real Postgres,
+//! the real gateway in front, and the signed events to send it.
+
+use ephemeral_postgres::TestDatabase;
+use serde_json::{Value, json};
+use service_harness::{Issuers, RunningServer, eventually};
+use service_runtime::LogFormat;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+use vbase_proto::identity::v1 as idp;
+use vbase_proto::identity::v1::identity_service_client::IdentityServiceClient;
+use vbase_proto::workspace::v1 as wsp;
+use vbase_proto::workspace::v1::workspace_service_client::WorkspaceServiceClient;
+
+pub const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+pub const NEXT_SECRET: &str = "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD";
+
+pub struct Stack {
+    /// How the gateway reaches the services (reconcile runs use the same).
+    pub downstream: webhook_gateway::DownstreamArgs,
+    pub issuers: Issuers,
+    pub _dbs: (TestDatabase, TestDatabase),
+    pub identity_cfg: identity_service::Config,
+    pub identity: Option<RunningServer>,
+    pub workspace: RunningServer,
+    pub gateway: RunningServer,
+    pub http: reqwest::Client,
+    /// Calls to `UpsertUsers` refused, when the gateway talks to an older identity-service.
+    pub refused_batches: Option<Arc<AtomicUsize>>,
+}
+
+pub async fn stack(secrets: &str) -> Stack {
+    stack_with(secrets, None, false, None).await
+}
+
+/// An identity-service from before `UpsertUsers` (mid-rollout): an HTTP/2 proxy in front of the
+/// real one that answers that method as a tonic server answers a method it does not have
+/// (UNIMPLEMENTED, trailers only) and passes every other call through. Returns its address and
+/// the count of calls it refused.
+pub async fn older_identity(upstream: SocketAddr) -> (SocketAddr, Arc<AtomicUsize>) {
+    use http_body_util::{Either, Empty};
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let refused = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&refused);
+    tokio::spawn(async move {
+        while let Ok((downstream, _)) = listener.accept().await {
+            let counter = Arc::clone(&counter);
+            tokio::spawn(async move {
+                let up = tokio::net::TcpStream::connect(upstream).await.unwrap();
+                let (send, conn) =
+                    hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(up))
+                        .await
+                        .unwrap();
+                tokio::spawn(conn);
+                let svc =
+                    hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                        let (mut send, counter) = (send.clone(), Arc::clone(&counter));
+                        async move {
+                            if req.uri().path() == "/vbase.identity.v1.IdentityService/UpsertUsers"
+                            {
+                                counter.fetch_add(1, Ordering::SeqCst);
+                                let refusal = http::Response::builder()
+                                    .header("content-type", "application/grpc")
+                                    .header("grpc-status", "12")
+                                    .header("grpc-message", "Method not found")
+                                    .body(Either::Left(Empty::<bytes::Bytes>::new()))
+                                    .unwrap();
+                                return Ok::<_, hyper::Error>(refusal);
+                            }
+                            Ok(send.send_request(req).await?.map(Either::Right))
+                        }
+                    });
+                let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(downstream), svc)
+                    .await;
+            });
+        }
+    });
+    (addr, refused)
+}
+
+/// `token_file`: use `SERVICE_TOKEN_FILE` (a platform-mounted token) instead of the signing key.
+/// `older`: the gateway reaches identity-service through [`older_identity`].
+/// `custom_kid`: the services' JWKS names the gateway's key `(kid, _)`, and the gateway is
+/// told so (`SERVICE_JWT_KEY_ID`) when the flag is true.
+pub async fn stack_with(
+    secrets: &str,
+    token_file: Option<std::path::PathBuf>,
+    older: bool,
+    custom_kid: Option<(&str, bool)>,
+) -> Stack {
+    let issuers = Issuers::new().await;
+    if let Some((kid, _)) = custom_kid {
+        let key = token_auth::signing::SigningKey::from_pem(
+            &std::fs::read_to_string(issuers.keys.signing_key_file()).unwrap(),
+        )
+        .unwrap()
+        .with_kid(kid);
+        std::fs::write(
+            issuers.keys.jwks_file(),
+            token_auth::signing::SigningKey::jwks(&[&key]).to_string(),
+        )
+        .unwrap();
+    }
+    let idb = service_harness::database(
+        "identity",
+        &service_runtime::db::migrations_fingerprint(&identity_service::MIGRATIONS),
+        |u| async move { identity_service::migrate(&u).await.map(|_| ()) },
+    )
+    .await;
+    let wdb = service_harness::database(
+        "workspace",
+        &service_runtime::db::migrations_fingerprint(&workspace_service::MIGRATIONS),
+        |u| async move { workspace_service::migrate(&u).await.map(|_| ()) },
+    )
+    .await;
+    let identity_cfg = identity_service::Config {
+        service: issuers.service_args(idb.url(), 8),
+        grpc_addr: "127.0.0.1:0".parse().unwrap(),
+        metrics_addr: "127.0.0.1:0".parse().unwrap(),
+        group_commit_slots: 2,
+        lookup_slots: 2,
+    };
+    let workspace_cfg = workspace_service::Config {
+        service: issuers.service_args(wdb.url(), 8),
+        liveblocks: workspace_service::LiveblocksArgs {
+            liveblocks_api_url: "http://127.0.0.1:9".into(),
+            liveblocks_secret_key: None,
+            liveblocks_concurrency: 4,
+            liveblocks_timeout_secs: 5,
+            liveblocks_lease_secs: 30,
+            liveblocks_backoff_base_ms: 100,
+            liveblocks_backoff_max_secs: 5,
+            liveblocks_poll_ms: 100,
+        },
+        purge: workspace_service::PurgeArgs {
+            purge_chunk_rows: 1000,
+            purge_concurrency: 2,
+            purge_poll_ms: 50,
+            purge_lease_secs: 10,
+        },
+        grpc_addr: "127.0.0.1:0".parse().unwrap(),
+        metrics_addr: "127.0.0.1:0".parse().unwrap(),
+    };
+    let ic = identity_cfg.clone();
+    let identity = RunningServer::start(|l, s| identity_service::run(ic, l, s)).await;
+    let workspace = RunningServer::start(|l, s| workspace_service::run(workspace_cfg, l, s)).await;
+    let (identity_addr, refused_batches) = if older {
+        let (addr, refused) = older_identity(identity.addr).await;
+        (addr, Some(refused))
+    } else {
+        (identity.addr, None)
+    };
+    let downstream = webhook_gateway::DownstreamArgs {
+        identity_service_url: format!("http://{identity_addr}"),
+        workspace_service_url: format!("http://{}", workspace.addr),
+        service_jwt_issuer: "vbase-internal".into(),
+        service_jwt_signing_key_file: if token_file.is_some() {
+            None
+        } else {
+            Some(issuers.keys.signing_key_file())
+        },
+        service_token_file: token_file,
+        service_jwt_key_id: custom_kid
+            .filter(|(_, told)| *told)
+            .map(|(kid, _)| kid.to_owned()),
+        downstream_timeout_secs: 3,
+    };
+    let gateway_cfg = webhook_gateway::Config {
+        http_addr: "127.0.0.1:0".parse().unwrap(),
+        clerk_webhook_secret: secrets.into(),
+        downstream: downstream.clone(),
+        identity_batch_slots: 4,
+        request_read_timeout_secs: 1,
+        max_connections: 64,
+        log_format: LogFormat::Pretty,
+    };
+    let gateway = RunningServer::start(|l, s| webhook_gateway::run(gateway_cfg, l, s)).await;
+    let s = Stack {
+        downstream,
+        issuers,
+        _dbs: (idb, wdb),
+        identity_cfg,
+        identity: Some(identity),
+        workspace,
+        gateway,
+        http: reqwest::Client::new(),
+        refused_batches,
+    };
+    // Ready once both services are SERVING (keys loaded, databases reachable).
+    eventually("gateway ready", Duration::from_secs(20), || async {
+        s.http
+            .get(format!("http://{}/readyz", s.gateway.addr))
+            .send()
+            .await
+            .is_ok_and(|r| r.status() == 200)
+    })
+    .await;
+    s
+}
+
+pub fn now() -> i64 {
+    token_auth::signing::now_secs()
+}
+
+impl Stack {
+    pub async fn post_raw(&self, headers: &[(&str, String)], body: Vec<u8>) -> (u16, String) {
+        let mut req = self
+            .http
+            .post(format!("http://{}/clerk", self.gateway.addr))
+            .body(body);
+        for (k, v) in headers {
+            req = req.header(*k, v);
+        }
+        let r = req.send().await.unwrap();
+        (r.status().as_u16(), r.text().await.unwrap_or_default())
+    }
+
+    pub async fn send_signed(
+        &self,
+        secret: &str,
+        id: &str,
+        ts: i64,
+        body: &Value,
+    ) -> (u16, String) {
+        let bytes = body.to_string().into_bytes();
+        let sig = svix::webhooks::Webhook::new(secret)
+            .unwrap()
+            .sign(id, ts, &bytes)
+            .unwrap();
+        self.post_raw(
+            &[
+                ("svix-id", id.into()),
+                ("svix-timestamp", ts.to_string()),
+                ("svix-signature", sig),
+            ],
+            bytes,
+        )
+        .await
+    }
+
+    pub async fn send(&self, id: &str, body: &Value) -> (u16, String) {
+        self.send_signed(SECRET, id, now(), body).await
+    }
+
+    /// The gateway's Prometheus text.
+    pub async fn metrics(&self) -> String {
+        self.http
+            .get(format!("http://{}/metrics", self.gateway.addr))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
+    /// Calls the gateway made to a downstream command (`upsert_users`, `upsert_user`, ...).
+    pub async fn downstream_calls(&self, command: &str) -> f64 {
+        let label = format!("command=\"{command}\"");
+        self.metrics()
+            .await
+            .lines()
+            .filter(|l| l.starts_with("webhook_downstream_latency_seconds_count"))
+            .filter(|l| l.contains(&label))
+            .filter_map(|l| l.split_whitespace().last()?.parse::<f64>().ok())
+            .sum()
+    }
+
+    pub async fn identity(&self) -> IdentityServiceClient<tonic::transport::Channel> {
+        IdentityServiceClient::new(self.identity.as_ref().unwrap().channel().await)
+    }
+
+    pub async fn workspace(&self) -> WorkspaceServiceClient<tonic::transport::Channel> {
+        WorkspaceServiceClient::new(self.workspace.channel().await)
+    }
+
+    pub async fn user(&self, id: &str) -> Option<idp::User> {
+        let mut c = self.identity().await;
+        match c
+            .get_user(self.issuers.service(
+                "identity-service",
+                idp::GetUserRequest {
+                    clerk_id: id.into(),
+                },
+            ))
+            .await
+        {
+            Ok(r) => r.into_inner().user,
+            Err(s) if s.code() == tonic::Code::NotFound => None,
+            Err(s) => panic!("{s:?}"),
+        }
+    }
+
+    pub async fn members(&self, org: &str) -> Vec<(String, String)> {
+        let mut c = self.workspace().await;
+        c.list_members(self.issuers.service(
+            "workspace-service",
+            wsp::ListMembersRequest {
+                clerk_org_id: org.into(),
+                page_size: 0,
+                page_token: String::new(),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .members
+        .into_iter()
+        .map(|m| (m.clerk_user_id, m.role))
+        .collect()
+    }
+
+    pub async fn workspace_exists(&self, org: &str) -> bool {
+        self.workspace_name(org).await.is_some()
+    }
+}
+
+pub fn user_event(kind: &str, id: &str, first: &str, updated_at: i64) -> Value {
+    json!({
+        "data": {"id": id, "object": "user", "first_name": first, "last_name": "Example", "username": null,
+                 "primary_email_address_id": "idn_2", "image_url": "https://img.clerk.com/x",
+                 "email_addresses": [{"id": "idn_1", "email_address": "old@example.org", "object": "email_address"},
+                                     {"id": "idn_2", "email_address": "primary@example.org", "object": "email_address"}],
+                 "created_at": 1654012591514_i64, "updated_at": updated_at, "unknown_field": {"ignored": true}},
+        "object": "event", "type": kind, "timestamp": updated_at, "instance_id": "ins_1",
+        "event_attributes": {"http_request": {"client_ip": "", "user_agent": ""}}
+    })
+}
+
+pub fn org_event(kind: &str, id: &str, name: &str, updated_at: i64) -> Value {
+    json!({"data": {"id": id, "object": "organization", "name": name, "slug": "acme", "created_by": "user_owner",
+                    "created_at": 1654013202977_i64, "updated_at": updated_at, "logo_url": null},
+           "object": "event", "type": kind, "timestamp": updated_at})
+}
+
+pub fn membership_event(kind: &str, org: &str, user: &str, role: &str, updated_at: i64) -> Value {
+    membership_event_of(
+        kind,
+        ("orgmem_1", 1654013203217),
+        org,
+        user,
+        role,
+        updated_at,
+    )
+}
+
+/// A membership event of membership `(id, created_at)`.
+pub fn membership_event_of(
+    kind: &str,
+    (id, created_at): (&str, i64),
+    org: &str,
+    user: &str,
+    role: &str,
+    updated_at: i64,
+) -> Value {
+    json!({"data": {"id": id, "object": "organization_membership", "role": role, "permissions": [],
+                    "organization": {"id": org, "name": "Acme", "object": "organization", "created_at": 1, "updated_at": 1},
+                    "public_user_data": {"user_id": user, "identifier": "x@example.org", "first_name": null, "last_name": null},
+                    "created_at": created_at, "updated_at": updated_at},
+           "object": "event", "type": kind, "timestamp": updated_at})
+}
+
+pub fn deleted_event(kind: &str, object: &str, id: &str, at: i64) -> Value {
+    json!({"data": {"deleted": true, "id": id, "object": object}, "object": "event", "type": kind, "timestamp": at})
+}
+
+pub const T: i64 = 1_700_000_000_000;
+
+impl Stack {
+    pub fn workspace_db(&self) -> &str {
+        self._dbs.1.url()
+    }
+
+    pub async fn workspace_name(&self, org: &str) -> Option<String> {
+        let mut c = self.workspace().await;
+        c.get_workspace(self.issuers.service(
+            "workspace-service",
+            wsp::GetWorkspaceRequest {
+                clerk_org_id: org.into(),
+            },
+        ))
+        .await
+        .ok()
+        .and_then(|r| r.into_inner().workspace)
+        .map(|w| w.name)
+    }
+}

@@ -1,0 +1,153 @@
+//! Reconcile (the webhook gateway only): compare pages of Clerk's listing with what is held,
+//! list what the run did not see, forget a finished run.
+
+use super::{R, WorkspaceApi, ok};
+use crate::domain::reconcile::{self, Comparison, ListedMembership, ListedOrg, Unseen};
+use crate::error::Error;
+use crate::model::{OrgId, Role, UserId};
+use input_validation as v;
+use tonic::Request;
+use vbase_proto::workspace::v1 as pb;
+
+fn run_id(id: &str) -> Result<uuid::Uuid, Error> {
+    Ok(v::uuid("run_id", id)?)
+}
+
+fn page_len(n: usize) -> Result<(), Error> {
+    if n > reconcile::MAX_PAGE {
+        return Err(Error::Invalid(format!(
+            "at most {} items per comparison, got {n}",
+            reconcile::MAX_PAGE
+        )));
+    }
+    Ok(())
+}
+
+fn answer(results: Vec<Comparison>) -> R<pb::CompareResponse> {
+    let results = results
+        .into_iter()
+        .map(|c| {
+            match c {
+                Comparison::Missing => pb::Comparison::Missing,
+                Comparison::Older => pb::Comparison::Older,
+                Comparison::Same => pb::Comparison::Same,
+                Comparison::Newer => pb::Comparison::Newer,
+            }
+            .into()
+        })
+        .collect();
+    ok(pb::CompareResponse { results })
+}
+
+fn unseen(m: pb::ListUnseenRequest) -> Result<Unseen, Error> {
+    Ok(Unseen {
+        run: run_id(&m.run_id)?,
+        started_at: v::occurred_at(m.started_at.as_ref())
+            .map_err(|_| Error::Invalid("started_at is required".into()))?,
+        after: m.after,
+        limit: v::page_size(m.limit, 500, reconcile::MAX_PAGE as i64)?,
+        scope: m.scope_id,
+    })
+}
+
+pub(super) async fn compare_workspaces(
+    api: &WorkspaceApi,
+    req: Request<pb::CompareWorkspacesRequest>,
+) -> R<pb::CompareResponse> {
+    let m = req.into_inner();
+    let run = run_id(&m.run_id)?;
+    page_len(m.workspaces.len())?;
+    let page = m
+        .workspaces
+        .into_iter()
+        .map(|w| {
+            OrgId::parse("workspaces[].clerk_org_id", &w.clerk_org_id)?;
+            Ok(ListedOrg {
+                updated_at: v::occurred_at(w.occurred_at.as_ref())?,
+                org: w.clerk_org_id,
+                name: w.name.trim().to_owned(),
+                slug: w.slug.trim().to_owned(),
+                owner: w.owner_clerk_id,
+            })
+        })
+        .collect::<Result<Vec<_>, Error>>()?;
+    let mut conn = api.conn().await?;
+    answer(reconcile::compare_orgs(&mut conn, run, &page).await?)
+}
+
+pub(super) async fn compare_memberships(
+    api: &WorkspaceApi,
+    req: Request<pb::CompareMembershipsRequest>,
+) -> R<pb::CompareResponse> {
+    let m = req.into_inner();
+    let run = run_id(&m.run_id)?;
+    page_len(m.memberships.len())?;
+    let page = m
+        .memberships
+        .into_iter()
+        .map(|c| {
+            OrgId::parse("memberships[].clerk_org_id", &c.clerk_org_id)?;
+            UserId::parse("memberships[].clerk_user_id", &c.clerk_user_id)?;
+            v::clerk_id(
+                "memberships[].clerk_membership_id",
+                "orgmem_",
+                &c.clerk_membership_id,
+            )?;
+            Ok(ListedMembership {
+                role: Role::parse(&c.role)?,
+                created_at: v::optional_time(c.membership_created_at.as_ref()).ok_or_else(
+                    || Error::Invalid("memberships[].membership_created_at is required".into()),
+                )?,
+                updated_at: v::occurred_at(c.occurred_at.as_ref())?,
+                org: c.clerk_org_id,
+                user: c.clerk_user_id,
+                membership_id: c.clerk_membership_id,
+            })
+        })
+        .collect::<Result<Vec<_>, Error>>()?;
+    let mut conn = api.conn().await?;
+    answer(reconcile::compare_memberships(&mut conn, run, &page).await?)
+}
+
+pub(super) async fn list_unseen_workspaces(
+    api: &WorkspaceApi,
+    req: Request<pb::ListUnseenRequest>,
+) -> R<pb::ListUnseenWorkspacesResponse> {
+    let q = unseen(req.into_inner())?;
+    if q.scope.starts_with("user_") {
+        return ok(pb::ListUnseenWorkspacesResponse::default());
+    }
+    let mut conn = api.conn().await?;
+    let clerk_org_ids = reconcile::unseen_orgs(&mut conn, &q).await?;
+    ok(pb::ListUnseenWorkspacesResponse { clerk_org_ids })
+}
+
+pub(super) async fn list_unseen_memberships(
+    api: &WorkspaceApi,
+    req: Request<pb::ListUnseenRequest>,
+) -> R<pb::ListUnseenMembershipsResponse> {
+    let q = unseen(req.into_inner())?;
+    let mut conn = api.conn().await?;
+    let memberships = reconcile::unseen_memberships(&mut conn, &q)
+        .await?
+        .into_iter()
+        .map(|m| pb::HeldMembership {
+            clerk_org_id: m.clerk_org_id,
+            clerk_user_id: m.clerk_user_id,
+            clerk_membership_id: m.clerk_membership_id,
+            membership_created_at: m.membership_created_at.map(super::convert::timestamp),
+            updated_at: Some(super::convert::timestamp(m.source_updated_at)),
+        })
+        .collect();
+    ok(pb::ListUnseenMembershipsResponse { memberships })
+}
+
+pub(super) async fn finish_reconcile(
+    api: &WorkspaceApi,
+    req: Request<pb::FinishReconcileRequest>,
+) -> R<pb::FinishReconcileResponse> {
+    let run = run_id(&req.into_inner().run_id)?;
+    let mut conn = api.conn().await?;
+    reconcile::finish(&mut conn, run).await?;
+    ok(pb::FinishReconcileResponse {})
+}
