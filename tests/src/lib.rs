@@ -11,7 +11,7 @@ use anyhow::{Context, Result, bail};
 use base64::Engine;
 use ephemeral_postgres::{PgCluster, PgClusterOptions, with_database};
 use serde::{Deserialize, Serialize};
-use stand_ins::{ClerkStandIn, LiveblocksStandIn};
+use stand_ins::{ClerkApiStandIn, ClerkStandIn, LiveblocksStandIn};
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;
@@ -100,6 +100,9 @@ pub struct StackState {
     /// Present in development mode: the stand-in issuer's private key.
     pub clerk_signing_key_file: Option<PathBuf>,
     pub webhook_secret: String,
+    /// The environment `webhook-gateway reconcile` needs (`vbase-stack reconcile` uses it).
+    #[serde(default)]
+    pub reconcile_env: Vec<(String, String)>,
 }
 
 /// A running stack. Dropping it kills the processes and removes the ephemeral database.
@@ -109,6 +112,8 @@ pub struct Stack {
     pub clerk: Option<ClerkStandIn>,
     /// The Liveblocks stand-in (development mode).
     pub liveblocks: Option<LiveblocksStandIn>,
+    /// The stand-in of Clerk's Backend API (development mode), serving [`dev_clerk_data`].
+    pub clerk_api: Option<ClerkApiStandIn>,
     /// The state the helper subcommands read.
     pub state: StackState,
     /// Environment of each process.
@@ -251,6 +256,22 @@ impl Stack {
             }
         };
 
+        let (clerk_api, clerk_api_env) = match (&clerk, env_value("CLERK_SECRET_KEY")) {
+            (Some(_), None) => {
+                let key = "sk_test_local_stand_in".to_owned();
+                let api = ClerkApiStandIn::start(&key).await?;
+                dev_clerk_data(&api);
+                let url = api.base_url();
+                (
+                    Some(api),
+                    vec![
+                        ("CLERK_API_URL".to_owned(), url),
+                        ("CLERK_SECRET_KEY".to_owned(), key),
+                    ],
+                )
+            }
+            _ => (None, Vec::new()),
+        };
         let [ip, wp, gp, imp, wmp] = match config.ports {
             Some(p) => p,
             None => [
@@ -301,6 +322,8 @@ impl Stack {
             ),
             ("LOG_FORMAT".into(), "pretty".into()),
         ];
+        let mut gateway_env = gateway_env;
+        gateway_env.extend(clerk_api_env);
         env.insert(Which::Identity, identity_env);
         env.insert(Which::Workspace, workspace_env);
         env.insert(Which::Gateway, gateway_env);
@@ -317,16 +340,22 @@ impl Stack {
             clerk_issuer,
             clerk_signing_key_file,
             webhook_secret,
+            // The gateway's settings less its serving ones.
+            reconcile_env: env[&Which::Gateway]
+                .iter()
+                .filter(|(k, _)| !matches!(k.as_str(), "HTTP_ADDR" | "CLERK_WEBHOOK_SECRET"))
+                .cloned()
+                .collect(),
         };
         std::fs::write(
             config.state_dir.join("state.json"),
             serde_json::to_string_pretty(&state)?,
         )?;
-
         let mut stack = Stack {
             config,
             clerk,
             liveblocks,
+            clerk_api,
             state,
             env,
             children: BTreeMap::new(),
@@ -351,6 +380,14 @@ impl Stack {
     /// Where the stack runs `w`'s binary from (also for one-off subcommands such as `migrate`).
     pub fn binary_path(&self, w: Which) -> PathBuf {
         self.config.bin_dir.join(w.binary())
+    }
+
+    /// `webhook-gateway reconcile` against this stack (and, in development mode, the stand-in
+    /// of Clerk's Backend API); add its options.
+    pub fn reconcile_command(&self) -> Command {
+        let mut c = self.command(Which::Gateway);
+        c.arg("reconcile");
+        c
     }
 
     fn command(&self, w: Which) -> Command {
@@ -541,6 +578,54 @@ async fn serving(addr: SocketAddr, service: &str) -> bool {
 }
 
 /// Claims of a development user token (the seed's `convex` JWT template plus org claims).
+/// What the development stack's stand-in of Clerk's Backend API holds: the users and the
+/// organization that `vbase-stack mint-token` makes tokens for by default.
+pub fn dev_clerk_data(api: &ClerkApiStandIn) {
+    let t = 1_764_000_000_000;
+    for (i, (id, first)) in [
+        ("user_local", "Local"),
+        ("user_alice", "Alice"),
+        ("user_bob", "Bob"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let at = t + i as i64;
+        api.put_user(stand_ins::user_json(
+            id,
+            first,
+            &format!("{id}@example.com"),
+            at,
+            at,
+        ));
+    }
+    api.put_org(stand_ins::org_json(
+        "org_local",
+        "Local Workspace",
+        "user_local",
+        t,
+        t,
+    ));
+    for (i, (user, role)) in [("user_local", "org:admin"), ("user_alice", "org:member")]
+        .into_iter()
+        .enumerate()
+    {
+        let at = t + i as i64;
+        api.put_membership(stand_ins::membership_json(
+            &format!("orgmem_local{i}"),
+            "org_local",
+            user,
+            role,
+            at,
+            at,
+        ));
+    }
+}
+
+fn env_value(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.trim().is_empty())
+}
+
 pub fn dev_user_claims(
     state: &StackState,
     user: &str,

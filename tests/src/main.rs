@@ -50,6 +50,12 @@ enum Cmd {
         #[arg(long, default_value = "local@example.com")]
         email: String,
     },
+    /// Run `webhook-gateway reconcile` against the running stack (in development mode, against
+    /// its stand-in of Clerk's Backend API); options after `--` go to it, e.g. `-- --dry-run`.
+    Reconcile {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
     /// Send a signed sample `user.created` webhook to the running gateway.
     SendSample {
         #[arg(long, default_value = "user_local")]
@@ -123,6 +129,20 @@ async fn main() -> Result<()> {
                 resp.text().await.unwrap_or_default()
             );
             Ok(())
+        }
+        Cmd::Reconcile { args } => {
+            let state = read_state(&cli.state_dir)?;
+            let gateway = std::env::current_exe()?
+                .parent()
+                .context("the binary's directory")?
+                .join("webhook-gateway");
+            let status = std::process::Command::new(gateway)
+                .arg("reconcile")
+                .args(args)
+                .envs(state.reconcile_env.iter().map(|(k, v)| (k, v)))
+                .env("LOG_FORMAT", "pretty")
+                .status()?;
+            std::process::exit(status.code().unwrap_or(1));
         }
         Cmd::Up { random_ports } => up(cli.state_dir, random_ports).await,
     }

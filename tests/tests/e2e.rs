@@ -851,3 +851,81 @@ async fn a_purge_survives_a_crash_of_the_service() {
     );
     stack.stop().await;
 }
+
+/// `webhook-gateway reconcile`, the binary, against the development stack's stand-in of Clerk's
+/// Backend API: a run exits 0 with its summary; a refused key exits 1 with one line that says
+/// what to fix; a bad option exits 2.
+#[tokio::test]
+async fn the_reconcile_command_backfills_the_local_stack_and_says_why_it_stops() {
+    let (s, _dir) = stack().await;
+    // The stand-ins run on this test's runtime: wait for the process off it.
+    let output = |mut c: std::process::Command| async move {
+        tokio::task::spawn_blocking(move || c.output().expect("reconcile runs"))
+            .await
+            .unwrap()
+    };
+    let mut c = s.reconcile_command();
+    c.arg("--json");
+    let out = output(c).await;
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let summary: Value = serde_json::from_slice(&out.stdout).expect("--json prints JSON");
+    assert_eq!(summary["completed"], json!(true));
+    let created = |kind: &str| {
+        summary["kinds"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|k| k["kind"] == kind)
+            .map(|k| k["created"].as_u64().unwrap())
+    };
+    assert_eq!(
+        (
+            created("users"),
+            created("organizations"),
+            created("memberships")
+        ),
+        (Some(3), Some(1), Some(2))
+    );
+    assert_eq!(
+        count(
+            &s.identity_db,
+            "SELECT count(*) FROM users WHERE clerk_id IN ('user_local', 'user_alice', 'user_bob')"
+        )
+        .await,
+        3
+    );
+    assert_eq!(
+        count(
+            &s.workspace_db,
+            "SELECT count(*) FROM memberships WHERE clerk_org_id = 'org_local' AND NOT deleted"
+        )
+        .await,
+        2
+    );
+
+    let mut c = s.reconcile_command();
+    c.env("CLERK_SECRET_KEY", "sk_test_not_this_one");
+    let refused = output(c).await;
+    assert_eq!(refused.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    let last = stderr.lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with("webhook-gateway reconcile: stopped:")
+            && last.contains("CLERK_SECRET_KEY"),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("sk_test_not_this_one"),
+        "the key is never logged"
+    );
+
+    let mut c = s.reconcile_command();
+    c.args(["--user", "org_not_a_user"]);
+    let bad = output(c).await;
+    assert_eq!(bad.status.code(), Some(2));
+}
