@@ -3,8 +3,9 @@
 
 1. Render every overlay with `kubectl kustomize` and validate the result against the
    Kubernetes API schemas with `kubernetes-validate --strict` (no cluster needed).
-2. No drift: every environment variable a manifest sets for a container (explicit `env` and
-   the keys of `envFrom` ConfigMaps) is one its binary reads (from the binary's `--help`).
+2. No drift: every environment variable a manifest sets for a container of a Deployment or
+   CronJob (explicit `env` and the keys of `envFrom` ConfigMaps) is one its binary's subcommand
+   reads (from `<binary> <subcommand> --help`). CronJobs run one at a time (Forbid).
 3. Probes: every probe port is a declared container port that the binary really listens on
    (per its *_ADDR setting), every HTTP probe path is served by the code, every gRPC probe
    names the service's health name.
@@ -71,12 +72,17 @@ def main():
         docs = [d for d in yaml.safe_load_all(rendered.stdout) if d]
         configmaps = {d["metadata"]["name"]: d.get("data", {}) for d in docs if d["kind"] == "ConfigMap"}
         deployments = [d for d in docs if d["kind"] == "Deployment"]
+        cronjobs = [d for d in docs if d["kind"] == "CronJob"]
+        for cj in cronjobs:
+            if cj["spec"].get("concurrencyPolicy") != "Forbid":
+                fail(f"{overlay}/{cj['metadata']['name']}: concurrencyPolicy must be Forbid")
         if overlay == "prod":
             for d in deployments:
                 if d["spec"].get("replicas", 1) < 2:
                     fail(f"prod: {d['metadata']['name']} has fewer than 2 replicas")
-        for d in deployments:
-            spec = d["spec"]["template"]["spec"]
+        pods = [(d, d["spec"]["template"]["spec"]) for d in deployments]
+        pods += [(c, c["spec"]["jobTemplate"]["spec"]["template"]["spec"]) for c in cronjobs]
+        for d, spec in pods:
             for c in spec.get("initContainers", []) + spec["containers"]:
                 binary = Path(c["command"][0]).name
                 sub = (c.get("args") or ["serve"])[0]
