@@ -358,7 +358,10 @@ impl IdentityService for IdentityApi {
                 m.users.len()
             )));
         }
-        let page = m
+        if !m.scope_id.is_empty() {
+            validate::user_id("scope_id", &m.scope_id)?;
+        }
+        let users = m
             .users
             .into_iter()
             .map(|u| {
@@ -372,7 +375,20 @@ impl IdentityService for IdentityApi {
                 })
             })
             .collect::<Result<Vec<_>, validate::Invalid>>()?;
-        let results = reconcile::compare(&self.pool, run, &page).await?;
+        let range = m.range.unwrap_or_default();
+        let position = |t: Option<&prost_types::Timestamp>, id: String| {
+            validate::optional_time(t).map(|t| (t, id))
+        };
+        let page = reconcile::Page {
+            run,
+            started_at: validate::occurred_at(m.started_at.as_ref())
+                .map_err(|_| Status::invalid_argument("started_at is required"))?,
+            users,
+            after: position(range.after_created_at.as_ref(), range.after_id),
+            through: position(range.through_created_at.as_ref(), range.through_id),
+            scope: m.scope_id,
+        };
+        let results = reconcile::compare(&self.pool, &page).await?;
         Ok(Response::new(pb::CompareUsersResponse {
             results: results.into_iter().map(comparison).collect(),
         }))
@@ -383,18 +399,10 @@ impl IdentityService for IdentityApi {
         req: Request<pb::ListUnseenRequest>,
     ) -> Result<Response<pb::ListUnseenResponse>, Status> {
         let m = req.into_inner();
-        let limit = validate::page_size(m.limit, 500, reconcile::MAX_PAGE as i64)?;
-        if !m.scope_id.is_empty() && !m.scope_id.starts_with("user_") {
-            // Users hang off no organization: an organization scope has no user candidates.
-            return Ok(Response::new(pb::ListUnseenResponse { ids: Vec::new() }));
-        }
         let q = reconcile::Unseen {
             run: run_id(&m.run_id)?,
-            started_at: validate::occurred_at(m.started_at.as_ref())
-                .map_err(|_| Status::invalid_argument("started_at is required"))?,
             after: m.after,
-            limit,
-            scope: m.scope_id,
+            limit: validate::page_size(m.limit, 500, reconcile::MAX_PAGE as i64)?,
         };
         let ids = reconcile::unseen(&self.pool, &q).await?;
         Ok(Response::new(pb::ListUnseenResponse { ids }))

@@ -1,14 +1,16 @@
-//! Reconcile with Clerk's listing, one page at a time and within a fixed memory bound: the
-//! gateway sends each page of users as Clerk lists them; [`compare`] says how each compares
-//! with what is held and records the ids as seen by the run, and [`unseen`] then lists, by
-//! key, the live users held that the run never saw (the deletion candidates, which the gateway
-//! confirms with Clerk before it sends a delete). Nothing here writes a user: the differences
-//! go through the ordinary sync commands and their ordering guard.
+//! Reconcile with Clerk's listing, one page at a time and within a fixed memory bound. Clerk
+//! lists users oldest first, and users are held in the same order (`users_created_idx`:
+//! Clerk's `created_at`, then id), so both sides merge like two sorted lists: the gateway sends
+//! each page with the stretch of the order it covers, and [`compare`] says how each listed user
+//! compares with the one held and records the users held in that stretch that the page does
+//! not list as the run's deletion candidates. [`unseen`] lists those (the gateway confirms each
+//! with Clerk before it sends a delete). A run over users in step writes nothing; the
+//! differences go through the ordinary sync commands and their ordering guard.
 
 use crate::error::Error;
 use chrono::{DateTime, Utc};
 use diesel::QueryableByName;
-use diesel::sql_types::{Array, BigInt, Integer, Text, Timestamptz, Uuid as SqlUuid};
+use diesel::sql_types::{Array, BigInt, Integer, Nullable, Text, Timestamptz, Uuid as SqlUuid};
 use diesel_async::RunQueryDsl;
 use service_runtime::{Pool, prepared};
 use uuid::Uuid;
@@ -47,17 +49,42 @@ struct Compared {
     comparison: i32,
 }
 
-/// Compares a page with the users held, and records its ids as seen by `run`. One statement.
-pub async fn compare(pool: &Pool, run: Uuid, page: &[Listed]) -> Result<Vec<Comparison>, Error> {
+/// A position in the order users are listed in: (`created_at`, id).
+pub type Position = (DateTime<Utc>, String);
+
+/// One page of Clerk's listing and the stretch of the order it covers.
+#[derive(Debug, Clone)]
+pub struct Page {
+    pub run: Uuid,
+    pub started_at: DateTime<Utc>,
+    pub users: Vec<Listed>,
+    /// After this position (`None`: from the first user).
+    pub after: Option<Position>,
+    /// Up to this position, inclusive (`None`: to the last user).
+    pub through: Option<Position>,
+    /// Only this user may become a candidate (empty: any).
+    pub scope: String,
+}
+
+/// Compares a page with the users held, and records as the run's candidates the users held in
+/// the page's stretch (created and last written before the run started) that it does not
+/// list. One statement; the stretch is an index range scan.
+pub async fn compare(pool: &Pool, q: &Page) -> Result<Vec<Comparison>, Error> {
     let mut conn = pool.get().await?;
+    let page = &q.users;
     let col = |f: fn(&Listed) -> String| page.iter().map(f).collect::<Vec<_>>();
     let rows: Vec<Compared> = prepared(
         "WITH input AS (
              SELECT * FROM unnest($2::text[], $3::text[], $4::text[], $5::text[], $6::timestamptz[])
                  WITH ORDINALITY AS t(clerk_id, name, email, image_url, updated_at, ord)),
-         seen AS (
-             INSERT INTO reconcile_seen (run_id, clerk_id)
-             SELECT DISTINCT $1::uuid, clerk_id FROM input ORDER BY 2
+         candidates AS (
+             INSERT INTO reconcile_candidates (run_id, clerk_id)
+             SELECT $1::uuid, u.clerk_id FROM users u
+              WHERE (u.created_at, u.clerk_id) > (COALESCE($8, '-infinity'), $9)
+                AND (u.created_at, u.clerk_id) <= (COALESCE($10, 'infinity'), $11)
+                AND u.created_at < $7 AND u.updated_at < $7 AND u.deleted_at IS NULL
+                AND ($12 = '' OR u.clerk_id = $12)
+                AND NOT EXISTS (SELECT 1 FROM input i WHERE i.clerk_id = u.clerk_id)
              ON CONFLICT DO NOTHING)
          SELECT i.ord, CASE
                  WHEN u.clerk_id IS NULL THEN 1
@@ -69,12 +96,18 @@ pub async fn compare(pool: &Pool, run: Uuid, page: &[Listed]) -> Result<Vec<Comp
            FROM input i LEFT JOIN users u ON u.clerk_id = i.clerk_id
           ORDER BY i.ord",
     )
-    .bind::<SqlUuid, _>(run)
+    .bind::<SqlUuid, _>(q.run)
     .bind::<Array<Text>, _>(col(|l| l.clerk_id.clone()))
     .bind::<Array<Text>, _>(col(|l| l.name.clone()))
     .bind::<Array<Text>, _>(col(|l| l.email.clone()))
     .bind::<Array<Text>, _>(col(|l| l.image_url.clone()))
     .bind::<Array<Timestamptz>, _>(page.iter().map(|l| l.updated_at).collect::<Vec<_>>())
+    .bind::<Timestamptz, _>(q.started_at)
+    .bind::<Nullable<Timestamptz>, _>(q.after.as_ref().map(|p| p.0))
+    .bind::<Text, _>(q.after.as_ref().map(|p| p.1.as_str()).unwrap_or_default())
+    .bind::<Nullable<Timestamptz>, _>(q.through.as_ref().map(|p| p.0))
+    .bind::<Text, _>(q.through.as_ref().map(|p| p.1.as_str()).unwrap_or_default())
+    .bind::<Text, _>(&q.scope)
     .load(&mut conn)
     .await?;
     if rows.len() != page.len() || rows.iter().enumerate().any(|(i, r)| r.ord != i as i64 + 1) {
@@ -93,15 +126,12 @@ pub async fn compare(pool: &Pool, run: Uuid, page: &[Listed]) -> Result<Vec<Comp
         .collect()
 }
 
-/// A page of candidates: which ids, after which key.
+/// A page of the run's candidates, after which id.
 #[derive(Debug, Clone)]
 pub struct Unseen {
     pub run: Uuid,
-    pub started_at: DateTime<Utc>,
     pub after: String,
     pub limit: i64,
-    /// One user only, when not empty.
-    pub scope: String,
 }
 
 #[derive(QueryableByName)]
@@ -110,33 +140,28 @@ struct Id {
     clerk_id: String,
 }
 
-/// Live users held, created and last written before the run started, that the run did not
-/// see; by id, after `q.after`. Walks the primary key with an index probe per user, so a page
-/// costs its own size, not the table's.
+/// The run's candidates that are still live, by id, after `q.after`.
 pub async fn unseen(pool: &Pool, q: &Unseen) -> Result<Vec<String>, Error> {
     let mut conn = pool.get().await?;
     let rows: Vec<Id> = prepared(
-        "SELECT u.clerk_id FROM users u
-          WHERE u.clerk_id > $3 AND ($5 = '' OR u.clerk_id = $5)
-            AND u.deleted_at IS NULL AND u.created_at < $2 AND u.updated_at < $2
-            AND NOT EXISTS (SELECT 1 FROM reconcile_seen s WHERE s.run_id = $1 AND s.clerk_id = u.clerk_id)
-          ORDER BY u.clerk_id LIMIT $4",
+        "SELECT c.clerk_id FROM reconcile_candidates c
+           JOIN users u ON u.clerk_id = c.clerk_id AND u.deleted_at IS NULL
+          WHERE c.run_id = $1 AND c.clerk_id > $2
+          ORDER BY c.clerk_id LIMIT $3",
     )
     .bind::<SqlUuid, _>(q.run)
-    .bind::<Timestamptz, _>(q.started_at)
     .bind::<Text, _>(&q.after)
     .bind::<BigInt, _>(q.limit)
-    .bind::<Text, _>(&q.scope)
     .load(&mut conn)
     .await?;
     Ok(rows.into_iter().map(|r| r.clerk_id).collect())
 }
 
-/// Forgets the run's ids, and those of runs that never finished (two days on).
+/// Forgets the run's candidates, and those of runs that never finished (two days on).
 pub async fn finish(pool: &Pool, run: Uuid) -> Result<u64, Error> {
     let mut conn = pool.get().await?;
     let n = prepared(
-        "DELETE FROM reconcile_seen WHERE run_id = $1 OR seen_at < now() - interval '2 days'",
+        "DELETE FROM reconcile_candidates WHERE run_id = $1 OR recorded_at < now() - interval '2 days'",
     )
     .bind::<SqlUuid, _>(run)
     .execute(&mut conn)

@@ -11,17 +11,57 @@ use crate::http_server::{HttpStandIn, SeenRequest, json_response};
 use bytes::Bytes;
 use http_body_util::Full;
 use serde_json::{Value, json};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
 
+/// Resources kept in list order (`created_at`, then id), found by id: a page costs its size,
+/// not the collection's sort, so the stand-in answers at once at any size.
+#[derive(Default)]
+struct Ordered {
+    by_order: BTreeMap<(i64, String), Value>,
+    order_of: HashMap<String, (i64, String)>,
+}
+
+impl Ordered {
+    fn put(&mut self, v: Value) {
+        let id = id_of(&v);
+        self.remove(&id);
+        let key = (v["created_at"].as_i64().unwrap_or_default(), id.clone());
+        self.order_of.insert(id, key.clone());
+        self.by_order.insert(key, v);
+    }
+
+    fn remove(&mut self, id: &str) {
+        if let Some(key) = self.order_of.remove(id) {
+            self.by_order.remove(&key);
+        }
+    }
+
+    fn get(&self, id: &str) -> Option<&Value> {
+        self.order_of.get(id).and_then(|k| self.by_order.get(k))
+    }
+
+    fn len(&self) -> usize {
+        self.by_order.len()
+    }
+
+    /// Oldest first, or newest first.
+    fn in_order(&self, oldest_first: bool) -> Box<dyn Iterator<Item = &Value> + '_> {
+        if oldest_first {
+            Box::new(self.by_order.values())
+        } else {
+            Box::new(self.by_order.values().rev())
+        }
+    }
+}
+
 #[derive(Default)]
 struct State {
-    /// Resources by id; lists sort them by `created_at`, then id.
-    users: BTreeMap<String, Value>,
-    orgs: BTreeMap<String, Value>,
-    memberships: BTreeMap<String, Value>,
+    users: Ordered,
+    orgs: Ordered,
+    memberships: Ordered,
     latency: Duration,
     /// Requests answered 429 before normal answers resume, and the `Retry-After` they carry.
     rate_limited: (u32, u64),
@@ -105,21 +145,6 @@ fn query_param<'a>(query: &'a str, name: &str) -> Option<&'a str> {
         .map(|(_, v)| v)
 }
 
-/// Sorts by `created_at` (oldest first when `+created_at`, else newest first), then id.
-fn sorted<'a>(items: impl Iterator<Item = &'a Value>, oldest_first: bool) -> Vec<&'a Value> {
-    let mut v: Vec<&Value> = items.collect();
-    v.sort_by_key(|x| {
-        (
-            x["created_at"].as_i64().unwrap_or_default(),
-            x["id"].as_str().unwrap_or_default().to_owned(),
-        )
-    });
-    if !oldest_first {
-        v.reverse();
-    }
-    v
-}
-
 fn answer(state: &State, req: &SeenRequest) -> hyper::Response<Full<Bytes>> {
     let path = req.path.strip_prefix("/v1").unwrap_or(&req.path);
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
@@ -141,26 +166,28 @@ fn answer(state: &State, req: &SeenRequest) -> hyper::Response<Full<Bytes>> {
         query_param(&req.query, "order_by"),
         Some("%2Bcreated_at" | "+created_at" | "created_at")
     );
-    let page = |items: Vec<&Value>| -> Vec<Value> {
-        items
-            .into_iter()
-            .skip(offset)
-            .take(limit)
-            .cloned()
-            .collect()
+    let page = |items: &mut dyn Iterator<Item = &Value>| -> Vec<Value> {
+        items.skip(offset).take(limit).cloned().collect()
     };
     let wrapped = |items: Vec<&Value>| {
         let total = items.len();
-        json_response(200, &json!({"data": page(items), "total_count": total}))
+        json_response(
+            200,
+            &json!({"data": page(&mut items.into_iter()), "total_count": total}),
+        )
     };
     let memberships_where = |f: &dyn Fn(&Value) -> bool| {
-        sorted(state.memberships.values().filter(|m| f(m)), oldest_first)
+        state
+            .memberships
+            .in_order(oldest_first)
+            .filter(|m| f(m))
+            .collect::<Vec<_>>()
     };
     let not_found = || error(404, "resource_not_found", "not found");
     match segments.as_slice() {
         ["users"] => json_response(
             200,
-            &Value::Array(page(sorted(state.users.values(), oldest_first))),
+            &Value::Array(page(&mut state.users.in_order(oldest_first))),
         ),
         ["users", "count"] => json_response(
             200,
@@ -168,15 +195,15 @@ fn answer(state: &State, req: &SeenRequest) -> hyper::Response<Full<Bytes>> {
         ),
         ["users", id] => state
             .users
-            .get(*id)
+            .get(id)
             .map_or_else(not_found, |u| json_response(200, u)),
         ["users", id, "organization_memberships"] => wrapped(memberships_where(&|m| {
             m["public_user_data"]["user_id"] == *id
         })),
-        ["organizations"] => wrapped(sorted(state.orgs.values(), oldest_first)),
+        ["organizations"] => wrapped(state.orgs.in_order(oldest_first).collect()),
         ["organizations", id] => state
             .orgs
-            .get(*id)
+            .get(id)
             .map_or_else(not_found, |o| json_response(200, o)),
         ["organizations", id, "memberships"] => {
             wrapped(memberships_where(&|m| m["organization"]["id"] == *id))
@@ -254,7 +281,7 @@ impl ClerkApiStandIn {
 
     /// Adds or replaces a user.
     pub fn put_user(&self, user: Value) {
-        self.with(|s| s.users.insert(id_of(&user), user));
+        self.with(|s| s.users.put(user));
     }
 
     /// Removes a user (as deleted in Clerk).
@@ -264,7 +291,7 @@ impl ClerkApiStandIn {
 
     /// Adds or replaces an organization.
     pub fn put_org(&self, org: Value) {
-        self.with(|s| s.orgs.insert(id_of(&org), org));
+        self.with(|s| s.orgs.put(org));
     }
 
     /// Removes an organization.
@@ -274,7 +301,7 @@ impl ClerkApiStandIn {
 
     /// Adds or replaces a membership.
     pub fn put_membership(&self, m: Value) {
-        self.with(|s| s.memberships.insert(id_of(&m), m));
+        self.with(|s| s.memberships.put(m));
     }
 
     /// Removes a membership by its id.

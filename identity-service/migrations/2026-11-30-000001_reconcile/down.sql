@@ -1,2 +1,3 @@
-DROP TABLE reconcile_seen;
+DROP TABLE reconcile_candidates;
+DROP INDEX users_created_idx;
 ALTER TABLE users DROP COLUMN source_event_id, DROP COLUMN source_event_time;

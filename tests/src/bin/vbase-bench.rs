@@ -59,6 +59,8 @@ enum Row {
     /// Deletion: the delete webhook's latency and the purge's throughput.
     Delete,
     Liveblocks,
+    /// Reconcile of users already in step, against paging the Clerk stand-in alone.
+    Reconcile,
 }
 
 struct Scale {
@@ -453,6 +455,21 @@ fn cpu_secs(pid: u32) -> (f64, f64) {
     ((ticks(11) + ticks(12)) / 100.0, ticks(12) / 100.0)
 }
 
+/// CPU seconds used so far by the live processes named `postgres` (the cluster's backends).
+fn postgres_cpu() -> f64 {
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return 0.0;
+    };
+    procs
+        .filter_map(|p| p.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                .is_ok_and(|c| c.trim() == "postgres")
+        })
+        .map(|pid| cpu_secs(pid).0)
+        .sum()
+}
+
 /// Context switches (voluntary and forced) of a process's live threads so far.
 fn context_switches(pid: u32) -> u64 {
     let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
@@ -595,6 +612,71 @@ impl BatchProbe {
                 (sum - self.before.1) / (n - self.before.0)
             ),
             _ => format!("{what}: no batches seen"),
+        }
+    }
+}
+
+/// Runs `webhook-gateway reconcile --only users` (the release binary) against the stack with
+/// no rate limit; returns its wall time, its peak RSS and its CPU seconds (polled while it
+/// runs).
+async fn reconcile_users(stack: &Stack) -> Result<(Duration, f64, f64)> {
+    let mut cmd = stack.reconcile_command();
+    cmd.args(["--only", "users", "--json"])
+        .env("CLERK_API_MAX_REQUESTS", "10000")
+        .env("CLERK_API_WINDOW_SECS", "1")
+        .env("LOG_FORMAT", "json")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null());
+    let t = Instant::now();
+    let mut child = cmd.spawn()?;
+    let pid = child.id();
+    let mut peak = 0.0_f64;
+    let mut cpu = 0.0_f64;
+    let status = loop {
+        if let Some(kb) = vm_hwm_mib(pid) {
+            peak = peak.max(kb);
+        }
+        cpu = cpu.max(cpu_secs(pid).0);
+        if let Some(status) = child.try_wait()? {
+            break status;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    let took = t.elapsed();
+    let mut out = String::new();
+    std::io::Read::read_to_string(child.stdout.as_mut().context("stdout")?, &mut out)?;
+    anyhow::ensure!(status.success(), "reconcile failed: {out}");
+    let summary: serde_json::Value = serde_json::from_str(&out)?;
+    anyhow::ensure!(
+        summary["completed"] == json!(true),
+        "reconcile stopped: {out}"
+    );
+    Ok((took, peak, cpu))
+}
+
+/// Pages every user of the stand-in with the reconciler's own client and parser, page size
+/// 500, one page after another: the part of a reconcile that is Clerk's, not ours.
+async fn page_users_alone(api: &stand_ins::ClerkApiStandIn) -> Result<Duration> {
+    use webhook_gateway::clerk_api::{ClerkHttp, HttpSettings, list_page};
+    let client = ClerkHttp::new(HttpSettings {
+        base_url: api.base_url(),
+        secret_key: "sk_test_local_stand_in".into(),
+        max_requests: 10_000,
+        window: Duration::from_secs(1),
+        max_retries: 0,
+        retry_base: Duration::from_millis(100),
+        timeout: Duration::from_secs(30),
+    })
+    .map_err(anyhow::Error::msg)?;
+    let t = Instant::now();
+    let mut offset = 0;
+    loop {
+        let (items, last) =
+            list_page::<webhook_gateway::clerk::User>(&client, "/users", offset, 500).await?;
+        anyhow::ensure!(items.iter().all(Result::is_ok), "a user did not parse");
+        offset += items.len();
+        if last {
+            return Ok(t.elapsed());
         }
     }
 }
@@ -1150,7 +1232,84 @@ async fn main() -> Result<()> {
         ]);
     }
 
-    // 6. Peak memory.
+    if want(Row::Reconcile) {
+        // 6. Reconcile of users already in step, against the Clerk stand-in answering at once.
+        let api = stack.clerk_api.as_ref().context("Clerk API stand-in")?;
+        let (small, n) = if args.smoke {
+            (200, 2_000)
+        } else {
+            (10_000, 100_000)
+        };
+        let add_users = |from: usize, to: usize| {
+            for i in from..to {
+                let id = format!("user_bench{i:07}");
+                let t = 1_760_000_000_000 + i as i64;
+                api.put_user(stand_ins::user_json(
+                    &id,
+                    "Bench",
+                    &format!("{id}@example.org"),
+                    t,
+                    t,
+                ));
+            }
+        };
+        add_users(0, small);
+        reconcile_users(&stack).await?; // backfill, not timed
+        let (_, small_rss, _) = reconcile_users(&stack).await?;
+        add_users(small, n);
+        reconcile_users(&stack).await?;
+        // The backfill's writes vacuumed and checkpointed, so the timed run does not pay them.
+        settle(&*pg(&stack.identity_db).await?).await?;
+        let me = std::process::id();
+        let identity = stack.pid(Which::Identity).context("identity-service pid")?;
+        let before = (
+            machine_counters().0,
+            cpu_secs(me).0,
+            cpu_secs(identity).0,
+            postgres_cpu(),
+        );
+        let (took, rss, gateway_cpu) = reconcile_users(&stack).await?;
+        let after = (
+            machine_counters().0,
+            cpu_secs(me).0,
+            cpu_secs(identity).0,
+            postgres_cpu(),
+        );
+        let paging_before = (machine_counters().0, cpu_secs(me).0);
+        let paging = page_users_alone(api).await?;
+        let paging_after = (machine_counters().0, cpu_secs(me).0);
+        let machine = after.0 - before.0;
+        let (standin, id_cpu, pg_cpu) =
+            (after.1 - before.1, after.2 - before.2, after.3 - before.3);
+        cpu.push(format!(
+            "reconcile in step: {machine:.2} CPU-s on the machine: webhook-gateway {gateway_cpu:.2}, \
+             identity-service {id_cpu:.2}, the Clerk stand-in {standin:.2}, PostgreSQL {pg_cpu:.2}, the rest {:.2}; \
+             paging alone: {:.2} CPU-s ({:.2} in this process: stand-in and client)",
+            machine - gateway_cpu - id_cpu - standin - pg_cpu,
+            paging_after.0 - paging_before.0,
+            paging_after.1 - paging_before.1
+        ));
+        let users = n + 3; // and the development stack's own three
+        rows.push([
+            format!("Reconcile of {n} users already in step (Clerk stand-in answering at once)"),
+            format!(
+                "{:.0} users/s ({:.2} s; peak RSS {rss:.1} MiB, {small_rss:.1} MiB at {small} users)",
+                users as f64 / took.as_secs_f64(),
+                took.as_secs_f64()
+            ),
+            format!(
+                "{:.0} users/s (paging the stand-in alone, same client: {:.2} s)",
+                users as f64 / paging.as_secs_f64(),
+                paging.as_secs_f64()
+            ),
+            format!(
+                "{:.2}x of the paging time (goal <= 1.5)",
+                took.as_secs_f64() / paging.as_secs_f64()
+            ),
+        ]);
+    }
+
+    // 7. Peak memory.
     let rss: Vec<String> = [Which::Identity, Which::Workspace, Which::Gateway]
         .iter()
         .map(|w| {

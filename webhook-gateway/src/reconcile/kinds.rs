@@ -18,6 +18,8 @@ use vbase_proto::workspace::v1 as wsp;
 const CANDIDATE_PAGE: i32 = 500;
 /// Writes in flight at once.
 const WRITES_IN_FLIGHT: usize = 32;
+/// Pages compared and applied at once.
+const PAGES_IN_FLIGHT: usize = 4;
 /// A progress line every this many pages.
 const PAGES_PER_PROGRESS_LINE: u64 = 20;
 
@@ -30,6 +32,40 @@ pub(super) struct Ctx<'a, C> {
     /// When the run started: only what was created here before it can be deleted, and the
     /// `event_time` of every command (the time Clerk's listing said it).
     started_at: prost_types::Timestamp,
+}
+
+/// A position in Clerk's listing order: `created_at` (ms), then id.
+type Position = (i64, String);
+
+/// The stretch of the listing order a page covers: after `after` (`None`: from the start) up
+/// to `through` inclusive (`None`: to the end).
+#[derive(Debug, Clone, Default)]
+pub(super) struct Stretch {
+    after: Option<Position>,
+    through: Option<Position>,
+}
+
+/// A listed resource's position in the listing order.
+pub(super) trait Positioned {
+    fn position(&self) -> Position;
+}
+
+impl Positioned for User {
+    fn position(&self) -> Position {
+        (self.created_at.unwrap_or(i64::MIN), self.id.clone())
+    }
+}
+
+impl Positioned for Organization {
+    fn position(&self) -> Position {
+        (self.created_at.unwrap_or(i64::MIN), self.id.clone())
+    }
+}
+
+impl Positioned for Membership {
+    fn position(&self) -> Position {
+        (self.created_at, self.id.clone())
+    }
 }
 
 /// What an applied write counts as.
@@ -124,21 +160,25 @@ impl<'a, C: ClerkBackend> Ctx<'a, C> {
         Ok(())
     }
 
-    /// Pages `path` oldest first, fetching the next page while `apply` handles the current one.
+    /// Pages `path` oldest first. Fetching runs ahead of handling, and up to
+    /// [`PAGES_IN_FLIGHT`] pages are compared and applied at once (their order does not
+    /// matter: the services' guard orders every write), so a round trip to a service does not
+    /// add to the time of each page.
     async fn each_page<T, F>(
         &self,
         s: &mut KindSummary,
         path: &str,
-        mut apply: F,
+        apply: F,
     ) -> Result<(), RunError>
     where
         T: DeserializeOwned + Send + 'static,
-        F: AsyncFnMut(&mut KindSummary, Vec<T>) -> Result<(), RunError>,
+        T: Positioned,
+        F: AsyncFn(&mut KindSummary, Vec<T>, Stretch) -> Result<(), RunError>,
     {
-        let (tx, mut rx) = tokio::sync::mpsc::channel(1);
+        let (tx, mut rx) = tokio::sync::mpsc::channel(PAGES_IN_FLIGHT);
         let size = self.plan.page_size;
         let producer = async move {
-            let mut offset = 0;
+            let (mut offset, mut after) = (0, None);
             loop {
                 let page = list_page::<T>(self.clerk, path, offset, size).await;
                 let (items, last) = match page {
@@ -149,22 +189,53 @@ impl<'a, C: ClerkBackend> Ctx<'a, C> {
                     }
                 };
                 offset += items.len();
-                if tx.send(Ok(items)).await.is_err() || last {
+                // The page covers the listing after the previous page's last position up to
+                // its own last one; the last page covers the rest.
+                let furthest = items
+                    .iter()
+                    .filter_map(|i| i.as_ref().ok().map(Positioned::position))
+                    .max();
+                let through = if last {
+                    None
+                } else {
+                    furthest.or_else(|| after.clone())
+                };
+                let stretch = Stretch {
+                    after: after.clone(),
+                    through: through.clone(),
+                };
+                if tx.send(Ok((items, stretch))).await.is_err() || last {
                     return;
                 }
+                after = through;
             }
         };
         let progress = indicatif::ProgressBar::new_spinner();
         progress.enable_steady_tick(Duration::from_millis(200));
+        let kind = s.kind.clone();
+        let handle = |page: Result<(Vec<Result<T, Unparsed>>, Stretch), _>| {
+            let (apply, kind) = (&apply, kind.clone());
+            async move {
+                let mut d = KindSummary {
+                    kind,
+                    ..KindSummary::default()
+                };
+                let (page, stretch) = page?;
+                let items = usable(&mut d, page);
+                d.listed = items.len() as u64;
+                apply(&mut d, items, stretch).await?;
+                Ok::<_, RunError>(d)
+            }
+        };
         let consumer = async {
-            let mut pages = 0u64;
-            while let Some(page) = rx.recv().await {
-                let items = usable(s, page?);
-                s.listed += items.len() as u64;
-                apply(s, items).await?;
-                pages += 1;
+            let pages = futures::stream::poll_fn(|cx| rx.poll_recv(cx));
+            let mut handled = pages.map(handle).buffer_unordered(PAGES_IN_FLIGHT);
+            let mut n = 0u64;
+            while let Some(d) = handled.next().await {
+                s.add(&d?);
+                n += 1;
                 progress.set_message(format!("{}: {} listed", s.kind, s.listed));
-                if pages.is_multiple_of(PAGES_PER_PROGRESS_LINE) {
+                if n.is_multiple_of(PAGES_PER_PROGRESS_LINE) {
                     tracing::info!(
                         kind = s.kind,
                         listed = s.listed,
@@ -268,38 +339,56 @@ pub(super) async fn users<C: ClerkBackend>(
     ctx: &Ctx<'_, C>,
     s: &mut KindSummary,
 ) -> Result<(), RunError> {
-    let page = async |s: &mut KindSummary, users: Vec<User>| -> Result<(), RunError> {
-        if users.is_empty() {
-            return Ok(());
-        }
-        let cmds: Vec<(String, idp::UpsertUserCommand)> = users
-            .iter()
-            .map(|u| {
-                let id = ctx.event_id("user", &u.id);
-                (u.id.clone(), u.upsert(&id, Some(ctx.started_at)))
-            })
-            .collect();
-        let req = idp::CompareUsersRequest {
-            run_id: ctx.run.to_string(),
-            users: cmds.iter().map(|(_, c)| c.clone()).collect(),
+    // Every page is compared, an empty one too: the users held in its stretch are candidates.
+    let page =
+        async |s: &mut KindSummary, users: Vec<User>, stretch: Stretch| -> Result<(), RunError> {
+            let cmds: Vec<(String, idp::UpsertUserCommand)> = users
+                .iter()
+                .map(|u| {
+                    let id = ctx.event_id("user", &u.id);
+                    (u.id.clone(), u.upsert(&id, Some(ctx.started_at)))
+                })
+                .collect();
+            let position = |p: Option<Position>| match p {
+                Some((ms, id)) => (Some(vbase_proto::timestamp_from_millis(ms)), id),
+                None => (None, String::new()),
+            };
+            let (after_created_at, after_id) = position(stretch.after);
+            let (through_created_at, through_id) = position(stretch.through);
+            let req = idp::CompareUsersRequest {
+                run_id: ctx.run.to_string(),
+                users: cmds.iter().map(|(_, c)| c.clone()).collect(),
+                range: Some(idp::ListedRange {
+                    after_created_at,
+                    after_id,
+                    through_created_at,
+                    through_id,
+                }),
+                started_at: Some(ctx.started_at),
+                scope_id: ctx.plan.scope.user().unwrap_or_default().to_owned(),
+            };
+            let results = ctx
+                .down
+                .identity()
+                .compare_users(ctx.down.request("identity-service", req)?)
+                .await?
+                .into_inner()
+                .results;
+            let writes = classify(s, cmds, &results, Command::UpsertUser)?;
+            ctx.apply(s, writes).await
         };
-        let results = ctx
-            .down
-            .identity()
-            .compare_users(ctx.down.request("identity-service", req)?)
-            .await?
-            .into_inner()
-            .results;
-        let writes = classify(s, cmds, &results, Command::UpsertUser)?;
-        ctx.apply(s, writes).await
-    };
     match &ctx.plan.scope {
         Scope::User(id) => {
             let users = single::<User>(ctx.clerk, s, &format!("/users/{id}")).await?;
-            page(s, users).await?;
+            let mut d = KindSummary {
+                kind: s.kind.clone(),
+                ..KindSummary::default()
+            };
+            page(&mut d, users, Stretch::default()).await?;
+            s.add(&d);
             s.listing_complete = true;
         }
-        _ => ctx.each_page(s, "/users", &page).await?,
+        _ => ctx.each_page(s, "/users", page).await?,
     }
     Ok(())
 }
@@ -339,39 +428,45 @@ pub(super) async fn organizations<C: ClerkBackend>(
     ctx: &Ctx<'_, C>,
     s: &mut KindSummary,
 ) -> Result<(), RunError> {
-    let page = async |s: &mut KindSummary, orgs: Vec<Organization>| -> Result<(), RunError> {
-        if orgs.is_empty() {
-            return Ok(());
-        }
-        let cmds: Vec<(String, wsp::UpsertWorkspaceCommand)> = orgs
-            .iter()
-            .map(|o| {
-                let id = ctx.event_id("organization", &o.id);
-                (o.id.clone(), o.upsert(&id, Some(ctx.started_at)))
-            })
-            .collect();
-        let req = wsp::CompareWorkspacesRequest {
-            run_id: ctx.run.to_string(),
-            workspaces: cmds.iter().map(|(_, c)| c.clone()).collect(),
+    let page =
+        async |s: &mut KindSummary, orgs: Vec<Organization>, _: Stretch| -> Result<(), RunError> {
+            if orgs.is_empty() {
+                return Ok(());
+            }
+            let cmds: Vec<(String, wsp::UpsertWorkspaceCommand)> = orgs
+                .iter()
+                .map(|o| {
+                    let id = ctx.event_id("organization", &o.id);
+                    (o.id.clone(), o.upsert(&id, Some(ctx.started_at)))
+                })
+                .collect();
+            let req = wsp::CompareWorkspacesRequest {
+                run_id: ctx.run.to_string(),
+                workspaces: cmds.iter().map(|(_, c)| c.clone()).collect(),
+            };
+            let results = ctx
+                .down
+                .workspace()
+                .compare_workspaces(ctx.down.request("workspace-service", req)?)
+                .await?
+                .into_inner()
+                .results;
+            let writes = classify(s, cmds, &results, Command::UpsertWorkspace)?;
+            ctx.apply(s, writes).await
         };
-        let results = ctx
-            .down
-            .workspace()
-            .compare_workspaces(ctx.down.request("workspace-service", req)?)
-            .await?
-            .into_inner()
-            .results;
-        let writes = classify(s, cmds, &results, Command::UpsertWorkspace)?;
-        ctx.apply(s, writes).await
-    };
     match &ctx.plan.scope {
         Scope::Org(id) => {
             let orgs =
                 single::<Organization>(ctx.clerk, s, &format!("/organizations/{id}")).await?;
-            page(s, orgs).await?;
+            let mut d = KindSummary {
+                kind: s.kind.clone(),
+                ..KindSummary::default()
+            };
+            page(&mut d, orgs, Stretch::default()).await?;
+            s.add(&d);
             s.listing_complete = true;
         }
-        _ => ctx.each_page(s, "/organizations", &page).await?,
+        _ => ctx.each_page(s, "/organizations", page).await?,
     }
     Ok(())
 }
@@ -417,37 +512,38 @@ pub(super) async fn memberships<C: ClerkBackend>(
     ctx: &Ctx<'_, C>,
     s: &mut KindSummary,
 ) -> Result<(), RunError> {
-    let page = async |s: &mut KindSummary, members: Vec<Membership>| -> Result<(), RunError> {
-        if members.is_empty() {
-            return Ok(());
-        }
-        let cmds: Vec<(String, wsp::UpsertMembershipCommand)> = members
-            .iter()
-            .map(|m| {
-                let id = ctx.event_id("membership", &m.id);
-                (m.id.clone(), m.upsert(&id, Some(ctx.started_at)))
-            })
-            .collect();
-        let req = wsp::CompareMembershipsRequest {
-            run_id: ctx.run.to_string(),
-            memberships: cmds.iter().map(|(_, c)| c.clone()).collect(),
+    let page =
+        async |s: &mut KindSummary, members: Vec<Membership>, _: Stretch| -> Result<(), RunError> {
+            if members.is_empty() {
+                return Ok(());
+            }
+            let cmds: Vec<(String, wsp::UpsertMembershipCommand)> = members
+                .iter()
+                .map(|m| {
+                    let id = ctx.event_id("membership", &m.id);
+                    (m.id.clone(), m.upsert(&id, Some(ctx.started_at)))
+                })
+                .collect();
+            let req = wsp::CompareMembershipsRequest {
+                run_id: ctx.run.to_string(),
+                memberships: cmds.iter().map(|(_, c)| c.clone()).collect(),
+            };
+            let results = ctx
+                .down
+                .workspace()
+                .compare_memberships(ctx.down.request("workspace-service", req)?)
+                .await?
+                .into_inner()
+                .results;
+            let writes = classify(s, cmds, &results, Command::UpsertMembership)?;
+            ctx.apply(s, writes).await
         };
-        let results = ctx
-            .down
-            .workspace()
-            .compare_memberships(ctx.down.request("workspace-service", req)?)
-            .await?
-            .into_inner()
-            .results;
-        let writes = classify(s, cmds, &results, Command::UpsertMembership)?;
-        ctx.apply(s, writes).await
-    };
     let path = match &ctx.plan.scope {
         Scope::All => "/organization_memberships".to_owned(),
         Scope::Org(id) => format!("/organizations/{id}/memberships"),
         Scope::User(id) => format!("/users/{id}/organization_memberships"),
     };
-    ctx.each_page(s, &path, &page).await
+    ctx.each_page(s, &path, page).await
 }
 
 pub(super) async fn sweep_memberships<C: ClerkBackend>(

@@ -62,6 +62,14 @@ pub enum Scope {
 }
 
 impl Scope {
+    /// The user of a run for one user.
+    fn user(&self) -> Option<&str> {
+        match self {
+            Scope::User(id) => Some(id),
+            _ => None,
+        }
+    }
+
     /// The id the services filter candidates by (empty: all).
     fn id(&self) -> &str {
         match self {

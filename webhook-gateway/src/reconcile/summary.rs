@@ -32,6 +32,18 @@ pub struct KindSummary {
 }
 
 impl KindSummary {
+    /// Adds the counts of `d` (one page's) to these.
+    pub fn add(&mut self, d: &KindSummary) {
+        self.listed += d.listed;
+        self.created += d.created;
+        self.updated += d.updated;
+        self.unchanged += d.unchanged;
+        self.deleted += d.deleted;
+        self.stale += d.stale;
+        self.refused += d.refused;
+        self.kept += d.kept;
+    }
+
     /// Empty counts for `kind`.
     pub fn new(kind: Kind) -> Self {
         Self {

@@ -130,6 +130,19 @@ async fn a_backfill_fills_empty_databases_and_a_second_run_changes_nothing() {
     assert_eq!(counts(&second, Kind::Users), (0, 0, 2000, 0, 0));
     assert_eq!(counts(&second, Kind::Organizations), (0, 0, 200, 0, 0));
     assert_eq!(counts(&second, Kind::Memberships), (0, 0, 5000, 0, 0));
+    assert_eq!(
+        kind(&second, Kind::Users).kept,
+        0,
+        "no user taken for missing"
+    );
+
+    // Gone from the middle of the third page of four: found by its page's stretch alone.
+    api.remove_user(&user_id(1234));
+    let third = run(&cfg).await;
+    assert_eq!(counts(&third, Kind::Users), (0, 0, 1999, 1, 0));
+    assert_eq!(kind(&third, Kind::Users).kept, 0);
+    assert!(s.user(&user_id(1234)).await.is_none());
+    assert!(s.user(&user_id(1233)).await.is_some());
 }
 
 #[tokio::test]
