@@ -170,6 +170,7 @@ impl Issuers {
                 db_idle_in_transaction_timeout_ms: 5_000,
             },
             auth: self.auth_args(),
+            grpc: service_runtime::GrpcLimits::default(),
             log_format: service_runtime::LogFormat::Pretty,
             migrate_on_start: false,
             processed_event_retention_hours: 72,

@@ -21,6 +21,8 @@ pub struct ServiceArgs {
     pub db: DatabaseArgs,
     #[command(flatten)]
     pub auth: token_auth::AuthArgs,
+    #[command(flatten)]
+    pub grpc: crate::GrpcLimits,
     /// `json` or `pretty`.
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Json)]
     pub log_format: LogFormat,
@@ -35,6 +37,7 @@ pub struct ServiceArgs {
 impl ServiceArgs {
     /// What is out of range, if anything.
     pub fn check(&self) -> Result<(), String> {
+        self.grpc.check()?;
         if !(72..=8760).contains(&self.processed_event_retention_hours) {
             return Err(format!(
                 "PROCESSED_EVENT_RETENTION_HOURS ({}) must be from 72 (Svix retries for about 28 hours) to 8760",
@@ -64,6 +67,7 @@ pub struct Boot {
     /// Background workers, awaited at the stop.
     pub workers: Workers,
     retention_hours: u64,
+    limits: crate::GrpcLimits,
 }
 
 impl Boot {
@@ -94,6 +98,7 @@ impl Boot {
             lifecycle: Lifecycle::default(),
             workers: Workers::default(),
             retention_hours: args.processed_event_retention_hours,
+            limits: args.grpc.clone(),
         })
     }
 
@@ -127,6 +132,7 @@ impl Boot {
             services,
             lifecycle: self.lifecycle,
             workers: self.workers,
+            limits: self.limits,
         }
         .run(shutdown)
         .await

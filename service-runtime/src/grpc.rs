@@ -3,6 +3,7 @@
 
 use crate::db::Pool;
 use crate::lifecycle::{Lifecycle, Workers};
+use crate::limits::{Admitted, GrpcLimits};
 use diesel_async::RunQueryDsl;
 use std::convert::Infallible;
 use std::future::Future;
@@ -10,7 +11,6 @@ use std::sync::Arc;
 use std::time::Duration;
 use token_auth::{AuthLayer, Authenticator, MethodPolicy};
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::server::NamedService;
 use tonic::service::RoutesBuilder;
 use tonic_health::ServingStatus;
@@ -86,6 +86,7 @@ async fn report(reporter: &HealthReporter, names: &[&'static str], status: Servi
 /// resolves, then reports NOT_SERVING and drains in-flight calls.
 pub async fn serve_grpc(
     listener: TcpListener,
+    limits: &GrpcLimits,
     auth: Arc<Authenticator>,
     services: GrpcServices,
     health: (
@@ -109,14 +110,30 @@ pub async fn serve_grpc(
         // Stop advertising readiness first, then let tonic drain.
         report(&reporter, &names, ServingStatus::NotServing).await;
     };
-    // Replies go out as soon as they are written (no Nagle wait for the caller's ACK).
-    let incoming = tokio_stream::StreamExt::map(TcpListenerStream::new(listener), |conn| {
-        if let Ok(stream) = &conn {
-            let _ = stream.set_nodelay(true);
-        }
-        conn
-    });
-    tonic::transport::Server::builder()
+    // At most `max_connections` at once: the next accept waits for a connection to close.
+    let incoming = futures::stream::unfold(
+        (listener, limits.admission()),
+        |(listener, admission)| async move {
+            let permit = Arc::clone(&admission).acquire_owned().await.ok()?;
+            loop {
+                match listener.accept().await {
+                    Ok((stream, _)) => {
+                        // Replies go out as soon as they are written (no Nagle wait).
+                        let _ = stream.set_nodelay(true);
+                        let conn = Ok::<_, std::io::Error>(Admitted::new(stream, permit));
+                        return Some((conn, (listener, admission)));
+                    }
+                    Err(e) => {
+                        // Out of file descriptors, for one: pause instead of spinning a core.
+                        tracing::warn!(error = %e, "accept failed; pausing 100 ms");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                }
+            }
+        },
+    );
+    limits
+        .server()
         .layer(AuthLayer::new(auth, policy))
         .add_routes(routes.routes())
         .serve_with_incoming_shutdown(incoming, shutdown)
@@ -189,6 +206,8 @@ pub struct Serve {
     pub lifecycle: Lifecycle,
     /// The service's background workers, awaited after the stop.
     pub workers: Workers,
+    /// What the gRPC server admits.
+    pub limits: GrpcLimits,
 }
 
 impl Serve {
@@ -208,6 +227,7 @@ impl Serve {
             services,
             lifecycle,
             mut workers,
+            limits,
         } = self;
         let registry = Arc::new(std::sync::Mutex::new(registry));
         let metrics_listener = TcpListener::bind(metrics_addr).await?;
@@ -236,6 +256,7 @@ impl Serve {
         };
         let server = serve_grpc(
             listener,
+            &limits,
             auth,
             services,
             (reporter, health_service),

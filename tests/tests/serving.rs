@@ -41,14 +41,17 @@ struct Identity;
 
 #[tonic::async_trait]
 impl ipb::identity_service_server::IdentityService for Identity {
-    /// Answers the id it was asked for; `user_slow` takes 500 ms (a call in flight).
+    /// Answers the id it was asked for; `user_slow` takes 500 ms (a call in flight),
+    /// `user_stuck` 30 s (a call that never ends in time).
     async fn get_user(
         &self,
         req: Request<ipb::GetUserRequest>,
     ) -> Result<Response<ipb::GetUserResponse>, Status> {
         let id = req.into_inner().clerk_id;
-        if id == "user_slow" {
-            tokio::time::sleep(Duration::from_millis(500)).await;
+        match id.as_str() {
+            "user_slow" => tokio::time::sleep(Duration::from_millis(500)).await,
+            "user_stuck" => tokio::time::sleep(Duration::from_secs(30)).await,
+            _ => {}
         }
         Ok(Response::new(ipb::GetUserResponse {
             user: Some(ipb::User {
@@ -174,6 +177,7 @@ async fn one_server_serves_several_services_each_with_its_policy_and_stops_in_tw
             services,
             lifecycle,
             workers,
+            limits: service_runtime::GrpcLimits::default(),
         }
         .run(shutdown)
     })
@@ -288,4 +292,118 @@ async fn one_server_serves_several_services_each_with_its_policy_and_stops_in_tw
         worker_finished.load(Ordering::SeqCst),
         "run returned before its worker had stopped"
     );
+}
+
+/// What one server admits: calls per connection, the time of a call, connections at once.
+#[tokio::test]
+async fn the_server_bounds_streams_call_time_and_connections() {
+    let issuers = Issuers::new().await;
+    let db = service_harness::database("serving", "none", |_| async { Ok(()) }).await;
+    let pool =
+        service_runtime::db::build_pool(db.url(), 2, service_runtime::db::PlanCache::Auto).unwrap();
+    let auth = Arc::new(issuers.auth_args().build(AUDIENCE).unwrap());
+    let services = GrpcServices::new().add(
+        ipb::identity_service_server::IdentityServiceServer::new(Identity),
+        MethodPolicy::new(IDENTITY).allow("GetUser", Access::UserOrService),
+    );
+    let limits = service_runtime::GrpcLimits {
+        max_connections: 3,
+        max_concurrent_streams: 2,
+        request_timeout_secs: 1,
+        keepalive_secs: 60,
+    };
+    let server = service_harness::RunningServer::start(move |listener, shutdown| {
+        Serve {
+            listener,
+            metrics_addr: "127.0.0.1:0".parse().unwrap(),
+            registry: Default::default(),
+            pool,
+            auth,
+            services,
+            lifecycle: Lifecycle::default(),
+            workers: Workers::default(),
+            limits,
+        }
+        .run(shutdown)
+    })
+    .await;
+    let url = format!("http://{}", server.addr);
+    let connect = || async {
+        let channel = tonic::transport::Channel::from_shared(url.clone())
+            .unwrap()
+            .connect_lazy();
+        ipb::identity_service_client::IdentityServiceClient::new(channel)
+    };
+    let get = |id: &str| {
+        let mut r = issuers.service(
+            AUDIENCE,
+            ipb::GetUserRequest {
+                clerk_id: id.into(),
+            },
+        );
+        r.set_timeout(Duration::from_secs(10));
+        r
+    };
+
+    // Two calls at a time on one connection: four 500 ms calls take two rounds. (The first call
+    // brings the server's SETTINGS; calls sent before them, beyond the limit, are refused with
+    // REFUSED_STREAM, which a client may retry.)
+    let one = connect().await;
+    one.clone().get_user(get("user_1")).await.unwrap();
+    let started = std::time::Instant::now();
+    let calls = (0..4).map(|_| {
+        let mut c = one.clone();
+        let r = get("user_slow");
+        async move { c.get_user(r).await }
+    });
+    for r in futures::future::join_all(calls).await {
+        r.expect("each call is answered");
+    }
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(950),
+        "4 calls of 500 ms with 2 streams per connection took {took:?}"
+    );
+
+    // A call past GRPC_REQUEST_TIMEOUT_SECS is ended by the server.
+    let started = std::time::Instant::now();
+    let stuck = one.clone().get_user(get("user_stuck")).await.unwrap_err();
+    assert!(
+        matches!(stuck.code(), Code::Cancelled | Code::DeadlineExceeded),
+        "{stuck:?}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+
+    // Three connections at once (this one and two more); a fourth waits until one closes.
+    let (mut two, mut three) = (connect().await, connect().await);
+    two.get_user(get("user_1")).await.unwrap();
+    three.get_user(get("user_1")).await.unwrap();
+    let mut four = connect().await;
+    let mut waiting = get("user_1");
+    waiting.set_timeout(Duration::from_millis(700));
+    let refused = four.get_user(waiting).await.unwrap_err();
+    assert!(
+        matches!(
+            refused.code(),
+            Code::DeadlineExceeded | Code::Cancelled | Code::Unavailable
+        ),
+        "{refused:?}"
+    );
+    drop(two);
+    service_harness::eventually(
+        "the fourth connection is served",
+        Duration::from_secs(10),
+        || {
+            let mut four = four.clone();
+            let mut r = get("user_1");
+            r.set_timeout(Duration::from_millis(500));
+            async move { four.get_user(r).await.is_ok() }
+        },
+    )
+    .await;
+    server.stop().await.unwrap();
 }
