@@ -122,12 +122,17 @@ pub fn ts(secs: i64) -> Option<prost_types::Timestamp> {
     })
 }
 
+/// The `sub` of [`Issuers::service`] tokens: an internal caller granted every method that
+/// admits service tokens (`SERVICE_CALLERS`), so tests can drive any RPC. The webhook
+/// gateway signs with the same key under its own subject, which keeps to its methods.
+pub const INTERNAL_CALLER: &str = "internal-test";
+
 /// Trust material for a service under test: a Clerk stand-in and the gateway's service keys.
 #[derive(Debug)]
 pub struct Issuers {
     /// Stand-in Clerk issuer (audience `convex`).
     pub clerk: ClerkStandIn,
-    /// The internal caller (`webhook-gateway`) keys.
+    /// The internal callers' key ([`INTERNAL_CALLER`] tokens; the gateway signs with it too).
     pub keys: ServiceKeys,
 }
 
@@ -136,7 +141,7 @@ impl Issuers {
     pub async fn new() -> Self {
         Self {
             clerk: ClerkStandIn::start("convex").await.expect("clerk stand-in"),
-            keys: ServiceKeys::generate("vbase-internal", "webhook-gateway").expect("service keys"),
+            keys: ServiceKeys::generate("vbase-internal", INTERNAL_CALLER).expect("service keys"),
         }
     }
 
@@ -152,6 +157,7 @@ impl Issuers {
             service_jwks_url: None,
             jwks_refresh_secs: 300,
             token_max_lifetime_secs: 3600,
+            service_callers: format!("{INTERNAL_CALLER}=*"),
         }
     }
 

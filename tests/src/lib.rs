@@ -294,6 +294,8 @@ impl Stack {
                     service_jwks_file.display().to_string(),
                 ),
                 ("LOG_FORMAT".into(), "pretty".into()),
+                // The stack's own tools (the end-to-end suite, the bench) call as this caller.
+                ("SERVICE_CALLERS".into(), format!("{STACK_CALLER}=*")),
             ]
         };
         let mut env = BTreeMap::new();
@@ -578,6 +580,10 @@ async fn serving(addr: SocketAddr, service: &str) -> bool {
 }
 
 /// Claims of a development user token (the seed's `convex` JWT template plus org claims).
+/// The `sub` of service tokens the stack's own tools mint with the gateway's key (granted
+/// every service method in the stack's `SERVICE_CALLERS`).
+pub const STACK_CALLER: &str = "vbase-stack";
+
 /// What the development stack's stand-in of Clerk's Backend API holds: the users and the
 /// organization that `vbase-stack mint-token` makes tokens for by default.
 pub fn dev_clerk_data(api: &ClerkApiStandIn) {

@@ -84,7 +84,7 @@ impl Client {
             service: ServiceTokenMinter::new(
                 key,
                 "vbase-internal",
-                "e2e-tests",
+                vbase_stack::STACK_CALLER,
                 Duration::from_secs(300),
             ),
             clerk_key,

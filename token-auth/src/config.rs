@@ -36,6 +36,11 @@ pub struct AuthArgs {
     /// session tokens live 60 s; a longer-lived token stays valid after a member is removed.
     #[arg(long, env = "TOKEN_MAX_LIFETIME_SECS", default_value_t = 3600)]
     pub token_max_lifetime_secs: i64,
+    /// Internal callers other than the webhook gateway and what they may call, by their
+    /// service token's `sub`: `reporting=GetUser,BatchGetUsers;admin-tool=*` (`*`: every method
+    /// that admits service tokens). The gateway's subject may call the sync commands only.
+    #[arg(long, env = "SERVICE_CALLERS", default_value = "")]
+    pub service_callers: String,
 }
 
 impl AuthArgs {
@@ -93,6 +98,7 @@ impl AuthArgs {
         if self.service_jwt_issuer == issuer {
             return Err("SERVICE_JWT_ISSUER must differ from CLERK_JWT_ISSUER_DOMAIN".to_owned());
         }
+        let callers = crate::ServiceCallers::parse(&self.service_callers)?;
         let options = KeyStoreOptions {
             refresh_interval: Duration::from_secs(self.jwks_refresh_secs.max(10)),
             ..KeyStoreOptions::default()
@@ -118,6 +124,7 @@ impl AuthArgs {
                 max_lifetime_secs: self.token_max_lifetime_secs,
             }),
             options,
-        ))
+        )
+        .with_service_callers(callers))
     }
 }

@@ -11,6 +11,7 @@
 //! [`KeyStore`] that a background task refreshes, with a throttled re-fetch on unknown `kid`s.
 //! [`signing`] mints tokens (the gateway's service tokens, and development/test user tokens).
 
+mod callers;
 mod claims;
 mod config;
 mod keys;
@@ -18,6 +19,7 @@ mod policy;
 pub mod signing;
 mod verify;
 
+pub use callers::{GATEWAY_SUBJECT, ServiceCallers};
 pub use claims::{ActiveOrg, Principal, ServicePrincipal, UserPrincipal, normalize_role};
 pub use config::AuthArgs;
 pub use keys::{KeySource, KeyStore, KeyStoreOptions, MAX_JWKS_BYTES, acceptable_jwks_url};

@@ -36,13 +36,9 @@ pub enum Access {
 }
 
 impl Access {
-    fn permits(self, principal: &Principal) -> bool {
-        matches!(
-            (self, principal),
-            (Access::UserOrService, _)
-                | (Access::User, Principal::User(_))
-                | (Access::Service, Principal::Service(_))
-        ) || matches!((self, principal), (Access::ServiceNamed(name), Principal::Service(s)) if s.name == name)
+    /// Whether a user may call a method with this access.
+    fn admits_users(self) -> bool {
+        matches!(self, Access::User | Access::UserOrService)
     }
 }
 
@@ -144,30 +140,45 @@ impl MethodPolicy {
                 let principal = auth
                     .verify_header(authorization)
                     .map_err(|e: AuthError| Status::unauthenticated(e.to_string()))?;
-                permit(access, principal).map(Some)
+                permit(access, principal, path, auth.service_callers()).map(Some)
             }
         }
     }
 }
 
-/// The principal, if `access` admits its kind of caller.
-fn permit(access: Access, principal: Principal) -> Result<Principal, Status> {
-    if access.permits(&principal) {
+/// The principal, if `access` admits it: a user where users may call; the gateway's subject
+/// on the methods for service tokens only (the sync commands) and those named for it; another
+/// internal caller on what `callers` grants it.
+fn permit(
+    access: Access,
+    principal: Principal,
+    path: &str,
+    callers: &crate::ServiceCallers,
+) -> Result<Principal, Status> {
+    let method = path.rsplit('/').next().unwrap_or_default();
+    let allowed = match (&principal, access) {
+        (Principal::User(_), a) => a.admits_users(),
+        (Principal::Service(s), Access::ServiceNamed(name)) => s.name == name,
+        (Principal::Service(_), Access::User) => false,
+        (Principal::Service(s), Access::Service) => {
+            s.name == crate::GATEWAY_SUBJECT || callers.allows(&s.name, method)
+        }
+        (Principal::Service(s), Access::UserOrService) => callers.allows(&s.name, method),
+    };
+    if allowed {
         return Ok(principal);
     }
-    if let Access::ServiceNamed(name) = access {
-        return Err(Status::permission_denied(format!(
-            "this method is only for the {name} service"
-        )));
-    }
-    let who = if principal.is_service() {
-        "service tokens"
-    } else {
-        "user tokens"
-    };
-    Err(Status::permission_denied(format!(
-        "this method does not accept {who}"
-    )))
+    Err(Status::permission_denied(match (&principal, access) {
+        (_, Access::ServiceNamed(name)) => format!("this method is only for the {name} service"),
+        (Principal::User(_), _) => "this method does not accept user tokens".to_owned(),
+        (Principal::Service(_), Access::User) => {
+            "this method does not accept service tokens".to_owned()
+        }
+        (Principal::Service(s), _) => format!(
+            "service caller {} may not call {method}: grant it in SERVICE_CALLERS",
+            s.name
+        ),
+    }))
 }
 
 /// How long a call signed with a key not loaded yet waits for the key store's re-fetch.
@@ -268,7 +279,12 @@ where
             .get(http::header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok());
         match self.auth.verify_header(authorization) {
-            Ok(principal) => match permit(access, principal) {
+            Ok(principal) => match permit(
+                access,
+                principal,
+                req.uri().path(),
+                self.auth.service_callers(),
+            ) {
                 Ok(principal) => {
                     record_caller(&span, &principal);
                     req.extensions_mut().insert(principal);
@@ -284,13 +300,14 @@ where
                 let clone = self.inner.clone();
                 let mut inner = std::mem::replace(&mut self.inner, clone);
                 let waiting = span.clone();
+                let path = req.uri().path().to_owned();
                 Box::pin(tracing::Instrument::instrument(
                     async move {
                         let verified = auth
                             .verify_header_waiting(authorization.as_deref(), UNKNOWN_KEY_WAIT)
                             .await
                             .map_err(|e| Status::unauthenticated(e.to_string()))
-                            .and_then(|p| permit(access, p));
+                            .and_then(|p| permit(access, p, &path, auth.service_callers()));
                         match verified {
                             Ok(principal) => {
                                 record_caller(&waiting, &principal);

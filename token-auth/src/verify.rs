@@ -131,6 +131,7 @@ pub struct Authenticator {
     clerk: Option<Domain<ClerkSettings>>,
     service: Option<Domain<ServiceSettings>>,
     verified: quick_cache::sync::Cache<[u8; 32], Arc<Verified>>,
+    callers: crate::ServiceCallers,
 }
 
 /// A token that passed every check, and what its acceptance depends on.
@@ -199,7 +200,20 @@ impl Authenticator {
             clerk,
             service,
             verified: quick_cache::sync::Cache::new(VERIFIED_CACHE_ENTRIES),
+            callers: crate::ServiceCallers::default(),
         }
+    }
+
+    /// Internal callers other than the gateway, with what they may call (none by default).
+    #[must_use]
+    pub fn with_service_callers(mut self, callers: crate::ServiceCallers) -> Self {
+        self.callers = callers;
+        self
+    }
+
+    /// Internal callers other than the gateway, with what they may call.
+    pub fn service_callers(&self) -> &crate::ServiceCallers {
+        &self.callers
     }
 
     /// The key stores in use (Clerk first), for readiness checks and metrics.

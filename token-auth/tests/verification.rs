@@ -30,6 +30,11 @@ fn options() -> KeyStoreOptions {
 }
 
 async fn fixture(authorized_parties: &[&str]) -> Fixture {
+    fixture_with(authorized_parties, "").await
+}
+
+/// A fixture whose internal callers are `service_callers` (as `SERVICE_CALLERS` reads).
+async fn fixture_with(authorized_parties: &[&str], service_callers: &str) -> Fixture {
     let clerk_key = SigningKey::generate_rsa().unwrap();
     let service_key = SigningKey::generate_ed25519().unwrap();
     let clerk_jwks = JwksServer::start(SigningKey::jwks(&[&clerk_key]))
@@ -54,7 +59,8 @@ async fn fixture(authorized_parties: &[&str]) -> Fixture {
             max_lifetime_secs: 3600,
         }),
         options(),
-    );
+    )
+    .with_service_callers(token_auth::ServiceCallers::parse(service_callers).unwrap());
     for store in auth.key_stores() {
         assert!(
             store.wait_ready(Duration::from_secs(5)).await,
@@ -94,9 +100,13 @@ impl Fixture {
     }
 
     fn service_token(&self, aud: &str) -> String {
+        self.service_token_of("webhook-gateway", aud)
+    }
+
+    fn service_token_of(&self, sub: &str, aud: &str) -> String {
         let now = now_secs();
         self.service_key
-            .sign(&json!({"iss":"vbase-internal","sub":"webhook-gateway","aud":aud,"iat":now,"nbf":now,"exp":now+120}))
+            .sign(&json!({"iss":"vbase-internal","sub":sub,"aud":aud,"iat":now,"nbf":now,"exp":now+120}))
             .unwrap()
     }
 }
@@ -384,6 +394,7 @@ fn jwks_urls_must_be_https_except_to_this_machine() {
         service_jwks_url: None,
         jwks_refresh_secs: 300,
         token_max_lifetime_secs: 3600,
+        service_callers: String::new(),
     };
     let err = args.build("identity-service").unwrap_err();
     assert!(err.contains("CLERK_JWKS_URL"), "{err}");
@@ -456,7 +467,11 @@ async fn method_policy_separates_user_and_service_callers() {
     );
     assert_eq!(code("UpsertUser", Some(&service)), None);
     assert_eq!(code("GetUser", Some(&user)), None);
-    assert_eq!(code("GetUser", Some(&service)), None);
+    assert_eq!(
+        code("GetUser", Some(&service)),
+        Some(Code::PermissionDenied),
+        "the gateway's subject calls the sync commands only"
+    );
     assert_eq!(code("GetUser", None), Some(Code::Unauthenticated));
     assert_eq!(
         code("GetUser", Some("Basic abc")),
@@ -610,11 +625,11 @@ impl std::io::Write for Captured {
 #[tokio::test]
 async fn each_call_runs_in_a_span_naming_its_method_and_caller() {
     use tower::{Layer, Service, ServiceExt};
-    let f = fixture(&[]).await;
+    let f = fixture_with(&[], "reporting=GetUser").await;
     let policy = MethodPolicy::new("vbase.identity.v1.IdentityService")
         .allow("GetUser", Access::UserOrService);
     let tokens = [
-        f.service_token("identity-service"),
+        f.service_token_of("reporting", "identity-service"),
         f.user_token_with(json!({})),
     ];
     let layer = token_auth::AuthLayer::new(std::sync::Arc::new(f.auth), policy);
@@ -650,10 +665,7 @@ async fn each_call_runs_in_a_span_naming_its_method_and_caller() {
     let text = String::from_utf8(logs.lock().unwrap().clone()).unwrap();
     let lines: Vec<&str> = text.lines().filter(|l| l.contains("handled")).collect();
     assert_eq!(lines.len(), 2, "{text}");
-    for (line, caller) in lines
-        .iter()
-        .zip(["service:webhook-gateway", "user:user_2abc"])
-    {
+    for (line, caller) in lines.iter().zip(["service:reporting", "user:user_2abc"]) {
         assert!(
             line.contains(r#""method":"/vbase.identity.v1.IdentityService/GetUser""#),
             "{line}"
@@ -752,4 +764,55 @@ async fn a_rotated_key_is_accepted_on_first_sight() {
     );
     let fetched = auth.key_stores()[0].fetch_count() - fetches_before;
     assert!(fetched <= 4, "{fetched} fetches");
+}
+
+/// Internal callers other than the gateway are authorised per method by their token's `sub`
+/// (`SERVICE_CALLERS`); an unlisted subject gets PERMISSION_DENIED, and the gateway's subject
+/// keeps to the sync commands and the methods named for it.
+#[tokio::test]
+async fn service_callers_are_authorised_per_method_by_subject() {
+    let f = fixture_with(&[], "reporting=GetUser;ops=*").await;
+    let auth = &f.auth;
+    let policy = MethodPolicy::new("vbase.identity.v1.IdentityService")
+        .allow("UpsertUser", Access::Service)
+        .allow("GetUser", Access::UserOrService)
+        .allow("BatchGetUsers", Access::UserOrService)
+        .allow("CompareUsers", Access::ServiceNamed("webhook-gateway"));
+    let token = |sub: &str| format!("Bearer {}", f.service_token_of(sub, "identity-service"));
+    let code = |m: &str, sub: &str| {
+        let h = token(sub);
+        policy
+            .authorize(
+                auth,
+                &format!("/vbase.identity.v1.IdentityService/{m}"),
+                Some(&h),
+            )
+            .err()
+            .map(|s| s.code())
+    };
+    let denied = Some(Code::PermissionDenied);
+    assert_eq!(code("GetUser", "reporting"), None);
+    assert_eq!(code("BatchGetUsers", "reporting"), denied);
+    assert_eq!(code("UpsertUser", "reporting"), denied);
+    assert_eq!(code("CompareUsers", "reporting"), denied);
+    assert_eq!(code("GetUser", "ops"), None);
+    assert_eq!(code("UpsertUser", "ops"), None);
+    assert_eq!(
+        code("CompareUsers", "ops"),
+        denied,
+        "named methods are not in *"
+    );
+    assert_eq!(code("GetUser", "unlisted"), denied);
+    assert_eq!(code("UpsertUser", "unlisted"), denied);
+    assert_eq!(code("UpsertUser", "webhook-gateway"), None);
+    assert_eq!(code("CompareUsers", "webhook-gateway"), None);
+    assert_eq!(code("GetUser", "webhook-gateway"), denied);
+    let why = policy
+        .authorize(
+            auth,
+            "/vbase.identity.v1.IdentityService/BatchGetUsers",
+            Some(&token("reporting")),
+        )
+        .unwrap_err();
+    assert!(why.message().contains("SERVICE_CALLERS"), "{why:?}");
 }

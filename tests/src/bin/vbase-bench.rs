@@ -1095,7 +1095,7 @@ async fn main() -> Result<()> {
         let minter = ServiceTokenMinter::new(
             SigningKey::from_pem(&std::fs::read_to_string(&stack.service_key_file)?)?,
             "vbase-internal",
-            "bench",
+            vbase_stack::STACK_CALLER,
             Duration::from_secs(600),
         );
         let mut wsc = WorkspaceServiceClient::new(

@@ -406,7 +406,28 @@ async fn only_the_gateway_may_call_the_reconcile_methods() {
     let e = s.identity().await.finish_reconcile(req).await.unwrap_err();
     assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e:?}");
     assert!(e.message().contains("webhook-gateway"), "{e:?}");
+    let gateway = token_auth::signing::ServiceTokenMinter::new(
+        token_auth::signing::SigningKey::from_pem(
+            &std::fs::read_to_string(s.issuers.keys.signing_key_file()).unwrap(),
+        )
+        .unwrap(),
+        "vbase-internal",
+        "webhook-gateway",
+        Duration::from_secs(60),
+    );
     let ok = s
+        .identity()
+        .await
+        .finish_reconcile(service_harness::bearer(
+            idp::FinishReconcileRequest {
+                run_id: uuid::Uuid::nil().to_string(),
+            },
+            &gateway.token_for("identity-service").unwrap(),
+        ))
+        .await;
+    assert!(ok.is_ok(), "{ok:?}");
+    // Nor may the tests' own internal caller, granted every other method.
+    let internal = s
         .identity()
         .await
         .finish_reconcile(s.issuers.service(
@@ -415,6 +436,7 @@ async fn only_the_gateway_may_call_the_reconcile_methods() {
                 run_id: uuid::Uuid::nil().to_string(),
             },
         ))
-        .await;
-    assert!(ok.is_ok(), "{ok:?}");
+        .await
+        .unwrap_err();
+    assert_eq!(internal.code(), tonic::Code::PermissionDenied);
 }

@@ -383,7 +383,8 @@ async fn a_downstream_outage_answers_503_then_the_retry_applies_once() {
 
 #[tokio::test]
 async fn a_platform_mounted_token_file_is_used_and_re_read_when_it_changes() {
-    // One token for both services (aud lists both), as a platform would mount it.
+    // One token for both services (aud lists both), as a platform would mount it, naming the
+    // gateway as its subject (the services authorise the sync commands by it).
     let dir = std::env::temp_dir().join(format!("gw-token-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let file = dir.join("token");
@@ -395,7 +396,7 @@ async fn a_platform_mounted_token_file_is_used_and_re_read_when_it_changes() {
     .unwrap();
     let mint = || {
         let now = now();
-        key.sign(&json!({"iss": "vbase-internal", "sub": "platform", "aud": ["identity-service", "workspace-service"],
+        key.sign(&json!({"iss": "vbase-internal", "sub": "webhook-gateway", "aud": ["identity-service", "workspace-service"],
                          "iat": now, "nbf": now, "exp": now + 600}))
             .unwrap()
     };
