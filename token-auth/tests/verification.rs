@@ -816,3 +816,44 @@ async fn service_callers_are_authorised_per_method_by_subject() {
         .unwrap_err();
     assert!(why.message().contains("SERVICE_CALLERS"), "{why:?}");
 }
+
+/// Whatever arrives in `authorization`, verification answers (never panics) and accepts only
+/// what a key signed: arbitrary text, three base64url segments of arbitrary bytes, and real
+/// tokens with one byte changed.
+#[tokio::test(flavor = "multi_thread")]
+async fn arbitrary_tokens_are_refused_without_panicking() {
+    use proptest::prelude::*;
+    use proptest::test_runner::{Config, TestRunner};
+    let f = fixture(&[]).await;
+    let valid = f.user_token_with(json!({}));
+    let mut runner = TestRunner::new(Config {
+        cases: 2000,
+        ..Config::default()
+    });
+    let segments = proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..200), 1..5);
+    let strategy = (any::<String>(), segments, any::<usize>(), any::<u8>());
+    runner
+        .run(&strategy, |(text, parts, at, byte)| {
+            prop_assert!(f.auth.verify(&text).is_err());
+            let joined = parts
+                .iter()
+                .map(|p| B64URL.encode(p))
+                .collect::<Vec<_>>()
+                .join(".");
+            prop_assert!(f.auth.verify(&joined).is_err());
+            let mut bytes = valid.clone().into_bytes();
+            let i = at % bytes.len();
+            if bytes[i] != byte && byte.is_ascii() {
+                bytes[i] = byte;
+                if let Ok(changed) = String::from_utf8(bytes) {
+                    // A changed token verifies only if the change left its meaning intact
+                    // (base64url's unused trailing bits): then it is the same principal.
+                    if let Ok(p) = f.auth.verify(&changed) {
+                        prop_assert_eq!(Ok(p), f.auth.verify(&valid));
+                    }
+                }
+            }
+            Ok(())
+        })
+        .unwrap();
+}

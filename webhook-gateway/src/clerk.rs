@@ -482,4 +482,75 @@ mod tests {
         assert!(to_command("m", br#"{"type":"user.created","data":{"id":"user_1"}}"#).is_err());
         assert!(to_command("m", br#"{"type":"user.deleted","data":{"deleted":true}}"#).is_err());
     }
+
+    /// Any JSON in a Clerk envelope of any handled type maps to a command or a refusal
+    /// (never a panic), and a refusal quotes no value of the payload.
+    #[test]
+    fn arbitrary_payloads_map_or_are_refused_without_panicking() {
+        use proptest::prelude::*;
+        use proptest::test_runner::{Config, TestRunner};
+        let leaf = prop_oneof![
+            Just(serde_json::Value::Null),
+            any::<bool>().prop_map(serde_json::Value::from),
+            any::<i64>().prop_map(serde_json::Value::from),
+            "[a-z_@.]{0,12}secret".prop_map(serde_json::Value::from),
+        ];
+        let value = leaf.prop_recursive(4, 64, 8, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..6).prop_map(serde_json::Value::from),
+                proptest::collection::btree_map(
+                    prop_oneof![
+                        Just("id".to_owned()),
+                        Just("updated_at".to_owned()),
+                        Just("created_at".to_owned()),
+                        Just("role".to_owned()),
+                        Just("organization".to_owned()),
+                        Just("public_user_data".to_owned()),
+                        Just("user_id".to_owned()),
+                        Just("name".to_owned()),
+                        Just("email_addresses".to_owned()),
+                        "[a-z_]{1,10}",
+                    ],
+                    inner,
+                    0..8
+                )
+                .prop_map(|m| serde_json::Value::Object(m.into_iter().collect())),
+            ]
+        });
+        let kinds = prop_oneof![
+            Just("user.created"),
+            Just("user.deleted"),
+            Just("organization.updated"),
+            Just("organization.deleted"),
+            Just("organizationMembership.created"),
+            Just("organizationMembership.deleted"),
+            Just("session.created"),
+        ];
+        let mut runner = TestRunner::new(Config {
+            cases: 3000,
+            ..Config::default()
+        });
+        runner
+            .run(
+                &(
+                    kinds,
+                    value,
+                    proptest::option::of(any::<i64>()),
+                    any::<Vec<u8>>(),
+                ),
+                |(kind, data, ts, raw)| {
+                    let mut env =
+                        serde_json::json!({"type": kind, "data": data, "object": "event"});
+                    if let Some(ts) = ts {
+                        env["timestamp"] = serde_json::json!(ts);
+                    }
+                    if let Err(Malformed(reason)) = to_command("msg_p", &body(env)) {
+                        prop_assert!(!reason.contains("secret"), "{}", reason);
+                    }
+                    let _ = to_command("msg_p", &raw);
+                    Ok(())
+                },
+            )
+            .unwrap();
+    }
 }

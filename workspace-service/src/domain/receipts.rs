@@ -63,11 +63,19 @@ pub async fn mark_read(
 }
 
 /// Unread messages per channel for the calling user (others' messages after their receipt).
+/// Unread messages counted per channel at most (clients show "999+").
+pub const UNREAD_COUNT_CAP: i64 = 1000;
+/// Channels counted per call at most (the oldest first).
+pub const UNREAD_CHANNELS_MAX: i64 = 500;
+
+/// Unread counts of the workspace's oldest [`UNREAD_CHANNELS_MAX`] channels for the caller,
+/// each at most [`UNREAD_COUNT_CAP`], and whether there are more channels: the cost is bounded
+/// whatever the workspace's size.
 pub async fn unread_counts(
     conn: &mut AsyncPgConnection,
     caller: &Caller,
     org: &OrgId,
-) -> Result<Vec<(Uuid, i64)>, Error> {
+) -> Result<(Vec<(Uuid, i64)>, bool), Error> {
     let user = reader(caller, "unread counts")?;
     let ws = workspace_for(conn, caller, org).await?;
     #[derive(QueryableByName)]
@@ -78,17 +86,29 @@ pub async fn unread_counts(
         unread: i64,
     }
     let rows: Vec<Row> = prepared(
-        "SELECT c.id, (SELECT count(*) FROM messages m
-                        WHERE m.channel_id = c.id AND m.author_clerk_id <> $2
-                          AND m.created_at > COALESCE(r.last_read_at, '-infinity')) AS unread
+        "SELECT c.id, (SELECT count(*) FROM (
+                           SELECT 1 FROM messages m
+                            WHERE m.channel_id = c.id AND m.author_clerk_id <> $2
+                              AND m.created_at > COALESCE(r.last_read_at, '-infinity')
+                            LIMIT $3) unread) AS unread
          FROM channels c
          LEFT JOIN read_receipts r ON r.channel_id = c.id AND r.clerk_user_id = $2
          WHERE c.workspace_id = $1
-         ORDER BY c.created_at, c.id",
+         ORDER BY c.created_at, c.id
+         LIMIT $4",
     )
     .bind::<SqlUuid, _>(ws.id)
     .bind::<Text, _>(&user)
+    .bind::<BigInt, _>(UNREAD_COUNT_CAP)
+    .bind::<BigInt, _>(UNREAD_CHANNELS_MAX + 1)
     .load(conn)
     .await?;
-    Ok(rows.into_iter().map(|r| (r.id, r.unread)).collect())
+    let more = rows.len() as i64 > UNREAD_CHANNELS_MAX;
+    Ok((
+        rows.into_iter()
+            .take(UNREAD_CHANNELS_MAX as usize)
+            .map(|r| (r.id, r.unread))
+            .collect(),
+        more,
+    ))
 }

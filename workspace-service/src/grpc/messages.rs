@@ -70,8 +70,10 @@ pub(super) async fn get_unread_counts(
     req: Request<pb::GetUnreadCountsRequest>,
 ) -> R<pb::GetUnreadCountsResponse> {
     let (who, Org(org)) = accept(req)?;
-    let counts = receipts::unread_counts(&mut *api.conn().await?, &who, &org).await?;
+    let (counts, more_channels) =
+        receipts::unread_counts(&mut *api.conn().await?, &who, &org).await?;
     ok(pb::GetUnreadCountsResponse {
+        more_channels,
         counts: counts
             .into_iter()
             .map(|(id, unread)| pb::UnreadCount {

@@ -374,6 +374,46 @@ async fn pagination_is_stable_under_concurrent_inserts() {
 }
 
 #[tokio::test]
+async fn unread_counts_are_bounded_in_channels_and_in_count() {
+    let env = start_with(false).await;
+    env.workspace("org_a").await;
+    let ch = general(&env, "org_a").await;
+    // 1,200 unread messages in general; 520 more channels.
+    env.sql(&format!(
+        "INSERT INTO messages (id, channel_id, author_clerk_id, body, created_at)
+         SELECT gen_random_uuid(), '{}', 'user_2', 'm' || i, now() - interval '1 hour' + i * interval '1 ms'
+           FROM generate_series(1, 1200) i;
+         INSERT INTO channels (id, workspace_id, name, created_by, created_at)
+         SELECT gen_random_uuid(), c.workspace_id, 'more' || i, 'user_2', now() + i * interval '1 ms'
+           FROM channels c, generate_series(1, 520) i WHERE c.id = '{}'",
+        ch.id, ch.id
+    ))
+    .await;
+    let mut c = env.client().await;
+    let answer = c
+        .get_unread_counts(env.member(
+            "user_1",
+            "org_a",
+            pb::GetUnreadCountsRequest {
+                clerk_org_id: "org_a".into(),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(answer.counts.len(), 500);
+    assert!(answer.more_channels);
+    assert_eq!(
+        (
+            answer.counts[0].channel_id.as_str(),
+            answer.counts[0].unread
+        ),
+        (ch.id.as_str(), 1000),
+        "the oldest channel first, its count capped"
+    );
+}
+
+#[tokio::test]
 async fn unread_counts_follow_read_receipts() {
     let env = start_with(false).await;
     env.workspace("org_a").await;
