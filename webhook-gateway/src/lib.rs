@@ -10,6 +10,7 @@
 pub mod clerk;
 pub mod clerk_api;
 pub mod forward;
+pub mod log_budget;
 pub mod metrics;
 pub mod reconcile;
 pub mod verify;
@@ -206,6 +207,8 @@ struct App {
     deadline: Duration,
     /// How long the body of one request may take to arrive.
     read_timeout: Duration,
+    /// Log lines for refused verifications.
+    refusal_logs: log_budget::LogBudget,
 }
 
 /// Runs the gateway on `listener` until `shutdown`; then stops accepting, finishes in-flight
@@ -232,6 +235,10 @@ pub async fn run(
         registry: Mutex::new(registry),
         deadline: timeout + Duration::from_secs(1),
         read_timeout,
+        refusal_logs: log_budget::LogBudget::new(
+            log_budget::REFUSALS_LOGGED_PER_MINUTE,
+            Duration::from_secs(60),
+        ),
     });
     let connections = Arc::new(tokio::sync::Semaphore::new(config.max_connections));
     tracing::info!(addr = %listener.local_addr()?, "webhook-gateway listening");
@@ -407,7 +414,10 @@ async fn clerk_webhook(app: &App, req: Request<Incoming>) -> Response<Full<Bytes
                 reason: reason.label(),
             })
             .inc();
-        tracing::warn!(%reason, "webhook refused by verification");
+        // Anyone can send these: a flood costs a few lines a minute (the metric counts all).
+        if let log_budget::Admit::Log { left_out } = app.refusal_logs.admit(Instant::now()) {
+            tracing::warn!(%reason, left_out, "webhook refused by verification");
+        }
         return text(StatusCode::BAD_REQUEST, format!("{reason}\n"));
     }
     // Verified: both headers are present and the timestamp parses.
