@@ -30,6 +30,7 @@ pub fn policy() -> MethodPolicy {
             &["CompareUsers", "ListUnseenUsers", "FinishReconcile"],
             Access::ServiceNamed(GATEWAY),
         )
+        .writes(&["StoreUser"])
 }
 
 /// The `sub` of the webhook gateway's service tokens: the only caller of the reconcile methods.

@@ -4,6 +4,7 @@
 use crate::db::Pool;
 use crate::lifecycle::{Lifecycle, Workers};
 use crate::limits::{Admitted, GrpcLimits};
+use crate::user_limits::UserWriteLimit;
 use diesel_async::RunQueryDsl;
 use std::convert::Infallible;
 use std::future::Future;
@@ -132,9 +133,12 @@ pub async fn serve_grpc(
             }
         },
     );
+    // Authentication first (it puts the principal in the request), then the user's write rate.
+    let writes = UserWriteLimit::new(limits.user_writes_per_minute, policy.clone());
     limits
         .server()
         .layer(AuthLayer::new(auth, policy))
+        .layer(writes)
         .add_routes(routes.routes())
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await?;

@@ -16,6 +16,7 @@ pub mod metrics;
 pub mod prepared;
 pub mod secret;
 pub mod shutdown;
+pub mod user_limits;
 
 pub use boot::{Boot, ServiceArgs};
 pub use db::{DatabaseArgs, DbFailure, Pool, classify};

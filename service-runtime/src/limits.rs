@@ -50,6 +50,14 @@ pub struct GrpcLimits {
         default_value_t = 60
     )]
     pub keepalive_secs: u64,
+    /// A user's calls to methods that change data, per minute (a burst of as many); beyond,
+    /// RESOURCE_EXHAUSTED with when to retry. 1 to 1000000.
+    #[arg(
+        long = "user-writes-per-minute",
+        env = "USER_WRITES_PER_MINUTE",
+        default_value_t = 600
+    )]
+    pub user_writes_per_minute: u32,
 }
 
 impl Default for GrpcLimits {
@@ -59,6 +67,7 @@ impl Default for GrpcLimits {
             max_concurrent_streams: 256,
             request_timeout_secs: 30,
             keepalive_secs: 60,
+            user_writes_per_minute: 600,
         }
     }
 }
@@ -82,6 +91,12 @@ impl GrpcLimits {
             return Err(format!(
                 "GRPC_REQUEST_TIMEOUT_SECS ({}) must be from 1 to 600",
                 self.request_timeout_secs
+            ));
+        }
+        if !(1..=1_000_000).contains(&self.user_writes_per_minute) {
+            return Err(format!(
+                "USER_WRITES_PER_MINUTE ({}) must be from 1 to 1000000",
+                self.user_writes_per_minute
             ));
         }
         if !(5..=3600).contains(&self.keepalive_secs) {

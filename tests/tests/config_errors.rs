@@ -73,6 +73,7 @@ fn out_of_range_settings_exit_2_with_one_line_naming_them() {
         ("workspace-service", ("GRPC_REQUEST_TIMEOUT_SECS", "0")),
         ("workspace-service", ("GRPC_KEEPALIVE_SECS", "1")),
         ("identity-service", ("GRPC_MAX_CONNECTIONS", "0")),
+        ("workspace-service", ("USER_WRITES_PER_MINUTE", "0")),
         ("webhook-gateway", ("DOWNSTREAM_TIMEOUT_SECS", "20")),
         ("webhook-gateway", ("REQUEST_READ_TIMEOUT_SECS", "0")),
         ("webhook-gateway", ("MAX_CONNECTIONS", "0")),

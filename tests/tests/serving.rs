@@ -302,15 +302,19 @@ async fn the_server_bounds_streams_call_time_and_connections() {
     let pool =
         service_runtime::db::build_pool(db.url(), 2, service_runtime::db::PlanCache::Auto).unwrap();
     let auth = Arc::new(issuers.auth_args().build(AUDIENCE).unwrap());
+    // GetUser counts as a write here, to see the per-user write rate.
     let services = GrpcServices::new().add(
         ipb::identity_service_server::IdentityServiceServer::new(Identity),
-        MethodPolicy::new(IDENTITY).allow("GetUser", Access::UserOrService),
+        MethodPolicy::new(IDENTITY)
+            .allow("GetUser", Access::UserOrService)
+            .writes(&["GetUser"]),
     );
     let limits = service_runtime::GrpcLimits {
         max_connections: 3,
         max_concurrent_streams: 2,
         request_timeout_secs: 1,
         keepalive_secs: 60,
+        user_writes_per_minute: 3,
     };
     let server = service_harness::RunningServer::start(move |listener, shutdown| {
         Serve {
@@ -405,5 +409,32 @@ async fn the_server_bounds_streams_call_time_and_connections() {
         },
     )
     .await;
+
+    // A user's writes: three a minute here; the fourth is refused with when to retry; another
+    // user and internal callers are not affected.
+    let as_user = |user: &str| {
+        issuers.user(
+            user,
+            ipb::GetUserRequest {
+                clerk_id: user.into(),
+            },
+        )
+    };
+    for _ in 0..3 {
+        one.clone().get_user(as_user("user_w")).await.unwrap();
+    }
+    let limited = one.clone().get_user(as_user("user_w")).await.unwrap_err();
+    assert_eq!(limited.code(), Code::ResourceExhausted, "{limited:?}");
+    let retry_after: u64 = limited
+        .metadata()
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok()?.parse().ok())
+        .expect("retry-after");
+    assert!((1..=20).contains(&retry_after), "{retry_after}");
+    assert!(limited.metadata().get("grpc-retry-pushback-ms").is_some());
+    one.clone().get_user(as_user("user_other")).await.unwrap();
+    for _ in 0..5 {
+        one.clone().get_user(get("user_1")).await.unwrap();
+    }
     server.stop().await.unwrap();
 }

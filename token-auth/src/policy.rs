@@ -50,6 +50,8 @@ pub struct MethodPolicy {
     current: String,
     /// Access by full path, `/package.Service/Method`.
     methods: HashMap<String, Access>,
+    /// Full paths of the methods that change data (a user's calls to them are rate-limited).
+    writes: std::collections::HashSet<String>,
 }
 
 /// What the policy says about a request path.
@@ -69,6 +71,7 @@ impl MethodPolicy {
         Self {
             current: service.into(),
             methods: HashMap::new(),
+            writes: std::collections::HashSet::new(),
         }
     }
 
@@ -86,10 +89,26 @@ impl MethodPolicy {
         methods.iter().fold(self, |p, m| p.allow(m, access))
     }
 
+    /// Marks `methods` of this policy's service as writes: a user's calls to them count
+    /// against the per-user write rate.
+    #[must_use]
+    pub fn writes(mut self, methods: &[&str]) -> Self {
+        for m in methods {
+            self.writes.insert(format!("/{}/{m}", self.current));
+        }
+        self
+    }
+
+    /// Whether the method at `path` changes data.
+    pub fn is_write(&self, path: &str) -> bool {
+        self.writes.contains(path)
+    }
+
     /// This policy and `other` together (a server serving both services).
     #[must_use]
     pub fn merge(mut self, other: MethodPolicy) -> Self {
         self.methods.extend(other.methods);
+        self.writes.extend(other.writes);
         if self.current.is_empty() {
             self.current = other.current;
         }

@@ -51,10 +51,31 @@ pub const CONTENT_METHODS: &[&str] = &[
     "CancelMeeting",
 ];
 
+/// The content methods that change data: a user's calls to them count against
+/// `USER_WRITES_PER_MINUTE`.
+pub const WRITE_METHODS: &[&str] = &[
+    "CreateChannel",
+    "RenameChannel",
+    "DeleteChannel",
+    "PostMessage",
+    "EditMessage",
+    "DeleteMessage",
+    "MarkChannelRead",
+    "CreateRoom",
+    "RenameRoom",
+    "DeleteRoom",
+    "CreateRoomItem",
+    "RenameRoomItem",
+    "DeleteRoomItem",
+    "ScheduleMeeting",
+    "CancelMeeting",
+];
+
 /// The access policy of `vbase.workspace.v1.WorkspaceService`.
 pub fn policy() -> MethodPolicy {
     MethodPolicy::new(crate::SERVICE_NAME)
         .allow_all(SYNC_COMMANDS, Access::Service)
         .allow_all(RECONCILE_METHODS, Access::ServiceNamed(GATEWAY))
         .allow_all(CONTENT_METHODS, Access::UserOrService)
+        .writes(WRITE_METHODS)
 }
