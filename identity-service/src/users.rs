@@ -3,6 +3,8 @@
 //! Each command is one SQL statement, so it is atomic without an explicit transaction:
 //! - exactly once per `event_id`: the statement first inserts the id into `processed_events`
 //!   (a data-modifying CTE) and writes the user only when that insert happened;
+//! - a webhook without a primary email keeps the stored one (Clerk users can lose it for a
+//!   moment while they change it);
 //! - webhook state is ordered by Clerk's `updated_at`: older state changes nothing; two states
 //!   of the same instant go to the one the source said later (`event_time`), then to the
 //!   greater event id, whatever order they arrive in;
@@ -119,7 +121,8 @@ pub async fn upsert_user(pool: &Pool, cmd: UpsertUser) -> Result<Outcome, Error>
                                 source_event_time, source_event_id)
              SELECT $2, $3, $4, $5, $6, COALESCE($7, now()), COALESCE($8, '-infinity'), $1 FROM ev
              ON CONFLICT (clerk_id) DO UPDATE SET
-                 name = EXCLUDED.name, email = EXCLUDED.email, image_url = EXCLUDED.image_url,
+                 name = EXCLUDED.name, email = COALESCE(NULLIF(EXCLUDED.email, ''), users.email),
+                 image_url = EXCLUDED.image_url,
                  source_updated_at = EXCLUDED.source_updated_at,
                  source_event_time = EXCLUDED.source_event_time,
                  source_event_id = EXCLUDED.source_event_id,
@@ -187,7 +190,8 @@ pub async fn upsert_users(pool: &Pool, cmds: &[UpsertUser]) -> Result<Vec<Outcom
                     COALESCE(event_time, '-infinity'), event_id
              FROM newest ORDER BY clerk_id
              ON CONFLICT (clerk_id) DO UPDATE SET
-                 name = EXCLUDED.name, email = EXCLUDED.email, image_url = EXCLUDED.image_url,
+                 name = EXCLUDED.name, email = COALESCE(NULLIF(EXCLUDED.email, ''), users.email),
+                 image_url = EXCLUDED.image_url,
                  source_updated_at = EXCLUDED.source_updated_at,
                  source_event_time = EXCLUDED.source_event_time,
                  source_event_id = EXCLUDED.source_event_id,

@@ -13,6 +13,23 @@ use vbase_proto::identity::v1 as idp;
 use vbase_proto::timestamp_from_millis;
 use vbase_proto::workspace::v1 as wsp;
 
+/// Longest name or slug the services store (`input_validation::MAX_NAME_LEN`).
+pub const MAX_NAME_CHARS: usize = 256;
+
+/// Clerk's text as the services store it: control characters removed, surrounding spaces
+/// trimmed, cut at `max` characters (on a character boundary). Clerk accepts longer names than
+/// we keep; refusing them would lose the whole event (and, after Svix gives up, the change).
+pub fn normalized(text: &str, max: usize) -> String {
+    let clean: String = text.chars().filter(|c| !c.is_control()).collect();
+    clean
+        .trim()
+        .chars()
+        .take(max)
+        .collect::<String>()
+        .trim_end()
+        .to_owned()
+}
+
 /// The envelope of every Clerk webhook.
 #[derive(Debug, Deserialize)]
 pub struct Envelope {
@@ -99,7 +116,7 @@ impl User {
         idp::UpsertUserCommand {
             event_id: event_id.to_owned(),
             occurred_at: Some(timestamp_from_millis(self.updated_at)),
-            name: self.display_name(),
+            name: normalized(&self.display_name(), MAX_NAME_CHARS),
             email: self.primary_email().unwrap_or_default().to_owned(),
             image_url: self
                 .image_url
@@ -138,8 +155,8 @@ impl Organization {
             event_id: event_id.to_owned(),
             occurred_at: Some(timestamp_from_millis(self.updated_at)),
             clerk_org_id: self.id.clone(),
-            name: self.name.clone(),
-            slug: self.slug.clone().unwrap_or_default(),
+            name: normalized(&self.name, MAX_NAME_CHARS),
+            slug: normalized(self.slug.as_deref().unwrap_or_default(), MAX_NAME_CHARS),
             owner_clerk_id: self.created_by.clone().unwrap_or_default(),
             event_time,
         }
@@ -552,5 +569,21 @@ mod tests {
                 },
             )
             .unwrap();
+    }
+
+    #[test]
+    fn names_are_normalised_not_refused() {
+        let long = format!("  Ada\u{7}{}  ", "é".repeat(300));
+        let n = normalized(&long, MAX_NAME_CHARS);
+        assert_eq!(n.chars().count(), MAX_NAME_CHARS);
+        assert!(n.starts_with("Adaé") && !n.chars().any(char::is_control));
+        assert_eq!(normalized(" \u{0} Acme \n", 256), "Acme");
+        let org = json!({"data": {"id": "org_1", "name": format!("{}\u{1b}", "x".repeat(400)), "slug": "s\tlug",
+            "updated_at": 1}, "object": "event", "timestamp": 1, "type": "organization.updated"});
+        let (_, cmd) = to_command("m", &body(org)).unwrap();
+        let Command::UpsertWorkspace(w) = cmd else {
+            panic!()
+        };
+        assert_eq!((w.name.len(), w.slug.as_str()), (256, "slug"));
     }
 }

@@ -699,3 +699,40 @@ async fn a_slow_body_is_cut_off() {
     );
     dribble.abort();
 }
+
+/// Names longer than the services keep, and control characters, are normalised instead of
+/// refused (a refusal loses the change once Svix gives up); a webhook without a primary email
+/// keeps the stored one.
+#[tokio::test]
+async fn long_names_and_control_characters_are_normalised_not_refused() {
+    let s = stack(SECRET).await;
+    let first = format!("A\u{7}{}", "b".repeat(300));
+    let (code, _) = s
+        .send(
+            "msg_long",
+            &user_event("user.created", "user_long", &first, T),
+        )
+        .await;
+    assert_eq!(code, 200);
+    let u = s.user("user_long").await.unwrap();
+    assert_eq!(u.name.chars().count(), 256);
+    assert!(u.name.starts_with("Ab") && !u.name.chars().any(char::is_control));
+    let mut no_email = user_event("user.updated", "user_long", "Short", T + 1);
+    no_email["data"]["primary_email_address_id"] = json!(null);
+    assert_eq!(s.send("msg_long2", &no_email).await.0, 200);
+    let u = s.user("user_long").await.unwrap();
+    assert_eq!(
+        (u.name.as_str(), u.email.as_str()),
+        ("Short Example", "primary@example.org")
+    );
+    let mut org = org_event("organization.created", "org_long", "x", T);
+    org["data"]["name"] = json!(format!("{}\u{1b}", "Acme ".repeat(100)));
+    assert_eq!(s.send("msg_long3", &org).await.0, 200);
+    assert_eq!(
+        s.workspace_name("org_long")
+            .await
+            .map(|n| n.chars().count()),
+        Some(256),
+        "cut at 256 characters"
+    );
+}
