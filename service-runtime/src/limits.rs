@@ -13,9 +13,11 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tonic::transport::server::{Connected, TcpConnectInfo};
 
 /// Streams a client may reset before the server accepted them, per connection; beyond it the
-/// connection is closed (hyper's protection against rapid reset, kept on explicitly).
-pub const MAX_PENDING_ACCEPT_RESET_STREAMS: usize = 32;
-/// How long a peer has to answer a keepalive ping before its connection is closed.
+/// connection is closed with GOAWAY ENHANCE_YOUR_CALM (the protection against HTTP/2 rapid
+/// reset, set explicitly rather than left to the library's default).
+pub const MAX_PENDING_ACCEPT_RESET_STREAMS: usize = 20;
+/// The longest a peer has to answer a keepalive ping before its connection is closed (a third
+/// of the interval when that is shorter).
 pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// Limits of the gRPC server.
@@ -43,7 +45,7 @@ pub struct GrpcLimits {
     )]
     pub request_timeout_secs: u64,
     /// HTTP/2 keepalive ping interval, seconds (5 to 3600); a peer that does not answer
-    /// within 20 s is disconnected.
+    /// within 20 s (a third of the interval, when shorter) is disconnected.
     #[arg(
         long = "grpc-keepalive-secs",
         env = "GRPC_KEEPALIVE_SECS",
@@ -114,7 +116,9 @@ impl GrpcLimits {
             .max_concurrent_streams(Some(self.max_concurrent_streams))
             .timeout(Duration::from_secs(self.request_timeout_secs))
             .http2_keepalive_interval(Some(Duration::from_secs(self.keepalive_secs)))
-            .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
+            .http2_keepalive_timeout(Some(
+                KEEPALIVE_TIMEOUT.min(Duration::from_secs(self.keepalive_secs) / 3),
+            ))
             .http2_max_pending_accept_reset_streams(Some(MAX_PENDING_ACCEPT_RESET_STREAMS))
     }
 

@@ -438,3 +438,125 @@ async fn the_server_bounds_streams_call_time_and_connections() {
     }
     server.stop().await.unwrap();
 }
+
+/// Starts a server with `limits` serving the fixed identity service.
+async fn limited_server(
+    limits: service_runtime::GrpcLimits,
+) -> (service_harness::RunningServer, Issuers) {
+    let issuers = Issuers::new().await;
+    let db = service_harness::database("serving", "none", |_| async { Ok(()) }).await;
+    let pool =
+        service_runtime::db::build_pool(db.url(), 2, service_runtime::db::PlanCache::Auto).unwrap();
+    let auth = Arc::new(issuers.auth_args().build(AUDIENCE).unwrap());
+    let services = GrpcServices::new().add(
+        ipb::identity_service_server::IdentityServiceServer::new(Identity),
+        MethodPolicy::new(IDENTITY).allow("GetUser", Access::UserOrService),
+    );
+    let server = service_harness::RunningServer::start(move |listener, shutdown| {
+        let _db = db;
+        Serve {
+            listener,
+            metrics_addr: "127.0.0.1:0".parse().unwrap(),
+            registry: Default::default(),
+            pool,
+            auth,
+            services,
+            lifecycle: Lifecycle::default(),
+            workers: Workers::default(),
+            limits,
+        }
+        .run(shutdown)
+    })
+    .await;
+    (server, issuers)
+}
+
+/// One HTTP/2 frame: length, type, flags, stream id, payload.
+fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let len = payload.len() as u32;
+    let mut f = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, flags];
+    f.extend_from_slice(&stream.to_be_bytes());
+    f.extend_from_slice(payload);
+    f
+}
+
+const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Reads frames until the connection closes or `within` passes; returns the GOAWAY error codes
+/// seen and whether the server closed the connection.
+async fn read_until_closed(
+    stream: &mut tokio::net::TcpStream,
+    within: Duration,
+) -> (Vec<u32>, bool) {
+    use tokio::io::AsyncReadExt;
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let closed = tokio::time::timeout(within, async {
+        loop {
+            match stream.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+    })
+    .await
+    .is_ok();
+    let mut goaways = Vec::new();
+    let mut at = 0;
+    while at + 9 <= buf.len() {
+        let len = u32::from_be_bytes([0, buf[at], buf[at + 1], buf[at + 2]]) as usize;
+        if at + 9 + len > buf.len() {
+            break;
+        }
+        if buf[at + 3] == 0x7 && len >= 8 {
+            let p = &buf[at + 9..at + 9 + len];
+            goaways.push(u32::from_be_bytes([p[4], p[5], p[6], p[7]]));
+        }
+        at += 9 + len;
+    }
+    (goaways, closed)
+}
+
+/// HTTP/2 rapid reset (CVE-2023-44487): a client that opens streams and resets them at once
+/// gets GOAWAY ENHANCE_YOUR_CALM and its connection closed; a peer that does not answer the
+/// keepalive ping is disconnected.
+#[tokio::test]
+async fn rapid_resets_and_silent_peers_lose_their_connection() {
+    use tokio::io::AsyncWriteExt;
+    let (server, _issuers) = limited_server(service_runtime::GrpcLimits {
+        keepalive_secs: 3,
+        ..service_runtime::GrpcLimits::default()
+    })
+    .await;
+    // Headers of a POST to GetUser (HPACK: indexed :method POST, :scheme http, literal :path
+    // and :authority), each stream reset straight away, 200 of them in one write.
+    let path = b"/vbase.identity.v1.IdentityService/GetUser";
+    let mut headers = vec![0x83, 0x86, 0x04, path.len() as u8];
+    headers.extend_from_slice(path);
+    headers.extend_from_slice(&[0x01, 0x01, b'a']);
+    let mut burst = PREFACE.to_vec();
+    burst.extend(frame(0x4, 0, 0, &[]));
+    for i in 0..200u32 {
+        let id = 2 * i + 1;
+        burst.extend(frame(0x1, 0x4, id, &headers));
+        burst.extend(frame(0x3, 0, id, &8u32.to_be_bytes()));
+    }
+    let mut attacker = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    attacker.write_all(&burst).await.unwrap();
+    let (goaways, closed) = read_until_closed(&mut attacker, Duration::from_secs(5)).await;
+    assert!(
+        goaways.contains(&0xb),
+        "GOAWAY ENHANCE_YOUR_CALM expected, got {goaways:?}"
+    );
+    assert!(closed, "the connection is closed");
+
+    // A peer that completes the handshake, then never reads: pinged every 3 s, given 1 s.
+    let mut silent = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let mut hello = PREFACE.to_vec();
+    hello.extend(frame(0x4, 0, 0, &[]));
+    silent.write_all(&hello).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let (_, closed) = read_until_closed(&mut silent, Duration::from_secs(3)).await;
+    assert!(closed, "a peer that answers no ping is disconnected");
+    server.stop().await.unwrap();
+}
