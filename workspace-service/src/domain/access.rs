@@ -104,8 +104,8 @@ pub fn unseen(caller: &Caller, what: &str) -> Error {
 }
 
 /// What our data learned about a user after their token was issued.
-#[derive(QueryableByName)]
-struct Standing {
+#[derive(Debug, QueryableByName)]
+pub struct Standing {
     #[diesel(sql_type = diesel::sql_types::Bool)]
     removed: bool,
     #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Bool>)]
@@ -145,19 +145,27 @@ pub async fn check_standing(
     .bind::<diesel::sql_types::Double, _>(*issued_at as f64)
     .get_result(conn)
     .await?;
-    if s.removed {
-        return Err(Error::Denied(
-            "this user was deleted in Clerk after the token was issued".into(),
-        ));
-    }
-    match (s.membership_deleted, s.role) {
-        (Some(true), _) => Err(Error::Denied(
-            "your membership of this workspace was removed after the token was issued".into(),
-        )),
-        (Some(false), Some(now)) if Some(&now) != role.as_ref() => Err(Error::Denied(format!(
-            "your role in this workspace changed to {now} after the token was issued: get a fresh token"
-        ))),
-        _ => Ok(()),
+    s.verdict(role.as_ref())
+}
+
+impl Standing {
+    /// Refuses a user deleted, or whose membership was removed or role changed, after the
+    /// token stating `role` was issued.
+    pub fn verdict(&self, role: Option<&String>) -> Result<(), Error> {
+        if self.removed {
+            return Err(Error::Denied(
+                "this user was deleted in Clerk after the token was issued".into(),
+            ));
+        }
+        match (self.membership_deleted, &self.role) {
+            (Some(true), _) => Err(Error::Denied(
+                "your membership of this workspace was removed after the token was issued".into(),
+            )),
+            (Some(false), Some(now)) if Some(now) != role => Err(Error::Denied(format!(
+                "your role in this workspace changed to {now} after the token was issued: get a fresh token"
+            ))),
+            _ => Ok(()),
+        }
     }
 }
 
