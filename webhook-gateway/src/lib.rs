@@ -485,5 +485,19 @@ mod tests {
         assert!(!shown.contains("MfKQ9r8GKYqr"), "{shown}");
         let verifier = Verifier::new(secret).unwrap();
         assert!(!format!("{verifier:?}").contains("MfKQ9r8GKYqr"));
+
+        // The reconcile command's Clerk secret key, and the HTTP client that holds it.
+        #[derive(Debug, clap::Parser)]
+        struct Reconcile {
+            #[command(flatten)]
+            config: reconcile::config::ReconcileConfig,
+        }
+        let key = "sk_live_0123456789abcdefDoNotShow";
+        let parsed = Reconcile::try_parse_from(["reconcile", "--clerk-secret-key", key]).unwrap();
+        let shown = format!("{parsed:?}");
+        assert!(shown.contains("api.clerk.com"), "{shown}");
+        assert!(!shown.contains("DoNotShow"), "{shown}");
+        let client = clerk_api::ClerkHttp::new(parsed.config.clerk.http()).unwrap();
+        assert!(!format!("{client:?}").contains("DoNotShow"));
     }
 }
