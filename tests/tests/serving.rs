@@ -297,39 +297,17 @@ async fn one_server_serves_several_services_each_with_its_policy_and_stops_in_tw
 /// What one server admits: calls per connection, the time of a call, connections at once.
 #[tokio::test]
 async fn the_server_bounds_streams_call_time_and_connections() {
-    let issuers = Issuers::new().await;
-    let db = service_harness::database("serving", "none", |_| async { Ok(()) }).await;
-    let pool =
-        service_runtime::db::build_pool(db.url(), 2, service_runtime::db::PlanCache::Auto).unwrap();
-    let auth = Arc::new(issuers.auth_args().build(AUDIENCE).unwrap());
     // GetUser counts as a write here, to see the per-user write rate.
-    let services = GrpcServices::new().add(
-        ipb::identity_service_server::IdentityServiceServer::new(Identity),
-        MethodPolicy::new(IDENTITY)
-            .allow("GetUser", Access::UserOrService)
-            .writes(&["GetUser"]),
-    );
-    let limits = service_runtime::GrpcLimits {
-        max_connections: 3,
-        max_concurrent_streams: 2,
-        request_timeout_secs: 1,
-        keepalive_secs: 60,
-        user_writes_per_minute: 3,
-    };
-    let server = service_harness::RunningServer::start(move |listener, shutdown| {
-        Serve {
-            listener,
-            metrics_addr: "127.0.0.1:0".parse().unwrap(),
-            registry: Default::default(),
-            pool,
-            auth,
-            services,
-            lifecycle: Lifecycle::default(),
-            workers: Workers::default(),
-            limits,
-        }
-        .run(shutdown)
-    })
+    let (server, issuers) = limited_server(
+        service_runtime::GrpcLimits {
+            max_connections: 3,
+            max_concurrent_streams: 2,
+            request_timeout_secs: 1,
+            keepalive_secs: 60,
+            user_writes_per_minute: 3,
+        },
+        &["GetUser"],
+    )
     .await;
     let url = format!("http://{}", server.addr);
     let connect = || async {
@@ -439,9 +417,10 @@ async fn the_server_bounds_streams_call_time_and_connections() {
     server.stop().await.unwrap();
 }
 
-/// Starts a server with `limits` serving the fixed identity service.
+/// Starts a server with `limits` serving the fixed identity service, `writes` marked as writes.
 async fn limited_server(
     limits: service_runtime::GrpcLimits,
+    writes: &[&str],
 ) -> (service_harness::RunningServer, Issuers) {
     let issuers = Issuers::new().await;
     let db = service_harness::database("serving", "none", |_| async { Ok(()) }).await;
@@ -450,7 +429,9 @@ async fn limited_server(
     let auth = Arc::new(issuers.auth_args().build(AUDIENCE).unwrap());
     let services = GrpcServices::new().add(
         ipb::identity_service_server::IdentityServiceServer::new(Identity),
-        MethodPolicy::new(IDENTITY).allow("GetUser", Access::UserOrService),
+        MethodPolicy::new(IDENTITY)
+            .allow("GetUser", Access::UserOrService)
+            .writes(writes),
     );
     let server = service_harness::RunningServer::start(move |listener, shutdown| {
         let _db = db;
@@ -523,10 +504,13 @@ async fn read_until_closed(
 #[tokio::test]
 async fn rapid_resets_and_silent_peers_lose_their_connection() {
     use tokio::io::AsyncWriteExt;
-    let (server, _issuers) = limited_server(service_runtime::GrpcLimits {
-        keepalive_secs: 3,
-        ..service_runtime::GrpcLimits::default()
-    })
+    let (server, _issuers) = limited_server(
+        service_runtime::GrpcLimits {
+            keepalive_secs: 3,
+            ..service_runtime::GrpcLimits::default()
+        },
+        &[],
+    )
     .await;
     // Headers of a POST to GetUser (HPACK: indexed :method POST, :scheme http, literal :path
     // and :authority), each stream reset straight away, 200 of them in one write.

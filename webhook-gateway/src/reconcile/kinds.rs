@@ -254,6 +254,37 @@ impl<'a, C: ClerkBackend> Ctx<'a, C> {
         Ok(())
     }
 
+    /// Pages the service's deletion candidates (`list`, after a key), confirms each with Clerk
+    /// (`gone`) and deletes those Clerk no longer has (`delete`); the others are counted kept.
+    async fn sweep<K>(
+        &self,
+        s: &mut KindSummary,
+        list: impl AsyncFn(String) -> Result<Vec<K>, RunError>,
+        key: impl Fn(&K) -> String,
+        gone: impl AsyncFn(&K) -> Result<bool, RunError>,
+        delete: impl Fn(&K, &str) -> Command,
+    ) -> Result<(), RunError> {
+        let mut after = String::new();
+        loop {
+            let page = list(after).await?;
+            let mut writes = Vec::new();
+            for k in &page {
+                if gone(k).await? {
+                    let id = key(k);
+                    let cmd = delete(k, &id);
+                    writes.push((Change::Deleted, id, cmd));
+                } else {
+                    s.kept += 1;
+                }
+            }
+            self.apply(s, writes).await?;
+            match page.last() {
+                Some(last) if page.len() == CANDIDATE_PAGE as usize => after = key(last),
+                _ => return Ok(()),
+            }
+        }
+    }
+
     /// Whether Clerk answers 404 for `path`.
     async fn gone(&self, path: &str) -> Result<bool, RunError> {
         Ok(self.clerk.get(path, &[]).await?.is_none())
@@ -397,31 +428,20 @@ pub(super) async fn sweep_users<C: ClerkBackend>(
     ctx: &Ctx<'_, C>,
     s: &mut KindSummary,
 ) -> Result<(), RunError> {
-    let mut after = String::new();
-    loop {
+    let list = async |after: String| -> Result<Vec<String>, RunError> {
         let req = ctx.down.request("identity-service", ctx.unseen(after))?;
-        let ids = ctx
+        Ok(ctx
             .down
             .identity()
             .list_unseen_users(req)
             .await?
             .into_inner()
-            .ids;
-        let mut writes = Vec::new();
-        for id in &ids {
-            if ctx.gone(&format!("/users/{id}")).await? {
-                let cmd = clerk::delete_user(&ctx.event_id("user.deleted", id), id, None);
-                writes.push((Change::Deleted, id.clone(), cmd));
-            } else {
-                s.kept += 1;
-            }
-        }
-        ctx.apply(s, writes).await?;
-        match ids.last() {
-            Some(last) if ids.len() == CANDIDATE_PAGE as usize => after = last.clone(),
-            _ => return Ok(()),
-        }
-    }
+            .ids)
+    };
+    let gone = async |id: &String| ctx.gone(&format!("/users/{id}")).await;
+    let delete =
+        |id: &String, _: &str| clerk::delete_user(&ctx.event_id("user.deleted", id), id, None);
+    ctx.sweep(s, list, String::clone, gone, delete).await
 }
 
 pub(super) async fn organizations<C: ClerkBackend>(
@@ -475,37 +495,22 @@ pub(super) async fn sweep_organizations<C: ClerkBackend>(
     ctx: &Ctx<'_, C>,
     s: &mut KindSummary,
 ) -> Result<(), RunError> {
-    let mut after = String::new();
-    loop {
+    let list = async |after: String| -> Result<Vec<String>, RunError> {
         let req = ctx
             .down
             .request("workspace-service", ctx.unseen_ws(after))?;
-        let ids = ctx
-            .down
-            .workspace()
-            .list_unseen_workspaces(req)
-            .await?
-            .into_inner()
-            .clerk_org_ids;
-        let mut writes = Vec::new();
-        for id in &ids {
-            if ctx.gone(&format!("/organizations/{id}")).await? {
-                let cmd = Command::DeleteWorkspace(wsp::DeleteWorkspaceCommand {
-                    event_id: ctx.event_id("organization.deleted", id),
-                    occurred_at: None,
-                    clerk_org_id: id.clone(),
-                });
-                writes.push((Change::Deleted, id.clone(), cmd));
-            } else {
-                s.kept += 1;
-            }
-        }
-        ctx.apply(s, writes).await?;
-        match ids.last() {
-            Some(last) if ids.len() == CANDIDATE_PAGE as usize => after = last.clone(),
-            _ => return Ok(()),
-        }
-    }
+        let found = ctx.down.workspace().list_unseen_workspaces(req).await?;
+        Ok(found.into_inner().clerk_org_ids)
+    };
+    let gone = async |id: &String| ctx.gone(&format!("/organizations/{id}")).await;
+    let delete = |id: &String, _: &str| {
+        Command::DeleteWorkspace(wsp::DeleteWorkspaceCommand {
+            event_id: ctx.event_id("organization.deleted", id),
+            occurred_at: None,
+            clerk_org_id: id.clone(),
+        })
+    };
+    ctx.sweep(s, list, String::clone, gone, delete).await
 }
 
 pub(super) async fn memberships<C: ClerkBackend>(
@@ -550,44 +555,29 @@ pub(super) async fn sweep_memberships<C: ClerkBackend>(
     ctx: &Ctx<'_, C>,
     s: &mut KindSummary,
 ) -> Result<(), RunError> {
-    let mut after = String::new();
-    loop {
+    let list = async |after: String| -> Result<Vec<wsp::HeldMembership>, RunError> {
         let req = ctx
             .down
             .request("workspace-service", ctx.unseen_ws(after))?;
-        let held = ctx
-            .down
-            .workspace()
-            .list_unseen_memberships(req)
-            .await?
-            .into_inner()
-            .memberships;
-        let mut writes = Vec::new();
-        for m in &held {
-            if still_member(ctx, &m.clerk_org_id, &m.clerk_user_id).await? {
-                s.kept += 1;
-                continue;
-            }
-            let key = format!("{}/{}", m.clerk_org_id, m.clerk_user_id);
-            let cmd = Command::DeleteMembership(wsp::DeleteMembershipCommand {
-                event_id: ctx.event_id("membership.deleted", &key.replace('/', ".")),
-                occurred_at: m.updated_at,
-                clerk_org_id: m.clerk_org_id.clone(),
-                clerk_user_id: m.clerk_user_id.clone(),
-                clerk_membership_id: m.clerk_membership_id.clone(),
-                membership_created_at: m.membership_created_at,
-                event_time: None,
-            });
-            writes.push((Change::Deleted, key, cmd));
-        }
-        ctx.apply(s, writes).await?;
-        match held.last() {
-            Some(last) if held.len() == CANDIDATE_PAGE as usize => {
-                after = format!("{}/{}", last.clerk_org_id, last.clerk_user_id);
-            }
-            _ => return Ok(()),
-        }
-    }
+        let found = ctx.down.workspace().list_unseen_memberships(req).await?;
+        Ok(found.into_inner().memberships)
+    };
+    let key = |m: &wsp::HeldMembership| format!("{}/{}", m.clerk_org_id, m.clerk_user_id);
+    let gone = async |m: &wsp::HeldMembership| {
+        Ok(!still_member(ctx, &m.clerk_org_id, &m.clerk_user_id).await?)
+    };
+    let delete = |m: &wsp::HeldMembership, key: &str| {
+        Command::DeleteMembership(wsp::DeleteMembershipCommand {
+            event_id: ctx.event_id("membership.deleted", &key.replace('/', ".")),
+            occurred_at: m.updated_at,
+            clerk_org_id: m.clerk_org_id.clone(),
+            clerk_user_id: m.clerk_user_id.clone(),
+            clerk_membership_id: m.clerk_membership_id.clone(),
+            membership_created_at: m.membership_created_at,
+            event_time: None,
+        })
+    };
+    ctx.sweep(s, list, key, gone, delete).await
 }
 
 /// Whether Clerk lists `user` as a member of `org` now. A listing item that does not parse
