@@ -12,6 +12,7 @@
 //! whatever the number of users.
 
 pub mod config;
+mod ctx;
 mod kinds;
 pub mod summary;
 
@@ -103,7 +104,7 @@ pub async fn execute(config: &ReconcileConfig) -> anyhow::Result<Summary> {
 /// [`Summary::error`] and has `completed == false`.
 pub async fn run(clerk: &impl ClerkBackend, downstream: &Downstream, plan: &Plan) -> Summary {
     let started = Instant::now();
-    let ctx = kinds::Ctx::new(clerk, downstream, plan);
+    let ctx = ctx::Ctx::new(clerk, downstream, plan);
     let requests_before = clerk.requests();
     tracing::info!(run_id = %ctx.run, dry_run = plan.dry_run, kinds = ?plan.kinds, "reconcile started");
     let mut summaries: Vec<KindSummary> = plan.kinds.iter().map(|k| KindSummary::new(*k)).collect();

@@ -1,0 +1,370 @@
+//! What a reconcile run shares across kinds: the run's identity and start, the pipelined
+//! listing of Clerk's pages, the writes, the deletion sweep, and the listing order's positions.
+
+use super::summary::KindSummary;
+use super::{Plan, RunError};
+use crate::clerk::{Command, Membership, Organization, User};
+use crate::clerk_api::{ClerkBackend, Unparsed, list_page};
+use crate::forward::{Downstream, ForwardError};
+use futures::StreamExt;
+use serde::de::DeserializeOwned;
+use std::time::Duration;
+use uuid::Uuid;
+use vbase_proto::identity::v1 as idp;
+use vbase_proto::workspace::v1 as wsp;
+
+/// Candidates asked for per `ListUnseen*` call.
+const CANDIDATE_PAGE: i32 = 500;
+/// Writes in flight at once.
+const WRITES_IN_FLIGHT: usize = 32;
+/// Pages compared and applied at once.
+const PAGES_IN_FLIGHT: usize = 4;
+/// A progress line every this many pages.
+const PAGES_PER_PROGRESS_LINE: u64 = 20;
+
+/// What a run shares across kinds.
+pub(super) struct Ctx<'a, C> {
+    pub(super) clerk: &'a C,
+    pub(super) down: &'a Downstream,
+    pub(super) plan: &'a Plan,
+    pub(super) run: Uuid,
+    /// When the run started: only what was created here before it can be deleted, and the
+    /// `event_time` of every command (the time Clerk's listing said it).
+    pub(super) started_at: prost_types::Timestamp,
+}
+
+/// A position in Clerk's listing order: `created_at` (ms), then id.
+pub(super) type Position = (i64, String);
+
+/// The stretch of the listing order a page covers: after `after` (`None`: from the start) up
+/// to `through` inclusive (`None`: to the end).
+#[derive(Debug, Clone, Default)]
+pub(super) struct Stretch {
+    pub(super) after: Option<Position>,
+    pub(super) through: Option<Position>,
+}
+
+/// A listed resource's position in the listing order.
+pub(super) trait Positioned {
+    fn position(&self) -> Position;
+}
+
+impl Positioned for User {
+    fn position(&self) -> Position {
+        (self.created_at.unwrap_or(i64::MIN), self.id.clone())
+    }
+}
+
+impl Positioned for Organization {
+    fn position(&self) -> Position {
+        (self.created_at.unwrap_or(i64::MIN), self.id.clone())
+    }
+}
+
+impl Positioned for Membership {
+    fn position(&self) -> Position {
+        (self.created_at, self.id.clone())
+    }
+}
+
+/// What an applied write counts as.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Change {
+    Created,
+    Updated,
+    Deleted,
+}
+
+impl Change {
+    pub(super) fn count(self, s: &mut KindSummary) {
+        match self {
+            Change::Created => s.created += 1,
+            Change::Updated => s.updated += 1,
+            Change::Deleted => s.deleted += 1,
+        }
+    }
+}
+
+/// A write to send: what it counts as, the resource id (for logs), the command.
+pub(super) type Write = (Change, String, Command);
+
+impl<'a, C: ClerkBackend> Ctx<'a, C> {
+    pub(super) fn new(clerk: &'a C, down: &'a Downstream, plan: &'a Plan) -> Self {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        Self {
+            clerk,
+            down,
+            plan,
+            run: Uuid::now_v7(),
+            started_at: vbase_proto::timestamp_from_millis(now.as_millis() as i64),
+        }
+    }
+
+    /// The event id of one write: names the run, the action and the resource.
+    pub(super) fn event_id(&self, action: &str, id: &str) -> String {
+        format!("reconcile-{}-{action}-{id}", self.run)
+    }
+
+    pub(super) fn unseen(&self, after: String) -> idp::ListUnseenRequest {
+        idp::ListUnseenRequest {
+            run_id: self.run.to_string(),
+            started_at: Some(self.started_at),
+            after,
+            limit: CANDIDATE_PAGE,
+            scope_id: self.plan.scope.id().to_owned(),
+        }
+    }
+
+    pub(super) fn unseen_ws(&self, after: String) -> wsp::ListUnseenRequest {
+        let r = self.unseen(after);
+        wsp::ListUnseenRequest {
+            run_id: r.run_id,
+            started_at: r.started_at,
+            after: r.after,
+            limit: r.limit,
+            scope_id: r.scope_id,
+        }
+    }
+
+    /// Sends the writes (or, in a dry run, only counts them). A refusal of one item is
+    /// counted and logged; a service that cannot be reached stops the run.
+    pub(super) async fn apply(
+        &self,
+        s: &mut KindSummary,
+        writes: Vec<Write>,
+    ) -> Result<(), RunError> {
+        if self.plan.dry_run {
+            writes.iter().for_each(|(c, _, _)| c.count(s));
+            return Ok(());
+        }
+        let results: Vec<_> = futures::stream::iter(writes)
+            .map(|(change, id, cmd)| async move { (change, id, self.down.send(cmd).await) })
+            .buffer_unordered(WRITES_IN_FLIGHT)
+            .collect()
+            .await;
+        for (change, id, r) in results {
+            match r {
+                Ok("applied") => change.count(s),
+                Ok(_) => s.stale += 1,
+                Err(ForwardError::Rejected(reason)) => {
+                    s.refused += 1;
+                    tracing::warn!(
+                        kind = s.kind,
+                        id,
+                        reason,
+                        "a service refused a listed resource"
+                    );
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(())
+    }
+
+    /// Pages `path` oldest first. Fetching runs ahead of handling, and up to
+    /// [`PAGES_IN_FLIGHT`] pages are compared and applied at once (their order does not
+    /// matter: the services' guard orders every write), so a round trip to a service does not
+    /// add to the time of each page.
+    pub(super) async fn each_page<T, F>(
+        &self,
+        s: &mut KindSummary,
+        path: &str,
+        apply: F,
+    ) -> Result<(), RunError>
+    where
+        T: DeserializeOwned + Send + 'static,
+        T: Positioned,
+        F: AsyncFn(&mut KindSummary, Vec<T>, Stretch) -> Result<(), RunError>,
+    {
+        let (tx, mut rx) = tokio::sync::mpsc::channel(PAGES_IN_FLIGHT);
+        let size = self.plan.page_size;
+        let producer = async move {
+            let (mut offset, mut after) = (0, None);
+            loop {
+                let page = list_page::<T>(self.clerk, path, offset, size).await;
+                let (items, last) = match page {
+                    Ok(p) => p,
+                    Err(e) => {
+                        let _ = tx.send(Err(e)).await;
+                        return;
+                    }
+                };
+                offset += items.len();
+                // The page covers the listing after the previous page's last position up to
+                // its own last one; the last page covers the rest.
+                let furthest = items
+                    .iter()
+                    .filter_map(|i| i.as_ref().ok().map(Positioned::position))
+                    .max();
+                let through = if last {
+                    None
+                } else {
+                    furthest.or_else(|| after.clone())
+                };
+                let stretch = Stretch {
+                    after: after.clone(),
+                    through: through.clone(),
+                };
+                if tx.send(Ok((items, stretch))).await.is_err() || last {
+                    return;
+                }
+                after = through;
+            }
+        };
+        let progress = indicatif::ProgressBar::new_spinner();
+        progress.enable_steady_tick(Duration::from_millis(200));
+        let kind = s.kind.clone();
+        let handle = |page: Result<(Vec<Result<T, Unparsed>>, Stretch), _>| {
+            let (apply, kind) = (&apply, kind.clone());
+            async move {
+                let mut d = KindSummary {
+                    kind,
+                    ..KindSummary::default()
+                };
+                let (page, stretch) = page?;
+                let items = usable(&mut d, page);
+                d.listed = items.len() as u64;
+                apply(&mut d, items, stretch).await?;
+                Ok::<_, RunError>(d)
+            }
+        };
+        let consumer = async {
+            let pages = futures::stream::poll_fn(|cx| rx.poll_recv(cx));
+            let mut handled = pages.map(handle).buffer_unordered(PAGES_IN_FLIGHT);
+            let mut n = 0u64;
+            while let Some(d) = handled.next().await {
+                s.add(&d?);
+                n += 1;
+                progress.set_message(format!("{}: {} listed", s.kind, s.listed));
+                if n.is_multiple_of(PAGES_PER_PROGRESS_LINE) {
+                    tracing::info!(
+                        kind = s.kind,
+                        listed = s.listed,
+                        created = s.created,
+                        updated = s.updated,
+                        "reconcile progress"
+                    );
+                }
+            }
+            Ok::<_, RunError>(())
+        };
+        let ((), result) = tokio::join!(producer, consumer);
+        progress.finish_and_clear();
+        result?;
+        s.listing_complete = true;
+        Ok(())
+    }
+
+    /// Pages the service's deletion candidates (`list`, after a key), confirms each with Clerk
+    /// (`gone`) and deletes those Clerk no longer has (`delete`); the others are counted kept.
+    pub(super) async fn sweep<K>(
+        &self,
+        s: &mut KindSummary,
+        list: impl AsyncFn(String) -> Result<Vec<K>, RunError>,
+        key: impl Fn(&K) -> String,
+        gone: impl AsyncFn(&K) -> Result<bool, RunError>,
+        delete: impl Fn(&K, &str) -> Command,
+    ) -> Result<(), RunError> {
+        let mut after = String::new();
+        loop {
+            let page = list(after).await?;
+            let mut writes = Vec::new();
+            for k in &page {
+                if gone(k).await? {
+                    let id = key(k);
+                    let cmd = delete(k, &id);
+                    writes.push((Change::Deleted, id, cmd));
+                } else {
+                    s.kept += 1;
+                }
+            }
+            self.apply(s, writes).await?;
+            match page.last() {
+                Some(last) if page.len() == CANDIDATE_PAGE as usize => after = key(last),
+                _ => return Ok(()),
+            }
+        }
+    }
+
+    /// Whether Clerk answers 404 for `path`.
+    pub(super) async fn gone(&self, path: &str) -> Result<bool, RunError> {
+        Ok(self.clerk.get(path, &[]).await?.is_none())
+    }
+
+    /// Forgets the run's record of ids seen on both services (best effort: a run that could
+    /// not is forgotten two days later).
+    pub(super) async fn finish(&self) {
+        let run_id = self.run.to_string();
+        if let Ok(r) = self.down.request(
+            "identity-service",
+            idp::FinishReconcileRequest {
+                run_id: run_id.clone(),
+            },
+        ) && let Err(e) = self.down.identity().finish_reconcile(r).await
+        {
+            tracing::warn!(error = %e.message(), "identity-service did not forget the run");
+        }
+        if let Ok(r) = self
+            .down
+            .request("workspace-service", wsp::FinishReconcileRequest { run_id })
+            && let Err(e) = self.down.workspace().finish_reconcile(r).await
+        {
+            tracing::warn!(error = %e.message(), "workspace-service did not forget the run");
+        }
+    }
+}
+
+/// The items that parsed; the others are counted and logged by id.
+pub(super) fn usable<T>(s: &mut KindSummary, page: Vec<Result<T, Unparsed>>) -> Vec<T> {
+    page.into_iter()
+        .filter_map(|item| match item {
+            Ok(t) => Some(t),
+            Err(u) => {
+                s.refused += 1;
+                tracing::warn!(kind = s.kind, id = ?u.id, reason = u.reason, "a listed resource does not parse");
+                None
+            }
+        })
+        .collect()
+}
+
+/// Pairs each command with its comparison: missing or older ones become writes; the others
+/// are counted.
+pub(super) fn classify<T>(
+    s: &mut KindSummary,
+    items: Vec<(String, T)>,
+    results: &[i32],
+    to_command: impl Fn(T) -> Command,
+) -> Result<Vec<Write>, RunError> {
+    if results.len() != items.len() {
+        return Err(RunError::Services(format!(
+            "a comparison answered {} results for {} items",
+            results.len(),
+            items.len()
+        )));
+    }
+    let mut writes = Vec::new();
+    for ((id, item), r) in items.into_iter().zip(results) {
+        match r {
+            1 => writes.push((Change::Created, id, to_command(item))),
+            2 => writes.push((Change::Updated, id, to_command(item))),
+            3 => s.unchanged += 1,
+            _ => s.stale += 1,
+        }
+    }
+    Ok(writes)
+}
+
+/// A single resource as a page of zero or one.
+pub(super) async fn single<T: DeserializeOwned>(
+    clerk: &impl ClerkBackend,
+    s: &mut KindSummary,
+    path: &str,
+) -> Result<Vec<T>, RunError> {
+    let found = crate::clerk_api::fetch_one::<T>(clerk, path).await?;
+    let items = usable(s, found.into_iter().collect());
+    s.listed += items.len() as u64;
+    Ok(items)
+}
