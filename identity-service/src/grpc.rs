@@ -28,13 +28,10 @@ pub fn policy() -> MethodPolicy {
         .allow("DeleteUser", Access::Service)
         .allow_all(
             &["CompareUsers", "ListUnseenUsers", "FinishReconcile"],
-            Access::ServiceNamed(GATEWAY),
+            Access::ServiceNamed(token_auth::GATEWAY_SUBJECT),
         )
         .writes(&["StoreUser"])
 }
-
-/// The `sub` of the webhook gateway's service tokens: the only caller of the reconcile methods.
-pub const GATEWAY: &str = "webhook-gateway";
 
 fn run_id(id: &str) -> Result<uuid::Uuid, Status> {
     Ok(validate::uuid("run_id", id)?)

@@ -72,10 +72,6 @@ pub enum ForwardError {
     Unavailable(String),
 }
 
-/// The `sub` of the service tokens the gateway mints: the services authorise the reconcile
-/// methods for this caller only.
-pub const GATEWAY_SUBJECT: &str = "webhook-gateway";
-
 /// Most `user.created`/`user.updated` commands per `UpsertUsers` call.
 pub const USER_BATCH_MAX: usize = 64;
 

@@ -160,7 +160,7 @@ impl DownstreamArgs {
                     token_auth::signing::ServiceTokenMinter::new(
                         key,
                         &self.service_jwt_issuer,
-                        forward::GATEWAY_SUBJECT,
+                        token_auth::GATEWAY_SUBJECT,
                         SERVICE_TOKEN_TTL,
                     ),
                 ))

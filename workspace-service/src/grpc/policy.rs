@@ -21,9 +21,6 @@ pub const RECONCILE_METHODS: &[&str] = &[
     "FinishReconcile",
 ];
 
-/// The `sub` of the webhook gateway's service tokens.
-pub const GATEWAY: &str = "webhook-gateway";
-
 /// Methods for users (within their active workspace) and for services.
 pub const CONTENT_METHODS: &[&str] = &[
     "GetWorkspace",
@@ -75,7 +72,10 @@ pub const WRITE_METHODS: &[&str] = &[
 pub fn policy() -> MethodPolicy {
     MethodPolicy::new(crate::SERVICE_NAME)
         .allow_all(SYNC_COMMANDS, Access::Service)
-        .allow_all(RECONCILE_METHODS, Access::ServiceNamed(GATEWAY))
+        .allow_all(
+            RECONCILE_METHODS,
+            Access::ServiceNamed(token_auth::GATEWAY_SUBJECT),
+        )
         .allow_all(CONTENT_METHODS, Access::UserOrService)
         .writes(WRITE_METHODS)
 }
