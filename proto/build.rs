@@ -5,8 +5,11 @@ use prost::Message;
 use std::path::PathBuf;
 
 const PROTOS: &[&str] = &[
+    "vbase/ops/v1/ops.proto",
     "vbase/identity/v1/identity.proto",
+    "vbase/identity/v1/admin.proto",
     "vbase/workspace/v1/workspace.proto",
+    "vbase/workspace/v1/admin.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

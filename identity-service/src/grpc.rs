@@ -12,6 +12,7 @@ use token_auth::{Access, MethodPolicy, Principal};
 use tonic::{Request, Response, Status};
 use vbase_proto::identity::v1 as pb;
 use vbase_proto::identity::v1::identity_service_server::IdentityService;
+use vbase_proto::ops::v1 as ops;
 
 /// Most ids one BatchGetUsers call may ask for.
 pub const MAX_BATCH: usize = 500;
@@ -27,7 +28,14 @@ pub fn policy() -> MethodPolicy {
         .allow("UpsertUsers", Access::Service)
         .allow("DeleteUser", Access::Service)
         .allow_all(
-            &["CompareUsers", "ListUnseenUsers", "FinishReconcile"],
+            &[
+                "CompareUsers",
+                "ListUnseenUsers",
+                "FinishReconcile",
+                "QuarantineDelivery",
+                "ListQuarantined",
+                "ResolveQuarantined",
+            ],
             Access::ServiceNamed(token_auth::GATEWAY_SUBJECT),
         )
         .writes(&["StoreUser"])
@@ -54,6 +62,7 @@ pub const MAX_UPSERTS_PER_CALL: usize = 100;
 #[derive(Clone)]
 pub struct IdentityApi {
     pool: Pool,
+    ledger: delivery_ledger::Ledger,
     metrics: Metrics,
     upserts: UpsertBatcher,
     lookups: UserLookups,
@@ -62,7 +71,13 @@ pub struct IdentityApi {
 impl IdentityApi {
     /// Creates the handler set: webhook upserts are group-committed over `commit_slots`
     /// concurrent statements, lookups by id coalesced over `lookup_slots` concurrent queries.
-    pub fn new(pool: Pool, metrics: Metrics, commit_slots: usize, lookup_slots: usize) -> Self {
+    pub fn new(
+        pool: Pool,
+        ledger: delivery_ledger::Ledger,
+        metrics: Metrics,
+        commit_slots: usize,
+        lookup_slots: usize,
+    ) -> Self {
         let sizes = metrics.upsert_batch_size.clone();
         let upserts = UpsertBatcher::start(pool.clone(), commit_slots, move |n| {
             sizes.observe(n as f64);
@@ -73,6 +88,7 @@ impl IdentityApi {
         });
         Self {
             pool,
+            ledger,
             metrics,
             upserts,
             lookups,
@@ -413,5 +429,35 @@ impl IdentityService for IdentityApi {
         let run = run_id(&req.into_inner().run_id)?;
         reconcile::finish(&self.pool, run).await?;
         Ok(Response::new(pb::FinishReconcileResponse {}))
+    }
+
+    async fn quarantine_delivery(
+        &self,
+        req: Request<ops::QuarantineDeliveryRequest>,
+    ) -> Result<Response<ops::QuarantineDeliveryResponse>, Status> {
+        self.ledger
+            .quarantine(req.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn list_quarantined(
+        &self,
+        req: Request<ops::ListQuarantinedRequest>,
+    ) -> Result<Response<ops::ListQuarantinedResponse>, Status> {
+        self.ledger
+            .list(req.into_inner(), true)
+            .await
+            .map(Response::new)
+    }
+
+    async fn resolve_quarantined(
+        &self,
+        req: Request<ops::ResolveQuarantinedRequest>,
+    ) -> Result<Response<ops::ResolveQuarantinedResponse>, Status> {
+        self.ledger
+            .resolve(req.into_inner())
+            .await
+            .map(Response::new)
     }
 }

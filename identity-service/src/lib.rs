@@ -2,6 +2,7 @@
 //!
 //! `main.rs` parses [`Config`] and calls [`run`]; tests call [`run`] on `127.0.0.1:0`.
 
+mod admin;
 pub mod batch;
 mod error;
 mod grpc;
@@ -15,6 +16,7 @@ use service_runtime::{Boot, GrpcServices, ServiceArgs};
 use std::future::Future;
 use std::net::SocketAddr;
 use tokio::net::TcpListener;
+use vbase_proto::identity::v1::identity_admin_service_server::IdentityAdminServiceServer;
 use vbase_proto::identity::v1::identity_service_server::IdentityServiceServer;
 
 /// The schema migrations of identity-service.
@@ -49,6 +51,8 @@ pub struct Config {
     /// at once.
     #[arg(long, env = "GROUP_COMMIT_SLOTS", default_value_t = 4)]
     pub group_commit_slots: usize,
+    #[command(flatten)]
+    pub ledger: delivery_ledger::LedgerArgs,
     /// Lookups of users by id (GetCurrentUser, GetUser) run as at most this many concurrent
     /// queries (1 to DB_POOL_SIZE); lookups that arrive while all are busy go together in the
     /// next one.
@@ -59,6 +63,7 @@ pub struct Config {
 impl service_runtime::cli::CheckConfig for Config {
     fn check(&self) -> Result<(), String> {
         self.service.check()?;
+        self.ledger.check()?;
         let pool = self.service.db.db_pool_size;
         for (name, slots) in [
             ("GROUP_COMMIT_SLOTS", self.group_commit_slots),
@@ -94,13 +99,29 @@ pub async fn run(
     boot.prune_delivery_ids(move |n| {
         pruned.inc_by(n);
     });
+    let ledger = delivery_ledger::Ledger::new(
+        boot.pool.clone(),
+        metrics.tally.clone(),
+        &config.ledger,
+        &mut boot.registry,
+    );
+    boot.workers.spawn(
+        "ledger-upkeep",
+        ledger.clone().upkeep(boot.lifecycle.stopped()),
+    );
+    let admin = admin::IdentityAdmin {
+        ledger: ledger.clone(),
+    };
     let api = grpc::IdentityApi::new(
         boot.pool.clone(),
+        ledger,
         metrics,
         config.group_commit_slots,
         config.lookup_slots,
     );
-    let services = GrpcServices::new().add(IdentityServiceServer::new(api), grpc::policy());
+    let services = GrpcServices::new()
+        .add(IdentityServiceServer::new(api), grpc::policy())
+        .add(IdentityAdminServiceServer::new(admin), admin::policy());
     boot.serve(listener, config.metrics_addr, services, shutdown)
         .await
 }

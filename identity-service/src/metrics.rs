@@ -18,6 +18,8 @@ pub struct CommandLabels {
 pub struct Metrics {
     /// Sync commands by command and outcome (applied, duplicate, stale, error).
     pub commands: Family<CommandLabels, Counter>,
+    /// The same counts, written to the database for the operators' sync status.
+    pub tally: delivery_ledger::Tally,
     /// Processed event ids pruned after the retention period.
     pub pruned_events: Counter,
     /// Webhook upserts per group-commit statement.
@@ -30,6 +32,7 @@ impl Default for Metrics {
     fn default() -> Self {
         Self {
             commands: Family::default(),
+            tally: delivery_ledger::Tally::default(),
             pruned_events: Counter::default(),
             upsert_batch_size: Histogram::new([1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0]),
             lookup_batch_size: Histogram::new([1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0]),
@@ -69,5 +72,6 @@ impl Metrics {
         self.commands
             .get_or_create(&CommandLabels { command, outcome })
             .inc();
+        self.tally.record(command, outcome);
     }
 }

@@ -10,6 +10,14 @@ pub mod identity {
     }
 }
 
+/// `vbase.ops.v1`: what both services record about deliveries (quarantine, sync counts).
+pub mod ops {
+    /// Version 1.
+    pub mod v1 {
+        tonic::include_proto!("vbase.ops.v1");
+    }
+}
+
 /// `vbase.workspace.v1`: workspaces, members, channels.
 pub mod workspace {
     /// Version 1.

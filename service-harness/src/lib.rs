@@ -127,6 +127,9 @@ pub fn ts(secs: i64) -> Option<prost_types::Timestamp> {
 /// gateway signs with the same key under its own subject, which keeps to its methods.
 pub const INTERNAL_CALLER: &str = "internal-test";
 
+/// The operator subject the test services admit (`OPERATOR_SUBJECTS`).
+pub const OPERATOR: &str = "operator";
+
 /// Trust material for a service under test: a Clerk stand-in and the gateway's service keys.
 #[derive(Debug)]
 pub struct Issuers {
@@ -158,6 +161,7 @@ impl Issuers {
             jwks_refresh_secs: 300,
             token_max_lifetime_secs: 3600,
             service_callers: format!("{INTERNAL_CALLER}=*"),
+            operator_subjects: OPERATOR.into(),
         }
     }
 
@@ -186,6 +190,19 @@ impl Issuers {
     /// A request with a service token for `audience`.
     pub fn service<T>(&self, audience: &str, msg: T) -> Request<T> {
         bearer(msg, &self.keys.token_for(audience))
+    }
+
+    /// A request with an operator's service token ([`OPERATOR`]) for `audience`.
+    pub fn operator<T>(&self, audience: &str, msg: T) -> Request<T> {
+        bearer(msg, &self.keys.token_as(OPERATOR, audience))
+    }
+
+    /// A request with the webhook gateway's service token for `audience`.
+    pub fn gateway<T>(&self, audience: &str, msg: T) -> Request<T> {
+        bearer(
+            msg,
+            &self.keys.token_as(token_auth::GATEWAY_SUBJECT, audience),
+        )
     }
 
     /// A request with a user token (no active organization).
@@ -299,6 +316,8 @@ pub const WORKSPACE_BOOKKEEPING: &[&str] = &[
     "workspace_tombstones",
     "removed_users",
     "liveblocks_cleanup_jobs",
+    "sync_outcomes",
+    "quarantined_deliveries",
 ];
 
 /// One connection to `database_url`, for fixtures and checks beside a service.

@@ -62,6 +62,8 @@ pub struct Boot {
     pub auth: Arc<Authenticator>,
     /// Where the service registers its metrics.
     pub registry: Registry,
+    /// Where the service reports its dependencies' state (`/status`).
+    pub detail: crate::metrics::HealthDetail,
     /// Phases every worker follows.
     pub lifecycle: Lifecycle,
     /// Background workers, awaited at the stop.
@@ -95,6 +97,7 @@ impl Boot {
             pool,
             auth,
             registry: Registry::default(),
+            detail: crate::metrics::HealthDetail::default(),
             lifecycle: Lifecycle::default(),
             workers: Workers::default(),
             retention_hours: args.processed_event_retention_hours,
@@ -127,6 +130,7 @@ impl Boot {
             listener,
             metrics_addr,
             registry: self.registry,
+            detail: self.detail,
             pool: self.pool,
             auth: self.auth,
             services,

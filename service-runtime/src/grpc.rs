@@ -200,6 +200,8 @@ pub struct Serve {
     pub metrics_addr: std::net::SocketAddr,
     /// The metrics to expose.
     pub registry: prometheus_client::registry::Registry,
+    /// The dependencies' detail on `/status`.
+    pub detail: crate::metrics::HealthDetail,
     /// The pool whose database health follows.
     pub pool: Pool,
     /// Verifies tokens for the services' policies.
@@ -226,6 +228,7 @@ impl Serve {
             listener,
             metrics_addr,
             registry,
+            detail,
             pool,
             auth,
             services,
@@ -237,7 +240,7 @@ impl Serve {
         let metrics_listener = TcpListener::bind(metrics_addr).await?;
         workers.spawn(
             "metrics",
-            crate::metrics::serve_metrics(metrics_listener, registry, lifecycle.stopped()),
+            crate::metrics::serve_metrics(metrics_listener, registry, detail, lifecycle.stopped()),
         );
         let names = services.names().to_vec();
         let (reporter, health_service) = tonic_health::server::health_reporter();

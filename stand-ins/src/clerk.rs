@@ -110,6 +110,7 @@ impl ClerkStandIn {
 /// file as the platform would mount it (`SERVICE_JWKS_FILE`).
 pub struct ServiceKeys {
     dir: tempfile::TempDir,
+    issuer: String,
     minter: ServiceTokenMinter,
 }
 
@@ -132,7 +133,11 @@ impl ServiceKeys {
         )?;
         std::fs::write(dir.path().join("signing-key.pem"), key.private_pem())?;
         let minter = ServiceTokenMinter::new(key, issuer, subject, Duration::from_secs(300));
-        Ok(Self { dir, minter })
+        Ok(Self {
+            dir,
+            issuer: issuer.to_owned(),
+            minter,
+        })
     }
 
     /// Path of the public JWKS file.
@@ -153,6 +158,15 @@ impl ServiceKeys {
     /// A service token for the service named `audience`.
     pub fn token_for(&self, audience: &str) -> String {
         self.minter
+            .token_for(audience)
+            .expect("signing with a generated key")
+    }
+
+    /// A service token of another caller, `subject`, signed with the same key (e.g. an operator).
+    pub fn token_as(&self, subject: &str, audience: &str) -> String {
+        let pem = std::fs::read_to_string(self.signing_key_file()).expect("signing key file");
+        let key = SigningKey::from_pem(&pem).expect("a generated key reads back");
+        ServiceTokenMinter::new(key, &self.issuer, subject, Duration::from_secs(300))
             .token_for(audience)
             .expect("signing with a generated key")
     }

@@ -1,7 +1,8 @@
-//! Stand-in for the Liveblocks REST API's `DELETE /v2/rooms/{roomId}`.
+//! Stand-in for the Liveblocks REST API's `DELETE /v2/rooms/{roomId}` and `GET /v2/rooms`.
 //!
 //! Answers as Liveblocks does: 204 with no body when the room existed, 404 `ROOM_NOT_FOUND`
-//! once it is gone, 401/403 for a wrong key. It can be told to fail (503), rate-limit (429 with
+//! once it is gone, 401 for a wrong key (on both); the listing answers `{"nextCursor":null,
+//! "data":[]}` (no live rooms are kept here). It can be told to fail (503), rate-limit (429 with
 //! `Retry-After`) or slow down, and records every successful deletion and the peak concurrency,
 //! overall and per room.
 
@@ -23,6 +24,8 @@ pub enum LiveblocksMode {
     Down,
     /// 429 with `Retry-After: secs`.
     RateLimited { retry_after_secs: u64 },
+    /// 422 for every deletion (a permanent refusal).
+    Unprocessable,
 }
 
 #[derive(Default)]
@@ -156,6 +159,9 @@ async fn handle(
     expected_auth: &str,
     req: SeenRequest,
 ) -> hyper::Response<Full<Bytes>> {
+    if req.path == "/v2/rooms" && req.method == hyper::Method::GET {
+        return list_rooms(expected_auth, &req);
+    }
     let Some(raw_id) = req
         .path
         .strip_prefix("/v2/rooms/")
@@ -207,6 +213,12 @@ async fn handle(
                 .insert("retry-after", retry_after_secs.into());
             return r;
         }
+        LiveblocksMode::Unprocessable => {
+            return json_response(
+                422,
+                &json!({"error":"UNPROCESSABLE_ENTITY","message":"The room cannot be deleted."}),
+            );
+        }
         LiveblocksMode::Up => {}
     }
     if !auth_ok {
@@ -227,6 +239,23 @@ async fn handle(
         tracing::info!(room_id = %room, "liveblocks stand-in: room deleted");
     }
     empty_response(204)
+}
+
+/// `GET /v2/rooms`: the key is checked like a deletion's; no rooms are listed. Not counted in
+/// [`LiveblocksStandIn::requests`], which counts deletions.
+fn list_rooms(expected_auth: &str, req: &SeenRequest) -> hyper::Response<Full<Bytes>> {
+    let auth_ok = req
+        .headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v == expected_auth);
+    if !auth_ok {
+        return json_response(
+            401,
+            &json!({"error":"INVALID_SECRET_KEY","message":"Invalid secret key."}),
+        );
+    }
+    json_response(200, &json!({"nextCursor": null, "data": []}))
 }
 
 #[cfg(test)]

@@ -71,6 +71,9 @@ impl ipb::identity_service_server::IdentityService for Identity {
         compare_users: ipb::CompareUsersRequest => ipb::CompareUsersResponse,
         list_unseen_users: ipb::ListUnseenRequest => ipb::ListUnseenResponse,
         finish_reconcile: ipb::FinishReconcileRequest => ipb::FinishReconcileResponse,
+        quarantine_delivery: vbase_proto::ops::v1::QuarantineDeliveryRequest => vbase_proto::ops::v1::QuarantineDeliveryResponse,
+        list_quarantined: vbase_proto::ops::v1::ListQuarantinedRequest => vbase_proto::ops::v1::ListQuarantinedResponse,
+        resolve_quarantined: vbase_proto::ops::v1::ResolveQuarantinedRequest => vbase_proto::ops::v1::ResolveQuarantinedResponse,
     }
 }
 
@@ -101,6 +104,9 @@ impl wpb::workspace_service_server::WorkspaceService for Workspace {
         list_unseen_workspaces: wpb::ListUnseenRequest => wpb::ListUnseenWorkspacesResponse,
         list_unseen_memberships: wpb::ListUnseenRequest => wpb::ListUnseenMembershipsResponse,
         finish_reconcile: wpb::FinishReconcileRequest => wpb::FinishReconcileResponse,
+        quarantine_delivery: vbase_proto::ops::v1::QuarantineDeliveryRequest => vbase_proto::ops::v1::QuarantineDeliveryResponse,
+        list_quarantined: vbase_proto::ops::v1::ListQuarantinedRequest => vbase_proto::ops::v1::ListQuarantinedResponse,
+        resolve_quarantined: vbase_proto::ops::v1::ResolveQuarantinedRequest => vbase_proto::ops::v1::ResolveQuarantinedResponse,
         list_members: wpb::ListMembersRequest => wpb::ListMembersResponse,
         create_channel: wpb::CreateChannelRequest => wpb::CreateChannelResponse,
         list_channels: wpb::ListChannelsRequest => wpb::ListChannelsResponse,
@@ -169,6 +175,7 @@ async fn one_server_serves_several_services_each_with_its_policy_and_stops_in_tw
         );
     let server = service_harness::RunningServer::start(move |listener, shutdown| {
         Serve {
+            detail: Default::default(),
             listener,
             metrics_addr: "127.0.0.1:0".parse().unwrap(),
             registry: Default::default(),
@@ -436,6 +443,7 @@ async fn limited_server(
     let server = service_harness::RunningServer::start(move |listener, shutdown| {
         let _db = db;
         Serve {
+            detail: Default::default(),
             listener,
             metrics_addr: "127.0.0.1:0".parse().unwrap(),
             registry: Default::default(),

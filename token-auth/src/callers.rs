@@ -1,7 +1,8 @@
 //! Which internal callers may call which methods (`SERVICE_CALLERS`), by the `sub` of their
 //! service token. The webhook gateway's subject may call the methods declared for service
 //! tokens only (the sync commands) and those named for it; any other subject only the methods
-//! it is granted. A subject not listed gets PERMISSION_DENIED.
+//! it is granted. Operators (`OPERATOR_SUBJECTS`) may call the admin services and nothing else.
+//! A subject not listed gets PERMISSION_DENIED.
 
 use std::collections::{HashMap, HashSet};
 
@@ -21,7 +22,12 @@ enum Grant {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ServiceCallers {
     grants: HashMap<String, Grant>,
+    /// Subjects that may call the admin services.
+    operators: HashSet<String>,
 }
+
+/// The default operator subject.
+pub const DEFAULT_OPERATOR_SUBJECT: &str = "operator";
 
 impl ServiceCallers {
     /// Parses `sub=Method,Method;sub2=*` (spaces around items ignored; empty: nobody).
@@ -62,7 +68,34 @@ impl ServiceCallers {
                 return Err(format!("SERVICE_CALLERS names {sub} twice"));
             }
         }
-        Ok(Self { grants })
+        Ok(Self {
+            grants,
+            operators: HashSet::new(),
+        })
+    }
+
+    /// Adds the operator subjects of `OPERATOR_SUBJECTS` (comma-separated). The gateway's
+    /// subject cannot be an operator: a leaked gateway key must not open the admin services.
+    pub fn with_operators(mut self, spec: &str) -> Result<Self, String> {
+        for sub in spec.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+            if sub.len() > 100 || !sub.chars().all(|c| c.is_ascii_graphic()) {
+                return Err(format!(
+                    "OPERATOR_SUBJECTS: {sub:?} is not a token subject (1 to 100 printable characters)"
+                ));
+            }
+            if sub == GATEWAY_SUBJECT {
+                return Err(format!(
+                    "OPERATOR_SUBJECTS must not name the webhook gateway's subject ({GATEWAY_SUBJECT}): give operators a subject of their own"
+                ));
+            }
+            self.operators.insert(sub.to_owned());
+        }
+        Ok(self)
+    }
+
+    /// Whether `subject` is an operator.
+    pub fn is_operator(&self, subject: &str) -> bool {
+        self.operators.contains(subject)
     }
 
     /// Whether `subject` was granted `method` (a bare method name).
@@ -100,5 +133,21 @@ mod tests {
         ] {
             assert!(ServiceCallers::parse(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn operators_are_listed_subjects_never_the_gateway() {
+        let c = ServiceCallers::default()
+            .with_operators(" operator , oncall ")
+            .unwrap();
+        assert!(c.is_operator("operator") && c.is_operator("oncall"));
+        assert!(!c.is_operator("reporting"));
+        assert!(!ServiceCallers::default().is_operator("operator"));
+        assert!(
+            ServiceCallers::default()
+                .with_operators(GATEWAY_SUBJECT)
+                .is_err()
+        );
+        assert!(ServiceCallers::default().with_operators("a b").is_err());
     }
 }

@@ -41,6 +41,10 @@ pub struct AuthArgs {
     /// that admits service tokens). The gateway's subject may call the sync commands only.
     #[arg(long, env = "SERVICE_CALLERS", default_value = "")]
     pub service_callers: String,
+    /// Comma-separated service token subjects that may call the admin services
+    /// (IdentityAdminService, WorkspaceAdminService) and nothing else; never the gateway's.
+    #[arg(long, env = "OPERATOR_SUBJECTS", default_value = crate::callers::DEFAULT_OPERATOR_SUBJECT)]
+    pub operator_subjects: String,
 }
 
 impl AuthArgs {
@@ -98,7 +102,8 @@ impl AuthArgs {
         if self.service_jwt_issuer == issuer {
             return Err("SERVICE_JWT_ISSUER must differ from CLERK_JWT_ISSUER_DOMAIN".to_owned());
         }
-        let callers = crate::ServiceCallers::parse(&self.service_callers)?;
+        let callers = crate::ServiceCallers::parse(&self.service_callers)?
+            .with_operators(&self.operator_subjects)?;
         let options = KeyStoreOptions {
             refresh_interval: Duration::from_secs(self.jwks_refresh_secs.max(10)),
             ..KeyStoreOptions::default()

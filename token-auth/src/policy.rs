@@ -33,6 +33,8 @@ pub enum Access {
     UserOrService,
     /// Only the internal service whose token's `sub` is this name.
     ServiceNamed(&'static str),
+    /// Only service tokens whose `sub` is an operator (`OPERATOR_SUBJECTS`): the admin services.
+    Operator,
 }
 
 impl Access {
@@ -178,6 +180,7 @@ fn permit(
     let allowed = match (&principal, access) {
         (Principal::User(_), a) => a.admits_users(),
         (Principal::Service(s), Access::ServiceNamed(name)) => s.name == name,
+        (Principal::Service(s), Access::Operator) => callers.is_operator(&s.name),
         (Principal::Service(_), Access::User) => false,
         (Principal::Service(s), Access::Service) => {
             s.name == crate::GATEWAY_SUBJECT || callers.allows(&s.name, method)
@@ -189,6 +192,9 @@ fn permit(
     }
     Err(Status::permission_denied(match (&principal, access) {
         (_, Access::ServiceNamed(name)) => format!("this method is only for the {name} service"),
+        (_, Access::Operator) => {
+            "this method is for operators: a service token whose sub is in OPERATOR_SUBJECTS (webhook-gateway mint-token)".to_owned()
+        }
         (Principal::User(_), _) => "this method does not accept user tokens".to_owned(),
         (Principal::Service(_), Access::User) => {
             "this method does not accept service tokens".to_owned()

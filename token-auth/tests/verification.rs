@@ -395,6 +395,7 @@ fn jwks_urls_must_be_https_except_to_this_machine() {
         jwks_refresh_secs: 300,
         token_max_lifetime_secs: 3600,
         service_callers: String::new(),
+        operator_subjects: "operator".into(),
     };
     let err = args.build("identity-service").unwrap_err();
     assert!(err.contains("CLERK_JWKS_URL"), "{err}");

@@ -3,15 +3,18 @@
 //! `POST /clerk` reads at most 1 MiB, verifies the Svix signature on the raw bytes, parses the
 //! Clerk event into typed structs and forwards one typed command per event, answering 2xx only
 //! after the service committed it. Duplicates answer 2xx with no second effect (the services
-//! de-duplicate on `svix-id`); unhandled event types answer 2xx and are counted; signed but
-//! malformed payloads answer 400; a slow or unavailable service answers 503 within the deadline
-//! so Svix retries later.
+//! de-duplicate on `svix-id`); unhandled event types answer 2xx and are counted; a signed
+//! delivery that cannot be applied (unparseable, or refused by a service) is kept in the owning
+//! service's quarantine and answered 2xx (see [`quarantine`]); a slow or unavailable service
+//! answers 503 within the deadline so Svix retries later.
 
 pub mod clerk;
 pub mod clerk_api;
 pub mod forward;
 pub mod log_budget;
 pub mod metrics;
+pub mod mint;
+pub mod quarantine;
 pub mod reconcile;
 pub mod verify;
 
@@ -427,12 +430,9 @@ async fn clerk_webhook(app: &App, req: Request<Incoming>) -> Response<Full<Bytes
     let (event_type, command) = match clerk::to_command(&svix_id, &body) {
         Ok(c) => c,
         Err(Malformed(reason)) => {
-            app.metrics.request("", "malformed");
-            tracing::warn!(svix_id, %reason, "signed webhook with a malformed payload");
-            return text(
-                StatusCode::BAD_REQUEST,
-                format!("malformed Clerk event: {reason}\n"),
-            );
+            let event_type = quarantine::event_type_of(&body);
+            let reason = format!("malformed Clerk event: {reason}");
+            return quarantined(app, &svix_id, &event_type, &reason, &body, started).await;
         }
     };
     let result = match tokio::time::timeout(app.deadline, app.downstream.send(command)).await {
@@ -447,22 +447,58 @@ async fn clerk_webhook(app: &App, req: Request<Incoming>) -> Response<Full<Bytes
             text(StatusCode::OK, format!("{{\"outcome\":\"{outcome}\"}}"))
         }
         Err(ForwardError::Rejected(reason)) => {
-            app.metrics.request(&event_type, "rejected");
-            tracing::warn!(svix_id, event_type, %reason, ms, "webhook content refused by a service");
-            text(StatusCode::BAD_REQUEST, format!("rejected: {reason}\n"))
+            let reason = format!("refused by a service: {reason}");
+            quarantined(app, &svix_id, &event_type, &reason, &body, started).await
         }
         Err(ForwardError::Unavailable(reason)) => {
-            app.metrics.request(&event_type, "unavailable");
-            tracing::warn!(svix_id, event_type, %reason, ms, "downstream unavailable; Svix will retry");
-            let mut r = text(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "downstream unavailable, retry later\n",
-            );
-            r.headers_mut()
-                .insert("retry-after", http::HeaderValue::from_static("5"));
-            r
+            unavailable(app, &svix_id, &event_type, &reason, ms)
         }
     }
+}
+
+/// Keeps a signed delivery that cannot be applied in its owner's quarantine and answers 2xx;
+/// when it cannot be kept, 503 (Svix retries, nothing is lost).
+async fn quarantined(
+    app: &App,
+    svix_id: &str,
+    event_type: &str,
+    reason: &str,
+    body: &[u8],
+    started: Instant,
+) -> Response<Full<Bytes>> {
+    let kept = tokio::time::timeout(
+        app.deadline,
+        quarantine::keep(&app.downstream, svix_id, event_type, reason, body),
+    )
+    .await
+    .unwrap_or_else(|_| Err(ForwardError::Unavailable("deadline exceeded".into())));
+    let ms = started.elapsed().as_millis() as u64;
+    match kept {
+        Ok(()) => {
+            app.metrics.request(event_type, "quarantined");
+            tracing::warn!(svix_id, event_type, %reason, ms, "signed webhook cannot be applied; quarantined");
+            text(StatusCode::OK, "{\"outcome\":\"quarantined\"}")
+        }
+        Err(e) => unavailable(app, svix_id, event_type, &format!("quarantine: {e}"), ms),
+    }
+}
+
+fn unavailable(
+    app: &App,
+    svix_id: &str,
+    event_type: &str,
+    reason: &str,
+    ms: u64,
+) -> Response<Full<Bytes>> {
+    app.metrics.request(event_type, "unavailable");
+    tracing::warn!(svix_id, event_type, %reason, ms, "downstream unavailable; Svix will retry");
+    let mut r = text(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "downstream unavailable, retry later\n",
+    );
+    r.headers_mut()
+        .insert("retry-after", http::HeaderValue::from_static("5"));
+    r
 }
 
 #[cfg(test)]

@@ -1,4 +1,5 @@
-//! `webhook-gateway [serve] | reconcile [--dry-run ...] | keygen --out-dir DIR`.
+//! `webhook-gateway [serve] | reconcile [--dry-run ...] | replay-quarantined [--id ID | --all]
+//! | mint-token --subject S --audience A [--ttl T] | keygen --out-dir DIR`.
 
 use clap::{Parser, Subcommand};
 use service_runtime::{init_logging, shutdown_signal};
@@ -23,12 +24,37 @@ enum Command {
     /// the services' sync commands, delete what Clerk no longer has. Exit 0 when the run
     /// completed, 1 when it stopped (one line on stderr says why), 2 for bad settings.
     Reconcile(Box<webhook_gateway::reconcile::config::ReconcileConfig>),
+    /// Apply the deliveries kept in the services' quarantine with the current code, through the
+    /// ordinary commands under their own delivery ids (nothing is applied twice). Exit 0 when
+    /// every one was looked at, 1 when a service was unavailable, 2 for bad settings.
+    ReplayQuarantined(Box<ReplayArgs>),
+    /// Print a short-lived service token signed with the gateway's key (for operators'
+    /// grpcurl calls to the admin services).
+    MintToken(Box<webhook_gateway::mint::MintArgs>),
     /// Write a new Ed25519 service signing key (`signing-key.pem`) and its public `jwks.json`.
     Keygen {
         /// Directory to write into.
         #[arg(long)]
         out_dir: PathBuf,
     },
+}
+
+#[derive(clap::Args)]
+struct ReplayArgs {
+    /// Only this delivery (its svix-id).
+    #[arg(long, conflicts_with = "all", required_unless_present = "all")]
+    id: Option<String>,
+    /// Every open delivery.
+    #[arg(long)]
+    all: bool,
+    /// Print the summary as JSON.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    downstream: webhook_gateway::DownstreamArgs,
+    /// `json` or `pretty`.
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = service_runtime::LogFormat::Json)]
+    log_format: service_runtime::LogFormat,
 }
 
 #[tokio::main]
@@ -51,6 +77,54 @@ async fn main() -> anyhow::Result<()> {
                 token_auth::signing::SigningKey::jwks(&[&key]).to_string(),
             )?;
             println!("kid {} written to {}", key.kid(), out_dir.display());
+            Ok(())
+        }
+        Command::MintToken(args) => {
+            if let Err(problem) = args.check() {
+                eprintln!("webhook-gateway mint-token: configuration error: {problem}");
+                std::process::exit(2);
+            }
+            match args.mint() {
+                Ok(token) => {
+                    println!("{token}");
+                    Ok(())
+                }
+                Err(e) => {
+                    eprintln!("webhook-gateway mint-token: configuration error: {e:#}");
+                    std::process::exit(2);
+                }
+            }
+        }
+        Command::ReplayQuarantined(args) => {
+            if let Err(problem) = args.downstream.check() {
+                eprintln!("webhook-gateway replay-quarantined: configuration error: {problem}");
+                std::process::exit(2);
+            }
+            init_logging(args.log_format, "webhook-gateway");
+            let mut registry = prometheus_client::registry::Registry::default();
+            let metrics = webhook_gateway::metrics::Metrics::register(&mut registry);
+            let downstream = match args.downstream.connect(metrics, 1) {
+                Ok(d) => d,
+                Err(e) => {
+                    eprintln!("webhook-gateway replay-quarantined: configuration error: {e:#}");
+                    std::process::exit(2);
+                }
+            };
+            let summary =
+                webhook_gateway::quarantine::replay(&downstream, args.id.as_deref()).await;
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&summary)?);
+            } else {
+                print!("{}", summary.table());
+            }
+            if let Some(why) = &summary.stopped {
+                eprintln!("webhook-gateway replay-quarantined: stopped: {why}");
+                std::process::exit(1);
+            }
+            if args.id.is_some() && summary.examined == 0 {
+                eprintln!("webhook-gateway replay-quarantined: no open delivery has that id");
+                std::process::exit(1);
+            }
             Ok(())
         }
         Command::Reconcile(config) => {

@@ -39,6 +39,13 @@ pub struct LiveblocksArgs {
     /// Idle poll period of the worker, milliseconds (at least 10).
     #[arg(long, env = "LIVEBLOCKS_POLL_MS", default_value_t = 1000)]
     pub liveblocks_poll_ms: u64,
+    /// A room deletion that failed this many attempts (1 to 1000) is given up: the job becomes
+    /// dead, kept until an operator retries it. A wrong key or a refusal (422) is given up at once.
+    #[arg(long, env = "LIVEBLOCKS_MAX_ATTEMPTS", default_value_t = 50)]
+    pub liveblocks_max_attempts: i32,
+    /// Seconds between checks of the key against the Liveblocks API (10 to 86400).
+    #[arg(long, env = "LIVEBLOCKS_KEY_CHECK_SECS", default_value_t = 300)]
+    pub liveblocks_key_check_secs: u64,
 }
 
 impl LiveblocksArgs {
@@ -58,6 +65,12 @@ impl LiveblocksArgs {
                 self.liveblocks_timeout_secs + 5
             ));
         }
+        if !(1..=1000).contains(&self.liveblocks_max_attempts) {
+            return out_of_range("LIVEBLOCKS_MAX_ATTEMPTS (1 to 1000)");
+        }
+        if !(10..=86_400).contains(&self.liveblocks_key_check_secs) {
+            return out_of_range("LIVEBLOCKS_KEY_CHECK_SECS (10 to 86400)");
+        }
         if self.liveblocks_poll_ms < 10 {
             return out_of_range("LIVEBLOCKS_POLL_MS (at least 10)");
         }
@@ -72,6 +85,8 @@ impl LiveblocksArgs {
             poll: Duration::from_millis(self.liveblocks_poll_ms),
             backoff_base: Duration::from_millis(self.liveblocks_backoff_base_ms),
             backoff_max: Duration::from_secs(self.liveblocks_backoff_max_secs),
+            max_attempts: self.liveblocks_max_attempts,
+            key_check: Duration::from_secs(self.liveblocks_key_check_secs),
         })
     }
 
@@ -145,6 +160,8 @@ pub struct Config {
     pub liveblocks: LiveblocksArgs,
     #[command(flatten)]
     pub purge: PurgeArgs,
+    #[command(flatten)]
+    pub ledger: delivery_ledger::LedgerArgs,
     /// gRPC listen address.
     #[arg(long, env = "GRPC_ADDR", default_value = "0.0.0.0:50052")]
     pub grpc_addr: SocketAddr,
@@ -156,6 +173,7 @@ pub struct Config {
 impl service_runtime::cli::CheckConfig for Config {
     fn check(&self) -> Result<(), String> {
         self.service.check()?;
+        self.ledger.check()?;
         self.purge.settings()?;
         self.liveblocks.settings().map(|_| ())
     }

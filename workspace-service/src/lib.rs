@@ -6,6 +6,7 @@
 //! [`workers`] (background work on job tables). `main.rs` parses [`Config`] and calls [`run`];
 //! tests call [`run`] on `127.0.0.1:0`.
 
+mod admin;
 mod config;
 mod domain;
 mod error;
@@ -22,6 +23,7 @@ use service_runtime::{Boot, GrpcServices};
 use std::future::Future;
 use std::sync::Arc;
 use tokio::net::TcpListener;
+use vbase_proto::workspace::v1::workspace_admin_service_server::WorkspaceAdminServiceServer;
 use vbase_proto::workspace::v1::workspace_service_server::WorkspaceServiceServer;
 use workers::liveblocks as cleanup;
 
@@ -58,16 +60,31 @@ pub async fn run(
     let metrics = metrics::Metrics::register(&mut boot.registry);
     let wake = Arc::new(tokio::sync::Notify::new());
 
-    match &config.liveblocks.liveblocks_secret_key {
-        Some(secret) if !secret.is_empty() => {
-            let api = cleanup::HttpLiveblocks::new(
+    let api_key = config
+        .liveblocks
+        .liveblocks_secret_key
+        .as_ref()
+        .filter(|s| !s.is_empty());
+    match api_key {
+        Some(secret) => {
+            let api: Arc<dyn cleanup::LiveblocksApi> = Arc::new(cleanup::HttpLiveblocks::new(
                 &config.liveblocks.liveblocks_api_url,
                 secret.expose(),
                 config.liveblocks.timeout(),
-            )?;
+            )?);
+            boot.workers.spawn(
+                "liveblocks-key-check",
+                cleanup::check_key_loop(
+                    Arc::clone(&api),
+                    cleanup_settings.key_check,
+                    metrics.clone(),
+                    boot.detail.clone(),
+                    boot.lifecycle.stopped(),
+                ),
+            );
             let worker = cleanup::CleanupWorker::new(
                 boot.pool.clone(),
-                Arc::new(api),
+                api,
                 cleanup_settings,
                 metrics.clone(),
                 Arc::clone(&wake),
@@ -75,10 +92,46 @@ pub async fn run(
             let stop = boot.lifecycle.stopped();
             boot.workers.spawn("liveblocks-cleanup", worker.run(stop));
         }
-        _ => tracing::warn!(
-            "LIVEBLOCKS_SECRET_KEY is not set: Liveblocks rooms are queued but not deleted until it is"
-        ),
+        None => {
+            tracing::warn!(
+                "LIVEBLOCKS_SECRET_KEY is not set: Liveblocks rooms are queued but not deleted until it is"
+            );
+            metrics.liveblocks_key_valid.set(-1);
+            boot.detail.set(
+                "liveblocks_key",
+                Err("LIVEBLOCKS_SECRET_KEY is not set: rooms are queued but not deleted".into()),
+            );
+        }
     }
+    // The gauges follow the queues whether or not a worker drains them.
+    let m = metrics.clone();
+    boot.workers.spawn(
+        "liveblocks-queue-gauges",
+        workers::jobs::sample_loop(
+            boot.pool.clone(),
+            &cleanup::CLEANUP_JOBS,
+            move |d| {
+                m.liveblocks_queue_depth.set(d.live());
+                m.liveblocks_dead_jobs.set(d.dead);
+                m.liveblocks_oldest_job_seconds.set(d.oldest);
+            },
+            boot.lifecycle.stopped(),
+        ),
+    );
+    let m = metrics.clone();
+    boot.workers.spawn(
+        "purge-queue-gauges",
+        workers::jobs::sample_loop(
+            boot.pool.clone(),
+            &workers::purge::PURGE_JOBS,
+            move |d| {
+                m.purge_jobs_pending.set(d.live());
+                m.purge_dead_jobs.set(d.dead);
+                m.purge_oldest_job_seconds.set(d.oldest);
+            },
+            boot.lifecycle.stopped(),
+        ),
+    );
     let purge_wake = Arc::new(tokio::sync::Notify::new());
     let purge = workers::purge::PurgeWorker::new(
         boot.pool.clone(),
@@ -92,8 +145,25 @@ pub async fn run(
     boot.workers.spawn("purge", purge.run(stop));
     boot.prune_delivery_ids(|_| {});
 
-    let api = grpc::WorkspaceApi::new(boot.pool.clone(), metrics, wake, purge_wake);
-    let services = GrpcServices::new().add(WorkspaceServiceServer::new(api), grpc::policy());
+    let ledger = delivery_ledger::Ledger::new(
+        boot.pool.clone(),
+        metrics.tally.clone(),
+        &config.ledger,
+        &mut boot.registry,
+    );
+    boot.workers.spawn(
+        "ledger-upkeep",
+        ledger.clone().upkeep(boot.lifecycle.stopped()),
+    );
+    let admin = admin::WorkspaceAdmin {
+        pool: boot.pool.clone(),
+        ledger: ledger.clone(),
+        wakes: [Arc::clone(&wake), Arc::clone(&purge_wake)],
+    };
+    let api = grpc::WorkspaceApi::new(boot.pool.clone(), ledger, metrics, wake, purge_wake);
+    let services = GrpcServices::new()
+        .add(WorkspaceServiceServer::new(api), grpc::policy())
+        .add(WorkspaceAdminServiceServer::new(admin), admin::policy());
     boot.serve(listener, config.metrics_addr, services, shutdown)
         .await
 }

@@ -31,12 +31,21 @@ pub struct TableLabels {
 pub struct Metrics {
     /// Sync commands by command and outcome.
     pub commands: Family<CommandLabels, Counter>,
+    /// The same counts, written to the database for the operators' sync status.
+    pub tally: delivery_ledger::Tally,
     /// Liveblocks DELETE calls by outcome.
     pub liveblocks_deliveries: Family<OutcomeLabels, Counter>,
     /// Calls refused for the secret key (401/403).
     pub liveblocks_key_rejections: Counter,
-    /// Jobs queued.
+    /// Jobs queued and not dead.
     pub liveblocks_queue_depth: Gauge,
+    /// Jobs given up (kept until retried).
+    pub liveblocks_dead_jobs: Gauge,
+    /// 1 when Liveblocks accepted the key at the last check, 0 when it rejected it, -1 unknown
+    /// (or no key set).
+    pub liveblocks_key_valid: Gauge,
+    /// Purge jobs given up (kept until retried).
+    pub purge_dead_jobs: Gauge,
     /// Age of the oldest queued job.
     pub liveblocks_oldest_job_seconds: Gauge<f64, AtomicU64>,
     /// Rows purged by table (deleted workspaces and rooms).
@@ -77,6 +86,21 @@ impl Metrics {
             m.liveblocks_oldest_job_seconds.clone(),
         );
         registry.register(
+            "liveblocks_cleanup_dead_jobs",
+            "Liveblocks room deletions given up (a permanent answer or too many attempts), kept until retried",
+            m.liveblocks_dead_jobs.clone(),
+        );
+        registry.register(
+            "liveblocks_key_valid",
+            "1 when Liveblocks accepted LIVEBLOCKS_SECRET_KEY at the last check, 0 when it rejected it, -1 when unknown or unset",
+            m.liveblocks_key_valid.clone(),
+        );
+        registry.register(
+            "workspace_purge_dead_jobs",
+            "Purge jobs given up after too many failed attempts, kept until retried",
+            m.purge_dead_jobs.clone(),
+        );
+        registry.register(
             "workspace_purge_rows",
             "Rows of deleted workspaces and rooms purged, by table",
             m.purge_rows.clone(),
@@ -106,6 +130,7 @@ impl Metrics {
         self.commands
             .get_or_create(&CommandLabels { command, outcome })
             .inc();
+        self.tally.record(command, outcome);
     }
 
     /// Counts one Liveblocks call.

@@ -2,6 +2,7 @@
 //! Clerk's Backend API, into the real identity and workspace services on real Postgres.
 
 mod ordering;
+mod quarantine;
 mod reconcile;
 mod support;
 mod webhooks;

@@ -10,8 +10,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 use vbase_proto::identity::v1 as idp;
+use vbase_proto::identity::v1::identity_admin_service_client::IdentityAdminServiceClient;
 use vbase_proto::identity::v1::identity_service_client::IdentityServiceClient;
+use vbase_proto::ops::v1 as ops;
 use vbase_proto::workspace::v1 as wsp;
+use vbase_proto::workspace::v1::workspace_admin_service_client::WorkspaceAdminServiceClient;
 use vbase_proto::workspace::v1::workspace_service_client::WorkspaceServiceClient;
 
 pub const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
@@ -124,6 +127,7 @@ pub async fn stack_with(
         metrics_addr: "127.0.0.1:0".parse().unwrap(),
         group_commit_slots: 2,
         lookup_slots: 2,
+        ledger: Default::default(),
     };
     let workspace_cfg = workspace_service::Config {
         service: issuers.service_args(wdb.url(), 8),
@@ -136,6 +140,8 @@ pub async fn stack_with(
             liveblocks_backoff_base_ms: 100,
             liveblocks_backoff_max_secs: 5,
             liveblocks_poll_ms: 100,
+            liveblocks_max_attempts: 5,
+            liveblocks_key_check_secs: 10,
         },
         purge: workspace_service::PurgeArgs {
             purge_chunk_rows: 1000,
@@ -143,6 +149,7 @@ pub async fn stack_with(
             purge_poll_ms: 50,
             purge_lease_secs: 10,
         },
+        ledger: Default::default(),
         grpc_addr: "127.0.0.1:0".parse().unwrap(),
         metrics_addr: "127.0.0.1:0".parse().unwrap(),
     };
@@ -388,5 +395,84 @@ impl Stack {
         .ok()
         .and_then(|r| r.into_inner().workspace)
         .map(|w| w.name)
+    }
+}
+
+pub use webhook_gateway::quarantine::Owner;
+
+/// The operator's view of one service: its admin service, called with an operator token.
+pub enum Admin {
+    Identity(IdentityAdminServiceClient<tonic::transport::Channel>),
+    Workspace(WorkspaceAdminServiceClient<tonic::transport::Channel>),
+}
+
+impl Stack {
+    /// The admin service of `owner`.
+    pub async fn admin(&self, owner: Owner) -> Admin {
+        match owner {
+            Owner::Identity => Admin::Identity(IdentityAdminServiceClient::new(
+                self.identity.as_ref().unwrap().channel().await,
+            )),
+            Owner::Workspace => Admin::Workspace(WorkspaceAdminServiceClient::new(
+                self.workspace.channel().await,
+            )),
+        }
+    }
+
+    fn audience(owner: Owner) -> &'static str {
+        match owner {
+            Owner::Identity => "identity-service",
+            Owner::Workspace => "workspace-service",
+        }
+    }
+
+    /// Quarantined deliveries of `owner` in `state`, as the operator lists them.
+    pub async fn quarantined_in(
+        &self,
+        owner: Owner,
+        state: ops::QuarantineState,
+    ) -> Vec<ops::QuarantinedDelivery> {
+        let req = self.issuers.operator(
+            Self::audience(owner),
+            ops::ListQuarantinedRequest {
+                page_size: 500,
+                state: state.into(),
+                ..Default::default()
+            },
+        );
+        let r = match self.admin(owner).await {
+            Admin::Identity(mut c) => c.list_quarantined(req).await,
+            Admin::Workspace(mut c) => c.list_quarantined(req).await,
+        };
+        r.unwrap().into_inner().deliveries
+    }
+
+    /// The svix ids of `owner`'s open quarantined deliveries, oldest first.
+    pub async fn quarantined(&self, owner: Owner) -> Vec<String> {
+        self.quarantined_in(owner, ops::QuarantineState::Open)
+            .await
+            .into_iter()
+            .map(|d| d.svix_id)
+            .collect()
+    }
+
+    /// One quarantined delivery with its body.
+    pub async fn quarantined_one(&self, owner: Owner, id: &str) -> ops::QuarantinedDelivery {
+        let req = self.issuers.operator(
+            Self::audience(owner),
+            ops::GetQuarantinedRequest { svix_id: id.into() },
+        );
+        let r = match self.admin(owner).await {
+            Admin::Identity(mut c) => c.get_quarantined(req).await,
+            Admin::Workspace(mut c) => c.get_quarantined(req).await,
+        };
+        r.unwrap().into_inner()
+    }
+
+    /// The gateway's clients of both services (what `replay-quarantined` uses).
+    pub fn gateway_downstream(&self) -> webhook_gateway::forward::Downstream {
+        let mut registry = prometheus_client::registry::Registry::default();
+        let metrics = webhook_gateway::metrics::Metrics::register(&mut registry);
+        self.downstream.connect(metrics, 1).unwrap()
     }
 }

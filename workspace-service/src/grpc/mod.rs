@@ -25,6 +25,7 @@ use std::sync::Arc;
 use token_auth::Principal;
 use tokio::sync::Notify;
 use tonic::{Request, Response, Status};
+use vbase_proto::ops::v1 as ops;
 use vbase_proto::workspace::v1 as pb;
 use vbase_proto::workspace::v1::workspace_service_server::WorkspaceService;
 
@@ -50,6 +51,7 @@ where
 #[derive(Clone)]
 pub struct WorkspaceApi {
     pool: Pool,
+    ledger: delivery_ledger::Ledger,
     metrics: Metrics,
     cleanup_wake: Arc<Notify>,
     purge_wake: Arc<Notify>,
@@ -60,12 +62,14 @@ impl WorkspaceApi {
     /// `purge_wake` when a purge is.
     pub fn new(
         pool: Pool,
+        ledger: delivery_ledger::Ledger,
         metrics: Metrics,
         cleanup_wake: Arc<Notify>,
         purge_wake: Arc<Notify>,
     ) -> Self {
         Self {
             pool,
+            ledger,
             metrics,
             cleanup_wake,
             purge_wake,
@@ -181,6 +185,36 @@ impl WorkspaceService for WorkspaceApi {
         req: Request<pb::FinishReconcileRequest>,
     ) -> R<pb::FinishReconcileResponse> {
         reconcile::finish_reconcile(self, req).await
+    }
+
+    async fn quarantine_delivery(
+        &self,
+        req: Request<ops::QuarantineDeliveryRequest>,
+    ) -> R<ops::QuarantineDeliveryResponse> {
+        self.ledger
+            .quarantine(req.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn list_quarantined(
+        &self,
+        req: Request<ops::ListQuarantinedRequest>,
+    ) -> R<ops::ListQuarantinedResponse> {
+        self.ledger
+            .list(req.into_inner(), true)
+            .await
+            .map(Response::new)
+    }
+
+    async fn resolve_quarantined(
+        &self,
+        req: Request<ops::ResolveQuarantinedRequest>,
+    ) -> R<ops::ResolveQuarantinedResponse> {
+        self.ledger
+            .resolve(req.into_inner())
+            .await
+            .map(Response::new)
     }
 
     async fn get_workspace(

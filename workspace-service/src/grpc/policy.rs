@@ -12,13 +12,16 @@ pub const SYNC_COMMANDS: &[&str] = &[
     "RemoveUser",
 ];
 
-/// Reconcile, for the webhook gateway's service token only.
+/// Reconcile and the quarantine intake, for the webhook gateway's service token only.
 pub const RECONCILE_METHODS: &[&str] = &[
     "CompareWorkspaces",
     "CompareMemberships",
     "ListUnseenWorkspaces",
     "ListUnseenMemberships",
     "FinishReconcile",
+    "QuarantineDelivery",
+    "ListQuarantined",
+    "ResolveQuarantined",
 ];
 
 /// Methods for users (within their active workspace) and for services.

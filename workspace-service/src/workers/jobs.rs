@@ -7,8 +7,12 @@
 //! a result recorded after the lease was taken over changes nothing. A semaphore bounds the
 //! jobs in flight per replica.
 //!
+//! A job that got a permanent answer, or failed `max_attempts` times, becomes dead
+//! (`dead_at`): no longer leased, kept and visible until an operator retries it. The queue is
+//! sampled for its gauges by [`sample_loop`], which runs whether or not a worker does.
+//!
 //! A table takes the columns of `liveblocks_cleanup_jobs`: its key, `enqueued_at`, `attempts`,
-//! `next_attempt_at`, `leased_until`, `lease_token`, `last_error`.
+//! `next_attempt_at`, `leased_until`, `lease_token`, `last_error`, `dead_at`.
 
 use diesel::QueryableByName;
 use diesel::sql_types::{BigInt, Double, Integer, Nullable, Text, Uuid as SqlUuid};
@@ -33,8 +37,16 @@ pub struct JobTable {
     done: &'static str,
     /// Reschedules job `$1` leased under `$2` in `$4` seconds, recording error `$3`.
     retry: &'static str,
-    /// The number of jobs (`depth`) and the age of the oldest in seconds (`oldest`).
-    sample: &'static str,
+    /// Marks job `$1` leased under `$2` dead, recording error `$3`.
+    bury: &'static str,
+    /// Jobs by state and the age of the oldest live one ([`Depths`]).
+    pub(crate) depths: &'static str,
+    /// Jobs in state `$1` (`''` for all) after key `$2`, `$3` at most, by key ([`JobRow`]).
+    pub(crate) list: &'static str,
+    /// Makes job `$1` (live or dead) due now with no attempts.
+    pub(crate) retry_key: &'static str,
+    /// Makes every job in state `$1` (`dead` or `failing`) due now with no attempts.
+    pub(crate) retry_state: &'static str,
 }
 
 /// The [`JobTable`] of `$table`, whose key column is `$key` of SQL type `$ty`.
@@ -42,48 +54,79 @@ macro_rules! job_table {
     ($table:literal, $key:literal, $ty:literal) => {
         $crate::workers::jobs::JobTable::new(
             $table,
-            concat!(
-                "UPDATE ", $table, " j
-                    SET leased_until = now() + make_interval(secs => $2), lease_token = $3, attempts = j.attempts + 1
-                  WHERE j.", $key, " IN (
-                        SELECT ", $key, " FROM ", $table, "
-                         WHERE next_attempt_at <= now() AND (leased_until IS NULL OR leased_until < now())
-                         ORDER BY next_attempt_at LIMIT $1
-                         FOR UPDATE SKIP LOCKED)
-              RETURNING j.", $key, "::text AS key, j.attempts"
-            ),
-            concat!("DELETE FROM ", $table, " WHERE ", $key, " = $1::", $ty, " AND lease_token = $2"),
-            concat!(
-                "UPDATE ", $table, "
-                    SET leased_until = NULL, lease_token = NULL, last_error = $3,
-                        next_attempt_at = now() + make_interval(secs => $4)
-                  WHERE ", $key, " = $1::", $ty, " AND lease_token = $2"
-            ),
-            concat!(
-                "SELECT count(*) AS depth,
-                        COALESCE(EXTRACT(EPOCH FROM now() - min(enqueued_at)), 0)::float8 AS oldest
-                   FROM ", $table
-            ),
+            [
+                concat!(
+                    "UPDATE ", $table, " j
+                        SET leased_until = now() + make_interval(secs => $2), lease_token = $3, attempts = j.attempts + 1
+                      WHERE j.", $key, " IN (
+                            SELECT ", $key, " FROM ", $table, "
+                             WHERE dead_at IS NULL AND next_attempt_at <= now()
+                               AND (leased_until IS NULL OR leased_until < now())
+                             ORDER BY next_attempt_at LIMIT $1
+                             FOR UPDATE SKIP LOCKED)
+                  RETURNING j.", $key, "::text AS key, j.attempts"
+                ),
+                concat!("DELETE FROM ", $table, " WHERE ", $key, " = $1::", $ty, " AND lease_token = $2"),
+                concat!(
+                    "UPDATE ", $table, "
+                        SET leased_until = NULL, lease_token = NULL, last_error = $3,
+                            next_attempt_at = now() + make_interval(secs => $4)
+                      WHERE ", $key, " = $1::", $ty, " AND lease_token = $2"
+                ),
+                concat!(
+                    "UPDATE ", $table, "
+                        SET leased_until = NULL, lease_token = NULL, last_error = $3, dead_at = now()
+                      WHERE ", $key, " = $1::", $ty, " AND lease_token = $2"
+                ),
+                concat!(
+                    "SELECT count(*) FILTER (WHERE dead_at IS NULL AND last_error IS NULL) AS pending,
+                            count(*) FILTER (WHERE dead_at IS NULL AND last_error IS NOT NULL) AS failing,
+                            count(*) FILTER (WHERE dead_at IS NOT NULL) AS dead,
+                            COALESCE(EXTRACT(EPOCH FROM now() - min(enqueued_at) FILTER (WHERE dead_at IS NULL)), 0)::float8 AS oldest
+                       FROM ", $table
+                ),
+                concat!(
+                    "SELECT ", $key, "::text AS key, attempts, last_error, enqueued_at, next_attempt_at, dead_at
+                       FROM ", $table, "
+                      WHERE ", $key, "::text > $2
+                        AND CASE $1 WHEN 'pending' THEN dead_at IS NULL AND last_error IS NULL
+                                    WHEN 'failing' THEN dead_at IS NULL AND last_error IS NOT NULL
+                                    WHEN 'dead' THEN dead_at IS NOT NULL
+                                    ELSE true END
+                      ORDER BY ", $key, "::text LIMIT $3"
+                ),
+                concat!(
+                    "UPDATE ", $table, "
+                        SET dead_at = NULL, attempts = 0, last_error = NULL, next_attempt_at = now()
+                      WHERE ", $key, "::text = $1 AND (leased_until IS NULL OR leased_until < now())"
+                ),
+                concat!(
+                    "UPDATE ", $table, "
+                        SET dead_at = NULL, attempts = 0, last_error = NULL, next_attempt_at = now()
+                      WHERE CASE $1 WHEN 'dead' THEN dead_at IS NOT NULL
+                                    WHEN 'failing' THEN dead_at IS NULL AND last_error IS NOT NULL
+                                    ELSE false END
+                        AND (leased_until IS NULL OR leased_until < now())"
+                ),
+            ],
         )
     };
 }
 pub(crate) use job_table;
 
 impl JobTable {
-    /// Used by [`job_table!`].
-    pub const fn new(
-        name: &'static str,
-        lease: &'static str,
-        done: &'static str,
-        retry: &'static str,
-        sample: &'static str,
-    ) -> Self {
+    /// Used by [`job_table!`]: lease, done, retry, bury, depths, list, retry_key, retry_state.
+    pub const fn new(name: &'static str, sql: [&'static str; 8]) -> Self {
         Self {
             name,
-            lease,
-            done,
-            retry,
-            sample,
+            lease: sql[0],
+            done: sql[1],
+            retry: sql[2],
+            bury: sql[3],
+            depths: sql[4],
+            list: sql[5],
+            retry_key: sql[6],
+            retry_state: sql[7],
         }
     }
 }
@@ -104,15 +147,42 @@ pub struct Leased {
 pub enum Attempt {
     /// Finished: the job is deleted.
     Done,
-    /// Try again after `after`, recording `error`.
+    /// Try again after `after`, recording `error` (dead instead once the attempts are spent).
     Retry { after: Duration, error: String },
+    /// A permanent failure: the job is kept dead, recording `error`, until an operator retries it.
+    Dead { error: String },
 }
 
-/// How many jobs there are and how old the oldest is.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct QueueSample {
-    pub depth: i64,
-    pub oldest_seconds: f64,
+/// Jobs by state, and the age of the oldest live one.
+#[derive(Debug, Clone, Copy, PartialEq, QueryableByName)]
+pub struct Depths {
+    /// Not tried yet (or retried by an operator).
+    #[diesel(sql_type = BigInt)]
+    pub pending: i64,
+    /// Tried and failed; will be tried again.
+    #[diesel(sql_type = BigInt)]
+    pub failing: i64,
+    /// Given up.
+    #[diesel(sql_type = BigInt)]
+    pub dead: i64,
+    /// Age of the oldest job that is not dead, seconds.
+    #[diesel(sql_type = Double)]
+    pub oldest: f64,
+}
+
+impl Depths {
+    /// Jobs that will still be tried.
+    pub fn live(&self) -> i64 {
+        self.pending + self.failing
+    }
+}
+
+/// Counts a table's jobs by state.
+pub async fn depths(
+    conn: &mut diesel_async::AsyncPgConnection,
+    table: &JobTable,
+) -> diesel::QueryResult<Depths> {
+    prepared(table.depths).get_result(conn).await
 }
 
 /// Does jobs of one table.
@@ -120,8 +190,6 @@ pub struct QueueSample {
 pub trait JobHandler: Send + Sync + 'static {
     /// Does one leased job (leased under `token`), with no transaction open.
     async fn attempt(&self, job: &Leased, token: Uuid) -> Attempt;
-    /// Hears the queue's size every few seconds.
-    fn sampled(&self, sample: QueueSample);
 }
 
 /// Exponential backoff with "equal jitter" for the `attempts`-th attempt: `base` doubled per
@@ -143,10 +211,39 @@ pub struct RunnerSettings {
     pub lease: Duration,
     /// Idle poll period (a local enqueue wakes the runner at once).
     pub poll: Duration,
+    /// A job that failed this many attempts becomes dead.
+    pub max_attempts: i32,
 }
 
-/// How often the queue is sampled.
-const SAMPLE_EVERY: Duration = Duration::from_secs(5);
+/// How often [`sample_loop`] counts the queue.
+pub const SAMPLE_EVERY: Duration = Duration::from_secs(5);
+
+/// Counts `table`'s jobs every few seconds and tells `sampled`, until `stop`. Runs whether or
+/// not a worker drains the table, so the gauges show a queue that nobody drains.
+pub async fn sample_loop(
+    pool: Pool,
+    table: &'static JobTable,
+    sampled: impl Fn(Depths) + Send,
+    stop: impl Future<Output = ()>,
+) {
+    tokio::pin!(stop);
+    loop {
+        let counted = match pool.get().await {
+            Ok(mut conn) => depths(&mut conn, table).await.map_err(anyhow::Error::from),
+            Err(e) => Err(e.into()),
+        };
+        match counted {
+            Ok(d) => sampled(d),
+            Err(e) => {
+                tracing::warn!(table = table.name, error = %e, "sampling the job queue failed")
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(SAMPLE_EVERY) => {}
+            _ = &mut stop => return,
+        }
+    }
+}
 
 /// Drains one job table with one handler.
 pub struct JobRunner<H> {
@@ -185,9 +282,27 @@ impl<H: JobHandler> JobRunner<H> {
             .await?)
     }
 
-    async fn finish(&self, key: &str, token: Uuid, attempt: Attempt) -> anyhow::Result<()> {
+    async fn finish(&self, job: &Leased, token: Uuid, attempt: Attempt) -> anyhow::Result<()> {
+        let key = job.key.as_str();
+        let attempt = match attempt {
+            Attempt::Retry { error, .. } if job.attempts >= self.settings.max_attempts => {
+                Attempt::Dead {
+                    error: format!("{error} (gave up after {} attempts)", job.attempts),
+                }
+            }
+            a => a,
+        };
         let mut conn = self.pool.get().await?;
         match attempt {
+            Attempt::Dead { error } => {
+                tracing::error!(table = self.table.name, key, %error, "job is dead: kept until an operator retries it");
+                prepared(self.table.bury)
+                    .bind::<Text, _>(key)
+                    .bind::<SqlUuid, _>(token)
+                    .bind::<Nullable<Text>, _>(Some(error))
+                    .execute(&mut conn)
+                    .await?;
+            }
             Attempt::Done => {
                 prepared(self.table.done)
                     .bind::<Text, _>(key)
@@ -208,40 +323,14 @@ impl<H: JobHandler> JobRunner<H> {
         Ok(())
     }
 
-    /// Counts the jobs and the oldest one's age, and tells the handler.
-    pub async fn sample(&self) -> anyhow::Result<QueueSample> {
-        #[derive(QueryableByName)]
-        struct Depth {
-            #[diesel(sql_type = BigInt)]
-            depth: i64,
-            #[diesel(sql_type = Double)]
-            oldest: f64,
-        }
-        let mut conn = self.pool.get().await?;
-        let d: Depth = prepared(self.table.sample).get_result(&mut conn).await?;
-        let sample = QueueSample {
-            depth: d.depth,
-            oldest_seconds: d.oldest,
-        };
-        self.handler.sampled(sample);
-        Ok(sample)
-    }
-
     /// Runs until `stop` resolves, then lets the jobs in flight finish.
     pub async fn run(self, stop: impl Future<Output = ()>) {
         tokio::pin!(stop);
         let this = Arc::new(self);
         let permits = Arc::new(Semaphore::new(this.settings.concurrency.max(1)));
         let mut tasks = JoinSet::new();
-        let mut last_sample = tokio::time::Instant::now() - SAMPLE_EVERY;
         loop {
             while tasks.try_join_next().is_some() {}
-            if last_sample.elapsed() >= SAMPLE_EVERY {
-                if let Err(e) = this.sample().await {
-                    tracing::warn!(table = this.table.name, error = %e, "sampling the job queue failed");
-                }
-                last_sample = tokio::time::Instant::now();
-            }
             let first = tokio::select! {
                 p = Arc::clone(&permits).acquire_owned() => match p { Ok(p) => p, Err(_) => break },
                 _ = &mut stop => break,
@@ -279,7 +368,7 @@ impl<H: JobHandler> JobRunner<H> {
                     // The slot is free once the work is; recording the result (a commit)
                     // overlaps the next job instead of holding a slot.
                     drop(permit);
-                    if let Err(e) = runner.finish(&job.key, token, attempt).await {
+                    if let Err(e) = runner.finish(&job, token, attempt).await {
                         // The lease will expire and the job be retried: nothing is lost.
                         tracing::warn!(table = runner.table.name, key = %job.key, error = %e, "could not record a job's result; it will be retried");
                     }

@@ -2,12 +2,12 @@
 //! transaction that deletes their rows, and this worker deletes them at Liveblocks.
 //!
 //! 204/404 finish a job. 429 honours `Retry-After`; 5xx, timeouts and connection errors back
-//! off exponentially with jitter; 401/403 stay queued, are logged once per key problem and
-//! counted; any other refusal waits the longest backoff.
+//! off exponentially with jitter, until `max_attempts`. 401/403 (a wrong key) and any other
+//! refusal (e.g. 422) are permanent: the job becomes dead, kept until an operator retries it.
+//! [`KeyCheck`] tries the key at start-up and every few minutes with a cheap authenticated
+//! read, and reports it on `/status`, in the log and in `liveblocks_key_valid`.
 
-use super::jobs::{
-    Attempt, JobHandler, JobRunner, JobTable, Leased, QueueSample, RunnerSettings, job_table,
-};
+use super::jobs::{Attempt, JobHandler, JobRunner, JobTable, Leased, RunnerSettings, job_table};
 use crate::metrics::Metrics;
 use diesel::sql_types::{Array, Text};
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
@@ -53,11 +53,24 @@ pub enum Delivery {
     Rejected { status: u16, reason: String },
 }
 
-/// The one Liveblocks call the worker needs.
+/// What the key check found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyState {
+    /// The key was accepted.
+    Valid,
+    /// 401/403: the key is wrong.
+    Rejected { status: u16 },
+    /// No answer that says either (network, 5xx, 429).
+    Unknown { reason: String },
+}
+
+/// The Liveblocks calls the worker needs.
 #[tonic::async_trait]
 pub trait LiveblocksApi: Send + Sync + 'static {
     /// Deletes a room.
     async fn delete_room(&self, room_id: &str) -> Delivery;
+    /// Tries the key with a cheap authenticated read (`GET /v2/rooms?limit=1`).
+    async fn check_key(&self) -> KeyState;
 }
 
 /// `encodeURIComponent`: keeps `A-Z a-z 0-9 - _ . ! ~ * ' ( )`, escapes everything else.
@@ -105,6 +118,28 @@ fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
 
 #[tonic::async_trait]
 impl LiveblocksApi for HttpLiveblocks {
+    async fn check_key(&self) -> KeyState {
+        let url = format!("{}/v2/rooms?limit=1", self.base_url);
+        match self
+            .client
+            .get(&url)
+            .bearer_auth(self.secret.expose())
+            .send()
+            .await
+        {
+            Ok(r) if r.status().is_success() => KeyState::Valid,
+            Ok(r) if matches!(r.status().as_u16(), 401 | 403) => KeyState::Rejected {
+                status: r.status().as_u16(),
+            },
+            Ok(r) => KeyState::Unknown {
+                reason: format!("{} from Liveblocks", r.status().as_u16()),
+            },
+            Err(e) => KeyState::Unknown {
+                reason: format!("request failed: {e}"),
+            },
+        }
+    }
+
     async fn delete_room(&self, room_id: &str) -> Delivery {
         let url = format!("{}/v2/rooms/{}", self.base_url, encode_room_id(room_id));
         let resp = match self
@@ -159,6 +194,10 @@ pub struct CleanupSettings {
     pub backoff_base: Duration,
     /// Longest retry delay.
     pub backoff_max: Duration,
+    /// A job that failed this many attempts becomes dead.
+    pub max_attempts: i32,
+    /// How often the key is checked.
+    pub key_check: Duration,
 }
 
 impl Default for CleanupSettings {
@@ -169,6 +208,8 @@ impl Default for CleanupSettings {
             poll: Duration::from_secs(1),
             backoff_base: Duration::from_secs(1),
             backoff_max: Duration::from_secs(300),
+            max_attempts: 50,
+            key_check: Duration::from_secs(300),
         }
     }
 }
@@ -210,21 +251,20 @@ impl JobHandler for CleanupHandler {
             }
             Delivery::KeyRejected { status } => {
                 self.metrics.liveblocks_key_rejections.inc();
+                self.metrics.liveblocks_key_valid.set(0);
                 if !self.key_problem_logged.swap(true, Ordering::SeqCst) {
                     tracing::error!(
                         status,
-                        "Liveblocks rejected LIVEBLOCKS_SECRET_KEY; clean-up jobs stay queued until the key is fixed"
+                        "Liveblocks rejected LIVEBLOCKS_SECRET_KEY; clean-up jobs become dead until the key is fixed and they are retried"
                     );
                 }
-                let after = backoff(&self.settings, job.attempts);
                 let error = format!("{status}: secret key rejected");
-                ("key_rejected", Attempt::Retry { after, error })
+                ("key_rejected", Attempt::Dead { error })
             }
             Delivery::Rejected { status, reason } => {
-                tracing::error!(%room_id, status, %reason, "Liveblocks refused a room deletion; job kept");
-                let after = self.settings.backoff_max;
+                tracing::error!(%room_id, status, %reason, "Liveblocks refused a room deletion; the job is dead until retried");
                 let error = format!("{status}: {reason}");
-                ("rejected", Attempt::Retry { after, error })
+                ("rejected", Attempt::Dead { error })
             }
         };
         if attempt == Attempt::Done {
@@ -232,13 +272,6 @@ impl JobHandler for CleanupHandler {
         }
         self.metrics.liveblocks_delivery(label);
         attempt
-    }
-
-    fn sampled(&self, sample: QueueSample) {
-        self.metrics.liveblocks_queue_depth.set(sample.depth);
-        self.metrics
-            .liveblocks_oldest_job_seconds
-            .set(sample.oldest_seconds);
     }
 }
 
@@ -266,6 +299,7 @@ impl CleanupWorker {
             concurrency: settings.concurrency,
             lease: settings.lease,
             poll: settings.poll,
+            max_attempts: settings.max_attempts,
         };
         Self {
             runner: JobRunner::new(pool, &CLEANUP_JOBS, handler, runner_settings, wake),
@@ -275,6 +309,52 @@ impl CleanupWorker {
     /// Runs until `stop` resolves, then lets in-flight calls finish.
     pub async fn run(self, stop: impl Future<Output = ()>) {
         self.runner.run(stop).await
+    }
+}
+
+/// Checks the key at start-up and every `every`, until `stop`: the state goes to `/status`
+/// (`liveblocks_key`), `liveblocks_key_valid` (1 valid, 0 rejected, -1 unknown) and, when it
+/// changes, the log.
+pub async fn check_key_loop(
+    api: Arc<dyn LiveblocksApi>,
+    every: Duration,
+    metrics: Metrics,
+    detail: service_runtime::metrics::HealthDetail,
+    stop: impl Future<Output = ()>,
+) {
+    tokio::pin!(stop);
+    let mut last: Option<KeyState> = None;
+    loop {
+        let state = api.check_key().await;
+        let (gauge, shown) = match &state {
+            KeyState::Valid => (1, Ok("LIVEBLOCKS_SECRET_KEY accepted".to_owned())),
+            KeyState::Rejected { status } => (
+                0,
+                Err(format!(
+                    "LIVEBLOCKS_SECRET_KEY rejected ({status}): rooms are not deleted; fix the key, then retry the dead jobs"
+                )),
+            ),
+            KeyState::Unknown { reason } => (-1, Ok(format!("not checked: {reason}"))),
+        };
+        metrics.liveblocks_key_valid.set(gauge);
+        if last.as_ref() != Some(&state) {
+            match &state {
+                KeyState::Valid => tracing::info!("Liveblocks accepted LIVEBLOCKS_SECRET_KEY"),
+                KeyState::Rejected { status } => tracing::error!(
+                    status,
+                    "Liveblocks rejected LIVEBLOCKS_SECRET_KEY: rooms are not deleted until it is fixed"
+                ),
+                KeyState::Unknown { reason } => {
+                    tracing::warn!(%reason, "could not check LIVEBLOCKS_SECRET_KEY")
+                }
+            }
+        }
+        detail.set("liveblocks_key", shown);
+        last = Some(state);
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = &mut stop => return,
+        }
     }
 }
 

@@ -8,8 +8,7 @@
 //! A job resumes where the rows stop: whatever a crashed worker deleted is simply not found.
 
 use super::jobs::{
-    Attempt, JobHandler, JobRunner, JobTable, Leased, QueueSample, RunnerSettings, backoff,
-    job_table,
+    Attempt, JobHandler, JobRunner, JobTable, Leased, RunnerSettings, backoff, job_table,
 };
 use crate::domain::purge::{Chunk, Progress, PurgeKind, purge_chunk};
 use crate::error::Error;
@@ -43,6 +42,8 @@ pub struct PurgeSettings {
     pub backoff_base: Duration,
     /// Longest retry delay.
     pub backoff_max: Duration,
+    /// A job whose chunks failed this many times becomes dead (kept for an operator).
+    pub max_attempts: i32,
 }
 
 impl Default for PurgeSettings {
@@ -54,6 +55,7 @@ impl Default for PurgeSettings {
             lease: Duration::from_secs(60),
             backoff_base: Duration::from_secs(1),
             backoff_max: Duration::from_secs(300),
+            max_attempts: 100,
         }
     }
 }
@@ -174,13 +176,6 @@ impl JobHandler for PurgeHandler {
             }
         }
     }
-
-    fn sampled(&self, sample: QueueSample) {
-        self.metrics.purge_jobs_pending.set(sample.depth);
-        self.metrics
-            .purge_oldest_job_seconds
-            .set(sample.oldest_seconds);
-    }
 }
 
 /// Purges deleted workspaces and rooms.
@@ -210,6 +205,7 @@ impl PurgeWorker {
             concurrency: settings.concurrency,
             lease: settings.lease,
             poll: settings.poll,
+            max_attempts: settings.max_attempts,
         };
         Self {
             runner: JobRunner::new(pool, &PURGE_JOBS, handler, runner_settings, wake),

@@ -576,6 +576,7 @@ fn fast() -> CleanupSettings {
         poll: Duration::from_millis(20),
         backoff_base: Duration::from_millis(20),
         backoff_max: Duration::from_millis(200),
+        ..CleanupSettings::default()
     }
 }
 
@@ -662,7 +663,7 @@ async fn a_worker_killed_mid_job_leaves_it_to_be_retried() {
 }
 
 #[tokio::test]
-async fn a_rejected_key_keeps_jobs_queued() {
+async fn a_rejected_key_makes_jobs_dead_and_keeps_them() {
     let env = start_with(false).await;
     enqueue_rooms(&env, 3).await;
     let w = worker(&env, &env.liveblocks, "sk_wrong", fast());
@@ -670,14 +671,18 @@ async fn a_rejected_key_keeps_jobs_queued() {
     let t = tokio::spawn(w.run(async move {
         let _ = stop_rx.wait_for(|s| *s).await;
     }));
-    eventually("attempts made", Duration::from_secs(10), || async {
-        env.liveblocks.requests() >= 6
+    eventually("every job dead", Duration::from_secs(10), || async {
+        env.count("liveblocks_cleanup_jobs WHERE dead_at IS NOT NULL")
+            .await
+            == 3
     })
     .await;
+    // Dead jobs are not tried again.
+    tokio::time::sleep(Duration::from_millis(300)).await;
     let _ = stop_tx.send(true);
     t.await.unwrap();
+    assert_eq!(env.liveblocks.requests(), 3, "one attempt each");
     assert!(env.liveblocks.deleted().is_empty());
-    assert_eq!(env.count("liveblocks_cleanup_jobs").await, 3);
     assert_eq!(
         env.count("liveblocks_cleanup_jobs WHERE last_error LIKE '401%'")
             .await,

@@ -5,6 +5,7 @@ mod content;
 mod deadlines;
 mod deletion;
 mod migrations;
+mod operations;
 mod permissions;
 mod purge_scale;
 mod support;

@@ -20,6 +20,8 @@ pub const SECRET: &str = "sk_test_standin";
 pub const T0: i64 = 1_700_000_000;
 
 pub struct Env {
+    /// Where `/metrics` and `/status` are served.
+    pub metrics_addr: std::net::SocketAddr,
     pub issuers: Issuers,
     pub db: TestDatabase,
     pub liveblocks: LiveblocksStandIn,
@@ -46,6 +48,8 @@ pub fn config(db_url: &str, issuers: &Issuers, liveblocks_url: Option<&str>) -> 
             liveblocks_backoff_base_ms: 50,
             liveblocks_backoff_max_secs: 1,
             liveblocks_poll_ms: 50,
+            liveblocks_max_attempts: 5,
+            liveblocks_key_check_secs: 10,
         },
         purge: workspace_service::PurgeArgs {
             purge_chunk_rows: 1000,
@@ -53,6 +57,7 @@ pub fn config(db_url: &str, issuers: &Issuers, liveblocks_url: Option<&str>) -> 
             purge_poll_ms: 50,
             purge_lease_secs: 10,
         },
+        ledger: Default::default(),
         grpc_addr: "127.0.0.1:0".parse().unwrap(),
         metrics_addr: "127.0.0.1:0".parse().unwrap(),
     }
@@ -60,13 +65,23 @@ pub fn config(db_url: &str, issuers: &Issuers, liveblocks_url: Option<&str>) -> 
 
 /// Starts the service; `with_worker` runs its Liveblocks worker against the stand-in.
 pub async fn start_with(with_worker: bool) -> Env {
+    start_custom(with_worker, |_| {}).await
+}
+
+/// Like [`start_with`], with the configuration changed by `tweak` first.
+pub async fn start_custom(with_worker: bool, tweak: impl FnOnce(&mut Config)) -> Env {
     let issuers = Issuers::new().await;
     let db = database().await;
     let liveblocks = LiveblocksStandIn::start(SECRET).await.unwrap();
     let url = liveblocks.base_url();
-    let cfg = config(db.url(), &issuers, with_worker.then_some(url.as_str()));
+    let mut cfg = config(db.url(), &issuers, with_worker.then_some(url.as_str()));
+    let port = ephemeral_postgres::unused_local_port().unwrap();
+    cfg.metrics_addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    tweak(&mut cfg);
+    let metrics_addr = cfg.metrics_addr;
     let server = RunningServer::start(|l, s| workspace_service::run(cfg, l, s)).await;
     let env = Env {
+        metrics_addr,
         issuers,
         db,
         liveblocks,
@@ -81,6 +96,38 @@ pub async fn start() -> Env {
 }
 
 impl Env {
+    /// `GET path` on the metrics port: (status, body).
+    pub async fn http_get(&self, path: &str) -> (u16, String) {
+        let r = reqwest::get(format!("http://{}{path}", self.metrics_addr))
+            .await
+            .unwrap();
+        (r.status().as_u16(), r.text().await.unwrap())
+    }
+
+    /// The value of the metric line that starts with `series` (name and labels).
+    pub async fn metric(&self, series: &str) -> Option<f64> {
+        self.http_get("/metrics")
+            .await
+            .1
+            .lines()
+            .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
+            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+    }
+
+    pub async fn admin_client(
+        &self,
+    ) -> vbase_proto::workspace::v1::workspace_admin_service_client::WorkspaceAdminServiceClient<
+        Channel,
+    > {
+        vbase_proto::workspace::v1::workspace_admin_service_client::WorkspaceAdminServiceClient::new(
+            self.server.channel().await,
+        )
+    }
+
+    pub fn operator<T>(&self, msg: T) -> Request<T> {
+        self.issuers.operator("workspace-service", msg)
+    }
+
     pub async fn client(&self) -> WorkspaceServiceClient<Channel> {
         WorkspaceServiceClient::new(self.server.channel().await)
     }

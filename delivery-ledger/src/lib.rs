@@ -1,0 +1,341 @@
+//! What both services record about the Clerk deliveries they receive, in their own database:
+//!
+//! - [`quarantine`]: signed deliveries that could not be applied, kept with their raw body so
+//!   that `webhook-gateway replay-quarantined` can apply them with newer code; bodies go after
+//!   the retention, the record stays.
+//! - [`tally`]: per-minute counts of what each sync command did (applied, duplicate, stale),
+//!   written by each replica every few seconds, so an operator's sync status covers every
+//!   replica without a write per webhook.
+//!
+//! [`Ledger`] serves both to the services' gateway-only intake methods and their admin
+//! services. Each service creates the tables in its own migrations (`quarantined_deliveries`,
+//! `sync_outcomes`).
+
+pub mod quarantine;
+pub mod tally;
+
+use chrono::{DateTime, Utc};
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use service_runtime::Pool;
+use std::future::Future;
+use std::sync::atomic::AtomicU64;
+use std::time::Duration;
+use tonic::Status;
+use vbase_proto::ops::v1 as pb;
+
+pub use tally::Tally;
+
+/// Settings of the ledger.
+#[derive(Debug, Clone, clap::Args)]
+pub struct LedgerArgs {
+    /// Days the raw body of a quarantined delivery is kept (1 to 365); the record stays, and
+    /// resolved or discarded records go with their bodies.
+    #[arg(long, env = "QUARANTINE_RETENTION_DAYS", default_value_t = 14)]
+    pub quarantine_retention_days: u32,
+}
+
+impl Default for LedgerArgs {
+    fn default() -> Self {
+        Self {
+            quarantine_retention_days: 14,
+        }
+    }
+}
+
+impl LedgerArgs {
+    /// What is out of range, if anything.
+    pub fn check(&self) -> Result<(), String> {
+        if !(1..=365).contains(&self.quarantine_retention_days) {
+            return Err(format!(
+                "QUARANTINE_RETENTION_DAYS ({}) must be from 1 to 365",
+                self.quarantine_retention_days
+            ));
+        }
+        Ok(())
+    }
+
+    /// The retention as a duration.
+    pub fn retention(&self) -> Duration {
+        Duration::from_secs(u64::from(self.quarantine_retention_days) * 86_400)
+    }
+}
+
+/// The quarantine and the tally of one service.
+#[derive(Clone)]
+pub struct Ledger {
+    pool: Pool,
+    tally: Tally,
+    retention: Duration,
+    gauges: Gauges,
+}
+
+/// The quarantine's gauges, sampled by the upkeep.
+#[derive(Debug, Clone, Default)]
+struct Gauges {
+    open: Gauge,
+    oldest_open_seconds: Gauge<f64, AtomicU64>,
+}
+
+/// How often the tally is written and the retention applied.
+const FLUSH_EVERY: Duration = Duration::from_secs(5);
+const RETENTION_EVERY: Duration = Duration::from_secs(3600);
+
+fn ts(t: DateTime<Utc>) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: t.timestamp(),
+        nanos: t.timestamp_subsec_nanos() as i32,
+    }
+}
+
+impl Ledger {
+    /// A ledger over `pool`; `tally` is the one the service's command metrics feed. Registers
+    /// `quarantine_open_deliveries` and `quarantine_oldest_open_seconds`.
+    pub fn new(pool: Pool, tally: Tally, args: &LedgerArgs, registry: &mut Registry) -> Self {
+        let gauges = Gauges::default();
+        registry.register(
+            "quarantine_open_deliveries",
+            "Signed deliveries kept in quarantine, waiting for a replay or a discard",
+            gauges.open.clone(),
+        );
+        registry.register(
+            "quarantine_oldest_open_seconds",
+            "Age of the oldest delivery waiting in quarantine",
+            gauges.oldest_open_seconds.clone(),
+        );
+        Self {
+            pool,
+            tally,
+            retention: args.retention(),
+            gauges,
+        }
+    }
+
+    async fn conn(
+        &self,
+    ) -> Result<
+        diesel_async::pooled_connection::deadpool::Object<diesel_async::AsyncPgConnection>,
+        Status,
+    > {
+        self.pool
+            .get()
+            .await
+            .map_err(|e| service_runtime::db::pool_status(&e))
+    }
+
+    /// Writes the tally every few seconds and applies the retention every hour, until `stop`;
+    /// then writes the tally once more.
+    pub async fn upkeep(self, stop: impl Future<Output = ()>) {
+        tokio::pin!(stop);
+        let mut last_retention: Option<tokio::time::Instant> = None;
+        loop {
+            let stopping = tokio::select! {
+                _ = tokio::time::sleep(FLUSH_EVERY) => false,
+                _ = &mut stop => true,
+            };
+            match self.pool.get().await {
+                Ok(mut conn) => {
+                    if let Err(e) = self.tally.flush(&mut conn).await {
+                        tracing::warn!(error = %e, "writing the sync tally failed; kept for the next try");
+                    }
+                    match quarantine::counts(&mut conn).await {
+                        Ok(c) => {
+                            self.gauges.open.set(c.open);
+                            self.gauges.oldest_open_seconds.set(c.oldest_open_seconds);
+                        }
+                        Err(e) => tracing::warn!(error = %e, "counting the quarantine failed"),
+                    }
+                    if !stopping && last_retention.is_none_or(|t| t.elapsed() >= RETENTION_EVERY) {
+                        last_retention = Some(tokio::time::Instant::now());
+                        match quarantine::apply_retention(&mut conn, self.retention).await {
+                            Ok((0, 0)) => {}
+                            Ok((bodies, records)) => tracing::info!(
+                                bodies,
+                                records,
+                                "quarantine retention removed old bodies and closed records"
+                            ),
+                            Err(e) => tracing::warn!(error = %e, "quarantine retention failed"),
+                        }
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "ledger upkeep: no database connection"),
+            }
+            if stopping {
+                return;
+            }
+        }
+    }
+
+    /// Applies the retention once now (operators' tests and the upkeep loop).
+    pub async fn apply_retention(&self) -> Result<(usize, usize), Status> {
+        let mut conn = self.conn().await?;
+        quarantine::apply_retention(&mut conn, self.retention)
+            .await
+            .map_err(|e| service_runtime::db::status_for(&e))
+    }
+
+    /// `QuarantineDelivery` (gateway only).
+    pub async fn quarantine(
+        &self,
+        r: pb::QuarantineDeliveryRequest,
+    ) -> Result<pb::QuarantineDeliveryResponse, Status> {
+        let d = quarantine::Intake::check(r)?;
+        let mut conn = self.conn().await?;
+        let (first, open) = quarantine::keep(&mut conn, &d)
+            .await
+            .map_err(|e| service_runtime::db::status_for(&e))?;
+        tracing::warn!(
+            svix_id = d.svix_id,
+            event_type = d.event_type,
+            first,
+            "delivery quarantined"
+        );
+        Ok(pb::QuarantineDeliveryResponse { first, open })
+    }
+
+    /// `ListQuarantined`: bodies only when `bodies_allowed` (the gateway's replay).
+    pub async fn list(
+        &self,
+        r: pb::ListQuarantinedRequest,
+        bodies_allowed: bool,
+    ) -> Result<pb::ListQuarantinedResponse, Status> {
+        let limit = input_validation::page_size(r.page_size, 100, 500)?;
+        let state = match pb::QuarantineState::try_from(r.state) {
+            Ok(pb::QuarantineState::Unspecified) | Err(_) if r.state != 0 => {
+                return Err(Status::invalid_argument(format!(
+                    "state {} is not a QuarantineState",
+                    r.state
+                )));
+            }
+            Ok(pb::QuarantineState::Unspecified) => quarantine::State::Open,
+            Ok(s) => quarantine::State::from_proto(s),
+            Err(_) => quarantine::State::Open,
+        };
+        let after = quarantine::PageToken::parse(&r.page_token)?;
+        let with_bodies = bodies_allowed && r.with_bodies;
+        let mut conn = self.conn().await?;
+        let rows = quarantine::list(&mut conn, state, after.as_ref(), limit + 1, with_bodies)
+            .await
+            .map_err(|e| service_runtime::db::status_for(&e))?;
+        let more = rows.len() as i64 > limit;
+        let rows: Vec<_> = rows.into_iter().take(limit as usize).collect();
+        let next_page_token = match (more, rows.last()) {
+            (true, Some(last)) => quarantine::PageToken::of(last).to_string(),
+            _ => String::new(),
+        };
+        Ok(pb::ListQuarantinedResponse {
+            deliveries: rows
+                .into_iter()
+                .map(quarantine::Record::into_proto)
+                .collect(),
+            next_page_token,
+        })
+    }
+
+    /// `GetQuarantined`, with the body.
+    pub async fn get(
+        &self,
+        r: pb::GetQuarantinedRequest,
+    ) -> Result<pb::QuarantinedDelivery, Status> {
+        input_validation::event_id(&r.svix_id).map_err(|_| {
+            Status::invalid_argument(
+                "svix_id must be a delivery id (svix-id), 1 to 200 printable characters",
+            )
+        })?;
+        let mut conn = self.conn().await?;
+        quarantine::get(&mut conn, &r.svix_id)
+            .await
+            .map_err(|e| service_runtime::db::status_for(&e))?
+            .map(quarantine::Record::into_proto)
+            .ok_or_else(|| Status::not_found(format!("no quarantined delivery {}", r.svix_id)))
+    }
+
+    /// `ResolveQuarantined` (gateway only).
+    pub async fn resolve(
+        &self,
+        r: pb::ResolveQuarantinedRequest,
+    ) -> Result<pb::ResolveQuarantinedResponse, Status> {
+        input_validation::event_id(&r.svix_id)?;
+        let resolution = input_validation::required_text("resolution", &r.resolution, 500)?;
+        let mut conn = self.conn().await?;
+        let resolved = quarantine::close(
+            &mut conn,
+            &r.svix_id,
+            quarantine::State::Resolved,
+            &resolution,
+        )
+        .await
+        .map_err(|e| service_runtime::db::status_for(&e))?;
+        Ok(pb::ResolveQuarantinedResponse { resolved })
+    }
+
+    /// `DiscardQuarantined` (operators).
+    pub async fn discard(
+        &self,
+        r: pb::DiscardQuarantinedRequest,
+    ) -> Result<pb::DiscardQuarantinedResponse, Status> {
+        input_validation::event_id(&r.svix_id).map_err(|_| {
+            Status::invalid_argument(
+                "svix_id must be a delivery id (svix-id), 1 to 200 printable characters",
+            )
+        })?;
+        let reason = input_validation::required_text("reason", &r.reason, 500)?;
+        let mut conn = self.conn().await?;
+        let discarded =
+            quarantine::close(&mut conn, &r.svix_id, quarantine::State::Discarded, &reason)
+                .await
+                .map_err(|e| service_runtime::db::status_for(&e))?;
+        if discarded {
+            tracing::info!(
+                svix_id = r.svix_id,
+                "quarantined delivery discarded by an operator"
+            );
+        }
+        Ok(pb::DiscardQuarantinedResponse { discarded })
+    }
+
+    /// `GetSyncStatus` (operators).
+    pub async fn status(&self) -> Result<pb::GetSyncStatusResponse, Status> {
+        let mut conn = self.conn().await?;
+        let db = |e: diesel::result::Error| service_runtime::db::status_for(&e);
+        let commands = tally::status(&mut conn).await.map_err(db)?;
+        let q = quarantine::counts(&mut conn).await.map_err(db)?;
+        let now = Utc::now();
+        Ok(pb::GetSyncStatusResponse {
+            commands: commands
+                .into_iter()
+                .map(|c| pb::CommandStatus {
+                    command: c.command,
+                    last_applied_at: c.last_applied_at.map(ts),
+                    last_applied_age_seconds: c
+                        .last_applied_at
+                        .map_or(0.0, |t| (now - t).num_milliseconds().max(0) as f64 / 1000.0),
+                    last_hour: Some(pb::OutcomeCounts {
+                        applied: c.applied_hour,
+                        duplicate: c.duplicate_hour,
+                        stale: c.stale_hour,
+                    }),
+                    last_day: Some(pb::OutcomeCounts {
+                        applied: c.applied_day,
+                        duplicate: c.duplicate_day,
+                        stale: c.stale_day,
+                    }),
+                })
+                .collect(),
+            quarantine_open: q.open,
+            quarantine_oldest_open_seconds: q.oldest_open_seconds,
+            quarantined_last_hour: q.last_hour,
+            quarantined_last_day: q.last_day,
+            as_of: Some(ts(now)),
+        })
+    }
+
+    /// Open quarantined deliveries and the oldest one's age, for the services' gauges.
+    pub async fn open_count(&self) -> Result<(i64, f64), Status> {
+        let mut conn = self.conn().await?;
+        let q = quarantine::counts(&mut conn)
+            .await
+            .map_err(|e| service_runtime::db::status_for(&e))?;
+        Ok((q.open, q.oldest_open_seconds))
+    }
+}

@@ -1,0 +1,480 @@
+//! Signed deliveries that cannot be applied are kept in the owning service's quarantine and
+//! answered 200; `replay-quarantined` applies them once the code accepts them; operators list,
+//! read and discard them through the admin services, and only operators may.
+
+use crate::support::*;
+use serde_json::json;
+use service_harness::eventually;
+use std::time::Duration;
+use tonic::Code;
+use vbase_proto::identity::v1::identity_admin_service_client::IdentityAdminServiceClient;
+use vbase_proto::ops::v1 as ops;
+use vbase_proto::workspace::v1 as wsp;
+use vbase_proto::workspace::v1::workspace_admin_service_client::WorkspaceAdminServiceClient;
+use webhook_gateway::quarantine::{ReplaySummary, replay};
+
+/// Keeps `body` under `id` as the gateway does (an older gateway refused it, say).
+async fn keep_directly(s: &Stack, id: &str, body: &serde_json::Value) {
+    let mut c = s.identity().await;
+    c.quarantine_delivery(s.issuers.gateway(
+        "identity-service",
+        ops::QuarantineDeliveryRequest {
+            svix_id: id.into(),
+            event_type: body["type"].as_str().unwrap().into(),
+            reason: "refused by an older gateway".into(),
+            body: serde_json::to_vec(body).unwrap(),
+        },
+    ))
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
+async fn refused_deliveries_are_kept_then_replayed_exactly_once() {
+    let s = stack(SECRET).await;
+    // Refused by identity-service (an invalid address) and unparseable for the gateway (an
+    // organization without its id): both answered 200, both kept by their owner.
+    let mut bad_email = user_event("user.updated", "user_q1", "Q", T);
+    bad_email["data"]["email_addresses"][1]["email_address"] = json!("not an address");
+    let sent = serde_json::to_vec(&bad_email).unwrap();
+    assert_eq!(
+        s.send("msg_q1", &bad_email).await,
+        (200, r#"{"outcome":"quarantined"}"#.to_owned())
+    );
+    let mut no_id = org_event("organization.created", "org_q2", "Q2", T);
+    no_id["data"].as_object_mut().unwrap().remove("id");
+    assert_eq!(s.send("msg_q2", &no_id).await.0, 200);
+    assert!(s.user("user_q1").await.is_none(), "nothing was applied");
+    assert_eq!(s.quarantined(Owner::Identity).await, ["msg_q1"]);
+    assert_eq!(s.quarantined(Owner::Workspace).await, ["msg_q2"]);
+    let kept = s.quarantined_one(Owner::Identity, "msg_q1").await;
+    assert_eq!(kept.body, sent, "the raw body is kept as signed");
+    assert_eq!(kept.event_type, "user.updated");
+    assert!(
+        kept.reason.contains("refused by a service"),
+        "{}",
+        kept.reason
+    );
+    let metrics = s.metrics().await;
+    assert!(
+        metrics.contains(
+            r#"webhook_requests_total{event_type="user.updated",outcome="quarantined"} 1"#
+        ),
+        "{metrics}"
+    );
+    // Svix delivers it again (a manual resend): still one record, attempts counted.
+    assert_eq!(s.send("msg_q1", &bad_email).await.0, 200);
+    assert_eq!(
+        s.quarantined_one(Owner::Identity, "msg_q1").await.attempts,
+        2
+    );
+
+    // Bodies today's code accepts: one never applied, one applied before under its id.
+    let fixed = user_event("user.created", "user_q3", "Fixed", T);
+    keep_directly(&s, "msg_q3", &fixed).await;
+    let applied_before = user_event("user.created", "user_q4", "Before", T);
+    assert_eq!(s.send("msg_q4", &applied_before).await.0, 200);
+    keep_directly(&s, "msg_q4", &applied_before).await;
+
+    let down = s.gateway_downstream();
+    let first = replay(&down, None).await;
+    assert_eq!(
+        first,
+        ReplaySummary {
+            examined: 4,
+            applied: 1,
+            duplicate: 1,
+            still_refused: 2,
+            ..ReplaySummary::default()
+        }
+    );
+    assert_eq!(s.user("user_q3").await.unwrap().name, "Fixed Example");
+    assert_eq!(s.quarantined(Owner::Identity).await, ["msg_q1"]);
+    let resolved = s
+        .quarantined_in(Owner::Identity, ops::QuarantineState::Resolved)
+        .await;
+    let resolutions: Vec<(&str, &str)> = resolved
+        .iter()
+        .map(|d| (d.svix_id.as_str(), d.resolution.as_str()))
+        .collect();
+    assert_eq!(
+        resolutions,
+        [
+            ("msg_q3", "replayed: applied"),
+            ("msg_q4", "replayed: duplicate")
+        ]
+    );
+    assert_eq!(
+        s.quarantined_one(Owner::Identity, "msg_q1").await.attempts,
+        3,
+        "a replay that is still refused counts an attempt and keeps the delivery open"
+    );
+
+    // Replaying again applies nothing; a resolved delivery kept again stays resolved.
+    let second = replay(&down, None).await;
+    assert_eq!(
+        (second.examined, second.applied, second.still_refused),
+        (2, 0, 2)
+    );
+    keep_directly(&s, "msg_q3", &fixed).await;
+    assert_eq!(s.quarantined(Owner::Identity).await, ["msg_q1"]);
+    let only = replay(&down, Some("msg_q2")).await;
+    assert_eq!((only.examined, only.still_refused), (1, 1));
+
+    // The operator gives up on one: kept as discarded, never replayed again.
+    let mut admin = IdentityAdminServiceClient::new(s.identity.as_ref().unwrap().channel().await);
+    let discarded = admin
+        .discard_quarantined(s.issuers.operator(
+            "identity-service",
+            ops::DiscardQuarantinedRequest {
+                svix_id: "msg_q1".into(),
+                reason: "address fixed in Clerk; the next user.updated carries it".into(),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(discarded.discarded);
+    let empty_reason = admin
+        .discard_quarantined(s.issuers.operator(
+            "identity-service",
+            ops::DiscardQuarantinedRequest {
+                svix_id: "msg_q1".into(),
+                reason: " ".into(),
+            },
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(empty_reason.code(), Code::InvalidArgument);
+    assert!(s.quarantined(Owner::Identity).await.is_empty());
+    assert_eq!(replay(&down, None).await.examined, 1, "only msg_q2 is left");
+}
+
+#[tokio::test]
+async fn the_retention_removes_old_bodies_and_closed_records() {
+    let s = stack(SECRET).await;
+    let body = user_event("user.created", "user_r1", "R", T);
+    keep_directly(&s, "msg_r1", &body).await;
+    keep_directly(&s, "msg_r2", &body).await;
+    keep_directly(&s, "msg_r3", &body).await;
+    let mut c = s.identity().await;
+    c.resolve_quarantined(s.issuers.gateway(
+        "identity-service",
+        ops::ResolveQuarantinedRequest {
+            svix_id: "msg_r2".into(),
+            resolution: "replayed: applied".into(),
+        },
+    ))
+    .await
+    .unwrap();
+    // r1 and r2 were received 15 days ago (the retention is 14); r3 today.
+    service_harness::execute(
+        s._dbs.0.url(),
+        "UPDATE quarantined_deliveries SET received_at = now() - interval '15 days' WHERE svix_id IN ('msg_r1', 'msg_r2')",
+    )
+    .await;
+    // The upkeep applies the retention a few seconds after the start, then hourly.
+    eventually("the retention ran", Duration::from_secs(15), || async {
+        service_harness::scalar(
+            s._dbs.0.url(),
+            "SELECT count(*) FROM quarantined_deliveries WHERE body_removed_at IS NOT NULL",
+        )
+        .await
+            == 1
+    })
+    .await;
+    let old = s.quarantined_one(Owner::Identity, "msg_r1").await;
+    assert!(old.body.is_empty() && old.body_removed, "{old:?}");
+    assert_eq!(
+        old.state,
+        ops::QuarantineState::Open as i32,
+        "the record stays for the operator"
+    );
+    assert!(
+        !s.quarantined_one(Owner::Identity, "msg_r3")
+            .await
+            .body
+            .is_empty()
+    );
+    assert_eq!(
+        s.quarantined_in(Owner::Identity, ops::QuarantineState::Resolved)
+            .await
+            .len(),
+        0,
+        "closed records older than the retention go"
+    );
+    // A replay cannot apply a record without its body; it says so.
+    let summary = replay(&s.gateway_downstream(), Some("msg_r1")).await;
+    assert_eq!((summary.examined, summary.without_body), (1, 1));
+}
+
+#[tokio::test]
+async fn sync_status_counts_what_the_commands_did() {
+    let s = stack(SECRET).await;
+    assert_eq!(
+        s.send("msg_s1", &user_event("user.created", "user_s", "A", T))
+            .await
+            .0,
+        200
+    );
+    assert_eq!(
+        s.send("msg_s1", &user_event("user.created", "user_s", "A", T))
+            .await
+            .0,
+        200
+    );
+    assert_eq!(
+        s.send("msg_s2", &user_event("user.updated", "user_s", "B", T - 5))
+            .await
+            .0,
+        200
+    );
+    assert_eq!(
+        s.send(
+            "msg_s3",
+            &org_event("organization.created", "org_s", "S", T)
+        )
+        .await
+        .0,
+        200
+    );
+    let mut bad = org_event("organization.updated", "org_s", "S", T + 1);
+    bad["data"].as_object_mut().unwrap().remove("id");
+    assert_eq!(s.send("msg_s4", &bad).await.0, 200);
+    let status = |owner: Owner| {
+        let s = &s;
+        async move {
+            let req = s.issuers.operator(
+                match owner {
+                    Owner::Identity => "identity-service",
+                    Owner::Workspace => "workspace-service",
+                },
+                ops::GetSyncStatusRequest {},
+            );
+            match s.admin(owner).await {
+                Admin::Identity(mut c) => c.get_sync_status(req).await,
+                Admin::Workspace(mut c) => c.get_sync_status(req).await,
+            }
+            .unwrap()
+            .into_inner()
+        }
+    };
+    // Each replica writes its counts every few seconds.
+    eventually(
+        "the counts were written",
+        Duration::from_secs(15),
+        || async {
+            status(Owner::Identity).await.commands.iter().any(|c| {
+                c.last_hour
+                    .as_ref()
+                    .is_some_and(|h| h.applied >= 1 && h.duplicate >= 1 && h.stale >= 1)
+            })
+        },
+    )
+    .await;
+    let identity = status(Owner::Identity).await;
+    let upsert = identity
+        .commands
+        .iter()
+        .find(|c| c.command == "upsert_user")
+        .unwrap();
+    assert_eq!(
+        upsert.last_hour,
+        Some(ops::OutcomeCounts {
+            applied: 1,
+            duplicate: 1,
+            stale: 1
+        })
+    );
+    assert!(upsert.last_applied_at.is_some());
+    assert!((0.0..60.0).contains(&upsert.last_applied_age_seconds));
+    eventually("workspace counts", Duration::from_secs(15), || async {
+        status(Owner::Workspace)
+            .await
+            .commands
+            .iter()
+            .any(|c| c.command == "upsert_workspace")
+    })
+    .await;
+    let workspace = status(Owner::Workspace).await;
+    assert_eq!(
+        (workspace.quarantine_open, workspace.quarantined_last_hour),
+        (1, 1)
+    );
+    assert!(workspace.quarantine_oldest_open_seconds < 60.0);
+    assert_eq!(identity.quarantine_open, 0);
+}
+
+/// Every admin method answers an operator, and refuses users, the gateway and a caller granted
+/// every service method; the gateway-only intake refuses operators.
+#[tokio::test]
+async fn only_operators_reach_the_admin_services() {
+    let s = stack(SECRET).await;
+    let ic = s.identity.as_ref().unwrap().channel().await;
+    let wc = s.workspace.channel().await;
+    let mut identity = IdentityAdminServiceClient::new(ic);
+    let mut workspace = WorkspaceAdminServiceClient::new(wc);
+    type Token<'a> = Box<dyn Fn(&str) -> String + 'a>;
+    let issuers = &s.issuers;
+    let who: Vec<(&str, Token, bool)> = vec![
+        (
+            "operator",
+            Box::new(|aud: &str| issuers.keys.token_as(service_harness::OPERATOR, aud)),
+            true,
+        ),
+        (
+            "gateway",
+            Box::new(|aud: &str| issuers.keys.token_as(token_auth::GATEWAY_SUBJECT, aud)),
+            false,
+        ),
+        (
+            "granted every method",
+            Box::new(|aud: &str| issuers.keys.token_for(aud)),
+            false,
+        ),
+        (
+            "user",
+            Box::new(|_: &str| {
+                issuers
+                    .clerk
+                    .user_token("user_x", "X", "x@example.com", None)
+            }),
+            false,
+        ),
+    ];
+    for (name, token, admitted) in &who {
+        let (it, wt) = (token("identity-service"), token("workspace-service"));
+        fn with<T>(token: &str, m: T) -> tonic::Request<T> {
+            service_harness::bearer(m, token)
+        }
+        macro_rules! id {
+            ($m:expr) => {
+                with(&it, $m)
+            };
+        }
+        macro_rules! ws {
+            ($m:expr) => {
+                with(&wt, $m)
+            };
+        }
+        let answers: Vec<(&str, Result<(), tonic::Status>)> = vec![
+            (
+                "identity GetSyncStatus",
+                identity
+                    .get_sync_status(id!(ops::GetSyncStatusRequest {}))
+                    .await
+                    .map(drop),
+            ),
+            (
+                "identity ListQuarantined",
+                identity
+                    .list_quarantined(id!(ops::ListQuarantinedRequest::default()))
+                    .await
+                    .map(drop),
+            ),
+            (
+                "identity GetQuarantined",
+                identity
+                    .get_quarantined(id!(ops::GetQuarantinedRequest {
+                        svix_id: "msg_none".into()
+                    }))
+                    .await
+                    .map(drop),
+            ),
+            (
+                "identity DiscardQuarantined",
+                identity
+                    .discard_quarantined(id!(ops::DiscardQuarantinedRequest {
+                        svix_id: "msg_none".into(),
+                        reason: "r".into()
+                    }))
+                    .await
+                    .map(drop),
+            ),
+            (
+                "workspace GetSyncStatus",
+                workspace
+                    .get_sync_status(ws!(ops::GetSyncStatusRequest {}))
+                    .await
+                    .map(drop),
+            ),
+            (
+                "workspace ListQuarantined",
+                workspace
+                    .list_quarantined(ws!(ops::ListQuarantinedRequest::default()))
+                    .await
+                    .map(drop),
+            ),
+            (
+                "workspace GetQuarantined",
+                workspace
+                    .get_quarantined(ws!(ops::GetQuarantinedRequest {
+                        svix_id: "msg_none".into()
+                    }))
+                    .await
+                    .map(drop),
+            ),
+            (
+                "workspace DiscardQuarantined",
+                workspace
+                    .discard_quarantined(ws!(ops::DiscardQuarantinedRequest {
+                        svix_id: "msg_none".into(),
+                        reason: "r".into()
+                    }))
+                    .await
+                    .map(drop),
+            ),
+            (
+                "workspace ListJobs",
+                workspace
+                    .list_jobs(ws!(wsp::ListJobsRequest {
+                        queue: wsp::JobQueue::Purge.into(),
+                        ..Default::default()
+                    }))
+                    .await
+                    .map(drop),
+            ),
+            (
+                "workspace RetryJobs",
+                workspace
+                    .retry_jobs(ws!(wsp::RetryJobsRequest {
+                        queue: wsp::JobQueue::Purge.into(),
+                        which: Some(wsp::retry_jobs_request::Which::State(
+                            wsp::JobState::Dead.into()
+                        ))
+                    }))
+                    .await
+                    .map(drop),
+            ),
+            (
+                "workspace GetQueueDepths",
+                workspace
+                    .get_queue_depths(ws!(wsp::GetQueueDepthsRequest {}))
+                    .await
+                    .map(drop),
+            ),
+        ];
+        for (method, answer) in answers {
+            match (admitted, answer) {
+                (true, Ok(())) => {}
+                // Past the access check: the delivery does not exist.
+                (true, Err(st)) if st.code() == Code::NotFound => {}
+                (false, Err(st)) if st.code() == Code::PermissionDenied => {}
+                (_, other) => panic!("{name} calling {method}: {other:?}"),
+            }
+        }
+    }
+    // The intake is the gateway's: an operator token is refused there.
+    let mut c = s.identity().await;
+    let refused = c
+        .list_quarantined(s.issuers.operator(
+            "identity-service",
+            ops::ListQuarantinedRequest {
+                with_bodies: true,
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::PermissionDenied);
+}

@@ -1,0 +1,2 @@
+DROP TABLE sync_outcomes;
+DROP TABLE quarantined_deliveries;
