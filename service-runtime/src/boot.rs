@@ -38,6 +38,8 @@ impl ServiceArgs {
     /// What is out of range, if anything.
     pub fn check(&self) -> Result<(), String> {
         self.grpc.check()?;
+        token_auth::ServiceCallers::parse(&self.auth.service_callers)?
+            .with_operators(&self.auth.operator_subjects)?;
         if !(72..=8760).contains(&self.processed_event_retention_hours) {
             return Err(format!(
                 "PROCESSED_EVENT_RETENTION_HOURS ({}) must be from 72 (Svix retries for about 28 hours) to 8760",

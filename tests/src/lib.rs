@@ -387,8 +387,14 @@ impl Stack {
     /// `webhook-gateway reconcile` against this stack (and, in development mode, the stand-in
     /// of Clerk's Backend API); add its options.
     pub fn reconcile_command(&self) -> Command {
+        self.gateway_command("reconcile")
+    }
+
+    /// A `webhook-gateway` subcommand (`replay-quarantined`, `mint-token`, ...) with the
+    /// gateway's settings of this stack; add its options.
+    pub fn gateway_command(&self, subcommand: &str) -> Command {
         let mut c = self.command(Which::Gateway);
-        c.arg("reconcile");
+        c.arg(subcommand);
         c
     }
 
@@ -537,12 +543,25 @@ impl Stack {
         }
     }
 
-    /// Stops the gateway first, then the services (SIGTERM, drained), then PostgreSQL.
-    pub async fn stop(mut self) {
+    /// Stops the gateway first, then the services (SIGTERM, drained), then PostgreSQL. Fails
+    /// naming each process that did not exit with status 0 (a drain that failed or timed out).
+    pub async fn stop(mut self) -> Result<()> {
+        let mut failed = Vec::new();
         for w in [Which::Gateway, Which::Workspace, Which::Identity] {
-            let _ = self.terminate(w).await;
+            if !self.children.contains_key(&w) {
+                continue;
+            }
+            match self.terminate(w).await {
+                Ok(status) if status.success() => {}
+                Ok(status) => failed.push(format!("{} exited with {status}", w.binary())),
+                Err(e) => failed.push(format!("{}: {e}", w.binary())),
+            }
         }
         drop(self.pg.take());
+        if !failed.is_empty() {
+            bail!("stopping the stack: {}", failed.join("; "));
+        }
+        Ok(())
     }
 
     /// The state directory.

@@ -207,7 +207,7 @@ async fn up(state_dir: PathBuf, random_ports: bool) -> Result<()> {
     println!();
     tokio::signal::ctrl_c().await?;
     println!("stopping...");
-    stack.stop().await;
+    let stopped = stack.stop().await;
     let _ = std::fs::remove_file(state_dir.join("state.json"));
-    Ok(())
+    stopped
 }

@@ -16,7 +16,13 @@ fn binary(name: &str) -> PathBuf {
 /// Runs `name` with the required settings plus `extra`; returns (exit code, stderr). A binary
 /// still running after 10 s accepted the setting: it is killed and reported as `None`.
 fn run(name: &str, extra: &[(&str, &str)]) -> (Option<i32>, String) {
+    run_args(name, &[], extra)
+}
+
+/// Like [`run`], with command-line arguments.
+fn run_args(name: &str, args: &[&str], extra: &[(&str, &str)]) -> (Option<i32>, String) {
     let mut child = Command::new(binary(name))
+        .args(args)
         .env_clear()
         .env("DATABASE_URL", "postgres://nobody@127.0.0.1:9/none")
         .env("CLERK_JWT_ISSUER_DOMAIN", "https://clerk.example.com")
@@ -77,6 +83,12 @@ fn out_of_range_settings_exit_2_with_one_line_naming_them() {
         ("webhook-gateway", ("DOWNSTREAM_TIMEOUT_SECS", "20")),
         ("webhook-gateway", ("REQUEST_READ_TIMEOUT_SECS", "0")),
         ("webhook-gateway", ("MAX_CONNECTIONS", "0")),
+        ("workspace-service", ("LIVEBLOCKS_MAX_ATTEMPTS", "0")),
+        ("workspace-service", ("LIVEBLOCKS_KEY_CHECK_SECS", "1")),
+        ("identity-service", ("QUARANTINE_RETENTION_DAYS", "0")),
+        ("workspace-service", ("QUARANTINE_RETENTION_DAYS", "400")),
+        ("identity-service", ("OPERATOR_SUBJECTS", "webhook-gateway")),
+        ("workspace-service", ("SERVICE_CALLERS", "reporting")),
     ];
     for (binary, (var, value)) in cases {
         let (code, stderr) = run(binary, &[(var, value)]);
@@ -87,5 +99,60 @@ fn out_of_range_settings_exit_2_with_one_line_naming_them() {
             lines[0].contains("configuration error") && lines[0].contains(var),
             "{binary} {var}={value}: {stderr}"
         );
+    }
+}
+
+/// The gateway's operator commands: a bad option or setting is one line and status 2.
+#[test]
+fn the_gateways_operator_commands_refuse_bad_settings_with_status_2() {
+    let cases: &[(&[&str], &[(&str, &str)], &str)] = &[
+        (
+            &[
+                "mint-token",
+                "--subject",
+                "operator",
+                "--audience",
+                "billing-service",
+            ],
+            &[],
+            "--audience",
+        ),
+        (
+            &[
+                "mint-token",
+                "--subject",
+                "operator",
+                "--audience",
+                "identity-service",
+                "--ttl",
+                "2h",
+            ],
+            &[],
+            "ttl",
+        ),
+        (
+            &[
+                "mint-token",
+                "--subject",
+                "operator",
+                "--audience",
+                "identity-service",
+            ],
+            &[],
+            "SERVICE_JWT_SIGNING_KEY_FILE",
+        ),
+        (&["replay-quarantined"], &[], "--id"),
+        (
+            &["replay-quarantined", "--all"],
+            &[("DOWNSTREAM_TIMEOUT_SECS", "30")],
+            "DOWNSTREAM_TIMEOUT_SECS",
+        ),
+    ];
+    for (args, env, names) in cases {
+        let (code, stderr) = run_args("webhook-gateway", args, env);
+        assert_eq!(code, Some(2), "{args:?}: {stderr}");
+        let lines: Vec<&str> = stderr.lines().collect();
+        assert_eq!(lines.len(), 1, "{args:?}: {stderr}");
+        assert!(lines[0].contains(names), "{args:?}: {stderr}");
     }
 }

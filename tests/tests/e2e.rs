@@ -540,7 +540,7 @@ async fn the_seed_lifecycle_end_to_end() {
     )
     .await;
     assert!(c.workspace_name("org_acme").await.is_none());
-    stack.stop().await;
+    stack.stop().await.unwrap();
 }
 
 /// The state the stream should end in, computed by applying it in order.
@@ -741,7 +741,7 @@ async fn a_shuffled_duplicated_stream_with_a_crash_ends_in_the_in_order_state() 
         count(&stack.workspace_db, "SELECT count(*) FROM processed_events").await,
         workspace_ids
     );
-    stack.stop().await;
+    stack.stop().await.unwrap();
 }
 
 /// workspace-service is killed (SIGKILL) in the middle of a purge and started again: the purge
@@ -849,7 +849,7 @@ async fn a_purge_survives_a_crash_of_the_service() {
         distinct.iter().filter(|r| r.starts_with("doc:")).count(),
         300
     );
-    stack.stop().await;
+    stack.stop().await.unwrap();
 }
 
 /// `webhook-gateway reconcile`, the binary, against the development stack's stand-in of Clerk's

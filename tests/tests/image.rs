@@ -317,6 +317,6 @@ async fn the_stack_runs_from_the_image() {
         let status = stack.terminate(w).await.unwrap();
         assert!(status.success(), "{} exited with {status}", w.binary());
     }
-    stack.stop().await;
+    stack.stop().await.unwrap();
     let _ = std::fs::remove_dir_all(&state);
 }

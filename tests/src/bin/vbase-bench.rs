@@ -1581,7 +1581,7 @@ async fn main() -> Result<()> {
             format!("# Benchmarks\n\nCommand: `scripts/bench`.\n\n{table}"),
         )?;
     }
-    stack.stop().await;
+    stack.stop().await?;
     let _ = std::fs::remove_dir_all(state);
     Ok(())
 }
