@@ -105,7 +105,8 @@ fn out_of_range_settings_exit_2_with_one_line_naming_them() {
 /// The gateway's operator commands: a bad option or setting is one line and status 2.
 #[test]
 fn the_gateways_operator_commands_refuse_bad_settings_with_status_2() {
-    let cases: &[(&[&str], &[(&str, &str)], &str)] = &[
+    type Case<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)], &'a str);
+    let cases: &[Case] = &[
         (
             &[
                 "mint-token",
