@@ -6,7 +6,7 @@
 use serde_json::{Value, json};
 use std::path::PathBuf;
 use std::time::Duration;
-use token_auth::signing::{ServiceTokenMinter, SigningKey};
+use token_auth::signing::SigningKey;
 use tonic::Code;
 use vbase_proto::identity::v1 as idp;
 use vbase_proto::identity::v1::identity_admin_service_client::IdentityAdminServiceClient;
