@@ -9,11 +9,17 @@
 3. Probes: every probe port is a declared container port that the binary really listens on
    (per its *_ADDR setting), every HTTP probe path is served by the code, every gRPC probe
    names the service's health name.
+4. Alerts (the PrometheusRule): each rule has a severity, a summary and a runbook link to an
+   entry of deploy/README.md; every metric an expression uses is one the code registers; the
+   rules pass `promtool check rules` and the unit tests in deploy/alerts-test.yaml
+   (`promtool test rules`) when promtool is installed.
 """
 import os
 import re
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import yaml
@@ -48,6 +54,85 @@ def served_paths(binary):
     return set(re.findall(r'"(/[a-z]+)"\)?\s*=>', text)) | set(re.findall(r'\(&Method::\w+, "(/[a-z]+)"\)', text))
 
 
+# PromQL words that are not metric names.
+PROMQL = {
+    "sum", "max", "min", "avg", "count", "rate", "irate", "increase", "delta", "deriv", "by",
+    "without", "and", "or", "unless", "on", "ignoring", "vector", "time", "absent", "absent_over_time",
+    "max_over_time", "min_over_time", "avg_over_time", "histogram_quantile", "humanize",
+    "humanizePercentage", "bool", "offset", "le",
+}
+
+
+def registered_metrics():
+    """Metric names the code registers, with the suffixes the exposition adds."""
+    names = set()
+    for rs in ROOT.glob("*/src/**/*.rs"):
+        for name in re.findall(r'\.register\(\s*"([a-z_][a-z0-9_]*)"', rs.read_text()):
+            names |= {name, f"{name}_total", f"{name}_bucket", f"{name}_sum", f"{name}_count"}
+    return names
+
+
+def metrics_in(expr):
+    """Metric names an expression uses: identifiers outside label matchers and grouping."""
+    bare = re.sub(r"\{[^}]*\}", "", expr)
+    bare = re.sub(r"\b(by|without|on|ignoring)\s*\([^)]*\)", "", bare)
+    bare = re.sub(r"\[[^\]]*\]", "", bare)
+    bare = re.sub(r'"[^"]*"', "", bare)
+    return {w for w in re.findall(r"\b[a-zA-Z_][a-zA-Z0-9_]*\b", bare) if w not in PROMQL and not w[0].isdigit()}
+
+
+def readme_anchors():
+    """GitHub's anchors of deploy/README.md's headings."""
+    anchors = set()
+    for line in (ROOT / "deploy/README.md").read_text().splitlines():
+        m = re.match(r"#+\s+(.*)", line)
+        if m:
+            text = re.sub(r"[^a-z0-9 -]", "", m.group(1).strip().lower())
+            anchors.add(text.replace(" ", "-"))
+    return anchors
+
+
+def check_alerts(overlay, docs):
+    rules = [d for d in docs if d["kind"] == "PrometheusRule"]
+    if not rules:
+        fail(f"{overlay}: no PrometheusRule")
+        return
+    metrics = registered_metrics()
+    anchors = readme_anchors()
+    for pr in rules:
+        for group in pr["spec"]["groups"]:
+            for rule in group["rules"]:
+                name = rule.get("alert", "?")
+                where = f"{overlay}/{pr['metadata']['name']}/{name}"
+                if rule.get("labels", {}).get("severity") not in ("warning", "critical"):
+                    fail(f"{where}: severity must be warning or critical")
+                ann = rule.get("annotations", {})
+                if not ann.get("summary"):
+                    fail(f"{where}: no summary")
+                anchor = ann.get("runbook_url", "").rpartition("#")[2]
+                if anchor not in anchors:
+                    fail(f"{where}: runbook_url must link a heading of deploy/README.md (#{anchor} is none)")
+                for m in sorted(metrics_in(rule["expr"]) - metrics):
+                    fail(f"{where}: uses {m}, which no code registers")
+        promtool = shutil.which("promtool")
+        if not promtool:
+            print(f"{overlay}: promtool not installed; alert rules checked by schema only")
+            continue
+        with tempfile.TemporaryDirectory() as tmp:
+            rules_file = Path(tmp) / "alerts.yaml"
+            rules_file.write_text(yaml.safe_dump({"groups": pr["spec"]["groups"]}))
+            r = subprocess.run([promtool, "check", "rules", str(rules_file)], capture_output=True, text=True)
+            if r.returncode != 0:
+                fail(f"{overlay}: promtool check rules:\n{r.stdout}{r.stderr}")
+            tests = yaml.safe_load((ROOT / "deploy/alerts-test.yaml").read_text())
+            tests["rule_files"] = [str(rules_file)]
+            test_file = Path(tmp) / "alerts-test.yaml"
+            test_file.write_text(yaml.safe_dump(tests))
+            r = subprocess.run([promtool, "test", "rules", str(test_file)], capture_output=True, text=True)
+            if r.returncode != 0:
+                fail(f"{overlay}: promtool test rules:\n{r.stdout}{r.stderr}")
+
+
 def port_of(addr):
     return int(addr.rsplit(":", 1)[1])
 
@@ -70,6 +155,7 @@ def main():
         if v.returncode != 0:
             fail(f"{overlay}: schema validation failed:\n{v.stdout}{v.stderr}")
         docs = [d for d in yaml.safe_load_all(rendered.stdout) if d]
+        check_alerts(overlay, docs)
         configmaps = {d["metadata"]["name"]: d.get("data", {}) for d in docs if d["kind"] == "ConfigMap"}
         deployments = [d for d in docs if d["kind"] == "Deployment"]
         cronjobs = [d for d in docs if d["kind"] == "CronJob"]
