@@ -502,6 +502,25 @@ async fn the_documented_metrics_exist_and_move_as_documented() {
             ) == 1.0
     })
     .await;
+
+    // One request that fails verification, for its counter; then every documented metric.
+    let unsigned = reqwest::Client::new()
+        .post(format!("{}/clerk", stack.state.gateway_url))
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unsigned.status().as_u16(), 400);
+    let mut exposed = String::new();
+    for w in [Which::Gateway, Which::Identity, Which::Workspace] {
+        exposed.push_str(&metrics(&stack, w).await);
+    }
+    for name in &documented {
+        assert!(
+            exposed.contains(&format!("# TYPE {} ", family(name))),
+            "{name} is documented but not exposed"
+        );
+    }
     stack.stop().await.unwrap();
     let _ = std::fs::remove_dir_all(&dir);
 }
