@@ -248,7 +248,7 @@ impl Stack {
         let (liveblocks, liveblocks_url, liveblocks_secret) = match &config.liveblocks_secret {
             Some(s) => (None, "https://api.liveblocks.io".to_owned(), s.clone()),
             None => {
-                let secret = "sk_dev_local_stand_in".to_owned();
+                let secret = DEV_LIVEBLOCKS_SECRET.to_owned();
                 let l = LiveblocksStandIn::start(&secret).await?;
                 l.log_deletions(true);
                 let url = l.base_url();
@@ -602,6 +602,9 @@ async fn serving(addr: SocketAddr, service: &str) -> bool {
 /// The `sub` of service tokens the stack's own tools mint with the gateway's key (granted
 /// every service method in the stack's `SERVICE_CALLERS`).
 pub const STACK_CALLER: &str = "vbase-stack";
+
+/// The secret key the local stack's Liveblocks stand-in accepts.
+pub const DEV_LIVEBLOCKS_SECRET: &str = "sk_dev_local_stand_in";
 
 /// What the development stack's stand-in of Clerk's Backend API holds: the users and the
 /// organization that `vbase-stack mint-token` makes tokens for by default.

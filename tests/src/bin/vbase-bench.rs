@@ -492,6 +492,32 @@ async fn delete_baseline(stack: &Stack, s: &Scale) -> Result<(Duration, i64)> {
     Ok((t.elapsed(), rows))
 }
 
+/// Deletes `n` fresh rooms at the Liveblocks stand-in from `clients` concurrent bare HTTP
+/// clients; rooms per second.
+async fn raw_deletes(base_url: &str, n: usize, clients: usize) -> Result<f64> {
+    let http = reqwest::Client::new();
+    let t = Instant::now();
+    let mut set = tokio::task::JoinSet::new();
+    for c in 0..clients {
+        let (http, base) = (http.clone(), base_url.to_owned());
+        set.spawn(async move {
+            for i in (c..n).step_by(clients) {
+                let r = http
+                    .delete(format!("{base}/v2/rooms/raw%3A{i}-{}", std::process::id()))
+                    .bearer_auth(vbase_stack::DEV_LIVEBLOCKS_SECRET)
+                    .send()
+                    .await?;
+                anyhow::ensure!(r.status() == 204, "stand-in answered {}", r.status());
+            }
+            Ok::<_, anyhow::Error>(())
+        });
+    }
+    while let Some(r) = set.join_next().await {
+        r??;
+    }
+    Ok(n as f64 / t.elapsed().as_secs_f64())
+}
+
 /// Rows in the tables a workspace delete empties (both sides hold one workspace).
 const COUNT_ROWS: &str = "SELECT (SELECT count(*) FROM messages) + (SELECT count(*) FROM read_receipts) + (SELECT count(*) FROM channels) + (SELECT count(*) FROM rooms) + (SELECT count(*) FROM documents) + (SELECT count(*) FROM code_files) + (SELECT count(*) FROM whiteboards) + (SELECT count(*) FROM meetings)";
 
@@ -1444,13 +1470,23 @@ async fn main() -> Result<()> {
         let done = live.deleted().len() - before;
         let rate = done as f64 / took;
         let limit = 8.0 / 0.020;
+        // The same stand-in driven by 8 bare HTTP clients: what a worker could reach at best
+        // (the stand-in's 20 ms sleep, the timer's rounding and the HTTP round trip).
+        let raw_rooms = (rooms_to_clean / 5).max(200) as usize;
+        let raw = raw_deletes(&live.base_url(), raw_rooms, 8).await?;
         rows.push([
             format!(
                 "Liveblocks clean-up of {rooms_to_clean} rooms, stand-in at 20 ms, concurrency 8"
             ),
             format!("{rate:.0} rooms/s ({done} deleted in {took:.1} s)"),
-            format!("{limit:.0} rooms/s (8 / 20 ms)"),
-            format!("{:.2}x (goal >= 0.8)", rate / limit),
+            format!(
+                "{limit:.0} rooms/s (8 / 20 ms); 8 bare HTTP clients on the stand-in: {raw:.0} rooms/s"
+            ),
+            format!(
+                "{:.2}x of 8 / 20 ms (goal >= 0.95); {:.2}x of the bare clients",
+                rate / limit,
+                rate / raw
+            ),
         ]);
     }
 

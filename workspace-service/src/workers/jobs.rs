@@ -1,11 +1,10 @@
 //! A job table drained by workers on any number of replicas.
 //!
 //! A job is a row keyed by what it is about, enqueued in the same transaction as the change
-//! that needs it. A worker leases due jobs (`FOR UPDATE SKIP LOCKED`, a lease token and an
-//! expiry), does each with no transaction open, then deletes it (done) or reschedules it under
-//! the same token. A crashed worker's lease expires and another worker takes the job again;
-//! a result recorded after the lease was taken over changes nothing. A semaphore bounds the
-//! jobs in flight per replica.
+//! that needs it. A worker ([`super::runner::JobRunner`]) leases due jobs (`FOR UPDATE SKIP
+//! LOCKED`, a lease token and an expiry), does each with no transaction open, then deletes it
+//! (done) or reschedules it under the same token. A crashed worker's lease expires and another
+//! worker takes the job again; a result recorded after the lease was taken over changes nothing.
 //!
 //! A job that got a permanent answer, or failed `max_attempts` times, becomes dead
 //! (`dead_at`): no longer leased, kept and visible until an operator retries it. The queue is
@@ -15,15 +14,12 @@
 //! `next_attempt_at`, `leased_until`, `lease_token`, `last_error`, `dead_at`.
 
 use diesel::QueryableByName;
-use diesel::sql_types::{BigInt, Double, Integer, Nullable, Text, Uuid as SqlUuid};
+use diesel::sql_types::{BigInt, Double, Integer, Text};
 use diesel_async::RunQueryDsl;
 use rand::Rng;
 use service_runtime::{Pool, prepared};
 use std::future::Future;
-use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::{Notify, Semaphore};
-use tokio::task::JoinSet;
 use uuid::Uuid;
 
 /// The statements of one job table: static text, made by [`job_table!`].
@@ -32,13 +28,13 @@ pub struct JobTable {
     /// The table, for logs.
     pub name: &'static str,
     /// `$1` jobs at most, leased for `$2` seconds under token `$3`; returns `key`, `attempts`.
-    lease: &'static str,
-    /// Deletes job `$1` leased under `$2`.
-    done: &'static str,
+    pub(crate) lease: &'static str,
+    /// Deletes the jobs `$1[i]` leased under `$2[i]`.
+    pub(crate) done: &'static str,
     /// Reschedules job `$1` leased under `$2` in `$4` seconds, recording error `$3`.
-    retry: &'static str,
+    pub(crate) retry: &'static str,
     /// Marks job `$1` leased under `$2` dead, recording error `$3`.
-    bury: &'static str,
+    pub(crate) bury: &'static str,
     /// Jobs by state and the age of the oldest live one ([`Depths`]).
     pub(crate) depths: &'static str,
     /// Jobs in state `$1` (`''` for all) after key `$2`, `$3` at most, by key ([`JobRow`]).
@@ -66,7 +62,10 @@ macro_rules! job_table {
                              FOR UPDATE SKIP LOCKED)
                   RETURNING j.", $key, "::text AS key, j.attempts"
                 ),
-                concat!("DELETE FROM ", $table, " WHERE ", $key, " = $1::", $ty, " AND lease_token = $2"),
+                concat!(
+                    "DELETE FROM ", $table, " t USING unnest($1::text[], $2::uuid[]) AS d(key, token)
+                      WHERE t.", $key, " = d.key::", $ty, " AND t.lease_token = d.token"
+                ),
                 concat!(
                     "UPDATE ", $table, "
                         SET leased_until = NULL, lease_token = NULL, last_error = $3,
@@ -202,19 +201,6 @@ pub fn backoff(base: Duration, max: Duration, attempts: i32) -> Duration {
     half + half.mul_f64(rand::rng().random::<f64>())
 }
 
-/// How a runner drains its table.
-#[derive(Debug, Clone, Copy)]
-pub struct RunnerSettings {
-    /// Jobs in flight at most (per replica).
-    pub concurrency: usize,
-    /// How long a leased job belongs to this runner before others may take it.
-    pub lease: Duration,
-    /// Idle poll period (a local enqueue wakes the runner at once).
-    pub poll: Duration,
-    /// A job that failed this many attempts becomes dead.
-    pub max_attempts: i32,
-}
-
 /// How often [`sample_loop`] counts the queue.
 pub const SAMPLE_EVERY: Duration = Duration::from_secs(5);
 
@@ -242,140 +228,6 @@ pub async fn sample_loop(
             _ = tokio::time::sleep(SAMPLE_EVERY) => {}
             _ = &mut stop => return,
         }
-    }
-}
-
-/// Drains one job table with one handler.
-pub struct JobRunner<H> {
-    pool: Pool,
-    table: &'static JobTable,
-    handler: Arc<H>,
-    settings: RunnerSettings,
-    wake: Arc<Notify>,
-}
-
-impl<H: JobHandler> JobRunner<H> {
-    /// A runner of `table`; `wake` is notified after local enqueues.
-    pub fn new(
-        pool: Pool,
-        table: &'static JobTable,
-        handler: H,
-        settings: RunnerSettings,
-        wake: Arc<Notify>,
-    ) -> Self {
-        Self {
-            pool,
-            table,
-            handler: Arc::new(handler),
-            settings,
-            wake,
-        }
-    }
-
-    async fn lease(&self, n: usize, token: Uuid) -> anyhow::Result<Vec<Leased>> {
-        let mut conn = self.pool.get().await?;
-        Ok(prepared(self.table.lease)
-            .bind::<BigInt, _>(n as i64)
-            .bind::<Double, _>(self.settings.lease.as_secs_f64())
-            .bind::<SqlUuid, _>(token)
-            .load(&mut conn)
-            .await?)
-    }
-
-    async fn finish(&self, job: &Leased, token: Uuid, attempt: Attempt) -> anyhow::Result<()> {
-        let key = job.key.as_str();
-        let attempt = match attempt {
-            Attempt::Retry { error, .. } if job.attempts >= self.settings.max_attempts => {
-                Attempt::Dead {
-                    error: format!("{error} (gave up after {} attempts)", job.attempts),
-                }
-            }
-            a => a,
-        };
-        let mut conn = self.pool.get().await?;
-        match attempt {
-            Attempt::Dead { error } => {
-                tracing::error!(table = self.table.name, key, %error, "job is dead: kept until an operator retries it");
-                prepared(self.table.bury)
-                    .bind::<Text, _>(key)
-                    .bind::<SqlUuid, _>(token)
-                    .bind::<Nullable<Text>, _>(Some(error))
-                    .execute(&mut conn)
-                    .await?;
-            }
-            Attempt::Done => {
-                prepared(self.table.done)
-                    .bind::<Text, _>(key)
-                    .bind::<SqlUuid, _>(token)
-                    .execute(&mut conn)
-                    .await?;
-            }
-            Attempt::Retry { after, error } => {
-                prepared(self.table.retry)
-                    .bind::<Text, _>(key)
-                    .bind::<SqlUuid, _>(token)
-                    .bind::<Nullable<Text>, _>(Some(error))
-                    .bind::<Double, _>(after.as_secs_f64())
-                    .execute(&mut conn)
-                    .await?;
-            }
-        }
-        Ok(())
-    }
-
-    /// Runs until `stop` resolves, then lets the jobs in flight finish.
-    pub async fn run(self, stop: impl Future<Output = ()>) {
-        tokio::pin!(stop);
-        let this = Arc::new(self);
-        let permits = Arc::new(Semaphore::new(this.settings.concurrency.max(1)));
-        let mut tasks = JoinSet::new();
-        loop {
-            while tasks.try_join_next().is_some() {}
-            let first = tokio::select! {
-                p = Arc::clone(&permits).acquire_owned() => match p { Ok(p) => p, Err(_) => break },
-                _ = &mut stop => break,
-            };
-            let want = 1 + permits.available_permits();
-            let token = Uuid::now_v7();
-            let jobs = match this.lease(want, token).await {
-                Ok(j) => j,
-                Err(e) => {
-                    tracing::warn!(table = this.table.name, error = %e, "leasing jobs failed");
-                    Vec::new()
-                }
-            };
-            if jobs.is_empty() {
-                drop(first);
-                tokio::select! {
-                    _ = tokio::time::sleep(this.settings.poll) => {}
-                    _ = this.wake.notified() => {}
-                    _ = &mut stop => break,
-                }
-                continue;
-            }
-            let mut first = Some(first);
-            for job in jobs {
-                let permit = match first.take() {
-                    Some(p) => p,
-                    None => match Arc::clone(&permits).acquire_owned().await {
-                        Ok(p) => p,
-                        Err(_) => break,
-                    },
-                };
-                let runner = Arc::clone(&this);
-                tasks.spawn(async move {
-                    let attempt = runner.handler.attempt(&job, token).await;
-                    // The slot is free once the work is; recording the result (a commit)
-                    // overlaps the next job instead of holding a slot.
-                    drop(permit);
-                    if let Err(e) = runner.finish(&job, token, attempt).await {
-                        // The lease will expire and the job be retried: nothing is lost.
-                        tracing::warn!(table = runner.table.name, key = %job.key, error = %e, "could not record a job's result; it will be retried");
-                    }
-                });
-            }
-        }
-        while tasks.join_next().await.is_some() {}
     }
 }
 

@@ -7,7 +7,8 @@
 //! [`KeyCheck`] tries the key at start-up and every few minutes with a cheap authenticated
 //! read, and reports it on `/status`, in the log and in `liveblocks_key_valid`.
 
-use super::jobs::{Attempt, JobHandler, JobRunner, JobTable, Leased, RunnerSettings, job_table};
+use super::jobs::{Attempt, JobHandler, JobTable, Leased, job_table};
+use super::runner::{JobRunner, RunnerSettings};
 use crate::metrics::Metrics;
 use diesel::sql_types::{Array, Text};
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
@@ -300,6 +301,7 @@ impl CleanupWorker {
             lease: settings.lease,
             poll: settings.poll,
             max_attempts: settings.max_attempts,
+            prefetch: settings.concurrency,
         };
         Self {
             runner: JobRunner::new(pool, &CLEANUP_JOBS, handler, runner_settings, wake),

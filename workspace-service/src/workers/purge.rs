@@ -7,9 +7,8 @@
 //! lease was taken over stops at its next chunk, so two workers never purge one job at once.
 //! A job resumes where the rows stop: whatever a crashed worker deleted is simply not found.
 
-use super::jobs::{
-    Attempt, JobHandler, JobRunner, JobTable, Leased, RunnerSettings, backoff, job_table,
-};
+use super::jobs::{Attempt, JobHandler, JobTable, Leased, backoff, job_table};
+use super::runner::{JobRunner, RunnerSettings};
 use crate::domain::purge::{Chunk, Progress, PurgeKind, purge_chunk};
 use crate::error::Error;
 use crate::metrics::Metrics;
@@ -206,6 +205,7 @@ impl PurgeWorker {
             lease: settings.lease,
             poll: settings.poll,
             max_attempts: settings.max_attempts,
+            prefetch: 0,
         };
         Self {
             runner: JobRunner::new(pool, &PURGE_JOBS, handler, runner_settings, wake),

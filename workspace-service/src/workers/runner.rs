@@ -1,0 +1,266 @@
+//! Drains one job table ([`JobTable`]) with one handler, on any number of replicas.
+//!
+//! A semaphore bounds the jobs in flight per replica. Jobs are leased in batches, and up to
+//! `prefetch` more than the free slots, so a slot that frees starts its next job without a
+//! database round trip; a leased job not started within half its lease is left to expire
+//! (another lease takes it) rather than started late. Results go to one finisher task, which
+//! records every finished job that is waiting in one statement (a group commit), so the
+//! worker's own database work stays off the path of the calls.
+
+use super::jobs::{Attempt, JobHandler, JobTable, Leased};
+use diesel::sql_types::{Array, BigInt, Double, Nullable, Text, Uuid as SqlUuid};
+use diesel_async::RunQueryDsl;
+use service_runtime::{Pool, prepared};
+use std::collections::VecDeque;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::task::JoinSet;
+use uuid::Uuid;
+
+/// How a runner drains its table.
+#[derive(Debug, Clone, Copy)]
+pub struct RunnerSettings {
+    /// Jobs in flight at most (per replica).
+    pub concurrency: usize,
+    /// How long a leased job belongs to this runner before others may take it.
+    pub lease: Duration,
+    /// Idle poll period (a local enqueue wakes the runner at once).
+    pub poll: Duration,
+    /// A job that failed this many attempts becomes dead.
+    pub max_attempts: i32,
+    /// Jobs leased beyond the free slots, ready to start (0 for long jobs).
+    pub prefetch: usize,
+}
+
+/// Most results recorded by one statement.
+const FINISH_BATCH: usize = 256;
+
+/// A leased job waiting for a slot.
+struct Ready {
+    job: Leased,
+    token: Uuid,
+    leased_at: Instant,
+}
+
+/// A job's result, for the finisher.
+struct Finished {
+    job: Leased,
+    token: Uuid,
+    attempt: Attempt,
+}
+
+/// Drains one job table with one handler.
+pub struct JobRunner<H> {
+    pool: Pool,
+    table: &'static JobTable,
+    handler: Arc<H>,
+    settings: RunnerSettings,
+    wake: Arc<Notify>,
+}
+
+impl<H: JobHandler> JobRunner<H> {
+    /// A runner of `table`; `wake` is notified after local enqueues.
+    pub fn new(
+        pool: Pool,
+        table: &'static JobTable,
+        handler: H,
+        settings: RunnerSettings,
+        wake: Arc<Notify>,
+    ) -> Self {
+        Self {
+            pool,
+            table,
+            handler: Arc::new(handler),
+            settings,
+            wake,
+        }
+    }
+
+    /// Leases up to `n` due jobs into `ready`; how many it got.
+    async fn lease(&self, n: usize, ready: &mut VecDeque<Ready>) -> usize {
+        let token = Uuid::now_v7();
+        let leased: anyhow::Result<Vec<Leased>> = async {
+            let mut conn = self.pool.get().await?;
+            Ok(prepared(self.table.lease)
+                .bind::<BigInt, _>(n as i64)
+                .bind::<Double, _>(self.settings.lease.as_secs_f64())
+                .bind::<SqlUuid, _>(token)
+                .load(&mut conn)
+                .await?)
+        }
+        .await;
+        match leased {
+            Ok(jobs) => {
+                let leased_at = Instant::now();
+                let got = jobs.len();
+                ready.extend(jobs.into_iter().map(|job| Ready {
+                    job,
+                    token,
+                    leased_at,
+                }));
+                got
+            }
+            Err(e) => {
+                tracing::warn!(table = self.table.name, error = %e, "leasing jobs failed");
+                0
+            }
+        }
+    }
+
+    /// Runs until `stop` resolves, then lets the jobs in flight finish and records them.
+    pub async fn run(self, stop: impl Future<Output = ()>) {
+        tokio::pin!(stop);
+        let this = Arc::new(self);
+        let (results, finished) = mpsc::unbounded_channel();
+        let finisher = tokio::spawn(finish_loop(
+            this.pool.clone(),
+            this.table,
+            this.settings.max_attempts,
+            finished,
+        ));
+        let permits = Arc::new(Semaphore::new(this.settings.concurrency.max(1)));
+        let prefetch = this.settings.prefetch;
+        let mut ready: VecDeque<Ready> = VecDeque::new();
+        let mut tasks = JoinSet::new();
+        loop {
+            while tasks.try_join_next().is_some() {}
+            let fresh = this.settings.lease / 2;
+            ready.retain(|r| r.leased_at.elapsed() < fresh);
+            if ready.is_empty() {
+                // Idle or drained: wait for a slot, then lease what the free slots and the
+                // prefetch take.
+                let permit = tokio::select! {
+                    p = Arc::clone(&permits).acquire_owned() => match p { Ok(p) => p, Err(_) => break },
+                    _ = &mut stop => break,
+                };
+                let want = 1 + permits.available_permits() + prefetch;
+                if this.lease(want, &mut ready).await == 0 {
+                    drop(permit);
+                    tokio::select! {
+                        _ = tokio::time::sleep(this.settings.poll) => {}
+                        _ = this.wake.notified() => {}
+                        _ = &mut stop => break,
+                    }
+                    continue;
+                }
+                if let Some(r) = ready.pop_front() {
+                    start(&this, &mut tasks, &results, r, permit);
+                }
+                continue;
+            }
+            if prefetch > 0 && ready.len() <= prefetch / 2 {
+                // Top up while every slot is busy.
+                let want = prefetch + permits.available_permits() - ready.len();
+                this.lease(want, &mut ready).await;
+            }
+            let permit = tokio::select! {
+                p = Arc::clone(&permits).acquire_owned() => match p { Ok(p) => p, Err(_) => break },
+                _ = &mut stop => break,
+            };
+            if let Some(r) = ready.pop_front() {
+                start(&this, &mut tasks, &results, r, permit);
+            }
+        }
+        // Jobs leased but not started are left to their lease.
+        while tasks.join_next().await.is_some() {}
+        drop(results);
+        let _ = finisher.await;
+    }
+}
+
+/// Starts one job in a slot; its result goes to the finisher.
+fn start<H: JobHandler>(
+    this: &Arc<JobRunner<H>>,
+    tasks: &mut JoinSet<()>,
+    results: &mpsc::UnboundedSender<Finished>,
+    r: Ready,
+    permit: OwnedSemaphorePermit,
+) {
+    let runner = Arc::clone(this);
+    let results = results.clone();
+    tasks.spawn(async move {
+        let attempt = runner.handler.attempt(&r.job, r.token).await;
+        // The slot is free once the work is; recording the result overlaps the next job.
+        drop(permit);
+        let _ = results.send(Finished {
+            job: r.job,
+            token: r.token,
+            attempt,
+        });
+    });
+}
+
+/// Records results as they come: every result waiting when a statement can start goes into
+/// it (finished jobs in one delete; retries and deaths, which are few, one by one). A result
+/// that cannot be recorded is retried once its lease expires: nothing is lost.
+async fn finish_loop(
+    pool: Pool,
+    table: &'static JobTable,
+    max_attempts: i32,
+    mut finished: mpsc::UnboundedReceiver<Finished>,
+) {
+    while let Some(first) = finished.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < FINISH_BATCH {
+            match finished.try_recv() {
+                Ok(f) => batch.push(f),
+                Err(_) => break,
+            }
+        }
+        if let Err(e) = record(&pool, table, max_attempts, batch).await {
+            tracing::warn!(table = table.name, error = %e, "could not record job results; the jobs will be retried");
+        }
+    }
+}
+
+async fn record(
+    pool: &Pool,
+    table: &'static JobTable,
+    max_attempts: i32,
+    batch: Vec<Finished>,
+) -> anyhow::Result<()> {
+    let mut conn = pool.get().await?;
+    let (mut keys, mut tokens) = (Vec::new(), Vec::new());
+    for f in batch {
+        let attempt = match f.attempt {
+            Attempt::Retry { error, .. } if f.job.attempts >= max_attempts => Attempt::Dead {
+                error: format!("{error} (gave up after {} attempts)", f.job.attempts),
+            },
+            a => a,
+        };
+        match attempt {
+            Attempt::Done => {
+                keys.push(f.job.key);
+                tokens.push(f.token);
+            }
+            Attempt::Retry { after, error } => {
+                prepared(table.retry)
+                    .bind::<Text, _>(&f.job.key)
+                    .bind::<SqlUuid, _>(f.token)
+                    .bind::<Nullable<Text>, _>(Some(error))
+                    .bind::<Double, _>(after.as_secs_f64())
+                    .execute(&mut conn)
+                    .await?;
+            }
+            Attempt::Dead { error } => {
+                tracing::error!(table = table.name, key = %f.job.key, %error, "job is dead: kept until an operator retries it");
+                prepared(table.bury)
+                    .bind::<Text, _>(&f.job.key)
+                    .bind::<SqlUuid, _>(f.token)
+                    .bind::<Nullable<Text>, _>(Some(error))
+                    .execute(&mut conn)
+                    .await?;
+            }
+        }
+    }
+    if !keys.is_empty() {
+        prepared(table.done)
+            .bind::<Array<Text>, _>(&keys)
+            .bind::<Array<SqlUuid>, _>(&tokens)
+            .execute(&mut conn)
+            .await?;
+    }
+    Ok(())
+}
