@@ -16,6 +16,9 @@ use vbase_proto::workspace::v1 as wsp;
 /// Longest name or slug the services store (`input_validation::MAX_NAME_LEN`).
 pub const MAX_NAME_CHARS: usize = 256;
 
+/// Longest role stored (workspace-service's limit); Clerk's custom role keys can be longer.
+pub const MAX_ROLE: usize = 64;
+
 /// Clerk's text as the services store it: control characters removed, surrounding spaces
 /// trimmed, cut at `max` characters (on a character boundary). Clerk accepts longer names than
 /// we keep; refusing them would lose the whole event (and, after Svix gives up, the change).
@@ -199,7 +202,7 @@ impl Membership {
             occurred_at: Some(timestamp_from_millis(self.updated_at)),
             clerk_org_id: self.organization.id.clone(),
             clerk_user_id: self.public_user_data.user_id.clone(),
-            role: self.role.clone(),
+            role: normalized(&self.role, MAX_ROLE),
             clerk_membership_id: self.id.clone(),
             membership_created_at: Some(timestamp_from_millis(self.created_at)),
             event_time,

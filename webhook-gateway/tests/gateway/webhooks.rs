@@ -740,4 +740,20 @@ async fn long_names_and_control_characters_are_normalised_not_refused() {
         Some(256),
         "cut at 256 characters"
     );
+    // A custom role key longer than the 64 characters we store, with a control character.
+    let role = format!("org:\u{0}{}", "r".repeat(100));
+    let long_role = membership_event(
+        "organizationMembership.created",
+        "org_long",
+        "user_long",
+        &role,
+        T,
+    );
+    assert_eq!(
+        s.send("msg_long4", &long_role).await,
+        (200, r#"{"outcome":"applied"}"#.to_owned())
+    );
+    let members = s.members("org_long").await;
+    assert_eq!(members.len(), 1);
+    assert_eq!(members[0].1, format!("org:{}", "r".repeat(60)));
 }
