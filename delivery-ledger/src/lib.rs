@@ -7,11 +7,14 @@
 //!   written by each replica every few seconds, so an operator's sync status covers every
 //!   replica without a write per webhook.
 //!
+//! - [`runs`]: reconcile runs as the gateway reported them when they finished.
+//!
 //! [`Ledger`] serves both to the services' gateway-only intake methods and their admin
 //! services. Each service creates the tables in its own migrations (`quarantined_deliveries`,
 //! `sync_outcomes`).
 
 pub mod quarantine;
+pub mod runs;
 pub mod tally;
 
 use chrono::{DateTime, Utc};
@@ -328,6 +331,29 @@ impl Ledger {
             quarantined_last_day: q.last_day,
             as_of: Some(ts(now)),
         })
+    }
+
+    /// Records a finished reconcile run (from `FinishReconcile`; nothing when `run` is absent).
+    pub async fn record_run(&self, run: Option<&pb::ReconcileRun>) -> Result<(), Status> {
+        let Some(run) = run else { return Ok(()) };
+        let id = runs::check(run)?;
+        let mut conn = self.conn().await?;
+        runs::record(&mut conn, id, run)
+            .await
+            .map_err(|e| service_runtime::db::status_for(&e))
+    }
+
+    /// `ListReconcileRuns` (operators).
+    pub async fn runs(
+        &self,
+        r: pb::ListReconcileRunsRequest,
+    ) -> Result<pb::ListReconcileRunsResponse, Status> {
+        let limit = input_validation::page_size(r.page_size, 20, 100)?;
+        let mut conn = self.conn().await?;
+        let runs = runs::list(&mut conn, limit)
+            .await
+            .map_err(|e| service_runtime::db::status_for(&e))?;
+        Ok(pb::ListReconcileRunsResponse { runs })
     }
 
     /// Open quarantined deliveries and the oldest one's age, for the services' gauges.

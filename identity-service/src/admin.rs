@@ -16,6 +16,7 @@ pub fn policy() -> MethodPolicy {
             "ListQuarantined",
             "GetQuarantined",
             "DiscardQuarantined",
+            "ListReconcileRuns",
         ],
         Access::Operator,
     )
@@ -61,5 +62,12 @@ impl IdentityAdminService for IdentityAdmin {
             .discard(req.into_inner())
             .await
             .map(Response::new)
+    }
+
+    async fn list_reconcile_runs(
+        &self,
+        req: Request<ops::ListReconcileRunsRequest>,
+    ) -> Result<Response<ops::ListReconcileRunsResponse>, Status> {
+        self.ledger.runs(req.into_inner()).await.map(Response::new)
     }
 }

@@ -426,8 +426,10 @@ impl IdentityService for IdentityApi {
         &self,
         req: Request<pb::FinishReconcileRequest>,
     ) -> Result<Response<pb::FinishReconcileResponse>, Status> {
-        let run = run_id(&req.into_inner().run_id)?;
+        let m = req.into_inner();
+        let run = run_id(&m.run_id)?;
         reconcile::finish(&self.pool, run).await?;
+        self.ledger.record_run(m.run.as_ref()).await?;
         Ok(Response::new(pb::FinishReconcileResponse {}))
     }
 

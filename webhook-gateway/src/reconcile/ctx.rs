@@ -293,23 +293,28 @@ impl<'a, C: ClerkBackend> Ctx<'a, C> {
         Ok(self.clerk.get(path, &[]).await?.is_none())
     }
 
-    /// Forgets the run's record of ids seen on both services (best effort: a run that could
-    /// not is forgotten two days later).
-    pub(super) async fn finish(&self) {
+    /// Forgets the run's record of ids seen on both services, and gives them the run's
+    /// outcome for the operators (best effort: a run that could not is forgotten two days
+    /// later).
+    pub(super) async fn finish(&self, outcome: Option<vbase_proto::ops::v1::ReconcileRun>) {
         let run_id = self.run.to_string();
         if let Ok(r) = self.down.request(
             "identity-service",
             idp::FinishReconcileRequest {
                 run_id: run_id.clone(),
+                run: outcome.clone(),
             },
         ) && let Err(e) = self.down.identity().finish_reconcile(r).await
         {
             tracing::warn!(error = %e.message(), "identity-service did not forget the run");
         }
-        if let Ok(r) = self
-            .down
-            .request("workspace-service", wsp::FinishReconcileRequest { run_id })
-            && let Err(e) = self.down.workspace().finish_reconcile(r).await
+        if let Ok(r) = self.down.request(
+            "workspace-service",
+            wsp::FinishReconcileRequest {
+                run_id,
+                run: outcome,
+            },
+        ) && let Err(e) = self.down.workspace().finish_reconcile(r).await
         {
             tracing::warn!(error = %e.message(), "workspace-service did not forget the run");
         }

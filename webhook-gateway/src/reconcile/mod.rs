@@ -161,8 +161,7 @@ pub async fn run(clerk: &impl ClerkBackend, downstream: &Downstream, plan: &Plan
             "reconcile kind"
         );
     }
-    ctx.finish().await;
-    Summary {
+    let summary = Summary {
         run_id: ctx.run.to_string(),
         dry_run: plan.dry_run,
         completed: error.is_none(),
@@ -170,7 +169,9 @@ pub async fn run(clerk: &impl ClerkBackend, downstream: &Downstream, plan: &Plan
         requests: clerk.requests() - requests_before,
         duration_secs: started.elapsed().as_secs_f64(),
         kinds: summaries,
-    }
+    };
+    ctx.finish(Some(summary.record())).await;
+    summary
 }
 
 /// Runs one step of a kind, adding its Clerk requests and time to the kind's summary.

@@ -69,6 +69,19 @@ pub struct Summary {
 }
 
 impl Summary {
+    /// The run's record for the services (ListReconcileRuns): its outcome and this summary as
+    /// JSON.
+    pub fn record(&self) -> vbase_proto::ops::v1::ReconcileRun {
+        vbase_proto::ops::v1::ReconcileRun {
+            run_id: self.run_id.clone(),
+            finished_at: None,
+            completed: self.completed,
+            dry_run: self.dry_run,
+            error: self.error.clone().unwrap_or_default(),
+            summary_json: serde_json::to_string(self).unwrap_or_default(),
+        }
+    }
+
     /// A table for people.
     pub fn table(&self) -> String {
         let mut out = String::new();

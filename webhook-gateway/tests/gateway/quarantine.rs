@@ -392,6 +392,20 @@ async fn only_operators_reach_the_admin_services() {
                     .map(drop),
             ),
             (
+                "identity ListReconcileRuns",
+                identity
+                    .list_reconcile_runs(id!(ops::ListReconcileRunsRequest { page_size: 0 }))
+                    .await
+                    .map(drop),
+            ),
+            (
+                "workspace ListReconcileRuns",
+                workspace
+                    .list_reconcile_runs(ws!(ops::ListReconcileRunsRequest { page_size: 0 }))
+                    .await
+                    .map(drop),
+            ),
+            (
                 "workspace GetSyncStatus",
                 workspace
                     .get_sync_status(ws!(ops::GetSyncStatusRequest {}))

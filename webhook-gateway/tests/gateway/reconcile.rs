@@ -306,6 +306,31 @@ async fn a_listing_that_fails_part_way_deletes_nothing() {
     );
     assert!(s.user(&user_id(5)).await.is_some(), "nothing deleted");
     assert_eq!(kind(&summary, Kind::Users).listed, 500);
+
+    // Both runs are listed for the operators by both services, newest first.
+    for owner in [Owner::Identity, Owner::Workspace] {
+        let aud = match owner {
+            Owner::Identity => "identity-service",
+            Owner::Workspace => "workspace-service",
+        };
+        let req = s.issuers.operator(
+            aud,
+            vbase_proto::ops::v1::ListReconcileRunsRequest { page_size: 0 },
+        );
+        let runs = match s.admin(owner).await {
+            Admin::Identity(mut c) => c.list_reconcile_runs(req).await,
+            Admin::Workspace(mut c) => c.list_reconcile_runs(req).await,
+        }
+        .unwrap()
+        .into_inner()
+        .runs;
+        assert_eq!(runs.len(), 2, "{owner:?}");
+        assert_eq!(runs[0].run_id, summary.run_id);
+        assert!(!runs[0].completed && runs[0].error.contains("did not answer"));
+        assert!(runs[1].completed && runs[1].error.is_empty());
+        let listed: serde_json::Value = serde_json::from_str(&runs[0].summary_json).unwrap();
+        assert_eq!(listed["kinds"][0]["listed"], 500);
+    }
 }
 
 #[tokio::test]
@@ -400,6 +425,7 @@ async fn only_the_gateway_may_call_the_reconcile_methods() {
     let req = service_harness::bearer(
         idp::FinishReconcileRequest {
             run_id: uuid::Uuid::nil().to_string(),
+            ..Default::default()
         },
         &other.token_for("identity-service").unwrap(),
     );
@@ -421,6 +447,7 @@ async fn only_the_gateway_may_call_the_reconcile_methods() {
         .finish_reconcile(service_harness::bearer(
             idp::FinishReconcileRequest {
                 run_id: uuid::Uuid::nil().to_string(),
+                ..Default::default()
             },
             &gateway.token_for("identity-service").unwrap(),
         ))
@@ -434,6 +461,7 @@ async fn only_the_gateway_may_call_the_reconcile_methods() {
             "identity-service",
             idp::FinishReconcileRequest {
                 run_id: uuid::Uuid::nil().to_string(),
+                ..Default::default()
             },
         ))
         .await

@@ -23,6 +23,7 @@ pub fn policy() -> MethodPolicy {
             "ListQuarantined",
             "GetQuarantined",
             "DiscardQuarantined",
+            "ListReconcileRuns",
             "ListJobs",
             "RetryJobs",
             "GetQueueDepths",
@@ -92,6 +93,13 @@ impl WorkspaceAdminService for WorkspaceAdmin {
             .discard(req.into_inner())
             .await
             .map(Response::new)
+    }
+
+    async fn list_reconcile_runs(
+        &self,
+        req: Request<ops::ListReconcileRunsRequest>,
+    ) -> Result<Response<ops::ListReconcileRunsResponse>, Status> {
+        self.ledger.runs(req.into_inner()).await.map(Response::new)
     }
 
     async fn list_jobs(

@@ -146,8 +146,10 @@ pub(super) async fn finish_reconcile(
     api: &WorkspaceApi,
     req: Request<pb::FinishReconcileRequest>,
 ) -> R<pb::FinishReconcileResponse> {
-    let run = run_id(&req.into_inner().run_id)?;
+    let m = req.into_inner();
+    let run = run_id(&m.run_id)?;
     let mut conn = api.conn().await?;
     reconcile::finish(&mut conn, run).await?;
+    api.ledger.record_run(m.run.as_ref()).await?;
     ok(pb::FinishReconcileResponse {})
 }
