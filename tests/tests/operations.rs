@@ -343,6 +343,13 @@ async fn sigterm_lets_the_calls_and_webhooks_in_flight_finish() {
         .unwrap()
         .success();
     assert!(alive, "identity-service waits for its calls in flight");
+    // Meanwhile it no longer reports SERVING: the gateway's readiness says so.
+    let ready = reqwest::get(format!("{}/readyz", stack.state.gateway_url))
+        .await
+        .unwrap();
+    assert_eq!(ready.status().as_u16(), 503);
+    let text = ready.text().await.unwrap();
+    assert!(text.contains("identity-service: not serving"), "{text}");
     db.batch_execute("COMMIT").await.unwrap();
 
     let stored = call.await.unwrap().expect("the call in flight completes");
