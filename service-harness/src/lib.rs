@@ -127,6 +127,9 @@ pub fn ts(secs: i64) -> Option<prost_types::Timestamp> {
 /// gateway signs with the same key under its own subject, which keeps to its methods.
 pub const INTERNAL_CALLER: &str = "internal-test";
 
+/// The origin whose pages the test services admit (`CORS_ALLOWED_ORIGINS`).
+pub const BROWSER_ORIGIN: &str = "http://localhost:5173";
+
 /// The operator subject the test services admit (`OPERATOR_SUBJECTS`).
 pub const OPERATOR: &str = "operator";
 
@@ -181,6 +184,9 @@ impl Issuers {
             },
             auth: self.auth_args(),
             grpc: service_runtime::GrpcLimits::default(),
+            browser: service_runtime::browser::BrowserArgs {
+                cors_allowed_origins: vec![BROWSER_ORIGIN.into()],
+            },
             log_format: service_runtime::LogFormat::Pretty,
             migrate_on_start: false,
             processed_event_retention_hours: 72,

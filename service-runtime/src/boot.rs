@@ -23,6 +23,8 @@ pub struct ServiceArgs {
     pub auth: token_auth::AuthArgs,
     #[command(flatten)]
     pub grpc: crate::GrpcLimits,
+    #[command(flatten)]
+    pub browser: crate::browser::BrowserArgs,
     /// `json` or `pretty`.
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Json)]
     pub log_format: LogFormat,
@@ -40,6 +42,7 @@ impl ServiceArgs {
         self.grpc.check()?;
         token_auth::ServiceCallers::parse(&self.auth.service_callers)?
             .with_operators(&self.auth.operator_subjects)?;
+        self.browser.origins(&self.auth.clerk_authorized_parties)?;
         if !(72..=8760).contains(&self.processed_event_retention_hours) {
             return Err(format!(
                 "PROCESSED_EVENT_RETENTION_HOURS ({}) must be from 72 (Svix retries for about 28 hours) to 8760",
@@ -72,6 +75,7 @@ pub struct Boot {
     pub workers: Workers,
     retention_hours: u64,
     limits: crate::GrpcLimits,
+    origins: Vec<http::HeaderValue>,
 }
 
 impl Boot {
@@ -104,6 +108,10 @@ impl Boot {
             workers: Workers::default(),
             retention_hours: args.processed_event_retention_hours,
             limits: args.grpc.clone(),
+            origins: args
+                .browser
+                .origins(&args.auth.clerk_authorized_parties)
+                .map_err(anyhow::Error::msg)?,
         })
     }
 
@@ -139,6 +147,7 @@ impl Boot {
             lifecycle: self.lifecycle,
             workers: self.workers,
             limits: self.limits,
+            origins: self.origins,
         }
         .run(shutdown)
         .await

@@ -84,10 +84,12 @@ async fn report(reporter: &HealthReporter, names: &[&'static str], status: Servi
 }
 
 /// Serves `services` behind `auth` with health and reflection on `listener` until `shutdown`
-/// resolves, then reports NOT_SERVING and drains in-flight calls.
+/// resolves, then reports NOT_SERVING and drains in-flight calls. Native gRPC and gRPC-Web
+/// (HTTP/1.1 or HTTP/2) share the port; pages of `origins` get CORS grants.
 pub async fn serve_grpc(
     listener: TcpListener,
     limits: &GrpcLimits,
+    origins: Vec<http::HeaderValue>,
     auth: Arc<Authenticator>,
     services: GrpcServices,
     health: (
@@ -133,10 +135,14 @@ pub async fn serve_grpc(
             }
         },
     );
-    // Authentication first (it puts the principal in the request), then the user's write rate.
+    // CORS answers preflights and grants origins; gRPC-Web becomes gRPC; then authentication
+    // (it puts the principal in the request), then the user's write rate.
     let writes = UserWriteLimit::new(limits.user_writes_per_minute, policy.clone());
     limits
         .server()
+        .accept_http1(true)
+        .layer(crate::browser::cors(origins))
+        .layer(tonic_web::GrpcWebLayer::new())
         .layer(AuthLayer::new(auth, policy))
         .layer(writes)
         .add_routes(routes.routes())
@@ -214,6 +220,8 @@ pub struct Serve {
     pub workers: Workers,
     /// What the gRPC server admits.
     pub limits: GrpcLimits,
+    /// Origins whose pages may call with gRPC-Web.
+    pub origins: Vec<http::HeaderValue>,
 }
 
 impl Serve {
@@ -235,6 +243,7 @@ impl Serve {
             lifecycle,
             mut workers,
             limits,
+            origins,
         } = self;
         let registry = Arc::new(std::sync::Mutex::new(registry));
         let metrics_listener = TcpListener::bind(metrics_addr).await?;
@@ -264,6 +273,7 @@ impl Serve {
         let server = serve_grpc(
             listener,
             &limits,
+            origins,
             auth,
             services,
             (reporter, health_service),

@@ -5,6 +5,7 @@
 //! mapping of domain errors to gRPC statuses.
 
 pub mod boot;
+pub mod browser;
 pub mod cli;
 pub mod db;
 pub mod error;

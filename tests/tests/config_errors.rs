@@ -89,6 +89,10 @@ fn out_of_range_settings_exit_2_with_one_line_naming_them() {
         ("workspace-service", ("QUARANTINE_RETENTION_DAYS", "400")),
         ("identity-service", ("OPERATOR_SUBJECTS", "webhook-gateway")),
         ("workspace-service", ("SERVICE_CALLERS", "reporting")),
+        (
+            "identity-service",
+            ("CORS_ALLOWED_ORIGINS", "https://*.example.com"),
+        ),
     ];
     for (binary, (var, value)) in cases {
         let (code, stderr) = run(binary, &[(var, value)]);

@@ -176,6 +176,7 @@ async fn one_server_serves_several_services_each_with_its_policy_and_stops_in_tw
     let server = service_harness::RunningServer::start(move |listener, shutdown| {
         Serve {
             detail: Default::default(),
+            origins: Vec::new(),
             listener,
             metrics_addr: "127.0.0.1:0".parse().unwrap(),
             registry: Default::default(),
@@ -444,6 +445,7 @@ async fn limited_server(
         let _db = db;
         Serve {
             detail: Default::default(),
+            origins: Vec::new(),
             listener,
             metrics_addr: "127.0.0.1:0".parse().unwrap(),
             registry: Default::default(),
