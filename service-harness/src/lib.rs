@@ -324,6 +324,9 @@ pub const WORKSPACE_BOOKKEEPING: &[&str] = &[
     "liveblocks_cleanup_jobs",
     "sync_outcomes",
     "quarantined_deliveries",
+    // The change log of live watches: pruned after CHANGE_LOG_RETENTION_HOURS.
+    "change_log",
+    "change_heads",
 ];
 
 /// One connection to `database_url`, for fixtures and checks beside a service.

@@ -81,6 +81,15 @@ struct Workspace;
 
 #[tonic::async_trait]
 impl wpb::workspace_service_server::WorkspaceService for Workspace {
+    type WatchChannelStream = tokio_stream::Empty<Result<wpb::ChannelEvent, Status>>;
+
+    async fn watch_channel(
+        &self,
+        _req: Request<wpb::WatchChannelRequest>,
+    ) -> Result<Response<Self::WatchChannelStream>, Status> {
+        Err(Status::unimplemented("watch_channel"))
+    }
+
     async fn get_workspace(
         &self,
         req: Request<wpb::GetWorkspaceRequest>,

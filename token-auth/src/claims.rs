@@ -39,6 +39,8 @@ pub struct UserPrincipal {
     pub org: Option<ActiveOrg>,
     /// `iat` of the token (Unix seconds).
     pub issued_at: i64,
+    /// `exp` of the token (Unix seconds): a stream opened with it ends then.
+    pub expires_at: i64,
 }
 
 /// The organization that is active in the user's session.
@@ -140,6 +142,7 @@ impl ClerkClaims {
             email: present(self.email),
             org,
             issued_at: self.iat.unwrap_or_default(),
+            expires_at: self.exp,
         }
     }
 }

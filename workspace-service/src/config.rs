@@ -151,6 +151,72 @@ impl PurgeArgs {
     }
 }
 
+/// Settings of the live watches.
+#[derive(Debug, Clone, clap::Args)]
+pub struct WatchArgs {
+    /// Watch streams one replica serves at most (1 to 100000); more are refused with
+    /// UNAVAILABLE.
+    #[arg(long, env = "WATCH_MAX_STREAMS", default_value_t = 10_000)]
+    pub watch_max_streams: usize,
+    /// Events queued per stream for a client that reads slowly (16 to 10000); beyond, the
+    /// stream ends with RESOURCE_EXHAUSTED and the client resumes with its last token.
+    #[arg(long, env = "WATCH_BUFFER", default_value_t = 256)]
+    pub watch_buffer: usize,
+    /// Hours the change log keeps changes (1 to 720): how old a resume token may be.
+    #[arg(long, env = "CHANGE_LOG_RETENTION_HOURS", default_value_t = 24)]
+    pub change_log_retention_hours: u64,
+    /// Seconds between a stream's re-checks of its caller's access (1 to 3600).
+    #[arg(long, env = "WATCH_ACCESS_RECHECK_SECS", default_value_t = 30)]
+    pub watch_access_recheck_secs: u64,
+}
+
+impl WatchArgs {
+    /// The settings, or what is out of range.
+    pub fn settings(&self) -> Result<crate::live::LiveSettings, String> {
+        if !(1..=100_000).contains(&self.watch_max_streams) {
+            return Err(format!(
+                "WATCH_MAX_STREAMS ({}) must be from 1 to 100000",
+                self.watch_max_streams
+            ));
+        }
+        if !(16..=10_000).contains(&self.watch_buffer) {
+            return Err(format!(
+                "WATCH_BUFFER ({}) must be from 16 to 10000",
+                self.watch_buffer
+            ));
+        }
+        if !(1..=720).contains(&self.change_log_retention_hours) {
+            return Err(format!(
+                "CHANGE_LOG_RETENTION_HOURS ({}) must be from 1 to 720",
+                self.change_log_retention_hours
+            ));
+        }
+        if !(1..=3600).contains(&self.watch_access_recheck_secs) {
+            return Err(format!(
+                "WATCH_ACCESS_RECHECK_SECS ({}) must be from 1 to 3600",
+                self.watch_access_recheck_secs
+            ));
+        }
+        Ok(crate::live::LiveSettings {
+            buffer: self.watch_buffer,
+            max_streams: self.watch_max_streams,
+            retention: Duration::from_secs(self.change_log_retention_hours * 3600),
+            recheck: Duration::from_secs(self.watch_access_recheck_secs),
+        })
+    }
+}
+
+impl Default for WatchArgs {
+    fn default() -> Self {
+        Self {
+            watch_max_streams: 10_000,
+            watch_buffer: 256,
+            change_log_retention_hours: 24,
+            watch_access_recheck_secs: 30,
+        }
+    }
+}
+
 /// Configuration of `workspace-service serve`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct Config {
@@ -162,6 +228,8 @@ pub struct Config {
     pub purge: PurgeArgs,
     #[command(flatten)]
     pub ledger: delivery_ledger::LedgerArgs,
+    #[command(flatten)]
+    pub watch: WatchArgs,
     /// gRPC listen address.
     #[arg(long, env = "GRPC_ADDR", default_value = "0.0.0.0:50052")]
     pub grpc_addr: SocketAddr,
@@ -174,6 +242,7 @@ impl service_runtime::cli::CheckConfig for Config {
     fn check(&self) -> Result<(), String> {
         self.service.check()?;
         self.ledger.check()?;
+        self.watch.settings()?;
         self.purge.settings()?;
         self.liveblocks.settings().map(|_| ())
     }

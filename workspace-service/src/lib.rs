@@ -11,12 +11,13 @@ mod config;
 mod domain;
 mod error;
 mod grpc;
+pub mod live;
 pub mod metrics;
 mod model;
 mod schema;
 pub mod workers;
 
-pub use config::{Config, LiveblocksArgs, PurgeArgs};
+pub use config::{Config, LiveblocksArgs, PurgeArgs, WatchArgs};
 
 use diesel_migrations::{EmbeddedMigrations, embed_migrations};
 use service_runtime::{Boot, GrpcServices};
@@ -56,6 +57,7 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let cleanup_settings = config.liveblocks.settings().map_err(anyhow::Error::msg)?;
     let purge_settings = config.purge.settings().map_err(anyhow::Error::msg)?;
+    let live_settings = config.watch.settings().map_err(anyhow::Error::msg)?;
     let mut boot = Boot::start(&config.service, AUDIENCE, MIGRATIONS, PLANS).await?;
     let metrics = metrics::Metrics::register(&mut boot.registry);
     let wake = Arc::new(tokio::sync::Notify::new());
@@ -160,7 +162,17 @@ pub async fn run(
         ledger: ledger.clone(),
         wakes: [Arc::clone(&wake), Arc::clone(&purge_wake)],
     };
-    let api = grpc::WorkspaceApi::new(boot.pool.clone(), ledger, metrics, wake, purge_wake);
+    let hub = live::hub::Hub::new(boot.pool.clone(), live_settings.buffer.max(1024));
+    boot.workers.spawn(
+        "change-hub",
+        hub.clone().run(
+            config.service.db.database_url.expose().to_owned(),
+            live_settings.retention,
+            boot.lifecycle.stopped(),
+        ),
+    );
+    let live = live::watch::Live::new(boot.pool.clone(), hub, live_settings);
+    let api = grpc::WorkspaceApi::new(boot.pool.clone(), ledger, live, metrics, wake, purge_wake);
     let services = GrpcServices::new()
         .add(WorkspaceServiceServer::new(api), grpc::policy())
         .add(WorkspaceAdminServiceServer::new(admin), admin::policy());

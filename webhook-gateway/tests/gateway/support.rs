@@ -150,6 +150,7 @@ pub async fn stack_with(
             purge_lease_secs: 10,
         },
         ledger: Default::default(),
+        watch: Default::default(),
         grpc_addr: "127.0.0.1:0".parse().unwrap(),
         metrics_addr: "127.0.0.1:0".parse().unwrap(),
     };

@@ -2,6 +2,7 @@
 //! their author, deleted by their author or an admin.
 
 use super::access::{Caller, channel_scope, require_active_user, unseen};
+use super::changes;
 use crate::error::Error;
 use crate::model::paging::PageRequest;
 use crate::model::{Cursor, Page, UserId};
@@ -9,9 +10,10 @@ use crate::schema::messages;
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use diesel::sql_types::{BigInt, Nullable, Text, Timestamptz, Uuid as SqlUuid};
-use diesel_async::{AsyncPgConnection, RunQueryDsl};
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use service_runtime::prepared;
 use uuid::Uuid;
+use vbase_proto::workspace::v1::channel_event::Event;
 
 /// Longest message body.
 pub const MAX_BODY: usize = 10_000;
@@ -49,7 +51,7 @@ pub struct NewMessage {
     pub service_author: String,
 }
 
-/// Posts a message as the caller (services name the author).
+/// Posts a message as the caller (services name the author); watchers of the channel hear it.
 pub async fn post_message(
     conn: &mut AsyncPgConnection,
     caller: &Caller,
@@ -61,20 +63,26 @@ pub async fn post_message(
             .as_str()
             .to_owned(),
     };
-    channel_scope(conn, caller, new.channel_id).await?;
+    let workspace = channel_scope(conn, caller, new.channel_id).await?;
     require_active_user(conn, caller).await?;
-    Ok(prepared(concat!(
-        "INSERT INTO messages (id, channel_id, author_clerk_id, body, created_at)
-         VALUES ($1, $2, $3, $4, $5) RETURNING ",
-        message_columns!()
-    ))
-    .bind::<SqlUuid, _>(Uuid::now_v7())
-    .bind::<SqlUuid, _>(new.channel_id)
-    .bind::<Text, _>(author)
-    .bind::<Text, _>(&new.body)
-    .bind::<Timestamptz, _>(Utc::now())
-    .get_result(conn)
-    .await?)
+    conn.transaction::<_, Error, _>(async |conn| {
+        let m: MessageRecord = prepared(concat!(
+            "INSERT INTO messages (id, channel_id, author_clerk_id, body, created_at)
+             VALUES ($1, $2, $3, $4, $5) RETURNING ",
+            message_columns!()
+        ))
+        .bind::<SqlUuid, _>(Uuid::now_v7())
+        .bind::<SqlUuid, _>(new.channel_id)
+        .bind::<Text, _>(&author)
+        .bind::<Text, _>(&new.body)
+        .bind::<Timestamptz, _>(Utc::now())
+        .get_result(conn)
+        .await?;
+        let event = Event::MessagePosted(m.clone().into());
+        changes::record(conn, workspace, Some(m.channel_id), event).await?;
+        Ok(m)
+    })
+    .await
 }
 
 /// Messages of a channel, newest first.
@@ -105,11 +113,12 @@ pub async fn list_messages(
     }))
 }
 
+/// The message and its workspace, when the caller may act on it.
 async fn message_in_scope(
     conn: &mut AsyncPgConnection,
     caller: &Caller,
     message_id: Uuid,
-) -> Result<MessageRecord, Error> {
+) -> Result<(MessageRecord, Uuid), Error> {
     let m: MessageRecord = messages::table
         .find(message_id)
         .select(MessageRecord::as_select())
@@ -117,47 +126,60 @@ async fn message_in_scope(
         .await
         .optional()?
         .ok_or_else(|| unseen(caller, "message"))?;
-    channel_scope(conn, caller, m.channel_id)
+    let workspace = channel_scope(conn, caller, m.channel_id)
         .await
         .map_err(|_| unseen(caller, "message"))?;
-    Ok(m)
+    Ok((m, workspace))
 }
 
-/// Edits a message (its author only).
+/// Edits a message (its author only); watchers of the channel hear it.
 pub async fn edit_message(
     conn: &mut AsyncPgConnection,
     caller: &Caller,
     message_id: Uuid,
     body: &str,
 ) -> Result<MessageRecord, Error> {
-    let m = message_in_scope(conn, caller, message_id).await?;
+    let (m, workspace) = message_in_scope(conn, caller, message_id).await?;
     if let Some(u) = caller.user_id()
         && u != m.author_clerk_id
     {
         return Err(Error::Denied("only the author may edit a message".into()));
     }
     require_active_user(conn, caller).await?;
-    Ok(prepared(concat!(
-        "UPDATE messages SET body = $2, edited_at = $3 WHERE id = $1 RETURNING ",
-        message_columns!()
-    ))
-    .bind::<SqlUuid, _>(message_id)
-    .bind::<Text, _>(body)
-    .bind::<Timestamptz, _>(Utc::now())
-    .get_result(conn)
-    .await?)
+    conn.transaction::<_, Error, _>(async |conn| {
+        let m: MessageRecord = prepared(concat!(
+            "UPDATE messages SET body = $2, edited_at = $3 WHERE id = $1 RETURNING ",
+            message_columns!()
+        ))
+        .bind::<SqlUuid, _>(message_id)
+        .bind::<Text, _>(body)
+        .bind::<Timestamptz, _>(Utc::now())
+        .get_result(conn)
+        .await?;
+        let event = Event::MessageEdited(m.clone().into());
+        changes::record(conn, workspace, Some(m.channel_id), event).await?;
+        Ok(m)
+    })
+    .await
 }
 
-/// Deletes a message (its author, or an admin for anyone's).
+/// Deletes a message (its author, or an admin for anyone's); watchers of the channel hear it.
 pub async fn delete_message(
     conn: &mut AsyncPgConnection,
     caller: &Caller,
     message_id: Uuid,
 ) -> Result<(), Error> {
-    let m = message_in_scope(conn, caller, message_id).await?;
+    let (m, workspace) = message_in_scope(conn, caller, message_id).await?;
     caller.require_creator_or_admin(&m.author_clerk_id, "deleting someone else's message")?;
-    diesel::delete(messages::table.find(message_id))
-        .execute(conn)
-        .await?;
-    Ok(())
+    conn.transaction::<_, Error, _>(async |conn| {
+        let gone = diesel::delete(messages::table.find(message_id))
+            .execute(conn)
+            .await?;
+        if gone == 1 {
+            let event = Event::MessageDeleted(message_id.to_string());
+            changes::record(conn, workspace, Some(m.channel_id), event).await?;
+        }
+        Ok(())
+    })
+    .await
 }

@@ -6,6 +6,7 @@
 //! a lookup. Lists use keyset pages on `(time, id)`, stable under concurrent inserts.
 
 pub mod access;
+pub mod changes;
 pub mod channels;
 pub mod items;
 pub mod meetings;

@@ -8,7 +8,7 @@ use crate::schema::messages;
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use diesel::sql_types::{BigInt, Text, Timestamptz, Uuid as SqlUuid};
-use diesel_async::{AsyncPgConnection, RunQueryDsl};
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use service_runtime::prepared;
 use uuid::Uuid;
 
@@ -19,7 +19,8 @@ fn reader(caller: &Caller, what: &str) -> Result<String, Error> {
         .ok_or_else(|| Error::Invalid(format!("{what} belong to users: call with a user token")))
 }
 
-/// Marks a channel read for the calling user up to `message_id` (or now). Never moves back.
+/// Marks a channel read for the calling user up to `message_id` (or now). Never moves back;
+/// watchers of the channel hear each receipt that moved.
 pub async fn mark_read(
     conn: &mut AsyncPgConnection,
     caller: &Caller,
@@ -27,7 +28,7 @@ pub async fn mark_read(
     message_id: Option<Uuid>,
 ) -> Result<DateTime<Utc>, Error> {
     let user = reader(caller, "read receipts")?;
-    channel_scope(conn, caller, channel_id).await?;
+    let workspace = channel_scope(conn, caller, channel_id).await?;
     require_active_user(conn, caller).await?;
     let at = match message_id {
         None => Utc::now(),
@@ -47,19 +48,37 @@ pub async fn mark_read(
     struct At {
         #[diesel(sql_type = Timestamptz)]
         last_read_at: DateTime<Utc>,
+        #[diesel(sql_type = diesel::sql_types::Bool)]
+        moved: bool,
     }
-    let r: At = prepared(
-        "INSERT INTO read_receipts (channel_id, clerk_user_id, last_read_at) VALUES ($1, $2, $3)
-         ON CONFLICT (channel_id, clerk_user_id) DO UPDATE
-           SET last_read_at = GREATEST(read_receipts.last_read_at, EXCLUDED.last_read_at)
-         RETURNING last_read_at",
-    )
-    .bind::<SqlUuid, _>(channel_id)
-    .bind::<Text, _>(&user)
-    .bind::<Timestamptz, _>(at)
-    .get_result(conn)
-    .await?;
-    Ok(r.last_read_at)
+    conn.transaction::<_, Error, _>(async |conn| {
+        let r: At = prepared(
+            "WITH before AS (
+                 SELECT last_read_at FROM read_receipts WHERE channel_id = $1 AND clerk_user_id = $2)
+             INSERT INTO read_receipts (channel_id, clerk_user_id, last_read_at) VALUES ($1, $2, $3)
+             ON CONFLICT (channel_id, clerk_user_id) DO UPDATE
+               SET last_read_at = GREATEST(read_receipts.last_read_at, EXCLUDED.last_read_at)
+             RETURNING last_read_at,
+                       last_read_at IS DISTINCT FROM (SELECT last_read_at FROM before) AS moved",
+        )
+        .bind::<SqlUuid, _>(channel_id)
+        .bind::<Text, _>(&user)
+        .bind::<Timestamptz, _>(at)
+        .get_result(conn)
+        .await?;
+        if r.moved {
+            let read = vbase_proto::workspace::v1::ReadReceipt {
+                clerk_user_id: user.clone(),
+                last_read_at: Some(vbase_proto::timestamp_from_millis(
+                    r.last_read_at.timestamp_millis(),
+                )),
+            };
+            let event = vbase_proto::workspace::v1::channel_event::Event::Read(read);
+            super::changes::record(conn, workspace, Some(channel_id), event).await?;
+        }
+        Ok(r.last_read_at)
+    })
+    .await
 }
 
 /// Unread messages per channel for the calling user (others' messages after their receipt).

@@ -11,6 +11,7 @@ pub mod policy;
 mod reconcile;
 mod rooms;
 mod sync;
+mod watch;
 mod workspaces;
 
 use crate::domain::Outcome;
@@ -52,6 +53,7 @@ where
 pub struct WorkspaceApi {
     pool: Pool,
     ledger: delivery_ledger::Ledger,
+    live: crate::live::watch::Live,
     metrics: Metrics,
     cleanup_wake: Arc<Notify>,
     purge_wake: Arc<Notify>,
@@ -63,6 +65,7 @@ impl WorkspaceApi {
     pub fn new(
         pool: Pool,
         ledger: delivery_ledger::Ledger,
+        live: crate::live::watch::Live,
         metrics: Metrics,
         cleanup_wake: Arc<Notify>,
         purge_wake: Arc<Notify>,
@@ -70,6 +73,7 @@ impl WorkspaceApi {
         Self {
             pool,
             ledger,
+            live,
             metrics,
             cleanup_wake,
             purge_wake,
@@ -292,6 +296,15 @@ impl WorkspaceService for WorkspaceApi {
         req: Request<pb::MarkChannelReadRequest>,
     ) -> R<pb::MarkChannelReadResponse> {
         messages::mark_channel_read(self, req).await
+    }
+
+    type WatchChannelStream = crate::live::watch::Events;
+
+    async fn watch_channel(
+        &self,
+        req: Request<pb::WatchChannelRequest>,
+    ) -> R<Self::WatchChannelStream> {
+        watch::watch_channel(self, req).await
     }
 
     async fn get_unread_counts(

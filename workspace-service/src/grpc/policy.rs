@@ -38,6 +38,7 @@ pub const CONTENT_METHODS: &[&str] = &[
     "DeleteMessage",
     "MarkChannelRead",
     "GetUnreadCounts",
+    "WatchChannel",
     "CreateRoom",
     "ListRooms",
     "RenameRoom",

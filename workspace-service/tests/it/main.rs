@@ -10,3 +10,4 @@ mod permissions;
 mod purge_scale;
 mod support;
 mod sync;
+mod watch;

@@ -58,6 +58,7 @@ pub fn config(db_url: &str, issuers: &Issuers, liveblocks_url: Option<&str>) -> 
             purge_lease_secs: 10,
         },
         ledger: Default::default(),
+        watch: Default::default(),
         grpc_addr: "127.0.0.1:0".parse().unwrap(),
         metrics_addr: "127.0.0.1:0".parse().unwrap(),
     }

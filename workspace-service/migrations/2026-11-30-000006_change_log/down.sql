@@ -1,0 +1,2 @@
+DROP TABLE change_log;
+DROP TABLE change_heads;

@@ -1,0 +1,424 @@
+//! Live watches of a channel: changes in commit order from a resume token, then live, on any
+//! replica; bounded for slow clients; ended by expiry and lost access.
+
+use crate::support::*;
+use service_harness::RunningServer;
+use std::time::Duration;
+use tonic::{Code, Streaming};
+use vbase_proto::workspace::v1 as pb;
+use vbase_proto::workspace::v1::channel_event::Event;
+
+/// The workspace `org` with a channel; returns the channel id.
+async fn channel(env: &Env, org: &str, name: &str) -> String {
+    env.workspace(org).await;
+    env.client()
+        .await
+        .create_channel(env.admin(
+            "user_a",
+            org,
+            pb::CreateChannelRequest {
+                clerk_org_id: org.into(),
+                name: name.into(),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .channel
+        .unwrap()
+        .id
+}
+
+async fn watch(
+    env: &Env,
+    user: &str,
+    org: &str,
+    channel: &str,
+    token: &str,
+) -> Streaming<pb::ChannelEvent> {
+    env.client()
+        .await
+        .watch_channel(env.member(
+            user,
+            org,
+            pb::WatchChannelRequest {
+                channel_id: channel.into(),
+                resume_token: token.into(),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+async fn post(env: &Env, org: &str, channel: &str, body: &str) -> String {
+    env.client()
+        .await
+        .post_message(env.member(
+            "user_a",
+            org,
+            pb::PostMessageRequest {
+                channel_id: channel.into(),
+                body: body.into(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .message
+        .unwrap()
+        .id
+}
+
+async fn next(s: &mut Streaming<pb::ChannelEvent>) -> pb::ChannelEvent {
+    tokio::time::timeout(Duration::from_secs(10), s.message())
+        .await
+        .expect("an event within 10 s")
+        .expect("no error")
+        .expect("the stream goes on")
+}
+
+/// A short description of an event, for comparing sequences.
+fn what(e: &pb::ChannelEvent) -> String {
+    match e.event.as_ref().unwrap() {
+        Event::MessagePosted(m) => format!("posted {}", m.body),
+        Event::MessageEdited(m) => format!("edited {}", m.body),
+        Event::MessageDeleted(id) => format!("deleted {id}"),
+        Event::Read(r) => format!("read {}", r.clerk_user_id),
+        Event::CaughtUp(_) => "caught up".into(),
+    }
+}
+
+#[tokio::test]
+async fn a_watcher_gets_every_change_in_order_and_resumes_after_a_gap() {
+    let env = start_with(false).await;
+    let ch = channel(&env, "org_w", "live").await;
+    let other = channel(&env, "org_w", "elsewhere").await;
+    let mut b = watch(&env, "user_b", "org_w", &ch, "").await;
+    let first = next(&mut b).await;
+    assert_eq!(what(&first), "caught up");
+
+    let m1 = post(&env, "org_w", &ch, "one").await;
+    post(&env, "org_w", &other, "not this channel").await;
+    let mut c = env.client().await;
+    c.edit_message(env.member(
+        "user_a",
+        "org_w",
+        pb::EditMessageRequest {
+            message_id: m1.clone(),
+            body: "one, edited".into(),
+        },
+    ))
+    .await
+    .unwrap();
+    post(&env, "org_w", &ch, "two").await;
+    c.delete_message(env.member(
+        "user_a",
+        "org_w",
+        pb::DeleteMessageRequest {
+            message_id: m1.clone(),
+        },
+    ))
+    .await
+    .unwrap();
+    c.mark_channel_read(env.member(
+        "user_b",
+        "org_w",
+        pb::MarkChannelReadRequest {
+            channel_id: ch.clone(),
+            message_id: String::new(),
+        },
+    ))
+    .await
+    .unwrap();
+    let mut seen = Vec::new();
+    for _ in 0..5 {
+        seen.push(next(&mut b).await);
+    }
+    let expected = [
+        "posted one".to_owned(),
+        "edited one, edited".into(),
+        "posted two".into(),
+        format!("deleted {m1}"),
+        "read user_b".into(),
+    ];
+    assert_eq!(seen.iter().map(what).collect::<Vec<_>>(), expected);
+    assert!(seen.iter().all(|e| e.recorded_at.is_some()));
+
+    // B goes away after the second event; more happens; B resumes with that event's token.
+    drop(b);
+    post(&env, "org_w", &ch, "three").await;
+    post(&env, "org_w", &ch, "four").await;
+    let mut again = watch(&env, "user_b", "org_w", &ch, &seen[1].resume_token).await;
+    let mut resumed = Vec::new();
+    loop {
+        let e = next(&mut again).await;
+        let done = what(&e) == "caught up";
+        resumed.push(what(&e));
+        if done {
+            break;
+        }
+    }
+    assert_eq!(
+        resumed,
+        [
+            &expected[2..],
+            &[
+                "posted three".to_owned(),
+                "posted four".into(),
+                "caught up".into()
+            ]
+        ]
+        .concat(),
+        "everything after the token, once, in order"
+    );
+    // Live again after the backlog.
+    post(&env, "org_w", &ch, "five").await;
+    assert_eq!(what(&next(&mut again).await), "posted five");
+
+    // Tokens of another channel's workspace, made up, or too old are refused with a reason.
+    let mut c = env.client().await;
+    for (token, code) in [
+        ("nonsense", Code::InvalidArgument),
+        (
+            &format!("{}.1", uuid::Uuid::nil().simple()),
+            Code::InvalidArgument,
+        ),
+    ] {
+        let e = c
+            .watch_channel(env.member(
+                "user_b",
+                "org_w",
+                pb::WatchChannelRequest {
+                    channel_id: ch.clone(),
+                    resume_token: token.to_owned(),
+                },
+            ))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), code, "{token}: {e:?}");
+    }
+    env.sql("DELETE FROM change_log WHERE seq <= 3").await;
+    let old = c
+        .watch_channel(env.member(
+            "user_b",
+            "org_w",
+            pb::WatchChannelRequest {
+                channel_id: ch.clone(),
+                resume_token: seen[0].resume_token.clone(),
+            },
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(old.code(), Code::FailedPrecondition, "{old:?}");
+    assert!(old.message().contains("list the channel again"));
+    // Another workspace's member may not watch.
+    let denied = c
+        .watch_channel(env.member(
+            "user_x",
+            "org_other",
+            pb::WatchChannelRequest {
+                channel_id: ch.clone(),
+                resume_token: String::new(),
+            },
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(denied.code(), Code::PermissionDenied);
+}
+
+#[tokio::test]
+async fn a_change_on_one_replica_reaches_a_watcher_on_another_and_nothing_is_missed_under_concurrent_writers()
+ {
+    let env = start_with(false).await;
+    let ch = channel(&env, "org_r", "live").await;
+    let cfg = config(env.db.url(), &env.issuers, None);
+    let second = RunningServer::start(|l, s| workspace_service::run(cfg, l, s)).await;
+    let mut on_second =
+        vbase_proto::workspace::v1::workspace_service_client::WorkspaceServiceClient::new(
+            second.channel().await,
+        )
+        .watch_channel(env.member(
+            "user_b",
+            "org_r",
+            pb::WatchChannelRequest {
+                channel_id: ch.clone(),
+                resume_token: String::new(),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(what(&next(&mut on_second).await), "caught up");
+    let mut on_first = watch(&env, "user_c", "org_r", &ch, "").await;
+    assert_eq!(what(&next(&mut on_first).await), "caught up");
+
+    // Four writers at once, on the first replica.
+    let writers = (0..4).map(|w| {
+        let env = &env;
+        let ch = ch.clone();
+        async move {
+            for i in 0..25 {
+                post(env, "org_r", &ch, &format!("w{w}-{i}")).await;
+            }
+        }
+    });
+    futures::future::join_all(writers).await;
+    let committed: Vec<String> = {
+        let mut c = env.client().await;
+        let mut all = Vec::new();
+        let mut token = String::new();
+        loop {
+            let page = c
+                .list_messages(env.member(
+                    "user_b",
+                    "org_r",
+                    pb::ListMessagesRequest {
+                        channel_id: ch.clone(),
+                        page_size: 500,
+                        page_token: token,
+                    },
+                ))
+                .await
+                .unwrap()
+                .into_inner();
+            all.extend(page.messages.into_iter().map(|m| m.body));
+            if page.next_page_token.is_empty() {
+                break;
+            }
+            token = page.next_page_token;
+        }
+        all.sort();
+        all
+    };
+    assert_eq!(committed.len(), 100);
+    for stream in [&mut on_first, &mut on_second] {
+        let mut got = Vec::new();
+        let mut tokens = Vec::new();
+        for _ in 0..100 {
+            let e = next(stream).await;
+            tokens.push(
+                e.resume_token
+                    .rsplit('.')
+                    .next()
+                    .unwrap()
+                    .parse::<i64>()
+                    .unwrap(),
+            );
+            got.push(what(&e).trim_start_matches("posted ").to_owned());
+        }
+        assert!(
+            tokens.windows(2).all(|w| w[0] < w[1]),
+            "in commit order: {tokens:?}"
+        );
+        got.sort();
+        assert_eq!(got, committed, "each change once");
+    }
+}
+
+#[tokio::test]
+async fn a_client_that_falls_behind_is_ended_and_resumes() {
+    let env = start_custom(false, |c| c.watch.watch_buffer = 16).await;
+    let ch = channel(&env, "org_s", "live").await;
+    // A client with a small HTTP/2 window, so what it does not read backs up to the server.
+    let narrow = tonic::transport::Endpoint::from_shared(format!("http://{}", env.server.addr))
+        .unwrap()
+        .initial_stream_window_size(16 * 1024)
+        .initial_connection_window_size(16 * 1024)
+        .connect()
+        .await
+        .unwrap();
+    let mut slow = pb::workspace_service_client::WorkspaceServiceClient::new(narrow)
+        .watch_channel(env.member(
+            "user_b",
+            "org_s",
+            pb::WatchChannelRequest {
+                channel_id: ch.clone(),
+                resume_token: String::new(),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let caught_up = next(&mut slow).await;
+    // Large messages fill the HTTP/2 window quickly; then the stream's buffer fills.
+    let body = "x".repeat(9_000);
+    for i in 0..120 {
+        post(&env, "org_s", &ch, &format!("{i} {body}")).await;
+    }
+    let mut delivered = 0;
+    let status = loop {
+        match tokio::time::timeout(Duration::from_secs(10), slow.message())
+            .await
+            .unwrap_or_else(|_| panic!("stuck after {delivered}"))
+        {
+            Ok(Some(_)) => delivered += 1,
+            Ok(None) => panic!("the stream ended without a status after {delivered}"),
+            Err(s) => break s,
+        }
+    };
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    assert!(
+        delivered < 80,
+        "ended before it had everything: {delivered}"
+    );
+    // Resuming from the start gets all 80.
+    let mut again = watch(&env, "user_b", "org_s", &ch, &caught_up.resume_token).await;
+    let mut n = 0;
+    while what(&next(&mut again).await) != "caught up" {
+        n += 1;
+    }
+    assert_eq!(n, 120);
+}
+
+#[tokio::test]
+async fn expiry_and_a_deleted_workspace_end_the_stream() {
+    let env = start_custom(false, |c| c.watch.watch_access_recheck_secs = 1).await;
+    let ch = channel(&env, "org_e", "live").await;
+    // A token that expires in 2 s.
+    let org = stand_ins::OrgClaim {
+        id: "org_e".into(),
+        role: "org:member".into(),
+        slug: String::new(),
+    };
+    let mut claims = env
+        .issuers
+        .clerk
+        .claims("user_b", "B", "b@example.com", Some(&org));
+    claims["exp"] = serde_json::json!(token_auth::signing::now_secs() + 2);
+    let short = env.issuers.clerk.sign(&claims);
+    let mut s = env
+        .client()
+        .await
+        .watch_channel(service_harness::bearer(
+            pb::WatchChannelRequest {
+                channel_id: ch.clone(),
+                resume_token: String::new(),
+            },
+            &short,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(what(&next(&mut s).await), "caught up");
+    let ended = tokio::time::timeout(Duration::from_secs(10), s.message())
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(ended.code(), Code::Unauthenticated, "{ended:?}");
+    assert!(ended.message().contains("resume token"));
+
+    let mut w = watch(&env, "user_c", "org_e", &ch, "").await;
+    assert_eq!(what(&next(&mut w).await), "caught up");
+    env.client()
+        .await
+        .delete_workspace(env.service(delete_ws("del-org_e", 100, "org_e")))
+        .await
+        .unwrap();
+    let ended = tokio::time::timeout(Duration::from_secs(10), w.message())
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(ended.code(), Code::PermissionDenied, "{ended:?}");
+}
