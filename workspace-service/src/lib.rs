@@ -171,7 +171,12 @@ pub async fn run(
             boot.lifecycle.stopped(),
         ),
     );
-    let live = live::watch::Live::new(boot.pool.clone(), hub, live_settings);
+    let live = live::watch::Live::new(
+        boot.pool.clone(),
+        hub,
+        live_settings,
+        metrics.watch_streams.clone(),
+    );
     let api = grpc::WorkspaceApi::new(boot.pool.clone(), ledger, live, metrics, wake, purge_wake);
     let services = GrpcServices::new()
         .add(WorkspaceServiceServer::new(api), grpc::policy())

@@ -46,6 +46,8 @@ pub struct Metrics {
     pub liveblocks_key_valid: Gauge,
     /// Purge jobs given up (kept until retried).
     pub purge_dead_jobs: Gauge,
+    /// Live watch streams open on this replica.
+    pub watch_streams: Gauge,
     /// Age of the oldest queued job.
     pub liveblocks_oldest_job_seconds: Gauge<f64, AtomicU64>,
     /// Rows purged by table (deleted workspaces and rooms).
@@ -99,6 +101,11 @@ impl Metrics {
             "workspace_purge_dead_jobs",
             "Purge jobs given up after too many failed attempts, kept until retried",
             m.purge_dead_jobs.clone(),
+        );
+        registry.register(
+            "workspace_watch_streams",
+            "Live watch streams open on this replica",
+            m.watch_streams.clone(),
         );
         registry.register(
             "workspace_purge_rows",

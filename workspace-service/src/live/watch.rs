@@ -27,6 +27,7 @@ pub struct Live {
     hub: Hub,
     streams: Arc<Semaphore>,
     settings: LiveSettings,
+    open: prometheus_client::metrics::gauge::Gauge,
 }
 
 /// Why a stream stopped sending.
@@ -38,19 +39,20 @@ enum End {
 }
 
 impl Live {
-    /// Watches served through `hub`.
-    pub fn new(pool: Pool, hub: Hub, settings: LiveSettings) -> Self {
+    /// Watches served through `hub`; `open` counts the streams open.
+    pub fn new(
+        pool: Pool,
+        hub: Hub,
+        settings: LiveSettings,
+        open: prometheus_client::metrics::gauge::Gauge,
+    ) -> Self {
         Self {
             pool,
             hub,
             streams: Arc::new(Semaphore::new(settings.max_streams)),
             settings,
+            open,
         }
-    }
-
-    /// Streams currently open on this replica.
-    pub fn open_streams(&self) -> usize {
-        self.settings.max_streams - self.streams.available_permits()
     }
 
     /// Opens a watch of `channel` for `caller` (whose token expires at `expires_at`, Unix
@@ -102,7 +104,12 @@ impl Live {
             tx,
             _permit: permit,
         };
-        tokio::spawn(stream.run(live));
+        let open = self.open.clone();
+        open.inc();
+        tokio::spawn(async move {
+            stream.run(live).await;
+            open.dec();
+        });
         Ok(Events::new(rx))
     }
 }
