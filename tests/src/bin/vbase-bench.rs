@@ -63,6 +63,8 @@ enum Row {
     Reconcile,
     /// A workspace read (`ListChannels`) with the revocation check, against its SQL.
     WorkspaceRead,
+    /// Live fan-out: many `WatchChannel` streams on one channel, messages posted at a rate.
+    Fanout,
 }
 
 struct Scale {
@@ -771,6 +773,201 @@ async fn page_users_alone(api: &stand_ins::ClerkApiStandIn) -> Result<Duration> 
     }
 }
 
+/// Resident memory of a process now, KiB.
+fn vm_rss_kib(pid: u32) -> Option<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+struct Fanout {
+    p50: f64,
+    p99: f64,
+    arrivals: usize,
+    kib_per_stream: f64,
+}
+
+/// `watchers` streams on one channel (200 per HTTP/2 connection), then `posts` messages at
+/// `rate` per second; latencies from each post's answer to its arrival at every watcher.
+async fn fanout(stack: &Stack, watchers: usize, posts: usize, rate: f64) -> Result<Fanout> {
+    use vbase_proto::workspace::v1::channel_event::Event;
+    let key = SigningKey::from_pem(&std::fs::read_to_string(
+        stack
+            .state
+            .clerk_signing_key_file
+            .as_ref()
+            .context("dev issuer key")?,
+    )?)?;
+    let minter = ServiceTokenMinter::new(
+        SigningKey::from_pem(&std::fs::read_to_string(&stack.service_key_file)?)?,
+        "vbase-internal",
+        vbase_stack::STACK_CALLER,
+        Duration::from_secs(600),
+    );
+    let service = minter.token_for("workspace-service")?;
+    let chan = Channel::from_shared(format!("http://{}", stack.workspace_addr))?
+        .connect()
+        .await?;
+    let mut wsc = WorkspaceServiceClient::new(chan);
+    wsc.upsert_workspace(service_harness::bearer(
+        wsp::UpsertWorkspaceCommand {
+            event_id: "bench-fan-ws".into(),
+            occurred_at: service_harness::ts(now_secs() - 60),
+            clerk_org_id: "org_bfan".into(),
+            name: "Fan-out".into(),
+            ..Default::default()
+        },
+        &service,
+    ))
+    .await?;
+    let channel_id = wsc
+        .create_channel(service_harness::bearer(
+            wsp::CreateChannelRequest {
+                clerk_org_id: "org_bfan".into(),
+                name: "live".into(),
+            },
+            &service,
+        ))
+        .await?
+        .into_inner()
+        .channel
+        .context("channel")?
+        .id;
+    let token = key.sign(&dev_user_claims(
+        &stack.state,
+        "user_fan",
+        Some("org_bfan"),
+        "org:member",
+        "F",
+        "f@example.org",
+    ))?;
+    let pid = stack
+        .pid(Which::Workspace)
+        .context("workspace-service pid")?;
+    let before = vm_rss_kib(pid).unwrap_or_default();
+    let mut conns = Vec::new();
+    for _ in 0..watchers.div_ceil(200) {
+        conns.push(
+            Channel::from_shared(format!("http://{}", stack.workspace_addr))?
+                .connect()
+                .await?,
+        );
+    }
+    let mut streams = Vec::with_capacity(watchers);
+    for i in 0..watchers {
+        let mut s = WorkspaceServiceClient::new(conns[i / 200].clone())
+            .watch_channel(service_harness::bearer(
+                wsp::WatchChannelRequest {
+                    channel_id: channel_id.clone(),
+                    resume_token: String::new(),
+                },
+                &token,
+            ))
+            .await?
+            .into_inner();
+        anyhow::ensure!(
+            matches!(
+                s.message().await?.and_then(|e| e.event),
+                Some(Event::CaughtUp(_))
+            ),
+            "a watch did not start"
+        );
+        streams.push(s);
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let kib_per_stream = (vm_rss_kib(pid).unwrap_or_default() - before) / watchers as f64;
+    // Each watcher notes when each message arrived.
+    let readers: Vec<_> = streams
+        .into_iter()
+        .map(|mut s| {
+            tokio::spawn(async move {
+                let mut seen = Vec::with_capacity(posts);
+                while seen.len() < posts {
+                    match tokio::time::timeout(Duration::from_secs(20), s.message()).await {
+                        Ok(Ok(Some(e))) => {
+                            if let Some(Event::MessagePosted(m)) = e.event {
+                                seen.push((m.body, Instant::now()));
+                            }
+                        }
+                        _ => break,
+                    }
+                }
+                seen
+            })
+        })
+        .collect();
+    let answered: Arc<Mutex<std::collections::HashMap<String, Instant>>> = Arc::default();
+    let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / rate));
+    let mut senders = Vec::new();
+    for i in 0..posts {
+        tick.tick().await;
+        let (mut c, t, ch, answered) = (
+            wsc.clone(),
+            service.clone(),
+            channel_id.clone(),
+            answered.clone(),
+        );
+        senders.push(tokio::spawn(async move {
+            let body = format!("m{i}");
+            let r = c
+                .post_message(service_harness::bearer(
+                    wsp::PostMessageRequest {
+                        channel_id: ch,
+                        body: body.clone(),
+                        author_clerk_id: "user_fan".into(),
+                    },
+                    &t,
+                ))
+                .await;
+            if r.is_ok() {
+                answered.lock().unwrap().insert(body, Instant::now());
+            }
+        }));
+    }
+    join_all(senders).await;
+    let mut lat = Stats::default();
+    let mut arrivals = 0;
+    for r in join_all(readers).await {
+        let seen = r?;
+        let answered = answered.lock().unwrap();
+        for (body, at) in seen {
+            arrivals += 1;
+            if let Some(sent) = answered.get(&body) {
+                // An arrival can beat the answer back to the poster: that counts as 0.
+                lat.latencies_ms
+                    .push(at.saturating_duration_since(*sent).as_secs_f64() * 1000.0);
+            }
+        }
+    }
+    wsc.delete_workspace(service_harness::bearer(
+        wsp::DeleteWorkspaceCommand {
+            event_id: "bench-fan-ws-delete".into(),
+            occurred_at: None,
+            clerk_org_id: "org_bfan".into(),
+        },
+        &minter.token_for("workspace-service")?,
+    ))
+    .await?;
+    let wdb = pg(&stack.workspace_db).await?;
+    until_empty(
+        &wdb,
+        "SELECT count(*) FROM purge_jobs",
+        Duration::from_millis(5),
+    )
+    .await?;
+    Ok(Fanout {
+        p50: lat.pct(0.5),
+        p99: lat.pct(0.99),
+        arrivals,
+        kib_per_stream,
+    })
+}
+
 fn vm_hwm_mib(pid: u32) -> Option<f64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let kb: f64 = status
@@ -1253,6 +1450,27 @@ async fn main() -> Result<()> {
             Duration::from_millis(5),
         )
         .await?;
+    }
+
+    if want(Row::Fanout) {
+        // 7. Live fan-out: watchers of one channel, messages posted at 100/s; latency from each
+        //    post's answer to its arrival at every watcher, and memory per idle stream.
+        let (watchers, posts) = if args.smoke { (50, 20) } else { (1000, 500) };
+        let f = fanout(&stack, watchers, posts, 100.0).await?;
+        rows.push([
+            format!(
+                "live fan-out: {watchers} `WatchChannel` streams on one channel, {posts} messages posted at 100/s"
+            ),
+            format!(
+                "post answered -> arrival at each watcher: p50 {:.1} ms, p99 {:.1} ms ({} of {} arrivals); {:.1} KiB per idle stream",
+                f.p50, f.p99, f.arrivals, watchers * posts, f.kib_per_stream
+            ),
+            "Supabase Realtime (published): 46 ms median, 132 ms p95".into(),
+            format!(
+                "p99 {:.1} ms (goal <= 50), {:.1} KiB per idle stream (goal <= 32)",
+                f.p99, f.kib_per_stream
+            ),
+        ]);
     }
 
     if want(Row::Token) {
