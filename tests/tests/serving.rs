@@ -82,6 +82,14 @@ struct Workspace;
 #[tonic::async_trait]
 impl wpb::workspace_service_server::WorkspaceService for Workspace {
     type WatchChannelStream = tokio_stream::Empty<Result<wpb::ChannelEvent, Status>>;
+    type WatchWorkspaceStream = tokio_stream::Empty<Result<wpb::WorkspaceEvent, Status>>;
+
+    async fn watch_workspace(
+        &self,
+        _req: Request<wpb::WatchWorkspaceRequest>,
+    ) -> Result<Response<Self::WatchWorkspaceStream>, Status> {
+        Err(Status::unimplemented("watch_workspace"))
+    }
 
     async fn watch_channel(
         &self,

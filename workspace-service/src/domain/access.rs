@@ -250,10 +250,8 @@ pub async fn scope_through_room(
     what: &str,
     sql: &'static str,
     id: Uuid,
-) -> Result<String, Error> {
-    scope(conn, caller, what, sql, id)
-        .await
-        .map(|(_, detail)| detail)
+) -> Result<(Uuid, String), Error> {
+    scope(conn, caller, what, sql, id).await
 }
 
 /// Refuses writes by a user deleted in Clerk whose token is still valid.

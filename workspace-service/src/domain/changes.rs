@@ -18,24 +18,49 @@ use vbase_proto::workspace::v1 as pb;
 /// The channel NOTIFY wakes watchers on.
 pub const NOTIFY_CHANNEL: &str = "vbase_changes";
 
-/// Records `event` of `workspace` (in `channel`, when it is a channel's) in the caller's
+/// Records `event` of `channel` in `workspace` in the caller's transaction; returns its number.
+pub async fn record_channel(
+    conn: &mut AsyncPgConnection,
+    workspace: Uuid,
+    channel: Uuid,
+    event: pb::channel_event::Event,
+) -> diesel::QueryResult<i64> {
+    let payload = pb::ChannelEvent {
+        event: Some(event),
+        ..Default::default()
+    }
+    .encode_to_vec();
+    record(conn, workspace, Some(channel), payload).await
+}
+
+/// Records `event` of `workspace` itself (its channels, rooms, members...) in the caller's
 /// transaction; returns its number.
-pub async fn record(
+pub async fn record_workspace(
+    conn: &mut AsyncPgConnection,
+    workspace: Uuid,
+    event: pb::workspace_event::Event,
+) -> diesel::QueryResult<i64> {
+    let payload = pb::WorkspaceEvent {
+        event: Some(event),
+        ..Default::default()
+    }
+    .encode_to_vec();
+    record(conn, workspace, None, payload).await
+}
+
+/// A channel's changes carry the channel (`ChannelEvent`s); the workspace's own carry none
+/// (`WorkspaceEvent`s).
+async fn record(
     conn: &mut AsyncPgConnection,
     workspace: Uuid,
     channel: Option<Uuid>,
-    event: pb::channel_event::Event,
+    payload: Vec<u8>,
 ) -> diesel::QueryResult<i64> {
     #[derive(QueryableByName)]
     struct Seq {
         #[diesel(sql_type = BigInt)]
         seq: i64,
     }
-    let payload = pb::ChannelEvent {
-        event: Some(event),
-        ..Default::default()
-    }
-    .encode_to_vec();
     let s: Seq = prepared(
         "WITH head AS (
              INSERT INTO change_heads AS h (workspace_id, seq) VALUES ($1, 1)
@@ -70,14 +95,24 @@ pub struct Change {
 }
 
 impl Change {
-    /// The event as a watcher receives it, with its resume token.
+    /// A channel's event as its watcher receives it, with its resume token.
     pub fn event(&self) -> Option<pb::ChannelEvent> {
         let mut e = pb::ChannelEvent::decode(self.payload.as_slice()).ok()?;
         e.resume_token = token(self.workspace_id, self.seq);
-        e.recorded_at = Some(vbase_proto::timestamp_from_millis(
-            self.recorded_at.timestamp_millis(),
-        ));
+        e.recorded_at = Some(self.recorded());
         Some(e)
+    }
+
+    /// A workspace's own event as its watcher receives it, with its resume token.
+    pub fn workspace_event(&self) -> Option<pb::WorkspaceEvent> {
+        let mut e = pb::WorkspaceEvent::decode(self.payload.as_slice()).ok()?;
+        e.resume_token = token(self.workspace_id, self.seq);
+        e.recorded_at = Some(self.recorded());
+        Some(e)
+    }
+
+    fn recorded(&self) -> prost_types::Timestamp {
+        vbase_proto::timestamp_from_millis(self.recorded_at.timestamp_millis())
     }
 }
 

@@ -1,6 +1,7 @@
 //! Channels of a workspace: created by members, renamed and deleted by admins.
 
 use super::access::{Caller, channel_scope, require_active_user};
+use super::changes::record_workspace;
 use super::workspaces::workspace_for;
 use crate::error::Error;
 use crate::model::paging::PageRequest;
@@ -12,6 +13,7 @@ use diesel::sql_types::{BigInt, Nullable, Timestamptz, Uuid as SqlUuid};
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use service_runtime::prepared;
 use uuid::Uuid;
+use vbase_proto::workspace::v1::workspace_event::Event;
 
 /// A channel.
 #[derive(Debug, Clone, Queryable, Selectable, QueryableByName)]
@@ -81,17 +83,22 @@ pub async fn create_channel(
 ) -> Result<ChannelRecord, Error> {
     let ws = workspace_for(conn, caller, &new.org).await?;
     require_active_user(conn, caller).await?;
-    diesel::insert_into(channels::table)
-        .values((
-            channels::id.eq(Uuid::now_v7()),
-            channels::workspace_id.eq(ws.id),
-            channels::name.eq(new.name.as_str()),
-            channels::created_by.eq(caller.actor()),
-        ))
-        .returning(ChannelRecord::as_returning())
-        .get_result(conn)
-        .await
-        .map_err(|e| name_taken(e, &new.name))
+    conn.transaction::<_, Error, _>(async |conn| {
+        let c = diesel::insert_into(channels::table)
+            .values((
+                channels::id.eq(Uuid::now_v7()),
+                channels::workspace_id.eq(ws.id),
+                channels::name.eq(new.name.as_str()),
+                channels::created_by.eq(caller.actor()),
+            ))
+            .returning(ChannelRecord::as_returning())
+            .get_result(conn)
+            .await
+            .map_err(|e| name_taken(e, &new.name))?;
+        record_workspace(conn, ws.id, Event::ChannelCreated(c.clone().into())).await?;
+        Ok(c)
+    })
+    .await
 }
 
 /// Channels of a workspace, oldest first.
@@ -127,17 +134,22 @@ pub async fn rename_channel(
     channel_id: Uuid,
     name: &ChannelName,
 ) -> Result<ChannelRecord, Error> {
-    channel_scope(conn, caller, channel_id).await?;
+    let ws = channel_scope(conn, caller, channel_id).await?;
     caller.require_admin("renaming a channel")?;
-    diesel::update(channels::table.find(channel_id))
-        .set((
-            channels::name.eq(name.as_str()),
-            channels::updated_at.eq(diesel::dsl::now),
-        ))
-        .returning(ChannelRecord::as_returning())
-        .get_result(conn)
-        .await
-        .map_err(|e| name_taken(e, name))
+    conn.transaction::<_, Error, _>(async |conn| {
+        let c = diesel::update(channels::table.find(channel_id))
+            .set((
+                channels::name.eq(name.as_str()),
+                channels::updated_at.eq(diesel::dsl::now),
+            ))
+            .returning(ChannelRecord::as_returning())
+            .get_result(conn)
+            .await
+            .map_err(|e| name_taken(e, name))?;
+        record_workspace(conn, ws, Event::ChannelRenamed(c.clone().into())).await?;
+        Ok(c)
+    })
+    .await
 }
 
 /// Messages this transaction has deleted so far (PostgreSQL's own count).
@@ -165,14 +177,17 @@ pub async fn delete_channel(
     caller: &Caller,
     channel_id: Uuid,
 ) -> Result<i64, Error> {
-    channel_scope(conn, caller, channel_id).await?;
+    let ws = channel_scope(conn, caller, channel_id).await?;
     caller.require_admin("deleting a channel")?;
     conn.transaction::<_, Error, _>(async |conn| {
         let before = messages_deleted(conn).await?;
-        prepared("DELETE FROM channels WHERE id = $1")
+        let gone = prepared("DELETE FROM channels WHERE id = $1")
             .bind::<SqlUuid, _>(channel_id)
             .execute(conn)
             .await?;
+        if gone == 1 {
+            record_workspace(conn, ws, Event::ChannelDeleted(channel_id.to_string())).await?;
+        }
         Ok(messages_deleted(conn).await? - before)
     })
     .await

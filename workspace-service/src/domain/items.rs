@@ -2,6 +2,7 @@
 //! each a Liveblocks room of its own, queued for clean-up in the transaction that deletes it.
 
 use super::access::{Caller, require_active_user, room_scope, scope_through_room};
+use super::changes::record_workspace;
 use crate::error::Error;
 use crate::model::paging::PageRequest;
 use crate::model::{Cursor, ItemKind, Page};
@@ -12,6 +13,7 @@ use diesel::sql_types::{BigInt, Nullable, Text, Timestamptz, Uuid as SqlUuid};
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use service_runtime::prepared;
 use uuid::Uuid;
+use vbase_proto::workspace::v1::workspace_event::Event;
 
 /// A document, code file or whiteboard.
 #[derive(Debug, Clone, QueryableByName)]
@@ -113,7 +115,7 @@ pub async fn create_item(
     caller: &Caller,
     new: &NewItem,
 ) -> Result<ItemRecord, Error> {
-    let (_, room_kind) = room_scope(conn, caller, new.room_id).await?;
+    let (ws, room_kind) = room_scope(conn, caller, new.room_id).await?;
     require_active_user(conn, caller).await?;
     if room_kind != new.kind.room_kind() {
         return Err(Error::Precondition(format!(
@@ -127,12 +129,17 @@ pub async fn create_item(
         .bind::<SqlUuid, _>(new.room_id)
         .bind::<Text, _>(&new.name)
         .bind::<Text, _>(caller.actor());
-    let item = if new.kind == ItemKind::CodeFile {
-        q.bind::<Text, _>(&new.language).get_result(conn).await?
-    } else {
-        q.get_result(conn).await?
-    };
-    Ok(item)
+    conn.transaction::<_, Error, _>(async |conn| {
+        let item: ItemRecord = if new.kind == ItemKind::CodeFile {
+            q.bind::<Text, _>(&new.language).get_result(conn).await?
+        } else {
+            q.get_result(conn).await?
+        };
+        let event = Event::ItemCreated(crate::grpc::convert::item(new.kind, item.clone()));
+        record_workspace(conn, ws, event).await?;
+        Ok(item)
+    })
+    .await
 }
 
 /// Items of a room, oldest first.
@@ -163,13 +170,13 @@ pub async fn list_items(
     ))
 }
 
-/// Checks the caller may act on the item; returns its creator.
+/// Checks the caller may act on the item; returns its workspace and creator.
 async fn item_scope(
     conn: &mut AsyncPgConnection,
     caller: &Caller,
     kind: ItemKind,
     item_id: Uuid,
-) -> Result<String, Error> {
+) -> Result<(Uuid, String), Error> {
     scope_through_room(conn, caller, kind.table(), sql(kind).scope, item_id).await
 }
 
@@ -181,12 +188,18 @@ pub async fn rename_item(
     item_id: Uuid,
     name: &str,
 ) -> Result<ItemRecord, Error> {
-    item_scope(conn, caller, kind, item_id).await?;
-    Ok(prepared(sql(kind).rename)
-        .bind::<SqlUuid, _>(item_id)
-        .bind::<Text, _>(name)
-        .get_result(conn)
-        .await?)
+    let (ws, _) = item_scope(conn, caller, kind, item_id).await?;
+    conn.transaction::<_, Error, _>(async |conn| {
+        let item: ItemRecord = prepared(sql(kind).rename)
+            .bind::<SqlUuid, _>(item_id)
+            .bind::<Text, _>(name)
+            .get_result(conn)
+            .await?;
+        let event = Event::ItemRenamed(crate::grpc::convert::item(kind, item.clone()));
+        record_workspace(conn, ws, event).await?;
+        Ok(item)
+    })
+    .await
 }
 
 /// Deletes an item (its creator or an admin: the Liveblocks deletion cannot be undone) and
@@ -197,18 +210,21 @@ pub async fn delete_item(
     kind: ItemKind,
     item_id: Uuid,
 ) -> Result<String, Error> {
-    let creator = item_scope(conn, caller, kind, item_id).await?;
+    let (ws, creator) = item_scope(conn, caller, kind, item_id).await?;
     caller.require_creator_or_admin(
         &creator,
         &format!("deleting someone else's {}", kind.noun()),
     )?;
     let room = kind.liveblocks_room(item_id);
     conn.transaction::<_, Error, _>(async |conn| {
-        prepared(sql(kind).delete)
+        let gone = prepared(sql(kind).delete)
             .bind::<SqlUuid, _>(item_id)
             .execute(conn)
             .await?;
         enqueue(conn, std::slice::from_ref(&room)).await?;
+        if gone == 1 {
+            record_workspace(conn, ws, Event::ItemDeleted(item_id.to_string())).await?;
+        }
         Ok(())
     })
     .await?;

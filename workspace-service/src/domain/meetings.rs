@@ -1,6 +1,7 @@
 //! Meetings, scheduled in conference rooms and cancelled (never deleted) by members.
 
 use super::access::{Caller, require_active_user, room_scope, unseen};
+use super::changes::record_workspace;
 use crate::error::Error;
 use crate::model::paging::PageRequest;
 use crate::model::{Cursor, Page, RoomKind};
@@ -8,9 +9,10 @@ use crate::schema::meetings;
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use diesel::sql_types::{BigInt, Nullable, Timestamptz, Uuid as SqlUuid};
-use diesel_async::{AsyncPgConnection, RunQueryDsl};
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use service_runtime::prepared;
 use uuid::Uuid;
+use vbase_proto::workspace::v1::workspace_event::Event;
 
 /// A meeting.
 #[derive(Debug, Clone, Queryable, Selectable, QueryableByName)]
@@ -39,15 +41,15 @@ async fn conference_room(
     conn: &mut AsyncPgConnection,
     caller: &Caller,
     room_id: Uuid,
-) -> Result<(), Error> {
-    let (_, kind) = room_scope(conn, caller, room_id).await?;
+) -> Result<Uuid, Error> {
+    let (ws, kind) = room_scope(conn, caller, room_id).await?;
     if kind != RoomKind::Conference {
         return Err(Error::Precondition(format!(
             "meetings live in conference rooms, this is a {} room",
             kind.as_str()
         )));
     }
-    Ok(())
+    Ok(ws)
 }
 
 /// Schedules a meeting in a conference room.
@@ -56,20 +58,25 @@ pub async fn schedule_meeting(
     caller: &Caller,
     new: &NewMeeting,
 ) -> Result<MeetingRecord, Error> {
-    conference_room(conn, caller, new.room_id).await?;
+    let ws = conference_room(conn, caller, new.room_id).await?;
     require_active_user(conn, caller).await?;
-    Ok(diesel::insert_into(meetings::table)
-        .values((
-            meetings::id.eq(Uuid::now_v7()),
-            meetings::room_id.eq(new.room_id),
-            meetings::title.eq(&new.title),
-            meetings::starts_at.eq(new.starts_at),
-            meetings::ends_at.eq(new.ends_at),
-            meetings::created_by.eq(caller.actor()),
-        ))
-        .returning(MeetingRecord::as_returning())
-        .get_result(conn)
-        .await?)
+    conn.transaction::<_, Error, _>(async |conn| {
+        let m = diesel::insert_into(meetings::table)
+            .values((
+                meetings::id.eq(Uuid::now_v7()),
+                meetings::room_id.eq(new.room_id),
+                meetings::title.eq(&new.title),
+                meetings::starts_at.eq(new.starts_at),
+                meetings::ends_at.eq(new.ends_at),
+                meetings::created_by.eq(caller.actor()),
+            ))
+            .returning(MeetingRecord::as_returning())
+            .get_result(conn)
+            .await?;
+        record_workspace(conn, ws, Event::MeetingScheduled(m.clone().into())).await?;
+        Ok(m)
+    })
+    .await
 }
 
 /// Meetings of a conference room, by start time.
@@ -111,17 +118,24 @@ pub async fn cancel_meeting(
         .await
         .optional()?
         .ok_or_else(|| unseen(caller, "meeting"))?;
-    room_scope(conn, caller, m.room_id)
+    let (ws, _) = room_scope(conn, caller, m.room_id)
         .await
         .map_err(|_| unseen(caller, "meeting"))?;
     caller.require_creator_or_admin(&m.created_by, "cancelling someone else's meeting")?;
-    Ok(diesel::update(meetings::table.find(meeting_id))
-        .set(
-            meetings::cancelled_at.eq(diesel::dsl::sql::<Nullable<Timestamptz>>(
-                "COALESCE(cancelled_at, now())",
-            )),
-        )
-        .returning(MeetingRecord::as_returning())
-        .get_result(conn)
-        .await?)
+    conn.transaction::<_, Error, _>(async |conn| {
+        let after = diesel::update(meetings::table.find(meeting_id))
+            .set(
+                meetings::cancelled_at.eq(diesel::dsl::sql::<Nullable<Timestamptz>>(
+                    "COALESCE(cancelled_at, now())",
+                )),
+            )
+            .returning(MeetingRecord::as_returning())
+            .get_result(conn)
+            .await?;
+        if m.cancelled_at.is_none() {
+            record_workspace(conn, ws, Event::MeetingCancelled(meeting_id.to_string())).await?;
+        }
+        Ok(after)
+    })
+    .await
 }

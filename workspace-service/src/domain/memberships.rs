@@ -16,6 +16,7 @@ use diesel::sql_types::{BigInt, Nullable, Text, Timestamptz};
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use service_runtime::db::record_delivery;
 use service_runtime::prepared;
+use vbase_proto::workspace::v1::workspace_event::Event;
 
 /// `organizationMembership.created/updated/deleted`, validated.
 #[derive(Debug, Clone)]
@@ -131,11 +132,24 @@ pub async fn change_membership(
             }
             None => statement.execute(conn).await?,
         };
-        Ok(if n == 1 {
-            Outcome::Applied
-        } else {
-            Outcome::Stale
-        })
+        if n != 1 {
+            return Ok(Outcome::Stale);
+        }
+        // Watchers of the workspace hear it (a membership may precede its workspace).
+        if let Some(ws) = super::workspaces::find_workspace(conn, cmd.org.as_str()).await? {
+            let event = match &cmd.role {
+                Some(role) => Event::MemberChanged(vbase_proto::workspace::v1::Member {
+                    clerk_user_id: cmd.user.as_str().to_owned(),
+                    role: role.as_str().to_owned(),
+                    updated_at: Some(vbase_proto::timestamp_from_millis(
+                        cmd.occurred_at.timestamp_millis(),
+                    )),
+                }),
+                None => Event::MemberRemoved(cmd.user.as_str().to_owned()),
+            };
+            super::changes::record_workspace(conn, ws.id, event).await?;
+        }
+        Ok(Outcome::Applied)
     })
     .await
 }

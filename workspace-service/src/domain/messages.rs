@@ -79,7 +79,7 @@ pub async fn post_message(
         .get_result(conn)
         .await?;
         let event = Event::MessagePosted(m.clone().into());
-        changes::record(conn, workspace, Some(m.channel_id), event).await?;
+        changes::record_channel(conn, workspace, m.channel_id, event).await?;
         Ok(m)
     })
     .await
@@ -157,7 +157,7 @@ pub async fn edit_message(
         .get_result(conn)
         .await?;
         let event = Event::MessageEdited(m.clone().into());
-        changes::record(conn, workspace, Some(m.channel_id), event).await?;
+        changes::record_channel(conn, workspace, m.channel_id, event).await?;
         Ok(m)
     })
     .await
@@ -177,7 +177,7 @@ pub async fn delete_message(
             .await?;
         if gone == 1 {
             let event = Event::MessageDeleted(message_id.to_string());
-            changes::record(conn, workspace, Some(m.channel_id), event).await?;
+            changes::record_channel(conn, workspace, m.channel_id, event).await?;
         }
         Ok(())
     })

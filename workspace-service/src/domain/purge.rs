@@ -112,7 +112,13 @@ pub async fn delete_workspace(
         .await
         .optional()?;
         let purge_queued = match hidden {
-            Some(ws) => enqueue_purge(conn, PurgeKind::Workspace, ws.id).await?,
+            Some(ws) => {
+                let event = vbase_proto::workspace::v1::workspace_event::Event::WorkspaceDeleted(
+                    vbase_proto::workspace::v1::WorkspaceDeleted {},
+                );
+                super::changes::record_workspace(conn, ws.id, event).await?;
+                enqueue_purge(conn, PurgeKind::Workspace, ws.id).await?
+            }
             None => {
                 // Memberships can arrive before their organization: with no workspace row,
                 // they are all there is to remove.

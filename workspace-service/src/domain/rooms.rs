@@ -2,6 +2,7 @@
 //! its own: created by members, renamed and deleted by admins.
 
 use super::access::{Caller, require_active_user, room_scope};
+use super::changes::record_workspace;
 use super::purge::hide_room;
 use super::workspaces::workspace_for;
 use crate::error::Error;
@@ -11,9 +12,10 @@ use crate::schema::rooms;
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use diesel::sql_types::{BigInt, Nullable, Text, Timestamptz, Uuid as SqlUuid};
-use diesel_async::{AsyncPgConnection, RunQueryDsl};
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use service_runtime::prepared;
 use uuid::Uuid;
+use vbase_proto::workspace::v1::workspace_event::Event;
 
 /// A room as stored.
 #[derive(Debug, Clone, Queryable, Selectable, QueryableByName)]
@@ -71,18 +73,23 @@ pub async fn create_room(
 ) -> Result<RoomRecord, Error> {
     let ws = workspace_for(conn, caller, &new.org).await?;
     require_active_user(conn, caller).await?;
-    let row: RoomRow = diesel::insert_into(rooms::table)
-        .values((
-            rooms::id.eq(Uuid::now_v7()),
-            rooms::workspace_id.eq(ws.id),
-            rooms::kind.eq(new.kind.as_str()),
-            rooms::name.eq(&new.name),
-            rooms::created_by.eq(caller.actor()),
-        ))
-        .returning(RoomRow::as_returning())
-        .get_result(conn)
-        .await?;
-    row.try_into()
+    conn.transaction::<_, Error, _>(async |conn| {
+        let row: RoomRow = diesel::insert_into(rooms::table)
+            .values((
+                rooms::id.eq(Uuid::now_v7()),
+                rooms::workspace_id.eq(ws.id),
+                rooms::kind.eq(new.kind.as_str()),
+                rooms::name.eq(&new.name),
+                rooms::created_by.eq(caller.actor()),
+            ))
+            .returning(RoomRow::as_returning())
+            .get_result(conn)
+            .await?;
+        let room: RoomRecord = row.try_into()?;
+        record_workspace(conn, ws.id, Event::RoomCreated(room.clone().into())).await?;
+        Ok(room)
+    })
+    .await
 }
 
 /// `ListRooms`, validated.
@@ -131,14 +138,19 @@ pub async fn rename_room(
     room_id: Uuid,
     name: &str,
 ) -> Result<RoomRecord, Error> {
-    room_scope(conn, caller, room_id).await?;
+    let (ws, _) = room_scope(conn, caller, room_id).await?;
     caller.require_admin("renaming a room")?;
-    let row: RoomRow = diesel::update(rooms::table.find(room_id))
-        .set((rooms::name.eq(name), rooms::updated_at.eq(diesel::dsl::now)))
-        .returning(RoomRow::as_returning())
-        .get_result(conn)
-        .await?;
-    row.try_into()
+    conn.transaction::<_, Error, _>(async |conn| {
+        let row: RoomRow = diesel::update(rooms::table.find(room_id))
+            .set((rooms::name.eq(name), rooms::updated_at.eq(diesel::dsl::now)))
+            .returning(RoomRow::as_returning())
+            .get_result(conn)
+            .await?;
+        let room: RoomRecord = row.try_into()?;
+        record_workspace(conn, ws, Event::RoomRenamed(room.clone().into())).await?;
+        Ok(room)
+    })
+    .await
 }
 
 /// Deletes a room with its contents (admins): hidden at once, purged in the background.
@@ -148,7 +160,14 @@ pub async fn delete_room(
     caller: &Caller,
     room_id: Uuid,
 ) -> Result<bool, Error> {
-    room_scope(conn, caller, room_id).await?;
+    let (ws, _) = room_scope(conn, caller, room_id).await?;
     caller.require_admin("deleting a room")?;
-    hide_room(conn, room_id).await
+    conn.transaction::<_, Error, _>(async |conn| {
+        let hidden = hide_room(conn, room_id).await?;
+        if hidden {
+            record_workspace(conn, ws, Event::RoomDeleted(room_id.to_string())).await?;
+        }
+        Ok(hidden)
+    })
+    .await
 }

@@ -48,10 +48,25 @@ pub async fn remove_user(conn: &mut AsyncPgConnection, cmd: &RemoveUser) -> Resu
         .bind::<Nullable<Timestamptz>, _>(cmd.occurred_at)
         .execute(conn)
         .await?;
-        let memberships = prepared("DELETE FROM memberships WHERE clerk_user_id = $1")
-            .bind::<Text, _>(user)
-            .execute(conn)
-            .await? as i64;
+        #[derive(diesel::QueryableByName)]
+        struct Left {
+            #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Uuid>)]
+            workspace_id: Option<uuid::Uuid>,
+        }
+        // The workspaces the user leaves, whose watchers hear it.
+        let left: Vec<Left> = prepared(
+            "WITH gone AS (DELETE FROM memberships WHERE clerk_user_id = $1 RETURNING clerk_org_id)
+             SELECT w.id AS workspace_id FROM gone
+               LEFT JOIN workspaces w ON w.clerk_org_id = gone.clerk_org_id AND w.deleted_at IS NULL",
+        )
+        .bind::<Text, _>(user)
+        .load(conn)
+        .await?;
+        let memberships = left.len() as i64;
+        for ws in left.into_iter().filter_map(|l| l.workspace_id) {
+            let event = vbase_proto::workspace::v1::workspace_event::Event::MemberRemoved(user.to_owned());
+            super::changes::record_workspace(conn, ws, event).await?;
+        }
         let read_receipts = prepared("DELETE FROM read_receipts WHERE clerk_user_id = $1")
             .bind::<Text, _>(user)
             .execute(conn)

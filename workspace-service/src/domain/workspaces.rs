@@ -208,7 +208,13 @@ pub async fn upsert_workspace(
                 .await
                 .optional()?;
                 Ok(match ws {
-                    Some(ws) => (Outcome::Applied, Some(ws)),
+                    Some(ws) => {
+                        let event = vbase_proto::workspace::v1::workspace_event::Event::WorkspaceRenamed(
+                            ws.clone().into(),
+                        );
+                        super::changes::record_workspace(conn, ws.id, event).await?;
+                        (Outcome::Applied, Some(ws))
+                    }
                     None => (Outcome::Stale, Some(existing)),
                 })
             }

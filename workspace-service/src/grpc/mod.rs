@@ -298,7 +298,15 @@ impl WorkspaceService for WorkspaceApi {
         messages::mark_channel_read(self, req).await
     }
 
-    type WatchChannelStream = crate::live::watch::Events;
+    type WatchChannelStream = crate::live::watch::Events<pb::ChannelEvent>;
+    type WatchWorkspaceStream = crate::live::watch::Events<pb::WorkspaceEvent>;
+
+    async fn watch_workspace(
+        &self,
+        req: Request<pb::WatchWorkspaceRequest>,
+    ) -> R<Self::WatchWorkspaceStream> {
+        watch::watch_workspace(self, req).await
+    }
 
     async fn watch_channel(
         &self,

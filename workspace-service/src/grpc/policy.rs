@@ -39,6 +39,7 @@ pub const CONTENT_METHODS: &[&str] = &[
     "MarkChannelRead",
     "GetUnreadCounts",
     "WatchChannel",
+    "WatchWorkspace",
     "CreateRoom",
     "ListRooms",
     "RenameRoom",

@@ -1,5 +1,6 @@
-//! One caller's watch of a channel: its backlog after the resume token, read from the change
-//! log, then the hub's changes, each once and in order, filtered to the channel. The backlog
+//! One caller's watch of a channel or of a workspace: its backlog after the resume token, read
+//! from the change log, then the hub's changes, each once and in order, filtered to what it
+//! watches (a channel's events, or the workspace's own). The backlog
 //! is sent as fast as the client reads it; live changes go into a bounded buffer, and a client
 //! that lets it fill is ended with RESOURCE_EXHAUSTED and resumes with its last token. It also ends when the caller's token
 //! expires, when a periodic re-check finds the caller no longer has access (a removed member, a
@@ -18,7 +19,63 @@ use uuid::Uuid;
 use vbase_proto::workspace::v1 as pb;
 
 /// What a watch stream yields.
-pub type Events = tokio_stream::wrappers::ReceiverStream<Result<pb::ChannelEvent, Status>>;
+pub type Events<T> = tokio_stream::wrappers::ReceiverStream<Result<T, Status>>;
+
+/// What is watched.
+#[derive(Debug, Clone)]
+enum Scope {
+    Channel(Uuid),
+    Workspace(crate::model::OrgId),
+}
+
+/// The events of one kind of watch.
+pub trait WatchEvent: Send + Sized + 'static {
+    /// This watch's event for `c`, when `c` is one of its changes.
+    fn of(c: &Change, channel: Option<Uuid>) -> Option<Result<Self, Status>>;
+    /// The end of the backlog.
+    fn caught_up(token: String) -> Self;
+    /// Whether nothing can follow it (the workspace was deleted).
+    fn is_last(&self) -> bool;
+}
+
+impl WatchEvent for pb::ChannelEvent {
+    fn of(c: &Change, channel: Option<Uuid>) -> Option<Result<Self, Status>> {
+        (c.channel_id.is_some() && c.channel_id == channel)
+            .then(|| c.event().ok_or_else(|| Status::internal("internal error")))
+    }
+    fn caught_up(resume_token: String) -> Self {
+        Self {
+            resume_token,
+            recorded_at: None,
+            event: Some(pb::channel_event::Event::CaughtUp(pb::CaughtUp {})),
+        }
+    }
+    fn is_last(&self) -> bool {
+        false
+    }
+}
+
+impl WatchEvent for pb::WorkspaceEvent {
+    fn of(c: &Change, _channel: Option<Uuid>) -> Option<Result<Self, Status>> {
+        c.channel_id.is_none().then(|| {
+            c.workspace_event()
+                .ok_or_else(|| Status::internal("internal error"))
+        })
+    }
+    fn caught_up(resume_token: String) -> Self {
+        Self {
+            resume_token,
+            recorded_at: None,
+            event: Some(pb::workspace_event::Event::CaughtUp(pb::CaughtUp {})),
+        }
+    }
+    fn is_last(&self) -> bool {
+        matches!(
+            self.event,
+            Some(pb::workspace_event::Event::WorkspaceDeleted(_))
+        )
+    }
+}
 
 /// Watches of this replica.
 #[derive(Clone)]
@@ -63,14 +120,37 @@ impl Live {
         expires_at: Option<i64>,
         channel: Uuid,
         resume_token: Option<String>,
-    ) -> Result<Events, Error> {
+    ) -> Result<Events<pb::ChannelEvent>, Error> {
+        self.open(caller, expires_at, Scope::Channel(channel), resume_token)
+            .await
+    }
+
+    /// Opens a watch of the workspace of `org` for `caller`, like [`Live::watch_channel`].
+    pub async fn watch_workspace(
+        &self,
+        caller: Caller,
+        expires_at: Option<i64>,
+        org: crate::model::OrgId,
+        resume_token: Option<String>,
+    ) -> Result<Events<pb::WorkspaceEvent>, Error> {
+        self.open(caller, expires_at, Scope::Workspace(org), resume_token)
+            .await
+    }
+
+    async fn open<T: WatchEvent>(
+        &self,
+        caller: Caller,
+        expires_at: Option<i64>,
+        scope: Scope,
+        resume_token: Option<String>,
+    ) -> Result<Events<T>, Error> {
         let permit = Arc::clone(&self.streams).try_acquire_owned().map_err(|_| {
             Error::Unavailable(
                 "this replica serves its most watch streams (WATCH_MAX_STREAMS); retry later",
             )
         })?;
         let mut conn = self.pool.get().await?;
-        let workspace = channel_scope(&mut conn, &caller, channel).await?;
+        let workspace = scope.check(&mut conn, &caller).await?;
         // Subscribe first, then read where the backlog ends: nothing falls in between.
         let live = self.hub.subscribe(workspace).await?;
         let (head, first) = changes::bounds(&mut conn, workspace).await?;
@@ -81,12 +161,12 @@ impl Live {
                     .filter(|s| *s <= head)
                     .ok_or_else(|| {
                         Error::Invalid(
-                            "resume_token is not one this channel's watch gave out; watch without it".into(),
+                            "resume_token is not one this watch gave out; watch without it".into(),
                         )
                     })?;
                 if seq < head && first.is_none_or(|f| seq + 1 < f) {
                     return Err(Error::Precondition(
-                        "resume_token is older than the change log keeps: list the channel again, then watch without a token".into(),
+                        "resume_token is older than the change log keeps: list again, then watch without a token".into(),
                     ));
                 }
                 seq
@@ -99,7 +179,7 @@ impl Live {
             caller,
             expires_at,
             workspace,
-            channel,
+            scope,
             last: start,
             tx,
             _permit: permit,
@@ -114,19 +194,44 @@ impl Live {
     }
 }
 
-struct Stream {
+impl Scope {
+    /// The workspace watched, when the caller may watch it.
+    async fn check(
+        &self,
+        conn: &mut diesel_async::AsyncPgConnection,
+        caller: &Caller,
+    ) -> Result<Uuid, Error> {
+        match self {
+            Scope::Channel(c) => channel_scope(conn, caller, *c).await,
+            Scope::Workspace(org) => {
+                Ok(crate::domain::workspaces::workspace_for(conn, caller, org)
+                    .await?
+                    .id)
+            }
+        }
+    }
+
+    fn channel(&self) -> Option<Uuid> {
+        match self {
+            Scope::Channel(c) => Some(*c),
+            Scope::Workspace(_) => None,
+        }
+    }
+}
+
+struct Stream<T> {
     live: Live,
     caller: Caller,
     expires_at: Option<i64>,
     workspace: Uuid,
-    channel: Uuid,
-    /// The last change number seen (delivered or not of this channel).
+    scope: Scope,
+    /// The last change number seen (delivered or not: another channel's, say).
     last: i64,
-    tx: mpsc::Sender<Result<pb::ChannelEvent, Status>>,
+    tx: mpsc::Sender<Result<T, Status>>,
     _permit: OwnedSemaphorePermit,
 }
 
-impl Stream {
+impl<T: WatchEvent> Stream<T> {
     async fn run(mut self, mut live: broadcast::Receiver<Arc<Change>>) {
         let end = match self.serve(&mut live).await {
             Ok(()) | Err(End::Gone) => return,
@@ -139,11 +244,7 @@ impl Stream {
 
     async fn serve(&mut self, live: &mut broadcast::Receiver<Arc<Change>>) -> Result<(), End> {
         self.catch_up(None).await?;
-        let caught_up = pb::ChannelEvent {
-            resume_token: changes::token(self.workspace, self.last),
-            recorded_at: None,
-            event: Some(pb::channel_event::Event::CaughtUp(pb::CaughtUp {})),
-        };
+        let caught_up = T::caught_up(changes::token(self.workspace, self.last));
         self.backlog_send(caught_up).await?;
         let expiry = self.expires_at.map(|exp| {
             let now = token_auth::signing::now_secs();
@@ -204,11 +305,13 @@ impl Stream {
                     return Ok(());
                 }
                 self.last = c.seq;
-                if c.channel_id == Some(self.channel) {
-                    let e = c
-                        .event()
-                        .ok_or_else(|| End::Status(Status::internal("internal error")))?;
+                if let Some(e) = T::of(c, self.scope.channel()) {
+                    let e = e.map_err(End::Status)?;
+                    let last = e.is_last();
                     self.backlog_send(e).await?;
+                    if last {
+                        return Err(deleted());
+                    }
                 }
             }
             if n < 500 {
@@ -217,25 +320,27 @@ impl Stream {
         }
     }
 
-    /// Sends `c` when it is this channel's; every change moves the position.
+    /// Sends `c` when it is one of this watch's changes; every change moves the position.
     fn deliver(&mut self, c: &Change) -> Result<(), End> {
         self.last = c.seq;
-        if c.channel_id != Some(self.channel) {
-            return Ok(());
-        }
-        match c.event() {
-            Some(e) => self.send(e),
-            None => Err(End::Status(Status::internal("internal error"))),
+        match T::of(c, self.scope.channel()) {
+            None => Ok(()),
+            Some(Err(s)) => Err(End::Status(s)),
+            Some(Ok(e)) => {
+                let last = e.is_last();
+                self.send(e)?;
+                if last { Err(deleted()) } else { Ok(()) }
+            }
         }
     }
 
     /// Sends `e`, waiting while the client's buffer is full.
-    async fn backlog_send(&self, e: pb::ChannelEvent) -> Result<(), End> {
+    async fn backlog_send(&self, e: T) -> Result<(), End> {
         self.tx.send(Ok(e)).await.map_err(|_| End::Gone)
     }
 
     /// Queues a live event; a full buffer ends the stream.
-    fn send(&self, e: pb::ChannelEvent) -> Result<(), End> {
+    fn send(&self, e: T) -> Result<(), End> {
         if self.tx.is_closed() {
             return Err(End::Gone);
         }
@@ -255,7 +360,7 @@ impl Stream {
             .get()
             .await
             .map_err(|e| End::Status(Error::from(e).into()))?;
-        match channel_scope(&mut conn, &self.caller, self.channel).await {
+        match self.scope.check(&mut conn, &self.caller).await {
             Ok(_) => Ok(()),
             Err(Error::Denied(m)) | Err(Error::NotFound(m)) => {
                 Err(End::Status(Status::permission_denied(m)))
@@ -266,4 +371,9 @@ impl Stream {
             }
         }
     }
+}
+
+/// The end of a watch whose workspace was deleted.
+fn deleted() -> End {
+    End::Status(Status::permission_denied("the workspace was deleted"))
 }

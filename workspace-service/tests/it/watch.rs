@@ -199,7 +199,16 @@ async fn a_watcher_gets_every_change_in_order_and_resumes_after_a_gap() {
             .unwrap_err();
         assert_eq!(e.code(), code, "{token}: {e:?}");
     }
-    env.sql("DELETE FROM change_log WHERE seq <= 3").await;
+    // The change right after the first event's token is pruned: that token is too old.
+    let s0: i64 = seen[0]
+        .resume_token
+        .rsplit('.')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    env.sql(&format!("DELETE FROM change_log WHERE seq <= {}", s0 + 1))
+        .await;
     let old = c
         .watch_channel(env.member(
             "user_b",
@@ -212,7 +221,7 @@ async fn a_watcher_gets_every_change_in_order_and_resumes_after_a_gap() {
         .await
         .unwrap_err();
     assert_eq!(old.code(), Code::FailedPrecondition, "{old:?}");
-    assert!(old.message().contains("list the channel again"));
+    assert!(old.message().contains("list again"), "{old:?}");
     // Another workspace's member may not watch.
     let denied = c
         .watch_channel(env.member(
@@ -421,4 +430,175 @@ async fn expiry_and_a_deleted_workspace_end_the_stream() {
         .unwrap()
         .unwrap_err();
     assert_eq!(ended.code(), Code::PermissionDenied, "{ended:?}");
+}
+
+/// What a workspace event says, briefly.
+fn said(e: &pb::WorkspaceEvent) -> String {
+    use pb::workspace_event::Event as W;
+    match e.event.as_ref().unwrap() {
+        W::ChannelCreated(c) => format!("channel created {}", c.name),
+        W::ChannelRenamed(c) => format!("channel renamed {}", c.name),
+        W::ChannelDeleted(_) => "channel deleted".into(),
+        W::RoomCreated(r) => format!("room created {}", r.name),
+        W::RoomRenamed(r) => format!("room renamed {}", r.name),
+        W::RoomDeleted(_) => "room deleted".into(),
+        W::ItemCreated(i) => format!("item created {}", i.name),
+        W::ItemRenamed(i) => format!("item renamed {}", i.name),
+        W::ItemDeleted(_) => "item deleted".into(),
+        W::MeetingScheduled(m) => format!("meeting scheduled {}", m.title),
+        W::MeetingCancelled(_) => "meeting cancelled".into(),
+        W::MemberChanged(m) => format!("member {} {}", m.clerk_user_id, m.role),
+        W::MemberRemoved(u) => format!("member removed {u}"),
+        W::WorkspaceRenamed(w) => format!("workspace renamed {}", w.name),
+        W::WorkspaceDeleted(_) => "workspace deleted".into(),
+        W::CaughtUp(_) => "caught up".into(),
+    }
+}
+
+#[tokio::test]
+async fn a_workspace_watcher_hears_its_structure_change_until_it_is_deleted() {
+    let env = start_with(false).await;
+    env.workspace("org_ww").await;
+    let mut w = env
+        .client()
+        .await
+        .watch_workspace(env.member(
+            "user_b",
+            "org_ww",
+            pb::WatchWorkspaceRequest {
+                clerk_org_id: "org_ww".into(),
+                resume_token: String::new(),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let first = tokio::time::timeout(Duration::from_secs(10), w.message())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(said(&first), "caught up");
+
+    let mut c = env.client().await;
+    let admin = |m| env.admin("user_a", "org_ww", m);
+    let ch = c
+        .create_channel(admin(pb::CreateChannelRequest {
+            clerk_org_id: "org_ww".into(),
+            name: "news".into(),
+        }))
+        .await
+        .unwrap()
+        .into_inner()
+        .channel
+        .unwrap();
+    c.rename_channel(env.admin(
+        "user_a",
+        "org_ww",
+        pb::RenameChannelRequest {
+            channel_id: ch.id.clone(),
+            name: "updates".into(),
+        },
+    ))
+    .await
+    .unwrap();
+    // A message is the channel's, not the workspace's.
+    post(&env, "org_ww", &ch.id, "hello").await;
+    c.delete_channel(env.admin(
+        "user_a",
+        "org_ww",
+        pb::DeleteChannelRequest {
+            channel_id: ch.id.clone(),
+        },
+    ))
+    .await
+    .unwrap();
+    let docs = c
+        .create_room(env.admin(
+            "user_a",
+            "org_ww",
+            pb::CreateRoomRequest {
+                clerk_org_id: "org_ww".into(),
+                kind: pb::RoomKind::Document.into(),
+                name: "docs".into(),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .room
+        .unwrap();
+    let item = c
+        .create_room_item(env.admin(
+            "user_a",
+            "org_ww",
+            pb::CreateRoomItemRequest {
+                room_id: docs.id.clone(),
+                kind: pb::ItemKind::Document.into(),
+                name: "plan".into(),
+                language: String::new(),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .item
+        .unwrap();
+    c.delete_room_item(env.admin(
+        "user_a",
+        "org_ww",
+        pb::DeleteRoomItemRequest {
+            item_id: item.id.clone(),
+            kind: pb::ItemKind::Document.into(),
+        },
+    ))
+    .await
+    .unwrap();
+    c.delete_room(env.admin(
+        "user_a",
+        "org_ww",
+        pb::DeleteRoomRequest {
+            room_id: docs.id.clone(),
+        },
+    ))
+    .await
+    .unwrap();
+    c.upsert_membership(env.service(membership("m-c", 10, "org_ww", "user_c", "org:member")))
+        .await
+        .unwrap();
+    c.upsert_workspace(env.service(upsert_ws("rename-org_ww", 20, "org_ww", "Renamed")))
+        .await
+        .unwrap();
+    c.delete_workspace(env.service(delete_ws("del-org_ww", 100, "org_ww")))
+        .await
+        .unwrap();
+
+    let mut got = Vec::new();
+    let end = loop {
+        match tokio::time::timeout(Duration::from_secs(10), w.message())
+            .await
+            .unwrap()
+        {
+            Ok(Some(e)) => got.push(said(&e)),
+            Ok(None) => panic!("ended without a status after {got:?}"),
+            Err(s) => break s,
+        }
+    };
+    assert_eq!(
+        got,
+        [
+            "channel created news",
+            "channel renamed updates",
+            "channel deleted",
+            "room created docs",
+            "item created plan",
+            "item deleted",
+            "room deleted",
+            "member user_c org:member",
+            "workspace renamed Renamed",
+            "workspace deleted",
+        ]
+    );
+    assert_eq!(end.code(), Code::PermissionDenied);
+    assert!(end.message().contains("deleted"), "{end:?}");
 }
