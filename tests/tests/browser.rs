@@ -1,0 +1,137 @@
+//! The browser client in a real browser: the local stack (the three binaries) with CORS open to
+//! the test page's origin, and `tests/browser/run.mjs` driving headless Chromium (Debian's
+//! package, through playwright-core): two users' pages, StoreUser from the page, a message
+//! shown live, a resume after a break with nothing missed, and a page of another origin
+//! refused by CORS. Needs node and the npm packages of `tests/browser` (`npm ci` there; CI
+//! installs them and Chromium).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+use token_auth::signing::{ServiceTokenMinter, SigningKey};
+use vbase_proto::workspace::v1 as wsp;
+use vbase_proto::workspace::v1::workspace_service_client::WorkspaceServiceClient;
+use vbase_stack::{Stack, StackConfig, dev_user_claims};
+
+fn bin_dir() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    exe.parent().and_then(|p| p.parent()).unwrap().to_path_buf()
+}
+
+fn browser_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("browser")
+}
+
+/// Installs the npm packages when they are missing and builds the page.
+fn build_page() {
+    let dir = browser_dir();
+    if !dir.join("node_modules").exists() {
+        let ok = Command::new("npm").arg("ci").current_dir(&dir).status();
+        assert!(
+            ok.is_ok_and(|s| s.success()),
+            "npm ci in tests/browser failed: node and npm are needed for the browser tests"
+        );
+    }
+    let ok = Command::new("npm")
+        .args(["run", "build"])
+        .current_dir(&dir)
+        .status()
+        .unwrap();
+    assert!(ok.success(), "building the test page failed");
+}
+
+fn port() -> u16 {
+    ephemeral_postgres::unused_local_port().unwrap()
+}
+
+#[tokio::test]
+async fn two_users_in_a_real_browser_see_each_other_live_and_resume() {
+    tokio::task::spawn_blocking(build_page).await.unwrap();
+    let (page_port, other_port) = (port(), port());
+    let dir = std::env::temp_dir().join(format!("vbase-browser-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut cfg = StackConfig::dev(bin_dir(), dir.clone());
+    let cors = vec![(
+        "CORS_ALLOWED_ORIGINS".to_owned(),
+        format!("http://localhost:{page_port}"),
+    )];
+    cfg.extra_env.insert("identity-service", cors.clone());
+    cfg.extra_env.insert("workspace-service", cors);
+    let stack = Stack::start(cfg).await.expect("stack starts");
+
+    // A workspace with a channel and two members.
+    let service = ServiceTokenMinter::new(
+        SigningKey::from_pem(&std::fs::read_to_string(&stack.service_key_file).unwrap()).unwrap(),
+        "vbase-internal",
+        vbase_stack::STACK_CALLER,
+        Duration::from_secs(300),
+    )
+    .token_for("workspace-service")
+    .unwrap();
+    let mut ws = WorkspaceServiceClient::new(service_harness::connect(stack.workspace_addr).await);
+    let now = token_auth::signing::now_secs();
+    ws.upsert_workspace(service_harness::bearer(
+        wsp::UpsertWorkspaceCommand {
+            event_id: "browser-ws".into(),
+            occurred_at: service_harness::ts(now - 60),
+            clerk_org_id: "org_browser".into(),
+            name: "Browser".into(),
+            ..Default::default()
+        },
+        &service,
+    ))
+    .await
+    .unwrap();
+    let channel = ws
+        .create_channel(service_harness::bearer(
+            wsp::CreateChannelRequest {
+                clerk_org_id: "org_browser".into(),
+                name: "live".into(),
+            },
+            &service,
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .channel
+        .unwrap()
+        .id;
+    let key = SigningKey::from_pem(
+        &std::fs::read_to_string(stack.state.clerk_signing_key_file.as_ref().unwrap()).unwrap(),
+    )
+    .unwrap();
+    let token = |user: &str| {
+        key.sign(&dev_user_claims(
+            &stack.state,
+            user,
+            Some("org_browser"),
+            "org:member",
+            "Browser User",
+            &format!("{user}@example.org"),
+        ))
+        .unwrap()
+    };
+
+    let mut run = Command::new("node");
+    run.arg(browser_dir().join("run.mjs"))
+        .env("IDENTITY_URL", format!("http://{}", stack.identity_addr))
+        .env("WORKSPACE_URL", format!("http://{}", stack.workspace_addr))
+        .env("TOKEN_A", token("user_browser_a"))
+        .env("TOKEN_B", token("user_browser_b"))
+        .env("CHANNEL_ID", &channel)
+        .env("PAGE_PORT", page_port.to_string())
+        .env("OTHER_PORT", other_port.to_string());
+    let out = tokio::task::spawn_blocking(move || run.output().expect("node runs"))
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    println!("{stdout}");
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(stdout.matches("ok: ").count(), 5, "{stdout}");
+    stack.stop().await.unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+}
