@@ -602,3 +602,55 @@ async fn a_workspace_watcher_hears_its_structure_change_until_it_is_deleted() {
     assert_eq!(end.code(), Code::PermissionDenied);
     assert!(end.message().contains("deleted"), "{end:?}");
 }
+
+#[tokio::test]
+async fn a_removed_member_loses_the_stream_and_a_replica_caps_its_streams() {
+    let env = start_custom(false, |c| {
+        c.watch.watch_access_recheck_secs = 1;
+        c.watch.watch_max_streams = 2;
+    })
+    .await;
+    let ch = channel(&env, "org_m", "live").await;
+    let mut c = env.client().await;
+    c.upsert_membership(env.service(membership("m-b", 10, "org_m", "user_b", "org:member")))
+        .await
+        .unwrap();
+    // The token was issued before the removal: the revocation rules refuse it from then on.
+    let mut s = watch(&env, "user_b", "org_m", &ch, "").await;
+    assert_eq!(what(&next(&mut s).await), "caught up");
+    let mut other = watch(&env, "user_c", "org_m", &ch, "").await;
+    assert_eq!(what(&next(&mut other).await), "caught up");
+    // Two streams open: the replica's cap.
+    let full = c
+        .watch_channel(env.member(
+            "user_d",
+            "org_m",
+            pb::WatchChannelRequest {
+                channel_id: ch.clone(),
+                resume_token: String::new(),
+            },
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(full.code(), Code::Unavailable, "{full:?}");
+    assert!(full.message().contains("WATCH_MAX_STREAMS"));
+
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    c.delete_membership(env.service(pb::DeleteMembershipCommand {
+        event_id: "m-b-del".into(),
+        occurred_at: ts(T0 + 20),
+        clerk_org_id: "org_m".into(),
+        clerk_user_id: "user_b".into(),
+        ..Default::default()
+    }))
+    .await
+    .unwrap();
+    let ended = tokio::time::timeout(Duration::from_secs(10), s.message())
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(ended.code(), Code::PermissionDenied, "{ended:?}");
+    // Its slot is free again.
+    let mut again = watch(&env, "user_d", "org_m", &ch, "").await;
+    assert_eq!(what(&next(&mut again).await), "caught up");
+}
