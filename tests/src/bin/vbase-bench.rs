@@ -792,10 +792,9 @@ struct Fanout {
     kib_per_stream: f64,
 }
 
-/// `watchers` streams on one channel (200 per HTTP/2 connection), then `posts` messages at
-/// `rate` per second; latencies from each post's answer to its arrival at every watcher.
-async fn fanout(stack: &Stack, watchers: usize, posts: usize, rate: f64) -> Result<Fanout> {
-    use vbase_proto::workspace::v1::channel_event::Event;
+/// The development stack's Clerk signing key (user tokens) and a minter of the stack's own
+/// service tokens (granted every method).
+fn stack_signers(stack: &Stack) -> Result<(SigningKey, ServiceTokenMinter)> {
     let key = SigningKey::from_pem(&std::fs::read_to_string(
         stack
             .state
@@ -809,6 +808,14 @@ async fn fanout(stack: &Stack, watchers: usize, posts: usize, rate: f64) -> Resu
         vbase_stack::STACK_CALLER,
         Duration::from_secs(600),
     );
+    Ok((key, minter))
+}
+
+/// `watchers` streams on one channel (200 per HTTP/2 connection), then `posts` messages at
+/// `rate` per second; latencies from each post's answer to its arrival at every watcher.
+async fn fanout(stack: &Stack, watchers: usize, posts: usize, rate: f64) -> Result<Fanout> {
+    use vbase_proto::workspace::v1::channel_event::Event;
+    let (key, minter) = stack_signers(stack)?;
     let service = minter.token_for("workspace-service")?;
     let chan = Channel::from_shared(format!("http://{}", stack.workspace_addr))?
         .connect()
@@ -1298,19 +1305,7 @@ async fn main() -> Result<()> {
         // 3b. A workspace read with a user token: the organization and revocation checks and
         //     the page, against the same three statements sent straight to PostgreSQL, and
         //     against the two without the revocation check (what the check costs).
-        let key = SigningKey::from_pem(&std::fs::read_to_string(
-            stack
-                .state
-                .clerk_signing_key_file
-                .as_ref()
-                .context("dev issuer key")?,
-        )?)?;
-        let minter = ServiceTokenMinter::new(
-            SigningKey::from_pem(&std::fs::read_to_string(&stack.service_key_file)?)?,
-            "vbase-internal",
-            vbase_stack::STACK_CALLER,
-            Duration::from_secs(600),
-        );
+        let (key, minter) = stack_signers(&stack)?;
         let ws_channel = Channel::from_shared(format!("http://{}", stack.workspace_addr))?
             .connect()
             .await?;
