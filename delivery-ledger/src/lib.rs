@@ -169,14 +169,6 @@ impl Ledger {
         }
     }
 
-    /// Applies the retention once now (operators' tests and the upkeep loop).
-    pub async fn apply_retention(&self) -> Result<(usize, usize), Status> {
-        let mut conn = self.conn().await?;
-        quarantine::apply_retention(&mut conn, self.retention)
-            .await
-            .map_err(|e| service_runtime::db::status_for(&e))
-    }
-
     /// `QuarantineDelivery` (gateway only).
     pub async fn quarantine(
         &self,
@@ -203,17 +195,12 @@ impl Ledger {
         bodies_allowed: bool,
     ) -> Result<pb::ListQuarantinedResponse, Status> {
         let limit = input_validation::page_size(r.page_size, 100, 500)?;
-        let state = match pb::QuarantineState::try_from(r.state) {
-            Ok(pb::QuarantineState::Unspecified) | Err(_) if r.state != 0 => {
-                return Err(Status::invalid_argument(format!(
-                    "state {} is not a QuarantineState",
-                    r.state
-                )));
-            }
-            Ok(pb::QuarantineState::Unspecified) => quarantine::State::Open,
-            Ok(s) => quarantine::State::from_proto(s),
-            Err(_) => quarantine::State::Open,
-        };
+        // Unspecified reads as open.
+        let state = pb::QuarantineState::try_from(r.state)
+            .map(quarantine::State::from_proto)
+            .map_err(|_| {
+                Status::invalid_argument(format!("state {} is not a QuarantineState", r.state))
+            })?;
         let after = quarantine::PageToken::parse(&r.page_token)?;
         let with_bodies = bodies_allowed && r.with_bodies;
         let mut conn = self.conn().await?;
@@ -354,14 +341,5 @@ impl Ledger {
             .await
             .map_err(|e| service_runtime::db::status_for(&e))?;
         Ok(pb::ListReconcileRunsResponse { runs })
-    }
-
-    /// Open quarantined deliveries and the oldest one's age, for the services' gauges.
-    pub async fn open_count(&self) -> Result<(i64, f64), Status> {
-        let mut conn = self.conn().await?;
-        let q = quarantine::counts(&mut conn)
-            .await
-            .map_err(|e| service_runtime::db::status_for(&e))?;
-        Ok((q.open, q.oldest_open_seconds))
     }
 }

@@ -7,7 +7,7 @@
 
 use chrono::{DateTime, Utc};
 use diesel::QueryableByName;
-use diesel::sql_types::{BigInt, Binary, Double, Nullable, Timestamptz, Uuid as SqlUuid};
+use diesel::sql_types::{BigInt, Binary, Double, Nullable, Text, Timestamptz, Uuid as SqlUuid};
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use prost::Message;
 use service_runtime::prepared;
@@ -66,7 +66,7 @@ async fn record(
              INSERT INTO change_heads AS h (workspace_id, seq) VALUES ($1, 1)
              ON CONFLICT (workspace_id) DO UPDATE SET seq = h.seq + 1
              RETURNING seq),
-         woken AS (SELECT pg_notify('vbase_changes', $1::text))
+         woken AS (SELECT pg_notify($4, $1::text))
          INSERT INTO change_log (workspace_id, seq, channel_id, payload)
          SELECT $1, head.seq, $2, $3 FROM head, woken
          RETURNING seq",
@@ -74,6 +74,7 @@ async fn record(
     .bind::<SqlUuid, _>(workspace)
     .bind::<Nullable<SqlUuid>, _>(channel)
     .bind::<Binary, _>(payload)
+    .bind::<Text, _>(NOTIFY_CHANNEL)
     .get_result(conn)
     .await?;
     Ok(s.seq)
