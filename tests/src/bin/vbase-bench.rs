@@ -811,6 +811,52 @@ fn stack_signers(stack: &Stack) -> Result<(SigningKey, ServiceTokenMinter)> {
     Ok((key, minter))
 }
 
+/// Creates the workspace of `org` through the sync command (the stack's service `token`).
+async fn bench_workspace(
+    wsc: &mut WorkspaceServiceClient<Channel>,
+    token: &str,
+    org: &str,
+    name: &str,
+) -> Result<()> {
+    wsc.upsert_workspace(service_harness::bearer(
+        wsp::UpsertWorkspaceCommand {
+            event_id: format!("bench-{org}"),
+            occurred_at: service_harness::ts(now_secs() - 60),
+            clerk_org_id: org.into(),
+            name: name.into(),
+            ..Default::default()
+        },
+        token,
+    ))
+    .await?;
+    Ok(())
+}
+
+/// Deletes the workspace of `org` and waits for its purge: the rows that count the workspace
+/// tables find nothing left behind.
+async fn drop_bench_workspace(
+    wsc: &mut WorkspaceServiceClient<Channel>,
+    token: &str,
+    wdb: &tokio_postgres::Client,
+    org: &str,
+) -> Result<()> {
+    wsc.delete_workspace(service_harness::bearer(
+        wsp::DeleteWorkspaceCommand {
+            event_id: format!("bench-{org}-delete"),
+            occurred_at: None,
+            clerk_org_id: org.into(),
+        },
+        token,
+    ))
+    .await?;
+    until_empty(
+        wdb,
+        "SELECT count(*) FROM purge_jobs",
+        Duration::from_millis(5),
+    )
+    .await
+}
+
 /// `watchers` streams on one channel (200 per HTTP/2 connection), then `posts` messages at
 /// `rate` per second; latencies from each post's answer to its arrival at every watcher.
 async fn fanout(stack: &Stack, watchers: usize, posts: usize, rate: f64) -> Result<Fanout> {
@@ -821,17 +867,7 @@ async fn fanout(stack: &Stack, watchers: usize, posts: usize, rate: f64) -> Resu
         .connect()
         .await?;
     let mut wsc = WorkspaceServiceClient::new(chan);
-    wsc.upsert_workspace(service_harness::bearer(
-        wsp::UpsertWorkspaceCommand {
-            event_id: "bench-fan-ws".into(),
-            occurred_at: service_harness::ts(now_secs() - 60),
-            clerk_org_id: "org_bfan".into(),
-            name: "Fan-out".into(),
-            ..Default::default()
-        },
-        &service,
-    ))
-    .await?;
+    bench_workspace(&mut wsc, &service, "org_bfan", "Fan-out").await?;
     let channel_id = wsc
         .create_channel(service_harness::bearer(
             wsp::CreateChannelRequest {
@@ -951,20 +987,12 @@ async fn fanout(stack: &Stack, watchers: usize, posts: usize, rate: f64) -> Resu
             }
         }
     }
-    wsc.delete_workspace(service_harness::bearer(
-        wsp::DeleteWorkspaceCommand {
-            event_id: "bench-fan-ws-delete".into(),
-            occurred_at: None,
-            clerk_org_id: "org_bfan".into(),
-        },
-        &minter.token_for("workspace-service")?,
-    ))
-    .await?;
     let wdb = pg(&stack.workspace_db).await?;
-    until_empty(
+    drop_bench_workspace(
+        &mut wsc,
+        &minter.token_for("workspace-service")?,
         &wdb,
-        "SELECT count(*) FROM purge_jobs",
-        Duration::from_millis(5),
+        "org_bfan",
     )
     .await?;
     Ok(Fanout {
@@ -1311,17 +1339,7 @@ async fn main() -> Result<()> {
             .await?;
         let mut wsc = WorkspaceServiceClient::new(ws_channel.clone());
         let token = minter.token_for("workspace-service")?;
-        wsc.upsert_workspace(service_harness::bearer(
-            wsp::UpsertWorkspaceCommand {
-                event_id: "bench-read-ws".into(),
-                occurred_at: service_harness::ts(now_secs() - 60),
-                clerk_org_id: "org_bread".into(),
-                name: "Reads".into(),
-                ..Default::default()
-            },
-            &token,
-        ))
-        .await?;
+        bench_workspace(&mut wsc, &token, "org_bread", "Reads").await?;
         let readers = 100;
         for u in 0..readers {
             wsc.upsert_membership(service_harness::bearer(
@@ -1430,19 +1448,11 @@ async fn main() -> Result<()> {
             format!("{:.2}x (goal >= 0.5)", ours.rate() / full.rate()),
         ]);
         // Leave nothing behind for the rows that count the workspace tables.
-        wsc.delete_workspace(service_harness::bearer(
-            wsp::DeleteWorkspaceCommand {
-                event_id: "bench-read-ws-delete".into(),
-                occurred_at: None,
-                clerk_org_id: "org_bread".into(),
-            },
+        drop_bench_workspace(
+            &mut wsc,
             &minter.token_for("workspace-service")?,
-        ))
-        .await?;
-        until_empty(
             &wdb,
-            "SELECT count(*) FROM purge_jobs",
-            Duration::from_millis(5),
+            "org_bread",
         )
         .await?;
     }
