@@ -105,6 +105,9 @@ pub struct PurgeArgs {
     /// Workspaces or rooms purged at once, per replica (1 to 16).
     #[arg(long, env = "PURGE_CONCURRENCY", default_value_t = 2)]
     pub purge_concurrency: usize,
+    /// Connections one purge uses at once (1 to 8): its big tables are shared between them.
+    #[arg(long, env = "PURGE_LANES", default_value_t = 2)]
+    pub purge_lanes: usize,
     /// Idle poll period of the purge worker, milliseconds (at least 10).
     #[arg(long, env = "PURGE_POLL_MS", default_value_t = 1000)]
     pub purge_poll_ms: u64,
@@ -129,6 +132,12 @@ impl PurgeArgs {
                 self.purge_concurrency
             ));
         }
+        if !(1..=8).contains(&self.purge_lanes) {
+            return Err(format!(
+                "PURGE_LANES ({}) must be from 1 to 8",
+                self.purge_lanes
+            ));
+        }
         if self.purge_poll_ms < 10 {
             return Err(format!(
                 "PURGE_POLL_MS ({}) must be at least 10",
@@ -144,6 +153,7 @@ impl PurgeArgs {
         Ok(PurgeSettings {
             chunk_rows: self.purge_chunk_rows,
             concurrency: self.purge_concurrency,
+            lanes: self.purge_lanes,
             poll: Duration::from_millis(self.purge_poll_ms),
             lease: Duration::from_secs(self.purge_lease_secs),
             ..PurgeSettings::default()

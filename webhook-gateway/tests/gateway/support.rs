@@ -146,6 +146,7 @@ pub async fn stack_with(
         purge: workspace_service::PurgeArgs {
             purge_chunk_rows: 1000,
             purge_concurrency: 2,
+            purge_lanes: 2,
             purge_poll_ms: 50,
             purge_lease_secs: 10,
         },

@@ -2,25 +2,30 @@
 //! chunk in a short transaction of its own that also queues the Liveblocks rooms of the rows it
 //! deletes, so a crash or an error leaves every chunk either done or untouched.
 //!
-//! Jobs are leased from `purge_jobs` like every job table. Each chunk's transaction first
-//! locks the job row under this worker's lease token and extends the lease: a worker whose
-//! lease was taken over stops at its next chunk, so two workers never purge one job at once.
-//! A job resumes where the rows stop: whatever a crashed worker deleted is simply not found.
+//! Jobs are leased from `purge_jobs` like every job table. One job is purged by `lanes`
+//! connections at once, each taking the pieces of its [`plan`] as they become ready (a
+//! piece waits for the pieces its rows depend on). Each chunk's transaction first
+//! share-locks the job row under this worker's lease token: a worker whose lease was taken
+//! over stops at its next chunk, and no worker leases a job while a chunk of it is open, so
+//! two workers never purge one job at once. The lease is extended (and the rows purged
+//! recorded) every quarter lease and at the end. A job resumes where the rows stop:
+//! whatever a crashed worker deleted is simply not found.
 
 use super::jobs::{Attempt, JobHandler, JobTable, Leased, backoff, job_table};
 use super::runner::{JobRunner, RunnerSettings};
-use crate::domain::purge::{Chunk, Progress, PurgeKind, purge_chunk};
+use crate::domain::purge::{Piece, Planned, PurgeKind, PurgeRun, plan};
 use crate::error::Error;
 use crate::metrics::Metrics;
 use diesel::OptionalExtension;
 use diesel::QueryableByName;
 use diesel::sql_types::{BigInt, Double, Text, Uuid as SqlUuid};
-use diesel_async::{AsyncConnection, RunQueryDsl};
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use service_runtime::{Lifecycle, Phase, Pool, prepared};
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
-use tokio::sync::Notify;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::time::{Duration, Instant};
+use tokio::sync::{Mutex, Notify};
 use uuid::Uuid;
 
 /// The purge jobs.
@@ -33,6 +38,8 @@ pub struct PurgeSettings {
     pub chunk_rows: i64,
     /// Jobs purged at once per replica.
     pub concurrency: usize,
+    /// Connections one job is purged with at once.
+    pub lanes: usize,
     /// Idle poll period (a local delete wakes the worker at once).
     pub poll: Duration,
     /// How long a job belongs to a worker without a chunk; every chunk extends it.
@@ -50,6 +57,7 @@ impl Default for PurgeSettings {
         Self {
             chunk_rows: 10_000,
             concurrency: 2,
+            lanes: 2,
             poll: Duration::from_secs(1),
             lease: Duration::from_secs(60),
             backoff_base: Duration::from_secs(1),
@@ -59,12 +67,23 @@ impl Default for PurgeSettings {
     }
 }
 
-/// Locks the job for one chunk and extends its lease; no row means the lease was lost.
-const HOLD: &str = "UPDATE purge_jobs SET leased_until = now() + make_interval(secs => $3)
+/// Starts an attempt, and every few seconds of it: extends the lease, adds the rows purged
+/// since the last time, and tells what the job purges; no row means the lease was lost.
+const EXTEND: &str = "UPDATE purge_jobs SET leased_until = now() + make_interval(secs => $3),
+            rows_purged = rows_purged + $4
      WHERE target_id = $1 AND lease_token = $2 RETURNING kind";
 
-/// Adds a chunk's rows to the job's count.
-const COUNT: &str = "UPDATE purge_jobs SET rows_purged = rows_purged + $2 WHERE target_id = $1";
+/// Opens each chunk's transaction: the job is still this worker's. The row stays share-locked
+/// until the chunk commits, so no other worker leases it meanwhile, while this job's other
+/// lanes lock it too.
+const HOLD: &str =
+    "SELECT kind FROM purge_jobs WHERE target_id = $1 AND lease_token = $2 FOR SHARE";
+
+#[derive(QueryableByName)]
+struct Kind {
+    #[diesel(sql_type = Text)]
+    kind: String,
+}
 
 struct PurgeHandler {
     pool: Pool,
@@ -74,52 +93,232 @@ struct PurgeHandler {
     liveblocks_wake: Arc<Notify>,
 }
 
-/// What one chunk's transaction found.
-enum Held {
+/// Why an attempt stopped before the purge was done.
+enum Stop {
     /// Another worker holds the job now.
     Lost,
-    Done(Chunk),
+    /// The service is stopping.
+    Paused,
+    Failed(Error),
+}
+
+impl From<Error> for Stop {
+    fn from(e: Error) -> Self {
+        Stop::Failed(e)
+    }
+}
+
+impl From<diesel::result::Error> for Stop {
+    fn from(e: diesel::result::Error) -> Self {
+        Stop::Failed(e.into())
+    }
+}
+
+/// Which pieces of a plan are taken and finished, shared by an attempt's lanes.
+struct Schedule {
+    plan: &'static [Planned],
+    pieces: std::sync::Mutex<Vec<Taken>>,
+    /// Told when a piece is finished or a lane stops.
+    changed: Notify,
+}
+
+/// How far one piece is.
+#[derive(Debug, Clone, Copy, Default)]
+struct Taken {
+    /// Lanes on it now.
+    lanes: usize,
+    /// A lane found nothing more of it to take: finished once no lane is on it.
+    drained: bool,
+}
+
+/// What a lane does next.
+enum Next {
+    Take(usize),
+    /// Every piece left waits for one in progress.
+    Wait,
+    Done,
+}
+
+impl Schedule {
+    fn new(plan: &'static [Planned]) -> Self {
+        Self {
+            plan,
+            pieces: std::sync::Mutex::new(vec![Taken::default(); plan.len()]),
+            changed: Notify::new(),
+        }
+    }
+
+    fn pieces(&self) -> std::sync::MutexGuard<'_, Vec<Taken>> {
+        self.pieces.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The first piece in the plan's order that is ready and free (or shared).
+    fn next(&self) -> Next {
+        let mut pieces = self.pieces();
+        let finished = |pieces: &[Taken], p: Piece| {
+            self.plan
+                .iter()
+                .position(|q| q.piece == p)
+                .is_none_or(|i| pieces[i].drained && pieces[i].lanes == 0)
+        };
+        if self.plan.iter().all(|q| finished(&pieces, q.piece)) {
+            return Next::Done;
+        }
+        for (i, planned) in self.plan.iter().enumerate() {
+            let taken = pieces[i];
+            if taken.drained || (!planned.shared && taken.lanes > 0) {
+                continue;
+            }
+            if planned.after.iter().all(|&p| finished(&pieces, p)) {
+                pieces[i].lanes += 1;
+                return Next::Take(i);
+            }
+        }
+        Next::Wait
+    }
+
+    /// A lane left piece `i`, having emptied it or not.
+    fn leave(&self, i: usize, drained: bool) {
+        let mut pieces = self.pieces();
+        pieces[i].lanes -= 1;
+        pieces[i].drained |= drained;
+        drop(pieces);
+        self.changed.notify_waiters();
+    }
+}
+
+/// One attempt of one job: what its lanes share.
+struct Attempting<'a> {
+    handler: &'a PurgeHandler,
+    run: PurgeRun,
+    token: Uuid,
+    schedule: Schedule,
+    /// Rows deleted and not yet added to the job's row.
+    unrecorded: AtomicI64,
+    /// When the lease was last extended.
+    extended: Mutex<Instant>,
+    /// Set when a lane stopped early: the others stop after their chunk.
+    stopping: AtomicBool,
+}
+
+impl Attempting<'_> {
+    /// Extends the lease and records the rows purged so far.
+    async fn extend(&self, conn: &mut AsyncPgConnection) -> Result<(), Stop> {
+        let rows = self.unrecorded.swap(0, Ordering::Relaxed);
+        let held: Option<Kind> = prepared(EXTEND)
+            .bind::<SqlUuid, _>(self.run.target())
+            .bind::<SqlUuid, _>(self.token)
+            .bind::<Double, _>(self.handler.settings.lease.as_secs_f64())
+            .bind::<BigInt, _>(rows)
+            .get_result(conn)
+            .await
+            .optional()
+            .inspect_err(|_| {
+                self.unrecorded.fetch_add(rows, Ordering::Relaxed);
+            })?;
+        *self.extended.lock().await = Instant::now();
+        held.map(|_| ()).ok_or(Stop::Lost)
+    }
+
+    /// Purges `piece` in chunks until this lane finds no more of it (true) or the attempt
+    /// is stopping (false).
+    async fn piece(&self, conn: &mut AsyncPgConnection, piece: Piece) -> Result<bool, Stop> {
+        let h = self.handler;
+        loop {
+            if AtomicBool::load(&self.stopping, Ordering::Relaxed) {
+                return Ok(false);
+            }
+            if h.lifecycle.phase() == Phase::Stopped {
+                return Err(Stop::Paused);
+            }
+            if self.extended.lock().await.elapsed() > h.settings.lease / 4 {
+                self.extend(conn).await?;
+            }
+            let started = Instant::now();
+            let chunk = conn
+                .transaction::<_, Stop, _>(async |conn| {
+                    let held: Option<Kind> = prepared(HOLD)
+                        .bind::<SqlUuid, _>(self.run.target())
+                        .bind::<SqlUuid, _>(self.token)
+                        .get_result(conn)
+                        .await
+                        .optional()?;
+                    if held.is_none() {
+                        return Err(Stop::Lost);
+                    }
+                    Ok(self.run.chunk(conn, piece).await?)
+                })
+                .await?;
+            if chunk.rows > 0 {
+                tracing::debug!(target_id = %self.run.target(), table = chunk.table, rows = chunk.rows,
+                    took = ?started.elapsed(), "purge chunk");
+                h.metrics.purged(chunk.table, chunk.rows);
+                self.unrecorded.fetch_add(chunk.rows, Ordering::Relaxed);
+                if piece.queues_rooms(self.run.kind()) {
+                    h.liveblocks_wake.notify_one();
+                }
+            }
+            if !chunk.more {
+                return Ok(true);
+            }
+        }
+    }
+
+    /// One lane: takes the plan's pieces as they become ready, until all are finished or the
+    /// attempt is stopping.
+    async fn lane(&self) -> Result<(), Stop> {
+        let mut conn = self.handler.pool.get().await.map_err(Error::from)?;
+        loop {
+            let changed = self.schedule.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            if AtomicBool::load(&self.stopping, Ordering::Relaxed) {
+                return Ok(());
+            }
+            match self.schedule.next() {
+                Next::Done => return Ok(()),
+                Next::Wait => changed.await,
+                Next::Take(i) => {
+                    let done = self.piece(&mut conn, self.schedule.plan[i].piece).await;
+                    self.schedule.leave(i, matches!(done, Ok(true)));
+                    done?;
+                }
+            }
+        }
+    }
+
+    /// Runs every lane; the first to stop early stops the rest. Ends by recording the rows.
+    async fn purge(&self) -> Result<(), Stop> {
+        let ended = futures::future::join_all((0..self.handler.settings.lanes).map(|_| async {
+            let r = self.lane().await;
+            if r.is_err() {
+                self.stopping.store(true, Ordering::Relaxed);
+                self.schedule.changed.notify_waiters();
+            }
+            r
+        }))
+        .await;
+        for r in ended {
+            r?;
+        }
+        let mut conn = self.handler.pool.get().await.map_err(Error::from)?;
+        self.extend(&mut conn).await
+    }
 }
 
 impl PurgeHandler {
-    /// One chunk in its own transaction.
-    async fn chunk(
-        &self,
-        target: Uuid,
-        token: Uuid,
-        progress: &mut Progress,
-    ) -> Result<Held, Error> {
-        #[derive(QueryableByName)]
-        struct Kind {
-            #[diesel(sql_type = Text)]
-            kind: String,
-        }
+    /// Extends the lease at the start of an attempt; the job's kind, or `None` if it is lost.
+    async fn begin(&self, target: Uuid, token: Uuid) -> Result<Option<PurgeKind>, Error> {
         let mut conn = self.pool.get().await?;
-        let lease = self.settings.lease.as_secs_f64();
-        let limit = self.settings.chunk_rows;
-        conn.transaction::<_, Error, _>(async |conn| {
-            let held: Option<Kind> = prepared(HOLD)
-                .bind::<SqlUuid, _>(target)
-                .bind::<SqlUuid, _>(token)
-                .bind::<Double, _>(lease)
-                .get_result(conn)
-                .await
-                .optional()?;
-            let Some(held) = held else {
-                return Ok(Held::Lost);
-            };
-            let kind = PurgeKind::from_db(&held.kind)?;
-            let chunk = purge_chunk(conn, kind, target, limit, progress).await?;
-            if let Chunk::Deleted { rows, .. } = chunk {
-                prepared(COUNT)
-                    .bind::<SqlUuid, _>(target)
-                    .bind::<BigInt, _>(rows)
-                    .execute(conn)
-                    .await?;
-            }
-            Ok(Held::Done(chunk))
-        })
-        .await
+        let held: Option<Kind> = prepared(EXTEND)
+            .bind::<SqlUuid, _>(target)
+            .bind::<SqlUuid, _>(token)
+            .bind::<Double, _>(self.settings.lease.as_secs_f64())
+            .bind::<BigInt, _>(0i64)
+            .get_result(&mut conn)
+            .await
+            .optional()?;
+        held.map(|k| PurgeKind::from_db(&k.kind)).transpose()
     }
 }
 
@@ -132,47 +331,49 @@ impl JobHandler for PurgeHandler {
                 error: format!("purge job key {:?} is not a uuid", job.key),
             };
         };
-        let mut progress = Progress::default();
-        loop {
-            if self.lifecycle.phase() == Phase::Stopped {
-                return Attempt::Retry {
-                    after: Duration::ZERO,
-                    error: "paused: the service stopped".into(),
-                };
+        let failed = |e: Error| {
+            tracing::warn!(%target, error = %e, "a purge chunk failed and was rolled back; retrying later");
+            Attempt::Retry {
+                after: backoff(
+                    self.settings.backoff_base,
+                    self.settings.backoff_max,
+                    job.attempts,
+                ),
+                error: e.to_string(),
             }
-            let started = std::time::Instant::now();
-            let chunk = self.chunk(target, token, &mut progress).await;
-            match chunk {
-                Ok(Held::Done(Chunk::Deleted { table, rows })) => {
-                    tracing::debug!(%target, table, rows, took = ?started.elapsed(), "purge chunk");
-                    self.metrics.purged(table, rows);
-                    if matches!(table, "documents" | "code_files" | "whiteboards" | "rooms") {
-                        self.liveblocks_wake.notify_one();
-                    }
-                }
-                Ok(Held::Done(Chunk::Finished)) => {
-                    tracing::info!(%target, "purge finished");
-                    return Attempt::Done;
-                }
-                Ok(Held::Lost) => {
-                    tracing::warn!(%target, "purge lease taken over by another worker; stopping here");
-                    return Attempt::Retry {
-                        after: Duration::ZERO,
-                        error: "lease lost".into(),
-                    };
-                }
-                Err(e) => {
-                    tracing::warn!(%target, error = %e, "a purge chunk failed and was rolled back; retrying later");
-                    return Attempt::Retry {
-                        after: backoff(
-                            self.settings.backoff_base,
-                            self.settings.backoff_max,
-                            job.attempts,
-                        ),
-                        error: e.to_string(),
-                    };
-                }
+        };
+        let lost = || {
+            tracing::warn!(%target, "purge lease taken over by another worker; stopping here");
+            Attempt::Retry {
+                after: Duration::ZERO,
+                error: "lease lost".into(),
             }
+        };
+        let kind = match self.begin(target, token).await {
+            Ok(Some(kind)) => kind,
+            Ok(None) => return lost(),
+            Err(e) => return failed(e),
+        };
+        let attempt = Attempting {
+            handler: self,
+            run: PurgeRun::new(kind, target, self.settings.chunk_rows),
+            token,
+            schedule: Schedule::new(plan(kind)),
+            unrecorded: AtomicI64::new(0),
+            extended: Mutex::new(Instant::now()),
+            stopping: AtomicBool::new(false),
+        };
+        match attempt.purge().await {
+            Ok(()) => {
+                tracing::info!(%target, "purge finished");
+                Attempt::Done
+            }
+            Err(Stop::Lost) => lost(),
+            Err(Stop::Paused) => Attempt::Retry {
+                after: Duration::ZERO,
+                error: "paused: the service stopped".into(),
+            },
+            Err(Stop::Failed(e)) => failed(e),
         }
     }
 }

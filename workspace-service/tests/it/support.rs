@@ -54,6 +54,7 @@ pub fn config(db_url: &str, issuers: &Issuers, liveblocks_url: Option<&str>) -> 
         purge: workspace_service::PurgeArgs {
             purge_chunk_rows: 1000,
             purge_concurrency: 2,
+            purge_lanes: 2,
             purge_poll_ms: 50,
             purge_lease_secs: 10,
         },

@@ -1,0 +1,345 @@
+//! What a purge deletes, in which order, and one chunk of it.
+//!
+//! A purge is a list of pieces ([`plan`]), each the rows of one table, each to be emptied
+//! only after the pieces its rows depend on (children before their parents). The worker's
+//! lanes take the pieces in the plan's order as they become ready: the messages, by far the
+//! biggest, are shared by every lane (in shared time windows), every other piece is taken by
+//! one lane. Nothing is kept between attempts: a purge resumes from the rows that are left.
+
+use super::PurgeKind;
+use super::windows::Windows;
+use crate::model::{ItemKind, kinds::ROOM_PREFIX};
+use diesel::QueryableByName;
+use diesel::prelude::*;
+use diesel::sql_types::{BigInt, Text, Uuid as SqlUuid};
+use diesel_async::{AsyncPgConnection, RunQueryDsl};
+use service_runtime::prepared;
+use uuid::Uuid;
+
+/// The rows of one table that a purge deletes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Piece {
+    Memberships,
+    /// The workspace's messages, in time windows shared by every lane on this piece.
+    Messages,
+    ReadReceipts,
+    /// The workspace's channels, a few per chunk: each one's delete walks its messages' index
+    /// entries (the foreign key's check), which the purge of the messages left behind.
+    Channels,
+    Items(ItemKind),
+    Meetings,
+    Rooms,
+    /// The workspace's or the room's own row.
+    Target,
+}
+
+/// A piece in a plan: whether lanes share it, and what must be gone first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Planned {
+    pub piece: Piece,
+    /// Every free lane joins it (else one lane takes it).
+    pub shared: bool,
+    /// Pieces that must be finished before it starts.
+    pub after: &'static [Piece],
+}
+
+const fn one(piece: Piece, after: &'static [Piece]) -> Planned {
+    Planned {
+        piece,
+        shared: false,
+        after,
+    }
+}
+
+const DOCUMENTS: Piece = Piece::Items(ItemKind::Document);
+const CODE_FILES: Piece = Piece::Items(ItemKind::CodeFile);
+const WHITEBOARDS: Piece = Piece::Items(ItemKind::Whiteboard);
+
+/// The pieces of a purge of `kind`, in the order lanes take them (the biggest first, and the
+/// parents' pieces early enough that their own long steps overlap with the rest).
+pub fn plan(kind: PurgeKind) -> &'static [Planned] {
+    use Piece::*;
+    const WORKSPACE: &[Planned] = &[
+        Planned {
+            piece: Messages,
+            shared: true,
+            after: &[],
+        },
+        one(DOCUMENTS, &[]),
+        one(CODE_FILES, &[]),
+        one(ReadReceipts, &[]),
+        one(Channels, &[Messages, ReadReceipts]),
+        one(WHITEBOARDS, &[]),
+        one(Meetings, &[]),
+        one(Memberships, &[]),
+        one(Rooms, &[DOCUMENTS, CODE_FILES, WHITEBOARDS, Meetings]),
+        one(Target, &[Memberships, Channels, Rooms]),
+    ];
+    const ROOM: &[Planned] = &[
+        one(DOCUMENTS, &[]),
+        one(CODE_FILES, &[]),
+        one(WHITEBOARDS, &[]),
+        one(Meetings, &[]),
+        one(Target, &[DOCUMENTS, CODE_FILES, WHITEBOARDS, Meetings]),
+    ];
+    match kind {
+        PurgeKind::Workspace => WORKSPACE,
+        PurgeKind::Room => ROOM,
+    }
+}
+
+impl Piece {
+    /// The table this piece deletes from (the label of `workspace_purge_rows`).
+    pub fn table(self, kind: PurgeKind) -> &'static str {
+        match (self, kind) {
+            (Piece::Messages, _) => "messages",
+            (Piece::Channels, _) => "channels",
+            (Piece::Memberships, _) => "memberships",
+            (Piece::ReadReceipts, _) => "read_receipts",
+            (Piece::Items(i), _) => i.table(),
+            (Piece::Meetings, _) => "meetings",
+            (Piece::Rooms, _) | (Piece::Target, PurgeKind::Room) => "rooms",
+            (Piece::Target, PurgeKind::Workspace) => "workspaces",
+        }
+    }
+
+    /// Whether the rows of this piece own Liveblocks rooms (which its chunks queue).
+    pub fn queues_rooms(self, kind: PurgeKind) -> bool {
+        !prefix(self, kind).is_empty()
+    }
+}
+
+/// The Liveblocks prefix of the rooms a piece's rows own, if any.
+fn prefix(piece: Piece, kind: PurgeKind) -> &'static str {
+    match (piece, kind) {
+        (Piece::Items(i), _) => i.prefix(),
+        (Piece::Rooms, _) | (Piece::Target, PurgeKind::Room) => ROOM_PREFIX,
+        _ => "",
+    }
+}
+
+/// Deletes the rows `$pick` names (`$1` = the target, `$3` = the limit); with `queue:` also
+/// queues the Liveblocks room `$2 || ':' || id` of each. Statements that queue nothing leave
+/// `$2` unused (its type is bound, so PostgreSQL accepts that).
+macro_rules! purge_sql {
+    (queue: $pick:expr) => {
+        concat!(
+            "WITH gone AS (DELETE FROM ", $pick, " RETURNING $2::text || ':' || id AS room_id),
+                  queued AS (INSERT INTO liveblocks_cleanup_jobs (room_id) SELECT room_id FROM gone
+                             ON CONFLICT (room_id) DO NOTHING)
+             SELECT count(*) AS n FROM gone"
+        )
+    };
+    (plain: $pick:expr) => {
+        concat!(
+            "WITH gone AS (DELETE FROM ", $pick, " RETURNING 1) SELECT count(*) AS n FROM gone"
+        )
+    };
+}
+
+macro_rules! items_of_workspace {
+    ($table:literal) => {
+        purge_sql!(queue: concat!(
+            $table, " WHERE ctid = ANY(ARRAY(SELECT i.ctid FROM rooms r JOIN ", $table,
+            " i ON i.room_id = r.id WHERE r.workspace_id = $1 LIMIT $3))"
+        ))
+    };
+}
+
+macro_rules! items_of_room {
+    ($table:literal) => {
+        purge_sql!(queue: concat!(
+            $table, " WHERE ctid = ANY(ARRAY(SELECT ctid FROM ", $table, " WHERE room_id = $1 LIMIT $3))"
+        ))
+    };
+}
+
+/// How many rows of `piece` one chunk deletes at most, for chunks of `limit` rows: channels go
+/// one per 10,000 rows of a chunk (at least one), as each one's delete walks its messages'
+/// index entries.
+fn piece_limit(piece: Piece, limit: i64) -> i64 {
+    match piece {
+        Piece::Channels => (limit / 10_000).max(1),
+        _ => limit,
+    }
+}
+
+/// The statement of `piece` (all but [`Piece::Messages`]) of a purge of `kind`. Parameters:
+/// `$1` the target's id, `$2` the Liveblocks prefix, `$3` the limit.
+fn piece_sql(kind: PurgeKind, piece: Piece) -> &'static str {
+    use ItemKind::{CodeFile, Document, Whiteboard};
+    match (kind, piece) {
+        (PurgeKind::Workspace, Piece::Channels) => purge_sql!(plain:
+            "channels WHERE ctid = ANY(ARRAY(SELECT ctid FROM channels WHERE workspace_id = $1 LIMIT $3))"),
+        (PurgeKind::Workspace, Piece::Memberships) => purge_sql!(plain:
+            "memberships WHERE ctid = ANY(ARRAY(SELECT m.ctid FROM workspaces w JOIN memberships m
+                ON m.clerk_org_id = w.clerk_org_id WHERE w.id = $1 LIMIT $3))"),
+        (PurgeKind::Workspace, Piece::ReadReceipts) => purge_sql!(plain:
+            "read_receipts WHERE ctid = ANY(ARRAY(SELECT r.ctid FROM channels c JOIN read_receipts r
+                ON r.channel_id = c.id WHERE c.workspace_id = $1 LIMIT $3))"),
+        (PurgeKind::Workspace, Piece::Items(Document)) => items_of_workspace!("documents"),
+        (PurgeKind::Workspace, Piece::Items(CodeFile)) => items_of_workspace!("code_files"),
+        (PurgeKind::Workspace, Piece::Items(Whiteboard)) => items_of_workspace!("whiteboards"),
+        (PurgeKind::Workspace, Piece::Meetings) => purge_sql!(plain:
+            "meetings WHERE ctid = ANY(ARRAY(SELECT m.ctid FROM rooms r JOIN meetings m
+                ON m.room_id = r.id WHERE r.workspace_id = $1 LIMIT $3))"),
+        (PurgeKind::Workspace, Piece::Rooms) => purge_sql!(queue:
+            "rooms WHERE ctid = ANY(ARRAY(SELECT ctid FROM rooms WHERE workspace_id = $1 LIMIT $3))"),
+        (PurgeKind::Workspace, Piece::Target) => purge_sql!(plain:
+            "workspaces WHERE id = $1 AND $3 > 0"),
+        (PurgeKind::Room, Piece::Items(Document)) => items_of_room!("documents"),
+        (PurgeKind::Room, Piece::Items(CodeFile)) => items_of_room!("code_files"),
+        (PurgeKind::Room, Piece::Items(Whiteboard)) => items_of_room!("whiteboards"),
+        (PurgeKind::Room, Piece::Meetings) => purge_sql!(plain:
+            "meetings WHERE ctid = ANY(ARRAY(SELECT ctid FROM meetings WHERE room_id = $1 LIMIT $3))"),
+        (PurgeKind::Room, Piece::Target) => purge_sql!(queue: "rooms WHERE id = $1 AND $3 > 0"),
+        (PurgeKind::Workspace, Piece::Messages)
+        | (
+            PurgeKind::Room,
+            Piece::Memberships
+            | Piece::Messages
+            | Piece::ReadReceipts
+            | Piece::Channels
+            | Piece::Rooms,
+        ) => unreachable!("no statement: {piece:?} of a {kind:?} purge"),
+    }
+}
+
+/// What one chunk did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Chunk {
+    /// The table it deleted from.
+    pub table: &'static str,
+    /// Rows it deleted.
+    pub rows: i64,
+    /// Whether the piece may hold more rows for this lane.
+    pub more: bool,
+}
+
+#[derive(QueryableByName)]
+struct Count {
+    #[diesel(sql_type = BigInt)]
+    n: i64,
+}
+
+/// One attempt at purging one target: what its lanes share.
+pub struct PurgeRun {
+    kind: PurgeKind,
+    target: Uuid,
+    limit: i64,
+    windows: Windows,
+}
+
+impl PurgeRun {
+    /// A purge of `target` in chunks of about `limit` rows.
+    pub fn new(kind: PurgeKind, target: Uuid, limit: i64) -> Self {
+        Self {
+            kind,
+            target,
+            limit,
+            windows: Windows::new(target, limit),
+        }
+    }
+
+    /// What is purged.
+    pub fn kind(&self) -> PurgeKind {
+        self.kind
+    }
+
+    /// The workspace's or the room's id.
+    pub fn target(&self) -> Uuid {
+        self.target
+    }
+
+    /// Deletes the next chunk of `piece` in the caller's transaction.
+    pub async fn chunk(&self, conn: &mut AsyncPgConnection, piece: Piece) -> QueryResult<Chunk> {
+        let table = piece.table(self.kind);
+        let (rows, more) = match piece {
+            Piece::Messages => match self.windows.chunk(conn).await? {
+                Some(n) => (n, true),
+                None => (0, false),
+            },
+            _ => {
+                let limit = piece_limit(piece, self.limit);
+                let c: Count = prepared(piece_sql(self.kind, piece))
+                    .bind::<SqlUuid, _>(self.target)
+                    .bind::<Text, _>(prefix(piece, self.kind))
+                    .bind::<BigInt, _>(limit)
+                    .get_result(conn)
+                    .await?;
+                (c.n, piece != Piece::Target && c.n >= limit)
+            }
+        };
+        Ok(Chunk { table, rows, more })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_piece_has_a_statement_for_its_own_table() {
+        for kind in [PurgeKind::Workspace, PurgeKind::Room] {
+            for planned in plan(kind) {
+                let piece = planned.piece;
+                if piece == Piece::Messages {
+                    continue;
+                }
+                let sql = piece_sql(kind, piece);
+                assert!(
+                    sql.contains(&format!("DELETE FROM {} ", piece.table(kind))),
+                    "{kind:?} {piece:?}: {sql}"
+                );
+                assert_eq!(
+                    sql.contains("liveblocks_cleanup_jobs"),
+                    piece.queues_rooms(kind),
+                    "{kind:?} {piece:?} queues rooms exactly when its rows own one"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn children_go_before_their_parents() {
+        for kind in [PurgeKind::Workspace, PurgeKind::Room] {
+            let plan = plan(kind);
+            let position = |p: Piece| plan.iter().position(|q| q.piece == p);
+            // Every piece the plan names is in it, before what waits for it.
+            for (i, planned) in plan.iter().enumerate() {
+                for &first in planned.after {
+                    let at = position(first).unwrap_or_else(|| panic!("{first:?} is planned"));
+                    assert!(at < i, "{kind:?}: {first:?} before {:?}", planned.piece);
+                }
+            }
+            // The target waits, directly or not, for every other piece.
+            let mut before = vec![Piece::Target];
+            let mut i = 0;
+            while let Some(&p) = before.get(i) {
+                let planned = plan[position(p).expect("planned")];
+                for q in planned.after {
+                    if !before.contains(q) {
+                        before.push(*q);
+                    }
+                }
+                i += 1;
+            }
+            assert_eq!(before.len(), plan.len(), "{kind:?}: {before:?}");
+        }
+        let workspace = plan(PurgeKind::Workspace);
+        let after = |p: Piece| workspace.iter().find(|q| q.piece == p).unwrap().after;
+        for (child, parent) in [
+            (Piece::Messages, Piece::Channels),
+            (Piece::ReadReceipts, Piece::Channels),
+            (DOCUMENTS, Piece::Rooms),
+            (CODE_FILES, Piece::Rooms),
+            (WHITEBOARDS, Piece::Rooms),
+            (Piece::Meetings, Piece::Rooms),
+        ] {
+            assert!(
+                after(parent).contains(&child),
+                "{child:?} before {parent:?}"
+            );
+        }
+    }
+}
