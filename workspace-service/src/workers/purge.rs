@@ -249,6 +249,7 @@ impl Attempting<'_> {
                     Ok(self.run.chunk(conn, piece).await?)
                 })
                 .await?;
+            let more = chunk.more;
             if chunk.rows > 0 {
                 tracing::debug!(target_id = %self.run.target(), table = chunk.table, rows = chunk.rows,
                     took = ?started.elapsed(), "purge chunk");
@@ -258,7 +259,8 @@ impl Attempting<'_> {
                     h.liveblocks_wake.notify_one();
                 }
             }
-            if !chunk.more {
+            self.run.committed(chunk).await;
+            if !more {
                 return Ok(true);
             }
         }

@@ -308,7 +308,8 @@ async fn a_room_queued_already_does_not_stop_the_purge() {
 /// Messages in every shape of time are purged in windows of at most twice the chunk's rows
 /// (1,000 in these tests): thousands at one instant, a century-long gap, messages in the
 /// year 1000, in 4000 BC and in 2200, an empty channel. Every message goes, each delete statement
-/// (counted by a statement trigger) takes at most 2,000, and a second workspace is untouched.
+/// (counted by a statement trigger) takes at most 2,000, none goes by its channel's cascade
+/// (the channels wait for the messages), and a second workspace is untouched.
 #[tokio::test]
 async fn messages_of_any_spread_in_time_go_in_bounded_windows() {
     let env = start_with(false).await;
@@ -337,9 +338,9 @@ async fn messages_of_any_spread_in_time_go_in_bounded_windows() {
          INSERT INTO messages (id, channel_id, author_clerk_id, body, created_at)
            SELECT gen_random_uuid(), '00000000-0000-4000-8000-00000000000d', 'user_1', 'k', now() - g * interval '1 second'
              FROM generate_series(1, 50) g;
-         CREATE TABLE window_audit (n bigint);
+         CREATE TABLE window_audit (n bigint, query text DEFAULT current_query());
          CREATE FUNCTION audit_window() RETURNS trigger LANGUAGE plpgsql AS $$
-           BEGIN INSERT INTO window_audit SELECT count(*) FROM gone; RETURN NULL; END $$;
+           BEGIN INSERT INTO window_audit (n) SELECT count(*) FROM gone; RETURN NULL; END $$;
          CREATE TRIGGER audit_window AFTER DELETE ON messages REFERENCING OLD TABLE AS gone
            FOR EACH STATEMENT EXECUTE FUNCTION audit_window();",
         w = ws.id,
@@ -356,6 +357,12 @@ async fn messages_of_any_spread_in_time_go_in_bounded_windows() {
     assert_eq!(
         env.scalar("SELECT sum(n)::bigint FROM window_audit").await,
         4500 + 3000 + 4
+    );
+    assert_eq!(
+        env.scalar("SELECT count(*) FROM window_audit WHERE n > 0 AND query NOT LIKE '%DELETE FROM messages%'")
+            .await,
+        0,
+        "no message went by its channel's cascade (the channels wait for the messages)"
     );
     let biggest = env.scalar("SELECT max(n) FROM window_audit").await;
     assert!(biggest <= 2000, "a delete took {biggest} messages");

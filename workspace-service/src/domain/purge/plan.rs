@@ -7,7 +7,7 @@
 //! one lane. Nothing is kept between attempts: a purge resumes from the rows that are left.
 
 use super::PurgeKind;
-use super::windows::Windows;
+use super::windows::{Window, Windows};
 use crate::model::{ItemKind, kinds::ROOM_PREFIX};
 use diesel::QueryableByName;
 use diesel::prelude::*;
@@ -206,7 +206,7 @@ fn piece_sql(kind: PurgeKind, piece: Piece) -> &'static str {
 }
 
 /// What one chunk did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Chunk {
     /// The table it deleted from.
     pub table: &'static str,
@@ -214,6 +214,8 @@ pub struct Chunk {
     pub rows: i64,
     /// Whether the piece may hold more rows for this lane.
     pub more: bool,
+    /// Messages' windows to finish once this chunk committed.
+    rest: Vec<Window>,
 }
 
 #[derive(QueryableByName)]
@@ -251,13 +253,14 @@ impl PurgeRun {
         self.target
     }
 
-    /// Deletes the next chunk of `piece` in the caller's transaction.
+    /// Deletes the next chunk of `piece` in the caller's transaction; pass the chunk to
+    /// [`PurgeRun::committed`] once that transaction committed.
     pub async fn chunk(&self, conn: &mut AsyncPgConnection, piece: Piece) -> QueryResult<Chunk> {
         let table = piece.table(self.kind);
-        let (rows, more) = match piece {
+        let (rows, more, rest) = match piece {
             Piece::Messages => match self.windows.chunk(conn).await? {
-                Some(n) => (n, true),
-                None => (0, false),
+                Some((n, rest)) => (n, true, rest),
+                None => (0, false, Vec::new()),
             },
             _ => {
                 let limit = piece_limit(piece, self.limit);
@@ -267,10 +270,20 @@ impl PurgeRun {
                     .bind::<BigInt, _>(limit)
                     .get_result(conn)
                     .await?;
-                (c.n, piece != Piece::Target && c.n >= limit)
+                (c.n, piece != Piece::Target && c.n >= limit, Vec::new())
             }
         };
-        Ok(Chunk { table, rows, more })
+        Ok(Chunk {
+            table,
+            rows,
+            more,
+            rest,
+        })
+    }
+
+    /// Tells the purge that `chunk` committed: what it left of its window is taken next.
+    pub async fn committed(&self, chunk: Chunk) {
+        self.windows.put_back(chunk.rest).await;
     }
 }
 

@@ -45,7 +45,7 @@ const FIRST_WIDTH: TimeDelta = TimeDelta::milliseconds(1);
 
 /// One range of time: `(lo, hi]`, or `(-infinity, hi]` without `lo`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Window {
+pub(super) struct Window {
     hi: DateTime<Utc>,
     lo: Option<DateTime<Utc>>,
 }
@@ -67,7 +67,8 @@ struct State {
     channels: Option<Vec<Uuid>>,
     cursor: Cursor,
     width: TimeDelta,
-    /// Windows that held more than one delete takes, to be finished first.
+    /// Windows that held more than one delete took, to be finished first (put back once that
+    /// delete committed: a delete that began before would find the same rows, locked).
     unfinished: Vec<Window>,
 }
 
@@ -92,9 +93,12 @@ impl Windows {
         }
     }
 
-    /// Deletes the next window in the caller's transaction: the rows deleted, or `None` when
-    /// no window is left to take.
-    pub(super) async fn chunk(&self, conn: &mut AsyncPgConnection) -> QueryResult<Option<i64>> {
+    /// Deletes the next window in the caller's transaction: the rows deleted and the rest of
+    /// the window to [`Windows::put_back`] after the commit, or `None` when no window is left.
+    pub(super) async fn chunk(
+        &self,
+        conn: &mut AsyncPgConnection,
+    ) -> QueryResult<Option<(i64, Vec<Window>)>> {
         let Some((channels, window, width)) = self.take(conn).await? else {
             return Ok(None);
         };
@@ -120,10 +124,10 @@ impl Windows {
             let scale = (self.limit as f64 / c.n as f64).clamp(0.25, 4.0);
             state.width = scaled(width, scale);
         }
+        let mut rest = Vec::new();
         if c.n >= cap {
             // The rest of the window goes next, in halves, so that each delete reads less.
-            let halves = split(window, state.width);
-            state.unfinished.extend(halves);
+            rest = split(window, state.width);
         } else if c.n == 0
             && let Cursor::At(at) = state.cursor
         {
@@ -133,7 +137,14 @@ impl Windows {
                 None => Cursor::Drained,
             };
         }
-        Ok(Some(c.n))
+        Ok(Some((c.n, rest)))
+    }
+
+    /// Puts back the rest of windows whose delete committed.
+    pub(super) async fn put_back(&self, rest: Vec<Window>) {
+        if !rest.is_empty() {
+            self.state.lock().await.unfinished.extend(rest);
+        }
     }
 
     /// Takes the next window: an unfinished one, or the one below the cursor.
