@@ -2,9 +2,11 @@
 //!
 //! A purge is a list of pieces ([`plan`]), each the rows of one table, each to be emptied
 //! only after the pieces its rows depend on (children before their parents). The worker's
-//! lanes take the pieces in the plan's order as they become ready: the messages, by far the
-//! biggest, are shared by every lane (in shared time windows), every other piece is taken by
-//! one lane. Nothing is kept between attempts: a purge resumes from the rows that are left.
+//! lanes take the pieces in the plan's order as they become ready. The messages, by far the
+//! biggest, are shared by every free lane (in shared time windows), and so are the channels
+//! (taken a few at a time with `SKIP LOCKED`), whose deletes walk the messages' dead index
+//! entries; every other piece is taken by one lane. Nothing is kept between attempts: a
+//! purge resumes from the rows that are left.
 
 use super::PurgeKind;
 use super::windows::{Window, Windows};
@@ -23,8 +25,9 @@ pub enum Piece {
     /// The workspace's messages, in time windows shared by every lane on this piece.
     Messages,
     ReadReceipts,
-    /// The workspace's channels, a few per chunk: each one's delete walks its messages' index
-    /// entries (the foreign key's check), which the purge of the messages left behind.
+    /// The workspace's channels, a few per chunk and shared by every free lane: each one's
+    /// delete walks its messages' index entries (the foreign key's cascade), which the purge of
+    /// the messages left behind.
     Channels,
     Items(ItemKind),
     Meetings,
@@ -68,7 +71,11 @@ pub fn plan(kind: PurgeKind) -> &'static [Planned] {
         one(DOCUMENTS, &[]),
         one(CODE_FILES, &[]),
         one(ReadReceipts, &[]),
-        one(Channels, &[Messages, ReadReceipts]),
+        Planned {
+            piece: Channels,
+            shared: true,
+            after: &[Messages, ReadReceipts],
+        },
         one(WHITEBOARDS, &[]),
         one(Meetings, &[]),
         one(Memberships, &[]),
@@ -155,8 +162,8 @@ macro_rules! items_of_room {
 }
 
 /// How many rows of `piece` one chunk deletes at most, for chunks of `limit` rows: channels go
-/// one per 10,000 rows of a chunk (at least one), as each one's delete walks its messages'
-/// index entries.
+/// one per 10,000 rows of a chunk (at least one), as each one's delete walks all its
+/// messages' index entries.
 fn piece_limit(piece: Piece, limit: i64) -> i64 {
     match piece {
         Piece::Channels => (limit / 10_000).max(1),
@@ -170,7 +177,8 @@ fn piece_sql(kind: PurgeKind, piece: Piece) -> &'static str {
     use ItemKind::{CodeFile, Document, Whiteboard};
     match (kind, piece) {
         (PurgeKind::Workspace, Piece::Channels) => purge_sql!(plain:
-            "channels WHERE ctid = ANY(ARRAY(SELECT ctid FROM channels WHERE workspace_id = $1 LIMIT $3))"),
+            "channels WHERE ctid = ANY(ARRAY(SELECT ctid FROM channels WHERE workspace_id = $1 LIMIT $3
+                FOR UPDATE SKIP LOCKED))"),
         (PurgeKind::Workspace, Piece::Memberships) => purge_sql!(plain:
             "memberships WHERE ctid = ANY(ARRAY(SELECT m.ctid FROM workspaces w JOIN memberships m
                 ON m.clerk_org_id = w.clerk_org_id WHERE w.id = $1 LIMIT $3))"),
@@ -270,7 +278,13 @@ impl PurgeRun {
                     .bind::<BigInt, _>(limit)
                     .get_result(conn)
                     .await?;
-                (c.n, piece != Piece::Target && c.n >= limit, Vec::new())
+                let more = match piece {
+                    Piece::Target => false,
+                    // None taken: the rest are gone or in another lane's chunk.
+                    Piece::Channels => c.n > 0,
+                    _ => c.n >= limit,
+                };
+                (c.n, more, Vec::new())
             }
         };
         Ok(Chunk {
