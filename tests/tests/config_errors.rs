@@ -84,6 +84,9 @@ fn out_of_range_settings_exit_2_with_one_line_naming_them() {
         ("webhook-gateway", ("REQUEST_READ_TIMEOUT_SECS", "0")),
         ("webhook-gateway", ("MAX_CONNECTIONS", "0")),
         ("workspace-service", ("LIVEBLOCKS_MAX_ATTEMPTS", "0")),
+        ("workspace-service", ("PURGE_LANES", "9")),
+        // 2 purges x 8 lanes would take every one of the 16 pooled connections.
+        ("workspace-service", ("PURGE_LANES", "8")),
         ("workspace-service", ("LIVEBLOCKS_KEY_CHECK_SECS", "1")),
         ("identity-service", ("QUARANTINE_RETENTION_DAYS", "0")),
         ("workspace-service", ("QUARANTINE_RETENTION_DAYS", "400")),

@@ -253,7 +253,14 @@ impl service_runtime::cli::CheckConfig for Config {
         self.service.check()?;
         self.ledger.check()?;
         self.watch.settings()?;
-        self.purge.settings()?;
+        let purge = self.purge.settings()?;
+        let pool = self.service.db.db_pool_size;
+        if purge.concurrency * purge.lanes >= pool {
+            return Err(format!(
+                "PURGE_CONCURRENCY ({}) x PURGE_LANES ({}) must be below DB_POOL_SIZE ({pool}): each lane holds a connection, and calls need some",
+                purge.concurrency, purge.lanes
+            ));
+        }
         self.liveblocks.settings().map(|_| ())
     }
 }
