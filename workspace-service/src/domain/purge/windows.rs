@@ -121,8 +121,11 @@ impl Windows {
         .await?;
         let mut state = self.state.lock().await;
         if c.n > 0 {
+            // Sized from this window's own span (the rest of a window is narrower than the
+            // width it was taken with).
+            let used = window.lo.map_or(width, |lo| window.hi - lo);
             let scale = (self.limit as f64 / c.n as f64).clamp(0.25, 4.0);
-            state.width = scaled(width, scale);
+            state.width = scaled(used, scale);
         }
         let mut rest = Vec::new();
         if c.n >= cap {
