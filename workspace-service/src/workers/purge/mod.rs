@@ -11,15 +11,18 @@
 //! recorded) every quarter lease and at the end. A job resumes where the rows stop:
 //! whatever a crashed worker deleted is simply not found.
 
-use super::jobs::{Attempt, JobHandler, JobTable, Leased, backoff, job_table};
-use super::runner::{JobRunner, RunnerSettings};
-use crate::domain::purge::{Piece, Planned, PurgeKind, PurgeRun, plan};
+mod schedule;
+
+use crate::domain::purge::{Piece, PurgeKind, PurgeRun, plan};
 use crate::error::Error;
 use crate::metrics::Metrics;
+use crate::workers::jobs::{Attempt, JobHandler, JobTable, Leased, backoff, job_table};
+use crate::workers::runner::{JobRunner, RunnerSettings};
 use diesel::OptionalExtension;
 use diesel::QueryableByName;
 use diesel::sql_types::{BigInt, Double, Text, Uuid as SqlUuid};
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use schedule::{Next, Schedule};
 use service_runtime::{Lifecycle, Phase, Pool, prepared};
 use std::future::Future;
 use std::sync::Arc;
@@ -111,79 +114,6 @@ impl From<Error> for Stop {
 impl From<diesel::result::Error> for Stop {
     fn from(e: diesel::result::Error) -> Self {
         Stop::Failed(e.into())
-    }
-}
-
-/// Which pieces of a plan are taken and finished, shared by an attempt's lanes.
-struct Schedule {
-    plan: &'static [Planned],
-    pieces: std::sync::Mutex<Vec<Taken>>,
-    /// Told when a piece is finished or a lane stops.
-    changed: Notify,
-}
-
-/// How far one piece is.
-#[derive(Debug, Clone, Copy, Default)]
-struct Taken {
-    /// Lanes on it now.
-    lanes: usize,
-    /// A lane found nothing more of it to take: finished once no lane is on it.
-    drained: bool,
-}
-
-/// What a lane does next.
-enum Next {
-    Take(usize),
-    /// Every piece left waits for one in progress.
-    Wait,
-    Done,
-}
-
-impl Schedule {
-    fn new(plan: &'static [Planned]) -> Self {
-        Self {
-            plan,
-            pieces: std::sync::Mutex::new(vec![Taken::default(); plan.len()]),
-            changed: Notify::new(),
-        }
-    }
-
-    fn pieces(&self) -> std::sync::MutexGuard<'_, Vec<Taken>> {
-        self.pieces.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// The first piece in the plan's order that is ready and free (or shared).
-    fn next(&self) -> Next {
-        let mut pieces = self.pieces();
-        let finished = |pieces: &[Taken], p: Piece| {
-            self.plan
-                .iter()
-                .position(|q| q.piece == p)
-                .is_none_or(|i| pieces[i].drained && pieces[i].lanes == 0)
-        };
-        if self.plan.iter().all(|q| finished(&pieces, q.piece)) {
-            return Next::Done;
-        }
-        for (i, planned) in self.plan.iter().enumerate() {
-            let taken = pieces[i];
-            if taken.drained || (!planned.shared && taken.lanes > 0) {
-                continue;
-            }
-            if planned.after.iter().all(|&p| finished(&pieces, p)) {
-                pieces[i].lanes += 1;
-                return Next::Take(i);
-            }
-        }
-        Next::Wait
-    }
-
-    /// A lane left piece `i`, having emptied it or not.
-    fn leave(&self, i: usize, drained: bool) {
-        let mut pieces = self.pieces();
-        pieces[i].lanes -= 1;
-        pieces[i].drained |= drained;
-        drop(pieces);
-        self.changed.notify_waiters();
     }
 }
 
