@@ -324,7 +324,8 @@ pub const WORKSPACE_BOOKKEEPING: &[&str] = &[
     "liveblocks_cleanup_jobs",
     "sync_outcomes",
     "quarantined_deliveries",
-    // The change log of live watches: pruned after CHANGE_LOG_RETENTION_HOURS.
+    // The change log of live watches: a deleted workspace's last entry (`workspace_deleted`)
+    // and its head stay until CHANGE_LOG_RETENTION_HOURS.
     "change_log",
     "change_heads",
 ];

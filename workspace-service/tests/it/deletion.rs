@@ -176,6 +176,16 @@ async fn a_deleted_workspace_is_gone_at_once_and_purged_to_the_last_row() {
         .remove(0);
     // Hold the purge back: the answers below must not depend on how far it got.
     let blocker = env.block_purges().await;
+    let log_of = |org: &str| {
+        format!(
+            "SELECT count(*) FROM change_log c JOIN workspaces w ON w.id = c.workspace_id WHERE w.clerk_org_id = '{org}'"
+        )
+    };
+    let (log_a, log_b) = (
+        env.scalar(&log_of("org_a")).await,
+        env.scalar(&log_of("org_b")).await,
+    );
+    assert!(log_a > 1, "org_a's changes are in the change log");
     let r = delete(&env, "d1", "org_a").await;
     assert_eq!(r.outcome(), pb::CommandOutcome::Applied);
     assert!(r.purge_queued);
@@ -253,6 +263,16 @@ async fn a_deleted_workspace_is_gone_at_once_and_purged_to_the_last_row() {
     drop(blocker);
 
     env.purges_done().await;
+    // The change log keeps org_b's entries and, of org_a's, only the last: the
+    // `workspace_deleted` its watchers read last (retention removes it).
+    assert_eq!(env.scalar(&log_of("org_b")).await, log_b);
+    assert_eq!(
+        env.scalar(
+            "SELECT count(*) FROM change_log WHERE workspace_id NOT IN (SELECT id FROM workspaces)"
+        )
+        .await,
+        1
+    );
     // Exactly org_a's rows are gone: what is left is org_b's, i.e. half of before.
     let after = futures_counts(&env).await;
     for ((t, b), a) in TABLES.iter().zip(&before).zip(&after) {

@@ -22,6 +22,9 @@ use uuid::Uuid;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Piece {
     Memberships,
+    /// The workspace's live-update change log (message bodies among them), all but its last
+    /// entry: the `workspace_deleted` its watchers read last, which retention removes.
+    ChangeLog,
     /// The workspace's messages, in time windows shared by every lane on this piece.
     Messages,
     ReadReceipts,
@@ -79,8 +82,9 @@ pub fn plan(kind: PurgeKind) -> &'static [Planned] {
         one(WHITEBOARDS, &[]),
         one(Meetings, &[]),
         one(Memberships, &[]),
+        one(ChangeLog, &[]),
         one(Rooms, &[DOCUMENTS, CODE_FILES, WHITEBOARDS, Meetings]),
-        one(Target, &[Memberships, Channels, Rooms]),
+        one(Target, &[Memberships, ChangeLog, Channels, Rooms]),
     ];
     const ROOM: &[Planned] = &[
         one(DOCUMENTS, &[]),
@@ -102,6 +106,7 @@ impl Piece {
             (Piece::Messages, _) => "messages",
             (Piece::Channels, _) => "channels",
             (Piece::Memberships, _) => "memberships",
+            (Piece::ChangeLog, _) => "change_log",
             (Piece::ReadReceipts, _) => "read_receipts",
             (Piece::Items(i), _) => i.table(),
             (Piece::Meetings, _) => "meetings",
@@ -179,6 +184,9 @@ fn piece_sql(kind: PurgeKind, piece: Piece) -> &'static str {
         (PurgeKind::Workspace, Piece::Channels) => purge_sql!(plain:
             "channels WHERE ctid = ANY(ARRAY(SELECT ctid FROM channels WHERE workspace_id = $1 LIMIT $3
                 FOR UPDATE SKIP LOCKED))"),
+        (PurgeKind::Workspace, Piece::ChangeLog) => purge_sql!(plain:
+            "change_log WHERE ctid = ANY(ARRAY(SELECT ctid FROM change_log WHERE workspace_id = $1
+                AND seq < (SELECT max(seq) FROM change_log WHERE workspace_id = $1) LIMIT $3))"),
         (PurgeKind::Workspace, Piece::Memberships) => purge_sql!(plain:
             "memberships WHERE ctid = ANY(ARRAY(SELECT m.ctid FROM workspaces w JOIN memberships m
                 ON m.clerk_org_id = w.clerk_org_id WHERE w.id = $1 LIMIT $3))"),
@@ -205,6 +213,7 @@ fn piece_sql(kind: PurgeKind, piece: Piece) -> &'static str {
         | (
             PurgeKind::Room,
             Piece::Memberships
+            | Piece::ChangeLog
             | Piece::Messages
             | Piece::ReadReceipts
             | Piece::Channels
