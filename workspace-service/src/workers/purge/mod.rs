@@ -135,14 +135,10 @@ impl Attempting<'_> {
     /// Extends the lease and records the rows purged so far.
     async fn extend(&self, conn: &mut AsyncPgConnection) -> Result<(), Stop> {
         let rows = self.unrecorded.swap(0, Ordering::Relaxed);
-        let held: Option<Kind> = prepared(EXTEND)
-            .bind::<SqlUuid, _>(self.run.target())
-            .bind::<SqlUuid, _>(self.token)
-            .bind::<Double, _>(self.handler.settings.lease.as_secs_f64())
-            .bind::<BigInt, _>(rows)
-            .get_result(conn)
+        let held = self
+            .handler
+            .extend(conn, self.run.target(), self.token, rows)
             .await
-            .optional()
             .inspect_err(|_| {
                 self.unrecorded.fetch_add(rows, Ordering::Relaxed);
             })?;
@@ -239,15 +235,21 @@ impl Attempting<'_> {
 }
 
 impl PurgeHandler {
-    /// Extends the lease at the start of an attempt; the job's kind, or `None` if it is lost.
-    async fn begin(&self, target: Uuid, token: Uuid) -> Result<Option<PurgeKind>, Error> {
-        let mut conn = self.pool.get().await?;
+    /// Extends the lease of `target` held under `token` and adds `rows` to its count: the
+    /// job's kind, or `None` if the lease was lost.
+    async fn extend(
+        &self,
+        conn: &mut AsyncPgConnection,
+        target: Uuid,
+        token: Uuid,
+        rows: i64,
+    ) -> Result<Option<PurgeKind>, Error> {
         let held: Option<Kind> = prepared(EXTEND)
             .bind::<SqlUuid, _>(target)
             .bind::<SqlUuid, _>(token)
             .bind::<Double, _>(self.settings.lease.as_secs_f64())
-            .bind::<BigInt, _>(0i64)
-            .get_result(&mut conn)
+            .bind::<BigInt, _>(rows)
+            .get_result(conn)
             .await
             .optional()?;
         held.map(|k| PurgeKind::from_db(&k.kind)).transpose()
@@ -281,7 +283,11 @@ impl JobHandler for PurgeHandler {
                 error: "lease lost".into(),
             }
         };
-        let kind = match self.begin(target, token).await {
+        let begun = match self.pool.get().await {
+            Ok(mut conn) => self.extend(&mut conn, target, token, 0).await,
+            Err(e) => Err(e.into()),
+        };
+        let kind = match begun {
             Ok(Some(kind)) => kind,
             Ok(None) => return lost(),
             Err(e) => return failed(e),
