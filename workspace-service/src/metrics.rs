@@ -44,6 +44,8 @@ pub struct Metrics {
     /// 1 when Liveblocks accepted the key at the last check, 0 when it rejected it, -1 unknown
     /// (or no key set).
     pub liveblocks_key_valid: Gauge,
+    /// 1 while the clean-up is paused because Liveblocks is unavailable.
+    pub liveblocks_paused: Gauge,
     /// Purge jobs given up (kept until retried).
     pub purge_dead_jobs: Gauge,
     /// Live watch streams open on this replica.
@@ -96,6 +98,11 @@ impl Metrics {
             "liveblocks_key_valid",
             "1 when Liveblocks accepted LIVEBLOCKS_SECRET_KEY at the last check, 0 when it rejected it, -1 when unknown or unset",
             m.liveblocks_key_valid.clone(),
+        );
+        registry.register(
+            "liveblocks_cleanup_paused",
+            "1 while the Liveblocks clean-up is paused because Liveblocks is unavailable (5xx, timeouts, 429); a probe after each pause resumes it",
+            m.liveblocks_paused.clone(),
         );
         registry.register(
             "workspace_purge_dead_jobs",

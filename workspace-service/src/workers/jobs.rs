@@ -35,6 +35,9 @@ pub struct JobTable {
     pub(crate) retry: &'static str,
     /// Marks job `$1` leased under `$2` dead, recording error `$3`.
     pub(crate) bury: &'static str,
+    /// Gives back the jobs `$1[i]` leased under `$2[i]` and not started: due at once, the
+    /// attempt their lease counted taken back.
+    pub(crate) release: &'static str,
     /// Jobs by state and the age of the oldest live one ([`Depths`]).
     pub(crate) depths: &'static str,
     /// Jobs in state `$1` (`''` for all) after key `$2`, `$3` at most, by key ([`JobRow`]).
@@ -78,6 +81,12 @@ macro_rules! job_table {
                       WHERE ", $key, " = $1::", $ty, " AND lease_token = $2"
                 ),
                 concat!(
+                    "UPDATE ", $table, " t
+                        SET leased_until = NULL, lease_token = NULL, attempts = t.attempts - 1
+                       FROM unnest($1::text[], $2::uuid[]) AS d(key, token)
+                      WHERE t.", $key, " = d.key::", $ty, " AND t.lease_token = d.token"
+                ),
+                concat!(
                     "SELECT count(*) FILTER (WHERE dead_at IS NULL AND last_error IS NULL) AS pending,
                             count(*) FILTER (WHERE dead_at IS NULL AND last_error IS NOT NULL) AS failing,
                             count(*) FILTER (WHERE dead_at IS NOT NULL) AS dead,
@@ -114,18 +123,20 @@ macro_rules! job_table {
 pub(crate) use job_table;
 
 impl JobTable {
-    /// Used by [`job_table!`]: lease, done, retry, bury, depths, list, retry_key, retry_state.
-    pub const fn new(name: &'static str, sql: [&'static str; 8]) -> Self {
+    /// Used by [`job_table!`]: lease, done, retry, bury, release, depths, list, retry_key,
+    /// retry_state.
+    pub const fn new(name: &'static str, sql: [&'static str; 9]) -> Self {
         Self {
             name,
             lease: sql[0],
             done: sql[1],
             retry: sql[2],
             bury: sql[3],
-            depths: sql[4],
-            list: sql[5],
-            retry_key: sql[6],
-            retry_state: sql[7],
+            release: sql[4],
+            depths: sql[5],
+            list: sql[6],
+            retry_key: sql[7],
+            retry_state: sql[8],
         }
     }
 }
@@ -148,6 +159,14 @@ pub enum Attempt {
     Done,
     /// Try again after `after`, recording `error` (dead instead once the attempts are spent).
     Retry { after: Duration, error: String },
+    /// The service the job calls is unavailable (5xx, timeout, no connection, 429): retried
+    /// like [`Attempt::Retry`], and counted by the runner's breaker ([`super::breaker`]);
+    /// `hold` is the pause the service asked for, if it did.
+    Unavailable {
+        after: Duration,
+        error: String,
+        hold: Option<Duration>,
+    },
     /// A permanent failure: the job is kept dead, recording `error`, until an operator retries it.
     Dead { error: String },
 }
@@ -189,6 +208,9 @@ pub async fn depths(
 pub trait JobHandler: Send + Sync + 'static {
     /// Does one leased job (leased under `token`), with no transaction open.
     async fn attempt(&self, job: &Leased, token: Uuid) -> Attempt;
+
+    /// The runner's breaker opened or closed (for gauges; the runner logs it).
+    fn breaker_changed(&self, _open: bool) {}
 }
 
 /// Exponential backoff with "equal jitter" for the `attempts`-th attempt: `base` doubled per

@@ -2,11 +2,13 @@
 //! transaction that deletes their rows, and this worker deletes them at Liveblocks.
 //!
 //! 204/404 finish a job. 429 honours `Retry-After`; 5xx, timeouts and connection errors back
-//! off exponentially with jitter, until `max_attempts`. 401/403 (a wrong key) and any other
+//! off exponentially with jitter, until `max_attempts`. While Liveblocks is unavailable the
+//! worker pauses as a whole ([`super::breaker`]) rather than spend every job's attempts on it. 401/403 (a wrong key) and any other
 //! refusal (e.g. 422) are permanent: the job becomes dead, kept until an operator retries it.
 //! [`KeyCheck`] tries the key at start-up and every few minutes with a cheap authenticated
 //! read, and reports it on `/status`, in the log and in `liveblocks_key_valid`.
 
+use super::breaker::BreakerSettings;
 use super::jobs::{Attempt, JobHandler, JobTable, Leased, job_table};
 use super::runner::{JobRunner, RunnerSettings};
 use crate::metrics::Metrics;
@@ -182,6 +184,10 @@ impl LiveblocksApi for HttpLiveblocks {
     }
 }
 
+/// Unavailable answers in a row (5xx, timeouts, no connection) that pause the whole worker;
+/// a 429 with `Retry-After` pauses it at once.
+pub const BREAKER_FAILURES: u32 = 5;
+
 /// Worker settings.
 #[derive(Debug, Clone, Copy)]
 pub struct CleanupSettings {
@@ -237,16 +243,13 @@ impl JobHandler for CleanupHandler {
             Delivery::Deleted => ("deleted", Attempt::Done),
             Delivery::AlreadyGone => ("already_gone", Attempt::Done),
             Delivery::Retry { after, reason } => {
-                let delay = after.map_or_else(
-                    || backoff(&self.settings, job.attempts),
-                    |a| a.min(Duration::from_secs(3600)),
-                );
-                let error = reason.clone();
+                let hold = after.map(|a| a.min(Duration::from_secs(3600)));
                 (
                     "retry",
-                    Attempt::Retry {
-                        after: delay,
-                        error,
+                    Attempt::Unavailable {
+                        after: hold.unwrap_or_else(|| backoff(&self.settings, job.attempts)),
+                        error: reason.clone(),
+                        hold,
                     },
                 )
             }
@@ -273,6 +276,10 @@ impl JobHandler for CleanupHandler {
         }
         self.metrics.liveblocks_delivery(label);
         attempt
+    }
+
+    fn breaker_changed(&self, open: bool) {
+        self.metrics.liveblocks_paused.set(i64::from(open));
     }
 }
 
@@ -302,6 +309,11 @@ impl CleanupWorker {
             poll: settings.poll,
             max_attempts: settings.max_attempts,
             prefetch: settings.concurrency,
+            breaker: Some(BreakerSettings {
+                failures: BREAKER_FAILURES,
+                cooldown_base: settings.backoff_base,
+                cooldown_max: settings.backoff_max,
+            }),
         };
         Self {
             runner: JobRunner::new(pool, &CLEANUP_JOBS, handler, runner_settings, wake),

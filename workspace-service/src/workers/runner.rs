@@ -5,8 +5,11 @@
 //! database round trip; a leased job not started within half its lease is left to expire
 //! (another lease takes it) rather than started late. Results go to one finisher task, which
 //! records every finished job that is waiting in one statement (a group commit), so the
-//! worker's own database work stays off the path of the calls.
+//! worker's own database work stays off the path of the calls. A runner whose jobs call an
+//! outside service may have a [`Breaker`]: while it is open no job starts, and the jobs
+//! leased ahead are given back without spending an attempt.
 
+use super::breaker::{Breaker, BreakerSettings, Health, Transition};
 use super::jobs::{Attempt, JobHandler, JobTable, Leased};
 use diesel::sql_types::{Array, BigInt, Double, Nullable, Text, Uuid as SqlUuid};
 use diesel_async::RunQueryDsl;
@@ -32,6 +35,8 @@ pub struct RunnerSettings {
     pub max_attempts: i32,
     /// Jobs leased beyond the free slots, ready to start (0 for long jobs).
     pub prefetch: usize,
+    /// Pause every job while the service they call is unavailable.
+    pub breaker: Option<BreakerSettings>,
 }
 
 /// Most results recorded by one statement.
@@ -58,6 +63,7 @@ pub struct JobRunner<H> {
     handler: Arc<H>,
     settings: RunnerSettings,
     wake: Arc<Notify>,
+    breaker: Option<Breaker>,
 }
 
 impl<H: JobHandler> JobRunner<H> {
@@ -75,6 +81,67 @@ impl<H: JobHandler> JobRunner<H> {
             handler: Arc::new(handler),
             settings,
             wake,
+            breaker: settings.breaker.map(Breaker::new),
+        }
+    }
+
+    /// Until when no job may start, if the breaker is open.
+    fn blocked_until(&self) -> Option<Instant> {
+        self.breaker
+            .as_ref()
+            .and_then(|b| b.blocked_until(Instant::now()))
+    }
+
+    /// Gives back the jobs leased ahead (the breaker opened): others, or this runner once it
+    /// closes, take them at once, with the attempt their lease counted taken back.
+    async fn release(&self, ready: &mut VecDeque<Ready>) {
+        if ready.is_empty() {
+            return;
+        }
+        let (keys, tokens): (Vec<String>, Vec<Uuid>) =
+            ready.drain(..).map(|r| (r.job.key, r.token)).unzip();
+        let released: anyhow::Result<usize> = async {
+            let mut conn = self.pool.get().await?;
+            Ok(prepared(self.table.release)
+                .bind::<Array<Text>, _>(&keys)
+                .bind::<Array<SqlUuid>, _>(&tokens)
+                .execute(&mut conn)
+                .await?)
+        }
+        .await;
+        if let Err(e) = released {
+            // Their leases expire instead.
+            tracing::warn!(table = self.table.name, error = %e, "could not give back leased jobs");
+        }
+    }
+
+    /// Tells the breaker what a job started in `epoch` found out.
+    fn ended(&self, epoch: Option<u64>, attempt: &Attempt) {
+        let (Some(breaker), Some(epoch)) = (&self.breaker, epoch) else {
+            return;
+        };
+        let health = match attempt {
+            Attempt::Unavailable { hold, .. } => Health::Unavailable { hold: *hold },
+            _ => Health::Answered,
+        };
+        match breaker.ended(epoch, health, Instant::now()) {
+            Some(Transition::Opened(pause)) => {
+                let error = match attempt {
+                    Attempt::Unavailable { error, .. } => error.as_str(),
+                    _ => "",
+                };
+                tracing::warn!(table = self.table.name, ?pause, %error,
+                    "the service these jobs call is unavailable: no job starts until a probe after the pause succeeds");
+                self.handler.breaker_changed(true);
+            }
+            Some(Transition::Closed) => {
+                tracing::info!(
+                    table = self.table.name,
+                    "the service answers again: jobs start again"
+                );
+                self.handler.breaker_changed(false);
+            }
+            None => {}
         }
     }
 
@@ -126,6 +193,15 @@ impl<H: JobHandler> JobRunner<H> {
         let mut tasks = JoinSet::new();
         loop {
             while tasks.try_join_next().is_some() {}
+            if let Some(until) = this.blocked_until() {
+                this.release(&mut ready).await;
+                tokio::select! {
+                    _ = tokio::time::sleep_until(until.into()) => {}
+                    Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+                    _ = &mut stop => break,
+                }
+                continue;
+            }
             let fresh = this.settings.lease / 2;
             ready.retain(|r| r.leased_at.elapsed() < fresh);
             if ready.is_empty() {
@@ -145,7 +221,10 @@ impl<H: JobHandler> JobRunner<H> {
                     }
                     continue;
                 }
-                if let Some(r) = ready.pop_front() {
+                // (The breaker may have opened meanwhile: the loop's start gives them back.)
+                if this.blocked_until().is_none()
+                    && let Some(r) = ready.pop_front()
+                {
                     start(&this, &mut tasks, &results, r, permit);
                 }
                 continue;
@@ -159,7 +238,9 @@ impl<H: JobHandler> JobRunner<H> {
                 p = Arc::clone(&permits).acquire_owned() => match p { Ok(p) => p, Err(_) => break },
                 _ = &mut stop => break,
             };
-            if let Some(r) = ready.pop_front() {
+            if this.blocked_until().is_none()
+                && let Some(r) = ready.pop_front()
+            {
                 start(&this, &mut tasks, &results, r, permit);
             }
         }
@@ -180,8 +261,10 @@ fn start<H: JobHandler>(
 ) {
     let runner = Arc::clone(this);
     let results = results.clone();
+    let epoch = this.breaker.as_ref().map(|b| b.started(Instant::now()));
     tasks.spawn(async move {
         let attempt = runner.handler.attempt(&r.job, r.token).await;
+        runner.ended(epoch, &attempt);
         // The slot is free once the work is; recording the result overlaps the next job.
         drop(permit);
         let _ = results.send(Finished {
@@ -225,9 +308,13 @@ async fn record(
     let (mut keys, mut tokens) = (Vec::new(), Vec::new());
     for f in batch {
         let attempt = match f.attempt {
-            Attempt::Retry { error, .. } if f.job.attempts >= max_attempts => Attempt::Dead {
-                error: format!("{error} (gave up after {} attempts)", f.job.attempts),
-            },
+            Attempt::Retry { error, .. } | Attempt::Unavailable { error, .. }
+                if f.job.attempts >= max_attempts =>
+            {
+                Attempt::Dead {
+                    error: format!("{error} (gave up after {} attempts)", f.job.attempts),
+                }
+            }
             a => a,
         };
         match attempt {
@@ -235,7 +322,7 @@ async fn record(
                 keys.push(f.job.key);
                 tokens.push(f.token);
             }
-            Attempt::Retry { after, error } => {
+            Attempt::Retry { after, error } | Attempt::Unavailable { after, error, .. } => {
                 prepared(table.retry)
                     .bind::<Text, _>(&f.job.key)
                     .bind::<SqlUuid, _>(f.token)

@@ -559,15 +559,43 @@ async fn every_foreign_key_is_indexed() {
 }
 
 #[tokio::test]
-async fn liveblocks_down_during_and_after_the_delete_then_back() {
+async fn liveblocks_down_pauses_the_clean_up_without_spending_attempts_then_it_resumes() {
     let env = start_with(true).await;
     env.liveblocks.set_mode(LiveblocksMode::Down);
-    let expected = populate(&env, "org_a").await;
+    let mut expected = populate(&env, "org_a").await;
     delete(&env, "d1", "org_a").await;
     env.purges_done().await;
-    // Retries happen while it is down; nothing is lost or deleted.
-    eventually("retries while down", Duration::from_secs(10), || async {
-        env.liveblocks.requests() > expected.len() as u64
+    // A backlog far bigger than the worker's slots (8) and what it leases ahead (8).
+    let backlog: Vec<String> = (0..300).map(|i| format!("doc:backlog-{i:03}")).collect();
+    env.sql(&format!(
+        "INSERT INTO liveblocks_cleanup_jobs (room_id) SELECT unnest(ARRAY['{}'])",
+        backlog.join("','")
+    ))
+    .await;
+    expected.extend(backlog);
+    // A few calls fail, the worker pauses, and a probe after each pause finds it still down.
+    eventually("paused", Duration::from_secs(10), || async {
+        env.metric("liveblocks_cleanup_paused").await == Some(1.0)
+    })
+    .await;
+    let paused_at = env.liveblocks.requests();
+    eventually("probing", Duration::from_secs(10), || async {
+        env.liveblocks.requests() >= paused_at + 2
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let calls = env.liveblocks.requests();
+    assert!(
+        calls < 40,
+        "{calls} calls for {} rooms while Liveblocks was down: the worker did not pause",
+        expected.len()
+    );
+    // Each call spent one attempt, and nothing else did: the jobs leased ahead were given back.
+    eventually("one attempt per call", Duration::from_secs(10), || async {
+        let spent = env
+            .scalar("SELECT COALESCE(sum(attempts), 0)::bigint FROM liveblocks_cleanup_jobs")
+            .await;
+        spent as u64 == env.liveblocks.requests()
     })
     .await;
     assert!(env.liveblocks.deleted().is_empty());
@@ -586,6 +614,7 @@ async fn liveblocks_down_during_and_after_the_delete_then_back() {
         expected.len(),
         "a room was deleted more than once"
     );
+    assert_eq!(env.metric("liveblocks_cleanup_paused").await, Some(0.0));
 }
 
 #[tokio::test]

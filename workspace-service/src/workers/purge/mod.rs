@@ -345,6 +345,7 @@ impl PurgeWorker {
             poll: settings.poll,
             max_attempts: settings.max_attempts,
             prefetch: 0,
+            breaker: None,
         };
         Self {
             runner: JobRunner::new(pool, &PURGE_JOBS, handler, runner_settings, wake),
