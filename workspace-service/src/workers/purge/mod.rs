@@ -21,7 +21,7 @@ use crate::workers::runner::{JobRunner, RunnerSettings};
 use diesel::OptionalExtension;
 use diesel::QueryableByName;
 use diesel::sql_types::{BigInt, Double, Text, Uuid as SqlUuid};
-use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection};
 use schedule::{Next, Schedule};
 use service_runtime::{Lifecycle, Phase, Pool, prepared};
 use std::future::Future;
@@ -81,6 +81,14 @@ const EXTEND: &str = "UPDATE purge_jobs SET leased_until = now() + make_interval
 /// lanes lock it too.
 const HOLD: &str =
     "SELECT kind FROM purge_jobs WHERE target_id = $1 AND lease_token = $2 FOR SHARE";
+
+/// Each chunk commits without waiting for its WAL to reach the disk (the WAL writer flushes it
+/// within a few `wal_writer_delay`s), which saves a flush per chunk. A crash of PostgreSQL may
+/// lose the last chunks, each whole: their rows are back and the job is still there, so the
+/// purge deletes them again and queues their rooms then, once. Nothing outside the database
+/// acts on a chunk that may be lost: the Liveblocks worker's lease of a room is a synchronous
+/// commit, later in the WAL, and flushes the chunk that queued it, as does the job's end.
+const ASYNC_COMMIT: &str = "SET LOCAL synchronous_commit = off";
 
 #[derive(QueryableByName)]
 struct Kind {
@@ -163,6 +171,7 @@ impl Attempting<'_> {
             let started = Instant::now();
             let chunk = conn
                 .transaction::<_, Stop, _>(async |conn| {
+                    conn.batch_execute(ASYNC_COMMIT).await?;
                     let held: Option<Kind> = prepared(HOLD)
                         .bind::<SqlUuid, _>(self.run.target())
                         .bind::<SqlUuid, _>(self.token)
