@@ -16,6 +16,7 @@ use diesel::prelude::*;
 use diesel::sql_types::{BigInt, Text, Uuid as SqlUuid};
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use service_runtime::prepared;
+use std::sync::atomic::{AtomicBool, Ordering};
 use uuid::Uuid;
 
 /// The rows of one table that a purge deletes.
@@ -130,22 +131,36 @@ fn prefix(piece: Piece, kind: PurgeKind) -> &'static str {
     }
 }
 
-/// Deletes the rows `$pick` names (`$1` = the target, `$3` = the limit); with `queue:` also
-/// queues the Liveblocks room `$2 || ':' || id` of each. Statements that queue nothing leave
-/// `$2` unused (its type is bound, so PostgreSQL accepts that).
+/// The statements that delete the rows `$pick` names (`$1` = the target, `$3` = the limit):
+/// `[fast, tolerant]`. With `queue:` they also queue the Liveblocks room `$2 || ':' || id` of
+/// each row; statements that queue nothing leave `$2` unused (its type is bound, so
+/// PostgreSQL accepts that), and their two forms are one.
+///
+/// A room is queued only by the transaction that deletes its row, so the API cannot queue one
+/// twice, and the fast form inserts without `ON CONFLICT`, whose speculative insertion cost a
+/// third of the items' purge. Should a room be in the queue already, the fast form fails on
+/// the queue's key; the chunk rolls back and that purge goes on with the tolerant form,
+/// which skips the rooms queued already.
 macro_rules! purge_sql {
     (queue: $pick:expr) => {
-        concat!(
-            "WITH gone AS (DELETE FROM ", $pick, " RETURNING $2::text || ':' || id AS room_id),
-                  queued AS (INSERT INTO liveblocks_cleanup_jobs (room_id) SELECT room_id FROM gone
-                             ON CONFLICT (room_id) DO NOTHING)
-             SELECT count(*) AS n FROM gone"
-        )
+        [
+            concat!(
+                "WITH gone AS (DELETE FROM ", $pick, " RETURNING $2::text || ':' || id AS room_id),
+                      queued AS (INSERT INTO liveblocks_cleanup_jobs (room_id) SELECT room_id FROM gone)
+                 SELECT count(*) AS n FROM gone"
+            ),
+            concat!(
+                "WITH gone AS (DELETE FROM ", $pick, " RETURNING $2::text || ':' || id AS room_id),
+                      queued AS (INSERT INTO liveblocks_cleanup_jobs (room_id) SELECT room_id FROM gone
+                                 ON CONFLICT (room_id) DO NOTHING)
+                 SELECT count(*) AS n FROM gone"
+            ),
+        ]
     };
     (plain: $pick:expr) => {
-        concat!(
+        [concat!(
             "WITH gone AS (DELETE FROM ", $pick, " RETURNING 1) SELECT count(*) AS n FROM gone"
-        )
+        ); 2]
     };
 }
 
@@ -176,9 +191,10 @@ fn piece_limit(piece: Piece, limit: i64) -> i64 {
     }
 }
 
-/// The statement of `piece` (all but [`Piece::Messages`]) of a purge of `kind`. Parameters:
-/// `$1` the target's id, `$2` the Liveblocks prefix, `$3` the limit.
-fn piece_sql(kind: PurgeKind, piece: Piece) -> &'static str {
+/// The statements of `piece` (all but [`Piece::Messages`]) of a purge of `kind`, `[fast,
+/// tolerant]` ([`purge_sql!`]). Parameters: `$1` the target's id, `$2` the Liveblocks prefix,
+/// `$3` the limit.
+fn piece_sql(kind: PurgeKind, piece: Piece) -> [&'static str; 2] {
     use ItemKind::{CodeFile, Document, Whiteboard};
     match (kind, piece) {
         (PurgeKind::Workspace, Piece::Channels) => purge_sql!(plain:
@@ -247,6 +263,8 @@ pub struct PurgeRun {
     target: Uuid,
     limit: i64,
     windows: Windows,
+    /// A room of this purge was in the queue already: queue with the tolerant statements.
+    tolerant: AtomicBool,
 }
 
 impl PurgeRun {
@@ -257,6 +275,7 @@ impl PurgeRun {
             target,
             limit,
             windows: Windows::new(target, limit),
+            tolerant: AtomicBool::new(false),
         }
     }
 
@@ -281,7 +300,13 @@ impl PurgeRun {
             },
             _ => {
                 let limit = piece_limit(piece, self.limit);
-                let c: Count = prepared(piece_sql(self.kind, piece))
+                let [fast, tolerant] = piece_sql(self.kind, piece);
+                let sql = if AtomicBool::load(&self.tolerant, Ordering::Relaxed) {
+                    tolerant
+                } else {
+                    fast
+                };
+                let c: Count = prepared(sql)
                     .bind::<SqlUuid, _>(self.target)
                     .bind::<Text, _>(prefix(piece, self.kind))
                     .bind::<BigInt, _>(limit)
@@ -304,6 +329,16 @@ impl PurgeRun {
         })
     }
 
+    /// Whether a chunk failed with `e` because one of its rooms was in the queue already:
+    /// the first time, this purge switches to the statements that skip such rooms, and the
+    /// chunk (rolled back) can be taken again at once.
+    pub fn queued_already(&self, e: &diesel::result::Error) -> bool {
+        use diesel::result::{DatabaseErrorKind, Error as DbError};
+        let conflict = matches!(e, DbError::DatabaseError(DatabaseErrorKind::UniqueViolation, info)
+            if info.table_name() == Some("liveblocks_cleanup_jobs"));
+        conflict && !self.tolerant.swap(true, Ordering::Relaxed)
+    }
+
     /// Tells the purge that `chunk` committed: what it left of its window is taken next.
     pub async fn committed(&self, chunk: Chunk) {
         self.windows.put_back(chunk.rest).await;
@@ -322,15 +357,22 @@ mod tests {
                 if piece == Piece::Messages {
                     continue;
                 }
-                let sql = piece_sql(kind, piece);
-                assert!(
-                    sql.contains(&format!("DELETE FROM {} ", piece.table(kind))),
-                    "{kind:?} {piece:?}: {sql}"
-                );
+                let [fast, tolerant] = piece_sql(kind, piece);
+                for sql in [fast, tolerant] {
+                    assert!(
+                        sql.contains(&format!("DELETE FROM {} ", piece.table(kind))),
+                        "{kind:?} {piece:?}: {sql}"
+                    );
+                    assert_eq!(
+                        sql.contains("liveblocks_cleanup_jobs"),
+                        piece.queues_rooms(kind),
+                        "{kind:?} {piece:?} queues rooms exactly when its rows own one"
+                    );
+                }
                 assert_eq!(
-                    sql.contains("liveblocks_cleanup_jobs"),
+                    tolerant.contains("ON CONFLICT (room_id) DO NOTHING"),
                     piece.queues_rooms(kind),
-                    "{kind:?} {piece:?} queues rooms exactly when its rows own one"
+                    "{kind:?} {piece:?}: the tolerant form skips rooms queued already"
                 );
             }
         }

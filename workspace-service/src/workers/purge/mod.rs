@@ -169,7 +169,7 @@ impl Attempting<'_> {
                 self.extend(conn).await?;
             }
             let started = Instant::now();
-            let chunk = conn
+            let chunk = match conn
                 .transaction::<_, Stop, _>(async |conn| {
                     conn.batch_execute(ASYNC_COMMIT).await?;
                     let held: Option<Kind> = prepared(HOLD)
@@ -183,7 +183,15 @@ impl Attempting<'_> {
                     }
                     Ok(self.run.chunk(conn, piece).await?)
                 })
-                .await?;
+                .await
+            {
+                Err(Stop::Failed(Error::Db(e))) if self.run.queued_already(&e) => {
+                    tracing::info!(target_id = %self.run.target(), table = piece.table(self.run.kind()),
+                        "a room of this purge is queued already; going on with the statements that skip it");
+                    continue;
+                }
+                chunk => chunk?,
+            };
             let more = chunk.more;
             if chunk.rows > 0 {
                 tracing::debug!(target_id = %self.run.target(), table = chunk.table, rows = chunk.rows,
