@@ -227,6 +227,25 @@ impl PgCluster {
         Ok(())
     }
 
+    /// Stops the server the way a crash would (immediate shutdown: no checkpoint, and WAL not
+    /// yet written out is lost); [`PgCluster::resume`] starts it again, through crash recovery.
+    pub fn crash(&self) -> Result<()> {
+        let out = self
+            .command(&self.bin.join("pg_ctl"))
+            .arg("-D")
+            .arg(self.data_dir())
+            .args(["-m", "immediate", "-w", "stop"])
+            .stdin(Stdio::null())
+            .output()?;
+        if !out.status.success() {
+            bail!(
+                "pg_ctl stop -m immediate failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(())
+    }
+
     /// Starts a paused server again on the same port.
     pub fn resume(&self) -> Result<()> {
         self.pg_ctl_start()

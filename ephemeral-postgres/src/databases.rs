@@ -14,7 +14,7 @@ pub struct TestDatabases {
     admin_url: String,
     /// Drop test databases when done (on a server we did not start; ours is deleted whole).
     drop_after: bool,
-    _cluster: Option<PgCluster>,
+    cluster: Option<PgCluster>,
     templates: Mutex<HashSet<String>>,
 }
 
@@ -111,7 +111,7 @@ impl TestDatabases {
             return Ok(Self {
                 admin_url: url,
                 drop_after: true,
-                _cluster: None,
+                cluster: None,
                 templates: Mutex::new(HashSet::new()),
             });
         }
@@ -124,7 +124,7 @@ impl TestDatabases {
         Ok(Self {
             admin_url: cluster.url("postgres"),
             drop_after: false,
-            _cluster: Some(cluster),
+            cluster: Some(cluster),
             templates: Mutex::new(HashSet::new()),
         })
     }
@@ -134,9 +134,14 @@ impl TestDatabases {
         Self {
             admin_url: cluster.url("postgres"),
             drop_after: false,
-            _cluster: Some(cluster),
+            cluster: Some(cluster),
             templates: Mutex::new(HashSet::new()),
         }
+    }
+
+    /// The cluster these databases live on, if this instance started it.
+    pub fn cluster(&self) -> Option<&PgCluster> {
+        self.cluster.as_ref()
     }
 
     /// A new empty database cloned from template `template` (created and migrated once with

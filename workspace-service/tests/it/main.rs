@@ -7,6 +7,7 @@ mod deletion;
 mod migrations;
 mod operations;
 mod permissions;
+mod postgres_crash;
 mod purge_scale;
 mod support;
 mod sync;

@@ -72,8 +72,12 @@ pub async fn start_with(with_worker: bool) -> Env {
 
 /// Like [`start_with`], with the configuration changed by `tweak` first.
 pub async fn start_custom(with_worker: bool, tweak: impl FnOnce(&mut Config)) -> Env {
+    start_on(database().await, with_worker, tweak).await
+}
+
+/// Like [`start_custom`], on database `db`.
+pub async fn start_on(db: TestDatabase, with_worker: bool, tweak: impl FnOnce(&mut Config)) -> Env {
     let issuers = Issuers::new().await;
-    let db = database().await;
     let liveblocks = LiveblocksStandIn::start(SECRET).await.unwrap();
     let url = liveblocks.base_url();
     let mut cfg = config(db.url(), &issuers, with_worker.then_some(url.as_str()));
