@@ -24,6 +24,14 @@ impl Principal {
     pub fn is_service(&self) -> bool {
         matches!(self, Principal::Service(_))
     }
+
+    /// `exp` of the token (Unix seconds): a stream opened with it ends then.
+    pub fn expires_at(&self) -> i64 {
+        match self {
+            Principal::User(u) => u.expires_at,
+            Principal::Service(s) => s.expires_at,
+        }
+    }
 }
 
 /// A Clerk user, with the claims the services use.
@@ -66,6 +74,8 @@ impl ActiveOrg {
 pub struct ServicePrincipal {
     /// `sub` of the service token, for example `webhook-gateway`.
     pub name: String,
+    /// `exp` of the token (Unix seconds): a stream opened with it ends then.
+    pub expires_at: i64,
 }
 
 /// Normalises a Clerk role to the `org:` form: `admin` → `org:admin`, the legacy `basic_member`

@@ -336,7 +336,10 @@ impl Authenticator {
             check_lifetime(claims.iat, claims.exp, MAX_LEEWAY_SECS, s.max_lifetime_secs)?;
             return Ok(Verified {
                 exp: claims.exp,
-                principal: Principal::Service(ServicePrincipal { name: claims.sub }),
+                principal: Principal::Service(ServicePrincipal {
+                    name: claims.sub,
+                    expires_at: claims.exp,
+                }),
                 leeway: MAX_LEEWAY_SECS,
                 kid,
                 key,

@@ -15,7 +15,7 @@ fn watcher<T>(
 ) -> Result<(Caller, Option<i64>, Option<String>), Error> {
     let principal = req.extensions().get::<Principal>();
     let caller = Caller::from_principal(principal)?;
-    let expires_at = principal.and_then(Principal::as_user).map(|u| u.expires_at);
+    let expires_at = principal.map(Principal::expires_at);
     let token = match resume_token.trim() {
         "" => None,
         t if t.len() > 100 => {

@@ -435,6 +435,36 @@ async fn expiry_and_a_deleted_workspace_end_the_stream() {
     assert_eq!(ended.code(), Code::Unauthenticated, "{ended:?}");
     assert!(ended.message().contains("resume token"));
 
+    // A service's token ends its streams too.
+    let minter = token_auth::signing::ServiceTokenMinter::new(
+        token_auth::signing::SigningKey::from_pem(
+            &std::fs::read_to_string(env.issuers.keys.signing_key_file()).unwrap(),
+        )
+        .unwrap(),
+        "vbase-internal",
+        service_harness::INTERNAL_CALLER,
+        Duration::from_secs(2),
+    );
+    let mut s = env
+        .client()
+        .await
+        .watch_channel(service_harness::bearer(
+            pb::WatchChannelRequest {
+                channel_id: ch.clone(),
+                resume_token: String::new(),
+            },
+            &minter.token_for("workspace-service").unwrap(),
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(what(&next(&mut s).await), "caught up");
+    let ended = tokio::time::timeout(Duration::from_secs(10), s.message())
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(ended.code(), Code::Unauthenticated, "{ended:?}");
+
     let mut w = watch(&env, "user_c", "org_e", &ch, "").await;
     assert_eq!(what(&next(&mut w).await), "caught up");
     env.client()
