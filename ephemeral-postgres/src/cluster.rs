@@ -211,35 +211,27 @@ impl PgCluster {
 
     /// Stops the server (fast shutdown), keeping its files; [`PgCluster::resume`] starts it again.
     pub fn pause(&self) -> Result<()> {
-        let out = self
-            .command(&self.bin.join("pg_ctl"))
-            .arg("-D")
-            .arg(self.data_dir())
-            .args(["-m", "fast", "-w", "stop"])
-            .stdin(Stdio::null())
-            .output()?;
-        if !out.status.success() {
-            bail!(
-                "pg_ctl stop failed: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        Ok(())
+        self.stop("fast")
     }
 
     /// Stops the server the way a crash would (immediate shutdown: no checkpoint, and WAL not
     /// yet written out is lost); [`PgCluster::resume`] starts it again, through crash recovery.
     pub fn crash(&self) -> Result<()> {
+        self.stop("immediate")
+    }
+
+    /// `pg_ctl stop` in shutdown mode `mode`, waiting for it.
+    fn stop(&self, mode: &str) -> Result<()> {
         let out = self
             .command(&self.bin.join("pg_ctl"))
             .arg("-D")
             .arg(self.data_dir())
-            .args(["-m", "immediate", "-w", "stop"])
+            .args(["-m", mode, "-w", "stop"])
             .stdin(Stdio::null())
             .output()?;
         if !out.status.success() {
             bail!(
-                "pg_ctl stop -m immediate failed: {}",
+                "pg_ctl stop -m {mode} failed: {}",
                 String::from_utf8_lossy(&out.stderr)
             );
         }

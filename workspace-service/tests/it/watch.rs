@@ -414,24 +414,31 @@ async fn expiry_and_a_deleted_workspace_end_the_stream() {
         .claims("user_b", "B", "b@example.com", Some(&org));
     claims["exp"] = serde_json::json!(token_auth::signing::now_secs() + 2);
     let short = env.issuers.clerk.sign(&claims);
-    let mut s = env
-        .client()
-        .await
-        .watch_channel(service_harness::bearer(
-            pb::WatchChannelRequest {
-                channel_id: ch.clone(),
-                resume_token: String::new(),
-            },
-            &short,
-        ))
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(what(&next(&mut s).await), "caught up");
-    let ended = tokio::time::timeout(Duration::from_secs(10), s.message())
-        .await
-        .unwrap()
-        .unwrap_err();
+    // Opens a watch with `token` and returns how the stream ended.
+    let ends = |token: String| {
+        let (env, ch) = (&env, ch.clone());
+        async move {
+            let mut s = env
+                .client()
+                .await
+                .watch_channel(service_harness::bearer(
+                    pb::WatchChannelRequest {
+                        channel_id: ch,
+                        resume_token: String::new(),
+                    },
+                    &token,
+                ))
+                .await
+                .unwrap()
+                .into_inner();
+            assert_eq!(what(&next(&mut s).await), "caught up");
+            tokio::time::timeout(Duration::from_secs(10), s.message())
+                .await
+                .unwrap()
+                .unwrap_err()
+        }
+    };
+    let ended = ends(short).await;
     assert_eq!(ended.code(), Code::Unauthenticated, "{ended:?}");
     assert!(ended.message().contains("resume token"));
 
@@ -445,24 +452,7 @@ async fn expiry_and_a_deleted_workspace_end_the_stream() {
         service_harness::INTERNAL_CALLER,
         Duration::from_secs(2),
     );
-    let mut s = env
-        .client()
-        .await
-        .watch_channel(service_harness::bearer(
-            pb::WatchChannelRequest {
-                channel_id: ch.clone(),
-                resume_token: String::new(),
-            },
-            &minter.token_for("workspace-service").unwrap(),
-        ))
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(what(&next(&mut s).await), "caught up");
-    let ended = tokio::time::timeout(Duration::from_secs(10), s.message())
-        .await
-        .unwrap()
-        .unwrap_err();
+    let ended = ends(minter.token_for("workspace-service").unwrap()).await;
     assert_eq!(ended.code(), Code::Unauthenticated, "{ended:?}");
 
     let mut w = watch(&env, "user_c", "org_e", &ch, "").await;
