@@ -92,8 +92,8 @@ impl<H: JobHandler> JobRunner<H> {
             .and_then(|b| b.blocked_until(Instant::now()))
     }
 
-    /// Gives back the jobs leased ahead (the breaker opened): others, or this runner once it
-    /// closes, take them at once, with the attempt their lease counted taken back.
+    /// Gives back the jobs leased ahead (the breaker opened, or the runner stops): they are
+    /// due at once, with the attempt their lease counted taken back.
     async fn release(&self, ready: &mut VecDeque<Ready>) {
         if ready.is_empty() {
             return;
@@ -244,7 +244,9 @@ impl<H: JobHandler> JobRunner<H> {
                 start(&this, &mut tasks, &results, r, permit);
             }
         }
-        // Jobs leased but not started are left to their lease.
+        // Jobs leased but not started are given back: another replica (or this one, restarted)
+        // takes them at once, and they keep their attempt.
+        this.release(&mut ready).await;
         while tasks.join_next().await.is_some() {}
         drop(results);
         let _ = finisher.await;

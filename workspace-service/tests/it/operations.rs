@@ -233,3 +233,53 @@ async fn the_key_is_checked_at_start() {
         (200, "liveblocks_key: ok LIVEBLOCKS_SECRET_KEY accepted\n")
     );
 }
+
+/// A replica that stops (a rolling deploy) finishes the calls in flight and gives back the jobs
+/// it leased ahead: none stays leased until its lease expires, and none spent an attempt it
+/// never made.
+#[tokio::test]
+async fn a_stopping_worker_gives_back_the_jobs_it_leased_ahead() {
+    let env = start_with(true).await;
+    env.liveblocks.set_latency(Duration::from_millis(300));
+    let rooms: Vec<String> = (0..100).map(|i| format!("doc:stop-{i:03}")).collect();
+    enqueue(&env, &rooms.iter().map(String::as_str).collect::<Vec<_>>()).await;
+    eventually("calls in flight", Duration::from_secs(10), || async {
+        env.liveblocks.peak_in_flight() >= 8
+    })
+    .await;
+    let Env {
+        server,
+        db,
+        liveblocks,
+        ..
+    } = env;
+    server.stop().await.unwrap();
+    let deleted = liveblocks.deleted().len() as i64;
+    assert!(deleted >= 8, "the calls in flight finished: {deleted}");
+    let left = |sql: &'static str| {
+        let url = db.url().to_owned();
+        async move {
+            use diesel_async::RunQueryDsl;
+            #[derive(diesel::QueryableByName)]
+            struct N {
+                #[diesel(sql_type = diesel::sql_types::BigInt)]
+                n: i64,
+            }
+            let pool = service_runtime::db::build_pool(&url, 1, workspace_service::PLANS).unwrap();
+            let n: N = diesel::sql_query(sql)
+                .get_result(&mut pool.get().await.unwrap())
+                .await
+                .unwrap();
+            n.n
+        }
+    };
+    assert_eq!(
+        left("SELECT count(*) AS n FROM liveblocks_cleanup_jobs").await,
+        100 - deleted
+    );
+    assert_eq!(
+        left("SELECT count(*) AS n FROM liveblocks_cleanup_jobs WHERE lease_token IS NOT NULL OR attempts > 0").await,
+        0,
+        "a job left leased, or with an attempt it never made"
+    );
+}
