@@ -23,6 +23,9 @@ pub struct BreakerSettings {
     pub cooldown_base: Duration,
     /// The longest cool-down.
     pub cooldown_max: Duration,
+    /// How long a probe may take before another one may start (its result was lost: a task
+    /// that panicked, say); the job's lease.
+    pub probe_timeout: Duration,
 }
 
 /// What one call found out about the service.
@@ -47,7 +50,7 @@ pub enum Transition {
 enum Phase {
     Closed { failures: u32 },
     Open { until: Instant, trips: u32 },
-    Probing { trips: u32 },
+    Probing { trips: u32, since: Instant },
 }
 
 #[derive(Debug)]
@@ -85,7 +88,10 @@ impl Breaker {
             Phase::Closed { .. } => None,
             Phase::Open { until, .. } if now < until => Some(until),
             Phase::Open { .. } => None,
-            Phase::Probing { .. } => Some(now + self.settings.cooldown_base),
+            Phase::Probing { since, .. } if now < since + self.settings.probe_timeout => {
+                Some(now + self.settings.cooldown_base)
+            }
+            Phase::Probing { .. } => None,
         }
     }
 
@@ -93,10 +99,15 @@ impl Breaker {
     /// [`Breaker::ended`]. The first job after a cool-down is the probe.
     pub fn started(&self, now: Instant) -> u64 {
         let mut s = self.state();
-        if let Phase::Open { until, trips } = s.phase
-            && now >= until
-        {
-            s.phase = Phase::Probing { trips };
+        let probe = match s.phase {
+            Phase::Open { until, trips } if now >= until => Some(trips),
+            Phase::Probing { trips, since } if now >= since + self.settings.probe_timeout => {
+                Some(trips)
+            }
+            _ => None,
+        };
+        if let Some(trips) = probe {
+            s.phase = Phase::Probing { trips, since: now };
             s.epoch += 1;
         }
         s.epoch
@@ -143,7 +154,7 @@ impl Breaker {
                 (phase, Transition::Opened(pause))
             }
             (
-                Phase::Probing { trips } | Phase::Open { trips, .. },
+                Phase::Probing { trips, .. } | Phase::Open { trips, .. },
                 Health::Unavailable { hold },
             ) => {
                 let (phase, pause) = open(trips + 1, hold);
@@ -168,6 +179,7 @@ mod tests {
             failures: 3,
             cooldown_base: SECOND,
             cooldown_max: 4 * SECOND,
+            probe_timeout: 10 * SECOND,
         })
     }
 
@@ -218,6 +230,31 @@ mod tests {
         // Closed again: one failure does not reopen it.
         let e = b.started(t);
         assert_eq!(b.ended(e, DOWN, t), None);
+    }
+
+    #[test]
+    fn a_probe_whose_result_never_comes_is_replaced_after_the_timeout() {
+        let b = breaker();
+        let t = Instant::now();
+        let e = b.started(t);
+        for _ in 0..3 {
+            b.ended(e, DOWN, t);
+        }
+        let lost = b.started(t + SECOND);
+        assert!(b.blocked_until(t + 5 * SECOND).is_some());
+        let t = t + 11 * SECOND;
+        assert_eq!(b.blocked_until(t), None, "the probe timed out");
+        let probe = b.started(t);
+        assert_ne!(probe, lost);
+        assert_eq!(
+            b.ended(lost, Health::Answered, t),
+            None,
+            "too late to count"
+        );
+        assert_eq!(
+            b.ended(probe, Health::Answered, t),
+            Some(Transition::Closed)
+        );
     }
 
     #[test]

@@ -313,6 +313,7 @@ impl CleanupWorker {
                 failures: BREAKER_FAILURES,
                 cooldown_base: settings.backoff_base,
                 cooldown_max: settings.backoff_max,
+                probe_timeout: settings.lease,
             }),
         };
         Self {
