@@ -8,11 +8,14 @@
 //!   replica without a write per webhook.
 //!
 //! - [`runs`]: reconcile runs as the gateway reported them when they finished.
+//! - [`instances`]: the Clerk instances whose webhooks were applied (reconcile deletes only
+//!   with a key of that instance).
 //!
 //! [`Ledger`] serves both to the services' gateway-only intake methods and their admin
 //! services. Each service creates the tables in its own migrations (`quarantined_deliveries`,
-//! `sync_outcomes`).
+//! `sync_outcomes`, `reconcile_runs`, `clerk_instances`).
 
+pub mod instances;
 pub mod quarantine;
 pub mod runs;
 pub mod tally;
@@ -32,8 +35,8 @@ pub use tally::Tally;
 /// Settings of the ledger.
 #[derive(Debug, Clone, clap::Args)]
 pub struct LedgerArgs {
-    /// Days the raw body of a quarantined delivery is kept (1 to 365); the record stays, and
-    /// resolved or discarded records go with their bodies.
+    /// Days a resolved or discarded delivery is kept, with its body, after it was closed (1 to
+    /// 365). An open delivery keeps its body until then.
     #[arg(long, env = "QUARANTINE_RETENTION_DAYS", default_value_t = 14)]
     pub quarantine_retention_days: u32,
 }
@@ -71,6 +74,7 @@ pub struct Ledger {
     tally: Tally,
     retention: Duration,
     gauges: Gauges,
+    instances: instances::Instances,
 }
 
 /// The quarantine's gauges, sampled by the upkeep.
@@ -111,6 +115,7 @@ impl Ledger {
             tally,
             retention: args.retention(),
             gauges,
+            instances: instances::Instances::default(),
         }
     }
 
@@ -151,11 +156,10 @@ impl Ledger {
                     if !stopping && last_retention.is_none_or(|t| t.elapsed() >= RETENTION_EVERY) {
                         last_retention = Some(tokio::time::Instant::now());
                         match quarantine::apply_retention(&mut conn, self.retention).await {
-                            Ok((0, 0)) => {}
-                            Ok((bodies, records)) => tracing::info!(
-                                bodies,
+                            Ok(0) => {}
+                            Ok(records) => tracing::info!(
                                 records,
-                                "quarantine retention removed old bodies and closed records"
+                                "quarantine retention removed deliveries closed before it"
                             ),
                             Err(e) => tracing::warn!(error = %e, "quarantine retention failed"),
                         }
@@ -318,6 +322,52 @@ impl Ledger {
             quarantined_last_day: q.last_day,
             as_of: Some(ts(now)),
         })
+    }
+
+    /// Records that a sync command came from Clerk instance `id` (empty: a command of reconcile,
+    /// which names none). Checks the id: a bad one is [`Error::Invalid`](service_runtime::Error).
+    pub async fn note_instance(&self, id: &str) -> Result<(), service_runtime::Error> {
+        if id.is_empty() || self.instances.known(id) {
+            return Ok(());
+        }
+        instances::check("instance_id", id)?;
+        let mut conn = self.pool.get().await?;
+        Ok(self.instances.note(&mut conn, id).await?)
+    }
+
+    /// `ListClerkInstances` (gateway only).
+    pub async fn clerk_instances(&self) -> Result<pb::ListClerkInstancesResponse, Status> {
+        let mut conn = self.conn().await?;
+        let rows = instances::list(&mut conn)
+            .await
+            .map_err(|e| service_runtime::db::status_for(&e))?;
+        Ok(pb::ListClerkInstancesResponse {
+            instances: rows
+                .into_iter()
+                .map(|r| pb::ClerkInstance {
+                    instance_id: r.instance_id,
+                    first_seen_at: Some(ts(r.first_seen_at)),
+                    confirmed_at: r.confirmed_at.map(ts),
+                })
+                .collect(),
+        })
+    }
+
+    /// `ConfirmClerkInstance` (gateway only).
+    pub async fn confirm_clerk_instance(
+        &self,
+        r: pb::ConfirmClerkInstanceRequest,
+    ) -> Result<pb::ConfirmClerkInstanceResponse, Status> {
+        instances::check("instance_id", &r.instance_id)?;
+        let mut conn = self.conn().await?;
+        instances::confirm(&mut conn, &r.instance_id)
+            .await
+            .map_err(|e| service_runtime::db::status_for(&e))?;
+        tracing::info!(
+            instance_id = r.instance_id,
+            "Clerk instance confirmed for reconcile"
+        );
+        Ok(pb::ConfirmClerkInstanceResponse {})
     }
 
     /// Records a finished reconcile run (from `FinishReconcile`; nothing when `run` is absent).

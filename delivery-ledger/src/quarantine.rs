@@ -1,7 +1,9 @@
 //! Signed deliveries that could not be applied, kept in `quarantined_deliveries`:
-//! `svix_id` (primary key), `event_type`, `reason`, `body` (bytea, NULL once the retention
-//! removed it), `received_at`, `last_attempt_at`, `attempts`, `state` (`open`, `resolved`,
-//! `discarded`), `resolution`, `closed_at`, `body_removed_at`.
+//! `svix_id` (primary key), `event_type`, `reason`, `body` (bytea), `received_at`,
+//! `last_attempt_at`, `attempts`, `state` (`open`, `resolved`, `discarded`), `resolution`,
+//! `closed_at`, `body_removed_at`. An open delivery keeps its body, so it can always be
+//! replayed; a closed one goes, body and all, a retention after it was closed. (Bodies removed
+//! by an earlier rule, which counted from receipt, show as `body_removed`.)
 
 use chrono::{DateTime, Utc};
 use diesel::sql_types::{BigInt, Binary, Bool, Double, Integer, Nullable, Text, Timestamptz};
@@ -276,28 +278,20 @@ pub async fn close(
     Ok(n == 1)
 }
 
-/// Removes the bodies of records received more than `retention` ago, and closed records older
-/// than that altogether. Returns (bodies removed, records removed).
+/// Removes the records resolved or discarded more than `retention` ago, with their bodies.
+/// Open records are never touched. Returns the records removed.
 pub async fn apply_retention(
     conn: &mut AsyncPgConnection,
     retention: Duration,
-) -> diesel::QueryResult<(usize, usize)> {
-    let secs = retention.as_secs_f64();
-    let records = prepared(
+) -> diesel::QueryResult<usize> {
+    prepared(
         "DELETE FROM quarantined_deliveries
-          WHERE state <> 'open' AND received_at < now() - make_interval(secs => $1)",
+          WHERE state <> 'open'
+            AND COALESCE(closed_at, received_at) < now() - make_interval(secs => $1)",
     )
-    .bind::<Double, _>(secs)
+    .bind::<Double, _>(retention.as_secs_f64())
     .execute(conn)
-    .await?;
-    let bodies = prepared(
-        "UPDATE quarantined_deliveries SET body = NULL, body_removed_at = now()
-          WHERE body IS NOT NULL AND received_at < now() - make_interval(secs => $1)",
-    )
-    .bind::<Double, _>(secs)
-    .execute(conn)
-    .await?;
-    Ok((bodies, records))
+    .await
 }
 
 /// Counts for the sync status and the gauges.

@@ -32,6 +32,8 @@ pub fn policy() -> MethodPolicy {
                 "CompareUsers",
                 "ListUnseenUsers",
                 "FinishReconcile",
+                "ListClerkInstances",
+                "ConfirmClerkInstance",
                 "QuarantineDelivery",
                 "ListQuarantined",
                 "ResolveQuarantined",
@@ -156,7 +158,10 @@ impl IdentityApi {
             })
         })();
         let result = match cmd {
-            Ok(cmd) => self.upserts.upsert(cmd).await,
+            Ok(cmd) => match self.ledger.note_instance(&c.instance_id).await {
+                Ok(()) => self.upserts.upsert(cmd).await,
+                Err(e) => Err(e),
+            },
             Err(e) => Err(e),
         };
         self.record("upsert_user", result)
@@ -350,7 +355,10 @@ impl IdentityService for IdentityApi {
             })
         })();
         let result = match cmd {
-            Ok(cmd) => users::delete_user(&self.pool, cmd).await,
+            Ok(cmd) => match self.ledger.note_instance(&c.instance_id).await {
+                Ok(()) => users::delete_user(&self.pool, cmd).await,
+                Err(e) => Err(e),
+            },
             Err(e) => Err(e),
         };
         let outcome = self.record("delete_user", result)?;
@@ -419,7 +427,33 @@ impl IdentityService for IdentityApi {
             limit: validate::page_size(m.limit, 500, reconcile::MAX_PAGE as i64)?,
         };
         let ids = reconcile::unseen(&self.pool, &q).await?;
-        Ok(Response::new(pb::ListUnseenResponse { ids }))
+        let (candidates, held) = if q.after.is_empty() {
+            reconcile::counts(&self.pool, q.run).await?
+        } else {
+            (0, 0)
+        };
+        Ok(Response::new(pb::ListUnseenResponse {
+            ids,
+            candidates,
+            held,
+        }))
+    }
+
+    async fn list_clerk_instances(
+        &self,
+        _req: Request<ops::ListClerkInstancesRequest>,
+    ) -> Result<Response<ops::ListClerkInstancesResponse>, Status> {
+        self.ledger.clerk_instances().await.map(Response::new)
+    }
+
+    async fn confirm_clerk_instance(
+        &self,
+        req: Request<ops::ConfirmClerkInstanceRequest>,
+    ) -> Result<Response<ops::ConfirmClerkInstanceResponse>, Status> {
+        self.ledger
+            .confirm_clerk_instance(req.into_inner())
+            .await
+            .map(Response::new)
     }
 
     async fn finish_reconcile(

@@ -158,6 +158,29 @@ pub async fn unseen(pool: &Pool, q: &Unseen) -> Result<Vec<String>, Error> {
     Ok(rows.into_iter().map(|r| r.clerk_id).collect())
 }
 
+#[derive(QueryableByName)]
+struct Counts {
+    #[diesel(sql_type = BigInt)]
+    candidates: i64,
+    #[diesel(sql_type = BigInt)]
+    held: i64,
+}
+
+/// The run's live candidates in all, and the live users held (the deletion budget's base).
+pub async fn counts(pool: &Pool, run: Uuid) -> Result<(i64, i64), Error> {
+    let mut conn = pool.get().await?;
+    let c: Counts = prepared(
+        "SELECT (SELECT count(*) FROM reconcile_candidates c
+                   JOIN users u ON u.clerk_id = c.clerk_id AND u.deleted_at IS NULL
+                  WHERE c.run_id = $1) AS candidates,
+                (SELECT count(*) FROM users WHERE deleted_at IS NULL) AS held",
+    )
+    .bind::<SqlUuid, _>(run)
+    .get_result(&mut conn)
+    .await?;
+    Ok((c.candidates, c.held))
+}
+
 /// Forgets the run's candidates, and those of runs that never finished (two days on).
 pub async fn finish(pool: &Pool, run: Uuid) -> Result<u64, Error> {
     let mut conn = pool.get().await?;

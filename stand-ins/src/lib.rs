@@ -10,7 +10,9 @@ mod jwks;
 mod liveblocks;
 
 pub use clerk::{ClerkStandIn, OrgClaim, ServiceKeys};
-pub use clerk_api::{ClerkApiStandIn, membership_json, org_json, user_json};
+pub use clerk_api::{
+    Call, ClerkApiStandIn, DEFAULT_INSTANCE, membership_json, org_json, user_json,
+};
 pub use http_server::HttpStandIn;
 pub use jwks::JwksServer;
 pub use liveblocks::{LiveblocksMode, LiveblocksStandIn};

@@ -260,6 +260,7 @@ impl Stack {
             (Some(_), None) => {
                 let key = "sk_test_local_stand_in".to_owned();
                 let api = ClerkApiStandIn::start(&key).await?;
+                api.set_instance(DEV_CLERK_INSTANCE);
                 dev_clerk_data(&api);
                 let url = api.base_url();
                 (
@@ -603,6 +604,10 @@ async fn serving(addr: SocketAddr, service: &str) -> bool {
 /// every service method in the stack's `SERVICE_CALLERS`).
 pub const STACK_CALLER: &str = "vbase-stack";
 
+/// The Clerk instance of the development stack: its stand-in of Clerk's Backend API answers
+/// for it, and `send-sample` webhooks come from it.
+pub const DEV_CLERK_INSTANCE: &str = "ins_local";
+
 /// The secret key the local stack's Liveblocks stand-in accepts.
 pub const DEV_LIVEBLOCKS_SECRET: &str = "sk_dev_local_stand_in";
 
@@ -693,7 +698,7 @@ pub fn sample_user_created(user: &str, first: &str, email: &str) -> serde_json::
                  "primary_email_address_id": "idn_1", "image_url": "https://img.clerk.com/example",
                  "email_addresses": [{"id": "idn_1", "email_address": email, "object": "email_address", "linked_to": []}],
                  "created_at": now_ms, "updated_at": now_ms},
-        "object": "event", "type": "user.created", "timestamp": now_ms, "instance_id": "ins_local",
+        "object": "event", "type": "user.created", "timestamp": now_ms, "instance_id": DEV_CLERK_INSTANCE,
         "event_attributes": {"http_request": {"client_ip": "127.0.0.1", "user_agent": "vbase-stack"}}
     })
 }

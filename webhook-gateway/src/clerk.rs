@@ -1,12 +1,18 @@
 //! Typed Clerk resources and webhook events, and their mapping onto our sync commands: the one
 //! mapping, used by webhooks and by reconcile alike.
 //!
-//! Shapes follow Clerk's JSON types (many fields nullable, unknown fields ignored). The delivery
-//! id (`svix-id`) becomes every command's `event_id`; the resource's `updated_at` becomes
-//! `occurred_at` (ordering is by the resource's own clock), and the envelope `timestamp`
-//! becomes `event_time` (a tie-break). Deletes of users and organizations carry the envelope
-//! `timestamp` when there is one and nothing otherwise: the delivery time (`svix-timestamp`,
-//! which a retry hours later moves) never orders anything.
+//! Shapes follow Clerk's published specification (many fields nullable or optional, unknown
+//! fields ignored): an email address entry may lack its `id` (it is then skipped), a membership
+//! may lack `public_user_data` (its command cannot be made: the delivery is quarantined, and a
+//! listing counts it refused). The delivery id (`svix-id`) becomes every command's
+//! `event_id`; the resource's `updated_at` becomes `occurred_at` (ordering is by the resource's
+//! own clock), and the envelope `timestamp` becomes `event_time` (a tie-break). Clerk documents
+//! that timestamp in milliseconds while every example of its webhook specification is in
+//! seconds: a value below 10^11 (March 1973 in milliseconds) is read as seconds. Deletes of
+//! users and organizations carry the envelope `timestamp` when there is one and nothing
+//! otherwise: the delivery time (`svix-timestamp`, which a retry hours later moves) never
+//! orders anything. Every command names the Clerk instance the envelope came from
+//! (`instance_id`), which the services record.
 
 use serde::Deserialize;
 use vbase_proto::identity::v1 as idp;
@@ -33,6 +39,10 @@ pub fn normalized(text: &str, max: usize) -> String {
         .to_owned()
 }
 
+/// An envelope `timestamp` below this is in seconds (10^11 ms is March 1973; 10^11 s is the
+/// year 5138).
+pub const SECONDS_BELOW: i64 = 100_000_000_000;
+
 /// The envelope of every Clerk webhook.
 #[derive(Debug, Deserialize)]
 pub struct Envelope {
@@ -41,15 +51,59 @@ pub struct Envelope {
     pub kind: String,
     /// The resource (or a deleted-object stub).
     pub data: serde_json::Value,
-    /// Milliseconds since the epoch when the event occurred.
+    /// When the event occurred: milliseconds since the epoch as documented, or seconds as in
+    /// the specification's examples (see [`Envelope::event_time`]).
     #[serde(default)]
     pub timestamp: Option<i64>,
+    /// The Clerk instance, `ins_...`.
+    #[serde(default)]
+    pub instance_id: Option<String>,
 }
 
-/// `EmailAddressJSON` (the fields we read).
+impl Envelope {
+    /// The envelope `timestamp` as a time: below [`SECONDS_BELOW`] it is seconds.
+    pub fn event_time(&self) -> Result<Option<prost_types::Timestamp>, Malformed> {
+        match self.timestamp {
+            None => Ok(None),
+            Some(t) if t < 0 => Err(Malformed("the envelope timestamp is negative".into())),
+            Some(t) if t < SECONDS_BELOW => Ok(Some(timestamp_from_millis(t * 1000))),
+            Some(t) => Ok(Some(timestamp_from_millis(t))),
+        }
+    }
+
+    /// The instance id, checked (empty when the envelope has none).
+    pub fn instance(&self) -> Result<&str, Malformed> {
+        let id = self.instance_id.as_deref().unwrap_or_default();
+        let ok = id.is_empty()
+            || (id.len() <= 64
+                && id.strip_prefix("ins_").is_some_and(|r| {
+                    !r.is_empty() && r.chars().all(|c| c.is_ascii_alphanumeric())
+                }));
+        if ok {
+            Ok(id)
+        } else {
+            Err(Malformed(
+                "instance_id is not a Clerk instance id (ins_...)".into(),
+            ))
+        }
+    }
+}
+
+/// Where a command comes from: the delivery's (or the reconcile run's) event id, when the
+/// source said it, and the Clerk instance of the webhook (empty for reconcile: a listing names
+/// no instance the services should record).
+#[derive(Debug, Clone, Copy)]
+pub struct Origin<'a> {
+    pub event_id: &'a str,
+    pub event_time: Option<prost_types::Timestamp>,
+    pub instance_id: &'a str,
+}
+
+/// `EmailAddressJSON` (the fields we read). The specification does not require `id`.
 #[derive(Debug, Deserialize)]
 pub struct EmailAddress {
-    pub id: String,
+    #[serde(default)]
+    pub id: Option<String>,
     pub email_address: String,
 }
 
@@ -77,12 +131,13 @@ pub struct User {
 }
 
 impl User {
-    /// The address whose id is `primary_email_address_id` (never simply the first one).
+    /// The address whose id is `primary_email_address_id` (never simply the first one; an
+    /// entry without an id is never it).
     pub fn primary_email(&self) -> Option<&str> {
         let primary = self.primary_email_address_id.as_deref()?;
         self.email_addresses
             .iter()
-            .find(|e| e.id == primary)
+            .find(|e| e.id.as_deref() == Some(primary))
             .map(|e| e.email_address.as_str())
     }
 
@@ -111,13 +166,9 @@ impl User {
 
 impl User {
     /// The upsert that makes our copy equal to this state.
-    pub fn upsert(
-        &self,
-        event_id: &str,
-        event_time: Option<prost_types::Timestamp>,
-    ) -> idp::UpsertUserCommand {
+    pub fn upsert(&self, origin: Origin) -> idp::UpsertUserCommand {
         idp::UpsertUserCommand {
-            event_id: event_id.to_owned(),
+            event_id: origin.event_id.to_owned(),
             occurred_at: Some(timestamp_from_millis(self.updated_at)),
             name: normalized(&self.display_name(), MAX_NAME_CHARS),
             email: self.primary_email().unwrap_or_default().to_owned(),
@@ -128,7 +179,8 @@ impl User {
                 .unwrap_or_default(),
             created_at: self.created_at.map(timestamp_from_millis),
             clerk_id: self.id.clone(),
-            event_time,
+            event_time: origin.event_time,
+            instance_id: origin.instance_id.to_owned(),
         }
     }
 }
@@ -149,19 +201,17 @@ pub struct Organization {
 
 impl Organization {
     /// The upsert that makes our copy equal to this state.
-    pub fn upsert(
-        &self,
-        event_id: &str,
-        event_time: Option<prost_types::Timestamp>,
-    ) -> wsp::UpsertWorkspaceCommand {
+    pub fn upsert(&self, origin: Origin) -> wsp::UpsertWorkspaceCommand {
         wsp::UpsertWorkspaceCommand {
-            event_id: event_id.to_owned(),
+            event_id: origin.event_id.to_owned(),
             occurred_at: Some(timestamp_from_millis(self.updated_at)),
             clerk_org_id: self.id.clone(),
             name: normalized(&self.name, MAX_NAME_CHARS),
             slug: normalized(self.slug.as_deref().unwrap_or_default(), MAX_NAME_CHARS),
             owner_clerk_id: self.created_by.clone().unwrap_or_default(),
-            event_time,
+            event_time: origin.event_time,
+            created_at: self.created_at.map(timestamp_from_millis),
+            instance_id: origin.instance_id.to_owned(),
         }
     }
 }
@@ -178,72 +228,77 @@ pub struct PublicUserData {
     pub user_id: String,
 }
 
-/// `OrganizationMembershipJSON` (the fields we read).
+/// `OrganizationMembershipJSON` (the fields we read). The specification does not require
+/// `public_user_data`; without it the membership's user is unknown and no command can be made.
 #[derive(Debug, Deserialize)]
 pub struct Membership {
     /// `orgmem_...`
     pub id: String,
     pub role: String,
     pub organization: OrganizationRef,
-    pub public_user_data: PublicUserData,
+    #[serde(default)]
+    pub public_user_data: Option<PublicUserData>,
     pub created_at: i64,
     pub updated_at: i64,
 }
 
 impl Membership {
+    /// The member's user id, from `public_user_data`.
+    pub fn user_id(&self) -> Result<&str, Malformed> {
+        self.public_user_data
+            .as_ref()
+            .map(|p| p.user_id.as_str())
+            .ok_or_else(|| {
+                Malformed("the membership has no public_user_data: its user is unknown".into())
+            })
+    }
+
     /// The upsert that makes our copy equal to this state.
-    pub fn upsert(
-        &self,
-        event_id: &str,
-        event_time: Option<prost_types::Timestamp>,
-    ) -> wsp::UpsertMembershipCommand {
-        wsp::UpsertMembershipCommand {
-            event_id: event_id.to_owned(),
+    pub fn upsert(&self, origin: Origin) -> Result<wsp::UpsertMembershipCommand, Malformed> {
+        Ok(wsp::UpsertMembershipCommand {
+            event_id: origin.event_id.to_owned(),
             occurred_at: Some(timestamp_from_millis(self.updated_at)),
             clerk_org_id: self.organization.id.clone(),
-            clerk_user_id: self.public_user_data.user_id.clone(),
+            clerk_user_id: self.user_id()?.to_owned(),
             role: normalized(&self.role, MAX_ROLE),
             clerk_membership_id: self.id.clone(),
             membership_created_at: Some(timestamp_from_millis(self.created_at)),
-            event_time,
-        }
+            event_time: origin.event_time,
+            instance_id: origin.instance_id.to_owned(),
+        })
     }
 
-    /// The delete of this membership; `event_time` is when access ended, when known.
-    pub fn delete(
-        &self,
-        event_id: &str,
-        event_time: Option<prost_types::Timestamp>,
-    ) -> wsp::DeleteMembershipCommand {
-        wsp::DeleteMembershipCommand {
-            event_id: event_id.to_owned(),
+    /// The delete of this membership; the origin's `event_time` is when access ended, when
+    /// known.
+    pub fn delete(&self, origin: Origin) -> Result<wsp::DeleteMembershipCommand, Malformed> {
+        Ok(wsp::DeleteMembershipCommand {
+            event_id: origin.event_id.to_owned(),
             occurred_at: Some(timestamp_from_millis(self.updated_at)),
             clerk_org_id: self.organization.id.clone(),
-            clerk_user_id: self.public_user_data.user_id.clone(),
+            clerk_user_id: self.user_id()?.to_owned(),
             clerk_membership_id: self.id.clone(),
             membership_created_at: Some(timestamp_from_millis(self.created_at)),
-            event_time,
-        }
+            event_time: origin.event_time,
+            instance_id: origin.instance_id.to_owned(),
+        })
     }
 }
 
 /// The commands that delete a user: the user in identity, memberships and receipts in
-/// workspace. `deleted_at`: when Clerk deleted it, when known.
-pub fn delete_user(
-    event_id: &str,
-    user: &str,
-    deleted_at: Option<prost_types::Timestamp>,
-) -> Command {
+/// workspace. The origin's `event_time`: when Clerk deleted it, when known.
+pub fn delete_user(origin: Origin, user: &str) -> Command {
     Command::DeleteUser(
         idp::DeleteUserCommand {
-            event_id: event_id.to_owned(),
-            occurred_at: deleted_at,
+            event_id: origin.event_id.to_owned(),
+            occurred_at: origin.event_time,
             clerk_id: user.to_owned(),
+            instance_id: origin.instance_id.to_owned(),
         },
         wsp::RemoveUserCommand {
-            event_id: event_id.to_owned(),
-            occurred_at: deleted_at,
+            event_id: origin.event_id.to_owned(),
+            occurred_at: origin.event_time,
             clerk_user_id: user.to_owned(),
+            instance_id: origin.instance_id.to_owned(),
         },
     )
 }
@@ -318,8 +373,12 @@ fn parse<T: serde::de::DeserializeOwned>(
 pub fn to_command(event_id: &str, body: &[u8]) -> Result<(String, Command), Malformed> {
     let env: Envelope =
         serde_json::from_slice(body).map_err(|e| reason("not a Clerk event", &e))?;
-    let event_time = env.timestamp.map(timestamp_from_millis);
-    let id = event_id;
+    let instance = env.instance()?.to_owned();
+    let origin = Origin {
+        event_id,
+        event_time: env.event_time()?,
+        instance_id: &instance,
+    };
     let deleted_id = |kind: &str, data: serde_json::Value| -> Result<String, Malformed> {
         parse::<Deleted>(kind, data)?
             .id
@@ -328,25 +387,24 @@ pub fn to_command(event_id: &str, body: &[u8]) -> Result<(String, Command), Malf
     };
     let command = match env.kind.as_str() {
         "user.created" | "user.updated" => {
-            Command::UpsertUser(parse::<User>(&env.kind, env.data)?.upsert(id, event_time))
+            Command::UpsertUser(parse::<User>(&env.kind, env.data)?.upsert(origin))
         }
-        "user.deleted" => delete_user(id, &deleted_id(&env.kind, env.data)?, event_time),
-        "organization.created" | "organization.updated" => Command::UpsertWorkspace(
-            parse::<Organization>(&env.kind, env.data)?.upsert(id, event_time),
-        ),
+        "user.deleted" => delete_user(origin, &deleted_id(&env.kind, env.data)?),
+        "organization.created" | "organization.updated" => {
+            Command::UpsertWorkspace(parse::<Organization>(&env.kind, env.data)?.upsert(origin))
+        }
         "organization.deleted" => Command::DeleteWorkspace(wsp::DeleteWorkspaceCommand {
-            event_id: id.to_owned(),
-            occurred_at: event_time,
+            event_id: event_id.to_owned(),
+            occurred_at: origin.event_time,
             clerk_org_id: deleted_id(&env.kind, env.data)?,
+            instance_id: origin.instance_id.to_owned(),
         }),
         "organizationMembership.created" | "organizationMembership.updated" => {
-            Command::UpsertMembership(
-                parse::<Membership>(&env.kind, env.data)?.upsert(id, event_time),
-            )
+            Command::UpsertMembership(parse::<Membership>(&env.kind, env.data)?.upsert(origin)?)
         }
-        "organizationMembership.deleted" => Command::DeleteMembership(
-            parse::<Membership>(&env.kind, env.data)?.delete(id, event_time),
-        ),
+        "organizationMembership.deleted" => {
+            Command::DeleteMembership(parse::<Membership>(&env.kind, env.data)?.delete(origin)?)
+        }
         _ => Command::Ignored,
     };
     Ok((env.kind, command))
@@ -404,7 +462,7 @@ mod tests {
             username: username.map(Into::into),
             primary_email_address_id: Some("idn_1".into()),
             email_addresses: vec![EmailAddress {
-                id: "idn_1".into(),
+                id: Some("idn_1".into()),
                 email_address: "a@b.co".into(),
             }],
             image_url: None,

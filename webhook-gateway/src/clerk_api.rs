@@ -1,6 +1,12 @@
 //! Clerk's Backend API, behind a small trait ([`ClerkBackend`]) with a reqwest implementation
-//! ([`ClerkHttp`]) that keeps to a request rate, honours `Retry-After` on 429, retries 5xx and
-//! timeouts with backoff, and stops at once on 401/403.
+//! ([`ClerkHttp`]) that pins the API version (`Clerk-API-Version`), keeps to a request rate,
+//! honours `Retry-After` on 429, retries 5xx and timeouts with backoff, and stops at once on
+//! 401/403.
+//!
+//! Any answer other than 2xx is an [`ApiError`]: a listing that cannot be trusted must never
+//! read as "complete and empty". Only [`fetch_one`] reads one answer as "gone": a 404 whose
+//! body carries Clerk's `resource_not_found` error code, which Clerk sends for a missing
+//! resource; a 404 without it (a wrong `CLERK_API_URL`, a proxy) is an error like any other.
 //!
 //! The reconciler reads typed resources through [`list_page`] and [`fetch_one`], which parse
 //! Clerk's list shapes (`GET /users` answers a bare array, the other lists `{data, total_count}`)
@@ -15,6 +21,9 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+/// The Backend API version this client speaks (the specification it was checked against),
+/// sent as `Clerk-API-Version` on every request.
+pub const API_VERSION: &str = "2026-05-12";
 /// Largest accepted response body (500 users of a few KiB each fit many times over).
 pub const MAX_RESPONSE_BYTES: usize = 16 * 1024 * 1024;
 /// Longest `Retry-After` honoured; a longer one waits this long, then asks again.
@@ -37,6 +46,13 @@ pub enum ApiError {
         attempts: u32,
         last: String,
     },
+    /// 404; with `resource_not_found`, Clerk's own answer for a missing resource. Without it,
+    /// the address is not Clerk's Backend API as expected.
+    #[error("{}", not_found_text(.path, *.resource_not_found))]
+    NotFound {
+        path: String,
+        resource_not_found: bool,
+    },
     /// Another status, not worth a retry (for example 422 for a bad parameter).
     #[error("Clerk answered {status} on {path}: {body}")]
     Refused {
@@ -49,14 +65,44 @@ pub enum ApiError {
     Unreadable { path: String, reason: String },
 }
 
+fn not_found_text(path: &str, resource_not_found: bool) -> String {
+    if resource_not_found {
+        format!("Clerk answered 404 resource_not_found on {path}")
+    } else {
+        format!(
+            "Clerk answered 404 on {path} without Clerk's resource_not_found code: \
+             check CLERK_API_URL is Clerk's Backend API with its version path (https://api.clerk.com/v1)"
+        )
+    }
+}
+
+impl ApiError {
+    /// The same error, said of a list request: any error there stops the run before anything
+    /// is deleted.
+    pub fn on_list(self) -> Self {
+        match self {
+            ApiError::NotFound { path, .. } => ApiError::Refused {
+                status: 404,
+                path: path.clone(),
+                body: format!(
+                    "a list answered 404, so the listing cannot be trusted: check CLERK_API_URL \
+                     is Clerk's Backend API with its version path (https://api.clerk.com/v1); \
+                     nothing is deleted ({path})"
+                ),
+            },
+            e => e,
+        }
+    }
+}
+
 /// One authenticated GET on Clerk's Backend API.
 pub trait ClerkBackend: Send + Sync {
-    /// `GET {base}{path}?{query}`: the body, or `None` for 404.
+    /// `GET {base}{path}?{query}`: the body of a 2xx answer; any other answer is an error.
     fn get(
         &self,
         path: &str,
         query: &[(&str, String)],
-    ) -> impl Future<Output = Result<Option<Bytes>, ApiError>> + Send;
+    ) -> impl Future<Output = Result<Bytes, ApiError>> + Send;
 
     /// Requests sent so far (retries included).
     fn requests(&self) -> u64;
@@ -174,6 +220,7 @@ impl ClerkHttp {
             .http
             .get(url)
             .bearer_auth(self.settings.secret_key.expose())
+            .header("Clerk-API-Version", API_VERSION)
             .send()
             .await
             .map_err(|e| format!("request failed: {e}"))?;
@@ -199,14 +246,39 @@ impl ClerkHttp {
     }
 }
 
+/// Whether a body is Clerk's error shape (`{"errors": [{"code": ...}]}`) naming `code`.
+pub fn has_error_code(body: &[u8], code: &str) -> bool {
+    #[derive(serde::Deserialize)]
+    struct Errors {
+        errors: Vec<ErrorEntry>,
+    }
+    #[derive(serde::Deserialize)]
+    struct ErrorEntry {
+        #[serde(default)]
+        code: Option<String>,
+    }
+    serde_json::from_slice::<Errors>(body)
+        .is_ok_and(|e| e.errors.iter().any(|x| x.code.as_deref() == Some(code)))
+}
+
+/// The start of a body, for an error message.
+fn snippet(body: &[u8]) -> String {
+    String::from_utf8_lossy(&body[..body.len().min(300)]).into_owned()
+}
+
 impl ClerkBackend for ClerkHttp {
-    async fn get(&self, path: &str, query: &[(&str, String)]) -> Result<Option<Bytes>, ApiError> {
+    async fn get(&self, path: &str, query: &[(&str, String)]) -> Result<Bytes, ApiError> {
         let url = format!("{}{path}", self.settings.base_url.trim_end_matches('/'));
         let (mut retries, mut limited) = (0u32, 0u32);
         loop {
             let failure = match self.attempt(&url, query).await {
-                Ok((200..=299, _, body)) => return Ok(Some(body)),
-                Ok((404, _, _)) => return Ok(None),
+                Ok((200..=299, _, body)) => return Ok(body),
+                Ok((404, _, body)) => {
+                    return Err(ApiError::NotFound {
+                        path: path.to_owned(),
+                        resource_not_found: has_error_code(&body, "resource_not_found"),
+                    });
+                }
                 Ok((status @ (401 | 403), _, _)) => {
                     return Err(ApiError::Unauthorized {
                         status,
@@ -238,7 +310,7 @@ impl ClerkBackend for ClerkHttp {
                     return Err(ApiError::Refused {
                         status,
                         path: path.to_owned(),
-                        body: String::from_utf8_lossy(&body[..body.len().min(300)]).into_owned(),
+                        body: snippet(&body),
                     });
                 }
                 Err(e) => e,
@@ -276,23 +348,61 @@ enum ListBody {
     Bare(Vec<serde_json::Value>),
 }
 
-/// One page of a list, oldest first: the items, each parsed on its own (an item that does not
-/// parse is returned as its error, with its id when it has one, so one odd resource does not
-/// stop the run), and whether this was the last page.
+/// How a list request asks for its page: each endpoint takes only the parameters Clerk
+/// documents for it (an undocumented one may answer 422 `form_param_unknown`).
+#[derive(Debug, Clone)]
+pub struct ListQuery<'a> {
+    /// Items per page (1 to 500).
+    pub limit: usize,
+    /// Where the page starts.
+    pub start: Start<'a>,
+    /// `order_by=+created_at` (oldest first), for the endpoints that document `order_by`.
+    pub oldest_first: bool,
+    /// Further documented parameters (a filter such as `user_id`).
+    pub filter: &'a [(&'a str, String)],
+}
+
+/// Where a page starts.
+#[derive(Debug, Clone, Copy)]
+pub enum Start<'a> {
+    /// `offset` (organizations and memberships: their lists have no cursor).
+    Offset(usize),
+    /// `starting_after` the id of the previous page's last item (`GET /users`, which
+    /// documents it for the `created_at` orderings); `None` for the first page.
+    After(Option<&'a str>),
+}
+
+/// One page of a list.
+#[derive(Debug)]
+pub struct ListPage<T> {
+    /// The items, each parsed on its own (an item that does not parse is returned as its
+    /// error, with its id when it has one, so one odd resource does not stop the run).
+    pub items: Vec<Result<T, Unparsed>>,
+    /// Fewer items than asked for: the last page.
+    pub last: bool,
+    /// The id of the page's last item (the next cursor).
+    pub last_id: Option<String>,
+}
+
+/// One page of the list at `path`, as `q` asks. Any answer other than 2xx is an error: a list
+/// that cannot be read must never read as empty (a listing reports it through
+/// [`ApiError::on_list`]).
 pub async fn list_page<T: DeserializeOwned>(
     api: &impl ClerkBackend,
     path: &str,
-    offset: usize,
-    limit: usize,
-) -> Result<(Vec<Result<T, Unparsed>>, bool), ApiError> {
-    let query = [
-        ("limit", limit.to_string()),
-        ("offset", offset.to_string()),
-        ("order_by", "+created_at".to_owned()),
-    ];
-    let Some(body) = api.get(path, &query).await? else {
-        return Ok((Vec::new(), true));
-    };
+    q: &ListQuery<'_>,
+) -> Result<ListPage<T>, ApiError> {
+    let mut query = vec![("limit", q.limit.to_string())];
+    match q.start {
+        Start::Offset(offset) => query.push(("offset", offset.to_string())),
+        Start::After(Some(id)) => query.push(("starting_after", id.to_owned())),
+        Start::After(None) => {}
+    }
+    if q.oldest_first {
+        query.push(("order_by", "+created_at".to_owned()));
+    }
+    query.extend(q.filter.iter().map(|(k, v)| (*k, v.clone())));
+    let body = api.get(path, &query).await?;
     let items = match serde_json::from_slice::<ListBody>(&body) {
         Ok(ListBody::Wrapped { data }) | Ok(ListBody::Bare(data)) => data,
         Err(e) => {
@@ -302,8 +412,17 @@ pub async fn list_page<T: DeserializeOwned>(
             });
         }
     };
-    let last = items.len() < limit;
-    Ok((items.into_iter().map(parse_item).collect(), last))
+    let last = items.len() < q.limit;
+    let last_id = items
+        .last()
+        .and_then(|v| v.get("id"))
+        .and_then(|i| i.as_str())
+        .map(str::to_owned);
+    Ok(ListPage {
+        items: items.into_iter().map(parse_item).collect(),
+        last,
+        last_id,
+    })
 }
 
 /// A listed resource that did not parse.
@@ -323,19 +442,44 @@ fn parse_item<T: DeserializeOwned>(v: serde_json::Value) -> Result<T, Unparsed> 
     })
 }
 
-/// One resource by path, or `None` for 404.
+/// One resource by path, or `None` when Clerk answers that it does not exist (404 with
+/// `resource_not_found`). Any other answer but 2xx is an error.
 pub async fn fetch_one<T: DeserializeOwned>(
     api: &impl ClerkBackend,
     path: &str,
 ) -> Result<Option<Result<T, Unparsed>>, ApiError> {
-    let Some(body) = api.get(path, &[]).await? else {
-        return Ok(None);
+    let body = match api.get(path, &[]).await {
+        Ok(body) => body,
+        Err(ApiError::NotFound {
+            resource_not_found: true,
+            ..
+        }) => return Ok(None),
+        Err(e) => return Err(e),
     };
     let v: serde_json::Value = serde_json::from_slice(&body).map_err(|e| ApiError::Unreadable {
         path: path.to_owned(),
         reason: e.classify_name().to_owned(),
     })?;
     Ok(Some(parse_item(v)))
+}
+
+/// `GET /instance`: the instance the secret key belongs to.
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct Instance {
+    /// `ins_...`
+    pub id: String,
+    /// `development` or `production`.
+    #[serde(default)]
+    pub environment_type: Option<String>,
+}
+
+/// Asks Clerk which instance the secret key belongs to.
+pub async fn instance(api: &impl ClerkBackend) -> Result<Instance, ApiError> {
+    let body = api.get("/instance", &[]).await?;
+    serde_json::from_slice(&body).map_err(|e| ApiError::Unreadable {
+        path: "/instance".into(),
+        reason: e.classify_name().to_owned(),
+    })
 }
 
 trait ClassifyName {
@@ -350,5 +494,34 @@ impl ClassifyName for serde_json::Error {
             serde_json::error::Category::Data => "unexpected shape",
             serde_json::error::Category::Eof => "ends early",
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_clerks_own_not_found_reads_as_gone() {
+        let clerk = br#"{"errors":[{"message":"not found","long_message":"No user was found","code":"resource_not_found"}],"clerk_trace_id":"t"}"#;
+        assert!(has_error_code(clerk, "resource_not_found"));
+        for other in [
+            &b"404 page not found"[..],
+            br#"{"errors":[{"message":"x","long_message":"x","code":"form_param_unknown"}]}"#,
+            br#"{"error":"resource_not_found"}"#,
+            b"",
+        ] {
+            assert!(!has_error_code(other, "resource_not_found"));
+        }
+        let e = ApiError::NotFound {
+            path: "/users".into(),
+            resource_not_found: false,
+        }
+        .on_list();
+        let text = e.to_string();
+        assert!(
+            text.contains("404") && text.contains("/users") && text.contains("CLERK_API_URL"),
+            "{text}"
+        );
     }
 }

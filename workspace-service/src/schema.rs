@@ -13,6 +13,7 @@ diesel::table! {
         deleted_at -> Nullable<Timestamptz>,
         source_event_time -> Timestamptz,
         source_event_id -> Text,
+        clerk_created_at -> Timestamptz,
     }
 }
 

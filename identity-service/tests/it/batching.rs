@@ -164,6 +164,7 @@ async fn concurrent_upserts_share_statements_and_each_gets_its_own_outcome() {
                     image_url: String::new(),
                     created_at: support::ts(1_700_000_000),
                     event_time: None,
+                    ..Default::default()
                 }))
                 .await
                 .unwrap()
@@ -220,6 +221,7 @@ fn upsert(
         image_url: String::new(),
         created_at: support::ts(1_700_000_000),
         event_time: None,
+        ..Default::default()
     }
 }
 
@@ -329,6 +331,7 @@ async fn concurrent_lookups_share_queries_and_each_gets_its_own_user() {
         event_id: "evt_ldel".into(),
         occurred_at: support::ts(1_700_000_100),
         clerk_id: "user_l19".into(),
+        ..Default::default()
     }))
     .await
     .unwrap();

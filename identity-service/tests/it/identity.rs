@@ -20,6 +20,7 @@ fn upsert(event: &str, at: i64, id: &str, name: &str, email: &str) -> pb::Upsert
         image_url: format!("https://img.clerk.com/{name}"),
         created_at: ts(1_700_000_000),
         event_time: None,
+        ..Default::default()
     }
 }
 
@@ -28,6 +29,7 @@ fn delete(event: &str, at: i64, id: &str) -> pb::DeleteUserCommand {
         event_id: event.into(),
         occurred_at: ts(T0 + at),
         clerk_id: id.into(),
+        ..Default::default()
     }
 }
 

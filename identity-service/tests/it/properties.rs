@@ -86,6 +86,7 @@ fn any_interleaving_with_duplicates_equals_the_in_order_result() {
                                 image_url: String::new(),
                                 created_at: ts(T0),
                                 event_time: None,
+                                ..Default::default()
                             }))
                             .await
                             .unwrap();
@@ -95,6 +96,7 @@ fn any_interleaving_with_duplicates_equals_the_in_order_result() {
                                 event_id: format!("{user}-{id}"),
                                 occurred_at: ts(*at),
                                 clerk_id: user.clone(),
+                                ..Default::default()
                             }))
                             .await
                             .unwrap();

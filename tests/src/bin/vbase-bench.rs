@@ -397,6 +397,7 @@ async fn delete_ours(
                 slug: String::new(),
                 owner_clerk_id: String::new(),
                 event_time: None,
+                ..Default::default()
             },
             &minter.token_for("workspace-service")?,
         ))
@@ -713,12 +714,18 @@ impl BatchProbe {
 /// runs).
 async fn reconcile_users(stack: &Stack) -> Result<(Duration, f64, f64)> {
     let mut cmd = stack.reconcile_command();
-    cmd.args(["--only", "users", "--json"])
-        .env("CLERK_API_MAX_REQUESTS", "10000")
-        .env("CLERK_API_WINDOW_SECS", "1")
-        .env("LOG_FORMAT", "json")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null());
+    cmd.args([
+        "--only",
+        "users",
+        "--json",
+        "--instance",
+        vbase_stack::DEV_CLERK_INSTANCE,
+    ])
+    .env("CLERK_API_MAX_REQUESTS", "10000")
+    .env("CLERK_API_WINDOW_SECS", "1")
+    .env("LOG_FORMAT", "json")
+    .stdout(std::process::Stdio::piped())
+    .stderr(std::process::Stdio::null());
     let t = Instant::now();
     let mut child = cmd.spawn()?;
     let pid = child.id();
@@ -749,7 +756,7 @@ async fn reconcile_users(stack: &Stack) -> Result<(Duration, f64, f64)> {
 /// Pages every user of the stand-in with the reconciler's own client and parser, page size
 /// 500, one page after another: the part of a reconcile that is Clerk's, not ours.
 async fn page_users_alone(api: &stand_ins::ClerkApiStandIn) -> Result<Duration> {
-    use webhook_gateway::clerk_api::{ClerkHttp, HttpSettings, list_page};
+    use webhook_gateway::clerk_api::{ClerkHttp, HttpSettings, ListQuery, Start, list_page};
     let client = ClerkHttp::new(HttpSettings {
         base_url: api.base_url(),
         secret_key: "sk_test_local_stand_in".into(),
@@ -761,15 +768,20 @@ async fn page_users_alone(api: &stand_ins::ClerkApiStandIn) -> Result<Duration> 
     })
     .map_err(anyhow::Error::msg)?;
     let t = Instant::now();
-    let mut offset = 0;
+    let mut cursor: Option<String> = None;
     loop {
-        let (items, last) =
-            list_page::<webhook_gateway::clerk::User>(&client, "/users", offset, 500).await?;
-        anyhow::ensure!(items.iter().all(Result::is_ok), "a user did not parse");
-        offset += items.len();
-        if last {
+        let q = ListQuery {
+            limit: 500,
+            start: Start::After(cursor.as_deref()),
+            oldest_first: true,
+            filter: &[],
+        };
+        let page = list_page::<webhook_gateway::clerk::User>(&client, "/users", &q).await?;
+        anyhow::ensure!(page.items.iter().all(Result::is_ok), "a user did not parse");
+        if page.last {
             return Ok(t.elapsed());
         }
+        cursor = page.last_id;
     }
 }
 
@@ -845,6 +857,7 @@ async fn drop_bench_workspace(
             event_id: format!("bench-{org}-delete"),
             occurred_at: None,
             clerk_org_id: org.into(),
+            ..Default::default()
         },
         token,
     ))

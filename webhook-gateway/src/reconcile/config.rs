@@ -137,6 +137,18 @@ pub struct ReconcileConfig {
     /// Print the summary as JSON.
     #[arg(long)]
     pub json: bool,
+    /// The Clerk instance (`ins_...`) CLERK_SECRET_KEY must belong to. Needed to delete when
+    /// no webhook has been applied yet, or when webhooks of several instances were; recorded
+    /// as confirmed for later runs. A key of another instance stops the run at once.
+    #[arg(long)]
+    pub instance: Option<String>,
+    /// Delete even when more resources of a kind would go than RECONCILE_MAX_DELETES allows.
+    #[arg(long)]
+    pub allow_mass_delete: bool,
+    /// Most resources of one kind a run deletes (default: the larger of 25 and 1 % of those
+    /// held); a run that would delete more deletes none of that kind and exits 1.
+    #[arg(long, env = "RECONCILE_MAX_DELETES")]
+    pub reconcile_max_deletes: Option<u64>,
     /// `json` or `pretty` (logs, on stderr).
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Json)]
     pub log_format: LogFormat,
@@ -152,6 +164,20 @@ impl ReconcileConfig {
         }
         if let Some(o) = &self.org {
             input_ok("--org", "org_", o)?;
+        }
+        if let Some(i) = &self.instance {
+            let ok = i.len() <= 64
+                && i.strip_prefix("ins_")
+                    .is_some_and(|r| !r.is_empty() && r.chars().all(|c| c.is_ascii_alphanumeric()));
+            if !ok {
+                return Err("--instance must be a Clerk instance id starting with ins_".into());
+            }
+        }
+        if self
+            .reconcile_max_deletes
+            .is_some_and(|n| n > 1_000_000_000)
+        {
+            return Err("RECONCILE_MAX_DELETES must be at most 1000000000".into());
         }
         Ok(())
     }

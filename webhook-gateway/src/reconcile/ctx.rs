@@ -1,10 +1,12 @@
 //! What a reconcile run shares across kinds: the run's identity and start, the pipelined
-//! listing of Clerk's pages, the writes, the deletion sweep, and the listing order's positions.
+//! listing of Clerk's pages, the writes, the deletion sweep and its budget, and the listing
+//! order's positions.
 
+use super::listing::{Listing, Stretch, pages};
 use super::summary::KindSummary;
 use super::{Plan, RunError};
-use crate::clerk::{Command, Membership, Organization, User};
-use crate::clerk_api::{ClerkBackend, Unparsed, list_page};
+use crate::clerk::{Command, Origin};
+use crate::clerk_api::{ClerkBackend, Unparsed};
 use crate::forward::{Downstream, ForwardError};
 use futures::StreamExt;
 use serde::de::DeserializeOwned;
@@ -12,6 +14,8 @@ use std::time::Duration;
 use uuid::Uuid;
 use vbase_proto::identity::v1 as idp;
 use vbase_proto::workspace::v1 as wsp;
+
+pub(super) use super::listing::Positioned;
 
 /// Candidates asked for per `ListUnseen*` call.
 const CANDIDATE_PAGE: i32 = 500;
@@ -21,6 +25,8 @@ const WRITES_IN_FLIGHT: usize = 32;
 const PAGES_IN_FLIGHT: usize = 4;
 /// A progress line every this many pages.
 const PAGES_PER_PROGRESS_LINE: u64 = 20;
+/// The least deletion budget of a kind, whatever the number held.
+pub const MIN_BUDGET: u64 = 25;
 
 /// What a run shares across kinds.
 pub(super) struct Ctx<'a, C> {
@@ -31,40 +37,6 @@ pub(super) struct Ctx<'a, C> {
     /// When the run started: only what was created here before it can be deleted, and the
     /// `event_time` of every command (the time Clerk's listing said it).
     pub(super) started_at: prost_types::Timestamp,
-}
-
-/// A position in Clerk's listing order: `created_at` (ms), then id.
-pub(super) type Position = (i64, String);
-
-/// The stretch of the listing order a page covers: after `after` (`None`: from the start) up
-/// to `through` inclusive (`None`: to the end).
-#[derive(Debug, Clone, Default)]
-pub(super) struct Stretch {
-    pub(super) after: Option<Position>,
-    pub(super) through: Option<Position>,
-}
-
-/// A listed resource's position in the listing order.
-pub(super) trait Positioned {
-    fn position(&self) -> Position;
-}
-
-impl Positioned for User {
-    fn position(&self) -> Position {
-        (self.created_at.unwrap_or(i64::MIN), self.id.clone())
-    }
-}
-
-impl Positioned for Organization {
-    fn position(&self) -> Position {
-        (self.created_at.unwrap_or(i64::MIN), self.id.clone())
-    }
-}
-
-impl Positioned for Membership {
-    fn position(&self) -> Position {
-        (self.created_at, self.id.clone())
-    }
 }
 
 /// What an applied write counts as.
@@ -88,6 +60,23 @@ impl Change {
 /// A write to send: what it counts as, the resource id (for logs), the command.
 pub(super) type Write = (Change, String, Command);
 
+/// Whether a sweep may delete.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Sweep {
+    /// Confirm each candidate with Clerk and delete the ones gone (within the budget).
+    Delete,
+    /// Deletion is refused for the run: count the candidates only.
+    CountOnly,
+}
+
+/// One page of a service's deletion candidates; on the first page, the candidates in all and
+/// the live resources of the kind held.
+pub(super) struct Candidates<K> {
+    pub(super) page: Vec<K>,
+    pub(super) total: i64,
+    pub(super) held: i64,
+}
+
 impl<'a, C: ClerkBackend> Ctx<'a, C> {
     pub(super) fn new(clerk: &'a C, down: &'a Downstream, plan: &'a Plan) -> Self {
         let now = std::time::SystemTime::now()
@@ -105,6 +94,15 @@ impl<'a, C: ClerkBackend> Ctx<'a, C> {
     /// The event id of one write: names the run, the action and the resource.
     pub(super) fn event_id(&self, action: &str, id: &str) -> String {
         format!("reconcile-{}-{action}-{id}", self.run)
+    }
+
+    /// The origin of a command of this run: said at the run's start, by no webhook's instance.
+    pub(super) fn origin<'e>(&self, event_id: &'e str) -> Origin<'e> {
+        Origin {
+            event_id,
+            event_time: Some(self.started_at),
+            instance_id: "",
+        }
     }
 
     pub(super) fn unseen(&self, after: String) -> idp::ListUnseenRequest {
@@ -163,14 +161,14 @@ impl<'a, C: ClerkBackend> Ctx<'a, C> {
         Ok(())
     }
 
-    /// Pages `path` oldest first. Fetching runs ahead of handling, and up to
+    /// Pages `listing` oldest first. Fetching runs ahead of handling, and up to
     /// [`PAGES_IN_FLIGHT`] pages are compared and applied at once (their order does not
     /// matter: the services' guard orders every write), so a round trip to a service does not
     /// add to the time of each page.
     pub(super) async fn each_page<T, F>(
         &self,
         s: &mut KindSummary,
-        path: &str,
+        listing: Listing<'_>,
         apply: F,
     ) -> Result<(), RunError>
     where
@@ -179,44 +177,11 @@ impl<'a, C: ClerkBackend> Ctx<'a, C> {
         F: AsyncFn(&mut KindSummary, Vec<T>, Stretch) -> Result<(), RunError>,
     {
         let (tx, mut rx) = tokio::sync::mpsc::channel(PAGES_IN_FLIGHT);
-        let size = self.plan.page_size;
-        let producer = async move {
-            let (mut offset, mut after) = (0, None);
-            loop {
-                let page = list_page::<T>(self.clerk, path, offset, size).await;
-                let (items, last) = match page {
-                    Ok(p) => p,
-                    Err(e) => {
-                        let _ = tx.send(Err(e)).await;
-                        return;
-                    }
-                };
-                offset += items.len();
-                // The page covers the listing after the previous page's last position up to
-                // its own last one; the last page covers the rest.
-                let furthest = items
-                    .iter()
-                    .filter_map(|i| i.as_ref().ok().map(Positioned::position))
-                    .max();
-                let through = if last {
-                    None
-                } else {
-                    furthest.or_else(|| after.clone())
-                };
-                let stretch = Stretch {
-                    after: after.clone(),
-                    through: through.clone(),
-                };
-                if tx.send(Ok((items, stretch))).await.is_err() || last {
-                    return;
-                }
-                after = through;
-            }
-        };
+        let producer = pages::<T, C>(self.clerk, listing, self.plan.page_size, tx);
         let progress = indicatif::ProgressBar::new_spinner();
         progress.enable_steady_tick(Duration::from_millis(200));
         let kind = s.kind.clone();
-        let handle = |page: Result<(Vec<Result<T, Unparsed>>, Stretch), _>| {
+        let handle = |page: Result<(Vec<Result<T, Unparsed>>, Stretch), RunError>| {
             let (apply, kind) = (&apply, kind.clone());
             async move {
                 let mut d = KindSummary {
@@ -257,19 +222,41 @@ impl<'a, C: ClerkBackend> Ctx<'a, C> {
         Ok(())
     }
 
-    /// Pages the service's deletion candidates (`list`, after a key), confirms each with Clerk
-    /// (`gone`) and deletes those Clerk no longer has (`delete`); the others are counted kept.
+    /// Pages the service's deletion candidates (`list`, after a key). The first page says how
+    /// many there are: more than the kind's budget (and no `--allow-mass-delete`), and nothing
+    /// of this kind is deleted; the refusal is returned. Else each is confirmed with Clerk
+    /// (`gone`) and those Clerk no longer has are deleted (`delete`); the others are counted
+    /// kept. With [`Sweep::CountOnly`] only the count is taken.
     pub(super) async fn sweep<K>(
         &self,
         s: &mut KindSummary,
-        list: impl AsyncFn(String) -> Result<Vec<K>, RunError>,
+        mode: Sweep,
+        list: impl AsyncFn(String) -> Result<Candidates<K>, RunError>,
         key: impl Fn(&K) -> String,
         gone: impl AsyncFn(&K) -> Result<bool, RunError>,
         delete: impl Fn(&K, &str) -> Command,
-    ) -> Result<(), RunError> {
-        let mut after = String::new();
+    ) -> Result<Option<String>, RunError> {
+        let first = list(String::new()).await?;
+        s.missing = first.total.max(0) as u64;
+        s.budget = self.plan.max_deletes.unwrap_or_else(|| {
+            let held = first.held.max(0) as u64;
+            MIN_BUDGET.max(held / 100)
+        });
+        if mode == Sweep::CountOnly {
+            return Ok(None);
+        }
+        if s.missing > s.budget && !self.plan.allow_mass_delete {
+            s.over_budget = true;
+            return Ok(Some(format!(
+                "{}: {} held here are missing from Clerk's listing, more than the deletion \
+                 budget of {} (RECONCILE_MAX_DELETES, else the larger of {MIN_BUDGET} and 1 % \
+                 of those held): none was deleted; check Clerk, then run with \
+                 --allow-mass-delete if they are really gone",
+                s.kind, s.missing, s.budget
+            )));
+        }
+        let mut page = first.page;
         loop {
-            let page = list(after).await?;
             let mut writes = Vec::new();
             for k in &page {
                 if gone(k).await? {
@@ -282,15 +269,22 @@ impl<'a, C: ClerkBackend> Ctx<'a, C> {
             }
             self.apply(s, writes).await?;
             match page.last() {
-                Some(last) if page.len() == CANDIDATE_PAGE as usize => after = key(last),
-                _ => return Ok(()),
+                Some(last) if page.len() == CANDIDATE_PAGE as usize => {
+                    page = list(key(last)).await?.page;
+                }
+                _ => return Ok(None),
             }
         }
     }
 
-    /// Whether Clerk answers 404 for `path`.
+    /// Whether Clerk says the resource at `path` does not exist (404 `resource_not_found`);
+    /// any other answer but 2xx stops the run.
     pub(super) async fn gone(&self, path: &str) -> Result<bool, RunError> {
-        Ok(self.clerk.get(path, &[]).await?.is_none())
+        Ok(
+            crate::clerk_api::fetch_one::<serde_json::Value>(self.clerk, path)
+                .await?
+                .is_none(),
+        )
     }
 
     /// Forgets the run's record of ids seen on both services, and gives them the run's

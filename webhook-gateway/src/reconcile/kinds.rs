@@ -4,12 +4,59 @@
 
 use super::RunError;
 use super::Scope;
-use super::ctx::{Ctx, Position, Stretch, classify, single};
+use super::ctx::{Candidates, Ctx, Sweep, classify, single};
+use super::listing::{Listing, Position, Stretch};
 use super::summary::KindSummary;
 use crate::clerk::{self, Command, Membership, Organization, User};
-use crate::clerk_api::{ClerkBackend, list_page};
+use crate::clerk_api::{ApiError, ClerkBackend, ListQuery, Start, fetch_one, list_page};
 use vbase_proto::identity::v1 as idp;
 use vbase_proto::workspace::v1 as wsp;
+
+/// A position as the services read it.
+fn position(p: Option<Position>) -> (Option<prost_types::Timestamp>, String) {
+    match p {
+        Some((ms, id)) => (Some(vbase_proto::timestamp_from_millis(ms)), id),
+        None => (None, String::new()),
+    }
+}
+
+fn idp_range(stretch: Stretch) -> idp::ListedRange {
+    let (after_created_at, after_id) = position(stretch.after);
+    let (through_created_at, through_id) = position(stretch.through);
+    idp::ListedRange {
+        after_created_at,
+        after_id,
+        through_created_at,
+        through_id,
+    }
+}
+
+fn wsp_range(stretch: Stretch) -> wsp::ListedRange {
+    let r = idp_range(stretch);
+    wsp::ListedRange {
+        after_created_at: r.after_created_at,
+        after_id: r.after_id,
+        through_created_at: r.through_created_at,
+        through_id: r.through_id,
+    }
+}
+
+/// Runs one page through `page` outside a listing (a run for one resource): its stretch is
+/// the whole order, and the scope keeps every other resource out of the candidates.
+async fn alone<T>(
+    s: &mut KindSummary,
+    items: Vec<T>,
+    page: impl AsyncFn(&mut KindSummary, Vec<T>, Stretch) -> Result<(), RunError>,
+) -> Result<(), RunError> {
+    let mut d = KindSummary {
+        kind: s.kind.clone(),
+        ..KindSummary::default()
+    };
+    page(&mut d, items, Stretch::default()).await?;
+    s.add(&d);
+    s.listing_complete = true;
+    Ok(())
+}
 
 pub(super) async fn users<C: ClerkBackend>(
     ctx: &Ctx<'_, C>,
@@ -22,24 +69,13 @@ pub(super) async fn users<C: ClerkBackend>(
                 .iter()
                 .map(|u| {
                     let id = ctx.event_id("user", &u.id);
-                    (u.id.clone(), u.upsert(&id, Some(ctx.started_at)))
+                    (u.id.clone(), u.upsert(ctx.origin(&id)))
                 })
                 .collect();
-            let position = |p: Option<Position>| match p {
-                Some((ms, id)) => (Some(vbase_proto::timestamp_from_millis(ms)), id),
-                None => (None, String::new()),
-            };
-            let (after_created_at, after_id) = position(stretch.after);
-            let (through_created_at, through_id) = position(stretch.through);
             let req = idp::CompareUsersRequest {
                 run_id: ctx.run.to_string(),
                 users: cmds.iter().map(|(_, c)| c.clone()).collect(),
-                range: Some(idp::ListedRange {
-                    after_created_at,
-                    after_id,
-                    through_created_at,
-                    through_id,
-                }),
+                range: Some(idp_range(stretch)),
                 started_at: Some(ctx.started_at),
                 scope_id: ctx.plan.scope.user().unwrap_or_default().to_owned(),
             };
@@ -56,96 +92,117 @@ pub(super) async fn users<C: ClerkBackend>(
     match &ctx.plan.scope {
         Scope::User(id) => {
             let users = single::<User>(ctx.clerk, s, &format!("/users/{id}")).await?;
-            let mut d = KindSummary {
-                kind: s.kind.clone(),
-                ..KindSummary::default()
-            };
-            page(&mut d, users, Stretch::default()).await?;
-            s.add(&d);
-            s.listing_complete = true;
+            alone(s, users, page).await
         }
-        _ => ctx.each_page(s, "/users", page).await?,
+        _ => ctx.each_page(s, Listing::Cursor("/users"), page).await,
     }
-    Ok(())
 }
 
 pub(super) async fn sweep_users<C: ClerkBackend>(
     ctx: &Ctx<'_, C>,
     s: &mut KindSummary,
-) -> Result<(), RunError> {
-    let list = async |after: String| -> Result<Vec<String>, RunError> {
+    mode: Sweep,
+) -> Result<Option<String>, RunError> {
+    let list = async |after: String| -> Result<Candidates<String>, RunError> {
         let req = ctx.down.request("identity-service", ctx.unseen(after))?;
-        Ok(ctx
+        let r = ctx
             .down
             .identity()
             .list_unseen_users(req)
             .await?
-            .into_inner()
-            .ids)
+            .into_inner();
+        Ok(Candidates {
+            page: r.ids,
+            total: r.candidates,
+            held: r.held,
+        })
     };
     let gone = async |id: &String| ctx.gone(&format!("/users/{id}")).await;
-    let delete =
-        |id: &String, _: &str| clerk::delete_user(&ctx.event_id("user.deleted", id), id, None);
-    ctx.sweep(s, list, String::clone, gone, delete).await
+    let delete = |id: &String, _: &str| {
+        let event_id = ctx.event_id("user.deleted", id);
+        let mut origin = ctx.origin(&event_id);
+        // When Clerk deleted it is not known.
+        origin.event_time = None;
+        clerk::delete_user(origin, id)
+    };
+    ctx.sweep(s, mode, list, String::clone, gone, delete).await
 }
 
 pub(super) async fn organizations<C: ClerkBackend>(
     ctx: &Ctx<'_, C>,
     s: &mut KindSummary,
 ) -> Result<(), RunError> {
-    let page =
-        async |s: &mut KindSummary, orgs: Vec<Organization>, _: Stretch| -> Result<(), RunError> {
-            if orgs.is_empty() {
-                return Ok(());
-            }
-            let cmds: Vec<(String, wsp::UpsertWorkspaceCommand)> = orgs
-                .iter()
-                .map(|o| {
-                    let id = ctx.event_id("organization", &o.id);
-                    (o.id.clone(), o.upsert(&id, Some(ctx.started_at)))
-                })
-                .collect();
-            let req = wsp::CompareWorkspacesRequest {
-                run_id: ctx.run.to_string(),
-                workspaces: cmds.iter().map(|(_, c)| c.clone()).collect(),
-            };
-            let results = ctx
-                .down
-                .workspace()
-                .compare_workspaces(ctx.down.request("workspace-service", req)?)
-                .await?
-                .into_inner()
-                .results;
-            let writes = classify(s, cmds, &results, Command::UpsertWorkspace)?;
-            ctx.apply(s, writes).await
+    let page = async |s: &mut KindSummary,
+                      orgs: Vec<Organization>,
+                      stretch: Stretch|
+           -> Result<(), RunError> {
+        // Without its `created_at` an organization has no place in the order: refused.
+        let (orgs, unplaced): (Vec<_>, Vec<_>) =
+            orgs.into_iter().partition(|o| o.created_at.is_some());
+        for o in unplaced {
+            s.refused += 1;
+            tracing::warn!(id = o.id, "a listed organization has no created_at");
+        }
+        let cmds: Vec<(String, wsp::UpsertWorkspaceCommand)> = orgs
+            .iter()
+            .map(|o| {
+                let id = ctx.event_id("organization", &o.id);
+                (o.id.clone(), o.upsert(ctx.origin(&id)))
+            })
+            .collect();
+        let req = wsp::CompareWorkspacesRequest {
+            run_id: ctx.run.to_string(),
+            workspaces: cmds.iter().map(|(_, c)| c.clone()).collect(),
+            range: Some(wsp_range(stretch)),
+            started_at: Some(ctx.started_at),
+            scope_id: match &ctx.plan.scope {
+                Scope::Org(id) => id.clone(),
+                _ => String::new(),
+            },
         };
+        let results = ctx
+            .down
+            .workspace()
+            .compare_workspaces(ctx.down.request("workspace-service", req)?)
+            .await?
+            .into_inner()
+            .results;
+        let writes = classify(s, cmds, &results, Command::UpsertWorkspace)?;
+        ctx.apply(s, writes).await
+    };
     match &ctx.plan.scope {
         Scope::Org(id) => {
             let orgs =
                 single::<Organization>(ctx.clerk, s, &format!("/organizations/{id}")).await?;
-            let mut d = KindSummary {
-                kind: s.kind.clone(),
-                ..KindSummary::default()
-            };
-            page(&mut d, orgs, Stretch::default()).await?;
-            s.add(&d);
-            s.listing_complete = true;
+            alone(s, orgs, page).await
         }
-        _ => ctx.each_page(s, "/organizations", page).await?,
+        _ => {
+            ctx.each_page(s, Listing::Offset("/organizations"), page)
+                .await
+        }
     }
-    Ok(())
 }
 
 pub(super) async fn sweep_organizations<C: ClerkBackend>(
     ctx: &Ctx<'_, C>,
     s: &mut KindSummary,
-) -> Result<(), RunError> {
-    let list = async |after: String| -> Result<Vec<String>, RunError> {
+    mode: Sweep,
+) -> Result<Option<String>, RunError> {
+    let list = async |after: String| -> Result<Candidates<String>, RunError> {
         let req = ctx
             .down
             .request("workspace-service", ctx.unseen_ws(after))?;
-        let found = ctx.down.workspace().list_unseen_workspaces(req).await?;
-        Ok(found.into_inner().clerk_org_ids)
+        let r = ctx
+            .down
+            .workspace()
+            .list_unseen_workspaces(req)
+            .await?
+            .into_inner();
+        Ok(Candidates {
+            page: r.clerk_org_ids,
+            total: r.candidates,
+            held: r.held,
+        })
     };
     let gone = async |id: &String| ctx.gone(&format!("/organizations/{id}")).await;
     let delete = |id: &String, _: &str| {
@@ -153,59 +210,85 @@ pub(super) async fn sweep_organizations<C: ClerkBackend>(
             event_id: ctx.event_id("organization.deleted", id),
             occurred_at: None,
             clerk_org_id: id.clone(),
+            instance_id: String::new(),
         })
     };
-    ctx.sweep(s, list, String::clone, gone, delete).await
+    ctx.sweep(s, mode, list, String::clone, gone, delete).await
 }
 
 pub(super) async fn memberships<C: ClerkBackend>(
     ctx: &Ctx<'_, C>,
     s: &mut KindSummary,
 ) -> Result<(), RunError> {
-    let page =
-        async |s: &mut KindSummary, members: Vec<Membership>, _: Stretch| -> Result<(), RunError> {
-            if members.is_empty() {
-                return Ok(());
+    let page = async |s: &mut KindSummary,
+                      members: Vec<Membership>,
+                      stretch: Stretch|
+           -> Result<(), RunError> {
+        let mut cmds: Vec<(String, wsp::UpsertMembershipCommand)> = Vec::new();
+        for m in &members {
+            let id = ctx.event_id("membership", &m.id);
+            match m.upsert(ctx.origin(&id)) {
+                Ok(c) => cmds.push((m.id.clone(), c)),
+                Err(why) => {
+                    s.refused += 1;
+                    tracing::warn!(
+                        id = m.id,
+                        reason = why.0,
+                        "a listed membership is not usable"
+                    );
+                }
             }
-            let cmds: Vec<(String, wsp::UpsertMembershipCommand)> = members
-                .iter()
-                .map(|m| {
-                    let id = ctx.event_id("membership", &m.id);
-                    (m.id.clone(), m.upsert(&id, Some(ctx.started_at)))
-                })
-                .collect();
-            let req = wsp::CompareMembershipsRequest {
-                run_id: ctx.run.to_string(),
-                memberships: cmds.iter().map(|(_, c)| c.clone()).collect(),
-            };
-            let results = ctx
-                .down
-                .workspace()
-                .compare_memberships(ctx.down.request("workspace-service", req)?)
-                .await?
-                .into_inner()
-                .results;
-            let writes = classify(s, cmds, &results, Command::UpsertMembership)?;
-            ctx.apply(s, writes).await
+        }
+        let req = wsp::CompareMembershipsRequest {
+            run_id: ctx.run.to_string(),
+            memberships: cmds.iter().map(|(_, c)| c.clone()).collect(),
+            range: Some(wsp_range(stretch)),
+            started_at: Some(ctx.started_at),
+            scope_id: ctx.plan.scope.id().to_owned(),
         };
-    let path = match &ctx.plan.scope {
-        Scope::All => "/organization_memberships".to_owned(),
-        Scope::Org(id) => format!("/organizations/{id}/memberships"),
-        Scope::User(id) => format!("/users/{id}/organization_memberships"),
+        let results = ctx
+            .down
+            .workspace()
+            .compare_memberships(ctx.down.request("workspace-service", req)?)
+            .await?
+            .into_inner()
+            .results;
+        let writes = classify(s, cmds, &results, Command::UpsertMembership)?;
+        ctx.apply(s, writes).await
     };
-    ctx.each_page(s, &path, page).await
+    let (path, by_offset) = match &ctx.plan.scope {
+        Scope::All => ("/organization_memberships".to_owned(), true),
+        Scope::Org(id) => (format!("/organizations/{id}/memberships"), true),
+        Scope::User(id) => (format!("/users/{id}/organization_memberships"), false),
+    };
+    let listing = if by_offset {
+        Listing::Offset(&path)
+    } else {
+        Listing::Collected(&path)
+    };
+    ctx.each_page(s, listing, page).await
 }
 
 pub(super) async fn sweep_memberships<C: ClerkBackend>(
     ctx: &Ctx<'_, C>,
     s: &mut KindSummary,
-) -> Result<(), RunError> {
-    let list = async |after: String| -> Result<Vec<wsp::HeldMembership>, RunError> {
+    mode: Sweep,
+) -> Result<Option<String>, RunError> {
+    let list = async |after: String| -> Result<Candidates<wsp::HeldMembership>, RunError> {
         let req = ctx
             .down
             .request("workspace-service", ctx.unseen_ws(after))?;
-        let found = ctx.down.workspace().list_unseen_memberships(req).await?;
-        Ok(found.into_inner().memberships)
+        let r = ctx
+            .down
+            .workspace()
+            .list_unseen_memberships(req)
+            .await?
+            .into_inner();
+        Ok(Candidates {
+            page: r.memberships,
+            total: r.candidates,
+            held: r.held,
+        })
     };
     let key = |m: &wsp::HeldMembership| format!("{}/{}", m.clerk_org_id, m.clerk_user_id);
     let gone = async |m: &wsp::HeldMembership| {
@@ -220,32 +303,58 @@ pub(super) async fn sweep_memberships<C: ClerkBackend>(
             clerk_membership_id: m.clerk_membership_id.clone(),
             membership_created_at: m.membership_created_at,
             event_time: None,
+            instance_id: String::new(),
         })
     };
-    ctx.sweep(s, list, key, gone, delete).await
+    ctx.sweep(s, mode, list, key, gone, delete).await
 }
 
-/// Whether Clerk lists `user` as a member of `org` now. A listing item that does not parse
-/// counts as a membership (nothing is deleted on a doubt).
+/// Whether Clerk lists `user` among the members of `org` now, asked through
+/// `GET /organizations/{org}/memberships?user_id=` (the route that documents that filter). An
+/// item that does not parse, or whose user is unknown, counts as the membership (nothing is
+/// deleted on a doubt). When that list answers 404 `resource_not_found`, the organization
+/// itself must answer it too for the membership to count as gone.
 async fn still_member<C: ClerkBackend>(
     ctx: &Ctx<'_, C>,
     org: &str,
     user: &str,
 ) -> Result<bool, RunError> {
-    let path = format!("/users/{user}/organization_memberships");
+    let path = format!("/organizations/{org}/memberships");
+    let filter = [("user_id", user.to_owned())];
     let mut offset = 0;
     loop {
-        let (items, last) =
-            list_page::<Membership>(ctx.clerk, &path, offset, ctx.plan.page_size).await?;
-        if items
-            .iter()
-            .any(|m| m.as_ref().is_err() || m.as_ref().is_ok_and(|m| m.organization.id == org))
-        {
+        let q = ListQuery {
+            limit: ctx.plan.page_size,
+            start: Start::Offset(offset),
+            oldest_first: false,
+            filter: &filter,
+        };
+        let page = match list_page::<Membership>(ctx.clerk, &path, &q).await {
+            Ok(p) => p,
+            Err(ApiError::NotFound {
+                resource_not_found: true,
+                ..
+            }) => {
+                let org_path = format!("/organizations/{org}");
+                return match fetch_one::<serde_json::Value>(ctx.clerk, &org_path).await? {
+                    None => Ok(false),
+                    Some(_) => Err(RunError::Listing(format!(
+                        "Clerk answered 404 resource_not_found on {path} but still has {org_path}"
+                    ))),
+                };
+            }
+            Err(e) => return Err(RunError::Clerk(e.on_list())),
+        };
+        let member = page.items.iter().any(|m| match m {
+            Err(_) => true,
+            Ok(m) => m.organization.id == org && m.user_id().ok().is_none_or(|u| u == user),
+        });
+        if member {
             return Ok(true);
         }
-        if last {
+        if page.last {
             return Ok(false);
         }
-        offset += items.len();
+        offset += page.items.len();
     }
 }

@@ -6,14 +6,20 @@
 //! which also records the item as seen by the run); send what is missing or older as the
 //! ordinary sync commands, with `occurred_at` = the resource's `updated_at` and an event id that
 //! names the run, so the services' ordering guard decides exactly as for a webhook and a newer
-//! webhook is never rolled back. Only when the listing of a kind was read to its end: ask the
-//! service for what it holds that the run did not see (created before the run started), confirm
-//! each with Clerk's single-resource endpoint (404), and delete it. Memory holds a page or two,
-//! whatever the number of users.
+//! webhook is never rolled back. Only when every listing was read to its end: ask the service
+//! for what it holds that the run did not see (created before the run started), confirm each
+//! with Clerk (its own GET answering 404 `resource_not_found`), and delete it. Memory holds a
+//! page or two, whatever the number of resources.
+//!
+//! Two guards stand before any deletion: the key must belong to the Clerk instance whose
+//! webhooks the services applied ([`pin`]), and a kind deletes nothing when more of it is
+//! missing from Clerk than its budget allows (`RECONCILE_MAX_DELETES`; `--allow-mass-delete`).
 
 pub mod config;
 mod ctx;
 mod kinds;
+mod listing;
+pub mod pin;
 pub mod summary;
 
 use crate::clerk_api::{ApiError, ClerkBackend, ClerkHttp};
@@ -27,6 +33,12 @@ use summary::{KindSummary, Summary};
 pub enum RunError {
     #[error(transparent)]
     Clerk(#[from] ApiError),
+    /// A listing Clerk answered in a way that cannot be trusted.
+    #[error("{0}")]
+    Listing(String),
+    /// The key belongs to another Clerk instance than `--instance` names.
+    #[error("{0}")]
+    Instance(String),
     /// A service could not be reached or failed (not a refusal of one item).
     #[error("services: {0}")]
     Services(String),
@@ -52,6 +64,12 @@ pub struct Plan {
     /// One user or organization only.
     pub scope: Scope,
     pub page_size: usize,
+    /// `--instance`: the Clerk instance the key must belong to.
+    pub instance: Option<String>,
+    /// `--allow-mass-delete`.
+    pub allow_mass_delete: bool,
+    /// `RECONCILE_MAX_DELETES` (default: the larger of 25 and 1 % of what is held).
+    pub max_deletes: Option<u64>,
 }
 
 /// The part of Clerk a run covers.
@@ -96,48 +114,87 @@ pub async fn execute(config: &ReconcileConfig) -> anyhow::Result<Summary> {
         kinds: config.kinds(),
         scope,
         page_size: config.clerk.clerk_api_page_size,
+        instance: config.instance.clone(),
+        allow_mass_delete: config.allow_mass_delete,
+        max_deletes: config.reconcile_max_deletes,
     };
     Ok(run(&clerk, &downstream, &plan).await)
 }
 
-/// Runs `plan` against `clerk` and the services. Never fails: a run that stops says why in
-/// [`Summary::error`] and has `completed == false`.
+/// Runs `plan` against `clerk` and the services. Never fails: a run that stops, or refuses to
+/// delete, says why in [`Summary::error`] and has `completed == false`.
 pub async fn run(clerk: &impl ClerkBackend, downstream: &Downstream, plan: &Plan) -> Summary {
     let started = Instant::now();
     let ctx = ctx::Ctx::new(clerk, downstream, plan);
     let requests_before = clerk.requests();
     tracing::info!(run_id = %ctx.run, dry_run = plan.dry_run, kinds = ?plan.kinds, "reconcile started");
     let mut summaries: Vec<KindSummary> = plan.kinds.iter().map(|k| KindSummary::new(*k)).collect();
+    let mut error = None;
+    let mut refusals = Vec::new();
+    // Which instance the key belongs to, before anything is read: a key of another instance
+    // than `--instance` stops here; one the services do not know deletes nothing.
+    let (instance, pin) = match pin::check(clerk, downstream, plan.instance.as_deref()).await {
+        Ok((key, pin)) => (Some(key), Some(pin)),
+        Err(e) => {
+            error = Some(format!("Clerk instance: {e}"));
+            (None, None)
+        }
+    };
     // First every listing, then the deletions (memberships first, users last), and those only
     // when every listing completed: a membership Clerk no longer has is deleted as itself, not
     // as a side effect of its organization's or user's deletion, so a dry run reports exactly
     // what the run applies.
-    let mut error = None;
-    for (kind, s) in plan.kinds.iter().zip(summaries.iter_mut()) {
-        let result = measured(clerk, s, async |s| match kind {
-            Kind::Users => kinds::users(&ctx, s).await,
-            Kind::Organizations => kinds::organizations(&ctx, s).await,
-            Kind::Memberships => kinds::memberships(&ctx, s).await,
-        })
-        .await;
-        if let Err(e) = result {
-            error = Some(format!("{}: {e}", kind.name()));
-            break;
-        }
-    }
-    if error.is_none() {
-        for (kind, s) in plan.kinds.iter().zip(summaries.iter_mut()).rev() {
+    if pin.is_some() {
+        for (kind, s) in plan.kinds.iter().zip(summaries.iter_mut()) {
             let result = measured(clerk, s, async |s| match kind {
-                Kind::Users => kinds::sweep_users(&ctx, s).await,
-                Kind::Organizations => kinds::sweep_organizations(&ctx, s).await,
-                Kind::Memberships => kinds::sweep_memberships(&ctx, s).await,
+                Kind::Users => kinds::users(&ctx, s).await,
+                Kind::Organizations => kinds::organizations(&ctx, s).await,
+                Kind::Memberships => kinds::memberships(&ctx, s).await,
             })
             .await;
             if let Err(e) = result {
-                error = Some(format!("{} deletions: {e}", kind.name()));
+                error = Some(format!("{}: {e}", kind.name()));
                 break;
             }
         }
+    }
+    let mut deletions_allowed = false;
+    if let (None, Some(pin)) = (&error, &pin) {
+        let mode = match pin {
+            pin::Pin::Allowed { instance, confirm } => {
+                deletions_allowed = true;
+                if *confirm
+                    && !plan.dry_run
+                    && let Err(e) = pin::confirm(downstream, instance).await
+                {
+                    error = Some(format!("confirming the Clerk instance: {e}"));
+                }
+                ctx::Sweep::Delete
+            }
+            pin::Pin::Refused(why) => {
+                refusals.push(why.clone());
+                ctx::Sweep::CountOnly
+            }
+        };
+        for (kind, s) in plan.kinds.iter().zip(summaries.iter_mut()).rev() {
+            if error.is_some() {
+                break;
+            }
+            let result = measured(clerk, s, async |s| match kind {
+                Kind::Users => kinds::sweep_users(&ctx, s, mode).await,
+                Kind::Organizations => kinds::sweep_organizations(&ctx, s, mode).await,
+                Kind::Memberships => kinds::sweep_memberships(&ctx, s, mode).await,
+            })
+            .await;
+            match result {
+                Ok(None) => {}
+                Ok(Some(refused)) => refusals.push(refused),
+                Err(e) => error = Some(format!("{} deletions: {e}", kind.name())),
+            }
+        }
+    }
+    if error.is_none() && !refusals.is_empty() {
+        error = Some(refusals.join("; "));
     }
     match &error {
         Some(e) => tracing::error!(error = %e, "reconcile stopped"),
@@ -152,7 +209,9 @@ pub async fn run(clerk: &impl ClerkBackend, downstream: &Downstream, plan: &Plan
             created = s.created,
             updated = s.updated,
             unchanged = s.unchanged,
+            missing = s.missing,
             deleted = s.deleted,
+            budget = s.budget,
             stale = s.stale,
             refused = s.refused,
             kept = s.kept,
@@ -166,6 +225,8 @@ pub async fn run(clerk: &impl ClerkBackend, downstream: &Downstream, plan: &Plan
         dry_run: plan.dry_run,
         completed: error.is_none(),
         error,
+        instance,
+        deletions_allowed,
         requests: clerk.requests() - requests_before,
         duration_secs: started.elapsed().as_secs_f64(),
         kinds: summaries,
@@ -175,11 +236,11 @@ pub async fn run(clerk: &impl ClerkBackend, downstream: &Downstream, plan: &Plan
 }
 
 /// Runs one step of a kind, adding its Clerk requests and time to the kind's summary.
-async fn measured(
+async fn measured<T>(
     clerk: &impl ClerkBackend,
     s: &mut KindSummary,
-    step: impl AsyncFnOnce(&mut KindSummary) -> Result<(), RunError>,
-) -> Result<(), RunError> {
+    step: impl AsyncFnOnce(&mut KindSummary) -> Result<T, RunError>,
+) -> Result<T, RunError> {
     let (t, before) = (Instant::now(), clerk.requests());
     let r = step(s).await;
     s.requests += clerk.requests() - before;

@@ -15,7 +15,8 @@ pub struct KindSummary {
     pub updated: u64,
     /// Held as listed.
     pub unchanged: u64,
-    /// Held here but gone from Clerk (confirmed with a 404).
+    /// Held here but gone from Clerk (confirmed with Clerk's `resource_not_found`, or for a
+    /// membership, absent from the organization's members).
     pub deleted: u64,
     /// Newer data or a deletion is held here (a webhook was faster): left alone.
     pub stale: u64,
@@ -24,6 +25,14 @@ pub struct KindSummary {
     pub refused: u64,
     /// Not in the listing but still found in Clerk when checked: left alone.
     pub kept: u64,
+    /// Held here (live, created before the run) and missing from Clerk's complete listing: what
+    /// the run would delete once Clerk confirms each. Counted even when deletion is refused.
+    pub missing: u64,
+    /// The most this run may delete of this kind (RECONCILE_MAX_DELETES, or the larger of 25
+    /// and 1 % of those held).
+    pub budget: u64,
+    /// More are missing than the budget allows: none of this kind was deleted.
+    pub over_budget: bool,
     /// Clerk requests this kind made.
     pub requests: u64,
     pub duration_secs: f64,
@@ -61,8 +70,12 @@ pub struct Summary {
     pub dry_run: bool,
     /// Every kind finished.
     pub completed: bool,
-    /// Why the run stopped, when it did.
+    /// Why the run stopped, or refused to delete, when it did.
     pub error: Option<String>,
+    /// The Clerk instance CLERK_SECRET_KEY belongs to, once Clerk said.
+    pub instance: Option<String>,
+    /// Whether deletions were allowed (the key's instance is the one recorded here).
+    pub deletions_allowed: bool,
     pub requests: u64,
     pub duration_secs: f64,
     pub kinds: Vec<KindSummary>,
@@ -104,13 +117,15 @@ impl Summary {
         );
         let _ = writeln!(
             out,
-            "{:<14}{:>9}{:>9}{:>9}{:>10}{:>9}{:>8}{:>9}{:>7}{:>10}",
+            "{:<14}{:>9}{:>9}{:>9}{:>10}{:>9}{:>9}{:>8}{:>8}{:>9}{:>7}{:>10}",
             "kind",
             "listed",
             "created",
             "updated",
             "unchanged",
+            "missing",
             "deleted",
+            "budget",
             "stale",
             "refused",
             "kept",
@@ -119,17 +134,34 @@ impl Summary {
         for k in &self.kinds {
             let _ = writeln!(
                 out,
-                "{:<14}{:>9}{:>9}{:>9}{:>10}{:>9}{:>8}{:>9}{:>7}{:>10}",
+                "{:<14}{:>9}{:>9}{:>9}{:>10}{:>9}{:>9}{:>8}{:>8}{:>9}{:>7}{:>10}",
                 k.kind,
                 k.listed,
                 k.created,
                 k.updated,
                 k.unchanged,
+                k.missing,
                 k.deleted,
+                if k.over_budget {
+                    format!("{}!", k.budget)
+                } else {
+                    k.budget.to_string()
+                },
                 k.stale,
                 k.refused,
                 k.kept,
                 k.requests
+            );
+        }
+        if let Some(i) = &self.instance {
+            let _ = writeln!(
+                out,
+                "Clerk instance {i}: deletions {}",
+                if self.deletions_allowed {
+                    "allowed"
+                } else {
+                    "refused"
+                }
             );
         }
         if let Some(e) = &self.error {

@@ -33,6 +33,10 @@ fn config(s: &Stack, api: &ClerkApiStandIn) -> ReconcileConfig {
         org: None,
         only: None,
         json: false,
+        // The stand-in's instance, as the services record none here.
+        instance: Some(stand_ins::DEFAULT_INSTANCE.into()),
+        allow_mass_delete: false,
+        reconcile_max_deletes: None,
         log_format: LogFormat::Pretty,
     }
 }

@@ -336,7 +336,7 @@ pub fn user_event(kind: &str, id: &str, first: &str, updated_at: i64) -> Value {
                  "email_addresses": [{"id": "idn_1", "email_address": "old@example.org", "object": "email_address"},
                                      {"id": "idn_2", "email_address": "primary@example.org", "object": "email_address"}],
                  "created_at": 1654012591514_i64, "updated_at": updated_at, "unknown_field": {"ignored": true}},
-        "object": "event", "type": kind, "timestamp": updated_at, "instance_id": "ins_1",
+        "object": "event", "type": kind, "timestamp": updated_at, "instance_id": stand_ins::DEFAULT_INSTANCE,
         "event_attributes": {"http_request": {"client_ip": "", "user_agent": ""}}
     })
 }

@@ -40,6 +40,8 @@ pub struct UpsertWorkspace {
     pub name: String,
     pub slug: Option<String>,
     pub owner: Option<UserId>,
+    /// Clerk's `created_at` of the organization, when the source said it.
+    pub clerk_created_at: Option<DateTime<Utc>>,
 }
 
 /// The name of the channel every workspace starts with.
@@ -169,6 +171,9 @@ pub async fn upsert_workspace(
                         workspaces::source_event_id.eq(cmd.event_id.as_str()),
                         // None: the column's default, '-infinity' (loses every tie).
                         cmd.event_time.map(|t| workspaces::source_event_time.eq(t)),
+                        // None: '-infinity', until a webhook or a reconcile run says it.
+                        cmd.clerk_created_at
+                            .map(|t| workspaces::clerk_created_at.eq(t)),
                     ))
                     .returning(WorkspaceRecord::as_returning())
                     .get_result(conn)
@@ -190,7 +195,7 @@ pub async fn upsert_workspace(
                     "UPDATE workspaces SET name = $2, slug = $3,
                          owner_clerk_id = COALESCE($4, owner_clerk_id), source_updated_at = $5,
                          source_event_time = COALESCE($6, '-infinity'), source_event_id = $7,
-                         updated_at = now()
+                         clerk_created_at = COALESCE($8, clerk_created_at), updated_at = now()
                      WHERE id = $1
                        AND (source_updated_at, source_event_time, source_event_id)
                          < ($5, COALESCE($6, '-infinity'), $7)
@@ -204,6 +209,7 @@ pub async fn upsert_workspace(
                 .bind::<Timestamptz, _>(cmd.occurred_at)
                 .bind::<Nullable<Timestamptz>, _>(cmd.event_time)
                 .bind::<Text, _>(cmd.event_id.as_str())
+                .bind::<Nullable<Timestamptz>, _>(cmd.clerk_created_at)
                 .get_result(conn)
                 .await
                 .optional()?;

@@ -146,6 +146,7 @@ parse!(pb::UpsertWorkspaceCommand => UpsertWorkspace, |m| {
         name,
         slug: Some(m.slug.trim().to_owned()).filter(|s| !s.is_empty()),
         owner,
+        clerk_created_at: v::optional_time(m.created_at.as_ref()),
     })
 });
 

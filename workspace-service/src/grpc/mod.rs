@@ -191,6 +191,20 @@ impl WorkspaceService for WorkspaceApi {
         reconcile::finish_reconcile(self, req).await
     }
 
+    async fn list_clerk_instances(
+        &self,
+        _req: Request<ops::ListClerkInstancesRequest>,
+    ) -> R<ops::ListClerkInstancesResponse> {
+        reconcile::list_clerk_instances(self).await
+    }
+
+    async fn confirm_clerk_instance(
+        &self,
+        req: Request<ops::ConfirmClerkInstanceRequest>,
+    ) -> R<ops::ConfirmClerkInstanceResponse> {
+        reconcile::confirm_clerk_instance(self, req).await
+    }
+
     async fn quarantine_delivery(
         &self,
         req: Request<ops::QuarantineDeliveryRequest>,

@@ -19,6 +19,8 @@ pub const RECONCILE_METHODS: &[&str] = &[
     "ListUnseenWorkspaces",
     "ListUnseenMemberships",
     "FinishReconcile",
+    "ListClerkInstances",
+    "ConfirmClerkInstance",
     "QuarantineDelivery",
     "ListQuarantined",
     "ResolveQuarantined",

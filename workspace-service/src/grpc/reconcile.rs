@@ -2,7 +2,7 @@
 //! list what the run did not see, forget a finished run.
 
 use super::{R, WorkspaceApi, ok};
-use crate::domain::reconcile::{self, Comparison, ListedMembership, ListedOrg, Unseen};
+use crate::domain::reconcile::{self, Comparison, ListedMembership, ListedOrg, Page, Unseen};
 use crate::error::Error;
 use crate::model::{OrgId, Role, UserId};
 use input_validation as v;
@@ -39,6 +39,30 @@ fn answer(results: Vec<Comparison>) -> R<pb::CompareResponse> {
     ok(pb::CompareResponse { results })
 }
 
+/// The page's stretch, start and scope; `items` are the listed resources, checked.
+fn page<T>(
+    run: uuid::Uuid,
+    items: Vec<T>,
+    range: Option<pb::ListedRange>,
+    started_at: Option<&prost_types::Timestamp>,
+    scope: String,
+) -> Result<Page<T>, Error> {
+    let range = range.ok_or_else(|| {
+        Error::Invalid("range is required (the stretch of the listing the page covers)".into())
+    })?;
+    let position =
+        |t: Option<&prost_types::Timestamp>, id: String| v::optional_time(t).map(|t| (t, id));
+    Ok(Page {
+        run,
+        started_at: v::occurred_at(started_at)
+            .map_err(|_| Error::Invalid("started_at is required".into()))?,
+        items,
+        after: position(range.after_created_at.as_ref(), range.after_id),
+        through: position(range.through_created_at.as_ref(), range.through_id),
+        scope,
+    })
+}
+
 fn unseen(m: pb::ListUnseenRequest) -> Result<Unseen, Error> {
     Ok(Unseen {
         run: run_id(&m.run_id)?,
@@ -57,13 +81,18 @@ pub(super) async fn compare_workspaces(
     let m = req.into_inner();
     let run = run_id(&m.run_id)?;
     page_len(m.workspaces.len())?;
-    let page = m
+    if !m.scope_id.is_empty() {
+        OrgId::parse("scope_id", &m.scope_id)?;
+    }
+    let items = m
         .workspaces
         .into_iter()
         .map(|w| {
             OrgId::parse("workspaces[].clerk_org_id", &w.clerk_org_id)?;
             Ok(ListedOrg {
                 updated_at: v::occurred_at(w.occurred_at.as_ref())?,
+                created_at: v::optional_time(w.created_at.as_ref())
+                    .ok_or_else(|| Error::Invalid("workspaces[].created_at is required".into()))?,
                 org: w.clerk_org_id,
                 name: w.name.trim().to_owned(),
                 slug: w.slug.trim().to_owned(),
@@ -71,8 +100,9 @@ pub(super) async fn compare_workspaces(
             })
         })
         .collect::<Result<Vec<_>, Error>>()?;
+    let page = page(run, items, m.range, m.started_at.as_ref(), m.scope_id)?;
     let mut conn = api.conn().await?;
-    answer(reconcile::compare_orgs(&mut conn, run, &page).await?)
+    answer(reconcile::compare_orgs(&mut conn, &page).await?)
 }
 
 pub(super) async fn compare_memberships(
@@ -82,7 +112,12 @@ pub(super) async fn compare_memberships(
     let m = req.into_inner();
     let run = run_id(&m.run_id)?;
     page_len(m.memberships.len())?;
-    let page = m
+    if !m.scope_id.is_empty() && !m.scope_id.starts_with("user_") {
+        OrgId::parse("scope_id", &m.scope_id)?;
+    } else if !m.scope_id.is_empty() {
+        UserId::parse("scope_id", &m.scope_id)?;
+    }
+    let items = m
         .memberships
         .into_iter()
         .map(|c| {
@@ -105,8 +140,9 @@ pub(super) async fn compare_memberships(
             })
         })
         .collect::<Result<Vec<_>, Error>>()?;
+    let page = page(run, items, m.range, m.started_at.as_ref(), m.scope_id)?;
     let mut conn = api.conn().await?;
-    answer(reconcile::compare_memberships(&mut conn, run, &page).await?)
+    answer(reconcile::compare_memberships(&mut conn, &page).await?)
 }
 
 pub(super) async fn list_unseen_workspaces(
@@ -119,7 +155,13 @@ pub(super) async fn list_unseen_workspaces(
     }
     let mut conn = api.conn().await?;
     let clerk_org_ids = reconcile::unseen_orgs(&mut conn, &q).await?;
-    ok(pb::ListUnseenWorkspacesResponse { clerk_org_ids })
+    let (candidates, held) =
+        first_counts(&mut conn, reconcile::unseen::Kind::Workspaces, &q).await?;
+    ok(pb::ListUnseenWorkspacesResponse {
+        clerk_org_ids,
+        candidates,
+        held,
+    })
 }
 
 pub(super) async fn list_unseen_memberships(
@@ -139,7 +181,39 @@ pub(super) async fn list_unseen_memberships(
             updated_at: Some(super::convert::timestamp(m.source_updated_at)),
         })
         .collect();
-    ok(pb::ListUnseenMembershipsResponse { memberships })
+    let (candidates, held) =
+        first_counts(&mut conn, reconcile::unseen::Kind::Memberships, &q).await?;
+    ok(pb::ListUnseenMembershipsResponse {
+        memberships,
+        candidates,
+        held,
+    })
+}
+
+/// The candidates in all and the live rows held, on the first page of candidates only.
+async fn first_counts(
+    conn: &mut diesel_async::AsyncPgConnection,
+    kind: reconcile::unseen::Kind,
+    q: &Unseen,
+) -> Result<(i64, i64), Error> {
+    if q.after.is_empty() {
+        reconcile::counts(conn, kind, q).await
+    } else {
+        Ok((0, 0))
+    }
+}
+
+pub(super) async fn list_clerk_instances(
+    api: &WorkspaceApi,
+) -> R<vbase_proto::ops::v1::ListClerkInstancesResponse> {
+    ok(api.ledger.clerk_instances().await?)
+}
+
+pub(super) async fn confirm_clerk_instance(
+    api: &WorkspaceApi,
+    req: Request<vbase_proto::ops::v1::ConfirmClerkInstanceRequest>,
+) -> R<vbase_proto::ops::v1::ConfirmClerkInstanceResponse> {
+    ok(api.ledger.confirm_clerk_instance(req.into_inner()).await?)
 }
 
 pub(super) async fn finish_reconcile(

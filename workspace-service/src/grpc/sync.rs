@@ -15,7 +15,9 @@ pub(super) async fn upsert_workspace(
     req: Request<pb::UpsertWorkspaceCommand>,
 ) -> R<pb::UpsertWorkspaceResponse> {
     let result = async {
-        let cmd = UpsertWorkspace::try_from(req.into_inner())?;
+        let m = req.into_inner();
+        api.ledger.note_instance(&m.instance_id).await?;
+        let cmd = UpsertWorkspace::try_from(m)?;
         api.detached(async move |mut conn| workspaces::upsert_workspace(&mut conn, &cmd).await)
             .await
     }
@@ -33,7 +35,9 @@ pub(super) async fn delete_workspace(
     req: Request<pb::DeleteWorkspaceCommand>,
 ) -> R<pb::DeleteWorkspaceResponse> {
     let result = async {
-        let cmd = DeleteWorkspace::try_from(req.into_inner())?;
+        let m = req.into_inner();
+        api.ledger.note_instance(&m.instance_id).await?;
+        let cmd = DeleteWorkspace::try_from(m)?;
         let org = cmd.org.clone();
         let done = api
             .detached(async move |mut conn| purge::delete_workspace(&mut conn, &cmd).await)
@@ -56,12 +60,14 @@ pub(super) async fn delete_workspace(
 async fn change_membership<T>(
     api: &WorkspaceApi,
     command: &'static str,
+    instance_id: String,
     req: Request<T>,
 ) -> Result<i32, Error>
 where
     MembershipChange: TryFrom<T, Error = Error>,
 {
     let result = async {
+        api.ledger.note_instance(&instance_id).await?;
         let cmd = MembershipChange::try_from(req.into_inner())?;
         api.detached(async move |mut conn| memberships::change_membership(&mut conn, &cmd).await)
             .await
@@ -75,7 +81,8 @@ pub(super) async fn upsert_membership(
     api: &WorkspaceApi,
     req: Request<pb::UpsertMembershipCommand>,
 ) -> R<pb::UpsertMembershipResponse> {
-    let outcome = change_membership(api, "upsert_membership", req).await?;
+    let instance = req.get_ref().instance_id.clone();
+    let outcome = change_membership(api, "upsert_membership", instance, req).await?;
     ok(pb::UpsertMembershipResponse { outcome })
 }
 
@@ -83,7 +90,8 @@ pub(super) async fn delete_membership(
     api: &WorkspaceApi,
     req: Request<pb::DeleteMembershipCommand>,
 ) -> R<pb::DeleteMembershipResponse> {
-    let outcome = change_membership(api, "delete_membership", req).await?;
+    let instance = req.get_ref().instance_id.clone();
+    let outcome = change_membership(api, "delete_membership", instance, req).await?;
     ok(pb::DeleteMembershipResponse { outcome })
 }
 
@@ -92,7 +100,9 @@ pub(super) async fn remove_user(
     req: Request<pb::RemoveUserCommand>,
 ) -> R<pb::RemoveUserResponse> {
     let result = async {
-        let cmd = RemoveUser::try_from(req.into_inner())?;
+        let m = req.into_inner();
+        api.ledger.note_instance(&m.instance_id).await?;
+        let cmd = RemoveUser::try_from(m)?;
         api.detached(async move |mut conn| users::remove_user(&mut conn, &cmd).await)
             .await
     }

@@ -91,6 +91,7 @@ async fn removing_a_user_with_a_million_messages_answers_at_once() {
             event_id: "del-prolific".into(),
             occurred_at: support::ts(support::T0 + 10),
             clerk_user_id: "user_prolific".into(),
+            ..Default::default()
         }))
         .await
         .unwrap()

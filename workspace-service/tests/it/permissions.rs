@@ -138,6 +138,7 @@ async fn a_deleted_users_token_no_longer_writes() {
         event_id: "gone".into(),
         occurred_at: support::ts(support::T0 + 5),
         clerk_user_id: "user_1".into(),
+        ..Default::default()
     }))
     .await
     .unwrap();
@@ -254,6 +255,7 @@ async fn access_follows_clerks_changes_not_only_the_token() {
         event_id: "delete".into(),
         occurred_at: support::ts(support::T0 + after_now(2)),
         clerk_user_id: "user_del".into(),
+        ..Default::default()
     }))
     .await
     .unwrap();

@@ -288,6 +288,7 @@ pub fn upsert_ws(event: &str, at: i64, org: &str, name: &str) -> pb::UpsertWorks
         slug: "acme".into(),
         owner_clerk_id: "user_owner".into(),
         event_time: None,
+        ..Default::default()
     }
 }
 
@@ -296,6 +297,7 @@ pub fn delete_ws(event: &str, at: i64, org: &str) -> pb::DeleteWorkspaceCommand 
         event_id: event.into(),
         occurred_at: ts(T0 + at),
         clerk_org_id: org.into(),
+        ..Default::default()
     }
 }
 

@@ -312,6 +312,7 @@ async fn a_removed_user_loses_memberships_and_receipts_but_messages_stay() {
             event_id: "u1".into(),
             occurred_at: ts(T0 + 9),
             clerk_user_id: "user_1".into(),
+            ..Default::default()
         }))
         .await
         .unwrap()

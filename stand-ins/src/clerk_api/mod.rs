@@ -1,75 +1,63 @@
-//! Stand-in for Clerk's Backend API (the read endpoints a reconcile uses).
+//! Stand-in for Clerk's Backend API (the read endpoints a reconcile uses), answering as
+//! Clerk's published specification says (see [`routes`] for what each route answers):
+//! `Authorization: Bearer <secret>` or 401; routes under `/v1` only; 404 `resource_not_found`
+//! for a missing resource; 422 `form_param_unknown` for a parameter a route does not take;
+//! `starting_after` on `GET /v1/users`; `GET /v1/instance`.
 //!
-//! Answers as Clerk does: `Authorization: Bearer <secret>` or 401; `GET /v1/users` a bare JSON
-//! array, the organization and membership lists `{data, total_count}`; `limit` 1..=500 (else
-//! 422), `offset`, `order_by=+created_at` (oldest first; the default is newest first); single
-//! resources 200 or 404. It counts requests and keeps their start times (to check a client's
-//! rate), and can be told to answer 429 with `Retry-After`, to fail with 503 from some request
-//! on, or to slow down.
+//! It records every request (path, decoded query, `Clerk-API-Version` header, status) and its
+//! start time (to check a client's rate), and can be told to answer 429 with `Retry-After`, to
+//! fail list requests with 503 from some request on, to answer a plain 404 on some paths (a
+//! proxy in the way), or to slow down.
 
-use crate::http_server::{HttpStandIn, SeenRequest, json_response};
-use bytes::Bytes;
-use http_body_util::Full;
+mod routes;
+mod store;
+
+use crate::http_server::{HttpStandIn, SeenRequest};
 use serde_json::{Value, json};
-use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use store::{Memberships, Ordered};
 use tokio::net::TcpListener;
 
-/// Resources kept in list order (`created_at`, then id), found by id: a page costs its size,
-/// not the collection's sort, so the stand-in answers at once at any size.
-#[derive(Default)]
-struct Ordered {
-    by_order: BTreeMap<(i64, String), Value>,
-    order_of: HashMap<String, (i64, String)>,
+/// The instance a stand-in answers for unless told otherwise.
+pub const DEFAULT_INSTANCE: &str = "ins_standin";
+
+/// One request the stand-in received.
+#[derive(Debug, Clone)]
+pub struct Call {
+    /// The path as received (`/v1/users`).
+    pub path: String,
+    /// The query's parameters, decoded, in order.
+    pub query: Vec<(String, String)>,
+    /// The `Clerk-API-Version` header, if any.
+    pub api_version: Option<String>,
+    /// The status answered.
+    pub status: u16,
 }
 
-impl Ordered {
-    fn put(&mut self, v: Value) {
-        let id = id_of(&v);
-        self.remove(&id);
-        let key = (v["created_at"].as_i64().unwrap_or_default(), id.clone());
-        self.order_of.insert(id, key.clone());
-        self.by_order.insert(key, v);
-    }
-
-    fn remove(&mut self, id: &str) {
-        if let Some(key) = self.order_of.remove(id) {
-            self.by_order.remove(&key);
-        }
-    }
-
-    fn get(&self, id: &str) -> Option<&Value> {
-        self.order_of.get(id).and_then(|k| self.by_order.get(k))
-    }
-
-    fn len(&self) -> usize {
-        self.by_order.len()
-    }
-
-    /// Oldest first, or newest first.
-    fn in_order(&self, oldest_first: bool) -> Box<dyn Iterator<Item = &Value> + '_> {
-        if oldest_first {
-            Box::new(self.by_order.values())
-        } else {
-            Box::new(self.by_order.values().rev())
-        }
+impl Call {
+    /// The names of the query's parameters.
+    pub fn parameters(&self) -> Vec<&str> {
+        self.query.iter().map(|(k, _)| k.as_str()).collect()
     }
 }
 
-#[derive(Default)]
 struct State {
     users: Ordered,
     orgs: Ordered,
-    memberships: Ordered,
+    memberships: Memberships,
+    instance_id: String,
     latency: Duration,
     /// Requests answered 429 before normal answers resume, and the `Retry-After` they carry.
     rate_limited: (u32, u64),
     /// From this list request on (1-based), 503; single-resource reads keep answering.
     fail_from: Option<u64>,
+    /// Paths (exact, after the host) answered with a plain 404, as a proxy would.
+    blocked: Vec<String>,
     list_requests: u64,
     requests: u64,
     started: Vec<Instant>,
+    calls: Vec<Call>,
 }
 
 /// A running stand-in of Clerk's Backend API.
@@ -130,89 +118,6 @@ pub fn membership_json(
     })
 }
 
-fn error(status: u16, code: &str, message: &str) -> hyper::Response<Full<Bytes>> {
-    json_response(
-        status,
-        &json!({"errors": [{"message": message, "long_message": message, "code": code}]}),
-    )
-}
-
-fn query_param<'a>(query: &'a str, name: &str) -> Option<&'a str> {
-    query
-        .split('&')
-        .filter_map(|kv| kv.split_once('='))
-        .find(|(k, _)| *k == name)
-        .map(|(_, v)| v)
-}
-
-fn answer(state: &State, req: &SeenRequest) -> hyper::Response<Full<Bytes>> {
-    let path = req.path.strip_prefix("/v1").unwrap_or(&req.path);
-    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
-    let limit = match query_param(&req.query, "limit").map(str::parse::<usize>) {
-        None => 10,
-        Some(Ok(l)) if (1..=500).contains(&l) => l,
-        Some(_) => {
-            return error(
-                422,
-                "form_param_value_invalid",
-                "limit must be between 1 and 500",
-            );
-        }
-    };
-    let offset = query_param(&req.query, "offset")
-        .and_then(|o| o.parse::<usize>().ok())
-        .unwrap_or(0);
-    let oldest_first = matches!(
-        query_param(&req.query, "order_by"),
-        Some("%2Bcreated_at" | "+created_at" | "created_at")
-    );
-    let page = |items: &mut dyn Iterator<Item = &Value>| -> Vec<Value> {
-        items.skip(offset).take(limit).cloned().collect()
-    };
-    let wrapped = |items: Vec<&Value>| {
-        let total = items.len();
-        json_response(
-            200,
-            &json!({"data": page(&mut items.into_iter()), "total_count": total}),
-        )
-    };
-    let memberships_where = |f: &dyn Fn(&Value) -> bool| {
-        state
-            .memberships
-            .in_order(oldest_first)
-            .filter(|m| f(m))
-            .collect::<Vec<_>>()
-    };
-    let not_found = || error(404, "resource_not_found", "not found");
-    match segments.as_slice() {
-        ["users"] => json_response(
-            200,
-            &Value::Array(page(&mut state.users.in_order(oldest_first))),
-        ),
-        ["users", "count"] => json_response(
-            200,
-            &json!({"object": "total_count", "total_count": state.users.len()}),
-        ),
-        ["users", id] => state
-            .users
-            .get(id)
-            .map_or_else(not_found, |u| json_response(200, u)),
-        ["users", id, "organization_memberships"] => wrapped(memberships_where(&|m| {
-            m["public_user_data"]["user_id"] == *id
-        })),
-        ["organizations"] => wrapped(state.orgs.in_order(oldest_first).collect()),
-        ["organizations", id] => state
-            .orgs
-            .get(id)
-            .map_or_else(not_found, |o| json_response(200, o)),
-        ["organizations", id, "memberships"] => {
-            wrapped(memberships_where(&|m| m["organization"]["id"] == *id))
-        }
-        ["organization_memberships"] => wrapped(memberships_where(&|_| true)),
-        _ => not_found(),
-    }
-}
-
 impl ClerkApiStandIn {
     /// Starts on `127.0.0.1:0`, accepting `secret` as the only valid key.
     pub async fn start(secret: &str) -> std::io::Result<Self> {
@@ -221,7 +126,20 @@ impl ClerkApiStandIn {
 
     /// Starts on `listener`.
     pub fn start_on(listener: TcpListener, secret: &str) -> std::io::Result<Self> {
-        let state = Arc::new(Mutex::new(State::default()));
+        let state = Arc::new(Mutex::new(State {
+            users: Ordered::default(),
+            orgs: Ordered::default(),
+            memberships: Memberships::default(),
+            instance_id: DEFAULT_INSTANCE.to_owned(),
+            latency: Duration::ZERO,
+            rate_limited: (0, 0),
+            fail_from: None,
+            blocked: Vec::new(),
+            list_requests: 0,
+            requests: 0,
+            started: Vec::new(),
+            calls: Vec::new(),
+        }));
         let st = Arc::clone(&state);
         let expected = format!("Bearer {secret}");
         let server = HttpStandIn::serve(listener, move |req: SeenRequest| {
@@ -232,8 +150,8 @@ impl ClerkApiStandIn {
                 .and_then(|v| v.to_str().ok())
                 == Some(expected.as_str());
             async move {
-                let is_list = req.query.contains("limit=");
-                let (latency, n, limited, fail_from) = {
+                let is_list = routes::is_list(&req.path);
+                let (latency, n, limited, fail_from, blocked) = {
                     let mut s = st.lock().unwrap();
                     s.requests += 1;
                     if is_list {
@@ -244,27 +162,39 @@ impl ClerkApiStandIn {
                     if limited.is_some() {
                         s.rate_limited.0 -= 1;
                     }
-                    (s.latency, s.list_requests, limited, s.fail_from)
+                    let blocked = s.blocked.contains(&req.path);
+                    (s.latency, s.list_requests, limited, s.fail_from, blocked)
                 };
                 if !latency.is_zero() {
                     tokio::time::sleep(latency).await;
                 }
-                if !authorized {
-                    return error(401, "authentication_invalid", "Invalid authentication");
-                }
-                if let Some(secs) = limited {
-                    let mut r = error(429, "too_many_requests", "Too many requests");
+                let response = if blocked {
+                    routes::no_route()
+                } else if !authorized {
+                    routes::error(401, "authentication_invalid", "Invalid authentication")
+                } else if let Some(secs) = limited {
+                    let mut r = routes::error(429, "too_many_requests", "Too many requests");
                     r.headers_mut()
                         .insert("retry-after", secs.to_string().parse().unwrap());
-                    return r;
-                }
-                if is_list && fail_from.is_some_and(|f| n >= f) {
-                    return error(503, "service_unavailable", "Service unavailable");
-                }
-                if req.method != hyper::Method::GET {
-                    return error(405, "method_not_allowed", "GET only here");
-                }
-                answer(&st.lock().unwrap(), &req)
+                    r
+                } else if is_list && fail_from.is_some_and(|f| n >= f) {
+                    routes::error(503, "service_unavailable", "Service unavailable")
+                } else if req.method != hyper::Method::GET {
+                    routes::error(405, "method_not_allowed", "GET only here")
+                } else {
+                    routes::answer(&mut st.lock().unwrap(), &req)
+                };
+                st.lock().unwrap().calls.push(Call {
+                    path: req.path.clone(),
+                    query: routes::params(&req.query),
+                    api_version: req
+                        .headers
+                        .get("clerk-api-version")
+                        .and_then(|v| v.to_str().ok())
+                        .map(str::to_owned),
+                    status: response.status().as_u16(),
+                });
+                response
             }
         });
         Ok(Self { server, state })
@@ -279,24 +209,37 @@ impl ClerkApiStandIn {
         f(&mut self.state.lock().unwrap())
     }
 
+    /// The instance `GET /v1/instance` names (the instance of the key).
+    pub fn set_instance(&self, id: &str) {
+        self.with(|s| s.instance_id = id.to_owned());
+    }
+
     /// Adds or replaces a user.
     pub fn put_user(&self, user: Value) {
-        self.with(|s| s.users.put(user));
+        self.with(|s| {
+            s.users.put(user);
+        });
     }
 
     /// Removes a user (as deleted in Clerk).
     pub fn remove_user(&self, id: &str) {
-        self.with(|s| s.users.remove(id));
+        self.with(|s| {
+            s.users.remove(id);
+        });
     }
 
     /// Adds or replaces an organization.
     pub fn put_org(&self, org: Value) {
-        self.with(|s| s.orgs.put(org));
+        self.with(|s| {
+            s.orgs.put(org);
+        });
     }
 
     /// Removes an organization.
     pub fn remove_org(&self, id: &str) {
-        self.with(|s| s.orgs.remove(id));
+        self.with(|s| {
+            s.orgs.remove(id);
+        });
     }
 
     /// Adds or replaces a membership.
@@ -320,6 +263,12 @@ impl ClerkApiStandIn {
         self.with(|s| s.fail_from = n.map(|n| s.list_requests + n + 1));
     }
 
+    /// Answers requests to exactly `path` (e.g. `/v1/organization_memberships`) with a plain
+    /// 404, as a proxy in front of Clerk might.
+    pub fn block_path(&self, path: &str) {
+        self.with(|s| s.blocked.push(path.to_owned()));
+    }
+
     /// Waits this long before each answer.
     pub fn set_latency(&self, latency: Duration) {
         self.with(|s| s.latency = latency);
@@ -328,6 +277,11 @@ impl ClerkApiStandIn {
     /// Requests received so far.
     pub fn requests(&self) -> u64 {
         self.with(|s| s.requests)
+    }
+
+    /// Every request received so far, in order.
+    pub fn calls(&self) -> Vec<Call> {
+        self.with(|s| s.calls.clone())
     }
 
     /// The most requests that started within any `window`.
@@ -345,8 +299,4 @@ impl ClerkApiStandIn {
             best
         })
     }
-}
-
-fn id_of(v: &Value) -> String {
-    v["id"].as_str().unwrap_or_default().to_owned()
 }

@@ -1,0 +1,197 @@
+//! Paging Clerk's lists as each endpoint documents it, oldest first, and the stretch of the
+//! listing order (`created_at`, then id) each page covers: the services record what they hold
+//! in a page's stretch that the page does not list as the run's deletion candidates.
+//!
+//! - `GET /users`: `starting_after` the previous page's last id, with `order_by=+created_at`
+//!   (Clerk's own advice: a large `offset` gets slower and eventually times out).
+//! - `GET /organizations`, `/organization_memberships`, `/organizations/{id}/memberships`:
+//!   `limit`/`offset` with `order_by=+created_at` (no cursor there).
+//! - `GET /users/{id}/organization_memberships` documents only `limit` and `offset`: every page
+//!   is read (one user's memberships), then ordered here.
+//!
+//! Any failed request stops the listing: a listing that cannot be trusted deletes nothing.
+
+use super::RunError;
+use crate::clerk::{Membership, Organization, User};
+use crate::clerk_api::{ClerkBackend, ListQuery, Start, Unparsed, list_page};
+use serde::de::DeserializeOwned;
+use tokio::sync::mpsc::Sender;
+
+/// The most items of a listing read whole before it is ordered ([`Listing::Collected`]).
+pub const MAX_COLLECTED: usize = 20_000;
+
+/// A position in Clerk's listing order: `created_at` (ms), then id.
+pub(super) type Position = (i64, String);
+
+/// The stretch of the listing order a page covers: after `after` (`None`: from the start) up
+/// to `through` inclusive (`None`: to the end).
+#[derive(Debug, Clone, Default)]
+pub(super) struct Stretch {
+    pub(super) after: Option<Position>,
+    pub(super) through: Option<Position>,
+}
+
+/// A listed resource's position in the listing order (`None`: Clerk did not say when it was
+/// created).
+pub(super) trait Positioned {
+    fn position(&self) -> Option<Position>;
+}
+
+impl Positioned for User {
+    fn position(&self) -> Option<Position> {
+        self.created_at.map(|t| (t, self.id.clone()))
+    }
+}
+
+impl Positioned for Organization {
+    fn position(&self) -> Option<Position> {
+        self.created_at.map(|t| (t, self.id.clone()))
+    }
+}
+
+impl Positioned for Membership {
+    fn position(&self) -> Option<Position> {
+        Some((self.created_at, self.id.clone()))
+    }
+}
+
+/// How an endpoint is paged.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Listing<'a> {
+    /// `starting_after` the last id, oldest first (`GET /users`).
+    Cursor(&'a str),
+    /// `offset`, oldest first.
+    Offset(&'a str),
+    /// `offset` with no order: read whole (at most [`MAX_COLLECTED`]), then ordered here.
+    Collected(&'a str),
+}
+
+type PageOf<T> = Result<(Vec<Result<T, Unparsed>>, Stretch), RunError>;
+
+/// The furthest position among the items that have one.
+fn furthest<T: Positioned>(items: &[Result<T, Unparsed>]) -> Option<Position> {
+    items
+        .iter()
+        .filter_map(|i| i.as_ref().ok().and_then(Positioned::position))
+        .max()
+}
+
+/// Reads `listing` page by page into `tx`, each page with its stretch; the last page's stretch
+/// runs to the end. A failure is sent as the last message.
+pub(super) async fn pages<T, C>(clerk: &C, listing: Listing<'_>, size: usize, tx: Sender<PageOf<T>>)
+where
+    T: DeserializeOwned + Positioned + Send + 'static,
+    C: ClerkBackend,
+{
+    if let Listing::Collected(path) = listing {
+        match collected::<T>(clerk, path, size).await {
+            Ok(chunks) => {
+                for chunk in chunks {
+                    if tx.send(Ok(chunk)).await.is_err() {
+                        return;
+                    }
+                }
+            }
+            Err(e) => {
+                let _ = tx.send(Err(e)).await;
+            }
+        }
+        return;
+    }
+    let (mut offset, mut cursor, mut after): (usize, Option<String>, Option<Position>) =
+        (0, None, None);
+    loop {
+        let (path, start) = match listing {
+            Listing::Cursor(path) => (path, Start::After(cursor.as_deref())),
+            Listing::Offset(path) | Listing::Collected(path) => (path, Start::Offset(offset)),
+        };
+        let q = ListQuery {
+            limit: size,
+            start,
+            oldest_first: true,
+            filter: &[],
+        };
+        let page = match list_page::<T>(clerk, path, &q).await {
+            Ok(p) => p,
+            Err(e) => {
+                let _ = tx.send(Err(RunError::Clerk(e.on_list()))).await;
+                return;
+            }
+        };
+        offset += page.items.len();
+        if matches!(listing, Listing::Cursor(_)) && !page.last && page.last_id.is_none() {
+            let e =
+                format!("the last item of a page of {path} has no id: the listing cannot go on");
+            let _ = tx.send(Err(RunError::Listing(e))).await;
+            return;
+        }
+        cursor = page.last_id;
+        // The page covers the listing after the previous page's last position up to its own
+        // last one; the last page covers the rest.
+        let through = if page.last {
+            None
+        } else {
+            furthest(&page.items).or_else(|| after.clone())
+        };
+        let stretch = Stretch {
+            after: after.clone(),
+            through: through.clone(),
+        };
+        if tx.send(Ok((page.items, stretch))).await.is_err() || page.last {
+            return;
+        }
+        after = through;
+    }
+}
+
+/// Every page of an unordered listing, ordered by position and cut into pages with their
+/// stretches (items without a position go first).
+async fn collected<T: DeserializeOwned + Positioned>(
+    clerk: &impl ClerkBackend,
+    path: &str,
+    size: usize,
+) -> Result<Vec<(Vec<Result<T, Unparsed>>, Stretch)>, RunError> {
+    let mut all = Vec::new();
+    loop {
+        let q = ListQuery {
+            limit: size,
+            start: Start::Offset(all.len()),
+            oldest_first: false,
+            filter: &[],
+        };
+        let page = list_page::<T>(clerk, path, &q)
+            .await
+            .map_err(|e| RunError::Clerk(e.on_list()))?;
+        all.extend(page.items);
+        if all.len() > MAX_COLLECTED {
+            return Err(RunError::Listing(format!(
+                "{path} lists more than {MAX_COLLECTED} items: run without --user"
+            )));
+        }
+        if page.last {
+            break;
+        }
+    }
+    all.sort_by_cached_key(|i| i.as_ref().ok().and_then(Positioned::position));
+    let mut chunks = Vec::new();
+    let mut after = None;
+    let mut rest = all.into_iter().peekable();
+    while rest.peek().is_some() || chunks.is_empty() {
+        let chunk: Vec<_> = rest.by_ref().take(size).collect();
+        let last = rest.peek().is_none();
+        let through = if last {
+            None
+        } else {
+            furthest(&chunk).or_else(|| after.clone())
+        };
+        chunks.push((
+            chunk,
+            Stretch {
+                after: after.clone(),
+                through: through.clone(),
+            },
+        ));
+        after = through;
+    }
+    Ok(chunks)
+}

@@ -1,0 +1,252 @@
+//! Instance pinning: a run deletes only with a secret key of the Clerk instance whose data the
+//! services hold. Before anything else the run asks Clerk which instance its key belongs to
+//! (`GET /instance`) and asks both services which instances they applied webhooks of or had
+//! confirmed (`ListClerkInstances`). A key of another instance lists none of our data, so
+//! every confirmation would answer 404: deleting with it would delete everything.
+//!
+//! The rules ([`decide`]), with K the key's instance and `--instance F`:
+//! - F given and not K: the run stops before it reads or writes anything.
+//! - F given (= K): deletion is allowed when nothing is recorded or K is among the records;
+//!   K is then recorded as confirmed, so later runs need no flag.
+//! - No F: deletion is allowed when K is recorded and no other instance was first seen or
+//!   confirmed after K's last confirmation (never confirmed: no other instance at all).
+//!
+//! Otherwise the run still creates and updates (a backfill of a new instance is the first
+//! thing a user does), counts what it would delete, deletes nothing, and exits 1 with one line
+//! that names the key's instance and the recorded ones.
+
+use super::RunError;
+use crate::clerk_api::ClerkBackend;
+use crate::forward::Downstream;
+use std::collections::BTreeMap;
+use vbase_proto::ops::v1 as ops;
+
+/// One service's record of one instance.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Recorded {
+    pub instance_id: String,
+    pub service: &'static str,
+    /// Milliseconds since the epoch.
+    pub first_seen: i64,
+    pub confirmed: Option<i64>,
+}
+
+/// What the run may do about deletions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Pin {
+    /// Delete; `confirm`: record the key's instance as confirmed in both services first.
+    Allowed { instance: String, confirm: bool },
+    /// Create and update only; why.
+    Refused(String),
+}
+
+/// "ins_A (identity-service, workspace-service), ins_B (workspace-service)".
+fn named(records: &[Recorded]) -> String {
+    let mut by_id: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+    for r in records {
+        by_id.entry(&r.instance_id).or_default().push(r.service);
+    }
+    by_id
+        .into_iter()
+        .map(|(id, services)| format!("{id} ({})", services.join(", ")))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The decision for key instance `key`, flag `flag` and the services' records; `Err` stops the
+/// run before it reads anything else.
+pub fn decide(key: &str, flag: Option<&str>, records: &[Recorded]) -> Result<Pin, String> {
+    let allowed = |confirm| Pin::Allowed {
+        instance: key.to_owned(),
+        confirm,
+    };
+    let known = records.iter().any(|r| r.instance_id == key);
+    let elsewhere = || {
+        Pin::Refused(format!(
+            "CLERK_SECRET_KEY belongs to Clerk instance {key}, but the webhooks applied here \
+             came from {}: nothing was deleted (check the Secret holds this deployment's key)",
+            named(records)
+        ))
+    };
+    if let Some(flag) = flag {
+        if flag != key {
+            return Err(format!(
+                "--instance {flag} was given, but CLERK_SECRET_KEY belongs to Clerk instance \
+                 {key}: nothing was read or written (check the Secret holds this deployment's key)"
+            ));
+        }
+        return Ok(if records.is_empty() || known {
+            allowed(true)
+        } else {
+            elsewhere()
+        });
+    }
+    if records.is_empty() {
+        return Ok(Pin::Refused(format!(
+            "no Clerk instance is recorded here yet (no webhook was applied); CLERK_SECRET_KEY \
+             belongs to {key}: nothing was deleted. If that is this deployment's instance, run \
+             once with --instance {key}"
+        )));
+    }
+    if !known {
+        return Ok(elsewhere());
+    }
+    let confirmed = records
+        .iter()
+        .filter(|r| r.instance_id == key)
+        .filter_map(|r| r.confirmed)
+        .max()
+        .unwrap_or(i64::MIN);
+    let later: Vec<Recorded> = records
+        .iter()
+        .filter(|r| {
+            r.instance_id != key && r.first_seen.max(r.confirmed.unwrap_or(i64::MIN)) > confirmed
+        })
+        .cloned()
+        .collect();
+    if later.is_empty() {
+        return Ok(allowed(false));
+    }
+    Ok(Pin::Refused(format!(
+        "webhooks of several Clerk instances were applied here ({}); CLERK_SECRET_KEY belongs \
+         to {key}: nothing was deleted. If {key} is this deployment's instance, run once with \
+         --instance {key}",
+        named(records)
+    )))
+}
+
+fn millis(t: Option<&prost_types::Timestamp>) -> Option<i64> {
+    t.map(|t| t.seconds * 1000 + i64::from(t.nanos) / 1_000_000)
+}
+
+fn from_proto(service: &'static str, r: ops::ListClerkInstancesResponse) -> Vec<Recorded> {
+    r.instances
+        .into_iter()
+        .map(|i| Recorded {
+            first_seen: millis(i.first_seen_at.as_ref()).unwrap_or(i64::MIN),
+            confirmed: millis(i.confirmed_at.as_ref()),
+            instance_id: i.instance_id,
+            service,
+        })
+        .collect()
+}
+
+/// Asks Clerk for the key's instance and both services for their records, and decides;
+/// returns the key's instance too.
+pub async fn check(
+    clerk: &impl ClerkBackend,
+    down: &Downstream,
+    flag: Option<&str>,
+) -> Result<(String, Pin), RunError> {
+    let key = crate::clerk_api::instance(clerk).await?;
+    let identity = down
+        .identity()
+        .list_clerk_instances(down.request("identity-service", ops::ListClerkInstancesRequest {})?)
+        .await?
+        .into_inner();
+    let workspace = down
+        .workspace()
+        .list_clerk_instances(down.request("workspace-service", ops::ListClerkInstancesRequest {})?)
+        .await?
+        .into_inner();
+    let mut records = from_proto("identity-service", identity);
+    records.extend(from_proto("workspace-service", workspace));
+    tracing::info!(key_instance = key.id, environment = ?key.environment_type, recorded = named(&records), "Clerk instance of the key");
+    let pin = decide(&key.id, flag, &records).map_err(RunError::Instance)?;
+    Ok((key.id, pin))
+}
+
+/// Records the key's instance as confirmed in both services.
+pub async fn confirm(down: &Downstream, instance: &str) -> Result<(), RunError> {
+    let msg = || ops::ConfirmClerkInstanceRequest {
+        instance_id: instance.to_owned(),
+    };
+    down.identity()
+        .confirm_clerk_instance(down.request("identity-service", msg())?)
+        .await?;
+    down.workspace()
+        .confirm_clerk_instance(down.request("workspace-service", msg())?)
+        .await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(id: &str, service: &'static str, first_seen: i64, confirmed: Option<i64>) -> Recorded {
+        Recorded {
+            instance_id: id.into(),
+            service,
+            first_seen,
+            confirmed,
+        }
+    }
+
+    fn allowed(p: &Pin) -> bool {
+        matches!(p, Pin::Allowed { .. })
+    }
+
+    #[test]
+    fn a_key_of_the_recorded_instance_deletes_and_others_do_not() {
+        let one = [
+            rec("ins_a", "identity-service", 1, None),
+            rec("ins_a", "workspace-service", 2, None),
+        ];
+        assert!(allowed(&decide("ins_a", None, &one).unwrap()));
+        let Pin::Refused(why) = decide("ins_b", None, &one).unwrap() else {
+            panic!("another instance's key may not delete")
+        };
+        assert!(why.contains("ins_b") && why.contains("ins_a"), "{why}");
+        // --instance cannot make another instance's key delete what came from ins_a.
+        assert!(!allowed(&decide("ins_b", Some("ins_b"), &one).unwrap()));
+        // --instance naming another instance than the key's stops the run.
+        let stop = decide("ins_b", Some("ins_a"), &one).unwrap_err();
+        assert!(stop.contains("ins_a") && stop.contains("ins_b"), "{stop}");
+    }
+
+    #[test]
+    fn nothing_recorded_needs_the_flag_and_the_flag_is_confirmed() {
+        let Pin::Refused(why) = decide("ins_a", None, &[]).unwrap() else {
+            panic!()
+        };
+        assert!(why.contains("--instance ins_a"), "{why}");
+        assert_eq!(
+            decide("ins_a", Some("ins_a"), &[]).unwrap(),
+            Pin::Allowed {
+                instance: "ins_a".into(),
+                confirm: true
+            }
+        );
+    }
+
+    #[test]
+    fn services_that_disagree_refuse_until_an_operator_confirms_one() {
+        let split = [
+            rec("ins_a", "identity-service", 1, None),
+            rec("ins_b", "workspace-service", 2, None),
+        ];
+        for key in ["ins_a", "ins_b"] {
+            let Pin::Refused(why) = decide(key, None, &split).unwrap() else {
+                panic!("{key}")
+            };
+            assert!(
+                why.contains("ins_a (identity-service)")
+                    && why.contains("ins_b (workspace-service)"),
+                "{why}"
+            );
+        }
+        assert!(allowed(&decide("ins_b", Some("ins_b"), &split).unwrap()));
+        // Confirmed after ins_a was seen: later runs need no flag.
+        let confirmed = [
+            rec("ins_a", "identity-service", 1, None),
+            rec("ins_b", "workspace-service", 2, Some(5)),
+        ];
+        assert!(allowed(&decide("ins_b", None, &confirmed).unwrap()));
+        assert!(!allowed(&decide("ins_a", None, &confirmed).unwrap()));
+        // An instance first seen after the confirmation makes it doubtful again.
+        let mut newer = confirmed.to_vec();
+        newer.push(rec("ins_c", "identity-service", 9, None));
+        assert!(!allowed(&decide("ins_b", None, &newer).unwrap()));
+    }
+}
