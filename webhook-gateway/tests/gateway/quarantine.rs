@@ -150,62 +150,68 @@ async fn refused_deliveries_are_kept_then_replayed_exactly_once() {
     assert_eq!(replay(&down, None).await.examined, 1, "only msg_q2 is left");
 }
 
+/// An open delivery keeps its body however old it is (it can always be replayed); a resolved
+/// or discarded one goes, body and all, a retention (14 days) after it was closed.
 #[tokio::test]
-async fn the_retention_removes_old_bodies_and_closed_records() {
+async fn an_open_delivery_keeps_its_body_and_closed_ones_go_a_retention_after_closing() {
     let s = stack(SECRET).await;
     let body = user_event("user.created", "user_r1", "R", T);
-    keep_directly(&s, "msg_r1", &body).await;
-    keep_directly(&s, "msg_r2", &body).await;
-    keep_directly(&s, "msg_r3", &body).await;
+    for id in ["msg_r1", "msg_r2", "msg_r3"] {
+        keep_directly(&s, id, &body).await;
+    }
     let mut c = s.identity().await;
-    c.resolve_quarantined(s.issuers.gateway(
-        "identity-service",
-        ops::ResolveQuarantinedRequest {
-            svix_id: "msg_r2".into(),
-            resolution: "replayed: applied".into(),
-        },
-    ))
-    .await
-    .unwrap();
-    // r1 and r2 were received 15 days ago (the retention is 14); r3 today.
+    for id in ["msg_r2", "msg_r3"] {
+        c.resolve_quarantined(s.issuers.gateway(
+            "identity-service",
+            ops::ResolveQuarantinedRequest {
+                svix_id: id.into(),
+                resolution: "replayed: applied".into(),
+            },
+        ))
+        .await
+        .unwrap();
+    }
+    // All three were received 15 days ago (the retention is 14): r1 is still open, r2 was
+    // closed 15 days ago, r3 today.
     service_harness::execute(
         s._dbs.0.url(),
-        "UPDATE quarantined_deliveries SET received_at = now() - interval '15 days' WHERE svix_id IN ('msg_r1', 'msg_r2')",
+        "UPDATE quarantined_deliveries SET received_at = now() - interval '15 days'",
+    )
+    .await;
+    service_harness::execute(
+        s._dbs.0.url(),
+        "UPDATE quarantined_deliveries SET closed_at = now() - interval '15 days' WHERE svix_id = 'msg_r2'",
     )
     .await;
     // The upkeep applies the retention a few seconds after the start, then hourly.
     eventually("the retention ran", Duration::from_secs(15), || async {
         service_harness::scalar(
             s._dbs.0.url(),
-            "SELECT count(*) FROM quarantined_deliveries WHERE body_removed_at IS NOT NULL",
+            "SELECT count(*) FROM quarantined_deliveries WHERE svix_id = 'msg_r2'",
         )
         .await
-            == 1
+            == 0
     })
     .await;
-    let old = s.quarantined_one(Owner::Identity, "msg_r1").await;
-    assert!(old.body.is_empty() && old.body_removed, "{old:?}");
-    assert_eq!(
-        old.state,
-        ops::QuarantineState::Open as i32,
-        "the record stays for the operator"
-    );
+    let open = s.quarantined_one(Owner::Identity, "msg_r1").await;
     assert!(
-        !s.quarantined_one(Owner::Identity, "msg_r3")
-            .await
-            .body
-            .is_empty()
+        !open.body.is_empty() && !open.body_removed,
+        "an open delivery keeps its body: {open:?}"
     );
-    assert_eq!(
-        s.quarantined_in(Owner::Identity, ops::QuarantineState::Resolved)
-            .await
-            .len(),
-        0,
-        "closed records older than the retention go"
+    assert_eq!(open.state, ops::QuarantineState::Open as i32);
+    let closed_today = s.quarantined_one(Owner::Identity, "msg_r3").await;
+    assert!(
+        !closed_today.body.is_empty(),
+        "the retention counts from the closing"
     );
-    // A replay cannot apply a record without its body; it says so.
+    // However old, the open one is replayed with its body.
     let summary = replay(&s.gateway_downstream(), Some("msg_r1")).await;
-    assert_eq!((summary.examined, summary.without_body), (1, 1));
+    assert_eq!(
+        (summary.examined, summary.without_body, summary.applied),
+        (1, 0, 1),
+        "{summary:?}"
+    );
+    assert!(s.user("user_r1").await.is_some());
 }
 
 #[tokio::test]
