@@ -4,5 +4,6 @@
 mod ordering;
 mod quarantine;
 mod reconcile;
+mod reconcile_guards;
 mod support;
 mod webhooks;

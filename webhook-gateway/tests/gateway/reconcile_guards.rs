@@ -1,0 +1,445 @@
+//! `webhook-gateway reconcile`, the built binary, against the stand-in of Clerk's Backend API
+//! and the real services: what it must never delete (an address that is not Clerk's API, a key
+//! of another instance, more than the budget), and how it speaks Clerk's API (users by cursor,
+//! only the parameters each endpoint documents). Each test checks the databases afterwards.
+
+use crate::support::*;
+use serde_json::{Value, json};
+use stand_ins::{ClerkApiStandIn, DEFAULT_INSTANCE, membership_json, org_json, user_json};
+use std::collections::BTreeMap;
+
+const KEY: &str = "sk_test_standin_key";
+/// Clerk's clock for the seeded data (ms).
+const C: i64 = 1_762_000_000_000;
+
+/// What a run of the binary said.
+struct Ran {
+    code: Option<i32>,
+    /// The `--json` summary.
+    summary: Value,
+    /// The last line on stderr.
+    last_line: String,
+    stderr: String,
+}
+
+impl Ran {
+    fn kind(&self, kind: &str) -> &Value {
+        self.summary["kinds"]
+            .as_array()
+            .and_then(|k| k.iter().find(|k| k["kind"] == kind))
+            .unwrap_or_else(|| panic!("no {kind} in {}", self.summary))
+    }
+
+    fn count(&self, kind: &str, field: &str) -> u64 {
+        self.kind(kind)[field]
+            .as_u64()
+            .unwrap_or_else(|| panic!("{kind}.{field} in {}", self.summary))
+    }
+}
+
+/// Runs `webhook-gateway reconcile --json <args>` against `base_url` and the stack's services.
+async fn reconcile(s: &Stack, base_url: &str, args: &[&str], env: &[(&str, &str)]) -> Ran {
+    let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_webhook-gateway"));
+    c.arg("reconcile")
+        .arg("--json")
+        .args(args)
+        .env_clear()
+        .env("CLERK_SECRET_KEY", KEY)
+        .env("CLERK_API_URL", base_url)
+        .env("CLERK_API_MAX_REQUESTS", "10000")
+        .env("CLERK_API_WINDOW_SECS", "1")
+        .env("CLERK_API_MAX_RETRIES", "1")
+        .env("CLERK_API_RETRY_BASE_MS", "20")
+        .env("CLERK_API_TIMEOUT_SECS", "10")
+        .env("IDENTITY_SERVICE_URL", &s.downstream.identity_service_url)
+        .env("WORKSPACE_SERVICE_URL", &s.downstream.workspace_service_url)
+        .env(
+            "SERVICE_JWT_SIGNING_KEY_FILE",
+            s.issuers.keys.signing_key_file(),
+        )
+        .env("LOG_FORMAT", "json")
+        .envs(env.iter().copied());
+    // The stand-in and the services run on this test's runtime: wait off it.
+    let out = tokio::task::spawn_blocking(move || c.output().expect("the binary runs"))
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    Ran {
+        code: out.status.code(),
+        summary: serde_json::from_slice(&out.stdout).unwrap_or(Value::Null),
+        last_line: stderr.lines().last().unwrap_or_default().to_owned(),
+        stderr,
+    }
+}
+
+fn user_id(i: usize) -> String {
+    format!("user_g{i:05}")
+}
+
+fn org_id(i: usize) -> String {
+    format!("org_g{i:04}")
+}
+
+fn membership_id(o: usize, u: usize) -> String {
+    format!("orgmem_g{o}x{u}")
+}
+
+/// `users` users; `orgs` organizations with `per_org` members each.
+fn seed(api: &ClerkApiStandIn, users: usize, orgs: usize, per_org: usize) {
+    for i in 0..users {
+        let id = user_id(i);
+        let t = C + i as i64;
+        api.put_user(user_json(&id, "G", &format!("{id}@example.org"), t, t));
+    }
+    for o in 0..orgs {
+        let t = C + o as i64;
+        api.put_org(org_json(&org_id(o), &format!("Org {o}"), &user_id(0), t, t));
+        for k in 0..per_org {
+            let u = (o + k) % users;
+            api.put_membership(membership_json(
+                &membership_id(o, u),
+                &org_id(o),
+                &user_id(u),
+                "org:member",
+                t + k as i64,
+                t + k as i64,
+            ));
+        }
+    }
+}
+
+/// The seeded data, backfilled by a first run that confirms the stand-in's instance.
+async fn backfilled(users: usize, orgs: usize, per_org: usize) -> (Stack, ClerkApiStandIn) {
+    let s = stack(SECRET).await;
+    let api = ClerkApiStandIn::start(KEY).await.unwrap();
+    seed(&api, users, orgs, per_org);
+    let first = reconcile(&s, &api.base_url(), &["--instance", DEFAULT_INSTANCE], &[]).await;
+    assert_eq!(first.code, Some(0), "{}", first.stderr);
+    assert_eq!(first.count("users", "created"), users as u64);
+    (s, api)
+}
+
+/// (live users, live workspaces, live memberships) held.
+async fn held(s: &Stack) -> (i64, i64, i64) {
+    (
+        service_harness::scalar(
+            s._dbs.0.url(),
+            "SELECT count(*) FROM users WHERE deleted_at IS NULL",
+        )
+        .await,
+        service_harness::scalar(
+            s.workspace_db(),
+            "SELECT count(*) FROM workspaces WHERE deleted_at IS NULL",
+        )
+        .await,
+        service_harness::scalar(
+            s.workspace_db(),
+            "SELECT count(*) FROM memberships WHERE NOT deleted",
+        )
+        .await,
+    )
+}
+
+/// Removes one user, one organization and one membership from Clerk: a run that deletes
+/// anything would delete these.
+fn remove_some(api: &ClerkApiStandIn) {
+    api.remove_user(&user_id(7));
+    api.remove_org(&org_id(1));
+    api.remove_membership(&membership_id(2, 2));
+}
+
+#[tokio::test]
+async fn an_address_without_v1_deletes_nothing_and_exits_1() {
+    let (s, api) = backfilled(40, 4, 3).await;
+    let before = held(&s).await;
+    remove_some(&api);
+    // Every route of the stand-in answers a plain 404 without the version path.
+    let root = api.base_url().trim_end_matches("/v1").to_owned();
+    let ran = reconcile(&s, &root, &[], &[]).await;
+    assert_eq!(ran.code, Some(1), "{}", ran.stderr);
+    assert!(
+        ran.last_line
+            .starts_with("webhook-gateway reconcile: stopped:")
+            && ran.last_line.contains("404")
+            && ran.last_line.contains("/instance")
+            && ran.last_line.contains("CLERK_API_URL"),
+        "one line names the path and the status: {}",
+        ran.last_line
+    );
+    assert_eq!(held(&s).await, before, "nothing deleted");
+}
+
+/// A proxy that answers a plain 404 (not Clerk's `resource_not_found`) on one list, then on
+/// one resource's GET: the run stops before its sweep, and a plain 404 never confirms a
+/// deletion.
+#[tokio::test]
+async fn a_404_on_a_list_or_without_resource_not_found_deletes_nothing() {
+    let (s, api) = backfilled(40, 4, 3).await;
+    let before = held(&s).await;
+    remove_some(&api);
+    api.block_path("/v1/organization_memberships");
+    let ran = reconcile(&s, &api.base_url(), &[], &[]).await;
+    assert_eq!(ran.code, Some(1), "{}", ran.stderr);
+    assert!(
+        ran.last_line.contains("404") && ran.last_line.contains("/organization_memberships"),
+        "{}",
+        ran.last_line
+    );
+    assert_eq!(
+        ran.count("users", "deleted"),
+        0,
+        "the users' listing completed, but a failed listing stops every deletion"
+    );
+    assert_eq!(held(&s).await, before, "nothing deleted");
+
+    // The listings answer; the removed user's own GET answers a plain 404 (a proxy again).
+    let api2 = ClerkApiStandIn::start(KEY).await.unwrap();
+    seed(&api2, 40, 4, 3);
+    api2.remove_user(&user_id(7));
+    api2.block_path(&format!("/v1/users/{}", user_id(7)));
+    let ran = reconcile(&s, &api2.base_url(), &[], &[]).await;
+    assert_eq!(ran.code, Some(1), "{}", ran.stderr);
+    assert!(
+        ran.last_line.contains("404") && ran.last_line.contains(&user_id(7)),
+        "{}",
+        ran.last_line
+    );
+    assert_eq!(held(&s).await, before, "a plain 404 confirms nothing");
+}
+
+#[tokio::test]
+async fn a_key_of_another_instance_deletes_nothing() {
+    let (s, _ours) = backfilled(30, 3, 3).await;
+    let before = held(&s).await;
+    // A valid key of another instance: it lists that instance's data, none of ours.
+    let other = ClerkApiStandIn::start(KEY).await.unwrap();
+    other.set_instance("ins_otherinstance");
+    other.put_user(user_json("user_elsewhere", "E", "e@example.org", C, C));
+    let ran = reconcile(&s, &other.base_url(), &[], &[]).await;
+    assert_eq!(ran.code, Some(1), "{}", ran.stderr);
+    assert!(
+        ran.last_line.contains("ins_otherinstance") && ran.last_line.contains(DEFAULT_INSTANCE),
+        "one line names both instances: {}",
+        ran.last_line
+    );
+    assert_eq!(ran.count("users", "missing"), 30, "{}", ran.summary);
+    assert_eq!(ran.summary["deletions_allowed"], json!(false));
+    assert_eq!(held(&s).await.1, before.1);
+    assert_eq!(held(&s).await.2, before.2);
+    assert_eq!(
+        service_harness::scalar(
+            s._dbs.0.url(),
+            "SELECT count(*) FROM users WHERE deleted_at IS NOT NULL"
+        )
+        .await,
+        0,
+        "no user deleted"
+    );
+    // Naming the expected instance stops such a run before it reads or writes anything.
+    let ran = reconcile(
+        &s,
+        &other.base_url(),
+        &["--instance", DEFAULT_INSTANCE],
+        &[],
+    )
+    .await;
+    assert_eq!(ran.code, Some(1), "{}", ran.stderr);
+    assert!(
+        ran.last_line.contains("ins_otherinstance") && ran.last_line.contains("--instance"),
+        "{}",
+        ran.last_line
+    );
+    assert_eq!(
+        other
+            .calls()
+            .iter()
+            .filter(|c| c.path == "/v1/users")
+            .count(),
+        1,
+        "only the first run listed"
+    );
+}
+
+#[tokio::test]
+async fn a_budget_exceeded_deletes_nothing_of_that_kind_and_allow_mass_delete_goes_through() {
+    let (s, api) = backfilled(100, 4, 3).await;
+    // 30 users gone from Clerk: more than the budget, the larger of 25 and 1 % of 100. One
+    // organization gone: within its budget.
+    for i in 50..80 {
+        api.remove_user(&user_id(i));
+    }
+    api.remove_org(&org_id(3));
+    for k in 0..3 {
+        api.remove_membership(&membership_id(3, (3 + k) % 100));
+    }
+    let dry = reconcile(&s, &api.base_url(), &["--dry-run"], &[]).await;
+    let ran = reconcile(&s, &api.base_url(), &[], &[]).await;
+    assert_eq!(ran.code, Some(1), "{}", ran.stderr);
+    assert!(
+        ran.last_line.contains("users: 30") && ran.last_line.contains("--allow-mass-delete"),
+        "{}",
+        ran.last_line
+    );
+    for r in [&dry, &ran] {
+        let users = r.kind("users");
+        assert_eq!(
+            (
+                users["missing"].clone(),
+                users["budget"].clone(),
+                users["over_budget"].clone(),
+                users["deleted"].clone()
+            ),
+            (json!(30), json!(25), json!(true), json!(0)),
+            "the dry run shows the same figures: {}",
+            r.summary
+        );
+    }
+    assert_eq!(dry.code, Some(1));
+    assert_eq!(held(&s).await.0, 100, "no user deleted");
+    assert_eq!(
+        ran.count("organizations", "deleted"),
+        1,
+        "other kinds go on"
+    );
+    assert_eq!(held(&s).await.1, 3);
+
+    // RECONCILE_MAX_DELETES raises the budget; --allow-mass-delete lifts it.
+    let within = reconcile(
+        &s,
+        &api.base_url(),
+        &["--dry-run"],
+        &[("RECONCILE_MAX_DELETES", "30")],
+    )
+    .await;
+    assert_eq!(within.code, Some(0), "{}", within.stderr);
+    assert_eq!(within.count("users", "deleted"), 30);
+    assert_eq!(held(&s).await.0, 100, "a dry run deletes nothing");
+    let forced = reconcile(&s, &api.base_url(), &["--allow-mass-delete"], &[]).await;
+    assert_eq!(forced.code, Some(0), "{}", forced.stderr);
+    assert_eq!(forced.count("users", "deleted"), 30);
+    assert_eq!(held(&s).await.0, 70);
+    assert_eq!(
+        service_harness::scalar(
+            s._dbs.0.url(),
+            &format!(
+                "SELECT count(*) FROM users WHERE deleted_at IS NOT NULL AND clerk_id BETWEEN '{}' AND '{}'",
+                user_id(50),
+                user_id(79)
+            )
+        )
+        .await,
+        30
+    );
+}
+
+#[tokio::test]
+async fn thirteen_hundred_users_are_paged_by_cursor_only() {
+    let s = stack(SECRET).await;
+    let api = ClerkApiStandIn::start(KEY).await.unwrap();
+    seed(&api, 1300, 0, 0);
+    let ran = reconcile(
+        &s,
+        &api.base_url(),
+        &["--only", "users", "--instance", DEFAULT_INSTANCE],
+        &[],
+    )
+    .await;
+    assert_eq!(ran.code, Some(0), "{}", ran.stderr);
+    assert_eq!(held(&s).await.0, 1300);
+    let pages: Vec<BTreeMap<String, String>> = api
+        .calls()
+        .into_iter()
+        .filter(|c| c.path == "/v1/users")
+        .map(|c| c.query.into_iter().collect())
+        .collect();
+    // Oldest first: user i was created at C + i, so the cursors are users 499 and 999.
+    let expected = [None, Some(user_id(499)), Some(user_id(999))];
+    assert_eq!(pages.len(), 3, "{pages:?}");
+    for (page, cursor) in pages.iter().zip(expected) {
+        assert_eq!(page.get("starting_after"), cursor.as_ref(), "{page:?}");
+        assert_eq!(
+            page.get("order_by").map(String::as_str),
+            Some("+created_at")
+        );
+        assert_eq!(page.get("limit").map(String::as_str), Some("500"));
+        assert!(!page.contains_key("offset"), "no offset: {page:?}");
+    }
+    for c in api.calls() {
+        assert_eq!(c.api_version.as_deref(), Some("2026-05-12"), "{c:?}");
+        assert_eq!(c.status, 200, "{c:?}");
+    }
+    // A second run finds every user in step.
+    let again = reconcile(&s, &api.base_url(), &["--only", "users"], &[]).await;
+    assert_eq!(again.code, Some(0), "{}", again.stderr);
+    assert_eq!(again.count("users", "unchanged"), 1300);
+}
+
+#[tokio::test]
+async fn a_removed_membership_is_found_and_deleted_with_no_undocumented_parameter() {
+    let (s, api) = backfilled(20, 3, 4).await;
+    // A listed membership whose user Clerk does not say: refused, the run goes on.
+    let mut odd = membership_json("orgmem_odd", &org_id(0), &user_id(19), "org:member", C, C);
+    odd.as_object_mut().unwrap().remove("public_user_data");
+    api.put_membership(odd);
+    let gone = (org_id(1), user_id(2));
+    api.remove_membership(&membership_id(1, 2));
+    let calls_before = api.calls().len();
+    let ran = reconcile(&s, &api.base_url(), &[], &[]).await;
+    assert_eq!(ran.code, Some(0), "{}", ran.stderr);
+    assert_eq!(ran.count("memberships", "deleted"), 1, "{}", ran.summary);
+    assert_eq!(ran.count("memberships", "refused"), 1);
+    assert_eq!(
+        service_harness::scalar(
+            s.workspace_db(),
+            &format!(
+                "SELECT count(*) FROM memberships WHERE clerk_org_id = '{}' AND clerk_user_id = '{}' AND deleted",
+                gone.0, gone.1
+            )
+        )
+        .await,
+        1
+    );
+    // One user's memberships (GET /users/{id}/organization_memberships: limit and offset only).
+    let one = reconcile(&s, &api.base_url(), &["--user", &user_id(3)], &[]).await;
+    assert_eq!(one.code, Some(0), "{}", one.stderr);
+    let calls = &api.calls()[calls_before..];
+    let confirm = calls
+        .iter()
+        .find(|c| c.path == format!("/v1/organizations/{}/memberships", gone.0))
+        .expect("the removal was confirmed through the organization's members");
+    assert!(
+        confirm.query.contains(&("user_id".into(), gone.1.clone())),
+        "{confirm:?}"
+    );
+    let user_list = calls
+        .iter()
+        .find(|c| c.path.ends_with("/organization_memberships") && c.path.starts_with("/v1/users/"))
+        .expect("the user's memberships were listed");
+    assert!(
+        user_list
+            .parameters()
+            .iter()
+            .all(|p| ["limit", "offset"].contains(p)),
+        "{user_list:?}"
+    );
+    for c in calls {
+        assert_eq!(
+            c.status / 100,
+            2,
+            "every request was one Clerk takes: {c:?}"
+        );
+    }
+    // The stand-in refuses what Clerk refuses: the parameter the old code sent.
+    let r = reqwest::Client::new()
+        .get(format!(
+            "{}/users/{}/organization_memberships?order_by=%2Bcreated_at",
+            api.base_url(),
+            user_id(3)
+        ))
+        .bearer_auth(KEY)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 422);
+    assert!(r.text().await.unwrap().contains("form_param_unknown"));
+}
