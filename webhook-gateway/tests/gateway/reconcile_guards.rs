@@ -156,6 +156,7 @@ async fn an_address_without_v1_deletes_nothing_and_exits_1() {
     // Every route of the stand-in answers a plain 404 without the version path.
     let root = api.base_url().trim_end_matches("/v1").to_owned();
     let ran = reconcile(&s, &root, &[], &[]).await;
+    assert_eq!(held(&s).await, before, "nothing deleted: {}", ran.last_line);
     assert_eq!(ran.code, Some(1), "{}", ran.stderr);
     assert!(
         ran.last_line
@@ -166,7 +167,6 @@ async fn an_address_without_v1_deletes_nothing_and_exits_1() {
         "one line names the path and the status: {}",
         ran.last_line
     );
-    assert_eq!(held(&s).await, before, "nothing deleted");
 }
 
 /// A proxy that answers a plain 404 (not Clerk's `resource_not_found`) on one list, then on
@@ -216,16 +216,13 @@ async fn a_key_of_another_instance_deletes_nothing() {
     other.set_instance("ins_otherinstance");
     other.put_user(user_json("user_elsewhere", "E", "e@example.org", C, C));
     let ran = reconcile(&s, &other.base_url(), &[], &[]).await;
-    assert_eq!(ran.code, Some(1), "{}", ran.stderr);
-    assert!(
-        ran.last_line.contains("ins_otherinstance") && ran.last_line.contains(DEFAULT_INSTANCE),
-        "one line names both instances: {}",
+    let after = held(&s).await;
+    assert_eq!(
+        (after.1, after.2),
+        (before.1, before.2),
+        "no workspace or membership deleted: {}",
         ran.last_line
     );
-    assert_eq!(ran.count("users", "missing"), 30, "{}", ran.summary);
-    assert_eq!(ran.summary["deletions_allowed"], json!(false));
-    assert_eq!(held(&s).await.1, before.1);
-    assert_eq!(held(&s).await.2, before.2);
     assert_eq!(
         service_harness::scalar(
             s._dbs.0.url(),
@@ -235,6 +232,14 @@ async fn a_key_of_another_instance_deletes_nothing() {
         0,
         "no user deleted"
     );
+    assert_eq!(ran.code, Some(1), "{}", ran.stderr);
+    assert!(
+        ran.last_line.contains("ins_otherinstance") && ran.last_line.contains(DEFAULT_INSTANCE),
+        "one line names both instances: {}",
+        ran.last_line
+    );
+    assert_eq!(ran.count("users", "missing"), 30, "{}", ran.summary);
+    assert_eq!(ran.summary["deletions_allowed"], json!(false));
     // Naming the expected instance stops such a run before it reads or writes anything.
     let ran = reconcile(
         &s,
