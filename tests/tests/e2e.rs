@@ -864,8 +864,9 @@ async fn the_reconcile_command_backfills_the_local_stack_and_says_why_it_stops()
             .await
             .unwrap()
     };
+    // No webhook has been applied yet: the first run names the instance it expects.
     let mut c = s.reconcile_command();
-    c.arg("--json");
+    c.args(["--json", "--instance", vbase_stack::DEV_CLERK_INSTANCE]);
     let out = output(c).await;
     assert_eq!(
         out.status.code(),
@@ -908,6 +909,23 @@ async fn the_reconcile_command_backfills_the_local_stack_and_says_why_it_stops()
         2
     );
 
+    // Confirmed: later runs need no flag.
+    assert_eq!(
+        count(
+            &s.workspace_db,
+            "SELECT count(*) FROM clerk_instances WHERE instance_id = 'ins_local' AND confirmed_at IS NOT NULL"
+        )
+        .await,
+        1
+    );
+    let again = output(s.reconcile_command()).await;
+    assert_eq!(
+        again.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+
     let mut c = s.reconcile_command();
     c.env("CLERK_SECRET_KEY", "sk_test_not_this_one");
     let refused = output(c).await;
@@ -928,4 +946,141 @@ async fn the_reconcile_command_backfills_the_local_stack_and_says_why_it_stops()
     c.args(["--user", "org_not_a_user"]);
     let bad = output(c).await;
     assert_eq!(bad.status.code(), Some(2));
+}
+
+/// Shapes Clerk's specification allows, through the real gateway: an email address entry
+/// without an id is skipped; a membership without `public_user_data` is kept in quarantine
+/// (2xx, replayable), never refused with a 4xx Svix would give up on; an envelope `timestamp`
+/// in seconds (as in every example of Clerk's webhook specification) dates a removal right.
+#[tokio::test]
+async fn shapes_clerk_documents_are_applied_or_kept() {
+    let (s, _dir) = stack().await;
+    let c = Client::new(&s);
+    let post = |id: &'static str, body: Value| {
+        let c = &c;
+        async move {
+            let bytes = body.to_string().into_bytes();
+            let mut req = c
+                .http
+                .post(format!("{}/clerk", c.state.gateway_url))
+                .body(bytes.clone());
+            for (k, v) in sign_webhook(&c.state.webhook_secret, id, &bytes).unwrap() {
+                req = req.header(k, v);
+            }
+            let r = req.send().await.unwrap();
+            (r.status().as_u16(), r.text().await.unwrap())
+        }
+    };
+    let now_ms = token_auth::signing::now_secs() * 1000;
+
+    // An email address entry without an id: skipped, the primary one kept.
+    let mut user = user_event("user.created", "user_shape", "Shape", now_ms);
+    user["data"]["email_addresses"]
+        .as_array_mut()
+        .unwrap()
+        .insert(
+            0,
+            json!({"object": "email_address", "email_address": "noid@example.org"}),
+        );
+    user["instance_id"] = json!(vbase_stack::DEV_CLERK_INSTANCE);
+    let (code, body) = post("msg_shape_user", user).await;
+    assert_eq!((code, body.as_str()), (200, r#"{"outcome":"applied"}"#));
+    assert_eq!(
+        count(
+            &s.identity_db,
+            "SELECT count(*) FROM users WHERE clerk_id = 'user_shape' AND email = 'user_shape@example.org'"
+        )
+        .await,
+        1
+    );
+
+    // A membership without public_user_data: its user is unknown. Kept, answered 2xx.
+    let membership = |kind: &str, org: &str, user: Option<&str>, timestamp: i64| {
+        let mut m = json!({"data": {"id": format!("orgmem_{org}"), "object": "organization_membership",
+                              "role": "org:member", "permissions": [], "public_metadata": {},
+                              "organization": {"id": org, "object": "organization", "name": org},
+                              "created_at": now_ms - 60_000, "updated_at": now_ms - 60_000},
+                     "object": "event", "type": kind, "timestamp": timestamp,
+                     "instance_id": vbase_stack::DEV_CLERK_INSTANCE});
+        if let Some(user) = user {
+            m["data"]["public_user_data"] = json!({"user_id": user, "identifier": "x@example.org",
+                                                  "first_name": null, "last_name": null});
+        }
+        m
+    };
+    let anonymous = membership("organizationMembership.created", "org_shape", None, now_ms);
+    let (code, body) = post("msg_shape_member", anonymous).await;
+    assert_eq!((code, body.as_str()), (200, r#"{"outcome":"quarantined"}"#));
+    let kept = "SELECT count(*) FROM quarantined_deliveries
+                 WHERE svix_id = 'msg_shape_member' AND state = 'open' AND octet_length(body) > 0";
+    assert_eq!(count(&s.workspace_db, kept).await, 1);
+    let replay = {
+        let mut cmd = s.gateway_command("replay-quarantined");
+        cmd.args(["--all", "--json"]);
+        tokio::task::spawn_blocking(move || cmd.output().unwrap())
+            .await
+            .unwrap()
+    };
+    assert_eq!(replay.status.code(), Some(0));
+    let summary: Value = serde_json::from_slice(&replay.stdout).unwrap();
+    assert_eq!(
+        (
+            summary["examined"].clone(),
+            summary["still_refused"].clone()
+        ),
+        (json!(1), json!(1)),
+        "replayable, and still refused with the current code: {summary}"
+    );
+    assert_eq!(
+        count(&s.workspace_db, kept).await,
+        1,
+        "kept open with its body"
+    );
+    assert_eq!(
+        count(
+            &s.workspace_db,
+            "SELECT count(*) FROM memberships WHERE clerk_org_id = 'org_shape'"
+        )
+        .await,
+        0
+    );
+
+    // A removal whose envelope timestamp is in seconds.
+    let secs = now_ms / 1000 - 30;
+    let created = membership(
+        "organizationMembership.created",
+        "org_secs",
+        Some("user_secs"),
+        now_ms - 60_000,
+    );
+    assert_eq!(post("msg_secs_1", created).await.0, 200);
+    let deleted = membership(
+        "organizationMembership.deleted",
+        "org_secs",
+        Some("user_secs"),
+        secs,
+    );
+    assert_eq!(post("msg_secs_2", deleted).await.0, 200);
+    assert_eq!(
+        count(
+            &s.workspace_db,
+            "SELECT extract(epoch FROM deleted_at)::bigint FROM memberships
+              WHERE clerk_org_id = 'org_secs' AND clerk_user_id = 'user_secs' AND deleted"
+        )
+        .await,
+        secs,
+        "access ended when the envelope says, not in January 1970"
+    );
+    // The services recorded the instance of what they applied.
+    for db in [&s.identity_db, &s.workspace_db] {
+        assert_eq!(
+            count(
+                db,
+                "SELECT count(*) FROM clerk_instances WHERE instance_id = 'ins_local'"
+            )
+            .await,
+            1
+        );
+    }
+    s.stop().await.unwrap();
 }
