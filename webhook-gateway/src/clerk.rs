@@ -633,6 +633,73 @@ mod tests {
     }
 
     #[test]
+    fn envelope_timestamps_in_seconds_are_read_as_seconds() {
+        let at = |ts: i64| {
+            let env = json!({"type": "organization.deleted", "object": "event", "timestamp": ts,
+                             "data": {"deleted": true, "id": "org_1", "object": "organization"}});
+            to_command("m", &body(env)).map(|(_, c)| match c {
+                Command::DeleteWorkspace(d) => d.occurred_at.unwrap(),
+                other => panic!("{other:?}"),
+            })
+        };
+        // The specification's examples (seconds) and the documented unit (milliseconds).
+        assert_eq!(at(1716883200).unwrap().seconds, 1716883200);
+        assert_eq!(
+            at(1716883200123).unwrap(),
+            timestamp_from_millis(1716883200123)
+        );
+        assert_eq!(at(SECONDS_BELOW - 1).unwrap().seconds, SECONDS_BELOW - 1);
+        assert_eq!(
+            at(SECONDS_BELOW).unwrap(),
+            timestamp_from_millis(SECONDS_BELOW)
+        );
+        assert!(at(-1).is_err());
+    }
+
+    #[test]
+    fn an_email_entry_without_an_id_is_skipped() {
+        let env = json!({"type": "user.created", "object": "event", "instance_id": "ins_1",
+            "data": {"id": "user_1", "primary_email_address_id": "idn_2", "updated_at": 5,
+                     "email_addresses": [{"email_address": "noid@example.org", "object": "email_address"},
+                                         {"id": "idn_2", "email_address": "p@example.org"}]}});
+        let (_, cmd) = to_command("m", &body(env)).unwrap();
+        let Command::UpsertUser(u) = cmd else {
+            panic!()
+        };
+        assert_eq!(
+            (u.email.as_str(), u.instance_id.as_str()),
+            ("p@example.org", "ins_1")
+        );
+    }
+
+    #[test]
+    fn a_membership_without_public_user_data_cannot_be_applied_and_says_why() {
+        let env = json!({"type": "organizationMembership.deleted", "object": "event",
+            "data": {"id": "orgmem_1", "role": "org:member", "organization": {"id": "org_1"},
+                     "created_at": 1, "updated_at": 2}});
+        let Err(Malformed(reason)) = to_command("m", &body(env)) else {
+            panic!("a membership without its user cannot be applied")
+        };
+        assert!(reason.contains("public_user_data"), "{reason}");
+    }
+
+    #[test]
+    fn commands_carry_the_envelope_instance() {
+        let env = |instance: serde_json::Value| {
+            json!({"type": "organization.updated", "object": "event", "instance_id": instance,
+                   "data": {"id": "org_1", "name": "A", "created_at": 7, "updated_at": 9}})
+        };
+        let (_, cmd) =
+            to_command("m", &body(env(json!("ins_2g7np7Hrk0SN6kj5EDMLDaKNL0S")))).unwrap();
+        let Command::UpsertWorkspace(w) = cmd else {
+            panic!()
+        };
+        assert_eq!(w.instance_id, "ins_2g7np7Hrk0SN6kj5EDMLDaKNL0S");
+        assert_eq!(w.created_at, Some(timestamp_from_millis(7)));
+        assert!(to_command("m", &body(env(json!("not an id")))).is_err());
+    }
+
+    #[test]
     fn names_are_normalised_not_refused() {
         let long = format!("  Ada\u{7}{}  ", "é".repeat(300));
         let n = normalized(&long, MAX_NAME_CHARS);

@@ -448,3 +448,42 @@ async fn a_removed_membership_is_found_and_deleted_with_no_undocumented_paramete
     assert_eq!(r.status(), 422);
     assert!(r.text().await.unwrap().contains("form_param_unknown"));
 }
+
+/// The instance the services record from the webhooks they apply pins deletion: a key of that
+/// instance deletes with no flag, a key of another one deletes nothing.
+#[tokio::test]
+async fn the_instance_of_applied_webhooks_pins_deletion() {
+    let s = stack(SECRET).await;
+    for (id, user) in [("msg_p1", "user_pinned1"), ("msg_p2", "user_pinned2")] {
+        let (code, _) = s.send(id, &user_event("user.created", user, "P", C)).await;
+        assert_eq!(code, 200);
+    }
+    for db in [s._dbs.0.url(), s.workspace_db()] {
+        assert_eq!(
+            service_harness::scalar(
+                db,
+                &format!(
+                    "SELECT count(*) FROM clerk_instances WHERE instance_id = '{DEFAULT_INSTANCE}'"
+                )
+            )
+            .await,
+            i64::from(db == s._dbs.0.url()),
+            "user.created is applied by identity-service only"
+        );
+    }
+    // Another instance's key: user_pinned1 and 2 are missing from its listing, nothing goes.
+    let other = ClerkApiStandIn::start(KEY).await.unwrap();
+    other.set_instance("ins_otherinstance");
+    let ran = reconcile(&s, &other.base_url(), &["--only", "users"], &[]).await;
+    assert_eq!(held(&s).await.0, 2, "{}", ran.last_line);
+    assert_eq!(ran.code, Some(1));
+    assert_eq!(ran.count("users", "missing"), 2);
+    // The key of the webhooks' instance, whose listing has only user_pinned2.
+    let ours = ClerkApiStandIn::start(KEY).await.unwrap();
+    ours.put_user(user_json("user_pinned2", "P", "p@example.org", C, C));
+    let ran = reconcile(&s, &ours.base_url(), &["--only", "users"], &[]).await;
+    assert_eq!(ran.code, Some(0), "{}", ran.stderr);
+    assert_eq!(ran.count("users", "deleted"), 1);
+    assert!(s.user("user_pinned1").await.is_none());
+    assert!(s.user("user_pinned2").await.is_some());
+}
