@@ -472,3 +472,73 @@ async fn only_the_gateway_may_call_the_reconcile_methods() {
         .unwrap_err();
     assert_eq!(internal.code(), tonic::Code::PermissionDenied);
 }
+
+/// Workspaces synced before Clerk's `created_at` was kept, and memberships from before they
+/// carried ids, have no place in the listing order: a run gives the listed ones theirs (no
+/// write of their data, no false candidate), and deletes those Clerk no longer has.
+#[tokio::test]
+async fn rows_without_a_place_in_the_order_are_placed_or_deleted() {
+    let s = stack(SECRET).await;
+    let api = ClerkApiStandIn::start(KEY).await.unwrap();
+    seed(&api, 20, 6, 3);
+    let cfg = config(&s, &api);
+    assert!(run(&cfg).await.completed);
+    service_harness::execute(
+        s.workspace_db(),
+        "UPDATE workspaces SET clerk_created_at = '-infinity';
+         UPDATE memberships SET clerk_membership_id = '', membership_created_at = '-infinity'",
+    )
+    .await;
+    api.remove_org(&org_id(4));
+    for k in 0..3 {
+        api.remove_membership(&format!("orgmem_4x{}", (4 * 7 + k) % 20));
+    }
+    api.remove_membership(&format!("orgmem_0x{}", 1));
+    let mut dry = cfg.clone();
+    dry.dry_run = true;
+    let planned = run(&dry).await;
+    let applied = run(&cfg).await;
+    assert!(applied.completed, "{}", applied.table());
+    for r in [&planned, &applied] {
+        assert_eq!(
+            (
+                kind(r, Kind::Organizations).missing,
+                kind(r, Kind::Organizations).deleted
+            ),
+            (1, 1),
+            "{}",
+            r.table()
+        );
+        // org 4's three memberships and the one removed from org 0; the others are placed
+        // without a write.
+        let m = kind(r, Kind::Memberships);
+        assert_eq!(
+            (m.missing, m.deleted, m.updated),
+            (4, 4, 0),
+            "{}",
+            r.table()
+        );
+    }
+    assert!(!s.workspace_exists(&org_id(4)).await);
+    assert!(s.workspace_exists(&org_id(5)).await);
+    assert_eq!(s.members(&org_id(0)).await.len(), 2);
+    assert_eq!(
+        service_harness::scalar(
+            s.workspace_db(),
+            "SELECT count(*) FROM workspaces WHERE deleted_at IS NULL AND clerk_created_at = '-infinity'"
+        )
+        .await,
+        0,
+        "every listed workspace has its place"
+    );
+    let again = run(&cfg).await;
+    for k in [Kind::Organizations, Kind::Memberships] {
+        let x = kind(&again, k);
+        assert_eq!(
+            (x.missing, x.updated, x.deleted),
+            (0, 0, 0),
+            "{}",
+            again.table()
+        );
+    }
+}

@@ -168,8 +168,9 @@ pub async fn compare_orgs(
 /// Compares a page of memberships with those held, gives a live membership held without its
 /// id (from before memberships carried one) the id and `created_at` Clerk lists for it, and
 /// records the memberships held in the page's stretch (recorded and created before the run
-/// started) that it does not list as candidates, with the membership id held. A membership of
-/// a deleted organization or user, or one replaced here by a later membership, is `Newer`.
+/// started) that it does not list as candidates, with the membership id held. A live row so
+/// placed compares as that membership (it is compared as it will be held). A membership of a
+/// deleted organization or user, or one replaced here by a later membership, is `Newer`.
 pub async fn compare_memberships(
     conn: &mut AsyncPgConnection,
     q: &Page<ListedMembership>,
@@ -206,7 +207,8 @@ pub async fn compare_memberships(
                  WHEN m.clerk_org_id IS NULL THEN 1
                  WHEN m.clerk_membership_id <> ''
                   AND (m.membership_created_at, m.clerk_membership_id) > (i.created_at, i.mid) THEN 4
-                 WHEN m.clerk_membership_id <> i.mid THEN 2
+                 WHEN m.clerk_membership_id <> i.mid
+                  AND (m.clerk_membership_id <> '' OR m.deleted) THEN 2
                  WHEN m.deleted THEN 4
                  WHEN m.source_updated_at < i.updated_at THEN 2
                  WHEN m.source_updated_at > i.updated_at THEN 4
