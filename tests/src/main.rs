@@ -51,7 +51,8 @@ enum Cmd {
         email: String,
     },
     /// Run `webhook-gateway reconcile` against the running stack (in development mode, against
-    /// its stand-in of Clerk's Backend API); options after `--` go to it, e.g. `-- --dry-run`.
+    /// its stand-in of Clerk's Backend API, instance `ins_local`); options after `--` go to it,
+    /// e.g. `-- --instance ins_local --dry-run`.
     Reconcile {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,

@@ -131,9 +131,9 @@ pub struct ReconcileConfig {
     /// Only this organization (`org_...`) and its memberships.
     #[arg(long)]
     pub org: Option<String>,
-    /// Only this kind.
-    #[arg(long, value_enum)]
-    pub only: Option<Kind>,
+    /// Only these kinds (comma-separated).
+    #[arg(long, value_enum, value_delimiter = ',')]
+    pub only: Vec<Kind>,
     /// Print the summary as JSON.
     #[arg(long)]
     pub json: bool,
@@ -186,7 +186,7 @@ impl ReconcileConfig {
     pub fn kinds(&self) -> Vec<Kind> {
         Kind::ALL
             .into_iter()
-            .filter(|k| self.only.is_none_or(|o| o == *k))
+            .filter(|k| self.only.is_empty() || self.only.contains(k))
             .filter(|k| match k {
                 Kind::Users => self.org.is_none(),
                 Kind::Organizations => self.user.is_none(),

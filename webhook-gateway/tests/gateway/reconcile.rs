@@ -31,7 +31,7 @@ fn config(s: &Stack, api: &ClerkApiStandIn) -> ReconcileConfig {
         dry_run: false,
         user: None,
         org: None,
-        only: None,
+        only: Vec::new(),
         json: false,
         // The stand-in's instance, as the services record none here.
         instance: Some(stand_ins::DEFAULT_INSTANCE.into()),
@@ -263,7 +263,7 @@ async fn a_newer_webhook_during_a_run_is_not_rolled_back() {
     api.set_latency(Duration::from_millis(400));
     let cfg = config(&s, &api);
     let mut only_users = cfg.clone();
-    only_users.only = Some(Kind::Users);
+    only_users.only = vec![Kind::Users];
     let webhook = async {
         // Lands while the run waits for its first page.
         tokio::time::sleep(Duration::from_millis(100)).await;

@@ -24,6 +24,8 @@ use vbase_proto::workspace::v1 as wsp;
 use vbase_proto::workspace::v1::workspace_service_client::WorkspaceServiceClient;
 use vbase_stack::{Stack, StackConfig, Which, dev_user_claims, sign_webhook};
 
+mod reconcile;
+
 #[derive(Parser)]
 #[command(about = "Benchmarks of the VBase stack against same-run baselines")]
 struct Args {
@@ -59,7 +61,8 @@ enum Row {
     /// Deletion: the delete webhook's latency and the purge's throughput.
     Delete,
     Liveblocks,
-    /// Reconcile of users already in step, against paging the Clerk stand-in alone.
+    /// Reconcile of users, and of organizations and memberships, already in step, against
+    /// paging the Clerk stand-in alone.
     Reconcile,
     /// A workspace read (`ListChannels`) with the revocation check, against its SQL.
     WorkspaceRead,
@@ -706,82 +709,6 @@ impl BatchProbe {
             ),
             _ => format!("{what}: no batches seen"),
         }
-    }
-}
-
-/// Runs `webhook-gateway reconcile --only users` (the release binary) against the stack with
-/// no rate limit; returns its wall time, its peak RSS and its CPU seconds (polled while it
-/// runs).
-async fn reconcile_users(stack: &Stack) -> Result<(Duration, f64, f64)> {
-    let mut cmd = stack.reconcile_command();
-    cmd.args([
-        "--only",
-        "users",
-        "--json",
-        "--instance",
-        vbase_stack::DEV_CLERK_INSTANCE,
-    ])
-    .env("CLERK_API_MAX_REQUESTS", "10000")
-    .env("CLERK_API_WINDOW_SECS", "1")
-    .env("LOG_FORMAT", "json")
-    .stdout(std::process::Stdio::piped())
-    .stderr(std::process::Stdio::null());
-    let t = Instant::now();
-    let mut child = cmd.spawn()?;
-    let pid = child.id();
-    let mut peak = 0.0_f64;
-    let mut cpu = 0.0_f64;
-    let status = loop {
-        if let Some(kb) = vm_hwm_mib(pid) {
-            peak = peak.max(kb);
-        }
-        cpu = cpu.max(cpu_secs(pid).0);
-        if let Some(status) = child.try_wait()? {
-            break status;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    };
-    let took = t.elapsed();
-    let mut out = String::new();
-    std::io::Read::read_to_string(child.stdout.as_mut().context("stdout")?, &mut out)?;
-    anyhow::ensure!(status.success(), "reconcile failed: {out}");
-    let summary: serde_json::Value = serde_json::from_str(&out)?;
-    anyhow::ensure!(
-        summary["completed"] == json!(true),
-        "reconcile stopped: {out}"
-    );
-    Ok((took, peak, cpu))
-}
-
-/// Pages every user of the stand-in with the reconciler's own client and parser, page size
-/// 500, one page after another: the part of a reconcile that is Clerk's, not ours.
-async fn page_users_alone(api: &stand_ins::ClerkApiStandIn) -> Result<Duration> {
-    use webhook_gateway::clerk_api::{ClerkHttp, HttpSettings, ListQuery, Start, list_page};
-    let client = ClerkHttp::new(HttpSettings {
-        base_url: api.base_url(),
-        secret_key: "sk_test_local_stand_in".into(),
-        max_requests: 10_000,
-        window: Duration::from_secs(1),
-        max_retries: 0,
-        retry_base: Duration::from_millis(100),
-        timeout: Duration::from_secs(30),
-    })
-    .map_err(anyhow::Error::msg)?;
-    let t = Instant::now();
-    let mut cursor: Option<String> = None;
-    loop {
-        let q = ListQuery {
-            limit: 500,
-            start: Start::After(cursor.as_deref()),
-            oldest_first: true,
-            filter: &[],
-        };
-        let page = list_page::<webhook_gateway::clerk::User>(&client, "/users", &q).await?;
-        anyhow::ensure!(page.items.iter().all(Result::is_ok), "a user did not parse");
-        if page.last {
-            return Ok(t.elapsed());
-        }
-        cursor = page.last_id;
     }
 }
 
@@ -1729,80 +1656,15 @@ async fn main() -> Result<()> {
     }
 
     if want(Row::Reconcile) {
-        // 6. Reconcile of users already in step, against the Clerk stand-in answering at once.
-        let api = stack.clerk_api.as_ref().context("Clerk API stand-in")?;
-        let (small, n) = if args.smoke {
-            (200, 2_000)
-        } else {
-            (10_000, 100_000)
-        };
-        let add_users = |from: usize, to: usize| {
-            for i in from..to {
-                let id = format!("user_bench{i:07}");
-                let t = 1_760_000_000_000 + i as i64;
-                api.put_user(stand_ins::user_json(
-                    &id,
-                    "Bench",
-                    &format!("{id}@example.org"),
-                    t,
-                    t,
-                ));
-            }
-        };
-        add_users(0, small);
-        reconcile_users(&stack).await?; // backfill, not timed
-        let (_, small_rss, _) = reconcile_users(&stack).await?;
-        add_users(small, n);
-        reconcile_users(&stack).await?;
-        // The backfill's writes vacuumed and checkpointed, so the timed run does not pay them.
-        settle(&*pg(&stack.identity_db).await?).await?;
-        let me = std::process::id();
-        let identity = stack.pid(Which::Identity).context("identity-service pid")?;
-        let before = (
-            machine_counters().0,
-            cpu_secs(me).0,
-            cpu_secs(identity).0,
-            postgres_cpu(),
-        );
-        let (took, rss, gateway_cpu) = reconcile_users(&stack).await?;
-        let after = (
-            machine_counters().0,
-            cpu_secs(me).0,
-            cpu_secs(identity).0,
-            postgres_cpu(),
-        );
-        let paging_before = (machine_counters().0, cpu_secs(me).0);
-        let paging = page_users_alone(api).await?;
-        let paging_after = (machine_counters().0, cpu_secs(me).0);
-        let machine = after.0 - before.0;
-        let (standin, id_cpu, pg_cpu) =
-            (after.1 - before.1, after.2 - before.2, after.3 - before.3);
-        cpu.push(format!(
-            "reconcile in step: {machine:.2} CPU-s on the machine: webhook-gateway {gateway_cpu:.2}, \
-             identity-service {id_cpu:.2}, the Clerk stand-in {standin:.2}, PostgreSQL {pg_cpu:.2}, the rest {:.2}; \
-             paging alone: {:.2} CPU-s ({:.2} in this process: stand-in and client)",
-            machine - gateway_cpu - id_cpu - standin - pg_cpu,
-            paging_after.0 - paging_before.0,
-            paging_after.1 - paging_before.1
-        ));
-        let users = n + 3; // and the development stack's own three
-        rows.push([
-            format!("Reconcile of {n} users already in step (Clerk stand-in answering at once)"),
-            format!(
-                "{:.0} users/s ({:.2} s; peak RSS {rss:.1} MiB, {small_rss:.1} MiB at {small} users)",
-                users as f64 / took.as_secs_f64(),
-                took.as_secs_f64()
-            ),
-            format!(
-                "{:.0} users/s (paging the stand-in alone, same client: {:.2} s)",
-                users as f64 / paging.as_secs_f64(),
-                paging.as_secs_f64()
-            ),
-            format!(
-                "{:.2}x of the paging time (goal <= 1.5)",
-                took.as_secs_f64() / paging.as_secs_f64()
-            ),
-        ]);
+        // 6. Reconcile of data already in step, against the Clerk stand-in answering at once:
+        // users (by cursor), then organizations and memberships (by offset).
+        for row in [
+            reconcile::users_row(&stack, args.smoke).await?,
+            reconcile::orgs_row(&stack, args.smoke).await?,
+        ] {
+            rows.push(row.0);
+            cpu.push(row.1);
+        }
     }
 
     // 7. Peak memory.
