@@ -8,6 +8,12 @@ CREATE INDEX workspaces_clerk_created_idx ON workspaces (clerk_created_at, clerk
     WHERE deleted_at IS NULL;
 CREATE INDEX memberships_created_idx ON memberships (membership_created_at, clerk_membership_id)
     WHERE NOT deleted;
+-- The rows still without a place, which a page that lists them places: small (empty once a run
+-- placed them), so a page over data in step does not look up its rows a second time.
+CREATE INDEX workspaces_unplaced_idx ON workspaces (clerk_org_id)
+    WHERE clerk_created_at = '-infinity' AND deleted_at IS NULL;
+CREATE INDEX memberships_unplaced_idx ON memberships (clerk_org_id, clerk_user_id)
+    WHERE clerk_membership_id = '' AND NOT deleted;
 
 -- What a run found held in a page's stretch that the page did not list: its deletion
 -- candidates (`workspace`: the organization; `membership`: organization, user and the

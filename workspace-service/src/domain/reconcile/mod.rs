@@ -108,7 +108,9 @@ fn comparisons(rows: Vec<Compared>, expected: usize) -> Result<Vec<Comparison>, 
 /// Compares a page of organizations with the workspaces held, gives the listed ones that had
 /// no place in the order yet Clerk's `created_at`, and records the workspaces held in the
 /// page's stretch (created and last written before the run started) that it does not list as
-/// candidates. One statement; the stretch is an index range scan.
+/// candidates. One statement; the stretch is an index range scan (the row comparisons are
+/// repeated as a range of `created_at` alone: the planner estimates that one well, and the two
+/// row bounds apart as half of the table each, which made it scan the whole table).
 pub async fn compare_orgs(
     conn: &mut AsyncPgConnection,
     q: &Page<ListedOrg>,
@@ -131,6 +133,7 @@ pub async fn compare_orgs(
               WHERE w.deleted_at IS NULL
                 AND (w.clerk_created_at, w.clerk_org_id) > (COALESCE($9, '-infinity'), $10)
                 AND (w.clerk_created_at, w.clerk_org_id) <= (COALESCE($11, 'infinity'), $12)
+                AND w.clerk_created_at BETWEEN COALESCE($9, '-infinity') AND COALESCE($11, 'infinity')
                 AND w.clerk_created_at > '-infinity'
                 AND w.created_at < $8 AND w.updated_at < $8
                 AND ($13 = '' OR w.clerk_org_id = $13)
@@ -196,6 +199,7 @@ pub async fn compare_memberships(
               WHERE NOT m.deleted
                 AND (m.membership_created_at, m.clerk_membership_id) > (COALESCE($9, '-infinity'), $10)
                 AND (m.membership_created_at, m.clerk_membership_id) <= (COALESCE($11, 'infinity'), $12)
+                AND m.membership_created_at BETWEEN COALESCE($9, '-infinity') AND COALESCE($11, 'infinity')
                 AND m.membership_created_at > '-infinity'
                 AND m.recorded_at < $8 AND m.membership_created_at < $8
                 AND ($13 = '' OR m.clerk_org_id = $13 OR m.clerk_user_id = $13)
