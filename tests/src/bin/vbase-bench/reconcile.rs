@@ -34,7 +34,9 @@ struct Ran {
 }
 
 /// Runs `webhook-gateway reconcile --only <only>` with no rate limit, polling its memory and
-/// CPU while it runs.
+/// CPU while it runs. The first run of a row deletes what the earlier rows left (their users
+/// and workspaces are not in the stand-in), more than the deletion budget: the runs are given
+/// `--allow-mass-delete`.
 async fn run(stack: &Stack, only: &str) -> Result<Ran> {
     let log = stack.state_dir().join("logs").join("reconcile-bench.log");
     let mut cmd = stack.reconcile_command();
@@ -44,6 +46,7 @@ async fn run(stack: &Stack, only: &str) -> Result<Ran> {
         "--json",
         "--instance",
         vbase_stack::DEV_CLERK_INSTANCE,
+        "--allow-mass-delete",
     ])
     .env("CLERK_API_MAX_REQUESTS", "10000")
     .env("CLERK_API_WINDOW_SECS", "1")
