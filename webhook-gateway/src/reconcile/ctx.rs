@@ -329,13 +329,14 @@ pub(super) fn usable<T>(s: &mut KindSummary, page: Vec<Result<T, Unparsed>>) -> 
         .collect()
 }
 
-/// Pairs each command with its comparison: missing or older ones become writes; the others
-/// are counted.
+/// Pairs each listed item with its comparison: missing or older ones become writes (their
+/// commands made only then, with their event ids; `None`: no command can be made, counted
+/// refused); the others are counted.
 pub(super) fn classify<T>(
     s: &mut KindSummary,
-    items: Vec<(String, T)>,
+    items: &[T],
     results: &[i32],
-    to_command: impl Fn(T) -> Command,
+    to_write: impl Fn(&T) -> Option<(String, Command)>,
 ) -> Result<Vec<Write>, RunError> {
     if results.len() != items.len() {
         return Err(RunError::Services(format!(
@@ -345,12 +346,22 @@ pub(super) fn classify<T>(
         )));
     }
     let mut writes = Vec::new();
-    for ((id, item), r) in items.into_iter().zip(results) {
-        match r {
-            1 => writes.push((Change::Created, id, to_command(item))),
-            2 => writes.push((Change::Updated, id, to_command(item))),
-            3 => s.unchanged += 1,
-            _ => s.stale += 1,
+    for (item, r) in items.iter().zip(results) {
+        let change = match r {
+            1 => Change::Created,
+            2 => Change::Updated,
+            3 => {
+                s.unchanged += 1;
+                continue;
+            }
+            _ => {
+                s.stale += 1;
+                continue;
+            }
+        };
+        match to_write(item) {
+            Some((id, cmd)) => writes.push((change, id, cmd)),
+            None => s.refused += 1,
         }
     }
     Ok(writes)

@@ -65,16 +65,10 @@ pub(super) async fn users<C: ClerkBackend>(
     // Every page is compared, an empty one too: the users held in its stretch are candidates.
     let page =
         async |s: &mut KindSummary, users: Vec<User>, stretch: Stretch| -> Result<(), RunError> {
-            let cmds: Vec<(String, idp::UpsertUserCommand)> = users
-                .iter()
-                .map(|u| {
-                    let id = ctx.event_id("user", &u.id);
-                    (u.id.clone(), u.upsert(ctx.origin(&id)))
-                })
-                .collect();
+            // A comparison reads no event id: commands get theirs when they are written.
             let req = idp::CompareUsersRequest {
                 run_id: ctx.run.to_string(),
-                users: cmds.iter().map(|(_, c)| c.clone()).collect(),
+                users: users.iter().map(|u| u.upsert(ctx.origin(""))).collect(),
                 range: Some(idp_range(stretch)),
                 started_at: Some(ctx.started_at),
                 scope_id: ctx.plan.scope.user().unwrap_or_default().to_owned(),
@@ -86,7 +80,10 @@ pub(super) async fn users<C: ClerkBackend>(
                 .await?
                 .into_inner()
                 .results;
-            let writes = classify(s, cmds, &results, Command::UpsertUser)?;
+            let writes = classify(s, &users, &results, |u| {
+                let id = ctx.event_id("user", &u.id);
+                Some((u.id.clone(), Command::UpsertUser(u.upsert(ctx.origin(&id)))))
+            })?;
             ctx.apply(s, writes).await
         };
     match &ctx.plan.scope {
@@ -143,16 +140,9 @@ pub(super) async fn organizations<C: ClerkBackend>(
             s.refused += 1;
             tracing::warn!(id = o.id, "a listed organization has no created_at");
         }
-        let cmds: Vec<(String, wsp::UpsertWorkspaceCommand)> = orgs
-            .iter()
-            .map(|o| {
-                let id = ctx.event_id("organization", &o.id);
-                (o.id.clone(), o.upsert(ctx.origin(&id)))
-            })
-            .collect();
         let req = wsp::CompareWorkspacesRequest {
             run_id: ctx.run.to_string(),
-            workspaces: cmds.iter().map(|(_, c)| c.clone()).collect(),
+            workspaces: orgs.iter().map(|o| o.upsert(ctx.origin(""))).collect(),
             range: Some(wsp_range(stretch)),
             started_at: Some(ctx.started_at),
             scope_id: match &ctx.plan.scope {
@@ -167,7 +157,13 @@ pub(super) async fn organizations<C: ClerkBackend>(
             .await?
             .into_inner()
             .results;
-        let writes = classify(s, cmds, &results, Command::UpsertWorkspace)?;
+        let writes = classify(s, &orgs, &results, |o| {
+            let id = ctx.event_id("organization", &o.id);
+            Some((
+                o.id.clone(),
+                Command::UpsertWorkspace(o.upsert(ctx.origin(&id))),
+            ))
+        })?;
         ctx.apply(s, writes).await
     };
     match &ctx.plan.scope {
@@ -224,11 +220,13 @@ pub(super) async fn memberships<C: ClerkBackend>(
                       members: Vec<Membership>,
                       stretch: Stretch|
            -> Result<(), RunError> {
-        let mut cmds: Vec<(String, wsp::UpsertMembershipCommand)> = Vec::new();
-        for m in &members {
-            let id = ctx.event_id("membership", &m.id);
-            match m.upsert(ctx.origin(&id)) {
-                Ok(c) => cmds.push((m.id.clone(), c)),
+        let (mut listed, mut cmds) = (Vec::new(), Vec::new());
+        for m in members {
+            match m.upsert(ctx.origin("")) {
+                Ok(c) => {
+                    cmds.push(c);
+                    listed.push(m);
+                }
                 Err(why) => {
                     s.refused += 1;
                     tracing::warn!(
@@ -241,7 +239,7 @@ pub(super) async fn memberships<C: ClerkBackend>(
         }
         let req = wsp::CompareMembershipsRequest {
             run_id: ctx.run.to_string(),
-            memberships: cmds.iter().map(|(_, c)| c.clone()).collect(),
+            memberships: cmds,
             range: Some(wsp_range(stretch)),
             started_at: Some(ctx.started_at),
             scope_id: ctx.plan.scope.id().to_owned(),
@@ -253,7 +251,11 @@ pub(super) async fn memberships<C: ClerkBackend>(
             .await?
             .into_inner()
             .results;
-        let writes = classify(s, cmds, &results, Command::UpsertMembership)?;
+        let writes = classify(s, &listed, &results, |m| {
+            let id = ctx.event_id("membership", &m.id);
+            let cmd = m.upsert(ctx.origin(&id)).ok()?;
+            Some((m.id.clone(), Command::UpsertMembership(cmd)))
+        })?;
         ctx.apply(s, writes).await
     };
     let (path, by_offset) = match &ctx.plan.scope {
