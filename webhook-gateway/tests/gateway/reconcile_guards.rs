@@ -487,3 +487,47 @@ async fn the_instance_of_applied_webhooks_pins_deletion() {
     assert!(s.user("user_pinned1").await.is_none());
     assert!(s.user("user_pinned2").await.is_some());
 }
+
+/// Nothing recorded yet (no webhook applied, no `--instance`): a run backfills, deletes nothing,
+/// and says which flag would let it.
+#[tokio::test]
+async fn with_no_instance_recorded_a_run_backfills_and_deletes_nothing() {
+    let s = stack(SECRET).await;
+    let api = ClerkApiStandIn::start(KEY).await.unwrap();
+    seed(&api, 30, 3, 3);
+    let first = reconcile(&s, &api.base_url(), &[], &[]).await;
+    assert_eq!(
+        first.count("users", "created"),
+        30,
+        "creating and updating run"
+    );
+    assert_eq!(first.code, Some(1), "{}", first.stderr);
+    assert!(
+        first.last_line.contains("no Clerk instance is recorded")
+            && first
+                .last_line
+                .contains(&format!("--instance {DEFAULT_INSTANCE}")),
+        "{}",
+        first.last_line
+    );
+    remove_some(&api);
+    let second = reconcile(&s, &api.base_url(), &[], &[]).await;
+    assert_eq!(
+        held(&s).await,
+        (30, 3, 9),
+        "nothing deleted: {}",
+        second.last_line
+    );
+    assert_eq!(second.code, Some(1));
+    assert_eq!(
+        (
+            second.count("users", "missing"),
+            second.count("users", "deleted")
+        ),
+        (1, 0)
+    );
+    // Confirmed once, the same run deletes.
+    let confirmed = reconcile(&s, &api.base_url(), &["--instance", DEFAULT_INSTANCE], &[]).await;
+    assert_eq!(confirmed.code, Some(0), "{}", confirmed.stderr);
+    assert_eq!(held(&s).await, (29, 2, 5));
+}
