@@ -8,12 +8,16 @@
 //! - F given and not K: the run stops before it reads or writes anything.
 //! - F given (= K): deletion is allowed when nothing is recorded or K is among the records;
 //!   K is then recorded as confirmed, so later runs need no flag.
+//! - No F, and instances are recorded but K is not among them: the key is another
+//!   deployment's, and the run stops before it reads or writes anything (a backfill would copy
+//!   that instance's users and organizations into ours).
 //! - No F: deletion is allowed when K is recorded and no other instance was first seen or
 //!   confirmed after K's last confirmation (never confirmed: no other instance at all).
 //!
-//! Otherwise the run still creates and updates (a backfill of a new instance is the first
-//! thing a user does), counts what it would delete, deletes nothing, and exits 1 with one line
-//! that names the key's instance and the recorded ones.
+//! Otherwise (nothing recorded yet, or several instances recorded) the run still creates and
+//! updates (a backfill of a new instance is the first thing a user does), counts what it would
+//! delete, deletes nothing, and exits 1 with one line that names the key's instance and the
+//! recorded ones.
 
 use super::RunError;
 use crate::clerk_api::ClerkBackend;
@@ -89,7 +93,12 @@ pub fn decide(key: &str, flag: Option<&str>, records: &[Recorded]) -> Result<Pin
         )));
     }
     if !known {
-        return Ok(elsewhere());
+        return Err(format!(
+            "CLERK_SECRET_KEY belongs to Clerk instance {key}, but the webhooks applied here \
+             came from {}: nothing was read or written (check the Secret holds this \
+             deployment's key; to move this deployment to {key}, run once with --instance {key})",
+            named(records)
+        ));
     }
     let confirmed = records
         .iter()
@@ -194,10 +203,9 @@ mod tests {
             rec("ins_a", "workspace-service", 2, None),
         ];
         assert!(allowed(&decide("ins_a", None, &one).unwrap()));
-        let Pin::Refused(why) = decide("ins_b", None, &one).unwrap() else {
-            panic!("another instance's key may not delete")
-        };
-        assert!(why.contains("ins_b") && why.contains("ins_a"), "{why}");
+        // Another instance's key stops the run: it may neither delete nor copy its data in.
+        let stop = decide("ins_b", None, &one).unwrap_err();
+        assert!(stop.contains("ins_b") && stop.contains("ins_a"), "{stop}");
         // --instance cannot make another instance's key delete what came from ins_a.
         assert!(!allowed(&decide("ins_b", Some("ins_b"), &one).unwrap()));
         // --instance naming another instance than the key's stops the run.
