@@ -123,8 +123,8 @@ pub fn ts(secs: i64) -> Option<prost_types::Timestamp> {
 }
 
 /// The `sub` of [`Issuers::service`] tokens: an internal caller granted every method that
-/// admits service tokens (`SERVICE_CALLERS`), so tests can drive any RPC. The webhook
-/// gateway signs with the same key under its own subject, which keeps to its methods.
+/// admits service tokens (`SERVICE_CALLERS`), so tests can drive any RPC. The webhook gateway
+/// and the operators have keys of their own, each bound to its subject.
 pub const INTERNAL_CALLER: &str = "internal-test";
 
 /// The origin whose pages the test services admit (`CORS_ALLOWED_ORIGINS`).
@@ -138,7 +138,8 @@ pub const OPERATOR: &str = "operator";
 pub struct Issuers {
     /// Stand-in Clerk issuer (audience `convex`).
     pub clerk: ClerkStandIn,
-    /// The internal callers' key ([`INTERNAL_CALLER`] tokens; the gateway signs with it too).
+    /// The internal callers' keys: [`INTERNAL_CALLER`]'s (the default), the gateway's and the
+    /// operators' ([`OPERATOR`]), each bound to its subject.
     pub keys: ServiceKeys,
 }
 
@@ -147,7 +148,11 @@ impl Issuers {
     pub async fn new() -> Self {
         Self {
             clerk: ClerkStandIn::start("convex").await.expect("clerk stand-in"),
-            keys: ServiceKeys::generate("vbase-internal", INTERNAL_CALLER).expect("service keys"),
+            keys: ServiceKeys::generate(
+                "vbase-internal",
+                &[INTERNAL_CALLER, token_auth::GATEWAY_SUBJECT, OPERATOR],
+            )
+            .expect("service keys"),
         }
     }
 

@@ -126,8 +126,13 @@ pub struct Stack {
     /// Database URLs of the two services.
     pub identity_db: String,
     pub workspace_db: String,
-    /// Service-token signing key (the gateway's), for tests that act as an internal caller.
+    /// Service-token signing key of the stack's own tools ([`STACK_CALLER`], granted every
+    /// service method), for tests that act as an internal caller.
     pub service_key_file: PathBuf,
+    /// The gateway's signing key (bound to its subject).
+    pub gateway_key_file: PathBuf,
+    /// The operators' signing key (bound to [`OPERATOR_SUBJECT`]): `vbase-token mint` uses it.
+    pub operator_key_file: PathBuf,
     pg: Option<PgCluster>,
 }
 
@@ -221,13 +226,23 @@ impl Stack {
         ensure_database(&admin_url, "vbase_workspace").await?;
 
         // Trust material.
-        let service_key = SigningKey::generate_ed25519()?;
-        let service_key_file = config.state_dir.join("service-signing-key.pem");
+        // One key per internal caller, each bound to its subject: the stack's own tools, the
+        // gateway, and the operators (who mint with `vbase-token`).
+        let mut service_keys = Vec::new();
+        let mut key_file = |name: &str, subject: &str| -> Result<PathBuf> {
+            let key = SigningKey::generate_ed25519()?.with_subjects(&[subject]);
+            let file = config.state_dir.join(name);
+            std::fs::write(&file, key.private_pem())?;
+            service_keys.push(key);
+            Ok(file)
+        };
+        let service_key_file = key_file("service-signing-key.pem", STACK_CALLER)?;
+        let gateway_key_file = key_file("gateway-signing-key.pem", token_auth::GATEWAY_SUBJECT)?;
+        let operator_key_file = key_file("operator-signing-key.pem", OPERATOR_SUBJECT)?;
         let service_jwks_file = config.state_dir.join("service-jwks.json");
-        std::fs::write(&service_key_file, service_key.private_pem())?;
         std::fs::write(
             &service_jwks_file,
-            SigningKey::jwks(&[&service_key]).to_string(),
+            SigningKey::jwks(&service_keys.iter().collect::<Vec<_>>()).to_string(),
         )?;
         let (clerk, clerk_issuer, clerk_signing_key_file) = match &config.clerk_issuer {
             Some(iss) => (None, iss.clone(), None),
@@ -320,7 +335,7 @@ impl Stack {
             ),
             (
                 "SERVICE_JWT_SIGNING_KEY_FILE".into(),
-                service_key_file.display().to_string(),
+                gateway_key_file.display().to_string(),
             ),
             ("LOG_FORMAT".into(), "pretty".into()),
         ];
@@ -367,6 +382,8 @@ impl Stack {
             identity_db,
             workspace_db,
             service_key_file,
+            gateway_key_file,
+            operator_key_file,
             pg,
         };
         for w in [Which::Identity, Which::Workspace] {
@@ -390,7 +407,13 @@ impl Stack {
         self.gateway_command("reconcile")
     }
 
-    /// A `webhook-gateway` subcommand (`replay-quarantined`, `mint-token`, ...) with the
+    /// `vbase-token` as an operator runs it on a workstation: none of the gateway's settings;
+    /// the operators' key is [`Stack::operator_key_file`]. Add its subcommand and options.
+    pub fn token_command(&self) -> Command {
+        Command::new(self.config.bin_dir.join("vbase-token"))
+    }
+
+    /// A `webhook-gateway` subcommand (`replay-quarantined`, `reconcile`, ...) with the
     /// gateway's settings of this stack; add its options.
     pub fn gateway_command(&self, subcommand: &str) -> Command {
         let mut c = self.command(Which::Gateway);
@@ -602,6 +625,9 @@ async fn serving(addr: SocketAddr, service: &str) -> bool {
 /// The `sub` of service tokens the stack's own tools mint with the gateway's key (granted
 /// every service method in the stack's `SERVICE_CALLERS`).
 pub const STACK_CALLER: &str = "vbase-stack";
+
+/// The operators' subject in the stack (the services' default `OPERATOR_SUBJECTS`).
+pub const OPERATOR_SUBJECT: &str = "operator";
 
 /// The secret key the local stack's Liveblocks stand-in accepts.
 pub const DEV_LIVEBLOCKS_SECRET: &str = "sk_dev_local_stand_in";

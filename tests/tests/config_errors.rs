@@ -109,16 +109,18 @@ fn out_of_range_settings_exit_2_with_one_line_naming_them() {
     }
 }
 
-/// The gateway's operator commands: a bad option or setting is one line and status 2.
+/// The operators' commands (`vbase-token`, the gateway's `replay-quarantined`): a bad option or
+/// setting is one line and status 2.
 #[test]
-fn the_gateways_operator_commands_refuse_bad_settings_with_status_2() {
-    type Case<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)], &'a str);
+fn the_operators_commands_refuse_bad_settings_with_status_2() {
+    type Case<'a> = (&'a str, &'a [&'a str], &'a [(&'a str, &'a str)], &'a str);
     let cases: &[Case] = &[
         (
+            "vbase-token",
             &[
-                "mint-token",
-                "--subject",
-                "operator",
+                "mint",
+                "--key-file",
+                "/nonexistent/op.pem",
                 "--audience",
                 "billing-service",
             ],
@@ -126,10 +128,11 @@ fn the_gateways_operator_commands_refuse_bad_settings_with_status_2() {
             "--audience",
         ),
         (
+            "vbase-token",
             &[
-                "mint-token",
-                "--subject",
-                "operator",
+                "mint",
+                "--key-file",
+                "/nonexistent/op.pem",
                 "--audience",
                 "identity-service",
                 "--ttl",
@@ -139,28 +142,36 @@ fn the_gateways_operator_commands_refuse_bad_settings_with_status_2() {
             "ttl",
         ),
         (
-            &[
-                "mint-token",
-                "--subject",
-                "operator",
-                "--audience",
-                "identity-service",
-            ],
+            "vbase-token",
+            &["mint", "--audience", "identity-service"],
             &[],
-            "SERVICE_JWT_SIGNING_KEY_FILE",
+            "--key-file",
         ),
-        (&["replay-quarantined"], &[], "--id"),
         (
+            "vbase-token",
+            &["mint", "--audience", "identity-service"],
+            &[("OPERATOR_KEY_FILE", "/nonexistent/op.pem")],
+            "OPERATOR_KEY_FILE",
+        ),
+        (
+            "vbase-token",
+            &["keygen", "--subject", "not a subject", "--out-dir", "/tmp"],
+            &[],
+            "subject",
+        ),
+        ("webhook-gateway", &["replay-quarantined"], &[], "--id"),
+        (
+            "webhook-gateway",
             &["replay-quarantined", "--all"],
             &[("DOWNSTREAM_TIMEOUT_SECS", "30")],
             "DOWNSTREAM_TIMEOUT_SECS",
         ),
     ];
-    for (args, env, names) in cases {
-        let (code, stderr) = run_args("webhook-gateway", args, env);
-        assert_eq!(code, Some(2), "{args:?}: {stderr}");
+    for (binary, args, env, names) in cases {
+        let (code, stderr) = run_args(binary, args, env);
+        assert_eq!(code, Some(2), "{binary} {args:?}: {stderr}");
         let lines: Vec<&str> = stderr.lines().collect();
-        assert_eq!(lines.len(), 1, "{args:?}: {stderr}");
-        assert!(lines[0].contains(names), "{args:?}: {stderr}");
+        assert_eq!(lines.len(), 1, "{binary} {args:?}: {stderr}");
+        assert!(lines[0].contains(names), "{binary} {args:?}: {stderr}");
     }
 }

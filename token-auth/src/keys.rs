@@ -58,6 +58,33 @@ impl Default for KeyStoreOptions {
 pub(crate) struct StoredKey {
     pub key: DecodingKey,
     pub alg: Algorithm,
+    /// The token subjects (`sub`) this key may sign, from its JWK's [`SUBJECTS_MEMBER`]:
+    /// `None` when the JWK has no such member. Service keys must have one (an internal
+    /// caller's key signs its own subject only); Clerk's keys sign any user.
+    pub subjects: Option<Vec<String>>,
+}
+
+/// The JWK member that binds a service key to the subjects it may sign:
+/// `"subjects": ["webhook-gateway"]`. RFC 7517 lets a JWK carry members of its own, which
+/// other implementations ignore.
+pub const SUBJECTS_MEMBER: &str = "subjects";
+
+/// Whether `subject` can be a service token's `sub`: 1 to 100 printable ASCII characters.
+pub fn valid_subject(subject: &str) -> bool {
+    !subject.is_empty() && subject.len() <= 100 && subject.chars().all(|c| c.is_ascii_graphic())
+}
+
+/// The subjects a JWK is bound to: `None` without the member; an empty list (bound to
+/// nothing, so it signs no token) when the member is not a list of valid subjects.
+fn bound_subjects(jwk: &serde_json::Value) -> Option<Vec<String>> {
+    let member = jwk.get(SUBJECTS_MEMBER)?;
+    let list: Option<Vec<String>> = member.as_array().and_then(|items| {
+        items
+            .iter()
+            .map(|s| s.as_str().filter(|s| valid_subject(s)).map(str::to_owned))
+            .collect()
+    });
+    Some(list.unwrap_or_default())
 }
 
 /// Cached keys by `kid`.
@@ -70,6 +97,9 @@ pub struct KeyStore {
     /// Counts finished fetches, so a request can wait for the next one.
     generation: tokio::sync::watch::Sender<u64>,
     options: KeyStoreOptions,
+    /// Whether every key must be bound to its subjects (service keys): a key that is not is
+    /// kept (its tokens are refused with a reason) and named in a warning at each load.
+    subjects_required: bool,
 }
 
 impl std::fmt::Debug for KeyStore {
@@ -89,6 +119,25 @@ impl KeyStore {
         allowed: Vec<Algorithm>,
         options: KeyStoreOptions,
     ) -> Arc<Self> {
+        Self::spawn_with(source, allowed, options, false)
+    }
+
+    /// Like [`KeyStore::spawn`], for keys that must each be bound to the subjects they may
+    /// sign ([`SUBJECTS_MEMBER`]).
+    pub fn spawn_bound(
+        source: KeySource,
+        allowed: Vec<Algorithm>,
+        options: KeyStoreOptions,
+    ) -> Arc<Self> {
+        Self::spawn_with(source, allowed, options, true)
+    }
+
+    fn spawn_with(
+        source: KeySource,
+        allowed: Vec<Algorithm>,
+        options: KeyStoreOptions,
+        subjects_required: bool,
+    ) -> Arc<Self> {
         let store = Arc::new(Self {
             source,
             allowed,
@@ -97,6 +146,7 @@ impl KeyStore {
             fetches: AtomicU64::new(0),
             generation: tokio::sync::watch::channel(0).0,
             options,
+            subjects_required,
         });
         let weak = Arc::downgrade(&store);
         tokio::spawn(async move { refresh_loop(weak).await });
@@ -187,6 +237,13 @@ impl KeyStore {
             return Err("JWKS holds no usable key".to_owned());
         }
         let n = parsed.len();
+        if self.subjects_required {
+            for (kid, key) in &parsed {
+                if key.subjects.as_ref().is_none_or(Vec::is_empty) {
+                    tracing::warn!(source = %self.source, kid, "service key bound to no subject (its JWK needs \"{SUBJECTS_MEMBER}\": [\"<sub>\", ...]): tokens it signs are refused");
+                }
+            }
+        }
         if let Ok(mut guard) = self.keys.write() {
             *guard = Arc::new(parsed);
         }
@@ -244,6 +301,7 @@ pub(crate) fn parse_jwks(
         serde_json::from_slice(body).map_err(|e| format!("not a JWKS document: {e}"))?;
     let mut out = HashMap::new();
     for value in raw.keys {
+        let subjects = bound_subjects(&value);
         let Ok(jwk) = serde_json::from_value::<Jwk>(value) else {
             continue;
         };
@@ -266,7 +324,7 @@ pub(crate) fn parse_jwks(
             continue;
         }
         if let Ok(key) = DecodingKey::from_jwk(&jwk) {
-            out.insert(kid, Arc::new(StoredKey { key, alg }));
+            out.insert(kid, Arc::new(StoredKey { key, alg, subjects }));
         }
     }
     Ok(out)

@@ -193,7 +193,7 @@ fn permit(
     Err(Status::permission_denied(match (&principal, access) {
         (_, Access::ServiceNamed(name)) => format!("this method is only for the {name} service"),
         (_, Access::Operator) => {
-            "this method is for operators: a service token whose sub is in OPERATOR_SUBJECTS (webhook-gateway mint-token)".to_owned()
+            "this method is for operators: a service token whose sub is in OPERATOR_SUBJECTS, signed with the operators' key (vbase-token mint)".to_owned()
         }
         (Principal::User(_), _) => "this method does not accept user tokens".to_owned(),
         (Principal::Service(_), Access::User) => {

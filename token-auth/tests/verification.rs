@@ -36,7 +36,13 @@ async fn fixture(authorized_parties: &[&str]) -> Fixture {
 /// A fixture whose internal callers are `service_callers` (as `SERVICE_CALLERS` reads).
 async fn fixture_with(authorized_parties: &[&str], service_callers: &str) -> Fixture {
     let clerk_key = SigningKey::generate_rsa().unwrap();
-    let service_key = SigningKey::generate_ed25519().unwrap();
+    // One internal caller's key, bound to the subjects these tests sign with it.
+    let service_key = SigningKey::generate_ed25519().unwrap().with_subjects(&[
+        "webhook-gateway",
+        "reporting",
+        "ops",
+        "unlisted",
+    ]);
     let clerk_jwks = JwksServer::start(SigningKey::jwks(&[&clerk_key]))
         .await
         .unwrap();
@@ -442,6 +448,104 @@ async fn service_tokens_must_name_this_service() {
     // A service key cannot sign user tokens: the Clerk domain only trusts RS256 Clerk keys.
     let forged = f.service_key.sign(&f.user_claims()).unwrap();
     assert!(f.auth.verify(&forged).is_err());
+}
+
+/// Each service key signs only the subjects its JWK is bound to (`subjects`): the gateway's key
+/// is refused for `operator` and for any other subject, the operators' key for the gateway's;
+/// a key bound to nothing, or with a malformed binding, signs nothing. Through the policy, a
+/// forged operator token is UNAUTHENTICATED.
+#[tokio::test]
+async fn a_service_key_signs_only_the_subjects_it_is_bound_to() {
+    let gateway = SigningKey::generate_ed25519()
+        .unwrap()
+        .with_subjects(&["webhook-gateway"]);
+    let operator = SigningKey::generate_ed25519()
+        .unwrap()
+        .with_subjects(&["operator"]);
+    let unbound = SigningKey::generate_ed25519().unwrap();
+    // A binding that is not a list binds the key to nothing.
+    let malformed_key = SigningKey::generate_ed25519().unwrap();
+    let mut malformed = malformed_key.public_jwk();
+    malformed["subjects"] = json!("webhook-gateway");
+    let mut keys = SigningKey::jwks(&[&gateway, &operator, &unbound]);
+    keys["keys"].as_array_mut().unwrap().push(malformed);
+    let jwks = JwksServer::start(keys).await.unwrap();
+    let auth = Authenticator::new(
+        None,
+        Some(ServiceSettings {
+            issuer: "vbase-internal".into(),
+            jwks: KeySource::Url(jwks.jwks_url()),
+            audience: "identity-service".into(),
+            max_lifetime_secs: 3600,
+        }),
+        options(),
+    )
+    .with_service_callers(
+        token_auth::ServiceCallers::parse("reporting=*")
+            .unwrap()
+            .with_operators("operator")
+            .unwrap(),
+    );
+    assert!(
+        auth.key_stores()[0]
+            .wait_ready(Duration::from_secs(5))
+            .await
+    );
+    let token = |key: &SigningKey, sub: &str| {
+        let now = now_secs();
+        key.sign(&json!({"iss":"vbase-internal","sub":sub,"aud":"identity-service","iat":now,"nbf":now,"exp":now+120}))
+            .unwrap()
+    };
+    let subject = |key: &SigningKey, sub: &str| match auth.verify(&token(key, sub)) {
+        Ok(Principal::Service(s)) => Ok(s.name),
+        Ok(other) => panic!("not a service: {other:?}"),
+        Err(e) => Err(e),
+    };
+    assert_eq!(
+        subject(&gateway, "webhook-gateway"),
+        Ok("webhook-gateway".into())
+    );
+    assert_eq!(subject(&operator, "operator"), Ok("operator".into()));
+    for sub in [
+        "operator",
+        "reporting",
+        "internal-test",
+        "webhook-gateway2",
+        "Webhook-Gateway",
+    ] {
+        assert_eq!(
+            subject(&gateway, sub),
+            Err(AuthError::SubjectNotAllowed),
+            "the gateway's key signed {sub}"
+        );
+    }
+    assert_eq!(
+        subject(&operator, "webhook-gateway"),
+        Err(AuthError::SubjectNotAllowed)
+    );
+    for sub in ["webhook-gateway", "operator"] {
+        assert_eq!(subject(&unbound, sub), Err(AuthError::SubjectNotAllowed));
+        assert_eq!(
+            subject(&malformed_key, sub),
+            Err(AuthError::SubjectNotAllowed)
+        );
+    }
+    // The admin services' policy: a forged operator token never reaches them.
+    let policy = MethodPolicy::new("vbase.identity.v1.IdentityAdminService")
+        .allow("GetSyncStatus", Access::Operator);
+    let call = |key: &SigningKey, sub: &str| {
+        policy
+            .authorize(
+                &auth,
+                "/vbase.identity.v1.IdentityAdminService/GetSyncStatus",
+                Some(&format!("Bearer {}", token(key, sub))),
+            )
+            .map(|_| ())
+            .map_err(|s| s.code())
+    };
+    assert_eq!(call(&operator, "operator"), Ok(()));
+    assert_eq!(call(&gateway, "operator"), Err(Code::Unauthenticated));
+    assert_eq!(call(&gateway, "reporting"), Err(Code::Unauthenticated));
 }
 
 #[tokio::test]

@@ -13,7 +13,6 @@ pub mod clerk_api;
 pub mod forward;
 pub mod log_budget;
 pub mod metrics;
-pub mod mint;
 pub mod quarantine;
 pub mod reconcile;
 pub mod verify;
