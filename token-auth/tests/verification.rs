@@ -26,6 +26,7 @@ fn options() -> KeyStoreOptions {
         refresh_interval: Duration::from_secs(300),
         min_refetch_interval: Duration::from_millis(300),
         fetch_timeout: Duration::from_secs(2),
+        ..KeyStoreOptions::default()
     }
 }
 
@@ -873,6 +874,195 @@ async fn a_rotated_key_is_accepted_on_first_sight() {
     );
     let fetched = auth.key_stores()[0].fetch_count() - fetches_before;
     assert!(fetched <= 4, "{fetched} fetches");
+}
+
+/// A Clerk-only verifier on `jwks` with a re-fetch throttle of `min_refetch`.
+async fn clerk_verifier(
+    jwks: &JwksServer,
+    min_refetch: Duration,
+    max_waiting: usize,
+) -> Authenticator {
+    let auth = Authenticator::new(
+        Some(ClerkSettings {
+            issuer: jwks.issuer(),
+            jwks: KeySource::Url(jwks.jwks_url()),
+            audience: "convex".into(),
+            authorized_parties: vec![],
+            leeway_secs: 5,
+            max_lifetime_secs: 3600,
+        }),
+        None,
+        KeyStoreOptions {
+            refresh_interval: Duration::from_secs(300),
+            min_refetch_interval: min_refetch,
+            fetch_timeout: Duration::from_secs(4),
+            max_waiting_calls: max_waiting,
+        },
+    );
+    assert!(
+        auth.key_stores()[0]
+            .wait_ready(Duration::from_secs(5))
+            .await
+    );
+    auth
+}
+
+fn clerk_claims(issuer: &str, session: usize) -> Value {
+    let now = now_secs();
+    json!({"iss": issuer, "sub": "user_2abc", "sid": format!("sess_{session}"), "aud": "convex",
+           "iat": now, "nbf": now - 5, "exp": now + 60})
+}
+
+/// Clerk rotates its key right after our last fetch: the first calls naming the new `kid` wait
+/// for the next fetch the throttle allows (4 s here, longer than any fixed short wait) and are
+/// accepted, through the auth layer; calls arriving together share that one fetch. A forged
+/// kid is refused once that fetch is done; a caller whose deadline ends before the next fetch
+/// may start is refused at once.
+#[tokio::test]
+async fn an_unknown_kid_waits_for_the_next_allowed_fetch_which_calls_share() {
+    use tower::{Layer, Service, ServiceExt};
+    let old = SigningKey::generate_rsa().unwrap();
+    let jwks = JwksServer::start(SigningKey::jwks(&[&old])).await.unwrap();
+    let auth = std::sync::Arc::new(clerk_verifier(&jwks, Duration::from_secs(4), 1024).await);
+    let store = auth.key_stores()[0].clone();
+    let rotated = SigningKey::generate_rsa().unwrap();
+    jwks.set_jwks(SigningKey::jwks(&[&old, &rotated]));
+    let fetches = store.fetch_count();
+    let hits = jwks.hits();
+
+    let policy = MethodPolicy::new("vbase.identity.v1.IdentityService")
+        .allow("GetUser", Access::UserOrService);
+    let handler = tower::service_fn(|req: http::Request<()>| async move {
+        let who = match req.extensions().get::<Principal>() {
+            Some(Principal::User(u)) => u.user_id.clone(),
+            other => panic!("no user principal: {other:?}"),
+        };
+        Ok::<_, std::convert::Infallible>(http::Response::new(tonic::body::Body::new(who)))
+    });
+    let svc = token_auth::AuthLayer::new(std::sync::Arc::clone(&auth), policy).layer(handler);
+    let call = |token: String, deadline: Option<&str>| {
+        let mut svc = svc.clone();
+        let mut req = http::Request::builder()
+            .uri("/vbase.identity.v1.IdentityService/GetUser")
+            .header("authorization", format!("Bearer {token}"));
+        if let Some(d) = deadline {
+            req = req.header("grpc-timeout", d);
+        }
+        let req = req.body(()).unwrap();
+        async move {
+            let started = tokio::time::Instant::now();
+            let resp = svc.ready().await.unwrap().call(req).await.unwrap();
+            let refused = resp
+                .headers()
+                .get("grpc-message")
+                .map(|m| m.to_str().unwrap().to_owned());
+            (refused, started.elapsed())
+        }
+    };
+
+    // Ten first-sight calls with the rotated key, at once and with distinct tokens.
+    let started = tokio::time::Instant::now();
+    let mut calls = tokio::task::JoinSet::new();
+    for i in 0..10 {
+        calls.spawn(call(
+            rotated.sign(&clerk_claims(&jwks.issuer(), i)).unwrap(),
+            Some("20S"),
+        ));
+    }
+    while let Some(done) = calls.join_next().await {
+        assert_eq!(
+            done.unwrap().0,
+            None,
+            "a rotated key's first call is refused"
+        );
+    }
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(3500),
+        "accepted after {waited:?}: the throttle allowed no fetch before 4 s"
+    );
+    assert_eq!(
+        store.fetch_count() - fetches,
+        1,
+        "the calls share one fetch"
+    );
+    assert_eq!(jwks.hits() - hits, 1);
+
+    // A caller with 2 s left, while the next fetch may start in about 4 s: refused at once.
+    let forged = SigningKey::generate_rsa().unwrap();
+    let (refused, took) = call(
+        forged.sign(&clerk_claims(&jwks.issuer(), 99)).unwrap(),
+        Some("2000m"),
+    )
+    .await;
+    let refused = refused.expect("refused");
+    assert!(refused.contains("unknown"), "{refused}");
+    assert!(took < Duration::from_millis(1000), "held {took:?}");
+
+    // Without a deadline, a forged kid waits for that next fetch only, and is refused.
+    let before = store.fetch_count();
+    let (refused, took) = call(
+        forged.sign(&clerk_claims(&jwks.issuer(), 100)).unwrap(),
+        None,
+    )
+    .await;
+    let refused = refused.expect("refused");
+    assert!(refused.contains("unknown"), "{refused}");
+    assert!(
+        store.fetch_count() > before,
+        "refused without the fetch it waited for"
+    );
+    assert!(
+        took < Duration::from_secs(8),
+        "held {took:?}, past the longest wait"
+    );
+}
+
+/// At most `max_waiting_calls` calls wait for a fetch at once; the next unknown kid is refused
+/// at once instead of holding its request.
+#[tokio::test]
+async fn waiting_calls_are_bounded() {
+    let key = SigningKey::generate_rsa().unwrap();
+    let jwks = JwksServer::start(SigningKey::jwks(&[&key])).await.unwrap();
+    let auth = std::sync::Arc::new(clerk_verifier(&jwks, Duration::from_secs(3), 1).await);
+    let forged = |i| {
+        format!(
+            "Bearer {}",
+            SigningKey::generate_rsa()
+                .unwrap()
+                .sign(&clerk_claims(&jwks.issuer(), i))
+                .unwrap()
+        )
+    };
+    let (first, second) = (forged(1), forged(2));
+    let waiting = {
+        let auth = std::sync::Arc::clone(&auth);
+        tokio::spawn(async move {
+            let started = tokio::time::Instant::now();
+            let r = auth
+                .verify_header_waiting(Some(&first), Duration::from_secs(10))
+                .await;
+            (r, started.elapsed())
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let started = tokio::time::Instant::now();
+    assert_eq!(
+        auth.verify_header_waiting(Some(&second), Duration::from_secs(10))
+            .await,
+        Err(AuthError::UnknownKey)
+    );
+    assert!(
+        started.elapsed() < Duration::from_millis(500),
+        "{:?}",
+        started.elapsed()
+    );
+    let (r, took) = waiting.await.unwrap();
+    assert_eq!(r, Err(AuthError::UnknownKey));
+    assert!(
+        took >= Duration::from_secs(2),
+        "the first call did not wait: {took:?}"
+    );
 }
 
 /// Internal callers other than the gateway are authorised per method by their token's `sub`
