@@ -1,9 +1,10 @@
 //! The tonic server every service runs: its gRPC services behind the auth layer, health,
 //! reflection (v1 + v1alpha) for all of them, and the two-step shutdown.
 
+use crate::connection::Admitted;
 use crate::db::Pool;
 use crate::lifecycle::{Lifecycle, Workers};
-use crate::limits::{Admitted, GrpcLimits};
+use crate::limits::GrpcLimits;
 use crate::user_limits::UserWriteLimit;
 use diesel_async::RunQueryDsl;
 use std::convert::Infallible;
@@ -114,16 +115,18 @@ pub async fn serve_grpc(
         report(&reporter, &names, ServingStatus::NotServing).await;
     };
     // At most `max_connections` at once: the next accept waits for a connection to close.
+    let deadlines = limits.deadlines();
     let incoming = futures::stream::unfold(
         (listener, limits.admission()),
-        |(listener, admission)| async move {
+        move |(listener, admission)| async move {
             let permit = Arc::clone(&admission).acquire_owned().await.ok()?;
             loop {
                 match listener.accept().await {
                     Ok((stream, _)) => {
                         // Replies go out as soon as they are written (no Nagle wait).
                         let _ = stream.set_nodelay(true);
-                        let conn = Ok::<_, std::io::Error>(Admitted::new(stream, permit));
+                        let conn =
+                            Ok::<_, std::io::Error>(Admitted::new(stream, permit, deadlines));
                         return Some((conn, (listener, admission)));
                     }
                     Err(e) => {

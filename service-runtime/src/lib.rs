@@ -7,6 +7,7 @@
 pub mod boot;
 pub mod browser;
 pub mod cli;
+pub mod connection;
 pub mod db;
 pub mod error;
 pub mod grpc;

@@ -80,6 +80,13 @@ fn out_of_range_settings_exit_2_with_one_line_naming_them() {
         ("workspace-service", ("GRPC_KEEPALIVE_SECS", "1")),
         ("identity-service", ("GRPC_MAX_CONNECTIONS", "0")),
         ("workspace-service", ("USER_WRITES_PER_MINUTE", "0")),
+        ("identity-service", ("GRPC_HANDSHAKE_TIMEOUT_SECS", "0")),
+        ("workspace-service", ("GRPC_MAX_CONNECTION_AGE_SECS", "5")),
+        // Less than GRPC_REQUEST_TIMEOUT_SECS (30): a call in flight could be cut.
+        (
+            "identity-service",
+            ("GRPC_MAX_CONNECTION_AGE_GRACE_SECS", "10"),
+        ),
         ("webhook-gateway", ("DOWNSTREAM_TIMEOUT_SECS", "20")),
         ("webhook-gateway", ("REQUEST_READ_TIMEOUT_SECS", "0")),
         ("webhook-gateway", ("MAX_CONNECTIONS", "0")),
