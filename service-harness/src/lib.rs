@@ -192,6 +192,7 @@ impl Issuers {
             browser: service_runtime::browser::BrowserArgs {
                 cors_allowed_origins: vec![BROWSER_ORIGIN.into()],
             },
+            shutdown: service_runtime::ShutdownArgs::default(),
             log_format: service_runtime::LogFormat::Pretty,
             migrate_on_start: false,
             processed_event_retention_hours: 72,

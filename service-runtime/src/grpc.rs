@@ -195,12 +195,6 @@ pub async fn watch_database(
     }
 }
 
-/// How long a shutdown waits for in-flight calls (under Kubernetes' default 30 s grace period).
-pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(20);
-
-/// How long the background workers get to finish after the drain.
-pub const WORKER_STOP_TIMEOUT: Duration = Duration::from_secs(8);
-
 /// What a service runs around its handlers.
 pub struct Serve {
     /// The gRPC port.
@@ -225,12 +219,15 @@ pub struct Serve {
     pub limits: GrpcLimits,
     /// Origins whose pages may call with gRPC-Web.
     pub origins: Vec<http::HeaderValue>,
+    /// How long the drain and the workers' stop may take.
+    pub shutdown: crate::lifecycle::ShutdownArgs,
 }
 
 impl Serve {
     /// Serves `/metrics`, health that follows the database, and the gRPC services until
     /// `shutdown` resolves. Then: shutting down (NOT_SERVING, drain of at most
-    /// [`DRAIN_TIMEOUT`]), stopped (every background worker ends and is awaited).
+    /// `SHUTDOWN_DRAIN_SECS`), stopped (every background worker ends and is awaited, at most
+    /// `SHUTDOWN_WORKER_STOP_SECS`).
     pub async fn run(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
@@ -247,6 +244,7 @@ impl Serve {
             mut workers,
             limits,
             origins,
+            shutdown: budget,
         } = self;
         let registry = Arc::new(std::sync::Mutex::new(registry));
         let metrics_listener = TcpListener::bind(metrics_addr).await?;
@@ -286,17 +284,17 @@ impl Serve {
         let draining = lifecycle.shutting_down();
         let drain_deadline = async move {
             draining.await;
-            tokio::time::sleep(DRAIN_TIMEOUT).await;
+            tokio::time::sleep(budget.drain()).await;
         };
         let result = tokio::select! {
             r = server => r,
             _ = drain_deadline => {
-                tracing::warn!(timeout = ?DRAIN_TIMEOUT, "in-flight calls did not finish in time; exiting anyway");
+                tracing::warn!(timeout = ?budget.drain(), "in-flight calls did not finish in time; exiting anyway");
                 Ok(())
             }
         };
         lifecycle.stop();
-        let unfinished = workers.join(WORKER_STOP_TIMEOUT).await;
+        let unfinished = workers.join(budget.worker_stop()).await;
         if unfinished.is_empty() {
             tracing::info!("stopped");
         }

@@ -195,6 +195,7 @@ async fn one_server_serves_several_services_each_with_its_policy_and_stops_in_tw
         Serve {
             detail: Default::default(),
             origins: Vec::new(),
+            shutdown: Default::default(),
             listener,
             metrics_addr: "127.0.0.1:0".parse().unwrap(),
             registry: Default::default(),
@@ -465,6 +466,7 @@ async fn limited_server(
         Serve {
             detail: Default::default(),
             origins: Vec::new(),
+            shutdown: Default::default(),
             listener,
             metrics_addr: "127.0.0.1:0".parse().unwrap(),
             registry: Default::default(),
@@ -738,4 +740,63 @@ async fn a_connection_past_its_max_age_is_closed_gracefully_then_cut_after_the_g
         started.elapsed()
     );
     server.stop().await.unwrap();
+}
+
+/// The stop keeps to its budgets (`SHUTDOWN_DRAIN_SECS`, `SHUTDOWN_WORKER_STOP_SECS`): a call
+/// that never ends and a worker that never stops hold it no longer than the two together.
+#[tokio::test]
+async fn the_stop_keeps_to_its_drain_and_worker_budgets() {
+    let issuers = Issuers::new().await;
+    let db = service_harness::database("serving", "none", |_| async { Ok(()) }).await;
+    let pool =
+        service_runtime::db::build_pool(db.url(), 2, service_runtime::db::PlanCache::Auto).unwrap();
+    let auth = Arc::new(issuers.auth_args().build(AUDIENCE).unwrap());
+    let mut workers = Workers::default();
+    workers.spawn("never-stops", std::future::pending());
+    let services = GrpcServices::new().add(
+        ipb::identity_service_server::IdentityServiceServer::new(Identity),
+        MethodPolicy::new(IDENTITY).allow("GetUser", Access::UserOrService),
+    );
+    let server = service_harness::RunningServer::start(move |listener, shutdown| {
+        let _db = db;
+        Serve {
+            detail: Default::default(),
+            origins: Vec::new(),
+            shutdown: service_runtime::ShutdownArgs {
+                shutdown_drain_secs: 1,
+                shutdown_worker_stop_secs: 1,
+            },
+            listener,
+            metrics_addr: "127.0.0.1:0".parse().unwrap(),
+            registry: Default::default(),
+            pool,
+            auth,
+            services,
+            lifecycle: Lifecycle::default(),
+            workers,
+            limits: service_runtime::GrpcLimits::default(),
+        }
+        .run(shutdown)
+    })
+    .await;
+    let mut client =
+        ipb::identity_service_client::IdentityServiceClient::new(server.channel().await);
+    let stuck = issuers.service(
+        AUDIENCE,
+        ipb::GetUserRequest {
+            clerk_id: "user_stuck".into(),
+        },
+    );
+    let in_flight = tokio::spawn(async move { client.get_user(stuck).await });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let started = std::time::Instant::now();
+    server.stop().await.unwrap();
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(6), "the stop took {took:?}");
+    assert!(
+        took >= Duration::from_millis(1800),
+        "the stop took only {took:?}"
+    );
+    // (The process exits here; in this test the call's task outlives `run`.)
+    in_flight.abort();
 }

@@ -184,6 +184,7 @@ pub async fn stack_with(
         identity_batch_slots: 4,
         request_read_timeout_secs: 1,
         max_connections: 64,
+        shutdown_drain_secs: 20,
         log_format: LogFormat::Pretty,
     };
     let gateway = RunningServer::start(|l, s| webhook_gateway::run(gateway_cfg, l, s)).await;
