@@ -183,6 +183,7 @@ impl Issuers {
         service_runtime::ServiceArgs {
             db: service_runtime::DatabaseArgs {
                 database_url: database_url.into(),
+                database_migration_url: None,
                 db_pool_size: pool_size,
                 db_statement_timeout_ms: 10_000,
                 db_idle_in_transaction_timeout_ms: 5_000,

@@ -93,7 +93,7 @@ impl Boot {
         args.check().map_err(anyhow::Error::msg)?;
         if args.migrate_on_start {
             let applied =
-                crate::db::run_migrations(args.db.database_url.expose(), migrations).await?;
+                crate::db::run_migrations(args.db.migration_url().expose(), migrations).await?;
             tracing::info!(?applied, "migrations applied");
         }
         let auth = Arc::new(args.auth.build(audience).map_err(anyhow::Error::msg)?);

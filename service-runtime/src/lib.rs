@@ -17,6 +17,7 @@ pub mod logging;
 pub mod metrics;
 pub mod prepared;
 pub mod secret;
+pub mod secret_files;
 pub mod shutdown;
 pub mod user_limits;
 

@@ -271,6 +271,15 @@ impl Stack {
             }
         };
 
+        // Secrets reach the processes as files (`X_FILE`), as Kubernetes mounts them; each ends
+        // in a newline, which the binaries trim.
+        let secrets_dir = config.state_dir.join("secrets");
+        std::fs::create_dir_all(&secrets_dir)?;
+        let secret_file = |name: &str, value: &str| -> Result<String> {
+            let path = secrets_dir.join(name);
+            std::fs::write(&path, format!("{value}\n"))?;
+            Ok(path.display().to_string())
+        };
         let (clerk_api, clerk_api_env) = match (&clerk, env_value("CLERK_SECRET_KEY")) {
             (Some(_), None) => {
                 let key = "sk_test_local_stand_in".to_owned();
@@ -281,7 +290,10 @@ impl Stack {
                     Some(api),
                     vec![
                         ("CLERK_API_URL".to_owned(), url),
-                        ("CLERK_SECRET_KEY".to_owned(), key),
+                        (
+                            "CLERK_SECRET_KEY_FILE".to_owned(),
+                            secret_file("clerk-secret-key", &key)?,
+                        ),
                     ],
                 )
             }
@@ -300,9 +312,11 @@ impl Stack {
         let identity_addr: SocketAddr = format!("127.0.0.1:{ip}").parse()?;
         let workspace_addr: SocketAddr = format!("127.0.0.1:{wp}").parse()?;
         let gateway_addr: SocketAddr = format!("127.0.0.1:{gp}").parse()?;
-        let common = |db: &str| -> Vec<(String, String)> {
+        let identity_db_file = secret_file("identity-database-url", &identity_db)?;
+        let workspace_db_file = secret_file("workspace-database-url", &workspace_db)?;
+        let common = |db_file: &str| -> Vec<(String, String)> {
             vec![
-                ("DATABASE_URL".into(), db.into()),
+                ("DATABASE_URL_FILE".into(), db_file.into()),
                 ("CLERK_JWT_ISSUER_DOMAIN".into(), clerk_issuer.clone()),
                 (
                     "SERVICE_JWKS_FILE".into(),
@@ -314,17 +328,23 @@ impl Stack {
             ]
         };
         let mut env = BTreeMap::new();
-        let mut identity_env = common(&identity_db);
+        let mut identity_env = common(&identity_db_file);
         identity_env.push(("GRPC_ADDR".into(), identity_addr.to_string()));
         identity_env.push(("METRICS_ADDR".into(), format!("127.0.0.1:{imp}")));
-        let mut workspace_env = common(&workspace_db);
+        let mut workspace_env = common(&workspace_db_file);
         workspace_env.push(("GRPC_ADDR".into(), workspace_addr.to_string()));
         workspace_env.push(("METRICS_ADDR".into(), format!("127.0.0.1:{wmp}")));
         workspace_env.push(("LIVEBLOCKS_API_URL".into(), liveblocks_url));
-        workspace_env.push(("LIVEBLOCKS_SECRET_KEY".into(), liveblocks_secret));
+        workspace_env.push((
+            "LIVEBLOCKS_SECRET_KEY_FILE".into(),
+            secret_file("liveblocks-secret-key", &liveblocks_secret)?,
+        ));
         let gateway_env = vec![
             ("HTTP_ADDR".into(), gateway_addr.to_string()),
-            ("CLERK_WEBHOOK_SECRET".into(), webhook_secret.clone()),
+            (
+                "CLERK_WEBHOOK_SECRET_FILE".into(),
+                secret_file("clerk-webhook-secret", &webhook_secret)?,
+            ),
             (
                 "IDENTITY_SERVICE_URL".into(),
                 format!("http://{identity_addr}"),
@@ -360,7 +380,7 @@ impl Stack {
             // The gateway's settings less its serving ones.
             reconcile_env: env[&Which::Gateway]
                 .iter()
-                .filter(|(k, _)| !matches!(k.as_str(), "HTTP_ADDR" | "CLERK_WEBHOOK_SECRET"))
+                .filter(|(k, _)| !matches!(k.as_str(), "HTTP_ADDR" | "CLERK_WEBHOOK_SECRET_FILE"))
                 .cloned()
                 .collect(),
         };
@@ -431,6 +451,14 @@ impl Stack {
             _ => Command::new(self.binary_path(w)),
         };
         cmd.envs(self.env[&w].iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        // A secret given as a file must not also come from this process's environment.
+        for (k, _) in &self.env[&w] {
+            if let Some(plain) = k.strip_suffix("_FILE")
+                && !self.env[&w].iter().any(|(name, _)| name == plain)
+            {
+                cmd.env_remove(plain);
+            }
+        }
         cmd.env(
             "RUST_LOG",
             std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),

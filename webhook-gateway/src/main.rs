@@ -1,7 +1,7 @@
 //! `webhook-gateway [serve] | reconcile [--dry-run ...] | replay-quarantined [--id ID | --all]
 //! | keygen --out-dir DIR`.
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use service_runtime::{init_logging, shutdown_signal};
 use std::path::PathBuf;
 
@@ -58,9 +58,22 @@ struct ReplayArgs {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let argv: Vec<String> = std::env::args().collect();
-    let parsed = Cli::try_parse_from(&argv).and_then(|c| match c.command {
+    let os_argv: Vec<std::ffi::OsString> = argv.iter().map(Into::into).collect();
+    // Every secret setting X may come from the file named by X_FILE.
+    let cli = service_runtime::secret_files::from_environment(Cli::command(), &os_argv)
+        .unwrap_or_else(|problem| {
+            eprintln!("webhook-gateway: configuration error: {problem}");
+            std::process::exit(2);
+        });
+    let parse = |args: &[&str]| {
+        cli.clone()
+            .try_get_matches_from(args)
+            .and_then(|m| Cli::from_arg_matches(&m))
+    };
+    let args: Vec<&str> = argv.iter().map(String::as_str).collect();
+    let parsed = parse(&args).and_then(|c| match c.command {
         Some(c) => Ok(c),
-        None => Cli::try_parse_from([argv[0].as_str(), "serve"]).map(|c| c.command.expect("serve")),
+        None => parse(&[args[0], "serve"]).map(|c| c.command.expect("serve")),
     });
     match parsed
         .unwrap_or_else(|e| service_runtime::cli::exit_on_config_error("webhook-gateway", e))
