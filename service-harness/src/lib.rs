@@ -173,8 +173,10 @@ impl Issuers {
         }
     }
 
-    /// The settings every service takes, for a test server on `database_url` with a pool of
-    /// `pool_size` and these issuers.
+    /// The settings every service takes, for a test server on `database_url` (a test
+    /// database's, [`ephemeral_postgres::TestDatabase::url`]) with a pool of `pool_size` and
+    /// these issuers. The service connects as the app role, which may read and write the
+    /// tables and run no DDL, as in production; migrations would use `database_url`'s owner.
     pub fn service_args(
         &self,
         database_url: &str,
@@ -182,8 +184,8 @@ impl Issuers {
     ) -> service_runtime::ServiceArgs {
         service_runtime::ServiceArgs {
             db: service_runtime::DatabaseArgs {
-                database_url: database_url.into(),
-                database_migration_url: None,
+                database_url: ephemeral_postgres::app_role_url(database_url).into(),
+                database_migration_url: Some(database_url.into()),
                 db_pool_size: pool_size,
                 db_statement_timeout_ms: 10_000,
                 db_idle_in_transaction_timeout_ms: 5_000,
@@ -401,6 +403,17 @@ pub async fn scalar(database_url: &str, sql: &str) -> i64 {
         .await
         .expect("one number")
         .n
+}
+
+/// Runs `sql` (any number of statements) in `database_url` and says what PostgreSQL answered:
+/// for statements that must be refused.
+pub async fn try_execute(database_url: &str, sql: &str) -> Result<(), String> {
+    use diesel_async::SimpleAsyncConnection;
+    let pool =
+        service_runtime::db::build_pool(database_url, 1, service_runtime::db::PlanCache::Auto)
+            .map_err(|e| e.to_string())?;
+    let mut conn = pool.get().await.map_err(|e| e.to_string())?;
+    conn.batch_execute(sql).await.map_err(|e| e.to_string())
 }
 
 /// Runs `sql` (any number of statements) in `database_url`: fixtures too large to build

@@ -14,7 +14,7 @@ pub type Pool = DeadPool<AsyncPgConnection>;
 #[derive(Debug, Clone, clap::Args)]
 pub struct DatabaseArgs {
     /// PostgreSQL URL, e.g. `postgres://identity:secret@db:5432/vbase`: a role that may read
-    /// and write the service's tables, without DDL rights (deploy/README.md, "Database roles").
+    /// and write the service's tables, without DDL rights (deploy/README.md, "One database, two roles per service").
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     pub database_url: crate::Secret,
     /// PostgreSQL URL that migrations connect with (`migrate`, `serve --migrate`): the role that

@@ -71,7 +71,7 @@ fn apply(
                 .map(ToString::to_string)
                 .unwrap_or_default();
             let arg = arg.long_help(format!(
-                "{help}\n\n[env: {file_var}] (instead: the path of a file that holds it)"
+                "{help}\n\n[env: {file_var}, the path of a file that holds it, instead]"
             ));
             match value {
                 Some(v) => arg

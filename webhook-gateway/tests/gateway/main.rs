@@ -4,5 +4,6 @@
 mod ordering;
 mod quarantine;
 mod reconcile;
+mod roles;
 mod support;
 mod webhooks;
