@@ -285,8 +285,8 @@ mod tests {
         let cmd = with_secret_files(Cli::command(), &[], &|_| None).unwrap();
         let mut serve = cmd.find_subcommand("serve").unwrap().clone();
         let help = serve.render_long_help().to_string();
-        assert!(help.contains("[env: TEST_DATABASE_URL_FILE]"), "{help}");
-        assert!(help.contains("[env: TEST_API_KEY_FILE]"), "{help}");
+        assert!(help.contains("[env: TEST_DATABASE_URL_FILE,"), "{help}");
+        assert!(help.contains("[env: TEST_API_KEY_FILE,"), "{help}");
         assert!(!help.contains("TEST_PLAIN_FILE"), "{help}");
     }
 }
