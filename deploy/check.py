@@ -9,7 +9,13 @@
 3. Probes: every probe port is a declared container port that the binary really listens on
    (per its *_ADDR setting), every HTTP probe path is served by the code, every gRPC probe
    names the service's health name.
-4. Alerts (the PrometheusRule): each rule has a severity, a summary and a runbook link to an
+4. Shutdown fits the grace period: for every Deployment, the preStop sleep plus the binary's
+   shutdown budgets (SHUTDOWN_DRAIN_SECS, SHUTDOWN_WORKER_STOP_SECS: the manifest's values, else
+   the defaults `--help` shows) stay below terminationGracePeriodSeconds.
+5. Secrets are files: no container takes a Secret into its environment (secretKeyRef); every
+   `*_FILE` setting names a file under a volume the container mounts.
+6. Prod: the services check `azp` (CLERK_AUTHORIZED_PARTIES is set and not empty).
+7. Alerts (the PrometheusRule): each rule has a severity, a summary and a runbook link to an
    entry of deploy/README.md; every metric an expression uses is one the code registers; the
    rules pass `promtool check rules` and the unit tests in deploy/alerts-test.yaml
    (`promtool test rules`) when promtool is installed.
@@ -44,9 +50,80 @@ def fail(msg):
     errors.append(msg)
 
 
+HELP = {}
+
+
+def binary_help(binary, sub):
+    if (binary, sub) not in HELP:
+        HELP[(binary, sub)] = subprocess.run(
+            [str(TARGET / binary), sub, "--help"], capture_output=True, text=True, check=True
+        ).stdout
+    return HELP[(binary, sub)]
+
+
 def binary_env(binary, sub):
-    out = subprocess.run([str(TARGET / binary), sub, "--help"], capture_output=True, text=True, check=True).stdout
-    return set(re.findall(r"\[env: ([A-Z0-9_]+)", out))
+    return set(re.findall(r"\[env: ([A-Z0-9_]+)", binary_help(binary, sub)))
+
+
+def binary_default(binary, sub, name):
+    """The default `--help` shows for the setting read from `name`, if any."""
+    m = re.search(r"\[env: " + name + r"=?[^\]]*\]\s*\[default: ([^\]]+)\]", binary_help(binary, sub))
+    return m.group(1) if m else None
+
+
+# The steps of a stop, in order after the preStop sleep, as settings of the binaries.
+SHUTDOWN_BUDGETS = ["SHUTDOWN_DRAIN_SECS", "SHUTDOWN_WORKER_STOP_SECS"]
+
+
+def pre_stop_seconds(container):
+    pre = container.get("lifecycle", {}).get("preStop", {})
+    if "sleep" in pre:
+        return int(pre["sleep"]["seconds"])
+    command = pre.get("exec", {}).get("command", [])
+    if len(command) >= 2 and Path(command[0]).name == "sleep":
+        return int(command[1])
+    return 0
+
+
+def check_shutdown(where, spec, container, binary, sub, env):
+    """preStop + the binary's shutdown budgets < the pod's terminationGracePeriodSeconds."""
+    grace = spec.get("terminationGracePeriodSeconds", 30)
+    steps = [("preStop", pre_stop_seconds(container))]
+    reads = binary_env(binary, sub)
+    for name in SHUTDOWN_BUDGETS:
+        if name not in reads:
+            continue
+        value = env.get(name) or binary_default(binary, sub, name)
+        if value is None:
+            fail(f"{where}: {name} has no value and `{binary} {sub} --help` shows no default")
+            continue
+        steps.append((name, int(value)))
+    if len(steps) == 1:
+        fail(f"{where}: `{binary} {sub}` reads none of {SHUTDOWN_BUDGETS}: its stop is unbounded")
+    total = sum(s for _, s in steps)
+    if total >= grace:
+        shown = " + ".join(f"{n} {s}" for n, s in steps)
+        fail(f"{where}: {shown} = {total} s, not below terminationGracePeriodSeconds ({grace} s)")
+
+
+def check_secret_files(where, spec, container, env):
+    """Secrets reach the container as files under its mounted volumes, never as env values."""
+    for e in container.get("env", []):
+        if "secretKeyRef" in e.get("valueFrom", {}):
+            fail(f"{where}: {e['name']} takes a Secret into the environment; mount it and set {e['name']}_FILE")
+    for src in container.get("envFrom", []):
+        if "secretRef" in src:
+            fail(f"{where}: envFrom takes a Secret into the environment; mount it as files")
+    mounts = {m["mountPath"].rstrip("/"): m["name"] for m in container.get("volumeMounts", [])}
+    secret_volumes = {v["name"] for v in spec.get("volumes", []) if "secret" in v}
+    for name, value in env.items():
+        if not name.endswith("_FILE") or not value:
+            continue
+        mount = next((m for m in mounts if value.startswith(m + "/")), None)
+        if mount is None:
+            fail(f"{where}: {name} ({value}) is under no volume the container mounts")
+        elif name not in ("SERVICE_JWKS_FILE",) and mounts[mount] not in secret_volumes:
+            fail(f"{where}: {name} ({value}) is not on a Secret volume")
 
 
 def served_paths(binary):
@@ -183,6 +260,7 @@ def main():
                     env.update(configmaps[cm])
                 for name in sorted(set(env) - reads):
                     fail(f"{where}: sets {name}, which `{binary} {sub}` does not read")
+                check_secret_files(where, spec, c, env)
                 sc = c.get("securityContext", {})
                 for key, want in [("runAsNonRoot", True), ("allowPrivilegeEscalation", False), ("readOnlyRootFilesystem", True)]:
                     if sc.get(key) != want:
@@ -191,6 +269,10 @@ def main():
                     fail(f"{where}: must drop ALL capabilities")
                 if sub != "serve":
                     continue
+                if d["kind"] == "Deployment":
+                    check_shutdown(where, spec, c, binary, sub, env)
+                if overlay == "prod" and "CLERK_AUTHORIZED_PARTIES" in reads and not env.get("CLERK_AUTHORIZED_PARTIES"):
+                    fail(f"{where}: CLERK_AUTHORIZED_PARTIES must name the app's origins in prod (user tokens are then checked for azp)")
                 ports = {p["name"]: p["containerPort"] for p in c.get("ports", [])}
                 listening = {port_of(v) for k, v in env.items() if k.endswith("_ADDR") and v}
                 for declared in ports.values():

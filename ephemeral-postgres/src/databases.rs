@@ -37,6 +37,12 @@ impl TestDatabase {
     pub fn name(&self) -> &str {
         &self.name
     }
+
+    /// Connection URL of the app role ([`crate::APP_ROLE`]): it may read and write the tables,
+    /// and run no DDL, as a service does in production.
+    pub fn app_url(&self) -> String {
+        crate::roles::app_role_url(&self.url)
+    }
 }
 
 impl Drop for TestDatabase {
@@ -81,6 +87,24 @@ pub fn with_database(url: &str, db: &str) -> String {
         Some(q) => format!("{base}/{db}?{q}"),
         None => format!("{base}/{db}"),
     }
+}
+
+/// Creates the app role if needed and grants it the tables of the database at `url` (as its
+/// owner), with the runbook's own grants: for a database that is not a [`TestDatabase`].
+pub async fn grant_app_role(url: &str) -> Result<()> {
+    let c = connect(url).await?;
+    c.batch_execute(&crate::roles::create_app_role())
+        .await
+        .context("creating the app role")?;
+    let owner: String = c.query_one("SELECT current_user::text", &[]).await?.get(0);
+    c.batch_execute(&crate::roles::role_grants(
+        &owner,
+        crate::roles::APP_ROLE,
+        "public",
+    ))
+    .await
+    .context("granting the app role (deploy/database-roles.sql)")?;
+    Ok(())
 }
 
 async fn connect(url: &str) -> Result<tokio_postgres::Client> {
@@ -146,12 +170,15 @@ impl TestDatabases {
 
     /// A new empty database cloned from template `template` (created and migrated once with
     /// `migrate`, which receives the template's URL and must close its connections when done).
+    /// The app role ([`crate::APP_ROLE`]) may read and write every table the template's owner
+    /// creates in its `public` schema, then and later (`deploy/database-roles.sql`).
     pub async fn create<F, Fut>(&self, template: &str, migrate: F) -> Result<TestDatabase>
     where
         F: FnOnce(String) -> Fut,
         Fut: Future<Output = Result<()>>,
     {
-        let template = format!("tpl_{template}");
+        // `_r`: templates whose app role is granted (older ones on a shared server are not).
+        let template = format!("tpl_{template}_r");
         let admin = connect(&self.admin_url).await?;
         {
             let mut known = self.templates.lock().await;
@@ -170,7 +197,11 @@ impl TestDatabases {
                     admin
                         .batch_execute(&format!("CREATE DATABASE \"{template}\""))
                         .await?;
-                    let r = migrate(with_database(&self.admin_url, &template)).await;
+                    let url = with_database(&self.admin_url, &template);
+                    let r = match migrate(url.clone()).await {
+                        Ok(()) => grant_app_role(&url).await,
+                        Err(e) => Err(e),
+                    };
                     if r.is_err() {
                         let _ = admin
                             .batch_execute(&format!(

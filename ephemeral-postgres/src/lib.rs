@@ -7,13 +7,17 @@
 //! - [`TestDatabases`] hands every test its own database, cloned (`STRATEGY FILE_COPY`, ~15 ms)
 //!   from a template migrated once per server under an advisory lock. It uses `DATABASE_URL`'s
 //!   server when set, else one shared [`PgCluster`] per process.
+//! - Services under test connect as [`APP_ROLE`], which may read and write the tables and run
+//!   no DDL, granted with `deploy/database-roles.sql` ([`role_grants`]), as in production.
 //! - [`unused_local_port`] picks the port for a local server (the cluster's, and the local
 //!   stack's services) where no other process is handed it before the server binds it.
 
 mod cluster;
 mod databases;
 mod port;
+mod roles;
 
 pub use cluster::{PgCluster, PgClusterOptions};
-pub use databases::{TestDatabase, TestDatabases, with_database};
+pub use databases::{TestDatabase, TestDatabases, grant_app_role, with_database};
 pub use port::unused_local_port;
+pub use roles::{APP_ROLE, app_role_url, create_role_sql, role_grants, with_user};

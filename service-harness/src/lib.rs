@@ -123,8 +123,8 @@ pub fn ts(secs: i64) -> Option<prost_types::Timestamp> {
 }
 
 /// The `sub` of [`Issuers::service`] tokens: an internal caller granted every method that
-/// admits service tokens (`SERVICE_CALLERS`), so tests can drive any RPC. The webhook
-/// gateway signs with the same key under its own subject, which keeps to its methods.
+/// admits service tokens (`SERVICE_CALLERS`), so tests can drive any RPC. The webhook gateway
+/// and the operators have keys of their own, each bound to its subject.
 pub const INTERNAL_CALLER: &str = "internal-test";
 
 /// The origin whose pages the test services admit (`CORS_ALLOWED_ORIGINS`).
@@ -138,7 +138,8 @@ pub const OPERATOR: &str = "operator";
 pub struct Issuers {
     /// Stand-in Clerk issuer (audience `convex`).
     pub clerk: ClerkStandIn,
-    /// The internal callers' key ([`INTERNAL_CALLER`] tokens; the gateway signs with it too).
+    /// The internal callers' keys: [`INTERNAL_CALLER`]'s (the default), the gateway's and the
+    /// operators' ([`OPERATOR`]), each bound to its subject.
     pub keys: ServiceKeys,
 }
 
@@ -147,7 +148,11 @@ impl Issuers {
     pub async fn new() -> Self {
         Self {
             clerk: ClerkStandIn::start("convex").await.expect("clerk stand-in"),
-            keys: ServiceKeys::generate("vbase-internal", INTERNAL_CALLER).expect("service keys"),
+            keys: ServiceKeys::generate(
+                "vbase-internal",
+                &[INTERNAL_CALLER, token_auth::GATEWAY_SUBJECT, OPERATOR],
+            )
+            .expect("service keys"),
         }
     }
 
@@ -168,8 +173,10 @@ impl Issuers {
         }
     }
 
-    /// The settings every service takes, for a test server on `database_url` with a pool of
-    /// `pool_size` and these issuers.
+    /// The settings every service takes, for a test server on `database_url` (a test
+    /// database's, [`ephemeral_postgres::TestDatabase::url`]) with a pool of `pool_size` and
+    /// these issuers. The service connects as the app role, which may read and write the
+    /// tables and run no DDL, as in production; migrations would use `database_url`'s owner.
     pub fn service_args(
         &self,
         database_url: &str,
@@ -177,7 +184,8 @@ impl Issuers {
     ) -> service_runtime::ServiceArgs {
         service_runtime::ServiceArgs {
             db: service_runtime::DatabaseArgs {
-                database_url: database_url.into(),
+                database_url: ephemeral_postgres::app_role_url(database_url).into(),
+                database_migration_url: Some(database_url.into()),
                 db_pool_size: pool_size,
                 db_statement_timeout_ms: 10_000,
                 db_idle_in_transaction_timeout_ms: 5_000,
@@ -187,6 +195,7 @@ impl Issuers {
             browser: service_runtime::browser::BrowserArgs {
                 cors_allowed_origins: vec![BROWSER_ORIGIN.into()],
             },
+            shutdown: service_runtime::ShutdownArgs::default(),
             log_format: service_runtime::LogFormat::Pretty,
             migrate_on_start: false,
             processed_event_retention_hours: 72,
@@ -394,6 +403,17 @@ pub async fn scalar(database_url: &str, sql: &str) -> i64 {
         .await
         .expect("one number")
         .n
+}
+
+/// Runs `sql` (any number of statements) in `database_url` and says what PostgreSQL answered:
+/// for statements that must be refused.
+pub async fn try_execute(database_url: &str, sql: &str) -> Result<(), String> {
+    use diesel_async::SimpleAsyncConnection;
+    let pool =
+        service_runtime::db::build_pool(database_url, 1, service_runtime::db::PlanCache::Auto)
+            .map_err(|e| e.to_string())?;
+    let mut conn = pool.get().await.map_err(|e| e.to_string())?;
+    conn.batch_execute(sql).await.map_err(|e| e.to_string())
 }
 
 /// Runs `sql` (any number of statements) in `database_url`: fixtures too large to build

@@ -25,6 +25,8 @@ pub struct ServiceArgs {
     pub grpc: crate::GrpcLimits,
     #[command(flatten)]
     pub browser: crate::browser::BrowserArgs,
+    #[command(flatten)]
+    pub shutdown: crate::lifecycle::ShutdownArgs,
     /// `json` or `pretty`.
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Json)]
     pub log_format: LogFormat,
@@ -40,6 +42,7 @@ impl ServiceArgs {
     /// What is out of range, if anything.
     pub fn check(&self) -> Result<(), String> {
         self.grpc.check()?;
+        self.shutdown.check()?;
         token_auth::ServiceCallers::parse(&self.auth.service_callers)?
             .with_operators(&self.auth.operator_subjects)?;
         self.browser.origins(&self.auth.clerk_authorized_parties)?;
@@ -76,6 +79,7 @@ pub struct Boot {
     retention_hours: u64,
     limits: crate::GrpcLimits,
     origins: Vec<http::HeaderValue>,
+    shutdown: crate::lifecycle::ShutdownArgs,
 }
 
 impl Boot {
@@ -89,7 +93,7 @@ impl Boot {
         args.check().map_err(anyhow::Error::msg)?;
         if args.migrate_on_start {
             let applied =
-                crate::db::run_migrations(args.db.database_url.expose(), migrations).await?;
+                crate::db::run_migrations(args.db.migration_url().expose(), migrations).await?;
             tracing::info!(?applied, "migrations applied");
         }
         let auth = Arc::new(args.auth.build(audience).map_err(anyhow::Error::msg)?);
@@ -108,6 +112,7 @@ impl Boot {
             workers: Workers::default(),
             retention_hours: args.processed_event_retention_hours,
             limits: args.grpc.clone(),
+            shutdown: args.shutdown,
             origins: args
                 .browser
                 .origins(&args.auth.clerk_authorized_parties)
@@ -148,6 +153,7 @@ impl Boot {
             workers: self.workers,
             limits: self.limits,
             origins: self.origins,
+            shutdown: self.shutdown,
         }
         .run(shutdown)
         .await

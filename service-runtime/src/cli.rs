@@ -35,6 +35,11 @@ pub fn parse<C: Args + FromArgMatches + CheckConfig>(
             clap::Command::new("migrate").about("Apply database migrations and exit"),
         ));
     let argv: Vec<String> = std::env::args().collect();
+    let os_argv: Vec<std::ffi::OsString> = argv.iter().map(Into::into).collect();
+    let cmd = crate::secret_files::from_environment(cmd, &os_argv).unwrap_or_else(|problem| {
+        eprintln!("{binary}: configuration error: {problem}");
+        std::process::exit(2);
+    });
     let matches = cmd.clone().try_get_matches_from(&argv).and_then(|m| {
         if m.subcommand().is_some() {
             Ok(m)

@@ -13,9 +13,14 @@ pub type Pool = DeadPool<AsyncPgConnection>;
 /// Database settings shared by the services.
 #[derive(Debug, Clone, clap::Args)]
 pub struct DatabaseArgs {
-    /// PostgreSQL URL, e.g. `postgres://identity:secret@db:5432/vbase`.
+    /// PostgreSQL URL, e.g. `postgres://identity:secret@db:5432/vbase`: a role that may read
+    /// and write the service's tables, without DDL rights (deploy/README.md, "One database, two roles per service").
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     pub database_url: crate::Secret,
+    /// PostgreSQL URL that migrations connect with (`migrate`, `serve --migrate`): the role that
+    /// owns the service's schema. Default: DATABASE_URL.
+    #[arg(long, env = "DATABASE_MIGRATION_URL", hide_env_values = true)]
+    pub database_migration_url: Option<crate::Secret>,
     /// Maximum pooled connections (1 to 1000).
     #[arg(long, env = "DB_POOL_SIZE", default_value_t = 16)]
     pub db_pool_size: usize,
@@ -34,6 +39,13 @@ pub struct DatabaseArgs {
 }
 
 impl DatabaseArgs {
+    /// The URL migrations connect with: DATABASE_MIGRATION_URL, else DATABASE_URL.
+    pub fn migration_url(&self) -> &crate::Secret {
+        self.database_migration_url
+            .as_ref()
+            .unwrap_or(&self.database_url)
+    }
+
     /// The session limits these settings ask for.
     pub fn limits(&self) -> SessionLimits {
         SessionLimits {

@@ -1,9 +1,10 @@
 //! The tonic server every service runs: its gRPC services behind the auth layer, health,
 //! reflection (v1 + v1alpha) for all of them, and the two-step shutdown.
 
+use crate::connection::Admitted;
 use crate::db::Pool;
 use crate::lifecycle::{Lifecycle, Workers};
-use crate::limits::{Admitted, GrpcLimits};
+use crate::limits::GrpcLimits;
 use crate::user_limits::UserWriteLimit;
 use diesel_async::RunQueryDsl;
 use std::convert::Infallible;
@@ -114,16 +115,18 @@ pub async fn serve_grpc(
         report(&reporter, &names, ServingStatus::NotServing).await;
     };
     // At most `max_connections` at once: the next accept waits for a connection to close.
+    let deadlines = limits.deadlines();
     let incoming = futures::stream::unfold(
         (listener, limits.admission()),
-        |(listener, admission)| async move {
+        move |(listener, admission)| async move {
             let permit = Arc::clone(&admission).acquire_owned().await.ok()?;
             loop {
                 match listener.accept().await {
                     Ok((stream, _)) => {
                         // Replies go out as soon as they are written (no Nagle wait).
                         let _ = stream.set_nodelay(true);
-                        let conn = Ok::<_, std::io::Error>(Admitted::new(stream, permit));
+                        let conn =
+                            Ok::<_, std::io::Error>(Admitted::new(stream, permit, deadlines));
                         return Some((conn, (listener, admission)));
                     }
                     Err(e) => {
@@ -192,12 +195,6 @@ pub async fn watch_database(
     }
 }
 
-/// How long a shutdown waits for in-flight calls (under Kubernetes' default 30 s grace period).
-pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(20);
-
-/// How long the background workers get to finish after the drain.
-pub const WORKER_STOP_TIMEOUT: Duration = Duration::from_secs(8);
-
 /// What a service runs around its handlers.
 pub struct Serve {
     /// The gRPC port.
@@ -222,12 +219,15 @@ pub struct Serve {
     pub limits: GrpcLimits,
     /// Origins whose pages may call with gRPC-Web.
     pub origins: Vec<http::HeaderValue>,
+    /// How long the drain and the workers' stop may take.
+    pub shutdown: crate::lifecycle::ShutdownArgs,
 }
 
 impl Serve {
     /// Serves `/metrics`, health that follows the database, and the gRPC services until
     /// `shutdown` resolves. Then: shutting down (NOT_SERVING, drain of at most
-    /// [`DRAIN_TIMEOUT`]), stopped (every background worker ends and is awaited).
+    /// `SHUTDOWN_DRAIN_SECS`), stopped (every background worker ends and is awaited, at most
+    /// `SHUTDOWN_WORKER_STOP_SECS`).
     pub async fn run(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
@@ -244,6 +244,7 @@ impl Serve {
             mut workers,
             limits,
             origins,
+            shutdown: budget,
         } = self;
         let registry = Arc::new(std::sync::Mutex::new(registry));
         let metrics_listener = TcpListener::bind(metrics_addr).await?;
@@ -283,17 +284,17 @@ impl Serve {
         let draining = lifecycle.shutting_down();
         let drain_deadline = async move {
             draining.await;
-            tokio::time::sleep(DRAIN_TIMEOUT).await;
+            tokio::time::sleep(budget.drain()).await;
         };
         let result = tokio::select! {
             r = server => r,
             _ = drain_deadline => {
-                tracing::warn!(timeout = ?DRAIN_TIMEOUT, "in-flight calls did not finish in time; exiting anyway");
+                tracing::warn!(timeout = ?budget.drain(), "in-flight calls did not finish in time; exiting anyway");
                 Ok(())
             }
         };
         lifecycle.stop();
-        let unfinished = workers.join(WORKER_STOP_TIMEOUT).await;
+        let unfinished = workers.join(budget.worker_stop()).await;
         if unfinished.is_empty() {
             tracing::info!("stopped");
         }

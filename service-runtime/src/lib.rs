@@ -7,6 +7,7 @@
 pub mod boot;
 pub mod browser;
 pub mod cli;
+pub mod connection;
 pub mod db;
 pub mod error;
 pub mod grpc;
@@ -16,6 +17,7 @@ pub mod logging;
 pub mod metrics;
 pub mod prepared;
 pub mod secret;
+pub mod secret_files;
 pub mod shutdown;
 pub mod user_limits;
 
@@ -23,7 +25,7 @@ pub use boot::{Boot, ServiceArgs};
 pub use db::{DatabaseArgs, DbFailure, Pool, classify};
 pub use error::Error;
 pub use grpc::{GrpcServices, Serve, serve_grpc, watch_database};
-pub use lifecycle::{Lifecycle, Phase, Workers};
+pub use lifecycle::{Lifecycle, Phase, ShutdownArgs, Workers};
 pub use limits::GrpcLimits;
 pub use logging::{LogFormat, init_logging};
 pub use metrics::serve_metrics;

@@ -80,6 +80,54 @@ impl Lifecycle {
     }
 }
 
+/// How long each step of a stop may take. With the pod's `preStop` they must fit in its
+/// `terminationGracePeriodSeconds` (30 s by default): `deploy/check.py` checks the manifests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::Args)]
+pub struct ShutdownArgs {
+    /// Seconds calls in flight get to finish once the service is shutting down (1 to 300);
+    /// then it stops anyway.
+    #[arg(long, env = "SHUTDOWN_DRAIN_SECS", default_value_t = 12)]
+    pub shutdown_drain_secs: u64,
+    /// Seconds the background workers get to stop after the drain (1 to 300); a worker still
+    /// running then is aborted (its job's lease lets another replica take it over).
+    #[arg(long, env = "SHUTDOWN_WORKER_STOP_SECS", default_value_t = 8)]
+    pub shutdown_worker_stop_secs: u64,
+}
+
+impl Default for ShutdownArgs {
+    fn default() -> Self {
+        Self {
+            shutdown_drain_secs: 12,
+            shutdown_worker_stop_secs: 8,
+        }
+    }
+}
+
+impl ShutdownArgs {
+    /// What is out of range, if anything.
+    pub fn check(&self) -> Result<(), String> {
+        for (name, secs) in [
+            ("SHUTDOWN_DRAIN_SECS", self.shutdown_drain_secs),
+            ("SHUTDOWN_WORKER_STOP_SECS", self.shutdown_worker_stop_secs),
+        ] {
+            if !(1..=300).contains(&secs) {
+                return Err(format!("{name} ({secs}) must be from 1 to 300"));
+            }
+        }
+        Ok(())
+    }
+
+    /// The longest wait for calls in flight.
+    pub fn drain(&self) -> Duration {
+        Duration::from_secs(self.shutdown_drain_secs)
+    }
+
+    /// The longest wait for the background workers.
+    pub fn worker_stop(&self) -> Duration {
+        Duration::from_secs(self.shutdown_worker_stop_secs)
+    }
+}
+
 /// The background tasks of a service; [`Workers::join`] awaits them after the stop.
 #[derive(Debug, Default)]
 pub struct Workers {

@@ -1,16 +1,12 @@
-//! What one gRPC server admits, so that no caller can hold it: connections at once, calls
-//! per connection, the time of a call, HTTP/2 keepalive, and streams reset before they were
-//! served (the HTTP/2 "rapid reset" attack).
+//! What one gRPC server admits, so that no caller can hold it: connections at once, the time a
+//! connection has for its handshake and to live, calls per connection, the time of a call,
+//! HTTP/2 keepalive, and streams reset before they were served (the HTTP/2 "rapid reset"
+//! attack).
 
-use std::io;
-use std::pin::Pin;
+use crate::connection::Deadlines;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpStream;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-use tonic::transport::server::{Connected, TcpConnectInfo};
+use tokio::sync::Semaphore;
 
 /// Streams a client may reset before the server accepted them, per connection; beyond it the
 /// connection is closed with GOAWAY ENHANCE_YOUR_CALM (the protection against HTTP/2 rapid
@@ -60,6 +56,31 @@ pub struct GrpcLimits {
         default_value_t = 600
     )]
     pub user_writes_per_minute: u32,
+    /// Seconds a new connection has, from accept, to send its HTTP/2 preface and first frame
+    /// or its first HTTP/1 request head (1 to 120); then it is closed, and its connection
+    /// permit freed.
+    #[arg(
+        long = "grpc-handshake-timeout-secs",
+        env = "GRPC_HANDSHAKE_TIMEOUT_SECS",
+        default_value_t = 10
+    )]
+    pub handshake_timeout_secs: u64,
+    /// Seconds a connection lives (60 to 604800): then the server closes it gracefully (HTTP/2
+    /// GOAWAY: calls in flight finish, the client opens a new connection for the next ones).
+    #[arg(
+        long = "grpc-max-connection-age-secs",
+        env = "GRPC_MAX_CONNECTION_AGE_SECS",
+        default_value_t = 1800
+    )]
+    pub max_connection_age_secs: u64,
+    /// Seconds calls in flight get after the maximum age (at least GRPC_REQUEST_TIMEOUT_SECS,
+    /// at most 3600); then the connection is cut (a watch still open ends, its client resumes).
+    #[arg(
+        long = "grpc-max-connection-age-grace-secs",
+        env = "GRPC_MAX_CONNECTION_AGE_GRACE_SECS",
+        default_value_t = 30
+    )]
+    pub max_connection_age_grace_secs: u64,
 }
 
 impl Default for GrpcLimits {
@@ -70,6 +91,9 @@ impl Default for GrpcLimits {
             request_timeout_secs: 30,
             keepalive_secs: 60,
             user_writes_per_minute: 600,
+            handshake_timeout_secs: 10,
+            max_connection_age_secs: 1800,
+            max_connection_age_grace_secs: 30,
         }
     }
 }
@@ -107,6 +131,24 @@ impl GrpcLimits {
                 self.keepalive_secs
             ));
         }
+        if !(1..=120).contains(&self.handshake_timeout_secs) {
+            return Err(format!(
+                "GRPC_HANDSHAKE_TIMEOUT_SECS ({}) must be from 1 to 120",
+                self.handshake_timeout_secs
+            ));
+        }
+        if !(60..=604_800).contains(&self.max_connection_age_secs) {
+            return Err(format!(
+                "GRPC_MAX_CONNECTION_AGE_SECS ({}) must be from 60 to 604800",
+                self.max_connection_age_secs
+            ));
+        }
+        if !(self.request_timeout_secs..=3600).contains(&self.max_connection_age_grace_secs) {
+            return Err(format!(
+                "GRPC_MAX_CONNECTION_AGE_GRACE_SECS ({}) must be from GRPC_REQUEST_TIMEOUT_SECS ({}), so calls in flight finish, to 3600",
+                self.max_connection_age_grace_secs, self.request_timeout_secs
+            ));
+        }
         Ok(())
     }
 
@@ -120,75 +162,23 @@ impl GrpcLimits {
                 KEEPALIVE_TIMEOUT.min(Duration::from_secs(self.keepalive_secs) / 3),
             ))
             .http2_max_pending_accept_reset_streams(Some(MAX_PENDING_ACCEPT_RESET_STREAMS))
+            // The graceful close at the maximum age; `Admitted` cuts the connection after the
+            // grace (tonic's own grace setting would skip the graceful close).
+            .max_connection_age(Duration::from_secs(self.max_connection_age_secs))
+    }
+
+    /// The deadlines of each connection: its handshake, and its life (age and grace).
+    pub fn deadlines(&self) -> Deadlines {
+        Deadlines {
+            handshake: Duration::from_secs(self.handshake_timeout_secs),
+            lifetime: Duration::from_secs(
+                self.max_connection_age_secs + self.max_connection_age_grace_secs,
+            ),
+        }
     }
 
     /// The admission of connections: one permit per connection served.
     pub fn admission(&self) -> Arc<Semaphore> {
         Arc::new(Semaphore::new(self.max_connections))
-    }
-}
-
-/// A connection that holds one of the server's connection permits until it closes.
-#[derive(Debug)]
-pub struct Admitted {
-    stream: TcpStream,
-    _permit: OwnedSemaphorePermit,
-}
-
-impl Admitted {
-    /// `stream`, counted against the permit's server until dropped.
-    pub fn new(stream: TcpStream, permit: OwnedSemaphorePermit) -> Self {
-        Self {
-            stream,
-            _permit: permit,
-        }
-    }
-}
-
-impl Connected for Admitted {
-    type ConnectInfo = TcpConnectInfo;
-
-    fn connect_info(&self) -> Self::ConnectInfo {
-        self.stream.connect_info()
-    }
-}
-
-impl AsyncRead for Admitted {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.stream).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for Admitted {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.stream).poll_write(cx, buf)
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.stream).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.stream).poll_shutdown(cx)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.stream.is_write_vectored()
     }
 }

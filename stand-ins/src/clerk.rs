@@ -106,12 +106,14 @@ impl ClerkStandIn {
     }
 }
 
-/// An internal caller's key pair: the private key signs service tokens, the public JWKS sits in a
-/// file as the platform would mount it (`SERVICE_JWKS_FILE`).
+/// Internal callers' key pairs, one per subject and bound to it (as `webhook-gateway keygen`
+/// and `vbase-token keygen` make them): the private keys sign service tokens, the public JWKS
+/// of all of them sits in a file as the platform would mount it (`SERVICE_JWKS_FILE`).
 pub struct ServiceKeys {
     dir: tempfile::TempDir,
     issuer: String,
-    minter: ServiceTokenMinter,
+    /// Subject, key (with the kid the JWKS names it by), minter; the first is the default.
+    keys: Vec<(String, SigningKey, ServiceTokenMinter)>,
 }
 
 impl std::fmt::Debug for ServiceKeys {
@@ -123,21 +125,43 @@ impl std::fmt::Debug for ServiceKeys {
 }
 
 impl ServiceKeys {
-    /// Generates an Ed25519 key for caller `subject` and writes `jwks.json` and `signing-key.pem`.
-    pub fn generate(issuer: &str, subject: &str) -> std::io::Result<Self> {
-        let key = SigningKey::generate_ed25519().map_err(std::io::Error::other)?;
+    /// Generates an Ed25519 key for each of `subjects` (the first is the default caller), bound
+    /// to it, and writes `jwks.json` and one `<subject>.pem` per key.
+    pub fn generate(issuer: &str, subjects: &[&str]) -> std::io::Result<Self> {
         let dir = tempfile::tempdir()?;
-        std::fs::write(
-            dir.path().join("jwks.json"),
-            SigningKey::jwks(&[&key]).to_string(),
-        )?;
-        std::fs::write(dir.path().join("signing-key.pem"), key.private_pem())?;
-        let minter = ServiceTokenMinter::new(key, issuer, subject, Duration::from_secs(300));
-        Ok(Self {
+        let mut keys = Vec::new();
+        for subject in subjects {
+            let key = SigningKey::generate_ed25519()
+                .map_err(std::io::Error::other)?
+                .with_subjects(&[subject]);
+            std::fs::write(dir.path().join(format!("{subject}.pem")), key.private_pem())?;
+            let minter = ServiceTokenMinter::new(
+                SigningKey::from_pem(&key.private_pem()).map_err(std::io::Error::other)?,
+                issuer,
+                subject,
+                Duration::from_secs(300),
+            );
+            keys.push((subject.to_string(), key, minter));
+        }
+        let this = Self {
             dir,
             issuer: issuer.to_owned(),
-            minter,
-        })
+            keys,
+        };
+        this.write_jwks()?;
+        Ok(this)
+    }
+
+    fn write_jwks(&self) -> std::io::Result<()> {
+        let public: Vec<&SigningKey> = self.keys.iter().map(|(_, k, _)| k).collect();
+        std::fs::write(self.jwks_file(), SigningKey::jwks(&public).to_string())
+    }
+
+    fn entry(&self, subject: &str) -> &(String, SigningKey, ServiceTokenMinter) {
+        self.keys
+            .iter()
+            .find(|(s, _, _)| s == subject)
+            .unwrap_or_else(|| panic!("no service key is bound to {subject}"))
     }
 
     /// Path of the public JWKS file.
@@ -145,29 +169,78 @@ impl ServiceKeys {
         self.dir.path().join("jwks.json")
     }
 
-    /// Path of the private key PEM.
+    /// Path of the default caller's private key PEM.
     pub fn signing_key_file(&self) -> PathBuf {
-        self.dir.path().join("signing-key.pem")
+        self.signing_key_file_of(&self.keys[0].0)
     }
 
-    /// Directory holding both files.
+    /// Path of the private key PEM bound to `subject`.
+    pub fn signing_key_file_of(&self, subject: &str) -> PathBuf {
+        let (subject, _, _) = self.entry(subject);
+        self.dir.path().join(format!("{subject}.pem"))
+    }
+
+    /// Directory holding the files.
     pub fn dir(&self) -> &Path {
         self.dir.path()
     }
 
-    /// A service token for the service named `audience`.
+    /// The JWKS names the key bound to `subject` `kid` (a JWKS made with another tool);
+    /// tokens of [`ServiceKeys::token_as`] name it so too.
+    pub fn rename_key(&mut self, subject: &str, kid: &str) -> std::io::Result<()> {
+        let issuer = self.issuer.clone();
+        let (_, key, minter) = self
+            .keys
+            .iter_mut()
+            .find(|(s, _, _)| s == subject)
+            .ok_or_else(|| {
+                std::io::Error::other(format!("no service key is bound to {subject}"))
+            })?;
+        let private = key.private_pem();
+        *key = SigningKey::from_pem(&private)
+            .map_err(std::io::Error::other)?
+            .with_kid(kid)
+            .with_subjects(&[subject]);
+        *minter = ServiceTokenMinter::new(
+            SigningKey::from_pem(&private)
+                .map_err(std::io::Error::other)?
+                .with_kid(kid),
+            &issuer,
+            subject,
+            Duration::from_secs(300),
+        );
+        self.write_jwks()
+    }
+
+    /// A service token of the default caller for the service named `audience`.
     pub fn token_for(&self, audience: &str) -> String {
-        self.minter
+        self.keys[0]
+            .2
             .token_for(audience)
             .expect("signing with a generated key")
     }
 
-    /// A service token of another caller, `subject`, signed with the same key (e.g. an operator).
+    /// A service token of `subject` (e.g. an operator), signed with the key bound to it.
     pub fn token_as(&self, subject: &str, audience: &str) -> String {
-        let pem = std::fs::read_to_string(self.signing_key_file()).expect("signing key file");
-        let key = SigningKey::from_pem(&pem).expect("a generated key reads back");
-        ServiceTokenMinter::new(key, &self.issuer, subject, Duration::from_secs(300))
+        self.entry(subject)
+            .2
             .token_for(audience)
             .expect("signing with a generated key")
+    }
+
+    /// A service token of `subject` signed with the key bound to `signer`: what a stolen key
+    /// would make (the services refuse it unless `signer`'s key is bound to `subject`).
+    pub fn token_signed_by(&self, signer: &str, subject: &str, audience: &str) -> String {
+        let (_, key, _) = self.entry(signer);
+        ServiceTokenMinter::new(
+            SigningKey::from_pem(&key.private_pem())
+                .expect("a generated key reads back")
+                .with_kid(key.kid()),
+            &self.issuer,
+            subject,
+            Duration::from_secs(300),
+        )
+        .token_for(audience)
+        .expect("signing with a generated key")
     }
 }

@@ -126,8 +126,13 @@ pub struct Stack {
     /// Database URLs of the two services.
     pub identity_db: String,
     pub workspace_db: String,
-    /// Service-token signing key (the gateway's), for tests that act as an internal caller.
+    /// Service-token signing key of the stack's own tools ([`STACK_CALLER`], granted every
+    /// service method), for tests that act as an internal caller.
     pub service_key_file: PathBuf,
+    /// The gateway's signing key (bound to its subject).
+    pub gateway_key_file: PathBuf,
+    /// The operators' signing key (bound to [`OPERATOR_SUBJECT`]): `vbase-token mint` uses it.
+    pub operator_key_file: PathBuf,
     pg: Option<PgCluster>,
 }
 
@@ -221,13 +226,23 @@ impl Stack {
         ensure_database(&admin_url, "vbase_workspace").await?;
 
         // Trust material.
-        let service_key = SigningKey::generate_ed25519()?;
-        let service_key_file = config.state_dir.join("service-signing-key.pem");
+        // One key per internal caller, each bound to its subject: the stack's own tools, the
+        // gateway, and the operators (who mint with `vbase-token`).
+        let mut service_keys = Vec::new();
+        let mut key_file = |name: &str, subject: &str| -> Result<PathBuf> {
+            let key = SigningKey::generate_ed25519()?.with_subjects(&[subject]);
+            let file = config.state_dir.join(name);
+            std::fs::write(&file, key.private_pem())?;
+            service_keys.push(key);
+            Ok(file)
+        };
+        let service_key_file = key_file("service-signing-key.pem", STACK_CALLER)?;
+        let gateway_key_file = key_file("gateway-signing-key.pem", token_auth::GATEWAY_SUBJECT)?;
+        let operator_key_file = key_file("operator-signing-key.pem", OPERATOR_SUBJECT)?;
         let service_jwks_file = config.state_dir.join("service-jwks.json");
-        std::fs::write(&service_key_file, service_key.private_pem())?;
         std::fs::write(
             &service_jwks_file,
-            SigningKey::jwks(&[&service_key]).to_string(),
+            SigningKey::jwks(&service_keys.iter().collect::<Vec<_>>()).to_string(),
         )?;
         let (clerk, clerk_issuer, clerk_signing_key_file) = match &config.clerk_issuer {
             Some(iss) => (None, iss.clone(), None),
@@ -256,6 +271,15 @@ impl Stack {
             }
         };
 
+        // Secrets reach the processes as files (`X_FILE`), as Kubernetes mounts them; each ends
+        // in a newline, which the binaries trim.
+        let secrets_dir = config.state_dir.join("secrets");
+        std::fs::create_dir_all(&secrets_dir)?;
+        let secret_file = |name: &str, value: &str| -> Result<String> {
+            let path = secrets_dir.join(name);
+            std::fs::write(&path, format!("{value}\n"))?;
+            Ok(path.display().to_string())
+        };
         let (clerk_api, clerk_api_env) = match (&clerk, env_value("CLERK_SECRET_KEY")) {
             (Some(_), None) => {
                 let key = "sk_test_local_stand_in".to_owned();
@@ -267,7 +291,10 @@ impl Stack {
                     Some(api),
                     vec![
                         ("CLERK_API_URL".to_owned(), url),
-                        ("CLERK_SECRET_KEY".to_owned(), key),
+                        (
+                            "CLERK_SECRET_KEY_FILE".to_owned(),
+                            secret_file("clerk-secret-key", &key)?,
+                        ),
                     ],
                 )
             }
@@ -286,9 +313,11 @@ impl Stack {
         let identity_addr: SocketAddr = format!("127.0.0.1:{ip}").parse()?;
         let workspace_addr: SocketAddr = format!("127.0.0.1:{wp}").parse()?;
         let gateway_addr: SocketAddr = format!("127.0.0.1:{gp}").parse()?;
-        let common = |db: &str| -> Vec<(String, String)> {
+        let identity_db_file = secret_file("identity-database-url", &identity_db)?;
+        let workspace_db_file = secret_file("workspace-database-url", &workspace_db)?;
+        let common = |db_file: &str| -> Vec<(String, String)> {
             vec![
-                ("DATABASE_URL".into(), db.into()),
+                ("DATABASE_URL_FILE".into(), db_file.into()),
                 ("CLERK_JWT_ISSUER_DOMAIN".into(), clerk_issuer.clone()),
                 (
                     "SERVICE_JWKS_FILE".into(),
@@ -300,17 +329,23 @@ impl Stack {
             ]
         };
         let mut env = BTreeMap::new();
-        let mut identity_env = common(&identity_db);
+        let mut identity_env = common(&identity_db_file);
         identity_env.push(("GRPC_ADDR".into(), identity_addr.to_string()));
         identity_env.push(("METRICS_ADDR".into(), format!("127.0.0.1:{imp}")));
-        let mut workspace_env = common(&workspace_db);
+        let mut workspace_env = common(&workspace_db_file);
         workspace_env.push(("GRPC_ADDR".into(), workspace_addr.to_string()));
         workspace_env.push(("METRICS_ADDR".into(), format!("127.0.0.1:{wmp}")));
         workspace_env.push(("LIVEBLOCKS_API_URL".into(), liveblocks_url));
-        workspace_env.push(("LIVEBLOCKS_SECRET_KEY".into(), liveblocks_secret));
+        workspace_env.push((
+            "LIVEBLOCKS_SECRET_KEY_FILE".into(),
+            secret_file("liveblocks-secret-key", &liveblocks_secret)?,
+        ));
         let gateway_env = vec![
             ("HTTP_ADDR".into(), gateway_addr.to_string()),
-            ("CLERK_WEBHOOK_SECRET".into(), webhook_secret.clone()),
+            (
+                "CLERK_WEBHOOK_SECRET_FILE".into(),
+                secret_file("clerk-webhook-secret", &webhook_secret)?,
+            ),
             (
                 "IDENTITY_SERVICE_URL".into(),
                 format!("http://{identity_addr}"),
@@ -321,7 +356,7 @@ impl Stack {
             ),
             (
                 "SERVICE_JWT_SIGNING_KEY_FILE".into(),
-                service_key_file.display().to_string(),
+                gateway_key_file.display().to_string(),
             ),
             ("LOG_FORMAT".into(), "pretty".into()),
         ];
@@ -346,7 +381,7 @@ impl Stack {
             // The gateway's settings less its serving ones.
             reconcile_env: env[&Which::Gateway]
                 .iter()
-                .filter(|(k, _)| !matches!(k.as_str(), "HTTP_ADDR" | "CLERK_WEBHOOK_SECRET"))
+                .filter(|(k, _)| !matches!(k.as_str(), "HTTP_ADDR" | "CLERK_WEBHOOK_SECRET_FILE"))
                 .cloned()
                 .collect(),
         };
@@ -368,6 +403,8 @@ impl Stack {
             identity_db,
             workspace_db,
             service_key_file,
+            gateway_key_file,
+            operator_key_file,
             pg,
         };
         for w in [Which::Identity, Which::Workspace] {
@@ -391,7 +428,13 @@ impl Stack {
         self.gateway_command("reconcile")
     }
 
-    /// A `webhook-gateway` subcommand (`replay-quarantined`, `mint-token`, ...) with the
+    /// `vbase-token` as an operator runs it on a workstation: none of the gateway's settings;
+    /// the operators' key is [`Stack::operator_key_file`]. Add its subcommand and options.
+    pub fn token_command(&self) -> Command {
+        Command::new(self.config.bin_dir.join("vbase-token"))
+    }
+
+    /// A `webhook-gateway` subcommand (`replay-quarantined`, `reconcile`, ...) with the
     /// gateway's settings of this stack; add its options.
     pub fn gateway_command(&self, subcommand: &str) -> Command {
         let mut c = self.command(Which::Gateway);
@@ -409,6 +452,14 @@ impl Stack {
             _ => Command::new(self.binary_path(w)),
         };
         cmd.envs(self.env[&w].iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        // A secret given as a file must not also come from this process's environment.
+        for (k, _) in &self.env[&w] {
+            if let Some(plain) = k.strip_suffix("_FILE")
+                && !self.env[&w].iter().any(|(name, _)| name == plain)
+            {
+                cmd.env_remove(plain);
+            }
+        }
         cmd.env(
             "RUST_LOG",
             std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
@@ -607,6 +658,9 @@ pub const STACK_CALLER: &str = "vbase-stack";
 /// The Clerk instance of the development stack: its stand-in of Clerk's Backend API answers
 /// for it, and `send-sample` webhooks come from it.
 pub const DEV_CLERK_INSTANCE: &str = "ins_local";
+
+/// The operators' subject in the stack (the services' default `OPERATOR_SUBJECTS`).
+pub const OPERATOR_SUBJECT: &str = "operator";
 
 /// The secret key the local stack's Liveblocks stand-in accepts.
 pub const DEV_LIVEBLOCKS_SECRET: &str = "sk_dev_local_stand_in";

@@ -21,7 +21,18 @@ fn run(name: &str, extra: &[(&str, &str)]) -> (Option<i32>, String) {
 
 /// Like [`run`], with command-line arguments.
 fn run_args(name: &str, args: &[&str], extra: &[(&str, &str)]) -> (Option<i32>, String) {
-    let mut child = Command::new(binary(name))
+    run_without(name, args, extra, &[])
+}
+
+/// Like [`run_args`], without the required settings named in `unset`.
+fn run_without(
+    name: &str,
+    args: &[&str],
+    extra: &[(&str, &str)],
+    unset: &[&str],
+) -> (Option<i32>, String) {
+    let mut command = Command::new(binary(name));
+    command
         .args(args)
         .env_clear()
         .env("DATABASE_URL", "postgres://nobody@127.0.0.1:9/none")
@@ -34,7 +45,11 @@ fn run_args(name: &str, args: &[&str], extra: &[(&str, &str)]) -> (Option<i32>, 
         .env("SERVICE_JWT_SIGNING_KEY_FILE", "/nonexistent/key.pem")
         .env("HTTP_ADDR", "127.0.0.1:0")
         .env("GRPC_ADDR", "127.0.0.1:0")
-        .env("METRICS_ADDR", "127.0.0.1:0")
+        .env("METRICS_ADDR", "127.0.0.1:0");
+    for name in unset {
+        command.env_remove(name);
+    }
+    let mut child = command
         .envs(extra.iter().copied())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -80,6 +95,13 @@ fn out_of_range_settings_exit_2_with_one_line_naming_them() {
         ("workspace-service", ("GRPC_KEEPALIVE_SECS", "1")),
         ("identity-service", ("GRPC_MAX_CONNECTIONS", "0")),
         ("workspace-service", ("USER_WRITES_PER_MINUTE", "0")),
+        ("identity-service", ("GRPC_HANDSHAKE_TIMEOUT_SECS", "0")),
+        ("workspace-service", ("GRPC_MAX_CONNECTION_AGE_SECS", "5")),
+        // Less than GRPC_REQUEST_TIMEOUT_SECS (30): a call in flight could be cut.
+        (
+            "identity-service",
+            ("GRPC_MAX_CONNECTION_AGE_GRACE_SECS", "10"),
+        ),
         ("webhook-gateway", ("DOWNSTREAM_TIMEOUT_SECS", "20")),
         ("webhook-gateway", ("REQUEST_READ_TIMEOUT_SECS", "0")),
         ("webhook-gateway", ("MAX_CONNECTIONS", "0")),
@@ -109,16 +131,18 @@ fn out_of_range_settings_exit_2_with_one_line_naming_them() {
     }
 }
 
-/// The gateway's operator commands: a bad option or setting is one line and status 2.
+/// The operators' commands (`vbase-token`, the gateway's `replay-quarantined`): a bad option or
+/// setting is one line and status 2.
 #[test]
-fn the_gateways_operator_commands_refuse_bad_settings_with_status_2() {
-    type Case<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)], &'a str);
+fn the_operators_commands_refuse_bad_settings_with_status_2() {
+    type Case<'a> = (&'a str, &'a [&'a str], &'a [(&'a str, &'a str)], &'a str);
     let cases: &[Case] = &[
         (
+            "vbase-token",
             &[
-                "mint-token",
-                "--subject",
-                "operator",
+                "mint",
+                "--key-file",
+                "/nonexistent/op.pem",
                 "--audience",
                 "billing-service",
             ],
@@ -126,10 +150,11 @@ fn the_gateways_operator_commands_refuse_bad_settings_with_status_2() {
             "--audience",
         ),
         (
+            "vbase-token",
             &[
-                "mint-token",
-                "--subject",
-                "operator",
+                "mint",
+                "--key-file",
+                "/nonexistent/op.pem",
                 "--audience",
                 "identity-service",
                 "--ttl",
@@ -139,28 +164,154 @@ fn the_gateways_operator_commands_refuse_bad_settings_with_status_2() {
             "ttl",
         ),
         (
-            &[
-                "mint-token",
-                "--subject",
-                "operator",
-                "--audience",
-                "identity-service",
-            ],
+            "vbase-token",
+            &["mint", "--audience", "identity-service"],
             &[],
-            "SERVICE_JWT_SIGNING_KEY_FILE",
+            "--key-file",
         ),
-        (&["replay-quarantined"], &[], "--id"),
         (
+            "vbase-token",
+            &["mint", "--audience", "identity-service"],
+            &[("OPERATOR_KEY_FILE", "/nonexistent/op.pem")],
+            "OPERATOR_KEY_FILE",
+        ),
+        (
+            "vbase-token",
+            &["keygen", "--subject", "not a subject", "--out-dir", "/tmp"],
+            &[],
+            "subject",
+        ),
+        ("webhook-gateway", &["replay-quarantined"], &[], "--id"),
+        (
+            "webhook-gateway",
             &["replay-quarantined", "--all"],
             &[("DOWNSTREAM_TIMEOUT_SECS", "30")],
             "DOWNSTREAM_TIMEOUT_SECS",
         ),
     ];
-    for (args, env, names) in cases {
-        let (code, stderr) = run_args("webhook-gateway", args, env);
-        assert_eq!(code, Some(2), "{args:?}: {stderr}");
+    for (binary, args, env, names) in cases {
+        let (code, stderr) = run_args(binary, args, env);
+        assert_eq!(code, Some(2), "{binary} {args:?}: {stderr}");
         let lines: Vec<&str> = stderr.lines().collect();
-        assert_eq!(lines.len(), 1, "{args:?}: {stderr}");
-        assert!(lines[0].contains(names), "{args:?}: {stderr}");
+        assert_eq!(lines.len(), 1, "{binary} {args:?}: {stderr}");
+        assert!(lines[0].contains(names), "{binary} {args:?}: {stderr}");
     }
+}
+
+/// A secret setting `X` may come from the file `X_FILE` names, read and trimmed; both at once,
+/// an unreadable or an empty file stop the binary with one line naming the variable (status 2).
+#[test]
+fn secret_settings_come_from_files_or_stop_with_status_2() {
+    let dir = std::env::temp_dir().join(format!("vbase-secret-files-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = |name: &str, text: &str| {
+        let p = dir.join(name);
+        std::fs::write(&p, text).unwrap();
+        p.display().to_string()
+    };
+    let url = file("url", "postgres://nobody@127.0.0.1:9/none\n");
+    let key = file("key", "  sk_test_from_a_file\n");
+    let empty = file("empty", "\n");
+    let missing = dir.join("missing").display().to_string();
+
+    // Read and trimmed: the key passes its check (a space or newline in it would not), and
+    // the run stops later, at Clerk (status 1), not at the settings (2).
+    let (code, stderr) = run_without(
+        "webhook-gateway",
+        &["reconcile"],
+        &[
+            ("CLERK_SECRET_KEY_FILE", key.as_str()),
+            ("CLERK_API_URL", "http://127.0.0.1:9"),
+            ("CLERK_API_MAX_RETRIES", "0"),
+        ],
+        &[],
+    );
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(!stderr.contains("configuration error"), "{stderr}");
+    assert!(!stderr.contains("sk_test_from_a_file"), "{stderr}");
+    // `migrate` reads DATABASE_URL from its file and tries that database (status 1).
+    let (code, stderr) = run_without(
+        "identity-service",
+        &["migrate"],
+        &[("DATABASE_URL_FILE", url.as_str())],
+        &["DATABASE_URL"],
+    );
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("connecting to the database"), "{stderr}");
+
+    type Case<'a> = (
+        &'a str,
+        &'a [&'a str],
+        Vec<(&'a str, &'a str)>,
+        &'a [&'a str],
+        &'a str,
+    );
+    let cases: Vec<Case> = vec![
+        // Both ways at once.
+        (
+            "identity-service",
+            &[],
+            vec![("DATABASE_URL_FILE", url.as_str())],
+            &[],
+            "both",
+        ),
+        (
+            "identity-service",
+            &["serve", "--database-url", "postgres://x@h/db"],
+            vec![("DATABASE_URL_FILE", url.as_str())],
+            &["DATABASE_URL"],
+            "both",
+        ),
+        // Unreadable, empty.
+        (
+            "workspace-service",
+            &[],
+            vec![("DATABASE_URL_FILE", missing.as_str())],
+            &["DATABASE_URL"],
+            "cannot be read",
+        ),
+        (
+            "webhook-gateway",
+            &[],
+            vec![("CLERK_WEBHOOK_SECRET_FILE", missing.as_str())],
+            &["CLERK_WEBHOOK_SECRET"],
+            "cannot be read",
+        ),
+        (
+            "workspace-service",
+            &[],
+            vec![("LIVEBLOCKS_SECRET_KEY_FILE", empty.as_str())],
+            &[],
+            "empty",
+        ),
+        (
+            "webhook-gateway",
+            &["reconcile"],
+            vec![("CLERK_SECRET_KEY_FILE", empty.as_str())],
+            &[],
+            "empty",
+        ),
+        (
+            "identity-service",
+            &["migrate"],
+            vec![("DATABASE_MIGRATION_URL_FILE", missing.as_str())],
+            &[],
+            "cannot be read",
+        ),
+    ];
+    for (binary, args, env, unset, why) in cases {
+        let var = env[0].0;
+        let (code, stderr) = run_without(binary, args, &env, unset);
+        assert_eq!(code, Some(2), "{binary} {var}: {stderr}");
+        let lines: Vec<&str> = stderr.lines().collect();
+        assert_eq!(lines.len(), 1, "{binary} {var}: {stderr}");
+        assert!(
+            lines[0].contains("configuration error")
+                && lines[0].contains(var)
+                && lines[0].contains(why),
+            "{binary} {var}: {stderr}"
+        );
+        assert!(!stderr.contains("nobody@"), "the secret shows: {stderr}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -927,6 +927,7 @@ async fn the_reconcile_command_backfills_the_local_stack_and_says_why_it_stops()
     );
 
     let mut c = s.reconcile_command();
+    c.env_remove("CLERK_SECRET_KEY_FILE");
     c.env("CLERK_SECRET_KEY", "sk_test_not_this_one");
     let refused = output(c).await;
     assert_eq!(refused.status.code(), Some(1));

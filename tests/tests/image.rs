@@ -25,11 +25,18 @@ fn run(program: &str, args: &[&str]) {
     );
 }
 
-/// The uid of every process whose command name starts with `comm` (the containers' processes
-/// are visible from the host).
+/// The uid of every process of the image whose command name starts with `comm` (the
+/// containers' processes are visible from the host; their executable is the image's
+/// `/usr/local/bin/...`, which tells them from the same binaries run by other builds on this
+/// machine).
 fn uids_of(comm: &str) -> Vec<u32> {
     let mut uids = Vec::new();
     for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let from_the_image = std::fs::read_link(entry.path().join("exe"))
+            .is_ok_and(|exe| exe.starts_with("/usr/local/bin"));
+        if !from_the_image {
+            continue;
+        }
         let status = entry.path().join("status");
         let Ok(text) = std::fs::read_to_string(&status) else {
             continue;

@@ -1,5 +1,6 @@
-//! What operators rely on, across the three real binaries: the gateway's operator commands
-//! (`mint-token`, `replay-quarantined`) repair a refused delivery; SIGTERM lets the calls and
+//! What operators rely on, across the real binaries: the operators' token tool (`vbase-token
+//! mint`, with a key the gateway does not hold) and the gateway's `replay-quarantined` repair
+//! a refused delivery, and the gateway's key signs no other subject; SIGTERM lets the calls and
 //! webhooks in flight finish and every process exits 0; the metrics in `deploy/README.md` exist
 //! and move as documented; and no log line holds a token, a webhook body or an email.
 
@@ -76,8 +77,10 @@ async fn run(mut c: std::process::Command) -> (Option<i32>, String, String) {
     )
 }
 
-async fn mint(stack: &Stack, subject: &str, audience: &str) -> String {
-    let mut c = stack.gateway_command("mint-token");
+/// `vbase-token mint` with `key` (a private key file), as an operator runs it.
+async fn mint(stack: &Stack, key: &std::path::Path, subject: &str, audience: &str) -> String {
+    let mut c = stack.token_command();
+    c.arg("mint").arg("--key-file").arg(key);
     c.args(["--subject", subject, "--audience", audience, "--ttl", "5m"]);
     let (code, out, err) = run(c).await;
     assert_eq!(code, Some(0), "{err}");
@@ -125,8 +128,14 @@ async fn an_operator_repairs_a_refused_delivery_and_no_log_line_leaks() {
         200
     );
 
-    // The operator's token, from the gateway's key.
-    let operator = mint(&stack, "operator", "identity-service").await;
+    // The operator's token, from the operators' own key (the gateway does not hold it).
+    let operator = mint(
+        &stack,
+        &stack.operator_key_file,
+        "operator",
+        "identity-service",
+    )
+    .await;
     let channel = service_harness::connect(stack.identity_addr).await;
     let mut admin = IdentityAdminServiceClient::new(channel.clone());
     let listed = admin
@@ -145,19 +154,41 @@ async fn an_operator_repairs_a_refused_delivery_and_no_log_line_leaks() {
             .collect::<Vec<_>>(),
         ["msg_refused"]
     );
-    // Another subject signed with the same key is not an operator.
-    let stranger = mint(&stack, "reporting", "identity-service").await;
-    let denied = admin
-        .get_sync_status(service_harness::bearer(
-            ops::GetSyncStatusRequest {},
-            &stranger,
-        ))
-        .await
-        .unwrap_err();
-    assert_eq!(denied.code(), Code::PermissionDenied);
+    // The gateway's key signs the gateway's subject only: an operator's token, or any other
+    // subject's, made with it is refused; nor does the operators' key sign the gateway's.
+    for (key, subject) in [
+        (&stack.gateway_key_file, "operator"),
+        (&stack.gateway_key_file, "reporting"),
+        (&stack.gateway_key_file, vbase_stack::STACK_CALLER),
+        (&stack.operator_key_file, token_auth::GATEWAY_SUBJECT),
+    ] {
+        let forged = mint(&stack, key, subject, "identity-service").await;
+        let denied = admin
+            .get_sync_status(service_harness::bearer(
+                ops::GetSyncStatusRequest {},
+                &forged,
+            ))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            denied.code(),
+            Code::Unauthenticated,
+            "{subject}: {denied:?}"
+        );
+        assert!(
+            denied.message().contains("subject"),
+            "{subject}: {denied:?}"
+        );
+    }
 
     // A body the current code accepts, kept by an older gateway: the replay applies it once.
-    let gateway = mint(&stack, token_auth::GATEWAY_SUBJECT, "identity-service").await;
+    let gateway = mint(
+        &stack,
+        &stack.gateway_key_file,
+        token_auth::GATEWAY_SUBJECT,
+        "identity-service",
+    )
+    .await;
     let mut identity = IdentityServiceClient::new(channel.clone());
     identity
         .quarantine_delivery(service_harness::bearer(
@@ -192,7 +223,13 @@ async fn an_operator_repairs_a_refused_delivery_and_no_log_line_leaks() {
             idp::GetUserRequest {
                 clerk_id: "user_kept".into(),
             },
-            &mint(&stack, vbase_stack::STACK_CALLER, "identity-service").await,
+            &mint(
+                &stack,
+                &stack.service_key_file,
+                vbase_stack::STACK_CALLER,
+                "identity-service",
+            )
+            .await,
         ))
         .await
         .unwrap()
@@ -464,7 +501,13 @@ async fn the_documented_metrics_exist_and_move_as_documented() {
                               "created_at": 1_700_000_000_000_i64, "updated_at": now_ms},
                      "object": "event", "type": "organization.created", "timestamp": now_ms});
     assert_eq!(post(&stack, "msg_org_m", &org).await.0, 200);
-    let caller = mint(&stack, vbase_stack::STACK_CALLER, "workspace-service").await;
+    let caller = mint(
+        &stack,
+        &stack.service_key_file,
+        vbase_stack::STACK_CALLER,
+        "workspace-service",
+    )
+    .await;
     let mut ws = vbase_proto::workspace::v1::workspace_service_client::WorkspaceServiceClient::new(
         service_harness::connect(stack.workspace_addr).await,
     );

@@ -42,7 +42,7 @@ struct Identity;
 #[tonic::async_trait]
 impl ipb::identity_service_server::IdentityService for Identity {
     /// Answers the id it was asked for; `user_slow` takes 500 ms (a call in flight),
-    /// `user_stuck` 30 s (a call that never ends in time).
+    /// `user_slower` 1.5 s, `user_stuck` 30 s (a call that never ends in time).
     async fn get_user(
         &self,
         req: Request<ipb::GetUserRequest>,
@@ -50,6 +50,7 @@ impl ipb::identity_service_server::IdentityService for Identity {
         let id = req.into_inner().clerk_id;
         match id.as_str() {
             "user_slow" => tokio::time::sleep(Duration::from_millis(500)).await,
+            "user_slower" => tokio::time::sleep(Duration::from_millis(1500)).await,
             "user_stuck" => tokio::time::sleep(Duration::from_secs(30)).await,
             _ => {}
         }
@@ -198,6 +199,7 @@ async fn one_server_serves_several_services_each_with_its_policy_and_stops_in_tw
         Serve {
             detail: Default::default(),
             origins: Vec::new(),
+            shutdown: Default::default(),
             listener,
             metrics_addr: "127.0.0.1:0".parse().unwrap(),
             registry: Default::default(),
@@ -334,6 +336,7 @@ async fn the_server_bounds_streams_call_time_and_connections() {
             request_timeout_secs: 1,
             keepalive_secs: 60,
             user_writes_per_minute: 3,
+            ..service_runtime::GrpcLimits::default()
         },
         &["GetUser"],
     )
@@ -467,6 +470,7 @@ async fn limited_server(
         Serve {
             detail: Default::default(),
             origins: Vec::new(),
+            shutdown: Default::default(),
             listener,
             metrics_addr: "127.0.0.1:0".parse().unwrap(),
             registry: Default::default(),
@@ -574,4 +578,229 @@ async fn rapid_resets_and_silent_peers_lose_their_connection() {
     let (_, closed) = read_until_closed(&mut silent, Duration::from_secs(3)).await;
     assert!(closed, "a peer that answers no ping is disconnected");
     server.stop().await.unwrap();
+}
+
+/// A channel to `addr` that counts the TCP connections it opens.
+fn counting_channel(
+    addr: std::net::SocketAddr,
+) -> (
+    tonic::transport::Channel,
+    Arc<std::sync::atomic::AtomicUsize>,
+) {
+    let connects = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = Arc::clone(&connects);
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect_with_connector_lazy(tower::service_fn(move |_: http::Uri| {
+            let counter = Arc::clone(&counter);
+            async move {
+                counter.fetch_add(1, Ordering::SeqCst);
+                let stream = tokio::net::TcpStream::connect(addr).await?;
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
+            }
+        }));
+    (channel, connects)
+}
+
+/// A peer that sends nothing, stops inside the HTTP/2 preface, sends the preface but not its
+/// first frame, or stops inside its first HTTP/1 head is cut off once the handshake deadline
+/// passes, and its connection permit serves the next client (one permit here). A client that
+/// completed its handshake keeps its idle connection past that deadline.
+#[tokio::test]
+async fn silent_peers_lose_their_connection_after_the_handshake_deadline() {
+    use tokio::io::AsyncWriteExt;
+    let (server, issuers) = limited_server(
+        service_runtime::GrpcLimits {
+            max_connections: 1,
+            handshake_timeout_secs: 1,
+            ..service_runtime::GrpcLimits::default()
+        },
+        &[],
+    )
+    .await;
+    let get = |id: &str| {
+        let mut r = issuers.service(
+            AUDIENCE,
+            ipb::GetUserRequest {
+                clerk_id: id.into(),
+            },
+        );
+        r.set_timeout(Duration::from_secs(10));
+        r
+    };
+    let openers: [(&str, &[u8]); 4] = [
+        ("nothing", b""),
+        ("part of the HTTP/2 preface", b"PRI * HTTP/2.0\r\n"),
+        ("the preface without its first frame", PREFACE),
+        (
+            "part of an HTTP/1 head",
+            b"POST /vbase.identity.v1.IdentityService/GetUser HTTP/1.1\r\nhost: a\r\n",
+        ),
+    ];
+    for (what, opener) in openers {
+        let mut peer = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+        peer.write_all(opener).await.unwrap();
+        let started = std::time::Instant::now();
+        // The only permit is the peer's: a real client waits until the peer is cut off.
+        let (channel, _) = counting_channel(server.addr);
+        let mut client = ipb::identity_service_client::IdentityServiceClient::new(channel);
+        let request = get("user_1");
+        let waiting = tokio::spawn(async move { client.get_user(request).await });
+        let (_, closed) = read_until_closed(&mut peer, Duration::from_secs(5)).await;
+        assert!(closed, "{what}: the peer still holds its connection");
+        let cut = started.elapsed();
+        assert!(
+            cut >= Duration::from_millis(800),
+            "{what}: cut after {cut:?}"
+        );
+        waiting
+            .await
+            .unwrap()
+            .unwrap_or_else(|e| panic!("{what}: the next client is not served: {e:?}"));
+    }
+
+    // A client that completed its handshake keeps its connection while idle.
+    let (channel, connects) = counting_channel(server.addr);
+    let mut client = ipb::identity_service_client::IdentityServiceClient::new(channel);
+    client.get_user(get("user_1")).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    client.get_user(get("user_2")).await.unwrap();
+    assert_eq!(
+        connects.load(Ordering::SeqCst),
+        1,
+        "the idle connection was closed"
+    );
+    server.stop().await.unwrap();
+}
+
+/// A connection past its maximum age is closed gracefully: the call in flight when it reaches
+/// the age completes, and the next call goes over a new connection. One that is still busy after
+/// the grace is cut.
+#[tokio::test]
+async fn a_connection_past_its_max_age_is_closed_gracefully_then_cut_after_the_grace() {
+    let (server, issuers) = limited_server(
+        service_runtime::GrpcLimits {
+            max_connection_age_secs: 2,
+            max_connection_age_grace_secs: 6,
+            ..service_runtime::GrpcLimits::default()
+        },
+        &[],
+    )
+    .await;
+    let get = |id: &str| {
+        let mut r = issuers.service(
+            AUDIENCE,
+            ipb::GetUserRequest {
+                clerk_id: id.into(),
+            },
+        );
+        r.set_timeout(Duration::from_secs(20));
+        r
+    };
+    let (channel, connects) = counting_channel(server.addr);
+    let client = ipb::identity_service_client::IdentityServiceClient::new(channel);
+    let opened = std::time::Instant::now();
+    client.clone().get_user(get("user_1")).await.unwrap();
+    // A 1.5 s call started at 1 s: the connection reaches its age (2 s) while it runs.
+    tokio::time::sleep(Duration::from_secs(1).saturating_sub(opened.elapsed())).await;
+    let answered = client
+        .clone()
+        .get_user(get("user_slower"))
+        .await
+        .expect("the call in flight at the maximum age completes");
+    assert_eq!(answered.into_inner().user.unwrap().clerk_id, "user_slower");
+    assert!(
+        opened.elapsed() > Duration::from_secs(2),
+        "{:?}",
+        opened.elapsed()
+    );
+    // Well before the grace ends (8 s), so not because the connection was cut.
+    service_harness::eventually(
+        "the next call goes over a new connection",
+        Duration::from_secs(6).saturating_sub(opened.elapsed()),
+        || {
+            let mut c = client.clone();
+            let r = get("user_1");
+            let connects = Arc::clone(&connects);
+            async move { c.get_user(r).await.is_ok() && connects.load(Ordering::SeqCst) == 2 }
+        },
+    )
+    .await;
+
+    // On the new connection, a call that outlasts age and grace (2 + 6 s) is cut then.
+    let started = std::time::Instant::now();
+    let cut = client
+        .clone()
+        .get_user(get("user_stuck"))
+        .await
+        .expect_err("a call past the grace is cut");
+    assert!(
+        !matches!(cut.code(), Code::DeadlineExceeded | Code::Cancelled),
+        "ended by a timeout instead: {cut:?}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "{:?}",
+        started.elapsed()
+    );
+    server.stop().await.unwrap();
+}
+
+/// The stop keeps to its budgets (`SHUTDOWN_DRAIN_SECS`, `SHUTDOWN_WORKER_STOP_SECS`): a call
+/// that never ends and a worker that never stops hold it no longer than the two together.
+#[tokio::test]
+async fn the_stop_keeps_to_its_drain_and_worker_budgets() {
+    let issuers = Issuers::new().await;
+    let db = service_harness::database("serving", "none", |_| async { Ok(()) }).await;
+    let pool =
+        service_runtime::db::build_pool(db.url(), 2, service_runtime::db::PlanCache::Auto).unwrap();
+    let auth = Arc::new(issuers.auth_args().build(AUDIENCE).unwrap());
+    let mut workers = Workers::default();
+    workers.spawn("never-stops", std::future::pending());
+    let services = GrpcServices::new().add(
+        ipb::identity_service_server::IdentityServiceServer::new(Identity),
+        MethodPolicy::new(IDENTITY).allow("GetUser", Access::UserOrService),
+    );
+    let server = service_harness::RunningServer::start(move |listener, shutdown| {
+        let _db = db;
+        Serve {
+            detail: Default::default(),
+            origins: Vec::new(),
+            shutdown: service_runtime::ShutdownArgs {
+                shutdown_drain_secs: 1,
+                shutdown_worker_stop_secs: 1,
+            },
+            listener,
+            metrics_addr: "127.0.0.1:0".parse().unwrap(),
+            registry: Default::default(),
+            pool,
+            auth,
+            services,
+            lifecycle: Lifecycle::default(),
+            workers,
+            limits: service_runtime::GrpcLimits::default(),
+        }
+        .run(shutdown)
+    })
+    .await;
+    let mut client =
+        ipb::identity_service_client::IdentityServiceClient::new(server.channel().await);
+    let stuck = issuers.service(
+        AUDIENCE,
+        ipb::GetUserRequest {
+            clerk_id: "user_stuck".into(),
+        },
+    );
+    let in_flight = tokio::spawn(async move { client.get_user(stuck).await });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let started = std::time::Instant::now();
+    server.stop().await.unwrap();
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(6), "the stop took {took:?}");
+    assert!(
+        took >= Duration::from_millis(1800),
+        "the stop took only {took:?}"
+    );
+    // (The process exits here; in this test the call's task outlives `run`.)
+    in_flight.abort();
 }

@@ -3,7 +3,9 @@
 //! Reads are synchronous (the interceptor never waits on the network). An unknown `kid` asks the
 //! background task for a re-fetch; the task performs at most one fetch per
 //! [`KeyStoreOptions::min_refetch_interval`], so a flood of unknown kids costs a bounded number of
-//! fetches. When the source is down, the keys already loaded keep working.
+//! fetches. A call may wait for that fetch ([`KeyStore::wait_for`]): every call waiting shares it,
+//! and it is the last one a call waits for. When the source is down, the keys already loaded
+//! keep working.
 
 use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, KeyAlgorithm};
 use jsonwebtoken::{Algorithm, DecodingKey};
@@ -42,6 +44,9 @@ pub struct KeyStoreOptions {
     pub min_refetch_interval: Duration,
     /// HTTP timeout of one fetch.
     pub fetch_timeout: Duration,
+    /// Calls that may wait at once for a fetch to bring their unknown `kid`; more are refused
+    /// at once (each waiting call holds its request, so a flood of forged kids is bounded).
+    pub max_waiting_calls: usize,
 }
 
 impl Default for KeyStoreOptions {
@@ -50,6 +55,7 @@ impl Default for KeyStoreOptions {
             refresh_interval: Duration::from_secs(300),
             min_refetch_interval: Duration::from_secs(10),
             fetch_timeout: Duration::from_secs(5),
+            max_waiting_calls: 1024,
         }
     }
 }
@@ -58,6 +64,33 @@ impl Default for KeyStoreOptions {
 pub(crate) struct StoredKey {
     pub key: DecodingKey,
     pub alg: Algorithm,
+    /// The token subjects (`sub`) this key may sign, from its JWK's [`SUBJECTS_MEMBER`]:
+    /// `None` when the JWK has no such member. Service keys must have one (an internal
+    /// caller's key signs its own subject only); Clerk's keys sign any user.
+    pub subjects: Option<Vec<String>>,
+}
+
+/// The JWK member that binds a service key to the subjects it may sign:
+/// `"subjects": ["webhook-gateway"]`. RFC 7517 lets a JWK carry members of its own, which
+/// other implementations ignore.
+pub const SUBJECTS_MEMBER: &str = "subjects";
+
+/// Whether `subject` can be a service token's `sub`: 1 to 100 printable ASCII characters.
+pub fn valid_subject(subject: &str) -> bool {
+    !subject.is_empty() && subject.len() <= 100 && subject.chars().all(|c| c.is_ascii_graphic())
+}
+
+/// The subjects a JWK is bound to: `None` without the member; an empty list (bound to
+/// nothing, so it signs no token) when the member is not a list of valid subjects.
+fn bound_subjects(jwk: &serde_json::Value) -> Option<Vec<String>> {
+    let member = jwk.get(SUBJECTS_MEMBER)?;
+    let list: Option<Vec<String>> = member.as_array().and_then(|items| {
+        items
+            .iter()
+            .map(|s| s.as_str().filter(|s| valid_subject(s)).map(str::to_owned))
+            .collect()
+    });
+    Some(list.unwrap_or_default())
 }
 
 /// Cached keys by `kid`.
@@ -67,9 +100,14 @@ pub struct KeyStore {
     keys: RwLock<Arc<HashMap<String, Arc<StoredKey>>>>,
     wake: Notify,
     fetches: AtomicU64,
-    /// Counts finished fetches, so a request can wait for the next one.
-    generation: tokio::sync::watch::Sender<u64>,
+    /// Fetches started and finished, so a call can wait for the next one.
+    progress: tokio::sync::watch::Sender<FetchProgress>,
+    /// Room for calls waiting for a fetch ([`KeyStoreOptions::max_waiting_calls`]).
+    waiting: tokio::sync::Semaphore,
     options: KeyStoreOptions,
+    /// Whether every key must be bound to its subjects (service keys): a key that is not is
+    /// kept (its tokens are refused with a reason) and named in a warning at each load.
+    subjects_required: bool,
 }
 
 impl std::fmt::Debug for KeyStore {
@@ -89,14 +127,35 @@ impl KeyStore {
         allowed: Vec<Algorithm>,
         options: KeyStoreOptions,
     ) -> Arc<Self> {
+        Self::spawn_with(source, allowed, options, false)
+    }
+
+    /// Like [`KeyStore::spawn`], for keys that must each be bound to the subjects they may
+    /// sign ([`SUBJECTS_MEMBER`]).
+    pub fn spawn_bound(
+        source: KeySource,
+        allowed: Vec<Algorithm>,
+        options: KeyStoreOptions,
+    ) -> Arc<Self> {
+        Self::spawn_with(source, allowed, options, true)
+    }
+
+    fn spawn_with(
+        source: KeySource,
+        allowed: Vec<Algorithm>,
+        options: KeyStoreOptions,
+        subjects_required: bool,
+    ) -> Arc<Self> {
         let store = Arc::new(Self {
             source,
             allowed,
             keys: RwLock::new(Arc::new(HashMap::new())),
             wake: Notify::new(),
             fetches: AtomicU64::new(0),
-            generation: tokio::sync::watch::channel(0).0,
+            progress: tokio::sync::watch::channel(FetchProgress::default()).0,
+            waiting: tokio::sync::Semaphore::new(options.max_waiting_calls),
             options,
+            subjects_required,
         });
         let weak = Arc::downgrade(&store);
         tokio::spawn(async move { refresh_loop(weak).await });
@@ -112,20 +171,43 @@ impl KeyStore {
         found
     }
 
-    /// Waits at most `bound` for a fetch that loads `kid` (a key rotated in since the last
-    /// fetch). Asks for a fetch, which stays throttled: a flood of unknown kids costs no more
-    /// fetches, and holds each request no longer than `bound`.
+    /// Waits for the next fetch to load `kid` (a key rotated in since the last fetch): the
+    /// first fetch that starts after this call, which the throttle allows at most
+    /// [`KeyStoreOptions::min_refetch_interval`] after the previous one started. Calls waiting
+    /// at once share that fetch. `None` when that fetch does not bring the key, when it cannot
+    /// finish within `bound` (the caller's deadline; at most the throttle plus one fetch's
+    /// timeout), or when [`KeyStoreOptions::max_waiting_calls`] calls wait already; the last
+    /// two answer at once.
     pub(crate) async fn wait_for(&self, kid: &str, bound: Duration) -> Option<Arc<StoredKey>> {
-        let mut fetched = self.generation.subscribe();
-        let deadline = tokio::time::Instant::now() + bound;
+        let lookup = || self.keys.read().ok().and_then(|m| m.get(kid).cloned());
+        let Ok(_room) = self.waiting.try_acquire() else {
+            return lookup();
+        };
+        let arrived = Instant::now();
+        let mut progress = self.progress.subscribe();
+        let (target, next_start) = {
+            let p = progress.borrow_and_update();
+            let next = p
+                .last_start
+                .map_or(arrived, |t| t + self.options.min_refetch_interval);
+            (p.started + 1, next.max(arrived))
+        };
+        let longest = self.options.min_refetch_interval + self.options.fetch_timeout;
+        let deadline = arrived + bound.min(longest);
+        if next_start >= deadline {
+            return lookup();
+        }
         loop {
-            if let Some(key) = self.keys.read().ok().and_then(|m| m.get(kid).cloned()) {
+            if let Some(key) = lookup() {
                 return Some(key);
             }
+            if progress.borrow_and_update().finished >= target {
+                return None;
+            }
             self.wake.notify_one();
-            match tokio::time::timeout_at(deadline, fetched.changed()).await {
+            match tokio::time::timeout_at(deadline, progress.changed()).await {
                 Ok(Ok(())) => continue,
-                _ => return None,
+                _ => return lookup(),
             }
         }
     }
@@ -187,11 +269,27 @@ impl KeyStore {
             return Err("JWKS holds no usable key".to_owned());
         }
         let n = parsed.len();
+        if self.subjects_required {
+            for (kid, key) in &parsed {
+                if key.subjects.as_ref().is_none_or(Vec::is_empty) {
+                    tracing::warn!(source = %self.source, kid, "service key bound to no subject (its JWK needs \"{SUBJECTS_MEMBER}\": [\"<sub>\", ...]): tokens it signs are refused");
+                }
+            }
+        }
         if let Ok(mut guard) = self.keys.write() {
             *guard = Arc::new(parsed);
         }
         Ok(n)
     }
+}
+
+/// How far the refresh task has come: fetches started and finished (numbered from 1), and when
+/// the last one started (the throttle counts from there).
+#[derive(Debug, Clone, Copy, Default)]
+struct FetchProgress {
+    started: u64,
+    finished: u64,
+    last_start: Option<Instant>,
 }
 
 /// The largest JWKS document accepted (Clerk's holds a few keys of under 1 KiB each).
@@ -244,6 +342,7 @@ pub(crate) fn parse_jwks(
         serde_json::from_slice(body).map_err(|e| format!("not a JWKS document: {e}"))?;
     let mut out = HashMap::new();
     for value in raw.keys {
+        let subjects = bound_subjects(&value);
         let Ok(jwk) = serde_json::from_value::<Jwk>(value) else {
             continue;
         };
@@ -266,7 +365,7 @@ pub(crate) fn parse_jwks(
             continue;
         }
         if let Ok(key) = DecodingKey::from_jwk(&jwk) {
-            out.insert(kid, Arc::new(StoredKey { key, alg }));
+            out.insert(kid, Arc::new(StoredKey { key, alg, subjects }));
         }
     }
     Ok(out)
@@ -292,9 +391,14 @@ async fn refresh_loop(store: std::sync::Weak<KeyStore>) {
                 continue;
             }
         }
-        last_fetch = Some(Instant::now());
+        let started = Instant::now();
+        last_fetch = Some(started);
+        s.progress.send_modify(|p| {
+            p.started += 1;
+            p.last_start = Some(started);
+        });
         let fetched = s.fetch(&http).await;
-        s.generation.send_modify(|g| *g += 1);
+        s.progress.send_modify(|p| p.finished += 1);
         match fetched {
             Ok(n) => {
                 if failures > 0 {

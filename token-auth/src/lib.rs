@@ -22,6 +22,9 @@ mod verify;
 pub use callers::{GATEWAY_SUBJECT, ServiceCallers};
 pub use claims::{ActiveOrg, Principal, ServicePrincipal, UserPrincipal, normalize_role};
 pub use config::AuthArgs;
-pub use keys::{KeySource, KeyStore, KeyStoreOptions, MAX_JWKS_BYTES, acceptable_jwks_url};
+pub use keys::{
+    KeySource, KeyStore, KeyStoreOptions, MAX_JWKS_BYTES, SUBJECTS_MEMBER, acceptable_jwks_url,
+    valid_subject,
+};
 pub use policy::{Access, AuthLayer, AuthService, MethodPolicy};
 pub use verify::{AuthError, Authenticator, ClerkSettings, ServiceSettings};

@@ -193,7 +193,7 @@ fn permit(
     Err(Status::permission_denied(match (&principal, access) {
         (_, Access::ServiceNamed(name)) => format!("this method is only for the {name} service"),
         (_, Access::Operator) => {
-            "this method is for operators: a service token whose sub is in OPERATOR_SUBJECTS (webhook-gateway mint-token)".to_owned()
+            "this method is for operators: a service token whose sub is in OPERATOR_SUBJECTS, signed with the operators' key (vbase-token mint)".to_owned()
         }
         (Principal::User(_), _) => "this method does not accept user tokens".to_owned(),
         (Principal::Service(_), Access::User) => {
@@ -206,8 +206,25 @@ fn permit(
     }))
 }
 
-/// How long a call signed with a key not loaded yet waits for the key store's re-fetch.
-pub const UNKNOWN_KEY_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
+/// The caller's deadline (`grpc-timeout`: at most 8 digits and a unit, H M S m u n), if any.
+fn grpc_timeout(headers: &http::HeaderMap) -> Option<std::time::Duration> {
+    use std::time::Duration;
+    let value = headers.get("grpc-timeout")?.to_str().ok()?;
+    let (digits, unit) = value.split_at(value.len().checked_sub(1)?);
+    if digits.is_empty() || digits.len() > 8 {
+        return None;
+    }
+    let n: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n * 3600),
+        "M" => Duration::from_secs(n * 60),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
 
 /// Tower layer enforcing a [`MethodPolicy`] with an [`Authenticator`].
 #[derive(Debug, Clone)]
@@ -317,8 +334,10 @@ where
                 }
                 Err(status) => refuse(&span, status),
             },
-            // A key Clerk rotated in since the last fetch: wait (boundedly) for the re-fetch.
+            // A key Clerk rotated in since the last fetch: wait for the next fetch, within the
+            // caller's deadline (the key store bounds the wait too).
             Err(AuthError::UnknownKey) => {
+                let bound = grpc_timeout(req.headers()).unwrap_or(std::time::Duration::MAX);
                 let authorization = authorization.map(str::to_owned);
                 let auth = Arc::clone(&self.auth);
                 // The ready service goes into the future; a clone takes its place.
@@ -329,7 +348,7 @@ where
                 Box::pin(tracing::Instrument::instrument(
                     async move {
                         let verified = auth
-                            .verify_header_waiting(authorization.as_deref(), UNKNOWN_KEY_WAIT)
+                            .verify_header_waiting(authorization.as_deref(), bound)
                             .await
                             .map_err(|e| Status::unauthenticated(e.to_string()))
                             .and_then(|p| permit(access, p, &path, auth.service_callers()));
@@ -374,5 +393,26 @@ mod tests {
             Decision::Open
         );
         assert_eq!(p.decide("garbage"), Decision::Undeclared);
+    }
+
+    #[test]
+    fn reads_the_callers_deadline() {
+        use std::time::Duration;
+        let deadline = |v: &str| {
+            let mut h = http::HeaderMap::new();
+            h.insert("grpc-timeout", http::HeaderValue::from_str(v).unwrap());
+            grpc_timeout(&h)
+        };
+        assert_eq!(deadline("1500m"), Some(Duration::from_millis(1500)));
+        assert_eq!(deadline("2S"), Some(Duration::from_secs(2)));
+        assert_eq!(deadline("1H"), Some(Duration::from_secs(3600)));
+        assert_eq!(
+            deadline("99999999n"),
+            Some(Duration::from_nanos(99_999_999))
+        );
+        for bad in ["", "S", "123456789S", "5x", "-1S", "1.5S"] {
+            assert_eq!(deadline(bad), None, "{bad}");
+        }
+        assert_eq!(grpc_timeout(&http::HeaderMap::new()), None);
     }
 }

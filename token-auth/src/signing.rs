@@ -143,6 +143,15 @@ impl SigningKey {
         self
     }
 
+    /// The same key bound to `subjects`: its public JWK names them
+    /// ([`crate::SUBJECTS_MEMBER`]), and a service that trusts the JWK accepts the key's
+    /// tokens for those subjects only.
+    #[must_use]
+    pub fn with_subjects(mut self, subjects: &[&str]) -> Self {
+        self.public_jwk[crate::SUBJECTS_MEMBER] = json!(subjects);
+        self
+    }
+
     /// Algorithm the key signs with.
     pub fn algorithm(&self) -> Algorithm {
         self.alg
@@ -169,6 +178,34 @@ impl SigningKey {
         header.kid = Some(self.kid.clone());
         Ok(jsonwebtoken::encode(&header, claims, &self.encoding)?)
     }
+}
+
+/// Writes a new Ed25519 service key bound to `subject` into `dir`: `signing-key.pem` (the
+/// private key, readable by its owner only) and `jwks.json` (its public half, to add to the
+/// services' trusted service JWKS). Refuses to overwrite an existing key.
+pub fn write_service_key(dir: &std::path::Path, subject: &str) -> Result<SigningKey, SigningError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    if !crate::valid_subject(subject) {
+        return Err(SigningError::Key(format!(
+            "{subject:?} is not a token subject (1 to 100 printable characters)"
+        )));
+    }
+    let key = SigningKey::generate_ed25519()?.with_subjects(&[subject]);
+    let io = |what: &str, e: std::io::Error| SigningError::Key(format!("{what}: {e}"));
+    std::fs::create_dir_all(dir).map_err(|e| io(&dir.display().to_string(), e))?;
+    let pem_path = dir.join("signing-key.pem");
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&pem_path)
+        .and_then(|mut f| f.write_all(key.private_pem().as_bytes()))
+        .map_err(|e| io(&pem_path.display().to_string(), e))?;
+    let jwks_path = dir.join("jwks.json");
+    std::fs::write(&jwks_path, SigningKey::jwks(&[&key]).to_string())
+        .map_err(|e| io(&jwks_path.display().to_string(), e))?;
+    Ok(key)
 }
 
 /// Seconds since the Unix epoch.

@@ -65,6 +65,12 @@ pub enum AuthError {
     /// An authorized-party list is configured and the token names none (`azp`).
     #[error("token has no authorized party (azp), which this service requires")]
     MissingParty,
+    /// The service key that signed the token may not sign its `sub` (each service key is
+    /// bound to its own subjects: the gateway's key signs the gateway's subject only).
+    #[error(
+        "token subject is not one its signing key may sign (the key's JWK lists the subjects it may sign)"
+    )]
+    SubjectNotAllowed,
 }
 
 /// Checks `iat` against `exp`: present, not in the future beyond `leeway`, and a lifetime of
@@ -189,7 +195,7 @@ impl Authenticator {
             Domain { settings, keys }
         });
         let service = service.map(|settings| {
-            let keys = KeyStore::spawn(
+            let keys = KeyStore::spawn_bound(
                 settings.jwks.clone(),
                 vec![Algorithm::EdDSA, Algorithm::RS256],
                 options,
@@ -334,6 +340,15 @@ impl Authenticator {
             let (claims, kid, key): (ServiceClaims, _, _) =
                 verify_with(token, &d.keys, &s.issuer, &s.audience, MAX_LEEWAY_SECS)?;
             check_lifetime(claims.iat, claims.exp, MAX_LEEWAY_SECS, s.max_lifetime_secs)?;
+            // A service key signs only the subjects its JWK names: the gateway's key cannot
+            // make an operator's (or any other caller's) token.
+            if !key
+                .subjects
+                .as_ref()
+                .is_some_and(|bound| bound.contains(&claims.sub))
+            {
+                return Err(AuthError::SubjectNotAllowed);
+            }
             return Ok(Verified {
                 exp: claims.exp,
                 principal: Principal::Service(ServicePrincipal {

@@ -13,7 +13,6 @@ pub mod clerk_api;
 pub mod forward;
 pub mod log_budget;
 pub mod metrics;
-pub mod mint;
 pub mod quarantine;
 pub mod reconcile;
 pub mod verify;
@@ -103,6 +102,11 @@ pub struct Config {
     /// Connections served at once (1 to 100000); more wait in the listen queue.
     #[arg(long, env = "MAX_CONNECTIONS", default_value_t = 1024)]
     pub max_connections: usize,
+    /// Seconds in-flight webhooks get to finish once the gateway is stopping (1 to 300); with
+    /// the pod's preStop it must fit in its termination grace period (deploy/check.py checks
+    /// it). A webhook cut off gets no 2xx, so Svix delivers it again.
+    #[arg(long, env = "SHUTDOWN_DRAIN_SECS", default_value_t = 20)]
+    pub shutdown_drain_secs: u64,
     /// `json` or `pretty`.
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Json)]
     pub log_format: LogFormat,
@@ -195,6 +199,12 @@ impl Config {
                 self.max_connections
             ));
         }
+        if !(1..=300).contains(&self.shutdown_drain_secs) {
+            return Err(format!(
+                "SHUTDOWN_DRAIN_SECS ({}) must be from 1 to 300",
+                self.shutdown_drain_secs
+            ));
+        }
         if self.identity_batch_slots == 0 {
             return Err("IDENTITY_BATCH_SLOTS must be at least 1".into());
         }
@@ -215,7 +225,7 @@ struct App {
 }
 
 /// Runs the gateway on `listener` until `shutdown`; then stops accepting, finishes in-flight
-/// requests (30 s at most) and returns.
+/// requests (`SHUTDOWN_DRAIN_SECS` at most) and returns.
 pub async fn run(
     config: Config,
     listener: TcpListener,
@@ -288,11 +298,12 @@ pub async fn run(
     }
     drop(listener);
     tracing::info!("shutdown requested; finishing in-flight webhooks");
-    if tokio::time::timeout(Duration::from_secs(30), graceful.shutdown())
+    let drain = Duration::from_secs(config.shutdown_drain_secs);
+    if tokio::time::timeout(drain, graceful.shutdown())
         .await
         .is_err()
     {
-        tracing::warn!("some connections did not finish within 30 s");
+        tracing::warn!(timeout = ?drain, "some connections did not finish in time");
     }
     Ok(())
 }

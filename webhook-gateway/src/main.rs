@@ -1,7 +1,7 @@
 //! `webhook-gateway [serve] | reconcile [--dry-run ...] | replay-quarantined [--id ID | --all]
-//! | mint-token --subject S --audience A [--ttl T] | keygen --out-dir DIR`.
+//! | keygen --out-dir DIR`.
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use service_runtime::{init_logging, shutdown_signal};
 use std::path::PathBuf;
 
@@ -28,10 +28,8 @@ enum Command {
     /// ordinary commands under their own delivery ids (nothing is applied twice). Exit 0 when
     /// every one was looked at, 1 when a service was unavailable, 2 for bad settings.
     ReplayQuarantined(Box<ReplayArgs>),
-    /// Print a short-lived service token signed with the gateway's key (for operators'
-    /// grpcurl calls to the admin services).
-    MintToken(Box<webhook_gateway::mint::MintArgs>),
-    /// Write a new Ed25519 service signing key (`signing-key.pem`) and its public `jwks.json`.
+    /// Write a new Ed25519 service signing key (`signing-key.pem`) and its public `jwks.json`,
+    /// bound to the gateway's subject (the services accept its tokens for that subject only).
     Keygen {
         /// Directory to write into.
         #[arg(long)]
@@ -60,37 +58,34 @@ struct ReplayArgs {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let argv: Vec<String> = std::env::args().collect();
-    let parsed = Cli::try_parse_from(&argv).and_then(|c| match c.command {
+    let os_argv: Vec<std::ffi::OsString> = argv.iter().map(Into::into).collect();
+    // Every secret setting X may come from the file named by X_FILE.
+    let cli = service_runtime::secret_files::from_environment(Cli::command(), &os_argv)
+        .unwrap_or_else(|problem| {
+            eprintln!("webhook-gateway: configuration error: {problem}");
+            std::process::exit(2);
+        });
+    let parse = |args: &[&str]| {
+        cli.clone()
+            .try_get_matches_from(args)
+            .and_then(|m| Cli::from_arg_matches(&m))
+    };
+    let args: Vec<&str> = argv.iter().map(String::as_str).collect();
+    let parsed = parse(&args).and_then(|c| match c.command {
         Some(c) => Ok(c),
-        None => Cli::try_parse_from([argv[0].as_str(), "serve"]).map(|c| c.command.expect("serve")),
+        None => parse(&[args[0], "serve"]).map(|c| c.command.expect("serve")),
     });
     match parsed
         .unwrap_or_else(|e| service_runtime::cli::exit_on_config_error("webhook-gateway", e))
     {
         Command::Keygen { out_dir } => {
-            let key = token_auth::signing::SigningKey::generate_ed25519()?;
-            std::fs::create_dir_all(&out_dir)?;
-            let pem = out_dir.join("signing-key.pem");
-            std::fs::write(&pem, key.private_pem())?;
-            std::fs::write(
-                out_dir.join("jwks.json"),
-                token_auth::signing::SigningKey::jwks(&[&key]).to_string(),
-            )?;
-            println!("kid {} written to {}", key.kid(), out_dir.display());
-            Ok(())
-        }
-        Command::MintToken(args) => {
-            if let Err(problem) = args.check() {
-                eprintln!("webhook-gateway mint-token: configuration error: {problem}");
-                std::process::exit(2);
-            }
-            match args.mint() {
-                Ok(token) => {
-                    println!("{token}");
+            match token_auth::signing::write_service_key(&out_dir, token_auth::GATEWAY_SUBJECT) {
+                Ok(key) => {
+                    println!("kid {} written to {}", key.kid(), out_dir.display());
                     Ok(())
                 }
                 Err(e) => {
-                    eprintln!("webhook-gateway mint-token: configuration error: {e:#}");
+                    eprintln!("webhook-gateway keygen: {e}");
                     std::process::exit(2);
                 }
             }

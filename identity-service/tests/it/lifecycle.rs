@@ -49,6 +49,7 @@ async fn health_follows_the_database_and_calls_fail_unavailable_meanwhile() {
     .unwrap();
     let url = cluster.url("postgres");
     identity_service::migrate(&url).await.unwrap();
+    ephemeral_postgres::grant_app_role(&url).await.unwrap();
     let issuers = service_harness::Issuers::new().await;
     let server = support::start_server(support::config(&url, &issuers)).await;
     wait_for(server.addr, ServingStatus::Serving).await;

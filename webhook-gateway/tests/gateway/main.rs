@@ -5,5 +5,6 @@ mod ordering;
 mod quarantine;
 mod reconcile;
 mod reconcile_guards;
+mod roles;
 mod support;
 mod webhooks;

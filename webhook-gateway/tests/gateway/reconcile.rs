@@ -416,29 +416,29 @@ async fn a_wrong_key_stops_at_once_and_scoped_runs_touch_only_their_resource() {
 #[tokio::test]
 async fn only_the_gateway_may_call_the_reconcile_methods() {
     let s = stack(SECRET).await;
-    let key = token_auth::signing::SigningKey::from_pem(
-        &std::fs::read_to_string(s.issuers.keys.signing_key_file()).unwrap(),
-    )
-    .unwrap();
-    let other = token_auth::signing::ServiceTokenMinter::new(
-        key,
-        "vbase-internal",
-        "reporting-job",
-        Duration::from_secs(60),
-    );
+    // Another subject, with a key of its own (each service key signs its own subject only).
+    let other = s
+        .issuers
+        .keys
+        .token_as(service_harness::OPERATOR, "identity-service");
     let req = service_harness::bearer(
         idp::FinishReconcileRequest {
             run_id: uuid::Uuid::nil().to_string(),
             ..Default::default()
         },
-        &other.token_for("identity-service").unwrap(),
+        &other,
     );
     let e = s.identity().await.finish_reconcile(req).await.unwrap_err();
     assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e:?}");
     assert!(e.message().contains("webhook-gateway"), "{e:?}");
     let gateway = token_auth::signing::ServiceTokenMinter::new(
         token_auth::signing::SigningKey::from_pem(
-            &std::fs::read_to_string(s.issuers.keys.signing_key_file()).unwrap(),
+            &std::fs::read_to_string(
+                s.issuers
+                    .keys
+                    .signing_key_file_of(token_auth::GATEWAY_SUBJECT),
+            )
+            .unwrap(),
         )
         .unwrap(),
         "vbase-internal",

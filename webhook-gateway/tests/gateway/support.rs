@@ -96,18 +96,12 @@ pub async fn stack_with(
     older: bool,
     custom_kid: Option<(&str, bool)>,
 ) -> Stack {
-    let issuers = Issuers::new().await;
+    let mut issuers = Issuers::new().await;
     if let Some((kid, _)) = custom_kid {
-        let key = token_auth::signing::SigningKey::from_pem(
-            &std::fs::read_to_string(issuers.keys.signing_key_file()).unwrap(),
-        )
-        .unwrap()
-        .with_kid(kid);
-        std::fs::write(
-            issuers.keys.jwks_file(),
-            token_auth::signing::SigningKey::jwks(&[&key]).to_string(),
-        )
-        .unwrap();
+        issuers
+            .keys
+            .rename_key(token_auth::GATEWAY_SUBJECT, kid)
+            .unwrap();
     }
     let idb = service_harness::database(
         "identity",
@@ -171,7 +165,11 @@ pub async fn stack_with(
         service_jwt_signing_key_file: if token_file.is_some() {
             None
         } else {
-            Some(issuers.keys.signing_key_file())
+            Some(
+                issuers
+                    .keys
+                    .signing_key_file_of(token_auth::GATEWAY_SUBJECT),
+            )
         },
         service_token_file: token_file,
         service_jwt_key_id: custom_kid
@@ -186,6 +184,7 @@ pub async fn stack_with(
         identity_batch_slots: 4,
         request_read_timeout_secs: 1,
         max_connections: 64,
+        shutdown_drain_secs: 20,
         log_format: LogFormat::Pretty,
     };
     let gateway = RunningServer::start(|l, s| webhook_gateway::run(gateway_cfg, l, s)).await;

@@ -394,7 +394,12 @@ async fn a_platform_mounted_token_file_is_used_and_re_read_when_it_changes() {
     std::fs::write(&file, "not-a-token-yet").unwrap();
     let s = stack_with(SECRET, Some(file.clone()), false, None).await;
     let key = token_auth::signing::SigningKey::from_pem(
-        &std::fs::read_to_string(s.issuers.keys.signing_key_file()).unwrap(),
+        &std::fs::read_to_string(
+            s.issuers
+                .keys
+                .signing_key_file_of(token_auth::GATEWAY_SUBJECT),
+        )
+        .unwrap(),
     )
     .unwrap();
     let mint = || {
