@@ -160,6 +160,8 @@ async fn the_services_run_as_a_role_that_changes_no_schema_and_migrate_as_the_ow
             slug: "acme".into(),
             owner_clerk_id: "user_1".into(),
             event_time: None,
+            created_at: ts(now),
+            instance_id: "ins_roles".into(),
         },
     ))
     .await
@@ -218,6 +220,7 @@ async fn the_services_run_as_a_role_that_changes_no_schema_and_migrate_as_the_ow
             event_id: "msg_w2".into(),
             occurred_at: ts(now + 1),
             clerk_org_id: "org_1".into(),
+            instance_id: "ins_roles".into(),
         },
     ))
     .await
