@@ -55,7 +55,9 @@ async fn reconcile(s: &Stack, base_url: &str, args: &[&str], env: &[(&str, &str)
         .env("WORKSPACE_SERVICE_URL", &s.downstream.workspace_service_url)
         .env(
             "SERVICE_JWT_SIGNING_KEY_FILE",
-            s.issuers.keys.signing_key_file(),
+            s.issuers
+                .keys
+                .signing_key_file_of(token_auth::GATEWAY_SUBJECT),
         )
         .env("LOG_FORMAT", "json")
         .envs(env.iter().copied());
