@@ -18,6 +18,7 @@ pub mod prepared;
 pub mod secret;
 pub mod shutdown;
 pub mod user_limits;
+pub mod user_quotas;
 
 pub use boot::{Boot, ServiceArgs};
 pub use db::{DatabaseArgs, DbFailure, Pool, classify};
