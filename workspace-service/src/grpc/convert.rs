@@ -5,7 +5,7 @@ use crate::domain::channels::{ChannelName, ChannelRecord, NewChannel};
 use crate::domain::items::{ItemRecord, NewItem};
 use crate::domain::meetings::{MeetingRecord, NewMeeting};
 use crate::domain::memberships::{ListMembers, MemberRecord, MembershipChange};
-use crate::domain::messages::{MAX_BODY, MessageRecord, NewMessage};
+use crate::domain::messages::{MAX_BODY, MAX_BODY_BYTES, MessageRecord, NewMessage};
 use crate::domain::purge::DeleteWorkspace;
 use crate::domain::rooms::{ListRooms, NewRoom, RoomRecord};
 use crate::domain::users::RemoveUser;
@@ -30,6 +30,18 @@ fn required_time(field: &str, t: Option<&prost_types::Timestamp>) -> Result<Date
     let t = t.ok_or_else(|| Error::Invalid(format!("{field} is required")))?;
     DateTime::from_timestamp(t.seconds, t.nanos.clamp(0, 999_999_999) as u32)
         .ok_or_else(|| Error::Invalid(format!("{field} is out of range")))
+}
+
+/// A message body: at most [`MAX_BODY`] characters and [`MAX_BODY_BYTES`] bytes.
+fn body(value: &str) -> Result<String, Error> {
+    let body = v::required_text("body", value, MAX_BODY)?;
+    if body.len() > MAX_BODY_BYTES {
+        return Err(Error::Invalid(format!(
+            "body is longer than {MAX_BODY_BYTES} bytes of UTF-8 ({} bytes): split the message",
+            body.len()
+        )));
+    }
+    Ok(body)
 }
 
 fn name(value: &str) -> Result<String, Error> {
@@ -224,7 +236,12 @@ parse!(pb::GetUnreadCountsRequest => Org, |m| Ok(Org(OrgId::parse("clerk_org_id"
 parse!(pb::ListMembersRequest => ListMembers, |m| {
     let org = OrgId::parse("clerk_org_id", &m.clerk_org_id)?;
     let size = v::page_size(m.page_size, DEFAULT_PAGE, MAX_PAGE)?;
-    Ok(ListMembers { org, size, after: decode_key(&m.page_token)? })
+    Ok(ListMembers {
+        org,
+        size,
+        after: decode_key(&m.page_token)?,
+        max_bytes: crate::model::paging::DEFAULT_RESPONSE_BYTES,
+    })
 });
 
 // ------------------------------------------------------------------------ channels, messages
@@ -257,7 +274,7 @@ parse!(pb::PostMessageRequest => NewMessage, |m| {
     let channel_id = v::uuid("channel_id", &m.channel_id)?;
     Ok(NewMessage {
         channel_id,
-        body: v::required_text("body", &m.body, MAX_BODY)?,
+        body: body(&m.body)?,
         service_author: m.author_clerk_id,
     })
 });
@@ -269,7 +286,7 @@ parse!(pb::ListMessagesRequest => PageOf, |m| {
 
 parse!(pb::EditMessageRequest => EditMessage, |m| {
     let id = v::uuid("message_id", &m.message_id)?;
-    Ok(EditMessage { id, body: v::required_text("body", &m.body, MAX_BODY)? })
+    Ok(EditMessage { id, body: body(&m.body)? })
 });
 
 parse!(pb::DeleteMessageRequest => Id, |m| Ok(Id(v::uuid("message_id", &m.message_id)?)));

@@ -345,7 +345,7 @@ async fn a_change_on_one_replica_reaches_a_watcher_on_another_and_nothing_is_mis
 
 #[tokio::test]
 async fn a_client_that_falls_behind_is_ended_and_resumes() {
-    let env = start_custom(false, |c| c.watch.watch_buffer = 16).await;
+    let env = start_custom(false, |c| c.watch.watch_buffer_bytes = 64 * 1024).await;
     let ch = channel(&env, "org_s", "live").await;
     // A client with a small HTTP/2 window, so what it does not read backs up to the server.
     let narrow = tonic::transport::Endpoint::from_shared(format!("http://{}", env.server.addr))
