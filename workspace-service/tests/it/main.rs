@@ -13,3 +13,4 @@ mod purge_scale;
 mod support;
 mod sync;
 mod watch;
+mod watch_bounds;
