@@ -132,45 +132,73 @@ impl UserInFlight {
     }
 }
 
-/// A response body that keeps `G` (an [`InFlight`], say) until the body has been sent or
-/// dropped.
+/// A response body that keeps `G` (an [`InFlight`], say) until the answer has been sent: its
+/// data goes out in pieces of at most [`PIECE`] bytes, and HTTP/2 asks for the next piece only
+/// once the client's window has room, so `G` is held while a client that does not read still
+/// has most of the answer to take (without the pieces, the HTTP/2 layer takes a whole answer
+/// at once and buffers it).
 #[derive(Debug)]
 pub struct Holding<B, G> {
     inner: B,
+    pending: Bytes,
     held: Option<G>,
 }
+
+/// The largest piece of an answer handed to HTTP/2 at once.
+pub const PIECE: usize = 16 * 1024;
 
 impl<B, G> Holding<B, G> {
     /// `inner`, holding `held`.
     pub fn new(inner: B, held: G) -> Self {
         Self {
             inner,
+            pending: Bytes::new(),
             held: Some(held),
         }
     }
 }
 
-impl<B: Body + Unpin, G: Unpin> Body for Holding<B, G> {
-    type Data = B::Data;
+impl<B: Body<Data = Bytes> + Unpin, G: Unpin> Body for Holding<B, G> {
+    type Data = Bytes;
     type Error = B::Error;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
-        let polled = Pin::new(&mut self.inner).poll_frame(cx);
-        if matches!(polled, Poll::Ready(None)) {
-            self.held = None;
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        loop {
+            if !self.pending.is_empty() {
+                let n = self.pending.len().min(PIECE);
+                let piece = self.pending.split_to(n);
+                return Poll::Ready(Some(Ok(Frame::data(piece))));
+            }
+            let polled = Pin::new(&mut self.inner).poll_frame(cx);
+            match polled {
+                Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
+                    Ok(data) => self.pending = data,
+                    Err(other) => return Poll::Ready(Some(Ok(other))),
+                },
+                Poll::Ready(None) => {
+                    self.held = None;
+                    return Poll::Ready(None);
+                }
+                other => return other,
+            }
         }
-        polled
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.pending.is_empty() && self.inner.is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        let mut hint = self.inner.size_hint();
+        let pending = self.pending.len() as u64;
+        hint.set_lower(hint.lower() + pending);
+        if let Some(upper) = hint.upper() {
+            hint.set_upper(upper + pending);
+        }
+        hint
     }
 }
 
@@ -261,6 +289,17 @@ mod tests {
         in_flight.enter("user_b").unwrap();
         drop(one);
         in_flight.enter("user_a").unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_held_answer_goes_out_in_pieces() {
+        let answer = http_body_util::Full::new(Bytes::from(vec![7u8; 40_000]));
+        let mut body = Holding::new(answer, ());
+        let mut sizes = Vec::new();
+        while let Some(frame) = body.frame().await {
+            sizes.push(frame.unwrap().into_data().unwrap().len());
+        }
+        assert_eq!(sizes, [PIECE, PIECE, 40_000 - 2 * PIECE]);
     }
 
     #[tokio::test]

@@ -10,6 +10,7 @@ mod operations;
 mod permissions;
 mod postgres_crash;
 mod purge_scale;
+mod quotas;
 mod support;
 mod sync;
 mod watch;
