@@ -179,7 +179,7 @@ pub struct WatchArgs {
     pub watch_buffer_bytes: usize,
     /// Bytes the replica's live events may hold (1 MiB to 4 GiB, at least WATCH_BUFFER_BYTES);
     /// beyond, every stream whose client is behind ends with RESOURCE_EXHAUSTED.
-    #[arg(long, env = "WATCH_MEMORY_BYTES", default_value_t = 32 * 1024 * 1024)]
+    #[arg(long, env = "WATCH_MEMORY_BYTES", default_value_t = 16 * 1024 * 1024)]
     pub watch_memory_bytes: usize,
     /// Hours the change log keeps changes (1 to 720): how old a resume token may be.
     #[arg(long, env = "CHANGE_LOG_RETENTION_HOURS", default_value_t = 24)]
@@ -267,7 +267,7 @@ impl Default for WatchArgs {
             watch_max_streams: 2048,
             watch_max_per_user: 32,
             watch_buffer_bytes: 256 * 1024,
-            watch_memory_bytes: 32 * 1024 * 1024,
+            watch_memory_bytes: 16 * 1024 * 1024,
             change_log_retention_hours: 24,
             watch_access_recheck_secs: 30,
             calls: CallLimitArgs::default(),

@@ -87,6 +87,13 @@ impl Outbox {
         self.shared.lock().bytes
     }
 
+    /// Whether the client is behind: frames wait in the queue, or the HTTP/2 layer holds one
+    /// it cannot send yet (it is not waiting for the next frame).
+    pub fn behind(&self) -> bool {
+        let s = self.shared.lock();
+        !s.queue.is_empty() || s.body_waker.is_none()
+    }
+
     /// Resolves once no more than `bytes` are queued.
     pub async fn drained_to(&self, bytes: usize) {
         loop {
@@ -210,6 +217,7 @@ impl Drop for Body {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http_body::Body as _;
     use http_body_util::BodyExt;
 
     #[tokio::test]
@@ -228,6 +236,23 @@ mod tests {
         let status = Status::from_header_map(&trailers).unwrap();
         assert_eq!(status.code(), tonic::Code::ResourceExhausted);
         assert!(body.frame().await.is_none());
+    }
+
+    #[test]
+    fn a_client_is_behind_until_its_body_waits_for_the_next_frame() {
+        let (outbox, mut body) = pair();
+        let waker = futures::task::noop_waker();
+        let mut cx = Context::from_waker(&waker);
+        outbox.push(Bytes::from_static(b"one"));
+        assert!(outbox.behind(), "queued");
+        let polled = Pin::new(&mut body).poll_frame(&mut cx);
+        assert!(matches!(polled, Poll::Ready(Some(Ok(_)))));
+        assert!(
+            outbox.behind(),
+            "the HTTP/2 layer holds it and has not asked again"
+        );
+        assert!(Pin::new(&mut body).poll_frame(&mut cx).is_pending());
+        assert!(!outbox.behind(), "waiting for the next frame");
     }
 
     #[tokio::test]

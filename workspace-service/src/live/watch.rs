@@ -4,9 +4,9 @@
 //!
 //! A stream's task fills its [`Outbox`], counted in bytes: the backlog is read in pieces that
 //! fit the stream's budget (`WATCH_BUFFER_BYTES`) as the client reads; a live change that does
-//! not fit, or arrives while the replica's live events hold more than `WATCH_MEMORY_BYTES` and
-//! this client is behind, ends the stream with RESOURCE_EXHAUSTED, and the client resumes with
-//! its last token. Whether in the backlog or live, the stream ends when the caller's token
+//! not fit ends the stream with RESOURCE_EXHAUSTED, and so does the replica's live events
+//! holding more than `WATCH_MEMORY_BYTES` while this client is behind (frames queued, or one
+//! the HTTP/2 layer cannot send for want of window); the client resumes with its last token. Whether in the backlog or live, the stream ends when the caller's token
 //! expires (UNAUTHENTICATED), when the periodic re-check finds the caller no longer has access
 //! (PERMISSION_DENIED), and at once when the service starts shutting down (UNAVAILABLE).
 //! Ending drops what is queued. A stream that falls behind the hub's broadcast reads what it
@@ -306,7 +306,7 @@ impl Stream {
         recheck.tick().await;
         let budget = self.live.settings.stream_bytes;
         loop {
-            if self.live.memory.over() && self.outbox.queued() > 0 {
+            if self.live.memory.over() && self.outbox.behind() {
                 return out_of_memory();
             }
             let step = tokio::select! {
@@ -424,7 +424,7 @@ impl Stream {
                 "behind",
             ));
         }
-        if queued > 0 && self.live.memory.over() {
+        if self.live.memory.over() && self.outbox.behind() {
             return Err(out_of_memory());
         }
         self.outbox.push(f.bytes.clone());

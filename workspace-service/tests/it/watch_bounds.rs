@@ -225,3 +225,63 @@ async fn a_stream_whose_client_does_not_read_ends_and_holds_no_events() {
     assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
     assert!(delivered < 40, "{delivered}");
 }
+
+#[tokio::test]
+async fn past_the_replicas_watch_memory_the_streams_that_are_behind_end_and_the_others_go_on() {
+    let env = start_custom(false, |c| {
+        c.watch.watch_buffer_bytes = 1024 * 1024;
+        c.watch.watch_memory_bytes = 1024 * 1024;
+    })
+    .await;
+    let mut channels = Vec::new();
+    for name in ["a", "b", "c", "d"] {
+        env.workspace("org_mem").await;
+        channels.push(
+            env.client()
+                .await
+                .create_channel(env.admin(
+                    "user_a",
+                    "org_mem",
+                    pb::CreateChannelRequest {
+                        clerk_org_id: "org_mem".into(),
+                        name: name.into(),
+                    },
+                ))
+                .await
+                .unwrap()
+                .into_inner()
+                .channel
+                .unwrap()
+                .id,
+        );
+    }
+    // Three clients that stop reading, on three channels; one that reads, on the fourth.
+    let mut stuck = Vec::new();
+    for (i, ch) in channels[..3].iter().enumerate() {
+        let mut s = narrow_watch(&env, &format!("user_s{i}"), "org_mem", ch, "").await;
+        assert_eq!(what(&next(&mut s).await), "caught up");
+        stuck.push(s);
+    }
+    let mut reader = watch(&env, "user_r", "org_mem", &channels[3], "").await;
+    assert_eq!(what(&next(&mut reader).await), "caught up");
+    // Each stuck stream alone stays within its 1 MiB; together they pass the replica's 1 MiB,
+    // again and again (2.7 MB posted in all).
+    let body = "m".repeat(9_000);
+    for i in 0..100 {
+        for ch in &channels[..3] {
+            post(&env, "org_mem", ch, &format!("{i} {body}")).await;
+        }
+    }
+    let ended = env
+        .metric("workspace_watch_ends_total{reason=\"memory\"}")
+        .await
+        .unwrap_or(0.0);
+    assert!(
+        ended >= 2.0,
+        "{ended} streams ended for the replica's memory"
+    );
+    let held = env.metric("workspace_watch_buffered_bytes").await.unwrap();
+    assert!(held <= 1.1 * 1024.0 * 1024.0, "{held} bytes held");
+    post(&env, "org_mem", &channels[3], "still live").await;
+    assert_eq!(what(&next(&mut reader).await), "posted still live");
+}
