@@ -62,12 +62,12 @@ impl UserRate {
     }
 
     /// Counts a call of `user`; refused when over the rate.
-    pub fn check(&self, user: &str) -> Result<(), Status> {
+    #[allow(clippy::ptr_arg)] // the limiter's keys are Strings: no copy made per call
+    pub fn check(&self, user: &String) -> Result<(), Status> {
         if self.checks.fetch_add(1, Ordering::Relaxed) % PRUNE_EVERY == PRUNE_EVERY - 1 {
             self.limiter.retain_recent();
         }
-        // The limiter's keys are owned: look up by a String made only for this call.
-        match self.limiter.check_key(&user.to_owned()) {
+        match self.limiter.check_key(user) {
             Ok(()) => Ok(()),
             Err(not_until) => Err(too_many(
                 self.what,
@@ -270,13 +270,14 @@ mod tests {
     #[test]
     fn a_users_rate_and_calls_in_flight_are_theirs_alone() {
         let rate = UserRate::per_minute(2, "reads");
-        rate.check("user_a").unwrap();
-        rate.check("user_a").unwrap();
-        let refused = rate.check("user_a").unwrap_err();
+        let (a, b) = ("user_a".to_owned(), "user_b".to_owned());
+        rate.check(&a).unwrap();
+        rate.check(&a).unwrap();
+        let refused = rate.check(&a).unwrap_err();
         assert_eq!(refused.code(), tonic::Code::ResourceExhausted);
         assert!(refused.message().contains("too many reads"), "{refused:?}");
         assert!(refused.metadata().get("retry-after").is_some());
-        rate.check("user_b").unwrap();
+        rate.check(&b).unwrap();
 
         let in_flight = UserInFlight::new(2, "USER_CALLS_IN_FLIGHT");
         let one = in_flight.enter("user_a").unwrap();

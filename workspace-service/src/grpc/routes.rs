@@ -90,23 +90,19 @@ impl Service<http::Request<tonic::body::Body>> for Routes {
     }
 
     fn call(&mut self, req: http::Request<tonic::body::Body>) -> Self::Future {
-        let method = req
-            .uri()
-            .path()
-            .rsplit_once('/')
-            .map_or("", |(_, m)| m)
-            .to_owned();
+        let method = req.uri().path().rsplit_once('/').map_or("", |(_, m)| m);
+        let kind = match method {
+            "WatchChannel" => Some(Kind::Channel),
+            "WatchWorkspace" => Some(Kind::Workspace),
+            _ => None,
+        };
+        let read = READ_METHODS.contains(&method);
         let user = match req.extensions().get::<Principal>() {
             Some(Principal::User(u)) => Some(u.user_id.clone()),
             _ => None,
         };
         let refused = |status: tonic::Status| -> Self::Future {
             Box::pin(std::future::ready(Ok(status.into_http())))
-        };
-        let kind = match method.as_str() {
-            "WatchChannel" => Some(Kind::Channel),
-            "WatchWorkspace" => Some(Kind::Workspace),
-            _ => None,
         };
         if let Some(kind) = kind {
             if let Some(user) = &user
@@ -121,9 +117,7 @@ impl Service<http::Request<tonic::body::Body>> for Routes {
             let mut server = self.server.clone();
             return Box::pin(async move { server.call(req).await });
         };
-        if READ_METHODS.contains(&method.as_str())
-            && let Err(status) = self.quotas.reads.check(&user)
-        {
+        if read && let Err(status) = self.quotas.reads.check(&user) {
             return refused(status);
         }
         let held = match self.quotas.in_flight.enter(&user) {
