@@ -26,6 +26,11 @@ pub struct ReasonLabels {
     pub reason: &'static str,
 }
 
+/// Why a watch stream ends (`workspace_watch_ends`).
+pub const WATCH_END_REASONS: &[&str] = &[
+    "gone", "behind", "memory", "expired", "denied", "deleted", "stopping", "too_old", "error",
+];
+
 /// Labels of `workspace_purge_rows`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TableLabels {
@@ -124,6 +129,12 @@ impl Metrics {
             "Live watch streams open on this replica",
             m.watch_streams.clone(),
         );
+        // Every reason from the start, at 0, so that a rate over any of them has a series.
+        for reason in WATCH_END_REASONS {
+            m.watch_ends
+                .get_or_create(&ReasonLabels { reason })
+                .inc_by(0);
+        }
         registry.register(
             "workspace_watch_ends",
             "Watch streams ended, by reason (gone: the client left; behind, memory: it did not read; expired, denied, deleted, stopping, too_old, error)",
