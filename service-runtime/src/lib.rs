@@ -20,6 +20,7 @@ pub mod secret;
 pub mod secret_files;
 pub mod shutdown;
 pub mod user_limits;
+pub mod user_quotas;
 
 pub use boot::{Boot, ServiceArgs};
 pub use db::{DatabaseArgs, DbFailure, Pool, classify};

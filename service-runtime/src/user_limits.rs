@@ -55,17 +55,10 @@ impl UserWriteLimit {
             self.limiter.retain_recent();
         }
         let not_until = self.limiter.check_key(&user.user_id).err()?;
-        let wait = not_until.wait_time_from(DefaultClock::default().now());
-        let ms = wait.as_millis().max(1) as u64;
-        let mut status =
-            Status::resource_exhausted(format!("too many writes by this user: retry in {ms} ms"));
-        let md = status.metadata_mut();
-        if let Ok(v) = ms.div_ceil(1000).to_string().parse() {
-            md.insert("retry-after", v);
-        }
-        if let Ok(v) = ms.to_string().parse() {
-            md.insert("grpc-retry-pushback-ms", v);
-        }
+        let status = crate::user_quotas::too_many(
+            "writes",
+            not_until.wait_time_from(DefaultClock::default().now()),
+        );
         Some(status)
     }
 }

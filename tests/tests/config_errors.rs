@@ -107,8 +107,19 @@ fn out_of_range_settings_exit_2_with_one_line_naming_them() {
         ("webhook-gateway", ("MAX_CONNECTIONS", "0")),
         ("workspace-service", ("LIVEBLOCKS_MAX_ATTEMPTS", "0")),
         ("workspace-service", ("PURGE_LANES", "9")),
-        // 2 purges x 8 lanes would take every one of the 16 pooled connections.
+        // 2 purges x 8 lanes would take every one of the 16 pooled connections; x 5, more
+        // than the half that purges may hold.
         ("workspace-service", ("PURGE_LANES", "8")),
+        ("workspace-service", ("PURGE_LANES", "5")),
+        // More watches than connections (4096 by default), or one user holding them all.
+        ("workspace-service", ("WATCH_MAX_STREAMS", "5000")),
+        ("workspace-service", ("WATCH_MAX_PER_USER", "4096")),
+        ("workspace-service", ("WATCH_BUFFER_BYTES", "1000")),
+        ("workspace-service", ("WATCH_MEMORY_BYTES", "1000")),
+        ("workspace-service", ("RESPONSE_MAX_BYTES", "100")),
+        ("workspace-service", ("USER_READS_PER_MINUTE", "0")),
+        ("workspace-service", ("USER_WATCH_OPENS_PER_MINUTE", "0")),
+        ("workspace-service", ("USER_CALLS_IN_FLIGHT", "0")),
         ("workspace-service", ("LIVEBLOCKS_KEY_CHECK_SECS", "1")),
         ("identity-service", ("QUARANTINE_RETENTION_DAYS", "0")),
         ("workspace-service", ("QUARANTINE_RETENTION_DAYS", "400")),

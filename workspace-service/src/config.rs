@@ -161,23 +161,34 @@ impl PurgeArgs {
     }
 }
 
-/// Settings of the live watches.
+/// Settings of the live watches, and the per-user bounds of calls ([`CallLimitArgs`]).
 #[derive(Debug, Clone, clap::Args)]
 pub struct WatchArgs {
-    /// Watch streams one replica serves at most (1 to 100000); more are refused with
-    /// UNAVAILABLE.
-    #[arg(long, env = "WATCH_MAX_STREAMS", default_value_t = 10_000)]
+    /// Watch streams one replica serves at most (1 to 100000, at most GRPC_MAX_CONNECTIONS:
+    /// a gRPC-Web watch takes a connection of its own); more are refused with UNAVAILABLE.
+    #[arg(long, env = "WATCH_MAX_STREAMS", default_value_t = 2048)]
     pub watch_max_streams: usize,
-    /// Events queued per stream for a client that reads slowly (16 to 10000); beyond, the
-    /// stream ends with RESOURCE_EXHAUSTED and the client resumes with its last token.
-    #[arg(long, env = "WATCH_BUFFER", default_value_t = 256)]
-    pub watch_buffer: usize,
+    /// Watch streams one user may have open on one replica (at least 1, below
+    /// GRPC_MAX_CONNECTIONS); more are refused with RESOURCE_EXHAUSTED.
+    #[arg(long, env = "WATCH_MAX_PER_USER", default_value_t = 32)]
+    pub watch_max_per_user: usize,
+    /// Bytes of events queued per stream for a client that reads slowly (64 KiB to 16 MiB);
+    /// beyond, the stream ends with RESOURCE_EXHAUSTED and the client resumes with its last
+    /// token.
+    #[arg(long, env = "WATCH_BUFFER_BYTES", default_value_t = 256 * 1024)]
+    pub watch_buffer_bytes: usize,
+    /// Bytes the replica's live events may hold (1 MiB to 4 GiB, at least WATCH_BUFFER_BYTES);
+    /// beyond, every stream whose client is behind ends with RESOURCE_EXHAUSTED.
+    #[arg(long, env = "WATCH_MEMORY_BYTES", default_value_t = 16 * 1024 * 1024)]
+    pub watch_memory_bytes: usize,
     /// Hours the change log keeps changes (1 to 720): how old a resume token may be.
     #[arg(long, env = "CHANGE_LOG_RETENTION_HOURS", default_value_t = 24)]
     pub change_log_retention_hours: u64,
     /// Seconds between a stream's re-checks of its caller's access (1 to 3600).
     #[arg(long, env = "WATCH_ACCESS_RECHECK_SECS", default_value_t = 30)]
     pub watch_access_recheck_secs: u64,
+    #[command(flatten)]
+    pub calls: CallLimitArgs,
 }
 
 impl WatchArgs {
@@ -189,10 +200,24 @@ impl WatchArgs {
                 self.watch_max_streams
             ));
         }
-        if !(16..=10_000).contains(&self.watch_buffer) {
+        if !(1..=100_000).contains(&self.watch_max_per_user) {
             return Err(format!(
-                "WATCH_BUFFER ({}) must be from 16 to 10000",
-                self.watch_buffer
+                "WATCH_MAX_PER_USER ({}) must be from 1 to 100000",
+                self.watch_max_per_user
+            ));
+        }
+        if !(64 * 1024..=16 * 1024 * 1024).contains(&self.watch_buffer_bytes) {
+            return Err(format!(
+                "WATCH_BUFFER_BYTES ({}) must be from 65536 (64 KiB) to 16777216 (16 MiB)",
+                self.watch_buffer_bytes
+            ));
+        }
+        if !(1024 * 1024..=4 * 1024 * 1024 * 1024).contains(&self.watch_memory_bytes)
+            || self.watch_memory_bytes < self.watch_buffer_bytes
+        {
+            return Err(format!(
+                "WATCH_MEMORY_BYTES ({}) must be from 1048576 (1 MiB) to 4 GiB and at least WATCH_BUFFER_BYTES ({})",
+                self.watch_memory_bytes, self.watch_buffer_bytes
             ));
         }
         if !(1..=720).contains(&self.change_log_retention_hours) {
@@ -208,22 +233,108 @@ impl WatchArgs {
             ));
         }
         Ok(crate::live::LiveSettings {
-            buffer: self.watch_buffer,
+            stream_bytes: self.watch_buffer_bytes,
+            total_bytes: self.watch_memory_bytes,
             max_streams: self.watch_max_streams,
+            per_user: self.watch_max_per_user,
             retention: Duration::from_secs(self.change_log_retention_hours * 3600),
             recheck: Duration::from_secs(self.watch_access_recheck_secs),
         })
+    }
+
+    /// What the watch settings may not exceed of the server's: a replica never serves more
+    /// watches than connections, and one user never holds every connection.
+    fn check_against(&self, grpc: &service_runtime::GrpcLimits) -> Result<(), String> {
+        if self.watch_max_streams > grpc.max_connections {
+            return Err(format!(
+                "WATCH_MAX_STREAMS ({}) must not exceed GRPC_MAX_CONNECTIONS ({}): a gRPC-Web watch holds a connection of its own",
+                self.watch_max_streams, grpc.max_connections
+            ));
+        }
+        if self.watch_max_per_user >= grpc.max_connections {
+            return Err(format!(
+                "WATCH_MAX_PER_USER ({}) must be below GRPC_MAX_CONNECTIONS ({}), so one user cannot hold every connection",
+                self.watch_max_per_user, grpc.max_connections
+            ));
+        }
+        Ok(())
     }
 }
 
 impl Default for WatchArgs {
     fn default() -> Self {
         Self {
-            watch_max_streams: 10_000,
-            watch_buffer: 256,
+            watch_max_streams: 2048,
+            watch_max_per_user: 32,
+            watch_buffer_bytes: 256 * 1024,
+            watch_memory_bytes: 16 * 1024 * 1024,
             change_log_retention_hours: 24,
             watch_access_recheck_secs: 30,
+            calls: CallLimitArgs::default(),
         }
+    }
+}
+
+/// What one user's calls may take of a replica, and how large an answer may be.
+#[derive(Debug, Clone, clap::Args)]
+pub struct CallLimitArgs {
+    /// A user's read calls (`Get...`, `List...`) per minute, as a burst of as many (1 to
+    /// 1000000); beyond, RESOURCE_EXHAUSTED with when to retry.
+    #[arg(long, env = "USER_READS_PER_MINUTE", default_value_t = 1200)]
+    pub user_reads_per_minute: u32,
+    /// Watches a user may open per minute, as a burst of as many (1 to 100000); beyond,
+    /// RESOURCE_EXHAUSTED with when to retry.
+    #[arg(long, env = "USER_WATCH_OPENS_PER_MINUTE", default_value_t = 60)]
+    pub user_watch_opens_per_minute: u32,
+    /// A user's calls in flight at once, watches aside (1 to 1000): each holds its request
+    /// and its answer until the client has read it; beyond, RESOURCE_EXHAUSTED.
+    #[arg(long, env = "USER_CALLS_IN_FLIGHT", default_value_t = 16)]
+    pub user_calls_in_flight: usize,
+    /// Bytes one answer carries at most (64 KiB to 16 MiB): a page that would be larger ends
+    /// early and its next_page_token continues it.
+    #[arg(long, env = "RESPONSE_MAX_BYTES", default_value_t = 256 * 1024)]
+    pub response_max_bytes: usize,
+}
+
+impl Default for CallLimitArgs {
+    fn default() -> Self {
+        Self {
+            user_reads_per_minute: 1200,
+            user_watch_opens_per_minute: 60,
+            user_calls_in_flight: 16,
+            response_max_bytes: 256 * 1024,
+        }
+    }
+}
+
+impl CallLimitArgs {
+    /// What is out of range, if anything.
+    pub fn check(&self) -> Result<(), String> {
+        if !(1..=1_000_000).contains(&self.user_reads_per_minute) {
+            return Err(format!(
+                "USER_READS_PER_MINUTE ({}) must be from 1 to 1000000",
+                self.user_reads_per_minute
+            ));
+        }
+        if !(1..=100_000).contains(&self.user_watch_opens_per_minute) {
+            return Err(format!(
+                "USER_WATCH_OPENS_PER_MINUTE ({}) must be from 1 to 100000",
+                self.user_watch_opens_per_minute
+            ));
+        }
+        if !(1..=1000).contains(&self.user_calls_in_flight) {
+            return Err(format!(
+                "USER_CALLS_IN_FLIGHT ({}) must be from 1 to 1000",
+                self.user_calls_in_flight
+            ));
+        }
+        if !(64 * 1024..=16 * 1024 * 1024).contains(&self.response_max_bytes) {
+            return Err(format!(
+                "RESPONSE_MAX_BYTES ({}) must be from 65536 (64 KiB) to 16777216 (16 MiB)",
+                self.response_max_bytes
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -253,11 +364,13 @@ impl service_runtime::cli::CheckConfig for Config {
         self.service.check()?;
         self.ledger.check()?;
         self.watch.settings()?;
+        self.watch.check_against(&self.service.grpc)?;
+        self.watch.calls.check()?;
         let purge = self.purge.settings()?;
         let pool = self.service.db.db_pool_size;
-        if purge.concurrency * purge.lanes >= pool {
+        if purge.concurrency * purge.lanes > pool / 2 {
             return Err(format!(
-                "PURGE_CONCURRENCY ({}) x PURGE_LANES ({}) must be below DB_POOL_SIZE ({pool}): each lane holds a connection, and calls need some",
+                "PURGE_CONCURRENCY ({}) x PURGE_LANES ({}) must be at most half of DB_POOL_SIZE ({pool}): each lane holds a connection, and calls keep the other half",
                 purge.concurrency, purge.lanes
             ));
         }

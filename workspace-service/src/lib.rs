@@ -17,7 +17,7 @@ mod model;
 mod schema;
 pub mod workers;
 
-pub use config::{Config, LiveblocksArgs, PurgeArgs, WatchArgs};
+pub use config::{CallLimitArgs, Config, LiveblocksArgs, PurgeArgs, WatchArgs};
 
 use diesel_migrations::{EmbeddedMigrations, embed_migrations};
 use service_runtime::{Boot, GrpcServices};
@@ -25,7 +25,6 @@ use std::future::Future;
 use std::sync::Arc;
 use tokio::net::TcpListener;
 use vbase_proto::workspace::v1::workspace_admin_service_server::WorkspaceAdminServiceServer;
-use vbase_proto::workspace::v1::workspace_service_server::WorkspaceServiceServer;
 use workers::liveblocks as cleanup;
 
 /// The schema migrations of workspace-service.
@@ -55,6 +54,7 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    service_runtime::cli::CheckConfig::check(&config).map_err(anyhow::Error::msg)?;
     let cleanup_settings = config.liveblocks.settings().map_err(anyhow::Error::msg)?;
     let purge_settings = config.purge.settings().map_err(anyhow::Error::msg)?;
     let live_settings = config.watch.settings().map_err(anyhow::Error::msg)?;
@@ -162,24 +162,46 @@ pub async fn run(
         ledger: ledger.clone(),
         wakes: [Arc::clone(&wake), Arc::clone(&purge_wake)],
     };
-    let hub = live::hub::Hub::new(boot.pool.clone(), live_settings.buffer.max(1024));
+    let memory = live::frames::Memory::new(
+        live_settings.total_bytes,
+        metrics.watch_buffered_bytes.clone(),
+    );
+    let hub = live::hub::Hub::new(boot.pool.clone(), Arc::clone(&memory));
     boot.workers.spawn(
         "change-hub",
         hub.clone().run(
             config.service.db.database_url.expose().to_owned(),
+            boot.lifecycle.stopped(),
+        ),
+    );
+    boot.workers.spawn(
+        "change-log-prune",
+        live::prune::prune_loop(
+            boot.pool.clone(),
             live_settings.retention,
+            live::prune::EVERY,
             boot.lifecycle.stopped(),
         ),
     );
     let live = live::watch::Live::new(
         boot.pool.clone(),
         hub,
+        memory,
         live_settings,
-        metrics.watch_streams.clone(),
+        boot.lifecycle.clone(),
+        metrics.clone(),
     );
-    let api = grpc::WorkspaceApi::new(boot.pool.clone(), ledger, live, metrics, wake, purge_wake);
+    let api = grpc::WorkspaceApi::new(
+        boot.pool.clone(),
+        ledger,
+        metrics,
+        [wake, purge_wake],
+        config.watch.calls.response_max_bytes,
+    );
+    let routes =
+        grpc::routes::Routes::new(api, live, grpc::routes::Quotas::new(&config.watch.calls));
     let services = GrpcServices::new()
-        .add(WorkspaceServiceServer::new(api), grpc::policy())
+        .add(routes, grpc::policy())
         .add(WorkspaceAdminServiceServer::new(admin), admin::policy());
     boot.serve(listener, config.metrics_addr, services, shutdown)
         .await

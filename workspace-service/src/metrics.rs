@@ -20,6 +20,17 @@ pub struct OutcomeLabels {
     pub outcome: &'static str,
 }
 
+/// Labels of `workspace_watch_ends`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    pub reason: &'static str,
+}
+
+/// Why a watch stream ends (`workspace_watch_ends`).
+pub const WATCH_END_REASONS: &[&str] = &[
+    "gone", "behind", "memory", "expired", "denied", "deleted", "stopping", "too_old", "error",
+];
+
 /// Labels of `workspace_purge_rows`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TableLabels {
@@ -50,6 +61,10 @@ pub struct Metrics {
     pub purge_dead_jobs: Gauge,
     /// Live watch streams open on this replica.
     pub watch_streams: Gauge,
+    /// Watch streams ended, by why.
+    pub watch_ends: Family<ReasonLabels, Counter>,
+    /// Bytes the replica's live events hold (queued for streams, broadcast, being sent).
+    pub watch_buffered_bytes: Gauge,
     /// Age of the oldest queued job.
     pub liveblocks_oldest_job_seconds: Gauge<f64, AtomicU64>,
     /// Rows purged by table (deleted workspaces and rooms).
@@ -114,6 +129,22 @@ impl Metrics {
             "Live watch streams open on this replica",
             m.watch_streams.clone(),
         );
+        // Every reason from the start, at 0, so that a rate over any of them has a series.
+        for reason in WATCH_END_REASONS {
+            m.watch_ends
+                .get_or_create(&ReasonLabels { reason })
+                .inc_by(0);
+        }
+        registry.register(
+            "workspace_watch_ends",
+            "Watch streams ended, by reason (gone: the client left; behind, memory: it did not read; expired, denied, deleted, stopping, too_old, error)",
+            m.watch_ends.clone(),
+        );
+        registry.register(
+            "workspace_watch_buffered_bytes",
+            "Bytes the replica's live events hold: queued for streams, broadcast, or being sent",
+            m.watch_buffered_bytes.clone(),
+        );
         registry.register(
             "workspace_purge_rows",
             "Rows of deleted workspaces and rooms purged, by table",
@@ -145,6 +176,13 @@ impl Metrics {
             .get_or_create(&CommandLabels { command, outcome })
             .inc();
         self.tally.record(command, outcome);
+    }
+
+    /// Counts a watch stream that ended for `reason`.
+    pub fn watch_ended(&self, reason: &'static str) {
+        self.watch_ends
+            .get_or_create(&ReasonLabels { reason })
+            .inc();
     }
 
     /// Counts one Liveblocks call.

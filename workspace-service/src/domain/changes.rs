@@ -4,33 +4,51 @@
 //! as the watcher receives it (`payload`, an encoded `ChannelEvent` without its token). The
 //! same statement notifies `vbase_changes` with the workspace id, which wakes the watchers on
 //! every replica once the transaction commits.
+//!
+//! An entry that carries a message's body names the message (`message_id`); editing or
+//! deleting the message clears the body from those entries in the same transaction
+//! ([`forget_message_bodies`]), so a resumed watch never replays deleted or pre-edit text.
+//! Entries are pruned by number ([`prune`]): what is kept of a workspace is always every
+//! number after some point, so a resume token is either answered from its very next change or
+//! refused, never answered with a gap.
 
 use chrono::{DateTime, Utc};
 use diesel::QueryableByName;
-use diesel::sql_types::{BigInt, Binary, Double, Nullable, Text, Timestamptz, Uuid as SqlUuid};
+use diesel::sql_types::{
+    Array, BigInt, Binary, Bool, Double, Nullable, Text, Timestamptz, Uuid as SqlUuid,
+};
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use prost::Message;
 use service_runtime::prepared;
 use std::time::Duration;
 use uuid::Uuid;
 use vbase_proto::workspace::v1 as pb;
+use vbase_proto::workspace::v1::channel_event::Event as ChannelChange;
 
 /// The channel NOTIFY wakes watchers on.
 pub const NOTIFY_CHANNEL: &str = "vbase_changes";
 
 /// Records `event` of `channel` in `workspace` in the caller's transaction; returns its number.
+/// A posted or edited message's entry names the message, whose later edit or delete clears
+/// its body.
 pub async fn record_channel(
     conn: &mut AsyncPgConnection,
     workspace: Uuid,
     channel: Uuid,
-    event: pb::channel_event::Event,
+    event: ChannelChange,
 ) -> diesel::QueryResult<i64> {
+    let message = match &event {
+        ChannelChange::MessagePosted(m) | ChannelChange::MessageEdited(m) => {
+            Uuid::try_parse(&m.id).ok()
+        }
+        _ => None,
+    };
     let payload = pb::ChannelEvent {
         event: Some(event),
         ..Default::default()
     }
     .encode_to_vec();
-    record(conn, workspace, Some(channel), payload).await
+    record(conn, workspace, Some(channel), message, payload).await
 }
 
 /// Records `event` of `workspace` itself (its channels, rooms, members...) in the caller's
@@ -45,7 +63,7 @@ pub async fn record_workspace(
         ..Default::default()
     }
     .encode_to_vec();
-    record(conn, workspace, None, payload).await
+    record(conn, workspace, None, None, payload).await
 }
 
 /// A channel's changes carry the channel (`ChannelEvent`s); the workspace's own carry none
@@ -54,6 +72,7 @@ async fn record(
     conn: &mut AsyncPgConnection,
     workspace: Uuid,
     channel: Option<Uuid>,
+    message: Option<Uuid>,
     payload: Vec<u8>,
 ) -> diesel::QueryResult<i64> {
     #[derive(QueryableByName)]
@@ -67,17 +86,68 @@ async fn record(
              ON CONFLICT (workspace_id) DO UPDATE SET seq = h.seq + 1
              RETURNING seq),
          woken AS (SELECT pg_notify($4, $1::text))
-         INSERT INTO change_log (workspace_id, seq, channel_id, payload)
-         SELECT $1, head.seq, $2, $3 FROM head, woken
+         INSERT INTO change_log (workspace_id, seq, channel_id, payload, message_id)
+         SELECT $1, head.seq, $2, $3, $5 FROM head, woken
          RETURNING seq",
     )
     .bind::<SqlUuid, _>(workspace)
     .bind::<Nullable<SqlUuid>, _>(channel)
     .bind::<Binary, _>(payload)
     .bind::<Text, _>(NOTIFY_CHANNEL)
+    .bind::<Nullable<SqlUuid>, _>(message)
     .get_result(conn)
     .await?;
     Ok(s.seq)
+}
+
+/// Clears the body of `message` from every entry that still carries it (its post, earlier
+/// edits), in the caller's transaction: called before an edit or a delete of the message is
+/// recorded. The entries stay (their numbers, what happened), with an empty body.
+pub async fn forget_message_bodies(
+    conn: &mut AsyncPgConnection,
+    message: Uuid,
+) -> diesel::QueryResult<usize> {
+    #[derive(QueryableByName)]
+    struct Carrying {
+        #[diesel(sql_type = SqlUuid)]
+        workspace_id: Uuid,
+        #[diesel(sql_type = BigInt)]
+        seq: i64,
+        #[diesel(sql_type = Binary)]
+        payload: Vec<u8>,
+    }
+    let rows: Vec<Carrying> = prepared(
+        "SELECT workspace_id, seq, payload FROM change_log WHERE message_id = $1 FOR UPDATE",
+    )
+    .bind::<SqlUuid, _>(message)
+    .load(conn)
+    .await?;
+    let Some(workspace) = rows.as_slice().first().map(|r| r.workspace_id) else {
+        return Ok(0);
+    };
+    let mut seqs = Vec::with_capacity(rows.len());
+    let mut payloads = Vec::with_capacity(rows.len());
+    for r in rows {
+        let mut e = pb::ChannelEvent::decode(r.payload.as_slice())
+            .map_err(|e| diesel::result::Error::DeserializationError(Box::new(e)))?;
+        if let Some(ChannelChange::MessagePosted(m) | ChannelChange::MessageEdited(m)) =
+            e.event.as_mut()
+        {
+            m.body.clear();
+        }
+        seqs.push(r.seq);
+        payloads.push(e.encode_to_vec());
+    }
+    prepared(
+        "UPDATE change_log c SET payload = u.payload, message_id = NULL
+           FROM unnest($2::bigint[], $3::bytea[]) AS u (seq, payload)
+          WHERE c.workspace_id = $1 AND c.seq = u.seq",
+    )
+    .bind::<SqlUuid, _>(workspace)
+    .bind::<Array<BigInt>, _>(seqs)
+    .bind::<Array<Binary>, _>(payloads)
+    .execute(conn)
+    .await
 }
 
 /// A recorded change.
@@ -130,22 +200,55 @@ pub fn parse_token(workspace: Uuid, token: &str) -> Option<i64> {
         .flatten()
 }
 
-/// Up to `limit` changes of `workspace` after `seq`, in order.
+/// Changes read in one go, in order.
+#[derive(Debug, Default)]
+pub struct Batch {
+    pub changes: Vec<Change>,
+    /// More changes follow the last one (the batch ended at its row or byte limit).
+    pub more: bool,
+}
+
+/// The changes of `workspace` after `seq`, in order: at most `rows`, and no more payload
+/// bytes than `bytes` (but at least one change, whatever its size), so what one read holds in
+/// memory is bounded in bytes.
 pub async fn after(
     conn: &mut AsyncPgConnection,
     workspace: Uuid,
     seq: i64,
-    limit: i64,
-) -> diesel::QueryResult<Vec<Change>> {
-    prepared(
-        "SELECT workspace_id, seq, channel_id, payload, recorded_at FROM change_log
-          WHERE workspace_id = $1 AND seq > $2 ORDER BY seq LIMIT $3",
+    rows: i64,
+    bytes: i64,
+) -> diesel::QueryResult<Batch> {
+    #[derive(QueryableByName)]
+    struct Row {
+        #[diesel(embed)]
+        change: Change,
+        #[diesel(sql_type = Bool)]
+        followed: bool,
+    }
+    // The sizes are summed over the rows the LIMIT took, never over the rest of the log.
+    let read: Vec<Row> = prepared(
+        "SELECT workspace_id, seq, channel_id, payload, recorded_at, followed FROM (
+             SELECT workspace_id, seq, channel_id, payload, recorded_at,
+                    sum(octet_length(payload)) OVER w AS upto,
+                    row_number() OVER w AS n,
+                    lead(seq) OVER w IS NOT NULL AS followed
+               FROM (SELECT workspace_id, seq, channel_id, payload, recorded_at FROM change_log
+                      WHERE workspace_id = $1 AND seq > $2 ORDER BY seq LIMIT $3 + 1) l
+             WINDOW w AS (ORDER BY seq)) b
+          WHERE n <= $3 AND (n = 1 OR upto <= $4)
+          ORDER BY seq",
     )
     .bind::<SqlUuid, _>(workspace)
     .bind::<BigInt, _>(seq)
-    .bind::<BigInt, _>(limit)
+    .bind::<BigInt, _>(rows.max(1))
+    .bind::<BigInt, _>(bytes)
     .load(conn)
-    .await
+    .await?;
+    let more = read.last().is_some_and(|r| r.followed);
+    Ok(Batch {
+        changes: read.into_iter().map(|r| r.change).collect(),
+        more,
+    })
 }
 
 /// The workspace's last change number (0: none yet), and the first one still kept (`None`:
@@ -171,23 +274,45 @@ pub async fn bounds(
     Ok((b.head, b.first))
 }
 
-/// Deletes changes older than `keep` (in batches); returns how many went.
+/// Deletes what is older than `keep`, by number: per workspace, every change up to the last
+/// one recorded before the cut-off. A transaction's `recorded_at` is its start, so numbers and
+/// times may disagree; cutting by time alone could delete a change and keep the one before
+/// it, and a resume token there would then skip a change in silence. Returns how many went.
 pub async fn prune(conn: &mut AsyncPgConnection, keep: Duration) -> diesel::QueryResult<usize> {
+    #[derive(QueryableByName)]
+    struct Cut {
+        #[diesel(sql_type = SqlUuid)]
+        workspace_id: Uuid,
+        #[diesel(sql_type = BigInt)]
+        upto: i64,
+    }
+    let cuts: Vec<Cut> = prepared(
+        "SELECT workspace_id, max(seq) AS upto FROM change_log
+          WHERE recorded_at < now() - make_interval(secs => $1)
+          GROUP BY workspace_id",
+    )
+    .bind::<Double, _>(keep.as_secs_f64())
+    .load(conn)
+    .await?;
     let mut total = 0;
-    loop {
-        let n = prepared(
-            "DELETE FROM change_log WHERE (workspace_id, seq) IN (
-                 SELECT workspace_id, seq FROM change_log
-                  WHERE recorded_at < now() - make_interval(secs => $1) LIMIT 5000)",
-        )
-        .bind::<Double, _>(keep.as_secs_f64())
-        .execute(conn)
-        .await?;
-        total += n;
-        if n < 5000 {
-            return Ok(total);
+    for cut in cuts {
+        loop {
+            let n = prepared(
+                "DELETE FROM change_log WHERE workspace_id = $1 AND seq IN (
+                     SELECT seq FROM change_log WHERE workspace_id = $1 AND seq <= $2
+                      ORDER BY seq LIMIT 5000)",
+            )
+            .bind::<SqlUuid, _>(cut.workspace_id)
+            .bind::<BigInt, _>(cut.upto)
+            .execute(conn)
+            .await?;
+            total += n;
+            if n < 5000 {
+                break;
+            }
         }
     }
+    Ok(total)
 }
 
 #[cfg(test)]

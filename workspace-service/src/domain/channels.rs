@@ -27,6 +27,13 @@ pub struct ChannelRecord {
     pub updated_at: DateTime<Utc>,
 }
 
+impl crate::model::paging::WireSize for ChannelRecord {
+    fn wire_size(&self) -> usize {
+        use crate::model::paging::{FIELD, TIMESTAMP, UUID, text};
+        FIELD + 2 * UUID + text(&self.name) + TIMESTAMP
+    }
+}
+
 /// A checked channel name: 1..=80 of lowercase letters, digits, `-`, `_`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ChannelName(String);

@@ -34,6 +34,20 @@ pub struct ItemRecord {
     pub updated_at: DateTime<Utc>,
 }
 
+impl crate::model::paging::WireSize for ItemRecord {
+    fn wire_size(&self) -> usize {
+        use crate::model::paging::{FIELD, LIVEBLOCKS_ID, SMALL, TIMESTAMP, UUID, text};
+        FIELD
+            + LIVEBLOCKS_ID
+            + 2 * UUID
+            + SMALL
+            + text(&self.name)
+            + text(&self.language)
+            + text(&self.created_by)
+            + 2 * TIMESTAMP
+    }
+}
+
 /// The statements of one item table. Each is static text, prepared once per connection.
 struct ItemSql {
     insert: &'static str,

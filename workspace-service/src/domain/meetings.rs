@@ -28,6 +28,13 @@ pub struct MeetingRecord {
     pub created_at: DateTime<Utc>,
 }
 
+impl crate::model::paging::WireSize for MeetingRecord {
+    fn wire_size(&self) -> usize {
+        use crate::model::paging::{FIELD, SMALL, TIMESTAMP, UUID, text};
+        FIELD + 2 * UUID + text(&self.title) + 2 * TIMESTAMP + SMALL + text(&self.created_by)
+    }
+}
+
 /// `ScheduleMeeting`, validated (it ends after it starts).
 #[derive(Debug, Clone)]
 pub struct NewMeeting {

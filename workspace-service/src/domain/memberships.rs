@@ -172,9 +172,19 @@ pub struct ListMembers {
     pub size: i64,
     /// Start after this user id.
     pub after: Option<String>,
+    /// Bytes the answer may carry.
+    pub max_bytes: usize,
 }
 
-/// Members of a workspace by user id, and the user id the next page starts after.
+impl crate::model::paging::WireSize for MemberRecord {
+    fn wire_size(&self) -> usize {
+        use crate::model::paging::{FIELD, TIMESTAMP, text};
+        FIELD + text(&self.clerk_user_id) + text(&self.role) + TIMESTAMP
+    }
+}
+
+/// Members of a workspace by user id (a page of at most its rows and bytes), and the user id
+/// the next page starts after.
 pub async fn list_members(
     conn: &mut AsyncPgConnection,
     caller: &Caller,
@@ -191,8 +201,13 @@ pub async fn list_members(
     .bind::<BigInt, _>(q.size + 1)
     .load(conn)
     .await?;
-    let more = rows.len() as i64 > q.size;
-    rows.truncate(q.size as usize);
+    let keep = crate::model::paging::fitting(
+        &rows,
+        q.size as usize,
+        crate::model::paging::row_budget(q.max_bytes),
+    );
+    let more = rows.len() > keep;
+    rows.truncate(keep);
     let next = if more {
         rows.last().map(|m| m.clerk_user_id.clone())
     } else {

@@ -4,7 +4,7 @@
 use super::access::{Caller, channel_scope, require_active_user, unseen};
 use super::changes;
 use crate::error::Error;
-use crate::model::paging::PageRequest;
+use crate::model::paging::{FIELD, PageRequest, SMALL, TIMESTAMP, UUID, WireSize};
 use crate::model::{Cursor, Page, UserId};
 use crate::schema::messages;
 use chrono::{DateTime, Utc};
@@ -15,8 +15,13 @@ use service_runtime::prepared;
 use uuid::Uuid;
 use vbase_proto::workspace::v1::channel_event::Event;
 
-/// Longest message body.
+/// Longest message body, in characters.
 pub const MAX_BODY: usize = 10_000;
+/// Longest message body, in bytes (UTF-8): 10,000 characters of 3 bytes (CJK) fit, 8,192 of
+/// 4 bytes (emoji). What a body costs in memory, in a page or in a live event, is its bytes.
+pub const MAX_BODY_BYTES: usize = 32 * 1024;
+/// What a message adds to its body and author in an answer, at most.
+const MESSAGE_FIXED: usize = FIELD + 2 * UUID + 2 * FIELD + 2 * TIMESTAMP + SMALL;
 
 /// A message's columns as read: `author_deleted` is true once the author was deleted in Clerk
 /// (`removed_users`), so removing a user rewrites none of their messages.
@@ -40,6 +45,12 @@ pub struct MessageRecord {
     pub author_deleted: bool,
     pub created_at: DateTime<Utc>,
     pub edited_at: Option<DateTime<Utc>>,
+}
+
+impl WireSize for MessageRecord {
+    fn wire_size(&self) -> usize {
+        self.body.len() + self.author_clerk_id.len() + MESSAGE_FIXED
+    }
 }
 
 /// `PostMessage`, validated.
@@ -85,7 +96,9 @@ pub async fn post_message(
     .await
 }
 
-/// Messages of a channel, newest first.
+/// Messages of a channel, newest first, a page of at most its rows and bytes. The bytes are
+/// counted in the query (`octet_length` reads a stored body's size without reading the
+/// body), so no more than one message past the page's bytes is ever read into memory.
 pub async fn list_messages(
     conn: &mut AsyncPgConnection,
     caller: &Caller,
@@ -94,17 +107,29 @@ pub async fn list_messages(
 ) -> Result<Page<MessageRecord>, Error> {
     channel_scope(conn, caller, channel_id).await?;
     let (at, id) = page.after_parts();
+    // The rows whose page starts within the budget: the page, and one row past it when the
+    // bytes cut it (which `page` then drops, and which says that more follow).
     let rows: Vec<MessageRecord> = prepared(concat!(
         "SELECT ",
         message_columns!(),
-        " FROM messages WHERE channel_id = $1
-           AND ($2::timestamptz IS NULL OR (created_at, id) < ($2, $3))
-         ORDER BY created_at DESC, id DESC LIMIT $4"
+        " FROM (
+             SELECT id, channel_id, author_clerk_id, body, author_deleted, created_at, edited_at,
+                    sum(octet_length(body) + octet_length(author_clerk_id) + $5)
+                      OVER (ORDER BY created_at DESC, id DESC) AS upto,
+                    octet_length(body) + octet_length(author_clerk_id) + $5 AS own
+               FROM (SELECT id, channel_id, author_clerk_id, body, author_deleted, created_at, edited_at
+                       FROM messages WHERE channel_id = $1
+                        AND ($2::timestamptz IS NULL OR (created_at, id) < ($2, $3))
+                      ORDER BY created_at DESC, id DESC LIMIT $4) l) p
+          WHERE upto - own < $6
+          ORDER BY created_at DESC, id DESC"
     ))
     .bind::<SqlUuid, _>(channel_id)
     .bind::<Nullable<Timestamptz>, _>(at)
     .bind::<Nullable<SqlUuid>, _>(id)
     .bind::<BigInt, _>(page.limit())
+    .bind::<BigInt, _>(MESSAGE_FIXED as i64)
+    .bind::<BigInt, _>(page.row_bytes() as i64)
     .load(conn)
     .await?;
     Ok(page.page(rows, |m| Cursor {
@@ -132,7 +157,8 @@ async fn message_in_scope(
     Ok((m, workspace))
 }
 
-/// Edits a message (its author only); watchers of the channel hear it.
+/// Edits a message (its author only); watchers of the channel hear it, and the change log
+/// keeps only the new text.
 pub async fn edit_message(
     conn: &mut AsyncPgConnection,
     caller: &Caller,
@@ -156,6 +182,8 @@ pub async fn edit_message(
         .bind::<Timestamptz, _>(Utc::now())
         .get_result(conn)
         .await?;
+        // The old text leaves the change log with the edit.
+        changes::forget_message_bodies(conn, message_id).await?;
         let event = Event::MessageEdited(m.clone().into());
         changes::record_channel(conn, workspace, m.channel_id, event).await?;
         Ok(m)
@@ -163,7 +191,8 @@ pub async fn edit_message(
     .await
 }
 
-/// Deletes a message (its author, or an admin for anyone's); watchers of the channel hear it.
+/// Deletes a message (its author, or an admin for anyone's); watchers of the channel hear it,
+/// and the change log keeps none of its text.
 pub async fn delete_message(
     conn: &mut AsyncPgConnection,
     caller: &Caller,
@@ -176,6 +205,7 @@ pub async fn delete_message(
             .execute(conn)
             .await?;
         if gone == 1 {
+            changes::forget_message_bodies(conn, message_id).await?;
             let event = Event::MessageDeleted(message_id.to_string());
             changes::record_channel(conn, workspace, m.channel_id, event).await?;
         }

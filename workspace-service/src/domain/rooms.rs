@@ -42,6 +42,13 @@ pub struct RoomRecord {
     pub updated_at: DateTime<Utc>,
 }
 
+impl crate::model::paging::WireSize for RoomRecord {
+    fn wire_size(&self) -> usize {
+        use crate::model::paging::{FIELD, LIVEBLOCKS_ID, SMALL, TIMESTAMP, UUID, text};
+        FIELD + LIVEBLOCKS_ID + 2 * UUID + SMALL + text(&self.name) + TIMESTAMP
+    }
+}
+
 impl TryFrom<RoomRow> for RoomRecord {
     type Error = Error;
     fn try_from(r: RoomRow) -> Result<Self, Error> {

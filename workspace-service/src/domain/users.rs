@@ -63,7 +63,12 @@ pub async fn remove_user(conn: &mut AsyncPgConnection, cmd: &RemoveUser) -> Resu
         .load(conn)
         .await?;
         let memberships = left.len() as i64;
-        for ws in left.into_iter().filter_map(|l| l.workspace_id) {
+        // Each record locks its workspace's `change_heads` row until the commit: in workspace
+        // order, so two removals sharing workspaces wait for each other instead of deadlocking.
+        let mut workspaces: Vec<uuid::Uuid> = left.into_iter().filter_map(|l| l.workspace_id).collect();
+        workspaces.sort_unstable();
+        workspaces.dedup();
+        for ws in workspaces {
             let event = vbase_proto::workspace::v1::workspace_event::Event::MemberRemoved(user.to_owned());
             super::changes::record_workspace(conn, ws, event).await?;
         }

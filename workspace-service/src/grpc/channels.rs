@@ -22,7 +22,8 @@ pub(super) async fn list_channels(
     api: &WorkspaceApi,
     req: Request<pb::ListChannelsRequest>,
 ) -> R<pb::ListChannelsResponse> {
-    let (who, q) = accept::<_, ListChannels>(req)?;
+    let (who, mut q) = accept::<_, ListChannels>(req)?;
+    q.page = q.page.within(api.response_bytes);
     let Page {
         items,
         next_page_token,

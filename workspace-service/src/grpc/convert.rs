@@ -5,7 +5,7 @@ use crate::domain::channels::{ChannelName, ChannelRecord, NewChannel};
 use crate::domain::items::{ItemRecord, NewItem};
 use crate::domain::meetings::{MeetingRecord, NewMeeting};
 use crate::domain::memberships::{ListMembers, MemberRecord, MembershipChange};
-use crate::domain::messages::{MAX_BODY, MessageRecord, NewMessage};
+use crate::domain::messages::{MAX_BODY, MAX_BODY_BYTES, MessageRecord, NewMessage};
 use crate::domain::purge::DeleteWorkspace;
 use crate::domain::rooms::{ListRooms, NewRoom, RoomRecord};
 use crate::domain::users::RemoveUser;
@@ -30,6 +30,18 @@ fn required_time(field: &str, t: Option<&prost_types::Timestamp>) -> Result<Date
     let t = t.ok_or_else(|| Error::Invalid(format!("{field} is required")))?;
     DateTime::from_timestamp(t.seconds, t.nanos.clamp(0, 999_999_999) as u32)
         .ok_or_else(|| Error::Invalid(format!("{field} is out of range")))
+}
+
+/// A message body: at most [`MAX_BODY`] characters and [`MAX_BODY_BYTES`] bytes.
+fn body(value: &str) -> Result<String, Error> {
+    let body = v::required_text("body", value, MAX_BODY)?;
+    if body.len() > MAX_BODY_BYTES {
+        return Err(Error::Invalid(format!(
+            "body is longer than {MAX_BODY_BYTES} bytes of UTF-8 ({} bytes): split the message",
+            body.len()
+        )));
+    }
+    Ok(body)
 }
 
 fn name(value: &str) -> Result<String, Error> {
@@ -225,7 +237,12 @@ parse!(pb::GetUnreadCountsRequest => Org, |m| Ok(Org(OrgId::parse("clerk_org_id"
 parse!(pb::ListMembersRequest => ListMembers, |m| {
     let org = OrgId::parse("clerk_org_id", &m.clerk_org_id)?;
     let size = v::page_size(m.page_size, DEFAULT_PAGE, MAX_PAGE)?;
-    Ok(ListMembers { org, size, after: decode_key(&m.page_token)? })
+    Ok(ListMembers {
+        org,
+        size,
+        after: decode_key(&m.page_token)?,
+        max_bytes: crate::model::paging::DEFAULT_RESPONSE_BYTES,
+    })
 });
 
 // ------------------------------------------------------------------------ channels, messages
@@ -258,7 +275,7 @@ parse!(pb::PostMessageRequest => NewMessage, |m| {
     let channel_id = v::uuid("channel_id", &m.channel_id)?;
     Ok(NewMessage {
         channel_id,
-        body: v::required_text("body", &m.body, MAX_BODY)?,
+        body: body(&m.body)?,
         service_author: m.author_clerk_id,
     })
 });
@@ -270,7 +287,7 @@ parse!(pb::ListMessagesRequest => PageOf, |m| {
 
 parse!(pb::EditMessageRequest => EditMessage, |m| {
     let id = v::uuid("message_id", &m.message_id)?;
-    Ok(EditMessage { id, body: v::required_text("body", &m.body, MAX_BODY)? })
+    Ok(EditMessage { id, body: body(&m.body)? })
 });
 
 parse!(pb::DeleteMessageRequest => Id, |m| Ok(Id(v::uuid("message_id", &m.message_id)?)));
@@ -459,5 +476,83 @@ impl From<MeetingRecord> for pb::Meeting {
             cancelled: m.cancelled_at.is_some(),
             created_by: m.created_by,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::paging::WireSize;
+    use prost::Message;
+
+    /// What a row adds to a page: its message and the repeated field's tag and length.
+    fn in_a_page(m: &impl Message) -> usize {
+        let len = m.encoded_len();
+        1 + prost::encoding::encoded_len_varint(len as u64) + len
+    }
+
+    #[test]
+    fn a_rows_wire_size_bounds_its_encoding_in_a_page() {
+        let long = "😀".repeat(MAX_NAME);
+        let at = DateTime::from_timestamp(4_000_000_000, 999_999_999).unwrap();
+        let id = Uuid::now_v7();
+        let message = MessageRecord {
+            id,
+            channel_id: id,
+            author_clerk_id: "user_".to_owned() + &"x".repeat(60),
+            body: "😀".repeat(8_192),
+            author_deleted: true,
+            created_at: at,
+            edited_at: Some(at),
+        };
+        assert!(in_a_page(&pb::Message::from(message.clone())) <= message.wire_size());
+        let channel = ChannelRecord {
+            id,
+            workspace_id: id,
+            name: "c".repeat(80),
+            created_by: long.clone(),
+            created_at: at,
+            updated_at: at,
+        };
+        assert!(in_a_page(&pb::Channel::from(channel.clone())) <= channel.wire_size());
+        let room = RoomRecord {
+            id,
+            workspace_id: id,
+            kind: RoomKind::Whiteboard,
+            name: long.clone(),
+            created_by: long.clone(),
+            created_at: at,
+            updated_at: at,
+        };
+        assert!(in_a_page(&pb::Room::from(room.clone())) <= room.wire_size());
+        let record = ItemRecord {
+            id,
+            room_id: id,
+            name: long.clone(),
+            language: "l".repeat(40),
+            created_by: long.clone(),
+            created_at: at,
+            updated_at: at,
+        };
+        for kind in [ItemKind::Document, ItemKind::CodeFile, ItemKind::Whiteboard] {
+            assert!(in_a_page(&item(kind, record.clone())) <= record.wire_size());
+        }
+        let meeting = MeetingRecord {
+            id,
+            room_id: id,
+            title: long.clone(),
+            starts_at: at,
+            ends_at: at,
+            cancelled_at: Some(at),
+            created_by: long.clone(),
+            created_at: at,
+        };
+        assert!(in_a_page(&pb::Meeting::from(meeting.clone())) <= meeting.wire_size());
+        let member = MemberRecord {
+            clerk_user_id: long.clone(),
+            role: "org:admin".into(),
+            source_updated_at: at,
+        };
+        assert!(in_a_page(&pb::Member::from(member.clone())) <= member.wire_size());
     }
 }

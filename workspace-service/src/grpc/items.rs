@@ -22,7 +22,8 @@ pub(super) async fn list_room_items(
     api: &WorkspaceApi,
     req: Request<pb::ListRoomItemsRequest>,
 ) -> R<pb::ListRoomItemsResponse> {
-    let (who, q) = accept::<_, PageOf>(req)?;
+    let (who, mut q) = accept::<_, PageOf>(req)?;
+    q.page = q.page.within(api.response_bytes);
     let (
         kind,
         Page {

@@ -22,7 +22,8 @@ pub(super) async fn list_meetings(
     api: &WorkspaceApi,
     req: Request<pb::ListMeetingsRequest>,
 ) -> R<pb::ListMeetingsResponse> {
-    let (who, q) = accept::<_, PageOf>(req)?;
+    let (who, mut q) = accept::<_, PageOf>(req)?;
+    q.page = q.page.within(api.response_bytes);
     let Page {
         items,
         next_page_token,

@@ -23,7 +23,8 @@ pub(super) async fn list_messages(
     api: &WorkspaceApi,
     req: Request<pb::ListMessagesRequest>,
 ) -> R<pb::ListMessagesResponse> {
-    let (who, q) = accept::<_, PageOf>(req)?;
+    let (who, mut q) = accept::<_, PageOf>(req)?;
+    q.page = q.page.within(api.response_bytes);
     let Page {
         items,
         next_page_token,

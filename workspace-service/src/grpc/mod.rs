@@ -1,6 +1,7 @@
 //! `vbase.workspace.v1.WorkspaceService`: each handler checks its request into a typed input
 //! ([`convert`]), takes a connection, calls the domain and maps the result. The trait impl
-//! here only routes each method to its resource's handler.
+//! here only routes each method to its resource's handler; [`routes::Routes`] puts the
+//! watches (served from encoded frames) and each user's quotas in front of it.
 
 mod channels;
 pub mod convert;
@@ -10,6 +11,7 @@ mod messages;
 pub mod policy;
 mod reconcile;
 mod rooms;
+pub mod routes;
 mod sync;
 mod watch;
 mod workspaces;
@@ -53,30 +55,31 @@ where
 pub struct WorkspaceApi {
     pool: Pool,
     ledger: delivery_ledger::Ledger,
-    live: crate::live::watch::Live,
     metrics: Metrics,
     cleanup_wake: Arc<Notify>,
     purge_wake: Arc<Notify>,
+    /// Bytes one answer may carry (`RESPONSE_MAX_BYTES`).
+    response_bytes: usize,
 }
 
 impl WorkspaceApi {
     /// Creates the handler set; `cleanup_wake` is notified when Liveblocks rooms are queued,
-    /// `purge_wake` when a purge is.
+    /// `purge_wake` when a purge is; pages carry at most `response_bytes`.
     pub fn new(
         pool: Pool,
         ledger: delivery_ledger::Ledger,
-        live: crate::live::watch::Live,
         metrics: Metrics,
-        cleanup_wake: Arc<Notify>,
-        purge_wake: Arc<Notify>,
+        wakes: [Arc<Notify>; 2],
+        response_bytes: usize,
     ) -> Self {
+        let [cleanup_wake, purge_wake] = wakes;
         Self {
             pool,
             ledger,
-            live,
             metrics,
             cleanup_wake,
             purge_wake,
+            response_bytes,
         }
     }
 
@@ -312,21 +315,23 @@ impl WorkspaceService for WorkspaceApi {
         messages::mark_channel_read(self, req).await
     }
 
-    type WatchChannelStream = crate::live::watch::Events<pb::ChannelEvent>;
-    type WatchWorkspaceStream = crate::live::watch::Events<pb::WorkspaceEvent>;
+    // The watches are answered by `routes::Routes` with frames encoded once per change
+    // (`watch::serve`); the generated routes below are never reached.
+    type WatchChannelStream = futures::stream::Empty<Result<pb::ChannelEvent, Status>>;
+    type WatchWorkspaceStream = futures::stream::Empty<Result<pb::WorkspaceEvent, Status>>;
 
     async fn watch_workspace(
         &self,
-        req: Request<pb::WatchWorkspaceRequest>,
+        _req: Request<pb::WatchWorkspaceRequest>,
     ) -> R<Self::WatchWorkspaceStream> {
-        watch::watch_workspace(self, req).await
+        Err(Error::Internal("WatchWorkspace reached the generated route".into()).into())
     }
 
     async fn watch_channel(
         &self,
-        req: Request<pb::WatchChannelRequest>,
+        _req: Request<pb::WatchChannelRequest>,
     ) -> R<Self::WatchChannelStream> {
-        watch::watch_channel(self, req).await
+        Err(Error::Internal("WatchChannel reached the generated route".into()).into())
     }
 
     async fn get_unread_counts(

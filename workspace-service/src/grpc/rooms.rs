@@ -22,7 +22,8 @@ pub(super) async fn list_rooms(
     api: &WorkspaceApi,
     req: Request<pb::ListRoomsRequest>,
 ) -> R<pb::ListRoomsResponse> {
-    let (who, q) = accept::<_, ListRooms>(req)?;
+    let (who, mut q) = accept::<_, ListRooms>(req)?;
+    q.page = q.page.within(api.response_bytes);
     let Page {
         items,
         next_page_token,

@@ -1,53 +1,135 @@
-//! Live watches: the handlers check the request and open the stream (`crate::live`).
+//! Live watches on the wire: `WatchChannel` and `WatchWorkspace` are answered here rather than
+//! through the generated server, because their events go out as frames encoded once per
+//! change and shared by every watcher (`crate::live::frames`). The request (one small gRPC
+//! message) is read and checked here; the response body is the stream's outbox.
 
-use super::{R, WorkspaceApi, ok};
 use crate::domain::access::Caller;
-use crate::error::Error;
-use crate::live::watch::Events;
+use crate::live::watch::{Live, Scope};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Limited};
+use prost::Message;
 use token_auth::Principal;
-use tonic::Request;
+use tonic::Status;
 use vbase_proto::workspace::v1 as pb;
 
-/// The caller, when its token expires, and the resume token of a watch request.
-fn watcher<T>(
-    req: &Request<T>,
-    resume_token: &str,
-) -> Result<(Caller, Option<i64>, Option<String>), Error> {
-    let principal = req.extensions().get::<Principal>();
+/// The largest watch request read (its two fields are short).
+const MAX_REQUEST: usize = 4096;
+
+/// Which watch a request opens.
+#[derive(Debug, Clone, Copy)]
+pub enum Kind {
+    Channel,
+    Workspace,
+}
+
+/// Answers a watch request: the stream, or the status that refused it.
+pub async fn serve(
+    live: Live,
+    kind: Kind,
+    req: http::Request<tonic::body::Body>,
+) -> http::Response<tonic::body::Body> {
+    match open(&live, kind, req).await {
+        Ok(body) => {
+            let mut response = http::Response::new(tonic::body::Body::new(body));
+            response.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                http::HeaderValue::from_static("application/grpc"),
+            );
+            response
+        }
+        Err(status) => status.into_http(),
+    }
+}
+
+async fn open(
+    live: &Live,
+    kind: Kind,
+    req: http::Request<tonic::body::Body>,
+) -> Result<crate::live::outbox::Body, Status> {
+    let (parts, body) = req.into_parts();
+    let principal = parts.extensions.get::<Principal>();
     let caller = Caller::from_principal(principal)?;
     let expires_at = principal.map(Principal::expires_at);
-    let token = match resume_token.trim() {
-        "" => None,
-        t if t.len() > 100 => {
-            return Err(Error::Invalid(
-                "resume_token is not one this service gave out".into(),
-            ));
+    let read = Limited::new(body, MAX_REQUEST)
+        .collect()
+        .await
+        .map_err(|e| match e.downcast::<Status>() {
+            Ok(status) => *status,
+            Err(_) => {
+                Status::invalid_argument(format!("a watch request is at most {MAX_REQUEST} bytes"))
+            }
+        })?
+        .to_bytes();
+    let message = one_message(&read)?;
+    let bad = |e: prost::DecodeError| Status::invalid_argument(format!("malformed request: {e}"));
+    let (scope, token) = match kind {
+        Kind::Channel => {
+            let m = pb::WatchChannelRequest::decode(message).map_err(bad)?;
+            let channel = input_validation::uuid("channel_id", &m.channel_id)
+                .map_err(crate::error::Error::from)?;
+            (Scope::Channel(channel), resume_token(&m.resume_token)?)
         }
-        t => Some(t.to_owned()),
+        Kind::Workspace => {
+            let m = pb::WatchWorkspaceRequest::decode(message).map_err(bad)?;
+            let org = crate::model::OrgId::parse("clerk_org_id", &m.clerk_org_id)?;
+            (Scope::Workspace(org), resume_token(&m.resume_token)?)
+        }
     };
-    Ok((caller, expires_at, token))
+    live.open(caller, expires_at, scope, token).await
 }
 
-pub(super) async fn watch_channel(
-    api: &WorkspaceApi,
-    req: Request<pb::WatchChannelRequest>,
-) -> R<Events<pb::ChannelEvent>> {
-    let (caller, expires_at, token) = watcher(&req, &req.get_ref().resume_token)?;
-    let channel = input_validation::uuid("channel_id", &req.get_ref().channel_id)?;
-    ok(api
-        .live
-        .watch_channel(caller, expires_at, channel, token)
-        .await?)
+/// The one uncompressed gRPC message of a request body.
+fn one_message(body: &Bytes) -> Result<Bytes, Status> {
+    let not_one = || Status::invalid_argument("the request must be one gRPC message");
+    if body.len() < 5 {
+        return Err(not_one());
+    }
+    if body[0] != 0 {
+        return Err(Status::unimplemented(
+            "compressed requests are not accepted: send watch requests uncompressed",
+        ));
+    }
+    let len = u32::from_be_bytes([body[1], body[2], body[3], body[4]]) as usize;
+    if body.len() != 5 + len {
+        return Err(not_one());
+    }
+    Ok(body.slice(5..))
 }
 
-pub(super) async fn watch_workspace(
-    api: &WorkspaceApi,
-    req: Request<pb::WatchWorkspaceRequest>,
-) -> R<Events<pb::WorkspaceEvent>> {
-    let (caller, expires_at, token) = watcher(&req, &req.get_ref().resume_token)?;
-    let org = crate::model::OrgId::parse("clerk_org_id", &req.get_ref().clerk_org_id)?;
-    ok(api
-        .live
-        .watch_workspace(caller, expires_at, org, token)
-        .await?)
+/// The resume token of a watch request (`None`: from now).
+fn resume_token(token: &str) -> Result<Option<String>, Status> {
+    match token.trim() {
+        "" => Ok(None),
+        t if t.len() > 100 => Err(Status::invalid_argument(
+            "resume_token is not one this service gave out",
+        )),
+        t => Ok(Some(t.to_owned())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_request_is_exactly_one_uncompressed_message() {
+        let m = pb::WatchChannelRequest {
+            channel_id: "c".into(),
+            resume_token: String::new(),
+        }
+        .encode_to_vec();
+        let mut framed = vec![0];
+        framed.extend_from_slice(&(m.len() as u32).to_be_bytes());
+        framed.extend_from_slice(&m);
+        assert_eq!(one_message(&Bytes::from(framed.clone())).unwrap(), m);
+        let mut compressed = framed.clone();
+        compressed[0] = 1;
+        assert_eq!(
+            one_message(&Bytes::from(compressed)).unwrap_err().code(),
+            tonic::Code::Unimplemented
+        );
+        framed.push(0);
+        assert!(one_message(&Bytes::from(framed)).is_err());
+        assert!(one_message(&Bytes::from_static(b"\0\0")).is_err());
+    }
 }

@@ -23,7 +23,8 @@ pub(super) async fn list_members(
     api: &WorkspaceApi,
     req: Request<pb::ListMembersRequest>,
 ) -> R<pb::ListMembersResponse> {
-    let (who, q) = accept::<_, ListMembers>(req)?;
+    let (who, mut q) = accept::<_, ListMembers>(req)?;
+    q.max_bytes = api.response_bytes;
     let (rows, next) = memberships::list_members(&mut *api.conn().await?, &who, &q).await?;
     ok(pb::ListMembersResponse {
         members: rows.into_iter().map(Into::into).collect(),

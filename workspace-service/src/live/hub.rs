@@ -2,9 +2,12 @@
 //! workspace id) makes the hub read that workspace's new changes once and broadcast them to
 //! the replica's watchers of it. NOTIFY only wakes: the change log is read after the last
 //! number broadcast, so a lost notification (a reconnect) delays a change until the next poll
-//! (every 2 s), never loses it. The hub also prunes the change log hourly.
+//! (every 2 s), never loses it. Each change is encoded once here ([`Frame`]) and the same bytes
+//! go to every stream that sends it.
 
-use crate::domain::changes::{self, Change};
+use super::frames::{Frame, Memory};
+use crate::domain::changes;
+use diesel_async::AsyncPgConnection;
 use futures::StreamExt;
 use service_runtime::Pool;
 use std::collections::HashMap;
@@ -16,11 +19,14 @@ use uuid::Uuid;
 
 /// How often every watched workspace is read even without a notification.
 const POLL: Duration = Duration::from_secs(2);
-/// How often the change log is pruned.
-const PRUNE: Duration = Duration::from_secs(3600);
+/// Changes a watcher may fall behind the broadcast before it reads them from the log instead.
+const CAPACITY: usize = 1024;
+/// What one read of the log takes at most: rows, and payload bytes.
+const READ_ROWS: i64 = 500;
+const READ_BYTES: i64 = 1 << 20;
 
 struct Topic {
-    tx: broadcast::Sender<Arc<Change>>,
+    tx: broadcast::Sender<Arc<Frame>>,
     /// The last change number broadcast.
     last: i64,
 }
@@ -30,33 +36,34 @@ struct Topic {
 pub struct Hub {
     pool: Pool,
     topics: Arc<Mutex<HashMap<Uuid, Topic>>>,
-    capacity: usize,
+    memory: Arc<Memory>,
 }
 
 impl Hub {
-    /// A hub whose watchers may fall `capacity` changes behind before they are ended.
-    pub fn new(pool: Pool, capacity: usize) -> Self {
+    /// A hub whose frames count in `memory`.
+    pub fn new(pool: Pool, memory: Arc<Memory>) -> Self {
         Self {
             pool,
             topics: Arc::default(),
-            capacity: capacity.max(1),
+            memory,
         }
     }
 
     /// Changes of `workspace` from now on (numbers after `head`, the last one committed when
-    /// the workspace got its first watcher here).
+    /// the workspace got its first watcher here). Reads on the caller's connection, so a watch
+    /// being opened never holds two.
     pub async fn subscribe(
         &self,
+        conn: &mut AsyncPgConnection,
         workspace: Uuid,
-    ) -> Result<broadcast::Receiver<Arc<Change>>, crate::error::Error> {
+    ) -> Result<broadcast::Receiver<Arc<Frame>>, crate::error::Error> {
         if let Some(t) = self.lock().get(&workspace) {
             return Ok(t.tx.subscribe());
         }
-        let mut conn = self.pool.get().await?;
-        let (head, _) = changes::bounds(&mut conn, workspace).await?;
+        let (head, _) = changes::bounds(conn, workspace).await?;
         let mut topics = self.lock();
         let t = topics.entry(workspace).or_insert_with(|| Topic {
-            tx: broadcast::channel(self.capacity).0,
+            tx: broadcast::channel(CAPACITY).0,
             last: head,
         });
         Ok(t.tx.subscribe())
@@ -73,22 +80,26 @@ impl Hub {
         };
         let mut conn = self.pool.get().await?;
         loop {
-            let batch = changes::after(&mut conn, workspace, last, 500).await?;
-            let n = batch.len();
+            let batch = changes::after(&mut conn, workspace, last, READ_ROWS, READ_BYTES).await?;
+            let frames: Vec<Frame> = batch
+                .changes
+                .iter()
+                .map(|c| Frame::of(&self.memory, c))
+                .collect();
             let mut topics = self.lock();
             let Some(t) = topics.get_mut(&workspace) else {
                 return Ok(());
             };
-            for c in batch {
+            for f in frames {
                 // A concurrent pump may have broadcast it already.
-                if c.seq <= t.last {
+                if f.seq <= t.last {
                     continue;
                 }
-                t.last = c.seq;
-                let _ = t.tx.send(Arc::new(c));
+                t.last = f.seq;
+                let _ = t.tx.send(Arc::new(f));
             }
             last = t.last;
-            if n < 500 {
+            if !batch.more {
                 return Ok(());
             }
         }
@@ -108,19 +119,12 @@ impl Hub {
         }
     }
 
-    /// Listens on `database_url` and broadcasts until `stop`; prunes changes older than
-    /// `retention`.
-    pub async fn run(
-        self,
-        database_url: String,
-        retention: Duration,
-        stop: impl Future<Output = ()>,
-    ) {
+    /// Listens on `database_url` and broadcasts until `stop`.
+    pub async fn run(self, database_url: String, stop: impl Future<Output = ()>) {
         tokio::pin!(stop);
-        let mut last_prune: Option<tokio::time::Instant> = None;
         loop {
             let listened = tokio::select! {
-                r = self.listen(&database_url, &mut last_prune, retention) => r,
+                r = self.listen(&database_url) => r,
                 _ = &mut stop => return,
             };
             if let Err(e) = listened {
@@ -133,12 +137,7 @@ impl Hub {
         }
     }
 
-    async fn listen(
-        &self,
-        database_url: &str,
-        last_prune: &mut Option<tokio::time::Instant>,
-        retention: Duration,
-    ) -> anyhow::Result<()> {
+    async fn listen(&self, database_url: &str) -> anyhow::Result<()> {
         use diesel_async::{AsyncConnection, AsyncPgConnection, SimpleAsyncConnection};
         let mut conn = AsyncPgConnection::establish(database_url).await?;
         conn.batch_execute(&format!("LISTEN {}", changes::NOTIFY_CHANNEL))
@@ -155,18 +154,7 @@ impl Hub {
                         self.pump(w).await?;
                     }
                 }
-                _ = poll.tick() => {
-                    self.pump_all().await;
-                    if last_prune.is_none_or(|t| t.elapsed() >= PRUNE) {
-                        *last_prune = Some(tokio::time::Instant::now());
-                        let mut c = self.pool.get().await?;
-                        match changes::prune(&mut c, retention).await {
-                            Ok(0) => {}
-                            Ok(n) => tracing::info!(pruned = n, "change log pruned"),
-                            Err(e) => tracing::warn!(error = %e, "pruning the change log failed"),
-                        }
-                    }
-                }
+                _ = poll.tick() => self.pump_all().await,
             }
         }
     }

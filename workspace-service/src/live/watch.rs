@@ -1,197 +1,43 @@
 //! One caller's watch of a channel or of a workspace: its backlog after the resume token, read
 //! from the change log, then the hub's changes, each once and in order, filtered to what it
-//! watches (a channel's events, or the workspace's own). The backlog
-//! is sent as fast as the client reads it; live changes go into a bounded buffer, and a client
-//! that lets it fill is ended with RESOURCE_EXHAUSTED and resumes with its last token. It also ends when the caller's token
-//! expires, when a periodic re-check finds the caller no longer has access (a removed member, a
-//! deleted workspace), or when the hub drops behind.
+//! watches (a channel's events, or the workspace's own).
+//!
+//! A stream's task fills its [`Outbox`], counted in bytes: the backlog is read in pieces that
+//! fit the stream's budget (`WATCH_BUFFER_BYTES`) as the client reads; a live change that does
+//! not fit ends the stream with RESOURCE_EXHAUSTED, and so does the replica's live events
+//! holding more than `WATCH_MEMORY_BYTES` while this client is behind (frames queued, or one
+//! the HTTP/2 layer cannot send for want of window); the client resumes with its last token. Whether in the backlog or live, the stream ends when the caller's token
+//! expires (UNAUTHENTICATED), when the periodic re-check finds the caller no longer has access
+//! (PERMISSION_DENIED), and at once when the service starts shutting down (UNAVAILABLE).
+//! Ending drops what is queued. A stream that falls behind the hub's broadcast reads what it
+//! missed from the log.
 
 use super::LiveSettings;
+use super::frames::{self, Frame, Memory};
 use super::hub::Hub;
+use super::outbox::{self, Body, Outbox};
 use crate::domain::access::{Caller, channel_scope};
-use crate::domain::changes::{self, Change};
+use crate::domain::changes;
 use crate::error::Error;
-use service_runtime::Pool;
-use std::sync::Arc;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, broadcast, mpsc};
+use crate::metrics::Metrics;
+use service_runtime::{Lifecycle, Phase, Pool};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, broadcast};
 use tonic::Status;
 use uuid::Uuid;
 use vbase_proto::workspace::v1 as pb;
 
-/// What a watch stream yields.
-pub type Events<T> = tokio_stream::wrappers::ReceiverStream<Result<T, Status>>;
+/// Rows one read of the backlog takes at most (its bytes are bounded by the stream's room).
+const READ_ROWS: i64 = 500;
 
 /// What is watched.
 #[derive(Debug, Clone)]
-enum Scope {
+pub enum Scope {
+    /// A channel's messages and read receipts.
     Channel(Uuid),
+    /// The workspace's own changes (channels, rooms, members...).
     Workspace(crate::model::OrgId),
-}
-
-/// The events of one kind of watch.
-pub trait WatchEvent: Send + Sized + 'static {
-    /// This watch's event for `c`, when `c` is one of its changes.
-    fn of(c: &Change, channel: Option<Uuid>) -> Option<Result<Self, Status>>;
-    /// The end of the backlog.
-    fn caught_up(token: String) -> Self;
-    /// Whether nothing can follow it (the workspace was deleted).
-    fn is_last(&self) -> bool;
-}
-
-impl WatchEvent for pb::ChannelEvent {
-    fn of(c: &Change, channel: Option<Uuid>) -> Option<Result<Self, Status>> {
-        (c.channel_id.is_some() && c.channel_id == channel)
-            .then(|| c.event().ok_or_else(|| Status::internal("internal error")))
-    }
-    fn caught_up(resume_token: String) -> Self {
-        Self {
-            resume_token,
-            recorded_at: None,
-            event: Some(pb::channel_event::Event::CaughtUp(pb::CaughtUp {})),
-        }
-    }
-    fn is_last(&self) -> bool {
-        false
-    }
-}
-
-impl WatchEvent for pb::WorkspaceEvent {
-    fn of(c: &Change, _channel: Option<Uuid>) -> Option<Result<Self, Status>> {
-        c.channel_id.is_none().then(|| {
-            c.workspace_event()
-                .ok_or_else(|| Status::internal("internal error"))
-        })
-    }
-    fn caught_up(resume_token: String) -> Self {
-        Self {
-            resume_token,
-            recorded_at: None,
-            event: Some(pb::workspace_event::Event::CaughtUp(pb::CaughtUp {})),
-        }
-    }
-    fn is_last(&self) -> bool {
-        matches!(
-            self.event,
-            Some(pb::workspace_event::Event::WorkspaceDeleted(_))
-        )
-    }
-}
-
-/// Watches of this replica.
-#[derive(Clone)]
-pub struct Live {
-    pool: Pool,
-    hub: Hub,
-    streams: Arc<Semaphore>,
-    settings: LiveSettings,
-    open: prometheus_client::metrics::gauge::Gauge,
-}
-
-/// Why a stream stopped sending.
-enum End {
-    /// The client went away.
-    Gone,
-    /// End with this status.
-    Status(Status),
-}
-
-impl Live {
-    /// Watches served through `hub`; `open` counts the streams open.
-    pub fn new(
-        pool: Pool,
-        hub: Hub,
-        settings: LiveSettings,
-        open: prometheus_client::metrics::gauge::Gauge,
-    ) -> Self {
-        Self {
-            pool,
-            hub,
-            streams: Arc::new(Semaphore::new(settings.max_streams)),
-            settings,
-            open,
-        }
-    }
-
-    /// Opens a watch of `channel` for `caller` (whose token expires at `expires_at`, Unix
-    /// seconds), after `resume_token` or from now.
-    pub async fn watch_channel(
-        &self,
-        caller: Caller,
-        expires_at: Option<i64>,
-        channel: Uuid,
-        resume_token: Option<String>,
-    ) -> Result<Events<pb::ChannelEvent>, Error> {
-        self.open(caller, expires_at, Scope::Channel(channel), resume_token)
-            .await
-    }
-
-    /// Opens a watch of the workspace of `org` for `caller`, like [`Live::watch_channel`].
-    pub async fn watch_workspace(
-        &self,
-        caller: Caller,
-        expires_at: Option<i64>,
-        org: crate::model::OrgId,
-        resume_token: Option<String>,
-    ) -> Result<Events<pb::WorkspaceEvent>, Error> {
-        self.open(caller, expires_at, Scope::Workspace(org), resume_token)
-            .await
-    }
-
-    async fn open<T: WatchEvent>(
-        &self,
-        caller: Caller,
-        expires_at: Option<i64>,
-        scope: Scope,
-        resume_token: Option<String>,
-    ) -> Result<Events<T>, Error> {
-        let permit = Arc::clone(&self.streams).try_acquire_owned().map_err(|_| {
-            Error::Unavailable(
-                "this replica serves its most watch streams (WATCH_MAX_STREAMS); retry later",
-            )
-        })?;
-        let mut conn = self.pool.get().await?;
-        let workspace = scope.check(&mut conn, &caller).await?;
-        // Subscribe first, then read where the backlog ends: nothing falls in between.
-        let live = self.hub.subscribe(workspace).await?;
-        let (head, first) = changes::bounds(&mut conn, workspace).await?;
-        let start = match resume_token.as_deref() {
-            None => head,
-            Some(t) => {
-                let seq = changes::parse_token(workspace, t)
-                    .filter(|s| *s <= head)
-                    .ok_or_else(|| {
-                        Error::Invalid(
-                            "resume_token is not one this watch gave out; watch without it".into(),
-                        )
-                    })?;
-                if seq < head && first.is_none_or(|f| seq + 1 < f) {
-                    return Err(Error::Precondition(
-                        "resume_token is older than the change log keeps: list again, then watch without a token".into(),
-                    ));
-                }
-                seq
-            }
-        };
-        drop(conn);
-        let (tx, rx) = mpsc::channel(self.settings.buffer);
-        let stream = Stream {
-            live: self.clone(),
-            caller,
-            expires_at,
-            workspace,
-            scope,
-            last: start,
-            tx,
-            _permit: permit,
-        };
-        let open = self.open.clone();
-        open.inc();
-        tokio::spawn(async move {
-            stream.run(live).await;
-            open.dec();
-        });
-        Ok(Events::new(rx))
-    }
 }
 
 impl Scope {
@@ -211,15 +57,183 @@ impl Scope {
         }
     }
 
-    fn channel(&self) -> Option<Uuid> {
+    /// Whether a change of `channel` (`None`: the workspace's own) is one of this watch's.
+    fn wants(&self, channel: Option<Uuid>) -> bool {
         match self {
-            Scope::Channel(c) => Some(*c),
-            Scope::Workspace(_) => None,
+            Scope::Channel(c) => channel == Some(*c),
+            Scope::Workspace(_) => channel.is_none(),
+        }
+    }
+
+    /// The frame that ends the backlog.
+    fn caught_up(&self, memory: &Arc<Memory>, resume_token: String) -> bytes::Bytes {
+        match self {
+            Scope::Channel(_) => frames::message(
+                memory,
+                &pb::ChannelEvent {
+                    resume_token,
+                    recorded_at: None,
+                    event: Some(pb::channel_event::Event::CaughtUp(pb::CaughtUp {})),
+                },
+            ),
+            Scope::Workspace(_) => frames::message(
+                memory,
+                &pb::WorkspaceEvent {
+                    resume_token,
+                    recorded_at: None,
+                    event: Some(pb::workspace_event::Event::CaughtUp(pb::CaughtUp {})),
+                },
+            ),
         }
     }
 }
 
-struct Stream<T> {
+/// Watches of this replica.
+#[derive(Clone)]
+pub struct Live {
+    pool: Pool,
+    hub: Hub,
+    memory: Arc<Memory>,
+    streams: Arc<Semaphore>,
+    per_user: Arc<Mutex<HashMap<String, usize>>>,
+    settings: LiveSettings,
+    lifecycle: Lifecycle,
+    metrics: Metrics,
+}
+
+/// A user's place among their open streams, given back when the stream ends.
+struct UserSlot {
+    per_user: Arc<Mutex<HashMap<String, usize>>>,
+    user: String,
+}
+
+impl Drop for UserSlot {
+    fn drop(&mut self) {
+        let mut users = self.per_user.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = users.get_mut(&self.user) {
+            *n -= 1;
+            if *n == 0 {
+                users.remove(&self.user);
+            }
+        }
+    }
+}
+
+impl Live {
+    /// Watches served through `hub`, whose frames count in `memory`; they end when `lifecycle`
+    /// starts shutting down.
+    pub fn new(
+        pool: Pool,
+        hub: Hub,
+        memory: Arc<Memory>,
+        settings: LiveSettings,
+        lifecycle: Lifecycle,
+        metrics: Metrics,
+    ) -> Self {
+        Self {
+            pool,
+            hub,
+            memory,
+            streams: Arc::new(Semaphore::new(settings.max_streams)),
+            per_user: Arc::default(),
+            settings,
+            lifecycle,
+            metrics,
+        }
+    }
+
+    /// Takes one of `caller`'s places among their open streams (users only).
+    fn user_slot(&self, caller: &Caller) -> Result<Option<UserSlot>, Status> {
+        let Some(user) = caller.user_id() else {
+            return Ok(None);
+        };
+        let mut users = self.per_user.lock().unwrap_or_else(|p| p.into_inner());
+        let n = users.entry(user.to_owned()).or_default();
+        if *n >= self.settings.per_user {
+            return Err(Status::resource_exhausted(format!(
+                "this user already has {} watches open on this replica (WATCH_MAX_PER_USER): close one before opening another",
+                self.settings.per_user
+            )));
+        }
+        *n += 1;
+        Ok(Some(UserSlot {
+            per_user: Arc::clone(&self.per_user),
+            user: user.to_owned(),
+        }))
+    }
+
+    /// Opens a watch of `scope` for `caller` (whose token expires at `expires_at`, Unix
+    /// seconds), after `resume_token` or from now; returns the response body that carries it.
+    pub async fn open(
+        &self,
+        caller: Caller,
+        expires_at: Option<i64>,
+        scope: Scope,
+        resume_token: Option<String>,
+    ) -> Result<Body, Status> {
+        if self.lifecycle.phase() != Phase::Running {
+            return Err(Status::unavailable(
+                "the service is stopping: watch again (another replica answers)",
+            ));
+        }
+        let permit = Arc::clone(&self.streams).try_acquire_owned().map_err(|_| {
+            Status::unavailable(
+                "this replica serves its most watch streams (WATCH_MAX_STREAMS); retry later",
+            )
+        })?;
+        let slot = self.user_slot(&caller)?;
+        // One connection for the whole open: the scope, the hub's first read, the bounds.
+        let mut conn = self.pool.get().await.map_err(Error::from)?;
+        let workspace = scope.check(&mut conn, &caller).await?;
+        // Subscribe first, then read where the backlog ends: nothing falls in between.
+        let live = self.hub.subscribe(&mut conn, workspace).await?;
+        let (head, first) = changes::bounds(&mut conn, workspace)
+            .await
+            .map_err(Error::from)?;
+        drop(conn);
+        let start = match resume_token.as_deref() {
+            None => head,
+            Some(t) => {
+                let seq = changes::parse_token(workspace, t)
+                    .filter(|s| *s <= head)
+                    .ok_or_else(|| {
+                        Status::invalid_argument(
+                            "resume_token is not one this watch gave out; watch without it",
+                        )
+                    })?;
+                if seq < head && first.is_none_or(|f| seq + 1 < f) {
+                    return Err(too_old());
+                }
+                seq
+            }
+        };
+        let (outbox, body) = outbox::pair();
+        let stream = Stream {
+            live: self.clone(),
+            caller,
+            expires_at,
+            workspace,
+            scope,
+            last: start,
+            reading: true,
+            announced: false,
+            outbox,
+            _permit: permit,
+            _slot: slot,
+        };
+        self.metrics.watch_streams.inc();
+        tokio::spawn(stream.run(live));
+        Ok(body)
+    }
+}
+
+fn too_old() -> Status {
+    Status::failed_precondition(
+        "resume_token is older than the change log keeps: list again, then watch without a token",
+    )
+}
+
+struct Stream {
     live: Live,
     caller: Caller,
     expires_at: Option<i64>,
@@ -227,143 +241,206 @@ struct Stream<T> {
     scope: Scope,
     /// The last change number seen (delivered or not: another channel's, say).
     last: i64,
-    tx: mpsc::Sender<Result<T, Status>>,
+    /// Reading the log (the backlog, or what it missed of the broadcast) rather than the hub.
+    reading: bool,
+    /// `caught_up` was sent.
+    announced: bool,
+    outbox: Outbox,
     _permit: OwnedSemaphorePermit,
+    _slot: Option<UserSlot>,
 }
 
-impl<T: WatchEvent> Stream<T> {
-    async fn run(mut self, mut live: broadcast::Receiver<Arc<Change>>) {
-        let end = match self.serve(&mut live).await {
-            Ok(()) | Err(End::Gone) => return,
-            Err(End::Status(s)) => s,
-        };
-        // The closing status, once the client has room for it (or gives up).
-        let _ =
-            tokio::time::timeout(std::time::Duration::from_secs(5), self.tx.send(Err(end))).await;
+/// Why a stream stopped sending.
+enum End {
+    /// The client went away.
+    Gone,
+    /// End with this status now, dropping what is queued.
+    Now(Status, &'static str),
+    /// End with this status after what is queued (the workspace was deleted).
+    After(Status, &'static str),
+}
+
+/// What woke a stream's task.
+enum Step {
+    End(End),
+    Recheck,
+    Pressure,
+    Live(Result<Arc<Frame>, broadcast::error::RecvError>),
+    Read,
+}
+
+impl Stream {
+    async fn run(mut self, mut live: broadcast::Receiver<Arc<Frame>>) {
+        let end = self.serve(&mut live).await;
+        drop(live);
+        let metrics = self.live.metrics.clone();
+        match end {
+            End::Gone => metrics.watch_ended("gone"),
+            End::Now(status, reason) => {
+                self.outbox.end_now(&status);
+                metrics.watch_ended(reason);
+            }
+            End::After(status, reason) => {
+                self.outbox.end_after(&status);
+                metrics.watch_ended(reason);
+            }
+        }
+        metrics.watch_streams.dec();
     }
 
-    async fn serve(&mut self, live: &mut broadcast::Receiver<Arc<Change>>) -> Result<(), End> {
-        self.catch_up(None).await?;
-        let caught_up = T::caught_up(changes::token(self.workspace, self.last));
-        self.backlog_send(caught_up).await?;
+    async fn serve(&mut self, live: &mut broadcast::Receiver<Arc<Frame>>) -> End {
+        let shutdown = self.live.lifecycle.shutting_down();
+        tokio::pin!(shutdown);
         let expiry = self.expires_at.map(|exp| {
             let now = token_auth::signing::now_secs();
             tokio::time::Instant::now() + std::time::Duration::from_secs((exp - now).max(0) as u64)
         });
+        let expired = async move {
+            match expiry {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::pin!(expired);
         let mut recheck = tokio::time::interval(self.live.settings.recheck);
         recheck.tick().await;
+        let budget = self.live.settings.stream_bytes;
         loop {
-            tokio::select! {
-                r = live.recv() => match r {
-                    Ok(c) => {
-                        if c.seq <= self.last {
-                            continue;
-                        }
-                        if c.seq > self.last + 1 {
-                            // Broadcast before this stream subscribed: read the gap.
-                            self.catch_up(Some(c.seq - 1)).await?;
-                        }
-                        self.deliver(&c)?;
-                    }
-                    Err(broadcast::error::RecvError::Lagged(_)) => {
-                        return Err(End::Status(Status::resource_exhausted(
-                            "the client fell behind the channel's changes; watch again with the last resume token",
-                        )));
-                    }
-                    Err(broadcast::error::RecvError::Closed) => {
-                        return Err(End::Status(Status::unavailable("the service is stopping; watch again with the last resume token")));
-                    }
-                },
-                _ = async { match expiry { Some(at) => tokio::time::sleep_until(at).await, None => std::future::pending().await } } => {
-                    return Err(End::Status(Status::unauthenticated(
+            if self.live.memory.over() && self.outbox.behind() {
+                return out_of_memory();
+            }
+            let step = tokio::select! {
+                biased;
+                _ = &mut shutdown => Step::End(End::Now(
+                    Status::unavailable("the service is stopping: watch again with the last resume token"),
+                    "stopping",
+                )),
+                _ = &mut expired => Step::End(End::Now(
+                    Status::unauthenticated(
                         "the token expired: watch again with a fresh token and the last resume token",
-                    )));
+                    ),
+                    "expired",
+                )),
+                _ = self.outbox.closed() => Step::End(End::Gone),
+                _ = recheck.tick() => Step::Recheck,
+                _ = self.live.memory.pressure() => Step::Pressure,
+                r = live.recv() => Step::Live(r),
+                _ = self.outbox.drained_to(budget / 2), if self.reading => Step::Read,
+            };
+            let done = match step {
+                Step::End(end) => Err(end),
+                Step::Recheck => self.check_access().await,
+                Step::Pressure => Ok(()),
+                Step::Live(Ok(f)) => self.deliver(&f),
+                Step::Live(Err(broadcast::error::RecvError::Lagged(_))) => {
+                    // The log has what the broadcast dropped.
+                    self.reading = true;
+                    Ok(())
                 }
-                _ = recheck.tick() => self.check_access().await?,
-                _ = self.tx.closed() => return Err(End::Gone),
+                Step::Live(Err(broadcast::error::RecvError::Closed)) => Err(End::Now(
+                    Status::unavailable(
+                        "the service is stopping: watch again with the last resume token",
+                    ),
+                    "stopping",
+                )),
+                Step::Read => self.read_log().await,
+            };
+            if let Err(end) = done {
+                return end;
             }
         }
     }
 
-    /// Delivers the changes after `self.last` (up to `until`, when given) from the log, as fast
-    /// as the client reads them.
-    async fn catch_up(&mut self, until: Option<i64>) -> Result<(), End> {
-        loop {
-            let mut conn = self
-                .live
-                .pool
-                .get()
-                .await
-                .map_err(|e| End::Status(Error::from(e).into()))?;
-            let batch = changes::after(&mut conn, self.workspace, self.last, 500)
-                .await
-                .map_err(|e| End::Status(Error::from(e).into()))?;
-            drop(conn);
-            let n = batch.len();
-            for c in &batch {
-                if until.is_some_and(|u| c.seq > u) {
-                    return Ok(());
-                }
-                self.last = c.seq;
-                if let Some(e) = T::of(c, self.scope.channel()) {
-                    let e = e.map_err(End::Status)?;
-                    let last = e.is_last();
-                    self.backlog_send(e).await?;
-                    if last {
-                        return Err(deleted());
-                    }
-                }
-            }
-            if n < 500 {
-                return Ok(());
-            }
-        }
-    }
-
-    /// Sends `c` when it is one of this watch's changes; every change moves the position.
-    fn deliver(&mut self, c: &Change) -> Result<(), End> {
-        self.last = c.seq;
-        match T::of(c, self.scope.channel()) {
-            None => Ok(()),
-            Some(Err(s)) => Err(End::Status(s)),
-            Some(Ok(e)) => {
-                let last = e.is_last();
-                self.send(e)?;
-                if last { Err(deleted()) } else { Ok(()) }
-            }
-        }
-    }
-
-    /// Sends `e`, waiting while the client's buffer is full.
-    async fn backlog_send(&self, e: T) -> Result<(), End> {
-        self.tx.send(Ok(e)).await.map_err(|_| End::Gone)
-    }
-
-    /// Queues a live event; a full buffer ends the stream.
-    fn send(&self, e: T) -> Result<(), End> {
-        if self.tx.is_closed() {
-            return Err(End::Gone);
-        }
-        if self.tx.capacity() == 0 {
-            return Err(End::Status(Status::resource_exhausted(
-                "the client fell behind (WATCH_BUFFER events unread); watch again with the last resume token",
-            )));
-        }
-        self.tx.try_send(Ok(e)).map_err(|_| End::Gone)
-    }
-
-    /// Ends the stream when the caller may no longer read the channel.
-    async fn check_access(&self) -> Result<(), End> {
-        let mut conn = self
+    /// Reads the changes after `self.last` from the log, as many as fit the stream's room, and
+    /// queues this watch's; once the log has no more, the stream is live (and says so once).
+    async fn read_log(&mut self) -> Result<(), End> {
+        let room = self
             .live
-            .pool
-            .get()
-            .await
-            .map_err(|e| End::Status(Error::from(e).into()))?;
-        match self.scope.check(&mut conn, &self.caller).await {
+            .settings
+            .stream_bytes
+            .saturating_sub(self.outbox.queued())
+            .max(1);
+        let batch = async {
+            let mut conn = self.live.pool.get().await?;
+            Ok::<_, Error>(
+                changes::after(&mut conn, self.workspace, self.last, READ_ROWS, room as i64)
+                    .await?,
+            )
+        }
+        .await
+        .map_err(|e| End::Now(e.into(), "error"))?;
+        if batch
+            .changes
+            .first()
+            .is_some_and(|c| c.seq != self.last + 1)
+        {
+            // Pruned since: never skip changes in silence.
+            return Err(End::Now(too_old(), "too_old"));
+        }
+        for c in &batch.changes {
+            self.last = c.seq;
+            if !self.scope.wants(c.channel_id) {
+                continue;
+            }
+            let frame = Frame::of(&self.live.memory, c);
+            self.outbox.push(frame.bytes);
+            if frame.last {
+                return Err(deleted());
+            }
+        }
+        if !batch.more {
+            self.reading = false;
+            if !self.announced {
+                self.announced = true;
+                let token = changes::token(self.workspace, self.last);
+                let marker = self.scope.caught_up(&self.live.memory, token);
+                self.outbox.push(marker);
+            }
+        }
+        Ok(())
+    }
+
+    /// Queues a live change when it is one of this watch's; every change moves the position.
+    fn deliver(&mut self, f: &Frame) -> Result<(), End> {
+        if self.reading || f.seq <= self.last {
+            // While reading the log, the log has it.
+            return Ok(());
+        }
+        if f.seq > self.last + 1 {
+            // Broadcast before this stream caught up: read the gap from the log.
+            self.reading = true;
+            return Ok(());
+        }
+        self.last = f.seq;
+        if !self.scope.wants(f.channel) {
+            return Ok(());
+        }
+        let queued = self.outbox.queued();
+        if queued > 0 && queued + f.bytes.len() > self.live.settings.stream_bytes {
+            return Err(End::Now(
+                Status::resource_exhausted(
+                    "the client fell behind (more than WATCH_BUFFER_BYTES unread); watch again with the last resume token",
+                ),
+                "behind",
+            ));
+        }
+        if self.live.memory.over() && self.outbox.behind() {
+            return Err(out_of_memory());
+        }
+        self.outbox.push(f.bytes.clone());
+        if f.last { Err(deleted()) } else { Ok(()) }
+    }
+
+    /// Ends the stream when the caller may no longer watch.
+    async fn check_access(&self) -> Result<(), End> {
+        let checked = async {
+            let mut conn = self.live.pool.get().await?;
+            self.scope.check(&mut conn, &self.caller).await
+        };
+        match checked.await {
             Ok(_) => Ok(()),
             Err(Error::Denied(m)) | Err(Error::NotFound(m)) => {
-                Err(End::Status(Status::permission_denied(m)))
+                Err(End::Now(Status::permission_denied(m), "denied"))
             }
             Err(e) => {
                 tracing::warn!(error = %e, "re-checking a watcher's access failed; checked again later");
@@ -373,7 +450,20 @@ impl<T: WatchEvent> Stream<T> {
     }
 }
 
+/// The end of a stream that is behind while the replica's live events are over their limit.
+fn out_of_memory() -> End {
+    End::Now(
+        Status::resource_exhausted(
+            "the client fell behind while this replica's watch buffers are full (WATCH_MEMORY_BYTES); watch again with the last resume token",
+        ),
+        "memory",
+    )
+}
+
 /// The end of a watch whose workspace was deleted.
 fn deleted() -> End {
-    End::Status(Status::permission_denied("the workspace was deleted"))
+    End::After(
+        Status::permission_denied("the workspace was deleted"),
+        "deleted",
+    )
 }

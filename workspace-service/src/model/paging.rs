@@ -1,4 +1,6 @@
-//! Keyset pages and their opaque tokens: stable under concurrent inserts (no offsets).
+//! Keyset pages and their opaque tokens: stable under concurrent inserts (no offsets). A page
+//! holds at most its size in rows and its byte budget (`RESPONSE_MAX_BYTES`) in answer bytes:
+//! one that would be larger ends early, and its next token continues after its last row.
 
 use crate::error::Error;
 use base64::Engine;
@@ -11,6 +13,36 @@ const ENGINE: base64::engine::GeneralPurpose = base64::engine::general_purpose::
 pub const DEFAULT_PAGE: i64 = 50;
 /// Largest page.
 pub const MAX_PAGE: i64 = 500;
+/// Bytes an answer may carry when no other budget is set (`RESPONSE_MAX_BYTES`' default).
+pub const DEFAULT_RESPONSE_BYTES: usize = 256 * 1024;
+/// What an answer adds to its rows at most: the gRPC prefix, the next page token, and the
+/// other fields of a response.
+const ENVELOPE: usize = 256;
+/// An upper bound of what a protobuf field adds to its value: its tag and its length.
+pub const FIELD: usize = 5;
+/// An upper bound of an encoded `google.protobuf.Timestamp` field.
+pub const TIMESTAMP: usize = 24;
+/// An upper bound of a UUID field.
+pub const UUID: usize = 36 + FIELD;
+/// An upper bound of a Liveblocks room id field (`<prefix>:<uuid>`).
+pub const LIVEBLOCKS_ID: usize = 64 + FIELD;
+/// An upper bound of an enum or a bool field.
+pub const SMALL: usize = 12;
+
+/// An upper bound of a text field holding `s`.
+pub fn text(s: &str) -> usize {
+    s.len() + FIELD
+}
+
+/// The bytes the rows of an answer of `max_bytes` may take.
+pub fn row_budget(max_bytes: usize) -> usize {
+    max_bytes.saturating_sub(ENVELOPE)
+}
+
+/// A row that knows an upper bound of its size in an answer, in bytes.
+pub trait WireSize {
+    fn wire_size(&self) -> usize;
+}
 
 /// A page of results and the token of the next one (empty on the last page).
 #[derive(Debug, Clone)]
@@ -26,6 +58,8 @@ pub struct PageRequest {
     pub size: i64,
     /// Start after this row (`None`: the first page).
     pub after: Option<Cursor>,
+    /// Bytes the answer may carry.
+    pub max_bytes: usize,
 }
 
 impl PageRequest {
@@ -34,7 +68,19 @@ impl PageRequest {
         Ok(Self {
             size: input_validation::page_size(page_size, DEFAULT_PAGE, MAX_PAGE)?,
             after: decode(token)?,
+            max_bytes: DEFAULT_RESPONSE_BYTES,
         })
+    }
+
+    /// This page within `max_bytes` of answer.
+    pub fn within(mut self, max_bytes: usize) -> Self {
+        self.max_bytes = max_bytes;
+        self
+    }
+
+    /// The bytes the rows of the page may take (the answer's budget less its envelope).
+    pub fn row_bytes(&self) -> usize {
+        row_budget(self.max_bytes)
     }
 
     /// The cursor's time and id as nullable query parameters.
@@ -47,10 +93,12 @@ impl PageRequest {
         self.size + 1
     }
 
-    /// Cuts `rows` (queried with [`PageRequest::limit`]) to a page with the next token.
-    pub fn page<T>(&self, mut rows: Vec<T>, cursor: impl Fn(&T) -> Cursor) -> Page<T> {
-        let more = rows.len() as i64 > self.size;
-        rows.truncate(self.size as usize);
+    /// Cuts `rows` (queried with [`PageRequest::limit`]) to a page with the next token: at
+    /// most the page's size, and rows of at most [`PageRequest::row_bytes`] (at least one row).
+    pub fn page<T: WireSize>(&self, mut rows: Vec<T>, cursor: impl Fn(&T) -> Cursor) -> Page<T> {
+        let keep = fitting(&rows, self.size as usize, self.row_bytes());
+        let more = rows.len() > keep;
+        rows.truncate(keep);
         let next_page_token = match (more, rows.last()) {
             (true, Some(last)) => encode(cursor(last)),
             _ => String::new(),
@@ -60,6 +108,20 @@ impl PageRequest {
             next_page_token,
         }
     }
+}
+
+/// How many of `rows` (at least one) fit in `max_rows` and `max_bytes`.
+pub fn fitting<T: WireSize>(rows: &[T], max_rows: usize, max_bytes: usize) -> usize {
+    let mut total = 0;
+    let mut keep = 0;
+    for r in rows.iter().take(max_rows) {
+        total += r.wire_size();
+        if keep > 0 && total > max_bytes {
+            break;
+        }
+        keep += 1;
+    }
+    keep
 }
 
 /// Position after the last row of a page ordered by `(time, id)`.
@@ -121,5 +183,41 @@ mod tests {
         assert_eq!(decode(&encode(c)).unwrap(), Some(c));
         assert!(decode("garbage!").is_err());
         assert_eq!(decode("").unwrap(), None);
+    }
+
+    struct Sized(usize);
+    impl WireSize for Sized {
+        fn wire_size(&self) -> usize {
+            self.0
+        }
+    }
+
+    #[test]
+    fn a_page_ends_at_its_rows_or_its_bytes_whichever_comes_first() {
+        let rows = |sizes: &[usize]| sizes.iter().map(|s| Sized(*s)).collect::<Vec<_>>();
+        assert_eq!(fitting(&rows(&[10, 10, 10]), 2, 100), 2);
+        assert_eq!(fitting(&rows(&[40, 40, 40]), 10, 100), 2);
+        assert_eq!(fitting(&rows(&[500, 1]), 10, 100), 1, "at least one row");
+        assert_eq!(fitting(&rows(&[]), 10, 100), 0);
+        let page = PageRequest {
+            size: 10,
+            after: None,
+            max_bytes: 256 + 100,
+        };
+        let at = DateTime::from_timestamp_micros(1_700_000_000_000_000).unwrap();
+        let cut = page.page(rows(&[40, 40, 40]), |_| Cursor {
+            at,
+            id: Uuid::nil(),
+        });
+        assert_eq!(cut.items.len(), 2);
+        assert!(
+            !cut.next_page_token.is_empty(),
+            "a page cut by bytes says more follow"
+        );
+        let whole = page.page(rows(&[40, 40]), |_| Cursor {
+            at,
+            id: Uuid::nil(),
+        });
+        assert!(whole.next_page_token.is_empty());
     }
 }

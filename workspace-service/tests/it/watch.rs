@@ -9,7 +9,7 @@ use vbase_proto::workspace::v1 as pb;
 use vbase_proto::workspace::v1::channel_event::Event;
 
 /// The workspace `org` with a channel; returns the channel id.
-async fn channel(env: &Env, org: &str, name: &str) -> String {
+pub(crate) async fn channel(env: &Env, org: &str, name: &str) -> String {
     env.workspace(org).await;
     env.client()
         .await
@@ -29,7 +29,7 @@ async fn channel(env: &Env, org: &str, name: &str) -> String {
         .id
 }
 
-async fn watch(
+pub(crate) async fn watch(
     env: &Env,
     user: &str,
     org: &str,
@@ -51,7 +51,7 @@ async fn watch(
         .into_inner()
 }
 
-async fn post(env: &Env, org: &str, channel: &str, body: &str) -> String {
+pub(crate) async fn post(env: &Env, org: &str, channel: &str, body: &str) -> String {
     env.client()
         .await
         .post_message(env.member(
@@ -71,7 +71,7 @@ async fn post(env: &Env, org: &str, channel: &str, body: &str) -> String {
         .id
 }
 
-async fn next(s: &mut Streaming<pb::ChannelEvent>) -> pb::ChannelEvent {
+pub(crate) async fn next(s: &mut Streaming<pb::ChannelEvent>) -> pb::ChannelEvent {
     tokio::time::timeout(Duration::from_secs(10), s.message())
         .await
         .expect("an event within 10 s")
@@ -80,7 +80,7 @@ async fn next(s: &mut Streaming<pb::ChannelEvent>) -> pb::ChannelEvent {
 }
 
 /// A short description of an event, for comparing sequences.
-fn what(e: &pb::ChannelEvent) -> String {
+pub(crate) fn what(e: &pb::ChannelEvent) -> String {
     match e.event.as_ref().unwrap() {
         Event::MessagePosted(m) => format!("posted {}", m.body),
         Event::MessageEdited(m) => format!("edited {}", m.body),
@@ -345,7 +345,7 @@ async fn a_change_on_one_replica_reaches_a_watcher_on_another_and_nothing_is_mis
 
 #[tokio::test]
 async fn a_client_that_falls_behind_is_ended_and_resumes() {
-    let env = start_custom(false, |c| c.watch.watch_buffer = 16).await;
+    let env = start_custom(false, |c| c.watch.watch_buffer_bytes = 64 * 1024).await;
     let ch = channel(&env, "org_s", "live").await;
     // A client with a small HTTP/2 window, so what it does not read backs up to the server.
     let narrow = tonic::transport::Endpoint::from_shared(format!("http://{}", env.server.addr))

@@ -821,14 +821,19 @@ async fn fanout(stack: &Stack, watchers: usize, posts: usize, rate: f64) -> Resu
         .channel
         .context("channel")?
         .id;
-    let token = key.sign(&dev_user_claims(
-        &stack.state,
-        "user_fan",
-        Some("org_bfan"),
-        "org:member",
-        "F",
-        "f@example.org",
-    ))?;
+    // One member per stream, as in a channel (a user may hold WATCH_MAX_PER_USER at most).
+    let tokens = (0..watchers)
+        .map(|i| {
+            key.sign(&dev_user_claims(
+                &stack.state,
+                &format!("user_fan{i}"),
+                Some("org_bfan"),
+                "org:member",
+                "F",
+                "f@example.org",
+            ))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
     let pid = stack
         .pid(Which::Workspace)
         .context("workspace-service pid")?;
@@ -849,7 +854,7 @@ async fn fanout(stack: &Stack, watchers: usize, posts: usize, rate: f64) -> Resu
                     channel_id: channel_id.clone(),
                     resume_token: String::new(),
                 },
-                &token,
+                &tokens[i],
             ))
             .await?
             .into_inner();

@@ -1,0 +1,323 @@
+//! Per-user quotas a service applies to its own methods: a rate per minute ([`UserRate`]),
+//! calls in flight at once ([`UserInFlight`], held until the answer has been sent), and the
+//! size of a request body ([`capped_request`]). Each refusal is RESOURCE_EXHAUSTED with a
+//! message that says what to do. They count per replica.
+
+use bytes::Bytes;
+use governor::clock::{Clock, DefaultClock};
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use http_body::{Body, Frame, SizeHint};
+use std::collections::HashMap;
+use std::num::NonZeroU32;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tonic::Status;
+
+/// Checks between two prunes of users who have not called lately.
+const PRUNE_EVERY: u64 = 10_000;
+
+/// RESOURCE_EXHAUSTED for too many `what` (e.g. "writes"), with when to retry: the message,
+/// `retry-after` (seconds) and `grpc-retry-pushback-ms`.
+pub fn too_many(what: &str, wait: Duration) -> Status {
+    let ms = wait.as_millis().max(1) as u64;
+    let mut status =
+        Status::resource_exhausted(format!("too many {what} by this user: retry in {ms} ms"));
+    let md = status.metadata_mut();
+    if let Ok(v) = ms.div_ceil(1000).to_string().parse() {
+        md.insert("retry-after", v);
+    }
+    if let Ok(v) = ms.to_string().parse() {
+        md.insert("grpc-retry-pushback-ms", v);
+    }
+    status
+}
+
+/// A rate per user: `per_minute` calls, as a burst of as many.
+pub struct UserRate {
+    limiter: DefaultKeyedRateLimiter<String>,
+    what: &'static str,
+    checks: AtomicU64,
+}
+
+impl std::fmt::Debug for UserRate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UserRate")
+            .field("what", &self.what)
+            .finish_non_exhaustive()
+    }
+}
+
+impl UserRate {
+    /// `per_minute` (at least 1) calls of `what` (as the refusal names them) per user.
+    pub fn per_minute(per_minute: u32, what: &'static str) -> Self {
+        let n = NonZeroU32::new(per_minute.max(1)).expect("at least 1");
+        Self {
+            limiter: RateLimiter::keyed(Quota::per_minute(n).allow_burst(n)),
+            what,
+            checks: AtomicU64::new(0),
+        }
+    }
+
+    /// Counts a call of `user`; refused when over the rate.
+    #[allow(clippy::ptr_arg)] // the limiter's keys are Strings: no copy made per call
+    pub fn check(&self, user: &String) -> Result<(), Status> {
+        if self.checks.fetch_add(1, Ordering::Relaxed) % PRUNE_EVERY == PRUNE_EVERY - 1 {
+            self.limiter.retain_recent();
+        }
+        match self.limiter.check_key(user) {
+            Ok(()) => Ok(()),
+            Err(not_until) => Err(too_many(
+                self.what,
+                not_until.wait_time_from(DefaultClock::default().now()),
+            )),
+        }
+    }
+}
+
+/// Calls in flight per user.
+#[derive(Debug, Clone)]
+pub struct UserInFlight {
+    max: usize,
+    setting: &'static str,
+    counts: Arc<Mutex<HashMap<String, usize>>>,
+}
+
+/// One call in flight; ends when dropped.
+#[derive(Debug)]
+pub struct InFlight {
+    user: String,
+    counts: Arc<Mutex<HashMap<String, usize>>>,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = counts.get_mut(&self.user) {
+            *n -= 1;
+            if *n == 0 {
+                counts.remove(&self.user);
+            }
+        }
+    }
+}
+
+impl UserInFlight {
+    /// At most `max` calls of one user at once; `setting` names the limit in the refusal.
+    pub fn new(max: usize, setting: &'static str) -> Self {
+        Self {
+            max: max.max(1),
+            setting,
+            counts: Arc::default(),
+        }
+    }
+
+    /// Starts a call of `user`; refused when they have `max` in flight.
+    pub fn enter(&self, user: &str) -> Result<InFlight, Status> {
+        let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        let n = counts.entry(user.to_owned()).or_default();
+        if *n >= self.max {
+            return Err(Status::resource_exhausted(format!(
+                "this user has {} calls in flight ({}): wait for an answer before the next call",
+                self.max, self.setting
+            )));
+        }
+        *n += 1;
+        Ok(InFlight {
+            user: user.to_owned(),
+            counts: Arc::clone(&self.counts),
+        })
+    }
+}
+
+/// A response body that keeps `G` (an [`InFlight`], say) until the answer has been sent: its
+/// data goes out in pieces of at most [`PIECE`] bytes, and HTTP/2 asks for the next piece only
+/// once the client's window has room, so `G` is held while a client that does not read still
+/// has most of the answer to take (without the pieces, the HTTP/2 layer takes a whole answer
+/// at once and buffers it).
+#[derive(Debug)]
+pub struct Holding<B, G> {
+    inner: B,
+    pending: Bytes,
+    held: Option<G>,
+}
+
+/// The largest piece of an answer handed to HTTP/2 at once.
+pub const PIECE: usize = 16 * 1024;
+
+impl<B, G> Holding<B, G> {
+    /// `inner`, holding `held`.
+    pub fn new(inner: B, held: G) -> Self {
+        Self {
+            inner,
+            pending: Bytes::new(),
+            held: Some(held),
+        }
+    }
+}
+
+impl<B: Body<Data = Bytes> + Unpin, G: Unpin> Body for Holding<B, G> {
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        loop {
+            if !self.pending.is_empty() {
+                let n = self.pending.len().min(PIECE);
+                let piece = self.pending.split_to(n);
+                return Poll::Ready(Some(Ok(Frame::data(piece))));
+            }
+            let polled = Pin::new(&mut self.inner).poll_frame(cx);
+            match polled {
+                Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
+                    Ok(data) => self.pending = data,
+                    Err(other) => return Poll::Ready(Some(Ok(other))),
+                },
+                Poll::Ready(None) => {
+                    self.held = None;
+                    return Poll::Ready(None);
+                }
+                other => return other,
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.pending.is_empty() && self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        let mut hint = self.inner.size_hint();
+        let pending = self.pending.len() as u64;
+        hint.set_lower(hint.lower() + pending);
+        if let Some(upper) = hint.upper() {
+            hint.set_upper(upper + pending);
+        }
+        hint
+    }
+}
+
+/// A request body cut off after `max` bytes: reading past them fails with RESOURCE_EXHAUSTED
+/// (a gRPC server answers the call with it), so an oversized request is never held whole.
+#[derive(Debug)]
+pub struct Capped<B> {
+    inner: B,
+    left: usize,
+    max: usize,
+}
+
+/// `req` with its body capped at `max` bytes.
+pub fn capped_request<B>(req: http::Request<B>, max: usize) -> http::Request<tonic::body::Body>
+where
+    B: Body<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    req.map(|inner| {
+        tonic::body::Body::new(Capped {
+            inner,
+            left: max,
+            max,
+        })
+    })
+}
+
+impl<B> Body for Capped<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    type Data = Bytes;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        match Pin::new(&mut self.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    if data.len() > self.left {
+                        let max = self.max;
+                        return Poll::Ready(Some(Err(Box::new(Status::resource_exhausted(
+                            format!("the request is larger than {max} bytes: send less per call"),
+                        )))));
+                    }
+                    self.left -= data.len();
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+
+    #[test]
+    fn a_users_rate_and_calls_in_flight_are_theirs_alone() {
+        let rate = UserRate::per_minute(2, "reads");
+        let (a, b) = ("user_a".to_owned(), "user_b".to_owned());
+        rate.check(&a).unwrap();
+        rate.check(&a).unwrap();
+        let refused = rate.check(&a).unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::ResourceExhausted);
+        assert!(refused.message().contains("too many reads"), "{refused:?}");
+        assert!(refused.metadata().get("retry-after").is_some());
+        rate.check(&b).unwrap();
+
+        let in_flight = UserInFlight::new(2, "USER_CALLS_IN_FLIGHT");
+        let one = in_flight.enter("user_a").unwrap();
+        let _two = in_flight.enter("user_a").unwrap();
+        let refused = in_flight.enter("user_a").unwrap_err();
+        assert!(
+            refused.message().contains("USER_CALLS_IN_FLIGHT"),
+            "{refused:?}"
+        );
+        in_flight.enter("user_b").unwrap();
+        drop(one);
+        in_flight.enter("user_a").unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_held_answer_goes_out_in_pieces() {
+        let answer = http_body_util::Full::new(Bytes::from(vec![7u8; 40_000]));
+        let mut body = Holding::new(answer, ());
+        let mut sizes = Vec::new();
+        while let Some(frame) = body.frame().await {
+            sizes.push(frame.unwrap().into_data().unwrap().len());
+        }
+        assert_eq!(sizes, [PIECE, PIECE, 40_000 - 2 * PIECE]);
+    }
+
+    #[tokio::test]
+    async fn a_capped_body_fails_past_its_bytes() {
+        let small = capped_request(
+            http::Request::new(http_body_util::Full::new(Bytes::from_static(b"12345"))),
+            5,
+        );
+        assert_eq!(
+            small.into_body().collect().await.unwrap().to_bytes(),
+            Bytes::from_static(b"12345")
+        );
+        let large = capped_request(
+            http::Request::new(http_body_util::Full::new(Bytes::from_static(b"123456"))),
+            5,
+        );
+        let status = large.into_body().collect().await.unwrap_err();
+        assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status:?}");
+    }
+}

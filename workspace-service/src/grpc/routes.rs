@@ -1,0 +1,134 @@
+//! What `WorkspaceService` answers on the wire: the generated server for the unary methods,
+//! the watches from encoded frames ([`super::watch`]), and before either each user's quotas:
+//! reads per minute (`USER_READS_PER_MINUTE`), watch opens per minute
+//! (`USER_WATCH_OPENS_PER_MINUTE`), calls in flight (`USER_CALLS_IN_FLIGHT`, held until the
+//! answer has been sent) and the size of a request ([`MAX_USER_REQUEST`]). Writes per minute
+//! are the server's (`USER_WRITES_PER_MINUTE`). Internal callers are not limited here.
+
+use super::WorkspaceApi;
+use super::watch::{self, Kind};
+use crate::live::watch::Live;
+use service_runtime::user_quotas::{Holding, UserInFlight, UserRate, capped_request};
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use token_auth::Principal;
+use tonic::server::NamedService;
+use tower::Service;
+use vbase_proto::workspace::v1::workspace_service_server::WorkspaceServiceServer;
+
+/// The largest request a user may send: a message body ([`MAX_BODY_BYTES`]) and its fields
+/// fit many times over.
+///
+/// [`MAX_BODY_BYTES`]: crate::domain::messages::MAX_BODY_BYTES
+pub const MAX_USER_REQUEST: usize = 64 * 1024;
+
+/// The methods that read: their calls count against `USER_READS_PER_MINUTE`.
+pub const READ_METHODS: &[&str] = &[
+    "GetWorkspace",
+    "ListMembers",
+    "ListChannels",
+    "ListMessages",
+    "GetUnreadCounts",
+    "ListRooms",
+    "ListRoomItems",
+    "ListMeetings",
+];
+
+/// Each user's quotas of one replica.
+pub struct Quotas {
+    pub reads: UserRate,
+    pub watch_opens: UserRate,
+    pub in_flight: UserInFlight,
+}
+
+impl Quotas {
+    /// From the settings.
+    pub fn new(limits: &crate::config::CallLimitArgs) -> Self {
+        Self {
+            reads: UserRate::per_minute(limits.user_reads_per_minute, "reads"),
+            watch_opens: UserRate::per_minute(limits.user_watch_opens_per_minute, "watch opens"),
+            in_flight: UserInFlight::new(limits.user_calls_in_flight, "USER_CALLS_IN_FLIGHT"),
+        }
+    }
+}
+
+/// The service as served.
+#[derive(Clone)]
+pub struct Routes {
+    server: WorkspaceServiceServer<WorkspaceApi>,
+    live: Live,
+    quotas: Arc<Quotas>,
+}
+
+impl Routes {
+    /// `api`'s methods, the watches of `live`, under `quotas`.
+    pub fn new(api: WorkspaceApi, live: Live, quotas: Quotas) -> Self {
+        Self {
+            server: WorkspaceServiceServer::new(api),
+            live,
+            quotas: Arc::new(quotas),
+        }
+    }
+}
+
+impl NamedService for Routes {
+    const NAME: &'static str = crate::SERVICE_NAME;
+}
+
+type Answer = http::Response<tonic::body::Body>;
+
+impl Service<http::Request<tonic::body::Body>> for Routes {
+    type Response = Answer;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Answer, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: http::Request<tonic::body::Body>) -> Self::Future {
+        let method = req.uri().path().rsplit_once('/').map_or("", |(_, m)| m);
+        let kind = match method {
+            "WatchChannel" => Some(Kind::Channel),
+            "WatchWorkspace" => Some(Kind::Workspace),
+            _ => None,
+        };
+        let read = READ_METHODS.contains(&method);
+        let user = match req.extensions().get::<Principal>() {
+            Some(Principal::User(u)) => Some(u.user_id.clone()),
+            _ => None,
+        };
+        let refused = |status: tonic::Status| -> Self::Future {
+            Box::pin(std::future::ready(Ok(status.into_http())))
+        };
+        if let Some(kind) = kind {
+            if let Some(user) = &user
+                && let Err(status) = self.quotas.watch_opens.check(user)
+            {
+                return refused(status);
+            }
+            let live = self.live.clone();
+            return Box::pin(async move { Ok(watch::serve(live, kind, req).await) });
+        }
+        let Some(user) = user else {
+            let mut server = self.server.clone();
+            return Box::pin(async move { server.call(req).await });
+        };
+        if read && let Err(status) = self.quotas.reads.check(&user) {
+            return refused(status);
+        }
+        let held = match self.quotas.in_flight.enter(&user) {
+            Ok(held) => held,
+            Err(status) => return refused(status),
+        };
+        let mut server = self.server.clone();
+        let req = capped_request(req, MAX_USER_REQUEST);
+        Box::pin(async move {
+            let answer = server.call(req).await?;
+            Ok(answer.map(|body| tonic::body::Body::new(Holding::new(body, held))))
+        })
+    }
+}

@@ -1,0 +1,243 @@
+//! The change log behind the watches: no deleted or pre-edit text is replayed, the prune never
+//! leaves a silent gap after a resume token, and removals that share workspaces never deadlock
+//! on the workspaces' numbering.
+
+use crate::support::*;
+use crate::watch::{channel, next, post, watch, what};
+use service_harness::RunningServer;
+use std::time::Duration;
+use tonic::Code;
+use vbase_proto::workspace::v1 as pb;
+use vbase_proto::workspace::v1::channel_event::Event;
+
+/// Everything a watch resumed after `token` delivers up to `caught_up`.
+async fn resumed(env: &Env, org: &str, ch: &str, token: &str) -> Vec<pb::ChannelEvent> {
+    let mut s = watch(env, "user_b", org, ch, token).await;
+    let mut got = Vec::new();
+    loop {
+        let e = next(&mut s).await;
+        if what(&e) == "caught up" {
+            return got;
+        }
+        got.push(e);
+    }
+}
+
+/// The change number a resume token names.
+fn seq(token: &str) -> i64 {
+    token.rsplit('.').next().unwrap().parse().unwrap()
+}
+
+#[tokio::test]
+async fn a_resumed_watch_gets_no_deleted_or_pre_edit_text() {
+    let env = start_with(false).await;
+    let ch = channel(&env, "org_txt", "live").await;
+    let mut w = watch(&env, "user_b", "org_txt", &ch, "").await;
+    let start = next(&mut w).await.resume_token;
+    let gone = post(&env, "org_txt", &ch, "a secret, deleted later").await;
+    let edited = post(&env, "org_txt", &ch, "a first draft").await;
+    let mut c = env.client().await;
+    c.edit_message(env.member(
+        "user_a",
+        "org_txt",
+        pb::EditMessageRequest {
+            message_id: edited.clone(),
+            body: "the final text".into(),
+        },
+    ))
+    .await
+    .unwrap();
+    c.delete_message(env.member(
+        "user_a",
+        "org_txt",
+        pb::DeleteMessageRequest {
+            message_id: gone.clone(),
+        },
+    ))
+    .await
+    .unwrap();
+    // The live watcher heard each change as it happened.
+    let live: Vec<String> = [next(&mut w).await, next(&mut w).await]
+        .iter()
+        .map(what)
+        .collect();
+    assert_eq!(
+        live,
+        ["posted a secret, deleted later", "posted a first draft"]
+    );
+
+    // Resumed from before all of it: every change, in order, with no old text.
+    let events = resumed(&env, "org_txt", &ch, &start).await;
+    let seen: Vec<String> = events.iter().map(what).collect();
+    assert_eq!(
+        seen,
+        [
+            "posted ".to_owned(),
+            "posted ".into(),
+            "edited the final text".into(),
+            format!("deleted {gone}"),
+        ]
+    );
+    match &events[0].event {
+        Some(Event::MessagePosted(m)) => assert_eq!(m.id, gone, "the post is still there"),
+        other => panic!("{other:?}"),
+    }
+    // Nor does the database keep it.
+    for text in ["secret", "draft"] {
+        let left = env
+            .scalar(&format!(
+                "SELECT count(*) FROM change_log WHERE position('{text}'::bytea IN payload) > 0"
+            ))
+            .await;
+        assert_eq!(left, 0, "{text:?} is still in the change log");
+    }
+    // A second edit clears the first edit's text too.
+    c.edit_message(env.member(
+        "user_a",
+        "org_txt",
+        pb::EditMessageRequest {
+            message_id: edited,
+            body: "really final".into(),
+        },
+    ))
+    .await
+    .unwrap();
+    let seen: Vec<String> = resumed(&env, "org_txt", &ch, &start)
+        .await
+        .iter()
+        .map(what)
+        .collect();
+    assert_eq!(seen[2], "edited ", "{seen:?}");
+    assert_eq!(seen[4], "edited really final", "{seen:?}");
+}
+
+#[tokio::test]
+async fn the_prune_keeps_a_tokens_successor_or_refuses_the_token() {
+    let env = start_with(false).await;
+    let ch = channel(&env, "org_pr", "live").await;
+    let mut w = watch(&env, "user_b", "org_pr", &ch, "").await;
+    next(&mut w).await;
+    for i in 1..=5 {
+        post(&env, "org_pr", &ch, &format!("m{i}")).await;
+    }
+    let tokens: Vec<String> = {
+        let mut t = Vec::new();
+        for _ in 1..=5 {
+            t.push(next(&mut w).await.resume_token);
+        }
+        t
+    };
+    let s: Vec<i64> = tokens.iter().map(|t| seq(t)).collect();
+    // A change's time is its transaction's start: the third change began before the second
+    // (it took its number later). Everything up to the first is old, and so is the third.
+    env.sql(&format!(
+        "UPDATE change_log SET recorded_at = now() - interval '2 hours'
+          WHERE channel_id IS NULL OR seq <= {} OR seq = {}",
+        s[0], s[2]
+    ))
+    .await;
+    // A replica that keeps one hour prunes as it starts.
+    let mut cfg = config(env.db.url(), &env.issuers, None);
+    cfg.watch.change_log_retention_hours = 1;
+    let pruning = RunningServer::start(|l, sd| workspace_service::run(cfg, l, sd)).await;
+    eventually(
+        "the old changes pruned",
+        Duration::from_secs(10),
+        || async {
+            env.scalar(
+                "SELECT count(*) FROM change_log WHERE recorded_at < now() - interval '1 hour'",
+            )
+            .await
+                == 0
+        },
+    )
+    .await;
+    // After the first change: its successor (the second) went with the third, which was
+    // older; the token is refused rather than answered from the fourth.
+    let mut c = env.client().await;
+    let refused = c
+        .watch_channel(env.member(
+            "user_b",
+            "org_pr",
+            pb::WatchChannelRequest {
+                channel_id: ch.clone(),
+                resume_token: tokens[0].clone(),
+            },
+        ))
+        .await
+        .map(|_| ())
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
+    // After the third: its successor is kept, and everything after it comes.
+    let after_third: Vec<String> = resumed(&env, "org_pr", &ch, &tokens[2])
+        .await
+        .iter()
+        .map(what)
+        .collect();
+    assert_eq!(after_third, ["posted m4", "posted m5"]);
+    pruning.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn removals_of_users_sharing_ten_workspaces_at_once_never_deadlock() {
+    let env = start_with(false).await;
+    let mut c = env.client().await;
+    let orgs: Vec<String> = (0..10).map(|i| format!("org_dl{i}")).collect();
+    for org in &orgs {
+        env.workspace(org).await;
+    }
+    // Pairs of users in all ten, the second of each pair joining in the opposite order.
+    let pairs = 4;
+    for p in 0..pairs {
+        for i in 0..10 {
+            for (user, org) in [
+                (format!("user_x{p}"), &orgs[i]),
+                (format!("user_y{p}"), &orgs[9 - i]),
+            ] {
+                c.upsert_membership(env.service(membership(
+                    &format!("m-{user}-{org}"),
+                    10,
+                    org,
+                    &user,
+                    "org:member",
+                )))
+                .await
+                .unwrap();
+            }
+        }
+    }
+    // Each pair's two removals at once.
+    for p in 0..pairs {
+        let remove = |user: String| {
+            let env = &env;
+            async move {
+                env.client()
+                    .await
+                    .remove_user(env.service(pb::RemoveUserCommand {
+                        event_id: format!("del-{user}"),
+                        occurred_at: ts(T0 + 100),
+                        clerk_user_id: user,
+                    }))
+                    .await
+            }
+        };
+        let (x, y) = tokio::join!(remove(format!("user_x{p}")), remove(format!("user_y{p}")));
+        let (x, y) = (
+            x.expect("no deadlock").into_inner(),
+            y.expect("no deadlock").into_inner(),
+        );
+        assert_eq!((x.memberships_removed, y.memberships_removed), (10, 10));
+    }
+    // Every workspace heard each removal.
+    let removed = env
+        .scalar(
+            "SELECT count(*) FROM change_log WHERE channel_id IS NULL
+                AND position('user_x'::bytea IN payload) + position('user_y'::bytea IN payload) > 0",
+        )
+        .await;
+    assert_eq!(
+        removed,
+        2 * 2 * 10 * pairs as i64,
+        "joined and removed, in all ten"
+    );
+}

@@ -1,0 +1,287 @@
+//! What bounds a watch: the access re-check during the backlog too, one pooled connection per
+//! open, a cap per user, opens per minute, and a stream that ended holds no events.
+
+use crate::support::*;
+use crate::watch::{channel, next, post, watch, what};
+use std::time::Duration;
+use tonic::{Code, Streaming};
+use vbase_proto::workspace::v1 as pb;
+use vbase_proto::workspace::v1::workspace_service_client::WorkspaceServiceClient;
+
+/// A watch of `channel` by `user` on a connection with 16 KiB HTTP/2 windows: what the client
+/// does not read backs up to the server.
+async fn narrow_watch(
+    env: &Env,
+    user: &str,
+    org: &str,
+    channel: &str,
+    token: &str,
+) -> Streaming<pb::ChannelEvent> {
+    let narrow = tonic::transport::Endpoint::from_shared(format!("http://{}", env.server.addr))
+        .unwrap()
+        .initial_stream_window_size(16 * 1024)
+        .initial_connection_window_size(16 * 1024)
+        .connect()
+        .await
+        .unwrap();
+    WorkspaceServiceClient::new(narrow)
+        .watch_channel(env.member(
+            user,
+            org,
+            pb::WatchChannelRequest {
+                channel_id: channel.into(),
+                resume_token: token.into(),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+/// Reads `s` to its end: the events delivered and the final status.
+async fn drain(s: &mut Streaming<pb::ChannelEvent>) -> (usize, tonic::Status) {
+    let mut delivered = 0;
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), s.message())
+            .await
+            .unwrap_or_else(|_| panic!("stuck after {delivered}"))
+        {
+            Ok(Some(_)) => delivered += 1,
+            Ok(None) => panic!("the stream ended without a status after {delivered}"),
+            Err(status) => return (delivered, status),
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_removed_member_reading_an_old_backlog_is_ended_before_the_rest() {
+    let env = start_custom(false, |c| c.watch.watch_access_recheck_secs = 1).await;
+    let ch = channel(&env, "org_rb", "live").await;
+    env.client()
+        .await
+        .upsert_membership(env.service(membership("m-b", 10, "org_rb", "user_b", "org:member")))
+        .await
+        .unwrap();
+    let start = next(&mut watch(&env, "user_b", "org_rb", &ch, "").await)
+        .await
+        .resume_token;
+    let body = "x".repeat(9_000);
+    for i in 0..100 {
+        post(&env, "org_rb", &ch, &format!("{i} {body}")).await;
+    }
+    // B resumes from before all of it and reads slowly: the backlog is far from sent.
+    let mut slow = narrow_watch(&env, "user_b", "org_rb", &ch, &start).await;
+    assert!(what(&next(&mut slow).await).starts_with("posted 0 "));
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    env.client()
+        .await
+        .delete_membership(env.service(pb::DeleteMembershipCommand {
+            event_id: "m-b-del".into(),
+            occurred_at: ts(T0 + 20),
+            clerk_org_id: "org_rb".into(),
+            clerk_user_id: "user_b".into(),
+            ..Default::default()
+        }))
+        .await
+        .unwrap();
+    // Re-checked every second, backlog or not.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let (delivered, status) = drain(&mut slow).await;
+    assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+    assert!(
+        delivered < 20,
+        "{delivered} of the backlog's 99 left reached a removed member"
+    );
+}
+
+#[tokio::test]
+async fn forty_watch_opens_at_once_on_a_fresh_replica_with_a_small_pool_are_all_served() {
+    let env = start_custom(false, |c| {
+        c.service.db.db_pool_size = 2;
+        c.purge.purge_concurrency = 1;
+        c.purge.purge_lanes = 1;
+    })
+    .await;
+    let ch = channel(&env, "org_40", "live").await;
+    // Nobody watched this workspace here yet: every open reads where its log ends.
+    let opens = (0..40).map(|i| {
+        let (env, ch) = (&env, ch.clone());
+        async move {
+            let mut s = env
+                .client()
+                .await
+                .watch_channel(env.member(
+                    &format!("user_w{i}"),
+                    "org_40",
+                    pb::WatchChannelRequest {
+                        channel_id: ch,
+                        resume_token: String::new(),
+                    },
+                ))
+                .await?
+                .into_inner();
+            let first = tokio::time::timeout(Duration::from_secs(10), s.message())
+                .await
+                .map_err(|_| tonic::Status::deadline_exceeded("no caught_up in 10 s"))??;
+            Ok::<_, tonic::Status>((s, first.map(|e| what(&e))))
+        }
+    });
+    let started = std::time::Instant::now();
+    let opened = futures::future::join_all(opens).await;
+    let mut streams = Vec::new();
+    for o in opened {
+        let (s, first) = o.expect("every open is served");
+        assert_eq!(first.as_deref(), Some("caught up"));
+        streams.push(s);
+    }
+    // The pool's wait (5 s) never ran out.
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    post(&env, "org_40", &ch, "to all").await;
+    for s in &mut streams {
+        assert_eq!(what(&next(s).await), "posted to all");
+    }
+}
+
+#[tokio::test]
+async fn a_user_has_a_cap_of_open_watches_and_of_opens_per_minute() {
+    let env = start_custom(false, |c| {
+        c.watch.watch_max_per_user = 2;
+        c.watch.calls.user_watch_opens_per_minute = 4;
+    })
+    .await;
+    let ch = channel(&env, "org_cap", "live").await;
+    let open = |user: &str| {
+        let (env, ch, user) = (&env, ch.clone(), user.to_owned());
+        async move {
+            env.client()
+                .await
+                .watch_channel(env.member(
+                    &user,
+                    "org_cap",
+                    pb::WatchChannelRequest {
+                        channel_id: ch,
+                        resume_token: String::new(),
+                    },
+                ))
+                .await
+                .map(|r| r.into_inner())
+        }
+    };
+    let mut first = open("user_b").await.unwrap();
+    let _second = open("user_b").await.unwrap();
+    let capped = open("user_b").await.unwrap_err();
+    assert_eq!(capped.code(), Code::ResourceExhausted, "{capped:?}");
+    assert!(
+        capped.message().contains("WATCH_MAX_PER_USER"),
+        "{capped:?}"
+    );
+    // Another user is not affected.
+    let mut other = open("user_c").await.unwrap();
+    assert_eq!(what(&next(&mut other).await), "caught up");
+    // A closed watch frees its place.
+    assert_eq!(what(&next(&mut first).await), "caught up");
+    drop(first);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let _third = open("user_b").await.expect("a place is free again");
+    // Four opens a minute: the fifth is refused with when to retry.
+    let rated = open("user_b").await.unwrap_err();
+    assert_eq!(rated.code(), Code::ResourceExhausted, "{rated:?}");
+    assert!(
+        rated.message().contains("too many watch opens"),
+        "{rated:?}"
+    );
+    assert!(rated.metadata().get("retry-after").is_some());
+}
+
+#[tokio::test]
+async fn a_stream_whose_client_does_not_read_ends_and_holds_no_events() {
+    let env = start_custom(false, |c| c.watch.watch_buffer_bytes = 64 * 1024).await;
+    let ch = channel(&env, "org_nr", "live").await;
+    let mut stuck = narrow_watch(&env, "user_b", "org_nr", &ch, "").await;
+    assert_eq!(what(&next(&mut stuck).await), "caught up");
+    let body = "y".repeat(9_000);
+    for i in 0..40 {
+        post(&env, "org_nr", &ch, &format!("{i} {body}")).await;
+    }
+    eventually("the stream ended", Duration::from_secs(10), || async {
+        env.metric("workspace_watch_ends_total{reason=\"behind\"}")
+            .await
+            .unwrap_or(0.0)
+            == 1.0
+    })
+    .await;
+    // The client is still connected, and reads nothing: what the replica still holds of the
+    // stream is what HTTP/2 was sending (a frame or two), not its queue.
+    let held = env
+        .metric("workspace_watch_buffered_bytes")
+        .await
+        .expect("the gauge");
+    assert!(held < 32.0 * 1024.0, "{held} bytes held after the end");
+    let (delivered, status) = drain(&mut stuck).await;
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    assert!(delivered < 40, "{delivered}");
+}
+
+#[tokio::test]
+async fn past_the_replicas_watch_memory_the_streams_that_are_behind_end_and_the_others_go_on() {
+    let env = start_custom(false, |c| {
+        c.watch.watch_buffer_bytes = 1024 * 1024;
+        c.watch.watch_memory_bytes = 1024 * 1024;
+    })
+    .await;
+    let mut channels = Vec::new();
+    for name in ["a", "b", "c", "d"] {
+        env.workspace("org_mem").await;
+        channels.push(
+            env.client()
+                .await
+                .create_channel(env.admin(
+                    "user_a",
+                    "org_mem",
+                    pb::CreateChannelRequest {
+                        clerk_org_id: "org_mem".into(),
+                        name: name.into(),
+                    },
+                ))
+                .await
+                .unwrap()
+                .into_inner()
+                .channel
+                .unwrap()
+                .id,
+        );
+    }
+    // Three clients that stop reading, on three channels; one that reads, on the fourth.
+    let mut stuck = Vec::new();
+    for (i, ch) in channels[..3].iter().enumerate() {
+        let mut s = narrow_watch(&env, &format!("user_s{i}"), "org_mem", ch, "").await;
+        assert_eq!(what(&next(&mut s).await), "caught up");
+        stuck.push(s);
+    }
+    let mut reader = watch(&env, "user_r", "org_mem", &channels[3], "").await;
+    assert_eq!(what(&next(&mut reader).await), "caught up");
+    // Each stuck stream alone stays within its 1 MiB; together they pass the replica's 1 MiB,
+    // again and again (2.7 MB posted in all).
+    let body = "m".repeat(9_000);
+    for i in 0..100 {
+        for ch in &channels[..3] {
+            post(&env, "org_mem", ch, &format!("{i} {body}")).await;
+        }
+    }
+    let ended = env
+        .metric("workspace_watch_ends_total{reason=\"memory\"}")
+        .await
+        .unwrap_or(0.0);
+    assert!(
+        ended >= 2.0,
+        "{ended} streams ended for the replica's memory"
+    );
+    let held = env.metric("workspace_watch_buffered_bytes").await.unwrap();
+    assert!(held <= 1.1 * 1024.0 * 1024.0, "{held} bytes held");
+    post(&env, "org_mem", &channels[3], "still live").await;
+    assert_eq!(what(&next(&mut reader).await), "posted still live");
+}
