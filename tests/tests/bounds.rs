@@ -102,6 +102,7 @@ impl Env {
             slug: org.into(),
             owner_clerk_id: "user_owner".into(),
             event_time: None,
+            ..Default::default()
         }))
         .await
         .unwrap();

@@ -217,6 +217,7 @@ async fn removals_of_users_sharing_ten_workspaces_at_once_never_deadlock() {
                         event_id: format!("del-{user}"),
                         occurred_at: ts(T0 + 100),
                         clerk_user_id: user,
+                        instance_id: String::new(),
                     }))
                     .await
             }
