@@ -35,13 +35,13 @@ OVERLAYS = ["dev", "prod"]
 TARGET = Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target")) / "debug"
 # Paths each binary serves over HTTP, read from the code that serves them.
 HTTP_SOURCES = {
-    "webhook-gateway": [ROOT / "webhook-gateway/src/lib.rs"],
-    "identity-service": [ROOT / "service-runtime/src/metrics.rs"],
-    "workspace-service": [ROOT / "service-runtime/src/metrics.rs"],
+    "webhook-gateway": [ROOT / "services/webhook-gateway/src/lib.rs"],
+    "identity-service": [ROOT / "crates/service-runtime/src/metrics.rs"],
+    "workspace-service": [ROOT / "crates/service-runtime/src/metrics.rs"],
 }
 GRPC_NAMES = {
-    "identity-service": ROOT / "identity-service/src/lib.rs",
-    "workspace-service": ROOT / "workspace-service/src/lib.rs",
+    "identity-service": ROOT / "services/identity-service/src/lib.rs",
+    "workspace-service": ROOT / "services/workspace-service/src/lib.rs",
 }
 errors = []
 
@@ -143,7 +143,7 @@ PROMQL = {
 def registered_metrics():
     """Metric names the code registers, with the suffixes the exposition adds."""
     names = set()
-    for rs in ROOT.glob("*/src/**/*.rs"):
+    for rs in ROOT.glob("*/*/src/**/*.rs"):
         for name in re.findall(r'\.register\(\s*"([a-z_][a-z0-9_]*)"', rs.read_text()):
             names |= {name, f"{name}_total", f"{name}_bucket", f"{name}_sum", f"{name}_count"}
     return names

@@ -8,7 +8,7 @@ pub const APP_ROLE: &str = "vbase_app";
 const APP_PASSWORD: &str = "vbase_app_test";
 
 /// `deploy/database-roles.sql`, the grants of one service's app role.
-const GRANTS: &str = include_str!("../../deploy/database-roles.sql");
+const GRANTS: &str = include_str!("../../../deploy/database-roles.sql");
 
 /// Quotes a PostgreSQL identifier.
 fn ident(name: &str) -> String {

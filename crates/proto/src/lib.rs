@@ -1,4 +1,4 @@
-//! The VBase protobuf contract (`proto/vbase/...`) and its generated tonic clients and servers.
+//! The VBase protobuf contract (`crates/proto/vbase/...`) and its generated tonic clients and servers.
 
 #![allow(clippy::all, clippy::pedantic, missing_docs)]
 

@@ -1,5 +1,5 @@
 // The browser client of VBase: gRPC-Web calls to the services with the user's Clerk token
-// (generated from proto/ with protoc-gen-es, sent with connect-web's gRPC-Web transport). The
+// (generated from crates/proto/ with protoc-gen-es, sent with connect-web's gRPC-Web transport). The
 // test page (index.html) exposes it as `window.vbase` for the browser tests to drive; the same
 // calls are what the app makes after sign-in (StoreUser) and in a channel (WatchChannel).
 import { createClient, type Client } from "@connectrpc/connect";

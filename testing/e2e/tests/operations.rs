@@ -427,7 +427,7 @@ async fn sigterm_lets_the_calls_and_webhooks_in_flight_finish() {
 /// The metric names of deploy/README.md's table, as exposed (`name_total` and the like).
 fn documented_metrics() -> Vec<String> {
     let readme = std::fs::read_to_string(
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/README.md"),
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/README.md"),
     )
     .unwrap();
     let table = readme

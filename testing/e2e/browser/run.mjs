@@ -1,5 +1,5 @@
 // Browser tests of the VBase client in headless Chromium (Debian's, driven by playwright-core;
-// no browser download). Started by tests/tests/browser.rs, which runs the stack and passes:
+// no browser download). Started by testing/e2e/tests/browser.rs, which runs the stack and passes:
 // IDENTITY_URL, WORKSPACE_URL (gRPC ports, gRPC-Web), TOKEN_A, TOKEN_B (Clerk development
 // tokens of two members), CHANNEL_ID, PAGE_PORT (served as http://localhost:PAGE_PORT, an allowed
 // origin), OTHER_PORT (served as http://127.0.0.1:OTHER_PORT, not allowed), CHROMIUM.

@@ -1,8 +1,8 @@
 //! The browser client in a real browser: the local stack (the three binaries) with CORS open to
-//! the test page's origin, and `tests/browser/run.mjs` driving headless Chromium (Debian's
+//! the test page's origin, and `testing/e2e/browser/run.mjs` driving headless Chromium (Debian's
 //! package, through playwright-core): two users' pages, StoreUser from the page, a message
 //! shown live, a resume after a break with nothing missed, and a page of another origin
-//! refused by CORS. Needs node and the npm packages of `tests/browser` (`npm ci` there; CI
+//! refused by CORS. Needs node and the npm packages of `testing/e2e/browser` (`npm ci` there; CI
 //! installs them and Chromium).
 
 use std::path::{Path, PathBuf};
@@ -29,7 +29,7 @@ fn build_page() {
         let ok = Command::new("npm").arg("ci").current_dir(&dir).status();
         assert!(
             ok.is_ok_and(|s| s.success()),
-            "npm ci in tests/browser failed: node and npm are needed for the browser tests"
+            "npm ci in testing/e2e/browser failed: node and npm are needed for the browser tests"
         );
     }
     let ok = Command::new("npm")
