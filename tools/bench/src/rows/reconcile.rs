@@ -8,7 +8,9 @@
 //!   the commands would take minutes), then a first untimed run checks every one compares as
 //!   held (nothing created or updated) and places anything else held.
 
-use super::{cpu_secs, machine_counters, pg, postgres_cpu, settle, vm_hwm_mib};
+use crate::load::{Bench, pg, settle};
+use crate::probes::{cpu_secs, machine_counters, postgres_cpu, vm_hwm_mib};
+use crate::report::{Report, TableRow};
 use anyhow::{Context, Result};
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
@@ -16,9 +18,6 @@ use stand_ins::ClerkApiStandIn;
 use std::time::{Duration, Instant};
 use vbase_stack::{Stack, Which};
 use webhook_gateway::clerk_api::{ClerkHttp, HttpSettings, ListQuery, Start, list_page};
-
-/// A table row: what, ours, baseline, ratio.
-pub type TableRow = [String; 4];
 
 /// Clerk's clock of the seeded data (ms).
 const T0: i64 = 1_760_000_000_000;
@@ -37,7 +36,7 @@ struct Ran {
 /// CPU while it runs. The first run of a row deletes what the earlier rows left (their users
 /// and workspaces are not in the stand-in), more than the deletion budget: the runs are given
 /// `--allow-mass-delete`.
-async fn run(stack: &Stack, only: &str) -> Result<Ran> {
+async fn run_reconcile(stack: &Stack, only: &str) -> Result<Ran> {
     let log = stack.state_dir().join("logs").join("reconcile-bench.log");
     let mut cmd = stack.reconcile_command();
     cmd.args([
@@ -183,10 +182,10 @@ pub async fn users_row(stack: &Stack, smoke: bool) -> Result<(TableRow, String)>
         }
     };
     add_users(0, small);
-    run(stack, "users").await?; // backfill, not timed
-    let small_rss = run(stack, "users").await?.rss;
+    run_reconcile(stack, "users").await?; // backfill, not timed
+    let small_rss = run_reconcile(stack, "users").await?.rss;
     add_users(small, n);
-    run(stack, "users").await?;
+    run_reconcile(stack, "users").await?;
     // The backfill's writes vacuumed and checkpointed, so the timed run does not pay them.
     settle(&*pg(&stack.identity_db).await?).await?;
     let me = std::process::id();
@@ -197,7 +196,7 @@ pub async fn users_row(stack: &Stack, smoke: bool) -> Result<(TableRow, String)>
         cpu_secs(identity).0,
         postgres_cpu(),
     );
-    let ran = run(stack, "users").await?;
+    let ran = run_reconcile(stack, "users").await?;
     let after = (
         machine_counters().0,
         cpu_secs(me).0,
@@ -299,7 +298,7 @@ pub async fn orgs_row(stack: &Stack, smoke: bool) -> Result<(TableRow, String)> 
     settle(&wdb).await?;
     // Untimed: places and deletes what else the earlier rows left, and checks the seed is in
     // step.
-    let first = run(stack, "organizations,memberships").await?;
+    let first = run_reconcile(stack, "organizations,memberships").await?;
     // (The development stack's own organization and two members are created.)
     let (_, u, same, _) = counts(&first.summary, "memberships");
     anyhow::ensure!(
@@ -318,7 +317,7 @@ pub async fn orgs_row(stack: &Stack, smoke: bool) -> Result<(TableRow, String)> 
         cpu_secs(workspace).0,
         postgres_cpu(),
     );
-    let ran = run(stack, "organizations,memberships").await?;
+    let ran = run_reconcile(stack, "organizations,memberships").await?;
     let after = (
         machine_counters().0,
         cpu_secs(me).0,
@@ -379,4 +378,17 @@ pub async fn orgs_row(stack: &Stack, smoke: bool) -> Result<(TableRow, String)> 
         ),
     ];
     Ok((row, cpu))
+}
+
+/// The two reconcile rows: users (by cursor), then organizations and memberships (by offset),
+/// each against the Clerk stand-in answering at once.
+pub async fn run(b: &Bench<'_>, report: &mut Report) -> Result<()> {
+    for (row, cpu) in [
+        users_row(b.stack, b.smoke).await?,
+        orgs_row(b.stack, b.smoke).await?,
+    ] {
+        report.rows.push(row);
+        report.cpu.push(cpu);
+    }
+    Ok(())
 }
