@@ -2,6 +2,7 @@
 
 use super::access::{Caller, channel_scope, require_active_user};
 use super::changes::record_workspace;
+use super::events::timestamp;
 use super::workspaces::workspace_for;
 use crate::error::Error;
 use crate::model::paging::PageRequest;
@@ -13,6 +14,7 @@ use diesel::sql_types::{BigInt, Nullable, Timestamptz, Uuid as SqlUuid};
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use service_runtime::prepared;
 use uuid::Uuid;
+use vbase_proto::workspace::v1 as pb;
 use vbase_proto::workspace::v1::workspace_event::Event;
 
 /// A channel.
@@ -198,4 +200,15 @@ pub async fn delete_channel(
         Ok(messages_deleted(conn).await? - before)
     })
     .await
+}
+
+impl From<ChannelRecord> for pb::Channel {
+    fn from(ch: ChannelRecord) -> Self {
+        pb::Channel {
+            id: ch.id.to_string(),
+            workspace_id: ch.workspace_id.to_string(),
+            name: ch.name,
+            created_at: Some(timestamp(ch.created_at)),
+        }
+    }
 }

@@ -3,16 +3,18 @@
 
 use super::access::{Caller, require_active_user, room_scope, scope_through_room};
 use super::changes::record_workspace;
+use super::events::timestamp;
+use super::liveblocks::enqueue;
 use crate::error::Error;
 use crate::model::paging::PageRequest;
 use crate::model::{Cursor, ItemKind, Page};
-use crate::workers::liveblocks::enqueue;
 use chrono::{DateTime, Utc};
 use diesel::QueryableByName;
 use diesel::sql_types::{BigInt, Nullable, Text, Timestamptz, Uuid as SqlUuid};
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use service_runtime::prepared;
 use uuid::Uuid;
+use vbase_proto::workspace::v1 as pb;
 use vbase_proto::workspace::v1::workspace_event::Event;
 
 /// A document, code file or whiteboard.
@@ -149,7 +151,7 @@ pub async fn create_item(
         } else {
             q.get_result(conn).await?
         };
-        let event = Event::ItemCreated(crate::grpc::convert::item(new.kind, item.clone()));
+        let event = Event::ItemCreated(self::item(new.kind, item.clone()));
         record_workspace(conn, ws, event).await?;
         Ok(item)
     })
@@ -209,7 +211,7 @@ pub async fn rename_item(
             .bind::<Text, _>(name)
             .get_result(conn)
             .await?;
-        let event = Event::ItemRenamed(crate::grpc::convert::item(kind, item.clone()));
+        let event = Event::ItemRenamed(self::item(kind, item.clone()));
         record_workspace(conn, ws, event).await?;
         Ok(item)
     })
@@ -243,6 +245,26 @@ pub async fn delete_item(
     })
     .await?;
     Ok(room)
+}
+
+/// An item of `kind` as a proto.
+pub fn item(kind: ItemKind, i: ItemRecord) -> pb::RoomItem {
+    let proto_kind = match kind {
+        ItemKind::Document => pb::ItemKind::Document,
+        ItemKind::CodeFile => pb::ItemKind::CodeFile,
+        ItemKind::Whiteboard => pb::ItemKind::Whiteboard,
+    };
+    pb::RoomItem {
+        liveblocks_room_id: kind.liveblocks_room(i.id),
+        id: i.id.to_string(),
+        room_id: i.room_id.to_string(),
+        kind: proto_kind.into(),
+        name: i.name,
+        language: i.language,
+        created_by: i.created_by,
+        created_at: Some(timestamp(i.created_at)),
+        updated_at: Some(timestamp(i.updated_at)),
+    }
 }
 
 #[cfg(test)]

@@ -2,6 +2,7 @@
 
 use super::access::{Caller, require_active_user, room_scope, unseen};
 use super::changes::record_workspace;
+use super::events::timestamp;
 use crate::error::Error;
 use crate::model::paging::PageRequest;
 use crate::model::{Cursor, Page, RoomKind};
@@ -12,6 +13,7 @@ use diesel::sql_types::{BigInt, Nullable, Timestamptz, Uuid as SqlUuid};
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use service_runtime::prepared;
 use uuid::Uuid;
+use vbase_proto::workspace::v1 as pb;
 use vbase_proto::workspace::v1::workspace_event::Event;
 
 /// A meeting.
@@ -145,4 +147,18 @@ pub async fn cancel_meeting(
         Ok(after)
     })
     .await
+}
+
+impl From<MeetingRecord> for pb::Meeting {
+    fn from(m: MeetingRecord) -> Self {
+        pb::Meeting {
+            id: m.id.to_string(),
+            room_id: m.room_id.to_string(),
+            title: m.title,
+            starts_at: Some(timestamp(m.starts_at)),
+            ends_at: Some(timestamp(m.ends_at)),
+            cancelled: m.cancelled_at.is_some(),
+            created_by: m.created_by,
+        }
+    }
 }

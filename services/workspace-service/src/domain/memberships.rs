@@ -7,6 +7,7 @@
 
 use super::Outcome;
 use super::access::Caller;
+use super::events::timestamp;
 use super::workspaces::{org_tombstoned, user_removed, workspace_for};
 use crate::error::Error;
 use crate::model::{EventId, LockKey, OrgId, Role, UserId};
@@ -16,6 +17,7 @@ use diesel::sql_types::{BigInt, Nullable, Text, Timestamptz};
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use service_runtime::db::record_delivery;
 use service_runtime::prepared;
+use vbase_proto::workspace::v1 as pb;
 use vbase_proto::workspace::v1::workspace_event::Event;
 
 /// `organizationMembership.created/updated/deleted`, validated.
@@ -214,4 +216,14 @@ pub async fn list_members(
         None
     };
     Ok((rows, next))
+}
+
+impl From<MemberRecord> for pb::Member {
+    fn from(r: MemberRecord) -> Self {
+        pb::Member {
+            clerk_user_id: r.clerk_user_id,
+            role: r.role,
+            updated_at: Some(timestamp(r.source_updated_at)),
+        }
+    }
 }

@@ -3,6 +3,7 @@
 
 use super::access::{Caller, channel_scope, require_active_user, unseen};
 use super::changes;
+use super::events::timestamp;
 use crate::error::Error;
 use crate::model::paging::{FIELD, PageRequest, SMALL, TIMESTAMP, UUID, WireSize};
 use crate::model::{Cursor, Page, UserId};
@@ -13,6 +14,7 @@ use diesel::sql_types::{BigInt, Nullable, Text, Timestamptz, Uuid as SqlUuid};
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use service_runtime::prepared;
 use uuid::Uuid;
+use vbase_proto::workspace::v1 as pb;
 use vbase_proto::workspace::v1::channel_event::Event;
 
 /// Longest message body, in characters.
@@ -212,4 +214,18 @@ pub async fn delete_message(
         Ok(())
     })
     .await
+}
+
+impl From<MessageRecord> for pb::Message {
+    fn from(m: MessageRecord) -> Self {
+        pb::Message {
+            id: m.id.to_string(),
+            channel_id: m.channel_id.to_string(),
+            author_clerk_id: m.author_clerk_id,
+            body: m.body,
+            created_at: Some(timestamp(m.created_at)),
+            edited_at: m.edited_at.map(timestamp),
+            author_deleted: m.author_deleted,
+        }
+    }
 }

@@ -8,7 +8,9 @@
 pub mod access;
 pub mod changes;
 pub mod channels;
+pub mod events;
 pub mod items;
+pub mod liveblocks;
 pub mod meetings;
 pub mod memberships;
 pub mod messages;
@@ -18,6 +20,9 @@ pub mod reconcile;
 pub mod rooms;
 pub mod users;
 pub mod workspaces;
+
+#[cfg(test)]
+mod wire_size_tests;
 
 /// What a sync command did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

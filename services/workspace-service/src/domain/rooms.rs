@@ -3,6 +3,7 @@
 
 use super::access::{Caller, require_active_user, room_scope};
 use super::changes::record_workspace;
+use super::events::timestamp;
 use super::purge::hide_room;
 use super::workspaces::workspace_for;
 use crate::error::Error;
@@ -15,6 +16,7 @@ use diesel::sql_types::{BigInt, Nullable, Text, Timestamptz, Uuid as SqlUuid};
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use service_runtime::prepared;
 use uuid::Uuid;
+use vbase_proto::workspace::v1 as pb;
 use vbase_proto::workspace::v1::workspace_event::Event;
 
 /// A room as stored.
@@ -177,4 +179,23 @@ pub async fn delete_room(
         Ok(hidden)
     })
     .await
+}
+
+impl From<RoomRecord> for pb::Room {
+    fn from(r: RoomRecord) -> Self {
+        let kind = match r.kind {
+            RoomKind::Document => pb::RoomKind::Document,
+            RoomKind::Code => pb::RoomKind::Code,
+            RoomKind::Whiteboard => pb::RoomKind::Whiteboard,
+            RoomKind::Conference => pb::RoomKind::Conference,
+        };
+        pb::Room {
+            liveblocks_room_id: RoomKind::liveblocks_room(r.id),
+            id: r.id.to_string(),
+            workspace_id: r.workspace_id.to_string(),
+            kind: kind.into(),
+            name: r.name,
+            created_at: Some(timestamp(r.created_at)),
+        }
+    }
 }

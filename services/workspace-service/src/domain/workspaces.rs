@@ -3,6 +3,7 @@
 
 use super::Outcome;
 use super::access::Caller;
+use super::events::timestamp;
 use crate::error::Error;
 use crate::model::{EventId, LockKey, OrgId, UserId};
 use crate::schema::workspaces;
@@ -13,6 +14,7 @@ use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use service_runtime::db::record_delivery;
 use service_runtime::prepared;
 use uuid::Uuid;
+use vbase_proto::workspace::v1 as pb;
 
 /// A stored workspace.
 #[derive(Debug, Clone, PartialEq, Eq, Queryable, Selectable, QueryableByName)]
@@ -227,4 +229,18 @@ pub async fn upsert_workspace(
         }
     })
     .await
+}
+
+impl From<WorkspaceRecord> for pb::Workspace {
+    fn from(w: WorkspaceRecord) -> Self {
+        pb::Workspace {
+            id: w.id.to_string(),
+            clerk_org_id: w.clerk_org_id,
+            name: w.name,
+            slug: w.slug.unwrap_or_default(),
+            owner_clerk_id: w.owner_clerk_id.unwrap_or_default(),
+            created_at: Some(timestamp(w.created_at)),
+            updated_at: Some(timestamp(w.source_updated_at)),
+        }
+    }
 }

@@ -1,15 +1,16 @@
-//! Requests into checked inputs (`TryFrom<pb::...>`), and records into protos: the one place
-//! where wire types meet the domain's.
+//! Requests into checked inputs (`TryFrom<pb::...>`): where requests from the wire become the
+//! domain's inputs. Records become protos in `domain::events` (the change log stores the same
+//! messages the API answers with).
 
-use crate::domain::channels::{ChannelName, ChannelRecord, NewChannel};
-use crate::domain::items::{ItemRecord, NewItem};
-use crate::domain::meetings::{MeetingRecord, NewMeeting};
-use crate::domain::memberships::{ListMembers, MemberRecord, MembershipChange};
-use crate::domain::messages::{MAX_BODY, MAX_BODY_BYTES, MessageRecord, NewMessage};
+use crate::domain::channels::{ChannelName, NewChannel};
+use crate::domain::items::NewItem;
+use crate::domain::meetings::NewMeeting;
+use crate::domain::memberships::{ListMembers, MembershipChange};
+use crate::domain::messages::{MAX_BODY, MAX_BODY_BYTES, NewMessage};
 use crate::domain::purge::DeleteWorkspace;
-use crate::domain::rooms::{ListRooms, NewRoom, RoomRecord};
+use crate::domain::rooms::{ListRooms, NewRoom};
 use crate::domain::users::RemoveUser;
-use crate::domain::workspaces::{UpsertWorkspace, WorkspaceRecord};
+use crate::domain::workspaces::UpsertWorkspace;
 use crate::domain::{MAX_NAME, Outcome};
 use crate::error::Error;
 use crate::model::paging::{DEFAULT_PAGE, MAX_PAGE, PageRequest, decode_key};
@@ -19,12 +20,10 @@ use input_validation as v;
 use uuid::Uuid;
 use vbase_proto::workspace::v1 as pb;
 
-// ------------------------------------------------------------------------ shared pieces
+pub use crate::domain::events::timestamp;
+pub use crate::domain::items::item;
 
-/// A timestamp as a proto (millisecond precision, as every timestamp the API returns).
-pub fn timestamp(dt: DateTime<Utc>) -> prost_types::Timestamp {
-    vbase_proto::timestamp_from_millis(dt.timestamp_millis())
-}
+// ------------------------------------------------------------------------ shared pieces
 
 fn required_time(field: &str, t: Option<&prost_types::Timestamp>) -> Result<DateTime<Utc>, Error> {
     let t = t.ok_or_else(|| Error::Invalid(format!("{field} is required")))?;
@@ -374,185 +373,3 @@ parse!(pb::ListMeetingsRequest => PageOf, |m| {
 });
 
 parse!(pb::CancelMeetingRequest => Id, |m| Ok(Id(v::uuid("meeting_id", &m.meeting_id)?)));
-
-// ------------------------------------------------------------------------ records into protos
-
-impl From<WorkspaceRecord> for pb::Workspace {
-    fn from(w: WorkspaceRecord) -> Self {
-        pb::Workspace {
-            id: w.id.to_string(),
-            clerk_org_id: w.clerk_org_id,
-            name: w.name,
-            slug: w.slug.unwrap_or_default(),
-            owner_clerk_id: w.owner_clerk_id.unwrap_or_default(),
-            created_at: Some(timestamp(w.created_at)),
-            updated_at: Some(timestamp(w.source_updated_at)),
-        }
-    }
-}
-
-impl From<MemberRecord> for pb::Member {
-    fn from(r: MemberRecord) -> Self {
-        pb::Member {
-            clerk_user_id: r.clerk_user_id,
-            role: r.role,
-            updated_at: Some(timestamp(r.source_updated_at)),
-        }
-    }
-}
-
-impl From<ChannelRecord> for pb::Channel {
-    fn from(ch: ChannelRecord) -> Self {
-        pb::Channel {
-            id: ch.id.to_string(),
-            workspace_id: ch.workspace_id.to_string(),
-            name: ch.name,
-            created_at: Some(timestamp(ch.created_at)),
-        }
-    }
-}
-
-impl From<MessageRecord> for pb::Message {
-    fn from(m: MessageRecord) -> Self {
-        pb::Message {
-            id: m.id.to_string(),
-            channel_id: m.channel_id.to_string(),
-            author_clerk_id: m.author_clerk_id,
-            body: m.body,
-            created_at: Some(timestamp(m.created_at)),
-            edited_at: m.edited_at.map(timestamp),
-            author_deleted: m.author_deleted,
-        }
-    }
-}
-
-impl From<RoomRecord> for pb::Room {
-    fn from(r: RoomRecord) -> Self {
-        let kind = match r.kind {
-            RoomKind::Document => pb::RoomKind::Document,
-            RoomKind::Code => pb::RoomKind::Code,
-            RoomKind::Whiteboard => pb::RoomKind::Whiteboard,
-            RoomKind::Conference => pb::RoomKind::Conference,
-        };
-        pb::Room {
-            liveblocks_room_id: RoomKind::liveblocks_room(r.id),
-            id: r.id.to_string(),
-            workspace_id: r.workspace_id.to_string(),
-            kind: kind.into(),
-            name: r.name,
-            created_at: Some(timestamp(r.created_at)),
-        }
-    }
-}
-
-/// An item of `kind` as a proto.
-pub fn item(kind: ItemKind, i: ItemRecord) -> pb::RoomItem {
-    let proto_kind = match kind {
-        ItemKind::Document => pb::ItemKind::Document,
-        ItemKind::CodeFile => pb::ItemKind::CodeFile,
-        ItemKind::Whiteboard => pb::ItemKind::Whiteboard,
-    };
-    pb::RoomItem {
-        liveblocks_room_id: kind.liveblocks_room(i.id),
-        id: i.id.to_string(),
-        room_id: i.room_id.to_string(),
-        kind: proto_kind.into(),
-        name: i.name,
-        language: i.language,
-        created_by: i.created_by,
-        created_at: Some(timestamp(i.created_at)),
-        updated_at: Some(timestamp(i.updated_at)),
-    }
-}
-
-impl From<MeetingRecord> for pb::Meeting {
-    fn from(m: MeetingRecord) -> Self {
-        pb::Meeting {
-            id: m.id.to_string(),
-            room_id: m.room_id.to_string(),
-            title: m.title,
-            starts_at: Some(timestamp(m.starts_at)),
-            ends_at: Some(timestamp(m.ends_at)),
-            cancelled: m.cancelled_at.is_some(),
-            created_by: m.created_by,
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::model::paging::WireSize;
-    use prost::Message;
-
-    /// What a row adds to a page: its message and the repeated field's tag and length.
-    fn in_a_page(m: &impl Message) -> usize {
-        let len = m.encoded_len();
-        1 + prost::encoding::encoded_len_varint(len as u64) + len
-    }
-
-    #[test]
-    fn a_rows_wire_size_bounds_its_encoding_in_a_page() {
-        let long = "😀".repeat(MAX_NAME);
-        let at = DateTime::from_timestamp(4_000_000_000, 999_999_999).unwrap();
-        let id = Uuid::now_v7();
-        let message = MessageRecord {
-            id,
-            channel_id: id,
-            author_clerk_id: "user_".to_owned() + &"x".repeat(60),
-            body: "😀".repeat(8_192),
-            author_deleted: true,
-            created_at: at,
-            edited_at: Some(at),
-        };
-        assert!(in_a_page(&pb::Message::from(message.clone())) <= message.wire_size());
-        let channel = ChannelRecord {
-            id,
-            workspace_id: id,
-            name: "c".repeat(80),
-            created_by: long.clone(),
-            created_at: at,
-            updated_at: at,
-        };
-        assert!(in_a_page(&pb::Channel::from(channel.clone())) <= channel.wire_size());
-        let room = RoomRecord {
-            id,
-            workspace_id: id,
-            kind: RoomKind::Whiteboard,
-            name: long.clone(),
-            created_by: long.clone(),
-            created_at: at,
-            updated_at: at,
-        };
-        assert!(in_a_page(&pb::Room::from(room.clone())) <= room.wire_size());
-        let record = ItemRecord {
-            id,
-            room_id: id,
-            name: long.clone(),
-            language: "l".repeat(40),
-            created_by: long.clone(),
-            created_at: at,
-            updated_at: at,
-        };
-        for kind in [ItemKind::Document, ItemKind::CodeFile, ItemKind::Whiteboard] {
-            assert!(in_a_page(&item(kind, record.clone())) <= record.wire_size());
-        }
-        let meeting = MeetingRecord {
-            id,
-            room_id: id,
-            title: long.clone(),
-            starts_at: at,
-            ends_at: at,
-            cancelled_at: Some(at),
-            created_by: long.clone(),
-            created_at: at,
-        };
-        assert!(in_a_page(&pb::Meeting::from(meeting.clone())) <= meeting.wire_size());
-        let member = MemberRecord {
-            clerk_user_id: long.clone(),
-            role: "org:admin".into(),
-            source_updated_at: at,
-        };
-        assert!(in_a_page(&pb::Member::from(member.clone())) <= member.wire_size());
-    }
-}

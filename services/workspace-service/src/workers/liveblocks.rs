@@ -1,5 +1,6 @@
 //! Durable Liveblocks room clean-up: rooms are queued in `liveblocks_cleanup_jobs` by the
-//! transaction that deletes their rows, and this worker deletes them at Liveblocks.
+//! transaction that deletes their rows (`domain::liveblocks::enqueue`, or the purge's SQL), and
+//! this worker deletes them at Liveblocks.
 //!
 //! 204/404 finish a job. 429 honours `Retry-After`; 5xx, timeouts and connection errors back
 //! off exponentially with jitter, until `max_attempts`. While Liveblocks is unavailable the
@@ -12,9 +13,7 @@ use super::breaker::BreakerSettings;
 use super::jobs::{Attempt, JobHandler, JobTable, Leased, job_table};
 use super::runner::{JobRunner, RunnerSettings};
 use crate::metrics::Metrics;
-use diesel::sql_types::{Array, Text};
-use diesel_async::{AsyncPgConnection, RunQueryDsl};
-use service_runtime::{Pool, prepared};
+use service_runtime::Pool;
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -24,19 +23,6 @@ use uuid::Uuid;
 
 /// The outbox of Liveblocks rooms to delete.
 pub static CLEANUP_JOBS: JobTable = job_table!("liveblocks_cleanup_jobs", "room_id", "text");
-
-/// Queues Liveblocks rooms for deletion (inside the caller's transaction).
-pub async fn enqueue(
-    conn: &mut AsyncPgConnection,
-    room_ids: &[String],
-) -> diesel::QueryResult<usize> {
-    prepared(
-        "INSERT INTO liveblocks_cleanup_jobs (room_id) SELECT unnest($1::text[]) ON CONFLICT (room_id) DO NOTHING",
-    )
-    .bind::<Array<Text>, _>(room_ids)
-    .execute(conn)
-    .await
-}
 
 /// What one DELETE call achieved.
 #[derive(Debug, Clone, PartialEq, Eq)]
