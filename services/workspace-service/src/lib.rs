@@ -109,7 +109,7 @@ pub async fn run(
     let m = metrics.clone();
     boot.workers.spawn(
         "liveblocks-queue-gauges",
-        workers::jobs::sample_loop(
+        job_queue::sample_loop(
             boot.pool.clone(),
             &cleanup::CLEANUP_JOBS,
             move |d| {
@@ -123,7 +123,7 @@ pub async fn run(
     let m = metrics.clone();
     boot.workers.spawn(
         "purge-queue-gauges",
-        workers::jobs::sample_loop(
+        job_queue::sample_loop(
             boot.pool.clone(),
             &workers::purge::PURGE_JOBS,
             move |d| {

@@ -1,13 +1,10 @@
-//! The operator's view of the job queues: list by state, retry, count. Uses the statements of
+//! The operator's view of the job queues: list by state, retry, count, through `job-queue` on
 //! each queue's [`JobTable`].
 
-use crate::workers::jobs::{self, JobTable};
 use crate::workers::{liveblocks::CLEANUP_JOBS, purge::PURGE_JOBS};
 use chrono::{DateTime, Utc};
-use diesel::QueryableByName;
-use diesel::sql_types::{BigInt, Integer, Nullable, Text, Timestamptz};
-use diesel_async::{AsyncPgConnection, RunQueryDsl};
-use service_runtime::prepared;
+use diesel_async::AsyncPgConnection;
+use job_queue::{JobState, JobTable};
 use tonic::Status;
 use vbase_proto::workspace::v1 as pb;
 
@@ -28,33 +25,17 @@ pub const QUEUES: [(pb::JobQueue, &JobTable); 2] = [
     (pb::JobQueue::Purge, &PURGE_JOBS),
 ];
 
-/// The SQL name of a state filter (`""`: every state).
-pub fn state_filter(state: i32) -> Result<&'static str, Status> {
+/// The state a request filters on (`None`: every state).
+pub fn state_filter(state: i32) -> Result<Option<JobState>, Status> {
     match pb::JobState::try_from(state) {
-        Ok(pb::JobState::Unspecified) => Ok(""),
-        Ok(pb::JobState::Pending) => Ok("pending"),
-        Ok(pb::JobState::Failing) => Ok("failing"),
-        Ok(pb::JobState::Dead) => Ok("dead"),
+        Ok(pb::JobState::Unspecified) => Ok(None),
+        Ok(pb::JobState::Pending) => Ok(Some(JobState::Pending)),
+        Ok(pb::JobState::Failing) => Ok(Some(JobState::Failing)),
+        Ok(pb::JobState::Dead) => Ok(Some(JobState::Dead)),
         Err(_) => Err(Status::invalid_argument(format!(
             "state {state} is not a JobState"
         ))),
     }
-}
-
-#[derive(QueryableByName)]
-struct Row {
-    #[diesel(sql_type = Text)]
-    key: String,
-    #[diesel(sql_type = Integer)]
-    attempts: i32,
-    #[diesel(sql_type = Nullable<Text>)]
-    last_error: Option<String>,
-    #[diesel(sql_type = Timestamptz)]
-    enqueued_at: DateTime<Utc>,
-    #[diesel(sql_type = Timestamptz)]
-    next_attempt_at: DateTime<Utc>,
-    #[diesel(sql_type = Nullable<Timestamptz>)]
-    dead_at: Option<DateTime<Utc>>,
 }
 
 fn ts(t: DateTime<Utc>) -> prost_types::Timestamp {
@@ -66,24 +47,19 @@ pub async fn list(
     conn: &mut AsyncPgConnection,
     queue: pb::JobQueue,
     table: &JobTable,
-    state: &str,
+    state: Option<JobState>,
     after: &str,
     limit: i64,
 ) -> diesel::QueryResult<Vec<pb::Job>> {
-    let rows: Vec<Row> = prepared(table.list)
-        .bind::<Text, _>(state)
-        .bind::<Text, _>(after)
-        .bind::<BigInt, _>(limit)
-        .load(conn)
-        .await?;
+    let rows = job_queue::list(conn, table, state, after, limit).await?;
     Ok(rows
         .into_iter()
         .map(|r| pb::Job {
             queue: queue.into(),
-            state: match (&r.dead_at, &r.last_error) {
-                (Some(_), _) => pb::JobState::Dead,
-                (None, Some(_)) => pb::JobState::Failing,
-                (None, None) => pb::JobState::Pending,
+            state: match r.state() {
+                JobState::Dead => pb::JobState::Dead,
+                JobState::Failing => pb::JobState::Failing,
+                JobState::Pending => pb::JobState::Pending,
             }
             .into(),
             key: r.key,
@@ -96,35 +72,11 @@ pub async fn list(
         .collect())
 }
 
-/// Makes job `key` due now with no attempts; 0 when there is no such job (or it is running).
-pub async fn retry_key(
-    conn: &mut AsyncPgConnection,
-    table: &JobTable,
-    key: &str,
-) -> diesel::QueryResult<usize> {
-    prepared(table.retry_key)
-        .bind::<Text, _>(key)
-        .execute(conn)
-        .await
-}
-
-/// Makes every job in `state` (`dead` or `failing`) due now with no attempts.
-pub async fn retry_state(
-    conn: &mut AsyncPgConnection,
-    table: &JobTable,
-    state: &str,
-) -> diesel::QueryResult<usize> {
-    prepared(table.retry_state)
-        .bind::<Text, _>(state)
-        .execute(conn)
-        .await
-}
-
 /// Jobs per state of every queue.
 pub async fn depths(conn: &mut AsyncPgConnection) -> diesel::QueryResult<Vec<pb::QueueDepth>> {
     let mut out = Vec::with_capacity(QUEUES.len());
     for (queue, table) in QUEUES {
-        let d = jobs::depths(conn, table).await?;
+        let d = job_queue::depths(conn, table).await?;
         out.push(pb::QueueDepth {
             queue: queue.into(),
             pending: d.pending,

@@ -3,6 +3,7 @@
 
 mod jobs;
 
+use job_queue::JobState;
 use service_runtime::Pool;
 use std::sync::Arc;
 use token_auth::{Access, MethodPolicy};
@@ -141,12 +142,16 @@ impl WorkspaceAdminService for WorkspaceAdmin {
         let retried = match r.which {
             Some(pb::retry_jobs_request::Which::Key(key)) => {
                 let key = input_validation::required_text("key", &key, 200)?;
-                jobs::retry_key(&mut conn, table, &key).await.map_err(db)?
+                job_queue::retry_key(&mut conn, table, &key)
+                    .await
+                    .map_err(db)?
             }
             Some(pb::retry_jobs_request::Which::State(s)) => match jobs::state_filter(s)? {
-                state @ ("dead" | "failing") => jobs::retry_state(&mut conn, table, state)
-                    .await
-                    .map_err(db)?,
+                Some(state @ (JobState::Dead | JobState::Failing)) => {
+                    job_queue::retry_state(&mut conn, table, state)
+                        .await
+                        .map_err(db)?
+                }
                 _ => {
                     return Err(Status::invalid_argument(
                         "state must be JOB_STATE_DEAD or JOB_STATE_FAILING",

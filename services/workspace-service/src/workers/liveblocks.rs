@@ -4,15 +4,15 @@
 //!
 //! 204/404 finish a job. 429 honours `Retry-After`; 5xx, timeouts and connection errors back
 //! off exponentially with jitter, until `max_attempts`. While Liveblocks is unavailable the
-//! worker pauses as a whole ([`super::breaker`]) rather than spend every job's attempts on it. 401/403 (a wrong key) and any other
+//! worker pauses as a whole (`job_queue::breaker`) rather than spend every job's attempts on it. 401/403 (a wrong key) and any other
 //! refusal (e.g. 422) are permanent: the job becomes dead, kept until an operator retries it.
 //! [`KeyCheck`] tries the key at start-up and every few minutes with a cheap authenticated
 //! read, and reports it on `/status`, in the log and in `liveblocks_key_valid`.
 
-use super::breaker::BreakerSettings;
-use super::jobs::{Attempt, JobHandler, JobTable, Leased, job_table};
-use super::runner::{JobRunner, RunnerSettings};
 use crate::metrics::Metrics;
+use job_queue::{
+    Attempt, BreakerSettings, JobHandler, JobRunner, JobTable, Leased, RunnerSettings, job_table,
+};
 use service_runtime::Pool;
 use std::future::Future;
 use std::sync::Arc;
@@ -209,7 +209,7 @@ impl Default for CleanupSettings {
 
 /// The backoff of the `attempts`-th attempt.
 fn backoff(settings: &CleanupSettings, attempts: i32) -> Duration {
-    super::jobs::backoff(settings.backoff_base, settings.backoff_max, attempts)
+    job_queue::backoff(settings.backoff_base, settings.backoff_max, attempts)
 }
 
 /// Deletes one leased room at Liveblocks and decides what becomes of its job.

@@ -16,12 +16,13 @@ mod schedule;
 use crate::domain::purge::{Piece, PurgeKind, PurgeRun, plan};
 use crate::error::Error;
 use crate::metrics::Metrics;
-use crate::workers::jobs::{Attempt, JobHandler, JobTable, Leased, backoff, job_table};
-use crate::workers::runner::{JobRunner, RunnerSettings};
 use diesel::OptionalExtension;
 use diesel::QueryableByName;
 use diesel::sql_types::{BigInt, Double, Text, Uuid as SqlUuid};
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection};
+use job_queue::{
+    Attempt, JobHandler, JobRunner, JobTable, Leased, RunnerSettings, backoff, job_table,
+};
 use schedule::{Next, Schedule};
 use service_runtime::{Lifecycle, Phase, Pool, prepared};
 use std::future::Future;

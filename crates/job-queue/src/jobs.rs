@@ -1,28 +1,18 @@
-//! A job table drained by workers on any number of replicas.
-//!
-//! A job is a row keyed by what it is about, enqueued in the same transaction as the change
-//! that needs it. A worker ([`super::runner::JobRunner`]) leases due jobs (`FOR UPDATE SKIP
-//! LOCKED`, a lease token and an expiry), does each with no transaction open, then deletes it
-//! (done) or reschedules it under the same token. A crashed worker's lease expires and another
-//! worker takes the job again; a result recorded after the lease was taken over changes nothing.
-//!
-//! A job that got a permanent answer, or failed `max_attempts` times, becomes dead
-//! (`dead_at`): no longer leased, kept and visible until an operator retries it. The queue is
-//! sampled for its gauges by [`sample_loop`], which runs whether or not a worker does.
-//!
-//! A table takes the columns of `liveblocks_cleanup_jobs`: its key, `enqueued_at`, `attempts`,
-//! `next_attempt_at`, `leased_until`, `lease_token`, `last_error`, `dead_at`.
+//! One job table: its statements ([`JobTable`], made by [`job_table!`](crate::job_table)),
+//! what a runner leases and what an attempt comes to, the handler a runner calls, the depths
+//! and the sampler of the queue's gauges, and what an operator does with a queue (list, retry).
 
+use chrono::{DateTime, Utc};
 use diesel::QueryableByName;
-use diesel::sql_types::{BigInt, Double, Integer, Text};
-use diesel_async::RunQueryDsl;
+use diesel::sql_types::{BigInt, Double, Integer, Nullable, Text, Timestamptz};
+use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use rand::Rng;
 use service_runtime::{Pool, prepared};
 use std::future::Future;
 use std::time::Duration;
 use uuid::Uuid;
 
-/// The statements of one job table: static text, made by [`job_table!`].
+/// The statements of one job table: static text, made by [`job_table!`](crate::job_table).
 #[derive(Debug)]
 pub struct JobTable {
     /// The table, for logs.
@@ -49,9 +39,10 @@ pub struct JobTable {
 }
 
 /// The [`JobTable`] of `$table`, whose key column is `$key` of SQL type `$ty`.
+#[macro_export]
 macro_rules! job_table {
     ($table:literal, $key:literal, $ty:literal) => {
-        $crate::workers::jobs::JobTable::new(
+        $crate::JobTable::new(
             $table,
             [
                 concat!(
@@ -120,10 +111,8 @@ macro_rules! job_table {
         )
     };
 }
-pub(crate) use job_table;
-
 impl JobTable {
-    /// Used by [`job_table!`]: lease, done, retry, bury, release, depths, list, retry_key,
+    /// Used by [`job_table!`](crate::job_table): lease, done, retry, bury, release, depths, list, retry_key,
     /// retry_state.
     pub const fn new(name: &'static str, sql: [&'static str; 9]) -> Self {
         Self {
@@ -160,7 +149,7 @@ pub enum Attempt {
     /// Try again after `after`, recording `error` (dead instead once the attempts are spent).
     Retry { after: Duration, error: String },
     /// The service the job calls is unavailable (5xx, timeout, no connection, 429): retried
-    /// like [`Attempt::Retry`], and counted by the runner's breaker ([`super::breaker`]);
+    /// like [`Attempt::Retry`], and counted by the runner's breaker ([`crate::breaker`]);
     /// `hold` is the pause the service asked for, if it did.
     Unavailable {
         after: Duration,
@@ -196,11 +185,100 @@ impl Depths {
 }
 
 /// Counts a table's jobs by state.
-pub async fn depths(
-    conn: &mut diesel_async::AsyncPgConnection,
-    table: &JobTable,
-) -> diesel::QueryResult<Depths> {
+pub async fn depths(conn: &mut AsyncPgConnection, table: &JobTable) -> diesel::QueryResult<Depths> {
     prepared(table.depths).get_result(conn).await
+}
+
+/// The state of a job, as an operator sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JobState {
+    /// Not tried yet (or retried by an operator).
+    Pending,
+    /// Tried and failed; will be tried again.
+    Failing,
+    /// Given up: kept until an operator retries it.
+    Dead,
+}
+
+impl JobState {
+    /// The name the list and retry statements take.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobState::Pending => "pending",
+            JobState::Failing => "failing",
+            JobState::Dead => "dead",
+        }
+    }
+}
+
+/// A job as an operator lists it.
+#[derive(Debug, Clone, QueryableByName)]
+pub struct JobRow {
+    /// The job's key, as text.
+    #[diesel(sql_type = Text)]
+    pub key: String,
+    #[diesel(sql_type = Integer)]
+    pub attempts: i32,
+    #[diesel(sql_type = Nullable<Text>)]
+    pub last_error: Option<String>,
+    #[diesel(sql_type = Timestamptz)]
+    pub enqueued_at: DateTime<Utc>,
+    #[diesel(sql_type = Timestamptz)]
+    pub next_attempt_at: DateTime<Utc>,
+    #[diesel(sql_type = Nullable<Timestamptz>)]
+    pub dead_at: Option<DateTime<Utc>>,
+}
+
+impl JobRow {
+    /// Its state: dead, failing (an error recorded) or pending.
+    pub fn state(&self) -> JobState {
+        match (&self.dead_at, &self.last_error) {
+            (Some(_), _) => JobState::Dead,
+            (None, Some(_)) => JobState::Failing,
+            (None, None) => JobState::Pending,
+        }
+    }
+}
+
+/// Up to `limit` jobs of `table` in `state` (every state when `None`) after key `after`, by key.
+pub async fn list(
+    conn: &mut AsyncPgConnection,
+    table: &JobTable,
+    state: Option<JobState>,
+    after: &str,
+    limit: i64,
+) -> diesel::QueryResult<Vec<JobRow>> {
+    prepared(table.list)
+        .bind::<Text, _>(state.map_or("", JobState::as_str))
+        .bind::<Text, _>(after)
+        .bind::<BigInt, _>(limit)
+        .load(conn)
+        .await
+}
+
+/// Makes job `key` due now with no attempts; 0 when there is no such job (or it is running).
+pub async fn retry_key(
+    conn: &mut AsyncPgConnection,
+    table: &JobTable,
+    key: &str,
+) -> diesel::QueryResult<usize> {
+    prepared(table.retry_key)
+        .bind::<Text, _>(key)
+        .execute(conn)
+        .await
+}
+
+/// Makes every job in `state` (dead or failing; pending ones are due already) due now with no
+/// attempts.
+pub async fn retry_state(
+    conn: &mut AsyncPgConnection,
+    table: &JobTable,
+    state: JobState,
+) -> diesel::QueryResult<usize> {
+    prepared(table.retry_state)
+        .bind::<Text, _>(state.as_str())
+        .execute(conn)
+        .await
 }
 
 /// Does jobs of one table.

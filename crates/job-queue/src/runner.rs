@@ -9,8 +9,8 @@
 //! outside service may have a [`Breaker`]: while it is open no job starts, and the jobs
 //! leased ahead are given back without spending an attempt.
 
-use super::breaker::{Breaker, BreakerSettings, Health, Transition};
-use super::jobs::{Attempt, JobHandler, JobTable, Leased};
+use crate::breaker::{Breaker, BreakerSettings, Health, Transition};
+use crate::jobs::{Attempt, JobHandler, JobTable, Leased};
 use diesel::sql_types::{Array, BigInt, Double, Nullable, Text, Uuid as SqlUuid};
 use diesel_async::RunQueryDsl;
 use service_runtime::{Pool, prepared};

@@ -1,0 +1,319 @@
+//! The job queue against PostgreSQL: a table of the documented shape, handlers that record what
+//! they were given, and runners draining the table as a service's workers do.
+
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use ephemeral_postgres::{TestDatabase, TestDatabases};
+use job_queue::{
+    Attempt, BreakerSettings, JobHandler, JobRunner, JobState, JobTable, Leased, RunnerSettings,
+    job_table,
+};
+use service_runtime::Pool;
+use service_runtime::db::{PlanCache, build_pool};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::{Notify, oneshot};
+use uuid::Uuid;
+
+static JOBS: JobTable = job_table!("test_jobs", "id", "text");
+
+const TABLE: &str = "CREATE TABLE test_jobs (
+    id              text PRIMARY KEY,
+    enqueued_at     timestamptz NOT NULL DEFAULT now(),
+    attempts        integer NOT NULL DEFAULT 0,
+    next_attempt_at timestamptz NOT NULL DEFAULT now(),
+    leased_until    timestamptz,
+    lease_token     uuid,
+    last_error      text,
+    dead_at         timestamptz
+);
+CREATE INDEX test_jobs_due_idx ON test_jobs (next_attempt_at) WHERE dead_at IS NULL;";
+
+async fn database() -> (TestDatabase, Pool) {
+    let db = TestDatabases::shared()
+        .await
+        .create("job_queue", |url| async move {
+            let mut conn = AsyncPgConnection::establish(&url).await?;
+            for statement in TABLE.split(';').filter(|s| !s.trim().is_empty()) {
+                diesel::sql_query(statement).execute(&mut conn).await?;
+            }
+            Ok(())
+        })
+        .await
+        .unwrap();
+    let pool = build_pool(db.url(), 8, PlanCache::Auto).unwrap();
+    (db, pool)
+}
+
+async fn enqueue(pool: &Pool, keys: impl IntoIterator<Item = String>) {
+    let keys: Vec<String> = keys.into_iter().collect();
+    let mut conn = pool.get().await.unwrap();
+    diesel::sql_query("INSERT INTO test_jobs (id) SELECT unnest($1::text[])")
+        .bind::<diesel::sql_types::Array<diesel::sql_types::Text>, _>(&keys)
+        .execute(&mut conn)
+        .await
+        .unwrap();
+}
+
+/// One row as the table holds it.
+#[derive(Debug, diesel::QueryableByName)]
+struct Row {
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    id: String,
+    #[diesel(sql_type = diesel::sql_types::Integer)]
+    attempts: i32,
+    #[diesel(sql_type = diesel::sql_types::Bool)]
+    leased: bool,
+}
+
+async fn rows(pool: &Pool) -> Vec<Row> {
+    let mut conn = pool.get().await.unwrap();
+    diesel::sql_query(
+        "SELECT id, attempts, lease_token IS NOT NULL AS leased FROM test_jobs ORDER BY id",
+    )
+    .load(&mut conn)
+    .await
+    .unwrap()
+}
+
+async fn until(what: &str, mut done: impl AsyncFnMut() -> bool) {
+    let start = Instant::now();
+    while !done().await {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "{what}: not after 20 s"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// What the handlers saw and how they answer.
+#[derive(Clone)]
+struct Recorder {
+    seen: Arc<Mutex<Vec<(String, i32)>>>,
+    answer: fn(&Leased) -> Attempt,
+    /// Each attempt takes this long.
+    work: Duration,
+    breaker_opened: Arc<AtomicBool>,
+}
+
+impl Recorder {
+    fn new(answer: fn(&Leased) -> Attempt, work: Duration) -> Self {
+        Self {
+            seen: Arc::default(),
+            answer,
+            work,
+            breaker_opened: Arc::default(),
+        }
+    }
+
+    fn seen(&self) -> Vec<(String, i32)> {
+        self.seen.lock().unwrap().clone()
+    }
+}
+
+#[tonic::async_trait]
+impl JobHandler for Recorder {
+    async fn attempt(&self, job: &Leased, _token: Uuid) -> Attempt {
+        self.seen
+            .lock()
+            .unwrap()
+            .push((job.key.clone(), job.attempts));
+        tokio::time::sleep(self.work).await;
+        (self.answer)(job)
+    }
+
+    fn breaker_changed(&self, open: bool) {
+        self.breaker_opened.store(open, Ordering::SeqCst);
+    }
+}
+
+fn settings(concurrency: usize, prefetch: usize, max_attempts: i32) -> RunnerSettings {
+    RunnerSettings {
+        concurrency,
+        lease: Duration::from_secs(30),
+        poll: Duration::from_millis(20),
+        max_attempts,
+        prefetch,
+        breaker: None,
+    }
+}
+
+/// Starts a runner; the sender stops it, the handle ends when it has.
+fn start(
+    pool: &Pool,
+    handler: Recorder,
+    settings: RunnerSettings,
+) -> (oneshot::Sender<()>, tokio::task::JoinHandle<()>) {
+    let runner = JobRunner::new(
+        pool.clone(),
+        &JOBS,
+        handler,
+        settings,
+        Arc::new(Notify::new()),
+    );
+    let (stop, stopped) = oneshot::channel::<()>();
+    let run = tokio::spawn(runner.run(async move {
+        let _ = stopped.await;
+    }));
+    (stop, run)
+}
+
+async fn live(pool: &Pool) -> i64 {
+    let mut conn = pool.get().await.unwrap();
+    job_queue::depths(&mut conn, &JOBS).await.unwrap().live()
+}
+
+#[tokio::test]
+async fn two_runners_do_every_job_once_and_delete_it() {
+    let (_db, pool) = database().await;
+    let keys: Vec<String> = (0..300).map(|i| format!("job{i:03}")).collect();
+    enqueue(&pool, keys.clone()).await;
+    let handler = Recorder::new(|_| Attempt::Done, Duration::from_millis(1));
+    let a = start(&pool, handler.clone(), settings(4, 8, 5));
+    let b = start(&pool, handler.clone(), settings(4, 8, 5));
+    until("the table drained", async || live(&pool).await == 0).await;
+    for (stop, run) in [a, b] {
+        stop.send(()).unwrap();
+        run.await.unwrap();
+    }
+    let mut seen: Vec<String> = handler.seen().into_iter().map(|(k, _)| k).collect();
+    seen.sort();
+    assert_eq!(seen, keys, "every job exactly once");
+    assert!(rows(&pool).await.is_empty(), "done jobs are deleted");
+}
+
+#[tokio::test]
+async fn a_failing_job_is_retried_then_dead_and_kept_until_an_operator_retries_it() {
+    let (_db, pool) = database().await;
+    enqueue(&pool, ["flaky".to_owned()]).await;
+    let handler = Recorder::new(
+        |_| Attempt::Retry {
+            after: Duration::ZERO,
+            error: "boom".into(),
+        },
+        Duration::ZERO,
+    );
+    let (stop, run) = start(&pool, handler.clone(), settings(1, 0, 3));
+    until("the job is dead", async || {
+        let mut conn = pool.get().await.unwrap();
+        job_queue::depths(&mut conn, &JOBS).await.unwrap().dead == 1
+    })
+    .await;
+    stop.send(()).unwrap();
+    run.await.unwrap();
+    assert_eq!(
+        handler.seen(),
+        [
+            ("flaky".into(), 1),
+            ("flaky".into(), 2),
+            ("flaky".into(), 3)
+        ]
+    );
+    let mut conn = pool.get().await.unwrap();
+    let dead = job_queue::list(&mut conn, &JOBS, Some(JobState::Dead), "", 10)
+        .await
+        .unwrap();
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].state(), JobState::Dead);
+    assert_eq!(dead[0].attempts, 3);
+    let error = dead[0].last_error.as_deref().unwrap_or_default();
+    assert!(
+        error.contains("boom") && error.contains("gave up after 3 attempts"),
+        "{error}"
+    );
+    let retried = job_queue::retry_state(&mut conn, &JOBS, JobState::Dead)
+        .await
+        .unwrap();
+    assert_eq!(retried, 1);
+    let pending = job_queue::list(&mut conn, &JOBS, Some(JobState::Pending), "", 10)
+        .await
+        .unwrap();
+    assert_eq!(pending.len(), 1);
+    assert_eq!(pending[0].attempts, 0);
+}
+
+#[tokio::test]
+async fn a_permanent_failure_is_dead_at_once() {
+    let (_db, pool) = database().await;
+    enqueue(&pool, ["refused".to_owned()]).await;
+    let handler = Recorder::new(
+        |_| Attempt::Dead {
+            error: "422".into(),
+        },
+        Duration::ZERO,
+    );
+    let (stop, run) = start(&pool, handler.clone(), settings(1, 0, 50));
+    until("the job is dead", async || {
+        let mut conn = pool.get().await.unwrap();
+        job_queue::depths(&mut conn, &JOBS).await.unwrap().dead == 1
+    })
+    .await;
+    stop.send(()).unwrap();
+    run.await.unwrap();
+    assert_eq!(handler.seen().len(), 1);
+    let mut conn = pool.get().await.unwrap();
+    assert_eq!(
+        job_queue::retry_key(&mut conn, &JOBS, "refused")
+            .await
+            .unwrap(),
+        1
+    );
+}
+
+#[tokio::test]
+async fn stopping_gives_back_the_jobs_leased_ahead_with_their_attempt() {
+    let (_db, pool) = database().await;
+    enqueue(&pool, (0..5).map(|i| format!("job{i}"))).await;
+    // One slot, four leased ahead; the first job takes long enough to stop the runner during it.
+    let handler = Recorder::new(|_| Attempt::Done, Duration::from_millis(300));
+    let (stop, run) = start(&pool, handler.clone(), settings(1, 4, 5));
+    until("the first job started", async || !handler.seen().is_empty()).await;
+    stop.send(()).unwrap();
+    run.await.unwrap();
+    assert_eq!(handler.seen().len(), 1, "only the job in flight ran");
+    let left = rows(&pool).await;
+    assert_eq!(left.len(), 4, "the job in flight finished and was recorded");
+    for row in left {
+        assert!(
+            !row.leased && row.attempts == 0,
+            "{} given back with its attempt: {row:?}",
+            row.id
+        );
+    }
+}
+
+#[tokio::test]
+async fn the_breaker_pauses_every_job_while_the_service_is_unavailable() {
+    let (_db, pool) = database().await;
+    enqueue(&pool, (0..10).map(|i| format!("job{i}"))).await;
+    let handler = Recorder::new(
+        |_| Attempt::Unavailable {
+            after: Duration::ZERO,
+            error: "503".into(),
+            hold: None,
+        },
+        Duration::ZERO,
+    );
+    let mut s = settings(1, 0, 50);
+    s.breaker = Some(BreakerSettings {
+        failures: 3,
+        cooldown_base: Duration::from_secs(60),
+        cooldown_max: Duration::from_secs(60),
+        probe_timeout: Duration::from_secs(30),
+    });
+    let (stop, run) = start(&pool, handler.clone(), s);
+    until("the breaker opened", async || {
+        AtomicBool::load(&handler.breaker_opened, Ordering::SeqCst)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.send(()).unwrap();
+    run.await.unwrap();
+    assert_eq!(
+        handler.seen().len(),
+        3,
+        "no job starts once the breaker is open"
+    );
+    assert_eq!(live(&pool).await, 10, "nothing is lost or dead");
+}
