@@ -35,7 +35,7 @@ OVERLAYS = ["dev", "prod"]
 TARGET = Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target")) / "debug"
 # Paths each binary serves over HTTP, read from the code that serves them.
 HTTP_SOURCES = {
-    "webhook-gateway": [ROOT / "services/webhook-gateway/src/lib.rs"],
+    "webhook-gateway": [ROOT / "services/webhook-gateway/src/server.rs"],
     "identity-service": [ROOT / "crates/service-runtime/src/metrics.rs"],
     "workspace-service": [ROOT / "crates/service-runtime/src/metrics.rs"],
 }

@@ -64,7 +64,8 @@ impl TokenSource {
 /// Why forwarding failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ForwardError {
-    /// The service refused the content (INVALID_ARGUMENT): answered 400, not retried usefully.
+    /// The service refused the content (INVALID_ARGUMENT): the delivery is quarantined and
+    /// answered 200 (a retry would be refused the same way).
     #[error("rejected: {0}")]
     Rejected(String),
     /// The service is unreachable, slow or failing: answered 503 so Svix retries later.
@@ -77,8 +78,8 @@ pub const USER_BATCH_MAX: usize = 64;
 
 type UserBatcher = MicroBatcher<pb::UpsertUserCommand, Result<i32, ForwardError>>;
 
-/// What a failed call means for the delivery: INVALID_ARGUMENT is the content's fault (400),
-/// anything else is worth a retry (503).
+/// What a failed call means for the delivery: INVALID_ARGUMENT is the content's fault
+/// (quarantined, 200), anything else is worth a retry (503).
 fn failure(command: &'static str, s: &Status) -> ForwardError {
     if s.code() == Code::InvalidArgument {
         return ForwardError::Rejected(s.message().to_owned());

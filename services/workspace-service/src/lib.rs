@@ -25,7 +25,6 @@ use std::future::Future;
 use std::sync::Arc;
 use tokio::net::TcpListener;
 use vbase_proto::workspace::v1::workspace_admin_service_server::WorkspaceAdminServiceServer;
-use workers::liveblocks as cleanup;
 
 /// The schema migrations of workspace-service.
 pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations");
@@ -60,91 +59,13 @@ pub async fn run(
     let live_settings = config.watch.settings().map_err(anyhow::Error::msg)?;
     let mut boot = Boot::start(&config.service, AUDIENCE, MIGRATIONS, PLANS).await?;
     let metrics = metrics::Metrics::register(&mut boot.registry);
-    let wake = Arc::new(tokio::sync::Notify::new());
-
-    let api_key = config
-        .liveblocks
-        .liveblocks_secret_key
-        .as_ref()
-        .filter(|s| !s.is_empty());
-    match api_key {
-        Some(secret) => {
-            let api: Arc<dyn cleanup::LiveblocksApi> = Arc::new(cleanup::HttpLiveblocks::new(
-                &config.liveblocks.liveblocks_api_url,
-                secret.expose(),
-                config.liveblocks.timeout(),
-            )?);
-            boot.workers.spawn(
-                "liveblocks-key-check",
-                cleanup::check_key_loop(
-                    Arc::clone(&api),
-                    cleanup_settings.key_check,
-                    metrics.clone(),
-                    boot.detail.clone(),
-                    boot.lifecycle.stopped(),
-                ),
-            );
-            let worker = cleanup::CleanupWorker::new(
-                boot.pool.clone(),
-                api,
-                cleanup_settings,
-                metrics.clone(),
-                Arc::clone(&wake),
-            );
-            let stop = boot.lifecycle.stopped();
-            boot.workers.spawn("liveblocks-cleanup", worker.run(stop));
-        }
-        None => {
-            tracing::warn!(
-                "LIVEBLOCKS_SECRET_KEY is not set: Liveblocks rooms are queued but not deleted until it is"
-            );
-            metrics.liveblocks_key_valid.set(-1);
-            boot.detail.set(
-                "liveblocks_key",
-                Err("LIVEBLOCKS_SECRET_KEY is not set: rooms are queued but not deleted".into()),
-            );
-        }
-    }
-    // The gauges follow the queues whether or not a worker drains them.
-    let m = metrics.clone();
-    boot.workers.spawn(
-        "liveblocks-queue-gauges",
-        job_queue::sample_loop(
-            boot.pool.clone(),
-            &cleanup::CLEANUP_JOBS,
-            move |d| {
-                m.liveblocks_queue_depth.set(d.live());
-                m.liveblocks_dead_jobs.set(d.dead);
-                m.liveblocks_oldest_job_seconds.set(d.oldest);
-            },
-            boot.lifecycle.stopped(),
-        ),
-    );
-    let m = metrics.clone();
-    boot.workers.spawn(
-        "purge-queue-gauges",
-        job_queue::sample_loop(
-            boot.pool.clone(),
-            &workers::purge::PURGE_JOBS,
-            move |d| {
-                m.purge_jobs_pending.set(d.live());
-                m.purge_dead_jobs.set(d.dead);
-                m.purge_oldest_job_seconds.set(d.oldest);
-            },
-            boot.lifecycle.stopped(),
-        ),
-    );
-    let purge_wake = Arc::new(tokio::sync::Notify::new());
-    let purge = workers::purge::PurgeWorker::new(
-        boot.pool.clone(),
+    let wakes = workers::start(
+        &mut boot,
+        &config.liveblocks,
+        cleanup_settings,
         purge_settings,
-        metrics.clone(),
-        boot.lifecycle.clone(),
-        Arc::clone(&purge_wake),
-        Arc::clone(&wake),
-    );
-    let stop = boot.lifecycle.stopped();
-    boot.workers.spawn("purge", purge.run(stop));
+        &metrics,
+    )?;
     boot.prune_delivery_ids(|_| {});
 
     let ledger = delivery_ledger::Ledger::new(
@@ -160,7 +81,7 @@ pub async fn run(
     let admin = admin::WorkspaceAdmin {
         pool: boot.pool.clone(),
         ledger: ledger.clone(),
-        wakes: [Arc::clone(&wake), Arc::clone(&purge_wake)],
+        wakes: wakes.clone(),
     };
     let memory = live::frames::Memory::new(
         live_settings.total_bytes,
@@ -195,7 +116,7 @@ pub async fn run(
         boot.pool.clone(),
         ledger,
         metrics,
-        [wake, purge_wake],
+        wakes,
         config.watch.calls.response_max_bytes,
     );
     let routes =

@@ -3,11 +3,10 @@
 
 mod jobs;
 
+use crate::workers::Wakes;
 use job_queue::JobState;
 use service_runtime::Pool;
-use std::sync::Arc;
 use token_auth::{Access, MethodPolicy};
-use tokio::sync::Notify;
 use tonic::{Request, Response, Status};
 use vbase_proto::ops::v1 as ops;
 use vbase_proto::workspace::v1 as pb;
@@ -39,7 +38,7 @@ pub struct WorkspaceAdmin {
     pub pool: Pool,
     pub ledger: delivery_ledger::Ledger,
     /// Woken after a retry, so the workers take the jobs at once.
-    pub wakes: [Arc<Notify>; 2],
+    pub wakes: Wakes,
 }
 
 fn db(e: diesel::result::Error) -> Status {
@@ -165,8 +164,8 @@ impl WorkspaceAdminService for WorkspaceAdmin {
             }
         };
         let wake = match queue {
-            pb::JobQueue::Purge => &self.wakes[1],
-            _ => &self.wakes[0],
+            pb::JobQueue::Purge => &self.wakes.purge,
+            _ => &self.wakes.cleanup,
         };
         wake.notify_one();
         tracing::info!(

@@ -20,13 +20,12 @@ use crate::domain::Outcome;
 use crate::domain::access::Caller;
 use crate::error::Error;
 use crate::metrics::Metrics;
+use crate::workers::Wakes;
 use diesel_async::AsyncPgConnection;
 use diesel_async::pooled_connection::deadpool::Object;
 use service_runtime::Pool;
 use std::future::Future;
-use std::sync::Arc;
 use token_auth::Principal;
-use tokio::sync::Notify;
 use tonic::{Request, Response, Status};
 use vbase_proto::ops::v1 as ops;
 use vbase_proto::workspace::v1 as pb;
@@ -56,29 +55,26 @@ pub struct WorkspaceApi {
     pool: Pool,
     ledger: delivery_ledger::Ledger,
     metrics: Metrics,
-    cleanup_wake: Arc<Notify>,
-    purge_wake: Arc<Notify>,
+    wakes: Wakes,
     /// Bytes one answer may carry (`RESPONSE_MAX_BYTES`).
     response_bytes: usize,
 }
 
 impl WorkspaceApi {
-    /// Creates the handler set; `cleanup_wake` is notified when Liveblocks rooms are queued,
-    /// `purge_wake` when a purge is; pages carry at most `response_bytes`.
+    /// Creates the handler set; `wakes` tell the workers when Liveblocks rooms or a purge are
+    /// queued; pages carry at most `response_bytes`.
     pub fn new(
         pool: Pool,
         ledger: delivery_ledger::Ledger,
         metrics: Metrics,
-        wakes: [Arc<Notify>; 2],
+        wakes: Wakes,
         response_bytes: usize,
     ) -> Self {
-        let [cleanup_wake, purge_wake] = wakes;
         Self {
             pool,
             ledger,
             metrics,
-            cleanup_wake,
-            purge_wake,
+            wakes,
             response_bytes,
         }
     }
@@ -107,12 +103,12 @@ impl WorkspaceApi {
 
     /// Tells the Liveblocks worker that rooms were queued.
     fn wake_cleanup(&self) {
-        self.cleanup_wake.notify_one();
+        self.wakes.cleanup.notify_one();
     }
 
     /// Tells the purge worker that a purge was queued.
     fn wake_purge(&self) {
-        self.purge_wake.notify_one();
+        self.wakes.purge.notify_one();
     }
 
     /// Counts a sync command by outcome.

@@ -1,0 +1,108 @@
+//! The calls of clients: `StoreUser` from a user's token, the current user, one
+//! user or a batch by id (each caller sees what its token allows).
+
+use super::*;
+
+pub(super) async fn store_user(
+    api: &IdentityApi,
+    req: Request<pb::StoreUserRequest>,
+) -> Result<Response<pb::StoreUserResponse>, Status> {
+    let p = principal(&req)?;
+    let user = p
+        .as_user()
+        .ok_or_else(|| Status::permission_denied("StoreUser is for user tokens"))?;
+    validate::user_id("token sub", &user.user_id)?;
+    let name = user
+        .name
+        .clone()
+        .filter(|n| validate::text("name", n, validate::MAX_NAME_LEN).is_ok());
+    let email = user.email.clone().filter(|e| validate::email(e).is_ok());
+    let issued_at =
+        chrono::DateTime::from_timestamp(user.issued_at, 0).unwrap_or_else(chrono::Utc::now);
+    let (record, created) = users::store_user(
+        &api.pool,
+        users::TokenClaims {
+            clerk_id: user.user_id.clone(),
+            name,
+            email,
+            issued_at,
+        },
+    )
+    .await?;
+    Ok(Response::new(pb::StoreUserResponse {
+        user: Some(to_proto(record, true)),
+        created,
+    }))
+}
+
+pub(super) async fn get_current_user(
+    api: &IdentityApi,
+    req: Request<pb::GetCurrentUserRequest>,
+) -> Result<Response<pb::GetCurrentUserResponse>, Status> {
+    let p = principal(&req)?;
+    let user = p
+        .as_user()
+        .ok_or_else(|| Status::permission_denied("GetCurrentUser is for user tokens"))?;
+    let record = api.lookups.get(&user.user_id).await?.ok_or_else(|| {
+        Status::not_found("user not synced yet: call StoreUser or wait for the Clerk webhook")
+    })?;
+    Ok(Response::new(pb::GetCurrentUserResponse {
+        user: Some(to_proto(record, true)),
+    }))
+}
+
+pub(super) async fn get_user(
+    api: &IdentityApi,
+    req: Request<pb::GetUserRequest>,
+) -> Result<Response<pb::GetUserResponse>, Status> {
+    let p = principal(&req)?;
+    let id = req.into_inner().clerk_id;
+    validate::user_id("clerk_id", &id)?;
+    let record = api
+        .lookups
+        .get(&id)
+        .await?
+        .ok_or_else(|| Status::not_found(format!("no user {id}")))?;
+    let full = sees_everything(&p, &id);
+    Ok(Response::new(pb::GetUserResponse {
+        user: Some(to_proto(record, full)),
+    }))
+}
+
+pub(super) async fn batch_get_users(
+    api: &IdentityApi,
+    req: Request<pb::BatchGetUsersRequest>,
+) -> Result<Response<pb::BatchGetUsersResponse>, Status> {
+    let p = principal(&req)?;
+    let ids = req.into_inner().clerk_ids;
+    if ids.len() > MAX_BATCH {
+        return Err(Status::invalid_argument(format!(
+            "at most {MAX_BATCH} clerk_ids per call, got {}",
+            ids.len()
+        )));
+    }
+    for id in &ids {
+        validate::user_id("clerk_ids[]", id)?;
+    }
+    let mut unique = ids.clone();
+    unique.sort();
+    unique.dedup();
+    let found: HashMap<String, UserRecord> = users::get_users(&api.pool, &unique)
+        .await?
+        .into_iter()
+        .map(|u| (u.clerk_id.clone(), u))
+        .collect();
+    let mut users_out = Vec::new();
+    let mut missing = Vec::new();
+    for id in ids {
+        match found.get(&id) {
+            Some(u) => users_out.push(to_proto(u.clone(), sees_everything(&p, &id))),
+            None if !missing.contains(&id) => missing.push(id),
+            None => {}
+        }
+    }
+    Ok(Response::new(pb::BatchGetUsersResponse {
+        users: users_out,
+        missing_clerk_ids: missing,
+    }))
+}

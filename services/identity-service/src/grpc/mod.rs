@@ -1,0 +1,242 @@
+//! `vbase.identity.v1.IdentityService`: validates input, calls the domain, maps the result.
+//! The handlers are grouped by what calls them: [`client`] (`StoreUser` and the reads),
+//! [`sync`] (the gateway's commands), [`reconciling`] (the reconcile methods); the quarantine
+//! and Clerk-instance methods delegate to `delivery-ledger` here.
+
+mod client;
+mod reconciling;
+mod sync;
+
+use crate::batch::{UpsertBatcher, UserLookups};
+use crate::error::Error;
+use crate::metrics::Metrics;
+use crate::reconcile;
+use crate::users::{self, Outcome, UserRecord};
+use input_validation as validate;
+use service_runtime::Pool;
+use std::collections::HashMap;
+use token_auth::{Access, MethodPolicy, Principal};
+use tonic::{Request, Response, Status};
+use vbase_proto::identity::v1 as pb;
+use vbase_proto::identity::v1::identity_service_server::IdentityService;
+use vbase_proto::ops::v1 as ops;
+
+/// Most ids one BatchGetUsers call may ask for.
+pub const MAX_BATCH: usize = 500;
+
+/// Who may call which method.
+pub fn policy() -> MethodPolicy {
+    MethodPolicy::new(crate::SERVICE_NAME)
+        .allow("StoreUser", Access::User)
+        .allow("GetCurrentUser", Access::User)
+        .allow("GetUser", Access::UserOrService)
+        .allow("BatchGetUsers", Access::UserOrService)
+        .allow("UpsertUser", Access::Service)
+        .allow("UpsertUsers", Access::Service)
+        .allow("DeleteUser", Access::Service)
+        .allow_all(
+            &[
+                "CompareUsers",
+                "ListUnseenUsers",
+                "FinishReconcile",
+                "ListClerkInstances",
+                "ConfirmClerkInstance",
+                "QuarantineDelivery",
+                "ListQuarantined",
+                "ResolveQuarantined",
+            ],
+            Access::ServiceNamed(token_auth::GATEWAY_SUBJECT),
+        )
+        .writes(&["StoreUser"])
+}
+
+/// Most commands in one `UpsertUsers` call.
+pub const MAX_UPSERTS_PER_CALL: usize = 100;
+
+/// The service implementation.
+#[derive(Clone)]
+pub struct IdentityApi {
+    pool: Pool,
+    ledger: delivery_ledger::Ledger,
+    metrics: Metrics,
+    upserts: UpsertBatcher,
+    lookups: UserLookups,
+}
+
+impl IdentityApi {
+    /// Creates the handler set: webhook upserts are group-committed over `commit_slots`
+    /// concurrent statements, lookups by id coalesced over `lookup_slots` concurrent queries.
+    pub fn new(
+        pool: Pool,
+        ledger: delivery_ledger::Ledger,
+        metrics: Metrics,
+        commit_slots: usize,
+        lookup_slots: usize,
+    ) -> Self {
+        let sizes = metrics.upsert_batch_size.clone();
+        let upserts = UpsertBatcher::start(pool.clone(), commit_slots, move |n| {
+            sizes.observe(n as f64);
+        });
+        let sizes = metrics.lookup_batch_size.clone();
+        let lookups = UserLookups::start(pool.clone(), lookup_slots, move |n| {
+            sizes.observe(n as f64);
+        });
+        Self {
+            pool,
+            ledger,
+            metrics,
+            upserts,
+            lookups,
+        }
+    }
+}
+
+fn principal<T>(req: &Request<T>) -> Result<Principal, Status> {
+    req.extensions()
+        .get::<Principal>()
+        .cloned()
+        .ok_or_else(|| Status::unauthenticated("no verified caller"))
+}
+
+fn ts(dt: chrono::DateTime<chrono::Utc>) -> prost_types::Timestamp {
+    vbase_proto::timestamp_from_millis(dt.timestamp_millis())
+}
+
+/// The full record, or the public profile (no email) for other users.
+fn to_proto(u: UserRecord, full: bool) -> pb::User {
+    pb::User {
+        clerk_id: u.clerk_id.clone(),
+        name: u.name.clone(),
+        email: if full { u.email.clone() } else { String::new() },
+        image_url: u.image_url.clone(),
+        created_at: Some(ts(u.created_at)),
+        updated_at: Some(ts(u.data_time())),
+    }
+}
+
+fn sees_everything(p: &Principal, clerk_id: &str) -> bool {
+    match p {
+        Principal::Service(_) => true,
+        Principal::User(u) => u.user_id == clerk_id,
+    }
+}
+
+#[tonic::async_trait]
+impl IdentityService for IdentityApi {
+    async fn store_user(
+        &self,
+        req: Request<pb::StoreUserRequest>,
+    ) -> Result<Response<pb::StoreUserResponse>, Status> {
+        client::store_user(self, req).await
+    }
+
+    async fn get_current_user(
+        &self,
+        req: Request<pb::GetCurrentUserRequest>,
+    ) -> Result<Response<pb::GetCurrentUserResponse>, Status> {
+        client::get_current_user(self, req).await
+    }
+
+    async fn get_user(
+        &self,
+        req: Request<pb::GetUserRequest>,
+    ) -> Result<Response<pb::GetUserResponse>, Status> {
+        client::get_user(self, req).await
+    }
+
+    async fn batch_get_users(
+        &self,
+        req: Request<pb::BatchGetUsersRequest>,
+    ) -> Result<Response<pb::BatchGetUsersResponse>, Status> {
+        client::batch_get_users(self, req).await
+    }
+
+    async fn upsert_user(
+        &self,
+        req: Request<pb::UpsertUserCommand>,
+    ) -> Result<Response<pb::UpsertUserResponse>, Status> {
+        sync::upsert_user(self, req).await
+    }
+
+    async fn upsert_users(
+        &self,
+        req: Request<pb::UpsertUsersCommand>,
+    ) -> Result<Response<pb::UpsertUsersResponse>, Status> {
+        sync::upsert_users(self, req).await
+    }
+
+    async fn delete_user(
+        &self,
+        req: Request<pb::DeleteUserCommand>,
+    ) -> Result<Response<pb::DeleteUserResponse>, Status> {
+        sync::delete_user(self, req).await
+    }
+
+    async fn compare_users(
+        &self,
+        req: Request<pb::CompareUsersRequest>,
+    ) -> Result<Response<pb::CompareUsersResponse>, Status> {
+        reconciling::compare_users(self, req).await
+    }
+
+    async fn list_unseen_users(
+        &self,
+        req: Request<pb::ListUnseenRequest>,
+    ) -> Result<Response<pb::ListUnseenResponse>, Status> {
+        reconciling::list_unseen_users(self, req).await
+    }
+
+    async fn list_clerk_instances(
+        &self,
+        _req: Request<ops::ListClerkInstancesRequest>,
+    ) -> Result<Response<ops::ListClerkInstancesResponse>, Status> {
+        self.ledger.clerk_instances().await.map(Response::new)
+    }
+
+    async fn confirm_clerk_instance(
+        &self,
+        req: Request<ops::ConfirmClerkInstanceRequest>,
+    ) -> Result<Response<ops::ConfirmClerkInstanceResponse>, Status> {
+        self.ledger
+            .confirm_clerk_instance(req.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn finish_reconcile(
+        &self,
+        req: Request<pb::FinishReconcileRequest>,
+    ) -> Result<Response<pb::FinishReconcileResponse>, Status> {
+        reconciling::finish_reconcile(self, req).await
+    }
+
+    async fn quarantine_delivery(
+        &self,
+        req: Request<ops::QuarantineDeliveryRequest>,
+    ) -> Result<Response<ops::QuarantineDeliveryResponse>, Status> {
+        self.ledger
+            .quarantine(req.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn list_quarantined(
+        &self,
+        req: Request<ops::ListQuarantinedRequest>,
+    ) -> Result<Response<ops::ListQuarantinedResponse>, Status> {
+        self.ledger
+            .list(req.into_inner(), true)
+            .await
+            .map(Response::new)
+    }
+
+    async fn resolve_quarantined(
+        &self,
+        req: Request<ops::ResolveQuarantinedRequest>,
+    ) -> Result<Response<ops::ResolveQuarantinedResponse>, Status> {
+        self.ledger
+            .resolve(req.into_inner())
+            .await
+            .map(Response::new)
+    }
+}

@@ -1,0 +1,149 @@
+//! `POST /clerk`: the body read within its limit, the Svix signature checked on the raw bytes,
+//! the Clerk event parsed into one typed command and forwarded; a delivery that cannot be
+//! applied is quarantined (200), an unavailable service answers 503.
+
+use crate::clerk::Malformed;
+use crate::forward::ForwardError;
+use crate::server::{App, text};
+use crate::{clerk, log_budget, metrics, quarantine};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::{Request, Response, StatusCode};
+use std::time::Instant;
+
+/// Largest accepted webhook body.
+pub const MAX_BODY: usize = 1024 * 1024;
+
+fn header<'a>(req: &'a http::request::Parts, svix: &str, unbranded: &str) -> Option<&'a str> {
+    req.headers
+        .get(svix)
+        .or_else(|| req.headers.get(unbranded))
+        .and_then(|v| v.to_str().ok())
+}
+
+pub(crate) async fn clerk_webhook(app: &App, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    let started = Instant::now();
+    let (parts, body) = req.into_parts();
+    let declared = parts
+        .headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > MAX_BODY as u64) {
+        app.metrics.request("", "too_large");
+        return text(StatusCode::PAYLOAD_TOO_LARGE, "body larger than 1 MiB\n");
+    }
+    let read = tokio::time::timeout(app.read_timeout, Limited::new(body, MAX_BODY).collect());
+    let Ok(read) = read.await else {
+        app.metrics.request("", "slow_body");
+        return text(
+            StatusCode::REQUEST_TIMEOUT,
+            "the body did not arrive in time\n",
+        );
+    };
+    let body = match read {
+        Ok(b) => b.to_bytes(),
+        Err(e)
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some() =>
+        {
+            app.metrics.request("", "too_large");
+            return text(StatusCode::PAYLOAD_TOO_LARGE, "body larger than 1 MiB\n");
+        }
+        Err(_) => return text(StatusCode::BAD_REQUEST, "could not read the body\n"),
+    };
+    if body.is_empty() {
+        app.metrics.request("", "empty");
+        return text(StatusCode::BAD_REQUEST, "empty body\n");
+    }
+    if let Err(reason) = app.verifier.verify(&body, &parts.headers) {
+        app.metrics
+            .verification_failures
+            .get_or_create(&metrics::ReasonLabels {
+                reason: reason.label(),
+            })
+            .inc();
+        // Anyone can send these: a flood costs a few lines a minute (the metric counts all).
+        if let log_budget::Admit::Log { left_out } = app.refusal_logs.admit(Instant::now()) {
+            tracing::warn!(%reason, left_out, "webhook refused by verification");
+        }
+        return text(StatusCode::BAD_REQUEST, format!("{reason}\n"));
+    }
+    // Verified: both headers are present and the timestamp parses.
+    let svix_id = header(&parts, "svix-id", "webhook-id")
+        .unwrap_or_default()
+        .to_owned();
+    let (event_type, command) = match clerk::to_command(&svix_id, &body) {
+        Ok(c) => c,
+        Err(Malformed(reason)) => {
+            let event_type = quarantine::event_type_of(&body);
+            let reason = format!("malformed Clerk event: {reason}");
+            return quarantined(app, &svix_id, &event_type, &reason, &body, started).await;
+        }
+    };
+    let result = match tokio::time::timeout(app.deadline, app.downstream.send(command)).await {
+        Ok(r) => r,
+        Err(_) => Err(ForwardError::Unavailable("deadline exceeded".into())),
+    };
+    let ms = started.elapsed().as_millis() as u64;
+    match result {
+        Ok(outcome) => {
+            app.metrics.request(&event_type, outcome);
+            tracing::info!(svix_id, event_type, outcome, ms, "webhook applied");
+            text(StatusCode::OK, format!("{{\"outcome\":\"{outcome}\"}}"))
+        }
+        Err(ForwardError::Rejected(reason)) => {
+            let reason = format!("refused by a service: {reason}");
+            quarantined(app, &svix_id, &event_type, &reason, &body, started).await
+        }
+        Err(ForwardError::Unavailable(reason)) => {
+            unavailable(app, &svix_id, &event_type, &reason, ms)
+        }
+    }
+}
+
+/// Keeps a signed delivery that cannot be applied in its owner's quarantine and answers 2xx;
+/// when it cannot be kept, 503 (Svix retries, nothing is lost).
+async fn quarantined(
+    app: &App,
+    svix_id: &str,
+    event_type: &str,
+    reason: &str,
+    body: &[u8],
+    started: Instant,
+) -> Response<Full<Bytes>> {
+    let kept = tokio::time::timeout(
+        app.deadline,
+        quarantine::keep(&app.downstream, svix_id, event_type, reason, body),
+    )
+    .await
+    .unwrap_or_else(|_| Err(ForwardError::Unavailable("deadline exceeded".into())));
+    let ms = started.elapsed().as_millis() as u64;
+    match kept {
+        Ok(()) => {
+            app.metrics.request(event_type, "quarantined");
+            tracing::warn!(svix_id, event_type, %reason, ms, "signed webhook cannot be applied; quarantined");
+            text(StatusCode::OK, "{\"outcome\":\"quarantined\"}")
+        }
+        Err(e) => unavailable(app, svix_id, event_type, &format!("quarantine: {e}"), ms),
+    }
+}
+
+fn unavailable(
+    app: &App,
+    svix_id: &str,
+    event_type: &str,
+    reason: &str,
+    ms: u64,
+) -> Response<Full<Bytes>> {
+    app.metrics.request(event_type, "unavailable");
+    tracing::warn!(svix_id, event_type, %reason, ms, "downstream unavailable; Svix will retry");
+    let mut r = text(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "downstream unavailable, retry later\n",
+    );
+    r.headers_mut()
+        .insert("retry-after", http::HeaderValue::from_static("5"));
+    r
+}
