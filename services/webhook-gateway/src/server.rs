@@ -2,9 +2,8 @@
 //! drain, and the routes (`POST /clerk` to [`crate::webhook`], health, readiness, metrics).
 
 use crate::config::Config;
-use crate::forward::Downstream;
 use crate::verify::Verifier;
-use crate::webhook::clerk_webhook;
+use crate::webhook::{App, clerk_webhook, text};
 use crate::{log_budget, metrics};
 use bytes::Bytes;
 use http_body_util::Full;
@@ -17,18 +16,6 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::net::TcpListener;
-
-pub(crate) struct App {
-    pub(crate) verifier: Verifier,
-    pub(crate) downstream: Downstream,
-    pub(crate) metrics: metrics::Metrics,
-    pub(crate) registry: Mutex<Registry>,
-    pub(crate) deadline: Duration,
-    /// How long the body of one request may take to arrive.
-    pub(crate) read_timeout: Duration,
-    /// Log lines for refused verifications.
-    pub(crate) refusal_logs: log_budget::LogBudget,
-}
 
 /// Runs the gateway on `listener` until `shutdown`; then stops accepting, finishes in-flight
 /// requests (`SHUTDOWN_DRAIN_SECS` at most) and returns.
@@ -112,16 +99,6 @@ pub async fn run(
         tracing::warn!(timeout = ?drain, "some connections did not finish in time");
     }
     Ok(())
-}
-
-pub(crate) fn text(status: StatusCode, body: impl Into<String>) -> Response<Full<Bytes>> {
-    let mut r = Response::new(Full::new(Bytes::from(body.into())));
-    *r.status_mut() = status;
-    r.headers_mut().insert(
-        "content-type",
-        http::HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    r
 }
 
 async fn route(app: &App, req: Request<Incoming>) -> Response<Full<Bytes>> {

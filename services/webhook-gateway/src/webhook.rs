@@ -1,16 +1,19 @@
 //! `POST /clerk`: the body read within its limit, the Svix signature checked on the raw bytes,
 //! the Clerk event parsed into one typed command and forwarded; a delivery that cannot be
-//! applied is quarantined (200), an unavailable service answers 503.
+//! applied is quarantined (200), an unavailable service answers 503. [`App`] is what the
+//! handlers share.
 
 use crate::clerk::Malformed;
-use crate::forward::ForwardError;
-use crate::server::{App, text};
+use crate::forward::{Downstream, ForwardError};
+use crate::verify::Verifier;
 use crate::{clerk, log_budget, metrics, quarantine};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
-use std::time::Instant;
+use prometheus_client::registry::Registry;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 /// Largest accepted webhook body.
 pub const MAX_BODY: usize = 1024 * 1024;
@@ -20,6 +23,30 @@ fn header<'a>(req: &'a http::request::Parts, svix: &str, unbranded: &str) -> Opt
         .get(svix)
         .or_else(|| req.headers.get(unbranded))
         .and_then(|v| v.to_str().ok())
+}
+
+/// What the handlers share: built by [`crate::server::run`].
+pub(crate) struct App {
+    pub(crate) verifier: Verifier,
+    pub(crate) downstream: Downstream,
+    pub(crate) metrics: metrics::Metrics,
+    pub(crate) registry: Mutex<Registry>,
+    pub(crate) deadline: Duration,
+    /// How long the body of one request may take to arrive.
+    pub(crate) read_timeout: Duration,
+    /// Log lines for refused verifications.
+    pub(crate) refusal_logs: log_budget::LogBudget,
+}
+
+/// A plain-text answer.
+pub(crate) fn text(status: StatusCode, body: impl Into<String>) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from(body.into())));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        "content-type",
+        http::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r
 }
 
 pub(crate) async fn clerk_webhook(app: &App, req: Request<Incoming>) -> Response<Full<Bytes>> {
