@@ -66,6 +66,8 @@ pub struct Plan {
     pub page_size: usize,
     /// `--instance`: the Clerk instance the key must belong to.
     pub instance: Option<String>,
+    /// `--move-to-instance`: move this deployment to the key's instance.
+    pub move_to_instance: Option<String>,
     /// `--allow-mass-delete`.
     pub allow_mass_delete: bool,
     /// `RECONCILE_MAX_DELETES` (default: the larger of 25 and 1 % of what is held).
@@ -115,6 +117,7 @@ pub async fn execute(config: &ReconcileConfig) -> anyhow::Result<Summary> {
         scope,
         page_size: config.clerk.clerk_api_page_size,
         instance: config.instance.clone(),
+        move_to_instance: config.move_to_instance.clone(),
         allow_mass_delete: config.allow_mass_delete,
         max_deletes: config.reconcile_max_deletes,
     };
@@ -131,9 +134,13 @@ pub async fn run(clerk: &impl ClerkBackend, downstream: &Downstream, plan: &Plan
     let mut summaries: Vec<KindSummary> = plan.kinds.iter().map(|k| KindSummary::new(*k)).collect();
     let mut error = None;
     let mut refusals = Vec::new();
-    // Which instance the key belongs to, before anything is read: a key of another instance
-    // than `--instance` stops here; one the services do not know deletes nothing.
-    let (instance, pin) = match pin::check(clerk, downstream, plan.instance.as_deref()).await {
+    // Which instance the key belongs to, before anything is listed: a key of another instance
+    // than the flags name, or than the services recorded, stops here.
+    let flags = pin::Flags {
+        instance: plan.instance.as_deref(),
+        move_to: plan.move_to_instance.as_deref(),
+    };
+    let (instance, pin) = match pin::check(clerk, downstream, flags).await {
         Ok((key, pin)) => (Some(key), Some(pin)),
         Err(e) => {
             error = Some(format!("Clerk instance: {e}"));

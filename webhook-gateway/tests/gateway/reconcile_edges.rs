@@ -1,0 +1,71 @@
+//! `webhook-gateway reconcile`, the built binary, against the stand-in of Clerk's Backend API
+//! and the real services, at the edges of its guards: moving a deployment to another Clerk
+//! instance, a cursor whose user Clerk deleted between pages, the deletion budget's counts,
+//! and a list that answers 404. Each test checks the databases afterwards.
+
+use crate::reconcile_guards::*;
+use crate::support::*;
+use stand_ins::{ClerkApiStandIn, DEFAULT_INSTANCE, user_json};
+
+/// `--instance K` when the services recorded only other instances stops before listing (a
+/// backfill would copy K's data into ours); `--move-to-instance K` moves the deployment: K is
+/// recorded as confirmed and the run deletes within the budget.
+#[tokio::test]
+async fn another_instance_is_moved_to_only_with_move_to_instance() {
+    let (s, _ours) = backfilled(30, 3, 3).await;
+    let before = held(&s).await;
+    let other = ClerkApiStandIn::start(KEY).await.unwrap();
+    other.set_instance("ins_otherinstance");
+    other.put_user(user_json("user_elsewhere", "E", "e@example.org", C, C));
+    let elsewhere = "SELECT count(*) FROM users WHERE clerk_id = 'user_elsewhere'";
+    let confirmed = "SELECT count(*) FROM clerk_instances \
+                     WHERE instance_id = 'ins_otherinstance' AND confirmed_at IS NOT NULL";
+    for args in [
+        ["--instance", "ins_otherinstance"],
+        ["--move-to-instance", DEFAULT_INSTANCE],
+    ] {
+        let ran = reconcile(&s, &other.base_url(), &args, &[]).await;
+        assert_eq!(ran.code, Some(1), "{args:?}: {}", ran.stderr);
+        assert!(
+            ran.last_line.contains("ins_otherinstance") && ran.last_line.contains(DEFAULT_INSTANCE),
+            "one line names both instances: {}",
+            ran.last_line
+        );
+    }
+    assert!(
+        other.calls().iter().all(|c| c.path == "/v1/instance"),
+        "nothing listed: {:?}",
+        other.calls()
+    );
+    assert_eq!(held(&s).await, before, "nothing deleted");
+    assert_eq!(service_harness::scalar(s._dbs.0.url(), elsewhere).await, 0);
+    for db in [s._dbs.0.url(), s.workspace_db()] {
+        assert_eq!(service_harness::scalar(db, confirmed).await, 0);
+    }
+
+    // Moving: K is confirmed; 30 users gone is over the budget of 25, the 3 organizations and
+    // their 9 memberships are within theirs.
+    let moved = reconcile(
+        &s,
+        &other.base_url(),
+        &["--move-to-instance", "ins_otherinstance"],
+        &[],
+    )
+    .await;
+    assert_eq!(moved.code, Some(1), "{}", moved.stderr);
+    assert!(
+        moved.last_line.contains("users: 30") && moved.last_line.contains("--allow-mass-delete"),
+        "{}",
+        moved.last_line
+    );
+    assert_eq!(service_harness::scalar(s._dbs.0.url(), elsewhere).await, 1);
+    assert_eq!(held(&s).await, (31, 0, 0), "within budget only");
+    for db in [s._dbs.0.url(), s.workspace_db()] {
+        assert_eq!(service_harness::scalar(db, confirmed).await, 1);
+    }
+    // Later runs with K's key need no flag.
+    let later = reconcile(&s, &other.base_url(), &["--allow-mass-delete"], &[]).await;
+    assert_eq!(later.code, Some(0), "{}", later.stderr);
+    assert_eq!(later.count("users", "deleted"), 30);
+    assert_eq!(held(&s).await, (1, 0, 0));
+}
