@@ -69,3 +69,62 @@ async fn another_instance_is_moved_to_only_with_move_to_instance() {
     assert_eq!(later.count("users", "deleted"), 30);
     assert_eq!(held(&s).await, (1, 0, 0));
 }
+
+/// The `starting_after` cursor of each list request.
+fn user_cursors(api: &ClerkApiStandIn) -> Vec<(Option<String>, u16)> {
+    api.calls()
+        .into_iter()
+        .filter(|c| c.path == "/v1/users")
+        .map(|c| {
+            let cursor = c.query.iter().find(|(k, _)| k == "starting_after");
+            (cursor.map(|(_, v)| v.clone()), c.status)
+        })
+        .collect()
+}
+
+/// Users deleted in Clerk right after a page lists them, the page's last among them: Clerk
+/// refuses that cursor, and the listing goes on from an earlier id of the same page, listing
+/// every other user once. More refusals than the bound stop the run, deleting nothing.
+#[tokio::test]
+async fn a_cursor_whose_user_was_deleted_between_pages_pages_from_an_earlier_id() {
+    let s = stack(SECRET).await;
+    let api = ClerkApiStandIn::start(KEY).await.unwrap();
+    seed(&api, 1300, 0, 0);
+    api.remove_users_when_listed(&[user_id(499), user_id(498)]);
+    let ran = reconcile(
+        &s,
+        &api.base_url(),
+        &["--only", "users", "--instance", DEFAULT_INSTANCE],
+        &[],
+    )
+    .await;
+    assert_eq!(ran.code, Some(0), "{}", ran.stderr);
+    assert_eq!(
+        user_cursors(&api),
+        vec![
+            (None, 200),
+            (Some(user_id(499)), 422),
+            (Some(user_id(498)), 422),
+            (Some(user_id(497)), 200),
+            (Some(user_id(999)), 200),
+        ]
+    );
+    assert_eq!(ran.count("users", "listed"), 1300, "each listed once");
+    assert_eq!(ran.count("users", "created"), 1300);
+    assert_eq!(held(&s).await.0, 1300);
+
+    // A deletion of the page's last eleven users outlasts the bound: the run stops.
+    let api = ClerkApiStandIn::start(KEY).await.unwrap();
+    seed(&api, 1300, 0, 0);
+    api.remove_users_when_listed(&(489..500).map(user_id).collect::<Vec<_>>());
+    api.remove_user(&user_id(1200));
+    let ran = reconcile(&s, &api.base_url(), &["--only", "users"], &[]).await;
+    assert_eq!(ran.code, Some(1), "{}", ran.stderr);
+    assert!(
+        ran.last_line.contains("422") && ran.last_line.contains("/users"),
+        "{}",
+        ran.last_line
+    );
+    assert_eq!(user_cursors(&api).len(), 12, "{:?}", user_cursors(&api));
+    assert_eq!(held(&s).await.0, 1300, "nothing deleted");
+}
