@@ -151,7 +151,8 @@ pub struct ReconcileConfig {
     #[arg(long)]
     pub allow_mass_delete: bool,
     /// Most resources of one kind a run deletes (default: the larger of 25 and 1 % of those
-    /// held); a run that would delete more deletes none of that kind and exits 1.
+    /// held when the run starts); a run that would delete more deletes none of that kind (of
+    /// any kind, for memberships) and exits 1.
     #[arg(long, env = "RECONCILE_MAX_DELETES")]
     pub reconcile_max_deletes: Option<u64>,
     /// `json` or `pretty` (logs, on stderr).

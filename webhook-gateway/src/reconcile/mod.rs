@@ -13,7 +13,9 @@
 //!
 //! Two guards stand before any deletion: the key must belong to the Clerk instance whose
 //! webhooks the services applied ([`pin`]), and a kind deletes nothing when more of it is
-//! missing from Clerk than its budget allows (`RECONCILE_MAX_DELETES`; `--allow-mass-delete`).
+//! missing from Clerk than its budget allows (`RECONCILE_MAX_DELETES`, else 1 % of what was
+//! held when the run started; `--allow-mass-delete`). Memberships over their budget stop the
+//! users' and organizations' deletions too, as those remove memberships.
 
 pub mod config;
 mod ctx;
@@ -70,7 +72,7 @@ pub struct Plan {
     pub move_to_instance: Option<String>,
     /// `--allow-mass-delete`.
     pub allow_mass_delete: bool,
-    /// `RECONCILE_MAX_DELETES` (default: the larger of 25 and 1 % of what is held).
+    /// `RECONCILE_MAX_DELETES` (default: the larger of 25 and 1 % of what was held at the start).
     pub max_deletes: Option<u64>,
 }
 
@@ -183,6 +185,7 @@ pub async fn run(clerk: &impl ClerkBackend, downstream: &Downstream, plan: &Plan
                 ctx::Sweep::CountOnly
             }
         };
+        let mut mode = mode;
         for (kind, s) in plan.kinds.iter().zip(summaries.iter_mut()).rev() {
             if error.is_some() {
                 break;
@@ -195,7 +198,19 @@ pub async fn run(clerk: &impl ClerkBackend, downstream: &Downstream, plan: &Plan
             .await;
             match result {
                 Ok(None) => {}
-                Ok(Some(refused)) => refusals.push(refused),
+                Ok(Some(refused)) => {
+                    refusals.push(refused);
+                    if *kind == Kind::Memberships && plan.kinds.len() > 1 {
+                        // Deleting a user or an organization deletes its memberships: none
+                        // goes either.
+                        mode = ctx::Sweep::CountOnly;
+                        refusals.push(
+                            "users and organizations: none was deleted either (their deletion \
+                             removes their memberships)"
+                                .into(),
+                        );
+                    }
+                }
                 Err(e) => error = Some(format!("{} deletions: {e}", kind.name())),
             }
         }

@@ -128,3 +128,112 @@ async fn a_cursor_whose_user_was_deleted_between_pages_pages_from_an_earlier_id(
     assert_eq!(user_cursors(&api).len(), 12, "{:?}", user_cursors(&api));
     assert_eq!(held(&s).await.0, 1300, "nothing deleted");
 }
+
+/// A user and an organization held with an earlier `created_at` than Clerk lists (a webhook
+/// said so) sit in an early page's stretch, which does not list them; a later page does. They
+/// are not missing.
+#[tokio::test]
+async fn a_candidate_that_a_later_page_lists_is_not_counted_missing() {
+    let (s, api) = backfilled(600, 250, 0).await;
+    // The webhooks' `created_at` are years before Clerk's listing: held first in the order.
+    let (code, _) = s
+        .send(
+            "msg_early_u",
+            &user_event("user.updated", &user_id(450), "G", C + 10_000),
+        )
+        .await;
+    assert_eq!(code, 200);
+    let (code, _) = s
+        .send(
+            "msg_early_o",
+            &org_event("organization.updated", &org_id(200), "X", C + 10_000),
+        )
+        .await;
+    assert_eq!(code, 200);
+    api.remove_user(&user_id(7));
+    api.remove_user(&user_id(8));
+    api.remove_org(&org_id(9));
+    let pages = [("CLERK_API_PAGE_SIZE", "100")];
+    let only = ["--only", "users,organizations"];
+    for args in [&[only[0], only[1], "--dry-run"][..], &only] {
+        let ran = reconcile(&s, &api.base_url(), args, &pages).await;
+        assert_eq!(ran.code, Some(0), "{args:?}: {}", ran.stderr);
+        for (kind, missing) in [("users", 2), ("organizations", 1)] {
+            assert_eq!(
+                (ran.count(kind, "missing"), ran.count(kind, "kept")),
+                (missing, 0),
+                "{args:?} {kind}: {}",
+                ran.summary
+            );
+        }
+    }
+    assert!(s.user(&user_id(450)).await.is_some());
+    assert_eq!(held(&s).await, (598, 249, 0));
+}
+
+/// The 1 % budget is of what was held when the run started: users this run creates do not
+/// raise it.
+#[tokio::test]
+async fn the_budget_is_one_percent_of_what_was_held_when_the_run_started() {
+    let (s, api) = backfilled(2600, 0, 0).await;
+    for i in 100..130 {
+        api.remove_user(&user_id(i));
+    }
+    for i in 2600..3600 {
+        let t = C + i as i64;
+        api.put_user(user_json(&user_id(i), "N", "n@example.org", t, t));
+    }
+    let ran = reconcile(&s, &api.base_url(), &["--only", "users"], &[]).await;
+    assert_eq!(ran.count("users", "created"), 1000);
+    assert_eq!(ran.code, Some(1), "{}", ran.stderr);
+    let users = ran.kind("users");
+    assert_eq!(
+        (
+            users["missing"].as_u64(),
+            users["budget"].as_u64(),
+            users["deleted"].as_u64()
+        ),
+        (Some(30), Some(26), Some(0)),
+        "{}",
+        ran.summary
+    );
+    assert_eq!(held(&s).await.0, 3600);
+}
+
+/// Memberships over their budget: users and organizations are not deleted either (deleting
+/// them removes memberships); the run reports all of it and exits 1.
+#[tokio::test]
+async fn memberships_over_budget_stop_every_deletion() {
+    let (s, api) = backfilled(40, 4, 10).await;
+    // Organization o has users o to o + 9; user 30 has none.
+    for o in 0..3 {
+        for k in 0..10 {
+            api.remove_membership(&membership_id(o, o + k));
+        }
+    }
+    api.remove_user(&user_id(30));
+    api.remove_org(&org_id(3));
+    let before = held(&s).await;
+    let ran = reconcile(&s, &api.base_url(), &[], &[]).await;
+    assert_eq!(ran.code, Some(1), "{}", ran.stderr);
+    assert!(
+        ran.last_line.contains("memberships: 30")
+            && ran.last_line.contains("none was deleted either"),
+        "{}",
+        ran.last_line
+    );
+    for kind in ["users", "organizations", "memberships"] {
+        assert_eq!(ran.count(kind, "deleted"), 0, "{kind}: {}", ran.summary);
+    }
+    assert_eq!(
+        (
+            ran.count("users", "missing"),
+            ran.count("organizations", "missing")
+        ),
+        (1, 1)
+    );
+    assert_eq!(held(&s).await, before, "nothing deleted");
+    let forced = reconcile(&s, &api.base_url(), &["--allow-mass-delete"], &[]).await;
+    assert_eq!(forced.code, Some(0), "{}", forced.stderr);
+    assert_eq!(held(&s).await, (39, 3, 0));
+}
