@@ -237,3 +237,45 @@ async fn memberships_over_budget_stop_every_deletion() {
     assert_eq!(forced.code, Some(0), "{}", forced.stderr);
     assert_eq!(held(&s).await, (39, 3, 0));
 }
+
+/// An address whose `GET /instance` answers but whose lists all answer a plain 404 (a proxy
+/// that passes only some routes): the run stops at its first list, names it, and deletes
+/// nothing; the other case of an address without `/v1` (every route 404) is
+/// `reconcile_guards::an_address_without_v1_deletes_nothing_and_exits_1`.
+#[tokio::test]
+async fn lists_that_answer_404_stop_the_run_at_the_first_list() {
+    let (s, api) = backfilled(40, 4, 3).await;
+    let before = held(&s).await;
+    remove_some(&api);
+    for list in [
+        "/v1/users",
+        "/v1/organizations",
+        "/v1/organization_memberships",
+    ] {
+        api.block_path(list);
+    }
+    let calls_before = api.calls().len();
+    let ran = reconcile(&s, &api.base_url(), &[], &[]).await;
+    assert_eq!(ran.code, Some(1), "{}", ran.stderr);
+    assert!(
+        ran.last_line
+            .starts_with("webhook-gateway reconcile: stopped: users:")
+            && ran.last_line.contains("404 on /users")
+            && ran.last_line.contains("CLERK_API_URL"),
+        "{}",
+        ran.last_line
+    );
+    let calls: Vec<_> = api.calls()[calls_before..]
+        .iter()
+        .map(|c| (c.path.clone(), c.status))
+        .collect();
+    assert_eq!(
+        calls,
+        [
+            ("/v1/instance".to_owned(), 200),
+            ("/v1/users".to_owned(), 404)
+        ],
+        "past GET /instance, the first list stops the run"
+    );
+    assert_eq!(held(&s).await, before, "nothing deleted");
+}

@@ -275,6 +275,9 @@ impl Stream {
     async fn run(mut self, mut live: broadcast::Receiver<Arc<Frame>>) {
         let end = self.serve(&mut live).await;
         drop(live);
+        // The stream's places are free before its end is counted (a new open may follow the
+        // count at once).
+        self._slot = None;
         let metrics = self.live.metrics.clone();
         match end {
             End::Gone => metrics.watch_ended("gone"),

@@ -72,7 +72,6 @@ async fn a_removed_member_reading_an_old_backlog_is_ended_before_the_rest() {
     // B resumes from before all of it and reads slowly: the backlog is far from sent.
     let mut slow = narrow_watch(&env, "user_b", "org_rb", &ch, &start).await;
     assert!(what(&next(&mut slow).await).starts_with("posted 0 "));
-    tokio::time::sleep(Duration::from_millis(1100)).await;
     env.client()
         .await
         .delete_membership(env.service(pb::DeleteMembershipCommand {
@@ -84,8 +83,18 @@ async fn a_removed_member_reading_an_old_backlog_is_ended_before_the_rest() {
         }))
         .await
         .unwrap();
-    // Re-checked every second, backlog or not.
-    tokio::time::sleep(Duration::from_millis(2500)).await;
+    // Re-checked every second, backlog or not: ended while the client still reads nothing.
+    eventually(
+        "the removed member's stream ended",
+        Duration::from_secs(10),
+        || async {
+            env.metric("workspace_watch_ends_total{reason=\"denied\"}")
+                .await
+                .unwrap_or(0.0)
+                == 1.0
+        },
+    )
+    .await;
     let (delivered, status) = drain(&mut slow).await;
     assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
     assert!(
@@ -185,7 +194,17 @@ async fn a_user_has_a_cap_of_open_watches_and_of_opens_per_minute() {
     // A closed watch frees its place.
     assert_eq!(what(&next(&mut first).await), "caught up");
     drop(first);
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    eventually(
+        "the closed watch ended",
+        Duration::from_secs(10),
+        || async {
+            env.metric("workspace_watch_ends_total{reason=\"gone\"}")
+                .await
+                .unwrap_or(0.0)
+                == 1.0
+        },
+    )
+    .await;
     let _third = open("user_b").await.expect("a place is free again");
     // Four opens a minute: the fifth is refused with when to retry.
     let rated = open("user_b").await.unwrap_err();
