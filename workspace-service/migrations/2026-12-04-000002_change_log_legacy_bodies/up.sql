@@ -1,8 +1,8 @@
 -- Entries recorded before `message_id` existed (2026-12-03-000201) carry message bodies without
 -- naming the message, so editing or deleting the message would not clear them. For each such
 -- entry of a posted or edited message: the newest of a message that still exists, and that no
--- later entry names, gets its `message_id` (its body is the message's text now); every other
--- one loses its body now (the message was deleted, or edited since).
+-- later entry names, gets its `message_id` (its body is the message's current text); every
+-- other one loses its body (the message was deleted, or edited since).
 --
 -- A payload is an encoded `ChannelEvent` without its first two fields: the event's field
 -- (3 `message_posted` or 4 `message_edited`, length-delimited: bytes 0x1a or 0x22), its length,

@@ -172,7 +172,8 @@ pub async fn finish(conn: &mut AsyncPgConnection, run: Uuid) -> Result<u64, Erro
     .bind::<SqlUuid, _>(run)
     .execute(conn)
     .await?;
-    // The scratch table of the previous version, while its pods may still write it.
+    // `reconcile_seen`: written only by pods of a release without `reconcile_candidates`,
+    // while a rollout still runs them.
     prepared("DELETE FROM reconcile_seen WHERE run_id = $1 OR seen_at < now() - interval '2 days'")
         .bind::<SqlUuid, _>(run)
         .execute(conn)
