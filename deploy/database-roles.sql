@@ -4,10 +4,18 @@
 -- and nothing else: no CREATE in any schema, and as it owns no table, no ALTER, DROP,
 -- TRUNCATE or index.
 --
--- Run as an administrator, once per service, after creating both roles (LOGIN, each with its
--- own password) and the schema (CREATE SCHEMA ... AUTHORIZATION the owner):
+-- Run as an administrator (a superuser, or a member of the owner role that owns the schema or
+-- the database), once per service, after creating both roles (LOGIN, each with its own
+-- password) and the schema (CREATE SCHEMA ... AUTHORIZATION the owner):
 --   psql -v owner=identity_owner -v app=identity_app -v schema=identity -f deploy/database-roles.sql
+-- A service in a database of its own uses `schema=public`: the owner role is then made the
+-- owner of `public`, as a migration role that is not a superuser may create nothing there
+-- otherwise (PostgreSQL 15 gives `public` to the database's owner; this file revokes CREATE on
+-- it from everyone else).
 -- Safe to run again. The test suites run every service as such an app role, with this file.
+
+-- The owner role migrates: the schema is its own.
+ALTER SCHEMA :"schema" OWNER TO :"owner";
 
 -- Nobody else creates objects in the shared `public` schema or uses this one.
 REVOKE CREATE ON SCHEMA public FROM PUBLIC;

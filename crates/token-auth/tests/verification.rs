@@ -921,11 +921,14 @@ fn clerk_claims(issuer: &str, session: usize) -> Value {
 #[tokio::test]
 async fn an_unknown_kid_waits_for_the_next_allowed_fetch_which_calls_share() {
     use tower::{Layer, Service, ServiceExt};
+    // Every key first: an RSA key can take a second to make on a busy machine, which must not
+    // come out of the throttle's 4 s measured below.
     let old = SigningKey::generate_rsa().unwrap();
+    let rotated = SigningKey::generate_rsa().unwrap();
+    let forged = SigningKey::generate_rsa().unwrap();
     let jwks = JwksServer::start(SigningKey::jwks(&[&old])).await.unwrap();
     let auth = std::sync::Arc::new(clerk_verifier(&jwks, Duration::from_secs(4), 1024).await);
     let store = auth.key_stores()[0].clone();
-    let rotated = SigningKey::generate_rsa().unwrap();
     jwks.set_jwks(SigningKey::jwks(&[&old, &rotated]));
     let fetches = store.fetch_count();
     let hits = jwks.hits();
@@ -989,7 +992,6 @@ async fn an_unknown_kid_waits_for_the_next_allowed_fetch_which_calls_share() {
     assert_eq!(jwks.hits() - hits, 1);
 
     // A caller with 2 s left, while the next fetch may start in about 4 s: refused at once.
-    let forged = SigningKey::generate_rsa().unwrap();
     let (refused, took) = call(
         forged.sign(&clerk_claims(&jwks.issuer(), 99)).unwrap(),
         Some("2000m"),
@@ -1022,14 +1024,18 @@ async fn an_unknown_kid_waits_for_the_next_allowed_fetch_which_calls_share() {
 /// at once instead of holding its request.
 #[tokio::test]
 async fn waiting_calls_are_bounded() {
+    // The keys first: making them must not come out of the throttle's 3 s measured below.
     let key = SigningKey::generate_rsa().unwrap();
+    let forged_keys = [
+        SigningKey::generate_rsa().unwrap(),
+        SigningKey::generate_rsa().unwrap(),
+    ];
     let jwks = JwksServer::start(SigningKey::jwks(&[&key])).await.unwrap();
     let auth = std::sync::Arc::new(clerk_verifier(&jwks, Duration::from_secs(3), 1).await);
-    let forged = |i| {
+    let forged = |i: usize| {
         format!(
             "Bearer {}",
-            SigningKey::generate_rsa()
-                .unwrap()
+            forged_keys[i - 1]
                 .sign(&clerk_claims(&jwks.issuer(), i))
                 .unwrap()
         )

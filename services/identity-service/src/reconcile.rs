@@ -68,7 +68,9 @@ pub struct Page {
 
 /// Compares a page with the users held, and records as the run's candidates the users held in
 /// the page's stretch (created and last written before the run started) that it does not
-/// list. One statement; the stretch is an index range scan.
+/// list. A listed user held outside the stretch (with another `created_at` than Clerk's) is
+/// marked listed, so the page whose stretch holds it never counts it, whichever page is
+/// compared first. One statement; the stretch is an index range scan.
 pub async fn compare(pool: &Pool, q: &Page) -> Result<Vec<Comparison>, Error> {
     let mut conn = pool.get().await?;
     let page = &q.users;
@@ -85,7 +87,14 @@ pub async fn compare(pool: &Pool, q: &Page) -> Result<Vec<Comparison>, Error> {
                 AND u.created_at < $7 AND u.updated_at < $7 AND u.deleted_at IS NULL
                 AND ($12 = '' OR u.clerk_id = $12)
                 AND NOT EXISTS (SELECT 1 FROM input i WHERE i.clerk_id = u.clerk_id)
-             ON CONFLICT DO NOTHING)
+             ON CONFLICT DO NOTHING),
+         listed_elsewhere AS (
+             INSERT INTO reconcile_candidates (run_id, clerk_id, listed)
+             SELECT DISTINCT $1::uuid, u.clerk_id, true
+               FROM input i JOIN users u ON u.clerk_id = i.clerk_id AND u.deleted_at IS NULL
+              WHERE NOT ((u.created_at, u.clerk_id) > (COALESCE($8, '-infinity'), $9)
+                     AND (u.created_at, u.clerk_id) <= (COALESCE($10, 'infinity'), $11))
+             ON CONFLICT (run_id, clerk_id) DO UPDATE SET listed = true)
          SELECT i.ord, CASE
                  WHEN u.clerk_id IS NULL THEN 1
                  WHEN u.deleted_at IS NOT NULL THEN 4
@@ -147,7 +156,7 @@ pub async fn unseen(pool: &Pool, q: &Unseen) -> Result<Vec<String>, Error> {
     let rows: Vec<Id> = prepared(
         "SELECT c.clerk_id FROM reconcile_candidates c
            JOIN users u ON u.clerk_id = c.clerk_id AND u.deleted_at IS NULL
-          WHERE c.run_id = $1 AND c.clerk_id > $2
+          WHERE c.run_id = $1 AND NOT c.listed AND c.clerk_id > $2
           ORDER BY c.clerk_id LIMIT $3",
     )
     .bind::<SqlUuid, _>(q.run)
@@ -172,7 +181,7 @@ pub async fn counts(pool: &Pool, run: Uuid) -> Result<(i64, i64), Error> {
     let c: Counts = prepared(
         "SELECT (SELECT count(*) FROM reconcile_candidates c
                    JOIN users u ON u.clerk_id = c.clerk_id AND u.deleted_at IS NULL
-                  WHERE c.run_id = $1) AS candidates,
+                  WHERE c.run_id = $1 AND NOT c.listed) AS candidates,
                 (SELECT count(*) FROM users WHERE deleted_at IS NULL) AS held",
     )
     .bind::<SqlUuid, _>(run)

@@ -382,6 +382,9 @@ pub struct ListPage<T> {
     pub last: bool,
     /// The id of the page's last item (the next cursor).
     pub last_id: Option<String>,
+    /// The ids of the items before the last, in order: earlier cursors, should Clerk refuse
+    /// the last (its user deleted since).
+    pub earlier_ids: Vec<String>,
 }
 
 /// One page of the list at `path`, as `q` asks. Any answer other than 2xx is an error: a list
@@ -413,15 +416,17 @@ pub async fn list_page<T: DeserializeOwned>(
         }
     };
     let last = items.len() < q.limit;
-    let last_id = items
-        .last()
-        .and_then(|v| v.get("id"))
-        .and_then(|i| i.as_str())
-        .map(str::to_owned);
+    let id_of = |v: &serde_json::Value| v.get("id").and_then(|i| i.as_str()).map(str::to_owned);
+    let last_id = items.last().and_then(id_of);
+    let earlier_ids = items
+        .split_last()
+        .map(|(_, earlier)| earlier.iter().filter_map(id_of).collect())
+        .unwrap_or_default();
     Ok(ListPage {
         items: items.into_iter().map(parse_item).collect(),
         last,
         last_id,
+        earlier_ids,
     })
 }
 

@@ -315,7 +315,27 @@ async fn one_member_cannot_run_the_service_out_of_memory() {
             };
             pages.push(unread(addr, "ListMessages", &attacker, page).await);
         }
-        tokio::time::sleep(Duration::from_secs(2)).await;
+        // Each page is answered (its headers came back); held until the live watches that
+        // never read were ended for it.
+        let behind = async || {
+            let metrics = reqwest::get(env.stack.metrics_url(Which::Workspace).unwrap())
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap();
+            metrics
+                .lines()
+                .find(|l| l.starts_with("workspace_watch_ends_total{reason=\"behind\"}"))
+                .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                .unwrap_or(0.0)
+        };
+        service_harness::eventually(
+            "the live watches ended",
+            Duration::from_secs(30),
+            || async { behind().await >= 10.0 },
+        )
+        .await;
         let rss = status_mib(pid, "VmRSS:");
         (pages, watches, rss)
     };
@@ -356,8 +376,10 @@ async fn one_member_cannot_run_the_service_out_of_memory() {
         behind >= 10.0,
         "the live watches that never read were ended ({behind})"
     );
+    // Generous for a shared 2-core machine running a debug build; a replica out of memory, or
+    // one whose calls queue behind the attacker's, answers in seconds or never.
     assert!(
-        slowest < Duration::from_millis(500),
+        slowest < Duration::from_secs(2),
         "another workspace waited {slowest:?}"
     );
     drop((pages, watches));
@@ -406,7 +428,8 @@ async fn sigterm_with_30_open_watches_ends_them_and_exits_in_seconds() {
     let took = started.elapsed();
     println!("SIGTERM with 30 watches open: exited {status} after {took:?}");
     assert!(status.success(), "{status}");
-    assert!(took < Duration::from_secs(5), "SIGTERM took {took:?}");
+    // Without the streams ending at once the drain alone takes its 20 s.
+    assert!(took < Duration::from_secs(10), "SIGTERM took {took:?}");
     for (code, message) in ended.await.unwrap() {
         assert_eq!(code, tonic::Code::Unavailable, "{message}");
         assert!(message.contains("resume token"), "{message}");

@@ -39,10 +39,16 @@ macro_rules! unimplemented_methods {
 
 struct Identity;
 
+/// A `user_held` call has started.
+static HELD_STARTED: AtomicBool = AtomicBool::new(false);
+/// `user_held` calls may answer.
+static HELD_RELEASED: AtomicBool = AtomicBool::new(false);
+
 #[tonic::async_trait]
 impl ipb::identity_service_server::IdentityService for Identity {
     /// Answers the id it was asked for; `user_slow` takes 500 ms (a call in flight),
-    /// `user_slower` 1.5 s, `user_stuck` 30 s (a call that never ends in time).
+    /// `user_slower` 1.5 s, `user_stuck` 30 s (a call that never ends in time), `user_held`
+    /// until [`HELD_RELEASED`] (the max-age test's call in flight).
     async fn get_user(
         &self,
         req: Request<ipb::GetUserRequest>,
@@ -52,6 +58,12 @@ impl ipb::identity_service_server::IdentityService for Identity {
             "user_slow" => tokio::time::sleep(Duration::from_millis(500)).await,
             "user_slower" => tokio::time::sleep(Duration::from_millis(1500)).await,
             "user_stuck" => tokio::time::sleep(Duration::from_secs(30)).await,
+            "user_held" => {
+                HELD_STARTED.store(true, Ordering::SeqCst);
+                while !HELD_RELEASED.load(Ordering::SeqCst) {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            }
             _ => {}
         }
         Ok(Response::new(ipb::GetUserResponse {
@@ -701,23 +713,35 @@ async fn a_connection_past_its_max_age_is_closed_gracefully_then_cut_after_the_g
     let client = ipb::identity_service_client::IdentityServiceClient::new(channel);
     let opened = std::time::Instant::now();
     client.clone().get_user(get("user_1")).await.unwrap();
-    // A 1.5 s call started at 1 s: the connection reaches its age (2 s) while it runs.
-    tokio::time::sleep(Duration::from_secs(1).saturating_sub(opened.elapsed())).await;
-    let answered = client
-        .clone()
-        .get_user(get("user_slower"))
+    // A call in flight on that connection, held until the connection is past its age (2 s).
+    let held = tokio::spawn({
+        let mut c = client.clone();
+        let r = get("user_held");
+        async move { c.get_user(r).await }
+    });
+    service_harness::eventually("the held call started", Duration::from_secs(10), || async {
+        HELD_STARTED.load(Ordering::SeqCst)
+    })
+    .await;
+    assert_eq!(connects.load(Ordering::SeqCst), 1);
+    let aged = opened + Duration::from_millis(2500);
+    tokio::time::sleep_until(aged.into()).await;
+    HELD_RELEASED.store(true, Ordering::SeqCst);
+    let answered = held
         .await
+        .unwrap()
         .expect("the call in flight at the maximum age completes");
-    assert_eq!(answered.into_inner().user.unwrap().clerk_id, "user_slower");
-    assert!(
-        opened.elapsed() > Duration::from_secs(2),
-        "{:?}",
-        opened.elapsed()
+    assert_eq!(answered.into_inner().user.unwrap().clerk_id, "user_held");
+    assert_eq!(
+        connects.load(Ordering::SeqCst),
+        1,
+        "the held call was answered on its own connection"
     );
-    // Well before the grace ends (8 s), so not because the connection was cut.
+    // The next call goes over a new connection, long before the grace ends (8 s), so not
+    // because the connection was cut.
     service_harness::eventually(
         "the next call goes over a new connection",
-        Duration::from_secs(6).saturating_sub(opened.elapsed()),
+        Duration::from_secs(30),
         || {
             let mut c = client.clone();
             let r = get("user_1");
@@ -726,6 +750,11 @@ async fn a_connection_past_its_max_age_is_closed_gracefully_then_cut_after_the_g
         },
     )
     .await;
+    assert!(
+        opened.elapsed() < Duration::from_secs(7),
+        "the new connection came only at the grace's end (8 s): {:?}",
+        opened.elapsed()
+    );
 
     // On the new connection, a call that outlasts age and grace (2 + 6 s) is cut then.
     let started = std::time::Instant::now();

@@ -142,11 +142,17 @@ pub struct ReconcileConfig {
     /// as confirmed for later runs. A key of another instance stops the run at once.
     #[arg(long)]
     pub instance: Option<String>,
+    /// Move this deployment to the Clerk instance (`ins_...`) CLERK_SECRET_KEY belongs to
+    /// (it must name that instance): recorded as confirmed, and the run deletes what that
+    /// instance lacks, within the deletion budget.
+    #[arg(long, conflicts_with = "instance")]
+    pub move_to_instance: Option<String>,
     /// Delete even when more resources of a kind would go than RECONCILE_MAX_DELETES allows.
     #[arg(long)]
     pub allow_mass_delete: bool,
     /// Most resources of one kind a run deletes (default: the larger of 25 and 1 % of those
-    /// held); a run that would delete more deletes none of that kind and exits 1.
+    /// held when the run starts); a run that would delete more deletes none of that kind (of
+    /// any kind, for memberships) and exits 1.
     #[arg(long, env = "RECONCILE_MAX_DELETES")]
     pub reconcile_max_deletes: Option<u64>,
     /// `json` or `pretty` (logs, on stderr).
@@ -165,12 +171,20 @@ impl ReconcileConfig {
         if let Some(o) = &self.org {
             input_ok("--org", "org_", o)?;
         }
-        if let Some(i) = &self.instance {
-            let ok = i.len() <= 64
-                && i.strip_prefix("ins_")
-                    .is_some_and(|r| !r.is_empty() && r.chars().all(|c| c.is_ascii_alphanumeric()));
+        for (flag, value) in [
+            ("--instance", &self.instance),
+            ("--move-to-instance", &self.move_to_instance),
+        ] {
+            let ok = value.as_ref().is_none_or(|i| {
+                i.len() <= 64
+                    && i.strip_prefix("ins_").is_some_and(|r| {
+                        !r.is_empty() && r.chars().all(|c| c.is_ascii_alphanumeric())
+                    })
+            });
             if !ok {
-                return Err("--instance must be a Clerk instance id starting with ins_".into());
+                return Err(format!(
+                    "{flag} must be a Clerk instance id starting with ins_"
+                ));
             }
         }
         if self

@@ -223,8 +223,9 @@ impl<'a, C: ClerkBackend> Ctx<'a, C> {
     }
 
     /// Pages the service's deletion candidates (`list`, after a key). The first page says how
-    /// many there are: more than the kind's budget (and no `--allow-mass-delete`), and nothing
-    /// of this kind is deleted; the refusal is returned. Else each is confirmed with Clerk
+    /// many there are: more than the kind's budget (RECONCILE_MAX_DELETES, else 1 % of what
+    /// was held when the run started), and nothing of this kind is deleted (unless
+    /// `--allow-mass-delete`); the refusal is returned. Else each is confirmed with Clerk
     /// (`gone`) and those Clerk no longer has are deleted (`delete`); the others are counted
     /// kept. With [`Sweep::CountOnly`] only the count is taken.
     pub(super) async fn sweep<K>(
@@ -239,7 +240,9 @@ impl<'a, C: ClerkBackend> Ctx<'a, C> {
         let first = list(String::new()).await?;
         s.missing = first.total.max(0) as u64;
         s.budget = self.plan.max_deletes.unwrap_or_else(|| {
-            let held = first.held.max(0) as u64;
+            // What was held when the run started: not what this run created.
+            let created = if self.plan.dry_run { 0 } else { s.created };
+            let held = (first.held.max(0) as u64).saturating_sub(created);
             MIN_BUDGET.max(held / 100)
         });
         if mode == Sweep::CountOnly {
@@ -250,7 +253,7 @@ impl<'a, C: ClerkBackend> Ctx<'a, C> {
             return Ok(Some(format!(
                 "{}: {} held here are missing from Clerk's listing, more than the deletion \
                  budget of {} (RECONCILE_MAX_DELETES, else the larger of {MIN_BUDGET} and 1 % \
-                 of those held): none was deleted; check Clerk, then run with \
+                 of those held at the start): none was deleted; check Clerk, then run with \
                  --allow-mass-delete if they are really gone",
                 s.kind, s.missing, s.budget
             )));

@@ -3,7 +3,11 @@
 //! in a page's stretch that the page does not list as the run's deletion candidates.
 //!
 //! - `GET /users`: `starting_after` the previous page's last id, with `order_by=+created_at`
-//!   (Clerk's own advice: a large `offset` gets slower and eventually times out).
+//!   (Clerk's own advice: a large `offset` gets slower and eventually times out). Clerk does
+//!   not document its answer to a cursor whose user was deleted since the page was read: a
+//!   refused cursor (400, 404 or 422) is tried again with the earlier ids of that page, newest
+//!   first, at most [`MAX_CURSOR_RETRIES`] of them; items at or before the previous page's end
+//!   are not listed twice.
 //! - `GET /organizations`, `/organization_memberships`, `/organizations/{id}/memberships`:
 //!   `limit`/`offset` with `order_by=+created_at` (no cursor there).
 //! - `GET /users/{id}/organization_memberships` documents only `limit` and `offset`: every page
@@ -13,12 +17,15 @@
 
 use super::RunError;
 use crate::clerk::{Membership, Organization, User};
-use crate::clerk_api::{ClerkBackend, ListQuery, Start, Unparsed, list_page};
+use crate::clerk_api::{ApiError, ClerkBackend, ListPage, ListQuery, Start, Unparsed, list_page};
 use serde::de::DeserializeOwned;
 use tokio::sync::mpsc::Sender;
 
 /// The most items of a listing read whole before it is ordered ([`Listing::Collected`]).
 pub const MAX_COLLECTED: usize = 20_000;
+
+/// Earlier ids of the previous page tried as the cursor when Clerk refuses its last one.
+pub const MAX_CURSOR_RETRIES: usize = 10;
 
 /// A position in Clerk's listing order: `created_at` (ms), then id.
 pub(super) type Position = (i64, String);
@@ -100,18 +107,26 @@ where
     }
     let (mut offset, mut cursor, mut after): (usize, Option<String>, Option<Position>) =
         (0, None, None);
+    let mut earlier = Vec::new();
     loop {
-        let (path, start) = match listing {
-            Listing::Cursor(path) => (path, Start::After(cursor.as_deref())),
-            Listing::Offset(path) | Listing::Collected(path) => (path, Start::Offset(offset)),
+        let fetched = match listing {
+            Listing::Cursor(path) => {
+                after_cursor::<T>(clerk, path, size, cursor.as_deref(), &earlier).await
+            }
+            Listing::Offset(path) | Listing::Collected(path) => {
+                let q = ListQuery {
+                    limit: size,
+                    start: Start::Offset(offset),
+                    oldest_first: true,
+                    filter: &[],
+                };
+                list_page::<T>(clerk, path, &q).await
+            }
         };
-        let q = ListQuery {
-            limit: size,
-            start,
-            oldest_first: true,
-            filter: &[],
+        let path = match listing {
+            Listing::Cursor(p) | Listing::Offset(p) | Listing::Collected(p) => p,
         };
-        let page = match list_page::<T>(clerk, path, &q).await {
+        let mut page = match fetched {
             Ok(p) => p,
             Err(e) => {
                 let _ = tx.send(Err(RunError::Clerk(e.on_list()))).await;
@@ -119,6 +134,16 @@ where
             }
         };
         offset += page.items.len();
+        if let (Listing::Cursor(_), Some(end)) = (listing, &after) {
+            // A page after an earlier cursor may repeat what the previous page listed.
+            page.items.retain(|i| {
+                i.as_ref()
+                    .ok()
+                    .and_then(Positioned::position)
+                    .is_none_or(|p| p > *end)
+            });
+        }
+        earlier = std::mem::take(&mut page.earlier_ids);
         if matches!(listing, Listing::Cursor(_)) && !page.last && page.last_id.is_none() {
             let e =
                 format!("the last item of a page of {path} has no id: the listing cannot go on");
@@ -142,6 +167,65 @@ where
         }
         after = through;
     }
+}
+
+/// Whether Clerk refused a list request's parameters (a cursor naming a user it no longer has,
+/// say), rather than failing to answer.
+fn refused_parameters(e: &ApiError) -> bool {
+    matches!(
+        e,
+        ApiError::Refused {
+            status: 400 | 404 | 422,
+            ..
+        } | ApiError::NotFound { .. }
+    )
+}
+
+/// The page of `path` after `cursor` (`None`: the first). When Clerk refuses the cursor, the
+/// page after each of `earlier` (the previous page's other ids) in turn, newest first, at most
+/// [`MAX_CURSOR_RETRIES`]; then the first refusal.
+async fn after_cursor<T: DeserializeOwned>(
+    clerk: &impl ClerkBackend,
+    path: &str,
+    size: usize,
+    cursor: Option<&str>,
+    earlier: &[String],
+) -> Result<ListPage<T>, ApiError> {
+    let page = |cursor| {
+        let q = ListQuery {
+            limit: size,
+            start: Start::After(cursor),
+            oldest_first: true,
+            filter: &[],
+        };
+        async move { list_page::<T>(clerk, path, &q).await }
+    };
+    let refused = match page(cursor).await {
+        Err(e) if cursor.is_some() && refused_parameters(&e) => e,
+        answered => return answered,
+    };
+    for (n, id) in earlier.iter().rev().take(MAX_CURSOR_RETRIES).enumerate() {
+        tracing::warn!(
+            path,
+            retry = n + 1,
+            "Clerk refused the listing's cursor (its user deleted since?): paging from an earlier item of the previous page"
+        );
+        match page(Some(id)).await {
+            Err(e) if refused_parameters(&e) => continue,
+            answered => return answered,
+        }
+    }
+    let tried = earlier.len().min(MAX_CURSOR_RETRIES);
+    Err(match refused {
+        ApiError::Refused { status, path, body } => ApiError::Refused {
+            status,
+            path,
+            body: format!(
+                "{body} (the cursor and {tried} earlier ids of the previous page were refused; the next run pages again)"
+            ),
+        },
+        e => e,
+    })
 }
 
 /// Every page of an unordered listing, ordered by position and cut into pages with their

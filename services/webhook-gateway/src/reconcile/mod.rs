@@ -13,7 +13,9 @@
 //!
 //! Two guards stand before any deletion: the key must belong to the Clerk instance whose
 //! webhooks the services applied ([`pin`]), and a kind deletes nothing when more of it is
-//! missing from Clerk than its budget allows (`RECONCILE_MAX_DELETES`; `--allow-mass-delete`).
+//! missing from Clerk than its budget allows (`RECONCILE_MAX_DELETES`, else 1 % of what was
+//! held when the run started; `--allow-mass-delete`). Memberships over their budget stop the
+//! users' and organizations' deletions too, as those remove memberships.
 
 pub mod config;
 mod ctx;
@@ -66,9 +68,11 @@ pub struct Plan {
     pub page_size: usize,
     /// `--instance`: the Clerk instance the key must belong to.
     pub instance: Option<String>,
+    /// `--move-to-instance`: move this deployment to the key's instance.
+    pub move_to_instance: Option<String>,
     /// `--allow-mass-delete`.
     pub allow_mass_delete: bool,
-    /// `RECONCILE_MAX_DELETES` (default: the larger of 25 and 1 % of what is held).
+    /// `RECONCILE_MAX_DELETES` (default: the larger of 25 and 1 % of what was held at the start).
     pub max_deletes: Option<u64>,
 }
 
@@ -115,6 +119,7 @@ pub async fn execute(config: &ReconcileConfig) -> anyhow::Result<Summary> {
         scope,
         page_size: config.clerk.clerk_api_page_size,
         instance: config.instance.clone(),
+        move_to_instance: config.move_to_instance.clone(),
         allow_mass_delete: config.allow_mass_delete,
         max_deletes: config.reconcile_max_deletes,
     };
@@ -131,9 +136,13 @@ pub async fn run(clerk: &impl ClerkBackend, downstream: &Downstream, plan: &Plan
     let mut summaries: Vec<KindSummary> = plan.kinds.iter().map(|k| KindSummary::new(*k)).collect();
     let mut error = None;
     let mut refusals = Vec::new();
-    // Which instance the key belongs to, before anything is read: a key of another instance
-    // than `--instance` stops here; one the services do not know deletes nothing.
-    let (instance, pin) = match pin::check(clerk, downstream, plan.instance.as_deref()).await {
+    // Which instance the key belongs to, before anything is listed: a key of another instance
+    // than the flags name, or than the services recorded, stops here.
+    let flags = pin::Flags {
+        instance: plan.instance.as_deref(),
+        move_to: plan.move_to_instance.as_deref(),
+    };
+    let (instance, pin) = match pin::check(clerk, downstream, flags).await {
         Ok((key, pin)) => (Some(key), Some(pin)),
         Err(e) => {
             error = Some(format!("Clerk instance: {e}"));
@@ -176,6 +185,7 @@ pub async fn run(clerk: &impl ClerkBackend, downstream: &Downstream, plan: &Plan
                 ctx::Sweep::CountOnly
             }
         };
+        let mut mode = mode;
         for (kind, s) in plan.kinds.iter().zip(summaries.iter_mut()).rev() {
             if error.is_some() {
                 break;
@@ -188,7 +198,19 @@ pub async fn run(clerk: &impl ClerkBackend, downstream: &Downstream, plan: &Plan
             .await;
             match result {
                 Ok(None) => {}
-                Ok(Some(refused)) => refusals.push(refused),
+                Ok(Some(refused)) => {
+                    refusals.push(refused);
+                    if *kind == Kind::Memberships && plan.kinds.len() > 1 {
+                        // Deleting a user or an organization deletes its memberships: none
+                        // goes either.
+                        mode = ctx::Sweep::CountOnly;
+                        refusals.push(
+                            "users and organizations: none was deleted either (their deletion \
+                             removes their memberships)"
+                                .into(),
+                        );
+                    }
+                }
                 Err(e) => error = Some(format!("{} deletions: {e}", kind.name())),
             }
         }

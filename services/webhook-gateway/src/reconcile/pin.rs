@@ -4,14 +4,17 @@
 //! confirmed (`ListClerkInstances`). A key of another instance lists none of our data, so
 //! every confirmation would answer 404: deleting with it would delete everything.
 //!
-//! The rules ([`decide`]), with K the key's instance and `--instance F`:
-//! - F given and not K: the run stops before it reads or writes anything.
+//! The rules ([`decide`]), with K the key's instance, `--instance F` and
+//! `--move-to-instance M`:
+//! - F or M given and not K: the run stops before it lists anything.
+//! - M given (= K): the operator moves this deployment to K. K is recorded as confirmed and the
+//!   run deletes what K's listing lacks (still within the deletion budget).
+//! - Instances are recorded but K is not among them (with or without F): the key is another
+//!   deployment's, and the run stops before it lists anything (a backfill would copy that
+//!   instance's users and organizations into ours).
 //! - F given (= K): deletion is allowed when nothing is recorded or K is among the records;
 //!   K is then recorded as confirmed, so later runs need no flag.
-//! - No F, and instances are recorded but K is not among them: the key is another
-//!   deployment's, and the run stops before it reads or writes anything (a backfill would copy
-//!   that instance's users and organizations into ours).
-//! - No F: deletion is allowed when K is recorded and no other instance was first seen or
+//! - No flag: deletion is allowed when K is recorded and no other instance was first seen or
 //!   confirmed after K's last confirmation (never confirmed: no other instance at all).
 //!
 //! Otherwise (nothing recorded yet, or several instances recorded) the run still creates and
@@ -57,33 +60,50 @@ fn named(records: &[Recorded]) -> String {
         .join(", ")
 }
 
-/// The decision for key instance `key`, flag `flag` and the services' records; `Err` stops the
-/// run before it reads anything else.
-pub fn decide(key: &str, flag: Option<&str>, records: &[Recorded]) -> Result<Pin, String> {
+/// The flags that name an instance.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Flags<'a> {
+    /// `--instance`: the instance the key must belong to.
+    pub instance: Option<&'a str>,
+    /// `--move-to-instance`: move this deployment to the key's instance.
+    pub move_to: Option<&'a str>,
+}
+
+/// The decision for key instance `key`, the flags and the services' records; `Err` stops the
+/// run before it lists anything.
+pub fn decide(key: &str, flags: Flags<'_>, records: &[Recorded]) -> Result<Pin, String> {
     let allowed = |confirm| Pin::Allowed {
         instance: key.to_owned(),
         confirm,
     };
-    let known = records.iter().any(|r| r.instance_id == key);
-    let elsewhere = || {
-        Pin::Refused(format!(
-            "CLERK_SECRET_KEY belongs to Clerk instance {key}, but the webhooks applied here \
-             came from {}: nothing was deleted (check the Secret holds this deployment's key)",
-            named(records)
-        ))
-    };
-    if let Some(flag) = flag {
-        if flag != key {
+    for (name, flag) in [
+        ("--instance", flags.instance),
+        ("--move-to-instance", flags.move_to),
+    ] {
+        if let Some(flag) = flag
+            && flag != key
+        {
             return Err(format!(
-                "--instance {flag} was given, but CLERK_SECRET_KEY belongs to Clerk instance \
+                "{name} {flag} was given, but CLERK_SECRET_KEY belongs to Clerk instance \
                  {key}: nothing was read or written (check the Secret holds this deployment's key)"
             ));
         }
-        return Ok(if records.is_empty() || known {
-            allowed(true)
-        } else {
-            elsewhere()
-        });
+    }
+    if flags.move_to.is_some() {
+        return Ok(allowed(true));
+    }
+    let known = records.iter().any(|r| r.instance_id == key);
+    if !records.is_empty() && !known {
+        return Err(format!(
+            "CLERK_SECRET_KEY belongs to Clerk instance {key}, but the webhooks applied here \
+             came from {}: nothing was read or written (check the Secret holds this \
+             deployment's key; to move this deployment to {key}, run once with \
+             --move-to-instance {key})",
+            named(records)
+        ));
+    }
+    if flags.instance.is_some() {
+        return Ok(allowed(true));
     }
     if records.is_empty() {
         return Ok(Pin::Refused(format!(
@@ -92,28 +112,16 @@ pub fn decide(key: &str, flag: Option<&str>, records: &[Recorded]) -> Result<Pin
              once with --instance {key}"
         )));
     }
-    if !known {
-        return Err(format!(
-            "CLERK_SECRET_KEY belongs to Clerk instance {key}, but the webhooks applied here \
-             came from {}: nothing was read or written (check the Secret holds this \
-             deployment's key; to move this deployment to {key}, run once with --instance {key})",
-            named(records)
-        ));
-    }
     let confirmed = records
         .iter()
         .filter(|r| r.instance_id == key)
         .filter_map(|r| r.confirmed)
         .max()
         .unwrap_or(i64::MIN);
-    let later: Vec<Recorded> = records
-        .iter()
-        .filter(|r| {
-            r.instance_id != key && r.first_seen.max(r.confirmed.unwrap_or(i64::MIN)) > confirmed
-        })
-        .cloned()
-        .collect();
-    if later.is_empty() {
+    let later = records.iter().any(|r| {
+        r.instance_id != key && r.first_seen.max(r.confirmed.unwrap_or(i64::MIN)) > confirmed
+    });
+    if !later {
         return Ok(allowed(false));
     }
     Ok(Pin::Refused(format!(
@@ -145,7 +153,7 @@ fn from_proto(service: &'static str, r: ops::ListClerkInstancesResponse) -> Vec<
 pub async fn check(
     clerk: &impl ClerkBackend,
     down: &Downstream,
-    flag: Option<&str>,
+    flags: Flags<'_>,
 ) -> Result<(String, Pin), RunError> {
     let key = crate::clerk_api::instance(clerk).await?;
     let identity = down
@@ -161,7 +169,7 @@ pub async fn check(
     let mut records = from_proto("identity-service", identity);
     records.extend(from_proto("workspace-service", workspace));
     tracing::info!(key_instance = key.id, environment = ?key.environment_type, recorded = named(&records), "Clerk instance of the key");
-    let pin = decide(&key.id, flag, &records).map_err(RunError::Instance)?;
+    let pin = decide(&key.id, flags, &records).map_err(RunError::Instance)?;
     Ok((key.id, pin))
 }
 
@@ -192,6 +200,25 @@ mod tests {
         }
     }
 
+    const NONE: Flags<'static> = Flags {
+        instance: None,
+        move_to: None,
+    };
+
+    fn inst(id: &str) -> Flags<'_> {
+        Flags {
+            instance: Some(id),
+            move_to: None,
+        }
+    }
+
+    fn move_to(id: &str) -> Flags<'_> {
+        Flags {
+            instance: None,
+            move_to: Some(id),
+        }
+    }
+
     fn allowed(p: &Pin) -> bool {
         matches!(p, Pin::Allowed { .. })
     }
@@ -202,25 +229,30 @@ mod tests {
             rec("ins_a", "identity-service", 1, None),
             rec("ins_a", "workspace-service", 2, None),
         ];
-        assert!(allowed(&decide("ins_a", None, &one).unwrap()));
+        assert!(allowed(&decide("ins_a", NONE, &one).unwrap()));
         // Another instance's key stops the run: it may neither delete nor copy its data in.
-        let stop = decide("ins_b", None, &one).unwrap_err();
+        let stop = decide("ins_b", NONE, &one).unwrap_err();
         assert!(stop.contains("ins_b") && stop.contains("ins_a"), "{stop}");
-        // --instance cannot make another instance's key delete what came from ins_a.
-        assert!(!allowed(&decide("ins_b", Some("ins_b"), &one).unwrap()));
+        // --instance cannot make another instance's key list or delete: the run stops and
+        // names the flag that moves this deployment.
+        let stop = decide("ins_b", inst("ins_b"), &one).unwrap_err();
+        assert!(
+            stop.contains("ins_a") && stop.contains("--move-to-instance ins_b"),
+            "{stop}"
+        );
         // --instance naming another instance than the key's stops the run.
-        let stop = decide("ins_b", Some("ins_a"), &one).unwrap_err();
+        let stop = decide("ins_b", inst("ins_a"), &one).unwrap_err();
         assert!(stop.contains("ins_a") && stop.contains("ins_b"), "{stop}");
     }
 
     #[test]
     fn nothing_recorded_needs_the_flag_and_the_flag_is_confirmed() {
-        let Pin::Refused(why) = decide("ins_a", None, &[]).unwrap() else {
+        let Pin::Refused(why) = decide("ins_a", NONE, &[]).unwrap() else {
             panic!()
         };
         assert!(why.contains("--instance ins_a"), "{why}");
         assert_eq!(
-            decide("ins_a", Some("ins_a"), &[]).unwrap(),
+            decide("ins_a", inst("ins_a"), &[]).unwrap(),
             Pin::Allowed {
                 instance: "ins_a".into(),
                 confirm: true
@@ -235,7 +267,7 @@ mod tests {
             rec("ins_b", "workspace-service", 2, None),
         ];
         for key in ["ins_a", "ins_b"] {
-            let Pin::Refused(why) = decide(key, None, &split).unwrap() else {
+            let Pin::Refused(why) = decide(key, NONE, &split).unwrap() else {
                 panic!("{key}")
             };
             assert!(
@@ -244,17 +276,42 @@ mod tests {
                 "{why}"
             );
         }
-        assert!(allowed(&decide("ins_b", Some("ins_b"), &split).unwrap()));
+        assert!(allowed(&decide("ins_b", inst("ins_b"), &split).unwrap()));
         // Confirmed after ins_a was seen: later runs need no flag.
         let confirmed = [
             rec("ins_a", "identity-service", 1, None),
             rec("ins_b", "workspace-service", 2, Some(5)),
         ];
-        assert!(allowed(&decide("ins_b", None, &confirmed).unwrap()));
-        assert!(!allowed(&decide("ins_a", None, &confirmed).unwrap()));
+        assert!(allowed(&decide("ins_b", NONE, &confirmed).unwrap()));
+        assert!(!allowed(&decide("ins_a", NONE, &confirmed).unwrap()));
         // An instance first seen after the confirmation makes it doubtful again.
         let mut newer = confirmed.to_vec();
         newer.push(rec("ins_c", "identity-service", 9, None));
-        assert!(!allowed(&decide("ins_b", None, &newer).unwrap()));
+        assert!(!allowed(&decide("ins_b", NONE, &newer).unwrap()));
+    }
+
+    #[test]
+    fn moving_to_the_keys_instance_is_explicit_and_confirmed() {
+        let one = [rec("ins_a", "identity-service", 1, None)];
+        assert_eq!(
+            decide("ins_b", move_to("ins_b"), &one).unwrap(),
+            Pin::Allowed {
+                instance: "ins_b".into(),
+                confirm: true
+            }
+        );
+        // The flag must name the key's instance.
+        let stop = decide("ins_b", move_to("ins_c"), &one).unwrap_err();
+        assert!(
+            stop.contains("--move-to-instance ins_c") && stop.contains("ins_b"),
+            "{stop}"
+        );
+        // Once confirmed, later runs of ins_b need no flag; ins_a is refused.
+        let moved = [
+            rec("ins_a", "identity-service", 1, None),
+            rec("ins_b", "identity-service", 5, Some(5)),
+        ];
+        assert!(allowed(&decide("ins_b", NONE, &moved).unwrap()));
+        assert!(!allowed(&decide("ins_a", NONE, &moved).unwrap()));
     }
 }

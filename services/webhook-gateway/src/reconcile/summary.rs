@@ -29,7 +29,7 @@ pub struct KindSummary {
     /// the run would delete once Clerk confirms each. Counted even when deletion is refused.
     pub missing: u64,
     /// The most this run may delete of this kind (RECONCILE_MAX_DELETES, or the larger of 25
-    /// and 1 % of those held).
+    /// and 1 % of those held when the run started).
     pub budget: u64,
     /// More are missing than the budget allows: none of this kind was deleted.
     pub over_budget: bool,

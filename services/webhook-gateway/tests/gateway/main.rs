@@ -4,6 +4,7 @@
 mod ordering;
 mod quarantine;
 mod reconcile;
+mod reconcile_edges;
 mod reconcile_guards;
 mod roles;
 mod support;

@@ -35,6 +35,7 @@ fn config(s: &Stack, api: &ClerkApiStandIn) -> ReconcileConfig {
         json: false,
         // The stand-in's instance, as the services record none here.
         instance: Some(stand_ins::DEFAULT_INSTANCE.into()),
+        move_to_instance: None,
         allow_mass_delete: false,
         reconcile_max_deletes: None,
         log_format: LogFormat::Pretty,

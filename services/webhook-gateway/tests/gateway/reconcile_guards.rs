@@ -8,29 +8,29 @@ use serde_json::{Value, json};
 use stand_ins::{ClerkApiStandIn, DEFAULT_INSTANCE, membership_json, org_json, user_json};
 use std::collections::BTreeMap;
 
-const KEY: &str = "sk_test_standin_key";
+pub(crate) const KEY: &str = "sk_test_standin_key";
 /// Clerk's clock for the seeded data (ms).
-const C: i64 = 1_762_000_000_000;
+pub(crate) const C: i64 = 1_762_000_000_000;
 
 /// What a run of the binary said.
-struct Ran {
-    code: Option<i32>,
+pub(crate) struct Ran {
+    pub(crate) code: Option<i32>,
     /// The `--json` summary.
-    summary: Value,
+    pub(crate) summary: Value,
     /// The last line on stderr.
-    last_line: String,
-    stderr: String,
+    pub(crate) last_line: String,
+    pub(crate) stderr: String,
 }
 
 impl Ran {
-    fn kind(&self, kind: &str) -> &Value {
+    pub(crate) fn kind(&self, kind: &str) -> &Value {
         self.summary["kinds"]
             .as_array()
             .and_then(|k| k.iter().find(|k| k["kind"] == kind))
             .unwrap_or_else(|| panic!("no {kind} in {}", self.summary))
     }
 
-    fn count(&self, kind: &str, field: &str) -> u64 {
+    pub(crate) fn count(&self, kind: &str, field: &str) -> u64 {
         self.kind(kind)[field]
             .as_u64()
             .unwrap_or_else(|| panic!("{kind}.{field} in {}", self.summary))
@@ -38,7 +38,12 @@ impl Ran {
 }
 
 /// Runs `webhook-gateway reconcile --json <args>` against `base_url` and the stack's services.
-async fn reconcile(s: &Stack, base_url: &str, args: &[&str], env: &[(&str, &str)]) -> Ran {
+pub(crate) async fn reconcile(
+    s: &Stack,
+    base_url: &str,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> Ran {
     let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_webhook-gateway"));
     c.arg("reconcile")
         .arg("--json")
@@ -74,20 +79,20 @@ async fn reconcile(s: &Stack, base_url: &str, args: &[&str], env: &[(&str, &str)
     }
 }
 
-fn user_id(i: usize) -> String {
+pub(crate) fn user_id(i: usize) -> String {
     format!("user_g{i:05}")
 }
 
-fn org_id(i: usize) -> String {
+pub(crate) fn org_id(i: usize) -> String {
     format!("org_g{i:04}")
 }
 
-fn membership_id(o: usize, u: usize) -> String {
+pub(crate) fn membership_id(o: usize, u: usize) -> String {
     format!("orgmem_g{o}x{u}")
 }
 
 /// `users` users; `orgs` organizations with `per_org` members each.
-fn seed(api: &ClerkApiStandIn, users: usize, orgs: usize, per_org: usize) {
+pub(crate) fn seed(api: &ClerkApiStandIn, users: usize, orgs: usize, per_org: usize) {
     for i in 0..users {
         let id = user_id(i);
         let t = C + i as i64;
@@ -111,7 +116,11 @@ fn seed(api: &ClerkApiStandIn, users: usize, orgs: usize, per_org: usize) {
 }
 
 /// The seeded data, backfilled by a first run that confirms the stand-in's instance.
-async fn backfilled(users: usize, orgs: usize, per_org: usize) -> (Stack, ClerkApiStandIn) {
+pub(crate) async fn backfilled(
+    users: usize,
+    orgs: usize,
+    per_org: usize,
+) -> (Stack, ClerkApiStandIn) {
     let s = stack(SECRET).await;
     let api = ClerkApiStandIn::start(KEY).await.unwrap();
     seed(&api, users, orgs, per_org);
@@ -122,7 +131,7 @@ async fn backfilled(users: usize, orgs: usize, per_org: usize) -> (Stack, ClerkA
 }
 
 /// (live users, live workspaces, live memberships) held.
-async fn held(s: &Stack) -> (i64, i64, i64) {
+pub(crate) async fn held(s: &Stack) -> (i64, i64, i64) {
     (
         service_harness::scalar(
             s._dbs.0.url(),
@@ -144,7 +153,7 @@ async fn held(s: &Stack) -> (i64, i64, i64) {
 
 /// Removes one user, one organization and one membership from Clerk: a run that deletes
 /// anything would delete these.
-fn remove_some(api: &ClerkApiStandIn) {
+pub(crate) fn remove_some(api: &ClerkApiStandIn) {
     api.remove_user(&user_id(7));
     api.remove_org(&org_id(1));
     api.remove_membership(&membership_id(2, 2));

@@ -276,3 +276,78 @@ async fn the_services_run_as_a_role_that_changes_no_schema_and_migrate_as_the_ow
     identity.stop().await.unwrap();
     workspace.stop().await.unwrap();
 }
+
+/// A service in a database of its own (`schema=public`), migrated by an owner role that is not
+/// a superuser: after `deploy/database-roles.sql` the owner creates every table in `public`
+/// and the app role reads and writes them, creating nothing.
+#[tokio::test]
+async fn in_a_database_of_its_own_a_non_superuser_owner_migrates_into_public() {
+    let db = service_harness::database("roles_public", "empty", |_| async { Ok(()) }).await;
+    let unique = format!(
+        "{}_{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_micros()
+    );
+    let (owner, app) = (
+        format!("public_owner_{unique}"),
+        format!("public_app_{unique}"),
+    );
+    let password = "roles-test";
+    service_harness::execute(
+        db.url(),
+        &format!(
+            "{}; {}; {}",
+            ephemeral_postgres::create_role_sql(&owner, password),
+            ephemeral_postgres::create_role_sql(&app, password),
+            ephemeral_postgres::role_grants(&owner, &app, "public"),
+        ),
+    )
+    .await;
+    let owner_url = ephemeral_postgres::with_user(db.url(), &owner, password);
+    let app_url = ephemeral_postgres::with_user(db.url(), &app, password);
+    assert_eq!(
+        service_harness::scalar(
+            &owner_url,
+            "SELECT count(*) FROM pg_roles WHERE rolname = current_user AND (rolsuper OR rolcreatedb)"
+        )
+        .await,
+        0,
+        "the owner is an ordinary role"
+    );
+    let issuers = Issuers::new().await;
+    let mut args = issuers.service_args(db.url(), 4);
+    args.db.database_url = app_url.as_str().into();
+    args.db.database_migration_url = Some(owner_url.as_str().into());
+    args.migrate_on_start = true;
+    let cfg = identity_service::Config {
+        service: args,
+        grpc_addr: "127.0.0.1:0".parse().unwrap(),
+        metrics_addr: "127.0.0.1:0".parse().unwrap(),
+        group_commit_slots: 2,
+        lookup_slots: 2,
+        ledger: Default::default(),
+    };
+    let identity = RunningServer::start(|l, s| identity_service::run(cfg, l, s)).await;
+    let mut users = IdentityServiceClient::new(identity.channel().await);
+    users
+        .store_user(issuers.user("user_p", idp::StoreUserRequest {}))
+        .await
+        .expect("StoreUser as the app role");
+    assert_eq!(
+        service_harness::scalar(
+            &owner_url,
+            "SELECT count(*) FROM pg_tables WHERE schemaname = 'public' AND tableowner <> current_user"
+        )
+        .await,
+        0,
+        "every table is the owner's"
+    );
+    let refused = try_sql(&app_url, "CREATE TABLE public.intruder (id int)")
+        .await
+        .expect_err("the app role creates nothing");
+    assert!(refused.contains("permission denied"), "{refused}");
+    identity.stop().await.unwrap();
+}

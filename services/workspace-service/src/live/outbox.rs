@@ -1,6 +1,8 @@
 //! One watch stream's queue of frames, between its task (which fills it) and the HTTP response
 //! body (which HTTP/2 drains as fast as the client grants window). The queue is counted in
-//! bytes, so its task can end a client that does not read; ending clears the queue at once,
+//! bytes and each frame carries when it was queued, so its task can tell a client that does not
+//! read (a frame unread for more than [`UNREAD_GRACE`]) from one that reads as fast as frames
+//! come, and end the first; ending clears the queue at once,
 //! so a stream that ended holds no events while its client stays connected. The response
 //! then carries the final status as gRPC trailers.
 
@@ -11,13 +13,23 @@ use std::collections::VecDeque;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
+use std::time::Duration;
 use tokio::sync::Notify;
+use tokio::time::Instant;
 use tonic::Status;
+
+/// How long a frame may stay unread (queued, or held by the HTTP/2 layer for want of window)
+/// before its client counts as behind.
+pub const UNREAD_GRACE: Duration = Duration::from_secs(1);
 
 #[derive(Default)]
 struct State {
-    queue: VecDeque<Bytes>,
+    /// Frames and when each was queued.
+    queue: VecDeque<(Bytes, Instant)>,
     bytes: usize,
+    /// When the frame the HTTP/2 layer took last and has not asked past was queued (`None`:
+    /// it waits for the next frame).
+    held_since: Option<Instant>,
     /// The final status, once the stream ended.
     trailers: Option<HeaderMap>,
     /// The response body is gone (the client left).
@@ -74,7 +86,7 @@ impl Outbox {
                 return;
             }
             s.bytes += frame.len();
-            s.queue.push_back(frame);
+            s.queue.push_back((frame, Instant::now()));
             s.body_waker.take()
         };
         if let Some(w) = waker {
@@ -87,11 +99,23 @@ impl Outbox {
         self.shared.lock().bytes
     }
 
-    /// Whether the client is behind: frames wait in the queue, or the HTTP/2 layer holds one
-    /// it cannot send yet (it is not waiting for the next frame).
-    pub fn behind(&self) -> bool {
+    /// When the client counts as behind if it reads nothing more: [`UNREAD_GRACE`] after the
+    /// oldest frame it has not read was queued (`None`: it has read everything).
+    pub fn behind_at(&self) -> Option<Instant> {
         let s = self.shared.lock();
-        !s.queue.is_empty() || s.body_waker.is_none()
+        let oldest = match (s.held_since, s.queue.front()) {
+            (Some(held), Some((_, queued))) => Some(held.min(*queued)),
+            (held, queued) => held.or(queued.map(|(_, t)| *t)),
+        };
+        oldest.map(|t| t + UNREAD_GRACE)
+    }
+
+    /// Whether the client is behind at `now`: more than `budget` bytes wait in the queue, or a
+    /// frame has been unread (queued, or held by the HTTP/2 layer for want of window) for more
+    /// than [`UNREAD_GRACE`]. A client that reads as frames come is not, even right after a
+    /// push.
+    pub fn behind(&self, budget: usize, now: Instant) -> bool {
+        self.queued() > budget || self.behind_at().is_some_and(|at| at <= now)
     }
 
     /// Resolves once no more than `bytes` are queued.
@@ -128,7 +152,7 @@ impl Outbox {
         self.end(status, false);
     }
 
-    fn end(&self, status: &Status, clear: bool) -> VecDeque<Bytes> {
+    fn end(&self, status: &Status, clear: bool) -> VecDeque<(Bytes, Instant)> {
         let mut trailers = HeaderMap::new();
         if status.add_header(&mut trailers).is_err() {
             Status::internal("internal error")
@@ -139,6 +163,7 @@ impl Outbox {
             let mut s = self.shared.lock();
             let dropped = if clear {
                 s.bytes = 0;
+                s.held_since = None;
                 std::mem::take(&mut s.queue)
             } else {
                 VecDeque::new()
@@ -181,8 +206,9 @@ impl http_body::Body for Body {
             return Poll::Ready(None);
         }
         let mut s = self.shared.lock();
-        if let Some(frame) = s.queue.pop_front() {
+        if let Some((frame, queued)) = s.queue.pop_front() {
             s.bytes -= frame.len();
+            s.held_since = Some(queued);
             drop(s);
             self.shared.taken.notify_one();
             return Poll::Ready(Some(Ok(BodyFrame::data(frame))));
@@ -192,6 +218,7 @@ impl http_body::Body for Body {
             self.done = true;
             return Poll::Ready(Some(Ok(BodyFrame::trailers(trailers))));
         }
+        s.held_since = None;
         s.body_waker = Some(cx.waker().clone());
         Poll::Pending
     }
@@ -239,20 +266,29 @@ mod tests {
     }
 
     #[test]
-    fn a_client_is_behind_until_its_body_waits_for_the_next_frame() {
+    fn a_client_is_behind_once_a_frame_stays_unread_past_the_grace_or_the_budget() {
         let (outbox, mut body) = pair();
         let waker = futures::task::noop_waker();
         let mut cx = Context::from_waker(&waker);
+        let pushed = Instant::now();
         outbox.push(Bytes::from_static(b"one"));
-        assert!(outbox.behind(), "queued");
+        let late = Instant::now() + UNREAD_GRACE + Duration::from_millis(1);
+        assert!(!outbox.behind(1024, pushed), "just queued");
+        assert!(outbox.behind(2, pushed), "more than its budget unread");
+        assert!(outbox.behind(1024, late), "queued past the grace");
         let polled = Pin::new(&mut body).poll_frame(&mut cx);
         assert!(matches!(polled, Poll::Ready(Some(Ok(_)))));
         assert!(
-            outbox.behind(),
+            outbox.behind(1024, late),
             "the HTTP/2 layer holds it and has not asked again"
         );
         assert!(Pin::new(&mut body).poll_frame(&mut cx).is_pending());
-        assert!(!outbox.behind(), "waiting for the next frame");
+        assert!(!outbox.behind(1024, late), "waiting for the next frame");
+        assert_eq!(outbox.behind_at(), None);
+        let before = Instant::now();
+        outbox.push(Bytes::from_static(b"two"));
+        let at = outbox.behind_at().expect("one unread");
+        assert!(at >= before + UNREAD_GRACE && at <= Instant::now() + UNREAD_GRACE);
     }
 
     #[tokio::test]

@@ -5,8 +5,10 @@
 //! A stream's task fills its [`Outbox`], counted in bytes: the backlog is read in pieces that
 //! fit the stream's budget (`WATCH_BUFFER_BYTES`) as the client reads; a live change that does
 //! not fit ends the stream with RESOURCE_EXHAUSTED, and so does the replica's live events
-//! holding more than `WATCH_MEMORY_BYTES` while this client is behind (frames queued, or one
-//! the HTTP/2 layer cannot send for want of window); the client resumes with its last token. Whether in the backlog or live, the stream ends when the caller's token
+//! holding more than `WATCH_MEMORY_BYTES` while this client is behind (a frame unread for more
+//! than [`outbox::UNREAD_GRACE`], queued or held by the HTTP/2 layer for want of window; a
+//! client that reads as frames come is never behind); the client resumes with its last token.
+//! Whether in the backlog or live, the stream ends when the caller's token
 //! expires (UNAUTHENTICATED), when the periodic re-check finds the caller no longer has access
 //! (PERMISSION_DENIED), and at once when the service starts shutting down (UNAVAILABLE).
 //! Ending drops what is queued. A stream that falls behind the hub's broadcast reads what it
@@ -273,6 +275,9 @@ impl Stream {
     async fn run(mut self, mut live: broadcast::Receiver<Arc<Frame>>) {
         let end = self.serve(&mut live).await;
         drop(live);
+        // The stream's places are free before its end is counted (a new open may follow the
+        // count at once).
+        self._slot = None;
         let metrics = self.live.metrics.clone();
         match end {
             End::Gone => metrics.watch_ended("gone"),
@@ -306,9 +311,15 @@ impl Stream {
         recheck.tick().await;
         let budget = self.live.settings.stream_bytes;
         loop {
-            if self.live.memory.over() && self.outbox.behind() {
+            // Under pressure, a client that stops reading is judged once its oldest unread
+            // frame passes the grace, even when nothing else wakes this task.
+            let judge_at = if !self.live.memory.over() {
+                None
+            } else if self.outbox.behind(budget, tokio::time::Instant::now()) {
                 return out_of_memory();
-            }
+            } else {
+                self.outbox.behind_at()
+            };
             let step = tokio::select! {
                 biased;
                 _ = &mut shutdown => Step::End(End::Now(
@@ -324,6 +335,7 @@ impl Stream {
                 _ = self.outbox.closed() => Step::End(End::Gone),
                 _ = recheck.tick() => Step::Recheck,
                 _ = self.live.memory.pressure() => Step::Pressure,
+                _ = sleep_until(judge_at) => Step::Pressure,
                 r = live.recv() => Step::Live(r),
                 _ = self.outbox.drained_to(budget / 2), if self.reading => Step::Read,
             };
@@ -377,16 +389,23 @@ impl Stream {
             // Pruned since: never skip changes in silence.
             return Err(End::Now(too_old(), "too_old"));
         }
+        let budget = self.live.settings.stream_bytes;
         for c in &batch.changes {
+            if self.scope.wants(c.channel_id) {
+                let frame = Frame::of(&self.live.memory, c);
+                let queued = self.outbox.queued();
+                if queued > budget / 2 && queued + frame.bytes.len() > budget {
+                    // The room was counted in payload bytes, frames are larger: the rest is
+                    // read again once the client has read down to half.
+                    return Ok(());
+                }
+                self.last = c.seq;
+                self.outbox.push(frame.bytes);
+                if frame.last {
+                    return Err(deleted());
+                }
+            }
             self.last = c.seq;
-            if !self.scope.wants(c.channel_id) {
-                continue;
-            }
-            let frame = Frame::of(&self.live.memory, c);
-            self.outbox.push(frame.bytes);
-            if frame.last {
-                return Err(deleted());
-            }
         }
         if !batch.more {
             self.reading = false;
@@ -424,7 +443,11 @@ impl Stream {
                 "behind",
             ));
         }
-        if self.live.memory.over() && self.outbox.behind() {
+        if self.live.memory.over()
+            && self
+                .outbox
+                .behind(self.live.settings.stream_bytes, tokio::time::Instant::now())
+        {
             return Err(out_of_memory());
         }
         self.outbox.push(f.bytes.clone());
@@ -447,6 +470,14 @@ impl Stream {
                 Ok(())
             }
         }
+    }
+}
+
+/// Resolves at `at`; never when `None`.
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 

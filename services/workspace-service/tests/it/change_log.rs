@@ -242,3 +242,97 @@ async fn removals_of_users_sharing_ten_workspaces_at_once_never_deadlock() {
         "joined and removed, in all ten"
     );
 }
+
+/// The migration of the entries recorded before entries named their message.
+const LEGACY_BODIES: &str =
+    include_str!("../../migrations/2026-12-04-000002_change_log_legacy_bodies/up.sql");
+
+/// Entries recorded before entries named their message: the migration names the message of
+/// the newest entry of each message still there, and clears every other body (of a message
+/// deleted or edited since); a later edit or delete then clears the named ones.
+#[tokio::test]
+async fn entries_from_before_message_ids_are_named_or_cleared() {
+    let env = start_with(false).await;
+    let ch = channel(&env, "org_old", "live").await;
+    let mut w = watch(&env, "user_b", "org_old", &ch, "").await;
+    let start = next(&mut w).await.resume_token;
+    let kept = post(&env, "org_old", &ch, "kept text").await;
+    let edited = post(&env, "org_old", &ch, "an old draft").await;
+    let gone = post(&env, "org_old", &ch, "an old secret").await;
+    // The entries as the version before message ids recorded them: no entry names its
+    // message, so the edit and the delete below clear nothing, as that version did.
+    let unnamed = "UPDATE change_log SET message_id = NULL";
+    env.sql(unnamed).await;
+    let mut c = env.client().await;
+    let edit = |id: &str, body: &str| {
+        env.member(
+            "user_a",
+            "org_old",
+            pb::EditMessageRequest {
+                message_id: id.into(),
+                body: body.into(),
+            },
+        )
+    };
+    let delete = |id: &str| {
+        env.member(
+            "user_a",
+            "org_old",
+            pb::DeleteMessageRequest {
+                message_id: id.into(),
+            },
+        )
+    };
+    c.edit_message(edit(&edited, "the final draft"))
+        .await
+        .unwrap();
+    c.delete_message(delete(&gone)).await.unwrap();
+    env.sql(unnamed).await;
+    let holding = |text: &'static str| {
+        let env = &env;
+        async move {
+            env.scalar(&format!(
+                "SELECT count(*) FROM change_log WHERE position('{text}'::bytea IN payload) > 0"
+            ))
+            .await
+        }
+    };
+    assert_eq!(holding("old secret").await, 1, "the fixture holds old text");
+
+    env.sql(LEGACY_BODIES).await;
+    for text in ["old draft", "old secret"] {
+        assert_eq!(
+            holding(text).await,
+            0,
+            "{text:?} is still in the change log"
+        );
+    }
+    let seen: Vec<String> = resumed(&env, "org_old", &ch, &start)
+        .await
+        .iter()
+        .map(what)
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            "posted kept text".to_owned(),
+            "posted ".into(),
+            "posted ".into(),
+            "edited the final draft".into(),
+            format!("deleted {gone}"),
+        ]
+    );
+    // The named entries are cleared by the next edit or delete, as any other.
+    c.delete_message(delete(&kept)).await.unwrap();
+    c.edit_message(edit(&edited, "later")).await.unwrap();
+    for text in ["kept text", "final draft"] {
+        assert_eq!(
+            holding(text).await,
+            0,
+            "{text:?} is still in the change log"
+        );
+    }
+    // Run again, the migration changes nothing.
+    env.sql(LEGACY_BODIES).await;
+    assert_eq!(holding("later").await, 1);
+}

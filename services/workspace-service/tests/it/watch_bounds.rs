@@ -72,7 +72,6 @@ async fn a_removed_member_reading_an_old_backlog_is_ended_before_the_rest() {
     // B resumes from before all of it and reads slowly: the backlog is far from sent.
     let mut slow = narrow_watch(&env, "user_b", "org_rb", &ch, &start).await;
     assert!(what(&next(&mut slow).await).starts_with("posted 0 "));
-    tokio::time::sleep(Duration::from_millis(1100)).await;
     env.client()
         .await
         .delete_membership(env.service(pb::DeleteMembershipCommand {
@@ -84,8 +83,18 @@ async fn a_removed_member_reading_an_old_backlog_is_ended_before_the_rest() {
         }))
         .await
         .unwrap();
-    // Re-checked every second, backlog or not.
-    tokio::time::sleep(Duration::from_millis(2500)).await;
+    // Re-checked every second, backlog or not: ended while the client still reads nothing.
+    eventually(
+        "the removed member's stream ended",
+        Duration::from_secs(10),
+        || async {
+            env.metric("workspace_watch_ends_total{reason=\"denied\"}")
+                .await
+                .unwrap_or(0.0)
+                == 1.0
+        },
+    )
+    .await;
     let (delivered, status) = drain(&mut slow).await;
     assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
     assert!(
@@ -185,7 +194,17 @@ async fn a_user_has_a_cap_of_open_watches_and_of_opens_per_minute() {
     // A closed watch frees its place.
     assert_eq!(what(&next(&mut first).await), "caught up");
     drop(first);
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    eventually(
+        "the closed watch ended",
+        Duration::from_secs(10),
+        || async {
+            env.metric("workspace_watch_ends_total{reason=\"gone\"}")
+                .await
+                .unwrap_or(0.0)
+                == 1.0
+        },
+    )
+    .await;
     let _third = open("user_b").await.expect("a place is free again");
     // Four opens a minute: the fifth is refused with when to retry.
     let rated = open("user_b").await.unwrap_err();
@@ -264,6 +283,20 @@ async fn past_the_replicas_watch_memory_the_streams_that_are_behind_end_and_the_
     }
     let mut reader = watch(&env, "user_r", "org_mem", &channels[3], "").await;
     assert_eq!(what(&next(&mut reader).await), "caught up");
+    // And one that keeps reading on a loaded channel, while the replica is over its memory:
+    // each of its frames is queued, then read at once.
+    let mut steady = watch(&env, "user_k", "org_mem", &channels[0], "").await;
+    assert_eq!(what(&next(&mut steady).await), "caught up");
+    let steady = tokio::spawn(async move {
+        for n in 0..100 {
+            match steady.message().await {
+                Ok(Some(_)) => {}
+                Ok(None) => return Err(format!("ended without a status after {n}")),
+                Err(status) => return Err(format!("ended after {n}: {status:?}")),
+            }
+        }
+        Ok(steady)
+    });
     // Each stuck stream alone stays within its 1 MiB; together they pass the replica's 1 MiB,
     // again and again (2.7 MB posted in all).
     let body = "m".repeat(9_000);
@@ -272,16 +305,76 @@ async fn past_the_replicas_watch_memory_the_streams_that_are_behind_end_and_the_
             post(&env, "org_mem", ch, &format!("{i} {body}")).await;
         }
     }
-    let ended = env
-        .metric("workspace_watch_ends_total{reason=\"memory\"}")
+    let mut steady = tokio::time::timeout(Duration::from_secs(30), steady)
         .await
-        .unwrap_or(0.0);
-    assert!(
-        ended >= 2.0,
-        "{ended} streams ended for the replica's memory"
-    );
+        .expect("the reader read every post")
+        .unwrap()
+        .expect("a client that reads is never ended for the replica's memory");
+    eventually(
+        "two stuck streams ended for the replica's memory",
+        Duration::from_secs(10),
+        || async {
+            env.metric("workspace_watch_ends_total{reason=\"memory\"}")
+                .await
+                .unwrap_or(0.0)
+                >= 2.0
+        },
+    )
+    .await;
     let held = env.metric("workspace_watch_buffered_bytes").await.unwrap();
     assert!(held <= 1.1 * 1024.0 * 1024.0, "{held} bytes held");
     post(&env, "org_mem", &channels[3], "still live").await;
     assert_eq!(what(&next(&mut reader).await), "posted still live");
+    post(&env, "org_mem", &channels[0], "steady").await;
+    assert_eq!(what(&next(&mut steady).await), "posted steady");
+}
+
+/// A client that reads keeps its stream while the replica is over WATCH_MEMORY_BYTES, even
+/// right after a push of a whole piece of its backlog; a client that stopped reading is ended.
+#[tokio::test]
+async fn past_the_replicas_watch_memory_a_client_reading_its_backlog_goes_on() {
+    let env = start_custom(false, |c| {
+        c.watch.watch_buffer_bytes = 1024 * 1024;
+        c.watch.watch_memory_bytes = 1024 * 1024;
+    })
+    .await;
+    let main = channel(&env, "org_bk", "main").await;
+    let side = channel(&env, "org_bk", "side").await;
+    // A client that stops reading holds about 270 KB.
+    let mut stuck = narrow_watch(&env, "user_s", "org_bk", &side, "").await;
+    assert_eq!(what(&next(&mut stuck).await), "caught up");
+    let body = "b".repeat(9_000);
+    for i in 0..30 {
+        post(&env, "org_bk", &side, &format!("side {i} {body}")).await;
+    }
+    let token = next(&mut watch(&env, "user_k", "org_bk", &main, "").await)
+        .await
+        .resume_token;
+    for i in 0..115 {
+        post(&env, "org_bk", &main, &format!("{i} {body}")).await;
+    }
+    // Resumed, the reader's first piece of backlog (up to its 1 MiB budget) takes the replica
+    // past its 1 MiB: it is read at once, so the stream goes on.
+    let mut reader = watch(&env, "user_k", "org_bk", &main, &token).await;
+    for i in 0..115 {
+        let event = tokio::time::timeout(Duration::from_secs(10), reader.message())
+            .await
+            .expect("an event within 10 s")
+            .unwrap_or_else(|s| panic!("the reader was ended after {i}: {s:?}"))
+            .expect("the stream goes on");
+        assert!(
+            what(&event).starts_with(&format!("posted {i} ")),
+            "{i}: {}",
+            what(&event)
+        );
+    }
+    assert_eq!(what(&next(&mut reader).await), "caught up");
+    let (_, status) = drain(&mut stuck).await;
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    assert!(
+        status.message().contains("WATCH_MEMORY_BYTES"),
+        "{status:?}"
+    );
+    post(&env, "org_bk", &main, "live").await;
+    assert_eq!(what(&next(&mut reader).await), "posted live");
 }

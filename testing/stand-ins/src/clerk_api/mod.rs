@@ -7,7 +7,7 @@
 //! It records every request (path, decoded query, `Clerk-API-Version` header, status) and its
 //! start time (to check a client's rate), and can be told to answer 429 with `Retry-After`, to
 //! fail list requests with 503 from some request on, to answer a plain 404 on some paths (a
-//! proxy in the way), or to slow down.
+//! proxy in the way), to delete users as soon as a page lists them, or to slow down.
 
 mod routes;
 mod store;
@@ -54,6 +54,8 @@ struct State {
     fail_from: Option<u64>,
     /// Paths (exact, after the host) answered with a plain 404, as a proxy would.
     blocked: Vec<String>,
+    /// Users removed right after a `GET /v1/users` page lists them.
+    remove_when_listed: Vec<String>,
     list_requests: u64,
     requests: u64,
     started: Vec<Instant>,
@@ -135,6 +137,7 @@ impl ClerkApiStandIn {
             rate_limited: (0, 0),
             fail_from: None,
             blocked: Vec::new(),
+            remove_when_listed: Vec::new(),
             list_requests: 0,
             requests: 0,
             started: Vec::new(),
@@ -226,6 +229,12 @@ impl ClerkApiStandIn {
         self.with(|s| {
             s.users.remove(id);
         });
+    }
+
+    /// Removes each of these users right after a `GET /v1/users` page lists it (deleted in
+    /// Clerk while a client pages: the id it would use as its next cursor may be gone).
+    pub fn remove_users_when_listed(&self, ids: &[String]) {
+        self.with(|s| s.remove_when_listed.extend(ids.iter().cloned()));
     }
 
     /// Adds or replaces an organization.

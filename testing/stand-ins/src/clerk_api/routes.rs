@@ -10,7 +10,10 @@
 //! - `GET /v1/users` answers a bare array; the other lists `{data, total_count}`. `limit` is
 //!   1 to 500 (else 422), lists are newest first unless `order_by=+created_at`, and
 //!   `GET /v1/users` pages with `starting_after` (a `created_at` ordering only, and not with a
-//!   non-zero `offset`: 422 otherwise).
+//!   non-zero `offset`: 422 otherwise). The specification does not say what a cursor naming no
+//!   user answers; its documented errors for the route are 400 and 422 ("invalid request
+//!   parameters"), and Clerk deletes users for good, so a cursor naming an unknown or deleted
+//!   user answers 422 `form_param_value_invalid` (never a page from where the user was).
 //! - `GET /v1/instance` answers the instance the key belongs to.
 
 use super::State;
@@ -367,6 +370,16 @@ pub fn answer(state: &mut State, req: &SeenRequest) -> Response {
     }
 }
 
+/// Removes the users of `page` that were to go once listed (deleted in Clerk between pages).
+fn listed(state: &mut State, page: &[Value]) {
+    for id in page.iter().filter_map(|u| u["id"].as_str()) {
+        if let Some(i) = state.remove_when_listed.iter().position(|r| r == id) {
+            state.remove_when_listed.swap_remove(i);
+            state.users.remove(id);
+        }
+    }
+}
+
 /// `GET /v1/users`: a bare array, by offset or after a cursor.
 fn users_page(state: &mut State, q: &List) -> Response {
     let Some(cursor) = &q.starting_after else {
@@ -375,6 +388,7 @@ fn users_page(state: &mut State, q: &List) -> Response {
             .iter()
             .filter_map(|k| state.users.by_key(k).cloned())
             .collect();
+        listed(state, &data);
         return json_response(200, &Value::Array(data));
     };
     let Some(at) = state.users.position(cursor).cloned() else {
@@ -389,6 +403,7 @@ fn users_page(state: &mut State, q: &List) -> Response {
     } else {
         state.users.before(&at, q.limit)
     };
+    listed(state, &data);
     json_response(200, &Value::Array(data))
 }
 

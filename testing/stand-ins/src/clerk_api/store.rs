@@ -13,9 +13,6 @@ pub type Key = (i64, String);
 pub struct Ordered {
     by_order: BTreeMap<Key, Value>,
     order_of: HashMap<String, Key>,
-    /// Positions of removed resources: a cursor naming one still finds its place (as a store
-    /// that keeps deleted rows would; Clerk does not document what it answers then).
-    removed: HashMap<String, Key>,
     /// The keys in order, rebuilt on the first read after a change (offset pages index it).
     keys: Option<Vec<Key>>,
 }
@@ -25,7 +22,6 @@ impl Ordered {
     pub fn put(&mut self, v: Value) -> Key {
         let id = id_of(&v);
         self.remove(&id);
-        self.removed.remove(&id);
         let key = (v["created_at"].as_i64().unwrap_or_default(), id.clone());
         self.order_of.insert(id, key.clone());
         self.by_order.insert(key.clone(), v);
@@ -37,7 +33,6 @@ impl Ordered {
     pub fn remove(&mut self, id: &str) -> Option<Value> {
         let key = self.order_of.remove(id)?;
         self.keys = None;
-        self.removed.insert(id.to_owned(), key.clone());
         self.by_order.remove(&key)
     }
 
@@ -49,9 +44,9 @@ impl Ordered {
         self.by_order.get(key)
     }
 
-    /// The position of `id`, live or removed.
+    /// The position of `id` (`None` once removed: Clerk deletes users for good).
     pub fn position(&self, id: &str) -> Option<&Key> {
-        self.order_of.get(id).or_else(|| self.removed.get(id))
+        self.order_of.get(id)
     }
 
     pub fn len(&self) -> usize {
@@ -116,15 +111,15 @@ impl Memberships {
     }
 
     pub fn remove(&mut self, id: &str) {
+        let Some(key) = self.all.position(id).cloned() else {
+            return;
+        };
         let Some(m) = self.all.remove(id) else { return };
-        let key = self.all.position(id).cloned();
-        if let Some(key) = key {
-            if let Some(set) = self.by_org.get_mut(&org_of(&m)) {
-                set.remove(&key);
-            }
-            if let Some(set) = user_of(&m).and_then(|u| self.by_user.get_mut(&u)) {
-                set.remove(&key);
-            }
+        if let Some(set) = self.by_org.get_mut(&org_of(&m)) {
+            set.remove(&key);
+        }
+        if let Some(set) = user_of(&m).and_then(|u| self.by_user.get_mut(&u)) {
+            set.remove(&key);
         }
     }
 

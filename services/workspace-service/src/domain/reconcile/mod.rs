@@ -108,7 +108,8 @@ fn comparisons(rows: Vec<Compared>, expected: usize) -> Result<Vec<Comparison>, 
 /// Compares a page of organizations with the workspaces held, gives the listed ones that had
 /// no place in the order yet Clerk's `created_at`, and records the workspaces held in the
 /// page's stretch (created and last written before the run started) that it does not list as
-/// candidates. One statement; the stretch is an index range scan (the row comparisons are
+/// candidates; a listed workspace held outside the stretch is marked listed, so no page counts
+/// it, whichever is compared first. One statement; the stretch is an index range scan (the row comparisons are
 /// repeated as a range of `created_at` alone: the planner estimates that one well, and the two
 /// row bounds apart as half of the table each, which made it scan the whole table).
 pub async fn compare_orgs(
@@ -138,7 +139,14 @@ pub async fn compare_orgs(
                 AND w.created_at < $8 AND w.updated_at < $8
                 AND ($13 = '' OR w.clerk_org_id = $13)
                 AND NOT EXISTS (SELECT 1 FROM input i WHERE i.org = w.clerk_org_id)
-             ON CONFLICT DO NOTHING)
+             ON CONFLICT DO NOTHING),
+         listed_elsewhere AS (
+             INSERT INTO reconcile_candidates (run_id, kind, clerk_org_id, listed)
+             SELECT DISTINCT $1::uuid, 'workspace', w.clerk_org_id, true
+               FROM input i JOIN workspaces w ON w.clerk_org_id = i.org AND w.deleted_at IS NULL
+              WHERE NOT ((w.clerk_created_at, w.clerk_org_id) > (COALESCE($9, '-infinity'), $10)
+                     AND (w.clerk_created_at, w.clerk_org_id) <= (COALESCE($11, 'infinity'), $12))
+             ON CONFLICT (run_id, kind, clerk_org_id, clerk_user_id) DO UPDATE SET listed = true)
          SELECT i.ord, CASE
                  WHEN EXISTS (SELECT 1 FROM workspace_tombstones t WHERE t.clerk_org_id = i.org) THEN 4
                  WHEN w.id IS NULL THEN 1
@@ -171,7 +179,8 @@ pub async fn compare_orgs(
 /// Compares a page of memberships with those held, gives a live membership held without its
 /// id (from before memberships carried one) the id and `created_at` Clerk lists for it, and
 /// records the memberships held in the page's stretch (recorded and created before the run
-/// started) that it does not list as candidates, with the membership id held. A live row so
+/// started) that it does not list as candidates, with the membership id held (a listed one
+/// held outside the stretch is marked listed, so no page counts it). A live row so
 /// placed compares as that membership (it is compared as it will be held). A membership of a
 /// deleted organization or user, or one replaced here by a later membership, is `Newer`.
 pub async fn compare_memberships(
@@ -204,7 +213,18 @@ pub async fn compare_memberships(
                 AND m.recorded_at < $8 AND m.membership_created_at < $8
                 AND ($13 = '' OR m.clerk_org_id = $13 OR m.clerk_user_id = $13)
                 AND NOT EXISTS (SELECT 1 FROM input i WHERE i.mid = m.clerk_membership_id)
-             ON CONFLICT DO NOTHING)
+             ON CONFLICT DO NOTHING),
+         listed_elsewhere AS (
+             INSERT INTO reconcile_candidates
+                    (run_id, kind, clerk_org_id, clerk_user_id, clerk_membership_id, listed)
+             SELECT DISTINCT ON (m.clerk_org_id, m.clerk_user_id)
+                    $1::uuid, 'membership', m.clerk_org_id, m.clerk_user_id, m.clerk_membership_id, true
+               FROM input i
+               JOIN memberships m ON m.clerk_org_id = i.org AND m.clerk_user_id = i.usr
+                                 AND m.clerk_membership_id = i.mid AND NOT m.deleted
+              WHERE NOT ((m.membership_created_at, m.clerk_membership_id) > (COALESCE($9, '-infinity'), $10)
+                     AND (m.membership_created_at, m.clerk_membership_id) <= (COALESCE($11, 'infinity'), $12))
+             ON CONFLICT (run_id, kind, clerk_org_id, clerk_user_id) DO UPDATE SET listed = true)
          SELECT i.ord, CASE
                  WHEN EXISTS (SELECT 1 FROM workspace_tombstones t WHERE t.clerk_org_id = i.org)
                    OR EXISTS (SELECT 1 FROM removed_users r WHERE r.clerk_user_id = i.usr) THEN 4

@@ -28,7 +28,7 @@ macro_rules! workspace_candidates {
         "
     SELECT c.clerk_org_id FROM reconcile_candidates c
       JOIN workspaces w ON w.clerk_org_id = c.clerk_org_id AND w.deleted_at IS NULL
-     WHERE c.run_id = $1 AND c.kind = 'workspace'
+     WHERE c.run_id = $1 AND c.kind = 'workspace' AND NOT c.listed
     UNION
     SELECT w.clerk_org_id FROM workspaces w
      WHERE w.deleted_at IS NULL AND w.clerk_created_at = '-infinity'
@@ -46,7 +46,7 @@ macro_rules! membership_candidates {
       FROM reconcile_candidates c
       JOIN memberships m ON m.clerk_org_id = c.clerk_org_id AND m.clerk_user_id = c.clerk_user_id
                         AND m.clerk_membership_id = c.clerk_membership_id AND NOT m.deleted
-     WHERE c.run_id = $1 AND c.kind = 'membership'
+     WHERE c.run_id = $1 AND c.kind = 'membership' AND NOT c.listed
     UNION ALL
     SELECT m.clerk_org_id, m.clerk_user_id, m.clerk_membership_id, NULL, m.source_updated_at
       FROM memberships m
@@ -172,7 +172,8 @@ pub async fn finish(conn: &mut AsyncPgConnection, run: Uuid) -> Result<u64, Erro
     .bind::<SqlUuid, _>(run)
     .execute(conn)
     .await?;
-    // The scratch table of the previous version, while its pods may still write it.
+    // `reconcile_seen`: written only by pods of a release without `reconcile_candidates`,
+    // while a rollout still runs them.
     prepared("DELETE FROM reconcile_seen WHERE run_id = $1 OR seen_at < now() - interval '2 days'")
         .bind::<SqlUuid, _>(run)
         .execute(conn)

@@ -1,0 +1,1 @@
+ALTER TABLE reconcile_candidates DROP COLUMN listed;
