@@ -43,6 +43,9 @@ pub struct UserPrincipal {
     pub name: Option<String>,
     /// `email` claim of a JWT template, when present and not empty.
     pub email: Option<String>,
+    /// `picture` claim of a JWT template (Clerk's `{{user.image_url}}`), when present and not
+    /// empty.
+    pub picture: Option<String>,
     /// The active organization, from v1 `org_*` claims or the v2 `o` claim.
     pub org: Option<ActiveOrg>,
     /// `iat` of the token (Unix seconds).
@@ -104,6 +107,8 @@ pub(crate) struct ClerkClaims {
     #[serde(default)]
     pub email: Option<String>,
     #[serde(default)]
+    pub picture: Option<String>,
+    #[serde(default)]
     pub org_id: Option<String>,
     #[serde(default)]
     pub org_role: Option<String>,
@@ -150,6 +155,7 @@ impl ClerkClaims {
             user_id: self.sub,
             name: present(self.name),
             email: present(self.email),
+            picture: present(self.picture),
             org,
             issued_at: self.iat.unwrap_or_default(),
             expires_at: self.exp,

@@ -12,6 +12,7 @@ mod domain;
 mod error;
 mod grpc;
 pub mod live;
+pub mod liveblocks;
 pub mod metrics;
 mod model;
 mod schema;
@@ -59,9 +60,10 @@ pub async fn run(
     let live_settings = config.watch.settings().map_err(anyhow::Error::msg)?;
     let mut boot = Boot::start(&config.service, AUDIENCE, MIGRATIONS, PLANS).await?;
     let metrics = metrics::Metrics::register(&mut boot.registry);
+    let liveblocks = liveblocks::from_args(&config.liveblocks)?;
     let wakes = workers::start(
         &mut boot,
-        &config.liveblocks,
+        liveblocks.clone(),
         cleanup_settings,
         purge_settings,
         &metrics,
@@ -117,6 +119,7 @@ pub async fn run(
         ledger,
         metrics,
         wakes,
+        liveblocks::RoomTokens::new(liveblocks),
         config.watch.calls.response_max_bytes,
     );
     let routes =

@@ -2,7 +2,9 @@
 // no browser download). Started by testing/e2e/tests/browser.rs, which runs the stack and passes:
 // IDENTITY_URL, WORKSPACE_URL (gRPC ports, gRPC-Web), TOKEN_A, TOKEN_B (Clerk development
 // tokens of two members), CHANNEL_ID, PAGE_PORT (served as http://localhost:PAGE_PORT, an allowed
-// origin), OTHER_PORT (served as http://127.0.0.1:OTHER_PORT, not allowed), CHROMIUM.
+// origin), OTHER_PORT (served as http://127.0.0.1:OTHER_PORT, not allowed), DOC_ROOM (a document's
+// Liveblocks room in the members' workspace), FOREIGN_ROOM (a room of another workspace),
+// TOKEN_REMOVED (a member removed after the token was issued), CHROMIUM.
 // Prints one line per check; exits 1 on the first failure.
 import { chromium } from "playwright-core";
 import http from "node:http";
@@ -88,6 +90,16 @@ try {
     JSON.stringify(bodies) === JSON.stringify(["hello from A", "while away 1", "while away 2", "after the return"]),
     JSON.stringify(bodies),
   );
+
+  // Liveblocks' auth callback: a token for a document of A's workspace, none for another
+  // workspace's room, none for a member removed after their token.
+  const auth = (token, room) => a.evaluate(([s, r]) => window.vbase.liveblocksAuth(s, r), [settings(token), room]);
+  const granted = await auth(env("TOKEN_A"), env("DOC_ROOM"));
+  check("A's page gets a Liveblocks token for its workspace's document", typeof granted.token === "string" && granted.token.length > 0, JSON.stringify(Object.keys(granted)));
+  const foreign = await auth(env("TOKEN_A"), env("FOREIGN_ROOM"));
+  check("another workspace's room is refused", foreign.error === "forbidden", JSON.stringify(foreign));
+  const removed = await auth(env("TOKEN_REMOVED"), env("DOC_ROOM"));
+  check("a removed member is refused", removed.error === "forbidden" && removed.reason.includes("removed"), JSON.stringify(removed));
 
   // A page of another origin gets no CORS grant: the browser refuses it the answer.
   const other = await open(`http://127.0.0.1:${env("OTHER_PORT")}`);

@@ -112,6 +112,37 @@ async fn two_users_in_a_real_browser_see_each_other_live_and_resume() {
         .unwrap()
     };
 
+    // Liveblocks rooms: a document of the members' workspace, a room of another workspace,
+    // and a member removed after their token was issued.
+    let doc_room = liveblocks_room(&mut ws, &service, "org_browser", true).await;
+    ws.upsert_workspace(service_harness::bearer(
+        wsp::UpsertWorkspaceCommand {
+            event_id: "browser-ws-2".into(),
+            occurred_at: service_harness::ts(now - 60),
+            clerk_org_id: "org_elsewhere".into(),
+            name: "Elsewhere".into(),
+            ..Default::default()
+        },
+        &service,
+    ))
+    .await
+    .unwrap();
+    let foreign_room = liveblocks_room(&mut ws, &service, "org_elsewhere", false).await;
+    let removed_token = token("user_browser_removed");
+    ws.delete_membership(service_harness::bearer(
+        wsp::DeleteMembershipCommand {
+            event_id: "browser-removal".into(),
+            occurred_at: service_harness::ts(token_auth::signing::now_secs() + 2),
+            event_time: service_harness::ts(token_auth::signing::now_secs() + 2),
+            clerk_org_id: "org_browser".into(),
+            clerk_user_id: "user_browser_removed".into(),
+            ..Default::default()
+        },
+        &service,
+    ))
+    .await
+    .unwrap();
+
     let mut run = Command::new("node");
     run.arg(browser_dir().join("run.mjs"))
         .env("IDENTITY_URL", format!("http://{}", stack.identity_addr))
@@ -119,6 +150,9 @@ async fn two_users_in_a_real_browser_see_each_other_live_and_resume() {
         .env("TOKEN_A", token("user_browser_a"))
         .env("TOKEN_B", token("user_browser_b"))
         .env("CHANNEL_ID", &channel)
+        .env("DOC_ROOM", &doc_room)
+        .env("FOREIGN_ROOM", &foreign_room)
+        .env("TOKEN_REMOVED", &removed_token)
         .env("PAGE_PORT", page_port.to_string())
         .env("OTHER_PORT", other_port.to_string());
     let out = tokio::task::spawn_blocking(move || run.output().expect("node runs"))
@@ -131,7 +165,48 @@ async fn two_users_in_a_real_browser_see_each_other_live_and_resume() {
         "{stdout}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert_eq!(stdout.matches("ok: ").count(), 5, "{stdout}");
+    assert_eq!(stdout.matches("ok: ").count(), 8, "{stdout}");
     stack.stop().await.unwrap();
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A document room in `org` (and, with `doc`, a document in it): its Liveblocks room id.
+async fn liveblocks_room(
+    ws: &mut WorkspaceServiceClient<tonic::transport::Channel>,
+    service: &str,
+    org: &str,
+    doc: bool,
+) -> String {
+    let room = ws
+        .create_room(service_harness::bearer(
+            wsp::CreateRoomRequest {
+                clerk_org_id: org.into(),
+                kind: wsp::RoomKind::Document.into(),
+                name: "Docs".into(),
+            },
+            service,
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .room
+        .unwrap();
+    if !doc {
+        return room.liveblocks_room_id;
+    }
+    ws.create_room_item(service_harness::bearer(
+        wsp::CreateRoomItemRequest {
+            room_id: room.id,
+            kind: wsp::ItemKind::Document.into(),
+            name: "Plan".into(),
+            language: String::new(),
+        },
+        service,
+    ))
+    .await
+    .unwrap()
+    .into_inner()
+    .item
+    .unwrap()
+    .liveblocks_room_id
 }

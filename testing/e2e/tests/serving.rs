@@ -160,6 +160,7 @@ impl wpb::workspace_service_server::WorkspaceService for Workspace {
         list_room_items: wpb::ListRoomItemsRequest => wpb::ListRoomItemsResponse,
         rename_room_item: wpb::RenameRoomItemRequest => wpb::RenameRoomItemResponse,
         delete_room_item: wpb::DeleteRoomItemRequest => wpb::DeleteRoomItemResponse,
+        authorize_liveblocks_room: wpb::AuthorizeLiveblocksRoomRequest => wpb::AuthorizeLiveblocksRoomResponse,
         schedule_meeting: wpb::ScheduleMeetingRequest => wpb::ScheduleMeetingResponse,
         list_meetings: wpb::ListMeetingsRequest => wpb::ListMeetingsResponse,
         cancel_meeting: wpb::CancelMeetingRequest => wpb::CancelMeetingResponse,

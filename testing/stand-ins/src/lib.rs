@@ -8,6 +8,7 @@ mod clerk_api;
 pub mod http_server;
 mod jwks;
 mod liveblocks;
+mod liveblocks_authorize;
 
 pub use clerk::{ClerkStandIn, OrgClaim, ServiceKeys};
 pub use clerk_api::{
@@ -16,3 +17,4 @@ pub use clerk_api::{
 pub use http_server::HttpStandIn;
 pub use jwks::JwksServer;
 pub use liveblocks::{LiveblocksMode, LiveblocksStandIn};
+pub use liveblocks_authorize::Authorization;

@@ -1,4 +1,5 @@
-//! Stand-in for the Liveblocks REST API's `DELETE /v2/rooms/{roomId}` and `GET /v2/rooms`.
+//! Stand-in for the Liveblocks REST API's `DELETE /v2/rooms/{roomId}`, `GET /v2/rooms` and
+//! `POST /v2/authorize-user` (see [`crate::liveblocks_authorize`]).
 //!
 //! Answers as Liveblocks does: 204 with no body when the room existed, 404 `ROOM_NOT_FOUND`
 //! once it is gone, 401 for a wrong key (on both); the listing answers `{"nextCursor":null,
@@ -7,6 +8,7 @@
 //! overall and per room.
 
 use crate::http_server::{HttpStandIn, SeenRequest, empty_response, json_response};
+use crate::liveblocks_authorize::{self as authorize, Authorization};
 use bytes::Bytes;
 use http_body_util::Full;
 use serde_json::json;
@@ -40,6 +42,8 @@ struct State {
     in_flight_rooms: HashMap<String, usize>,
     overlapping_same_room: u64,
     log_deletions: bool,
+    authorizations: Vec<Authorization>,
+    authorize_requests: u64,
 }
 
 /// A running Liveblocks stand-in.
@@ -132,6 +136,22 @@ impl LiveblocksStandIn {
             .unwrap_or_default()
     }
 
+    /// The access tokens issued, in order: what each was asked to grant.
+    pub fn authorizations(&self) -> Vec<Authorization> {
+        self.state
+            .lock()
+            .map(|s| s.authorizations.clone())
+            .unwrap_or_default()
+    }
+
+    /// `POST /v2/authorize-user` requests received, answered or not.
+    pub fn authorize_requests(&self) -> u64 {
+        self.state
+            .lock()
+            .map(|s| s.authorize_requests)
+            .unwrap_or_default()
+    }
+
     /// Requests received.
     pub fn requests(&self) -> u64 {
         self.state.lock().map(|s| s.requests).unwrap_or_default()
@@ -161,6 +181,9 @@ async fn handle(
 ) -> hyper::Response<Full<Bytes>> {
     if req.path == "/v2/rooms" && req.method == hyper::Method::GET {
         return list_rooms(expected_auth, &req);
+    }
+    if req.path == "/v2/authorize-user" {
+        return authorize_user(state, expected_auth, req).await;
     }
     let Some(raw_id) = req
         .path
@@ -239,6 +262,70 @@ async fn handle(
         tracing::info!(room_id = %room, "liveblocks stand-in: room deleted");
     }
     empty_response(204)
+}
+
+/// `POST /v2/authorize-user`: the mode and latency apply as to deletions; then the key, then
+/// the body; an issued token is recorded. Not counted in [`LiveblocksStandIn::requests`].
+async fn authorize_user(
+    state: &Mutex<State>,
+    expected_auth: &str,
+    req: SeenRequest,
+) -> hyper::Response<Full<Bytes>> {
+    let (latency, mode) = {
+        let Ok(mut s) = state.lock() else {
+            return empty_response(500);
+        };
+        s.authorize_requests += 1;
+        (s.latency, s.mode.clone().unwrap_or(LiveblocksMode::Up))
+    };
+    if !latency.is_zero() {
+        tokio::time::sleep(latency).await;
+    }
+    if req.method != hyper::Method::POST {
+        return json_response(405, &json!({"error":"METHOD_NOT_ALLOWED"}));
+    }
+    match mode {
+        LiveblocksMode::Down => return json_response(503, &json!({"error":"SERVICE_UNAVAILABLE"})),
+        LiveblocksMode::RateLimited { retry_after_secs } => {
+            let mut r = json_response(
+                429,
+                &json!({"error":"TOO_MANY_REQUESTS","message":"Rate limit exceeded."}),
+            );
+            r.headers_mut()
+                .insert("retry-after", retry_after_secs.into());
+            return r;
+        }
+        LiveblocksMode::Up | LiveblocksMode::Unprocessable => {}
+    }
+    if !auth_ok(expected_auth, &req) {
+        return json_response(
+            401,
+            &json!({"error":"INVALID_SECRET_KEY","message":"Invalid secret key."}),
+        );
+    }
+    let grant = match authorize::check(&req.body) {
+        Ok(g) => g,
+        Err((status, error, message)) => {
+            return json_response(status, &json!({"error": error, "message": message}));
+        }
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or_default();
+    let Ok(mut s) = state.lock() else {
+        return empty_response(500);
+    };
+    let token = authorize::token(&grant, s.authorizations.len() as u64, now);
+    s.authorizations.push(grant);
+    json_response(200, &json!({ "token": token }))
+}
+
+fn auth_ok(expected_auth: &str, req: &SeenRequest) -> bool {
+    req.headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v == expected_auth)
 }
 
 /// `GET /v2/rooms`: the key is checked like a deletion's; no rooms are listed. Not counted in

@@ -28,6 +28,9 @@ pub enum Caller {
         admin: bool,
         /// When the token was issued (`iat`, seconds): what the token says is as of then.
         issued_at: i64,
+        /// Display name and avatar URL as Clerk put them in the token (`name`, `picture`).
+        name: Option<String>,
+        avatar: Option<String>,
     },
 }
 
@@ -42,6 +45,8 @@ impl Caller {
                 role: u.org.as_ref().map(|o| o.role.clone()),
                 admin: u.org.as_ref().is_some_and(|o| o.is_admin()),
                 issued_at: u.issued_at,
+                name: u.name.clone(),
+                avatar: u.picture.clone(),
             }),
             None => Err(Error::Denied("no verified caller".into())),
         }

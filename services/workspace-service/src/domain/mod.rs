@@ -17,6 +17,7 @@ pub mod messages;
 pub mod purge;
 pub mod receipts;
 pub mod reconcile;
+pub mod room_access;
 pub mod rooms;
 pub mod users;
 pub mod workspaces;

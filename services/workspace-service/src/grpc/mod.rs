@@ -10,6 +10,7 @@ mod meetings;
 mod messages;
 pub mod policy;
 mod reconcile;
+mod room_access;
 mod rooms;
 pub mod routes;
 mod sync;
@@ -56,18 +57,22 @@ pub struct WorkspaceApi {
     ledger: delivery_ledger::Ledger,
     metrics: Metrics,
     wakes: Wakes,
+    /// Liveblocks room tokens (the shared client behind a breaker).
+    room_tokens: crate::liveblocks::RoomTokens,
     /// Bytes one answer may carry (`RESPONSE_MAX_BYTES`).
     response_bytes: usize,
 }
 
 impl WorkspaceApi {
     /// Creates the handler set; `wakes` tell the workers when Liveblocks rooms or a purge are
-    /// queued; pages carry at most `response_bytes`.
+    /// queued; `room_tokens` issues Liveblocks room tokens; pages carry at most
+    /// `response_bytes`.
     pub fn new(
         pool: Pool,
         ledger: delivery_ledger::Ledger,
         metrics: Metrics,
         wakes: Wakes,
+        room_tokens: crate::liveblocks::RoomTokens,
         response_bytes: usize,
     ) -> Self {
         Self {
@@ -75,6 +80,7 @@ impl WorkspaceApi {
             ledger,
             metrics,
             wakes,
+            room_tokens,
             response_bytes,
         }
     }
@@ -400,5 +406,12 @@ impl WorkspaceService for WorkspaceApi {
         req: Request<pb::CancelMeetingRequest>,
     ) -> R<pb::CancelMeetingResponse> {
         meetings::cancel_meeting(self, req).await
+    }
+
+    async fn authorize_liveblocks_room(
+        &self,
+        req: Request<pb::AuthorizeLiveblocksRoomRequest>,
+    ) -> R<pb::AuthorizeLiveblocksRoomResponse> {
+        room_access::authorize_liveblocks_room(self, req).await
     }
 }

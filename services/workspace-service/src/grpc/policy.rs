@@ -55,6 +55,9 @@ pub const CONTENT_METHODS: &[&str] = &[
     "CancelMeeting",
 ];
 
+/// Methods for users only: a Liveblocks room token is issued to a person.
+pub const USER_METHODS: &[&str] = &["AuthorizeLiveblocksRoom"];
+
 /// The content methods that change data: a user's calls to them count against
 /// `USER_WRITES_PER_MINUTE`.
 pub const WRITE_METHODS: &[&str] = &[
@@ -84,5 +87,6 @@ pub fn policy() -> MethodPolicy {
             Access::ServiceNamed(token_auth::GATEWAY_SUBJECT),
         )
         .allow_all(CONTENT_METHODS, Access::UserOrService)
+        .allow_all(USER_METHODS, Access::User)
         .writes(WRITE_METHODS)
 }

@@ -9,6 +9,7 @@
 //! [`KeyCheck`] tries the key at start-up and every few minutes with a cheap authenticated
 //! read, and reports it on `/status`, in the log and in `liveblocks_key_valid`.
 
+pub use crate::liveblocks::{Delivery, HttpLiveblocks, KeyState, LiveblocksApi, encode_room_id};
 use crate::metrics::Metrics;
 use job_queue::{
     Attempt, BreakerSettings, JobHandler, JobRunner, JobTable, Leased, RunnerSettings, job_table,
@@ -23,152 +24,6 @@ use uuid::Uuid;
 
 /// The outbox of Liveblocks rooms to delete.
 pub static CLEANUP_JOBS: JobTable = job_table!("liveblocks_cleanup_jobs", "room_id", "text");
-
-/// What one DELETE call achieved.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Delivery {
-    /// 204: deleted.
-    Deleted,
-    /// 404: already gone (done as well).
-    AlreadyGone,
-    /// 429 / 5xx / timeout / connection error: try again, after `after` when the server said so.
-    Retry {
-        after: Option<Duration>,
-        reason: String,
-    },
-    /// 401 / 403: the secret key is wrong; keep the job until it is fixed.
-    KeyRejected { status: u16 },
-    /// Another 4xx (e.g. 422): keep the job, back off to the maximum, alert.
-    Rejected { status: u16, reason: String },
-}
-
-/// What the key check found.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum KeyState {
-    /// The key was accepted.
-    Valid,
-    /// 401/403: the key is wrong.
-    Rejected { status: u16 },
-    /// No answer that says either (network, 5xx, 429).
-    Unknown { reason: String },
-}
-
-/// The Liveblocks calls the worker needs.
-#[tonic::async_trait]
-pub trait LiveblocksApi: Send + Sync + 'static {
-    /// Deletes a room.
-    async fn delete_room(&self, room_id: &str) -> Delivery;
-    /// Tries the key with a cheap authenticated read (`GET /v2/rooms?limit=1`).
-    async fn check_key(&self) -> KeyState;
-}
-
-/// `encodeURIComponent`: keeps `A-Z a-z 0-9 - _ . ! ~ * ' ( )`, escapes everything else.
-pub fn encode_room_id(room_id: &str) -> String {
-    let mut out = String::with_capacity(room_id.len() * 3);
-    for b in room_id.bytes() {
-        if b.is_ascii_alphanumeric() || b"-_.!~*'()".contains(&b) {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
-
-/// The real Liveblocks REST API over reqwest.
-#[derive(Debug, Clone)]
-pub struct HttpLiveblocks {
-    client: reqwest::Client,
-    base_url: String,
-    secret: service_runtime::Secret,
-}
-
-impl HttpLiveblocks {
-    /// `base_url` like `https://api.liveblocks.io`; each call times out after `timeout`.
-    pub fn new(base_url: &str, secret: &str, timeout: Duration) -> anyhow::Result<Self> {
-        Ok(Self {
-            client: reqwest::Client::builder().timeout(timeout).build()?,
-            base_url: base_url.trim_end_matches('/').to_owned(),
-            secret: secret.into(),
-        })
-    }
-}
-
-fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
-    headers
-        .get(reqwest::header::RETRY_AFTER)?
-        .to_str()
-        .ok()?
-        .trim()
-        .parse::<u64>()
-        .ok()
-        .map(Duration::from_secs)
-}
-
-#[tonic::async_trait]
-impl LiveblocksApi for HttpLiveblocks {
-    async fn check_key(&self) -> KeyState {
-        let url = format!("{}/v2/rooms?limit=1", self.base_url);
-        match self
-            .client
-            .get(&url)
-            .bearer_auth(self.secret.expose())
-            .send()
-            .await
-        {
-            Ok(r) if r.status().is_success() => KeyState::Valid,
-            Ok(r) if matches!(r.status().as_u16(), 401 | 403) => KeyState::Rejected {
-                status: r.status().as_u16(),
-            },
-            Ok(r) => KeyState::Unknown {
-                reason: format!("{} from Liveblocks", r.status().as_u16()),
-            },
-            Err(e) => KeyState::Unknown {
-                reason: format!("request failed: {e}"),
-            },
-        }
-    }
-
-    async fn delete_room(&self, room_id: &str) -> Delivery {
-        let url = format!("{}/v2/rooms/{}", self.base_url, encode_room_id(room_id));
-        let resp = match self
-            .client
-            .delete(&url)
-            .bearer_auth(self.secret.expose())
-            .send()
-            .await
-        {
-            Ok(r) => r,
-            Err(e) => {
-                return Delivery::Retry {
-                    after: None,
-                    reason: format!("request failed: {e}"),
-                };
-            }
-        };
-        let status = resp.status().as_u16();
-        match status {
-            200..=299 => Delivery::Deleted,
-            404 => Delivery::AlreadyGone,
-            401 | 403 => Delivery::KeyRejected { status },
-            429 => Delivery::Retry {
-                after: retry_after(resp.headers()),
-                reason: "429 rate limited".into(),
-            },
-            500..=599 | 408 => Delivery::Retry {
-                after: retry_after(resp.headers()),
-                reason: format!("{status} from Liveblocks"),
-            },
-            _ => {
-                let body = resp.text().await.unwrap_or_default();
-                Delivery::Rejected {
-                    status,
-                    reason: body.chars().take(200).collect(),
-                }
-            }
-        }
-    }
-}
 
 /// Unavailable answers in a row (5xx, timeouts, no connection) that pause the whole worker;
 /// a 429 with `Retry-After` pauses it at once.
@@ -356,17 +211,5 @@ pub async fn check_key_loop(
             _ = tokio::time::sleep(every) => {}
             _ = &mut stop => return,
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn room_ids_are_encoded_like_encode_uri_component() {
-        assert_eq!(encode_room_id("doc:0190-ab"), "doc%3A0190-ab");
-        assert_eq!(encode_room_id("a b/c"), "a%20b%2Fc");
-        assert_eq!(encode_room_id("x!~*'()._"), "x!~*'()._");
     }
 }

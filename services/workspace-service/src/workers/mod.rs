@@ -6,7 +6,6 @@
 pub mod liveblocks;
 pub mod purge;
 
-use crate::config::LiveblocksArgs;
 use crate::metrics::Metrics;
 use liveblocks as cleanup;
 use service_runtime::Boot;
@@ -23,28 +22,19 @@ pub struct Wakes {
     pub purge: Arc<Notify>,
 }
 
-/// Starts the Liveblocks clean-up (and its key check) when a key is set, the purge, and the
+/// Starts the Liveblocks clean-up (and its key check) on `api` when a key is set, the purge, and the
 /// gauges of both queues, on `boot`'s workers (stopped and awaited at shutdown).
 pub fn start(
     boot: &mut Boot,
-    liveblocks: &LiveblocksArgs,
+    api: Option<Arc<dyn cleanup::LiveblocksApi>>,
     cleanup_settings: cleanup::CleanupSettings,
     purge_settings: purge::PurgeSettings,
     metrics: &Metrics,
 ) -> anyhow::Result<Wakes> {
     let wakes = Wakes::default();
 
-    let api_key = liveblocks
-        .liveblocks_secret_key
-        .as_ref()
-        .filter(|s| !s.is_empty());
-    match api_key {
-        Some(secret) => {
-            let api: Arc<dyn cleanup::LiveblocksApi> = Arc::new(cleanup::HttpLiveblocks::new(
-                &liveblocks.liveblocks_api_url,
-                secret.expose(),
-                liveblocks.timeout(),
-            )?);
+    match api {
+        Some(api) => {
             boot.workers.spawn(
                 "liveblocks-key-check",
                 cleanup::check_key_loop(

@@ -11,6 +11,7 @@ mod permissions;
 mod postgres_crash;
 mod purge_scale;
 mod quotas;
+mod room_access;
 mod support;
 mod sync;
 mod watch;

@@ -2,7 +2,7 @@
 // (generated from crates/proto/ with protoc-gen-es, sent with connect-web's gRPC-Web transport). The
 // test page (index.html) exposes it as `window.vbase` for the browser tests to drive; the same
 // calls are what the app makes after sign-in (StoreUser) and in a channel (WatchChannel).
-import { createClient, type Client } from "@connectrpc/connect";
+import { Code, ConnectError, createClient, type Client } from "@connectrpc/connect";
 import { createGrpcWebTransport } from "@connectrpc/connect-web";
 import { IdentityService } from "../gen/vbase/identity/v1/identity_pb.js";
 import { WorkspaceService } from "../gen/vbase/workspace/v1/workspace_pb.js";
@@ -84,6 +84,22 @@ export const vbase = {
   async post(channelId: string, body: string): Promise<void> {
     if (!ws) throw new Error("sign in first");
     await ws.workspace.postMessage({ channelId, body }, { headers: ws.auth });
+  },
+
+  /// Liveblocks' auth callback as the app passes it to `createClient({ authEndpoint })`: the
+  /// token for `roomId`, or the refusal Liveblocks' client takes as final.
+  async liveblocksAuth(s: Settings, roomId: string): Promise<{ token: string } | { error: string; reason: string }> {
+    const c = clients(s);
+    try {
+      const { token } = await c.workspace.authorizeLiveblocksRoom({ roomId }, { headers: c.auth });
+      return { token };
+    } catch (e) {
+      const err = ConnectError.from(e);
+      if (err.code === Code.PermissionDenied || err.code === Code.NotFound) {
+        return { error: "forbidden", reason: err.rawMessage };
+      }
+      throw err;
+    }
   },
 
   seen,

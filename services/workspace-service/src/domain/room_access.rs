@@ -1,0 +1,206 @@
+//! Who may enter a Liveblocks room: the room id names a room (`room:`) or an item (`doc:`,
+//! `code:`, `whiteboard:`), which names its workspace; a user whose active organization is
+//! that workspace and whose membership stands enters it with the permissions of their role.
+
+use super::access::{Caller, check_standing, require_active_user};
+use crate::error::Error;
+use crate::model::ItemKind;
+use crate::model::kinds::ROOM_PREFIX;
+use diesel::OptionalExtension;
+use diesel::QueryableByName;
+use diesel::sql_types::{Text, Uuid as SqlUuid};
+use diesel_async::{AsyncPgConnection, RunQueryDsl};
+use service_runtime::prepared;
+use uuid::Uuid;
+
+/// Longest Liveblocks room id (Liveblocks' limit).
+pub const MAX_ROOM_ID: usize = 128;
+
+/// Full access to the room's storage, presence and comments.
+pub const WRITE: &[&str] = &["room:write"];
+/// Sees the room and shows their own presence; changes nothing.
+pub const READ: &[&str] = &["room:read", "room:presence:write"];
+
+/// What a Liveblocks room id names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LiveblocksRoom {
+    /// A room's own (presence) room, `room:{id}`.
+    Room(Uuid),
+    /// An item's room, `{prefix}:{id}`.
+    Item(ItemKind, Uuid),
+}
+
+impl LiveblocksRoom {
+    /// Reads `{prefix}:{uuid}` with one of our prefixes; anything else is INVALID_ARGUMENT.
+    pub fn parse(id: &str) -> Result<Self, Error> {
+        let bad = || {
+            Error::Invalid(format!(
+                "room_id must be `room:`, `doc:`, `code:` or `whiteboard:` and a UUID (at most {MAX_ROOM_ID} characters)"
+            ))
+        };
+        if id.len() > MAX_ROOM_ID {
+            return Err(bad());
+        }
+        let (prefix, rest) = id.split_once(':').ok_or_else(bad)?;
+        let uuid = Uuid::try_parse(rest).map_err(|_| bad())?;
+        // Only the canonical spelling names a room: the id is Liveblocks' key as we write it.
+        if uuid.to_string() != rest {
+            return Err(bad());
+        }
+        if prefix == ROOM_PREFIX {
+            return Ok(Self::Room(uuid));
+        }
+        ItemKind::ALL
+            .into_iter()
+            .find(|k| k.prefix() == prefix)
+            .map(|k| Self::Item(k, uuid))
+            .ok_or_else(bad)
+    }
+
+    /// The room id as Liveblocks knows it.
+    pub fn id(self) -> String {
+        match self {
+            Self::Room(id) => crate::model::RoomKind::liveblocks_room(id),
+            Self::Item(kind, id) => kind.liveblocks_room(id),
+        }
+    }
+
+    /// Selects `clerk_org_id` of the owner of `$1`; nothing for a deleted room or workspace.
+    fn owner_sql(self) -> &'static str {
+        macro_rules! item {
+            ($table:literal) => {
+                concat!(
+                    "SELECT w.clerk_org_id FROM ",
+                    $table,
+                    " i JOIN rooms r ON r.id = i.room_id JOIN workspaces w ON w.id = r.workspace_id",
+                    " WHERE i.id = $1 AND r.deleted_at IS NULL AND w.deleted_at IS NULL"
+                )
+            };
+        }
+        match self {
+            Self::Room(_) => {
+                "SELECT w.clerk_org_id FROM rooms r JOIN workspaces w ON w.id = r.workspace_id
+                  WHERE r.id = $1 AND r.deleted_at IS NULL AND w.deleted_at IS NULL"
+            }
+            Self::Item(ItemKind::Document, _) => item!("documents"),
+            Self::Item(ItemKind::CodeFile, _) => item!("code_files"),
+            Self::Item(ItemKind::Whiteboard, _) => item!("whiteboards"),
+        }
+    }
+
+    fn uuid(self) -> Uuid {
+        match self {
+            Self::Room(id) | Self::Item(_, id) => id,
+        }
+    }
+}
+
+/// The permissions a role gets on its workspace's rooms: admins and members both edit
+/// documents, code and whiteboards; any other (custom) role only reads and shows presence.
+pub fn permissions_for(role: &str) -> &'static [&'static str] {
+    match role {
+        "org:admin" | "org:member" => WRITE,
+        _ => READ,
+    }
+}
+
+/// Who enters which room with which permissions (what Liveblocks is asked to sign).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoomEntry {
+    pub room_id: String,
+    pub user_id: String,
+    pub name: Option<String>,
+    pub avatar: Option<String>,
+    pub permissions: &'static [&'static str],
+}
+
+/// Decides whether `caller` may enter `room`: NOT_FOUND when nothing live owns it,
+/// PERMISSION_DENIED for services, for users whose active organization is another, and for
+/// users removed (or whose membership was removed or role changed) after their token.
+pub async fn room_entry(
+    conn: &mut AsyncPgConnection,
+    caller: &Caller,
+    room: LiveblocksRoom,
+) -> Result<RoomEntry, Error> {
+    let Caller::User {
+        id,
+        role,
+        name,
+        avatar,
+        ..
+    } = caller
+    else {
+        return Err(Error::Denied(
+            "Liveblocks room tokens are issued to users only".into(),
+        ));
+    };
+    #[derive(QueryableByName)]
+    struct Owner {
+        #[diesel(sql_type = Text)]
+        clerk_org_id: String,
+    }
+    let owner: Option<Owner> = prepared(room.owner_sql())
+        .bind::<SqlUuid, _>(room.uuid())
+        .get_result(conn)
+        .await
+        .optional()?;
+    let owner = owner.ok_or_else(|| Error::NotFound("no such Liveblocks room".into()))?;
+    caller.check_org(&owner.clerk_org_id)?;
+    check_standing(conn, caller, &owner.clerk_org_id).await?;
+    require_active_user(conn, caller).await?;
+    Ok(RoomEntry {
+        room_id: room.id(),
+        user_id: id.clone(),
+        name: name.clone(),
+        avatar: avatar.clone(),
+        permissions: permissions_for(role.as_deref().unwrap_or_default()),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn room_ids_parse_only_with_our_prefixes_and_canonical_uuids() {
+        let id = Uuid::now_v7();
+        for (text, want) in [
+            (format!("room:{id}"), LiveblocksRoom::Room(id)),
+            (
+                format!("doc:{id}"),
+                LiveblocksRoom::Item(ItemKind::Document, id),
+            ),
+            (
+                format!("code:{id}"),
+                LiveblocksRoom::Item(ItemKind::CodeFile, id),
+            ),
+            (
+                format!("whiteboard:{id}"),
+                LiveblocksRoom::Item(ItemKind::Whiteboard, id),
+            ),
+        ] {
+            assert_eq!(LiveblocksRoom::parse(&text).unwrap(), want);
+            assert_eq!(want.id(), text);
+        }
+        let upper = id.to_string().to_uppercase();
+        for bad in [
+            String::new(),
+            id.to_string(),
+            format!("sheet:{id}"),
+            format!("doc:{upper}"),
+            format!("doc:{id}x"),
+            format!("doc:{id}:x"),
+            "doc:*".to_owned(),
+        ] {
+            assert!(LiveblocksRoom::parse(&bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn members_and_admins_write_other_roles_read() {
+        assert_eq!(permissions_for("org:admin"), WRITE);
+        assert_eq!(permissions_for("org:member"), WRITE);
+        assert_eq!(permissions_for("org:billing"), READ);
+        assert_eq!(permissions_for(""), READ);
+    }
+}

@@ -1,0 +1,26 @@
+//! Liveblocks room access: the domain decides who enters which room with which permissions,
+//! Liveblocks signs the access token. No connection is held while Liveblocks answers.
+
+use super::{R, WorkspaceApi, ok};
+use crate::domain::access::Caller;
+use crate::domain::room_access::{LiveblocksRoom, room_entry};
+use token_auth::Principal;
+use tonic::Request;
+use vbase_proto::workspace::v1 as pb;
+
+pub(super) async fn authorize_liveblocks_room(
+    api: &WorkspaceApi,
+    req: Request<pb::AuthorizeLiveblocksRoomRequest>,
+) -> R<pb::AuthorizeLiveblocksRoomResponse> {
+    let caller = Caller::from_principal(req.extensions().get::<Principal>())?;
+    let room = LiveblocksRoom::parse(&req.into_inner().room_id)?;
+    let entry = {
+        let mut conn = api.conn().await?;
+        room_entry(&mut conn, &caller, room).await?
+    };
+    let token = api.room_tokens.issue(&entry).await?;
+    ok(pb::AuthorizeLiveblocksRoomResponse {
+        token: token.into_inner(),
+        permissions: entry.permissions.iter().map(|p| (*p).to_owned()).collect(),
+    })
+}

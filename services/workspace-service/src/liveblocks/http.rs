@@ -1,0 +1,214 @@
+//! The Liveblocks REST API over reqwest: one client, the secret key, the timeouts.
+
+use super::{AccessToken, AuthorizeError, Delivery, KeyState, LiveblocksApi, encode_room_id};
+use crate::domain::room_access::RoomEntry;
+use serde_json::{Map, Value, json};
+use std::time::Duration;
+
+/// Longest wait for a room token: a browser is waiting to open the room.
+pub const AUTHORIZE_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// The real Liveblocks REST API over reqwest.
+#[derive(Debug, Clone)]
+pub struct HttpLiveblocks {
+    client: reqwest::Client,
+    base_url: String,
+    secret: service_runtime::Secret,
+    /// The timeout of a room-token call: [`AUTHORIZE_TIMEOUT`], or `timeout` if shorter.
+    authorize_timeout: Duration,
+}
+
+impl HttpLiveblocks {
+    /// `base_url` like `https://api.liveblocks.io`; each call times out after `timeout`
+    /// (room-token calls after [`AUTHORIZE_TIMEOUT`] if that is shorter).
+    pub fn new(base_url: &str, secret: &str, timeout: Duration) -> anyhow::Result<Self> {
+        Ok(Self {
+            client: reqwest::Client::builder().timeout(timeout).build()?,
+            base_url: base_url.trim_end_matches('/').to_owned(),
+            secret: secret.into(),
+            authorize_timeout: timeout.min(AUTHORIZE_TIMEOUT),
+        })
+    }
+}
+
+fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
+    headers
+        .get(reqwest::header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse::<u64>()
+        .ok()
+        .map(Duration::from_secs)
+}
+
+/// The body of `POST /v2/authorize-user`: one room, its permissions, and the user's info
+/// when the token had any.
+fn authorize_body(entry: &RoomEntry) -> Value {
+    let mut info = Map::new();
+    if let Some(name) = &entry.name {
+        info.insert("name".into(), json!(name));
+    }
+    if let Some(avatar) = &entry.avatar {
+        info.insert("avatar".into(), json!(avatar));
+    }
+    let mut body = json!({
+        "userId": entry.user_id,
+        "permissions": { entry.room_id.clone(): entry.permissions },
+    });
+    if !info.is_empty() {
+        body["userInfo"] = Value::Object(info);
+    }
+    body
+}
+
+/// The `error` code of a Liveblocks error body (never the whole body).
+fn error_code(body: &str) -> String {
+    serde_json::from_str::<Value>(body)
+        .ok()
+        .and_then(|v| {
+            v.get("error")?
+                .as_str()
+                .map(|s| s.chars().take(80).collect())
+        })
+        .unwrap_or_else(|| "no error code".into())
+}
+
+#[tonic::async_trait]
+impl LiveblocksApi for HttpLiveblocks {
+    async fn check_key(&self) -> KeyState {
+        let url = format!("{}/v2/rooms?limit=1", self.base_url);
+        match self
+            .client
+            .get(&url)
+            .bearer_auth(self.secret.expose())
+            .send()
+            .await
+        {
+            Ok(r) if r.status().is_success() => KeyState::Valid,
+            Ok(r) if matches!(r.status().as_u16(), 401 | 403) => KeyState::Rejected {
+                status: r.status().as_u16(),
+            },
+            Ok(r) => KeyState::Unknown {
+                reason: format!("{} from Liveblocks", r.status().as_u16()),
+            },
+            Err(e) => KeyState::Unknown {
+                reason: format!("request failed: {e}"),
+            },
+        }
+    }
+
+    async fn delete_room(&self, room_id: &str) -> Delivery {
+        let url = format!("{}/v2/rooms/{}", self.base_url, encode_room_id(room_id));
+        let resp = match self
+            .client
+            .delete(&url)
+            .bearer_auth(self.secret.expose())
+            .send()
+            .await
+        {
+            Ok(r) => r,
+            Err(e) => {
+                return Delivery::Retry {
+                    after: None,
+                    reason: format!("request failed: {e}"),
+                };
+            }
+        };
+        let status = resp.status().as_u16();
+        match status {
+            200..=299 => Delivery::Deleted,
+            404 => Delivery::AlreadyGone,
+            401 | 403 => Delivery::KeyRejected { status },
+            429 => Delivery::Retry {
+                after: retry_after(resp.headers()),
+                reason: "429 rate limited".into(),
+            },
+            500..=599 | 408 => Delivery::Retry {
+                after: retry_after(resp.headers()),
+                reason: format!("{status} from Liveblocks"),
+            },
+            _ => {
+                let body = resp.text().await.unwrap_or_default();
+                Delivery::Rejected {
+                    status,
+                    reason: body.chars().take(200).collect(),
+                }
+            }
+        }
+    }
+
+    async fn authorize_user(&self, entry: &RoomEntry) -> Result<AccessToken, AuthorizeError> {
+        let url = format!("{}/v2/authorize-user", self.base_url);
+        let unavailable = |reason: String| AuthorizeError::Unavailable { reason };
+        let resp = self
+            .client
+            .post(&url)
+            .bearer_auth(self.secret.expose())
+            .timeout(self.authorize_timeout)
+            .json(&authorize_body(entry))
+            .send()
+            .await
+            .map_err(|e| unavailable(format!("request failed: {e}")))?;
+        let status = resp.status().as_u16();
+        match status {
+            200..=299 => {}
+            401 | 403 => return Err(AuthorizeError::KeyRejected { status }),
+            429 | 408 | 500..=599 => return Err(unavailable(format!("{status} from Liveblocks"))),
+            _ => {
+                let body = resp.text().await.unwrap_or_default();
+                return Err(AuthorizeError::Rejected {
+                    status,
+                    reason: error_code(&body),
+                });
+            }
+        }
+        // The body holds the token: it is parsed, never logged.
+        let body: Value = resp
+            .json()
+            .await
+            .map_err(|e| unavailable(format!("answer not read: {}", e.without_url())))?;
+        match body.get("token").and_then(Value::as_str) {
+            Some(t) if !t.is_empty() => Ok(AccessToken::new(t.to_owned())),
+            _ => Err(AuthorizeError::Rejected {
+                status,
+                reason: "the answer holds no token".into(),
+            }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(name: Option<&str>, avatar: Option<&str>) -> RoomEntry {
+        RoomEntry {
+            room_id: "doc:1".into(),
+            user_id: "user_1".into(),
+            name: name.map(Into::into),
+            avatar: avatar.map(Into::into),
+            permissions: crate::domain::room_access::WRITE,
+        }
+    }
+
+    #[test]
+    fn the_body_names_one_room_and_only_the_user_info_the_token_had() {
+        assert_eq!(
+            authorize_body(&entry(Some("Ada"), Some("https://img/a"))),
+            json!({"userId": "user_1", "userInfo": {"name": "Ada", "avatar": "https://img/a"},
+                   "permissions": {"doc:1": ["room:write"]}})
+        );
+        assert_eq!(
+            authorize_body(&entry(None, None)),
+            json!({"userId": "user_1", "permissions": {"doc:1": ["room:write"]}})
+        );
+    }
+
+    #[test]
+    fn room_ids_are_encoded_like_encode_uri_component() {
+        assert_eq!(encode_room_id("doc:0190-ab"), "doc%3A0190-ab");
+        assert_eq!(encode_room_id("a b/c"), "a%20b%2Fc");
+        assert_eq!(encode_room_id("x!~*'()._"), "x!~*'()._");
+    }
+}

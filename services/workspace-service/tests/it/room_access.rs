@@ -1,0 +1,280 @@
+//! `AuthorizeLiveblocksRoom`: a member of the room's workspace gets a Liveblocks access token
+//! for exactly that room, with their role's permissions and Clerk's name and avatar; anyone
+//! else gets none, and Liveblocks being down answers UNAVAILABLE quickly.
+
+use crate::support::{self, Env, bearer};
+use serde_json::json;
+use stand_ins::{LiveblocksMode, OrgClaim};
+use std::time::{Duration, Instant};
+use tonic::{Code, Request};
+use vbase_proto::workspace::v1 as pb;
+
+const ORG: &str = "org_a";
+
+/// A user token of the kind the seed's `convex` template makes, with a `picture`.
+fn token_of(env: &Env, user: &str, org: &str, role: &str) -> String {
+    let org = OrgClaim {
+        id: org.into(),
+        role: role.into(),
+        slug: String::new(),
+    };
+    let mut claims = env
+        .issuers
+        .clerk
+        .claims(user, "Ada Lovelace", "ada@example.com", Some(&org));
+    claims["picture"] = json!("https://img.clerk.com/ada.png");
+    env.issuers.clerk.sign(&claims)
+}
+
+fn ask(token: &str, room_id: &str) -> Request<pb::AuthorizeLiveblocksRoomRequest> {
+    bearer(
+        pb::AuthorizeLiveblocksRoomRequest {
+            room_id: room_id.into(),
+        },
+        token,
+    )
+}
+
+/// Workspace [`ORG`] with members, a document room and a document in it: (room, doc) ids
+/// as Liveblocks knows them.
+async fn fixture(env: &Env) -> (String, String) {
+    env.workspace(ORG).await;
+    let mut c = env.client().await;
+    for (user, role) in [
+        ("user_m", "org:member"),
+        ("user_a", "org:admin"),
+        ("user_g", "org:guest"),
+    ] {
+        c.upsert_membership(env.service(support::membership(
+            &format!("m-{user}"),
+            1,
+            ORG,
+            user,
+            role,
+        )))
+        .await
+        .unwrap();
+    }
+    let room = c
+        .create_room(env.member(
+            "user_m",
+            ORG,
+            pb::CreateRoomRequest {
+                clerk_org_id: ORG.into(),
+                kind: pb::RoomKind::Document.into(),
+                name: "Docs".into(),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .room
+        .unwrap();
+    let doc = c
+        .create_room_item(env.member(
+            "user_m",
+            ORG,
+            pb::CreateRoomItemRequest {
+                room_id: room.id.clone(),
+                kind: pb::ItemKind::Document.into(),
+                name: "Plan".into(),
+                language: String::new(),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .item
+        .unwrap();
+    (room.liveblocks_room_id, doc.liveblocks_room_id)
+}
+
+#[tokio::test]
+async fn a_member_gets_a_token_for_exactly_that_room_with_their_role_and_info() {
+    let env = support::start().await;
+    let (room, doc) = fixture(&env).await;
+    let mut c = env.client().await;
+    let cases = [
+        ("user_m", "org:member", &doc, vec!["room:write"]),
+        ("user_a", "org:admin", &room, vec!["room:write"]),
+        (
+            "user_g",
+            "org:guest",
+            &doc,
+            vec!["room:read", "room:presence:write"],
+        ),
+    ];
+    for (user, role, id, perms) in &cases {
+        let answer = c
+            .authorize_liveblocks_room(ask(&token_of(&env, user, ORG, role), id))
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(answer.token.starts_with("ey"), "a JWT: {}", answer.token);
+        assert_eq!(&answer.permissions, perms);
+    }
+    let issued = env.liveblocks.authorizations();
+    assert_eq!(issued.len(), cases.len());
+    for (grant, (user, _, id, perms)) in issued.iter().zip(&cases) {
+        assert_eq!(grant.user_id, *user);
+        assert_eq!(
+            grant.user_info,
+            json!({"name": "Ada Lovelace", "avatar": "https://img.clerk.com/ada.png"})
+        );
+        let want: Vec<String> = perms.iter().map(|p| (*p).to_owned()).collect();
+        assert_eq!(grant.permissions, vec![((*id).clone(), want)]);
+    }
+}
+
+#[tokio::test]
+async fn others_get_no_token() {
+    let env = support::start().await;
+    let (_, doc) = fixture(&env).await;
+    env.workspace("org_b").await;
+    let mut c = env.client().await;
+    // Active in another workspace, or in none.
+    let outsider = token_of(&env, "user_b", "org_b", "org:admin");
+    let refused = c
+        .authorize_liveblocks_room(ask(&outsider, &doc))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::PermissionDenied, "{refused:?}");
+    let none = c
+        .authorize_liveblocks_room(env.issuers.user(
+            "user_m",
+            pb::AuthorizeLiveblocksRoomRequest {
+                room_id: doc.clone(),
+            },
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(none.code(), Code::PermissionDenied, "{none:?}");
+    // Services are not people.
+    let service = c
+        .authorize_liveblocks_room(env.service(pb::AuthorizeLiveblocksRoomRequest {
+            room_id: doc.clone(),
+        }))
+        .await
+        .unwrap_err();
+    assert_eq!(service.code(), Code::PermissionDenied, "{service:?}");
+    // Not our ids, wildcards included.
+    for bad in ["doc:*", "doc:", "sheet:1", &format!("{doc}*")] {
+        let invalid = c
+            .authorize_liveblocks_room(ask(&token_of(&env, "user_m", ORG, "org:member"), bad))
+            .await
+            .unwrap_err();
+        assert_eq!(invalid.code(), Code::InvalidArgument, "{bad}: {invalid:?}");
+    }
+    assert_eq!(env.liveblocks.authorize_requests(), 0);
+}
+
+#[tokio::test]
+async fn a_removed_member_is_refused_at_once() {
+    let env = support::start().await;
+    let (_, doc) = fixture(&env).await;
+    let mut c = env.client().await;
+    let token = token_of(&env, "user_m", ORG, "org:member");
+    c.authorize_liveblocks_room(ask(&token, &doc))
+        .await
+        .unwrap();
+    let after_now = token_auth::signing::now_secs() + 2;
+    c.delete_membership(env.service(pb::DeleteMembershipCommand {
+        event_id: "remove".into(),
+        occurred_at: support::ts(after_now),
+        clerk_org_id: ORG.into(),
+        clerk_user_id: "user_m".into(),
+        event_time: support::ts(after_now),
+        ..Default::default()
+    }))
+    .await
+    .unwrap();
+    let refused = c
+        .authorize_liveblocks_room(ask(&token, &doc))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::PermissionDenied, "{refused:?}");
+    assert!(refused.message().contains("removed"), "{refused:?}");
+    assert_eq!(env.liveblocks.authorizations().len(), 1);
+}
+
+#[tokio::test]
+async fn rooms_that_are_gone_are_not_found() {
+    let env = support::start().await;
+    let (room, doc) = fixture(&env).await;
+    let mut c = env.client().await;
+    let token = token_of(&env, "user_m", ORG, "org:member");
+    let unknown = format!("doc:{}", uuid::Uuid::now_v7());
+    let missing = c
+        .authorize_liveblocks_room(ask(&token, &unknown))
+        .await
+        .unwrap_err();
+    assert_eq!(missing.code(), Code::NotFound, "{missing:?}");
+    c.delete_workspace(env.service(support::delete_ws("del", 2, ORG)))
+        .await
+        .unwrap();
+    for id in [&room, &doc] {
+        let gone = c
+            .authorize_liveblocks_room(ask(&token, id))
+            .await
+            .unwrap_err();
+        assert_eq!(gone.code(), Code::NotFound, "{id}: {gone:?}");
+    }
+    assert_eq!(env.liveblocks.authorize_requests(), 0);
+}
+
+#[tokio::test]
+async fn liveblocks_down_answers_unavailable_quickly() {
+    let env = support::start().await;
+    let (_, doc) = fixture(&env).await;
+    let mut c = env.client().await;
+    let token = token_of(&env, "user_m", ORG, "org:member");
+    let unavailable = |r: Result<_, tonic::Status>| {
+        let e = r.unwrap_err();
+        assert_eq!(e.code(), Code::Unavailable, "{e:?}");
+        assert!(!e.message().contains("ey"), "{e:?}");
+    };
+
+    // A hung Liveblocks: the call ends at the room-token timeout (3 s), not the client's.
+    env.liveblocks.set_latency(Duration::from_secs(30));
+    let started = Instant::now();
+    unavailable(c.authorize_liveblocks_room(ask(&token, &doc)).await);
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(5), "took {took:?}");
+    env.liveblocks.set_latency(Duration::ZERO);
+
+    // Down: refused at once; the hung call and four of these are five failures in a row,
+    // after which the gate answers without asking.
+    env.liveblocks.set_mode(LiveblocksMode::Down);
+    for _ in 0..4 {
+        let started = Instant::now();
+        unavailable(c.authorize_liveblocks_room(ask(&token, &doc)).await);
+        assert!(started.elapsed() < Duration::from_secs(1));
+    }
+    let asked = env.liveblocks.authorize_requests();
+    unavailable(c.authorize_liveblocks_room(ask(&token, &doc)).await);
+    assert_eq!(env.liveblocks.authorize_requests(), asked);
+
+    // Back up: after the cooldown the next call goes through.
+    env.liveblocks.set_mode(LiveblocksMode::Up);
+    support::eventually("gate open", Duration::from_secs(10), || {
+        let mut c = c.clone();
+        let token = token.clone();
+        let doc = doc.clone();
+        async move { c.authorize_liveblocks_room(ask(&token, &doc)).await.is_ok() }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn without_a_key_no_token_is_issued() {
+    let env = support::start_with(false).await;
+    let (_, doc) = fixture(&env).await;
+    let mut c = env.client().await;
+    let token = token_of(&env, "user_m", ORG, "org:member");
+    let e = c
+        .authorize_liveblocks_room(ask(&token, &doc))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::Unavailable, "{e:?}");
+    assert_eq!(env.liveblocks.authorize_requests(), 0);
+}

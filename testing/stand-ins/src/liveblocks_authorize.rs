@@ -1,0 +1,169 @@
+//! `POST /v2/authorize-user` of the Liveblocks stand-in: checks the body as Liveblocks
+//! describes it (a `userId`, optional `userInfo`, `permissions` mapping room ids or `*`-ending
+//! patterns to known permissions) and answers `{"token": "<JWT>"}`. The token is shaped like
+//! Liveblocks' access tokens (`k: "acc"`, `uid`, `perms`, `ui`, an hour's `exp`) and carries no
+//! valid signature: only the stand-in's own records say what it grants.
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use serde_json::{Map, Value, json};
+
+/// The permissions Liveblocks knows.
+pub const KNOWN_PERMISSIONS: &[&str] = &[
+    "room:write",
+    "room:read",
+    "room:presence:write",
+    "comments:write",
+    "comments:read",
+];
+/// Most room entries one token may grant.
+pub const MAX_ENTRIES: usize = 10;
+/// Longest `userId` and room id.
+pub const MAX_ID: usize = 128;
+/// How long a stand-in token lives, as Liveblocks' access tokens do (about an hour).
+pub const TOKEN_SECS: u64 = 3600;
+
+/// One access token the stand-in issued: what it was asked to grant.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Authorization {
+    /// `userId`.
+    pub user_id: String,
+    /// `userInfo` (an empty object when absent).
+    pub user_info: Value,
+    /// Room id or pattern → permissions, in the order sent.
+    pub permissions: Vec<(String, Vec<String>)>,
+}
+
+/// A refusal: the status and the body's `error` and `message`.
+pub type Refusal = (u16, &'static str, String);
+
+fn invalid(message: impl Into<String>) -> Refusal {
+    (422, "INVALID_REQUEST", message.into())
+}
+
+/// Checks a request body.
+pub fn check(body: &[u8]) -> Result<Authorization, Refusal> {
+    let v: Value = serde_json::from_slice(body).map_err(|_| {
+        (
+            400,
+            "INVALID_JSON",
+            "The body is not valid JSON.".to_owned(),
+        )
+    })?;
+    let obj = v
+        .as_object()
+        .ok_or_else(|| invalid("The body must be an object."))?;
+    let user_id = match obj.get("userId") {
+        Some(Value::String(s)) if !s.is_empty() && s.len() <= MAX_ID => s.clone(),
+        _ => {
+            return Err(invalid(
+                "userId must be a non-empty string of at most 128 characters.",
+            ));
+        }
+    };
+    let user_info = match obj.get("userInfo") {
+        None => Value::Object(Map::new()),
+        Some(Value::Object(o)) => {
+            for key in ["name", "avatar"] {
+                if o.get(key).is_some_and(|v| !v.is_string()) {
+                    return Err(invalid(format!("userInfo.{key} must be a string.")));
+                }
+            }
+            Value::Object(o.clone())
+        }
+        Some(_) => return Err(invalid("userInfo must be an object.")),
+    };
+    let Some(Value::Object(perms)) = obj.get("permissions") else {
+        return Err(invalid("permissions must be an object."));
+    };
+    if perms.is_empty() || perms.len() > MAX_ENTRIES {
+        return Err(invalid("permissions must hold 1 to 10 entries."));
+    }
+    let mut permissions = Vec::with_capacity(perms.len());
+    for (room, granted) in perms {
+        let pattern_ok =
+            !room.is_empty() && room.len() <= MAX_ID && !room.trim_end_matches('*').contains('*');
+        if !pattern_ok {
+            return Err(invalid(format!("{room:?} is not a room id or pattern.")));
+        }
+        let list: Option<Vec<String>> = granted.as_array().and_then(|a| {
+            a.iter()
+                .map(|p| {
+                    p.as_str()
+                        .filter(|p| KNOWN_PERMISSIONS.contains(p))
+                        .map(Into::into)
+                })
+                .collect()
+        });
+        match list {
+            Some(l) if !l.is_empty() => permissions.push((room.clone(), l)),
+            _ => {
+                return Err(invalid(format!(
+                    "Unknown or missing permissions for {room:?}."
+                )));
+            }
+        }
+    }
+    Ok(Authorization {
+        user_id,
+        user_info,
+        permissions,
+    })
+}
+
+/// An access-token-shaped JWT for `a` (header, claims, a placeholder signature).
+pub fn token(a: &Authorization, serial: u64, now: u64) -> String {
+    let perms: Map<String, Value> = a
+        .permissions
+        .iter()
+        .map(|(room, p)| (room.clone(), json!(p)))
+        .collect();
+    let header = json!({"alg": "RS256", "typ": "JWT"});
+    let claims = json!({
+        "k": "acc", "pid": "standin", "uid": a.user_id, "perms": perms, "ui": a.user_info,
+        "iat": now, "exp": now + TOKEN_SECS, "jti": format!("standin-{serial}"),
+    });
+    let part = |v: &Value| URL_SAFE_NO_PAD.encode(v.to_string());
+    format!("{}.{}.standin-signature", part(&header), part(&claims))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bodies_are_checked_as_liveblocks_describes_them() {
+        let ok = check(
+            br#"{"userId":"u","userInfo":{"name":"Ada"},"permissions":{"doc:1":["room:write"]}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            ok.permissions,
+            vec![("doc:1".into(), vec!["room:write".into()])]
+        );
+        for (bad, status) in [
+            (&b"not json"[..], 400),
+            (br#"{"permissions":{"a":["room:write"]}}"#, 422),
+            (br#"{"userId":"","permissions":{"a":["room:write"]}}"#, 422),
+            (br#"{"userId":"u"}"#, 422),
+            (br#"{"userId":"u","permissions":{}}"#, 422),
+            (br#"{"userId":"u","permissions":{"a":["room:admin"]}}"#, 422),
+            (br#"{"userId":"u","permissions":{"a":[]}}"#, 422),
+            (
+                br#"{"userId":"u","permissions":{"a*b":["room:read"]}}"#,
+                422,
+            ),
+            (
+                br#"{"userId":"u","userInfo":{"name":1},"permissions":{"a":["room:read"]}}"#,
+                422,
+            ),
+        ] {
+            assert_eq!(
+                check(bad).unwrap_err().0,
+                status,
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+    }
+}
