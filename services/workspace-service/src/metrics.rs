@@ -31,6 +31,18 @@ pub const WATCH_END_REASONS: &[&str] = &[
     "gone", "behind", "memory", "expired", "denied", "deleted", "stopping", "too_old", "error",
 ];
 
+/// Outcomes of a room-token call (`liveblocks_room_tokens`): a token issued, refused
+/// (PERMISSION_DENIED), no such room, Liveblocks or the database unavailable, a malformed room
+/// id, anything else.
+pub const ROOM_TOKEN_OUTCOMES: &[&str] = &[
+    "granted",
+    "denied",
+    "not_found",
+    "unavailable",
+    "invalid",
+    "error",
+];
+
 /// Labels of `workspace_purge_rows`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TableLabels {
@@ -57,6 +69,8 @@ pub struct Metrics {
     pub liveblocks_key_valid: Gauge,
     /// 1 while the clean-up is paused because Liveblocks is unavailable.
     pub liveblocks_paused: Gauge,
+    /// `AuthorizeLiveblocksRoom` calls by outcome.
+    pub room_tokens: Family<OutcomeLabels, Counter>,
     /// Purge jobs given up (kept until retried).
     pub purge_dead_jobs: Gauge,
     /// Live watch streams open on this replica.
@@ -118,6 +132,16 @@ impl Metrics {
             "liveblocks_cleanup_paused",
             "1 while the Liveblocks clean-up is paused because Liveblocks is unavailable (5xx, timeouts, 429); a probe after each pause resumes it",
             m.liveblocks_paused.clone(),
+        );
+        for outcome in ROOM_TOKEN_OUTCOMES {
+            m.room_tokens
+                .get_or_create(&OutcomeLabels { outcome })
+                .inc_by(0);
+        }
+        registry.register(
+            "liveblocks_room_tokens",
+            "AuthorizeLiveblocksRoom calls by outcome (granted, denied, not_found, unavailable, invalid, error)",
+            m.room_tokens.clone(),
         );
         registry.register(
             "workspace_purge_dead_jobs",
@@ -182,6 +206,22 @@ impl Metrics {
     pub fn watch_ended(&self, reason: &'static str) {
         self.watch_ends
             .get_or_create(&ReasonLabels { reason })
+            .inc();
+    }
+
+    /// Counts one room-token call by its result.
+    pub fn room_token<T>(&self, r: &Result<T, crate::error::Error>) {
+        use crate::error::Error;
+        let outcome = match r {
+            Ok(_) => "granted",
+            Err(Error::Denied(_)) => "denied",
+            Err(Error::NotFound(_)) => "not_found",
+            Err(Error::Unavailable(_) | Error::Pool(_)) => "unavailable",
+            Err(Error::Invalid(_)) => "invalid",
+            Err(_) => "error",
+        };
+        self.room_tokens
+            .get_or_create(&OutcomeLabels { outcome })
             .inc();
     }
 

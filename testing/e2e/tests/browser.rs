@@ -128,20 +128,20 @@ async fn two_users_in_a_real_browser_see_each_other_live_and_resume() {
     .await
     .unwrap();
     let foreign_room = liveblocks_room(&mut ws, &service, "org_elsewhere", false).await;
-    let removed_token = token("user_browser_removed");
-    ws.delete_membership(service_harness::bearer(
-        wsp::DeleteMembershipCommand {
-            event_id: "browser-removal".into(),
-            occurred_at: service_harness::ts(token_auth::signing::now_secs() + 2),
-            event_time: service_harness::ts(token_auth::signing::now_secs() + 2),
-            clerk_org_id: "org_browser".into(),
-            clerk_user_id: "user_browser_removed".into(),
-            ..Default::default()
-        },
-        &service,
-    ))
-    .await
-    .unwrap();
+    // The removed member: Clerk's signed membership webhooks through the gateway, the removal
+    // dated after their token was issued.
+    let removed = "user_browser_removed";
+    let now_ms = token_auth::signing::now_secs() * 1000;
+    let created = membership_event("organizationMembership.created", removed, now_ms - 60_000);
+    deliver_webhook(&stack.state, "msg_browser_member", &created).await;
+    let removed_token = token(removed);
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let deleted = membership_event("organizationMembership.deleted", removed, now_ms);
+    deliver_webhook(&stack.state, "msg_browser_removal", &deleted).await;
 
     let mut run = Command::new("node");
     run.arg(browser_dir().join("run.mjs"))
@@ -168,6 +168,38 @@ async fn two_users_in_a_real_browser_see_each_other_live_and_resume() {
     assert_eq!(stdout.matches("ok: ").count(), 8, "{stdout}");
     stack.stop().await.unwrap();
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A Clerk membership event of `user` in `org_browser`, shaped as Clerk's webhooks send it.
+fn membership_event(kind: &str, user: &str, at_ms: i64) -> serde_json::Value {
+    serde_json::json!({
+        "data": {"id": format!("orgmem_browser_{user}"), "object": "organization_membership",
+                 "role": "org:member", "permissions": [], "public_metadata": {},
+                 "organization": {"id": "org_browser", "object": "organization", "name": "Browser"},
+                 "public_user_data": {"user_id": user, "identifier": format!("{user}@example.org"),
+                                      "first_name": "Removed", "last_name": null},
+                 "created_at": at_ms - 60_000, "updated_at": at_ms},
+        "object": "event", "type": kind, "timestamp": at_ms,
+        "instance_id": vbase_stack::DEV_CLERK_INSTANCE,
+    })
+}
+
+/// Posts `body` to the gateway's Clerk endpoint signed as Svix signs it; it must be applied.
+async fn deliver_webhook(state: &vbase_stack::StackState, id: &str, body: &serde_json::Value) {
+    let bytes = body.to_string().into_bytes();
+    let mut req = reqwest::Client::new()
+        .post(format!("{}/clerk", state.gateway_url))
+        .body(bytes.clone());
+    for (k, v) in vbase_stack::sign_webhook(&state.webhook_secret, id, &bytes).unwrap() {
+        req = req.header(k, v);
+    }
+    let r = req.send().await.expect("the gateway answers");
+    let (code, text) = (r.status().as_u16(), r.text().await.unwrap());
+    assert_eq!(
+        (code, text.as_str()),
+        (200, r#"{"outcome":"applied"}"#),
+        "webhook {id}"
+    );
 }
 
 /// A document room in `org` (and, with `doc`, a document in it): its Liveblocks room id.

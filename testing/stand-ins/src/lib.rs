@@ -9,6 +9,7 @@ pub mod http_server;
 mod jwks;
 mod liveblocks;
 mod liveblocks_authorize;
+mod liveblocks_identify;
 
 pub use clerk::{ClerkStandIn, OrgClaim, ServiceKeys};
 pub use clerk_api::{
@@ -18,3 +19,4 @@ pub use http_server::HttpStandIn;
 pub use jwks::JwksServer;
 pub use liveblocks::{LiveblocksMode, LiveblocksStandIn};
 pub use liveblocks_authorize::Authorization;
+pub use liveblocks_identify::Identification;

@@ -1,5 +1,6 @@
-//! Stand-in for the Liveblocks REST API's `DELETE /v2/rooms/{roomId}`, `GET /v2/rooms` and
-//! `POST /v2/authorize-user` (see [`crate::liveblocks_authorize`]).
+//! Stand-in for the Liveblocks REST API's `DELETE /v2/rooms/{roomId}`, `GET /v2/rooms`,
+//! `POST /v2/authorize-user` (see [`crate::liveblocks_authorize`]) and `POST /v2/identify-user`
+//! (see [`crate::liveblocks_identify`]).
 //!
 //! Answers as Liveblocks does: 204 with no body when the room existed, 404 `ROOM_NOT_FOUND`
 //! once it is gone, 401 for a wrong key (on both); the listing answers `{"nextCursor":null,
@@ -9,6 +10,7 @@
 
 use crate::http_server::{HttpStandIn, SeenRequest, empty_response, json_response};
 use crate::liveblocks_authorize::{self as authorize, Authorization};
+use crate::liveblocks_identify::{self as identify, Identification};
 use bytes::Bytes;
 use http_body_util::Full;
 use serde_json::json;
@@ -44,6 +46,8 @@ struct State {
     log_deletions: bool,
     authorizations: Vec<Authorization>,
     authorize_requests: u64,
+    identifications: Vec<Identification>,
+    identify_requests: u64,
 }
 
 /// A running Liveblocks stand-in.
@@ -152,6 +156,22 @@ impl LiveblocksStandIn {
             .unwrap_or_default()
     }
 
+    /// The ID tokens issued, in order: whom each identifies.
+    pub fn identifications(&self) -> Vec<Identification> {
+        self.state
+            .lock()
+            .map(|s| s.identifications.clone())
+            .unwrap_or_default()
+    }
+
+    /// `POST /v2/identify-user` requests received, answered or not.
+    pub fn identify_requests(&self) -> u64 {
+        self.state
+            .lock()
+            .map(|s| s.identify_requests)
+            .unwrap_or_default()
+    }
+
     /// Requests received.
     pub fn requests(&self) -> u64 {
         self.state.lock().map(|s| s.requests).unwrap_or_default()
@@ -183,7 +203,10 @@ async fn handle(
         return list_rooms(expected_auth, &req);
     }
     if req.path == "/v2/authorize-user" {
-        return authorize_user(state, expected_auth, req).await;
+        return issue_token(state, expected_auth, req, TokenKind::Access).await;
+    }
+    if req.path == "/v2/identify-user" {
+        return issue_token(state, expected_auth, req, TokenKind::Id).await;
     }
     let Some(raw_id) = req
         .path
@@ -264,18 +287,32 @@ async fn handle(
     empty_response(204)
 }
 
-/// `POST /v2/authorize-user`: the mode and latency apply as to deletions; then the key, then
-/// the body; an issued token is recorded. Not counted in [`LiveblocksStandIn::requests`].
-async fn authorize_user(
+/// Which token endpoint was called.
+#[derive(Clone, Copy)]
+enum TokenKind {
+    /// `POST /v2/authorize-user`: an access token.
+    Access,
+    /// `POST /v2/identify-user`: an ID token.
+    Id,
+}
+
+/// `POST /v2/authorize-user` and `POST /v2/identify-user`: the mode and latency apply as to
+/// deletions; then the key, then the body; an issued token is recorded. Not counted in
+/// [`LiveblocksStandIn::requests`].
+async fn issue_token(
     state: &Mutex<State>,
     expected_auth: &str,
     req: SeenRequest,
+    kind: TokenKind,
 ) -> hyper::Response<Full<Bytes>> {
     let (latency, mode) = {
         let Ok(mut s) = state.lock() else {
             return empty_response(500);
         };
-        s.authorize_requests += 1;
+        match kind {
+            TokenKind::Access => s.authorize_requests += 1,
+            TokenKind::Id => s.identify_requests += 1,
+        }
         (s.latency, s.mode.clone().unwrap_or(LiveblocksMode::Up))
     };
     if !latency.is_zero() {
@@ -303,22 +340,38 @@ async fn authorize_user(
             &json!({"error":"INVALID_SECRET_KEY","message":"Invalid secret key."}),
         );
     }
-    let grant = match authorize::check(&req.body) {
-        Ok(g) => g,
-        Err((status, error, message)) => {
-            return json_response(status, &json!({"error": error, "message": message}));
-        }
-    };
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or_default();
-    let Ok(mut s) = state.lock() else {
-        return empty_response(500);
+    let issued = match kind {
+        TokenKind::Access => authorize::check(&req.body).map(|grant| {
+            record(state, |s| {
+                let token = authorize::token(&grant, s.authorizations.len() as u64, now);
+                s.authorizations.push(grant);
+                token
+            })
+        }),
+        TokenKind::Id => identify::check(&req.body).map(|who| {
+            record(state, |s| {
+                let token = identify::token(&who, s.identifications.len() as u64, now);
+                s.identifications.push(who);
+                token
+            })
+        }),
     };
-    let token = authorize::token(&grant, s.authorizations.len() as u64, now);
-    s.authorizations.push(grant);
-    json_response(200, &json!({ "token": token }))
+    match issued {
+        Ok(Some(token)) => json_response(200, &json!({ "token": token })),
+        Ok(None) => empty_response(500),
+        Err((status, error, message)) => {
+            json_response(status, &json!({"error": error, "message": message}))
+        }
+    }
+}
+
+/// Runs `f` on the state (None when its lock is poisoned).
+fn record<T>(state: &Mutex<State>, f: impl FnOnce(&mut State) -> T) -> Option<T> {
+    state.lock().ok().map(|mut s| f(&mut s))
 }
 
 fn auth_ok(expected_auth: &str, req: &SeenRequest) -> bool {
@@ -347,7 +400,66 @@ fn list_rooms(expected_auth: &str, req: &SeenRequest) -> hyper::Response<Full<By
 
 #[cfg(test)]
 mod tests {
-    use super::percent_decode;
+    use super::{LiveblocksMode, LiveblocksStandIn, percent_decode};
+    use serde_json::{Value, json};
+
+    async fn post(
+        live: &LiveblocksStandIn,
+        key: &str,
+        body: impl Into<reqwest::Body>,
+    ) -> (u16, Value) {
+        let r = reqwest::Client::new()
+            .post(format!("{}/v2/identify-user", live.base_url()))
+            .bearer_auth(key)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
+    }
+
+    #[tokio::test]
+    async fn identify_user_answers_an_id_token_and_records_whom() {
+        let live = LiveblocksStandIn::start("sk_test").await.unwrap();
+        let body = json!({"userId": "user_1", "groupIds": ["org_1"],
+                          "userInfo": {"name": "Ada", "avatar": "https://img.example/ada.png"}});
+        let (status, answer) = post(&live, "sk_test", body.to_string()).await;
+        assert_eq!(status, 200, "{answer}");
+        let token = answer["token"].as_str().unwrap();
+        assert_eq!(token.split('.').count(), 3);
+        assert_eq!(
+            answer.as_object().unwrap().len(),
+            1,
+            "only the token: {answer}"
+        );
+        let who = live.identifications();
+        assert_eq!(who.len(), 1);
+        assert_eq!(
+            (who[0].user_id.as_str(), who[0].group_ids.clone()),
+            ("user_1", vec!["org_1".to_owned()])
+        );
+        assert_eq!(who[0].user_info["name"], "Ada");
+        assert!(
+            live.authorizations().is_empty(),
+            "an ID token grants nothing"
+        );
+
+        // Refusals as for authorize-user: the key first, then the body; nothing recorded.
+        let (status, answer) = post(&live, "sk_wrong", body.to_string()).await;
+        assert_eq!(
+            (status, &answer["error"]),
+            (401, &json!("INVALID_SECRET_KEY"))
+        );
+        let (status, answer) = post(&live, "sk_test", "{").await;
+        assert_eq!((status, &answer["error"]), (400, &json!("INVALID_JSON")));
+        let (status, answer) = post(&live, "sk_test", r#"{"groupIds":["g"]}"#).await;
+        assert_eq!((status, &answer["error"]), (422, &json!("INVALID_REQUEST")));
+        live.set_mode(LiveblocksMode::Down);
+        assert_eq!(post(&live, "sk_test", body.to_string()).await.0, 503);
+        assert_eq!(live.identifications().len(), 1);
+        assert_eq!(live.identify_requests(), 5);
+    }
 
     #[test]
     fn decodes_percent_escapes() {

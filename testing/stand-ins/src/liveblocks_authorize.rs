@@ -37,12 +37,12 @@ pub struct Authorization {
 /// A refusal: the status and the body's `error` and `message`.
 pub type Refusal = (u16, &'static str, String);
 
-fn invalid(message: impl Into<String>) -> Refusal {
+pub(crate) fn invalid(message: impl Into<String>) -> Refusal {
     (422, "INVALID_REQUEST", message.into())
 }
 
-/// Checks a request body.
-pub fn check(body: &[u8]) -> Result<Authorization, Refusal> {
+/// Reads the body as a JSON object (400 `INVALID_JSON` when it is not JSON).
+pub(crate) fn json_object(body: &[u8]) -> Result<Map<String, Value>, Refusal> {
     let v: Value = serde_json::from_slice(body).map_err(|_| {
         (
             400,
@@ -50,9 +50,15 @@ pub fn check(body: &[u8]) -> Result<Authorization, Refusal> {
             "The body is not valid JSON.".to_owned(),
         )
     })?;
-    let obj = v
-        .as_object()
-        .ok_or_else(|| invalid("The body must be an object."))?;
+    match v {
+        Value::Object(o) => Ok(o),
+        _ => Err(invalid("The body must be an object.")),
+    }
+}
+
+/// `userId` (required, 1 to 128 characters) and `userInfo` (an object whose `name` and
+/// `avatar`, when present, are strings; an empty object when absent).
+pub(crate) fn user(obj: &Map<String, Value>) -> Result<(String, Value), Refusal> {
     let user_id = match obj.get("userId") {
         Some(Value::String(s)) if !s.is_empty() && s.len() <= MAX_ID => s.clone(),
         _ => {
@@ -73,6 +79,13 @@ pub fn check(body: &[u8]) -> Result<Authorization, Refusal> {
         }
         Some(_) => return Err(invalid("userInfo must be an object.")),
     };
+    Ok((user_id, user_info))
+}
+
+/// Checks a request body.
+pub fn check(body: &[u8]) -> Result<Authorization, Refusal> {
+    let obj = json_object(body)?;
+    let (user_id, user_info) = user(&obj)?;
     let Some(Value::Object(perms)) = obj.get("permissions") else {
         return Err(invalid("permissions must be an object."));
     };

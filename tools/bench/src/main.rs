@@ -55,6 +55,9 @@ enum Row {
     /// Deletion: the delete webhook's latency and the purge's throughput.
     Delete,
     Liveblocks,
+    /// A Liveblocks room token (`AuthorizeLiveblocksRoom`) against the stand-in's
+    /// `authorize-user` alone at the same latency.
+    RoomToken,
     /// Reconcile of users, and of organizations and memberships, already in step, against
     /// paging the Clerk stand-in alone.
     Reconcile,
@@ -94,6 +97,9 @@ async fn main() -> Result<()> {
     }
     if want(Row::Liveblocks) {
         rows::liveblocks::run(&b, &mut report).await?;
+    }
+    if want(Row::RoomToken) {
+        rows::room_token::run(&b, &mut report).await?;
     }
     if want(Row::Reconcile) {
         rows::reconcile::run(&b, &mut report).await?;

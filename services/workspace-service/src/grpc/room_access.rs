@@ -4,6 +4,7 @@
 use super::{R, WorkspaceApi, ok};
 use crate::domain::access::Caller;
 use crate::domain::room_access::{LiveblocksRoom, room_entry};
+use crate::error::Error;
 use token_auth::Principal;
 use tonic::Request;
 use vbase_proto::workspace::v1 as pb;
@@ -12,6 +13,16 @@ pub(super) async fn authorize_liveblocks_room(
     api: &WorkspaceApi,
     req: Request<pb::AuthorizeLiveblocksRoomRequest>,
 ) -> R<pb::AuthorizeLiveblocksRoomResponse> {
+    let answer = room_token(api, req).await;
+    api.metrics.room_token(&answer);
+    ok(answer?)
+}
+
+/// The room's entry and its token, counted by outcome by the caller.
+async fn room_token(
+    api: &WorkspaceApi,
+    req: Request<pb::AuthorizeLiveblocksRoomRequest>,
+) -> Result<pb::AuthorizeLiveblocksRoomResponse, Error> {
     let caller = Caller::from_principal(req.extensions().get::<Principal>())?;
     let room = LiveblocksRoom::parse(&req.into_inner().room_id)?;
     let entry = {
@@ -19,7 +30,7 @@ pub(super) async fn authorize_liveblocks_room(
         room_entry(&mut conn, &caller, room).await?
     };
     let token = api.room_tokens.issue(&entry).await?;
-    ok(pb::AuthorizeLiveblocksRoomResponse {
+    Ok(pb::AuthorizeLiveblocksRoomResponse {
         token: token.into_inner(),
         permissions: entry.permissions.iter().map(|p| (*p).to_owned()).collect(),
     })

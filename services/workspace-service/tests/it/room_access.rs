@@ -278,3 +278,48 @@ async fn without_a_key_no_token_is_issued() {
     assert_eq!(e.code(), Code::Unavailable, "{e:?}");
     assert_eq!(env.liveblocks.authorize_requests(), 0);
 }
+
+#[tokio::test]
+async fn each_outcome_is_counted() {
+    let env = support::start().await;
+    let (_, doc) = fixture(&env).await;
+    let mut c = env.client().await;
+    let member = token_of(&env, "user_m", ORG, "org:member");
+    let outsider = token_of(&env, "user_x", "org_b", "org:member");
+    let unknown = format!("doc:{}", uuid::Uuid::now_v7());
+    let count = |outcome: &'static str| {
+        let env = &env;
+        async move {
+            env.metric(&format!(
+                "liveblocks_room_tokens_total{{outcome=\"{outcome}\"}}"
+            ))
+            .await
+        }
+    };
+    assert_eq!(
+        count("granted").await,
+        Some(0.0),
+        "every outcome from the start"
+    );
+    c.authorize_liveblocks_room(ask(&member, &doc))
+        .await
+        .unwrap();
+    c.authorize_liveblocks_room(ask(&member, &doc))
+        .await
+        .unwrap();
+    let _ = c.authorize_liveblocks_room(ask(&outsider, &doc)).await;
+    let _ = c.authorize_liveblocks_room(ask(&member, &unknown)).await;
+    let _ = c.authorize_liveblocks_room(ask(&member, "sheet:1")).await;
+    env.liveblocks.set_mode(LiveblocksMode::Down);
+    let _ = c.authorize_liveblocks_room(ask(&member, &doc)).await;
+    for (outcome, want) in [
+        ("granted", 2.0),
+        ("denied", 1.0),
+        ("not_found", 1.0),
+        ("invalid", 1.0),
+        ("unavailable", 1.0),
+        ("error", 0.0),
+    ] {
+        assert_eq!(count(outcome).await, Some(want), "{outcome}");
+    }
+}

@@ -6,5 +6,6 @@ pub mod ingest;
 pub mod liveblocks;
 pub mod reads;
 pub mod reconcile;
+pub mod room_token;
 pub mod token;
 pub mod workspace_read;
