@@ -16,6 +16,10 @@ pub struct PgClusterOptions {
     pub durable: bool,
     /// `max_connections`.
     pub max_connections: u32,
+    /// Commits wait until a streaming standby has the WAL (`synchronous_standby_names = '*'`,
+    /// `synchronous_commit = on`, also when not `durable`): a promoted standby then holds every
+    /// commit a client saw succeed. Until a standby connects, commits wait.
+    pub synchronous_standby: bool,
 }
 
 impl Default for PgClusterOptions {
@@ -23,6 +27,7 @@ impl Default for PgClusterOptions {
         Self {
             durable: false,
             max_connections: 300,
+            synchronous_standby: false,
         }
     }
 }
@@ -44,7 +49,13 @@ fn find_bin_dir() -> Result<PathBuf> {
     if let Some(path) = std::env::var_os("PATH") {
         for dir in std::env::split_paths(&path) {
             if dir.join("initdb").is_file() && dir.join("pg_ctl").is_file() {
-                return Ok(dir);
+                // The installation's own directory when these are links into it: the other
+                // programs (pg_basebackup) are there.
+                let real = std::fs::canonicalize(dir.join("pg_ctl"))
+                    .ok()
+                    .and_then(|p| p.parent().map(Path::to_path_buf))
+                    .filter(|d| d.join("pg_basebackup").is_file());
+                return Ok(real.unwrap_or(dir));
             }
         }
     }
@@ -84,6 +95,21 @@ fn unprivileged_account() -> Result<Option<(u32, u32)>> {
     )
 }
 
+/// The durability and replication settings `options` ask for, as `postgres` options (run
+/// through `/bin/sh` by `pg_ctl`, hence the quotes).
+fn settings_line(options: PgClusterOptions) -> String {
+    let mut line = String::new();
+    if !options.durable {
+        line.push_str(" -c fsync=off -c full_page_writes=off");
+    }
+    if options.synchronous_standby {
+        line.push_str(" -c synchronous_commit=on -c synchronous_standby_names='*'");
+    } else if !options.durable {
+        line.push_str(" -c synchronous_commit=off");
+    }
+    line
+}
+
 impl PgCluster {
     /// Creates and starts a new cluster.
     pub fn start(options: PgClusterOptions) -> Result<Self> {
@@ -109,22 +135,94 @@ impl PgCluster {
         // Start the watchdog first: from here on, files are removed whatever happens.
         cluster.spawn_watchdog()?;
         cluster.initdb()?;
+        cluster.start_on_a_free_port(options)?;
+        Ok(cluster)
+    }
+
+    /// Creates and starts a hot standby of `primary`: a copy taken with `pg_basebackup -R`
+    /// (which writes `primary_conninfo` and `standby.signal`), streaming the primary's WAL,
+    /// read-only until [`PgCluster::promote`].
+    pub fn start_standby(primary: &PgCluster, options: PgClusterOptions) -> Result<Self> {
+        let dir = tempfile::Builder::new()
+            .prefix("vbase-pg-standby-")
+            .tempdir()
+            .context("creating a temp dir for the standby")?
+            .keep();
+        if let Some((uid, gid)) = primary.run_as {
+            std::os::unix::fs::chown(&dir, Some(uid), Some(gid))
+                .context("chown of the standby's dir")?;
+        }
+        let mut cluster = Self {
+            bin: primary.bin.clone(),
+            dir,
+            port: 0,
+            run_as: primary.run_as,
+            options_line: String::new(),
+            watchdog: None,
+        };
+        cluster.spawn_watchdog()?;
+        let out = cluster
+            .command(&cluster.bin.join("pg_basebackup"))
+            .arg("-D")
+            .arg(cluster.data_dir())
+            .args([
+                "-R",
+                "-X",
+                "stream",
+                "-c",
+                "fast",
+                "--no-sync",
+                "-h",
+                "127.0.0.1",
+            ])
+            .args(["-p", &primary.port.to_string(), "-U", "postgres"])
+            .stdin(Stdio::null())
+            .output()
+            .context("running pg_basebackup")?;
+        if !out.status.success() {
+            bail!(
+                "pg_basebackup failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        cluster.start_on_a_free_port(options)?;
+        Ok(cluster)
+    }
+
+    /// Promotes a standby to a primary (`pg_ctl promote`, waiting until it accepts writes).
+    pub fn promote(&self) -> Result<()> {
+        let out = self
+            .command(&self.bin.join("pg_ctl"))
+            .arg("-D")
+            .arg(self.data_dir())
+            .args(["-w", "-t", "30", "promote"])
+            .stdin(Stdio::null())
+            .output()
+            .context("running pg_ctl promote")?;
+        if !out.status.success() {
+            bail!(
+                "pg_ctl promote failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(())
+    }
+
+    /// Picks a port and starts the server with `options`, trying again on another port when
+    /// the chosen one was taken meanwhile.
+    fn start_on_a_free_port(&mut self, options: PgClusterOptions) -> Result<()> {
         let mut last_err = None;
         for _ in 0..5 {
-            cluster.port = crate::unused_local_port()?;
-            let durability = if options.durable {
-                ""
-            } else {
-                " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
-            };
-            cluster.options_line = format!(
-                "-p {} -k {} -c listen_addresses=127.0.0.1 -c max_connections={}{durability}",
-                cluster.port,
-                cluster.dir.display(),
-                options.max_connections
+            self.port = crate::unused_local_port()?;
+            self.options_line = format!(
+                "-p {} -k {} -c listen_addresses=127.0.0.1 -c max_connections={}{}",
+                self.port,
+                self.dir.display(),
+                options.max_connections,
+                settings_line(options)
             );
-            match cluster.pg_ctl_start() {
-                Ok(()) => return Ok(cluster),
+            match self.pg_ctl_start() {
+                Ok(()) => return Ok(()),
                 Err(e) => last_err = Some(e),
             }
         }

@@ -4,6 +4,10 @@
 //!   `postgres` OS user when we are root: PostgreSQL refuses to run as root). A watchdog process
 //!   stops the cluster and deletes its directory when the owner goes away, even on a crash or
 //!   SIGKILL, so nothing is left behind.
+//! - [`PgCluster::start_standby`] adds a hot standby of a cluster (`pg_basebackup -R`, streaming
+//!   its WAL; synchronously when the primary was started with
+//!   [`PgClusterOptions::synchronous_standby`]) and [`PgCluster::promote`] makes it the primary:
+//!   the failover tests stop the primary with [`PgCluster::crash`] and promote the standby.
 //! - [`TestDatabases`] hands every test its own database, cloned (`STRATEGY FILE_COPY`, ~15 ms)
 //!   from a template migrated once per server under an advisory lock. It uses `DATABASE_URL`'s
 //!   server when set, else one shared [`PgCluster`] per process.
