@@ -140,6 +140,14 @@ pub fn build_pool_with(
     });
     let manager = AsyncDieselConnectionManager::<AsyncPgConnection>::new_with_config(url, config);
     DeadPool::builder(manager)
+        .pre_recycle(deadpool::managed::Hook::sync_fn(|_, metrics| {
+            if retired(metrics.created) {
+                return Err(deadpool::managed::HookError::Message(
+                    "connected before the server turned read-only".into(),
+                ));
+            }
+            Ok(())
+        }))
         .max_size(max_size)
         .wait_timeout(Some(Duration::from_secs(5)))
         .create_timeout(Some(Duration::from_secs(5)))
@@ -177,6 +185,40 @@ pub async fn run_migrations(
     .context("migration task")?
 }
 
+/// Connections made before this instant are dropped at their next checkout.
+static RETIRED_BEFORE: std::sync::Mutex<Option<std::time::Instant>> = std::sync::Mutex::new(None);
+
+/// Retires every pooled connection open now, in every pool of the process: each is closed at
+/// its next checkout instead of being handed out, and a new one is made in its place. Called
+/// when a statement finds its server read-only (SQLSTATE 25006): the connection reached a
+/// standby, or a primary that was demoted under it (a failover behind a pooler or a virtual
+/// address). New connections are made with the URL's `target_session_attrs=read-write`, so they
+/// find the primary. Connections of other pools are made anew too: a cost of one connection
+/// each, once per such event.
+pub fn retire_connections() {
+    *RETIRED_BEFORE.lock().unwrap_or_else(|e| e.into_inner()) = Some(std::time::Instant::now());
+}
+
+/// Whether a connection made at `created` has been retired.
+fn retired(created: std::time::Instant) -> bool {
+    RETIRED_BEFORE
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .is_some_and(|before| created <= before)
+}
+
+/// Whether `e` says the server refused a write because it is read-only (SQLSTATE 25006: a
+/// standby, or `default_transaction_read_only`).
+pub fn is_read_only_server(e: &diesel::result::Error) -> bool {
+    matches!(
+        e,
+        diesel::result::Error::DatabaseError(
+            diesel::result::DatabaseErrorKind::ReadOnlyTransaction,
+            _
+        )
+    )
+}
+
 /// What kind of database failure happened, for mapping onto gRPC codes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DbFailure {
@@ -202,17 +244,25 @@ pub fn classify(e: &diesel::result::Error) -> DbFailure {
         E::DatabaseError(K::UniqueViolation, _) => DbFailure::UniqueViolation,
         E::DatabaseError(K::ForeignKeyViolation, _) => DbFailure::ForeignKeyViolation,
         E::DatabaseError(K::SerializationFailure, _) => DbFailure::Retryable,
-        E::DatabaseError(K::ClosedConnection, _) | E::BrokenTransactionManager => {
-            DbFailure::Unavailable
-        }
+        // A connection that broke mid-statement (no SQLSTATE: the server went away), or a
+        // server that takes no writes (a standby, or a primary being demoted).
+        E::DatabaseError(
+            K::ClosedConnection | K::UnableToSendCommand | K::ReadOnlyTransaction,
+            _,
+        )
+        | E::BrokenTransactionManager => DbFailure::Unavailable,
         E::DatabaseError(_, info)
             if info.message().contains("deadlock detected")
                 || info.message().contains("statement timeout") =>
         {
             DbFailure::Retryable
         }
+        // 57P01-57P03 and the 08 class: "terminating connection ...", "the database system is
+        // shutting down / starting up / in recovery mode".
         E::DatabaseError(K::Unknown, info)
-            if info.message().contains("connection") || info.message().contains("terminating") =>
+            if info.message().contains("connection")
+                || info.message().contains("terminating")
+                || info.message().starts_with("the database system is") =>
         {
             DbFailure::Unavailable
         }
@@ -289,6 +339,9 @@ pub async fn prune_processed_events(
 /// The gRPC status for a database error: NOT_FOUND, ALREADY_EXISTS, UNAVAILABLE for transient
 /// failures (retry later), INTERNAL otherwise. Details are logged, never returned.
 pub fn status_for(e: &diesel::result::Error) -> tonic::Status {
+    if is_read_only_server(e) {
+        retire_connections();
+    }
     match classify(e) {
         DbFailure::NotFound => tonic::Status::not_found("not found"),
         DbFailure::UniqueViolation => tonic::Status::already_exists("already exists"),
