@@ -19,6 +19,12 @@
    entry of deploy/README.md; every metric an expression uses is one the code registers; the
    rules pass `promtool check rules` and the unit tests in deploy/alerts-test.yaml
    (`promtool test rules`) when promtool is installed.
+8. The database the prod overlay brings (CloudNativePG): every `postgresql.cnpg.io` object
+   validates against the operator's published schema (deploy/schemas/cloudnative-pg, strict: a
+   field the schema does not declare is an error); the Cluster has at least three instances and
+   synchronous replication that never trades durability away; the bootstrap SQL grants what
+   deploy/database-roles.sql grants, for each service; the Pooler runs transaction mode in front
+   of the primary with prepared statements enabled; every object names an existing Cluster.
 """
 import os
 import re
@@ -210,6 +216,77 @@ def check_alerts(overlay, docs):
                 fail(f"{overlay}: promtool test rules:\n{r.stdout}{r.stderr}")
 
 
+CNPG_SCHEMAS = ROOT / "deploy/schemas/cloudnative-pg"
+# The roles each service's grants are made for: (owner, app role, schema).
+SERVICE_ROLES = [("identity_owner", "identity_app", "identity"), ("workspace_owner", "workspace_app", "workspace")]
+
+
+def strict(schema):
+    """`schema` with undeclared fields refused wherever it declares its fields."""
+    if isinstance(schema, list):
+        return [strict(s) for s in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out = {k: strict(v) for k, v in schema.items()}
+    if "properties" in schema and "additionalProperties" not in schema and not schema.get("x-kubernetes-preserve-unknown-fields"):
+        out["additionalProperties"] = False
+    return out
+
+
+def roles_sql():
+    """deploy/database-roles.sql for each service, one statement a line, as the Cluster runs it."""
+    text = "\n".join(l for l in (ROOT / "deploy/database-roles.sql").read_text().splitlines() if not l.strip().startswith("--"))
+    lines = []
+    for owner, app, schema in SERVICE_ROLES:
+        sql = text.replace(':"owner"', f'"{owner}"').replace(':"app"', f'"{app}"').replace(':"schema"', f'"{schema}"')
+        lines += [" ".join(st.split()) for st in sql.split(";") if st.strip()]
+    return lines
+
+
+def check_cloudnative_pg(overlay, docs):
+    import jsonschema
+
+    objects = [d for d in docs if d["apiVersion"].startswith("postgresql.cnpg.io/")]
+    if not objects:
+        return
+    schemas = {}
+    for f in CNPG_SCHEMAS.glob("*.json"):
+        doc = __import__("json").loads(f.read_text())
+        schemas[(doc["apiVersion"], doc["kind"])] = strict(doc["openAPIV3Schema"])
+    clusters = {d["metadata"]["name"]: d for d in objects if d["kind"] == "Cluster"}
+    for d in objects:
+        where = f"{overlay}/{d['kind']}/{d['metadata']['name']}"
+        schema = schemas.get((d["apiVersion"], d["kind"]))
+        if schema is None:
+            fail(f"{where}: no schema for {d['apiVersion']} {d['kind']} in {CNPG_SCHEMAS.relative_to(ROOT)}")
+            continue
+        for e in sorted(jsonschema.Draft7Validator(schema).iter_errors(d), key=str):
+            path = ".".join(str(p) for p in e.absolute_path)
+            fail(f"{where}: {path}: {e.message}")
+        cluster = d["spec"].get("cluster", {}).get("name")
+        if d["kind"] != "Cluster" and cluster not in clusters:
+            fail(f"{where}: names Cluster {cluster!r}, which the overlay does not create")
+    for name, c in clusters.items():
+        spec, where = c["spec"], f"{overlay}/Cluster/{name}"
+        if spec.get("instances", 1) < 3:
+            fail(f"{where}: fewer than 3 instances")
+        sync = spec.get("postgresql", {}).get("synchronous", {})
+        if sync.get("number", 0) < 1 or sync.get("dataDurability") != "required":
+            fail(f"{where}: commits must wait for a replica (synchronous.number >= 1, dataDurability: required)")
+        sql = spec.get("bootstrap", {}).get("initdb", {}).get("postInitApplicationSQL", [])
+        missing = [line for line in roles_sql() if line not in [" ".join(s.split()) for s in sql]]
+        for line in missing:
+            fail(f"{where}: postInitApplicationSQL lacks what deploy/database-roles.sql grants: {line}")
+        if "barmanObjectStore" not in spec.get("backup", {}) and not spec.get("plugins"):
+            fail(f"{where}: no backup configured")
+    for p in (d for d in objects if d["kind"] == "Pooler"):
+        where, bouncer = f"{overlay}/Pooler/{p['metadata']['name']}", p["spec"].get("pgbouncer", {})
+        if p["spec"].get("type", "rw") != "rw" or bouncer.get("poolMode") != "transaction":
+            fail(f"{where}: the services' pooler is type rw in transaction mode")
+        if int(bouncer.get("parameters", {}).get("max_prepared_statements", "0")) < 1:
+            fail(f"{where}: the services use named prepared statements: set max_prepared_statements")
+
+
 def port_of(addr):
     return int(addr.rsplit(":", 1)[1])
 
@@ -233,6 +310,7 @@ def main():
             fail(f"{overlay}: schema validation failed:\n{v.stdout}{v.stderr}")
         docs = [d for d in yaml.safe_load_all(rendered.stdout) if d]
         check_alerts(overlay, docs)
+        check_cloudnative_pg(overlay, docs)
         configmaps = {d["metadata"]["name"]: d.get("data", {}) for d in docs if d["kind"] == "ConfigMap"}
         deployments = [d for d in docs if d["kind"] == "Deployment"]
         cronjobs = [d for d in docs if d["kind"] == "CronJob"]
