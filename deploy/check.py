@@ -339,6 +339,8 @@ def main():
                 for name in sorted(set(env) - reads):
                     fail(f"{where}: sets {name}, which `{binary} {sub}` does not read")
                 check_secret_files(where, spec, c, env)
+                if env.get("DB_POOL_MODE") == "transaction" and not ({"DATABASE_DIRECT_URL", "DATABASE_DIRECT_URL_FILE"} & set(env)):
+                    fail(f"{where}: DB_POOL_MODE=transaction needs DATABASE_DIRECT_URL (LISTEN and the role's settings cannot go through the pooler)")
                 sc = c.get("securityContext", {})
                 for key, want in [("runAsNonRoot", True), ("allowPrivilegeEscalation", False), ("readOnlyRootFilesystem", True)]:
                     if sc.get(key) != want:

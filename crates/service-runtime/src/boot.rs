@@ -97,12 +97,28 @@ impl Boot {
             tracing::info!(?applied, "migrations applied");
         }
         let auth = Arc::new(args.auth.build(audience).map_err(anyhow::Error::msg)?);
-        let pool = crate::db::build_pool_with(
-            args.db.database_url.expose(),
-            args.db.db_pool_size,
-            plans,
-            args.db.limits(),
-        )?;
+        let pool = match args.db.db_pool_mode {
+            crate::db::PoolMode::Session => crate::db::build_pool_with(
+                args.db.database_url.expose(),
+                args.db.db_pool_size,
+                plans,
+                args.db.limits(),
+            )?,
+            crate::db::PoolMode::Transaction => {
+                crate::db::store_role_settings(
+                    args.db.direct_url().expose(),
+                    plans,
+                    args.db.limits(),
+                )
+                .await?;
+                crate::db::build_pool_with(
+                    args.db.database_url.expose(),
+                    args.db.db_pool_size,
+                    PlanCache::Auto,
+                    crate::db::SessionLimits::default(),
+                )?
+            }
+        };
         Ok(Self {
             pool,
             auth,

@@ -21,6 +21,20 @@ pub struct DatabaseArgs {
     /// owns the service's schema. Default: DATABASE_URL.
     #[arg(long, env = "DATABASE_MIGRATION_URL", hide_env_values = true)]
     pub database_migration_url: Option<crate::Secret>,
+    /// PostgreSQL URL of a session of its own on the primary, never through a pooler in
+    /// transaction mode, as the same role as DATABASE_URL: workspace-service's LISTEN
+    /// connection, and where DB_POOL_MODE=transaction stores the session settings. Default:
+    /// DATABASE_URL.
+    #[arg(long, env = "DATABASE_DIRECT_URL", hide_env_values = true)]
+    pub database_direct_url: Option<crate::Secret>,
+    /// What DATABASE_URL reaches: `session` (PostgreSQL, or a pooler in session mode: each
+    /// pooled connection is a session, given its settings with SET), or `transaction` (a pooler
+    /// in transaction mode, such as CloudNativePG's Pooler: PgBouncer 1.21 or later with
+    /// max_prepared_statements above 0). In `transaction` mode nothing is SET on the pooled
+    /// connections; the settings are stored on the role at start (ALTER ROLE, over
+    /// DATABASE_DIRECT_URL), and every server connection the pooler opens takes them.
+    #[arg(long, env = "DB_POOL_MODE", value_enum, default_value_t = PoolMode::Session)]
+    pub db_pool_mode: PoolMode,
     /// Maximum pooled connections (1 to 1000).
     #[arg(long, env = "DB_POOL_SIZE", default_value_t = 16)]
     pub db_pool_size: usize,
@@ -46,6 +60,13 @@ impl DatabaseArgs {
             .unwrap_or(&self.database_url)
     }
 
+    /// The URL of a session of its own on the primary: DATABASE_DIRECT_URL, else DATABASE_URL.
+    pub fn direct_url(&self) -> &crate::Secret {
+        self.database_direct_url
+            .as_ref()
+            .unwrap_or(&self.database_url)
+    }
+
     /// The session limits these settings ask for.
     pub fn limits(&self) -> SessionLimits {
         SessionLimits {
@@ -53,6 +74,45 @@ impl DatabaseArgs {
             idle_in_transaction_timeout_ms: self.db_idle_in_transaction_timeout_ms,
         }
     }
+}
+
+/// What the pool's URL reaches (`DB_POOL_MODE`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum PoolMode {
+    /// Each connection is a server session of its own: settings are SET on it.
+    Session,
+    /// A pooler in transaction mode: a connection's transactions may run on any server
+    /// session, so nothing is SET on it; the settings are the role's.
+    Transaction,
+}
+
+/// Stores `plans` and `limits` as the defaults of the role `direct_url` connects as (which must
+/// be the pool's role), for the pool of a service behind a pooler in transaction mode: every
+/// server session opened from then on starts with them. A role may set its own defaults.
+pub async fn store_role_settings(
+    direct_url: &str,
+    plans: PlanCache,
+    limits: SessionLimits,
+) -> anyhow::Result<()> {
+    use diesel_async::{AsyncConnection, SimpleAsyncConnection};
+    let mut conn = AsyncPgConnection::establish(direct_url)
+        .await
+        .context("connecting to DATABASE_DIRECT_URL to store the role's session settings")?;
+    let plan = match plans {
+        PlanCache::Auto => "RESET plan_cache_mode".to_owned(),
+        PlanCache::CustomOnly => "SET plan_cache_mode = force_custom_plan".to_owned(),
+        PlanCache::GenericOnly => "SET plan_cache_mode = force_generic_plan".to_owned(),
+    };
+    // Numbers only: nothing here comes from outside the process as text.
+    let sql = format!(
+        "ALTER ROLE CURRENT_USER {plan};
+         ALTER ROLE CURRENT_USER SET statement_timeout = {};
+         ALTER ROLE CURRENT_USER SET idle_in_transaction_session_timeout = {};",
+        limits.statement_timeout_ms, limits.idle_in_transaction_timeout_ms
+    );
+    conn.batch_execute(&sql)
+        .await
+        .context("storing the role's session settings (ALTER ROLE CURRENT_USER SET)")
 }
 
 /// Limits set on every pooled connection, so neither a runaway statement nor a transaction

@@ -93,7 +93,9 @@ pub async fn run(
     boot.workers.spawn(
         "change-hub",
         hub.clone().run(
-            config.service.db.database_url.expose().to_owned(),
+            // LISTEN needs a session of its own on the primary (NOTIFY is not replicated, and
+            // a pooler in transaction mode hands sessions round).
+            config.service.db.direct_url().expose().to_owned(),
             boot.lifecycle.stopped(),
         ),
     );

@@ -186,6 +186,8 @@ impl Issuers {
             db: service_runtime::DatabaseArgs {
                 database_url: ephemeral_postgres::app_role_url(database_url).into(),
                 database_migration_url: Some(database_url.into()),
+                database_direct_url: None,
+                db_pool_mode: service_runtime::db::PoolMode::Session,
                 db_pool_size: pool_size,
                 db_statement_timeout_ms: 10_000,
                 db_idle_in_transaction_timeout_ms: 5_000,
