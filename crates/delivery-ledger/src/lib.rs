@@ -132,8 +132,10 @@ impl Ledger {
     }
 
     /// Writes the tally every few seconds and applies the retention every hour, until `stop`;
-    /// then writes the tally once more.
+    /// then writes the tally once more. Its errors are classified as the calls' are, so a
+    /// read-only server retires the stale connections.
     pub async fn upkeep(self, stop: impl Future<Output = ()>) {
+        use service_runtime::db::classify;
         tokio::pin!(stop);
         let mut last_retention: Option<tokio::time::Instant> = None;
         loop {
@@ -144,6 +146,7 @@ impl Ledger {
             match self.pool.get().await {
                 Ok(mut conn) => {
                     if let Err(e) = self.tally.flush(&mut conn).await {
+                        classify(&e);
                         tracing::warn!(error = %e, "writing the sync tally failed; kept for the next try");
                     }
                     match quarantine::counts(&mut conn).await {
@@ -151,7 +154,10 @@ impl Ledger {
                             self.gauges.open.set(c.open);
                             self.gauges.oldest_open_seconds.set(c.oldest_open_seconds);
                         }
-                        Err(e) => tracing::warn!(error = %e, "counting the quarantine failed"),
+                        Err(e) => {
+                            classify(&e);
+                            tracing::warn!(error = %e, "counting the quarantine failed")
+                        }
                     }
                     if !stopping && last_retention.is_none_or(|t| t.elapsed() >= RETENTION_EVERY) {
                         last_retention = Some(tokio::time::Instant::now());
@@ -161,7 +167,10 @@ impl Ledger {
                                 records,
                                 "quarantine retention removed deliveries closed before it"
                             ),
-                            Err(e) => tracing::warn!(error = %e, "quarantine retention failed"),
+                            Err(e) => {
+                                classify(&e);
+                                tracing::warn!(error = %e, "quarantine retention failed")
+                            }
                         }
                     }
                 }

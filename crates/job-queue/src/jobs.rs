@@ -21,7 +21,8 @@ pub struct JobTable {
     pub(crate) lease: &'static str,
     /// Deletes the jobs `$1[i]` leased under `$2[i]`.
     pub(crate) done: &'static str,
-    /// Reschedules job `$1` leased under `$2` in `$4` seconds, recording error `$3`.
+    /// Reschedules job `$1` leased under `$2` in `$4` seconds, recording error `$3`, taking
+    /// back `$5` (0 or 1) attempts.
     pub(crate) retry: &'static str,
     /// Marks job `$1` leased under `$2` dead, recording error `$3`.
     pub(crate) bury: &'static str,
@@ -63,7 +64,8 @@ macro_rules! job_table {
                 concat!(
                     "UPDATE ", $table, "
                         SET leased_until = NULL, lease_token = NULL, last_error = $3,
-                            next_attempt_at = now() + make_interval(secs => $4)
+                            next_attempt_at = now() + make_interval(secs => $4),
+                            attempts = attempts - $5
                       WHERE ", $key, " = $1::", $ty, " AND lease_token = $2"
                 ),
                 concat!(
@@ -156,6 +158,11 @@ pub enum Attempt {
         error: String,
         hold: Option<Duration>,
     },
+    /// Not done because the service's own database could not take it (a read-only server, a
+    /// broken connection: [`service_runtime::db::DbFailure::Unavailable`]): tried again after
+    /// `after`, recording `error`, with the attempt its lease counted taken back, so it never
+    /// makes the job dead. The breaker is not told.
+    Deferred { after: Duration, error: String },
     /// A permanent failure: the job is kept dead, recording `error`, until an operator retries it.
     Dead { error: String },
 }
@@ -321,6 +328,7 @@ pub async fn sample_loop(
         match counted {
             Ok(d) => sampled(d),
             Err(e) => {
+                service_runtime::db::classify_error(&e);
                 tracing::warn!(table = table.name, error = %e, "sampling the job queue failed")
             }
         }

@@ -11,8 +11,9 @@
 
 use crate::breaker::{Breaker, BreakerSettings, Health, Transition};
 use crate::jobs::{Attempt, JobHandler, JobTable, Leased};
-use diesel::sql_types::{Array, BigInt, Double, Nullable, Text, Uuid as SqlUuid};
+use diesel::sql_types::{Array, BigInt, Double, Integer, Nullable, Text, Uuid as SqlUuid};
 use diesel_async::RunQueryDsl;
+use service_runtime::db::classify_error;
 use service_runtime::{Pool, prepared};
 use std::collections::VecDeque;
 use std::future::Future;
@@ -110,6 +111,7 @@ impl<H: JobHandler> JobRunner<H> {
         }
         .await;
         if let Err(e) = released {
+            classify_error(&e);
             // Their leases expire instead.
             tracing::warn!(table = self.table.name, error = %e, "could not give back leased jobs");
         }
@@ -121,6 +123,8 @@ impl<H: JobHandler> JobRunner<H> {
             return;
         };
         let health = match attempt {
+            // The service's own database failed: nothing was learnt about the one called.
+            Attempt::Deferred { .. } => return,
             Attempt::Unavailable { hold, .. } => Health::Unavailable { hold: *hold },
             _ => Health::Answered,
         };
@@ -170,6 +174,7 @@ impl<H: JobHandler> JobRunner<H> {
                 got
             }
             Err(e) => {
+                classify_error(&e);
                 tracing::warn!(table = self.table.name, error = %e, "leasing jobs failed");
                 0
             }
@@ -295,6 +300,7 @@ async fn finish_loop(
             }
         }
         if let Err(e) = record(&pool, table, max_attempts, batch).await {
+            classify_error(&e);
             tracing::warn!(table = table.name, error = %e, "could not record job results; the jobs will be retried");
         }
     }
@@ -319,17 +325,21 @@ async fn record(
             }
             a => a,
         };
+        let taken_back = i32::from(matches!(attempt, Attempt::Deferred { .. }));
         match attempt {
             Attempt::Done => {
                 keys.push(f.job.key);
                 tokens.push(f.token);
             }
-            Attempt::Retry { after, error } | Attempt::Unavailable { after, error, .. } => {
+            Attempt::Retry { after, error }
+            | Attempt::Unavailable { after, error, .. }
+            | Attempt::Deferred { after, error } => {
                 prepared(table.retry)
                     .bind::<Text, _>(&f.job.key)
                     .bind::<SqlUuid, _>(f.token)
                     .bind::<Nullable<Text>, _>(Some(error))
                     .bind::<Double, _>(after.as_secs_f64())
+                    .bind::<Integer, _>(taken_back)
                     .execute(&mut conn)
                     .await?;
             }

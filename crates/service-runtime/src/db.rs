@@ -296,9 +296,14 @@ pub enum DbFailure {
     Other,
 }
 
-/// Classifies a diesel error.
+/// Classifies a diesel error. The one classification of every database error, the calls'
+/// ([`status_for`]) and the background work's (jobs, loops: [`classify_error`]): a read-only
+/// server found anywhere retires the pool's stale connections ([`retire_connections`]).
 pub fn classify(e: &diesel::result::Error) -> DbFailure {
     use diesel::result::{DatabaseErrorKind as K, Error as E};
+    if is_read_only_server(e) {
+        retire_connections();
+    }
     match e {
         E::NotFound => DbFailure::NotFound,
         E::DatabaseError(K::UniqueViolation, _) => DbFailure::UniqueViolation,
@@ -328,6 +333,25 @@ pub fn classify(e: &diesel::result::Error) -> DbFailure {
         }
         _ => DbFailure::Other,
     }
+}
+
+/// [`classify`] for the errors of background work, which carry a database error among others:
+/// the first diesel error in `e`'s chain is classified; a pool or connection error is
+/// [`DbFailure::Unavailable`]; `None` when `e` holds no database error.
+pub fn classify_error(e: &anyhow::Error) -> Option<DbFailure> {
+    e.chain().find_map(|cause| {
+        if let Some(e) = cause.downcast_ref::<diesel::result::Error>() {
+            Some(classify(e))
+        } else if cause
+            .downcast_ref::<diesel_async::pooled_connection::deadpool::PoolError>()
+            .is_some()
+            || cause.downcast_ref::<diesel::ConnectionError>().is_some()
+        {
+            Some(DbFailure::Unavailable)
+        } else {
+            None
+        }
+    })
 }
 
 /// A short fingerprint of a migration set (names), to key test templates by schema version.
@@ -399,9 +423,6 @@ pub async fn prune_processed_events(
 /// The gRPC status for a database error: NOT_FOUND, ALREADY_EXISTS, UNAVAILABLE for transient
 /// failures (retry later), INTERNAL otherwise. Details are logged, never returned.
 pub fn status_for(e: &diesel::result::Error) -> tonic::Status {
-    if is_read_only_server(e) {
-        retire_connections();
-    }
     match classify(e) {
         DbFailure::NotFound => tonic::Status::not_found("not found"),
         DbFailure::UniqueViolation => tonic::Status::already_exists("already exists"),
@@ -436,8 +457,8 @@ pub async fn prune_loop(
         let pruned = match pool.get().await {
             Ok(mut conn) => prune_processed_events(&mut conn, keep)
                 .await
-                .map_err(|e| e.to_string()),
-            Err(e) => Err(e.to_string()),
+                .map_err(anyhow::Error::from),
+            Err(e) => Err(e.into()),
         };
         match pruned {
             Ok(0) => {}
@@ -445,7 +466,10 @@ pub async fn prune_loop(
                 on_pruned(n);
                 tracing::info!(pruned = n, "pruned processed event ids");
             }
-            Err(error) => tracing::warn!(%error, "pruning processed event ids failed"),
+            Err(error) => {
+                classify_error(&error);
+                tracing::warn!(%error, "pruning processed event ids failed")
+            }
         }
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_secs(3600)) => {}

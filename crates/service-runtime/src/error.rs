@@ -45,6 +45,16 @@ impl From<input_validation::Invalid> for Error {
 }
 
 impl Error {
+    /// The database failure behind this error ([`crate::db::classify`]: a read-only server
+    /// retires the stale connections), if it is one; a pool error is `Unavailable`.
+    pub fn db_failure(&self) -> Option<crate::db::DbFailure> {
+        match self {
+            Error::Db(e) => Some(crate::db::classify(e)),
+            Error::Pool(_) => Some(crate::db::DbFailure::Unavailable),
+            _ => None,
+        }
+    }
+
     /// A short label for metrics: `invalid` for the caller's mistakes, `error` otherwise.
     pub fn metric_label(&self) -> &'static str {
         match self {

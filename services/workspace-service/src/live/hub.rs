@@ -114,6 +114,7 @@ impl Hub {
         };
         for w in watched {
             if let Err(e) = self.pump(w).await {
+                service_runtime::db::classify_error(&e);
                 tracing::warn!(error = %e, "reading the change log failed");
             }
         }
@@ -128,6 +129,7 @@ impl Hub {
                 _ = &mut stop => return,
             };
             if let Err(e) = listened {
+                service_runtime::db::classify_error(&e);
                 tracing::warn!(error = %e, "change notifications lost; listening again in 1 s");
             }
             tokio::select! {

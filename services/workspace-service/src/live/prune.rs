@@ -33,7 +33,10 @@ pub async fn prune_loop(
             r = pruned => match r {
                 Ok(0) => {}
                 Ok(n) => tracing::info!(pruned = n, "change log pruned"),
-                Err(e) => tracing::warn!(error = %e, "pruning the change log failed; tried again in an hour"),
+                Err(e) => {
+                    service_runtime::db::classify_error(&e);
+                    tracing::warn!(error = %e, "pruning the change log failed; tried again in an hour")
+                }
             },
             _ = &mut stop => return,
         }

@@ -24,6 +24,7 @@ use job_queue::{
     Attempt, JobHandler, JobRunner, JobTable, Leased, RunnerSettings, backoff, job_table,
 };
 use schedule::{Next, Schedule};
+use service_runtime::db::DbFailure;
 use service_runtime::{Lifecycle, Phase, Pool, prepared};
 use std::future::Future;
 use std::sync::Arc;
@@ -285,13 +286,18 @@ impl JobHandler for PurgeHandler {
         };
         let failed = |e: Error| {
             tracing::warn!(%target, error = %e, "a purge chunk failed and was rolled back; retrying later");
-            Attempt::Retry {
-                after: backoff(
-                    self.settings.backoff_base,
-                    self.settings.backoff_max,
-                    job.attempts,
-                ),
-                error: e.to_string(),
+            let after = backoff(
+                self.settings.backoff_base,
+                self.settings.backoff_max,
+                job.attempts,
+            );
+            let error = e.to_string();
+            // The database's failure, not the purge's (a read-only server: its stale
+            // connections are retired by the classification): not counted toward dead.
+            if e.db_failure() == Some(DbFailure::Unavailable) {
+                Attempt::Deferred { after, error }
+            } else {
+                Attempt::Retry { after, error }
             }
         };
         let lost = || {
