@@ -435,6 +435,38 @@ async fn a_failed_chunk_changes_nothing_and_is_retried() {
     env.assert_only_bookkeeping_left().await;
 }
 
+/// A chunk that meets a read-only server (SQLSTATE 25006, raised here by a trigger; a sequence
+/// counts the tries, outside the rolled-back chunks) is tried again without spending an
+/// attempt, so a long failover never makes the purge dead; once writes are taken it completes.
+#[tokio::test]
+async fn a_chunk_that_meets_a_read_only_server_spends_no_attempt() {
+    let env = start_with(false).await;
+    populate(&env, "org_a").await;
+    env.sql(
+        "CREATE SEQUENCE read_only_tries;
+         CREATE FUNCTION read_only() RETURNS trigger LANGUAGE plpgsql AS $$
+           BEGIN PERFORM nextval('read_only_tries');
+                 RAISE EXCEPTION 'simulated read-only server' USING ERRCODE = '25006'; END $$;
+         CREATE TRIGGER read_only BEFORE DELETE ON code_files FOR EACH ROW EXECUTE FUNCTION read_only();",
+    )
+    .await;
+    delete(&env, "d1", "org_a").await;
+    eventually("three tries", Duration::from_secs(20), || async {
+        env.scalar("SELECT last_value FROM read_only_tries").await >= 3
+    })
+    .await;
+    assert_eq!(
+        env.scalar("SELECT count(*) FROM purge_jobs WHERE dead_at IS NULL AND attempts <= 1")
+            .await,
+        1,
+        "the read-only answers were counted as attempts"
+    );
+    env.sql("DROP TRIGGER read_only ON code_files; DROP FUNCTION read_only(); DROP SEQUENCE read_only_tries")
+        .await;
+    env.purges_done().await;
+    env.assert_only_bookkeeping_left().await;
+}
+
 /// Two purge workers beside the service's own, on four jobs with one-row chunks: every chunk
 /// of a job is done under one lease token (an audit trigger records the token of each chunk),
 /// every row goes, and every room is queued once.
