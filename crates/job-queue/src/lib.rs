@@ -7,7 +7,10 @@
 //! worker takes the job again; a result recorded after the lease was taken over changes nothing.
 //!
 //! A job that got a permanent answer, or failed `max_attempts` times, becomes dead
-//! (`dead_at`): no longer leased, kept and visible until an operator retries it. The queue is
+//! (`dead_at`): no longer leased, kept and visible until an operator retries it. An attempt
+//! that the service's own database could not take ([`Attempt::Deferred`]) spends no attempt.
+//! The runner's database errors go through `service_runtime::db::classify_error`, so a
+//! read-only server found by a worker retires the pool's stale connections. The queue is
 //! sampled for its gauges by [`sample_loop`], which runs whether or not a worker does.
 //!
 //! A job table has its key and these columns:
