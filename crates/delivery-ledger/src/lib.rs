@@ -6,16 +6,18 @@
 //! - [`tally`]: per-minute counts of what each sync command did (applied, duplicate, stale),
 //!   written by each replica every few seconds, so an operator's sync status covers every
 //!   replica without a write per webhook.
-//!
 //! - [`runs`]: reconcile runs as the gateway reported them when they finished.
 //! - [`instances`]: the Clerk instances whose webhooks were applied (reconcile deletes only
 //!   with a key of that instance).
 //!
-//! [`Ledger`] serves both to the services' gateway-only intake methods and their admin
-//! services. Each service creates the tables in its own migrations (`quarantined_deliveries`,
-//! `sync_outcomes`, `reconcile_runs`, `clerk_instances`).
+//! [`Ledger`] serves them through [`grpc`]: `vbase.ops.v1.DeliveryIntakeService` for the
+//! webhook gateway and `vbase.ops.v1.DeliveryAdminService` for operators, which each service
+//! mounts with [`Ledger::mount`]. The tables are created by this crate's [`migrations`], which
+//! each service applies with its own.
 
+pub mod grpc;
 pub mod instances;
+pub mod migrations;
 pub mod quarantine;
 pub mod runs;
 pub mod tally;
@@ -67,7 +69,7 @@ impl LedgerArgs {
     }
 }
 
-/// The quarantine and the tally of one service.
+/// The ledger of one service, over its database.
 #[derive(Clone)]
 pub struct Ledger {
     pool: Pool,

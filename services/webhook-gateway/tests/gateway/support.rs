@@ -10,11 +10,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 use vbase_proto::identity::v1 as idp;
-use vbase_proto::identity::v1::identity_admin_service_client::IdentityAdminServiceClient;
 use vbase_proto::identity::v1::identity_service_client::IdentityServiceClient;
 use vbase_proto::ops::v1 as ops;
 use vbase_proto::workspace::v1 as wsp;
-use vbase_proto::workspace::v1::workspace_admin_service_client::WorkspaceAdminServiceClient;
 use vbase_proto::workspace::v1::workspace_service_client::WorkspaceServiceClient;
 
 pub const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
@@ -401,30 +399,31 @@ impl Stack {
 
 pub use webhook_gateway::quarantine::Owner;
 
-/// The operator's view of one service: its admin service, called with an operator token.
-pub enum Admin {
-    Identity(IdentityAdminServiceClient<tonic::transport::Channel>),
-    Workspace(WorkspaceAdminServiceClient<tonic::transport::Channel>),
-}
+pub use vbase_proto::ops::v1::delivery_admin_service_client::DeliveryAdminServiceClient;
+pub use vbase_proto::ops::v1::delivery_intake_service_client::DeliveryIntakeServiceClient;
 
 impl Stack {
-    /// The admin service of `owner`.
-    pub async fn admin(&self, owner: Owner) -> Admin {
+    async fn channel_of(&self, owner: Owner) -> tonic::transport::Channel {
         match owner {
-            Owner::Identity => Admin::Identity(IdentityAdminServiceClient::new(
-                self.identity.as_ref().unwrap().channel().await,
-            )),
-            Owner::Workspace => Admin::Workspace(WorkspaceAdminServiceClient::new(
-                self.workspace.channel().await,
-            )),
+            Owner::Identity => self.identity.as_ref().unwrap().channel().await,
+            Owner::Workspace => self.workspace.channel().await,
         }
     }
 
-    fn audience(owner: Owner) -> &'static str {
-        match owner {
-            Owner::Identity => "identity-service",
-            Owner::Workspace => "workspace-service",
-        }
+    /// The operators' ledger service of `owner` (calls need an operator token).
+    pub async fn admin(
+        &self,
+        owner: Owner,
+    ) -> DeliveryAdminServiceClient<tonic::transport::Channel> {
+        DeliveryAdminServiceClient::new(self.channel_of(owner).await)
+    }
+
+    /// The gateway's ledger service of `owner` (calls need the gateway's token).
+    pub async fn intake(
+        &self,
+        owner: Owner,
+    ) -> DeliveryIntakeServiceClient<tonic::transport::Channel> {
+        DeliveryIntakeServiceClient::new(self.channel_of(owner).await)
     }
 
     /// Quarantined deliveries of `owner` in `state`, as the operator lists them.
@@ -434,17 +433,14 @@ impl Stack {
         state: ops::QuarantineState,
     ) -> Vec<ops::QuarantinedDelivery> {
         let req = self.issuers.operator(
-            Self::audience(owner),
+            owner.audience(),
             ops::ListQuarantinedRequest {
                 page_size: 500,
                 state: state.into(),
                 ..Default::default()
             },
         );
-        let r = match self.admin(owner).await {
-            Admin::Identity(mut c) => c.list_quarantined(req).await,
-            Admin::Workspace(mut c) => c.list_quarantined(req).await,
-        };
+        let r = self.admin(owner).await.list_quarantined(req).await;
         r.unwrap().into_inner().deliveries
     }
 
@@ -460,13 +456,10 @@ impl Stack {
     /// One quarantined delivery with its body.
     pub async fn quarantined_one(&self, owner: Owner, id: &str) -> ops::QuarantinedDelivery {
         let req = self.issuers.operator(
-            Self::audience(owner),
+            owner.audience(),
             ops::GetQuarantinedRequest { svix_id: id.into() },
         );
-        let r = match self.admin(owner).await {
-            Admin::Identity(mut c) => c.get_quarantined(req).await,
-            Admin::Workspace(mut c) => c.get_quarantined(req).await,
-        };
+        let r = self.admin(owner).await.get_quarantined(req).await;
         r.unwrap().into_inner()
     }
 
