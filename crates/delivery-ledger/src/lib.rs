@@ -176,7 +176,7 @@ impl Ledger {
     }
 
     /// `QuarantineDelivery` (gateway only).
-    pub async fn quarantine(
+    pub(crate) async fn quarantine(
         &self,
         r: pb::QuarantineDeliveryRequest,
     ) -> Result<pb::QuarantineDeliveryResponse, Status> {
@@ -195,7 +195,7 @@ impl Ledger {
     }
 
     /// `ListQuarantined`: bodies only when `bodies_allowed` (the gateway's replay).
-    pub async fn list(
+    pub(crate) async fn list(
         &self,
         r: pb::ListQuarantinedRequest,
         bodies_allowed: bool,
@@ -229,7 +229,7 @@ impl Ledger {
     }
 
     /// `GetQuarantined`, with the body.
-    pub async fn get(
+    pub(crate) async fn get(
         &self,
         r: pb::GetQuarantinedRequest,
     ) -> Result<pb::QuarantinedDelivery, Status> {
@@ -247,7 +247,7 @@ impl Ledger {
     }
 
     /// `ResolveQuarantined` (gateway only).
-    pub async fn resolve(
+    pub(crate) async fn resolve(
         &self,
         r: pb::ResolveQuarantinedRequest,
     ) -> Result<pb::ResolveQuarantinedResponse, Status> {
@@ -266,7 +266,7 @@ impl Ledger {
     }
 
     /// `DiscardQuarantined` (operators).
-    pub async fn discard(
+    pub(crate) async fn discard(
         &self,
         r: pb::DiscardQuarantinedRequest,
     ) -> Result<pb::DiscardQuarantinedResponse, Status> {
@@ -291,7 +291,7 @@ impl Ledger {
     }
 
     /// `GetSyncStatus` (operators).
-    pub async fn status(&self) -> Result<pb::GetSyncStatusResponse, Status> {
+    pub(crate) async fn status(&self) -> Result<pb::GetSyncStatusResponse, Status> {
         let mut conn = self.conn().await?;
         let db = |e: diesel::result::Error| service_runtime::db::status_for(&e);
         let commands = tally::status(&mut conn).await.map_err(db)?;
@@ -338,7 +338,7 @@ impl Ledger {
     }
 
     /// `ListClerkInstances` (gateway only).
-    pub async fn clerk_instances(&self) -> Result<pb::ListClerkInstancesResponse, Status> {
+    pub(crate) async fn clerk_instances(&self) -> Result<pb::ListClerkInstancesResponse, Status> {
         let mut conn = self.conn().await?;
         let rows = instances::list(&mut conn)
             .await
@@ -356,7 +356,7 @@ impl Ledger {
     }
 
     /// `ConfirmClerkInstance` (gateway only).
-    pub async fn confirm_clerk_instance(
+    pub(crate) async fn confirm_clerk_instance(
         &self,
         r: pb::ConfirmClerkInstanceRequest,
     ) -> Result<pb::ConfirmClerkInstanceResponse, Status> {
@@ -383,7 +383,7 @@ impl Ledger {
     }
 
     /// `ListReconcileRuns` (operators).
-    pub async fn runs(
+    pub(crate) async fn runs(
         &self,
         r: pb::ListReconcileRunsRequest,
     ) -> Result<pb::ListReconcileRunsResponse, Status> {
