@@ -5,6 +5,7 @@
 use crate::support::*;
 use serde_json::json;
 use service_harness::eventually;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 use tonic::Code;
 use vbase_proto::ops::v1 as ops;
@@ -147,6 +148,28 @@ async fn refused_deliveries_are_kept_then_replayed_exactly_once() {
     assert_eq!(empty_reason.code(), Code::InvalidArgument);
     assert!(s.quarantined(Owner::Identity).await.is_empty());
     assert_eq!(replay(&down, None).await.examined, 1, "only msg_q2 is left");
+}
+
+/// Mid-rollout, a service of another release may not serve the ledger's intake: a delivery
+/// that must be quarantined there is answered 503 (its `QuarantineDelivery` is UNIMPLEMENTED),
+/// so Svix retries it and nothing is lost (the earlier gateway against the later services meets
+/// the same answer for its own `QuarantineDelivery`: deploy/README.md, the upgrade order).
+#[tokio::test]
+async fn a_service_without_the_intake_answers_503_so_svix_retries() {
+    let s = stack_with(
+        SECRET,
+        None,
+        Some("/vbase.ops.v1.DeliveryIntakeService/QuarantineDelivery"),
+        None,
+    )
+    .await;
+    let mut bad_email = user_event("user.updated", "user_u1", "U", T);
+    bad_email["data"]["email_addresses"][1]["email_address"] = json!("not an address");
+    assert_eq!(s.send("msg_u1", &bad_email).await.0, 503);
+    let refused = s.refused_batches.as_ref().unwrap().load(Ordering::SeqCst);
+    assert_eq!(refused, 1, "the intake was asked once");
+    assert!(s.quarantined(Owner::Identity).await.is_empty());
+    assert!(s.user("user_u1").await.is_none(), "nothing was applied");
 }
 
 /// An open delivery keeps its body however old it is (it can always be replayed); a resolved

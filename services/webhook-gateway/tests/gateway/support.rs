@@ -33,14 +33,21 @@ pub struct Stack {
 }
 
 pub async fn stack(secrets: &str) -> Stack {
-    stack_with(secrets, None, false, None).await
+    stack_with(secrets, None, None, None).await
 }
 
-/// An identity-service from before `UpsertUsers` (mid-rollout): an HTTP/2 proxy in front of the
-/// real one that answers that method as a tonic server answers a method it does not have
+/// The path of `UpsertUsers`.
+pub const UPSERT_USERS: &str = "/vbase.identity.v1.IdentityService/UpsertUsers";
+
+/// An identity-service of another release (mid-rollout) that lacks the method at `missing`, such
+/// as one from before `UpsertUsers` ([`UPSERT_USERS`]): an HTTP/2 proxy in front of the real one
+/// that answers that method as a tonic server answers a method it does not have
 /// (UNIMPLEMENTED, trailers only) and passes every other call through. Returns its address and
 /// the count of calls it refused.
-pub async fn older_identity(upstream: SocketAddr) -> (SocketAddr, Arc<AtomicUsize>) {
+pub async fn older_identity(
+    upstream: SocketAddr,
+    missing: &'static str,
+) -> (SocketAddr, Arc<AtomicUsize>) {
     use http_body_util::{Either, Empty};
     use hyper_util::rt::{TokioExecutor, TokioIo};
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -61,8 +68,7 @@ pub async fn older_identity(upstream: SocketAddr) -> (SocketAddr, Arc<AtomicUsiz
                     hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
                         let (mut send, counter) = (send.clone(), Arc::clone(&counter));
                         async move {
-                            if req.uri().path() == "/vbase.identity.v1.IdentityService/UpsertUsers"
-                            {
+                            if req.uri().path() == missing {
                                 counter.fetch_add(1, Ordering::SeqCst);
                                 let refusal = http::Response::builder()
                                     .header("content-type", "application/grpc")
@@ -85,13 +91,13 @@ pub async fn older_identity(upstream: SocketAddr) -> (SocketAddr, Arc<AtomicUsiz
 }
 
 /// `token_file`: use `SERVICE_TOKEN_FILE` (a platform-mounted token) instead of the signing key.
-/// `older`: the gateway reaches identity-service through [`older_identity`].
+/// `older`: the gateway reaches identity-service through [`older_identity`] without this method.
 /// `custom_kid`: the services' JWKS names the gateway's key `(kid, _)`, and the gateway is
 /// told so (`SERVICE_JWT_KEY_ID`) when the flag is true.
 pub async fn stack_with(
     secrets: &str,
     token_file: Option<std::path::PathBuf>,
-    older: bool,
+    older: Option<&'static str>,
     custom_kid: Option<(&str, bool)>,
 ) -> Stack {
     let mut issuers = Issuers::new().await;
@@ -150,8 +156,8 @@ pub async fn stack_with(
     let ic = identity_cfg.clone();
     let identity = RunningServer::start(|l, s| identity_service::run(ic, l, s)).await;
     let workspace = RunningServer::start(|l, s| workspace_service::run(workspace_cfg, l, s)).await;
-    let (identity_addr, refused_batches) = if older {
-        let (addr, refused) = older_identity(identity.addr).await;
+    let (identity_addr, refused_batches) = if let Some(missing) = older {
+        let (addr, refused) = older_identity(identity.addr, missing).await;
         (addr, Some(refused))
     } else {
         (identity.addr, None)
