@@ -7,7 +7,6 @@ use std::path::PathBuf;
 const PROTOS: &[&str] = &[
     "vbase/ops/v1/ops.proto",
     "vbase/identity/v1/identity.proto",
-    "vbase/identity/v1/admin.proto",
     "vbase/workspace/v1/workspace.proto",
     "vbase/workspace/v1/admin.proto",
 ];

@@ -6,16 +6,18 @@
 //! - [`tally`]: per-minute counts of what each sync command did (applied, duplicate, stale),
 //!   written by each replica every few seconds, so an operator's sync status covers every
 //!   replica without a write per webhook.
-//!
 //! - [`runs`]: reconcile runs as the gateway reported them when they finished.
 //! - [`instances`]: the Clerk instances whose webhooks were applied (reconcile deletes only
 //!   with a key of that instance).
 //!
-//! [`Ledger`] serves both to the services' gateway-only intake methods and their admin
-//! services. Each service creates the tables in its own migrations (`quarantined_deliveries`,
-//! `sync_outcomes`, `reconcile_runs`, `clerk_instances`).
+//! [`Ledger`] serves them through [`grpc`]: `vbase.ops.v1.DeliveryIntakeService` for the
+//! webhook gateway and `vbase.ops.v1.DeliveryAdminService` for operators, which each service
+//! mounts with [`Ledger::mount`]. The tables are created by this crate's [`migrations`], which
+//! each service applies with its own.
 
+pub mod grpc;
 pub mod instances;
+pub mod migrations;
 pub mod quarantine;
 pub mod runs;
 pub mod tally;
@@ -67,7 +69,7 @@ impl LedgerArgs {
     }
 }
 
-/// The quarantine and the tally of one service.
+/// The ledger of one service, over its database.
 #[derive(Clone)]
 pub struct Ledger {
     pool: Pool,
@@ -183,7 +185,7 @@ impl Ledger {
     }
 
     /// `QuarantineDelivery` (gateway only).
-    pub async fn quarantine(
+    pub(crate) async fn quarantine(
         &self,
         r: pb::QuarantineDeliveryRequest,
     ) -> Result<pb::QuarantineDeliveryResponse, Status> {
@@ -202,7 +204,7 @@ impl Ledger {
     }
 
     /// `ListQuarantined`: bodies only when `bodies_allowed` (the gateway's replay).
-    pub async fn list(
+    pub(crate) async fn list(
         &self,
         r: pb::ListQuarantinedRequest,
         bodies_allowed: bool,
@@ -236,7 +238,7 @@ impl Ledger {
     }
 
     /// `GetQuarantined`, with the body.
-    pub async fn get(
+    pub(crate) async fn get(
         &self,
         r: pb::GetQuarantinedRequest,
     ) -> Result<pb::QuarantinedDelivery, Status> {
@@ -254,7 +256,7 @@ impl Ledger {
     }
 
     /// `ResolveQuarantined` (gateway only).
-    pub async fn resolve(
+    pub(crate) async fn resolve(
         &self,
         r: pb::ResolveQuarantinedRequest,
     ) -> Result<pb::ResolveQuarantinedResponse, Status> {
@@ -273,7 +275,7 @@ impl Ledger {
     }
 
     /// `DiscardQuarantined` (operators).
-    pub async fn discard(
+    pub(crate) async fn discard(
         &self,
         r: pb::DiscardQuarantinedRequest,
     ) -> Result<pb::DiscardQuarantinedResponse, Status> {
@@ -298,7 +300,7 @@ impl Ledger {
     }
 
     /// `GetSyncStatus` (operators).
-    pub async fn status(&self) -> Result<pb::GetSyncStatusResponse, Status> {
+    pub(crate) async fn status(&self) -> Result<pb::GetSyncStatusResponse, Status> {
         let mut conn = self.conn().await?;
         let db = |e: diesel::result::Error| service_runtime::db::status_for(&e);
         let commands = tally::status(&mut conn).await.map_err(db)?;
@@ -345,7 +347,7 @@ impl Ledger {
     }
 
     /// `ListClerkInstances` (gateway only).
-    pub async fn clerk_instances(&self) -> Result<pb::ListClerkInstancesResponse, Status> {
+    pub(crate) async fn clerk_instances(&self) -> Result<pb::ListClerkInstancesResponse, Status> {
         let mut conn = self.conn().await?;
         let rows = instances::list(&mut conn)
             .await
@@ -363,7 +365,7 @@ impl Ledger {
     }
 
     /// `ConfirmClerkInstance` (gateway only).
-    pub async fn confirm_clerk_instance(
+    pub(crate) async fn confirm_clerk_instance(
         &self,
         r: pb::ConfirmClerkInstanceRequest,
     ) -> Result<pb::ConfirmClerkInstanceResponse, Status> {
@@ -390,7 +392,7 @@ impl Ledger {
     }
 
     /// `ListReconcileRuns` (operators).
-    pub async fn runs(
+    pub(crate) async fn runs(
         &self,
         r: pb::ListReconcileRunsRequest,
     ) -> Result<pb::ListReconcileRunsResponse, Status> {

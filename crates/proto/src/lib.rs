@@ -10,7 +10,8 @@ pub mod identity {
     }
 }
 
-/// `vbase.ops.v1`: what both services record about deliveries (quarantine, sync counts).
+/// `vbase.ops.v1`: what both services record about deliveries (quarantine, sync counts,
+/// reconcile runs, Clerk instances), and the two services that serve it.
 pub mod ops {
     /// Version 1.
     pub mod v1 {

@@ -6,7 +6,6 @@ use crate::db::{DatabaseArgs, PlanCache, Pool};
 use crate::grpc::{GrpcServices, Serve};
 use crate::lifecycle::{Lifecycle, Workers};
 use crate::logging::LogFormat;
-use diesel_migrations::EmbeddedMigrations;
 use prometheus_client::registry::Registry;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -87,7 +86,7 @@ impl Boot {
     pub async fn start(
         args: &ServiceArgs,
         audience: &str,
-        migrations: EmbeddedMigrations,
+        migrations: impl diesel::migration::MigrationSource<diesel::pg::Pg> + Send + 'static,
         plans: PlanCache,
     ) -> anyhow::Result<Self> {
         args.check().map_err(anyhow::Error::msg)?;

@@ -1,10 +1,12 @@
 //! Postgres pool, migrations, and classification of database failures.
 
 use anyhow::Context;
+use diesel::migration::MigrationSource;
+use diesel::pg::Pg;
 use diesel_async::AsyncPgConnection;
 use diesel_async::pooled_connection::AsyncDieselConnectionManager;
 use diesel_async::pooled_connection::deadpool::Pool as DeadPool;
-use diesel_migrations::{EmbeddedMigrations, MigrationHarness};
+use diesel_migrations::MigrationHarness;
 use std::time::Duration;
 
 /// The connection pool type of the services.
@@ -220,7 +222,7 @@ pub fn build_pool_with(
 /// Applies pending migrations, then closes the connection.
 pub async fn run_migrations(
     url: &str,
-    migrations: EmbeddedMigrations,
+    migrations: impl MigrationSource<Pg> + Send + 'static,
 ) -> anyhow::Result<Vec<String>> {
     use diesel::Connection;
     use diesel_async::async_connection_wrapper::AsyncConnectionWrapper;
@@ -355,11 +357,10 @@ pub fn classify_error(e: &anyhow::Error) -> Option<DbFailure> {
 }
 
 /// A short fingerprint of a migration set (names), to key test templates by schema version.
-pub fn migrations_fingerprint(migrations: &EmbeddedMigrations) -> String {
-    use diesel::migration::MigrationSource;
+pub fn migrations_fingerprint(migrations: &impl MigrationSource<Pg>) -> String {
     use std::hash::{Hash, Hasher};
     let mut h = std::collections::hash_map::DefaultHasher::new();
-    if let Ok(list) = MigrationSource::<diesel::pg::Pg>::migrations(migrations) {
+    if let Ok(list) = migrations.migrations() {
         for m in list {
             m.name().to_string().hash(&mut h);
         }

@@ -42,7 +42,7 @@ pub struct AuthArgs {
     #[arg(long, env = "SERVICE_CALLERS", default_value = "")]
     pub service_callers: String,
     /// Comma-separated service token subjects that may call the admin services
-    /// (IdentityAdminService, WorkspaceAdminService) and nothing else; never the gateway's.
+    /// (DeliveryAdminService, WorkspaceAdminService) and nothing else; never the gateway's.
     #[arg(long, env = "OPERATOR_SUBJECTS", default_value = crate::callers::DEFAULT_OPERATOR_SUBJECT)]
     pub operator_subjects: String,
 }

@@ -532,13 +532,13 @@ async fn a_service_key_signs_only_the_subjects_it_is_bound_to() {
         );
     }
     // The admin services' policy: a forged operator token never reaches them.
-    let policy = MethodPolicy::new("vbase.identity.v1.IdentityAdminService")
+    let policy = MethodPolicy::new("vbase.ops.v1.DeliveryAdminService")
         .allow("GetSyncStatus", Access::Operator);
     let call = |key: &SigningKey, sub: &str| {
         policy
             .authorize(
                 &auth,
-                "/vbase.identity.v1.IdentityAdminService/GetSyncStatus",
+                "/vbase.ops.v1.DeliveryAdminService/GetSyncStatus",
                 Some(&format!("Bearer {}", token(key, sub))),
             )
             .map(|_| ())

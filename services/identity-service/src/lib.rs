@@ -2,7 +2,6 @@
 //!
 //! `main.rs` parses [`Config`] and calls [`run`]; tests call [`run`] on `127.0.0.1:0`.
 
-mod admin;
 pub mod batch;
 mod error;
 mod grpc;
@@ -11,16 +10,16 @@ pub mod reconcile;
 mod schema;
 pub mod users;
 
-use diesel_migrations::{EmbeddedMigrations, embed_migrations};
+use diesel_migrations::embed_migrations;
 use service_runtime::{Boot, GrpcServices, ServiceArgs};
 use std::future::Future;
 use std::net::SocketAddr;
 use tokio::net::TcpListener;
-use vbase_proto::identity::v1::identity_admin_service_server::IdentityAdminServiceServer;
 use vbase_proto::identity::v1::identity_service_server::IdentityServiceServer;
 
-/// The schema migrations of identity-service.
-pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations");
+/// The schema migrations of identity-service: its own and the delivery ledger's.
+pub const MIGRATIONS: delivery_ledger::migrations::WithLedger =
+    delivery_ledger::migrations::with_ledger(embed_migrations!("migrations"));
 
 /// gRPC service name, as reported by health checks.
 pub const SERVICE_NAME: &str = "vbase.identity.v1.IdentityService";
@@ -109,19 +108,15 @@ pub async fn run(
         "ledger-upkeep",
         ledger.clone().upkeep(boot.lifecycle.stopped()),
     );
-    let admin = admin::IdentityAdmin {
-        ledger: ledger.clone(),
-    };
     let api = grpc::IdentityApi::new(
         boot.pool.clone(),
-        ledger,
+        ledger.clone(),
         metrics,
         config.group_commit_slots,
         config.lookup_slots,
     );
-    let services = GrpcServices::new()
-        .add(IdentityServiceServer::new(api), grpc::policy())
-        .add(IdentityAdminServiceServer::new(admin), admin::policy());
+    let services =
+        ledger.mount(GrpcServices::new().add(IdentityServiceServer::new(api), grpc::policy()));
     boot.serve(listener, config.metrics_addr, services, shutdown)
         .await
 }

@@ -11,6 +11,7 @@ use tonic::transport::Channel;
 use tonic::{Code, Request, Status};
 use vbase_proto::identity::v1 as pb;
 use vbase_proto::identity::v1::identity_service_client::IdentityServiceClient;
+use vbase_proto::ops::v1::delivery_intake_service_client::DeliveryIntakeServiceClient;
 use vbase_proto::workspace::v1::workspace_service_client::WorkspaceServiceClient;
 
 /// Where the gateway's service tokens come from.
@@ -267,6 +268,17 @@ impl Downstream {
     /// The workspace-service client (calls need [`Downstream::request`]).
     pub fn workspace(&self) -> WorkspaceServiceClient<Channel> {
         self.workspace.clone()
+    }
+
+    /// The delivery ledger's intake of the service named `audience` (`identity-service` or
+    /// `workspace-service`; calls need [`Downstream::request`]).
+    pub fn intake(&self, audience: &str) -> DeliveryIntakeServiceClient<Channel> {
+        let channel = if audience == "workspace-service" {
+            &self.channels.1
+        } else {
+            &self.channels.0
+        };
+        DeliveryIntakeServiceClient::new(channel.clone())
     }
 
     fn map(

@@ -28,7 +28,8 @@ impl Owner {
         }
     }
 
-    fn audience(self) -> &'static str {
+    /// The audience of the owner's service tokens, which is its name.
+    pub fn audience(self) -> &'static str {
         match self {
             Owner::Identity => "identity-service",
             Owner::Workspace => "workspace-service",
@@ -82,10 +83,10 @@ pub async fn keep(
             body: body.to_vec(),
         },
     )?;
-    let r = match owner {
-        Owner::Identity => downstream.identity().quarantine_delivery(req).await,
-        Owner::Workspace => downstream.workspace().quarantine_delivery(req).await,
-    };
+    let r = downstream
+        .intake(owner.audience())
+        .quarantine_delivery(req)
+        .await;
     r.map(|_| ())
         .map_err(|s| unavailable("quarantine_delivery", &s))
 }
@@ -104,10 +105,10 @@ async fn list_open(
             with_bodies: true,
         },
     )?;
-    let r = match owner {
-        Owner::Identity => downstream.identity().list_quarantined(req).await,
-        Owner::Workspace => downstream.workspace().list_quarantined(req).await,
-    };
+    let r = downstream
+        .intake(owner.audience())
+        .list_quarantined(req)
+        .await;
     r.map(tonic::Response::into_inner)
         .map_err(|s| unavailable("list_quarantined", &s))
 }
@@ -125,10 +126,10 @@ async fn resolve(
             resolution: resolution.to_owned(),
         },
     )?;
-    let r = match owner {
-        Owner::Identity => downstream.identity().resolve_quarantined(req).await,
-        Owner::Workspace => downstream.workspace().resolve_quarantined(req).await,
-    };
+    let r = downstream
+        .intake(owner.audience())
+        .resolve_quarantined(req)
+        .await;
     r.map(|_| ())
         .map_err(|s| unavailable("resolve_quarantined", &s))
 }

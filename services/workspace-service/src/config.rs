@@ -1,7 +1,6 @@
 //! Configuration of `workspace-service serve`, from flags or the environment. Values out of
 //! range are refused with a message naming the setting, never silently adjusted.
 
-use crate::workers::liveblocks::CleanupSettings;
 use crate::workers::purge::PurgeSettings;
 use service_runtime::ServiceArgs;
 use std::net::SocketAddr;
@@ -46,6 +45,39 @@ pub struct LiveblocksArgs {
     /// Seconds between checks of the key against the Liveblocks API (10 to 86400).
     #[arg(long, env = "LIVEBLOCKS_KEY_CHECK_SECS", default_value_t = 300)]
     pub liveblocks_key_check_secs: u64,
+}
+
+/// The Liveblocks clean-up worker's settings, from [`LiveblocksArgs::settings`].
+#[derive(Debug, Clone, Copy)]
+pub struct CleanupSettings {
+    /// Calls in flight at most (per replica).
+    pub concurrency: usize,
+    /// How long a leased job belongs to this worker before others may retry it.
+    pub lease: Duration,
+    /// Idle poll period (a local enqueue wakes the worker at once).
+    pub poll: Duration,
+    /// First retry delay; doubles per attempt.
+    pub backoff_base: Duration,
+    /// Longest retry delay.
+    pub backoff_max: Duration,
+    /// A job that failed this many attempts becomes dead.
+    pub max_attempts: i32,
+    /// How often the key is checked.
+    pub key_check: Duration,
+}
+
+impl Default for CleanupSettings {
+    fn default() -> Self {
+        Self {
+            concurrency: 8,
+            lease: Duration::from_secs(60),
+            poll: Duration::from_secs(1),
+            backoff_base: Duration::from_secs(1),
+            backoff_max: Duration::from_secs(300),
+            max_attempts: 50,
+            key_check: Duration::from_secs(300),
+        }
+    }
 }
 
 impl LiveblocksArgs {

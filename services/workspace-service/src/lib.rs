@@ -20,15 +20,16 @@ pub mod workers;
 
 pub use config::{CallLimitArgs, Config, LiveblocksArgs, PurgeArgs, WatchArgs};
 
-use diesel_migrations::{EmbeddedMigrations, embed_migrations};
+use diesel_migrations::embed_migrations;
 use service_runtime::{Boot, GrpcServices};
 use std::future::Future;
 use std::sync::Arc;
 use tokio::net::TcpListener;
 use vbase_proto::workspace::v1::workspace_admin_service_server::WorkspaceAdminServiceServer;
 
-/// The schema migrations of workspace-service.
-pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations");
+/// The schema migrations of workspace-service: its own and the delivery ledger's.
+pub const MIGRATIONS: delivery_ledger::migrations::WithLedger =
+    delivery_ledger::migrations::with_ledger(embed_migrations!("migrations"));
 
 /// gRPC service name, as reported by health checks.
 pub const SERVICE_NAME: &str = "vbase.workspace.v1.WorkspaceService";
@@ -82,7 +83,6 @@ pub async fn run(
     );
     let admin = admin::WorkspaceAdmin {
         pool: boot.pool.clone(),
-        ledger: ledger.clone(),
         wakes: wakes.clone(),
     };
     let memory = live::frames::Memory::new(
@@ -118,7 +118,7 @@ pub async fn run(
     );
     let api = grpc::WorkspaceApi::new(
         boot.pool.clone(),
-        ledger,
+        ledger.clone(),
         metrics,
         wakes,
         liveblocks::RoomTokens::new(liveblocks),
@@ -126,9 +126,11 @@ pub async fn run(
     );
     let routes =
         grpc::routes::Routes::new(api, live, grpc::routes::Quotas::new(&config.watch.calls));
-    let services = GrpcServices::new()
-        .add(routes, grpc::policy())
-        .add(WorkspaceAdminServiceServer::new(admin), admin::policy());
+    let services = ledger.mount(
+        GrpcServices::new()
+            .add(routes, grpc::policy())
+            .add(WorkspaceAdminServiceServer::new(admin), admin::policy()),
+    );
     boot.serve(listener, config.metrics_addr, services, shutdown)
         .await
 }

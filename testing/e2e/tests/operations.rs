@@ -10,9 +10,10 @@ use std::time::Duration;
 use token_auth::signing::SigningKey;
 use tonic::Code;
 use vbase_proto::identity::v1 as idp;
-use vbase_proto::identity::v1::identity_admin_service_client::IdentityAdminServiceClient;
 use vbase_proto::identity::v1::identity_service_client::IdentityServiceClient;
 use vbase_proto::ops::v1 as ops;
+use vbase_proto::ops::v1::delivery_admin_service_client::DeliveryAdminServiceClient;
+use vbase_proto::ops::v1::delivery_intake_service_client::DeliveryIntakeServiceClient;
 use vbase_stack::{Stack, StackConfig, Which, dev_user_claims, sign_webhook};
 
 fn bin_dir() -> PathBuf {
@@ -137,7 +138,7 @@ async fn an_operator_repairs_a_refused_delivery_and_no_log_line_leaks() {
     )
     .await;
     let channel = service_harness::connect(stack.identity_addr).await;
-    let mut admin = IdentityAdminServiceClient::new(channel.clone());
+    let mut admin = DeliveryAdminServiceClient::new(channel.clone());
     let listed = admin
         .list_quarantined(service_harness::bearer(
             ops::ListQuarantinedRequest::default(),
@@ -189,8 +190,7 @@ async fn an_operator_repairs_a_refused_delivery_and_no_log_line_leaks() {
         "identity-service",
     )
     .await;
-    let mut identity = IdentityServiceClient::new(channel.clone());
-    identity
+    DeliveryIntakeServiceClient::new(channel.clone())
         .quarantine_delivery(service_harness::bearer(
             ops::QuarantineDeliveryRequest {
                 svix_id: "msg_kept_by_older".into(),
@@ -218,7 +218,7 @@ async fn an_operator_repairs_a_refused_delivery_and_no_log_line_leaks() {
         (&json!(2), &json!(1), &json!(1)),
         "{summary}"
     );
-    let kept = identity
+    let kept = IdentityServiceClient::new(channel.clone())
         .get_user(service_harness::bearer(
             idp::GetUserRequest {
                 clerk_id: "user_kept".into(),

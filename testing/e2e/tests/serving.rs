@@ -84,11 +84,6 @@ impl ipb::identity_service_server::IdentityService for Identity {
         compare_users: ipb::CompareUsersRequest => ipb::CompareUsersResponse,
         list_unseen_users: ipb::ListUnseenRequest => ipb::ListUnseenResponse,
         finish_reconcile: ipb::FinishReconcileRequest => ipb::FinishReconcileResponse,
-        list_clerk_instances: vbase_proto::ops::v1::ListClerkInstancesRequest => vbase_proto::ops::v1::ListClerkInstancesResponse,
-        confirm_clerk_instance: vbase_proto::ops::v1::ConfirmClerkInstanceRequest => vbase_proto::ops::v1::ConfirmClerkInstanceResponse,
-        quarantine_delivery: vbase_proto::ops::v1::QuarantineDeliveryRequest => vbase_proto::ops::v1::QuarantineDeliveryResponse,
-        list_quarantined: vbase_proto::ops::v1::ListQuarantinedRequest => vbase_proto::ops::v1::ListQuarantinedResponse,
-        resolve_quarantined: vbase_proto::ops::v1::ResolveQuarantinedRequest => vbase_proto::ops::v1::ResolveQuarantinedResponse,
     }
 }
 
@@ -136,11 +131,6 @@ impl wpb::workspace_service_server::WorkspaceService for Workspace {
         list_unseen_workspaces: wpb::ListUnseenRequest => wpb::ListUnseenWorkspacesResponse,
         list_unseen_memberships: wpb::ListUnseenRequest => wpb::ListUnseenMembershipsResponse,
         finish_reconcile: wpb::FinishReconcileRequest => wpb::FinishReconcileResponse,
-        list_clerk_instances: vbase_proto::ops::v1::ListClerkInstancesRequest => vbase_proto::ops::v1::ListClerkInstancesResponse,
-        confirm_clerk_instance: vbase_proto::ops::v1::ConfirmClerkInstanceRequest => vbase_proto::ops::v1::ConfirmClerkInstanceResponse,
-        quarantine_delivery: vbase_proto::ops::v1::QuarantineDeliveryRequest => vbase_proto::ops::v1::QuarantineDeliveryResponse,
-        list_quarantined: vbase_proto::ops::v1::ListQuarantinedRequest => vbase_proto::ops::v1::ListQuarantinedResponse,
-        resolve_quarantined: vbase_proto::ops::v1::ResolveQuarantinedRequest => vbase_proto::ops::v1::ResolveQuarantinedResponse,
         list_members: wpb::ListMembersRequest => wpb::ListMembersResponse,
         create_channel: wpb::CreateChannelRequest => wpb::CreateChannelResponse,
         list_channels: wpb::ListChannelsRequest => wpb::ListChannelsResponse,

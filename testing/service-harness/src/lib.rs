@@ -14,6 +14,8 @@ use tokio::task::JoinHandle;
 use tonic::Request;
 use tonic::transport::Channel;
 
+pub mod upgrade;
+
 /// The shutdown future handed to a service's `run`.
 pub type Shutdown = Pin<Box<dyn Future<Output = ()> + Send>>;
 
@@ -342,7 +344,7 @@ pub const WORKSPACE_BOOKKEEPING: &[&str] = &[
 ];
 
 /// One connection to `database_url`, for fixtures and checks beside a service.
-async fn connection(
+pub(crate) async fn connection(
     database_url: &str,
 ) -> diesel_async::pooled_connection::deadpool::Object<diesel_async::AsyncPgConnection> {
     service_runtime::db::build_pool(database_url, 1, service_runtime::db::PlanCache::Auto)

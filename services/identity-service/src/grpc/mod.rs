@@ -1,7 +1,7 @@
 //! `vbase.identity.v1.IdentityService`: validates input, calls the domain, maps the result.
 //! The handlers are grouped by what calls them: [`client`] (`StoreUser` and the reads),
-//! [`sync`] (the gateway's commands), [`reconciling`] (the reconcile methods); the quarantine
-//! and Clerk-instance methods delegate to `delivery-ledger` here.
+//! [`sync`] (the gateway's commands), [`reconciling`] (the reconcile methods). The quarantine
+//! and Clerk-instance methods are `delivery-ledger`'s services, mounted beside this one.
 
 mod client;
 mod reconciling;
@@ -19,7 +19,6 @@ use token_auth::{Access, MethodPolicy, Principal};
 use tonic::{Request, Response, Status};
 use vbase_proto::identity::v1 as pb;
 use vbase_proto::identity::v1::identity_service_server::IdentityService;
-use vbase_proto::ops::v1 as ops;
 
 /// Most ids one BatchGetUsers call may ask for.
 pub const MAX_BATCH: usize = 500;
@@ -35,16 +34,7 @@ pub fn policy() -> MethodPolicy {
         .allow("UpsertUsers", Access::Service)
         .allow("DeleteUser", Access::Service)
         .allow_all(
-            &[
-                "CompareUsers",
-                "ListUnseenUsers",
-                "FinishReconcile",
-                "ListClerkInstances",
-                "ConfirmClerkInstance",
-                "QuarantineDelivery",
-                "ListQuarantined",
-                "ResolveQuarantined",
-            ],
+            &["CompareUsers", "ListUnseenUsers", "FinishReconcile"],
             Access::ServiceNamed(token_auth::GATEWAY_SUBJECT),
         )
         .writes(&["StoreUser"])
@@ -186,57 +176,10 @@ impl IdentityService for IdentityApi {
         reconciling::list_unseen_users(self, req).await
     }
 
-    async fn list_clerk_instances(
-        &self,
-        _req: Request<ops::ListClerkInstancesRequest>,
-    ) -> Result<Response<ops::ListClerkInstancesResponse>, Status> {
-        self.ledger.clerk_instances().await.map(Response::new)
-    }
-
-    async fn confirm_clerk_instance(
-        &self,
-        req: Request<ops::ConfirmClerkInstanceRequest>,
-    ) -> Result<Response<ops::ConfirmClerkInstanceResponse>, Status> {
-        self.ledger
-            .confirm_clerk_instance(req.into_inner())
-            .await
-            .map(Response::new)
-    }
-
     async fn finish_reconcile(
         &self,
         req: Request<pb::FinishReconcileRequest>,
     ) -> Result<Response<pb::FinishReconcileResponse>, Status> {
         reconciling::finish_reconcile(self, req).await
-    }
-
-    async fn quarantine_delivery(
-        &self,
-        req: Request<ops::QuarantineDeliveryRequest>,
-    ) -> Result<Response<ops::QuarantineDeliveryResponse>, Status> {
-        self.ledger
-            .quarantine(req.into_inner())
-            .await
-            .map(Response::new)
-    }
-
-    async fn list_quarantined(
-        &self,
-        req: Request<ops::ListQuarantinedRequest>,
-    ) -> Result<Response<ops::ListQuarantinedResponse>, Status> {
-        self.ledger
-            .list(req.into_inner(), true)
-            .await
-            .map(Response::new)
-    }
-
-    async fn resolve_quarantined(
-        &self,
-        req: Request<ops::ResolveQuarantinedRequest>,
-    ) -> Result<Response<ops::ResolveQuarantinedResponse>, Status> {
-        self.ledger
-            .resolve(req.into_inner())
-            .await
-            .map(Response::new)
     }
 }

@@ -5,5 +5,6 @@ mod batching;
 mod browser;
 mod identity;
 mod lifecycle;
+mod migrations;
 mod properties;
 mod support;

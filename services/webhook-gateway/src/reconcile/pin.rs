@@ -157,12 +157,12 @@ pub async fn check(
 ) -> Result<(String, Pin), RunError> {
     let key = crate::clerk_api::instance(clerk).await?;
     let identity = down
-        .identity()
+        .intake("identity-service")
         .list_clerk_instances(down.request("identity-service", ops::ListClerkInstancesRequest {})?)
         .await?
         .into_inner();
     let workspace = down
-        .workspace()
+        .intake("workspace-service")
         .list_clerk_instances(down.request("workspace-service", ops::ListClerkInstancesRequest {})?)
         .await?
         .into_inner();
@@ -178,10 +178,10 @@ pub async fn confirm(down: &Downstream, instance: &str) -> Result<(), RunError> 
     let msg = || ops::ConfirmClerkInstanceRequest {
         instance_id: instance.to_owned(),
     };
-    down.identity()
+    down.intake("identity-service")
         .confirm_clerk_instance(down.request("identity-service", msg())?)
         .await?;
-    down.workspace()
+    down.intake("workspace-service")
         .confirm_clerk_instance(down.request("workspace-service", msg())?)
         .await?;
     Ok(())

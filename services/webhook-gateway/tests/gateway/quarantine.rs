@@ -5,9 +5,9 @@
 use crate::support::*;
 use serde_json::json;
 use service_harness::eventually;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 use tonic::Code;
-use vbase_proto::identity::v1::identity_admin_service_client::IdentityAdminServiceClient;
 use vbase_proto::ops::v1 as ops;
 use vbase_proto::workspace::v1 as wsp;
 use vbase_proto::workspace::v1::workspace_admin_service_client::WorkspaceAdminServiceClient;
@@ -15,7 +15,7 @@ use webhook_gateway::quarantine::{ReplaySummary, replay};
 
 /// Keeps `body` under `id` as the gateway does (an older gateway refused it, say).
 async fn keep_directly(s: &Stack, id: &str, body: &serde_json::Value) {
-    let mut c = s.identity().await;
+    let mut c = s.intake(Owner::Identity).await;
     c.quarantine_delivery(s.issuers.gateway(
         "identity-service",
         ops::QuarantineDeliveryRequest {
@@ -122,7 +122,7 @@ async fn refused_deliveries_are_kept_then_replayed_exactly_once() {
     assert_eq!((only.examined, only.still_refused), (1, 1));
 
     // The operator gives up on one: kept as discarded, never replayed again.
-    let mut admin = IdentityAdminServiceClient::new(s.identity.as_ref().unwrap().channel().await);
+    let mut admin = s.admin(Owner::Identity).await;
     let discarded = admin
         .discard_quarantined(s.issuers.operator(
             "identity-service",
@@ -150,6 +150,28 @@ async fn refused_deliveries_are_kept_then_replayed_exactly_once() {
     assert_eq!(replay(&down, None).await.examined, 1, "only msg_q2 is left");
 }
 
+/// Mid-rollout, a service of another release may not serve the ledger's intake: a delivery
+/// that must be quarantined there is answered 503 (its `QuarantineDelivery` is UNIMPLEMENTED),
+/// so Svix retries it and nothing is lost (the earlier gateway against the later services meets
+/// the same answer for its own `QuarantineDelivery`: deploy/README.md, the upgrade order).
+#[tokio::test]
+async fn a_service_without_the_intake_answers_503_so_svix_retries() {
+    let s = stack_with(
+        SECRET,
+        None,
+        Some("/vbase.ops.v1.DeliveryIntakeService/QuarantineDelivery"),
+        None,
+    )
+    .await;
+    let mut bad_email = user_event("user.updated", "user_u1", "U", T);
+    bad_email["data"]["email_addresses"][1]["email_address"] = json!("not an address");
+    assert_eq!(s.send("msg_u1", &bad_email).await.0, 503);
+    let refused = s.refused_batches.as_ref().unwrap().load(Ordering::SeqCst);
+    assert_eq!(refused, 1, "the intake was asked once");
+    assert!(s.quarantined(Owner::Identity).await.is_empty());
+    assert!(s.user("user_u1").await.is_none(), "nothing was applied");
+}
+
 /// An open delivery keeps its body however old it is (it can always be replayed); a resolved
 /// or discarded one goes, body and all, a retention (14 days) after it was closed.
 #[tokio::test]
@@ -159,7 +181,7 @@ async fn an_open_delivery_keeps_its_body_and_closed_ones_go_a_retention_after_cl
     for id in ["msg_r1", "msg_r2", "msg_r3"] {
         keep_directly(&s, id, &body).await;
     }
-    let mut c = s.identity().await;
+    let mut c = s.intake(Owner::Identity).await;
     for id in ["msg_r2", "msg_r3"] {
         c.resolve_quarantined(s.issuers.gateway(
             "identity-service",
@@ -250,19 +272,15 @@ async fn sync_status_counts_what_the_commands_did() {
     let status = |owner: Owner| {
         let s = &s;
         async move {
-            let req = s.issuers.operator(
-                match owner {
-                    Owner::Identity => "identity-service",
-                    Owner::Workspace => "workspace-service",
-                },
-                ops::GetSyncStatusRequest {},
-            );
-            match s.admin(owner).await {
-                Admin::Identity(mut c) => c.get_sync_status(req).await,
-                Admin::Workspace(mut c) => c.get_sync_status(req).await,
-            }
-            .unwrap()
-            .into_inner()
+            let req = s
+                .issuers
+                .operator(owner.audience(), ops::GetSyncStatusRequest {});
+            s.admin(owner)
+                .await
+                .get_sync_status(req)
+                .await
+                .unwrap()
+                .into_inner()
         }
     };
     // Each replica writes its counts every few seconds.
@@ -312,14 +330,13 @@ async fn sync_status_counts_what_the_commands_did() {
 }
 
 /// Every admin method answers an operator, and refuses users, the gateway and a caller granted
-/// every service method; the gateway-only intake refuses operators.
+/// every service method; every intake method answers the gateway and refuses everyone else.
 #[tokio::test]
 async fn only_operators_reach_the_admin_services() {
     let s = stack(SECRET).await;
-    let ic = s.identity.as_ref().unwrap().channel().await;
-    let wc = s.workspace.channel().await;
-    let mut identity = IdentityAdminServiceClient::new(ic);
-    let mut workspace = WorkspaceAdminServiceClient::new(wc);
+    let mut identity = s.admin(Owner::Identity).await;
+    let mut workspace_ledger = s.admin(Owner::Workspace).await;
+    let mut workspace = WorkspaceAdminServiceClient::new(s.workspace.channel().await);
     type Token<'a> = Box<dyn Fn(&str) -> String + 'a>;
     let issuers = &s.issuers;
     let who: Vec<(&str, Token, bool)> = vec![
@@ -406,28 +423,28 @@ async fn only_operators_reach_the_admin_services() {
             ),
             (
                 "workspace ListReconcileRuns",
-                workspace
+                workspace_ledger
                     .list_reconcile_runs(ws!(ops::ListReconcileRunsRequest { page_size: 0 }))
                     .await
                     .map(drop),
             ),
             (
                 "workspace GetSyncStatus",
-                workspace
+                workspace_ledger
                     .get_sync_status(ws!(ops::GetSyncStatusRequest {}))
                     .await
                     .map(drop),
             ),
             (
                 "workspace ListQuarantined",
-                workspace
+                workspace_ledger
                     .list_quarantined(ws!(ops::ListQuarantinedRequest::default()))
                     .await
                     .map(drop),
             ),
             (
                 "workspace GetQuarantined",
-                workspace
+                workspace_ledger
                     .get_quarantined(ws!(ops::GetQuarantinedRequest {
                         svix_id: "msg_none".into()
                     }))
@@ -436,7 +453,7 @@ async fn only_operators_reach_the_admin_services() {
             ),
             (
                 "workspace DiscardQuarantined",
-                workspace
+                workspace_ledger
                     .discard_quarantined(ws!(ops::DiscardQuarantinedRequest {
                         svix_id: "msg_none".into(),
                         reason: "r".into()
@@ -484,17 +501,79 @@ async fn only_operators_reach_the_admin_services() {
             }
         }
     }
-    // The intake is the gateway's: an operator token is refused there.
-    let mut c = s.identity().await;
-    let refused = c
-        .list_quarantined(s.issuers.operator(
-            "identity-service",
-            ops::ListQuarantinedRequest {
-                with_bodies: true,
-                ..Default::default()
-            },
-        ))
-        .await
-        .unwrap_err();
-    assert_eq!(refused.code(), Code::PermissionDenied);
+    // The intake is the gateway's: operators, users and a caller granted every service
+    // method are refused there, by both services; the gateway is let through.
+    for (name, token, _) in &who {
+        for owner in [Owner::Identity, Owner::Workspace] {
+            let t = token(owner.audience());
+            fn with<T>(token: &str, m: T) -> tonic::Request<T> {
+                service_harness::bearer(m, token)
+            }
+            let mut c = s.intake(owner).await;
+            let answers: Vec<(&str, Result<(), tonic::Status>)> = vec![
+                (
+                    "QuarantineDelivery",
+                    c.quarantine_delivery(with(
+                        &t,
+                        ops::QuarantineDeliveryRequest {
+                            svix_id: "msg_roles".into(),
+                            event_type: "user.created".into(),
+                            reason: "r".into(),
+                            body: b"{}".to_vec(),
+                        },
+                    ))
+                    .await
+                    .map(drop),
+                ),
+                (
+                    "ListQuarantined",
+                    c.list_quarantined(with(
+                        &t,
+                        ops::ListQuarantinedRequest {
+                            with_bodies: true,
+                            ..Default::default()
+                        },
+                    ))
+                    .await
+                    .map(drop),
+                ),
+                (
+                    "ResolveQuarantined",
+                    c.resolve_quarantined(with(
+                        &t,
+                        ops::ResolveQuarantinedRequest {
+                            svix_id: "msg_none".into(),
+                            resolution: "r".into(),
+                        },
+                    ))
+                    .await
+                    .map(drop),
+                ),
+                (
+                    "ListClerkInstances",
+                    c.list_clerk_instances(with(&t, ops::ListClerkInstancesRequest {}))
+                        .await
+                        .map(drop),
+                ),
+                (
+                    "ConfirmClerkInstance",
+                    c.confirm_clerk_instance(with(
+                        &t,
+                        ops::ConfirmClerkInstanceRequest {
+                            instance_id: "ins_roles".into(),
+                        },
+                    ))
+                    .await
+                    .map(drop),
+                ),
+            ];
+            for (method, answer) in answers {
+                match (*name == "gateway", answer) {
+                    (true, Ok(())) => {}
+                    (false, Err(st)) if st.code() == Code::PermissionDenied => {}
+                    (_, other) => panic!("{name} calling {owner:?} {method}: {other:?}"),
+                }
+            }
+        }
+    }
 }

@@ -314,21 +314,18 @@ async fn a_listing_that_fails_part_way_deletes_nothing() {
 
     // Both runs are listed for the operators by both services, newest first.
     for owner in [Owner::Identity, Owner::Workspace] {
-        let aud = match owner {
-            Owner::Identity => "identity-service",
-            Owner::Workspace => "workspace-service",
-        };
         let req = s.issuers.operator(
-            aud,
+            owner.audience(),
             vbase_proto::ops::v1::ListReconcileRunsRequest { page_size: 0 },
         );
-        let runs = match s.admin(owner).await {
-            Admin::Identity(mut c) => c.list_reconcile_runs(req).await,
-            Admin::Workspace(mut c) => c.list_reconcile_runs(req).await,
-        }
-        .unwrap()
-        .into_inner()
-        .runs;
+        let runs = s
+            .admin(owner)
+            .await
+            .list_reconcile_runs(req)
+            .await
+            .unwrap()
+            .into_inner()
+            .runs;
         assert_eq!(runs.len(), 2, "{owner:?}");
         assert_eq!(runs[0].run_id, summary.run_id);
         assert!(!runs[0].completed && runs[0].error.contains("did not answer"));

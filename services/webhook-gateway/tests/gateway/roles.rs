@@ -8,6 +8,7 @@ use std::time::Duration;
 use vbase_proto::identity::v1 as idp;
 use vbase_proto::identity::v1::identity_service_client::IdentityServiceClient;
 use vbase_proto::ops::v1 as ops;
+use vbase_proto::ops::v1::delivery_intake_service_client::DeliveryIntakeServiceClient;
 use vbase_proto::workspace::v1 as wsp;
 use vbase_proto::workspace::v1::workspace_service_client::WorkspaceServiceClient;
 
@@ -135,7 +136,7 @@ async fn the_services_run_as_a_role_that_changes_no_schema_and_migrate_as_the_ow
         .await
         .expect("GetUser as the app role");
     assert_eq!(got.into_inner().user.unwrap().name, "Ada");
-    users
+    DeliveryIntakeServiceClient::new(identity.channel().await)
         .quarantine_delivery(issuers.gateway(
             "identity-service",
             ops::QuarantineDeliveryRequest {

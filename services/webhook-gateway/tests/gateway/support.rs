@@ -10,11 +10,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 use vbase_proto::identity::v1 as idp;
-use vbase_proto::identity::v1::identity_admin_service_client::IdentityAdminServiceClient;
 use vbase_proto::identity::v1::identity_service_client::IdentityServiceClient;
 use vbase_proto::ops::v1 as ops;
 use vbase_proto::workspace::v1 as wsp;
-use vbase_proto::workspace::v1::workspace_admin_service_client::WorkspaceAdminServiceClient;
 use vbase_proto::workspace::v1::workspace_service_client::WorkspaceServiceClient;
 
 pub const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
@@ -35,14 +33,21 @@ pub struct Stack {
 }
 
 pub async fn stack(secrets: &str) -> Stack {
-    stack_with(secrets, None, false, None).await
+    stack_with(secrets, None, None, None).await
 }
 
-/// An identity-service from before `UpsertUsers` (mid-rollout): an HTTP/2 proxy in front of the
-/// real one that answers that method as a tonic server answers a method it does not have
+/// The path of `UpsertUsers`.
+pub const UPSERT_USERS: &str = "/vbase.identity.v1.IdentityService/UpsertUsers";
+
+/// An identity-service of another release (mid-rollout) that lacks the method at `missing`, such
+/// as one from before `UpsertUsers` ([`UPSERT_USERS`]): an HTTP/2 proxy in front of the real one
+/// that answers that method as a tonic server answers a method it does not have
 /// (UNIMPLEMENTED, trailers only) and passes every other call through. Returns its address and
 /// the count of calls it refused.
-pub async fn older_identity(upstream: SocketAddr) -> (SocketAddr, Arc<AtomicUsize>) {
+pub async fn older_identity(
+    upstream: SocketAddr,
+    missing: &'static str,
+) -> (SocketAddr, Arc<AtomicUsize>) {
     use http_body_util::{Either, Empty};
     use hyper_util::rt::{TokioExecutor, TokioIo};
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -63,8 +68,7 @@ pub async fn older_identity(upstream: SocketAddr) -> (SocketAddr, Arc<AtomicUsiz
                     hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
                         let (mut send, counter) = (send.clone(), Arc::clone(&counter));
                         async move {
-                            if req.uri().path() == "/vbase.identity.v1.IdentityService/UpsertUsers"
-                            {
+                            if req.uri().path() == missing {
                                 counter.fetch_add(1, Ordering::SeqCst);
                                 let refusal = http::Response::builder()
                                     .header("content-type", "application/grpc")
@@ -87,13 +91,13 @@ pub async fn older_identity(upstream: SocketAddr) -> (SocketAddr, Arc<AtomicUsiz
 }
 
 /// `token_file`: use `SERVICE_TOKEN_FILE` (a platform-mounted token) instead of the signing key.
-/// `older`: the gateway reaches identity-service through [`older_identity`].
+/// `older`: the gateway reaches identity-service through [`older_identity`] without this method.
 /// `custom_kid`: the services' JWKS names the gateway's key `(kid, _)`, and the gateway is
 /// told so (`SERVICE_JWT_KEY_ID`) when the flag is true.
 pub async fn stack_with(
     secrets: &str,
     token_file: Option<std::path::PathBuf>,
-    older: bool,
+    older: Option<&'static str>,
     custom_kid: Option<(&str, bool)>,
 ) -> Stack {
     let mut issuers = Issuers::new().await;
@@ -152,8 +156,8 @@ pub async fn stack_with(
     let ic = identity_cfg.clone();
     let identity = RunningServer::start(|l, s| identity_service::run(ic, l, s)).await;
     let workspace = RunningServer::start(|l, s| workspace_service::run(workspace_cfg, l, s)).await;
-    let (identity_addr, refused_batches) = if older {
-        let (addr, refused) = older_identity(identity.addr).await;
+    let (identity_addr, refused_batches) = if let Some(missing) = older {
+        let (addr, refused) = older_identity(identity.addr, missing).await;
         (addr, Some(refused))
     } else {
         (identity.addr, None)
@@ -401,30 +405,31 @@ impl Stack {
 
 pub use webhook_gateway::quarantine::Owner;
 
-/// The operator's view of one service: its admin service, called with an operator token.
-pub enum Admin {
-    Identity(IdentityAdminServiceClient<tonic::transport::Channel>),
-    Workspace(WorkspaceAdminServiceClient<tonic::transport::Channel>),
-}
+pub use vbase_proto::ops::v1::delivery_admin_service_client::DeliveryAdminServiceClient;
+pub use vbase_proto::ops::v1::delivery_intake_service_client::DeliveryIntakeServiceClient;
 
 impl Stack {
-    /// The admin service of `owner`.
-    pub async fn admin(&self, owner: Owner) -> Admin {
+    async fn channel_of(&self, owner: Owner) -> tonic::transport::Channel {
         match owner {
-            Owner::Identity => Admin::Identity(IdentityAdminServiceClient::new(
-                self.identity.as_ref().unwrap().channel().await,
-            )),
-            Owner::Workspace => Admin::Workspace(WorkspaceAdminServiceClient::new(
-                self.workspace.channel().await,
-            )),
+            Owner::Identity => self.identity.as_ref().unwrap().channel().await,
+            Owner::Workspace => self.workspace.channel().await,
         }
     }
 
-    fn audience(owner: Owner) -> &'static str {
-        match owner {
-            Owner::Identity => "identity-service",
-            Owner::Workspace => "workspace-service",
-        }
+    /// The operators' ledger service of `owner` (calls need an operator token).
+    pub async fn admin(
+        &self,
+        owner: Owner,
+    ) -> DeliveryAdminServiceClient<tonic::transport::Channel> {
+        DeliveryAdminServiceClient::new(self.channel_of(owner).await)
+    }
+
+    /// The gateway's ledger service of `owner` (calls need the gateway's token).
+    pub async fn intake(
+        &self,
+        owner: Owner,
+    ) -> DeliveryIntakeServiceClient<tonic::transport::Channel> {
+        DeliveryIntakeServiceClient::new(self.channel_of(owner).await)
     }
 
     /// Quarantined deliveries of `owner` in `state`, as the operator lists them.
@@ -434,17 +439,14 @@ impl Stack {
         state: ops::QuarantineState,
     ) -> Vec<ops::QuarantinedDelivery> {
         let req = self.issuers.operator(
-            Self::audience(owner),
+            owner.audience(),
             ops::ListQuarantinedRequest {
                 page_size: 500,
                 state: state.into(),
                 ..Default::default()
             },
         );
-        let r = match self.admin(owner).await {
-            Admin::Identity(mut c) => c.list_quarantined(req).await,
-            Admin::Workspace(mut c) => c.list_quarantined(req).await,
-        };
+        let r = self.admin(owner).await.list_quarantined(req).await;
         r.unwrap().into_inner().deliveries
     }
 
@@ -460,13 +462,10 @@ impl Stack {
     /// One quarantined delivery with its body.
     pub async fn quarantined_one(&self, owner: Owner, id: &str) -> ops::QuarantinedDelivery {
         let req = self.issuers.operator(
-            Self::audience(owner),
+            owner.audience(),
             ops::GetQuarantinedRequest { svix_id: id.into() },
         );
-        let r = match self.admin(owner).await {
-            Admin::Identity(mut c) => c.get_quarantined(req).await,
-            Admin::Workspace(mut c) => c.get_quarantined(req).await,
-        };
+        let r = self.admin(owner).await.get_quarantined(req).await;
         r.unwrap().into_inner()
     }
 

@@ -392,7 +392,7 @@ async fn a_platform_mounted_token_file_is_used_and_re_read_when_it_changes() {
     std::fs::create_dir_all(&dir).unwrap();
     let file = dir.join("token");
     std::fs::write(&file, "not-a-token-yet").unwrap();
-    let s = stack_with(SECRET, Some(file.clone()), false, None).await;
+    let s = stack_with(SECRET, Some(file.clone()), None, None).await;
     let key = token_auth::signing::SigningKey::from_pem(
         &std::fs::read_to_string(
             s.issuers
@@ -441,7 +441,7 @@ async fn concurrent_deliveries_share_calls_and_each_gets_its_own_answer() {
 /// its own answer, through one `UpsertUser` call per command.
 #[tokio::test]
 async fn an_identity_service_without_the_batch_call_gets_one_call_per_command() {
-    let s = stack_with(SECRET, None, true, None).await;
+    let s = stack_with(SECRET, None, Some(UPSERT_USERS), None).await;
     deliver_concurrently(&s).await;
     let refused = s.refused_batches.as_ref().unwrap().load(Ordering::SeqCst);
     assert!(refused >= 1, "the batch call was tried: {refused}");
@@ -605,9 +605,9 @@ async fn a_workspace_of_five_million_rows_is_deleted_through_the_gateway_at_once
 #[tokio::test]
 async fn a_custom_key_id_names_the_signing_key() {
     let body = user_event("user.created", "user_kid", "Kid", T);
-    let told = stack_with(SECRET, None, false, Some(("ops-key-2026-11", true))).await;
+    let told = stack_with(SECRET, None, None, Some(("ops-key-2026-11", true))).await;
     assert_eq!(told.send("msg_kid_1", &body).await.0, 200);
-    let untold = stack_with(SECRET, None, false, Some(("ops-key-2026-11", false))).await;
+    let untold = stack_with(SECRET, None, None, Some(("ops-key-2026-11", false))).await;
     assert_eq!(untold.send("msg_kid_2", &body).await.0, 503);
 }
 

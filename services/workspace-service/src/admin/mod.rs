@@ -1,5 +1,5 @@
-//! `vbase.workspace.v1.WorkspaceAdminService`: the operator's view (sync status, quarantine,
-//! job queues), beside the public `WorkspaceService`.
+//! `vbase.workspace.v1.WorkspaceAdminService`: the operator's view of the job queues, beside
+//! the public `WorkspaceService` (sync status and quarantine are `delivery-ledger`'s).
 
 mod jobs;
 
@@ -8,7 +8,6 @@ use job_queue::JobState;
 use service_runtime::Pool;
 use token_auth::{Access, MethodPolicy};
 use tonic::{Request, Response, Status};
-use vbase_proto::ops::v1 as ops;
 use vbase_proto::workspace::v1 as pb;
 use vbase_proto::workspace::v1::workspace_admin_service_server::WorkspaceAdminService;
 
@@ -18,16 +17,7 @@ pub const ADMIN_SERVICE_NAME: &str = "vbase.workspace.v1.WorkspaceAdminService";
 /// Operators only, every method.
 pub fn policy() -> MethodPolicy {
     MethodPolicy::new(ADMIN_SERVICE_NAME).allow_all(
-        &[
-            "GetSyncStatus",
-            "ListQuarantined",
-            "GetQuarantined",
-            "DiscardQuarantined",
-            "ListReconcileRuns",
-            "ListJobs",
-            "RetryJobs",
-            "GetQueueDepths",
-        ],
+        &["ListJobs", "RetryJobs", "GetQueueDepths"],
         Access::Operator,
     )
 }
@@ -36,7 +26,6 @@ pub fn policy() -> MethodPolicy {
 #[derive(Clone)]
 pub struct WorkspaceAdmin {
     pub pool: Pool,
-    pub ledger: delivery_ledger::Ledger,
     /// Woken after a retry, so the workers take the jobs at once.
     pub wakes: Wakes,
 }
@@ -61,47 +50,6 @@ impl WorkspaceAdmin {
 
 #[tonic::async_trait]
 impl WorkspaceAdminService for WorkspaceAdmin {
-    async fn get_sync_status(
-        &self,
-        _req: Request<ops::GetSyncStatusRequest>,
-    ) -> Result<Response<ops::GetSyncStatusResponse>, Status> {
-        self.ledger.status().await.map(Response::new)
-    }
-
-    async fn list_quarantined(
-        &self,
-        req: Request<ops::ListQuarantinedRequest>,
-    ) -> Result<Response<ops::ListQuarantinedResponse>, Status> {
-        self.ledger
-            .list(req.into_inner(), false)
-            .await
-            .map(Response::new)
-    }
-
-    async fn get_quarantined(
-        &self,
-        req: Request<ops::GetQuarantinedRequest>,
-    ) -> Result<Response<ops::QuarantinedDelivery>, Status> {
-        self.ledger.get(req.into_inner()).await.map(Response::new)
-    }
-
-    async fn discard_quarantined(
-        &self,
-        req: Request<ops::DiscardQuarantinedRequest>,
-    ) -> Result<Response<ops::DiscardQuarantinedResponse>, Status> {
-        self.ledger
-            .discard(req.into_inner())
-            .await
-            .map(Response::new)
-    }
-
-    async fn list_reconcile_runs(
-        &self,
-        req: Request<ops::ListReconcileRunsRequest>,
-    ) -> Result<Response<ops::ListReconcileRunsResponse>, Status> {
-        self.ledger.runs(req.into_inner()).await.map(Response::new)
-    }
-
     async fn list_jobs(
         &self,
         req: Request<pb::ListJobsRequest>,

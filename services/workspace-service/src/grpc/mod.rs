@@ -28,7 +28,6 @@ use service_runtime::Pool;
 use std::future::Future;
 use token_auth::Principal;
 use tonic::{Request, Response, Status};
-use vbase_proto::ops::v1 as ops;
 use vbase_proto::workspace::v1 as pb;
 use vbase_proto::workspace::v1::workspace_service_server::WorkspaceService;
 
@@ -194,50 +193,6 @@ impl WorkspaceService for WorkspaceApi {
         req: Request<pb::FinishReconcileRequest>,
     ) -> R<pb::FinishReconcileResponse> {
         reconcile::finish_reconcile(self, req).await
-    }
-
-    async fn list_clerk_instances(
-        &self,
-        _req: Request<ops::ListClerkInstancesRequest>,
-    ) -> R<ops::ListClerkInstancesResponse> {
-        reconcile::list_clerk_instances(self).await
-    }
-
-    async fn confirm_clerk_instance(
-        &self,
-        req: Request<ops::ConfirmClerkInstanceRequest>,
-    ) -> R<ops::ConfirmClerkInstanceResponse> {
-        reconcile::confirm_clerk_instance(self, req).await
-    }
-
-    async fn quarantine_delivery(
-        &self,
-        req: Request<ops::QuarantineDeliveryRequest>,
-    ) -> R<ops::QuarantineDeliveryResponse> {
-        self.ledger
-            .quarantine(req.into_inner())
-            .await
-            .map(Response::new)
-    }
-
-    async fn list_quarantined(
-        &self,
-        req: Request<ops::ListQuarantinedRequest>,
-    ) -> R<ops::ListQuarantinedResponse> {
-        self.ledger
-            .list(req.into_inner(), true)
-            .await
-            .map(Response::new)
-    }
-
-    async fn resolve_quarantined(
-        &self,
-        req: Request<ops::ResolveQuarantinedRequest>,
-    ) -> R<ops::ResolveQuarantinedResponse> {
-        self.ledger
-            .resolve(req.into_inner())
-            .await
-            .map(Response::new)
     }
 
     async fn get_workspace(

@@ -12,18 +12,14 @@ pub const SYNC_COMMANDS: &[&str] = &[
     "RemoveUser",
 ];
 
-/// Reconcile and the quarantine intake, for the webhook gateway's service token only.
+/// Reconcile, for the webhook gateway's service token only (the quarantine intake is
+/// `delivery-ledger`'s service).
 pub const RECONCILE_METHODS: &[&str] = &[
     "CompareWorkspaces",
     "CompareMemberships",
     "ListUnseenWorkspaces",
     "ListUnseenMemberships",
     "FinishReconcile",
-    "ListClerkInstances",
-    "ConfirmClerkInstance",
-    "QuarantineDelivery",
-    "ListQuarantined",
-    "ResolveQuarantined",
 ];
 
 /// Methods for users (within their active workspace) and for services.

@@ -203,19 +203,6 @@ async fn first_counts(
     }
 }
 
-pub(super) async fn list_clerk_instances(
-    api: &WorkspaceApi,
-) -> R<vbase_proto::ops::v1::ListClerkInstancesResponse> {
-    ok(api.ledger.clerk_instances().await?)
-}
-
-pub(super) async fn confirm_clerk_instance(
-    api: &WorkspaceApi,
-    req: Request<vbase_proto::ops::v1::ConfirmClerkInstanceRequest>,
-) -> R<vbase_proto::ops::v1::ConfirmClerkInstanceResponse> {
-    ok(api.ledger.confirm_clerk_instance(req.into_inner()).await?)
-}
-
 pub(super) async fn finish_reconcile(
     api: &WorkspaceApi,
     req: Request<pb::FinishReconcileRequest>,

@@ -9,6 +9,7 @@
 //! [`KeyCheck`] tries the key at start-up and every few minutes with a cheap authenticated
 //! read, and reports it on `/status`, in the log and in `liveblocks_key_valid`.
 
+pub use crate::config::CleanupSettings;
 pub use crate::liveblocks::{Delivery, HttpLiveblocks, KeyState, LiveblocksApi, encode_room_id};
 use crate::metrics::Metrics;
 use job_queue::{
@@ -28,39 +29,6 @@ pub static CLEANUP_JOBS: JobTable = job_table!("liveblocks_cleanup_jobs", "room_
 /// Unavailable answers in a row (5xx, timeouts, no connection) that pause the whole worker;
 /// a 429 with `Retry-After` pauses it at once.
 pub const BREAKER_FAILURES: u32 = 5;
-
-/// Worker settings.
-#[derive(Debug, Clone, Copy)]
-pub struct CleanupSettings {
-    /// Calls in flight at most (per replica).
-    pub concurrency: usize,
-    /// How long a leased job belongs to this worker before others may retry it.
-    pub lease: Duration,
-    /// Idle poll period (a local enqueue wakes the worker at once).
-    pub poll: Duration,
-    /// First retry delay; doubles per attempt.
-    pub backoff_base: Duration,
-    /// Longest retry delay.
-    pub backoff_max: Duration,
-    /// A job that failed this many attempts becomes dead.
-    pub max_attempts: i32,
-    /// How often the key is checked.
-    pub key_check: Duration,
-}
-
-impl Default for CleanupSettings {
-    fn default() -> Self {
-        Self {
-            concurrency: 8,
-            lease: Duration::from_secs(60),
-            poll: Duration::from_secs(1),
-            backoff_base: Duration::from_secs(1),
-            backoff_max: Duration::from_secs(300),
-            max_attempts: 50,
-            key_check: Duration::from_secs(300),
-        }
-    }
-}
 
 /// The backoff of the `attempts`-th attempt.
 fn backoff(settings: &CleanupSettings, attempts: i32) -> Duration {

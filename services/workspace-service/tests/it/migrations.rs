@@ -27,3 +27,24 @@ async fn every_migration_reverts_and_reapplies() {
     .await
     .unwrap();
 }
+
+/// A database migrated before the delivery ledger owned its tables (they were created by
+/// workspace-service's own migrations, kept in `tests/ledger-migrations-before`) upgrades to
+/// the ledger's migration: same schema as a new database, rows kept.
+#[tokio::test]
+async fn a_database_whose_ledger_tables_workspace_created_keeps_them_and_their_rows() {
+    use delivery_ledger::migrations::Chained;
+    use diesel_migrations::FileBasedMigrations;
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let before = Chained(
+        FileBasedMigrations::from_path(dir.join("migrations")).unwrap(),
+        FileBasedMigrations::from_path(dir.join("tests/ledger-migrations-before")).unwrap(),
+    );
+    service_harness::upgrade::check_ledger_upgrade(
+        "workspace",
+        before,
+        || workspace_service::MIGRATIONS,
+        "20261205100001",
+    )
+    .await;
+}
