@@ -117,8 +117,11 @@ impl PgCluster {
             } else {
                 " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
             };
+            // Extra server settings for a profiling run, e.g.
+            // `-c shared_preload_libraries=pg_stat_statements`.
+            let extra = std::env::var("EPHEMERAL_PG_OPTIONS").unwrap_or_default();
             cluster.options_line = format!(
-                "-p {} -k {} -c listen_addresses=127.0.0.1 -c max_connections={}{durability}",
+                "-p {} -k {} -c listen_addresses=127.0.0.1 -c max_connections={}{durability} {extra}",
                 cluster.port,
                 cluster.dir.display(),
                 options.max_connections

@@ -72,6 +72,8 @@ where
     let next = Arc::new(AtomicUsize::new(0));
     let lat = Arc::new(Mutex::new(Vec::with_capacity(total)));
     let errors = Arc::new(AtomicUsize::new(0));
+    // Phase markers on stderr, for profilers that attach to one phase.
+    eprintln!("load: {total} calls starting");
     let started = Instant::now();
     let workers = states.into_iter().map(|s| {
         let (next, lat, errors, f) = (next.clone(), lat.clone(), errors.clone(), f.clone());
@@ -93,6 +95,7 @@ where
         })
     });
     join_all(workers).await;
+    eprintln!("load: {total} calls done");
     let latencies_ms = Arc::try_unwrap(lat)
         .map(|m| m.into_inner().unwrap())
         .unwrap_or_default();
