@@ -42,6 +42,13 @@ pub const AUDIENCE: &str = "workspace-service";
 /// [`PlanCache::CustomOnly`]: service_runtime::db::PlanCache::CustomOnly
 pub const PLANS: service_runtime::db::PlanCache = service_runtime::db::PlanCache::CustomOnly;
 
+/// How PostgreSQL plans the statements of the hot reads (the access check by key, the channel
+/// list): once per connection, for any parameters. They run on a pool of their own (half of
+/// `DB_POOL_SIZE`), so the rest keep [`PLANS`]. A channel page's plan does not depend on its
+/// cursor: the only index that finds a workspace's channels is by name, so every page is read
+/// through it and sorted.
+pub const READ_PLANS: service_runtime::db::PlanCache = service_runtime::db::PlanCache::GenericOnly;
+
 /// Applies pending migrations to `database_url`.
 pub async fn migrate(database_url: &str) -> anyhow::Result<Vec<String>> {
     service_runtime::db::run_migrations(database_url, MIGRATIONS).await
@@ -114,13 +121,33 @@ pub async fn run(
         boot.lifecycle.clone(),
         metrics.clone(),
     );
+    let access = domain::standing::access_cache(config.access_cache_bytes);
+    boot.workers.spawn(
+        "access-cache",
+        coherent_cache::listen(
+            access.clone(),
+            config.service.db.database_url.expose().to_owned(),
+            domain::standing::NOTIFY_CHANNEL,
+            domain::standing::apply_notification,
+            boot.lifecycle.stopped(),
+        ),
+    );
+    let db = &config.service.db;
+    let reads = service_runtime::db::build_pool_with(
+        db.database_url.expose(),
+        (db.db_pool_size / 2).max(1),
+        READ_PLANS,
+        db.limits(),
+    )?;
     let api = grpc::WorkspaceApi::new(
         boot.pool.clone(),
+        reads,
         ledger,
         metrics,
         wakes,
         liveblocks::RoomTokens::new(liveblocks),
         config.watch.calls.response_max_bytes,
+        access,
     );
     let routes =
         grpc::routes::Routes::new(api, live, grpc::routes::Quotas::new(&config.watch.calls));
