@@ -7,3 +7,4 @@ mod identity;
 mod lifecycle;
 mod properties;
 mod support;
+mod user_cache;
