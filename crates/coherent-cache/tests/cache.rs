@@ -79,6 +79,35 @@ async fn answers_only_while_it_hears_its_notifications() {
     assert!(c.caught_up(Duration::from_secs(5)).await);
     assert_eq!(c.get(&"k".to_owned()), None);
 
+    // The connection hangs (its server process stopped): nothing is heard, so within the
+    // bound nothing is served, without any error to tell.
+    c.insert(c.ticket(), "k".into(), "v".into());
+    let backend = client
+        .query_one(
+            "SELECT pid FROM pg_stat_activity
+              WHERE application_name = 'coherent-cache' AND datname = current_database()",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get::<_, i32>(0)
+        .to_string();
+    let signal = |s: &str| {
+        assert!(
+            std::process::Command::new("kill")
+                .args([s, &backend])
+                .status()
+                .unwrap()
+                .success()
+        )
+    };
+    signal("-STOP");
+    tokio::time::sleep(coherent_cache::FRESH_FOR + Duration::from_millis(20)).await;
+    let hung = (c.fresh(), c.get(&"k".to_owned()));
+    signal("-CONT");
+    assert_eq!(hung, (false, None));
+    assert!(c.caught_up(Duration::from_secs(5)).await);
+
     // The connection cut: what was cached is forgotten (changes made until the new connection
     // listens are not heard).
     let listeners = client
