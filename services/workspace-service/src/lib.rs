@@ -141,13 +141,15 @@ pub async fn run(
     )?;
     let api = grpc::WorkspaceApi::new(
         boot.pool.clone(),
-        reads,
+        grpc::HotReads {
+            pool: reads,
+            access,
+        },
         ledger,
         metrics,
         wakes,
         liveblocks::RoomTokens::new(liveblocks),
         config.watch.calls.response_max_bytes,
-        access,
     );
     let routes =
         grpc::routes::Routes::new(api, live, grpc::routes::Quotas::new(&config.watch.calls));

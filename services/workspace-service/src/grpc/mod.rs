@@ -52,6 +52,13 @@ where
     Ok((caller, I::try_from(req.into_inner())?))
 }
 
+/// What the hot reads use: a pool whose statements keep one plan ([`crate::READ_PLANS`]) and
+/// the replica's access cache.
+pub struct HotReads {
+    pub pool: Pool,
+    pub access: AccessCache,
+}
+
 /// The service implementation.
 #[derive(Clone)]
 pub struct WorkspaceApi {
@@ -75,14 +82,17 @@ impl WorkspaceApi {
     /// `response_bytes`.
     pub fn new(
         pool: Pool,
-        reads: Pool,
+        hot: HotReads,
         ledger: delivery_ledger::Ledger,
         metrics: Metrics,
         wakes: Wakes,
         room_tokens: crate::liveblocks::RoomTokens,
         response_bytes: usize,
-        access: AccessCache,
     ) -> Self {
+        let HotReads {
+            pool: reads,
+            access,
+        } = hot;
         Self {
             pool,
             reads,

@@ -24,6 +24,9 @@ async fn second_replica(env: &Env) -> (RunningServer, WorkspaceServiceClient<Cha
     (server, client)
 }
 
+/// A caller's `ListChannels` request, with a fresh token.
+type Read<'a> = dyn Fn() -> tonic::Request<pb::ListChannelsRequest> + 'a;
+
 fn list() -> pb::ListChannelsRequest {
     pb::ListChannelsRequest {
         clerk_org_id: "org_a".into(),
@@ -88,10 +91,7 @@ async fn each_change_refuses_at_once_here_and_within_the_bound_on_another_replic
     }
 
     // Each change goes through replica A (the gateway's commands), dated after the tokens.
-    let changes: Vec<(
-        &str,
-        Box<dyn Fn() -> tonic::Request<pb::ListChannelsRequest>>,
-    )> = vec![
+    let changes: Vec<(&str, Box<Read>)> = vec![
         ("role changed", Box::new(demoted)),
         ("membership removed", Box::new(gone)),
         ("user deleted", Box::new(deleted)),
