@@ -69,6 +69,23 @@ impl DatabaseArgs {
             .unwrap_or(&self.database_url)
     }
 
+    /// Builds another pool over DATABASE_URL of at most `max_size` connections asking for
+    /// `plans`. In `transaction` mode nothing is SET on a pooled connection, so its plans and
+    /// limits are the role's (those stored at start), whatever `plans` asks.
+    pub fn extra_pool(&self, max_size: usize, plans: PlanCache) -> anyhow::Result<Pool> {
+        match self.db_pool_mode {
+            PoolMode::Session => {
+                build_pool_with(self.database_url.expose(), max_size, plans, self.limits())
+            }
+            PoolMode::Transaction => build_pool_with(
+                self.database_url.expose(),
+                max_size,
+                PlanCache::Auto,
+                SessionLimits::default(),
+            ),
+        }
+    }
+
     /// The session limits these settings ask for.
     pub fn limits(&self) -> SessionLimits {
         SessionLimits {

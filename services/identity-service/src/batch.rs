@@ -13,6 +13,7 @@ use micro_batch::{MicroBatcher, SubmitError};
 use service_runtime::Pool;
 use std::collections::HashMap;
 use std::future::Future;
+use std::sync::Arc;
 
 /// Largest number of commands in one statement.
 pub const MAX_BATCH: usize = 64;
@@ -91,6 +92,35 @@ pub const MAX_LOOKUP: usize = 128;
 pub struct UserLookups {
     batcher: MicroBatcher<String, Result<Option<UserRecord>, Error>>,
     pool: Pool,
+    cache: UserCache,
+}
+
+/// The replica's cache of live user rows (`None`: no live user) by Clerk id.
+pub type UserCache = coherent_cache::Coherent<String, Option<Arc<UserRecord>>>;
+
+/// The channel the `users` table's triggers notify with `u <clerk_id>` (or `*`).
+pub const NOTIFY_CHANNEL: &str = "vbase_users";
+
+/// A user cache of at most `bytes` (0: off).
+pub fn user_cache(bytes: u64) -> UserCache {
+    UserCache::new(bytes, |id, user| {
+        let row = user.as_ref().map_or(0, |u| {
+            std::mem::size_of::<UserRecord>()
+                + u.clerk_id.len()
+                + u.name.len()
+                + u.email.len()
+                + u.image_url.len()
+        });
+        (std::mem::size_of::<(String, Option<Arc<UserRecord>>)>() + 64 + id.len() + row) as u64
+    })
+}
+
+/// Applies one notification of [`NOTIFY_CHANNEL`].
+pub fn apply_notification(cache: &UserCache, payload: &str) {
+    match payload.strip_prefix("u ") {
+        Some(id) => cache.invalidate(&id.to_owned()),
+        None => cache.clear(),
+    }
 }
 
 impl UserLookups {
@@ -98,18 +128,38 @@ impl UserLookups {
     pub fn start(
         pool: Pool,
         slots: usize,
+        cache: UserCache,
         on_batch: impl Fn(usize) + Send + Sync + 'static,
     ) -> Self {
         let batcher = start_over(&pool, slots, MAX_LOOKUP, on_batch, lookup);
-        Self { batcher, pool }
+        Self {
+            batcher,
+            pool,
+            cache,
+        }
     }
 
-    /// One live user by id.
-    pub async fn get(&self, clerk_id: &str) -> Result<Option<UserRecord>, Error> {
-        match self.batcher.submit(clerk_id.to_owned()).await {
+    /// One live user by id: from the replica's cache when it may answer, else from the
+    /// database (kept in the cache unless a change to users was heard meanwhile).
+    pub async fn get(&self, clerk_id: &str) -> Result<Option<Arc<UserRecord>>, Error> {
+        let key = clerk_id.to_owned();
+        if let Some(hit) = self.cache.get(&key) {
+            return Ok(hit);
+        }
+        let ticket = self.cache.ticket();
+        let found = match self.batcher.submit(key.clone()).await {
             Ok(r) => r,
             Err(_) => users::get_user(&self.pool, clerk_id).await,
-        }
+        }?
+        .map(Arc::new);
+        self.cache.insert(ticket, key, found.clone());
+        Ok(found)
+    }
+
+    /// Forgets `clerk_id` here (after a write to it on this replica, so it reads it back at
+    /// once; the other replicas hear it from PostgreSQL).
+    pub fn forget(&self, clerk_id: &str) {
+        self.cache.invalidate(&clerk_id.to_owned());
     }
 }
 

@@ -57,6 +57,11 @@ pub struct Config {
     /// next one.
     #[arg(long, env = "LOOKUP_SLOTS", default_value_t = 2)]
     pub lookup_slots: usize,
+    /// Bytes this replica's cache of user rows (GetCurrentUser, GetUser) may hold; 0 turns it
+    /// off and every lookup reads the database. Entries follow every change within 80 ms
+    /// (PostgreSQL notifications).
+    #[arg(long, env = "USER_CACHE_BYTES", default_value_t = 8 << 20)]
+    pub user_cache_bytes: u64,
 }
 
 impl service_runtime::cli::CheckConfig for Config {
@@ -108,12 +113,24 @@ pub async fn run(
         "ledger-upkeep",
         ledger.clone().upkeep(boot.lifecycle.stopped()),
     );
+    let cache = batch::user_cache(config.user_cache_bytes);
+    boot.workers.spawn(
+        "user-cache",
+        coherent_cache::listen(
+            cache.clone(),
+            config.service.db.direct_url().expose().to_owned(),
+            batch::NOTIFY_CHANNEL,
+            batch::apply_notification,
+            boot.lifecycle.stopped(),
+        ),
+    );
     let api = grpc::IdentityApi::new(
         boot.pool.clone(),
         ledger.clone(),
         metrics,
         config.group_commit_slots,
         config.lookup_slots,
+        cache,
     );
     let services =
         ledger.mount(GrpcServices::new().add(IdentityServiceServer::new(api), grpc::policy()));

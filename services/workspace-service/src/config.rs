@@ -383,6 +383,11 @@ pub struct Config {
     pub ledger: delivery_ledger::LedgerArgs,
     #[command(flatten)]
     pub watch: WatchArgs,
+    /// Bytes this replica's cache of users' access (workspace, membership, removal) may hold;
+    /// 0 turns it off and every check reads the database. Entries follow every change within
+    /// 80 ms (PostgreSQL notifications; docs/security.md).
+    #[arg(long, env = "ACCESS_CACHE_BYTES", default_value_t = 8 << 20)]
+    pub access_cache_bytes: u64,
     /// gRPC listen address.
     #[arg(long, env = "GRPC_ADDR", default_value = "0.0.0.0:50052")]
     pub grpc_addr: SocketAddr,

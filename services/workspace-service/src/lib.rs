@@ -43,6 +43,13 @@ pub const AUDIENCE: &str = "workspace-service";
 /// [`PlanCache::CustomOnly`]: service_runtime::db::PlanCache::CustomOnly
 pub const PLANS: service_runtime::db::PlanCache = service_runtime::db::PlanCache::CustomOnly;
 
+/// How PostgreSQL plans the statements of the hot reads (the access check by key, the channel
+/// list): once per connection, for any parameters. They run on a pool of their own (half of
+/// `DB_POOL_SIZE`), so the rest keep [`PLANS`]. A channel page's plan does not depend on its
+/// cursor: the only index that finds a workspace's channels is by name, so every page is read
+/// through it and sorted.
+pub const READ_PLANS: service_runtime::db::PlanCache = service_runtime::db::PlanCache::GenericOnly;
+
 /// Applies pending migrations to `database_url`.
 pub async fn migrate(database_url: &str) -> anyhow::Result<Vec<String>> {
     service_runtime::db::run_migrations(database_url, MIGRATIONS).await
@@ -116,8 +123,26 @@ pub async fn run(
         boot.lifecycle.clone(),
         metrics.clone(),
     );
+    let access = domain::standing::access_cache(config.access_cache_bytes);
+    boot.workers.spawn(
+        "access-cache",
+        coherent_cache::listen(
+            access.clone(),
+            // A session of its own on the primary, as the change hub's.
+            config.service.db.direct_url().expose().to_owned(),
+            domain::standing::NOTIFY_CHANNEL,
+            domain::standing::apply_notification,
+            boot.lifecycle.stopped(),
+        ),
+    );
+    let db = &config.service.db;
+    let reads = db.extra_pool((db.db_pool_size / 2).max(1), READ_PLANS)?;
     let api = grpc::WorkspaceApi::new(
         boot.pool.clone(),
+        grpc::HotReads {
+            pool: reads,
+            access,
+        },
         ledger.clone(),
         metrics,
         wakes,

@@ -214,8 +214,11 @@ impl PgCluster {
         let mut last_err = None;
         for _ in 0..5 {
             self.port = crate::unused_local_port()?;
+            // Extra server settings for a profiling run, e.g.
+            // `-c shared_preload_libraries=pg_stat_statements`.
+            let extra = std::env::var("EPHEMERAL_PG_OPTIONS").unwrap_or_default();
             self.options_line = format!(
-                "-p {} -k {} -c listen_addresses=127.0.0.1 -c max_connections={}{}",
+                "-p {} -k {} -c listen_addresses=127.0.0.1 -c max_connections={}{} {extra}",
                 self.port,
                 self.dir.display(),
                 options.max_connections,

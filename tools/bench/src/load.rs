@@ -40,6 +40,8 @@ pub struct Bench<'a> {
     pub conns: Vec<Direct>,
     /// workspace-service's database.
     pub wdb: Arc<tokio_postgres::Client>,
+    /// The services' read caches are off (`--caches off`): every read is a miss.
+    pub cold: bool,
 }
 
 #[derive(Default)]
@@ -72,6 +74,9 @@ where
     let next = Arc::new(AtomicUsize::new(0));
     let lat = Arc::new(Mutex::new(Vec::with_capacity(total)));
     let errors = Arc::new(AtomicUsize::new(0));
+    // Phase markers on stderr with the wall clock, for profiles cut to one phase (`perf record
+    // -k realtime`, then `perf report --time`).
+    eprintln!("load: {total} calls starting at {:.6}", wall_clock());
     let started = Instant::now();
     let workers = states.into_iter().map(|s| {
         let (next, lat, errors, f) = (next.clone(), lat.clone(), errors.clone(), f.clone());
@@ -93,14 +98,23 @@ where
         })
     });
     join_all(workers).await;
+    let elapsed = started.elapsed();
+    eprintln!("load: {total} calls done at {:.6}", wall_clock());
     let latencies_ms = Arc::try_unwrap(lat)
         .map(|m| m.into_inner().unwrap())
         .unwrap_or_default();
     Stats {
-        elapsed: started.elapsed(),
+        elapsed,
         latencies_ms,
         errors: errors.load(Ordering::Relaxed),
     }
+}
+
+/// Seconds since the Unix epoch.
+fn wall_clock() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
 }
 
 /// Brings freshly loaded tables to a steady state before a timed delete, the same for both

@@ -40,10 +40,20 @@ struct Args {
     /// one per concurrent caller).
     #[arg(long)]
     grpc_connections: Option<usize>,
+    /// The services' read caches (workspace-service's access cache, identity-service's user
+    /// cache): `off` makes every read a miss (the cold rows).
+    #[arg(long, value_enum, default_value = "on")]
+    caches: Caches,
     /// Only these rows (comma-separated; all when absent). `reads` also runs `ingest`, which
     /// creates the users it reads.
     #[arg(long, value_enum, value_delimiter = ',')]
     rows: Vec<Row>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Caches {
+    On,
+    Off,
 }
 
 /// The rows of the table.
@@ -153,6 +163,17 @@ fn stack_config(args: &Args) -> Result<StackConfig> {
         "webhook-gateway",
         vec![("LOG_FORMAT".into(), "json".into())],
     );
+    if args.caches == Caches::Off {
+        for (service, name) in [
+            ("workspace-service", "ACCESS_CACHE_BYTES"),
+            ("identity-service", "USER_CACHE_BYTES"),
+        ] {
+            cfg.extra_env
+                .entry(service)
+                .or_default()
+                .push((name.into(), "0".into()));
+        }
+    }
     for e in &args.service_env {
         let (service, pair) = e
             .split_once(':')
@@ -209,5 +230,6 @@ async fn bench<'a>(args: &Args, stack: &'a Stack) -> Result<Bench<'a>> {
         rooms_to_clean: if args.smoke { 200 } else { 10_000 },
         conns,
         wdb: pg(&stack.workspace_db).await?,
+        cold: args.caches == Caches::Off,
     })
 }

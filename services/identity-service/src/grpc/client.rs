@@ -19,7 +19,7 @@ pub(super) async fn store_user(
     let email = user.email.clone().filter(|e| validate::email(e).is_ok());
     let issued_at =
         chrono::DateTime::from_timestamp(user.issued_at, 0).unwrap_or_else(chrono::Utc::now);
-    let (record, created) = users::store_user(
+    let stored = users::store_user(
         &api.pool,
         users::TokenClaims {
             clerk_id: user.user_id.clone(),
@@ -28,9 +28,11 @@ pub(super) async fn store_user(
             issued_at,
         },
     )
-    .await?;
+    .await;
+    api.lookups.forget(&user.user_id);
+    let (record, created) = stored?;
     Ok(Response::new(pb::StoreUserResponse {
-        user: Some(to_proto(record, true)),
+        user: Some(to_proto(&record, true)),
         created,
     }))
 }
@@ -47,7 +49,7 @@ pub(super) async fn get_current_user(
         Status::not_found("user not synced yet: call StoreUser or wait for the Clerk webhook")
     })?;
     Ok(Response::new(pb::GetCurrentUserResponse {
-        user: Some(to_proto(record, true)),
+        user: Some(to_proto(&record, true)),
     }))
 }
 
@@ -65,7 +67,7 @@ pub(super) async fn get_user(
         .ok_or_else(|| Status::not_found(format!("no user {id}")))?;
     let full = sees_everything(&p, &id);
     Ok(Response::new(pb::GetUserResponse {
-        user: Some(to_proto(record, full)),
+        user: Some(to_proto(&record, full)),
     }))
 }
 
@@ -96,7 +98,7 @@ pub(super) async fn batch_get_users(
     let mut missing = Vec::new();
     for id in ids {
         match found.get(&id) {
-            Some(u) => users_out.push(to_proto(u.clone(), sees_everything(&p, &id))),
+            Some(u) => users_out.push(to_proto(u, sees_everything(&p, &id))),
             None if !missing.contains(&id) => missing.push(id),
             None => {}
         }

@@ -62,13 +62,14 @@ impl IdentityApi {
         metrics: Metrics,
         commit_slots: usize,
         lookup_slots: usize,
+        cache: crate::batch::UserCache,
     ) -> Self {
         let sizes = metrics.upsert_batch_size.clone();
         let upserts = UpsertBatcher::start(pool.clone(), commit_slots, move |n| {
             sizes.observe(n as f64);
         });
         let sizes = metrics.lookup_batch_size.clone();
-        let lookups = UserLookups::start(pool.clone(), lookup_slots, move |n| {
+        let lookups = UserLookups::start(pool.clone(), lookup_slots, cache, move |n| {
             sizes.observe(n as f64);
         });
         Self {
@@ -93,7 +94,7 @@ fn ts(dt: chrono::DateTime<chrono::Utc>) -> prost_types::Timestamp {
 }
 
 /// The full record, or the public profile (no email) for other users.
-fn to_proto(u: UserRecord, full: bool) -> pb::User {
+fn to_proto(u: &UserRecord, full: bool) -> pb::User {
     pb::User {
         clerk_id: u.clerk_id.clone(),
         name: u.name.clone(),

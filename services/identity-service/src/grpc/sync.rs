@@ -33,7 +33,11 @@ impl IdentityApi {
         })();
         let result = match cmd {
             Ok(cmd) => match self.ledger.note_instance(&c.instance_id).await {
-                Ok(()) => self.upserts.upsert(cmd).await,
+                Ok(()) => {
+                    let done = self.upserts.upsert(cmd).await;
+                    self.lookups.forget(&c.clerk_id);
+                    done
+                }
                 Err(e) => Err(e),
             },
             Err(e) => Err(e),
@@ -124,7 +128,11 @@ pub(super) async fn delete_user(
     })();
     let result = match cmd {
         Ok(cmd) => match api.ledger.note_instance(&c.instance_id).await {
-            Ok(()) => users::delete_user(&api.pool, cmd).await,
+            Ok(()) => {
+                let done = users::delete_user(&api.pool, cmd).await;
+                api.lookups.forget(&c.clerk_id);
+                done
+            }
             Err(e) => Err(e),
         },
         Err(e) => Err(e),

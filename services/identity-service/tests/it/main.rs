@@ -8,3 +8,4 @@ mod lifecycle;
 mod migrations;
 mod properties;
 mod support;
+mod user_cache;

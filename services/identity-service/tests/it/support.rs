@@ -35,6 +35,7 @@ pub fn config(db_url: &str, issuers: &Issuers) -> Config {
         metrics_addr: "127.0.0.1:0".parse().unwrap(),
         group_commit_slots: 2,
         lookup_slots: 2,
+        user_cache_bytes: 8 << 20,
         ledger: Default::default(),
     }
 }

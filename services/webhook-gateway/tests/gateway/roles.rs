@@ -72,6 +72,7 @@ async fn the_services_run_as_a_role_that_changes_no_schema_and_migrate_as_the_ow
         metrics_addr: "127.0.0.1:0".parse().unwrap(),
         group_commit_slots: 2,
         lookup_slots: 2,
+        user_cache_bytes: 8 << 20,
         ledger: Default::default(),
     };
     let workspace_cfg = workspace_service::Config {
@@ -97,6 +98,7 @@ async fn the_services_run_as_a_role_that_changes_no_schema_and_migrate_as_the_ow
         },
         ledger: Default::default(),
         watch: Default::default(),
+        access_cache_bytes: 8 << 20,
         grpc_addr: "127.0.0.1:0".parse().unwrap(),
         metrics_addr: "127.0.0.1:0".parse().unwrap(),
     };
@@ -329,6 +331,7 @@ async fn in_a_database_of_its_own_a_non_superuser_owner_migrates_into_public() {
         metrics_addr: "127.0.0.1:0".parse().unwrap(),
         group_commit_slots: 2,
         lookup_slots: 2,
+        user_cache_bytes: 8 << 20,
         ledger: Default::default(),
     };
     let identity = RunningServer::start(|l, s| identity_service::run(cfg, l, s)).await;

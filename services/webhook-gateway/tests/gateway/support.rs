@@ -125,6 +125,7 @@ pub async fn stack_with(
         metrics_addr: "127.0.0.1:0".parse().unwrap(),
         group_commit_slots: 2,
         lookup_slots: 2,
+        user_cache_bytes: 8 << 20,
         ledger: Default::default(),
     };
     let workspace_cfg = workspace_service::Config {
@@ -150,6 +151,7 @@ pub async fn stack_with(
         },
         ledger: Default::default(),
         watch: Default::default(),
+        access_cache_bytes: 8 << 20,
         grpc_addr: "127.0.0.1:0".parse().unwrap(),
         metrics_addr: "127.0.0.1:0".parse().unwrap(),
     };

@@ -1,6 +1,7 @@
 //! Who is calling, and where they may act: the workspace of a row is resolved and checked
 //! against the caller's active organization before anything else happens.
 
+use super::standing::{AccessCache, access_facts};
 use crate::error::Error;
 use crate::model::RoomKind;
 use diesel::OptionalExtension;
@@ -31,6 +32,8 @@ pub enum Caller {
         /// Display name and avatar URL as Clerk put them in the token (`name`, `picture`).
         name: Option<String>,
         avatar: Option<String>,
+        /// The replica's access cache, if it has one.
+        access: Option<AccessCache>,
     },
 }
 
@@ -47,8 +50,25 @@ impl Caller {
                 issued_at: u.issued_at,
                 name: u.name.clone(),
                 avatar: u.picture.clone(),
+                access: None,
             }),
             None => Err(Error::Denied("no verified caller".into())),
+        }
+    }
+
+    /// The caller, checked against the replica's access cache `cache`.
+    pub fn with_access(mut self, cache: Option<&AccessCache>) -> Self {
+        if let Caller::User { access, .. } = &mut self {
+            access.clone_from(&cache.cloned());
+        }
+        self
+    }
+
+    /// The replica's access cache, for users.
+    pub fn access(&self) -> Option<&AccessCache> {
+        match self {
+            Caller::User { access, .. } => access.as_ref(),
+            Caller::Service => None,
         }
     }
 
@@ -109,20 +129,17 @@ pub fn unseen(caller: &Caller, what: &str) -> Error {
 }
 
 /// What our data learned about a user after their token was issued.
-#[derive(Debug, QueryableByName)]
+#[derive(Debug)]
 pub struct Standing {
-    #[diesel(sql_type = diesel::sql_types::Bool)]
     removed: bool,
-    #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Bool>)]
     membership_deleted: Option<bool>,
-    #[diesel(sql_type = diesel::sql_types::Nullable<Text>)]
     role: Option<String>,
 }
 
 /// Access follows Clerk's changes, not only the token: a user deleted, or whose membership of
 /// `org` was removed or whose role there changed, after the token was issued is refused until
 /// they get a fresh token (which then states the new role, or no longer names the workspace).
-/// Services pass. One statement, by key.
+/// Services pass. One statement by key, or the replica's access cache.
 pub async fn check_standing(
     conn: &mut AsyncPgConnection,
     caller: &Caller,
@@ -137,23 +154,23 @@ pub async fn check_standing(
     else {
         return Ok(());
     };
-    let s: Standing = prepared(
-        "SELECT EXISTS (SELECT 1 FROM removed_users WHERE clerk_user_id = $2 AND removed_at > to_timestamp($3)) AS removed,
-                m.deleted AS membership_deleted, m.role
-           FROM (SELECT 1) one
-           LEFT JOIN memberships m
-             ON m.clerk_org_id = $1 AND m.clerk_user_id = $2
-            AND CASE WHEN m.deleted THEN m.deleted_at ELSE m.source_updated_at END > to_timestamp($3)",
-    )
-    .bind::<Text, _>(org)
-    .bind::<Text, _>(id.as_str())
-    .bind::<diesel::sql_types::Double, _>(*issued_at as f64)
-    .get_result(conn)
-    .await?;
-    s.verdict(role.as_ref())
+    access_facts(conn, caller.access(), org, id)
+        .await?
+        .standing(*issued_at)
+        .verdict(role.as_ref())
 }
 
 impl Standing {
+    /// The user was `removed`; the membership was deleted (`Some(true)`) or changed to `role`
+    /// (`Some(false)`), or did not change (`None`), after the token was issued.
+    pub fn new(removed: bool, membership_deleted: Option<bool>, role: Option<String>) -> Self {
+        Self {
+            removed,
+            membership_deleted,
+            role,
+        }
+    }
+
     /// Refuses a user deleted, or whose membership was removed or role changed, after the
     /// token stating `role` was issued.
     pub fn verdict(&self, role: Option<&String>) -> Result<(), Error> {

@@ -90,17 +90,8 @@ pub async fn find_workspace(
         .optional()
 }
 
-/// A workspace with its caller's standing, from one statement.
-#[derive(QueryableByName)]
-struct WorkspaceAndStanding {
-    #[diesel(embed)]
-    workspace: WorkspaceRecord,
-    #[diesel(embed)]
-    standing: super::access::Standing,
-}
-
-/// The workspace of `org`, if the caller may act there. For a user, the workspace and the
-/// revocation check are one statement (one round trip on the read path).
+/// The workspace of `org`, if the caller may act there. For a user, the workspace and what
+/// decides their access come from one statement by key, or from the replica's access cache.
 pub async fn workspace_for(
     conn: &mut AsyncPgConnection,
     caller: &Caller,
@@ -119,27 +110,10 @@ pub async fn workspace_for(
             .await?
             .ok_or_else(missing);
     };
-    let found: Option<WorkspaceAndStanding> = prepared(
-        "SELECT w.id, w.clerk_org_id, w.name, w.slug, w.owner_clerk_id, w.source_updated_at,
-                w.created_at, w.updated_at,
-                EXISTS (SELECT 1 FROM removed_users
-                         WHERE clerk_user_id = $2 AND removed_at > to_timestamp($3)) AS removed,
-                m.deleted AS membership_deleted, m.role
-           FROM workspaces w
-           LEFT JOIN memberships m
-             ON m.clerk_org_id = w.clerk_org_id AND m.clerk_user_id = $2
-            AND CASE WHEN m.deleted THEN m.deleted_at ELSE m.source_updated_at END > to_timestamp($3)
-          WHERE w.clerk_org_id = $1 AND w.deleted_at IS NULL",
-    )
-    .bind::<Text, _>(org.as_str())
-    .bind::<Text, _>(id.as_str())
-    .bind::<diesel::sql_types::Double, _>(*issued_at as f64)
-    .get_result(conn)
-    .await
-    .optional()?;
-    let found = found.ok_or_else(missing)?;
-    found.standing.verdict(role.as_ref())?;
-    Ok(found.workspace)
+    let facts = super::standing::access_facts(conn, caller.access(), org.as_str(), id).await?;
+    let workspace = facts.workspace.clone().ok_or_else(missing)?;
+    facts.standing(*issued_at).verdict(role.as_ref())?;
+    Ok(workspace)
 }
 
 /// Creates or updates a workspace; creates `general` on first creation, in the same transaction.

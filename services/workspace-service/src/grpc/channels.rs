@@ -27,7 +27,7 @@ pub(super) async fn list_channels(
     let Page {
         items,
         next_page_token,
-    } = channels::list_channels(&mut *api.conn().await?, &who, &q.org, &q.page).await?;
+    } = channels::list_channels(&mut *api.read_conn().await?, &who, &q.org, &q.page).await?;
     ok(pb::ListChannelsResponse {
         channels: items.into_iter().map(Into::into).collect(),
         next_page_token,

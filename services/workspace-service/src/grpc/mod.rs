@@ -19,6 +19,7 @@ mod workspaces;
 
 use crate::domain::Outcome;
 use crate::domain::access::Caller;
+use crate::domain::standing::AccessCache;
 use crate::error::Error;
 use crate::metrics::Metrics;
 use crate::workers::Wakes;
@@ -45,14 +46,24 @@ fn accept<T, I>(req: Request<T>) -> Result<(Caller, I), Status>
 where
     I: TryFrom<T, Error = Error>,
 {
-    let caller = Caller::from_principal(req.extensions().get::<Principal>())?;
+    let caller = Caller::from_principal(req.extensions().get::<Principal>())?
+        .with_access(req.extensions().get::<AccessCache>());
     Ok((caller, I::try_from(req.into_inner())?))
+}
+
+/// What the hot reads use: a pool whose statements keep one plan ([`crate::READ_PLANS`]) and
+/// the replica's access cache.
+pub struct HotReads {
+    pub pool: Pool,
+    pub access: AccessCache,
 }
 
 /// The service implementation.
 #[derive(Clone)]
 pub struct WorkspaceApi {
     pool: Pool,
+    /// The pool of the hot reads, whose statements keep one plan ([`crate::READ_PLANS`]).
+    reads: Pool,
     ledger: delivery_ledger::Ledger,
     metrics: Metrics,
     wakes: Wakes,
@@ -60,6 +71,8 @@ pub struct WorkspaceApi {
     room_tokens: crate::liveblocks::RoomTokens,
     /// Bytes one answer may carry (`RESPONSE_MAX_BYTES`).
     response_bytes: usize,
+    /// The replica's access cache (callers find it in their request's extensions).
+    access: AccessCache,
 }
 
 impl WorkspaceApi {
@@ -68,25 +81,49 @@ impl WorkspaceApi {
     /// `response_bytes`.
     pub fn new(
         pool: Pool,
+        hot: HotReads,
         ledger: delivery_ledger::Ledger,
         metrics: Metrics,
         wakes: Wakes,
         room_tokens: crate::liveblocks::RoomTokens,
         response_bytes: usize,
     ) -> Self {
+        let HotReads {
+            pool: reads,
+            access,
+        } = hot;
         Self {
             pool,
+            reads,
             ledger,
             metrics,
             wakes,
             room_tokens,
             response_bytes,
+            access,
         }
+    }
+
+    /// The replica's access cache.
+    pub fn access(&self) -> &AccessCache {
+        &self.access
+    }
+
+    /// Forgets this replica's cached access to `org` (after a write to it here, so this
+    /// replica reads it back at once; the others hear it from PostgreSQL).
+    fn forget_org(&self, org: &str) {
+        self.access.invalidate_where(|(o, _)| o == org);
     }
 
     /// A pooled connection for one request.
     async fn conn(&self) -> Result<Object<AsyncPgConnection>, Error> {
         Ok(self.pool.get().await?)
+    }
+
+    /// A connection of the hot reads' pool: only for statements whose best plan does not
+    /// depend on their parameters.
+    async fn read_conn(&self) -> Result<Object<AsyncPgConnection>, Error> {
+        Ok(self.reads.get().await?)
     }
 
     /// Runs `work` on a pooled connection in a task of its own. A caller that goes away (its

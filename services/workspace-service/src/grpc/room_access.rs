@@ -23,7 +23,10 @@ async fn room_token(
     api: &WorkspaceApi,
     req: Request<pb::AuthorizeLiveblocksRoomRequest>,
 ) -> Result<pb::AuthorizeLiveblocksRoomResponse, Error> {
-    let caller = Caller::from_principal(req.extensions().get::<Principal>())?;
+    let caller = Caller::from_principal(req.extensions().get::<Principal>())?.with_access(
+        req.extensions()
+            .get::<crate::domain::standing::AccessCache>(),
+    );
     let room = LiveblocksRoom::parse(&req.into_inner().room_id)?;
     let entry = {
         let mut conn = api.conn().await?;

@@ -61,12 +61,14 @@ pub struct Routes {
     server: WorkspaceServiceServer<WorkspaceApi>,
     live: Live,
     quotas: Arc<Quotas>,
+    access: crate::domain::standing::AccessCache,
 }
 
 impl Routes {
     /// `api`'s methods, the watches of `live`, under `quotas`.
     pub fn new(api: WorkspaceApi, live: Live, quotas: Quotas) -> Self {
         Self {
+            access: api.access().clone(),
             server: WorkspaceServiceServer::new(api),
             live,
             quotas: Arc::new(quotas),
@@ -89,7 +91,8 @@ impl Service<http::Request<tonic::body::Body>> for Routes {
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, req: http::Request<tonic::body::Body>) -> Self::Future {
+    fn call(&mut self, mut req: http::Request<tonic::body::Body>) -> Self::Future {
+        req.extensions_mut().insert(self.access.clone());
         let method = req.uri().path().rsplit_once('/').map_or("", |(_, m)| m);
         let kind = match method {
             "WatchChannel" => Some(Kind::Channel),

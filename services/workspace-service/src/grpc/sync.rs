@@ -18,8 +18,12 @@ pub(super) async fn upsert_workspace(
         let m = req.into_inner();
         api.ledger.note_instance(&m.instance_id).await?;
         let cmd = UpsertWorkspace::try_from(m)?;
-        api.detached(async move |mut conn| workspaces::upsert_workspace(&mut conn, &cmd).await)
-            .await
+        let org = cmd.org.as_str().to_owned();
+        let done = api
+            .detached(async move |mut conn| workspaces::upsert_workspace(&mut conn, &cmd).await)
+            .await;
+        api.forget_org(&org);
+        done
     }
     .await;
     api.record("upsert_workspace", result.as_ref().map(|r| r.0));
@@ -41,8 +45,9 @@ pub(super) async fn delete_workspace(
         let org = cmd.org.clone();
         let done = api
             .detached(async move |mut conn| purge::delete_workspace(&mut conn, &cmd).await)
-            .await?;
-        Ok::<_, Error>((org, done))
+            .await;
+        api.forget_org(org.as_str());
+        Ok::<_, Error>((org, done?))
     }
     .await;
     api.record("delete_workspace", result.as_ref().map(|(_, d)| d.outcome));
@@ -69,8 +74,12 @@ where
     let result = async {
         api.ledger.note_instance(&instance_id).await?;
         let cmd = MembershipChange::try_from(req.into_inner())?;
-        api.detached(async move |mut conn| memberships::change_membership(&mut conn, &cmd).await)
-            .await
+        let key = (cmd.org.as_str().to_owned(), cmd.user.as_str().to_owned());
+        let done = api
+            .detached(async move |mut conn| memberships::change_membership(&mut conn, &cmd).await)
+            .await;
+        api.access.invalidate(&key);
+        done
     }
     .await;
     api.record(command, result.as_ref().copied());
@@ -103,8 +112,12 @@ pub(super) async fn remove_user(
         let m = req.into_inner();
         api.ledger.note_instance(&m.instance_id).await?;
         let cmd = RemoveUser::try_from(m)?;
-        api.detached(async move |mut conn| users::remove_user(&mut conn, &cmd).await)
-            .await
+        let user = cmd.user.as_str().to_owned();
+        let done = api
+            .detached(async move |mut conn| users::remove_user(&mut conn, &cmd).await)
+            .await;
+        api.access.invalidate_where(|(_, u)| *u == user);
+        done
     }
     .await;
     api.record("remove_user", result.as_ref().map(|r| r.outcome));

@@ -48,7 +48,11 @@ async fn open(
 ) -> Result<crate::live::outbox::Body, Status> {
     let (parts, body) = req.into_parts();
     let principal = parts.extensions.get::<Principal>();
-    let caller = Caller::from_principal(principal)?;
+    let caller = Caller::from_principal(principal)?.with_access(
+        parts
+            .extensions
+            .get::<crate::domain::standing::AccessCache>(),
+    );
     let expires_at = principal.map(Principal::expires_at);
     let read = Limited::new(body, MAX_REQUEST)
         .collect()

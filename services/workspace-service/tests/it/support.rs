@@ -60,6 +60,7 @@ pub fn config(db_url: &str, issuers: &Issuers, liveblocks_url: Option<&str>) -> 
         },
         ledger: Default::default(),
         watch: Default::default(),
+        access_cache_bytes: 8 << 20,
         grpc_addr: "127.0.0.1:0".parse().unwrap(),
         metrics_addr: "127.0.0.1:0".parse().unwrap(),
     }

@@ -13,9 +13,9 @@ use vbase_proto::workspace::v1 as wsp;
 use vbase_proto::workspace::v1::workspace_service_client::WorkspaceServiceClient;
 use vbase_stack::dev_user_claims;
 
-/// The statements of a `ListChannels` call, prepared once per connection: the workspace with
-/// the caller's standing (the revocation check) in one statement, then the page; and, to see
-/// what the check costs, the workspace alone.
+/// The statements of a `ListChannels` call that misses the access cache, prepared once per
+/// connection: the workspace with what decides the caller's access (membership, removal) in
+/// one statement, then the page; and, to see what the check costs, the workspace alone.
 #[derive(Clone)]
 pub struct WsDirect {
     pub db: Arc<tokio_postgres::Client>,
@@ -31,14 +31,12 @@ impl WsDirect {
             .prepare(
                 "SELECT w.id::text, w.clerk_org_id, w.name, w.slug, w.owner_clerk_id, w.source_updated_at,
                         w.created_at, w.updated_at,
-                        EXISTS (SELECT 1 FROM removed_users
-                                 WHERE clerk_user_id = $2 AND removed_at > to_timestamp($3)) AS removed,
-                        m.deleted AS membership_deleted, m.role
-                   FROM workspaces w
-                   LEFT JOIN memberships m
-                     ON m.clerk_org_id = w.clerk_org_id AND m.clerk_user_id = $2
-                    AND CASE WHEN m.deleted THEN m.deleted_at ELSE m.source_updated_at END > to_timestamp($3)
-                  WHERE w.clerk_org_id = $1 AND w.deleted_at IS NULL",
+                        (SELECT removed_at FROM removed_users WHERE clerk_user_id = $2) AS removed_at,
+                        m.deleted AS membership_deleted, m.role,
+                        CASE WHEN m.deleted THEN m.deleted_at ELSE m.source_updated_at END AS membership_changed_at
+                   FROM (SELECT 1) one
+                   LEFT JOIN workspaces w ON w.clerk_org_id = $1 AND w.deleted_at IS NULL
+                   LEFT JOIN memberships m ON m.clerk_org_id = $1 AND m.clerk_user_id = $2",
             )
             .await?;
         let workspace = db
@@ -64,7 +62,7 @@ impl WsDirect {
     pub async fn read(&self, user: &str, with_check: bool) -> Result<()> {
         let ws = if with_check {
             self.db
-                .query_one(&self.checked, &[&"org_bread", &user, &(now_secs() as f64)])
+                .query_one(&self.checked, &[&"org_bread", &user])
                 .await?
         } else {
             self.db.query_one(&self.workspace, &[&"org_bread"]).await?
@@ -180,7 +178,14 @@ pub async fn run(b: &Bench<'_>, report: &mut Report) -> Result<()> {
     ));
     let unchecked = base(false).await;
     rows.push([
-        format!("authenticated workspace read `ListChannels` (org and revocation checks), concurrency {c}"),
+        format!(
+            "authenticated workspace read `ListChannels` (org and revocation checks), concurrency {c}, {}",
+            if b.cold {
+                "cold (access cache off: every read a miss)"
+            } else {
+                "warm (access cache on: 100 members reading repeatedly)"
+            }
+        ),
         format!(
             "{:.0} RPS, p99 {:.1} ms ({} errors)",
             ours.rate(),
@@ -194,7 +199,11 @@ pub async fn run(b: &Bench<'_>, report: &mut Report) -> Result<()> {
             unchecked.rate(),
             (unchecked.rate() / full.rate() - 1.0) * 100.0
         ),
-        format!("{:.2}x (goal >= 0.5)", ours.rate() / full.rate()),
+        format!(
+            "{:.2}x (goal >= {})",
+            ours.rate() / full.rate(),
+            if b.cold { "0.5" } else { "0.7" }
+        ),
     ]);
     // Leave nothing behind for the rows that count the workspace tables.
     drop_bench_workspace(

@@ -1,0 +1,212 @@
+//! A per-replica cache of rows that decide what a caller may see, kept coherent with
+//! PostgreSQL and bounded in memory and in staleness.
+//!
+//! - **Invalidation.** Triggers in the database `pg_notify` a channel with the key of every
+//!   row that changes, in the writing transaction, so every write path (commands, reconcile,
+//!   purge, a hand-run statement) is covered and nothing is announced before it commits. The
+//!   [`listen`] task of each replica applies those notifications to its cache.
+//! - **A read that races a change.** A miss takes a [`Ticket`] before it reads the database and
+//!   stores its row only if no invalidation happened since ([`Coherent::insert`]), so a row read
+//!   before a change can never be stored after the change's notification was applied.
+//! - **Bounded staleness.** The listener sends itself a ping (`pg_notify` on a channel only it
+//!   listens on) every [`PING_EVERY`]. PostgreSQL delivers notifications in commit order, so when
+//!   the ping sent at `s` comes back, every change committed before `s` has been applied. The
+//!   cache answers only while the last ping that came back was sent less than [`FRESH_FOR`] ago:
+//!   a change is never served stale for longer than that after its commit, also when the
+//!   notification connection hangs without an error.
+//! - **A lost connection** empties the cache and reads go to the database until the listener
+//!   is back (and has emptied it again: whatever changed in between was not heard).
+//! - **Memory.** Entries are weighed in bytes; the cache never holds more than its capacity
+//!   (least recently used entries go first).
+
+use std::hash::Hash;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+mod listen;
+
+pub use listen::{PING_EVERY, listen};
+
+/// How long after a ping was sent its echo lets the cache answer: the most a committed change
+/// can stay unseen on a replica.
+pub const FRESH_FOR: Duration = Duration::from_millis(80);
+
+/// The weight of an entry in bytes (its key and value, heap included, roughly).
+pub type Weigh<K, V> = fn(&K, &V) -> u64;
+
+struct Weigher<K, V>(Weigh<K, V>);
+
+impl<K, V> Clone for Weigher<K, V> {
+    fn clone(&self) -> Self {
+        Self(self.0)
+    }
+}
+
+impl<K, V> quick_cache::Weighter<K, V> for Weigher<K, V> {
+    fn weight(&self, key: &K, val: &V) -> u64 {
+        (self.0)(key, val).max(1)
+    }
+}
+
+struct Inner<K, V> {
+    entries: quick_cache::sync::Cache<K, V, Weigher<K, V>>,
+    /// Bumped by every invalidation: a miss stores its row only if it did not move.
+    epoch: AtomicU64,
+    /// Milliseconds since `origin` until which the cache may answer (0: not listening).
+    fresh_until: AtomicU64,
+    /// The send time (ms since `origin`) of the last ping that came back.
+    echoed: tokio::sync::watch::Sender<u64>,
+    origin: Instant,
+    capacity: u64,
+}
+
+/// A replica's cache of `V` by `K`; clones share it. Capacity 0 turns it off (every read a miss).
+#[derive(Clone)]
+pub struct Coherent<K, V> {
+    inner: Arc<Inner<K, V>>,
+}
+
+impl<K, V> std::fmt::Debug for Coherent<K, V> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Coherent")
+            .field("capacity_bytes", &self.inner.capacity)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The state of the cache when a miss started reading the database.
+#[derive(Debug, Clone, Copy)]
+pub struct Ticket(u64);
+
+impl<K, V> Coherent<K, V>
+where
+    K: Eq + Hash + Clone,
+    V: Clone,
+{
+    /// A cache of at most `capacity_bytes` (0: off), entries weighed by `weigh`. It answers
+    /// nothing until its [`listen`] task hears its first ping.
+    pub fn new(capacity_bytes: u64, weigh: Weigh<K, V>) -> Self {
+        // quick_cache wants an item estimate; 256 bytes an entry is about what ours weigh.
+        let items = (capacity_bytes / 256).clamp(1, 1 << 20) as usize;
+        let entries =
+            quick_cache::sync::Cache::with_weighter(items, capacity_bytes.max(1), Weigher(weigh));
+        Self {
+            inner: Arc::new(Inner {
+                entries,
+                epoch: AtomicU64::new(0),
+                fresh_until: AtomicU64::new(0),
+                echoed: tokio::sync::watch::Sender::new(0),
+                origin: Instant::now(),
+                capacity: capacity_bytes,
+            }),
+        }
+    }
+
+    /// Whether the cache may hold anything.
+    pub fn enabled(&self) -> bool {
+        self.inner.capacity > 0
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.inner.origin.elapsed().as_millis() as u64 + 1
+    }
+
+    /// Whether the cache may answer now: listening, and a ping sent less than [`FRESH_FOR`]
+    /// ago came back.
+    pub fn fresh(&self) -> bool {
+        self.enabled() && self.now_ms() < self.inner.fresh_until.load(Ordering::Acquire)
+    }
+
+    /// The cached value of `key`, if the cache may answer.
+    pub fn get(&self, key: &K) -> Option<V> {
+        if !self.fresh() {
+            return None;
+        }
+        self.inner.entries.get(key)
+    }
+
+    /// Take before reading what [`Coherent::insert`] will store.
+    pub fn ticket(&self) -> Ticket {
+        Ticket(self.inner.epoch.load(Ordering::SeqCst))
+    }
+
+    /// Stores `value` read under `ticket`, unless something was invalidated since.
+    pub fn insert(&self, ticket: Ticket, key: K, value: V) {
+        if !self.enabled() || self.inner.epoch.load(Ordering::SeqCst) != ticket.0 {
+            return;
+        }
+        self.inner.entries.insert(key.clone(), value);
+        // An invalidation between the check and the insert bumped the epoch first and may
+        // have removed before this insert landed: take it out again.
+        if self.inner.epoch.load(Ordering::SeqCst) != ticket.0 {
+            self.inner.entries.remove(&key);
+        }
+    }
+
+    /// Forgets `key`.
+    pub fn invalidate(&self, key: &K) {
+        self.inner.epoch.fetch_add(1, Ordering::SeqCst);
+        self.inner.entries.remove(key);
+    }
+
+    /// Forgets every entry whose key matches.
+    pub fn invalidate_where(&self, matches: impl Fn(&K) -> bool) {
+        self.inner.epoch.fetch_add(1, Ordering::SeqCst);
+        self.inner.entries.retain(|k, _| !matches(k));
+    }
+
+    /// Forgets everything.
+    pub fn clear(&self) {
+        self.inner.epoch.fetch_add(1, Ordering::SeqCst);
+        self.inner.entries.clear();
+    }
+
+    /// Stops answering and forgets everything (the notifications are not heard).
+    fn lost(&self) {
+        self.inner.fresh_until.store(0, Ordering::Release);
+        self.clear();
+    }
+
+    /// Our ping sent at `sent_ms` came back.
+    fn echo(&self, sent_ms: u64) {
+        self.inner
+            .fresh_until
+            .fetch_max(sent_ms + FRESH_FOR.as_millis() as u64, Ordering::AcqRel);
+        self.inner.echoed.send_if_modified(|e| {
+            let newer = sent_ms > *e;
+            *e = (*e).max(sent_ms);
+            newer
+        });
+    }
+
+    /// Bytes held now.
+    pub fn bytes(&self) -> u64 {
+        self.inner.entries.weight()
+    }
+
+    /// The most bytes it holds.
+    pub fn capacity(&self) -> u64 {
+        self.inner.capacity
+    }
+
+    /// Entries held now.
+    pub fn len(&self) -> usize {
+        self.inner.entries.len()
+    }
+
+    /// Whether it holds nothing.
+    pub fn is_empty(&self) -> bool {
+        self.inner.entries.is_empty()
+    }
+
+    /// Waits (at most `wait`) until a ping sent after this call came back, so every change
+    /// committed before the call has been applied here; false if none came back in time.
+    pub async fn caught_up(&self, wait: Duration) -> bool {
+        let since = self.now_ms();
+        let mut rx = self.inner.echoed.subscribe();
+        tokio::time::timeout(wait, rx.wait_for(|e| *e >= since))
+            .await
+            .is_ok_and(|r| r.is_ok())
+    }
+}

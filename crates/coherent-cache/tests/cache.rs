@@ -1,0 +1,153 @@
+//! The cache's own guarantees: its memory bound, a miss that raced an invalidation, and
+//! answering only while its notifications are heard (against a real PostgreSQL).
+
+use coherent_cache::{Coherent, listen};
+use ephemeral_postgres::TestDatabases;
+use std::time::Duration;
+
+fn cache(bytes: u64) -> Coherent<String, String> {
+    Coherent::new(bytes, |k, v| (k.len() + v.len() + 48) as u64)
+}
+
+#[test]
+fn memory_stays_within_the_bound_under_many_callers() {
+    let c = cache(64 * 1024);
+    for i in 0..20_000 {
+        let t = c.ticket();
+        c.insert(t, format!("user_{i:08}"), "x".repeat(100));
+    }
+    assert!(
+        c.bytes() <= c.capacity(),
+        "{} > {}",
+        c.bytes(),
+        c.capacity()
+    );
+    assert!(c.len() < 20_000 && c.len() > 100, "{}", c.len());
+}
+
+#[test]
+fn a_read_that_raced_an_invalidation_is_not_kept() {
+    let c = cache(1 << 20);
+    let before = c.ticket();
+    c.invalidate(&"someone else".to_owned());
+    c.insert(before, "k".into(), "read before the change".into());
+    assert!(c.is_empty());
+    let after = c.ticket();
+    c.insert(after, "k".into(), "read after".into());
+    assert_eq!(c.len(), 1);
+}
+
+#[test]
+fn capacity_zero_holds_nothing() {
+    let c = cache(0);
+    c.insert(c.ticket(), "k".into(), "v".into());
+    assert!(c.is_empty() && !c.fresh());
+}
+
+#[tokio::test]
+async fn answers_only_while_it_hears_its_notifications() {
+    let db = TestDatabases::shared()
+        .await
+        .create("coherent_cache", |_| async { Ok(()) })
+        .await
+        .unwrap();
+    let c = cache(1 << 20);
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(listen(
+        c.clone(),
+        db.url().to_owned(),
+        "cache_test",
+        |c: &Coherent<String, String>, key: &str| c.invalidate(&key.to_owned()),
+        async move {
+            let _ = stop_rx.await;
+        },
+    ));
+    assert!(c.caught_up(Duration::from_secs(10)).await);
+    assert!(c.fresh());
+    c.insert(c.ticket(), "k".into(), "v".into());
+    assert_eq!(c.get(&"k".to_owned()).as_deref(), Some("v"));
+
+    // A change's notification takes the key out.
+    let (client, conn) = tokio_postgres::connect(db.url(), tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    client
+        .batch_execute("SELECT pg_notify('cache_test', 'k')")
+        .await
+        .unwrap();
+    assert!(c.caught_up(Duration::from_secs(5)).await);
+    assert_eq!(c.get(&"k".to_owned()), None);
+
+    // The connection hangs (its server process stopped): nothing is heard, so within the
+    // bound nothing is served, without any error to tell.
+    c.insert(c.ticket(), "k".into(), "v".into());
+    let backend = client
+        .query_one(
+            "SELECT pid FROM pg_stat_activity
+              WHERE application_name = 'coherent-cache' AND datname = current_database()",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get::<_, i32>(0)
+        .to_string();
+    let signal = |s: &str| {
+        assert!(
+            std::process::Command::new("kill")
+                .args([s, &backend])
+                .status()
+                .unwrap()
+                .success()
+        )
+    };
+    signal("-STOP");
+    tokio::time::sleep(coherent_cache::FRESH_FOR + Duration::from_millis(20)).await;
+    let hung = (c.fresh(), c.get(&"k".to_owned()));
+    signal("-CONT");
+    assert_eq!(hung, (false, None));
+    assert!(c.caught_up(Duration::from_secs(5)).await);
+
+    // The connection cut: what was cached is forgotten (changes made until the new connection
+    // listens are not heard).
+    let listeners = client
+        .query_one(
+            "SELECT count(*) FROM pg_stat_activity
+              WHERE application_name = 'coherent-cache' AND datname = current_database()",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(listeners.get::<_, i64>(0), 1);
+    c.insert(c.ticket(), "k".into(), "v".into());
+    client
+        .batch_execute(
+            "SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity
+              WHERE application_name = 'coherent-cache' AND datname = current_database()",
+        )
+        .await
+        .unwrap();
+    // Back (a new connection, whose pings come back), and empty.
+    tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let n = client
+                .query_one(
+                    "SELECT count(*) FROM pg_stat_activity
+                      WHERE application_name = 'coherent-cache' AND datname = current_database()",
+                    &[],
+                )
+                .await
+                .unwrap();
+            if n.get::<_, i64>(0) == 1 && c.caught_up(Duration::from_secs(1)).await {
+                return;
+            }
+        }
+    })
+    .await
+    .unwrap();
+    assert!(c.fresh());
+    assert_eq!(c.get(&"k".to_owned()), None);
+    assert!(c.is_empty());
+    let _ = stop_tx.send(());
+    task.await.unwrap();
+}

@@ -1,0 +1,188 @@
+//! What decides a user's access to a workspace, as stored: the workspace, the user's
+//! membership and whether the user was removed. One statement by key, cached per replica by
+//! (organization, user) in an [`AccessCache`]; the token's issue time is applied afterwards
+//! ([`AccessFacts::standing`]), so one entry serves every token of the caller.
+
+use super::access::Standing;
+use super::workspaces::WorkspaceRecord;
+use chrono::{DateTime, Utc};
+use diesel::QueryableByName;
+use diesel::sql_types::{Bool, Nullable, Text, Timestamptz, Uuid as SqlUuid};
+use diesel_async::{AsyncPgConnection, RunQueryDsl};
+use service_runtime::prepared;
+use std::sync::Arc;
+use uuid::Uuid;
+
+/// The replica's cache of [`AccessFacts`] by (Clerk organization id, Clerk user id).
+pub type AccessCache = coherent_cache::Coherent<(String, String), Arc<AccessFacts>>;
+
+/// The channel the database's triggers notify with the keys of changed rows.
+pub const NOTIFY_CHANNEL: &str = "vbase_access";
+
+/// An access cache of at most `bytes` (0: off).
+pub fn access_cache(bytes: u64) -> AccessCache {
+    AccessCache::new(bytes, |(org, user), facts| {
+        (std::mem::size_of::<((String, String), Arc<AccessFacts>)>()
+            + std::mem::size_of::<AccessFacts>()
+            + 64
+            + org.len()
+            + user.len()
+            + facts.heap_bytes()) as u64
+    })
+}
+
+/// Applies one notification of [`NOTIFY_CHANNEL`] (see the migration that adds its triggers).
+pub fn apply_notification(cache: &AccessCache, payload: &str) {
+    let mut parts = payload.split(' ');
+    match (parts.next(), parts.next(), parts.next()) {
+        (Some("m"), Some(org), Some(user)) => cache.invalidate(&(org.to_owned(), user.to_owned())),
+        (Some("u"), Some(user), None) => cache.invalidate_where(|(_, u)| u == user),
+        (Some("w"), Some(org), None) => cache.invalidate_where(|(o, _)| o == org),
+        _ => cache.clear(),
+    }
+}
+
+/// The stored facts; the workspace is absent when none live has the organization's id.
+#[derive(Debug, Clone)]
+pub struct AccessFacts {
+    pub workspace: Option<WorkspaceRecord>,
+    removed_at: Option<DateTime<Utc>>,
+    membership: Option<Membership>,
+}
+
+#[derive(Debug, Clone)]
+struct Membership {
+    deleted: bool,
+    role: String,
+    /// When it was deleted, or last changed.
+    changed_at: Option<DateTime<Utc>>,
+}
+
+impl AccessFacts {
+    /// What changed after a token issued at `issued_at` (seconds).
+    pub fn standing(&self, issued_at: i64) -> Standing {
+        let issued = DateTime::from_timestamp(issued_at, 0).unwrap_or(DateTime::<Utc>::MIN_UTC);
+        let changed = self
+            .membership
+            .as_ref()
+            .filter(|m| m.changed_at.is_some_and(|at| at > issued));
+        Standing::new(
+            self.removed_at.is_some_and(|at| at > issued),
+            changed.map(|m| m.deleted),
+            changed.map(|m| m.role.clone()),
+        )
+    }
+
+    fn heap_bytes(&self) -> usize {
+        let w = self.workspace.as_ref().map_or(0, |w| {
+            std::mem::size_of::<WorkspaceRecord>()
+                + w.clerk_org_id.len()
+                + w.name.len()
+                + w.slug.as_ref().map_or(0, String::len)
+                + w.owner_clerk_id.as_ref().map_or(0, String::len)
+        });
+        w + self.membership.as_ref().map_or(0, |m| m.role.len())
+    }
+}
+
+#[derive(QueryableByName)]
+struct Row {
+    #[diesel(sql_type = Nullable<SqlUuid>)]
+    id: Option<Uuid>,
+    #[diesel(sql_type = Nullable<Text>)]
+    clerk_org_id: Option<String>,
+    #[diesel(sql_type = Nullable<Text>)]
+    name: Option<String>,
+    #[diesel(sql_type = Nullable<Text>)]
+    slug: Option<String>,
+    #[diesel(sql_type = Nullable<Text>)]
+    owner_clerk_id: Option<String>,
+    #[diesel(sql_type = Nullable<Timestamptz>)]
+    source_updated_at: Option<DateTime<Utc>>,
+    #[diesel(sql_type = Nullable<Timestamptz>)]
+    created_at: Option<DateTime<Utc>>,
+    #[diesel(sql_type = Nullable<Timestamptz>)]
+    updated_at: Option<DateTime<Utc>>,
+    #[diesel(sql_type = Nullable<Timestamptz>)]
+    removed_at: Option<DateTime<Utc>>,
+    #[diesel(sql_type = Nullable<Bool>)]
+    membership_deleted: Option<bool>,
+    #[diesel(sql_type = Nullable<Text>)]
+    role: Option<String>,
+    #[diesel(sql_type = Nullable<Timestamptz>)]
+    membership_changed_at: Option<DateTime<Utc>>,
+}
+
+impl Row {
+    fn facts(self) -> AccessFacts {
+        let workspace = match (
+            self.id,
+            self.clerk_org_id,
+            self.name,
+            self.source_updated_at,
+            self.created_at,
+            self.updated_at,
+        ) {
+            (Some(id), Some(clerk_org_id), Some(name), Some(s), Some(c), Some(u)) => {
+                Some(WorkspaceRecord {
+                    id,
+                    clerk_org_id,
+                    name,
+                    slug: self.slug,
+                    owner_clerk_id: self.owner_clerk_id,
+                    source_updated_at: s,
+                    created_at: c,
+                    updated_at: u,
+                })
+            }
+            _ => None,
+        };
+        let membership = match (self.membership_deleted, self.role) {
+            (Some(deleted), Some(role)) => Some(Membership {
+                deleted,
+                role,
+                changed_at: self.membership_changed_at,
+            }),
+            _ => None,
+        };
+        AccessFacts {
+            workspace,
+            removed_at: self.removed_at,
+            membership,
+        }
+    }
+}
+
+/// The facts for `user` in `org`: from the cache when it may answer, else one statement (whose
+/// answer the cache keeps unless a change was heard meanwhile).
+pub async fn access_facts(
+    conn: &mut AsyncPgConnection,
+    cache: Option<&AccessCache>,
+    org: &str,
+    user: &str,
+) -> diesel::QueryResult<Arc<AccessFacts>> {
+    let key = (org.to_owned(), user.to_owned());
+    if let Some(hit) = cache.and_then(|c| c.get(&key)) {
+        return Ok(hit);
+    }
+    let ticket = cache.map(|c| c.ticket());
+    let row: Row = prepared(
+        "SELECT w.id, w.clerk_org_id, w.name, w.slug, w.owner_clerk_id, w.source_updated_at,
+                w.created_at, w.updated_at,
+                (SELECT removed_at FROM removed_users WHERE clerk_user_id = $2) AS removed_at,
+                m.deleted AS membership_deleted, m.role,
+                CASE WHEN m.deleted THEN m.deleted_at ELSE m.source_updated_at END AS membership_changed_at
+           FROM (SELECT 1) one
+           LEFT JOIN workspaces w ON w.clerk_org_id = $1 AND w.deleted_at IS NULL
+           LEFT JOIN memberships m ON m.clerk_org_id = $1 AND m.clerk_user_id = $2",
+    )
+    .bind::<Text, _>(org)
+    .bind::<Text, _>(user)
+    .get_result(conn)
+    .await?;
+    let facts = Arc::new(row.facts());
+    if let (Some(c), Some(t)) = (cache, ticket) {
+        c.insert(t, key, facts.clone());
+    }
+    Ok(facts)
+}
