@@ -37,6 +37,7 @@ struct State {
     mode: Option<LiveblocksMode>,
     latency: Duration,
     deleted: Vec<String>,
+    not_found: Vec<String>,
     gone: HashSet<String>,
     requests: u64,
     in_flight: usize,
@@ -137,6 +138,15 @@ impl LiveblocksStandIn {
         self.state
             .lock()
             .map(|s| s.deleted.clone())
+            .unwrap_or_default()
+    }
+
+    /// Room ids whose deletion was answered 404 because an earlier one succeeded, in order (a
+    /// deletion repeated, e.g. after a crash between the call and its bookkeeping).
+    pub fn not_found(&self) -> Vec<String> {
+        self.state
+            .lock()
+            .map(|s| s.not_found.clone())
             .unwrap_or_default()
     }
 
@@ -274,6 +284,9 @@ async fn handle(
         );
     }
     if room.len() > 128 || s.gone.contains(&room) {
+        if s.gone.contains(&room) {
+            s.not_found.push(room.clone());
+        }
         return json_response(
             404,
             &json!({"error":"ROOM_NOT_FOUND","message":"Room not found.","suggestion":"","docs":""}),

@@ -1,0 +1,301 @@
+//! The check after convergence: our data against the model.
+//!
+//! Users, workspaces and memberships equal to Clerk's end state (name, email, role); nothing
+//! deleted present; nothing of a deleted workspace left in any table; each Liveblocks room of
+//! a deleted workspace or room deleted once; each answered message as last answered; the
+//! quarantine empty. Every difference names the row and the events that touched it.
+
+use crate::model::{Event, Truth};
+use crate::traffic::Record;
+use anyhow::Result;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+/// What the check found.
+#[derive(Debug, Default)]
+pub struct Findings {
+    /// In the model, missing here.
+    pub lost: Vec<String>,
+    /// Applied twice (a message twice, a room deleted at Liveblocks twice is counted apart).
+    pub doubled: Vec<String>,
+    /// Present but different, or present though deleted.
+    pub diverged: Vec<String>,
+    /// Rows of deleted workspaces still held, by table.
+    pub leftovers: Vec<String>,
+    pub rooms_once: usize,
+    pub rooms_twice: usize,
+    pub rooms_never: Vec<String>,
+    pub quarantined: Vec<String>,
+    pub checked: BTreeMap<&'static str, usize>,
+}
+
+impl Findings {
+    pub fn failed(&self) -> bool {
+        !(self.lost.is_empty()
+            && self.doubled.is_empty()
+            && self.diverged.is_empty()
+            && self.leftovers.is_empty()
+            && self.rooms_never.is_empty()
+            && self.quarantined.is_empty())
+    }
+}
+
+async fn connect(url: &str) -> Result<tokio_postgres::Client> {
+    let (c, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls).await?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    Ok(c)
+}
+
+/// The events that touched `key`, for a difference's explanation.
+pub fn touched(events: &[Event], key: &str) -> String {
+    let list: Vec<String> = events
+        .iter()
+        .filter(|e| e.keys.iter().any(|k| k == key))
+        .map(|e| format!("#{} {} {} t={}", e.seq, e.kind, e.svix_id, e.at))
+        .collect();
+    if list.is_empty() {
+        "no event".into()
+    } else {
+        list.join("; ")
+    }
+}
+
+/// Compares both databases and the Liveblocks stand-in with the model and the traffic.
+pub async fn check(
+    identity_db: &str,
+    workspace_db: &str,
+    truth: &Truth,
+    events: &[Event],
+    traffic: &Record,
+    liveblocks_deleted: &[String],
+    liveblocks_repeated: &[String],
+) -> Result<Findings> {
+    let mut f = Findings::default();
+    let idb = connect(identity_db).await?;
+    let wdb = connect(workspace_db).await?;
+    let explain = |key: String, what: String| format!("{key}: {what} [{}]", touched(events, &key));
+
+    // Users.
+    let mut held = HashMap::new();
+    for r in idb
+        .query("SELECT clerk_id, name, email, deleted_at IS NOT NULL FROM users", &[])
+        .await?
+    {
+        held.insert(r.get::<_, String>(0), (r.get::<_, String>(1), r.get::<_, String>(2), r.get::<_, bool>(3)));
+    }
+    f.checked.insert("users", held.len());
+    for (id, u) in &truth.users {
+        let key = format!("user:{id}");
+        match held.get(id) {
+            None => f.lost.push(explain(key, "missing".into())),
+            Some((_, _, true)) => f.diverged.push(explain(key, "deleted here, alive in Clerk".into())),
+            Some((name, email, false)) if *name != u.name() || *email != u.email => f.diverged.push(explain(
+                key,
+                format!("held ({name:?}, {email:?}), Clerk ({:?}, {:?})", u.name(), u.email),
+            )),
+            _ => {}
+        }
+    }
+    for (id, (name, email, deleted)) in &held {
+        if truth.users.contains_key(id) {
+            continue;
+        }
+        let key = format!("user:{id}");
+        if !truth.deleted_users.contains(id) {
+            f.diverged.push(explain(key, "held, never in Clerk".into()));
+        } else if !deleted || !name.is_empty() || !email.is_empty() {
+            f.diverged.push(explain(key, "deleted in Clerk, held with its data".into()));
+        }
+    }
+
+    // Workspaces.
+    let mut ws = HashMap::new();
+    for r in wdb
+        .query("SELECT clerk_org_id, name, deleted_at IS NOT NULL FROM workspaces", &[])
+        .await?
+    {
+        ws.insert(r.get::<_, String>(0), (r.get::<_, String>(1), r.get::<_, bool>(2)));
+    }
+    f.checked.insert("workspaces", ws.len());
+    for (id, o) in &truth.orgs {
+        let key = format!("org:{id}");
+        match ws.get(id) {
+            None => f.lost.push(explain(key, "missing".into())),
+            Some((_, true)) => f.diverged.push(explain(key, "deleted here, alive in Clerk".into())),
+            Some((name, false)) if *name != o.name => {
+                f.diverged.push(explain(key, format!("held {name:?}, Clerk {:?}", o.name)))
+            }
+            _ => {}
+        }
+    }
+    for (id, (_, deleted)) in &ws {
+        if truth.orgs.contains_key(id) {
+            continue;
+        }
+        let key = format!("org:{id}");
+        if truth.deleted_orgs.contains(id) {
+            let what = if *deleted { "deleted, not purged" } else { "deleted in Clerk, held" };
+            f.diverged.push(explain(key, what.into()));
+        } else {
+            f.diverged.push(explain(key, "held, never in Clerk".into()));
+        }
+    }
+
+    // Memberships.
+    let mut mems = BTreeMap::new();
+    for r in wdb
+        .query("SELECT clerk_org_id, clerk_user_id, role, deleted FROM memberships", &[])
+        .await?
+    {
+        mems.insert((r.get::<_, String>(0), r.get::<_, String>(1)), (r.get::<_, String>(2), r.get::<_, bool>(3)));
+    }
+    f.checked.insert("memberships", mems.len());
+    for (k, m) in &truth.memberships {
+        let key = format!("membership:{}/{}", k.0, k.1);
+        match mems.get(k) {
+            None => f.lost.push(explain(key, "missing".into())),
+            Some((_, true)) => f.lost.push(explain(key, "deleted here, alive in Clerk".into())),
+            Some((role, false)) if *role != m.role => {
+                f.diverged.push(explain(key, format!("role {role}, Clerk {}", m.role)))
+            }
+            _ => {}
+        }
+    }
+    for (k, (_, deleted)) in &mems {
+        if truth.memberships.contains_key(k) {
+            continue;
+        }
+        let key = format!("membership:{}/{}", k.0, k.1);
+        if truth.deleted_orgs.contains(&k.0) {
+            f.leftovers.push(explain(key, "membership of a deleted workspace".into()));
+        } else if !deleted {
+            f.diverged.push(explain(key, "held, not in Clerk".into()));
+        }
+    }
+
+    leftovers(&wdb, &mut f).await?;
+    rooms(truth, traffic, liveblocks_deleted, liveblocks_repeated, &mut f);
+    messages(&wdb, truth, traffic, &mut f).await?;
+    for (db, name) in [(&idb, "identity"), (&wdb, "workspace")] {
+        for r in db
+            .query("SELECT svix_id, event_type, reason FROM quarantined_deliveries WHERE state = 'open'", &[])
+            .await?
+        {
+            let id: String = r.get(0);
+            let seq = events.iter().find(|e| e.svix_id == id).map(|e| e.seq);
+            f.quarantined.push(format!(
+                "{name}: {id} (event #{seq:?}) {}: {}",
+                r.get::<_, String>(1),
+                r.get::<_, String>(2)
+            ));
+        }
+    }
+    Ok(f)
+}
+
+/// Rows that point at a workspace, channel or room that is gone or deleted.
+async fn leftovers(wdb: &tokio_postgres::Client, f: &mut Findings) -> Result<()> {
+    let live_ws = "(SELECT id FROM workspaces WHERE deleted_at IS NULL)";
+    let mut queries = vec![
+        ("workspaces (deleted, not purged)".to_owned(), "SELECT count(*) FROM workspaces WHERE deleted_at IS NOT NULL".to_owned()),
+        ("rooms (deleted, not purged)".to_owned(), "SELECT count(*) FROM rooms WHERE deleted_at IS NOT NULL".to_owned()),
+    ];
+    for r in wdb
+        .query(
+            "SELECT table_name FROM information_schema.columns WHERE table_schema = 'public' AND column_name = 'workspace_id' ORDER BY 1",
+            &[],
+        )
+        .await?
+    {
+        let t: String = r.get(0);
+        queries.push((t.clone(), format!("SELECT count(*) FROM {t} WHERE workspace_id NOT IN {live_ws}")));
+    }
+    for t in ["documents", "code_files", "whiteboards", "meetings"] {
+        queries.push((
+            t.to_owned(),
+            format!("SELECT count(*) FROM {t} WHERE room_id NOT IN (SELECT id FROM rooms WHERE deleted_at IS NULL AND workspace_id IN {live_ws})"),
+        ));
+    }
+    for t in ["messages", "read_receipts"] {
+        queries.push((
+            t.to_owned(),
+            format!("SELECT count(*) FROM {t} WHERE channel_id NOT IN (SELECT id FROM channels WHERE workspace_id IN {live_ws})"),
+        ));
+    }
+    queries.push(("purge_jobs".into(), "SELECT count(*) FROM purge_jobs".into()));
+    queries.push(("liveblocks_cleanup_jobs".into(), "SELECT count(*) FROM liveblocks_cleanup_jobs".into()));
+    for (what, sql) in queries {
+        let n: i64 = wdb.query_one(&sql, &[]).await?.get(0);
+        if n > 0 {
+            f.leftovers.push(format!("{what}: {n} rows"));
+        }
+    }
+    Ok(())
+}
+
+/// Each Liveblocks room of a deleted workspace or room deleted once at Liveblocks; none of a
+/// live one deleted.
+fn rooms(truth: &Truth, traffic: &Record, deleted: &[String], repeated: &[String], f: &mut Findings) {
+    let mut times: HashMap<&str, usize> = HashMap::new();
+    for d in deleted {
+        *times.entry(d.as_str()).or_default() += 1;
+    }
+    let repeated: BTreeSet<&str> = repeated.iter().map(String::as_str).collect();
+    let mut expected = 0;
+    for room in &traffic.rooms {
+        let gone = room.deleted || truth.deleted_orgs.contains(&room.org);
+        for lb in std::iter::once(&room.liveblocks).chain(&room.items) {
+            let n = times.get(lb.as_str()).copied().unwrap_or(0);
+            if gone {
+                expected += 1;
+                match n {
+                    0 => f.rooms_never.push(format!("{lb} (org {}, room deleted: {})", room.org, room.deleted)),
+                    _ if n > 1 || repeated.contains(lb.as_str()) => f.rooms_twice += 1,
+                    _ => f.rooms_once += 1,
+                }
+            } else if n > 0 {
+                f.diverged.push(format!("{lb}: deleted at Liveblocks while its room and workspace {} live", room.org));
+            }
+        }
+    }
+    f.checked.insert("liveblocks rooms to delete", expected);
+}
+
+/// Every answered post or edit in a live workspace is there as last answered; an answered
+/// delete is gone; no body is held twice.
+async fn messages(wdb: &tokio_postgres::Client, truth: &Truth, traffic: &Record, f: &mut Findings) -> Result<()> {
+    let mut held = HashMap::new();
+    for r in wdb
+        .query("SELECT id::text, body FROM messages WHERE author_clerk_id = $1", &[&crate::traffic::AUTHOR])
+        .await?
+    {
+        held.insert(r.get::<_, String>(0), r.get::<_, String>(1));
+    }
+    let mut bodies: HashMap<&str, usize> = HashMap::new();
+    for b in held.values() {
+        *bodies.entry(b.as_str()).or_default() += 1;
+    }
+    for (b, n) in bodies {
+        if n > 1 {
+            f.doubled.push(format!("message body {b:?} held {n} times"));
+        }
+    }
+    let mut checked = 0;
+    for (id, m) in &traffic.messages {
+        if m.ambiguous || !truth.orgs.contains_key(&m.org) {
+            continue;
+        }
+        checked += 1;
+        match (held.get(id), m.deleted) {
+            (None, false) => f.lost.push(format!("message {id} in {}: missing", m.org)),
+            (Some(_), true) => f.diverged.push(format!("message {id} in {}: deleted, still held", m.org)),
+            (Some(b), false) if *b != m.body => {
+                f.diverged.push(format!("message {id} in {}: body {b:?}, last answered {:?}", m.org, m.body))
+            }
+            _ => {}
+        }
+    }
+    f.checked.insert("messages", checked);
+    Ok(())
+}
