@@ -74,6 +74,36 @@ pub async fn check(
     let mut f = Findings::default();
     let idb = connect(identity_db).await?;
     let wdb = connect(workspace_db).await?;
+    clerk_data(&idb, &wdb, truth, events, &mut f).await?;
+    leftovers(&wdb, &mut f).await?;
+    rooms(truth, traffic, liveblocks_deleted, liveblocks_repeated, &mut f);
+    messages(&wdb, truth, traffic, &mut f).await?;
+    for (db, name) in [(&idb, "identity"), (&wdb, "workspace")] {
+        for r in db
+            .query("SELECT svix_id, event_type, reason FROM quarantined_deliveries WHERE state = 'open'", &[])
+            .await?
+        {
+            let id: String = r.get(0);
+            let seq = events.iter().find(|e| e.svix_id == id).map(|e| e.seq);
+            f.quarantined.push(format!(
+                "{name}: {id} (event #{seq:?}) {}: {}",
+                r.get::<_, String>(1),
+                r.get::<_, String>(2)
+            ));
+        }
+    }
+    Ok(f)
+}
+
+/// Users, workspaces and memberships against Clerk's end state (the rows differences name are
+/// `user:ID`, `org:ID`, `membership:ORG/USER`, each followed by `: `).
+pub async fn clerk_data(
+    idb: &tokio_postgres::Client,
+    wdb: &tokio_postgres::Client,
+    truth: &Truth,
+    events: &[Event],
+    f: &mut Findings,
+) -> Result<()> {
     let explain = |key: String, what: String| format!("{key}: {what} [{}]", touched(events, &key));
 
     // Users.
@@ -174,24 +204,32 @@ pub async fn check(
         }
     }
 
-    leftovers(&wdb, &mut f).await?;
-    rooms(truth, traffic, liveblocks_deleted, liveblocks_repeated, &mut f);
-    messages(&wdb, truth, traffic, &mut f).await?;
-    for (db, name) in [(&idb, "identity"), (&wdb, "workspace")] {
-        for r in db
-            .query("SELECT svix_id, event_type, reason FROM quarantined_deliveries WHERE state = 'open'", &[])
-            .await?
-        {
-            let id: String = r.get(0);
-            let seq = events.iter().find(|e| e.svix_id == id).map(|e| e.seq);
-            f.quarantined.push(format!(
-                "{name}: {id} (event #{seq:?}) {}: {}",
-                r.get::<_, String>(1),
-                r.get::<_, String>(2)
-            ));
-        }
-    }
-    Ok(f)
+    Ok(())
+}
+
+/// Before the final reconcile: the differences no withheld or given-up delivery explains
+/// (webhooks alone must have made every other row equal).
+pub async fn before_reconcile(
+    identity_db: &str,
+    workspace_db: &str,
+    truth: &Truth,
+    events: &[Event],
+    unsent: &BTreeSet<usize>,
+) -> Result<(Vec<String>, usize)> {
+    let mut f = Findings::default();
+    clerk_data(&connect(identity_db).await?, &connect(workspace_db).await?, truth, events, &mut f).await?;
+    let explained: BTreeSet<&str> = events
+        .iter()
+        .filter(|e| unsent.contains(&e.seq))
+        .flat_map(|e| e.keys.iter().map(String::as_str))
+        .collect();
+    let all: Vec<String> = f.lost.into_iter().chain(f.diverged).chain(f.leftovers).collect();
+    let total = all.len();
+    let unexplained = all
+        .into_iter()
+        .filter(|d| !d.split(": ").next().is_some_and(|k| explained.contains(k)))
+        .collect();
+    Ok((unexplained, total))
 }
 
 /// Rows that point at a workspace, channel or room that is gone or deleted.
@@ -209,7 +247,17 @@ async fn leftovers(wdb: &tokio_postgres::Client, f: &mut Findings) -> Result<()>
         .await?
     {
         let t: String = r.get(0);
-        queries.push((t.clone(), format!("SELECT count(*) FROM {t} WHERE workspace_id NOT IN {live_ws}")));
+        let sql = match t.as_str() {
+            // A deleted workspace keeps its last change (the deletion, for watchers resuming
+            // with an older token) and its head until the change log's retention prunes them.
+            "change_log" => format!(
+                "SELECT count(*) FROM change_log l WHERE workspace_id NOT IN {live_ws}
+                   AND seq < (SELECT max(seq) FROM change_log m WHERE m.workspace_id = l.workspace_id)"
+            ),
+            "change_heads" => continue,
+            _ => format!("SELECT count(*) FROM {t} WHERE workspace_id NOT IN {live_ws}"),
+        };
+        queries.push((t.clone(), sql));
     }
     for t in ["documents", "code_files", "whiteboards", "meetings"] {
         queries.push((

@@ -156,7 +156,7 @@ pub async fn run(
                 if *fail {
                     t.clerk_api.fail_lists_after(Some(2));
                 }
-                let code = reconcile(&t.stack).await?;
+                let (code, _) = reconcile(&t.stack).await?;
                 t.clerk_api.fail_lists_after(None);
                 reconciles.push(code);
             }
@@ -167,8 +167,9 @@ pub async fn run(
 }
 
 /// `webhook-gateway reconcile` once, deleting beyond the budget (a soak deletes a large share
-/// of what it created); returns its exit code and prints its last lines when it fails.
-pub async fn reconcile(stack: &Mutex<Stack>) -> Result<i32> {
+/// of what it created); returns its exit code and what it repaired (`kind c/u/d`), and
+/// prints its last lines when it fails.
+pub async fn reconcile(stack: &Mutex<Stack>) -> Result<(i32, String)> {
     let mut c = stack.lock().await.reconcile_command();
     c.args([
         "--json",
@@ -183,5 +184,16 @@ pub async fn reconcile(stack: &Mutex<Stack>) -> Result<i32> {
         let tail: Vec<&str> = err.lines().rev().take(3).collect();
         eprintln!("soak: reconcile exited {code}: {}", tail.join(" | "));
     }
-    Ok(code)
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    let repaired = summary["kinds"]
+        .as_array()
+        .map(|kinds| {
+            kinds
+                .iter()
+                .map(|k| format!("{} {}/{}/{}", k["kind"].as_str().unwrap_or("?"), k["created"], k["updated"], k["deleted"]))
+                .collect::<Vec<_>>()
+                .join(", ")
+        })
+        .unwrap_or_default();
+    Ok((code, repaired))
 }

@@ -12,6 +12,7 @@
 use anyhow::{Context, Result};
 use clap::Parser;
 use ephemeral_postgres::{PgCluster, PgClusterOptions};
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
@@ -229,7 +230,17 @@ async fn run(args: &Args, seed: u64, command: String) -> Result<bool> {
     clerk_api.rate_limit_next(0, 0);
     clerk_api.fail_lists_after(None);
     stack.lock().await.wait_ready(Duration::from_secs(60)).await?;
-    let final_reconcile = faults::reconcile(&stack).await?;
+    wait_queues_empty(&workspace_db, Duration::from_secs(300)).await?;
+    // What webhooks alone left: only rows a withheld or given-up delivery touched may differ.
+    let unsent: BTreeSet<usize> = outcomes
+        .iter()
+        .enumerate()
+        .filter(|(_, o)| o.withheld || (o.gave_up && !o.delivered))
+        .map(|(i, _)| i)
+        .collect();
+    let (webhook_gaps, differed) =
+        check::before_reconcile(&identity_db, &workspace_db, &history.truth, &events, &unsent).await?;
+    let (final_reconcile, repaired) = faults::reconcile(&stack).await?;
     wait_queues_empty(&workspace_db, Duration::from_secs(300)).await?;
     let converge = t.elapsed();
     progress.abort();
@@ -244,6 +255,10 @@ async fn run(args: &Args, seed: u64, command: String) -> Result<bool> {
         &liveblocks.not_found(),
     )
     .await?;
+    let mut findings = findings;
+    findings
+        .diverged
+        .extend(webhook_gaps.into_iter().map(|d| format!("before the final reconcile, no delivery withheld: {d}")));
     let summary = report::Summary {
         seed,
         command,
@@ -252,6 +267,8 @@ async fn run(args: &Args, seed: u64, command: String) -> Result<bool> {
         faults: fault_counts,
         reconciles,
         final_reconcile,
+        differed_before_reconcile: differed,
+        repaired,
         traffic_calls: record.calls,
         traffic_failed: record.failed,
         duration,
@@ -267,6 +284,7 @@ async fn run(args: &Args, seed: u64, command: String) -> Result<bool> {
         serde_json::to_string_pretty(&summary.json())?,
     )?;
     let failed = findings.failed() || final_reconcile != 0;
+    drop(targets);
     let stack = Arc::try_unwrap(stack)
         .map_err(|_| anyhow::anyhow!("stack still shared"))?
         .into_inner();

@@ -16,6 +16,11 @@ pub struct Summary<'a> {
     pub faults: BTreeMap<String, u64>,
     pub reconciles: Vec<i32>,
     pub final_reconcile: i32,
+    /// Rows that differed before the final reconcile (all explained by withheld deliveries
+    /// unless listed as diverged).
+    pub differed_before_reconcile: usize,
+    /// What the final reconcile repaired, per kind `created/updated/deleted`.
+    pub repaired: String,
     pub traffic_calls: u64,
     pub traffic_failed: u64,
     pub duration: Duration,
@@ -46,7 +51,15 @@ impl Summary<'_> {
             "reconcile runs under faults (exit codes)".into(),
             json!(self.reconciles),
         ));
+        rows.push((
+            "rows differing before the final reconcile (webhooks alone)".into(),
+            json!(self.differed_before_reconcile),
+        ));
         rows.push(("final reconcile exit code".into(), json!(self.final_reconcile)));
+        rows.push((
+            "repaired by the final reconcile (created/updated/deleted)".into(),
+            json!(self.repaired),
+        ));
         rows.push((
             "users' calls (failed or unanswered)".into(),
             json!(format!("{} ({})", self.traffic_calls, self.traffic_failed)),
