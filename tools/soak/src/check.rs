@@ -293,6 +293,9 @@ fn rooms(truth: &Truth, traffic: &Record, deleted: &[String], repeated: &[String
     let mut expected = 0;
     for room in &traffic.rooms {
         let gone = room.deleted || truth.deleted_orgs.contains(&room.org);
+        if room.ambiguous && !gone {
+            continue;
+        }
         for lb in std::iter::once(&room.liveblocks).chain(&room.items) {
             let n = times.get(lb.as_str()).copied().unwrap_or(0);
             if gone {

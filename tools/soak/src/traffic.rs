@@ -26,6 +26,8 @@ pub struct Room {
     pub items: Vec<String>,
     /// DeleteRoom was answered OK.
     pub deleted: bool,
+    /// DeleteRoom got an error or no answer: it may or may not be deleted.
+    pub ambiguous: bool,
 }
 
 /// A message posted (answered).
@@ -88,7 +90,10 @@ impl Ctx {
     async fn one(&mut self, org: String, n: u64) -> bool {
         let roll = self.rng.random_range(0..100);
         let rooms_here: Vec<usize> = (0..self.rec.rooms.len())
-            .filter(|&i| self.rec.rooms[i].org == org && !self.rec.rooms[i].deleted)
+            .filter(|&i| {
+                let r = &self.rec.rooms[i];
+                r.org == org && !r.deleted && !r.ambiguous
+            })
             .collect();
         let msgs_here: Vec<String> = self
             .rec
@@ -116,6 +121,7 @@ impl Ctx {
                         liveblocks: room.liveblocks_room_id,
                         items: Vec::new(),
                         deleted: false,
+                        ambiguous: false,
                     });
                 }
                 true
@@ -146,8 +152,11 @@ impl Ctx {
                     room_id: self.rec.rooms[i].id.clone(),
                 });
                 let ok = self.client.delete_room(r).await.is_ok();
-                // Unanswered: it may be deleted; treat it as deleted (its rooms may go).
-                self.rec.rooms[i].deleted = true;
+                if ok {
+                    self.rec.rooms[i].deleted = true;
+                } else {
+                    self.rec.rooms[i].ambiguous = true;
+                }
                 ok
             }
             50..85 => {
