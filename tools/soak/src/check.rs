@@ -25,6 +25,9 @@ pub struct Findings {
     pub rooms_twice: usize,
     pub rooms_never: Vec<String>,
     pub quarantined: Vec<String>,
+    /// Per watcher: changes missing, shown twice or out of order.
+    pub watcher_gaps: Vec<String>,
+    pub watchers: Vec<String>,
     pub checked: BTreeMap<&'static str, usize>,
 }
 
@@ -35,7 +38,8 @@ impl Findings {
             && self.diverged.is_empty()
             && self.leftovers.is_empty()
             && self.rooms_never.is_empty()
-            && self.quarantined.is_empty())
+            && self.quarantined.is_empty()
+            && self.watcher_gaps.is_empty())
     }
 }
 
@@ -348,5 +352,69 @@ async fn messages(wdb: &tokio_postgres::Client, truth: &Truth, traffic: &Record,
         }
     }
     f.checked.insert("messages", checked);
+    Ok(())
+}
+
+/// Each watcher against the change log: after its first token, every change of its scope
+/// once, in order (a watcher of a deleted workspace: once and in order only, the log is purged).
+pub async fn watchers(workspace_db: &str, truth: &Truth, seen: &[crate::watch::Seen], f: &mut Findings) -> Result<()> {
+    let wdb = connect(workspace_db).await?;
+    for w in seen {
+        let scope = match &w.channel {
+            Some(c) => format!("channel {c} of {}", w.org),
+            None => format!("workspace {}", w.org),
+        };
+        let Some(first) = w.first else {
+            f.watchers.push(format!("{scope}: never got a token"));
+            continue;
+        };
+        let mut bad = Vec::new();
+        let mut uniq = BTreeSet::new();
+        let doubled = w.changes.iter().filter(|s| !uniq.insert(**s)).count();
+        let disordered = w.changes.windows(2).filter(|p| p[1] <= p[0]).count();
+        if doubled > 0 {
+            bad.push(format!("{doubled} shown twice"));
+        }
+        if disordered > 0 {
+            bad.push(format!("{disordered} out of order"));
+        }
+        if let Some(r) = &w.refused {
+            bad.push(format!("resume token refused: {r}"));
+        }
+        let alive = truth.orgs.contains_key(&w.org) && w.ended.is_none();
+        let mut expected = 0;
+        if alive {
+            let rows = wdb
+                .query(
+                    "SELECT l.seq FROM change_log l JOIN workspaces w ON w.id = l.workspace_id
+                      WHERE w.clerk_org_id = $1 AND l.seq > $2
+                        AND l.channel_id IS NOT DISTINCT FROM $3::text::uuid ORDER BY l.seq",
+                    &[&w.org, &first, &w.channel],
+                )
+                .await?;
+            let log: Vec<i64> = rows.iter().map(|r| r.get(0)).collect();
+            expected = log.len();
+            let logged: BTreeSet<i64> = log.iter().copied().collect();
+            let missing: Vec<i64> = log.iter().filter(|s| !uniq.contains(s)).copied().collect();
+            let extra = uniq.iter().filter(|s| !logged.contains(s)).count();
+            if !missing.is_empty() {
+                bad.push(format!("{} not shown (first {:?})", missing.len(), &missing[..missing.len().min(5)]));
+            }
+            if extra > 0 {
+                bad.push(format!("{extra} shown that the log does not hold"));
+            }
+        }
+        let line = format!(
+            "{scope}: first token {first}, {} changes shown, {expected} in the log after it, {} reconnects{}",
+            w.changes.len(),
+            w.reconnects,
+            w.ended.as_ref().map(|e| format!(", ended: {e}")).unwrap_or_default()
+        );
+        if bad.is_empty() {
+            f.watchers.push(line);
+        } else {
+            f.watcher_gaps.push(format!("{line}: {}", bad.join(", ")));
+        }
+    }
     Ok(())
 }

@@ -61,6 +61,8 @@ impl Default for Plan {
 #[derive(Debug, Default)]
 pub struct Live {
     pub orgs: Mutex<BTreeSet<String>>,
+    /// Organizations watchers follow: users' traffic goes there half the time.
+    pub hot: Mutex<Vec<String>>,
     pub attempts: AtomicU64,
     pub emitted: AtomicU64,
     pub stop: AtomicBool,

@@ -26,6 +26,7 @@ mod faults;
 mod model;
 mod report;
 mod traffic;
+mod watch;
 
 #[derive(Parser, Debug)]
 #[command(about = "Chaos soak: a seeded Clerk history through faults, checked against the model")]
@@ -60,6 +61,9 @@ struct Args {
     /// Users' calls per second.
     #[arg(long, default_value_t = 10.0)]
     traffic_rate: f64,
+    /// Watchers (half follow a workspace, half its first channel).
+    #[arg(long, default_value_t = 6)]
+    watchers: usize,
     /// Where the report goes (`soak-SEED.md`, `soak-SEED.json`).
     #[arg(long, default_value = "target/soak")]
     out: std::path::PathBuf,
@@ -188,11 +192,32 @@ async fn run(args: &Args, seed: u64, command: String) -> Result<bool> {
     ));
     let traffic = tokio::spawn(traffic::run(
         workspace_addr,
-        minter,
+        Arc::clone(&minter),
         Arc::clone(&live),
         seed,
         args.traffic_rate,
     ));
+    // Watchers follow organizations that exist at the end, each from when Clerk created it.
+    let watch_stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut watchers = Vec::new();
+    {
+        let orgs: Vec<&String> = history.truth.orgs.keys().collect();
+        let mut hot = live.hot.lock().unwrap();
+        for i in 0..args.watchers.min(orgs.len() * 2) {
+            let org = orgs[(seed as usize).wrapping_add(i / 2 * 7919) % orgs.len()].clone();
+            hot.push(org.clone());
+            let (live, stop, minter) = (Arc::clone(&live), Arc::clone(&watch_stop), Arc::clone(&minter));
+            watchers.push(tokio::spawn(async move {
+                while !live.orgs.lock().unwrap().contains(&org) {
+                    if stop.load(Relaxed) {
+                        return watch::Seen { org, ..Default::default() };
+                    }
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                watch::run(workspace_addr, minter, org, i % 2 == 1, seed ^ i as u64, stop).await
+            }));
+        }
+    }
     let targets = faults::Targets {
         stack: Arc::clone(&stack),
         pg: Arc::clone(&pg),
@@ -244,6 +269,13 @@ async fn run(args: &Args, seed: u64, command: String) -> Result<bool> {
     wait_queues_empty(&workspace_db, Duration::from_secs(300)).await?;
     let converge = t.elapsed();
     progress.abort();
+    // The watchers catch up with the last changes, then stop.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    watch_stop.store(true, Relaxed);
+    let mut seen = Vec::new();
+    for w in watchers {
+        seen.push(w.await?);
+    }
 
     let findings = check::check(
         &identity_db,
@@ -256,6 +288,7 @@ async fn run(args: &Args, seed: u64, command: String) -> Result<bool> {
     )
     .await?;
     let mut findings = findings;
+    check::watchers(&workspace_db, &history.truth, &seen, &mut findings).await?;
     findings
         .diverged
         .extend(webhook_gaps.into_iter().map(|d| format!("before the final reconcile, no delivery withheld: {d}")));
@@ -269,6 +302,7 @@ async fn run(args: &Args, seed: u64, command: String) -> Result<bool> {
         final_reconcile,
         differed_before_reconcile: differed,
         repaired,
+        watcher_reconnects: seen.iter().map(|w| w.reconnects).sum(),
         traffic_calls: record.calls,
         traffic_failed: record.failed,
         duration,

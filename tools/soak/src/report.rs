@@ -21,6 +21,7 @@ pub struct Summary<'a> {
     pub differed_before_reconcile: usize,
     /// What the final reconcile repaired, per kind `created/updated/deleted`.
     pub repaired: String,
+    pub watcher_reconnects: u32,
     pub traffic_calls: u64,
     pub traffic_failed: u64,
     pub duration: Duration,
@@ -78,6 +79,8 @@ impl Summary<'_> {
             ("Liveblocks rooms deleted twice (repeat after a crash)".into(), json!(f.rooms_twice)),
             ("Liveblocks rooms never deleted".into(), json!(f.rooms_never.len())),
             ("quarantined, open".into(), json!(f.quarantined.len())),
+            ("watchers (reconnects)".into(), json!(format!("{} ({})", f.watchers.len() + f.watcher_gaps.len(), self.watcher_reconnects))),
+            ("watcher gaps".into(), json!(f.watcher_gaps.len())),
             ("result".into(), json!(if f.failed() { "FAIL" } else { "PASS" })),
         ]);
         rows
@@ -101,6 +104,8 @@ impl Summary<'_> {
             ("Left of deleted workspaces", &f.leftovers),
             ("Liveblocks rooms never deleted", &f.rooms_never),
             ("Quarantined", &f.quarantined),
+            ("Watcher gaps", &f.watcher_gaps),
+            ("Watchers", &f.watchers),
         ] {
             if !list.is_empty() {
                 s.push_str(&format!("\n{title} ({}):\n", list.len()));
@@ -120,7 +125,7 @@ impl Summary<'_> {
             "command": self.command,
             "table": table,
             "lost": f.lost, "doubled": f.doubled, "diverged": f.diverged,
-            "leftovers": f.leftovers, "rooms_never": f.rooms_never, "quarantined": f.quarantined,
+            "leftovers": f.leftovers, "watcher_gaps": f.watcher_gaps, "watchers": f.watchers, "rooms_never": f.rooms_never, "quarantined": f.quarantined,
         })
     }
 }

@@ -243,11 +243,22 @@ pub async fn run(
         tick.tick().await;
         let org = {
             let orgs = live.orgs.lock().unwrap();
-            if orgs.is_empty() {
-                continue;
+            let hot: Vec<String> = live
+                .hot
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|o| orgs.contains(*o))
+                .cloned()
+                .collect();
+            if !hot.is_empty() && ctx.rng.random_bool(0.5) {
+                Some(hot[ctx.rng.random_range(0..hot.len())].clone())
+            } else if orgs.is_empty() {
+                None
+            } else {
+                let i = ctx.rng.random_range(0..orgs.len());
+                orgs.iter().nth(i).cloned()
             }
-            let i = ctx.rng.random_range(0..orgs.len());
-            orgs.iter().nth(i).cloned()
         };
         let Some(org) = org else { continue };
         n += 1;
