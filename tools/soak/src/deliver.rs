@@ -51,7 +51,7 @@ impl Default for Plan {
             senders: 8,
             duplicate: 0.05,
             delay: 0.15,
-            max_delay: Duration::from_secs(4),
+            max_delay: Duration::from_secs(8),
             withhold: 0.005,
         }
     }

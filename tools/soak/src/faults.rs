@@ -111,7 +111,31 @@ pub struct Targets {
     pub live: Arc<crate::deliver::Live>,
 }
 
-/// Runs the schedule; returns the faults injected, by label, and the reconcile exit codes.
+/// Runs the schedule in three concurrent lanes (kills; PostgreSQL and Liveblocks; reconcile
+/// runs), so faults overlap; returns the faults injected, by label, and the reconcile exit codes.
+pub async fn run_lanes(
+    t: &Targets,
+    schedule: Vec<(Duration, Fault)>,
+) -> Result<(BTreeMap<String, u64>, Vec<i32>)> {
+    let lane = |pick: fn(&Fault) -> bool| -> Vec<(Duration, Fault)> {
+        schedule.iter().filter(|(_, f)| pick(f)).cloned().collect()
+    };
+    let kills = lane(|f| matches!(f, Fault::Kill(..)));
+    let outages = lane(|f| matches!(f, Fault::Postgres(_) | Fault::Liveblocks(..)));
+    let reconciles = lane(|f| matches!(f, Fault::Reconcile { .. }));
+    let (a, b, c) = tokio::join!(run(t, kills), run(t, outages), run(t, reconciles));
+    let mut done = BTreeMap::new();
+    let mut codes = Vec::new();
+    for (d, r) in [a?, b?, c?] {
+        for (k, v) in d {
+            *done.entry(k).or_default() += v;
+        }
+        codes.extend(r);
+    }
+    Ok((done, codes))
+}
+
+/// Runs a schedule in order; returns the faults injected, by label, and the reconcile exit codes.
 pub async fn run(
     t: &Targets,
     schedule: Vec<(Duration, Fault)>,

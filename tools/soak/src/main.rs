@@ -242,7 +242,7 @@ async fn run(args: &Args, seed: u64, command: String) -> Result<bool> {
     });
     // Bounded: the faults run within the span, deliveries end at most a retry schedule after.
     let limit = span + Duration::from_secs(300);
-    let faulted = tokio::time::timeout(limit, faults::run(&targets, schedule)).await;
+    let faulted = tokio::time::timeout(limit, faults::run_lanes(&targets, schedule)).await;
     let outcomes = tokio::time::timeout(limit, delivery).await;
     live.stop.store(true, Relaxed);
     let (fault_counts, reconciles) = faulted.context("the fault loop overran its bound")??;
