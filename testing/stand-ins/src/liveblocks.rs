@@ -474,6 +474,26 @@ mod tests {
         assert_eq!(live.identify_requests(), 5);
     }
 
+    #[tokio::test]
+    async fn a_repeated_deletion_is_answered_404_and_recorded() {
+        let live = LiveblocksStandIn::start("sk_test").await.unwrap();
+        let delete = || async {
+            reqwest::Client::new()
+                .delete(format!("{}/v2/rooms/doc%3A1", live.base_url()))
+                .bearer_auth("sk_test")
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        };
+        assert_eq!(delete().await, 204);
+        assert!(live.not_found().is_empty());
+        assert_eq!(delete().await, 404);
+        assert_eq!(live.deleted(), ["doc:1"]);
+        assert_eq!(live.not_found(), ["doc:1"]);
+    }
+
     #[test]
     fn decodes_percent_escapes() {
         assert_eq!(percent_decode("doc%3Aabc"), "doc:abc");

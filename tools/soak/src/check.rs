@@ -80,7 +80,13 @@ pub async fn check(
     let wdb = connect(workspace_db).await?;
     clerk_data(&idb, &wdb, truth, events, &mut f).await?;
     leftovers(&wdb, &mut f).await?;
-    rooms(truth, traffic, liveblocks_deleted, liveblocks_repeated, &mut f);
+    rooms(
+        truth,
+        traffic,
+        liveblocks_deleted,
+        liveblocks_repeated,
+        &mut f,
+    );
     messages(&wdb, truth, traffic, &mut f).await?;
     for (db, name) in [(&idb, "identity"), (&wdb, "workspace")] {
         for r in db
@@ -113,21 +119,39 @@ pub async fn clerk_data(
     // Users.
     let mut held = HashMap::new();
     for r in idb
-        .query("SELECT clerk_id, name, email, deleted_at IS NOT NULL FROM users", &[])
+        .query(
+            "SELECT clerk_id, name, email, deleted_at IS NOT NULL FROM users",
+            &[],
+        )
         .await?
     {
-        held.insert(r.get::<_, String>(0), (r.get::<_, String>(1), r.get::<_, String>(2), r.get::<_, bool>(3)));
+        held.insert(
+            r.get::<_, String>(0),
+            (
+                r.get::<_, String>(1),
+                r.get::<_, String>(2),
+                r.get::<_, bool>(3),
+            ),
+        );
     }
     f.checked.insert("users", held.len());
     for (id, u) in &truth.users {
         let key = format!("user:{id}");
         match held.get(id) {
             None => f.lost.push(explain(key, "missing".into())),
-            Some((_, _, true)) => f.diverged.push(explain(key, "deleted here, alive in Clerk".into())),
-            Some((name, email, false)) if *name != u.name() || *email != u.email => f.diverged.push(explain(
-                key,
-                format!("held ({name:?}, {email:?}), Clerk ({:?}, {:?})", u.name(), u.email),
-            )),
+            Some((_, _, true)) => f
+                .diverged
+                .push(explain(key, "deleted here, alive in Clerk".into())),
+            Some((name, email, false)) if *name != u.name() || *email != u.email => {
+                f.diverged.push(explain(
+                    key,
+                    format!(
+                        "held ({name:?}, {email:?}), Clerk ({:?}, {:?})",
+                        u.name(),
+                        u.email
+                    ),
+                ))
+            }
             _ => {}
         }
     }
@@ -139,27 +163,36 @@ pub async fn clerk_data(
         if !truth.deleted_users.contains(id) {
             f.diverged.push(explain(key, "held, never in Clerk".into()));
         } else if !deleted || !name.is_empty() || !email.is_empty() {
-            f.diverged.push(explain(key, "deleted in Clerk, held with its data".into()));
+            f.diverged
+                .push(explain(key, "deleted in Clerk, held with its data".into()));
         }
     }
 
     // Workspaces.
     let mut ws = HashMap::new();
     for r in wdb
-        .query("SELECT clerk_org_id, name, deleted_at IS NOT NULL FROM workspaces", &[])
+        .query(
+            "SELECT clerk_org_id, name, deleted_at IS NOT NULL FROM workspaces",
+            &[],
+        )
         .await?
     {
-        ws.insert(r.get::<_, String>(0), (r.get::<_, String>(1), r.get::<_, bool>(2)));
+        ws.insert(
+            r.get::<_, String>(0),
+            (r.get::<_, String>(1), r.get::<_, bool>(2)),
+        );
     }
     f.checked.insert("workspaces", ws.len());
     for (id, o) in &truth.orgs {
         let key = format!("org:{id}");
         match ws.get(id) {
             None => f.lost.push(explain(key, "missing".into())),
-            Some((_, true)) => f.diverged.push(explain(key, "deleted here, alive in Clerk".into())),
-            Some((name, false)) if *name != o.name => {
-                f.diverged.push(explain(key, format!("held {name:?}, Clerk {:?}", o.name)))
-            }
+            Some((_, true)) => f
+                .diverged
+                .push(explain(key, "deleted here, alive in Clerk".into())),
+            Some((name, false)) if *name != o.name => f
+                .diverged
+                .push(explain(key, format!("held {name:?}, Clerk {:?}", o.name))),
             _ => {}
         }
     }
@@ -169,7 +202,11 @@ pub async fn clerk_data(
         }
         let key = format!("org:{id}");
         if truth.deleted_orgs.contains(id) {
-            let what = if *deleted { "deleted, not purged" } else { "deleted in Clerk, held" };
+            let what = if *deleted {
+                "deleted, not purged"
+            } else {
+                "deleted in Clerk, held"
+            };
             f.diverged.push(explain(key, what.into()));
         } else {
             f.diverged.push(explain(key, "held, never in Clerk".into()));
@@ -179,20 +216,28 @@ pub async fn clerk_data(
     // Memberships.
     let mut mems = BTreeMap::new();
     for r in wdb
-        .query("SELECT clerk_org_id, clerk_user_id, role, deleted FROM memberships", &[])
+        .query(
+            "SELECT clerk_org_id, clerk_user_id, role, deleted FROM memberships",
+            &[],
+        )
         .await?
     {
-        mems.insert((r.get::<_, String>(0), r.get::<_, String>(1)), (r.get::<_, String>(2), r.get::<_, bool>(3)));
+        mems.insert(
+            (r.get::<_, String>(0), r.get::<_, String>(1)),
+            (r.get::<_, String>(2), r.get::<_, bool>(3)),
+        );
     }
     f.checked.insert("memberships", mems.len());
     for (k, m) in &truth.memberships {
         let key = format!("membership:{}/{}", k.0, k.1);
         match mems.get(k) {
             None => f.lost.push(explain(key, "missing".into())),
-            Some((_, true)) => f.lost.push(explain(key, "deleted here, alive in Clerk".into())),
-            Some((role, false)) if *role != m.role => {
-                f.diverged.push(explain(key, format!("role {role}, Clerk {}", m.role)))
-            }
+            Some((_, true)) => f
+                .lost
+                .push(explain(key, "deleted here, alive in Clerk".into())),
+            Some((role, false)) if *role != m.role => f
+                .diverged
+                .push(explain(key, format!("role {role}, Clerk {}", m.role))),
             _ => {}
         }
     }
@@ -202,7 +247,8 @@ pub async fn clerk_data(
         }
         let key = format!("membership:{}/{}", k.0, k.1);
         if truth.deleted_orgs.contains(&k.0) {
-            f.leftovers.push(explain(key, "membership of a deleted workspace".into()));
+            f.leftovers
+                .push(explain(key, "membership of a deleted workspace".into()));
         } else if !deleted {
             f.diverged.push(explain(key, "held, not in Clerk".into()));
         }
@@ -221,13 +267,25 @@ pub async fn before_reconcile(
     unsent: &BTreeSet<usize>,
 ) -> Result<(Vec<String>, usize)> {
     let mut f = Findings::default();
-    clerk_data(&connect(identity_db).await?, &connect(workspace_db).await?, truth, events, &mut f).await?;
+    clerk_data(
+        &connect(identity_db).await?,
+        &connect(workspace_db).await?,
+        truth,
+        events,
+        &mut f,
+    )
+    .await?;
     let explained: BTreeSet<&str> = events
         .iter()
         .filter(|e| unsent.contains(&e.seq))
         .flat_map(|e| e.keys.iter().map(String::as_str))
         .collect();
-    let all: Vec<String> = f.lost.into_iter().chain(f.diverged).chain(f.leftovers).collect();
+    let all: Vec<String> = f
+        .lost
+        .into_iter()
+        .chain(f.diverged)
+        .chain(f.leftovers)
+        .collect();
     let total = all.len();
     let unexplained = all
         .into_iter()
@@ -240,8 +298,14 @@ pub async fn before_reconcile(
 async fn leftovers(wdb: &tokio_postgres::Client, f: &mut Findings) -> Result<()> {
     let live_ws = "(SELECT id FROM workspaces WHERE deleted_at IS NULL)";
     let mut queries = vec![
-        ("workspaces (deleted, not purged)".to_owned(), "SELECT count(*) FROM workspaces WHERE deleted_at IS NOT NULL".to_owned()),
-        ("rooms (deleted, not purged)".to_owned(), "SELECT count(*) FROM rooms WHERE deleted_at IS NOT NULL".to_owned()),
+        (
+            "workspaces (deleted, not purged)".to_owned(),
+            "SELECT count(*) FROM workspaces WHERE deleted_at IS NOT NULL".to_owned(),
+        ),
+        (
+            "rooms (deleted, not purged)".to_owned(),
+            "SELECT count(*) FROM rooms WHERE deleted_at IS NOT NULL".to_owned(),
+        ),
     ];
     for r in wdb
         .query(
@@ -275,8 +339,14 @@ async fn leftovers(wdb: &tokio_postgres::Client, f: &mut Findings) -> Result<()>
             format!("SELECT count(*) FROM {t} WHERE channel_id NOT IN (SELECT id FROM channels WHERE workspace_id IN {live_ws})"),
         ));
     }
-    queries.push(("purge_jobs".into(), "SELECT count(*) FROM purge_jobs".into()));
-    queries.push(("liveblocks_cleanup_jobs".into(), "SELECT count(*) FROM liveblocks_cleanup_jobs".into()));
+    queries.push((
+        "purge_jobs".into(),
+        "SELECT count(*) FROM purge_jobs".into(),
+    ));
+    queries.push((
+        "liveblocks_cleanup_jobs".into(),
+        "SELECT count(*) FROM liveblocks_cleanup_jobs".into(),
+    ));
     for (what, sql) in queries {
         let n: i64 = wdb.query_one(&sql, &[]).await?.get(0);
         if n > 0 {
@@ -288,7 +358,13 @@ async fn leftovers(wdb: &tokio_postgres::Client, f: &mut Findings) -> Result<()>
 
 /// Each Liveblocks room of a deleted workspace or room deleted once at Liveblocks; none of a
 /// live one deleted.
-fn rooms(truth: &Truth, traffic: &Record, deleted: &[String], repeated: &[String], f: &mut Findings) {
+fn rooms(
+    truth: &Truth,
+    traffic: &Record,
+    deleted: &[String],
+    repeated: &[String],
+    f: &mut Findings,
+) {
     let mut times: HashMap<&str, usize> = HashMap::new();
     for d in deleted {
         *times.entry(d.as_str()).or_default() += 1;
@@ -305,12 +381,18 @@ fn rooms(truth: &Truth, traffic: &Record, deleted: &[String], repeated: &[String
             if gone {
                 expected += 1;
                 match n {
-                    0 => f.rooms_never.push(format!("{lb} (org {}, room deleted: {})", room.org, room.deleted)),
+                    0 => f.rooms_never.push(format!(
+                        "{lb} (org {}, room deleted: {})",
+                        room.org, room.deleted
+                    )),
                     _ if n > 1 || repeated.contains(lb.as_str()) => f.rooms_twice += 1,
                     _ => f.rooms_once += 1,
                 }
             } else if n > 0 {
-                f.diverged.push(format!("{lb}: deleted at Liveblocks while its room and workspace {} live", room.org));
+                f.diverged.push(format!(
+                    "{lb}: deleted at Liveblocks while its room and workspace {} live",
+                    room.org
+                ));
             }
         }
     }
@@ -319,10 +401,18 @@ fn rooms(truth: &Truth, traffic: &Record, deleted: &[String], repeated: &[String
 
 /// Every answered post or edit in a live workspace is there as last answered; an answered
 /// delete is gone; no body is held twice.
-async fn messages(wdb: &tokio_postgres::Client, truth: &Truth, traffic: &Record, f: &mut Findings) -> Result<()> {
+async fn messages(
+    wdb: &tokio_postgres::Client,
+    truth: &Truth,
+    traffic: &Record,
+    f: &mut Findings,
+) -> Result<()> {
     let mut held = HashMap::new();
     for r in wdb
-        .query("SELECT id::text, body FROM messages WHERE author_clerk_id = $1", &[&crate::traffic::AUTHOR])
+        .query(
+            "SELECT id::text, body FROM messages WHERE author_clerk_id = $1",
+            &[&crate::traffic::AUTHOR],
+        )
         .await?
     {
         held.insert(r.get::<_, String>(0), r.get::<_, String>(1));
@@ -344,10 +434,13 @@ async fn messages(wdb: &tokio_postgres::Client, truth: &Truth, traffic: &Record,
         checked += 1;
         match (held.get(id), m.deleted) {
             (None, false) => f.lost.push(format!("message {id} in {}: missing", m.org)),
-            (Some(_), true) => f.diverged.push(format!("message {id} in {}: deleted, still held", m.org)),
-            (Some(b), false) if *b != m.body => {
-                f.diverged.push(format!("message {id} in {}: body {b:?}, last answered {:?}", m.org, m.body))
-            }
+            (Some(_), true) => f
+                .diverged
+                .push(format!("message {id} in {}: deleted, still held", m.org)),
+            (Some(b), false) if *b != m.body => f.diverged.push(format!(
+                "message {id} in {}: body {b:?}, last answered {:?}",
+                m.org, m.body
+            )),
             _ => {}
         }
     }
@@ -357,7 +450,12 @@ async fn messages(wdb: &tokio_postgres::Client, truth: &Truth, traffic: &Record,
 
 /// Each watcher against the change log: after its first token, every change of its scope
 /// once, in order (a watcher of a deleted workspace: once and in order only, the log is purged).
-pub async fn watchers(workspace_db: &str, truth: &Truth, seen: &[crate::watch::Seen], f: &mut Findings) -> Result<()> {
+pub async fn watchers(
+    workspace_db: &str,
+    truth: &Truth,
+    seen: &[crate::watch::Seen],
+    f: &mut Findings,
+) -> Result<()> {
     let wdb = connect(workspace_db).await?;
     for w in seen {
         let scope = match &w.channel {
@@ -398,7 +496,11 @@ pub async fn watchers(workspace_db: &str, truth: &Truth, seen: &[crate::watch::S
             let missing: Vec<i64> = log.iter().filter(|s| !uniq.contains(s)).copied().collect();
             let extra = uniq.iter().filter(|s| !logged.contains(s)).count();
             if !missing.is_empty() {
-                bad.push(format!("{} not shown (first {:?})", missing.len(), &missing[..missing.len().min(5)]));
+                bad.push(format!(
+                    "{} not shown (first {:?})",
+                    missing.len(),
+                    &missing[..missing.len().min(5)]
+                ));
             }
             if extra > 0 {
                 bad.push(format!("{extra} shown that the log does not hold"));
@@ -408,7 +510,10 @@ pub async fn watchers(workspace_db: &str, truth: &Truth, seen: &[crate::watch::S
             "{scope}: first token {first}, {} changes shown, {expected} in the log after it, {} reconnects{}",
             w.changes.len(),
             w.reconnects,
-            w.ended.as_ref().map(|e| format!(", ended: {e}")).unwrap_or_default()
+            w.ended
+                .as_ref()
+                .map(|e| format!(", ended: {e}"))
+                .unwrap_or_default()
         );
         if bad.is_empty() {
             f.watchers.push(line);

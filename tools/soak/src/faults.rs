@@ -148,7 +148,10 @@ pub async fn run(
             break;
         }
         tokio::time::sleep_until((start + at).into()).await;
-        eprintln!("soak: fault at {:>6.1}s: {f:?}", start.elapsed().as_secs_f64());
+        eprintln!(
+            "soak: fault at {:>6.1}s: {f:?}",
+            start.elapsed().as_secs_f64()
+        );
         match &f {
             Fault::Kill(w, down) => {
                 t.stack.lock().await.kill(*w);
@@ -214,7 +217,15 @@ pub async fn reconcile(stack: &Mutex<Stack>) -> Result<(i32, String)> {
         .map(|kinds| {
             kinds
                 .iter()
-                .map(|k| format!("{} {}/{}/{}", k["kind"].as_str().unwrap_or("?"), k["created"], k["updated"], k["deleted"]))
+                .map(|k| {
+                    format!(
+                        "{} {}/{}/{}",
+                        k["kind"].as_str().unwrap_or("?"),
+                        k["created"],
+                        k["updated"],
+                        k["deleted"]
+                    )
+                })
                 .collect::<Vec<_>>()
                 .join(", ")
         })

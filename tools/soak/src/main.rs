@@ -70,14 +70,22 @@ struct Args {
 }
 
 /// Settings that compress the services' retry clocks to the soak's scale.
-fn stack_config(args: &Args, database_url: String, state: std::path::PathBuf) -> Result<StackConfig> {
+fn stack_config(
+    args: &Args,
+    database_url: String,
+    state: std::path::PathBuf,
+) -> Result<StackConfig> {
     let bin_dir = std::env::current_exe()?
         .parent()
         .context("binary dir")?
         .to_path_buf();
     let mut cfg = StackConfig::dev(bin_dir, state);
     cfg.database_url = Some(database_url);
-    let env = |v: &[(&str, &str)]| v.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect::<Vec<_>>();
+    let env = |v: &[(&str, &str)]| {
+        v.iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect::<Vec<_>>()
+    };
     cfg.extra_env.insert(
         "workspace-service",
         env(&[
@@ -91,7 +99,8 @@ fn stack_config(args: &Args, database_url: String, state: std::path::PathBuf) ->
             ("LOG_FORMAT", "json"),
         ]),
     );
-    cfg.extra_env.insert("identity-service", env(&[("LOG_FORMAT", "json")]));
+    cfg.extra_env
+        .insert("identity-service", env(&[("LOG_FORMAT", "json")]));
     cfg.extra_env.insert(
         "webhook-gateway",
         env(&[
@@ -133,8 +142,12 @@ async fn run(args: &Args, seed: u64, command: String) -> Result<bool> {
     let minutes = args.minutes.max(0.0);
     let counts = faults::Counts {
         kills: args.kills.unwrap_or((minutes * 3.0).ceil() as usize),
-        postgres: args.pg_restarts.unwrap_or(((minutes / 5.0) as usize).max(1)),
-        liveblocks: args.liveblocks_outages.unwrap_or(((minutes / 3.0) as usize).max(1)),
+        postgres: args
+            .pg_restarts
+            .unwrap_or(((minutes / 5.0) as usize).max(1)),
+        liveblocks: args
+            .liveblocks_outages
+            .unwrap_or(((minutes / 3.0) as usize).max(1)),
         reconciles: args.reconciles.unwrap_or(((minutes / 5.0) as usize).max(1)),
     };
     let state = std::env::temp_dir().join(format!("vbase-soak-{}", std::process::id()));
@@ -148,7 +161,10 @@ async fn run(args: &Args, seed: u64, command: String) -> Result<bool> {
     })
     .await??;
     let pg = Arc::new(pg);
-    eprintln!("soak: starting the stack (logs in {})", state.join("logs").display());
+    eprintln!(
+        "soak: starting the stack (logs in {})",
+        state.join("logs").display()
+    );
     let mut stack = Stack::start(stack_config(args, pg.url("postgres"), state.clone())?).await?;
     let clerk_api = Arc::new(stack.clerk_api.take().context("Clerk API stand-in")?);
     let liveblocks = Arc::new(stack.liveblocks.take().context("Liveblocks stand-in")?);
@@ -167,7 +183,10 @@ async fn run(args: &Args, seed: u64, command: String) -> Result<bool> {
         Duration::from_secs(600),
     ));
     let (identity_db, workspace_db) = (stack.identity_db.clone(), stack.workspace_db.clone());
-    let (gateway_url, secret) = (stack.state.gateway_url.clone(), stack.state.webhook_secret.clone());
+    let (gateway_url, secret) = (
+        stack.state.gateway_url.clone(),
+        stack.state.webhook_secret.clone(),
+    );
     let workspace_addr = stack.workspace_addr;
     let stack = Arc::new(Mutex::new(stack));
 
@@ -206,15 +225,30 @@ async fn run(args: &Args, seed: u64, command: String) -> Result<bool> {
         for i in 0..args.watchers.min(orgs.len() * 2) {
             let org = orgs[(seed as usize).wrapping_add(i / 2 * 7919) % orgs.len()].clone();
             hot.push(org.clone());
-            let (live, stop, minter) = (Arc::clone(&live), Arc::clone(&watch_stop), Arc::clone(&minter));
+            let (live, stop, minter) = (
+                Arc::clone(&live),
+                Arc::clone(&watch_stop),
+                Arc::clone(&minter),
+            );
             watchers.push(tokio::spawn(async move {
                 while !live.orgs.lock().unwrap().contains(&org) {
                     if stop.load(Relaxed) {
-                        return watch::Seen { org, ..Default::default() };
+                        return watch::Seen {
+                            org,
+                            ..Default::default()
+                        };
                     }
                     tokio::time::sleep(Duration::from_millis(200)).await;
                 }
-                watch::run(workspace_addr, minter, org, i % 2 == 1, seed ^ i as u64, stop).await
+                watch::run(
+                    workspace_addr,
+                    minter,
+                    org,
+                    i % 2 == 1,
+                    seed ^ i as u64,
+                    stop,
+                )
+                .await
             }));
         }
     }
@@ -254,7 +288,11 @@ async fn run(args: &Args, seed: u64, command: String) -> Result<bool> {
     let t = Instant::now();
     clerk_api.rate_limit_next(0, 0);
     clerk_api.fail_lists_after(None);
-    stack.lock().await.wait_ready(Duration::from_secs(60)).await?;
+    stack
+        .lock()
+        .await
+        .wait_ready(Duration::from_secs(60))
+        .await?;
     wait_queues_empty(&workspace_db, Duration::from_secs(300)).await?;
     // What webhooks alone left: only rows a withheld or given-up delivery touched may differ.
     let unsent: BTreeSet<usize> = outcomes
@@ -263,8 +301,14 @@ async fn run(args: &Args, seed: u64, command: String) -> Result<bool> {
         .filter(|(_, o)| o.withheld || (o.gave_up && !o.delivered))
         .map(|(i, _)| i)
         .collect();
-    let (webhook_gaps, differed) =
-        check::before_reconcile(&identity_db, &workspace_db, &history.truth, &events, &unsent).await?;
+    let (webhook_gaps, differed) = check::before_reconcile(
+        &identity_db,
+        &workspace_db,
+        &history.truth,
+        &events,
+        &unsent,
+    )
+    .await?;
     let (final_reconcile, repaired) = faults::reconcile(&stack).await?;
     wait_queues_empty(&workspace_db, Duration::from_secs(300)).await?;
     let converge = t.elapsed();
@@ -289,9 +333,11 @@ async fn run(args: &Args, seed: u64, command: String) -> Result<bool> {
     .await?;
     let mut findings = findings;
     check::watchers(&workspace_db, &history.truth, &seen, &mut findings).await?;
-    findings
-        .diverged
-        .extend(webhook_gaps.into_iter().map(|d| format!("before the final reconcile, no delivery withheld: {d}")));
+    findings.diverged.extend(
+        webhook_gaps
+            .into_iter()
+            .map(|d| format!("before the final reconcile, no delivery withheld: {d}")),
+    );
     let summary = report::Summary {
         seed,
         command,
@@ -323,7 +369,10 @@ async fn run(args: &Args, seed: u64, command: String) -> Result<bool> {
         .map_err(|_| anyhow::anyhow!("stack still shared"))?
         .into_inner();
     if failed {
-        eprintln!("soak: FAILED; logs kept in {}", state.join("logs").display());
+        eprintln!(
+            "soak: FAILED; logs kept in {}",
+            state.join("logs").display()
+        );
         drop(stack);
     } else {
         stack.stop().await?;

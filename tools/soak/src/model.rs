@@ -197,17 +197,20 @@ impl Gen {
     }
 
     fn create_user(&mut self) {
-        let (first, last, email) =
-            if !self.gone_people.is_empty() && self.rng.random_bool(0.3) {
-                let i = self.rng.random_range(0..self.gone_people.len());
-                self.gone_people.swap_remove(i)
-            } else {
-                let first = pick(&mut self.rng, FIRST).unwrap().to_string();
-                let last = pick(&mut self.rng, LAST).unwrap().to_string();
-                let n = self.events.len();
-                let email = format!("{}.{}{n}@example.org", first.to_lowercase(), last.to_lowercase());
-                (first, last, email)
-            };
+        let (first, last, email) = if !self.gone_people.is_empty() && self.rng.random_bool(0.3) {
+            let i = self.rng.random_range(0..self.gone_people.len());
+            self.gone_people.swap_remove(i)
+        } else {
+            let first = pick(&mut self.rng, FIRST).unwrap().to_string();
+            let last = pick(&mut self.rng, LAST).unwrap().to_string();
+            let n = self.events.len();
+            let email = format!(
+                "{}.{}{n}@example.org",
+                first.to_lowercase(),
+                last.to_lowercase()
+            );
+            (first, last, email)
+        };
         let u = User {
             id: clerk_id(&mut self.rng, "user"),
             first,
@@ -217,7 +220,12 @@ impl Gen {
             updated_at: self.now,
         };
         self.truth.users.insert(u.id.clone(), u.clone());
-        self.emit("user.created", vec![format!("user:{}", u.id)], u.json(), Change::PutUser(u));
+        self.emit(
+            "user.created",
+            vec![format!("user:{}", u.id)],
+            u.json(),
+            Change::PutUser(u),
+        );
     }
 
     fn update_user(&mut self, id: &str) {
@@ -232,7 +240,12 @@ impl Gen {
         }
         u.updated_at = self.now;
         self.truth.users.insert(u.id.clone(), u.clone());
-        self.emit("user.updated", vec![format!("user:{id}")], u.json(), Change::PutUser(u));
+        self.emit(
+            "user.updated",
+            vec![format!("user:{id}")],
+            u.json(),
+            Change::PutUser(u),
+        );
     }
 
     fn delete_user(&mut self, id: &str) {
@@ -269,7 +282,12 @@ impl Gen {
             updated_at: self.now,
         };
         self.truth.orgs.insert(o.id.clone(), o.clone());
-        self.emit("organization.created", vec![format!("org:{}", o.id)], o.json(), Change::PutOrg(o.clone()));
+        self.emit(
+            "organization.created",
+            vec![format!("org:{}", o.id)],
+            o.json(),
+            Change::PutOrg(o.clone()),
+        );
         // Clerk makes the creator an admin.
         self.tick();
         self.create_membership(&o.id, creator, "org:admin");
@@ -320,7 +338,12 @@ impl Gen {
                 o.name = format!("Team {} renamed", self.events.len());
                 o.updated_at = self.now;
                 self.truth.orgs.insert(id.clone(), o.clone());
-                self.emit("organization.updated", vec![format!("org:{id}")], o.json(), Change::PutOrg(o));
+                self.emit(
+                    "organization.updated",
+                    vec![format!("org:{id}")],
+                    o.json(),
+                    Change::PutOrg(o),
+                );
             }
             48..=51 => {
                 let id = pick(&mut self.rng, &orgs).unwrap().clone();
@@ -343,7 +366,11 @@ impl Gen {
             52..=79 => {
                 let org = pick(&mut self.rng, &orgs).unwrap().clone();
                 let user = pick(&mut self.rng, &users).unwrap().clone();
-                if self.truth.memberships.contains_key(&(org.clone(), user.clone())) {
+                if self
+                    .truth
+                    .memberships
+                    .contains_key(&(org.clone(), user.clone()))
+                {
                     return self.create_user();
                 }
                 let role = pick(&mut self.rng, ROLES).unwrap().to_string();

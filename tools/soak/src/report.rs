@@ -37,17 +37,35 @@ impl Summary<'_> {
         let mut rows = vec![
             ("seed".to_owned(), json!(self.seed)),
             ("events (Clerk history)".into(), json!(self.events)),
-            ("delivery attempts".into(), json!(o.iter().map(|x| x.attempts as u64).sum::<u64>())),
-            ("attempts answered non-2xx or timed out (retried)".into(), json!(o.iter().map(|x| x.failures as u64).sum::<u64>())),
-            ("duplicates (same svix-id sent again)".into(), json!(o.iter().map(|x| x.duplicates as u64).sum::<u64>())),
-            ("delayed (overtaken by later events)".into(), json!(count(|x| x.delayed))),
+            (
+                "delivery attempts".into(),
+                json!(o.iter().map(|x| x.attempts as u64).sum::<u64>()),
+            ),
+            (
+                "attempts answered non-2xx or timed out (retried)".into(),
+                json!(o.iter().map(|x| x.failures as u64).sum::<u64>()),
+            ),
+            (
+                "duplicates (same svix-id sent again)".into(),
+                json!(o.iter().map(|x| x.duplicates as u64).sum::<u64>()),
+            ),
+            (
+                "delayed (overtaken by later events)".into(),
+                json!(count(|x| x.delayed)),
+            ),
             ("withheld (never sent)".into(), json!(count(|x| x.withheld))),
-            ("given up after every retry".into(), json!(count(|x| x.gave_up && !x.delivered))),
+            (
+                "given up after every retry".into(),
+                json!(count(|x| x.gave_up && !x.delivered)),
+            ),
         ];
         for (k, v) in &self.faults {
             rows.push((format!("fault: {k}"), json!(v)));
         }
-        rows.push(("faults in all".into(), json!(self.faults.values().sum::<u64>())));
+        rows.push((
+            "faults in all".into(),
+            json!(self.faults.values().sum::<u64>()),
+        ));
         rows.push((
             "reconcile runs under faults (exit codes)".into(),
             json!(self.reconciles),
@@ -56,7 +74,10 @@ impl Summary<'_> {
             "rows differing before the final reconcile (webhooks alone)".into(),
             json!(self.differed_before_reconcile),
         ));
-        rows.push(("final reconcile exit code".into(), json!(self.final_reconcile)));
+        rows.push((
+            "final reconcile exit code".into(),
+            json!(self.final_reconcile),
+        ));
         rows.push((
             "repaired by the final reconcile (created/updated/deleted)".into(),
             json!(self.repaired),
@@ -69,19 +90,44 @@ impl Summary<'_> {
             rows.push((format!("checked: {k}"), json!(v)));
         }
         rows.extend([
-            ("duration (load and faults)".to_owned(), json!(format!("{:.0} s", self.duration.as_secs_f64()))),
-            ("convergence (drain, reconcile, queues empty)".into(), json!(format!("{:.0} s", self.converge.as_secs_f64()))),
+            (
+                "duration (load and faults)".to_owned(),
+                json!(format!("{:.0} s", self.duration.as_secs_f64())),
+            ),
+            (
+                "convergence (drain, reconcile, queues empty)".into(),
+                json!(format!("{:.0} s", self.converge.as_secs_f64())),
+            ),
             ("lost".into(), json!(f.lost.len())),
             ("doubled".into(), json!(f.doubled.len())),
             ("diverged".into(), json!(f.diverged.len())),
-            ("left of deleted workspaces".into(), json!(f.leftovers.len())),
+            (
+                "left of deleted workspaces".into(),
+                json!(f.leftovers.len()),
+            ),
             ("Liveblocks rooms deleted once".into(), json!(f.rooms_once)),
-            ("Liveblocks rooms deleted twice (repeat after a crash)".into(), json!(f.rooms_twice)),
-            ("Liveblocks rooms never deleted".into(), json!(f.rooms_never.len())),
+            (
+                "Liveblocks rooms deleted twice (repeat after a crash)".into(),
+                json!(f.rooms_twice),
+            ),
+            (
+                "Liveblocks rooms never deleted".into(),
+                json!(f.rooms_never.len()),
+            ),
             ("quarantined, open".into(), json!(f.quarantined.len())),
-            ("watchers (reconnects)".into(), json!(format!("{} ({})", f.watchers.len() + f.watcher_gaps.len(), self.watcher_reconnects))),
+            (
+                "watchers (reconnects)".into(),
+                json!(format!(
+                    "{} ({})",
+                    f.watchers.len() + f.watcher_gaps.len(),
+                    self.watcher_reconnects
+                )),
+            ),
             ("watcher gaps".into(), json!(f.watcher_gaps.len())),
-            ("result".into(), json!(if f.failed() { "FAIL" } else { "PASS" })),
+            (
+                "result".into(),
+                json!(if f.failed() { "FAIL" } else { "PASS" }),
+            ),
         ]);
         rows
     }

@@ -57,7 +57,10 @@ struct Watcher {
 
 impl Watcher {
     fn req<T>(&self, msg: T) -> tonic::Request<T> {
-        let token = self.minter.token_for("workspace-service").unwrap_or_default();
+        let token = self
+            .minter
+            .token_for("workspace-service")
+            .unwrap_or_default();
         service_harness::bearer(msg, &token)
     }
 
@@ -66,7 +69,12 @@ impl Watcher {
     }
 
     /// One stream until it breaks, `until` passes or `stop`; returns the status it ended with.
-    async fn stream(&mut self, token: &mut Option<String>, until: Instant, stop: &AtomicBool) -> Option<tonic::Status> {
+    async fn stream(
+        &mut self,
+        token: &mut Option<String>,
+        until: Instant,
+        stop: &AtomicBool,
+    ) -> Option<tonic::Status> {
         macro_rules! follow {
             ($call:expr, $kind:ident) => {{
                 let mut s = match $call.await {
@@ -90,7 +98,10 @@ impl Watcher {
         }
         match self.seen.channel.clone() {
             Some(channel_id) => {
-                let r = self.req(wsp::WatchChannelRequest { channel_id, resume_token: self.resume(token) });
+                let r = self.req(wsp::WatchChannelRequest {
+                    channel_id,
+                    resume_token: self.resume(token),
+                });
                 follow!(self.client.watch_channel(r), channel_event)
             }
             None => {
@@ -130,7 +141,10 @@ pub async fn run(
     let mut w = Watcher {
         client: WorkspaceServiceClient::new(ch),
         minter,
-        seen: Seen { org, ..Seen::default() },
+        seen: Seen {
+            org,
+            ..Seen::default()
+        },
         rng: StdRng::seed_from_u64(seed),
     };
     let mut token: Option<String> = None;
