@@ -197,14 +197,17 @@ pub async fn run(
 /// of what it created); returns its exit code and what it repaired (`kind c/u/d`), and
 /// prints its last lines when it fails.
 pub async fn reconcile(stack: &Mutex<Stack>) -> Result<(i32, String)> {
-    let mut c = stack.lock().await.reconcile_command();
+    let mut c = tokio::process::Command::from(stack.lock().await.reconcile_command());
     c.args([
         "--json",
         "--instance",
         vbase_stack::DEV_CLERK_INSTANCE,
         "--allow-mass-delete",
-    ]);
-    let out = tokio::task::spawn_blocking(move || c.output()).await??;
+    ])
+    .kill_on_drop(true);
+    let out = tokio::time::timeout(Duration::from_secs(600), c.output())
+        .await
+        .map_err(|_| anyhow::anyhow!("reconcile ran over 10 minutes"))??;
     let code = out.status.code().unwrap_or(-1);
     if code != 0 {
         let err = String::from_utf8_lossy(&out.stderr);

@@ -260,17 +260,37 @@ impl Gen {
             .filter(|(_, user)| user == id)
             .cloned()
             .collect();
-        let mut ids = Vec::new();
+        let mut removed = Vec::new();
         for k in gone {
-            ids.extend(self.truth.memberships.remove(&k).map(|m| m.id));
+            removed.extend(self.truth.memberships.remove(&k));
             keys.push(format!("membership:{}/{}", k.0, k.1));
         }
+        let ids = removed.iter().map(|m| m.id.clone()).collect();
         self.emit(
             "user.deleted",
             keys,
             json!({"deleted": true, "id": id, "object": "user"}),
             Change::RemoveUser(id.to_owned(), ids),
         );
+        self.cascade(removed);
+    }
+
+    /// Half the time, `organizationMembership.deleted` for each membership a user's or an
+    /// organization's deletion removed (Clerk does not document whether it sends them).
+    fn cascade(&mut self, removed: Vec<Membership>) {
+        if !self.rng.random_bool(0.5) {
+            return;
+        }
+        for mut m in removed {
+            self.tick();
+            m.updated_at = self.now;
+            self.emit(
+                "organizationMembership.deleted",
+                vec![format!("membership:{}/{}", m.org, m.user)],
+                m.json(),
+                Change::RemoveMembership(m),
+            );
+        }
     }
 
     fn create_org(&mut self, creator: &str) {
@@ -351,17 +371,19 @@ impl Gen {
                 self.truth.deleted_orgs.insert(id.clone());
                 let mut keys = vec![format!("org:{id}")];
                 let gone: Vec<_> = mems.iter().filter(|(o, _)| *o == id).cloned().collect();
-                let mut ids = Vec::new();
+                let mut removed = Vec::new();
                 for k in gone {
-                    ids.extend(self.truth.memberships.remove(&k).map(|m| m.id));
+                    removed.extend(self.truth.memberships.remove(&k));
                     keys.push(format!("membership:{}/{}", k.0, k.1));
                 }
+                let ids = removed.iter().map(|m| m.id.clone()).collect();
                 self.emit(
                     "organization.deleted",
                     keys,
                     json!({"deleted": true, "id": id, "object": "organization"}),
                     Change::RemoveOrg(id, ids),
                 );
+                self.cascade(removed);
             }
             52..=79 => {
                 let org = pick(&mut self.rng, &orgs).unwrap().clone();
