@@ -43,6 +43,10 @@ pub struct Plan {
     pub delay: f64,
     pub max_delay: Duration,
     pub withhold: f64,
+    /// Decides which deliveries misbehave, and how.
+    pub seed: u64,
+    /// The events are emitted evenly over this.
+    pub span: Duration,
 }
 
 impl Default for Plan {
@@ -53,6 +57,8 @@ impl Default for Plan {
             delay: 0.15,
             max_delay: Duration::from_secs(8),
             withhold: 0.005,
+            seed: 0,
+            span: Duration::from_secs(60),
         }
     }
 }
@@ -101,10 +107,9 @@ pub async fn run(
     live: Arc<Live>,
     gateway_url: String,
     secret: String,
-    seed: u64,
-    span: Duration,
     plan: Plan,
 ) -> Vec<Outcome> {
+    let (seed, span) = (plan.seed, plan.span);
     let outcomes = Arc::new(Mutex::new(vec![Outcome::default(); events.len()]));
     let senders = Arc::new(Semaphore::new(plan.senders));
     let http = reqwest::Client::builder()
@@ -164,8 +169,8 @@ pub async fn run(
     for t in tasks {
         let _ = t.await;
     }
-    let out = outcomes.lock().unwrap().clone();
-    out
+    let done = outcomes.lock().unwrap();
+    done.clone()
 }
 
 struct Sender {

@@ -119,7 +119,7 @@ async fn main() -> Result<()> {
     let args = Args::parse();
     let seed = args.seed.unwrap_or_else(rand::random);
     let command = format!(
-        "scripts/soak --seed {seed} --minutes {} --events {}{}",
+        "scripts/soak --seed {seed} --minutes {} --events {}{} --senders {} --traffic-rate {} --watchers {}",
         args.minutes,
         args.events,
         [
@@ -130,7 +130,10 @@ async fn main() -> Result<()> {
         ]
         .iter()
         .filter_map(|(k, v)| v.map(|v| format!(" --{k} {v}")))
-        .collect::<String>()
+        .collect::<String>(),
+        args.senders,
+        args.traffic_rate,
+        args.watchers
     );
     eprintln!("soak: seed {seed} ({command})");
     let failed = run(&args, seed, command).await?;
@@ -197,6 +200,8 @@ async fn run(args: &Args, seed: u64, command: String) -> Result<bool> {
     let started = Instant::now();
     let plan = deliver::Plan {
         senders: args.senders,
+        seed,
+        span,
         ..deliver::Plan::default()
     };
     let delivery = tokio::spawn(deliver::run(
@@ -205,8 +210,6 @@ async fn run(args: &Args, seed: u64, command: String) -> Result<bool> {
         Arc::clone(&live),
         gateway_url,
         secret,
-        seed,
-        span,
         plan,
     ));
     let traffic = tokio::spawn(traffic::run(

@@ -197,13 +197,17 @@ async fn a_purged_workspace_leaves_no_head_once_its_last_change_is_pruned() {
     let mut cfg = config(env.db.url(), &env.issuers, None);
     cfg.watch.change_log_retention_hours = 1;
     let pruning = RunningServer::start(|l, sd| workspace_service::run(cfg, l, sd)).await;
-    eventually("the old changes pruned", Duration::from_secs(10), || async {
-        env.count("change_log").await == 0
-    })
+    eventually(
+        "the old changes pruned",
+        Duration::from_secs(10),
+        || async { env.count("change_log").await == 0 },
+    )
     .await;
-    eventually("the purged workspace's head gone", Duration::from_secs(10), || async {
-        env.count("change_heads").await == 1
-    })
+    eventually(
+        "the purged workspace's head gone",
+        Duration::from_secs(10),
+        || async { env.count("change_heads").await == 1 },
+    )
     .await;
     let kept = env
         .scalar(
