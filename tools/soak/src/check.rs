@@ -280,6 +280,18 @@ pub async fn before_reconcile(
         .filter(|e| unsent.contains(&e.seq))
         .flat_map(|e| e.keys.iter().map(String::as_str))
         .collect();
+    // A membership row is explained by an unsent event of its own, of its organization (an
+    // unsent deletion leaves even its deleted memberships' rows) or of its user.
+    let covers = |key: &str| {
+        explained.contains(key)
+            || key
+                .strip_prefix("membership:")
+                .and_then(|m| m.split_once('/'))
+                .is_some_and(|(org, user)| {
+                    explained.contains(format!("org:{org}").as_str())
+                        || explained.contains(format!("user:{user}").as_str())
+                })
+    };
     let all: Vec<String> = f
         .lost
         .into_iter()
@@ -289,7 +301,7 @@ pub async fn before_reconcile(
     let total = all.len();
     let unexplained = all
         .into_iter()
-        .filter(|d| !d.split(": ").next().is_some_and(|k| explained.contains(k)))
+        .filter(|d| !d.split(": ").next().is_some_and(covers))
         .collect();
     Ok((unexplained, total))
 }
