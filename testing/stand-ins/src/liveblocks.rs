@@ -5,7 +5,8 @@
 //! Answers as Liveblocks does: 204 with no body when the room existed, 404 `ROOM_NOT_FOUND`
 //! once it is gone, 401 for a wrong key (on both); the listing answers `{"nextCursor":null,
 //! "data":[]}` (no live rooms are kept here). It can be told to fail (503), rate-limit (429 with
-//! `Retry-After`) or slow down, and records every successful deletion and the peak concurrency,
+//! `Retry-After`) or slow down, and records every successful deletion, every repeated one (404
+//! after a 204) and the peak concurrency,
 //! overall and per room.
 
 use crate::http_server::{HttpStandIn, SeenRequest, empty_response, json_response};
