@@ -338,7 +338,7 @@ pub const WORKSPACE_BOOKKEEPING: &[&str] = &[
     "sync_outcomes",
     "quarantined_deliveries",
     // The change log of live watches: a deleted workspace's last entry (`workspace_deleted`)
-    // and its head stay until CHANGE_LOG_RETENTION_HOURS.
+    // and its head stay until CHANGE_LOG_RETENTION_HOURS prunes both.
     "change_log",
     "change_heads",
 ];

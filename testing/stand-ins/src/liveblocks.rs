@@ -5,7 +5,8 @@
 //! Answers as Liveblocks does: 204 with no body when the room existed, 404 `ROOM_NOT_FOUND`
 //! once it is gone, 401 for a wrong key (on both); the listing answers `{"nextCursor":null,
 //! "data":[]}` (no live rooms are kept here). It can be told to fail (503), rate-limit (429 with
-//! `Retry-After`) or slow down, and records every successful deletion and the peak concurrency,
+//! `Retry-After`) or slow down, and records every successful deletion, every repeated one (404
+//! after a 204) and the peak concurrency,
 //! overall and per room.
 
 use crate::http_server::{HttpStandIn, SeenRequest, empty_response, json_response};
@@ -37,6 +38,7 @@ struct State {
     mode: Option<LiveblocksMode>,
     latency: Duration,
     deleted: Vec<String>,
+    not_found: Vec<String>,
     gone: HashSet<String>,
     requests: u64,
     in_flight: usize,
@@ -137,6 +139,15 @@ impl LiveblocksStandIn {
         self.state
             .lock()
             .map(|s| s.deleted.clone())
+            .unwrap_or_default()
+    }
+
+    /// Room ids whose deletion was answered 404 because an earlier one succeeded, in order (a
+    /// deletion repeated, e.g. after a crash between the call and its bookkeeping).
+    pub fn not_found(&self) -> Vec<String> {
+        self.state
+            .lock()
+            .map(|s| s.not_found.clone())
             .unwrap_or_default()
     }
 
@@ -274,6 +285,9 @@ async fn handle(
         );
     }
     if room.len() > 128 || s.gone.contains(&room) {
+        if s.gone.contains(&room) {
+            s.not_found.push(room.clone());
+        }
         return json_response(
             404,
             &json!({"error":"ROOM_NOT_FOUND","message":"Room not found.","suggestion":"","docs":""}),
@@ -459,6 +473,26 @@ mod tests {
         assert_eq!(post(&live, "sk_test", body.to_string()).await.0, 503);
         assert_eq!(live.identifications().len(), 1);
         assert_eq!(live.identify_requests(), 5);
+    }
+
+    #[tokio::test]
+    async fn a_repeated_deletion_is_answered_404_and_recorded() {
+        let live = LiveblocksStandIn::start("sk_test").await.unwrap();
+        let delete = || async {
+            reqwest::Client::new()
+                .delete(format!("{}/v2/rooms/doc%3A1", live.base_url()))
+                .bearer_auth("sk_test")
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        };
+        assert_eq!(delete().await, 204);
+        assert!(live.not_found().is_empty());
+        assert_eq!(delete().await, 404);
+        assert_eq!(live.deleted(), ["doc:1"]);
+        assert_eq!(live.not_found(), ["doc:1"]);
     }
 
     #[test]

@@ -312,6 +312,15 @@ pub async fn prune(conn: &mut AsyncPgConnection, keep: Duration) -> diesel::Quer
             }
         }
     }
+    // A purged workspace's head goes with its last change: nothing numbers its changes again
+    // (a head being created commits with its workspace, which this snapshot does not see).
+    prepared(
+        "DELETE FROM change_heads h
+          WHERE NOT EXISTS (SELECT 1 FROM workspaces w WHERE w.id = h.workspace_id)
+            AND NOT EXISTS (SELECT 1 FROM change_log l WHERE l.workspace_id = h.workspace_id)",
+    )
+    .execute(conn)
+    .await?;
     Ok(total)
 }
 

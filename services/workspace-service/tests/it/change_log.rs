@@ -178,6 +178,47 @@ async fn the_prune_keeps_a_tokens_successor_or_refuses_the_token() {
     pruning.stop().await.unwrap();
 }
 
+/// Found by the soak: a purged workspace kept its `change_heads` row for good. Its last
+/// change (the deletion, for watchers resuming) and its head go together once old enough; a
+/// live workspace keeps its head.
+#[tokio::test]
+async fn a_purged_workspace_leaves_no_head_once_its_last_change_is_pruned() {
+    let env = start_with(false).await;
+    channel(&env, "org_gone", "live").await;
+    channel(&env, "org_kept", "live").await;
+    let mut c = env.client().await;
+    c.delete_workspace(env.service(delete_ws("d-gone", 10, "org_gone")))
+        .await
+        .unwrap();
+    env.purges_done().await;
+    assert_eq!(env.count("change_heads").await, 2);
+    env.sql("UPDATE change_log SET recorded_at = now() - interval '2 hours'")
+        .await;
+    let mut cfg = config(env.db.url(), &env.issuers, None);
+    cfg.watch.change_log_retention_hours = 1;
+    let pruning = RunningServer::start(|l, sd| workspace_service::run(cfg, l, sd)).await;
+    eventually(
+        "the old changes pruned",
+        Duration::from_secs(10),
+        || async { env.count("change_log").await == 0 },
+    )
+    .await;
+    eventually(
+        "the purged workspace's head gone",
+        Duration::from_secs(10),
+        || async { env.count("change_heads").await == 1 },
+    )
+    .await;
+    let kept = env
+        .scalar(
+            "SELECT count(*) FROM change_heads h JOIN workspaces w ON w.id = h.workspace_id
+              WHERE w.clerk_org_id = 'org_kept'",
+        )
+        .await;
+    assert_eq!(kept, 1, "a live workspace keeps its numbering");
+    pruning.stop().await.unwrap();
+}
+
 #[tokio::test]
 async fn removals_of_users_sharing_ten_workspaces_at_once_never_deadlock() {
     let env = start_with(false).await;
