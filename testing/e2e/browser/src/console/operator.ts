@@ -40,13 +40,13 @@ export class OperatorPane {
     const rows: (Node | string)[][] = [];
     for (const service of admin.SERVICES) {
       const s = await admin.syncStatus(service);
-      rows.push([service, "quarantine", `${s.quarantineOpen} open`, `${s.quarantinedLastHour} in the last hour`, ""]);
+      rows.push([service, "quarantine", `${s.quarantineOpen} open`, `${s.quarantinedLastHour} in the last hour`]);
       for (const c of s.commands) {
         const h = c.lastHour;
-        rows.push([service, c.command, ago(c.lastAppliedAgeSeconds), `${h?.applied ?? 0n} / ${h?.duplicate ?? 0n} / ${h?.stale ?? 0n}`, ""]);
+        rows.push([service, c.command, ago(c.lastAppliedAgeSeconds), `${h?.applied ?? 0n} / ${h?.duplicate ?? 0n} / ${h?.stale ?? 0n}`]);
       }
     }
-    this.sync.replaceChildren(table(["service", "command", "last applied", "last hour: applied / duplicate / stale", ""], rows));
+    this.sync.replaceChildren(table(["service", "command", "last applied", "last hour: applied / duplicate / stale"], rows));
   }
 
   private async showQuarantine() {
