@@ -28,6 +28,11 @@ struct Story<'a> {
     workspace: WorkspaceServiceClient<Channel>,
     workspace_channel: Channel,
     step: usize,
+    /// Filled in as the story goes: the workspace's id, its #general, the two users' tokens.
+    workspace_id: String,
+    general: String,
+    ada_token: String,
+    ben_token: String,
 }
 
 fn sample(user: &str, org: &str, role: &str, name: &str) -> Sample {
@@ -163,35 +168,20 @@ async fn next_message(
     }
 }
 
-pub async fn run(state: &StackState) -> Result<()> {
-    let tag = format!("{:06x}", rand::random::<u32>() & 0xff_ffff);
-    let cast = Cast {
-        ada: format!("user_ada_{tag}"),
-        ben: format!("user_ben_{tag}"),
-        org: format!("org_story_{tag}"),
-    };
-    let workspace_channel = connect(&state.workspace_addr).await?;
-    let mut s = Story {
-        state,
-        identity: IdentityServiceClient::new(connect(&state.identity_addr).await?),
-        workspace: WorkspaceServiceClient::new(workspace_channel.clone()),
-        workspace_channel,
-        cast,
-        step: 0,
-    };
-    let (ada, ben, org) = (s.cast.ada.clone(), s.cast.ben.clone(), s.cast.org.clone());
-    println!("The story of {org}: Ada ({ada}) and Ben ({ben}).");
+/// Steps 1 and 2: two users sign up.
+async fn sign_up(s: &mut Story<'_>) -> Result<()> {
+    for (user, name) in [(s.cast.ada.clone(), "Ada"), (s.cast.ben.clone(), "Ben")] {
+        s.title(&format!("{name} signs up (Clerk sends user.created)"));
+        s.webhook("user.created", sample(&user, &s.cast.org, "", name))
+            .await?;
+        s.user_shown(&user).await?;
+    }
+    Ok(())
+}
 
-    s.title("Ada signs up (Clerk sends user.created)");
-    s.webhook("user.created", sample(&ada, &org, "", "Ada"))
-        .await?;
-    s.user_shown(&ada).await?;
-
-    s.title("Ben signs up");
-    s.webhook("user.created", sample(&ben, &org, "", "Ben"))
-        .await?;
-    s.user_shown(&ben).await?;
-
+/// Step 3: Ada creates the organization, and with it her membership.
+async fn found(s: &mut Story<'_>) -> Result<()> {
+    let (ada, org) = (s.cast.ada.clone(), s.cast.org.clone());
     s.title(
         "Ada creates the organization \"Story Co\" (organization.created, then her membership)",
     );
@@ -202,37 +192,49 @@ pub async fn run(state: &StackState) -> Result<()> {
         sample(&ada, &org, "org:admin", "Story Co"),
     )
     .await?;
-    let ada_token = s.user_token(&ada, "org:admin")?;
+    s.ada_token = s.user_token(&ada, "org:admin")?;
+    let token = s.ada_token.clone();
     let w = s
         .workspace
         .get_workspace(bearer(
-            wsp::GetWorkspaceRequest {
-                clerk_org_id: org.clone(),
-            },
-            &ada_token,
+            wsp::GetWorkspaceRequest { clerk_org_id: org },
+            &token,
         ))
         .await?
         .into_inner()
         .workspace
         .context("no workspace")?;
-    let general = s.general(&ada_token).await?;
+    s.workspace_id = w.id.clone();
+    s.general = s.general(&token).await?;
     println!(
         "   changed: workspace \"{}\" ({}) exists with its #general channel; members: {}",
         w.name,
         w.id,
-        s.members(&ada_token).await?
+        s.members(&token).await?
     );
+    Ok(())
+}
 
+/// Step 4: Ben becomes a member.
+async fn invite(s: &mut Story<'_>) -> Result<()> {
+    let (ben, org) = (s.cast.ben.clone(), s.cast.org.clone());
     s.title("Ada invites Ben, who accepts (organizationMembership.created)");
     s.webhook(
         "organizationMembership.created",
         sample(&ben, &org, "org:member", "Story Co"),
     )
     .await?;
-    let ben_token = s.user_token(&ben, "org:member")?;
-    println!("   changed: members: {}", s.members(&ben_token).await?);
+    s.ben_token = s.user_token(&ben, "org:member")?;
+    let token = s.ben_token.clone();
+    println!("   changed: members: {}", s.members(&token).await?);
+    Ok(())
+}
 
+/// Step 5: Ben watches #general, Ada posts, Ben answers. Returns Ben's open watch.
+async fn chat(s: &mut Story<'_>) -> Result<tonic::Streaming<wsp::ChannelEvent>> {
     s.title("They chat in #general: Ben watches live, Ada posts, Ben answers");
+    let (general, ada_token, ben_token) =
+        (s.general.clone(), s.ada_token.clone(), s.ben_token.clone());
     let mut watch = s
         .workspace
         .watch_channel(bearer(
@@ -261,7 +263,7 @@ pub async fn run(state: &StackState) -> Result<()> {
         .workspace
         .list_messages(bearer(
             wsp::ListMessagesRequest {
-                channel_id: general.clone(),
+                channel_id: general,
                 ..Default::default()
             },
             &ada_token,
@@ -270,13 +272,20 @@ pub async fn run(state: &StackState) -> Result<()> {
         .into_inner()
         .messages;
     println!("   changed: #general holds {} messages", messages.len());
+    Ok(watch)
+}
 
+/// Step 6: Ben's membership is deleted; his calls are refused and his open watch ends.
+async fn remove(s: &mut Story<'_>, mut watch: tonic::Streaming<wsp::ChannelEvent>) -> Result<()> {
+    let (ben, org) = (s.cast.ben.clone(), s.cast.org.clone());
     s.title("Ben is removed from the organization (organizationMembership.deleted)");
     s.webhook(
         "organizationMembership.deleted",
         sample(&ben, &org, "org:member", "Story Co"),
     )
     .await?;
+    let (general, ada_token, ben_token) =
+        (s.general.clone(), s.ada_token.clone(), s.ben_token.clone());
     match s.post(&ben_token, &general, "still here?").await {
         Ok(()) => bail!("Ben could still post after his removal"),
         Err(e) => println!("   changed: Ben's post is refused: {}", status_line(&e)),
@@ -298,17 +307,20 @@ pub async fn run(state: &StackState) -> Result<()> {
         }
     }
     println!("   members: {}", s.members(&ada_token).await?);
+    Ok(())
+}
 
+/// Steps 7 and 8: the organization is deleted, then purged in the background.
+async fn delete_and_purge(s: &mut Story<'_>) -> Result<()> {
+    let (ada, org) = (s.cast.ada.clone(), s.cast.org.clone());
     s.title("Ada deletes the organization (organization.deleted)");
     s.webhook("organization.deleted", sample(&ada, &org, "", "Story Co"))
         .await?;
-    let service = tokens::stack_caller(state, "workspace-service")?;
+    let service = tokens::stack_caller(s.state, "workspace-service")?;
     match s
         .workspace
         .get_workspace(bearer(
-            wsp::GetWorkspaceRequest {
-                clerk_org_id: org.clone(),
-            },
+            wsp::GetWorkspaceRequest { clerk_org_id: org },
             &service,
         ))
         .await
@@ -321,28 +333,61 @@ pub async fn run(state: &StackState) -> Result<()> {
     }
 
     s.title("Its rows are purged in the background (the purge job queue)");
-    let operator = tokens::operator(state, "workspace-service")?;
+    let operator = tokens::operator(s.state, "workspace-service")?;
+    let id = s.workspace_id.clone();
     let started = Instant::now();
     let mut seen = false;
     loop {
-        let left = admin_rpc::purge_jobs_for(s.workspace_channel.clone(), &operator, &w.id).await?;
+        let left = admin_rpc::purge_jobs_for(s.workspace_channel.clone(), &operator, &id).await?;
         if left == 0 {
             break;
         }
         if !seen {
-            println!("   the purge job of workspace {} is queued", w.id);
+            println!("   the purge job of workspace {id} is queued");
             seen = true;
         }
         if started.elapsed() > Duration::from_secs(60) {
-            bail!("the purge of {} did not finish within 60 s", w.id);
+            bail!("the purge of {id} did not finish within 60 s");
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     println!(
-        "   changed: no purge job left for workspace {} ({} ms): its channels and messages are deleted",
-        w.id,
+        "   changed: no purge job left for workspace {id} ({} ms): its channels and messages are deleted",
         started.elapsed().as_millis()
     );
+    Ok(())
+}
+
+pub async fn run(state: &StackState) -> Result<()> {
+    let tag = format!("{:06x}", rand::random::<u32>() & 0xff_ffff);
+    let cast = Cast {
+        ada: format!("user_ada_{tag}"),
+        ben: format!("user_ben_{tag}"),
+        org: format!("org_story_{tag}"),
+    };
+    println!(
+        "The story of {}: Ada ({}) and Ben ({}).",
+        cast.org, cast.ada, cast.ben
+    );
+    let workspace_channel = connect(&state.workspace_addr).await?;
+    let mut s = Story {
+        state,
+        identity: IdentityServiceClient::new(connect(&state.identity_addr).await?),
+        workspace: WorkspaceServiceClient::new(workspace_channel.clone()),
+        workspace_channel,
+        cast,
+        step: 0,
+        workspace_id: String::new(),
+        general: String::new(),
+        ada_token: String::new(),
+        ben_token: String::new(),
+    };
+    sign_up(&mut s).await?;
+    found(&mut s).await?;
+    invite(&mut s).await?;
+    let watch = chat(&mut s).await?;
+    remove(&mut s, watch).await?;
+    delete_and_purge(&mut s).await?;
     println!("\nThe story ran to its end.");
     Ok(())
 }
