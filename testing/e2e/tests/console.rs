@@ -75,6 +75,23 @@ fn up(state_dir: &Path) -> (Up, String) {
     }
 }
 
+/// The status of a GET of `path` from the console with these `Host` and `Origin` headers.
+fn status(port: u16, path: &str, host: &str, origin: Option<&str>) -> u16 {
+    use std::io::{Read, Write};
+    let mut conn = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let origin = origin
+        .map(|o| format!("Origin: {o}\r\n"))
+        .unwrap_or_default();
+    write!(
+        conn,
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\n{origin}Connection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut answer = String::new();
+    conn.read_to_string(&mut answer).unwrap();
+    answer.split(' ').nth(1).unwrap().parse().unwrap()
+}
+
 #[test]
 fn the_console_shows_the_samples_live_and_the_story_runs_to_its_end() {
     let dir = browser_dir();
@@ -177,6 +194,30 @@ fn the_console_shows_the_samples_live_and_the_story_runs_to_its_end() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(stdout.matches("ok: ").count(), 6, "{stdout}");
+
+    // The development helpers answer the console's own origin only.
+    let port: u16 = console_url
+        .trim_end_matches('/')
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let helper = "/dev/operator-token?service=workspace-service";
+    let host = format!("localhost:{port}");
+    assert_eq!(status(port, helper, &host, None), 200);
+    assert_eq!(
+        status(port, helper, &host, Some(&format!("http://{host}"))),
+        200
+    );
+    assert_eq!(
+        status(port, helper, &host, Some("http://evil.example")),
+        403
+    );
+    assert_eq!(
+        status(port, helper, &format!("evil.example:{port}"), None),
+        421
+    );
 
     let story = stack_cmd(&state_dir, &["story"]);
     println!("{story}");

@@ -85,9 +85,23 @@ impl Console {
         host == format!("localhost:{}", self.port) || host == format!("127.0.0.1:{}", self.port)
     }
 
+    /// A request a browser sends from another site's page carries that site's origin: the
+    /// helpers answer only the console's own pages (and tools, which send no origin).
+    fn origin_allowed(&self, req: &Request<hyper::body::Incoming>) -> bool {
+        match req.headers().get(http::header::ORIGIN) {
+            None => true,
+            Some(o) => o
+                .to_str()
+                .is_ok_and(|o| origins(self.port).split(',').any(|ours| ours == o)),
+        }
+    }
+
     async fn handle(&self, req: Request<hyper::body::Incoming>) -> Answer {
         if !self.host_allowed(&req) {
             return refuse(StatusCode::MISDIRECTED_REQUEST, "unknown host");
+        }
+        if req.uri().path().starts_with("/dev/") && !self.origin_allowed(&req) {
+            return refuse(StatusCode::FORBIDDEN, "another site's page");
         }
         let result = match (req.method(), req.uri().path()) {
             (&Method::GET, "/") => Ok(answer(StatusCode::OK, "text/html; charset=utf-8", INDEX)),
