@@ -111,7 +111,7 @@ export class Pane {
     })();
     await caughtUp;
     const page = await this.client.listMessages({ channelId, pageSize: 50 }, { headers: auth(this.token) });
-    [...page.messages].sort((a, b) => Number((a.createdAt?.seconds ?? 0n) - (b.createdAt?.seconds ?? 0n))).forEach((m) => this.show(m));
+    [...page.messages].reverse().forEach((m) => this.show(m)); // the page is newest first
     this.status.textContent = "watching live";
     (async () => {
       try {
