@@ -20,6 +20,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 use token_auth::signing::SigningKey;
 
+pub mod clerk_events;
+
 /// One of the three processes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Which {
@@ -103,6 +105,15 @@ pub struct StackState {
     /// The environment `webhook-gateway reconcile` needs (`vbase-stack reconcile` uses it).
     #[serde(default)]
     pub reconcile_env: Vec<(String, String)>,
+    /// The operators' signing key (`mint-token --operator`).
+    #[serde(default)]
+    pub operator_key_file: Option<PathBuf>,
+    /// The stack's own service key ([`STACK_CALLER`]; `mint-token --service`).
+    #[serde(default)]
+    pub service_key_file: Option<PathBuf>,
+    /// The console page, once `vbase-stack up` serves it (also the sign that the stack is up).
+    #[serde(default)]
+    pub console_url: Option<String>,
 }
 
 /// A running stack. Dropping it kills the processes and removes the ephemeral database.
@@ -384,6 +395,9 @@ impl Stack {
                 .filter(|(k, _)| !matches!(k.as_str(), "HTTP_ADDR" | "CLERK_WEBHOOK_SECRET_FILE"))
                 .cloned()
                 .collect(),
+            operator_key_file: Some(operator_key_file.clone()),
+            service_key_file: Some(service_key_file.clone()),
+            console_url: None,
         };
         std::fs::write(
             config.state_dir.join("state.json"),
