@@ -2,25 +2,19 @@
 //! for them: the one place that names their method paths.
 //!
 //! Called: `WorkspaceAdminService/ListJobs` (the story waits for the purge), and in printed
-//! commands `{Identity,Workspace}AdminService/ListQuarantined`.
+//! commands `vbase.ops.v1.DeliveryAdminService/ListQuarantined` (each service serves the ledger).
 
 use anyhow::Result;
 use tonic::transport::Channel;
 use vbase_proto::workspace::v1 as wsp;
 use vbase_proto::workspace::v1::workspace_admin_service_client::WorkspaceAdminServiceClient;
 
-/// The admin service of `service` (`identity-service` or `workspace-service`).
-pub fn admin_service(service: &str) -> &'static str {
-    if service == "identity-service" {
-        "vbase.identity.v1.IdentityAdminService"
-    } else {
-        "vbase.workspace.v1.WorkspaceAdminService"
-    }
-}
+/// The ledger's operator service, which identity-service and workspace-service both serve.
+pub const DELIVERY_ADMIN_SERVICE: &str = "vbase.ops.v1.DeliveryAdminService";
 
-/// The full method name of the quarantine listing of `service`'s admin service.
-pub fn list_quarantined_method(service: &str) -> String {
-    format!("{}/ListQuarantined", admin_service(service))
+/// The full method name of the quarantine listing a service's ledger answers.
+pub fn list_quarantined_method() -> String {
+    format!("{DELIVERY_ADMIN_SERVICE}/ListQuarantined")
 }
 
 /// Purge jobs not yet done whose key is `key` (a workspace id), through

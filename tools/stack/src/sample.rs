@@ -30,7 +30,7 @@ pub fn effect_command(state: &StackState, kind: &str, s: &Sample, malformed: boo
         (
             format!("--operator {service}"),
             "{}".to_owned(),
-            admin_rpc::list_quarantined_method(service),
+            admin_rpc::list_quarantined_method(),
         )
     } else if kind.starts_with("user.") {
         (

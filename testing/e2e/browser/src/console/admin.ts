@@ -2,25 +2,31 @@
 // stack), and the one call that is not an RPC: replay, which the gateway does
 // (`webhook-gateway replay-quarantined`, run by the stack). The one place naming them.
 //
-// Called: {Identity,Workspace}AdminService/GetSyncStatus, /ListQuarantined,
-// /DiscardQuarantined; WorkspaceAdminService/GetQueueDepths, /ListJobs, /RetryJobs.
+// Called: vbase.ops.v1.DeliveryAdminService/GetSyncStatus, /ListQuarantined, /DiscardQuarantined
+// (on each service, which both serve the ledger); WorkspaceAdminService/GetQueueDepths, /ListJobs,
+// /RetryJobs.
 import { createClient } from "@connectrpc/connect";
 import { createGrpcWebTransport } from "@connectrpc/connect-web";
-import { IdentityAdminService } from "../../gen/vbase/identity/v1/admin_pb.js";
 import { WorkspaceAdminService, JobQueue, JobState, type Job, type QueueDepth } from "../../gen/vbase/workspace/v1/admin_pb.js";
-import type { GetSyncStatusResponse, QuarantinedDelivery } from "../../gen/vbase/ops/v1/ops_pb.js";
+import { DeliveryAdminService, type GetSyncStatusResponse, type QuarantinedDelivery } from "../../gen/vbase/ops/v1/ops_pb.js";
 
 export type Service = "identity-service" | "workspace-service";
 export const SERVICES: Service[] = ["identity-service", "workspace-service"];
 export { JobQueue, JobState, type Job, type QueueDepth, type QuarantinedDelivery, type GetSyncStatusResponse };
 
 type Config = { identityUrl: string; workspaceUrl: string };
-let clients: { identity: ReturnType<typeof identityClient>; workspace: ReturnType<typeof workspaceClient> } | null = null;
-const identityClient = (url: string) => createClient(IdentityAdminService, createGrpcWebTransport({ baseUrl: url }));
+let clients: {
+  ledger: Record<Service, ReturnType<typeof ledgerClient>>;
+  workspace: ReturnType<typeof workspaceClient>;
+} | null = null;
+const ledgerClient = (url: string) => createClient(DeliveryAdminService, createGrpcWebTransport({ baseUrl: url }));
 const workspaceClient = (url: string) => createClient(WorkspaceAdminService, createGrpcWebTransport({ baseUrl: url }));
 
 export function configure(c: Config) {
-  clients = { identity: identityClient(c.identityUrl), workspace: workspaceClient(c.workspaceUrl) };
+  clients = {
+    ledger: { "identity-service": ledgerClient(c.identityUrl), "workspace-service": ledgerClient(c.workspaceUrl) },
+    workspace: workspaceClient(c.workspaceUrl),
+  };
 }
 
 function admin() {
@@ -42,20 +48,20 @@ async function headers(service: Service) {
 
 export async function syncStatus(service: Service): Promise<GetSyncStatusResponse> {
   const h = { headers: await headers(service) };
-  return service === "identity-service" ? admin().identity.getSyncStatus({}, h) : admin().workspace.getSyncStatus({}, h);
+  return admin().ledger[service].getSyncStatus({}, h);
 }
 
 /// Open quarantined deliveries, oldest first.
 export async function quarantined(service: Service): Promise<QuarantinedDelivery[]> {
   const h = { headers: await headers(service) };
-  const r = service === "identity-service" ? await admin().identity.listQuarantined({}, h) : await admin().workspace.listQuarantined({}, h);
+  const r = await admin().ledger[service].listQuarantined({}, h);
   return r.deliveries;
 }
 
 export async function discard(service: Service, svixId: string, reason: string): Promise<boolean> {
   const h = { headers: await headers(service) };
   const req = { svixId, reason };
-  const r = service === "identity-service" ? await admin().identity.discardQuarantined(req, h) : await admin().workspace.discardQuarantined(req, h);
+  const r = await admin().ledger[service].discardQuarantined(req, h);
   return r.discarded;
 }
 
