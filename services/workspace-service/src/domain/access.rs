@@ -2,7 +2,9 @@
 //! against the caller's active organization before anything else happens.
 
 use super::standing::{AccessCache, access_facts};
+use super::workspaces::{WorkspaceRecord, find_workspace};
 use crate::error::Error;
+use crate::model::OrgId;
 use crate::model::RoomKind;
 use diesel::OptionalExtension;
 use diesel::QueryableByName;
@@ -128,14 +130,6 @@ pub fn unseen(caller: &Caller, what: &str) -> Error {
     }
 }
 
-/// What our data learned about a user after their token was issued.
-#[derive(Debug)]
-pub struct Standing {
-    removed: bool,
-    membership_deleted: Option<bool>,
-    role: Option<String>,
-}
-
 /// Access follows Clerk's changes, not only the token: a user deleted, or whose membership of
 /// `org` was removed or whose role there changed, after the token was issued is refused until
 /// they get a fresh token (which then states the new role, or no longer names the workspace).
@@ -160,35 +154,30 @@ pub async fn check_standing(
         .verdict(role.as_ref())
 }
 
-impl Standing {
-    /// The user was `removed`; the membership was deleted (`Some(true)`) or changed to `role`
-    /// (`Some(false)`), or did not change (`None`), after the token was issued.
-    pub fn new(removed: bool, membership_deleted: Option<bool>, role: Option<String>) -> Self {
-        Self {
-            removed,
-            membership_deleted,
-            role,
-        }
-    }
-
-    /// Refuses a user deleted, or whose membership was removed or role changed, after the
-    /// token stating `role` was issued.
-    pub fn verdict(&self, role: Option<&String>) -> Result<(), Error> {
-        if self.removed {
-            return Err(Error::Denied(
-                "this user was deleted in Clerk after the token was issued".into(),
-            ));
-        }
-        match (self.membership_deleted, &self.role) {
-            (Some(true), _) => Err(Error::Denied(
-                "your membership of this workspace was removed after the token was issued".into(),
-            )),
-            (Some(false), Some(now)) if Some(now) != role => Err(Error::Denied(format!(
-                "your role in this workspace changed to {now} after the token was issued: get a fresh token"
-            ))),
-            _ => Ok(()),
-        }
-    }
+/// The workspace of `org`, if the caller may act there. For a user, the workspace and what
+/// decides their access come from one statement by key, or from the replica's access cache.
+pub async fn workspace_for(
+    conn: &mut AsyncPgConnection,
+    caller: &Caller,
+    org: &OrgId,
+) -> Result<WorkspaceRecord, Error> {
+    caller.check_org(org.as_str())?;
+    let missing = || Error::NotFound(format!("workspace {org} is not synced (yet)"));
+    let Caller::User {
+        id,
+        role,
+        issued_at,
+        ..
+    } = caller
+    else {
+        return find_workspace(conn, org.as_str())
+            .await?
+            .ok_or_else(missing);
+    };
+    let facts = access_facts(conn, caller.access(), org.as_str(), id).await?;
+    let workspace = facts.workspace.clone().ok_or_else(missing)?;
+    facts.standing(*issued_at).verdict(role.as_ref())?;
+    Ok(workspace)
 }
 
 /// The workspace of a row and one detail of the row (a name or a kind).

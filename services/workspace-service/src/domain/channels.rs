@@ -1,9 +1,9 @@
 //! Channels of a workspace: created by members, renamed and deleted by admins.
 
+use super::access::workspace_for;
 use super::access::{Caller, channel_scope, require_active_user};
 use super::changes::record_workspace;
 use super::events::timestamp;
-use super::workspaces::workspace_for;
 use crate::error::Error;
 use crate::model::paging::PageRequest;
 use crate::model::{Cursor, OrgId, Page};

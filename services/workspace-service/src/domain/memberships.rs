@@ -7,8 +7,9 @@
 
 use super::Outcome;
 use super::access::Caller;
+use super::access::workspace_for;
 use super::events::timestamp;
-use super::workspaces::{org_tombstoned, user_removed, workspace_for};
+use super::workspaces::{org_tombstoned, user_removed};
 use crate::error::Error;
 use crate::model::{EventId, LockKey, OrgId, Role, UserId};
 use chrono::{DateTime, Utc};

@@ -1,7 +1,7 @@
 //! Read receipts: how far each user has read each channel, and the unread counts that follow.
 
+use super::access::workspace_for;
 use super::access::{Caller, channel_scope, require_active_user};
-use super::workspaces::workspace_for;
 use crate::error::Error;
 use crate::model::OrgId;
 use crate::schema::messages;

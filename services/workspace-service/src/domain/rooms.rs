@@ -1,11 +1,11 @@
 //! Rooms of a workspace (document, code, whiteboard, conference), each a Liveblocks room of
 //! its own: created by members, renamed and deleted by admins.
 
+use super::access::workspace_for;
 use super::access::{Caller, require_active_user, room_scope};
 use super::changes::record_workspace;
 use super::events::timestamp;
 use super::purge::hide_room;
-use super::workspaces::workspace_for;
 use crate::error::Error;
 use crate::model::paging::PageRequest;
 use crate::model::{Cursor, OrgId, Page, RoomKind};

@@ -3,8 +3,8 @@
 //! (organization, user) in an [`AccessCache`]; the token's issue time is applied afterwards
 //! ([`AccessFacts::standing`]), so one entry serves every token of the caller.
 
-use super::access::Standing;
 use super::workspaces::WorkspaceRecord;
+use crate::error::Error;
 use chrono::{DateTime, Utc};
 use diesel::QueryableByName;
 use diesel::sql_types::{Bool, Nullable, Text, Timestamptz, Uuid as SqlUuid};
@@ -185,4 +185,43 @@ pub async fn access_facts(
         c.insert(t, key, facts.clone());
     }
     Ok(facts)
+}
+
+/// What our data learned about a user after their token was issued.
+#[derive(Debug)]
+pub struct Standing {
+    removed: bool,
+    membership_deleted: Option<bool>,
+    role: Option<String>,
+}
+
+impl Standing {
+    /// The user was `removed`; the membership was deleted (`Some(true)`) or changed to `role`
+    /// (`Some(false)`), or did not change (`None`), after the token was issued.
+    pub fn new(removed: bool, membership_deleted: Option<bool>, role: Option<String>) -> Self {
+        Self {
+            removed,
+            membership_deleted,
+            role,
+        }
+    }
+
+    /// Refuses a user deleted, or whose membership was removed or role changed, after the
+    /// token stating `role` was issued.
+    pub fn verdict(&self, role: Option<&String>) -> Result<(), Error> {
+        if self.removed {
+            return Err(Error::Denied(
+                "this user was deleted in Clerk after the token was issued".into(),
+            ));
+        }
+        match (self.membership_deleted, &self.role) {
+            (Some(true), _) => Err(Error::Denied(
+                "your membership of this workspace was removed after the token was issued".into(),
+            )),
+            (Some(false), Some(now)) if Some(now) != role => Err(Error::Denied(format!(
+                "your role in this workspace changed to {now} after the token was issued: get a fresh token"
+            ))),
+            _ => Ok(()),
+        }
+    }
 }

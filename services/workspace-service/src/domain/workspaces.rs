@@ -2,7 +2,6 @@
 //! source's order, never brought back after a deletion's tombstone.
 
 use super::Outcome;
-use super::access::Caller;
 use super::events::timestamp;
 use crate::error::Error;
 use crate::model::{EventId, LockKey, OrgId, UserId};
@@ -88,32 +87,6 @@ pub async fn find_workspace(
         .first(conn)
         .await
         .optional()
-}
-
-/// The workspace of `org`, if the caller may act there. For a user, the workspace and what
-/// decides their access come from one statement by key, or from the replica's access cache.
-pub async fn workspace_for(
-    conn: &mut AsyncPgConnection,
-    caller: &Caller,
-    org: &OrgId,
-) -> Result<WorkspaceRecord, Error> {
-    caller.check_org(org.as_str())?;
-    let missing = || Error::NotFound(format!("workspace {org} is not synced (yet)"));
-    let Caller::User {
-        id,
-        role,
-        issued_at,
-        ..
-    } = caller
-    else {
-        return find_workspace(conn, org.as_str())
-            .await?
-            .ok_or_else(missing);
-    };
-    let facts = super::standing::access_facts(conn, caller.access(), org.as_str(), id).await?;
-    let workspace = facts.workspace.clone().ok_or_else(missing)?;
-    facts.standing(*issued_at).verdict(role.as_ref())?;
-    Ok(workspace)
 }
 
 /// Creates or updates a workspace; creates `general` on first creation, in the same transaction.

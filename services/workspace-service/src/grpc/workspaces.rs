@@ -2,8 +2,8 @@
 
 use super::convert::Org;
 use super::{R, WorkspaceApi, accept, ok};
+use crate::domain::access::workspace_for;
 use crate::domain::memberships::{self, ListMembers};
-use crate::domain::workspaces;
 use crate::model::paging::encode_key;
 use tonic::Request;
 use vbase_proto::workspace::v1 as pb;
@@ -13,7 +13,7 @@ pub(super) async fn get_workspace(
     req: Request<pb::GetWorkspaceRequest>,
 ) -> R<pb::GetWorkspaceResponse> {
     let (who, Org(org)) = accept(req)?;
-    let ws = workspaces::workspace_for(&mut *api.conn().await?, &who, &org).await?;
+    let ws = workspace_for(&mut *api.conn().await?, &who, &org).await?;
     ok(pb::GetWorkspaceResponse {
         workspace: Some(ws.into()),
     })

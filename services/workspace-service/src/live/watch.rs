@@ -51,11 +51,9 @@ impl Scope {
     ) -> Result<Uuid, Error> {
         match self {
             Scope::Channel(c) => channel_scope(conn, caller, *c).await,
-            Scope::Workspace(org) => {
-                Ok(crate::domain::workspaces::workspace_for(conn, caller, org)
-                    .await?
-                    .id)
-            }
+            Scope::Workspace(org) => Ok(crate::domain::access::workspace_for(conn, caller, org)
+                .await?
+                .id),
         }
     }
 
