@@ -196,7 +196,8 @@ impl<'a, C: ClerkBackend> Ctx<'a, C> {
             }
         };
         let consumer = async {
-            let pages = futures::stream::poll_fn(|cx| rx.poll_recv(cx));
+            // The stream owns the receiver: a consumer that stops closes the channel.
+            let pages = futures::stream::poll_fn(move |cx| rx.poll_recv(cx));
             let mut handled = pages.map(handle).buffer_unordered(PAGES_IN_FLIGHT);
             let mut n = 0u64;
             while let Some(d) = handled.next().await {
@@ -215,7 +216,17 @@ impl<'a, C: ClerkBackend> Ctx<'a, C> {
             }
             Ok::<_, RunError>(())
         };
-        let ((), result) = tokio::join!(producer, consumer);
+        // The consumer ends when the listing does (the producer dropped its sender) or at the
+        // first page that failed. Then the producer, which only reads Clerk, is dropped
+        // wherever it waits (a send to a channel nobody reads any more, a request, a
+        // Retry-After): waiting for it could take long, or, on a full channel, forever.
+        let result = {
+            let mut consumer = std::pin::pin!(consumer);
+            tokio::select! {
+                r = &mut consumer => r,
+                () = producer => consumer.await,
+            }
+        };
         progress.finish_and_clear();
         result?;
         s.listing_complete = true;
@@ -380,4 +391,91 @@ pub(super) async fn single<T: DeserializeOwned>(
     let items = usable(s, found.into_iter().collect());
     s.listed += items.len() as u64;
     Ok(items)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clerk_api::ApiError;
+    use crate::forward::TokenSource;
+    use crate::reconcile::Scope;
+    use crate::reconcile::listing::Position;
+
+    /// A listing of `items` resources, one page per request, answered at once.
+    struct Pages {
+        items: usize,
+    }
+
+    impl ClerkBackend for Pages {
+        async fn get(&self, _: &str, query: &[(&str, String)]) -> Result<bytes::Bytes, ApiError> {
+            let param = |k: &str| -> usize {
+                query
+                    .iter()
+                    .find(|(n, _)| *n == k)
+                    .map_or(0, |(_, v)| v.parse().unwrap())
+            };
+            let (offset, limit) = (param("offset"), param("limit"));
+            let page: Vec<_> = (offset..self.items.min(offset + limit))
+                .map(|i| serde_json::json!({"id": format!("r{i:04}"), "created_at": i}))
+                .collect();
+            Ok(serde_json::to_vec(&page).unwrap().into())
+        }
+
+        fn requests(&self) -> u64 {
+            0
+        }
+    }
+
+    #[derive(serde::Deserialize)]
+    struct Item {
+        id: String,
+        created_at: i64,
+    }
+
+    impl Positioned for Item {
+        fn position(&self) -> Option<Position> {
+            Some((self.created_at, self.id.clone()))
+        }
+    }
+
+    /// A service failing part way through a long listing stops the run with its error: the
+    /// listing must not wait forever to hand over pages nobody reads any more.
+    #[tokio::test]
+    async fn a_failed_page_stops_a_long_listing() {
+        let down = Downstream::new(
+            "http://127.0.0.1:9",
+            "http://127.0.0.1:9",
+            TokenSource::File {
+                path: "/nonexistent".into(),
+                cached: Default::default(),
+            },
+            Duration::from_secs(1),
+            crate::metrics::Metrics::register(&mut Default::default()),
+            1,
+        )
+        .unwrap();
+        let plan = Plan {
+            dry_run: false,
+            kinds: Vec::new(),
+            scope: Scope::All,
+            page_size: 1,
+            instance: None,
+            move_to_instance: None,
+            allow_mass_delete: false,
+            max_deletes: None,
+        };
+        let clerk = Pages { items: 40 };
+        let ctx = Ctx::new(&clerk, &down, &plan);
+        let mut s = KindSummary::default();
+        let failing =
+            async |_: &mut KindSummary, _: Vec<Item>, _: Stretch| -> Result<(), RunError> {
+                Err(RunError::Services("the service is down".into()))
+            };
+        let listed = ctx.each_page(&mut s, Listing::Offset("/things"), failing);
+        let r = tokio::time::timeout(Duration::from_secs(10), listed)
+            .await
+            .expect("each_page hung after a page failed");
+        assert!(matches!(r, Err(RunError::Services(_))), "{r:?}");
+        assert!(!s.listing_complete);
+    }
 }

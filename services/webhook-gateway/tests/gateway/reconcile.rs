@@ -42,8 +42,15 @@ fn config(s: &Stack, api: &ClerkApiStandIn) -> ReconcileConfig {
     }
 }
 
+/// Far above a run's time on a loaded machine: a run that hangs fails its test, saying so,
+/// instead of holding the test binary forever.
+const RUN_DEADLINE: Duration = Duration::from_secs(300);
+
 async fn run(cfg: &ReconcileConfig) -> Summary {
-    execute(cfg).await.expect("reconcile ran")
+    tokio::time::timeout(RUN_DEADLINE, execute(cfg))
+        .await
+        .unwrap_or_else(|_| panic!("reconcile did not finish within {RUN_DEADLINE:?}: it hangs"))
+        .expect("reconcile ran")
 }
 
 fn kind(s: &Summary, k: Kind) -> &KindSummary {
