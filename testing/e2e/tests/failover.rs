@@ -292,6 +292,19 @@ async fn the_services_survive_a_failover_to_the_standby_and_lose_nothing() {
         "{calls:?}"
     );
     // Every accepted event applied exactly once, on the promoted standby.
+    // On a failure, which accepted events are missing, and whether before or after the crash.
+    let have: std::collections::HashSet<String> = service_harness::strings(
+        &id_db,
+        "SELECT clerk_id FROM users WHERE clerk_id LIKE 'user_fo_%'",
+    )
+    .await
+    .into_iter()
+    .collect();
+    for (i, id) in seen.accepted.iter().enumerate() {
+        if id.starts_with("fo_") && !have.contains(&format!("user_{id}")) {
+            eprintln!("missing: {id}, accepted #{i} (the crash came after #{accepted_at_crash})");
+        }
+    }
     let n_users = seen
         .accepted
         .iter()

@@ -409,6 +409,24 @@ pub async fn scalar(database_url: &str, sql: &str) -> i64 {
         .n
 }
 
+/// The first column of every row `sql` returns, as text.
+pub async fn strings(database_url: &str, sql: &str) -> Vec<String> {
+    use diesel_async::RunQueryDsl;
+    #[derive(diesel::QueryableByName)]
+    struct S {
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        s: String,
+    }
+    let mut conn = connection(database_url).await;
+    diesel::sql_query(format!("SELECT q::text AS s FROM ({sql}) AS t(q)"))
+        .load::<S>(&mut conn)
+        .await
+        .expect("rows of one column")
+        .into_iter()
+        .map(|r| r.s)
+        .collect()
+}
+
 /// Runs `sql` (any number of statements) in `database_url` and says what PostgreSQL answered:
 /// for statements that must be refused.
 pub async fn try_execute(database_url: &str, sql: &str) -> Result<(), String> {
