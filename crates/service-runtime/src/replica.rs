@@ -141,6 +141,19 @@ impl Lsn {
     }
 }
 
+impl std::str::FromStr for Lsn {
+    type Err = String;
+
+    /// An LSN as PostgreSQL prints it (`16/B374D848`).
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let lsn = Lsn(s.to_owned());
+        match lsn.position() {
+            Some(_) => Ok(lsn),
+            None => Err(format!("{s:?} is not an LSN")),
+        }
+    }
+}
+
 impl std::fmt::Display for Lsn {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(&self.0)
