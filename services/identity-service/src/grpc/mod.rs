@@ -101,6 +101,15 @@ impl IdentityApi {
         subject(req).and_then(|s| self.own_writes.after(&s))
     }
 
+    /// Whose write `req` is, while a replica is configured (else nothing is remembered).
+    fn writer<T>(&self, req: &Request<T>) -> Option<String> {
+        if self.reads.has_replica() {
+            subject(req)
+        } else {
+            None
+        }
+    }
+
     /// Remembers where the write of `who` committed, so its next reads here see it (only while
     /// a replica is configured: otherwise every read is the primary's).
     async fn wrote<T>(
@@ -108,7 +117,7 @@ impl IdentityApi {
         who: Option<String>,
         answer: Result<Response<T>, Status>,
     ) -> Result<Response<T>, Status> {
-        if let (Some(who), Ok(_), true) = (who, &answer, self.reads.has_replica()) {
+        if let (Some(who), Ok(_)) = (who, &answer) {
             let lsn = match self.pool.get().await {
                 Ok(mut conn) => service_runtime::replica::commit_lsn(&mut conn).await.ok(),
                 Err(_) => None,
@@ -165,7 +174,7 @@ impl IdentityService for IdentityApi {
         &self,
         req: Request<pb::StoreUserRequest>,
     ) -> Result<Response<pb::StoreUserResponse>, Status> {
-        let who = subject(&req);
+        let who = self.writer(&req);
         self.wrote(who, client::store_user(self, req).await).await
     }
 
@@ -194,7 +203,7 @@ impl IdentityService for IdentityApi {
         &self,
         req: Request<pb::UpsertUserCommand>,
     ) -> Result<Response<pb::UpsertUserResponse>, Status> {
-        let who = subject(&req);
+        let who = self.writer(&req);
         self.wrote(who, sync::upsert_user(self, req).await).await
     }
 
@@ -202,7 +211,7 @@ impl IdentityService for IdentityApi {
         &self,
         req: Request<pb::UpsertUsersCommand>,
     ) -> Result<Response<pb::UpsertUsersResponse>, Status> {
-        let who = subject(&req);
+        let who = self.writer(&req);
         self.wrote(who, sync::upsert_users(self, req).await).await
     }
 
@@ -210,7 +219,7 @@ impl IdentityService for IdentityApi {
         &self,
         req: Request<pb::DeleteUserCommand>,
     ) -> Result<Response<pb::DeleteUserResponse>, Status> {
-        let who = subject(&req);
+        let who = self.writer(&req);
         self.wrote(who, sync::delete_user(self, req).await).await
     }
 

@@ -195,10 +195,19 @@ impl WorkspaceApi {
         Ok((conn, caller))
     }
 
+    /// Whose write `req` is, while a replica is configured (else nothing is remembered).
+    fn writer<T>(&self, req: &Request<T>) -> Option<String> {
+        if self.reads.has_replica() {
+            subject(req)
+        } else {
+            None
+        }
+    }
+
     /// Remembers where the write of `who` committed, so its next reads here see it (only while
     /// a replica is configured: otherwise every read is the primary's).
     async fn wrote<T>(&self, who: Option<String>, answer: R<T>) -> R<T> {
-        if let (Some(who), Ok(_), true) = (who, &answer, self.reads.has_replica()) {
+        if let (Some(who), Ok(_)) = (who, &answer) {
             let lsn = match self.pool.get().await {
                 Ok(mut conn) => service_runtime::replica::commit_lsn(&mut conn).await.ok(),
                 Err(_) => None,
@@ -253,7 +262,7 @@ impl WorkspaceService for WorkspaceApi {
         &self,
         req: Request<pb::UpsertWorkspaceCommand>,
     ) -> R<pb::UpsertWorkspaceResponse> {
-        let who = subject(&req);
+        let who = self.writer(&req);
         self.wrote(who, sync::upsert_workspace(self, req).await)
             .await
     }
@@ -262,7 +271,7 @@ impl WorkspaceService for WorkspaceApi {
         &self,
         req: Request<pb::DeleteWorkspaceCommand>,
     ) -> R<pb::DeleteWorkspaceResponse> {
-        let who = subject(&req);
+        let who = self.writer(&req);
         self.wrote(who, sync::delete_workspace(self, req).await)
             .await
     }
@@ -271,7 +280,7 @@ impl WorkspaceService for WorkspaceApi {
         &self,
         req: Request<pb::UpsertMembershipCommand>,
     ) -> R<pb::UpsertMembershipResponse> {
-        let who = subject(&req);
+        let who = self.writer(&req);
         self.wrote(who, sync::upsert_membership(self, req).await)
             .await
     }
@@ -280,13 +289,13 @@ impl WorkspaceService for WorkspaceApi {
         &self,
         req: Request<pb::DeleteMembershipCommand>,
     ) -> R<pb::DeleteMembershipResponse> {
-        let who = subject(&req);
+        let who = self.writer(&req);
         self.wrote(who, sync::delete_membership(self, req).await)
             .await
     }
 
     async fn remove_user(&self, req: Request<pb::RemoveUserCommand>) -> R<pb::RemoveUserResponse> {
-        let who = subject(&req);
+        let who = self.writer(&req);
         self.wrote(who, sync::remove_user(self, req).await).await
     }
 
@@ -322,7 +331,7 @@ impl WorkspaceService for WorkspaceApi {
         &self,
         req: Request<pb::FinishReconcileRequest>,
     ) -> R<pb::FinishReconcileResponse> {
-        let who = subject(&req);
+        let who = self.writer(&req);
         self.wrote(who, reconcile::finish_reconcile(self, req).await)
             .await
     }
@@ -345,7 +354,7 @@ impl WorkspaceService for WorkspaceApi {
         &self,
         req: Request<pb::CreateChannelRequest>,
     ) -> R<pb::CreateChannelResponse> {
-        let who = subject(&req);
+        let who = self.writer(&req);
         self.wrote(who, channels::create_channel(self, req).await)
             .await
     }
@@ -361,7 +370,7 @@ impl WorkspaceService for WorkspaceApi {
         &self,
         req: Request<pb::RenameChannelRequest>,
     ) -> R<pb::RenameChannelResponse> {
-        let who = subject(&req);
+        let who = self.writer(&req);
         self.wrote(who, channels::rename_channel(self, req).await)
             .await
     }
@@ -370,7 +379,7 @@ impl WorkspaceService for WorkspaceApi {
         &self,
         req: Request<pb::DeleteChannelRequest>,
     ) -> R<pb::DeleteChannelResponse> {
-        let who = subject(&req);
+        let who = self.writer(&req);
         self.wrote(who, channels::delete_channel(self, req).await)
             .await
     }
@@ -379,7 +388,7 @@ impl WorkspaceService for WorkspaceApi {
         &self,
         req: Request<pb::PostMessageRequest>,
     ) -> R<pb::PostMessageResponse> {
-        let who = subject(&req);
+        let who = self.writer(&req);
         self.wrote(who, messages::post_message(self, req).await)
             .await
     }
@@ -395,7 +404,7 @@ impl WorkspaceService for WorkspaceApi {
         &self,
         req: Request<pb::EditMessageRequest>,
     ) -> R<pb::EditMessageResponse> {
-        let who = subject(&req);
+        let who = self.writer(&req);
         self.wrote(who, messages::edit_message(self, req).await)
             .await
     }
@@ -404,7 +413,7 @@ impl WorkspaceService for WorkspaceApi {
         &self,
         req: Request<pb::DeleteMessageRequest>,
     ) -> R<pb::DeleteMessageResponse> {
-        let who = subject(&req);
+        let who = self.writer(&req);
         self.wrote(who, messages::delete_message(self, req).await)
             .await
     }
@@ -413,7 +422,7 @@ impl WorkspaceService for WorkspaceApi {
         &self,
         req: Request<pb::MarkChannelReadRequest>,
     ) -> R<pb::MarkChannelReadResponse> {
-        let who = subject(&req);
+        let who = self.writer(&req);
         self.wrote(who, messages::mark_channel_read(self, req).await)
             .await
     }
@@ -445,7 +454,7 @@ impl WorkspaceService for WorkspaceApi {
     }
 
     async fn create_room(&self, req: Request<pb::CreateRoomRequest>) -> R<pb::CreateRoomResponse> {
-        let who = subject(&req);
+        let who = self.writer(&req);
         self.wrote(who, rooms::create_room(self, req).await).await
     }
 
@@ -454,12 +463,12 @@ impl WorkspaceService for WorkspaceApi {
     }
 
     async fn rename_room(&self, req: Request<pb::RenameRoomRequest>) -> R<pb::RenameRoomResponse> {
-        let who = subject(&req);
+        let who = self.writer(&req);
         self.wrote(who, rooms::rename_room(self, req).await).await
     }
 
     async fn delete_room(&self, req: Request<pb::DeleteRoomRequest>) -> R<pb::DeleteRoomResponse> {
-        let who = subject(&req);
+        let who = self.writer(&req);
         self.wrote(who, rooms::delete_room(self, req).await).await
     }
 
@@ -467,7 +476,7 @@ impl WorkspaceService for WorkspaceApi {
         &self,
         req: Request<pb::CreateRoomItemRequest>,
     ) -> R<pb::CreateRoomItemResponse> {
-        let who = subject(&req);
+        let who = self.writer(&req);
         self.wrote(who, items::create_room_item(self, req).await)
             .await
     }
@@ -483,7 +492,7 @@ impl WorkspaceService for WorkspaceApi {
         &self,
         req: Request<pb::RenameRoomItemRequest>,
     ) -> R<pb::RenameRoomItemResponse> {
-        let who = subject(&req);
+        let who = self.writer(&req);
         self.wrote(who, items::rename_room_item(self, req).await)
             .await
     }
@@ -492,7 +501,7 @@ impl WorkspaceService for WorkspaceApi {
         &self,
         req: Request<pb::DeleteRoomItemRequest>,
     ) -> R<pb::DeleteRoomItemResponse> {
-        let who = subject(&req);
+        let who = self.writer(&req);
         self.wrote(who, items::delete_room_item(self, req).await)
             .await
     }
@@ -501,7 +510,7 @@ impl WorkspaceService for WorkspaceApi {
         &self,
         req: Request<pb::ScheduleMeetingRequest>,
     ) -> R<pb::ScheduleMeetingResponse> {
-        let who = subject(&req);
+        let who = self.writer(&req);
         self.wrote(who, meetings::schedule_meeting(self, req).await)
             .await
     }
@@ -517,7 +526,7 @@ impl WorkspaceService for WorkspaceApi {
         &self,
         req: Request<pb::CancelMeetingRequest>,
     ) -> R<pb::CancelMeetingResponse> {
-        let who = subject(&req);
+        let who = self.writer(&req);
         self.wrote(who, meetings::cancel_meeting(self, req).await)
             .await
     }
