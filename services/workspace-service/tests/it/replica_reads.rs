@@ -1,7 +1,8 @@
 //! Read RPCs on a streaming replica (DATABASE_READ_URL): with replay paused on the standby, a
 //! caller reads its own write (the read waits for the replica, then goes to the primary),
 //! another caller reads the replica's older state while its lag is within DB_READ_MAX_LAG_MS,
-//! and once the lag passes it, every read goes to the primary.
+//! and once the lag passes it, every read goes to the primary. A watch's backlog read on a
+//! replica that lacks changes the primary has is read again on the primary.
 
 use crate::support;
 
@@ -9,6 +10,7 @@ use ephemeral_postgres::{PgCluster, PgClusterOptions, TestDatabases, app_role_ur
 use std::time::Duration;
 use support::{Env, eventually};
 use vbase_proto::workspace::v1 as pb;
+use vbase_proto::workspace::v1::workspace_event::Event;
 
 /// The lag beyond which reads go to the primary, in this test.
 const MAX_LAG_MS: u64 = 3_000;
@@ -36,6 +38,27 @@ async fn try_channel_names(env: &Env, user: &str, org: &str) -> Result<Vec<Strin
             .map(|c| c.name)
             .collect()
     })
+}
+
+async fn watch_workspace(
+    env: &Env,
+    user: &str,
+    org: &str,
+    token: &str,
+) -> tonic::Streaming<pb::WorkspaceEvent> {
+    env.client()
+        .await
+        .watch_workspace(env.member(
+            user,
+            org,
+            pb::WatchWorkspaceRequest {
+                clerk_org_id: org.into(),
+                resume_token: token.into(),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
 }
 
 async fn reads(env: &Env, target: &str, reason: &str) -> f64 {
@@ -91,6 +114,14 @@ async fn read_rpcs_use_the_replica_within_its_lag_and_callers_read_their_writes(
         },
     )
     .await;
+
+    // A workspace watch's position before the writes below.
+    let token = {
+        let mut w = watch_workspace(&env, "user_b", "org_a", "").await;
+        let first = w.message().await.unwrap().unwrap();
+        assert!(matches!(first.event, Some(Event::CaughtUp(_))));
+        first.resume_token
+    };
 
     // A write the replica has replayed, so its last replayed transaction is recent, then
     // replay paused.
@@ -149,6 +180,28 @@ async fn read_rpcs_use_the_replica_within_its_lag_and_callers_read_their_writes(
     assert!(reads(&env, "replica", "fresh").await > fresh_before);
     let lag = env.metric("db_replica_lag_seconds").await.unwrap();
     assert!(lag < MAX_LAG_MS as f64 / 1000.0, "lag {lag}");
+    // A watch resumed from before the write: its backlog read on the replica lacks the
+    // channel the primary's log head counts, so that backlog is read on the primary.
+    let mut w = watch_workspace(&env, "user_b", "org_a", &token).await;
+    let mut heard = Vec::new();
+    loop {
+        let e = tokio::time::timeout(Duration::from_secs(10), w.message())
+            .await
+            .expect("the backlog ends with caught_up")
+            .unwrap()
+            .unwrap();
+        match e.event {
+            Some(Event::CaughtUp(_)) => break,
+            Some(Event::ChannelCreated(c)) => heard.push(c.name),
+            _ => {}
+        }
+    }
+    assert_eq!(
+        heard,
+        ["alpha"],
+        "the backlog has the write the replica lacks"
+    );
+    drop(w);
 
     // (c) Once the lag passes DB_READ_MAX_LAG_MS, the primary serves everyone.
     eventually(
