@@ -19,6 +19,8 @@ pub struct ServiceArgs {
     #[command(flatten)]
     pub db: DatabaseArgs,
     #[command(flatten)]
+    pub replica: crate::replica::ReplicaArgs,
+    #[command(flatten)]
     pub auth: token_auth::AuthArgs,
     #[command(flatten)]
     pub grpc: crate::GrpcLimits,
@@ -42,6 +44,7 @@ impl ServiceArgs {
     pub fn check(&self) -> Result<(), String> {
         self.grpc.check()?;
         self.shutdown.check()?;
+        self.replica.check()?;
         token_auth::ServiceCallers::parse(&self.auth.service_callers)?
             .with_operators(&self.auth.operator_subjects)?;
         self.browser.origins(&self.auth.clerk_authorized_parties)?;

@@ -55,9 +55,190 @@ impl ReplicaArgs {
     }
 }
 
+impl Default for ReplicaArgs {
+    fn default() -> Self {
+        Self {
+            database_read_url: None,
+            db_read_max_lag_ms: 1_000,
+            db_read_your_writes_wait_ms: 100,
+        }
+    }
+}
+
+impl ReplicaArgs {
+    /// A pool of at most `max_size` connections to DATABASE_READ_URL asking for `plans`, with
+    /// the session settings of `db` (as [`crate::DatabaseArgs::extra_pool`]); `None` when no
+    /// replica is set.
+    pub fn pool(
+        &self,
+        db: &crate::DatabaseArgs,
+        max_size: usize,
+        plans: crate::db::PlanCache,
+    ) -> anyhow::Result<Option<Pool>> {
+        let Some(url) = &self.database_read_url else {
+            return Ok(None);
+        };
+        let pool = match db.db_pool_mode {
+            crate::db::PoolMode::Session => {
+                crate::db::build_pool_with(url.expose(), max_size, plans, db.limits())?
+            }
+            // The role's stored settings (ALTER ROLE on the primary) are replicated.
+            crate::db::PoolMode::Transaction => crate::db::build_pool_with(
+                url.expose(),
+                max_size,
+                crate::db::PlanCache::Auto,
+                crate::db::SessionLimits::default(),
+            )?,
+        };
+        Ok(Some(pool))
+    }
+
+    /// The read pool over `primary` and a replica pool of `max_size` asking for `plans` (none
+    /// when DATABASE_READ_URL is unset: then it hands out `primary`'s connections, nothing
+    /// else).
+    pub fn read_pool(
+        &self,
+        db: &crate::DatabaseArgs,
+        primary: Pool,
+        max_size: usize,
+        plans: crate::db::PlanCache,
+        metrics: ReplicaMetrics,
+    ) -> anyhow::Result<ReadPool> {
+        Ok(ReadPool::new(
+            primary,
+            self.pool(db, max_size, plans)?,
+            Duration::from_millis(self.db_read_max_lag_ms),
+            Duration::from_millis(self.db_read_your_writes_wait_ms),
+            metrics,
+        ))
+    }
+
+    /// How long a caller's own write is remembered ([`OwnWrites`]): the replica lag it may
+    /// still be behind by plus two samples of the lag.
+    pub fn own_write_memory(&self) -> Duration {
+        Duration::from_millis(self.db_read_max_lag_ms) + 2 * SAMPLE_EVERY
+    }
+}
+
+/// How often the lag is measured.
+pub const SAMPLE_EVERY: Duration = Duration::from_secs(1);
+
 /// A position in the primary's WAL, as PostgreSQL prints it (`16/B374D848`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Lsn(String);
+
+impl Lsn {
+    /// A position no replica reaches: a read after it waits the bounded wait, then goes to the
+    /// primary (for a write whose LSN could not be read).
+    pub fn unknown() -> Self {
+        Lsn("FFFFFFFF/FFFFFFFF".to_owned())
+    }
+
+    /// The position as a number, for comparisons.
+    pub fn position(&self) -> Option<u64> {
+        let (hi, lo) = self.0.split_once('/')?;
+        Some((u64::from_str_radix(hi, 16).ok()? << 32) | u64::from_str_radix(lo, 16).ok()?)
+    }
+}
+
+impl std::str::FromStr for Lsn {
+    type Err = String;
+
+    /// An LSN as PostgreSQL prints it (`16/B374D848`).
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let lsn = Lsn(s.to_owned());
+        match lsn.position() {
+            Some(_) => Ok(lsn),
+            None => Err(format!("{s:?} is not an LSN")),
+        }
+    }
+}
+
+impl std::fmt::Display for Lsn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// The LSN of each caller's last write through this process, so its next reads wait for the
+/// replica to replay it ([`ReadPool::get`]'s `after`). Bounded: entries go after `keep` (a
+/// replica within the lag limit has replayed them by then), and beyond `max_entries` the oldest
+/// go first. Clones share the map. A write through another process is not in it.
+#[derive(Debug, Clone)]
+pub struct OwnWrites {
+    inner: Arc<std::sync::Mutex<OwnWritesInner>>,
+    keep: Duration,
+    max_entries: usize,
+}
+
+#[derive(Debug, Default)]
+struct OwnWritesInner {
+    last: std::collections::HashMap<String, (Lsn, std::time::Instant)>,
+    /// Callers in the order of their writes (a caller may appear more than once).
+    order: std::collections::VecDeque<(String, std::time::Instant)>,
+}
+
+impl OwnWrites {
+    /// A map of at most `max_entries` callers, each kept for `keep` after its write.
+    pub fn new(keep: Duration, max_entries: usize) -> Self {
+        Self {
+            inner: Arc::default(),
+            keep,
+            max_entries: max_entries.max(1),
+        }
+    }
+
+    /// Records that `caller` wrote at `lsn` (a later position than one recorded stays).
+    pub fn record(&self, caller: &str, lsn: Lsn) {
+        let now = std::time::Instant::now();
+        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let lsn = match inner.last.get(caller) {
+            Some((old, _)) if old.position() > lsn.position() => old.clone(),
+            _ => lsn,
+        };
+        inner.last.insert(caller.to_owned(), (lsn, now));
+        inner.order.push_back((caller.to_owned(), now));
+        self.trim(&mut inner, now);
+    }
+
+    /// The LSN `caller`'s reads must see, if it wrote lately.
+    pub fn after(&self, caller: &str) -> Option<Lsn> {
+        let inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        inner
+            .last
+            .get(caller)
+            .filter(|(_, at)| at.elapsed() < self.keep)
+            .map(|(lsn, _)| lsn.clone())
+    }
+
+    /// Callers remembered.
+    pub fn len(&self) -> usize {
+        self.inner
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .last
+            .len()
+    }
+
+    /// Whether no caller is remembered.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn trim(&self, inner: &mut OwnWritesInner, now: std::time::Instant) {
+        while let Some((caller, at)) = inner.order.front().cloned() {
+            let expired = now.duration_since(at) >= self.keep;
+            if !expired && inner.last.len() <= self.max_entries {
+                break;
+            }
+            inner.order.pop_front();
+            // Only the caller's latest write removes its entry.
+            if inner.last.get(&caller).is_some_and(|(_, t)| *t == at) {
+                inner.last.remove(&caller);
+            }
+        }
+    }
+}
 
 #[derive(QueryableByName)]
 struct LsnRow {
@@ -169,10 +350,41 @@ impl ReadPool {
         }
     }
 
+    /// Another read pool over `primary` and `replica` (pools asking for other plans) that
+    /// follows this one's lag measure and counts in its metrics: one sampler serves both.
+    pub fn sharing_lag(&self, primary: Pool, replica: Option<Pool>) -> Self {
+        Self {
+            primary,
+            replica,
+            max_lag: self.max_lag,
+            own_write_wait: self.own_write_wait,
+            lag_ms: Arc::clone(&self.lag_ms),
+            metrics: self.metrics.clone(),
+        }
+    }
+
+    /// Whether a replica is configured (DATABASE_READ_URL).
+    pub fn has_replica(&self) -> bool {
+        self.replica.is_some()
+    }
+
+    /// The primary's pool.
+    pub fn primary(&self) -> &Pool {
+        &self.primary
+    }
+
     /// A connection for a read; `after` is the LSN of the caller's last write, if it wrote.
     pub async fn get(&self, after: Option<&Lsn>) -> Result<Object<AsyncPgConnection>, PoolError> {
+        self.get_routed(after).await.map(|(conn, _)| conn)
+    }
+
+    /// Like [`ReadPool::get`], and whether the connection is the replica's.
+    pub async fn get_routed(
+        &self,
+        after: Option<&Lsn>,
+    ) -> Result<(Object<AsyncPgConnection>, bool), PoolError> {
         let Some(replica) = &self.replica else {
-            return self.primary.get().await;
+            return Ok((self.primary.get().await?, false));
         };
         if self.lag_ms.load(Ordering::Relaxed) > self.max_lag.as_millis() as u64 {
             return self.primary_for("lagging").await;
@@ -186,15 +398,15 @@ impl ReadPool {
             return self.primary_for("own_write").await;
         }
         self.count("replica", "fresh");
-        Ok(conn)
+        Ok((conn, true))
     }
 
     async fn primary_for(
         &self,
         reason: &'static str,
-    ) -> Result<Object<AsyncPgConnection>, PoolError> {
+    ) -> Result<(Object<AsyncPgConnection>, bool), PoolError> {
         self.count("primary", reason);
-        self.primary.get().await
+        Ok((self.primary.get().await?, false))
     }
 
     fn count(&self, target: &'static str, reason: &'static str) {
@@ -223,13 +435,13 @@ impl ReadPool {
         self.metrics.lag_seconds.set(seconds);
     }
 
-    /// Samples the lag every second until `stop`.
+    /// Samples the lag every [`SAMPLE_EVERY`] until `stop`.
     pub async fn sample_loop(self, stop: impl std::future::Future<Output = ()>) {
         tokio::pin!(stop);
         loop {
             self.sample_lag().await;
             tokio::select! {
-                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                _ = tokio::time::sleep(SAMPLE_EVERY) => {}
                 _ = &mut stop => return,
             }
         }

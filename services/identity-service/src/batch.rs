@@ -11,6 +11,7 @@ use crate::error::Error;
 use crate::users::{self, Outcome, UpsertUser, UserRecord};
 use micro_batch::{MicroBatcher, SubmitError};
 use service_runtime::Pool;
+use service_runtime::replica::{Lsn, ReadPool};
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
@@ -87,13 +88,21 @@ pub const MAX_LOOKUP: usize = 128;
 
 /// Looks users up by id; lookups that arrive while `slots` queries are running go to the
 /// database together as one `= ANY($1)` query (one round trip instead of one each). A lookup
-/// in a batch reads data at least as new as when it arrived.
+/// in a batch reads data at least as new as when it arrived, and at least as new as the
+/// position its caller's last write committed at (`after`): a batch reads the replica (while it
+/// keeps up and has replayed the latest of its lookups' positions) or the primary.
 #[derive(Clone)]
 pub struct UserLookups {
-    batcher: MicroBatcher<String, Result<Option<UserRecord>, Error>>,
-    pool: Pool,
+    batcher: MicroBatcher<Lookup, Result<Found, Error>>,
+    reads: ReadPool,
     cache: UserCache,
 }
+
+/// One lookup: the id, and the position of the caller's last write, if it wrote lately.
+type Lookup = (String, Option<Lsn>);
+
+/// What a lookup found, and whether a replica answered.
+type Found = (Option<UserRecord>, bool);
 
 /// The replica's cache of live user rows (`None`: no live user) by Clerk id.
 pub type UserCache = coherent_cache::Coherent<String, Option<Arc<UserRecord>>>;
@@ -126,33 +135,47 @@ pub fn apply_notification(cache: &UserCache, payload: &str) {
 impl UserLookups {
     /// Starts the dispatcher; `on_batch` sees the size of every batch.
     pub fn start(
-        pool: Pool,
+        reads: ReadPool,
         slots: usize,
         cache: UserCache,
         on_batch: impl Fn(usize) + Send + Sync + 'static,
     ) -> Self {
-        let batcher = start_over(&pool, slots, MAX_LOOKUP, on_batch, lookup);
+        let pool = reads.clone();
+        let batcher = MicroBatcher::start(slots, MAX_LOOKUP, move |items: Vec<Lookup>| {
+            on_batch(items.len());
+            lookup(pool.clone(), items)
+        });
         Self {
             batcher,
-            pool,
+            reads,
             cache,
         }
     }
 
-    /// One live user by id: from the replica's cache when it may answer, else from the
-    /// database (kept in the cache unless a change to users was heard meanwhile).
-    pub async fn get(&self, clerk_id: &str) -> Result<Option<Arc<UserRecord>>, Error> {
+    /// One live user by id, at least as new as `after` (the caller's last write): from the
+    /// replica's cache when it may answer, else from the database (kept in the cache unless a
+    /// change to users was heard meanwhile, or a replica answered: its row may predate a change
+    /// the cache already heard of).
+    pub async fn get(
+        &self,
+        clerk_id: &str,
+        after: Option<Lsn>,
+    ) -> Result<Option<Arc<UserRecord>>, Error> {
         let key = clerk_id.to_owned();
         if let Some(hit) = self.cache.get(&key) {
             return Ok(hit);
         }
         let ticket = self.cache.ticket();
-        let found = match self.batcher.submit(key.clone()).await {
+        let (found, on_replica) = match self.batcher.submit((key.clone(), after)).await {
             Ok(r) => r,
-            Err(_) => users::get_user(&self.pool, clerk_id).await,
-        }?
-        .map(Arc::new);
-        self.cache.insert(ticket, key, found.clone());
+            Err(_) => users::get_user(self.reads.primary(), clerk_id)
+                .await
+                .map(|u| (u, false)),
+        }?;
+        let found = found.map(Arc::new);
+        if !on_replica {
+            self.cache.insert(ticket, key, found.clone());
+        }
         Ok(found)
     }
 
@@ -163,19 +186,46 @@ impl UserLookups {
     }
 }
 
-async fn lookup(pool: Pool, ids: Vec<String>) -> Vec<Result<Option<UserRecord>, Error>> {
-    if let [one] = ids.as_slice() {
-        return vec![users::get_user(&pool, one).await];
-    }
-    match users::get_users(&pool, &ids).await {
-        Ok(found) => {
+/// The latest of the positions, if any (an unreadable one counts as the latest).
+pub fn latest(positions: impl IntoIterator<Item = Option<Lsn>>) -> Option<Lsn> {
+    positions
+        .into_iter()
+        .flatten()
+        .max_by_key(|l| l.position().unwrap_or(u64::MAX))
+}
+
+async fn lookup(reads: ReadPool, items: Vec<Lookup>) -> Vec<Result<Found, Error>> {
+    let (ids, afters): (Vec<String>, Vec<Option<Lsn>>) = items.into_iter().unzip();
+    let after = latest(afters);
+    let batch = async {
+        let (mut conn, on_replica) = reads.get_routed(after.as_ref()).await?;
+        let found = if let [one] = ids.as_slice() {
+            users::get_user_on(&mut conn, one)
+                .await?
+                .into_iter()
+                .collect()
+        } else {
+            users::get_users_on(&mut conn, &ids).await?
+        };
+        Ok::<_, Error>((found, on_replica))
+    };
+    match batch.await {
+        Ok((found, on_replica)) => {
             let by_id: HashMap<String, UserRecord> =
                 found.into_iter().map(|u| (u.clerk_id.clone(), u)).collect();
-            ids.iter().map(|id| Ok(by_id.get(id).cloned())).collect()
+            ids.iter()
+                .map(|id| Ok((by_id.get(id).cloned(), on_replica)))
+                .collect()
         }
+        Err(e) if ids.len() == 1 => vec![Err(e)],
         Err(e) => {
-            tracing::warn!(error = %e, ids = ids.len(), "batched lookup failed; looking up one at a time");
-            futures::future::join_all(ids.iter().map(|id| users::get_user(&pool, id))).await
+            tracing::warn!(error = %e, ids = ids.len(), "batched lookup failed; looking up one at a time on the primary");
+            let pool = reads.primary();
+            futures::future::join_all(
+                ids.iter()
+                    .map(|id| async move { users::get_user(pool, id).await.map(|u| (u, false)) }),
+            )
+            .await
         }
     }
 }

@@ -83,6 +83,10 @@ impl service_runtime::cli::CheckConfig for Config {
     }
 }
 
+/// Callers whose last write each replica of the service remembers for their reads
+/// (`service_runtime::replica::OwnWrites`); beyond, the oldest writes are forgotten first.
+pub const OWN_WRITES_MAX_CALLERS: usize = 100_000;
+
 /// Applies pending migrations to `database_url`.
 pub async fn migrate(database_url: &str) -> anyhow::Result<Vec<String>> {
     service_runtime::db::run_migrations(database_url, MIGRATIONS).await
@@ -124,8 +128,32 @@ pub async fn run(
             boot.lifecycle.stopped(),
         ),
     );
+    // Reads that may lag go to DATABASE_READ_URL's replica while it keeps up (unset: every
+    // read is the primary's pool, as without it).
+    let db = &config.service.db;
+    let replica = &config.service.replica;
+    let replica_metrics = service_runtime::replica::ReplicaMetrics::default();
+    let reads = replica.read_pool(
+        db,
+        boot.pool.clone(),
+        db.db_pool_size,
+        PLANS,
+        replica_metrics.clone(),
+    )?;
+    if reads.has_replica() {
+        replica_metrics.register(&mut boot.registry);
+        boot.workers.spawn(
+            "replica-lag",
+            reads.clone().sample_loop(boot.lifecycle.stopped()),
+        );
+    }
     let api = grpc::IdentityApi::new(
         boot.pool.clone(),
+        reads,
+        service_runtime::replica::OwnWrites::new(
+            replica.own_write_memory(),
+            OWN_WRITES_MAX_CALLERS,
+        ),
         ledger.clone(),
         metrics,
         config.group_commit_slots,

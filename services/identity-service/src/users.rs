@@ -308,23 +308,37 @@ pub async fn store_user(pool: &Pool, claims: TokenClaims) -> Result<(UserRecord,
 
 /// One live user by id.
 pub async fn get_user(pool: &Pool, clerk_id: &str) -> Result<Option<UserRecord>, Error> {
-    let mut conn = pool.get().await?;
+    get_user_on(&mut *pool.get().await?, clerk_id).await
+}
+
+/// One live user by id, on `conn`.
+pub async fn get_user_on(
+    conn: &mut diesel_async::AsyncPgConnection,
+    clerk_id: &str,
+) -> Result<Option<UserRecord>, Error> {
     Ok(users::table
         .find(clerk_id)
         .filter(users::deleted_at.is_null())
         .select(UserRecord::as_select())
-        .first(&mut conn)
+        .first(conn)
         .await
         .optional()?)
 }
 
 /// Live users by ids (any order; unknown and deleted ids left out).
 pub async fn get_users(pool: &Pool, ids: &[String]) -> Result<Vec<UserRecord>, Error> {
-    let mut conn = pool.get().await?;
+    get_users_on(&mut *pool.get().await?, ids).await
+}
+
+/// Live users by ids, on `conn`.
+pub async fn get_users_on(
+    conn: &mut diesel_async::AsyncPgConnection,
+    ids: &[String],
+) -> Result<Vec<UserRecord>, Error> {
     Ok(users::table
         .filter(users::clerk_id.eq_any(ids))
         .filter(users::deleted_at.is_null())
         .select(UserRecord::as_select())
-        .load(&mut conn)
+        .load(conn)
         .await?)
 }

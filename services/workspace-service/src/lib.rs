@@ -50,6 +50,10 @@ pub const PLANS: service_runtime::db::PlanCache = service_runtime::db::PlanCache
 /// through it and sorted.
 pub const READ_PLANS: service_runtime::db::PlanCache = service_runtime::db::PlanCache::GenericOnly;
 
+/// Callers whose last write each replica of the service remembers for their reads
+/// (`service_runtime::replica::OwnWrites`); beyond, the oldest writes are forgotten first.
+pub const OWN_WRITES_MAX_CALLERS: usize = 100_000;
+
 /// Applies pending migrations to `database_url`.
 pub async fn migrate(database_url: &str) -> anyhow::Result<Vec<String>> {
     service_runtime::db::run_migrations(database_url, MIGRATIONS).await
@@ -115,8 +119,28 @@ pub async fn run(
             boot.lifecycle.stopped(),
         ),
     );
+    // Reads that may lag go to DATABASE_READ_URL's replica while it keeps up (unset: every
+    // read is the primary's, on the same pools as without it).
+    let db = &config.service.db;
+    let replica = &config.service.replica;
+    let replica_metrics = service_runtime::replica::ReplicaMetrics::default();
+    let reads = replica.read_pool(
+        db,
+        boot.pool.clone(),
+        db.db_pool_size,
+        PLANS,
+        replica_metrics.clone(),
+    )?;
+    if reads.has_replica() {
+        replica_metrics.register(&mut boot.registry);
+        boot.workers.spawn(
+            "replica-lag",
+            reads.clone().sample_loop(boot.lifecycle.stopped()),
+        );
+    }
     let live = live::watch::Live::new(
         boot.pool.clone(),
+        reads.clone(),
         hub,
         memory,
         live_settings,
@@ -135,14 +159,21 @@ pub async fn run(
             boot.lifecycle.stopped(),
         ),
     );
-    let db = &config.service.db;
-    let reads = db.extra_pool((db.db_pool_size / 2).max(1), READ_PLANS)?;
+    let hot_size = (db.db_pool_size / 2).max(1);
+    let hot = reads.sharing_lag(
+        db.extra_pool(hot_size, READ_PLANS)?,
+        replica.pool(db, hot_size, READ_PLANS)?,
+    );
     let api = grpc::WorkspaceApi::new(
         boot.pool.clone(),
-        grpc::HotReads {
+        grpc::Reads {
             pool: reads,
-            access,
+            own_writes: service_runtime::replica::OwnWrites::new(
+                replica.own_write_memory(),
+                OWN_WRITES_MAX_CALLERS,
+            ),
         },
+        grpc::HotReads { pool: hot, access },
         ledger.clone(),
         metrics,
         wakes,

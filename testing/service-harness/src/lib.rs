@@ -194,6 +194,7 @@ impl Issuers {
                 db_statement_timeout_ms: 10_000,
                 db_idle_in_transaction_timeout_ms: 5_000,
             },
+            replica: Default::default(),
             auth: self.auth_args(),
             grpc: service_runtime::GrpcLimits::default(),
             browser: service_runtime::browser::BrowserArgs {

@@ -45,7 +45,8 @@ pub(super) async fn get_current_user(
     let user = p
         .as_user()
         .ok_or_else(|| Status::permission_denied("GetCurrentUser is for user tokens"))?;
-    let record = api.lookups.get(&user.user_id).await?.ok_or_else(|| {
+    let seen = api.seen(&req);
+    let record = api.lookups.get(&user.user_id, seen).await?.ok_or_else(|| {
         Status::not_found("user not synced yet: call StoreUser or wait for the Clerk webhook")
     })?;
     Ok(Response::new(pb::GetCurrentUserResponse {
@@ -58,11 +59,12 @@ pub(super) async fn get_user(
     req: Request<pb::GetUserRequest>,
 ) -> Result<Response<pb::GetUserResponse>, Status> {
     let p = principal(&req)?;
+    let seen = api.seen(&req);
     let id = req.into_inner().clerk_id;
     validate::user_id("clerk_id", &id)?;
     let record = api
         .lookups
-        .get(&id)
+        .get(&id, seen)
         .await?
         .ok_or_else(|| Status::not_found(format!("no user {id}")))?;
     let full = sees_everything(&p, &id);
@@ -76,6 +78,7 @@ pub(super) async fn batch_get_users(
     req: Request<pb::BatchGetUsersRequest>,
 ) -> Result<Response<pb::BatchGetUsersResponse>, Status> {
     let p = principal(&req)?;
+    let seen = api.seen(&req);
     let ids = req.into_inner().clerk_ids;
     if ids.len() > MAX_BATCH {
         return Err(Status::invalid_argument(format!(
@@ -89,7 +92,8 @@ pub(super) async fn batch_get_users(
     let mut unique = ids.clone();
     unique.sort();
     unique.dedup();
-    let found: HashMap<String, UserRecord> = users::get_users(&api.pool, &unique)
+    let mut conn = api.reads.get(seen.as_ref()).await.map_err(Error::from)?;
+    let found: HashMap<String, UserRecord> = users::get_users_on(&mut conn, &unique)
         .await?
         .into_iter()
         .map(|u| (u.clerk_id.clone(), u))

@@ -14,6 +14,7 @@ use crate::reconcile;
 use crate::users::{self, Outcome, UserRecord};
 use input_validation as validate;
 use service_runtime::Pool;
+use service_runtime::replica::{Lsn, OwnWrites, ReadPool};
 use std::collections::HashMap;
 use token_auth::{Access, MethodPolicy, Principal};
 use tonic::{Request, Response, Status};
@@ -47,6 +48,10 @@ pub const MAX_UPSERTS_PER_CALL: usize = 100;
 #[derive(Clone)]
 pub struct IdentityApi {
     pool: Pool,
+    /// The reads' pool: the replica's while it keeps up, else the primary's.
+    reads: ReadPool,
+    /// Each caller's last write here (only while a replica is configured).
+    own_writes: OwnWrites,
     ledger: delivery_ledger::Ledger,
     metrics: Metrics,
     upserts: UpsertBatcher,
@@ -56,8 +61,11 @@ pub struct IdentityApi {
 impl IdentityApi {
     /// Creates the handler set: webhook upserts are group-committed over `commit_slots`
     /// concurrent statements, lookups by id coalesced over `lookup_slots` concurrent queries.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         pool: Pool,
+        reads: ReadPool,
+        own_writes: OwnWrites,
         ledger: delivery_ledger::Ledger,
         metrics: Metrics,
         commit_slots: usize,
@@ -69,16 +77,64 @@ impl IdentityApi {
             sizes.observe(n as f64);
         });
         let sizes = metrics.lookup_batch_size.clone();
-        let lookups = UserLookups::start(pool.clone(), lookup_slots, cache, move |n| {
+        let lookups = UserLookups::start(reads.clone(), lookup_slots, cache, move |n| {
             sizes.observe(n as f64);
         });
         Self {
             pool,
+            reads,
+            own_writes,
             ledger,
             metrics,
             upserts,
             lookups,
         }
+    }
+}
+
+impl IdentityApi {
+    /// The position the reads of `req`'s caller must see: its last write here, if lately.
+    fn seen<T>(&self, req: &Request<T>) -> Option<Lsn> {
+        if !self.reads.has_replica() {
+            return None;
+        }
+        subject(req).and_then(|s| self.own_writes.after(&s))
+    }
+
+    /// Whose write `req` is, while a replica is configured (else nothing is remembered).
+    fn writer<T>(&self, req: &Request<T>) -> Option<String> {
+        if self.reads.has_replica() {
+            subject(req)
+        } else {
+            None
+        }
+    }
+
+    /// Remembers where the write of `who` committed, so its next reads here see it (only while
+    /// a replica is configured: otherwise every read is the primary's).
+    async fn wrote<T>(
+        &self,
+        who: Option<String>,
+        answer: Result<Response<T>, Status>,
+    ) -> Result<Response<T>, Status> {
+        if let (Some(who), Ok(_)) = (who, &answer) {
+            let lsn = match self.pool.get().await {
+                Ok(mut conn) => service_runtime::replica::commit_lsn(&mut conn).await.ok(),
+                Err(_) => None,
+            };
+            // Unknown: the caller's reads wait the bounded wait, then go to the primary.
+            self.own_writes
+                .record(&who, lsn.unwrap_or_else(Lsn::unknown));
+        }
+        answer
+    }
+}
+
+/// Whose writes a caller's reads must see: `user:<id>` or `service:<subject>`.
+fn subject<T>(req: &Request<T>) -> Option<String> {
+    match req.extensions().get::<Principal>()? {
+        Principal::User(u) => Some(format!("user:{}", u.user_id)),
+        Principal::Service(s) => Some(format!("service:{}", s.name)),
     }
 }
 
@@ -118,7 +174,8 @@ impl IdentityService for IdentityApi {
         &self,
         req: Request<pb::StoreUserRequest>,
     ) -> Result<Response<pb::StoreUserResponse>, Status> {
-        client::store_user(self, req).await
+        let who = self.writer(&req);
+        self.wrote(who, client::store_user(self, req).await).await
     }
 
     async fn get_current_user(
@@ -146,21 +203,24 @@ impl IdentityService for IdentityApi {
         &self,
         req: Request<pb::UpsertUserCommand>,
     ) -> Result<Response<pb::UpsertUserResponse>, Status> {
-        sync::upsert_user(self, req).await
+        let who = self.writer(&req);
+        self.wrote(who, sync::upsert_user(self, req).await).await
     }
 
     async fn upsert_users(
         &self,
         req: Request<pb::UpsertUsersCommand>,
     ) -> Result<Response<pb::UpsertUsersResponse>, Status> {
-        sync::upsert_users(self, req).await
+        let who = self.writer(&req);
+        self.wrote(who, sync::upsert_users(self, req).await).await
     }
 
     async fn delete_user(
         &self,
         req: Request<pb::DeleteUserCommand>,
     ) -> Result<Response<pb::DeleteUserResponse>, Status> {
-        sync::delete_user(self, req).await
+        let who = self.writer(&req);
+        self.wrote(who, sync::delete_user(self, req).await).await
     }
 
     async fn compare_users(

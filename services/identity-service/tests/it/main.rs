@@ -7,5 +7,6 @@ mod identity;
 mod lifecycle;
 mod migrations;
 mod properties;
+mod replica_reads;
 mod support;
 mod user_cache;

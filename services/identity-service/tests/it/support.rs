@@ -51,8 +51,12 @@ pub async fn start() -> Env {
 
 /// Like [`start`], with the configuration changed by `tweak` first.
 pub async fn start_with(tweak: impl FnOnce(&mut Config)) -> Env {
+    start_on(database().await, tweak).await
+}
+
+/// Like [`start_with`], on database `db`.
+pub async fn start_on(db: TestDatabase, tweak: impl FnOnce(&mut Config)) -> Env {
     let issuers = Issuers::new().await;
-    let db = database().await;
     let mut config = config(db.url(), &issuers);
     tweak(&mut config);
     let server = start_server(config).await;

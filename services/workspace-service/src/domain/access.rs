@@ -36,6 +36,9 @@ pub enum Caller {
         avatar: Option<String>,
         /// The replica's access cache, if it has one.
         access: Option<AccessCache>,
+        /// Whether what this call reads may fill the cache: not when it reads a database
+        /// replica, whose rows may be older than a change the cache already heard of.
+        fill_access: bool,
     },
 }
 
@@ -53,6 +56,7 @@ impl Caller {
                 name: u.name.clone(),
                 avatar: u.picture.clone(),
                 access: None,
+                fill_access: true,
             }),
             None => Err(Error::Denied("no verified caller".into())),
         }
@@ -64,6 +68,24 @@ impl Caller {
             access.clone_from(&cache.cloned());
         }
         self
+    }
+
+    /// The caller of a call that reads a database replica: the access cache answers it, but
+    /// what it reads on a miss is not kept (a replica's row may predate a change whose
+    /// notification the cache already applied, and would then stay cached).
+    pub fn reading_replica(mut self) -> Self {
+        if let Caller::User { fill_access, .. } = &mut self {
+            *fill_access = false;
+        }
+        self
+    }
+
+    /// Whether what this call reads may fill the access cache.
+    pub fn fills_access(&self) -> bool {
+        match self {
+            Caller::User { fill_access, .. } => *fill_access,
+            Caller::Service => false,
+        }
     }
 
     /// The replica's access cache, for users.
@@ -148,7 +170,7 @@ pub async fn check_standing(
     else {
         return Ok(());
     };
-    access_facts(conn, caller.access(), org, id)
+    access_facts(conn, caller.access(), caller.fills_access(), org, id)
         .await?
         .standing(*issued_at)
         .verdict(role.as_ref())
@@ -174,7 +196,14 @@ pub async fn workspace_for(
             .await?
             .ok_or_else(missing);
     };
-    let facts = access_facts(conn, caller.access(), org.as_str(), id).await?;
+    let facts = access_facts(
+        conn,
+        caller.access(),
+        caller.fills_access(),
+        org.as_str(),
+        id,
+    )
+    .await?;
     let workspace = facts.workspace.clone().ok_or_else(missing)?;
     facts.standing(*issued_at).verdict(role.as_ref())?;
     Ok(workspace)

@@ -154,10 +154,11 @@ impl Row {
 }
 
 /// The facts for `user` in `org`: from the cache when it may answer, else one statement (whose
-/// answer the cache keeps unless a change was heard meanwhile).
+/// answer the cache keeps, when `fill`, unless a change was heard meanwhile).
 pub async fn access_facts(
     conn: &mut AsyncPgConnection,
     cache: Option<&AccessCache>,
+    fill: bool,
     org: &str,
     user: &str,
 ) -> diesel::QueryResult<Arc<AccessFacts>> {
@@ -181,7 +182,7 @@ pub async fn access_facts(
     .get_result(conn)
     .await?;
     let facts = Arc::new(row.facts());
-    if let (Some(c), Some(t)) = (cache, ticket) {
+    if let (Some(c), Some(t), true) = (cache, ticket, fill) {
         c.insert(t, key, facts.clone());
     }
     Ok(facts)

@@ -22,12 +22,13 @@ pub(super) async fn list_channels(
     api: &WorkspaceApi,
     req: Request<pb::ListChannelsRequest>,
 ) -> R<pb::ListChannelsResponse> {
-    let (who, mut q) = accept::<_, ListChannels>(req)?;
+    let (who, mut q, seen) = api.accept_read::<_, ListChannels>(req)?;
     q.page = q.page.within(api.response_bytes);
+    let (mut conn, who) = api.hot_conn(who, seen.as_ref()).await?;
     let Page {
         items,
         next_page_token,
-    } = channels::list_channels(&mut *api.read_conn().await?, &who, &q.org, &q.page).await?;
+    } = channels::list_channels(&mut conn, &who, &q.org, &q.page).await?;
     ok(pb::ListChannelsResponse {
         channels: items.into_iter().map(Into::into).collect(),
         next_page_token,

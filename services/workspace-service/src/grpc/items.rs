@@ -22,15 +22,16 @@ pub(super) async fn list_room_items(
     api: &WorkspaceApi,
     req: Request<pb::ListRoomItemsRequest>,
 ) -> R<pb::ListRoomItemsResponse> {
-    let (who, mut q) = accept::<_, PageOf>(req)?;
+    let (who, mut q, seen) = api.accept_read::<_, PageOf>(req)?;
     q.page = q.page.within(api.response_bytes);
+    let (mut conn, who) = api.read_conn(who, seen.as_ref()).await?;
     let (
         kind,
         Page {
             items,
             next_page_token,
         },
-    ) = items::list_items(&mut *api.conn().await?, &who, q.id, &q.page).await?;
+    ) = items::list_items(&mut conn, &who, q.id, &q.page).await?;
     ok(pb::ListRoomItemsResponse {
         items: items.into_iter().map(|i| item(kind, i)).collect(),
         next_page_token,

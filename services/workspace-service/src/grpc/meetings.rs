@@ -22,12 +22,13 @@ pub(super) async fn list_meetings(
     api: &WorkspaceApi,
     req: Request<pb::ListMeetingsRequest>,
 ) -> R<pb::ListMeetingsResponse> {
-    let (who, mut q) = accept::<_, PageOf>(req)?;
+    let (who, mut q, seen) = api.accept_read::<_, PageOf>(req)?;
     q.page = q.page.within(api.response_bytes);
+    let (mut conn, who) = api.read_conn(who, seen.as_ref()).await?;
     let Page {
         items,
         next_page_token,
-    } = meetings::list_meetings(&mut *api.conn().await?, &who, q.id, &q.page).await?;
+    } = meetings::list_meetings(&mut conn, &who, q.id, &q.page).await?;
     ok(pb::ListMeetingsResponse {
         meetings: items.into_iter().map(Into::into).collect(),
         next_page_token,

@@ -23,12 +23,13 @@ pub(super) async fn list_messages(
     api: &WorkspaceApi,
     req: Request<pb::ListMessagesRequest>,
 ) -> R<pb::ListMessagesResponse> {
-    let (who, mut q) = accept::<_, PageOf>(req)?;
+    let (who, mut q, seen) = api.accept_read::<_, PageOf>(req)?;
     q.page = q.page.within(api.response_bytes);
+    let (mut conn, who) = api.read_conn(who, seen.as_ref()).await?;
     let Page {
         items,
         next_page_token,
-    } = messages::list_messages(&mut *api.conn().await?, &who, q.id, &q.page).await?;
+    } = messages::list_messages(&mut conn, &who, q.id, &q.page).await?;
     ok(pb::ListMessagesResponse {
         messages: items.into_iter().map(Into::into).collect(),
         next_page_token,
@@ -70,9 +71,9 @@ pub(super) async fn get_unread_counts(
     api: &WorkspaceApi,
     req: Request<pb::GetUnreadCountsRequest>,
 ) -> R<pb::GetUnreadCountsResponse> {
-    let (who, Org(org)) = accept(req)?;
-    let (counts, more_channels) =
-        receipts::unread_counts(&mut *api.conn().await?, &who, &org).await?;
+    let (who, Org(org), seen) = api.accept_read(req)?;
+    let (mut conn, who) = api.read_conn(who, seen.as_ref()).await?;
+    let (counts, more_channels) = receipts::unread_counts(&mut conn, &who, &org).await?;
     ok(pb::GetUnreadCountsResponse {
         more_channels,
         counts: counts

@@ -26,6 +26,7 @@ use crate::workers::Wakes;
 use diesel_async::AsyncPgConnection;
 use diesel_async::pooled_connection::deadpool::Object;
 use service_runtime::Pool;
+use service_runtime::replica::{Lsn, OwnWrites, ReadPool};
 use std::future::Future;
 use token_auth::Principal;
 use tonic::{Request, Response, Status};
@@ -51,11 +52,26 @@ where
     Ok((caller, I::try_from(req.into_inner())?))
 }
 
-/// What the hot reads use: a pool whose statements keep one plan ([`crate::READ_PLANS`]) and
-/// the replica's access cache.
+/// Whose writes a caller's reads must see: `user:<id>` or `service:<subject>`.
+fn subject<T>(req: &Request<T>) -> Option<String> {
+    match req.extensions().get::<Principal>()? {
+        Principal::User(u) => Some(format!("user:{}", u.user_id)),
+        Principal::Service(s) => Some(format!("service:{}", s.name)),
+    }
+}
+
+/// What the hot reads use: a pool whose statements keep one plan ([`crate::READ_PLANS`]), with
+/// its replica's pool asking for the same plans, and the replica's access cache.
 pub struct HotReads {
-    pub pool: Pool,
+    pub pool: ReadPool,
     pub access: AccessCache,
+}
+
+/// Where the other reads go: the primary's pool (the service's own) and the replica's, and
+/// the LSN of each caller's last write here, which their reads wait for.
+pub struct Reads {
+    pub pool: ReadPool,
+    pub own_writes: OwnWrites,
 }
 
 /// The service implementation.
@@ -63,7 +79,11 @@ pub struct HotReads {
 pub struct WorkspaceApi {
     pool: Pool,
     /// The pool of the hot reads, whose statements keep one plan ([`crate::READ_PLANS`]).
-    reads: Pool,
+    hot: ReadPool,
+    /// The read RPCs' pool: the replica's while it keeps up, else the primary's.
+    reads: ReadPool,
+    /// Each caller's last write here (only while a replica is configured).
+    own_writes: OwnWrites,
     ledger: delivery_ledger::Ledger,
     metrics: Metrics,
     wakes: Wakes,
@@ -79,8 +99,10 @@ impl WorkspaceApi {
     /// Creates the handler set; `wakes` tell the workers when Liveblocks rooms or a purge are
     /// queued; `room_tokens` issues Liveblocks room tokens; pages carry at most
     /// `response_bytes`.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         pool: Pool,
+        reads: Reads,
         hot: HotReads,
         ledger: delivery_ledger::Ledger,
         metrics: Metrics,
@@ -88,13 +110,16 @@ impl WorkspaceApi {
         room_tokens: crate::liveblocks::RoomTokens,
         response_bytes: usize,
     ) -> Self {
-        let HotReads {
+        let HotReads { pool: hot, access } = hot;
+        let Reads {
             pool: reads,
-            access,
-        } = hot;
+            own_writes,
+        } = reads;
         Self {
             pool,
+            hot,
             reads,
+            own_writes,
             ledger,
             metrics,
             wakes,
@@ -120,10 +145,78 @@ impl WorkspaceApi {
         Ok(self.pool.get().await?)
     }
 
-    /// A connection of the hot reads' pool: only for statements whose best plan does not
-    /// depend on their parameters.
-    async fn read_conn(&self) -> Result<Object<AsyncPgConnection>, Error> {
-        Ok(self.reads.get().await?)
+    /// The caller, the request checked into `I`, and the LSN of the caller's last write here
+    /// (which its read must see), for a read RPC.
+    fn accept_read<T, I>(&self, req: Request<T>) -> Result<(Caller, I, Option<Lsn>), Status>
+    where
+        I: TryFrom<T, Error = Error>,
+    {
+        let seen = if self.reads.has_replica() {
+            subject(&req).and_then(|s| self.own_writes.after(&s))
+        } else {
+            None
+        };
+        let (caller, input) = accept(req)?;
+        Ok((caller, input, seen))
+    }
+
+    /// A connection for a read RPC of `caller` that must see `seen`: the replica's while it
+    /// keeps up (and has replayed `seen`), else the primary's; and the caller, whose access
+    /// read on the replica does not fill the access cache.
+    async fn read_conn(
+        &self,
+        caller: Caller,
+        seen: Option<&Lsn>,
+    ) -> Result<(Object<AsyncPgConnection>, Caller), Error> {
+        Self::routed(&self.reads, caller, seen).await
+    }
+
+    /// Like [`WorkspaceApi::read_conn`], from the hot reads' pools: only for statements whose
+    /// best plan does not depend on their parameters.
+    async fn hot_conn(
+        &self,
+        caller: Caller,
+        seen: Option<&Lsn>,
+    ) -> Result<(Object<AsyncPgConnection>, Caller), Error> {
+        Self::routed(&self.hot, caller, seen).await
+    }
+
+    async fn routed(
+        pool: &ReadPool,
+        caller: Caller,
+        seen: Option<&Lsn>,
+    ) -> Result<(Object<AsyncPgConnection>, Caller), Error> {
+        let (conn, on_replica) = pool.get_routed(seen).await?;
+        let caller = if on_replica {
+            caller.reading_replica()
+        } else {
+            caller
+        };
+        Ok((conn, caller))
+    }
+
+    /// Whose write `req` is, while a replica is configured (else nothing is remembered).
+    fn writer<T>(&self, req: &Request<T>) -> Option<String> {
+        if self.reads.has_replica() {
+            subject(req)
+        } else {
+            None
+        }
+    }
+
+    /// Remembers where the write of `who` committed, so its next reads here see it (only while
+    /// a replica is configured: otherwise every read is the primary's).
+    async fn wrote<T>(&self, who: Option<String>, answer: R<T>) -> R<T> {
+        if let (Some(who), Ok(_)) = (who, &answer) {
+            let lsn = match self.pool.get().await {
+                Ok(mut conn) => service_runtime::replica::commit_lsn(&mut conn).await.ok(),
+                Err(_) => None,
+            };
+            // Unknown: the caller's reads wait the bounded wait, then go to the primary.
+            self.own_writes
+                .record(&who, lsn.unwrap_or_else(Lsn::unknown));
+        }
+        answer
     }
 
     /// Runs `work` on a pooled connection in a task of its own. A caller that goes away (its
@@ -169,32 +262,41 @@ impl WorkspaceService for WorkspaceApi {
         &self,
         req: Request<pb::UpsertWorkspaceCommand>,
     ) -> R<pb::UpsertWorkspaceResponse> {
-        sync::upsert_workspace(self, req).await
+        let who = self.writer(&req);
+        self.wrote(who, sync::upsert_workspace(self, req).await)
+            .await
     }
 
     async fn delete_workspace(
         &self,
         req: Request<pb::DeleteWorkspaceCommand>,
     ) -> R<pb::DeleteWorkspaceResponse> {
-        sync::delete_workspace(self, req).await
+        let who = self.writer(&req);
+        self.wrote(who, sync::delete_workspace(self, req).await)
+            .await
     }
 
     async fn upsert_membership(
         &self,
         req: Request<pb::UpsertMembershipCommand>,
     ) -> R<pb::UpsertMembershipResponse> {
-        sync::upsert_membership(self, req).await
+        let who = self.writer(&req);
+        self.wrote(who, sync::upsert_membership(self, req).await)
+            .await
     }
 
     async fn delete_membership(
         &self,
         req: Request<pb::DeleteMembershipCommand>,
     ) -> R<pb::DeleteMembershipResponse> {
-        sync::delete_membership(self, req).await
+        let who = self.writer(&req);
+        self.wrote(who, sync::delete_membership(self, req).await)
+            .await
     }
 
     async fn remove_user(&self, req: Request<pb::RemoveUserCommand>) -> R<pb::RemoveUserResponse> {
-        sync::remove_user(self, req).await
+        let who = self.writer(&req);
+        self.wrote(who, sync::remove_user(self, req).await).await
     }
 
     async fn compare_workspaces(
@@ -229,7 +331,9 @@ impl WorkspaceService for WorkspaceApi {
         &self,
         req: Request<pb::FinishReconcileRequest>,
     ) -> R<pb::FinishReconcileResponse> {
-        reconcile::finish_reconcile(self, req).await
+        let who = self.writer(&req);
+        self.wrote(who, reconcile::finish_reconcile(self, req).await)
+            .await
     }
 
     async fn get_workspace(
@@ -250,7 +354,9 @@ impl WorkspaceService for WorkspaceApi {
         &self,
         req: Request<pb::CreateChannelRequest>,
     ) -> R<pb::CreateChannelResponse> {
-        channels::create_channel(self, req).await
+        let who = self.writer(&req);
+        self.wrote(who, channels::create_channel(self, req).await)
+            .await
     }
 
     async fn list_channels(
@@ -264,21 +370,27 @@ impl WorkspaceService for WorkspaceApi {
         &self,
         req: Request<pb::RenameChannelRequest>,
     ) -> R<pb::RenameChannelResponse> {
-        channels::rename_channel(self, req).await
+        let who = self.writer(&req);
+        self.wrote(who, channels::rename_channel(self, req).await)
+            .await
     }
 
     async fn delete_channel(
         &self,
         req: Request<pb::DeleteChannelRequest>,
     ) -> R<pb::DeleteChannelResponse> {
-        channels::delete_channel(self, req).await
+        let who = self.writer(&req);
+        self.wrote(who, channels::delete_channel(self, req).await)
+            .await
     }
 
     async fn post_message(
         &self,
         req: Request<pb::PostMessageRequest>,
     ) -> R<pb::PostMessageResponse> {
-        messages::post_message(self, req).await
+        let who = self.writer(&req);
+        self.wrote(who, messages::post_message(self, req).await)
+            .await
     }
 
     async fn list_messages(
@@ -292,21 +404,27 @@ impl WorkspaceService for WorkspaceApi {
         &self,
         req: Request<pb::EditMessageRequest>,
     ) -> R<pb::EditMessageResponse> {
-        messages::edit_message(self, req).await
+        let who = self.writer(&req);
+        self.wrote(who, messages::edit_message(self, req).await)
+            .await
     }
 
     async fn delete_message(
         &self,
         req: Request<pb::DeleteMessageRequest>,
     ) -> R<pb::DeleteMessageResponse> {
-        messages::delete_message(self, req).await
+        let who = self.writer(&req);
+        self.wrote(who, messages::delete_message(self, req).await)
+            .await
     }
 
     async fn mark_channel_read(
         &self,
         req: Request<pb::MarkChannelReadRequest>,
     ) -> R<pb::MarkChannelReadResponse> {
-        messages::mark_channel_read(self, req).await
+        let who = self.writer(&req);
+        self.wrote(who, messages::mark_channel_read(self, req).await)
+            .await
     }
 
     // The watches are answered by `routes::Routes` with frames encoded once per change
@@ -336,7 +454,8 @@ impl WorkspaceService for WorkspaceApi {
     }
 
     async fn create_room(&self, req: Request<pb::CreateRoomRequest>) -> R<pb::CreateRoomResponse> {
-        rooms::create_room(self, req).await
+        let who = self.writer(&req);
+        self.wrote(who, rooms::create_room(self, req).await).await
     }
 
     async fn list_rooms(&self, req: Request<pb::ListRoomsRequest>) -> R<pb::ListRoomsResponse> {
@@ -344,18 +463,22 @@ impl WorkspaceService for WorkspaceApi {
     }
 
     async fn rename_room(&self, req: Request<pb::RenameRoomRequest>) -> R<pb::RenameRoomResponse> {
-        rooms::rename_room(self, req).await
+        let who = self.writer(&req);
+        self.wrote(who, rooms::rename_room(self, req).await).await
     }
 
     async fn delete_room(&self, req: Request<pb::DeleteRoomRequest>) -> R<pb::DeleteRoomResponse> {
-        rooms::delete_room(self, req).await
+        let who = self.writer(&req);
+        self.wrote(who, rooms::delete_room(self, req).await).await
     }
 
     async fn create_room_item(
         &self,
         req: Request<pb::CreateRoomItemRequest>,
     ) -> R<pb::CreateRoomItemResponse> {
-        items::create_room_item(self, req).await
+        let who = self.writer(&req);
+        self.wrote(who, items::create_room_item(self, req).await)
+            .await
     }
 
     async fn list_room_items(
@@ -369,21 +492,27 @@ impl WorkspaceService for WorkspaceApi {
         &self,
         req: Request<pb::RenameRoomItemRequest>,
     ) -> R<pb::RenameRoomItemResponse> {
-        items::rename_room_item(self, req).await
+        let who = self.writer(&req);
+        self.wrote(who, items::rename_room_item(self, req).await)
+            .await
     }
 
     async fn delete_room_item(
         &self,
         req: Request<pb::DeleteRoomItemRequest>,
     ) -> R<pb::DeleteRoomItemResponse> {
-        items::delete_room_item(self, req).await
+        let who = self.writer(&req);
+        self.wrote(who, items::delete_room_item(self, req).await)
+            .await
     }
 
     async fn schedule_meeting(
         &self,
         req: Request<pb::ScheduleMeetingRequest>,
     ) -> R<pb::ScheduleMeetingResponse> {
-        meetings::schedule_meeting(self, req).await
+        let who = self.writer(&req);
+        self.wrote(who, meetings::schedule_meeting(self, req).await)
+            .await
     }
 
     async fn list_meetings(
@@ -397,7 +526,9 @@ impl WorkspaceService for WorkspaceApi {
         &self,
         req: Request<pb::CancelMeetingRequest>,
     ) -> R<pb::CancelMeetingResponse> {
-        meetings::cancel_meeting(self, req).await
+        let who = self.writer(&req);
+        self.wrote(who, meetings::cancel_meeting(self, req).await)
+            .await
     }
 
     async fn authorize_liveblocks_room(

@@ -22,12 +22,13 @@ pub(super) async fn list_rooms(
     api: &WorkspaceApi,
     req: Request<pb::ListRoomsRequest>,
 ) -> R<pb::ListRoomsResponse> {
-    let (who, mut q) = accept::<_, ListRooms>(req)?;
+    let (who, mut q, seen) = api.accept_read::<_, ListRooms>(req)?;
     q.page = q.page.within(api.response_bytes);
+    let (mut conn, who) = api.read_conn(who, seen.as_ref()).await?;
     let Page {
         items,
         next_page_token,
-    } = rooms::list_rooms(&mut *api.conn().await?, &who, &q).await?;
+    } = rooms::list_rooms(&mut conn, &who, &q).await?;
     ok(pb::ListRoomsResponse {
         rooms: items.into_iter().map(Into::into).collect(),
         next_page_token,

@@ -1,7 +1,7 @@
 //! Reading a workspace and its members.
 
 use super::convert::Org;
-use super::{R, WorkspaceApi, accept, ok};
+use super::{R, WorkspaceApi, ok};
 use crate::domain::access::workspace_for;
 use crate::domain::memberships::{self, ListMembers};
 use crate::model::paging::encode_key;
@@ -12,8 +12,9 @@ pub(super) async fn get_workspace(
     api: &WorkspaceApi,
     req: Request<pb::GetWorkspaceRequest>,
 ) -> R<pb::GetWorkspaceResponse> {
-    let (who, Org(org)) = accept(req)?;
-    let ws = workspace_for(&mut *api.conn().await?, &who, &org).await?;
+    let (who, Org(org), seen) = api.accept_read(req)?;
+    let (mut conn, who) = api.read_conn(who, seen.as_ref()).await?;
+    let ws = workspace_for(&mut conn, &who, &org).await?;
     ok(pb::GetWorkspaceResponse {
         workspace: Some(ws.into()),
     })
@@ -23,9 +24,10 @@ pub(super) async fn list_members(
     api: &WorkspaceApi,
     req: Request<pb::ListMembersRequest>,
 ) -> R<pb::ListMembersResponse> {
-    let (who, mut q) = accept::<_, ListMembers>(req)?;
+    let (who, mut q, seen) = api.accept_read::<_, ListMembers>(req)?;
     q.max_bytes = api.response_bytes;
-    let (rows, next) = memberships::list_members(&mut *api.conn().await?, &who, &q).await?;
+    let (mut conn, who) = api.read_conn(who, seen.as_ref()).await?;
+    let (rows, next) = memberships::list_members(&mut conn, &who, &q).await?;
     ok(pb::ListMembersResponse {
         members: rows.into_iter().map(Into::into).collect(),
         next_page_token: next.map(|k| encode_key(&k)).unwrap_or_default(),

@@ -22,6 +22,7 @@ use crate::domain::access::{Caller, channel_scope};
 use crate::domain::changes;
 use crate::error::Error;
 use crate::metrics::Metrics;
+use service_runtime::replica::ReadPool;
 use service_runtime::{Lifecycle, Phase, Pool};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -92,6 +93,8 @@ impl Scope {
 #[derive(Clone)]
 pub struct Live {
     pool: Pool,
+    /// Where the backlog is read: a replica's while it keeps up, else the primary's.
+    reads: ReadPool,
     hub: Hub,
     memory: Arc<Memory>,
     streams: Arc<Semaphore>,
@@ -121,9 +124,11 @@ impl Drop for UserSlot {
 
 impl Live {
     /// Watches served through `hub`, whose frames count in `memory`; they end when `lifecycle`
-    /// starts shutting down.
+    /// starts shutting down. The opens and the access re-checks read `pool` (the primary), the
+    /// backlog `reads`.
     pub fn new(
         pool: Pool,
+        reads: ReadPool,
         hub: Hub,
         memory: Arc<Memory>,
         settings: LiveSettings,
@@ -132,6 +137,7 @@ impl Live {
     ) -> Self {
         Self {
             pool,
+            reads,
             hub,
             memory,
             streams: Arc::new(Semaphore::new(settings.max_streams)),
@@ -215,6 +221,7 @@ impl Live {
             workspace,
             scope,
             last: start,
+            known: head,
             reading: true,
             announced: false,
             outbox,
@@ -241,6 +248,9 @@ struct Stream {
     scope: Scope,
     /// The last change number seen (delivered or not: another channel's, say).
     last: i64,
+    /// The highest change number known to exist (the head at the open, a live change): a
+    /// backlog read on a replica that ends before it read a replica behind the primary.
+    known: i64,
     /// Reading the log (the backlog, or what it missed of the broadcast) rather than the hub.
     reading: bool,
     /// `caught_up` was sent.
@@ -370,15 +380,12 @@ impl Stream {
             .stream_bytes
             .saturating_sub(self.outbox.queued())
             .max(1);
-        let batch = async {
-            let mut conn = self.live.pool.get().await?;
-            Ok::<_, Error>(
-                changes::after(&mut conn, self.workspace, self.last, READ_ROWS, room as i64)
-                    .await?,
-            )
+        let mut batch = self.read_changes(room, false).await?;
+        let reached = batch.changes.last().map_or(self.last, |c| c.seq);
+        if !batch.more && reached < self.known && self.live.reads.has_replica() {
+            // The replica has not replayed changes the primary has: read them there.
+            batch = self.read_changes(room, true).await?;
         }
-        .await
-        .map_err(|e| End::Now(e.into(), "error"))?;
         if batch
             .changes
             .first()
@@ -417,8 +424,27 @@ impl Stream {
         Ok(())
     }
 
+    /// The changes after `self.last` that fit `room`, from the read pool (a replica's while it
+    /// keeps up) or from the `primary`.
+    async fn read_changes(&self, room: usize, primary: bool) -> Result<changes::Batch, End> {
+        async {
+            let mut conn = if primary {
+                self.live.pool.get().await?
+            } else {
+                self.live.reads.get(None).await?
+            };
+            Ok::<_, Error>(
+                changes::after(&mut conn, self.workspace, self.last, READ_ROWS, room as i64)
+                    .await?,
+            )
+        }
+        .await
+        .map_err(|e| End::Now(e.into(), "error"))
+    }
+
     /// Queues a live change when it is one of this watch's; every change moves the position.
     fn deliver(&mut self, f: &Frame) -> Result<(), End> {
+        self.known = self.known.max(f.seq);
         if self.reading || f.seq <= self.last {
             // While reading the log, the log has it.
             return Ok(());

@@ -12,6 +12,7 @@ mod permissions;
 mod postgres_crash;
 mod purge_scale;
 mod quotas;
+mod replica_reads;
 mod room_access;
 mod support;
 mod sync;

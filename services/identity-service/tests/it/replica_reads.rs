@@ -1,0 +1,141 @@
+//! Reads on a streaming replica (DATABASE_READ_URL): with replay paused on the standby, a
+//! caller reads its own write (StoreUser, then GetCurrentUser; a service's UpsertUser, then
+//! GetUser), another caller reads the replica's older state while its lag is within
+//! DB_READ_MAX_LAG_MS, and past it the primary answers.
+
+use crate::support;
+
+use ephemeral_postgres::{PgCluster, PgClusterOptions, TestDatabases, app_role_url, with_database};
+use service_harness::eventually;
+use std::time::Duration;
+use support::Env;
+use tonic::Code;
+use vbase_proto::identity::v1 as pb;
+
+/// The lag beyond which reads go to the primary, in this test.
+const MAX_LAG_MS: u64 = 3_000;
+
+async fn get_user(env: &Env, caller: &str, id: &str) -> Result<pb::User, Code> {
+    env.client()
+        .await
+        .get_user(env.user(
+            caller,
+            pb::GetUserRequest {
+                clerk_id: id.into(),
+            },
+        ))
+        .await
+        .map(|r| r.into_inner().user.unwrap())
+        .map_err(|s| s.code())
+}
+
+async fn store(env: &Env, user: &str) {
+    env.client()
+        .await
+        .store_user(env.user(user, pb::StoreUserRequest {}))
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn reads_use_the_replica_within_its_lag_and_callers_read_their_writes() {
+    let cluster = tokio::task::spawn_blocking(|| {
+        let c = PgCluster::start(PgClusterOptions::default()).unwrap();
+        c.wait_ready(Duration::from_secs(30)).unwrap();
+        c
+    })
+    .await
+    .unwrap();
+    let dbs = TestDatabases::on_cluster(cluster);
+    let db = dbs
+        .create("identity", |url| async move {
+            identity_service::migrate(&url).await.map(|_| ())
+        })
+        .await
+        .unwrap();
+    let name = db.name().to_owned();
+    // The standby copies the primary (its test database included) and streams from it.
+    let standby =
+        PgCluster::start_standby(dbs.cluster().unwrap(), PgClusterOptions::default()).unwrap();
+    standby.wait_ready(Duration::from_secs(30)).unwrap();
+    let standby_admin = standby.url("postgres");
+    let standby_db = with_database(&standby.url("postgres"), &name);
+    let env = support::start_on(db, |cfg| {
+        cfg.service.replica.database_read_url = Some(app_role_url(&standby_db).into());
+        cfg.service.replica.db_read_max_lag_ms = MAX_LAG_MS;
+        cfg.service.replica.db_read_your_writes_wait_ms = 200;
+    })
+    .await;
+
+    // A write the standby has replayed, so its last replayed transaction is recent, then
+    // replay paused.
+    store(&env, "user_t").await;
+    eventually("the standby replays", Duration::from_secs(20), || async {
+        service_harness::scalar(
+            &standby_db,
+            "SELECT count(*) FROM users WHERE clerk_id = 'user_t'",
+        )
+        .await
+            == 1
+    })
+    .await;
+    service_harness::execute(&standby_admin, "SELECT pg_wal_replay_pause()").await;
+
+    // (a) StoreUser, then the same user's GetCurrentUser: it reads its write.
+    store(&env, "user_a").await;
+    let me = env
+        .client()
+        .await
+        .get_current_user(env.user("user_a", pb::GetCurrentUserRequest {}))
+        .await
+        .expect("the writer reads its write")
+        .into_inner();
+    assert_eq!(me.user.unwrap().clerk_id, "user_a");
+    // A service caller's write, then its read (per subject).
+    let upsert = pb::UpsertUserCommand {
+        event_id: "msg_z".into(),
+        occurred_at: support::ts(1_700_000_100),
+        clerk_id: "user_z".into(),
+        name: "Zed".into(),
+        email: "zed@example.com".into(),
+        image_url: "https://img.clerk.com/zed".into(),
+        created_at: support::ts(1_700_000_000),
+        event_time: None,
+        ..Default::default()
+    };
+    env.client()
+        .await
+        .upsert_user(env.service(upsert))
+        .await
+        .unwrap();
+    let z = env
+        .client()
+        .await
+        .get_user(env.service(pb::GetUserRequest {
+            clerk_id: "user_z".into(),
+        }))
+        .await
+        .expect("the service reads the user it just wrote");
+    assert_eq!(z.into_inner().user.unwrap().name, "Zed");
+
+    // (b) Another caller, within the lag limit, reads the replica: not yet there.
+    store(&env, "user_x").await;
+    assert_eq!(
+        get_user(&env, "user_b", "user_x").await.err(),
+        Some(Code::NotFound),
+        "another caller reads the replica (replay paused)"
+    );
+
+    // (c) Past DB_READ_MAX_LAG_MS, the primary answers.
+    eventually(
+        "reads go to the primary once the replica lags",
+        Duration::from_secs(20),
+        || async { get_user(&env, "user_b", "user_x").await.is_ok() },
+    )
+    .await;
+
+    service_harness::execute(&standby_admin, "SELECT pg_wal_replay_resume()").await;
+    env.server.stop().await.unwrap();
+    drop(standby);
+    drop(dbs);
+}
