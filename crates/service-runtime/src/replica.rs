@@ -139,6 +139,11 @@ impl Lsn {
         Lsn("FFFFFFFF/FFFFFFFF".to_owned())
     }
 
+    /// The position `at` as PostgreSQL prints it.
+    pub fn at(at: u64) -> Self {
+        Lsn(format!("{:X}/{:X}", at >> 32, at & 0xFFFF_FFFF))
+    }
+
     /// The position as a number, for comparisons.
     pub fn position(&self) -> Option<u64> {
         let (hi, lo) = self.0.split_once('/')?;
@@ -259,13 +264,18 @@ struct ReplicaState {
     lsn: String,
 }
 
-/// The LSN a caller's committed writes are at: read on the primary, after the commit.
+/// The LSN a caller's committed writes are at: read on the primary, after the commit. The
+/// insert position ([`record_end`] of it), not `pg_current_wal_lsn()`: a commit made with
+/// `synchronous_commit = off` is acknowledged before the written position passes it.
 pub async fn commit_lsn(conn: &mut AsyncPgConnection) -> diesel::QueryResult<Lsn> {
     use diesel_async::RunQueryDsl;
-    crate::prepared("SELECT pg_current_wal_insert_lsn()::text AS lsn")
+    let row = crate::prepared(PRIMARY_LSN)
         .get_result::<LsnRow>(conn)
-        .await
-        .map(|r| Lsn(r.lsn))
+        .await?;
+    Ok(match Lsn(row.lsn).position() {
+        Some(at) => Lsn::at(record_end(at)),
+        None => Lsn::unknown(),
+    })
 }
 
 /// Whether the server is a standby, and how far it has replayed the primary's WAL.

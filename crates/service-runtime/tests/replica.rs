@@ -180,6 +180,42 @@ async fn reads_go_to_the_replica_while_it_keeps_up_and_callers_read_their_writes
     drop((primary, standbys));
 }
 
+/// A write's LSN just past a new segment's header (after a WAL switch, nothing written to
+/// it): an idle standby that replayed everything is at it, and serves the writer's read.
+#[tokio::test]
+async fn an_idle_replica_reaches_a_commit_lsn_at_a_segment_start() {
+    let (primary, standbys) = clusters(1).await;
+    let writes = build_pool(&primary.url("postgres"), 4, PlanCache::Auto).unwrap();
+    let metrics = ReplicaMetrics::default();
+    let (pool, _stop) = read_pool(
+        &writes,
+        &standbys[0].url("postgres"),
+        2,
+        Duration::from_millis(1_000),
+        Duration::from_millis(1_000),
+        &metrics,
+    );
+    insert(&writes, 1).await;
+    admin(&primary.url("postgres"), "SELECT pg_switch_wal()").await;
+    let mut w = writes.get().await.unwrap();
+    let lsn = commit_lsn(&mut w).await.unwrap();
+    // Every sample kept is after the switch.
+    tokio::time::sleep(Duration::from_millis(1_200)).await;
+    // Within 5 s (the primary writes a running-transactions record every 15 s, which would
+    // move the replica past the segment's header).
+    let start = Instant::now();
+    while !read(&pool, None).await.0 {
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "the replica serves"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(read(&pool, Some(&lsn)).await, (true, 1), "after {lsn}");
+    drop(w);
+    drop((primary, standbys));
+}
+
 /// Two standbys behind one URL (as CloudNativePG's `-ro` service), replay paused on one: no
 /// read sees data older than the limit, though the other standby keeps serving.
 #[tokio::test]
