@@ -184,7 +184,8 @@ pub struct OwnWrites {
 #[derive(Debug, Default)]
 struct OwnWritesInner {
     last: std::collections::HashMap<String, (Lsn, std::time::Instant)>,
-    /// Callers in the order of their writes (a caller may appear more than once).
+    /// Each remembered caller once, oldest first by the write it was queued at (a caller that
+    /// wrote since is queued again, at its latest write, when it reaches the front).
     order: std::collections::VecDeque<(String, std::time::Instant)>,
 }
 
@@ -198,16 +199,23 @@ impl OwnWrites {
         }
     }
 
-    /// Records that `caller` wrote at `lsn` (a later position than one recorded stays).
+    /// Records that `caller` wrote at `lsn` (a later position than one recorded stays; an
+    /// unknown position is replaced by the next known one).
     pub fn record(&self, caller: &str, lsn: Lsn) {
         let now = std::time::Instant::now();
         let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let known = lsn != Lsn::unknown();
         let lsn = match inner.last.get(caller) {
-            Some((old, _)) if old.position() > lsn.position() => old.clone(),
+            Some((old, _))
+                if old.position() > lsn.position() && !(known && *old == Lsn::unknown()) =>
+            {
+                old.clone()
+            }
             _ => lsn,
         };
-        inner.last.insert(caller.to_owned(), (lsn, now));
-        inner.order.push_back((caller.to_owned(), now));
+        if inner.last.insert(caller.to_owned(), (lsn, now)).is_none() {
+            inner.order.push_back((caller.to_owned(), now));
+        }
         self.trim(&mut inner, now);
     }
 
@@ -230,6 +238,15 @@ impl OwnWrites {
             .len()
     }
 
+    /// Entries of the eviction queue: one per caller remembered, however often it writes.
+    pub fn queued(&self) -> usize {
+        self.inner
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .order
+            .len()
+    }
+
     /// Whether no caller is remembered.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
@@ -242,9 +259,12 @@ impl OwnWrites {
                 break;
             }
             inner.order.pop_front();
-            // Only the caller's latest write removes its entry.
-            if inner.last.get(&caller).is_some_and(|(_, t)| *t == at) {
-                inner.last.remove(&caller);
+            match inner.last.get(&caller).map(|(_, t)| *t) {
+                // Wrote since it was queued: queued again at its latest write.
+                Some(latest) if latest != at => inner.order.push_back((caller, latest)),
+                _ => {
+                    inner.last.remove(&caller);
+                }
             }
         }
     }
