@@ -23,7 +23,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::db::Pool;
+use crate::db::{DbFailure, Pool};
 
 /// Settings of the read replica.
 #[derive(Debug, Clone, clap::Args)]
@@ -298,6 +298,19 @@ pub async fn commit_lsn(conn: &mut AsyncPgConnection) -> diesel::QueryResult<Lsn
     })
 }
 
+/// Whether a read that failed on a replica with `e` is read again on the primary: a database
+/// error classified [`DbFailure::Unavailable`] (the connection broke, the server is going away)
+/// or [`DbFailure::Retryable`] (a conflict with recovery cancelled it, a timeout).
+pub fn read_again_on_primary(e: &crate::Error) -> bool {
+    match e {
+        crate::Error::Db(e) => matches!(
+            crate::db::classify(e),
+            DbFailure::Unavailable | DbFailure::Retryable
+        ),
+        _ => false,
+    }
+}
+
 /// Whether the server is a standby, and how far it has replayed the primary's WAL.
 const REPLICA_STATE: &str = "SELECT pg_is_in_recovery() AS recovery,
             coalesce(pg_last_wal_replay_lsn(), '0/0'::pg_lsn)::text AS lsn";
@@ -327,7 +340,8 @@ fn record_end(insert: u64) -> u64 {
 
 /// Where reads went: `target` (replica, primary) and `reason` (fresh; lagging: the server or
 /// the primary's samples are behind; own_write; not_replica: DATABASE_READ_URL is not a
-/// standby; unreachable: the replica failed or timed out a check within the last second).
+/// standby; unreachable: the replica failed or timed out a check within the last second;
+/// replica_error: a read that failed on the replica, read again on the primary).
 #[derive(Debug, Clone, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
 pub struct ReadLabels {
     pub target: &'static str,
@@ -521,6 +535,37 @@ impl ReadPool {
         }
         self.count("replica", "fresh");
         Ok((conn, true))
+    }
+
+    /// Runs the read `f` on a connection for a read (`after` as for [`ReadPool::get`]; `f` is
+    /// told whether the connection is a replica's). A read that fails on a replica with a
+    /// database error classified [`DbFailure::Unavailable`] (the connection broke, the server
+    /// is going away) or [`DbFailure::Retryable`] (a conflict with recovery cancelled it, a
+    /// timeout) runs once more on the primary: reads are idempotent.
+    pub async fn read<T>(
+        &self,
+        after: Option<&Lsn>,
+        f: impl AsyncFn(&mut AsyncPgConnection, bool) -> Result<T, crate::Error>,
+    ) -> Result<T, crate::Error> {
+        let (mut conn, on_replica) = self.get_routed(after).await?;
+        match f(&mut conn, on_replica).await {
+            Err(e) if on_replica && read_again_on_primary(&e) => {
+                drop(conn);
+                let mut conn = self.primary_after_replica_error(&e).await?;
+                f(&mut conn, false).await
+            }
+            answer => answer,
+        }
+    }
+
+    /// A primary connection for a read that failed on the replica with `e` (counted as
+    /// `reason="replica_error"`, logged).
+    pub async fn primary_after_replica_error(
+        &self,
+        e: &crate::Error,
+    ) -> Result<Object<AsyncPgConnection>, PoolError> {
+        tracing::warn!(error = %e, "a read failed on the replica; reading on the primary");
+        self.primary_for("replica_error").await.map(|(c, _)| c)
     }
 
     /// The position a replica must have replayed to serve a read now: the oldest primary

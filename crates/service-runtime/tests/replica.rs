@@ -413,3 +413,52 @@ async fn a_replica_that_stops_answering_does_not_hang_reads() {
     );
     drop((primary, standbys));
 }
+
+/// A read that fails on the replica because its connection was cut (or a conflict with
+/// recovery cancelled it) is read again on the primary; one that fails for another reason
+/// answers its error.
+#[tokio::test]
+async fn a_read_that_fails_on_the_replica_is_read_again_on_the_primary() {
+    let (primary, standbys) = clusters(1).await;
+    let writes = build_pool(&primary.url("postgres"), 4, PlanCache::Auto).unwrap();
+    insert(&writes, 1).await;
+    let metrics = ReplicaMetrics::default();
+    let (pool, _stop) = read_pool(
+        &writes,
+        &standbys[0].url("postgres"),
+        2,
+        Duration::from_millis(1_000),
+        Duration::ZERO,
+        &metrics,
+    );
+    eventually("the replica serves", || async { read(&pool, None).await.0 }).await;
+    let answer = pool
+        .read(None, async |conn, on_replica| {
+            if on_replica {
+                // The server ends this connection: 57P01, UNAVAILABLE.
+                diesel::sql_query("SELECT pg_terminate_backend(pg_backend_pid())")
+                    .execute(conn)
+                    .await?;
+            }
+            let n = diesel::sql_query("SELECT count(*) AS n FROM t")
+                .get_result::<Count>(conn)
+                .await?
+                .n;
+            Ok((on_replica, n))
+        })
+        .await;
+    assert_eq!(answer.unwrap(), (false, 1));
+    assert_eq!(reads(&metrics, "primary", "replica_error"), 1);
+
+    let answer = pool
+        .read(None, async |conn, _| {
+            diesel::sql_query("SELECT no_such_column FROM t")
+                .execute(conn)
+                .await?;
+            Ok(())
+        })
+        .await;
+    assert!(answer.is_err());
+    assert_eq!(reads(&metrics, "primary", "replica_error"), 1);
+    drop((primary, standbys));
+}
