@@ -109,13 +109,24 @@ impl ReplicaArgs {
         plans: crate::db::PlanCache,
         metrics: ReplicaMetrics,
     ) -> anyhow::Result<ReadPool> {
-        Ok(ReadPool::new(
+        let replica = self.pool(db, max_size, plans)?;
+        let sampler = match replica {
+            // A connection of its own: a busy primary pool must not starve the sampler (and so
+            // send every read to the primary).
+            Some(_) => Some(db.extra_pool(1, crate::db::PlanCache::Auto)?),
+            None => None,
+        };
+        let pool = ReadPool::new(
             primary,
-            self.pool(db, max_size, plans)?,
+            replica,
             Duration::from_millis(self.db_read_max_lag_ms),
             Duration::from_millis(self.db_read_your_writes_wait_ms),
             metrics,
-        ))
+        );
+        Ok(match sampler {
+            Some(sampler) => pool.with_sampler(sampler),
+            None => pool,
+        })
     }
 
     /// How long a caller's own write is remembered ([`OwnWrites`]): the replica lag it may
@@ -417,6 +428,8 @@ enum Checked {
 pub struct ReadPool {
     primary: Pool,
     replica: Option<Pool>,
+    /// Where the sampler asks the primary's position (default: `primary`).
+    sampler: Pool,
     max_lag: Duration,
     own_write_wait: Duration,
     freshness: Arc<Freshness>,
@@ -443,6 +456,7 @@ impl ReadPool {
         metrics: ReplicaMetrics,
     ) -> Self {
         Self {
+            sampler: primary.clone(),
             primary,
             replica,
             max_lag,
@@ -452,12 +466,19 @@ impl ReadPool {
         }
     }
 
+    /// This pool, its sampler asking the primary's position on `sampler` (a pool of its own).
+    pub fn with_sampler(mut self, sampler: Pool) -> Self {
+        self.sampler = sampler;
+        self
+    }
+
     /// Another read pool over `primary` and `replica` (pools asking for other plans) that
     /// follows this one's samples and counts in its metrics: one sampler serves both.
     pub fn sharing_lag(&self, primary: Pool, replica: Option<Pool>) -> Self {
         Self {
             primary,
             replica,
+            sampler: self.sampler.clone(),
             max_lag: self.max_lag,
             own_write_wait: self.own_write_wait,
             freshness: Arc::clone(&self.freshness),
@@ -476,8 +497,11 @@ impl ReadPool {
     }
 
     /// How often the sampler asks the primary its position: a quarter of the lag limit, within
-    /// 50 ms and [`SAMPLE_EVERY`].
+    /// 50 ms and [`SAMPLE_EVERY`] (a limit of 0 samples nothing: every read is the primary's).
     pub fn sample_every(&self) -> Duration {
+        if self.max_lag.is_zero() {
+            return SAMPLE_EVERY;
+        }
         (self.max_lag / 4).clamp(Duration::from_millis(50), SAMPLE_EVERY)
     }
 
@@ -674,12 +698,16 @@ impl ReadPool {
     pub async fn sample_lag(&self) {
         use diesel_async::RunQueryDsl;
         let Some(replica) = &self.replica else { return };
+        if self.max_lag.is_zero() {
+            // Every read goes to the primary: nothing to sample.
+            return;
+        }
         let limit = self
             .max_lag
             .clamp(Duration::from_millis(100), Duration::from_secs(1));
         let asked = Instant::now();
         let sampled = tokio::time::timeout(limit, async {
-            let mut conn = self.primary.get().await.ok()?;
+            let mut conn = self.sampler.get().await.ok()?;
             let row = crate::prepared(PRIMARY_LSN)
                 .get_result::<LsnRow>(&mut conn)
                 .await

@@ -462,3 +462,39 @@ async fn a_read_that_fails_on_the_replica_is_read_again_on_the_primary() {
     assert_eq!(reads(&metrics, "primary", "replica_error"), 1);
     drop((primary, standbys));
 }
+
+/// The sampler asks the primary on a connection of its own: with the primary's pool all taken,
+/// the replica keeps serving.
+#[tokio::test]
+async fn a_busy_primary_pool_does_not_stop_the_sampler() {
+    let (primary, standbys) = clusters(1).await;
+    let writes = build_pool(&primary.url("postgres"), 1, PlanCache::Auto).unwrap();
+    let sampler = build_pool(&primary.url("postgres"), 1, PlanCache::Auto).unwrap();
+    let replica = build_pool(&standbys[0].url("postgres"), 2, PlanCache::Auto).unwrap();
+    let pool = ReadPool::new(
+        writes.clone(),
+        Some(replica),
+        Duration::from_millis(500),
+        Duration::ZERO,
+        ReplicaMetrics::default(),
+    )
+    .with_sampler(sampler);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(pool.clone().sample_loop(async move {
+        let _ = stopped.await;
+    }));
+    eventually("the replica serves", || async { read(&pool, None).await.0 }).await;
+    let held = writes.get().await.unwrap();
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(3) {
+        let routed = tokio::time::timeout(Duration::from_secs(1), pool.get_routed(None)).await;
+        assert!(
+            matches!(routed, Ok(Ok((_, true)))),
+            "after {:?}: not the replica's",
+            start.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    drop((held, stop));
+    drop((primary, standbys));
+}
