@@ -60,3 +60,41 @@ fn positions_parse_and_compare_as_numbers() {
     assert!("16-B3".parse::<Lsn>().is_err());
     assert_eq!(Lsn::unknown().position(), Some(u64::MAX));
 }
+
+#[test]
+fn the_queue_holds_each_caller_once_however_often_it_writes() {
+    let w = OwnWrites::new(Duration::from_secs(60), 3);
+    for n in 0..10_000 {
+        w.record("user:a", lsn(n));
+    }
+    assert_eq!((w.len(), w.queued()), (1, 1));
+    for n in 0..1_000 {
+        w.record(["a", "b", "c", "d"][n % 4], lsn(n as u64));
+    }
+    assert!(
+        w.len() <= 3 && w.queued() <= 3,
+        "{} {}",
+        w.len(),
+        w.queued()
+    );
+    // Expired callers leave the queue too.
+    let w = OwnWrites::new(Duration::from_millis(20), 100);
+    for n in 0..50 {
+        w.record(&format!("c{n}"), lsn(0));
+    }
+    std::thread::sleep(Duration::from_millis(30));
+    w.record("last", lsn(0));
+    assert_eq!((w.len(), w.queued()), (1, 1));
+}
+
+#[test]
+fn an_unknown_position_is_replaced_by_the_next_known_one() {
+    let w = OwnWrites::new(Duration::from_secs(60), 10);
+    w.record("user:a", Lsn::unknown());
+    assert_eq!(w.after("user:a"), Some(Lsn::unknown()));
+    w.record("user:a", lsn(0x30));
+    assert_eq!(w.after("user:a"), Some(lsn(0x30)));
+    // An unknown one after a known one: unknown (the later write's position is not known).
+    w.record("user:a", Lsn::unknown());
+    assert_eq!(w.after("user:a"), Some(Lsn::unknown()));
+}

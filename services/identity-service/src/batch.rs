@@ -194,18 +194,32 @@ pub fn latest(positions: impl IntoIterator<Item = Option<Lsn>>) -> Option<Lsn> {
         .max_by_key(|l| l.position().unwrap_or(u64::MAX))
 }
 
+/// The users of `ids` (one statement for one id, another for several).
+async fn read_users(
+    conn: &mut diesel_async::AsyncPgConnection,
+    ids: &[String],
+) -> Result<Vec<UserRecord>, Error> {
+    if let [one] = ids {
+        Ok(users::get_user_on(conn, one).await?.into_iter().collect())
+    } else {
+        users::get_users_on(conn, ids).await
+    }
+}
+
 async fn lookup(reads: ReadPool, items: Vec<Lookup>) -> Vec<Result<Found, Error>> {
     let (ids, afters): (Vec<String>, Vec<Option<Lsn>>) = items.into_iter().unzip();
     let after = latest(afters);
     let batch = async {
         let (mut conn, on_replica) = reads.get_routed(after.as_ref()).await?;
-        let found = if let [one] = ids.as_slice() {
-            users::get_user_on(&mut conn, one)
-                .await?
-                .into_iter()
-                .collect()
-        } else {
-            users::get_users_on(&mut conn, &ids).await?
+        let found = match read_users(&mut conn, &ids).await {
+            // A read that fails on the replica (lost connection, conflict with recovery) is
+            // read again on the primary.
+            Err(e) if on_replica && service_runtime::replica::read_again_on_primary(&e) => {
+                drop(conn);
+                let mut conn = reads.primary_after_replica_error(&e).await?;
+                return Ok::<_, Error>((read_users(&mut conn, &ids).await?, false));
+            }
+            found => found?,
         };
         Ok::<_, Error>((found, on_replica))
     };

@@ -92,12 +92,27 @@ pub(super) async fn batch_get_users(
     let mut unique = ids.clone();
     unique.sort();
     unique.dedup();
-    let mut conn = api.reads.get(seen.as_ref()).await.map_err(Error::from)?;
-    let found: HashMap<String, UserRecord> = users::get_users_on(&mut conn, &unique)
-        .await?
-        .into_iter()
-        .map(|u| (u.clerk_id.clone(), u))
-        .collect();
+    let (mut conn, on_replica) = api
+        .reads
+        .get_routed(seen.as_ref())
+        .await
+        .map_err(Error::from)?;
+    // A read that fails on the replica (lost connection, conflict with recovery) is read
+    // again on the primary.
+    let found = match users::get_users_on(&mut conn, &unique).await {
+        Err(e) if on_replica && service_runtime::replica::read_again_on_primary(&e) => {
+            drop(conn);
+            let mut conn = api
+                .reads
+                .primary_after_replica_error(&e)
+                .await
+                .map_err(Error::from)?;
+            users::get_users_on(&mut conn, &unique).await?
+        }
+        found => found?,
+    };
+    let found: HashMap<String, UserRecord> =
+        found.into_iter().map(|u| (u.clerk_id.clone(), u)).collect();
     let mut users_out = Vec::new();
     let mut missing = Vec::new();
     for id in ids {

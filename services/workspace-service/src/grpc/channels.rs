@@ -24,11 +24,12 @@ pub(super) async fn list_channels(
 ) -> R<pb::ListChannelsResponse> {
     let (who, mut q, seen) = api.accept_read::<_, ListChannels>(req)?;
     q.page = q.page.within(api.response_bytes);
-    let (mut conn, who) = api.hot_conn(who, seen.as_ref()).await?;
     let Page {
         items,
         next_page_token,
-    } = channels::list_channels(&mut conn, &who, &q.org, &q.page).await?;
+    } = read_on!(api, hot, who, seen.as_ref(), |conn, who| {
+        channels::list_channels(conn, who, &q.org, &q.page)
+    })?;
     ok(pb::ListChannelsResponse {
         channels: items.into_iter().map(Into::into).collect(),
         next_page_token,

@@ -24,14 +24,15 @@ pub(super) async fn list_room_items(
 ) -> R<pb::ListRoomItemsResponse> {
     let (who, mut q, seen) = api.accept_read::<_, PageOf>(req)?;
     q.page = q.page.within(api.response_bytes);
-    let (mut conn, who) = api.read_conn(who, seen.as_ref()).await?;
     let (
         kind,
         Page {
             items,
             next_page_token,
         },
-    ) = items::list_items(&mut conn, &who, q.id, &q.page).await?;
+    ) = read_on!(api, reads, who, seen.as_ref(), |conn, who| {
+        items::list_items(conn, who, q.id, &q.page)
+    })?;
     ok(pb::ListRoomItemsResponse {
         items: items.into_iter().map(|i| item(kind, i)).collect(),
         next_page_token,

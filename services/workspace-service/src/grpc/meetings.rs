@@ -24,11 +24,12 @@ pub(super) async fn list_meetings(
 ) -> R<pb::ListMeetingsResponse> {
     let (who, mut q, seen) = api.accept_read::<_, PageOf>(req)?;
     q.page = q.page.within(api.response_bytes);
-    let (mut conn, who) = api.read_conn(who, seen.as_ref()).await?;
     let Page {
         items,
         next_page_token,
-    } = meetings::list_meetings(&mut conn, &who, q.id, &q.page).await?;
+    } = read_on!(api, reads, who, seen.as_ref(), |conn, who| {
+        meetings::list_meetings(conn, who, q.id, &q.page)
+    })?;
     ok(pb::ListMeetingsResponse {
         meetings: items.into_iter().map(Into::into).collect(),
         next_page_token,

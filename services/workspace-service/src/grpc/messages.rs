@@ -25,11 +25,12 @@ pub(super) async fn list_messages(
 ) -> R<pb::ListMessagesResponse> {
     let (who, mut q, seen) = api.accept_read::<_, PageOf>(req)?;
     q.page = q.page.within(api.response_bytes);
-    let (mut conn, who) = api.read_conn(who, seen.as_ref()).await?;
     let Page {
         items,
         next_page_token,
-    } = messages::list_messages(&mut conn, &who, q.id, &q.page).await?;
+    } = read_on!(api, reads, who, seen.as_ref(), |conn, who| {
+        messages::list_messages(conn, who, q.id, &q.page)
+    })?;
     ok(pb::ListMessagesResponse {
         messages: items.into_iter().map(Into::into).collect(),
         next_page_token,
@@ -72,8 +73,9 @@ pub(super) async fn get_unread_counts(
     req: Request<pb::GetUnreadCountsRequest>,
 ) -> R<pb::GetUnreadCountsResponse> {
     let (who, Org(org), seen) = api.accept_read(req)?;
-    let (mut conn, who) = api.read_conn(who, seen.as_ref()).await?;
-    let (counts, more_channels) = receipts::unread_counts(&mut conn, &who, &org).await?;
+    let (counts, more_channels) = read_on!(api, reads, who, seen.as_ref(), |conn, who| {
+        receipts::unread_counts(conn, who, &org)
+    })?;
     ok(pb::GetUnreadCountsResponse {
         more_channels,
         counts: counts

@@ -3,6 +3,48 @@
 //! here only routes each method to its resource's handler; [`routes::Routes`] puts the
 //! watches (served from encoded frames) and each user's quotas in front of it.
 
+/// Runs a read RPC's `$body` (a future using `$conn: &mut AsyncPgConnection` and
+/// `$who: &Caller`) for caller `$caller`, who must see `$seen`, on `$api.$pool` (`reads`, or
+/// `hot` for statements whose best plan does not depend on their parameters): on the replica
+/// while it keeps up and has replayed `$seen`, else on the primary; a read that fails on the
+/// replica for a lost connection or a conflict with recovery runs again on the primary
+/// (`service_runtime::replica::read_again_on_primary`). Read on the replica, the caller's
+/// access does not fill the access cache. A macro, not a function taking an async closure: the
+/// handlers' futures must be `Send` for every lifetime, which such a closure cannot promise.
+macro_rules! read_on {
+    ($api:expr, $pool:ident, $caller:expr, $seen:expr, |$conn:ident, $who:ident| $body:expr) => {{
+        let caller: $crate::domain::access::Caller = $caller;
+        let (mut replica_or_primary, on_replica) = $api
+            .$pool
+            .get_routed($seen)
+            .await
+            .map_err($crate::error::Error::from)?;
+        let first = {
+            let $who = &if on_replica {
+                caller.clone().reading_replica()
+            } else {
+                caller.clone()
+            };
+            let $conn: &mut diesel_async::AsyncPgConnection = &mut replica_or_primary;
+            $body.await
+        };
+        match first {
+            Err(e) if on_replica && service_runtime::replica::read_again_on_primary(&e) => {
+                drop(replica_or_primary);
+                let mut primary = $api
+                    .$pool
+                    .primary_after_replica_error(&e)
+                    .await
+                    .map_err($crate::error::Error::from)?;
+                let $who = &caller;
+                let $conn: &mut diesel_async::AsyncPgConnection = &mut primary;
+                $body.await
+            }
+            answer => answer,
+        }
+    }};
+}
+
 mod channels;
 pub mod convert;
 mod items;
@@ -158,41 +200,6 @@ impl WorkspaceApi {
         };
         let (caller, input) = accept(req)?;
         Ok((caller, input, seen))
-    }
-
-    /// A connection for a read RPC of `caller` that must see `seen`: the replica's while it
-    /// keeps up (and has replayed `seen`), else the primary's; and the caller, whose access
-    /// read on the replica does not fill the access cache.
-    async fn read_conn(
-        &self,
-        caller: Caller,
-        seen: Option<&Lsn>,
-    ) -> Result<(Object<AsyncPgConnection>, Caller), Error> {
-        Self::routed(&self.reads, caller, seen).await
-    }
-
-    /// Like [`WorkspaceApi::read_conn`], from the hot reads' pools: only for statements whose
-    /// best plan does not depend on their parameters.
-    async fn hot_conn(
-        &self,
-        caller: Caller,
-        seen: Option<&Lsn>,
-    ) -> Result<(Object<AsyncPgConnection>, Caller), Error> {
-        Self::routed(&self.hot, caller, seen).await
-    }
-
-    async fn routed(
-        pool: &ReadPool,
-        caller: Caller,
-        seen: Option<&Lsn>,
-    ) -> Result<(Object<AsyncPgConnection>, Caller), Error> {
-        let (conn, on_replica) = pool.get_routed(seen).await?;
-        let caller = if on_replica {
-            caller.reading_replica()
-        } else {
-            caller
-        };
-        Ok((conn, caller))
     }
 
     /// Whose write `req` is, while a replica is configured (else nothing is remembered).

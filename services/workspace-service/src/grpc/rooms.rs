@@ -24,11 +24,12 @@ pub(super) async fn list_rooms(
 ) -> R<pb::ListRoomsResponse> {
     let (who, mut q, seen) = api.accept_read::<_, ListRooms>(req)?;
     q.page = q.page.within(api.response_bytes);
-    let (mut conn, who) = api.read_conn(who, seen.as_ref()).await?;
     let Page {
         items,
         next_page_token,
-    } = rooms::list_rooms(&mut conn, &who, &q).await?;
+    } = read_on!(api, reads, who, seen.as_ref(), |conn, who| {
+        rooms::list_rooms(conn, who, &q)
+    })?;
     ok(pb::ListRoomsResponse {
         rooms: items.into_iter().map(Into::into).collect(),
         next_page_token,

@@ -13,8 +13,9 @@ pub(super) async fn get_workspace(
     req: Request<pb::GetWorkspaceRequest>,
 ) -> R<pb::GetWorkspaceResponse> {
     let (who, Org(org), seen) = api.accept_read(req)?;
-    let (mut conn, who) = api.read_conn(who, seen.as_ref()).await?;
-    let ws = workspace_for(&mut conn, &who, &org).await?;
+    let ws = read_on!(api, reads, who, seen.as_ref(), |conn, who| {
+        workspace_for(conn, who, &org)
+    })?;
     ok(pb::GetWorkspaceResponse {
         workspace: Some(ws.into()),
     })
@@ -26,8 +27,9 @@ pub(super) async fn list_members(
 ) -> R<pb::ListMembersResponse> {
     let (who, mut q, seen) = api.accept_read::<_, ListMembers>(req)?;
     q.max_bytes = api.response_bytes;
-    let (mut conn, who) = api.read_conn(who, seen.as_ref()).await?;
-    let (rows, next) = memberships::list_members(&mut conn, &who, &q).await?;
+    let (rows, next) = read_on!(api, reads, who, seen.as_ref(), |conn, who| {
+        memberships::list_members(conn, who, &q)
+    })?;
     ok(pb::ListMembersResponse {
         members: rows.into_iter().map(Into::into).collect(),
         next_page_token: next.map(|k| encode_key(&k)).unwrap_or_default(),

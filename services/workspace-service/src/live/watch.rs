@@ -425,18 +425,28 @@ impl Stream {
     }
 
     /// The changes after `self.last` that fit `room`, from the read pool (a replica's while it
-    /// keeps up) or from the `primary`.
+    /// keeps up) or from the `primary`; a read that fails on the replica for a lost connection
+    /// or a conflict with recovery is read again on the primary.
     async fn read_changes(&self, room: usize, primary: bool) -> Result<changes::Batch, End> {
+        let read = async |conn: &mut diesel_async::AsyncPgConnection| {
+            changes::after(conn, self.workspace, self.last, READ_ROWS, room as i64)
+                .await
+                .map_err(Error::from)
+        };
         async {
-            let mut conn = if primary {
-                self.live.pool.get().await?
+            let (mut conn, on_replica) = if primary {
+                (self.live.pool.get().await?, false)
             } else {
-                self.live.reads.get(None).await?
+                self.live.reads.get_routed(None).await?
             };
-            Ok::<_, Error>(
-                changes::after(&mut conn, self.workspace, self.last, READ_ROWS, room as i64)
-                    .await?,
-            )
+            match read(&mut conn).await {
+                Err(e) if on_replica && service_runtime::replica::read_again_on_primary(&e) => {
+                    drop(conn);
+                    let mut conn = self.live.reads.primary_after_replica_error(&e).await?;
+                    read(&mut conn).await
+                }
+                batch => batch,
+            }
         }
         .await
         .map_err(|e| End::Now(e.into(), "error"))
