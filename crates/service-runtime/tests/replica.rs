@@ -407,8 +407,10 @@ async fn a_replica_that_stops_answering_does_not_hang_reads() {
     }
     signal(&pids, "-CONT");
     result.unwrap();
+    // Checkout and the freshness check give up after 250 ms each; the rest is slack for a
+    // loaded machine (a hung read would wait for TCP, minutes).
     assert!(
-        slowest < Duration::from_millis(600),
+        slowest < Duration::from_millis(1_500),
         "slowest read {slowest:?}"
     );
     drop((primary, standbys));
