@@ -85,6 +85,32 @@ pub struct Boot {
 }
 
 impl Boot {
+    /// The pool of reads that may lag: DATABASE_READ_URL's replica while it keeps up, else
+    /// the primary's pool (unset: always the primary's, the same pool as without it). With a
+    /// replica, its metrics are registered and its lag sampler runs as a worker.
+    pub fn read_pool(
+        &mut self,
+        args: &ServiceArgs,
+        plans: PlanCache,
+    ) -> anyhow::Result<crate::replica::ReadPool> {
+        let metrics = crate::replica::ReplicaMetrics::default();
+        let reads = args.replica.read_pool(
+            &args.db,
+            self.pool.clone(),
+            args.db.db_pool_size,
+            plans,
+            metrics.clone(),
+        )?;
+        if reads.has_replica() {
+            metrics.register(&mut self.registry);
+            self.workers.spawn(
+                "replica-lag",
+                reads.clone().sample_loop(self.lifecycle.stopped()),
+            );
+        }
+        Ok(reads)
+    }
+
     /// Migrates (when asked), builds the verifier for `audience` and the pool.
     pub async fn start(
         args: &ServiceArgs,

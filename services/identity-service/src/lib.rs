@@ -128,30 +128,12 @@ pub async fn run(
             boot.lifecycle.stopped(),
         ),
     );
-    // Reads that may lag go to DATABASE_READ_URL's replica while it keeps up (unset: every
-    // read is the primary's pool, as without it).
-    let db = &config.service.db;
-    let replica = &config.service.replica;
-    let replica_metrics = service_runtime::replica::ReplicaMetrics::default();
-    let reads = replica.read_pool(
-        db,
-        boot.pool.clone(),
-        db.db_pool_size,
-        PLANS,
-        replica_metrics.clone(),
-    )?;
-    if reads.has_replica() {
-        replica_metrics.register(&mut boot.registry);
-        boot.workers.spawn(
-            "replica-lag",
-            reads.clone().sample_loop(boot.lifecycle.stopped()),
-        );
-    }
+    let reads = boot.read_pool(&config.service, PLANS)?;
     let api = grpc::IdentityApi::new(
         boot.pool.clone(),
         reads,
         service_runtime::replica::OwnWrites::new(
-            replica.own_write_memory(),
+            config.service.replica.own_write_memory(),
             OWN_WRITES_MAX_CALLERS,
         ),
         ledger.clone(),

@@ -119,25 +119,9 @@ pub async fn run(
             boot.lifecycle.stopped(),
         ),
     );
-    // Reads that may lag go to DATABASE_READ_URL's replica while it keeps up (unset: every
-    // read is the primary's, on the same pools as without it).
+    let reads = boot.read_pool(&config.service, PLANS)?;
     let db = &config.service.db;
     let replica = &config.service.replica;
-    let replica_metrics = service_runtime::replica::ReplicaMetrics::default();
-    let reads = replica.read_pool(
-        db,
-        boot.pool.clone(),
-        db.db_pool_size,
-        PLANS,
-        replica_metrics.clone(),
-    )?;
-    if reads.has_replica() {
-        replica_metrics.register(&mut boot.registry);
-        boot.workers.spawn(
-            "replica-lag",
-            reads.clone().sample_loop(boot.lifecycle.stopped()),
-        );
-    }
     let live = live::watch::Live::new(
         boot.pool.clone(),
         reads.clone(),
