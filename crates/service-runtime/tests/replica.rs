@@ -59,16 +59,7 @@ fn reads(metrics: &ReplicaMetrics, target: &'static str, reason: &'static str) -
 /// A primary and `n` standbys streaming from it, with table `t`.
 async fn clusters(n: usize) -> (PgCluster, Vec<PgCluster>) {
     let (p, s) = tokio::task::spawn_blocking(move || {
-        let p = PgCluster::start(PgClusterOptions::default()).unwrap();
-        p.wait_ready(Duration::from_secs(30)).unwrap();
-        let s: Vec<_> = (0..n)
-            .map(|_| {
-                let s = PgCluster::start_standby(&p, PgClusterOptions::default()).unwrap();
-                s.wait_ready(Duration::from_secs(30)).unwrap();
-                s
-            })
-            .collect();
-        (p, s)
+        PgCluster::start_with_standbys(PgClusterOptions::default(), n).unwrap()
     })
     .await
     .unwrap();

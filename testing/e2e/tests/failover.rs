@@ -108,19 +108,16 @@ fn running(pid: u32) -> bool {
 
 #[tokio::test]
 async fn the_services_survive_a_failover_to_the_standby_and_lose_nothing() {
-    let (primary, standby) = tokio::task::spawn_blocking(|| {
-        let p = PgCluster::start(PgClusterOptions {
+    let (primary, mut standbys) = tokio::task::spawn_blocking(|| {
+        let options = PgClusterOptions {
             synchronous_standby: true,
             ..PgClusterOptions::default()
-        })
-        .unwrap();
-        p.wait_ready(Duration::from_secs(30)).unwrap();
-        let s = PgCluster::start_standby(&p, PgClusterOptions::default()).unwrap();
-        s.wait_ready(Duration::from_secs(30)).unwrap();
-        (p, s)
+        };
+        PgCluster::start_with_standbys(options, 1).unwrap()
     })
     .await
     .unwrap();
+    let standby = standbys.remove(0);
     let url = format!(
         "postgres://postgres@127.0.0.1:{},127.0.0.1:{}/postgres?target_session_attrs=read-write",
         primary.port(),

@@ -189,6 +189,24 @@ impl PgCluster {
         Ok(cluster)
     }
 
+    /// Starts a primary with `options` and `standbys` hot standbys of it, each accepting
+    /// connections before this returns.
+    pub fn start_with_standbys(
+        options: PgClusterOptions,
+        standbys: usize,
+    ) -> Result<(Self, Vec<Self>)> {
+        let primary = Self::start(options)?;
+        primary.wait_ready(Duration::from_secs(30))?;
+        let standbys = (0..standbys)
+            .map(|_| {
+                let s = Self::start_standby(&primary, PgClusterOptions::default())?;
+                s.wait_ready(Duration::from_secs(30))?;
+                Ok(s)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok((primary, standbys))
+    }
+
     /// Promotes a standby to a primary (`pg_ctl promote`, waiting until it accepts writes).
     pub fn promote(&self) -> Result<()> {
         let out = self

@@ -3,7 +3,6 @@
 //! A multi-host URL with `target_session_attrs=read-write` finds whichever one is the primary.
 
 use ephemeral_postgres::{PgCluster, PgClusterOptions};
-use std::time::Duration;
 
 async fn connect(url: &str) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
     let (c, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls).await?;
@@ -13,19 +12,16 @@ async fn connect(url: &str) -> Result<tokio_postgres::Client, tokio_postgres::Er
 
 #[tokio::test]
 async fn a_promoted_standby_holds_every_acknowledged_commit_and_takes_writes() {
-    let (primary, standby) = tokio::task::spawn_blocking(|| {
+    let (primary, mut standbys) = tokio::task::spawn_blocking(|| {
         let options = PgClusterOptions {
             synchronous_standby: true,
             ..PgClusterOptions::default()
         };
-        let p = PgCluster::start(options).unwrap();
-        p.wait_ready(Duration::from_secs(30)).unwrap();
-        let s = PgCluster::start_standby(&p, PgClusterOptions::default()).unwrap();
-        s.wait_ready(Duration::from_secs(30)).unwrap();
-        (p, s)
+        PgCluster::start_with_standbys(options, 1).unwrap()
     })
     .await
     .unwrap();
+    let standby = standbys.remove(0);
     let both = format!(
         "postgres://postgres@127.0.0.1:{},127.0.0.1:{}/postgres?target_session_attrs=read-write",
         primary.port(),
