@@ -17,7 +17,10 @@
 //! - **A lost connection** empties the cache and reads go to the database until the listener
 //!   is back (and has emptied it again: whatever changed in between was not heard).
 //! - **Memory.** Entries are weighed in bytes; the cache never holds more than its capacity
-//!   (least recently used entries go first).
+//!   (least recently used entries go first). Notifications wait in a queue of at most
+//!   [`QUEUE`]; when a burst (a bulk statement's rows, a backfill) outruns the cache, those that
+//!   do not fit are not kept, and each one dropped empties the cache instead of invalidating its
+//!   key, which is never less than what it would have done.
 
 use std::hash::Hash;
 use std::sync::Arc;
@@ -26,7 +29,7 @@ use std::time::{Duration, Instant};
 
 mod listen;
 
-pub use listen::{PING_EVERY, listen};
+pub use listen::{PING_EVERY, QUEUE, listen};
 
 /// How long after a ping was sent its echo lets the cache answer: the most a committed change
 /// can stay unseen on a replica.
@@ -59,6 +62,8 @@ struct Inner<K, V> {
     echoed: tokio::sync::watch::Sender<u64>,
     origin: Instant,
     capacity: u64,
+    /// Notifications dropped because the queue was full (each emptied the cache).
+    dropped: AtomicU64,
 }
 
 /// A replica's cache of `V` by `K`; clones share it. Capacity 0 turns it off (every read a miss).
@@ -99,6 +104,7 @@ where
                 echoed: tokio::sync::watch::Sender::new(0),
                 origin: Instant::now(),
                 capacity: capacity_bytes,
+                dropped: AtomicU64::new(0),
             }),
         }
     }
@@ -160,6 +166,18 @@ where
     pub fn clear(&self) {
         self.inner.epoch.fetch_add(1, Ordering::SeqCst);
         self.inner.entries.clear();
+    }
+
+    /// A notification was not kept (the queue was full): whatever key it named, forgetting
+    /// everything covers it, and a miss that started before is not stored.
+    fn overflowed(&self) {
+        self.inner.dropped.fetch_add(1, Ordering::Relaxed);
+        self.clear();
+    }
+
+    /// Notifications dropped so far because they came faster than the cache applied them.
+    pub fn dropped(&self) -> u64 {
+        self.inner.dropped.load(Ordering::Relaxed)
     }
 
     /// Stops answering and forgets everything (the notifications are not heard).

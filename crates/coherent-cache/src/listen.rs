@@ -5,12 +5,17 @@ use futures::StreamExt;
 use std::future::Future;
 use std::hash::Hash;
 use std::time::Duration;
+use tokio::sync::mpsc::error::TrySendError;
 use tokio_postgres::AsyncMessage;
 
 /// How often the listener pings itself through PostgreSQL's notification queue.
 pub const PING_EVERY: Duration = Duration::from_millis(20);
 /// The `application_name` of the notification connection (in `pg_stat_activity`).
 pub const APPLICATION_NAME: &str = "coherent-cache";
+/// Notifications received and not yet applied, at most. A burst beyond it is not queued: the
+/// cache is emptied for each one left out (the connection's reader never waits for the cache,
+/// and memory does not grow with the burst).
+pub const QUEUE: usize = 4096;
 /// Longest a ping may take to be sent before the connection counts as lost.
 const PING_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -24,8 +29,8 @@ pub async fn listen<K, V>(
     apply: impl Fn(&Coherent<K, V>, &str),
     stop: impl Future<Output = ()>,
 ) where
-    K: Eq + Hash + Clone,
-    V: Clone,
+    K: Eq + Hash + Clone + Send + Sync + 'static,
+    V: Clone + Send + Sync + 'static,
 {
     if !cache.enabled() {
         return stop.await;
@@ -63,8 +68,8 @@ async fn session<K, V>(
     listened: &mut bool,
 ) -> anyhow::Result<()>
 where
-    K: Eq + Hash + Clone,
-    V: Clone,
+    K: Eq + Hash + Clone + Send + Sync + 'static,
+    V: Clone + Send + Sync + 'static,
 {
     let mut config: tokio_postgres::Config = database_url.parse()?;
     config.application_name(APPLICATION_NAME);
@@ -72,21 +77,29 @@ where
     // This replica's own channel for its pings, so they do not go to the other replicas.
     let pings = format!("{channel}_{}", uuid::Uuid::new_v4().simple());
     let channel_of_pings = pings.clone();
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let (tx, mut rx) = tokio::sync::mpsc::channel(QUEUE);
+    let overflow = cache.clone();
     let driver = tokio::spawn(async move {
         let mut messages = futures::stream::poll_fn(move |cx| connection.poll_message(cx));
         while let Some(m) = messages.next().await {
-            let stop = m.is_err();
-            if let Ok(AsyncMessage::Notification(n)) = &m {
-                let _ = tx.send(Ok((
-                    n.channel() != channel_of_pings,
-                    n.payload().to_owned(),
-                )));
-            } else if let Err(e) = m {
-                let _ = tx.send(Err(e));
-            }
-            if stop {
-                break;
+            match m {
+                Ok(AsyncMessage::Notification(n)) => {
+                    let change = n.channel() != channel_of_pings;
+                    match tx.try_send(Ok((change, n.payload().to_owned()))) {
+                        Ok(()) => {}
+                        // A ping left out only delays freshness; a change left out empties
+                        // the cache.
+                        Err(TrySendError::Full(_)) if change => overflow.overflowed(),
+                        Err(TrySendError::Full(_)) => {}
+                        Err(TrySendError::Closed(_)) => break,
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    // If the queue is full, dropping `tx` ends the session all the same.
+                    let _ = tx.try_send(Err(e));
+                    break;
+                }
             }
         }
     });

@@ -151,3 +151,78 @@ async fn answers_only_while_it_hears_its_notifications() {
     let _ = stop_tx.send(());
     task.await.unwrap();
 }
+
+/// A burst of notifications faster than the cache applies them (a bulk statement, a backfill)
+/// is not queued without bound: what does not fit in the queue is dropped, each dropped change
+/// empties the cache (so nothing it named can be served), and every notification is either
+/// applied or dropped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_beyond_the_queue_empties_the_cache_instead_of_growing() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    const BURST: usize = 3 * coherent_cache::QUEUE;
+    let db = TestDatabases::shared()
+        .await
+        .create("coherent_cache", |_| async { Ok(()) })
+        .await
+        .unwrap();
+    let c = cache(1 << 20);
+    let applied = Arc::new(AtomicUsize::new(0));
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(listen(
+        c.clone(),
+        db.url().to_owned(),
+        "cache_burst",
+        {
+            let applied = applied.clone();
+            move |c: &Coherent<String, String>, key: &str| {
+                // A slow first application: the burst arrives meanwhile.
+                if applied.fetch_add(1, Ordering::SeqCst) == 0 {
+                    std::thread::sleep(Duration::from_millis(1_500));
+                }
+                c.invalidate(&key.to_owned());
+            }
+        },
+        async move {
+            let _ = stop_rx.await;
+        },
+    ));
+    assert!(c.caught_up(Duration::from_secs(10)).await);
+    c.insert(c.ticket(), "k".into(), "v".into());
+
+    let (client, conn) = tokio_postgres::connect(db.url(), tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    client
+        .batch_execute(&format!(
+            "SELECT pg_notify('cache_burst', 'b' || g) FROM generate_series(1, {BURST}) g"
+        ))
+        .await
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(20), async {
+        while applied.load(Ordering::SeqCst) + (c.dropped() as usize) < BURST {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("every notification applied or dropped");
+    assert_eq!(applied.load(Ordering::SeqCst) + c.dropped() as usize, BURST);
+    assert!(
+        c.dropped() > 0,
+        "nothing dropped: the queue grew with the burst"
+    );
+    assert!(applied.load(Ordering::SeqCst) < BURST);
+    assert_eq!(
+        c.get(&"k".to_owned()),
+        None,
+        "a dropped change could have named it"
+    );
+
+    // It works again once caught up.
+    assert!(c.caught_up(Duration::from_secs(10)).await);
+    c.insert(c.ticket(), "k".into(), "v2".into());
+    assert_eq!(c.get(&"k".to_owned()).as_deref(), Some("v2"));
+    let _ = stop_tx.send(());
+    task.await.unwrap();
+}

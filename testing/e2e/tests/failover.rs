@@ -302,6 +302,27 @@ async fn the_services_survive_a_failover_to_the_standby_and_lose_nothing() {
             eprintln!("missing: {id}, accepted #{i} (the crash came after #{accepted_at_crash})");
         }
     }
+    let called: std::collections::HashSet<String> = service_harness::strings(
+        &id_db,
+        "SELECT clerk_id FROM users WHERE clerk_id LIKE 'user_call_%'",
+    )
+    .await
+    .into_iter()
+    .collect();
+    let mut lost: Vec<String> = seen
+        .accepted
+        .iter()
+        .filter(|id| id.starts_with("fo_") && !have.contains(&format!("user_{id}")))
+        .map(|id| format!("user_{id}"))
+        .collect();
+    lost.extend(
+        (0..stored.load(Ordering::Relaxed))
+            .map(|i| format!("user_call_{i}"))
+            .filter(|u| !called.contains(u)),
+    );
+    if !lost.is_empty() {
+        tell_where_it_went(&primary, &id_db, &lost).await;
+    }
     let n_users = seen
         .accepted
         .iter()
@@ -341,6 +362,38 @@ async fn the_services_survive_a_failover_to_the_standby_and_lose_nothing() {
     stack.stop().await.unwrap();
     drop((primary, standby));
     let _ = std::fs::remove_dir_all(dir);
+}
+
+/// A write answered OK is missing on the promoted standby: says whether the old primary,
+/// started again from its files, has it (PostgreSQL acknowledged a commit the standby never
+/// confirmed) or not (an answer without a commit), and what its log says about the commits'
+/// waits for the standby.
+async fn tell_where_it_went(primary: &PgCluster, promoted_db_url: &str, lost: &[String]) {
+    let db = promoted_db_url
+        .rsplit('/')
+        .next()
+        .and_then(|tail| tail.split('?').next())
+        .unwrap_or("postgres")
+        .to_owned();
+    let log = std::fs::read_to_string(primary.dir().join("postgres.log")).unwrap_or_default();
+    for line in log.lines().filter(|l| {
+        l.contains("synchronous replication") || l.contains("canceling") || l.contains("terminat")
+    }) {
+        eprintln!("old primary's log: {line}");
+    }
+    if let Err(e) = primary.resume() {
+        eprintln!("the old primary did not start again: {e}");
+        return;
+    }
+    let old = format!("postgres://postgres@127.0.0.1:{}/{db}", primary.port());
+    for id in lost {
+        let n = service_harness::scalar(
+            &old,
+            &format!("SELECT count(*) FROM users WHERE clerk_id = '{id}'"),
+        )
+        .await;
+        eprintln!("lost {id}: the old primary has it {n} time(s)");
+    }
 }
 
 fn tempfile_dir() -> PathBuf {
