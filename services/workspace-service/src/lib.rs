@@ -19,6 +19,7 @@ mod schema;
 pub mod workers;
 
 pub use config::{CallLimitArgs, Config, LiveblocksArgs, PurgeArgs, WatchArgs};
+pub use domain::workspaces::{WORKSPACE_ID_NAMESPACE, derived_workspace_id};
 
 use diesel_migrations::embed_migrations;
 use service_runtime::{Boot, GrpcServices};
@@ -46,8 +47,8 @@ pub const PLANS: service_runtime::db::PlanCache = service_runtime::db::PlanCache
 /// How PostgreSQL plans the statements of the hot reads (the access check by key, the channel
 /// list): once per connection, for any parameters. They run on a pool of their own (half of
 /// `DB_POOL_SIZE`), so the rest keep [`PLANS`]. A channel page's plan does not depend on its
-/// cursor: the only index that finds a workspace's channels is by name, so every page is read
-/// through it and sorted.
+/// cursor: the indexes that find a workspace's channels (by name, and the key by id) do not
+/// hold their order, so every page is read through one of them and sorted.
 pub const READ_PLANS: service_runtime::db::PlanCache = service_runtime::db::PlanCache::GenericOnly;
 
 /// Callers whose last write each replica of the service remembers for their reads

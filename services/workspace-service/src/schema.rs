@@ -18,7 +18,8 @@ diesel::table! {
 }
 
 diesel::table! {
-    memberships (clerk_org_id, clerk_user_id) {
+    memberships (workspace_id, clerk_user_id) {
+        workspace_id -> Uuid,
         clerk_org_id -> Text,
         clerk_user_id -> Text,
         role -> Text,
@@ -28,7 +29,7 @@ diesel::table! {
 }
 
 diesel::table! {
-    channels (id) {
+    channels (workspace_id, id) {
         id -> Uuid,
         workspace_id -> Uuid,
         name -> Text,
@@ -39,8 +40,9 @@ diesel::table! {
 }
 
 diesel::table! {
-    messages (id) {
+    messages (workspace_id, id) {
         id -> Uuid,
+        workspace_id -> Uuid,
         channel_id -> Uuid,
         author_clerk_id -> Text,
         body -> Text,
@@ -51,7 +53,7 @@ diesel::table! {
 }
 
 diesel::table! {
-    rooms (id) {
+    rooms (workspace_id, id) {
         id -> Uuid,
         workspace_id -> Uuid,
         kind -> Text,
@@ -64,8 +66,9 @@ diesel::table! {
 }
 
 diesel::table! {
-    meetings (id) {
+    meetings (workspace_id, id) {
         id -> Uuid,
+        workspace_id -> Uuid,
         room_id -> Uuid,
         title -> Text,
         starts_at -> Timestamptz,
@@ -78,6 +81,4 @@ diesel::table! {
 
 diesel::allow_tables_to_appear_in_same_query!(workspaces, channels, messages, rooms, meetings);
 diesel::joinable!(channels -> workspaces (workspace_id));
-diesel::joinable!(messages -> channels (channel_id));
 diesel::joinable!(rooms -> workspaces (workspace_id));
-diesel::joinable!(meetings -> rooms (room_id));

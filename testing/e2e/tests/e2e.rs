@@ -772,11 +772,11 @@ async fn a_purge_survives_a_crash_of_the_service() {
     service_harness::execute(
         &db,
         "INSERT INTO channels (id, workspace_id, name) SELECT gen_random_uuid(), id, 'big' FROM workspaces;
-         INSERT INTO messages (id, channel_id, author_clerk_id, body, created_at)
-           SELECT gen_random_uuid(), c.id, 'user_1', 'm', now() - g * interval '1 ms'
+         INSERT INTO messages (id, workspace_id, channel_id, author_clerk_id, body, created_at)
+           SELECT gen_random_uuid(), c.workspace_id, c.id, 'user_1', 'm', now() - g * interval '1 ms'
              FROM channels c, generate_series(1, 200000) g WHERE c.name = 'big';
          INSERT INTO rooms (id, workspace_id, kind, name) SELECT gen_random_uuid(), id, 'document', 'docs' FROM workspaces;
-         INSERT INTO documents (id, room_id, name) SELECT gen_random_uuid(), r.id, 'd' || g FROM rooms r, generate_series(1, 300) g;
+         INSERT INTO documents (id, workspace_id, room_id, name) SELECT gen_random_uuid(), r.workspace_id, r.id, 'd' || g FROM rooms r, generate_series(1, 300) g;
          ANALYZE;",
     )
     .await;

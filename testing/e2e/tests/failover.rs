@@ -161,8 +161,8 @@ async fn the_services_survive_a_failover_to_the_standby_and_lose_nothing() {
     service_harness::execute(
         &ws_db,
         "INSERT INTO channels (id, workspace_id, name) SELECT gen_random_uuid(), id, 'big' FROM workspaces;
-         INSERT INTO messages (id, channel_id, author_clerk_id, body, created_at)
-           SELECT gen_random_uuid(), c.id, 'user_1', 'm', now() - g * interval '1 ms'
+         INSERT INTO messages (id, workspace_id, channel_id, author_clerk_id, body, created_at)
+           SELECT gen_random_uuid(), c.workspace_id, c.id, 'user_1', 'm', now() - g * interval '1 ms'
              FROM channels c, generate_series(1, 20000) g WHERE c.name = 'big';
          ANALYZE;",
     )

@@ -335,6 +335,9 @@ async fn leftovers(wdb: &tokio_postgres::Client, f: &mut Findings) -> Result<()>
                    AND seq < (SELECT max(seq) FROM change_log m WHERE m.workspace_id = l.workspace_id)"
             ),
             "change_heads" => continue,
+            // A membership may precede its organization's workspace (and hold the id it will
+            // get): checked against the model's memberships instead.
+            "memberships" => continue,
             _ => format!("SELECT count(*) FROM {t} WHERE workspace_id NOT IN {live_ws}"),
         };
         queries.push((t.clone(), sql));

@@ -220,28 +220,96 @@ struct Scope {
     detail: String,
 }
 
-/// Resolves the workspace of a child row and checks the caller may act there. `sql` selects
-/// `workspace_id`, `clerk_org_id` and `detail` for `$1`, and finds nothing in a deleted
-/// workspace or room (being purged), so those answer as if they never existed.
+/// The two lookups of a row by id for [`scope`]. Each selects `workspace_id`, `clerk_org_id`
+/// and `detail`, and finds nothing in a deleted workspace or room (being purged), so those
+/// answer as if they never existed.
+pub struct ScopeSql {
+    /// In workspace `$1`, the row `$2` (by its primary key): users' calls.
+    pub in_workspace: &'static str,
+    /// The row `$1` in any workspace (by the plain index on `id`): internal callers, whose
+    /// token names no organization.
+    pub by_id: &'static str,
+}
+
+/// The workspace a caller's lookups by id are confined to: for a user, the workspace of the
+/// token's active organization, once their standing there is checked (a user with no active
+/// organization, or whose organization has no workspace, sees nothing); `None` for services,
+/// which may act in every workspace.
+pub async fn lookup_workspace(
+    conn: &mut AsyncPgConnection,
+    caller: &Caller,
+    what: &str,
+) -> Result<Option<Uuid>, Error> {
+    let Caller::User {
+        id,
+        org_id,
+        role,
+        issued_at,
+        ..
+    } = caller
+    else {
+        return Ok(None);
+    };
+    let Some(org) = org_id else {
+        caller.check_org("")?;
+        return Err(unseen(caller, what));
+    };
+    let facts = access_facts(conn, caller.access(), caller.fills_access(), org, id).await?;
+    let workspace = facts
+        .workspace
+        .as_ref()
+        .ok_or_else(|| unseen(caller, what))?
+        .id;
+    facts.standing(*issued_at).verdict(role.as_ref())?;
+    Ok(Some(workspace))
+}
+
+/// Resolves the workspace of a child row and checks the caller may act there (see
+/// [`ScopeSql`]); returns the row's workspace id and detail.
 async fn scope(
     conn: &mut AsyncPgConnection,
     caller: &Caller,
     what: &str,
-    sql: &'static str,
+    sql: &ScopeSql,
     id: Uuid,
 ) -> Result<(Uuid, String), Error> {
-    let found: Option<Scope> = prepared(sql)
-        .bind::<SqlUuid, _>(id)
-        .get_result(conn)
-        .await
-        .optional()?;
+    let found: Option<Scope> = match lookup_workspace(conn, caller, what).await? {
+        Some(workspace) => prepared(sql.in_workspace)
+            .bind::<SqlUuid, _>(workspace)
+            .bind::<SqlUuid, _>(id)
+            .get_result(conn)
+            .await
+            .optional()?,
+        None => prepared(sql.by_id)
+            .bind::<SqlUuid, _>(id)
+            .get_result(conn)
+            .await
+            .optional()?,
+    };
     let s = found.ok_or_else(|| unseen(caller, what))?;
     caller
         .check_org(&s.clerk_org_id)
         .map_err(|_| unseen(caller, what))?;
-    check_standing(conn, caller, &s.clerk_org_id).await?;
     Ok((s.workspace_id, s.detail))
 }
+
+const CHANNEL_SCOPE: ScopeSql = ScopeSql {
+    in_workspace: "SELECT c.workspace_id, w.clerk_org_id, c.name AS detail
+          FROM channels c JOIN workspaces w ON w.id = c.workspace_id
+         WHERE c.workspace_id = $1 AND c.id = $2 AND w.deleted_at IS NULL",
+    by_id: "SELECT c.workspace_id, w.clerk_org_id, c.name AS detail
+          FROM channels c JOIN workspaces w ON w.id = c.workspace_id
+         WHERE c.id = $1 AND w.deleted_at IS NULL",
+};
+
+const ROOM_SCOPE: ScopeSql = ScopeSql {
+    in_workspace: "SELECT r.workspace_id, w.clerk_org_id, r.kind AS detail
+          FROM rooms r JOIN workspaces w ON w.id = r.workspace_id
+         WHERE r.workspace_id = $1 AND r.id = $2 AND r.deleted_at IS NULL AND w.deleted_at IS NULL",
+    by_id: "SELECT r.workspace_id, w.clerk_org_id, r.kind AS detail
+          FROM rooms r JOIN workspaces w ON w.id = r.workspace_id
+         WHERE r.id = $1 AND r.deleted_at IS NULL AND w.deleted_at IS NULL",
+};
 
 /// Checks the caller may act on the channel; returns its workspace id.
 pub async fn channel_scope(
@@ -249,16 +317,9 @@ pub async fn channel_scope(
     caller: &Caller,
     channel_id: Uuid,
 ) -> Result<Uuid, Error> {
-    scope(
-        conn,
-        caller,
-        "channel",
-        "SELECT c.workspace_id, w.clerk_org_id, c.name AS detail FROM channels c JOIN workspaces w ON w.id = c.workspace_id
-          WHERE c.id = $1 AND w.deleted_at IS NULL",
-        channel_id,
-    )
-    .await
-    .map(|(w, _)| w)
+    scope(conn, caller, "channel", &CHANNEL_SCOPE, channel_id)
+        .await
+        .map(|(w, _)| w)
 }
 
 /// Checks the caller may act on the room; returns its workspace id and kind.
@@ -267,15 +328,7 @@ pub async fn room_scope(
     caller: &Caller,
     room_id: Uuid,
 ) -> Result<(Uuid, RoomKind), Error> {
-    let (workspace, kind) = scope(
-        conn,
-        caller,
-        "room",
-        "SELECT r.workspace_id, w.clerk_org_id, r.kind AS detail FROM rooms r JOIN workspaces w ON w.id = r.workspace_id
-          WHERE r.id = $1 AND r.deleted_at IS NULL AND w.deleted_at IS NULL",
-        room_id,
-    )
-    .await?;
+    let (workspace, kind) = scope(conn, caller, "room", &ROOM_SCOPE, room_id).await?;
     Ok((
         workspace,
         RoomKind::from_db(&kind).map_err(|e| Error::Internal(e.to_string()))?,
@@ -283,12 +336,12 @@ pub async fn room_scope(
 }
 
 /// Checks the caller may act on a row whose room is found by `sql` (see [`scope`]); returns
-/// the row's detail (its creator, for room items).
+/// the row's workspace and detail (its creator, for room items).
 pub async fn scope_through_room(
     conn: &mut AsyncPgConnection,
     caller: &Caller,
     what: &str,
-    sql: &'static str,
+    sql: &ScopeSql,
     id: Uuid,
 ) -> Result<(Uuid, String), Error> {
     scope(conn, caller, what, sql, id).await

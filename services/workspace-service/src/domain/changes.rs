@@ -100,31 +100,32 @@ async fn record(
     Ok(s.seq)
 }
 
-/// Clears the body of `message` from every entry that still carries it (its post, earlier
-/// edits), in the caller's transaction: called before an edit or a delete of the message is
-/// recorded. The entries stay (their numbers, what happened), with an empty body.
+/// Clears the body of `message` of `workspace` from every entry that still carries it (its
+/// post, earlier edits), in the caller's transaction: called before an edit or a delete of the
+/// message is recorded. The entries stay (their numbers, what happened), with an empty body.
 pub async fn forget_message_bodies(
     conn: &mut AsyncPgConnection,
+    workspace: Uuid,
     message: Uuid,
 ) -> diesel::QueryResult<usize> {
     #[derive(QueryableByName)]
     struct Carrying {
-        #[diesel(sql_type = SqlUuid)]
-        workspace_id: Uuid,
         #[diesel(sql_type = BigInt)]
         seq: i64,
         #[diesel(sql_type = Binary)]
         payload: Vec<u8>,
     }
     let rows: Vec<Carrying> = prepared(
-        "SELECT workspace_id, seq, payload FROM change_log WHERE message_id = $1 FOR UPDATE",
+        "SELECT seq, payload FROM change_log WHERE workspace_id = $1 AND message_id = $2
+         FOR UPDATE",
     )
+    .bind::<SqlUuid, _>(workspace)
     .bind::<SqlUuid, _>(message)
     .load(conn)
     .await?;
-    let Some(workspace) = rows.as_slice().first().map(|r| r.workspace_id) else {
+    if rows.is_empty() {
         return Ok(0);
-    };
+    }
     let mut seqs = Vec::with_capacity(rows.len());
     let mut payloads = Vec::with_capacity(rows.len());
     for r in rows {

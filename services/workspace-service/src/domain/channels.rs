@@ -146,7 +146,7 @@ pub async fn rename_channel(
     let ws = channel_scope(conn, caller, channel_id).await?;
     caller.require_admin("renaming a channel")?;
     conn.transaction::<_, Error, _>(async |conn| {
-        let c = diesel::update(channels::table.find(channel_id))
+        let c = diesel::update(channels::table.find((ws, channel_id)))
             .set((
                 channels::name.eq(name.as_str()),
                 channels::updated_at.eq(diesel::dsl::now),
@@ -190,7 +190,8 @@ pub async fn delete_channel(
     caller.require_admin("deleting a channel")?;
     conn.transaction::<_, Error, _>(async |conn| {
         let before = messages_deleted(conn).await?;
-        let gone = prepared("DELETE FROM channels WHERE id = $1")
+        let gone = prepared("DELETE FROM channels WHERE workspace_id = $1 AND id = $2")
+            .bind::<SqlUuid, _>(ws)
             .bind::<SqlUuid, _>(channel_id)
             .execute(conn)
             .await?;

@@ -1,7 +1,7 @@
 //! Room items: documents, code files and whiteboards, each in a room of the matching kind and
 //! each a Liveblocks room of its own, queued for clean-up in the transaction that deletes it.
 
-use super::access::{Caller, require_active_user, room_scope, scope_through_room};
+use super::access::{Caller, ScopeSql, require_active_user, room_scope, scope_through_room};
 use super::changes::record_workspace;
 use super::events::timestamp;
 use super::liveblocks::enqueue;
@@ -50,14 +50,15 @@ impl crate::model::paging::WireSize for ItemRecord {
     }
 }
 
-/// The statements of one item table. Each is static text, prepared once per connection.
+/// The statements of one item table. Each is static text, prepared once per connection; `$1`
+/// is the item's workspace, in every one but the lookup by id alone.
 struct ItemSql {
     insert: &'static str,
     list: &'static str,
     rename: &'static str,
     delete: &'static str,
-    /// Selects the item's workspace and creator for [`scope_through_room`].
-    scope: &'static str,
+    /// Select the item's workspace and creator for [`scope_through_room`].
+    scope: ScopeSql,
 }
 
 /// `$lang` is the column list's `language` (only code files have one); `$cols`/`$vals` add it
@@ -68,9 +69,9 @@ macro_rules! item_sql {
             insert: concat!(
                 "INSERT INTO ",
                 $table,
-                " (id, room_id, name, created_by",
+                " (workspace_id, id, room_id, name, created_by",
                 $cols,
-                ") VALUES ($1, $2, $3, $4",
+                ") VALUES ($1, $2, $3, $4, $5",
                 $vals,
                 ") RETURNING id, room_id, name, ",
                 $lang,
@@ -81,30 +82,46 @@ macro_rules! item_sql {
                 $lang,
                 ", created_by, created_at, updated_at FROM ",
                 $table,
-                " WHERE room_id = $1 AND ($2::timestamptz IS NULL OR (created_at, id) > ($2, $3))",
-                " ORDER BY created_at, id LIMIT $4"
+                " WHERE workspace_id = $1 AND room_id = $2",
+                " AND ($3::timestamptz IS NULL OR (created_at, id) > ($3, $4))",
+                " ORDER BY created_at, id LIMIT $5"
             ),
             rename: concat!(
                 "UPDATE ",
                 $table,
-                " SET name = $2, updated_at = now() WHERE id = $1",
+                " SET name = $3, updated_at = now() WHERE workspace_id = $1 AND id = $2",
                 " RETURNING id, room_id, name, ",
                 $lang,
                 ", created_by, created_at, updated_at"
             ),
-            delete: concat!("DELETE FROM ", $table, " WHERE id = $1"),
-            scope: concat!(
-                "SELECT r.workspace_id, w.clerk_org_id, i.created_by AS detail FROM ",
+            delete: concat!(
+                "DELETE FROM ",
                 $table,
-                " i JOIN rooms r ON r.id = i.room_id JOIN workspaces w ON w.id = r.workspace_id",
-                " WHERE i.id = $1 AND r.deleted_at IS NULL AND w.deleted_at IS NULL"
+                " WHERE workspace_id = $1 AND id = $2"
             ),
+            scope: ScopeSql {
+                in_workspace: concat!(
+                    "SELECT r.workspace_id, w.clerk_org_id, i.created_by AS detail FROM ",
+                    $table,
+                    " i JOIN rooms r ON r.workspace_id = i.workspace_id AND r.id = i.room_id",
+                    " JOIN workspaces w ON w.id = r.workspace_id",
+                    " WHERE i.workspace_id = $1 AND i.id = $2",
+                    " AND r.deleted_at IS NULL AND w.deleted_at IS NULL"
+                ),
+                by_id: concat!(
+                    "SELECT r.workspace_id, w.clerk_org_id, i.created_by AS detail FROM ",
+                    $table,
+                    " i JOIN rooms r ON r.workspace_id = i.workspace_id AND r.id = i.room_id",
+                    " JOIN workspaces w ON w.id = r.workspace_id",
+                    " WHERE i.id = $1 AND r.deleted_at IS NULL AND w.deleted_at IS NULL"
+                ),
+            },
         }
     };
 }
 
 const DOCUMENTS: ItemSql = item_sql!("documents", "''::text AS language", "", "");
-const CODE_FILES: ItemSql = item_sql!("code_files", "language", ", language", ", $5");
+const CODE_FILES: ItemSql = item_sql!("code_files", "language", ", language", ", $6");
 const WHITEBOARDS: ItemSql = item_sql!("whiteboards", "''::text AS language", "", "");
 
 fn sql(kind: ItemKind) -> &'static ItemSql {
@@ -141,6 +158,7 @@ pub async fn create_item(
         )));
     }
     let q = prepared(sql(new.kind).insert)
+        .bind::<SqlUuid, _>(ws)
         .bind::<SqlUuid, _>(Uuid::now_v7())
         .bind::<SqlUuid, _>(new.room_id)
         .bind::<Text, _>(&new.name)
@@ -165,12 +183,13 @@ pub async fn list_items(
     room_id: Uuid,
     page: &PageRequest,
 ) -> Result<(ItemKind, Page<ItemRecord>), Error> {
-    let (_, room_kind) = room_scope(conn, caller, room_id).await?;
+    let (ws, room_kind) = room_scope(conn, caller, room_id).await?;
     let kind = room_kind.item_kind().ok_or_else(|| {
         Error::Precondition("conference rooms hold meetings: use ListMeetings".into())
     })?;
     let (at, id) = page.after_parts();
     let rows: Vec<ItemRecord> = prepared(sql(kind).list)
+        .bind::<SqlUuid, _>(ws)
         .bind::<SqlUuid, _>(room_id)
         .bind::<Nullable<Timestamptz>, _>(at)
         .bind::<Nullable<SqlUuid>, _>(id)
@@ -193,7 +212,7 @@ async fn item_scope(
     kind: ItemKind,
     item_id: Uuid,
 ) -> Result<(Uuid, String), Error> {
-    scope_through_room(conn, caller, kind.table(), sql(kind).scope, item_id).await
+    scope_through_room(conn, caller, kind.table(), &sql(kind).scope, item_id).await
 }
 
 /// Renames an item.
@@ -207,6 +226,7 @@ pub async fn rename_item(
     let (ws, _) = item_scope(conn, caller, kind, item_id).await?;
     conn.transaction::<_, Error, _>(async |conn| {
         let item: ItemRecord = prepared(sql(kind).rename)
+            .bind::<SqlUuid, _>(ws)
             .bind::<SqlUuid, _>(item_id)
             .bind::<Text, _>(name)
             .get_result(conn)
@@ -234,6 +254,7 @@ pub async fn delete_item(
     let room = kind.liveblocks_room(item_id);
     conn.transaction::<_, Error, _>(async |conn| {
         let gone = prepared(sql(kind).delete)
+            .bind::<SqlUuid, _>(ws)
             .bind::<SqlUuid, _>(item_id)
             .execute(conn)
             .await?;
@@ -276,11 +297,18 @@ mod tests {
         for kind in ItemKind::ALL {
             let s = sql(kind);
             let table = kind.table();
-            for stmt in [s.insert, s.list, s.rename, s.delete, s.scope] {
+            for stmt in [
+                s.insert,
+                s.list,
+                s.rename,
+                s.delete,
+                s.scope.in_workspace,
+                s.scope.by_id,
+            ] {
                 assert!(stmt.contains(&format!(" {table} ")), "{stmt}");
             }
             assert_eq!(
-                s.insert.contains("$5"),
+                s.insert.contains("$6"),
                 kind == ItemKind::CodeFile,
                 "only code files bind a language"
             );

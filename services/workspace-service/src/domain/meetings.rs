@@ -1,6 +1,6 @@
 //! Meetings, scheduled in conference rooms and cancelled (never deleted) by members.
 
-use super::access::{Caller, require_active_user, room_scope, unseen};
+use super::access::{Caller, lookup_workspace, require_active_user, room_scope, unseen};
 use super::changes::record_workspace;
 use super::events::timestamp;
 use crate::error::Error;
@@ -73,6 +73,7 @@ pub async fn schedule_meeting(
         let m = diesel::insert_into(meetings::table)
             .values((
                 meetings::id.eq(Uuid::now_v7()),
+                meetings::workspace_id.eq(ws),
                 meetings::room_id.eq(new.room_id),
                 meetings::title.eq(&new.title),
                 meetings::starts_at.eq(new.starts_at),
@@ -95,13 +96,15 @@ pub async fn list_meetings(
     room_id: Uuid,
     page: &PageRequest,
 ) -> Result<Page<MeetingRecord>, Error> {
-    conference_room(conn, caller, room_id).await?;
+    let ws = conference_room(conn, caller, room_id).await?;
     let (at, id) = page.after_parts();
     let rows: Vec<MeetingRecord> = prepared(
-        "SELECT id, room_id, title, starts_at, ends_at, cancelled_at, created_by, created_at FROM meetings WHERE room_id = $1
-           AND ($2::timestamptz IS NULL OR (starts_at, id) > ($2, $3))
-         ORDER BY starts_at, id LIMIT $4",
+        "SELECT id, room_id, title, starts_at, ends_at, cancelled_at, created_by, created_at FROM meetings
+         WHERE workspace_id = $1 AND room_id = $2
+           AND ($3::timestamptz IS NULL OR (starts_at, id) > ($3, $4))
+         ORDER BY starts_at, id LIMIT $5",
     )
+    .bind::<SqlUuid, _>(ws)
     .bind::<SqlUuid, _>(room_id)
     .bind::<Nullable<Timestamptz>, _>(at)
     .bind::<Nullable<SqlUuid>, _>(id)
@@ -120,19 +123,29 @@ pub async fn cancel_meeting(
     caller: &Caller,
     meeting_id: Uuid,
 ) -> Result<MeetingRecord, Error> {
-    let m: MeetingRecord = meetings::table
-        .find(meeting_id)
-        .select(MeetingRecord::as_select())
-        .first(conn)
-        .await
-        .optional()?
-        .ok_or_else(|| unseen(caller, "meeting"))?;
+    let found = match lookup_workspace(conn, caller, "meeting").await? {
+        Some(workspace) => {
+            meetings::table
+                .find((workspace, meeting_id))
+                .select(MeetingRecord::as_select())
+                .first(conn)
+                .await
+        }
+        None => {
+            meetings::table
+                .filter(meetings::id.eq(meeting_id))
+                .select(MeetingRecord::as_select())
+                .first(conn)
+                .await
+        }
+    };
+    let m = found.optional()?.ok_or_else(|| unseen(caller, "meeting"))?;
     let (ws, _) = room_scope(conn, caller, m.room_id)
         .await
         .map_err(|_| unseen(caller, "meeting"))?;
     caller.require_creator_or_admin(&m.created_by, "cancelling someone else's meeting")?;
     conn.transaction::<_, Error, _>(async |conn| {
-        let after = diesel::update(meetings::table.find(meeting_id))
+        let after = diesel::update(meetings::table.find((ws, meeting_id)))
             .set(
                 meetings::cancelled_at.eq(diesel::dsl::sql::<Nullable<Timestamptz>>(
                     "COALESCE(cancelled_at, now())",

@@ -1,5 +1,6 @@
-//! Memberships, keyed by Clerk organization and user (they may arrive before the
-//! organization), applied in the order of Clerk's own clock of the membership: of two
+//! Memberships, keyed by workspace and user: the workspace id of an organization is known
+//! before its workspace is (see [`workspace_id_of`]), as a membership may arrive before the
+//! organization. Applied in the order of Clerk's own clock of the membership: of two
 //! memberships of one user in one organization (removed, then invited again) the one created
 //! later wins; within one membership id, its `updated_at`, then the time the source said it,
 //! then the event id. A deleted membership stays as a row marked deleted and is final for its
@@ -9,12 +10,12 @@ use super::Outcome;
 use super::access::Caller;
 use super::access::workspace_for;
 use super::events::timestamp;
-use super::workspaces::{org_tombstoned, user_removed};
+use super::workspaces::{org_tombstoned, user_removed, workspace_id_of};
 use crate::error::Error;
 use crate::model::{EventId, LockKey, OrgId, Role, UserId};
 use chrono::{DateTime, Utc};
 use diesel::QueryableByName;
-use diesel::sql_types::{BigInt, Nullable, Text, Timestamptz};
+use diesel::sql_types::{BigInt, Nullable, Text, Timestamptz, Uuid as SqlUuid};
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use service_runtime::db::record_delivery;
 use service_runtime::prepared;
@@ -38,16 +39,18 @@ pub struct MembershipChange {
     pub event_time: Option<DateTime<Utc>>,
 }
 
-/// The columns both statements write, and their values `$1..$8`.
+/// The columns both statements write, and their values `$1..$7`, the role and the workspace
+/// id (`$workspace`).
 macro_rules! membership_insert {
-    ($role:literal, $deleted:literal) => {
+    ($role:literal, $deleted:literal, $workspace:literal) => {
         concat!(
-            "INSERT INTO memberships (clerk_org_id, clerk_user_id, role, deleted, source_updated_at,
-                 clerk_membership_id, membership_created_at, source_event_time, source_event_id,
-                 deleted_at)
-             VALUES ($1, $2, ", $role, ", ", $deleted, ", $3, $4, COALESCE($5, '-infinity'),
-                 COALESCE($6, '-infinity'), $7, CASE WHEN ", $deleted, " THEN COALESCE($6, now()) END)
-             ON CONFLICT (clerk_org_id, clerk_user_id) DO UPDATE SET "
+            "INSERT INTO memberships (workspace_id, clerk_org_id, clerk_user_id, role, deleted,
+                 source_updated_at, clerk_membership_id, membership_created_at, source_event_time,
+                 source_event_id, deleted_at)
+             VALUES (", $workspace, ", $1, $2, ", $role, ", ", $deleted, ", $3, $4,
+                 COALESCE($5, '-infinity'), COALESCE($6, '-infinity'), $7,
+                 CASE WHEN ", $deleted, " THEN COALESCE($6, now()) END)
+             ON CONFLICT (workspace_id, clerk_user_id) DO UPDATE SET "
         )
     };
 }
@@ -62,7 +65,7 @@ macro_rules! known {
 /// An upsert applies to a row of an earlier membership, or to older state of the same
 /// membership while it is not deleted.
 const UPSERT: &str = concat!(
-    membership_insert!("$8", "false"),
+    membership_insert!("$8", "false", "$9"),
     "role = EXCLUDED.role, deleted = false, deleted_at = NULL,
      source_updated_at = EXCLUDED.source_updated_at,
      recorded_at = CASE WHEN memberships.clerk_membership_id = EXCLUDED.clerk_membership_id
@@ -84,7 +87,7 @@ const UPSERT: &str = concat!(
 /// A delete ends this membership (final for its id) or an earlier one it replaced; a later
 /// membership is left alone. It keeps the last role.
 const DELETE: &str = concat!(
-    membership_insert!("''", "true"),
+    membership_insert!("''", "true", "$8"),
     "deleted = true, deleted_at = EXCLUDED.deleted_at,
      source_updated_at = EXCLUDED.source_updated_at,
      clerk_membership_id = CASE WHEN EXCLUDED.clerk_membership_id = ''
@@ -118,6 +121,7 @@ pub async fn change_membership(
         if org_tombstoned(conn, &cmd.org).await? || user_removed(conn, &cmd.user).await? {
             return Ok(Outcome::Stale);
         }
+        let workspace = workspace_id_of(conn, &cmd.org).await?;
         let statement = prepared(if cmd.role.is_some() { UPSERT } else { DELETE })
             .bind::<Text, _>(cmd.org.as_str())
             .bind::<Text, _>(cmd.user.as_str())
@@ -130,10 +134,16 @@ pub async fn change_membership(
             Some(role) => {
                 statement
                     .bind::<Text, _>(role.as_str())
+                    .bind::<SqlUuid, _>(workspace)
                     .execute(conn)
                     .await?
             }
-            None => statement.execute(conn).await?,
+            None => {
+                statement
+                    .bind::<SqlUuid, _>(workspace)
+                    .execute(conn)
+                    .await?
+            }
         };
         if n != 1 {
             return Ok(Outcome::Stale);
@@ -193,13 +203,13 @@ pub async fn list_members(
     caller: &Caller,
     q: &ListMembers,
 ) -> Result<(Vec<MemberRecord>, Option<String>), Error> {
-    workspace_for(conn, caller, &q.org).await?;
+    let ws = workspace_for(conn, caller, &q.org).await?;
     let mut rows: Vec<MemberRecord> = prepared(
         "SELECT clerk_user_id, role, source_updated_at FROM memberships
-         WHERE clerk_org_id = $1 AND NOT deleted AND ($2::text IS NULL OR clerk_user_id > $2)
+         WHERE workspace_id = $1 AND NOT deleted AND ($2::text IS NULL OR clerk_user_id > $2)
          ORDER BY clerk_user_id LIMIT $3",
     )
-    .bind::<Text, _>(q.org.as_str())
+    .bind::<SqlUuid, _>(ws.id)
     .bind::<Nullable<Text>, _>(q.after.as_deref())
     .bind::<BigInt, _>(q.size + 1)
     .load(conn)

@@ -1,7 +1,7 @@
 //! Messages of a channel: posted by members (or by a service naming the author), edited by
 //! their author, deleted by their author or an admin.
 
-use super::access::{Caller, channel_scope, require_active_user, unseen};
+use super::access::{Caller, channel_scope, lookup_workspace, require_active_user, unseen};
 use super::changes;
 use super::events::timestamp;
 use crate::error::Error;
@@ -80,8 +80,8 @@ pub async fn post_message(
     require_active_user(conn, caller).await?;
     conn.transaction::<_, Error, _>(async |conn| {
         let m: MessageRecord = prepared(concat!(
-            "INSERT INTO messages (id, channel_id, author_clerk_id, body, created_at)
-             VALUES ($1, $2, $3, $4, $5) RETURNING ",
+            "INSERT INTO messages (id, channel_id, author_clerk_id, body, created_at, workspace_id)
+             VALUES ($1, $2, $3, $4, $5, $6) RETURNING ",
             message_columns!()
         ))
         .bind::<SqlUuid, _>(Uuid::now_v7())
@@ -89,6 +89,7 @@ pub async fn post_message(
         .bind::<Text, _>(&author)
         .bind::<Text, _>(&new.body)
         .bind::<Timestamptz, _>(Utc::now())
+        .bind::<SqlUuid, _>(workspace)
         .get_result(conn)
         .await?;
         let event = Event::MessagePosted(m.clone().into());
@@ -107,7 +108,7 @@ pub async fn list_messages(
     channel_id: Uuid,
     page: &PageRequest,
 ) -> Result<Page<MessageRecord>, Error> {
-    channel_scope(conn, caller, channel_id).await?;
+    let workspace = channel_scope(conn, caller, channel_id).await?;
     let (at, id) = page.after_parts();
     // The rows whose page starts within the budget: the page, and one row past it when the
     // bytes cut it (which `page` then drops, and which says that more follow).
@@ -120,7 +121,7 @@ pub async fn list_messages(
                       OVER (ORDER BY created_at DESC, id DESC) AS upto,
                     octet_length(body) + octet_length(author_clerk_id) + $5 AS own
                FROM (SELECT id, channel_id, author_clerk_id, body, author_deleted, created_at, edited_at
-                       FROM messages WHERE channel_id = $1
+                       FROM messages WHERE workspace_id = $7 AND channel_id = $1
                         AND ($2::timestamptz IS NULL OR (created_at, id) < ($2, $3))
                       ORDER BY created_at DESC, id DESC LIMIT $4) l) p
           WHERE upto - own < $6
@@ -132,6 +133,7 @@ pub async fn list_messages(
     .bind::<BigInt, _>(page.limit())
     .bind::<BigInt, _>(MESSAGE_FIXED as i64)
     .bind::<BigInt, _>(page.row_bytes() as i64)
+    .bind::<SqlUuid, _>(workspace)
     .load(conn)
     .await?;
     Ok(page.page(rows, |m| Cursor {
@@ -146,13 +148,23 @@ async fn message_in_scope(
     caller: &Caller,
     message_id: Uuid,
 ) -> Result<(MessageRecord, Uuid), Error> {
-    let m: MessageRecord = messages::table
-        .find(message_id)
-        .select(MessageRecord::as_select())
-        .first(conn)
-        .await
-        .optional()?
-        .ok_or_else(|| unseen(caller, "message"))?;
+    let found = match lookup_workspace(conn, caller, "message").await? {
+        Some(workspace) => {
+            messages::table
+                .find((workspace, message_id))
+                .select(MessageRecord::as_select())
+                .first(conn)
+                .await
+        }
+        None => {
+            messages::table
+                .filter(messages::id.eq(message_id))
+                .select(MessageRecord::as_select())
+                .first(conn)
+                .await
+        }
+    };
+    let m = found.optional()?.ok_or_else(|| unseen(caller, "message"))?;
     let workspace = channel_scope(conn, caller, m.channel_id)
         .await
         .map_err(|_| unseen(caller, "message"))?;
@@ -176,16 +188,17 @@ pub async fn edit_message(
     require_active_user(conn, caller).await?;
     conn.transaction::<_, Error, _>(async |conn| {
         let m: MessageRecord = prepared(concat!(
-            "UPDATE messages SET body = $2, edited_at = $3 WHERE id = $1 RETURNING ",
+            "UPDATE messages SET body = $2, edited_at = $3 WHERE workspace_id = $4 AND id = $1 RETURNING ",
             message_columns!()
         ))
         .bind::<SqlUuid, _>(message_id)
         .bind::<Text, _>(body)
         .bind::<Timestamptz, _>(Utc::now())
+        .bind::<SqlUuid, _>(workspace)
         .get_result(conn)
         .await?;
         // The old text leaves the change log with the edit.
-        changes::forget_message_bodies(conn, message_id).await?;
+        changes::forget_message_bodies(conn, workspace, message_id).await?;
         let event = Event::MessageEdited(m.clone().into());
         changes::record_channel(conn, workspace, m.channel_id, event).await?;
         Ok(m)
@@ -203,11 +216,11 @@ pub async fn delete_message(
     let (m, workspace) = message_in_scope(conn, caller, message_id).await?;
     caller.require_creator_or_admin(&m.author_clerk_id, "deleting someone else's message")?;
     conn.transaction::<_, Error, _>(async |conn| {
-        let gone = diesel::delete(messages::table.find(message_id))
+        let gone = diesel::delete(messages::table.find((workspace, message_id)))
             .execute(conn)
             .await?;
         if gone == 1 {
-            changes::forget_message_bodies(conn, message_id).await?;
+            changes::forget_message_bodies(conn, workspace, message_id).await?;
             let event = Event::MessageDeleted(message_id.to_string());
             changes::record_channel(conn, workspace, m.channel_id, event).await?;
         }

@@ -34,8 +34,9 @@ pub async fn mark_read(
         None => Utc::now(),
         Some(mid) => messages::table
             .filter(
-                messages::id
-                    .eq(mid)
+                messages::workspace_id
+                    .eq(workspace)
+                    .and(messages::id.eq(mid))
                     .and(messages::channel_id.eq(channel_id)),
             )
             .select(messages::created_at)
@@ -54,9 +55,11 @@ pub async fn mark_read(
     conn.transaction::<_, Error, _>(async |conn| {
         let r: At = prepared(
             "WITH before AS (
-                 SELECT last_read_at FROM read_receipts WHERE channel_id = $1 AND clerk_user_id = $2)
-             INSERT INTO read_receipts (channel_id, clerk_user_id, last_read_at) VALUES ($1, $2, $3)
-             ON CONFLICT (channel_id, clerk_user_id) DO UPDATE
+                 SELECT last_read_at FROM read_receipts
+                  WHERE workspace_id = $4 AND channel_id = $1 AND clerk_user_id = $2)
+             INSERT INTO read_receipts (workspace_id, channel_id, clerk_user_id, last_read_at)
+             VALUES ($4, $1, $2, $3)
+             ON CONFLICT (workspace_id, channel_id, clerk_user_id) DO UPDATE
                SET last_read_at = GREATEST(read_receipts.last_read_at, EXCLUDED.last_read_at)
              RETURNING last_read_at,
                        last_read_at IS DISTINCT FROM (SELECT last_read_at FROM before) AS moved",
@@ -64,6 +67,7 @@ pub async fn mark_read(
         .bind::<SqlUuid, _>(channel_id)
         .bind::<Text, _>(&user)
         .bind::<Timestamptz, _>(at)
+        .bind::<SqlUuid, _>(workspace)
         .get_result(conn)
         .await?;
         if r.moved {
@@ -107,11 +111,13 @@ pub async fn unread_counts(
     let rows: Vec<Row> = prepared(
         "SELECT c.id, (SELECT count(*) FROM (
                            SELECT 1 FROM messages m
-                            WHERE m.channel_id = c.id AND m.author_clerk_id <> $2
+                            WHERE m.workspace_id = $1 AND m.channel_id = c.id
+                              AND m.author_clerk_id <> $2
                               AND m.created_at > COALESCE(r.last_read_at, '-infinity')
                             LIMIT $3) unread) AS unread
          FROM channels c
-         LEFT JOIN read_receipts r ON r.channel_id = c.id AND r.clerk_user_id = $2
+         LEFT JOIN read_receipts r
+                ON r.workspace_id = $1 AND r.channel_id = c.id AND r.clerk_user_id = $2
          WHERE c.workspace_id = $1
          ORDER BY c.created_at, c.id
          LIMIT $4",

@@ -65,23 +65,38 @@ impl LiveblocksRoom {
         }
     }
 
-    /// Selects `clerk_org_id` of the owner of `$1`; nothing for a deleted room or workspace.
-    fn owner_sql(self) -> &'static str {
+    /// Select `clerk_org_id` of the owner of the room or item: `[in organization $1 the row
+    /// $2, the row $1 in any]`; nothing for a deleted room or workspace.
+    fn owner_sql(self) -> [&'static str; 2] {
         macro_rules! item {
             ($table:literal) => {
-                concat!(
-                    "SELECT w.clerk_org_id FROM ",
-                    $table,
-                    " i JOIN rooms r ON r.id = i.room_id JOIN workspaces w ON w.id = r.workspace_id",
-                    " WHERE i.id = $1 AND r.deleted_at IS NULL AND w.deleted_at IS NULL"
-                )
+                [
+                    concat!(
+                        "SELECT w.clerk_org_id FROM workspaces w JOIN ",
+                        $table,
+                        " i ON i.workspace_id = w.id",
+                        " JOIN rooms r ON r.workspace_id = i.workspace_id AND r.id = i.room_id",
+                        " WHERE w.clerk_org_id = $1 AND i.id = $2",
+                        " AND r.deleted_at IS NULL AND w.deleted_at IS NULL"
+                    ),
+                    concat!(
+                        "SELECT w.clerk_org_id FROM ",
+                        $table,
+                        " i JOIN rooms r ON r.workspace_id = i.workspace_id AND r.id = i.room_id",
+                        " JOIN workspaces w ON w.id = r.workspace_id",
+                        " WHERE i.id = $1 AND r.deleted_at IS NULL AND w.deleted_at IS NULL"
+                    ),
+                ]
             };
         }
         match self {
-            Self::Room(_) => {
+            Self::Room(_) => [
+                "SELECT w.clerk_org_id FROM workspaces w JOIN rooms r ON r.workspace_id = w.id
+                  WHERE w.clerk_org_id = $1 AND r.id = $2
+                    AND r.deleted_at IS NULL AND w.deleted_at IS NULL",
                 "SELECT w.clerk_org_id FROM rooms r JOIN workspaces w ON w.id = r.workspace_id
-                  WHERE r.id = $1 AND r.deleted_at IS NULL AND w.deleted_at IS NULL"
-            }
+                  WHERE r.id = $1 AND r.deleted_at IS NULL AND w.deleted_at IS NULL",
+            ],
             Self::Item(ItemKind::Document, _) => item!("documents"),
             Self::Item(ItemKind::CodeFile, _) => item!("code_files"),
             Self::Item(ItemKind::Whiteboard, _) => item!("whiteboards"),
@@ -124,6 +139,7 @@ pub async fn room_entry(
 ) -> Result<RoomEntry, Error> {
     let Caller::User {
         id,
+        org_id,
         role,
         name,
         avatar,
@@ -139,11 +155,24 @@ pub async fn room_entry(
         #[diesel(sql_type = Text)]
         clerk_org_id: String,
     }
-    let owner: Option<Owner> = prepared(room.owner_sql())
-        .bind::<SqlUuid, _>(room.uuid())
-        .get_result(conn)
-        .await
-        .optional()?;
+    let [in_org, by_id] = room.owner_sql();
+    let mut owner: Option<Owner> = None;
+    if let Some(org) = org_id {
+        owner = prepared(in_org)
+            .bind::<Text, _>(org)
+            .bind::<SqlUuid, _>(room.uuid())
+            .get_result(conn)
+            .await
+            .optional()?;
+    }
+    if owner.is_none() {
+        // Not in the caller's active organization: another's (refused below), or nobody's.
+        owner = prepared(by_id)
+            .bind::<SqlUuid, _>(room.uuid())
+            .get_result(conn)
+            .await
+            .optional()?;
+    }
     let owner = owner.ok_or_else(|| Error::NotFound("no such Liveblocks room".into()))?;
     caller.check_org(&owner.clerk_org_id)?;
     check_standing(conn, caller, &owner.clerk_org_id).await?;

@@ -150,7 +150,7 @@ pub async fn rename_room(
     let (ws, _) = room_scope(conn, caller, room_id).await?;
     caller.require_admin("renaming a room")?;
     conn.transaction::<_, Error, _>(async |conn| {
-        let row: RoomRow = diesel::update(rooms::table.find(room_id))
+        let row: RoomRow = diesel::update(rooms::table.find((ws, room_id)))
             .set((rooms::name.eq(name), rooms::updated_at.eq(diesel::dsl::now)))
             .returning(RoomRow::as_returning())
             .get_result(conn)
@@ -172,7 +172,7 @@ pub async fn delete_room(
     let (ws, _) = room_scope(conn, caller, room_id).await?;
     caller.require_admin("deleting a room")?;
     conn.transaction::<_, Error, _>(async |conn| {
-        let hidden = hide_room(conn, room_id).await?;
+        let hidden = hide_room(conn, ws, room_id).await?;
         if hidden {
             record_workspace(conn, ws, Event::RoomDeleted(room_id.to_string())).await?;
         }

@@ -55,9 +55,9 @@ pub async fn remove_user(conn: &mut AsyncPgConnection, cmd: &RemoveUser) -> Resu
         }
         // The workspaces the user leaves, whose watchers hear it.
         let left: Vec<Left> = prepared(
-            "WITH gone AS (DELETE FROM memberships WHERE clerk_user_id = $1 RETURNING clerk_org_id)
+            "WITH gone AS (DELETE FROM memberships WHERE clerk_user_id = $1 RETURNING workspace_id)
              SELECT w.id AS workspace_id FROM gone
-               LEFT JOIN workspaces w ON w.clerk_org_id = gone.clerk_org_id AND w.deleted_at IS NULL",
+               LEFT JOIN workspaces w ON w.id = gone.workspace_id AND w.deleted_at IS NULL",
         )
         .bind::<Text, _>(user)
         .load(conn)

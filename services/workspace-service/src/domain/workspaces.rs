@@ -48,6 +48,43 @@ pub struct UpsertWorkspace {
 /// The name of the channel every workspace starts with.
 pub const GENERAL: &str = "general";
 
+/// The namespace of workspace ids derived from Clerk organization ids. Fixed for good: a new
+/// workspace's id is [`derived_workspace_id`] of its organization, so a membership that arrives
+/// before its organization already holds the id of the workspace it belongs to.
+pub const WORKSPACE_ID_NAMESPACE: Uuid = Uuid::from_u128(0x8c3b5a64_2f1e_4d7a_9b0c_5e6f7a8b9c0d);
+
+/// The UUIDv5 (RFC 9562, SHA-1) of `org` in [`WORKSPACE_ID_NAMESPACE`]: the id of a workspace
+/// created for organization `org` (what PostgreSQL's `uuid_generate_v5` gives).
+pub fn derived_workspace_id(org: &str) -> Uuid {
+    use aws_lc_rs::digest::{SHA1_FOR_LEGACY_USE_ONLY, digest};
+    let mut name = WORKSPACE_ID_NAMESPACE.as_bytes().to_vec();
+    name.extend_from_slice(org.as_bytes());
+    let hash = digest(&SHA1_FOR_LEGACY_USE_ONLY, &name);
+    let mut bytes = [0u8; 16];
+    bytes.copy_from_slice(&hash.as_ref()[..16]);
+    bytes[6] = (bytes[6] & 0x0f) | 0x50;
+    bytes[8] = (bytes[8] & 0x3f) | 0x80;
+    Uuid::from_bytes(bytes)
+}
+
+#[derive(QueryableByName)]
+struct HeldId {
+    #[diesel(sql_type = SqlUuid)]
+    id: Uuid,
+}
+
+/// The workspace id of organization `org`: the id of its workspace row if it has one (also a
+/// deleted one, being purged; workspaces older than derived ids keep theirs), else
+/// [`derived_workspace_id`], which its workspace will get.
+pub async fn workspace_id_of(conn: &mut AsyncPgConnection, org: &OrgId) -> QueryResult<Uuid> {
+    let held: Option<HeldId> = prepared("SELECT id FROM workspaces WHERE clerk_org_id = $1")
+        .bind::<Text, _>(org.as_str())
+        .get_result(conn)
+        .await
+        .optional()?;
+    Ok(held.map_or_else(|| derived_workspace_id(org.as_str()), |h| h.id))
+}
+
 #[derive(QueryableByName)]
 struct Hit {
     #[diesel(sql_type = diesel::sql_types::Bool)]
@@ -108,7 +145,8 @@ pub async fn upsert_workspace(
         let owner = cmd.owner.as_ref().map(UserId::as_str);
         match find_workspace(conn, cmd.org.as_str()).await? {
             None => {
-                let id = Uuid::now_v7();
+                // No row of the organization (a deleted one left its tombstone, seen above).
+                let id = derived_workspace_id(cmd.org.as_str());
                 let ws: WorkspaceRecord = diesel::insert_into(workspaces::table)
                     .values((
                         workspaces::id.eq(id),
@@ -188,6 +226,24 @@ impl From<WorkspaceRecord> for pb::Workspace {
             owner_clerk_id: w.owner_clerk_id.unwrap_or_default(),
             created_at: Some(timestamp(w.created_at)),
             updated_at: Some(timestamp(w.source_updated_at)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn derived_ids_are_uuid_v5_of_the_organization_id() {
+        // Python's uuid.uuid5(namespace, name) gives the same.
+        for (org, id) in [
+            ("org_a", "3afa1be0-d00d-5697-b911-2289dad1bc39"),
+            ("org_2bWq9XyZ", "68eb4989-21dc-54c1-9121-c1bf4ac26f78"),
+        ] {
+            let derived = derived_workspace_id(org);
+            assert_eq!(derived.to_string(), id, "{org}");
+            assert_eq!(derived.get_version_num(), 5);
         }
     }
 }

@@ -380,9 +380,10 @@ async fn unread_counts_are_bounded_in_channels_and_in_count() {
     let ch = general(&env, "org_a").await;
     // 1,200 unread messages in general; 520 more channels.
     env.sql(&format!(
-        "INSERT INTO messages (id, channel_id, author_clerk_id, body, created_at)
-         SELECT gen_random_uuid(), '{}', 'user_2', 'm' || i, now() - interval '1 hour' + i * interval '1 ms'
-           FROM generate_series(1, 1200) i;
+        "INSERT INTO messages (id, workspace_id, channel_id, author_clerk_id, body, created_at)
+         SELECT gen_random_uuid(), c.workspace_id, c.id, 'user_2', 'm' || i,
+                now() - interval '1 hour' + i * interval '1 ms'
+           FROM channels c, generate_series(1, 1200) i WHERE c.id = '{}';
          INSERT INTO channels (id, workspace_id, name, created_by, created_at)
          SELECT gen_random_uuid(), c.workspace_id, 'more' || i, 'user_2', now() + i * interval '1 ms'
            FROM channels c, generate_series(1, 520) i WHERE c.id = '{}'",

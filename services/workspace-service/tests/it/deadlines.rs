@@ -75,13 +75,13 @@ async fn removing_a_user_with_a_million_messages_answers_at_once() {
     let env = start_with(false).await;
     let ws = env.workspace("org_a").await;
     env.sql(&format!(
-        "INSERT INTO channels (id, workspace_id, name) VALUES ('00000000-0000-7000-8000-0000000000c1', '{}', 'big');
-         INSERT INTO messages (id, channel_id, author_clerk_id, body, created_at)
-           SELECT gen_random_uuid(), '00000000-0000-7000-8000-0000000000c1', 'user_prolific', 'm' || g,
+        "INSERT INTO channels (id, workspace_id, name) VALUES ('00000000-0000-7000-8000-0000000000c1', '{ws}', 'big');
+         INSERT INTO messages (id, workspace_id, channel_id, author_clerk_id, body, created_at)
+           SELECT gen_random_uuid(), '{ws}', '00000000-0000-7000-8000-0000000000c1', 'user_prolific', 'm' || g,
                   now() - g * interval '1 millisecond'
              FROM generate_series(1, 1000000) g;
          ANALYZE messages;",
-        ws.id
+        ws = ws.id
     ))
     .await;
     let mut c = env.client().await;

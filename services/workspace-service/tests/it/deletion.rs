@@ -342,21 +342,21 @@ async fn messages_of_any_spread_in_time_go_in_bounded_windows() {
            ('00000000-0000-4000-8000-00000000000c', '{w}', 'empty'),
            ('00000000-0000-4000-8000-00000000000d', '{k}', 'kept');
          -- 4,500 at one instant: more than one window may take.
-         INSERT INTO messages (id, channel_id, author_clerk_id, body, created_at)
-           SELECT gen_random_uuid(), '00000000-0000-4000-8000-00000000000a', 'user_1', 'b', '2020-01-01T00:00:00Z'
+         INSERT INTO messages (id, workspace_id, channel_id, author_clerk_id, body, created_at)
+           SELECT gen_random_uuid(), '{w}', '00000000-0000-4000-8000-00000000000a', 'user_1', 'b', '2020-01-01T00:00:00Z'
              FROM generate_series(1, 4500);
          -- 3,000 over an hour, then nothing for a century, a few old ones, and two outliers.
-         INSERT INTO messages (id, channel_id, author_clerk_id, body, created_at)
-           SELECT gen_random_uuid(), '00000000-0000-4000-8000-00000000000b', 'user_1', 's',
+         INSERT INTO messages (id, workspace_id, channel_id, author_clerk_id, body, created_at)
+           SELECT gen_random_uuid(), '{w}', '00000000-0000-4000-8000-00000000000b', 'user_1', 's',
                   '2026-06-01T00:00:00Z'::timestamptz + g * interval '1.2 seconds'
              FROM generate_series(1, 3000) g;
-         INSERT INTO messages (id, channel_id, author_clerk_id, body, created_at) VALUES
-           (gen_random_uuid(), '00000000-0000-4000-8000-00000000000b', 'user_1', 'o', '1900-01-01T00:00:00Z'),
-           (gen_random_uuid(), '00000000-0000-4000-8000-00000000000b', 'user_1', 'o', '1000-01-01T00:00:00Z'),
-           (gen_random_uuid(), '00000000-0000-4000-8000-00000000000b', 'user_1', 'o', '4000-01-01 00:00:00+00 BC'),
-           (gen_random_uuid(), '00000000-0000-4000-8000-00000000000b', 'user_1', 'o', '2200-01-01T00:00:00Z');
-         INSERT INTO messages (id, channel_id, author_clerk_id, body, created_at)
-           SELECT gen_random_uuid(), '00000000-0000-4000-8000-00000000000d', 'user_1', 'k', now() - g * interval '1 second'
+         INSERT INTO messages (id, workspace_id, channel_id, author_clerk_id, body, created_at) VALUES
+           (gen_random_uuid(), '{w}', '00000000-0000-4000-8000-00000000000b', 'user_1', 'o', '1900-01-01T00:00:00Z'),
+           (gen_random_uuid(), '{w}', '00000000-0000-4000-8000-00000000000b', 'user_1', 'o', '1000-01-01T00:00:00Z'),
+           (gen_random_uuid(), '{w}', '00000000-0000-4000-8000-00000000000b', 'user_1', 'o', '4000-01-01 00:00:00+00 BC'),
+           (gen_random_uuid(), '{w}', '00000000-0000-4000-8000-00000000000b', 'user_1', 'o', '2200-01-01T00:00:00Z');
+         INSERT INTO messages (id, workspace_id, channel_id, author_clerk_id, body, created_at)
+           SELECT gen_random_uuid(), '{k}', '00000000-0000-4000-8000-00000000000d', 'user_1', 'k', now() - g * interval '1 second'
              FROM generate_series(1, 50) g;
          CREATE TABLE window_audit (n bigint, query text DEFAULT current_query());
          CREATE FUNCTION audit_window() RETURNS trigger LANGUAGE plpgsql AS $$

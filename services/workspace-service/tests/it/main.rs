@@ -6,6 +6,7 @@ mod change_log;
 mod content;
 mod deadlines;
 mod deletion;
+mod keys;
 mod migrations;
 mod operations;
 mod permissions;

@@ -41,13 +41,13 @@ async fn postgres_crashing_mid_purge_loses_no_row_and_no_room() {
     // 10 channels x 2,000 messages, and 20 rooms with 100 documents each.
     env.sql(&format!(
         "INSERT INTO channels (id, workspace_id, name) SELECT gen_random_uuid(), '{id}', 'c' || g FROM generate_series(1, 10) g;
-         INSERT INTO messages (id, channel_id, author_clerk_id, body, created_at)
-           SELECT gen_random_uuid(), c.id, 'user_1', 'm' || g, now() - g * interval '1 second'
+         INSERT INTO messages (id, workspace_id, channel_id, author_clerk_id, body, created_at)
+           SELECT gen_random_uuid(), c.workspace_id, c.id, 'user_1', 'm' || g, now() - g * interval '1 second'
              FROM channels c, generate_series(1, 2000) g WHERE c.workspace_id = '{id}';
          INSERT INTO rooms (id, workspace_id, kind, name)
            SELECT gen_random_uuid(), '{id}', 'document', 'r' || g FROM generate_series(1, 20) g;
-         INSERT INTO documents (id, room_id, name)
-           SELECT gen_random_uuid(), r.id, 'd' || g FROM rooms r, generate_series(1, 100) g WHERE r.workspace_id = '{id}';"
+         INSERT INTO documents (id, workspace_id, room_id, name)
+           SELECT gen_random_uuid(), r.workspace_id, r.id, 'd' || g FROM rooms r, generate_series(1, 100) g WHERE r.workspace_id = '{id}';"
     ))
     .await;
     let rooms = |sql: &'static str| {

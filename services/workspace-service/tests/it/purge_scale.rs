@@ -17,20 +17,20 @@ async fn a_workspace_with_a_million_child_rows_is_gone_at_once_and_purged() {
     // 400 documents / code files / whiteboards / meetings each: 1,000,219 child rows with `general`.
     env.sql(&format!(
         "INSERT INTO channels (id, workspace_id, name) SELECT gen_random_uuid(), '{id}', 'c' || g FROM generate_series(1, 20) g;
-         INSERT INTO messages (id, channel_id, author_clerk_id, body, created_at)
-           SELECT gen_random_uuid(), c.id, 'user_' || (g % 1000), 'message ' || g, now() - g * interval '1 second'
+         INSERT INTO messages (id, workspace_id, channel_id, author_clerk_id, body, created_at)
+           SELECT gen_random_uuid(), c.workspace_id, c.id, 'user_' || (g % 1000), 'message ' || g, now() - g * interval '1 second'
              FROM channels c, generate_series(1, 45000) g WHERE c.workspace_id = '{id}' AND c.name <> 'general';
-         INSERT INTO read_receipts (channel_id, clerk_user_id, last_read_at)
-           SELECT c.id, 'user_' || g, now() FROM channels c, generate_series(1, 1000) g
+         INSERT INTO read_receipts (workspace_id, channel_id, clerk_user_id, last_read_at)
+           SELECT c.workspace_id, c.id, 'user_' || g, now() FROM channels c, generate_series(1, 1000) g
             WHERE c.workspace_id = '{id}' AND c.name <> 'general';
          INSERT INTO rooms (id, workspace_id, kind, name)
            SELECT gen_random_uuid(), '{id}', (ARRAY['document','code','whiteboard','conference'])[1 + g % 4], 'r' || g
              FROM generate_series(0, 199) g;
-         INSERT INTO documents (id, room_id, name) SELECT gen_random_uuid(), r.id, 'd' || g FROM rooms r, generate_series(1, 400) g WHERE r.kind = 'document';
-         INSERT INTO code_files (id, room_id, name) SELECT gen_random_uuid(), r.id, 'f' || g FROM rooms r, generate_series(1, 400) g WHERE r.kind = 'code';
-         INSERT INTO whiteboards (id, room_id, name) SELECT gen_random_uuid(), r.id, 'w' || g FROM rooms r, generate_series(1, 400) g WHERE r.kind = 'whiteboard';
-         INSERT INTO meetings (id, room_id, title, starts_at, ends_at)
-           SELECT gen_random_uuid(), r.id, 'm' || g, now(), now() + interval '1 hour' FROM rooms r, generate_series(1, 400) g WHERE r.kind = 'conference';
+         INSERT INTO documents (id, workspace_id, room_id, name) SELECT gen_random_uuid(), r.workspace_id, r.id, 'd' || g FROM rooms r, generate_series(1, 400) g WHERE r.kind = 'document';
+         INSERT INTO code_files (id, workspace_id, room_id, name) SELECT gen_random_uuid(), r.workspace_id, r.id, 'f' || g FROM rooms r, generate_series(1, 400) g WHERE r.kind = 'code';
+         INSERT INTO whiteboards (id, workspace_id, room_id, name) SELECT gen_random_uuid(), r.workspace_id, r.id, 'w' || g FROM rooms r, generate_series(1, 400) g WHERE r.kind = 'whiteboard';
+         INSERT INTO meetings (id, workspace_id, room_id, title, starts_at, ends_at)
+           SELECT gen_random_uuid(), r.workspace_id, r.id, 'm' || g, now(), now() + interval '1 hour' FROM rooms r, generate_series(1, 400) g WHERE r.kind = 'conference';
          ANALYZE;"
     ))
     .await;

@@ -24,18 +24,18 @@ use vbase_stack::{Stack, Which, sign_webhook};
 pub fn populate_sql(ws: &str, s: &Scale) -> String {
     format!(
         "INSERT INTO channels (id, workspace_id, name) SELECT gen_random_uuid(), '{ws}', 'c' || g FROM generate_series(1, 20) g;
-         INSERT INTO messages (id, channel_id, author_clerk_id, body, created_at)
-           SELECT gen_random_uuid(), c.id, 'user_' || (g % 1000), 'message ' || g, now() - g * interval '1 second'
+         INSERT INTO messages (id, workspace_id, channel_id, author_clerk_id, body, created_at)
+           SELECT gen_random_uuid(), c.workspace_id, c.id, 'user_' || (g % 1000), 'message ' || g, now() - g * interval '1 second'
              FROM channels c, generate_series(1, {m}) g WHERE c.workspace_id = '{ws}' ORDER BY g, c.id;
-         INSERT INTO read_receipts (channel_id, clerk_user_id, last_read_at)
-           SELECT c.id, 'user_' || g, now() FROM channels c, generate_series(1, {r}) g WHERE c.workspace_id = '{ws}' ORDER BY g, c.id;
+         INSERT INTO read_receipts (workspace_id, channel_id, clerk_user_id, last_read_at)
+           SELECT c.workspace_id, c.id, 'user_' || g, now() FROM channels c, generate_series(1, {r}) g WHERE c.workspace_id = '{ws}' ORDER BY g, c.id;
          INSERT INTO rooms (id, workspace_id, kind, name)
            SELECT gen_random_uuid(), '{ws}', (ARRAY['document','code','whiteboard','conference'])[1 + g % 4], 'r' || g FROM generate_series(0, {rooms}) g;
-         INSERT INTO documents (id, room_id, name) SELECT gen_random_uuid(), r.id, 'd' || g FROM rooms r, generate_series(1, {i}) g WHERE r.kind = 'document' AND r.workspace_id = '{ws}' ORDER BY g, r.id;
-         INSERT INTO code_files (id, room_id, name) SELECT gen_random_uuid(), r.id, 'f' || g FROM rooms r, generate_series(1, {i}) g WHERE r.kind = 'code' AND r.workspace_id = '{ws}' ORDER BY g, r.id;
-         INSERT INTO whiteboards (id, room_id, name) SELECT gen_random_uuid(), r.id, 'w' || g FROM rooms r, generate_series(1, {i}) g WHERE r.kind = 'whiteboard' AND r.workspace_id = '{ws}' ORDER BY g, r.id;
-         INSERT INTO meetings (id, room_id, title, starts_at, ends_at)
-           SELECT gen_random_uuid(), r.id, 'm' || g, now(), now() + interval '1 hour' FROM rooms r, generate_series(1, {i}) g WHERE r.kind = 'conference' AND r.workspace_id = '{ws}' ORDER BY g, r.id;
+         INSERT INTO documents (id, workspace_id, room_id, name) SELECT gen_random_uuid(), r.workspace_id, r.id, 'd' || g FROM rooms r, generate_series(1, {i}) g WHERE r.kind = 'document' AND r.workspace_id = '{ws}' ORDER BY g, r.id;
+         INSERT INTO code_files (id, workspace_id, room_id, name) SELECT gen_random_uuid(), r.workspace_id, r.id, 'f' || g FROM rooms r, generate_series(1, {i}) g WHERE r.kind = 'code' AND r.workspace_id = '{ws}' ORDER BY g, r.id;
+         INSERT INTO whiteboards (id, workspace_id, room_id, name) SELECT gen_random_uuid(), r.workspace_id, r.id, 'w' || g FROM rooms r, generate_series(1, {i}) g WHERE r.kind = 'whiteboard' AND r.workspace_id = '{ws}' ORDER BY g, r.id;
+         INSERT INTO meetings (id, workspace_id, room_id, title, starts_at, ends_at)
+           SELECT gen_random_uuid(), r.workspace_id, r.id, 'm' || g, now(), now() + interval '1 hour' FROM rooms r, generate_series(1, {i}) g WHERE r.kind = 'conference' AND r.workspace_id = '{ws}' ORDER BY g, r.id;
          ANALYZE;",
         m = s.messages_per_channel,
         r = s.messages_per_channel / 45,

@@ -277,12 +277,14 @@ fn seed_sql(orgs: usize) -> String {
                 'user_rb0000000', ts, now() - interval '1 day', now() - interval '1 day', 'seed', ts
            FROM generate_series(0, {last}) o,
                 LATERAL (SELECT timestamptz 'epoch' + ({T0} + o) * interval '1 millisecond' AS ts) t;
-         INSERT INTO memberships (clerk_org_id, clerk_user_id, role, deleted, source_updated_at,
+         INSERT INTO memberships (workspace_id, clerk_org_id, clerk_user_id, role, deleted, source_updated_at,
                                   clerk_membership_id, membership_created_at, source_event_id, recorded_at)
-         SELECT 'org_rb' || lpad(o::text, 7, '0'), 'user_rb' || lpad(((o * 7 + k) % 100000)::text, 7, '0'),
+         SELECT w.id, w.clerk_org_id, 'user_rb' || lpad(((o * 7 + k) % 100000)::text, 7, '0'),
                 'org:member', false, ts, 'orgmem_rb' || o || 'x' || k, ts, 'seed', now() - interval '1 day'
            FROM generate_series(0, {last}) o, generate_series(0, {k_last}) k,
-                LATERAL (SELECT timestamptz 'epoch' + ({T0} + o * {PER_ORG} + k) * interval '1 millisecond' AS ts) t",
+                LATERAL (SELECT timestamptz 'epoch' + ({T0} + o * {PER_ORG} + k) * interval '1 millisecond' AS ts) t,
+                LATERAL (SELECT id, clerk_org_id FROM workspaces
+                          WHERE clerk_org_id = 'org_rb' || lpad(o::text, 7, '0')) w",
         last = orgs - 1,
         k_last = PER_ORG - 1,
     )

@@ -36,7 +36,7 @@ impl WsDirect {
                         CASE WHEN m.deleted THEN m.deleted_at ELSE m.source_updated_at END AS membership_changed_at
                    FROM (SELECT 1) one
                    LEFT JOIN workspaces w ON w.clerk_org_id = $1 AND w.deleted_at IS NULL
-                   LEFT JOIN memberships m ON m.clerk_org_id = $1 AND m.clerk_user_id = $2",
+                   LEFT JOIN memberships m ON m.workspace_id = w.id AND m.clerk_user_id = $2",
             )
             .await?;
         let workspace = db

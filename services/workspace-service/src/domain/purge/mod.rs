@@ -127,8 +127,9 @@ pub async fn delete_workspace(
             None => {
                 // Memberships can arrive before their organization: with no workspace row,
                 // they are all there is to remove.
-                prepared("DELETE FROM memberships WHERE clerk_org_id = $1")
-                    .bind::<Text, _>(cmd.org.as_str())
+                let workspace = super::workspaces::workspace_id_of(conn, &cmd.org).await?;
+                prepared("DELETE FROM memberships WHERE workspace_id = $1")
+                    .bind::<SqlUuid, _>(workspace)
                     .execute(conn)
                     .await?;
                 false
@@ -147,14 +148,21 @@ pub async fn delete_workspace(
     .await
 }
 
-/// Hides room `room_id` and queues its purge; false if it was deleted already.
-pub async fn hide_room(conn: &mut AsyncPgConnection, room_id: Uuid) -> Result<bool, Error> {
+/// Hides room `room_id` of `workspace` and queues its purge; false if it was deleted already.
+pub async fn hide_room(
+    conn: &mut AsyncPgConnection,
+    workspace: Uuid,
+    room_id: Uuid,
+) -> Result<bool, Error> {
     conn.transaction::<_, Error, _>(async |conn| {
-        let hidden =
-            prepared("UPDATE rooms SET deleted_at = now() WHERE id = $1 AND deleted_at IS NULL")
-                .bind::<SqlUuid, _>(room_id)
-                .execute(conn)
-                .await?;
+        let hidden = prepared(
+            "UPDATE rooms SET deleted_at = now()
+              WHERE workspace_id = $1 AND id = $2 AND deleted_at IS NULL",
+        )
+        .bind::<SqlUuid, _>(workspace)
+        .bind::<SqlUuid, _>(room_id)
+        .execute(conn)
+        .await?;
         if hidden == 0 {
             return Ok(false);
         }

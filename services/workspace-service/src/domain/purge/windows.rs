@@ -17,22 +17,27 @@ use service_runtime::prepared;
 use tokio::sync::Mutex;
 use uuid::Uuid;
 
-/// The newest message at or below `$2` in any of the channels `$1` (one index probe each).
+/// The newest message at or below `$2` in any of the channels `$1` of workspace `$3` (one
+/// index probe each).
 const NEWEST: &str = "SELECT max(t.created_at) AS at FROM unnest($1::uuid[]) AS c(id)
-     CROSS JOIN LATERAL (SELECT created_at FROM messages WHERE channel_id = c.id AND created_at <= $2
+     CROSS JOIN LATERAL (SELECT created_at FROM messages
+                          WHERE workspace_id = $3 AND channel_id = c.id AND created_at <= $2
                           ORDER BY created_at DESC, id DESC LIMIT 1) t";
 
-/// Deletes at most `$4` messages of channels `$1` in `($3, $2]` (no lower end: `$3` NULL).
+/// Deletes at most `$4` messages of channels `$1` of workspace `$5` in `($3, $2]` (no lower
+/// end: `$3` NULL).
 const WINDOW: &str = "WITH gone AS (
         DELETE FROM messages WHERE ctid = ANY(ARRAY(
             SELECT ctid FROM messages
-             WHERE channel_id = ANY($1) AND created_at <= $2 AND created_at > $3 LIMIT $4))
+             WHERE workspace_id = $5 AND channel_id = ANY($1) AND created_at <= $2
+               AND created_at > $3 LIMIT $4))
         RETURNING 1)
      SELECT count(*) AS n FROM gone";
 const WINDOW_TO_THE_END: &str = "WITH gone AS (
         DELETE FROM messages WHERE ctid = ANY(ARRAY(
             SELECT ctid FROM messages
-             WHERE channel_id = ANY($1) AND created_at <= $2 AND $3::timestamptz IS NULL LIMIT $4))
+             WHERE workspace_id = $5 AND channel_id = ANY($1) AND created_at <= $2
+               AND $3::timestamptz IS NULL LIMIT $4))
         RETURNING 1)
      SELECT count(*) AS n FROM gone";
 
@@ -117,6 +122,7 @@ impl Windows {
         .bind::<Timestamptz, _>(window.hi)
         .bind::<Nullable<Timestamptz>, _>(window.lo)
         .bind::<BigInt, _>(cap)
+        .bind::<SqlUuid, _>(self.workspace)
         .get_result(conn)
         .await?;
         let mut state = self.state.lock().await;
@@ -135,7 +141,7 @@ impl Windows {
             && let Cursor::At(at) = state.cursor
         {
             // An empty window: skip the gap below it to the next message.
-            state.cursor = match newest(conn, &channels, at).await? {
+            state.cursor = match newest(conn, self.workspace, &channels, at).await? {
                 Some(next) => Cursor::At(next),
                 None => Cursor::Drained,
             };
@@ -176,13 +182,15 @@ impl Windows {
         let hi = match state.cursor {
             Cursor::Drained => return Ok(None),
             Cursor::At(at) => at,
-            Cursor::Start => match newest(conn, &channels, DateTime::<Utc>::MAX_UTC).await? {
-                Some(at) => at,
-                None => {
-                    state.cursor = Cursor::Drained;
-                    return Ok(None);
+            Cursor::Start => {
+                match newest(conn, self.workspace, &channels, DateTime::<Utc>::MAX_UTC).await? {
+                    Some(at) => at,
+                    None => {
+                        state.cursor = Cursor::Drained;
+                        return Ok(None);
+                    }
                 }
-            },
+            }
         };
         let lo = hi.checked_sub_signed(width).filter(|lo| *lo > floor());
         state.cursor = match lo {
@@ -193,9 +201,10 @@ impl Windows {
     }
 }
 
-/// The newest message at or below `at` in `channels`.
+/// The newest message at or below `at` in `channels` of `workspace`.
 async fn newest(
     conn: &mut AsyncPgConnection,
+    workspace: Uuid,
     channels: &[Uuid],
     at: DateTime<Utc>,
 ) -> QueryResult<Option<DateTime<Utc>>> {
@@ -207,6 +216,7 @@ async fn newest(
     let row: At = prepared(NEWEST)
         .bind::<Array<SqlUuid>, _>(channels)
         .bind::<Timestamptz, _>(at)
+        .bind::<SqlUuid, _>(workspace)
         .get_result(conn)
         .await?;
     Ok(row.at)
