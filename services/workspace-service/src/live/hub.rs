@@ -8,7 +8,7 @@
 use super::frames::{Frame, Memory};
 use crate::domain::changes;
 use diesel_async::AsyncPgConnection;
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use service_runtime::Pool;
 use std::collections::HashMap;
 use std::future::Future;
@@ -21,6 +21,8 @@ use uuid::Uuid;
 const POLL: Duration = Duration::from_secs(2);
 /// Changes a watcher may fall behind the broadcast before it reads them from the log instead.
 const CAPACITY: usize = 1024;
+/// Workspaces read in one round of received notifications, at most.
+const DRAIN_AT_MOST: usize = 4096;
 /// What one read of the log takes at most: rows, and payload bytes.
 const READ_ROWS: i64 = 500;
 const READ_BYTES: i64 = 1 << 20;
@@ -151,8 +153,19 @@ impl Hub {
         loop {
             tokio::select! {
                 n = notes.next() => {
-                    let n = n.ok_or_else(|| anyhow::anyhow!("notification stream ended"))??;
-                    if let Ok(w) = Uuid::try_parse(&n.payload) {
+                    // Every notification already received, each workspace read once: a burst
+                    // of commits to one workspace costs one read, and the stream's queue is
+                    // emptied as fast as it fills.
+                    let mut due = std::collections::BTreeSet::new();
+                    let mut next = Some(n);
+                    while let Some(n) = next {
+                        let n = n.ok_or_else(|| anyhow::anyhow!("notification stream ended"))??;
+                        if let Ok(w) = Uuid::try_parse(&n.payload) {
+                            due.insert(w);
+                        }
+                        next = if due.len() < DRAIN_AT_MOST { notes.next().now_or_never() } else { None };
+                    }
+                    for w in due {
                         self.pump(w).await?;
                     }
                 }
