@@ -1,3 +1,7 @@
+DROP TRIGGER membership_workspace ON workspaces;
+DROP TRIGGER membership_workspace ON memberships;
+DROP FUNCTION check_membership_workspace();
+
 DROP INDEX memberships_org_user_idx;
 ALTER TABLE memberships DROP CONSTRAINT memberships_pkey, ADD PRIMARY KEY (clerk_org_id, clerk_user_id);
 ALTER TABLE memberships DROP COLUMN workspace_id;

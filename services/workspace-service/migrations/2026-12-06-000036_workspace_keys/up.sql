@@ -3,6 +3,11 @@
 -- (`PARTITION BY HASH (workspace_id)`, or distributed by it with Citus) as it stands, and
 -- every statement of the services names the workspace of the rows it reads or writes.
 
+-- It rewrites the content tables: no limit of the role's applies (the services' upgrade stops
+-- workspace-service meanwhile, deploy/README.md).
+SET LOCAL statement_timeout = 0;
+SET LOCAL lock_timeout = 0;
+
 -- 1. The column, filled from the parent row (a message or read receipt from its channel, an
 --    item or meeting from its room), then required.
 ALTER TABLE messages ADD COLUMN workspace_id uuid;
@@ -166,3 +171,30 @@ ALTER TABLE memberships ALTER COLUMN workspace_id SET NOT NULL;
 ALTER TABLE memberships DROP CONSTRAINT memberships_pkey, ADD PRIMARY KEY (workspace_id, clerk_user_id);
 -- Reconcile compares Clerk's listing, which names organizations, across workspaces.
 CREATE INDEX memberships_org_user_idx ON memberships (clerk_org_id, clerk_user_id);
+
+-- 3. An organization's memberships and its workspace hold one workspace id. The services keep
+--    it (the id rule, under the organization's lock); a row that breaks it (a restored
+--    workspace, a hand-made one) is refused, not split off where the access check and the
+--    purge would no longer find it.
+CREATE FUNCTION check_membership_workspace() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF TG_TABLE_NAME = 'memberships' THEN
+        IF EXISTS (SELECT FROM workspaces w
+                    WHERE w.clerk_org_id = NEW.clerk_org_id AND w.id <> NEW.workspace_id) THEN
+            RAISE EXCEPTION 'membership of % names workspace %, not its organization''s',
+                NEW.clerk_org_id, NEW.workspace_id USING ERRCODE = 'check_violation';
+        END IF;
+    ELSIF EXISTS (SELECT FROM memberships m
+                   WHERE m.clerk_org_id = NEW.clerk_org_id AND m.workspace_id <> NEW.id) THEN
+        RAISE EXCEPTION 'workspace % of % is not the workspace its memberships name',
+            NEW.id, NEW.clerk_org_id USING ERRCODE = 'check_violation';
+    END IF;
+    RETURN NEW;
+END $$;
+CREATE TRIGGER membership_workspace BEFORE INSERT OR UPDATE OF clerk_org_id, workspace_id
+    ON memberships FOR EACH ROW EXECUTE FUNCTION check_membership_workspace();
+CREATE TRIGGER membership_workspace BEFORE INSERT OR UPDATE OF id, clerk_org_id
+    ON workspaces FOR EACH ROW EXECUTE FUNCTION check_membership_workspace();
+
+ANALYZE channels, rooms, messages, read_receipts, documents, code_files, whiteboards, meetings,
+    memberships;

@@ -382,3 +382,56 @@ async fn memberships_hold_their_workspace_id_before_and_after_the_workspace() {
         1
     );
 }
+
+/// A membership and its organization's workspace that name different workspace ids are
+/// refused by the database, whichever is written second.
+#[tokio::test]
+async fn a_membership_and_its_workspace_never_name_different_ids() {
+    let env = support::start().await;
+    let url = env.db.url().to_owned();
+    let derived = workspace_service::derived_workspace_id("org_split");
+    env.sql(&format!(
+        "INSERT INTO memberships (workspace_id, clerk_org_id, clerk_user_id, role, source_updated_at)
+         VALUES ('{derived}', 'org_split', 'user_1', 'org:member', now())"
+    ))
+    .await;
+    let other = "0191d6a4-0000-7000-8000-0000000000aa";
+    let refused = service_harness::try_execute(
+        &url,
+        &format!(
+            "INSERT INTO workspaces (id, clerk_org_id, name, source_updated_at)
+             VALUES ('{other}', 'org_split', 'Split', now())"
+        ),
+    )
+    .await;
+    assert!(
+        refused
+            .as_ref()
+            .is_err_and(|e| e.contains("not the workspace its memberships name")),
+        "{refused:?}"
+    );
+    env.sql(&format!(
+        "INSERT INTO workspaces (id, clerk_org_id, name, source_updated_at)
+         VALUES ('{derived}', 'org_split', 'Split', now())"
+    ))
+    .await;
+    let refused = service_harness::try_execute(
+        &url,
+        &format!(
+            "INSERT INTO memberships (workspace_id, clerk_org_id, clerk_user_id, role, source_updated_at)
+             VALUES ('{other}', 'org_split', 'user_2', 'org:member', now())"
+        ),
+    )
+    .await;
+    assert!(
+        refused
+            .as_ref()
+            .is_err_and(|e| e.contains("not its organization's")),
+        "{refused:?}"
+    );
+    assert_eq!(
+        env.scalar("SELECT count(*) FROM memberships WHERE clerk_org_id = 'org_split'")
+            .await,
+        1
+    );
+}
