@@ -16,8 +16,9 @@ pub struct BrowserArgs {
 }
 
 /// Headers a gRPC-Web client sends besides the simple ones.
-const REQUEST_HEADERS: [&str; 6] = [
+const REQUEST_HEADERS: [&str; 7] = [
     "authorization",
+    crate::read_after::LSN_METADATA,
     "content-type",
     "x-grpc-web",
     "x-user-agent",
@@ -26,8 +27,9 @@ const REQUEST_HEADERS: [&str; 6] = [
 ];
 
 /// Headers a gRPC-Web client must be able to read (the status travels in them when the
-/// answer has no body).
-const EXPOSED_HEADERS: [&str; 4] = [
+/// answer has no body; a write's answer says where it committed).
+const EXPOSED_HEADERS: [&str; 5] = [
+    crate::read_after::LSN_METADATA,
     "grpc-status",
     "grpc-message",
     "grpc-status-details-bin",

@@ -16,6 +16,7 @@ pub mod limits;
 pub mod logging;
 pub mod metrics;
 pub mod prepared;
+pub mod read_after;
 pub mod replica;
 pub mod secret;
 pub mod secret_files;

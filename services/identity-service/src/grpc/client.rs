@@ -45,7 +45,7 @@ pub(super) async fn get_current_user(
     let user = p
         .as_user()
         .ok_or_else(|| Status::permission_denied("GetCurrentUser is for user tokens"))?;
-    let seen = api.seen(&req);
+    let seen = api.seen(&req)?;
     let record = api.lookups.get(&user.user_id, seen).await?.ok_or_else(|| {
         Status::not_found("user not synced yet: call StoreUser or wait for the Clerk webhook")
     })?;
@@ -59,7 +59,7 @@ pub(super) async fn get_user(
     req: Request<pb::GetUserRequest>,
 ) -> Result<Response<pb::GetUserResponse>, Status> {
     let p = principal(&req)?;
-    let seen = api.seen(&req);
+    let seen = api.seen(&req)?;
     let id = req.into_inner().clerk_id;
     validate::user_id("clerk_id", &id)?;
     let record = api
@@ -78,7 +78,7 @@ pub(super) async fn batch_get_users(
     req: Request<pb::BatchGetUsersRequest>,
 ) -> Result<Response<pb::BatchGetUsersResponse>, Status> {
     let p = principal(&req)?;
-    let seen = api.seen(&req);
+    let seen = api.seen(&req)?;
     let ids = req.into_inner().clerk_ids;
     if ids.len() > MAX_BATCH {
         return Err(Status::invalid_argument(format!(

@@ -94,11 +94,13 @@ impl IdentityApi {
 
 impl IdentityApi {
     /// The position the reads of `req`'s caller must see: its last write here, if lately.
-    fn seen<T>(&self, req: &Request<T>) -> Option<Lsn> {
-        if !self.reads.has_replica() {
-            return None;
-        }
-        subject(req).and_then(|s| self.own_writes.after(&s))
+    fn seen<T>(&self, req: &Request<T>) -> Result<Option<Lsn>, Status> {
+        let remembered = if self.reads.has_replica() {
+            subject(req).and_then(|s| self.own_writes.after(&s))
+        } else {
+            None
+        };
+        service_runtime::read_after::read_after(req, remembered)
     }
 
     /// Whose write `req` is, while a replica is configured (else nothing is remembered).
@@ -117,11 +119,15 @@ impl IdentityApi {
         who: Option<String>,
         answer: Result<Response<T>, Status>,
     ) -> Result<Response<T>, Status> {
-        if let (Some(who), Ok(_)) = (who, &answer) {
+        let mut answer = answer;
+        if let (Some(who), Ok(r)) = (who, &mut answer) {
             let lsn = match self.pool.get().await {
                 Ok(mut conn) => service_runtime::replica::commit_lsn(&mut conn).await.ok(),
                 Err(_) => None,
             };
+            if let Some(lsn) = &lsn {
+                service_runtime::read_after::tell(r, lsn);
+            }
             // Unknown: the caller's reads wait the bounded wait, then go to the primary.
             self.own_writes
                 .record(&who, lsn.unwrap_or_else(Lsn::unknown));

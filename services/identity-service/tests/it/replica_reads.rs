@@ -13,7 +13,7 @@ use tonic::Code;
 use vbase_proto::identity::v1 as pb;
 
 /// The lag beyond which reads go to the primary, in this test.
-const MAX_LAG_MS: u64 = 3_000;
+const MAX_LAG_MS: u64 = 6_000;
 
 async fn get_user(env: &Env, caller: &str, id: &str) -> Result<pb::User, Code> {
     env.client()
@@ -79,6 +79,18 @@ async fn reads_use_the_replica_within_its_lag_and_callers_read_their_writes() {
             == 1
     })
     .await;
+    // Another process of the service (as a load balancer would pick it), its lag sampler
+    // running before replay stops.
+    let mut other_config = support::config(env.db.url(), &env.issuers);
+    other_config.service.replica.database_read_url = Some(app_role_url(&standby_db).into());
+    other_config.service.replica.db_read_max_lag_ms = MAX_LAG_MS;
+    other_config.service.replica.db_read_your_writes_wait_ms = 200;
+    let other = support::start_server(other_config).await;
+    let mut other_client =
+        vbase_proto::identity::v1::identity_service_client::IdentityServiceClient::new(
+            other.channel().await,
+        );
+    tokio::time::sleep(Duration::from_secs(1)).await;
     service_harness::execute(&standby_admin, "SELECT pg_wal_replay_pause()").await;
 
     // (a) StoreUser, then the same user's GetCurrentUser: it reads its write.
@@ -117,6 +129,48 @@ async fn reads_use_the_replica_within_its_lag_and_callers_read_their_writes() {
         .await
         .expect("the service reads the user it just wrote");
     assert_eq!(z.into_inner().user.unwrap().name, "Zed");
+
+    // (a') Through the other process: a read that carries the write's position (x-vbase-lsn,
+    // from the write's answer) sees the write; one that does not reads the replica's older
+    // state (within DB_READ_MAX_LAG_MS).
+    let stored = env
+        .client()
+        .await
+        .store_user(env.user("user_c", pb::StoreUserRequest {}))
+        .await
+        .unwrap();
+    let lsn = stored
+        .metadata()
+        .get(service_runtime::read_after::LSN_METADATA)
+        .expect("a write's answer says where it committed")
+        .clone();
+    let elsewhere = other_client
+        .get_current_user(env.user("user_c", pb::GetCurrentUserRequest {}))
+        .await;
+    assert_eq!(
+        elsewhere.map(|_| ()).map_err(|s| s.code()),
+        Err(Code::NotFound),
+        "without the position, another process reads the replica"
+    );
+    let mut carried = env.user("user_c", pb::GetCurrentUserRequest {});
+    carried
+        .metadata_mut()
+        .insert(service_runtime::read_after::LSN_METADATA, lsn);
+    let me = other_client
+        .get_current_user(carried)
+        .await
+        .expect("with the position, another process reads the write");
+    assert_eq!(me.into_inner().user.unwrap().clerk_id, "user_c");
+    let mut bad = env.user("user_c", pb::GetCurrentUserRequest {});
+    bad.metadata_mut().insert(
+        service_runtime::read_after::LSN_METADATA,
+        "not-a-position".parse().unwrap(),
+    );
+    assert_eq!(
+        other_client.get_current_user(bad).await.unwrap_err().code(),
+        Code::InvalidArgument
+    );
+    other.stop().await.unwrap();
 
     // (b) Another caller, within the lag limit, reads the replica: not yet there.
     store(&env, "user_x").await;

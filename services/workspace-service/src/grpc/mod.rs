@@ -193,11 +193,12 @@ impl WorkspaceApi {
     where
         I: TryFrom<T, Error = Error>,
     {
-        let seen = if self.reads.has_replica() {
+        let remembered = if self.reads.has_replica() {
             subject(&req).and_then(|s| self.own_writes.after(&s))
         } else {
             None
         };
+        let seen = service_runtime::read_after::read_after(&req, remembered)?;
         let (caller, input) = accept(req)?;
         Ok((caller, input, seen))
     }
@@ -214,11 +215,15 @@ impl WorkspaceApi {
     /// Remembers where the write of `who` committed, so its next reads here see it (only while
     /// a replica is configured: otherwise every read is the primary's).
     async fn wrote<T>(&self, who: Option<String>, answer: R<T>) -> R<T> {
-        if let (Some(who), Ok(_)) = (who, &answer) {
+        let mut answer = answer;
+        if let (Some(who), Ok(r)) = (who, &mut answer) {
             let lsn = match self.pool.get().await {
                 Ok(mut conn) => service_runtime::replica::commit_lsn(&mut conn).await.ok(),
                 Err(_) => None,
             };
+            if let Some(lsn) = &lsn {
+                service_runtime::read_after::tell(r, lsn);
+            }
             // Unknown: the caller's reads wait the bounded wait, then go to the primary.
             self.own_writes
                 .record(&who, lsn.unwrap_or_else(Lsn::unknown));
