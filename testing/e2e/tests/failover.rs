@@ -376,10 +376,24 @@ async fn tell_where_it_went(primary: &PgCluster, promoted_db_url: &str, lost: &[
         .unwrap_or("postgres")
         .to_owned();
     let log = std::fs::read_to_string(primary.dir().join("postgres.log")).unwrap_or_default();
-    for line in log.lines().filter(|l| {
-        l.contains("synchronous replication") || l.contains("canceling") || l.contains("terminat")
-    }) {
-        eprintln!("old primary's log: {line}");
+    let lines: Vec<&str> = log.lines().collect();
+    for (i, l) in lines.iter().enumerate() {
+        if l.contains("synchronous replication")
+            || l.contains("canceling")
+            || lost.iter().any(|id| l.contains(id.as_str()))
+        {
+            let from = i.saturating_sub(1);
+            for line in &lines[from..=i] {
+                eprintln!(
+                    "old primary's log: {}",
+                    line.chars().take(400).collect::<String>()
+                );
+            }
+        }
+    }
+    for line in &lines[lines.len().saturating_sub(40)..] {
+        let line: String = line.chars().take(300).collect();
+        eprintln!("old primary's log (end): {line}");
     }
     if let Err(e) = primary.resume() {
         eprintln!("the old primary did not start again: {e}");
@@ -394,6 +408,8 @@ async fn tell_where_it_went(primary: &PgCluster, promoted_db_url: &str, lost: &[
         .await;
         eprintln!("lost {id}: the old primary has it {n} time(s)");
     }
+    // The old primary answers again: what follows would count its rows, not the standby's.
+    panic!("writes answered OK are missing after the failover: {lost:?}");
 }
 
 fn tempfile_dir() -> PathBuf {
