@@ -85,8 +85,9 @@ impl AccessFacts {
     }
 }
 
+/// One row of [`facts_sql`].
 #[derive(QueryableByName)]
-struct Row {
+pub struct FactsRow {
     #[diesel(sql_type = Nullable<SqlUuid>)]
     id: Option<Uuid>,
     #[diesel(sql_type = Nullable<Text>)]
@@ -113,7 +114,7 @@ struct Row {
     membership_changed_at: Option<DateTime<Utc>>,
 }
 
-impl Row {
+impl FactsRow {
     fn facts(self) -> AccessFacts {
         let workspace = match (
             self.id,
@@ -153,6 +154,23 @@ impl Row {
     }
 }
 
+/// The statement that reads the facts of user `$2` in organization `$1`: one row, the
+/// workspace's columns null when none is live. A statement that reads more in the same round
+/// trip selects from it as a subquery (`concat!(facts_sql!(), ...)`).
+macro_rules! facts_sql {
+    () => {
+        "SELECT w.id, w.clerk_org_id, w.name, w.slug, w.owner_clerk_id, w.source_updated_at,
+                w.created_at, w.updated_at,
+                (SELECT removed_at FROM removed_users WHERE clerk_user_id = $2) AS removed_at,
+                m.deleted AS membership_deleted, m.role,
+                CASE WHEN m.deleted THEN m.deleted_at ELSE m.source_updated_at END AS membership_changed_at
+           FROM (SELECT 1) one
+           LEFT JOIN workspaces w ON w.clerk_org_id = $1 AND w.deleted_at IS NULL
+           LEFT JOIN memberships m ON m.workspace_id = w.id AND m.clerk_user_id = $2"
+    };
+}
+pub(crate) use facts_sql;
+
 /// The facts for `user` in `org`: from the cache when it may answer, else one statement (whose
 /// answer the cache keeps, when `fill`, unless a change was heard meanwhile).
 pub async fn access_facts(
@@ -162,30 +180,50 @@ pub async fn access_facts(
     org: &str,
     user: &str,
 ) -> diesel::QueryResult<Arc<AccessFacts>> {
+    let pending = match cached(cache, org, user) {
+        Ok(hit) => return Ok(hit),
+        Err(pending) => pending,
+    };
+    let row: FactsRow = prepared(facts_sql!())
+        .bind::<Text, _>(org)
+        .bind::<Text, _>(user)
+        .get_result(conn)
+        .await?;
+    Ok(pending.remember(fill, row))
+}
+
+/// The cached facts for `user` in `org`, or what it takes to remember the facts a statement
+/// reads now ([`Pending::remember`]).
+pub fn cached<'c>(
+    cache: Option<&'c AccessCache>,
+    org: &str,
+    user: &str,
+) -> Result<Arc<AccessFacts>, Pending<'c>> {
     let key = (org.to_owned(), user.to_owned());
     if let Some(hit) = cache.and_then(|c| c.get(&key)) {
         return Ok(hit);
     }
-    let ticket = cache.map(|c| c.ticket());
-    let row: Row = prepared(
-        "SELECT w.id, w.clerk_org_id, w.name, w.slug, w.owner_clerk_id, w.source_updated_at,
-                w.created_at, w.updated_at,
-                (SELECT removed_at FROM removed_users WHERE clerk_user_id = $2) AS removed_at,
-                m.deleted AS membership_deleted, m.role,
-                CASE WHEN m.deleted THEN m.deleted_at ELSE m.source_updated_at END AS membership_changed_at
-           FROM (SELECT 1) one
-           LEFT JOIN workspaces w ON w.clerk_org_id = $1 AND w.deleted_at IS NULL
-           LEFT JOIN memberships m ON m.workspace_id = w.id AND m.clerk_user_id = $2",
-    )
-    .bind::<Text, _>(org)
-    .bind::<Text, _>(user)
-    .get_result(conn)
-    .await?;
-    let facts = Arc::new(row.facts());
-    if let (Some(c), Some(t), true) = (cache, ticket, fill) {
-        c.insert(t, key, facts.clone());
+    // Taken before the statement: a change heard while it runs keeps its answer out.
+    let ticket = cache.map(|c| (c, c.ticket()));
+    Err(Pending { ticket, key })
+}
+
+/// A cache miss whose facts are being read.
+pub struct Pending<'c> {
+    ticket: Option<(&'c AccessCache, coherent_cache::Ticket)>,
+    key: (String, String),
+}
+
+impl Pending<'_> {
+    /// The facts `row` holds, kept in the cache when `fill` and no change was heard since the
+    /// miss.
+    pub fn remember(self, fill: bool, row: FactsRow) -> Arc<AccessFacts> {
+        let facts = Arc::new(row.facts());
+        if let (Some((c, t)), true) = (self.ticket, fill) {
+            c.insert(t, self.key, facts.clone());
+        }
+        facts
     }
-    Ok(facts)
 }
 
 /// What our data learned about a user after their token was issued.
