@@ -321,7 +321,7 @@ async fn the_services_survive_a_failover_to_the_standby_and_lose_nothing() {
             .filter(|u| !called.contains(u)),
     );
     if !lost.is_empty() {
-        tell_where_it_went(&primary, &id_db, &lost).await;
+        tell_where_it_went(&primary, &standby, &id_db, &lost).await;
     }
     let n_users = seen
         .accepted
@@ -368,7 +368,12 @@ async fn the_services_survive_a_failover_to_the_standby_and_lose_nothing() {
 /// started again from its files, has it (PostgreSQL acknowledged a commit the standby never
 /// confirmed) or not (an answer without a commit), and what its log says about the commits'
 /// waits for the standby.
-async fn tell_where_it_went(primary: &PgCluster, promoted_db_url: &str, lost: &[String]) {
+async fn tell_where_it_went(
+    primary: &PgCluster,
+    standby: &PgCluster,
+    promoted_db_url: &str,
+    lost: &[String],
+) {
     let db = promoted_db_url
         .rsplit('/')
         .next()
@@ -395,6 +400,37 @@ async fn tell_where_it_went(primary: &PgCluster, promoted_db_url: &str, lost: &[
         let line: String = line.chars().take(300).collect();
         eprintln!("old primary's log (end): {line}");
     }
+    // Whether each server's WAL ever held the row's bytes (an insert that never committed
+    // leaves them there; one that never reached the server, or sat in WAL buffers, does not).
+    for (name, server) in [("old primary", primary), ("promoted standby", standby)] {
+        for id in lost {
+            eprintln!(
+                "lost {id}: in the {name}'s WAL {} time(s)",
+                occurrences_in_wal(server, id)
+            );
+        }
+    }
+    // Any other PostgreSQL on this machine that holds it (a server that took over a port).
+    for port in postgres_ports() {
+        if port == primary.port() || port == standby.port() {
+            continue;
+        }
+        let url = format!("postgres://postgres@127.0.0.1:{port}/{db}");
+        if let Ok((client, conn)) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await {
+            tokio::spawn(conn);
+            for id in lost {
+                if let Ok(rows) = client
+                    .query("SELECT 1 FROM users WHERE clerk_id = $1", &[id])
+                    .await
+                {
+                    eprintln!(
+                        "lost {id}: PostgreSQL on port {port} has it {} time(s)",
+                        rows.len()
+                    );
+                }
+            }
+        }
+    }
     if let Err(e) = primary.resume() {
         eprintln!("the old primary did not start again: {e}");
         return;
@@ -410,6 +446,42 @@ async fn tell_where_it_went(primary: &PgCluster, promoted_db_url: &str, lost: &[
     }
     // The old primary answers again: what follows would count its rows, not the standby's.
     panic!("writes answered OK are missing after the failover: {lost:?}");
+}
+
+/// How often `needle`'s bytes appear in the WAL files of `server`.
+fn occurrences_in_wal(server: &PgCluster, needle: &str) -> usize {
+    let Ok(dir) = std::fs::read_dir(server.dir().join("data").join("pg_wal")) else {
+        return 0;
+    };
+    let needle = needle.as_bytes();
+    dir.filter_map(Result::ok)
+        .filter_map(|e| std::fs::read(e.path()).ok())
+        .map(|bytes| bytes.windows(needle.len()).filter(|w| *w == needle).count())
+        .sum()
+}
+
+/// The ports of every PostgreSQL server running on this machine (`postgres -p <port>`).
+fn postgres_ports() -> Vec<u16> {
+    let mut ports = Vec::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(cmd) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let args: Vec<String> = cmd
+            .split(|b| *b == 0)
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        if !args.first().is_some_and(|a| a.ends_with("postgres")) {
+            continue;
+        }
+        if let Some(i) = args.iter().position(|a| a == "-p")
+            && let Some(port) = args.get(i + 1).and_then(|p| p.parse().ok())
+            && !ports.contains(&port)
+        {
+            ports.push(port);
+        }
+    }
+    ports
 }
 
 fn tempfile_dir() -> PathBuf {
