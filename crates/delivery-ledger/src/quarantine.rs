@@ -10,7 +10,7 @@ use diesel::sql_types::{BigInt, Binary, Bool, Double, Integer, Nullable, Text, T
 use diesel::{OptionalExtension, QueryableByName};
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use input_validation::Invalid;
-use service_runtime::prepared;
+use service_runtime::{Settled, prepared};
 use std::time::Duration;
 use vbase_proto::ops::v1 as pb;
 
@@ -203,7 +203,7 @@ pub async fn keep(conn: &mut AsyncPgConnection, d: &Intake) -> diesel::QueryResu
     .bind::<Text, _>(&d.event_type)
     .bind::<Text, _>(&d.reason)
     .bind::<Binary, _>(&d.body)
-    .get_result(conn)
+    .one(conn)
     .await
     .or_else(|e| match e {
         // The conflict's WHERE excluded it: resolved or discarded before.
@@ -254,7 +254,7 @@ pub async fn get(
            FROM quarantined_deliveries WHERE svix_id = $1",
     )
     .bind::<Text, _>(svix_id)
-    .get_result(conn)
+    .one(conn)
     .await
     .optional()
 }
@@ -317,7 +317,7 @@ pub async fn counts(conn: &mut AsyncPgConnection) -> diesel::QueryResult<Counts>
                 count(*) FILTER (WHERE received_at > now() - interval '1 day') AS last_day
            FROM quarantined_deliveries",
     )
-    .get_result(conn)
+    .one(conn)
     .await
 }
 

@@ -7,6 +7,7 @@ use diesel::QueryableByName;
 use diesel::sql_types::{BigInt, Double, Integer, Nullable, Text, Timestamptz};
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use rand::Rng;
+use service_runtime::Settled;
 use service_runtime::{Pool, prepared};
 use std::future::Future;
 use std::time::Duration;
@@ -193,7 +194,7 @@ impl Depths {
 
 /// Counts a table's jobs by state.
 pub async fn depths(conn: &mut AsyncPgConnection, table: &JobTable) -> diesel::QueryResult<Depths> {
-    prepared(table.depths).get_result(conn).await
+    prepared(table.depths).one(conn).await
 }
 
 /// The state of a job, as an operator sees it.

@@ -12,6 +12,7 @@ use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use ephemeral_postgres::{TestDatabase, TestDatabases};
 use job_queue::{Attempt, JobHandler, JobRunner, JobTable, Leased, RunnerSettings, job_table};
 use service_runtime::Pool;
+use service_runtime::Settled;
 use service_runtime::db::{DbFailure, PlanCache, build_pool, classify};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -139,7 +140,7 @@ async fn drain(pool: Pool, handler: Writer, admin: &mut AsyncPgConnection, key: 
     loop {
         let left: Left = diesel::sql_query("SELECT count(*) AS n FROM test_jobs WHERE id = $1")
             .bind::<diesel::sql_types::Text, _>(key)
-            .get_result(admin)
+            .one(admin)
             .await
             .unwrap();
         if left.n == 0 {

@@ -299,10 +299,8 @@ struct ReplicaState {
 /// insert position ([`record_end`] of it), not `pg_current_wal_lsn()`: a commit made with
 /// `synchronous_commit = off` is acknowledged before the written position passes it.
 pub async fn commit_lsn(conn: &mut AsyncPgConnection) -> diesel::QueryResult<Lsn> {
-    use diesel_async::RunQueryDsl;
-    let row = crate::prepared(PRIMARY_LSN)
-        .get_result::<LsnRow>(conn)
-        .await?;
+    use crate::Settled;
+    let row = crate::prepared(PRIMARY_LSN).one::<LsnRow>(conn).await?;
     Ok(match Lsn(row.lsn).position() {
         Some(at) => Lsn::at(record_end(at)),
         None => Lsn::unknown(),
@@ -611,10 +609,10 @@ impl ReadPool {
     /// Asks the replica behind `conn` whether it is a standby and how far it has replayed,
     /// within [`REPLICA_CHECK_TIMEOUT`]; records its lag. `None`: it failed or did not answer.
     async fn check(&self, conn: &mut AsyncPgConnection) -> Option<Checked> {
-        use diesel_async::RunQueryDsl;
+        use crate::Settled;
         let state = tokio::time::timeout(
             REPLICA_CHECK_TIMEOUT,
-            crate::prepared(REPLICA_STATE).get_result::<ReplicaState>(conn),
+            crate::prepared(REPLICA_STATE).one::<ReplicaState>(conn),
         )
         .await
         .ok()?
@@ -696,7 +694,7 @@ impl ReadPool {
     /// Samples the primary's WAL position once (within the lag limit, at most a second), and
     /// measures a replica connection's lag for `db_replica_lag_seconds`.
     pub async fn sample_lag(&self) {
-        use diesel_async::RunQueryDsl;
+        use crate::Settled;
         let Some(replica) = &self.replica else { return };
         if self.max_lag.is_zero() {
             // Every read goes to the primary: nothing to sample.
@@ -709,7 +707,7 @@ impl ReadPool {
         let sampled = tokio::time::timeout(limit, async {
             let mut conn = self.sampler.get().await.ok()?;
             let row = crate::prepared(PRIMARY_LSN)
-                .get_result::<LsnRow>(&mut conn)
+                .one::<LsnRow>(&mut conn)
                 .await
                 .ok()?;
             row.lsn.parse::<Lsn>().ok()?.position().map(record_end)

@@ -5,6 +5,7 @@ use diesel::sql_types::{BigInt, Nullable, Text};
 use diesel::{QueryableByName, sql_query};
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use ephemeral_postgres::TestDatabases;
+use service_runtime::Settled;
 use service_runtime::prepared;
 
 #[derive(QueryableByName)]
@@ -35,7 +36,7 @@ async fn held(conn: &mut AsyncPgConnection, marker: &str) -> i64 {
         "SELECT count(*) AS n FROM pg_prepared_statements WHERE statement LIKE '%' || $1 || '%' AND statement NOT LIKE '%pg_prepared_statements%'",
     )
     .bind::<Text, _>(marker)
-    .get_result(conn)
+    .one(conn)
     .await
     .unwrap();
     r.n
@@ -48,7 +49,7 @@ async fn parameters_bind_by_number_in_any_order_and_repeat() {
         .bind::<Text, _>("a")
         .bind::<Text, _>("b")
         .bind::<Nullable<Text>, _>(None::<String>)
-        .get_result(&mut conn)
+        .one(&mut conn)
         .await
         .unwrap();
     assert_eq!(r.s.as_deref(), Some("bab-"));
@@ -56,7 +57,7 @@ async fn parameters_bind_by_number_in_any_order_and_repeat() {
     let tricky = "*/ $1 -- '";
     let r: S = prepared("SELECT $1 AS s")
         .bind::<Text, _>(tricky)
-        .get_result(&mut conn)
+        .one(&mut conn)
         .await
         .unwrap();
     assert_eq!(r.s.as_deref(), Some(tricky));
@@ -68,7 +69,7 @@ async fn a_statement_is_prepared_once_per_connection_and_reused() {
     for i in 0..3_i64 {
         let r: N = prepared("SELECT $1 + 1 AS n /* marker_cached */")
             .bind::<BigInt, _>(i)
-            .get_result(&mut conn)
+            .one(&mut conn)
             .await
             .unwrap();
         assert_eq!(r.n, i + 1);
@@ -78,7 +79,7 @@ async fn a_statement_is_prepared_once_per_connection_and_reused() {
     for i in 0..3_i64 {
         let r: N = sql_query("SELECT $1 + 1 AS n /* marker_uncached */")
             .bind::<BigInt, _>(i)
-            .get_result(&mut conn)
+            .one(&mut conn)
             .await
             .unwrap();
         assert_eq!(r.n, i + 1);
@@ -98,7 +99,7 @@ async fn errors_come_back_as_diesel_errors() {
     // The connection (and its cache) still works afterwards.
     let r: N = prepared("SELECT $1 AS n")
         .bind::<BigInt, _>(7_i64)
-        .get_result(&mut conn)
+        .one(&mut conn)
         .await
         .unwrap();
     assert_eq!(r.n, 7);
@@ -121,10 +122,7 @@ async fn pools_set_the_plan_cache_mode_they_are_built_with() {
     ] {
         let pool = build_pool(db.url(), 2, plans).unwrap();
         let mut c = pool.get().await.unwrap();
-        let m: Mode = sql_query("SHOW plan_cache_mode")
-            .get_result(&mut c)
-            .await
-            .unwrap();
+        let m: Mode = sql_query("SHOW plan_cache_mode").one(&mut c).await.unwrap();
         assert_eq!(m.plan_cache_mode, expected, "{plans:?}");
     }
 }
@@ -175,11 +173,11 @@ async fn pruning_finds_old_delivery_ids_through_the_key_and_keeps_the_recent_one
         .await
         .unwrap();
     let left: N = sql_query("SELECT count(*) AS n FROM processed_events WHERE processed_at < now() - interval '72 hours'")
-        .get_result(&mut conn)
+        .one(&mut conn)
         .await
         .unwrap();
     let kept: N = sql_query("SELECT count(*) AS n FROM processed_events")
-        .get_result(&mut conn)
+        .one(&mut conn)
         .await
         .unwrap();
     // 80 h ago + 3 s x g - 1.5 s is older than 72 h for g <= 9,600 (and 1.5 s from the

@@ -7,6 +7,7 @@ use diesel::QueryableByName;
 use diesel::sql_types::Integer;
 use diesel_async::RunQueryDsl;
 use ephemeral_postgres::{PgCluster, PgClusterOptions};
+use service_runtime::Settled;
 use service_runtime::db::{DbFailure, PlanCache, build_pool, classify, status_for};
 use std::time::Duration;
 
@@ -45,7 +46,7 @@ async fn a_connection_to_a_read_only_server_is_retired_and_replaced() {
     let pid = |pool: service_runtime::Pool| async move {
         let mut c = pool.get().await.unwrap();
         diesel::sql_query("SELECT pg_backend_pid() AS pid")
-            .get_result::<Pid>(&mut c)
+            .one::<Pid>(&mut c)
             .await
             .unwrap()
             .pid

@@ -9,6 +9,7 @@ use diesel::QueryableByName;
 use diesel::sql_types::{BigInt, Bool};
 use diesel_async::RunQueryDsl;
 use ephemeral_postgres::{PgCluster, PgClusterOptions};
+use service_runtime::Settled;
 use service_runtime::db::{PlanCache, Pool, build_pool};
 use service_runtime::replica::{ReadLabels, ReadPool, ReplicaMetrics, commit_lsn};
 use std::time::{Duration, Instant};
@@ -29,12 +30,12 @@ struct Count {
 async fn read(pool: &ReadPool, after: Option<&service_runtime::replica::Lsn>) -> (bool, i64) {
     let mut c = pool.get(after).await.unwrap();
     let on_replica = diesel::sql_query("SELECT pg_is_in_recovery() AS r")
-        .get_result::<Recovery>(&mut c)
+        .one::<Recovery>(&mut c)
         .await
         .unwrap()
         .r;
     let n = diesel::sql_query("SELECT count(*) AS n FROM t")
-        .get_result::<Count>(&mut c)
+        .one::<Count>(&mut c)
         .await
         .unwrap()
         .n;
@@ -234,7 +235,7 @@ async fn one_lagging_replica_of_two_behind_one_url_serves_nothing_stale() {
                 port: i32,
             }
             let p = diesel::sql_query("SELECT inet_server_port() AS port")
-                .get_result::<Port>(&mut c)
+                .one::<Port>(&mut c)
                 .await
                 .unwrap()
                 .port;
@@ -434,7 +435,7 @@ async fn a_read_that_fails_on_the_replica_is_read_again_on_the_primary() {
                     .await?;
             }
             let n = diesel::sql_query("SELECT count(*) AS n FROM t")
-                .get_result::<Count>(conn)
+                .one::<Count>(conn)
                 .await?
                 .n;
             Ok((on_replica, n))

@@ -12,6 +12,7 @@ use chrono::{DateTime, Utc};
 use diesel::QueryableByName;
 use diesel::sql_types::{Array, BigInt, Integer, Nullable, Text, Timestamptz, Uuid as SqlUuid};
 use diesel_async::RunQueryDsl;
+use service_runtime::Settled;
 use service_runtime::{Pool, prepared};
 use uuid::Uuid;
 
@@ -185,7 +186,7 @@ pub async fn counts(pool: &Pool, run: Uuid) -> Result<(i64, i64), Error> {
                 (SELECT count(*) FROM users WHERE deleted_at IS NULL) AS held",
     )
     .bind::<SqlUuid, _>(run)
-    .get_result(&mut conn)
+    .one(&mut conn)
     .await?;
     Ok((c.candidates, c.held))
 }

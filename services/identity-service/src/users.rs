@@ -20,6 +20,7 @@ use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use diesel::sql_types::{Array, BigInt, Bool, Nullable, Text, Timestamptz};
 use diesel_async::RunQueryDsl;
+use service_runtime::Settled;
 use service_runtime::{Pool, prepared};
 
 /// A stored user.
@@ -143,7 +144,7 @@ pub async fn upsert_user(pool: &Pool, cmd: UpsertUser) -> Result<Outcome, Error>
     .bind::<Timestamptz, _>(cmd.occurred_at)
     .bind::<Nullable<Timestamptz>, _>(cmd.created_at)
     .bind::<Nullable<Timestamptz>, _>(cmd.event_time)
-    .get_result(&mut conn)
+    .one(&mut conn)
     .await?;
     Ok(r.outcome())
 }
@@ -245,7 +246,7 @@ pub async fn delete_user(pool: &Pool, cmd: DeleteUser) -> Result<Outcome, Error>
     .bind::<Text, _>(&cmd.event_id)
     .bind::<Text, _>(&cmd.clerk_id)
     .bind::<Nullable<Timestamptz>, _>(cmd.occurred_at)
-    .get_result(&mut conn)
+    .one(&mut conn)
     .await?;
     Ok(r.outcome())
 }
@@ -287,7 +288,7 @@ pub async fn store_user(pool: &Pool, claims: TokenClaims) -> Result<(UserRecord,
     .bind::<Timestamptz, _>(claims.issued_at)
     .bind::<Nullable<Text>, _>(&claims.name)
     .bind::<Nullable<Text>, _>(&claims.email)
-    .get_result(&mut conn)
+    .one(&mut conn)
     .await
     .optional()?;
     if let Some(s) = written {
@@ -296,7 +297,8 @@ pub async fn store_user(pool: &Pool, claims: TokenClaims) -> Result<(UserRecord,
     let existing: UserRecord = users::table
         .find(&claims.clerk_id)
         .select(UserRecord::as_select())
-        .first(&mut conn)
+        .limit(1)
+        .one(&mut conn)
         .await?;
     if existing.deleted_at.is_some() {
         return Err(Error::Precondition(
@@ -320,7 +322,8 @@ pub async fn get_user_on(
         .find(clerk_id)
         .filter(users::deleted_at.is_null())
         .select(UserRecord::as_select())
-        .first(conn)
+        .limit(1)
+        .one(conn)
         .await
         .optional()?)
 }

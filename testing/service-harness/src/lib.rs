@@ -359,6 +359,7 @@ pub(crate) async fn connection(
 /// is covered), that hold rows, other than those named in `except`, with their row counts.
 pub async fn tables_with_rows(database_url: &str, except: &[&str]) -> Vec<(String, i64)> {
     use diesel_async::RunQueryDsl;
+    use service_runtime::Settled;
     #[derive(diesel::QueryableByName)]
     struct Table {
         #[diesel(sql_type = diesel::sql_types::Text)]
@@ -384,7 +385,7 @@ pub async fn tables_with_rows(database_url: &str, except: &[&str]) -> Vec<(Strin
     let mut out = Vec::new();
     for t in tables.iter().filter(|t| !except.contains(&t.name.as_str())) {
         let n: N = diesel::sql_query(format!("SELECT count(*) AS n FROM \"{}\"", t.name))
-            .get_result(&mut conn)
+            .one(&mut conn)
             .await
             .expect("count");
         if n.n > 0 {
@@ -396,7 +397,7 @@ pub async fn tables_with_rows(database_url: &str, except: &[&str]) -> Vec<(Strin
 
 /// One number from `sql` (a `SELECT` of one value castable to bigint) in `database_url`.
 pub async fn scalar(database_url: &str, sql: &str) -> i64 {
-    use diesel_async::RunQueryDsl;
+    use service_runtime::Settled;
     #[derive(diesel::QueryableByName)]
     struct N {
         #[diesel(sql_type = diesel::sql_types::BigInt)]
@@ -404,7 +405,7 @@ pub async fn scalar(database_url: &str, sql: &str) -> i64 {
     }
     let mut conn = connection(database_url).await;
     diesel::sql_query(format!("SELECT ({sql})::bigint AS n"))
-        .get_result::<N>(&mut conn)
+        .one::<N>(&mut conn)
         .await
         .expect("one number")
         .n

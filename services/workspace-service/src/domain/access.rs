@@ -9,7 +9,8 @@ use crate::model::RoomKind;
 use diesel::OptionalExtension;
 use diesel::QueryableByName;
 use diesel::sql_types::{Text, Uuid as SqlUuid};
-use diesel_async::{AsyncPgConnection, RunQueryDsl};
+use diesel_async::AsyncPgConnection;
+use service_runtime::Settled;
 use service_runtime::prepared;
 use token_auth::Principal;
 use uuid::Uuid;
@@ -277,12 +278,12 @@ async fn scope(
         Some(workspace) => prepared(sql.in_workspace)
             .bind::<SqlUuid, _>(workspace)
             .bind::<SqlUuid, _>(id)
-            .get_result(conn)
+            .one(conn)
             .await
             .optional()?,
         None => prepared(sql.by_id)
             .bind::<SqlUuid, _>(id)
-            .get_result(conn)
+            .one(conn)
             .await
             .optional()?,
     };
@@ -363,7 +364,7 @@ pub async fn require_active_user(
     let r: Removed =
         prepared("SELECT EXISTS (SELECT 1 FROM removed_users WHERE clerk_user_id = $1) AS removed")
             .bind::<Text, _>(user)
-            .get_result(conn)
+            .one(conn)
             .await?;
     if r.removed {
         return Err(Error::Denied(

@@ -19,6 +19,7 @@ use diesel::sql_types::{
 };
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use prost::Message;
+use service_runtime::Settled;
 use service_runtime::prepared;
 use std::time::Duration;
 use uuid::Uuid;
@@ -95,7 +96,7 @@ async fn record(
     .bind::<Binary, _>(payload)
     .bind::<Text, _>(NOTIFY_CHANNEL)
     .bind::<Nullable<SqlUuid>, _>(message)
-    .get_result(conn)
+    .one(conn)
     .await?;
     Ok(s.seq)
 }
@@ -270,7 +271,7 @@ pub async fn bounds(
                 (SELECT min(seq) FROM change_log WHERE workspace_id = $1) AS first",
     )
     .bind::<SqlUuid, _>(workspace)
-    .get_result(conn)
+    .one(conn)
     .await?;
     Ok((b.head, b.first))
 }

@@ -13,6 +13,7 @@ use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use diesel::sql_types::{BigInt, Nullable, Text, Timestamptz, Uuid as SqlUuid};
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use service_runtime::Settled;
 use service_runtime::prepared;
 use uuid::Uuid;
 use vbase_proto::workspace::v1 as pb;
@@ -102,7 +103,7 @@ pub async fn create_channel(
                 channels::created_by.eq(caller.actor()),
             ))
             .returning(ChannelRecord::as_returning())
-            .get_result(conn)
+            .one(conn)
             .await
             .map_err(|e| name_taken(e, &new.name))?;
         record_workspace(conn, ws.id, Event::ChannelCreated(c.clone().into())).await?;
@@ -262,7 +263,7 @@ pub async fn rename_channel(
                 channels::updated_at.eq(diesel::dsl::now),
             ))
             .returning(ChannelRecord::as_returning())
-            .get_result(conn)
+            .one(conn)
             .await
             .map_err(|e| name_taken(e, name))?;
         record_workspace(conn, ws, Event::ChannelRenamed(c.clone().into())).await?;
@@ -281,7 +282,7 @@ struct MessagesDeleted {
 async fn messages_deleted(conn: &mut AsyncPgConnection) -> QueryResult<i64> {
     let d: MessagesDeleted =
         prepared("SELECT pg_stat_get_xact_tuples_deleted('messages'::regclass) AS messages")
-            .get_result(conn)
+            .one(conn)
             .await?;
     Ok(d.messages)
 }

@@ -12,6 +12,7 @@ use chrono::{DateTime, Utc};
 use diesel::QueryableByName;
 use diesel::sql_types::{BigInt, Nullable, Text, Timestamptz, Uuid as SqlUuid};
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use service_runtime::Settled;
 use service_runtime::prepared;
 use uuid::Uuid;
 use vbase_proto::workspace::v1 as pb;
@@ -165,9 +166,9 @@ pub async fn create_item(
         .bind::<Text, _>(caller.actor());
     conn.transaction::<_, Error, _>(async |conn| {
         let item: ItemRecord = if new.kind == ItemKind::CodeFile {
-            q.bind::<Text, _>(&new.language).get_result(conn).await?
+            q.bind::<Text, _>(&new.language).one(conn).await?
         } else {
-            q.get_result(conn).await?
+            q.one(conn).await?
         };
         let event = Event::ItemCreated(self::item(new.kind, item.clone()));
         record_workspace(conn, ws, event).await?;
@@ -229,7 +230,7 @@ pub async fn rename_item(
             .bind::<SqlUuid, _>(ws)
             .bind::<SqlUuid, _>(item_id)
             .bind::<Text, _>(name)
-            .get_result(conn)
+            .one(conn)
             .await?;
         let event = Event::ItemRenamed(self::item(kind, item.clone()));
         record_workspace(conn, ws, event).await?;

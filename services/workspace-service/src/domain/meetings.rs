@@ -11,6 +11,7 @@ use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use diesel::sql_types::{BigInt, Nullable, Timestamptz, Uuid as SqlUuid};
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use service_runtime::Settled;
 use service_runtime::prepared;
 use uuid::Uuid;
 use vbase_proto::workspace::v1 as pb;
@@ -81,7 +82,7 @@ pub async fn schedule_meeting(
                 meetings::created_by.eq(caller.actor()),
             ))
             .returning(MeetingRecord::as_returning())
-            .get_result(conn)
+            .one(conn)
             .await?;
         record_workspace(conn, ws, Event::MeetingScheduled(m.clone().into())).await?;
         Ok(m)
@@ -128,14 +129,16 @@ pub async fn cancel_meeting(
             meetings::table
                 .find((workspace, meeting_id))
                 .select(MeetingRecord::as_select())
-                .first(conn)
+                .limit(1)
+                .one(conn)
                 .await
         }
         None => {
             meetings::table
                 .filter(meetings::id.eq(meeting_id))
                 .select(MeetingRecord::as_select())
-                .first(conn)
+                .limit(1)
+                .one(conn)
                 .await
         }
     };
@@ -152,7 +155,7 @@ pub async fn cancel_meeting(
                 )),
             )
             .returning(MeetingRecord::as_returning())
-            .get_result(conn)
+            .one(conn)
             .await?;
         if m.cancelled_at.is_none() {
             record_workspace(conn, ws, Event::MeetingCancelled(meeting_id.to_string())).await?;

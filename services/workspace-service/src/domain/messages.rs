@@ -12,6 +12,7 @@ use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use diesel::sql_types::{BigInt, Nullable, Text, Timestamptz, Uuid as SqlUuid};
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use service_runtime::Settled;
 use service_runtime::prepared;
 use uuid::Uuid;
 use vbase_proto::workspace::v1 as pb;
@@ -90,7 +91,7 @@ pub async fn post_message(
         .bind::<Text, _>(&new.body)
         .bind::<Timestamptz, _>(Utc::now())
         .bind::<SqlUuid, _>(workspace)
-        .get_result(conn)
+        .one(conn)
         .await?;
         let event = Event::MessagePosted(m.clone().into());
         changes::record_channel(conn, workspace, m.channel_id, event).await?;
@@ -153,14 +154,16 @@ async fn message_in_scope(
             messages::table
                 .find((workspace, message_id))
                 .select(MessageRecord::as_select())
-                .first(conn)
+                .limit(1)
+                .one(conn)
                 .await
         }
         None => {
             messages::table
                 .filter(messages::id.eq(message_id))
                 .select(MessageRecord::as_select())
-                .first(conn)
+                .limit(1)
+                .one(conn)
                 .await
         }
     };
@@ -195,7 +198,7 @@ pub async fn edit_message(
         .bind::<Text, _>(body)
         .bind::<Timestamptz, _>(Utc::now())
         .bind::<SqlUuid, _>(workspace)
-        .get_result(conn)
+        .one(conn)
         .await?;
         // The old text leaves the change log with the edit.
         changes::forget_message_bodies(conn, workspace, message_id).await?;

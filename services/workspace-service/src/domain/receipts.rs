@@ -9,6 +9,7 @@ use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use diesel::sql_types::{BigInt, Text, Timestamptz, Uuid as SqlUuid};
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use service_runtime::Settled;
 use service_runtime::prepared;
 use uuid::Uuid;
 
@@ -40,7 +41,8 @@ pub async fn mark_read(
                     .and(messages::channel_id.eq(channel_id)),
             )
             .select(messages::created_at)
-            .first(conn)
+            .limit(1)
+            .one(conn)
             .await
             .optional()?
             .ok_or_else(|| Error::NotFound("no such message in this channel".into()))?,
@@ -68,7 +70,7 @@ pub async fn mark_read(
         .bind::<Text, _>(&user)
         .bind::<Timestamptz, _>(at)
         .bind::<SqlUuid, _>(workspace)
-        .get_result(conn)
+        .one(conn)
         .await?;
         if r.moved {
             let read = vbase_proto::workspace::v1::ReadReceipt {

@@ -9,7 +9,8 @@ use crate::model::kinds::ROOM_PREFIX;
 use diesel::OptionalExtension;
 use diesel::QueryableByName;
 use diesel::sql_types::{Text, Uuid as SqlUuid};
-use diesel_async::{AsyncPgConnection, RunQueryDsl};
+use diesel_async::AsyncPgConnection;
+use service_runtime::Settled;
 use service_runtime::prepared;
 use uuid::Uuid;
 
@@ -161,7 +162,7 @@ pub async fn room_entry(
         owner = prepared(in_org)
             .bind::<Text, _>(org)
             .bind::<SqlUuid, _>(room.uuid())
-            .get_result(conn)
+            .one(conn)
             .await
             .optional()?;
     }
@@ -169,7 +170,7 @@ pub async fn room_entry(
         // Not in the caller's active organization: another's (refused below), or nobody's.
         owner = prepared(by_id)
             .bind::<SqlUuid, _>(room.uuid())
-            .get_result(conn)
+            .one(conn)
             .await
             .optional()?;
     }

@@ -14,6 +14,7 @@ use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use diesel::sql_types::{BigInt, Nullable, Text, Timestamptz, Uuid as SqlUuid};
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use service_runtime::Settled;
 use service_runtime::prepared;
 use uuid::Uuid;
 use vbase_proto::workspace::v1 as pb;
@@ -92,7 +93,7 @@ pub async fn create_room(
                 rooms::created_by.eq(caller.actor()),
             ))
             .returning(RoomRow::as_returning())
-            .get_result(conn)
+            .one(conn)
             .await?;
         let room: RoomRecord = row.try_into()?;
         record_workspace(conn, ws.id, Event::RoomCreated(room.clone().into())).await?;
@@ -153,7 +154,7 @@ pub async fn rename_room(
         let row: RoomRow = diesel::update(rooms::table.find((ws, room_id)))
             .set((rooms::name.eq(name), rooms::updated_at.eq(diesel::dsl::now)))
             .returning(RoomRow::as_returning())
-            .get_result(conn)
+            .one(conn)
             .await?;
         let room: RoomRecord = row.try_into()?;
         record_workspace(conn, ws, Event::RoomRenamed(room.clone().into())).await?;

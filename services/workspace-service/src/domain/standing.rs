@@ -8,7 +8,8 @@ use crate::error::Error;
 use chrono::{DateTime, Utc};
 use diesel::QueryableByName;
 use diesel::sql_types::{Bool, Nullable, Text, Timestamptz, Uuid as SqlUuid};
-use diesel_async::{AsyncPgConnection, RunQueryDsl};
+use diesel_async::AsyncPgConnection;
+use service_runtime::Settled;
 use service_runtime::prepared;
 use std::sync::Arc;
 use uuid::Uuid;
@@ -187,7 +188,7 @@ pub async fn access_facts(
     let row: FactsRow = prepared(facts_sql!())
         .bind::<Text, _>(org)
         .bind::<Text, _>(user)
-        .get_result(conn)
+        .one(conn)
         .await?;
     Ok(pending.remember(fill, row))
 }

@@ -10,6 +10,7 @@ use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use diesel::sql_types::{Nullable, Text, Timestamptz, Uuid as SqlUuid};
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use service_runtime::Settled;
 use service_runtime::db::record_delivery;
 use service_runtime::prepared;
 use uuid::Uuid;
@@ -79,7 +80,7 @@ struct HeldId {
 pub async fn workspace_id_of(conn: &mut AsyncPgConnection, org: &OrgId) -> QueryResult<Uuid> {
     let held: Option<HeldId> = prepared("SELECT id FROM workspaces WHERE clerk_org_id = $1")
         .bind::<Text, _>(org.as_str())
-        .get_result(conn)
+        .one(conn)
         .await
         .optional()?;
     Ok(held.map_or_else(|| derived_workspace_id(org.as_str()), |h| h.id))
@@ -97,7 +98,7 @@ pub async fn org_tombstoned(conn: &mut AsyncPgConnection, org: &OrgId) -> QueryR
         "SELECT EXISTS (SELECT 1 FROM workspace_tombstones WHERE clerk_org_id = $1) AS hit",
     )
     .bind::<Text, _>(org.as_str())
-    .get_result(conn)
+    .one(conn)
     .await?;
     Ok(r.hit)
 }
@@ -107,7 +108,7 @@ pub async fn user_removed(conn: &mut AsyncPgConnection, user: &UserId) -> QueryR
     let r: Hit =
         prepared("SELECT EXISTS (SELECT 1 FROM removed_users WHERE clerk_user_id = $1) AS hit")
             .bind::<Text, _>(user.as_str())
-            .get_result(conn)
+            .one(conn)
             .await?;
     Ok(r.hit)
 }
@@ -121,7 +122,8 @@ pub async fn find_workspace(
         .filter(workspaces::clerk_org_id.eq(org))
         .filter(workspaces::deleted_at.is_null())
         .select(WorkspaceRecord::as_select())
-        .first(conn)
+        .limit(1)
+        .one(conn)
         .await
         .optional()
 }
@@ -163,7 +165,7 @@ pub async fn upsert_workspace(
                             .map(|t| workspaces::clerk_created_at.eq(t)),
                     ))
                     .returning(WorkspaceRecord::as_returning())
-                    .get_result(conn)
+                    .one(conn)
                     .await?;
                 prepared(
                     "INSERT INTO channels (id, workspace_id, name, created_by) VALUES ($1, $2, $3, 'system')
@@ -197,7 +199,7 @@ pub async fn upsert_workspace(
                 .bind::<Nullable<Timestamptz>, _>(cmd.event_time)
                 .bind::<Text, _>(cmd.event_id.as_str())
                 .bind::<Nullable<Timestamptz>, _>(cmd.clerk_created_at)
-                .get_result(conn)
+                .one(conn)
                 .await
                 .optional()?;
                 Ok(match ws {

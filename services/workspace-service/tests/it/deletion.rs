@@ -3,6 +3,7 @@
 //! like the Liveblocks API.
 
 use crate::support;
+use service_runtime::Settled;
 
 use stand_ins::{LiveblocksMode, LiveblocksStandIn};
 use std::collections::BTreeSet;
@@ -580,7 +581,7 @@ async fn every_foreign_key_is_indexed() {
         n: i64,
     }
     let n: N = diesel::sql_query("SELECT count(*) AS n FROM pg_constraint WHERE contype = 'f'")
-        .get_result(&mut conn)
+        .one(&mut conn)
         .await
         .unwrap();
     assert!(

@@ -2,6 +2,7 @@
 //! queue gauges that follow the queue with or without a worker, and the Liveblocks key check.
 
 use crate::support::*;
+use service_runtime::Settled;
 use stand_ins::LiveblocksMode;
 use std::time::Duration;
 use tonic::Code;
@@ -259,7 +260,6 @@ async fn a_stopping_worker_gives_back_the_jobs_it_leased_ahead() {
     let left = |sql: &'static str| {
         let url = db.url().to_owned();
         async move {
-            use diesel_async::RunQueryDsl;
             #[derive(diesel::QueryableByName)]
             struct N {
                 #[diesel(sql_type = diesel::sql_types::BigInt)]
@@ -267,7 +267,7 @@ async fn a_stopping_worker_gives_back_the_jobs_it_leased_ahead() {
             }
             let pool = service_runtime::db::build_pool(&url, 1, workspace_service::PLANS).unwrap();
             let n: N = diesel::sql_query(sql)
-                .get_result(&mut pool.get().await.unwrap())
+                .one(&mut pool.get().await.unwrap())
                 .await
                 .unwrap();
             n.n

@@ -5,6 +5,7 @@
 
 use ephemeral_postgres::TestDatabase;
 use service_harness::{Issuers, RunningServer};
+use service_runtime::Settled;
 use stand_ins::LiveblocksStandIn;
 use tonic::Request;
 use tonic::transport::Channel;
@@ -196,7 +197,6 @@ impl Env {
 
     /// Rows in `table` (direct SQL, for orphan checks).
     pub async fn count(&self, table: &str) -> i64 {
-        use diesel_async::RunQueryDsl;
         #[derive(diesel::QueryableByName)]
         struct N {
             #[diesel(sql_type = diesel::sql_types::BigInt)]
@@ -204,7 +204,7 @@ impl Env {
         }
         let mut conn = self.conn().await;
         let r: N = diesel::sql_query(format!("SELECT count(*) AS n FROM {table}"))
-            .get_result(&mut conn)
+            .one(&mut conn)
             .await
             .unwrap();
         r.n

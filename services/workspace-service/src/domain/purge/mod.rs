@@ -18,6 +18,7 @@ use diesel::QueryableByName;
 use diesel::prelude::*;
 use diesel::sql_types::{Nullable, Text, Timestamptz, Uuid as SqlUuid};
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use service_runtime::Settled;
 use service_runtime::db::record_delivery;
 use service_runtime::prepared;
 use uuid::Uuid;
@@ -113,7 +114,7 @@ pub async fn delete_workspace(
             "UPDATE workspaces SET deleted_at = now() WHERE clerk_org_id = $1 AND deleted_at IS NULL RETURNING id",
         )
         .bind::<Text, _>(cmd.org.as_str())
-        .get_result(conn)
+        .one(conn)
         .await
         .optional()?;
         let purge_queued = match hidden {

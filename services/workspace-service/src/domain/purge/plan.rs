@@ -14,7 +14,8 @@ use crate::model::{ItemKind, kinds::ROOM_PREFIX};
 use diesel::QueryableByName;
 use diesel::prelude::*;
 use diesel::sql_types::{BigInt, Text, Uuid as SqlUuid};
-use diesel_async::{AsyncPgConnection, RunQueryDsl};
+use diesel_async::AsyncPgConnection;
+use service_runtime::Settled;
 use service_runtime::prepared;
 use std::sync::atomic::{AtomicBool, Ordering};
 use uuid::Uuid;
@@ -319,7 +320,7 @@ impl PurgeRun {
                     .bind::<SqlUuid, _>(self.target)
                     .bind::<Text, _>(prefix(piece, self.kind))
                     .bind::<BigInt, _>(limit)
-                    .get_result(conn)
+                    .one(conn)
                     .await?;
                 let more = match piece {
                     Piece::Target => false,

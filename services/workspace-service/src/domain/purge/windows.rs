@@ -13,6 +13,7 @@ use diesel::QueryableByName;
 use diesel::prelude::*;
 use diesel::sql_types::{Array, BigInt, Nullable, Timestamptz, Uuid as SqlUuid};
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
+use service_runtime::Settled;
 use service_runtime::prepared;
 use tokio::sync::Mutex;
 use uuid::Uuid;
@@ -123,7 +124,7 @@ impl Windows {
         .bind::<Nullable<Timestamptz>, _>(window.lo)
         .bind::<BigInt, _>(cap)
         .bind::<SqlUuid, _>(self.workspace)
-        .get_result(conn)
+        .one(conn)
         .await?;
         let mut state = self.state.lock().await;
         if c.n > 0 {
@@ -217,7 +218,7 @@ async fn newest(
         .bind::<Array<SqlUuid>, _>(channels)
         .bind::<Timestamptz, _>(at)
         .bind::<SqlUuid, _>(workspace)
-        .get_result(conn)
+        .one(conn)
         .await?;
     Ok(row.at)
 }

@@ -7,6 +7,7 @@ use chrono::{DateTime, Utc};
 use diesel::QueryableByName;
 use diesel::sql_types::{BigInt, Nullable, Text, Timestamptz, Uuid as SqlUuid};
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
+use service_runtime::Settled;
 use service_runtime::prepared;
 use uuid::Uuid;
 
@@ -159,7 +160,7 @@ pub async fn counts(
         .bind::<SqlUuid, _>(q.run)
         .bind::<Timestamptz, _>(q.started_at)
         .bind::<Text, _>(&q.scope)
-        .get_result(conn)
+        .one(conn)
         .await?;
     Ok((c.candidates, c.held))
 }

@@ -19,11 +19,12 @@ use crate::metrics::Metrics;
 use diesel::OptionalExtension;
 use diesel::QueryableByName;
 use diesel::sql_types::{BigInt, Double, Text, Uuid as SqlUuid};
-use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection};
+use diesel_async::{AsyncConnection, AsyncPgConnection, SimpleAsyncConnection};
 use job_queue::{
     Attempt, JobHandler, JobRunner, JobTable, Leased, RunnerSettings, backoff, job_table,
 };
 use schedule::{Next, Schedule};
+use service_runtime::Settled;
 use service_runtime::db::DbFailure;
 use service_runtime::{Lifecycle, Phase, Pool, prepared};
 use std::future::Future;
@@ -177,7 +178,7 @@ impl Attempting<'_> {
                     let held: Option<Kind> = prepared(HOLD)
                         .bind::<SqlUuid, _>(self.run.target())
                         .bind::<SqlUuid, _>(self.token)
-                        .get_result(conn)
+                        .one(conn)
                         .await
                         .optional()?;
                     if held.is_none() {
@@ -268,7 +269,7 @@ impl PurgeHandler {
             .bind::<SqlUuid, _>(token)
             .bind::<Double, _>(self.settings.lease.as_secs_f64())
             .bind::<BigInt, _>(rows)
-            .get_result(conn)
+            .one(conn)
             .await
             .optional()?;
         held.map(|k| PurgeKind::from_db(&k.kind)).transpose()
