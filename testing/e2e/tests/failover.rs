@@ -1,9 +1,10 @@
 //! PostgreSQL fails over under load, and nothing is lost. The three real binaries run on a
 //! multi-host `DATABASE_URL` (`target_session_attrs=read-write`) over a primary with a
 //! synchronous streaming standby. While webhooks and user calls flow and a workspace is being
-//! purged, the primary is stopped at once (`pg_ctl -m immediate`) and the standby promoted. The
-//! services go on without a restart: what was in flight is answered 503 or UNAVAILABLE, Svix's
-//! retry is applied once, every accepted event is there exactly once, and the purge finishes.
+//! purged, the standby falls away (so commits wait for it), the primary is stopped at once
+//! (`pg_ctl -m immediate`) and the standby promoted. The services go on without a restart: what
+//! was in flight is answered 503 or UNAVAILABLE, Svix's retry is applied once, every accepted
+//! event and every answered call is there exactly once, and the purge finishes.
 
 use ephemeral_postgres::{PgCluster, PgClusterOptions};
 use serde_json::{Value, json};
@@ -229,11 +230,16 @@ async fn the_services_survive_a_failover_to_the_standby_and_lose_nothing() {
         seen.lock().await.accepted.len() > 50
     })
     .await;
+    // The standby goes away first, so writes are waiting for it to confirm their commits when
+    // the primary stops: none of them may have been answered as done.
     let crash = tokio::task::spawn_blocking(move || {
+        standby.pause().unwrap();
+        std::thread::sleep(Duration::from_millis(300));
         primary.crash().unwrap();
-        primary
+        standby.resume().unwrap();
+        (primary, standby)
     });
-    let primary = crash.await.unwrap();
+    let (primary, standby) = crash.await.unwrap();
     let accepted_at_crash = seen.lock().await.accepted.len();
     tokio::time::sleep(Duration::from_secs(1)).await;
     let standby = tokio::task::spawn_blocking(move || {
