@@ -28,6 +28,7 @@ fn config(s: &Stack, api: &ClerkApiStandIn) -> ReconcileConfig {
             clerk_api_timeout_secs: 5,
         },
         downstream: s.downstream.clone(),
+        service_retry: Default::default(),
         dry_run: false,
         user: None,
         org: None,
