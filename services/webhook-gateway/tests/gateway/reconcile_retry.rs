@@ -1,12 +1,13 @@
 //! Reconcile's calls to the services when a service fails: a real identity-service stopped
 //! part way through a run and started again on its address is ridden over (every item applied
-//! once, the repeats counted); a refusal by a real service is not repeated; an outage longer
-//! than the attempts stops the run saying so.
+//! once, the repeats counted); a write whose answer is lost to its deadline is repeated and
+//! counted once; a refusal by a real service is not repeated; an outage longer than the
+//! attempts stops the run saying so.
 
-use crate::reconcile::{KEY, config, counts, kind, run, seed};
+use crate::reconcile::{C, KEY, config, counts, kind, run, seed, user_id};
 use crate::support::*;
 use service_harness::{RunningServer, eventually, scalar};
-use stand_ins::ClerkApiStandIn;
+use stand_ins::{ClerkApiStandIn, user_json};
 use std::time::{Duration, Instant};
 use webhook_gateway::reconcile::config::{Kind, ServiceRetryArgs};
 
@@ -130,6 +131,62 @@ async fn a_service_restarting_during_a_run_is_ridden_over_and_every_item_applied
     assert_eq!(counts(&again, Kind::Organizations), (0, 0, 5, 0, 0));
     assert_eq!(counts(&again, Kind::Memberships), (0, 0, 15, 0, 0));
     assert_eq!(again.service_retries, 0);
+}
+
+/// A write that outlives its deadline (its user's row locked by another transaction for
+/// longer than DOWNSTREAM_TIMEOUT_SECS) is repeated; the first attempt commits once the lock
+/// goes and its answer is lost, so the repeat answers DUPLICATE: counted as the one update it
+/// is, not as stale, and applied once.
+#[tokio::test]
+async fn a_write_whose_answer_was_lost_is_repeated_and_counted_once() {
+    let s = stack(SECRET).await;
+    let id = user_id(0);
+    // Held here older than Clerk has it: the run updates it.
+    let (code, _) = s
+        .send("msg_old", &user_event("user.created", &id, "Old", C - 1000))
+        .await;
+    assert_eq!(code, 200);
+    let api = ClerkApiStandIn::start(KEY).await.unwrap();
+    api.put_user(user_json(&id, "New", "new@example.org", C, C));
+    let mut cfg = config(&s, &api);
+    cfg.only = vec![Kind::Users];
+    cfg.service_retry = patient();
+    assert_eq!(s.downstream.downstream_timeout_secs, 3);
+
+    // Another transaction holds the user's row for 5 s, longer than the 3 s deadline.
+    let identity_db = s._dbs.0.url().to_owned();
+    let mut holder = tokio::process::Command::new("psql")
+        .arg(&identity_db)
+        .args(["-v", "ON_ERROR_STOP=1", "-q", "-c", "BEGIN"])
+        .args([
+            "-c",
+            &format!("SELECT 1 FROM users WHERE clerk_id = '{id}' FOR UPDATE"),
+        ])
+        .args(["-c", "SELECT pg_sleep(5)", "-c", "COMMIT"])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("psql");
+    let sleeping = "SELECT count(*) FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(5)'";
+    eventually("the row locked", Duration::from_secs(10), || async {
+        scalar(&identity_db, sleeping).await == 1
+    })
+    .await;
+
+    let summary = run(&cfg).await;
+    eprintln!("{}", summary.table());
+    assert!(holder.wait().await.unwrap().success());
+    assert!(summary.completed, "{}", summary.table());
+    assert_eq!(counts(&summary, Kind::Users), (0, 1, 0, 0, 0));
+    assert!(summary.service_retries >= 1, "{}", summary.table());
+    assert!(
+        summary.duration_secs >= 3.0,
+        "the write waited for the lock"
+    );
+    assert_eq!(s.user(&id).await.unwrap().name, "New Example");
+    let run_id = &summary.run_id;
+    let events =
+        format!("SELECT count(*) FROM processed_events WHERE event_id LIKE 'reconcile-{run_id}-%'");
+    assert_eq!(scalar(&identity_db, &events).await, 1);
 }
 
 /// PERMISSION_DENIED (here: a token of a subject the services do not let call the gateway's
