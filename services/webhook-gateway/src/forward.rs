@@ -69,9 +69,23 @@ pub enum ForwardError {
     /// answered 200 (a retry would be refused the same way).
     #[error("rejected: {0}")]
     Rejected(String),
-    /// The service is unreachable, slow or failing: answered 503 so Svix retries later.
+    /// The service is unreachable, slow or failing for a moment ([`transient`]): answered 503
+    /// so Svix retries later; reconcile repeats the call at once (with backoff).
     #[error("unavailable: {0}")]
     Unavailable(String),
+    /// The call failed for a reason a prompt repeat does not change (PERMISSION_DENIED,
+    /// UNAUTHENTICATED, FAILED_PRECONDITION, NOT_FOUND, INTERNAL ..., or no service token):
+    /// answered 503 like [`ForwardError::Unavailable`], so Svix retries once the cause is fixed;
+    /// reconcile stops at once.
+    #[error("failed: {0}")]
+    Failed(String),
+}
+
+impl ForwardError {
+    /// Whether repeating the call soon may succeed ([`transient`]).
+    pub fn is_transient(&self) -> bool {
+        matches!(self, ForwardError::Unavailable(_))
+    }
 }
 
 /// Most `user.created`/`user.updated` commands per `UpsertUsers` call.
@@ -79,16 +93,38 @@ pub const USER_BATCH_MAX: usize = 64;
 
 type UserBatcher = MicroBatcher<pb::UpsertUserCommand, Result<i32, ForwardError>>;
 
-/// What a failed call means for the delivery: INVALID_ARGUMENT is the content's fault
-/// (quarantined, 200), anything else is worth a retry (503).
-fn failure(command: &'static str, s: &Status) -> ForwardError {
+/// Whether a failed call may succeed when repeated soon: the service or the way to it failed
+/// for a moment, not the request. UNAVAILABLE (a service restarting or draining, its database
+/// failing over, a connection refused), DEADLINE_EXCEEDED and RESOURCE_EXHAUSTED; CANCELLED,
+/// which is how tonic reports an expired deadline (the channel's timeout on our side, the
+/// service's `grpc-timeout` on its side: "Timeout expired"), as nothing here cancels a call
+/// on purpose; and any status tonic made on our side from a transport error (a connection lost
+/// mid-call: it carries that error as its source, where a status the service answered has
+/// none). Never INVALID_ARGUMENT, FAILED_PRECONDITION, PERMISSION_DENIED, UNAUTHENTICATED,
+/// NOT_FOUND, INTERNAL or the like: the service decided, and would decide the same again.
+pub fn transient(s: &Status) -> bool {
+    matches!(
+        s.code(),
+        Code::Unavailable | Code::DeadlineExceeded | Code::ResourceExhausted | Code::Cancelled
+    ) || std::error::Error::source(s).is_some()
+}
+
+/// What a failed call means: INVALID_ARGUMENT is the content's fault (a webhook's delivery is
+/// quarantined, 200); a [`transient`] failure is [`ForwardError::Unavailable`]; anything else
+/// [`ForwardError::Failed`] (both 503 for a webhook).
+pub fn failure(command: &'static str, s: &Status) -> ForwardError {
     if s.code() == Code::InvalidArgument {
         return ForwardError::Rejected(s.message().to_owned());
     }
     if matches!(s.code(), Code::Unauthenticated | Code::PermissionDenied) {
         tracing::error!(command, code = ?s.code(), reason = s.message(), "a service refused the gateway's token: check SERVICE_JWT_* / SERVICE_JWKS_FILE");
     }
-    ForwardError::Unavailable(format!("{command}: {:?} {}", s.code(), s.message()))
+    let reason = format!("{command}: {:?} {}", s.code(), s.message());
+    if transient(s) {
+        ForwardError::Unavailable(reason)
+    } else {
+        ForwardError::Failed(reason)
+    }
 }
 
 /// What every call needs: service tokens, the deadline, latency metrics; and the
@@ -107,12 +143,12 @@ impl Calls {
         let token = self
             .tokens
             .token_for(audience)
-            .map_err(ForwardError::Unavailable)?;
+            .map_err(ForwardError::Failed)?;
         let mut r = Request::new(msg);
         r.set_timeout(self.timeout);
-        let value = format!("Bearer {token}").parse().map_err(|_| {
-            ForwardError::Unavailable("service token is not valid header text".into())
-        })?;
+        let value = format!("Bearer {token}")
+            .parse()
+            .map_err(|_| ForwardError::Failed("service token is not valid header text".into()))?;
         r.metadata_mut().insert("authorization", value);
         Ok(r)
     }
@@ -178,7 +214,7 @@ impl Calls {
             Err(s) => return vec![Err(failure("upsert_users", &s)); n],
         };
         if results.len() != n {
-            let e = ForwardError::Unavailable(format!(
+            let e = ForwardError::Failed(format!(
                 "UpsertUsers answered {} results for {n} commands",
                 results.len()
             ));

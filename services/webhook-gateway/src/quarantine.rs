@@ -252,7 +252,7 @@ async fn replay_one(
             summary.still_refused += 1;
             refused(format!("refused by a service: {reason}")).await
         }
-        Err(e @ ForwardError::Unavailable(_)) => Err(e),
+        Err(e @ (ForwardError::Unavailable(_) | ForwardError::Failed(_))) => Err(e),
     }
 }
 

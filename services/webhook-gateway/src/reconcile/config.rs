@@ -115,6 +115,73 @@ impl ClerkApiArgs {
     }
 }
 
+/// How reconcile repeats a call to identity-service or workspace-service that failed for a
+/// moment (UNAVAILABLE, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED, a lost connection): a service
+/// restarting or failing over does not stop the run.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ServiceRetryArgs {
+    /// Attempts of one call to a service, the first included (1: never repeated), before the
+    /// run stops.
+    #[arg(long, env = "RECONCILE_SERVICE_ATTEMPTS", default_value_t = 6)]
+    pub reconcile_service_attempts: u32,
+    /// Wait before the first repeat, milliseconds; doubled per repeat up to
+    /// RECONCILE_SERVICE_RETRY_MAX_MS, each wait drawn between its half and its whole.
+    #[arg(long, env = "RECONCILE_SERVICE_RETRY_BASE_MS", default_value_t = 200)]
+    pub reconcile_service_retry_base_ms: u64,
+    /// Longest wait between two attempts, milliseconds.
+    #[arg(long, env = "RECONCILE_SERVICE_RETRY_MAX_MS", default_value_t = 5000)]
+    pub reconcile_service_retry_max_ms: u64,
+    /// Most time one call may take over all its attempts, seconds: no repeat starts after it.
+    #[arg(
+        long,
+        env = "RECONCILE_SERVICE_RETRY_BUDGET_SECS",
+        default_value_t = 30
+    )]
+    pub reconcile_service_retry_budget_secs: u64,
+}
+
+impl Default for ServiceRetryArgs {
+    fn default() -> Self {
+        Self {
+            reconcile_service_attempts: 6,
+            reconcile_service_retry_base_ms: 200,
+            reconcile_service_retry_max_ms: 5000,
+            reconcile_service_retry_budget_secs: 30,
+        }
+    }
+}
+
+impl ServiceRetryArgs {
+    /// What is out of range, if anything.
+    pub fn check(&self) -> Result<(), String> {
+        if !(1..=20).contains(&self.reconcile_service_attempts) {
+            return Err("RECONCILE_SERVICE_ATTEMPTS must be 1 to 20".into());
+        }
+        if !(1..=60_000).contains(&self.reconcile_service_retry_base_ms)
+            || !(self.reconcile_service_retry_base_ms..=300_000)
+                .contains(&self.reconcile_service_retry_max_ms)
+        {
+            return Err("RECONCILE_SERVICE_RETRY_BASE_MS must be 1 to 60000 and \
+                        RECONCILE_SERVICE_RETRY_MAX_MS from it to 300000"
+                .into());
+        }
+        if !(1..=3600).contains(&self.reconcile_service_retry_budget_secs) {
+            return Err("RECONCILE_SERVICE_RETRY_BUDGET_SECS must be 1 to 3600".into());
+        }
+        Ok(())
+    }
+
+    /// The policy these settings make.
+    pub fn policy(&self) -> super::retry::RetryPolicy {
+        super::retry::RetryPolicy {
+            attempts: self.reconcile_service_attempts,
+            base: Duration::from_millis(self.reconcile_service_retry_base_ms),
+            max: Duration::from_millis(self.reconcile_service_retry_max_ms),
+            budget: Duration::from_secs(self.reconcile_service_retry_budget_secs),
+        }
+    }
+}
+
 /// `webhook-gateway reconcile`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ReconcileConfig {
@@ -122,6 +189,8 @@ pub struct ReconcileConfig {
     pub clerk: ClerkApiArgs,
     #[command(flatten)]
     pub downstream: DownstreamArgs,
+    #[command(flatten)]
+    pub service_retry: ServiceRetryArgs,
     /// Report the differences; write nothing.
     #[arg(long)]
     pub dry_run: bool,
@@ -165,6 +234,7 @@ impl ReconcileConfig {
     pub fn check(&self) -> Result<(), String> {
         self.clerk.check()?;
         self.downstream.check()?;
+        self.service_retry.check()?;
         if let Some(u) = &self.user {
             input_ok("--user", "user_", u)?;
         }

@@ -3,11 +3,12 @@
 //! order's positions.
 
 use super::listing::{Listing, Stretch, pages};
+use super::retry::Retrier;
 use super::summary::KindSummary;
 use super::{Plan, RunError};
 use crate::clerk::{Command, Origin};
 use crate::clerk_api::{ClerkBackend, Unparsed};
-use crate::forward::{Downstream, ForwardError};
+use crate::forward::{Downstream, ForwardError, failure};
 use futures::StreamExt;
 use serde::de::DeserializeOwned;
 use std::time::Duration;
@@ -37,6 +38,8 @@ pub(super) struct Ctx<'a, C> {
     /// When the run started: only what was created here before it can be deleted, and the
     /// `event_time` of every command (the time Clerk's listing said it).
     pub(super) started_at: prost_types::Timestamp,
+    /// Every call to the services goes through it: repeated when it failed for a moment.
+    pub(super) retry: Retrier,
 }
 
 /// What an applied write counts as.
@@ -88,6 +91,7 @@ impl<'a, C: ClerkBackend> Ctx<'a, C> {
             plan,
             run: Uuid::now_v7(),
             started_at: vbase_proto::timestamp_from_millis(now.as_millis() as i64),
+            retry: Retrier::new(plan.retry),
         }
     }
 
@@ -127,7 +131,8 @@ impl<'a, C: ClerkBackend> Ctx<'a, C> {
     }
 
     /// Sends the writes (or, in a dry run, only counts them). A refusal of one item is
-    /// counted and logged; a service that cannot be reached stops the run.
+    /// counted and logged; a write that failed for a moment is repeated ([`Retrier`]); a
+    /// service that still cannot be reached, or fails otherwise, stops the run.
     pub(super) async fn apply(
         &self,
         s: &mut KindSummary,
@@ -138,13 +143,28 @@ impl<'a, C: ClerkBackend> Ctx<'a, C> {
             return Ok(());
         }
         let results: Vec<_> = futures::stream::iter(writes)
-            .map(|(change, id, cmd)| async move { (change, id, self.down.send(cmd).await) })
+            .map(|(change, id, cmd)| async move {
+                let name = command_name(&cmd);
+                let r = self
+                    .retry
+                    .call(name, async |attempt| {
+                        self.down.send(cmd.clone()).await.map(|o| (o, attempt))
+                    })
+                    .await;
+                (change, id, r)
+            })
             .buffer_unordered(WRITES_IN_FLIGHT)
             .collect()
             .await;
         for (change, id, r) in results {
             match r {
-                Ok("applied") => change.count(s),
+                Ok(("applied", _)) => change.count(s),
+                // A repeat answered DUPLICATE: an earlier attempt of this very write committed
+                // and its answer was lost (the event id names this run, the action and the
+                // resource, so nothing else sent it). Counted as the change: the comparison
+                // just found the resource missing or older, only a webhook in between could
+                // have made that attempt stale.
+                Ok(("duplicate", attempt)) if attempt > 1 => change.count(s),
                 Ok(_) => s.stale += 1,
                 Err(ForwardError::Rejected(reason)) => {
                     s.refused += 1;
@@ -306,26 +326,49 @@ impl<'a, C: ClerkBackend> Ctx<'a, C> {
     /// later).
     pub(super) async fn finish(&self, outcome: Option<vbase_proto::ops::v1::ReconcileRun>) {
         let run_id = self.run.to_string();
-        if let Ok(r) = self.down.request(
-            "identity-service",
-            idp::FinishReconcileRequest {
-                run_id: run_id.clone(),
-                run: outcome.clone(),
-            },
-        ) && let Err(e) = self.down.identity().finish_reconcile(r).await
-        {
-            tracing::warn!(error = %e.message(), "identity-service did not forget the run");
+        let identity = idp::FinishReconcileRequest {
+            run_id: run_id.clone(),
+            run: outcome.clone(),
+        };
+        let r = self
+            .retry
+            .call("finish_reconcile", async |_| {
+                let r = self.down.request("identity-service", identity.clone())?;
+                let r = self.down.identity().finish_reconcile(r).await;
+                r.map_err(|s| failure("finish_reconcile", &s))
+            })
+            .await;
+        if let Err(e) = r {
+            tracing::warn!(error = %e, "identity-service did not forget the run");
         }
-        if let Ok(r) = self.down.request(
-            "workspace-service",
-            wsp::FinishReconcileRequest {
-                run_id,
-                run: outcome,
-            },
-        ) && let Err(e) = self.down.workspace().finish_reconcile(r).await
-        {
-            tracing::warn!(error = %e.message(), "workspace-service did not forget the run");
+        let workspace = wsp::FinishReconcileRequest {
+            run_id,
+            run: outcome,
+        };
+        let r = self
+            .retry
+            .call("finish_reconcile", async |_| {
+                let r = self.down.request("workspace-service", workspace.clone())?;
+                let r = self.down.workspace().finish_reconcile(r).await;
+                r.map_err(|s| failure("finish_reconcile", &s))
+            })
+            .await;
+        if let Err(e) = r {
+            tracing::warn!(error = %e, "workspace-service did not forget the run");
         }
+    }
+}
+
+/// The command's name in logs.
+fn command_name(c: &Command) -> &'static str {
+    match c {
+        Command::UpsertUser(_) => "upsert_user",
+        Command::DeleteUser(..) => "delete_user",
+        Command::UpsertWorkspace(_) => "upsert_workspace",
+        Command::DeleteWorkspace(_) => "delete_workspace",
+        Command::UpsertMembership(_) => "upsert_membership",
+        Command::DeleteMembership(_) => "delete_membership",
+        Command::Ignored => "ignored",
     }
 }
 
@@ -463,6 +506,7 @@ mod tests {
             move_to_instance: None,
             allow_mass_delete: false,
             max_deletes: None,
+            retry: Default::default(),
         };
         let clerk = Pages { items: 40 };
         let ctx = Ctx::new(&clerk, &down, &plan);

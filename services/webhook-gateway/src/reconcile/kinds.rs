@@ -9,6 +9,7 @@ use super::listing::{Listing, Position, Stretch};
 use super::summary::KindSummary;
 use crate::clerk::{self, Command, Membership, Organization, User};
 use crate::clerk_api::{ApiError, ClerkBackend, ListQuery, Start, fetch_one, list_page};
+use crate::forward::failure;
 use vbase_proto::identity::v1 as idp;
 use vbase_proto::workspace::v1 as wsp;
 
@@ -74,9 +75,12 @@ pub(super) async fn users<C: ClerkBackend>(
                 scope_id: ctx.plan.scope.user().unwrap_or_default().to_owned(),
             };
             let results = ctx
-                .down
-                .identity()
-                .compare_users(ctx.down.request("identity-service", req)?)
+                .retry
+                .call("compare_users", async |_| {
+                    let r = ctx.down.request("identity-service", req.clone())?;
+                    let r = ctx.down.identity().compare_users(r).await;
+                    r.map_err(|s| failure("compare_users", &s))
+                })
                 .await?
                 .into_inner()
                 .results;
@@ -101,11 +105,14 @@ pub(super) async fn sweep_users<C: ClerkBackend>(
     mode: Sweep,
 ) -> Result<Option<String>, RunError> {
     let list = async |after: String| -> Result<Candidates<String>, RunError> {
-        let req = ctx.down.request("identity-service", ctx.unseen(after))?;
+        let req = ctx.unseen(after);
         let r = ctx
-            .down
-            .identity()
-            .list_unseen_users(req)
+            .retry
+            .call("list_unseen_users", async |_| {
+                let r = ctx.down.request("identity-service", req.clone())?;
+                let r = ctx.down.identity().list_unseen_users(r).await;
+                r.map_err(|s| failure("list_unseen_users", &s))
+            })
             .await?
             .into_inner();
         Ok(Candidates {
@@ -151,9 +158,12 @@ pub(super) async fn organizations<C: ClerkBackend>(
             },
         };
         let results = ctx
-            .down
-            .workspace()
-            .compare_workspaces(ctx.down.request("workspace-service", req)?)
+            .retry
+            .call("compare_workspaces", async |_| {
+                let r = ctx.down.request("workspace-service", req.clone())?;
+                let r = ctx.down.workspace().compare_workspaces(r).await;
+                r.map_err(|s| failure("compare_workspaces", &s))
+            })
             .await?
             .into_inner()
             .results;
@@ -185,13 +195,14 @@ pub(super) async fn sweep_organizations<C: ClerkBackend>(
     mode: Sweep,
 ) -> Result<Option<String>, RunError> {
     let list = async |after: String| -> Result<Candidates<String>, RunError> {
-        let req = ctx
-            .down
-            .request("workspace-service", ctx.unseen_ws(after))?;
+        let req = ctx.unseen_ws(after);
         let r = ctx
-            .down
-            .workspace()
-            .list_unseen_workspaces(req)
+            .retry
+            .call("list_unseen_workspaces", async |_| {
+                let r = ctx.down.request("workspace-service", req.clone())?;
+                let r = ctx.down.workspace().list_unseen_workspaces(r).await;
+                r.map_err(|s| failure("list_unseen_workspaces", &s))
+            })
             .await?
             .into_inner();
         Ok(Candidates {
@@ -245,9 +256,12 @@ pub(super) async fn memberships<C: ClerkBackend>(
             scope_id: ctx.plan.scope.id().to_owned(),
         };
         let results = ctx
-            .down
-            .workspace()
-            .compare_memberships(ctx.down.request("workspace-service", req)?)
+            .retry
+            .call("compare_memberships", async |_| {
+                let r = ctx.down.request("workspace-service", req.clone())?;
+                let r = ctx.down.workspace().compare_memberships(r).await;
+                r.map_err(|s| failure("compare_memberships", &s))
+            })
             .await?
             .into_inner()
             .results;
@@ -277,13 +291,14 @@ pub(super) async fn sweep_memberships<C: ClerkBackend>(
     mode: Sweep,
 ) -> Result<Option<String>, RunError> {
     let list = async |after: String| -> Result<Candidates<wsp::HeldMembership>, RunError> {
-        let req = ctx
-            .down
-            .request("workspace-service", ctx.unseen_ws(after))?;
+        let req = ctx.unseen_ws(after);
         let r = ctx
-            .down
-            .workspace()
-            .list_unseen_memberships(req)
+            .retry
+            .call("list_unseen_memberships", async |_| {
+                let r = ctx.down.request("workspace-service", req.clone())?;
+                let r = ctx.down.workspace().list_unseen_memberships(r).await;
+                r.map_err(|s| failure("list_unseen_memberships", &s))
+            })
             .await?
             .into_inner();
         Ok(Candidates {

@@ -22,6 +22,7 @@ mod ctx;
 mod kinds;
 mod listing;
 pub mod pin;
+pub mod retry;
 pub mod summary;
 
 use crate::clerk_api::{ApiError, ClerkBackend, ClerkHttp};
@@ -46,15 +47,11 @@ pub enum RunError {
     Services(String),
 }
 
+// No `From<tonic::Status>`: a call to a service answers through `Retrier::call`, which takes
+// `forward::failure`'s classification.
 impl From<ForwardError> for RunError {
     fn from(e: ForwardError) -> Self {
         RunError::Services(e.to_string())
-    }
-}
-
-impl From<tonic::Status> for RunError {
-    fn from(s: tonic::Status) -> Self {
-        RunError::Services(format!("{:?}: {}", s.code(), s.message()))
     }
 }
 
@@ -74,6 +71,8 @@ pub struct Plan {
     pub allow_mass_delete: bool,
     /// `RECONCILE_MAX_DELETES` (default: the larger of 25 and 1 % of what was held at the start).
     pub max_deletes: Option<u64>,
+    /// How calls to the services that failed for a moment are repeated (`RECONCILE_SERVICE_*`).
+    pub retry: retry::RetryPolicy,
 }
 
 /// The part of Clerk a run covers.
@@ -122,6 +121,7 @@ pub async fn execute(config: &ReconcileConfig) -> anyhow::Result<Summary> {
         move_to_instance: config.move_to_instance.clone(),
         allow_mass_delete: config.allow_mass_delete,
         max_deletes: config.reconcile_max_deletes,
+        retry: config.service_retry.policy(),
     };
     Ok(run(&clerk, &downstream, &plan).await)
 }
@@ -142,7 +142,7 @@ pub async fn run(clerk: &impl ClerkBackend, downstream: &Downstream, plan: &Plan
         instance: plan.instance.as_deref(),
         move_to: plan.move_to_instance.as_deref(),
     };
-    let (instance, pin) = match pin::check(clerk, downstream, flags).await {
+    let (instance, pin) = match pin::check(clerk, downstream, &ctx.retry, flags).await {
         Ok((key, pin)) => (Some(key), Some(pin)),
         Err(e) => {
             error = Some(format!("Clerk instance: {e}"));
@@ -155,7 +155,7 @@ pub async fn run(clerk: &impl ClerkBackend, downstream: &Downstream, plan: &Plan
     // what the run applies.
     if pin.is_some() {
         for (kind, s) in plan.kinds.iter().zip(summaries.iter_mut()) {
-            let result = measured(clerk, s, async |s| match kind {
+            let result = measured(&ctx, s, async |s| match kind {
                 Kind::Users => kinds::users(&ctx, s).await,
                 Kind::Organizations => kinds::organizations(&ctx, s).await,
                 Kind::Memberships => kinds::memberships(&ctx, s).await,
@@ -174,7 +174,7 @@ pub async fn run(clerk: &impl ClerkBackend, downstream: &Downstream, plan: &Plan
                 deletions_allowed = true;
                 if *confirm
                     && !plan.dry_run
-                    && let Err(e) = pin::confirm(downstream, instance).await
+                    && let Err(e) = pin::confirm(downstream, &ctx.retry, instance).await
                 {
                     error = Some(format!("confirming the Clerk instance: {e}"));
                 }
@@ -190,7 +190,7 @@ pub async fn run(clerk: &impl ClerkBackend, downstream: &Downstream, plan: &Plan
             if error.is_some() {
                 break;
             }
-            let result = measured(clerk, s, async |s| match kind {
+            let result = measured(&ctx, s, async |s| match kind {
                 Kind::Users => kinds::sweep_users(&ctx, s, mode).await,
                 Kind::Organizations => kinds::sweep_organizations(&ctx, s, mode).await,
                 Kind::Memberships => kinds::sweep_memberships(&ctx, s, mode).await,
@@ -238,6 +238,7 @@ pub async fn run(clerk: &impl ClerkBackend, downstream: &Downstream, plan: &Plan
             refused = s.refused,
             kept = s.kept,
             requests = s.requests,
+            service_retries = s.service_retries,
             listing_complete = s.listing_complete,
             "reconcile kind"
         );
@@ -250,6 +251,7 @@ pub async fn run(clerk: &impl ClerkBackend, downstream: &Downstream, plan: &Plan
         instance,
         deletions_allowed,
         requests: clerk.requests() - requests_before,
+        service_retries: ctx.retry.retries(),
         duration_secs: started.elapsed().as_secs_f64(),
         kinds: summaries,
     };
@@ -257,15 +259,17 @@ pub async fn run(clerk: &impl ClerkBackend, downstream: &Downstream, plan: &Plan
     summary
 }
 
-/// Runs one step of a kind, adding its Clerk requests and time to the kind's summary.
-async fn measured<T>(
-    clerk: &impl ClerkBackend,
+/// Runs one step of a kind, adding its Clerk requests, its repeated service calls and its
+/// time to the kind's summary.
+async fn measured<T, C: ClerkBackend>(
+    ctx: &ctx::Ctx<'_, C>,
     s: &mut KindSummary,
     step: impl AsyncFnOnce(&mut KindSummary) -> Result<T, RunError>,
 ) -> Result<T, RunError> {
-    let (t, before) = (Instant::now(), clerk.requests());
+    let (t, before, retries) = (Instant::now(), ctx.clerk.requests(), ctx.retry.retries());
     let r = step(s).await;
-    s.requests += clerk.requests() - before;
+    s.requests += ctx.clerk.requests() - before;
+    s.service_retries += ctx.retry.retries() - retries;
     s.duration_secs += t.elapsed().as_secs_f64();
     r
 }

@@ -23,8 +23,9 @@
 //! recorded ones.
 
 use super::RunError;
+use super::retry::Retrier;
 use crate::clerk_api::ClerkBackend;
-use crate::forward::Downstream;
+use crate::forward::{Downstream, failure};
 use std::collections::BTreeMap;
 use vbase_proto::ops::v1 as ops;
 
@@ -153,19 +154,22 @@ fn from_proto(service: &'static str, r: ops::ListClerkInstancesResponse) -> Vec<
 pub async fn check(
     clerk: &impl ClerkBackend,
     down: &Downstream,
+    retry: &Retrier,
     flags: Flags<'_>,
 ) -> Result<(String, Pin), RunError> {
     let key = crate::clerk_api::instance(clerk).await?;
-    let identity = down
-        .intake("identity-service")
-        .list_clerk_instances(down.request("identity-service", ops::ListClerkInstancesRequest {})?)
-        .await?
-        .into_inner();
-    let workspace = down
-        .intake("workspace-service")
-        .list_clerk_instances(down.request("workspace-service", ops::ListClerkInstancesRequest {})?)
-        .await?
-        .into_inner();
+    let list = async |service: &str| {
+        retry
+            .call("list_clerk_instances", async |_| {
+                let r = down.request(service, ops::ListClerkInstancesRequest {})?;
+                let r = down.intake(service).list_clerk_instances(r).await;
+                r.map_err(|s| failure("list_clerk_instances", &s))
+            })
+            .await
+            .map(|r| r.into_inner())
+    };
+    let identity = list("identity-service").await?;
+    let workspace = list("workspace-service").await?;
     let mut records = from_proto("identity-service", identity);
     records.extend(from_proto("workspace-service", workspace));
     tracing::info!(key_instance = key.id, environment = ?key.environment_type, recorded = named(&records), "Clerk instance of the key");
@@ -174,16 +178,19 @@ pub async fn check(
 }
 
 /// Records the key's instance as confirmed in both services.
-pub async fn confirm(down: &Downstream, instance: &str) -> Result<(), RunError> {
-    let msg = || ops::ConfirmClerkInstanceRequest {
-        instance_id: instance.to_owned(),
-    };
-    down.intake("identity-service")
-        .confirm_clerk_instance(down.request("identity-service", msg())?)
-        .await?;
-    down.intake("workspace-service")
-        .confirm_clerk_instance(down.request("workspace-service", msg())?)
-        .await?;
+pub async fn confirm(down: &Downstream, retry: &Retrier, instance: &str) -> Result<(), RunError> {
+    for service in ["identity-service", "workspace-service"] {
+        retry
+            .call("confirm_clerk_instance", async |_| {
+                let msg = ops::ConfirmClerkInstanceRequest {
+                    instance_id: instance.to_owned(),
+                };
+                let r = down.request(service, msg)?;
+                let r = down.intake(service).confirm_clerk_instance(r).await;
+                r.map_err(|s| failure("confirm_clerk_instance", &s))
+            })
+            .await?;
+    }
     Ok(())
 }
 

@@ -35,6 +35,9 @@ pub struct KindSummary {
     pub over_budget: bool,
     /// Clerk requests this kind made.
     pub requests: u64,
+    /// Calls to the services this kind repeated after they failed for a moment (a service
+    /// restarting, a failover, a deadline): see the warnings.
+    pub service_retries: u64,
     pub duration_secs: f64,
     /// Whether Clerk's listing of this kind was read to its end (deletions need it).
     pub listing_complete: bool,
@@ -77,6 +80,9 @@ pub struct Summary {
     /// Whether deletions were allowed (the key's instance is the one recorded here).
     pub deletions_allowed: bool,
     pub requests: u64,
+    /// Calls to the services repeated after they failed for a moment, in all (the kinds' and
+    /// the Clerk instance checks').
+    pub service_retries: u64,
     pub duration_secs: f64,
     pub kinds: Vec<KindSummary>,
 }
@@ -100,7 +106,7 @@ impl Summary {
         let mut out = String::new();
         let _ = writeln!(
             out,
-            "reconcile {} {}{} in {:.1} s, {} Clerk requests",
+            "reconcile {} {}{} in {:.1} s, {} Clerk requests, {} service calls repeated",
             self.run_id,
             if self.completed {
                 "completed"
@@ -113,11 +119,12 @@ impl Summary {
                 ""
             },
             self.duration_secs,
-            self.requests
+            self.requests,
+            self.service_retries
         );
         let _ = writeln!(
             out,
-            "{:<14}{:>9}{:>9}{:>9}{:>10}{:>9}{:>9}{:>8}{:>8}{:>9}{:>7}{:>10}",
+            "{:<14}{:>9}{:>9}{:>9}{:>10}{:>9}{:>9}{:>8}{:>8}{:>9}{:>7}{:>10}{:>9}",
             "kind",
             "listed",
             "created",
@@ -129,12 +136,13 @@ impl Summary {
             "stale",
             "refused",
             "kept",
-            "requests"
+            "requests",
+            "retries"
         );
         for k in &self.kinds {
             let _ = writeln!(
                 out,
-                "{:<14}{:>9}{:>9}{:>9}{:>10}{:>9}{:>9}{:>8}{:>8}{:>9}{:>7}{:>10}",
+                "{:<14}{:>9}{:>9}{:>9}{:>10}{:>9}{:>9}{:>8}{:>8}{:>9}{:>7}{:>10}{:>9}",
                 k.kind,
                 k.listed,
                 k.created,
@@ -150,7 +158,8 @@ impl Summary {
                 k.stale,
                 k.refused,
                 k.kept,
-                k.requests
+                k.requests,
+                k.service_retries
             );
         }
         if let Some(i) = &self.instance {

@@ -6,6 +6,7 @@ mod quarantine;
 mod reconcile;
 mod reconcile_edges;
 mod reconcile_guards;
+mod reconcile_retry;
 mod roles;
 mod support;
 mod webhooks;

@@ -11,11 +11,11 @@ use webhook_gateway::reconcile::config::{ClerkApiArgs, Kind, ReconcileConfig};
 use webhook_gateway::reconcile::execute;
 use webhook_gateway::reconcile::summary::{KindSummary, Summary};
 
-const KEY: &str = "sk_test_standin_key";
+pub(crate) const KEY: &str = "sk_test_standin_key";
 /// Clerk's clock for the seeded data (ms).
-const C: i64 = 1_760_000_000_000;
+pub(crate) const C: i64 = 1_760_000_000_000;
 
-fn config(s: &Stack, api: &ClerkApiStandIn) -> ReconcileConfig {
+pub(crate) fn config(s: &Stack, api: &ClerkApiStandIn) -> ReconcileConfig {
     ReconcileConfig {
         clerk: ClerkApiArgs {
             clerk_secret_key: KEY.into(),
@@ -28,6 +28,7 @@ fn config(s: &Stack, api: &ClerkApiStandIn) -> ReconcileConfig {
             clerk_api_timeout_secs: 5,
         },
         downstream: s.downstream.clone(),
+        service_retry: Default::default(),
         dry_run: false,
         user: None,
         org: None,
@@ -46,14 +47,14 @@ fn config(s: &Stack, api: &ClerkApiStandIn) -> ReconcileConfig {
 /// instead of holding the test binary forever.
 const RUN_DEADLINE: Duration = Duration::from_secs(300);
 
-async fn run(cfg: &ReconcileConfig) -> Summary {
+pub(crate) async fn run(cfg: &ReconcileConfig) -> Summary {
     tokio::time::timeout(RUN_DEADLINE, execute(cfg))
         .await
         .unwrap_or_else(|_| panic!("reconcile did not finish within {RUN_DEADLINE:?}: it hangs"))
         .expect("reconcile ran")
 }
 
-fn kind(s: &Summary, k: Kind) -> &KindSummary {
+pub(crate) fn kind(s: &Summary, k: Kind) -> &KindSummary {
     s.kinds
         .iter()
         .find(|x| x.kind == k.name())
@@ -61,21 +62,21 @@ fn kind(s: &Summary, k: Kind) -> &KindSummary {
 }
 
 /// (created, updated, unchanged, deleted, stale) of a kind.
-fn counts(s: &Summary, k: Kind) -> (u64, u64, u64, u64, u64) {
+pub(crate) fn counts(s: &Summary, k: Kind) -> (u64, u64, u64, u64, u64) {
     let x = kind(s, k);
     (x.created, x.updated, x.unchanged, x.deleted, x.stale)
 }
 
-fn user_id(i: usize) -> String {
+pub(crate) fn user_id(i: usize) -> String {
     format!("user_r{i:05}")
 }
 
-fn org_id(i: usize) -> String {
+pub(crate) fn org_id(i: usize) -> String {
     format!("org_r{i:04}")
 }
 
 /// `users` users, `orgs` organizations, each with `per_org` members (`org:admin` first).
-fn seed(api: &ClerkApiStandIn, users: usize, orgs: usize, per_org: usize) {
+pub(crate) fn seed(api: &ClerkApiStandIn, users: usize, orgs: usize, per_org: usize) {
     for i in 0..users {
         let id = user_id(i);
         let t = C + i as i64;

@@ -478,3 +478,45 @@ impl Stack {
         self.downstream.connect(metrics, 1).unwrap()
     }
 }
+
+/// The log lines of this test binary (JSON, the production format), from every test.
+#[derive(Clone, Default)]
+pub struct Captured(pub Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Captured {
+    /// What was logged so far.
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+}
+
+/// Installs the process-wide subscriber on first use and returns its sink. Process-wide: a
+/// scoped one misses events that other tests' threads made the callsites' interest cache
+/// decide. Nothing else in this binary installs one.
+pub fn captured_logs() -> Captured {
+    static LOGS: std::sync::OnceLock<Captured> = std::sync::OnceLock::new();
+    LOGS.get_or_init(|| {
+        let logs = Captured::default();
+        let sink = logs.clone();
+        tracing::subscriber::set_global_default(
+            tracing_subscriber::fmt()
+                .json()
+                .with_max_level(tracing::Level::DEBUG)
+                .with_writer(move || sink.clone())
+                .finish(),
+        )
+        .expect("no other subscriber in this test binary");
+        logs
+    })
+    .clone()
+}

@@ -4,7 +4,6 @@
 use crate::support::*;
 use serde_json::{Value, json};
 use service_harness::{RunningServer, eventually};
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 use vbase_proto::workspace::v1 as wsp;
@@ -611,43 +610,12 @@ async fn a_custom_key_id_names_the_signing_key() {
     assert_eq!(untold.send("msg_kid_2", &body).await.0, 503);
 }
 
-/// A log sink for one test (JSON, the production format).
-#[derive(Clone, Default)]
-struct Captured(Arc<std::sync::Mutex<Vec<u8>>>);
-
-impl std::io::Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 /// Refused payloads are logged and answered without quoting their values: an email in a field
 /// of the wrong type, or an address a service finds invalid, appears in no log line and in no
 /// answer.
 #[tokio::test]
 async fn refusals_never_quote_personal_data() {
-    // The process-wide subscriber: a scoped one misses events that other tests' threads made
-    // the callsites' interest cache decide. Nothing else in this binary installs one.
-    static LOGS: std::sync::OnceLock<Captured> = std::sync::OnceLock::new();
-    let logs = LOGS
-        .get_or_init(|| {
-            let logs = Captured::default();
-            let sink = logs.clone();
-            tracing::subscriber::set_global_default(
-                tracing_subscriber::fmt()
-                    .json()
-                    .with_max_level(tracing::Level::DEBUG)
-                    .with_writer(move || sink.clone())
-                    .finish(),
-            )
-            .expect("no other subscriber in this test binary");
-            logs
-        })
-        .clone();
+    let logs = captured_logs();
     let s = stack(SECRET).await;
     let mut wrong_type = user_event("user.created", "user_pd1", "Ada", T);
     wrong_type["data"]["updated_at"] = json!("ada.private@example.com");
