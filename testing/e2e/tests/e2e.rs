@@ -1085,3 +1085,160 @@ async fn shapes_clerk_documents_are_applied_or_kept() {
     }
     s.stop().await.unwrap();
 }
+
+/// One column of every row an admin command of PgBouncer's console answers.
+async fn bouncer_column(
+    console: &tokio_postgres::Client,
+    command: &str,
+    column: &str,
+) -> Vec<String> {
+    console
+        .simple_query(command)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => r.get(column).map(str::to_owned),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Behind Debian's PgBouncer in session mode (what its version allows: before 1.21 it keeps no
+/// prepared statements in transaction mode, deploy/README.md "Behind a pooler"), with
+/// `DATABASE_DIRECT_URL` naming the server itself: the pools go through the pooler, the
+/// notification connections go direct, and webhooks, user calls and workspace reads work.
+#[tokio::test]
+async fn the_services_work_behind_pgbouncer_and_listen_directly() {
+    use ephemeral_postgres::{BouncerMode, PgBouncer, PgCluster, PgClusterOptions};
+    let (cluster, bouncer) = tokio::task::spawn_blocking(|| {
+        let cluster = PgCluster::start(PgClusterOptions::default()).unwrap();
+        cluster.wait_ready(Duration::from_secs(30)).unwrap();
+        let bouncer = PgBouncer::start(&cluster, BouncerMode::Session).unwrap();
+        (cluster, bouncer)
+    })
+    .await
+    .unwrap();
+    let dir = tempfile_dir::Dir::new();
+    let mut cfg = StackConfig::dev(bin_dir(), dir.path());
+    cfg.database_url = Some(bouncer.url("postgres"));
+    for (service, db) in [
+        ("identity-service", "vbase_identity"),
+        ("workspace-service", "vbase_workspace"),
+    ] {
+        cfg.extra_env.insert(
+            service,
+            vec![("DATABASE_DIRECT_URL".into(), cluster.url(db))],
+        );
+    }
+    let stack = Stack::start(cfg)
+        .await
+        .expect("stack starts behind PgBouncer");
+    let c = Client::new(&stack);
+    let now_ms = token_auth::signing::now_secs() * 1000;
+
+    c.deliver(
+        "msg_pool_u",
+        &user_event("user.created", "user_pool", "Pool", now_ms),
+    )
+    .await;
+    c.deliver(
+        "msg_pool_o",
+        &org_event("organization.created", "org_pool", "Pool", now_ms),
+    )
+    .await;
+    c.deliver(
+        "msg_pool_m",
+        &membership_event(
+            "organizationMembership.created",
+            "org_pool",
+            "user_pool",
+            "basic_member",
+            now_ms,
+        ),
+    )
+    .await;
+    let mut ident = c.identity().await;
+    let stored = ident
+        .store_user(c.as_user("user_pool_2", None, "", idp::StoreUserRequest {}))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(stored.created);
+    let me = ident
+        .get_current_user(c.as_user("user_pool", None, "", idp::GetCurrentUserRequest {}))
+        .await
+        .unwrap()
+        .into_inner()
+        .user
+        .unwrap();
+    assert_eq!(me.name, "Pool");
+    let channels = c
+        .workspace()
+        .await
+        .list_channels(c.as_user(
+            "user_pool",
+            Some("org_pool"),
+            "org:member",
+            wsp::ListChannelsRequest {
+                clerk_org_id: "org_pool".into(),
+                page_size: 0,
+                page_token: String::new(),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .channels;
+    assert_eq!(
+        channels.iter().map(|c| c.name.as_str()).collect::<Vec<_>>(),
+        vec!["general"]
+    );
+
+    // The pools are PgBouncer's clients, for both databases.
+    let (console, conn) = tokio_postgres::connect(&bouncer.url("pgbouncer"), tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let client_dbs = bouncer_column(&console, "SHOW CLIENTS", "database").await;
+    for db in ["vbase_identity", "vbase_workspace"] {
+        assert!(
+            client_dbs.iter().any(|d| d == db),
+            "no pooled client of {db}: {client_dbs:?}"
+        );
+    }
+    // The notification connections are not: no session that listens came through the pooler.
+    let through_pooler: BTreeSet<i32> = bouncer_column(&console, "SHOW SERVERS", "local_port")
+        .await
+        .iter()
+        .filter_map(|p| p.parse().ok())
+        .collect();
+    let (server, conn) = tokio_postgres::connect(&cluster.url("postgres"), tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let listeners = server
+        .query(
+            "SELECT datname::text, client_port FROM pg_stat_activity
+              WHERE application_name = 'coherent-cache'",
+            &[],
+        )
+        .await
+        .unwrap();
+    let dbs: BTreeSet<String> = listeners.iter().map(|r| r.get::<_, String>(0)).collect();
+    assert_eq!(
+        dbs,
+        BTreeSet::from(["vbase_identity".to_owned(), "vbase_workspace".to_owned()]),
+        "each service's cache listens on its own database"
+    );
+    for r in &listeners {
+        let port: i32 = r.get(1);
+        assert!(
+            !through_pooler.contains(&port),
+            "a notification connection of {} came through PgBouncer",
+            r.get::<_, String>(0)
+        );
+    }
+    stack.stop().await.unwrap();
+    drop((bouncer, cluster));
+}

@@ -76,7 +76,7 @@ fn find_bin_dir() -> Result<PathBuf> {
 }
 
 /// uid/gid of the `postgres` account when we run as root (PostgreSQL refuses root).
-fn unprivileged_account() -> Result<Option<(u32, u32)>> {
+pub(crate) fn unprivileged_account() -> Result<Option<(u32, u32)>> {
     let euid = std::fs::metadata("/proc/self")
         .map(|m| m.uid())
         .unwrap_or(1);

@@ -13,15 +13,19 @@
 //!   server when set, else one shared [`PgCluster`] per process.
 //! - Services under test connect as [`APP_ROLE`], which may read and write the tables and run
 //!   no DDL, granted with `deploy/database-roles.sql` ([`role_grants`]), as in production.
+//! - [`PgBouncer`] puts the machine's `pgbouncer` in front of a cluster, in session or
+//!   transaction mode.
 //! - [`unused_local_port`] picks the port for a local server (the cluster's, and the local
 //!   stack's services) where no other process is handed it before the server binds it.
 
 mod cluster;
 mod databases;
+mod pgbouncer;
 mod port;
 mod roles;
 
 pub use cluster::{PgCluster, PgClusterOptions};
 pub use databases::{TestDatabase, TestDatabases, grant_app_role, with_database};
+pub use pgbouncer::{BouncerMode, PgBouncer};
 pub use port::unused_local_port;
 pub use roles::{APP_ROLE, app_role_url, create_role_sql, role_grants, with_user};
