@@ -6,7 +6,11 @@
 //! fails (the server stops, a synchronous standby never confirms, a deferred constraint refuses)
 //! the caller was already told it succeeded, and a read that follows the answer may not see the
 //! write yet. [`Settled::one`] waits for the end of the statement (ReadyForQuery), which comes
-//! after its commit. `clippy.toml` refuses the two early methods in the workspace.
+//! after its commit. `clippy.toml` refuses the early methods in the workspace.
+//!
+//! What no client can tell: a commit whose wait for the synchronous standby is cancelled
+//! (`pg_cancel_backend`) is reported as done, with only a WARNING, though the standby may not
+//! have it.
 
 use diesel::result::{Error, QueryResult};
 use diesel_async::methods::LoadQuery;

@@ -2,7 +2,6 @@
 //! real PostgreSQL: a commit that fails is an error (not the row), and a commit that waits for
 //! a synchronous standby is waited for. diesel-async's `get_result` is run beside it on purpose,
 //! to show the hazard each test guards against.
-#![allow(clippy::disallowed_methods)]
 
 use diesel::QueryableByName;
 use diesel::sql_types::BigInt;
@@ -18,6 +17,15 @@ struct N {
 }
 
 const INSERT: &str = "INSERT INTO t (n) VALUES ($1) RETURNING n";
+
+/// Sessions whose commit waits for the synchronous standby.
+async fn sync_rep_waiters(conn: &mut AsyncPgConnection) -> i64 {
+    prepared("SELECT count(*) AS n FROM pg_stat_activity WHERE wait_event = 'SyncRep'")
+        .one::<N>(conn)
+        .await
+        .unwrap()
+        .n
+}
 
 async fn count(conn: &mut AsyncPgConnection) -> i64 {
     prepared("SELECT count(*) AS n FROM t")
@@ -46,6 +54,7 @@ async fn a_write_whose_commit_fails_is_an_error_not_its_row() {
     .await
     .unwrap();
 
+    #[allow(clippy::disallowed_methods)]
     let early: Result<N, _> = prepared(INSERT)
         .bind::<BigInt, _>(1)
         .get_result(&mut conn)
@@ -72,7 +81,6 @@ async fn a_write_cut_off_by_a_crash_while_its_commit_waits_for_the_standby_is_an
     })
     .await
     .unwrap();
-    let standby = &standbys[0];
     let url = primary.url("postgres");
     let mut conn = AsyncPgConnection::establish(&url).await.unwrap();
     conn.batch_execute("CREATE TABLE t (n bigint)")
@@ -80,8 +88,14 @@ async fn a_write_cut_off_by_a_crash_while_its_commit_waits_for_the_standby_is_an
         .unwrap();
 
     // The standby away, each commit waits for it.
-    standby.pause().unwrap();
+    let standby = tokio::task::spawn_blocking(move || {
+        standbys[0].pause().unwrap();
+        standbys
+    })
+    .await
+    .unwrap();
     let mut a = AsyncPgConnection::establish(&url).await.unwrap();
+    #[allow(clippy::disallowed_methods)]
     let early = tokio::spawn(async move {
         prepared(INSERT)
             .bind::<BigInt, _>(1)
@@ -91,13 +105,26 @@ async fn a_write_cut_off_by_a_crash_while_its_commit_waits_for_the_standby_is_an
     let mut b = AsyncPgConnection::establish(&url).await.unwrap();
     let settled =
         tokio::spawn(async move { prepared(INSERT).bind::<BigInt, _>(2).one::<N>(&mut b).await });
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // Both commits are waiting for the standby.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while sync_rep_waiters(&mut conn).await < 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the two commits never waited for the standby"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     assert!(
         !settled.is_finished(),
         "answered while the synchronous standby was away"
     );
     // The primary stops at once: its backends send what they hold (the row) as they go.
-    primary.crash().unwrap();
+    let primary = tokio::task::spawn_blocking(move || {
+        primary.crash().unwrap();
+        primary
+    })
+    .await
+    .unwrap();
     let early = early.await.unwrap();
     assert!(
         matches!(early, Ok(N { n: 1 })),
@@ -110,9 +137,14 @@ async fn a_write_cut_off_by_a_crash_while_its_commit_waits_for_the_standby_is_an
     );
 
     // Neither write is anywhere: the standby, promoted, never had them.
-    standby.resume().unwrap();
-    standby.promote().unwrap();
-    let mut check = AsyncPgConnection::establish(&standby.url("postgres"))
+    let standbys = tokio::task::spawn_blocking(move || {
+        standby[0].resume().unwrap();
+        standby[0].promote().unwrap();
+        standby
+    })
+    .await
+    .unwrap();
+    let mut check = AsyncPgConnection::establish(&standbys[0].url("postgres"))
         .await
         .unwrap();
     assert_eq!(count(&mut check).await, 0);
