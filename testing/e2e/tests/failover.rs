@@ -232,9 +232,27 @@ async fn the_services_survive_a_failover_to_the_standby_and_lose_nothing() {
     .await;
     // The standby goes away first, so writes are waiting for it to confirm their commits when
     // the primary stops: none of them may have been answered as done.
-    let crash = tokio::task::spawn_blocking(move || {
+    let primary_url = primary.url("postgres");
+    let standby = tokio::task::spawn_blocking(move || {
         standby.pause().unwrap();
-        std::thread::sleep(Duration::from_millis(300));
+        standby
+    })
+    .await
+    .unwrap();
+    service_harness::eventually(
+        "commits waiting for the standby",
+        Duration::from_secs(30),
+        || async {
+            service_harness::scalar(
+                &primary_url,
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'SyncRep'",
+            )
+            .await
+                > 0
+        },
+    )
+    .await;
+    let crash = tokio::task::spawn_blocking(move || {
         primary.crash().unwrap();
         standby.resume().unwrap();
         (primary, standby)
