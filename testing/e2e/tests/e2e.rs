@@ -1208,36 +1208,51 @@ async fn the_services_work_behind_pgbouncer_and_listen_directly() {
         );
     }
     // The notification connections are not: no session that listens came through the pooler.
-    let through_pooler: BTreeSet<i32> = bouncer_column(&console, "SHOW SERVERS", "local_port")
-        .await
-        .iter()
-        .filter_map(|p| p.parse().ok())
-        .collect();
     let (server, conn) = tokio_postgres::connect(&cluster.url("postgres"), tokio_postgres::NoTls)
         .await
         .unwrap();
     tokio::spawn(conn);
-    let listeners = server
-        .query(
-            "SELECT datname::text, client_port FROM pg_stat_activity
-              WHERE application_name = 'coherent-cache'",
-            &[],
-        )
-        .await
-        .unwrap();
-    let dbs: BTreeSet<String> = listeners.iter().map(|r| r.get::<_, String>(0)).collect();
-    assert_eq!(
-        dbs,
-        BTreeSet::from(["vbase_identity".to_owned(), "vbase_workspace".to_owned()]),
-        "each service's cache listens on its own database"
-    );
-    for r in &listeners {
-        let port: i32 = r.get(1);
+    let expected = BTreeSet::from([
+        ("vbase_identity".to_owned(), "coherent-cache".to_owned()),
+        ("vbase_workspace".to_owned(), "coherent-cache".to_owned()),
+        ("vbase_workspace".to_owned(), "vbase-change-hub".to_owned()),
+    ]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let through_pooler: BTreeSet<i32> = bouncer_column(&console, "SHOW SERVERS", "local_port")
+            .await
+            .iter()
+            .filter_map(|p| p.parse().ok())
+            .collect();
+        let listeners: Vec<(String, String, i32)> = server
+            .query(
+                "SELECT datname::text, application_name, client_port FROM pg_stat_activity
+                  WHERE application_name IN ('coherent-cache', 'vbase-change-hub')",
+                &[],
+            )
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| (r.get(0), r.get(1), r.get(2)))
+            .collect();
+        for (db, app, port) in &listeners {
+            assert!(
+                !through_pooler.contains(port),
+                "the {app} connection of {db} came through PgBouncer"
+            );
+        }
+        let seen: BTreeSet<(String, String)> = listeners
+            .into_iter()
+            .map(|(db, app, _)| (db, app))
+            .collect();
+        if seen == expected {
+            break;
+        }
         assert!(
-            !through_pooler.contains(&port),
-            "a notification connection of {} came through PgBouncer",
-            r.get::<_, String>(0)
+            Instant::now() < deadline,
+            "listening: {seen:?}, expected {expected:?}"
         );
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
     stack.stop().await.unwrap();
     drop((bouncer, cluster));

@@ -18,6 +18,9 @@ use tokio::sync::broadcast;
 use uuid::Uuid;
 
 /// How often every watched workspace is read even without a notification.
+/// The `application_name` of the hub's LISTEN connection (in `pg_stat_activity`).
+pub const APPLICATION_NAME: &str = "vbase-change-hub";
+
 const POLL: Duration = Duration::from_secs(2);
 /// Changes a watcher may fall behind the broadcast before it reads them from the log instead.
 const CAPACITY: usize = 1024;
@@ -144,8 +147,11 @@ impl Hub {
     async fn listen(&self, database_url: &str) -> anyhow::Result<()> {
         use diesel_async::{AsyncConnection, AsyncPgConnection, SimpleAsyncConnection};
         let mut conn = AsyncPgConnection::establish(database_url).await?;
-        conn.batch_execute(&format!("LISTEN {}", changes::NOTIFY_CHANNEL))
-            .await?;
+        conn.batch_execute(&format!(
+            "SET application_name = '{APPLICATION_NAME}'; LISTEN {}",
+            changes::NOTIFY_CHANNEL
+        ))
+        .await?;
         // Whatever was committed while nobody listened.
         self.pump_all().await;
         let mut notes = std::pin::pin!(conn.notifications_stream());
