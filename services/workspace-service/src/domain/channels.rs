@@ -195,7 +195,7 @@ async fn channels_after(
 
 /// The access facts of user `$2` in organization `$1`, each row with one channel of the page
 /// (`$3`, `$4`: after; `$5`: limit) of the workspace found; one row without a channel when
-/// there is none.
+/// there is none. `f.*` is the column list `facts_sql!` names, not a table's.
 const FACTS_AND_CHANNELS: &str = concat!(
     "SELECT f.*, c.id AS channel_id, c.name AS channel_name, c.created_by AS channel_created_by,
             c.created_at AS channel_created_at, c.updated_at AS channel_updated_at

@@ -86,7 +86,7 @@ impl AccessFacts {
     }
 }
 
-/// One row of [`facts_sql`].
+/// One row of `facts_sql!`.
 #[derive(QueryableByName)]
 pub struct FactsRow {
     #[diesel(sql_type = Nullable<SqlUuid>)]

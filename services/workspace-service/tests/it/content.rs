@@ -1160,3 +1160,65 @@ async fn prepared_reads_survive_a_column_added_while_running() {
             .await;
     }
 }
+
+/// With the access cache off, every page is read with the caller's access in one statement:
+/// a member pages through every channel once, in order, and a member of another organization
+/// is refused.
+#[tokio::test]
+async fn a_member_pages_channels_with_the_access_cache_off() {
+    let env = support::start_custom(false, |c| c.access_cache_bytes = 0).await;
+    env.workspace("org_p").await;
+    let mut c = env.client().await;
+    let mut expected = vec!["general".to_owned()];
+    for i in 0..7 {
+        let name = format!("c{i}");
+        c.create_channel(env.member(
+            "user_m",
+            "org_p",
+            pb::CreateChannelRequest {
+                clerk_org_id: "org_p".into(),
+                name: name.clone(),
+            },
+        ))
+        .await
+        .unwrap();
+        expected.push(name);
+    }
+    let (mut names, mut token, mut pages) = (Vec::new(), String::new(), 0);
+    loop {
+        let page = c
+            .list_channels(env.member(
+                "user_m",
+                "org_p",
+                pb::ListChannelsRequest {
+                    clerk_org_id: "org_p".into(),
+                    page_size: 3,
+                    page_token: token,
+                },
+            ))
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(page.channels.len() <= 3);
+        names.extend(page.channels.into_iter().map(|c| c.name));
+        pages += 1;
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        token = page.next_page_token;
+    }
+    assert_eq!(names, expected);
+    assert_eq!(pages, 3);
+    let other = c
+        .list_channels(env.member(
+            "user_x",
+            "org_other",
+            pb::ListChannelsRequest {
+                clerk_org_id: "org_p".into(),
+                page_size: 3,
+                page_token: String::new(),
+            },
+        ))
+        .await;
+    assert_eq!(code(other), Some(Code::PermissionDenied));
+}
