@@ -19,6 +19,8 @@ pub struct Scale {
     pub reads: usize,
     pub verifies: usize,
     pub messages_per_channel: usize,
+    /// Messages the messages row posts (and its baseline writes).
+    pub messages: usize,
     pub items_per_room: usize,
     pub rooms: usize,
 }

@@ -75,6 +75,9 @@ enum Row {
     WorkspaceRead,
     /// Live fan-out: many `WatchChannel` streams on one channel, messages posted at a rate.
     Fanout,
+    /// Messages posted at full rate (`PostMessage` with user tokens) against the insert and
+    /// its change-log entry in one transaction sent straight to PostgreSQL.
+    Messages,
 }
 
 #[tokio::main]
@@ -98,6 +101,9 @@ async fn main() -> Result<()> {
     }
     if want(Row::Fanout) {
         rows::fanout::run(&b, &mut report).await?;
+    }
+    if want(Row::Messages) {
+        rows::messages::run(&b, &mut report).await?;
     }
     if want(Row::Token) {
         rows::token::run(&b, &mut report).await?;
@@ -202,6 +208,7 @@ async fn bench<'a>(args: &Args, stack: &'a Stack) -> Result<Bench<'a>> {
             reads: 600,
             verifies: 500,
             messages_per_channel: 450,
+            messages: 600,
             items_per_room: 10,
             rooms: 20,
         }
@@ -211,6 +218,7 @@ async fn bench<'a>(args: &Args, stack: &'a Stack) -> Result<Bench<'a>> {
             reads: 20000,
             verifies: 20000,
             messages_per_channel: 45000,
+            messages: 20000,
             items_per_room: 400,
             rooms: 200,
         }
