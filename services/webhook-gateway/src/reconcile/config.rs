@@ -170,16 +170,6 @@ impl ServiceRetryArgs {
         }
         Ok(())
     }
-
-    /// The policy these settings make.
-    pub fn policy(&self) -> super::retry::RetryPolicy {
-        super::retry::RetryPolicy {
-            attempts: self.reconcile_service_attempts,
-            base: Duration::from_millis(self.reconcile_service_retry_base_ms),
-            max: Duration::from_millis(self.reconcile_service_retry_max_ms),
-            budget: Duration::from_secs(self.reconcile_service_retry_budget_secs),
-        }
-    }
 }
 
 /// `webhook-gateway reconcile`.

@@ -121,7 +121,7 @@ pub async fn execute(config: &ReconcileConfig) -> anyhow::Result<Summary> {
         move_to_instance: config.move_to_instance.clone(),
         allow_mass_delete: config.allow_mass_delete,
         max_deletes: config.reconcile_max_deletes,
-        retry: config.service_retry.policy(),
+        retry: retry::RetryPolicy::from(&config.service_retry),
     };
     Ok(run(&clerk, &downstream, &plan).await)
 }

@@ -37,7 +37,19 @@ pub struct RetryPolicy {
 
 impl Default for RetryPolicy {
     fn default() -> Self {
-        super::config::ServiceRetryArgs::default().policy()
+        Self::from(&super::config::ServiceRetryArgs::default())
+    }
+}
+
+impl From<&super::config::ServiceRetryArgs> for RetryPolicy {
+    /// The policy the `RECONCILE_SERVICE_*` settings make.
+    fn from(args: &super::config::ServiceRetryArgs) -> Self {
+        Self {
+            attempts: args.reconcile_service_attempts,
+            base: Duration::from_millis(args.reconcile_service_retry_base_ms),
+            max: Duration::from_millis(args.reconcile_service_retry_max_ms),
+            budget: Duration::from_secs(args.reconcile_service_retry_budget_secs),
+        }
     }
 }
 
