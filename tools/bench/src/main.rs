@@ -78,6 +78,9 @@ enum Row {
     /// Messages posted at full rate (`PostMessage` with user tokens) against the insert and
     /// its change-log entry in one transaction sent straight to PostgreSQL.
     Messages,
+    /// Message reads (`ListMessages` with user tokens) in a small and a 1,000,000-message
+    /// channel, first and deep pages, against their statements sent straight to PostgreSQL.
+    MessageReads,
 }
 
 #[tokio::main]
@@ -104,6 +107,9 @@ async fn main() -> Result<()> {
     }
     if want(Row::Messages) {
         rows::messages::run(&b, &mut report).await?;
+    }
+    if want(Row::MessageReads) {
+        rows::message_reads::run(&b, &mut report).await?;
     }
     if want(Row::Token) {
         rows::token::run(&b, &mut report).await?;

@@ -4,6 +4,7 @@ pub mod delete;
 pub mod fanout;
 pub mod ingest;
 pub mod liveblocks;
+pub mod message_reads;
 pub mod messages;
 pub mod reads;
 pub mod reconcile;
