@@ -388,6 +388,11 @@ pub struct Config {
     /// 80 ms (PostgreSQL notifications; docs/security.md).
     #[arg(long, env = "ACCESS_CACHE_BYTES", default_value_t = 8 << 20)]
     pub access_cache_bytes: u64,
+    /// Bytes this replica's cache of each workspace's channels (`ListChannels` pages) may hold;
+    /// 0 turns it off and every page reads the database. Kept coherent as the access cache is;
+    /// it never decides access.
+    #[arg(long, env = "CHANNEL_CACHE_BYTES", default_value_t = 4 << 20)]
+    pub channel_cache_bytes: u64,
     /// gRPC listen address.
     #[arg(long, env = "GRPC_ADDR", default_value = "0.0.0.0:50052")]
     pub grpc_addr: SocketAddr,

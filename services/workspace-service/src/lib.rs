@@ -144,6 +144,17 @@ pub async fn run(
             boot.lifecycle.stopped(),
         ),
     );
+    let channels = domain::listings::listing_cache(config.channel_cache_bytes);
+    boot.workers.spawn(
+        "channel-cache",
+        coherent_cache::listen(
+            channels.clone(),
+            config.service.db.direct_url().expose().to_owned(),
+            domain::channels::CHANNELS_NOTIFY,
+            domain::listings::apply_notification,
+            boot.lifecycle.stopped(),
+        ),
+    );
     let hot_size = (db.db_pool_size / 2).max(1);
     let hot = reads.sharing_lag(
         db.extra_pool(hot_size, READ_PLANS)?,
@@ -158,7 +169,11 @@ pub async fn run(
                 OWN_WRITES_MAX_CALLERS,
             ),
         },
-        grpc::HotReads { pool: hot, access },
+        grpc::HotReads {
+            pool: hot,
+            access,
+            channels,
+        },
         ledger.clone(),
         metrics,
         wakes,

@@ -40,8 +40,8 @@ struct Args {
     /// one per concurrent caller).
     #[arg(long)]
     grpc_connections: Option<usize>,
-    /// The services' read caches (workspace-service's access cache, identity-service's user
-    /// cache): `off` makes every read a miss (the cold rows).
+    /// The services' read caches (workspace-service's access and channel caches,
+    /// identity-service's user cache): `off` makes every read a miss (the cold rows).
     #[arg(long, value_enum, default_value = "on")]
     caches: Caches,
     /// Only these rows (comma-separated; all when absent). `reads` also runs `ingest`, which
@@ -178,6 +178,7 @@ fn stack_config(args: &Args) -> Result<StackConfig> {
     if args.caches == Caches::Off {
         for (service, name) in [
             ("workspace-service", "ACCESS_CACHE_BYTES"),
+            ("workspace-service", "CHANNEL_CACHE_BYTES"),
             ("identity-service", "USER_CACHE_BYTES"),
         ] {
             cfg.extra_env

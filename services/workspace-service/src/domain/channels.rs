@@ -4,6 +4,7 @@ use super::access::workspace_for;
 use super::access::{Caller, channel_scope, require_active_user};
 use super::changes::record_workspace;
 use super::events::timestamp;
+use super::listings::{Listing, ListingCache, MOST_LISTED};
 use super::standing;
 use crate::error::Error;
 use crate::model::paging::PageRequest;
@@ -15,6 +16,7 @@ use diesel::sql_types::{BigInt, Nullable, Text, Timestamptz, Uuid as SqlUuid};
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use service_runtime::Settled;
 use service_runtime::prepared;
+use std::sync::Arc;
 use uuid::Uuid;
 use vbase_proto::workspace::v1 as pb;
 use vbase_proto::workspace::v1::workspace_event::Event;
@@ -35,6 +37,20 @@ impl crate::model::paging::WireSize for ChannelRecord {
     fn wire_size(&self) -> usize {
         use crate::model::paging::{FIELD, TIMESTAMP, UUID, text};
         FIELD + 2 * UUID + text(&self.name) + TIMESTAMP
+    }
+}
+
+/// The replica's cache of each workspace's channels (`ListChannels` pages cut from memory).
+pub type ChannelList = ListingCache<ChannelRecord>;
+
+/// The channel the database's triggers notify with the workspace id of changed channels.
+pub const CHANNELS_NOTIFY: &str = "vbase_channels";
+
+/// Forgets the channels of `ws` cached here: after a write to them, so that this replica
+/// reads it back at once (the others hear it from PostgreSQL).
+fn forget(list: Option<&ChannelList>, ws: Uuid) {
+    if let Some(l) = list {
+        l.invalidate(&ws);
     }
 }
 
@@ -89,33 +105,38 @@ pub struct NewChannel {
 /// Creates a channel.
 pub async fn create_channel(
     conn: &mut AsyncPgConnection,
+    list: Option<&ChannelList>,
     caller: &Caller,
     new: &NewChannel,
 ) -> Result<ChannelRecord, Error> {
     let ws = workspace_for(conn, caller, &new.org).await?;
     require_active_user(conn, caller).await?;
-    conn.transaction::<_, Error, _>(async |conn| {
-        let c = diesel::insert_into(channels::table)
-            .values((
-                channels::id.eq(Uuid::now_v7()),
-                channels::workspace_id.eq(ws.id),
-                channels::name.eq(new.name.as_str()),
-                channels::created_by.eq(caller.actor()),
-            ))
-            .returning(ChannelRecord::as_returning())
-            .one(conn)
-            .await
-            .map_err(|e| name_taken(e, &new.name))?;
-        record_workspace(conn, ws.id, Event::ChannelCreated(c.clone().into())).await?;
-        Ok(c)
-    })
-    .await
+    let created = conn
+        .transaction::<_, Error, _>(async |conn| {
+            let c = diesel::insert_into(channels::table)
+                .values((
+                    channels::id.eq(Uuid::now_v7()),
+                    channels::workspace_id.eq(ws.id),
+                    channels::name.eq(new.name.as_str()),
+                    channels::created_by.eq(caller.actor()),
+                ))
+                .returning(ChannelRecord::as_returning())
+                .one(conn)
+                .await
+                .map_err(|e| name_taken(e, &new.name))?;
+            record_workspace(conn, ws.id, Event::ChannelCreated(c.clone().into())).await?;
+            Ok(c)
+        })
+        .await;
+    forget(list, ws.id);
+    created
 }
 
 /// Channels of a workspace, oldest first. A user whose access is not cached gets the access
 /// facts and the page from one statement: one round trip, like a cached caller's.
 pub async fn list_channels(
     conn: &mut AsyncPgConnection,
+    list: Option<&ChannelList>,
     caller: &Caller,
     org: &OrgId,
     page: &PageRequest,
@@ -133,7 +154,7 @@ pub async fn list_channels(
                 Ok(facts) => {
                     let ws = facts.workspace.as_ref().ok_or_else(|| not_synced(org))?;
                     facts.standing(*issued_at).verdict(role.as_ref())?;
-                    channels_after(conn, ws.id, page).await?
+                    cached_page(conn, list, caller.fills_access(), ws.id, page).await?
                 }
                 Err(pending) => {
                     let rows: Vec<FactsAndChannel> = prepared(FACTS_AND_CHANNELS)
@@ -171,6 +192,45 @@ pub async fn list_channels(
 
 fn not_synced(org: &OrgId) -> Error {
     Error::NotFound(format!("workspace {org} is not synced (yet)"))
+}
+
+/// A page of the channels of workspace `ws`, cut from the replica's cache when it may answer
+/// (read whole into it on a miss, kept when `fill`), else read from the database.
+async fn cached_page(
+    conn: &mut AsyncPgConnection,
+    list: Option<&ChannelList>,
+    fill: bool,
+    ws: Uuid,
+    page: &PageRequest,
+) -> Result<Vec<ChannelRecord>, Error> {
+    let Some(cache) = list.filter(|c| c.fresh()) else {
+        return channels_after(conn, ws, page).await;
+    };
+    let listing = match cache.get(&ws) {
+        Some(hit) => hit,
+        None => {
+            // Taken before the statement: a change heard while it runs keeps its answer out.
+            let ticket = cache.ticket();
+            let rows: Vec<ChannelRecord> = prepared(
+                "SELECT id, workspace_id, name, created_by, created_at, updated_at FROM channels
+                  WHERE workspace_id = $1 ORDER BY created_at, id LIMIT $2",
+            )
+            .bind::<SqlUuid, _>(ws)
+            .bind::<BigInt, _>(MOST_LISTED as i64 + 1)
+            .load(conn)
+            .await?;
+            let listing = Arc::new(Listing::of(rows));
+            if fill {
+                cache.insert(ticket, ws, listing.clone());
+            }
+            listing
+        }
+    };
+    let (at, id) = page.after_parts();
+    match listing.after(at.zip(id), |c| (c.created_at, c.id), page.limit() as usize) {
+        Some(rows) => Ok(rows),
+        None => channels_after(conn, ws, page).await,
+    }
 }
 
 /// A page of the channels of workspace `ws`.
@@ -250,26 +310,30 @@ impl LateralChannel {
 /// Renames a channel (admins).
 pub async fn rename_channel(
     conn: &mut AsyncPgConnection,
+    list: Option<&ChannelList>,
     caller: &Caller,
     channel_id: Uuid,
     name: &ChannelName,
 ) -> Result<ChannelRecord, Error> {
     let ws = channel_scope(conn, caller, channel_id).await?;
     caller.require_admin("renaming a channel")?;
-    conn.transaction::<_, Error, _>(async |conn| {
-        let c = diesel::update(channels::table.find((ws, channel_id)))
-            .set((
-                channels::name.eq(name.as_str()),
-                channels::updated_at.eq(diesel::dsl::now),
-            ))
-            .returning(ChannelRecord::as_returning())
-            .one(conn)
-            .await
-            .map_err(|e| name_taken(e, name))?;
-        record_workspace(conn, ws, Event::ChannelRenamed(c.clone().into())).await?;
-        Ok(c)
-    })
-    .await
+    let renamed = conn
+        .transaction::<_, Error, _>(async |conn| {
+            let c = diesel::update(channels::table.find((ws, channel_id)))
+                .set((
+                    channels::name.eq(name.as_str()),
+                    channels::updated_at.eq(diesel::dsl::now),
+                ))
+                .returning(ChannelRecord::as_returning())
+                .one(conn)
+                .await
+                .map_err(|e| name_taken(e, name))?;
+            record_workspace(conn, ws, Event::ChannelRenamed(c.clone().into())).await?;
+            Ok(c)
+        })
+        .await;
+    forget(list, ws);
+    renamed
 }
 
 /// Messages this transaction has deleted so far (PostgreSQL's own count).
@@ -294,24 +358,28 @@ async fn messages_deleted(conn: &mut AsyncPgConnection) -> QueryResult<i64> {
 /// difference in the transaction's own deleted-row count.
 pub async fn delete_channel(
     conn: &mut AsyncPgConnection,
+    list: Option<&ChannelList>,
     caller: &Caller,
     channel_id: Uuid,
 ) -> Result<i64, Error> {
     let ws = channel_scope(conn, caller, channel_id).await?;
     caller.require_admin("deleting a channel")?;
-    conn.transaction::<_, Error, _>(async |conn| {
-        let before = messages_deleted(conn).await?;
-        let gone = prepared("DELETE FROM channels WHERE workspace_id = $1 AND id = $2")
-            .bind::<SqlUuid, _>(ws)
-            .bind::<SqlUuid, _>(channel_id)
-            .execute(conn)
-            .await?;
-        if gone == 1 {
-            record_workspace(conn, ws, Event::ChannelDeleted(channel_id.to_string())).await?;
-        }
-        Ok(messages_deleted(conn).await? - before)
-    })
-    .await
+    let deleted = conn
+        .transaction::<_, Error, _>(async |conn| {
+            let before = messages_deleted(conn).await?;
+            let gone = prepared("DELETE FROM channels WHERE workspace_id = $1 AND id = $2")
+                .bind::<SqlUuid, _>(ws)
+                .bind::<SqlUuid, _>(channel_id)
+                .execute(conn)
+                .await?;
+            if gone == 1 {
+                record_workspace(conn, ws, Event::ChannelDeleted(channel_id.to_string())).await?;
+            }
+            Ok(messages_deleted(conn).await? - before)
+        })
+        .await;
+    forget(list, ws);
+    deleted
 }
 
 impl From<ChannelRecord> for pb::Channel {

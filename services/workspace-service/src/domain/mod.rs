@@ -10,6 +10,7 @@ pub mod changes;
 pub mod channels;
 pub mod events;
 pub mod items;
+pub mod listings;
 pub mod liveblocks;
 pub mod meetings;
 pub mod memberships;

@@ -12,7 +12,13 @@ pub(super) async fn create_channel(
     req: Request<pb::CreateChannelRequest>,
 ) -> R<pb::CreateChannelResponse> {
     let (who, new) = accept::<_, NewChannel>(req)?;
-    let ch = channels::create_channel(&mut *api.conn().await?, &who, &new).await?;
+    let ch = channels::create_channel(
+        &mut *api.conn().await?,
+        Some(api.channel_list()),
+        &who,
+        &new,
+    )
+    .await?;
     ok(pb::CreateChannelResponse {
         channel: Some(ch.into()),
     })
@@ -28,7 +34,7 @@ pub(super) async fn list_channels(
         items,
         next_page_token,
     } = read_on!(api, hot, who, seen.as_ref(), |conn, who| {
-        channels::list_channels(conn, who, &q.org, &q.page)
+        channels::list_channels(conn, Some(api.channel_list()), who, &q.org, &q.page)
     })?;
     ok(pb::ListChannelsResponse {
         channels: items.into_iter().map(Into::into).collect(),
@@ -41,7 +47,8 @@ pub(super) async fn rename_channel(
     req: Request<pb::RenameChannelRequest>,
 ) -> R<pb::RenameChannelResponse> {
     let (who, r) = accept::<_, Rename<ChannelName>>(req)?;
-    let ch = channels::rename_channel(&mut *api.conn().await?, &who, r.id, &r.name).await?;
+    let list = Some(api.channel_list());
+    let ch = channels::rename_channel(&mut *api.conn().await?, list, &who, r.id, &r.name).await?;
     ok(pb::RenameChannelResponse {
         channel: Some(ch.into()),
     })
@@ -52,8 +59,11 @@ pub(super) async fn delete_channel(
     req: Request<pb::DeleteChannelRequest>,
 ) -> R<pb::DeleteChannelResponse> {
     let (who, Id(id)) = accept(req)?;
+    let list = api.channel_list().clone();
     let messages_deleted = api
-        .detached(async move |mut conn| channels::delete_channel(&mut conn, &who, id).await)
+        .detached(async move |mut conn| {
+            channels::delete_channel(&mut conn, Some(&list), &who, id).await
+        })
         .await?;
     ok(pb::DeleteChannelResponse { messages_deleted })
 }

@@ -61,6 +61,7 @@ mod workspaces;
 
 use crate::domain::Outcome;
 use crate::domain::access::Caller;
+use crate::domain::channels::ChannelList;
 use crate::domain::standing::AccessCache;
 use crate::error::Error;
 use crate::metrics::Metrics;
@@ -103,10 +104,11 @@ fn subject<T>(req: &Request<T>) -> Option<String> {
 }
 
 /// What the hot reads use: a pool whose statements keep one plan ([`crate::READ_PLANS`]), with
-/// its replica's pool asking for the same plans, and the replica's access cache.
+/// its replica's pool asking for the same plans, and the replica's access and channel caches.
 pub struct HotReads {
     pub pool: ReadPool,
     pub access: AccessCache,
+    pub channels: ChannelList,
 }
 
 /// Where the other reads go: the primary's pool (the service's own) and the replica's, and
@@ -135,6 +137,8 @@ pub struct WorkspaceApi {
     response_bytes: usize,
     /// The replica's access cache (callers find it in their request's extensions).
     access: AccessCache,
+    /// The replica's cache of each workspace's channels.
+    channels: ChannelList,
 }
 
 impl WorkspaceApi {
@@ -152,7 +156,11 @@ impl WorkspaceApi {
         room_tokens: crate::liveblocks::RoomTokens,
         response_bytes: usize,
     ) -> Self {
-        let HotReads { pool: hot, access } = hot;
+        let HotReads {
+            pool: hot,
+            access,
+            channels,
+        } = hot;
         let Reads {
             pool: reads,
             own_writes,
@@ -168,6 +176,7 @@ impl WorkspaceApi {
             room_tokens,
             response_bytes,
             access,
+            channels,
         }
     }
 
@@ -180,6 +189,14 @@ impl WorkspaceApi {
     /// replica reads it back at once; the others hear it from PostgreSQL).
     fn forget_org(&self, org: &str) {
         self.access.invalidate_where(|(o, _)| o == org);
+        // A workspace created again keeps its id (derived from the organization's).
+        self.channels
+            .invalidate(&crate::domain::workspaces::derived_workspace_id(org));
+    }
+
+    /// The replica's cache of each workspace's channels.
+    fn channel_list(&self) -> &ChannelList {
+        &self.channels
     }
 
     /// A pooled connection for one request.

@@ -3,8 +3,7 @@
 //! after the change commits, tested at 100 ms after its command was answered), and a replica
 //! that loses its notification connection forgets what it cached.
 
-use crate::support::{self, Env, start_with};
-use service_harness::RunningServer;
+use crate::support::{self, second_replica, start_with};
 use std::time::Duration;
 use tokio::time::{Instant, sleep_until};
 use tonic::Code;
@@ -15,14 +14,6 @@ use vbase_proto::workspace::v1::workspace_service_client::WorkspaceServiceClient
 /// The bound the issue states: a change is seen by every replica this long after its command
 /// was answered.
 const BOUND: Duration = Duration::from_millis(100);
-
-/// A second replica of `env`'s service on the same database.
-async fn second_replica(env: &Env) -> (RunningServer, WorkspaceServiceClient<Channel>) {
-    let cfg = support::config(env.db.url(), &env.issuers, None);
-    let server = RunningServer::start(|l, s| workspace_service::run(cfg, l, s)).await;
-    let client = WorkspaceServiceClient::new(server.channel().await);
-    (server, client)
-}
 
 /// A caller's `ListChannels` request, with a fresh token.
 type Read<'a> = dyn Fn() -> tonic::Request<pb::ListChannelsRequest> + 'a;
@@ -199,7 +190,8 @@ async fn a_replica_that_loses_its_notifications_forgets_what_it_cached() {
     let member = || env.member(&user, "org_a", list());
     // The notification connection cut: once listening again, the entry is gone.
     let listeners = "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'coherent-cache' AND datname = current_database()";
-    assert_eq!(service_harness::scalar(env.db.url(), listeners).await, 1);
+    // The access cache's and the channel cache's.
+    assert_eq!(service_harness::scalar(env.db.url(), listeners).await, 2);
     service_harness::execute(
         env.db.url(),
         "SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity
@@ -207,7 +199,7 @@ async fn a_replica_that_loses_its_notifications_forgets_what_it_cached() {
     )
     .await;
     service_harness::eventually("listening again", Duration::from_secs(10), || async {
-        service_harness::scalar(env.db.url(), listeners).await == 1
+        service_harness::scalar(env.db.url(), listeners).await == 2
     })
     .await;
     for _ in 0..5 {

@@ -3,6 +3,7 @@
 
 mod access_cache;
 mod change_log;
+mod channel_cache;
 mod content;
 mod deadlines;
 mod deletion;

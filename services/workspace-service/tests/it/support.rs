@@ -62,6 +62,7 @@ pub fn config(db_url: &str, issuers: &Issuers, liveblocks_url: Option<&str>) -> 
         ledger: Default::default(),
         watch: Default::default(),
         access_cache_bytes: 8 << 20,
+        channel_cache_bytes: 4 << 20,
         grpc_addr: "127.0.0.1:0".parse().unwrap(),
         metrics_addr: "127.0.0.1:0".parse().unwrap(),
     }
@@ -97,6 +98,14 @@ pub async fn start_on(db: TestDatabase, with_worker: bool, tweak: impl FnOnce(&m
     };
     env.wait_keys_loaded().await;
     env
+}
+
+/// A second replica of `env`'s service on the same database.
+pub async fn second_replica(env: &Env) -> (RunningServer, WorkspaceServiceClient<Channel>) {
+    let cfg = config(env.db.url(), &env.issuers, None);
+    let server = RunningServer::start(|l, s| workspace_service::run(cfg, l, s)).await;
+    let client = WorkspaceServiceClient::new(server.channel().await);
+    (server, client)
 }
 
 pub async fn start() -> Env {
