@@ -390,7 +390,7 @@ pub struct Config {
     pub access_cache_bytes: u64,
     /// Bytes this replica's cache of each workspace's channels (`ListChannels` pages) may hold;
     /// 0 turns it off and every page reads the database. Kept coherent as the access cache is;
-    /// it never decides access.
+    /// it never decides access, and is read only after an access-cache hit.
     #[arg(long, env = "CHANNEL_CACHE_BYTES", default_value_t = 4 << 20)]
     pub channel_cache_bytes: u64,
     /// gRPC listen address.

@@ -81,6 +81,16 @@ impl Caller {
         self
     }
 
+    /// The caller of a read that must see a given position (`x-vbase-lsn`, or its own recent
+    /// write): a change made through another process may not have reached this replica's
+    /// caches yet, so it reads the database as with the caches off.
+    pub fn reading_through(mut self) -> Self {
+        if let Caller::User { access, .. } = &mut self {
+            *access = None;
+        }
+        self
+    }
+
     /// Whether what this call reads may fill the access cache.
     pub fn fills_access(&self) -> bool {
         match self {

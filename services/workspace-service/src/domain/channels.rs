@@ -4,7 +4,7 @@ use super::access::workspace_for;
 use super::access::{Caller, channel_scope, require_active_user};
 use super::changes::record_workspace;
 use super::events::timestamp;
-use super::listings::{Listing, ListingCache, MOST_LISTED};
+use super::listings::{Listed, Listing, ListingCache, MOST_LISTED};
 use super::standing;
 use crate::error::Error;
 use crate::model::paging::PageRequest;
@@ -31,6 +31,12 @@ pub struct ChannelRecord {
     pub created_by: String,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+}
+
+impl Listed for ChannelRecord {
+    fn heap_bytes(&self) -> usize {
+        self.name.len() + self.created_by.len()
+    }
 }
 
 impl crate::model::paging::WireSize for ChannelRecord {
@@ -195,7 +201,7 @@ fn not_synced(org: &OrgId) -> Error {
 }
 
 /// A page of the channels of workspace `ws`, cut from the replica's cache when it may answer
-/// (read whole into it on a miss, kept when `fill`), else read from the database.
+/// (read whole into it on a miss when `fill`), else read from the database.
 async fn cached_page(
     conn: &mut AsyncPgConnection,
     list: Option<&ChannelList>,
@@ -208,6 +214,8 @@ async fn cached_page(
     };
     let listing = match cache.get(&ws) {
         Some(hit) => hit,
+        // Nothing read here would be kept (a database replica's rows): read only the page.
+        None if !fill => return channels_after(conn, ws, page).await,
         None => {
             // Taken before the statement: a change heard while it runs keeps its answer out.
             let ticket = cache.ticket();
@@ -220,9 +228,7 @@ async fn cached_page(
             .load(conn)
             .await?;
             let listing = Arc::new(Listing::of(rows));
-            if fill {
-                cache.insert(ticket, ws, listing.clone());
-            }
+            cache.insert(ticket, ws, listing.clone());
             listing
         }
     };

@@ -8,12 +8,17 @@
 //! list longer than [`MOST_LISTED`] is remembered as too long, and its pages are read from the
 //! database.
 
-use crate::model::paging::WireSize;
 use std::sync::Arc;
 use uuid::Uuid;
 
 /// The longest list kept whole; longer ones are paged from the database.
 pub const MOST_LISTED: usize = 256;
+
+/// A row of a cached list.
+pub trait Listed {
+    /// The bytes it holds on the heap.
+    fn heap_bytes(&self) -> usize;
+}
 
 /// A workspace's list as cached.
 #[derive(Debug)]
@@ -28,12 +33,12 @@ pub enum Listing<T> {
 pub type ListingCache<T> = coherent_cache::Coherent<Uuid, Arc<Listing<T>>>;
 
 /// A listing cache of at most `bytes` (0: off).
-pub fn listing_cache<T: WireSize + Clone>(bytes: u64) -> ListingCache<T> {
+pub fn listing_cache<T: Listed + Clone>(bytes: u64) -> ListingCache<T> {
     ListingCache::new(bytes, |_, listing| {
         let rows = match listing.as_ref() {
             Listing::Whole(rows) => rows
                 .iter()
-                .map(|r| std::mem::size_of::<T>() + r.wire_size())
+                .map(|r| std::mem::size_of::<T>() + r.heap_bytes())
                 .sum(),
             Listing::TooLong => 0,
         };
@@ -51,10 +56,12 @@ pub fn apply_notification<T: Clone>(cache: &ListingCache<T>, payload: &str) {
 
 impl<T: Clone> Listing<T> {
     /// The listing of `rows`, read in cursor order with a limit of [`MOST_LISTED`] + 1.
-    pub fn of(rows: Vec<T>) -> Self {
+    pub fn of(mut rows: Vec<T>) -> Self {
         if rows.len() > MOST_LISTED {
             Listing::TooLong
         } else {
+            // Its weight counts the rows, not the spare room of the read.
+            rows.shrink_to_fit();
             Listing::Whole(rows)
         }
     }

@@ -189,9 +189,6 @@ impl WorkspaceApi {
     /// replica reads it back at once; the others hear it from PostgreSQL).
     fn forget_org(&self, org: &str) {
         self.access.invalidate_where(|(o, _)| o == org);
-        // A workspace created again keeps its id (derived from the organization's).
-        self.channels
-            .invalidate(&crate::domain::workspaces::derived_workspace_id(org));
     }
 
     /// The replica's cache of each workspace's channels.
@@ -217,6 +214,12 @@ impl WorkspaceApi {
         };
         let seen = service_runtime::read_after::read_after(&req, remembered)?;
         let (caller, input) = accept(req)?;
+        // A write made through another process may not have reached this one's caches yet.
+        let caller = if seen.is_some() {
+            caller.reading_through()
+        } else {
+            caller
+        };
         Ok((caller, input, seen))
     }
 

@@ -183,7 +183,7 @@ pub async fn run(b: &Bench<'_>, report: &mut Report) -> Result<()> {
             if b.cold {
                 "cold (access cache off: every read a miss)"
             } else {
-                "warm (access cache on: 100 members reading repeatedly)"
+                "warm (access and channel caches on: 100 members reading repeatedly)"
             }
         ),
         format!(
