@@ -289,6 +289,29 @@ where
     }
 }
 
+/// Cuts the notification connections of the caches (`crates/coherent-cache`, named
+/// `coherent-cache` in `pg_stat_activity`) of `database_url`, after checking there are
+/// `listeners`, and waits until as many listen again.
+pub async fn cut_cache_notifications(database_url: &str, listeners: i64) {
+    let count = "SELECT count(*) FROM pg_stat_activity
+                  WHERE application_name = 'coherent-cache' AND datname = current_database()";
+    assert_eq!(
+        scalar(database_url, count).await,
+        listeners,
+        "cache listeners before the cut"
+    );
+    execute(
+        database_url,
+        "SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity
+          WHERE application_name = 'coherent-cache' AND datname = current_database()",
+    )
+    .await;
+    eventually("listening again", Duration::from_secs(10), || async {
+        scalar(database_url, count).await == listeners
+    })
+    .await;
+}
+
 /// A transaction that holds the advisory lock a service takes for one entity
 /// (`service_runtime::db::lock_entity`), until dropped: the service's command for that entity
 /// waits meanwhile, as behind a slow concurrent writer.

@@ -130,17 +130,6 @@ async fn a_replica_that_loses_its_notifications_forgets_what_it_cached() {
         }
     }
     assert!(cached, "never served from the cache");
-    let listeners = "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'coherent-cache' AND datname = current_database()";
-    assert_eq!(service_harness::scalar(env.db.url(), listeners).await, 1);
-    service_harness::execute(
-        env.db.url(),
-        "SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity
-          WHERE application_name = 'coherent-cache' AND datname = current_database()",
-    )
-    .await;
-    service_harness::eventually("listening again", Duration::from_secs(10), || async {
-        service_harness::scalar(env.db.url(), listeners).await == 1
-    })
-    .await;
+    service_harness::cut_cache_notifications(env.db.url(), 1).await;
     prime(&env, &mut [&mut a], "Unheard").await;
 }

@@ -188,20 +188,9 @@ async fn a_replica_that_loses_its_notifications_forgets_what_it_cached() {
     }
     let user = cached.expect("never served from the cache");
     let member = || env.member(&user, "org_a", list());
-    // The notification connection cut: once listening again, the entry is gone.
-    let listeners = "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'coherent-cache' AND datname = current_database()";
-    // The access cache's and the channel cache's.
-    assert_eq!(service_harness::scalar(env.db.url(), listeners).await, 2);
-    service_harness::execute(
-        env.db.url(),
-        "SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity
-          WHERE application_name = 'coherent-cache' AND datname = current_database()",
-    )
-    .await;
-    service_harness::eventually("listening again", Duration::from_secs(10), || async {
-        service_harness::scalar(env.db.url(), listeners).await == 2
-    })
-    .await;
+    // The notification connections (the access cache's and the channel cache's) cut: once
+    // listening again, the entry is gone.
+    service_harness::cut_cache_notifications(env.db.url(), 2).await;
     for _ in 0..5 {
         tokio::time::sleep(Duration::from_millis(30)).await;
         refused(a.list_channels(member()).await, "after the cut");

@@ -306,18 +306,9 @@ async fn pages_come_from_the_cache_until_its_notifications_are_lost() {
     }
     assert!(compared > 0, "no page was cut from the cache");
 
-    // The notification connections cut: once listening again, the list is read anew.
-    let listeners = "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'coherent-cache' AND datname = current_database()";
-    service_harness::execute(
-        env.db.url(),
-        "SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity
-          WHERE application_name = 'coherent-cache' AND datname = current_database()",
-    )
-    .await;
-    service_harness::eventually("listening again", Duration::from_secs(10), || async {
-        service_harness::scalar(env.db.url(), listeners).await == 2
-    })
-    .await;
+    // The notification connections (the access cache's and the channel cache's) cut: once
+    // listening again, the list is read anew.
+    service_harness::cut_cache_notifications(env.db.url(), 2).await;
     for _ in 0..5 {
         tokio::time::sleep(Duration::from_millis(30)).await;
         assert!(
