@@ -189,6 +189,32 @@ pub async fn bench_workspace(
     Ok(())
 }
 
+/// Makes users `{prefix}0` .. `{prefix}{count - 1}` members (`org:member`) of the workspace of
+/// `org`.
+pub async fn bench_members(
+    wsc: &mut WorkspaceServiceClient<Channel>,
+    token: &str,
+    org: &str,
+    prefix: &str,
+    count: usize,
+) -> Result<()> {
+    for u in 0..count {
+        wsc.upsert_membership(service_harness::bearer(
+            wsp::UpsertMembershipCommand {
+                event_id: format!("bench-{org}-m{u}"),
+                occurred_at: service_harness::ts(now_secs() - 60),
+                clerk_org_id: org.into(),
+                clerk_user_id: format!("{prefix}{u}"),
+                role: "org:member".into(),
+                ..Default::default()
+            },
+            token,
+        ))
+        .await?;
+    }
+    Ok(())
+}
+
 /// Deletes the workspace of `org` and waits for its purge: the rows that count the workspace
 /// tables find nothing left behind.
 pub async fn drop_bench_workspace(

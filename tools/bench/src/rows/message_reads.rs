@@ -13,7 +13,8 @@
 //! `EXPLAIN (ANALYZE, BUFFERS)` goes to stderr both ways.
 
 use crate::load::{
-    Bench, Stats, bench_workspace, drop_bench_workspace, load, pg, settle, stack_signers,
+    Bench, Stats, bench_members, bench_workspace, drop_bench_workspace, load, pg, settle,
+    stack_signers,
 };
 use crate::probes::CpuProbe;
 use crate::report::Report;
@@ -21,7 +22,6 @@ use anyhow::{Context, Result};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Instant, SystemTime};
-use token_auth::signing::now_secs;
 use tokio_postgres::types::Type;
 use tonic::transport::Channel;
 use uuid::Uuid;
@@ -151,20 +151,7 @@ async fn workspace(
     let (key, minter) = stack_signers(b.stack)?;
     let service = minter.token_for("workspace-service")?;
     bench_workspace(wsc, &service, org, "Message reads").await?;
-    for u in 0..MEMBERS {
-        wsc.upsert_membership(service_harness::bearer(
-            wsp::UpsertMembershipCommand {
-                event_id: format!("bench-{org}-m{u}"),
-                occurred_at: service_harness::ts(now_secs() - 60),
-                clerk_org_id: org.into(),
-                clerk_user_id: format!("{member_prefix}{u}"),
-                role: "org:member".into(),
-                ..Default::default()
-            },
-            &service,
-        ))
-        .await?;
-    }
+    bench_members(wsc, &service, org, member_prefix, MEMBERS).await?;
     let channel = wsc
         .create_channel(service_harness::bearer(
             wsp::CreateChannelRequest {

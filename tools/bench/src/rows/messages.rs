@@ -5,7 +5,9 @@
 //! `services/workspace-service/src/domain/messages.rs` (`post_message`) and `changes.rs`
 //! (`record`), prepared once per connection.
 
-use crate::load::{Bench, bench_workspace, drop_bench_workspace, load, pg, settle, stack_signers};
+use crate::load::{
+    Bench, bench_members, bench_workspace, drop_bench_workspace, load, pg, settle, stack_signers,
+};
 use crate::probes::CpuProbe;
 use crate::report::Report;
 use anyhow::{Context, Result};
@@ -13,7 +15,6 @@ use prost::Message as _;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
-use token_auth::signing::now_secs;
 use tonic::transport::Channel;
 use uuid::Uuid;
 use vbase_proto::workspace::v1 as wsp;
@@ -153,20 +154,7 @@ pub async fn run(b: &Bench<'_>, report: &mut Report) -> Result<()> {
             .await?,
     );
     bench_workspace(&mut wsc, &service, ORG, "Messages").await?;
-    for u in 0..MEMBERS {
-        wsc.upsert_membership(service_harness::bearer(
-            wsp::UpsertMembershipCommand {
-                event_id: format!("bench-msg-m{u}"),
-                occurred_at: service_harness::ts(now_secs() - 60),
-                clerk_org_id: ORG.into(),
-                clerk_user_id: format!("user_m{u}"),
-                role: "org:member".into(),
-                ..Default::default()
-            },
-            &service,
-        ))
-        .await?;
-    }
+    bench_members(&mut wsc, &service, ORG, "user_m", MEMBERS).await?;
     let mut channels = Vec::new();
     for n in 0..CHANNELS {
         let ch = wsc

@@ -3,14 +3,15 @@
 //! at the same latency: what our checks (token, organization, revocation, room owner) add.
 
 use crate::load::Bench;
-use crate::load::{Stats, bench_workspace, drop_bench_workspace, load, pg, settle, stack_signers};
+use crate::load::{
+    Stats, bench_members, bench_workspace, drop_bench_workspace, load, pg, settle, stack_signers,
+};
 use crate::probes::CpuProbe;
 use crate::report::Report;
 use anyhow::{Context, Result};
 use serde_json::json;
 use std::sync::Arc;
 use std::time::Duration;
-use token_auth::signing::now_secs;
 use tonic::transport::Channel;
 use vbase_proto::workspace::v1 as wsp;
 use vbase_proto::workspace::v1::workspace_service_client::WorkspaceServiceClient;
@@ -24,20 +25,7 @@ const LATENCY: Duration = Duration::from_millis(20);
 /// A document room in the bench workspace with `USERS` members: its Liveblocks room id.
 async fn document_room(wsc: &mut WorkspaceServiceClient<Channel>, token: &str) -> Result<String> {
     bench_workspace(wsc, token, ORG, "Room tokens").await?;
-    for u in 0..USERS {
-        wsc.upsert_membership(service_harness::bearer(
-            wsp::UpsertMembershipCommand {
-                event_id: format!("bench-room-m{u}"),
-                occurred_at: service_harness::ts(now_secs() - 60),
-                clerk_org_id: ORG.into(),
-                clerk_user_id: format!("user_rt{u}"),
-                role: "org:member".into(),
-                ..Default::default()
-            },
-            token,
-        ))
-        .await?;
-    }
+    bench_members(wsc, token, ORG, "user_rt", USERS).await?;
     let room = wsc
         .create_room(service_harness::bearer(
             wsp::CreateRoomRequest {

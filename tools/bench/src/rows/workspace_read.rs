@@ -2,12 +2,13 @@
 //! and the page, against the same statements sent straight to PostgreSQL, and against them
 //! without the revocation check (what the check costs).
 
-use crate::load::{Bench, bench_workspace, drop_bench_workspace, load, pg, settle, stack_signers};
+use crate::load::{
+    Bench, bench_members, bench_workspace, drop_bench_workspace, load, pg, settle, stack_signers,
+};
 use crate::probes::CpuProbe;
 use crate::report::Report;
 use anyhow::Result;
 use std::sync::Arc;
-use token_auth::signing::now_secs;
 use tonic::transport::Channel;
 use vbase_proto::workspace::v1 as wsp;
 use vbase_proto::workspace::v1::workspace_service_client::WorkspaceServiceClient;
@@ -88,20 +89,7 @@ pub async fn run(b: &Bench<'_>, report: &mut Report) -> Result<()> {
     let token = minter.token_for("workspace-service")?;
     bench_workspace(&mut wsc, &token, "org_bread", "Reads").await?;
     let readers = 100;
-    for u in 0..readers {
-        wsc.upsert_membership(service_harness::bearer(
-            wsp::UpsertMembershipCommand {
-                event_id: format!("bench-read-m{u}"),
-                occurred_at: service_harness::ts(now_secs() - 60),
-                clerk_org_id: "org_bread".into(),
-                clerk_user_id: format!("user_r{u}"),
-                role: "org:member".into(),
-                ..Default::default()
-            },
-            &token,
-        ))
-        .await?;
-    }
+    bench_members(&mut wsc, &token, "org_bread", "user_r", readers).await?;
     let tokens: Arc<Vec<String>> = Arc::new(
         (0..readers)
             .map(|u| {
