@@ -6,7 +6,7 @@
 use diesel::QueryableByName;
 use diesel::sql_types::BigInt;
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection};
-use ephemeral_postgres::{PgCluster, PgClusterOptions, TestDatabases};
+use ephemeral_postgres::{PgCluster, TestDatabases};
 use service_runtime::{Settled, prepared};
 use std::time::Duration;
 
@@ -72,15 +72,7 @@ async fn a_write_whose_commit_fails_is_an_error_not_its_row() {
 
 #[tokio::test]
 async fn a_write_cut_off_by_a_crash_while_its_commit_waits_for_the_standby_is_an_error() {
-    let (primary, standbys) = tokio::task::spawn_blocking(|| {
-        let options = PgClusterOptions {
-            synchronous_standby: true,
-            ..PgClusterOptions::default()
-        };
-        PgCluster::start_with_standbys(options, 1).unwrap()
-    })
-    .await
-    .unwrap();
+    let (primary, standby) = PgCluster::synchronous_pair().await.unwrap();
     let url = primary.url("postgres");
     let mut conn = AsyncPgConnection::establish(&url).await.unwrap();
     conn.batch_execute("CREATE TABLE t (n bigint)")
@@ -89,8 +81,8 @@ async fn a_write_cut_off_by_a_crash_while_its_commit_waits_for_the_standby_is_an
 
     // The standby away, each commit waits for it.
     let standby = tokio::task::spawn_blocking(move || {
-        standbys[0].pause().unwrap();
-        standbys
+        standby.pause().unwrap();
+        standby
     })
     .await
     .unwrap();
@@ -137,16 +129,16 @@ async fn a_write_cut_off_by_a_crash_while_its_commit_waits_for_the_standby_is_an
     );
 
     // Neither write is anywhere: the standby, promoted, never had them.
-    let standbys = tokio::task::spawn_blocking(move || {
-        standby[0].resume().unwrap();
-        standby[0].promote().unwrap();
+    let standby = tokio::task::spawn_blocking(move || {
+        standby.resume().unwrap();
+        standby.promote().unwrap();
         standby
     })
     .await
     .unwrap();
-    let mut check = AsyncPgConnection::establish(&standbys[0].url("postgres"))
+    let mut check = AsyncPgConnection::establish(&standby.url("postgres"))
         .await
         .unwrap();
     assert_eq!(count(&mut check).await, 0);
-    drop((primary, standbys));
+    drop((primary, standby));
 }

@@ -6,7 +6,7 @@
 //! was in flight is answered 503 or UNAVAILABLE, Svix's retry is applied once, every accepted
 //! event and every answered call is there exactly once, and the purge finishes.
 
-use ephemeral_postgres::{PgCluster, PgClusterOptions};
+use ephemeral_postgres::PgCluster;
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -109,16 +109,7 @@ fn running(pid: u32) -> bool {
 
 #[tokio::test]
 async fn the_services_survive_a_failover_to_the_standby_and_lose_nothing() {
-    let (primary, mut standbys) = tokio::task::spawn_blocking(|| {
-        let options = PgClusterOptions {
-            synchronous_standby: true,
-            ..PgClusterOptions::default()
-        };
-        PgCluster::start_with_standbys(options, 1).unwrap()
-    })
-    .await
-    .unwrap();
-    let standby = standbys.remove(0);
+    let (primary, standby) = PgCluster::synchronous_pair().await.unwrap();
     let url = format!(
         "postgres://postgres@127.0.0.1:{},127.0.0.1:{}/postgres?target_session_attrs=read-write",
         primary.port(),

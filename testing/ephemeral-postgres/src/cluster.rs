@@ -207,6 +207,20 @@ impl PgCluster {
         Ok((primary, standbys))
     }
 
+    /// A primary whose commits wait for its one streaming standby (`synchronous_standby`),
+    /// both accepting connections, started off the async threads: (primary, standby).
+    pub async fn synchronous_pair() -> Result<(Self, Self)> {
+        tokio::task::spawn_blocking(|| {
+            let options = PgClusterOptions {
+                synchronous_standby: true,
+                ..PgClusterOptions::default()
+            };
+            let (primary, mut standbys) = Self::start_with_standbys(options, 1)?;
+            Ok((primary, standbys.remove(0)))
+        })
+        .await?
+    }
+
     /// Promotes a standby to a primary (`pg_ctl promote`, waiting until it accepts writes).
     pub fn promote(&self) -> Result<()> {
         let out = self

@@ -2,7 +2,7 @@
 //! acknowledged, and after an immediate stop of the primary it is promoted and takes writes.
 //! A multi-host URL with `target_session_attrs=read-write` finds whichever one is the primary.
 
-use ephemeral_postgres::{PgCluster, PgClusterOptions};
+use ephemeral_postgres::PgCluster;
 
 async fn connect(url: &str) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
     let (c, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls).await?;
@@ -12,16 +12,7 @@ async fn connect(url: &str) -> Result<tokio_postgres::Client, tokio_postgres::Er
 
 #[tokio::test]
 async fn a_promoted_standby_holds_every_acknowledged_commit_and_takes_writes() {
-    let (primary, mut standbys) = tokio::task::spawn_blocking(|| {
-        let options = PgClusterOptions {
-            synchronous_standby: true,
-            ..PgClusterOptions::default()
-        };
-        PgCluster::start_with_standbys(options, 1).unwrap()
-    })
-    .await
-    .unwrap();
-    let standby = standbys.remove(0);
+    let (primary, standby) = PgCluster::synchronous_pair().await.unwrap();
     let both = format!(
         "postgres://postgres@127.0.0.1:{},127.0.0.1:{}/postgres?target_session_attrs=read-write",
         primary.port(),

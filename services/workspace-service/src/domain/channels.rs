@@ -54,10 +54,8 @@ pub const CHANNELS_NOTIFY: &str = "vbase_channels";
 
 /// Forgets the channels of `ws` cached here: after a write to them, so that this replica
 /// reads it back at once (the others hear it from PostgreSQL).
-fn forget(list: Option<&ChannelList>, ws: Uuid) {
-    if let Some(l) = list {
-        l.invalidate(&ws);
-    }
+fn forget(list: &ChannelList, ws: Uuid) {
+    list.invalidate(&ws);
 }
 
 /// A checked channel name: 1..=80 of lowercase letters, digits, `-`, `_`.
@@ -111,7 +109,7 @@ pub struct NewChannel {
 /// Creates a channel.
 pub async fn create_channel(
     conn: &mut AsyncPgConnection,
-    list: Option<&ChannelList>,
+    list: &ChannelList,
     caller: &Caller,
     new: &NewChannel,
 ) -> Result<ChannelRecord, Error> {
@@ -142,7 +140,7 @@ pub async fn create_channel(
 /// facts and the page from one statement: one round trip, like a cached caller's.
 pub async fn list_channels(
     conn: &mut AsyncPgConnection,
-    list: Option<&ChannelList>,
+    list: &ChannelList,
     caller: &Caller,
     org: &OrgId,
     page: &PageRequest,
@@ -204,14 +202,14 @@ fn not_synced(org: &OrgId) -> Error {
 /// (read whole into it on a miss when `fill`), else read from the database.
 async fn cached_page(
     conn: &mut AsyncPgConnection,
-    list: Option<&ChannelList>,
+    cache: &ChannelList,
     fill: bool,
     ws: Uuid,
     page: &PageRequest,
 ) -> Result<Vec<ChannelRecord>, Error> {
-    let Some(cache) = list.filter(|c| c.fresh()) else {
+    if !cache.fresh() {
         return channels_after(conn, ws, page).await;
-    };
+    }
     let listing = match cache.get(&ws) {
         Some(hit) => hit,
         // Nothing read here would be kept (a database replica's rows): read only the page.
@@ -316,7 +314,7 @@ impl LateralChannel {
 /// Renames a channel (admins).
 pub async fn rename_channel(
     conn: &mut AsyncPgConnection,
-    list: Option<&ChannelList>,
+    list: &ChannelList,
     caller: &Caller,
     channel_id: Uuid,
     name: &ChannelName,
@@ -364,7 +362,7 @@ async fn messages_deleted(conn: &mut AsyncPgConnection) -> QueryResult<i64> {
 /// difference in the transaction's own deleted-row count.
 pub async fn delete_channel(
     conn: &mut AsyncPgConnection,
-    list: Option<&ChannelList>,
+    list: &ChannelList,
     caller: &Caller,
     channel_id: Uuid,
 ) -> Result<i64, Error> {

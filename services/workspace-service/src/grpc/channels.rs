@@ -12,13 +12,7 @@ pub(super) async fn create_channel(
     req: Request<pb::CreateChannelRequest>,
 ) -> R<pb::CreateChannelResponse> {
     let (who, new) = accept::<_, NewChannel>(req)?;
-    let ch = channels::create_channel(
-        &mut *api.conn().await?,
-        Some(api.channel_list()),
-        &who,
-        &new,
-    )
-    .await?;
+    let ch = channels::create_channel(&mut *api.conn().await?, &api.channels, &who, &new).await?;
     ok(pb::CreateChannelResponse {
         channel: Some(ch.into()),
     })
@@ -34,7 +28,7 @@ pub(super) async fn list_channels(
         items,
         next_page_token,
     } = read_on!(api, hot, who, seen.as_ref(), |conn, who| {
-        channels::list_channels(conn, Some(api.channel_list()), who, &q.org, &q.page)
+        channels::list_channels(conn, &api.channels, who, &q.org, &q.page)
     })?;
     ok(pb::ListChannelsResponse {
         channels: items.into_iter().map(Into::into).collect(),
@@ -47,7 +41,7 @@ pub(super) async fn rename_channel(
     req: Request<pb::RenameChannelRequest>,
 ) -> R<pb::RenameChannelResponse> {
     let (who, r) = accept::<_, Rename<ChannelName>>(req)?;
-    let list = Some(api.channel_list());
+    let list = &api.channels;
     let ch = channels::rename_channel(&mut *api.conn().await?, list, &who, r.id, &r.name).await?;
     ok(pb::RenameChannelResponse {
         channel: Some(ch.into()),
@@ -59,11 +53,9 @@ pub(super) async fn delete_channel(
     req: Request<pb::DeleteChannelRequest>,
 ) -> R<pb::DeleteChannelResponse> {
     let (who, Id(id)) = accept(req)?;
-    let list = api.channel_list().clone();
+    let list = api.channels.clone();
     let messages_deleted = api
-        .detached(async move |mut conn| {
-            channels::delete_channel(&mut conn, Some(&list), &who, id).await
-        })
+        .detached(async move |mut conn| channels::delete_channel(&mut conn, &list, &who, id).await)
         .await?;
     ok(pb::DeleteChannelResponse { messages_deleted })
 }

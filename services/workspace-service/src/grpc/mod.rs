@@ -191,11 +191,6 @@ impl WorkspaceApi {
         self.access.invalidate_where(|(o, _)| o == org);
     }
 
-    /// The replica's cache of each workspace's channels.
-    fn channel_list(&self) -> &ChannelList {
-        &self.channels
-    }
-
     /// A pooled connection for one request.
     async fn conn(&self) -> Result<Object<AsyncPgConnection>, Error> {
         Ok(self.pool.get().await?)
