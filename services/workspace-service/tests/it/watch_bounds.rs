@@ -347,6 +347,23 @@ async fn past_the_replicas_watch_memory_a_client_reading_its_backlog_goes_on() {
     for i in 0..30 {
         post(&env, "org_bk", &side, &format!("side {i} {body}")).await;
     }
+    // The stuck client is behind before the reader comes: its events are held (about 266 KB
+    // once the fan-out queued all 30) and the oldest has gone unread past the grace. Otherwise
+    // it is judged only once that grace passes, and a reader quick enough has already brought
+    // the replica back under its memory: nothing is over, nothing ends.
+    eventually(
+        "the stuck stream's events held",
+        Duration::from_secs(10),
+        || async {
+            env.metric("workspace_watch_buffered_bytes")
+                .await
+                .unwrap_or(0.0)
+                >= 250_000.0
+        },
+    )
+    .await;
+    tokio::time::sleep(workspace_service::live::outbox::UNREAD_GRACE + Duration::from_millis(200))
+        .await;
     let token = next(&mut watch(&env, "user_k", "org_bk", &main, "").await)
         .await
         .resume_token;
