@@ -44,6 +44,11 @@ struct Args {
     /// identity-service's user cache): `off` makes every read a miss (the cold rows).
     #[arg(long, value_enum, default_value = "on")]
     caches: Caches,
+    /// Calls in each load phase of the read rows (`reads`, `workspace-read`,
+    /// `message-reads`); default 20000 (600 with `--smoke`). More makes a steadier figure
+    /// and a longer phase to profile.
+    #[arg(long)]
+    read_calls: Option<usize>,
     /// Only these rows (comma-separated; all when absent). `reads` also runs `ingest`, which
     /// creates the users it reads.
     #[arg(long, value_enum, value_delimiter = ',')]
@@ -212,7 +217,7 @@ async fn bench<'a>(args: &Args, stack: &'a Stack) -> Result<Bench<'a>> {
     let s = if args.smoke {
         Scale {
             ingest: 300,
-            reads: 600,
+            reads: args.read_calls.unwrap_or(600),
             verifies: 500,
             messages_per_channel: 450,
             messages: 600,
@@ -222,7 +227,7 @@ async fn bench<'a>(args: &Args, stack: &'a Stack) -> Result<Bench<'a>> {
     } else {
         Scale {
             ingest: 20000,
-            reads: 20000,
+            reads: args.read_calls.unwrap_or(20000),
             verifies: 20000,
             messages_per_channel: 45000,
             messages: 20000,
