@@ -150,7 +150,11 @@ def registered_metrics():
     """Metric names the code registers, with the suffixes the exposition adds."""
     names = set()
     for rs in ROOT.glob("*/*/src/**/*.rs"):
-        for name in re.findall(r'\.register\(\s*"([a-z_][a-z0-9_]*)"', rs.read_text()):
+        text = rs.read_text()
+        # Metrics registered one by one, and families a collector encodes at each scrape.
+        found = re.findall(r'\.register\(\s*"([a-z_][a-z0-9_]*)"', text)
+        found += re.findall(r'&mut encoder,\s*"([a-z_][a-z0-9_]*)"', text)
+        for name in found:
             names |= {name, f"{name}_total", f"{name}_bucket", f"{name}_sum", f"{name}_count"}
     return names
 

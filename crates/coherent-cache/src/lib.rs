@@ -64,6 +64,42 @@ struct Inner<K, V> {
     capacity: u64,
     /// Notifications dropped because the queue was full (each emptied the cache).
     dropped: AtomicU64,
+    counts: Counts,
+}
+
+/// What the cache did, counted for its metrics.
+#[derive(Default)]
+struct Counts {
+    hits: AtomicU64,
+    misses: AtomicU64,
+    read_through: AtomicU64,
+    invalidations: AtomicU64,
+    connection_losses: AtomicU64,
+}
+
+/// What a cache did since it started, and what it holds now (its metrics).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Lookups it answered.
+    pub hits: u64,
+    /// Lookups of keys it did not hold, while it could answer.
+    pub misses: u64,
+    /// Lookups it could not answer (not listening, or its pings late): read from the database.
+    pub read_through: u64,
+    /// Invalidations: a key's notification, or a local write's forget.
+    pub invalidations: u64,
+    /// Notification connections lost (each emptied the cache until the next one listened).
+    pub connection_losses: u64,
+    /// Notifications dropped because the queue was full (each emptied the cache).
+    pub dropped: u64,
+    /// Entries held now.
+    pub entries: u64,
+    /// Bytes held now.
+    pub bytes: u64,
+    /// The most bytes it holds.
+    pub capacity: u64,
+    /// Whether it may answer now.
+    pub answering: bool,
 }
 
 /// A replica's cache of `V` by `K`; clones share it. Capacity 0 turns it off (every read a miss).
@@ -105,6 +141,7 @@ where
                 origin: Instant::now(),
                 capacity: capacity_bytes,
                 dropped: AtomicU64::new(0),
+                counts: Counts::default(),
             }),
         }
     }
@@ -126,10 +163,20 @@ where
 
     /// The cached value of `key`, if the cache may answer.
     pub fn get(&self, key: &K) -> Option<V> {
-        if !self.fresh() {
+        if !self.enabled() {
             return None;
         }
-        self.inner.entries.get(key)
+        let c = &self.inner.counts;
+        if !self.fresh() {
+            c.read_through.fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
+        let got = self.inner.entries.get(key);
+        match got {
+            Some(_) => c.hits.fetch_add(1, Ordering::Relaxed),
+            None => c.misses.fetch_add(1, Ordering::Relaxed),
+        };
+        got
     }
 
     /// Take before reading what [`Coherent::insert`] will store.
@@ -153,12 +200,20 @@ where
     /// Forgets `key`.
     pub fn invalidate(&self, key: &K) {
         self.inner.epoch.fetch_add(1, Ordering::SeqCst);
+        self.inner
+            .counts
+            .invalidations
+            .fetch_add(1, Ordering::Relaxed);
         self.inner.entries.remove(key);
     }
 
     /// Forgets every entry whose key matches.
     pub fn invalidate_where(&self, matches: impl Fn(&K) -> bool) {
         self.inner.epoch.fetch_add(1, Ordering::SeqCst);
+        self.inner
+            .counts
+            .invalidations
+            .fetch_add(1, Ordering::Relaxed);
         self.inner.entries.retain(|k, _| !matches(k));
     }
 
@@ -180,8 +235,15 @@ where
         self.inner.dropped.load(Ordering::Relaxed)
     }
 
-    /// Stops answering and forgets everything (the notifications are not heard).
-    fn lost(&self) {
+    /// Stops answering and forgets everything (the notifications are not heard); `listened`:
+    /// the session that ended had been listening (a lost connection, not a failed attempt).
+    fn lost(&self, listened: bool) {
+        if listened {
+            self.inner
+                .counts
+                .connection_losses
+                .fetch_add(1, Ordering::Relaxed);
+        }
         self.inner.fresh_until.store(0, Ordering::Release);
         self.clear();
     }
@@ -196,6 +258,23 @@ where
             *e = (*e).max(sent_ms);
             newer
         });
+    }
+
+    /// What it did so far and what it holds now.
+    pub fn stats(&self) -> Stats {
+        let c = &self.inner.counts;
+        Stats {
+            hits: c.hits.load(Ordering::Relaxed),
+            misses: c.misses.load(Ordering::Relaxed),
+            read_through: c.read_through.load(Ordering::Relaxed),
+            invalidations: c.invalidations.load(Ordering::Relaxed),
+            connection_losses: c.connection_losses.load(Ordering::Relaxed),
+            dropped: self.dropped(),
+            entries: self.len() as u64,
+            bytes: self.bytes(),
+            capacity: self.capacity(),
+            answering: self.fresh(),
+        }
     }
 
     /// Bytes held now.

@@ -44,7 +44,7 @@ pub async fn listen<K, V>(
             r = session(&cache, &database_url, channel, &apply, &mut listened) => r,
             _ = &mut stop => return,
         };
-        cache.lost();
+        cache.lost(listened);
         if let Err(e) = ended {
             tracing::warn!(error = %e, channel, "cache notifications lost: reading through until back");
         }

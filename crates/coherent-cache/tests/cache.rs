@@ -42,6 +42,9 @@ fn capacity_zero_holds_nothing() {
     let c = cache(0);
     c.insert(c.ticket(), "k".into(), "v".into());
     assert!(c.is_empty() && !c.fresh());
+    // A cache turned off counts nothing: its lookups are not the cache failing to answer.
+    assert_eq!(c.get(&"k".to_owned()), None);
+    assert_eq!(c.stats(), coherent_cache::Stats::default());
 }
 
 #[tokio::test]
@@ -66,6 +69,9 @@ async fn answers_only_while_it_hears_its_notifications() {
     assert!(c.fresh());
     c.insert(c.ticket(), "k".into(), "v".into());
     assert_eq!(c.get(&"k".to_owned()).as_deref(), Some("v"));
+    let s = c.stats();
+    assert_eq!((s.hits, s.misses, s.read_through), (1, 0, 0), "{s:?}");
+    assert!(s.answering && s.entries == 1 && s.bytes > 0, "{s:?}");
 
     // A change's notification takes the key out.
     let (client, conn) = tokio_postgres::connect(db.url(), tokio_postgres::NoTls)
@@ -78,6 +84,8 @@ async fn answers_only_while_it_hears_its_notifications() {
         .unwrap();
     assert!(c.caught_up(Duration::from_secs(5)).await);
     assert_eq!(c.get(&"k".to_owned()), None);
+    let s = c.stats();
+    assert_eq!((s.hits, s.misses, s.invalidations), (1, 1, 1), "{s:?}");
 
     // The connection hangs (its server process stopped): nothing is heard, so within the
     // bound nothing is served, without any error to tell.
@@ -106,7 +114,11 @@ async fn answers_only_while_it_hears_its_notifications() {
     let hung = (c.fresh(), c.get(&"k".to_owned()));
     signal("-CONT");
     assert_eq!(hung, (false, None));
+    // Counted as a lookup the cache could not answer, not as a miss.
+    let s = c.stats();
+    assert_eq!((s.misses, s.read_through), (1, 1), "{s:?}");
     assert!(c.caught_up(Duration::from_secs(5)).await);
+    assert_eq!(c.stats().connection_losses, 0);
 
     // The connection cut: what was cached is forgotten (changes made until the new connection
     // listens are not heard).
@@ -148,6 +160,37 @@ async fn answers_only_while_it_hears_its_notifications() {
     assert!(c.fresh());
     assert_eq!(c.get(&"k".to_owned()), None);
     assert!(c.is_empty());
+    let s = c.stats();
+    assert_eq!((s.connection_losses, s.entries), (1, 0), "{s:?}");
+    let _ = stop_tx.send(());
+    task.await.unwrap();
+}
+
+/// A database it cannot reach: every lookup is read through, and failed attempts to connect
+/// are not counted as lost connections (the metric an operator reads for flapping sessions).
+#[tokio::test]
+async fn unreachable_it_reads_through_and_counts_no_lost_connection() {
+    let c = cache(1 << 20);
+    let port = ephemeral_postgres::unused_local_port().unwrap();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(listen(
+        c.clone(),
+        format!("postgres://nobody@127.0.0.1:{port}/none"),
+        "cache_test",
+        |c: &Coherent<String, String>, key: &str| c.invalidate(&key.to_owned()),
+        async move {
+            let _ = stop_rx.await;
+        },
+    ));
+    // Several attempts (100 ms, then 200 ms apart).
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert_eq!(c.get(&"k".to_owned()), None);
+    let s = c.stats();
+    assert_eq!(
+        (s.answering, s.read_through, s.connection_losses),
+        (false, 1, 0),
+        "{s:?}"
+    );
     let _ = stop_tx.send(());
     task.await.unwrap();
 }

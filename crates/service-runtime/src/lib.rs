@@ -6,6 +6,7 @@
 
 pub mod boot;
 pub mod browser;
+pub mod cache_metrics;
 pub mod cli;
 pub mod connection;
 pub mod db;

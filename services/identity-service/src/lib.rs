@@ -128,6 +128,9 @@ pub async fn run(
             boot.lifecycle.stopped(),
         ),
     );
+    service_runtime::cache_metrics::CacheMetrics::default()
+        .with("user", &cache)
+        .register(&mut boot.registry);
     let reads = boot.read_pool(&config.service, PLANS)?;
     let api = grpc::IdentityApi::new(
         boot.pool.clone(),

@@ -155,6 +155,10 @@ pub async fn run(
             boot.lifecycle.stopped(),
         ),
     );
+    service_runtime::cache_metrics::CacheMetrics::default()
+        .with("access", &access)
+        .with("channels", &channels)
+        .register(&mut boot.registry);
     let hot_size = (db.db_pool_size / 2).max(1);
     let hot = reads.sharing_lag(
         db.extra_pool(hot_size, READ_PLANS)?,

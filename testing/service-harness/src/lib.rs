@@ -470,3 +470,17 @@ pub async fn execute(database_url: &str, sql: &str) {
     let mut conn = connection(database_url).await;
     conn.batch_execute(sql).await.expect("fixture SQL");
 }
+
+/// The value of the `/metrics` line on `metrics_addr` that starts with `series` (its name and
+/// labels, as exposed).
+pub async fn metric(metrics_addr: std::net::SocketAddr, series: &str) -> Option<f64> {
+    let body = reqwest::get(format!("http://{metrics_addr}/metrics"))
+        .await
+        .expect("GET /metrics")
+        .text()
+        .await
+        .expect("the /metrics body");
+    body.lines()
+        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+}

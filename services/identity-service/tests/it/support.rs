@@ -18,6 +18,8 @@ pub struct Env {
     pub issuers: Issuers,
     pub db: TestDatabase,
     pub server: RunningServer,
+    /// Where `/metrics` is served.
+    pub metrics_addr: std::net::SocketAddr,
 }
 
 pub async fn database() -> TestDatabase {
@@ -58,18 +60,27 @@ pub async fn start_with(tweak: impl FnOnce(&mut Config)) -> Env {
 pub async fn start_on(db: TestDatabase, tweak: impl FnOnce(&mut Config)) -> Env {
     let issuers = Issuers::new().await;
     let mut config = config(db.url(), &issuers);
+    let port = ephemeral_postgres::unused_local_port().unwrap();
+    config.metrics_addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
     tweak(&mut config);
+    let metrics_addr = config.metrics_addr;
     let server = start_server(config).await;
     let env = Env {
         issuers,
         db,
         server,
+        metrics_addr,
     };
     env.wait_keys_loaded().await;
     env
 }
 
 impl Env {
+    /// The value of the `/metrics` line that starts with `series`.
+    pub async fn metric(&self, series: &str) -> Option<f64> {
+        service_harness::metric(self.metrics_addr, series).await
+    }
+
     pub async fn client(&self) -> IdentityServiceClient<Channel> {
         IdentityServiceClient::new(self.server.channel().await)
     }

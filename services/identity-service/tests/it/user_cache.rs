@@ -130,6 +130,11 @@ async fn a_replica_that_loses_its_notifications_forgets_what_it_cached() {
         }
     }
     assert!(cached, "never served from the cache");
+    let hits = r#"cache_lookups_total{cache="user",result="hit"}"#;
+    assert!(env.metric(hits).await.unwrap() >= 1.0, "{hits}");
+    let losses = r#"cache_connection_losses_total{cache="user"}"#;
+    assert_eq!(env.metric(losses).await, Some(0.0));
     service_harness::cut_cache_notifications(env.db.url(), 1).await;
     prime(&env, &mut [&mut a], "Unheard").await;
+    assert_eq!(env.metric(losses).await, Some(1.0), "{losses}");
 }

@@ -305,6 +305,17 @@ async fn pages_come_from_the_cache_until_its_notifications_are_lost() {
         compared += 1;
     }
     assert!(compared > 0, "no page was cut from the cache");
+    // What the caches did shows on /metrics.
+    for cache in ["access", "channels"] {
+        let hits = format!("cache_lookups_total{{cache=\"{cache}\",result=\"hit\"}}");
+        assert!(env.metric(&hits).await.unwrap() >= 1.0, "{hits}");
+        for series in ["cache_bytes", "cache_entries"] {
+            let series = format!("{series}{{cache=\"{cache}\"}}");
+            assert!(env.metric(&series).await.unwrap() >= 1.0, "{series}");
+        }
+        let losses = format!("cache_connection_losses_total{{cache=\"{cache}\"}}");
+        assert_eq!(env.metric(&losses).await, Some(0.0), "{losses}");
+    }
 
     // The notification connections (the access cache's and the channel cache's) cut: once
     // listening again, the list is read anew.
@@ -315,6 +326,17 @@ async fn pages_come_from_the_cache_until_its_notifications_are_lost() {
             names(&env, &mut c, "org_p", 100).await.contains(&name),
             "after the cut, the list is read again"
         );
+    }
+    for cache in ["access", "channels"] {
+        let losses = format!("cache_connection_losses_total{{cache=\"{cache}\"}}");
+        assert_eq!(env.metric(&losses).await, Some(1.0), "{losses}");
+        // Answering again (its pings come back every 20 ms; a loaded machine may delay one).
+        let answering = format!("cache_answering{{cache=\"{cache}\"}}");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while env.metric(&answering).await != Some(1.0) {
+            assert!(Instant::now() < deadline, "{answering} stays 0");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 }
 

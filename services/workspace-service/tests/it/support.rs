@@ -123,12 +123,7 @@ impl Env {
 
     /// The value of the metric line that starts with `series` (name and labels).
     pub async fn metric(&self, series: &str) -> Option<f64> {
-        self.http_get("/metrics")
-            .await
-            .1
-            .lines()
-            .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
-            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        service_harness::metric(self.metrics_addr, series).await
     }
 
     pub async fn admin_client(
