@@ -4,7 +4,8 @@
 //! - **Invalidation.** Triggers in the database `pg_notify` a channel with the key of every
 //!   row that changes, in the writing transaction, so every write path (commands, reconcile,
 //!   purge, a hand-run statement) is covered and nothing is announced before it commits. The
-//!   [`listen`] task of each replica applies those notifications to its cache.
+//!   [`listen_all`] task of each replica applies those notifications to its caches, all on one
+//!   connection (each cache on its own channel; [`listen`] for a single cache).
 //! - **A read that races a change.** A miss takes a [`Ticket`] before it reads the database and
 //!   stores its row only if no invalidation happened since ([`Coherent::insert`]), so a row read
 //!   before a change can never be stored after the change's notification was applied.
@@ -29,11 +30,18 @@ use std::time::{Duration, Instant};
 
 mod listen;
 
-pub use listen::{PING_EVERY, QUEUE, listen};
+pub use listen::{PING_EVERY, QUEUE, Subscription, listen, listen_all, subscribe};
 
 /// How long after a ping was sent its echo lets the cache answer: the most a committed change
 /// can stay unseen on a replica.
 pub const FRESH_FOR: Duration = Duration::from_millis(80);
+
+/// Milliseconds since the process's first use of a cache, plus one (0 means never): the clock
+/// of pings and freshness, shared by every cache so that one connection's ping serves them all.
+fn now_ms() -> u64 {
+    static ORIGIN: std::sync::LazyLock<Instant> = std::sync::LazyLock::new(Instant::now);
+    ORIGIN.elapsed().as_millis() as u64 + 1
+}
 
 /// The weight of an entry in bytes (its key and value, heap included, roughly).
 pub type Weigh<K, V> = fn(&K, &V) -> u64;
@@ -56,11 +64,10 @@ struct Inner<K, V> {
     entries: quick_cache::sync::Cache<K, V, Weigher<K, V>>,
     /// Bumped by every invalidation: a miss stores its row only if it did not move.
     epoch: AtomicU64,
-    /// Milliseconds since `origin` until which the cache may answer (0: not listening).
+    /// Milliseconds on [`now_ms`]'s clock until which the cache may answer (0: not listening).
     fresh_until: AtomicU64,
-    /// The send time (ms since `origin`) of the last ping that came back.
+    /// The send time (on [`now_ms`]'s clock) of the last ping that came back.
     echoed: tokio::sync::watch::Sender<u64>,
-    origin: Instant,
     capacity: u64,
     /// Notifications dropped because the queue was full (each emptied the cache).
     dropped: AtomicU64,
@@ -138,7 +145,6 @@ where
                 epoch: AtomicU64::new(0),
                 fresh_until: AtomicU64::new(0),
                 echoed: tokio::sync::watch::Sender::new(0),
-                origin: Instant::now(),
                 capacity: capacity_bytes,
                 dropped: AtomicU64::new(0),
                 counts: Counts::default(),
@@ -151,14 +157,10 @@ where
         self.inner.capacity > 0
     }
 
-    fn now_ms(&self) -> u64 {
-        self.inner.origin.elapsed().as_millis() as u64 + 1
-    }
-
     /// Whether the cache may answer now: listening, and a ping sent less than [`FRESH_FOR`]
     /// ago came back.
     pub fn fresh(&self) -> bool {
-        self.enabled() && self.now_ms() < self.inner.fresh_until.load(Ordering::Acquire)
+        self.enabled() && now_ms() < self.inner.fresh_until.load(Ordering::Acquire)
     }
 
     /// The cached value of `key`, if the cache may answer.
@@ -300,7 +302,7 @@ where
     /// Waits (at most `wait`) until a ping sent after this call came back, so every change
     /// committed before the call has been applied here; false if none came back in time.
     pub async fn caught_up(&self, wait: Duration) -> bool {
-        let since = self.now_ms();
+        let since = now_ms();
         let mut rx = self.inner.echoed.subscribe();
         tokio::time::timeout(wait, rx.wait_for(|e| *e >= since))
             .await

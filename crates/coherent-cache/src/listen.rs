@@ -1,9 +1,11 @@
-//! The notification connection of one replica's cache.
+//! The notification connection of one replica's caches: one session for all of them, each
+//! cache on its own channel.
 
 use super::Coherent;
 use futures::StreamExt;
 use std::future::Future;
 use std::hash::Hash;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc::error::TrySendError;
 use tokio_postgres::AsyncMessage;
@@ -13,26 +15,104 @@ pub const PING_EVERY: Duration = Duration::from_millis(20);
 /// The `application_name` of the notification connection (in `pg_stat_activity`).
 pub const APPLICATION_NAME: &str = "coherent-cache";
 /// Notifications received and not yet applied, at most. A burst beyond it is not queued: the
-/// cache is emptied for each one left out (the connection's reader never waits for the cache,
-/// and memory does not grow with the burst).
+/// cache a left-out notification was for is emptied (the connection's reader never waits for
+/// the caches, and memory does not grow with the burst).
 pub const QUEUE: usize = 4096;
 /// Longest a ping may take to be sent before the connection counts as lost.
 const PING_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// A cache and the channel whose notifications it applies.
+pub trait Subscription: Send + Sync {
+    /// The channel its triggers notify.
+    fn channel(&self) -> &'static str;
+    /// Applies one notification's payload.
+    fn apply(&self, payload: &str);
+    /// The connection's ping sent at `sent_ms` came back.
+    fn echo(&self, sent_ms: u64);
+    /// A notification for it was left out (the queue was full).
+    fn overflowed(&self);
+    /// The connection ended (`listened`: it had been listening) or is new: forget everything.
+    fn lost(&self, listened: bool);
+    /// Forgets everything (changes made while nobody listened were not heard).
+    fn clear(&self);
+}
+
+struct Subscribed<K, V, F> {
+    cache: Coherent<K, V>,
+    channel: &'static str,
+    apply: F,
+}
+
+impl<K, V, F> Subscription for Subscribed<K, V, F>
+where
+    K: Eq + Hash + Clone + Send + Sync + 'static,
+    V: Clone + Send + Sync + 'static,
+    F: Fn(&Coherent<K, V>, &str) + Send + Sync,
+{
+    fn channel(&self) -> &'static str {
+        self.channel
+    }
+    fn apply(&self, payload: &str) {
+        (self.apply)(&self.cache, payload);
+    }
+    fn echo(&self, sent_ms: u64) {
+        self.cache.echo(sent_ms);
+    }
+    fn overflowed(&self) {
+        self.cache.overflowed();
+    }
+    fn lost(&self, listened: bool) {
+        self.cache.lost(listened);
+    }
+    fn clear(&self) {
+        self.cache.clear();
+    }
+}
+
+/// `cache` applying each notification on `channel` with `apply`; `None` when the cache is
+/// turned off (nothing to listen for).
+pub fn subscribe<K, V>(
+    cache: &Coherent<K, V>,
+    channel: &'static str,
+    apply: impl Fn(&Coherent<K, V>, &str) + Send + Sync + 'static,
+) -> Option<Arc<dyn Subscription>>
+where
+    K: Eq + Hash + Clone + Send + Sync + 'static,
+    V: Clone + Send + Sync + 'static,
+{
+    cache.enabled().then(|| {
+        Arc::new(Subscribed {
+            cache: cache.clone(),
+            channel,
+            apply,
+        }) as Arc<dyn Subscription>
+    })
+}
+
 /// Listens on `channel` of `database_url` and applies each notification's payload to `cache`
-/// with `apply`, until `stop`. While not listening the cache answers nothing; each new
-/// connection empties it.
+/// with `apply`, until `stop`: [`listen_all`] for one cache.
 pub async fn listen<K, V>(
     cache: Coherent<K, V>,
     database_url: String,
     channel: &'static str,
-    apply: impl Fn(&Coherent<K, V>, &str),
+    apply: impl Fn(&Coherent<K, V>, &str) + Send + Sync + 'static,
     stop: impl Future<Output = ()>,
 ) where
     K: Eq + Hash + Clone + Send + Sync + 'static,
     V: Clone + Send + Sync + 'static,
 {
-    if !cache.enabled() {
+    let subscriptions = subscribe(&cache, channel, apply).into_iter().collect();
+    listen_all(subscriptions, database_url, stop).await;
+}
+
+/// Listens for every one of `subscriptions` on one connection to `database_url` until `stop`.
+/// While not listening the caches answer nothing; each new connection empties them.
+pub async fn listen_all(
+    subscriptions: Vec<Arc<dyn Subscription>>,
+    database_url: String,
+    stop: impl Future<Output = ()>,
+) {
+    if subscriptions.is_empty() {
         return stop.await;
     }
     tokio::pin!(stop);
@@ -41,12 +121,15 @@ pub async fn listen<K, V>(
     loop {
         let mut listened = false;
         let ended = tokio::select! {
-            r = session(&cache, &database_url, channel, &apply, &mut listened) => r,
+            r = session(&subscriptions, &database_url, &mut listened) => r,
             _ = &mut stop => return,
         };
-        cache.lost(listened);
+        for s in &subscriptions {
+            s.lost(listened);
+        }
         if let Err(e) = ended {
-            tracing::warn!(error = %e, channel, "cache notifications lost: reading through until back");
+            let channels: Vec<_> = subscriptions.iter().map(|s| s.channel()).collect();
+            tracing::warn!(error = %e, ?channels, "cache notifications lost: reading through until back");
         }
         if listened {
             retry = FIRST_RETRY;
@@ -59,37 +142,47 @@ pub async fn listen<K, V>(
     }
 }
 
-/// One connection: LISTEN, empty the cache, then apply notifications and ping until it fails.
-async fn session<K, V>(
-    cache: &Coherent<K, V>,
+/// What the connection's reader hands on: a change for subscription `i`, or a ping's echo.
+enum Heard {
+    Change(usize, String),
+    Echo(String),
+}
+
+/// One connection: LISTEN, empty the caches, then apply notifications and ping until it fails.
+async fn session(
+    subscriptions: &[Arc<dyn Subscription>],
     database_url: &str,
-    channel: &str,
-    apply: &impl Fn(&Coherent<K, V>, &str),
     listened: &mut bool,
-) -> anyhow::Result<()>
-where
-    K: Eq + Hash + Clone + Send + Sync + 'static,
-    V: Clone + Send + Sync + 'static,
-{
+) -> anyhow::Result<()> {
     let mut config: tokio_postgres::Config = database_url.parse()?;
     config.application_name(APPLICATION_NAME);
     let (client, mut connection) = config.connect(tokio_postgres::NoTls).await?;
-    // This replica's own channel for its pings, so they do not go to the other replicas.
-    let pings = format!("{channel}_{}", uuid::Uuid::new_v4().simple());
+    // This connection's own channel for its pings, so they do not go to the other replicas.
+    let pings = format!("cache_ping_{}", uuid::Uuid::new_v4().simple());
     let channel_of_pings = pings.clone();
+    let subscribed = subscriptions.to_vec();
     let (tx, mut rx) = tokio::sync::mpsc::channel(QUEUE);
-    let overflow = cache.clone();
     let driver = tokio::spawn(async move {
         let mut messages = futures::stream::poll_fn(move |cx| connection.poll_message(cx));
         while let Some(m) = messages.next().await {
             match m {
                 Ok(AsyncMessage::Notification(n)) => {
-                    let change = n.channel() != channel_of_pings;
-                    match tx.try_send(Ok((change, n.payload().to_owned()))) {
+                    let heard = if n.channel() == channel_of_pings {
+                        Heard::Echo(n.payload().to_owned())
+                    } else if let Some(i) =
+                        subscribed.iter().position(|s| s.channel() == n.channel())
+                    {
+                        Heard::Change(i, n.payload().to_owned())
+                    } else {
+                        continue;
+                    };
+                    match tx.try_send(Ok(heard)) {
                         Ok(()) => {}
                         // A ping left out only delays freshness; a change left out empties
-                        // the cache.
-                        Err(TrySendError::Full(_)) if change => overflow.overflowed(),
+                        // its cache.
+                        Err(TrySendError::Full(Ok(Heard::Change(i, _)))) => {
+                            subscribed[i].overflowed();
+                        }
                         Err(TrySendError::Full(_)) => {}
                         Err(TrySendError::Closed(_)) => break,
                     }
@@ -104,14 +197,20 @@ where
         }
     });
     let _driver = AbortOnDrop(driver);
+    let listens: String = subscriptions
+        .iter()
+        .map(|s| format!("LISTEN {};", s.channel()))
+        .collect();
     // Pings commit without waiting for the disk: they carry no data.
     client
         .batch_execute(&format!(
-            "SET synchronous_commit = off; LISTEN {channel}; LISTEN {pings}"
+            "SET synchronous_commit = off; {listens} LISTEN {pings}"
         ))
         .await?;
     // Changes made while nobody listened were not heard.
-    cache.clear();
+    for s in subscriptions {
+        s.clear();
+    }
     *listened = true;
     let ping = client.prepare("SELECT pg_notify($1, $2)").await?;
     let mut tick = tokio::time::interval(PING_EVERY);
@@ -119,15 +218,18 @@ where
     loop {
         tokio::select! {
             m = rx.recv() => {
-                let (change, payload) = m.ok_or_else(|| anyhow::anyhow!("notification connection closed"))??;
-                if change {
-                    apply(cache, &payload);
-                } else {
-                    cache.echo(payload.parse()?);
+                match m.ok_or_else(|| anyhow::anyhow!("notification connection closed"))?? {
+                    Heard::Change(i, payload) => subscriptions[i].apply(&payload),
+                    Heard::Echo(sent) => {
+                        let sent: u64 = sent.parse()?;
+                        for s in subscriptions {
+                            s.echo(sent);
+                        }
+                    }
                 }
             }
             _ = tick.tick() => {
-                let sent = cache.now_ms().to_string();
+                let sent = super::now_ms().to_string();
                 tokio::time::timeout(PING_TIMEOUT, client.execute(&ping, &[&pings, &sent]))
                     .await
                     .map_err(|_| anyhow::anyhow!("a ping took longer than {PING_TIMEOUT:?}"))??;

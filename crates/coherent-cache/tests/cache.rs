@@ -269,3 +269,89 @@ async fn a_burst_beyond_the_queue_empties_the_cache_instead_of_growing() {
     let _ = stop_tx.send(());
     task.await.unwrap();
 }
+
+/// Several caches on one connection: each applies only its own channel's notifications, one
+/// ping keeps them all answering, and a cut empties them all until the connection is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn caches_sharing_a_connection_each_hear_their_own_channel() {
+    use coherent_cache::{listen_all, subscribe};
+    let db = TestDatabases::shared()
+        .await
+        .create("coherent_cache", |_| async { Ok(()) })
+        .await
+        .unwrap();
+    let (a, b) = (cache(1 << 20), cache(1 << 20));
+    let off = cache(0);
+    let forget = |c: &Coherent<String, String>, key: &str| c.invalidate(&key.to_owned());
+    let subscriptions: Vec<_> = [
+        subscribe(&a, "cache_a", forget),
+        subscribe(&b, "cache_b", forget),
+        subscribe(&off, "cache_off", forget),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    assert_eq!(
+        subscriptions.len(),
+        2,
+        "a cache turned off is not subscribed"
+    );
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(listen_all(subscriptions, db.url().to_owned(), async move {
+        let _ = stop_rx.await;
+    }));
+    assert!(a.caught_up(Duration::from_secs(10)).await);
+    assert!(b.caught_up(Duration::from_secs(1)).await);
+    let (client, conn) = tokio_postgres::connect(db.url(), tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let listeners = "SELECT count(*) FROM pg_stat_activity
+                      WHERE application_name = 'coherent-cache' AND datname = current_database()";
+    let count = |row: tokio_postgres::Row| row.get::<_, i64>(0);
+    assert_eq!(count(client.query_one(listeners, &[]).await.unwrap()), 1);
+
+    for c in [&a, &b] {
+        c.insert(c.ticket(), "k".into(), "v".into());
+        c.insert(c.ticket(), "j".into(), "v".into());
+    }
+    client
+        .batch_execute("SELECT pg_notify('cache_a', 'k'); SELECT pg_notify('cache_b', 'j')")
+        .await
+        .unwrap();
+    assert!(a.caught_up(Duration::from_secs(5)).await);
+    assert_eq!(
+        (a.get(&"k".to_owned()), a.get(&"j".to_owned()).as_deref()),
+        (None, Some("v")),
+        "a applies cache_a only"
+    );
+    assert_eq!(
+        (b.get(&"k".to_owned()).as_deref(), b.get(&"j".to_owned())),
+        (Some("v"), None),
+        "b applies cache_b only"
+    );
+    assert!(a.fresh() && b.fresh());
+
+    // The connection cut: both forget everything, and both answer again once it is back.
+    client
+        .batch_execute(
+            "SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity
+              WHERE application_name = 'coherent-cache' AND datname = current_database()",
+        )
+        .await
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while a.stats().connection_losses == 0 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("the cut is noticed");
+    assert!(a.is_empty() && b.is_empty());
+    assert_eq!(b.stats().connection_losses, 1);
+    assert!(a.caught_up(Duration::from_secs(10)).await);
+    assert!(b.caught_up(Duration::from_secs(1)).await);
+    assert_eq!(count(client.query_one(listeners, &[]).await.unwrap()), 1);
+    let _ = stop_tx.send(());
+    task.await.unwrap();
+}

@@ -133,25 +133,27 @@ pub async fn run(
         metrics.clone(),
     );
     let access = domain::standing::access_cache(config.access_cache_bytes);
-    boot.workers.spawn(
-        "access-cache",
-        coherent_cache::listen(
-            access.clone(),
-            // A session of its own on the primary, as the change hub's.
-            config.service.db.direct_url().expose().to_owned(),
-            domain::standing::NOTIFY_CHANNEL,
-            domain::standing::apply_notification,
-            boot.lifecycle.stopped(),
-        ),
-    );
     let channels = domain::listings::listing_cache(config.channel_cache_bytes);
     boot.workers.spawn(
-        "channel-cache",
-        coherent_cache::listen(
-            channels.clone(),
+        "read-caches",
+        coherent_cache::listen_all(
+            [
+                coherent_cache::subscribe(
+                    &access,
+                    domain::standing::NOTIFY_CHANNEL,
+                    domain::standing::apply_notification,
+                ),
+                coherent_cache::subscribe(
+                    &channels,
+                    domain::channels::CHANNELS_NOTIFY,
+                    domain::listings::apply_notification,
+                ),
+            ]
+            .into_iter()
+            .flatten()
+            .collect(),
+            // One session of its own on the primary for both caches, as the change hub's.
             config.service.db.direct_url().expose().to_owned(),
-            domain::channels::CHANNELS_NOTIFY,
-            domain::listings::apply_notification,
             boot.lifecycle.stopped(),
         ),
     );

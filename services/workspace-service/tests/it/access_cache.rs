@@ -190,7 +190,7 @@ async fn a_replica_that_loses_its_notifications_forgets_what_it_cached() {
     let member = || env.member(&user, "org_a", list());
     // The notification connections (the access cache's and the channel cache's) cut: once
     // listening again, the entry is gone.
-    service_harness::cut_cache_notifications(env.db.url(), 2).await;
+    service_harness::cut_cache_notifications(env.db.url(), 1).await;
     for _ in 0..5 {
         tokio::time::sleep(Duration::from_millis(30)).await;
         refused(a.list_channels(member()).await, "after the cut");

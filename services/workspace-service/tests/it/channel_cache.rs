@@ -319,7 +319,7 @@ async fn pages_come_from_the_cache_until_its_notifications_are_lost() {
 
     // The notification connections (the access cache's and the channel cache's) cut: once
     // listening again, the list is read anew.
-    service_harness::cut_cache_notifications(env.db.url(), 2).await;
+    service_harness::cut_cache_notifications(env.db.url(), 1).await;
     for _ in 0..5 {
         tokio::time::sleep(Duration::from_millis(30)).await;
         assert!(
