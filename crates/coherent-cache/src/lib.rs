@@ -18,10 +18,13 @@
 //! - **A lost connection** empties the cache and reads go to the database until the listener
 //!   is back (and has emptied it again: whatever changed in between was not heard).
 //! - **Memory.** Entries are weighed in bytes; the cache never holds more than its capacity
-//!   (least recently used entries go first). Notifications wait in a queue of at most
-//!   [`QUEUE`]; when a burst (a bulk statement's rows, a backfill) outruns the cache, those that
-//!   do not fit are not kept, and each one dropped empties the cache instead of invalidating its
-//!   key, which is never less than what it would have done.
+//!   (least recently used entries go first). Notifications wait in one queue per connection
+//!   (shared by the replica's caches) of at most [`QUEUE`]; when a burst (a bulk statement's
+//!   rows, a backfill) outruns the caches, those that do not fit are not kept, and each one
+//!   dropped empties the cache it was for instead of invalidating its key, which is never less
+//!   than what it would have done. The caches on one connection share its availability: a
+//!   burst for one delays the pings of all (they stop answering for a moment), never their
+//!   correctness.
 
 use std::hash::Hash;
 use std::sync::Arc;
@@ -93,7 +96,8 @@ pub struct Stats {
     pub misses: u64,
     /// Lookups it could not answer (not listening, or its pings late): read from the database.
     pub read_through: u64,
-    /// Invalidations: a key's notification, or a local write's forget.
+    /// Invalidations: a change's notification, or a local write's forget (one each, however
+    /// many entries it names).
     pub invalidations: u64,
     /// Notification connections lost (each emptied the cache until the next one listened).
     pub connection_losses: u64,
@@ -123,6 +127,17 @@ impl<K, V> std::fmt::Debug for Coherent<K, V> {
     }
 }
 
+/// What a cache says of a key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Lookup<V> {
+    /// Held, and the cache may answer.
+    Hit(V),
+    /// Not held; what a read finds may be stored.
+    Miss,
+    /// The cache cannot answer now: read the database.
+    Unanswered,
+}
+
 /// The state of the cache when a miss started reading the database.
 #[derive(Debug, Clone, Copy)]
 pub struct Ticket(u64);
@@ -133,7 +148,7 @@ where
     V: Clone,
 {
     /// A cache of at most `capacity_bytes` (0: off), entries weighed by `weigh`. It answers
-    /// nothing until its [`listen`] task hears its first ping.
+    /// nothing until its [`listen_all`] task hears its first ping.
     pub fn new(capacity_bytes: u64, weigh: Weigh<K, V>) -> Self {
         // quick_cache wants an item estimate; 256 bytes an entry is about what ours weigh.
         let items = (capacity_bytes / 256).clamp(1, 1 << 20) as usize;
@@ -165,20 +180,34 @@ where
 
     /// The cached value of `key`, if the cache may answer.
     pub fn get(&self, key: &K) -> Option<V> {
+        match self.lookup(key) {
+            Lookup::Hit(v) => Some(v),
+            Lookup::Miss | Lookup::Unanswered => None,
+        }
+    }
+
+    /// What the cache says of `key`: its value, that it does not hold it, or that it cannot
+    /// answer now (turned off, not listening, or its pings late), counted for its metrics
+    /// (except when turned off).
+    pub fn lookup(&self, key: &K) -> Lookup<V> {
         if !self.enabled() {
-            return None;
+            return Lookup::Unanswered;
         }
         let c = &self.inner.counts;
         if !self.fresh() {
             c.read_through.fetch_add(1, Ordering::Relaxed);
-            return None;
+            return Lookup::Unanswered;
         }
-        let got = self.inner.entries.get(key);
-        match got {
-            Some(_) => c.hits.fetch_add(1, Ordering::Relaxed),
-            None => c.misses.fetch_add(1, Ordering::Relaxed),
-        };
-        got
+        match self.inner.entries.get(key) {
+            Some(v) => {
+                c.hits.fetch_add(1, Ordering::Relaxed);
+                Lookup::Hit(v)
+            }
+            None => {
+                c.misses.fetch_add(1, Ordering::Relaxed);
+                Lookup::Miss
+            }
+        }
     }
 
     /// Take before reading what [`Coherent::insert`] will store.
@@ -252,9 +281,10 @@ where
 
     /// Our ping sent at `sent_ms` came back.
     fn echo(&self, sent_ms: u64) {
-        self.inner
-            .fresh_until
-            .fetch_max(sent_ms + FRESH_FOR.as_millis() as u64, Ordering::AcqRel);
+        self.inner.fresh_until.fetch_max(
+            sent_ms.saturating_add(FRESH_FOR.as_millis() as u64),
+            Ordering::AcqRel,
+        );
         self.inner.echoed.send_if_modified(|e| {
             let newer = sent_ms > *e;
             *e = (*e).max(sent_ms);
@@ -302,7 +332,8 @@ where
     /// Waits (at most `wait`) until a ping sent after this call came back, so every change
     /// committed before the call has been applied here; false if none came back in time.
     pub async fn caught_up(&self, wait: Duration) -> bool {
-        let since = now_ms();
+        // A ping sent earlier in this same millisecond was sent before the call.
+        let since = now_ms() + 1;
         let mut rx = self.inner.echoed.subscribe();
         tokio::time::timeout(wait, rx.wait_for(|e| *e >= since))
             .await

@@ -21,29 +21,35 @@ pub const QUEUE: usize = 4096;
 /// Longest a ping may take to be sent before the connection counts as lost.
 const PING_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// A cache and the channel whose notifications it applies.
-pub trait Subscription: Send + Sync {
-    /// The channel its triggers notify.
+/// A cache and the channel whose notifications it applies, for [`listen_all`].
+#[derive(Clone)]
+pub struct Subscription(Arc<dyn Subscribed>);
+
+impl std::fmt::Debug for Subscription {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("Subscription")
+            .field(&self.0.channel())
+            .finish()
+    }
+}
+
+/// What the connection does with one cache (private: only the listener pings and empties).
+trait Subscribed: Send + Sync {
     fn channel(&self) -> &'static str;
-    /// Applies one notification's payload.
     fn apply(&self, payload: &str);
-    /// The connection's ping sent at `sent_ms` came back.
     fn echo(&self, sent_ms: u64);
-    /// A notification for it was left out (the queue was full).
     fn overflowed(&self);
-    /// The connection ended (`listened`: it had been listening) or is new: forget everything.
     fn lost(&self, listened: bool);
-    /// Forgets everything (changes made while nobody listened were not heard).
     fn clear(&self);
 }
 
-struct Subscribed<K, V, F> {
+struct Cache<K, V, F> {
     cache: Coherent<K, V>,
     channel: &'static str,
     apply: F,
 }
 
-impl<K, V, F> Subscription for Subscribed<K, V, F>
+impl<K, V, F> Subscribed for Cache<K, V, F>
 where
     K: Eq + Hash + Clone + Send + Sync + 'static,
     V: Clone + Send + Sync + 'static,
@@ -71,21 +77,33 @@ where
 
 /// `cache` applying each notification on `channel` with `apply`; `None` when the cache is
 /// turned off (nothing to listen for).
+///
+/// # Panics
+/// If `channel` is not a lowercase identifier (`[a-z_][a-z0-9_]*`): PostgreSQL folds an
+/// unquoted `LISTEN` name to lowercase, so notifications on any other name would never reach
+/// the cache while its pings kept it answering.
 pub fn subscribe<K, V>(
     cache: &Coherent<K, V>,
     channel: &'static str,
     apply: impl Fn(&Coherent<K, V>, &str) + Send + Sync + 'static,
-) -> Option<Arc<dyn Subscription>>
+) -> Option<Subscription>
 where
     K: Eq + Hash + Clone + Send + Sync + 'static,
     V: Clone + Send + Sync + 'static,
 {
+    assert!(
+        channel.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
+            && channel
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_'),
+        "cache channel {channel:?} must be a lowercase identifier"
+    );
     cache.enabled().then(|| {
-        Arc::new(Subscribed {
+        Subscription(Arc::new(Cache {
             cache: cache.clone(),
             channel,
             apply,
-        }) as Arc<dyn Subscription>
+        }))
     })
 }
 
@@ -108,7 +126,7 @@ pub async fn listen<K, V>(
 /// Listens for every one of `subscriptions` on one connection to `database_url` until `stop`.
 /// While not listening the caches answer nothing; each new connection empties them.
 pub async fn listen_all(
-    subscriptions: Vec<Arc<dyn Subscription>>,
+    subscriptions: Vec<Subscription>,
     database_url: String,
     stop: impl Future<Output = ()>,
 ) {
@@ -125,10 +143,10 @@ pub async fn listen_all(
             _ = &mut stop => return,
         };
         for s in &subscriptions {
-            s.lost(listened);
+            s.0.lost(listened);
         }
         if let Err(e) = ended {
-            let channels: Vec<_> = subscriptions.iter().map(|s| s.channel()).collect();
+            let channels: Vec<_> = subscriptions.iter().map(|s| s.0.channel()).collect();
             tracing::warn!(error = %e, ?channels, "cache notifications lost: reading through until back");
         }
         if listened {
@@ -142,15 +160,16 @@ pub async fn listen_all(
     }
 }
 
-/// What the connection's reader hands on: a change for subscription `i`, or a ping's echo.
+/// What the connection's reader hands on: a change for the subscriptions of its channel (none:
+/// a channel nobody here subscribed to, so every cache forgets everything), or a ping's echo.
 enum Heard {
-    Change(usize, String),
+    Change(Vec<usize>, String),
     Echo(String),
 }
 
 /// One connection: LISTEN, empty the caches, then apply notifications and ping until it fails.
 async fn session(
-    subscriptions: &[Arc<dyn Subscription>],
+    subscriptions: &[Subscription],
     database_url: &str,
     listened: &mut bool,
 ) -> anyhow::Result<()> {
@@ -169,19 +188,20 @@ async fn session(
                 Ok(AsyncMessage::Notification(n)) => {
                     let heard = if n.channel() == channel_of_pings {
                         Heard::Echo(n.payload().to_owned())
-                    } else if let Some(i) =
-                        subscribed.iter().position(|s| s.channel() == n.channel())
-                    {
-                        Heard::Change(i, n.payload().to_owned())
                     } else {
-                        continue;
+                        let to = (0..subscribed.len())
+                            .filter(|&i| subscribed[i].0.channel() == n.channel())
+                            .collect();
+                        Heard::Change(to, n.payload().to_owned())
                     };
                     match tx.try_send(Ok(heard)) {
                         Ok(()) => {}
                         // A ping left out only delays freshness; a change left out empties
                         // its cache.
-                        Err(TrySendError::Full(Ok(Heard::Change(i, _)))) => {
-                            subscribed[i].overflowed();
+                        Err(TrySendError::Full(Ok(Heard::Change(to, _)))) => {
+                            for i in to {
+                                subscribed[i].0.overflowed();
+                            }
                         }
                         Err(TrySendError::Full(_)) => {}
                         Err(TrySendError::Closed(_)) => break,
@@ -199,7 +219,7 @@ async fn session(
     let _driver = AbortOnDrop(driver);
     let listens: String = subscriptions
         .iter()
-        .map(|s| format!("LISTEN {};", s.channel()))
+        .map(|s| format!("LISTEN {};", s.0.channel()))
         .collect();
     // Pings commit without waiting for the disk: they carry no data.
     client
@@ -209,7 +229,7 @@ async fn session(
         .await?;
     // Changes made while nobody listened were not heard.
     for s in subscriptions {
-        s.clear();
+        s.0.clear();
     }
     *listened = true;
     let ping = client.prepare("SELECT pg_notify($1, $2)").await?;
@@ -219,11 +239,23 @@ async fn session(
         tokio::select! {
             m = rx.recv() => {
                 match m.ok_or_else(|| anyhow::anyhow!("notification connection closed"))?? {
-                    Heard::Change(i, payload) => subscriptions[i].apply(&payload),
+                    Heard::Change(to, _) if to.is_empty() => {
+                        // Only our channels are listened to; if anything else arrives,
+                        // forgetting everything is never wrong.
+                        tracing::warn!("a notification on a channel no cache subscribed to: emptying the caches");
+                        for s in subscriptions {
+                            s.0.clear();
+                        }
+                    }
+                    Heard::Change(to, payload) => {
+                        for i in to {
+                            subscriptions[i].0.apply(&payload);
+                        }
+                    }
                     Heard::Echo(sent) => {
                         let sent: u64 = sent.parse()?;
                         for s in subscriptions {
-                            s.echo(sent);
+                            s.0.echo(sent);
                         }
                     }
                 }

@@ -37,6 +37,14 @@ fn a_read_that_raced_an_invalidation_is_not_kept() {
     assert_eq!(c.len(), 1);
 }
 
+/// PostgreSQL folds an unquoted LISTEN name to lowercase: a name it would fold could never be
+/// heard, so it is refused where the cache is subscribed.
+#[test]
+#[should_panic(expected = "must be a lowercase identifier")]
+fn a_channel_postgres_would_fold_is_refused() {
+    coherent_cache::subscribe(&cache(1 << 20), "Cache_Users", |_, _| {});
+}
+
 #[test]
 fn capacity_zero_holds_nothing() {
     let c = cache(0);
@@ -210,28 +218,38 @@ async fn a_burst_beyond_the_queue_empties_the_cache_instead_of_growing() {
         .await
         .unwrap();
     let c = cache(1 << 20);
+    // A bystander on the same connection: the burst is not for it.
+    let bystander = cache(1 << 20);
     let applied = Arc::new(AtomicUsize::new(0));
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(listen(
-        c.clone(),
-        db.url().to_owned(),
-        "cache_burst",
-        {
-            let applied = applied.clone();
-            move |c: &Coherent<String, String>, key: &str| {
-                // A slow first application: the burst arrives meanwhile.
-                if applied.fetch_add(1, Ordering::SeqCst) == 0 {
-                    std::thread::sleep(Duration::from_millis(1_500));
-                }
-                c.invalidate(&key.to_owned());
+    let slow = {
+        let applied = applied.clone();
+        move |c: &Coherent<String, String>, key: &str| {
+            // A slow first application: the burst arrives meanwhile.
+            if applied.fetch_add(1, Ordering::SeqCst) == 0 {
+                std::thread::sleep(Duration::from_millis(1_500));
             }
-        },
+            c.invalidate(&key.to_owned());
+        }
+    };
+    let task = tokio::spawn(coherent_cache::listen_all(
+        [
+            coherent_cache::subscribe(&c, "cache_burst", slow),
+            coherent_cache::subscribe(&bystander, "cache_bystander", |c, key: &str| {
+                c.invalidate(&key.to_owned())
+            }),
+        ]
+        .into_iter()
+        .flatten()
+        .collect(),
+        db.url().to_owned(),
         async move {
             let _ = stop_rx.await;
         },
     ));
     assert!(c.caught_up(Duration::from_secs(10)).await);
     c.insert(c.ticket(), "k".into(), "v".into());
+    bystander.insert(bystander.ticket(), "k".into(), "v".into());
 
     let (client, conn) = tokio_postgres::connect(db.url(), tokio_postgres::NoTls)
         .await
@@ -262,10 +280,12 @@ async fn a_burst_beyond_the_queue_empties_the_cache_instead_of_growing() {
         "a dropped change could have named it"
     );
 
-    // It works again once caught up.
+    // It works again once caught up; the bystander lost nothing to the burst.
     assert!(c.caught_up(Duration::from_secs(10)).await);
     c.insert(c.ticket(), "k".into(), "v2".into());
     assert_eq!(c.get(&"k".to_owned()).as_deref(), Some("v2"));
+    assert_eq!(bystander.dropped(), 0);
+    assert_eq!(bystander.get(&"k".to_owned()).as_deref(), Some("v"));
     let _ = stop_tx.send(());
     task.await.unwrap();
 }

@@ -111,13 +111,13 @@ impl Collector for CacheMetrics {
         counters(
             &mut encoder,
             "cache_invalidations",
-            "Keys the cache forgot for a change (a notification, or a write on this replica)",
+            "Changes the cache forgot what they name for (a notification, or a write on this replica), one each however many entries",
             &per(|s| s.invalidations),
         )?;
         counters(
             &mut encoder,
             "cache_connection_losses",
-            "Notification connections lost (each emptied the cache; reads went to the database until it listened again)",
+            "Losses of the replica's notification connection (shared by its caches, each counts it; each emptied the cache and reads went to the database until it listened again)",
             &per(|s| s.connection_losses),
         )?;
         counters(

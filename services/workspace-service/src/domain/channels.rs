@@ -11,6 +11,7 @@ use crate::model::paging::PageRequest;
 use crate::model::{Cursor, OrgId, Page};
 use crate::schema::channels;
 use chrono::{DateTime, Utc};
+use coherent_cache::Lookup;
 use diesel::prelude::*;
 use diesel::sql_types::{BigInt, Nullable, Text, Timestamptz, Uuid as SqlUuid};
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
@@ -207,14 +208,13 @@ async fn cached_page(
     ws: Uuid,
     page: &PageRequest,
 ) -> Result<Vec<ChannelRecord>, Error> {
-    if !cache.fresh() {
-        return channels_after(conn, ws, page).await;
-    }
-    let listing = match cache.get(&ws) {
-        Some(hit) => hit,
-        // Nothing read here would be kept (a database replica's rows): read only the page.
-        None if !fill => return channels_after(conn, ws, page).await,
-        None => {
+    let listing = match cache.lookup(&ws) {
+        Lookup::Hit(hit) => hit,
+        // The cache cannot answer now, or nothing read here would be kept (a database
+        // replica's rows): read only the page.
+        Lookup::Unanswered => return channels_after(conn, ws, page).await,
+        Lookup::Miss if !fill => return channels_after(conn, ws, page).await,
+        Lookup::Miss => {
             // Taken before the statement: a change heard while it runs keeps its answer out.
             let ticket = cache.ticket();
             let rows: Vec<ChannelRecord> = prepared(
