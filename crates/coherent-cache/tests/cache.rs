@@ -5,6 +5,13 @@ use coherent_cache::{Coherent, listen};
 use ephemeral_postgres::TestDatabases;
 use std::time::Duration;
 
+/// How many notification connections this test's database has.
+const LISTENERS: &str = "SELECT count(*) FROM pg_stat_activity
+                          WHERE application_name = 'coherent-cache' AND datname = current_database()";
+/// Cuts them.
+const CUT: &str = "SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity
+                    WHERE application_name = 'coherent-cache' AND datname = current_database()";
+
 fn cache(bytes: u64) -> Coherent<String, String> {
     Coherent::new(bytes, |k, v| (k.len() + v.len() + 48) as u64)
 }
@@ -130,34 +137,14 @@ async fn answers_only_while_it_hears_its_notifications() {
 
     // The connection cut: what was cached is forgotten (changes made until the new connection
     // listens are not heard).
-    let listeners = client
-        .query_one(
-            "SELECT count(*) FROM pg_stat_activity
-              WHERE application_name = 'coherent-cache' AND datname = current_database()",
-            &[],
-        )
-        .await
-        .unwrap();
+    let listeners = client.query_one(LISTENERS, &[]).await.unwrap();
     assert_eq!(listeners.get::<_, i64>(0), 1);
     c.insert(c.ticket(), "k".into(), "v".into());
-    client
-        .batch_execute(
-            "SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity
-              WHERE application_name = 'coherent-cache' AND datname = current_database()",
-        )
-        .await
-        .unwrap();
+    client.batch_execute(CUT).await.unwrap();
     // Back (a new connection, whose pings come back), and empty.
     tokio::time::timeout(Duration::from_secs(10), async {
         loop {
-            let n = client
-                .query_one(
-                    "SELECT count(*) FROM pg_stat_activity
-                      WHERE application_name = 'coherent-cache' AND datname = current_database()",
-                    &[],
-                )
-                .await
-                .unwrap();
+            let n = client.query_one(LISTENERS, &[]).await.unwrap();
             if n.get::<_, i64>(0) == 1 && c.caught_up(Duration::from_secs(1)).await {
                 return;
             }
@@ -326,10 +313,8 @@ async fn caches_sharing_a_connection_each_hear_their_own_channel() {
         .await
         .unwrap();
     tokio::spawn(conn);
-    let listeners = "SELECT count(*) FROM pg_stat_activity
-                      WHERE application_name = 'coherent-cache' AND datname = current_database()";
     let count = |row: tokio_postgres::Row| row.get::<_, i64>(0);
-    assert_eq!(count(client.query_one(listeners, &[]).await.unwrap()), 1);
+    assert_eq!(count(client.query_one(LISTENERS, &[]).await.unwrap()), 1);
 
     for c in [&a, &b] {
         c.insert(c.ticket(), "k".into(), "v".into());
@@ -353,13 +338,7 @@ async fn caches_sharing_a_connection_each_hear_their_own_channel() {
     assert!(a.fresh() && b.fresh());
 
     // The connection cut: both forget everything, and both answer again once it is back.
-    client
-        .batch_execute(
-            "SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity
-              WHERE application_name = 'coherent-cache' AND datname = current_database()",
-        )
-        .await
-        .unwrap();
+    client.batch_execute(CUT).await.unwrap();
     tokio::time::timeout(Duration::from_secs(10), async {
         while a.stats().connection_losses == 0 {
             tokio::time::sleep(Duration::from_millis(10)).await;
@@ -371,7 +350,7 @@ async fn caches_sharing_a_connection_each_hear_their_own_channel() {
     assert_eq!(b.stats().connection_losses, 1);
     assert!(a.caught_up(Duration::from_secs(10)).await);
     assert!(b.caught_up(Duration::from_secs(1)).await);
-    assert_eq!(count(client.query_one(listeners, &[]).await.unwrap()), 1);
+    assert_eq!(count(client.query_one(LISTENERS, &[]).await.unwrap()), 1);
     let _ = stop_tx.send(());
     task.await.unwrap();
 }
