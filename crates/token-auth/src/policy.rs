@@ -264,11 +264,29 @@ pub struct AuthService<S> {
 
 type BoxFuture<T, E> = Pin<Box<dyn Future<Output = Result<T, E>> + Send>>;
 
+/// A principal as the `caller` field of a call's span: `service:<name>` or `user:<id>`.
+struct Caller<'a>(&'a Principal);
+
+impl std::fmt::Display for Caller<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Principal::Service(s) => write!(f, "service:{}", s.name),
+            Principal::User(u) => write!(f, "user:{}", u.user_id),
+        }
+    }
+}
+
+/// The span of one call. Made once its caller is known where it can be: recording a field
+/// later re-encodes every field of the span (JSON logs), on every call.
+fn rpc_span(method: &str, caller: Option<&Principal>) -> tracing::Span {
+    match caller {
+        Some(p) => tracing::info_span!("rpc", method, caller = %Caller(p)),
+        None => tracing::info_span!("rpc", method, caller = tracing::field::Empty),
+    }
+}
+
 fn record_caller(span: &tracing::Span, principal: &Principal) {
-    match principal {
-        Principal::Service(s) => span.record("caller", format_args!("service:{}", s.name)),
-        Principal::User(u) => span.record("caller", format_args!("user:{}", u.user_id)),
-    };
+    span.record("caller", tracing::field::display(Caller(principal)));
 }
 
 fn refuse<E: Send + 'static>(
@@ -299,18 +317,15 @@ where
     }
 
     fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
-        let span = tracing::info_span!(
-            "rpc",
-            method = req.uri().path(),
-            caller = tracing::field::Empty
-        );
-        let access = match self.policy.decide(req.uri().path()) {
+        let path = req.uri().path();
+        let access = match self.policy.decide(path) {
             Decision::Open => {
+                let span = rpc_span(path, None);
                 return Box::pin(tracing::Instrument::instrument(self.inner.call(req), span));
             }
             Decision::Undeclared => {
                 return refuse(
-                    &span,
+                    &rpc_span(path, None),
                     Status::permission_denied("method is not declared in the access policy"),
                 );
             }
@@ -321,18 +336,13 @@ where
             .get(http::header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok());
         match self.auth.verify_header(authorization) {
-            Ok(principal) => match permit(
-                access,
-                principal,
-                req.uri().path(),
-                self.auth.service_callers(),
-            ) {
+            Ok(principal) => match permit(access, principal, path, self.auth.service_callers()) {
                 Ok(principal) => {
-                    record_caller(&span, &principal);
+                    let span = rpc_span(path, Some(&principal));
                     req.extensions_mut().insert(principal);
                     Box::pin(tracing::Instrument::instrument(self.inner.call(req), span))
                 }
-                Err(status) => refuse(&span, status),
+                Err(status) => refuse(&rpc_span(path, None), status),
             },
             // A key Clerk rotated in since the last fetch: wait for the next fetch, within the
             // caller's deadline (the key store bounds the wait too).
@@ -343,8 +353,9 @@ where
                 // The ready service goes into the future; a clone takes its place.
                 let clone = self.inner.clone();
                 let mut inner = std::mem::replace(&mut self.inner, clone);
+                let span = rpc_span(path, None);
                 let waiting = span.clone();
-                let path = req.uri().path().to_owned();
+                let path = path.to_owned();
                 Box::pin(tracing::Instrument::instrument(
                     async move {
                         let verified = auth
@@ -364,7 +375,10 @@ where
                     span,
                 ))
             }
-            Err(e) => refuse(&span, Status::unauthenticated(e.to_string())),
+            Err(e) => refuse(
+                &rpc_span(path, None),
+                Status::unauthenticated(e.to_string()),
+            ),
         }
     }
 }
