@@ -72,8 +72,6 @@ struct Inner<K, V> {
     /// The send time (on [`now_ms`]'s clock) of the last ping that came back.
     echoed: tokio::sync::watch::Sender<u64>,
     capacity: u64,
-    /// Notifications dropped because the queue was full (each emptied the cache).
-    dropped: AtomicU64,
     counts: Counts,
 }
 
@@ -85,6 +83,8 @@ struct Counts {
     read_through: AtomicU64,
     invalidations: AtomicU64,
     connection_losses: AtomicU64,
+    /// Notifications dropped because the queue was full (each emptied the cache).
+    dropped: AtomicU64,
 }
 
 /// What a cache did since it started, and what it holds now (its metrics).
@@ -161,7 +161,6 @@ where
                 fresh_until: AtomicU64::new(0),
                 echoed: tokio::sync::watch::Sender::new(0),
                 capacity: capacity_bytes,
-                dropped: AtomicU64::new(0),
                 counts: Counts::default(),
             }),
         }
@@ -257,13 +256,13 @@ where
     /// A notification was not kept (the queue was full): whatever key it named, forgetting
     /// everything covers it, and a miss that started before is not stored.
     fn overflowed(&self) {
-        self.inner.dropped.fetch_add(1, Ordering::Relaxed);
+        self.inner.counts.dropped.fetch_add(1, Ordering::Relaxed);
         self.clear();
     }
 
     /// Notifications dropped so far because they came faster than the cache applied them.
     pub fn dropped(&self) -> u64 {
-        self.inner.dropped.load(Ordering::Relaxed)
+        self.inner.counts.dropped.load(Ordering::Relaxed)
     }
 
     /// Stops answering and forgets everything (the notifications are not heard); `listened`:
