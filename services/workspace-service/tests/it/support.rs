@@ -126,6 +126,14 @@ impl Env {
         service_harness::metric(self.metrics_addr, series).await
     }
 
+    /// Waits (at most 10 s) until the metric line `series` (absent: 0) satisfies `reached`.
+    pub async fn metric_reaches(&self, series: &str, reached: impl Fn(f64) -> bool) {
+        service_harness::eventually(series, std::time::Duration::from_secs(10), || async {
+            reached(self.metric(series).await.unwrap_or(0.0))
+        })
+        .await;
+    }
+
     pub async fn admin_client(
         &self,
     ) -> vbase_proto::workspace::v1::workspace_admin_service_client::WorkspaceAdminServiceClient<

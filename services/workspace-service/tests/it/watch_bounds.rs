@@ -84,16 +84,9 @@ async fn a_removed_member_reading_an_old_backlog_is_ended_before_the_rest() {
         .await
         .unwrap();
     // Re-checked every second, backlog or not: ended while the client still reads nothing.
-    eventually(
-        "the removed member's stream ended",
-        Duration::from_secs(10),
-        || async {
-            env.metric("workspace_watch_ends_total{reason=\"denied\"}")
-                .await
-                .unwrap_or(0.0)
-                == 1.0
-        },
-    )
+    env.metric_reaches("workspace_watch_ends_total{reason=\"denied\"}", |v| {
+        v == 1.0
+    })
     .await;
     let (delivered, status) = drain(&mut slow).await;
     assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
@@ -194,17 +187,8 @@ async fn a_user_has_a_cap_of_open_watches_and_of_opens_per_minute() {
     // A closed watch frees its place.
     assert_eq!(what(&next(&mut first).await), "caught up");
     drop(first);
-    eventually(
-        "the closed watch ended",
-        Duration::from_secs(10),
-        || async {
-            env.metric("workspace_watch_ends_total{reason=\"gone\"}")
-                .await
-                .unwrap_or(0.0)
-                == 1.0
-        },
-    )
-    .await;
+    env.metric_reaches("workspace_watch_ends_total{reason=\"gone\"}", |v| v == 1.0)
+        .await;
     let _third = open("user_b").await.expect("a place is free again");
     // Four opens a minute: the fifth is refused with when to retry.
     let rated = open("user_b").await.unwrap_err();
@@ -226,11 +210,8 @@ async fn a_stream_whose_client_does_not_read_ends_and_holds_no_events() {
     for i in 0..40 {
         post(&env, "org_nr", &ch, &format!("{i} {body}")).await;
     }
-    eventually("the stream ended", Duration::from_secs(10), || async {
-        env.metric("workspace_watch_ends_total{reason=\"behind\"}")
-            .await
-            .unwrap_or(0.0)
-            == 1.0
+    env.metric_reaches("workspace_watch_ends_total{reason=\"behind\"}", |v| {
+        v == 1.0
     })
     .await;
     // The client is still connected, and reads nothing: what the replica still holds of the
@@ -310,16 +291,9 @@ async fn past_the_replicas_watch_memory_the_streams_that_are_behind_end_and_the_
         .expect("the reader read every post")
         .unwrap()
         .expect("a client that reads is never ended for the replica's memory");
-    eventually(
-        "two stuck streams ended for the replica's memory",
-        Duration::from_secs(10),
-        || async {
-            env.metric("workspace_watch_ends_total{reason=\"memory\"}")
-                .await
-                .unwrap_or(0.0)
-                >= 2.0
-        },
-    )
+    env.metric_reaches("workspace_watch_ends_total{reason=\"memory\"}", |v| {
+        v >= 2.0
+    })
     .await;
     let held = env.metric("workspace_watch_buffered_bytes").await.unwrap();
     assert!(held <= 1.1 * 1024.0 * 1024.0, "{held} bytes held");
@@ -351,17 +325,8 @@ async fn past_the_replicas_watch_memory_a_client_reading_its_backlog_goes_on() {
     // once the fan-out queued all 30) and the oldest has gone unread past the grace. Otherwise
     // it is judged only once that grace passes, and a reader quick enough has already brought
     // the replica back under its memory: nothing is over, nothing ends.
-    eventually(
-        "the stuck stream's events held",
-        Duration::from_secs(10),
-        || async {
-            env.metric("workspace_watch_buffered_bytes")
-                .await
-                .unwrap_or(0.0)
-                >= 250_000.0
-        },
-    )
-    .await;
+    env.metric_reaches("workspace_watch_buffered_bytes", |v| v >= 250_000.0)
+        .await;
     tokio::time::sleep(workspace_service::live::outbox::UNREAD_GRACE + Duration::from_millis(200))
         .await;
     let token = next(&mut watch(&env, "user_k", "org_bk", &main, "").await)
