@@ -16,7 +16,10 @@ use vbase_stack::Stack;
 /// Counts of a run: small in `--smoke`.
 pub struct Scale {
     pub ingest: usize,
+    /// Calls in each phase of the `reads` and `workspace-read` rows.
     pub reads: usize,
+    /// Calls in each phase of the `message-reads` row.
+    pub message_reads: usize,
     pub verifies: usize,
     pub messages_per_channel: usize,
     /// Messages the messages row posts (and its baseline writes).

@@ -402,7 +402,7 @@ async fn calls_for(d: &ReadDirect, ws: &Ws, after: After, most: usize) -> Result
 
 /// The message-reads row.
 pub async fn run(b: &Bench<'_>, report: &mut Report) -> Result<()> {
-    let (stack, c, total) = (b.stack, b.concurrency, b.scale.reads);
+    let (stack, c, total) = (b.stack, b.concurrency, b.scale.message_reads);
     let (big_messages, deep) = if b.smoke {
         (20_000, 10_000)
     } else {
