@@ -153,16 +153,20 @@ impl UserLookups {
     }
 
     /// One live user by id, at least as new as `after` (the caller's last write): from the
-    /// replica's cache when it may answer, else from the database (kept in the cache unless a
-    /// change to users was heard meanwhile, or a replica answered: its row may predate a change
-    /// the cache already heard of).
+    /// replica's cache when it may answer and there is no `after`, else from the database
+    /// (kept in the cache unless a change to users was heard meanwhile, or a replica answered:
+    /// its row may predate a change the cache already heard of). A read with `after` never
+    /// comes from the cache: the write may have committed through another replica whose
+    /// notification this one has not heard yet.
     pub async fn get(
         &self,
         clerk_id: &str,
         after: Option<Lsn>,
     ) -> Result<Option<Arc<UserRecord>>, Error> {
         let key = clerk_id.to_owned();
-        if let Some(hit) = self.cache.get(&key) {
+        if after.is_none()
+            && let Some(hit) = self.cache.get(&key)
+        {
             return Ok(hit);
         }
         let ticket = self.cache.ticket();

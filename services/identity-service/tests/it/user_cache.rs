@@ -138,3 +138,54 @@ async fn a_replica_that_loses_its_notifications_forgets_what_it_cached() {
     prime(&env, &mut [&mut a], "Unheard").await;
     assert_eq!(env.metric(losses).await, Some(1.0), "{losses}");
 }
+
+/// A read that carries a write's position (`x-vbase-lsn`, from a write through another
+/// replica) is answered from the database, never from a cache that has not heard that write.
+#[tokio::test]
+async fn a_read_carrying_a_position_reads_past_the_cache() {
+    let env = start().await;
+    let mut a = env.client().await;
+    a.upsert_user(env.service(upsert("e1", 1, "Old")))
+        .await
+        .unwrap();
+    // A rename nobody announces (triggers off for this session), as if its notification were
+    // still on its way: the replica keeps serving what it cached.
+    let mut cached = false;
+    for attempt in 0..5 {
+        let old = format!("Old{attempt}");
+        service_harness::execute(
+            env.db.url(),
+            &format!("UPDATE users SET name = '{old}' WHERE clerk_id = 'user_c'"),
+        )
+        .await;
+        tokio::time::sleep(BOUND).await;
+        prime(&env, &mut [&mut a], &old).await;
+        service_harness::execute(
+            env.db.url(),
+            "SET session_replication_role = replica; UPDATE users SET name = 'Unheard' WHERE clerk_id = 'user_c'",
+        )
+        .await;
+        if name(&env, &mut a).await.as_deref() == Some(old.as_str()) {
+            cached = true;
+            break;
+        }
+    }
+    assert!(cached, "never served from the cache");
+    // A position at or past the unheard rename, as a write's answer would carry it.
+    let (db, connection) = tokio_postgres::connect(env.db.url(), tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    let lsn: String = db
+        .query_one("SELECT pg_current_wal_lsn()::text", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let mut carried = env.user("user_c", pb::GetCurrentUserRequest {});
+    carried.metadata_mut().insert(
+        service_runtime::read_after::LSN_METADATA,
+        lsn.parse().unwrap(),
+    );
+    let read = a.get_current_user(carried).await.unwrap().into_inner();
+    assert_eq!(read.user.unwrap().name, "Unheard", "served from the cache");
+}
