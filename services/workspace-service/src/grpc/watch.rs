@@ -48,11 +48,9 @@ async fn open(
 ) -> Result<crate::live::outbox::Body, Status> {
     let (parts, body) = req.into_parts();
     let principal = parts.extensions.get::<Principal>();
-    let caller = Caller::from_principal(principal)?.with_access(
-        parts
-            .extensions
-            .get::<crate::domain::standing::AccessCache>(),
-    );
+    // Decided on the database, not the access cache: a stream outlives the call (until its
+    // next access check), so a removal this replica has not heard yet must not open one.
+    let caller = Caller::from_principal(principal)?;
     let expires_at = principal.map(Principal::expires_at);
     let read = Limited::new(body, MAX_REQUEST)
         .collect()
