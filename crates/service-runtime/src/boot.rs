@@ -54,6 +54,14 @@ impl ServiceArgs {
                 self.processed_event_retention_hours
             ));
         }
+        if self.db.db_pool_mode == crate::db::PoolMode::Transaction
+            && self.db.database_direct_url.is_none()
+        {
+            // Through a pooler in transaction mode, a LISTEN session's notifications reach
+            // whichever client holds its server connection, or nobody: the caches would go on
+            // answering while missing changes.
+            return Err("DB_POOL_MODE=transaction needs DATABASE_DIRECT_URL: a session of its own on the primary for the caches' LISTEN, which cannot go through the pooler".into());
+        }
         if !(1..=1000).contains(&self.db.db_pool_size) {
             return Err(format!(
                 "DB_POOL_SIZE ({}) must be from 1 to 1000",

@@ -90,6 +90,9 @@ fn out_of_range_settings_exit_2_with_one_line_naming_them() {
         ("identity-service", ("GROUP_COMMIT_SLOTS", "0")),
         ("identity-service", ("LOOKUP_SLOTS", "17")),
         ("identity-service", ("DB_POOL_SIZE", "0")),
+        // Without DATABASE_DIRECT_URL: the caches' LISTEN would go through the pooler.
+        ("identity-service", ("DB_POOL_MODE", "transaction")),
+        ("workspace-service", ("DB_POOL_MODE", "transaction")),
         ("identity-service", ("GRPC_MAX_CONCURRENT_STREAMS", "0")),
         ("workspace-service", ("GRPC_REQUEST_TIMEOUT_SECS", "0")),
         ("workspace-service", ("GRPC_KEEPALIVE_SECS", "1")),
