@@ -331,9 +331,32 @@ where
     /// Waits (at most `wait`) until a ping sent after this call came back, so every change
     /// committed before the call has been applied here; false if none came back in time.
     pub async fn caught_up(&self, wait: Duration) -> bool {
+        Heard(self.inner.echoed.clone()).caught_up(wait).await
+    }
+
+    /// A handle to wait on this cache's progress without its entries ([`Heard::caught_up`]);
+    /// `None` when the cache is off (it never answers, so nothing need wait for it).
+    pub fn heard(&self) -> Option<Heard> {
+        self.enabled().then(|| Heard(self.inner.echoed.clone()))
+    }
+}
+
+/// What a cache has heard, for another part of the process whose output must not run ahead
+/// of it: a change shown elsewhere before the cache forgot what it changed could be read back
+/// stale.
+#[derive(Clone)]
+pub struct Heard(tokio::sync::watch::Sender<u64>);
+
+impl Heard {
+    /// Waits (at most `wait`) until a ping sent after this call came back, so every change
+    /// committed before the call has been applied to the cache; false if none came back in
+    /// time. Waiting [`FRESH_FOR`] is enough either way: a cache answers only while a ping
+    /// sent less than that ago came back, so after it the cache has applied the change or
+    /// does not answer.
+    pub async fn caught_up(&self, wait: Duration) -> bool {
         // A ping sent earlier in this same millisecond was sent before the call.
         let since = now_ms() + 1;
-        let mut rx = self.inner.echoed.subscribe();
+        let mut rx = self.0.subscribe();
         tokio::time::timeout(wait, rx.wait_for(|e| *e >= since))
             .await
             .is_ok_and(|r| r.is_ok())

@@ -101,7 +101,16 @@ pub async fn run(
         live_settings.total_bytes,
         metrics.watch_buffered_bytes.clone(),
     );
-    let hub = live::hub::Hub::new(boot.pool.clone(), Arc::clone(&memory));
+    let access = domain::standing::access_cache(config.access_cache_bytes);
+    let channels = domain::listings::listing_cache(config.channel_cache_bytes);
+    let hub = live::hub::Hub::new(
+        boot.pool.clone(),
+        Arc::clone(&memory),
+        [access.heard(), channels.heard()]
+            .into_iter()
+            .flatten()
+            .collect(),
+    );
     boot.workers.spawn(
         "change-hub",
         hub.clone().run(
@@ -132,8 +141,6 @@ pub async fn run(
         boot.lifecycle.clone(),
         metrics.clone(),
     );
-    let access = domain::standing::access_cache(config.access_cache_bytes);
-    let channels = domain::listings::listing_cache(config.channel_cache_bytes);
     boot.workers.spawn(
         "read-caches",
         coherent_cache::listen_all(

@@ -7,6 +7,7 @@
 
 use super::frames::{Frame, Memory};
 use crate::domain::changes;
+use coherent_cache::{FRESH_FOR, Heard};
 use diesel_async::AsyncPgConnection;
 use futures::{FutureExt, StreamExt};
 use service_runtime::Pool;
@@ -42,16 +43,27 @@ pub struct Hub {
     pool: Pool,
     topics: Arc<Mutex<HashMap<Uuid, Topic>>>,
     memory: Arc<Memory>,
+    /// The replica's read caches: a workspace's own change (a channel or a member added,
+    /// renamed or removed) goes out only once they have heard it.
+    caches: Arc<[Heard]>,
 }
 
 impl Hub {
-    /// A hub whose frames count in `memory`.
-    pub fn new(pool: Pool, memory: Arc<Memory>) -> Self {
+    /// A hub whose frames count in `memory`, whose workspace changes wait for `caches`.
+    pub fn new(pool: Pool, memory: Arc<Memory>, caches: Vec<Heard>) -> Self {
         Self {
             pool,
             topics: Arc::default(),
             memory,
+            caches: caches.into(),
         }
+    }
+
+    /// Waits until the read caches have heard every change committed before the call, so a
+    /// watcher told of a change reads it back from this replica (at most [`FRESH_FOR`]: then
+    /// a cache that has not heard it no longer answers).
+    pub async fn caches_caught_up(&self) {
+        futures::future::join_all(self.caches.iter().map(|c| c.caught_up(FRESH_FOR))).await;
     }
 
     /// Changes of `workspace` from now on (numbers after `head`, the last one committed when
@@ -91,6 +103,10 @@ impl Hub {
                 .iter()
                 .map(|c| Frame::of(&self.memory, c))
                 .collect();
+            // Messages and receipts (a channel's changes) touch nothing a cache keeps.
+            if frames.iter().any(|f| f.channel.is_none()) {
+                self.caches_caught_up().await;
+            }
             let mut topics = self.lock();
             let Some(t) = topics.get_mut(&workspace) else {
                 return Ok(());

@@ -394,6 +394,10 @@ impl Stream {
             // Pruned since: never skip changes in silence.
             return Err(End::Now(too_old(), "too_old"));
         }
+        if batch.changes.iter().any(|c| c.channel_id.is_none()) {
+            // As the hub does: a workspace's own change goes out once the caches heard it.
+            self.live.hub.caches_caught_up().await;
+        }
         let budget = self.live.settings.stream_bytes;
         for c in &batch.changes {
             if self.scope.wants(c.channel_id) {

@@ -361,3 +361,103 @@ async fn a_list_too_long_to_keep_is_paged_from_the_database() {
         );
     }
 }
+
+/// The cache listeners' PostgreSQL sessions, stopped (SIGSTOP) until dropped: their
+/// notifications and pings wait, as behind a stalled connection.
+struct Stalled(Vec<i64>);
+
+impl Stalled {
+    /// Stops the `listeners` (two at most) cache listeners of `env`'s database.
+    async fn listeners(env: &Env, listeners: i64) -> Self {
+        let of = |f: &str| {
+            format!(
+                "SELECT {f}(pid) FROM pg_stat_activity
+                  WHERE application_name = 'coherent-cache' AND datname = current_database()"
+            )
+        };
+        assert_eq!(
+            service_harness::scalar(env.db.url(), &of("count")).await,
+            listeners
+        );
+        let mut pids = vec![service_harness::scalar(env.db.url(), &of("min")).await];
+        pids.push(service_harness::scalar(env.db.url(), &of("max")).await);
+        pids.dedup();
+        let stalled = Self(pids);
+        for pid in &stalled.0 {
+            let stopped = std::process::Command::new("kill")
+                .args(["-STOP", &pid.to_string()])
+                .status()
+                .unwrap();
+            assert!(stopped.success(), "kill -STOP {pid}");
+        }
+        stalled
+    }
+}
+
+impl Drop for Stalled {
+    fn drop(&mut self) {
+        for pid in &self.0 {
+            let _ = std::process::Command::new("kill")
+                .args(["-CONT", &pid.to_string()])
+                .status();
+        }
+    }
+}
+
+/// A watcher is told of a workspace's change only once its replica's caches heard it (or no
+/// longer answer): read back there at once, the change is in the list, even when the caches'
+/// notifications stall.
+#[tokio::test]
+async fn a_watcher_told_of_a_change_reads_it_back_on_its_replica() {
+    let env = start_with(false).await;
+    env.workspace("org_f").await;
+    let (_b, mut b) = second_replica(&env).await;
+    let mut a = env.client().await;
+    prime(&env, &mut b, "org_f").await;
+    let mut w = b
+        .watch_workspace(env.member(
+            "user_m",
+            "org_f",
+            pb::WatchWorkspaceRequest {
+                clerk_org_id: "org_f".into(),
+                resume_token: String::new(),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let next = async |w: &mut tonic::Streaming<pb::WorkspaceEvent>| {
+        tokio::time::timeout(Duration::from_secs(10), w.message())
+            .await
+            .expect("an event within 10 s")
+            .unwrap()
+            .unwrap()
+    };
+    next(&mut w).await; // caught up
+    // B's channel cache holds the list and answers until its last ping is 80 ms old.
+    let stalled = Stalled::listeners(&env, 2).await;
+    a.create_channel(env.admin(
+        "user_a",
+        "org_f",
+        pb::CreateChannelRequest {
+            clerk_org_id: "org_f".into(),
+            name: "fresh".into(),
+        },
+    ))
+    .await
+    .unwrap();
+    let told = next(&mut w).await;
+    assert!(
+        matches!(
+            told.event,
+            Some(pb::workspace_event::Event::ChannelCreated(ref c)) if c.name == "fresh"
+        ),
+        "{told:?}"
+    );
+    let listed = names(&env, &mut b, "org_f", 100).await;
+    drop(stalled);
+    assert!(
+        listed.contains(&"fresh".to_owned()),
+        "told, then not listed: {listed:?}"
+    );
+}
