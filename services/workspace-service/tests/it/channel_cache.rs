@@ -382,15 +382,31 @@ impl Stalled {
         let mut pids = vec![service_harness::scalar(env.db.url(), &of("min")).await];
         pids.push(service_harness::scalar(env.db.url(), &of("max")).await);
         pids.dedup();
-        let stalled = Self(pids);
-        for pid in &stalled.0 {
-            let stopped = std::process::Command::new("kill")
-                .args(["-STOP", &pid.to_string()])
+        for _ in 0..5 {
+            let stalled = Self(pids.clone());
+            stalled.signal("-STOP");
+            // A session stopped while it held the notification queue's lock would hold up
+            // every NOTIFY of the cluster: then let it go and stop it again.
+            let notify =
+                service_harness::execute(env.db.url(), "SELECT pg_notify('stall_probe', '')");
+            if tokio::time::timeout(Duration::from_secs(1), notify)
+                .await
+                .is_ok()
+            {
+                return stalled;
+            }
+        }
+        panic!("the listeners could not be stopped outside the notification queue's lock");
+    }
+
+    fn signal(&self, signal: &str) {
+        for pid in &self.0 {
+            let sent = std::process::Command::new("kill")
+                .args([signal, &pid.to_string()])
                 .status()
                 .unwrap();
-            assert!(stopped.success(), "kill -STOP {pid}");
+            assert!(sent.success(), "kill {signal} {pid}");
         }
-        stalled
     }
 }
 
