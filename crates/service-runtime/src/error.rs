@@ -27,6 +27,12 @@ pub enum Error {
     /// Accepted but not finished (the service is stopping): retry. UNAVAILABLE.
     #[error("{0}")]
     Unavailable(&'static str),
+    /// A read on a database replica came to a decision the replica's rows must not make (a
+    /// user's access that the access cache could not answer: the replica may predate its
+    /// revocation); [`crate::replica::read_again_on_primary`] sends it to the primary. Answered
+    /// as UNAVAILABLE should it ever reach a caller.
+    #[error("{0}")]
+    OnPrimary(&'static str),
     /// A broken invariant; logged, answered as INTERNAL without details.
     #[error("{0}")]
     Internal(String),
@@ -72,7 +78,7 @@ impl From<Error> for Status {
             Error::NotFound(m) => Status::not_found(m),
             Error::Exists(m) => Status::already_exists(m),
             Error::Precondition(m) => Status::failed_precondition(m),
-            Error::Unavailable(m) => Status::unavailable(m),
+            Error::Unavailable(m) | Error::OnPrimary(m) => Status::unavailable(m),
             Error::Internal(m) => {
                 tracing::error!(error = %m, "internal error");
                 Status::internal("internal error")

@@ -309,13 +309,15 @@ pub async fn commit_lsn(conn: &mut AsyncPgConnection) -> diesel::QueryResult<Lsn
 
 /// Whether a read that failed on a replica with `e` is read again on the primary: a database
 /// error classified [`DbFailure::Unavailable`] (the connection broke, the server is going away)
-/// or [`DbFailure::Retryable`] (a conflict with recovery cancelled it, a timeout).
+/// or [`DbFailure::Retryable`] (a conflict with recovery cancelled it, a timeout), or a
+/// decision that must not be made on a replica's rows ([`crate::Error::OnPrimary`]).
 pub fn read_again_on_primary(e: &crate::Error) -> bool {
     match e {
         crate::Error::Db(e) => matches!(
             crate::db::classify(e),
             DbFailure::Unavailable | DbFailure::Retryable
         ),
+        crate::Error::OnPrimary(_) => true,
         _ => false,
     }
 }
@@ -508,6 +510,16 @@ impl ReadPool {
         self.get_routed(after).await.map(|(conn, _)| conn)
     }
 
+    /// A connection on the primary for a read whose decision is the primary's (a user's access
+    /// that the access cache cannot answer), counted `reason="access"` when a replica is
+    /// configured.
+    pub async fn get_deciding(&self) -> Result<(Object<AsyncPgConnection>, bool), PoolError> {
+        if self.replica.is_none() {
+            return Ok((self.primary.get().await?, false));
+        }
+        self.primary_for("access").await
+    }
+
     /// Like [`ReadPool::get`], and whether the connection is the replica's.
     pub async fn get_routed(
         &self,
@@ -586,6 +598,13 @@ impl ReadPool {
         &self,
         e: &crate::Error,
     ) -> Result<Object<AsyncPgConnection>, PoolError> {
+        if let crate::Error::OnPrimary(why) = e {
+            tracing::debug!(
+                why,
+                "a read's decision is the primary's; reading on the primary"
+            );
+            return self.primary_for("access").await.map(|(c, _)| c);
+        }
         tracing::warn!(error = %e, "a read failed on the replica; reading on the primary");
         self.primary_for("replica_error").await.map(|(c, _)| c)
     }

@@ -37,9 +37,9 @@ pub enum Caller {
         avatar: Option<String>,
         /// The replica's access cache, if it has one.
         access: Option<AccessCache>,
-        /// Whether what this call reads may fill the cache: not when it reads a database
-        /// replica, whose rows may be older than a change the cache already heard of.
-        fill_access: bool,
+        /// The call reads a database replica, whose rows may be older than a change the cache
+        /// already heard of: they neither fill the cache nor decide access.
+        on_replica: bool,
     },
 }
 
@@ -57,7 +57,7 @@ impl Caller {
                 name: u.name.clone(),
                 avatar: u.picture.clone(),
                 access: None,
-                fill_access: true,
+                on_replica: false,
             }),
             None => Err(Error::Denied("no verified caller".into())),
         }
@@ -71,12 +71,12 @@ impl Caller {
         self
     }
 
-    /// The caller of a call that reads a database replica: the access cache answers it, but
-    /// what it reads on a miss is not kept (a replica's row may predate a change whose
-    /// notification the cache already applied, and would then stay cached).
+    /// The caller of a call that reads a database replica: the access cache answers it, but a
+    /// miss is decided on the primary ([`Error::OnPrimary`]): a replica's rows may predate a
+    /// revocation, and, kept, would stay cached after the cache applied its notification.
     pub fn reading_replica(mut self) -> Self {
-        if let Caller::User { fill_access, .. } = &mut self {
-            *fill_access = false;
+        if let Caller::User { on_replica, .. } = &mut self {
+            *on_replica = true;
         }
         self
     }
@@ -91,10 +91,27 @@ impl Caller {
         self
     }
 
+    /// Whether this call's access is decided on the primary from the start: a user whose
+    /// replica has no access cache to answer (off, or read through for a position).
+    pub fn decides_on_primary(&self) -> bool {
+        matches!(self, Caller::User { access: None, .. })
+    }
+
+    /// Whether this call reads a database replica ([`Caller::reading_replica`]).
+    pub fn on_replica(&self) -> bool {
+        matches!(
+            self,
+            Caller::User {
+                on_replica: true,
+                ..
+            }
+        )
+    }
+
     /// Whether what this call reads may fill the access cache.
     pub fn fills_access(&self) -> bool {
         match self {
-            Caller::User { fill_access, .. } => *fill_access,
+            Caller::User { on_replica, .. } => !*on_replica,
             Caller::Service => false,
         }
     }
@@ -181,7 +198,7 @@ pub async fn check_standing(
     else {
         return Ok(());
     };
-    access_facts(conn, caller.access(), caller.fills_access(), org, id)
+    access_facts(conn, caller.access(), caller.on_replica(), org, id)
         .await?
         .standing(*issued_at)
         .verdict(role.as_ref())
@@ -207,14 +224,7 @@ pub async fn workspace_for(
             .await?
             .ok_or_else(missing);
     };
-    let facts = access_facts(
-        conn,
-        caller.access(),
-        caller.fills_access(),
-        org.as_str(),
-        id,
-    )
-    .await?;
+    let facts = access_facts(conn, caller.access(), caller.on_replica(), org.as_str(), id).await?;
     let workspace = facts.workspace.clone().ok_or_else(missing)?;
     facts.standing(*issued_at).verdict(role.as_ref())?;
     Ok(workspace)
@@ -265,7 +275,7 @@ pub async fn lookup_workspace(
         caller.check_org("")?;
         return Err(unseen(caller, what));
     };
-    let facts = access_facts(conn, caller.access(), caller.fills_access(), org, id).await?;
+    let facts = access_facts(conn, caller.access(), caller.on_replica(), org, id).await?;
     let workspace = facts
         .workspace
         .as_ref()

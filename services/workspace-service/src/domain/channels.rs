@@ -161,6 +161,7 @@ pub async fn list_channels(
                     facts.standing(*issued_at).verdict(role.as_ref())?;
                     cached_page(conn, list, caller.fills_access(), ws.id, page).await?
                 }
+                Err(_) if caller.on_replica() => return Err(standing::ON_PRIMARY),
                 Err(pending) => {
                     let rows: Vec<FactsAndChannel> = prepared(FACTS_AND_CHANNELS)
                         .bind::<Text, _>(org.as_str())

@@ -172,17 +172,20 @@ macro_rules! facts_sql {
 }
 pub(crate) use facts_sql;
 
-/// The facts for `user` in `org`: from the cache when it may answer, else one statement (whose
-/// answer the cache keeps, when `fill`, unless a change was heard meanwhile).
+/// The facts for `user` in `org`: from the cache when it may answer, else one statement whose
+/// answer the cache keeps (unless a change was heard meanwhile). A call reading a database
+/// replica (`on_replica`) that the cache cannot answer is sent to the primary
+/// ([`ON_PRIMARY`]): the replica's rows may predate a revocation.
 pub async fn access_facts(
     conn: &mut AsyncPgConnection,
     cache: Option<&AccessCache>,
-    fill: bool,
+    on_replica: bool,
     org: &str,
     user: &str,
-) -> diesel::QueryResult<Arc<AccessFacts>> {
+) -> Result<Arc<AccessFacts>, Error> {
     let pending = match cached(cache, org, user) {
         Ok(hit) => return Ok(hit),
+        Err(_) if on_replica => return Err(ON_PRIMARY),
         Err(pending) => pending,
     };
     let row: FactsRow = prepared(facts_sql!())
@@ -190,8 +193,13 @@ pub async fn access_facts(
         .bind::<Text, _>(user)
         .one(conn)
         .await?;
-    Ok(pending.remember(fill, row))
+    Ok(pending.remember(true, row))
 }
+
+/// A user's access that the cache could not answer, on a database replica: read again on the
+/// primary.
+pub const ON_PRIMARY: Error =
+    Error::OnPrimary("an access check the cache could not answer is made on the primary");
 
 /// The cached facts for `user` in `org`, or what it takes to remember the facts a statement
 /// reads now ([`Pending::remember`]).

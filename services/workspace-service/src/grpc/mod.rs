@@ -8,17 +8,21 @@
 /// `hot` for statements whose best plan does not depend on their parameters): on the replica
 /// while it keeps up and has replayed `$seen`, else on the primary; a read that fails on the
 /// replica for a lost connection or a conflict with recovery runs again on the primary
-/// (`service_runtime::replica::read_again_on_primary`). Read on the replica, the caller's
-/// access does not fill the access cache. A macro, not a function taking an async closure: the
-/// handlers' futures must be `Send` for every lifetime, which such a closure cannot promise.
+/// (`service_runtime::replica::read_again_on_primary`). Read on the replica, a user's access
+/// is decided by the access cache or on the primary, never on the replica's rows (which may
+/// predate a revocation): a user this replica has no access cache for reads the primary from
+/// the start, and one the cache misses is read again there (`Error::OnPrimary`). A macro, not
+/// a function taking an async closure: the handlers' futures must be `Send` for every
+/// lifetime, which such a closure cannot promise.
 macro_rules! read_on {
     ($api:expr, $pool:ident, $caller:expr, $seen:expr, |$conn:ident, $who:ident| $body:expr) => {{
         let caller: $crate::domain::access::Caller = $caller;
-        let (mut replica_or_primary, on_replica) = $api
-            .$pool
-            .get_routed($seen)
-            .await
-            .map_err($crate::error::Error::from)?;
+        let (mut replica_or_primary, on_replica) = if caller.decides_on_primary() {
+            $api.$pool.get_deciding().await
+        } else {
+            $api.$pool.get_routed($seen).await
+        }
+        .map_err($crate::error::Error::from)?;
         let first = {
             let $who = &if on_replica {
                 caller.clone().reading_replica()

@@ -137,8 +137,9 @@ async fn read_rpcs_use_the_replica_within_its_lag_and_callers_read_their_writes(
     .await;
     service_harness::execute(&standby_admin, "SELECT pg_wal_replay_pause()").await;
 
-    // (a) A caller's write, then its read: it sees its write (the replica has not replayed
-    // it, so the read went to the primary after the bounded wait).
+    // (a) A caller's write, then its read: it sees its write (a user's read is decided and
+    // served on the primary; a service's waits for the replica, which has not replayed the
+    // write, then goes to the primary).
     let mut c = env.client().await;
     c.create_channel(env.member(
         "user_a",
@@ -150,17 +151,20 @@ async fn read_rpcs_use_the_replica_within_its_lag_and_callers_read_their_writes(
     ))
     .await
     .unwrap();
-    let own_before = reads(&env, "primary", "own_write").await;
+    // A user's read after its write reads past the access cache, so the primary decides its
+    // access and serves it.
+    let own_before = reads(&env, "primary", "access").await;
     assert_eq!(
         channel_names(&env, "user_a", "org_a").await,
         ["general", "alpha"],
         "the writer reads its write"
     );
-    assert!(reads(&env, "primary", "own_write").await > own_before);
+    assert!(reads(&env, "primary", "access").await > own_before);
     // A service caller too (the gateway's commands): per subject.
     c.upsert_workspace(env.service(support::upsert_ws("create-org_b", 1, "org_b", "Beta")))
         .await
         .unwrap();
+    let own_before = reads(&env, "primary", "own_write").await;
     let ws = c
         .get_workspace(env.service(pb::GetWorkspaceRequest {
             clerk_org_id: "org_b".into(),
@@ -169,6 +173,7 @@ async fn read_rpcs_use_the_replica_within_its_lag_and_callers_read_their_writes(
         .expect("the service reads the workspace it just wrote")
         .into_inner();
     assert_eq!(ws.workspace.unwrap().name, "Beta");
+    assert!(reads(&env, "primary", "own_write").await > own_before);
 
     // (b) Another caller, within the lag limit: the replica serves it, as of before the write.
     let fresh_before = reads(&env, "replica", "fresh").await;
@@ -180,6 +185,29 @@ async fn read_rpcs_use_the_replica_within_its_lag_and_callers_read_their_writes(
     assert!(reads(&env, "replica", "fresh").await > fresh_before);
     let lag = env.metric("db_replica_lag_seconds").await.unwrap();
     assert!(lag < MAX_LAG_MS as f64 / 1000.0, "lag {lag}");
+
+    // (b') A member removed meanwhile is refused at once, though the replica has not
+    // replayed the removal: an access the cache cannot answer is decided on the primary.
+    let decided = reads(&env, "primary", "access").await;
+    try_channel_names(&env, "user_r", "org_a")
+        .await
+        .expect("a member reads");
+    let later = token_auth::signing::now_secs() + 2;
+    c.delete_membership(env.service(pb::DeleteMembershipCommand {
+        event_id: "remove-user_r".into(),
+        occurred_at: support::ts(later),
+        clerk_org_id: "org_a".into(),
+        clerk_user_id: "user_r".into(),
+        event_time: support::ts(later),
+        ..Default::default()
+    }))
+    .await
+    .unwrap();
+    let refused = try_channel_names(&env, "user_r", "org_a")
+        .await
+        .expect_err("the removed member is refused while the replica lacks the removal");
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
+    assert!(reads(&env, "primary", "access").await > decided);
     // A watch resumed from before the write: its backlog read on the replica lacks the
     // channel the primary's log head counts, so that backlog is read on the primary.
     let mut w = watch_workspace(&env, "user_b", "org_a", &token).await;
