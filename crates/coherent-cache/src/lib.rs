@@ -209,6 +209,12 @@ where
         }
     }
 
+    /// Whether a lookup of `key` would hit now; not counted as a lookup, and it does not
+    /// mark the entry as used.
+    pub fn answers(&self, key: &K) -> bool {
+        self.fresh() && self.inner.entries.contains_key(key)
+    }
+
     /// Take before reading what [`Coherent::insert`] will store.
     pub fn ticket(&self) -> Ticket {
         Ticket(self.inner.epoch.load(Ordering::SeqCst))

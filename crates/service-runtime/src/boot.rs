@@ -60,7 +60,7 @@ impl ServiceArgs {
             // Through a pooler in transaction mode, a LISTEN session's notifications reach
             // whichever client holds its server connection, or nobody: the caches would go on
             // answering while missing changes.
-            return Err("DB_POOL_MODE=transaction needs DATABASE_DIRECT_URL: a session of its own on the primary for the caches' LISTEN, which cannot go through the pooler".into());
+            return Err("DB_POOL_MODE=transaction needs DATABASE_DIRECT_URL: a session of its own on the primary for LISTEN (the read caches, the change hub), which cannot go through the pooler".into());
         }
         if !(1..=1000).contains(&self.db.db_pool_size) {
             return Err(format!(

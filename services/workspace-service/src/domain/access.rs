@@ -91,10 +91,21 @@ impl Caller {
         self
     }
 
-    /// Whether this call's access is decided on the primary from the start: a user whose
-    /// replica has no access cache to answer (off, or read through for a position).
+    /// Whether this call's access is decided on the primary from the start: a user in their
+    /// active organization whom this replica's access cache cannot answer now (a miss, a
+    /// cache not answering or off, a read past the caches for a position).
     pub fn decides_on_primary(&self) -> bool {
-        matches!(self, Caller::User { access: None, .. })
+        match self {
+            Caller::User {
+                id,
+                org_id: Some(org),
+                access,
+                ..
+            } => !access
+                .as_ref()
+                .is_some_and(|c| c.answers(&(org.clone(), id.clone()))),
+            _ => false,
+        }
     }
 
     /// Whether this call reads a database replica ([`Caller::reading_replica`]).

@@ -48,9 +48,13 @@ async fn open(
 ) -> Result<crate::live::outbox::Body, Status> {
     let (parts, body) = req.into_parts();
     let principal = parts.extensions.get::<Principal>();
-    // Decided on the database, not the access cache: a stream outlives the call (until its
-    // next access check), so a removal this replica has not heard yet must not open one.
+    // The open is decided on the database, not the access cache: a stream outlives the call
+    // (until its next access check), so a removal this replica has not heard yet must not
+    // open one. Its re-checks use the cache.
     let caller = Caller::from_principal(principal)?;
+    let access = parts
+        .extensions
+        .get::<crate::domain::standing::AccessCache>();
     let expires_at = principal.map(Principal::expires_at);
     let read = Limited::new(body, MAX_REQUEST)
         .collect()
@@ -77,7 +81,7 @@ async fn open(
             (Scope::Workspace(org), resume_token(&m.resume_token)?)
         }
     };
-    live.open(caller, expires_at, scope, token).await
+    live.open(caller, access, expires_at, scope, token).await
 }
 
 /// The one uncompressed gRPC message of a request body.

@@ -11,7 +11,7 @@ use coherent_cache::{FRESH_FOR, Heard};
 use diesel_async::AsyncPgConnection;
 use futures::{FutureExt, StreamExt};
 use service_runtime::Pool;
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -30,6 +30,8 @@ const DRAIN_AT_MOST: usize = 4096;
 /// What one read of the log takes at most: rows, and payload bytes.
 const READ_ROWS: i64 = 500;
 const READ_BYTES: i64 = 1 << 20;
+/// Payload bytes a round of [`Hub::pump`] reads before it broadcasts them.
+const ROUND_BYTES: usize = 4 << 20;
 
 struct Topic {
     tx: broadcast::Sender<Arc<Frame>>,
@@ -62,7 +64,7 @@ impl Hub {
     /// Waits until the read caches have heard every change committed before the call, so a
     /// watcher told of a change reads it back from this replica (at most [`FRESH_FOR`]: then
     /// a cache that has not heard it no longer answers).
-    pub async fn caches_caught_up(&self) {
+    async fn caches_caught_up(&self) {
         futures::future::join_all(self.caches.iter().map(|c| c.caught_up(FRESH_FOR))).await;
     }
 
@@ -90,40 +92,59 @@ impl Hub {
         self.topics.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Reads `workspace`'s changes after the last broadcast and broadcasts them.
-    async fn pump(&self, workspace: Uuid) -> anyhow::Result<()> {
-        let Some(mut last) = self.lock().get(&workspace).map(|t| t.last) else {
+    /// Reads the changes of `workspaces` after their last broadcast and broadcasts them, in
+    /// rounds: a round reads the next batch of as many of them as fit [`ROUND_BYTES`], waits
+    /// once for the read caches if a batch holds a workspace's own change (messages and
+    /// receipts touch nothing a cache keeps), then broadcasts; a workspace with more changes
+    /// goes to the next round. One wait a round, not one a workspace: a burst of changes to
+    /// many workspaces holds the replica's fan-out up by one ping, not by one each.
+    async fn pump(&self, workspaces: impl IntoIterator<Item = Uuid>) -> anyhow::Result<()> {
+        let mut queue: VecDeque<Uuid> = workspaces.into_iter().collect();
+        if queue.is_empty() {
             return Ok(());
-        };
+        }
         let mut conn = self.pool.get().await?;
-        loop {
-            let batch = changes::after(&mut conn, workspace, last, READ_ROWS, READ_BYTES).await?;
-            let frames: Vec<Frame> = batch
-                .changes
-                .iter()
-                .map(|c| Frame::of(&self.memory, c))
-                .collect();
-            // Messages and receipts (a channel's changes) touch nothing a cache keeps.
-            if frames.iter().any(|f| f.channel.is_none()) {
+        while !queue.is_empty() {
+            let (mut read, mut held) = (Vec::new(), 0);
+            while held < ROUND_BYTES
+                && let Some(w) = queue.pop_front()
+            {
+                let Some(last) = self.lock().get(&w).map(|t| t.last) else {
+                    continue;
+                };
+                let batch = changes::after(&mut conn, w, last, READ_ROWS, READ_BYTES).await?;
+                held += batch.changes.iter().map(|c| c.payload.len()).sum::<usize>();
+                read.push((w, batch));
+            }
+            let own = |b: &changes::Batch| b.changes.iter().any(|c| c.channel_id.is_none());
+            if read.iter().any(|(_, b)| own(b)) {
                 self.caches_caught_up().await;
             }
-            let mut topics = self.lock();
-            let Some(t) = topics.get_mut(&workspace) else {
-                return Ok(());
-            };
-            for f in frames {
-                // A concurrent pump may have broadcast it already.
-                if f.seq <= t.last {
-                    continue;
+            for (w, batch) in read {
+                if self.broadcast(w, &batch.changes) && batch.more {
+                    queue.push_back(w);
                 }
-                t.last = f.seq;
-                let _ = t.tx.send(Arc::new(f));
-            }
-            last = t.last;
-            if !batch.more {
-                return Ok(());
             }
         }
+        Ok(())
+    }
+
+    /// Broadcasts `changes` of `workspace` not broadcast yet; false when nobody watches it.
+    fn broadcast(&self, workspace: Uuid, changes: &[changes::Change]) -> bool {
+        let frames: Vec<Frame> = changes.iter().map(|c| Frame::of(&self.memory, c)).collect();
+        let mut topics = self.lock();
+        let Some(t) = topics.get_mut(&workspace) else {
+            return false;
+        };
+        for f in frames {
+            // A concurrent pump may have broadcast it already.
+            if f.seq <= t.last {
+                continue;
+            }
+            t.last = f.seq;
+            let _ = t.tx.send(Arc::new(f));
+        }
+        true
     }
 
     /// Reads every watched workspace, and forgets those nobody watches any more.
@@ -133,11 +154,9 @@ impl Hub {
             topics.retain(|_, t| t.tx.receiver_count() > 0);
             topics.keys().copied().collect()
         };
-        for w in watched {
-            if let Err(e) = self.pump(w).await {
-                service_runtime::db::classify_error(&e);
-                tracing::warn!(error = %e, "reading the change log failed");
-            }
+        if let Err(e) = self.pump(watched).await {
+            service_runtime::db::classify_error(&e);
+            tracing::warn!(error = %e, "reading the change log failed");
         }
     }
 
@@ -187,9 +206,7 @@ impl Hub {
                         }
                         next = if due.len() < DRAIN_AT_MOST { notes.next().now_or_never() } else { None };
                     }
-                    for w in due {
-                        self.pump(w).await?;
-                    }
+                    self.pump(due).await?;
                 }
                 _ = poll.tick() => self.pump_all().await,
             }

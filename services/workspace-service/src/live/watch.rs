@@ -20,6 +20,7 @@ use super::hub::Hub;
 use super::outbox::{self, Body, Outbox};
 use crate::domain::access::{Caller, channel_scope};
 use crate::domain::changes;
+use crate::domain::standing::AccessCache;
 use crate::error::Error;
 use crate::metrics::Metrics;
 use service_runtime::replica::ReadPool;
@@ -173,6 +174,7 @@ impl Live {
     pub async fn open(
         &self,
         caller: Caller,
+        access: Option<&AccessCache>,
         expires_at: Option<i64>,
         scope: Scope,
         resume_token: Option<String>,
@@ -216,7 +218,9 @@ impl Live {
         let (outbox, body) = outbox::pair();
         let stream = Stream {
             live: self.clone(),
-            caller,
+            // The open was decided on the database; the re-checks may use the cache, which
+            // hears a removal within its bound.
+            caller: caller.with_access(access),
             expires_at,
             workspace,
             scope,
@@ -393,10 +397,6 @@ impl Stream {
         {
             // Pruned since: never skip changes in silence.
             return Err(End::Now(too_old(), "too_old"));
-        }
-        if batch.changes.iter().any(|c| c.channel_id.is_none()) {
-            // As the hub does: a workspace's own change goes out once the caches heard it.
-            self.live.hub.caches_caught_up().await;
         }
         let budget = self.live.settings.stream_bytes;
         for c in &batch.changes {

@@ -188,10 +188,13 @@ async fn read_rpcs_use_the_replica_within_its_lag_and_callers_read_their_writes(
 
     // (b') A member removed meanwhile is refused at once, though the replica has not
     // replayed the removal: an access the cache cannot answer is decided on the primary.
-    let decided = reads(&env, "primary", "access").await;
     try_channel_names(&env, "user_r", "org_a")
         .await
         .expect("a member reads");
+    let (decided, lagging) = (
+        reads(&env, "primary", "access").await,
+        reads(&env, "primary", "lagging").await,
+    );
     let later = token_auth::signing::now_secs() + 2;
     c.delete_membership(env.service(pb::DeleteMembershipCommand {
         event_id: "remove-user_r".into(),
@@ -208,6 +211,11 @@ async fn read_rpcs_use_the_replica_within_its_lag_and_callers_read_their_writes(
         .expect_err("the removed member is refused while the replica lacks the removal");
     assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
     assert!(reads(&env, "primary", "access").await > decided);
+    assert_eq!(
+        reads(&env, "primary", "lagging").await,
+        lagging,
+        "the replica was still within its lag: the refusal was the access check's"
+    );
     // A watch resumed from before the write: its backlog read on the replica lacks the
     // channel the primary's log head counts, so that backlog is read on the primary.
     let mut w = watch_workspace(&env, "user_b", "org_a", &token).await;
