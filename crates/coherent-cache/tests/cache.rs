@@ -261,11 +261,8 @@ async fn a_burst_beyond_the_queue_empties_the_cache_instead_of_growing() {
         "nothing dropped: the queue grew with the burst"
     );
     assert!(applied.load(Ordering::SeqCst) < BURST);
-    assert_eq!(
-        c.get(&"k".to_owned()),
-        None,
-        "a dropped change could have named it"
-    );
+    // Emptied, not only unable to answer: a dropped change could have named any key.
+    assert!(c.is_empty(), "a dropped change could have named it");
 
     // It works again once caught up; the bystander lost nothing to the burst.
     assert!(c.caught_up(Duration::from_secs(10)).await);
