@@ -175,7 +175,7 @@ pub async fn list_channels(
                     let mut rows = rows.into_iter();
                     let first = rows.next().ok_or_else(|| not_synced(org))?;
                     let (facts, first) = (first.facts, first.channel);
-                    let facts = pending.remember(caller.fills_access(), facts);
+                    let facts = pending.remember(facts);
                     let ws = facts.workspace.as_ref().ok_or_else(|| not_synced(org))?.id;
                     facts.standing(*issued_at).verdict(role.as_ref())?;
                     std::iter::once(first)

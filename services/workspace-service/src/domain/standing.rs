@@ -193,7 +193,7 @@ pub async fn access_facts(
         .bind::<Text, _>(user)
         .one(conn)
         .await?;
-    Ok(pending.remember(true, row))
+    Ok(pending.remember(row))
 }
 
 /// A user's access that the cache could not answer, on a database replica: read again on the
@@ -224,11 +224,12 @@ pub struct Pending<'c> {
 }
 
 impl Pending<'_> {
-    /// The facts `row` holds, kept in the cache when `fill` and no change was heard since the
-    /// miss.
-    pub fn remember(self, fill: bool, row: FactsRow) -> Arc<AccessFacts> {
+    /// The facts `row` holds, kept in the cache unless a change was heard since the miss.
+    /// Only rows read on the primary come here: a replica's miss goes there first
+    /// ([`ON_PRIMARY`]).
+    pub fn remember(self, row: FactsRow) -> Arc<AccessFacts> {
         let facts = Arc::new(row.facts());
-        if let (Some((c, t)), true) = (self.ticket, fill) {
+        if let Some((c, t)) = self.ticket {
             c.insert(t, self.key, facts.clone());
         }
         facts
