@@ -17,7 +17,9 @@
 macro_rules! read_on {
     ($api:expr, $pool:ident, $caller:expr, $seen:expr, |$conn:ident, $who:ident| $body:expr) => {{
         let caller: $crate::domain::access::Caller = $caller;
-        let (mut replica_or_primary, on_replica) = if caller.decides_on_primary() {
+        // Without a replica every read is the primary's: no need to ask the cache here.
+        let deciding = $api.$pool.has_replica() && caller.decides_on_primary();
+        let (mut replica_or_primary, on_replica) = if deciding {
             $api.$pool.get_deciding().await
         } else {
             $api.$pool.get_routed($seen).await
