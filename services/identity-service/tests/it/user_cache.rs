@@ -56,10 +56,14 @@ async fn prime(env: &Env, clients: &mut [&mut IdentityServiceClient<Channel>], w
     }
 }
 
-/// Renames user_c with the triggers off for this session, so no replica hears it, once `a`
-/// serves the name before from its cache: it goes on serving it. On a loaded machine the cache
-/// may miss its bound for a moment and read through (then it holds the new name): try again.
+/// Writes user_c, then renames it with the triggers off for this session, so no replica hears
+/// it, once `a` serves the name before from its cache: it goes on serving it. On a loaded
+/// machine the cache may miss its bound for a moment and read through (then it holds the new
+/// name): try again.
 async fn rename_unheard(env: &Env, a: &mut IdentityServiceClient<Channel>) {
+    a.upsert_user(env.service(upsert("e1", 1, "Old")))
+        .await
+        .unwrap();
     for attempt in 0..5 {
         let old = format!("Old{attempt}");
         service_harness::execute(
@@ -128,9 +132,6 @@ async fn renamed_and_deleted_users_read_back_here_at_once_and_there_within_the_b
 async fn a_replica_that_loses_its_notifications_forgets_what_it_cached() {
     let env = start().await;
     let mut a = env.client().await;
-    a.upsert_user(env.service(upsert("e1", 1, "Old")))
-        .await
-        .unwrap();
     // A rename nobody announces, as if its notification was lost.
     rename_unheard(&env, &mut a).await;
     let hits = r#"cache_lookups_total{cache="user",result="hit"}"#;
@@ -148,9 +149,6 @@ async fn a_replica_that_loses_its_notifications_forgets_what_it_cached() {
 async fn a_read_carrying_a_position_reads_past_the_cache() {
     let env = start().await;
     let mut a = env.client().await;
-    a.upsert_user(env.service(upsert("e1", 1, "Old")))
-        .await
-        .unwrap();
     // A rename nobody announces, as if its notification were still on its way.
     rename_unheard(&env, &mut a).await;
     // A position at or past the unheard rename, as a write's answer would carry it.
