@@ -127,20 +127,24 @@ impl Frame {
         prefix(&mut bytes, len);
         head.encode(&mut bytes).expect("a Vec grows as needed");
         bytes.extend_from_slice(&change.payload);
-        let last = change.channel_id.is_none()
-            && pb::WorkspaceEvent::decode(change.payload.as_slice()).is_ok_and(|e| {
-                matches!(
-                    e.event,
-                    Some(pb::workspace_event::Event::WorkspaceDeleted(_))
-                )
-            });
         Self {
             seq: change.seq,
             channel: change.channel_id,
             bytes: counted(memory, bytes),
-            last,
+            last: ends_workspace(change),
         }
     }
+}
+
+/// `change` is the workspace's deletion: nothing follows it in the log.
+pub fn ends_workspace(change: &Change) -> bool {
+    change.channel_id.is_none()
+        && pb::WorkspaceEvent::decode(change.payload.as_slice()).is_ok_and(|e| {
+            matches!(
+                e.event,
+                Some(pb::workspace_event::Event::WorkspaceDeleted(_))
+            )
+        })
 }
 
 /// `message` (an event this service makes itself, such as `caught_up`) as one frame.

@@ -390,16 +390,26 @@ impl Stream {
             // The replica has not replayed changes the primary has: read them there.
             batch = self.read_changes(room, true).await?;
         }
-        if batch
-            .changes
-            .first()
-            .is_some_and(|c| c.seq != self.last + 1)
+        if let Some(first) = batch.changes.first()
+            && first.seq != self.last + 1
         {
+            if frames::ends_workspace(first) {
+                // The purge after a deletion leaves only the deletion: nothing missed matters.
+                if self.scope.wants(None) {
+                    self.outbox.push(Frame::of(&self.live.memory, first).bytes);
+                }
+                return Err(deleted());
+            }
             // Pruned since: never skip changes in silence.
             return Err(End::Now(too_old(), "too_old"));
         }
         let budget = self.live.settings.stream_bytes;
         for c in &batch.changes {
+            if !self.scope.wants(c.channel_id) && frames::ends_workspace(c) {
+                // A channel's watch ends with its workspace, not at the next re-check.
+                self.last = c.seq;
+                return Err(deleted());
+            }
             if self.scope.wants(c.channel_id) {
                 let frame = Frame::of(&self.live.memory, c);
                 let queued = self.outbox.queued();
@@ -470,7 +480,7 @@ impl Stream {
         }
         self.last = f.seq;
         if !self.scope.wants(f.channel) {
-            return Ok(());
+            return if f.last { Err(deleted()) } else { Ok(()) };
         }
         let queued = self.outbox.queued();
         if queued > 0 && queued + f.bytes.len() > self.live.settings.stream_bytes {

@@ -398,6 +398,81 @@ async fn a_client_that_falls_behind_is_ended_and_resumes() {
     assert_eq!(n, 120);
 }
 
+/// A watch still reading its backlog when its workspace is deleted and purged finds only the
+/// deletion left in the log after its position: it ends as deleted, not as a resume token too
+/// old. A caught-up watch of a channel ends with the deletion, not at its next re-check.
+#[tokio::test]
+async fn a_watch_behind_a_purged_deletion_ends_as_deleted() {
+    let env = start_custom(false, |c| c.watch.watch_buffer_bytes = 64 * 1024).await;
+    let ch = channel(&env, "org_p", "live").await;
+    let mut caught = watch(&env, "user_b", "org_p", &ch, "").await;
+    let start = next(&mut caught).await.resume_token;
+    // A backlog far larger than the client's window and the stream's buffer together.
+    let body = "x".repeat(9_000);
+    for i in 0..40 {
+        post(&env, "org_p", &ch, &format!("{i} {body}")).await;
+    }
+    for _ in 0..40 {
+        next(&mut caught).await;
+    }
+    let narrow = tonic::transport::Endpoint::from_shared(format!("http://{}", env.server.addr))
+        .unwrap()
+        .initial_stream_window_size(16 * 1024)
+        .initial_connection_window_size(16 * 1024)
+        .connect()
+        .await
+        .unwrap();
+    let mut behind = pb::workspace_service_client::WorkspaceServiceClient::new(narrow)
+        .watch_channel(env.member(
+            "user_b",
+            "org_p",
+            pb::WatchChannelRequest {
+                channel_id: ch.clone(),
+                resume_token: start,
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    env.client()
+        .await
+        .delete_workspace(env.service(delete_ws("del-org_p", 100, "org_p")))
+        .await
+        .unwrap();
+    env.purges_done().await;
+    assert_eq!(
+        env.scalar("SELECT count(*) FROM change_log").await,
+        1,
+        "the purge left only the deletion"
+    );
+
+    // Both ends carry the deletion's message; a re-check (30 s) would say the workspace is
+    // not found, and the log's gap that the resume token is too old.
+    let ended = tokio::time::timeout(Duration::from_secs(10), caught.message())
+        .await
+        .expect("the caught-up watch ends with its workspace")
+        .unwrap_err();
+    assert_eq!(ended.code(), Code::PermissionDenied, "{ended:?}");
+    assert!(ended.message().contains("was deleted"), "{ended:?}");
+    let mut delivered = 0;
+    let ended = loop {
+        match tokio::time::timeout(Duration::from_secs(10), behind.message())
+            .await
+            .unwrap_or_else(|_| panic!("stuck after {delivered}"))
+        {
+            Ok(Some(_)) => delivered += 1,
+            Ok(None) => panic!("the stream ended without a status after {delivered}"),
+            Err(s) => break s,
+        }
+    };
+    assert!(
+        delivered < 40,
+        "read the whole backlog before the purge: {delivered}"
+    );
+    assert_eq!(ended.code(), Code::PermissionDenied, "{ended:?}");
+    assert!(ended.message().contains("was deleted"), "{ended:?}");
+}
+
 #[tokio::test]
 async fn expiry_and_a_deleted_workspace_end_the_stream() {
     let env = start_custom(false, |c| c.watch.watch_access_recheck_secs = 1).await;
