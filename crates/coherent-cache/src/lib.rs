@@ -33,7 +33,9 @@ use std::time::{Duration, Instant};
 
 mod listen;
 
-pub use listen::{PING_EVERY, QUEUE, Subscription, listen, listen_all, subscribe};
+pub use listen::{
+    PING_EVERY, QUEUE, Subscription, TRIGGERS_CHECKED_EVERY, Trigger, listen, listen_all, subscribe,
+};
 
 /// How long after a ping was sent its echo lets the cache answer: the most a committed change
 /// can stay unseen on a replica.

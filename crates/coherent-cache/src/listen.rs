@@ -20,6 +20,13 @@ pub const APPLICATION_NAME: &str = "coherent-cache";
 pub const QUEUE: usize = 4096;
 /// Longest a ping may take to be sent before the connection counts as lost.
 const PING_TIMEOUT: Duration = Duration::from_secs(2);
+/// How often, while listening, the triggers that send the caches' notifications are checked
+/// (also on every connect). A trigger missing or disabled ends the session: the caches read
+/// through until every one is back.
+pub const TRIGGERS_CHECKED_EVERY: Duration = Duration::from_secs(1);
+
+/// A trigger a cache's notifications come from: `(table, trigger)`.
+pub type Trigger = (&'static str, &'static str);
 
 /// A cache and the channel whose notifications it applies, for [`listen_all`].
 #[derive(Clone)]
@@ -36,6 +43,7 @@ impl std::fmt::Debug for Subscription {
 /// What the connection does with one cache (private: only the listener pings and empties).
 trait Subscribed: Send + Sync {
     fn channel(&self) -> &'static str;
+    fn triggers(&self) -> &'static [Trigger];
     fn apply(&self, payload: &str);
     fn echo(&self, sent_ms: u64);
     fn overflowed(&self);
@@ -46,6 +54,7 @@ trait Subscribed: Send + Sync {
 struct Cache<K, V, F> {
     cache: Coherent<K, V>,
     channel: &'static str,
+    triggers: &'static [Trigger],
     apply: F,
 }
 
@@ -57,6 +66,9 @@ where
 {
     fn channel(&self) -> &'static str {
         self.channel
+    }
+    fn triggers(&self) -> &'static [Trigger] {
+        self.triggers
     }
     fn apply(&self, payload: &str) {
         (self.apply)(&self.cache, payload);
@@ -76,7 +88,8 @@ where
 }
 
 /// `cache` applying each notification on `channel` with `apply`; `None` when the cache is
-/// turned off (nothing to listen for).
+/// turned off (nothing to listen for). `triggers` are those that send the notifications: the
+/// cache answers only while every one exists and is enabled.
 ///
 /// # Panics
 /// If `channel` is not a lowercase identifier (`[a-z_][a-z0-9_]*`): PostgreSQL folds an
@@ -85,6 +98,7 @@ where
 pub fn subscribe<K, V>(
     cache: &Coherent<K, V>,
     channel: &'static str,
+    triggers: &'static [Trigger],
     apply: impl Fn(&Coherent<K, V>, &str) + Send + Sync + 'static,
 ) -> Option<Subscription>
 where
@@ -102,6 +116,7 @@ where
         Subscription(Arc::new(Cache {
             cache: cache.clone(),
             channel,
+            triggers,
             apply,
         }))
     })
@@ -113,13 +128,16 @@ pub async fn listen<K, V>(
     cache: Coherent<K, V>,
     database_url: String,
     channel: &'static str,
+    triggers: &'static [Trigger],
     apply: impl Fn(&Coherent<K, V>, &str) + Send + Sync + 'static,
     stop: impl Future<Output = ()>,
 ) where
     K: Eq + Hash + Clone + Send + Sync + 'static,
     V: Clone + Send + Sync + 'static,
 {
-    let subscriptions = subscribe(&cache, channel, apply).into_iter().collect();
+    let subscriptions = subscribe(&cache, channel, triggers, apply)
+        .into_iter()
+        .collect();
     listen_all(subscriptions, database_url, stop).await;
 }
 
@@ -167,7 +185,8 @@ enum Heard {
     Echo(String),
 }
 
-/// One connection: LISTEN, empty the caches, then apply notifications and ping until it fails.
+/// One connection: LISTEN, check the triggers, empty the caches, then apply notifications,
+/// ping and check the triggers until it fails.
 async fn session(
     subscriptions: &[Subscription],
     database_url: &str,
@@ -227,6 +246,8 @@ async fn session(
             "SET synchronous_commit = off; {listens} LISTEN {pings}"
         ))
         .await?;
+    let triggers = Triggers::of(&client, subscriptions).await?;
+    triggers.check(&client).await?;
     // Changes made while nobody listened were not heard.
     for s in subscriptions {
         s.0.clear();
@@ -235,8 +256,12 @@ async fn session(
     let ping = client.prepare("SELECT pg_notify($1, $2)").await?;
     let mut tick = tokio::time::interval(PING_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut check = tokio::time::interval(TRIGGERS_CHECKED_EVERY);
+    check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    check.tick().await;
     loop {
         tokio::select! {
+            _ = check.tick() => triggers.check(&client).await?,
             m = rx.recv() => {
                 match m.ok_or_else(|| anyhow::anyhow!("notification connection closed"))?? {
                     Heard::Change(to, _) if to.is_empty() => {
@@ -267,6 +292,57 @@ async fn session(
                     .map_err(|_| anyhow::anyhow!("a ping took longer than {PING_TIMEOUT:?}"))??;
             }
         }
+    }
+}
+
+/// The triggers every subscription's notifications come from, and the statement that names
+/// those missing or disabled.
+struct Triggers {
+    tables: Vec<&'static str>,
+    names: Vec<&'static str>,
+    missing: tokio_postgres::Statement,
+}
+
+impl Triggers {
+    async fn of(
+        client: &tokio_postgres::Client,
+        subscriptions: &[Subscription],
+    ) -> anyhow::Result<Self> {
+        let (tables, names) = subscriptions
+            .iter()
+            .flat_map(|s| s.0.triggers().iter().copied())
+            .unzip();
+        // `O`: fires in ordinary sessions; `A`: always. `D` is disabled, `R` replicas only.
+        let missing = client
+            .prepare(
+                "SELECT t.tbl || '.' || t.trg FROM unnest($1::text[], $2::text[]) AS t(tbl, trg)
+                  WHERE NOT EXISTS (SELECT 1 FROM pg_trigger g
+                                     WHERE g.tgrelid = to_regclass(t.tbl) AND g.tgname = t.trg
+                                       AND g.tgenabled IN ('O', 'A'))",
+            )
+            .await?;
+        Ok(Self {
+            tables,
+            names,
+            missing,
+        })
+    }
+
+    async fn check(&self, client: &tokio_postgres::Client) -> anyhow::Result<()> {
+        if self.tables.is_empty() {
+            return Ok(());
+        }
+        let rows = client
+            .query(&self.missing, &[&self.tables, &self.names])
+            .await?;
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let missing: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
+        anyhow::bail!(
+            "triggers missing or disabled, so changes would not be heard: {} (run the migrations, or ALTER TABLE .. ENABLE TRIGGER)",
+            missing.join(", ")
+        )
     }
 }
 

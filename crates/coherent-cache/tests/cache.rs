@@ -49,7 +49,7 @@ fn a_read_that_raced_an_invalidation_is_not_kept() {
 #[test]
 #[should_panic(expected = "must be a lowercase identifier")]
 fn a_channel_postgres_would_fold_is_refused() {
-    coherent_cache::subscribe(&cache(1 << 20), "Cache_Users", |_, _| {});
+    coherent_cache::subscribe(&cache(1 << 20), "Cache_Users", &[], |_, _| {});
 }
 
 #[test]
@@ -75,6 +75,7 @@ async fn answers_only_while_it_hears_its_notifications() {
         c.clone(),
         db.url().to_owned(),
         "cache_test",
+        &[],
         |c: &Coherent<String, String>, key: &str| c.invalidate(&key.to_owned()),
         async move {
             let _ = stop_rx.await;
@@ -172,6 +173,7 @@ async fn unreachable_it_reads_through_and_counts_no_lost_connection() {
         c.clone(),
         format!("postgres://nobody@127.0.0.1:{port}/none"),
         "cache_test",
+        &[],
         |c: &Coherent<String, String>, key: &str| c.invalidate(&key.to_owned()),
         async move {
             let _ = stop_rx.await;
@@ -221,8 +223,8 @@ async fn a_burst_beyond_the_queue_empties_the_cache_instead_of_growing() {
     };
     let task = tokio::spawn(coherent_cache::listen_all(
         [
-            coherent_cache::subscribe(&c, "cache_burst", slow),
-            coherent_cache::subscribe(&bystander, "cache_bystander", |c, key: &str| {
+            coherent_cache::subscribe(&c, "cache_burst", &[], slow),
+            coherent_cache::subscribe(&bystander, "cache_bystander", &[], |c, key: &str| {
                 c.invalidate(&key.to_owned())
             }),
         ]
@@ -288,9 +290,9 @@ async fn caches_sharing_a_connection_each_hear_their_own_channel() {
     let off = cache(0);
     let forget = |c: &Coherent<String, String>, key: &str| c.invalidate(&key.to_owned());
     let subscriptions: Vec<_> = [
-        subscribe(&a, "cache_a", forget),
-        subscribe(&b, "cache_b", forget),
-        subscribe(&off, "cache_off", forget),
+        subscribe(&a, "cache_a", &[], forget),
+        subscribe(&b, "cache_b", &[], forget),
+        subscribe(&off, "cache_off", &[], forget),
     ]
     .into_iter()
     .flatten()
@@ -348,6 +350,82 @@ async fn caches_sharing_a_connection_each_hear_their_own_channel() {
     assert!(a.caught_up(Duration::from_secs(10)).await);
     assert!(b.caught_up(Duration::from_secs(1)).await);
     assert_eq!(count(client.query_one(LISTENERS, &[]).await.unwrap()), 1);
+    let _ = stop_tx.send(());
+    task.await.unwrap();
+}
+
+/// A cache answers only while the triggers that send its notifications exist and are enabled:
+/// without them a change would never be heard, and the cache would serve it stale for good.
+#[tokio::test]
+async fn answers_only_while_its_triggers_fire() {
+    let db = TestDatabases::shared()
+        .await
+        .create("coherent_cache_triggers", |_| async { Ok(()) })
+        .await
+        .unwrap();
+    let (client, conn) = tokio_postgres::connect(db.url(), tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    client
+        .batch_execute(
+            "CREATE TABLE items (id text PRIMARY KEY);
+             CREATE FUNCTION notify_items() RETURNS trigger LANGUAGE plpgsql AS $$
+             BEGIN PERFORM pg_notify('cache_items', COALESCE(NEW.id, OLD.id)); RETURN NULL; END $$;",
+        )
+        .await
+        .unwrap();
+    const TRIGGERS: &[coherent_cache::Trigger] = &[("items", "items_rows")];
+    let c = cache(1 << 20);
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(listen(
+        c.clone(),
+        db.url().to_owned(),
+        "cache_items",
+        TRIGGERS,
+        |c: &Coherent<String, String>, key: &str| c.invalidate(&key.to_owned()),
+        async move {
+            let _ = stop_rx.await;
+        },
+    ));
+    // Not created yet: the cache never starts answering.
+    assert!(!c.caught_up(Duration::from_secs(2)).await);
+    assert!(!c.fresh() && !c.stats().answering);
+
+    client
+        .batch_execute(
+            "CREATE TRIGGER items_rows AFTER INSERT OR UPDATE OR DELETE ON items
+                 FOR EACH ROW EXECUTE FUNCTION notify_items()",
+        )
+        .await
+        .unwrap();
+    assert!(c.caught_up(Duration::from_secs(10)).await);
+    c.insert(c.ticket(), "k".into(), "v".into());
+    assert_eq!(c.get(&"k".to_owned()).as_deref(), Some("v"));
+
+    // Disabled while listening: within the check's period the cache is emptied and stops
+    // answering, and it answers again once the trigger fires again.
+    client
+        .batch_execute("ALTER TABLE items DISABLE TRIGGER items_rows")
+        .await
+        .unwrap();
+    let deadline = tokio::time::Instant::now()
+        + coherent_cache::TRIGGERS_CHECKED_EVERY
+        + Duration::from_secs(2);
+    while c.fresh() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "still answering with its trigger disabled"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(c.is_empty());
+    assert!(!c.caught_up(Duration::from_secs(2)).await);
+    client
+        .batch_execute("ALTER TABLE items ENABLE TRIGGER items_rows")
+        .await
+        .unwrap();
+    assert!(c.caught_up(Duration::from_secs(10)).await);
     let _ = stop_tx.send(());
     task.await.unwrap();
 }

@@ -110,6 +110,13 @@ pub type UserCache = coherent_cache::Coherent<String, Option<Arc<UserRecord>>>;
 /// The channel the `users` table's triggers notify with `u <clerk_id>` (or `*`).
 pub const NOTIFY_CHANNEL: &str = "vbase_users";
 
+/// The triggers that send [`NOTIFY_CHANNEL`]'s notifications (migration `user_notifications`).
+pub const NOTIFY_TRIGGERS: &[coherent_cache::Trigger] = &[
+    ("users", "cached_rows"),
+    ("users", "cached_update"),
+    ("users", "cached_truncate"),
+];
+
 /// A user cache of at most `bytes` (0: off).
 pub fn user_cache(bytes: u64) -> UserCache {
     UserCache::new(bytes, |id, user| {

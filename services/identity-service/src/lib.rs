@@ -124,6 +124,7 @@ pub async fn run(
             cache.clone(),
             config.service.db.direct_url().expose().to_owned(),
             batch::NOTIFY_CHANNEL,
+            batch::NOTIFY_TRIGGERS,
             batch::apply_notification,
             boot.lifecycle.stopped(),
         ),

@@ -148,11 +148,13 @@ pub async fn run(
                 coherent_cache::subscribe(
                     &access,
                     domain::standing::NOTIFY_CHANNEL,
+                    domain::standing::NOTIFY_TRIGGERS,
                     domain::standing::apply_notification,
                 ),
                 coherent_cache::subscribe(
                     &channels,
                     domain::channels::CHANNELS_NOTIFY,
+                    domain::channels::CHANNELS_TRIGGERS,
                     domain::listings::apply_notification,
                 ),
             ]

@@ -53,6 +53,13 @@ pub type ChannelList = ListingCache<ChannelRecord>;
 /// The channel the database's triggers notify with the workspace id of changed channels.
 pub const CHANNELS_NOTIFY: &str = "vbase_channels";
 
+/// The triggers that send [`CHANNELS_NOTIFY`]'s notifications (migration
+/// `channel_notifications`).
+pub const CHANNELS_TRIGGERS: &[coherent_cache::Trigger] = &[
+    ("channels", "channel_rows"),
+    ("channels", "channel_truncate"),
+];
+
 /// Forgets the channels of `ws` cached here: after a write to them, so that this replica
 /// reads it back at once (the others hear it from PostgreSQL).
 fn forget(list: &ChannelList, ws: Uuid) {

@@ -20,6 +20,18 @@ pub type AccessCache = coherent_cache::Coherent<(String, String), Arc<AccessFact
 /// The channel the database's triggers notify with the keys of changed rows.
 pub const NOTIFY_CHANNEL: &str = "vbase_access";
 
+/// The triggers that send [`NOTIFY_CHANNEL`]'s notifications (migration `access_notifications`).
+pub const NOTIFY_TRIGGERS: &[coherent_cache::Trigger] = &[
+    ("memberships", "access_rows"),
+    ("memberships", "access_update"),
+    ("memberships", "access_truncate"),
+    ("removed_users", "access_rows"),
+    ("removed_users", "access_truncate"),
+    ("workspaces", "access_rows"),
+    ("workspaces", "access_update"),
+    ("workspaces", "access_truncate"),
+];
+
 /// An access cache of at most `bytes` (0: off).
 pub fn access_cache(bytes: u64) -> AccessCache {
     AccessCache::new(bytes, |(org, user), facts| {

@@ -3,7 +3,7 @@
 //! after the change commits, tested at 100 ms after its command was answered), and a replica
 //! that loses its notification connection forgets what it cached.
 
-use crate::support::{self, second_replica, start_with};
+use crate::support::{self, second_replica_with_metrics, start_with};
 use std::time::Duration;
 use tokio::time::{Instant, sleep_until};
 use tonic::Code;
@@ -55,7 +55,7 @@ fn refused(r: Result<tonic::Response<pb::ListChannelsResponse>, tonic::Status>, 
 async fn each_change_refuses_at_once_here_and_within_the_bound_on_another_replica() {
     let env = start_with(false).await;
     env.workspace("org_a").await;
-    let (_b, mut b) = second_replica(&env).await;
+    let (_b, mut b, b_metrics) = second_replica_with_metrics(&env).await;
     let mut a = env.client().await;
     for (user, role) in [
         ("user_demoted", "org:admin"),
@@ -80,6 +80,12 @@ async fn each_change_refuses_at_once_here_and_within_the_bound_on_another_replic
     for req in [&demoted as &dyn Fn() -> _, &gone, &deleted, &stay] {
         prime(&mut [&mut a, &mut b], req).await;
     }
+    // Replica B answered from its cache: what it refuses below, it had cached.
+    let hits = r#"cache_lookups_total{cache="access",result="hit"}"#;
+    let b_hits = service_harness::metric(b_metrics, hits)
+        .await
+        .unwrap_or(0.0);
+    assert!(b_hits >= 1.0, "replica B's access cache never answered");
 
     // Each change goes through replica A (the gateway's commands), dated after the tokens.
     let changes: Vec<(&str, Box<Read>)> = vec![

@@ -102,10 +102,25 @@ pub async fn start_on(db: TestDatabase, with_worker: bool, tweak: impl FnOnce(&m
 
 /// A second replica of `env`'s service on the same database.
 pub async fn second_replica(env: &Env) -> (RunningServer, WorkspaceServiceClient<Channel>) {
-    let cfg = config(env.db.url(), &env.issuers, None);
+    let (server, client, _) = second_replica_with_metrics(env).await;
+    (server, client)
+}
+
+/// [`second_replica`], and the address of its metrics.
+pub async fn second_replica_with_metrics(
+    env: &Env,
+) -> (
+    RunningServer,
+    WorkspaceServiceClient<Channel>,
+    std::net::SocketAddr,
+) {
+    let mut cfg = config(env.db.url(), &env.issuers, None);
+    let port = ephemeral_postgres::unused_local_port().unwrap();
+    cfg.metrics_addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let metrics = cfg.metrics_addr;
     let server = RunningServer::start(|l, s| workspace_service::run(cfg, l, s)).await;
     let client = WorkspaceServiceClient::new(server.channel().await);
-    (server, client)
+    (server, client, metrics)
 }
 
 pub async fn start() -> Env {
