@@ -253,6 +253,22 @@ pub async fn after(
     })
 }
 
+/// The workspace's last change still kept, if any: a deleted workspace's is its deletion,
+/// which its purge keeps while deleting the rest in no particular order.
+pub async fn last(
+    conn: &mut AsyncPgConnection,
+    workspace: Uuid,
+) -> diesel::QueryResult<Option<Change>> {
+    let mut last: Vec<Change> = prepared(
+        "SELECT workspace_id, seq, channel_id, payload, recorded_at FROM change_log
+          WHERE workspace_id = $1 ORDER BY seq DESC LIMIT 1",
+    )
+    .bind::<SqlUuid, _>(workspace)
+    .load(conn)
+    .await?;
+    Ok(last.pop())
+}
+
 /// The workspace's last change number (0: none yet), and the first one still kept (`None`:
 /// none kept).
 pub async fn bounds(

@@ -10,8 +10,9 @@
 //! client that reads as frames come is never behind); the client resumes with its last token.
 //! Whether in the backlog or live, the stream ends when the caller's token
 //! expires (UNAUTHENTICATED), when the periodic re-check finds the caller no longer has access
-//! (PERMISSION_DENIED), and at once when the service starts shutting down (UNAVAILABLE).
-//! Ending drops what is queued. A stream that falls behind the hub's broadcast reads what it
+//! (PERMISSION_DENIED), after the workspace's deletion (PERMISSION_DENIED, once what is queued
+//! is read), and at once when the service starts shutting down (UNAVAILABLE). Ending at once
+//! drops what is queued. A stream that falls behind the hub's broadcast reads what it
 //! missed from the log.
 
 use super::LiveSettings;
@@ -390,18 +391,12 @@ impl Stream {
             // The replica has not replayed changes the primary has: read them there.
             batch = self.read_changes(room, true).await?;
         }
-        if let Some(first) = batch.changes.first()
-            && first.seq != self.last + 1
+        if batch
+            .changes
+            .first()
+            .is_some_and(|c| c.seq != self.last + 1)
         {
-            if frames::ends_workspace(first) {
-                // The purge after a deletion leaves only the deletion: nothing missed matters.
-                if self.scope.wants(None) {
-                    self.outbox.push(Frame::of(&self.live.memory, first).bytes);
-                }
-                return Err(deleted());
-            }
-            // Pruned since: never skip changes in silence.
-            return Err(End::Now(too_old(), "too_old"));
+            return Err(self.gap(batch.changes.swap_remove(0)).await);
         }
         let budget = self.live.settings.stream_bytes;
         for c in &batch.changes {
@@ -436,6 +431,33 @@ impl Stream {
             }
         }
         Ok(())
+    }
+
+    /// How the stream ends at a gap after its position, `first` the change after the gap: as
+    /// deleted when the workspace's last change is its deletion (its purge deletes the rest in
+    /// no particular order, and nothing missed matters any more), else as too old (pruned
+    /// since: never skip changes in silence).
+    async fn gap(&mut self, first: changes::Change) -> End {
+        let last = if frames::ends_workspace(&first) {
+            Ok(Some(first))
+        } else {
+            async {
+                let mut conn = self.live.pool.get().await?;
+                Ok::<_, Error>(changes::last(&mut conn, self.workspace).await?)
+            }
+            .await
+        };
+        match last {
+            Ok(Some(deletion)) if frames::ends_workspace(&deletion) => {
+                if self.scope.wants(None) {
+                    self.outbox
+                        .push(Frame::of(&self.live.memory, &deletion).bytes);
+                }
+                deleted()
+            }
+            Ok(_) => End::Now(too_old(), "too_old"),
+            Err(e) => End::Now(e.into(), "error"),
+        }
     }
 
     /// The changes after `self.last` that fit `room`, from the read pool (a replica's while it

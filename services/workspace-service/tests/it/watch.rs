@@ -398,21 +398,27 @@ async fn a_client_that_falls_behind_is_ended_and_resumes() {
     assert_eq!(n, 120);
 }
 
-/// A watch still reading its backlog when its workspace is deleted and purged finds only the
-/// deletion left in the log after its position: it ends as deleted, not as a resume token too
-/// old. A caught-up watch of a channel ends with the deletion, not at its next re-check.
-#[tokio::test]
-async fn a_watch_behind_a_purged_deletion_ends_as_deleted() {
-    let env = start_custom(false, |c| c.watch.watch_buffer_bytes = 64 * 1024).await;
-    let ch = channel(&env, "org_p", "live").await;
-    let mut caught = watch(&env, "user_b", "org_p", &ch, "").await;
+/// A channel of `org` with a caught-up watch of it, `posts` posts of 9 KB, and a second watch
+/// from before them through a client with a 16 KiB window that does not read: it stays in its
+/// backlog, far larger (from 40 posts) than its window, its buffer and what the HTTP/2 layer
+/// holds together. Returns both watches and the second's position.
+async fn behind_a_backlog(
+    env: &Env,
+    org: &str,
+    posts: usize,
+) -> (
+    Streaming<pb::ChannelEvent>,
+    Streaming<pb::ChannelEvent>,
+    i64,
+) {
+    let ch = channel(env, org, "live").await;
+    let mut caught = watch(env, "user_b", org, &ch, "").await;
     let start = next(&mut caught).await.resume_token;
-    // A backlog far larger than the client's window and the stream's buffer together.
     let body = "x".repeat(9_000);
-    for i in 0..40 {
-        post(&env, "org_p", &ch, &format!("{i} {body}")).await;
+    for i in 0..posts {
+        post(env, org, &ch, &format!("{i} {body}")).await;
     }
-    for _ in 0..40 {
+    for _ in 0..posts {
         next(&mut caught).await;
     }
     let narrow = tonic::transport::Endpoint::from_shared(format!("http://{}", env.server.addr))
@@ -422,18 +428,51 @@ async fn a_watch_behind_a_purged_deletion_ends_as_deleted() {
         .connect()
         .await
         .unwrap();
-    let mut behind = pb::workspace_service_client::WorkspaceServiceClient::new(narrow)
+    let behind = pb::workspace_service_client::WorkspaceServiceClient::new(narrow)
         .watch_channel(env.member(
             "user_b",
-            "org_p",
+            org,
             pb::WatchChannelRequest {
-                channel_id: ch.clone(),
-                resume_token: start,
+                channel_id: ch,
+                resume_token: start.clone(),
             },
         ))
         .await
         .unwrap()
         .into_inner();
+    let position = start.rsplit('.').next().unwrap().parse().unwrap();
+    (caught, behind, position)
+}
+
+/// Reads `s` to its end: how many events came, and the status it ended with.
+async fn read_to_the_end(s: &mut Streaming<pb::ChannelEvent>) -> (usize, tonic::Status) {
+    let mut delivered = 0;
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), s.message())
+            .await
+            .unwrap_or_else(|_| panic!("stuck after {delivered}"))
+        {
+            Ok(Some(_)) => delivered += 1,
+            Ok(None) => panic!("the stream ended without a status after {delivered}"),
+            Err(status) => return (delivered, status),
+        }
+    }
+}
+
+/// Ended as deleted: PERMISSION_DENIED with the deletion's message (a re-check, every 30 s,
+/// would say the channel is not found; a gap in the log, that the resume token is too old).
+fn ended_as_deleted(status: &tonic::Status) {
+    assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+    assert!(status.message().contains("was deleted"), "{status:?}");
+}
+
+/// A watch still reading its backlog when its workspace is deleted and purged finds only the
+/// deletion left in the log after its position: it ends as deleted, not as a resume token too
+/// old. A caught-up watch of a channel ends with the deletion, not at its next re-check.
+#[tokio::test]
+async fn a_watch_behind_a_purged_deletion_ends_as_deleted() {
+    let env = start_custom(false, |c| c.watch.watch_buffer_bytes = 64 * 1024).await;
+    let (mut caught, mut behind, _) = behind_a_backlog(&env, "org_p", 40).await;
     env.client()
         .await
         .delete_workspace(env.service(delete_ws("del-org_p", 100, "org_p")))
@@ -445,32 +484,54 @@ async fn a_watch_behind_a_purged_deletion_ends_as_deleted() {
         1,
         "the purge left only the deletion"
     );
-
-    // Both ends carry the deletion's message; a re-check (30 s) would say the workspace is
-    // not found, and the log's gap that the resume token is too old.
     let ended = tokio::time::timeout(Duration::from_secs(10), caught.message())
         .await
         .expect("the caught-up watch ends with its workspace")
         .unwrap_err();
-    assert_eq!(ended.code(), Code::PermissionDenied, "{ended:?}");
-    assert!(ended.message().contains("was deleted"), "{ended:?}");
-    let mut delivered = 0;
-    let ended = loop {
-        match tokio::time::timeout(Duration::from_secs(10), behind.message())
-            .await
-            .unwrap_or_else(|_| panic!("stuck after {delivered}"))
-        {
-            Ok(Some(_)) => delivered += 1,
-            Ok(None) => panic!("the stream ended without a status after {delivered}"),
-            Err(s) => break s,
-        }
-    };
-    assert!(
-        delivered < 40,
-        "read the whole backlog before the purge: {delivered}"
+    ended_as_deleted(&ended);
+    let (delivered, ended) = read_to_the_end(&mut behind).await;
+    assert!(delivered < 40, "read the whole backlog first: {delivered}");
+    ended_as_deleted(&ended);
+}
+
+/// The same while the purge is under way: it deletes the log in storage order, so the first
+/// change after the watch's gap need not be the deletion.
+#[tokio::test]
+async fn a_watch_behind_a_purge_in_progress_ends_as_deleted() {
+    // One purge lane, held at the messages (its first piece): the log keeps what the test
+    // leaves in it.
+    let env = start_custom(false, |c| {
+        c.watch.watch_buffer_bytes = 64 * 1024;
+        c.purge.purge_lanes = 1;
+    })
+    .await;
+    let (_caught, mut behind, at) = behind_a_backlog(&env, "org_h", 100).await;
+    let blocker = env.block_purges().await;
+    env.client()
+        .await
+        .delete_workspace(env.service(delete_ws("del-org_h", 100, "org_h")))
+        .await
+        .unwrap();
+    // A chunk of the purge: a hole from the watch's position on, past what it holds in its
+    // buffers, posts kept after it.
+    let (from, to) = (at + 1, at + 90);
+    env.sql(&format!(
+        "DELETE FROM change_log WHERE seq BETWEEN {from} AND {to}"
+    ))
+    .await;
+    assert_eq!(
+        env.scalar(&format!("SELECT count(*) FROM change_log WHERE seq > {to}"))
+            .await,
+        11,
+        "ten posts and the deletion after the hole"
     );
-    assert_eq!(ended.code(), Code::PermissionDenied, "{ended:?}");
-    assert!(ended.message().contains("was deleted"), "{ended:?}");
+    let (delivered, ended) = read_to_the_end(&mut behind).await;
+    assert!(
+        delivered < 90,
+        "only what it held before the hole: {delivered}"
+    );
+    ended_as_deleted(&ended);
+    drop(blocker);
 }
 
 #[tokio::test]
