@@ -2,6 +2,7 @@
 //! cache on its own channel.
 
 use super::Coherent;
+use super::triggers::{TRIGGERS_CHECKED_EVERY, Trigger, Triggers};
 use futures::StreamExt;
 use std::future::Future;
 use std::hash::Hash;
@@ -20,13 +21,6 @@ pub const APPLICATION_NAME: &str = "coherent-cache";
 pub const QUEUE: usize = 4096;
 /// Longest a ping may take to be sent before the connection counts as lost.
 const PING_TIMEOUT: Duration = Duration::from_secs(2);
-/// How often, while listening, the triggers that send the caches' notifications are checked
-/// (also on every connect). A trigger missing or disabled ends the session: the caches read
-/// through until every one is back.
-pub const TRIGGERS_CHECKED_EVERY: Duration = Duration::from_secs(1);
-
-/// A trigger a cache's notifications come from: `(table, trigger)`.
-pub type Trigger = (&'static str, &'static str);
 
 /// A cache and the channel whose notifications it applies, for [`listen_all`].
 #[derive(Clone)]
@@ -246,8 +240,7 @@ async fn session(
             "SET synchronous_commit = off; {listens} LISTEN {pings}"
         ))
         .await?;
-    let triggers = Triggers::of(&client, subscriptions).await?;
-    triggers.check(&client).await?;
+    let triggers = Triggers::firing(&client, subscriptions.iter().map(|s| s.0.triggers())).await?;
     // Changes made while nobody listened were not heard.
     for s in subscriptions {
         s.0.clear();
@@ -261,7 +254,11 @@ async fn session(
     check.tick().await;
     loop {
         tokio::select! {
-            _ = check.tick() => triggers.check(&client).await?,
+            _ = check.tick() => {
+                tokio::time::timeout(PING_TIMEOUT, triggers.unchanged(&client))
+                    .await
+                    .map_err(|_| anyhow::anyhow!("checking the triggers took longer than {PING_TIMEOUT:?}"))??;
+            }
             m = rx.recv() => {
                 match m.ok_or_else(|| anyhow::anyhow!("notification connection closed"))?? {
                     Heard::Change(to, _) if to.is_empty() => {
@@ -292,57 +289,6 @@ async fn session(
                     .map_err(|_| anyhow::anyhow!("a ping took longer than {PING_TIMEOUT:?}"))??;
             }
         }
-    }
-}
-
-/// The triggers every subscription's notifications come from, and the statement that names
-/// those missing or disabled.
-struct Triggers {
-    tables: Vec<&'static str>,
-    names: Vec<&'static str>,
-    missing: tokio_postgres::Statement,
-}
-
-impl Triggers {
-    async fn of(
-        client: &tokio_postgres::Client,
-        subscriptions: &[Subscription],
-    ) -> anyhow::Result<Self> {
-        let (tables, names) = subscriptions
-            .iter()
-            .flat_map(|s| s.0.triggers().iter().copied())
-            .unzip();
-        // `O`: fires in ordinary sessions; `A`: always. `D` is disabled, `R` replicas only.
-        let missing = client
-            .prepare(
-                "SELECT t.tbl || '.' || t.trg FROM unnest($1::text[], $2::text[]) AS t(tbl, trg)
-                  WHERE NOT EXISTS (SELECT 1 FROM pg_trigger g
-                                     WHERE g.tgrelid = to_regclass(t.tbl) AND g.tgname = t.trg
-                                       AND g.tgenabled IN ('O', 'A'))",
-            )
-            .await?;
-        Ok(Self {
-            tables,
-            names,
-            missing,
-        })
-    }
-
-    async fn check(&self, client: &tokio_postgres::Client) -> anyhow::Result<()> {
-        if self.tables.is_empty() {
-            return Ok(());
-        }
-        let rows = client
-            .query(&self.missing, &[&self.tables, &self.names])
-            .await?;
-        if rows.is_empty() {
-            return Ok(());
-        }
-        let missing: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
-        anyhow::bail!(
-            "triggers missing or disabled, so changes would not be heard: {} (run the migrations, or ALTER TABLE .. ENABLE TRIGGER)",
-            missing.join(", ")
-        )
     }
 }
 

@@ -403,28 +403,48 @@ async fn answers_only_while_its_triggers_fire() {
     c.insert(c.ticket(), "k".into(), "v".into());
     assert_eq!(c.get(&"k".to_owned()).as_deref(), Some("v"));
 
-    // Disabled while listening: within the check's period the cache is emptied and stops
-    // answering, and it answers again once the trigger fires again.
-    client
-        .batch_execute("ALTER TABLE items DISABLE TRIGGER items_rows")
-        .await
-        .unwrap();
-    let deadline = tokio::time::Instant::now()
-        + coherent_cache::TRIGGERS_CHECKED_EVERY
-        + Duration::from_secs(2);
-    while c.fresh() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "still answering with its trigger disabled"
+    // Each change to a trigger while listening empties the cache within the check's period:
+    // disabled (it stops answering until enabled again), disabled and enabled again in one
+    // transaction that wrote unannounced, and its function replaced.
+    let emptied = async |change: &str| {
+        c.insert(c.ticket(), "k".into(), "v".into());
+        assert_eq!(
+            c.get(&"k".to_owned()).as_deref(),
+            Some("v"),
+            "before: {change}"
         );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert!(c.is_empty());
+        let losses = c.stats().connection_losses;
+        client.batch_execute(change).await.unwrap();
+        let deadline = tokio::time::Instant::now()
+            + coherent_cache::TRIGGERS_CHECKED_EVERY
+            + Duration::from_secs(3);
+        while c.stats().connection_losses == losses {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "still listening after: {change}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(c.is_empty(), "emptied after: {change}");
+    };
+    emptied("ALTER TABLE items DISABLE TRIGGER items_rows").await;
     assert!(!c.caught_up(Duration::from_secs(2)).await);
     client
         .batch_execute("ALTER TABLE items ENABLE TRIGGER items_rows")
         .await
         .unwrap();
+    assert!(c.caught_up(Duration::from_secs(10)).await);
+    emptied(
+        "BEGIN; ALTER TABLE items DISABLE TRIGGER items_rows; INSERT INTO items VALUES ('k');
+         ALTER TABLE items ENABLE TRIGGER items_rows; COMMIT",
+    )
+    .await;
+    assert!(c.caught_up(Duration::from_secs(10)).await);
+    emptied(
+        "CREATE OR REPLACE FUNCTION notify_items() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN RETURN NULL; END $$",
+    )
+    .await;
     assert!(c.caught_up(Duration::from_secs(10)).await);
     let _ = stop_tx.send(());
     task.await.unwrap();

@@ -20,6 +20,9 @@ pub mod workers;
 
 pub use config::{CallLimitArgs, Config, LiveblocksArgs, PurgeArgs, WatchArgs};
 pub use domain::workspaces::{WORKSPACE_ID_NAMESPACE, derived_workspace_id};
+/// The triggers whose notifications keep the access and channel caches coherent (checked
+/// while the caches answer).
+pub use domain::{channels::CHANNELS_TRIGGERS, standing::NOTIFY_TRIGGERS as ACCESS_TRIGGERS};
 
 use diesel_migrations::embed_migrations;
 use service_runtime::{Boot, GrpcServices};

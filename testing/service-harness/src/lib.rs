@@ -452,6 +452,23 @@ pub async fn strings(database_url: &str, sql: &str) -> Vec<String> {
         .collect()
 }
 
+/// The triggers that call `function` are exactly `checked` (`(table, trigger)`, as a cache's
+/// list names them).
+pub async fn assert_triggers_checked(database_url: &str, function: &str, checked: &[(&str, &str)]) {
+    let mut found = strings(
+        database_url,
+        &format!(
+            "SELECT c.relname || '.' || t.tgname FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid
+              WHERE t.tgfoid = '{function}'::regproc"
+        ),
+    )
+    .await;
+    found.sort();
+    let mut listed: Vec<String> = checked.iter().map(|(t, n)| format!("{t}.{n}")).collect();
+    listed.sort();
+    assert_eq!(found, listed, "the triggers that call {function}");
+}
+
 /// Runs `sql` (any number of statements) in `database_url` and says what PostgreSQL answered:
 /// for statements that must be refused.
 pub async fn try_execute(database_url: &str, sql: &str) -> Result<(), String> {

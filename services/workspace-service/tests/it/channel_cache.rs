@@ -181,21 +181,28 @@ async fn each_channel_change_is_read_back_at_once_here_and_within_the_bound_on_a
 }
 
 /// The replica that wrote forgets the list before it answers, without waiting for the
-/// notification: with its cache shown to answer and the channels' trigger function then made
-/// silent (nothing announced; a disabled trigger would stop the cache answering), it reads its
-/// own create, rename and delete back at once.
+/// notification: with the channels' trigger function made silent (nothing announced) and the
+/// cache then shown to answer, it reads its own create, rename and delete back at once.
 #[tokio::test]
 async fn the_replica_that_wrote_reads_it_back_without_a_notification() {
     let env = start_with(false).await;
     env.workspace("org_w").await;
     let mut a = env.client().await;
-    hide_a_channel(&env, &mut a, "org_w").await;
+    // A trigger changed while listening empties the caches and listens anew, which then takes
+    // the silent function as it is.
+    let losses = r#"cache_connection_losses_total{cache="channels"}"#;
+    env.metric_reaches(r#"cache_answering{cache="channels"}"#, |v| v == 1.0)
+        .await;
     service_harness::execute(
         env.db.url(),
         "CREATE OR REPLACE FUNCTION notify_channels() RETURNS trigger LANGUAGE plpgsql
              AS $$ BEGIN RETURN NULL; END $$",
     )
     .await;
+    env.metric_reaches(losses, |v| v == 1.0).await;
+    env.metric_reaches(r#"cache_answering{cache="channels"}"#, |v| v == 1.0)
+        .await;
+    hide_a_channel(&env, &mut a, "org_w").await;
     let created = a
         .create_channel(env.member("user_m", "org_w", channel_request("org_w", "quiet")))
         .await
@@ -234,6 +241,8 @@ async fn the_replica_that_wrote_reads_it_back_without_a_notification() {
         "deleted: {listed:?}"
     );
     assert_eq!(listed, stored(&env, "org_w").await, "deleted");
+    // Still the session that took the silent function: no notification reached the cache.
+    assert_eq!(env.metric(losses).await, Some(1.0));
 }
 
 /// A read that carries a position (`x-vbase-lsn`, as a write through another process

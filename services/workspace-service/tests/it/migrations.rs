@@ -1,4 +1,5 @@
-//! Every migration reverts and re-applies cleanly on a migrated database.
+//! Every migration reverts and re-applies cleanly on a migrated database; the caches check
+//! every trigger that announces their changes.
 
 use crate::support;
 
@@ -47,4 +48,17 @@ async fn a_database_whose_ledger_tables_workspace_created_keeps_them_and_their_r
         "20261205100001",
     )
     .await;
+}
+
+/// Every trigger that announces a cache's changes is one the cache checks (a trigger added
+/// without its name in the list would go unchecked), and each one it checks exists.
+#[tokio::test]
+async fn the_caches_check_every_trigger_that_announces_their_changes() {
+    let db = support::database().await;
+    for (function, checked) in [
+        ("notify_access", workspace_service::ACCESS_TRIGGERS),
+        ("notify_channels", workspace_service::CHANNELS_TRIGGERS),
+    ] {
+        service_harness::assert_triggers_checked(db.url(), function, checked).await;
+    }
 }
