@@ -347,43 +347,14 @@ async fn a_change_on_one_replica_reaches_a_watcher_on_another_and_nothing_is_mis
 async fn a_client_that_falls_behind_is_ended_and_resumes() {
     let env = start_custom(false, |c| c.watch.watch_buffer_bytes = 64 * 1024).await;
     let ch = channel(&env, "org_s", "live").await;
-    // A client with a small HTTP/2 window, so what it does not read backs up to the server.
-    let narrow = tonic::transport::Endpoint::from_shared(format!("http://{}", env.server.addr))
-        .unwrap()
-        .initial_stream_window_size(16 * 1024)
-        .initial_connection_window_size(16 * 1024)
-        .connect()
-        .await
-        .unwrap();
-    let mut slow = pb::workspace_service_client::WorkspaceServiceClient::new(narrow)
-        .watch_channel(env.member(
-            "user_b",
-            "org_s",
-            pb::WatchChannelRequest {
-                channel_id: ch.clone(),
-                resume_token: String::new(),
-            },
-        ))
-        .await
-        .unwrap()
-        .into_inner();
+    let mut slow = narrow_watch(&env, "user_b", "org_s", &ch, "").await;
     let caught_up = next(&mut slow).await;
     // Large messages fill the HTTP/2 window quickly; then the stream's buffer fills.
     let body = "x".repeat(9_000);
     for i in 0..120 {
         post(&env, "org_s", &ch, &format!("{i} {body}")).await;
     }
-    let mut delivered = 0;
-    let status = loop {
-        match tokio::time::timeout(Duration::from_secs(10), slow.message())
-            .await
-            .unwrap_or_else(|_| panic!("stuck after {delivered}"))
-        {
-            Ok(Some(_)) => delivered += 1,
-            Ok(None) => panic!("the stream ended without a status after {delivered}"),
-            Err(s) => break s,
-        }
-    };
+    let (delivered, status) = drain(&mut slow).await;
     assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
     assert!(
         delivered < 80,
@@ -396,6 +367,36 @@ async fn a_client_that_falls_behind_is_ended_and_resumes() {
         n += 1;
     }
     assert_eq!(n, 120);
+}
+
+/// A watch of `channel` by `user` on a connection with 16 KiB HTTP/2 windows: what the client
+/// does not read backs up to the server.
+pub(crate) async fn narrow_watch(
+    env: &Env,
+    user: &str,
+    org: &str,
+    channel: &str,
+    token: &str,
+) -> Streaming<pb::ChannelEvent> {
+    let narrow = tonic::transport::Endpoint::from_shared(format!("http://{}", env.server.addr))
+        .unwrap()
+        .initial_stream_window_size(16 * 1024)
+        .initial_connection_window_size(16 * 1024)
+        .connect()
+        .await
+        .unwrap();
+    pb::workspace_service_client::WorkspaceServiceClient::new(narrow)
+        .watch_channel(env.member(
+            user,
+            org,
+            pb::WatchChannelRequest {
+                channel_id: channel.into(),
+                resume_token: token.into(),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
 }
 
 /// A channel of `org` with a caught-up watch of it, `posts` posts of 9 KB, and a second watch
@@ -421,31 +422,13 @@ async fn behind_a_backlog(
     for _ in 0..posts {
         next(&mut caught).await;
     }
-    let narrow = tonic::transport::Endpoint::from_shared(format!("http://{}", env.server.addr))
-        .unwrap()
-        .initial_stream_window_size(16 * 1024)
-        .initial_connection_window_size(16 * 1024)
-        .connect()
-        .await
-        .unwrap();
-    let behind = pb::workspace_service_client::WorkspaceServiceClient::new(narrow)
-        .watch_channel(env.member(
-            "user_b",
-            org,
-            pb::WatchChannelRequest {
-                channel_id: ch,
-                resume_token: start.clone(),
-            },
-        ))
-        .await
-        .unwrap()
-        .into_inner();
+    let behind = narrow_watch(env, "user_b", org, &ch, &start).await;
     let position = start.rsplit('.').next().unwrap().parse().unwrap();
     (caught, behind, position)
 }
 
 /// Reads `s` to its end: how many events came, and the status it ended with.
-async fn read_to_the_end(s: &mut Streaming<pb::ChannelEvent>) -> (usize, tonic::Status) {
+pub(crate) async fn drain(s: &mut Streaming<pb::ChannelEvent>) -> (usize, tonic::Status) {
     let mut delivered = 0;
     loop {
         match tokio::time::timeout(Duration::from_secs(10), s.message())
@@ -489,7 +472,7 @@ async fn a_watch_behind_a_purged_deletion_ends_as_deleted() {
         .expect("the caught-up watch ends with its workspace")
         .unwrap_err();
     ended_as_deleted(&ended);
-    let (delivered, ended) = read_to_the_end(&mut behind).await;
+    let (delivered, ended) = drain(&mut behind).await;
     assert!(delivered < 40, "read the whole backlog first: {delivered}");
     ended_as_deleted(&ended);
 }
@@ -525,7 +508,7 @@ async fn a_watch_behind_a_purge_in_progress_ends_as_deleted() {
         11,
         "ten posts and the deletion after the hole"
     );
-    let (delivered, ended) = read_to_the_end(&mut behind).await;
+    let (delivered, ended) = drain(&mut behind).await;
     assert!(
         delivered < 90,
         "only what it held before the hole: {delivered}"

@@ -2,56 +2,10 @@
 //! open, a cap per user, opens per minute, and a stream that ended holds no events.
 
 use crate::support::*;
-use crate::watch::{channel, next, post, watch, what};
+use crate::watch::{channel, drain, narrow_watch, next, post, watch, what};
 use std::time::Duration;
-use tonic::{Code, Streaming};
+use tonic::Code;
 use vbase_proto::workspace::v1 as pb;
-use vbase_proto::workspace::v1::workspace_service_client::WorkspaceServiceClient;
-
-/// A watch of `channel` by `user` on a connection with 16 KiB HTTP/2 windows: what the client
-/// does not read backs up to the server.
-async fn narrow_watch(
-    env: &Env,
-    user: &str,
-    org: &str,
-    channel: &str,
-    token: &str,
-) -> Streaming<pb::ChannelEvent> {
-    let narrow = tonic::transport::Endpoint::from_shared(format!("http://{}", env.server.addr))
-        .unwrap()
-        .initial_stream_window_size(16 * 1024)
-        .initial_connection_window_size(16 * 1024)
-        .connect()
-        .await
-        .unwrap();
-    WorkspaceServiceClient::new(narrow)
-        .watch_channel(env.member(
-            user,
-            org,
-            pb::WatchChannelRequest {
-                channel_id: channel.into(),
-                resume_token: token.into(),
-            },
-        ))
-        .await
-        .unwrap()
-        .into_inner()
-}
-
-/// Reads `s` to its end: the events delivered and the final status.
-async fn drain(s: &mut Streaming<pb::ChannelEvent>) -> (usize, tonic::Status) {
-    let mut delivered = 0;
-    loop {
-        match tokio::time::timeout(Duration::from_secs(10), s.message())
-            .await
-            .unwrap_or_else(|_| panic!("stuck after {delivered}"))
-        {
-            Ok(Some(_)) => delivered += 1,
-            Ok(None) => panic!("the stream ended without a status after {delivered}"),
-            Err(status) => return (delivered, status),
-        }
-    }
-}
 
 #[tokio::test]
 async fn a_removed_member_reading_an_old_backlog_is_ended_before_the_rest() {
