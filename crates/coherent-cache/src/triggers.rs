@@ -52,9 +52,15 @@ impl Triggers {
 
     /// An error if a trigger is missing, disabled, or changed since [`Triggers::firing`].
     pub(crate) async fn unchanged(&self, client: &tokio_postgres::Client) -> anyhow::Result<()> {
-        if self.read(client).await? != self.versions {
+        let now = self.read(client).await?;
+        let changed: Vec<String> = (0..now.len())
+            .filter(|&i| now[i] != self.versions[i])
+            .map(|i| format!("{}.{}", self.tables[i], self.names[i]))
+            .collect();
+        if !changed.is_empty() {
             anyhow::bail!(
-                "a trigger that announces the caches' changes was changed while listening: emptying the caches"
+                "triggers changed while listening (altered, or their function replaced): {}; emptying the caches",
+                changed.join(", ")
             );
         }
         Ok(())

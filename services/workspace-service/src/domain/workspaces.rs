@@ -103,6 +103,17 @@ pub async fn org_tombstoned(conn: &mut AsyncPgConnection, org: &OrgId) -> QueryR
     Ok(r.hit)
 }
 
+/// Whether the workspace `id` was deleted: hidden (its purge under way) or gone.
+pub async fn workspace_deleted(conn: &mut AsyncPgConnection, id: Uuid) -> QueryResult<bool> {
+    let r: Hit = prepared(
+        "SELECT NOT EXISTS (SELECT 1 FROM workspaces WHERE id = $1 AND deleted_at IS NULL) AS hit",
+    )
+    .bind::<diesel::sql_types::Uuid, _>(id)
+    .one(conn)
+    .await?;
+    Ok(r.hit)
+}
+
 /// Whether the user was deleted (final).
 pub async fn user_removed(conn: &mut AsyncPgConnection, user: &UserId) -> QueryResult<bool> {
     let r: Hit =

@@ -20,8 +20,8 @@ use super::frames::{self, Frame, Memory};
 use super::hub::Hub;
 use super::outbox::{self, Body, Outbox};
 use crate::domain::access::{Caller, channel_scope};
-use crate::domain::changes;
 use crate::domain::standing::AccessCache;
+use crate::domain::{changes, workspaces};
 use crate::error::Error;
 use crate::metrics::Metrics;
 use service_runtime::replica::ReadPool;
@@ -434,30 +434,44 @@ impl Stream {
     }
 
     /// How the stream ends at a gap after its position, `first` the change after the gap: as
-    /// deleted when the workspace's last change is its deletion (its purge deletes the rest in
-    /// no particular order, and nothing missed matters any more), else as too old (pruned
-    /// since: never skip changes in silence).
+    /// deleted when the workspace was (its purge deletes the log in no particular order, and
+    /// nothing missed matters any more), with the deletion's event when the log has it; else
+    /// as too old (pruned since: never skip changes in silence).
     async fn gap(&mut self, first: changes::Change) -> End {
-        let last = if frames::ends_workspace(&first) {
-            Ok(Some(first))
-        } else {
-            async {
-                let mut conn = self.live.pool.get().await?;
-                Ok::<_, Error>(changes::last(&mut conn, self.workspace).await?)
-            }
-            .await
-        };
-        match last {
-            Ok(Some(deletion)) if frames::ends_workspace(&deletion) => {
-                if self.scope.wants(None) {
-                    self.outbox
-                        .push(Frame::of(&self.live.memory, &deletion).bytes);
+        match self.deleted(first).await {
+            Ok(Some(deletion)) => {
+                if let Some(d) = deletion
+                    && self.scope.wants(None)
+                {
+                    self.outbox.push(Frame::of(&self.live.memory, &d).bytes);
                 }
                 deleted()
             }
-            Ok(_) => End::Now(too_old(), "too_old"),
+            Ok(None) => End::Now(too_old(), "too_old"),
             Err(e) => End::Now(e.into(), "error"),
         }
+    }
+
+    /// Whether the workspace was deleted (`Some`), with its deletion's change when `first` is
+    /// it or it is the log's last.
+    async fn deleted(
+        &self,
+        first: changes::Change,
+    ) -> Result<Option<Option<changes::Change>>, Error> {
+        if frames::ends_workspace(&first) {
+            return Ok(Some(Some(first)));
+        }
+        let mut conn = self.live.pool.get().await?;
+        if let Some(last) = changes::last(&mut conn, self.workspace).await?
+            && frames::ends_workspace(&last)
+        {
+            return Ok(Some(Some(last)));
+        }
+        // A write that passed its access check as the deletion committed may be numbered
+        // after it: the workspace's row says.
+        Ok(workspaces::workspace_deleted(&mut conn, self.workspace)
+            .await?
+            .then_some(None))
     }
 
     /// The changes after `self.last` that fit `room`, from the read pool (a replica's while it

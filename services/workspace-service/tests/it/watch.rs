@@ -478,7 +478,8 @@ async fn a_watch_behind_a_purged_deletion_ends_as_deleted() {
 }
 
 /// The same while the purge is under way: it deletes the log in storage order, so the first
-/// change after the watch's gap need not be the deletion.
+/// change after the watch's gap need not be the deletion; and a write that passed its access
+/// check as the deletion committed may be numbered after it, so the deletion need not be last.
 #[tokio::test]
 async fn a_watch_behind_a_purge_in_progress_ends_as_deleted() {
     // One purge lane, held at the messages (its first piece): the log keeps what the test
@@ -488,32 +489,50 @@ async fn a_watch_behind_a_purge_in_progress_ends_as_deleted() {
         c.purge.purge_lanes = 1;
     })
     .await;
-    let (_caught, mut behind, at) = behind_a_backlog(&env, "org_h", 100).await;
+    let mut watches = Vec::new();
+    for org in ["org_h", "org_l"] {
+        watches.push(behind_a_backlog(&env, org, 100).await);
+    }
     let blocker = env.block_purges().await;
-    env.client()
-        .await
-        .delete_workspace(env.service(delete_ws("del-org_h", 100, "org_h")))
-        .await
-        .unwrap();
-    // A chunk of the purge: a hole from the watch's position on, past what it holds in its
-    // buffers, posts kept after it.
-    let (from, to) = (at + 1, at + 90);
-    env.sql(&format!(
-        "DELETE FROM change_log WHERE seq BETWEEN {from} AND {to}"
-    ))
-    .await;
-    assert_eq!(
-        env.scalar(&format!("SELECT count(*) FROM change_log WHERE seq > {to}"))
+    for ((org, written_after), (_caught, mut behind, at)) in
+        [("org_h", false), ("org_l", true)].into_iter().zip(watches)
+    {
+        env.client()
+            .await
+            .delete_workspace(env.service(delete_ws(&format!("del-{org}"), 100, org)))
+            .await
+            .unwrap();
+        let this =
+            format!("workspace_id = (SELECT id FROM workspaces WHERE clerk_org_id = '{org}')");
+        if written_after {
+            env.sql(&format!(
+                "INSERT INTO change_log (workspace_id, seq, channel_id, payload)
+                 SELECT workspace_id, seq + 2, channel_id, payload FROM change_log
+                  WHERE {this} AND seq = {at} + 100"
+            ))
+            .await;
+        }
+        // A chunk of the purge: a hole from the watch's position on, past what it holds in
+        // its buffers, posts kept after it.
+        env.sql(&format!(
+            "DELETE FROM change_log WHERE {this} AND seq BETWEEN {at} + 1 AND {at} + 90"
+        ))
+        .await;
+        assert_eq!(
+            env.scalar(&format!(
+                "SELECT count(*) FROM change_log WHERE {this} AND seq > {at} + 90"
+            ))
             .await,
-        11,
-        "ten posts and the deletion after the hole"
-    );
-    let (delivered, ended) = drain(&mut behind).await;
-    assert!(
-        delivered < 90,
-        "only what it held before the hole: {delivered}"
-    );
-    ended_as_deleted(&ended);
+            11 + i64::from(written_after),
+            "{org}: ten posts, the deletion (and the late post) after the hole"
+        );
+        let (delivered, ended) = drain(&mut behind).await;
+        assert!(
+            delivered < 90,
+            "{org}: only what it held before the hole: {delivered}"
+        );
+        ended_as_deleted(&ended);
+    }
     drop(blocker);
 }
 
