@@ -400,12 +400,13 @@ impl Stream {
         }
         let budget = self.live.settings.stream_bytes;
         for c in &batch.changes {
-            if !self.scope.wants(c.channel_id) && frames::ends_workspace(c) {
+            let wanted = self.scope.wants(c.channel_id);
+            if !wanted && frames::ends_workspace(c) {
                 // A channel's watch ends with its workspace, not at the next re-check.
                 self.last = c.seq;
                 return Err(deleted());
             }
-            if self.scope.wants(c.channel_id) {
+            if wanted {
                 let frame = Frame::of(&self.live.memory, c);
                 let queued = self.outbox.queued();
                 if queued > budget / 2 && queued + frame.bytes.len() > budget {
@@ -438,8 +439,8 @@ impl Stream {
     /// nothing missed matters any more), with the deletion's event when the log has it; else
     /// as too old (pruned since: never skip changes in silence).
     async fn gap(&mut self, first: changes::Change) -> End {
-        match self.deleted(first).await {
-            Ok(Some(deletion)) => {
+        match self.behind_gap(first).await {
+            Ok(Gap::Deleted(deletion)) => {
                 if let Some(d) = deletion
                     && self.scope.wants(None)
                 {
@@ -447,31 +448,32 @@ impl Stream {
                 }
                 deleted()
             }
-            Ok(None) => End::Now(too_old(), "too_old"),
+            Ok(Gap::Pruned) => End::Now(too_old(), "too_old"),
             Err(e) => End::Now(e.into(), "error"),
         }
     }
 
-    /// Whether the workspace was deleted (`Some`), with its deletion's change when `first` is
-    /// it or it is the log's last.
-    async fn deleted(
-        &self,
-        first: changes::Change,
-    ) -> Result<Option<Option<changes::Change>>, Error> {
+    /// What a gap before `first` means: the workspace was deleted (with its deletion's change
+    /// when `first` is it or it is the log's last), or its changes were pruned.
+    async fn behind_gap(&self, first: changes::Change) -> Result<Gap, Error> {
         if frames::ends_workspace(&first) {
-            return Ok(Some(Some(first)));
+            return Ok(Gap::Deleted(Some(first)));
         }
         let mut conn = self.live.pool.get().await?;
         if let Some(last) = changes::last(&mut conn, self.workspace).await?
             && frames::ends_workspace(&last)
         {
-            return Ok(Some(Some(last)));
+            return Ok(Gap::Deleted(Some(last)));
         }
         // A write that passed its access check as the deletion committed may be numbered
         // after it: the workspace's row says.
-        Ok(workspaces::workspace_deleted(&mut conn, self.workspace)
-            .await?
-            .then_some(None))
+        Ok(
+            if workspaces::workspace_deleted(&mut conn, self.workspace).await? {
+                Gap::Deleted(None)
+            } else {
+                Gap::Pruned
+            },
+        )
     }
 
     /// The changes after `self.last` that fit `room`, from the read pool (a replica's while it
@@ -555,6 +557,14 @@ impl Stream {
             }
         }
     }
+}
+
+/// What a gap in the log after a watch's position means.
+enum Gap {
+    /// The workspace was deleted; its deletion's change, when the log still has it.
+    Deleted(Option<changes::Change>),
+    /// Changes after the position were pruned.
+    Pruned,
 }
 
 /// Resolves at `at`; never when `None`.

@@ -36,8 +36,19 @@ pub(crate) async fn watch(
     channel: &str,
     token: &str,
 ) -> Streaming<pb::ChannelEvent> {
-    env.client()
-        .await
+    watch_through(env.client().await, env, user, org, channel, token).await
+}
+
+/// [`watch`] through `client`.
+async fn watch_through(
+    mut client: pb::workspace_service_client::WorkspaceServiceClient<tonic::transport::Channel>,
+    env: &Env,
+    user: &str,
+    org: &str,
+    channel: &str,
+    token: &str,
+) -> Streaming<pb::ChannelEvent> {
+    client
         .watch_channel(env.member(
             user,
             org,
@@ -385,18 +396,8 @@ pub(crate) async fn narrow_watch(
         .connect()
         .await
         .unwrap();
-    pb::workspace_service_client::WorkspaceServiceClient::new(narrow)
-        .watch_channel(env.member(
-            user,
-            org,
-            pb::WatchChannelRequest {
-                channel_id: channel.into(),
-                resume_token: token.into(),
-            },
-        ))
-        .await
-        .unwrap()
-        .into_inner()
+    let client = pb::workspace_service_client::WorkspaceServiceClient::new(narrow);
+    watch_through(client, env, user, org, channel, token).await
 }
 
 /// A channel of `org` with a caught-up watch of it, `posts` posts of 9 KB, and a second watch
