@@ -11,12 +11,17 @@
 //! Entries are pruned by number ([`prune`]): what is kept of a workspace is always every
 //! number after some point, so a resume token is either answered from its very next change or
 //! refused, never answered with a gap.
+//!
+//! A workspace's deletion closes its log ([`close`]): its entry is the last the workspace ever
+//! gets. A write whose access check passed as the deletion committed finds the log closed when
+//! it takes its number, and is refused (a content write) or records nothing (a sync command).
 
+use crate::error::Error;
 use chrono::{DateTime, Utc};
-use diesel::QueryableByName;
 use diesel::sql_types::{
     Array, BigInt, Binary, Bool, Double, Nullable, Text, Timestamptz, Uuid as SqlUuid,
 };
+use diesel::{OptionalExtension, QueryableByName};
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use prost::Message;
 use service_runtime::Settled;
@@ -29,15 +34,37 @@ use vbase_proto::workspace::v1::channel_event::Event as ChannelChange;
 /// The channel NOTIFY wakes watchers on.
 pub const NOTIFY_CHANNEL: &str = "vbase_changes";
 
-/// Records `event` of `channel` in `workspace` in the caller's transaction; returns its number.
-/// A posted or edited message's entry names the message, whose later edit or delete clears
-/// its body.
+/// What recording a change did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[must_use = "a closed log means the workspace was deleted: refuse the write, or record nothing"]
+pub enum Recorded {
+    /// Recorded with this number.
+    At(i64),
+    /// Not recorded: the workspace was deleted, and its deletion is its log's last entry.
+    Closed,
+}
+
+impl Recorded {
+    /// The number, or the answer to a write asked for in a workspace deleted while it ran
+    /// (NOT_FOUND): its transaction then rolls back, so the write leaves nothing.
+    pub fn or_deleted(self) -> Result<i64, Error> {
+        match self {
+            Recorded::At(seq) => Ok(seq),
+            Recorded::Closed => Err(Error::NotFound(
+                "the workspace was deleted while this call ran".into(),
+            )),
+        }
+    }
+}
+
+/// Records `event` of `channel` in `workspace` in the caller's transaction. A posted or edited
+/// message's entry names the message, whose later edit or delete clears its body.
 pub async fn record_channel(
     conn: &mut AsyncPgConnection,
     workspace: Uuid,
     channel: Uuid,
     event: ChannelChange,
-) -> diesel::QueryResult<i64> {
+) -> diesel::QueryResult<Recorded> {
     let message = match &event {
         ChannelChange::MessagePosted(m) | ChannelChange::MessageEdited(m) => {
             Uuid::try_parse(&m.id).ok()
@@ -49,44 +76,70 @@ pub async fn record_channel(
         ..Default::default()
     }
     .encode_to_vec();
-    record(conn, workspace, Some(channel), message, payload).await
+    record(conn, workspace, Some(channel), message, payload, false).await
 }
 
 /// Records `event` of `workspace` itself (its channels, rooms, members...) in the caller's
-/// transaction; returns its number.
+/// transaction.
 pub async fn record_workspace(
     conn: &mut AsyncPgConnection,
     workspace: Uuid,
     event: pb::workspace_event::Event,
-) -> diesel::QueryResult<i64> {
-    let payload = pb::WorkspaceEvent {
+) -> diesel::QueryResult<Recorded> {
+    record(conn, workspace, None, None, workspace_payload(event), false).await
+}
+
+/// Records the deletion of `workspace` in the caller's transaction and closes its log: no
+/// change is numbered after it, so it stays the log's last entry (which the purge keeps and
+/// watchers read last).
+pub async fn close(
+    conn: &mut AsyncPgConnection,
+    workspace: Uuid,
+    deletion: pb::workspace_event::Event,
+) -> diesel::QueryResult<Recorded> {
+    record(
+        conn,
+        workspace,
+        None,
+        None,
+        workspace_payload(deletion),
+        true,
+    )
+    .await
+}
+
+fn workspace_payload(event: pb::workspace_event::Event) -> Vec<u8> {
+    pb::WorkspaceEvent {
         event: Some(event),
         ..Default::default()
     }
-    .encode_to_vec();
-    record(conn, workspace, None, None, payload).await
+    .encode_to_vec()
 }
 
 /// A channel's changes carry the channel (`ChannelEvent`s); the workspace's own carry none
-/// (`WorkspaceEvent`s).
+/// (`WorkspaceEvent`s). Taking the number locks the workspace's head until the commit, and a
+/// closed head (`closes`, set by the deletion) numbers nothing more: a write that waited for
+/// the deletion's lock then finds it closed.
 async fn record(
     conn: &mut AsyncPgConnection,
     workspace: Uuid,
     channel: Option<Uuid>,
     message: Option<Uuid>,
     payload: Vec<u8>,
-) -> diesel::QueryResult<i64> {
+    closes: bool,
+) -> diesel::QueryResult<Recorded> {
     #[derive(QueryableByName)]
     struct Seq {
         #[diesel(sql_type = BigInt)]
         seq: i64,
     }
-    let s: Seq = prepared(
+    let s: Option<Seq> = prepared(
         "WITH head AS (
-             INSERT INTO change_heads AS h (workspace_id, seq) VALUES ($1, 1)
-             ON CONFLICT (workspace_id) DO UPDATE SET seq = h.seq + 1
+             INSERT INTO change_heads AS h (workspace_id, seq, closed) VALUES ($1, 1, $6)
+             ON CONFLICT (workspace_id) DO UPDATE SET seq = h.seq + 1, closed = $6
+              WHERE NOT h.closed
              RETURNING seq),
-         woken AS (SELECT pg_notify($4, $1::text))
+         woken AS (SELECT pg_notify($4, $1::text) FROM head)
          INSERT INTO change_log (workspace_id, seq, channel_id, payload, message_id)
          SELECT $1, head.seq, $2, $3, $5 FROM head, woken
          RETURNING seq",
@@ -96,9 +149,11 @@ async fn record(
     .bind::<Binary, _>(payload)
     .bind::<Text, _>(NOTIFY_CHANNEL)
     .bind::<Nullable<SqlUuid>, _>(message)
+    .bind::<Bool, _>(closes)
     .one(conn)
-    .await?;
-    Ok(s.seq)
+    .await
+    .optional()?;
+    Ok(s.map_or(Recorded::Closed, |s| Recorded::At(s.seq)))
 }
 
 /// Clears the body of `message` of `workspace` from every entry that still carries it (its

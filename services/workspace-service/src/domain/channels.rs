@@ -136,7 +136,9 @@ pub async fn create_channel(
                 .one(conn)
                 .await
                 .map_err(|e| name_taken(e, &new.name))?;
-            record_workspace(conn, ws.id, Event::ChannelCreated(c.clone().into())).await?;
+            record_workspace(conn, ws.id, Event::ChannelCreated(c.clone().into()))
+                .await?
+                .or_deleted()?;
             Ok(c)
         })
         .await;
@@ -340,7 +342,9 @@ pub async fn rename_channel(
                 .one(conn)
                 .await
                 .map_err(|e| name_taken(e, name))?;
-            record_workspace(conn, ws, Event::ChannelRenamed(c.clone().into())).await?;
+            record_workspace(conn, ws, Event::ChannelRenamed(c.clone().into()))
+                .await?
+                .or_deleted()?;
             Ok(c)
         })
         .await;
@@ -385,7 +389,9 @@ pub async fn delete_channel(
                 .execute(conn)
                 .await?;
             if gone == 1 {
-                record_workspace(conn, ws, Event::ChannelDeleted(channel_id.to_string())).await?;
+                record_workspace(conn, ws, Event::ChannelDeleted(channel_id.to_string()))
+                    .await?
+                    .or_deleted()?;
             }
             Ok(messages_deleted(conn).await? - before)
         })

@@ -171,7 +171,7 @@ pub async fn create_item(
             q.one(conn).await?
         };
         let event = Event::ItemCreated(self::item(new.kind, item.clone()));
-        record_workspace(conn, ws, event).await?;
+        record_workspace(conn, ws, event).await?.or_deleted()?;
         Ok(item)
     })
     .await
@@ -233,7 +233,7 @@ pub async fn rename_item(
             .one(conn)
             .await?;
         let event = Event::ItemRenamed(self::item(kind, item.clone()));
-        record_workspace(conn, ws, event).await?;
+        record_workspace(conn, ws, event).await?.or_deleted()?;
         Ok(item)
     })
     .await
@@ -261,7 +261,9 @@ pub async fn delete_item(
             .await?;
         enqueue(conn, std::slice::from_ref(&room)).await?;
         if gone == 1 {
-            record_workspace(conn, ws, Event::ItemDeleted(item_id.to_string())).await?;
+            record_workspace(conn, ws, Event::ItemDeleted(item_id.to_string()))
+                .await?
+                .or_deleted()?;
         }
         Ok(())
     })

@@ -84,7 +84,9 @@ pub async fn schedule_meeting(
             .returning(MeetingRecord::as_returning())
             .one(conn)
             .await?;
-        record_workspace(conn, ws, Event::MeetingScheduled(m.clone().into())).await?;
+        record_workspace(conn, ws, Event::MeetingScheduled(m.clone().into()))
+            .await?
+            .or_deleted()?;
         Ok(m)
     })
     .await
@@ -158,7 +160,9 @@ pub async fn cancel_meeting(
             .one(conn)
             .await?;
         if m.cancelled_at.is_none() {
-            record_workspace(conn, ws, Event::MeetingCancelled(meeting_id.to_string())).await?;
+            record_workspace(conn, ws, Event::MeetingCancelled(meeting_id.to_string()))
+                .await?
+                .or_deleted()?;
         }
         Ok(after)
     })

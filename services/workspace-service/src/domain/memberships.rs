@@ -160,7 +160,8 @@ pub async fn change_membership(
                 }),
                 None => Event::MemberRemoved(cmd.user.as_str().to_owned()),
             };
-            super::changes::record_workspace(conn, ws.id, event).await?;
+            // Under the org lock, as its deletion is: the workspace found is not deleted.
+            let _ = super::changes::record_workspace(conn, ws.id, event).await?;
         }
         Ok(Outcome::Applied)
     })

@@ -94,7 +94,9 @@ pub async fn post_message(
         .one(conn)
         .await?;
         let event = Event::MessagePosted(m.clone().into());
-        changes::record_channel(conn, workspace, m.channel_id, event).await?;
+        changes::record_channel(conn, workspace, m.channel_id, event)
+            .await?
+            .or_deleted()?;
         Ok(m)
     })
     .await
@@ -203,7 +205,7 @@ pub async fn edit_message(
         // The old text leaves the change log with the edit.
         changes::forget_message_bodies(conn, workspace, message_id).await?;
         let event = Event::MessageEdited(m.clone().into());
-        changes::record_channel(conn, workspace, m.channel_id, event).await?;
+        changes::record_channel(conn, workspace, m.channel_id, event).await?.or_deleted()?;
         Ok(m)
     })
     .await
@@ -225,7 +227,9 @@ pub async fn delete_message(
         if gone == 1 {
             changes::forget_message_bodies(conn, workspace, message_id).await?;
             let event = Event::MessageDeleted(message_id.to_string());
-            changes::record_channel(conn, workspace, m.channel_id, event).await?;
+            changes::record_channel(conn, workspace, m.channel_id, event)
+                .await?
+                .or_deleted()?;
         }
         Ok(())
     })

@@ -80,7 +80,9 @@ pub async fn mark_read(
                 )),
             };
             let event = vbase_proto::workspace::v1::channel_event::Event::Read(read);
-            super::changes::record_channel(conn, workspace, channel_id, event).await?;
+            super::changes::record_channel(conn, workspace, channel_id, event)
+                .await?
+                .or_deleted()?;
         }
         Ok(r.last_read_at)
     })

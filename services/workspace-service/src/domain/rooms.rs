@@ -96,7 +96,9 @@ pub async fn create_room(
             .one(conn)
             .await?;
         let room: RoomRecord = row.try_into()?;
-        record_workspace(conn, ws.id, Event::RoomCreated(room.clone().into())).await?;
+        record_workspace(conn, ws.id, Event::RoomCreated(room.clone().into()))
+            .await?
+            .or_deleted()?;
         Ok(room)
     })
     .await
@@ -157,7 +159,9 @@ pub async fn rename_room(
             .one(conn)
             .await?;
         let room: RoomRecord = row.try_into()?;
-        record_workspace(conn, ws, Event::RoomRenamed(room.clone().into())).await?;
+        record_workspace(conn, ws, Event::RoomRenamed(room.clone().into()))
+            .await?
+            .or_deleted()?;
         Ok(room)
     })
     .await
@@ -175,7 +179,9 @@ pub async fn delete_room(
     conn.transaction::<_, Error, _>(async |conn| {
         let hidden = hide_room(conn, ws, room_id).await?;
         if hidden {
-            record_workspace(conn, ws, Event::RoomDeleted(room_id.to_string())).await?;
+            record_workspace(conn, ws, Event::RoomDeleted(room_id.to_string()))
+                .await?
+                .or_deleted()?;
         }
         Ok(hidden)
     })

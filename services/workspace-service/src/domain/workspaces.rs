@@ -218,7 +218,8 @@ pub async fn upsert_workspace(
                         let event = vbase_proto::workspace::v1::workspace_event::Event::WorkspaceRenamed(
                             ws.clone().into(),
                         );
-                        super::changes::record_workspace(conn, ws.id, event).await?;
+                        // Under the org lock, as a deletion is: not deleted.
+                        let _ = super::changes::record_workspace(conn, ws.id, event).await?;
                         (Outcome::Applied, Some(ws))
                     }
                     None => (Outcome::Stale, Some(existing)),

@@ -465,8 +465,8 @@ impl Stream {
         {
             return Ok(Gap::Deleted(Some(last)));
         }
-        // A write that passed its access check as the deletion committed may be numbered
-        // after it: the workspace's row says.
+        // The deletion's entry may be gone (pruned by age while a long purge runs) or not
+        // the last (a log from before deletions closed it): the workspace's row says.
         Ok(
             if workspaces::workspace_deleted(&mut conn, self.workspace).await? {
                 Gap::Deleted(None)

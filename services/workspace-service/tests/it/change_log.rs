@@ -284,6 +284,138 @@ async fn removals_of_users_sharing_ten_workspaces_at_once_never_deadlock() {
     );
 }
 
+/// The last entry of workspace `id`'s log, as its watcher would get it.
+async fn last_entry(env: &Env, id: &str) -> pb::workspace_event::Event {
+    use prost::Message;
+    use service_runtime::Settled;
+    #[derive(diesel::QueryableByName)]
+    struct Entry {
+        #[diesel(sql_type = diesel::sql_types::Binary)]
+        payload: Vec<u8>,
+    }
+    let mut conn = env.conn().await;
+    let e: Entry = diesel::sql_query(format!(
+        "SELECT payload FROM change_log WHERE workspace_id = '{id}' ORDER BY seq DESC LIMIT 1"
+    ))
+    .one(&mut *conn)
+    .await
+    .unwrap();
+    pb::WorkspaceEvent::decode(e.payload.as_slice())
+        .expect("a workspace's own event")
+        .event
+        .unwrap()
+}
+
+/// A post, and a removal of a member, whose checks passed while their workspace's deletion
+/// was committing take their numbers after it: the deletion closed the log, so the post is
+/// refused and leaves no message, the removal succeeds and records nothing there, and the
+/// deletion stays the last entry (which the purge keeps and watchers read last).
+#[tokio::test]
+async fn writes_racing_their_workspaces_deletion_leave_it_the_last_entry() {
+    let env = start_with(false).await;
+    let ch = channel(&env, "org_race", "live").await;
+    let ws = env.workspace("org_race").await.id;
+    let mut c = env.client().await;
+    c.upsert_membership(env.service(membership("m-race", 10, "org_race", "user_r", "org:member")))
+        .await
+        .unwrap();
+    // The workspace's numbering held: each writer passes its checks, then waits at its
+    // number, in the order they came.
+    let held = env
+        .hold(&format!(
+            "SELECT 1 FROM change_heads WHERE workspace_id = '{ws}' FOR UPDATE"
+        ))
+        .await;
+    let deletion = tokio::spawn({
+        let (mut c, req) = (c.clone(), env.service(delete_ws("d-race", 20, "org_race")));
+        async move { c.delete_workspace(req).await }
+    });
+    env.lock_waiters(1).await;
+    let posted = tokio::spawn({
+        let req = env.member(
+            "user_a",
+            "org_race",
+            pb::PostMessageRequest {
+                channel_id: ch.clone(),
+                body: "posted as the workspace went".into(),
+                ..Default::default()
+            },
+        );
+        let mut c = c.clone();
+        async move { c.post_message(req).await }
+    });
+    env.lock_waiters(2).await;
+    let removal = tokio::spawn({
+        let req = env.service(pb::RemoveUserCommand {
+            event_id: "del-user_r".into(),
+            occurred_at: ts(T0 + 30),
+            clerk_user_id: "user_r".into(),
+            instance_id: String::new(),
+        });
+        let mut c = c.clone();
+        async move { c.remove_user(req).await }
+    });
+    env.lock_waiters(3).await;
+    drop(held);
+    deletion.await.unwrap().expect("the deletion applies");
+    let refused = posted.await.unwrap().expect_err("the post is refused");
+    assert_eq!(refused.code(), Code::NotFound, "{refused:?}");
+    let removed = removal.await.unwrap().expect("the removal applies");
+    assert_eq!(removed.into_inner().memberships_removed, 1);
+    assert_eq!(
+        env.scalar(&format!(
+            "SELECT count(*) FROM messages WHERE workspace_id = '{ws}'"
+        ))
+        .await,
+        0,
+        "the refused post left no message"
+    );
+    assert!(
+        matches!(
+            last_entry(&env, &ws).await,
+            pb::workspace_event::Event::WorkspaceDeleted(_)
+        ),
+        "the deletion is the log's last entry"
+    );
+}
+
+/// The migration that closes deleted workspaces' logs, and its undoing.
+const CLOSED_HEADS: [&str; 2] = [
+    include_str!("../../migrations/2026-12-08-000001_closed_change_heads/down.sql"),
+    include_str!("../../migrations/2026-12-08-000001_closed_change_heads/up.sql"),
+];
+
+/// Workspaces deleted before deletions closed their logs get closed logs from the migration;
+/// live ones keep theirs open.
+#[tokio::test]
+async fn the_migration_closes_the_logs_of_workspaces_already_deleted() {
+    let env = start_with(false).await;
+    channel(&env, "org_was", "live").await;
+    channel(&env, "org_is", "live").await;
+    env.client()
+        .await
+        .delete_workspace(env.service(delete_ws("d-was", 10, "org_was")))
+        .await
+        .unwrap();
+    env.sql(&CLOSED_HEADS.join("\n")).await;
+    let closed = |org: &str| {
+        format!(
+            "SELECT count(*) FROM change_heads h JOIN workspaces w ON w.id = h.workspace_id
+              WHERE h.closed AND w.clerk_org_id = '{org}'"
+        )
+    };
+    assert_eq!(
+        env.scalar(&closed("org_was")).await,
+        1,
+        "the deleted one's is closed"
+    );
+    assert_eq!(
+        env.scalar(&closed("org_is")).await,
+        0,
+        "a live one's stays open"
+    );
+}
+
 /// The migration of the entries recorded before entries named their message.
 const LEGACY_BODIES: &str =
     include_str!("../../migrations/2026-12-04-000002_change_log_legacy_bodies/up.sql");

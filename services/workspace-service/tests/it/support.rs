@@ -272,21 +272,42 @@ impl Env {
 
     /// Holds back every purge until the returned guard is dropped: a transaction holds a
     /// `SHARE` lock on `messages`, which reads pass and deletes wait for.
-    pub async fn block_purges(&self) -> PurgeBlocker {
+    pub async fn block_purges(&self) -> Held {
+        self.hold("LOCK TABLE messages IN SHARE MODE").await
+    }
+
+    /// Runs `sql` in a transaction held open (with its locks) until the guard is dropped.
+    pub async fn hold(&self, sql: &str) -> Held {
         use diesel_async::SimpleAsyncConnection;
         let mut conn = self.conn().await;
         let (release, released) = tokio::sync::oneshot::channel::<()>();
         let (locked_tx, locked) = tokio::sync::oneshot::channel::<()>();
+        let sql = format!("BEGIN; {sql}");
         tokio::spawn(async move {
-            conn.batch_execute("BEGIN; LOCK TABLE messages IN SHARE MODE")
-                .await
-                .unwrap();
+            conn.batch_execute(&sql).await.unwrap();
             let _ = locked_tx.send(());
             let _ = released.await;
             conn.batch_execute("COMMIT").await.unwrap();
         });
         locked.await.unwrap();
-        PurgeBlocker(Some(release))
+        Held(Some(release))
+    }
+
+    /// Waits until `n` sessions of the test database wait for a lock (10 s at most).
+    pub async fn lock_waiters(&self, n: i64) {
+        eventually(
+            &format!("{n} sessions waiting for a lock"),
+            std::time::Duration::from_secs(10),
+            || async {
+                self.scalar(
+                    "SELECT count(*) FROM pg_stat_activity
+                      WHERE datname = current_database() AND wait_event_type = 'Lock'",
+                )
+                .await
+                    == n
+            },
+        )
+        .await;
     }
 
     /// Waits until every purge job finished (20 s at most).
@@ -346,10 +367,10 @@ pub fn membership(
     }
 }
 
-/// See [`Env::block_purges`].
-pub struct PurgeBlocker(Option<tokio::sync::oneshot::Sender<()>>);
+/// See [`Env::hold`].
+pub struct Held(Option<tokio::sync::oneshot::Sender<()>>);
 
-impl Drop for PurgeBlocker {
+impl Drop for Held {
     fn drop(&mut self) {
         if let Some(release) = self.0.take() {
             let _ = release.send(());

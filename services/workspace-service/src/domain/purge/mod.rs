@@ -122,7 +122,8 @@ pub async fn delete_workspace(
                 let event = vbase_proto::workspace::v1::workspace_event::Event::WorkspaceDeleted(
                     vbase_proto::workspace::v1::WorkspaceDeleted {},
                 );
-                super::changes::record_workspace(conn, ws.id, event).await?;
+                // Always numbered: the org lock orders deletions, and only a deletion closes.
+                let _ = super::changes::close(conn, ws.id, event).await?;
                 enqueue_purge(conn, PurgeKind::Workspace, ws.id).await?
             }
             None => {

@@ -1,0 +1,1 @@
+ALTER TABLE change_heads DROP COLUMN closed;
