@@ -297,7 +297,7 @@ async fn last_entry(env: &Env, id: &str) -> pb::workspace_event::Event {
     let e: Entry = diesel::sql_query(format!(
         "SELECT payload FROM change_log WHERE workspace_id = '{id}' ORDER BY seq DESC LIMIT 1"
     ))
-    .one(&mut *conn)
+    .one(&mut conn)
     .await
     .unwrap();
     pb::WorkspaceEvent::decode(e.payload.as_slice())
