@@ -537,6 +537,79 @@ async fn a_watch_behind_a_purge_in_progress_ends_as_deleted() {
     drop(blocker);
 }
 
+/// A workspace's watch still reading its backlog when the workspace is deleted and purged
+/// gets the deletion's event, which the purge kept, and then ends as deleted.
+#[tokio::test]
+async fn a_workspace_watch_behind_a_purged_deletion_gets_the_deletion() {
+    let env = start_custom(false, |c| c.watch.watch_buffer_bytes = 64 * 1024).await;
+    let ws: uuid::Uuid = env.workspace("org_wb").await.id.parse().unwrap();
+    env.client()
+        .await
+        .create_channel(env.admin(
+            "user_a",
+            "org_wb",
+            pb::CreateChannelRequest {
+                clerk_org_id: "org_wb".into(),
+                name: "news".into(),
+            },
+        ))
+        .await
+        .unwrap();
+    // A backlog far beyond the watch's buffer and its 16 KiB window: the channel's creation,
+    // recorded 5,000 times more.
+    env.sql(&format!(
+        "INSERT INTO change_log (workspace_id, seq, channel_id, payload)
+         SELECT workspace_id, seq + g, NULL, payload
+           FROM change_log, generate_series(1, 5000) g WHERE workspace_id = '{ws}';
+         UPDATE change_heads SET seq = seq + 5000 WHERE workspace_id = '{ws}'"
+    ))
+    .await;
+    let narrow = tonic::transport::Endpoint::from_shared(format!("http://{}", env.server.addr))
+        .unwrap()
+        .initial_stream_window_size(16 * 1024)
+        .initial_connection_window_size(16 * 1024)
+        .connect()
+        .await
+        .unwrap();
+    let mut w = pb::workspace_service_client::WorkspaceServiceClient::new(narrow)
+        .watch_workspace(env.member(
+            "user_b",
+            "org_wb",
+            pb::WatchWorkspaceRequest {
+                clerk_org_id: "org_wb".into(),
+                resume_token: format!("{}.0", ws.simple()),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    env.client()
+        .await
+        .delete_workspace(env.service(delete_ws("del-org_wb", 100, "org_wb")))
+        .await
+        .unwrap();
+    env.purges_done().await;
+    assert_eq!(env.count("change_log").await, 1, "only the deletion left");
+    let mut got = Vec::new();
+    let ended = loop {
+        match tokio::time::timeout(Duration::from_secs(10), w.message())
+            .await
+            .expect("the watch goes on or ends")
+        {
+            Ok(Some(e)) => got.push(said(&e)),
+            Ok(None) => panic!("ended without a status after {}", got.len()),
+            Err(status) => break status,
+        }
+    };
+    assert!(
+        got.len() < 5000,
+        "read the whole backlog first: {}",
+        got.len()
+    );
+    assert_eq!(got.last().map(String::as_str), Some("workspace deleted"));
+    ended_as_deleted(&ended);
+}
+
 #[tokio::test]
 async fn expiry_and_a_deleted_workspace_end_the_stream() {
     let env = start_custom(false, |c| c.watch.watch_access_recheck_secs = 1).await;
