@@ -191,6 +191,50 @@ pub fn unseen(caller: &Caller, what: &str) -> Error {
     }
 }
 
+/// A write's row whose parent (`what`: its channel, room or workspace) was deleted after the
+/// write's scope check passed: the foreign-key violation answers as the parent [`unseen`] (as
+/// a call made after the deletion would be), any other error as itself.
+pub fn parent_gone<'a>(
+    caller: &'a Caller,
+    what: &'a str,
+) -> impl FnOnce(diesel::result::Error) -> Error + 'a {
+    move |e| match e {
+        diesel::result::Error::DatabaseError(
+            diesel::result::DatabaseErrorKind::ForeignKeyViolation,
+            _,
+        ) => unseen(caller, what),
+        e => e.into(),
+    }
+}
+
+/// Holds room `room` of `workspace` live until the caller's transaction ends: a share lock on
+/// its row, which the room's deletion (an update of the row) waits for, and which waits for a
+/// deletion under way and then finds the room deleted. A write in the room that takes it comes
+/// wholly before the room's deletion, or is refused as [`unseen`] `what`.
+pub async fn hold_room(
+    conn: &mut AsyncPgConnection,
+    caller: &Caller,
+    workspace: Uuid,
+    room: Uuid,
+    what: &str,
+) -> Result<(), Error> {
+    #[derive(QueryableByName)]
+    struct Held {
+        #[diesel(sql_type = diesel::sql_types::Bool)]
+        _held: bool,
+    }
+    let held: Option<Held> = prepared(
+        "SELECT true AS _held FROM rooms
+          WHERE workspace_id = $1 AND id = $2 AND deleted_at IS NULL FOR SHARE",
+    )
+    .bind::<SqlUuid, _>(workspace)
+    .bind::<SqlUuid, _>(room)
+    .one(conn)
+    .await
+    .optional()?;
+    held.map(|_| ()).ok_or_else(|| unseen(caller, what))
+}
+
 /// Access follows Clerk's changes, not only the token: a user deleted, or whose membership of
 /// `org` was removed or whose role there changed, after the token was issued is refused until
 /// they get a fresh token (which then states the new role, or no longer names the workspace).

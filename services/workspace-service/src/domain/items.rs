@@ -1,7 +1,9 @@
 //! Room items: documents, code files and whiteboards, each in a room of the matching kind and
 //! each a Liveblocks room of its own, queued for clean-up in the transaction that deletes it.
 
-use super::access::{Caller, ScopeSql, require_active_user, room_scope, scope_through_room};
+use super::access::{
+    Caller, ScopeSql, hold_room, require_active_user, room_scope, scope_through_room,
+};
 use super::changes::record_workspace;
 use super::events::timestamp;
 use super::liveblocks::enqueue;
@@ -165,6 +167,7 @@ pub async fn create_item(
         .bind::<Text, _>(&new.name)
         .bind::<Text, _>(caller.actor());
     conn.transaction::<_, Error, _>(async |conn| {
+        hold_room(conn, caller, ws, new.room_id, "room").await?;
         let item: ItemRecord = if new.kind == ItemKind::CodeFile {
             q.bind::<Text, _>(&new.language).one(conn).await?
         } else {
@@ -232,6 +235,7 @@ pub async fn rename_item(
             .bind::<Text, _>(name)
             .one(conn)
             .await?;
+        hold_room(conn, caller, ws, item.room_id, kind.noun()).await?;
         let event = Event::ItemRenamed(self::item(kind, item.clone()));
         record_workspace(conn, ws, event).await?.or_deleted()?;
         Ok(item)

@@ -1,6 +1,6 @@
 //! Meetings, scheduled in conference rooms and cancelled (never deleted) by members.
 
-use super::access::{Caller, lookup_workspace, require_active_user, room_scope, unseen};
+use super::access::{Caller, hold_room, lookup_workspace, require_active_user, room_scope, unseen};
 use super::changes::record_workspace;
 use super::events::timestamp;
 use crate::error::Error;
@@ -71,6 +71,7 @@ pub async fn schedule_meeting(
     let ws = conference_room(conn, caller, new.room_id).await?;
     require_active_user(conn, caller).await?;
     conn.transaction::<_, Error, _>(async |conn| {
+        hold_room(conn, caller, ws, new.room_id, "room").await?;
         let m = diesel::insert_into(meetings::table)
             .values((
                 meetings::id.eq(Uuid::now_v7()),

@@ -1,7 +1,9 @@
 //! Messages of a channel: posted by members (or by a service naming the author), edited by
 //! their author, deleted by their author or an admin.
 
-use super::access::{Caller, channel_scope, lookup_workspace, require_active_user, unseen};
+use super::access::{
+    Caller, channel_scope, lookup_workspace, parent_gone, require_active_user, unseen,
+};
 use super::changes;
 use super::events::timestamp;
 use crate::error::Error;
@@ -92,7 +94,8 @@ pub async fn post_message(
         .bind::<Timestamptz, _>(Utc::now())
         .bind::<SqlUuid, _>(workspace)
         .one(conn)
-        .await?;
+        .await
+        .map_err(parent_gone(caller, "channel"))?;
         let event = Event::MessagePosted(m.clone().into());
         changes::record_channel(conn, workspace, m.channel_id, event)
             .await?

@@ -1,7 +1,7 @@
 //! Read receipts: how far each user has read each channel, and the unread counts that follow.
 
 use super::access::workspace_for;
-use super::access::{Caller, channel_scope, require_active_user};
+use super::access::{Caller, channel_scope, parent_gone, require_active_user};
 use crate::error::Error;
 use crate::model::OrgId;
 use crate::schema::messages;
@@ -71,7 +71,8 @@ pub async fn mark_read(
         .bind::<Timestamptz, _>(at)
         .bind::<SqlUuid, _>(workspace)
         .one(conn)
-        .await?;
+        .await
+        .map_err(parent_gone(caller, "channel"))?;
         if r.moved {
             let read = vbase_proto::workspace::v1::ReadReceipt {
                 clerk_user_id: user.clone(),

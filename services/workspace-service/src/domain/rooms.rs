@@ -2,7 +2,7 @@
 //! its own: created by members, renamed and deleted by admins.
 
 use super::access::workspace_for;
-use super::access::{Caller, require_active_user, room_scope};
+use super::access::{Caller, require_active_user, room_scope, unseen};
 use super::changes::record_workspace;
 use super::events::timestamp;
 use super::purge::hide_room;
@@ -153,11 +153,15 @@ pub async fn rename_room(
     let (ws, _) = room_scope(conn, caller, room_id).await?;
     caller.require_admin("renaming a room")?;
     conn.transaction::<_, Error, _>(async |conn| {
+        // Not a deleted room (its deletion may have committed since the scope check).
         let row: RoomRow = diesel::update(rooms::table.find((ws, room_id)))
+            .filter(rooms::deleted_at.is_null())
             .set((rooms::name.eq(name), rooms::updated_at.eq(diesel::dsl::now)))
             .returning(RoomRow::as_returning())
             .one(conn)
-            .await?;
+            .await
+            .optional()?
+            .ok_or_else(|| unseen(caller, "room"))?;
         let room: RoomRecord = row.try_into()?;
         record_workspace(conn, ws, Event::RoomRenamed(room.clone().into()))
             .await?

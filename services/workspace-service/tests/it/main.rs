@@ -14,6 +14,7 @@ mod permissions;
 mod postgres_crash;
 mod purge_scale;
 mod quotas;
+mod races;
 mod replica_reads;
 mod room_access;
 mod support;

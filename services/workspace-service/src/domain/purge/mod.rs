@@ -11,6 +11,7 @@ mod windows;
 pub use plan::{Piece, Planned, PurgeRun, plan};
 
 use super::Outcome;
+use super::changes::Recorded;
 use crate::error::Error;
 use crate::model::{EventId, LockKey, OrgId};
 use chrono::{DateTime, Utc};
@@ -122,8 +123,10 @@ pub async fn delete_workspace(
                 let event = vbase_proto::workspace::v1::workspace_event::Event::WorkspaceDeleted(
                     vbase_proto::workspace::v1::WorkspaceDeleted {},
                 );
-                // Always numbered: the org lock orders deletions, and only a deletion closes.
-                let _ = super::changes::close(conn, ws.id, event).await?;
+                // Only a deletion closes a log, and the org lock orders deletions.
+                if super::changes::close(conn, ws.id, event).await? == Recorded::Closed {
+                    tracing::error!(workspace = %ws.id, "the change log of a live workspace was closed");
+                }
                 enqueue_purge(conn, PurgeKind::Workspace, ws.id).await?
             }
             None => {

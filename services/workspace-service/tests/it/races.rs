@@ -1,0 +1,243 @@
+//! Writes racing the deletion of what holds them (their workspace, channel or room): each
+//! write's scope check passes while the deletion is committing, then the write waits for the
+//! deletion's locks. It comes before the deletion, or is refused as a call made after it would
+//! be, and leaves nothing; the deletion stays the last change watchers hear of.
+
+use crate::support::*;
+use crate::watch::channel;
+use tonic::Code;
+use vbase_proto::workspace::v1 as pb;
+
+/// The workspace's numbering held by the test: each writer passes its checks, then waits, at
+/// its number or at a row the deletion locked, in the order they came.
+async fn hold_numbering(env: &Env, ws: &str) -> Held {
+    env.hold(&format!(
+        "SELECT 1 FROM change_heads WHERE workspace_id = '{ws}' FOR UPDATE"
+    ))
+    .await
+}
+
+/// The last entry of workspace `id`'s log, as its watcher would get it.
+async fn last_entry(env: &Env, id: &str) -> pb::workspace_event::Event {
+    use prost::Message;
+    use service_runtime::Settled;
+    #[derive(diesel::QueryableByName)]
+    struct Entry {
+        #[diesel(sql_type = diesel::sql_types::Binary)]
+        payload: Vec<u8>,
+    }
+    let mut conn = env.conn().await;
+    let e: Entry = diesel::sql_query(format!(
+        "SELECT payload FROM change_log WHERE workspace_id = '{id}' ORDER BY seq DESC LIMIT 1"
+    ))
+    .one(&mut conn)
+    .await
+    .unwrap();
+    pb::WorkspaceEvent::decode(e.payload.as_slice())
+        .expect("a workspace's own event")
+        .event
+        .unwrap()
+}
+
+/// A post, and a removal of a member, whose checks passed while their workspace's deletion
+/// was committing take their numbers after it: the deletion closed the log, so the post is
+/// refused and leaves no message, the removal succeeds and records nothing there, and the
+/// deletion stays the last entry (which the purge keeps and watchers read last).
+#[tokio::test]
+async fn writes_racing_their_workspaces_deletion_leave_it_the_last_entry() {
+    let env = start_with(false).await;
+    let ch = channel(&env, "org_race", "live").await;
+    let ws = env.workspace("org_race").await.id;
+    let mut c = env.client().await;
+    c.upsert_membership(env.service(membership("m-race", 10, "org_race", "user_r", "org:member")))
+        .await
+        .unwrap();
+    let held = hold_numbering(&env, &ws).await;
+    let deletion = tokio::spawn({
+        let (mut c, req) = (c.clone(), env.service(delete_ws("d-race", 20, "org_race")));
+        async move { c.delete_workspace(req).await }
+    });
+    env.lock_waiters(1).await;
+    let posted = tokio::spawn({
+        let req = env.member(
+            "user_a",
+            "org_race",
+            pb::PostMessageRequest {
+                channel_id: ch.clone(),
+                body: "posted as the workspace went".into(),
+                ..Default::default()
+            },
+        );
+        let mut c = c.clone();
+        async move { c.post_message(req).await }
+    });
+    env.lock_waiters(2).await;
+    let removal = tokio::spawn({
+        let req = env.service(pb::RemoveUserCommand {
+            event_id: "del-user_r".into(),
+            occurred_at: ts(T0 + 30),
+            clerk_user_id: "user_r".into(),
+            instance_id: String::new(),
+        });
+        let mut c = c.clone();
+        async move { c.remove_user(req).await }
+    });
+    env.lock_waiters(3).await;
+    drop(held);
+    deletion.await.unwrap().expect("the deletion applies");
+    let refused = posted.await.unwrap().expect_err("the post is refused");
+    assert_eq!(refused.code(), Code::NotFound, "{refused:?}");
+    let removed = removal.await.unwrap().expect("the removal applies");
+    assert_eq!(removed.into_inner().memberships_removed, 1);
+    assert_eq!(
+        env.scalar(&format!(
+            "SELECT count(*) FROM messages WHERE workspace_id = '{ws}'"
+        ))
+        .await,
+        0,
+        "the refused post left no message"
+    );
+    assert!(
+        matches!(
+            last_entry(&env, &ws).await,
+            pb::workspace_event::Event::WorkspaceDeleted(_)
+        ),
+        "the deletion is the log's last entry"
+    );
+}
+
+/// A post whose check passed as its channel's deletion committed meets the deleted channel at
+/// its insert: refused as the channel unseen (PERMISSION_DENIED for a user), not INTERNAL.
+#[tokio::test]
+async fn a_post_racing_its_channels_deletion_is_refused_as_unseen() {
+    let env = start_with(false).await;
+    let ch = channel(&env, "org_rc", "live").await;
+    let ws = env.workspace("org_rc").await.id;
+    let c = env.client().await;
+    let held = hold_numbering(&env, &ws).await;
+    let deletion = tokio::spawn({
+        let req = env.admin(
+            "user_a",
+            "org_rc",
+            pb::DeleteChannelRequest {
+                channel_id: ch.clone(),
+            },
+        );
+        let mut c = c.clone();
+        async move { c.delete_channel(req).await }
+    });
+    env.lock_waiters(1).await;
+    let posted = tokio::spawn({
+        let req = env.member(
+            "user_a",
+            "org_rc",
+            pb::PostMessageRequest {
+                channel_id: ch.clone(),
+                body: "posted as the channel went".into(),
+                ..Default::default()
+            },
+        );
+        let mut c = c.clone();
+        async move { c.post_message(req).await }
+    });
+    env.lock_waiters(2).await;
+    drop(held);
+    deletion.await.unwrap().expect("the deletion applies");
+    let refused = posted.await.unwrap().expect_err("the post is refused");
+    assert_eq!(refused.code(), Code::PermissionDenied, "{refused:?}");
+    assert!(refused.message().contains("channel"), "{refused:?}");
+    assert_eq!(env.count("messages").await, 0);
+}
+
+/// An item created and a rename of the room, both checked as the room's deletion committed:
+/// each waits for the deletion's hold on the room's row, finds the room deleted, and is
+/// refused; the deletion stays the last change, and no item is left in the deleted room.
+#[tokio::test]
+async fn writes_racing_their_rooms_deletion_are_refused() {
+    let env = start_with(false).await;
+    let ws = env.workspace("org_rr").await.id;
+    let c = env.client().await;
+    let room = c
+        .clone()
+        .create_room(env.admin(
+            "user_a",
+            "org_rr",
+            pb::CreateRoomRequest {
+                clerk_org_id: "org_rr".into(),
+                kind: pb::RoomKind::Document.into(),
+                name: "Specs".into(),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .room
+        .unwrap()
+        .id;
+    let held = hold_numbering(&env, &ws).await;
+    let deletion = tokio::spawn({
+        let req = env.admin(
+            "user_a",
+            "org_rr",
+            pb::DeleteRoomRequest {
+                room_id: room.clone(),
+            },
+        );
+        let mut c = c.clone();
+        async move { c.delete_room(req).await }
+    });
+    env.lock_waiters(1).await;
+    let created = tokio::spawn({
+        let req = env.member(
+            "user_b",
+            "org_rr",
+            pb::CreateRoomItemRequest {
+                room_id: room.clone(),
+                kind: pb::ItemKind::Document.into(),
+                name: "Plan".into(),
+                language: String::new(),
+            },
+        );
+        let mut c = c.clone();
+        async move { c.create_room_item(req).await }
+    });
+    env.lock_waiters(2).await;
+    let renamed = tokio::spawn({
+        let req = env.admin(
+            "user_a",
+            "org_rr",
+            pb::RenameRoomRequest {
+                room_id: room.clone(),
+                name: "Specs, renamed".into(),
+            },
+        );
+        let mut c = c.clone();
+        async move { c.rename_room(req).await }
+    });
+    env.lock_waiters(3).await;
+    drop(held);
+    deletion.await.unwrap().expect("the deletion applies");
+    for (what, answer) in [
+        ("the item", created.await.unwrap().map(|_| ())),
+        ("the rename", renamed.await.unwrap().map(|_| ())),
+    ] {
+        let refused = answer.expect_err(what);
+        assert_eq!(
+            refused.code(),
+            Code::PermissionDenied,
+            "{what}: {refused:?}"
+        );
+    }
+    assert_eq!(
+        env.count("documents").await,
+        0,
+        "no item in the deleted room"
+    );
+    assert!(
+        matches!(
+            last_entry(&env, &ws).await,
+            pb::workspace_event::Event::RoomDeleted(_)
+        ),
+        "the room's deletion is the log's last entry"
+    );
+}
