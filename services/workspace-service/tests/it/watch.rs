@@ -389,6 +389,13 @@ pub(crate) async fn narrow_watch(
     channel: &str,
     token: &str,
 ) -> Streaming<pb::ChannelEvent> {
+    watch_through(narrow_client(env).await, env, user, org, channel, token).await
+}
+
+/// A client on a connection with 16 KiB HTTP/2 windows.
+async fn narrow_client(
+    env: &Env,
+) -> pb::workspace_service_client::WorkspaceServiceClient<tonic::transport::Channel> {
     let narrow = tonic::transport::Endpoint::from_shared(format!("http://{}", env.server.addr))
         .unwrap()
         .initial_stream_window_size(16 * 1024)
@@ -396,8 +403,7 @@ pub(crate) async fn narrow_watch(
         .connect()
         .await
         .unwrap();
-    let client = pb::workspace_service_client::WorkspaceServiceClient::new(narrow);
-    watch_through(client, env, user, org, channel, token).await
+    pb::workspace_service_client::WorkspaceServiceClient::new(narrow)
 }
 
 /// A channel of `org` with a caught-up watch of it, `posts` posts of 9 KB, and a second watch
@@ -564,14 +570,8 @@ async fn a_workspace_watch_behind_a_purged_deletion_gets_the_deletion() {
          UPDATE change_heads SET seq = seq + 5000 WHERE workspace_id = '{ws}'"
     ))
     .await;
-    let narrow = tonic::transport::Endpoint::from_shared(format!("http://{}", env.server.addr))
-        .unwrap()
-        .initial_stream_window_size(16 * 1024)
-        .initial_connection_window_size(16 * 1024)
-        .connect()
+    let mut w = narrow_client(&env)
         .await
-        .unwrap();
-    let mut w = pb::workspace_service_client::WorkspaceServiceClient::new(narrow)
         .watch_workspace(env.member(
             "user_b",
             "org_wb",
