@@ -18,7 +18,8 @@ use uuid::Uuid;
 pub struct JobTable {
     /// The table, for logs.
     pub name: &'static str,
-    /// `$1` jobs at most, leased for `$2` seconds under token `$3`; returns `key`, `attempts`.
+    /// `$1` jobs at most, leased for `$2` seconds under token `$3`; returns `key`, `attempts`,
+    /// `round`, `enqueued_at`.
     pub(crate) lease: &'static str,
     /// Deletes the jobs `$1[i]` leased under `$2[i]`.
     pub(crate) done: &'static str,
@@ -27,6 +28,9 @@ pub struct JobTable {
     pub(crate) retry: &'static str,
     /// Marks job `$1` leased under `$2` dead, recording error `$3`.
     pub(crate) bury: &'static str,
+    /// Schedules the next round of job `$1` leased under `$2` in `$3` seconds: enqueued then,
+    /// with no attempts and no error.
+    pub(crate) later: &'static str,
     /// Gives back the jobs `$1[i]` leased under `$2[i]` and not started: due at once, the
     /// attempt their lease counted taken back.
     pub(crate) release: &'static str,
@@ -56,7 +60,7 @@ macro_rules! job_table {
                                AND (leased_until IS NULL OR leased_until < now())
                              ORDER BY next_attempt_at LIMIT $1
                              FOR UPDATE SKIP LOCKED)
-                  RETURNING j.", $key, "::text AS key, j.attempts"
+                  RETURNING j.", $key, "::text AS key, j.attempts, j.round, j.enqueued_at"
                 ),
                 concat!(
                     "DELETE FROM ", $table, " t USING unnest($1::text[], $2::uuid[]) AS d(key, token)
@@ -75,23 +79,32 @@ macro_rules! job_table {
                       WHERE ", $key, " = $1::", $ty, " AND lease_token = $2"
                 ),
                 concat!(
+                    "UPDATE ", $table, "
+                        SET leased_until = NULL, lease_token = NULL, last_error = NULL, attempts = 0,
+                            round = round + 1, enqueued_at = now() + make_interval(secs => $3),
+                            next_attempt_at = now() + make_interval(secs => $3)
+                      WHERE ", $key, " = $1::", $ty, " AND lease_token = $2"
+                ),
+                concat!(
                     "UPDATE ", $table, " t
                         SET leased_until = NULL, lease_token = NULL, attempts = t.attempts - 1
                        FROM unnest($1::text[], $2::uuid[]) AS d(key, token)
                       WHERE t.", $key, " = d.key::", $ty, " AND t.lease_token = d.token"
                 ),
                 concat!(
-                    "SELECT count(*) FILTER (WHERE dead_at IS NULL AND last_error IS NULL) AS pending,
+                    "SELECT count(*) FILTER (WHERE dead_at IS NULL AND last_error IS NULL AND enqueued_at <= now()) AS pending,
                             count(*) FILTER (WHERE dead_at IS NULL AND last_error IS NOT NULL) AS failing,
                             count(*) FILTER (WHERE dead_at IS NOT NULL) AS dead,
-                            COALESCE(EXTRACT(EPOCH FROM now() - min(enqueued_at) FILTER (WHERE dead_at IS NULL)), 0)::float8 AS oldest
+                            count(*) FILTER (WHERE dead_at IS NULL AND last_error IS NULL AND enqueued_at > now()) AS scheduled,
+                            COALESCE(EXTRACT(EPOCH FROM now() - min(enqueued_at) FILTER (WHERE dead_at IS NULL AND enqueued_at <= now())), 0)::float8 AS oldest
                        FROM ", $table
                 ),
                 concat!(
                     "SELECT ", $key, "::text AS key, attempts, last_error, enqueued_at, next_attempt_at, dead_at
                        FROM ", $table, "
                       WHERE ", $key, "::text > $2
-                        AND CASE $1 WHEN 'pending' THEN dead_at IS NULL AND last_error IS NULL
+                        AND CASE $1 WHEN 'pending' THEN dead_at IS NULL AND last_error IS NULL AND enqueued_at <= now()
+                                    WHEN 'scheduled' THEN dead_at IS NULL AND last_error IS NULL AND enqueued_at > now()
                                     WHEN 'failing' THEN dead_at IS NULL AND last_error IS NOT NULL
                                     WHEN 'dead' THEN dead_at IS NOT NULL
                                     ELSE true END
@@ -99,7 +112,8 @@ macro_rules! job_table {
                 ),
                 concat!(
                     "UPDATE ", $table, "
-                        SET dead_at = NULL, attempts = 0, last_error = NULL, next_attempt_at = now()
+                        SET dead_at = NULL, attempts = 0, last_error = NULL, next_attempt_at = now(),
+                            enqueued_at = LEAST(enqueued_at, now())
                       WHERE ", $key, "::text = $1 AND (leased_until IS NULL OR leased_until < now())"
                 ),
                 concat!(
@@ -115,20 +129,21 @@ macro_rules! job_table {
     };
 }
 impl JobTable {
-    /// Used by [`job_table!`](crate::job_table): lease, done, retry, bury, release, depths, list, retry_key,
-    /// retry_state.
-    pub const fn new(name: &'static str, sql: [&'static str; 9]) -> Self {
+    /// Used by [`job_table!`](crate::job_table): lease, done, retry, bury, later, release,
+    /// depths, list, retry_key, retry_state.
+    pub const fn new(name: &'static str, sql: [&'static str; 10]) -> Self {
         Self {
             name,
             lease: sql[0],
             done: sql[1],
             retry: sql[2],
             bury: sql[3],
-            release: sql[4],
-            depths: sql[5],
-            list: sql[6],
-            retry_key: sql[7],
-            retry_state: sql[8],
+            later: sql[4],
+            release: sql[5],
+            depths: sql[6],
+            list: sql[7],
+            retry_key: sql[8],
+            retry_state: sql[9],
         }
     }
 }
@@ -142,6 +157,12 @@ pub struct Leased {
     /// Attempts so far, this one included.
     #[diesel(sql_type = Integer)]
     pub attempts: i32,
+    /// Rounds the job finished so far ([`Attempt::Later`]).
+    #[diesel(sql_type = Integer)]
+    pub round: i32,
+    /// When the job was enqueued, or its round scheduled to start.
+    #[diesel(sql_type = Timestamptz)]
+    pub enqueued_at: DateTime<Utc>,
 }
 
 /// What became of one attempt.
@@ -166,6 +187,9 @@ pub enum Attempt {
     Deferred { after: Duration, error: String },
     /// A permanent failure: the job is kept dead, recording `error`, until an operator retries it.
     Dead { error: String },
+    /// This round is finished: the job's next round starts after `after`, as if enqueued then
+    /// (scheduled until due; no attempts and no error carried over).
+    Later { after: Duration },
 }
 
 /// Jobs by state, and the age of the oldest live one.
@@ -180,13 +204,16 @@ pub struct Depths {
     /// Given up.
     #[diesel(sql_type = BigInt)]
     pub dead: i64,
-    /// Age of the oldest job that is not dead, seconds.
+    /// Next rounds not due yet ([`Attempt::Later`]).
+    #[diesel(sql_type = BigInt)]
+    pub scheduled: i64,
+    /// Age of the oldest job that is not dead (nor scheduled), seconds.
     #[diesel(sql_type = Double)]
     pub oldest: f64,
 }
 
 impl Depths {
-    /// Jobs that will still be tried.
+    /// Jobs due or being retried (scheduled rounds apart).
     pub fn live(&self) -> i64 {
         self.pending + self.failing
     }
@@ -206,6 +233,8 @@ pub enum JobState {
     Failing,
     /// Given up: kept until an operator retries it.
     Dead,
+    /// Its next round is not due yet ([`Attempt::Later`]).
+    Scheduled,
 }
 
 impl JobState {
@@ -215,6 +244,7 @@ impl JobState {
             JobState::Pending => "pending",
             JobState::Failing => "failing",
             JobState::Dead => "dead",
+            JobState::Scheduled => "scheduled",
         }
     }
 }
@@ -238,11 +268,13 @@ pub struct JobRow {
 }
 
 impl JobRow {
-    /// Its state: dead, failing (an error recorded) or pending.
+    /// Its state: dead, failing (an error recorded), scheduled (a round not due yet) or
+    /// pending.
     pub fn state(&self) -> JobState {
         match (&self.dead_at, &self.last_error) {
             (Some(_), _) => JobState::Dead,
             (None, Some(_)) => JobState::Failing,
+            (None, None) if self.enqueued_at > Utc::now() => JobState::Scheduled,
             (None, None) => JobState::Pending,
         }
     }

@@ -6,6 +6,9 @@
 //! (done) or reschedules it under the same token. A crashed worker's lease expires and another
 //! worker takes the job again; a result recorded after the lease was taken over changes nothing.
 //!
+//! A job may come back: an attempt that ends a round ([`Attempt::Later`]) schedules the job's
+//! next round, counted from then on like a new job (scheduled until due, then pending).
+//!
 //! A job that got a permanent answer, or failed `max_attempts` times, becomes dead
 //! (`dead_at`): no longer leased, kept and visible until an operator retries it. An attempt
 //! that the service's own database could not take ([`Attempt::Deferred`]) spends no attempt.
@@ -22,7 +25,8 @@
 //! leased_until    timestamptz,
 //! lease_token     uuid,
 //! last_error      text,
-//! dead_at         timestamptz
+//! dead_at         timestamptz,
+//! round           integer NOT NULL DEFAULT 0
 //! ```
 //!
 //! with an index on `(next_attempt_at) WHERE dead_at IS NULL`.

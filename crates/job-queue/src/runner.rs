@@ -343,6 +343,14 @@ async fn record(
                     .execute(&mut conn)
                     .await?;
             }
+            Attempt::Later { after } => {
+                prepared(table.later)
+                    .bind::<Text, _>(&f.job.key)
+                    .bind::<SqlUuid, _>(f.token)
+                    .bind::<Double, _>(after.as_secs_f64())
+                    .execute(&mut conn)
+                    .await?;
+            }
             Attempt::Dead { error } => {
                 tracing::error!(table = table.name, key = %f.job.key, %error, "job is dead: kept until an operator retries it");
                 prepared(table.bury)

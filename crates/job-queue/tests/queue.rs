@@ -25,7 +25,8 @@ const TABLE: &str = "CREATE TABLE test_jobs (
     leased_until    timestamptz,
     lease_token     uuid,
     last_error      text,
-    dead_at         timestamptz
+    dead_at         timestamptz,
+    round           integer NOT NULL DEFAULT 0
 );
 CREATE INDEX test_jobs_due_idx ON test_jobs (next_attempt_at) WHERE dead_at IS NULL;";
 
@@ -231,6 +232,54 @@ async fn a_failing_job_is_retried_then_dead_and_kept_until_an_operator_retries_i
         .unwrap();
     assert_eq!(pending.len(), 1);
     assert_eq!(pending[0].attempts, 0);
+}
+
+/// A job that ends its first round comes back for its next once due: scheduled meanwhile (not
+/// pending, not aging, not retried), then taken again with its round counted and its attempts
+/// started again.
+#[tokio::test]
+async fn a_job_that_ends_a_round_comes_back_for_the_next_when_due() {
+    let (_db, pool) = database().await;
+    enqueue(&pool, ["twice".to_owned()]).await;
+    let handler = Recorder::new(
+        |job| match job.round {
+            0 => Attempt::Later {
+                after: Duration::from_millis(1500),
+            },
+            _ => Attempt::Done,
+        },
+        Duration::ZERO,
+    );
+    let (stop, run) = start(&pool, handler.clone(), settings(1, 0, 5));
+    until("the first round done", async || {
+        let mut conn = pool.get().await.unwrap();
+        job_queue::depths(&mut conn, &JOBS).await.unwrap().scheduled == 1
+    })
+    .await;
+    {
+        let mut conn = pool.get().await.unwrap();
+        let d = job_queue::depths(&mut conn, &JOBS).await.unwrap();
+        assert_eq!((d.pending, d.failing, d.dead, d.live()), (0, 0, 0, 0));
+        assert_eq!(d.oldest, 0.0, "a scheduled round does not age");
+        let listed = job_queue::list(&mut conn, &JOBS, Some(JobState::Scheduled), "", 10)
+            .await
+            .unwrap();
+        assert_eq!(listed.len(), 1);
+        assert_eq!(listed[0].state(), JobState::Scheduled);
+        assert_eq!(listed[0].attempts, 0);
+    }
+    assert_eq!(
+        handler.seen(),
+        [("twice".into(), 1)],
+        "not before it is due"
+    );
+    until("the second round done", async || {
+        rows(&pool).await.is_empty()
+    })
+    .await;
+    stop.send(()).unwrap();
+    run.await.unwrap();
+    assert_eq!(handler.seen(), [("twice".into(), 1), ("twice".into(), 1)]);
 }
 
 #[tokio::test]

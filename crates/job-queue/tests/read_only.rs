@@ -29,7 +29,8 @@ const TABLE: &str = "CREATE TABLE test_jobs (
     leased_until    timestamptz,
     lease_token     uuid,
     last_error      text,
-    dead_at         timestamptz
+    dead_at         timestamptz,
+    round           integer NOT NULL DEFAULT 0
 );
 CREATE INDEX test_jobs_due_idx ON test_jobs (next_attempt_at) WHERE dead_at IS NULL;";
 

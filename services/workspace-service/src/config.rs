@@ -45,6 +45,12 @@ pub struct LiveblocksArgs {
     /// Seconds between checks of the key against the Liveblocks API (10 to 86400).
     #[arg(long, env = "LIVEBLOCKS_KEY_CHECK_SECS", default_value_t = 300)]
     pub liveblocks_key_check_secs: u64,
+    /// Seconds after a room's rows were deleted when its Liveblocks room is deleted a second
+    /// time (0 to 86400; 0: never). Liveblocks creates a room when a client connects to it,
+    /// and a client keeps its access token for up to an hour: one issued just before the
+    /// deletion can bring the room back. The default outlives such a token by 5 minutes.
+    #[arg(long, env = "LIVEBLOCKS_SWEEP_AFTER_SECS", default_value_t = 3900)]
+    pub liveblocks_sweep_after_secs: u64,
 }
 
 /// The Liveblocks clean-up worker's settings, from [`LiveblocksArgs::settings`].
@@ -64,6 +70,8 @@ pub struct CleanupSettings {
     pub max_attempts: i32,
     /// How often the key is checked.
     pub key_check: Duration,
+    /// When after its rows' deletion a room is deleted again (`None`: never).
+    pub sweep_after: Option<Duration>,
 }
 
 impl Default for CleanupSettings {
@@ -76,6 +84,7 @@ impl Default for CleanupSettings {
             backoff_max: Duration::from_secs(300),
             max_attempts: 50,
             key_check: Duration::from_secs(300),
+            sweep_after: Some(Duration::from_secs(3900)),
         }
     }
 }
@@ -103,6 +112,9 @@ impl LiveblocksArgs {
         if !(10..=86_400).contains(&self.liveblocks_key_check_secs) {
             return out_of_range("LIVEBLOCKS_KEY_CHECK_SECS (10 to 86400)");
         }
+        if self.liveblocks_sweep_after_secs > 86_400 {
+            return out_of_range("LIVEBLOCKS_SWEEP_AFTER_SECS (0 to 86400)");
+        }
         if self.liveblocks_poll_ms < 10 {
             return out_of_range("LIVEBLOCKS_POLL_MS (at least 10)");
         }
@@ -119,6 +131,8 @@ impl LiveblocksArgs {
             backoff_max: Duration::from_secs(self.liveblocks_backoff_max_secs),
             max_attempts: self.liveblocks_max_attempts,
             key_check: Duration::from_secs(self.liveblocks_key_check_secs),
+            sweep_after: (self.liveblocks_sweep_after_secs > 0)
+                .then(|| Duration::from_secs(self.liveblocks_sweep_after_secs)),
         })
     }
 

@@ -64,6 +64,8 @@ pub struct Metrics {
     pub liveblocks_queue_depth: Gauge,
     /// Jobs given up (kept until retried).
     pub liveblocks_dead_jobs: Gauge,
+    /// Rooms deleted once, waiting for their second deletion.
+    pub liveblocks_sweeps_scheduled: Gauge,
     /// 1 when Liveblocks accepted the key at the last check, 0 when it rejected it, -1 unknown
     /// (or no key set).
     pub liveblocks_key_valid: Gauge,
@@ -122,6 +124,11 @@ impl Metrics {
             "liveblocks_cleanup_dead_jobs",
             "Liveblocks room deletions given up (a permanent answer or too many attempts), kept until retried",
             m.liveblocks_dead_jobs.clone(),
+        );
+        registry.register(
+            "liveblocks_cleanup_sweeps_scheduled",
+            "Liveblocks rooms deleted once and waiting for their second deletion (LIVEBLOCKS_SWEEP_AFTER_SECS after their rows')",
+            m.liveblocks_sweeps_scheduled.clone(),
         );
         registry.register(
             "liveblocks_key_valid",

@@ -30,6 +30,7 @@ async fn stack() -> (Stack, tempfile_dir::Dir) {
         vec![
             ("LIVEBLOCKS_BACKOFF_BASE_MS".into(), "50".into()),
             ("LIVEBLOCKS_POLL_MS".into(), "50".into()),
+            ("LIVEBLOCKS_SWEEP_AFTER_SECS".into(), "0".into()),
         ],
     );
     (Stack::start(cfg).await.expect("stack starts"), dir)
@@ -758,6 +759,7 @@ async fn a_purge_survives_a_crash_of_the_service() {
             ("PURGE_LEASE_SECS".into(), "5".into()),
             ("PURGE_POLL_MS".into(), "100".into()),
             ("LIVEBLOCKS_POLL_MS".into(), "50".into()),
+            ("LIVEBLOCKS_SWEEP_AFTER_SECS".into(), "0".into()),
         ],
     );
     let mut stack = Stack::start(cfg).await.expect("stack starts");

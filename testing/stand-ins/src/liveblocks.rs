@@ -134,6 +134,18 @@ impl LiveblocksStandIn {
         }
     }
 
+    /// A client connecting to `room` with access token `token` (Liveblocks' WebSocket), as
+    /// Liveblocks admits it: a token this stand-in issued, unexpired, granting the room. A room
+    /// that does not exist is created, as Liveblocks does on connect: a deleted one is back,
+    /// and its next deletion answers 204 again.
+    pub fn connect(&self, token: &str, room: &str) -> Result<(), String> {
+        authorize::admits(token, room, unix_now())?;
+        if let Ok(mut s) = self.state.lock() {
+            s.gone.remove(room);
+        }
+        Ok(())
+    }
+
     /// Room ids deleted with a 204, in order (a room appears once per successful deletion).
     pub fn deleted(&self) -> Vec<String> {
         self.state
@@ -354,10 +366,7 @@ async fn issue_token(
             &json!({"error":"INVALID_SECRET_KEY","message":"Invalid secret key."}),
         );
     }
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or_default();
+    let now = unix_now();
     let issued = match kind {
         TokenKind::Access => authorize::check(&req.body).map(|grant| {
             record(state, |s| {
@@ -410,6 +419,14 @@ fn list_rooms(expected_auth: &str, req: &SeenRequest) -> hyper::Response<Full<By
         );
     }
     json_response(200, &json!({"nextCursor": null, "data": []}))
+}
+
+/// Seconds since the Unix epoch.
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or_default()
 }
 
 #[cfg(test)]

@@ -140,6 +140,39 @@ pub fn token(a: &Authorization, serial: u64, now: u64) -> String {
     format!("{}.{}.standin-signature", part(&header), part(&claims))
 }
 
+/// Whether `token`, one issued by [`token`], lets a client into `room` at `now` (seconds): not
+/// expired, and granting the room by its id or by a `prefix*` pattern.
+pub fn admits(token: &str, room: &str, now: u64) -> Result<(), String> {
+    let mut parts = token.split('.');
+    let (Some(_), Some(claims), Some("standin-signature"), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err("not an access token of this stand-in".into());
+    };
+    let claims: Value = URL_SAFE_NO_PAD
+        .decode(claims)
+        .ok()
+        .and_then(|c| serde_json::from_slice(&c).ok())
+        .ok_or("unreadable claims")?;
+    if claims["k"] != "acc" {
+        return Err("not an access token".into());
+    }
+    if claims["exp"].as_u64().is_none_or(|exp| exp <= now) {
+        return Err("expired".into());
+    }
+    let granted = claims["perms"].as_object().is_some_and(|perms| {
+        perms.keys().any(|p| match p.strip_suffix('*') {
+            Some(prefix) => room.starts_with(prefix),
+            None => p == room,
+        })
+    });
+    if granted {
+        Ok(())
+    } else {
+        Err(format!("the token does not grant {room}"))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -163,6 +163,7 @@ fn stack_config(args: &Args) -> Result<StackConfig> {
         vec![
             ("LIVEBLOCKS_CONCURRENCY".into(), "8".into()),
             ("LIVEBLOCKS_POLL_MS".into(), "20".into()),
+            ("LIVEBLOCKS_SWEEP_AFTER_SECS".into(), "0".into()),
             ("LIVEBLOCKS_BACKOFF_BASE_MS".into(), "100".into()),
             ("LIVEBLOCKS_BACKOFF_MAX_SECS".into(), "1".into()),
             ("DB_POOL_SIZE".into(), "32".into()),

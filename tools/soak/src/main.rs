@@ -92,6 +92,7 @@ fn stack_config(
             ("LIVEBLOCKS_TIMEOUT_SECS", "2"),
             ("LIVEBLOCKS_LEASE_SECS", "7"),
             ("LIVEBLOCKS_POLL_MS", "50"),
+            ("LIVEBLOCKS_SWEEP_AFTER_SECS", "0"),
             ("LIVEBLOCKS_BACKOFF_BASE_MS", "100"),
             ("LIVEBLOCKS_BACKOFF_MAX_SECS", "2"),
             ("PURGE_LEASE_SECS", "5"),

@@ -88,6 +88,8 @@ async fn the_services_run_as_a_role_that_changes_no_schema_and_migrate_as_the_ow
             liveblocks_poll_ms: 100,
             liveblocks_max_attempts: 5,
             liveblocks_key_check_secs: 10,
+            // A second deletion an hour later: its own test turns it on.
+            liveblocks_sweep_after_secs: 0,
         },
         purge: workspace_service::PurgeArgs {
             purge_chunk_rows: 1000,

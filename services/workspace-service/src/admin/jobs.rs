@@ -32,6 +32,7 @@ pub fn state_filter(state: i32) -> Result<Option<JobState>, Status> {
         Ok(pb::JobState::Pending) => Ok(Some(JobState::Pending)),
         Ok(pb::JobState::Failing) => Ok(Some(JobState::Failing)),
         Ok(pb::JobState::Dead) => Ok(Some(JobState::Dead)),
+        Ok(pb::JobState::Scheduled) => Ok(Some(JobState::Scheduled)),
         Err(_) => Err(Status::invalid_argument(format!(
             "state {state} is not a JobState"
         ))),
@@ -60,6 +61,7 @@ pub async fn list(
                 JobState::Dead => pb::JobState::Dead,
                 JobState::Failing => pb::JobState::Failing,
                 JobState::Pending => pb::JobState::Pending,
+                JobState::Scheduled => pb::JobState::Scheduled,
             }
             .into(),
             key: r.key,
@@ -83,6 +85,7 @@ pub async fn depths(conn: &mut AsyncPgConnection) -> diesel::QueryResult<Vec<pb:
             failing: d.failing,
             dead: d.dead,
             oldest_live_seconds: d.oldest,
+            scheduled: d.scheduled,
         });
     }
     Ok(out)

@@ -2,7 +2,14 @@
 //! transaction that deletes their rows (`domain::liveblocks::enqueue`, or the purge's SQL), and
 //! this worker deletes them at Liveblocks.
 //!
-//! 204/404 finish a job. 429 honours `Retry-After`; 5xx, timeouts and connection errors back
+//! 204/404 finish a job's round. Liveblocks creates a room when a client connects to it, and a
+//! client keeps its access token for up to an hour, so a token issued just before the rows'
+//! deletion can bring the room back: the job's first round schedules a second
+//! (`sweep_after` after the rows' deletion, which enqueued the job) that deletes the room
+//! again. No token for the room is issued after its rows' deletion (room access is decided
+//! on the database).
+//!
+//! 429 honours `Retry-After`; 5xx, timeouts and connection errors back
 //! off exponentially with jitter, until `max_attempts`. While Liveblocks is unavailable the
 //! worker pauses as a whole (`job_queue::breaker`) rather than spend every job's attempts on it. 401/403 (a wrong key) and any other
 //! refusal (e.g. 422) are permanent: the job becomes dead, kept until an operator retries it.
@@ -49,8 +56,8 @@ impl JobHandler for CleanupHandler {
         let room_id = &job.key;
         let delivery = self.api.delete_room(room_id).await;
         let (label, attempt) = match &delivery {
-            Delivery::Deleted => ("deleted", Attempt::Done),
-            Delivery::AlreadyGone => ("already_gone", Attempt::Done),
+            Delivery::Deleted => ("deleted", self.finished(job)),
+            Delivery::AlreadyGone => ("already_gone", self.finished(job)),
             Delivery::Retry { after, reason } => {
                 let hold = after.map(|a| a.min(Duration::from_secs(3600)));
                 (
@@ -80,7 +87,7 @@ impl JobHandler for CleanupHandler {
                 ("rejected", Attempt::Dead { error })
             }
         };
-        if attempt == Attempt::Done {
+        if matches!(attempt, Attempt::Done | Attempt::Later { .. }) {
             self.key_problem_logged.store(false, Ordering::SeqCst);
         }
         self.metrics.liveblocks_delivery(label);
@@ -89,6 +96,21 @@ impl JobHandler for CleanupHandler {
 
     fn breaker_changed(&self, open: bool) {
         self.metrics.liveblocks_paused.set(i64::from(open));
+    }
+}
+
+impl CleanupHandler {
+    /// The room is gone at Liveblocks: the first round schedules the sweep, unless tokens
+    /// issued before the job was enqueued have expired already (the sweep is due).
+    fn finished(&self, job: &Leased) -> Attempt {
+        let Some(sweep_after) = self.settings.sweep_after.filter(|_| job.round == 0) else {
+            return Attempt::Done;
+        };
+        let due = job.enqueued_at + sweep_after;
+        match (due - chrono::Utc::now()).to_std() {
+            Ok(after) if !after.is_zero() => Attempt::Later { after },
+            _ => Attempt::Done,
+        }
     }
 }
 

@@ -76,6 +76,7 @@ pub fn start(
             move |d| {
                 m.liveblocks_queue_depth.set(d.live());
                 m.liveblocks_dead_jobs.set(d.dead);
+                m.liveblocks_sweeps_scheduled.set(d.scheduled);
                 m.liveblocks_oldest_job_seconds.set(d.oldest);
             },
             boot.lifecycle.stopped(),

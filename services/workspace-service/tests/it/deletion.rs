@@ -732,6 +732,8 @@ fn fast() -> CleanupSettings {
         poll: Duration::from_millis(20),
         backoff_base: Duration::from_millis(20),
         backoff_max: Duration::from_millis(200),
+        // One round per room (the second deletion has its own test).
+        sweep_after: None,
         ..CleanupSettings::default()
     }
 }

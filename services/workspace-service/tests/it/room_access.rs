@@ -351,3 +351,66 @@ async fn each_outcome_is_counted() {
         assert_eq!(count(outcome).await, Some(want), "{outcome}");
     }
 }
+
+/// Liveblocks creates a room when a client connects to it, and a client keeps its token for up
+/// to an hour: one issued before a document's deletion can bring its room back after the
+/// clean-up deleted it. The clean-up deletes the room again once such tokens have expired
+/// (`LIVEBLOCKS_SWEEP_AFTER_SECS` after the document's deletion), then forgets it.
+#[tokio::test]
+async fn a_room_brought_back_by_a_token_held_across_its_deletion_is_deleted_again() {
+    let env = support::start_custom(true, |c| c.liveblocks.liveblocks_sweep_after_secs = 3).await;
+    let (_, doc) = fixture(&env).await;
+    let mut c = env.client().await;
+    let held = c
+        .authorize_liveblocks_room(ask(&token_of(&env, "user_m", ORG, "org:member"), &doc))
+        .await
+        .unwrap()
+        .into_inner()
+        .token;
+    c.delete_room_item(env.member(
+        "user_m",
+        ORG,
+        pb::DeleteRoomItemRequest {
+            kind: pb::ItemKind::Document.into(),
+            item_id: doc.strip_prefix("doc:").unwrap().into(),
+        },
+    ))
+    .await
+    .unwrap();
+    let deletions = |env: &Env| {
+        let doc = doc.clone();
+        env.liveblocks
+            .deleted()
+            .into_iter()
+            .filter(|r| *r == doc)
+            .count()
+    };
+    support::eventually("the room deleted", Duration::from_secs(10), || async {
+        deletions(&env) == 1
+    })
+    .await;
+    assert_eq!(
+        env.scalar(
+            "SELECT count(*) FROM liveblocks_cleanup_jobs WHERE round = 1 AND enqueued_at > now()"
+        )
+        .await,
+        1,
+        "its second deletion is scheduled"
+    );
+    // A client that held the token reconnects: the room is back.
+    env.liveblocks.connect(&held, &doc).unwrap();
+    support::eventually(
+        "the room deleted again",
+        Duration::from_secs(15),
+        || async { deletions(&env) == 2 },
+    )
+    .await;
+    support::eventually("the job forgotten", Duration::from_secs(10), || async {
+        env.count("liveblocks_cleanup_jobs").await == 0
+    })
+    .await;
+    assert!(
+        env.liveblocks.connect(&held, "doc:other").is_err(),
+        "the stand-in admits a token to its room only"
+    );
+}

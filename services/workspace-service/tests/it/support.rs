@@ -51,6 +51,8 @@ pub fn config(db_url: &str, issuers: &Issuers, liveblocks_url: Option<&str>) -> 
             liveblocks_poll_ms: 50,
             liveblocks_max_attempts: 5,
             liveblocks_key_check_secs: 10,
+            // A second deletion an hour later: its own test turns it on.
+            liveblocks_sweep_after_secs: 0,
         },
         purge: workspace_service::PurgeArgs {
             purge_chunk_rows: 1000,

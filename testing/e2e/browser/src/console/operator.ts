@@ -8,7 +8,7 @@ const QUEUES: [admin.JobQueue, string][] = [
   [admin.JobQueue.LIVEBLOCKS_CLEANUP, "liveblocks clean-up"],
   [admin.JobQueue.PURGE, "purge"],
 ];
-const STATES: Record<number, string> = { 1: "pending", 2: "failing", 3: "dead" };
+const STATES: Record<number, string> = { 1: "pending", 2: "failing", 3: "dead", 4: "scheduled" };
 
 export class OperatorPane {
   readonly root: HTMLElement;
@@ -82,7 +82,7 @@ export class OperatorPane {
   private async showJobs() {
     const depths = await admin.queueDepths();
     const name = (q: admin.JobQueue) => QUEUES.find(([k]) => k === q)?.[1] ?? String(q);
-    const depthRows = depths.map((d) => [name(d.queue), String(d.pending), String(d.failing), String(d.dead), ago(d.oldestLiveSeconds)]);
+    const depthRows = depths.map((d) => [name(d.queue), String(d.pending), String(d.failing), String(d.dead), String(d.scheduled), ago(d.oldestLiveSeconds)]);
     const jobRows: (Node | string)[][] = [];
     for (const [queue, label] of QUEUES) {
       for (const j of await admin.jobs(queue)) {
@@ -102,7 +102,7 @@ export class OperatorPane {
       }
     }
     this.jobs.replaceChildren(
-      table(["queue", "pending", "failing", "dead", "oldest live"], depthRows),
+      table(["queue", "pending", "failing", "dead", "scheduled", "oldest live"], depthRows),
       jobRows.length ? table(["queue", "key", "state", "attempts", "last error", "next attempt", ""], jobRows) : el("p", {}, "no jobs"),
     );
   }
