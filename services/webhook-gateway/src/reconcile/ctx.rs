@@ -321,6 +321,26 @@ impl<'a, C: ClerkBackend> Ctx<'a, C> {
         )
     }
 
+    /// Forgets identity-service's record of ids seen by `run`, a probe's (best effort: it is
+    /// forgotten two days later anyway).
+    pub(super) async fn forget(&self, run: &str) {
+        let req = idp::FinishReconcileRequest {
+            run_id: run.to_owned(),
+            run: None,
+        };
+        let r = self
+            .retry
+            .call("finish_reconcile", async |_| {
+                let r = self.down.request("identity-service", req.clone())?;
+                let r = self.down.identity().finish_reconcile(r).await;
+                r.map_err(|s| failure("finish_reconcile", &s))
+            })
+            .await;
+        if let Err(e) = r {
+            tracing::warn!(error = %e, "identity-service did not forget the probe");
+        }
+    }
+
     /// Forgets the run's record of ids seen on both services, and gives them the run's
     /// outcome for the operators (best effort: a run that could not is forgotten two days
     /// later).

@@ -99,6 +99,99 @@ pub(super) async fn users<C: ClerkBackend>(
     }
 }
 
+/// What the key's instance lists first, against what is held here: the users held, the oldest
+/// `n` users Clerk lists, and how many of those are held. Read-only on both sides: the
+/// comparison is made under a run of its own over an empty stretch, so it records no
+/// candidate, and that run is forgotten.
+pub(super) async fn probe_users<C: ClerkBackend>(
+    ctx: &Ctx<'_, C>,
+    n: usize,
+) -> Result<Probe, RunError> {
+    let run = uuid::Uuid::now_v7().to_string();
+    let counted = idp::ListUnseenRequest {
+        run_id: run.clone(),
+        limit: 1,
+        ..ctx.unseen(String::new())
+    };
+    let held = ctx
+        .retry
+        .call("list_unseen_users", async |_| {
+            let r = ctx.down.request("identity-service", counted.clone())?;
+            let r = ctx.down.identity().list_unseen_users(r).await;
+            r.map_err(|s| failure("list_unseen_users", &s))
+        })
+        .await?
+        .into_inner()
+        .held
+        .max(0) as u64;
+    if held == 0 {
+        return Ok(Probe::default());
+    }
+    let q = ListQuery {
+        limit: n,
+        start: Start::After(None),
+        oldest_first: true,
+        filter: &[],
+    };
+    let listed: Vec<User> = list_page::<User>(ctx.clerk, "/users", &q)
+        .await
+        .map_err(|e| RunError::Clerk(e.on_list()))?
+        .items
+        .into_iter()
+        .filter_map(Result::ok)
+        .collect();
+    let nowhere = Some((0, String::new()));
+    let req = idp::CompareUsersRequest {
+        run_id: run.clone(),
+        users: listed.iter().map(|u| u.upsert(ctx.origin(""))).collect(),
+        range: Some(idp_range(Stretch {
+            after: nowhere.clone(),
+            through: nowhere,
+        })),
+        started_at: Some(ctx.started_at),
+        scope_id: String::new(),
+    };
+    let results = ctx
+        .retry
+        .call("compare_users", async |_| {
+            let r = ctx.down.request("identity-service", req.clone())?;
+            let r = ctx.down.identity().compare_users(r).await;
+            r.map_err(|s| failure("compare_users", &s))
+        })
+        .await?
+        .into_inner()
+        .results;
+    ctx.forget(&run).await;
+    let known = results
+        .iter()
+        .filter(|c| **c != idp::Comparison::Missing as i32)
+        .count();
+    Ok(Probe {
+        held,
+        listed: listed.len(),
+        known,
+    })
+}
+
+/// See [`probe_users`].
+#[derive(Debug, Default, Clone, Copy)]
+pub(super) struct Probe {
+    /// Users held here.
+    pub(super) held: u64,
+    /// The oldest users the key's instance listed.
+    pub(super) listed: usize,
+    /// How many of those are held here.
+    pub(super) known: usize,
+}
+
+impl Probe {
+    /// Whether the key's instance looks like another one than the users held here came from:
+    /// users are held, and it lists none, or fewer than half of its oldest are held.
+    pub(super) fn foreign(&self) -> bool {
+        self.held > 0 && self.known * 2 < self.listed.max(1)
+    }
+}
+
 pub(super) async fn sweep_users<C: ClerkBackend>(
     ctx: &Ctx<'_, C>,
     s: &mut KindSummary,

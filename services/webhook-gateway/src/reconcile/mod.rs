@@ -31,6 +31,11 @@ use config::{Kind, ReconcileConfig};
 use std::time::Instant;
 use summary::{KindSummary, Summary};
 
+/// The oldest users of the key's instance a run looks for here when the services' records do
+/// not vouch for the instance (nothing recorded, several instances, `--instance` or
+/// `--move-to-instance`).
+const PROBED_USERS: usize = 20;
+
 /// Why a run stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
@@ -142,13 +147,42 @@ pub async fn run(clerk: &impl ClerkBackend, downstream: &Downstream, plan: &Plan
         instance: plan.instance.as_deref(),
         move_to: plan.move_to_instance.as_deref(),
     };
-    let (instance, pin) = match pin::check(clerk, downstream, &ctx.retry, flags).await {
+    let (instance, mut pin) = match pin::check(clerk, downstream, &ctx.retry, flags).await {
         Ok((key, pin)) => (Some(key), Some(pin)),
         Err(e) => {
             error = Some(format!("Clerk instance: {e}"));
             (None, None)
         }
     };
+    // Unless the services' records vouch for the key's instance, the users held here must be
+    // that instance's before the run lists (and copies in) anything, or deletes (and records
+    // it): most of the oldest users it lists must be held. A run for one user or organization
+    // is not asked (it touches that one).
+    if let (Some(key), Some(p)) = (&instance, &pin)
+        && !matches!(p, pin::Pin::Allowed { confirm: false, .. })
+        && !plan.allow_mass_delete
+        && matches!(plan.scope, Scope::All)
+    {
+        match kinds::probe_users(&ctx, PROBED_USERS).await {
+            Ok(p) if p.foreign() => {
+                error = Some(format!(
+                    "Clerk instance {key} (CLERK_SECRET_KEY's) lists {} users first, of which \
+                     {} are held here, where {} users are held: the key is probably another \
+                     instance's; nothing was written, deleted or recorded (check the Secret; \
+                     if this deployment really moves to {key}, run with --allow-mass-delete)",
+                    p.listed, p.known, p.held
+                ));
+                pin = None;
+            }
+            Ok(_) => {}
+            Err(e) => {
+                error = Some(format!(
+                    "comparing Clerk's oldest users with those held here: {e}"
+                ));
+                pin = None;
+            }
+        }
+    }
     // First every listing, then the deletions (memberships first, users last), and those only
     // when every listing completed: a membership Clerk no longer has is deleted as itself, not
     // as a side effect of its organization's or user's deletion, so a dry run reports exactly

@@ -8,8 +8,9 @@ use crate::support::*;
 use stand_ins::{ClerkApiStandIn, DEFAULT_INSTANCE, user_json};
 
 /// `--instance K` when the services recorded only other instances stops before listing (a
-/// backfill would copy K's data into ours); `--move-to-instance K` moves the deployment: K is
-/// recorded as confirmed and the run deletes within the budget.
+/// backfill would copy K's data into ours); `--move-to-instance K` moves the deployment only
+/// with `--allow-mass-delete` (none of K's oldest users is ours): K is recorded as confirmed,
+/// its data copied in and ours deleted.
 #[tokio::test]
 async fn another_instance_is_moved_to_only_with_move_to_instance() {
     let (s, _ours) = backfilled(30, 3, 3).await;
@@ -43,31 +44,44 @@ async fn another_instance_is_moved_to_only_with_move_to_instance() {
         assert_eq!(service_harness::scalar(db, confirmed).await, 0);
     }
 
-    // Moving: K is confirmed; 30 users gone is over the budget of 25, the 3 organizations and
-    // their 9 memberships are within theirs.
-    let moved = reconcile(
-        &s,
-        &other.base_url(),
-        &["--move-to-instance", "ins_otherinstance"],
-        &[],
-    )
-    .await;
+    // Moving to K, whose users are none of ours, also needs the mass deletion allowed: alone,
+    // it stops before it lists, writes or records anything.
+    let args = ["--move-to-instance", "ins_otherinstance"];
+    let moved = reconcile(&s, &other.base_url(), &args, &[]).await;
     assert_eq!(moved.code, Some(1), "{}", moved.stderr);
     assert!(
-        moved.last_line.contains("users: 30") && moved.last_line.contains("--allow-mass-delete"),
+        moved.last_line.contains("of which 0 are held here")
+            && moved.last_line.contains("--allow-mass-delete"),
         "{}",
         moved.last_line
     );
+    assert_eq!(held(&s).await, before, "nothing deleted");
+    assert_eq!(service_harness::scalar(s._dbs.0.url(), elsewhere).await, 0);
+    for db in [s._dbs.0.url(), s.workspace_db()] {
+        assert_eq!(service_harness::scalar(db, confirmed).await, 0);
+    }
+    // With it, K is confirmed, its data copied in and ours deleted.
+    let moved = reconcile(
+        &s,
+        &other.base_url(),
+        &[
+            "--move-to-instance",
+            "ins_otherinstance",
+            "--allow-mass-delete",
+        ],
+        &[],
+    )
+    .await;
+    assert_eq!(moved.code, Some(0), "{}", moved.stderr);
+    assert_eq!(moved.count("users", "deleted"), 30);
     assert_eq!(service_harness::scalar(s._dbs.0.url(), elsewhere).await, 1);
-    assert_eq!(held(&s).await, (31, 0, 0), "within budget only");
+    assert_eq!(held(&s).await, (1, 0, 0));
     for db in [s._dbs.0.url(), s.workspace_db()] {
         assert_eq!(service_harness::scalar(db, confirmed).await, 1);
     }
     // Later runs with K's key need no flag.
-    let later = reconcile(&s, &other.base_url(), &["--allow-mass-delete"], &[]).await;
+    let later = reconcile(&s, &other.base_url(), &[], &[]).await;
     assert_eq!(later.code, Some(0), "{}", later.stderr);
-    assert_eq!(later.count("users", "deleted"), 30);
-    assert_eq!(held(&s).await, (1, 0, 0));
 }
 
 /// The `starting_after` cursor of each list request.

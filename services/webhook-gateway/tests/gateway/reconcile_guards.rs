@@ -512,6 +512,68 @@ async fn the_instance_of_applied_webhooks_pins_deletion() {
 
 /// Nothing recorded yet (no webhook applied, no `--instance`): a run backfills, deletes nothing,
 /// and says which flag would let it.
+/// With no instance recorded (a deployment filled by reconcile alone), a key of another
+/// instance is found by what it lacks: none of the oldest users it lists is held here, so the
+/// run stops before it lists further, copies in, deletes or records anything; also when the
+/// operator follows a refusal's advice and names the key's own instance.
+#[tokio::test]
+async fn with_nothing_recorded_a_key_of_another_instance_is_found_by_what_it_lacks() {
+    let s = stack(SECRET).await;
+    let ours = ClerkApiStandIn::start(KEY).await.unwrap();
+    seed(&ours, 30, 3, 3);
+    let first = reconcile(&s, &ours.base_url(), &[], &[]).await;
+    assert_eq!(first.count("users", "created"), 30, "{}", first.last_line);
+    let before = held(&s).await;
+    let other = ClerkApiStandIn::start(KEY).await.unwrap();
+    other.set_instance("ins_otherinstance");
+    other.put_user(user_json("user_elsewhere", "E", "e@example.org", C, C));
+    for flags in [&[][..], &["--instance", "ins_otherinstance"][..]] {
+        let ran = reconcile(&s, &other.base_url(), flags, &[]).await;
+        assert_eq!(ran.code, Some(1), "{flags:?}: {}", ran.stderr);
+        assert!(
+            ran.last_line.contains("ins_otherinstance")
+                && ran
+                    .last_line
+                    .contains("lists 1 users first, of which 0 are held here, where 30"),
+            "{flags:?}: {}",
+            ran.last_line
+        );
+        assert_eq!(held(&s).await, before, "{flags:?}: nothing deleted");
+    }
+    assert_eq!(
+        service_harness::scalar(
+            s._dbs.0.url(),
+            "SELECT count(*) FROM users WHERE clerk_id = 'user_elsewhere'"
+        )
+        .await,
+        0,
+        "nothing of the other instance copied in"
+    );
+    // Each run read one page of the oldest 20 users, and nothing else.
+    let read: Vec<_> = other
+        .calls()
+        .into_iter()
+        .map(|c| (c.path, c.query))
+        .collect();
+    let probe = (
+        "/v1/users".to_owned(),
+        vec![
+            ("limit".to_owned(), "20".to_owned()),
+            ("order_by".to_owned(), "+created_at".to_owned()),
+        ],
+    );
+    assert!(
+        read.iter()
+            .filter(|r| r.0 != "/v1/instance")
+            .all(|r| *r == probe)
+            && read.contains(&probe),
+        "{read:?}"
+    );
+    // The key of this deployment's instance has them: the same advice goes through.
+    let confirmed = reconcile(&s, &ours.base_url(), &["--instance", DEFAULT_INSTANCE], &[]).await;
+    assert_eq!(confirmed.code, Some(0), "{}", confirmed.stderr);
+}
+
 #[tokio::test]
 async fn with_no_instance_recorded_a_run_backfills_and_deletes_nothing() {
     let s = stack(SECRET).await;
