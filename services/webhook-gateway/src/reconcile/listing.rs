@@ -143,6 +143,16 @@ where
                     .is_none_or(|p| p > *end)
             });
         }
+        if matches!(listing, Listing::Cursor(_)) && !page.last && page.items.is_empty() {
+            // A full page with nothing after the previous one: the cursor was not applied, and
+            // every further page would be the same one.
+            let e = format!(
+                "a full page of {path} after the previous page's last user held none after it: \
+                 Clerk did not apply the cursor, and the listing cannot go on"
+            );
+            let _ = tx.send(Err(RunError::Listing(e))).await;
+            return;
+        }
         earlier = std::mem::take(&mut page.earlier_ids);
         if matches!(listing, Listing::Cursor(_)) && !page.last && page.last_id.is_none() {
             let e =

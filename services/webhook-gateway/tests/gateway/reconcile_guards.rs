@@ -355,6 +355,27 @@ async fn a_budget_exceeded_deletes_nothing_of_that_kind_and_allow_mass_delete_go
     );
 }
 
+/// A cursor that Clerk does not apply (every page answers as the first) stops the run at the
+/// second page, instead of reading the first page again until the Job's deadline; nothing is
+/// deleted.
+#[tokio::test]
+async fn a_cursor_clerk_does_not_apply_stops_the_run() {
+    let (s, api) = backfilled(1200, 0, 0).await;
+    api.remove_user(&user_id(5));
+    api.ignore_cursor(true);
+    let ran = reconcile(&s, &api.base_url(), &["--only", "users"], &[]).await;
+    assert_eq!(ran.code, Some(1), "{}", ran.stderr);
+    assert!(
+        ran.last_line.contains("did not apply the cursor"),
+        "{}",
+        ran.last_line
+    );
+    assert_eq!(ran.count("users", "deleted"), 0);
+    assert_eq!(held(&s).await.0, 1200, "nothing deleted");
+    let pages = api.calls().iter().filter(|c| c.path == "/v1/users").count();
+    assert!(pages <= 1 + 2 + 2, "the first run's pages and two: {pages}");
+}
+
 #[tokio::test]
 async fn thirteen_hundred_users_are_paged_by_cursor_only() {
     let s = stack(SECRET).await;

@@ -56,6 +56,8 @@ struct State {
     blocked: Vec<String>,
     /// Users removed right after a `GET /v1/users` page lists them.
     remove_when_listed: Vec<String>,
+    /// `starting_after` is ignored (a fault on demand: every page is the first).
+    ignore_cursor: bool,
     list_requests: u64,
     requests: u64,
     started: Vec<Instant>,
@@ -137,6 +139,7 @@ impl ClerkApiStandIn {
             rate_limited: (0, 0),
             fail_from: None,
             blocked: Vec::new(),
+            ignore_cursor: false,
             remove_when_listed: Vec::new(),
             list_requests: 0,
             requests: 0,
@@ -270,6 +273,12 @@ impl ClerkApiStandIn {
     /// reads keep answering.
     pub fn fail_lists_after(&self, n: Option<u64>) {
         self.with(|s| s.fail_from = n.map(|n| s.list_requests + n + 1));
+    }
+
+    /// Ignores `starting_after` on `GET /v1/users` (a fault on demand: every page answers as
+    /// the first, as a proxy dropping the parameter or an API version without it would).
+    pub fn ignore_cursor(&self, on: bool) {
+        self.with(|s| s.ignore_cursor = on);
     }
 
     /// Answers requests to exactly `path` (e.g. `/v1/organization_memberships`) with a plain

@@ -382,7 +382,8 @@ fn listed(state: &mut State, page: &[Value]) {
 
 /// `GET /v1/users`: a bare array, by offset or after a cursor.
 fn users_page(state: &mut State, q: &List) -> Response {
-    let Some(cursor) = &q.starting_after else {
+    let cursor = q.starting_after.as_ref().filter(|_| !state.ignore_cursor);
+    let Some(cursor) = cursor else {
         let page = page_of(state.users.keys(), q);
         let data: Vec<Value> = page
             .iter()
