@@ -38,7 +38,7 @@ pub struct JobTable {
     pub(crate) depths: &'static str,
     /// Jobs in state `$1` (`''` for all) after key `$2`, `$3` at most, by key ([`JobRow`]).
     pub(crate) list: &'static str,
-    /// Makes job `$1` (live or dead) due now with no attempts.
+    /// Makes job `$1` (live or dead, not scheduled) due now with no attempts.
     pub(crate) retry_key: &'static str,
     /// Makes every job in state `$1` (`dead` or `failing`) due now with no attempts.
     pub(crate) retry_state: &'static str,
@@ -112,9 +112,9 @@ macro_rules! job_table {
                 ),
                 concat!(
                     "UPDATE ", $table, "
-                        SET dead_at = NULL, attempts = 0, last_error = NULL, next_attempt_at = now(),
-                            enqueued_at = LEAST(enqueued_at, now())
-                      WHERE ", $key, "::text = $1 AND (leased_until IS NULL OR leased_until < now())"
+                        SET dead_at = NULL, attempts = 0, last_error = NULL, next_attempt_at = now()
+                      WHERE ", $key, "::text = $1 AND (leased_until IS NULL OR leased_until < now())
+                        AND NOT (dead_at IS NULL AND last_error IS NULL AND enqueued_at > now())"
                 ),
                 concat!(
                     "UPDATE ", $table, "
@@ -296,7 +296,8 @@ pub async fn list(
         .await
 }
 
-/// Makes job `key` due now with no attempts; 0 when there is no such job (or it is running).
+/// Makes job `key` due now with no attempts; 0 when there is no such job, or it is running, or
+/// its next round is scheduled (its handler chose when it may run: see [`Attempt::Later`]).
 pub async fn retry_key(
     conn: &mut AsyncPgConnection,
     table: &JobTable,

@@ -235,8 +235,8 @@ async fn a_failing_job_is_retried_then_dead_and_kept_until_an_operator_retries_i
 }
 
 /// A job that ends its first round comes back for its next once due: scheduled meanwhile (not
-/// pending, not aging, not retried), then taken again with its round counted and its attempts
-/// started again.
+/// pending, not aging, not taken or made due by an operator), then taken again with its round
+/// counted and its attempts started again.
 #[tokio::test]
 async fn a_job_that_ends_a_round_comes_back_for_the_next_when_due() {
     let (_db, pool) = database().await;
@@ -267,6 +267,13 @@ async fn a_job_that_ends_a_round_comes_back_for_the_next_when_due() {
         assert_eq!(listed.len(), 1);
         assert_eq!(listed[0].state(), JobState::Scheduled);
         assert_eq!(listed[0].attempts, 0);
+        assert_eq!(
+            job_queue::retry_key(&mut conn, &JOBS, "twice")
+                .await
+                .unwrap(),
+            0,
+            "a scheduled round is not made due early"
+        );
     }
     assert_eq!(
         handler.seen(),

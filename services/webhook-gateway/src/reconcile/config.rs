@@ -203,7 +203,8 @@ pub struct ReconcileConfig {
     pub instance: Option<String>,
     /// Move this deployment to the Clerk instance (`ins_...`) CLERK_SECRET_KEY belongs to
     /// (it must name that instance): recorded as confirmed, and the run deletes what that
-    /// instance lacks, within the deletion budget.
+    /// instance lacks, within the deletion budget (with --allow-mass-delete when none of its
+    /// oldest users are held here, as when it is really another instance).
     #[arg(long, conflicts_with = "instance")]
     pub move_to_instance: Option<String>,
     /// Delete even when more resources of a kind would go than RECONCILE_MAX_DELETES allows.

@@ -99,10 +99,20 @@ pub(super) async fn users<C: ClerkBackend>(
     }
 }
 
-/// What the key's instance lists first, against what is held here: the users held, the oldest
-/// `n` users Clerk lists, and how many of those are held. Read-only on both sides: the
-/// comparison is made under a run of its own over an empty stretch, so it records no
-/// candidate, and that run is forgotten.
+/// A stretch of the listing order that holds no user: a comparison over it records no
+/// candidate. (Its position is after the epoch: a time of 0 reads as "none", the whole order.)
+fn no_stretch() -> Stretch {
+    let nowhere = Some((1000, String::new()));
+    Stretch {
+        after: nowhere.clone(),
+        through: nowhere,
+    }
+}
+
+/// What the key's instance lists at both ends, against what is held here: the users held, the
+/// oldest and the newest `n` users Clerk lists, and how many of those are held. Read-only on
+/// both sides: the comparison is made under a run of its own over a stretch that holds no
+/// user, so all it records is which listed users are held, and that run is forgotten.
 pub(super) async fn probe_users<C: ClerkBackend>(
     ctx: &Ctx<'_, C>,
     n: usize,
@@ -127,42 +137,43 @@ pub(super) async fn probe_users<C: ClerkBackend>(
     if held == 0 {
         return Ok(Probe::default());
     }
-    let q = ListQuery {
-        limit: n,
-        start: Start::After(None),
-        oldest_first: true,
-        filter: &[],
-    };
-    let listed: Vec<User> = list_page::<User>(ctx.clerk, "/users", &q)
-        .await
-        .map_err(|e| RunError::Clerk(e.on_list()))?
-        .items
-        .into_iter()
-        .filter_map(Result::ok)
-        .collect();
-    let nowhere = Some((0, String::new()));
+    // Oldest first, then Clerk's default order (newest first).
+    let mut listed: Vec<User> = Vec::new();
+    for oldest_first in [true, false] {
+        let q = ListQuery {
+            limit: n,
+            start: Start::After(None),
+            oldest_first,
+            filter: &[],
+        };
+        let page = list_page::<User>(ctx.clerk, "/users", &q)
+            .await
+            .map_err(|e| RunError::Clerk(e.on_list()))?;
+        for u in page.items.into_iter().filter_map(Result::ok) {
+            if !listed.iter().any(|l| l.id == u.id) {
+                listed.push(u);
+            }
+        }
+    }
     let req = idp::CompareUsersRequest {
         run_id: run.clone(),
         users: listed.iter().map(|u| u.upsert(ctx.origin(""))).collect(),
-        range: Some(idp_range(Stretch {
-            after: nowhere.clone(),
-            through: nowhere,
-        })),
+        range: Some(idp_range(no_stretch())),
         started_at: Some(ctx.started_at),
         scope_id: String::new(),
     };
-    let results = ctx
+    let compared = ctx
         .retry
         .call("compare_users", async |_| {
             let r = ctx.down.request("identity-service", req.clone())?;
             let r = ctx.down.identity().compare_users(r).await;
             r.map_err(|s| failure("compare_users", &s))
         })
-        .await?
-        .into_inner()
-        .results;
+        .await;
     ctx.forget(&run).await;
-    let known = results
+    let known = compared?
+        .into_inner()
+        .results
         .iter()
         .filter(|c| **c != idp::Comparison::Missing as i32)
         .count();
@@ -178,17 +189,19 @@ pub(super) async fn probe_users<C: ClerkBackend>(
 pub(super) struct Probe {
     /// Users held here.
     pub(super) held: u64,
-    /// The oldest users the key's instance listed.
+    /// The oldest and newest users the key's instance listed.
     pub(super) listed: usize,
     /// How many of those are held here.
     pub(super) known: usize,
 }
 
 impl Probe {
-    /// Whether the key's instance looks like another one than the users held here came from:
-    /// users are held, and it lists none, or fewer than half of its oldest are held.
+    /// Whether the key's instance is another one than the users held here came from: users are
+    /// held, and none of those it listed is (Clerk's user ids are its instance's own; a
+    /// deployment fed by one instance, by webhooks, sign-ins or a backfill, holds some of its
+    /// oldest or newest users).
     pub(super) fn foreign(&self) -> bool {
-        self.held > 0 && self.known * 2 < self.listed.max(1)
+        self.held > 0 && self.known == 0
     }
 }
 
@@ -365,6 +378,16 @@ pub(super) async fn memberships<C: ClerkBackend>(
         })?;
         ctx.apply(s, writes).await
     };
+    // A run for one organization or user Clerk deleted: its memberships cannot be listed (404),
+    // and every one held is a candidate, each confirmed gone on its own by the sweep.
+    let scoped_gone = match &ctx.plan.scope {
+        Scope::All => false,
+        Scope::Org(id) => ctx.gone(&format!("/organizations/{id}")).await?,
+        Scope::User(id) => ctx.gone(&format!("/users/{id}")).await?,
+    };
+    if scoped_gone {
+        return alone(s, Vec::new(), page).await;
+    }
     let (path, by_offset) = match &ctx.plan.scope {
         Scope::All => ("/organization_memberships".to_owned(), true),
         Scope::Org(id) => (format!("/organizations/{id}/memberships"), true),
@@ -466,5 +489,19 @@ async fn still_member<C: ClerkBackend>(
             return Ok(false);
         }
         offset += page.items.len();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_probes_stretch_is_empty_and_not_read_as_absent() {
+        let r = idp_range(no_stretch());
+        let after = r.after_created_at.expect("a position, not the start");
+        assert!(after.seconds > 0, "a time of 0 reads as none: {after:?}");
+        assert_eq!(Some(after), r.through_created_at);
+        assert_eq!(r.after_id, r.through_id);
     }
 }

@@ -31,9 +31,9 @@ use config::{Kind, ReconcileConfig};
 use std::time::Instant;
 use summary::{KindSummary, Summary};
 
-/// The oldest users of the key's instance a run looks for here when the services' records do
-/// not vouch for the instance (nothing recorded, several instances, `--instance` or
-/// `--move-to-instance`).
+/// The oldest, and the newest, users of the key's instance a run looks for here when the
+/// services' records do not vouch for the instance (nothing recorded, several instances,
+/// `--instance` or `--move-to-instance`).
 const PROBED_USERS: usize = 20;
 
 /// Why a run stopped.
@@ -155,22 +155,21 @@ pub async fn run(clerk: &impl ClerkBackend, downstream: &Downstream, plan: &Plan
         }
     };
     // Unless the services' records vouch for the key's instance, the users held here must be
-    // that instance's before the run lists (and copies in) anything, or deletes (and records
-    // it): most of the oldest users it lists must be held. A run for one user or organization
-    // is not asked (it touches that one).
+    // that instance's before the run lists (and copies in) anything, deletes, or records the
+    // instance as confirmed: some of its oldest or newest users must be held.
     if let (Some(key), Some(p)) = (&instance, &pin)
         && !matches!(p, pin::Pin::Allowed { confirm: false, .. })
         && !plan.allow_mass_delete
-        && matches!(plan.scope, Scope::All)
     {
         match kinds::probe_users(&ctx, PROBED_USERS).await {
             Ok(p) if p.foreign() => {
                 error = Some(format!(
-                    "Clerk instance {key} (CLERK_SECRET_KEY's) lists {} users first, of which \
-                     {} are held here, where {} users are held: the key is probably another \
-                     instance's; nothing was written, deleted or recorded (check the Secret; \
-                     if this deployment really moves to {key}, run with --allow-mass-delete)",
-                    p.listed, p.known, p.held
+                    "none of the {} oldest and newest users of Clerk instance {key} \
+                     (CLERK_SECRET_KEY's) is among the {} users held here: the key is probably \
+                     another instance's; no user, organization or membership was written or \
+                     deleted, and no instance recorded (check the Secret; if this deployment \
+                     really moves to {key}, run with --allow-mass-delete)",
+                    p.listed, p.held
                 ));
                 pin = None;
             }

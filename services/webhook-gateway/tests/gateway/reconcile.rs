@@ -423,6 +423,37 @@ async fn a_wrong_key_stops_at_once_and_scoped_runs_touch_only_their_resource() {
     );
 }
 
+/// A run for one organization that Clerk deleted removes its workspace and memberships (whose
+/// listing Clerk answers 404 for a deleted organization); one for a deleted user removes them
+/// and their memberships. Nothing else is touched.
+#[tokio::test]
+async fn scoped_runs_remove_what_clerk_deleted() {
+    let s = stack(SECRET).await;
+    let api = ClerkApiStandIn::start(KEY).await.unwrap();
+    seed(&api, 10, 2, 3);
+    assert!(run(&config(&s, &api)).await.completed);
+    api.remove_org(&org_id(0));
+    let mut org = config(&s, &api);
+    org.org = Some(org_id(0));
+    let summary = run(&org).await;
+    assert!(summary.completed, "{}", summary.table());
+    assert_eq!(kind(&summary, Kind::Memberships).deleted, 3);
+    assert_eq!(kind(&summary, Kind::Organizations).deleted, 1);
+    assert!(!s.workspace_exists(&org_id(0)).await);
+    assert_eq!(s.members(&org_id(1)).await.len(), 3, "others untouched");
+    // A user Clerk deleted, with their membership (as Clerk does).
+    // Organization 1's members are users 7, 8 and 9.
+    api.remove_user(&user_id(8));
+    api.remove_membership("orgmem_1x8");
+    let mut user = config(&s, &api);
+    user.user = Some(user_id(8));
+    let summary = run(&user).await;
+    assert!(summary.completed, "{}", summary.table());
+    assert_eq!(kind(&summary, Kind::Users).deleted, 1);
+    assert_eq!(s.members(&org_id(1)).await.len(), 2);
+    assert!(s.user(&user_id(7)).await.is_some(), "others untouched");
+}
+
 /// The reconcile methods answer the gateway's subject only.
 #[tokio::test]
 async fn only_the_gateway_may_call_the_reconcile_methods() {

@@ -50,7 +50,9 @@ async fn another_instance_is_moved_to_only_with_move_to_instance() {
     let moved = reconcile(&s, &other.base_url(), &args, &[]).await;
     assert_eq!(moved.code, Some(1), "{}", moved.stderr);
     assert!(
-        moved.last_line.contains("of which 0 are held here")
+        moved
+            .last_line
+            .contains("none of the 1 oldest and newest users")
             && moved.last_line.contains("--allow-mass-delete"),
         "{}",
         moved.last_line

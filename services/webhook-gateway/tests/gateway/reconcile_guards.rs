@@ -534,7 +534,7 @@ async fn the_instance_of_applied_webhooks_pins_deletion() {
 /// Nothing recorded yet (no webhook applied, no `--instance`): a run backfills, deletes nothing,
 /// and says which flag would let it.
 /// With no instance recorded (a deployment filled by reconcile alone), a key of another
-/// instance is found by what it lacks: none of the oldest users it lists is held here, so the
+/// instance is found by what it lacks: none of the oldest or newest users it lists is held here, so the
 /// run stops before it lists further, copies in, deletes or records anything; also when the
 /// operator follows a refusal's advice and names the key's own instance.
 #[tokio::test]
@@ -548,14 +548,25 @@ async fn with_nothing_recorded_a_key_of_another_instance_is_found_by_what_it_lac
     let other = ClerkApiStandIn::start(KEY).await.unwrap();
     other.set_instance("ins_otherinstance");
     other.put_user(user_json("user_elsewhere", "E", "e@example.org", C, C));
-    for flags in [&[][..], &["--instance", "ins_otherinstance"][..]] {
+    let scoped = [
+        "--user",
+        "user_elsewhere",
+        "--instance",
+        "ins_otherinstance",
+    ];
+    for flags in [
+        &[][..],
+        &["--instance", "ins_otherinstance"][..],
+        &scoped[..],
+    ] {
         let ran = reconcile(&s, &other.base_url(), flags, &[]).await;
         assert_eq!(ran.code, Some(1), "{flags:?}: {}", ran.stderr);
         assert!(
             ran.last_line.contains("ins_otherinstance")
                 && ran
                     .last_line
-                    .contains("lists 1 users first, of which 0 are held here, where 30"),
+                    .contains("none of the 1 oldest and newest users")
+                && ran.last_line.contains("among the 30 users held here"),
             "{flags:?}: {}",
             ran.last_line
         );
@@ -570,25 +581,33 @@ async fn with_nothing_recorded_a_key_of_another_instance_is_found_by_what_it_lac
         0,
         "nothing of the other instance copied in"
     );
-    // Each run read one page of the oldest 20 users, and nothing else.
+    // Each of the three runs read the 20 oldest and the 20 newest users, and nothing else.
     let read: Vec<_> = other
         .calls()
         .into_iter()
         .map(|c| (c.path, c.query))
         .collect();
-    let probe = (
-        "/v1/users".to_owned(),
-        vec![
-            ("limit".to_owned(), "20".to_owned()),
-            ("order_by".to_owned(), "+created_at".to_owned()),
-        ],
-    );
-    assert!(
-        read.iter()
-            .filter(|r| r.0 != "/v1/instance")
-            .all(|r| *r == probe)
-            && read.contains(&probe),
-        "{read:?}"
+    let limit = ("limit".to_owned(), "20".to_owned());
+    let oldest = ("order_by".to_owned(), "+created_at".to_owned());
+    let probes = [
+        ("/v1/users".to_owned(), vec![limit.clone(), oldest]),
+        ("/v1/users".to_owned(), vec![limit]),
+    ];
+    let listed: Vec<_> = read.iter().filter(|r| r.0 != "/v1/instance").collect();
+    assert_eq!(listed.len(), 6, "{read:?}");
+    assert!(listed.iter().all(|r| probes.contains(r)), "{read:?}");
+    for db in [s._dbs.0.url(), s.workspace_db()] {
+        let confirmed = "SELECT count(*) FROM clerk_instances WHERE confirmed_at IS NOT NULL";
+        assert_eq!(
+            service_harness::scalar(db, confirmed).await,
+            0,
+            "no instance recorded"
+        );
+    }
+    // The probe's comparison records nothing: its run is forgotten.
+    assert_eq!(
+        service_harness::scalar(s._dbs.0.url(), "SELECT count(*) FROM reconcile_candidates").await,
+        0
     );
     // The key of this deployment's instance has them: the same advice goes through.
     let confirmed = reconcile(&s, &ours.base_url(), &["--instance", DEFAULT_INSTANCE], &[]).await;

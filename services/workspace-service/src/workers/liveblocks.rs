@@ -6,8 +6,9 @@
 //! client keeps its access token for up to an hour, so a token issued just before the rows'
 //! deletion can bring the room back: the job's first round schedules a second
 //! (`sweep_after` after the rows' deletion, which enqueued the job) that deletes the room
-//! again. No token for the room is issued after its rows' deletion (room access is decided
-//! on the database).
+//! again. No token for the room is granted after its rows' deletion (room access is decided
+//! on the database; one granted just before reaches its client within the call's 3 s, well
+//! inside the sweep's 5 minutes past an hour).
 //!
 //! 429 honours `Retry-After`; 5xx, timeouts and connection errors back
 //! off exponentially with jitter, until `max_attempts`. While Liveblocks is unavailable the

@@ -94,10 +94,13 @@ export class OperatorPane {
           String(j.attempts),
           j.lastError,
           due,
-          button("Retry", async () => {
-            this.result.textContent = `${await admin.retryJob(queue, j.key)} job(s) made due now`;
-            await this.refresh();
-          }),
+          // A scheduled round (a room's second deletion) runs when it is due, not before.
+          j.state === admin.JobState.SCHEDULED
+            ? ""
+            : button("Retry", async () => {
+                this.result.textContent = `${await admin.retryJob(queue, j.key)} job(s) made due now`;
+                await this.refresh();
+              }),
         ]);
       }
     }
