@@ -324,21 +324,7 @@ impl<'a, C: ClerkBackend> Ctx<'a, C> {
     /// Forgets identity-service's record of ids seen by `run`, a probe's (best effort: it is
     /// forgotten two days later anyway).
     pub(super) async fn forget(&self, run: &str) {
-        let req = idp::FinishReconcileRequest {
-            run_id: run.to_owned(),
-            run: None,
-        };
-        let r = self
-            .retry
-            .call("finish_reconcile", async |_| {
-                let r = self.down.request("identity-service", req.clone())?;
-                let r = self.down.identity().finish_reconcile(r).await;
-                r.map_err(|s| failure("finish_reconcile", &s))
-            })
-            .await;
-        if let Err(e) = r {
-            tracing::warn!(error = %e, "identity-service did not forget the probe");
-        }
+        self.finish_identity(run, None).await;
     }
 
     /// Forgets the run's record of ids seen on both services, and gives them the run's
@@ -346,21 +332,7 @@ impl<'a, C: ClerkBackend> Ctx<'a, C> {
     /// later).
     pub(super) async fn finish(&self, outcome: Option<vbase_proto::ops::v1::ReconcileRun>) {
         let run_id = self.run.to_string();
-        let identity = idp::FinishReconcileRequest {
-            run_id: run_id.clone(),
-            run: outcome.clone(),
-        };
-        let r = self
-            .retry
-            .call("finish_reconcile", async |_| {
-                let r = self.down.request("identity-service", identity.clone())?;
-                let r = self.down.identity().finish_reconcile(r).await;
-                r.map_err(|s| failure("finish_reconcile", &s))
-            })
-            .await;
-        if let Err(e) = r {
-            tracing::warn!(error = %e, "identity-service did not forget the run");
-        }
+        self.finish_identity(&run_id, outcome.clone()).await;
         let workspace = wsp::FinishReconcileRequest {
             run_id,
             run: outcome,
@@ -375,6 +347,29 @@ impl<'a, C: ClerkBackend> Ctx<'a, C> {
             .await;
         if let Err(e) = r {
             tracing::warn!(error = %e, "workspace-service did not forget the run");
+        }
+    }
+
+    /// identity-service's part of [`Ctx::finish`], for `run`.
+    async fn finish_identity(
+        &self,
+        run: &str,
+        outcome: Option<vbase_proto::ops::v1::ReconcileRun>,
+    ) {
+        let req = idp::FinishReconcileRequest {
+            run_id: run.to_owned(),
+            run: outcome,
+        };
+        let r = self
+            .retry
+            .call("finish_reconcile", async |_| {
+                let r = self.down.request("identity-service", req.clone())?;
+                let r = self.down.identity().finish_reconcile(r).await;
+                r.map_err(|s| failure("finish_reconcile", &s))
+            })
+            .await;
+        if let Err(e) = r {
+            tracing::warn!(error = %e, run, "identity-service did not forget the run");
         }
     }
 }

@@ -74,16 +74,7 @@ pub(super) async fn users<C: ClerkBackend>(
                 started_at: Some(ctx.started_at),
                 scope_id: ctx.plan.scope.user().unwrap_or_default().to_owned(),
             };
-            let results = ctx
-                .retry
-                .call("compare_users", async |_| {
-                    let r = ctx.down.request("identity-service", req.clone())?;
-                    let r = ctx.down.identity().compare_users(r).await;
-                    r.map_err(|s| failure("compare_users", &s))
-                })
-                .await?
-                .into_inner()
-                .results;
+            let results = compare_users(ctx, req).await?;
             let writes = classify(s, &users, &results, |u| {
                 let id = ctx.event_id("user", &u.id);
                 Some((u.id.clone(), Command::UpsertUser(u.upsert(ctx.origin(&id)))))
@@ -97,6 +88,38 @@ pub(super) async fn users<C: ClerkBackend>(
         }
         _ => ctx.each_page(s, Listing::Cursor("/users"), page).await,
     }
+}
+
+/// identity-service's comparison of a page of users (`CompareUsers`).
+async fn compare_users<C: ClerkBackend>(
+    ctx: &Ctx<'_, C>,
+    req: idp::CompareUsersRequest,
+) -> Result<Vec<i32>, RunError> {
+    let r = ctx
+        .retry
+        .call("compare_users", async |_| {
+            let r = ctx.down.request("identity-service", req.clone())?;
+            let r = ctx.down.identity().compare_users(r).await;
+            r.map_err(|s| failure("compare_users", &s))
+        })
+        .await?;
+    Ok(r.into_inner().results)
+}
+
+/// identity-service's candidates of a run, and the users it holds (`ListUnseenUsers`).
+async fn unseen_users<C: ClerkBackend>(
+    ctx: &Ctx<'_, C>,
+    req: idp::ListUnseenRequest,
+) -> Result<idp::ListUnseenResponse, RunError> {
+    let r = ctx
+        .retry
+        .call("list_unseen_users", async |_| {
+            let r = ctx.down.request("identity-service", req.clone())?;
+            let r = ctx.down.identity().list_unseen_users(r).await;
+            r.map_err(|s| failure("list_unseen_users", &s))
+        })
+        .await?;
+    Ok(r.into_inner())
 }
 
 /// A stretch of the listing order that holds no user: a comparison over it records no
@@ -123,17 +146,7 @@ pub(super) async fn probe_users<C: ClerkBackend>(
         limit: 1,
         ..ctx.unseen(String::new())
     };
-    let held = ctx
-        .retry
-        .call("list_unseen_users", async |_| {
-            let r = ctx.down.request("identity-service", counted.clone())?;
-            let r = ctx.down.identity().list_unseen_users(r).await;
-            r.map_err(|s| failure("list_unseen_users", &s))
-        })
-        .await?
-        .into_inner()
-        .held
-        .max(0) as u64;
+    let held = unseen_users(ctx, counted).await?.held.max(0) as u64;
     if held == 0 {
         return Ok(Probe::default());
     }
@@ -162,18 +175,9 @@ pub(super) async fn probe_users<C: ClerkBackend>(
         started_at: Some(ctx.started_at),
         scope_id: String::new(),
     };
-    let compared = ctx
-        .retry
-        .call("compare_users", async |_| {
-            let r = ctx.down.request("identity-service", req.clone())?;
-            let r = ctx.down.identity().compare_users(r).await;
-            r.map_err(|s| failure("compare_users", &s))
-        })
-        .await;
+    let compared = compare_users(ctx, req).await;
     ctx.forget(&run).await;
     let known = compared?
-        .into_inner()
-        .results
         .iter()
         .filter(|c| **c != idp::Comparison::Missing as i32)
         .count();
@@ -211,16 +215,7 @@ pub(super) async fn sweep_users<C: ClerkBackend>(
     mode: Sweep,
 ) -> Result<Option<String>, RunError> {
     let list = async |after: String| -> Result<Candidates<String>, RunError> {
-        let req = ctx.unseen(after);
-        let r = ctx
-            .retry
-            .call("list_unseen_users", async |_| {
-                let r = ctx.down.request("identity-service", req.clone())?;
-                let r = ctx.down.identity().list_unseen_users(r).await;
-                r.map_err(|s| failure("list_unseen_users", &s))
-            })
-            .await?
-            .into_inner();
+        let r = unseen_users(ctx, ctx.unseen(after)).await?;
         Ok(Candidates {
             page: r.ids,
             total: r.candidates,

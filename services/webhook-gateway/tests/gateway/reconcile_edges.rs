@@ -15,10 +15,7 @@ use stand_ins::{ClerkApiStandIn, DEFAULT_INSTANCE, user_json};
 async fn another_instance_is_moved_to_only_with_move_to_instance() {
     let (s, _ours) = backfilled(30, 3, 3).await;
     let before = held(&s).await;
-    let other = ClerkApiStandIn::start(KEY).await.unwrap();
-    other.set_instance("ins_otherinstance");
-    other.put_user(user_json("user_elsewhere", "E", "e@example.org", C, C));
-    let elsewhere = "SELECT count(*) FROM users WHERE clerk_id = 'user_elsewhere'";
+    let other = another_instance().await;
     let confirmed = "SELECT count(*) FROM clerk_instances \
                      WHERE instance_id = 'ins_otherinstance' AND confirmed_at IS NOT NULL";
     for args in [
@@ -39,7 +36,7 @@ async fn another_instance_is_moved_to_only_with_move_to_instance() {
         other.calls()
     );
     assert_eq!(held(&s).await, before, "nothing deleted");
-    assert_eq!(service_harness::scalar(s._dbs.0.url(), elsewhere).await, 0);
+    assert_eq!(copied_in(&s).await, 0);
     for db in [s._dbs.0.url(), s.workspace_db()] {
         assert_eq!(service_harness::scalar(db, confirmed).await, 0);
     }
@@ -58,7 +55,7 @@ async fn another_instance_is_moved_to_only_with_move_to_instance() {
         moved.last_line
     );
     assert_eq!(held(&s).await, before, "nothing deleted");
-    assert_eq!(service_harness::scalar(s._dbs.0.url(), elsewhere).await, 0);
+    assert_eq!(copied_in(&s).await, 0);
     for db in [s._dbs.0.url(), s.workspace_db()] {
         assert_eq!(service_harness::scalar(db, confirmed).await, 0);
     }
@@ -76,7 +73,7 @@ async fn another_instance_is_moved_to_only_with_move_to_instance() {
     .await;
     assert_eq!(moved.code, Some(0), "{}", moved.stderr);
     assert_eq!(moved.count("users", "deleted"), 30);
-    assert_eq!(service_harness::scalar(s._dbs.0.url(), elsewhere).await, 1);
+    assert_eq!(copied_in(&s).await, 1);
     assert_eq!(held(&s).await, (1, 0, 0));
     for db in [s._dbs.0.url(), s.workspace_db()] {
         assert_eq!(service_harness::scalar(db, confirmed).await, 1);

@@ -115,6 +115,21 @@ pub(crate) fn seed(api: &ClerkApiStandIn, users: usize, orgs: usize, per_org: us
     }
 }
 
+/// Clerk's API with a valid key of another instance, `ins_otherinstance`, holding one user of
+/// its own, `user_elsewhere`.
+pub(crate) async fn another_instance() -> ClerkApiStandIn {
+    let other = ClerkApiStandIn::start(KEY).await.unwrap();
+    other.set_instance("ins_otherinstance");
+    other.put_user(user_json("user_elsewhere", "E", "e@example.org", C, C));
+    other
+}
+
+/// Whether [`another_instance`]'s user was copied in (1) or not (0).
+pub(crate) async fn copied_in(s: &Stack) -> i64 {
+    let elsewhere = "SELECT count(*) FROM users WHERE clerk_id = 'user_elsewhere'";
+    service_harness::scalar(s._dbs.0.url(), elsewhere).await
+}
+
 /// The seeded data, backfilled by a first run that confirms the stand-in's instance.
 pub(crate) async fn backfilled(
     users: usize,
@@ -223,9 +238,7 @@ async fn a_key_of_another_instance_deletes_nothing() {
     let (s, _ours) = backfilled(30, 3, 3).await;
     let before = held(&s).await;
     // A valid key of another instance: it lists that instance's data, none of ours.
-    let other = ClerkApiStandIn::start(KEY).await.unwrap();
-    other.set_instance("ins_otherinstance");
-    other.put_user(user_json("user_elsewhere", "E", "e@example.org", C, C));
+    let other = another_instance().await;
     let ran = reconcile(&s, &other.base_url(), &[], &[]).await;
     let after = held(&s).await;
     assert_eq!(
@@ -250,11 +263,7 @@ async fn a_key_of_another_instance_deletes_nothing() {
         ran.last_line
     );
     assert_eq!(
-        service_harness::scalar(
-            s._dbs.0.url(),
-            "SELECT count(*) FROM users WHERE clerk_id = 'user_elsewhere'"
-        )
-        .await,
+        copied_in(&s).await,
         0,
         "nothing of the other instance copied in"
     );
@@ -545,9 +554,7 @@ async fn with_nothing_recorded_a_key_of_another_instance_is_found_by_what_it_lac
     let first = reconcile(&s, &ours.base_url(), &[], &[]).await;
     assert_eq!(first.count("users", "created"), 30, "{}", first.last_line);
     let before = held(&s).await;
-    let other = ClerkApiStandIn::start(KEY).await.unwrap();
-    other.set_instance("ins_otherinstance");
-    other.put_user(user_json("user_elsewhere", "E", "e@example.org", C, C));
+    let other = another_instance().await;
     let scoped = [
         "--user",
         "user_elsewhere",
@@ -573,11 +580,7 @@ async fn with_nothing_recorded_a_key_of_another_instance_is_found_by_what_it_lac
         assert_eq!(held(&s).await, before, "{flags:?}: nothing deleted");
     }
     assert_eq!(
-        service_harness::scalar(
-            s._dbs.0.url(),
-            "SELECT count(*) FROM users WHERE clerk_id = 'user_elsewhere'"
-        )
-        .await,
+        copied_in(&s).await,
         0,
         "nothing of the other instance copied in"
     );
