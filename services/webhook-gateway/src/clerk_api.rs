@@ -344,7 +344,10 @@ impl ClerkBackend for ClerkHttp {
 #[derive(serde::Deserialize)]
 #[serde(untagged)]
 enum ListBody {
-    Wrapped { data: Vec<serde_json::Value> },
+    Wrapped {
+        data: Vec<serde_json::Value>,
+        total_count: Option<i64>,
+    },
     Bare(Vec<serde_json::Value>),
 }
 
@@ -406,16 +409,32 @@ pub async fn list_page<T: DeserializeOwned>(
     }
     query.extend(q.filter.iter().map(|(k, v)| (*k, v.clone())));
     let body = api.get(path, &query).await?;
-    let items = match serde_json::from_slice::<ListBody>(&body) {
-        Ok(ListBody::Wrapped { data }) | Ok(ListBody::Bare(data)) => data,
-        Err(e) => {
-            return Err(ApiError::Unreadable {
-                path: path.to_owned(),
-                reason: format!("not a list: {}", e.classify_name()),
-            });
-        }
+    let unreadable = |reason: String| ApiError::Unreadable {
+        path: path.to_owned(),
+        reason,
+    };
+    let (items, total) = match serde_json::from_slice::<ListBody>(&body) {
+        Ok(ListBody::Wrapped { data, total_count }) => (data, Some(total_count)),
+        Ok(ListBody::Bare(data)) => (data, None),
+        Err(e) => return Err(unreadable(format!("not a list: {}", e.classify_name()))),
     };
     let last = items.len() < q.limit;
+    // A wrapped list states its length: a body without it, or a last page that ends before it
+    // (`{"data":[]}` from a proxy or a cache), is not Clerk's answer and must never read as
+    // "nothing there".
+    if let Some(total) = total {
+        let total = total.ok_or_else(|| unreadable("a list without total_count".into()))?;
+        let offset = match q.start {
+            Start::Offset(o) => o,
+            Start::After(_) => 0,
+        };
+        if last && ((offset + items.len()) as i64) < total {
+            return Err(unreadable(format!(
+                "a last page ending at {} of a list of total_count {total}",
+                offset + items.len()
+            )));
+        }
+    }
     let id_of = |v: &serde_json::Value| v.get("id").and_then(|i| i.as_str()).map(str::to_owned);
     let last_id = items.last().and_then(id_of);
     let earlier_ids = items

@@ -385,6 +385,21 @@ async fn a_cursor_clerk_does_not_apply_stops_the_run() {
     assert!(pages <= 1 + 2 + 2, "the first run's pages and two: {pages}");
 }
 
+/// Lists answered `{"data":[]}` with no `total_count` (a proxy or a cache in front of Clerk)
+/// are not Clerk's answer: the run stops at the first, and no membership is deleted (before, the
+/// empty listing made every membership a candidate, and each one's own check, the same empty
+/// list, agreed it was gone).
+#[tokio::test]
+async fn lists_answered_empty_without_their_count_delete_nothing() {
+    let (s, api) = backfilled(10, 2, 3).await;
+    let before = held(&s).await;
+    api.answer_lists_empty(true);
+    let ran = reconcile(&s, &api.base_url(), &[], &[]).await;
+    assert_eq!(ran.code, Some(1), "{}", ran.stderr);
+    assert!(ran.last_line.contains("total_count"), "{}", ran.last_line);
+    assert_eq!(held(&s).await, before, "nothing deleted");
+}
+
 #[tokio::test]
 async fn thirteen_hundred_users_are_paged_by_cursor_only() {
     let s = stack(SECRET).await;

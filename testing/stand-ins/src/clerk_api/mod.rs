@@ -58,6 +58,8 @@ struct State {
     remove_when_listed: Vec<String>,
     /// `starting_after` is ignored (a fault on demand: every page is the first).
     ignore_cursor: bool,
+    /// Wrapped lists answer `{"data":[]}` (a fault on demand: a proxy or a cache).
+    empty_lists: bool,
     list_requests: u64,
     requests: u64,
     started: Vec<Instant>,
@@ -140,6 +142,7 @@ impl ClerkApiStandIn {
             fail_from: None,
             blocked: Vec::new(),
             ignore_cursor: false,
+            empty_lists: false,
             remove_when_listed: Vec::new(),
             list_requests: 0,
             requests: 0,
@@ -273,6 +276,12 @@ impl ClerkApiStandIn {
     /// reads keep answering.
     pub fn fail_lists_after(&self, n: Option<u64>) {
         self.with(|s| s.fail_from = n.map(|n| s.list_requests + n + 1));
+    }
+
+    /// Answers every wrapped list (organizations, memberships) `{"data":[]}`, with no
+    /// `total_count` (a fault on demand: a proxy or a cache in front of Clerk).
+    pub fn answer_lists_empty(&self, on: bool) {
+        self.with(|s| s.empty_lists = on);
     }
 
     /// Ignores `starting_after` on `GET /v1/users` (a fault on demand: every page answers as

@@ -289,6 +289,12 @@ fn wrapped(values: Vec<Value>, total: usize) -> Response {
     json_response(200, &json!({"data": values, "total_count": total}))
 }
 
+/// What a wrapped list answers while [`State::empty_lists`] is on: `{"data":[]}`, as a proxy
+/// or a cache in front of Clerk might.
+fn emptied() -> Response {
+    json_response(200, &json!({"data": []}))
+}
+
 /// The answer to an authorized GET.
 pub fn answer(state: &mut State, req: &SeenRequest) -> Response {
     let Some(path) = req.path.strip_prefix("/v1/") else {
@@ -315,6 +321,16 @@ pub fn answer(state: &mut State, req: &SeenRequest) -> Response {
             .filter_map(|k| state.memberships.all.by_key(k).cloned())
             .collect()
     };
+    let listing = matches!(
+        segments.as_slice(),
+        ["organizations"]
+            | ["organization_memberships"]
+            | ["organizations", _, "memberships"]
+            | ["users", _, "organization_memberships"]
+    );
+    if state.empty_lists && listing {
+        return emptied();
+    }
     match segments.as_slice() {
         ["instance"] => json_response(
             200,
