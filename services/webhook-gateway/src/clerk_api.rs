@@ -340,6 +340,12 @@ impl ClerkBackend for ClerkHttp {
     }
 }
 
+/// Whether Clerk answers the list at `path` with a bare array: `GET /users` does; every other
+/// list we read answers `{data, total_count}`.
+fn answers_bare(path: &str) -> bool {
+    path == "/users"
+}
+
 /// Clerk's two list shapes.
 #[derive(serde::Deserialize)]
 #[serde(untagged)]
@@ -415,7 +421,12 @@ pub async fn list_page<T: DeserializeOwned>(
     };
     let (items, total) = match serde_json::from_slice::<ListBody>(&body) {
         Ok(ListBody::Wrapped { data, total_count }) => (data, Some(total_count)),
-        Ok(ListBody::Bare(data)) => (data, None),
+        Ok(ListBody::Bare(data)) if answers_bare(path) => (data, None),
+        Ok(ListBody::Bare(_)) => {
+            return Err(unreadable(
+                "a bare list where Clerk answers {data, total_count}".into(),
+            ));
+        }
         Err(e) => return Err(unreadable(format!("not a list: {}", e.classify_name()))),
     };
     let last = items.len() < q.limit;
@@ -423,7 +434,9 @@ pub async fn list_page<T: DeserializeOwned>(
     // (`{"data":[]}` from a proxy or a cache), is not Clerk's answer and must never read as
     // "nothing there".
     if let Some(total) = total {
-        let total = total.ok_or_else(|| unreadable("a list without total_count".into()))?;
+        let total = total
+            .filter(|t| *t >= 0)
+            .ok_or_else(|| unreadable("a list without a total_count".into()))?;
         let offset = match q.start {
             Start::Offset(o) => o,
             Start::After(_) => 0,

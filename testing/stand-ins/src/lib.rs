@@ -13,7 +13,7 @@ mod liveblocks_identify;
 
 pub use clerk::{ClerkStandIn, OrgClaim, ServiceKeys};
 pub use clerk_api::{
-    Call, ClerkApiStandIn, DEFAULT_INSTANCE, membership_json, org_json, user_json,
+    Call, ClerkApiStandIn, DEFAULT_INSTANCE, EmptyList, membership_json, org_json, user_json,
 };
 pub use http_server::HttpStandIn;
 pub use jwks::JwksServer;

@@ -476,7 +476,8 @@ mod tests {
             let page: Vec<_> = (offset..self.items.min(offset + limit))
                 .map(|i| serde_json::json!({"id": format!("r{i:04}"), "created_at": i}))
                 .collect();
-            Ok(serde_json::to_vec(&page).unwrap().into())
+            let body = serde_json::json!({"data": page, "total_count": self.items});
+            Ok(serde_json::to_vec(&body).unwrap().into())
         }
 
         fn requests(&self) -> u64 {

@@ -134,18 +134,20 @@ where
             }
         };
         offset += page.items.len();
+        let mut moved_on = true;
         if let (Listing::Cursor(_), Some(end)) = (listing, &after) {
+            let position = |i: &Result<T, Unparsed>| i.as_ref().ok().and_then(Positioned::position);
+            moved_on = page
+                .items
+                .iter()
+                .any(|i| position(i).is_some_and(|p| p > *end));
             // A page after an earlier cursor may repeat what the previous page listed.
-            page.items.retain(|i| {
-                i.as_ref()
-                    .ok()
-                    .and_then(Positioned::position)
-                    .is_none_or(|p| p > *end)
-            });
+            page.items.retain(|i| position(i).is_none_or(|p| p > *end));
         }
-        if matches!(listing, Listing::Cursor(_)) && !page.last && page.items.is_empty() {
-            // A full page with nothing after the previous one: the cursor was not applied, and
-            // every further page would be the same one.
+        if !page.last && !moved_on {
+            // A full page with no user after the previous one's (those it holds without a
+            // position included): the cursor was not applied, and every further page would be
+            // the same one.
             let e = format!(
                 "a full page of {path} after the previous page's last user held none after it: \
                  Clerk did not apply the cursor, and the listing cannot go on"

@@ -5,7 +5,9 @@
 
 use crate::support::*;
 use serde_json::{Value, json};
-use stand_ins::{ClerkApiStandIn, DEFAULT_INSTANCE, membership_json, org_json, user_json};
+use stand_ins::{
+    ClerkApiStandIn, DEFAULT_INSTANCE, EmptyList, membership_json, org_json, user_json,
+};
 use std::collections::BTreeMap;
 
 pub(crate) const KEY: &str = "sk_test_standin_key";
@@ -365,12 +367,14 @@ async fn a_budget_exceeded_deletes_nothing_of_that_kind_and_allow_mass_delete_go
 }
 
 /// A cursor that Clerk does not apply (every page answers as the first) stops the run at the
-/// second page, instead of reading the first page again until the Job's deadline; nothing is
-/// deleted.
+/// second page, instead of reading the first page again until the Job's deadline, also when
+/// that page holds a user without a position; nothing is deleted.
 #[tokio::test]
 async fn a_cursor_clerk_does_not_apply_stops_the_run() {
     let (s, api) = backfilled(1200, 0, 0).await;
     api.remove_user(&user_id(5));
+    // The oldest user is one that does not parse (no position): kept on every page.
+    api.put_user(json!({"id": "user_unreadable", "object": "user", "created_at": C - 1}));
     api.ignore_cursor(true);
     let ran = reconcile(&s, &api.base_url(), &["--only", "users"], &[]).await;
     assert_eq!(ran.code, Some(1), "{}", ran.stderr);
@@ -385,19 +389,21 @@ async fn a_cursor_clerk_does_not_apply_stops_the_run() {
     assert!(pages <= 1 + 2 + 2, "the first run's pages and two: {pages}");
 }
 
-/// Lists answered `{"data":[]}` with no `total_count` (a proxy or a cache in front of Clerk)
-/// are not Clerk's answer: the run stops at the first, and no membership is deleted (before, the
+/// Lists answered `{"data":[]}` with no `total_count`, or `[]`, where Clerk answers
+/// `{data, total_count}` (a proxy or a cache in front of Clerk) are not Clerk's answer: the run stops at the first, and no membership is deleted (before, the
 /// empty listing made every membership a candidate, and each one's own check, the same empty
 /// list, agreed it was gone).
 #[tokio::test]
 async fn lists_answered_empty_without_their_count_delete_nothing() {
     let (s, api) = backfilled(10, 2, 3).await;
     let before = held(&s).await;
-    api.answer_lists_empty(true);
-    let ran = reconcile(&s, &api.base_url(), &[], &[]).await;
-    assert_eq!(ran.code, Some(1), "{}", ran.stderr);
-    assert!(ran.last_line.contains("total_count"), "{}", ran.last_line);
-    assert_eq!(held(&s).await, before, "nothing deleted");
+    for shape in [EmptyList::Wrapped, EmptyList::Bare] {
+        api.answer_lists_empty(Some(shape));
+        let ran = reconcile(&s, &api.base_url(), &[], &[]).await;
+        assert_eq!(ran.code, Some(1), "{shape:?}: {}", ran.stderr);
+        assert!(ran.last_line.contains("total_count"), "{}", ran.last_line);
+        assert_eq!(held(&s).await, before, "{shape:?}: nothing deleted");
+    }
 }
 
 #[tokio::test]

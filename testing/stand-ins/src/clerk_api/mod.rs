@@ -58,12 +58,21 @@ struct State {
     remove_when_listed: Vec<String>,
     /// `starting_after` is ignored (a fault on demand: every page is the first).
     ignore_cursor: bool,
-    /// Wrapped lists answer `{"data":[]}` (a fault on demand: a proxy or a cache).
-    empty_lists: bool,
+    /// Wrapped lists answer empty in this shape (a fault on demand: a proxy or a cache).
+    empty_lists: Option<EmptyList>,
     list_requests: u64,
     requests: u64,
     started: Vec<Instant>,
     calls: Vec<Call>,
+}
+
+/// How [`ClerkApiStandIn::answer_lists_empty`] answers a wrapped list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EmptyList {
+    /// `{"data":[]}`: no `total_count`.
+    Wrapped,
+    /// `[]`.
+    Bare,
 }
 
 /// A running stand-in of Clerk's Backend API.
@@ -142,7 +151,7 @@ impl ClerkApiStandIn {
             fail_from: None,
             blocked: Vec::new(),
             ignore_cursor: false,
-            empty_lists: false,
+            empty_lists: None,
             remove_when_listed: Vec::new(),
             list_requests: 0,
             requests: 0,
@@ -278,10 +287,10 @@ impl ClerkApiStandIn {
         self.with(|s| s.fail_from = n.map(|n| s.list_requests + n + 1));
     }
 
-    /// Answers every wrapped list (organizations, memberships) `{"data":[]}`, with no
-    /// `total_count` (a fault on demand: a proxy or a cache in front of Clerk).
-    pub fn answer_lists_empty(&self, on: bool) {
-        self.with(|s| s.empty_lists = on);
+    /// Answers every wrapped list (organizations, memberships) empty, in `shape` (`None`:
+    /// as Clerk does), a fault on demand: a proxy or a cache in front of Clerk.
+    pub fn answer_lists_empty(&self, shape: Option<EmptyList>) {
+        self.with(|s| s.empty_lists = shape);
     }
 
     /// Ignores `starting_after` on `GET /v1/users` (a fault on demand: every page answers as

@@ -16,8 +16,8 @@
 //!   user answers 422 `form_param_value_invalid` (never a page from where the user was).
 //! - `GET /v1/instance` answers the instance the key belongs to.
 
-use super::State;
 use super::store::Key;
+use super::{EmptyList, State};
 use crate::http_server::{SeenRequest, json_response};
 use bytes::Bytes;
 use http_body_util::Full;
@@ -289,10 +289,13 @@ fn wrapped(values: Vec<Value>, total: usize) -> Response {
     json_response(200, &json!({"data": values, "total_count": total}))
 }
 
-/// What a wrapped list answers while [`State::empty_lists`] is on: `{"data":[]}`, as a proxy
-/// or a cache in front of Clerk might.
-fn emptied() -> Response {
-    json_response(200, &json!({"data": []}))
+/// What a wrapped list answers while [`State::empty_lists`] says so, as a proxy or a cache in
+/// front of Clerk might.
+fn emptied(shape: EmptyList) -> Response {
+    match shape {
+        EmptyList::Wrapped => json_response(200, &json!({"data": []})),
+        EmptyList::Bare => json_response(200, &json!([])),
+    }
 }
 
 /// The answer to an authorized GET.
@@ -328,8 +331,8 @@ pub fn answer(state: &mut State, req: &SeenRequest) -> Response {
             | ["organizations", _, "memberships"]
             | ["users", _, "organization_memberships"]
     );
-    if state.empty_lists && listing {
-        return emptied();
+    if let (Some(shape), true) = (state.empty_lists, listing) {
+        return emptied(shape);
     }
     match segments.as_slice() {
         ["instance"] => json_response(
