@@ -176,7 +176,7 @@ pub async fn run(clerk: &impl ClerkBackend, downstream: &Downstream, plan: &Plan
             Ok(_) => {}
             Err(e) => {
                 error = Some(format!(
-                    "comparing Clerk's oldest users with those held here: {e}"
+                    "comparing Clerk's oldest and newest users with those held here: {e}"
                 ));
                 pin = None;
             }

@@ -108,7 +108,7 @@ pub async fn workspace_deleted(conn: &mut AsyncPgConnection, id: Uuid) -> QueryR
     let r: Hit = prepared(
         "SELECT NOT EXISTS (SELECT 1 FROM workspaces WHERE id = $1 AND deleted_at IS NULL) AS hit",
     )
-    .bind::<diesel::sql_types::Uuid, _>(id)
+    .bind::<SqlUuid, _>(id)
     .one(conn)
     .await?;
     Ok(r.hit)
