@@ -11,8 +11,8 @@ use crate::error::Error;
 use crate::model::paging::PageRequest;
 use crate::model::{Cursor, ItemKind, Page};
 use chrono::{DateTime, Utc};
-use diesel::QueryableByName;
 use diesel::sql_types::{BigInt, Nullable, Text, Timestamptz, Uuid as SqlUuid};
+use diesel::{OptionalExtension, QueryableByName};
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use service_runtime::Settled;
 use service_runtime::prepared;
@@ -100,7 +100,7 @@ macro_rules! item_sql {
             delete: concat!(
                 "DELETE FROM ",
                 $table,
-                " WHERE workspace_id = $1 AND id = $2"
+                " WHERE workspace_id = $1 AND id = $2 RETURNING room_id"
             ),
             scope: ScopeSql {
                 in_workspace: concat!(
@@ -257,14 +257,22 @@ pub async fn delete_item(
         &format!("deleting someone else's {}", kind.noun()),
     )?;
     let room = kind.liveblocks_room(item_id);
+    #[derive(QueryableByName)]
+    struct Gone {
+        #[diesel(sql_type = SqlUuid)]
+        room_id: Uuid,
+    }
     conn.transaction::<_, Error, _>(async |conn| {
-        let gone = prepared(sql(kind).delete)
+        let gone: Option<Gone> = prepared(sql(kind).delete)
             .bind::<SqlUuid, _>(ws)
             .bind::<SqlUuid, _>(item_id)
-            .execute(conn)
-            .await?;
+            .one(conn)
+            .await
+            .optional()?;
         enqueue(conn, std::slice::from_ref(&room)).await?;
-        if gone == 1 {
+        if let Some(gone) = gone {
+            // The room's deletion, if one is committing, comes first and hides the item.
+            hold_room(conn, caller, ws, gone.room_id, kind.noun()).await?;
             record_workspace(conn, ws, Event::ItemDeleted(item_id.to_string()))
                 .await?
                 .or_deleted()?;

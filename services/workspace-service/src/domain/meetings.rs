@@ -151,6 +151,7 @@ pub async fn cancel_meeting(
         .map_err(|_| unseen(caller, "meeting"))?;
     caller.require_creator_or_admin(&m.created_by, "cancelling someone else's meeting")?;
     conn.transaction::<_, Error, _>(async |conn| {
+        hold_room(conn, caller, ws, m.room_id, "meeting").await?;
         let after = diesel::update(meetings::table.find((ws, meeting_id)))
             .set(
                 meetings::cancelled_at.eq(diesel::dsl::sql::<Nullable<Timestamptz>>(

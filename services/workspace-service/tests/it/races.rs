@@ -241,3 +241,142 @@ async fn writes_racing_their_rooms_deletion_are_refused() {
         "the room's deletion is the log's last entry"
     );
 }
+
+/// A room of `kind` named `name` in `org`, created by admin `user_a`.
+async fn room(env: &Env, org: &str, kind: pb::RoomKind, name: &str) -> String {
+    env.client()
+        .await
+        .create_room(env.admin(
+            "user_a",
+            org,
+            pb::CreateRoomRequest {
+                clerk_org_id: org.into(),
+                kind: kind.into(),
+                name: name.into(),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .room
+        .unwrap()
+        .id
+}
+
+/// An item's deletion and a meeting's cancellation whose checks passed while their rooms'
+/// deletions were committing wait for them, find the rooms gone and are refused: nothing of
+/// theirs is recorded after `RoomDeleted`, and the meeting is not cancelled (the rooms' purges
+/// remove both).
+#[tokio::test]
+async fn removals_racing_their_rooms_deletion_are_refused() {
+    let env = start_with(false).await;
+    let ws = env.workspace("org_rm").await.id;
+    let c = env.client().await;
+    let docs = room(&env, "org_rm", pb::RoomKind::Document, "Specs").await;
+    let conf = room(&env, "org_rm", pb::RoomKind::Conference, "Calls").await;
+    let item = c
+        .clone()
+        .create_room_item(env.admin(
+            "user_a",
+            "org_rm",
+            pb::CreateRoomItemRequest {
+                room_id: docs.clone(),
+                kind: pb::ItemKind::Document.into(),
+                name: "Plan".into(),
+                language: String::new(),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .item
+        .unwrap()
+        .id;
+    let meeting = c
+        .clone()
+        .schedule_meeting(env.admin(
+            "user_a",
+            "org_rm",
+            pb::ScheduleMeetingRequest {
+                room_id: conf.clone(),
+                title: "Sync".into(),
+                starts_at: Some(prost_types::Timestamp {
+                    seconds: 2_000_000_000,
+                    nanos: 0,
+                }),
+                ends_at: Some(prost_types::Timestamp {
+                    seconds: 2_000_003_600,
+                    nanos: 0,
+                }),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .meeting
+        .unwrap()
+        .id;
+    let held = hold_numbering(&env, &ws).await;
+    let mut deletions = Vec::new();
+    for (n, room_id) in (1..).zip([docs, conf]) {
+        let req = env.admin("user_a", "org_rm", pb::DeleteRoomRequest { room_id });
+        let mut c = c.clone();
+        deletions.push(tokio::spawn(async move { c.delete_room(req).await }));
+        env.lock_waiters(n).await;
+    }
+    let deleted = tokio::spawn({
+        let req = env.admin(
+            "user_a",
+            "org_rm",
+            pb::DeleteRoomItemRequest {
+                kind: pb::ItemKind::Document.into(),
+                item_id: item.clone(),
+            },
+        );
+        let mut c = c.clone();
+        async move { c.delete_room_item(req).await }
+    });
+    env.lock_waiters(3).await;
+    let cancelled = tokio::spawn({
+        let req = env.admin(
+            "user_a",
+            "org_rm",
+            pb::CancelMeetingRequest {
+                meeting_id: meeting.clone(),
+            },
+        );
+        let mut c = c.clone();
+        async move { c.cancel_meeting(req).await }
+    });
+    env.lock_waiters(4).await;
+    drop(held);
+    for deletion in deletions {
+        deletion
+            .await
+            .unwrap()
+            .expect("the room's deletion applies");
+    }
+    for (what, answer) in [
+        ("the item's deletion", deleted.await.unwrap().map(|_| ())),
+        ("the cancellation", cancelled.await.unwrap().map(|_| ())),
+    ] {
+        let refused = answer.expect_err(what);
+        assert_eq!(
+            refused.code(),
+            Code::PermissionDenied,
+            "{what}: {refused:?}"
+        );
+    }
+    assert_eq!(
+        env.count("meetings WHERE cancelled_at IS NOT NULL").await,
+        0,
+        "the meeting was not cancelled (the purge may have removed it since)"
+    );
+    assert!(
+        matches!(
+            last_entry(&env, &ws).await,
+            pb::workspace_event::Event::RoomDeleted(_)
+        ),
+        "the rooms' deletions are the log's last entries"
+    );
+}
