@@ -847,3 +847,58 @@ async fn a_rejected_key_makes_jobs_dead_and_keeps_them() {
         3
     );
 }
+
+/// A purge its service stops in the middle of is handed back without spending an attempt:
+/// rolling restarts never make a purge dead.
+#[tokio::test]
+async fn a_purge_stopped_with_its_service_spends_no_attempt() {
+    let env = start_with(false).await;
+    populate(&env, "org_stop").await;
+    let blocked = env.block_purges().await;
+    assert_eq!(
+        delete(&env, "d1", "org_stop").await.outcome(),
+        pb::CommandOutcome::Applied
+    );
+    // The purge waits at the messages (a lane or two), its attempt counted by its lease.
+    eventually("the purge waits", Duration::from_secs(10), || async {
+        env.scalar(
+            "SELECT count(*) FROM pg_stat_activity
+              WHERE datname = current_database() AND wait_event_type = 'Lock'",
+        )
+        .await
+            > 0
+    })
+    .await;
+    assert_eq!(
+        env.scalar("SELECT attempts::bigint FROM purge_jobs").await,
+        1
+    );
+    let Env { server, db, .. } = env;
+    let addr = server.addr;
+    let stopped = tokio::spawn(server.stop());
+    // Drained (no call is open): the port closes, the workers are told to stop.
+    eventually(
+        "the server stopped accepting",
+        Duration::from_secs(10),
+        || async { tokio::net::TcpStream::connect(addr).await.is_err() },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    drop(blocked);
+    stopped.await.unwrap().unwrap();
+    let url = db.url();
+    assert_eq!(
+        service_harness::scalar(
+            url,
+            "SELECT count(*) FROM purge_jobs WHERE last_error LIKE 'paused%' AND dead_at IS NULL"
+        )
+        .await,
+        1,
+        "the purge was handed back, unfinished"
+    );
+    assert_eq!(
+        service_harness::scalar(url, "SELECT attempts::bigint FROM purge_jobs").await,
+        0,
+        "the stop spent no attempt"
+    );
+}

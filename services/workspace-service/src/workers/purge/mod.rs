@@ -332,7 +332,9 @@ impl JobHandler for PurgeHandler {
                 Attempt::Done
             }
             Err(Stop::Lost) => lost(),
-            Err(Stop::Paused) => Attempt::Retry {
+            // Handed back for the next replica: a stop is not the purge's failure, so it
+            // spends no attempt (rolling restarts never make a purge dead).
+            Err(Stop::Paused) => Attempt::Deferred {
                 after: Duration::ZERO,
                 error: "paused: the service stopped".into(),
             },
