@@ -28,7 +28,16 @@ pub struct ReasonLabels {
 
 /// Why a watch stream ends (`workspace_watch_ends`).
 pub const WATCH_END_REASONS: &[&str] = &[
-    "gone", "behind", "memory", "expired", "denied", "deleted", "stopping", "too_old", "error",
+    "gone",
+    "behind",
+    "memory",
+    "expired",
+    "denied",
+    "unchecked",
+    "deleted",
+    "stopping",
+    "too_old",
+    "error",
 ];
 
 /// Outcomes of a room-token call (`liveblocks_room_tokens`): a token issued, refused

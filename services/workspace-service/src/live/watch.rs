@@ -320,6 +320,8 @@ impl Stream {
             }
         };
         tokio::pin!(expired);
+        // Access was checked when the watch opened.
+        let mut verified = tokio::time::Instant::now();
         let mut recheck = tokio::time::interval(self.live.settings.recheck);
         recheck.tick().await;
         let budget = self.live.settings.stream_bytes;
@@ -354,7 +356,7 @@ impl Stream {
             };
             let done = match step {
                 Step::End(end) => Err(end),
-                Step::Recheck => self.check_access().await,
+                Step::Recheck => self.check_access(&mut verified).await,
                 Step::Pressure => Ok(()),
                 Step::Live(Ok(f)) => self.deliver(&f),
                 Step::Live(Err(broadcast::error::RecvError::Lagged(_))) => {
@@ -540,19 +542,33 @@ impl Stream {
         if f.last { Err(deleted()) } else { Ok(()) }
     }
 
-    /// Ends the stream when the caller may no longer watch.
-    async fn check_access(&self) -> Result<(), End> {
+    /// Ends the stream when the caller may no longer watch, or when their access could not be
+    /// checked twice in a row (fail closed: a removed member is not served past one missed
+    /// check, about 1.5 `WATCH_ACCESS_RECHECK_SECS` at most); `verified` is when it last passed.
+    async fn check_access(&self, verified: &mut tokio::time::Instant) -> Result<(), End> {
         let checked = async {
             let mut conn = self.live.pool.get().await?;
             self.scope.check(&mut conn, &self.caller).await
         };
         match checked.await {
-            Ok(_) => Ok(()),
+            Ok(_) => {
+                *verified = tokio::time::Instant::now();
+                Ok(())
+            }
             Err(Error::Denied(m)) | Err(Error::NotFound(m)) => {
                 Err(End::Now(Status::permission_denied(m), "denied"))
             }
+            Err(e) if verified.elapsed() > self.live.settings.recheck * 3 / 2 => {
+                tracing::warn!(error = %e, "re-checking a watcher's access failed again; ending the watch");
+                Err(End::Now(
+                    Status::unavailable(
+                        "your access to this watch could not be checked: watch again with the last resume token",
+                    ),
+                    "unchecked",
+                ))
+            }
             Err(e) => {
-                tracing::warn!(error = %e, "re-checking a watcher's access failed; checked again later");
+                tracing::warn!(error = %e, "re-checking a watcher's access failed; checked again at the next interval");
                 Ok(())
             }
         }

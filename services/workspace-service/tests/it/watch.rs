@@ -953,3 +953,28 @@ async fn a_removal_not_heard_yet_opens_no_stream() {
         .unwrap_err();
     assert_eq!(refused.code(), Code::PermissionDenied, "{refused:?}");
 }
+
+/// A watch whose caller's access cannot be checked (the database does not answer in time) is
+/// not served past a second failed check: it ends with UNAVAILABLE, so the client opens it again
+/// through a check that must pass.
+#[tokio::test]
+async fn a_watch_whose_access_cannot_be_checked_ends() {
+    let env = start_custom(false, |c| {
+        c.watch.watch_access_recheck_secs = 1;
+        c.service.db.db_statement_timeout_ms = 200;
+    })
+    .await;
+    let ch = channel(&env, "org_u", "live").await;
+    let mut w = watch(&env, "user_u", "org_u", &ch, "").await;
+    assert_eq!(what(&next(&mut w).await), "caught up");
+    // Every check reads the channel's row: held, each one times out.
+    let _held = env
+        .hold("LOCK TABLE channels IN ACCESS EXCLUSIVE MODE")
+        .await;
+    let ended = tokio::time::timeout(Duration::from_secs(10), w.message())
+        .await
+        .expect("the watch ends")
+        .unwrap_err();
+    assert_eq!(ended.code(), Code::Unavailable, "{ended:?}");
+    assert!(ended.message().contains("resume token"), "{ended:?}");
+}
