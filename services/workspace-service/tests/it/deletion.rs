@@ -902,3 +902,43 @@ async fn a_purge_stopped_with_its_service_spends_no_attempt() {
         "the stop spent no attempt"
     );
 }
+
+/// A channel someone else holds when the purge comes to it (a write being refused took its key
+/// share) is waited for, not taken as gone: the purge finishes in its first attempt, without the
+/// workspace's own delete failing on the channel's foreign key.
+#[tokio::test]
+async fn a_channel_held_by_a_refused_write_is_waited_for() {
+    let env = start_with(false).await;
+    let ch = crate::watch::channel(&env, "org_held", "held").await;
+    let held = env
+        .hold(&format!(
+            "SELECT 1 FROM channels WHERE id = '{ch}' FOR KEY SHARE"
+        ))
+        .await;
+    assert_eq!(
+        delete(&env, "d1", "org_held").await.outcome(),
+        pb::CommandOutcome::Applied
+    );
+    eventually(
+        "the purge waits for the channel",
+        Duration::from_secs(10),
+        || async {
+            env.scalar(
+                "SELECT count(*) FROM pg_stat_activity
+              WHERE datname = current_database() AND wait_event_type = 'Lock'
+                AND query LIKE '%FROM channels%'",
+            )
+            .await
+                > 0
+        },
+    )
+    .await;
+    assert_eq!(
+        env.scalar("SELECT attempts::bigint FROM purge_jobs").await,
+        1,
+        "still its first attempt"
+    );
+    drop(held);
+    env.purges_done().await;
+    env.assert_only_bookkeeping_left().await;
+}

@@ -248,6 +248,14 @@ fn piece_sql(kind: PurgeKind, piece: Piece) -> [&'static str; 2] {
     }
 }
 
+/// The channels' statement when none was free to take: waits for one a stranger holds (another
+/// lane's chunk, or a write being refused that took its key share) and deletes it once free,
+/// instead of taking the piece as finished and leaving the channel to fail the workspace's
+/// own delete on its foreign key (a retry, spending one of the job's attempts).
+const CHANNEL_HELD: &str = purge_sql!(plain:
+    "channels WHERE ctid = ANY(ARRAY(SELECT ctid FROM channels WHERE workspace_id = $1 LIMIT $3
+        FOR UPDATE))")[0];
+
 /// What one chunk did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Chunk {
@@ -316,15 +324,23 @@ impl PurgeRun {
                 } else {
                     fast
                 };
-                let c: Count = prepared(sql)
+                let mut c: Count = prepared(sql)
                     .bind::<SqlUuid, _>(self.target)
                     .bind::<Text, _>(prefix(piece, self.kind))
                     .bind::<BigInt, _>(limit)
                     .one(conn)
                     .await?;
+                if piece == Piece::Channels && c.n == 0 {
+                    c = prepared(CHANNEL_HELD)
+                        .bind::<SqlUuid, _>(self.target)
+                        .bind::<Text, _>(prefix(piece, self.kind))
+                        .bind::<BigInt, _>(1)
+                        .one(conn)
+                        .await?;
+                }
                 let more = match piece {
                     Piece::Target => false,
-                    // None taken: the rest are gone or in another lane's chunk.
+                    // None taken, even waiting: the rest are gone.
                     Piece::Channels => c.n > 0,
                     _ => c.n >= limit,
                 };
