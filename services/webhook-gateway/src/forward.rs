@@ -73,12 +73,17 @@ pub enum ForwardError {
     /// so Svix retries later; reconcile repeats the call at once (with backoff).
     #[error("unavailable: {0}")]
     Unavailable(String),
-    /// The call failed for a reason a prompt repeat does not change (PERMISSION_DENIED,
-    /// UNAUTHENTICATED, FAILED_PRECONDITION, NOT_FOUND, INTERNAL ..., or no service token):
-    /// answered 503 like [`ForwardError::Unavailable`], so Svix retries once the cause is fixed;
-    /// reconcile stops at once.
+    /// The call failed for a reason a prompt repeat does not change (FAILED_PRECONDITION,
+    /// NOT_FOUND, INTERNAL ...): answered 503 like [`ForwardError::Unavailable`], so Svix
+    /// retries once the cause is fixed; reconcile stops at once; a replay keeps the delivery
+    /// and goes on with the next.
     #[error("failed: {0}")]
     Failed(String),
+    /// The service refused the gateway itself (UNAUTHENTICATED, PERMISSION_DENIED), or no
+    /// service token could be made: every call fails alike until the configuration is fixed.
+    /// Answered 503 like [`ForwardError::Failed`]; reconcile and a replay stop at once.
+    #[error("refused the gateway: {0}")]
+    Denied(String),
 }
 
 impl ForwardError {
@@ -110,8 +115,9 @@ pub fn transient(s: &Status) -> bool {
 }
 
 /// What a failed call means: INVALID_ARGUMENT is the content's fault (a webhook's delivery is
-/// quarantined, 200); a [`transient`] failure is [`ForwardError::Unavailable`]; anything else
-/// [`ForwardError::Failed`] (both 503 for a webhook).
+/// quarantined, 200); the gateway's token refused is [`ForwardError::Denied`]; a [`transient`]
+/// failure is [`ForwardError::Unavailable`]; anything else [`ForwardError::Failed`] (all three
+/// 503 for a webhook).
 pub fn failure(command: &'static str, s: &Status) -> ForwardError {
     if s.code() == Code::InvalidArgument {
         return ForwardError::Rejected(s.message().to_owned());
@@ -120,6 +126,9 @@ pub fn failure(command: &'static str, s: &Status) -> ForwardError {
         tracing::error!(command, code = ?s.code(), reason = s.message(), "a service refused the gateway's token: check SERVICE_JWT_* / SERVICE_JWKS_FILE");
     }
     let reason = format!("{command}: {:?} {}", s.code(), s.message());
+    if matches!(s.code(), Code::Unauthenticated | Code::PermissionDenied) {
+        return ForwardError::Denied(reason);
+    }
     if transient(s) {
         ForwardError::Unavailable(reason)
     } else {
@@ -143,12 +152,12 @@ impl Calls {
         let token = self
             .tokens
             .token_for(audience)
-            .map_err(ForwardError::Failed)?;
+            .map_err(ForwardError::Denied)?;
         let mut r = Request::new(msg);
         r.set_timeout(self.timeout);
         let value = format!("Bearer {token}")
             .parse()
-            .map_err(|_| ForwardError::Failed("service token is not valid header text".into()))?;
+            .map_err(|_| ForwardError::Denied("service token is not valid header text".into()))?;
         r.metadata_mut().insert("authorization", value);
         Ok(r)
     }

@@ -149,9 +149,12 @@ pub struct ReplaySummary {
     pub ignored: u64,
     /// Still refused: kept open with the new reason.
     pub still_refused: u64,
+    /// Failed at a service for a reason of its own (INTERNAL, FAILED_PRECONDITION ...): kept
+    /// open with the reason; the replay goes on with the next.
+    pub failed: u64,
     /// Kept without a body (the retention removed it): only a discard closes them.
     pub without_body: u64,
-    /// Why the replay stopped early (a service unavailable), if it did.
+    /// Why the replay stopped early (a service unavailable, or refusing the gateway), if it did.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub stopped: Option<String>,
 }
@@ -160,13 +163,14 @@ impl ReplaySummary {
     /// One line per count, for a terminal.
     pub fn table(&self) -> String {
         format!(
-            "examined {}\napplied {}\nduplicate {}\nstale {}\nignored {}\nstill refused {}\nwithout body {}\n",
+            "examined {}\napplied {}\nduplicate {}\nstale {}\nignored {}\nstill refused {}\nfailed {}\nwithout body {}\n",
             self.examined,
             self.applied,
             self.duplicate,
             self.stale,
             self.ignored,
             self.still_refused,
+            self.failed,
             self.without_body
         )
     }
@@ -204,7 +208,8 @@ pub async fn replay(downstream: &Downstream, only: Option<&str>) -> ReplaySummar
     summary
 }
 
-/// Replays one delivery; an error means a service was unavailable (stop the run).
+/// Replays one delivery; an error means a service was unavailable or refused the gateway
+/// (stop the run: every delivery would fail alike).
 async fn replay_one(
     downstream: &Downstream,
     owner: Owner,
@@ -252,7 +257,21 @@ async fn replay_one(
             summary.still_refused += 1;
             refused(format!("refused by a service: {reason}")).await
         }
-        Err(e @ (ForwardError::Unavailable(_) | ForwardError::Failed(_))) => Err(e),
+        Err(ForwardError::Failed(reason)) => {
+            // This delivery's failure (a service's bug, say), not the run's: kept and visible,
+            // and the deliveries after it are still replayed.
+            summary.failed += 1;
+            tracing::warn!(svix_id = d.svix_id, event_type = d.event_type, %reason, "replayed delivery failed at a service; kept");
+            keep(
+                downstream,
+                &d.svix_id,
+                &d.event_type,
+                &format!("failed at a service: {reason}"),
+                &d.body,
+            )
+            .await
+        }
+        Err(e @ (ForwardError::Unavailable(_) | ForwardError::Denied(_))) => Err(e),
     }
 }
 

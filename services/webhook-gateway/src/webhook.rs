@@ -124,9 +124,11 @@ pub(crate) async fn clerk_webhook(app: &App, req: Request<Incoming>) -> Response
             let reason = format!("refused by a service: {reason}");
             quarantined(app, &svix_id, &event_type, &reason, &body, started).await
         }
-        Err(ForwardError::Unavailable(reason) | ForwardError::Failed(reason)) => {
-            unavailable(app, &svix_id, &event_type, &reason, ms)
-        }
+        Err(
+            ForwardError::Unavailable(reason)
+            | ForwardError::Failed(reason)
+            | ForwardError::Denied(reason),
+        ) => unavailable(app, &svix_id, &event_type, &reason, ms),
     }
 }
 

@@ -208,7 +208,8 @@ mod tests {
         let r = Retrier::new(policy(6, Duration::from_secs(10)));
         for e in [
             ForwardError::Rejected("bad".into()),
-            ForwardError::Failed("x: PermissionDenied no".into()),
+            ForwardError::Denied("x: PermissionDenied no".into()),
+            ForwardError::Failed("x: Internal no".into()),
         ] {
             let mut calls = 0;
             let out = r

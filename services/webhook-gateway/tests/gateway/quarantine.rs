@@ -577,3 +577,49 @@ async fn only_operators_reach_the_admin_services() {
         }
     }
 }
+
+/// A delivery that fails at a service for a reason of its own (here a trigger that refuses one
+/// user: INTERNAL) is kept open with the reason, and the replay goes on with the deliveries
+/// after it.
+#[tokio::test]
+async fn a_delivery_failing_at_a_service_does_not_stop_the_replay() {
+    let s = stack(SECRET).await;
+    service_harness::execute(
+        s._dbs.0.url(),
+        "CREATE FUNCTION refuse_user() RETURNS trigger LANGUAGE plpgsql AS $$
+           BEGIN
+             IF NEW.clerk_id = 'user_f1' THEN RAISE EXCEPTION 'refused by the test'; END IF;
+             RETURN NEW;
+           END $$;
+         CREATE TRIGGER refuse_user BEFORE INSERT OR UPDATE ON users
+           FOR EACH ROW EXECUTE FUNCTION refuse_user();",
+    )
+    .await;
+    let failing = user_event("user.created", "user_f1", "Failing", T);
+    keep_directly(&s, "msg_f1", &failing).await;
+    keep_directly(
+        &s,
+        "msg_f2",
+        &user_event("user.created", "user_f2", "Next", T),
+    )
+    .await;
+    let summary = replay(&s.gateway_downstream(), None).await;
+    assert_eq!(
+        summary,
+        ReplaySummary {
+            examined: 2,
+            applied: 1,
+            failed: 1,
+            ..ReplaySummary::default()
+        }
+    );
+    assert_eq!(s.user("user_f2").await.unwrap().name, "Next Example");
+    assert_eq!(s.quarantined(Owner::Identity).await, ["msg_f1"]);
+    let kept = s.quarantined_one(Owner::Identity, "msg_f1").await;
+    assert!(
+        kept.reason.contains("failed at a service"),
+        "{}",
+        kept.reason
+    );
+    assert_eq!(kept.attempts, 2, "the replay counts an attempt");
+}
