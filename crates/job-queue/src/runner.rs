@@ -270,7 +270,20 @@ fn start<H: JobHandler>(
     let results = results.clone();
     let epoch = this.breaker.as_ref().map(|b| b.started(Instant::now()));
     tasks.spawn(async move {
-        let attempt = runner.handler.attempt(&r.job, r.token).await;
+        // A handler that panics is a failed attempt like any other: recorded, retried after a
+        // poll period and dead after the last (uncaught, it would be leased again at every
+        // lease's expiry, past the last attempt, showing as pending).
+        let attempt = {
+            let (runner, job, token) = (Arc::clone(&runner), r.job.clone(), r.token);
+            tokio::spawn(async move { runner.handler.attempt(&job, token).await }).await
+        };
+        let attempt = attempt.unwrap_or_else(|e| {
+            tracing::error!(table = runner.table.name, key = %r.job.key, error = %e, "a job's handler panicked");
+            Attempt::Retry {
+                after: runner.settings.poll,
+                error: format!("the job's handler panicked: {e}"),
+            }
+        });
         runner.ended(epoch, &attempt);
         // The slot is free once the work is; recording the result overlaps the next job.
         drop(permit);

@@ -234,6 +234,45 @@ async fn a_failing_job_is_retried_then_dead_and_kept_until_an_operator_retries_i
     assert_eq!(pending[0].attempts, 0);
 }
 
+/// A handler that panics fails its attempt: retried, then dead with the panic as its error, and
+/// the runner goes on with the other jobs.
+#[tokio::test]
+async fn a_panicking_handler_fails_its_attempts_until_the_job_is_dead() {
+    let (_db, pool) = database().await;
+    enqueue(&pool, ["bomb".to_owned(), "fine".to_owned()]).await;
+    let handler = Recorder::new(
+        |job| {
+            assert_ne!(job.key, "bomb", "the handler's bug");
+            Attempt::Done
+        },
+        Duration::ZERO,
+    );
+    let (stop, run) = start(&pool, handler.clone(), settings(1, 0, 2));
+    until("the panicking job is dead", async || {
+        let mut conn = pool.get().await.unwrap();
+        job_queue::depths(&mut conn, &JOBS).await.unwrap().dead == 1
+    })
+    .await;
+    stop.send(()).unwrap();
+    run.await.unwrap();
+    let mut conn = pool.get().await.unwrap();
+    let dead = job_queue::list(&mut conn, &JOBS, Some(JobState::Dead), "", 10)
+        .await
+        .unwrap();
+    assert_eq!(dead.len(), 1);
+    assert_eq!((dead[0].key.as_str(), dead[0].attempts), ("bomb", 2));
+    let error = dead[0].last_error.as_deref().unwrap_or_default();
+    assert!(
+        error.contains("panicked") && error.contains("gave up after 2 attempts"),
+        "{error}"
+    );
+    assert_eq!(
+        rows(&pool).await.len(),
+        1,
+        "the other job was done and deleted"
+    );
+}
+
 /// A job that ends its first round comes back for its next once due: scheduled meanwhile (not
 /// pending, not aging, not taken or made due by an operator), then taken again with its round
 /// counted and its attempts started again.
