@@ -60,7 +60,7 @@ macro_rules! job_table {
                                AND (leased_until IS NULL OR leased_until < now())
                              ORDER BY next_attempt_at LIMIT $1
                              FOR UPDATE SKIP LOCKED)
-                  RETURNING j.", $key, "::text AS key, j.attempts, j.round, j.enqueued_at"
+                  RETURNING j.", $key, "::text AS key, j.attempts, j.round, j.enqueued_at, now() AS leased_at"
                 ),
                 concat!(
                     "DELETE FROM ", $table, " t USING unnest($1::text[], $2::uuid[]) AS d(key, token)
@@ -163,6 +163,10 @@ pub struct Leased {
     /// When the job was enqueued, or its round scheduled to start.
     #[diesel(sql_type = Timestamptz)]
     pub enqueued_at: DateTime<Utc>,
+    /// When it was leased, by the database's clock (the one `enqueued_at` and every due time
+    /// follow): a handler times a round against this, never its own clock.
+    #[diesel(sql_type = Timestamptz)]
+    pub leased_at: DateTime<Utc>,
 }
 
 /// What became of one attempt.

@@ -101,17 +101,24 @@ impl JobHandler for CleanupHandler {
 }
 
 impl CleanupHandler {
-    /// The room is gone at Liveblocks: the first round schedules the sweep, unless tokens
-    /// issued before the job was enqueued have expired already (the sweep is due).
+    /// The room is gone at Liveblocks: see [`after_deletion`].
     fn finished(&self, job: &Leased) -> Attempt {
-        let Some(sweep_after) = self.settings.sweep_after.filter(|_| job.round == 0) else {
-            return Attempt::Done;
-        };
-        let due = job.enqueued_at + sweep_after;
-        match (due - chrono::Utc::now()).to_std() {
-            Ok(after) if !after.is_zero() => Attempt::Later { after },
-            _ => Attempt::Done,
-        }
+        after_deletion(self.settings.sweep_after, job)
+    }
+}
+
+/// What follows a room's deletion: the first round schedules the sweep `sweep_after` after the
+/// job was enqueued, unless tokens issued before that have expired already (the sweep is due).
+/// Timed by the database's clock: a pod whose clock runs ahead would sweep early, before the
+/// last token expired. (The attempt's own time only makes the sweep later.)
+fn after_deletion(sweep_after: Option<Duration>, job: &Leased) -> Attempt {
+    let Some(sweep_after) = sweep_after.filter(|_| job.round == 0) else {
+        return Attempt::Done;
+    };
+    let due = job.enqueued_at + sweep_after;
+    match (due - job.leased_at).to_std() {
+        Ok(after) if !after.is_zero() => Attempt::Later { after },
+        _ => Attempt::Done,
     }
 }
 
@@ -202,5 +209,51 @@ pub async fn check_key_loop(
             _ = tokio::time::sleep(every) => {}
             _ = &mut stop => return,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::{TimeZone, Utc};
+    use std::time::Duration;
+
+    fn leased(round: i32, leased_after: Duration) -> Leased {
+        // Long ago by this process's clock: only the database's times may count.
+        let enqueued_at = Utc.with_ymd_and_hms(2001, 2, 3, 4, 5, 6).unwrap();
+        Leased {
+            key: "doc:x".into(),
+            attempts: 1,
+            round,
+            enqueued_at,
+            leased_at: enqueued_at + leased_after,
+        }
+    }
+
+    #[test]
+    fn the_sweep_is_timed_by_the_databases_clock() {
+        let hour = Duration::from_secs(3600);
+        let sweep = Some(hour + Duration::from_secs(300));
+        assert_eq!(
+            after_deletion(sweep, &leased(0, Duration::from_secs(600))),
+            Attempt::Later {
+                after: Duration::from_secs(3300)
+            },
+            "due 65 minutes after the enqueue, 55 after the lease"
+        );
+        assert_eq!(
+            after_deletion(sweep, &leased(0, 2 * hour)),
+            Attempt::Done,
+            "the tokens expired before the first deletion: no sweep"
+        );
+        assert_eq!(
+            after_deletion(sweep, &leased(1, Duration::ZERO)),
+            Attempt::Done,
+            "the sweep itself ends the job"
+        );
+        assert_eq!(
+            after_deletion(None, &leased(0, Duration::ZERO)),
+            Attempt::Done
+        );
     }
 }
