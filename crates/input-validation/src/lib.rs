@@ -104,6 +104,20 @@ pub fn occurred_at(ts: Option<&prost_types::Timestamp>) -> Result<DateTime<Utc>,
     Ok(dt)
 }
 
+/// A required time within protobuf's `Timestamp` range (years 1 to 9999), which every
+/// client library and PostgreSQL can hold: anything outside is refused here rather than
+/// failing in the database.
+pub fn time(field: &str, ts: Option<&prost_types::Timestamp>) -> Result<DateTime<Utc>, Error> {
+    /// 0001-01-01T00:00:00Z and 9999-12-31T23:59:59Z.
+    const RANGE: std::ops::RangeInclusive<i64> = -62_135_596_800..=253_402_300_799;
+    let ts = ts.ok_or_else(|| Invalid(format!("{field} is required")))?;
+    RANGE
+        .contains(&ts.seconds)
+        .then(|| DateTime::from_timestamp(ts.seconds, ts.nanos.clamp(0, 999_999_999) as u32))
+        .flatten()
+        .ok_or_else(|| Invalid(format!("{field} is out of range (years 1 to 9999)")))
+}
+
 /// Optional timestamp (absent or zero = unknown).
 pub fn optional_time(ts: Option<&prost_types::Timestamp>) -> Option<DateTime<Utc>> {
     ts.filter(|t| t.seconds > 0).and_then(|t| {
@@ -180,6 +194,29 @@ mod tests {
         }
         assert!(org_id("id", "org_29w9IfBrPmcpi0IeBVaKtA7R94W").is_ok());
         assert!(org_id("id", "user_1").is_err());
+    }
+
+    #[test]
+    fn times_within_protobufs_range() {
+        let at = |seconds| {
+            time(
+                "starts_at",
+                Some(&prost_types::Timestamp { seconds, nanos: 0 }),
+            )
+        };
+        for ok in [-62_135_596_800, 0, 1_700_000_000, 253_402_300_799] {
+            assert!(at(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            -62_135_596_801,
+            -1_000_000_000_000,
+            253_402_300_800,
+            i64::MAX,
+        ] {
+            let e = at(bad).unwrap_err().to_string();
+            assert!(e.contains("starts_at is out of range"), "{bad}: {e}");
+        }
+        assert!(time("starts_at", None).is_err());
     }
 
     #[test]

@@ -26,9 +26,7 @@ pub use crate::domain::items::item;
 // ------------------------------------------------------------------------ shared pieces
 
 fn required_time(field: &str, t: Option<&prost_types::Timestamp>) -> Result<DateTime<Utc>, Error> {
-    let t = t.ok_or_else(|| Error::Invalid(format!("{field} is required")))?;
-    DateTime::from_timestamp(t.seconds, t.nanos.clamp(0, 999_999_999) as u32)
-        .ok_or_else(|| Error::Invalid(format!("{field} is out of range")))
+    Ok(v::time(field, t)?)
 }
 
 /// A message body: at most [`MAX_BODY`] characters and [`MAX_BODY_BYTES`] bytes.

@@ -4,7 +4,7 @@
 
 use crate::error::Error;
 use base64::Engine;
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, Datelike, Utc};
 use uuid::Uuid;
 
 const ENGINE: base64::engine::GeneralPurpose = base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -145,7 +145,11 @@ pub fn decode(token: &str) -> Result<Option<Cursor>, Error> {
     let raw = ENGINE.decode(token).map_err(|_| bad())?;
     let text = String::from_utf8(raw).map_err(|_| bad())?;
     let (micros, id) = text.split_once(':').ok_or_else(bad)?;
-    let at = DateTime::from_timestamp_micros(micros.parse().map_err(|_| bad())?).ok_or_else(bad)?;
+    let at = DateTime::from_timestamp_micros(micros.parse().map_err(|_| bad())?)
+        // Before PostgreSQL's earliest time (4713 BC): never a row's, and the database would
+        // refuse it.
+        .filter(|at| at.year() > -4712)
+        .ok_or_else(bad)?;
     Ok(Some(Cursor {
         at,
         id: Uuid::parse_str(id).map_err(|_| bad())?,
@@ -182,6 +186,17 @@ mod tests {
         };
         assert_eq!(decode(&encode(c)).unwrap(), Some(c));
         assert!(decode("garbage!").is_err());
+        // Before PostgreSQL's earliest time: refused here, not by the database.
+        let id = Uuid::now_v7();
+        let ancient = ENGINE.encode(format!("-1000000000000000000:{id}"));
+        assert!(decode(&ancient).is_err());
+        let old = chrono::NaiveDate::from_ymd_opt(-3999, 1, 1)
+            .unwrap()
+            .and_hms_opt(0, 0, 0)
+            .unwrap()
+            .and_utc();
+        let c = Cursor { at: old, id };
+        assert_eq!(decode(&encode(c)).unwrap(), Some(c), "4001 BC is held");
         assert_eq!(decode("").unwrap(), None);
     }
 

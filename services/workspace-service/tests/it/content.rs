@@ -745,6 +745,14 @@ async fn rooms_items_and_meetings() {
         ),
         Some(Code::InvalidArgument)
     );
+    // Before year 1 (and before PostgreSQL's earliest time): refused, not an INTERNAL error.
+    assert_eq!(
+        code(
+            c.schedule_meeting(sched(&conf.id, -1_000_000_000_000, 2_000_003_600))
+                .await
+        ),
+        Some(Code::InvalidArgument)
+    );
     let cancelled = c
         .cancel_meeting(env.member(
             "user_1",
