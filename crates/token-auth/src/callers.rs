@@ -64,6 +64,11 @@ impl ServiceCallers {
                 }
                 Grant::Methods(methods.into_iter().map(str::to_owned).collect())
             };
+            if sub == GATEWAY_SUBJECT {
+                return Err(format!(
+                    "SERVICE_CALLERS must not name the webhook gateway's subject ({GATEWAY_SUBJECT}): its methods are fixed, and a leaked gateway key must not reach the others"
+                ));
+            }
             if grants.insert(sub.to_owned(), grant).is_some() {
                 return Err(format!("SERVICE_CALLERS names {sub} twice"));
             }
@@ -86,6 +91,11 @@ impl ServiceCallers {
             if sub == GATEWAY_SUBJECT {
                 return Err(format!(
                     "OPERATOR_SUBJECTS must not name the webhook gateway's subject ({GATEWAY_SUBJECT}): give operators a subject of their own"
+                ));
+            }
+            if self.grants.contains_key(sub) {
+                return Err(format!(
+                    "OPERATOR_SUBJECTS names {sub}, which SERVICE_CALLERS grants methods: give operators a subject of their own, so an operator's token opens the admin services only"
                 ));
             }
             self.operators.insert(sub.to_owned());
@@ -130,6 +140,8 @@ mod tests {
             "a=Get User",
             "a=*;a=GetUser",
             "a b=GetUser",
+            "webhook-gateway=*",
+            "reporting=GetUser;webhook-gateway=ListMembers",
         ] {
             assert!(ServiceCallers::parse(bad).is_err(), "{bad}");
         }
@@ -149,5 +161,12 @@ mod tests {
                 .is_err()
         );
         assert!(ServiceCallers::default().with_operators("a b").is_err());
+        assert!(
+            ServiceCallers::parse("reporting=GetUser")
+                .unwrap()
+                .with_operators("operator,reporting")
+                .is_err(),
+            "a service caller is not also an operator"
+        );
     }
 }
