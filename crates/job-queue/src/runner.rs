@@ -36,6 +36,10 @@ pub struct RunnerSettings {
     pub max_attempts: i32,
     /// Jobs leased beyond the free slots, ready to start (0 for long jobs).
     pub prefetch: usize,
+    /// The longest one attempt may take (its calls' timeouts; zero for a handler that extends
+    /// its own lease): a job leased ahead starts only while it can still end within its
+    /// lease, and is given back otherwise, so no two workers ever run it at once.
+    pub attempt_max: Duration,
     /// Pause every job while the service they call is unavailable.
     pub breaker: Option<BreakerSettings>,
 }
@@ -117,6 +121,20 @@ impl<H: JobHandler> JobRunner<H> {
         }
     }
 
+    /// Gives back the jobs of `ready` leased `fresh` or longer ago, with their attempt: one
+    /// started now might outlive its lease and run twice (`RunnerSettings::attempt_max`).
+    async fn give_back_stale(&self, ready: &mut VecDeque<Ready>, fresh: Duration) {
+        if ready
+            .front()
+            .is_some_and(|r| r.leased_at.elapsed() >= fresh)
+        {
+            let (keep, mut stale): (VecDeque<Ready>, VecDeque<Ready>) =
+                ready.drain(..).partition(|r| r.leased_at.elapsed() < fresh);
+            *ready = keep;
+            self.release(&mut stale).await;
+        }
+    }
+
     /// Tells the breaker what a job started in `epoch` found out.
     fn ended(&self, epoch: Option<u64>, attempt: &Attempt) {
         let (Some(breaker), Some(epoch)) = (&self.breaker, epoch) else {
@@ -193,7 +211,17 @@ impl<H: JobHandler> JobRunner<H> {
             finished,
         ));
         let permits = Arc::new(Semaphore::new(this.settings.concurrency.max(1)));
-        let prefetch = this.settings.prefetch;
+        // A job leased ahead starts only while its attempt can still end within its lease.
+        let fresh = (this.settings.lease / 2).min(
+            this.settings
+                .lease
+                .saturating_sub(this.settings.attempt_max),
+        );
+        let prefetch = if fresh.is_zero() {
+            0
+        } else {
+            this.settings.prefetch
+        };
         let mut ready: VecDeque<Ready> = VecDeque::new();
         let mut tasks = JoinSet::new();
         loop {
@@ -207,8 +235,7 @@ impl<H: JobHandler> JobRunner<H> {
                 }
                 continue;
             }
-            let fresh = this.settings.lease / 2;
-            ready.retain(|r| r.leased_at.elapsed() < fresh);
+            this.give_back_stale(&mut ready, fresh).await;
             if ready.is_empty() {
                 // Idle or drained: wait for a slot, then lease what the free slots and the
                 // prefetch take.
@@ -243,6 +270,8 @@ impl<H: JobHandler> JobRunner<H> {
                 p = Arc::clone(&permits).acquire_owned() => match p { Ok(p) => p, Err(_) => break },
                 _ = &mut stop => break,
             };
+            // The slot may have taken long to free.
+            this.give_back_stale(&mut ready, fresh).await;
             if this.blocked_until().is_none()
                 && let Some(r) = ready.pop_front()
             {

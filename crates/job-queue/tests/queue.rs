@@ -136,6 +136,7 @@ fn settings(concurrency: usize, prefetch: usize, max_attempts: i32) -> RunnerSet
         poll: Duration::from_millis(20),
         max_attempts,
         prefetch,
+        attempt_max: Duration::ZERO,
         breaker: None,
     }
 }
@@ -271,6 +272,75 @@ async fn a_panicking_handler_fails_its_attempts_until_the_job_is_dead() {
         1,
         "the other job was done and deleted"
     );
+}
+
+/// Records, as each attempt starts, how long its lease has left (by the database's clock).
+#[derive(Clone)]
+struct LeaseProbe {
+    pool: Pool,
+    left: Arc<Mutex<Vec<(String, f64)>>>,
+    work: Duration,
+}
+
+#[tonic::async_trait]
+impl JobHandler for LeaseProbe {
+    async fn attempt(&self, job: &Leased, _token: Uuid) -> Attempt {
+        #[derive(diesel::QueryableByName)]
+        struct Left {
+            #[diesel(sql_type = diesel::sql_types::Double)]
+            secs: f64,
+        }
+        let mut conn = self.pool.get().await.unwrap();
+        let left: Left = diesel::sql_query(
+            "SELECT extract(epoch FROM leased_until - now())::float8 AS secs FROM test_jobs WHERE id = $1",
+        )
+        .bind::<diesel::sql_types::Text, _>(&job.key)
+        .get_result(&mut conn)
+        .await
+        .unwrap();
+        self.left.lock().unwrap().push((job.key.clone(), left.secs));
+        tokio::time::sleep(self.work).await;
+        Attempt::Done
+    }
+}
+
+/// A job leased ahead starts only while its longest attempt still fits in its lease; one leased
+/// too long ago is given back and leased afresh, its attempt not spent.
+#[tokio::test]
+async fn a_job_leased_ahead_starts_only_while_its_attempt_fits_in_its_lease() {
+    let (_db, pool) = database().await;
+    enqueue(&pool, (0..4).map(|i| format!("job{i}"))).await;
+    let probe = LeaseProbe {
+        pool: pool.clone(),
+        left: Arc::default(),
+        work: Duration::from_millis(300),
+    };
+    let runner = JobRunner::new(
+        pool.clone(),
+        &JOBS,
+        probe.clone(),
+        RunnerSettings {
+            lease: Duration::from_secs(2),
+            attempt_max: Duration::from_millis(1800),
+            ..settings(1, 4, 5)
+        },
+        Arc::new(Notify::new()),
+    );
+    let (stop, stopped) = oneshot::channel::<()>();
+    let run = tokio::spawn(runner.run(async move {
+        let _ = stopped.await;
+    }));
+    until("every job done", async || live(&pool).await == 0).await;
+    stop.send(()).unwrap();
+    run.await.unwrap();
+    let left = probe.left.lock().unwrap().clone();
+    assert_eq!(left.len(), 4, "each job once: {left:?}");
+    for (key, secs) in left {
+        assert!(
+            secs >= 1.75,
+            "{key} started with {secs} s of its lease left"
+        );
+    }
 }
 
 /// A job that ends its first round comes back for its next once due: scheduled meanwhile (not

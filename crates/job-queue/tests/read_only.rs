@@ -125,6 +125,7 @@ async fn drain(pool: Pool, handler: Writer, admin: &mut AsyncPgConnection, key: 
         poll: Duration::from_millis(50),
         max_attempts: 1,
         prefetch: 0,
+        attempt_max: Duration::ZERO,
         breaker: None,
     };
     let runner = JobRunner::new(pool, &JOBS, handler, settings, Arc::new(Notify::new()));

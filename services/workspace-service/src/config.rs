@@ -60,6 +60,8 @@ pub struct CleanupSettings {
     pub concurrency: usize,
     /// How long a leased job belongs to this worker before others may retry it.
     pub lease: Duration,
+    /// The longest one attempt may take: its call's timeout and a margin.
+    pub attempt_max: Duration,
     /// Idle poll period (a local enqueue wakes the worker at once).
     pub poll: Duration,
     /// First retry delay; doubles per attempt.
@@ -79,6 +81,7 @@ impl Default for CleanupSettings {
         Self {
             concurrency: 8,
             lease: Duration::from_secs(60),
+            attempt_max: Duration::from_secs(15),
             poll: Duration::from_secs(1),
             backoff_base: Duration::from_secs(1),
             backoff_max: Duration::from_secs(300),
@@ -88,6 +91,9 @@ impl Default for CleanupSettings {
         }
     }
 }
+
+/// What a Liveblocks job's lease leaves beyond its call's timeout.
+const LEASE_MARGIN_SECS: u64 = 5;
 
 impl LiveblocksArgs {
     /// The worker settings, or what is out of range.
@@ -99,11 +105,11 @@ impl LiveblocksArgs {
         if self.liveblocks_timeout_secs == 0 {
             return out_of_range("LIVEBLOCKS_TIMEOUT_SECS (at least 1)");
         }
-        if self.liveblocks_lease_secs < self.liveblocks_timeout_secs + 5 {
+        if self.liveblocks_lease_secs < self.liveblocks_timeout_secs + LEASE_MARGIN_SECS {
             return Err(format!(
-                "LIVEBLOCKS_LEASE_SECS ({}) must be at least LIVEBLOCKS_TIMEOUT_SECS + 5 ({}), so a lease never ends while its call may still run",
+                "LIVEBLOCKS_LEASE_SECS ({}) must be at least LIVEBLOCKS_TIMEOUT_SECS + {LEASE_MARGIN_SECS} ({}), so a lease never ends while its call may still run",
                 self.liveblocks_lease_secs,
-                self.liveblocks_timeout_secs + 5
+                self.liveblocks_timeout_secs + LEASE_MARGIN_SECS
             ));
         }
         if !(1..=1000).contains(&self.liveblocks_max_attempts) {
@@ -126,6 +132,7 @@ impl LiveblocksArgs {
         Ok(CleanupSettings {
             concurrency: self.liveblocks_concurrency,
             lease: Duration::from_secs(self.liveblocks_lease_secs),
+            attempt_max: Duration::from_secs(self.liveblocks_timeout_secs + LEASE_MARGIN_SECS),
             poll: Duration::from_millis(self.liveblocks_poll_ms),
             backoff_base: Duration::from_millis(self.liveblocks_backoff_base_ms),
             backoff_max: Duration::from_secs(self.liveblocks_backoff_max_secs),

@@ -148,6 +148,7 @@ impl CleanupWorker {
             poll: settings.poll,
             max_attempts: settings.max_attempts,
             prefetch: settings.concurrency,
+            attempt_max: settings.attempt_max,
             breaker: Some(BreakerSettings {
                 failures: BREAKER_FAILURES,
                 cooldown_base: settings.backoff_base,

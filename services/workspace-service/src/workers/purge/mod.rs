@@ -372,6 +372,8 @@ impl PurgeWorker {
             poll: settings.poll,
             max_attempts: settings.max_attempts,
             prefetch: 0,
+            // Each chunk extends the lease.
+            attempt_max: Duration::ZERO,
             breaker: None,
         };
         Self {
