@@ -331,18 +331,13 @@ impl Default for WatchArgs {
 /// What one user's calls may take of a replica, and how large an answer may be.
 #[derive(Debug, Clone, clap::Args)]
 pub struct CallLimitArgs {
-    /// A user's read calls (`Get...`, `List...`) per minute, as a burst of as many (1 to
-    /// 1000000); beyond, RESOURCE_EXHAUSTED with when to retry.
-    #[arg(long, env = "USER_READS_PER_MINUTE", default_value_t = 1200)]
-    pub user_reads_per_minute: u32,
+    /// Reads per minute and calls in flight, as identity-service has them.
+    #[command(flatten)]
+    pub quotas: service_runtime::UserQuotaArgs,
     /// Watches a user may open per minute, as a burst of as many (1 to 100000); beyond,
     /// RESOURCE_EXHAUSTED with when to retry.
     #[arg(long, env = "USER_WATCH_OPENS_PER_MINUTE", default_value_t = 60)]
     pub user_watch_opens_per_minute: u32,
-    /// A user's calls in flight at once, watches aside (1 to 1000): each holds its request
-    /// and its answer until the client has read it; beyond, RESOURCE_EXHAUSTED.
-    #[arg(long, env = "USER_CALLS_IN_FLIGHT", default_value_t = 16)]
-    pub user_calls_in_flight: usize,
     /// Bytes one answer carries at most (64 KiB to 16 MiB): a page that would be larger ends
     /// early and its next_page_token continues it.
     #[arg(long, env = "RESPONSE_MAX_BYTES", default_value_t = 256 * 1024)]
@@ -352,9 +347,8 @@ pub struct CallLimitArgs {
 impl Default for CallLimitArgs {
     fn default() -> Self {
         Self {
-            user_reads_per_minute: 1200,
+            quotas: service_runtime::UserQuotaArgs::default(),
             user_watch_opens_per_minute: 60,
-            user_calls_in_flight: 16,
             response_max_bytes: 256 * 1024,
         }
     }
@@ -363,22 +357,11 @@ impl Default for CallLimitArgs {
 impl CallLimitArgs {
     /// What is out of range, if anything.
     pub fn check(&self) -> Result<(), String> {
-        if !(1..=1_000_000).contains(&self.user_reads_per_minute) {
-            return Err(format!(
-                "USER_READS_PER_MINUTE ({}) must be from 1 to 1000000",
-                self.user_reads_per_minute
-            ));
-        }
+        self.quotas.check()?;
         if !(1..=100_000).contains(&self.user_watch_opens_per_minute) {
             return Err(format!(
                 "USER_WATCH_OPENS_PER_MINUTE ({}) must be from 1 to 100000",
                 self.user_watch_opens_per_minute
-            ));
-        }
-        if !(1..=1000).contains(&self.user_calls_in_flight) {
-            return Err(format!(
-                "USER_CALLS_IN_FLIGHT ({}) must be from 1 to 1000",
-                self.user_calls_in_flight
             ));
         }
         if !(64 * 1024..=16 * 1024 * 1024).contains(&self.response_max_bytes) {

@@ -14,7 +14,10 @@ use tokio::task::JoinHandle;
 use tonic::Request;
 use tonic::transport::Channel;
 
+mod unread;
 pub mod upgrade;
+
+pub use unread::{Unread, unread_call};
 
 /// The shutdown future handed to a service's `run`.
 pub type Shutdown = Pin<Box<dyn Future<Output = ()> + Send>>;

@@ -8,7 +8,8 @@
 use super::WorkspaceApi;
 use super::watch::{self, Kind};
 use crate::live::watch::Live;
-use service_runtime::user_quotas::{Holding, UserInFlight, UserRate, capped_request};
+use service_runtime::user_quotas::UserRate;
+use service_runtime::{UserQuotas, WithUserQuotas};
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
@@ -39,18 +40,17 @@ pub const READ_METHODS: &[&str] = &[
 
 /// Each user's quotas of one replica.
 pub struct Quotas {
-    pub reads: UserRate,
+    /// Of the unary calls: rates per method, calls in flight, the request's size.
+    pub calls: UserQuotas,
     pub watch_opens: UserRate,
-    pub in_flight: UserInFlight,
 }
 
 impl Quotas {
     /// From the settings.
     pub fn new(limits: &crate::config::CallLimitArgs) -> Self {
         Self {
-            reads: UserRate::per_minute(limits.user_reads_per_minute, "reads"),
+            calls: UserQuotas::new(&limits.quotas, READ_METHODS, MAX_USER_REQUEST),
             watch_opens: UserRate::per_minute(limits.user_watch_opens_per_minute, "watch opens"),
-            in_flight: UserInFlight::new(limits.user_calls_in_flight, "USER_CALLS_IN_FLIGHT"),
         }
     }
 }
@@ -58,9 +58,9 @@ impl Quotas {
 /// The service as served.
 #[derive(Clone)]
 pub struct Routes {
-    server: WorkspaceServiceServer<WorkspaceApi>,
+    unary: WithUserQuotas<WorkspaceServiceServer<WorkspaceApi>>,
     live: Live,
-    quotas: Arc<Quotas>,
+    watch_opens: Arc<UserRate>,
     access: crate::domain::standing::AccessCache,
 }
 
@@ -69,9 +69,9 @@ impl Routes {
     pub fn new(api: WorkspaceApi, live: Live, quotas: Quotas) -> Self {
         Self {
             access: api.access().clone(),
-            server: WorkspaceServiceServer::new(api),
+            unary: WithUserQuotas::new(WorkspaceServiceServer::new(api), quotas.calls),
             live,
-            quotas: Arc::new(quotas),
+            watch_opens: Arc::new(quotas.watch_opens),
         }
     }
 }
@@ -95,43 +95,16 @@ impl Service<http::Request<tonic::body::Body>> for Routes {
         req.extensions_mut().insert(self.access.clone());
         let method = req.uri().path().rsplit_once('/').map_or("", |(_, m)| m);
         let kind = match method {
-            "WatchChannel" => Some(Kind::Channel),
-            "WatchWorkspace" => Some(Kind::Workspace),
-            _ => None,
+            "WatchChannel" => Kind::Channel,
+            "WatchWorkspace" => Kind::Workspace,
+            _ => return self.unary.call(req),
         };
-        let read = READ_METHODS.contains(&method);
-        let user = match req.extensions().get::<Principal>() {
-            Some(Principal::User(u)) => Some(u.user_id.clone()),
-            _ => None,
-        };
-        let refused = |status: tonic::Status| -> Self::Future {
-            Box::pin(std::future::ready(Ok(status.into_http())))
-        };
-        if let Some(kind) = kind {
-            if let Some(user) = &user
-                && let Err(status) = self.quotas.watch_opens.check(user)
-            {
-                return refused(status);
-            }
-            let live = self.live.clone();
-            return Box::pin(async move { Ok(watch::serve(live, kind, req).await) });
+        if let Some(Principal::User(u)) = req.extensions().get::<Principal>()
+            && let Err(status) = self.watch_opens.check(&u.user_id)
+        {
+            return Box::pin(std::future::ready(Ok(status.into_http())));
         }
-        let Some(user) = user else {
-            let mut server = self.server.clone();
-            return Box::pin(async move { server.call(req).await });
-        };
-        if read && let Err(status) = self.quotas.reads.check(&user) {
-            return refused(status);
-        }
-        let held = match self.quotas.in_flight.enter(&user) {
-            Ok(held) => held,
-            Err(status) => return refused(status),
-        };
-        let mut server = self.server.clone();
-        let req = capped_request(req, MAX_USER_REQUEST);
-        Box::pin(async move {
-            let answer = server.call(req).await?;
-            Ok(answer.map(|body| tonic::body::Body::new(Holding::new(body, held))))
-        })
+        let live = self.live.clone();
+        Box::pin(async move { Ok(watch::serve(live, kind, req).await) })
     }
 }

@@ -94,8 +94,8 @@ async fn pages_end_at_the_answers_bytes_and_bodies_are_capped_in_bytes() {
 #[tokio::test]
 async fn a_users_reads_per_minute_and_calls_in_flight_are_capped() {
     let env = start_custom(false, |c| {
-        c.watch.calls.user_reads_per_minute = 8;
-        c.watch.calls.user_calls_in_flight = 2;
+        c.watch.calls.quotas.user_reads_per_minute = 8;
+        c.watch.calls.quotas.user_calls_in_flight = 2;
     })
     .await;
     let ch = channel(&env, "org_q", "q").await;
