@@ -11,7 +11,7 @@ mod schema;
 pub mod users;
 
 use diesel_migrations::embed_migrations;
-use service_runtime::{Boot, GrpcServices, ServiceArgs};
+use service_runtime::{Boot, GrpcServices, ServiceArgs, UserQuotas, WithUserQuotas};
 use std::future::Future;
 use std::net::SocketAddr;
 use tokio::net::TcpListener;
@@ -62,12 +62,16 @@ pub struct Config {
     /// (PostgreSQL notifications).
     #[arg(long, env = "USER_CACHE_BYTES", default_value_t = 8 << 20)]
     pub user_cache_bytes: u64,
+    /// Each user's reads per minute and calls in flight, as workspace-service has them.
+    #[command(flatten)]
+    pub quotas: service_runtime::UserQuotaArgs,
 }
 
 impl service_runtime::cli::CheckConfig for Config {
     fn check(&self) -> Result<(), String> {
         self.service.check()?;
         self.ledger.check()?;
+        self.quotas.check()?;
         let pool = self.service.db.db_pool_size;
         for (name, slots) in [
             ("GROUP_COMMIT_SLOTS", self.group_commit_slots),
@@ -146,8 +150,10 @@ pub async fn run(
         config.lookup_slots,
         cache,
     );
-    let services =
-        ledger.mount(GrpcServices::new().add(IdentityServiceServer::new(api), grpc::policy()));
+    // Users' calls behind their quotas; internal callers' go straight through.
+    let quotas = UserQuotas::new(&config.quotas, grpc::READ_METHODS, grpc::MAX_USER_REQUEST);
+    let served = WithUserQuotas::new(IdentityServiceServer::new(api), quotas);
+    let services = ledger.mount(GrpcServices::new().add(served, grpc::policy()));
     boot.serve(listener, config.metrics_addr, services, shutdown)
         .await
 }

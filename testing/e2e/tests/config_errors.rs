@@ -123,6 +123,8 @@ fn out_of_range_settings_exit_2_with_one_line_naming_them() {
         ("workspace-service", ("USER_READS_PER_MINUTE", "0")),
         ("workspace-service", ("USER_WATCH_OPENS_PER_MINUTE", "0")),
         ("workspace-service", ("USER_CALLS_IN_FLIGHT", "0")),
+        ("identity-service", ("USER_READS_PER_MINUTE", "0")),
+        ("identity-service", ("USER_CALLS_IN_FLIGHT", "1001")),
         ("workspace-service", ("LIVEBLOCKS_KEY_CHECK_SECS", "1")),
         ("identity-service", ("QUARANTINE_RETENTION_DAYS", "0")),
         ("workspace-service", ("QUARANTINE_RETENTION_DAYS", "400")),

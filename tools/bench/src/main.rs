@@ -179,6 +179,8 @@ fn stack_config(args: &Args) -> Result<StackConfig> {
         vec![
             ("DB_POOL_SIZE".into(), "32".into()),
             ("LOG_FORMAT".into(), "json".into()),
+            // The same for `GetCurrentUser` in the reads row: checked on every call, refusing none.
+            ("USER_READS_PER_MINUTE".into(), "1000000".into()),
         ],
     );
     // Production logging: JSON, one line per applied webhook.

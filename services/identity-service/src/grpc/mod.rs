@@ -24,6 +24,13 @@ use vbase_proto::identity::v1::identity_service_server::IdentityService;
 /// Most ids one BatchGetUsers call may ask for.
 pub const MAX_BATCH: usize = 500;
 
+/// The largest request a user may send: [`MAX_BATCH`] ids of the longest kind (64 bytes and
+/// two of framing each, 33,000 bytes) fit twice over; tonic alone would take 4 MiB.
+pub const MAX_USER_REQUEST: usize = 64 * 1024;
+
+/// The methods that read: a user's calls to them count against `USER_READS_PER_MINUTE`.
+pub const READ_METHODS: &[&str] = &["GetCurrentUser", "GetUser", "BatchGetUsers"];
+
 /// Who may call which method.
 pub fn policy() -> MethodPolicy {
     MethodPolicy::new(crate::SERVICE_NAME)

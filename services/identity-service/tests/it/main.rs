@@ -7,6 +7,7 @@ mod identity;
 mod lifecycle;
 mod migrations;
 mod properties;
+mod quotas;
 mod replica_reads;
 mod support;
 mod user_cache;

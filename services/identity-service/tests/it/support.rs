@@ -39,6 +39,7 @@ pub fn config(db_url: &str, issuers: &Issuers) -> Config {
         lookup_slots: 2,
         user_cache_bytes: 8 << 20,
         ledger: Default::default(),
+        quotas: Default::default(),
     }
 }
 
