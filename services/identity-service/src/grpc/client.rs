@@ -89,9 +89,7 @@ pub(super) async fn batch_get_users(
     for id in &ids {
         validate::user_id("clerk_ids[]", id)?;
     }
-    let mut unique = ids.clone();
-    unique.sort();
-    unique.dedup();
+    let unique = distinct(ids);
     let (mut conn, on_replica) = api
         .reads
         .get_routed(seen.as_ref())
@@ -113,17 +111,34 @@ pub(super) async fn batch_get_users(
     };
     let found: HashMap<String, UserRecord> =
         found.into_iter().map(|u| (u.clerk_id.clone(), u)).collect();
-    let mut users_out = Vec::new();
+    let mut users_out = Vec::with_capacity(found.len());
     let mut missing = Vec::new();
-    for id in ids {
+    for id in unique {
         match found.get(&id) {
             Some(u) => users_out.push(to_proto(u, sees_everything(&p, &id))),
-            None if !missing.contains(&id) => missing.push(id),
-            None => {}
+            None => missing.push(id),
         }
     }
     Ok(Response::new(pb::BatchGetUsersResponse {
         users: users_out,
         missing_clerk_ids: missing,
     }))
+}
+
+/// Each id once, in the order first asked: repeats would make one small request answer
+/// hundreds of copies of a record.
+fn distinct(ids: Vec<String>) -> Vec<String> {
+    let mut asked = HashSet::with_capacity(ids.len());
+    ids.into_iter()
+        .filter(|id| asked.insert(id.clone()))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn distinct_keeps_the_first_of_each_id_in_order() {
+        let ids = ["b", "a", "b", "c", "a"].map(String::from).to_vec();
+        assert_eq!(super::distinct(ids), ["b", "a", "c"]);
+    }
 }

@@ -15,7 +15,7 @@ use crate::users::{self, Outcome, UserRecord};
 use input_validation as validate;
 use service_runtime::Pool;
 use service_runtime::replica::{Lsn, OwnWrites, ReadPool};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use token_auth::{Access, MethodPolicy, Principal};
 use tonic::{Request, Response, Status};
 use vbase_proto::identity::v1 as pb;

@@ -1,5 +1,6 @@
 //! What one user's calls may take of a replica: reads per minute, calls in flight (an answer
-//! counts until its client has taken it) and the size of a request.
+//! counts until its client has taken it) and the size of a request; and `BatchGetUsers`
+//! answers each id once, however often it is asked for.
 
 use crate::support::{self, Env, ts};
 use prost::Message;
@@ -134,4 +135,39 @@ async fn a_users_request_over_64_kib_is_cut_off_before_it_is_held_whole() {
     // An internal caller is not cut off here: its request reaches the handler.
     let checked = c.get_user(env.service(huge())).await.unwrap_err();
     assert_eq!(checked.code(), Code::InvalidArgument, "{checked:?}");
+}
+
+#[tokio::test]
+async fn batch_get_users_answers_each_id_once_in_the_order_first_asked() {
+    let env = support::start().await;
+    let ids = users(&env, 3).await;
+    let (a, b) = (&ids[0], &ids[1]);
+    let mut c = env.client().await;
+    let asked: Vec<String> = [b, &"user_zz".to_owned(), a]
+        .into_iter()
+        .cycle()
+        .take(500)
+        .cloned()
+        .collect();
+    for req in [env.user(a, batch(&asked)), env.service(batch(&asked))] {
+        let answer = c.batch_get_users(req).await.unwrap().into_inner();
+        let got: Vec<&str> = answer.users.iter().map(|u| u.clerk_id.as_str()).collect();
+        assert_eq!(got, [b.as_str(), a.as_str()]);
+        assert_eq!(answer.missing_clerk_ids, ["user_zz"]);
+    }
+    // 500 copies of one id: one record, not 500 (about 1 MB here).
+    let copies = vec![a.clone(); 500];
+    let answer = c
+        .batch_get_users(env.user(b, batch(&copies)))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(answer.users.len(), 1);
+    assert!(answer.encoded_len() < 4 * 1024, "{}", answer.encoded_len());
+    // The cap still counts the ids asked for, repeats included.
+    let refused = c
+        .batch_get_users(env.user(b, batch(&vec![a.clone(); 501])))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::InvalidArgument, "{refused:?}");
 }
