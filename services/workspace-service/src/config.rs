@@ -338,6 +338,11 @@ pub struct CallLimitArgs {
     /// RESOURCE_EXHAUSTED with when to retry.
     #[arg(long, env = "USER_WATCH_OPENS_PER_MINUTE", default_value_t = 60)]
     pub user_watch_opens_per_minute: u32,
+    /// Liveblocks room tokens (`AuthorizeLiveblocksRoom`) a user may ask for per minute, as a
+    /// burst of as many (1 to 100000); beyond, RESOURCE_EXHAUSTED with when to retry. Each
+    /// token is one call to Liveblocks under the project's one key.
+    #[arg(long, env = "USER_ROOM_TOKENS_PER_MINUTE", default_value_t = 120)]
+    pub user_room_tokens_per_minute: u32,
     /// Bytes one answer carries at most (64 KiB to 16 MiB): a page that would be larger ends
     /// early and its next_page_token continues it.
     #[arg(long, env = "RESPONSE_MAX_BYTES", default_value_t = 256 * 1024)]
@@ -349,6 +354,7 @@ impl Default for CallLimitArgs {
         Self {
             quotas: service_runtime::UserQuotaArgs::default(),
             user_watch_opens_per_minute: 60,
+            user_room_tokens_per_minute: 120,
             response_max_bytes: 256 * 1024,
         }
     }
@@ -362,6 +368,12 @@ impl CallLimitArgs {
             return Err(format!(
                 "USER_WATCH_OPENS_PER_MINUTE ({}) must be from 1 to 100000",
                 self.user_watch_opens_per_minute
+            ));
+        }
+        if !(1..=100_000).contains(&self.user_room_tokens_per_minute) {
+            return Err(format!(
+                "USER_ROOM_TOKENS_PER_MINUTE ({}) must be from 1 to 100000",
+                self.user_room_tokens_per_minute
             ));
         }
         if !(64 * 1024..=16 * 1024 * 1024).contains(&self.response_max_bytes) {

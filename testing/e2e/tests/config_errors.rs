@@ -122,6 +122,7 @@ fn out_of_range_settings_exit_2_with_one_line_naming_them() {
         ("workspace-service", ("RESPONSE_MAX_BYTES", "100")),
         ("workspace-service", ("USER_READS_PER_MINUTE", "0")),
         ("workspace-service", ("USER_WATCH_OPENS_PER_MINUTE", "0")),
+        ("workspace-service", ("USER_ROOM_TOKENS_PER_MINUTE", "0")),
         ("workspace-service", ("USER_CALLS_IN_FLIGHT", "0")),
         ("identity-service", ("USER_READS_PER_MINUTE", "0")),
         ("identity-service", ("USER_CALLS_IN_FLIGHT", "1001")),

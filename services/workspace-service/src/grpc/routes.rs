@@ -1,9 +1,10 @@
 //! What `WorkspaceService` answers on the wire: the generated server for the unary methods,
 //! the watches from encoded frames ([`super::watch`]), and before either each user's quotas:
-//! reads per minute (`USER_READS_PER_MINUTE`), watch opens per minute
-//! (`USER_WATCH_OPENS_PER_MINUTE`), calls in flight (`USER_CALLS_IN_FLIGHT`, held until the
-//! answer has been sent) and the size of a request ([`MAX_USER_REQUEST`]). Writes per minute
-//! are the server's (`USER_WRITES_PER_MINUTE`). Internal callers are not limited here.
+//! reads per minute (`USER_READS_PER_MINUTE`), Liveblocks room tokens per minute
+//! (`USER_ROOM_TOKENS_PER_MINUTE`), watch opens per minute (`USER_WATCH_OPENS_PER_MINUTE`),
+//! calls in flight (`USER_CALLS_IN_FLIGHT`, held until the answer has been sent) and the size
+//! of a request ([`MAX_USER_REQUEST`]). Writes per minute are the server's
+//! (`USER_WRITES_PER_MINUTE`). Internal callers are not limited here.
 
 use super::WorkspaceApi;
 use super::watch::{self, Kind};
@@ -38,6 +39,11 @@ pub const READ_METHODS: &[&str] = &[
     "ListMeetings",
 ];
 
+/// The methods that ask Liveblocks for a room token: their calls count against
+/// `USER_ROOM_TOKENS_PER_MINUTE`, since each is a call to Liveblocks under the project's one key
+/// (whose rate limit every user's tokens and the room clean-up share).
+pub const ROOM_TOKEN_METHODS: &[&str] = &["AuthorizeLiveblocksRoom"];
+
 /// Each user's quotas of one replica.
 pub struct Quotas {
     /// Of the unary calls: rates per method, calls in flight, the request's size.
@@ -49,7 +55,10 @@ impl Quotas {
     /// From the settings.
     pub fn new(limits: &crate::config::CallLimitArgs) -> Self {
         Self {
-            calls: UserQuotas::new(&limits.quotas, READ_METHODS, MAX_USER_REQUEST),
+            calls: UserQuotas::new(&limits.quotas, READ_METHODS, MAX_USER_REQUEST).with_rate(
+                ROOM_TOKEN_METHODS,
+                UserRate::per_minute(limits.user_room_tokens_per_minute, "room tokens"),
+            ),
             watch_opens: UserRate::per_minute(limits.user_watch_opens_per_minute, "watch opens"),
         }
     }

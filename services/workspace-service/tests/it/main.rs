@@ -17,6 +17,7 @@ mod quotas;
 mod races;
 mod replica_reads;
 mod room_access;
+mod room_token_bounds;
 mod support;
 mod sync;
 mod watch;

@@ -9,10 +9,10 @@ use std::time::{Duration, Instant};
 use tonic::{Code, Request};
 use vbase_proto::workspace::v1 as pb;
 
-const ORG: &str = "org_a";
+pub(crate) const ORG: &str = "org_a";
 
 /// A user token of the kind the seed's `convex` template makes, with a `picture`.
-fn token_of(env: &Env, user: &str, org: &str, role: &str) -> String {
+pub(crate) fn token_of(env: &Env, user: &str, org: &str, role: &str) -> String {
     let org = OrgClaim {
         id: org.into(),
         role: role.into(),
@@ -26,7 +26,7 @@ fn token_of(env: &Env, user: &str, org: &str, role: &str) -> String {
     env.issuers.clerk.sign(&claims)
 }
 
-fn ask(token: &str, room_id: &str) -> Request<pb::AuthorizeLiveblocksRoomRequest> {
+pub(crate) fn ask(token: &str, room_id: &str) -> Request<pb::AuthorizeLiveblocksRoomRequest> {
     bearer(
         pb::AuthorizeLiveblocksRoomRequest {
             room_id: room_id.into(),
@@ -37,7 +37,7 @@ fn ask(token: &str, room_id: &str) -> Request<pb::AuthorizeLiveblocksRoomRequest
 
 /// Workspace [`ORG`] with members, a document room and a document in it: (room, doc) ids
 /// as Liveblocks knows them.
-async fn fixture(env: &Env) -> (String, String) {
+pub(crate) async fn fixture(env: &Env) -> (String, String) {
     env.workspace(ORG).await;
     let mut c = env.client().await;
     for (user, role) in [
