@@ -2,6 +2,7 @@
 //! the client-facing kinds say what to fix; database and internal details are logged, never
 //! returned.
 
+use std::time::Duration;
 use tonic::Status;
 
 /// What a domain function can fail with.
@@ -27,6 +28,13 @@ pub enum Error {
     /// Accepted but not finished (the service is stopping): retry. UNAVAILABLE.
     #[error("{0}")]
     Unavailable(&'static str),
+    /// Not now, and when to try again (a service we call is rate-limiting us): UNAVAILABLE
+    /// with `retry-after` (seconds) and `grpc-retry-pushback-ms`.
+    #[error("{message} (retry after {after:?})")]
+    RetryAfter {
+        message: &'static str,
+        after: Duration,
+    },
     /// A read on a database replica came to a decision the replica's rows must not make (a
     /// user's access that the access cache could not answer: the replica may predate its
     /// revocation); [`crate::replica::read_again_on_primary`] sends it to the primary. Answered
@@ -79,6 +87,13 @@ impl From<Error> for Status {
             Error::Exists(m) => Status::already_exists(m),
             Error::Precondition(m) => Status::failed_precondition(m),
             Error::Unavailable(m) | Error::OnPrimary(m) => Status::unavailable(m),
+            Error::RetryAfter { message, after } => {
+                let secs = after.as_millis().div_ceil(1000).max(1);
+                with_retry_advice(
+                    Status::unavailable(format!("{message}: retry in {secs} s")),
+                    after,
+                )
+            }
             Error::Internal(m) => {
                 tracing::error!(error = %m, "internal error");
                 Status::internal("internal error")
@@ -87,4 +102,18 @@ impl From<Error> for Status {
             Error::Db(e) => crate::db::status_for(&e),
         }
     }
+}
+
+/// `status` with when to try again: `retry-after` (whole seconds, at least 1) and
+/// `grpc-retry-pushback-ms`.
+pub fn with_retry_advice(mut status: Status, wait: Duration) -> Status {
+    let ms = wait.as_millis().max(1) as u64;
+    let md = status.metadata_mut();
+    if let Ok(v) = ms.div_ceil(1000).to_string().parse() {
+        md.insert("retry-after", v);
+    }
+    if let Ok(v) = ms.to_string().parse() {
+        md.insert("grpc-retry-pushback-ms", v);
+    }
+    status
 }

@@ -23,16 +23,10 @@ const PRUNE_EVERY: u64 = 10_000;
 /// `retry-after` (seconds) and `grpc-retry-pushback-ms`.
 pub fn too_many(what: &str, wait: Duration) -> Status {
     let ms = wait.as_millis().max(1) as u64;
-    let mut status =
-        Status::resource_exhausted(format!("too many {what} by this user: retry in {ms} ms"));
-    let md = status.metadata_mut();
-    if let Ok(v) = ms.div_ceil(1000).to_string().parse() {
-        md.insert("retry-after", v);
-    }
-    if let Ok(v) = ms.to_string().parse() {
-        md.insert("grpc-retry-pushback-ms", v);
-    }
-    status
+    crate::error::with_retry_advice(
+        Status::resource_exhausted(format!("too many {what} by this user: retry in {ms} ms")),
+        wait,
+    )
 }
 
 /// A rate per user: `per_minute` calls, as a burst of as many.

@@ -41,13 +41,14 @@ pub const WATCH_END_REASONS: &[&str] = &[
 ];
 
 /// Outcomes of a room-token call (`liveblocks_room_tokens`): a token issued, refused
-/// (PERMISSION_DENIED), no such room, Liveblocks or the database unavailable, a malformed room
-/// id, anything else.
+/// (PERMISSION_DENIED), no such room, Liveblocks or the database unavailable, Liveblocks
+/// rate-limiting the key (429), a malformed room id, anything else.
 pub const ROOM_TOKEN_OUTCOMES: &[&str] = &[
     "granted",
     "denied",
     "not_found",
     "unavailable",
+    "rate_limited",
     "invalid",
     "error",
 ];
@@ -233,6 +234,7 @@ impl Metrics {
             Err(Error::Denied(_)) => "denied",
             Err(Error::NotFound(_)) => "not_found",
             Err(Error::Unavailable(_) | Error::Pool(_)) => "unavailable",
+            Err(Error::RetryAfter { .. }) => "rate_limited",
             Err(Error::Invalid(_)) => "invalid",
             Err(_) => "error",
         };

@@ -154,7 +154,12 @@ impl LiveblocksApi for HttpLiveblocks {
         match status {
             200..=299 => {}
             401 | 403 => return Err(AuthorizeError::KeyRejected { status }),
-            429 | 408 | 500..=599 => return Err(unavailable(format!("{status} from Liveblocks"))),
+            429 => {
+                return Err(AuthorizeError::RateLimited {
+                    retry_after: retry_after(resp.headers()),
+                });
+            }
+            408 | 500..=599 => return Err(unavailable(format!("{status} from Liveblocks"))),
             _ => {
                 let body = resp.text().await.unwrap_or_default();
                 return Err(AuthorizeError::Rejected {

@@ -69,8 +69,11 @@ impl std::fmt::Debug for AccessToken {
 /// Why no access token was issued.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AuthorizeError {
-    /// 429 / 5xx / timeout / connection error: Liveblocks cannot answer now.
+    /// 5xx / 408 / timeout / connection error: Liveblocks cannot answer now.
     Unavailable { reason: String },
+    /// 429: Liveblocks answered, but is rate-limiting the project's key; `retry_after` is its
+    /// `Retry-After`, when it sent one.
+    RateLimited { retry_after: Option<Duration> },
     /// 401 / 403: the secret key is wrong.
     KeyRejected { status: u16 },
     /// Another refusal (e.g. 422 for a request Liveblocks finds invalid) or an answer without a
@@ -116,8 +119,16 @@ pub fn from_args(args: &LiveblocksArgs) -> anyhow::Result<Option<Arc<dyn Liveblo
     Ok(Some(Arc::new(api)))
 }
 
+/// The retry advice for a 429 without `Retry-After`.
+pub const RATE_LIMITED_RETRY: Duration = Duration::from_secs(1);
+/// The longest retry advice passed on from a `Retry-After`.
+pub const RATE_LIMITED_RETRY_MAX: Duration = Duration::from_secs(3600);
+
 /// Issues room access tokens through the shared client; while Liveblocks keeps failing the
-/// gate answers UNAVAILABLE at once instead of holding every caller for a timeout.
+/// gate answers UNAVAILABLE at once instead of holding every caller for a timeout. A 429 is
+/// not such a failure: Liveblocks answered, and one caller's flood (or a rate limit that lifts
+/// within seconds) must not refuse every user's tokens for the gate's cooldown, so its caller
+/// is told when to retry and the gate is left as it was.
 #[derive(Clone)]
 pub struct RoomTokens {
     api: Option<Arc<dyn LiveblocksApi>>,
@@ -146,8 +157,11 @@ impl RoomTokens {
             ));
         }
         let answer = api.authorize_user(entry).await;
-        self.gate
-            .record(!matches!(answer, Err(AuthorizeError::Unavailable { .. })));
+        match &answer {
+            Err(AuthorizeError::RateLimited { .. }) => {}
+            Err(AuthorizeError::Unavailable { .. }) => self.gate.record(false),
+            _ => self.gate.record(true),
+        }
         match answer {
             Ok(token) => Ok(token),
             Err(AuthorizeError::Unavailable { reason }) => {
@@ -156,6 +170,16 @@ impl RoomTokens {
                     "Liveblocks is unavailable: try again shortly",
                 ))
             }
+            Err(AuthorizeError::RateLimited { retry_after }) => {
+                let after = retry_after
+                    .unwrap_or(RATE_LIMITED_RETRY)
+                    .clamp(RATE_LIMITED_RETRY, RATE_LIMITED_RETRY_MAX);
+                tracing::warn!(?after, "Liveblocks rate-limited a room token (429)");
+                Err(Error::RetryAfter {
+                    message: "Liveblocks is rate-limiting room tokens",
+                    after,
+                })
+            }
             Err(AuthorizeError::KeyRejected { status }) => Err(Error::Internal(format!(
                 "Liveblocks rejected LIVEBLOCKS_SECRET_KEY ({status}) for a room token"
             ))),
@@ -163,5 +187,73 @@ impl RoomTokens {
                 "Liveblocks refused a room token ({status}): {reason}"
             ))),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    /// Answers every room-token call with `answer`, counting the calls.
+    struct Fixed {
+        answer: Mutex<Result<AccessToken, AuthorizeError>>,
+        calls: Mutex<u32>,
+    }
+
+    #[tonic::async_trait]
+    impl LiveblocksApi for Fixed {
+        async fn delete_room(&self, _: &str) -> Delivery {
+            Delivery::Deleted
+        }
+        async fn check_key(&self) -> KeyState {
+            KeyState::Valid
+        }
+        async fn authorize_user(&self, _: &RoomEntry) -> Result<AccessToken, AuthorizeError> {
+            *self.calls.lock().unwrap() += 1;
+            self.answer.lock().unwrap().clone()
+        }
+    }
+
+    fn entry() -> RoomEntry {
+        RoomEntry {
+            room_id: "doc:1".into(),
+            user_id: "user_1".into(),
+            name: None,
+            avatar: None,
+            permissions: crate::domain::room_access::WRITE,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_429_tells_its_caller_when_to_retry_and_leaves_the_gate_open() {
+        let api = Arc::new(Fixed {
+            answer: Mutex::new(Err(AuthorizeError::RateLimited {
+                retry_after: Some(Duration::from_secs(7)),
+            })),
+            calls: Mutex::new(0),
+        });
+        let tokens = RoomTokens::new(Some(api.clone() as Arc<dyn LiveblocksApi>));
+        for _ in 0..2 * gate::FAILURES {
+            let status = tonic::Status::from(tokens.issue(&entry()).await.unwrap_err());
+            assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+            assert_eq!(status.metadata().get("retry-after").unwrap(), "7");
+        }
+        assert_eq!(*api.calls.lock().unwrap(), 2 * gate::FAILURES);
+        // Without Retry-After: a second.
+        *api.answer.lock().unwrap() = Err(AuthorizeError::RateLimited { retry_after: None });
+        let status = tonic::Status::from(tokens.issue(&entry()).await.unwrap_err());
+        assert_eq!(status.metadata().get("retry-after").unwrap(), "1");
+
+        // 5xx and timeouts still close it.
+        *api.answer.lock().unwrap() = Err(AuthorizeError::Unavailable {
+            reason: "503".into(),
+        });
+        for _ in 0..gate::FAILURES {
+            tokens.issue(&entry()).await.unwrap_err();
+        }
+        let before = *api.calls.lock().unwrap();
+        tokens.issue(&entry()).await.unwrap_err();
+        assert_eq!(*api.calls.lock().unwrap(), before, "the gate answered");
     }
 }
