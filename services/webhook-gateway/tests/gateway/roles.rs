@@ -74,6 +74,7 @@ async fn the_services_run_as_a_role_that_changes_no_schema_and_migrate_as_the_ow
         lookup_slots: 2,
         user_cache_bytes: 8 << 20,
         ledger: Default::default(),
+        quotas: Default::default(),
     };
     let workspace_cfg = workspace_service::Config {
         service: service_args(&workspace_roles),
@@ -336,6 +337,7 @@ async fn in_a_database_of_its_own_a_non_superuser_owner_migrates_into_public() {
         lookup_slots: 2,
         user_cache_bytes: 8 << 20,
         ledger: Default::default(),
+        quotas: Default::default(),
     };
     let identity = RunningServer::start(|l, s| identity_service::run(cfg, l, s)).await;
     let mut users = IdentityServiceClient::new(identity.channel().await);

@@ -127,6 +127,7 @@ pub async fn stack_with(
         lookup_slots: 2,
         user_cache_bytes: 8 << 20,
         ledger: Default::default(),
+        quotas: Default::default(),
     };
     let workspace_cfg = workspace_service::Config {
         service: issuers.service_args(wdb.url(), 8),
