@@ -174,7 +174,9 @@ impl RoomTokens {
                 let after = retry_after
                     .unwrap_or(RATE_LIMITED_RETRY)
                     .clamp(RATE_LIMITED_RETRY, RATE_LIMITED_RETRY_MAX);
-                tracing::warn!(?after, "Liveblocks rate-limited a room token (429)");
+                // Counted (`rate_limited`), not logged at warn: nothing closes the gate here,
+                // so a flood of these would be a flood of lines.
+                tracing::debug!(?after, "Liveblocks rate-limited a room token (429)");
                 Err(Error::RetryAfter {
                     message: "Liveblocks is rate-limiting room tokens",
                     after,
