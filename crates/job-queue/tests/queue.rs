@@ -7,8 +7,8 @@ use job_queue::{
     Attempt, BreakerSettings, JobHandler, JobRunner, JobState, JobTable, Leased, RunnerSettings,
     job_table,
 };
-use service_runtime::Pool;
 use service_runtime::db::{PlanCache, build_pool};
+use service_runtime::{Pool, Settled};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -295,7 +295,7 @@ impl JobHandler for LeaseProbe {
             "SELECT extract(epoch FROM leased_until - now())::float8 AS secs FROM test_jobs WHERE id = $1",
         )
         .bind::<diesel::sql_types::Text, _>(&job.key)
-        .get_result(&mut conn)
+        .one(&mut conn)
         .await
         .unwrap();
         self.left.lock().unwrap().push((job.key.clone(), left.secs));
