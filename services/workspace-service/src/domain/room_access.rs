@@ -66,38 +66,27 @@ impl LiveblocksRoom {
         }
     }
 
-    /// Select `clerk_org_id` of the owner of the room or item: `[in organization $1 the row
-    /// $2, the row $1 in any]`; nothing for a deleted room or workspace.
-    fn owner_sql(self) -> [&'static str; 2] {
+    /// Select `clerk_org_id` of the owner of the room or item: in organization `$1` the row
+    /// `$2`; nothing for a deleted room or workspace.
+    fn owner_sql(self) -> &'static str {
         macro_rules! item {
             ($table:literal) => {
-                [
-                    concat!(
-                        "SELECT w.clerk_org_id FROM workspaces w JOIN ",
-                        $table,
-                        " i ON i.workspace_id = w.id",
-                        " JOIN rooms r ON r.workspace_id = i.workspace_id AND r.id = i.room_id",
-                        " WHERE w.clerk_org_id = $1 AND i.id = $2",
-                        " AND r.deleted_at IS NULL AND w.deleted_at IS NULL"
-                    ),
-                    concat!(
-                        "SELECT w.clerk_org_id FROM ",
-                        $table,
-                        " i JOIN rooms r ON r.workspace_id = i.workspace_id AND r.id = i.room_id",
-                        " JOIN workspaces w ON w.id = r.workspace_id",
-                        " WHERE i.id = $1 AND r.deleted_at IS NULL AND w.deleted_at IS NULL"
-                    ),
-                ]
+                concat!(
+                    "SELECT w.clerk_org_id FROM workspaces w JOIN ",
+                    $table,
+                    " i ON i.workspace_id = w.id",
+                    " JOIN rooms r ON r.workspace_id = i.workspace_id AND r.id = i.room_id",
+                    " WHERE w.clerk_org_id = $1 AND i.id = $2",
+                    " AND r.deleted_at IS NULL AND w.deleted_at IS NULL"
+                )
             };
         }
         match self {
-            Self::Room(_) => [
+            Self::Room(_) => {
                 "SELECT w.clerk_org_id FROM workspaces w JOIN rooms r ON r.workspace_id = w.id
                   WHERE w.clerk_org_id = $1 AND r.id = $2
-                    AND r.deleted_at IS NULL AND w.deleted_at IS NULL",
-                "SELECT w.clerk_org_id FROM rooms r JOIN workspaces w ON w.id = r.workspace_id
-                  WHERE r.id = $1 AND r.deleted_at IS NULL AND w.deleted_at IS NULL",
-            ],
+                    AND r.deleted_at IS NULL AND w.deleted_at IS NULL"
+            }
             Self::Item(ItemKind::Document, _) => item!("documents"),
             Self::Item(ItemKind::CodeFile, _) => item!("code_files"),
             Self::Item(ItemKind::Whiteboard, _) => item!("whiteboards"),
@@ -130,9 +119,10 @@ pub struct RoomEntry {
     pub permissions: &'static [&'static str],
 }
 
-/// Decides whether `caller` may enter `room`: NOT_FOUND when nothing live owns it,
-/// PERMISSION_DENIED for services, for users whose active organization is another, and for
-/// users removed (or whose membership was removed or role changed) after their token.
+/// Decides whether `caller` may enter `room`: NOT_FOUND when the caller's active organization
+/// has no such live room (whether another organization has one is never told), PERMISSION_DENIED
+/// for services, for users with no active organization, and for users removed (or whose
+/// membership was removed or role changed) after their token.
 pub async fn room_entry(
     conn: &mut AsyncPgConnection,
     caller: &Caller,
@@ -156,25 +146,20 @@ pub async fn room_entry(
         #[diesel(sql_type = Text)]
         clerk_org_id: String,
     }
-    let [in_org, by_id] = room.owner_sql();
-    let mut owner: Option<Owner> = None;
-    if let Some(org) = org_id {
-        owner = prepared(in_org)
-            .bind::<Text, _>(org)
-            .bind::<SqlUuid, _>(room.uuid())
-            .one(conn)
-            .await
-            .optional()?;
-    }
-    if owner.is_none() {
-        // Not in the caller's active organization: another's (refused below), or nobody's.
-        owner = prepared(by_id)
-            .bind::<SqlUuid, _>(room.uuid())
-            .one(conn)
-            .await
-            .optional()?;
-    }
-    let owner = owner.ok_or_else(|| Error::NotFound("no such Liveblocks room".into()))?;
+    let Some(org) = org_id else {
+        return Err(Error::Denied(
+            "Liveblocks room tokens need an active organization: choose one in Clerk".into(),
+        ));
+    };
+    let owner: Owner = prepared(room.owner_sql())
+        .bind::<Text, _>(org)
+        .bind::<SqlUuid, _>(room.uuid())
+        .one(conn)
+        .await
+        .optional()?
+        .ok_or_else(|| {
+            Error::NotFound("no such Liveblocks room in your active workspace".into())
+        })?;
     caller.check_org(&owner.clerk_org_id)?;
     check_standing(conn, caller, &owner.clerk_org_id).await?;
     require_active_user(conn, caller).await?;

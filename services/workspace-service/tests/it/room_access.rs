@@ -132,13 +132,23 @@ async fn others_get_no_token() {
     let (_, doc) = fixture(&env).await;
     env.workspace("org_b").await;
     let mut c = env.client().await;
-    // Active in another workspace, or in none.
+    // Active in another workspace: told no more than of a room that does not exist.
     let outsider = token_of(&env, "user_b", "org_b", "org:admin");
     let refused = c
         .authorize_liveblocks_room(ask(&outsider, &doc))
         .await
         .unwrap_err();
-    assert_eq!(refused.code(), Code::PermissionDenied, "{refused:?}");
+    let unknown = c
+        .authorize_liveblocks_room(ask(&outsider, &format!("doc:{}", uuid::Uuid::now_v7())))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (refused.code(), refused.message()),
+        (unknown.code(), unknown.message()),
+        "another workspace's room answers as one that does not exist"
+    );
+    assert_eq!(refused.code(), Code::NotFound, "{refused:?}");
+    // Active in none.
     let none = c
         .authorize_liveblocks_room(env.issuers.user(
             "user_m",
@@ -313,7 +323,6 @@ async fn each_outcome_is_counted() {
     let (_, doc) = fixture(&env).await;
     let mut c = env.client().await;
     let member = token_of(&env, "user_m", ORG, "org:member");
-    let outsider = token_of(&env, "user_x", "org_b", "org:member");
     let unknown = format!("doc:{}", uuid::Uuid::now_v7());
     let count = |outcome: &'static str| {
         let env = &env;
@@ -335,7 +344,15 @@ async fn each_outcome_is_counted() {
     c.authorize_liveblocks_room(ask(&member, &doc))
         .await
         .unwrap();
-    let _ = c.authorize_liveblocks_room(ask(&outsider, &doc)).await;
+    // Active in no organization: denied.
+    let _ = c
+        .authorize_liveblocks_room(env.issuers.user(
+            "user_x",
+            pb::AuthorizeLiveblocksRoomRequest {
+                room_id: doc.clone(),
+            },
+        ))
+        .await;
     let _ = c.authorize_liveblocks_room(ask(&member, &unknown)).await;
     let _ = c.authorize_liveblocks_room(ask(&member, "sheet:1")).await;
     env.liveblocks.set_mode(LiveblocksMode::Down);
