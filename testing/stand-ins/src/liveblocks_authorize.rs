@@ -56,8 +56,12 @@ pub(crate) fn json_object(body: &[u8]) -> Result<Map<String, Value>, Refusal> {
     }
 }
 
+/// The longest `userInfo` Liveblocks takes, in characters of its JSON.
+pub(crate) const MAX_USER_INFO: usize = 1024;
+
 /// `userId` (required, 1 to 128 characters) and `userInfo` (an object whose `name` and
-/// `avatar`, when present, are strings; an empty object when absent).
+/// `avatar`, when present, are strings, at most 1024 characters as JSON; an empty object when
+/// absent).
 pub(crate) fn user(obj: &Map<String, Value>) -> Result<(String, Value), Refusal> {
     let user_id = match obj.get("userId") {
         Some(Value::String(s)) if !s.is_empty() && s.len() <= MAX_ID => s.clone(),
@@ -75,7 +79,13 @@ pub(crate) fn user(obj: &Map<String, Value>) -> Result<(String, Value), Refusal>
                     return Err(invalid(format!("userInfo.{key} must be a string.")));
                 }
             }
-            Value::Object(o.clone())
+            let info = Value::Object(o.clone());
+            if info.to_string().chars().count() > MAX_USER_INFO {
+                return Err(invalid(
+                    "userInfo cannot be longer than 1024 characters once serialized to JSON.",
+                ));
+            }
+            info
         }
         Some(_) => return Err(invalid("userInfo must be an object.")),
     };

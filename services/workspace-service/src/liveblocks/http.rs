@@ -45,13 +45,7 @@ fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
 /// The body of `POST /v2/authorize-user`: one room, its permissions, and the user's info
 /// when the token had any.
 fn authorize_body(entry: &RoomEntry) -> Value {
-    let mut info = Map::new();
-    if let Some(name) = &entry.name {
-        info.insert("name".into(), json!(name));
-    }
-    if let Some(avatar) = &entry.avatar {
-        info.insert("avatar".into(), json!(avatar));
-    }
+    let info = user_info(entry.name.as_deref(), entry.avatar.as_deref());
     let mut body = json!({
         "userId": entry.user_id,
         "permissions": { entry.room_id.clone(): entry.permissions },
@@ -60,6 +54,45 @@ fn authorize_body(entry: &RoomEntry) -> Value {
         body["userInfo"] = Value::Object(info);
     }
     body
+}
+
+/// The longest `userInfo` Liveblocks takes, in characters of its JSON (its documented limit).
+const MAX_USER_INFO: usize = 1024;
+
+/// The user's name and avatar for the room's other users, within Liveblocks' limit: a long
+/// avatar URL is left out first (the name is what presence shows), then the name is shortened.
+/// Beyond the limit Liveblocks refuses the token, and the user could never enter a room.
+fn user_info(name: Option<&str>, avatar: Option<&str>) -> Map<String, Value> {
+    let fits = |info: &Map<String, Value>| {
+        Value::Object(info.clone()).to_string().chars().count() <= MAX_USER_INFO
+    };
+    let mut info = Map::new();
+    if let Some(name) = name {
+        info.insert("name".into(), json!(name));
+    }
+    if let Some(avatar) = avatar {
+        info.insert("avatar".into(), json!(avatar));
+        if !fits(&info) {
+            info.remove("avatar");
+        }
+    }
+    if let Some(name) = name.filter(|_| !fits(&info)) {
+        // The longest beginning of the name that fits, escapes counted.
+        info.insert("name".into(), json!(""));
+        let mut room =
+            MAX_USER_INFO.saturating_sub(Value::Object(info.clone()).to_string().chars().count());
+        let mut end = 0;
+        for (i, c) in name.char_indices() {
+            let cost = json!(c.to_string()).to_string().chars().count() - 2;
+            if cost > room {
+                break;
+            }
+            room -= cost;
+            end = i + c.len_utf8();
+        }
+        info.insert("name".into(), json!(&name[..end]));
+    }
+    info
 }
 
 /// The `error` code of a Liveblocks error body (never the whole body).
@@ -208,6 +241,31 @@ mod tests {
             authorize_body(&entry(None, None)),
             json!({"userId": "user_1", "permissions": {"doc:1": ["room:write"]}})
         );
+    }
+
+    #[test]
+    fn user_info_stays_within_liveblocks_limit() {
+        let len =
+            |info: &Map<String, Value>| Value::Object(info.clone()).to_string().chars().count();
+        let long_url = format!("https://img.example/{}", "a".repeat(1100));
+        // A long avatar goes first; the name is kept whole.
+        let info = user_info(Some("Ada"), Some(&long_url));
+        assert_eq!(Value::Object(info), json!({"name": "Ada"}));
+        // A name too long alone is shortened to fit, escapes counted.
+        for name in ["é".repeat(2000), "\"\\".repeat(700), "x".repeat(1020)] {
+            let info = user_info(Some(&name), Some("https://img/a"));
+            assert!(len(&info) <= MAX_USER_INFO, "{}", len(&info));
+            assert!(
+                len(&info) > MAX_USER_INFO - 8,
+                "no more is cut than needed: {}",
+                len(&info)
+            );
+            let kept = info["name"].as_str().unwrap();
+            assert!(name.starts_with(kept));
+        }
+        // What fits is sent as it is.
+        let fits = user_info(Some("Ada"), Some("https://img/a"));
+        assert_eq!(fits.len(), 2);
     }
 
     #[test]

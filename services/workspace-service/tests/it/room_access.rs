@@ -126,6 +126,41 @@ async fn a_member_gets_a_token_for_exactly_that_room_with_their_role_and_info() 
     }
 }
 
+/// A user whose name and avatar would pass Liveblocks' 1024-character `userInfo` (which it
+/// refuses) still gets a token: the avatar is left out, the name shortened to fit.
+#[tokio::test]
+async fn a_user_with_a_very_long_name_still_gets_a_token() {
+    let env = support::start().await;
+    let (_, doc) = fixture(&env).await;
+    let org = OrgClaim {
+        id: ORG.into(),
+        role: "org:member".into(),
+        slug: String::new(),
+    };
+    let long_name = "Ada ".repeat(300);
+    let mut claims = env
+        .issuers
+        .clerk
+        .claims("user_m", &long_name, "ada@example.com", Some(&org));
+    claims["picture"] = json!(format!("https://img.clerk.com/{}", "a".repeat(900)));
+    let token = env.issuers.clerk.sign(&claims);
+    let answer = env
+        .client()
+        .await
+        .authorize_liveblocks_room(ask(&token, &doc))
+        .await
+        .expect("a token despite the long name")
+        .into_inner();
+    assert!(answer.token.starts_with("ey"));
+    let info = &env.liveblocks.authorizations()[0].user_info;
+    assert!(info.to_string().chars().count() <= 1024, "{info}");
+    assert!(
+        info.get("avatar").is_none(),
+        "the avatar goes first: {info}"
+    );
+    assert!(long_name.starts_with(info["name"].as_str().unwrap()));
+}
+
 #[tokio::test]
 async fn others_get_no_token() {
     let env = support::start().await;
