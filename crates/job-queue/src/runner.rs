@@ -2,8 +2,9 @@
 //!
 //! A semaphore bounds the jobs in flight per replica. Jobs are leased in batches, and up to
 //! `prefetch` more than the free slots, so a slot that frees starts its next job without a
-//! database round trip; a leased job not started within half its lease is left to expire
-//! (another lease takes it) rather than started late. Results go to one finisher task, which
+//! database round trip; a leased job not started while its longest attempt still fits in its
+//! lease (and within half of it) is given back, its attempt not spent, rather than started
+//! late. Results go to one finisher task, which
 //! records every finished job that is waiting in one statement (a group commit), so the
 //! worker's own database work stays off the path of the calls. A runner whose jobs call an
 //! outside service may have a [`Breaker`]: while it is open no job starts, and the jobs
@@ -13,10 +14,12 @@ use crate::breaker::{Breaker, BreakerSettings, Health, Transition};
 use crate::jobs::{Attempt, JobHandler, JobTable, Leased};
 use diesel::sql_types::{Array, BigInt, Double, Integer, Nullable, Text, Uuid as SqlUuid};
 use diesel_async::RunQueryDsl;
+use futures::FutureExt;
 use service_runtime::db::classify_error;
 use service_runtime::{Pool, prepared};
 use std::collections::VecDeque;
 use std::future::Future;
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc};
@@ -243,7 +246,12 @@ impl<H: JobHandler> JobRunner<H> {
                     p = Arc::clone(&permits).acquire_owned() => match p { Ok(p) => p, Err(_) => break },
                     _ = &mut stop => break,
                 };
-                let want = 1 + permits.available_permits() + prefetch;
+                // Nothing is leased ahead when a job could not wait at all.
+                let want = if fresh.is_zero() {
+                    1
+                } else {
+                    1 + permits.available_permits() + prefetch
+                };
                 if this.lease(want, &mut ready).await == 0 {
                     drop(permit);
                     tokio::select! {
@@ -302,17 +310,22 @@ fn start<H: JobHandler>(
         // A handler that panics is a failed attempt like any other: recorded, retried after a
         // poll period and dead after the last (uncaught, it would be leased again at every
         // lease's expiry, past the last attempt, showing as pending).
-        let attempt = {
-            let (runner, job, token) = (Arc::clone(&runner), r.job.clone(), r.token);
-            tokio::spawn(async move { runner.handler.attempt(&job, token).await }).await
-        };
-        let attempt = attempt.unwrap_or_else(|e| {
-            tracing::error!(table = runner.table.name, key = %r.job.key, error = %e, "a job's handler panicked");
-            Attempt::Retry {
-                after: runner.settings.poll,
-                error: format!("the job's handler panicked: {e}"),
-            }
-        });
+        // (Caught in this task: aborting the task at the stop's deadline still ends the attempt.)
+        let attempt = AssertUnwindSafe(runner.handler.attempt(&r.job, r.token))
+            .catch_unwind()
+            .await
+            .unwrap_or_else(|panic| {
+                let what = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| (*s).to_owned())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_default();
+                tracing::error!(table = runner.table.name, key = %r.job.key, panic = %what, "a job's handler panicked");
+                Attempt::Retry {
+                    after: runner.settings.poll,
+                    error: format!("the job's handler panicked: {what}"),
+                }
+            });
         runner.ended(epoch, &attempt);
         // The slot is free once the work is; recording the result overlaps the next job.
         drop(permit);

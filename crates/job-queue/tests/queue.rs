@@ -278,7 +278,7 @@ async fn a_panicking_handler_fails_its_attempts_until_the_job_is_dead() {
 #[derive(Clone)]
 struct LeaseProbe {
     pool: Pool,
-    left: Arc<Mutex<Vec<(String, f64)>>>,
+    left: Arc<Mutex<Vec<(String, i32, f64)>>>,
     work: Duration,
 }
 
@@ -298,7 +298,10 @@ impl JobHandler for LeaseProbe {
         .one(&mut conn)
         .await
         .unwrap();
-        self.left.lock().unwrap().push((job.key.clone(), left.secs));
+        self.left
+            .lock()
+            .unwrap()
+            .push((job.key.clone(), job.attempts, left.secs));
         tokio::time::sleep(self.work).await;
         Attempt::Done
     }
@@ -335,11 +338,12 @@ async fn a_job_leased_ahead_starts_only_while_its_attempt_fits_in_its_lease() {
     run.await.unwrap();
     let left = probe.left.lock().unwrap().clone();
     assert_eq!(left.len(), 4, "each job once: {left:?}");
-    for (key, secs) in left {
+    for (key, attempts, secs) in left {
         assert!(
             secs >= 1.75,
             "{key} started with {secs} s of its lease left"
         );
+        assert_eq!(attempts, 1, "{key}: a lease given back spends no attempt");
     }
 }
 

@@ -320,8 +320,8 @@ impl Stream {
             }
         };
         tokio::pin!(expired);
-        // Access was checked when the watch opened.
-        let mut verified = tokio::time::Instant::now();
+        // Re-checks in a row that could not be made.
+        let mut unchecked = 0;
         let mut recheck = tokio::time::interval(self.live.settings.recheck);
         recheck.tick().await;
         let budget = self.live.settings.stream_bytes;
@@ -356,7 +356,7 @@ impl Stream {
             };
             let done = match step {
                 Step::End(end) => Err(end),
-                Step::Recheck => self.check_access(&mut verified).await,
+                Step::Recheck => self.check_access(&mut unchecked).await,
                 Step::Pressure => Ok(()),
                 Step::Live(Ok(f)) => self.deliver(&f),
                 Step::Live(Err(broadcast::error::RecvError::Lagged(_))) => {
@@ -543,22 +543,22 @@ impl Stream {
     }
 
     /// Ends the stream when the caller may no longer watch, or when their access could not be
-    /// checked twice in a row (fail closed: a removed member is not served past one missed
-    /// check, about 1.5 `WATCH_ACCESS_RECHECK_SECS` at most); `verified` is when it last passed.
-    async fn check_access(&self, verified: &mut tokio::time::Instant) -> Result<(), End> {
+    /// checked twice in a row (fail closed: a removed member is served at most about two
+    /// `WATCH_ACCESS_RECHECK_SECS` and a check's time); `unchecked` counts the failures in a row.
+    async fn check_access(&self, unchecked: &mut u32) -> Result<(), End> {
         let checked = async {
             let mut conn = self.live.pool.get().await?;
             self.scope.check(&mut conn, &self.caller).await
         };
         match checked.await {
             Ok(_) => {
-                *verified = tokio::time::Instant::now();
+                *unchecked = 0;
                 Ok(())
             }
             Err(Error::Denied(m)) | Err(Error::NotFound(m)) => {
                 Err(End::Now(Status::permission_denied(m), "denied"))
             }
-            Err(e) if verified.elapsed() > self.live.settings.recheck * 3 / 2 => {
+            Err(e) if *unchecked >= 1 => {
                 tracing::warn!(error = %e, "re-checking a watcher's access failed again; ending the watch");
                 Err(End::Now(
                     Status::unavailable(
@@ -568,6 +568,7 @@ impl Stream {
                 ))
             }
             Err(e) => {
+                *unchecked += 1;
                 tracing::warn!(error = %e, "re-checking a watcher's access failed; checked again at the next interval");
                 Ok(())
             }

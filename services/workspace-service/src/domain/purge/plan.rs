@@ -252,9 +252,11 @@ fn piece_sql(kind: PurgeKind, piece: Piece) -> [&'static str; 2] {
 /// lane's chunk, or a write being refused that took its key share) and deletes it once free,
 /// instead of taking the piece as finished and leaving the channel to fail the workspace's
 /// own delete on its foreign key (a retry, spending one of the job's attempts).
+/// By id, not `ctid`: a holder that updated the row leaves it at a new `ctid`, which the lock
+/// wait follows and a `ctid` taken before it would not.
 const CHANNEL_HELD: &str = purge_sql!(plain:
-    "channels WHERE ctid = ANY(ARRAY(SELECT ctid FROM channels WHERE workspace_id = $1 LIMIT $3
-        FOR UPDATE))")[0];
+    "channels WHERE id IN (SELECT id FROM channels WHERE workspace_id = $1 LIMIT $3
+        FOR UPDATE)")[0];
 
 /// What one chunk did.
 #[derive(Debug, Clone, PartialEq, Eq)]
