@@ -284,9 +284,10 @@ impl<'a, C: ClerkBackend> Ctx<'a, C> {
             return Ok(Some(format!(
                 "{}: {} held here are missing from Clerk's listing, more than the deletion \
                  budget of {} (RECONCILE_MAX_DELETES, else the larger of {MIN_BUDGET} and 1 % \
-                 of those held at the start): none was deleted; check Clerk, then run with \
-                 --allow-mass-delete if they are really gone",
-                s.kind, s.missing, s.budget
+                 of those held at the start): none was deleted; check Clerk, then, if they are \
+                 really gone, run once with --reconcile-max-deletes {} (these and no more: a \
+                 run that finds more missing stops again) or --allow-mass-delete (no limit)",
+                s.kind, s.missing, s.budget, s.missing
             )));
         }
         let mut page = first.page;

@@ -310,7 +310,9 @@ async fn a_budget_exceeded_deletes_nothing_of_that_kind_and_allow_mass_delete_go
     let ran = reconcile(&s, &api.base_url(), &[], &[]).await;
     assert_eq!(ran.code, Some(1), "{}", ran.stderr);
     assert!(
-        ran.last_line.contains("users: 30") && ran.last_line.contains("--allow-mass-delete"),
+        ran.last_line.contains("users: 30")
+            && ran.last_line.contains("--reconcile-max-deletes 30")
+            && ran.last_line.contains("--allow-mass-delete"),
         "{}",
         ran.last_line
     );
