@@ -53,14 +53,24 @@ macro_rules! job_table {
             [
                 concat!(
                     "UPDATE ", $table, " j
-                        SET leased_until = now() + make_interval(secs => $2), lease_token = $3, attempts = j.attempts + 1
+                        SET leased_until = CASE WHEN j.attempts >= $4 THEN NULL
+                                                ELSE now() + make_interval(secs => $2) END,
+                            lease_token = CASE WHEN j.attempts >= $4 THEN NULL ELSE $3 END,
+                            attempts = CASE WHEN j.attempts >= $4 THEN j.attempts ELSE j.attempts + 1 END,
+                            dead_at = CASE WHEN j.attempts >= $4 THEN now() END,
+                            last_error = CASE WHEN j.attempts >= $4
+                                THEN 'its worker stopped during its last attempt without recording it (gave up after '
+                                     || j.attempts || ' attempts); the last error recorded: '
+                                     || coalesce(j.last_error, 'none')
+                                ELSE j.last_error END
                       WHERE j.", $key, " IN (
                             SELECT ", $key, " FROM ", $table, "
                              WHERE dead_at IS NULL AND next_attempt_at <= now()
                                AND (leased_until IS NULL OR leased_until < now())
                              ORDER BY next_attempt_at LIMIT $1
                              FOR UPDATE SKIP LOCKED)
-                  RETURNING j.", $key, "::text AS key, j.attempts, j.round, j.enqueued_at, now() AS leased_at"
+                  RETURNING j.", $key, "::text AS key, j.attempts, j.round, j.enqueued_at, now() AS leased_at,
+                            j.dead_at IS NOT NULL AS abandoned"
                 ),
                 concat!(
                     "DELETE FROM ", $table, " t USING unnest($1::text[], $2::uuid[]) AS d(key, token)
@@ -167,6 +177,16 @@ pub struct Leased {
     /// follow): a handler times a round against this, never its own clock.
     #[diesel(sql_type = Timestamptz)]
     pub leased_at: DateTime<Utc>,
+}
+
+/// A row the lease statement took: a job leased, or one it found abandoned (its lease expired
+/// with its attempts spent, as when its worker died during every attempt) and buried instead.
+#[derive(Debug, QueryableByName)]
+pub(crate) struct Taken {
+    #[diesel(embed)]
+    pub(crate) job: Leased,
+    #[diesel(sql_type = diesel::sql_types::Bool)]
+    pub(crate) abandoned: bool,
 }
 
 /// What became of one attempt.

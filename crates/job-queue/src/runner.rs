@@ -11,7 +11,7 @@
 //! leased ahead are given back without spending an attempt.
 
 use crate::breaker::{Breaker, BreakerSettings, Health, Transition};
-use crate::jobs::{Attempt, JobHandler, JobTable, Leased};
+use crate::jobs::{Attempt, JobHandler, JobTable, Leased, Taken};
 use diesel::sql_types::{Array, BigInt, Double, Integer, Nullable, Text, Uuid as SqlUuid};
 use diesel_async::RunQueryDsl;
 use futures::FutureExt;
@@ -173,19 +173,32 @@ impl<H: JobHandler> JobRunner<H> {
     /// Leases up to `n` due jobs into `ready`; how many it got.
     async fn lease(&self, n: usize, ready: &mut VecDeque<Ready>) -> usize {
         let token = Uuid::now_v7();
-        let leased: anyhow::Result<Vec<Leased>> = async {
+        let leased: anyhow::Result<Vec<Taken>> = async {
             let mut conn = self.pool.get().await?;
             Ok(prepared(self.table.lease)
                 .bind::<BigInt, _>(n as i64)
                 .bind::<Double, _>(self.settings.lease.as_secs_f64())
                 .bind::<SqlUuid, _>(token)
+                .bind::<Integer, _>(self.settings.max_attempts)
                 .load(&mut conn)
                 .await?)
         }
         .await;
         match leased {
-            Ok(jobs) => {
+            Ok(taken) => {
                 let leased_at = Instant::now();
+                let jobs: Vec<Leased> = taken
+                    .into_iter()
+                    .filter_map(|t| {
+                        if t.abandoned {
+                            tracing::error!(table = self.table.name, key = %t.job.key, attempts = t.job.attempts,
+                                "job is dead: its worker stopped during its last attempt without recording it; kept until an operator retries it");
+                            None
+                        } else {
+                            Some(t.job)
+                        }
+                    })
+                    .collect();
                 let got = jobs.len();
                 ready.extend(jobs.into_iter().map(|job| Ready {
                     job,

@@ -235,6 +235,55 @@ async fn a_failing_job_is_retried_then_dead_and_kept_until_an_operator_retries_i
     assert_eq!(pending[0].attempts, 0);
 }
 
+/// A job whose worker died during its last attempt (an out-of-memory kill, say), so that no
+/// result was recorded, is buried when its lease expires instead of being leased again past its
+/// attempts: a job that kills its worker cannot take every replica down in turn for ever.
+#[tokio::test]
+async fn a_job_whose_worker_died_in_its_last_attempt_is_dead_not_leased_again() {
+    let (_db, pool) = database().await;
+    enqueue(&pool, ["killer".to_owned(), "fine".to_owned()]).await;
+    let mut conn = pool.get().await.unwrap();
+    diesel::sql_query(
+        "UPDATE test_jobs SET attempts = 3, leased_until = now() - interval '1 second',
+                lease_token = gen_random_uuid(), last_error = 'timed out'
+          WHERE id = 'killer'",
+    )
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    drop(conn);
+    let handler = Recorder::new(|_| Attempt::Done, Duration::ZERO);
+    let (stop, run) = start(&pool, handler.clone(), settings(1, 0, 3));
+    until("the abandoned job is dead", async || {
+        let mut conn = pool.get().await.unwrap();
+        job_queue::depths(&mut conn, &JOBS).await.unwrap().dead == 1
+    })
+    .await;
+    until("the other job is done", async || {
+        rows(&pool).await.len() == 1
+    })
+    .await;
+    stop.send(()).unwrap();
+    run.await.unwrap();
+    assert_eq!(
+        handler.seen(),
+        [("fine".into(), 1)],
+        "the abandoned job never ran again"
+    );
+    let mut conn = pool.get().await.unwrap();
+    let dead = job_queue::list(&mut conn, &JOBS, Some(JobState::Dead), "", 10)
+        .await
+        .unwrap();
+    assert_eq!((dead[0].key.as_str(), dead[0].attempts), ("killer", 3));
+    let error = dead[0].last_error.as_deref().unwrap_or_default();
+    assert!(
+        error.contains("stopped during its last attempt")
+            && error.contains("gave up after 3 attempts")
+            && error.contains("timed out"),
+        "{error}"
+    );
+}
+
 /// A handler that panics fails its attempt: retried, then dead with the panic as its error, and
 /// the runner goes on with the other jobs.
 #[tokio::test]
