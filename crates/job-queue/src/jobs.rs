@@ -53,13 +53,13 @@ macro_rules! job_table {
             [
                 concat!(
                     "UPDATE ", $table, " j
-                        SET leased_until = CASE WHEN j.attempts >= $4 THEN NULL
+                        SET leased_until = CASE WHEN j.attempts > $4 THEN NULL
                                                 ELSE now() + make_interval(secs => $2) END,
-                            lease_token = CASE WHEN j.attempts >= $4 THEN NULL ELSE $3 END,
-                            attempts = CASE WHEN j.attempts >= $4 THEN j.attempts ELSE j.attempts + 1 END,
-                            dead_at = CASE WHEN j.attempts >= $4 THEN now() END,
-                            last_error = CASE WHEN j.attempts >= $4
-                                THEN 'its worker stopped during its last attempt without recording it (gave up after '
+                            lease_token = CASE WHEN j.attempts > $4 THEN NULL ELSE $3 END,
+                            attempts = CASE WHEN j.attempts > $4 THEN j.attempts ELSE j.attempts + 1 END,
+                            dead_at = CASE WHEN j.attempts > $4 THEN now() END,
+                            last_error = CASE WHEN j.attempts > $4
+                                THEN 'its worker stopped during its last attempts without recording them (gave up after '
                                      || j.attempts || ' attempts); the last error recorded: '
                                      || coalesce(j.last_error, 'none')
                                 ELSE j.last_error END
@@ -179,8 +179,9 @@ pub struct Leased {
     pub leased_at: DateTime<Utc>,
 }
 
-/// A row the lease statement took: a job leased, or one it found abandoned (its lease expired
-/// with its attempts spent, as when its worker died during every attempt) and buried instead.
+/// A row the lease statement took: a job leased, or one it found abandoned and buried instead:
+/// its lease expired past its last attempt and one more (both unrecorded, as when its worker
+/// dies during every attempt; one result lost to the database alone gets that one more try).
 #[derive(Debug, QueryableByName)]
 pub(crate) struct Taken {
     #[diesel(embed)]

@@ -192,7 +192,7 @@ impl<H: JobHandler> JobRunner<H> {
                     .filter_map(|t| {
                         if t.abandoned {
                             tracing::error!(table = self.table.name, key = %t.job.key, attempts = t.job.attempts,
-                                "job is dead: its worker stopped during its last attempt without recording it; kept until an operator retries it");
+                                "job is dead: its worker stopped during its last attempts without recording them; kept until an operator retries it");
                             None
                         } else {
                             Some(t.job)

@@ -235,18 +235,19 @@ async fn a_failing_job_is_retried_then_dead_and_kept_until_an_operator_retries_i
     assert_eq!(pending[0].attempts, 0);
 }
 
-/// A job whose worker died during its last attempt (an out-of-memory kill, say), so that no
-/// result was recorded, is buried when its lease expires instead of being leased again past its
-/// attempts: a job that kills its worker cannot take every replica down in turn for ever.
+/// A job whose worker died during its last attempt and the one more it is given (an
+/// out-of-memory kill, say), so that no result was recorded, is buried when its lease expires
+/// instead of being leased again: a job that kills its worker cannot take every replica down in
+/// turn for ever. One whose last result alone went unrecorded gets that one more try.
 #[tokio::test]
-async fn a_job_whose_worker_died_in_its_last_attempt_is_dead_not_leased_again() {
+async fn a_job_whose_worker_died_in_its_last_attempts_is_dead_not_leased_again() {
     let (_db, pool) = database().await;
-    enqueue(&pool, ["killer".to_owned(), "fine".to_owned()]).await;
+    enqueue(&pool, ["killer".to_owned(), "lost".to_owned()]).await;
     let mut conn = pool.get().await.unwrap();
     diesel::sql_query(
-        "UPDATE test_jobs SET attempts = 3, leased_until = now() - interval '1 second',
-                lease_token = gen_random_uuid(), last_error = 'timed out'
-          WHERE id = 'killer'",
+        "UPDATE test_jobs SET attempts = CASE id WHEN 'killer' THEN 4 ELSE 3 END,
+                leased_until = now() - interval '1 second',
+                lease_token = gen_random_uuid(), last_error = 'timed out'",
     )
     .execute(&mut conn)
     .await
@@ -267,18 +268,18 @@ async fn a_job_whose_worker_died_in_its_last_attempt_is_dead_not_leased_again() 
     run.await.unwrap();
     assert_eq!(
         handler.seen(),
-        [("fine".into(), 1)],
-        "the abandoned job never ran again"
+        [("lost".into(), 4)],
+        "the job whose last result was lost is tried once more; the abandoned one never"
     );
     let mut conn = pool.get().await.unwrap();
     let dead = job_queue::list(&mut conn, &JOBS, Some(JobState::Dead), "", 10)
         .await
         .unwrap();
-    assert_eq!((dead[0].key.as_str(), dead[0].attempts), ("killer", 3));
+    assert_eq!((dead[0].key.as_str(), dead[0].attempts), ("killer", 4));
     let error = dead[0].last_error.as_deref().unwrap_or_default();
     assert!(
-        error.contains("stopped during its last attempt")
-            && error.contains("gave up after 3 attempts")
+        error.contains("stopped during its last attempts")
+            && error.contains("gave up after 4 attempts")
             && error.contains("timed out"),
         "{error}"
     );
