@@ -220,15 +220,16 @@ async fn replay_one(
         summary.without_body += 1;
         return Ok(());
     }
-    let refused = |reason: String| async move {
-        tracing::warn!(svix_id = d.svix_id, event_type = d.event_type, %reason, "replayed delivery still refused; kept");
+    // Kept open with the new reason; the deliveries after it are still replayed.
+    let kept = |reason: String| async move {
+        tracing::warn!(svix_id = d.svix_id, event_type = d.event_type, %reason, "replayed delivery not applied; kept");
         keep(downstream, &d.svix_id, &d.event_type, &reason, &d.body).await
     };
     let command = match clerk::to_command(&d.svix_id, &d.body) {
         Ok((_, command)) => command,
         Err(Malformed(reason)) => {
             summary.still_refused += 1;
-            return refused(format!("malformed Clerk event: {reason}")).await;
+            return kept(format!("malformed Clerk event: {reason}")).await;
         }
     };
     match downstream.send(command).await {
@@ -255,21 +256,12 @@ async fn replay_one(
         }
         Err(ForwardError::Rejected(reason)) => {
             summary.still_refused += 1;
-            refused(format!("refused by a service: {reason}")).await
+            kept(format!("refused by a service: {reason}")).await
         }
         Err(ForwardError::Failed(reason)) => {
-            // This delivery's failure (a service's bug, say), not the run's: kept and visible,
-            // and the deliveries after it are still replayed.
+            // This delivery's failure (a service's bug, say), not the run's.
             summary.failed += 1;
-            tracing::warn!(svix_id = d.svix_id, event_type = d.event_type, %reason, "replayed delivery failed at a service; kept");
-            keep(
-                downstream,
-                &d.svix_id,
-                &d.event_type,
-                &format!("failed at a service: {reason}"),
-                &d.body,
-            )
-            .await
+            kept(format!("failed at a service: {reason}")).await
         }
         Err(e @ (ForwardError::Unavailable(_) | ForwardError::Denied(_))) => Err(e),
     }
