@@ -1,5 +1,6 @@
 //! Verified identities and the mapping from Clerk claim styles onto them.
 
+use crate::verify::AuthError;
 use serde::Deserialize;
 
 /// Who is calling, after the token was verified. Handlers read it from the request extensions.
@@ -136,22 +137,20 @@ fn present(value: Option<String>) -> Option<String> {
 }
 
 impl ClerkClaims {
-    pub(crate) fn into_principal(self) -> UserPrincipal {
-        let v1_org = present(self.org_id).map(|id| ActiveOrg {
-            id,
-            slug: present(self.org_slug),
-            role: normalize_role(present(self.org_role).as_deref().unwrap_or("member")),
-        });
-        let org = v1_org.or_else(|| {
-            self.o.and_then(|o| {
-                present(Some(o.id)).map(|id| ActiveOrg {
-                    id,
-                    slug: present(o.slg),
-                    role: normalize_role(present(o.rol).as_deref().unwrap_or("member")),
-                })
-            })
-        });
-        UserPrincipal {
+    /// The principal the claims describe. An active organization without a role is refused
+    /// rather than given a default: Clerk's session tokens always carry the role with the
+    /// organization (`org_role`, or `o.rol`), so a token without one comes from a JWT template
+    /// that left it out, and any default could grant more than the user's real role.
+    pub(crate) fn into_principal(self) -> Result<UserPrincipal, AuthError> {
+        let org = match (present(self.org_id), self.o) {
+            (Some(id), _) => Some(active_org(id, self.org_slug, self.org_role)?),
+            (None, Some(o)) => match present(Some(o.id)) {
+                Some(id) => Some(active_org(id, o.slg, o.rol)?),
+                None => None,
+            },
+            (None, None) => None,
+        };
+        Ok(UserPrincipal {
             user_id: self.sub,
             name: present(self.name),
             email: present(self.email),
@@ -159,8 +158,22 @@ impl ClerkClaims {
             org,
             issued_at: self.iat.unwrap_or_default(),
             expires_at: self.exp,
-        }
+        })
     }
+}
+
+/// The active organization `id` with its slug and (required) role.
+fn active_org(
+    id: String,
+    slug: Option<String>,
+    role: Option<String>,
+) -> Result<ActiveOrg, AuthError> {
+    let role = present(role).ok_or(AuthError::MissingOrgRole)?;
+    Ok(ActiveOrg {
+        id,
+        slug: present(slug),
+        role: normalize_role(&role),
+    })
 }
 
 #[cfg(test)]
@@ -187,8 +200,8 @@ mod tests {
             "sub": "user_1", "exp": 2_000_000_000_i64, "o": {"id": "org_9", "slg": "acme", "rol": "admin"}
         }))
         .unwrap();
-        let a = v1.into_principal().org.unwrap();
-        let b = v2.into_principal().org.unwrap();
+        let a = v1.into_principal().unwrap().org.unwrap();
+        let b = v2.into_principal().unwrap().org.unwrap();
         assert_eq!(a, b);
         assert!(a.is_admin());
     }
@@ -199,9 +212,26 @@ mod tests {
             "sub": "user_1", "exp": 2_000_000_000_i64, "org_id": null, "org_role": "null", "name": "", "email": "null"
         }))
         .unwrap();
-        let p = c.into_principal();
+        let p = c.into_principal().unwrap();
         assert_eq!(p.org, None);
         assert_eq!(p.name, None);
         assert_eq!(p.email, None);
+    }
+
+    #[test]
+    fn an_active_organization_without_a_role_is_refused() {
+        for claims in [
+            serde_json::json!({"sub": "user_1", "exp": 2_000_000_000_i64, "org_id": "org_9"}),
+            serde_json::json!({"sub": "user_1", "exp": 2_000_000_000_i64, "org_id": "org_9", "org_role": "null"}),
+            serde_json::json!({"sub": "user_1", "exp": 2_000_000_000_i64, "org_id": "org_9", "org_role": " "}),
+            serde_json::json!({"sub": "user_1", "exp": 2_000_000_000_i64, "o": {"id": "org_9", "slg": "acme"}}),
+        ] {
+            let c: ClerkClaims = serde_json::from_value(claims.clone()).unwrap();
+            assert_eq!(
+                c.into_principal().unwrap_err(),
+                AuthError::MissingOrgRole,
+                "{claims}"
+            );
+        }
     }
 }

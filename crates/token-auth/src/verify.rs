@@ -71,6 +71,12 @@ pub enum AuthError {
         "token subject is not one its signing key may sign (the key's JWK lists the subjects it may sign)"
     )]
     SubjectNotAllowed,
+    /// The token names an active organization but no role in it: which permissions the user
+    /// has there cannot be told, so nothing is granted.
+    #[error(
+        "token names an active organization (org_id) but no role: add `\"org_role\": \"{{{{org.role}}}}\"` to the Clerk JWT template"
+    )]
+    MissingOrgRole,
 }
 
 /// Checks `iat` against `exp`: present, not in the future beyond `leeway`, and a lifetime of
@@ -324,7 +330,7 @@ impl Authenticator {
             }
             return Ok(Verified {
                 exp: claims.exp,
-                principal: Principal::User(claims.into_principal()),
+                principal: Principal::User(claims.into_principal()?),
                 leeway: s.leeway_secs,
                 kid,
                 key,
