@@ -258,7 +258,10 @@ impl KeyStore {
                 if !resp.status().is_success() {
                     return Err(format!("GET answered {}", resp.status()));
                 }
-                read_capped(resp, MAX_JWKS_BYTES).await?
+                capped_body::read(resp, MAX_JWKS_BYTES)
+                    .await
+                    .map_err(|e| format!("JWKS {e}"))?
+                    .to_vec()
             }
             KeySource::File(path) => tokio::fs::read(path)
                 .await
@@ -294,25 +297,6 @@ struct FetchProgress {
 
 /// The largest JWKS document accepted (Clerk's holds a few keys of under 1 KiB each).
 pub const MAX_JWKS_BYTES: usize = 64 * 1024;
-
-/// The body of `resp`, refused once it exceeds `cap` bytes (without reading the rest).
-async fn read_capped(mut resp: reqwest::Response, cap: usize) -> Result<Vec<u8>, String> {
-    if resp.content_length().is_some_and(|n| n > cap as u64) {
-        return Err(format!("JWKS larger than {cap} bytes"));
-    }
-    let mut body = Vec::new();
-    while let Some(chunk) = resp
-        .chunk()
-        .await
-        .map_err(|e| format!("reading body: {e}"))?
-    {
-        if body.len() + chunk.len() > cap {
-            return Err(format!("JWKS larger than {cap} bytes"));
-        }
-        body.extend_from_slice(&chunk);
-    }
-    Ok(body)
-}
 
 /// Whether `url` may serve keys: `https`, or `http` to this machine (development stand-ins).
 pub fn acceptable_jwks_url(url: &str) -> bool {

@@ -216,7 +216,7 @@ impl ClerkHttp {
         self.sent.fetch_add(1, Ordering::Relaxed);
         let url =
             reqwest::Url::parse_with_params(url, query).map_err(|e| format!("request URL: {e}"))?;
-        let mut resp = self
+        let resp = self
             .http
             .get(url)
             .bearer_auth(self.settings.secret_key.expose())
@@ -231,18 +231,10 @@ impl ClerkHttp {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.trim().parse::<u64>().ok())
             .map(Duration::from_secs);
-        let mut body = Vec::new();
-        while let Some(chunk) = resp
-            .chunk()
+        let body = capped_body::read(resp, MAX_RESPONSE_BYTES)
             .await
-            .map_err(|e| format!("reading the body: {e}"))?
-        {
-            if body.len() + chunk.len() > MAX_RESPONSE_BYTES {
-                return Err(format!("body over {MAX_RESPONSE_BYTES} bytes"));
-            }
-            body.extend_from_slice(&chunk);
-        }
-        Ok((status, retry_after, Bytes::from(body)))
+            .map_err(|e| e.to_string())?;
+        Ok((status, retry_after, body))
     }
 }
 
