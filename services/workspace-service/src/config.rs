@@ -9,7 +9,7 @@ use std::time::Duration;
 /// Liveblocks clean-up settings.
 #[derive(Debug, Clone, clap::Args)]
 pub struct LiveblocksArgs {
-    /// Liveblocks REST API base URL.
+    /// Liveblocks REST API origin (scheme, host and port only: the calls add `/v2/...`).
     #[arg(
         long,
         env = "LIVEBLOCKS_API_URL",
@@ -46,7 +46,7 @@ pub struct LiveblocksArgs {
     #[arg(long, env = "LIVEBLOCKS_KEY_CHECK_SECS", default_value_t = 300)]
     pub liveblocks_key_check_secs: u64,
     /// Seconds after a room's rows were deleted when its Liveblocks room is deleted a second
-    /// time (0 to 86400; 0: never). Liveblocks creates a room when a client connects to it,
+    /// time (0: never, or 3660 to 86400). Liveblocks creates a room when a client connects to it,
     /// and a client keeps its access token for up to an hour: one issued just before the
     /// deletion can bring the room back. The default outlives such a token by 5 minutes.
     #[arg(long, env = "LIVEBLOCKS_SWEEP_AFTER_SECS", default_value_t = 3900)]
@@ -92,6 +92,31 @@ impl Default for CleanupSettings {
     }
 }
 
+/// The earliest sweep: a Liveblocks access token lives an hour, plus a minute for the call that
+/// issued it.
+pub const MIN_SWEEP_AFTER_SECS: u64 = 3660;
+
+/// Refuses a `LIVEBLOCKS_API_URL` that is not a bare `http(s)` origin: with a path (`/v2`) every
+/// call would reach a wrong path, and a 404 there must never pass for a room already gone.
+fn check_origin(url: &str) -> Result<(), String> {
+    let bad = |why: &str| {
+        Err(format!(
+            "LIVEBLOCKS_API_URL ({url}) {why}: give the origin only, e.g. https://api.liveblocks.io"
+        ))
+    };
+    let Ok(parsed) = reqwest::Url::parse(url) else {
+        return bad("is not a URL");
+    };
+    if !matches!(parsed.scheme(), "https" | "http") || !parsed.has_host() {
+        return bad("is not an http(s) URL with a host");
+    }
+    if !matches!(parsed.path(), "" | "/") || parsed.query().is_some() || parsed.fragment().is_some()
+    {
+        return bad("has a path or query");
+    }
+    Ok(())
+}
+
 /// What a Liveblocks job's lease leaves beyond its call's timeout.
 const LEASE_MARGIN_SECS: u64 = 5;
 
@@ -99,6 +124,7 @@ impl LiveblocksArgs {
     /// The worker settings, or what is out of range.
     pub fn settings(&self) -> Result<CleanupSettings, String> {
         let out_of_range = |what: &str| Err(format!("{what} is out of range"));
+        check_origin(&self.liveblocks_api_url)?;
         if !(1..=256).contains(&self.liveblocks_concurrency) {
             return out_of_range("LIVEBLOCKS_CONCURRENCY (1 to 256)");
         }
@@ -118,8 +144,13 @@ impl LiveblocksArgs {
         if !(10..=86_400).contains(&self.liveblocks_key_check_secs) {
             return out_of_range("LIVEBLOCKS_KEY_CHECK_SECS (10 to 86400)");
         }
-        if self.liveblocks_sweep_after_secs > 86_400 {
-            return out_of_range("LIVEBLOCKS_SWEEP_AFTER_SECS (0 to 86400)");
+        if self.liveblocks_sweep_after_secs != 0
+            && !(MIN_SWEEP_AFTER_SECS..=86_400).contains(&self.liveblocks_sweep_after_secs)
+        {
+            return Err(format!(
+                "LIVEBLOCKS_SWEEP_AFTER_SECS ({}) must be 0 (no sweep) or from {MIN_SWEEP_AFTER_SECS} to 86400: an earlier sweep runs while tokens issued before the deletion still open the room",
+                self.liveblocks_sweep_after_secs
+            ));
         }
         if self.liveblocks_poll_ms < 10 {
             return out_of_range("LIVEBLOCKS_POLL_MS (at least 10)");
@@ -493,6 +524,14 @@ mod tests {
             &["--liveblocks-poll-ms", "5"],
             &["--liveblocks-timeout-secs", "0"],
             &["--liveblocks-backoff-base-ms", "0"],
+            &["--liveblocks-sweep-after-secs", "600"],
+            &["--liveblocks-sweep-after-secs", "3659"],
+            &["--liveblocks-sweep-after-secs", "86401"],
+            &["--liveblocks-api-url", "https://api.liveblocks.io/v2"],
+            &["--liveblocks-api-url", "https://api.liveblocks.io/v2/"],
+            &["--liveblocks-api-url", "https://api.liveblocks.io?x=1"],
+            &["--liveblocks-api-url", "api.liveblocks.io"],
+            &["--liveblocks-api-url", "ftp://api.liveblocks.io"],
         ] {
             assert!(settings(bad).is_err(), "{bad:?} was accepted");
         }
@@ -512,6 +551,14 @@ mod tests {
             .settings()
             .unwrap();
         assert_eq!(defaults.concurrency, 8);
+        for good in [
+            &["--liveblocks-sweep-after-secs", "0"][..],
+            &["--liveblocks-sweep-after-secs", "3660"],
+            &["--liveblocks-api-url", "https://api.liveblocks.io/"],
+            &["--liveblocks-api-url", "http://127.0.0.1:4000"],
+        ] {
+            assert!(settings(good).is_ok(), "{good:?} was refused");
+        }
         assert_eq!(defaults.lease, Duration::from_secs(60));
     }
 }

@@ -18,7 +18,9 @@ mod model;
 mod schema;
 pub mod workers;
 
-pub use config::{CallLimitArgs, Config, LiveblocksArgs, PurgeArgs, WatchArgs};
+pub use config::{
+    CallLimitArgs, Config, LiveblocksArgs, MIN_SWEEP_AFTER_SECS, PurgeArgs, WatchArgs,
+};
 pub use domain::workspaces::{WORKSPACE_ID_NAMESPACE, derived_workspace_id};
 /// The triggers whose notifications keep the access and channel caches coherent (checked
 /// while the caches answer).

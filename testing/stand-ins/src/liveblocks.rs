@@ -2,12 +2,15 @@
 //! `POST /v2/authorize-user` (see [`crate::liveblocks_authorize`]) and `POST /v2/identify-user`
 //! (see [`crate::liveblocks_identify`]).
 //!
-//! Answers as Liveblocks does: 204 with no body when the room existed, 404 `ROOM_NOT_FOUND`
-//! once it is gone, 401 for a wrong key (on both); the listing answers `{"nextCursor":null,
-//! "data":[]}` (no live rooms are kept here). It can be told to fail (503), rate-limit (429 with
-//! `Retry-After`) or slow down, and records every successful deletion, every repeated one (404
-//! after a 204) and the peak concurrency,
-//! overall and per room.
+//! Answers as Liveblocks' published API (v2.openapi.json) does: 204 with no body when the room
+//! existed, 404 `ROOM_NOT_FOUND` once it is gone; 401 `MISSING_SECRET_KEY` without a key and
+//! 403 `INVALID_SECRET_KEY` for a wrong one (on every endpoint); error bodies with `error`,
+//! `message`, `suggestion` and `docs`; the listing answers `{"nextCursor":null,"data":[]}` (no
+//! live rooms are kept here). It can be told to fail (503), rate-limit (429 with `Retry-After`),
+//! refuse (422), stand for a host that is not Liveblocks (404 pages) or slow down, on every
+//! endpoint, and records every successful deletion, every repeated one (404 after a 204) and the
+//! peak concurrency, overall and per room. One departure: a room nobody connected to is deleted
+//! with 204 (Liveblocks answers 404 for a room it never had); our clean-up treats both as done.
 
 use crate::http_server::{HttpStandIn, SeenRequest, empty_response, json_response};
 use crate::liveblocks_authorize::{self as authorize, Authorization};
@@ -31,6 +34,54 @@ pub enum LiveblocksMode {
     RateLimited { retry_after_secs: u64 },
     /// 422 for every deletion (a permanent refusal).
     Unprocessable,
+    /// Not Liveblocks at all (a wrong host, a proxy): a plain 404 page for every request.
+    NotLiveblocks,
+}
+
+/// An error answer in Liveblocks' shape.
+fn error(status: u16, code: &str, message: &str) -> hyper::Response<Full<Bytes>> {
+    json_response(
+        status,
+        &json!({"error": code, "message": message, "suggestion": "", "docs": "https://liveblocks.io/docs/api-reference/rest-api-endpoints"}),
+    )
+}
+
+/// The answer of a mode that fails every request, if this one does.
+fn failure(mode: &LiveblocksMode) -> Option<hyper::Response<Full<Bytes>>> {
+    match mode {
+        LiveblocksMode::Down => Some(error(503, "SERVICE_UNAVAILABLE", "Service unavailable.")),
+        LiveblocksMode::RateLimited { retry_after_secs } => {
+            let mut r = error(429, "TOO_MANY_REQUESTS", "Rate limit exceeded.");
+            r.headers_mut()
+                .insert("retry-after", (*retry_after_secs).into());
+            Some(r)
+        }
+        LiveblocksMode::NotLiveblocks => {
+            let mut r = hyper::Response::new(Full::new(Bytes::from_static(
+                b"<html><body><h1>404 Not Found</h1></body></html>",
+            )));
+            *r.status_mut() = hyper::StatusCode::NOT_FOUND;
+            r.headers_mut().insert(
+                "content-type",
+                hyper::header::HeaderValue::from_static("text/html"),
+            );
+            Some(r)
+        }
+        LiveblocksMode::Up | LiveblocksMode::Unprocessable => None,
+    }
+}
+
+/// The key check of every endpoint: 401 without a secret key, 403 for a wrong one.
+fn key_refusal(expected_auth: &str, req: &SeenRequest) -> Option<hyper::Response<Full<Bytes>>> {
+    match req
+        .headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+    {
+        Some(v) if v == expected_auth => None,
+        None => Some(error(401, "MISSING_SECRET_KEY", "Missing secret key.")),
+        Some(_) => Some(error(403, "INVALID_SECRET_KEY", "Invalid secret key.")),
+    }
 }
 
 #[derive(Default)]
@@ -223,7 +274,7 @@ async fn handle(
     req: SeenRequest,
 ) -> hyper::Response<Full<Bytes>> {
     if req.path == "/v2/rooms" && req.method == hyper::Method::GET {
-        return list_rooms(expected_auth, &req);
+        return list_rooms(state, expected_auth, &req).await;
     }
     if req.path == "/v2/authorize-user" {
         return issue_token(state, expected_auth, req, TokenKind::Access).await;
@@ -236,7 +287,7 @@ async fn handle(
         .strip_prefix("/v2/rooms/")
         .filter(|r| !r.is_empty() && !r.contains('/'))
     else {
-        return json_response(404, &json!({"error":"NOT_FOUND","message":"Not found."}));
+        return error(404, "NOT_FOUND", "Not found.");
     };
     let room = percent_decode(raw_id);
     let (latency, mode) = {
@@ -256,11 +307,6 @@ async fn handle(
     if !latency.is_zero() {
         tokio::time::sleep(latency).await;
     }
-    let auth_ok = req
-        .headers
-        .get("authorization")
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v == expected_auth);
     let Ok(mut s) = state.lock() else {
         return empty_response(500);
     };
@@ -268,42 +314,23 @@ async fn handle(
     if let Some(n) = s.in_flight_rooms.get_mut(&room) {
         *n -= 1;
     }
+    if let Some(r) = failure(&mode) {
+        return r;
+    }
     if req.method != hyper::Method::DELETE {
-        return json_response(405, &json!({"error":"METHOD_NOT_ALLOWED"}));
+        return error(405, "METHOD_NOT_ALLOWED", "Method not allowed.");
     }
-    match mode {
-        LiveblocksMode::Down => return json_response(503, &json!({"error":"SERVICE_UNAVAILABLE"})),
-        LiveblocksMode::RateLimited { retry_after_secs } => {
-            let mut r = json_response(
-                429,
-                &json!({"error":"TOO_MANY_REQUESTS","message":"Rate limit exceeded."}),
-            );
-            r.headers_mut()
-                .insert("retry-after", retry_after_secs.into());
-            return r;
-        }
-        LiveblocksMode::Unprocessable => {
-            return json_response(
-                422,
-                &json!({"error":"UNPROCESSABLE_ENTITY","message":"The room cannot be deleted."}),
-            );
-        }
-        LiveblocksMode::Up => {}
+    if let Some(r) = key_refusal(expected_auth, &req) {
+        return r;
     }
-    if !auth_ok {
-        return json_response(
-            401,
-            &json!({"error":"INVALID_SECRET_KEY","message":"Invalid secret key."}),
-        );
+    if mode == LiveblocksMode::Unprocessable {
+        return error(422, "UNPROCESSABLE_ENTITY", "The room cannot be deleted.");
     }
     if room.len() > 128 || s.gone.contains(&room) {
         if s.gone.contains(&room) {
             s.not_found.push(room.clone());
         }
-        return json_response(
-            404,
-            &json!({"error":"ROOM_NOT_FOUND","message":"Room not found.","suggestion":"","docs":""}),
-        );
+        return error(404, "ROOM_NOT_FOUND", "Room not found.");
     }
     s.gone.insert(room.clone());
     s.deleted.push(room.clone());
@@ -344,27 +371,14 @@ async fn issue_token(
     if !latency.is_zero() {
         tokio::time::sleep(latency).await;
     }
+    if let Some(r) = failure(&mode) {
+        return r;
+    }
     if req.method != hyper::Method::POST {
-        return json_response(405, &json!({"error":"METHOD_NOT_ALLOWED"}));
+        return error(405, "METHOD_NOT_ALLOWED", "Method not allowed.");
     }
-    match mode {
-        LiveblocksMode::Down => return json_response(503, &json!({"error":"SERVICE_UNAVAILABLE"})),
-        LiveblocksMode::RateLimited { retry_after_secs } => {
-            let mut r = json_response(
-                429,
-                &json!({"error":"TOO_MANY_REQUESTS","message":"Rate limit exceeded."}),
-            );
-            r.headers_mut()
-                .insert("retry-after", retry_after_secs.into());
-            return r;
-        }
-        LiveblocksMode::Up | LiveblocksMode::Unprocessable => {}
-    }
-    if !auth_ok(expected_auth, &req) {
-        return json_response(
-            401,
-            &json!({"error":"INVALID_SECRET_KEY","message":"Invalid secret key."}),
-        );
+    if let Some(r) = key_refusal(expected_auth, &req) {
+        return r;
     }
     let now = unix_now();
     let issued = match kind {
@@ -386,9 +400,7 @@ async fn issue_token(
     match issued {
         Ok(Some(token)) => json_response(200, &json!({ "token": token })),
         Ok(None) => empty_response(500),
-        Err((status, error, message)) => {
-            json_response(status, &json!({"error": error, "message": message}))
-        }
+        Err((status, code, message)) => error(status, code, &message),
     }
 }
 
@@ -397,26 +409,26 @@ fn record<T>(state: &Mutex<State>, f: impl FnOnce(&mut State) -> T) -> Option<T>
     state.lock().ok().map(|mut s| f(&mut s))
 }
 
-fn auth_ok(expected_auth: &str, req: &SeenRequest) -> bool {
-    req.headers
-        .get("authorization")
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v == expected_auth)
-}
-
-/// `GET /v2/rooms`: the key is checked like a deletion's; no rooms are listed. Not counted in
-/// [`LiveblocksStandIn::requests`], which counts deletions.
-fn list_rooms(expected_auth: &str, req: &SeenRequest) -> hyper::Response<Full<Bytes>> {
-    let auth_ok = req
-        .headers
-        .get("authorization")
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v == expected_auth);
-    if !auth_ok {
-        return json_response(
-            401,
-            &json!({"error":"INVALID_SECRET_KEY","message":"Invalid secret key."}),
-        );
+/// `GET /v2/rooms`: the mode, latency and key apply as to deletions; no rooms are listed. Not
+/// counted in [`LiveblocksStandIn::requests`], which counts deletions.
+async fn list_rooms(
+    state: &Mutex<State>,
+    expected_auth: &str,
+    req: &SeenRequest,
+) -> hyper::Response<Full<Bytes>> {
+    let Some((latency, mode)) = record(state, |s| {
+        (s.latency, s.mode.clone().unwrap_or(LiveblocksMode::Up))
+    }) else {
+        return empty_response(500);
+    };
+    if !latency.is_zero() {
+        tokio::time::sleep(latency).await;
+    }
+    if let Some(r) = failure(&mode) {
+        return r;
+    }
+    if let Some(r) = key_refusal(expected_auth, req) {
+        return r;
     }
     json_response(200, &json!({"nextCursor": null, "data": []}))
 }
@@ -480,7 +492,7 @@ mod tests {
         let (status, answer) = post(&live, "sk_wrong", body.to_string()).await;
         assert_eq!(
             (status, &answer["error"]),
-            (401, &json!("INVALID_SECRET_KEY"))
+            (403, &json!("INVALID_SECRET_KEY"))
         );
         let (status, answer) = post(&live, "sk_test", "{").await;
         assert_eq!((status, &answer["error"]), (400, &json!("INVALID_JSON")));
@@ -510,6 +522,77 @@ mod tests {
         assert_eq!(delete().await, 404);
         assert_eq!(live.deleted(), ["doc:1"]);
         assert_eq!(live.not_found(), ["doc:1"]);
+    }
+
+    /// Every endpoint checks the key as Liveblocks does (401 without one, 403 for a wrong one)
+    /// and fails in every mode, the listing included.
+    #[tokio::test]
+    async fn keys_and_modes_apply_to_every_endpoint() {
+        let live = LiveblocksStandIn::start("sk_test").await.unwrap();
+        let base = live.base_url();
+        let call = |method: reqwest::Method, path: &'static str, key: Option<&'static str>| {
+            let mut r = reqwest::Client::new()
+                .request(method, format!("{base}{path}"))
+                .header("content-type", "application/json")
+                .body(r#"{"userId":"u","permissions":{"doc:1":["room:write"]}}"#);
+            if let Some(key) = key {
+                r = r.bearer_auth(key);
+            }
+            async move {
+                let resp = r.send().await.unwrap();
+                let status = resp.status().as_u16();
+                let body = resp.text().await.unwrap();
+                let code = serde_json::from_str::<Value>(&body)
+                    .ok()
+                    .and_then(|v| v["error"].as_str().map(str::to_owned));
+                (status, code)
+            }
+        };
+        let endpoints = [
+            (reqwest::Method::GET, "/v2/rooms?limit=1"),
+            (reqwest::Method::POST, "/v2/authorize-user"),
+            (reqwest::Method::POST, "/v2/identify-user"),
+            (reqwest::Method::DELETE, "/v2/rooms/doc%3A9"),
+        ];
+        for (method, path) in endpoints.clone() {
+            assert_eq!(
+                call(method.clone(), path, None).await,
+                (401, Some("MISSING_SECRET_KEY".into())),
+                "{path}"
+            );
+            assert_eq!(
+                call(method, path, Some("sk_wrong")).await,
+                (403, Some("INVALID_SECRET_KEY".into())),
+                "{path}"
+            );
+        }
+        for (mode, want) in [
+            (
+                LiveblocksMode::Down,
+                (503, Some("SERVICE_UNAVAILABLE".to_owned())),
+            ),
+            (
+                LiveblocksMode::RateLimited {
+                    retry_after_secs: 2,
+                },
+                (429, Some("TOO_MANY_REQUESTS".to_owned())),
+            ),
+            (LiveblocksMode::NotLiveblocks, (404, None)),
+        ] {
+            live.set_mode(mode.clone());
+            for (method, path) in endpoints.clone() {
+                assert_eq!(
+                    call(method, path, Some("sk_test")).await,
+                    want,
+                    "{mode:?} {path}"
+                );
+            }
+        }
+        live.set_mode(LiveblocksMode::Up);
+        assert_eq!(
+            call(reqwest::Method::GET, "/v2/rooms?limit=1", Some("sk_test")).await,
+            (200, None)
+        );
     }
 
     #[test]

@@ -8,6 +8,12 @@ use std::time::Duration;
 /// Longest wait for a room token: a browser is waiting to open the room.
 pub const AUTHORIZE_TIMEOUT: Duration = Duration::from_secs(3);
 
+/// The largest answer read from Liveblocks (a token, or an error body).
+const MAX_ANSWER_BYTES: usize = 64 * 1024;
+
+/// A 404 that is not Liveblocks' `ROOM_NOT_FOUND`: the URL reaches something else.
+const NOT_LIVEBLOCKS: &str = "404 without ROOM_NOT_FOUND: LIVEBLOCKS_API_URL does not reach Liveblocks' REST API (give the bare origin, e.g. https://api.liveblocks.io, without /v2)";
+
 /// The real Liveblocks REST API over reqwest.
 #[derive(Debug, Clone)]
 pub struct HttpLiveblocks {
@@ -95,6 +101,13 @@ fn user_info(name: Option<&str>, avatar: Option<&str>) -> Map<String, Value> {
     info
 }
 
+/// The body of an answer, within [`MAX_ANSWER_BYTES`] (empty when it cannot be read).
+async fn body_of(resp: reqwest::Response) -> String {
+    capped_body::text(resp, MAX_ANSWER_BYTES)
+        .await
+        .unwrap_or_default()
+}
+
 /// The `error` code of a Liveblocks error body (never the whole body).
 fn error_code(body: &str) -> String {
     serde_json::from_str::<Value>(body)
@@ -122,6 +135,7 @@ impl LiveblocksApi for HttpLiveblocks {
             Ok(r) if matches!(r.status().as_u16(), 401 | 403) => KeyState::Rejected {
                 status: r.status().as_u16(),
             },
+            Ok(r) if r.status().as_u16() == 404 => KeyState::WrongUrl,
             Ok(r) => KeyState::Unknown {
                 reason: format!("{} from Liveblocks", r.status().as_u16()),
             },
@@ -151,7 +165,15 @@ impl LiveblocksApi for HttpLiveblocks {
         let status = resp.status().as_u16();
         match status {
             200..=299 => Delivery::Deleted,
-            404 => Delivery::AlreadyGone,
+            // Only Liveblocks' own "no such room" is done: any other 404 (a path under a wrong
+            // base URL, a proxy) would finish every job without deleting anything.
+            404 => match error_code(&body_of(resp).await).as_str() {
+                "ROOM_NOT_FOUND" => Delivery::AlreadyGone,
+                _ => Delivery::Rejected {
+                    status,
+                    reason: NOT_LIVEBLOCKS.into(),
+                },
+            },
             401 | 403 => Delivery::KeyRejected { status },
             429 => Delivery::Retry {
                 after: retry_after(resp.headers()),
@@ -161,13 +183,10 @@ impl LiveblocksApi for HttpLiveblocks {
                 after: retry_after(resp.headers()),
                 reason: format!("{status} from Liveblocks"),
             },
-            _ => {
-                let body = resp.text().await.unwrap_or_default();
-                Delivery::Rejected {
-                    status,
-                    reason: body.chars().take(200).collect(),
-                }
-            }
+            _ => Delivery::Rejected {
+                status,
+                reason: error_code(&body_of(resp).await),
+            },
         }
     }
 
@@ -194,18 +213,18 @@ impl LiveblocksApi for HttpLiveblocks {
             }
             408 | 500..=599 => return Err(unavailable(format!("{status} from Liveblocks"))),
             _ => {
-                let body = resp.text().await.unwrap_or_default();
                 return Err(AuthorizeError::Rejected {
                     status,
-                    reason: error_code(&body),
+                    reason: error_code(&body_of(resp).await),
                 });
             }
         }
         // The body holds the token: it is parsed, never logged.
-        let body: Value = resp
-            .json()
+        let body = capped_body::read(resp, MAX_ANSWER_BYTES)
             .await
-            .map_err(|e| unavailable(format!("answer not read: {}", e.without_url())))?;
+            .map_err(|e| unavailable(format!("answer not read: {e}")))?;
+        let body: Value = serde_json::from_slice(&body)
+            .map_err(|e| unavailable(format!("answer not JSON: {e}")))?;
         match body.get("token").and_then(Value::as_str) {
             Some(t) if !t.is_empty() => Ok(AccessToken::new(t.to_owned())),
             _ => Err(AuthorizeError::Rejected {

@@ -40,6 +40,9 @@ pub enum KeyState {
     Valid,
     /// 401/403: the key is wrong.
     Rejected { status: u16 },
+    /// 404 for the rooms listing: `LIVEBLOCKS_API_URL` reaches something other than Liveblocks'
+    /// REST API (a path such as `/v2` in it, a proxy).
+    WrongUrl,
     /// No answer that says either (network, 5xx, 429).
     Unknown { reason: String },
 }

@@ -189,6 +189,10 @@ pub async fn check_key_loop(
                     "LIVEBLOCKS_SECRET_KEY rejected ({status}): rooms are not deleted; fix the key, then retry the dead jobs"
                 )),
             ),
+            KeyState::WrongUrl => (
+                0,
+                Err("LIVEBLOCKS_API_URL answered 404 for the rooms listing: it does not reach Liveblocks' REST API; rooms are not deleted".to_owned()),
+            ),
             KeyState::Unknown { reason } => (-1, Ok(format!("not checked: {reason}"))),
         };
         metrics.liveblocks_key_valid.set(gauge);
@@ -198,6 +202,9 @@ pub async fn check_key_loop(
                 KeyState::Rejected { status } => tracing::error!(
                     status,
                     "Liveblocks rejected LIVEBLOCKS_SECRET_KEY: rooms are not deleted until it is fixed"
+                ),
+                KeyState::WrongUrl => tracing::error!(
+                    "LIVEBLOCKS_API_URL answered 404 for the rooms listing: it does not reach Liveblocks' REST API (give the bare origin, without /v2); rooms are not deleted"
                 ),
                 KeyState::Unknown { reason } => {
                     tracing::warn!(%reason, "could not check LIVEBLOCKS_SECRET_KEY")

@@ -215,7 +215,7 @@ async fn the_key_is_checked_at_start() {
     let (code, status) = bad.http_get("/status").await;
     assert_eq!(code, 503, "{status}");
     assert!(
-        status.contains("liveblocks_key: PROBLEM LIVEBLOCKS_SECRET_KEY rejected (401)"),
+        status.contains("liveblocks_key: PROBLEM LIVEBLOCKS_SECRET_KEY rejected (403)"),
         "{status}"
     );
     assert!(
@@ -232,6 +232,52 @@ async fn the_key_is_checked_at_start() {
     assert_eq!(
         (code, status.as_str()),
         (200, "liveblocks_key: ok LIVEBLOCKS_SECRET_KEY accepted\n")
+    );
+}
+
+/// A host that is not Liveblocks (a proxy, a wrong host) answers 404 to everything: that is not
+/// a room already gone. The jobs are dead (kept, saying why), never finished, and the key check
+/// says the URL is wrong.
+#[tokio::test]
+async fn a_404_that_is_not_liveblocks_finishes_no_job() {
+    let env = start_with(true).await;
+    env.liveblocks.set_mode(LiveblocksMode::NotLiveblocks);
+    enqueue(&env, &["doc:p", "doc:q"]).await;
+    eventually("both dead", Duration::from_secs(10), || async {
+        jobs(&env, pb::JobState::Dead).await.len() == 2
+    })
+    .await;
+    let dead = jobs(&env, pb::JobState::Dead).await;
+    assert!(
+        dead[0].last_error.contains("LIVEBLOCKS_API_URL"),
+        "{:?}",
+        dead[0]
+    );
+    assert_eq!(
+        env.metric("liveblocks_cleanup_deliveries_total{outcome=\"rejected\"}")
+            .await,
+        Some(2.0)
+    );
+    assert_eq!(
+        env.metric("liveblocks_cleanup_deliveries_total{outcome=\"already_gone\"}")
+            .await
+            .unwrap_or_default(),
+        0.0
+    );
+    // A replica starting against that host: its key check reports the URL.
+    let wrong = start_custom(true, |c| {
+        c.liveblocks.liveblocks_api_url = env.liveblocks.base_url();
+    })
+    .await;
+    eventually("the URL reported", Duration::from_secs(10), || async {
+        wrong.metric("liveblocks_key_valid").await == Some(0.0)
+    })
+    .await;
+    let (code, status) = wrong.http_get("/status").await;
+    assert_eq!(code, 503, "{status}");
+    assert!(
+        status.contains("LIVEBLOCKS_API_URL answered 404"),
+        "{status}"
     );
 }
 

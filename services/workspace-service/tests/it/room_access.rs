@@ -8,6 +8,7 @@ use stand_ins::{LiveblocksMode, OrgClaim};
 use std::time::{Duration, Instant};
 use tonic::{Code, Request};
 use vbase_proto::workspace::v1 as pb;
+use workspace_service::MIN_SWEEP_AFTER_SECS;
 
 pub(crate) const ORG: &str = "org_a";
 
@@ -410,7 +411,10 @@ async fn each_outcome_is_counted() {
 /// (`LIVEBLOCKS_SWEEP_AFTER_SECS` after the document's deletion), then forgets it.
 #[tokio::test]
 async fn a_room_brought_back_by_a_token_held_across_its_deletion_is_deleted_again() {
-    let env = support::start_custom(true, |c| c.liveblocks.liveblocks_sweep_after_secs = 3).await;
+    let env = support::start_custom(true, |c| {
+        c.liveblocks.liveblocks_sweep_after_secs = MIN_SWEEP_AFTER_SECS
+    })
+    .await;
     let (_, doc) = fixture(&env).await;
     let mut c = env.client().await;
     let held = c
@@ -449,8 +453,13 @@ async fn a_room_brought_back_by_a_token_held_across_its_deletion_is_deleted_agai
         1,
         "its second deletion is scheduled"
     );
-    // A client that held the token reconnects: the room is back.
+    // A client that held the token reconnects: the room is back. Then the tokens issued before
+    // the deletion have expired: the sweep is due (the hour passes in the database).
     env.liveblocks.connect(&held, &doc).unwrap();
+    env.sql(
+        "UPDATE liveblocks_cleanup_jobs SET enqueued_at = now(), next_attempt_at = now() WHERE round = 1",
+    )
+    .await;
     support::eventually(
         "the room deleted again",
         Duration::from_secs(15),
