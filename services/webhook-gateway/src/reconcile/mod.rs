@@ -156,10 +156,13 @@ pub async fn run(clerk: &impl ClerkBackend, downstream: &Downstream, plan: &Plan
     };
     // Unless the services' records vouch for the key's instance, the users held here must be
     // that instance's before the run lists (and copies in) anything, deletes, or records the
-    // instance as confirmed: some of its oldest or newest users must be held.
+    // instance as confirmed: some of its oldest or newest users must be held. Only an explicit
+    // move (`--move-to-instance` with `--allow-mass-delete`) goes past that; the budget's flag
+    // alone does not, as it is what an operator adds to get past a refusal to delete.
+    let moving = plan.move_to_instance.is_some() && plan.allow_mass_delete;
     if let (Some(key), Some(p)) = (&instance, &pin)
         && !matches!(p, pin::Pin::Allowed { confirm: false, .. })
-        && !plan.allow_mass_delete
+        && !moving
     {
         match kinds::probe_users(&ctx, PROBED_USERS).await {
             Ok(p) if p.foreign() => {
@@ -168,7 +171,8 @@ pub async fn run(clerk: &impl ClerkBackend, downstream: &Downstream, plan: &Plan
                      (CLERK_SECRET_KEY's) is among the {} users held here: the key is probably \
                      another instance's; no user, organization or membership was written or \
                      deleted, and no instance recorded (check the Secret; if this deployment \
-                     really moves to {key}, run with --allow-mass-delete)",
+                     really moves to {key}, run with --move-to-instance {key} \
+                     --allow-mass-delete)",
                     p.listed, p.held
                 ));
                 pin = None;

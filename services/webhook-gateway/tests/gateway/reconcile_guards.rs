@@ -584,10 +584,13 @@ async fn with_nothing_recorded_a_key_of_another_instance_is_found_by_what_it_lac
         "--instance",
         "ins_otherinstance",
     ];
+    // The budget's flag, which an operator adds to get past a refusal, does not skip the check.
     for flags in [
         &[][..],
         &["--instance", "ins_otherinstance"][..],
         &scoped[..],
+        &["--allow-mass-delete"][..],
+        &["--instance", "ins_otherinstance", "--allow-mass-delete"][..],
     ] {
         let ran = reconcile(&s, &other.base_url(), flags, &[]).await;
         assert_eq!(ran.code, Some(1), "{flags:?}: {}", ran.stderr);
@@ -607,7 +610,7 @@ async fn with_nothing_recorded_a_key_of_another_instance_is_found_by_what_it_lac
         0,
         "nothing of the other instance copied in"
     );
-    // Each of the three runs read the 20 oldest and the 20 newest users, and nothing else.
+    // Each of the five runs read the 20 oldest and the 20 newest users, and nothing else.
     let read: Vec<_> = other
         .calls()
         .into_iter()
@@ -620,7 +623,7 @@ async fn with_nothing_recorded_a_key_of_another_instance_is_found_by_what_it_lac
         ("/v1/users".to_owned(), vec![limit]),
     ];
     let listed: Vec<_> = read.iter().filter(|r| r.0 != "/v1/instance").collect();
-    assert_eq!(listed.len(), 6, "{read:?}");
+    assert_eq!(listed.len(), 10, "{read:?}");
     assert!(listed.iter().all(|r| probes.contains(r)), "{read:?}");
     for db in [s._dbs.0.url(), s.workspace_db()] {
         let confirmed = "SELECT count(*) FROM clerk_instances WHERE confirmed_at IS NOT NULL";
