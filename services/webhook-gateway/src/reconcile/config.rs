@@ -181,7 +181,7 @@ pub struct ReconcileConfig {
     pub downstream: DownstreamArgs,
     #[command(flatten)]
     pub service_retry: ServiceRetryArgs,
-    /// Report the differences; write nothing.
+    /// Report the differences; create, change and delete nothing (only the run's bookkeeping is written).
     #[arg(long)]
     pub dry_run: bool,
     /// Only this user (`user_...`) and its memberships.
