@@ -8,7 +8,7 @@ use super::ctx::{Candidates, Ctx, Sweep, classify, single};
 use super::listing::{Listing, Position, Stretch};
 use super::summary::KindSummary;
 use crate::clerk::{self, Command, Membership, Organization, User};
-use crate::clerk_api::{ApiError, ClerkBackend, ListQuery, Start, fetch_one, list_page};
+use crate::clerk_api::{ClerkBackend, ListQuery, Start, fetch_one, list_page};
 use crate::forward::failure;
 use vbase_proto::identity::v1 as idp;
 use vbase_proto::workspace::v1 as wsp;
@@ -437,17 +437,25 @@ pub(super) async fn sweep_memberships<C: ClerkBackend>(
     ctx.sweep(s, mode, list, key, gone, delete).await
 }
 
-/// Whether Clerk lists `user` among the members of `org` now, asked through
-/// `GET /organizations/{org}/memberships?user_id=` (the route that documents that filter). An
-/// item that does not parse, or whose user is unknown, counts as the membership (nothing is
-/// deleted on a doubt). When that list answers 404 `resource_not_found`, the organization
-/// itself must answer it too for the membership to count as gone.
+/// Whether Clerk lists `user` among the members of `org` now. The organization is asked first
+/// (`GET /organizations/{org}`, whose 404 `resource_not_found` the spec documents): a deleted
+/// organization has no members. Then `GET /organizations/{org}/memberships?user_id=` (the route
+/// that documents that filter, and no 404); any refusal there stops the sweep. An item that
+/// does not parse, or whose user is unknown, counts as the membership (nothing is deleted on a
+/// doubt).
 async fn still_member<C: ClerkBackend>(
     ctx: &Ctx<'_, C>,
     org: &str,
     user: &str,
 ) -> Result<bool, RunError> {
-    let path = format!("/organizations/{org}/memberships");
+    let org_path = format!("/organizations/{org}");
+    if fetch_one::<serde_json::Value>(ctx.clerk, &org_path)
+        .await?
+        .is_none()
+    {
+        return Ok(false);
+    }
+    let path = format!("{org_path}/memberships");
     let filter = [("user_id", user.to_owned())];
     let mut offset = 0;
     loop {
@@ -457,22 +465,9 @@ async fn still_member<C: ClerkBackend>(
             oldest_first: false,
             filter: &filter,
         };
-        let page = match list_page::<Membership>(ctx.clerk, &path, &q).await {
-            Ok(p) => p,
-            Err(ApiError::NotFound {
-                resource_not_found: true,
-                ..
-            }) => {
-                let org_path = format!("/organizations/{org}");
-                return match fetch_one::<serde_json::Value>(ctx.clerk, &org_path).await? {
-                    None => Ok(false),
-                    Some(_) => Err(RunError::Listing(format!(
-                        "Clerk answered 404 resource_not_found on {path} but still has {org_path}"
-                    ))),
-                };
-            }
-            Err(e) => return Err(RunError::Clerk(e.on_list())),
-        };
+        let page = list_page::<Membership>(ctx.clerk, &path, &q)
+            .await
+            .map_err(|e| RunError::Clerk(e.on_list()))?;
         let member = page.items.iter().any(|m| match m {
             Err(_) => true,
             Ok(m) => m.organization.id == org && m.user_id().ok().is_none_or(|u| u == user),
