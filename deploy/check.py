@@ -25,6 +25,10 @@
    synchronous replication that never trades durability away; the bootstrap SQL grants what
    deploy/database-roles.sql grants, for each service; the Pooler runs transaction mode in front
    of the primary with prepared statements enabled; every object names an existing Cluster.
+9. Objects the operators own: a ConfigMap a pod mounts is either rendered by the overlay or
+   one the operators make by hand (OPERATOR_CONFIGMAPS, whose creation deploy/README.md shows);
+   those are never rendered, as every `kubectl apply -k` would put the committed value back
+   over theirs (for `service-jwks`: an empty key set, every internal call refused).
 """
 import os
 import re
@@ -49,6 +53,9 @@ GRPC_NAMES = {
     "identity-service": ROOT / "services/identity-service/src/lib.rs",
     "workspace-service": ROOT / "services/workspace-service/src/lib.rs",
 }
+# ConfigMaps the operators make and edit by hand (deploy/README.md, "Secrets"); the manifests
+# name them and never render them.
+OPERATOR_CONFIGMAPS = {"service-jwks"}
 errors = []
 
 
@@ -291,6 +298,27 @@ def check_cloudnative_pg(overlay, docs):
             fail(f"{where}: the services use named prepared statements: set max_prepared_statements")
 
 
+def check_operator_objects(overlay, docs, configmaps, pods):
+    """The operators' ConfigMaps are referenced by name, made as the README shows, never rendered."""
+    readme = (ROOT / "deploy/README.md").read_text()
+    for d in docs:
+        if d["kind"] == "ConfigMap" and d["metadata"]["name"] in OPERATOR_CONFIGMAPS:
+            fail(
+                f"{overlay}: renders ConfigMap {d['metadata']['name']}, which the operators own: "
+                "every `kubectl apply -k` would put this value back over theirs"
+            )
+    for d, spec in pods:
+        for v in spec.get("volumes", []):
+            name = v.get("configMap", {}).get("name")
+            if name is None or name in configmaps:
+                continue
+            where = f"{overlay}/{d['metadata']['name']}: volume {v['name']}"
+            if name not in OPERATOR_CONFIGMAPS:
+                fail(f"{where} mounts ConfigMap {name}, which the overlay does not render nor the operators make")
+            elif f"create configmap {name} " not in readme:
+                fail(f"{where} mounts ConfigMap {name}, which deploy/README.md does not say how to create")
+
+
 def port_of(addr):
     return int(addr.rsplit(":", 1)[1])
 
@@ -327,6 +355,7 @@ def main():
                     fail(f"prod: {d['metadata']['name']} has fewer than 2 replicas")
         pods = [(d, d["spec"]["template"]["spec"]) for d in deployments]
         pods += [(c, c["spec"]["jobTemplate"]["spec"]["template"]["spec"]) for c in cronjobs]
+        check_operator_objects(overlay, docs, configmaps, pods)
         for d, spec in pods:
             for c in spec.get("initContainers", []) + spec["containers"]:
                 binary = Path(c["command"][0]).name
