@@ -5,7 +5,9 @@
    Kubernetes API schemas with `kubernetes-validate --strict` (no cluster needed).
 2. No drift: every environment variable a manifest sets for a container of a Deployment or
    CronJob (explicit `env` and the keys of `envFrom` ConfigMaps) is one its binary's subcommand
-   reads (from `<binary> <subcommand> --help`). CronJobs run one at a time (Forbid).
+   reads (from `<binary> <subcommand> --help`). CronJobs run one at a time (Forbid), and their
+   Jobs fail at once, without another pod, on exit 1 (stopped or refused) and 2 (bad
+   settings), which another try would only repeat.
 3. Probes: every probe port is a declared container port that the binary really listens on
    (per its *_ADDR setting), every HTTP probe path is served by the code, every gRPC probe
    names the service's health name.
@@ -16,7 +18,8 @@
    `*_FILE` setting names a file under a volume the container mounts.
 6. Prod: the services check `azp` (CLERK_AUTHORIZED_PARTIES is set and not empty).
 7. Alerts (the PrometheusRule): each rule has a severity, a summary and a runbook link to an
-   entry of deploy/README.md; every metric an expression uses is one the code registers; the
+   entry of deploy/README.md; every metric an expression uses is one the code registers (or
+   one of KUBE_STATE_METRICS, kube-state-metrics' series for the CronJob's Jobs); the
    rules pass `promtool check rules` and the unit tests in deploy/alerts-test.yaml
    (`promtool test rules`) when promtool is installed.
 8. The database the prod overlay brings (CloudNativePG): every `postgresql.cnpg.io` object
@@ -25,6 +28,10 @@
    synchronous replication that never trades durability away; the bootstrap SQL grants what
    deploy/database-roles.sql grants, for each service; the Pooler runs transaction mode in front
    of the primary with prepared statements enabled; every object names an existing Cluster.
+9. Objects the operators own: a ConfigMap a pod mounts is either rendered by the overlay or
+   one the operators make by hand (OPERATOR_CONFIGMAPS, whose creation deploy/README.md shows);
+   those are never rendered, as every `kubectl apply -k` would put the committed value back
+   over theirs (for `service-jwks`: an empty key set, every internal call refused).
 """
 import os
 import re
@@ -49,6 +56,9 @@ GRPC_NAMES = {
     "identity-service": ROOT / "services/identity-service/src/lib.rs",
     "workspace-service": ROOT / "services/workspace-service/src/lib.rs",
 }
+# ConfigMaps the operators make and edit by hand (deploy/README.md, "Secrets"); the manifests
+# name them and never render them.
+OPERATOR_CONFIGMAPS = {"service-jwks"}
 errors = []
 
 
@@ -137,6 +147,10 @@ def served_paths(binary):
     return set(re.findall(r'"(/[a-z]+)"\)?\s*=>', text)) | set(re.findall(r'\(&Method::\w+, "(/[a-z]+)"\)', text))
 
 
+# Series of kube-state-metrics (not of our code) that alerts may use: the reconcile CronJob's
+# failed Jobs (VBaseReconcileFailed). Keep this list to what a rule needs.
+KUBE_STATE_METRICS = {"kube_job_failed", "kube_job_owner"}
+
 # PromQL words that are not metric names.
 PROMQL = {
     "sum", "max", "min", "avg", "count", "rate", "irate", "increase", "delta", "deriv", "by",
@@ -184,7 +198,7 @@ def check_alerts(overlay, docs):
     if not rules:
         fail(f"{overlay}: no PrometheusRule")
         return
-    metrics = registered_metrics()
+    metrics = registered_metrics() | KUBE_STATE_METRICS
     anchors = readme_anchors()
     for pr in rules:
         for group in pr["spec"]["groups"]:
@@ -291,6 +305,42 @@ def check_cloudnative_pg(overlay, docs):
             fail(f"{where}: the services use named prepared statements: set max_prepared_statements")
 
 
+def check_no_retry_of_refusals(overlay, cj):
+    """A run that stopped or refused (exit 1) or had bad settings (exit 2) is not run again."""
+    job = cj["spec"]["jobTemplate"]["spec"]
+    where = f"{overlay}/{cj['metadata']['name']}"
+    if job.get("backoffLimit", 6) > 1:
+        fail(f"{where}: backoffLimit above 1 runs a failed reconcile again and again")
+    codes = set()
+    for rule in job.get("podFailurePolicy", {}).get("rules", []):
+        on = rule.get("onExitCodes", {})
+        if rule.get("action") == "FailJob" and on.get("operator") == "In":
+            codes |= set(on.get("values", []))
+    if not {1, 2} <= codes:
+        fail(f"{where}: podFailurePolicy must fail the Job at once on exit 1 (stopped or refused) and 2 (bad settings)")
+
+
+def check_operator_objects(overlay, docs, configmaps, pods):
+    """The operators' ConfigMaps are referenced by name, made as the README shows, never rendered."""
+    readme = (ROOT / "deploy/README.md").read_text()
+    for d in docs:
+        if d["kind"] == "ConfigMap" and d["metadata"]["name"] in OPERATOR_CONFIGMAPS:
+            fail(
+                f"{overlay}: renders ConfigMap {d['metadata']['name']}, which the operators own: "
+                "every `kubectl apply -k` would put this value back over theirs"
+            )
+    for d, spec in pods:
+        for v in spec.get("volumes", []):
+            name = v.get("configMap", {}).get("name")
+            if name is None or name in configmaps:
+                continue
+            where = f"{overlay}/{d['metadata']['name']}: volume {v['name']}"
+            if name not in OPERATOR_CONFIGMAPS:
+                fail(f"{where} mounts ConfigMap {name}, which the overlay does not render nor the operators make")
+            elif f"create configmap {name} " not in readme:
+                fail(f"{where} mounts ConfigMap {name}, which deploy/README.md does not say how to create")
+
+
 def port_of(addr):
     return int(addr.rsplit(":", 1)[1])
 
@@ -321,12 +371,14 @@ def main():
         for cj in cronjobs:
             if cj["spec"].get("concurrencyPolicy") != "Forbid":
                 fail(f"{overlay}/{cj['metadata']['name']}: concurrencyPolicy must be Forbid")
+            check_no_retry_of_refusals(overlay, cj)
         if overlay == "prod":
             for d in deployments:
                 if d["spec"].get("replicas", 1) < 2:
                     fail(f"prod: {d['metadata']['name']} has fewer than 2 replicas")
         pods = [(d, d["spec"]["template"]["spec"]) for d in deployments]
         pods += [(c, c["spec"]["jobTemplate"]["spec"]["template"]["spec"]) for c in cronjobs]
+        check_operator_objects(overlay, docs, configmaps, pods)
         for d, spec in pods:
             for c in spec.get("initContainers", []) + spec["containers"]:
                 binary = Path(c["command"][0]).name

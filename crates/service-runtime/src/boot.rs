@@ -2,14 +2,15 @@
 //! start, the token verifier, the pool, the metrics registry, the prune of delivery ids, and
 //! the lifecycle their workers follow.
 
-use crate::db::{DatabaseArgs, PlanCache, Pool};
-use crate::grpc::{GrpcServices, Serve};
+use crate::db::{DatabaseArgs, PlanCache, Pool, SessionLimits};
+use crate::grpc::{GrpcServices, Serve, StartGate};
 use crate::lifecycle::{Lifecycle, Workers};
 use crate::logging::LogFormat;
 use prometheus_client::registry::Registry;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 use token_auth::Authenticator;
 use tokio::net::TcpListener;
 
@@ -86,6 +87,8 @@ pub struct Boot {
     pub lifecycle: Lifecycle,
     /// Background workers, awaited at the stop.
     pub workers: Workers,
+    /// Done once the start-up work health waits for is (the role's settings, in transaction mode).
+    start_gate: StartGate,
     retention_hours: u64,
     limits: crate::GrpcLimits,
     origins: Vec<http::HeaderValue>,
@@ -133,6 +136,11 @@ impl Boot {
             tracing::info!(?applied, "migrations applied");
         }
         let auth = Arc::new(args.auth.build(audience).map_err(anyhow::Error::msg)?);
+        let lifecycle = Lifecycle::default();
+        let mut workers = Workers::default();
+        let mut start_gate = StartGate::default();
+        // Neither mode needs the database to start: a pod (re)started during an outage serves
+        // health (NOT_SERVING, and /healthz for its liveness) until the database answers.
         let pool = match args.db.db_pool_mode {
             crate::db::PoolMode::Session => crate::db::build_pool_with(
                 args.db.database_url.expose(),
@@ -141,17 +149,22 @@ impl Boot {
                 args.db.limits(),
             )?,
             crate::db::PoolMode::Transaction => {
-                crate::db::store_role_settings(
-                    args.db.direct_url().expose(),
-                    plans,
-                    args.db.limits(),
-                )
-                .await?;
+                start_gate = StartGate::pending();
+                workers.spawn(
+                    "role-settings",
+                    store_role_settings_when_reachable(
+                        args.db.direct_url().expose().to_owned(),
+                        plans,
+                        args.db.limits(),
+                        start_gate.clone(),
+                        lifecycle.shutting_down(),
+                    ),
+                );
                 crate::db::build_pool_with(
                     args.db.database_url.expose(),
                     args.db.db_pool_size,
                     PlanCache::Auto,
-                    crate::db::SessionLimits::default(),
+                    SessionLimits::default(),
                 )?
             }
         };
@@ -160,8 +173,9 @@ impl Boot {
             auth,
             registry: Registry::default(),
             detail: crate::metrics::HealthDetail::default(),
-            lifecycle: Lifecycle::default(),
-            workers: Workers::default(),
+            lifecycle,
+            workers,
+            start_gate,
             retention_hours: args.processed_event_retention_hours,
             limits: args.grpc.clone(),
             shutdown: args.shutdown,
@@ -199,6 +213,7 @@ impl Boot {
             registry: self.registry,
             detail: self.detail,
             pool: self.pool,
+            start_gate: self.start_gate,
             auth: self.auth,
             services,
             lifecycle: self.lifecycle,
@@ -209,5 +224,62 @@ impl Boot {
         }
         .run(shutdown)
         .await
+    }
+}
+
+/// First wait between tries to store the role's settings; it doubles up to [`SETTINGS_RETRY_MAX`].
+const SETTINGS_RETRY_FIRST: Duration = Duration::from_millis(250);
+/// Longest wait between tries: how late after the database's return the pod may turn SERVING.
+const SETTINGS_RETRY_MAX: Duration = Duration::from_secs(5);
+/// Longest one try may take (a host that drops packets would otherwise hold it for minutes).
+const SETTINGS_TRY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Stores the role's session settings (`DB_POOL_MODE=transaction`) over `direct_url`, trying
+/// again with backoff until it succeeds or `stop` resolves; then marks `gate` done, so health
+/// may report SERVING. Until then the service serves NOT_SERVING, as a start in session mode
+/// does while its pool cannot connect. Failures are logged at most once a minute.
+async fn store_role_settings_when_reachable(
+    direct_url: String,
+    plans: PlanCache,
+    limits: SessionLimits,
+    gate: StartGate,
+    stop: impl Future<Output = ()>,
+) {
+    tokio::pin!(stop);
+    let mut wait = SETTINGS_RETRY_FIRST;
+    let mut logged: Option<Instant> = None;
+    for attempt in 1u64.. {
+        let tried = tokio::select! {
+            r = tokio::time::timeout(
+                SETTINGS_TRY_TIMEOUT,
+                crate::db::store_role_settings(&direct_url, plans, limits),
+            ) => r,
+            _ = &mut stop => return,
+        };
+        let error = match tried {
+            Ok(Ok(())) => {
+                if attempt > 1 {
+                    tracing::info!(attempt, "the role's session settings are stored");
+                }
+                gate.done();
+                return;
+            }
+            Ok(Err(e)) => format!("{e:#}"),
+            Err(_) => format!("no answer in {SETTINGS_TRY_TIMEOUT:?}"),
+        };
+        if logged.is_none_or(|at| at.elapsed() >= Duration::from_secs(60)) {
+            tracing::warn!(
+                %error,
+                attempt,
+                retry_in = ?wait,
+                "cannot store the role's session settings (DB_POOL_MODE=transaction): NOT_SERVING until the database answers"
+            );
+            logged = Some(Instant::now());
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = &mut stop => return,
+        }
+        wait = (wait * 2).min(SETTINGS_RETRY_MAX);
     }
 }

@@ -248,12 +248,17 @@ pub async fn run_migrations(
         let mut conn = AsyncConnectionWrapper::<AsyncPgConnection>::establish(&url)
             .context("connecting to the database to migrate")?;
         // Replicas may migrate at once (init containers): one runs, the others wait, then
-        // find nothing pending. The lock is released when the connection closes.
+        // find nothing pending. The lock is released when the connection closes. Its key is
+        // the schema the migrations go into (each service's own, holding its migrations
+        // table), so one service's long migration never holds up the other's pods in a
+        // shared database.
         {
             use diesel::RunQueryDsl;
-            diesel::sql_query("SELECT pg_advisory_lock(7340261)")
-                .execute(&mut conn)
-                .context("taking the migration lock")?;
+            diesel::sql_query(
+                "SELECT pg_advisory_lock(7340261, hashtext(coalesce(current_schema(), '')))",
+            )
+            .execute(&mut conn)
+            .context("taking the migration lock")?;
         }
         let applied = conn
             .run_pending_migrations(migrations)

@@ -154,10 +154,42 @@ pub async fn serve_grpc(
     Ok(())
 }
 
-/// Reports `services` (and the server as a whole, `""`) SERVING while `SELECT 1` succeeds on
-/// `pool`, NOT_SERVING otherwise; checks every `interval` until `stop` resolves.
+/// Whether the start-up work that must precede SERVING is done: with `DB_POOL_MODE=transaction`,
+/// storing the role's session settings, which waits for the database. Done unless made
+/// [`StartGate::pending`]. Cheap to clone; every clone sees the same state.
+#[derive(Debug, Clone)]
+pub struct StartGate(Arc<std::sync::atomic::AtomicBool>);
+
+impl Default for StartGate {
+    fn default() -> Self {
+        Self(Arc::new(std::sync::atomic::AtomicBool::new(true)))
+    }
+}
+
+impl StartGate {
+    /// Not done yet: the health watch reports NOT_SERVING until [`StartGate::done`].
+    pub fn pending() -> Self {
+        Self(Arc::new(std::sync::atomic::AtomicBool::new(false)))
+    }
+
+    /// The work is done.
+    pub fn done(&self) {
+        self.0.store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    /// Whether the work is done.
+    pub fn is_done(&self) -> bool {
+        // Not `self.0.load`: diesel's `RunQueryDsl::load` is in scope.
+        std::sync::atomic::AtomicBool::load(&self.0, std::sync::atomic::Ordering::Acquire)
+    }
+}
+
+/// Reports `services` (and the server as a whole, `""`) SERVING while `start` is done and
+/// `SELECT 1` succeeds on `pool`, NOT_SERVING otherwise; checks every `interval` until `stop`
+/// resolves.
 pub async fn watch_database(
     pool: Pool,
+    start: StartGate,
     reporter: HealthReporter,
     services: Vec<&'static str>,
     interval: Duration,
@@ -166,14 +198,15 @@ pub async fn watch_database(
     tokio::pin!(stop);
     let mut last: Option<bool> = None;
     loop {
-        let ok = tokio::time::timeout(Duration::from_secs(3), async {
-            let mut conn = pool.get().await.ok()?;
-            diesel::sql_query("SELECT 1").execute(&mut conn).await.ok()
-        })
-        .await
-        .ok()
-        .flatten()
-        .is_some();
+        let ok = start.is_done()
+            && tokio::time::timeout(Duration::from_secs(3), async {
+                let mut conn = pool.get().await.ok()?;
+                diesel::sql_query("SELECT 1").execute(&mut conn).await.ok()
+            })
+            .await
+            .ok()
+            .flatten()
+            .is_some();
         if last != Some(ok) {
             let status = if ok {
                 ServingStatus::Serving
@@ -207,6 +240,8 @@ pub struct Serve {
     pub detail: crate::metrics::HealthDetail,
     /// The pool whose database health follows.
     pub pool: Pool,
+    /// Start-up work health waits for besides the database (done by default).
+    pub start_gate: StartGate,
     /// Verifies tokens for the services' policies.
     pub auth: Arc<Authenticator>,
     /// The gRPC services.
@@ -238,6 +273,7 @@ impl Serve {
             registry,
             detail,
             pool,
+            start_gate,
             auth,
             services,
             lifecycle,
@@ -259,6 +295,7 @@ impl Serve {
             "health",
             watch_database(
                 pool,
+                start_gate,
                 reporter.clone(),
                 names.clone(),
                 Duration::from_secs(2),

@@ -30,7 +30,7 @@ pub mod user_quotas;
 pub use boot::{Boot, ServiceArgs};
 pub use db::{DatabaseArgs, DbFailure, Pool, classify};
 pub use error::Error;
-pub use grpc::{GrpcServices, Serve, serve_grpc, watch_database};
+pub use grpc::{GrpcServices, Serve, StartGate, serve_grpc, watch_database};
 pub use lifecycle::{Lifecycle, Phase, ShutdownArgs, Workers};
 pub use limits::GrpcLimits;
 pub use logging::{LogFormat, init_logging};

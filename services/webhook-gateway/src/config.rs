@@ -52,7 +52,7 @@ pub struct DownstreamArgs {
 /// Configuration of the gateway.
 #[derive(Debug, Clone, clap::Args)]
 pub struct Config {
-    /// HTTP listen address (`POST /clerk`, `/healthz`, `/readyz`, `/metrics`).
+    /// HTTP listen address (`POST /clerk`, `/healthz`, `/readyz`, `/status`, `/metrics`).
     #[arg(long, env = "HTTP_ADDR", default_value = "0.0.0.0:8080")]
     pub http_addr: SocketAddr,
     /// One or more `whsec_...` signing secrets, separated by spaces or commas (rotation).

@@ -1,5 +1,6 @@
 //! The HTTP server: the accept loop with its connection limit, read deadlines and graceful
-//! drain, and the routes (`POST /clerk` to [`crate::webhook`], health, readiness, metrics).
+//! drain, and the routes (`POST /clerk` to [`crate::webhook`], health, readiness, the
+//! services' state, metrics).
 
 use crate::config::Config;
 use crate::verify::Verifier;
@@ -105,7 +106,11 @@ async fn route(app: &App, req: Request<Incoming>) -> Response<Full<Bytes>> {
     match (req.method(), req.uri().path()) {
         (&Method::POST, "/clerk") => clerk_webhook(app, req).await,
         (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n"),
-        (&Method::GET, "/readyz") => readyz(app).await,
+        // Ready while it serves: with a service down the gateway itself answers 503 (Svix
+        // retries) and counts it, so VBaseWebhook5xx can fire. Were it unready instead, the
+        // ingress would answer 503 for every pod and no metric would see it.
+        (&Method::GET, "/readyz") => text(StatusCode::OK, "ready\n"),
+        (&Method::GET, "/status") => downstream_status(app).await,
         (&Method::GET, "/metrics") => match service_runtime::metrics::encode(&app.registry) {
             Some(out) => {
                 let mut r = text(StatusCode::OK, out);
@@ -125,7 +130,9 @@ async fn route(app: &App, req: Request<Incoming>) -> Response<Full<Bytes>> {
     }
 }
 
-async fn readyz(app: &App) -> Response<Full<Bytes>> {
+/// Whether both services report SERVING: 200, or 503 naming the one that does not. For
+/// operators (the runbook); readiness does not depend on it.
+async fn downstream_status(app: &App) -> Response<Full<Bytes>> {
     use tonic_health::pb::health_check_response::ServingStatus;
     use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
     let (identity, workspace) = app.downstream.channels();
@@ -144,18 +151,19 @@ async fn readyz(app: &App) -> Response<Full<Bytes>> {
         check(identity, "vbase.identity.v1.IdentityService"),
         check(workspace, "vbase.workspace.v1.WorkspaceService")
     );
-    if a && b {
-        text(StatusCode::OK, "ready\n")
+    let status = if a && b {
+        StatusCode::OK
     } else {
-        text(
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!(
-                "identity-service: {}, workspace-service: {}\n",
-                ok(a),
-                ok(b)
-            ),
-        )
-    }
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    text(
+        status,
+        format!(
+            "identity-service: {}, workspace-service: {}\n",
+            ok(a),
+            ok(b)
+        ),
+    )
 }
 
 fn ok(b: bool) -> &'static str {

@@ -380,8 +380,8 @@ async fn sigterm_lets_the_calls_and_webhooks_in_flight_finish() {
         .unwrap()
         .success();
     assert!(alive, "identity-service waits for its calls in flight");
-    // Meanwhile it no longer reports SERVING: the gateway's readiness says so.
-    let ready = reqwest::get(format!("{}/readyz", stack.state.gateway_url))
+    // Meanwhile it no longer reports SERVING: the gateway's `/status` says so.
+    let ready = reqwest::get(format!("{}/status", stack.state.gateway_url))
         .await
         .unwrap();
     assert_eq!(ready.status().as_u16(), 503);

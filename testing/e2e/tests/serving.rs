@@ -201,6 +201,7 @@ async fn one_server_serves_several_services_each_with_its_policy_and_stops_in_tw
     let server = service_harness::RunningServer::start(move |listener, shutdown| {
         Serve {
             detail: Default::default(),
+            start_gate: Default::default(),
             origins: Vec::new(),
             shutdown: Default::default(),
             listener,
@@ -472,6 +473,7 @@ async fn limited_server(
         let _db = db;
         Serve {
             detail: Default::default(),
+            start_gate: Default::default(),
             origins: Vec::new(),
             shutdown: Default::default(),
             listener,
@@ -785,6 +787,7 @@ async fn the_stop_keeps_to_its_drain_and_worker_budgets() {
         let _db = db;
         Serve {
             detail: Default::default(),
+            start_gate: Default::default(),
             origins: Vec::new(),
             shutdown: service_runtime::ShutdownArgs {
                 shutdown_drain_secs: 1,

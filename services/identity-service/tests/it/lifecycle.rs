@@ -96,6 +96,70 @@ async fn health_follows_the_database_and_calls_fail_unavailable_meanwhile() {
     drop(cluster);
 }
 
+/// Behind a pooler in transaction mode the service stores its session settings on its role
+/// before it may serve. A pod (re)started while the database is down must not exit for that
+/// (it would crash-loop): it serves health, NOT_SERVING, and turns SERVING once the database is
+/// back and the settings are stored.
+#[tokio::test]
+async fn in_transaction_mode_a_start_during_an_outage_waits_for_the_database() {
+    let cluster = tokio::task::spawn_blocking(|| {
+        let c = PgCluster::start(PgClusterOptions::default()).unwrap();
+        c.wait_ready(Duration::from_secs(20)).unwrap();
+        c
+    })
+    .await
+    .unwrap();
+    let url = cluster.url("postgres");
+    identity_service::migrate(&url).await.unwrap();
+    ephemeral_postgres::grant_app_role(&url).await.unwrap();
+    let issuers = service_harness::Issuers::new().await;
+    let mut config = support::config(&url, &issuers);
+    let db = &mut config.service.db;
+    db.db_pool_mode = service_runtime::db::PoolMode::Transaction;
+    db.database_direct_url = Some(db.database_url.clone());
+    db.db_statement_timeout_ms = 4321;
+    let app_url = db.database_url.expose().to_owned();
+    let port = ephemeral_postgres::unused_local_port().unwrap();
+    config.metrics_addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let cluster = tokio::task::spawn_blocking(move || {
+        cluster.pause().unwrap();
+        cluster
+    })
+    .await
+    .unwrap();
+
+    let server = support::start_server(config).await;
+    // Several tries fail meanwhile; the process serves on.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(status(server.addr).await, ServingStatus::NotServing as i32);
+    let live = reqwest::get(format!("http://127.0.0.1:{port}/healthz"))
+        .await
+        .unwrap();
+    assert_eq!(live.status(), 200, "liveness answers during the outage");
+
+    let cluster = tokio::task::spawn_blocking(move || {
+        cluster.resume().unwrap();
+        cluster
+    })
+    .await
+    .unwrap();
+    wait_for(server.addr, ServingStatus::Serving).await;
+    // The settings were stored once the database answered: a new session of the role (what a
+    // pooler's server connection is) starts with them.
+    let (c, conn) = tokio_postgres::connect(&app_url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let timeout: String = c
+        .query_one("SHOW statement_timeout", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(timeout, "4321ms");
+    server.stop().await.unwrap();
+    drop(cluster);
+}
+
 #[test]
 fn missing_configuration_is_one_line_naming_the_variable() {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_identity-service"))

@@ -209,10 +209,10 @@ pub async fn stack_with(
         http: reqwest::Client::new(),
         refused_batches,
     };
-    // Ready once both services are SERVING (keys loaded, databases reachable).
-    eventually("gateway ready", Duration::from_secs(20), || async {
+    // Both services SERVING (keys loaded, databases reachable), as the gateway sees them.
+    eventually("services serving", Duration::from_secs(20), || async {
         s.http
-            .get(format!("http://{}/readyz", s.gateway.addr))
+            .get(format!("http://{}/status", s.gateway.addr))
             .send()
             .await
             .is_ok_and(|r| r.status() == 200)

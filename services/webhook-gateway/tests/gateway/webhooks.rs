@@ -342,7 +342,7 @@ async fn secret_rotation_accepts_old_and_new() {
 }
 
 #[tokio::test]
-async fn a_downstream_outage_answers_503_then_the_retry_applies_once() {
+async fn an_outage_is_answered_503_by_a_ready_gateway_and_counted_then_the_retry_applies_once() {
     let mut s = stack(SECRET).await;
     let addr = s.identity.as_ref().unwrap().addr;
     s.identity.take().unwrap().stop().await.unwrap();
@@ -355,13 +355,32 @@ async fn a_downstream_outage_answers_503_then_the_retry_applies_once() {
         "503 took {:?}",
         started.elapsed()
     );
-    let ready = s
-        .http
-        .get(format!("http://{}/readyz", s.gateway.addr))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(ready.status(), 503);
+    // The gateway stays ready, so the ingress keeps sending it deliveries: the 503 is its own
+    // and is counted (VBaseWebhook5xx), and `/status` names the service that is down.
+    let get = |path: &'static str| {
+        let r = s
+            .http
+            .get(format!("http://{}{path}", s.gateway.addr))
+            .send();
+        async move {
+            let r = r.await.unwrap();
+            (r.status().as_u16(), r.text().await.unwrap())
+        }
+    };
+    assert_eq!(get("/readyz").await, (200, "ready\n".into()));
+    assert_eq!(
+        get("/status").await,
+        (
+            503,
+            "identity-service: not serving, workspace-service: serving\n".into()
+        )
+    );
+    assert!(
+        s.metrics().await.contains(
+            r#"webhook_requests_total{event_type="user.created",outcome="unavailable"} 1"#
+        ),
+        "the 503 is counted"
+    );
     // The service comes back on the same address; Svix retries the same message id.
     let cfg = s.identity_cfg.clone();
     s.identity =
