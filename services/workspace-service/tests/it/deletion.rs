@@ -842,7 +842,7 @@ async fn a_rejected_key_makes_jobs_dead_and_keeps_them() {
     assert_eq!(env.liveblocks.requests(), 3, "one attempt each");
     assert!(env.liveblocks.deleted().is_empty());
     assert_eq!(
-        env.count("liveblocks_cleanup_jobs WHERE last_error LIKE '401%'")
+        env.count("liveblocks_cleanup_jobs WHERE last_error LIKE '403%'")
             .await,
         3
     );
