@@ -76,6 +76,9 @@ impl ServiceArgs {
 pub struct Boot {
     /// The service's database.
     pub pool: Pool,
+    /// The TLS connector of every connection to the database (DB_CA_FILE): the pools',
+    /// migrations' and LISTEN sessions'.
+    pub db_tls: crate::DbTls,
     /// Verifies tokens (Clerk users and internal services).
     pub auth: Arc<Authenticator>,
     /// Where the service registers its metrics.
@@ -104,6 +107,7 @@ impl Boot {
         let metrics = crate::replica::ReplicaMetrics::default();
         let reads = args.replica.read_pool(
             &args.db,
+            &self.db_tls,
             self.pool.clone(),
             args.db.db_pool_size,
             plans,
@@ -127,9 +131,11 @@ impl Boot {
         plans: PlanCache,
     ) -> anyhow::Result<Self> {
         args.check().map_err(anyhow::Error::msg)?;
+        let db_tls = args.db.tls()?;
         if args.migrate_on_start {
             let applied =
-                crate::db::run_migrations(args.db.migration_url().expose(), migrations).await?;
+                crate::db::run_migrations(args.db.migration_url().expose(), &db_tls, migrations)
+                    .await?;
             tracing::info!(?applied, "migrations applied");
         }
         let auth = Arc::new(args.auth.build(audience).map_err(anyhow::Error::msg)?);
@@ -139,10 +145,12 @@ impl Boot {
                 args.db.db_pool_size,
                 plans,
                 args.db.limits(),
+                &db_tls,
             )?,
             crate::db::PoolMode::Transaction => {
                 crate::db::store_role_settings(
                     args.db.direct_url().expose(),
+                    &db_tls,
                     plans,
                     args.db.limits(),
                 )
@@ -152,11 +160,13 @@ impl Boot {
                     args.db.db_pool_size,
                     PlanCache::Auto,
                     crate::db::SessionLimits::default(),
+                    &db_tls,
                 )?
             }
         };
         Ok(Self {
             pool,
+            db_tls,
             auth,
             registry: Registry::default(),
             detail: crate::metrics::HealthDetail::default(),

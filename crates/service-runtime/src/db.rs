@@ -1,5 +1,6 @@
 //! Postgres pool, migrations, and classification of database failures.
 
+use crate::tls::DbTls;
 use anyhow::Context;
 use diesel::migration::MigrationSource;
 use diesel::pg::Pg;
@@ -52,6 +53,13 @@ pub struct DatabaseArgs {
         default_value_t = 5_000
     )]
     pub db_idle_in_transaction_timeout_ms: u64,
+    /// PEM file of CA certificates the database server's certificate may be signed by, besides
+    /// the system's roots: the provider's CA (bundle), e.g. mounted from a Secret or ConfigMap.
+    /// Each URL's `sslmode` says whether TLS is used (`require`: always; `prefer`, the default:
+    /// when the server offers it; `disable`: never); whenever it is, the server's certificate and
+    /// host name are verified, and a server that is not trusted is refused.
+    #[arg(long, env = "DB_CA_FILE")]
+    pub db_ca_file: Option<std::path::PathBuf>,
 }
 
 impl DatabaseArgs {
@@ -69,19 +77,32 @@ impl DatabaseArgs {
             .unwrap_or(&self.database_url)
     }
 
+    /// The TLS connector of every database connection of the process, trusting the system's
+    /// roots and DB_CA_FILE: made once at start, an error naming DB_CA_FILE when that file
+    /// cannot be used.
+    pub fn tls(&self) -> anyhow::Result<DbTls> {
+        DbTls::new(self.db_ca_file.as_deref())
+    }
+
     /// Builds another pool over DATABASE_URL of at most `max_size` connections asking for
-    /// `plans`. In `transaction` mode nothing is SET on a pooled connection, so its plans and
-    /// limits are the role's (those stored at start), whatever `plans` asks.
-    pub fn extra_pool(&self, max_size: usize, plans: PlanCache) -> anyhow::Result<Pool> {
+    /// `plans`, connecting through `tls`. In `transaction` mode nothing is SET on a pooled
+    /// connection, so its plans and limits are the role's (those stored at start), whatever
+    /// `plans` asks.
+    pub fn extra_pool(
+        &self,
+        tls: &DbTls,
+        max_size: usize,
+        plans: PlanCache,
+    ) -> anyhow::Result<Pool> {
+        let url = self.database_url.expose();
         match self.db_pool_mode {
-            PoolMode::Session => {
-                build_pool_with(self.database_url.expose(), max_size, plans, self.limits())
-            }
+            PoolMode::Session => build_pool_with(url, max_size, plans, self.limits(), tls),
             PoolMode::Transaction => build_pool_with(
-                self.database_url.expose(),
+                url,
                 max_size,
                 PlanCache::Auto,
                 SessionLimits::default(),
+                tls,
             ),
         }
     }
@@ -110,11 +131,13 @@ pub enum PoolMode {
 /// server session opened from then on starts with them. A role may set its own defaults.
 pub async fn store_role_settings(
     direct_url: &str,
+    tls: &DbTls,
     plans: PlanCache,
     limits: SessionLimits,
 ) -> anyhow::Result<()> {
-    use diesel_async::{AsyncConnection, SimpleAsyncConnection};
-    let mut conn = AsyncPgConnection::establish(direct_url)
+    use diesel_async::SimpleAsyncConnection;
+    let mut conn = tls
+        .establish(direct_url)
         .await
         .context("connecting to DATABASE_DIRECT_URL to store the role's session settings")?;
     let plan = match plans {
@@ -171,30 +194,39 @@ impl PlanCache {
     }
 }
 
-/// Builds a pool of at most `max_size` (at least 1) connections with no session limits (tests
-/// and tools); services use [`build_pool_with`].
+/// Builds a pool of at most `max_size` (at least 1) connections with no session limits,
+/// trusting the system's roots alone (tests and tools); services use [`build_pool_with`].
 pub fn build_pool(url: &str, max_size: usize, plans: PlanCache) -> anyhow::Result<Pool> {
-    build_pool_with(url, max_size, plans, SessionLimits::default())
+    build_pool_with(
+        url,
+        max_size,
+        plans,
+        SessionLimits::default(),
+        &DbTls::system_roots(),
+    )
 }
 
-/// Builds a pool of at most `max_size` (at least 1) connections, each with `limits`, that
-/// fails fast (5 s) when the database is unreachable.
+/// Builds a pool of at most `max_size` (at least 1) connections, each with `limits` and made
+/// through `tls`, that fails fast (5 s) when the database is unreachable.
 pub fn build_pool_with(
     url: &str,
     max_size: usize,
     plans: PlanCache,
     limits: SessionLimits,
+    tls: &DbTls,
 ) -> anyhow::Result<Pool> {
     anyhow::ensure!(max_size >= 1, "DB_POOL_SIZE must be at least 1");
-    use diesel_async::{AsyncConnection, RunQueryDsl};
+    use diesel_async::RunQueryDsl;
     // Fast recycling: no `SELECT 1` round trip per checkout. The health watch probes the
     // database every 2 s, and a broken connection surfaces as UNAVAILABLE on first use.
     let mut config = diesel_async::pooled_connection::ManagerConfig::default();
     config.recycling_method = diesel_async::pooled_connection::RecyclingMethod::Fast;
+    let tls = tls.clone();
     config.custom_setup = Box::new(move |url| {
         let url = url.to_owned();
+        let tls = tls.clone();
         Box::pin(async move {
-            let mut conn = AsyncPgConnection::establish(&url).await?;
+            let mut conn = tls.establish(&url).await?;
             if let Some(setting) = plans.setting() {
                 diesel::sql_query(setting)
                     .execute(&mut conn)
@@ -236,17 +268,21 @@ pub fn build_pool_with(
         .context("building the database pool")
 }
 
-/// Applies pending migrations, then closes the connection.
+/// Applies pending migrations over a connection to `url` made through `tls`, then closes it.
 pub async fn run_migrations(
     url: &str,
+    tls: &DbTls,
     migrations: impl MigrationSource<Pg> + Send + 'static,
 ) -> anyhow::Result<Vec<String>> {
-    use diesel::Connection;
     use diesel_async::async_connection_wrapper::AsyncConnectionWrapper;
-    let url = url.to_owned();
+    let conn = tls
+        .establish(url)
+        .await
+        .context("connecting to the database to migrate")?;
+    // diesel's migration harness is blocking: it runs on a blocking thread, where the wrapper
+    // drives the connection on this runtime.
     tokio::task::spawn_blocking(move || {
-        let mut conn = AsyncConnectionWrapper::<AsyncPgConnection>::establish(&url)
-            .context("connecting to the database to migrate")?;
+        let mut conn = AsyncConnectionWrapper::<AsyncPgConnection>::from(conn);
         // Replicas may migrate at once (init containers): one runs, the others wait, then
         // find nothing pending. The lock is released when the connection closes.
         {
