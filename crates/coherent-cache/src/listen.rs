@@ -190,7 +190,12 @@ pub async fn listen_all(
         }
         if let Err(e) = ended {
             let channels: Vec<_> = subscriptions.iter().map(|s| s.0.channel()).collect();
-            tracing::warn!(error = %e, ?channels, "cache notifications lost: reading through until back");
+            // With its causes: tokio-postgres's own text says only what failed ("db error").
+            tracing::warn!(
+                error = format!("{e:#}"),
+                ?channels,
+                "cache notifications lost: reading through until back"
+            );
         }
         if listened {
             retry = FIRST_RETRY;

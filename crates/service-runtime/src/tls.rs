@@ -70,7 +70,7 @@ impl DbTls {
     pub async fn establish(&self, url: &str) -> diesel::ConnectionResult<AsyncPgConnection> {
         let (client, connection) = tokio_postgres::connect(url, self.clone())
             .await
-            .map_err(|e| diesel::ConnectionError::BadConnection(e.to_string()))?;
+            .map_err(|e| diesel::ConnectionError::BadConnection(with_causes(&e)))?;
         AsyncPgConnection::try_from_client_and_connection(client, connection).await
     }
 }
@@ -98,6 +98,19 @@ impl TlsConnect<Socket> for DbTlsConnect {
         let handshake = self.0.connect(socket);
         Box::pin(async move { handshake.await.map_err(untrusted_said_plainly) })
     }
+}
+
+/// `e` and its causes in one line: tokio-postgres's own text says only what failed ("error
+/// performing TLS handshake", "db error"), its causes say why.
+fn with_causes(e: &tokio_postgres::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = std::error::Error::source(e);
+    while let Some(c) = cause {
+        text.push_str(": ");
+        text.push_str(&c.to_string());
+        cause = c.source();
+    }
+    text
 }
 
 /// A handshake's error, reworded when the server's certificate is what failed (rustls alone
