@@ -42,6 +42,7 @@ pub struct ServiceArgs {
 impl ServiceArgs {
     /// What is out of range, if anything.
     pub fn check(&self) -> Result<(), String> {
+        self.db.check()?;
         self.grpc.check()?;
         self.shutdown.check()?;
         self.replica.check()?;

@@ -63,6 +63,18 @@ pub struct DatabaseArgs {
 }
 
 impl DatabaseArgs {
+    /// What is wrong with the URLs, if anything: each must be one tokio-postgres takes.
+    pub fn check(&self) -> Result<(), String> {
+        check_url("DATABASE_URL", &self.database_url)?;
+        if let Some(url) = &self.database_migration_url {
+            check_url("DATABASE_MIGRATION_URL", url)?;
+        }
+        if let Some(url) = &self.database_direct_url {
+            check_url("DATABASE_DIRECT_URL", url)?;
+        }
+        Ok(())
+    }
+
     /// The URL migrations connect with: DATABASE_MIGRATION_URL, else DATABASE_URL.
     pub fn migration_url(&self) -> &crate::Secret {
         self.database_migration_url
@@ -114,6 +126,25 @@ impl DatabaseArgs {
             idle_in_transaction_timeout_ms: self.db_idle_in_transaction_timeout_ms,
         }
     }
+}
+
+/// Whether `url`, the value of setting `name`, is a connection string tokio-postgres takes: if
+/// not, why, in one line naming the setting and never the URL (it may hold a password).
+/// libpq's `sslmode=verify-ca` and `verify-full` are not among them; `require` verifies the
+/// server as `verify-full` does (crate::tls).
+pub(crate) fn check_url(name: &str, url: &crate::Secret) -> Result<(), String> {
+    let Err(e) = url.expose().parse::<tokio_postgres::Config>() else {
+        return Ok(());
+    };
+    let hint = if url.expose().contains("sslmode=verify-") {
+        " (use sslmode=require: it verifies the server's certificate and host name, as libpq's verify-full does)"
+    } else {
+        ""
+    };
+    Err(format!(
+        "{name} is not a PostgreSQL URL: {}{hint}",
+        crate::tls::with_causes(&e)
+    ))
 }
 
 /// What the pool's URL reaches (`DB_POOL_MODE`).
@@ -528,6 +559,29 @@ pub async fn prune_loop(
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_secs(3600)) => {}
             _ = &mut stop => return,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::check_url;
+
+    #[test]
+    fn a_url_asking_for_verify_full_is_refused_naming_the_setting_not_the_password() {
+        let url = "postgres://app:hunter2@db:5432/vbase?sslmode=verify-full".into();
+        let problem = check_url("DATABASE_URL", &url).unwrap_err();
+        assert!(problem.starts_with("DATABASE_URL "), "{problem}");
+        assert!(problem.contains("sslmode"), "{problem}");
+        assert!(problem.contains("use sslmode=require"), "{problem}");
+        assert!(!problem.contains("hunter2"), "{problem}");
+    }
+
+    #[test]
+    fn the_sslmodes_tokio_postgres_knows_are_taken() {
+        for mode in ["disable", "prefer", "require"] {
+            let url = format!("postgres://app:pw@db/vbase?sslmode={mode}").into();
+            assert_eq!(check_url("DATABASE_URL", &url), Ok(()));
         }
     }
 }

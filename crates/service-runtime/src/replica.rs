@@ -44,6 +44,9 @@ pub struct ReplicaArgs {
 impl ReplicaArgs {
     /// What is out of range.
     pub fn check(&self) -> Result<(), String> {
+        if let Some(url) = &self.database_read_url {
+            crate::db::check_url("DATABASE_READ_URL", url)?;
+        }
         if self.db_read_max_lag_ms > 600_000 {
             return Err(format!(
                 "DB_READ_MAX_LAG_MS ({}) must be at most 600000",

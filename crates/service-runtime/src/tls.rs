@@ -102,7 +102,7 @@ impl TlsConnect<Socket> for DbTlsConnect {
 
 /// `e` and its causes in one line: tokio-postgres's own text says only what failed ("error
 /// performing TLS handshake", "db error"), its causes say why.
-fn with_causes(e: &tokio_postgres::Error) -> String {
+pub(crate) fn with_causes(e: &tokio_postgres::Error) -> String {
     let mut text = e.to_string();
     let mut cause = std::error::Error::source(e);
     while let Some(c) = cause {
