@@ -63,7 +63,8 @@ pub struct DatabaseArgs {
 }
 
 impl DatabaseArgs {
-    /// What is wrong with the URLs, if anything: each must be one tokio-postgres takes.
+    /// What is wrong, if anything: each URL must be one tokio-postgres takes, and DB_CA_FILE
+    /// a readable file holding a certificate.
     pub fn check(&self) -> Result<(), String> {
         check_url("DATABASE_URL", &self.database_url)?;
         if let Some(url) = &self.database_migration_url {
@@ -71,6 +72,9 @@ impl DatabaseArgs {
         }
         if let Some(url) = &self.database_direct_url {
             check_url("DATABASE_DIRECT_URL", url)?;
+        }
+        if let Some(path) = &self.db_ca_file {
+            crate::tls::ca_file_roots(path).map_err(|e| format!("{e:#}"))?;
         }
         Ok(())
     }
@@ -565,7 +569,26 @@ pub async fn prune_loop(
 
 #[cfg(test)]
 mod tests {
-    use super::check_url;
+    use super::{DatabaseArgs, PoolMode, check_url};
+
+    #[test]
+    fn a_ca_file_that_cannot_be_used_is_a_configuration_error_naming_it() {
+        let args = DatabaseArgs {
+            database_url: "postgres://app@db/vbase?sslmode=require".into(),
+            database_migration_url: None,
+            database_direct_url: None,
+            db_pool_mode: PoolMode::Session,
+            db_pool_size: 16,
+            db_statement_timeout_ms: 10_000,
+            db_idle_in_transaction_timeout_ms: 5_000,
+            db_ca_file: Some("/nonexistent/ca.pem".into()),
+        };
+        let problem = args.check().unwrap_err();
+        assert!(
+            problem.starts_with("DB_CA_FILE (/nonexistent/ca.pem) cannot be read: "),
+            "{problem}"
+        );
+    }
 
     #[test]
     fn a_url_asking_for_verify_full_is_refused_naming_the_setting_not_the_password() {

@@ -40,7 +40,7 @@ impl DbTls {
     pub fn new(ca_file: Option<&Path>) -> anyhow::Result<Self> {
         let mut roots = system_roots();
         if let Some(path) = ca_file {
-            add_ca_file(&mut roots, path)?;
+            roots.roots.extend(ca_file_roots(path)?.roots);
         }
         Ok(Self::trusting(roots))
     }
@@ -145,20 +145,23 @@ fn system_roots() -> rustls::RootCertStore {
     roots
 }
 
-/// Adds every certificate of the PEM file `path` (DB_CA_FILE) to `roots`.
-fn add_ca_file(roots: &mut rustls::RootCertStore, path: &Path) -> anyhow::Result<()> {
+/// The certificates of the PEM file `path` (DB_CA_FILE) as trusted roots: an error naming the
+/// setting when the file cannot be read or holds no usable certificate. Also the configuration
+/// check at start (`DatabaseArgs::check`).
+pub(crate) fn ca_file_roots(path: &Path) -> anyhow::Result<rustls::RootCertStore> {
     let pem = std::fs::read(path)
         .with_context(|| format!("DB_CA_FILE ({}) cannot be read", path.display()))?;
     let certs = CertificateDer::pem_slice_iter(&pem)
         .collect::<Result<Vec<_>, _>>()
         .with_context(|| format!("DB_CA_FILE ({}) is not valid PEM", path.display()))?;
+    let mut roots = rustls::RootCertStore::empty();
     let (added, _) = roots.add_parsable_certificates(certs);
     anyhow::ensure!(
         added > 0,
         "DB_CA_FILE ({}) holds no usable PEM certificate (BEGIN CERTIFICATE)",
         path.display()
     );
-    Ok(())
+    Ok(roots)
 }
 
 #[cfg(test)]
