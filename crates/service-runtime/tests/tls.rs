@@ -21,11 +21,18 @@ static CLUSTER: LazyLock<PgCluster> = LazyLock::new(|| {
     cluster
 });
 
+/// A password in the URLs (the cluster trusts local connections and asks for none): no error
+/// may show it.
+const PASSWORD: &str = "pw-never-shown";
+
 /// The URL of the TLS cluster's `postgres` database with `query` (e.g. `sslmode=require`),
 /// the cluster started on first use (off the async threads).
 async fn url(query: &str) -> String {
     let cluster = tokio::task::spawn_blocking(|| &*CLUSTER).await.unwrap();
-    format!("{}?{query}", cluster.url("postgres"))
+    let url = cluster
+        .url("postgres")
+        .replace("postgres@", &format!("postgres:{PASSWORD}@"));
+    format!("{url}?{query}")
 }
 
 /// Trusts the system's roots and the cluster's CA, as a service given DB_CA_FILE.
@@ -37,12 +44,15 @@ fn pool(url: &str, tls: &DbTls) -> Pool {
     build_pool_with(url, 1, PlanCache::Auto, SessionLimits::default(), tls).unwrap()
 }
 
-/// The error of the pool's first connection to `url` through `tls`.
+/// The error of the pool's first connection to `url` through `tls`, which never shows the
+/// password.
 async fn refusal(url: &str, tls: &DbTls) -> String {
-    match pool(url, tls).get().await {
+    let e = match pool(url, tls).get().await {
         Ok(_) => panic!("connected: {url}"),
-        Err(e) => e.to_string(),
-    }
+        Err(e) => format!("{e} {e:?}"),
+    };
+    assert!(!e.contains(PASSWORD), "{e}");
+    e
 }
 
 #[tokio::test]
