@@ -54,7 +54,7 @@ pub struct DatabaseArgs {
     )]
     pub db_idle_in_transaction_timeout_ms: u64,
     /// PEM file of CA certificates the database server's certificate may be signed by, besides
-    /// the system's roots: the provider's CA (bundle), e.g. mounted from a Secret or ConfigMap.
+    /// the system's roots: the provider's CA (bundle), e.g. mounted from a Secret.
     /// Each URL's `sslmode` says whether TLS is used (`require`: always; `prefer`, the default:
     /// when the server offers it; `disable`: never); whenever it is, the server's certificate and
     /// host name are verified, and a server that is not trusted is refused.

@@ -1,12 +1,12 @@
 //! Connections to a PostgreSQL that takes TCP connections over TLS alone, its certificate
-//! signed by a CA made for this test: trusted through DB_CA_FILE they work (the pool, and the
-//! cache's LISTEN connection); trusting the system's roots alone, to another host name, or
+//! signed by a CA made for this test: trusted through DB_CA_FILE they work (the pool,
+//! migrations, and the cache's LISTEN connection); trusting the system's roots alone, to another host name, or
 //! without TLS, they are refused. One cluster serves the whole binary.
 
 use coherent_cache::Coherent;
 use ephemeral_postgres::{PgCluster, PgClusterOptions};
 use service_runtime::DbTls;
-use service_runtime::db::{PlanCache, Pool, SessionLimits, build_pool_with};
+use service_runtime::db::{PlanCache, Pool, SessionLimits, build_pool_with, run_migrations};
 use std::sync::LazyLock;
 use std::time::Duration;
 
@@ -101,6 +101,24 @@ async fn a_plain_connection_is_refused() {
     let url = url("sslmode=disable").await;
     let e = refusal(&url, &with_ca_file()).await;
     assert!(e.contains("no encryption"), "{e}");
+}
+
+/// Migrations connect through the connector too (the server takes no other connection).
+#[tokio::test]
+async fn migrations_run_over_tls() {
+    let dir = tempfile::tempdir().unwrap();
+    let migration = dir.path().join("2020-01-01-000000_over_tls");
+    std::fs::create_dir(&migration).unwrap();
+    std::fs::write(
+        migration.join("up.sql"),
+        "CREATE TABLE migrated_over_tls (id int)",
+    )
+    .unwrap();
+    std::fs::write(migration.join("down.sql"), "DROP TABLE migrated_over_tls").unwrap();
+    let source = diesel_migrations::FileBasedMigrations::from_path(dir.path()).unwrap();
+    let url = url("sslmode=require").await;
+    let applied = run_migrations(&url, &with_ca_file(), source).await.unwrap();
+    assert_eq!(applied.len(), 1, "{applied:?}");
 }
 
 /// The read caches' LISTEN connection, given the services' connector, hears notifications over
