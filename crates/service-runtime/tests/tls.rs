@@ -57,7 +57,7 @@ async fn refusal(url: &str, tls: &DbTls) -> String {
 
 #[tokio::test]
 async fn with_the_ca_file_a_pool_connects_over_tls_and_queries() {
-    use diesel_async::RunQueryDsl;
+    use service_runtime::Settled;
     #[derive(diesel::QueryableByName)]
     struct Ssl {
         #[diesel(sql_type = diesel::sql_types::Bool)]
@@ -67,7 +67,7 @@ async fn with_the_ca_file_a_pool_connects_over_tls_and_queries() {
     let mut conn = pool(&url, &with_ca_file()).get().await.unwrap();
     let session: Ssl =
         diesel::sql_query("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
-            .get_result(&mut conn)
+            .one(&mut conn)
             .await
             .unwrap();
     assert!(session.ssl);
