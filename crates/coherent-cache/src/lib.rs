@@ -34,7 +34,7 @@ use std::time::{Duration, Instant};
 mod listen;
 mod triggers;
 
-pub use listen::{PING_EVERY, QUEUE, Subscription, listen, listen_all, subscribe};
+pub use listen::{PING_EVERY, QUEUE, Subscription, Tls, listen, listen_all, subscribe};
 pub use triggers::{TRIGGERS_CHECKED_EVERY, Trigger};
 
 /// How long after a ping was sent its echo lets the cache answer: the most a committed change

@@ -9,7 +9,8 @@ use std::hash::Hash;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc::error::TrySendError;
-use tokio_postgres::AsyncMessage;
+use tokio_postgres::tls::{MakeTlsConnect, TlsConnect};
+use tokio_postgres::{AsyncMessage, Socket};
 
 /// How often the listener pings itself through PostgreSQL's notification queue.
 pub const PING_EVERY: Duration = Duration::from_millis(20);
@@ -21,6 +22,33 @@ pub const APPLICATION_NAME: &str = "coherent-cache";
 pub const QUEUE: usize = 4096;
 /// Longest a ping may take to be sent before the connection counts as lost.
 const PING_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// How the notification connection makes its TLS session: any `tokio_postgres` connector the
+/// caller chose (the services' verifying one, or `tokio_postgres::NoTls`), so the listener
+/// knows nothing of certificates or settings.
+pub trait Tls:
+    MakeTlsConnect<
+        Socket,
+        Stream: Send + 'static,
+        TlsConnect: Send + TlsConnect<Socket, Future: Send>,
+    > + Clone
+    + Send
+    + Sync
+    + 'static
+{
+}
+
+impl<T> Tls for T where
+    T: MakeTlsConnect<
+            Socket,
+            Stream: Send + 'static,
+            TlsConnect: Send + TlsConnect<Socket, Future: Send>,
+        > + Clone
+        + Send
+        + Sync
+        + 'static
+{
+}
 
 /// A cache and the channel whose notifications it applies, for [`listen_all`].
 #[derive(Clone)]
@@ -116,11 +144,12 @@ where
     })
 }
 
-/// Listens on `channel` of `database_url` and applies each notification's payload to `cache`
-/// with `apply`, until `stop`: [`listen_all`] for one cache.
+/// Listens on `channel` of `database_url` (connecting through `tls`) and applies each
+/// notification's payload to `cache` with `apply`, until `stop`: [`listen_all`] for one cache.
 pub async fn listen<K, V>(
     cache: Coherent<K, V>,
     database_url: String,
+    tls: impl Tls,
     channel: &'static str,
     triggers: &'static [Trigger],
     apply: impl Fn(&Coherent<K, V>, &str) + Send + Sync + 'static,
@@ -132,14 +161,16 @@ pub async fn listen<K, V>(
     let subscriptions = subscribe(&cache, channel, triggers, apply)
         .into_iter()
         .collect();
-    listen_all(subscriptions, database_url, stop).await;
+    listen_all(subscriptions, database_url, tls, stop).await;
 }
 
-/// Listens for every one of `subscriptions` on one connection to `database_url` until `stop`.
-/// While not listening the caches answer nothing; each new connection empties them.
+/// Listens for every one of `subscriptions` on one connection to `database_url`, made through
+/// `tls`, until `stop`. While not listening the caches answer nothing; each new connection
+/// empties them.
 pub async fn listen_all(
     subscriptions: Vec<Subscription>,
     database_url: String,
+    tls: impl Tls,
     stop: impl Future<Output = ()>,
 ) {
     if subscriptions.is_empty() {
@@ -151,7 +182,7 @@ pub async fn listen_all(
     loop {
         let mut listened = false;
         let ended = tokio::select! {
-            r = session(&subscriptions, &database_url, &mut listened) => r,
+            r = session(&subscriptions, &database_url, tls.clone(), &mut listened) => r,
             _ = &mut stop => return,
         };
         for s in &subscriptions {
@@ -159,7 +190,12 @@ pub async fn listen_all(
         }
         if let Err(e) = ended {
             let channels: Vec<_> = subscriptions.iter().map(|s| s.0.channel()).collect();
-            tracing::warn!(error = %e, ?channels, "cache notifications lost: reading through until back");
+            // With its causes: tokio-postgres's own text says only what failed ("db error").
+            tracing::warn!(
+                error = format!("{e:#}"),
+                ?channels,
+                "cache notifications lost: reading through until back"
+            );
         }
         if listened {
             retry = FIRST_RETRY;
@@ -184,11 +220,12 @@ enum Heard {
 async fn session(
     subscriptions: &[Subscription],
     database_url: &str,
+    tls: impl Tls,
     listened: &mut bool,
 ) -> anyhow::Result<()> {
     let mut config: tokio_postgres::Config = database_url.parse()?;
     config.application_name(APPLICATION_NAME);
-    let (client, mut connection) = config.connect(tokio_postgres::NoTls).await?;
+    let (client, mut connection) = config.connect(tls).await?;
     // This connection's own channel for its pings, so they do not go to the other replicas.
     let pings = format!("cache_ping_{}", uuid::Uuid::new_v4().simple());
     let channel_of_pings = pings.clone();

@@ -4,6 +4,7 @@
 use coherent_cache::{Coherent, listen};
 use ephemeral_postgres::TestDatabases;
 use std::time::Duration;
+use tokio_postgres::NoTls;
 
 /// How many notification connections this test's database has.
 const LISTENERS: &str = "SELECT count(*) FROM pg_stat_activity
@@ -74,6 +75,7 @@ async fn answers_only_while_it_hears_its_notifications() {
     let task = tokio::spawn(listen(
         c.clone(),
         db.url().to_owned(),
+        NoTls,
         "cache_test",
         &[],
         |c: &Coherent<String, String>, key: &str| c.invalidate(&key.to_owned()),
@@ -172,6 +174,7 @@ async fn unreachable_it_reads_through_and_counts_no_lost_connection() {
     let task = tokio::spawn(listen(
         c.clone(),
         format!("postgres://nobody@127.0.0.1:{port}/none"),
+        NoTls,
         "cache_test",
         &[],
         |c: &Coherent<String, String>, key: &str| c.invalidate(&key.to_owned()),
@@ -232,6 +235,7 @@ async fn a_burst_beyond_the_queue_empties_the_cache_instead_of_growing() {
         .flatten()
         .collect(),
         db.url().to_owned(),
+        NoTls,
         async move {
             let _ = stop_rx.await;
         },
@@ -303,9 +307,14 @@ async fn caches_sharing_a_connection_each_hear_their_own_channel() {
         "a cache turned off is not subscribed"
     );
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(listen_all(subscriptions, db.url().to_owned(), async move {
-        let _ = stop_rx.await;
-    }));
+    let task = tokio::spawn(listen_all(
+        subscriptions,
+        db.url().to_owned(),
+        NoTls,
+        async move {
+            let _ = stop_rx.await;
+        },
+    ));
     assert!(a.caught_up(Duration::from_secs(10)).await);
     assert!(b.caught_up(Duration::from_secs(1)).await);
     let (client, conn) = tokio_postgres::connect(db.url(), tokio_postgres::NoTls)
@@ -381,6 +390,7 @@ async fn answers_only_while_its_triggers_fire() {
     let task = tokio::spawn(listen(
         c.clone(),
         db.url().to_owned(),
+        NoTls,
         "cache_items",
         TRIGGERS,
         |c: &Coherent<String, String>, key: &str| c.invalidate(&key.to_owned()),

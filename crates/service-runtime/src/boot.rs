@@ -43,6 +43,7 @@ pub struct ServiceArgs {
 impl ServiceArgs {
     /// What is out of range, if anything.
     pub fn check(&self) -> Result<(), String> {
+        self.db.check()?;
         self.grpc.check()?;
         self.shutdown.check()?;
         self.replica.check()?;
@@ -77,6 +78,9 @@ impl ServiceArgs {
 pub struct Boot {
     /// The service's database.
     pub pool: Pool,
+    /// The TLS connector of every connection to the database (DB_CA_FILE): the pools',
+    /// migrations' and LISTEN sessions'.
+    pub db_tls: crate::DbTls,
     /// Verifies tokens (Clerk users and internal services).
     pub auth: Arc<Authenticator>,
     /// Where the service registers its metrics.
@@ -107,6 +111,7 @@ impl Boot {
         let metrics = crate::replica::ReplicaMetrics::default();
         let reads = args.replica.read_pool(
             &args.db,
+            &self.db_tls,
             self.pool.clone(),
             args.db.db_pool_size,
             plans,
@@ -130,9 +135,11 @@ impl Boot {
         plans: PlanCache,
     ) -> anyhow::Result<Self> {
         args.check().map_err(anyhow::Error::msg)?;
+        let db_tls = args.db.tls()?;
         if args.migrate_on_start {
             let applied =
-                crate::db::run_migrations(args.db.migration_url().expose(), migrations).await?;
+                crate::db::run_migrations(args.db.migration_url().expose(), &db_tls, migrations)
+                    .await?;
             tracing::info!(?applied, "migrations applied");
         }
         let auth = Arc::new(args.auth.build(audience).map_err(anyhow::Error::msg)?);
@@ -147,6 +154,7 @@ impl Boot {
                 args.db.db_pool_size,
                 plans,
                 args.db.limits(),
+                &db_tls,
             )?,
             crate::db::PoolMode::Transaction => {
                 start_gate = StartGate::pending();
@@ -154,6 +162,7 @@ impl Boot {
                     "role-settings",
                     store_role_settings_when_reachable(
                         args.db.direct_url().expose().to_owned(),
+                        db_tls.clone(),
                         plans,
                         args.db.limits(),
                         start_gate.clone(),
@@ -165,11 +174,13 @@ impl Boot {
                     args.db.db_pool_size,
                     PlanCache::Auto,
                     SessionLimits::default(),
+                    &db_tls,
                 )?
             }
         };
         Ok(Self {
             pool,
+            db_tls,
             auth,
             registry: Registry::default(),
             detail: crate::metrics::HealthDetail::default(),
@@ -240,6 +251,7 @@ const SETTINGS_TRY_TIMEOUT: Duration = Duration::from_secs(10);
 /// does while its pool cannot connect. Failures are logged at most once a minute.
 async fn store_role_settings_when_reachable(
     direct_url: String,
+    tls: crate::DbTls,
     plans: PlanCache,
     limits: SessionLimits,
     gate: StartGate,
@@ -252,7 +264,7 @@ async fn store_role_settings_when_reachable(
         let tried = tokio::select! {
             r = tokio::time::timeout(
                 SETTINGS_TRY_TIMEOUT,
-                crate::db::store_role_settings(&direct_url, plans, limits),
+                crate::db::store_role_settings(&direct_url, &tls, plans, limits),
             ) => r,
             _ = &mut stop => return,
         };

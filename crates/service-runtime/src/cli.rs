@@ -54,9 +54,11 @@ pub fn parse<C: Args + FromArgMatches + CheckConfig>(
         None => unreachable!("serve is the default"),
     });
     let command = result.unwrap_or_else(|e| exit_on_config_error(binary, e));
-    if let Command::Serve(config) = &command
-        && let Err(problem) = config.check()
-    {
+    let checked = match &command {
+        Command::Serve(config) => config.check(),
+        Command::Migrate(db) => db.check(),
+    };
+    if let Err(problem) = checked {
         eprintln!("{binary}: configuration error: {problem}");
         std::process::exit(2);
     }

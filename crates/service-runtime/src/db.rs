@@ -1,5 +1,6 @@
 //! Postgres pool, migrations, and classification of database failures.
 
+use crate::tls::DbTls;
 use anyhow::Context;
 use diesel::migration::MigrationSource;
 use diesel::pg::Pg;
@@ -52,9 +53,32 @@ pub struct DatabaseArgs {
         default_value_t = 5_000
     )]
     pub db_idle_in_transaction_timeout_ms: u64,
+    /// PEM file of CA certificates the database server's certificate may be signed by, besides
+    /// the system's roots: the provider's CA (bundle), e.g. mounted from a Secret.
+    /// Each URL's `sslmode` says whether TLS is used (`require`: always; `prefer`, the default:
+    /// when the server offers it; `disable`: never); whenever it is, the server's certificate and
+    /// host name are verified, and a server that is not trusted is refused.
+    #[arg(long, env = "DB_CA_FILE")]
+    pub db_ca_file: Option<std::path::PathBuf>,
 }
 
 impl DatabaseArgs {
+    /// What is wrong, if anything: each URL must be one tokio-postgres takes, and DB_CA_FILE
+    /// a readable file holding a certificate.
+    pub fn check(&self) -> Result<(), String> {
+        check_url("DATABASE_URL", &self.database_url)?;
+        if let Some(url) = &self.database_migration_url {
+            check_url("DATABASE_MIGRATION_URL", url)?;
+        }
+        if let Some(url) = &self.database_direct_url {
+            check_url("DATABASE_DIRECT_URL", url)?;
+        }
+        if let Some(path) = &self.db_ca_file {
+            crate::tls::ca_file_roots(path).map_err(|e| format!("{e:#}"))?;
+        }
+        Ok(())
+    }
+
     /// The URL migrations connect with: DATABASE_MIGRATION_URL, else DATABASE_URL.
     pub fn migration_url(&self) -> &crate::Secret {
         self.database_migration_url
@@ -69,19 +93,32 @@ impl DatabaseArgs {
             .unwrap_or(&self.database_url)
     }
 
+    /// The TLS connector of every database connection of the process, trusting the system's
+    /// roots and DB_CA_FILE: made once at start, an error naming DB_CA_FILE when that file
+    /// cannot be used.
+    pub fn tls(&self) -> anyhow::Result<DbTls> {
+        DbTls::new(self.db_ca_file.as_deref())
+    }
+
     /// Builds another pool over DATABASE_URL of at most `max_size` connections asking for
-    /// `plans`. In `transaction` mode nothing is SET on a pooled connection, so its plans and
-    /// limits are the role's (those stored at start), whatever `plans` asks.
-    pub fn extra_pool(&self, max_size: usize, plans: PlanCache) -> anyhow::Result<Pool> {
+    /// `plans`, connecting through `tls`. In `transaction` mode nothing is SET on a pooled
+    /// connection, so its plans and limits are the role's (those stored at start), whatever
+    /// `plans` asks.
+    pub fn extra_pool(
+        &self,
+        tls: &DbTls,
+        max_size: usize,
+        plans: PlanCache,
+    ) -> anyhow::Result<Pool> {
+        let url = self.database_url.expose();
         match self.db_pool_mode {
-            PoolMode::Session => {
-                build_pool_with(self.database_url.expose(), max_size, plans, self.limits())
-            }
+            PoolMode::Session => build_pool_with(url, max_size, plans, self.limits(), tls),
             PoolMode::Transaction => build_pool_with(
-                self.database_url.expose(),
+                url,
                 max_size,
                 PlanCache::Auto,
                 SessionLimits::default(),
+                tls,
             ),
         }
     }
@@ -93,6 +130,25 @@ impl DatabaseArgs {
             idle_in_transaction_timeout_ms: self.db_idle_in_transaction_timeout_ms,
         }
     }
+}
+
+/// Whether `url`, the value of setting `name`, is a connection string tokio-postgres takes: if
+/// not, why, in one line naming the setting and never the URL (it may hold a password).
+/// libpq's `sslmode=verify-ca` and `verify-full` are not among them; `require` verifies the
+/// server as `verify-full` does (crate::tls).
+pub(crate) fn check_url(name: &str, url: &crate::Secret) -> Result<(), String> {
+    let Err(e) = url.expose().parse::<tokio_postgres::Config>() else {
+        return Ok(());
+    };
+    let hint = if url.expose().contains("sslmode=verify-") {
+        " (use sslmode=require: it verifies the server's certificate and host name, as libpq's verify-full does)"
+    } else {
+        ""
+    };
+    Err(format!(
+        "{name} is not a PostgreSQL URL: {}{hint}",
+        crate::tls::with_causes(&e)
+    ))
 }
 
 /// What the pool's URL reaches (`DB_POOL_MODE`).
@@ -110,11 +166,13 @@ pub enum PoolMode {
 /// server session opened from then on starts with them. A role may set its own defaults.
 pub async fn store_role_settings(
     direct_url: &str,
+    tls: &DbTls,
     plans: PlanCache,
     limits: SessionLimits,
 ) -> anyhow::Result<()> {
-    use diesel_async::{AsyncConnection, SimpleAsyncConnection};
-    let mut conn = AsyncPgConnection::establish(direct_url)
+    use diesel_async::SimpleAsyncConnection;
+    let mut conn = tls
+        .establish(direct_url)
         .await
         .context("connecting to DATABASE_DIRECT_URL to store the role's session settings")?;
     let plan = match plans {
@@ -171,30 +229,39 @@ impl PlanCache {
     }
 }
 
-/// Builds a pool of at most `max_size` (at least 1) connections with no session limits (tests
-/// and tools); services use [`build_pool_with`].
+/// Builds a pool of at most `max_size` (at least 1) connections with no session limits,
+/// trusting the system's roots alone (tests and tools); services use [`build_pool_with`].
 pub fn build_pool(url: &str, max_size: usize, plans: PlanCache) -> anyhow::Result<Pool> {
-    build_pool_with(url, max_size, plans, SessionLimits::default())
+    build_pool_with(
+        url,
+        max_size,
+        plans,
+        SessionLimits::default(),
+        &DbTls::system_roots(),
+    )
 }
 
-/// Builds a pool of at most `max_size` (at least 1) connections, each with `limits`, that
-/// fails fast (5 s) when the database is unreachable.
+/// Builds a pool of at most `max_size` (at least 1) connections, each with `limits` and made
+/// through `tls`, that fails fast (5 s) when the database is unreachable.
 pub fn build_pool_with(
     url: &str,
     max_size: usize,
     plans: PlanCache,
     limits: SessionLimits,
+    tls: &DbTls,
 ) -> anyhow::Result<Pool> {
     anyhow::ensure!(max_size >= 1, "DB_POOL_SIZE must be at least 1");
-    use diesel_async::{AsyncConnection, RunQueryDsl};
+    use diesel_async::RunQueryDsl;
     // Fast recycling: no `SELECT 1` round trip per checkout. The health watch probes the
     // database every 2 s, and a broken connection surfaces as UNAVAILABLE on first use.
     let mut config = diesel_async::pooled_connection::ManagerConfig::default();
     config.recycling_method = diesel_async::pooled_connection::RecyclingMethod::Fast;
+    let tls = tls.clone();
     config.custom_setup = Box::new(move |url| {
         let url = url.to_owned();
+        let tls = tls.clone();
         Box::pin(async move {
-            let mut conn = AsyncPgConnection::establish(&url).await?;
+            let mut conn = tls.establish(&url).await?;
             if let Some(setting) = plans.setting() {
                 diesel::sql_query(setting)
                     .execute(&mut conn)
@@ -236,17 +303,21 @@ pub fn build_pool_with(
         .context("building the database pool")
 }
 
-/// Applies pending migrations, then closes the connection.
+/// Applies pending migrations over a connection to `url` made through `tls`, then closes it.
 pub async fn run_migrations(
     url: &str,
+    tls: &DbTls,
     migrations: impl MigrationSource<Pg> + Send + 'static,
 ) -> anyhow::Result<Vec<String>> {
-    use diesel::Connection;
     use diesel_async::async_connection_wrapper::AsyncConnectionWrapper;
-    let url = url.to_owned();
+    let conn = tls
+        .establish(url)
+        .await
+        .context("connecting to the database to migrate")?;
+    // diesel's migration harness is blocking: it runs on a blocking thread, where the wrapper
+    // drives the connection on this runtime.
     tokio::task::spawn_blocking(move || {
-        let mut conn = AsyncConnectionWrapper::<AsyncPgConnection>::establish(&url)
-            .context("connecting to the database to migrate")?;
+        let mut conn = AsyncConnectionWrapper::<AsyncPgConnection>::from(conn);
         // Replicas may migrate at once (init containers): one runs, the others wait, then
         // find nothing pending. The lock is released when the connection closes. Its key is
         // the schema the migrations go into (each service's own, holding its migrations
@@ -497,6 +568,48 @@ pub async fn prune_loop(
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_secs(3600)) => {}
             _ = &mut stop => return,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{DatabaseArgs, PoolMode, check_url};
+
+    #[test]
+    fn a_ca_file_that_cannot_be_used_is_a_configuration_error_naming_it() {
+        let args = DatabaseArgs {
+            database_url: "postgres://app@db/vbase?sslmode=require".into(),
+            database_migration_url: None,
+            database_direct_url: None,
+            db_pool_mode: PoolMode::Session,
+            db_pool_size: 16,
+            db_statement_timeout_ms: 10_000,
+            db_idle_in_transaction_timeout_ms: 5_000,
+            db_ca_file: Some("/nonexistent/ca.pem".into()),
+        };
+        let problem = args.check().unwrap_err();
+        assert!(
+            problem.starts_with("DB_CA_FILE (/nonexistent/ca.pem) cannot be read: "),
+            "{problem}"
+        );
+    }
+
+    #[test]
+    fn a_url_asking_for_verify_full_is_refused_naming_the_setting_not_the_password() {
+        let url = "postgres://app:hunter2@db:5432/vbase?sslmode=verify-full".into();
+        let problem = check_url("DATABASE_URL", &url).unwrap_err();
+        assert!(problem.starts_with("DATABASE_URL "), "{problem}");
+        assert!(problem.contains("sslmode"), "{problem}");
+        assert!(problem.contains("use sslmode=require"), "{problem}");
+        assert!(!problem.contains("hunter2"), "{problem}");
+    }
+
+    #[test]
+    fn the_sslmodes_tokio_postgres_knows_are_taken() {
+        for mode in ["disable", "prefer", "require"] {
+            let url = format!("postgres://app:pw@db/vbase?sslmode={mode}").into();
+            assert_eq!(check_url("DATABASE_URL", &url), Ok(()));
         }
     }
 }

@@ -24,6 +24,7 @@ pub mod secret;
 pub mod secret_files;
 pub mod settled;
 pub mod shutdown;
+pub mod tls;
 pub mod user_limits;
 pub mod user_quotas;
 
@@ -40,3 +41,4 @@ pub use quota_service::{UserQuotaArgs, UserQuotas, WithUserQuotas};
 pub use secret::Secret;
 pub use settled::Settled;
 pub use shutdown::shutdown_signal;
+pub use tls::DbTls;

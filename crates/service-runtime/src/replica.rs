@@ -44,6 +44,9 @@ pub struct ReplicaArgs {
 impl ReplicaArgs {
     /// What is out of range.
     pub fn check(&self) -> Result<(), String> {
+        if let Some(url) = &self.database_read_url {
+            crate::db::check_url("DATABASE_READ_URL", url)?;
+        }
         if self.db_read_max_lag_ms > 600_000 {
             return Err(format!(
                 "DB_READ_MAX_LAG_MS ({}) must be at most 600000",
@@ -72,11 +75,12 @@ impl Default for ReplicaArgs {
 
 impl ReplicaArgs {
     /// A pool of at most `max_size` connections to DATABASE_READ_URL asking for `plans`, with
-    /// the session settings of `db` (as [`crate::DatabaseArgs::extra_pool`]); `None` when no
-    /// replica is set.
+    /// the session settings of `db` (as [`crate::DatabaseArgs::extra_pool`]), connecting
+    /// through `tls`; `None` when no replica is set.
     pub fn pool(
         &self,
         db: &crate::DatabaseArgs,
+        tls: &crate::DbTls,
         max_size: usize,
         plans: crate::db::PlanCache,
     ) -> anyhow::Result<Option<Pool>> {
@@ -85,7 +89,7 @@ impl ReplicaArgs {
         };
         let pool = match db.db_pool_mode {
             crate::db::PoolMode::Session => {
-                crate::db::build_pool_with(url.expose(), max_size, plans, db.limits())?
+                crate::db::build_pool_with(url.expose(), max_size, plans, db.limits(), tls)?
             }
             // The role's stored settings (ALTER ROLE on the primary) are replicated.
             crate::db::PoolMode::Transaction => crate::db::build_pool_with(
@@ -93,27 +97,29 @@ impl ReplicaArgs {
                 max_size,
                 crate::db::PlanCache::Auto,
                 crate::db::SessionLimits::default(),
+                tls,
             )?,
         };
         Ok(Some(pool))
     }
 
-    /// The read pool over `primary` and a replica pool of `max_size` asking for `plans` (none
-    /// when DATABASE_READ_URL is unset: then it hands out `primary`'s connections, nothing
-    /// else).
+    /// The read pool over `primary` and a replica pool of `max_size` asking for `plans`, its
+    /// connections made through `tls` (none when DATABASE_READ_URL is unset: then it hands out
+    /// `primary`'s connections, nothing else).
     pub fn read_pool(
         &self,
         db: &crate::DatabaseArgs,
+        tls: &crate::DbTls,
         primary: Pool,
         max_size: usize,
         plans: crate::db::PlanCache,
         metrics: ReplicaMetrics,
     ) -> anyhow::Result<ReadPool> {
-        let replica = self.pool(db, max_size, plans)?;
+        let replica = self.pool(db, tls, max_size, plans)?;
         let sampler = match replica {
             // A connection of its own: a busy primary pool must not starve the sampler (and so
             // send every read to the primary).
-            Some(_) => Some(db.extra_pool(1, crate::db::PlanCache::Auto)?),
+            Some(_) => Some(db.extra_pool(tls, 1, crate::db::PlanCache::Auto)?),
             None => None,
         };
         let pool = ReadPool::new(

@@ -5,6 +5,7 @@
 
 use diesel_migrations::FileBasedMigrations;
 use ephemeral_postgres::{PgCluster, PgClusterOptions, create_role_sql, role_grants, with_user};
+use service_runtime::DbTls;
 use service_runtime::db::run_migrations;
 use std::path::Path;
 use std::time::Duration;
@@ -79,7 +80,7 @@ async fn one_services_migration_does_not_wait_for_the_others_but_its_replicas_ta
     let url = |service: &str| with_user(&admin_url, &format!("{service}_owner"), "pw");
     let migrate = |service: &'static str, m: FileBasedMigrations| {
         let url = url(service);
-        tokio::spawn(async move { run_migrations(&url, m).await })
+        tokio::spawn(async move { run_migrations(&url, &DbTls::system_roots(), m).await })
     };
     let dir = tempfile::tempdir().unwrap();
     // identity-service's migration is long: it waits for a lock the test holds.
@@ -98,6 +99,7 @@ async fn one_services_migration_does_not_wait_for_the_others_but_its_replicas_ta
         Duration::from_secs(20),
         run_migrations(
             &url("workspace"),
+            &DbTls::system_roots(),
             migrations(dir.path(), "workspace", "CREATE TABLE workspaces (id int);"),
         ),
     )

@@ -3,6 +3,7 @@
 //! service's role: every session the role opens starts with them, a pooler's included.
 
 use ephemeral_postgres::{PgCluster, PgClusterOptions, with_user};
+use service_runtime::DbTls;
 use service_runtime::db::{PlanCache, SessionLimits, store_role_settings};
 use std::time::Duration;
 
@@ -41,7 +42,7 @@ async fn the_session_settings_are_stored_on_the_role() {
         statement_timeout_ms: 1234,
         idle_in_transaction_timeout_ms: 5678,
     };
-    store_role_settings(&url, PlanCache::GenericOnly, limits)
+    store_role_settings(&url, &DbTls::system_roots(), PlanCache::GenericOnly, limits)
         .await
         .unwrap();
     // A new session of the role, with nothing SET: what a pooler's server connection gets.
@@ -53,9 +54,14 @@ async fn the_session_settings_are_stored_on_the_role() {
         "5678ms"
     );
     // Another plan mode, and no limits: stored again at the next start.
-    store_role_settings(&url, PlanCache::Auto, SessionLimits::default())
-        .await
-        .unwrap();
+    store_role_settings(
+        &url,
+        &DbTls::system_roots(),
+        PlanCache::Auto,
+        SessionLimits::default(),
+    )
+    .await
+    .unwrap();
     let c = connect(&url).await;
     assert_eq!(show(&c, "plan_cache_mode").await, "auto");
     assert_eq!(show(&c, "statement_timeout").await, "0");

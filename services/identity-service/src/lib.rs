@@ -91,9 +91,12 @@ impl service_runtime::cli::CheckConfig for Config {
 /// (`service_runtime::replica::OwnWrites`); beyond, the oldest writes are forgotten first.
 pub const OWN_WRITES_MAX_CALLERS: usize = 100_000;
 
-/// Applies pending migrations to `database_url`.
-pub async fn migrate(database_url: &str) -> anyhow::Result<Vec<String>> {
-    service_runtime::db::run_migrations(database_url, MIGRATIONS).await
+/// Applies pending migrations to `database_url`, connecting through `tls`.
+pub async fn migrate(
+    database_url: &str,
+    tls: &service_runtime::DbTls,
+) -> anyhow::Result<Vec<String>> {
+    service_runtime::db::run_migrations(database_url, tls, MIGRATIONS).await
 }
 
 /// Runs the service on `listener` until `shutdown` resolves, then drains, stops its workers
@@ -127,6 +130,7 @@ pub async fn run(
         coherent_cache::listen(
             cache.clone(),
             config.service.db.direct_url().expose().to_owned(),
+            boot.db_tls.clone(),
             batch::NOTIFY_CHANNEL,
             batch::NOTIFY_TRIGGERS,
             batch::apply_notification,

@@ -60,9 +60,12 @@ pub const READ_PLANS: service_runtime::db::PlanCache = service_runtime::db::Plan
 /// (`service_runtime::replica::OwnWrites`); beyond, the oldest writes are forgotten first.
 pub const OWN_WRITES_MAX_CALLERS: usize = 100_000;
 
-/// Applies pending migrations to `database_url`.
-pub async fn migrate(database_url: &str) -> anyhow::Result<Vec<String>> {
-    service_runtime::db::run_migrations(database_url, MIGRATIONS).await
+/// Applies pending migrations to `database_url`, connecting through `tls`.
+pub async fn migrate(
+    database_url: &str,
+    tls: &service_runtime::DbTls,
+) -> anyhow::Result<Vec<String>> {
+    service_runtime::db::run_migrations(database_url, tls, MIGRATIONS).await
 }
 
 /// Runs the service on `listener` until `shutdown` resolves, then drains, stops its workers
@@ -122,6 +125,7 @@ pub async fn run(
             // LISTEN needs a session of its own on the primary (NOTIFY is not replicated, and
             // a pooler in transaction mode hands sessions round).
             config.service.db.direct_url().expose().to_owned(),
+            boot.db_tls.clone(),
             boot.lifecycle.stopped(),
         ),
     );
@@ -168,6 +172,7 @@ pub async fn run(
             .collect(),
             // One session of its own on the primary for both caches, as the change hub's.
             config.service.db.direct_url().expose().to_owned(),
+            boot.db_tls.clone(),
             boot.lifecycle.stopped(),
         ),
     );
@@ -177,8 +182,8 @@ pub async fn run(
         .register(&mut boot.registry);
     let hot_size = (db.db_pool_size / 2).max(1);
     let hot = reads.sharing_lag(
-        db.extra_pool(hot_size, READ_PLANS)?,
-        replica.pool(db, hot_size, READ_PLANS)?,
+        db.extra_pool(&boot.db_tls, hot_size, READ_PLANS)?,
+        replica.pool(db, &boot.db_tls, hot_size, READ_PLANS)?,
     );
     let api = grpc::WorkspaceApi::new(
         boot.pool.clone(),

@@ -11,7 +11,8 @@ async fn main() -> anyhow::Result<()> {
     ) {
         Command::Migrate(db) => {
             init_logging(LogFormat::Json, "workspace-service");
-            let applied = workspace_service::migrate(db.migration_url().expose()).await?;
+            let applied =
+                workspace_service::migrate(db.migration_url().expose(), &db.tls()?).await?;
             tracing::info!(?applied, "migrations applied");
             Ok(())
         }

@@ -20,6 +20,10 @@ pub struct PgClusterOptions {
     /// `synchronous_commit = on`, also when not `durable`): a promoted standby then holds every
     /// commit a client saw succeed. Until a standby connects, commits wait.
     pub synchronous_standby: bool,
+    /// Take TCP connections over TLS alone (`ssl = on`, `hostssl` in pg_hba.conf): the server's
+    /// certificate, for 127.0.0.1 and localhost, is signed by a CA made for this cluster, whose
+    /// certificate is [`PgCluster::ca_file`].
+    pub tls: bool,
 }
 
 impl Default for PgClusterOptions {
@@ -28,6 +32,7 @@ impl Default for PgClusterOptions {
             durable: false,
             max_connections: 300,
             synchronous_standby: false,
+            tls: false,
         }
     }
 }
@@ -40,6 +45,7 @@ pub struct PgCluster {
     port: u16,
     run_as: Option<(u32, u32)>,
     options_line: String,
+    ca_file: Option<PathBuf>,
     watchdog: Option<(Child, ChildStdin)>,
 }
 
@@ -102,6 +108,9 @@ fn settings_line(options: PgClusterOptions) -> String {
     if !options.durable {
         line.push_str(" -c fsync=off -c full_page_writes=off");
     }
+    if options.tls {
+        line.push_str(" -c ssl=on");
+    }
     if options.synchronous_standby {
         line.push_str(" -c synchronous_commit=on -c synchronous_standby_names='*'");
     } else if !options.durable {
@@ -130,11 +139,17 @@ impl PgCluster {
             port: 0,
             run_as,
             options_line: String::new(),
+            ca_file: None,
             watchdog: None,
         };
         // Start the watchdog first: from here on, files are removed whatever happens.
         cluster.spawn_watchdog()?;
         cluster.initdb()?;
+        if options.tls {
+            let ca_file = cluster.dir.join("ca.crt");
+            crate::tls::write_files(&cluster.data_dir(), &ca_file, run_as)?;
+            cluster.ca_file = Some(ca_file);
+        }
         cluster.start_on_a_free_port(options)?;
         Ok(cluster)
     }
@@ -158,6 +173,7 @@ impl PgCluster {
             port: 0,
             run_as: primary.run_as,
             options_line: String::new(),
+            ca_file: None,
             watchdog: None,
         };
         cluster.spawn_watchdog()?;
@@ -379,6 +395,12 @@ impl PgCluster {
     /// The directory holding the cluster's files (removed on drop).
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// The certificate (PEM) of the CA that signed the server's, for a cluster started with
+    /// [`PgClusterOptions::tls`].
+    pub fn ca_file(&self) -> Option<&Path> {
+        self.ca_file.as_deref()
     }
 
     /// TCP port.

@@ -13,6 +13,8 @@
 //!   server when set, else one shared [`PgCluster`] per process.
 //! - Services under test connect as [`APP_ROLE`], which may read and write the tables and run
 //!   no DDL, granted with `deploy/database-roles.sql` ([`role_grants`]), as in production.
+//! - [`PgClusterOptions::tls`] starts a cluster that takes TCP connections over TLS alone, its
+//!   server certificate signed by a CA made for it ([`PgCluster::ca_file`]).
 //! - [`PgBouncer`] puts the machine's `pgbouncer` in front of a cluster, in session or
 //!   transaction mode.
 //! - [`unused_local_port`] picks the port for a local server (the cluster's, and the local
@@ -23,6 +25,7 @@ mod databases;
 mod pgbouncer;
 mod port;
 mod roles;
+mod tls;
 
 pub use cluster::{PgCluster, PgClusterOptions};
 pub use databases::{TestDatabase, TestDatabases, grant_app_role, with_database};

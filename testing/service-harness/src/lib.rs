@@ -196,6 +196,7 @@ impl Issuers {
                 db_pool_size: pool_size,
                 db_statement_timeout_ms: 10_000,
                 db_idle_in_transaction_timeout_ms: 5_000,
+                db_ca_file: None,
             },
             replica: Default::default(),
             auth: self.auth_args(),

@@ -51,14 +51,15 @@ where
     let noop = |_| async { Ok(()) };
     let old = crate::database(&format!("{name}_upgraded"), "empty", noop).await;
     let fresh = crate::database(&format!("{name}_fresh"), "empty", noop).await;
-    service_runtime::db::run_migrations(old.url(), before)
+    let tls = service_runtime::DbTls::system_roots();
+    service_runtime::db::run_migrations(old.url(), &tls, before)
         .await
         .expect("the earlier migrations");
     crate::execute(old.url(), seed).await;
-    let applied = service_runtime::db::run_migrations(old.url(), after())
+    let applied = service_runtime::db::run_migrations(old.url(), &tls, after())
         .await
         .expect("the upgrade");
-    service_runtime::db::run_migrations(fresh.url(), after())
+    service_runtime::db::run_migrations(fresh.url(), &tls, after())
         .await
         .expect("the migrations on an empty database");
     let (upgraded, created) = (schema(old.url()).await, schema(fresh.url()).await);

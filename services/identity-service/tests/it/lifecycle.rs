@@ -48,7 +48,9 @@ async fn health_follows_the_database_and_calls_fail_unavailable_meanwhile() {
     .await
     .unwrap();
     let url = cluster.url("postgres");
-    identity_service::migrate(&url).await.unwrap();
+    identity_service::migrate(&url, &service_runtime::DbTls::system_roots())
+        .await
+        .unwrap();
     ephemeral_postgres::grant_app_role(&url).await.unwrap();
     let issuers = service_harness::Issuers::new().await;
     let server = support::start_server(support::config(&url, &issuers)).await;
@@ -110,7 +112,9 @@ async fn in_transaction_mode_a_start_during_an_outage_waits_for_the_database() {
     .await
     .unwrap();
     let url = cluster.url("postgres");
-    identity_service::migrate(&url).await.unwrap();
+    identity_service::migrate(&url, &service_runtime::DbTls::system_roots())
+        .await
+        .unwrap();
     ephemeral_postgres::grant_app_role(&url).await.unwrap();
     let issuers = service_harness::Issuers::new().await;
     let mut config = support::config(&url, &issuers);

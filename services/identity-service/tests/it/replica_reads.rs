@@ -49,7 +49,9 @@ async fn reads_use_the_replica_within_its_lag_and_callers_read_their_writes() {
     let dbs = TestDatabases::on_cluster(cluster);
     let db = dbs
         .create("identity", |url| async move {
-            identity_service::migrate(&url).await.map(|_| ())
+            identity_service::migrate(&url, &service_runtime::DbTls::system_roots())
+                .await
+                .map(|_| ())
         })
         .await
         .unwrap();

@@ -25,7 +25,9 @@ pub struct Env {
 pub async fn database() -> TestDatabase {
     let fp = service_runtime::db::migrations_fingerprint(&identity_service::MIGRATIONS);
     service_harness::database("identity", &fp, |url| async move {
-        identity_service::migrate(&url).await.map(|_| ())
+        identity_service::migrate(&url, &service_runtime::DbTls::system_roots())
+            .await
+            .map(|_| ())
     })
     .await
 }

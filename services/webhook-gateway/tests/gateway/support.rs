@@ -110,13 +110,21 @@ pub async fn stack_with(
     let idb = service_harness::database(
         "identity",
         &service_runtime::db::migrations_fingerprint(&identity_service::MIGRATIONS),
-        |u| async move { identity_service::migrate(&u).await.map(|_| ()) },
+        |u| async move {
+            identity_service::migrate(&u, &service_runtime::DbTls::system_roots())
+                .await
+                .map(|_| ())
+        },
     )
     .await;
     let wdb = service_harness::database(
         "workspace",
         &service_runtime::db::migrations_fingerprint(&workspace_service::MIGRATIONS),
-        |u| async move { workspace_service::migrate(&u).await.map(|_| ()) },
+        |u| async move {
+            workspace_service::migrate(&u, &service_runtime::DbTls::system_roots())
+                .await
+                .map(|_| ())
+        },
     )
     .await;
     let identity_cfg = identity_service::Config {

@@ -160,12 +160,17 @@ impl Hub {
         }
     }
 
-    /// Listens on `database_url` and broadcasts until `stop`.
-    pub async fn run(self, database_url: String, stop: impl Future<Output = ()>) {
+    /// Listens on `database_url` (connecting through `tls`) and broadcasts until `stop`.
+    pub async fn run(
+        self,
+        database_url: String,
+        tls: service_runtime::DbTls,
+        stop: impl Future<Output = ()>,
+    ) {
         tokio::pin!(stop);
         loop {
             let listened = tokio::select! {
-                r = self.listen(&database_url) => r,
+                r = self.listen(&database_url, &tls) => r,
                 _ = &mut stop => return,
             };
             if let Err(e) = listened {
@@ -179,9 +184,9 @@ impl Hub {
         }
     }
 
-    async fn listen(&self, database_url: &str) -> anyhow::Result<()> {
-        use diesel_async::{AsyncConnection, AsyncPgConnection, SimpleAsyncConnection};
-        let mut conn = AsyncPgConnection::establish(database_url).await?;
+    async fn listen(&self, database_url: &str, tls: &service_runtime::DbTls) -> anyhow::Result<()> {
+        use diesel_async::SimpleAsyncConnection;
+        let mut conn = tls.establish(database_url).await?;
         conn.batch_execute(&format!(
             "SET application_name = '{APPLICATION_NAME}'; LISTEN {}",
             changes::NOTIFY_CHANNEL

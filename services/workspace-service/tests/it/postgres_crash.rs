@@ -27,7 +27,9 @@ async fn postgres_crashing_mid_purge_loses_no_row_and_no_room() {
     let dbs = TestDatabases::on_cluster(cluster);
     let db = dbs
         .create("workspace", |url| async move {
-            workspace_service::migrate(&url).await.map(|_| ())
+            workspace_service::migrate(&url, &service_runtime::DbTls::system_roots())
+                .await
+                .map(|_| ())
         })
         .await
         .unwrap();

@@ -81,7 +81,9 @@ async fn read_rpcs_use_the_replica_within_its_lag_and_callers_read_their_writes(
     let dbs = TestDatabases::on_cluster(cluster);
     let db = dbs
         .create("workspace", |url| async move {
-            workspace_service::migrate(&url).await.map(|_| ())
+            workspace_service::migrate(&url, &service_runtime::DbTls::system_roots())
+                .await
+                .map(|_| ())
         })
         .await
         .unwrap();

@@ -32,7 +32,9 @@ pub struct Env {
 pub async fn database() -> TestDatabase {
     let fp = service_runtime::db::migrations_fingerprint(&workspace_service::MIGRATIONS);
     service_harness::database("workspace", &fp, |url| async move {
-        workspace_service::migrate(&url).await.map(|_| ())
+        workspace_service::migrate(&url, &service_runtime::DbTls::system_roots())
+            .await
+            .map(|_| ())
     })
     .await
 }
