@@ -116,8 +116,9 @@ pub async fn list_messages(
 ) -> Result<Page<MessageRecord>, Error> {
     let workspace = channel_scope(conn, caller, channel_id).await?;
     let (at, id) = page.after_parts();
-    // The rows whose page starts within the budget: the page, and one row past it when the
-    // bytes cut it (which `page` then drops, and which says that more follow).
+    // The rows that start within the budget or right at its end: the page, and one row past
+    // it when the bytes cut it (which `page` then drops, and which says that more follow; a
+    // page that fills the budget exactly is followed by a row starting at its end).
     let rows: Vec<MessageRecord> = prepared(concat!(
         "SELECT ",
         message_columns!(),
@@ -130,7 +131,7 @@ pub async fn list_messages(
                        FROM messages WHERE workspace_id = $7 AND channel_id = $1
                         AND ($2::timestamptz IS NULL OR (created_at, id) < ($2, $3))
                       ORDER BY created_at DESC, id DESC LIMIT $4) l) p
-          WHERE upto - own < $6
+          WHERE upto - own <= $6
           ORDER BY created_at DESC, id DESC"
     ))
     .bind::<SqlUuid, _>(channel_id)

@@ -17,6 +17,35 @@ fn list(channel: &str, token: &str) -> pb::ListMessagesRequest {
     }
 }
 
+/// Messages that fill a page's bytes exactly still say that older ones follow.
+#[tokio::test]
+async fn a_page_filled_to_its_last_byte_still_continues() {
+    let env = start_custom(false, |c| c.watch.calls.response_max_bytes = 64 * 1024).await;
+    let ch = channel(&env, "org_pe", "exact").await;
+    post(&env, "org_pe", &ch, "old").await;
+    // Each message costs its body, its author (`user_a`) and 157 bytes of fields: two of
+    // 32,477-byte bodies fill the 65,280 bytes a 64 KiB answer leaves for rows exactly.
+    let exact = format!("{}x", "😀".repeat(8_119));
+    assert_eq!(exact.len() + "user_a".len() + 157, (64 * 1024 - 256) / 2);
+    post(&env, "org_pe", &ch, &exact).await;
+    post(&env, "org_pe", &ch, &exact).await;
+    let mut c = env.client().await;
+    let first = c
+        .list_messages(env.member("user_b", "org_pe", list(&ch, "")))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(first.messages.len(), 2);
+    assert!(!first.next_page_token.is_empty(), "older messages follow");
+    let second = c
+        .list_messages(env.member("user_b", "org_pe", list(&ch, &first.next_page_token)))
+        .await
+        .unwrap()
+        .into_inner();
+    let bodies: Vec<_> = second.messages.into_iter().map(|m| m.body).collect();
+    assert_eq!(bodies, ["old"]);
+}
+
 #[tokio::test]
 async fn pages_end_at_the_answers_bytes_and_bodies_are_capped_in_bytes() {
     let env = start_custom(false, |c| c.watch.calls.response_max_bytes = 64 * 1024).await;
