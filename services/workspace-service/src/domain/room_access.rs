@@ -151,6 +151,10 @@ pub async fn room_entry(
             "Liveblocks room tokens need an active organization: choose one in Clerk".into(),
         ));
     };
+    // The caller's standing first: a member removed since their token was issued learns
+    // nothing of which rooms exist.
+    check_standing(conn, caller, org).await?;
+    require_active_user(conn, caller).await?;
     let owner: Owner = prepared(room.owner_sql())
         .bind::<Text, _>(org)
         .bind::<SqlUuid, _>(room.uuid())
@@ -161,8 +165,6 @@ pub async fn room_entry(
             Error::NotFound("no such Liveblocks room in your active workspace".into())
         })?;
     caller.check_org(&owner.clerk_org_id)?;
-    check_standing(conn, caller, &owner.clerk_org_id).await?;
-    require_active_user(conn, caller).await?;
     Ok(RoomEntry {
         room_id: room.id(),
         user_id: id.clone(),

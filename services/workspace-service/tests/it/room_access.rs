@@ -240,6 +240,13 @@ async fn a_removed_member_is_refused_at_once() {
         .unwrap_err();
     assert_eq!(refused.code(), Code::PermissionDenied, "{refused:?}");
     assert!(refused.message().contains("removed"), "{refused:?}");
+    // Nor does the removed member learn which rooms exist: one that never did is refused alike.
+    let unknown = format!("doc:{}", uuid::Uuid::now_v7());
+    let refused = c
+        .authorize_liveblocks_room(ask(&token, &unknown))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::PermissionDenied, "{refused:?}");
     assert_eq!(env.liveblocks.authorizations().len(), 1);
 }
 
