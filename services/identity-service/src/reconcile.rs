@@ -101,8 +101,7 @@ pub async fn compare(pool: &Pool, q: &Page) -> Result<Vec<Comparison>, Error> {
                  WHEN u.deleted_at IS NOT NULL THEN 4
                  WHEN u.source_updated_at IS NULL OR u.source_updated_at < i.updated_at THEN 2
                  WHEN u.source_updated_at > i.updated_at THEN 4
-                 WHEN (u.name, u.image_url) = (i.name, i.image_url)
-                  AND (i.email = '' OR u.email = i.email) THEN 3
+                 WHEN (u.name, u.email, u.image_url) = (i.name, i.email, i.image_url) THEN 3
                  ELSE 2 END AS comparison
            FROM input i LEFT JOIN users u ON u.clerk_id = i.clerk_id
           ORDER BY i.ord",

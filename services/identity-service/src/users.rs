@@ -3,8 +3,9 @@
 //! Each command is one SQL statement, so it is atomic without an explicit transaction:
 //! - exactly once per `event_id`: the statement first inserts the id into `processed_events`
 //!   (a data-modifying CTE) and writes the user only when that insert happened;
-//! - a webhook without a primary email keeps the stored one (Clerk users can lose it for a
-//!   moment while they change it);
+//! - the email is the newest state's, also when it has none (a user who removed their address
+//!   in Clerk has none here either): keeping an older one would make the result depend on the
+//!   order in which the states arrive;
 //! - webhook state is ordered by Clerk's `updated_at`: older state changes nothing; two states
 //!   of the same instant go to the one the source said later (`event_time`), then to the
 //!   greater event id, whatever order they arrive in;
@@ -122,7 +123,7 @@ pub async fn upsert_user(pool: &Pool, cmd: UpsertUser) -> Result<Outcome, Error>
                                 source_event_time, source_event_id)
              SELECT $2, $3, $4, $5, $6, COALESCE($7, now()), COALESCE($8, '-infinity'), $1 FROM ev
              ON CONFLICT (clerk_id) DO UPDATE SET
-                 name = EXCLUDED.name, email = COALESCE(NULLIF(EXCLUDED.email, ''), users.email),
+                 name = EXCLUDED.name, email = EXCLUDED.email,
                  image_url = EXCLUDED.image_url,
                  source_updated_at = EXCLUDED.source_updated_at,
                  source_event_time = EXCLUDED.source_event_time,
@@ -191,7 +192,7 @@ pub async fn upsert_users(pool: &Pool, cmds: &[UpsertUser]) -> Result<Vec<Outcom
                     COALESCE(event_time, '-infinity'), event_id
              FROM newest ORDER BY clerk_id
              ON CONFLICT (clerk_id) DO UPDATE SET
-                 name = EXCLUDED.name, email = COALESCE(NULLIF(EXCLUDED.email, ''), users.email),
+                 name = EXCLUDED.name, email = EXCLUDED.email,
                  image_url = EXCLUDED.image_url,
                  source_updated_at = EXCLUDED.source_updated_at,
                  source_event_time = EXCLUDED.source_event_time,
@@ -264,10 +265,10 @@ struct Stored {
 /// recreates a deleted user). Returns the record and whether it was created.
 pub async fn store_user(pool: &Pool, claims: TokenClaims) -> Result<(UserRecord, bool), Error> {
     let mut conn = pool.get().await?;
+    // Never the email: the name is what other users see, the email only its owner.
     let name_for_new = claims
         .name
         .clone()
-        .or_else(|| claims.email.clone())
         .unwrap_or_else(|| "Anonymous".to_owned());
     // Writes only when the user is new, or the token is newer than the data held and says
     // something different; the row lock of ON CONFLICT orders it against webhook commands.

@@ -141,7 +141,8 @@ impl User {
             .map(|e| e.email_address.as_str())
     }
 
-    /// First + last name, trimmed; else the username; else the primary email.
+    /// First + last name, trimmed; else the username; else nothing. Never the email: the name
+    /// is what other users see, the email only its owner.
     pub fn display_name(&self) -> String {
         let full = format!(
             "{} {}",
@@ -160,7 +161,7 @@ impl User {
         {
             return u.to_owned();
         }
-        self.primary_email().unwrap_or_default().to_owned()
+        String::new()
     }
 }
 
@@ -454,7 +455,7 @@ mod tests {
     }
 
     #[test]
-    fn names_fall_back_to_username_then_email() {
+    fn names_fall_back_to_username_never_to_email() {
         let mk = |first: Option<&str>, last: Option<&str>, username: Option<&str>| User {
             id: "user_1".into(),
             first_name: first.map(Into::into),
@@ -473,7 +474,7 @@ mod tests {
         assert_eq!(mk(Some(" Ada "), None, Some("ada")).display_name(), "Ada");
         assert_eq!(mk(None, Some("Lovelace"), None).display_name(), "Lovelace");
         assert_eq!(mk(None, None, Some("ada99")).display_name(), "ada99");
-        assert_eq!(mk(Some(" "), None, None).display_name(), "a@b.co");
+        assert_eq!(mk(Some(" "), None, None).display_name(), "");
     }
 
     #[test]

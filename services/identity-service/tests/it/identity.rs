@@ -320,6 +320,41 @@ async fn store_user_refreshes_name_and_email_from_a_newer_token() {
     assert_eq!(u.image_url, "https://img.clerk.com/Old Name");
 }
 
+/// A token without a name makes a user named "Anonymous", never named by their email: the name
+/// is what other users see.
+#[tokio::test]
+async fn store_user_without_a_name_does_not_show_the_email_to_others() {
+    let env = start().await;
+    let mut claims = env
+        .issuers
+        .clerk
+        .claims("user_n", "", "nameless@b.co", None);
+    claims["name"] = serde_json::Value::Null;
+    let token = env.issuers.clerk.sign(&claims);
+    let mut req = tonic::Request::new(pb::StoreUserRequest {});
+    req.metadata_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    let mut c = env.client().await;
+    let own = c.store_user(req).await.unwrap().into_inner().user.unwrap();
+    assert_eq!(
+        (own.name.as_str(), own.email.as_str()),
+        ("Anonymous", "nameless@b.co")
+    );
+    let seen = c
+        .get_user(env.user(
+            "user_a",
+            pb::GetUserRequest {
+                clerk_id: "user_n".into(),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .user
+        .unwrap();
+    assert_eq!((seen.name.as_str(), seen.email.as_str()), ("Anonymous", ""));
+}
+
 #[tokio::test]
 async fn webhook_after_store_user_brings_the_authoritative_data() {
     let env = start().await;
