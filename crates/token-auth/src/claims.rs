@@ -1,6 +1,6 @@
 //! Verified identities and the mapping from Clerk claim styles onto them.
 
-use crate::verify::AuthError;
+use crate::error::AuthError;
 use serde::Deserialize;
 
 /// Who is calling, after the token was verified. Handlers read it from the request extensions.

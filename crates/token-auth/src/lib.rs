@@ -14,6 +14,7 @@
 mod callers;
 mod claims;
 mod config;
+mod error;
 mod keys;
 mod policy;
 pub mod signing;
@@ -22,9 +23,10 @@ mod verify;
 pub use callers::{GATEWAY_SUBJECT, ServiceCallers};
 pub use claims::{ActiveOrg, Principal, ServicePrincipal, UserPrincipal, normalize_role};
 pub use config::AuthArgs;
+pub use error::AuthError;
 pub use keys::{
     KeySource, KeyStore, KeyStoreOptions, MAX_JWKS_BYTES, SUBJECTS_MEMBER, acceptable_jwks_url,
     valid_subject,
 };
 pub use policy::{Access, AuthLayer, AuthService, MethodPolicy};
-pub use verify::{AuthError, Authenticator, ClerkSettings, ServiceSettings};
+pub use verify::{Authenticator, ClerkSettings, ServiceSettings};

@@ -7,7 +7,8 @@
 //! it with `request.extensions().get::<Principal>()`.
 
 use crate::claims::Principal;
-use crate::verify::{AuthError, Authenticator};
+use crate::error::AuthError;
+use crate::verify::Authenticator;
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
