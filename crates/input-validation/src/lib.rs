@@ -202,7 +202,7 @@ pub fn event_id(id: &str) -> Result<(), Error> {
 pub fn occurred_at(ts: Option<&prost_types::Timestamp>) -> Result<DateTime<Utc>, Error> {
     let ts =
         ts.ok_or_else(|| Invalid("occurred_at is required (the source's own timestamp)".into()))?;
-    let dt = DateTime::<Utc>::from_timestamp(ts.seconds, ts.nanos.clamp(0, 999_999_999) as u32)
+    let dt = DateTime::<Utc>::from_timestamp(ts.seconds, nanos("occurred_at", ts)?)
         .filter(|d| d.timestamp() >= 946_684_800)
         .ok_or_else(|| Invalid("occurred_at is out of range".into()))?;
     Ok(dt)
@@ -215,11 +215,26 @@ pub fn time(field: &str, ts: Option<&prost_types::Timestamp>) -> Result<DateTime
     /// 0001-01-01T00:00:00Z and 9999-12-31T23:59:59Z.
     const RANGE: std::ops::RangeInclusive<i64> = -62_135_596_800..=253_402_300_799;
     let ts = ts.ok_or_else(|| Invalid(format!("{field} is required")))?;
+    let nanos = nanos(field, ts)?;
     RANGE
         .contains(&ts.seconds)
-        .then(|| DateTime::from_timestamp(ts.seconds, ts.nanos.clamp(0, 999_999_999) as u32))
+        .then(|| DateTime::from_timestamp(ts.seconds, nanos))
         .flatten()
         .ok_or_else(|| Invalid(format!("{field} is out of range (years 1 to 9999)")))
+}
+
+/// A timestamp's `nanos`, which protobuf defines as 0..=999,999,999 (a time before 1970 counts
+/// its fraction forward too): anything else is refused, not moved to the nearest bound.
+fn nanos(field: &str, ts: &prost_types::Timestamp) -> Result<u32, Error> {
+    u32::try_from(ts.nanos)
+        .ok()
+        .filter(|n| *n <= 999_999_999)
+        .ok_or_else(|| {
+            Invalid(format!(
+                "{field}.nanos must be 0..=999999999, got {}",
+                ts.nanos
+            ))
+        })
 }
 
 /// Optional timestamp (absent or zero = unknown).
@@ -326,6 +341,32 @@ mod tests {
             assert!(e.contains("starts_at is out of range"), "{bad}: {e}");
         }
         assert!(time("starts_at", None).is_err());
+    }
+
+    #[test]
+    fn nanos_outside_a_second_are_refused() {
+        let ts = |nanos| prost_types::Timestamp {
+            seconds: 1_700_000_000,
+            nanos,
+        };
+        for ok in [0, 1, 999_999_999] {
+            assert_eq!(
+                time("starts_at", Some(&ts(ok)))
+                    .unwrap()
+                    .timestamp_subsec_nanos(),
+                ok as u32
+            );
+            assert!(occurred_at(Some(&ts(ok))).is_ok(), "{ok}");
+        }
+        for bad in [-1, i32::MIN, 1_000_000_000, 2_000_000_000, i32::MAX] {
+            let e = time("starts_at", Some(&ts(bad))).unwrap_err().to_string();
+            assert!(
+                e.contains("starts_at.nanos must be 0..=999999999"),
+                "{bad}: {e}"
+            );
+            let e = occurred_at(Some(&ts(bad))).unwrap_err().to_string();
+            assert!(e.contains("occurred_at.nanos must be"), "{bad}: {e}");
+        }
     }
 
     #[test]

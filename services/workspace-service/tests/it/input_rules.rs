@@ -1,5 +1,5 @@
-//! Text input at the gRPC edge: message bodies keep their lines, names refuse what a
-//! reader cannot see or that reorders them.
+//! Text and time input at the gRPC edge: message bodies keep their lines, names refuse what a
+//! reader cannot see or that reorders them, timestamps out of their domain are INVALID_ARGUMENT.
 
 use crate::support;
 
@@ -188,4 +188,56 @@ async fn invisible_or_reordering_names_are_refused() {
         .await,
     );
     assert!(e.starts_with("title must not be empty"), "{e}");
+}
+
+#[tokio::test]
+async fn a_meeting_time_with_nanos_outside_a_second_is_refused() {
+    let env = start_with(false).await;
+    env.workspace("org_a").await;
+    let mut c = env.client().await;
+    let room = c
+        .create_room(env.member(
+            "user_1",
+            "org_a",
+            pb::CreateRoomRequest {
+                clerk_org_id: "org_a".into(),
+                kind: pb::RoomKind::Conference.into(),
+                name: "Standup".into(),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .room
+        .unwrap();
+    let at = |seconds, nanos| Some(prost_types::Timestamp { seconds, nanos });
+    let sched = |starts_at, ends_at| {
+        env.member(
+            "user_1",
+            "org_a",
+            pb::ScheduleMeetingRequest {
+                room_id: room.id.clone(),
+                title: "Sync".into(),
+                starts_at,
+                ends_at,
+            },
+        )
+    };
+    let e = refused(
+        c.schedule_meeting(sched(at(2_000_000_000, -1), at(2_000_003_600, 0)))
+            .await,
+    );
+    assert!(e.contains("starts_at.nanos must be 0..=999999999"), "{e}");
+    let e = refused(
+        c.schedule_meeting(sched(
+            at(2_000_000_000, 0),
+            at(2_000_003_600, 2_000_000_000),
+        ))
+        .await,
+    );
+    assert!(e.contains("ends_at.nanos must be 0..=999999999"), "{e}");
+    assert_eq!(env.count("meetings").await, 0);
+    c.schedule_meeting(sched(at(2_000_000_000, 999_999_999), at(2_000_003_600, 0)))
+        .await
+        .expect("nanos within a second");
 }
