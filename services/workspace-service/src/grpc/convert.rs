@@ -13,7 +13,7 @@ use crate::domain::users::RemoveUser;
 use crate::domain::workspaces::UpsertWorkspace;
 use crate::domain::{MAX_NAME, Outcome};
 use crate::error::Error;
-use crate::model::paging::{DEFAULT_PAGE, MAX_PAGE, PageRequest, decode_key};
+use crate::model::paging::{DEFAULT_PAGE, MAX_PAGE, PageRequest, decode_user_key};
 use crate::model::{EventId, ItemKind, OrgId, Role, RoomKind, UserId};
 use chrono::{DateTime, Utc};
 use input_validation as v;
@@ -239,7 +239,7 @@ parse!(pb::ListMembersRequest => ListMembers, |m| {
     Ok(ListMembers {
         org,
         size,
-        after: decode_key(&m.page_token)?,
+        after: decode_user_key(&m.page_token)?,
         max_bytes: crate::model::paging::DEFAULT_RESPONSE_BYTES,
     })
 });

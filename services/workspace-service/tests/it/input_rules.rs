@@ -1,5 +1,6 @@
 //! Text and time input at the gRPC edge: message bodies keep their lines, names refuse what a
-//! reader cannot see or that reorders them, timestamps out of their domain are INVALID_ARGUMENT.
+//! reader cannot see or that reorders them, timestamps and page tokens out of their domain are
+//! INVALID_ARGUMENT (never INTERNAL).
 
 use crate::support;
 
@@ -240,4 +241,23 @@ async fn a_meeting_time_with_nanos_outside_a_second_is_refused() {
     c.schedule_meeting(sched(at(2_000_000_000, 999_999_999), at(2_000_003_600, 0)))
         .await
         .expect("nanos within a second");
+}
+
+#[tokio::test]
+async fn a_members_page_token_holding_nul_is_invalid_not_internal() {
+    let env = start_with(false).await;
+    env.workspace("org_a").await;
+    let mut c = env.client().await;
+    // "AA" is one NUL byte in unpadded base64; "dXNlcl8AeA" is "user_\0x".
+    for token in ["AA", "dXNlcl8AeA"] {
+        let e = refused(
+            c.list_members(env.service(pb::ListMembersRequest {
+                clerk_org_id: "org_a".into(),
+                page_size: 0,
+                page_token: token.into(),
+            }))
+            .await,
+        );
+        assert!(e.contains("page_token"), "{token}: {e}");
+    }
 }
