@@ -70,6 +70,110 @@ pub fn required_text(field: &str, value: &str, max: usize) -> Result<String, Err
     Ok(v.to_owned())
 }
 
+/// Required multi-line text of at most `max` chars (a message body), returned trimmed: like
+/// [`required_text`], but line breaks (`\n`, `\r\n`, `\r`) and tabs are kept; every other
+/// control character is refused.
+pub fn required_multiline_text(field: &str, value: &str, max: usize) -> Result<String, Error> {
+    let v = value.trim();
+    if v.is_empty() {
+        return Err(Invalid(format!("{field} must not be empty")));
+    }
+    length(field, v, max)?;
+    if v.chars()
+        .any(|c| c.is_control() && !matches!(c, '\n' | '\r' | '\t'))
+    {
+        return Err(Invalid(format!(
+            "{field} must not contain control characters other than line breaks and tabs"
+        )));
+    }
+    Ok(v.to_owned())
+}
+
+/// A required name or title someone chose (a room's, an item's, a meeting's) of at most `max`
+/// chars, returned trimmed: like [`required_text`], and also
+/// - blank when nothing visible remains once whitespace and invisible characters are removed
+///   (format characters such as U+200B, other default-ignorable ones such as U+3164),
+/// - one line: no line or paragraph separator (U+2028, U+2029),
+/// - free of the bidirectional controls that reorder what follows them (embeddings and
+///   overrides U+202A–U+202E, isolates U+2066–U+2069): "report\u{202E}fdp.exe" would show as
+///   "reportexe.pdf".
+///
+/// The marks U+200E, U+200F and U+061C stay valid: they reorder no letters (only neutral
+/// characters next to them) and mixed right-to-left names need them. So do the joiners and
+/// variation selectors of emoji sequences (U+200D in 👨‍👩‍👧, U+FE0F).
+pub fn required_name(field: &str, value: &str, max: usize) -> Result<String, Error> {
+    let v = required_text(field, value, max)?;
+    if v.chars().all(invisible) {
+        return Err(Invalid(format!(
+            "{field} must not be empty (it holds only invisible characters)"
+        )));
+    }
+    if v.contains(['\u{2028}', '\u{2029}']) {
+        return Err(Invalid(format!(
+            "{field} must be one line (no line or paragraph separators)"
+        )));
+    }
+    if let Some(c) = v.chars().find(|c| bidi_control(*c)) {
+        return Err(Invalid(format!(
+            "{field} must not contain bidirectional control characters (U+202A-U+202E, \
+             U+2066-U+2069), found U+{:04X}",
+            u32::from(c)
+        )));
+    }
+    Ok(v)
+}
+
+/// An embedding, override or isolate control of the bidirectional algorithm (and its end).
+fn bidi_control(c: char) -> bool {
+    matches!(c, '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
+}
+
+/// Whitespace, a format character (general category Cf), another default-ignorable code
+/// point, or the blank braille pattern: nothing a reader sees.
+fn invisible(c: char) -> bool {
+    c.is_whitespace()
+        || matches!(
+            c,
+            // Cf (Unicode 16).
+            '\u{00AD}'
+                | '\u{0600}'..='\u{0605}'
+                | '\u{061C}'
+                | '\u{06DD}'
+                | '\u{070F}'
+                | '\u{0890}'..='\u{0891}'
+                | '\u{08E2}'
+                | '\u{180E}'
+                | '\u{200B}'..='\u{200F}'
+                | '\u{202A}'..='\u{202E}'
+                | '\u{2060}'..='\u{2064}'
+                | '\u{2066}'..='\u{206F}'
+                | '\u{FEFF}'
+                | '\u{FFF9}'..='\u{FFFB}'
+                | '\u{110BD}'
+                | '\u{110CD}'
+                | '\u{13430}'..='\u{1343F}'
+                | '\u{1BCA0}'..='\u{1BCA3}'
+                | '\u{1D173}'..='\u{1D17A}'
+                | '\u{E0001}'
+                | '\u{E0020}'..='\u{E007F}'
+                // Other Default_Ignorable_Code_Point: the combining grapheme joiner, Hangul
+                // fillers, Khmer inherent vowels, Mongolian variation selectors, variation
+                // selectors, reserved ones.
+                | '\u{034F}'
+                | '\u{115F}'..='\u{1160}'
+                | '\u{17B4}'..='\u{17B5}'
+                | '\u{180B}'..='\u{180F}'
+                | '\u{2065}'
+                | '\u{3164}'
+                | '\u{FE00}'..='\u{FE0F}'
+                | '\u{FFA0}'
+                | '\u{FFF0}'..='\u{FFF8}'
+                | '\u{E0000}'..='\u{E0FFF}'
+                // Braille pattern blank: shown as a space.
+                | '\u{2800}'
+        )
+}
+
 /// Page size: 0 means `default`; otherwise 1..=`max`.
 pub fn page_size(value: i32, default: i64, max: i64) -> Result<i64, Error> {
     match value {
@@ -98,7 +202,7 @@ pub fn event_id(id: &str) -> Result<(), Error> {
 pub fn occurred_at(ts: Option<&prost_types::Timestamp>) -> Result<DateTime<Utc>, Error> {
     let ts =
         ts.ok_or_else(|| Invalid("occurred_at is required (the source's own timestamp)".into()))?;
-    let dt = DateTime::<Utc>::from_timestamp(ts.seconds, ts.nanos.clamp(0, 999_999_999) as u32)
+    let dt = DateTime::<Utc>::from_timestamp(ts.seconds, nanos("occurred_at", ts)?)
         .filter(|d| d.timestamp() >= 946_684_800)
         .ok_or_else(|| Invalid("occurred_at is out of range".into()))?;
     Ok(dt)
@@ -111,11 +215,26 @@ pub fn time(field: &str, ts: Option<&prost_types::Timestamp>) -> Result<DateTime
     /// 0001-01-01T00:00:00Z and 9999-12-31T23:59:59Z.
     const RANGE: std::ops::RangeInclusive<i64> = -62_135_596_800..=253_402_300_799;
     let ts = ts.ok_or_else(|| Invalid(format!("{field} is required")))?;
+    let nanos = nanos(field, ts)?;
     RANGE
         .contains(&ts.seconds)
-        .then(|| DateTime::from_timestamp(ts.seconds, ts.nanos.clamp(0, 999_999_999) as u32))
+        .then(|| DateTime::from_timestamp(ts.seconds, nanos))
         .flatten()
         .ok_or_else(|| Invalid(format!("{field} is out of range (years 1 to 9999)")))
+}
+
+/// A timestamp's `nanos`, which protobuf defines as 0..=999,999,999 (a time before 1970 counts
+/// its fraction forward too): anything else is refused, not moved to the nearest bound.
+fn nanos(field: &str, ts: &prost_types::Timestamp) -> Result<u32, Error> {
+    u32::try_from(ts.nanos)
+        .ok()
+        .filter(|n| *n <= 999_999_999)
+        .ok_or_else(|| {
+            Invalid(format!(
+                "{field}.nanos must be 0..=999999999, got {}",
+                ts.nanos
+            ))
+        })
 }
 
 /// Optional timestamp (absent or zero = unknown).
@@ -127,13 +246,18 @@ pub fn optional_time(ts: Option<&prost_types::Timestamp>) -> Option<DateTime<Utc
 
 /// A bounded free-text field.
 pub fn text(field: &str, value: &str, max: usize) -> Result<(), Error> {
-    if value.chars().count() > max {
-        return Err(Invalid(format!("{field} is longer than {max} characters")));
-    }
+    length(field, value, max)?;
     if value.chars().any(|c| c.is_control()) {
         return Err(Invalid(format!(
             "{field} must not contain control characters"
         )));
+    }
+    Ok(())
+}
+
+fn length(field: &str, value: &str, max: usize) -> Result<(), Error> {
+    if value.chars().count() > max {
+        return Err(Invalid(format!("{field} is longer than {max} characters")));
     }
     Ok(())
 }
@@ -217,6 +341,116 @@ mod tests {
             assert!(e.contains("starts_at is out of range"), "{bad}: {e}");
         }
         assert!(time("starts_at", None).is_err());
+    }
+
+    #[test]
+    fn nanos_outside_a_second_are_refused() {
+        let ts = |nanos| prost_types::Timestamp {
+            seconds: 1_700_000_000,
+            nanos,
+        };
+        for ok in [0, 1, 999_999_999] {
+            assert_eq!(
+                time("starts_at", Some(&ts(ok)))
+                    .unwrap()
+                    .timestamp_subsec_nanos(),
+                ok as u32
+            );
+            assert!(occurred_at(Some(&ts(ok))).is_ok(), "{ok}");
+        }
+        for bad in [-1, i32::MIN, 1_000_000_000, 2_000_000_000, i32::MAX] {
+            let e = time("starts_at", Some(&ts(bad))).unwrap_err().to_string();
+            assert!(
+                e.contains("starts_at.nanos must be 0..=999999999"),
+                "{bad}: {e}"
+            );
+            let e = occurred_at(Some(&ts(bad))).unwrap_err().to_string();
+            assert!(e.contains("occurred_at.nanos must be"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn message_bodies_keep_line_breaks_and_tabs() {
+        let body = |v: &str| required_multiline_text("body", v, 100);
+        for ok in [
+            "one\ntwo",
+            "a\r\nb",
+            "a\rb",
+            "col\tcol",
+            "  padded\n\tline  ",
+        ] {
+            assert_eq!(body(ok), Ok(ok.trim().to_owned()), "{ok:?}");
+        }
+        for bad in ["ring\u{0007}", "nul\0", "esc\u{001B}[31m", "n\u{0085}el"] {
+            let e = body(bad).unwrap_err().to_string();
+            assert!(
+                e.contains("body must not contain control characters"),
+                "{bad:?}: {e}"
+            );
+        }
+        assert!(
+            body(" \n\t ")
+                .unwrap_err()
+                .to_string()
+                .contains("must not be empty")
+        );
+        assert!(body(&"a".repeat(101)).is_err());
+        // Names and other one-line text still refuse them.
+        assert!(required_text("name", "a\nb", 100).is_err());
+        assert!(required_name("name", "a\tb", 100).is_err());
+    }
+
+    #[test]
+    fn names_refuse_invisible_blanks_and_bidi_controls() {
+        let name = |v: &str| required_name("name", v, 100);
+        for blank in [
+            "\u{200B}",
+            " \u{200B}\u{200D} ",
+            "\u{FEFF}",
+            "\u{2060}\u{00AD}",
+            "\u{3164}",
+            "\u{FE0F}",
+            "\u{200E}",
+            "\u{2800}",
+        ] {
+            let e = name(blank).unwrap_err().to_string();
+            assert!(e.starts_with("name must not be empty"), "{blank:?}: {e}");
+        }
+        for spoof in [
+            "report\u{202E}fdp.exe",
+            "\u{202A}x",
+            "a\u{202C}",
+            "b\u{2066}c\u{2069}",
+            "\u{2067}d",
+            "\u{2068}e",
+        ] {
+            let e = name(spoof).unwrap_err().to_string();
+            assert!(
+                e.contains("name must not contain bidirectional control characters"),
+                "{spoof:?}: {e}"
+            );
+        }
+        assert!(
+            name("a\u{2028}b")
+                .unwrap_err()
+                .to_string()
+                .contains("one line")
+        );
+        assert!(name("a\u{0007}").is_err());
+        for ok in [
+            "Design review",
+            "👨\u{200D}👩\u{200D}👧 family",
+            "👨\u{200D}👩\u{200D}👧",
+            "❤\u{FE0F}",
+            "☃\u{FE0E} snow",
+            "🏳\u{FE0F}\u{200D}🌈",
+            "שלום 2024\u{200F}",
+            "می\u{200C}خواهم",
+            "Ünïcödé 名前",
+        ] {
+            assert_eq!(name(ok), Ok(ok.to_owned()), "{ok:?}");
+        }
+        assert_eq!(name("  Room  ").unwrap(), "Room");
     }
 
     #[test]

@@ -88,9 +88,11 @@ pub const MAX_LOOKUP: usize = 128;
 
 /// Looks users up by id; lookups that arrive while `slots` queries are running go to the
 /// database together as one `= ANY($1)` query (one round trip instead of one each). A lookup
-/// in a batch reads data at least as new as when it arrived, and at least as new as the
-/// position its caller's last write committed at (`after`): a batch reads the replica (while it
-/// keeps up and has replayed the latest of its lookups' positions) or the primary.
+/// in a batch reads data at least as new as when it arrived: a batch reads the replica (while
+/// it keeps up) or the primary. A lookup that must see its caller's last write (`after`, while
+/// a replica is configured) is never batched: it waits for the replica to replay that position
+/// (up to `DB_READ_YOUR_WRITES_WAIT_MS`, then reads the primary) on its own, so a position,
+/// honest or forged (`x-vbase-lsn: FFFFFFFF/FFFFFFFF`), delays no other caller's lookup.
 #[derive(Clone)]
 pub struct UserLookups {
     batcher: MicroBatcher<Lookup, Result<Found, Error>>,
@@ -98,8 +100,8 @@ pub struct UserLookups {
     cache: UserCache,
 }
 
-/// One lookup: the id, and the position of the caller's last write, if it wrote lately.
-type Lookup = (String, Option<Lsn>);
+/// One batched lookup: the id.
+type Lookup = String;
 
 /// What a lookup found, and whether a replica answered.
 type Found = (Option<UserRecord>, bool);
@@ -177,11 +179,17 @@ impl UserLookups {
             return Ok(hit);
         }
         let ticket = self.cache.ticket();
-        let (found, on_replica) = match self.batcher.submit((key.clone(), after)).await {
-            Ok(r) => r,
-            Err(_) => users::get_user(self.reads.primary(), clerk_id)
+        // Without a replica every read is the primary's: a position changes nothing.
+        let (found, on_replica) = match after.filter(|_| self.reads.has_replica()) {
+            Some(after) => read_users(&self.reads, Some(&after), std::slice::from_ref(&key))
                 .await
-                .map(|u| (u, false)),
+                .map(|(found, on_replica)| (found.into_iter().next(), on_replica)),
+            None => match self.batcher.submit(key.clone()).await {
+                Ok(r) => r,
+                Err(_) => users::get_user(self.reads.primary(), clerk_id)
+                    .await
+                    .map(|u| (u, false)),
+            },
         }?;
         let found = found.map(Arc::new);
         if !on_replica {
@@ -197,16 +205,8 @@ impl UserLookups {
     }
 }
 
-/// The latest of the positions, if any (an unreadable one counts as the latest).
-pub fn latest(positions: impl IntoIterator<Item = Option<Lsn>>) -> Option<Lsn> {
-    positions
-        .into_iter()
-        .flatten()
-        .max_by_key(|l| l.position().unwrap_or(u64::MAX))
-}
-
 /// The users of `ids` (one statement for one id, another for several).
-async fn read_users(
+async fn query_users(
     conn: &mut diesel_async::AsyncPgConnection,
     ids: &[String],
 ) -> Result<Vec<UserRecord>, Error> {
@@ -217,24 +217,27 @@ async fn read_users(
     }
 }
 
-async fn lookup(reads: ReadPool, items: Vec<Lookup>) -> Vec<Result<Found, Error>> {
-    let (ids, afters): (Vec<String>, Vec<Option<Lsn>>) = items.into_iter().unzip();
-    let after = latest(afters);
-    let batch = async {
-        let (mut conn, on_replica) = reads.get_routed(after.as_ref()).await?;
-        let found = match read_users(&mut conn, &ids).await {
-            // A read that fails on the replica (lost connection, conflict with recovery) is
-            // read again on the primary.
-            Err(e) if on_replica && service_runtime::replica::read_again_on_primary(&e) => {
-                drop(conn);
-                let mut conn = reads.primary_after_replica_error(&e).await?;
-                return Ok::<_, Error>((read_users(&mut conn, &ids).await?, false));
-            }
-            found => found?,
-        };
-        Ok::<_, Error>((found, on_replica))
-    };
-    match batch.await {
+/// The users of `ids`, read at least as new as `after`, and whether a replica answered.
+async fn read_users(
+    reads: &ReadPool,
+    after: Option<&Lsn>,
+    ids: &[String],
+) -> Result<(Vec<UserRecord>, bool), Error> {
+    let (mut conn, on_replica) = reads.get_routed(after).await?;
+    match query_users(&mut conn, ids).await {
+        // A read that fails on the replica (lost connection, conflict with recovery) is read
+        // again on the primary.
+        Err(e) if on_replica && service_runtime::replica::read_again_on_primary(&e) => {
+            drop(conn);
+            let mut conn = reads.primary_after_replica_error(&e).await?;
+            Ok((query_users(&mut conn, ids).await?, false))
+        }
+        found => Ok((found?, on_replica)),
+    }
+}
+
+async fn lookup(reads: ReadPool, ids: Vec<Lookup>) -> Vec<Result<Found, Error>> {
+    match read_users(&reads, None, &ids).await {
         Ok((found, on_replica)) => {
             let by_id: HashMap<String, UserRecord> =
                 found.into_iter().map(|u| (u.clerk_id.clone(), u)).collect();

@@ -37,8 +37,19 @@ async fn store(env: &Env, user: &str) {
         .unwrap();
 }
 
-#[tokio::test]
-async fn reads_use_the_replica_within_its_lag_and_callers_read_their_writes() {
+/// A primary with a streaming standby, and the service reading from the standby.
+struct Replicated {
+    env: Env,
+    standby: PgCluster,
+    /// The standby's admin URL.
+    standby_admin: String,
+    /// The standby's copy of the test database.
+    standby_db: String,
+    dbs: TestDatabases,
+}
+
+/// Starts [`Replicated`], the service's configuration changed by `tweak` after the replica's.
+async fn replicated(tweak: impl FnOnce(&mut identity_service::Config)) -> Replicated {
     let cluster = tokio::task::spawn_blocking(|| {
         let c = PgCluster::start(PgClusterOptions::default()).unwrap();
         c.wait_ready(Duration::from_secs(30)).unwrap();
@@ -66,21 +77,45 @@ async fn reads_use_the_replica_within_its_lag_and_callers_read_their_writes() {
         cfg.service.replica.database_read_url = Some(app_role_url(&standby_db).into());
         cfg.service.replica.db_read_max_lag_ms = MAX_LAG_MS;
         cfg.service.replica.db_read_your_writes_wait_ms = 200;
+        tweak(cfg);
     })
     .await;
+    Replicated {
+        env,
+        standby,
+        standby_admin,
+        standby_db,
+        dbs,
+    }
+}
 
-    // A write the standby has replayed, so its last replayed transaction is recent, then
-    // replay paused.
-    store(&env, "user_t").await;
+/// Waits until the standby has replayed `user`'s row.
+async fn replayed(standby_db: &str, user: &str) {
     eventually("the standby replays", Duration::from_secs(20), || async {
         service_harness::scalar(
-            &standby_db,
-            "SELECT count(*) FROM users WHERE clerk_id = 'user_t'",
+            standby_db,
+            &format!("SELECT count(*) FROM users WHERE clerk_id = '{user}'"),
         )
         .await
             == 1
     })
     .await;
+}
+
+#[tokio::test]
+async fn reads_use_the_replica_within_its_lag_and_callers_read_their_writes() {
+    let Replicated {
+        env,
+        standby,
+        standby_admin,
+        standby_db,
+        dbs,
+    } = replicated(|_| {}).await;
+
+    // A write the standby has replayed, so its last replayed transaction is recent, then
+    // replay paused.
+    store(&env, "user_t").await;
+    replayed(&standby_db, "user_t").await;
     // Another process of the service (as a load balancer would pick it), its lag sampler
     // running before replay stops.
     let mut other_config = support::config(env.db.url(), &env.issuers);
@@ -191,6 +226,79 @@ async fn reads_use_the_replica_within_its_lag_and_callers_read_their_writes() {
     .await;
 
     service_harness::execute(&standby_admin, "SELECT pg_wal_replay_resume()").await;
+    env.server.stop().await.unwrap();
+    drop(standby);
+    drop(dbs);
+}
+
+/// A caller that sends the largest position (`x-vbase-lsn: FFFFFFFF/FFFFFFFF`, which no replica
+/// replays) waits DB_READ_YOUR_WRITES_WAIT_MS and gets its answer from the primary; it does not
+/// hold up another caller's lookup, even with every lookup slot busy with its own calls.
+#[tokio::test]
+async fn a_forged_position_does_not_delay_other_callers_lookups() {
+    const WAIT: Duration = Duration::from_millis(2_000);
+    let Replicated {
+        env,
+        standby,
+        standby_db,
+        dbs,
+        ..
+    } = replicated(|cfg| {
+        cfg.service.replica.db_read_your_writes_wait_ms = WAIT.as_millis() as u64;
+        cfg.lookup_slots = 1;
+    })
+    .await;
+    store(&env, "user_t").await;
+    store(&env, "user_o").await;
+    replayed(&standby_db, "user_o").await;
+
+    let forged = |i: usize| {
+        let env = &env;
+        async move {
+            let mut req = env.user(
+                &format!("user_f{i}"),
+                pb::GetUserRequest {
+                    clerk_id: "user_t".into(),
+                },
+            );
+            req.metadata_mut().insert(
+                service_runtime::read_after::LSN_METADATA,
+                "FFFFFFFF/FFFFFFFF".parse().unwrap(),
+            );
+            let started = std::time::Instant::now();
+            let user = env.client().await.get_user(req).await;
+            (
+                user.map(|r| r.into_inner().user.unwrap()),
+                started.elapsed(),
+            )
+        }
+    };
+    let other = async {
+        // Once the forged calls hold the lookup slot.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let started = std::time::Instant::now();
+        let user = get_user(&env, "user_b", "user_o").await;
+        (user, started.elapsed())
+    };
+    let (forgers, (other_user, other_took)) =
+        tokio::join!(futures::future::join_all((0..3).map(forged)), other);
+    assert_eq!(
+        other_user.expect("the other caller's user").clerk_id,
+        "user_o"
+    );
+    assert!(
+        other_took < WAIT / 2,
+        "another caller's cache-missing GetUser took {other_took:?} (the forged wait is {WAIT:?})"
+    );
+    for (user, took) in forgers {
+        let user = user.expect("the forging caller still gets its answer");
+        assert_eq!(user.clerk_id, "user_t");
+        assert!(
+            took >= WAIT,
+            "the forged position waited {took:?}, then read the primary"
+        );
+    }
+
     env.server.stop().await.unwrap();
     drop(standby);
     drop(dbs);

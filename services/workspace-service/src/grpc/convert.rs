@@ -13,7 +13,7 @@ use crate::domain::users::RemoveUser;
 use crate::domain::workspaces::UpsertWorkspace;
 use crate::domain::{MAX_NAME, Outcome};
 use crate::error::Error;
-use crate::model::paging::{DEFAULT_PAGE, MAX_PAGE, PageRequest, decode_key};
+use crate::model::paging::{DEFAULT_PAGE, MAX_PAGE, PageRequest, decode_user_key};
 use crate::model::{EventId, ItemKind, OrgId, Role, RoomKind, UserId};
 use chrono::{DateTime, Utc};
 use input_validation as v;
@@ -29,9 +29,10 @@ fn required_time(field: &str, t: Option<&prost_types::Timestamp>) -> Result<Date
     Ok(v::time(field, t)?)
 }
 
-/// A message body: at most [`MAX_BODY`] characters and [`MAX_BODY_BYTES`] bytes.
+/// A message body: at most [`MAX_BODY`] characters and [`MAX_BODY_BYTES`] bytes, line breaks
+/// and tabs kept.
 fn body(value: &str) -> Result<String, Error> {
-    let body = v::required_text("body", value, MAX_BODY)?;
+    let body = v::required_multiline_text("body", value, MAX_BODY)?;
     if body.len() > MAX_BODY_BYTES {
         return Err(Error::Invalid(format!(
             "body is longer than {MAX_BODY_BYTES} bytes of UTF-8 ({} bytes): split the message",
@@ -41,8 +42,9 @@ fn body(value: &str) -> Result<String, Error> {
     Ok(body)
 }
 
+/// A room's or an item's name: visible, one line, no bidirectional controls.
 fn name(value: &str) -> Result<String, Error> {
-    Ok(v::required_text("name", value, MAX_NAME)?)
+    Ok(v::required_name("name", value, MAX_NAME)?)
 }
 
 fn room_kind(k: i32) -> Result<RoomKind, Error> {
@@ -237,7 +239,7 @@ parse!(pb::ListMembersRequest => ListMembers, |m| {
     Ok(ListMembers {
         org,
         size,
-        after: decode_key(&m.page_token)?,
+        after: decode_user_key(&m.page_token)?,
         max_bytes: crate::model::paging::DEFAULT_RESPONSE_BYTES,
     })
 });
@@ -358,7 +360,7 @@ parse!(pb::ScheduleMeetingRequest => NewMeeting, |m| {
     let room_id = v::uuid("room_id", &m.room_id)?;
     let starts_at = required_time("starts_at", m.starts_at.as_ref())?;
     let ends_at = required_time("ends_at", m.ends_at.as_ref())?;
-    let title = v::required_text("title", &m.title, MAX_NAME)?;
+    let title = v::required_name("title", &m.title, MAX_NAME)?;
     if ends_at <= starts_at {
         return Err(Error::Invalid("ends_at must be after starts_at".into()));
     }

@@ -161,17 +161,17 @@ pub fn encode_key(key: &str) -> String {
     ENGINE.encode(key)
 }
 
-/// Decodes a string key token (empty = first page).
-pub fn decode_key(token: &str) -> Result<Option<String>, Error> {
+/// Decodes a page token of a user id key (a member's; empty = first page). Only a Clerk user
+/// id is one of ours: anything else (text PostgreSQL would refuse, such as NUL, included) is
+/// INVALID_ARGUMENT here rather than an error of the query.
+pub fn decode_user_key(token: &str) -> Result<Option<String>, Error> {
     if token.is_empty() {
         return Ok(None);
     }
-    let raw = ENGINE
-        .decode(token)
-        .map_err(|_| Error::Invalid("page_token is not one this service issued".into()))?;
-    String::from_utf8(raw)
-        .map(Some)
-        .map_err(|_| Error::Invalid("page_token is not one this service issued".into()))
+    let bad = || Error::Invalid("page_token is not one this service issued".into());
+    let key = String::from_utf8(ENGINE.decode(token).map_err(|_| bad())?).map_err(|_| bad())?;
+    input_validation::user_id("page_token", &key).map_err(|_| bad())?;
+    Ok(Some(key))
 }
 
 #[cfg(test)]
@@ -198,6 +198,30 @@ mod tests {
         let c = Cursor { at: old, id };
         assert_eq!(decode(&encode(c)).unwrap(), Some(c), "4001 BC is held");
         assert_eq!(decode("").unwrap(), None);
+    }
+
+    #[test]
+    fn user_key_tokens_hold_only_user_ids() {
+        let key = "user_29w83sxmDNGwOuEthce5gg56FcC";
+        assert_eq!(
+            decode_user_key(&encode_key(key)).unwrap().as_deref(),
+            Some(key)
+        );
+        assert_eq!(decode_user_key("").unwrap(), None);
+        // "AA" is one NUL byte: PostgreSQL refuses NUL in text.
+        for bad in [
+            "AA",
+            &encode_key("user_\0x"),
+            &encode_key("org_1"),
+            &encode_key("x"),
+            "!!",
+        ] {
+            let e = decode_user_key(bad).unwrap_err();
+            assert!(
+                matches!(&e, Error::Invalid(m) if m.contains("page_token")),
+                "{bad}: {e:?}"
+            );
+        }
     }
 
     struct Sized(usize);

@@ -7,6 +7,7 @@ mod channel_cache;
 mod content;
 mod deadlines;
 mod deletion;
+mod input_rules;
 mod keys;
 mod migrations;
 mod operations;

@@ -1,0 +1,263 @@
+//! Text and time input at the gRPC edge: message bodies keep their lines, names refuse what a
+//! reader cannot see or that reorders them, timestamps and page tokens out of their domain are
+//! INVALID_ARGUMENT (never INTERNAL).
+
+use crate::support;
+
+use support::{Env, start_with, ts};
+use tonic::{Code, Status};
+use vbase_proto::workspace::v1 as pb;
+
+async fn general(env: &Env, org: &str) -> pb::Channel {
+    let mut c = env.client().await;
+    c.list_channels(env.service(pb::ListChannelsRequest {
+        clerk_org_id: org.into(),
+        page_size: 0,
+        page_token: String::new(),
+    }))
+    .await
+    .unwrap()
+    .into_inner()
+    .channels
+    .remove(0)
+}
+
+fn refused<T: std::fmt::Debug>(r: Result<tonic::Response<T>, Status>) -> String {
+    let s = r.expect_err("refused");
+    assert_eq!(s.code(), Code::InvalidArgument, "{s:?}");
+    s.message().to_owned()
+}
+
+#[tokio::test]
+async fn a_multi_line_message_posts_reads_back_unchanged_and_edits() {
+    let env = start_with(false).await;
+    env.workspace("org_a").await;
+    let ch = general(&env, "org_a").await;
+    let mut c = env.client().await;
+    let body = "Agenda:\n\t1. specs\r\n\t2. review\rend";
+    let posted = c
+        .post_message(env.member(
+            "user_1",
+            "org_a",
+            pb::PostMessageRequest {
+                channel_id: ch.id.clone(),
+                body: body.into(),
+                author_clerk_id: String::new(),
+            },
+        ))
+        .await
+        .expect("a body with line breaks and tabs posts")
+        .into_inner()
+        .message
+        .unwrap();
+    assert_eq!(posted.body, body);
+    let listed = c
+        .list_messages(env.member(
+            "user_2",
+            "org_a",
+            pb::ListMessagesRequest {
+                channel_id: ch.id.clone(),
+                page_size: 0,
+                page_token: String::new(),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .messages;
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].body, body, "read back unchanged");
+    let edited_body = "line one\nline two\n\n\tindented";
+    let edited = c
+        .edit_message(env.member(
+            "user_1",
+            "org_a",
+            pb::EditMessageRequest {
+                message_id: posted.id.clone(),
+                body: edited_body.into(),
+            },
+        ))
+        .await
+        .expect("a multi-line edit")
+        .into_inner()
+        .message
+        .unwrap();
+    assert_eq!(edited.body, edited_body);
+
+    // Other control characters stay refused, in posts and in edits.
+    let e = refused(
+        c.post_message(env.member(
+            "user_1",
+            "org_a",
+            pb::PostMessageRequest {
+                channel_id: ch.id.clone(),
+                body: "ding\u{0007}".into(),
+                author_clerk_id: String::new(),
+            },
+        ))
+        .await,
+    );
+    assert!(
+        e.contains("body must not contain control characters"),
+        "{e}"
+    );
+    let e = refused(
+        c.edit_message(env.member(
+            "user_1",
+            "org_a",
+            pb::EditMessageRequest {
+                message_id: posted.id,
+                body: "a\u{001B}[2Jb".into(),
+            },
+        ))
+        .await,
+    );
+    assert!(
+        e.contains("body must not contain control characters"),
+        "{e}"
+    );
+    assert_eq!(env.count("messages").await, 1);
+}
+
+#[tokio::test]
+async fn invisible_or_reordering_names_are_refused() {
+    let env = start_with(false).await;
+    env.workspace("org_a").await;
+    let mut c = env.client().await;
+    let room = |name: &str| {
+        env.member(
+            "user_1",
+            "org_a",
+            pb::CreateRoomRequest {
+                clerk_org_id: "org_a".into(),
+                kind: pb::RoomKind::Conference.into(),
+                name: name.into(),
+            },
+        )
+    };
+    for blank in ["\u{200B}", " \u{2060}\u{FEFF} ", "\u{3164}"] {
+        let e = refused(c.create_room(room(blank)).await);
+        assert!(e.starts_with("name must not be empty"), "{blank:?}: {e}");
+    }
+    let e = refused(c.create_room(room("report\u{202E}fdp.exe")).await);
+    assert!(
+        e.contains("name must not contain bidirectional control characters"),
+        "{e}"
+    );
+    let e = refused(c.create_room(room("two\nlines")).await);
+    assert!(
+        e.contains("name must not contain control characters"),
+        "{e}"
+    );
+    assert_eq!(env.count("rooms").await, 0);
+
+    // Emoji sequences and right-to-left marks are names.
+    let family = "👨\u{200D}👩\u{200D}👧 ❤\u{FE0F}";
+    let created = c
+        .create_room(room(family))
+        .await
+        .expect("an emoji ZWJ sequence is a name")
+        .into_inner()
+        .room
+        .unwrap();
+    assert_eq!(created.name, family);
+    let e = refused(
+        c.rename_room(env.admin(
+            "user_1",
+            "org_a",
+            pb::RenameRoomRequest {
+                room_id: created.id.clone(),
+                name: "\u{2067}x".into(),
+            },
+        ))
+        .await,
+    );
+    assert!(e.contains("bidirectional"), "{e}");
+
+    // A meeting's title follows the same rules.
+    let e = refused(
+        c.schedule_meeting(env.member(
+            "user_1",
+            "org_a",
+            pb::ScheduleMeetingRequest {
+                room_id: created.id,
+                title: "\u{200B}\u{200C}".into(),
+                starts_at: ts(2_000_000_000),
+                ends_at: ts(2_000_003_600),
+            },
+        ))
+        .await,
+    );
+    assert!(e.starts_with("title must not be empty"), "{e}");
+}
+
+#[tokio::test]
+async fn a_meeting_time_with_nanos_outside_a_second_is_refused() {
+    let env = start_with(false).await;
+    env.workspace("org_a").await;
+    let mut c = env.client().await;
+    let room = c
+        .create_room(env.member(
+            "user_1",
+            "org_a",
+            pb::CreateRoomRequest {
+                clerk_org_id: "org_a".into(),
+                kind: pb::RoomKind::Conference.into(),
+                name: "Standup".into(),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .room
+        .unwrap();
+    let at = |seconds, nanos| Some(prost_types::Timestamp { seconds, nanos });
+    let sched = |starts_at, ends_at| {
+        env.member(
+            "user_1",
+            "org_a",
+            pb::ScheduleMeetingRequest {
+                room_id: room.id.clone(),
+                title: "Sync".into(),
+                starts_at,
+                ends_at,
+            },
+        )
+    };
+    let e = refused(
+        c.schedule_meeting(sched(at(2_000_000_000, -1), at(2_000_003_600, 0)))
+            .await,
+    );
+    assert!(e.contains("starts_at.nanos must be 0..=999999999"), "{e}");
+    let e = refused(
+        c.schedule_meeting(sched(
+            at(2_000_000_000, 0),
+            at(2_000_003_600, 2_000_000_000),
+        ))
+        .await,
+    );
+    assert!(e.contains("ends_at.nanos must be 0..=999999999"), "{e}");
+    assert_eq!(env.count("meetings").await, 0);
+    c.schedule_meeting(sched(at(2_000_000_000, 999_999_999), at(2_000_003_600, 0)))
+        .await
+        .expect("nanos within a second");
+}
+
+#[tokio::test]
+async fn a_members_page_token_holding_nul_is_invalid_not_internal() {
+    let env = start_with(false).await;
+    env.workspace("org_a").await;
+    let mut c = env.client().await;
+    // "AA" is one NUL byte in unpadded base64; "dXNlcl8AeA" is "user_\0x".
+    for token in ["AA", "dXNlcl8AeA"] {
+        let e = refused(
+            c.list_members(env.service(pb::ListMembersRequest {
+                clerk_org_id: "org_a".into(),
+                page_size: 0,
+                page_token: token.into(),
+            }))
+            .await,
+        );
+        assert!(e.contains("page_token"), "{token}: {e}");
+    }
+}
