@@ -132,8 +132,9 @@ pub(crate) async fn clerk_webhook(app: &App, req: Request<Incoming>) -> Response
     }
 }
 
-/// Keeps a signed delivery that cannot be applied in its owner's quarantine and answers 2xx;
-/// when it cannot be kept, 503 (Svix retries, nothing is lost).
+/// Keeps a signed delivery that cannot be applied in its owner's quarantine and answers 2xx
+/// (also when its record was closed before: nothing is kept then); when the owner cannot be
+/// asked, 503 (Svix retries, nothing is lost).
 async fn quarantined(
     app: &App,
     svix_id: &str,
@@ -150,10 +151,24 @@ async fn quarantined(
     .unwrap_or_else(|_| Err(ForwardError::Unavailable("deadline exceeded".into())));
     let ms = started.elapsed().as_millis() as u64;
     match kept {
-        Ok(()) => {
+        Ok(quarantine::Kept::Open) => {
             app.metrics.request(event_type, "quarantined");
             tracing::warn!(svix_id, event_type, %reason, ms, "signed webhook cannot be applied; quarantined");
             text(StatusCode::OK, "{\"outcome\":\"quarantined\"}")
+        }
+        // Its record was resolved or discarded before (the ledger leaves it so): nothing is
+        // kept. Still 2xx, as a retry would meet the same closed record; the answer and the
+        // count say what happened rather than "quarantined".
+        Ok(quarantine::Kept::Closed) => {
+            app.metrics.request(event_type, "refused_closed");
+            tracing::warn!(
+                svix_id,
+                event_type,
+                %reason,
+                ms,
+                "signed webhook cannot be applied; its quarantine record was resolved or discarded before and stays so, nothing kept"
+            );
+            text(StatusCode::OK, "{\"outcome\":\"refused_closed\"}")
         }
         Err(e) => unavailable(app, svix_id, event_type, &format!("quarantine: {e}"), ms),
     }

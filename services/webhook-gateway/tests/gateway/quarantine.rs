@@ -687,3 +687,58 @@ async fn large_bodies_are_listed_a_few_per_page_and_all_replayed() {
     }
     assert!(s.quarantined(Owner::Identity).await.is_empty());
 }
+
+/// A delivery refused again after an operator discarded its record: the ledger leaves the
+/// record discarded (nothing is kept), and the gateway says so in its answer, its count and a
+/// log line instead of "quarantined". Still 200: a retry would meet the same closed record.
+#[tokio::test]
+async fn a_delivery_refused_after_its_record_was_discarded_is_not_called_quarantined() {
+    let logs = captured_logs();
+    let s = stack(SECRET).await;
+    let mut bad_email = user_event("user.updated", "user_dq", "D", T);
+    bad_email["data"]["email_addresses"][1]["email_address"] = json!("not an address");
+    assert_eq!(
+        s.send("msg_dq1", &bad_email).await,
+        (200, r#"{"outcome":"quarantined"}"#.to_owned())
+    );
+    let discarded = s
+        .admin(Owner::Identity)
+        .await
+        .discard_quarantined(s.issuers.operator(
+            "identity-service",
+            ops::DiscardQuarantinedRequest {
+                svix_id: "msg_dq1".into(),
+                reason: "not wanted".into(),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(discarded.discarded);
+    // Svix delivers it again (a manual resend): refused again, and nothing is kept.
+    assert_eq!(
+        s.send("msg_dq1", &bad_email).await,
+        (200, r#"{"outcome":"refused_closed"}"#.to_owned())
+    );
+    let record = s.quarantined_one(Owner::Identity, "msg_dq1").await;
+    assert_eq!(
+        (record.state, record.attempts),
+        (ops::QuarantineState::Discarded as i32, 1),
+        "the record stays discarded, untouched"
+    );
+    assert!(s.quarantined(Owner::Identity).await.is_empty());
+    let metrics = s.metrics().await;
+    for counted in [
+        r#"webhook_requests_total{event_type="user.updated",outcome="quarantined"} 1"#,
+        r#"webhook_requests_total{event_type="user.updated",outcome="refused_closed"} 1"#,
+    ] {
+        assert!(metrics.contains(counted), "{counted}\n{metrics}");
+    }
+    let text = logs.text();
+    assert!(
+        text.lines().any(|l| l.contains("msg_dq1")
+            && l.contains("resolved or discarded before and stays so")
+            && l.contains("\"level\":\"WARN\"")),
+        "the warn line names the delivery"
+    );
+}
