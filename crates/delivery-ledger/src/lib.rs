@@ -219,17 +219,18 @@ impl Ledger {
         let after = quarantine::PageToken::parse(&r.page_token)?;
         let with_bodies = bodies_allowed && r.with_bodies;
         let mut conn = self.conn().await?;
-        let rows = quarantine::list(&mut conn, state, after.as_ref(), limit + 1, with_bodies)
+        // A page with bodies may end before `limit` rows (quarantine::MAX_PAGE_BODY_BYTES):
+        // its token still continues after its last row.
+        let page = quarantine::list(&mut conn, state, after.as_ref(), limit, with_bodies)
             .await
             .map_err(|e| service_runtime::db::status_for(&e))?;
-        let more = rows.len() as i64 > limit;
-        let rows: Vec<_> = rows.into_iter().take(limit as usize).collect();
-        let next_page_token = match (more, rows.last()) {
+        let next_page_token = match (page.more, page.records.last()) {
             (true, Some(last)) => quarantine::PageToken::of(last).to_string(),
             _ => String::new(),
         };
         Ok(pb::ListQuarantinedResponse {
-            deliveries: rows
+            deliveries: page
+                .records
                 .into_iter()
                 .map(quarantine::Record::into_proto)
                 .collect(),

@@ -216,31 +216,77 @@ pub async fn keep(conn: &mut AsyncPgConnection, d: &Intake) -> diesel::QueryResu
     Ok((k.first, k.open))
 }
 
-/// Records in `state`, oldest first, after `after`; bodies only when asked.
+/// Most body bytes a listing page carries before its last row: a page ends once its bodies
+/// pass this, so with the last body (at most [`MAX_BODY`]) it stays under 3 MiB, within
+/// gRPC's default 4 MiB message limit, and a service never holds a hundred bodies for one call.
+pub const MAX_PAGE_BODY_BYTES: i64 = 2 * 1024 * 1024;
+
+/// One page of a listing.
+#[derive(Debug)]
+pub struct Page {
+    /// Oldest first.
+    pub records: Vec<Record>,
+    /// Whether records follow the last one.
+    pub more: bool,
+}
+
+#[derive(QueryableByName)]
+struct Listed {
+    #[diesel(embed)]
+    record: Record,
+    /// Rows read for the page, including those cut by the byte cap.
+    #[diesel(sql_type = BigInt)]
+    fetched: i64,
+}
+
+/// Records in `state`, oldest first, after `after`: at most `limit`, and with bodies (only
+/// when asked) at most those that begin before [`MAX_PAGE_BODY_BYTES`], always at least one.
 pub async fn list(
     conn: &mut AsyncPgConnection,
     state: State,
     after: Option<&PageToken>,
     limit: i64,
     with_bodies: bool,
-) -> diesel::QueryResult<Vec<Record>> {
-    prepared(
+) -> diesel::QueryResult<Page> {
+    // One more row than the page is read to tell whether more follow; `before` is the body
+    // bytes of the page's rows ahead of each one. Bodies of the rows cut are never read out.
+    let rows: Vec<Listed> = prepared(
         "SELECT svix_id, event_type, reason, CASE WHEN $5 THEN body END AS body,
-                received_at, last_attempt_at, attempts, state, resolution,
-                body_removed_at IS NOT NULL AS body_removed
-           FROM quarantined_deliveries
-          WHERE state = $1
-            AND ($2::bigint IS NULL OR (received_at, svix_id) > (to_timestamp($2::bigint / 1e6), $3))
-          ORDER BY received_at, svix_id
-          LIMIT $4",
+                received_at, last_attempt_at, attempts, state, resolution, body_removed, fetched
+           FROM (SELECT p.*, count(*) OVER () AS fetched
+                   FROM (SELECT svix_id, event_type, reason, body, received_at, last_attempt_at,
+                                attempts, state, resolution,
+                                body_removed_at IS NOT NULL AS body_removed,
+                                COALESCE(sum(octet_length(body)) OVER w, 0)
+                                    - COALESCE(octet_length(body), 0) AS before
+                           FROM quarantined_deliveries
+                          WHERE state = $1
+                            AND ($2::bigint IS NULL
+                                 OR (received_at, svix_id) > (to_timestamp($2::bigint / 1e6), $3))
+                         WINDOW w AS (ORDER BY received_at, svix_id ROWS UNBOUNDED PRECEDING)
+                          ORDER BY received_at, svix_id
+                          LIMIT $4 + 1) p) c
+          WHERE NOT $5 OR before < $6
+          ORDER BY received_at, svix_id",
     )
     .bind::<Text, _>(state.sql())
     .bind::<Nullable<BigInt>, _>(after.map(|a| a.micros))
     .bind::<Text, _>(after.map_or("", |a| a.svix_id.as_str()))
     .bind::<BigInt, _>(limit)
     .bind::<Bool, _>(with_bodies)
+    .bind::<BigInt, _>(MAX_PAGE_BODY_BYTES)
     .load(conn)
-    .await
+    .await?;
+    let fetched = rows.as_slice().first().map_or(0, |r| r.fetched);
+    let records: Vec<Record> = rows
+        .into_iter()
+        .take(limit as usize)
+        .map(|r| r.record)
+        .collect();
+    Ok(Page {
+        more: fetched > records.len() as i64,
+        records,
+    })
 }
 
 /// One record with its body.

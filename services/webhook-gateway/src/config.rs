@@ -73,6 +73,12 @@ pub struct Config {
     /// Connections served at once (1 to 100000); more wait in the listen queue.
     #[arg(long, env = "MAX_CONNECTIONS", default_value_t = 1024)]
     pub max_connections: usize,
+    /// Bytes of request bodies held at once, across all requests (1 MiB to 1 GiB). Each request
+    /// takes its Content-Length (1 MiB when it declares none) before its body is read; one
+    /// that cannot within a second is answered 503 with Retry-After, unread. Bodies are read
+    /// before their signature is checked, so this is what bounds an unsigned flood's memory.
+    #[arg(long, env = "MAX_BODY_BYTES_IN_FLIGHT", default_value_t = 32 * 1024 * 1024)]
+    pub max_body_bytes_in_flight: usize,
     /// Seconds in-flight webhooks get to finish once the gateway is stopping (1 to 300); with
     /// the pod's preStop it must fit in its termination grace period (deploy/check.py checks
     /// it). A webhook cut off gets no 2xx, so Svix delivers it again.
@@ -168,6 +174,13 @@ impl Config {
             return Err(format!(
                 "MAX_CONNECTIONS ({}) must be from 1 to 100000",
                 self.max_connections
+            ));
+        }
+        // At least one largest body, or such a delivery could never be read.
+        if !(crate::MAX_BODY..=1 << 30).contains(&self.max_body_bytes_in_flight) {
+            return Err(format!(
+                "MAX_BODY_BYTES_IN_FLIGHT ({}) must be from 1048576 (1 MiB) to 1073741824 (1 GiB)",
+                self.max_body_bytes_in_flight
             ));
         }
         if !(1..=300).contains(&self.shutdown_drain_secs) {

@@ -9,8 +9,10 @@
 //! answers 503 within the deadline so Svix retries later.
 //!
 //! Modules: [`config`] (settings), [`server`] (accept loop and routes), [`webhook`] (the
-//! `POST /clerk` handler), [`verify`], [`clerk`], [`forward`], [`quarantine`], [`reconcile`].
+//! `POST /clerk` handler), [`body_budget`] (bytes of bodies held at once), [`verify`],
+//! [`clerk`], [`forward`], [`quarantine`], [`reconcile`].
 
+pub mod body_budget;
 pub mod clerk;
 pub mod clerk_api;
 pub mod config;

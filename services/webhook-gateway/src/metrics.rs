@@ -3,6 +3,7 @@
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
@@ -34,6 +35,8 @@ pub struct Metrics {
     pub verification_failures: Family<ReasonLabels, Counter>,
     /// Time of each downstream gRPC command.
     pub downstream_latency: Family<CommandLabels, Histogram>,
+    /// Bytes of request bodies taken from `MAX_BODY_BYTES_IN_FLIGHT` now.
+    pub body_bytes_in_flight: Gauge,
 }
 
 impl Metrics {
@@ -45,6 +48,7 @@ impl Metrics {
             downstream_latency: Family::new_with_constructor(|| {
                 Histogram::new(exponential_buckets(0.001, 2.0, 14))
             }),
+            body_bytes_in_flight: Gauge::default(),
         };
         registry.register(
             "webhook_requests",
@@ -60,6 +64,11 @@ impl Metrics {
             "webhook_downstream_latency_seconds",
             "Downstream gRPC command latency",
             m.downstream_latency.clone(),
+        );
+        registry.register(
+            "webhook_body_bytes_in_flight",
+            "Bytes of request bodies being read or handled now, out of MAX_BODY_BYTES_IN_FLIGHT",
+            m.body_bytes_in_flight.clone(),
         );
         m
     }

@@ -65,14 +65,24 @@ fn unavailable(what: &str, s: &Status) -> ForwardError {
     ForwardError::Unavailable(format!("{what}: {:?} {}", s.code(), s.message()))
 }
 
-/// Keeps a delivery in its owner's quarantine. An error means it was not kept (answer 503).
+/// What the owner's quarantine did with a delivery it was given.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kept {
+    /// Kept open (new, or a repeat of an open record), for a replay or a discard.
+    Open,
+    /// Its record was resolved or discarded before and stays so: nothing was kept.
+    Closed,
+}
+
+/// Keeps a delivery in its owner's quarantine. An error means the owner could not be asked
+/// or failed (answer 503).
 pub async fn keep(
     downstream: &Downstream,
     svix_id: &str,
     event_type: &str,
     reason: &str,
     body: &[u8],
-) -> Result<(), ForwardError> {
+) -> Result<Kept, ForwardError> {
     let owner = Owner::of(event_type);
     let req = downstream.request(
         owner.audience(),
@@ -87,8 +97,14 @@ pub async fn keep(
         .intake(owner.audience())
         .quarantine_delivery(req)
         .await;
-    r.map(|_| ())
-        .map_err(|s| unavailable("quarantine_delivery", &s))
+    r.map(|r| {
+        if r.get_ref().open {
+            Kept::Open
+        } else {
+            Kept::Closed
+        }
+    })
+    .map_err(|s| unavailable("quarantine_delivery", &s))
 }
 
 async fn list_open(
@@ -222,8 +238,17 @@ async fn replay_one(
     }
     // Kept open with the new reason; the deliveries after it are still replayed.
     let kept = |reason: String| async move {
-        tracing::warn!(svix_id = d.svix_id, event_type = d.event_type, %reason, "replayed delivery not applied; kept");
-        keep(downstream, &d.svix_id, &d.event_type, &reason, &d.body).await
+        let kept = keep(downstream, &d.svix_id, &d.event_type, &reason, &d.body).await?;
+        match kept {
+            Kept::Open => {
+                tracing::warn!(svix_id = d.svix_id, event_type = d.event_type, %reason, "replayed delivery not applied; kept")
+            }
+            // Listed open, closed since (an operator's discard during the run).
+            Kept::Closed => {
+                tracing::warn!(svix_id = d.svix_id, event_type = d.event_type, %reason, "replayed delivery not applied; its record was closed meanwhile and stays closed")
+            }
+        }
+        Ok(())
     };
     let command = match clerk::to_command(&d.svix_id, &d.body) {
         Ok((_, command)) => command,

@@ -5,7 +5,7 @@
 use crate::config::Config;
 use crate::verify::Verifier;
 use crate::webhook::{App, clerk_webhook, text};
-use crate::{log_budget, metrics};
+use crate::{body_budget, log_budget, metrics};
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
@@ -35,14 +35,23 @@ pub async fn run(
     let downstream = config
         .downstream
         .connect(metrics.clone(), config.identity_batch_slots)?;
+    let bodies = body_budget::BodyBudget::new(
+        config.max_body_bytes_in_flight,
+        metrics.body_bytes_in_flight.clone(),
+    );
     let app = Arc::new(App {
         verifier,
         downstream,
+        bodies,
         metrics,
         registry: Mutex::new(registry),
         deadline: timeout + Duration::from_secs(1),
         read_timeout,
         refusal_logs: log_budget::LogBudget::new(
+            log_budget::REFUSALS_LOGGED_PER_MINUTE,
+            Duration::from_secs(60),
+        ),
+        busy_logs: log_budget::LogBudget::new(
             log_budget::REFUSALS_LOGGED_PER_MINUTE,
             Duration::from_secs(60),
         ),

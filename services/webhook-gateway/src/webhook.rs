@@ -1,4 +1,5 @@
-//! `POST /clerk`: the body read within its limit, the Svix signature checked on the raw bytes,
+//! `POST /clerk`: the body read within its limit and its share of the bytes all requests may
+//! hold at once ([`crate::body_budget`]), the Svix signature checked on the raw bytes,
 //! the Clerk event parsed into one typed command and forwarded; a delivery that cannot be
 //! applied is quarantined (200), an unavailable service answers 503. [`App`] is what the
 //! handlers share.
@@ -6,7 +7,7 @@
 use crate::clerk::Malformed;
 use crate::forward::{Downstream, ForwardError};
 use crate::verify::Verifier;
-use crate::{clerk, log_budget, metrics, quarantine};
+use crate::{body_budget, clerk, log_budget, metrics, quarantine};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
@@ -29,6 +30,8 @@ fn header<'a>(req: &'a http::request::Parts, svix: &str, unbranded: &str) -> Opt
 pub(crate) struct App {
     pub(crate) verifier: Verifier,
     pub(crate) downstream: Downstream,
+    /// Bytes of bodies held at once (`MAX_BODY_BYTES_IN_FLIGHT`).
+    pub(crate) bodies: body_budget::BodyBudget,
     pub(crate) metrics: metrics::Metrics,
     pub(crate) registry: Mutex<Registry>,
     pub(crate) deadline: Duration,
@@ -36,6 +39,8 @@ pub(crate) struct App {
     pub(crate) read_timeout: Duration,
     /// Log lines for refused verifications.
     pub(crate) refusal_logs: log_budget::LogBudget,
+    /// Log lines for requests answered 503 for want of body budget.
+    pub(crate) busy_logs: log_budget::LogBudget,
 }
 
 /// A plain-text answer.
@@ -61,6 +66,12 @@ pub(crate) async fn clerk_webhook(app: &App, req: Request<Incoming>) -> Response
         app.metrics.request("", "too_large");
         return text(StatusCode::PAYLOAD_TOO_LARGE, "body larger than 1 MiB\n");
     }
+    // The body's share of the budget, held until this handler ends (the body with it); without
+    // one the body is never read.
+    let share = declared.map_or(MAX_BODY, |n| n as usize);
+    let Some(_share) = app.bodies.take(share, body_budget::WAIT).await else {
+        return busy(app);
+    };
     let read = tokio::time::timeout(app.read_timeout, Limited::new(body, MAX_BODY).collect());
     let Ok(read) = read.await else {
         app.metrics.request("", "slow_body");
@@ -132,8 +143,9 @@ pub(crate) async fn clerk_webhook(app: &App, req: Request<Incoming>) -> Response
     }
 }
 
-/// Keeps a signed delivery that cannot be applied in its owner's quarantine and answers 2xx;
-/// when it cannot be kept, 503 (Svix retries, nothing is lost).
+/// Keeps a signed delivery that cannot be applied in its owner's quarantine and answers 2xx
+/// (also when its record was closed before: nothing is kept then); when the owner cannot be
+/// asked, 503 (Svix retries, nothing is lost).
 async fn quarantined(
     app: &App,
     svix_id: &str,
@@ -150,13 +162,46 @@ async fn quarantined(
     .unwrap_or_else(|_| Err(ForwardError::Unavailable("deadline exceeded".into())));
     let ms = started.elapsed().as_millis() as u64;
     match kept {
-        Ok(()) => {
+        Ok(quarantine::Kept::Open) => {
             app.metrics.request(event_type, "quarantined");
             tracing::warn!(svix_id, event_type, %reason, ms, "signed webhook cannot be applied; quarantined");
             text(StatusCode::OK, "{\"outcome\":\"quarantined\"}")
         }
+        // Its record was resolved or discarded before (the ledger leaves it so): nothing is
+        // kept. Still 2xx, as a retry would meet the same closed record; the answer and the
+        // count say what happened rather than "quarantined".
+        Ok(quarantine::Kept::Closed) => {
+            app.metrics.request(event_type, "refused_closed");
+            tracing::warn!(
+                svix_id,
+                event_type,
+                %reason,
+                ms,
+                "signed webhook cannot be applied; its quarantine record was resolved or discarded before and stays so, nothing kept"
+            );
+            text(StatusCode::OK, "{\"outcome\":\"refused_closed\"}")
+        }
         Err(e) => unavailable(app, svix_id, event_type, &format!("quarantine: {e}"), ms),
     }
+}
+
+/// Too many bodies held already: 503 (Svix retries) without reading this one.
+fn busy(app: &App) -> Response<Full<Bytes>> {
+    app.metrics.request("", "busy");
+    // Anyone can cause these: a flood costs a few lines a minute (the metric counts all).
+    if let log_budget::Admit::Log { left_out } = app.busy_logs.admit(Instant::now()) {
+        tracing::warn!(
+            left_out,
+            "MAX_BODY_BYTES_IN_FLIGHT taken by other requests; answered 503 without reading the body"
+        );
+    }
+    let mut r = text(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "too many request bodies in flight, retry later\n",
+    );
+    r.headers_mut()
+        .insert("retry-after", http::HeaderValue::from_static("5"));
+    r
 }
 
 fn unavailable(

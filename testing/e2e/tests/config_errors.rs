@@ -108,6 +108,8 @@ fn out_of_range_settings_exit_2_with_one_line_naming_them() {
         ("webhook-gateway", ("DOWNSTREAM_TIMEOUT_SECS", "20")),
         ("webhook-gateway", ("REQUEST_READ_TIMEOUT_SECS", "0")),
         ("webhook-gateway", ("MAX_CONNECTIONS", "0")),
+        // Less than one largest body (1 MiB): such a delivery could never be read.
+        ("webhook-gateway", ("MAX_BODY_BYTES_IN_FLIGHT", "1000")),
         ("workspace-service", ("LIVEBLOCKS_MAX_ATTEMPTS", "0")),
         ("workspace-service", ("PURGE_LANES", "9")),
         // 2 purges x 8 lanes would take every one of the 16 pooled connections; x 5, more

@@ -623,3 +623,122 @@ async fn a_delivery_failing_at_a_service_does_not_stop_the_replay() {
     );
     assert_eq!(kept.attempts, 2, "the replay counts an attempt");
 }
+
+/// Open deliveries of about 900 KiB each: a listing page ends once its bodies pass 2 MiB, so
+/// each answer stays within gRPC's 4 MiB message limit (the gateway's and this test's clients
+/// keep tonic's default), the page token goes on after the last row, and a replay applies all.
+#[tokio::test]
+async fn large_bodies_are_listed_a_few_per_page_and_all_replayed() {
+    let s = stack(SECRET).await;
+    let pad = "x".repeat(900 * 1024);
+    for i in 0..5 {
+        let mut body = user_event("user.created", &format!("user_big{i}"), "Big", T);
+        body["data"]["unknown_field"] = json!(pad);
+        keep_directly(&s, &format!("msg_big{i}"), &body).await;
+    }
+    let mut intake = s.intake(Owner::Identity).await;
+    let mut pages = Vec::new();
+    let mut token = String::new();
+    loop {
+        let req = s.issuers.gateway(
+            "identity-service",
+            ops::ListQuarantinedRequest {
+                page_size: 100,
+                page_token: token,
+                state: ops::QuarantineState::Open.into(),
+                with_bodies: true,
+            },
+        );
+        let page = intake.list_quarantined(req).await.unwrap().into_inner();
+        assert!(page.deliveries.iter().all(|d| d.body.len() > 900 * 1024));
+        pages.push(
+            page.deliveries
+                .into_iter()
+                .map(|d| d.svix_id)
+                .collect::<Vec<_>>(),
+        );
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        token = page.next_page_token;
+    }
+    // The third body begins before 2 MiB, the fourth after.
+    assert_eq!(
+        pages,
+        [
+            vec!["msg_big0", "msg_big1", "msg_big2"],
+            vec!["msg_big3", "msg_big4"]
+        ]
+    );
+    let summary = replay(&s.gateway_downstream(), None).await;
+    assert_eq!(
+        summary,
+        ReplaySummary {
+            examined: 5,
+            applied: 5,
+            ..ReplaySummary::default()
+        }
+    );
+    for i in 0..5 {
+        assert!(
+            s.user(&format!("user_big{i}")).await.is_some(),
+            "user_big{i}"
+        );
+    }
+    assert!(s.quarantined(Owner::Identity).await.is_empty());
+}
+
+/// A delivery refused again after an operator discarded its record: the ledger leaves the
+/// record discarded (nothing is kept), and the gateway says so in its answer, its count and a
+/// log line instead of "quarantined". Still 200: a retry would meet the same closed record.
+#[tokio::test]
+async fn a_delivery_refused_after_its_record_was_discarded_is_not_called_quarantined() {
+    let logs = captured_logs();
+    let s = stack(SECRET).await;
+    let mut bad_email = user_event("user.updated", "user_dq", "D", T);
+    bad_email["data"]["email_addresses"][1]["email_address"] = json!("not an address");
+    assert_eq!(
+        s.send("msg_dq1", &bad_email).await,
+        (200, r#"{"outcome":"quarantined"}"#.to_owned())
+    );
+    let discarded = s
+        .admin(Owner::Identity)
+        .await
+        .discard_quarantined(s.issuers.operator(
+            "identity-service",
+            ops::DiscardQuarantinedRequest {
+                svix_id: "msg_dq1".into(),
+                reason: "not wanted".into(),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(discarded.discarded);
+    // Svix delivers it again (a manual resend): refused again, and nothing is kept.
+    assert_eq!(
+        s.send("msg_dq1", &bad_email).await,
+        (200, r#"{"outcome":"refused_closed"}"#.to_owned())
+    );
+    let record = s.quarantined_one(Owner::Identity, "msg_dq1").await;
+    assert_eq!(
+        (record.state, record.attempts),
+        (ops::QuarantineState::Discarded as i32, 1),
+        "the record stays discarded, untouched"
+    );
+    assert!(s.quarantined(Owner::Identity).await.is_empty());
+    let metrics = s.metrics().await;
+    for counted in [
+        r#"webhook_requests_total{event_type="user.updated",outcome="quarantined"} 1"#,
+        r#"webhook_requests_total{event_type="user.updated",outcome="refused_closed"} 1"#,
+    ] {
+        assert!(metrics.contains(counted), "{counted}\n{metrics}");
+    }
+    let text = logs.text();
+    assert!(
+        text.lines().any(|l| l.contains("msg_dq1")
+            && l.contains("resolved or discarded before and stays so")
+            && l.contains("\"level\":\"WARN\"")),
+        "the warn line names the delivery"
+    );
+}

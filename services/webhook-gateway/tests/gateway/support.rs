@@ -100,6 +100,17 @@ pub async fn stack_with(
     older: Option<&'static str>,
     custom_kid: Option<(&str, bool)>,
 ) -> Stack {
+    stack_tuned(secrets, token_file, older, custom_kid, |_| {}).await
+}
+
+/// [`stack_with`], with the gateway's settings changed by `tune` before it starts.
+pub async fn stack_tuned(
+    secrets: &str,
+    token_file: Option<std::path::PathBuf>,
+    older: Option<&'static str>,
+    custom_kid: Option<(&str, bool)>,
+    tune: impl FnOnce(&mut webhook_gateway::Config),
+) -> Stack {
     let mut issuers = Issuers::new().await;
     if let Some((kid, _)) = custom_kid {
         issuers
@@ -195,16 +206,18 @@ pub async fn stack_with(
             .map(|(kid, _)| kid.to_owned()),
         downstream_timeout_secs: 3,
     };
-    let gateway_cfg = webhook_gateway::Config {
+    let mut gateway_cfg = webhook_gateway::Config {
         http_addr: "127.0.0.1:0".parse().unwrap(),
         clerk_webhook_secret: secrets.into(),
         downstream: downstream.clone(),
         identity_batch_slots: 4,
         request_read_timeout_secs: 1,
         max_connections: 64,
+        max_body_bytes_in_flight: 32 << 20,
         shutdown_drain_secs: 20,
         log_format: LogFormat::Pretty,
     };
+    tune(&mut gateway_cfg);
     let gateway = RunningServer::start(|l, s| webhook_gateway::run(gateway_cfg, l, s)).await;
     let s = Stack {
         downstream,

@@ -313,6 +313,90 @@ async fn oversized_empty_and_malformed_bodies() {
     assert_eq!(kept, ["m2", "m3", "m4"], "each signed refusal is kept");
 }
 
+/// `MAX_BODY_BYTES_IN_FLIGHT` bounds the bodies held at once, signed or not. With 1.5 MiB: a
+/// client holding a 1 MiB share (headers sent, body not) leaves too little for three more
+/// concurrent 600 KiB bodies, each answered 503 with Retry-After without being read, while a
+/// small signed delivery still fits and applies; once the holder goes, the whole budget is
+/// back and a signed delivery of almost 1 MiB applies.
+#[tokio::test]
+async fn bodies_beyond_the_in_flight_budget_get_503_and_the_budget_comes_back() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let s = stack_tuned(SECRET, None, None, None, |c| {
+        c.max_body_bytes_in_flight = webhook_gateway::MAX_BODY + 512 * 1024;
+        // The holder keeps its share for as long as the test needs it.
+        c.request_read_timeout_secs = 30;
+    })
+    .await;
+    let addr = s.gateway.addr;
+    // A request whose headers announce `len` bytes, of which only one is sent.
+    let open = |len: usize| async move {
+        let mut c = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let head = format!(
+            "POST /clerk HTTP/1.1\r\nHost: gateway\r\nContent-Type: application/json\r\nContent-Length: {len}\r\n\r\n{{"
+        );
+        c.write_all(head.as_bytes()).await.unwrap();
+        c
+    };
+    let in_flight = |bytes: usize| {
+        let s = &s;
+        async move {
+            let line = format!("webhook_body_bytes_in_flight {bytes}");
+            s.metrics().await.lines().any(|l| l == line)
+        }
+    };
+    let holder = open(webhook_gateway::MAX_BODY).await;
+    eventually("the holder took its share", Duration::from_secs(5), || {
+        in_flight(webhook_gateway::MAX_BODY)
+    })
+    .await;
+    let refused = futures::future::join_all((0..3).map(|_| async {
+        let mut c = open(600 * 1024).await;
+        let mut answer = Vec::new();
+        let mut buf = [0u8; 1024];
+        // Answered without the body: the client never sends it.
+        tokio::time::timeout(Duration::from_secs(5), async {
+            while !answer.windows(4).any(|w| w == b"\r\n\r\n") {
+                let n = c.read(&mut buf).await.unwrap();
+                assert!(n > 0, "closed without an answer");
+                answer.extend_from_slice(&buf[..n]);
+            }
+        })
+        .await
+        .expect("answered within the budget's wait");
+        String::from_utf8_lossy(&answer).to_lowercase()
+    }))
+    .await;
+    for head in &refused {
+        assert!(head.starts_with("http/1.1 503"), "{head}");
+        assert!(head.contains("\r\nretry-after: 5\r\n"), "{head}");
+    }
+    // A signed delivery that fits in what is left applies while the holder holds.
+    let small = user_event("user.created", "user_budget", "Small", T);
+    assert_eq!(
+        s.send("msg_budget_1", &small).await,
+        (200, r#"{"outcome":"applied"}"#.to_owned())
+    );
+    assert!(
+        s.metrics()
+            .await
+            .contains(r#"webhook_requests_total{event_type="",outcome="busy"} 3"#)
+    );
+    // The holder goes: its share comes back, and nothing else is left taken.
+    drop(holder);
+    eventually("the budget is whole again", Duration::from_secs(5), || {
+        in_flight(0)
+    })
+    .await;
+    let mut big = user_event("user.updated", "user_budget", "Big", T + 1);
+    big["data"]["unknown_field"] = json!("x".repeat(1_000_000));
+    assert_eq!(
+        s.send("msg_budget_2", &big).await,
+        (200, r#"{"outcome":"applied"}"#.to_owned())
+    );
+    assert_eq!(s.user("user_budget").await.unwrap().name, "Big Example");
+    assert!(in_flight(0).await, "each share is given back");
+}
+
 #[tokio::test]
 async fn secret_rotation_accepts_old_and_new() {
     let s = stack(&format!("{SECRET} {NEXT_SECRET}")).await;
