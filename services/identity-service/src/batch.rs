@@ -96,6 +96,10 @@ pub const MAX_LOOKUP: usize = 128;
 #[derive(Clone)]
 pub struct UserLookups {
     batcher: MicroBatcher<Lookup, Result<Found, Error>>,
+    /// Lookups that carry a read position run on their own, at most `LOOKUP_SLOTS` at once
+    /// like the batches: each may hold a replica connection while it waits for its position,
+    /// and a caller sending positions it made up must not take every connection.
+    positioned: Arc<tokio::sync::Semaphore>,
     reads: ReadPool,
     cache: UserCache,
 }
@@ -156,6 +160,7 @@ impl UserLookups {
         });
         Self {
             batcher,
+            positioned: Arc::new(tokio::sync::Semaphore::new(slots.max(1))),
             reads,
             cache,
         }
@@ -181,9 +186,16 @@ impl UserLookups {
         let ticket = self.cache.ticket();
         // Without a replica every read is the primary's: a position changes nothing.
         let (found, on_replica) = match after.filter(|_| self.reads.has_replica()) {
-            Some(after) => read_users(&self.reads, Some(&after), std::slice::from_ref(&key))
-                .await
-                .map(|(found, on_replica)| (found.into_iter().next(), on_replica)),
+            Some(after) => {
+                let _slot = self
+                    .positioned
+                    .acquire()
+                    .await
+                    .map_err(|_| Error::Internal("the lookup slots are closed".into()))?;
+                read_users(&self.reads, Some(&after), std::slice::from_ref(&key))
+                    .await
+                    .map(|(found, on_replica)| (found.into_iter().next(), on_replica))
+            }
             None => match self.batcher.submit(key.clone()).await {
                 Ok(r) => r,
                 Err(_) => users::get_user(self.reads.primary(), clerk_id)

@@ -290,6 +290,7 @@ async fn a_forged_position_does_not_delay_other_callers_lookups() {
         other_took < WAIT / 2,
         "another caller's cache-missing GetUser took {other_took:?} (the forged wait is {WAIT:?})"
     );
+    let mut slowest = Duration::ZERO;
     for (user, took) in forgers {
         let user = user.expect("the forging caller still gets its answer");
         assert_eq!(user.clerk_id, "user_t");
@@ -297,7 +298,14 @@ async fn a_forged_position_does_not_delay_other_callers_lookups() {
             took >= WAIT,
             "the forged position waited {took:?}, then read the primary"
         );
+        slowest = slowest.max(took);
     }
+    // Positioned lookups take at most LOOKUP_SLOTS (1) connections at once: the three waited
+    // one after another, not side by side on three connections.
+    assert!(
+        slowest >= 3 * WAIT,
+        "the forged lookups ran side by side: the slowest took {slowest:?}"
+    );
 
     env.server.stop().await.unwrap();
     drop(standby);
