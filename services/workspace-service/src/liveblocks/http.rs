@@ -167,11 +167,16 @@ impl LiveblocksApi for HttpLiveblocks {
             200..=299 => Delivery::Deleted,
             // Only Liveblocks' own "no such room" is done: any other 404 (a path under a wrong
             // base URL, a proxy) would finish every job without deleting anything.
-            404 => match error_code(&body_of(resp).await).as_str() {
-                "ROOM_NOT_FOUND" => Delivery::AlreadyGone,
-                _ => Delivery::Rejected {
+            404 => match capped_body::text(resp, MAX_ANSWER_BYTES).await {
+                Ok(body) if error_code(&body) == "ROOM_NOT_FOUND" => Delivery::AlreadyGone,
+                Ok(_) => Delivery::Rejected {
                     status,
                     reason: NOT_LIVEBLOCKS.into(),
+                },
+                // Cut off before it said what it is: asked again, not taken for either.
+                Err(e) => Delivery::Retry {
+                    after: None,
+                    reason: format!("404 whose body could not be read: {e}"),
                 },
             },
             401 | 403 => Delivery::KeyRejected { status },
@@ -292,5 +297,52 @@ mod tests {
         assert_eq!(encode_room_id("doc:0190-ab"), "doc%3A0190-ab");
         assert_eq!(encode_room_id("a b/c"), "a%20b%2Fc");
         assert_eq!(encode_room_id("x!~*'()._"), "x!~*'()._");
+    }
+
+    /// Answers one request with `answer` (status line, headers and as much body as it holds),
+    /// then closes the connection.
+    async fn answer_once(answer: &'static str) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut request = [0u8; 4096];
+            let _ = s.read(&mut request).await;
+            let _ = s.write_all(answer.as_bytes()).await;
+        });
+        url
+    }
+
+    #[tokio::test]
+    async fn a_404_is_a_room_gone_only_when_liveblocks_says_so() {
+        let delete = |url: String| async move {
+            HttpLiveblocks::new(&url, "sk_test", Duration::from_secs(5))
+                .unwrap()
+                .delete_room("doc:1")
+                .await
+        };
+        let gone = answer_once(
+            "HTTP/1.1 404 Not Found\r\ncontent-length: 26\r\nconnection: close\r\n\r\n{\"error\":\"ROOM_NOT_FOUND\"}",
+        )
+        .await;
+        assert_eq!(delete(gone).await, Delivery::AlreadyGone);
+        let page = answer_once(
+            "HTTP/1.1 404 Not Found\r\ncontent-length: 9\r\nconnection: close\r\n\r\nnot here!",
+        )
+        .await;
+        assert!(matches!(
+            delete(page).await,
+            Delivery::Rejected { status: 404, .. }
+        ));
+        // The connection closes before the body it announced: asked again, not decided.
+        let cut = answer_once(
+            "HTTP/1.1 404 Not Found\r\ncontent-length: 500\r\nconnection: close\r\n\r\n{\"error\":\"ROOM_",
+        )
+        .await;
+        assert!(
+            matches!(delete(cut).await, Delivery::Retry { .. }),
+            "a body cut off is neither gone nor refused"
+        );
     }
 }
