@@ -120,7 +120,7 @@ fn untrusted_said_plainly(e: std::io::Error) -> std::io::Error {
         Some(rustls::Error::InvalidCertificate(why)) => std::io::Error::new(
             std::io::ErrorKind::InvalidData,
             format!(
-                "the database server's certificate is not trusted ({why}): it must be signed by a system root or by a CA in DB_CA_FILE, and name the host the URL connects to"
+                "the database server's certificate is not trusted ({why}): it must be signed by a system root or by a CA in DB_CA_FILE, and name the host the URL connects to (a URL without sslmode uses TLS whenever the server offers it; sslmode=disable turns it off, for a server on the same host only)"
             ),
         ),
         _ => e,
