@@ -38,8 +38,8 @@ async fn wait_for(addr: std::net::SocketAddr, want: ServingStatus) {
     }
 }
 
-#[tokio::test]
-async fn health_follows_the_database_and_calls_fail_unavailable_meanwhile() {
+/// A cluster of its own (the tests stop and start it), migrated, with the app role granted.
+async fn migrated_cluster() -> (PgCluster, String) {
     let cluster = tokio::task::spawn_blocking(|| {
         let c = PgCluster::start(PgClusterOptions::default()).unwrap();
         c.wait_ready(Duration::from_secs(20)).unwrap();
@@ -52,6 +52,12 @@ async fn health_follows_the_database_and_calls_fail_unavailable_meanwhile() {
         .await
         .unwrap();
     ephemeral_postgres::grant_app_role(&url).await.unwrap();
+    (cluster, url)
+}
+
+#[tokio::test]
+async fn health_follows_the_database_and_calls_fail_unavailable_meanwhile() {
+    let (cluster, url) = migrated_cluster().await;
     let issuers = service_harness::Issuers::new().await;
     let server = support::start_server(support::config(&url, &issuers)).await;
     wait_for(server.addr, ServingStatus::Serving).await;
@@ -104,18 +110,7 @@ async fn health_follows_the_database_and_calls_fail_unavailable_meanwhile() {
 /// back and the settings are stored.
 #[tokio::test]
 async fn in_transaction_mode_a_start_during_an_outage_waits_for_the_database() {
-    let cluster = tokio::task::spawn_blocking(|| {
-        let c = PgCluster::start(PgClusterOptions::default()).unwrap();
-        c.wait_ready(Duration::from_secs(20)).unwrap();
-        c
-    })
-    .await
-    .unwrap();
-    let url = cluster.url("postgres");
-    identity_service::migrate(&url, &service_runtime::DbTls::system_roots())
-        .await
-        .unwrap();
-    ephemeral_postgres::grant_app_role(&url).await.unwrap();
+    let (cluster, url) = migrated_cluster().await;
     let issuers = service_harness::Issuers::new().await;
     let mut config = support::config(&url, &issuers);
     let db = &mut config.service.db;

@@ -10,7 +10,7 @@ fn code<T>(r: Result<tonic::Response<T>, tonic::Status>) -> Option<Code> {
     r.err().map(|s| s.code())
 }
 
-async fn general(env: &Env, org: &str) -> pb::Channel {
+pub(crate) async fn general(env: &Env, org: &str) -> pb::Channel {
     let mut c = env.client().await;
     c.list_channels(env.service(pb::ListChannelsRequest {
         clerk_org_id: org.into(),

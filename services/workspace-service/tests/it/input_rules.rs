@@ -2,25 +2,12 @@
 //! reader cannot see or that reorders them, timestamps and page tokens out of their domain are
 //! INVALID_ARGUMENT (never INTERNAL).
 
+use crate::content::general;
 use crate::support;
 
-use support::{Env, start_with, ts};
+use support::{start_with, ts};
 use tonic::{Code, Status};
 use vbase_proto::workspace::v1 as pb;
-
-async fn general(env: &Env, org: &str) -> pb::Channel {
-    let mut c = env.client().await;
-    c.list_channels(env.service(pb::ListChannelsRequest {
-        clerk_org_id: org.into(),
-        page_size: 0,
-        page_token: String::new(),
-    }))
-    .await
-    .unwrap()
-    .into_inner()
-    .channels
-    .remove(0)
-}
 
 fn refused<T: std::fmt::Debug>(r: Result<tonic::Response<T>, Status>) -> String {
     let s = r.expect_err("refused");
