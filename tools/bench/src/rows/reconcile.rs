@@ -34,8 +34,9 @@ struct Ran {
 
 /// Runs `webhook-gateway reconcile --only <only>` with no rate limit, polling its memory and
 /// CPU while it runs. The first run of a row deletes what the earlier rows left (their users
-/// and workspaces are not in the stand-in), more than the deletion budget: the runs are given
-/// `--allow-mass-delete`.
+/// and workspaces are not in the stand-in, so none of its users is held here yet), more than
+/// the deletion budget: the runs move the stack to the stand-in's instance
+/// (`--move-to-instance` with `--allow-mass-delete`).
 async fn run_reconcile(stack: &Stack, only: &str) -> Result<Ran> {
     let log = stack.state_dir().join("logs").join("reconcile-bench.log");
     let mut cmd = stack.reconcile_command();
@@ -43,7 +44,7 @@ async fn run_reconcile(stack: &Stack, only: &str) -> Result<Ran> {
         "--only",
         only,
         "--json",
-        "--instance",
+        "--move-to-instance",
         vbase_stack::DEV_CLERK_INSTANCE,
         "--allow-mass-delete",
     ])
