@@ -24,7 +24,7 @@ pub(crate) async fn general(env: &Env, org: &str) -> pb::Channel {
     .remove(0)
 }
 
-fn post(ch: &str, body: &str) -> pb::PostMessageRequest {
+pub(crate) fn post(ch: &str, body: &str) -> pb::PostMessageRequest {
     pb::PostMessageRequest {
         channel_id: ch.into(),
         body: body.into(),

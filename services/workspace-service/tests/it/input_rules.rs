@@ -2,7 +2,7 @@
 //! reader cannot see or that reorders them, timestamps and page tokens out of their domain are
 //! INVALID_ARGUMENT (never INTERNAL).
 
-use crate::content::general;
+use crate::content::{general, post};
 use crate::support;
 
 use support::{start_with, ts};
@@ -23,15 +23,7 @@ async fn a_multi_line_message_posts_reads_back_unchanged_and_edits() {
     let mut c = env.client().await;
     let body = "Agenda:\n\t1. specs\r\n\t2. review\rend";
     let posted = c
-        .post_message(env.member(
-            "user_1",
-            "org_a",
-            pb::PostMessageRequest {
-                channel_id: ch.id.clone(),
-                body: body.into(),
-                author_clerk_id: String::new(),
-            },
-        ))
+        .post_message(env.member("user_1", "org_a", post(&ch.id, body)))
         .await
         .expect("a body with line breaks and tabs posts")
         .into_inner()
@@ -73,16 +65,8 @@ async fn a_multi_line_message_posts_reads_back_unchanged_and_edits() {
 
     // Other control characters stay refused, in posts and in edits.
     let e = refused(
-        c.post_message(env.member(
-            "user_1",
-            "org_a",
-            pb::PostMessageRequest {
-                channel_id: ch.id.clone(),
-                body: "ding\u{0007}".into(),
-                author_clerk_id: String::new(),
-            },
-        ))
-        .await,
+        c.post_message(env.member("user_1", "org_a", post(&ch.id, "ding\u{0007}")))
+            .await,
     );
     assert!(
         e.contains("body must not contain control characters"),
