@@ -2,6 +2,7 @@
 //! so a caller can act on it; services map [`Invalid`] to `INVALID_ARGUMENT`.
 
 use chrono::{DateTime, Utc};
+use unicode_properties::{GeneralCategory, UnicodeGeneralCategory};
 
 /// Input that breaks a rule; the message says which and how to fix it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -132,34 +133,13 @@ fn bidi_control(c: char) -> bool {
 /// point, or the blank braille pattern: nothing a reader sees.
 fn invisible(c: char) -> bool {
     c.is_whitespace()
+        || c.general_category() == GeneralCategory::Format
         || matches!(
             c,
-            // Cf (Unicode 16).
-            '\u{00AD}'
-                | '\u{0600}'..='\u{0605}'
-                | '\u{061C}'
-                | '\u{06DD}'
-                | '\u{070F}'
-                | '\u{0890}'..='\u{0891}'
-                | '\u{08E2}'
-                | '\u{180E}'
-                | '\u{200B}'..='\u{200F}'
-                | '\u{202A}'..='\u{202E}'
-                | '\u{2060}'..='\u{2064}'
-                | '\u{2066}'..='\u{206F}'
-                | '\u{FEFF}'
-                | '\u{FFF9}'..='\u{FFFB}'
-                | '\u{110BD}'
-                | '\u{110CD}'
-                | '\u{13430}'..='\u{1343F}'
-                | '\u{1BCA0}'..='\u{1BCA3}'
-                | '\u{1D173}'..='\u{1D17A}'
-                | '\u{E0001}'
-                | '\u{E0020}'..='\u{E007F}'
-                // Other Default_Ignorable_Code_Point: the combining grapheme joiner, Hangul
-                // fillers, Khmer inherent vowels, Mongolian variation selectors, variation
-                // selectors, reserved ones.
-                | '\u{034F}'
+            // The Default_Ignorable_Code_Points outside Cf: the combining grapheme joiner,
+            // Hangul fillers, Khmer inherent vowels, Mongolian and other variation selectors,
+            // reserved ones.
+            '\u{034F}'
                 | '\u{115F}'..='\u{1160}'
                 | '\u{17B4}'..='\u{17B5}'
                 | '\u{180B}'..='\u{180F}'
