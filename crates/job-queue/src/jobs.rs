@@ -197,14 +197,19 @@ pub enum Attempt {
     Done,
     /// Try again after `after`, recording `error` (dead instead once the attempts are spent).
     Retry { after: Duration, error: String },
-    /// The service the job calls is unavailable (5xx, timeout, no connection, 429): retried
-    /// like [`Attempt::Retry`], and counted by the runner's breaker ([`crate::breaker`]);
-    /// `hold` is the pause the service asked for, if it did.
+    /// The service the job calls is unavailable (5xx, timeout, no connection): retried like
+    /// [`Attempt::Retry`], and counted by the runner's breaker ([`crate::breaker`]); `hold` is
+    /// the pause the service asked for, if it did.
     Unavailable {
         after: Duration,
         error: String,
         hold: Option<Duration>,
     },
+    /// The service the job calls rate-limits the caller (429): tried again after `after` (its
+    /// `Retry-After`), recording `error`, with the attempt taken back, since a rate limit says
+    /// nothing about the job and must not make it dead; the breaker pauses every job for
+    /// `after`.
+    Throttled { after: Duration, error: String },
     /// Not done because the service's own database could not take it (a read-only server, a
     /// broken connection: [`service_runtime::db::DbFailure::Unavailable`]): tried again after
     /// `after`, recording `error`, with the attempt its lease counted taken back, so it never

@@ -147,12 +147,15 @@ impl<H: JobHandler> JobRunner<H> {
             // The service's own database failed: nothing was learnt about the one called.
             Attempt::Deferred { .. } => return,
             Attempt::Unavailable { hold, .. } => Health::Unavailable { hold: *hold },
+            Attempt::Throttled { after, .. } => Health::Unavailable { hold: Some(*after) },
             _ => Health::Answered,
         };
         match breaker.ended(epoch, health, Instant::now()) {
             Some(Transition::Opened(pause)) => {
                 let error = match attempt {
-                    Attempt::Unavailable { error, .. } => error.as_str(),
+                    Attempt::Unavailable { error, .. } | Attempt::Throttled { error, .. } => {
+                        error.as_str()
+                    }
                     _ => "",
                 };
                 tracing::warn!(table = self.table.name, ?pause, %error,
@@ -393,7 +396,10 @@ async fn record(
             }
             a => a,
         };
-        let taken_back = i32::from(matches!(attempt, Attempt::Deferred { .. }));
+        let taken_back = i32::from(matches!(
+            attempt,
+            Attempt::Deferred { .. } | Attempt::Throttled { .. }
+        ));
         match attempt {
             Attempt::Done => {
                 keys.push(f.job.key);
@@ -401,6 +407,7 @@ async fn record(
             }
             Attempt::Retry { after, error }
             | Attempt::Unavailable { after, error, .. }
+            | Attempt::Throttled { after, error }
             | Attempt::Deferred { after, error } => {
                 prepared(table.retry)
                     .bind::<Text, _>(&f.job.key)

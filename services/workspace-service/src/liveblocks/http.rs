@@ -180,9 +180,8 @@ impl LiveblocksApi for HttpLiveblocks {
                 },
             },
             401 | 403 => Delivery::KeyRejected { status },
-            429 => Delivery::Retry {
+            429 => Delivery::RateLimited {
                 after: retry_after(resp.headers()),
-                reason: "429 rate limited".into(),
             },
             500..=599 | 408 => Delivery::Retry {
                 after: retry_after(resp.headers()),

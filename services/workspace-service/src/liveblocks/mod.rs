@@ -22,11 +22,13 @@ pub enum Delivery {
     Deleted,
     /// 404: already gone (done as well).
     AlreadyGone,
-    /// 429 / 5xx / timeout / connection error: try again, after `after` when the server said so.
+    /// 5xx / timeout / connection error: try again, after `after` when the server said so.
     Retry {
         after: Option<Duration>,
         reason: String,
     },
+    /// 429: Liveblocks is rate-limiting the key; try again after `after` when it said so.
+    RateLimited { after: Option<Duration> },
     /// 401 / 403: the secret key is wrong; keep the job until it is fixed.
     KeyRejected { status: u16 },
     /// Another 4xx (e.g. 422): keep the job, back off to the maximum, alert.

@@ -10,15 +10,17 @@
 //! on the database; one granted just before reaches its client within the call's 3 s, well
 //! inside the sweep's 5 minutes past an hour).
 //!
-//! 429 honours `Retry-After`; 5xx, timeouts and connection errors back
-//! off exponentially with jitter, until `max_attempts`. While Liveblocks is unavailable the
-//! worker pauses as a whole (`job_queue::breaker`) rather than spend every job's attempts on it. 401/403 (a wrong key) and any other
+//! A 429 pauses the whole worker for its `Retry-After` and spends no attempt (a rate limit says
+//! nothing about the room); 5xx, timeouts and connection errors back off exponentially with
+//! jitter, until `max_attempts`. While Liveblocks is unavailable the worker pauses as a whole
+//! (`job_queue::breaker`) rather than spend every job's attempts on it. 401/403 (a wrong key) and any other
 //! refusal (e.g. 422) are permanent: the job becomes dead, kept until an operator retries it.
 //! [`KeyCheck`] tries the key at start-up and every few minutes with a cheap authenticated
 //! read, and reports it on `/status`, in the log and in `liveblocks_key_valid`.
 
 pub use crate::config::CleanupSettings;
 pub use crate::liveblocks::{Delivery, HttpLiveblocks, KeyState, LiveblocksApi, encode_room_id};
+use crate::liveblocks::{RATE_LIMITED_RETRY, RATE_LIMITED_RETRY_MAX};
 use crate::metrics::Metrics;
 use job_queue::{
     Attempt, BreakerSettings, JobHandler, JobRunner, JobTable, Leased, RunnerSettings, job_table,
@@ -70,6 +72,16 @@ impl JobHandler for CleanupHandler {
                     },
                 )
             }
+            // Spends no attempt: a rate limit says nothing about the room.
+            Delivery::RateLimited { after } => (
+                "rate_limited",
+                Attempt::Throttled {
+                    after: after
+                        .unwrap_or(RATE_LIMITED_RETRY)
+                        .clamp(RATE_LIMITED_RETRY, RATE_LIMITED_RETRY_MAX),
+                    error: "429 rate limited".into(),
+                },
+            ),
             Delivery::KeyRejected { status } => {
                 self.metrics.liveblocks_key_rejections.inc();
                 self.metrics.liveblocks_key_valid.set(0);

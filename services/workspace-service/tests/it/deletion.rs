@@ -820,6 +820,40 @@ async fn a_worker_killed_mid_job_leaves_it_to_be_retried() {
     );
 }
 
+/// Liveblocks rate-limiting the key for longer than a job's attempts last never makes the job
+/// dead: a 429 says when to come back, nothing about the room.
+#[tokio::test]
+async fn rate_limits_spend_no_attempts_however_long_they_last() {
+    let env = start_with(false).await;
+    env.liveblocks.set_mode(LiveblocksMode::RateLimited {
+        retry_after_secs: 1,
+    });
+    let rooms = enqueue_rooms(&env, 1).await;
+    let settings = CleanupSettings {
+        max_attempts: 2,
+        ..fast()
+    };
+    let w = worker(&env, &env.liveblocks, SECRET, settings);
+    let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
+    let t = tokio::spawn(w.run(async move {
+        let _ = stop_rx.wait_for(|s| *s).await;
+    }));
+    eventually("four 429s", Duration::from_secs(15), || async {
+        env.liveblocks.requests() >= 4
+    })
+    .await;
+    assert_eq!(
+        env.count("liveblocks_cleanup_jobs WHERE dead_at IS NULL AND attempts = 0")
+            .await,
+        1,
+        "a 429 spent an attempt or made the job dead"
+    );
+    env.liveblocks.set_mode(LiveblocksMode::Up);
+    all_deleted(&env.liveblocks, &rooms).await;
+    let _ = stop_tx.send(true);
+    t.await.unwrap();
+}
+
 #[tokio::test]
 async fn a_rejected_key_makes_jobs_dead_and_keeps_them() {
     let env = start_with(false).await;
