@@ -124,6 +124,27 @@ pub fn required_name(field: &str, value: &str, max: usize) -> Result<String, Err
     Ok(v)
 }
 
+/// Text from a source that cannot be refused (a name Clerk holds), made what [`required_name`]
+/// admits: control characters and bidirectional controls removed, line and paragraph
+/// separators made spaces, surrounding whitespace trimmed; empty when nothing visible is left.
+pub fn displayable(value: &str) -> String {
+    let kept: String = value
+        .chars()
+        .filter(|c| !c.is_control() && !bidi_control(*c))
+        .map(|c| {
+            if matches!(c, '\u{2028}' | '\u{2029}') {
+                ' '
+            } else {
+                c
+            }
+        })
+        .collect();
+    if kept.chars().all(invisible) {
+        return String::new();
+    }
+    kept.trim().to_owned()
+}
+
 /// An embedding, override or isolate control of the bidirectional algorithm (and its end).
 fn bidi_control(c: char) -> bool {
     matches!(c, '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
@@ -431,6 +452,36 @@ mod tests {
             assert_eq!(name(ok), Ok(ok.to_owned()), "{ok:?}");
         }
         assert_eq!(name("  Room  ").unwrap(), "Room");
+    }
+
+    #[test]
+    fn text_we_cannot_refuse_becomes_a_name_we_would_admit() {
+        assert_eq!(displayable("report\u{202E}fdp.exe"), "reportfdp.exe");
+        assert_eq!(
+            displayable(" \u{2066}Ada\u{2069} Lovelace\u{2028} "),
+            "Ada Lovelace"
+        );
+        assert_eq!(displayable("a\u{0007}b\n"), "ab");
+        assert_eq!(displayable("Ada\u{2029}Lovelace"), "Ada Lovelace");
+        for blank in ["\u{200B}", " \u{200B}\u{200D} ", "\u{3164}", "\u{202E}", ""] {
+            assert_eq!(displayable(blank), "", "{blank:?}");
+        }
+        for ok in [
+            "👨\u{200D}👩\u{200D}👧",
+            "שלום 2024\u{200F}",
+            "Ünïcödé 名前",
+        ] {
+            assert_eq!(displayable(ok), ok);
+            assert_eq!(required_name("name", ok, 100), Ok(ok.to_owned()));
+        }
+        for raw in ["x\u{202D}y", "\u{2067}z\u{2069}", " w\u{2029}v "] {
+            let shown = displayable(raw);
+            assert_eq!(
+                required_name("name", &shown, 100),
+                Ok(shown.clone()),
+                "{raw:?}"
+            );
+        }
     }
 
     #[test]

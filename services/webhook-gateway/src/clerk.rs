@@ -14,6 +14,7 @@
 //! orders anything. Every command names the Clerk instance the envelope came from
 //! (`instance_id`), which the services record.
 
+use input_validation::displayable;
 use serde::Deserialize;
 use vbase_proto::identity::v1 as idp;
 use vbase_proto::timestamp_from_millis;
@@ -25,13 +26,13 @@ pub const MAX_NAME_CHARS: usize = 256;
 /// Longest role stored (workspace-service's limit); Clerk's custom role keys can be longer.
 pub const MAX_ROLE: usize = 64;
 
-/// Clerk's text as the services store it: control characters removed, surrounding spaces
-/// trimmed, cut at `max` characters (on a character boundary). Clerk accepts longer names than
-/// we keep; refusing them would lose the whole event (and, after Svix gives up, the change).
+/// Clerk's text as the services store it: made displayable as our own names must be (no
+/// control characters, no bidirectional controls that would reorder what others see, nothing
+/// when nothing visible is left: [`input_validation::displayable`]), cut at `max` characters
+/// (on a character boundary). Clerk accepts names we would refuse; refusing them would lose the
+/// whole event (and, after Svix gives up, the change).
 pub fn normalized(text: &str, max: usize) -> String {
-    let clean: String = text.chars().filter(|c| !c.is_control()).collect();
-    clean
-        .trim()
+    input_validation::displayable(text)
         .chars()
         .take(max)
         .collect::<String>()
@@ -143,25 +144,16 @@ impl User {
 
     /// First + last name, trimmed; else the username; else nothing. Never the email: the name
     /// is what other users see, the email only its owner.
+    /// Each part is made displayable first, so a name of invisible characters or bidirectional
+    /// controls alone falls back like an empty one.
     pub fn display_name(&self) -> String {
-        let full = format!(
-            "{} {}",
-            self.first_name.as_deref().unwrap_or_default().trim(),
-            self.last_name.as_deref().unwrap_or_default().trim()
-        );
+        let shown = |part: &Option<String>| displayable(part.as_deref().unwrap_or_default());
+        let full = format!("{} {}", shown(&self.first_name), shown(&self.last_name));
         let full = full.trim();
         if !full.is_empty() {
             return full.to_owned();
         }
-        if let Some(u) = self
-            .username
-            .as_deref()
-            .map(str::trim)
-            .filter(|u| !u.is_empty())
-        {
-            return u.to_owned();
-        }
-        String::new()
+        shown(&self.username)
     }
 }
 
@@ -201,13 +193,23 @@ pub struct Organization {
 }
 
 impl Organization {
+    /// The name as stored; when nothing of it can be shown (invisible characters alone), the
+    /// slug, else the id: the services refuse an empty name, which would quarantine the event.
+    fn shown_name(&self) -> String {
+        [self.name.as_str(), self.slug.as_deref().unwrap_or_default()]
+            .into_iter()
+            .map(|n| normalized(n, MAX_NAME_CHARS))
+            .find(|n| !n.is_empty())
+            .unwrap_or_else(|| self.id.clone())
+    }
+
     /// The upsert that makes our copy equal to this state.
     pub fn upsert(&self, origin: Origin) -> wsp::UpsertWorkspaceCommand {
         wsp::UpsertWorkspaceCommand {
             event_id: origin.event_id.to_owned(),
             occurred_at: Some(timestamp_from_millis(self.updated_at)),
             clerk_org_id: self.id.clone(),
-            name: normalized(&self.name, MAX_NAME_CHARS),
+            name: self.shown_name(),
             slug: normalized(self.slug.as_deref().unwrap_or_default(), MAX_NAME_CHARS),
             owner_clerk_id: self.created_by.clone().unwrap_or_default(),
             event_time: origin.event_time,
@@ -475,6 +477,15 @@ mod tests {
         assert_eq!(mk(None, Some("Lovelace"), None).display_name(), "Lovelace");
         assert_eq!(mk(None, None, Some("ada99")).display_name(), "ada99");
         assert_eq!(mk(Some(" "), None, None).display_name(), "");
+        assert_eq!(
+            mk(Some("\u{200B}"), Some("\u{202E}"), Some("ada99")).display_name(),
+            "ada99",
+            "a name of invisible characters alone falls back"
+        );
+        assert_eq!(
+            mk(Some("Ada\u{202E}"), Some("\u{2066}Lovelace"), None).display_name(),
+            "Ada Lovelace"
+        );
     }
 
     #[test]
@@ -714,5 +725,18 @@ mod tests {
             panic!()
         };
         assert_eq!((w.name.len(), w.slug.as_str()), (256, "slug"));
+        for (name, slug, shown) in [
+            ("Acme\u{202E}gnp", Some("acme"), "Acmegnp"),
+            ("\u{200B}\u{202E}", Some("acme"), "acme"),
+            ("\u{3164}", None, "org_1"),
+        ] {
+            let org = json!({"data": {"id": "org_1", "name": name, "slug": slug, "updated_at": 1},
+                "object": "event", "timestamp": 1, "type": "organization.updated"});
+            let (_, cmd) = to_command("m", &body(org)).unwrap();
+            let Command::UpsertWorkspace(w) = cmd else {
+                panic!()
+            };
+            assert_eq!(w.name, shown, "{name:?}");
+        }
     }
 }
