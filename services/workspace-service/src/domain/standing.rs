@@ -71,16 +71,25 @@ struct Membership {
     changed_at: Option<DateTime<Utc>>,
 }
 
+/// How long before a token's `iat` a change still counts as made after it. `iat` has whole
+/// seconds (a token minted at 12:00:00.8, after a removal at 12:00:00.5, says 12:00:00), and
+/// the webhook's time and the token's come from different Clerk clocks. Counting a change too
+/// early costs nothing: a token minted after a removal no longer names the organization, and
+/// one minted after a role change is held to the role it states, which is then current.
+pub const ISSUED_AT_MARGIN_SECS: i64 = 5;
+
 impl AccessFacts {
-    /// What changed after a token issued at `issued_at` (seconds).
+    /// What changed after a token issued at `issued_at` (seconds), or at most
+    /// [`ISSUED_AT_MARGIN_SECS`] before it.
     pub fn standing(&self, issued_at: i64) -> Standing {
-        let issued = DateTime::from_timestamp(issued_at, 0).unwrap_or(DateTime::<Utc>::MIN_UTC);
+        let issued = DateTime::from_timestamp(issued_at.saturating_sub(ISSUED_AT_MARGIN_SECS), 0)
+            .unwrap_or(DateTime::<Utc>::MIN_UTC);
         let changed = self
             .membership
             .as_ref()
-            .filter(|m| m.changed_at.is_some_and(|at| at > issued));
+            .filter(|m| m.changed_at.is_some_and(|at| at >= issued));
         Standing::new(
-            self.removed_at.is_some_and(|at| at > issued),
+            self.removed_at.is_some_and(|at| at >= issued),
             changed.map(|m| m.deleted),
             changed.map(|m| m.role.clone()),
         )

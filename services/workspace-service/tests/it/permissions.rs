@@ -271,3 +271,55 @@ async fn access_follows_clerks_changes_not_only_the_token() {
     // Services are not users: their calls go on.
     c.list_channels(env.service(list())).await.unwrap();
 }
+
+/// A token's `iat` has whole seconds and comes from another Clerk clock than the webhook's
+/// time: a removal dated in the token's own second, or a few seconds before it, still refuses
+/// the token (a token minted after the removal would not name the organization).
+#[tokio::test]
+async fn a_removal_dated_just_before_the_tokens_second_refuses_it() {
+    let env = start_with(false).await;
+    env.workspace("org_a").await;
+    let mut c = env.client().await;
+    let list = || pb::ListChannelsRequest {
+        clerk_org_id: "org_a".into(),
+        ..Default::default()
+    };
+    for user in ["user_same", "user_early"] {
+        c.upsert_membership(env.service(support::membership(
+            &format!("m-{user}"),
+            1,
+            "org_a",
+            user,
+            "org:member",
+        )))
+        .await
+        .unwrap();
+    }
+    let tokens = (
+        env.member("user_same", "org_a", list()),
+        env.member("user_early", "org_a", list()),
+    );
+    for (user, ahead) in [("user_same", 0), ("user_early", -3)] {
+        let at = support::T0 + after_now(ahead);
+        c.delete_membership(env.service(pb::DeleteMembershipCommand {
+            event_id: format!("remove-{user}"),
+            occurred_at: support::ts(at),
+            clerk_org_id: "org_a".into(),
+            clerk_user_id: user.into(),
+            event_time: support::ts(at),
+            ..Default::default()
+        }))
+        .await
+        .unwrap();
+    }
+    for req in [tokens.0, tokens.1] {
+        let refused = c.list_channels(req).await.unwrap_err();
+        assert_eq!(refused.code(), Code::PermissionDenied, "{refused:?}");
+        assert!(
+            refused
+                .message()
+                .contains("membership of this workspace was removed"),
+            "{refused:?}"
+        );
+    }
+}
