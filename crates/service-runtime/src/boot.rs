@@ -178,11 +178,13 @@ impl Boot {
                 )?
             }
         };
+        let mut registry = Registry::default();
+        crate::key_metrics::KeyMetrics::new(auth.named_key_stores()).register(&mut registry);
         Ok(Self {
             pool,
             db_tls,
             auth,
-            registry: Registry::default(),
+            registry,
             detail: crate::metrics::HealthDetail::default(),
             lifecycle,
             workers,

@@ -12,6 +12,7 @@ pub mod connection;
 pub mod db;
 pub mod error;
 pub mod grpc;
+pub mod key_metrics;
 pub mod lifecycle;
 pub mod limits;
 pub mod logging;

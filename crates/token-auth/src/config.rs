@@ -29,8 +29,10 @@ pub struct AuthArgs {
     /// JWKS URL with the public keys of internal callers (instead of SERVICE_JWKS_FILE).
     #[arg(long, env = "SERVICE_JWKS_URL", conflicts_with = "service_jwks_file")]
     pub service_jwks_url: Option<String>,
-    /// Seconds between regular key refreshes.
-    #[arg(long, env = "JWKS_REFRESH_SECS", default_value_t = 300)]
+    /// Seconds between regular key refreshes (10 to 600): a key removed from its JWKS is
+    /// trusted until the next one.
+    #[arg(long, env = "JWKS_REFRESH_SECS", default_value_t = 300,
+          value_parser = clap::value_parser!(u64).range(10..=600))]
     pub jwks_refresh_secs: u64,
     /// The longest token lifetime (`exp - iat`) accepted, seconds (60 to 86400). Clerk's
     /// session tokens live 60 s; a longer-lived token stays valid after a member is removed.

@@ -108,6 +108,9 @@ pub struct KeyStore {
     /// Whether every key must be bound to its subjects (service keys): a key that is not is
     /// kept (its tokens are refused with a reason) and named in a warning at each load.
     subjects_required: bool,
+    /// When keys were last loaded (seconds since the epoch; 0: never). A refresh that fails
+    /// keeps the keys loaded before, so an operator's removal of a key waits for a load.
+    loaded_at: AtomicU64,
 }
 
 impl std::fmt::Debug for KeyStore {
@@ -156,6 +159,7 @@ impl KeyStore {
             waiting: tokio::sync::Semaphore::new(options.max_waiting_calls),
             options,
             subjects_required,
+            loaded_at: AtomicU64::new(0),
         });
         let weak = Arc::downgrade(&store);
         tokio::spawn(async move { refresh_loop(weak).await });
@@ -228,6 +232,16 @@ impl KeyStore {
         self.keys.read().map(|m| !m.is_empty()).unwrap_or(false)
     }
 
+    /// When keys were last loaded (seconds since the epoch), if ever.
+    pub fn loaded_at(&self) -> Option<u64> {
+        Some(self.loaded_at.load(Ordering::Relaxed)).filter(|t| *t > 0)
+    }
+
+    /// How many keys are loaded.
+    pub fn key_count(&self) -> usize {
+        self.keys.read().map(|m| m.len()).unwrap_or(0)
+    }
+
     /// How many fetches were attempted so far (successful or not).
     pub fn fetch_count(&self) -> u64 {
         self.fetches.load(Ordering::Relaxed)
@@ -282,6 +296,10 @@ impl KeyStore {
         if let Ok(mut guard) = self.keys.write() {
             *guard = Arc::new(parsed);
         }
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        self.loaded_at.store(now, Ordering::Relaxed);
         Ok(n)
     }
 }

@@ -165,6 +165,19 @@ impl Authenticator {
         &self.callers
     }
 
+    /// The key stores in use by what they verify (`clerk`, `service`), for metrics.
+    pub fn named_key_stores(&self) -> Vec<(&'static str, Arc<KeyStore>)> {
+        self.clerk
+            .iter()
+            .map(|d| ("clerk", Arc::clone(&d.keys)))
+            .chain(
+                self.service
+                    .iter()
+                    .map(|d| ("service", Arc::clone(&d.keys))),
+            )
+            .collect()
+    }
+
     /// The key stores in use (Clerk first), for readiness checks and metrics.
     pub fn key_stores(&self) -> Vec<Arc<KeyStore>> {
         self.clerk

@@ -1162,3 +1162,53 @@ async fn arbitrary_tokens_are_refused_without_panicking() {
         })
         .unwrap();
 }
+
+/// A refresh that fails keeps the keys loaded before, and the time of the last load does not
+/// move: what `verification_keys_loaded_timestamp_seconds` shows operators, since a key removed
+/// from a broken file stays trusted until a load succeeds.
+#[tokio::test]
+async fn a_failed_refresh_keeps_the_keys_and_the_time_they_were_loaded() {
+    let key = SigningKey::generate_rsa().unwrap();
+    let dir = std::env::temp_dir().join(format!("vbase-keys-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("jwks.json");
+    std::fs::write(&file, SigningKey::jwks(&[&key]).to_string()).unwrap();
+    let store = token_auth::KeyStore::spawn(
+        KeySource::File(file.clone()),
+        vec![jsonwebtoken::Algorithm::RS256],
+        KeyStoreOptions {
+            refresh_interval: Duration::from_millis(200),
+            min_refetch_interval: Duration::from_millis(50),
+            fetch_timeout: Duration::from_secs(4),
+            max_waiting_calls: 16,
+        },
+    );
+    assert!(store.wait_ready(Duration::from_secs(5)).await);
+    let first = store.loaded_at().expect("loaded");
+    let fetches = |n: u64| {
+        let store = store.clone();
+        async move {
+            let target = store.fetch_count() + n;
+            while store.fetch_count() < target {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+    // Refreshes that succeed move it (whole seconds).
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    fetches(1).await;
+    let refreshed = store.loaded_at().unwrap();
+    assert!(refreshed > first, "{refreshed} after {first}");
+    std::fs::write(&file, "{\"keys\": [").unwrap();
+    fetches(2).await;
+    let broken_since = store.loaded_at().unwrap();
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    fetches(2).await;
+    assert_eq!(
+        store.loaded_at(),
+        Some(broken_since),
+        "a failed refresh moved it"
+    );
+    assert_eq!(store.key_count(), 1, "the keys loaded before are kept");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
