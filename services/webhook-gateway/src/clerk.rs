@@ -372,8 +372,22 @@ fn parse<T: serde::de::DeserializeOwned>(
     serde_json::from_value(data).map_err(|e| reason(&format!("{kind} payload"), &e))
 }
 
-/// Maps a verified body onto the command to send.
+/// A verified body, parsed: its event type, the command it asks for, and the envelope
+/// `timestamp` as a time (when Clerk says the event happened; the same on every Svix retry).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Event {
+    pub kind: String,
+    pub command: Command,
+    pub event_time: Option<prost_types::Timestamp>,
+}
+
+/// Maps a verified body onto the command to send: its event type and the command.
 pub fn to_command(event_id: &str, body: &[u8]) -> Result<(String, Command), Malformed> {
+    to_event(event_id, body).map(|e| (e.kind, e.command))
+}
+
+/// Maps a verified body onto the command to send, with its event type and time.
+pub fn to_event(event_id: &str, body: &[u8]) -> Result<Event, Malformed> {
     let env: Envelope =
         serde_json::from_slice(body).map_err(|e| reason("not a Clerk event", &e))?;
     let instance = env.instance()?.to_owned();
@@ -410,7 +424,11 @@ pub fn to_command(event_id: &str, body: &[u8]) -> Result<(String, Command), Malf
         }
         _ => Command::Ignored,
     };
-    Ok((env.kind, command))
+    Ok(Event {
+        kind: env.kind,
+        command,
+        event_time: origin.event_time,
+    })
 }
 
 #[cfg(test)]

@@ -84,6 +84,14 @@ pub struct Config {
     /// it). A webhook cut off gets no 2xx, so Svix delivers it again.
     #[arg(long, env = "SHUTDOWN_DRAIN_SECS", default_value_t = 20)]
     pub shutdown_drain_secs: u64,
+    /// Seconds after its Clerk event (the body's signed `timestamp`) from which a delivery that
+    /// a service fails for a reason of its own (INTERNAL, FAILED_PRECONDITION, NOT_FOUND ...)
+    /// is quarantined and answered 200 (1 to 86400). Younger, it is answered 503 and Svix
+    /// retries it, so a fix released meanwhile applies it. Svix's 7th attempt comes about
+    /// 17 h 35 min after the first, its 8th and last about 27 h 35 min. A body without a
+    /// timestamp is never old enough.
+    #[arg(long, env = "QUARANTINE_FAILED_AFTER_SECS", default_value_t = crate::failed::DEFAULT_AFTER_SECS)]
+    pub quarantine_failed_after_secs: u64,
     /// `json` or `pretty`.
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Json)]
     pub log_format: LogFormat,
@@ -187,6 +195,15 @@ impl Config {
             return Err(format!(
                 "SHUTDOWN_DRAIN_SECS ({}) must be from 1 to 300",
                 self.shutdown_drain_secs
+            ));
+        }
+        // 0 is refused, as it reads as "off" as well as "at once": off would lose the delivery
+        // once Svix gives up, and 1 already quarantines any failure a second after the event.
+        if !(1..=crate::failed::MAX_AFTER_SECS).contains(&self.quarantine_failed_after_secs) {
+            return Err(format!(
+                "QUARANTINE_FAILED_AFTER_SECS ({}) must be from 1 to {} (24 h): Svix's last attempt comes about 27 h 35 min after the first, and a delivery still failing then would be lost",
+                self.quarantine_failed_after_secs,
+                crate::failed::MAX_AFTER_SECS
             ));
         }
         if self.identity_batch_slots == 0 {

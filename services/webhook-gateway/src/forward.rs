@@ -74,14 +74,15 @@ pub enum ForwardError {
     #[error("unavailable: {0}")]
     Unavailable(String),
     /// The call failed for a reason a prompt repeat does not change (FAILED_PRECONDITION,
-    /// NOT_FOUND, INTERNAL ...): answered 503 like [`ForwardError::Unavailable`], so Svix
-    /// retries once the cause is fixed; reconcile stops at once; a replay keeps the delivery
-    /// and goes on with the next.
+    /// NOT_FOUND, INTERNAL ...): answered 503 while the event is young, so Svix retries once
+    /// the cause is fixed, and quarantined once it is `QUARANTINE_FAILED_AFTER_SECS` old
+    /// ([`crate::failed`]); reconcile stops at once; a replay keeps the delivery and goes on
+    /// with the next.
     #[error("failed: {0}")]
     Failed(String),
     /// The service refused the gateway itself (UNAUTHENTICATED, PERMISSION_DENIED), or no
     /// service token could be made: every call fails alike until the configuration is fixed.
-    /// Answered 503 like [`ForwardError::Failed`]; reconcile and a replay stop at once.
+    /// Answered 503 whatever the event's age; reconcile and a replay stop at once.
     #[error("refused the gateway: {0}")]
     Denied(String),
 }
@@ -117,7 +118,7 @@ pub fn transient(s: &Status) -> bool {
 /// What a failed call means: INVALID_ARGUMENT is the content's fault (a webhook's delivery is
 /// quarantined, 200); the gateway's token refused is [`ForwardError::Denied`]; a [`transient`]
 /// failure is [`ForwardError::Unavailable`]; anything else [`ForwardError::Failed`] (all three
-/// 503 for a webhook).
+/// 503 for a webhook, until a failed one's event is old enough to quarantine it).
 pub fn failure(command: &'static str, s: &Status) -> ForwardError {
     if s.code() == Code::InvalidArgument {
         return ForwardError::Rejected(s.message().to_owned());

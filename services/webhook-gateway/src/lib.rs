@@ -6,16 +6,19 @@
 //! de-duplicate on `svix-id`); unhandled event types answer 2xx and are counted; a signed
 //! delivery that cannot be applied (unparseable, or refused by a service) is kept in the owning
 //! service's quarantine and answered 2xx (see [`quarantine`]); a slow or unavailable service
-//! answers 503 within the deadline so Svix retries later.
+//! answers 503 within the deadline so Svix retries later; a delivery a service fails for a
+//! reason of its own answers 503 too, until its event is old enough that Svix is about to give
+//! up: then it is quarantined (see [`failed`]).
 //!
 //! Modules: [`config`] (settings), [`server`] (accept loop and routes), [`webhook`] (the
 //! `POST /clerk` handler), [`body_budget`] (bytes of bodies held at once), [`verify`],
-//! [`clerk`], [`forward`], [`quarantine`], [`reconcile`].
+//! [`clerk`], [`forward`], [`failed`], [`quarantine`], [`reconcile`].
 
 pub mod body_budget;
 pub mod clerk;
 pub mod clerk_api;
 pub mod config;
+pub mod failed;
 pub mod forward;
 pub mod log_budget;
 pub mod metrics;

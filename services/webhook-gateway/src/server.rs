@@ -46,6 +46,7 @@ pub async fn run(
         metrics,
         registry: Mutex::new(registry),
         deadline: timeout + Duration::from_secs(1),
+        quarantine_failed_after: Duration::from_secs(config.quarantine_failed_after_secs),
         read_timeout,
         refusal_logs: log_budget::LogBudget::new(
             log_budget::REFUSALS_LOGGED_PER_MINUTE,

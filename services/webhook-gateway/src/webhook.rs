@@ -1,20 +1,21 @@
 //! `POST /clerk`: the body read within its limit and its share of the bytes all requests may
 //! hold at once ([`crate::body_budget`]), the Svix signature checked on the raw bytes,
 //! the Clerk event parsed into one typed command and forwarded; a delivery that cannot be
-//! applied is quarantined (200), an unavailable service answers 503. [`App`] is what the
-//! handlers share.
+//! applied is quarantined (200), an unavailable service answers 503, and a delivery a service
+//! fails for a reason of its own answers 503 until its event is old enough to be quarantined
+//! ([`crate::failed`]). [`App`] is what the handlers share.
 
 use crate::clerk::Malformed;
 use crate::forward::{Downstream, ForwardError};
 use crate::verify::Verifier;
-use crate::{body_budget, clerk, log_budget, metrics, quarantine};
+use crate::{body_budget, clerk, failed, log_budget, metrics, quarantine};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
 use prometheus_client::registry::Registry;
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 /// Largest accepted webhook body.
 pub const MAX_BODY: usize = 1024 * 1024;
@@ -35,6 +36,9 @@ pub(crate) struct App {
     pub(crate) metrics: metrics::Metrics,
     pub(crate) registry: Mutex<Registry>,
     pub(crate) deadline: Duration,
+    /// Age of its event from which a delivery a service fails is quarantined
+    /// (`QUARANTINE_FAILED_AFTER_SECS`).
+    pub(crate) quarantine_failed_after: Duration,
     /// How long the body of one request may take to arrive.
     pub(crate) read_timeout: Duration,
     /// Log lines for refused verifications.
@@ -112,8 +116,12 @@ pub(crate) async fn clerk_webhook(app: &App, req: Request<Incoming>) -> Response
     let svix_id = header(&parts, "svix-id", "webhook-id")
         .unwrap_or_default()
         .to_owned();
-    let (event_type, command) = match clerk::to_command(&svix_id, &body) {
-        Ok(c) => c,
+    let clerk::Event {
+        kind: event_type,
+        command,
+        event_time,
+    } = match clerk::to_event(&svix_id, &body) {
+        Ok(e) => e,
         Err(Malformed(reason)) => {
             let event_type = quarantine::event_type_of(&body);
             let reason = format!("malformed Clerk event: {reason}");
@@ -135,11 +143,24 @@ pub(crate) async fn clerk_webhook(app: &App, req: Request<Incoming>) -> Response
             let reason = format!("refused by a service: {reason}");
             quarantined(app, &svix_id, &event_type, &reason, &body, started).await
         }
-        Err(
-            ForwardError::Unavailable(reason)
-            | ForwardError::Failed(reason)
-            | ForwardError::Denied(reason),
-        ) => unavailable(app, &svix_id, &event_type, &reason, ms),
+        Err(ForwardError::Failed(reason)) => {
+            let now = SystemTime::now();
+            match failed::due(event_time.as_ref(), app.quarantine_failed_after, now) {
+                Some(age) => {
+                    let age = failed::human(age);
+                    let reason = format!(
+                        "failed permanently at a service (the event is {age} old): {reason}"
+                    );
+                    quarantined(app, &svix_id, &event_type, &reason, &body, started).await
+                }
+                None => failing(app, &svix_id, &event_type, &reason, ms),
+            }
+        }
+        // An outage or a refused token is the service's trouble, not the delivery's (and
+        // keeping it takes a service that answers): 503 whatever the event's age.
+        Err(ForwardError::Unavailable(reason) | ForwardError::Denied(reason)) => {
+            unavailable(app, &svix_id, &event_type, &reason, ms)
+        }
     }
 }
 
@@ -202,6 +223,30 @@ fn busy(app: &App) -> Response<Full<Bytes>> {
     r.headers_mut()
         .insert("retry-after", http::HeaderValue::from_static("5"));
     r
+}
+
+/// A service failed the delivery for a reason of its own while its event is young: 503, so
+/// Svix retries it and a fix released meanwhile applies it. Counted `failed`, apart from a
+/// service unavailable.
+fn failing(
+    app: &App,
+    svix_id: &str,
+    event_type: &str,
+    reason: &str,
+    ms: u64,
+) -> Response<Full<Bytes>> {
+    app.metrics.request(event_type, "failed");
+    tracing::warn!(
+        svix_id,
+        event_type,
+        %reason,
+        ms,
+        "webhook failed at a service; Svix will retry, and once its event is QUARANTINE_FAILED_AFTER_SECS old it is quarantined"
+    );
+    text(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "a service failed this delivery, retry later\n",
+    )
 }
 
 fn unavailable(

@@ -110,6 +110,9 @@ fn out_of_range_settings_exit_2_with_one_line_naming_them() {
         ("webhook-gateway", ("MAX_CONNECTIONS", "0")),
         // Less than one largest body (1 MiB): such a delivery could never be read.
         ("webhook-gateway", ("MAX_BODY_BYTES_IN_FLIGHT", "1000")),
+        // 0 would read as "off"; past 24 h too little is left of Svix's ~27 h 35 min.
+        ("webhook-gateway", ("QUARANTINE_FAILED_AFTER_SECS", "0")),
+        ("webhook-gateway", ("QUARANTINE_FAILED_AFTER_SECS", "90000")),
         ("workspace-service", ("LIVEBLOCKS_MAX_ATTEMPTS", "0")),
         ("workspace-service", ("PURGE_LANES", "9")),
         // 2 purges x 8 lanes would take every one of the 16 pooled connections; x 5, more

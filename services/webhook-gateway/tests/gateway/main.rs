@@ -1,6 +1,7 @@
 //! The gateway end to end: signed webhooks over HTTP and reconcile runs against a stand-in of
 //! Clerk's Backend API, into the real identity and workspace services on real Postgres.
 
+mod failing;
 mod ordering;
 mod quarantine;
 mod reconcile;

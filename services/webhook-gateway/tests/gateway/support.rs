@@ -215,6 +215,7 @@ pub async fn stack_tuned(
         max_connections: 64,
         max_body_bytes_in_flight: 32 << 20,
         shutdown_drain_secs: 20,
+        quarantine_failed_after_secs: webhook_gateway::failed::DEFAULT_AFTER_SECS,
         log_format: LogFormat::Pretty,
     };
     tune(&mut gateway_cfg);
