@@ -438,8 +438,20 @@ pub struct ReadPool {
     sampler: Pool,
     max_lag: Duration,
     own_write_wait: Duration,
+    /// Reads waiting at once for the replica to replay their caller's write ([`wait_slots`]);
+    /// one that finds none taken goes to the primary at once.
+    waits: Arc<tokio::sync::Semaphore>,
     freshness: Arc<Freshness>,
     metrics: ReplicaMetrics,
+}
+
+/// How many reads may wait at once for the replica to replay their caller's write, each
+/// holding one of `replica`'s connections: a quarter of them, so callers naming positions the
+/// replica has not reached (or never will: the position is the caller's own header) cannot
+/// take the pool every other read needs.
+fn wait_slots(replica: Option<&Pool>) -> Arc<tokio::sync::Semaphore> {
+    let size = replica.map_or(1, |r| r.status().max_size);
+    Arc::new(tokio::sync::Semaphore::new((size / 4).max(1)))
 }
 
 impl std::fmt::Debug for ReadPool {
@@ -464,6 +476,7 @@ impl ReadPool {
         Self {
             sampler: primary.clone(),
             primary,
+            waits: wait_slots(replica.as_ref()),
             replica,
             max_lag,
             own_write_wait,
@@ -483,6 +496,7 @@ impl ReadPool {
     pub fn sharing_lag(&self, primary: Pool, replica: Option<Pool>) -> Self {
         Self {
             primary,
+            waits: wait_slots(replica.as_ref()),
             replica,
             sampler: self.sampler.clone(),
             max_lag: self.max_lag,
@@ -549,6 +563,7 @@ impl ReadPool {
             }
         };
         let deadline = Instant::now() + self.own_write_wait;
+        let mut waiting = None;
         loop {
             let replayed = match self.check(&mut conn).await {
                 Some(Checked::Replayed(at)) => at,
@@ -565,7 +580,10 @@ impl ReadPool {
             }
             match own {
                 Some(own) if replayed < own => {
-                    if Instant::now() >= deadline {
+                    if waiting.is_none() {
+                        waiting = self.waits.try_acquire().ok();
+                    }
+                    if waiting.is_none() || Instant::now() >= deadline {
                         return self.primary_for("own_write").await;
                     }
                     tokio::time::sleep(Duration::from_millis(5)).await;

@@ -492,3 +492,52 @@ async fn a_busy_primary_pool_does_not_stop_the_sampler() {
     drop((held, stop));
     drop((primary, standbys));
 }
+
+/// Reads waiting for the replica to replay their caller's write hold a replica connection each:
+/// at most a quarter of the pool waits, the others go to the primary at once, and reads that
+/// wait for nothing keep the replica. A forged position (`x-vbase-lsn` is the caller's header)
+/// cannot take the pool.
+#[tokio::test]
+async fn reads_waiting_for_a_position_take_at_most_a_quarter_of_the_replica_pool() {
+    let (primary, standbys) = clusters(1).await;
+    let standby = &standbys[0];
+    let writes = build_pool(&primary.url("postgres"), 4, PlanCache::Auto).unwrap();
+    let metrics = ReplicaMetrics::default();
+    let wait = Duration::from_secs(3);
+    let (pool, _stop) = read_pool(
+        &writes,
+        &standby.url("postgres"),
+        8,
+        Duration::from_secs(30),
+        wait,
+        &metrics,
+    );
+    eventually("the replica serves", || async { read(&pool, None).await.0 }).await;
+    // A position no replica reaches.
+    let forged = service_runtime::replica::Lsn::unknown();
+    let started = Instant::now();
+    let mut waiting = tokio::task::JoinSet::new();
+    for _ in 0..6 {
+        let (pool, forged) = (pool.clone(), forged.clone());
+        waiting.spawn(async move {
+            let read = read(&pool, Some(&forged)).await;
+            (read.0, Instant::now())
+        });
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(read(&pool, None).await.0, true, "the replica still serves");
+    let mut prompt = 0;
+    while let Some(done) = waiting.join_next().await {
+        let (on_replica, at) = done.unwrap();
+        assert!(!on_replica, "a position no replica reached was read there");
+        if at - started < wait / 2 {
+            prompt += 1;
+        }
+    }
+    assert_eq!(
+        prompt, 4,
+        "two of eight connections wait, the other four reads go at once"
+    );
+    assert_eq!(reads(&metrics, "primary", "own_write"), 6);
+    drop((primary, standbys));
+}
