@@ -26,6 +26,11 @@ pub struct UserQuotaArgs {
     /// and its answer until the client has read it; beyond, RESOURCE_EXHAUSTED.
     #[arg(long, env = "USER_CALLS_IN_FLIGHT", default_value_t = 16)]
     pub user_calls_in_flight: usize,
+    /// Of a user's calls in flight, how many run their handler at once (1 to 1000): each may
+    /// hold a database connection, so one user takes at most this many of a replica's
+    /// `DB_POOL_SIZE`; their other calls wait in line (within their deadline).
+    #[arg(long, env = "USER_CALLS_RUNNING", default_value_t = 4)]
+    pub user_calls_running: usize,
 }
 
 impl Default for UserQuotaArgs {
@@ -33,6 +38,7 @@ impl Default for UserQuotaArgs {
         Self {
             user_reads_per_minute: 1200,
             user_calls_in_flight: 16,
+            user_calls_running: 4,
         }
     }
 }
@@ -50,6 +56,12 @@ impl UserQuotaArgs {
             return Err(format!(
                 "USER_CALLS_IN_FLIGHT ({}) must be from 1 to 1000",
                 self.user_calls_in_flight
+            ));
+        }
+        if !(1..=1000).contains(&self.user_calls_running) {
+            return Err(format!(
+                "USER_CALLS_RUNNING ({}) must be from 1 to 1000",
+                self.user_calls_running
             ));
         }
         Ok(())
@@ -74,7 +86,11 @@ impl UserQuotas {
                 reads,
                 UserRate::per_minute(args.user_reads_per_minute, "reads"),
             )],
-            in_flight: UserInFlight::new(args.user_calls_in_flight, "USER_CALLS_IN_FLIGHT"),
+            in_flight: UserInFlight::new(
+                args.user_calls_in_flight,
+                args.user_calls_running,
+                "USER_CALLS_IN_FLIGHT",
+            ),
             max_request,
         }
     }
@@ -162,7 +178,11 @@ where
         };
         let req = capped_request(req, self.quotas.max_request);
         Box::pin(async move {
+            // The turn ends with the handler (its connection given back); the place in flight
+            // with the answer sent.
+            let turn = held.turn().await;
             let answer = inner.call(req).await?;
+            drop(turn);
             Ok(answer.map(|body| tonic::body::Body::new(Holding::new(body, held))))
         })
     }
@@ -177,6 +197,7 @@ mod tests {
         let args = UserQuotaArgs {
             user_reads_per_minute: 2,
             user_calls_in_flight: 3,
+            user_calls_running: 2,
         };
         let quotas = UserQuotas::new(&args, &["GetUser"], 1024)
             .with_rate(&["Authorize"], UserRate::per_minute(1, "room tokens"));
@@ -208,5 +229,10 @@ mod tests {
             ..UserQuotaArgs::default()
         };
         assert!(args.check().unwrap_err().contains("USER_CALLS_IN_FLIGHT"));
+        args = UserQuotaArgs {
+            user_calls_running: 0,
+            ..UserQuotaArgs::default()
+        };
+        assert!(args.check().unwrap_err().contains("USER_CALLS_RUNNING"));
     }
 }

@@ -1,5 +1,6 @@
 //! Per-user quotas a service applies to its own methods: a rate per minute ([`UserRate`]),
-//! calls in flight at once ([`UserInFlight`], held until the answer has been sent), and the
+//! calls in flight at once ([`UserInFlight`], held until the answer has been sent; of which a
+//! few run their handlers at once, the others waiting in line), and the
 //! size of a request body ([`capped_request`]). Each refusal is RESOURCE_EXHAUSTED with a
 //! message that says what to do. They count per replica.
 
@@ -14,6 +15,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tonic::Status;
 
 /// Checks between two prunes of users who have not called lately.
@@ -71,25 +73,39 @@ impl UserRate {
     }
 }
 
-/// Calls in flight per user.
+/// A user's calls in flight, and the turns their handlers take ([`InFlight::turn`]).
+type Calls = Arc<Mutex<HashMap<String, (usize, Arc<Semaphore>)>>>;
+
+/// Calls in flight per user, of which at most `running` run their handler at once.
 #[derive(Debug, Clone)]
 pub struct UserInFlight {
     max: usize,
+    running: usize,
     setting: &'static str,
-    counts: Arc<Mutex<HashMap<String, usize>>>,
+    counts: Calls,
 }
 
 /// One call in flight; ends when dropped.
 #[derive(Debug)]
 pub struct InFlight {
     user: String,
-    counts: Arc<Mutex<HashMap<String, usize>>>,
+    turns: Arc<Semaphore>,
+    counts: Calls,
+}
+
+impl InFlight {
+    /// Waits for one of the user's turns to run a handler (which may hold a database
+    /// connection): held until the handler has answered, so one user's calls take at most
+    /// `running` of a replica's connections, and their other calls in flight wait in line.
+    pub async fn turn(&self) -> Option<OwnedSemaphorePermit> {
+        Arc::clone(&self.turns).acquire_owned().await.ok()
+    }
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
         let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(n) = counts.get_mut(&self.user) {
+        if let Some((n, _)) = counts.get_mut(&self.user) {
             *n -= 1;
             if *n == 0 {
                 counts.remove(&self.user);
@@ -99,10 +115,12 @@ impl Drop for InFlight {
 }
 
 impl UserInFlight {
-    /// At most `max` calls of one user at once; `setting` names the limit in the refusal.
-    pub fn new(max: usize, setting: &'static str) -> Self {
+    /// At most `max` calls of one user at once, `running` of them in their handlers;
+    /// `setting` names the limit in the refusal.
+    pub fn new(max: usize, running: usize, setting: &'static str) -> Self {
         Self {
             max: max.max(1),
+            running: running.max(1),
             setting,
             counts: Arc::default(),
         }
@@ -111,7 +129,9 @@ impl UserInFlight {
     /// Starts a call of `user`; refused when they have `max` in flight.
     pub fn enter(&self, user: &str) -> Result<InFlight, Status> {
         let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
-        let n = counts.entry(user.to_owned()).or_default();
+        let (n, turns) = counts
+            .entry(user.to_owned())
+            .or_insert_with(|| (0, Arc::new(Semaphore::new(self.running))));
         if *n >= self.max {
             return Err(Status::resource_exhausted(format!(
                 "this user has {} calls in flight ({}): wait for an answer before the next call",
@@ -121,6 +141,7 @@ impl UserInFlight {
         *n += 1;
         Ok(InFlight {
             user: user.to_owned(),
+            turns: Arc::clone(turns),
             counts: Arc::clone(&self.counts),
         })
     }

@@ -171,3 +171,57 @@ async fn batch_get_users_answers_each_id_once_in_the_order_first_asked() {
         .unwrap_err();
     assert_eq!(refused.code(), Code::InvalidArgument, "{refused:?}");
 }
+
+/// Of a user's calls in flight, only `USER_CALLS_RUNNING` run their handler (and may hold a
+/// database connection) at once: the others wait in line, and other users do not.
+#[tokio::test]
+async fn a_users_calls_beyond_their_running_turns_wait_in_line() {
+    let env = support::start_with(|c| {
+        c.quotas.user_calls_running = 1;
+    })
+    .await;
+    let ids = users(&env, 1).await;
+    let mut c = env.client().await;
+    c.store_user(env.user("user_b", pb::StoreUserRequest {}))
+        .await
+        .unwrap();
+    // Hold user_b's row: their next StoreUser waits for it inside its handler.
+    let (locker, conn) = tokio_postgres::connect(env.db.url(), tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    locker
+        .batch_execute("BEGIN; SELECT 1 FROM users WHERE clerk_id = 'user_b' FOR UPDATE")
+        .await
+        .unwrap();
+    let mut blocked = c.clone();
+    let store = tokio::spawn({
+        let req = env.user("user_b", pb::StoreUserRequest {});
+        async move { blocked.store_user(req).await }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let get = |user: &str| {
+        env.user(
+            user,
+            pb::GetUserRequest {
+                clerk_id: ids[0].clone(),
+            },
+        )
+    };
+    let mut waiting = c.clone();
+    let read = tokio::spawn({
+        let req = get("user_b");
+        async move { waiting.get_user(req).await }
+    });
+    c.get_user(get("user_c"))
+        .await
+        .expect("another user is not affected");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        !read.is_finished(),
+        "user_b's second call ran while their one turn was taken"
+    );
+    locker.batch_execute("COMMIT").await.unwrap();
+    store.await.unwrap().unwrap();
+    read.await.unwrap().unwrap();
+}
