@@ -294,7 +294,7 @@ mod tests {
         assert!(refused.metadata().get("retry-after").is_some());
         rate.check(&b).unwrap();
 
-        let in_flight = UserInFlight::new(2, "USER_CALLS_IN_FLIGHT");
+        let in_flight = UserInFlight::new(2, 2, "USER_CALLS_IN_FLIGHT");
         let one = in_flight.enter("user_a").unwrap();
         let _two = in_flight.enter("user_a").unwrap();
         let refused = in_flight.enter("user_a").unwrap_err();
@@ -305,6 +305,25 @@ mod tests {
         in_flight.enter("user_b").unwrap();
         drop(one);
         in_flight.enter("user_a").unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_users_calls_take_turns_others_do_not_wait() {
+        let in_flight = UserInFlight::new(4, 1, "USER_CALLS_IN_FLIGHT");
+        let (first, second) = (
+            in_flight.enter("user_a").unwrap(),
+            in_flight.enter("user_a").unwrap(),
+        );
+        let turn = first.turn().await.expect("a turn");
+        let waiting = tokio::time::timeout(Duration::from_millis(100), second.turn()).await;
+        assert!(waiting.is_err(), "a second turn while the first runs");
+        let other = in_flight.enter("user_b").unwrap();
+        assert!(
+            other.turn().await.is_some(),
+            "another user waits for no one"
+        );
+        drop(turn);
+        assert!(second.turn().await.is_some(), "the turn passes on");
     }
 
     #[tokio::test]
