@@ -110,6 +110,9 @@ pub struct Frame {
     pub bytes: Bytes,
     /// The workspace was deleted: nothing follows.
     pub last: bool,
+    /// The Clerk user whose membership this change added, changed or removed: their watches
+    /// check their access at once rather than at their next periodic check.
+    pub member: Option<String>,
 }
 
 impl Frame {
@@ -132,7 +135,23 @@ impl Frame {
             channel: change.channel_id,
             bytes: counted(memory, bytes),
             last: ends_workspace(change),
+            member: member_of(change),
         }
+    }
+}
+
+/// The user whose membership `change` added, changed or removed.
+fn member_of(change: &Change) -> Option<String> {
+    if change.channel_id.is_some() {
+        return None;
+    }
+    match pb::WorkspaceEvent::decode(change.payload.as_slice())
+        .ok()?
+        .event?
+    {
+        pb::workspace_event::Event::MemberChanged(m) => Some(m.clerk_user_id),
+        pb::workspace_event::Event::MemberRemoved(user) => Some(user),
+        _ => None,
     }
 }
 

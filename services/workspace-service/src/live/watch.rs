@@ -358,7 +358,16 @@ impl Stream {
                 Step::End(end) => Err(end),
                 Step::Recheck => self.check_access(&mut unchecked).await,
                 Step::Pressure => Ok(()),
-                Step::Live(Ok(f)) => self.deliver(&f),
+                Step::Live(Ok(f)) => match self.deliver(&f) {
+                    // The caller's own membership changed: their access now, not at the next
+                    // periodic check (the change is committed, and checks read the primary).
+                    Ok(())
+                        if f.member.is_some() && f.member.as_deref() == self.caller.user_id() =>
+                    {
+                        self.check_access(&mut unchecked).await
+                    }
+                    done => done,
+                },
                 Step::Live(Err(broadcast::error::RecvError::Lagged(_))) => {
                     // The log has what the broadcast dropped.
                     self.reading = true;

@@ -917,6 +917,38 @@ async fn a_removed_member_loses_the_stream_and_a_replica_caps_its_streams() {
     assert_eq!(what(&next(&mut again).await), "caught up");
 }
 
+/// A removal ends the removed member's streams when its change reaches them, not at their
+/// next periodic check (an hour here); other members' streams go on.
+#[tokio::test]
+async fn a_removed_members_streams_end_with_the_removal_not_at_the_next_check() {
+    let env = start_custom(false, |c| c.watch.watch_access_recheck_secs = 3600).await;
+    let ch = channel(&env, "org_r", "live").await;
+    let mut c = env.client().await;
+    c.upsert_membership(env.service(membership("m-b", 10, "org_r", "user_b", "org:member")))
+        .await
+        .unwrap();
+    let mut s = watch(&env, "user_b", "org_r", &ch, "").await;
+    assert_eq!(what(&next(&mut s).await), "caught up");
+    let mut other = watch(&env, "user_c", "org_r", &ch, "").await;
+    assert_eq!(what(&next(&mut other).await), "caught up");
+    c.delete_membership(env.service(pb::DeleteMembershipCommand {
+        event_id: "m-b-del".into(),
+        occurred_at: ts(T0 + 20),
+        clerk_org_id: "org_r".into(),
+        clerk_user_id: "user_b".into(),
+        ..Default::default()
+    }))
+    .await
+    .unwrap();
+    let ended = tokio::time::timeout(Duration::from_secs(5), s.message())
+        .await
+        .expect("the stream ended with the removal")
+        .unwrap_err();
+    assert_eq!(ended.code(), Code::PermissionDenied, "{ended:?}");
+    post(&env, "org_r", &ch, "still here").await;
+    assert_eq!(what(&next(&mut other).await), "posted still here");
+}
+
 /// A stream outlives its call, so opening one is decided on the database, never on the
 /// replica's access cache: a removal the replica has not heard of yet (its notification still
 /// on the way) opens none, even while the cache still lets the member read.
