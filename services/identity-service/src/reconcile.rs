@@ -28,8 +28,11 @@ pub enum Comparison {
     Older,
     /// Held as listed.
     Same,
-    /// Held with newer state, or deleted here (final).
+    /// Held with newer state.
     Newer,
+    /// Deleted here (final), yet listed: a race with Clerk's deletion, or a wrong deletion
+    /// here. Nothing is written either way.
+    DeletedHere,
 }
 
 /// A user as Clerk lists it (mapped as for a webhook).
@@ -98,7 +101,7 @@ pub async fn compare(pool: &Pool, q: &Page) -> Result<Vec<Comparison>, Error> {
              ON CONFLICT (run_id, clerk_id) DO UPDATE SET listed = true)
          SELECT i.ord, CASE
                  WHEN u.clerk_id IS NULL THEN 1
-                 WHEN u.deleted_at IS NOT NULL THEN 4
+                 WHEN u.deleted_at IS NOT NULL THEN 5
                  WHEN u.source_updated_at IS NULL OR u.source_updated_at < i.updated_at THEN 2
                  WHEN u.source_updated_at > i.updated_at THEN 4
                  WHEN (u.name, u.email, u.image_url) = (i.name, i.email, i.image_url) THEN 3
@@ -131,6 +134,7 @@ pub async fn compare(pool: &Pool, q: &Page) -> Result<Vec<Comparison>, Error> {
             2 => Ok(Comparison::Older),
             3 => Ok(Comparison::Same),
             4 => Ok(Comparison::Newer),
+            5 => Ok(Comparison::DeletedHere),
             other => Err(Error::Internal(format!("unknown comparison {other}"))),
         })
         .collect()

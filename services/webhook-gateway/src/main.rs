@@ -22,7 +22,8 @@ enum Command {
     Serve(Box<webhook_gateway::Config>),
     /// Make our data equal to Clerk's: page Clerk's Backend API, apply what differs through
     /// the services' sync commands, delete what Clerk no longer has. Exit 0 when the run
-    /// completed, 1 when it stopped (one line on stderr says why), 2 for bad settings.
+    /// completed, 1 when it stopped, refused to delete or found resources deleted here that
+    /// Clerk still has (one line on stderr says why), 2 for bad settings.
     Reconcile(Box<webhook_gateway::reconcile::config::ReconcileConfig>),
     /// Apply the deliveries kept in the services' quarantine with the current code, through the
     /// ordinary commands under their own delivery ids (nothing is applied twice). Exit 0 when

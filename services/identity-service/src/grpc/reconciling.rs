@@ -13,6 +13,7 @@ fn comparison(c: reconcile::Comparison) -> i32 {
         reconcile::Comparison::Older => pb::Comparison::Older,
         reconcile::Comparison::Same => pb::Comparison::Same,
         reconcile::Comparison::Newer => pb::Comparison::Newer,
+        reconcile::Comparison::DeletedHere => pb::Comparison::DeletedHere,
     }
     .into()
 }

@@ -8,6 +8,7 @@ mod lifecycle;
 mod migrations;
 mod properties;
 mod quotas;
+mod reconcile;
 mod replica_reads;
 mod support;
 mod user_cache;

@@ -1,7 +1,8 @@
 //! What a reconcile run shares across kinds: the run's identity and start, the pipelined
 //! listing of Clerk's pages, the writes, the deletion sweep and its budget, and the listing
-//! order's positions.
+//! order's positions. What each page's items become is [`super::items`].
 
+use super::items::{Change, Write, usable};
 use super::listing::{Listing, Stretch, pages};
 use super::retry::Retrier;
 use super::summary::KindSummary;
@@ -41,27 +42,6 @@ pub(super) struct Ctx<'a, C> {
     /// Every call to the services goes through it: repeated when it failed for a moment.
     pub(super) retry: Retrier,
 }
-
-/// What an applied write counts as.
-#[derive(Debug, Clone, Copy)]
-pub(super) enum Change {
-    Created,
-    Updated,
-    Deleted,
-}
-
-impl Change {
-    pub(super) fn count(self, s: &mut KindSummary) {
-        match self {
-            Change::Created => s.created += 1,
-            Change::Updated => s.updated += 1,
-            Change::Deleted => s.deleted += 1,
-        }
-    }
-}
-
-/// A write to send: what it counts as, the resource id (for logs), the command.
-pub(super) type Write = (Change, String, Command);
 
 /// Whether a sweep may delete.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -386,70 +366,6 @@ fn command_name(c: &Command) -> &'static str {
         Command::DeleteMembership(_) => "delete_membership",
         Command::Ignored => "ignored",
     }
-}
-
-/// The items that parsed; the others are counted and logged by id.
-pub(super) fn usable<T>(s: &mut KindSummary, page: Vec<Result<T, Unparsed>>) -> Vec<T> {
-    page.into_iter()
-        .filter_map(|item| match item {
-            Ok(t) => Some(t),
-            Err(u) => {
-                s.refused += 1;
-                tracing::warn!(kind = s.kind, id = ?u.id, reason = u.reason, "a listed resource does not parse");
-                None
-            }
-        })
-        .collect()
-}
-
-/// Pairs each listed item with its comparison: missing or older ones become writes (their
-/// commands made only then, with their event ids; `None`: no command can be made, counted
-/// refused); the others are counted.
-pub(super) fn classify<T>(
-    s: &mut KindSummary,
-    items: &[T],
-    results: &[i32],
-    to_write: impl Fn(&T) -> Option<(String, Command)>,
-) -> Result<Vec<Write>, RunError> {
-    if results.len() != items.len() {
-        return Err(RunError::Services(format!(
-            "a comparison answered {} results for {} items",
-            results.len(),
-            items.len()
-        )));
-    }
-    let mut writes = Vec::new();
-    for (item, r) in items.iter().zip(results) {
-        let change = match r {
-            1 => Change::Created,
-            2 => Change::Updated,
-            3 => {
-                s.unchanged += 1;
-                continue;
-            }
-            _ => {
-                s.stale += 1;
-                continue;
-            }
-        };
-        match to_write(item) {
-            Some((id, cmd)) => writes.push((change, id, cmd)),
-            None => s.refused += 1,
-        }
-    }
-    Ok(writes)
-}
-
-/// A single resource as a page of zero or one.
-pub(super) async fn single<T: DeserializeOwned>(
-    clerk: &impl ClerkBackend,
-    s: &mut KindSummary,
-    path: &str,
-) -> Result<Vec<T>, RunError> {
-    let found = crate::clerk_api::fetch_one::<T>(clerk, path).await?;
-    let items = usable(s, found.into_iter().collect());
-    s.listed += items.len() as u64;
-    Ok(items)
 }
 
 #[cfg(test)]

@@ -4,11 +4,13 @@
 
 use super::RunError;
 use super::Scope;
-use super::ctx::{Candidates, Ctx, Sweep, classify, single};
+use super::ctx::{Candidates, Ctx, Sweep};
+use super::items::{classify, single};
 use super::listing::{Listing, Position, Stretch};
 use super::summary::KindSummary;
+use super::{deleted_here, members};
 use crate::clerk::{self, Command, Membership, Organization, User};
-use crate::clerk_api::{ClerkBackend, ListQuery, Start, fetch_one, list_page};
+use crate::clerk_api::{ClerkBackend, ListQuery, Start, list_page};
 use crate::forward::failure;
 use vbase_proto::identity::v1 as idp;
 use vbase_proto::workspace::v1 as wsp;
@@ -75,11 +77,13 @@ pub(super) async fn users<C: ClerkBackend>(
                 scope_id: ctx.plan.scope.user().unwrap_or_default().to_owned(),
             };
             let results = compare_users(ctx, req).await?;
-            let writes = classify(s, &users, &results, |u| {
+            let c = classify(s, &users, &results, |u| {
                 let id = ctx.event_id("user", &u.id);
                 Some((u.id.clone(), Command::UpsertUser(u.upsert(ctx.origin(&id)))))
             })?;
-            ctx.apply(s, writes).await
+            ctx.apply(s, c.writes).await?;
+            let live = async |u: &User| Ok(!ctx.gone(&format!("/users/{}", u.id)).await?);
+            deleted_here::confirm(s, c.deleted_here, |u| u.id.clone(), live).await
         };
     match &ctx.plan.scope {
         Scope::User(id) => {
@@ -268,14 +272,17 @@ pub(super) async fn organizations<C: ClerkBackend>(
             .await?
             .into_inner()
             .results;
-        let writes = classify(s, &orgs, &results, |o| {
+        let c = classify(s, &orgs, &results, |o| {
             let id = ctx.event_id("organization", &o.id);
             Some((
                 o.id.clone(),
                 Command::UpsertWorkspace(o.upsert(ctx.origin(&id))),
             ))
         })?;
-        ctx.apply(s, writes).await
+        ctx.apply(s, c.writes).await?;
+        let live =
+            async |o: &Organization| Ok(!ctx.gone(&format!("/organizations/{}", o.id)).await?);
+        deleted_here::confirm(s, c.deleted_here, |o| o.id.clone(), live).await
     };
     match &ctx.plan.scope {
         Scope::Org(id) => {
@@ -366,12 +373,19 @@ pub(super) async fn memberships<C: ClerkBackend>(
             .await?
             .into_inner()
             .results;
-        let writes = classify(s, &listed, &results, |m| {
+        let c = classify(s, &listed, &results, |m| {
             let id = ctx.event_id("membership", &m.id);
             let cmd = m.upsert(ctx.origin(&id)).ok()?;
             Some((m.id.clone(), Command::UpsertMembership(cmd)))
         })?;
-        ctx.apply(s, writes).await
+        ctx.apply(s, c.writes).await?;
+        // Only listed memberships that name their user get here (`upsert` above).
+        let user = |m: &Membership| m.user_id().unwrap_or_default().to_owned();
+        let id = |m: &Membership| format!("{} ({}/{})", m.id, m.organization.id, user(m));
+        let live = async |m: &Membership| {
+            members::in_clerk(ctx, &m.organization.id, &user(m), Some(&m.id)).await
+        };
+        deleted_here::confirm(s, c.deleted_here, id, live).await
     };
     // A run for one organization or user Clerk deleted: its memberships cannot be listed (404),
     // and every one held is a candidate, each confirmed gone on its own by the sweep.
@@ -420,7 +434,7 @@ pub(super) async fn sweep_memberships<C: ClerkBackend>(
     };
     let key = |m: &wsp::HeldMembership| format!("{}/{}", m.clerk_org_id, m.clerk_user_id);
     let gone = async |m: &wsp::HeldMembership| {
-        Ok(!still_member(ctx, &m.clerk_org_id, &m.clerk_user_id).await?)
+        Ok(!members::in_clerk(ctx, &m.clerk_org_id, &m.clerk_user_id, None).await?)
     };
     let delete = |m: &wsp::HeldMembership, key: &str| {
         Command::DeleteMembership(wsp::DeleteMembershipCommand {
@@ -435,51 +449,6 @@ pub(super) async fn sweep_memberships<C: ClerkBackend>(
         })
     };
     ctx.sweep(s, mode, list, key, gone, delete).await
-}
-
-/// Whether Clerk lists `user` among the members of `org` now. The organization is asked first
-/// (`GET /organizations/{org}`, whose 404 `resource_not_found` the spec documents): a deleted
-/// organization has no members. Then `GET /organizations/{org}/memberships?user_id=` (the route
-/// that documents that filter, and no 404); any refusal there stops the sweep. An item that
-/// does not parse, or whose user is unknown, counts as the membership (nothing is deleted on a
-/// doubt).
-async fn still_member<C: ClerkBackend>(
-    ctx: &Ctx<'_, C>,
-    org: &str,
-    user: &str,
-) -> Result<bool, RunError> {
-    let org_path = format!("/organizations/{org}");
-    if fetch_one::<serde_json::Value>(ctx.clerk, &org_path)
-        .await?
-        .is_none()
-    {
-        return Ok(false);
-    }
-    let path = format!("{org_path}/memberships");
-    let filter = [("user_id", user.to_owned())];
-    let mut offset = 0;
-    loop {
-        let q = ListQuery {
-            limit: ctx.plan.page_size,
-            start: Start::Offset(offset),
-            oldest_first: false,
-            filter: &filter,
-        };
-        let page = list_page::<Membership>(ctx.clerk, &path, &q)
-            .await
-            .map_err(|e| RunError::Clerk(e.on_list()))?;
-        let member = page.items.iter().any(|m| match m {
-            Err(_) => true,
-            Ok(m) => m.organization.id == org && m.user_id().ok().is_none_or(|u| u == user),
-        });
-        if member {
-            return Ok(true);
-        }
-        if page.last {
-            return Ok(false);
-        }
-        offset += page.items.len();
-    }
 }
 
 #[cfg(test)]

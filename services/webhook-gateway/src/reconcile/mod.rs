@@ -6,7 +6,9 @@
 //! which also records the item as seen by the run); send what is missing or older as the
 //! ordinary sync commands, with `occurred_at` = the resource's `updated_at` and an event id that
 //! names the run, so the services' ordering guard decides exactly as for a webhook and a newer
-//! webhook is never rolled back. Only when every listing was read to its end: ask the service
+//! webhook is never rolled back. What is deleted here but listed is asked of Clerk alone: gone
+//! there, a race (stale); still there, a deletion Clerk never made, which writes nothing and
+//! fails the run ([`deleted_here`]). Only when every listing was read to its end: ask the service
 //! for what it holds that the run did not see (created before the run started), confirm each
 //! with Clerk (its own GET answering 404 `resource_not_found`), and delete it. Memory holds a
 //! page or two, whatever the number of resources.
@@ -19,8 +21,11 @@
 
 pub mod config;
 mod ctx;
+mod deleted_here;
+mod items;
 mod kinds;
 mod listing;
+mod members;
 pub mod pin;
 pub mod retry;
 pub mod summary;
@@ -131,8 +136,9 @@ pub async fn execute(config: &ReconcileConfig) -> anyhow::Result<Summary> {
     Ok(run(&clerk, &downstream, &plan).await)
 }
 
-/// Runs `plan` against `clerk` and the services. Never fails: a run that stops, or refuses to
-/// delete, says why in [`Summary::error`] and has `completed == false`.
+/// Runs `plan` against `clerk` and the services. Never fails: a run that stops, refuses to
+/// delete, or finds resources deleted here that Clerk still has, says why in
+/// [`Summary::error`] and has `completed == false` (the command exits 1).
 pub async fn run(clerk: &impl ClerkBackend, downstream: &Downstream, plan: &Plan) -> Summary {
     let started = Instant::now();
     let ctx = ctx::Ctx::new(clerk, downstream, plan);
@@ -255,6 +261,14 @@ pub async fn run(clerk: &impl ClerkBackend, downstream: &Downstream, plan: &Plan
     if error.is_none() && !refusals.is_empty() {
         error = Some(refusals.join("; "));
     }
+    // Deleted here, live in Clerk: nothing was written for them, and the run fails so someone
+    // looks (also after a stop, with what the run saw before it).
+    if let Some(line) = deleted_here::message(&summaries) {
+        error = Some(match error {
+            Some(e) => format!("{e}; {line}"),
+            None => line,
+        });
+    }
     match &error {
         Some(e) => tracing::error!(error = %e, "reconcile stopped"),
         None => tracing::info!("reconcile completed"),
@@ -272,6 +286,7 @@ pub async fn run(clerk: &impl ClerkBackend, downstream: &Downstream, plan: &Plan
             deleted = s.deleted,
             budget = s.budget,
             stale = s.stale,
+            deleted_here_live_in_clerk = s.deleted_here_live_in_clerk,
             refused = s.refused,
             kept = s.kept,
             requests = s.requests,

@@ -18,8 +18,13 @@ pub struct KindSummary {
     /// Held here but gone from Clerk (confirmed with Clerk's `resource_not_found`, or for a
     /// membership, absent from the organization's members).
     pub deleted: u64,
-    /// Newer data or a deletion is held here (a webhook was faster): left alone.
+    /// Newer data is held here, or a deletion Clerk confirmed meanwhile (a webhook was
+    /// faster): left alone.
     pub stale: u64,
+    /// Deleted here, yet listed by Clerk and still found when asked for alone: a deletion
+    /// Clerk never made. Each is logged with its id at error level; nothing is written, and the
+    /// run fails (exit 1).
+    pub deleted_here_live_in_clerk: u64,
     /// Listed by Clerk but not usable (does not parse, or a service refused it): logged with
     /// its id, nothing written.
     pub refused: u64,
@@ -52,6 +57,7 @@ impl KindSummary {
         self.unchanged += d.unchanged;
         self.deleted += d.deleted;
         self.stale += d.stale;
+        self.deleted_here_live_in_clerk += d.deleted_here_live_in_clerk;
         self.refused += d.refused;
         self.kept += d.kept;
     }
@@ -71,9 +77,10 @@ pub struct Summary {
     /// Names the run in every event id it sends (`reconcile-<run_id>-...`).
     pub run_id: String,
     pub dry_run: bool,
-    /// Every kind finished.
+    /// Every kind finished, no deletion was refused, and nothing deleted here is live in Clerk.
     pub completed: bool,
-    /// Why the run stopped, or refused to delete, when it did.
+    /// Why the run stopped, refused to delete, or failed (resources deleted here that Clerk
+    /// still has), when it did.
     pub error: Option<String>,
     /// The Clerk instance CLERK_SECRET_KEY belongs to, once Clerk said.
     pub instance: Option<String>,

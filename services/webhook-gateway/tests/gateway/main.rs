@@ -5,6 +5,7 @@ mod failing;
 mod ordering;
 mod quarantine;
 mod reconcile;
+mod reconcile_deleted_here;
 mod reconcile_edges;
 mod reconcile_guards;
 mod reconcile_retry;

@@ -32,6 +32,7 @@ fn answer(results: Vec<Comparison>) -> R<pb::CompareResponse> {
                 Comparison::Older => pb::Comparison::Older,
                 Comparison::Same => pb::Comparison::Same,
                 Comparison::Newer => pb::Comparison::Newer,
+                Comparison::DeletedHere => pb::Comparison::DeletedHere,
             }
             .into()
         })

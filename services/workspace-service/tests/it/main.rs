@@ -16,6 +16,7 @@ mod postgres_crash;
 mod purge_scale;
 mod quotas;
 mod races;
+mod reconcile;
 mod replica_reads;
 mod room_access;
 mod room_token_bounds;

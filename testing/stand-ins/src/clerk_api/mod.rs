@@ -7,7 +7,8 @@
 //! It records every request (path, decoded query, `Clerk-API-Version` header, status) and its
 //! start time (to check a client's rate), and can be told to answer 429 with `Retry-After`, to
 //! fail list requests with 503 from some request on, to answer a plain 404 on some paths (a
-//! proxy in the way), to delete users as soon as a page lists them, or to slow down.
+//! proxy in the way), to delete users or organizations as soon as a page lists them, or to
+//! slow down.
 
 mod routes;
 mod store;
@@ -56,6 +57,8 @@ struct State {
     blocked: Vec<String>,
     /// Users removed right after a `GET /v1/users` page lists them.
     remove_when_listed: Vec<String>,
+    /// Organizations removed right after a `GET /v1/organizations` page lists them.
+    remove_orgs_when_listed: Vec<String>,
     /// `starting_after` is ignored (a fault on demand: every page is the first).
     ignore_cursor: bool,
     /// Wrapped lists answer empty in this shape (a fault on demand: a proxy or a cache).
@@ -153,6 +156,7 @@ impl ClerkApiStandIn {
             ignore_cursor: false,
             empty_lists: None,
             remove_when_listed: Vec::new(),
+            remove_orgs_when_listed: Vec::new(),
             list_requests: 0,
             requests: 0,
             started: Vec::new(),
@@ -257,6 +261,12 @@ impl ClerkApiStandIn {
         self.with(|s| {
             s.orgs.put(org);
         });
+    }
+
+    /// Removes each of these organizations right after a `GET /v1/organizations` page lists it
+    /// (deleted in Clerk while a client pages).
+    pub fn remove_orgs_when_listed(&self, ids: &[String]) {
+        self.with(|s| s.remove_orgs_when_listed.extend(ids.iter().cloned()));
     }
 
     /// Removes an organization.

@@ -16,7 +16,7 @@
 //!   user answers 422 `form_param_value_invalid` (never a page from where the user was).
 //! - `GET /v1/instance` answers the instance the key belongs to.
 
-use super::store::Key;
+use super::store::{Key, Ordered};
 use super::{EmptyList, State};
 use crate::http_server::{SeenRequest, json_response};
 use bytes::Bytes;
@@ -353,10 +353,11 @@ pub fn answer(state: &mut State, req: &SeenRequest) -> Response {
         ["organizations"] => {
             let keys = state.orgs.keys().to_vec();
             let page = page_of(&keys, &q);
-            let data = page
+            let data: Vec<Value> = page
                 .iter()
                 .filter_map(|k| state.orgs.by_key(k).cloned())
                 .collect();
+            listed(&mut state.remove_orgs_when_listed, &mut state.orgs, &data);
             wrapped(data, keys.len())
         }
         ["organizations", id] => state
@@ -389,12 +390,13 @@ pub fn answer(state: &mut State, req: &SeenRequest) -> Response {
     }
 }
 
-/// Removes the users of `page` that were to go once listed (deleted in Clerk between pages).
-fn listed(state: &mut State, page: &[Value]) {
-    for id in page.iter().filter_map(|u| u["id"].as_str()) {
-        if let Some(i) = state.remove_when_listed.iter().position(|r| r == id) {
-            state.remove_when_listed.swap_remove(i);
-            state.users.remove(id);
+/// Removes the resources of `page` that were to go once listed (deleted in Clerk between pages,
+/// or right after a page named them).
+fn listed(pending: &mut Vec<String>, store: &mut Ordered, page: &[Value]) {
+    for id in page.iter().filter_map(|v| v["id"].as_str()) {
+        if let Some(i) = pending.iter().position(|r| r == id) {
+            pending.swap_remove(i);
+            store.remove(id);
         }
     }
 }
@@ -408,7 +410,7 @@ fn users_page(state: &mut State, q: &List) -> Response {
             .iter()
             .filter_map(|k| state.users.by_key(k).cloned())
             .collect();
-        listed(state, &data);
+        listed(&mut state.remove_when_listed, &mut state.users, &data);
         return json_response(200, &Value::Array(data));
     };
     let Some(at) = state.users.position(cursor).cloned() else {
@@ -423,7 +425,7 @@ fn users_page(state: &mut State, q: &List) -> Response {
     } else {
         state.users.before(&at, q.limit)
     };
-    listed(state, &data);
+    listed(&mut state.remove_when_listed, &mut state.users, &data);
     json_response(200, &Value::Array(data))
 }
 

@@ -36,8 +36,12 @@ pub enum Comparison {
     Older,
     /// Held as listed.
     Same,
-    /// Held with newer state, or deleted here (final).
+    /// Held with newer state, or gone with its organization or user deleted here (which
+    /// compares [`Comparison::DeletedHere`] in its own listing).
     Newer,
+    /// Deleted here (final; a membership, for its membership id), yet listed: a race with
+    /// Clerk's deletion, or a wrong deletion here. Nothing is written either way.
+    DeletedHere,
 }
 
 /// An organization as Clerk lists it.
@@ -100,6 +104,7 @@ fn comparisons(rows: Vec<Compared>, expected: usize) -> Result<Vec<Comparison>, 
             2 => Ok(Comparison::Older),
             3 => Ok(Comparison::Same),
             4 => Ok(Comparison::Newer),
+            5 => Ok(Comparison::DeletedHere),
             other => Err(Error::Internal(format!("unknown comparison {other}"))),
         })
         .collect()
@@ -148,7 +153,7 @@ pub async fn compare_orgs(
                      AND (w.clerk_created_at, w.clerk_org_id) <= (COALESCE($11, 'infinity'), $12))
              ON CONFLICT (run_id, kind, clerk_org_id, clerk_user_id) DO UPDATE SET listed = true)
          SELECT i.ord, CASE
-                 WHEN EXISTS (SELECT 1 FROM workspace_tombstones t WHERE t.clerk_org_id = i.org) THEN 4
+                 WHEN EXISTS (SELECT 1 FROM workspace_tombstones t WHERE t.clerk_org_id = i.org) THEN 5
                  WHEN w.id IS NULL THEN 1
                  WHEN w.source_updated_at < i.updated_at THEN 2
                  WHEN w.source_updated_at > i.updated_at THEN 4
@@ -182,7 +187,9 @@ pub async fn compare_orgs(
 /// started) that it does not list as candidates, with the membership id held (a listed one
 /// held outside the stretch is marked listed, so no page counts it). A live row so
 /// placed compares as that membership (it is compared as it will be held). A membership of a
-/// deleted organization or user, or one replaced here by a later membership, is `Newer`.
+/// deleted organization or user, or one replaced here by a later membership, is `Newer` (the
+/// organization or user is reported by its own comparison); this very membership id deleted
+/// here is `DeletedHere`.
 pub async fn compare_memberships(
     conn: &mut AsyncPgConnection,
     q: &Page<ListedMembership>,
@@ -233,7 +240,7 @@ pub async fn compare_memberships(
                   AND (m.membership_created_at, m.clerk_membership_id) > (i.created_at, i.mid) THEN 4
                  WHEN m.clerk_membership_id <> i.mid
                   AND (m.clerk_membership_id <> '' OR m.deleted) THEN 2
-                 WHEN m.deleted THEN 4
+                 WHEN m.deleted THEN 5
                  WHEN m.source_updated_at < i.updated_at THEN 2
                  WHEN m.source_updated_at > i.updated_at THEN 4
                  WHEN m.role = i.role THEN 3
