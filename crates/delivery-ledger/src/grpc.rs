@@ -20,6 +20,14 @@ pub const INTAKE_SERVICE_NAME: &str = "vbase.ops.v1.DeliveryIntakeService";
 /// Fully-qualified name of the operators' service.
 pub const ADMIN_SERVICE_NAME: &str = "vbase.ops.v1.DeliveryAdminService";
 
+/// The largest request `DeliveryIntakeService` decodes: a `QuarantineDelivery` with a webhook
+/// body of [`crate::quarantine::MAX_BODY`] (1 MiB) and its id, type and reason (at most
+/// [`crate::quarantine::MAX_REASON`] characters), with room to spare.
+pub const INTAKE_MAX_REQUEST: usize = crate::quarantine::MAX_BODY + 64 * 1024;
+/// The largest request `DeliveryAdminService` decodes: ids, a page token and a discard reason
+/// (at most 500 characters).
+pub const ADMIN_MAX_REQUEST: usize = 16 * 1024;
+
 /// The webhook gateway's service token only, every method.
 pub fn intake_policy() -> MethodPolicy {
     MethodPolicy::new(INTAKE_SERVICE_NAME).allow_all(
@@ -53,11 +61,13 @@ impl Ledger {
     pub fn mount(&self, services: GrpcServices) -> GrpcServices {
         services
             .add(
-                DeliveryIntakeServiceServer::new(Intake(self.clone())),
+                DeliveryIntakeServiceServer::new(Intake(self.clone()))
+                    .max_decoding_message_size(INTAKE_MAX_REQUEST),
                 intake_policy(),
             )
             .add(
-                DeliveryAdminServiceServer::new(Admin(self.clone())),
+                DeliveryAdminServiceServer::new(Admin(self.clone()))
+                    .max_decoding_message_size(ADMIN_MAX_REQUEST),
                 admin_policy(),
             )
     }

@@ -68,23 +68,13 @@ impl GrpcServices {
     }
 }
 
-fn reflection_builder(names: &[&'static str]) -> tonic_reflection::server::Builder<'static> {
-    names.iter().fold(
-        tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(vbase_proto::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-            .with_service_name("grpc.health.v1.Health"),
-        |b, name| b.with_service_name(*name),
-    )
-}
-
 async fn report(reporter: &HealthReporter, names: &[&'static str], status: ServingStatus) {
     for name in names.iter().chain(std::iter::once(&"")) {
         reporter.set_service_status(*name, status).await;
     }
 }
 
-/// Serves `services` behind `auth` with health and reflection on `listener` until `shutdown`
+/// Serves `services` behind `auth` with health (of `reporter`'s statuses) and reflection on `listener` until `shutdown`
 /// resolves, then reports NOT_SERVING and drains in-flight calls. Native gRPC and gRPC-Web
 /// (HTTP/1.1 or HTTP/2) share the port; pages of `origins` get CORS grants.
 pub async fn serve_grpc(
@@ -93,10 +83,7 @@ pub async fn serve_grpc(
     origins: Vec<http::HeaderValue>,
     auth: Arc<Authenticator>,
     services: GrpcServices,
-    health: (
-        HealthReporter,
-        tonic_health::pb::health_server::HealthServer<impl tonic_health::pb::health_server::Health>,
-    ),
+    reporter: HealthReporter,
     shutdown: impl Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
     let GrpcServices {
@@ -104,11 +91,7 @@ pub async fn serve_grpc(
         names,
         policy,
     } = services;
-    let (reporter, health_service) = health;
-    routes
-        .add_service(health_service)
-        .add_service(reflection_builder(&names).build_v1()?)
-        .add_service(reflection_builder(&names).build_v1alpha()?);
+    crate::open_services::add(&mut routes, &reporter, &names)?;
     let shutdown = async move {
         shutdown.await;
         // Stop advertising readiness first, then let tonic drain.
@@ -289,7 +272,7 @@ impl Serve {
             crate::metrics::serve_metrics(metrics_listener, registry, detail, lifecycle.stopped()),
         );
         let names = services.names().to_vec();
-        let (reporter, health_service) = tonic_health::server::health_reporter();
+        let reporter = HealthReporter::new();
         report(&reporter, &names, ServingStatus::NotServing).await;
         workers.spawn(
             "health",
@@ -309,13 +292,7 @@ impl Serve {
             on_shutdown.begin_shutdown();
         };
         let server = serve_grpc(
-            listener,
-            &limits,
-            origins,
-            auth,
-            services,
-            (reporter, health_service),
-            shutdown,
+            listener, &limits, origins, auth, services, reporter, shutdown,
         );
         // A client that never acknowledges the GOAWAY must not hold the drain open forever.
         let draining = lifecycle.shutting_down();

@@ -17,6 +17,7 @@ pub mod lifecycle;
 pub mod limits;
 pub mod logging;
 pub mod metrics;
+pub mod open_services;
 pub mod prepared;
 pub mod quota_service;
 pub mod read_after;

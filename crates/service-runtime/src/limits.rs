@@ -1,7 +1,7 @@
 //! What one gRPC server admits, so that no caller can hold it: connections at once, the time a
 //! connection has for its handshake and to live, calls per connection, the time of a call,
-//! HTTP/2 keepalive, and streams reset before they were served (the HTTP/2 "rapid reset"
-//! attack).
+//! HTTP/2 keepalive, streams reset before they were served (the HTTP/2 "rapid reset"
+//! attack) and streams the server had to reset because of the peer's frames ("MadeYouReset").
 
 use crate::connection::Deadlines;
 use std::sync::Arc;
@@ -12,6 +12,10 @@ use tokio::sync::Semaphore;
 /// connection is closed with GOAWAY ENHANCE_YOUR_CALM (the protection against HTTP/2 rapid
 /// reset, set explicitly rather than left to the library's default).
 pub const MAX_PENDING_ACCEPT_RESET_STREAMS: usize = 20;
+/// Streams the server may reset itself because of the peer's frames (a WINDOW_UPDATE that
+/// overflows a window, for one), per connection; beyond it GOAWAY ENHANCE_YOUR_CALM. h2's own
+/// default, which tonic turns off unless set (HTTP/2 "MadeYouReset", CVE-2025-8671).
+pub const MAX_LOCAL_ERROR_RESET_STREAMS: usize = 1024;
 /// The longest a peer has to answer a keepalive ping before its connection is closed (a third
 /// of the interval when that is shorter).
 pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
@@ -162,6 +166,7 @@ impl GrpcLimits {
                 KEEPALIVE_TIMEOUT.min(Duration::from_secs(self.keepalive_secs) / 3),
             ))
             .http2_max_pending_accept_reset_streams(Some(MAX_PENDING_ACCEPT_RESET_STREAMS))
+            .http2_max_local_error_reset_streams(Some(MAX_LOCAL_ERROR_RESET_STREAMS))
             // The graceful close at the maximum age; `Admitted` cuts the connection after the
             // grace (tonic's own grace setting would skip the graceful close).
             .max_connection_age(Duration::from_secs(self.max_connection_age_secs))

@@ -25,6 +25,8 @@ pub const MIGRATIONS: delivery_ledger::migrations::WithLedger =
 pub const SERVICE_NAME: &str = "vbase.identity.v1.IdentityService";
 /// Audience that service tokens for this service must carry.
 pub const AUDIENCE: &str = "identity-service";
+/// The largest request `IdentityService` decodes.
+pub use grpc::MAX_REQUEST;
 
 /// How PostgreSQL plans identity-service's statements. Every one looks users up by key or by
 /// an array of keys (batched lookups and upserts), and PostgreSQL's default would plan those
@@ -156,7 +158,10 @@ pub async fn run(
     );
     // Users' calls behind their quotas; internal callers' go straight through.
     let quotas = UserQuotas::new(&config.quotas, grpc::READ_METHODS, grpc::MAX_USER_REQUEST);
-    let served = WithUserQuotas::new(IdentityServiceServer::new(api), quotas);
+    let served = WithUserQuotas::new(
+        IdentityServiceServer::new(api).max_decoding_message_size(grpc::MAX_REQUEST),
+        quotas,
+    );
     let services = ledger.mount(GrpcServices::new().add(served, grpc::policy()));
     boot.serve(listener, config.metrics_addr, services, shutdown)
         .await

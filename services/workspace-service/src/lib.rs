@@ -207,11 +207,10 @@ pub async fn run(
     );
     let routes =
         grpc::routes::Routes::new(api, live, grpc::routes::Quotas::new(&config.watch.calls));
-    let services = ledger.mount(
-        GrpcServices::new()
-            .add(routes, grpc::policy())
-            .add(WorkspaceAdminServiceServer::new(admin), admin::policy()),
-    );
+    let services = ledger.mount(GrpcServices::new().add(routes, grpc::policy()).add(
+        WorkspaceAdminServiceServer::new(admin).max_decoding_message_size(admin::ADMIN_MAX_REQUEST),
+        admin::policy(),
+    ));
     boot.serve(listener, config.metrics_addr, services, shutdown)
         .await
 }

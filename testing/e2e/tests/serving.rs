@@ -585,6 +585,34 @@ async fn rapid_resets_and_silent_peers_lose_their_connection() {
     server.stop().await.unwrap();
 }
 
+/// HTTP/2 "MadeYouReset" (CVE-2025-8671): a client whose frames make the server reset streams
+/// itself (here a WINDOW_UPDATE that overflows each new stream's send window) gets GOAWAY
+/// ENHANCE_YOUR_CALM once it passes `MAX_LOCAL_ERROR_RESET_STREAMS`, and its connection closed.
+#[tokio::test]
+async fn streams_the_server_must_reset_close_the_connection_past_the_limit() {
+    use tokio::io::AsyncWriteExt;
+    let (server, _issuers) = limited_server(service_runtime::GrpcLimits::default(), &[]).await;
+    // HPACK: indexed :method POST, :scheme http, :path /.
+    let headers = [0x83, 0x86, 0x84];
+    let mut burst = PREFACE.to_vec();
+    burst.extend(frame(0x4, 0, 0, &[]));
+    let streams = service_runtime::limits::MAX_LOCAL_ERROR_RESET_STREAMS as u32 + 100;
+    for i in 0..streams {
+        let id = 2 * i + 1;
+        burst.extend(frame(0x1, 0x4 | 0x1, id, &headers));
+        burst.extend(frame(0x8, 0, id, &0x7fff_ffffu32.to_be_bytes()));
+    }
+    let mut attacker = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    attacker.write_all(&burst).await.unwrap();
+    let (goaways, closed) = read_until_closed(&mut attacker, Duration::from_secs(5)).await;
+    assert!(
+        goaways.contains(&0xb),
+        "GOAWAY ENHANCE_YOUR_CALM expected, got {goaways:?}"
+    );
+    assert!(closed, "the connection is closed");
+    server.stop().await.unwrap();
+}
+
 /// A channel to `addr` that counts the TCP connections it opens.
 fn counting_channel(
     addr: std::net::SocketAddr,

@@ -28,6 +28,14 @@ pub const MAX_BATCH: usize = 500;
 /// two of framing each, 33,000 bytes) fit twice over; tonic alone would take 4 MiB.
 pub const MAX_USER_REQUEST: usize = 64 * 1024;
 
+/// The largest request `IdentityService` decodes, from any caller (users are held to
+/// [`MAX_USER_REQUEST`] before that). The largest legitimate ones are the gateway's:
+/// `CompareUsers` pages (at most 500 users, `CLERK_API_PAGE_SIZE`; about 1.7 MiB when every
+/// field is as long as the service accepts), and an `UpsertUsers` batch (at most 64 from the
+/// gateway; valid commands are under 4 KiB) holding one command copied from a webhook body of
+/// up to 1 MiB, which must decode so that only that command is refused.
+pub const MAX_REQUEST: usize = 2 * 1024 * 1024;
+
 /// The methods that read: a user's calls to them count against `USER_READS_PER_MINUTE`.
 pub const READ_METHODS: &[&str] = &["GetCurrentUser", "GetUser", "BatchGetUsers"];
 

@@ -2,6 +2,7 @@
 //! 127.0.0.1:0 against its own PostgreSQL database (one link instead of one per file).
 
 mod batching;
+mod bounds;
 mod browser;
 mod identity;
 mod lifecycle;

@@ -14,6 +14,10 @@ use vbase_proto::workspace::v1::workspace_admin_service_server::WorkspaceAdminSe
 /// Fully-qualified name of the admin service.
 pub const ADMIN_SERVICE_NAME: &str = "vbase.workspace.v1.WorkspaceAdminService";
 
+/// The largest request `WorkspaceAdminService` decodes: a queue, a state, a page token and job
+/// keys.
+pub const ADMIN_MAX_REQUEST: usize = 16 * 1024;
+
 /// Operators only, every method.
 pub fn policy() -> MethodPolicy {
     MethodPolicy::new(ADMIN_SERVICE_NAME).allow_all(

@@ -27,6 +27,14 @@ use vbase_proto::workspace::v1::workspace_service_server::WorkspaceServiceServer
 /// [`MAX_BODY_BYTES`]: crate::domain::messages::MAX_BODY_BYTES
 pub const MAX_USER_REQUEST: usize = 64 * 1024;
 
+/// The largest request the unary methods of `WorkspaceService` decode, from any caller (users
+/// are held to [`MAX_USER_REQUEST`] before that). The largest legitimate ones are the
+/// gateway's: `CompareWorkspaces`/`CompareMemberships` pages (at most 500 items,
+/// `CLERK_API_PAGE_SIZE`; about 1.3 MiB when every field is as long as the service accepts),
+/// and a command copied from a webhook body of up to 1 MiB, which must decode to be refused as
+/// INVALID_ARGUMENT. The watches read their request themselves (at most 4 KiB).
+pub const MAX_REQUEST: usize = 2 * 1024 * 1024;
+
 /// The methods that read: their calls count against `USER_READS_PER_MINUTE`.
 pub const READ_METHODS: &[&str] = &[
     "GetWorkspace",
@@ -78,7 +86,10 @@ impl Routes {
     pub fn new(api: WorkspaceApi, live: Live, quotas: Quotas) -> Self {
         Self {
             access: api.access().clone(),
-            unary: WithUserQuotas::new(WorkspaceServiceServer::new(api), quotas.calls),
+            unary: WithUserQuotas::new(
+                WorkspaceServiceServer::new(api).max_decoding_message_size(MAX_REQUEST),
+                quotas.calls,
+            ),
             live,
             watch_opens: Arc::new(quotas.watch_opens),
         }
