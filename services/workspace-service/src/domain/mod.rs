@@ -19,6 +19,7 @@ pub mod purge;
 pub mod receipts;
 pub mod reconcile;
 pub mod room_access;
+pub mod revocations;
 pub mod rooms;
 pub mod standing;
 pub mod users;
