@@ -77,7 +77,7 @@ pub(super) async fn users<C: ClerkBackend>(
             let results = compare_users(ctx, req).await?;
             let writes = classify(s, &users, &results, |u| {
                 let id = ctx.event_id("user", &u.id);
-                Some((u.id.clone(), Command::UpsertUser(u.upsert(ctx.origin(&id)))))
+                Some((u.id.clone(), u.command(ctx.origin(&id))))
             })?;
             ctx.apply(s, writes).await
         };
