@@ -388,7 +388,10 @@ async fn a_ban_refuses_tokens_issued_before_it_and_passes_later_ones() {
     // A repeat, or an earlier time, keeps the later revocation.
     let o = c.revoke_user_tokens(revoke("ban", 2)).await.unwrap();
     assert_eq!(o.into_inner().outcome, pb::CommandOutcome::Duplicate as i32);
-    let o = c.revoke_user_tokens(revoke("late-retry", -10)).await.unwrap();
+    let o = c
+        .revoke_user_tokens(revoke("late-retry", -10))
+        .await
+        .unwrap();
     assert_eq!(o.into_inner().outcome, pb::CommandOutcome::Stale as i32);
     let refused = c
         .list_channels(env.member("user_m", ORG, list()))
@@ -403,7 +406,10 @@ async fn a_ban_refuses_tokens_issued_before_it_and_passes_later_ones() {
     *by_user.metadata_mut() = env.member("user_a", ORG, ()).metadata().clone();
     let refused = c.revoke_user_tokens(by_user).await.unwrap_err();
     assert!(
-        matches!(refused.code(), Code::PermissionDenied | Code::Unauthenticated),
+        matches!(
+            refused.code(),
+            Code::PermissionDenied | Code::Unauthenticated
+        ),
         "{refused:?}"
     );
 }
