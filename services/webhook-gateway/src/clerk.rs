@@ -108,7 +108,9 @@ pub struct EmailAddress {
     pub email_address: String,
 }
 
-/// `UserJSON` (the fields we read).
+/// `UserJSON` (the fields we read). `locked` is not read: a lock (too many failed sign-ins, or
+/// the Backend API's "lock") only stops new sign-ins, and anyone can trigger one by guessing at
+/// an account, so it revokes no session and no token of ours.
 #[derive(Debug, Deserialize)]
 pub struct User {
     pub id: String,
@@ -129,6 +131,9 @@ pub struct User {
     #[serde(default)]
     pub created_at: Option<i64>,
     pub updated_at: i64,
+    /// Banned in Clerk: every session revoked, no sign-in allowed (see [`User::command`]).
+    #[serde(default)]
+    pub banned: bool,
 }
 
 impl User {
@@ -158,6 +163,37 @@ impl User {
 }
 
 impl User {
+    /// What this state asks of the services: the upsert, and for a banned user the revocation
+    /// of every token issued before the ban too.
+    pub fn command(&self, origin: Origin) -> Command {
+        match self.revocation(origin) {
+            Some(revoke) => Command::BanUser(self.upsert(origin), revoke),
+            None => Command::UpsertUser(self.upsert(origin)),
+        }
+    }
+
+    /// For a banned user, the revocation of every token issued before the later of its
+    /// `updated_at` and the origin's time. Clerk's ban revokes all the user's sessions and
+    /// forbids sign-in, so no token is issued while the user stays banned: a time at or after
+    /// the ban at which the user is still banned refuses exactly the tokens issued before the
+    /// ban. Tokens issued after an unban carry a later `iat` and pass.
+    pub fn revocation(&self, origin: Origin) -> Option<wsp::RevokeUserTokensCommand> {
+        if !self.banned {
+            return None;
+        }
+        let updated = timestamp_from_millis(self.updated_at);
+        let revoked_at = match origin.event_time {
+            Some(t) if (t.seconds, t.nanos) > (updated.seconds, updated.nanos) => t,
+            _ => updated,
+        };
+        Some(wsp::RevokeUserTokensCommand {
+            event_id: origin.event_id.to_owned(),
+            revoked_at: Some(revoked_at),
+            clerk_user_id: self.id.clone(),
+            instance_id: origin.instance_id.to_owned(),
+        })
+    }
+
     /// The upsert that makes our copy equal to this state.
     pub fn upsert(&self, origin: Origin) -> idp::UpsertUserCommand {
         idp::UpsertUserCommand {
@@ -318,6 +354,9 @@ pub struct Deleted {
 pub enum Command {
     /// `user.created` / `user.updated`.
     UpsertUser(idp::UpsertUserCommand),
+    /// `user.created` / `user.updated` of a banned user: the upsert in identity, and in
+    /// workspace the revocation of every token issued before the ban.
+    BanUser(idp::UpsertUserCommand, wsp::RevokeUserTokensCommand),
     /// `user.deleted`: the user goes in identity, memberships and receipts in workspace.
     DeleteUser(idp::DeleteUserCommand, wsp::RemoveUserCommand),
     /// `organization.created` / `organization.updated`.
@@ -403,9 +442,7 @@ pub fn to_event(event_id: &str, body: &[u8]) -> Result<Event, Malformed> {
             .ok_or_else(|| Malformed(format!("{kind} payload has no id")))
     };
     let command = match env.kind.as_str() {
-        "user.created" | "user.updated" => {
-            Command::UpsertUser(parse::<User>(&env.kind, env.data)?.upsert(origin))
-        }
+        "user.created" | "user.updated" => parse::<User>(&env.kind, env.data)?.command(origin),
         "user.deleted" => delete_user(origin, &deleted_id(&env.kind, env.data)?),
         "organization.created" | "organization.updated" => {
             Command::UpsertWorkspace(parse::<Organization>(&env.kind, env.data)?.upsert(origin))
@@ -490,6 +527,7 @@ mod tests {
             profile_image_url: None,
             created_at: None,
             updated_at: 1,
+            banned: false,
         };
         assert_eq!(mk(Some(" Ada "), None, Some("ada")).display_name(), "Ada");
         assert_eq!(mk(None, Some("Lovelace"), None).display_name(), "Lovelace");
@@ -504,6 +542,43 @@ mod tests {
             mk(Some("Ada\u{202E}"), Some("\u{2066}Lovelace"), None).display_name(),
             "Ada Lovelace"
         );
+    }
+
+    #[test]
+    fn a_banned_user_also_revokes_the_tokens_issued_before_the_ban() {
+        let user = |banned: bool, timestamp: Option<i64>| {
+            let mut env = json!({"type": "user.updated", "object": "event", "instance_id": "ins_1",
+                "data": {"id": "user_1", "updated_at": 1700000005000_i64, "banned": banned,
+                         "locked": true, "lockout_expires_in_seconds": 3600}});
+            if let Some(t) = timestamp {
+                env["timestamp"] = json!(t);
+            }
+            to_command("msg_b", &body(env)).unwrap().1
+        };
+        let Command::BanUser(upsert, revoke) = user(true, Some(1700000009000)) else {
+            panic!("a banned user's state revokes tokens")
+        };
+        assert_eq!(
+            (upsert.clerk_id.as_str(), upsert.event_id.as_str()),
+            ("user_1", "msg_b")
+        );
+        assert_eq!(
+            (revoke.clerk_user_id.as_str(), revoke.event_id.as_str()),
+            ("user_1", "msg_b")
+        );
+        assert_eq!(revoke.instance_id, "ins_1");
+        // The later of the event's time and the user's `updated_at`.
+        assert_eq!(revoke.revoked_at.unwrap().seconds, 1700000009);
+        let Command::BanUser(_, revoke) = user(true, Some(1700000001000)) else {
+            panic!()
+        };
+        assert_eq!(revoke.revoked_at.unwrap().seconds, 1700000005);
+        let Command::BanUser(_, revoke) = user(true, None) else {
+            panic!()
+        };
+        assert_eq!(revoke.revoked_at.unwrap().seconds, 1700000005);
+        // Not banned (a lock alone, or an unban): an ordinary upsert.
+        assert!(matches!(user(false, None), Command::UpsertUser(_)));
     }
 
     #[test]

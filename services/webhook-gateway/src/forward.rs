@@ -336,6 +336,17 @@ impl Downstream {
         self.calls.map(command, started, r).map(outcome_label)
     }
 
+    /// One user upsert, coalesced with others into an `UpsertUsers` call.
+    async fn upsert_user(&self, c: pb::UpsertUserCommand) -> Result<&'static str, ForwardError> {
+        match self.user_upserts.submit(c).await {
+            Ok(r) => r.map(outcome_label),
+            Err(SubmitError::Stopped(c)) => self.calls.upsert_user(c).await.map(outcome_label),
+            Err(SubmitError::Lost) => Err(ForwardError::Unavailable(
+                "the delivery's batch ended without its result".into(),
+            )),
+        }
+    }
+
     /// Sends the command; returns the outcome label (`applied`, `duplicate`, `stale`, `ignored`).
     pub async fn send(&self, command: Command) -> Result<&'static str, ForwardError> {
         let t = Instant::now();
@@ -343,13 +354,22 @@ impl Downstream {
         let mut workspace = self.workspace.clone();
         match command {
             Command::Ignored => Ok("ignored"),
-            Command::UpsertUser(c) => match self.user_upserts.submit(c).await {
-                Ok(r) => r.map(outcome_label),
-                Err(SubmitError::Stopped(c)) => self.calls.upsert_user(c).await.map(outcome_label),
-                Err(SubmitError::Lost) => Err(ForwardError::Unavailable(
-                    "the delivery's batch ended without its result".into(),
-                )),
-            },
+            Command::UpsertUser(c) => self.upsert_user(c).await,
+            // The revocation first: the upsert (which makes reconcile see the user as held)
+            // never commits without it.
+            Command::BanUser(upsert, revoke) => {
+                let r = workspace
+                    .revoke_user_tokens(self.request("workspace-service", revoke)?)
+                    .await
+                    .map(|r| r.into_inner().outcome);
+                let first = self.map("revoke_user_tokens", t, r)?;
+                let second = self.upsert_user(upsert).await?;
+                Ok(if first == "applied" || second == "applied" {
+                    "applied"
+                } else {
+                    second
+                })
+            }
             Command::DeleteUser(a, b) => {
                 let r = identity
                     .delete_user(self.request("identity-service", a)?)

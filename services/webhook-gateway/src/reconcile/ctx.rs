@@ -359,6 +359,7 @@ impl<'a, C: ClerkBackend> Ctx<'a, C> {
 fn command_name(c: &Command) -> &'static str {
     match c {
         Command::UpsertUser(_) => "upsert_user",
+        Command::BanUser(..) => "ban_user",
         Command::DeleteUser(..) => "delete_user",
         Command::UpsertWorkspace(_) => "upsert_workspace",
         Command::DeleteWorkspace(_) => "delete_workspace",

@@ -79,7 +79,7 @@ pub(super) async fn users<C: ClerkBackend>(
             let results = compare_users(ctx, req).await?;
             let c = classify(s, &users, &results, |u| {
                 let id = ctx.event_id("user", &u.id);
-                Some((u.id.clone(), Command::UpsertUser(u.upsert(ctx.origin(&id)))))
+                Some((u.id.clone(), u.command(ctx.origin(&id))))
             })?;
             ctx.apply(s, c.writes).await?;
             let live = async |u: &User| Ok(!ctx.gone(&format!("/users/{}", u.id)).await?);

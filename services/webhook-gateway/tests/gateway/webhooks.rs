@@ -835,3 +835,57 @@ async fn long_names_and_control_characters_are_normalised_not_refused() {
     assert_eq!(members.len(), 1);
     assert_eq!(members[0].1, format!("org:{}", "r".repeat(60)));
 }
+
+/// `user.updated` of a banned user updates the user and refuses in workspace-service every
+/// token of the user issued before the ban; another member is not touched.
+#[tokio::test]
+async fn a_ban_reaches_both_services_and_refuses_the_users_earlier_tokens() {
+    let s = stack(SECRET).await;
+    let org = org_event("organization.created", "org_b", "Acme", T);
+    assert_eq!(s.send("msg_bo", &org).await.0, 200);
+    for user in ["user_banned", "user_other"] {
+        let m = membership_event_of(
+            "organizationMembership.created",
+            (&format!("orgmem_{user}"), 1654013203217),
+            "org_b",
+            user,
+            "org:member",
+            T,
+        );
+        assert_eq!(s.send(&format!("msg_m_{user}"), &m).await.0, 200);
+    }
+    let list = |user: &str| {
+        s.issuers.member(
+            user,
+            "org_b",
+            "org:member",
+            wsp::ListChannelsRequest {
+                clerk_org_id: "org_b".into(),
+                ..Default::default()
+            },
+        )
+    };
+    let mut w = s.workspace().await;
+    let earlier = list("user_banned");
+    w.list_channels(list("user_banned")).await.unwrap();
+
+    // Banned two seconds after the token was issued (Clerk's clock, milliseconds).
+    let at = (now() + 2) * 1000;
+    let mut ban = user_event("user.updated", "user_banned", "Banned", at);
+    ban["data"]["banned"] = json!(true);
+    assert_eq!(
+        s.send("msg_ban", &ban).await,
+        (200, "{\"outcome\":\"applied\"}".into())
+    );
+    assert_eq!(s.user("user_banned").await.unwrap().name, "Banned Example");
+    let refused = w.list_channels(earlier).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
+    assert!(refused.message().contains("banned"), "{refused:?}");
+    assert_eq!(s.downstream_calls("revoke_user_tokens").await, 1.0);
+    w.list_channels(list("user_other")).await.unwrap();
+    // The retry of the same delivery changes nothing.
+    assert_eq!(
+        s.send("msg_ban", &ban).await,
+        (200, "{\"outcome\":\"duplicate\"}".into())
+    );
+}

@@ -18,6 +18,7 @@ pub mod messages;
 pub mod purge;
 pub mod receipts;
 pub mod reconcile;
+pub mod revocations;
 pub mod room_access;
 pub mod rooms;
 pub mod standing;

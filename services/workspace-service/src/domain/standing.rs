@@ -1,5 +1,5 @@
 //! What decides a user's access to a workspace, as stored: the workspace, the user's
-//! membership and whether the user was removed. One statement by key, cached per replica by
+//! membership, whether the user was removed and when Clerk last revoked all their sessions. One statement by key, cached per replica by
 //! (organization, user) in an [`AccessCache`]; the token's issue time is applied afterwards
 //! ([`AccessFacts::standing`]), so one entry serves every token of the caller.
 
@@ -27,6 +27,8 @@ pub const NOTIFY_TRIGGERS: &[coherent_cache::Trigger] = &[
     ("memberships", "access_truncate"),
     ("removed_users", "access_rows"),
     ("removed_users", "access_truncate"),
+    ("user_revocations", "access_rows"),
+    ("user_revocations", "access_truncate"),
     ("workspaces", "access_rows"),
     ("workspaces", "access_update"),
     ("workspaces", "access_truncate"),
@@ -60,6 +62,8 @@ pub fn apply_notification(cache: &AccessCache, payload: &str) {
 pub struct AccessFacts {
     pub workspace: Option<WorkspaceRecord>,
     removed_at: Option<DateTime<Utc>>,
+    /// When Clerk last revoked all the user's sessions (a ban: `user_revocations`).
+    revoked_at: Option<DateTime<Utc>>,
     membership: Option<Membership>,
 }
 
@@ -80,7 +84,9 @@ pub const ISSUED_AT_MARGIN_SECS: i64 = 5;
 
 impl AccessFacts {
     /// What changed after a token issued at `issued_at` (seconds), or at most
-    /// [`ISSUED_AT_MARGIN_SECS`] before it.
+    /// [`ISSUED_AT_MARGIN_SECS`] before it. A ban counts like a removal: Clerk revoked every
+    /// session of the user, so every token issued before the revocation is refused, while one
+    /// issued after it (after an unban: Clerk lets no banned user sign in) passes.
     pub fn standing(&self, issued_at: i64) -> Standing {
         let issued = DateTime::from_timestamp(issued_at.saturating_sub(ISSUED_AT_MARGIN_SECS), 0)
             .unwrap_or(DateTime::<Utc>::MIN_UTC);
@@ -88,11 +94,12 @@ impl AccessFacts {
             .membership
             .as_ref()
             .filter(|m| m.changed_at.is_some_and(|at| at >= issued));
-        Standing::new(
-            self.removed_at.is_some_and(|at| at >= issued),
-            changed.map(|m| m.deleted),
-            changed.map(|m| m.role.clone()),
-        )
+        Standing {
+            removed: self.removed_at.is_some_and(|at| at >= issued),
+            revoked: self.revoked_at.is_some_and(|at| at >= issued),
+            membership_deleted: changed.map(|m| m.deleted),
+            role: changed.map(|m| m.role.clone()),
+        }
     }
 
     fn heap_bytes(&self) -> usize {
@@ -128,6 +135,8 @@ pub struct FactsRow {
     updated_at: Option<DateTime<Utc>>,
     #[diesel(sql_type = Nullable<Timestamptz>)]
     removed_at: Option<DateTime<Utc>>,
+    #[diesel(sql_type = Nullable<Timestamptz>)]
+    revoked_at: Option<DateTime<Utc>>,
     #[diesel(sql_type = Nullable<Bool>)]
     membership_deleted: Option<bool>,
     #[diesel(sql_type = Nullable<Text>)]
@@ -171,6 +180,7 @@ impl FactsRow {
         AccessFacts {
             workspace,
             removed_at: self.removed_at,
+            revoked_at: self.revoked_at,
             membership,
         }
     }
@@ -184,6 +194,7 @@ macro_rules! facts_sql {
         "SELECT w.id, w.clerk_org_id, w.name, w.slug, w.owner_clerk_id, w.source_updated_at,
                 w.created_at, w.updated_at,
                 (SELECT removed_at FROM removed_users WHERE clerk_user_id = $2) AS removed_at,
+                (SELECT revoked_at FROM user_revocations WHERE clerk_user_id = $2) AS revoked_at,
                 m.deleted AS membership_deleted, m.role,
                 CASE WHEN m.deleted THEN m.deleted_at ELSE m.source_updated_at END AS membership_changed_at
            FROM (SELECT 1) one
@@ -261,27 +272,24 @@ impl Pending<'_> {
 #[derive(Debug)]
 pub struct Standing {
     removed: bool,
+    revoked: bool,
     membership_deleted: Option<bool>,
     role: Option<String>,
 }
 
 impl Standing {
-    /// The user was `removed`; the membership was deleted (`Some(true)`) or changed to `role`
-    /// (`Some(false)`), or did not change (`None`), after the token was issued.
-    pub fn new(removed: bool, membership_deleted: Option<bool>, role: Option<String>) -> Self {
-        Self {
-            removed,
-            membership_deleted,
-            role,
-        }
-    }
-
-    /// Refuses a user deleted, or whose membership was removed or role changed, after the
-    /// token stating `role` was issued.
+    /// Refuses a user deleted or banned, or whose membership was removed or role changed,
+    /// after the token stating `role` was issued.
     pub fn verdict(&self, role: Option<&String>) -> Result<(), Error> {
         if self.removed {
             return Err(Error::Denied(
                 "this user was deleted in Clerk after the token was issued".into(),
+            ));
+        }
+        if self.revoked {
+            return Err(Error::Denied(
+                "this user's sessions were revoked in Clerk (banned) after the token was issued"
+                    .into(),
             ));
         }
         match (self.membership_deleted, &self.role) {

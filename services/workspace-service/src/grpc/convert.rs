@@ -8,6 +8,7 @@ use crate::domain::meetings::NewMeeting;
 use crate::domain::memberships::{ListMembers, MembershipChange};
 use crate::domain::messages::{MAX_BODY, MAX_BODY_BYTES, NewMessage};
 use crate::domain::purge::DeleteWorkspace;
+use crate::domain::revocations::RevokeUserTokens;
 use crate::domain::rooms::{ListRooms, NewRoom};
 use crate::domain::users::RemoveUser;
 use crate::domain::workspaces::UpsertWorkspace;
@@ -224,6 +225,14 @@ parse!(pb::RemoveUserCommand => RemoveUser, |m| {
     Ok(RemoveUser {
         event_id: EventId::parse(&m.event_id)?,
         occurred_at: v::optional_time(m.occurred_at.as_ref()),
+        user: UserId::parse("clerk_user_id", &m.clerk_user_id)?,
+    })
+});
+
+parse!(pb::RevokeUserTokensCommand => RevokeUserTokens, |m| {
+    Ok(RevokeUserTokens {
+        event_id: EventId::parse(&m.event_id)?,
+        revoked_at: required_time("revoked_at", m.revoked_at.as_ref())?,
         user: UserId::parse("clerk_user_id", &m.clerk_user_id)?,
     })
 });

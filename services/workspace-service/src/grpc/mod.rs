@@ -332,6 +332,15 @@ impl WorkspaceService for WorkspaceApi {
         self.wrote(who, sync::remove_user(self, req).await).await
     }
 
+    async fn revoke_user_tokens(
+        &self,
+        req: Request<pb::RevokeUserTokensCommand>,
+    ) -> R<pb::RevokeUserTokensResponse> {
+        let who = self.writer(&req);
+        self.wrote(who, sync::revoke_user_tokens(self, req).await)
+            .await
+    }
+
     async fn compare_workspaces(
         &self,
         req: Request<pb::CompareWorkspacesRequest>,

@@ -10,6 +10,7 @@ pub const SYNC_COMMANDS: &[&str] = &[
     "UpsertMembership",
     "DeleteMembership",
     "RemoveUser",
+    "RevokeUserTokens",
 ];
 
 /// Reconcile, for the webhook gateway's service token only (the quarantine intake is

@@ -4,6 +4,7 @@ use super::convert::outcome;
 use super::{R, WorkspaceApi, ok};
 use crate::domain::memberships::{self, MembershipChange};
 use crate::domain::purge::{self, DeleteWorkspace};
+use crate::domain::revocations::{self, RevokeUserTokens};
 use crate::domain::users::{self, RemoveUser};
 use crate::domain::workspaces::{self, UpsertWorkspace};
 use crate::error::Error;
@@ -126,5 +127,29 @@ pub(super) async fn remove_user(
         outcome: outcome(r.outcome),
         memberships_removed: r.memberships,
         read_receipts_removed: r.read_receipts,
+    })
+}
+
+/// A banned user: tokens issued before `revoked_at` are refused from the commit on (the
+/// trigger's notification tells every replica; this one forgets the user at once too).
+pub(super) async fn revoke_user_tokens(
+    api: &WorkspaceApi,
+    req: Request<pb::RevokeUserTokensCommand>,
+) -> R<pb::RevokeUserTokensResponse> {
+    let result = async {
+        let m = req.into_inner();
+        api.ledger.note_instance(&m.instance_id).await?;
+        let cmd = RevokeUserTokens::try_from(m)?;
+        let user = cmd.user.as_str().to_owned();
+        let done = api
+            .detached(async move |mut conn| revocations::revoke_user_tokens(&mut conn, &cmd).await)
+            .await;
+        api.access.invalidate_where(|(_, u)| *u == user);
+        done
+    }
+    .await;
+    api.record("revoke_user_tokens", result.as_ref().copied());
+    ok(pb::RevokeUserTokensResponse {
+        outcome: outcome(result?),
     })
 }

@@ -61,6 +61,7 @@ async fn each_change_refuses_at_once_here_and_within_the_bound_on_another_replic
         ("user_demoted", "org:admin"),
         ("user_gone", "org:member"),
         ("user_del", "org:member"),
+        ("user_banned", "org:member"),
         ("user_stay", "org:member"),
     ] {
         a.upsert_membership(env.service(support::membership(
@@ -76,8 +77,9 @@ async fn each_change_refuses_at_once_here_and_within_the_bound_on_another_replic
     let demoted = || env.admin("user_demoted", "org_a", list());
     let gone = || env.member("user_gone", "org_a", list());
     let deleted = || env.member("user_del", "org_a", list());
+    let banned = || env.member("user_banned", "org_a", list());
     let stay = || env.member("user_stay", "org_a", list());
-    for req in [&demoted as &dyn Fn() -> _, &gone, &deleted, &stay] {
+    for req in [&demoted as &dyn Fn() -> _, &gone, &deleted, &banned, &stay] {
         prime(&mut [&mut a, &mut b], req).await;
     }
     // Replica B answered from its cache (a caller's first read there fills it, the next four
@@ -88,7 +90,7 @@ async fn each_change_refuses_at_once_here_and_within_the_bound_on_another_replic
         .unwrap_or(0.0);
     assert!(
         b_hits >= 4.0,
-        "replica B's access cache answered {b_hits} reads of 20"
+        "replica B's access cache answered {b_hits} reads of 25"
     );
 
     // Each change goes through replica A (the gateway's commands), dated after the tokens.
@@ -96,6 +98,7 @@ async fn each_change_refuses_at_once_here_and_within_the_bound_on_another_replic
         ("role changed", Box::new(demoted)),
         ("membership removed", Box::new(gone)),
         ("user deleted", Box::new(deleted)),
+        ("user banned", Box::new(banned)),
     ];
     for (i, (what, req)) in changes.iter().enumerate() {
         match i {
@@ -122,11 +125,21 @@ async fn each_change_refuses_at_once_here_and_within_the_bound_on_another_replic
                 .await
                 .unwrap();
             }
-            _ => {
+            2 => {
                 a.remove_user(env.service(pb::RemoveUserCommand {
                     event_id: "delete".into(),
                     occurred_at: support::ts(support::T0 + after_now(2)),
                     clerk_user_id: "user_del".into(),
+                    ..Default::default()
+                }))
+                .await
+                .unwrap();
+            }
+            _ => {
+                a.revoke_user_tokens(env.service(pb::RevokeUserTokensCommand {
+                    event_id: "ban".into(),
+                    revoked_at: support::ts(support::T0 + after_now(2)),
+                    clerk_user_id: "user_banned".into(),
                     ..Default::default()
                 }))
                 .await

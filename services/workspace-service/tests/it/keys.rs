@@ -24,6 +24,7 @@ const NOT_CONTENT: &[&str] = &[
     "clerk_instances",
     "workspace_tombstones",
     "removed_users",
+    "user_revocations",
 ];
 
 /// The column that holds a content table's workspace id.

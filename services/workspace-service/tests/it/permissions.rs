@@ -323,3 +323,93 @@ async fn a_removal_dated_just_before_the_tokens_second_refuses_it() {
         );
     }
 }
+
+/// A ban in Clerk revokes every session of the user: every token issued before it is refused
+/// (reads, writes, Liveblocks room tokens), even from the access cache; a token issued after
+/// the revocation (the user unbanned and signed in again) passes. The latest time is kept.
+#[tokio::test]
+async fn a_ban_refuses_tokens_issued_before_it_and_passes_later_ones() {
+    use crate::room_access::{ORG, ask, fixture, token_of};
+    let env = support::start().await;
+    let (room, _) = fixture(&env).await;
+    let mut c = env.client().await;
+    let list = || pb::ListChannelsRequest {
+        clerk_org_id: ORG.into(),
+        ..Default::default()
+    };
+    let general = c.list_channels(env.service(list())).await.unwrap();
+    let general = general.into_inner().channels[0].id.clone();
+    let post = || pb::PostMessageRequest {
+        channel_id: general.clone(),
+        body: "still here".into(),
+        ..Default::default()
+    };
+    let revoke = |id: &str, ahead: i64| {
+        env.service(pb::RevokeUserTokensCommand {
+            event_id: id.into(),
+            revoked_at: support::ts(support::T0 + after_now(ahead)),
+            clerk_user_id: "user_m".into(),
+            ..Default::default()
+        })
+    };
+    let applied = pb::CommandOutcome::Applied as i32;
+    // Revoked before the token was issued (beyond the margin): the token passes, and the
+    // user's access is cached.
+    let o = c.revoke_user_tokens(revoke("earlier", -10)).await.unwrap();
+    assert_eq!(o.into_inner().outcome, applied);
+    let token = token_of(&env, "user_m", ORG, "org:member");
+    c.list_channels(env.member("user_m", ORG, list()))
+        .await
+        .unwrap();
+    c.authorize_liveblocks_room(ask(&token, &room))
+        .await
+        .unwrap();
+
+    // Banned after the token was issued.
+    let o = c.revoke_user_tokens(revoke("ban", 2)).await.unwrap();
+    assert_eq!(o.into_inner().outcome, applied);
+    let banned = "sessions were revoked in Clerk (banned)";
+    let refusals = [
+        c.list_channels(env.member("user_m", ORG, list()))
+            .await
+            .map(|_| ()),
+        c.post_message(env.member("user_m", ORG, post()))
+            .await
+            .map(|_| ()),
+        c.authorize_liveblocks_room(ask(&token, &room))
+            .await
+            .map(|_| ()),
+    ];
+    for r in refusals {
+        let refused = r.unwrap_err();
+        assert_eq!(refused.code(), Code::PermissionDenied, "{refused:?}");
+        assert!(refused.message().contains(banned), "{refused:?}");
+    }
+    // A repeat, or an earlier time, keeps the later revocation.
+    let o = c.revoke_user_tokens(revoke("ban", 2)).await.unwrap();
+    assert_eq!(o.into_inner().outcome, pb::CommandOutcome::Duplicate as i32);
+    let o = c
+        .revoke_user_tokens(revoke("late-retry", -10))
+        .await
+        .unwrap();
+    assert_eq!(o.into_inner().outcome, pb::CommandOutcome::Stale as i32);
+    let refused = c
+        .list_channels(env.member("user_m", ORG, list()))
+        .await
+        .unwrap_err();
+    assert!(refused.message().contains(banned), "{refused:?}");
+    // Nobody else is touched; only the gateway may revoke.
+    c.list_channels(env.admin("user_a", ORG, list()))
+        .await
+        .unwrap();
+    let mut by_user = revoke("by-user", 2);
+    *by_user.metadata_mut() = env.member("user_a", ORG, ()).metadata().clone();
+    let refused = c.revoke_user_tokens(by_user).await.unwrap_err();
+    assert!(
+        matches!(
+            refused.code(),
+            Code::PermissionDenied | Code::Unauthenticated
+        ),
+        "{refused:?}"
+    );
+}

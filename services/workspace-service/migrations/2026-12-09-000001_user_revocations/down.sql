@@ -1,0 +1,24 @@
+DROP TABLE user_revocations;
+
+CREATE OR REPLACE FUNCTION notify_access() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE
+    keys text[] := '{}';
+BEGIN
+    IF TG_LEVEL = 'STATEMENT' THEN
+        PERFORM pg_notify('vbase_access', '*');
+        RETURN NULL;
+    END IF;
+    IF TG_TABLE_NAME = 'memberships' THEN
+        IF TG_OP <> 'INSERT' THEN keys := keys || ('m ' || OLD.clerk_org_id || ' ' || OLD.clerk_user_id); END IF;
+        IF TG_OP <> 'DELETE' THEN keys := keys || ('m ' || NEW.clerk_org_id || ' ' || NEW.clerk_user_id); END IF;
+    ELSIF TG_TABLE_NAME = 'removed_users' THEN
+        IF TG_OP <> 'INSERT' THEN keys := keys || ('u ' || OLD.clerk_user_id); END IF;
+        IF TG_OP <> 'DELETE' THEN keys := keys || ('u ' || NEW.clerk_user_id); END IF;
+    ELSE
+        IF TG_OP <> 'INSERT' THEN keys := keys || ('w ' || OLD.clerk_org_id); END IF;
+        IF TG_OP <> 'DELETE' THEN keys := keys || ('w ' || NEW.clerk_org_id); END IF;
+    END IF;
+    -- PostgreSQL sends one of identical notifications of a transaction.
+    PERFORM pg_notify('vbase_access', k) FROM unnest(keys) k;
+    RETURN NULL;
+END $$;
