@@ -126,6 +126,7 @@ impl wpb::workspace_service_server::WorkspaceService for Workspace {
         upsert_membership: wpb::UpsertMembershipCommand => wpb::UpsertMembershipResponse,
         delete_membership: wpb::DeleteMembershipCommand => wpb::DeleteMembershipResponse,
         remove_user: wpb::RemoveUserCommand => wpb::RemoveUserResponse,
+        revoke_user_tokens: wpb::RevokeUserTokensCommand => wpb::RevokeUserTokensResponse,
         compare_workspaces: wpb::CompareWorkspacesRequest => wpb::CompareResponse,
         compare_memberships: wpb::CompareMembershipsRequest => wpb::CompareResponse,
         list_unseen_workspaces: wpb::ListUnseenRequest => wpb::ListUnseenWorkspacesResponse,
