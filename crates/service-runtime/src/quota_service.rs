@@ -176,11 +176,14 @@ where
             Ok(held) => held,
             Err(status) => return Box::pin(std::future::ready(Ok(status.into_http()))),
         };
-        let req = capped_request(req, self.quotas.max_request);
+        let mut req = capped_request(req, self.quotas.max_request);
         Box::pin(async move {
-            // The turn ends with the handler (its connection given back); the place in flight
-            // with the answer sent.
+            // The turn ends with the handler (its connection given back), or with work it left
+            // running ([`Turn`]); the place in flight with the answer sent.
             let turn = held.turn().await;
+            if let Some(turn) = &turn {
+                req.extensions_mut().insert(turn.clone());
+            }
             let answer = inner.call(req).await?;
             drop(turn);
             Ok(answer.map(|body| tonic::body::Body::new(Holding::new(body, held))))

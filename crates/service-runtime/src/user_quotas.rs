@@ -97,20 +97,62 @@ impl InFlight {
     /// Waits for one of the user's turns to run a handler (which may hold a database
     /// connection): held until the handler has answered, so one user's calls take at most
     /// `running` of a replica's connections, and their other calls in flight wait in line.
-    pub async fn turn(&self) -> Option<OwnedSemaphorePermit> {
-        Arc::clone(&self.turns).acquire_owned().await.ok()
+    pub async fn turn(&self) -> Option<Turn> {
+        let permit = Arc::clone(&self.turns).acquire_owned().await.ok()?;
+        Some(Turn {
+            _held: Arc::new(HeldTurn {
+                permit: Some(permit),
+                user: self.user.clone(),
+                counts: Arc::clone(&self.counts),
+            }),
+        })
+    }
+}
+
+/// One of a user's turns ([`InFlight::turn`]), in the request's extensions: work a handler
+/// goes on with after its caller has gone (a task it spawns) keeps a clone, so the turn ends
+/// when that work does, not when the client gives up.
+#[derive(Debug, Clone)]
+pub struct Turn {
+    _held: Arc<HeldTurn>,
+}
+
+#[derive(Debug)]
+struct HeldTurn {
+    permit: Option<OwnedSemaphorePermit>,
+    user: String,
+    counts: Calls,
+}
+
+/// Forgets `user`'s entry once nothing holds its turns: no call in flight and no turn held
+/// (each holds a clone of the semaphore; `others` are the caller's own).
+fn forget_if_idle(counts: &Calls, user: &str, others: usize) {
+    let mut counts = counts.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some((n, turns)) = counts.get(user)
+        && *n == 0
+        && Arc::strong_count(turns) == 1 + others
+    {
+        counts.remove(user);
+    }
+}
+
+impl Drop for HeldTurn {
+    fn drop(&mut self) {
+        drop(self.permit.take());
+        forget_if_idle(&self.counts, &self.user, 0);
     }
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((n, _)) = counts.get_mut(&self.user) {
-            *n -= 1;
-            if *n == 0 {
-                counts.remove(&self.user);
+        {
+            let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some((n, _)) = counts.get_mut(&self.user) {
+                *n -= 1;
             }
         }
+        // This call's own clone of the semaphore is still alive.
+        forget_if_idle(&self.counts, &self.user, 1);
     }
 }
 
@@ -324,6 +366,23 @@ mod tests {
         );
         drop(turn);
         assert!(second.turn().await.is_some(), "the turn passes on");
+    }
+
+    #[tokio::test]
+    async fn a_turn_outliving_its_call_still_counts_and_is_forgotten_after() {
+        let in_flight = UserInFlight::new(4, 1, "USER_CALLS_IN_FLIGHT");
+        let call = in_flight.enter("user_a").unwrap();
+        let turn = call.turn().await.expect("a turn");
+        // The client gave up; the handler's work goes on with the turn.
+        drop(call);
+        let next = in_flight.enter("user_a").unwrap();
+        let waiting = tokio::time::timeout(Duration::from_millis(100), next.turn()).await;
+        assert!(waiting.is_err(), "a turn while the abandoned work runs");
+        drop(turn);
+        let again = next.turn().await.expect("the turn passes on");
+        drop((again, next));
+        let held = in_flight.counts.lock().unwrap().len();
+        assert_eq!(held, 0, "nothing kept of a user with no calls and no turns");
     }
 
     #[tokio::test]

@@ -4,6 +4,7 @@ use super::convert::{Id, ListChannels, Rename};
 use super::{R, WorkspaceApi, accept, ok};
 use crate::domain::channels::{self, ChannelName, NewChannel};
 use crate::model::Page;
+use service_runtime::user_quotas::Turn;
 use tonic::Request;
 use vbase_proto::workspace::v1 as pb;
 
@@ -52,10 +53,13 @@ pub(super) async fn delete_channel(
     api: &WorkspaceApi,
     req: Request<pb::DeleteChannelRequest>,
 ) -> R<pb::DeleteChannelResponse> {
+    let turn = req.extensions().get::<Turn>().cloned();
     let (who, Id(id)) = accept(req)?;
     let list = api.channels.clone();
     let messages_deleted = api
-        .detached(async move |mut conn| channels::delete_channel(&mut conn, &list, &who, id).await)
+        .detached(turn, async move |mut conn| {
+            channels::delete_channel(&mut conn, &list, &who, id).await
+        })
         .await?;
     ok(pb::DeleteChannelResponse { messages_deleted })
 }

@@ -4,6 +4,7 @@ use super::convert::{ItemRef, PageOf, RenameItem, item};
 use super::{R, WorkspaceApi, accept, ok};
 use crate::domain::items::{self, NewItem};
 use crate::model::Page;
+use service_runtime::user_quotas::Turn;
 use tonic::Request;
 use vbase_proto::workspace::v1 as pb;
 
@@ -55,9 +56,12 @@ pub(super) async fn delete_room_item(
     api: &WorkspaceApi,
     req: Request<pb::DeleteRoomItemRequest>,
 ) -> R<pb::DeleteRoomItemResponse> {
+    let turn = req.extensions().get::<Turn>().cloned();
     let (who, ItemRef { kind, id }) = accept(req)?;
     let room_id = api
-        .detached(async move |mut conn| items::delete_item(&mut conn, &who, kind, id).await)
+        .detached(turn, async move |mut conn| {
+            items::delete_item(&mut conn, &who, kind, id).await
+        })
         .await?;
     api.wake_cleanup();
     ok(pb::DeleteRoomItemResponse {

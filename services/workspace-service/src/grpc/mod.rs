@@ -76,6 +76,7 @@ use diesel_async::AsyncPgConnection;
 use diesel_async::pooled_connection::deadpool::Object;
 use service_runtime::Pool;
 use service_runtime::replica::{Lsn, OwnWrites, ReadPool};
+use service_runtime::user_quotas::Turn;
 use std::future::Future;
 use token_auth::Principal;
 use tonic::{Request, Response, Status};
@@ -256,17 +257,22 @@ impl WorkspaceApi {
     /// deadline passed, it reset the stream) drops the handler but not the task, so a
     /// transaction that `work` began still ends in a commit or a rollback instead of being
     /// abandoned on a connection that holds its locks. A retry of a command that committed
-    /// this way is answered DUPLICATE.
-    async fn detached<T, F, Fut>(&self, work: F) -> Result<T, Error>
+    /// this way is answered DUPLICATE. A user's call passes its turn (`turn`), which the task
+    /// keeps: a user who gives up on their calls cannot leave more of them running than their
+    /// turns.
+    async fn detached<T, F, Fut>(&self, turn: Option<Turn>, work: F) -> Result<T, Error>
     where
         F: FnOnce(Object<AsyncPgConnection>) -> Fut + Send + 'static,
         Fut: Future<Output = Result<T, Error>> + Send + 'static,
         T: Send + 'static,
     {
         let pool = self.pool.clone();
-        tokio::spawn(async move { work(pool.get().await?).await })
-            .await
-            .map_err(|e| Error::Internal(format!("a detached database task failed: {e}")))?
+        tokio::spawn(async move {
+            let _turn = turn;
+            work(pool.get().await?).await
+        })
+        .await
+        .map_err(|e| Error::Internal(format!("a detached database task failed: {e}")))?
     }
 
     /// Tells the Liveblocks worker that rooms were queued.

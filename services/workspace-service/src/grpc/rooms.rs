@@ -4,6 +4,7 @@ use super::convert::{Id, Rename};
 use super::{R, WorkspaceApi, accept, ok};
 use crate::domain::rooms::{self, ListRooms, NewRoom};
 use crate::model::Page;
+use service_runtime::user_quotas::Turn;
 use tonic::Request;
 use vbase_proto::workspace::v1 as pb;
 
@@ -51,9 +52,12 @@ pub(super) async fn delete_room(
     api: &WorkspaceApi,
     req: Request<pb::DeleteRoomRequest>,
 ) -> R<pb::DeleteRoomResponse> {
+    let turn = req.extensions().get::<Turn>().cloned();
     let (who, Id(id)) = accept(req)?;
     let purge_queued = api
-        .detached(async move |mut conn| rooms::delete_room(&mut conn, &who, id).await)
+        .detached(turn, async move |mut conn| {
+            rooms::delete_room(&mut conn, &who, id).await
+        })
         .await?;
     if purge_queued {
         api.wake_purge();

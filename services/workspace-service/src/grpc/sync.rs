@@ -21,7 +21,9 @@ pub(super) async fn upsert_workspace(
         let cmd = UpsertWorkspace::try_from(m)?;
         let org = cmd.org.as_str().to_owned();
         let done = api
-            .detached(async move |mut conn| workspaces::upsert_workspace(&mut conn, &cmd).await)
+            .detached(None, async move |mut conn| {
+                workspaces::upsert_workspace(&mut conn, &cmd).await
+            })
             .await;
         api.forget_org(&org);
         done
@@ -45,7 +47,9 @@ pub(super) async fn delete_workspace(
         let cmd = DeleteWorkspace::try_from(m)?;
         let org = cmd.org.clone();
         let done = api
-            .detached(async move |mut conn| purge::delete_workspace(&mut conn, &cmd).await)
+            .detached(None, async move |mut conn| {
+                purge::delete_workspace(&mut conn, &cmd).await
+            })
             .await;
         api.forget_org(org.as_str());
         Ok::<_, Error>((org, done?))
@@ -77,7 +81,9 @@ where
         let cmd = MembershipChange::try_from(req.into_inner())?;
         let key = (cmd.org.as_str().to_owned(), cmd.user.as_str().to_owned());
         let done = api
-            .detached(async move |mut conn| memberships::change_membership(&mut conn, &cmd).await)
+            .detached(None, async move |mut conn| {
+                memberships::change_membership(&mut conn, &cmd).await
+            })
             .await;
         api.access.invalidate(&key);
         done
@@ -115,7 +121,9 @@ pub(super) async fn remove_user(
         let cmd = RemoveUser::try_from(m)?;
         let user = cmd.user.as_str().to_owned();
         let done = api
-            .detached(async move |mut conn| users::remove_user(&mut conn, &cmd).await)
+            .detached(None, async move |mut conn| {
+                users::remove_user(&mut conn, &cmd).await
+            })
             .await;
         api.access.invalidate_where(|(_, u)| *u == user);
         done
@@ -142,7 +150,9 @@ pub(super) async fn revoke_user_tokens(
         let cmd = RevokeUserTokens::try_from(m)?;
         let user = cmd.user.as_str().to_owned();
         let done = api
-            .detached(async move |mut conn| revocations::revoke_user_tokens(&mut conn, &cmd).await)
+            .detached(None, async move |mut conn| {
+                revocations::revoke_user_tokens(&mut conn, &cmd).await
+            })
             .await;
         api.access.invalidate_where(|(_, u)| *u == user);
         done

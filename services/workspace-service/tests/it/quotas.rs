@@ -190,3 +190,56 @@ async fn a_users_reads_per_minute_and_calls_in_flight_are_capped() {
         .unwrap();
     }
 }
+
+/// A deletion goes on after its caller gives up (its transaction must end), and keeps the
+/// caller's turn until it does: a user cannot leave more deletions running than their turns by
+/// cancelling them.
+#[tokio::test]
+async fn a_deletion_its_caller_gave_up_on_keeps_their_turn_until_it_ends() {
+    use diesel_async::{AsyncConnection, SimpleAsyncConnection};
+    let env = start_custom(false, |c| c.watch.calls.quotas.user_calls_running = 1).await;
+    let ch = channel(&env, "org_t", "t").await;
+    // Hold the channel's row: its deletion waits for it inside its task.
+    let mut locker = diesel_async::AsyncPgConnection::establish(env.db.url())
+        .await
+        .unwrap();
+    locker
+        .batch_execute(&format!(
+            "BEGIN; SELECT 1 FROM channels WHERE id = '{ch}' FOR UPDATE"
+        ))
+        .await
+        .unwrap();
+    let mut c = env.client().await;
+    let mut delete = env.admin(
+        "user_a",
+        "org_t",
+        pb::DeleteChannelRequest {
+            channel_id: ch.clone(),
+        },
+    );
+    delete.set_timeout(Duration::from_millis(300));
+    let gave_up = c.delete_channel(delete).await.unwrap_err();
+    assert!(
+        matches!(gave_up.code(), Code::DeadlineExceeded | Code::Cancelled),
+        "{gave_up:?}"
+    );
+    let mut reader = c.clone();
+    let read = tokio::spawn({
+        let req = env.admin(
+            "user_a",
+            "org_t",
+            pb::ListChannelsRequest {
+                clerk_org_id: "org_t".into(),
+                ..Default::default()
+            },
+        );
+        async move { reader.list_channels(req).await }
+    });
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert!(
+        !read.is_finished(),
+        "the user's next call ran while their abandoned deletion held the one turn"
+    );
+    locker.batch_execute("COMMIT").await.unwrap();
+    read.await.unwrap().unwrap();
+}
