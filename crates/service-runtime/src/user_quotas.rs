@@ -89,7 +89,8 @@ pub struct UserInFlight {
 #[derive(Debug)]
 pub struct InFlight {
     user: String,
-    turns: Arc<Semaphore>,
+    /// Taken when the call ends, before its entry is judged idle.
+    turns: Option<Arc<Semaphore>>,
     counts: Calls,
 }
 
@@ -98,7 +99,10 @@ impl InFlight {
     /// connection): held until the handler has answered, so one user's calls take at most
     /// `running` of a replica's connections, and their other calls in flight wait in line.
     pub async fn turn(&self) -> Option<Turn> {
-        let permit = Arc::clone(&self.turns).acquire_owned().await.ok()?;
+        let permit = Arc::clone(self.turns.as_ref()?)
+            .acquire_owned()
+            .await
+            .ok()?;
         Some(Turn {
             _held: Arc::new(HeldTurn {
                 permit: Some(permit),
@@ -125,12 +129,12 @@ struct HeldTurn {
 }
 
 /// Forgets `user`'s entry once nothing holds its turns: no call in flight and no turn held
-/// (each holds a clone of the semaphore; `others` are the caller's own).
-fn forget_if_idle(counts: &Calls, user: &str, others: usize) {
+/// (each holds a clone of the semaphore).
+fn forget_if_idle(counts: &Calls, user: &str) {
     let mut counts = counts.lock().unwrap_or_else(|p| p.into_inner());
     if let Some((n, turns)) = counts.get(user)
         && *n == 0
-        && Arc::strong_count(turns) == 1 + others
+        && Arc::strong_count(turns) == 1
     {
         counts.remove(user);
     }
@@ -139,20 +143,20 @@ fn forget_if_idle(counts: &Calls, user: &str, others: usize) {
 impl Drop for HeldTurn {
     fn drop(&mut self) {
         drop(self.permit.take());
-        forget_if_idle(&self.counts, &self.user, 0);
+        forget_if_idle(&self.counts, &self.user);
     }
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
+        drop(self.turns.take());
         {
             let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
             if let Some((n, _)) = counts.get_mut(&self.user) {
                 *n -= 1;
             }
         }
-        // This call's own clone of the semaphore is still alive.
-        forget_if_idle(&self.counts, &self.user, 1);
+        forget_if_idle(&self.counts, &self.user);
     }
 }
 
@@ -183,7 +187,7 @@ impl UserInFlight {
         *n += 1;
         Ok(InFlight {
             user: user.to_owned(),
-            turns: Arc::clone(turns),
+            turns: Some(Arc::clone(turns)),
             counts: Arc::clone(&self.counts),
         })
     }

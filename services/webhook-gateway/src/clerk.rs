@@ -32,12 +32,12 @@ pub const MAX_ROLE: usize = 64;
 /// (on a character boundary). Clerk accepts names we would refuse; refusing them would lose the
 /// whole event (and, after Svix gives up, the change).
 pub fn normalized(text: &str, max: usize) -> String {
-    input_validation::displayable(text)
+    let cut: String = input_validation::displayable(text)
         .chars()
         .take(max)
-        .collect::<String>()
-        .trim_end()
-        .to_owned()
+        .collect();
+    // The cut may leave only invisible characters (or trailing spaces): judged again.
+    input_validation::displayable(&cut)
 }
 
 /// An envelope `timestamp` below this is in seconds (10^11 ms is March 1973; 10^11 s is the
@@ -151,14 +151,16 @@ impl User {
     /// is what other users see, the email only its owner.
     /// Each part is made displayable first, so a name of invisible characters or bidirectional
     /// controls alone falls back like an empty one.
+    /// The result is as stored ([`normalized`]): the fallback is chosen on what would be
+    /// stored, so a name whose visible part lies past the cut falls back too.
     pub fn display_name(&self) -> String {
         let shown = |part: &Option<String>| displayable(part.as_deref().unwrap_or_default());
         let full = format!("{} {}", shown(&self.first_name), shown(&self.last_name));
-        let full = full.trim();
+        let full = normalized(&full, MAX_NAME_CHARS);
         if !full.is_empty() {
-            return full.to_owned();
+            return full;
         }
-        shown(&self.username)
+        normalized(&shown(&self.username), MAX_NAME_CHARS)
     }
 }
 
@@ -199,7 +201,7 @@ impl User {
         idp::UpsertUserCommand {
             event_id: origin.event_id.to_owned(),
             occurred_at: Some(timestamp_from_millis(self.updated_at)),
-            name: normalized(&self.display_name(), MAX_NAME_CHARS),
+            name: self.display_name(),
             email: self.primary_email().unwrap_or_default().to_owned(),
             image_url: self
                 .image_url
@@ -542,6 +544,13 @@ mod tests {
             mk(Some("Ada\u{202E}"), Some("\u{2066}Lovelace"), None).display_name(),
             "Ada Lovelace"
         );
+        // Visible only past the cut at 256 characters: what would be stored is invisible.
+        let hidden = format!("{}y", "\u{3164}".repeat(300));
+        assert_eq!(
+            mk(Some(&hidden), Some("x"), Some("ada99")).display_name(),
+            "ada99"
+        );
+        assert_eq!(normalized(&format!("{}A", "\u{200B}".repeat(300)), 256), "");
     }
 
     #[test]

@@ -77,10 +77,11 @@ struct Membership {
 
 /// How long before a token's `iat` a change still counts as made after it. `iat` has whole
 /// seconds (a token minted at 12:00:00.8, after a removal at 12:00:00.5, says 12:00:00), and
-/// the webhook's time and the token's come from different Clerk clocks. Counting a change too
-/// early costs nothing: a token minted after a removal no longer names the organization, and
-/// one minted after a role change is held to the role it states, which is then current.
-pub const ISSUED_AT_MARGIN_SECS: i64 = 5;
+/// the webhook's time and the token's come from different Clerk clocks (a second allowed).
+/// Counting a change early refuses only a token minted within that margin after it and after
+/// a later change that undid it (a member removed and added back at once, a role changed and
+/// changed back) until that later change's webhook arrives: the margin stays short.
+pub const ISSUED_AT_MARGIN_SECS: i64 = 1;
 
 impl AccessFacts {
     /// What changed after a token issued at `issued_at` (seconds), or at most

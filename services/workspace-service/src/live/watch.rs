@@ -360,7 +360,8 @@ impl Stream {
                 Step::Pressure => Ok(()),
                 Step::Live(Ok(f)) => match self.deliver(&f) {
                     // The caller's own membership changed: their access now, not at the next
-                    // periodic check (the change is committed, and checks read the primary).
+                    // periodic check. The hub sends a frame only once this replica's caches
+                    // have heard its change (or no longer answer), so the check sees it.
                     Ok(())
                         if f.member.is_some() && f.member.as_deref() == self.caller.user_id() =>
                     {
