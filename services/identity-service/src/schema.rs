@@ -13,6 +13,7 @@ diesel::table! {
         updated_at -> Timestamptz,
         source_event_time -> Timestamptz,
         source_event_id -> Text,
+        tokens_revoked_at -> Nullable<Timestamptz>,
     }
 }
 

@@ -9,6 +9,9 @@
 //! - webhook state is ordered by Clerk's `updated_at`: older state changes nothing; two states
 //!   of the same instant go to the one the source said later (`event_time`), then to the
 //!   greater event id, whatever order they arrive in;
+//! - a ban's revocation (`tokens_revoked_at`) only moves later, and is applied by every fresh
+//!   event that carries it, also one whose state is stale: the event that told us of the ban
+//!   may arrive after a newer state;
 //! - a delete keeps the row as a tombstone (`deleted_at` set, personal data cleared); Clerk
 //!   never reuses ids, so nothing writes to a tombstoned row again;
 //! - concurrent commands for one user meet on that one row: `INSERT ... ON CONFLICT DO UPDATE`
@@ -37,6 +40,20 @@ pub struct UserRecord {
     pub deleted_at: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    /// When Clerk last revoked all the user's sessions (a ban).
+    pub tokens_revoked_at: Option<DateTime<Utc>>,
+}
+
+/// How long before a token's `iat` a revocation still counts as made after it: `iat` has whole
+/// seconds, and the webhook's time and the token's come from different Clerk clocks (a second
+/// allowed, as in workspace-service). No token is issued while a user is banned; the margin
+/// refuses only a token minted within it after an unban.
+pub const ISSUED_AT_MARGIN_SECS: i64 = 1;
+
+/// The earliest revocation time that refuses a token issued at `issued_at` (Unix seconds).
+pub fn revocation_cutoff(issued_at: i64) -> DateTime<Utc> {
+    DateTime::from_timestamp(issued_at.saturating_sub(ISSUED_AT_MARGIN_SECS), 0)
+        .unwrap_or(DateTime::<Utc>::MIN_UTC)
 }
 
 impl UserRecord {
@@ -46,16 +63,30 @@ impl UserRecord {
             .max(self.claims_seen_at)
             .unwrap_or(self.updated_at)
     }
+
+    /// Whether Clerk revoked the user's sessions after a token issued at `issued_at` (Unix
+    /// seconds), or up to [`ISSUED_AT_MARGIN_SECS`] before it.
+    pub fn revoked_for(&self, issued_at: i64) -> bool {
+        self.tokens_revoked_at
+            .is_some_and(|at| at >= revocation_cutoff(issued_at))
+    }
+}
+
+/// The refusal of a token issued before the user's ban.
+pub fn revoked() -> Error {
+    Error::Denied(
+        "this user's sessions were revoked in Clerk (banned) after the token was issued".into(),
+    )
 }
 
 /// What a sync command did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
-    /// Written.
+    /// Written (the state, or only a later revocation).
     Applied,
     /// This event id was applied before.
     Duplicate,
-    /// Newer state or a tombstone is stored.
+    /// Newer state (and no earlier revocation) or a tombstone is stored.
     Stale,
 }
 
@@ -71,6 +102,8 @@ pub struct UpsertUser {
     pub created_at: Option<DateTime<Utc>>,
     /// When the source said it (tie-break); `None`: unknown, loses every tie.
     pub event_time: Option<DateTime<Utc>>,
+    /// Banned: every token issued before this time is refused; `None`: not banned.
+    pub tokens_revoked_at: Option<DateTime<Utc>>,
 }
 
 /// `user.deleted`, already validated.
@@ -112,31 +145,60 @@ impl Applied {
     }
 }
 
+/// Whether the proposed state (`EXCLUDED`) is newer than the stored one (a row only
+/// StoreUser wrote has no webhook state: NULL, so any is newer).
+macro_rules! newer_state {
+    () => {
+        "((users.source_updated_at, users.source_event_time, users.source_event_id)
+           < (EXCLUDED.source_updated_at, EXCLUDED.source_event_time, EXCLUDED.source_event_id)
+          IS NOT FALSE)"
+    };
+}
+
+/// The write of an upsert to an existing user: the state when newer, the revocation when
+/// later (also with a stale state), nothing to a tombstone. Evaluated on the locked row.
+macro_rules! upsert_conflict {
+    () => {
+        concat!(
+            "ON CONFLICT (clerk_id) DO UPDATE SET
+                 name = CASE WHEN ", newer_state!(), " THEN EXCLUDED.name ELSE users.name END,
+                 email = CASE WHEN ", newer_state!(), " THEN EXCLUDED.email ELSE users.email END,
+                 image_url = CASE WHEN ", newer_state!(), " THEN EXCLUDED.image_url ELSE users.image_url END,
+                 created_at = CASE WHEN ", newer_state!(), "
+                     THEN LEAST(users.created_at, EXCLUDED.created_at) ELSE users.created_at END,
+                 source_updated_at = CASE WHEN ", newer_state!(), "
+                     THEN EXCLUDED.source_updated_at ELSE users.source_updated_at END,
+                 source_event_time = CASE WHEN ", newer_state!(), "
+                     THEN EXCLUDED.source_event_time ELSE users.source_event_time END,
+                 source_event_id = CASE WHEN ", newer_state!(), "
+                     THEN EXCLUDED.source_event_id ELSE users.source_event_id END,
+                 tokens_revoked_at = GREATEST(users.tokens_revoked_at, EXCLUDED.tokens_revoked_at),
+                 updated_at = now()
+             WHERE users.deleted_at IS NULL
+               AND (", newer_state!(), "
+                    OR users.tokens_revoked_at IS DISTINCT FROM
+                       GREATEST(users.tokens_revoked_at, EXCLUDED.tokens_revoked_at))"
+        )
+    };
+}
+
 /// Applies webhook state for a user (one statement).
 pub async fn upsert_user(pool: &Pool, cmd: UpsertUser) -> Result<Outcome, Error> {
     let mut conn = pool.get().await?;
-    let r: Applied = prepared(
+    let r: Applied = prepared(concat!(
         "WITH ev AS (
              INSERT INTO processed_events (event_id) VALUES ($1) ON CONFLICT DO NOTHING RETURNING 1),
          up AS (
              INSERT INTO users (clerk_id, name, email, image_url, source_updated_at, created_at,
-                                source_event_time, source_event_id)
-             SELECT $2, $3, $4, $5, $6, COALESCE($7, now()), COALESCE($8, '-infinity'), $1 FROM ev
-             ON CONFLICT (clerk_id) DO UPDATE SET
-                 name = EXCLUDED.name, email = EXCLUDED.email,
-                 image_url = EXCLUDED.image_url,
-                 source_updated_at = EXCLUDED.source_updated_at,
-                 source_event_time = EXCLUDED.source_event_time,
-                 source_event_id = EXCLUDED.source_event_id,
-                 created_at = LEAST(users.created_at, EXCLUDED.created_at),
-                 updated_at = now()
-             WHERE users.deleted_at IS NULL
-               AND (users.source_updated_at IS NULL
-                    OR (users.source_updated_at, users.source_event_time, users.source_event_id)
-                     < (EXCLUDED.source_updated_at, EXCLUDED.source_event_time, EXCLUDED.source_event_id))
+                                source_event_time, source_event_id, tokens_revoked_at)
+             SELECT $2, $3, $4, $5, $6, COALESCE($7, now()), COALESCE($8, '-infinity'), $1, $9
+             FROM ev
+             ",
+        upsert_conflict!(),
+        "
              RETURNING 1)
-         SELECT EXISTS (SELECT FROM ev) AS fresh, EXISTS (SELECT FROM up) AS written",
-    )
+         SELECT EXISTS (SELECT FROM ev) AS fresh, EXISTS (SELECT FROM up) AS written"
+    ))
     .bind::<Text, _>(&cmd.event_id)
     .bind::<Text, _>(&cmd.clerk_id)
     .bind::<Text, _>(&cmd.name)
@@ -145,6 +207,7 @@ pub async fn upsert_user(pool: &Pool, cmd: UpsertUser) -> Result<Outcome, Error>
     .bind::<Timestamptz, _>(cmd.occurred_at)
     .bind::<Nullable<Timestamptz>, _>(cmd.created_at)
     .bind::<Nullable<Timestamptz>, _>(cmd.event_time)
+    .bind::<Nullable<Timestamptz>, _>(cmd.tokens_revoked_at)
     .one(&mut conn)
     .await?;
     Ok(r.outcome())
@@ -163,17 +226,19 @@ struct BatchRow {
 /// The result is that of applying them one at a time, newest first for each user: a repeated
 /// event id (stored before, or earlier in `cmds`) is a duplicate; of the fresh events for one
 /// user only the newest can be written (by `occurred_at`, then `event_time`, then event id), under
-/// the same guard as [`upsert_user`]; the others are stale. Event ids and users are locked in
+/// the same guard as [`upsert_user`], carrying the latest revocation of them all; the others
+/// are stale. Event ids and users are locked in
 /// sorted order, so concurrent statements wait for each other instead of deadlocking.
 pub async fn upsert_users(pool: &Pool, cmds: &[UpsertUser]) -> Result<Vec<Outcome>, Error> {
     let mut conn = pool.get().await?;
     let col = |f: fn(&UpsertUser) -> String| cmds.iter().map(f).collect::<Vec<_>>();
-    let rows: Vec<BatchRow> = prepared(
+    let rows: Vec<BatchRow> = prepared(concat!(
         "WITH input AS (
              SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[],
-                                  $6::timestamptz[], $7::timestamptz[], $8::timestamptz[])
+                                  $6::timestamptz[], $7::timestamptz[], $8::timestamptz[],
+                                  $9::timestamptz[])
                  WITH ORDINALITY AS t(event_id, clerk_id, name, email, image_url, source_updated_at,
-                                      created_at, event_time, ord)),
+                                      created_at, event_time, tokens_revoked_at, ord)),
          ev AS (
              INSERT INTO processed_events (event_id)
              SELECT DISTINCT event_id FROM input ORDER BY event_id
@@ -182,35 +247,28 @@ pub async fn upsert_users(pool: &Pool, cmds: &[UpsertUser]) -> Result<Vec<Outcom
              SELECT DISTINCT ON (i.event_id) i.* FROM input i JOIN ev USING (event_id)
              ORDER BY i.event_id, i.ord),
          newest AS (
-             SELECT DISTINCT ON (clerk_id) * FROM fresh
+             SELECT DISTINCT ON (clerk_id) *,
+                    max(tokens_revoked_at) OVER (PARTITION BY clerk_id) AS latest_revocation
+             FROM fresh
              ORDER BY clerk_id, source_updated_at DESC, COALESCE(event_time, '-infinity') DESC,
                       event_id DESC, ord),
          up AS (
              INSERT INTO users (clerk_id, name, email, image_url, source_updated_at, created_at,
-                                source_event_time, source_event_id)
+                                source_event_time, source_event_id, tokens_revoked_at)
              SELECT clerk_id, name, email, image_url, source_updated_at, COALESCE(created_at, now()),
-                    COALESCE(event_time, '-infinity'), event_id
+                    COALESCE(event_time, '-infinity'), event_id, latest_revocation
              FROM newest ORDER BY clerk_id
-             ON CONFLICT (clerk_id) DO UPDATE SET
-                 name = EXCLUDED.name, email = EXCLUDED.email,
-                 image_url = EXCLUDED.image_url,
-                 source_updated_at = EXCLUDED.source_updated_at,
-                 source_event_time = EXCLUDED.source_event_time,
-                 source_event_id = EXCLUDED.source_event_id,
-                 created_at = LEAST(users.created_at, EXCLUDED.created_at),
-                 updated_at = now()
-             WHERE users.deleted_at IS NULL
-               AND (users.source_updated_at IS NULL
-                    OR (users.source_updated_at, users.source_event_time, users.source_event_id)
-                     < (EXCLUDED.source_updated_at, EXCLUDED.source_event_time, EXCLUDED.source_event_id))
+             ",
+        upsert_conflict!(),
+        "
              RETURNING clerk_id)
          SELECT i.ord, f.ord IS NOT NULL AS fresh, (n.ord IS NOT NULL AND u.clerk_id IS NOT NULL) AS written
          FROM input i
          LEFT JOIN fresh f ON f.ord = i.ord
          LEFT JOIN newest n ON n.ord = i.ord
          LEFT JOIN up u ON u.clerk_id = n.clerk_id
-         ORDER BY i.ord",
-    )
+         ORDER BY i.ord"
+    ))
     .bind::<Array<Text>, _>(col(|c| c.event_id.clone()))
     .bind::<Array<Text>, _>(col(|c| c.clerk_id.clone()))
     .bind::<Array<Text>, _>(col(|c| c.name.clone()))
@@ -219,6 +277,9 @@ pub async fn upsert_users(pool: &Pool, cmds: &[UpsertUser]) -> Result<Vec<Outcom
     .bind::<Array<Timestamptz>, _>(cmds.iter().map(|c| c.occurred_at).collect::<Vec<_>>())
     .bind::<Array<Nullable<Timestamptz>>, _>(cmds.iter().map(|c| c.created_at).collect::<Vec<_>>())
     .bind::<Array<Nullable<Timestamptz>>, _>(cmds.iter().map(|c| c.event_time).collect::<Vec<_>>())
+    .bind::<Array<Nullable<Timestamptz>>, _>(
+        cmds.iter().map(|c| c.tokens_revoked_at).collect::<Vec<_>>(),
+    )
     .load(&mut conn)
     .await?;
     if rows.len() != cmds.len() || rows.iter().enumerate().any(|(i, r)| r.ord != i as i64 + 1) {
@@ -262,7 +323,8 @@ struct Stored {
 
 /// The seed's `storeUser`: creates the caller from token claims when unknown, refreshes name and
 /// email when the token is newer than the stored data (never rolls back newer webhook data, never
-/// recreates a deleted user). Returns the record and whether it was created.
+/// recreates a deleted user, never writes from a token issued before the user's ban). Returns
+/// the record and whether it was created.
 pub async fn store_user(pool: &Pool, claims: TokenClaims) -> Result<(UserRecord, bool), Error> {
     let mut conn = pool.get().await?;
     // Never the email: the name is what other users see, the email only its owner.
@@ -271,17 +333,20 @@ pub async fn store_user(pool: &Pool, claims: TokenClaims) -> Result<(UserRecord,
         .clone()
         .unwrap_or_else(|| "Anonymous".to_owned());
     // Writes only when the user is new, or the token is newer than the data held and says
-    // something different; the row lock of ON CONFLICT orders it against webhook commands.
+    // something different, and the user's sessions were not revoked after the token was
+    // issued; the row lock of ON CONFLICT orders it against webhook commands.
     let written: Option<Stored> = prepared(
         "INSERT INTO users AS u (clerk_id, name, email, claims_seen_at) VALUES ($1, $2, $3, $4)
          ON CONFLICT (clerk_id) DO UPDATE SET
              name = COALESCE($5, u.name), email = COALESCE($6, u.email),
              claims_seen_at = EXCLUDED.claims_seen_at, updated_at = now()
          WHERE u.deleted_at IS NULL
+           AND (u.tokens_revoked_at IS NULL OR u.tokens_revoked_at < $7)
            AND GREATEST(u.source_updated_at, u.claims_seen_at) < EXCLUDED.claims_seen_at
            AND (u.name IS DISTINCT FROM COALESCE($5, u.name) OR u.email IS DISTINCT FROM COALESCE($6, u.email))
          RETURNING u.clerk_id, u.name, u.email, u.image_url, u.source_updated_at, u.claims_seen_at,
-                   u.deleted_at, u.created_at, u.updated_at, (xmax = 0) AS inserted",
+                   u.deleted_at, u.created_at, u.updated_at, u.tokens_revoked_at,
+                   (xmax = 0) AS inserted",
     )
     .bind::<Text, _>(&claims.clerk_id)
     .bind::<Text, _>(&name_for_new)
@@ -289,6 +354,7 @@ pub async fn store_user(pool: &Pool, claims: TokenClaims) -> Result<(UserRecord,
     .bind::<Timestamptz, _>(claims.issued_at)
     .bind::<Nullable<Text>, _>(&claims.name)
     .bind::<Nullable<Text>, _>(&claims.email)
+    .bind::<Timestamptz, _>(revocation_cutoff(claims.issued_at.timestamp()))
     .one(&mut conn)
     .await
     .optional()?;
@@ -305,6 +371,9 @@ pub async fn store_user(pool: &Pool, claims: TokenClaims) -> Result<(UserRecord,
         return Err(Error::Precondition(
             "this user was deleted in Clerk and cannot be stored again".into(),
         ));
+    }
+    if existing.revoked_for(claims.issued_at.timestamp()) {
+        return Err(revoked());
     }
     Ok((existing, false))
 }

@@ -174,29 +174,34 @@ impl User {
         }
     }
 
-    /// For a banned user, the revocation of every token issued before the later of its
-    /// `updated_at` and the origin's time. Clerk's ban revokes all the user's sessions and
-    /// forbids sign-in, so no token is issued while the user stays banned: a time at or after
-    /// the ban at which the user is still banned refuses exactly the tokens issued before the
-    /// ban. Tokens issued after an unban carry a later `iat` and pass.
+    /// For a banned user, the revocation of every token issued before [`User::revoked_at`].
     pub fn revocation(&self, origin: Origin) -> Option<wsp::RevokeUserTokensCommand> {
-        if !self.banned {
-            return None;
-        }
-        let updated = timestamp_from_millis(self.updated_at);
-        let revoked_at = match origin.event_time {
-            Some(t) if (t.seconds, t.nanos) > (updated.seconds, updated.nanos) => t,
-            _ => updated,
-        };
         Some(wsp::RevokeUserTokensCommand {
             event_id: origin.event_id.to_owned(),
-            revoked_at: Some(revoked_at),
+            revoked_at: Some(self.revoked_at(origin)?),
             clerk_user_id: self.id.clone(),
             instance_id: origin.instance_id.to_owned(),
         })
     }
 
-    /// The upsert that makes our copy equal to this state.
+    /// For a banned user, the later of its `updated_at` and the origin's time. Clerk's ban
+    /// revokes all the user's sessions and forbids sign-in, so no token is issued while the user
+    /// stays banned: a time at or after the ban at which the user is still banned refuses
+    /// exactly the tokens issued before the ban. Tokens issued after an unban carry a later
+    /// `iat` and pass.
+    fn revoked_at(&self, origin: Origin) -> Option<prost_types::Timestamp> {
+        if !self.banned {
+            return None;
+        }
+        let updated = timestamp_from_millis(self.updated_at);
+        Some(match origin.event_time {
+            Some(t) if (t.seconds, t.nanos) > (updated.seconds, updated.nanos) => t,
+            _ => updated,
+        })
+    }
+
+    /// The upsert that makes our copy equal to this state (with the ban's revocation, which
+    /// identity-service keeps too).
     pub fn upsert(&self, origin: Origin) -> idp::UpsertUserCommand {
         idp::UpsertUserCommand {
             event_id: origin.event_id.to_owned(),
@@ -212,6 +217,7 @@ impl User {
             clerk_id: self.id.clone(),
             event_time: origin.event_time,
             instance_id: origin.instance_id.to_owned(),
+            tokens_revoked_at: self.revoked_at(origin),
         }
     }
 }
@@ -241,7 +247,8 @@ impl Organization {
             .unwrap_or_else(|| self.id.clone())
     }
 
-    /// The upsert that makes our copy equal to this state.
+    /// The upsert that makes our copy equal to this state (with the ban's revocation, which
+    /// identity-service keeps too).
     pub fn upsert(&self, origin: Origin) -> wsp::UpsertWorkspaceCommand {
         wsp::UpsertWorkspaceCommand {
             event_id: origin.event_id.to_owned(),
@@ -294,7 +301,8 @@ impl Membership {
             })
     }
 
-    /// The upsert that makes our copy equal to this state.
+    /// The upsert that makes our copy equal to this state (with the ban's revocation, which
+    /// identity-service keeps too).
     pub fn upsert(&self, origin: Origin) -> Result<wsp::UpsertMembershipCommand, Malformed> {
         Ok(wsp::UpsertMembershipCommand {
             event_id: origin.event_id.to_owned(),
@@ -576,6 +584,8 @@ mod tests {
             ("user_1", "msg_b")
         );
         assert_eq!(revoke.instance_id, "ins_1");
+        // identity-service keeps the same time.
+        assert_eq!(upsert.tokens_revoked_at, revoke.revoked_at);
         // The later of the event's time and the user's `updated_at`.
         assert_eq!(revoke.revoked_at.unwrap().seconds, 1700000009);
         let Command::BanUser(_, revoke) = user(true, Some(1700000001000)) else {
@@ -586,8 +596,11 @@ mod tests {
             panic!()
         };
         assert_eq!(revoke.revoked_at.unwrap().seconds, 1700000005);
-        // Not banned (a lock alone, or an unban): an ordinary upsert.
-        assert!(matches!(user(false, None), Command::UpsertUser(_)));
+        // Not banned (a lock alone, or an unban): an ordinary upsert, revoking nothing.
+        let Command::UpsertUser(upsert) = user(false, None) else {
+            panic!("an unbanned user's state only upserts")
+        };
+        assert_eq!(upsert.tokens_revoked_at, None);
     }
 
     #[test]

@@ -49,6 +49,9 @@ pub(super) async fn get_current_user(
     let record = api.lookups.get(&user.user_id, seen).await?.ok_or_else(|| {
         Status::not_found("user not synced yet: call StoreUser or wait for the Clerk webhook")
     })?;
+    if record.revoked_for(user.issued_at) {
+        return Err(users::revoked().into());
+    }
     Ok(Response::new(pb::GetCurrentUserResponse {
         user: Some(to_proto(&record, true)),
     }))
@@ -60,6 +63,7 @@ pub(super) async fn get_user(
 ) -> Result<Response<pb::GetUserResponse>, Status> {
     let p = principal(&req)?;
     let seen = api.seen(&req)?;
+    refuse_revoked(api, &p, seen.clone()).await?;
     let id = req.into_inner().clerk_id;
     validate::user_id("clerk_id", &id)?;
     let record = api
@@ -79,6 +83,7 @@ pub(super) async fn batch_get_users(
 ) -> Result<Response<pb::BatchGetUsersResponse>, Status> {
     let p = principal(&req)?;
     let seen = api.seen(&req)?;
+    refuse_revoked(api, &p, seen.clone()).await?;
     let ids = req.into_inner().clerk_ids;
     if ids.len() > MAX_BATCH {
         return Err(Status::invalid_argument(format!(
@@ -123,6 +128,18 @@ pub(super) async fn batch_get_users(
         users: users_out,
         missing_clerk_ids: missing,
     }))
+}
+
+/// Refuses a user whose sessions Clerk revoked (a ban) after their token was issued, by the
+/// caller's own row (through the user cache; a caller not held, or deleted, has no revocation).
+async fn refuse_revoked(api: &IdentityApi, p: &Principal, seen: Option<Lsn>) -> Result<(), Status> {
+    let Principal::User(user) = p else {
+        return Ok(());
+    };
+    match api.lookups.get(&user.user_id, seen).await? {
+        Some(own) if own.revoked_for(user.issued_at) => Err(users::revoked().into()),
+        _ => Ok(()),
+    }
 }
 
 /// Each id once, in the order first asked: repeats would make one small request answer

@@ -29,6 +29,8 @@ impl IdentityApi {
                 image_url: c.image_url.clone(),
                 created_at: validate::optional_time(c.created_at.as_ref()),
                 event_time: validate::optional_time(c.event_time.as_ref()),
+                // Absent (an older gateway, or not banned) or zero: nothing revoked.
+                tokens_revoked_at: validate::optional_time(c.tokens_revoked_at.as_ref()),
             })
         })();
         let result = match cmd {

@@ -32,6 +32,7 @@ fn command(ns: &str, e: &Ev) -> UpsertUser {
         image_url: String::new(),
         created_at: Some(at(0)),
         event_time: None,
+        tokens_revoked_at: None,
     }
 }
 

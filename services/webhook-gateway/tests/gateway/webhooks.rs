@@ -6,6 +6,7 @@ use serde_json::{Value, json};
 use service_harness::{RunningServer, eventually};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
+use vbase_proto::identity::v1 as idp;
 use vbase_proto::workspace::v1 as wsp;
 
 #[tokio::test]
@@ -836,8 +837,9 @@ async fn long_names_and_control_characters_are_normalised_not_refused() {
     assert_eq!(members[0].1, format!("org:{}", "r".repeat(60)));
 }
 
-/// `user.updated` of a banned user updates the user and refuses in workspace-service every
-/// token of the user issued before the ban; another member is not touched.
+/// `user.updated` of a banned user updates the user and refuses in workspace-service and in
+/// identity-service (also with the user's row cached) every token of the user issued before the
+/// ban; another member is not touched.
 #[tokio::test]
 async fn a_ban_reaches_both_services_and_refuses_the_users_earlier_tokens() {
     let s = stack(SECRET).await;
@@ -868,6 +870,19 @@ async fn a_ban_reaches_both_services_and_refuses_the_users_earlier_tokens() {
     let mut w = s.workspace().await;
     let earlier = list("user_banned");
     w.list_channels(list("user_banned")).await.unwrap();
+    for (id, user) in [("msg_ub", "user_banned"), ("msg_uo", "user_other")] {
+        assert_eq!(
+            s.send(id, &user_event("user.created", user, "Before", T))
+                .await
+                .0,
+            200
+        );
+    }
+    let me = |user: &str| s.issuers.user(user, idp::GetCurrentUserRequest {});
+    let mut i = s.identity().await;
+    let earlier_me = me("user_banned");
+    let earlier_store = s.issuers.user("user_banned", idp::StoreUserRequest {});
+    i.get_current_user(me("user_banned")).await.unwrap();
 
     // Banned two seconds after the token was issued (Clerk's clock, milliseconds).
     let at = (now() + 2) * 1000;
@@ -883,6 +898,17 @@ async fn a_ban_reaches_both_services_and_refuses_the_users_earlier_tokens() {
     assert!(refused.message().contains("banned"), "{refused:?}");
     assert_eq!(s.downstream_calls("revoke_user_tokens").await, 1.0);
     w.list_channels(list("user_other")).await.unwrap();
+    let refusals = [
+        i.get_current_user(earlier_me).await.map(drop),
+        i.store_user(earlier_store).await.map(drop),
+    ];
+    for refused in refusals {
+        let refused = refused.unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
+        assert!(refused.message().contains("banned"), "{refused:?}");
+    }
+    assert_eq!(s.user("user_banned").await.unwrap().name, "Banned Example");
+    i.get_current_user(me("user_other")).await.unwrap();
     // The retry of the same delivery changes nothing.
     assert_eq!(
         s.send("msg_ban", &ban).await,
