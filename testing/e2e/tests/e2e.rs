@@ -358,11 +358,15 @@ async fn the_seed_lifecycle_end_to_end() {
         vec!["general"]
     );
     let general = channels[0].id.clone();
-    for (who, text) in [("user_bob", "hello"), ("user_ada", "welcome")] {
+    // Each token states its user's role, as Clerk's would.
+    for (who, role, text) in [
+        ("user_bob", "org:member", "hello"),
+        ("user_ada", "org:admin", "welcome"),
+    ] {
         ws.post_message(c.as_user(
             who,
             org,
-            "org:member",
+            role,
             wsp::PostMessageRequest {
                 channel_id: general.clone(),
                 body: text.into(),
