@@ -117,6 +117,10 @@ pub(crate) struct ClerkClaims {
     pub org_slug: Option<String>,
     #[serde(default)]
     pub o: Option<OrgClaimV2>,
+    /// v2 session status: `pending` while the user has sign-in tasks left (for example
+    /// choosing an organization when one is required).
+    #[serde(default)]
+    pub sts: Option<String>,
 }
 
 /// The v2 session-token `o` claim.
@@ -142,6 +146,18 @@ impl ClerkClaims {
     /// organization (`org_role`, or `o.rol`), so a token without one comes from a JWT template
     /// that left it out, and any default could grant more than the user's real role.
     pub(crate) fn into_principal(self) -> Result<UserPrincipal, AuthError> {
+        self.into_principal_accepting(false)
+    }
+
+    /// Like [`ClerkClaims::into_principal`]; a pending session (`sts: "pending"`) is refused
+    /// unless `accept_pending`, as Clerk's own SDKs treat it as signed out by default.
+    pub(crate) fn into_principal_accepting(
+        self,
+        accept_pending: bool,
+    ) -> Result<UserPrincipal, AuthError> {
+        if !accept_pending && self.sts.as_deref() == Some("pending") {
+            return Err(AuthError::PendingSession);
+        }
         let org = match (present(self.org_id), self.o) {
             (Some(id), _) => Some(active_org(id, self.org_slug, self.org_role)?),
             (None, Some(o)) => match present(Some(o.id)) {

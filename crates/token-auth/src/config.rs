@@ -20,6 +20,10 @@ pub struct AuthArgs {
     /// Comma-separated origins; when set, a user token must name one of them in `azp`.
     #[arg(long, env = "CLERK_AUTHORIZED_PARTIES", value_delimiter = ',')]
     pub clerk_authorized_parties: Vec<String>,
+    /// Accept session tokens of pending Clerk sessions (`sts: "pending"`: the user has sign-in
+    /// tasks left, such as choosing an organization). Off by default, as in Clerk's SDKs.
+    #[arg(long, env = "CLERK_ACCEPT_PENDING_SESSIONS", default_value_t = false)]
+    pub clerk_accept_pending_sessions: bool,
     /// Issuer of internal service tokens.
     #[arg(long, env = "SERVICE_JWT_ISSUER", default_value = "vbase-internal")]
     pub service_jwt_issuer: String,
@@ -123,6 +127,7 @@ impl AuthArgs {
                     .collect(),
                 leeway_secs: MAX_LEEWAY_SECS,
                 max_lifetime_secs: self.token_max_lifetime_secs,
+                accept_pending_sessions: self.clerk_accept_pending_sessions,
             }),
             Some(ServiceSettings {
                 issuer: self.service_jwt_issuer.clone(),

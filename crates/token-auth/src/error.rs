@@ -62,4 +62,10 @@ pub enum AuthError {
         "token names an active organization (org_id) but no role: add `\"org_role\": \"{{{{org.role}}}}\"` to the Clerk JWT template"
     )]
     MissingOrgRole,
+    /// The Clerk session is `pending` (`sts`): the user signed in but has not finished the
+    /// session's tasks, and Clerk's SDKs treat such a session as signed out.
+    #[error(
+        "the Clerk session is pending (sts): finish the sign-in tasks (for example choosing an organization), then retry with a fresh token"
+    )]
+    PendingSession,
 }

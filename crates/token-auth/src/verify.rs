@@ -49,6 +49,9 @@ pub struct ClerkSettings {
     pub leeway_secs: u64,
     /// The longest lifetime (`exp - iat`) accepted, seconds.
     pub max_lifetime_secs: i64,
+    /// Whether a session token of a pending session (`sts: "pending"`) is accepted. Clerk's
+    /// SDKs treat pending sessions as signed out unless told otherwise; so does the default.
+    pub accept_pending_sessions: bool,
 }
 
 /// How internal service tokens are checked.
@@ -280,7 +283,9 @@ impl Authenticator {
             }
             return Ok(Verified {
                 exp: claims.exp,
-                principal: Principal::User(claims.into_principal()?),
+                principal: Principal::User(
+                    claims.into_principal_accepting(s.accept_pending_sessions)?,
+                ),
                 leeway: s.leeway_secs,
                 kid,
                 key,

@@ -58,6 +58,7 @@ async fn fixture_with(authorized_parties: &[&str], service_callers: &str) -> Fix
             authorized_parties: authorized_parties.iter().map(|s| s.to_string()).collect(),
             leeway_secs: 5,
             max_lifetime_secs: 3600,
+            accept_pending_sessions: false,
         }),
         Some(ServiceSettings {
             issuer: "vbase-internal".into(),
@@ -156,6 +157,49 @@ async fn valid_v2_session_token_reads_org_from_o_claim() {
         (org.id.as_str(), org.role.as_str()),
         ("org_7", "org:member")
     );
+}
+
+/// A session with sign-in tasks left (`sts: "pending"`, for example an organization to choose)
+/// is signed out, as in Clerk's SDKs; an active one, or a template token without `sts`, passes.
+/// The refusal is not remembered as a pass: the same token stays refused on the next call.
+#[tokio::test]
+async fn a_pending_session_is_refused_unless_accepted() {
+    let f = fixture(&[]).await;
+    let pending = f.user_token_with(json!({"v": 2, "sid": "sess_p", "sts": "pending"}));
+    for _ in 0..2 {
+        let err = f.auth.verify(&pending).unwrap_err();
+        assert_eq!(err, AuthError::PendingSession);
+        assert!(err.to_string().contains("pending"), "{err}");
+    }
+    let active = f.user_token_with(json!({"v": 2, "sid": "sess_a", "sts": "active"}));
+    assert!(f.auth.verify(&active).is_ok());
+    assert!(f.auth.verify(&f.user_token_with(json!({}))).is_ok());
+
+    let accepting = Authenticator::new(
+        Some(ClerkSettings {
+            issuer: f.clerk_jwks.issuer(),
+            jwks: KeySource::Url(f.clerk_jwks.jwks_url()),
+            audience: "convex".into(),
+            authorized_parties: vec![],
+            leeway_secs: 5,
+            max_lifetime_secs: 3600,
+            accept_pending_sessions: true,
+        }),
+        None,
+        options(),
+    );
+    assert!(
+        accepting.key_stores()[0]
+            .wait_ready(Duration::from_secs(5))
+            .await
+    );
+    let u = accepting
+        .verify(&pending)
+        .unwrap()
+        .as_user()
+        .cloned()
+        .unwrap();
+    assert_eq!(u.user_id, "user_2abc");
 }
 
 #[tokio::test]
@@ -401,6 +445,7 @@ fn jwks_urls_must_be_https_except_to_this_machine() {
         service_jwks_url: None,
         jwks_refresh_secs: 300,
         token_max_lifetime_secs: 3600,
+        clerk_accept_pending_sessions: false,
         service_callers: String::new(),
         operator_subjects: "operator".into(),
     };
@@ -890,6 +935,7 @@ async fn clerk_verifier(
             authorized_parties: vec![],
             leeway_secs: 5,
             max_lifetime_secs: 3600,
+            accept_pending_sessions: false,
         }),
         None,
         KeyStoreOptions {

@@ -2,7 +2,7 @@
 
 use crate::support;
 
-use support::{Env, start, ts};
+use support::{Env, bearer, start, ts};
 use tonic::Code;
 use vbase_proto::identity::v1 as pb;
 use vbase_proto::identity::v1::CommandOutcome;
@@ -513,6 +513,31 @@ async fn each_method_accepts_only_its_declared_callers() {
         apply(&env, upsert("p1", 1000, "user_a", "N", "a@b.co")).await,
         CommandOutcome::Applied
     );
+}
+
+/// A session token of a pending Clerk session (sign-in tasks left) is signed out, through the
+/// service's auth layer, with a message that says why; the same user's active session passes.
+#[tokio::test]
+async fn a_pending_sessions_token_is_signed_out() {
+    let env = start().await;
+    let mut c = env.client().await;
+    let clerk = &env.issuers.clerk;
+    let mut claims = clerk.claims("user_p", "Pat", "pat@example.com", None);
+    claims["v"] = 2.into();
+    claims["sid"] = "sess_p".into();
+    claims["sts"] = "pending".into();
+    let pending = clerk.sign(&claims);
+    let err = c
+        .store_user(bearer(pb::StoreUserRequest {}, &pending))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated, "{err:?}");
+    assert!(err.message().contains("pending"), "{}", err.message());
+    claims["sts"] = "active".into();
+    let active = clerk.sign(&claims);
+    c.store_user(bearer(pb::StoreUserRequest {}, &active))
+        .await
+        .expect("an active session stores its user");
 }
 
 #[tokio::test]

@@ -24,6 +24,7 @@ pub async fn run(b: &Bench<'_>, report: &mut Report) -> Result<()> {
             authorized_parties: vec![],
             leeway_secs: 5,
             max_lifetime_secs: 3600,
+            accept_pending_sessions: false,
         }),
         None,
         token_auth::KeyStoreOptions::default(),
