@@ -145,16 +145,9 @@ impl ClerkClaims {
     /// rather than given a default: Clerk's session tokens always carry the role with the
     /// organization (`org_role`, or `o.rol`), so a token without one comes from a JWT template
     /// that left it out, and any default could grant more than the user's real role.
-    pub(crate) fn into_principal(self) -> Result<UserPrincipal, AuthError> {
-        self.into_principal_accepting(false)
-    }
-
-    /// Like [`ClerkClaims::into_principal`]; a pending session (`sts: "pending"`) is refused
-    /// unless `accept_pending`, as Clerk's own SDKs treat it as signed out by default.
-    pub(crate) fn into_principal_accepting(
-        self,
-        accept_pending: bool,
-    ) -> Result<UserPrincipal, AuthError> {
+    /// A pending session (`sts: "pending"`) is refused unless `accept_pending`, as Clerk's own
+    /// SDKs treat it as signed out by default.
+    pub(crate) fn into_principal(self, accept_pending: bool) -> Result<UserPrincipal, AuthError> {
         if !accept_pending && self.sts.as_deref() == Some("pending") {
             return Err(AuthError::PendingSession);
         }
@@ -216,8 +209,8 @@ mod tests {
             "sub": "user_1", "exp": 2_000_000_000_i64, "o": {"id": "org_9", "slg": "acme", "rol": "admin"}
         }))
         .unwrap();
-        let a = v1.into_principal().unwrap().org.unwrap();
-        let b = v2.into_principal().unwrap().org.unwrap();
+        let a = v1.into_principal(false).unwrap().org.unwrap();
+        let b = v2.into_principal(false).unwrap().org.unwrap();
         assert_eq!(a, b);
         assert!(a.is_admin());
     }
@@ -228,7 +221,7 @@ mod tests {
             "sub": "user_1", "exp": 2_000_000_000_i64, "org_id": null, "org_role": "null", "name": "", "email": "null"
         }))
         .unwrap();
-        let p = c.into_principal().unwrap();
+        let p = c.into_principal(false).unwrap();
         assert_eq!(p.org, None);
         assert_eq!(p.name, None);
         assert_eq!(p.email, None);
@@ -244,7 +237,7 @@ mod tests {
         ] {
             let c: ClerkClaims = serde_json::from_value(claims.clone()).unwrap();
             assert_eq!(
-                c.into_principal().unwrap_err(),
+                c.into_principal(false).unwrap_err(),
                 AuthError::MissingOrgRole,
                 "{claims}"
             );

@@ -283,9 +283,7 @@ impl Authenticator {
             }
             return Ok(Verified {
                 exp: claims.exp,
-                principal: Principal::User(
-                    claims.into_principal_accepting(s.accept_pending_sessions)?,
-                ),
+                principal: Principal::User(claims.into_principal(s.accept_pending_sessions)?),
                 leeway: s.leeway_secs,
                 kid,
                 key,

@@ -75,7 +75,7 @@ impl UserRecord {
 /// The refusal of a token issued before the user's ban.
 pub fn revoked() -> Error {
     Error::Denied(
-        "this user's sessions were revoked in Clerk (banned) after the token was issued".into(),
+        "this user's sessions were revoked in Clerk (banned or deprovisioned) after the token was issued".into(),
     )
 }
 

@@ -134,6 +134,10 @@ pub struct User {
     /// Banned in Clerk: every session revoked, no sign-in allowed (see [`User::command`]).
     #[serde(default)]
     pub banned: bool,
+    /// Deprovisioned (removed from the organization's directory by Directory Sync): Clerk
+    /// deactivates the user and revokes every session at once, as for a ban.
+    #[serde(default)]
+    pub deprovisioned: bool,
 }
 
 impl User {
@@ -165,8 +169,8 @@ impl User {
 }
 
 impl User {
-    /// What this state asks of the services: the upsert, and for a banned user the revocation
-    /// of every token issued before the ban too.
+    /// What this state asks of the services: the upsert, and for a banned or deprovisioned
+    /// user the revocation of every token issued before too.
     pub fn command(&self, origin: Origin) -> Command {
         match self.revocation(origin) {
             Some(revoke) => Command::BanUser(self.upsert(origin), revoke),
@@ -174,7 +178,8 @@ impl User {
         }
     }
 
-    /// For a banned user, the revocation of every token issued before [`User::revoked_at`].
+    /// For a banned or deprovisioned user, the revocation of every token issued before
+    /// [`User::revoked_at`].
     pub fn revocation(&self, origin: Origin) -> Option<wsp::RevokeUserTokensCommand> {
         Some(wsp::RevokeUserTokensCommand {
             event_id: origin.event_id.to_owned(),
@@ -184,13 +189,14 @@ impl User {
         })
     }
 
-    /// For a banned user, the later of its `updated_at` and the origin's time. Clerk's ban
-    /// revokes all the user's sessions and forbids sign-in, so no token is issued while the user
-    /// stays banned: a time at or after the ban at which the user is still banned refuses
-    /// exactly the tokens issued before the ban. Tokens issued after an unban carry a later
-    /// `iat` and pass.
+    /// For a banned (or deprovisioned) user, the later of its `updated_at` and the origin's
+    /// time. Clerk's ban revokes all the user's sessions and forbids sign-in, so no token is
+    /// issued while the user stays banned: a time at or after the ban at which the user is still
+    /// banned refuses exactly the tokens issued before the ban. Tokens issued after an unban
+    /// carry a later `iat` and pass. A deprovisioned user is the same to us: Directory Sync's
+    /// removal deactivates the user and revokes every session at once.
     fn revoked_at(&self, origin: Origin) -> Option<prost_types::Timestamp> {
-        if !self.banned {
+        if !(self.banned || self.deprovisioned) {
             return None;
         }
         let updated = timestamp_from_millis(self.updated_at);
@@ -538,6 +544,7 @@ mod tests {
             created_at: None,
             updated_at: 1,
             banned: false,
+            deprovisioned: false,
         };
         assert_eq!(mk(Some(" Ada "), None, Some("ada")).display_name(), "Ada");
         assert_eq!(mk(None, Some("Lovelace"), None).display_name(), "Lovelace");
@@ -601,6 +608,20 @@ mod tests {
             panic!("an unbanned user's state only upserts")
         };
         assert_eq!(upsert.tokens_revoked_at, None);
+    }
+
+    #[test]
+    fn a_deprovisioned_user_revokes_the_tokens_issued_before_like_a_ban() {
+        let env = json!({"type": "user.updated", "object": "event", "instance_id": "ins_1",
+            "timestamp": 1700000009000_i64,
+            "data": {"id": "user_1", "updated_at": 1700000005000_i64, "banned": false,
+                     "deprovisioned": true}});
+        let Command::BanUser(upsert, revoke) = to_command("msg_d", &body(env)).unwrap().1 else {
+            panic!("a deprovisioned user's state revokes tokens")
+        };
+        assert_eq!(revoke.clerk_user_id, "user_1");
+        assert_eq!(revoke.revoked_at.unwrap().seconds, 1700000009);
+        assert_eq!(upsert.tokens_revoked_at, revoke.revoked_at);
     }
 
     #[test]

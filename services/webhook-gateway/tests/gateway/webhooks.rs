@@ -915,3 +915,59 @@ async fn a_ban_reaches_both_services_and_refuses_the_users_earlier_tokens() {
         (200, "{\"outcome\":\"duplicate\"}".into())
     );
 }
+
+/// Directory Sync's removal (`deprovisioned`) revokes every session in Clerk, like a ban: the
+/// user's earlier tokens are refused by both services.
+#[tokio::test]
+async fn a_deprovisioned_user_loses_the_earlier_tokens_like_a_banned_one() {
+    let s = stack(SECRET).await;
+    assert_eq!(
+        s.send(
+            "msg_do",
+            &org_event("organization.created", "org_d", "Acme", T)
+        )
+        .await
+        .0,
+        200
+    );
+    let m = membership_event_of(
+        "organizationMembership.created",
+        ("orgmem_gone", 1654013203217),
+        "org_d",
+        "user_gone",
+        "org:member",
+        T,
+    );
+    assert_eq!(s.send("msg_dm", &m).await.0, 200);
+    let created = user_event("user.created", "user_gone", "Before", T);
+    assert_eq!(s.send("msg_du", &created).await.0, 200);
+    let list = s.issuers.member(
+        "user_gone",
+        "org_d",
+        "org:member",
+        wsp::ListChannelsRequest {
+            clerk_org_id: "org_d".into(),
+            ..Default::default()
+        },
+    );
+    let me = s.issuers.user("user_gone", idp::GetCurrentUserRequest {});
+
+    let at = (now() + 2) * 1000;
+    let mut gone = user_event("user.updated", "user_gone", "Gone", at);
+    gone["data"]["deprovisioned"] = json!(true);
+    assert_eq!(
+        s.send("msg_dp", &gone).await,
+        (200, "{\"outcome\":\"applied\"}".into())
+    );
+    assert_eq!(s.downstream_calls("revoke_user_tokens").await, 1.0);
+    let mut w = s.workspace().await;
+    let mut i = s.identity().await;
+    for refused in [
+        w.list_channels(list).await.map(drop),
+        i.get_current_user(me).await.map(drop),
+    ] {
+        let refused = refused.unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
+        assert!(refused.message().contains("deprovisioned"), "{refused:?}");
+    }
+}

@@ -289,7 +289,7 @@ impl Standing {
         }
         if self.revoked {
             return Err(Error::Denied(
-                "this user's sessions were revoked in Clerk (banned) after the token was issued"
+                "this user's sessions were revoked in Clerk (banned or deprovisioned) after the token was issued"
                     .into(),
             ));
         }

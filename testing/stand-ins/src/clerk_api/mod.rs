@@ -102,7 +102,7 @@ pub fn user_json(id: &str, first: &str, email: &str, created_at: i64, updated_at
                              "verification": {"status": "verified", "strategy": "email_code"}, "linked_to": []}],
         "phone_numbers": [], "web3_wallets": [], "external_accounts": [],
         "public_metadata": {}, "private_metadata": {}, "unsafe_metadata": {},
-        "banned": false, "locked": false, "created_at": created_at, "updated_at": updated_at,
+        "banned": false, "locked": false, "deprovisioned": false, "created_at": created_at, "updated_at": updated_at,
         "last_sign_in_at": null, "last_active_at": null
     })
 }
