@@ -12,7 +12,7 @@ use vbase_proto::identity::v1::CommandOutcome;
 use vbase_proto::identity::v1::identity_service_client::IdentityServiceClient;
 
 const T0: i64 = 1_700_000_000;
-const BANNED: &str = "sessions were revoked in Clerk (banned)";
+const BANNED: &str = "sessions were revoked in Clerk (banned or deprovisioned)";
 
 fn now() -> i64 {
     chrono::Utc::now().timestamp()
