@@ -134,6 +134,12 @@ where
             }
         };
         offset += page.items.len();
+        if let Listing::Offset(_) = listing
+            && let Err(e) = in_creation_order(path, &page.items, after.as_ref())
+        {
+            let _ = tx.send(Err(e)).await;
+            return;
+        }
         let mut moved_on = true;
         if let (Listing::Cursor(_), Some(end)) = (listing, &after) {
             let position = |i: &Result<T, Unparsed>| i.as_ref().ok().and_then(Positioned::position);
@@ -179,6 +185,35 @@ where
         }
         after = through;
     }
+}
+
+/// Checks that an offset page continues the listing in creation order (`created_at` never
+/// earlier than the item before, the previous page's included). Each page's stretch, and so
+/// which held resources become deletion candidates, rests on that order; Clerk's specification
+/// names user fields as the sort keys of membership lists, so a `created_at` that turned out to
+/// be the user's would be caught here, and the listing, which then cannot be trusted, deletes
+/// nothing. Changes between pages (an item created, or deleted so that later ones move up)
+/// keep the order.
+fn in_creation_order<T: Positioned>(
+    path: &str,
+    items: &[Result<T, Unparsed>],
+    after: Option<&Position>,
+) -> Result<(), RunError> {
+    let mut last = after.map(|(t, _)| *t);
+    for (t, id) in items
+        .iter()
+        .filter_map(|i| i.as_ref().ok().and_then(Positioned::position))
+    {
+        if let Some(before) = last.filter(|before| t < *before) {
+            return Err(RunError::Listing(format!(
+                "{path} did not answer in creation order (`order_by=+created_at`): {id}, created at \
+                 {t} ms, came after an item created at {before} ms; a listing in another order \
+                 cannot tell what Clerk no longer has, so nothing is deleted"
+            )));
+        }
+        last = Some(t);
+    }
+    Ok(())
 }
 
 /// Whether Clerk refused a list request's parameters (a cursor naming a user it no longer has,

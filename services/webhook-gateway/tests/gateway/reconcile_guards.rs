@@ -431,6 +431,51 @@ async fn lists_answered_empty_without_their_count_delete_nothing() {
     }
 }
 
+/// Clerk's specification names user fields as the sort keys of membership lists; should
+/// `created_at` turn out to be the user's, the pages' stretches would be wrong. A listing that
+/// does not come in the memberships' creation order stops the run and deletes nothing; in
+/// order, the same run deletes the membership Clerk no longer has.
+#[tokio::test]
+async fn memberships_listed_out_of_creation_order_delete_nothing() {
+    let (s, api) = backfilled(10, 2, 3).await;
+    // The first user's newest membership: ordered by user, it comes first.
+    api.put_membership(membership_json(
+        "orgmem_late",
+        &org_id(1),
+        &user_id(0),
+        "org:member",
+        C + 100,
+        C + 100,
+    ));
+    api.remove_membership(&membership_id(0, 2));
+    let removed_held = async || {
+        service_harness::scalar(
+            s.workspace_db(),
+            &format!(
+                "SELECT count(*) FROM memberships WHERE NOT deleted AND clerk_membership_id = '{}'",
+                membership_id(0, 2)
+            ),
+        )
+        .await
+    };
+    api.order_memberships_by_user(true);
+    let ran = reconcile(&s, &api.base_url(), &[], &[]).await;
+    assert_eq!(ran.code, Some(1), "{}", ran.stderr);
+    assert!(
+        ran.last_line.contains("creation order")
+            && ran.last_line.contains("/organization_memberships"),
+        "{}",
+        ran.last_line
+    );
+    assert_eq!(ran.count("memberships", "deleted"), 0);
+    assert_eq!(removed_held().await, 1, "nothing deleted");
+
+    api.order_memberships_by_user(false);
+    let ran = reconcile(&s, &api.base_url(), &[], &[]).await;
+    assert_eq!(ran.code, Some(0), "{}", ran.stderr);
+    assert_eq!(removed_held().await, 0, "in order, the run deletes it");
+}
+
 #[tokio::test]
 async fn thirteen_hundred_users_are_paged_by_cursor_only() {
     let s = stack(SECRET).await;

@@ -63,6 +63,8 @@ struct State {
     ignore_cursor: bool,
     /// Wrapped lists answer empty in this shape (a fault on demand: a proxy or a cache).
     empty_lists: Option<EmptyList>,
+    /// Membership lists come ordered by their user's id, not by the membership's creation.
+    memberships_by_user: bool,
     list_requests: u64,
     requests: u64,
     started: Vec<Instant>,
@@ -155,6 +157,7 @@ impl ClerkApiStandIn {
             blocked: Vec::new(),
             ignore_cursor: false,
             empty_lists: None,
+            memberships_by_user: false,
             remove_when_listed: Vec::new(),
             remove_orgs_when_listed: Vec::new(),
             list_requests: 0,
@@ -307,6 +310,14 @@ impl ClerkApiStandIn {
     /// the first, as a proxy dropping the parameter or an API version without it would).
     pub fn ignore_cursor(&self, on: bool) {
         self.with(|s| s.ignore_cursor = on);
+    }
+
+    /// Orders the membership lists (`/organizations/{id}/memberships`,
+    /// `/organization_memberships`) by their user instead of by the membership's creation, even
+    /// with `order_by=+created_at`: Clerk's specification names user fields as the sort keys of
+    /// these lists, and one reading of it is that `created_at` is the user's.
+    pub fn order_memberships_by_user(&self, on: bool) {
+        self.with(|s| s.memberships_by_user = on);
     }
 
     /// Answers requests to exactly `path` (e.g. `/v1/organization_memberships`) with a plain

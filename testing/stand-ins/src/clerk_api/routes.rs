@@ -378,15 +378,30 @@ pub fn answer(state: &mut State, req: &SeenRequest) -> Response {
                     })
                 });
             }
+            by_user(state, &mut keys);
             let page = page_of(&keys, &q);
             wrapped(members(state, &page), keys.len())
         }
         ["organization_memberships"] => {
-            let total = state.memberships.all.len();
-            let keys = page_of(state.memberships.all.keys(), &q);
-            wrapped(members(state, &keys), total)
+            let mut keys = state.memberships.all.keys().to_vec();
+            by_user(state, &mut keys);
+            let page = page_of(&keys, &q);
+            wrapped(members(state, &page), keys.len())
         }
         _ => no_route(),
+    }
+}
+
+/// Orders membership `keys` by their user while [`State::memberships_by_user`] says so.
+fn by_user(state: &State, keys: &mut [Key]) {
+    if state.memberships_by_user {
+        keys.sort_by_cached_key(|k| {
+            state
+                .memberships
+                .all
+                .by_key(k)
+                .and_then(|m| m["public_user_data"]["user_id"].as_str().map(str::to_owned))
+        });
     }
 }
 
