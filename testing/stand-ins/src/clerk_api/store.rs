@@ -49,10 +49,6 @@ impl Ordered {
         self.order_of.get(id)
     }
 
-    pub fn len(&self) -> usize {
-        self.by_order.len()
-    }
-
     /// Every key in order.
     pub fn keys(&mut self) -> &[Key] {
         self.keys
