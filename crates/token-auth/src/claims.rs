@@ -53,6 +53,10 @@ pub struct UserPrincipal {
     pub issued_at: i64,
     /// `exp` of the token (Unix seconds): a stream opened with it ends then.
     pub expires_at: i64,
+    /// Who acts as the user when Clerk's impersonation made the session (`act.sub`, the
+    /// impersonator's user id): logged with every call, so what support staff did as a user is
+    /// told apart from what the user did.
+    pub actor: Option<String>,
 }
 
 /// The organization that is active in the user's session.
@@ -121,6 +125,16 @@ pub(crate) struct ClerkClaims {
     /// choosing an organization when one is required).
     #[serde(default)]
     pub sts: Option<String>,
+    /// Impersonation: who acts as the user (`act: {iss, sid, sub}`).
+    #[serde(default)]
+    pub act: Option<ActorClaim>,
+}
+
+/// The `act` claim of an impersonation session (only `sub` is read).
+#[derive(Debug, Deserialize)]
+pub(crate) struct ActorClaim {
+    #[serde(default)]
+    pub sub: Option<String>,
 }
 
 /// The v2 session-token `o` claim.
@@ -167,6 +181,7 @@ impl ClerkClaims {
             org,
             issued_at: self.iat.unwrap_or_default(),
             expires_at: self.exp,
+            actor: self.act.and_then(|a| present(a.sub)),
         })
     }
 }

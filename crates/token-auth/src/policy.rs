@@ -279,15 +279,33 @@ impl std::fmt::Display for Caller<'_> {
 
 /// The span of one call. Made once its caller is known where it can be: recording a field
 /// later re-encodes every field of the span (JSON logs), on every call.
+/// An impersonated user's call also names who acts (`actor`: `user:<impersonator>`).
 fn rpc_span(method: &str, caller: Option<&Principal>) -> tracing::Span {
     match caller {
-        Some(p) => tracing::info_span!("rpc", method, caller = %Caller(p)),
-        None => tracing::info_span!("rpc", method, caller = tracing::field::Empty),
+        Some(p) => match actor(p) {
+            Some(a) => {
+                tracing::info_span!("rpc", method, caller = %Caller(p), actor = %format_args!("user:{a}"))
+            }
+            None => tracing::info_span!("rpc", method, caller = %Caller(p)),
+        },
+        None => tracing::info_span!(
+            "rpc",
+            method,
+            caller = tracing::field::Empty,
+            actor = tracing::field::Empty
+        ),
     }
+}
+
+fn actor(p: &Principal) -> Option<&str> {
+    p.as_user().and_then(|u| u.actor.as_deref())
 }
 
 fn record_caller(span: &tracing::Span, principal: &Principal) {
     span.record("caller", tracing::field::display(Caller(principal)));
+    if let Some(a) = actor(principal) {
+        span.record("actor", tracing::field::display(format_args!("user:{a}")));
+    }
 }
 
 fn refuse<E: Send + 'static>(

@@ -786,6 +786,8 @@ async fn each_call_runs_in_a_span_naming_its_method_and_caller() {
     let tokens = [
         f.service_token_of("reporting", "identity-service"),
         f.user_token_with(json!({})),
+        // Clerk's impersonation: support staff act as the user.
+        f.user_token_with(json!({"act": {"iss": "https://dashboard.clerk.com", "sid": "sess_s", "sub": "user_support"}})),
     ];
     let layer = token_auth::AuthLayer::new(std::sync::Arc::new(f.auth), policy);
     let handler = tower::service_fn(|_req: http::Request<()>| async {
@@ -819,8 +821,12 @@ async fn each_call_runs_in_a_span_naming_its_method_and_caller() {
     }
     let text = String::from_utf8(logs.lock().unwrap().clone()).unwrap();
     let lines: Vec<&str> = text.lines().filter(|l| l.contains("handled")).collect();
-    assert_eq!(lines.len(), 2, "{text}");
-    for (line, caller) in lines.iter().zip(["service:reporting", "user:user_2abc"]) {
+    assert_eq!(lines.len(), 3, "{text}");
+    for (line, caller) in
+        lines
+            .iter()
+            .zip(["service:reporting", "user:user_2abc", "user:user_2abc"])
+    {
         assert!(
             line.contains(r#""method":"/vbase.identity.v1.IdentityService/GetUser""#),
             "{line}"
@@ -828,6 +834,12 @@ async fn each_call_runs_in_a_span_naming_its_method_and_caller() {
         assert!(line.contains(&format!(r#""caller":"{caller}""#)), "{line}");
         assert!(!line.contains("Bearer"), "a token reached the log: {line}");
     }
+    assert!(!lines[1].contains("actor"), "{}", lines[1]);
+    assert!(
+        lines[2].contains(r#""actor":"user:user_support""#),
+        "an impersonated call names who acts: {}",
+        lines[2]
+    );
 }
 
 /// After Clerk rotates its signing key, the first request with the new `kid` waits for the
