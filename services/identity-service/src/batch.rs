@@ -8,7 +8,7 @@
 //! error, never a neighbour's.
 
 use crate::error::Error;
-use crate::users::{self, Outcome, UpsertUser, UserRecord};
+use crate::users::{self, Held, Outcome, UpsertUser, UserRecord};
 use micro_batch::{MicroBatcher, SubmitError};
 use service_runtime::Pool;
 use service_runtime::replica::{Lsn, ReadPool};
@@ -108,10 +108,11 @@ pub struct UserLookups {
 type Lookup = String;
 
 /// What a lookup found, and whether a replica answered.
-type Found = (Option<UserRecord>, bool);
+type Found = (Held, bool);
 
-/// The replica's cache of live user rows (`None`: no live user) by Clerk id.
-pub type UserCache = coherent_cache::Coherent<String, Option<Arc<UserRecord>>>;
+/// The replica's cache of what is held by Clerk id: a live user's row, a deletion (no data of
+/// it), or no row.
+pub type UserCache = coherent_cache::Coherent<String, Held>;
 
 /// The channel the `users` table's triggers notify with `u <clerk_id>` (or `*`).
 pub const NOTIFY_CHANNEL: &str = "vbase_users";
@@ -125,15 +126,18 @@ pub const NOTIFY_TRIGGERS: &[coherent_cache::Trigger] = &[
 
 /// A user cache of at most `bytes` (0: off).
 pub fn user_cache(bytes: u64) -> UserCache {
-    UserCache::new(bytes, |id, user| {
-        let row = user.as_ref().map_or(0, |u| {
-            std::mem::size_of::<UserRecord>()
-                + u.clerk_id.len()
-                + u.name.len()
-                + u.email.len()
-                + u.image_url.len()
-        });
-        (std::mem::size_of::<(String, Option<Arc<UserRecord>>)>() + 64 + id.len() + row) as u64
+    UserCache::new(bytes, |id, held| {
+        let row = match held {
+            Held::Live(u) => {
+                std::mem::size_of::<UserRecord>()
+                    + u.clerk_id.len()
+                    + u.name.len()
+                    + u.email.len()
+                    + u.image_url.len()
+            }
+            Held::Deleted | Held::Unknown => 0,
+        };
+        (std::mem::size_of::<(String, Held)>() + 64 + id.len() + row) as u64
     })
 }
 
@@ -166,17 +170,13 @@ impl UserLookups {
         }
     }
 
-    /// One live user by id, at least as new as `after` (the caller's last write): from the
-    /// replica's cache when it may answer and there is no `after`, else from the database
-    /// (kept in the cache unless a change to users was heard meanwhile, or a replica answered:
-    /// its row may predate a change the cache already heard of). A read with `after` never
-    /// comes from the cache: the write may have committed through another replica whose
-    /// notification this one has not heard yet.
-    pub async fn get(
-        &self,
-        clerk_id: &str,
-        after: Option<Lsn>,
-    ) -> Result<Option<Arc<UserRecord>>, Error> {
+    /// What is held for an id (a live user, a deletion, nothing), at least as new as `after`
+    /// (the caller's last write): from the replica's cache when it may answer and there is no
+    /// `after`, else from the database (kept in the cache unless a change to users was heard
+    /// meanwhile, or a replica answered: its row may predate a change the cache already heard
+    /// of). A read with `after` never comes from the cache: the write may have committed
+    /// through another replica whose notification this one has not heard yet.
+    pub async fn get(&self, clerk_id: &str, after: Option<Lsn>) -> Result<Held, Error> {
         let key = clerk_id.to_owned();
         if after.is_none()
             && let Some(hit) = self.cache.get(&key)
@@ -194,16 +194,15 @@ impl UserLookups {
                     .map_err(|_| Error::Internal("the lookup slots are closed".into()))?;
                 read_users(&self.reads, Some(&after), std::slice::from_ref(&key))
                     .await
-                    .map(|(found, on_replica)| (found.into_iter().next(), on_replica))
+                    .map(|(found, on_replica)| (Held::of(found.into_iter().next()), on_replica))
             }
             None => match self.batcher.submit(key.clone()).await {
                 Ok(r) => r,
-                Err(_) => users::get_user(self.reads.primary(), clerk_id)
+                Err(_) => users::get_row(self.reads.primary(), clerk_id)
                     .await
-                    .map(|u| (u, false)),
+                    .map(|u| (Held::of(u), false)),
             },
         }?;
-        let found = found.map(Arc::new);
         if !on_replica {
             self.cache.insert(ticket, key, found.clone());
         }
@@ -217,19 +216,20 @@ impl UserLookups {
     }
 }
 
-/// The users of `ids` (one statement for one id, another for several).
+/// The rows of `ids`, tombstones included (one statement for one id, another for several).
 async fn query_users(
     conn: &mut diesel_async::AsyncPgConnection,
     ids: &[String],
 ) -> Result<Vec<UserRecord>, Error> {
     if let [one] = ids {
-        Ok(users::get_user_on(conn, one).await?.into_iter().collect())
+        Ok(users::get_row_on(conn, one).await?.into_iter().collect())
     } else {
-        users::get_users_on(conn, ids).await
+        users::get_rows_on(conn, ids).await
     }
 }
 
-/// The users of `ids`, read at least as new as `after`, and whether a replica answered.
+/// The rows of `ids`, tombstones included, read at least as new as `after`, and whether a
+/// replica answered.
 async fn read_users(
     reads: &ReadPool,
     after: Option<&Lsn>,
@@ -254,17 +254,16 @@ async fn lookup(reads: ReadPool, ids: Vec<Lookup>) -> Vec<Result<Found, Error>> 
             let by_id: HashMap<String, UserRecord> =
                 found.into_iter().map(|u| (u.clerk_id.clone(), u)).collect();
             ids.iter()
-                .map(|id| Ok((by_id.get(id).cloned(), on_replica)))
+                .map(|id| Ok((Held::of(by_id.get(id).cloned()), on_replica)))
                 .collect()
         }
         Err(e) if ids.len() == 1 => vec![Err(e)],
         Err(e) => {
             tracing::warn!(error = %e, ids = ids.len(), "batched lookup failed; looking up one at a time on the primary");
             let pool = reads.primary();
-            futures::future::join_all(
-                ids.iter()
-                    .map(|id| async move { users::get_user(pool, id).await.map(|u| (u, false)) }),
-            )
+            futures::future::join_all(ids.iter().map(|id| async move {
+                users::get_row(pool, id).await.map(|u| (Held::of(u), false))
+            }))
             .await
         }
     }

@@ -26,6 +26,7 @@ use diesel::sql_types::{Array, BigInt, Bool, Nullable, Text, Timestamptz};
 use diesel_async::RunQueryDsl;
 use service_runtime::Settled;
 use service_runtime::{Pool, prepared};
+use std::sync::Arc;
 
 /// A stored user.
 #[derive(Debug, Clone, PartialEq, Eq, Queryable, Selectable, QueryableByName)]
@@ -77,6 +78,59 @@ pub fn revoked() -> Error {
     Error::Denied(
         "this user's sessions were revoked in Clerk (banned or deprovisioned) after the token was issued".into(),
     )
+}
+
+/// The refusal of any token of a user deleted in Clerk (which revoked all their sessions and
+/// never issues them another): refused like a ban.
+pub fn deleted() -> Error {
+    Error::Denied(
+        "this user was deleted in Clerk, which revoked all its sessions: its tokens are refused \
+         (sign out; signing up again makes a new user)"
+            .into(),
+    )
+}
+
+/// What is held for one Clerk id. A tombstone is only [`Held::Deleted`]: none of its row is
+/// kept, so it can never be answered as a user.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Held {
+    /// A live user.
+    Live(Arc<UserRecord>),
+    /// Deleted in Clerk (final: Clerk never reuses ids).
+    Deleted,
+    /// No row: never synced (a new sign-up before its webhook), or no such user.
+    Unknown,
+}
+
+impl Held {
+    /// What `row` (tombstone or not, if any) says of its id.
+    pub fn of(row: Option<UserRecord>) -> Self {
+        match row {
+            None => Held::Unknown,
+            Some(r) if r.deleted_at.is_some() => Held::Deleted,
+            Some(r) => Held::Live(Arc::new(r)),
+        }
+    }
+
+    /// The live user, if any.
+    pub fn live(self) -> Option<Arc<UserRecord>> {
+        match self {
+            Held::Live(r) => Some(r),
+            Held::Deleted | Held::Unknown => None,
+        }
+    }
+
+    /// Judges the holder of a user token issued at `issued_at` (Unix seconds) by their own
+    /// row: refused when deleted, or banned after the token was issued; otherwise their live
+    /// record, or `None` when never synced (which passes).
+    pub fn admit(self, issued_at: i64) -> Result<Option<Arc<UserRecord>>, Error> {
+        match self {
+            Held::Deleted => Err(deleted()),
+            Held::Live(r) if r.revoked_for(issued_at) => Err(revoked()),
+            Held::Live(r) => Ok(Some(r)),
+            Held::Unknown => Ok(None),
+        }
+    }
 }
 
 /// What a sync command did.
@@ -323,8 +377,9 @@ struct Stored {
 
 /// The seed's `storeUser`: creates the caller from token claims when unknown, refreshes name and
 /// email when the token is newer than the stored data (never rolls back newer webhook data, never
-/// recreates a deleted user, never writes from a token issued before the user's ban). Returns
-/// the record and whether it was created.
+/// recreates a deleted user, never writes from a token issued before the user's ban: both are
+/// refused as the user's other calls are, [`Held::admit`]). Returns the record and whether it
+/// was created.
 pub async fn store_user(pool: &Pool, claims: TokenClaims) -> Result<(UserRecord, bool), Error> {
     let mut conn = pool.get().await?;
     // Never the email: the name is what other users see, the email only its owner.
@@ -368,9 +423,7 @@ pub async fn store_user(pool: &Pool, claims: TokenClaims) -> Result<(UserRecord,
         .one(&mut conn)
         .await?;
     if existing.deleted_at.is_some() {
-        return Err(Error::Precondition(
-            "this user was deleted in Clerk and cannot be stored again".into(),
-        ));
+        return Err(deleted());
     }
     if existing.revoked_for(claims.issued_at.timestamp()) {
         return Err(revoked());
@@ -378,19 +431,18 @@ pub async fn store_user(pool: &Pool, claims: TokenClaims) -> Result<(UserRecord,
     Ok((existing, false))
 }
 
-/// One live user by id.
-pub async fn get_user(pool: &Pool, clerk_id: &str) -> Result<Option<UserRecord>, Error> {
-    get_user_on(&mut *pool.get().await?, clerk_id).await
+/// The row of one id, tombstone included.
+pub async fn get_row(pool: &Pool, clerk_id: &str) -> Result<Option<UserRecord>, Error> {
+    get_row_on(&mut *pool.get().await?, clerk_id).await
 }
 
-/// One live user by id, on `conn`.
-pub async fn get_user_on(
+/// The row of one id, tombstone included, on `conn`.
+pub async fn get_row_on(
     conn: &mut diesel_async::AsyncPgConnection,
     clerk_id: &str,
 ) -> Result<Option<UserRecord>, Error> {
     Ok(users::table
         .find(clerk_id)
-        .filter(users::deleted_at.is_null())
         .select(UserRecord::as_select())
         .limit(1)
         .one(conn)
@@ -398,20 +450,30 @@ pub async fn get_user_on(
         .optional()?)
 }
 
-/// Live users by ids (any order; unknown and deleted ids left out).
-pub async fn get_users(pool: &Pool, ids: &[String]) -> Result<Vec<UserRecord>, Error> {
-    get_users_on(&mut *pool.get().await?, ids).await
-}
-
-/// Live users by ids, on `conn`.
-pub async fn get_users_on(
+/// The rows of `ids`, tombstones included (any order; unknown ids left out).
+pub async fn get_rows_on(
     conn: &mut diesel_async::AsyncPgConnection,
     ids: &[String],
 ) -> Result<Vec<UserRecord>, Error> {
     Ok(users::table
         .filter(users::clerk_id.eq_any(ids))
-        .filter(users::deleted_at.is_null())
         .select(UserRecord::as_select())
         .load(conn)
         .await?)
+}
+
+/// Live users by ids (any order; unknown and deleted ids left out).
+pub async fn get_users(pool: &Pool, ids: &[String]) -> Result<Vec<UserRecord>, Error> {
+    get_users_on(&mut *pool.get().await?, ids).await
+}
+
+/// Live users by ids, on `conn`: the rows' statement, tombstones dropped here (one statement,
+/// planned once, for every lookup by ids).
+pub async fn get_users_on(
+    conn: &mut diesel_async::AsyncPgConnection,
+    ids: &[String],
+) -> Result<Vec<UserRecord>, Error> {
+    let mut rows = get_rows_on(conn, ids).await?;
+    rows.retain(|u| u.deleted_at.is_none());
+    Ok(rows)
 }

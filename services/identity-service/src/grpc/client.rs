@@ -46,12 +46,14 @@ pub(super) async fn get_current_user(
         .as_user()
         .ok_or_else(|| Status::permission_denied("GetCurrentUser is for user tokens"))?;
     let seen = api.seen(&req)?;
-    let record = api.lookups.get(&user.user_id, seen).await?.ok_or_else(|| {
-        Status::not_found("user not synced yet: call StoreUser or wait for the Clerk webhook")
-    })?;
-    if record.revoked_for(user.issued_at) {
-        return Err(users::revoked().into());
-    }
+    let record = api
+        .lookups
+        .get(&user.user_id, seen)
+        .await?
+        .admit(user.issued_at)?
+        .ok_or_else(|| {
+            Status::not_found("user not synced yet: call StoreUser or wait for the Clerk webhook")
+        })?;
     Ok(Response::new(pb::GetCurrentUserResponse {
         user: Some(to_proto(&record, true)),
     }))
@@ -63,13 +65,15 @@ pub(super) async fn get_user(
 ) -> Result<Response<pb::GetUserResponse>, Status> {
     let p = principal(&req)?;
     let seen = api.seen(&req)?;
-    refuse_revoked(api, &p, seen.clone()).await?;
+    refuse_caller(api, &p, seen.clone()).await?;
     let id = req.into_inner().clerk_id;
     validate::user_id("clerk_id", &id)?;
+    // A deleted user is not found, as one never held.
     let record = api
         .lookups
         .get(&id, seen)
         .await?
+        .live()
         .ok_or_else(|| Status::not_found(format!("no user {id}")))?;
     let full = sees_everything(&p, &id);
     Ok(Response::new(pb::GetUserResponse {
@@ -83,7 +87,7 @@ pub(super) async fn batch_get_users(
 ) -> Result<Response<pb::BatchGetUsersResponse>, Status> {
     let p = principal(&req)?;
     let seen = api.seen(&req)?;
-    refuse_revoked(api, &p, seen.clone()).await?;
+    refuse_caller(api, &p, seen.clone()).await?;
     let ids = req.into_inner().clerk_ids;
     if ids.len() > MAX_BATCH {
         return Err(Status::invalid_argument(format!(
@@ -130,16 +134,18 @@ pub(super) async fn batch_get_users(
     }))
 }
 
-/// Refuses a user whose sessions Clerk revoked (a ban) after their token was issued, by the
-/// caller's own row (through the user cache; a caller not held, or deleted, has no revocation).
-async fn refuse_revoked(api: &IdentityApi, p: &Principal, seen: Option<Lsn>) -> Result<(), Status> {
+/// Refuses a user deleted in Clerk, or whose sessions Clerk revoked (a ban) after their token
+/// was issued, by the caller's own row (through the user cache; a caller never synced passes).
+/// Internal callers pass.
+async fn refuse_caller(api: &IdentityApi, p: &Principal, seen: Option<Lsn>) -> Result<(), Status> {
     let Principal::User(user) = p else {
         return Ok(());
     };
-    match api.lookups.get(&user.user_id, seen).await? {
-        Some(own) if own.revoked_for(user.issued_at) => Err(users::revoked().into()),
-        _ => Ok(()),
-    }
+    api.lookups
+        .get(&user.user_id, seen)
+        .await?
+        .admit(user.issued_at)?;
+    Ok(())
 }
 
 /// Each id once, in the order first asked: repeats would make one small request answer

@@ -337,14 +337,16 @@ async fn concurrent_lookups_share_queries_and_each_gets_its_own_user() {
     .await
     .unwrap();
     // 20 known (one deleted) and 10 unknown ids, each asked 3 times, by services and by the
-    // users themselves, all at once.
+    // users themselves, all at once: the deleted user's own token is refused, the unknown are
+    // not found.
     let asks = (0..90).map(|i| {
         let env = &env;
         async move {
             let u = i % 30;
             let id = format!("user_l{u}");
             let mut c = env.client().await;
-            let r = if i % 2 == 0 {
+            let by_service = i % 2 == 0;
+            let r = if by_service {
                 c.get_user(env.service(GetUserRequest {
                     clerk_id: id.clone(),
                 }))
@@ -355,12 +357,18 @@ async fn concurrent_lookups_share_queries_and_each_gets_its_own_user() {
                     .await
                     .map(|r| r.into_inner().user.unwrap().name)
             };
-            (u, r)
+            (u, by_service, r)
         }
     });
-    for (u, r) in futures::future::join_all(asks).await {
+    for (u, by_service, r) in futures::future::join_all(asks).await {
         if u < 19 {
             assert_eq!(r.unwrap(), format!("L{u}"));
+        } else if u == 19 && !by_service {
+            assert_eq!(
+                r.unwrap_err().code(),
+                tonic::Code::PermissionDenied,
+                "user_l{u}"
+            );
         } else {
             assert_eq!(r.unwrap_err().code(), tonic::Code::NotFound, "user_l{u}");
         }

@@ -141,12 +141,13 @@ async fn a_delete_leaves_a_tombstone_nothing_resurrects() {
         CommandOutcome::Stale
     );
     assert!(stored(&env, "user_a").await.is_none());
-    // A still-valid token of the deleted user does not recreate it.
+    // A still-valid token of the deleted user does not recreate it: refused, as a ban is.
     let err = c
         .store_user(env.user("user_a", pb::StoreUserRequest {}))
         .await
         .unwrap_err();
-    assert_eq!(err.code(), Code::FailedPrecondition);
+    assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
+    assert!(err.message().contains("deleted in Clerk"), "{err:?}");
     assert!(stored(&env, "user_a").await.is_none());
     // A delete that arrives before any create also leaves a tombstone.
     c.delete_user(env.service(delete("e5", 100, "user_b")))
@@ -653,7 +654,7 @@ async fn a_delete_racing_upserts_and_store_user_always_wins() {
         );
         // StoreUser either ran first (created) or found the tombstone; it never errors otherwise.
         if let Err(e) = r3 {
-            assert_eq!(e.code(), Code::FailedPrecondition);
+            assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
         }
         assert!(
             stored(&env, &user).await.is_none(),

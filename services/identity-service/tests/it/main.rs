@@ -5,6 +5,7 @@ mod bans;
 mod batching;
 mod bounds;
 mod browser;
+mod deleted;
 mod identity;
 mod lifecycle;
 mod migrations;
