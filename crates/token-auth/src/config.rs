@@ -20,6 +20,11 @@ pub struct AuthArgs {
     /// Comma-separated origins; when set, a user token must name one of them in `azp`.
     #[arg(long, env = "CLERK_AUTHORIZED_PARTIES", value_delimiter = ',')]
     pub clerk_authorized_parties: Vec<String>,
+    /// With CLERK_AUTHORIZED_PARTIES set, refuse a user token without `azp`. Clerk leaves `azp`
+    /// out when the request that minted the token had no `Origin` (a native app): set `false`
+    /// when native apps call, and a present `azp` must still be listed.
+    #[arg(long, env = "CLERK_REQUIRE_AZP", default_value_t = true, action = clap::ArgAction::Set)]
+    pub clerk_require_azp: bool,
     /// Accept session tokens of pending Clerk sessions (`sts: "pending"`: the user has sign-in
     /// tasks left, such as choosing an organization). Off by default, as in Clerk's SDKs.
     #[arg(long, env = "CLERK_ACCEPT_PENDING_SESSIONS", default_value_t = false)]
@@ -125,6 +130,7 @@ impl AuthArgs {
                     .map(|p| p.trim().to_owned())
                     .filter(|p| !p.is_empty())
                     .collect(),
+                require_azp: self.clerk_require_azp,
                 leeway_secs: MAX_LEEWAY_SECS,
                 max_lifetime_secs: self.token_max_lifetime_secs,
                 accept_pending_sessions: self.clerk_accept_pending_sessions,

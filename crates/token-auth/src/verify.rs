@@ -45,6 +45,9 @@ pub struct ClerkSettings {
     pub audience: String,
     /// When not empty, a present `azp` must be one of these origins.
     pub authorized_parties: Vec<String>,
+    /// With `authorized_parties` set, whether a token without `azp` is refused. Clerk omits
+    /// `azp` when the request that minted the token had no `Origin` (a native app).
+    pub require_azp: bool,
     /// Seconds of clock leeway for `exp`/`nbf`, at most [`MAX_LEEWAY_SECS`].
     pub leeway_secs: u64,
     /// The longest lifetime (`exp - iat`) accepted, seconds.
@@ -276,9 +279,13 @@ impl Authenticator {
                 verify_with(token, &d.keys, &s.issuer, &s.audience, s.leeway_secs)?;
             check_lifetime(claims.iat, claims.exp, s.leeway_secs, s.max_lifetime_secs)?;
             if !s.authorized_parties.is_empty() {
-                let azp = claims.azp.as_ref().ok_or(AuthError::MissingParty)?;
-                if !s.authorized_parties.iter().any(|p| p == azp) {
-                    return Err(AuthError::UnauthorizedParty);
+                match claims.azp.as_ref() {
+                    None if s.require_azp => return Err(AuthError::MissingParty),
+                    None => {}
+                    Some(azp) if !s.authorized_parties.iter().any(|p| p == azp) => {
+                        return Err(AuthError::UnauthorizedParty);
+                    }
+                    Some(_) => {}
                 }
             }
             return Ok(Verified {

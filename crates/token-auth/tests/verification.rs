@@ -56,6 +56,7 @@ async fn fixture_with(authorized_parties: &[&str], service_callers: &str) -> Fix
             jwks: KeySource::Url(clerk_jwks.jwks_url()),
             audience: "convex".into(),
             authorized_parties: authorized_parties.iter().map(|s| s.to_string()).collect(),
+            require_azp: true,
             leeway_secs: 5,
             max_lifetime_secs: 3600,
             accept_pending_sessions: false,
@@ -119,6 +120,33 @@ impl Fixture {
     }
 }
 
+impl Fixture {
+    /// The fixture's Clerk settings with `authorized_parties`.
+    fn clerk_settings(&self, authorized_parties: &[&str]) -> ClerkSettings {
+        ClerkSettings {
+            issuer: self.clerk_jwks.issuer(),
+            jwks: KeySource::Url(self.clerk_jwks.jwks_url()),
+            audience: "convex".into(),
+            authorized_parties: authorized_parties.iter().map(|s| s.to_string()).collect(),
+            require_azp: true,
+            leeway_secs: 5,
+            max_lifetime_secs: 3600,
+            accept_pending_sessions: false,
+        }
+    }
+}
+
+/// A Clerk-only verifier with `settings`, its keys loaded.
+async fn clerk_only(settings: ClerkSettings) -> Authenticator {
+    let auth = Authenticator::new(Some(settings), None, options());
+    assert!(
+        auth.key_stores()[0]
+            .wait_ready(Duration::from_secs(5))
+            .await
+    );
+    auth
+}
+
 fn raw_token(header: &Value, claims: &Value, signature: &[u8]) -> String {
     format!(
         "{}.{}.{}",
@@ -175,24 +203,11 @@ async fn a_pending_session_is_refused_unless_accepted() {
     assert!(f.auth.verify(&active).is_ok());
     assert!(f.auth.verify(&f.user_token_with(json!({}))).is_ok());
 
-    let accepting = Authenticator::new(
-        Some(ClerkSettings {
-            issuer: f.clerk_jwks.issuer(),
-            jwks: KeySource::Url(f.clerk_jwks.jwks_url()),
-            audience: "convex".into(),
-            authorized_parties: vec![],
-            leeway_secs: 5,
-            max_lifetime_secs: 3600,
-            accept_pending_sessions: true,
-        }),
-        None,
-        options(),
-    );
-    assert!(
-        accepting.key_stores()[0]
-            .wait_ready(Duration::from_secs(5))
-            .await
-    );
+    let accepting = clerk_only(ClerkSettings {
+        accept_pending_sessions: true,
+        ..f.clerk_settings(&[])
+    })
+    .await;
     let u = accepting
         .verify(&pending)
         .unwrap()
@@ -384,6 +399,22 @@ async fn azp_must_be_an_authorized_party_when_configured() {
             .verify(&open.user_token_with(json!({"azp": null})))
             .is_ok()
     );
+    // Native apps (`CLERK_REQUIRE_AZP=false`): a token without `azp` passes, as in Clerk's
+    // SDKs; one naming another party is still refused.
+    let native = clerk_only(ClerkSettings {
+        require_azp: false,
+        ..f.clerk_settings(&["https://app.example.com"])
+    })
+    .await;
+    assert!(
+        native
+            .verify(&f.user_token_with(json!({"azp": null})))
+            .is_ok()
+    );
+    assert_eq!(
+        native.verify(&f.user_token_with(json!({"azp": "https://evil.example.com"}))),
+        Err(AuthError::UnauthorizedParty)
+    );
 }
 
 #[tokio::test]
@@ -445,6 +476,7 @@ fn jwks_urls_must_be_https_except_to_this_machine() {
         service_jwks_url: None,
         jwks_refresh_secs: 300,
         token_max_lifetime_secs: 3600,
+        clerk_require_azp: true,
         clerk_accept_pending_sessions: false,
         service_callers: String::new(),
         operator_subjects: "operator".into(),
@@ -945,6 +977,7 @@ async fn clerk_verifier(
             jwks: KeySource::Url(jwks.jwks_url()),
             audience: "convex".into(),
             authorized_parties: vec![],
+            require_azp: true,
             leeway_secs: 5,
             max_lifetime_secs: 3600,
             accept_pending_sessions: false,

@@ -173,6 +173,7 @@ impl Issuers {
             service_jwks_url: None,
             jwks_refresh_secs: 300,
             token_max_lifetime_secs: 3600,
+            clerk_require_azp: true,
             clerk_accept_pending_sessions: false,
             service_callers: format!("{INTERNAL_CALLER}=*"),
             operator_subjects: OPERATOR.into(),

@@ -22,6 +22,7 @@ pub async fn run(b: &Bench<'_>, report: &mut Report) -> Result<()> {
             jwks: token_auth::KeySource::Url(jwks.jwks_url()),
             audience: "convex".into(),
             authorized_parties: vec![],
+            require_azp: true,
             leeway_secs: 5,
             max_lifetime_secs: 3600,
             accept_pending_sessions: false,
