@@ -442,6 +442,19 @@ pub fn to_command(event_id: &str, body: &[u8]) -> Result<(String, Command), Malf
 }
 
 /// Maps a verified body onto the command to send, with its event type and time.
+/// The event types [`to_event`] applies (every other type is acknowledged and ignored).
+pub const HANDLED_EVENT_TYPES: [&str; 9] = [
+    "user.created",
+    "user.updated",
+    "user.deleted",
+    "organization.created",
+    "organization.updated",
+    "organization.deleted",
+    "organizationMembership.created",
+    "organizationMembership.updated",
+    "organizationMembership.deleted",
+];
+
 pub fn to_event(event_id: &str, body: &[u8]) -> Result<Event, Malformed> {
     let env: Envelope =
         serde_json::from_slice(body).map_err(|e| reason("not a Clerk event", &e))?;
@@ -707,6 +720,11 @@ mod tests {
         assert!(to_command("m", b"not json").is_err());
         assert!(to_command("m", br#"{"type":"user.created","data":{"id":"user_1"}}"#).is_err());
         assert!(to_command("m", br#"{"type":"user.deleted","data":{"deleted":true}}"#).is_err());
+        // Every type listed as handled reads its payload (an empty one is refused, not ignored).
+        for kind in HANDLED_EVENT_TYPES {
+            let body = format!(r#"{{"type":"{kind}","data":{{}},"object":"event"}}"#);
+            assert!(to_command("m", body.as_bytes()).is_err(), "{kind}");
+        }
     }
 
     /// Any JSON in a Clerk envelope of any handled type maps to a command or a refusal

@@ -50,6 +50,14 @@ impl Metrics {
             }),
             body_bytes_in_flight: Gauge::default(),
         };
+        // Failed deliveries are counted from 0 for every type applied: an alert on `increase()`
+        // sees the first failure of a type, which a series born at 1 would hide.
+        for event_type in crate::clerk::HANDLED_EVENT_TYPES {
+            let _ = m.requests.get_or_create(&RequestLabels {
+                event_type: event_type.to_owned(),
+                outcome: "failed",
+            });
+        }
         registry.register(
             "webhook_requests",
             "Clerk webhooks by event type and outcome",

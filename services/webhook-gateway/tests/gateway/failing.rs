@@ -64,6 +64,18 @@ async fn counted(s: &Stack, event_type: &str, outcome: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
+/// Before any delivery, every applied type's `failed` series is exported at 0, so the first
+/// failure of a type is an increase the alert sees (a series born at 1 shows none).
+#[tokio::test]
+async fn failures_are_counted_from_zero_for_every_applied_type() {
+    let s = stack(SECRET).await;
+    let metrics = s.metrics().await;
+    for kind in webhook_gateway::clerk::HANDLED_EVENT_TYPES {
+        let zero = format!(r#"webhook_requests_total{{event_type="{kind}",outcome="failed"}} 0"#);
+        assert!(metrics.lines().any(|l| l == zero), "{zero} in {metrics}");
+    }
+}
+
 #[tokio::test]
 async fn a_young_delivery_failing_at_a_service_is_answered_503_and_nothing_is_kept() {
     let s = stack(SECRET).await;
