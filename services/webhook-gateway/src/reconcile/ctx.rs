@@ -162,9 +162,9 @@ impl<'a, C: ClerkBackend> Ctx<'a, C> {
     }
 
     /// Pages `listing` oldest first. Fetching runs ahead of handling, and up to
-    /// [`PAGES_IN_FLIGHT`] pages are compared and applied at once (their order does not
-    /// matter: the services' guard orders every write), so a round trip to a service does not
-    /// add to the time of each page.
+    /// [`PAGES_IN_FLIGHT`] pages are compared and applied at once (the order of their writes
+    /// does not matter: the services' guard orders every write), so a round trip to a service
+    /// does not add to the time of each page. Their results are summed in page order.
     pub(super) async fn each_page<T, F>(
         &self,
         s: &mut KindSummary,
@@ -198,7 +198,9 @@ impl<'a, C: ClerkBackend> Ctx<'a, C> {
         let consumer = async {
             // The stream owns the receiver: a consumer that stops closes the channel.
             let pages = futures::stream::poll_fn(move |cx| rx.poll_recv(cx));
-            let mut handled = pages.map(handle).buffer_unordered(PAGES_IN_FLIGHT);
+            // Results are taken in page order: a page that fails (its listing or its writes) is
+            // reported after every earlier page was counted, whichever finished first.
+            let mut handled = pages.map(handle).buffered(PAGES_IN_FLIGHT);
             let mut n = 0u64;
             while let Some(d) = handled.next().await {
                 s.add(&d?);
