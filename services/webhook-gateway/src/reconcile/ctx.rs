@@ -36,8 +36,9 @@ pub(super) struct Ctx<'a, C> {
     pub(super) down: &'a Downstream,
     pub(super) plan: &'a Plan,
     pub(super) run: Uuid,
-    /// When the run started: only what was created here before it can be deleted, and the
-    /// `event_time` of every command (the time Clerk's listing said it).
+    /// When the run started: only what was created here before it can be deleted, the
+    /// `event_time` of every write (the time Clerk's listing said it), and the date of every
+    /// membership deletion (no change Clerk made before it wins over the deletion).
     pub(super) started_at: prost_types::Timestamp,
     /// Every call to the services goes through it: repeated when it failed for a moment.
     pub(super) retry: Retrier,

@@ -227,10 +227,12 @@ pub(super) async fn sweep_users<C: ClerkBackend>(
         })
     };
     let gone = async |id: &String| ctx.gone(&format!("/users/{id}")).await;
+    // The tombstone is final (Clerk never reuses a user id): no change of the user, however
+    // dated, brings it back, so no time orders this deletion. No time: when Clerk deleted it
+    // is not known, so access ends when the deletion is recorded.
     let delete = |id: &String, _: &str| {
         let event_id = ctx.event_id("user.deleted", id);
         let mut origin = ctx.origin(&event_id);
-        // When Clerk deleted it is not known.
         origin.event_time = None;
         clerk::delete_user(origin, id)
     };
@@ -320,6 +322,7 @@ pub(super) async fn sweep_organizations<C: ClerkBackend>(
         })
     };
     let gone = async |id: &String| ctx.gone(&format!("/organizations/{id}")).await;
+    // As for users: the tombstone is final, and the time of recording is kept.
     let delete = |id: &String, _: &str| {
         Command::DeleteWorkspace(wsp::DeleteWorkspaceCommand {
             event_id: ctx.event_id("organization.deleted", id),
@@ -436,10 +439,16 @@ pub(super) async fn sweep_memberships<C: ClerkBackend>(
     let gone = async |m: &wsp::HeldMembership| {
         Ok(!members::in_clerk(ctx, &m.clerk_org_id, &m.clerk_user_id, None).await?)
     };
+    // Dated at the run's start: Clerk no longer had the membership when the run asked, so
+    // every change Clerk made before the run is older than this deletion and cannot bring the
+    // row back (a row without a membership id is ordered by that time alone; for the others
+    // the deleted id is final), while a membership made after the run started is newer. No
+    // event time: when Clerk removed it is not known, so access ends when the deletion is
+    // recorded (the run's start could precede the removal).
     let delete = |m: &wsp::HeldMembership, key: &str| {
         Command::DeleteMembership(wsp::DeleteMembershipCommand {
             event_id: ctx.event_id("membership.deleted", &key.replace('/', ".")),
-            occurred_at: m.updated_at,
+            occurred_at: Some(ctx.started_at),
             clerk_org_id: m.clerk_org_id.clone(),
             clerk_user_id: m.clerk_user_id.clone(),
             clerk_membership_id: m.clerk_membership_id.clone(),

@@ -8,6 +8,7 @@ mod reconcile;
 mod reconcile_deleted_here;
 mod reconcile_edges;
 mod reconcile_guards;
+mod reconcile_late_webhooks;
 mod reconcile_retry;
 mod roles;
 mod support;
