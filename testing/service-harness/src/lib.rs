@@ -244,6 +244,17 @@ impl Issuers {
         )
     }
 
+    /// A request with a v2 Clerk session token (the `o` claim) whose active organization is
+    /// `org_id` with `role`.
+    pub fn session<T>(&self, user_id: &str, org_id: &str, role: &str, msg: T) -> Request<T> {
+        let org = OrgClaim {
+            id: org_id.into(),
+            role: role.into(),
+            slug: format!("{org_id}-slug"),
+        };
+        bearer(msg, &self.clerk.session_token(user_id, Some(&org)))
+    }
+
     /// A request with a user token whose active organization is `org_id` with `role`.
     pub fn member<T>(&self, user_id: &str, org_id: &str, role: &str, msg: T) -> Request<T> {
         let org = OrgClaim {

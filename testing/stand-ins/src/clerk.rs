@@ -89,6 +89,38 @@ impl ClerkStandIn {
         c
     }
 
+    /// Claims of a v2 Clerk session token, as Clerk mints them (`v: 2`, the session `sid`,
+    /// `azp`, `jti`, `fva`, a 60 s lifetime, the active organization in `o` with the role key
+    /// without its `org:` prefix), with `aud` as the Convex integration maps it in. `status`:
+    /// `sts` when the session is not simply active (`pending`).
+    pub fn session_claims(
+        &self,
+        user_id: &str,
+        org: Option<&OrgClaim>,
+        status: Option<&str>,
+    ) -> Value {
+        let now = now_secs();
+        let mut c = json!({
+            "iss": self.issuer(), "sub": user_id, "aud": self.audience, "v": 2,
+            "sid": format!("sess_{user_id}"), "azp": "http://localhost:3000",
+            "jti": format!("jti{now}{user_id}"), "fva": [0, -1],
+            "iat": now, "nbf": now - 5, "exp": now + 60,
+        });
+        if let Some(o) = org {
+            let rol = o.role.strip_prefix("org:").unwrap_or(&o.role);
+            c["o"] = json!({"id": o.id, "slg": o.slug, "rol": rol, "per": "", "fpm": ""});
+        }
+        if let Some(s) = status {
+            c["sts"] = json!(s);
+        }
+        c
+    }
+
+    /// A valid v2 session token ([`ClerkStandIn::session_claims`]).
+    pub fn session_token(&self, user_id: &str, org: Option<&OrgClaim>) -> String {
+        self.sign(&self.session_claims(user_id, org, None))
+    }
+
     /// Signs arbitrary claims with the issuer's key.
     pub fn sign(&self, claims: &Value) -> String {
         self.key.sign(claims).expect("signing with a generated key")

@@ -20,6 +20,7 @@ mod reconcile;
 mod replica_reads;
 mod room_access;
 mod room_token_bounds;
+mod session_tokens;
 mod support;
 mod sync;
 mod watch;
