@@ -61,17 +61,22 @@ pub(super) struct Candidates<K> {
     pub(super) held: i64,
 }
 
+/// This machine's time, to the millisecond.
+pub(super) fn now() -> prost_types::Timestamp {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    vbase_proto::timestamp_from_millis(now.as_millis() as i64)
+}
+
 impl<'a, C: ClerkBackend> Ctx<'a, C> {
     pub(super) fn new(clerk: &'a C, down: &'a Downstream, plan: &'a Plan) -> Self {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default();
         Self {
             clerk,
             down,
             plan,
             run: Uuid::now_v7(),
-            started_at: vbase_proto::timestamp_from_millis(now.as_millis() as i64),
+            started_at: now(),
             retry: Retrier::new(plan.retry),
         }
     }

@@ -436,19 +436,22 @@ pub(super) async fn sweep_memberships<C: ClerkBackend>(
         })
     };
     let key = |m: &wsp::HeldMembership| format!("{}/{}", m.clerk_org_id, m.clerk_user_id);
+    // When the candidate now being confirmed was asked of Clerk (the sweep confirms and
+    // deletes one candidate at a time).
+    let asked_at = std::sync::Mutex::new(ctx.started_at);
     let gone = async |m: &wsp::HeldMembership| {
+        *asked_at.lock().unwrap_or_else(|e| e.into_inner()) = super::ctx::now();
         Ok(!members::in_clerk(ctx, &m.clerk_org_id, &m.clerk_user_id, None).await?)
     };
-    // Dated at the run's start: Clerk no longer had the membership when the run asked, so
-    // every change Clerk made before the run is older than this deletion and cannot bring the
-    // row back (a row without a membership id is ordered by that time alone; for the others
-    // the deleted id is final), while a membership made after the run started is newer. No
-    // event time: when Clerk removed it is not known, so access ends when the deletion is
-    // recorded (the run's start could precede the removal).
+    // Dated when Clerk was asked: Clerk no longer had the membership then, so every change it
+    // made before is older than this deletion and cannot bring the row back (a row without a
+    // membership id is ordered by that time alone; for the others the deleted id is final),
+    // while a membership made after is newer. No event time: when Clerk removed it is not
+    // known, so access ends when the deletion is recorded.
     let delete = |m: &wsp::HeldMembership, key: &str| {
         Command::DeleteMembership(wsp::DeleteMembershipCommand {
             event_id: ctx.event_id("membership.deleted", &key.replace('/', ".")),
-            occurred_at: Some(ctx.started_at),
+            occurred_at: Some(*asked_at.lock().unwrap_or_else(|e| e.into_inner())),
             clerk_org_id: m.clerk_org_id.clone(),
             clerk_user_id: m.clerk_user_id.clone(),
             clerk_membership_id: m.clerk_membership_id.clone(),
