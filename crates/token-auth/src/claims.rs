@@ -125,16 +125,10 @@ pub(crate) struct ClerkClaims {
     /// choosing an organization when one is required).
     #[serde(default)]
     pub sts: Option<String>,
-    /// Impersonation: who acts as the user (`act: {iss, sid, sub}`).
+    /// Impersonation: who acts as the user (`act: {iss, sid, sub}`). Read leniently: a JWT
+    /// template may use the name for a value of its own.
     #[serde(default)]
-    pub act: Option<ActorClaim>,
-}
-
-/// The `act` claim of an impersonation session (only `sub` is read).
-#[derive(Debug, Deserialize)]
-pub(crate) struct ActorClaim {
-    #[serde(default)]
-    pub sub: Option<String>,
+    pub act: Option<serde_json::Value>,
 }
 
 /// The v2 session-token `o` claim.
@@ -159,11 +153,15 @@ impl ClerkClaims {
     /// rather than given a default: Clerk's session tokens always carry the role with the
     /// organization (`org_role`, or `o.rol`), so a token without one comes from a JWT template
     /// that left it out, and any default could grant more than the user's real role.
-    /// A pending session (`sts: "pending"`) is refused unless `accept_pending`, as Clerk's own
-    /// SDKs treat it as signed out by default.
+    /// A session whose status (`sts`, session tokens only) is not `active` is refused: a
+    /// `pending` one unless `accept_pending` (Clerk's own SDKs treat it as signed out by
+    /// default), any other always.
     pub(crate) fn into_principal(self, accept_pending: bool) -> Result<UserPrincipal, AuthError> {
-        if !accept_pending && self.sts.as_deref() == Some("pending") {
-            return Err(AuthError::PendingSession);
+        match self.sts.as_deref() {
+            None | Some("active") => {}
+            Some("pending") if accept_pending => {}
+            Some("pending") => return Err(AuthError::PendingSession),
+            Some(_) => return Err(AuthError::InactiveSession),
         }
         let org = match (present(self.org_id), self.o) {
             (Some(id), _) => Some(active_org(id, self.org_slug, self.org_role)?),
@@ -181,7 +179,13 @@ impl ClerkClaims {
             org,
             issued_at: self.iat.unwrap_or_default(),
             expires_at: self.exp,
-            actor: self.act.and_then(|a| present(a.sub)),
+            actor: present(
+                self.act
+                    .as_ref()
+                    .and_then(|a| a.get("sub"))
+                    .and_then(|s| s.as_str())
+                    .map(str::to_owned),
+            ),
         })
     }
 }

@@ -68,4 +68,8 @@ pub enum AuthError {
         "the Clerk session is pending (sts): finish the sign-in tasks (for example choosing an organization), then retry with a fresh token"
     )]
     PendingSession,
+    /// `sts` names a session status other than `active` or `pending`: no session Clerk signs a
+    /// token for, so nothing is granted.
+    #[error("the Clerk session is not active (sts)")]
+    InactiveSession,
 }

@@ -201,6 +201,9 @@ async fn a_pending_session_is_refused_unless_accepted() {
     }
     let active = f.user_token_with(json!({"v": 2, "sid": "sess_a", "sts": "active"}));
     assert!(f.auth.verify(&active).is_ok());
+    // A status Clerk signs no token for is refused, never taken as active.
+    let ended = f.user_token_with(json!({"v": 2, "sid": "sess_e", "sts": "ended"}));
+    assert_eq!(f.auth.verify(&ended), Err(AuthError::InactiveSession));
     assert!(f.auth.verify(&f.user_token_with(json!({}))).is_ok());
 
     let accepting = clerk_only(ClerkSettings {
@@ -820,6 +823,8 @@ async fn each_call_runs_in_a_span_naming_its_method_and_caller() {
         f.user_token_with(json!({})),
         // Clerk's impersonation: support staff act as the user.
         f.user_token_with(json!({"act": {"iss": "https://dashboard.clerk.com", "sid": "sess_s", "sub": "user_support"}})),
+        // A template's own `act` value (not an object) is no impersonation, and no refusal.
+        f.user_token_with(json!({"act": "editor"})),
     ];
     let layer = token_auth::AuthLayer::new(std::sync::Arc::new(f.auth), policy);
     let handler = tower::service_fn(|_req: http::Request<()>| async {
@@ -853,12 +858,13 @@ async fn each_call_runs_in_a_span_naming_its_method_and_caller() {
     }
     let text = String::from_utf8(logs.lock().unwrap().clone()).unwrap();
     let lines: Vec<&str> = text.lines().filter(|l| l.contains("handled")).collect();
-    assert_eq!(lines.len(), 3, "{text}");
-    for (line, caller) in
-        lines
-            .iter()
-            .zip(["service:reporting", "user:user_2abc", "user:user_2abc"])
-    {
+    assert_eq!(lines.len(), 4, "{text}");
+    for (line, caller) in lines.iter().zip([
+        "service:reporting",
+        "user:user_2abc",
+        "user:user_2abc",
+        "user:user_2abc",
+    ]) {
         assert!(
             line.contains(r#""method":"/vbase.identity.v1.IdentityService/GetUser""#),
             "{line}"
@@ -867,6 +873,7 @@ async fn each_call_runs_in_a_span_naming_its_method_and_caller() {
         assert!(!line.contains("Bearer"), "a token reached the log: {line}");
     }
     assert!(!lines[1].contains("actor"), "{}", lines[1]);
+    assert!(!lines[3].contains("actor"), "{}", lines[3]);
     assert!(
         lines[2].contains(r#""actor":"user:user_support""#),
         "an impersonated call names who acts: {}",
