@@ -441,7 +441,6 @@ pub fn to_command(event_id: &str, body: &[u8]) -> Result<(String, Command), Malf
     to_event(event_id, body).map(|e| (e.kind, e.command))
 }
 
-/// Maps a verified body onto the command to send, with its event type and time.
 /// The event types [`to_event`] applies (every other type is acknowledged and ignored).
 pub const HANDLED_EVENT_TYPES: [&str; 9] = [
     "user.created",
@@ -455,6 +454,7 @@ pub const HANDLED_EVENT_TYPES: [&str; 9] = [
     "organizationMembership.deleted",
 ];
 
+/// Maps a verified body onto the command to send, with its event type and time.
 pub fn to_event(event_id: &str, body: &[u8]) -> Result<Event, Malformed> {
     let env: Envelope =
         serde_json::from_slice(body).map_err(|e| reason("not a Clerk event", &e))?;

@@ -192,8 +192,8 @@ where
 /// which held resources become deletion candidates, rests on that order; Clerk's specification
 /// names user fields as the sort keys of membership lists, so a `created_at` that turned out to
 /// be the user's would be caught here, and the listing, which then cannot be trusted, deletes
-/// nothing. Changes between pages (an item created, or deleted so that later ones move up)
-/// keep the order.
+/// nothing. Changes between pages (an item created now comes last; one deleted moves later
+/// ones up) keep the order; only an item created back-dated (an import) can break it.
 fn in_creation_order<T: Positioned>(
     path: &str,
     items: &[Result<T, Unparsed>],
