@@ -209,6 +209,26 @@ impl UserLookups {
         Ok(found)
     }
 
+    /// What is held for the caller `clerk_id`, to decide whether its token is admitted: as
+    /// [`UserLookups::get`], but with a read replica configured, what the cache cannot answer is
+    /// read on the primary, never on the replica, whose row may predate a deletion or a ban
+    /// (kept in the cache as a primary's read is).
+    pub async fn caller(&self, clerk_id: &str, after: Option<Lsn>) -> Result<Held, Error> {
+        if !self.reads.has_replica() {
+            return self.get(clerk_id, after).await;
+        }
+        let key = clerk_id.to_owned();
+        if after.is_none()
+            && let Some(hit) = self.cache.get(&key)
+        {
+            return Ok(hit);
+        }
+        let ticket = self.cache.ticket();
+        let found = Held::of(users::get_row(self.reads.primary(), clerk_id).await?);
+        self.cache.insert(ticket, key, found.clone());
+        Ok(found)
+    }
+
     /// Forgets `clerk_id` here (after a write to it on this replica, so it reads it back at
     /// once; the other replicas hear it from PostgreSQL).
     pub fn forget(&self, clerk_id: &str) {

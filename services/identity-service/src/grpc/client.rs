@@ -48,7 +48,7 @@ pub(super) async fn get_current_user(
     let seen = api.seen(&req)?;
     let record = api
         .lookups
-        .get(&user.user_id, seen)
+        .caller(&user.user_id, seen)
         .await?
         .admit(user.issued_at)?
         .ok_or_else(|| {
@@ -135,14 +135,15 @@ pub(super) async fn batch_get_users(
 }
 
 /// Refuses a user deleted in Clerk, or whose sessions Clerk revoked (a ban) after their token
-/// was issued, by the caller's own row (through the user cache; a caller never synced passes).
+/// was issued, by the caller's own row (through the user cache, else the primary; a caller
+/// never synced passes).
 /// Internal callers pass.
 async fn refuse_caller(api: &IdentityApi, p: &Principal, seen: Option<Lsn>) -> Result<(), Status> {
     let Principal::User(user) = p else {
         return Ok(());
     };
     api.lookups
-        .get(&user.user_id, seen)
+        .caller(&user.user_id, seen)
         .await?
         .admit(user.issued_at)?;
     Ok(())

@@ -169,7 +169,8 @@ async fn reads_use_the_replica_within_its_lag_and_callers_read_their_writes() {
 
     // (a') Through the other process: a read that carries the write's position (x-vbase-lsn,
     // from the write's answer) sees the write; one that does not reads the replica's older
-    // state (within DB_READ_MAX_LAG_MS).
+    // state (within DB_READ_MAX_LAG_MS). (The caller's own row, which decides its access, is
+    // read on the primary: `a_deletion_the_replica_has_not_replayed_refuses_the_callers_token`.)
     let stored = env
         .client()
         .await
@@ -181,23 +182,29 @@ async fn reads_use_the_replica_within_its_lag_and_callers_read_their_writes() {
         .get(service_runtime::read_after::LSN_METADATA)
         .expect("a write's answer says where it committed")
         .clone();
-    let elsewhere = other_client
-        .get_current_user(env.user("user_c", pb::GetCurrentUserRequest {}))
-        .await;
+    let of_c = || {
+        env.user(
+            "user_q",
+            pb::GetUserRequest {
+                clerk_id: "user_c".into(),
+            },
+        )
+    };
+    let elsewhere = other_client.get_user(of_c()).await;
     assert_eq!(
         elsewhere.map(|_| ()).map_err(|s| s.code()),
         Err(Code::NotFound),
         "without the position, another process reads the replica"
     );
-    let mut carried = env.user("user_c", pb::GetCurrentUserRequest {});
+    let mut carried = of_c();
     carried
         .metadata_mut()
         .insert(service_runtime::read_after::LSN_METADATA, lsn);
-    let me = other_client
-        .get_current_user(carried)
+    let c = other_client
+        .get_user(carried)
         .await
         .expect("with the position, another process reads the write");
-    assert_eq!(me.into_inner().user.unwrap().clerk_id, "user_c");
+    assert_eq!(c.into_inner().user.unwrap().clerk_id, "user_c");
     let mut bad = env.user("user_c", pb::GetCurrentUserRequest {});
     bad.metadata_mut().insert(
         service_runtime::read_after::LSN_METADATA,
@@ -307,6 +314,61 @@ async fn a_forged_position_does_not_delay_other_callers_lookups() {
         "the forged lookups ran side by side: the slowest took {slowest:?}"
     );
 
+    env.server.stop().await.unwrap();
+    drop(standby);
+    drop(dbs);
+}
+
+/// Whether a caller's token is admitted is decided on the primary's row, never the replica's:
+/// a user deleted while the replica lags (replay paused, still live there) is refused at once,
+/// by every call, with the user cache off (every lookup a miss).
+#[tokio::test]
+async fn a_deletion_the_replica_has_not_replayed_refuses_the_callers_token() {
+    let Replicated {
+        env,
+        standby,
+        standby_admin,
+        standby_db,
+        dbs,
+    } = replicated(|cfg| cfg.user_cache_bytes = 0).await;
+    store(&env, "user_o").await;
+    store(&env, "user_d").await;
+    replayed(&standby_db, "user_o").await;
+    replayed(&standby_db, "user_d").await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    service_harness::execute(&standby_admin, "SELECT pg_wal_replay_pause()").await;
+
+    let mut c = env.client().await;
+    let deleted = pb::DeleteUserCommand {
+        event_id: "deleted-user_d".into(),
+        occurred_at: support::ts(chrono::Utc::now().timestamp()),
+        clerk_id: "user_d".into(),
+        ..Default::default()
+    };
+    c.delete_user(env.service(deleted)).await.unwrap();
+    let live_on_replica =
+        "SELECT count(*) FROM users WHERE clerk_id = 'user_d' AND deleted_at IS NULL";
+    assert_eq!(
+        service_harness::scalar(&standby_db, live_on_replica).await,
+        1
+    );
+
+    assert_eq!(
+        get_user(&env, "user_d", "user_o").await.unwrap_err(),
+        Code::PermissionDenied
+    );
+    let me = c
+        .get_current_user(env.user("user_d", pb::GetCurrentUserRequest {}))
+        .await
+        .unwrap_err();
+    assert_eq!(me.code(), Code::PermissionDenied, "{me:?}");
+    // Another caller still reads the replica.
+    assert_eq!(
+        get_user(&env, "user_o", "user_o").await.unwrap().clerk_id,
+        "user_o"
+    );
+
+    service_harness::execute(&standby_admin, "SELECT pg_wal_replay_resume()").await;
     env.server.stop().await.unwrap();
     drop(standby);
     drop(dbs);
