@@ -66,15 +66,9 @@ pub struct ActiveOrg {
     pub id: String,
     /// Slug, when the organization has one.
     pub slug: Option<String>,
-    /// Normalised role: `org:admin`, `org:member` or `org:<custom>`.
+    /// Normalised role: `org:admin`, `org:member` or `org:<custom>`. What a role may do is
+    /// each service's setting (Clerk lets an instance rename its admin and member roles).
     pub role: String,
-}
-
-impl ActiveOrg {
-    /// Whether the role is `org:admin`.
-    pub fn is_admin(&self) -> bool {
-        self.role == "org:admin"
-    }
 }
 
 /// An internal service.
@@ -231,7 +225,7 @@ mod tests {
         let a = v1.into_principal(false).unwrap().org.unwrap();
         let b = v2.into_principal(false).unwrap().org.unwrap();
         assert_eq!(a, b);
-        assert!(a.is_admin());
+        assert_eq!(a.role, "org:admin");
     }
 
     #[test]

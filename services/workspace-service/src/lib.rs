@@ -19,7 +19,7 @@ mod schema;
 pub mod workers;
 
 pub use config::{
-    CallLimitArgs, Config, LiveblocksArgs, MIN_SWEEP_AFTER_SECS, PurgeArgs, WatchArgs,
+    CallLimitArgs, Config, LiveblocksArgs, MIN_SWEEP_AFTER_SECS, PurgeArgs, RoleArgs, WatchArgs,
 };
 pub use domain::workspaces::{WORKSPACE_ID_NAMESPACE, derived_workspace_id};
 /// The triggers whose notifications keep the access and channel caches coherent (checked
@@ -79,6 +79,7 @@ pub async fn run(
     let cleanup_settings = config.liveblocks.settings().map_err(anyhow::Error::msg)?;
     let purge_settings = config.purge.settings().map_err(anyhow::Error::msg)?;
     let live_settings = config.watch.settings().map_err(anyhow::Error::msg)?;
+    let roles = config.roles.roles().map_err(anyhow::Error::msg)?;
     let mut boot = Boot::start(&config.service, AUDIENCE, MIGRATIONS, PLANS).await?;
     let metrics = metrics::Metrics::register(&mut boot.registry);
     let liveblocks = liveblocks::from_args(&config.liveblocks)?;
@@ -204,6 +205,7 @@ pub async fn run(
         wakes,
         liveblocks::RoomTokens::new(liveblocks),
         config.watch.calls.response_max_bytes,
+        roles,
     );
     let routes =
         grpc::routes::Routes::new(api, live, grpc::routes::Quotas::new(&config.watch.calls));

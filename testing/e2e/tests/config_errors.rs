@@ -132,6 +132,13 @@ fn out_of_range_settings_exit_2_with_one_line_naming_them() {
         ("identity-service", ("USER_READS_PER_MINUTE", "0")),
         ("identity-service", ("USER_CALLS_IN_FLIGHT", "1001")),
         ("workspace-service", ("LIVEBLOCKS_KEY_CHECK_SECS", "1")),
+        // No admin role at all, or a key Clerk could not have (it would match no token).
+        ("workspace-service", ("ORG_ADMIN_ROLES", ",")),
+        ("workspace-service", ("ORG_ADMIN_ROLES", "org:Owner")),
+        (
+            "workspace-service",
+            ("ORG_EDITOR_ROLES", "org:editor,editor!"),
+        ),
         ("identity-service", ("QUARANTINE_RETENTION_DAYS", "0")),
         ("workspace-service", ("QUARANTINE_RETENTION_DAYS", "400")),
         ("identity-service", ("OPERATOR_SUBJECTS", "webhook-gateway")),

@@ -101,6 +101,7 @@ async fn the_services_run_as_a_role_that_changes_no_schema_and_migrate_as_the_ow
         },
         ledger: Default::default(),
         watch: Default::default(),
+        roles: Default::default(),
         access_cache_bytes: 8 << 20,
         channel_cache_bytes: 4 << 20,
         grpc_addr: "127.0.0.1:0".parse().unwrap(),

@@ -173,6 +173,7 @@ pub async fn stack_tuned(
         },
         ledger: Default::default(),
         watch: Default::default(),
+        roles: Default::default(),
         access_cache_bytes: 8 << 20,
         channel_cache_bytes: 4 << 20,
         grpc_addr: "127.0.0.1:0".parse().unwrap(),

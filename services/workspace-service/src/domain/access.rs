@@ -1,6 +1,7 @@
 //! Who is calling, and where they may act: the workspace of a row is resolved and checked
 //! against the caller's active organization before anything else happens.
 
+use super::roles::Roles;
 use super::standing::{AccessCache, access_facts};
 use super::workspaces::{WorkspaceRecord, find_workspace};
 use crate::error::Error;
@@ -28,8 +29,8 @@ pub enum Caller {
         org_id: Option<String>,
         /// The active-organization role the token states (normalised).
         role: Option<String>,
-        /// Whether that role is `org:admin`.
-        admin: bool,
+        /// What each role may do here (the service's settings).
+        roles: Roles,
         /// When the token was issued (`iat`, seconds): what the token says is as of then.
         issued_at: i64,
         /// Display name and avatar URL as Clerk put them in the token (`name`, `picture`).
@@ -44,15 +45,15 @@ pub enum Caller {
 }
 
 impl Caller {
-    /// From the principal the auth layer verified.
-    pub fn from_principal(p: Option<&Principal>) -> Result<Self, Error> {
+    /// From the principal the auth layer verified; `roles` says what its role may do.
+    pub fn from_principal(p: Option<&Principal>, roles: &Roles) -> Result<Self, Error> {
         match p {
             Some(Principal::Service(_)) => Ok(Caller::Service),
             Some(Principal::User(u)) => Ok(Caller::User {
                 id: u.user_id.clone(),
                 org_id: u.org.as_ref().map(|o| o.id.clone()),
                 role: u.org.as_ref().map(|o| o.role.clone()),
-                admin: u.org.as_ref().is_some_and(|o| o.is_admin()),
+                roles: roles.clone(),
                 issued_at: u.issued_at,
                 name: u.name.clone(),
                 avatar: u.picture.clone(),
@@ -151,15 +152,37 @@ impl Caller {
         }
     }
 
-    /// Passes for services and `org:admin` users (call after [`Caller::check_org`]).
+    /// Passes for services and users whose role is an admin role (`ORG_ADMIN_ROLES`; call
+    /// after [`Caller::check_org`]).
     pub fn require_admin(&self, action: &str) -> Result<(), Error> {
         match self {
-            Caller::Service | Caller::User { admin: true, .. } => Ok(()),
-            Caller::User { .. } => Err(Error::Denied(format!("{action} needs the org:admin role"))),
+            Caller::Service => Ok(()),
+            Caller::User {
+                role: Some(role),
+                roles,
+                ..
+            } if roles.administers(role) => Ok(()),
+            Caller::User { roles, .. } => Err(Error::Denied(format!(
+                "{action} needs an admin role ({})",
+                roles.admin_names()
+            ))),
         }
     }
 
-    /// Passes for the row's creator `created_by`, for `org:admin` users and for services
+    /// Whether the caller writes in Liveblocks rooms (`ORG_EDITOR_ROLES` and the admin roles);
+    /// services enter no room.
+    pub fn edits_rooms(&self) -> bool {
+        match self {
+            Caller::User {
+                role: Some(role),
+                roles,
+                ..
+            } => roles.edits_rooms(role),
+            Caller::User { .. } | Caller::Service => false,
+        }
+    }
+
+    /// Passes for the row's creator `created_by`, for users with an admin role and for services
     /// (call after the scope check).
     pub fn require_creator_or_admin(&self, created_by: &str, action: &str) -> Result<(), Error> {
         if self.user_id() == Some(created_by) {

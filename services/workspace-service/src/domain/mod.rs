@@ -19,6 +19,7 @@ pub mod purge;
 pub mod receipts;
 pub mod reconcile;
 pub mod revocations;
+pub mod roles;
 pub mod room_access;
 pub mod rooms;
 pub mod standing;

@@ -100,13 +100,11 @@ impl LiveblocksRoom {
     }
 }
 
-/// The permissions a role gets on its workspace's rooms: admins and members both edit
-/// documents, code and whiteboards; any other (custom) role only reads and shows presence.
-pub fn permissions_for(role: &str) -> &'static [&'static str] {
-    match role {
-        "org:admin" | "org:member" => WRITE,
-        _ => READ,
-    }
+/// The permissions a caller gets on its workspace's rooms: editors (`ORG_EDITOR_ROLES`, by
+/// default admins and members) edit documents, code and whiteboards; any other role only
+/// reads and shows presence.
+pub fn permissions_for(caller: &Caller) -> &'static [&'static str] {
+    if caller.edits_rooms() { WRITE } else { READ }
 }
 
 /// Who enters which room with which permissions (what Liveblocks is asked to sign).
@@ -131,7 +129,6 @@ pub async fn room_entry(
     let Caller::User {
         id,
         org_id,
-        role,
         name,
         avatar,
         ..
@@ -170,13 +167,14 @@ pub async fn room_entry(
         user_id: id.clone(),
         name: name.clone(),
         avatar: avatar.clone(),
-        permissions: permissions_for(role.as_deref().unwrap_or_default()),
+        permissions: permissions_for(caller),
     })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::roles::Roles;
 
     #[test]
     fn room_ids_parse_only_with_our_prefixes_and_canonical_uuids() {
@@ -213,11 +211,45 @@ mod tests {
         }
     }
 
+    /// A user whose token states `role` in its active organization (none: no organization).
+    fn user(role: Option<&str>, roles: &Roles) -> Caller {
+        let org = role.map(|r| token_auth::ActiveOrg {
+            id: "org_1".into(),
+            slug: None,
+            role: r.into(),
+        });
+        let principal = token_auth::Principal::User(token_auth::UserPrincipal {
+            user_id: "user_1".into(),
+            name: None,
+            email: None,
+            picture: None,
+            org,
+            issued_at: 0,
+            expires_at: 0,
+        });
+        Caller::from_principal(Some(&principal), roles).unwrap()
+    }
+
     #[test]
-    fn members_and_admins_write_other_roles_read() {
-        assert_eq!(permissions_for("org:admin"), WRITE);
-        assert_eq!(permissions_for("org:member"), WRITE);
-        assert_eq!(permissions_for("org:billing"), READ);
-        assert_eq!(permissions_for(""), READ);
+    fn editors_and_admins_write_other_roles_read() {
+        let defaults = Roles::default();
+        for (role, want) in [
+            (Some("org:admin"), WRITE),
+            (Some("org:member"), WRITE),
+            (Some("org:billing"), READ),
+            (None, READ),
+        ] {
+            assert_eq!(permissions_for(&user(role, &defaults)), want, "{role:?}");
+        }
+        let key = |k| crate::model::Role::key(k).unwrap();
+        let renamed = Roles::new(vec![key("org:owner")], vec![key("org:editor")]);
+        for (role, want) in [
+            ("org:owner", WRITE),
+            ("org:editor", WRITE),
+            ("org:admin", READ),
+            ("org:member", READ),
+        ] {
+            assert_eq!(permissions_for(&user(Some(role), &renamed)), want, "{role}");
+        }
     }
 }

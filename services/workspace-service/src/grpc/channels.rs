@@ -1,7 +1,7 @@
 //! Channels.
 
 use super::convert::{Id, ListChannels, Rename};
-use super::{R, WorkspaceApi, accept, ok};
+use super::{R, WorkspaceApi, ok};
 use crate::domain::channels::{self, ChannelName, NewChannel};
 use crate::model::Page;
 use service_runtime::user_quotas::Turn;
@@ -12,7 +12,7 @@ pub(super) async fn create_channel(
     api: &WorkspaceApi,
     req: Request<pb::CreateChannelRequest>,
 ) -> R<pb::CreateChannelResponse> {
-    let (who, new) = accept::<_, NewChannel>(req)?;
+    let (who, new) = api.accept::<_, NewChannel>(req)?;
     let ch = channels::create_channel(&mut *api.conn().await?, &api.channels, &who, &new).await?;
     ok(pb::CreateChannelResponse {
         channel: Some(ch.into()),
@@ -41,7 +41,7 @@ pub(super) async fn rename_channel(
     api: &WorkspaceApi,
     req: Request<pb::RenameChannelRequest>,
 ) -> R<pb::RenameChannelResponse> {
-    let (who, r) = accept::<_, Rename<ChannelName>>(req)?;
+    let (who, r) = api.accept::<_, Rename<ChannelName>>(req)?;
     let list = &api.channels;
     let ch = channels::rename_channel(&mut *api.conn().await?, list, &who, r.id, &r.name).await?;
     ok(pb::RenameChannelResponse {
@@ -54,7 +54,7 @@ pub(super) async fn delete_channel(
     req: Request<pb::DeleteChannelRequest>,
 ) -> R<pb::DeleteChannelResponse> {
     let turn = req.extensions().get::<Turn>().cloned();
-    let (who, Id(id)) = accept(req)?;
+    let (who, Id(id)) = api.accept(req)?;
     let list = api.channels.clone();
     let messages_deleted = api
         .detached(turn, async move |mut conn| {

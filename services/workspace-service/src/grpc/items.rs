@@ -1,7 +1,7 @@
 //! Room items: documents, code files, whiteboards.
 
 use super::convert::{ItemRef, PageOf, RenameItem, item};
-use super::{R, WorkspaceApi, accept, ok};
+use super::{R, WorkspaceApi, ok};
 use crate::domain::items::{self, NewItem};
 use crate::model::Page;
 use service_runtime::user_quotas::Turn;
@@ -12,7 +12,7 @@ pub(super) async fn create_room_item(
     api: &WorkspaceApi,
     req: Request<pb::CreateRoomItemRequest>,
 ) -> R<pb::CreateRoomItemResponse> {
-    let (who, new) = accept::<_, NewItem>(req)?;
+    let (who, new) = api.accept::<_, NewItem>(req)?;
     let i = items::create_item(&mut *api.conn().await?, &who, &new).await?;
     ok(pb::CreateRoomItemResponse {
         item: Some(item(new.kind, i)),
@@ -44,7 +44,7 @@ pub(super) async fn rename_room_item(
     api: &WorkspaceApi,
     req: Request<pb::RenameRoomItemRequest>,
 ) -> R<pb::RenameRoomItemResponse> {
-    let (who, r) = accept::<_, RenameItem>(req)?;
+    let (who, r) = api.accept::<_, RenameItem>(req)?;
     let ItemRef { kind, id } = r.item;
     let i = items::rename_item(&mut *api.conn().await?, &who, kind, id, &r.name).await?;
     ok(pb::RenameRoomItemResponse {
@@ -57,7 +57,7 @@ pub(super) async fn delete_room_item(
     req: Request<pb::DeleteRoomItemRequest>,
 ) -> R<pb::DeleteRoomItemResponse> {
     let turn = req.extensions().get::<Turn>().cloned();
-    let (who, ItemRef { kind, id }) = accept(req)?;
+    let (who, ItemRef { kind, id }) = api.accept(req)?;
     let room_id = api
         .detached(turn, async move |mut conn| {
             items::delete_item(&mut conn, &who, kind, id).await

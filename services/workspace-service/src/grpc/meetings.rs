@@ -1,7 +1,7 @@
 //! Meetings in conference rooms.
 
 use super::convert::{Id, PageOf};
-use super::{R, WorkspaceApi, accept, ok};
+use super::{R, WorkspaceApi, ok};
 use crate::domain::meetings::{self, NewMeeting};
 use crate::model::Page;
 use tonic::Request;
@@ -11,7 +11,7 @@ pub(super) async fn schedule_meeting(
     api: &WorkspaceApi,
     req: Request<pb::ScheduleMeetingRequest>,
 ) -> R<pb::ScheduleMeetingResponse> {
-    let (who, new) = accept::<_, NewMeeting>(req)?;
+    let (who, new) = api.accept::<_, NewMeeting>(req)?;
     let m = meetings::schedule_meeting(&mut *api.conn().await?, &who, &new).await?;
     ok(pb::ScheduleMeetingResponse {
         meeting: Some(m.into()),
@@ -40,7 +40,7 @@ pub(super) async fn cancel_meeting(
     api: &WorkspaceApi,
     req: Request<pb::CancelMeetingRequest>,
 ) -> R<pb::CancelMeetingResponse> {
-    let (who, Id(id)) = accept(req)?;
+    let (who, Id(id)) = api.accept(req)?;
     let m = meetings::cancel_meeting(&mut *api.conn().await?, &who, id).await?;
     ok(pb::CancelMeetingResponse {
         meeting: Some(m.into()),

@@ -1,7 +1,7 @@
 //! Messages and read receipts.
 
 use super::convert::{EditMessage, Id, MarkRead, Org, PageOf, timestamp};
-use super::{R, WorkspaceApi, accept, ok};
+use super::{R, WorkspaceApi, ok};
 use crate::domain::messages::{self, NewMessage};
 use crate::domain::receipts;
 use crate::model::Page;
@@ -12,7 +12,7 @@ pub(super) async fn post_message(
     api: &WorkspaceApi,
     req: Request<pb::PostMessageRequest>,
 ) -> R<pb::PostMessageResponse> {
-    let (who, new) = accept::<_, NewMessage>(req)?;
+    let (who, new) = api.accept::<_, NewMessage>(req)?;
     let msg = messages::post_message(&mut *api.conn().await?, &who, &new).await?;
     ok(pb::PostMessageResponse {
         message: Some(msg.into()),
@@ -41,7 +41,7 @@ pub(super) async fn edit_message(
     api: &WorkspaceApi,
     req: Request<pb::EditMessageRequest>,
 ) -> R<pb::EditMessageResponse> {
-    let (who, e) = accept::<_, EditMessage>(req)?;
+    let (who, e) = api.accept::<_, EditMessage>(req)?;
     let msg = messages::edit_message(&mut *api.conn().await?, &who, e.id, &e.body).await?;
     ok(pb::EditMessageResponse {
         message: Some(msg.into()),
@@ -52,7 +52,7 @@ pub(super) async fn delete_message(
     api: &WorkspaceApi,
     req: Request<pb::DeleteMessageRequest>,
 ) -> R<pb::DeleteMessageResponse> {
-    let (who, Id(id)) = accept(req)?;
+    let (who, Id(id)) = api.accept(req)?;
     messages::delete_message(&mut *api.conn().await?, &who, id).await?;
     ok(pb::DeleteMessageResponse {})
 }
@@ -61,7 +61,7 @@ pub(super) async fn mark_channel_read(
     api: &WorkspaceApi,
     req: Request<pb::MarkChannelReadRequest>,
 ) -> R<pb::MarkChannelReadResponse> {
-    let (who, m) = accept::<_, MarkRead>(req)?;
+    let (who, m) = api.accept::<_, MarkRead>(req)?;
     let at = receipts::mark_read(&mut *api.conn().await?, &who, m.channel_id, m.message_id).await?;
     ok(pb::MarkChannelReadResponse {
         last_read_at: Some(timestamp(at)),

@@ -68,6 +68,7 @@ mod workspaces;
 use crate::domain::Outcome;
 use crate::domain::access::Caller;
 use crate::domain::channels::ChannelList;
+use crate::domain::roles::Roles;
 use crate::domain::standing::AccessCache;
 use crate::error::Error;
 use crate::metrics::Metrics;
@@ -90,16 +91,6 @@ type R<T> = Result<Response<T>, Status>;
 
 fn ok<T>(t: T) -> R<T> {
     Ok(Response::new(t))
-}
-
-/// The verified caller and the request checked into `I`.
-fn accept<T, I>(req: Request<T>) -> Result<(Caller, I), Status>
-where
-    I: TryFrom<T, Error = Error>,
-{
-    let caller = Caller::from_principal(req.extensions().get::<Principal>())?
-        .with_access(req.extensions().get::<AccessCache>());
-    Ok((caller, I::try_from(req.into_inner())?))
 }
 
 /// Whose writes a caller's reads must see: `user:<id>` or `service:<subject>`.
@@ -146,6 +137,8 @@ pub struct WorkspaceApi {
     access: AccessCache,
     /// The replica's cache of each workspace's channels.
     channels: ChannelList,
+    /// What each organization role may do (`ORG_ADMIN_ROLES`, `ORG_EDITOR_ROLES`).
+    roles: Roles,
 }
 
 impl WorkspaceApi {
@@ -162,6 +155,7 @@ impl WorkspaceApi {
         wakes: Wakes,
         room_tokens: crate::liveblocks::RoomTokens,
         response_bytes: usize,
+        roles: Roles,
     ) -> Self {
         let HotReads {
             pool: hot,
@@ -184,12 +178,28 @@ impl WorkspaceApi {
             response_bytes,
             access,
             channels,
+            roles,
         }
     }
 
     /// The replica's access cache.
     pub fn access(&self) -> &AccessCache {
         &self.access
+    }
+
+    /// What each organization role may do.
+    pub fn roles(&self) -> &Roles {
+        &self.roles
+    }
+
+    /// The verified caller and the request checked into `I`.
+    fn accept<T, I>(&self, req: Request<T>) -> Result<(Caller, I), Status>
+    where
+        I: TryFrom<T, Error = Error>,
+    {
+        let caller = Caller::from_principal(req.extensions().get::<Principal>(), &self.roles)?
+            .with_access(req.extensions().get::<AccessCache>());
+        Ok((caller, I::try_from(req.into_inner())?))
     }
 
     /// Forgets this replica's cached access to `org` (after a write to it here, so this
@@ -215,7 +225,7 @@ impl WorkspaceApi {
             None
         };
         let seen = service_runtime::read_after::read_after(&req, remembered)?;
-        let (caller, input) = accept(req)?;
+        let (caller, input) = self.accept(req)?;
         // A write made through another process may not have reached this one's caches yet.
         let caller = if seen.is_some() {
             caller.reading_through()

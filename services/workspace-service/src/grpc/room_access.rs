@@ -25,7 +25,7 @@ async fn room_token(
 ) -> Result<pb::AuthorizeLiveblocksRoomResponse, Error> {
     // Decided on the database, not the access cache: a token outlives the call by up to an
     // hour, so a removal this replica has not heard yet must not be granted one.
-    let caller = Caller::from_principal(req.extensions().get::<Principal>())?;
+    let caller = Caller::from_principal(req.extensions().get::<Principal>(), api.roles())?;
     let room = LiveblocksRoom::parse(&req.into_inner().room_id)?;
     let entry = {
         let mut conn = api.conn().await?;

@@ -1,7 +1,7 @@
 //! Rooms.
 
 use super::convert::{Id, Rename};
-use super::{R, WorkspaceApi, accept, ok};
+use super::{R, WorkspaceApi, ok};
 use crate::domain::rooms::{self, ListRooms, NewRoom};
 use crate::model::Page;
 use service_runtime::user_quotas::Turn;
@@ -12,7 +12,7 @@ pub(super) async fn create_room(
     api: &WorkspaceApi,
     req: Request<pb::CreateRoomRequest>,
 ) -> R<pb::CreateRoomResponse> {
-    let (who, new) = accept::<_, NewRoom>(req)?;
+    let (who, new) = api.accept::<_, NewRoom>(req)?;
     let r = rooms::create_room(&mut *api.conn().await?, &who, &new).await?;
     ok(pb::CreateRoomResponse {
         room: Some(r.into()),
@@ -41,7 +41,7 @@ pub(super) async fn rename_room(
     api: &WorkspaceApi,
     req: Request<pb::RenameRoomRequest>,
 ) -> R<pb::RenameRoomResponse> {
-    let (who, r) = accept::<_, Rename<String>>(req)?;
+    let (who, r) = api.accept::<_, Rename<String>>(req)?;
     let room = rooms::rename_room(&mut *api.conn().await?, &who, r.id, &r.name).await?;
     ok(pb::RenameRoomResponse {
         room: Some(room.into()),
@@ -53,7 +53,7 @@ pub(super) async fn delete_room(
     req: Request<pb::DeleteRoomRequest>,
 ) -> R<pb::DeleteRoomResponse> {
     let turn = req.extensions().get::<Turn>().cloned();
-    let (who, Id(id)) = accept(req)?;
+    let (who, Id(id)) = api.accept(req)?;
     let purge_queued = api
         .detached(turn, async move |mut conn| {
             rooms::delete_room(&mut conn, &who, id).await

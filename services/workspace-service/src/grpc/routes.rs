@@ -79,6 +79,7 @@ pub struct Routes {
     live: Live,
     watch_opens: Arc<UserRate>,
     access: crate::domain::standing::AccessCache,
+    roles: crate::domain::roles::Roles,
 }
 
 impl Routes {
@@ -86,6 +87,7 @@ impl Routes {
     pub fn new(api: WorkspaceApi, live: Live, quotas: Quotas) -> Self {
         Self {
             access: api.access().clone(),
+            roles: api.roles().clone(),
             unary: WithUserQuotas::new(
                 WorkspaceServiceServer::new(api).max_decoding_message_size(MAX_REQUEST),
                 quotas.calls,
@@ -124,7 +126,7 @@ impl Service<http::Request<tonic::body::Body>> for Routes {
         {
             return Box::pin(std::future::ready(Ok(status.into_http())));
         }
-        let live = self.live.clone();
-        Box::pin(async move { Ok(watch::serve(live, kind, req).await) })
+        let (live, roles) = (self.live.clone(), self.roles.clone());
+        Box::pin(async move { Ok(watch::serve(live, kind, req, roles).await) })
     }
 }

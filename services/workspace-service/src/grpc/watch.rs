@@ -4,6 +4,7 @@
 //! message) is read and checked here; the response body is the stream's outbox.
 
 use crate::domain::access::Caller;
+use crate::domain::roles::Roles;
 use crate::live::watch::{Live, Scope};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Limited};
@@ -22,13 +23,15 @@ pub enum Kind {
     Workspace,
 }
 
-/// Answers a watch request: the stream, or the status that refused it.
+/// Answers a watch request from a caller whose role may do what `roles` says: the stream, or
+/// the status that refused it.
 pub async fn serve(
     live: Live,
     kind: Kind,
     req: http::Request<tonic::body::Body>,
+    roles: Roles,
 ) -> http::Response<tonic::body::Body> {
-    match open(&live, kind, req).await {
+    match open(&live, kind, req, &roles).await {
         Ok(body) => {
             let mut response = http::Response::new(tonic::body::Body::new(body));
             response.headers_mut().insert(
@@ -45,13 +48,14 @@ async fn open(
     live: &Live,
     kind: Kind,
     req: http::Request<tonic::body::Body>,
+    roles: &Roles,
 ) -> Result<crate::live::outbox::Body, Status> {
     let (parts, body) = req.into_parts();
     let principal = parts.extensions.get::<Principal>();
     // The open is decided on the database, not the access cache: a stream outlives the call
     // (until its next access check), so a removal this replica has not heard yet must not
     // open one. Its re-checks use the cache.
-    let caller = Caller::from_principal(principal)?;
+    let caller = Caller::from_principal(principal, roles)?;
     let access = parts
         .extensions
         .get::<crate::domain::standing::AccessCache>();

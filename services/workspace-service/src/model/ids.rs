@@ -76,6 +76,21 @@ impl Role {
         let r = input_validation::required_text("role", raw, MAX_ROLE)?;
         Ok(Self(token_auth::normalize_role(&r)))
     }
+
+    /// Checks a role key given in a setting: normalised as [`Role::parse`], then `org:` and
+    /// what Clerk allows in a key (lowercase letters, digits, underscores). Stricter than a
+    /// webhook's role: a key that cannot be Clerk's is a typo that would match no token.
+    pub fn key(raw: &str) -> Result<Self, Invalid> {
+        let role = Self::parse(raw)?;
+        let key = role.0.strip_prefix("org:").unwrap_or_default();
+        let allowed = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_';
+        if key.is_empty() || !key.chars().all(allowed) {
+            return Err(Invalid(format!(
+                "{raw:?} is not a Clerk role key (org: and lowercase letters, digits or underscores)"
+            )));
+        }
+        Ok(role)
+    }
 }
 
 /// What a transaction-scoped advisory lock serialises. A transaction that needs both takes
@@ -124,5 +139,29 @@ mod tests {
         assert_eq!(Role::parse("basic_member").unwrap().as_str(), "org:member");
         assert!(Role::parse(&"r".repeat(MAX_ROLE + 1)).is_err());
         assert!(Role::parse("  ").is_err());
+    }
+
+    #[test]
+    fn role_keys_are_normalised_and_must_be_clerks() {
+        assert_eq!(Role::key("admin").unwrap().as_str(), "org:admin");
+        assert_eq!(Role::key(" org:owner ").unwrap().as_str(), "org:owner");
+        assert_eq!(Role::key("member").unwrap().as_str(), "org:member");
+        assert_eq!(
+            Role::key("org:team_lead2").unwrap().as_str(),
+            "org:team_lead2"
+        );
+        for bad in [
+            "",
+            "org:",
+            "org:Owner",
+            "org:a-b",
+            "org:a b",
+            "org:a:b",
+            "org:*",
+            "ørg",
+        ] {
+            assert!(Role::key(bad).is_err(), "{bad:?} accepted");
+        }
+        assert!(Role::key(&format!("org:{}", "r".repeat(MAX_ROLE))).is_err());
     }
 }
