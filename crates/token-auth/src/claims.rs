@@ -118,7 +118,13 @@ pub(crate) struct ClerkClaims {
     /// v2 session status: `pending` while the user has sign-in tasks left (for example
     /// choosing an organization when one is required).
     #[serde(default)]
-    pub sts: Option<String>,
+    pub sts: Option<serde_json::Value>,
+    /// Session id and claims version: only a session token (with `sid`, or `v: 2`) carries a
+    /// session status; a JWT template may use `sts` for a value of its own.
+    #[serde(default)]
+    pub sid: Option<serde_json::Value>,
+    #[serde(default)]
+    pub v: Option<serde_json::Value>,
     /// Impersonation: who acts as the user (`act: {iss, sid, sub}`). Read leniently: a JWT
     /// template may use the name for a value of its own.
     #[serde(default)]
@@ -147,14 +153,15 @@ impl ClerkClaims {
     /// rather than given a default: Clerk's session tokens always carry the role with the
     /// organization (`org_role`, or `o.rol`), so a token without one comes from a JWT template
     /// that left it out, and any default could grant more than the user's real role.
-    /// A session whose status (`sts`, session tokens only) is not `active` is refused: a
-    /// `pending` one unless `accept_pending` (Clerk's own SDKs treat it as signed out by
-    /// default), any other always.
+    /// A session token whose status (`sts`) is not `active` is refused: a `pending` one unless
+    /// `accept_pending` (Clerk's own SDKs treat it as signed out by default), any other always.
+    /// A JWT-template token (no `sid`, no `v: 2`) carries no session status: its `sts` is not read.
     pub(crate) fn into_principal(self, accept_pending: bool) -> Result<UserPrincipal, AuthError> {
-        match self.sts.as_deref() {
-            None | Some("active") => {}
-            Some("pending") if accept_pending => {}
-            Some("pending") => return Err(AuthError::PendingSession),
+        let session = self.sid.is_some() || self.v.as_ref().and_then(|v| v.as_i64()) == Some(2);
+        match self.sts.as_ref().filter(|_| session).map(|s| s.as_str()) {
+            None | Some(Some("active")) => {}
+            Some(Some("pending")) if accept_pending => {}
+            Some(Some("pending")) => return Err(AuthError::PendingSession),
             Some(_) => return Err(AuthError::InactiveSession),
         }
         let org = match (present(self.org_id), self.o) {

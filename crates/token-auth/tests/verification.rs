@@ -204,6 +204,9 @@ async fn a_pending_session_is_refused_unless_accepted() {
     // A status Clerk signs no token for is refused, never taken as active.
     let ended = f.user_token_with(json!({"v": 2, "sid": "sess_e", "sts": "ended"}));
     assert_eq!(f.auth.verify(&ended), Err(AuthError::InactiveSession));
+    // A JWT template's own `sts` (no `sid`, no `v: 2`) is not a session status.
+    let template = f.user_token_with(json!({"sts": "pending"}));
+    assert!(f.auth.verify(&template).is_ok());
     assert!(f.auth.verify(&f.user_token_with(json!({}))).is_ok());
 
     let accepting = clerk_only(ClerkSettings {

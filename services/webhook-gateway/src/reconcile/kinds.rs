@@ -436,22 +436,26 @@ pub(super) async fn sweep_memberships<C: ClerkBackend>(
         })
     };
     let key = |m: &wsp::HeldMembership| format!("{}/{}", m.clerk_org_id, m.clerk_user_id);
-    // When the candidate now being confirmed was asked of Clerk (the sweep confirms and
-    // deletes one candidate at a time).
-    let asked_at = std::sync::Mutex::new(ctx.started_at);
+    // When Clerk's answer about the candidate now being confirmed came back (the sweep
+    // confirms, then deletes, one candidate at a time: `delete` follows its own `gone`).
+    let answered_at = std::sync::Mutex::new(ctx.started_at);
     let gone = async |m: &wsp::HeldMembership| {
-        *asked_at.lock().unwrap_or_else(|e| e.into_inner()) = super::ctx::now();
-        Ok(!members::in_clerk(ctx, &m.clerk_org_id, &m.clerk_user_id, None).await?)
+        let absent = !members::in_clerk(ctx, &m.clerk_org_id, &m.clerk_user_id, None).await?;
+        *answered_at.lock().unwrap_or_else(|e| e.into_inner()) = super::ctx::now();
+        Ok(absent)
     };
-    // Dated when Clerk was asked: Clerk no longer had the membership then, so every change it
-    // made before is older than this deletion and cannot bring the row back (a row without a
-    // membership id is ordered by that time alone; for the others the deleted id is final),
-    // while a membership made after is newer. No event time: when Clerk removed it is not
-    // known, so access ends when the deletion is recorded.
+    // Dated when Clerk's answer came back: Clerk no longer had the membership then, so every
+    // change it made before (while the run waited for its rate limit or retried too) is older
+    // than this deletion and cannot bring the row back (a row without a membership id is
+    // ordered by that time alone; for the others the deleted id is final). A membership Clerk
+    // makes in the milliseconds between its answer and this time loses to the deletion and is
+    // reported by the next run ("deleted here, live in Clerk"): access lost, never kept. No
+    // event time: when Clerk removed it is not known, so access ends when the deletion is
+    // recorded.
     let delete = |m: &wsp::HeldMembership, key: &str| {
         Command::DeleteMembership(wsp::DeleteMembershipCommand {
             event_id: ctx.event_id("membership.deleted", &key.replace('/', ".")),
-            occurred_at: Some(*asked_at.lock().unwrap_or_else(|e| e.into_inner())),
+            occurred_at: Some(*answered_at.lock().unwrap_or_else(|e| e.into_inner())),
             clerk_org_id: m.clerk_org_id.clone(),
             clerk_user_id: m.clerk_user_id.clone(),
             clerk_membership_id: m.clerk_membership_id.clone(),

@@ -10,8 +10,8 @@
 //! there, a race (stale); still there, a deletion Clerk never made, which writes nothing and
 //! fails the run ([`deleted_here`]). Only when every listing was read to its end: ask the service
 //! for what it holds that the run did not see (created before the run started), confirm each
-//! with Clerk (its own GET answering 404 `resource_not_found`), and delete it, as of the run's
-//! start: no change Clerk made before the run, delivered later, brings it back. Memory holds a
+//! with Clerk (its own GET answering 404 `resource_not_found`), and delete it, as of Clerk's
+//! answer: no change Clerk made before it, delivered later, brings it back. Memory holds a
 //! page or two, whatever the number of resources.
 //!
 //! Two guards stand before any deletion: the key must belong to the Clerk instance whose

@@ -226,6 +226,7 @@ mod tests {
             org,
             issued_at: 0,
             expires_at: 0,
+            actor: None,
         });
         Caller::from_principal(Some(&principal), roles).unwrap()
     }
