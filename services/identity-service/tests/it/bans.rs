@@ -3,10 +3,10 @@
 //! StoreUser, also when the user's row is cached, here or on another replica; a token issued
 //! after it passes. The latest revocation is kept, whatever order the states arrive in.
 
-use crate::support::{self, Env, bearer, start, ts};
+use crate::support::{self, Env, start, ts};
+use crate::user_calls::{all, as_user, calls};
 use std::time::Duration;
-use tonic::transport::Channel;
-use tonic::{Code, Request};
+use tonic::Code;
 use vbase_proto::identity::v1 as pb;
 use vbase_proto::identity::v1::CommandOutcome;
 use vbase_proto::identity::v1::identity_service_client::IdentityServiceClient;
@@ -47,96 +47,6 @@ async fn apply(env: &Env, cmd: pb::UpsertUserCommand) -> CommandOutcome {
         .outcome()
 }
 
-/// A request with `user`'s token issued at `iat`.
-fn as_user<T>(env: &Env, user: &str, iat: i64, msg: T) -> Request<T> {
-    let mut claims = env
-        .issuers
-        .clerk
-        .claims(user, "Token Name", "token@example.org", None);
-    claims["iat"] = iat.into();
-    claims["nbf"] = iat.into();
-    bearer(msg, &env.issuers.clerk.sign(&claims))
-}
-
-/// What each user call answers to `user`'s token issued at `iat`: Ok, or the status code, with
-/// the refusal checked to say why.
-async fn calls(
-    env: &Env,
-    c: &mut IdentityServiceClient<Channel>,
-    user: &str,
-    iat: i64,
-) -> Vec<(&'static str, Result<(), Code>)> {
-    let code = |r: Result<(), tonic::Status>| {
-        r.map_err(|s| {
-            if s.code() == Code::PermissionDenied {
-                assert!(s.message().contains(BANNED), "{s:?}");
-            }
-            s.code()
-        })
-    };
-    let get = |id: &str| pb::GetUserRequest {
-        clerk_id: id.into(),
-    };
-    let batch = pb::BatchGetUsersRequest {
-        clerk_ids: vec![user.into(), "user_other".into()],
-    };
-    vec![
-        (
-            "GetCurrentUser",
-            code(
-                c.get_current_user(as_user(env, user, iat, pb::GetCurrentUserRequest {}))
-                    .await
-                    .map(drop),
-            ),
-        ),
-        (
-            "GetUser self",
-            code(
-                c.get_user(as_user(env, user, iat, get(user)))
-                    .await
-                    .map(drop),
-            ),
-        ),
-        (
-            "GetUser other",
-            code(
-                c.get_user(as_user(env, user, iat, get("user_other")))
-                    .await
-                    .map(drop),
-            ),
-        ),
-        (
-            "BatchGetUsers",
-            code(
-                c.batch_get_users(as_user(env, user, iat, batch))
-                    .await
-                    .map(drop),
-            ),
-        ),
-        (
-            "StoreUser",
-            code(
-                c.store_user(as_user(env, user, iat, pb::StoreUserRequest {}))
-                    .await
-                    .map(drop),
-            ),
-        ),
-    ]
-}
-
-fn all(r: Result<(), Code>) -> Vec<(&'static str, Result<(), Code>)> {
-    [
-        "GetCurrentUser",
-        "GetUser self",
-        "GetUser other",
-        "BatchGetUsers",
-        "StoreUser",
-    ]
-    .into_iter()
-    .map(|m| (m, r))
-    .collect()
-}
-
 /// The stored name, as an internal caller reads it.
 async fn name(env: &Env, user: &str) -> String {
     let mut c = env.client().await;
@@ -165,7 +75,10 @@ async fn a_ban_refuses_tokens_issued_before_it_and_passes_later_ones() {
     apply(&env, state("e_other", 1, "user_other", "Other", None)).await;
     // Read first, so the caller's row is cached (with a token a second older, so that the
     // old token's StoreUser would write).
-    assert_eq!(calls(&env, &mut c, "user_b", old - 1).await, all(Ok(())));
+    assert_eq!(
+        calls(&env, &mut c, "user_b", old - 1, BANNED).await,
+        all(Ok(()))
+    );
     apply(&env, state("e1b", 2, "user_b", "Banned", None)).await;
 
     // Banned 1 s before the old token's `iat`: within the margin, so it is refused; the rename
@@ -173,13 +86,19 @@ async fn a_ban_refuses_tokens_issued_before_it_and_passes_later_ones() {
     let ban = state("ban", 3, "user_b", "Banned", Some(old - 1));
     assert_eq!(apply(&env, ban.clone()).await, CommandOutcome::Applied);
     assert_eq!(
-        calls(&env, &mut c, "user_b", old).await,
+        calls(&env, &mut c, "user_b", old, BANNED).await,
         all(Err(Code::PermissionDenied))
     );
     assert_eq!(name(&env, "user_b").await, "Banned");
     // A token issued after the revocation (after an unban) passes; so does everyone else.
-    assert_eq!(calls(&env, &mut c, "user_b", fresh).await, all(Ok(())));
-    assert_eq!(calls(&env, &mut c, "user_other", old).await, all(Ok(())));
+    assert_eq!(
+        calls(&env, &mut c, "user_b", fresh, BANNED).await,
+        all(Ok(()))
+    );
+    assert_eq!(
+        calls(&env, &mut c, "user_other", old, BANNED).await,
+        all(Ok(()))
+    );
 
     // The delivery again, even with a later time, changes nothing.
     let again = pb::UpsertUserCommand {
@@ -187,7 +106,10 @@ async fn a_ban_refuses_tokens_issued_before_it_and_passes_later_ones() {
         ..ban
     };
     assert_eq!(apply(&env, again).await, CommandOutcome::Duplicate);
-    assert_eq!(calls(&env, &mut c, "user_b", fresh).await, all(Ok(())));
+    assert_eq!(
+        calls(&env, &mut c, "user_b", fresh, BANNED).await,
+        all(Ok(()))
+    );
 }
 
 #[tokio::test]
@@ -206,7 +128,7 @@ async fn the_latest_revocation_is_kept_whatever_order_the_states_arrive_in() {
     assert_eq!(apply(&env, ban).await, CommandOutcome::Applied);
     assert_eq!(name(&env, "user_b").await, "Newer");
     assert_eq!(
-        calls(&env, &mut c, "user_b", old).await,
+        calls(&env, &mut c, "user_b", old, BANNED).await,
         all(Err(Code::PermissionDenied))
     );
     // A newer state without a ban (an unban), or with an earlier time (which would let the old
@@ -217,13 +139,16 @@ async fn the_latest_revocation_is_kept_whatever_order_the_states_arrive_in() {
     assert_eq!(apply(&env, earlier).await, CommandOutcome::Applied);
     assert_eq!(name(&env, "user_b").await, "Later");
     assert_eq!(
-        calls(&env, &mut c, "user_b", old).await,
+        calls(&env, &mut c, "user_b", old, BANNED).await,
         all(Err(Code::PermissionDenied))
     );
     // Nothing new, state or revocation: stale.
     let stale = state("stale", 10, "user_b", "Stale", Some(now0 - 100));
     assert_eq!(apply(&env, stale).await, CommandOutcome::Stale);
-    assert_eq!(calls(&env, &mut c, "user_b", now0).await, all(Ok(())));
+    assert_eq!(
+        calls(&env, &mut c, "user_b", now0, BANNED).await,
+        all(Ok(()))
+    );
 
     // In one batch, the revocation of an older state than the newest is kept too.
     let batch = pb::UpsertUsersCommand {
@@ -240,7 +165,7 @@ async fn the_latest_revocation_is_kept_whatever_order_the_states_arrive_in() {
     assert!(r.results.iter().all(|r| r.code == 0), "{r:?}");
     assert_eq!(name(&env, "user_c").await, "C new");
     assert_eq!(
-        calls(&env, &mut c, "user_c", old).await,
+        calls(&env, &mut c, "user_c", old, BANNED).await,
         all(Err(Code::PermissionDenied))
     );
 }

@@ -4,7 +4,8 @@
 //! after the delete was applied on the first. Nobody is shown the tombstone as a user. A user
 //! never synced (no row: a sign-up whose webhook has not arrived) keeps reading.
 
-use crate::support::{self, Env, bearer, ts};
+use crate::support::{self, Env, ts};
+use crate::user_calls::{all, as_user, calls};
 use service_harness::RunningServer;
 use std::time::Duration;
 use tokio::time::{Instant, sleep_until};
@@ -65,73 +66,6 @@ async fn delete(env: &Env, c: &mut IdentityServiceClient<Channel>, user: &str, a
     assert_eq!(r.outcome(), CommandOutcome::Applied);
 }
 
-/// A request with `user`'s token issued at `iat`.
-fn as_user<T>(env: &Env, user: &str, iat: i64, msg: T) -> Request<T> {
-    let mut claims = env
-        .issuers
-        .clerk
-        .claims(user, "Token Name", "token@example.org", None);
-    claims["iat"] = iat.into();
-    claims["nbf"] = iat.into();
-    bearer(msg, &env.issuers.clerk.sign(&claims))
-}
-
-type Answers = Vec<(&'static str, Result<(), Code>)>;
-
-/// What each call answers to `user`'s token issued at `iat` (another user asked for is
-/// `user_other`): Ok, or the status code, a PERMISSION_DENIED checked to say the user was
-/// deleted.
-async fn calls(env: &Env, c: &mut IdentityServiceClient<Channel>, user: &str, iat: i64) -> Answers {
-    let code = |r: Result<(), tonic::Status>| {
-        r.map_err(|s| {
-            if s.code() == Code::PermissionDenied {
-                assert!(s.message().contains(DELETED), "{s:?}");
-            }
-            s.code()
-        })
-    };
-    let get = |id: &str| pb::GetUserRequest {
-        clerk_id: id.into(),
-    };
-    let batch = pb::BatchGetUsersRequest {
-        clerk_ids: vec![user.into(), "user_other".into()],
-    };
-    let current = c.get_current_user(as_user(env, user, iat, pb::GetCurrentUserRequest {}));
-    let current = code(current.await.map(drop));
-    let own = code(
-        c.get_user(as_user(env, user, iat, get(user)))
-            .await
-            .map(drop),
-    );
-    let other = c.get_user(as_user(env, user, iat, get("user_other")));
-    let other = code(other.await.map(drop));
-    let batch = code(
-        c.batch_get_users(as_user(env, user, iat, batch))
-            .await
-            .map(drop),
-    );
-    let store = c.store_user(as_user(env, user, iat, pb::StoreUserRequest {}));
-    let store = code(store.await.map(drop));
-    vec![
-        ("GetCurrentUser", current),
-        ("GetUser self", own),
-        ("GetUser other", other),
-        ("BatchGetUsers", batch),
-        ("StoreUser", store),
-    ]
-}
-
-fn all(r: Result<(), Code>) -> Answers {
-    let methods = [
-        "GetCurrentUser",
-        "GetUser self",
-        "GetUser other",
-        "BatchGetUsers",
-        "StoreUser",
-    ];
-    methods.into_iter().map(|m| (m, r)).collect()
-}
-
 /// What a read of `user` by `req`'s caller finds: GetUser's code, and BatchGetUsers' found and
 /// missing ids (asked with `user_other`).
 async fn read_of<F: Fn() -> Request<()>>(
@@ -172,19 +106,22 @@ async fn a_deleted_users_tokens_are_refused_and_nobody_is_shown_the_tombstone() 
         create(&env, "user_other").await;
         // Read first, so the caller's row is cached when the cache is on.
         for _ in 0..2 {
-            assert_eq!(calls(&env, &mut c, "user_d", t - 60).await, all(Ok(())));
+            assert_eq!(
+                calls(&env, &mut c, "user_d", t - 60, DELETED).await,
+                all(Ok(()))
+            );
         }
 
         delete(&env, &mut c, "user_d", t - 30).await;
         let refused = all(Err(Code::PermissionDenied));
         // Issued before the deletion, and after it (Clerk issues none: fail closed).
         assert_eq!(
-            calls(&env, &mut c, "user_d", t - 60).await,
+            calls(&env, &mut c, "user_d", t - 60, DELETED).await,
             refused,
             "cache {cache}"
         );
         assert_eq!(
-            calls(&env, &mut c, "user_d", t).await,
+            calls(&env, &mut c, "user_d", t, DELETED).await,
             refused,
             "cache {cache}"
         );
@@ -229,11 +166,14 @@ async fn a_deleted_users_tokens_are_refused_and_nobody_is_shown_the_tombstone() 
             gone,
             "cache {cache}"
         );
-        assert_eq!(calls(&env, &mut c, "user_other", t).await, all(Ok(())));
+        assert_eq!(
+            calls(&env, &mut c, "user_other", t, DELETED).await,
+            all(Ok(()))
+        );
 
         // A delete that arrives before any create leaves a tombstone alone: refused as well.
         delete(&env, &mut c, "user_never_created", t - 30).await;
-        let answers = calls(&env, &mut c, "user_never_created", t).await;
+        let answers = calls(&env, &mut c, "user_never_created", t, DELETED).await;
         assert_eq!(answers, refused, "cache {cache}");
     }
 }
@@ -248,7 +188,10 @@ async fn a_delete_on_one_replica_refuses_the_token_on_another() {
         create(&env, "user_d").await;
         create(&env, "user_other").await;
         for _ in 0..3 {
-            assert_eq!(calls(&env, &mut b, "user_d", t - 60).await, all(Ok(())));
+            assert_eq!(
+                calls(&env, &mut b, "user_d", t - 60, DELETED).await,
+                all(Ok(()))
+            );
             tokio::time::sleep(Duration::from_millis(30)).await;
         }
 
@@ -257,7 +200,7 @@ async fn a_delete_on_one_replica_refuses_the_token_on_another() {
         sleep_until(answered + BOUND).await;
         let refused = all(Err(Code::PermissionDenied));
         assert_eq!(
-            calls(&env, &mut b, "user_d", t - 60).await,
+            calls(&env, &mut b, "user_d", t - 60, DELETED).await,
             refused,
             "cache {cache}"
         );

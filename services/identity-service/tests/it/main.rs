@@ -15,3 +15,4 @@ mod reconcile;
 mod replica_reads;
 mod support;
 mod user_cache;
+mod user_calls;
