@@ -177,6 +177,23 @@ impl UserLookups {
     /// of). A read with `after` never comes from the cache: the write may have committed
     /// through another replica whose notification this one has not heard yet.
     pub async fn get(&self, clerk_id: &str, after: Option<Lsn>) -> Result<Held, Error> {
+        self.held(clerk_id, after, false).await
+    }
+
+    /// What is held for the caller `clerk_id`, to decide whether its token is admitted: as
+    /// [`UserLookups::get`], but with a read replica configured, what the cache cannot answer is
+    /// read on the primary, never on the replica, whose row may predate a deletion or a ban
+    /// (kept in the cache as a primary's read is).
+    pub async fn caller(&self, clerk_id: &str, after: Option<Lsn>) -> Result<Held, Error> {
+        self.held(clerk_id, after, true).await
+    }
+
+    async fn held(
+        &self,
+        clerk_id: &str,
+        after: Option<Lsn>,
+        on_primary: bool,
+    ) -> Result<Held, Error> {
         let key = clerk_id.to_owned();
         if after.is_none()
             && let Some(hit) = self.cache.get(&key)
@@ -185,7 +202,11 @@ impl UserLookups {
         }
         let ticket = self.cache.ticket();
         // Without a replica every read is the primary's: a position changes nothing.
-        let (found, on_replica) = match after.filter(|_| self.reads.has_replica()) {
+        let replica = self.reads.has_replica();
+        let (found, on_replica) = match after.filter(|_| replica) {
+            _ if on_primary && replica => users::get_row(self.reads.primary(), clerk_id)
+                .await
+                .map(|u| (Held::of(u), false)),
             Some(after) => {
                 let _slot = self
                     .positioned
@@ -206,26 +227,6 @@ impl UserLookups {
         if !on_replica {
             self.cache.insert(ticket, key, found.clone());
         }
-        Ok(found)
-    }
-
-    /// What is held for the caller `clerk_id`, to decide whether its token is admitted: as
-    /// [`UserLookups::get`], but with a read replica configured, what the cache cannot answer is
-    /// read on the primary, never on the replica, whose row may predate a deletion or a ban
-    /// (kept in the cache as a primary's read is).
-    pub async fn caller(&self, clerk_id: &str, after: Option<Lsn>) -> Result<Held, Error> {
-        if !self.reads.has_replica() {
-            return self.get(clerk_id, after).await;
-        }
-        let key = clerk_id.to_owned();
-        if after.is_none()
-            && let Some(hit) = self.cache.get(&key)
-        {
-            return Ok(hit);
-        }
-        let ticket = self.cache.ticket();
-        let found = Held::of(users::get_row(self.reads.primary(), clerk_id).await?);
-        self.cache.insert(ticket, key, found.clone());
         Ok(found)
     }
 
