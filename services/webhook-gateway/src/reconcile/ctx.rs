@@ -245,8 +245,9 @@ impl<'a, C: ClerkBackend> Ctx<'a, C> {
     /// many there are: more than the kind's budget (RECONCILE_MAX_DELETES, else 1 % of what
     /// was held when the run started), and nothing of this kind is deleted (unless
     /// `--allow-mass-delete`); the refusal is returned. Else each is confirmed with Clerk
-    /// (`gone`) and those Clerk no longer has are deleted (`delete`); the others are counted
-    /// kept. With [`Sweep::CountOnly`] only the count is taken.
+    /// (`gone`) and those Clerk no longer has are deleted (`delete`, given the time Clerk's
+    /// confirming answer came back); the others are counted kept. With [`Sweep::CountOnly`]
+    /// only the count is taken.
     pub(super) async fn sweep<K>(
         &self,
         s: &mut KindSummary,
@@ -254,7 +255,7 @@ impl<'a, C: ClerkBackend> Ctx<'a, C> {
         list: impl AsyncFn(String) -> Result<Candidates<K>, RunError>,
         key: impl Fn(&K) -> String,
         gone: impl AsyncFn(&K) -> Result<bool, RunError>,
-        delete: impl Fn(&K, &str) -> Command,
+        delete: impl Fn(&K, &str, prost_types::Timestamp) -> Command,
     ) -> Result<Option<String>, RunError> {
         let first = list(String::new()).await?;
         s.missing = first.total.max(0) as u64;
@@ -283,8 +284,10 @@ impl<'a, C: ClerkBackend> Ctx<'a, C> {
             let mut writes = Vec::new();
             for k in &page {
                 if gone(k).await? {
+                    // When Clerk's answer confirmed it: what the deletion is dated as of.
+                    let answered = now();
                     let id = key(k);
-                    let cmd = delete(k, &id);
+                    let cmd = delete(k, &id, answered);
                     writes.push((Change::Deleted, id, cmd));
                 } else {
                     s.kept += 1;

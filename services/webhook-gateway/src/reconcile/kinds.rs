@@ -230,7 +230,7 @@ pub(super) async fn sweep_users<C: ClerkBackend>(
     // The tombstone is final (Clerk never reuses a user id): no change of the user, however
     // dated, brings it back, so no time orders this deletion. No time: when Clerk deleted it
     // is not known, so access ends when the deletion is recorded.
-    let delete = |id: &String, _: &str| {
+    let delete = |id: &String, _: &str, _| {
         let event_id = ctx.event_id("user.deleted", id);
         let mut origin = ctx.origin(&event_id);
         origin.event_time = None;
@@ -323,7 +323,7 @@ pub(super) async fn sweep_organizations<C: ClerkBackend>(
     };
     let gone = async |id: &String| ctx.gone(&format!("/organizations/{id}")).await;
     // As for users: the tombstone is final, and the time of recording is kept.
-    let delete = |id: &String, _: &str| {
+    let delete = |id: &String, _: &str, _| {
         Command::DeleteWorkspace(wsp::DeleteWorkspaceCommand {
             event_id: ctx.event_id("organization.deleted", id),
             occurred_at: None,
@@ -436,26 +436,21 @@ pub(super) async fn sweep_memberships<C: ClerkBackend>(
         })
     };
     let key = |m: &wsp::HeldMembership| format!("{}/{}", m.clerk_org_id, m.clerk_user_id);
-    // When Clerk's answer about the candidate now being confirmed came back (the sweep
-    // confirms, then deletes, one candidate at a time: `delete` follows its own `gone`).
-    let answered_at = std::sync::Mutex::new(ctx.started_at);
     let gone = async |m: &wsp::HeldMembership| {
-        let absent = !members::in_clerk(ctx, &m.clerk_org_id, &m.clerk_user_id, None).await?;
-        *answered_at.lock().unwrap_or_else(|e| e.into_inner()) = super::ctx::now();
-        Ok(absent)
+        Ok(!members::in_clerk(ctx, &m.clerk_org_id, &m.clerk_user_id, None).await?)
     };
-    // Dated when Clerk's answer came back: Clerk no longer had the membership then, so every
-    // change it made before (while the run waited for its rate limit or retried too) is older
-    // than this deletion and cannot bring the row back (a row without a membership id is
-    // ordered by that time alone; for the others the deleted id is final). A membership Clerk
-    // makes in the milliseconds between its answer and this time loses to the deletion and is
-    // reported by the next run ("deleted here, live in Clerk"): access lost, never kept. No
-    // event time: when Clerk removed it is not known, so access ends when the deletion is
-    // recorded.
-    let delete = |m: &wsp::HeldMembership, key: &str| {
+    // Dated when Clerk's answer confirming it came back (`answered`): Clerk no longer had the
+    // membership then, so every change it made before (while the run waited for its rate limit
+    // or retried too) is older than this deletion and cannot bring the row back (a row without
+    // a membership id is ordered by that time alone; for the others the deleted id is final).
+    // A membership Clerk makes in the milliseconds between its answer and this time loses to
+    // the deletion and is reported by the next run ("deleted here, live in Clerk"): access
+    // lost, never kept. No event time: when Clerk removed it is not known, so access ends when
+    // the deletion is recorded.
+    let delete = |m: &wsp::HeldMembership, key: &str, answered| {
         Command::DeleteMembership(wsp::DeleteMembershipCommand {
             event_id: ctx.event_id("membership.deleted", &key.replace('/', ".")),
-            occurred_at: Some(*answered_at.lock().unwrap_or_else(|e| e.into_inner())),
+            occurred_at: Some(answered),
             clerk_org_id: m.clerk_org_id.clone(),
             clerk_user_id: m.clerk_user_id.clone(),
             clerk_membership_id: m.clerk_membership_id.clone(),
