@@ -5,7 +5,7 @@
 use super::items::{Change, Write, usable};
 use super::listing::{Listing, Stretch, pages};
 use super::retry::Retrier;
-use super::summary::KindSummary;
+use super::summary::{KindSummary, MISSING_SAMPLE};
 use super::{Plan, RunError};
 use crate::clerk::{Command, Origin};
 use crate::clerk_api::{ClerkBackend, Unparsed};
@@ -259,6 +259,7 @@ impl<'a, C: ClerkBackend> Ctx<'a, C> {
     ) -> Result<Option<String>, RunError> {
         let first = list(String::new()).await?;
         s.missing = first.total.max(0) as u64;
+        s.missing_sample = first.page.iter().take(MISSING_SAMPLE).map(&key).collect();
         s.budget = self.plan.max_deletes.unwrap_or_else(|| {
             // What was held when the run started: not what this run created.
             let created = if self.plan.dry_run { 0 } else { s.created };
@@ -273,10 +274,15 @@ impl<'a, C: ClerkBackend> Ctx<'a, C> {
             return Ok(Some(format!(
                 "{}: {} held here are missing from Clerk's listing, more than the deletion \
                  budget of {} (RECONCILE_MAX_DELETES, else the larger of {MIN_BUDGET} and 1 % \
-                 of those held at the start): none was deleted; check Clerk, then, if they are \
-                 really gone, run once with --reconcile-max-deletes {} (these and no more: a \
-                 run that finds more missing stops again) or --allow-mass-delete (no limit)",
-                s.kind, s.missing, s.budget, s.missing
+                 of those held at the start): none was deleted; check Clerk (the first: {}), \
+                 then, if they are really gone, run once with --reconcile-max-deletes {} (these \
+                 and no more: a run that finds more missing stops again) or --allow-mass-delete \
+                 (no limit)",
+                s.kind,
+                s.missing,
+                s.budget,
+                s.missing_sample.join(" "),
+                s.missing
             )));
         }
         let mut page = first.page;

@@ -4,6 +4,9 @@ use super::config::Kind;
 use serde::Serialize;
 use std::fmt::Write as _;
 
+/// How many of the missing ids a summary names.
+pub const MISSING_SAMPLE: usize = 10;
+
 /// Counts of one kind. In a dry run, `created`, `updated` and `deleted` count what the run
 /// would have done.
 #[derive(Debug, Clone, Default, Serialize, PartialEq)]
@@ -33,6 +36,9 @@ pub struct KindSummary {
     /// Held here (live, created before the run) and missing from Clerk's complete listing: what
     /// the run would delete once Clerk confirms each. Counted even when deletion is refused.
     pub missing: u64,
+    /// The ids of the first [`MISSING_SAMPLE`] of those, by id: what to look up in Clerk's
+    /// dashboard before lifting a budget.
+    pub missing_sample: Vec<String>,
     /// The most this run may delete of this kind (RECONCILE_MAX_DELETES, or the larger of 25
     /// and 1 % of those held when the run started).
     pub budget: u64,
@@ -167,6 +173,16 @@ impl Summary {
                 k.kept,
                 k.requests,
                 k.service_retries
+            );
+        }
+        for k in self.kinds.iter().filter(|k| !k.missing_sample.is_empty()) {
+            let _ = writeln!(
+                out,
+                "{} missing from Clerk ({} of {}): {}",
+                k.kind,
+                k.missing_sample.len(),
+                k.missing,
+                k.missing_sample.join(" ")
             );
         }
         if let Some(i) = &self.instance {

@@ -356,6 +356,21 @@ async fn a_budget_exceeded_deletes_nothing_of_that_kind_and_allow_mass_delete_go
             r.summary
         );
     }
+    // The first ten missing ids are named, to look up in Clerk before lifting the budget.
+    let sample: Vec<String> = (50..60).map(user_id).collect();
+    for r in [&dry, &ran] {
+        assert_eq!(
+            r.kind("users")["missing_sample"],
+            json!(sample),
+            "{}",
+            r.summary
+        );
+    }
+    assert!(
+        ran.last_line.contains(&sample.join(" ")),
+        "{}",
+        ran.last_line
+    );
     assert_eq!(dry.code, Some(1));
     assert_eq!(held(&s).await.0, 100, "no user deleted");
     assert_eq!(
