@@ -13,6 +13,7 @@ pub mod db;
 pub mod error;
 pub mod grpc;
 pub mod key_metrics;
+pub mod lent;
 pub mod lifecycle;
 pub mod limits;
 pub mod logging;

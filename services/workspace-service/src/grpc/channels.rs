@@ -23,12 +23,12 @@ pub(super) async fn list_channels(
     api: &WorkspaceApi,
     req: Request<pb::ListChannelsRequest>,
 ) -> R<pb::ListChannelsResponse> {
-    let (who, mut q, seen) = api.accept_read::<_, ListChannels>(req)?;
+    let (who, mut q, reading) = api.accept_read::<_, ListChannels>(req)?;
     q.page = q.page.within(api.response_bytes);
     let Page {
         items,
         next_page_token,
-    } = read_on!(api, hot, who, seen.as_ref(), |conn, who| {
+    } = read_on!(api, hot, who, reading, |conn, who| {
         channels::list_channels(conn, &api.channels, who, &q.org, &q.page)
     })?;
     ok(pb::ListChannelsResponse {

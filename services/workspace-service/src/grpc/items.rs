@@ -23,7 +23,7 @@ pub(super) async fn list_room_items(
     api: &WorkspaceApi,
     req: Request<pb::ListRoomItemsRequest>,
 ) -> R<pb::ListRoomItemsResponse> {
-    let (who, mut q, seen) = api.accept_read::<_, PageOf>(req)?;
+    let (who, mut q, reading) = api.accept_read::<_, PageOf>(req)?;
     q.page = q.page.within(api.response_bytes);
     let (
         kind,
@@ -31,7 +31,7 @@ pub(super) async fn list_room_items(
             items,
             next_page_token,
         },
-    ) = read_on!(api, reads, who, seen.as_ref(), |conn, who| {
+    ) = read_on!(api, reads, who, reading, |conn, who| {
         items::list_items(conn, who, q.id, &q.page)
     })?;
     ok(pb::ListRoomItemsResponse {

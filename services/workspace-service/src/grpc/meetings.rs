@@ -22,12 +22,12 @@ pub(super) async fn list_meetings(
     api: &WorkspaceApi,
     req: Request<pb::ListMeetingsRequest>,
 ) -> R<pb::ListMeetingsResponse> {
-    let (who, mut q, seen) = api.accept_read::<_, PageOf>(req)?;
+    let (who, mut q, reading) = api.accept_read::<_, PageOf>(req)?;
     q.page = q.page.within(api.response_bytes);
     let Page {
         items,
         next_page_token,
-    } = read_on!(api, reads, who, seen.as_ref(), |conn, who| {
+    } = read_on!(api, reads, who, reading, |conn, who| {
         meetings::list_meetings(conn, who, q.id, &q.page)
     })?;
     ok(pb::ListMeetingsResponse {

@@ -23,12 +23,12 @@ pub(super) async fn list_messages(
     api: &WorkspaceApi,
     req: Request<pb::ListMessagesRequest>,
 ) -> R<pb::ListMessagesResponse> {
-    let (who, mut q, seen) = api.accept_read::<_, PageOf>(req)?;
+    let (who, mut q, reading) = api.accept_read::<_, PageOf>(req)?;
     q.page = q.page.within(api.response_bytes);
     let Page {
         items,
         next_page_token,
-    } = read_on!(api, reads, who, seen.as_ref(), |conn, who| {
+    } = read_on!(api, reads, who, reading, |conn, who| {
         messages::list_messages(conn, who, q.id, &q.page)
     })?;
     ok(pb::ListMessagesResponse {
@@ -72,8 +72,8 @@ pub(super) async fn get_unread_counts(
     api: &WorkspaceApi,
     req: Request<pb::GetUnreadCountsRequest>,
 ) -> R<pb::GetUnreadCountsResponse> {
-    let (who, Org(org), seen) = api.accept_read(req)?;
-    let (counts, more_channels) = read_on!(api, reads, who, seen.as_ref(), |conn, who| {
+    let (who, Org(org), reading) = api.accept_read(req)?;
+    let (counts, more_channels) = read_on!(api, reads, who, reading, |conn, who| {
         receipts::unread_counts(conn, who, &org)
     })?;
     ok(pb::GetUnreadCountsResponse {

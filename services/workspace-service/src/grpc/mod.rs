@@ -4,9 +4,9 @@
 //! watches (served from encoded frames) and each user's quotas in front of it.
 
 /// Runs a read RPC's `$body` (a future using `$conn: &mut AsyncPgConnection` and
-/// `$who: &Caller`) for caller `$caller`, who must see `$seen`, on `$api.$pool` (`reads`, or
+/// `$who: &Caller`) for caller `$caller`, whose read must see `$reading.seen`, on `$api.$pool` (`reads`, or
 /// `hot` for statements whose best plan does not depend on their parameters): on the replica
-/// while it keeps up and has replayed `$seen`, else on the primary; a read that fails on the
+/// while it keeps up and has replayed it, else on the primary; a read that fails on the
 /// replica for a lost connection or a conflict with recovery runs again on the primary
 /// (`service_runtime::replica::read_again_on_primary`). Read on the replica, a user's access
 /// is decided by the access cache or on the primary, never on the replica's rows (which may
@@ -15,36 +15,44 @@
 /// a function taking an async closure: the handlers' futures must be `Send` for every
 /// lifetime, which such a closure cannot promise.
 macro_rules! read_on {
-    ($api:expr, $pool:ident, $caller:expr, $seen:expr, |$conn:ident, $who:ident| $body:expr) => {{
+    ($api:expr, $pool:ident, $caller:expr, $reading:expr, |$conn:ident, $who:ident| $body:expr) => {{
+        use service_runtime::lent::Lent;
         let caller: $crate::domain::access::Caller = $caller;
+        let reading: $crate::grpc::Reading = $reading;
         // Without a replica every read is the primary's: no need to ask the cache here.
         let deciding = $api.$pool.has_replica() && caller.decides_on_primary();
-        let (mut replica_or_primary, on_replica) = if deciding {
+        let (replica_or_primary, on_replica) = if deciding {
             $api.$pool.get_deciding().await
         } else {
-            $api.$pool.get_routed($seen).await
+            $api.$pool.get_routed(reading.seen.as_ref()).await
         }
         .map_err($crate::error::Error::from)?;
+        let mut lent = Lent::new(replica_or_primary, reading.turn.clone());
         let first = {
             let $who = &if on_replica {
                 caller.clone().reading_replica()
             } else {
                 caller.clone()
             };
-            let $conn: &mut diesel_async::AsyncPgConnection = &mut replica_or_primary;
+            let $conn: &mut diesel_async::AsyncPgConnection = &mut lent;
             $body.await
         };
+        lent.returned();
         match first {
             Err(e) if on_replica && service_runtime::replica::read_again_on_primary(&e) => {
-                drop(replica_or_primary);
-                let mut primary = $api
+                let primary = $api
                     .$pool
                     .primary_after_replica_error(&e)
                     .await
                     .map_err($crate::error::Error::from)?;
+                let mut lent = Lent::new(primary, reading.turn);
                 let $who = &caller;
-                let $conn: &mut diesel_async::AsyncPgConnection = &mut primary;
-                $body.await
+                let again = {
+                    let $conn: &mut diesel_async::AsyncPgConnection = &mut lent;
+                    $body.await
+                };
+                lent.returned();
+                again
             }
             answer => answer,
         }
@@ -213,9 +221,9 @@ impl WorkspaceApi {
         Ok(self.pool.get().await?)
     }
 
-    /// The caller, the request checked into `I`, and the LSN of the caller's last write here
-    /// (which its read must see), for a read RPC.
-    fn accept_read<T, I>(&self, req: Request<T>) -> Result<(Caller, I, Option<Lsn>), Status>
+    /// The caller, the request checked into `I`, and what its read must see and holds, for a
+    /// read RPC.
+    fn accept_read<T, I>(&self, req: Request<T>) -> Result<(Caller, I, Reading), Status>
     where
         I: TryFrom<T, Error = Error>,
     {
@@ -225,6 +233,7 @@ impl WorkspaceApi {
             None
         };
         let seen = service_runtime::read_after::read_after(&req, remembered)?;
+        let turn = req.extensions().get::<Turn>().cloned();
         let (caller, input) = self.accept(req)?;
         // A write made through another process may not have reached this one's caches yet.
         let caller = if seen.is_some() {
@@ -232,7 +241,7 @@ impl WorkspaceApi {
         } else {
             caller
         };
-        Ok((caller, input, seen))
+        Ok((caller, input, Reading { seen, turn }))
     }
 
     /// Whose write `req` is, while a replica is configured (else nothing is remembered).
@@ -303,6 +312,13 @@ impl WorkspaceApi {
         };
         self.metrics.command(command, label);
     }
+}
+
+/// What a read RPC must see and holds: the LSN of the caller's last write here, and the
+/// user's turn, kept until PostgreSQL is done with the read ([`Lent`]).
+pub(crate) struct Reading {
+    seen: Option<Lsn>,
+    turn: Option<Turn>,
 }
 
 #[tonic::async_trait]

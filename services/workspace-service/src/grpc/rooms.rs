@@ -23,12 +23,12 @@ pub(super) async fn list_rooms(
     api: &WorkspaceApi,
     req: Request<pb::ListRoomsRequest>,
 ) -> R<pb::ListRoomsResponse> {
-    let (who, mut q, seen) = api.accept_read::<_, ListRooms>(req)?;
+    let (who, mut q, reading) = api.accept_read::<_, ListRooms>(req)?;
     q.page = q.page.within(api.response_bytes);
     let Page {
         items,
         next_page_token,
-    } = read_on!(api, reads, who, seen.as_ref(), |conn, who| {
+    } = read_on!(api, reads, who, reading, |conn, who| {
         rooms::list_rooms(conn, who, &q)
     })?;
     ok(pb::ListRoomsResponse {

@@ -12,8 +12,8 @@ pub(super) async fn get_workspace(
     api: &WorkspaceApi,
     req: Request<pb::GetWorkspaceRequest>,
 ) -> R<pb::GetWorkspaceResponse> {
-    let (who, Org(org), seen) = api.accept_read(req)?;
-    let ws = read_on!(api, reads, who, seen.as_ref(), |conn, who| {
+    let (who, Org(org), reading) = api.accept_read(req)?;
+    let ws = read_on!(api, reads, who, reading, |conn, who| {
         workspace_for(conn, who, &org)
     })?;
     ok(pb::GetWorkspaceResponse {
@@ -25,9 +25,9 @@ pub(super) async fn list_members(
     api: &WorkspaceApi,
     req: Request<pb::ListMembersRequest>,
 ) -> R<pb::ListMembersResponse> {
-    let (who, mut q, seen) = api.accept_read::<_, ListMembers>(req)?;
+    let (who, mut q, reading) = api.accept_read::<_, ListMembers>(req)?;
     q.max_bytes = api.response_bytes;
-    let (rows, next) = read_on!(api, reads, who, seen.as_ref(), |conn, who| {
+    let (rows, next) = read_on!(api, reads, who, reading, |conn, who| {
         memberships::list_members(conn, who, &q)
     })?;
     ok(pb::ListMembersResponse {

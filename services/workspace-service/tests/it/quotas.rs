@@ -243,3 +243,53 @@ async fn a_deletion_its_caller_gave_up_on_keeps_their_turn_until_it_ends() {
     locker.batch_execute("COMMIT").await.unwrap();
     read.await.unwrap().unwrap();
 }
+
+/// A read whose caller gave up while PostgreSQL was still running it keeps the caller's turn
+/// until the statement ends: a user cannot leave more reads running, each holding a pooled
+/// connection, than their turns by cancelling them.
+#[tokio::test]
+async fn a_read_its_caller_gave_up_on_keeps_their_turn_until_its_statement_ends() {
+    use diesel_async::{AsyncConnection, SimpleAsyncConnection};
+    let env = start_custom(false, |c| c.watch.calls.quotas.user_calls_running = 1).await;
+    let ch = channel(&env, "org_r", "r").await;
+    post(&env, "org_r", &ch, "a message").await;
+    // Hold the messages table: a page of messages waits for it in PostgreSQL.
+    let mut locker = diesel_async::AsyncPgConnection::establish(env.db.url())
+        .await
+        .unwrap();
+    locker
+        .batch_execute("BEGIN; LOCK TABLE messages IN ACCESS EXCLUSIVE MODE")
+        .await
+        .unwrap();
+    let mut c = env.client().await;
+    let mut read = env.member("user_b", "org_r", list(&ch, ""));
+    read.set_timeout(Duration::from_millis(300));
+    let gave_up = c.list_messages(read).await.unwrap_err();
+    assert!(
+        matches!(gave_up.code(), Code::DeadlineExceeded | Code::Cancelled),
+        "{gave_up:?}"
+    );
+    let mut reader = c.clone();
+    let next = tokio::spawn({
+        let req = env.member(
+            "user_b",
+            "org_r",
+            pb::ListChannelsRequest {
+                clerk_org_id: "org_r".into(),
+                ..Default::default()
+            },
+        );
+        async move { reader.list_channels(req).await }
+    });
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert!(
+        !next.is_finished(),
+        "the user's next call ran while their abandoned read still ran in PostgreSQL"
+    );
+    locker.batch_execute("COMMIT").await.unwrap();
+    next.await.unwrap().unwrap();
+    // The connection the abandoned read held answers the next read once it is back.
+    c.list_messages(env.member("user_b", "org_r", list(&ch, "")))
+        .await
+        .unwrap();
+}
