@@ -47,6 +47,9 @@ impl ServiceArgs {
         self.grpc.check()?;
         self.shutdown.check()?;
         self.replica.check()?;
+        if let (Some(_), Some(url)) = (&self.db.db_ca_file, &self.replica.database_read_url) {
+            crate::db::check_tls_required("DATABASE_READ_URL", url)?;
+        }
         token_auth::ServiceCallers::parse(&self.auth.service_callers)?
             .with_operators(&self.auth.operator_subjects)?;
         self.browser.origins(&self.auth.clerk_authorized_parties)?;

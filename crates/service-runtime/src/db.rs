@@ -57,7 +57,8 @@ pub struct DatabaseArgs {
     /// the system's roots: the provider's CA (bundle), e.g. mounted from a Secret.
     /// Each URL's `sslmode` says whether TLS is used (`require`: always; `prefer`, the default:
     /// when the server offers it; `disable`: never); whenever it is, the server's certificate and
-    /// host name are verified, and a server that is not trusted is refused.
+    /// host name are verified, and a server that is not trusted is refused. With it set,
+    /// every database URL must say `sslmode=require`.
     #[arg(long, env = "DB_CA_FILE")]
     pub db_ca_file: Option<std::path::PathBuf>,
 }
@@ -75,6 +76,15 @@ impl DatabaseArgs {
         }
         if let Some(path) = &self.db_ca_file {
             crate::tls::ca_file_roots(path).map_err(|e| format!("{e:#}"))?;
+            check_tls_required("DATABASE_URL", &self.database_url)?;
+            for (name, url) in [
+                ("DATABASE_MIGRATION_URL", &self.database_migration_url),
+                ("DATABASE_DIRECT_URL", &self.database_direct_url),
+            ] {
+                if let Some(url) = url {
+                    check_tls_required(name, url)?;
+                }
+            }
         }
         Ok(())
     }
@@ -149,6 +159,21 @@ pub(crate) fn check_url(name: &str, url: &crate::Secret) -> Result<(), String> {
         "{name} is not a PostgreSQL URL: {}{hint}",
         crate::tls::with_causes(&e)
     ))
+}
+
+/// With DB_CA_FILE set, TLS is meant: `url` (setting `name`, already checked by
+/// [`check_url`]) must say `sslmode=require`. Under `prefer`, tokio-postgres's default, a
+/// server (or anyone in between) that declines TLS gets the connection, password exchange
+/// and all, in plain text.
+pub(crate) fn check_tls_required(name: &str, url: &crate::Secret) -> Result<(), String> {
+    match url.expose().parse::<tokio_postgres::Config>() {
+        Ok(c) if c.get_ssl_mode() == tokio_postgres::config::SslMode::Require => Ok(()),
+        _ => Err(format!(
+            "{name} must say sslmode=require when DB_CA_FILE is set: without it (prefer is \
+             the default) a server, or anyone in between, that declines TLS gets the \
+             connection in plain text"
+        )),
+    }
 }
 
 /// What the pool's URL reaches (`DB_POOL_MODE`).
@@ -603,6 +628,42 @@ mod tests {
         assert!(problem.contains("sslmode"), "{problem}");
         assert!(problem.contains("use sslmode=require"), "{problem}");
         assert!(!problem.contains("hunter2"), "{problem}");
+    }
+
+    #[test]
+    fn with_a_ca_file_every_url_must_require_tls() {
+        let ca = tempfile::NamedTempFile::new().unwrap();
+        let cert = rcgen::generate_simple_self_signed(vec!["db".into()]).unwrap();
+        std::fs::write(ca.path(), cert.cert.pem()).unwrap();
+        let args = |url: &str, direct: Option<&str>| DatabaseArgs {
+            database_url: url.into(),
+            database_migration_url: None,
+            database_direct_url: direct.map(Into::into),
+            db_pool_mode: PoolMode::Session,
+            db_pool_size: 16,
+            db_statement_timeout_ms: 10_000,
+            db_idle_in_transaction_timeout_ms: 5_000,
+            db_ca_file: Some(ca.path().to_owned()),
+        };
+        let require = "postgres://app:pw@db/vbase?sslmode=require";
+        assert_eq!(args(require, Some(require)).check(), Ok(()));
+        for weak in [
+            "postgres://app:pw@db/vbase",
+            "postgres://app:pw@db/vbase?sslmode=prefer",
+            "postgres://app:pw@db/vbase?sslmode=disable",
+        ] {
+            let problem = args(weak, None).check().unwrap_err();
+            assert!(
+                problem.starts_with("DATABASE_URL must say sslmode=require"),
+                "{problem}"
+            );
+            assert!(!problem.contains("pw@"), "{problem}");
+            let problem = args(require, Some(weak)).check().unwrap_err();
+            assert!(
+                problem.starts_with("DATABASE_DIRECT_URL must say sslmode=require"),
+                "{problem}"
+            );
+        }
     }
 
     #[test]
