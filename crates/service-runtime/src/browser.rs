@@ -27,13 +27,15 @@ const REQUEST_HEADERS: [&str; 7] = [
 ];
 
 /// Headers a gRPC-Web client must be able to read (the status travels in them when the
-/// answer has no body; a write's answer says where it committed).
-const EXPOSED_HEADERS: [&str; 5] = [
+/// answer has no body; a write's answer says where it committed; a refusal says when to
+/// try again, in seconds and as gRPC's retry pushback).
+const EXPOSED_HEADERS: [&str; 6] = [
     crate::read_after::LSN_METADATA,
     "grpc-status",
     "grpc-message",
     "grpc-status-details-bin",
     "retry-after",
+    "grpc-retry-pushback-ms",
 ];
 
 /// Checks one origin: `scheme://host[:port]`, nothing after it, no wildcard.

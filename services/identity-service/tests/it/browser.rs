@@ -91,13 +91,10 @@ async fn a_page_of_an_allowed_origin_calls_with_grpc_web_and_others_get_no_grant
     assert_eq!(answer.status(), 200);
     let h = answer.headers().clone();
     assert_eq!(h["access-control-allow-origin"], BROWSER_ORIGIN);
-    assert!(
-        h["access-control-expose-headers"]
-            .to_str()
-            .unwrap()
-            .contains("grpc-status"),
-        "{h:?}"
-    );
+    let exposed = h["access-control-expose-headers"].to_str().unwrap();
+    for name in ["grpc-status", "retry-after", "grpc-retry-pushback-ms"] {
+        assert!(exposed.contains(name), "{name}: {h:?}");
+    }
     assert!(
         h["content-type"]
             .to_str()
