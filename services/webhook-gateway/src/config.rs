@@ -86,10 +86,10 @@ pub struct Config {
     pub shutdown_drain_secs: u64,
     /// Seconds after its Clerk event (the body's signed `timestamp`) from which a delivery that
     /// a service fails for a reason of its own (INTERNAL, FAILED_PRECONDITION, NOT_FOUND ...)
-    /// is quarantined and answered 200 (1 to 86400). Younger, it is answered 503 and Svix
+    /// is quarantined and answered 200 (1 to 72000). Younger, it is answered 503 and Svix
     /// retries it, so a fix released meanwhile applies it. Svix's 7th attempt comes about
-    /// 17 h 35 min after the first, its 8th and last about 27 h 35 min. A body without a
-    /// timestamp is never old enough.
+    /// 17 h 35 min after the first, its 8th and last about 27 h 35 min, each less up to 20 %
+    /// (its jitter). A body without a timestamp is quarantined at its first failure.
     #[arg(long, env = "QUARANTINE_FAILED_AFTER_SECS", default_value_t = crate::failed::DEFAULT_AFTER_SECS)]
     pub quarantine_failed_after_secs: u64,
     /// `json` or `pretty`.
@@ -201,7 +201,7 @@ impl Config {
         // once Svix gives up, and 1 already quarantines any failure a second after the event.
         if !(1..=crate::failed::MAX_AFTER_SECS).contains(&self.quarantine_failed_after_secs) {
             return Err(format!(
-                "QUARANTINE_FAILED_AFTER_SECS ({}) must be from 1 to {} (24 h): Svix's last attempt comes about 27 h 35 min after the first, and a delivery still failing then would be lost",
+                "QUARANTINE_FAILED_AFTER_SECS ({}) must be from 1 to {} (20 h): Svix's last attempt comes 22 h 4 min after the first at the earliest (27 h 35 min less its 20 % jitter), and a delivery still failing then would be lost",
                 self.quarantine_failed_after_secs,
                 crate::failed::MAX_AFTER_SECS
             ));

@@ -146,11 +146,8 @@ pub(crate) async fn clerk_webhook(app: &App, req: Request<Incoming>) -> Response
         Err(ForwardError::Failed(reason)) => {
             let now = SystemTime::now();
             match failed::due(event_time.as_ref(), app.quarantine_failed_after, now) {
-                Some(age) => {
-                    let age = failed::human(age);
-                    let reason = format!(
-                        "failed permanently at a service (the event is {age} old): {reason}"
-                    );
+                Some(why) => {
+                    let reason = format!("failed permanently at a service ({why}): {reason}");
                     quarantined(app, &svix_id, &event_type, &reason, &body, started).await
                 }
                 None => failing(app, &svix_id, &event_type, &reason, ms),
