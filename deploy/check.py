@@ -28,7 +28,13 @@
    synchronous replication that never trades durability away; the bootstrap SQL grants what
    deploy/database-roles.sql grants, for each service; the Pooler runs transaction mode in front
    of the primary with prepared statements enabled; every object names an existing Cluster.
-9. Objects the operators own: a ConfigMap a pod mounts is either rendered by the overlay or
+9. Operators' APIs: every object of an API group with vendored schemas (deploy/schemas:
+   `postgresql.cnpg.io`, `monitoring.coreos.com`) validates against them, strictly.
+10. Scraping: each PodMonitor selects, by matchLabels, the pods of a workload the overlay renders
+   (or of a CloudNativePG Cluster it creates), names ports those pods declare, and takes its
+   jobLabel from a label they carry; every pod annotated prometheus.io/scrape has a PodMonitor
+   on the same port and path (the Prometheus Operator ignores the annotations).
+11. Objects the operators own: a ConfigMap a pod mounts is either rendered by the overlay or
    one the operators make by hand (OPERATOR_CONFIGMAPS, whose creation deploy/README.md shows);
    those are never rendered, as every `kubectl apply -k` would put the committed value back
    over theirs (for `service-jwks`: an empty key set, every internal call refused).
@@ -235,6 +241,11 @@ def check_alerts(overlay, docs):
 
 
 CNPG_SCHEMAS = ROOT / "deploy/schemas/cloudnative-pg"
+# The operators' APIs the overlays use, by API group: their vendored schemas.
+CRD_SCHEMAS = {
+    "postgresql.cnpg.io": CNPG_SCHEMAS,
+    "monitoring.coreos.com": ROOT / "deploy/schemas/prometheus-operator",
+}
 # The roles each service's grants are made for: (owner, app role, schema).
 SERVICE_ROLES = [("identity_owner", "identity_app", "identity"), ("workspace_owner", "workspace_app", "workspace")]
 
@@ -261,26 +272,38 @@ def roles_sql():
     return lines
 
 
-def check_cloudnative_pg(overlay, docs):
+def check_crd_schemas(overlay, docs):
+    """Every object of an operator's API group validates, strictly, against its vendored schema."""
+    import json
+
     import jsonschema
 
-    objects = [d for d in docs if d["apiVersion"].startswith("postgresql.cnpg.io/")]
-    if not objects:
-        return
     schemas = {}
-    for f in CNPG_SCHEMAS.glob("*.json"):
-        doc = __import__("json").loads(f.read_text())
-        schemas[(doc["apiVersion"], doc["kind"])] = strict(doc["openAPIV3Schema"])
-    clusters = {d["metadata"]["name"]: d for d in objects if d["kind"] == "Cluster"}
-    for d in objects:
+    for group, folder in CRD_SCHEMAS.items():
+        for f in folder.glob("*.json"):
+            doc = json.loads(f.read_text())
+            schemas[(doc["apiVersion"], doc["kind"])] = strict(doc["openAPIV3Schema"])
+    for d in docs:
+        group = d["apiVersion"].rpartition("/")[0]
+        if group not in CRD_SCHEMAS:
+            continue
         where = f"{overlay}/{d['kind']}/{d['metadata']['name']}"
         schema = schemas.get((d["apiVersion"], d["kind"]))
         if schema is None:
-            fail(f"{where}: no schema for {d['apiVersion']} {d['kind']} in {CNPG_SCHEMAS.relative_to(ROOT)}")
+            fail(f"{where}: no schema for {d['apiVersion']} {d['kind']} in {CRD_SCHEMAS[group].relative_to(ROOT)}")
             continue
         for e in sorted(jsonschema.Draft7Validator(schema).iter_errors(d), key=str):
             path = ".".join(str(p) for p in e.absolute_path)
             fail(f"{where}: {path}: {e.message}")
+
+
+def check_cloudnative_pg(overlay, docs):
+    objects = [d for d in docs if d["apiVersion"].startswith("postgresql.cnpg.io/")]
+    if not objects:
+        return
+    clusters = {d["metadata"]["name"]: d for d in objects if d["kind"] == "Cluster"}
+    for d in objects:
+        where = f"{overlay}/{d['kind']}/{d['metadata']['name']}"
         cluster = d["spec"].get("cluster", {}).get("name")
         if d["kind"] != "Cluster" and cluster not in clusters:
             fail(f"{where}: names Cluster {cluster!r}, which the overlay does not create")
@@ -303,6 +326,91 @@ def check_cloudnative_pg(overlay, docs):
             fail(f"{where}: the services' pooler is type rw in transaction mode")
         if int(bouncer.get("parameters", {}).get("max_prepared_statements", "0")) < 1:
             fail(f"{where}: the services use named prepared statements: set max_prepared_statements")
+
+
+def pod_templates(docs):
+    """(object, pod template) of every workload the overlay renders."""
+    out = []
+    for d in docs:
+        if d["kind"] in ("Deployment", "StatefulSet", "DaemonSet"):
+            out.append((d, d["spec"]["template"]))
+        elif d["kind"] == "CronJob":
+            out.append((d, d["spec"]["jobTemplate"]["spec"]["template"]))
+    return out
+
+
+# The pods CloudNativePG makes for a Cluster (not rendered): their labels and ports.
+CNPG_INSTANCE_PORTS = {"postgresql": 5432, "metrics": 9187}
+
+
+def pod_monitor_jobs(docs):
+    """The `job` label values the overlay's PodMonitors give their targets."""
+    jobs = set()
+    templates = pod_templates(docs)
+    for pm in (d for d in docs if d["kind"] == "PodMonitor"):
+        label = pm["spec"].get("jobLabel")
+        if not label:
+            jobs.add(f"{pm['metadata'].get('namespace', 'default')}/{pm['metadata']['name']}")
+            continue
+        want = pm["spec"].get("selector", {}).get("matchLabels", {})
+        for _, t in templates:
+            labels = t.get("metadata", {}).get("labels", {})
+            if want.items() <= labels.items() and label in labels:
+                jobs.add(labels[label])
+    return jobs
+
+
+def check_pod_monitors(overlay, docs):
+    """Each PodMonitor selects pods the overlay makes, by their labels, and names ports they
+    declare; every pod annotated for scraping has a PodMonitor on that port."""
+    monitors = [d for d in docs if d["kind"] == "PodMonitor"]
+    templates = pod_templates(docs)
+    clusters = {d["metadata"]["name"] for d in docs if d["kind"] == "Cluster" and d["apiVersion"].startswith("postgresql.cnpg.io/")}
+    scraped = set()  # (workload name, container port) some PodMonitor scrapes
+    for pm in monitors:
+        spec, where = pm["spec"], f"{overlay}/PodMonitor/{pm['metadata']['name']}"
+        selector = spec.get("selector", {})
+        want = selector.get("matchLabels", {})
+        if not want or set(selector) - {"matchLabels"}:
+            fail(f"{where}: select the pods with matchLabels only (the check reads nothing else)")
+            continue
+        if spec.get("namespaceSelector"):
+            fail(f"{where}: namespaceSelector: the PodMonitor must select pods of its own namespace")
+        endpoints = spec.get("podMetricsEndpoints", [])
+        if not endpoints or any("port" not in e for e in endpoints):
+            fail(f"{where}: every podMetricsEndpoint must name a port")
+            continue
+        if "cnpg.io/cluster" in want:
+            # Pods of a CloudNativePG Cluster: made by its operator, with its labels and ports.
+            if want["cnpg.io/cluster"] not in clusters:
+                fail(f"{where}: selects the pods of Cluster {want['cnpg.io/cluster']!r}, which the overlay does not create")
+            for e in endpoints:
+                if e["port"] not in CNPG_INSTANCE_PORTS:
+                    fail(f"{where}: port {e['port']!r} is not one CloudNativePG's instance pods declare ({sorted(CNPG_INSTANCE_PORTS)})")
+            continue
+        selected = [(d, t) for d, t in templates if want.items() <= t.get("metadata", {}).get("labels", {}).items()]
+        if not selected:
+            fail(f"{where}: selector {want} matches the pods of no workload the overlay renders")
+        for d, t in selected:
+            labels = t["metadata"]["labels"]
+            if spec.get("jobLabel") and spec["jobLabel"] not in labels:
+                fail(f"{where}: jobLabel {spec['jobLabel']} is not a label of {d['metadata']['name']}'s pods")
+            ports = {p.get("name"): p["containerPort"] for c in t["spec"]["containers"] for p in c.get("ports", [])}
+            for e in endpoints:
+                if e["port"] not in ports:
+                    fail(f"{where}: port {e['port']!r} is not a named port of {d['metadata']['name']}'s pods ({sorted(p for p in ports if p)})")
+                else:
+                    scraped.add((d["metadata"]["name"], ports[e["port"]], e.get("path", "/metrics")))
+    for d, t in templates:
+        ann = t.get("metadata", {}).get("annotations", {})
+        if ann.get("prometheus.io/scrape") != "true":
+            continue
+        port, path = int(ann.get("prometheus.io/port", 0)), ann.get("prometheus.io/path", "/metrics")
+        if (d["metadata"]["name"], port, path) not in scraped:
+            fail(
+                f"{overlay}/{d['metadata']['name']}: annotated for scraping on {port}{path}, but no PodMonitor "
+                "scrapes that port and path (the Prometheus Operator ignores the annotations)"
+            )
 
 
 def check_no_retry_of_refusals(overlay, cj):
@@ -363,8 +471,10 @@ def main():
         if v.returncode != 0:
             fail(f"{overlay}: schema validation failed:\n{v.stdout}{v.stderr}")
         docs = [d for d in yaml.safe_load_all(rendered.stdout) if d]
+        check_crd_schemas(overlay, docs)
         check_alerts(overlay, docs)
         check_cloudnative_pg(overlay, docs)
+        check_pod_monitors(overlay, docs)
         configmaps = {d["metadata"]["name"]: d.get("data", {}) for d in docs if d["kind"] == "ConfigMap"}
         deployments = [d for d in docs if d["kind"] == "Deployment"]
         cronjobs = [d for d in docs if d["kind"] == "CronJob"]
