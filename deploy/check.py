@@ -19,7 +19,8 @@
 6. Prod: the services check `azp` (CLERK_AUTHORIZED_PARTIES is set and not empty).
 7. Alerts (the PrometheusRule): each rule has a severity, a summary and a runbook link to an
    entry of deploy/README.md; every metric an expression uses is one the code registers (or
-   one of KUBE_STATE_METRICS, kube-state-metrics' series for the CronJob's Jobs); the
+   one of KUBE_STATE_METRICS, kube-state-metrics' series for the CronJob and the Deployments,
+   or Prometheus' `up`); every `job` an expression selects is one a PodMonitor yields; the
    rules pass `promtool check rules` and the unit tests in deploy/alerts-test.yaml
    (`promtool test rules`) when promtool is installed.
 8. The database the prod overlay brings (CloudNativePG): every `postgresql.cnpg.io` object
@@ -154,15 +155,22 @@ def served_paths(binary):
 
 
 # Series of kube-state-metrics (not of our code) that alerts may use: the reconcile CronJob's
-# failed Jobs (VBaseReconcileFailed). Keep this list to what a rule needs.
-KUBE_STATE_METRICS = {"kube_job_failed", "kube_job_owner"}
+# failed Jobs (VBaseReconcileFailed), its suspension and last success, the Deployments' desired
+# and available replicas. Keep this list to what a rule needs.
+KUBE_STATE_METRICS = {
+    "kube_job_failed", "kube_job_owner",
+    "kube_cronjob_spec_suspend", "kube_cronjob_status_last_successful_time", "kube_cronjob_created",
+    "kube_deployment_spec_replicas", "kube_deployment_status_replicas_available",
+}
+# Series Prometheus itself records for every target.
+PROMETHEUS_METRICS = {"up"}
 
 # PromQL words that are not metric names.
 PROMQL = {
     "sum", "max", "min", "avg", "count", "rate", "irate", "increase", "delta", "deriv", "by",
     "without", "and", "or", "unless", "on", "ignoring", "vector", "time", "absent", "absent_over_time",
     "max_over_time", "min_over_time", "avg_over_time", "histogram_quantile", "humanize",
-    "humanizePercentage", "bool", "offset", "le",
+    "humanizePercentage", "humanizeDuration", "bool", "offset", "le",
 }
 
 
@@ -204,8 +212,9 @@ def check_alerts(overlay, docs):
     if not rules:
         fail(f"{overlay}: no PrometheusRule")
         return
-    metrics = registered_metrics() | KUBE_STATE_METRICS
+    metrics = registered_metrics() | KUBE_STATE_METRICS | PROMETHEUS_METRICS
     anchors = readme_anchors()
+    jobs = pod_monitor_jobs(docs)
     for pr in rules:
         for group in pr["spec"]["groups"]:
             for rule in group["rules"]:
@@ -221,6 +230,11 @@ def check_alerts(overlay, docs):
                     fail(f"{where}: runbook_url must link a heading of deploy/README.md (#{anchor} is none)")
                 for m in sorted(metrics_in(rule["expr"]) - metrics):
                     fail(f"{where}: uses {m}, which no code registers")
+                # A `job` an expression names is one a PodMonitor of the overlay gives its targets.
+                for op, value in re.findall(r'\bjob\s*(=~|=)\s*"([^"]*)"', rule["expr"]):
+                    for job in value.split("|") if op == "=~" else [value]:
+                        if job not in jobs:
+                            fail(f"{where}: selects job {job!r}, which no PodMonitor of the overlay yields ({sorted(jobs)})")
         promtool = shutil.which("promtool")
         if not promtool:
             print(f"{overlay}: promtool not installed; alert rules checked by schema only")
