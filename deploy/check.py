@@ -16,7 +16,9 @@
    the defaults `--help` shows) stay below terminationGracePeriodSeconds.
 5. Secrets are files: no container takes a Secret into its environment (secretKeyRef); every
    `*_FILE` setting names a file under a volume the container mounts.
-6. Prod: the services check `azp` (CLERK_AUTHORIZED_PARTIES is set and not empty).
+6. Prod: the services check `azp` (CLERK_AUTHORIZED_PARTIES is set and not empty); every
+   Deployment runs at least 2 replicas (its HPA's minReplicas). No Deployment an HPA scales sets
+   spec.replicas (each apply would reset the HPA's choice).
 7. Alerts (the PrometheusRule): each rule has a severity, a summary and a runbook link to an
    entry of deploy/README.md; every metric an expression uses is one the code registers (or
    one of KUBE_STATE_METRICS, kube-state-metrics' series for the CronJob and the Deployments,
@@ -523,10 +525,20 @@ def main():
             if cj["spec"].get("concurrencyPolicy") != "Forbid":
                 fail(f"{overlay}/{cj['metadata']['name']}: concurrencyPolicy must be Forbid")
             check_no_retry_of_refusals(overlay, cj)
-        if overlay == "prod":
-            for d in deployments:
-                if d["spec"].get("replicas", 1) < 2:
-                    fail(f"prod: {d['metadata']['name']} has fewer than 2 replicas")
+        # A Deployment an HPA scales sets no spec.replicas: every `kubectl apply -k` would put
+        # that number back over the HPA's choice (killing pods under load). minReplicas is the floor.
+        hpas = {
+            h["spec"]["scaleTargetRef"]["name"]: h
+            for h in docs
+            if h["kind"] == "HorizontalPodAutoscaler" and h["spec"]["scaleTargetRef"].get("kind") == "Deployment"
+        }
+        for d in deployments:
+            name = d["metadata"]["name"]
+            if name in hpas and "replicas" in d["spec"]:
+                fail(f"{overlay}/{name}: sets spec.replicas, but HPA {hpas[name]['metadata']['name']} scales it: every apply resets its choice (set minReplicas instead)")
+            floor = hpas[name]["spec"].get("minReplicas", 1) if name in hpas else d["spec"].get("replicas", 1)
+            if overlay == "prod" and floor < 2:
+                fail(f"prod: {name} may run fewer than 2 replicas")
         pods = [(d, d["spec"]["template"]["spec"]) for d in deployments]
         pods += [(c, c["spec"]["jobTemplate"]["spec"]["template"]["spec"]) for c in cronjobs]
         check_operator_objects(overlay, docs, configmaps, pods)
