@@ -37,7 +37,8 @@
    (or of a CloudNativePG Cluster it creates), names ports those pods declare, and takes its
    jobLabel from a label they carry; every pod annotated prometheus.io/scrape has a PodMonitor
    on the same port and path (the Prometheus Operator ignores the annotations).
-11. Objects the operators own: a ConfigMap a pod mounts is either rendered by the overlay or
+11. No Ingress host is routed by two overlays (they may share a cluster).
+12. Objects the operators own: a ConfigMap a pod mounts is either rendered by the overlay or
    one the operators make by hand (OPERATOR_CONFIGMAPS, whose creation deploy/README.md shows);
    those are never rendered, as every `kubectl apply -k` would put the committed value back
    over theirs (for `service-jwks`: an empty key set, every internal call refused).
@@ -216,6 +217,8 @@ def readme_anchors():
     return anchors
 
 
+# Each Ingress host, with the overlays that route it.
+INGRESS_HOSTS = {}
 # Indexes of the tests of deploy/alerts-test.yaml that ran against some overlay's rules.
 TESTS_RUN = set()
 
@@ -515,6 +518,9 @@ def main():
             fail(f"{overlay}: schema validation failed:\n{v.stdout}{v.stderr}")
         docs = [d for d in yaml.safe_load_all(rendered.stdout) if d]
         check_crd_schemas(overlay, docs)
+        for ing in (d for d in docs if d["kind"] == "Ingress"):
+            for rule in ing["spec"].get("rules", []):
+                INGRESS_HOSTS.setdefault(rule.get("host", "*"), set()).add(overlay)
         check_alerts(overlay, docs)
         check_cloudnative_pg(overlay, docs)
         check_pod_monitors(overlay, docs)
@@ -600,6 +606,10 @@ def main():
                     else:
                         fail(f"{where}: {probe_name} must be httpGet or grpc")
         print(f"{overlay}: {len(docs)} objects rendered, validated and checked")
+    # Overlays may share a cluster: two that claim one Ingress host would take each other's traffic.
+    for host, overlays in sorted(INGRESS_HOSTS.items()):
+        if len(overlays) > 1:
+            fail(f"Ingress host {host} is claimed by several overlays: {sorted(overlays)}")
     if shutil.which("promtool"):
         tests = yaml.safe_load((ROOT / "deploy/alerts-test.yaml").read_text())["tests"]
         for i, t in enumerate(tests):
