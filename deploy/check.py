@@ -38,7 +38,9 @@
    jobLabel from a label they carry; every pod annotated prometheus.io/scrape has a PodMonitor
    on the same port and path (the Prometheus Operator ignores the annotations).
 11. No Ingress host is routed by two overlays (they may share a cluster).
-12. Objects the operators own: a ConfigMap a pod mounts is either rendered by the overlay or
+12. Public paths: a gRPC method an Ingress routes by Exact path is one the service's MethodPolicy
+   admits user tokens to, and every such method of a service routed that way is routed.
+13. Objects the operators own: a ConfigMap a pod mounts is either rendered by the overlay or
    one the operators make by hand (OPERATOR_CONFIGMAPS, whose creation deploy/README.md shows);
    those are never rendered, as every `kubectl apply -k` would put the committed value back
    over theirs (for `service-jwks`: an empty key set, every internal call refused).
@@ -459,6 +461,49 @@ def check_pod_monitors(overlay, docs):
             )
 
 
+# The gRPC services' access policies (MethodPolicy), by full service name.
+POLICY_SOURCES = {
+    "vbase.identity.v1.IdentityService": ROOT / "services/identity-service/src/grpc/mod.rs",
+    "vbase.workspace.v1.WorkspaceService": ROOT / "services/workspace-service/src/grpc/policy.rs",
+}
+
+
+def user_methods(service):
+    """The methods of `service` its MethodPolicy admits user tokens to."""
+    text = POLICY_SOURCES[service].read_text()
+    user = r"Access::(?:User|UserOrService)\b"
+    names = set(re.findall(r'\.allow\(\s*"(\w+)",\s*' + user, text))
+    for const in re.findall(r"\.allow_all\(\s*(\w+),\s*" + user, text):
+        body = re.search(r"const " + const + r": &\[&str\] = &\[(.*?)\];", text, re.S)
+        if body is None:
+            fail(f"{POLICY_SOURCES[service].relative_to(ROOT)}: cannot read {const}")
+            continue
+        names |= set(re.findall(r'"(\w+)"', body.group(1)))
+    if not names:
+        fail(f"{POLICY_SOURCES[service].relative_to(ROOT)}: no method admits users (the check cannot read the policy)")
+    return names
+
+
+def check_public_paths(overlay, docs):
+    """An Exact gRPC path an Ingress routes is a method users may call; a service routed by
+    Exact paths has every such method routed."""
+    for ing in (d for d in docs if d["kind"] == "Ingress"):
+        exact = {}
+        for rule in ing["spec"].get("rules", []):
+            for path in rule.get("http", {}).get("paths", []):
+                m = re.fullmatch(r"/([\w.]+)/(\w+)", path["path"])
+                if path.get("pathType") != "Exact" or not m or m.group(1) not in POLICY_SOURCES:
+                    continue
+                exact.setdefault(m.group(1), set()).add(m.group(2))
+        for service, methods in exact.items():
+            where = f"{overlay}/Ingress/{ing['metadata']['name']}"
+            users = user_methods(service)
+            for method in sorted(methods - users):
+                fail(f"{where}: routes /{service}/{method}, which no user token may call (service tokens only)")
+            for method in sorted(users - methods):
+                fail(f"{where}: does not route /{service}/{method}, which users call")
+
+
 def check_no_retry_of_refusals(overlay, cj):
     """A run that stopped or refused (exit 1) or had bad settings (exit 2) is not run again."""
     job = cj["spec"]["jobTemplate"]["spec"]
@@ -524,6 +569,7 @@ def main():
         check_alerts(overlay, docs)
         check_cloudnative_pg(overlay, docs)
         check_pod_monitors(overlay, docs)
+        check_public_paths(overlay, docs)
         configmaps = {d["metadata"]["name"]: d.get("data", {}) for d in docs if d["kind"] == "ConfigMap"}
         deployments = [d for d in docs if d["kind"] == "Deployment"]
         cronjobs = [d for d in docs if d["kind"] == "CronJob"]
