@@ -40,7 +40,9 @@
 11. No Ingress host is routed by two overlays (they may share a cluster).
 12. Public paths: a gRPC method an Ingress routes by Exact path is one the service's MethodPolicy
    admits user tokens to, and every such method of a service routed that way is routed.
-13. Objects the operators own: a ConfigMap a pod mounts is either rendered by the overlay or
+13. Egress: every workload's pods are selected by an egress NetworkPolicy that admits DNS, and no
+   egress rule admits the cloud metadata address (169.254.169.254; an ipBlock must except it).
+14. Objects the operators own: a ConfigMap a pod mounts is either rendered by the overlay or
    one the operators make by hand (OPERATOR_CONFIGMAPS, whose creation deploy/README.md shows);
    those are never rendered, as every `kubectl apply -k` would put the committed value back
    over theirs (for `service-jwks`: an empty key set, every internal call refused).
@@ -504,6 +506,55 @@ def check_public_paths(overlay, docs):
                 fail(f"{where}: does not route /{service}/{method}, which users call")
 
 
+METADATA_ADDRESS = "169.254.169.254"
+
+
+def selects(selector, labels):
+    """Whether a label selector (matchLabels, matchExpressions) selects these labels."""
+    if not selector.get("matchLabels", {}).items() <= labels.items():
+        return False
+    for e in selector.get("matchExpressions", []):
+        has, value = e["key"] in labels, labels.get(e["key"])
+        op, values = e["operator"], e.get("values", [])
+        if (op == "In" and value not in values) or (op == "NotIn" and value in values):
+            return False
+        if (op == "Exists" and not has) or (op == "DoesNotExist" and has):
+            return False
+    return True
+
+
+def check_egress(overlay, docs):
+    """Every workload's pods are under an egress policy that admits DNS; no egress rule admits
+    the cloud metadata address."""
+    import ipaddress
+
+    policies = [d for d in docs if d["kind"] == "NetworkPolicy" and "Egress" in d["spec"].get("policyTypes", [])]
+    metadata = ipaddress.ip_address(METADATA_ADDRESS)
+    for np in policies:
+        for rule in np["spec"].get("egress", []):
+            for peer in rule.get("to", []) or [{"ipBlock": {"cidr": "0.0.0.0/0"}}]:
+                block = peer.get("ipBlock")
+                if not block or ipaddress.ip_network(block["cidr"]).version != 4:
+                    continue
+                if metadata in ipaddress.ip_network(block["cidr"]) and not any(
+                    metadata in ipaddress.ip_network(x) for x in block.get("except", [])
+                ):
+                    fail(f"{overlay}/NetworkPolicy/{np['metadata']['name']}: an egress rule admits the metadata address {METADATA_ADDRESS}")
+    for d, t in pod_templates(docs):
+        labels = t.get("metadata", {}).get("labels", {})
+        mine = [np for np in policies if selects(np["spec"]["podSelector"], labels)]
+        if not mine:
+            fail(f"{overlay}/{d['metadata']['name']}: no egress NetworkPolicy selects its pods (they may connect anywhere)")
+            continue
+        dns = any(
+            {"port": 53, "protocol": "UDP"} in rule.get("ports", [])
+            for np in mine
+            for rule in np["spec"].get("egress", [])
+        )
+        if not dns:
+            fail(f"{overlay}/{d['metadata']['name']}: its egress policies do not admit DNS (UDP 53)")
+
+
 def check_no_retry_of_refusals(overlay, cj):
     """A run that stopped or refused (exit 1) or had bad settings (exit 2) is not run again."""
     job = cj["spec"]["jobTemplate"]["spec"]
@@ -570,6 +621,7 @@ def main():
         check_cloudnative_pg(overlay, docs)
         check_pod_monitors(overlay, docs)
         check_public_paths(overlay, docs)
+        check_egress(overlay, docs)
         configmaps = {d["metadata"]["name"]: d.get("data", {}) for d in docs if d["kind"] == "ConfigMap"}
         deployments = [d for d in docs if d["kind"] == "Deployment"]
         cronjobs = [d for d in docs if d["kind"] == "CronJob"]
