@@ -122,7 +122,7 @@ pub struct User {
     pub username: Option<String>,
     #[serde(default)]
     pub primary_email_address_id: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub email_addresses: Vec<EmailAddress>,
     #[serde(default)]
     pub image_url: Option<String>,
@@ -132,12 +132,21 @@ pub struct User {
     pub created_at: Option<i64>,
     pub updated_at: i64,
     /// Banned in Clerk: every session revoked, no sign-in allowed (see [`User::command`]).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub banned: bool,
     /// Deprovisioned (removed from the organization's directory by Directory Sync): Clerk
     /// deactivates the user and revokes every session at once, as for a ban.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub deprovisioned: bool,
+}
+
+/// A field Clerk may send as `null`: read like a missing one, as its default.
+fn null_as_default<'de, D, T>(d: D) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Default + Deserialize<'de>,
+{
+    Ok(Option::<T>::deserialize(d)?.unwrap_or_default())
 }
 
 impl User {
@@ -458,6 +467,14 @@ pub const HANDLED_EVENT_TYPES: [&str; 9] = [
 pub fn to_event(event_id: &str, body: &[u8]) -> Result<Event, Malformed> {
     let env: Envelope =
         serde_json::from_slice(body).map_err(|e| reason("not a Clerk event", &e))?;
+    if !HANDLED_EVENT_TYPES.contains(&env.kind.as_str()) {
+        // Acknowledged whatever else its envelope holds: nothing of it is applied.
+        return Ok(Event {
+            event_time: env.event_time().ok().flatten(),
+            kind: env.kind,
+            command: Command::Ignored,
+        });
+    }
     let instance = env.instance()?.to_owned();
     let origin = Origin {
         event_id,
@@ -709,6 +726,23 @@ mod tests {
         assert_eq!(d.clerk_membership_id, "orgmem_1");
     }
 
+    /// `null` where Clerk's types declare a list or a flag reads as a missing field would.
+    #[test]
+    fn null_lists_and_flags_read_as_their_defaults() {
+        let payload = json!({
+            "type": "user.updated", "object": "event", "timestamp": 1654012591835_i64,
+            "data": {"id": "user_n", "first_name": "Null", "last_name": "Fields",
+                     "email_addresses": null, "banned": null, "deprovisioned": null,
+                     "updated_at": 1654012591835_i64}
+        });
+        let (_, cmd) = to_command("m", &body(payload)).unwrap();
+        let Command::UpsertUser(c) = cmd else {
+            panic!("{cmd:?}")
+        };
+        assert_eq!((c.name.as_str(), c.email.as_str()), ("Null Fields", ""));
+        assert_eq!(c.tokens_revoked_at, None, "not banned");
+    }
+
     #[test]
     fn unknown_types_are_ignored_and_broken_payloads_are_malformed() {
         let (_, cmd) = to_command(
@@ -717,6 +751,19 @@ mod tests {
         )
         .unwrap();
         assert_eq!(cmd, Command::Ignored);
+        // An ignored type is acknowledged whatever its envelope says beyond its type.
+        for odd in [
+            r#""timestamp":-1"#,
+            r#""instance_id":"not an instance""#,
+            r#""instance_id":"""#,
+        ] {
+            let body = format!(r#"{{"type":"email.created","data":{{}},"object":"event",{odd}}}"#);
+            assert_eq!(
+                to_command("m", body.as_bytes()).unwrap().1,
+                Command::Ignored,
+                "{odd}"
+            );
+        }
         assert!(to_command("m", b"not json").is_err());
         assert!(to_command("m", br#"{"type":"user.created","data":{"id":"user_1"}}"#).is_err());
         assert!(to_command("m", br#"{"type":"user.deleted","data":{"deleted":true}}"#).is_err());

@@ -9,6 +9,9 @@ pub enum Rejection {
     /// A required header is missing.
     #[error("missing {0} header")]
     MissingHeader(&'static str),
+    /// The id or signature header is not visible ASCII.
+    #[error("invalid {0} header")]
+    InvalidHeader(&'static str),
     /// The timestamp header is not a number.
     #[error("invalid timestamp header")]
     BadTimestamp,
@@ -28,6 +31,7 @@ impl Rejection {
     pub fn label(self) -> &'static str {
         match self {
             Rejection::MissingHeader(_) => "missing_header",
+            Rejection::InvalidHeader(_) => "bad_header",
             Rejection::BadTimestamp => "bad_timestamp",
             Rejection::Stale => "stale_timestamp",
             Rejection::Future => "future_timestamp",
@@ -36,14 +40,22 @@ impl Rejection {
     }
 }
 
+/// The header the svix crate means by `name` (`id`, `timestamp`, `signature`).
+fn header(name: &str) -> &'static str {
+    match name {
+        "id" => "svix-id",
+        "timestamp" => "svix-timestamp",
+        _ => "svix-signature",
+    }
+}
+
 fn classify(e: WebhookError) -> Rejection {
     match e {
-        WebhookError::MissingHeader(h) => Rejection::MissingHeader(match h {
-            "id" => "svix-id",
-            "timestamp" => "svix-timestamp",
-            _ => "svix-signature",
-        }),
-        WebhookError::InvalidTimestamp | WebhookError::InvalidHeader(_) => Rejection::BadTimestamp,
+        WebhookError::MissingHeader(h) => Rejection::MissingHeader(header(h)),
+        WebhookError::InvalidHeader("timestamp") | WebhookError::InvalidTimestamp => {
+            Rejection::BadTimestamp
+        }
+        WebhookError::InvalidHeader(h) => Rejection::InvalidHeader(header(h)),
         WebhookError::TimestampTooOldError => Rejection::Stale,
         WebhookError::FutureTimestampError => Rejection::Future,
         _ => Rejection::BadSignature,
@@ -229,5 +241,23 @@ mod tests {
             v.verify(A_BODY, &h),
             Err(Rejection::MissingHeader("svix-signature"))
         );
+    }
+
+    /// A header that is not visible ASCII is named as such, not counted as a bad timestamp.
+    #[test]
+    fn unreadable_headers_are_named() {
+        let v = Verifier::new(A_SECRET).unwrap();
+        let opaque = |name: &'static str| {
+            let mut h = headers(A_ID, "1649367553", A_SIG);
+            h.insert(name, http::HeaderValue::from_bytes(b"\xff").unwrap());
+            v.verify(A_BODY, &h)
+        };
+        assert_eq!(opaque("svix-id"), Err(Rejection::InvalidHeader("svix-id")));
+        assert_eq!(
+            opaque("svix-signature"),
+            Err(Rejection::InvalidHeader("svix-signature"))
+        );
+        assert_eq!(opaque("svix-timestamp"), Err(Rejection::BadTimestamp));
+        assert_eq!(Rejection::InvalidHeader("svix-id").label(), "bad_header");
     }
 }
