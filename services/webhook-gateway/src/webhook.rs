@@ -128,7 +128,8 @@ pub(crate) async fn clerk_webhook(app: &App, req: Request<Incoming>) -> Response
             return quarantined(app, &svix_id, &event_type, &reason, &body, started).await;
         }
     };
-    let result = match tokio::time::timeout(app.deadline, app.downstream.send(command)).await {
+    let result = match tokio::time::timeout(left(app, started), app.downstream.send(command)).await
+    {
         Ok(r) => r,
         Err(_) => Err(ForwardError::Unavailable("deadline exceeded".into())),
     };
@@ -161,6 +162,19 @@ pub(crate) async fn clerk_webhook(app: &App, req: Request<Incoming>) -> Response
     }
 }
 
+/// Svix waits 15 s for an answer; every answer goes out within this of the handler's start
+/// (reading the body, the command, and keeping the delivery when it cannot be applied), so a
+/// slow service is answered 503 in time rather than timed out (a timeout also costs the
+/// delivery a minute's penalty at Svix).
+pub const ANSWER_WITHIN: Duration = Duration::from_secs(14);
+
+/// How long the next downstream call may take: its own deadline, within what is left of
+/// [`ANSWER_WITHIN`].
+fn left(app: &App, started: Instant) -> Duration {
+    app.deadline
+        .min(ANSWER_WITHIN.saturating_sub(started.elapsed()))
+}
+
 /// Keeps a signed delivery that cannot be applied in its owner's quarantine and answers 2xx
 /// (also when its record was closed before: nothing is kept then); when the owner cannot be
 /// asked, 503 (Svix retries, nothing is lost).
@@ -173,7 +187,7 @@ async fn quarantined(
     started: Instant,
 ) -> Response<Full<Bytes>> {
     let kept = tokio::time::timeout(
-        app.deadline,
+        left(app, started),
         quarantine::keep(&app.downstream, svix_id, event_type, reason, body),
     )
     .await

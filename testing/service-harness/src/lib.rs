@@ -338,6 +338,25 @@ pub struct EntityLock(Option<oneshot::Sender<()>>);
 impl EntityLock {
     /// Takes the lock of `key` (e.g. `org:org_1`) in `database_url`.
     pub async fn hold(database_url: &str, key: &str) -> Self {
+        let sql = format!(
+            "SELECT pg_advisory_xact_lock(hashtextextended('{}', 7))",
+            key.replace('\'', "")
+        );
+        Self::taken_by(database_url, &sql).await
+    }
+
+    /// Takes the whole of `table` in `database_url` (ACCESS EXCLUSIVE): every statement of a
+    /// service on it waits meanwhile.
+    pub async fn table(database_url: &str, table: &str) -> Self {
+        Self::taken_by(
+            database_url,
+            &format!("LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE"),
+        )
+        .await
+    }
+
+    /// Runs `sql` in a transaction held open until dropped.
+    async fn taken_by(database_url: &str, sql: &str) -> Self {
         use diesel_async::SimpleAsyncConnection;
         let pool =
             service_runtime::db::build_pool(database_url, 1, service_runtime::db::PlanCache::Auto)
@@ -345,10 +364,7 @@ impl EntityLock {
         let mut conn = pool.get().await.expect("connection");
         let (release, released) = oneshot::channel::<()>();
         let (held_tx, held) = oneshot::channel::<()>();
-        let sql = format!(
-            "BEGIN; SELECT pg_advisory_xact_lock(hashtextextended('{}', 7))",
-            key.replace('\'', "")
-        );
+        let sql = format!("BEGIN; {sql}");
         tokio::spawn(async move {
             conn.batch_execute(&sql).await.expect("lock taken");
             let _ = held_tx.send(());

@@ -266,6 +266,35 @@ async fn an_unavailable_service_stays_503_however_old_the_event() {
     );
 }
 
+/// A service slow to fail an old delivery, then slow to keep it: the answer still goes out
+/// before Svix's 15 s timeout (503: Svix retries), not after both calls' deadlines.
+#[tokio::test]
+async fn a_slow_failure_then_a_slow_quarantine_is_answered_within_svixs_timeout() {
+    let s = stack_tuned(SECRET, None, None, None, |c| {
+        c.downstream.downstream_timeout_secs = 12;
+    })
+    .await;
+    refuse(s.workspace_db(), "workspaces", "clerk_org_id", "org_ps").await;
+    // The quarantine table held: keeping the delivery waits until released.
+    let keeper = EntityLock::table(s.workspace_db(), "quarantined_deliveries").await;
+    // The organization's writer held for 9 s: the command fails only then.
+    let writer = EntityLock::hold(s.workspace_db(), "org:org_ps").await;
+    tokio::spawn(async move {
+        tokio::time::sleep(std::time::Duration::from_secs(9)).await;
+        drop(writer);
+    });
+    let old = org_event("organization.created", "org_ps", "Slow", T);
+    let started = std::time::Instant::now();
+    let (code, _) = s.send("msg_ps", &old).await;
+    let took = started.elapsed();
+    drop(keeper);
+    assert_eq!(code, 503);
+    assert!(
+        took >= std::time::Duration::from_secs(9) && took < std::time::Duration::from_secs(15),
+        "answered after {took:?}"
+    );
+}
+
 #[test]
 fn quarantine_failed_after_secs_out_of_range_is_refused_naming_it() {
     #[derive(clap::Parser)]
