@@ -91,7 +91,7 @@ pub async fn serve_grpc(
         names,
         policy,
     } = services;
-    crate::open_services::add(&mut routes, &reporter, &names)?;
+    crate::open_services::add(&mut routes, &reporter, &names, &limits.reflection())?;
     let shutdown = async move {
         shutdown.await;
         // Stop advertising readiness first, then let tonic drain.

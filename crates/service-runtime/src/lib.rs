@@ -21,6 +21,7 @@ pub mod open_services;
 pub mod prepared;
 pub mod quota_service;
 pub mod read_after;
+pub mod reflection_limit;
 pub mod replica;
 pub mod secret;
 pub mod secret_files;

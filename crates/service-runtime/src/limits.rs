@@ -1,9 +1,11 @@
 //! What one gRPC server admits, so that no caller can hold it: connections at once, the time a
 //! connection has for its handshake and to live, calls per connection, the time of a call,
 //! HTTP/2 keepalive, streams reset before they were served (the HTTP/2 "rapid reset"
-//! attack) and streams the server had to reset because of the peer's frames ("MadeYouReset").
+//! attack), streams the server had to reset because of the peer's frames ("MadeYouReset"), and
+//! reflection calls (at once, and their length).
 
 use crate::connection::Deadlines;
+use crate::reflection_limit::ReflectionLimit;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Semaphore;
@@ -85,6 +87,22 @@ pub struct GrpcLimits {
         default_value_t = 30
     )]
     pub max_connection_age_grace_secs: u64,
+    /// Reflection calls one replica serves at once (1 to 1024); more are refused with
+    /// RESOURCE_EXHAUSTED. Reflection needs no token, and each call may hold answers in memory.
+    #[arg(
+        long = "grpc-reflection-max-calls",
+        env = "GRPC_REFLECTION_MAX_CALLS",
+        default_value_t = 16
+    )]
+    pub reflection_max_calls: usize,
+    /// Seconds a reflection call may last, answers included (1 to 600); then its stream is
+    /// reset. Tools such as grpcurl need milliseconds.
+    #[arg(
+        long = "grpc-reflection-call-secs",
+        env = "GRPC_REFLECTION_CALL_SECS",
+        default_value_t = 10
+    )]
+    pub reflection_call_secs: u64,
 }
 
 impl Default for GrpcLimits {
@@ -98,6 +116,8 @@ impl Default for GrpcLimits {
             handshake_timeout_secs: 10,
             max_connection_age_secs: 1800,
             max_connection_age_grace_secs: 30,
+            reflection_max_calls: 16,
+            reflection_call_secs: 10,
         }
     }
 }
@@ -153,6 +173,18 @@ impl GrpcLimits {
                 self.max_connection_age_grace_secs, self.request_timeout_secs
             ));
         }
+        if !(1..=1024).contains(&self.reflection_max_calls) {
+            return Err(format!(
+                "GRPC_REFLECTION_MAX_CALLS ({}) must be from 1 to 1024",
+                self.reflection_max_calls
+            ));
+        }
+        if !(1..=600).contains(&self.reflection_call_secs) {
+            return Err(format!(
+                "GRPC_REFLECTION_CALL_SECS ({}) must be from 1 to 600",
+                self.reflection_call_secs
+            ));
+        }
         Ok(())
     }
 
@@ -180,6 +212,14 @@ impl GrpcLimits {
                 self.max_connection_age_secs + self.max_connection_age_grace_secs,
             ),
         }
+    }
+
+    /// The bounds of reflection calls: a fresh count, for one server.
+    pub fn reflection(&self) -> ReflectionLimit {
+        ReflectionLimit::new(
+            self.reflection_max_calls,
+            Duration::from_secs(self.reflection_call_secs),
+        )
     }
 
     /// The admission of connections: one permit per connection served.

@@ -856,3 +856,160 @@ async fn the_stop_keeps_to_its_drain_and_worker_budgets() {
     // (The process exits here; in this test the call's task outlives `run`.)
     in_flight.abort();
 }
+
+/// A v1 reflection request, as framed on the wire.
+fn reflection_message(
+    request: tonic_reflection::pb::v1::server_reflection_request::MessageRequest,
+) -> bytes::Bytes {
+    use prost::Message;
+    let message = tonic_reflection::pb::v1::ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(request),
+    }
+    .encode_to_vec();
+    let mut framed = vec![0];
+    framed.extend_from_slice(&(message.len() as u32).to_be_bytes());
+    framed.extend_from_slice(&message);
+    framed.into()
+}
+
+/// Lists the services by reflection v1alpha (what grpcurl 1.8 speaks), in one short call.
+async fn list_by_reflection(channel: tonic::transport::Channel) -> Result<Vec<String>, Status> {
+    use tonic_reflection::pb::v1alpha as rpb;
+    let request = rpb::ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(
+            rpb::server_reflection_request::MessageRequest::ListServices(String::new()),
+        ),
+    };
+    let mut answers = rpb::server_reflection_client::ServerReflectionClient::new(channel)
+        .server_reflection_info(tokio_stream::once(request))
+        .await?
+        .into_inner();
+    let answer = answers.message().await?.expect("an answer");
+    match answer.message_response {
+        Some(rpb::server_reflection_response::MessageResponse::ListServicesResponse(list)) => {
+            Ok(list.service.into_iter().map(|s| s.name).collect())
+        }
+        other => panic!("not a list of services: {other:?}"),
+    }
+}
+
+/// Reflection needs no token and streams for as long as its client keeps its request open. One
+/// replica serves at most GRPC_REFLECTION_MAX_CALLS at once (v1 and v1alpha together; the next
+/// is refused with RESOURCE_EXHAUSTED at once), and each call is reset at its deadline
+/// (GRPC_REFLECTION_CALL_SECS) whether its client sent nothing or left its answers unread; its
+/// place then serves the next call.
+#[tokio::test]
+async fn reflection_calls_are_capped_per_replica_and_reset_at_their_deadline() {
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    let (server, _issuers) = limited_server(
+        service_runtime::GrpcLimits {
+            reflection_max_calls: 3,
+            reflection_call_secs: 2,
+            ..service_runtime::GrpcLimits::default()
+        },
+        &[],
+    )
+    .await;
+    // A client with 16 KiB windows that never reads (so never grants window back).
+    let tcp = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let (client, connection) = h2::client::Builder::new()
+        .initial_window_size(16 * 1024)
+        .initial_connection_window_size(16 * 1024)
+        .handshake::<_, bytes::Bytes>(tcp)
+        .await
+        .unwrap();
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    let mut client = client.ready().await.unwrap();
+    // One call that sends nothing, one that asks for the list, one that asks for a file larger
+    // than the window; none ends its request.
+    let asks = [
+        None,
+        Some(MessageRequest::ListServices(String::new())),
+        Some(MessageRequest::FileContainingSymbol(IDENTITY.into())),
+    ];
+    let opened = std::time::Instant::now();
+    let mut held = Vec::new();
+    for ask in asks {
+        let head = http::Request::post(format!(
+            "http://{}/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+            server.addr
+        ))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(())
+        .unwrap();
+        let (answer, mut request) = client.send_request(head, false).unwrap();
+        if let Some(ask) = ask {
+            request.send_data(reflection_message(ask), false).unwrap();
+        }
+        let answer = tokio::time::timeout(Duration::from_secs(5), answer)
+            .await
+            .expect("the reflection call is answered")
+            .unwrap();
+        assert_eq!(answer.status(), 200);
+        held.push((answer, request));
+    }
+
+    // The fourth call, v1alpha on another connection, is refused at once.
+    let refused = tokio::time::timeout(
+        Duration::from_secs(1),
+        list_by_reflection(server.channel().await),
+    )
+    .await
+    .expect("refused at once")
+    .unwrap_err();
+    assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
+    assert!(
+        refused.message().contains("GRPC_REFLECTION_MAX_CALLS"),
+        "{refused:?}"
+    );
+
+    // Each held call is reset at its deadline (2 s).
+    for (i, (answer, _request)) in held.into_iter().enumerate() {
+        let mut body = answer.into_body();
+        let end = tokio::time::timeout(Duration::from_secs(6), async {
+            loop {
+                match body.data().await {
+                    Some(Ok(_)) => continue,
+                    Some(Err(e)) => return Some(e),
+                    None => return None,
+                }
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("call {i} is still open after {:?}", opened.elapsed()));
+        let reset = end.unwrap_or_else(|| panic!("call {i} ended without a reset"));
+        assert_eq!(
+            reset.reason(),
+            Some(h2::Reason::CANCEL),
+            "call {i}: {reset:?}"
+        );
+        assert!(
+            opened.elapsed() >= Duration::from_millis(1800),
+            "call {i} ended early: {:?}",
+            opened.elapsed()
+        );
+    }
+    assert!(
+        opened.elapsed() < Duration::from_secs(6),
+        "{:?}",
+        opened.elapsed()
+    );
+
+    // Their places serve the next calls.
+    service_harness::eventually(
+        "reflection serves again",
+        Duration::from_secs(5),
+        || async {
+            list_by_reflection(server.channel().await)
+                .await
+                .is_ok_and(|names| names.iter().any(|n| n == IDENTITY))
+        },
+    )
+    .await;
+    server.stop().await.unwrap();
+}
