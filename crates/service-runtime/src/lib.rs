@@ -4,6 +4,7 @@
 //! one or several gRPC services, the lifecycle that background workers follow, and the one
 //! mapping of domain errors to gRPC statuses.
 
+pub mod activity;
 pub mod boot;
 pub mod browser;
 pub mod cache_metrics;

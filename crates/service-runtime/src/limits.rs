@@ -1,5 +1,5 @@
 //! What one gRPC server admits, so that no caller can hold it: connections at once, the time a
-//! connection has for its handshake and to live, calls per connection, the time of a call,
+//! connection has for its handshake, to live and to stay idle, calls per connection, the time of a call,
 //! HTTP/2 keepalive, streams reset before they were served (the HTTP/2 "rapid reset"
 //! attack), streams the server had to reset because of the peer's frames ("MadeYouReset"), and
 //! reflection calls (at once, and their length).
@@ -87,6 +87,14 @@ pub struct GrpcLimits {
         default_value_t = 30
     )]
     pub max_connection_age_grace_secs: u64,
+    /// Seconds a connection may go without a call in flight (1 to 86400); then it is closed and
+    /// its connection permit freed. HTTP/2 pings do not count as calls.
+    #[arg(
+        long = "grpc-max-connection-idle-secs",
+        env = "GRPC_MAX_CONNECTION_IDLE_SECS",
+        default_value_t = 300
+    )]
+    pub max_connection_idle_secs: u64,
     /// Reflection calls one replica serves at once (1 to 1024); more are refused with
     /// RESOURCE_EXHAUSTED. Reflection needs no token, and each call may hold answers in memory.
     #[arg(
@@ -116,6 +124,7 @@ impl Default for GrpcLimits {
             handshake_timeout_secs: 10,
             max_connection_age_secs: 1800,
             max_connection_age_grace_secs: 30,
+            max_connection_idle_secs: 300,
             reflection_max_calls: 16,
             reflection_call_secs: 10,
         }
@@ -173,6 +182,12 @@ impl GrpcLimits {
                 self.max_connection_age_grace_secs, self.request_timeout_secs
             ));
         }
+        if !(1..=86_400).contains(&self.max_connection_idle_secs) {
+            return Err(format!(
+                "GRPC_MAX_CONNECTION_IDLE_SECS ({}) must be from 1 to 86400",
+                self.max_connection_idle_secs
+            ));
+        }
         if !(1..=1024).contains(&self.reflection_max_calls) {
             return Err(format!(
                 "GRPC_REFLECTION_MAX_CALLS ({}) must be from 1 to 1024",
@@ -204,13 +219,15 @@ impl GrpcLimits {
             .max_connection_age(Duration::from_secs(self.max_connection_age_secs))
     }
 
-    /// The deadlines of each connection: its handshake, and its life (age and grace).
+    /// The deadlines of each connection: its handshake, its life (age and grace), and its idle
+    /// limit.
     pub fn deadlines(&self) -> Deadlines {
         Deadlines {
             handshake: Duration::from_secs(self.handshake_timeout_secs),
             lifetime: Duration::from_secs(
                 self.max_connection_age_secs + self.max_connection_age_grace_secs,
             ),
+            idle: Duration::from_secs(self.max_connection_idle_secs),
         }
     }
 

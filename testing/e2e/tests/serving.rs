@@ -639,7 +639,7 @@ fn counting_channel(
 /// A peer that sends nothing, stops inside the HTTP/2 preface, sends the preface but not its
 /// first frame, or stops inside its first HTTP/1 head is cut off once the handshake deadline
 /// passes, and its connection permit serves the next client (one permit here). A client that
-/// completed its handshake keeps its idle connection past that deadline.
+/// completed its handshake keeps its idle connection past that deadline (within the idle limit).
 #[tokio::test]
 async fn silent_peers_lose_their_connection_after_the_handshake_deadline() {
     use tokio::io::AsyncWriteExt;
@@ -647,6 +647,7 @@ async fn silent_peers_lose_their_connection_after_the_handshake_deadline() {
         service_runtime::GrpcLimits {
             max_connections: 1,
             handshake_timeout_secs: 1,
+            max_connection_idle_secs: 5,
             ..service_runtime::GrpcLimits::default()
         },
         &[],
@@ -693,7 +694,8 @@ async fn silent_peers_lose_their_connection_after_the_handshake_deadline() {
             .unwrap_or_else(|e| panic!("{what}: the next client is not served: {e:?}"));
     }
 
-    // A client that completed its handshake keeps its connection while idle.
+    // A client that completed its handshake keeps its connection while idle, within the idle
+    // limit (5 s here).
     let (channel, connects) = counting_channel(server.addr);
     let mut client = ipb::identity_service_client::IdentityServiceClient::new(channel);
     client.get_user(get("user_1")).await.unwrap();
@@ -1011,5 +1013,110 @@ async fn reflection_calls_are_capped_per_replica_and_reset_at_their_deadline() {
         },
     )
     .await;
+    server.stop().await.unwrap();
+}
+
+/// An HTTP/2 connection from the h2 client (which answers pings), and a flag set once it closed.
+async fn h2_connection(
+    addr: std::net::SocketAddr,
+) -> (
+    h2::client::SendRequest<bytes::Bytes>,
+    h2::PingPong,
+    Arc<AtomicBool>,
+) {
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (client, mut connection) = h2::client::handshake(tcp).await.unwrap();
+    let pings = connection.ping_pong().unwrap();
+    let closed = Arc::new(AtomicBool::new(false));
+    let flag = Arc::clone(&closed);
+    tokio::spawn(async move {
+        let _ = connection.await;
+        flag.store(true, Ordering::SeqCst);
+    });
+    (client.ready().await.unwrap(), pings, closed)
+}
+
+/// A connection with no call in flight for GRPC_MAX_CONNECTION_IDLE_SECS is closed, whatever its
+/// pings, and its permit serves the next client (one permit here); one with a call in flight
+/// stays past the limit, and is closed once the call has ended and the limit passed again.
+#[tokio::test]
+async fn idle_connections_are_closed_and_their_permit_serves_the_next_client() {
+    let (server, issuers) = limited_server(
+        service_runtime::GrpcLimits {
+            max_connections: 1,
+            max_connection_idle_secs: 2,
+            ..service_runtime::GrpcLimits::default()
+        },
+        &[],
+    )
+    .await;
+    // Handshaken, sends nothing but pings (every 300 ms, each answered).
+    let opened = std::time::Instant::now();
+    let (_client, mut pings, closed) = h2_connection(server.addr).await;
+    while !closed.load(Ordering::SeqCst) && opened.elapsed() < Duration::from_secs(6) {
+        let _ =
+            tokio::time::timeout(Duration::from_millis(300), pings.ping(h2::Ping::opaque())).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert!(
+        closed.load(Ordering::SeqCst),
+        "an idle connection that only pings is still open after {:?}",
+        opened.elapsed()
+    );
+    assert!(
+        opened.elapsed() >= Duration::from_millis(1800),
+        "closed early: {:?}",
+        opened.elapsed()
+    );
+    let mut next = ipb::identity_service_client::IdentityServiceClient::new(server.channel().await);
+    let mut request = issuers.service(
+        AUDIENCE,
+        ipb::GetUserRequest {
+            clerk_id: "user_1".into(),
+        },
+    );
+    request.set_timeout(Duration::from_secs(3));
+    next.get_user(request)
+        .await
+        .expect("the next client is served");
+    drop(next);
+
+    // A reflection call in flight (below its 10 s deadline) keeps its connection past the
+    // idle limit; the connection closes once the call ended and the limit passed again. (It is
+    // accepted once the client above has let go of the only permit.)
+    let (mut client, _pings, closed) = h2_connection(server.addr).await;
+    let head = http::Request::post(format!(
+        "http://{}/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+        server.addr
+    ))
+    .header("content-type", "application/grpc")
+    .header("te", "trailers")
+    .body(())
+    .unwrap();
+    let (answer, request) = client.send_request(head, false).unwrap();
+    let answer = answer.await.unwrap();
+    assert_eq!(answer.status(), 200);
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert!(
+        !closed.load(Ordering::SeqCst),
+        "a connection with a call in flight was closed as idle"
+    );
+    // The client cancels the call (RST_STREAM); the connection is idle from then on.
+    drop((answer, request));
+    let ended = std::time::Instant::now();
+    service_harness::eventually(
+        "the connection is closed once idle",
+        Duration::from_secs(5),
+        || {
+            let closed = Arc::clone(&closed);
+            async move { closed.load(Ordering::SeqCst) }
+        },
+    )
+    .await;
+    assert!(
+        ended.elapsed() >= Duration::from_millis(1500),
+        "closed {:?} after the call ended",
+        ended.elapsed()
+    );
     server.stop().await.unwrap();
 }
