@@ -17,7 +17,9 @@
 //!   through the [`AdmittedInfo`] tonic puts in each request; pings are not calls. With no call
 //!   in flight, cutting loses nothing but a request that arrives at that very moment.
 //!
-//! A deadline that passes makes every read and write fail, so hyper drops the connection and
+//! A call may also ask for its connection to be cut ([`Activity::cut`]).
+//!
+//! A deadline that passes, or a cut, makes every read and write fail, so hyper drops the connection and
 //! its permit is released.
 
 use crate::activity::Activity;
@@ -177,8 +179,8 @@ impl Admitted {
         }
     }
 
-    /// An error once the current deadline or the idle limit has passed (and registers the task
-    /// to hear of either, and of the last call in flight ending).
+    /// An error once the current deadline or the idle limit has passed, or a call asked for the
+    /// cut (and registers the task to hear of each, and of the last call in flight ending).
     fn check_deadline(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
         if self.expired.is_none() && self.deadline.as_mut().poll(cx).is_ready() {
             let why = if self.handshake == Handshake::Done {
@@ -186,6 +188,11 @@ impl Admitted {
             } else {
                 "the peer did not complete its handshake in time"
             };
+            tracing::debug!(reason = why, "closing connection");
+            self.expired = Some(why);
+        }
+        if self.expired.is_none() && self.activity.is_cut(cx.waker()) {
+            let why = "a call's answer was held past its deadline";
             tracing::debug!(reason = why, "closing connection");
             self.expired = Some(why);
         }

@@ -7,7 +7,14 @@
 //! deadline the body fails: hyper resets the stream (RST_STREAM CANCEL), which makes h2 drop the
 //! data it queued for it, and tonic-reflection's task ends with its channel. A DEADLINE_EXCEEDED
 //! trailer would instead wait behind the queued data of a client that never reads.
+//!
+//! hyper polls the body only while the stream has send window: from a peer that grants none it
+//! holds one answer and never asks again, so the body cannot fail. An answer still held
+//! [`CUT_AFTER`] past its deadline therefore cuts its connection ([`Activity::cut`]), which
+//! frees the answer and the permit; a client that reads is never cut.
 
+use crate::activity::Activity;
+use crate::connection::AdmittedInfo;
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
@@ -19,6 +26,9 @@ use tokio::time::{Instant, Sleep};
 use tonic::Status;
 use tonic::body::Body;
 use tonic::server::NamedService;
+
+/// How long after its deadline an answer hyper still holds cuts its connection.
+pub const CUT_AFTER: Duration = Duration::from_secs(1);
 
 /// Reflection calls served at once by one replica, and how long each may last. Clones share the
 /// count.
@@ -84,6 +94,10 @@ where
             return Box::pin(std::future::ready(Ok(refused.into_http())));
         };
         let deadline = Instant::now() + self.limit.deadline;
+        let connection = request
+            .extensions()
+            .get::<AdmittedInfo>()
+            .map(|info| Arc::clone(&info.activity));
         let answer = self.inner.call(request);
         Box::pin(async move {
             let response = answer.await?;
@@ -91,6 +105,7 @@ where
                 Body::new(Bounded {
                     inner,
                     deadline: Box::pin(tokio::time::sleep_until(deadline)),
+                    _watchdog: connection.map(|c| watchdog(c, deadline + CUT_AFTER)),
                     _permit: permit,
                 })
             }))
@@ -98,10 +113,30 @@ where
     }
 }
 
-/// A reflection answer that holds its call's permit until dropped and fails at its deadline.
+/// Cuts `connection` at `at` unless dropped first.
+fn watchdog(connection: Arc<Activity>, at: Instant) -> Watchdog {
+    Watchdog(tokio::spawn(async move {
+        tokio::time::sleep_until(at).await;
+        tracing::debug!("a reflection answer is held past its deadline: cutting its connection");
+        connection.cut();
+    }))
+}
+
+/// The watchdog of a held answer, stopped when the answer is dropped.
+struct Watchdog(tokio::task::JoinHandle<()>);
+
+impl Drop for Watchdog {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// A reflection answer that holds its call's permit until dropped, fails at its deadline, and
+/// cuts its connection if still held [`CUT_AFTER`] later.
 struct Bounded {
     inner: Body,
     deadline: Pin<Box<Sleep>>,
+    _watchdog: Option<Watchdog>,
     _permit: OwnedSemaphorePermit,
 }
 

@@ -901,13 +901,14 @@ async fn list_by_reflection(channel: tonic::transport::Channel) -> Result<Vec<St
 /// replica serves at most GRPC_REFLECTION_MAX_CALLS at once (v1 and v1alpha together; the next
 /// is refused with RESOURCE_EXHAUSTED at once), and each call is reset at its deadline
 /// (GRPC_REFLECTION_CALL_SECS) whether its client sent nothing or left its answers unread; its
-/// place then serves the next call.
+/// place then serves the next call. A client that grants no window at all, so that hyper holds
+/// its answer without polling it again, loses its connection a second after the deadline.
 #[tokio::test]
 async fn reflection_calls_are_capped_per_replica_and_reset_at_their_deadline() {
     use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
     let (server, _issuers) = limited_server(
         service_runtime::GrpcLimits {
-            reflection_max_calls: 3,
+            reflection_max_calls: 4,
             reflection_call_secs: 2,
             ..service_runtime::GrpcLimits::default()
         },
@@ -933,18 +934,20 @@ async fn reflection_calls_are_capped_per_replica_and_reset_at_their_deadline() {
         Some(MessageRequest::ListServices(String::new())),
         Some(MessageRequest::FileContainingSymbol(IDENTITY.into())),
     ];
-    let opened = std::time::Instant::now();
-    let mut held = Vec::new();
-    for ask in asks {
-        let head = http::Request::post(format!(
+    let reflection_head = || {
+        http::Request::post(format!(
             "http://{}/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
             server.addr
         ))
         .header("content-type", "application/grpc")
         .header("te", "trailers")
         .body(())
-        .unwrap();
-        let (answer, mut request) = client.send_request(head, false).unwrap();
+        .unwrap()
+    };
+    let opened = std::time::Instant::now();
+    let mut held = Vec::new();
+    for ask in asks {
+        let (answer, mut request) = client.send_request(reflection_head(), false).unwrap();
         if let Some(ask) = ask {
             request.send_data(reflection_message(ask), false).unwrap();
         }
@@ -956,7 +959,36 @@ async fn reflection_calls_are_capped_per_replica_and_reset_at_their_deadline() {
         held.push((answer, request));
     }
 
-    // The fourth call, v1alpha on another connection, is refused at once.
+    // A fourth, from a client with no window at all, asking for the file.
+    let tcp = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let (stuck_client, connection) = h2::client::Builder::new()
+        .initial_window_size(0)
+        .handshake::<_, bytes::Bytes>(tcp)
+        .await
+        .unwrap();
+    let stuck_closed = Arc::new(AtomicBool::new(false));
+    tokio::spawn({
+        let closed = Arc::clone(&stuck_closed);
+        async move {
+            let _ = connection.await;
+            closed.store(true, Ordering::SeqCst);
+        }
+    });
+    let mut stuck_client = stuck_client.ready().await.unwrap();
+    let (stuck, mut stuck_request) = stuck_client.send_request(reflection_head(), false).unwrap();
+    stuck_request
+        .send_data(
+            reflection_message(MessageRequest::FileContainingSymbol(IDENTITY.into())),
+            false,
+        )
+        .unwrap();
+    let stuck = tokio::time::timeout(Duration::from_secs(5), stuck)
+        .await
+        .expect("the reflection call is answered")
+        .unwrap();
+    assert_eq!(stuck.status(), 200);
+
+    // The fifth call, v1alpha on another connection, is refused at once.
     let refused = tokio::time::timeout(
         Duration::from_secs(1),
         list_by_reflection(server.channel().await),
@@ -1001,6 +1033,21 @@ async fn reflection_calls_are_capped_per_replica_and_reset_at_their_deadline() {
         "{:?}",
         opened.elapsed()
     );
+    service_harness::eventually(
+        "the connection holding an answer without window is cut",
+        Duration::from_secs(5),
+        || {
+            let closed = Arc::clone(&stuck_closed);
+            async move { closed.load(Ordering::SeqCst) }
+        },
+    )
+    .await;
+    assert!(
+        opened.elapsed() >= Duration::from_millis(2800),
+        "cut early: {:?}",
+        opened.elapsed()
+    );
+    drop((stuck, stuck_request, stuck_client));
 
     // Their places serve the next calls.
     service_harness::eventually(
