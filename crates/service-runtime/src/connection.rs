@@ -196,17 +196,18 @@ impl Admitted {
             tracing::debug!(reason = why, "closing connection");
             self.expired = Some(why);
         }
-        if self.expired.is_none() && self.handshake == Handshake::Done {
-            if let Some(since) = self.activity.idle_since(cx.waker()) {
-                let at = since + self.idle_limit;
-                if self.idle.deadline() != at {
-                    self.idle.as_mut().reset(at);
-                }
-                if self.idle.as_mut().poll(cx).is_ready() {
-                    let why = "no call in flight for the idle limit";
-                    tracing::debug!(reason = why, "closing connection");
-                    self.expired = Some(why);
-                }
+        if self.expired.is_none()
+            && self.handshake == Handshake::Done
+            && let Some(since) = self.activity.idle_since(cx.waker())
+        {
+            let at = since + self.idle_limit;
+            if self.idle.deadline() != at {
+                self.idle.as_mut().reset(at);
+            }
+            if self.idle.as_mut().poll(cx).is_ready() {
+                let why = "no call in flight for the idle limit";
+                tracing::debug!(reason = why, "closing connection");
+                self.expired = Some(why);
             }
         }
         match self.expired {

@@ -39,7 +39,8 @@ pub struct GrpcLimits {
         default_value_t = 256
     )]
     pub max_concurrent_streams: u32,
-    /// Longest a call may run, seconds (1 to 600); then it is answered CANCELLED.
+    /// Longest a call's handler may take to start its answer, seconds (1 to 600); then it is
+    /// answered CANCELLED. Streams and unread answers are bounded by other settings.
     #[arg(
         long = "grpc-request-timeout-secs",
         env = "GRPC_REQUEST_TIMEOUT_SECS",
