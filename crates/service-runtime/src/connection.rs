@@ -1,5 +1,5 @@
 //! One served connection and the time it may hold its connection permit: a deadline for its
-//! handshake, and an end of life after its maximum age and grace.
+//! handshake, an idle limit, and an end of life after its maximum age and grace.
 //!
 //! - **Handshake.** From accept, a peer has [`Deadlines::handshake`] to send what decides its
 //!   protocol and opens it: HTTP/2's 24-byte preface and its first frame (the SETTINGS every
@@ -11,12 +11,21 @@
 //!   (HTTP/2 GOAWAY: calls in flight finish, new ones go to a new connection); a connection
 //!   still open [`Deadlines::lifetime`] after accept (age + grace) is cut off here. (tonic's own
 //!   `max_connection_age_grace` skips the graceful close and only cuts the connection.)
+//! - **Idle.** After the handshake, a connection with no call in flight for [`Deadlines::idle`]
+//!   is cut off (grpc-go's `MaxConnectionIdle`), so peers that only answer pings cannot hold the
+//!   permits until their maximum age. Calls are counted by [`crate::activity::CountCalls`]
+//!   through the [`AdmittedInfo`] tonic puts in each request; pings are not calls. With no call
+//!   in flight, cutting loses nothing but a request that arrives at that very moment.
 //!
-//! A deadline that passes makes every read and write fail, so hyper drops the connection and
+//! A call may also ask for its connection to be cut ([`Activity::cut`]).
+//!
+//! A deadline that passes, or a cut, makes every read and write fail, so hyper drops the connection and
 //! its permit is released.
 
+use crate::activity::Activity;
 use std::io;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -37,6 +46,18 @@ pub struct Deadlines {
     pub handshake: Duration,
     /// From accept to the forced close: the maximum age plus its grace.
     pub lifetime: Duration,
+    /// With no call in flight, to the close.
+    pub idle: Duration,
+}
+
+/// What tonic puts in every request of an [`Admitted`] connection: the peer's address, and the
+/// connection's calls in flight.
+#[derive(Debug, Clone)]
+pub struct AdmittedInfo {
+    /// The TCP peer, for tonic's `Request::remote_addr`.
+    pub tcp: TcpConnectInfo,
+    /// The connection's calls in flight.
+    pub activity: Arc<Activity>,
 }
 
 /// How far a peer has come in opening its connection.
@@ -132,6 +153,11 @@ pub struct Admitted {
     /// The handshake's deadline until it is done, then the end of life.
     deadline: Pin<Box<Sleep>>,
     end_of_life: Instant,
+    /// The calls in flight, and the time without any that closes the connection.
+    activity: Arc<Activity>,
+    idle_limit: Duration,
+    /// Armed at the idle limit while no call is in flight.
+    idle: Pin<Box<Sleep>>,
     /// Why the connection was cut off, once it was.
     expired: Option<&'static str>,
 }
@@ -146,11 +172,15 @@ impl Admitted {
             handshake: Handshake::START,
             deadline: Box::pin(tokio::time::sleep_until(now + deadlines.handshake)),
             end_of_life: now + deadlines.lifetime,
+            activity: Activity::new(),
+            idle_limit: deadlines.idle,
+            idle: Box::pin(tokio::time::sleep_until(now + deadlines.idle)),
             expired: None,
         }
     }
 
-    /// An error once the current deadline has passed (and registers the task to hear of it).
+    /// An error once the current deadline or the idle limit has passed, or a call asked for the
+    /// cut (and registers the task to hear of each, and of the last call in flight ending).
     fn check_deadline(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
         if self.expired.is_none() && self.deadline.as_mut().poll(cx).is_ready() {
             let why = if self.handshake == Handshake::Done {
@@ -161,6 +191,25 @@ impl Admitted {
             tracing::debug!(reason = why, "closing connection");
             self.expired = Some(why);
         }
+        if self.expired.is_none() && self.activity.is_cut(cx.waker()) {
+            let why = "a call's answer was held past its deadline";
+            tracing::debug!(reason = why, "closing connection");
+            self.expired = Some(why);
+        }
+        if self.expired.is_none()
+            && self.handshake == Handshake::Done
+            && let Some(since) = self.activity.idle_since(cx.waker())
+        {
+            let at = since + self.idle_limit;
+            if self.idle.deadline() != at {
+                self.idle.as_mut().reset(at);
+            }
+            if self.idle.as_mut().poll(cx).is_ready() {
+                let why = "no call in flight for the idle limit";
+                tracing::debug!(reason = why, "closing connection");
+                self.expired = Some(why);
+            }
+        }
         match self.expired {
             Some(why) => Err(io::Error::new(io::ErrorKind::TimedOut, why)),
             None => Ok(()),
@@ -169,10 +218,13 @@ impl Admitted {
 }
 
 impl Connected for Admitted {
-    type ConnectInfo = TcpConnectInfo;
+    type ConnectInfo = AdmittedInfo;
 
     fn connect_info(&self) -> Self::ConnectInfo {
-        self.stream.connect_info()
+        AdmittedInfo {
+            tcp: self.stream.connect_info(),
+            activity: Arc::clone(&self.activity),
+        }
     }
 }
 

@@ -91,7 +91,7 @@ pub async fn serve_grpc(
         names,
         policy,
     } = services;
-    crate::open_services::add(&mut routes, &reporter, &names)?;
+    crate::open_services::add(&mut routes, &reporter, &names, &limits.reflection())?;
     let shutdown = async move {
         shutdown.await;
         // Stop advertising readiness first, then let tonic drain.
@@ -121,12 +121,14 @@ pub async fn serve_grpc(
             }
         },
     );
-    // CORS answers preflights and grants origins; gRPC-Web becomes gRPC; then authentication
-    // (it puts the principal in the request), then the user's write rate.
+    // Every call counts on its connection's activity (the idle limit); CORS answers preflights
+    // and grants origins; gRPC-Web becomes gRPC; then authentication (it puts the principal in
+    // the request), then the user's write rate.
     let writes = UserWriteLimit::new(limits.user_writes_per_minute, policy.clone());
     limits
         .server()
         .accept_http1(true)
+        .layer(crate::activity::CountCalls)
         .layer(crate::browser::cors(origins))
         .layer(tonic_web::GrpcWebLayer::new())
         .layer(AuthLayer::new(auth, policy))

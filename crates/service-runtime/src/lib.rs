@@ -4,6 +4,7 @@
 //! one or several gRPC services, the lifecycle that background workers follow, and the one
 //! mapping of domain errors to gRPC statuses.
 
+pub mod activity;
 pub mod boot;
 pub mod browser;
 pub mod cache_metrics;
@@ -22,6 +23,7 @@ pub mod open_services;
 pub mod prepared;
 pub mod quota_service;
 pub mod read_after;
+pub mod reflection_limit;
 pub mod replica;
 pub mod secret;
 pub mod secret_files;

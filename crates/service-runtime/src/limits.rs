@@ -1,9 +1,11 @@
 //! What one gRPC server admits, so that no caller can hold it: connections at once, the time a
-//! connection has for its handshake and to live, calls per connection, the time of a call,
+//! connection has for its handshake, to live and to stay idle, calls per connection, the time of a call,
 //! HTTP/2 keepalive, streams reset before they were served (the HTTP/2 "rapid reset"
-//! attack) and streams the server had to reset because of the peer's frames ("MadeYouReset").
+//! attack), streams the server had to reset because of the peer's frames ("MadeYouReset"), and
+//! reflection calls (at once, and their length).
 
 use crate::connection::Deadlines;
+use crate::reflection_limit::ReflectionLimit;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Semaphore;
@@ -37,7 +39,8 @@ pub struct GrpcLimits {
         default_value_t = 256
     )]
     pub max_concurrent_streams: u32,
-    /// Longest a call may run, seconds (1 to 600); then it is answered CANCELLED.
+    /// Longest a call's handler may take to start its answer, seconds (1 to 600); then it is
+    /// answered CANCELLED. Streams and unread answers are bounded by other settings.
     #[arg(
         long = "grpc-request-timeout-secs",
         env = "GRPC_REQUEST_TIMEOUT_SECS",
@@ -85,6 +88,30 @@ pub struct GrpcLimits {
         default_value_t = 30
     )]
     pub max_connection_age_grace_secs: u64,
+    /// Seconds a connection may go without a call in flight (1 to 86400); then it is closed and
+    /// its connection permit freed. HTTP/2 pings do not count as calls.
+    #[arg(
+        long = "grpc-max-connection-idle-secs",
+        env = "GRPC_MAX_CONNECTION_IDLE_SECS",
+        default_value_t = 300
+    )]
+    pub max_connection_idle_secs: u64,
+    /// Reflection calls one replica serves at once (1 to 1024); more are refused with
+    /// RESOURCE_EXHAUSTED. Reflection needs no token, and each call may hold answers in memory.
+    #[arg(
+        long = "grpc-reflection-max-calls",
+        env = "GRPC_REFLECTION_MAX_CALLS",
+        default_value_t = 16
+    )]
+    pub reflection_max_calls: usize,
+    /// Seconds a reflection call may last, answers included (1 to 600); then its stream is
+    /// reset. Tools such as grpcurl need milliseconds.
+    #[arg(
+        long = "grpc-reflection-call-secs",
+        env = "GRPC_REFLECTION_CALL_SECS",
+        default_value_t = 10
+    )]
+    pub reflection_call_secs: u64,
 }
 
 impl Default for GrpcLimits {
@@ -98,6 +125,9 @@ impl Default for GrpcLimits {
             handshake_timeout_secs: 10,
             max_connection_age_secs: 1800,
             max_connection_age_grace_secs: 30,
+            max_connection_idle_secs: 300,
+            reflection_max_calls: 16,
+            reflection_call_secs: 10,
         }
     }
 }
@@ -153,6 +183,24 @@ impl GrpcLimits {
                 self.max_connection_age_grace_secs, self.request_timeout_secs
             ));
         }
+        if !(1..=86_400).contains(&self.max_connection_idle_secs) {
+            return Err(format!(
+                "GRPC_MAX_CONNECTION_IDLE_SECS ({}) must be from 1 to 86400",
+                self.max_connection_idle_secs
+            ));
+        }
+        if !(1..=1024).contains(&self.reflection_max_calls) {
+            return Err(format!(
+                "GRPC_REFLECTION_MAX_CALLS ({}) must be from 1 to 1024",
+                self.reflection_max_calls
+            ));
+        }
+        if !(1..=600).contains(&self.reflection_call_secs) {
+            return Err(format!(
+                "GRPC_REFLECTION_CALL_SECS ({}) must be from 1 to 600",
+                self.reflection_call_secs
+            ));
+        }
         Ok(())
     }
 
@@ -172,14 +220,24 @@ impl GrpcLimits {
             .max_connection_age(Duration::from_secs(self.max_connection_age_secs))
     }
 
-    /// The deadlines of each connection: its handshake, and its life (age and grace).
+    /// The deadlines of each connection: its handshake, its life (age and grace), and its idle
+    /// limit.
     pub fn deadlines(&self) -> Deadlines {
         Deadlines {
             handshake: Duration::from_secs(self.handshake_timeout_secs),
             lifetime: Duration::from_secs(
                 self.max_connection_age_secs + self.max_connection_age_grace_secs,
             ),
+            idle: Duration::from_secs(self.max_connection_idle_secs),
         }
+    }
+
+    /// The bounds of reflection calls: a fresh count, for one server.
+    pub fn reflection(&self) -> ReflectionLimit {
+        ReflectionLimit::new(
+            self.reflection_max_calls,
+            Duration::from_secs(self.reflection_call_secs),
+        )
     }
 
     /// The admission of connections: one permit per connection served.

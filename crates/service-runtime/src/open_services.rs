@@ -1,8 +1,11 @@
 //! Health and reflection: the services any pod the NetworkPolicy admits may call without a
-//! token. Their only defence is their size: each holds at most one small message per call, and
-//! health answers `Check` only (`Watch` streams would stay open, one per call, counted by
-//! nothing; Kubernetes' gRPC probes and our tools call `Check`).
+//! token. Health answers `Check` only, one small message per call (`Watch` streams would stay
+//! open, one per call, counted by nothing; Kubernetes' gRPC probes and our tools call `Check`).
+//! Reflection streams an answer per request for as long as the client keeps its request open,
+//! so besides its message limits it runs within a [`ReflectionLimit`]: calls at once per
+//! replica, and a deadline per call.
 
+use crate::reflection_limit::ReflectionLimit;
 use tonic::{Request, Response, Status};
 use tonic_health::pb::health_server::{Health, HealthServer};
 use tonic_health::pb::{HealthCheckRequest, HealthCheckResponse};
@@ -62,25 +65,31 @@ fn reflection_builder(names: &[&'static str]) -> tonic_reflection::server::Build
 }
 
 /// Adds health, and reflection (v1 and v1alpha) describing `names` and health, to `routes`,
-/// each within its message limits.
+/// each within its message limits; both reflection versions share `reflection`'s calls.
 pub fn add(
     routes: &mut tonic::service::RoutesBuilder,
     reporter: &HealthReporter,
     names: &[&'static str],
+    reflection: &ReflectionLimit,
 ) -> anyhow::Result<()> {
+    use tower::Layer;
     routes
         .add_service(health(reporter))
         .add_service(
-            reflection_builder(names)
-                .build_v1()?
-                .max_decoding_message_size(REFLECTION_MAX_REQUEST)
-                .max_encoding_message_size(REFLECTION_MAX_ANSWER),
+            reflection.layer(
+                reflection_builder(names)
+                    .build_v1()?
+                    .max_decoding_message_size(REFLECTION_MAX_REQUEST)
+                    .max_encoding_message_size(REFLECTION_MAX_ANSWER),
+            ),
         )
         .add_service(
-            reflection_builder(names)
-                .build_v1alpha()?
-                .max_decoding_message_size(REFLECTION_MAX_REQUEST)
-                .max_encoding_message_size(REFLECTION_MAX_ANSWER),
+            reflection.layer(
+                reflection_builder(names)
+                    .build_v1alpha()?
+                    .max_decoding_message_size(REFLECTION_MAX_REQUEST)
+                    .max_encoding_message_size(REFLECTION_MAX_ANSWER),
+            ),
         );
     Ok(())
 }

@@ -639,7 +639,7 @@ fn counting_channel(
 /// A peer that sends nothing, stops inside the HTTP/2 preface, sends the preface but not its
 /// first frame, or stops inside its first HTTP/1 head is cut off once the handshake deadline
 /// passes, and its connection permit serves the next client (one permit here). A client that
-/// completed its handshake keeps its idle connection past that deadline.
+/// completed its handshake keeps its idle connection past that deadline (within the idle limit).
 #[tokio::test]
 async fn silent_peers_lose_their_connection_after_the_handshake_deadline() {
     use tokio::io::AsyncWriteExt;
@@ -647,6 +647,7 @@ async fn silent_peers_lose_their_connection_after_the_handshake_deadline() {
         service_runtime::GrpcLimits {
             max_connections: 1,
             handshake_timeout_secs: 1,
+            max_connection_idle_secs: 5,
             ..service_runtime::GrpcLimits::default()
         },
         &[],
@@ -693,7 +694,8 @@ async fn silent_peers_lose_their_connection_after_the_handshake_deadline() {
             .unwrap_or_else(|e| panic!("{what}: the next client is not served: {e:?}"));
     }
 
-    // A client that completed its handshake keeps its connection while idle.
+    // A client that completed its handshake keeps its connection while idle, within the idle
+    // limit (5 s here).
     let (channel, connects) = counting_channel(server.addr);
     let mut client = ipb::identity_service_client::IdentityServiceClient::new(channel);
     client.get_user(get("user_1")).await.unwrap();
@@ -855,4 +857,313 @@ async fn the_stop_keeps_to_its_drain_and_worker_budgets() {
     );
     // (The process exits here; in this test the call's task outlives `run`.)
     in_flight.abort();
+}
+
+/// A v1 reflection request, as framed on the wire.
+fn reflection_message(
+    request: tonic_reflection::pb::v1::server_reflection_request::MessageRequest,
+) -> bytes::Bytes {
+    use prost::Message;
+    let message = tonic_reflection::pb::v1::ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(request),
+    }
+    .encode_to_vec();
+    let mut framed = vec![0];
+    framed.extend_from_slice(&(message.len() as u32).to_be_bytes());
+    framed.extend_from_slice(&message);
+    framed.into()
+}
+
+/// Lists the services by reflection v1alpha (what grpcurl 1.8 speaks), in one short call.
+async fn list_by_reflection(channel: tonic::transport::Channel) -> Result<Vec<String>, Status> {
+    use tonic_reflection::pb::v1alpha as rpb;
+    let request = rpb::ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(
+            rpb::server_reflection_request::MessageRequest::ListServices(String::new()),
+        ),
+    };
+    let mut answers = rpb::server_reflection_client::ServerReflectionClient::new(channel)
+        .server_reflection_info(tokio_stream::once(request))
+        .await?
+        .into_inner();
+    let answer = answers.message().await?.expect("an answer");
+    match answer.message_response {
+        Some(rpb::server_reflection_response::MessageResponse::ListServicesResponse(list)) => {
+            Ok(list.service.into_iter().map(|s| s.name).collect())
+        }
+        other => panic!("not a list of services: {other:?}"),
+    }
+}
+
+/// Reflection needs no token and streams for as long as its client keeps its request open. One
+/// replica serves at most GRPC_REFLECTION_MAX_CALLS at once (v1 and v1alpha together; the next
+/// is refused with RESOURCE_EXHAUSTED at once), and each call is reset at its deadline
+/// (GRPC_REFLECTION_CALL_SECS) whether its client sent nothing or left its answers unread; its
+/// place then serves the next call. A client that grants no window at all, so that hyper holds
+/// its answer without polling it again, loses its connection a second after the deadline.
+#[tokio::test]
+async fn reflection_calls_are_capped_per_replica_and_reset_at_their_deadline() {
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    let (server, _issuers) = limited_server(
+        service_runtime::GrpcLimits {
+            reflection_max_calls: 4,
+            reflection_call_secs: 2,
+            ..service_runtime::GrpcLimits::default()
+        },
+        &[],
+    )
+    .await;
+    // A client with 16 KiB windows that never reads (so never grants window back).
+    let tcp = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let (client, connection) = h2::client::Builder::new()
+        .initial_window_size(16 * 1024)
+        .initial_connection_window_size(16 * 1024)
+        .handshake::<_, bytes::Bytes>(tcp)
+        .await
+        .unwrap();
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    let mut client = client.ready().await.unwrap();
+    // One call that sends nothing, one that asks for the list, one that asks for a file larger
+    // than the window; none ends its request.
+    let asks = [
+        None,
+        Some(MessageRequest::ListServices(String::new())),
+        Some(MessageRequest::FileContainingSymbol(IDENTITY.into())),
+    ];
+    let reflection_head = || {
+        http::Request::post(format!(
+            "http://{}/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+            server.addr
+        ))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(())
+        .unwrap()
+    };
+    let opened = std::time::Instant::now();
+    let mut held = Vec::new();
+    for ask in asks {
+        let (answer, mut request) = client.send_request(reflection_head(), false).unwrap();
+        if let Some(ask) = ask {
+            request.send_data(reflection_message(ask), false).unwrap();
+        }
+        let answer = tokio::time::timeout(Duration::from_secs(5), answer)
+            .await
+            .expect("the reflection call is answered")
+            .unwrap();
+        assert_eq!(answer.status(), 200);
+        held.push((answer, request));
+    }
+
+    // A fourth, from a client with no window at all, asking for the file.
+    let tcp = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let (stuck_client, connection) = h2::client::Builder::new()
+        .initial_window_size(0)
+        .handshake::<_, bytes::Bytes>(tcp)
+        .await
+        .unwrap();
+    let stuck_closed = Arc::new(AtomicBool::new(false));
+    tokio::spawn({
+        let closed = Arc::clone(&stuck_closed);
+        async move {
+            let _ = connection.await;
+            closed.store(true, Ordering::SeqCst);
+        }
+    });
+    let mut stuck_client = stuck_client.ready().await.unwrap();
+    let (stuck, mut stuck_request) = stuck_client.send_request(reflection_head(), false).unwrap();
+    stuck_request
+        .send_data(
+            reflection_message(MessageRequest::FileContainingSymbol(IDENTITY.into())),
+            false,
+        )
+        .unwrap();
+    let stuck = tokio::time::timeout(Duration::from_secs(5), stuck)
+        .await
+        .expect("the reflection call is answered")
+        .unwrap();
+    assert_eq!(stuck.status(), 200);
+
+    // The fifth call, v1alpha on another connection, is refused at once.
+    let refused = tokio::time::timeout(
+        Duration::from_secs(1),
+        list_by_reflection(server.channel().await),
+    )
+    .await
+    .expect("refused at once")
+    .unwrap_err();
+    assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
+    assert!(
+        refused.message().contains("GRPC_REFLECTION_MAX_CALLS"),
+        "{refused:?}"
+    );
+
+    // Each held call is reset at its deadline (2 s).
+    for (i, (answer, _request)) in held.into_iter().enumerate() {
+        let mut body = answer.into_body();
+        let end = tokio::time::timeout(Duration::from_secs(6), async {
+            loop {
+                match body.data().await {
+                    Some(Ok(_)) => continue,
+                    Some(Err(e)) => return Some(e),
+                    None => return None,
+                }
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("call {i} is still open after {:?}", opened.elapsed()));
+        let reset = end.unwrap_or_else(|| panic!("call {i} ended without a reset"));
+        assert_eq!(
+            reset.reason(),
+            Some(h2::Reason::CANCEL),
+            "call {i}: {reset:?}"
+        );
+        assert!(
+            opened.elapsed() >= Duration::from_millis(1800),
+            "call {i} ended early: {:?}",
+            opened.elapsed()
+        );
+    }
+    assert!(
+        opened.elapsed() < Duration::from_secs(6),
+        "{:?}",
+        opened.elapsed()
+    );
+    service_harness::eventually(
+        "the connection holding an answer without window is cut",
+        Duration::from_secs(5),
+        || {
+            let closed = Arc::clone(&stuck_closed);
+            async move { closed.load(Ordering::SeqCst) }
+        },
+    )
+    .await;
+    assert!(
+        opened.elapsed() >= Duration::from_millis(2800),
+        "cut early: {:?}",
+        opened.elapsed()
+    );
+    drop((stuck, stuck_request, stuck_client));
+
+    // Their places serve the next calls.
+    service_harness::eventually(
+        "reflection serves again",
+        Duration::from_secs(5),
+        || async {
+            list_by_reflection(server.channel().await)
+                .await
+                .is_ok_and(|names| names.iter().any(|n| n == IDENTITY))
+        },
+    )
+    .await;
+    server.stop().await.unwrap();
+}
+
+/// An HTTP/2 connection from the h2 client (which answers pings), and a flag set once it closed.
+async fn h2_connection(
+    addr: std::net::SocketAddr,
+) -> (
+    h2::client::SendRequest<bytes::Bytes>,
+    h2::PingPong,
+    Arc<AtomicBool>,
+) {
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (client, mut connection) = h2::client::handshake(tcp).await.unwrap();
+    let pings = connection.ping_pong().unwrap();
+    let closed = Arc::new(AtomicBool::new(false));
+    let flag = Arc::clone(&closed);
+    tokio::spawn(async move {
+        let _ = connection.await;
+        flag.store(true, Ordering::SeqCst);
+    });
+    (client.ready().await.unwrap(), pings, closed)
+}
+
+/// A connection with no call in flight for GRPC_MAX_CONNECTION_IDLE_SECS is closed, whatever its
+/// pings, and its permit serves the next client (one permit here); one with a call in flight
+/// stays past the limit, and is closed once the call has ended and the limit passed again.
+#[tokio::test]
+async fn idle_connections_are_closed_and_their_permit_serves_the_next_client() {
+    let (server, issuers) = limited_server(
+        service_runtime::GrpcLimits {
+            max_connections: 1,
+            max_connection_idle_secs: 2,
+            ..service_runtime::GrpcLimits::default()
+        },
+        &[],
+    )
+    .await;
+    // Handshaken, sends nothing but pings (every 300 ms, each answered).
+    let opened = std::time::Instant::now();
+    let (_client, mut pings, closed) = h2_connection(server.addr).await;
+    while !closed.load(Ordering::SeqCst) && opened.elapsed() < Duration::from_secs(6) {
+        let _ =
+            tokio::time::timeout(Duration::from_millis(300), pings.ping(h2::Ping::opaque())).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert!(
+        closed.load(Ordering::SeqCst),
+        "an idle connection that only pings is still open after {:?}",
+        opened.elapsed()
+    );
+    assert!(
+        opened.elapsed() >= Duration::from_millis(1800),
+        "closed early: {:?}",
+        opened.elapsed()
+    );
+    let mut next = ipb::identity_service_client::IdentityServiceClient::new(server.channel().await);
+    let mut request = issuers.service(
+        AUDIENCE,
+        ipb::GetUserRequest {
+            clerk_id: "user_1".into(),
+        },
+    );
+    request.set_timeout(Duration::from_secs(3));
+    next.get_user(request)
+        .await
+        .expect("the next client is served");
+    drop(next);
+
+    // A reflection call in flight (below its 10 s deadline) keeps its connection past the
+    // idle limit; the connection closes once the call ended and the limit passed again. (It is
+    // accepted once the client above has let go of the only permit.)
+    let (mut client, _pings, closed) = h2_connection(server.addr).await;
+    let head = http::Request::post(format!(
+        "http://{}/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+        server.addr
+    ))
+    .header("content-type", "application/grpc")
+    .header("te", "trailers")
+    .body(())
+    .unwrap();
+    let (answer, request) = client.send_request(head, false).unwrap();
+    let answer = answer.await.unwrap();
+    assert_eq!(answer.status(), 200);
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert!(
+        !closed.load(Ordering::SeqCst),
+        "a connection with a call in flight was closed as idle"
+    );
+    // The client cancels the call (RST_STREAM); the connection is idle from then on.
+    drop((answer, request));
+    let ended = std::time::Instant::now();
+    service_harness::eventually(
+        "the connection is closed once idle",
+        Duration::from_secs(5),
+        || {
+            let closed = Arc::clone(&closed);
+            async move { closed.load(Ordering::SeqCst) }
+        },
+    )
+    .await;
+    assert!(
+        ended.elapsed() >= Duration::from_millis(1500),
+        "closed {:?} after the call ended",
+        ended.elapsed()
+    );
+    server.stop().await.unwrap();
 }
