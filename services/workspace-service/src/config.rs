@@ -120,6 +120,27 @@ fn check_origin(url: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Refuses a `LIVEBLOCKS_SECRET_KEY` that Liveblocks' own SDK would refuse (`assertSecretKey`:
+/// an `sk_` prefix, then only `[A-Za-z0-9_-]`): a public key, or one copied with a newline or a
+/// space, would otherwise pass for a Liveblocks outage or a rejected key. Never shows the key.
+fn check_secret_key(key: &str) -> Result<(), String> {
+    if key.starts_with("pk_") {
+        return Err("LIVEBLOCKS_SECRET_KEY is a public key (pk_...): give the project's secret key (sk_...) from the Liveblocks dashboard".into());
+    }
+    if !key.starts_with("sk_") {
+        return Err(
+            "LIVEBLOCKS_SECRET_KEY must be a Liveblocks secret key starting with sk_".into(),
+        );
+    }
+    if !key
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    {
+        return Err("LIVEBLOCKS_SECRET_KEY holds characters a Liveblocks key never has (a space, a newline, a quote?): copy it again from the Liveblocks dashboard".into());
+    }
+    Ok(())
+}
+
 /// What a Liveblocks job's lease leaves beyond its call's timeout.
 const LEASE_MARGIN_SECS: u64 = 5;
 
@@ -128,6 +149,13 @@ impl LiveblocksArgs {
     pub fn settings(&self) -> Result<CleanupSettings, String> {
         let out_of_range = |what: &str| Err(format!("{what} is out of range"));
         check_origin(&self.liveblocks_api_url)?;
+        if let Some(key) = self
+            .liveblocks_secret_key
+            .as_ref()
+            .filter(|k| !k.is_empty())
+        {
+            check_secret_key(key.expose())?;
+        }
         if !(1..=256).contains(&self.liveblocks_concurrency) {
             return out_of_range("LIVEBLOCKS_CONCURRENCY (1 to 256)");
         }
@@ -566,5 +594,36 @@ mod tests {
             assert!(settings(good).is_ok(), "{good:?} was refused");
         }
         assert_eq!(defaults.lease, Duration::from_secs(60));
+    }
+
+    #[test]
+    fn a_key_liveblocks_sdk_would_refuse_is_refused_without_showing_it() {
+        for (key, says) in [
+            ("pk_live_abc123", "public key"),
+            ("sk_live_abc123\n", "characters"),
+            (" sk_live_abc123", "sk_"),
+            ("sk_live abc123", "characters"),
+            ("sk_live_abc123é", "characters"),
+            ("live_abc123", "sk_"),
+        ] {
+            let err = settings(&["--liveblocks-secret-key", key]).unwrap_err();
+            assert!(
+                err.contains("LIVEBLOCKS_SECRET_KEY") && err.contains(says),
+                "{key:?}: {err}"
+            );
+            assert!(!err.contains("abc123"), "the key shows in {err}");
+        }
+        for good in [
+            "sk_live_AZaz09_-x",
+            "sk_test_standin",
+            "sk_dev_local_stand_in",
+        ] {
+            assert!(
+                settings(&["--liveblocks-secret-key", good]).is_ok(),
+                "{good}"
+            );
+        }
+        // Unset or empty: no key (rooms stay queued), as before.
+        assert!(settings(&["--liveblocks-secret-key", ""]).is_ok());
     }
 }
