@@ -14,6 +14,20 @@ const MAX_ANSWER_BYTES: usize = 64 * 1024;
 /// A 404 that is not Liveblocks' `ROOM_NOT_FOUND`: the URL reaches something else.
 const NOT_LIVEBLOCKS: &str = "404 without ROOM_NOT_FOUND: LIVEBLOCKS_API_URL does not reach Liveblocks' REST API (give the bare origin, e.g. https://api.liveblocks.io, without /v2)";
 
+/// Why a redirect (3xx) is a misconfiguration, with where it pointed (a URL, never a key).
+fn redirected(status: u16, headers: &reqwest::header::HeaderMap) -> String {
+    let to: String = headers
+        .get(reqwest::header::LOCATION)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("nowhere")
+        .chars()
+        .take(200)
+        .collect();
+    format!(
+        "{status} redirect to {to}: LIVEBLOCKS_API_URL does not reach Liveblocks' REST API itself (redirects are not followed; give the origin that answers, e.g. https://api.liveblocks.io)"
+    )
+}
+
 /// The real Liveblocks REST API over reqwest.
 #[derive(Debug, Clone)]
 pub struct HttpLiveblocks {
@@ -29,7 +43,13 @@ impl HttpLiveblocks {
     /// (room-token calls after [`AUTHORIZE_TIMEOUT`] if that is shorter).
     pub fn new(base_url: &str, secret: &str, timeout: Duration) -> anyhow::Result<Self> {
         Ok(Self {
-            client: reqwest::Client::builder().timeout(timeout).build()?,
+            // A redirect is never followed: reqwest would drop the key on a change of scheme or
+            // host (the redirected call then looks like a rejected key) or send it to another
+            // host. A 3xx is reported as a wrong LIVEBLOCKS_API_URL instead.
+            client: reqwest::Client::builder()
+                .timeout(timeout)
+                .redirect(reqwest::redirect::Policy::none())
+                .build()?,
             base_url: base_url.trim_end_matches('/').to_owned(),
             secret: secret.into(),
             authorize_timeout: timeout.min(AUTHORIZE_TIMEOUT),
@@ -135,7 +155,11 @@ impl LiveblocksApi for HttpLiveblocks {
             Ok(r) if matches!(r.status().as_u16(), 401 | 403) => KeyState::Rejected {
                 status: r.status().as_u16(),
             },
-            Ok(r) if r.status().as_u16() == 404 => KeyState::WrongUrl,
+            Ok(r) if r.status().as_u16() == 404 || r.status().is_redirection() => {
+                KeyState::WrongUrl {
+                    status: r.status().as_u16(),
+                }
+            }
             Ok(r) => KeyState::Unknown {
                 reason: format!("{} from Liveblocks", r.status().as_u16()),
             },
@@ -165,6 +189,12 @@ impl LiveblocksApi for HttpLiveblocks {
         let status = resp.status().as_u16();
         match status {
             200..=299 => Delivery::Deleted,
+            // Like a 404 from something else: nothing was deleted, and asking again would not
+            // change where the URL leads.
+            300..=399 => Delivery::Rejected {
+                status,
+                reason: redirected(status, resp.headers()),
+            },
             // Only Liveblocks' own "no such room" is done: any other 404 (a path under a wrong
             // base URL, a proxy) would finish every job without deleting anything.
             404 => match capped_body::text(resp, MAX_ANSWER_BYTES).await {
@@ -209,6 +239,12 @@ impl LiveblocksApi for HttpLiveblocks {
         let status = resp.status().as_u16();
         match status {
             200..=299 => {}
+            300..=399 => {
+                return Err(AuthorizeError::Rejected {
+                    status,
+                    reason: redirected(status, resp.headers()),
+                });
+            }
             401 | 403 => return Err(AuthorizeError::KeyRejected { status }),
             429 => {
                 return Err(AuthorizeError::RateLimited {
@@ -311,6 +347,39 @@ mod tests {
             let _ = s.write_all(answer.as_bytes()).await;
         });
         url
+    }
+
+    /// A redirect is not followed (it would arrive without the key, or take it elsewhere): it
+    /// is a wrong URL for the key check and a permanent refusal for the calls.
+    #[tokio::test]
+    async fn a_redirect_is_reported_as_a_wrong_url_not_followed() {
+        const MOVED: &str = "HTTP/1.1 301 Moved Permanently\r\nlocation: https://127.0.0.1:9/v2/rooms\r\ncontent-length: 0\r\nconnection: close\r\n\r\n";
+        let api =
+            |url: String| HttpLiveblocks::new(&url, "sk_test", Duration::from_secs(5)).unwrap();
+        assert_eq!(
+            api(answer_once(MOVED).await).check_key().await,
+            KeyState::WrongUrl { status: 301 }
+        );
+        match api(answer_once(MOVED).await).delete_room("doc:1").await {
+            Delivery::Rejected {
+                status: 301,
+                reason,
+            } => {
+                assert!(reason.contains("LIVEBLOCKS_API_URL"), "{reason}");
+                assert!(reason.contains("https://127.0.0.1:9/v2/rooms"), "{reason}");
+            }
+            other => panic!("{other:?}"),
+        }
+        let entry = entry(None, None);
+        match api(answer_once(MOVED).await).authorize_user(&entry).await {
+            Err(AuthorizeError::Rejected {
+                status: 301,
+                reason,
+            }) => {
+                assert!(reason.contains("LIVEBLOCKS_API_URL"), "{reason}")
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[tokio::test]

@@ -42,9 +42,10 @@ pub enum KeyState {
     Valid,
     /// 401/403: the key is wrong.
     Rejected { status: u16 },
-    /// 404 for the rooms listing: `LIVEBLOCKS_API_URL` reaches something other than Liveblocks'
-    /// REST API (a path such as `/v2` in it, a proxy).
-    WrongUrl,
+    /// 404 or a redirect (3xx) for the rooms listing: `LIVEBLOCKS_API_URL` reaches something
+    /// other than Liveblocks' REST API (a path such as `/v2` in it, a proxy, `http://` where
+    /// the host redirects to `https://`).
+    WrongUrl { status: u16 },
     /// No answer that says either (network, 5xx, 429).
     Unknown { reason: String },
 }

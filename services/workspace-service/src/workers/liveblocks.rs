@@ -201,9 +201,11 @@ pub async fn check_key_loop(
                     "LIVEBLOCKS_SECRET_KEY rejected ({status}): rooms are not deleted; fix the key, then retry the dead jobs"
                 )),
             ),
-            KeyState::WrongUrl => (
+            KeyState::WrongUrl { status } => (
                 0,
-                Err("LIVEBLOCKS_API_URL answered 404 for the rooms listing: it does not reach Liveblocks' REST API; rooms are not deleted".to_owned()),
+                Err(format!(
+                    "LIVEBLOCKS_API_URL answered {status} for the rooms listing: it does not reach Liveblocks' REST API; rooms are not deleted"
+                )),
             ),
             KeyState::Unknown { reason } => (-1, Ok(format!("not checked: {reason}"))),
         };
@@ -215,8 +217,9 @@ pub async fn check_key_loop(
                     status,
                     "Liveblocks rejected LIVEBLOCKS_SECRET_KEY: rooms are not deleted until it is fixed"
                 ),
-                KeyState::WrongUrl => tracing::error!(
-                    "LIVEBLOCKS_API_URL answered 404 for the rooms listing: it does not reach Liveblocks' REST API (give the bare origin, without /v2); rooms are not deleted"
+                KeyState::WrongUrl { status } => tracing::error!(
+                    status,
+                    "LIVEBLOCKS_API_URL answered {status} for the rooms listing: it does not reach Liveblocks' REST API (give the bare origin it answers on, without /v2; redirects are not followed); rooms are not deleted"
                 ),
                 KeyState::Unknown { reason } => {
                     tracing::warn!(%reason, "could not check LIVEBLOCKS_SECRET_KEY")
