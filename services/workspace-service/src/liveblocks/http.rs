@@ -128,15 +128,20 @@ async fn body_of(resp: reqwest::Response) -> String {
         .unwrap_or_default()
 }
 
-/// The `error` code of a Liveblocks error body (never the whole body).
+/// The `error` code of a Liveblocks error body (never the whole body; only the characters a
+/// code has, so nothing else from the body reaches a log).
 fn error_code(body: &str) -> String {
     serde_json::from_str::<Value>(body)
         .ok()
         .and_then(|v| {
-            v.get("error")?
-                .as_str()
-                .map(|s| s.chars().take(80).collect())
+            v.get("error")?.as_str().map(|s| {
+                s.chars()
+                    .filter(|c| c.is_ascii_alphanumeric() || *c == '_')
+                    .take(80)
+                    .collect::<String>()
+            })
         })
+        .filter(|code| !code.is_empty())
         .unwrap_or_else(|| "no error code".into())
 }
 
@@ -154,6 +159,7 @@ impl LiveblocksApi for HttpLiveblocks {
             Ok(r) if r.status().is_success() => KeyState::Valid,
             Ok(r) if matches!(r.status().as_u16(), 401 | 403) => KeyState::Rejected {
                 status: r.status().as_u16(),
+                code: error_code(&body_of(r).await),
             },
             Ok(r) if r.status().as_u16() == 404 || r.status().is_redirection() => {
                 KeyState::WrongUrl {
@@ -209,7 +215,10 @@ impl LiveblocksApi for HttpLiveblocks {
                     reason: format!("404 whose body could not be read: {e}"),
                 },
             },
-            401 | 403 => Delivery::KeyRejected { status },
+            401 | 403 => Delivery::KeyRejected {
+                status,
+                code: error_code(&body_of(resp).await),
+            },
             429 => Delivery::RateLimited {
                 after: retry_after(resp.headers()),
             },
@@ -245,7 +254,12 @@ impl LiveblocksApi for HttpLiveblocks {
                     reason: redirected(status, resp.headers()),
                 });
             }
-            401 | 403 => return Err(AuthorizeError::KeyRejected { status }),
+            401 | 403 => {
+                return Err(AuthorizeError::KeyRejected {
+                    status,
+                    code: error_code(&body_of(resp).await),
+                });
+            }
             429 => {
                 return Err(AuthorizeError::RateLimited {
                     retry_after: retry_after(resp.headers()),
@@ -380,6 +394,38 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    /// A 401/403 keeps Liveblocks' `error` code, so the log names the cause (a room refused is
+    /// not a wrong key).
+    #[tokio::test]
+    async fn a_401_or_403_keeps_liveblocks_error_code() {
+        const REFUSED: &str = "HTTP/1.1 403 Forbidden\r\ncontent-type: application/json\r\ncontent-length: 59\r\nconnection: close\r\n\r\n{\"error\":\"UNAUTHORIZED_ROOM_ACCESS\",\"message\":\"no\\naccess\"}";
+        const WRONG_KEY: &str = "HTTP/1.1 401 Unauthorized\r\ncontent-length: 26\r\nconnection: close\r\n\r\n{\"error\":\"WRONG_KEY_USED\"}";
+        let api =
+            |url: String| HttpLiveblocks::new(&url, "sk_test", Duration::from_secs(5)).unwrap();
+        let entry = entry(None, None);
+        assert_eq!(
+            api(answer_once(REFUSED).await).authorize_user(&entry).await,
+            Err(AuthorizeError::KeyRejected {
+                status: 403,
+                code: "UNAUTHORIZED_ROOM_ACCESS".into()
+            })
+        );
+        assert_eq!(
+            api(answer_once(WRONG_KEY).await).delete_room("doc:1").await,
+            Delivery::KeyRejected {
+                status: 401,
+                code: "WRONG_KEY_USED".into()
+            }
+        );
+        assert_eq!(
+            api(answer_once(WRONG_KEY).await).check_key().await,
+            KeyState::Rejected {
+                status: 401,
+                code: "WRONG_KEY_USED".into()
+            }
+        );
     }
 
     #[tokio::test]

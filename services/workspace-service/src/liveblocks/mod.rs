@@ -29,8 +29,9 @@ pub enum Delivery {
     },
     /// 429: Liveblocks is rate-limiting the key; try again after `after` when it said so.
     RateLimited { after: Option<Duration> },
-    /// 401 / 403: the secret key is wrong; keep the job until it is fixed.
-    KeyRejected { status: u16 },
+    /// 401 / 403 and Liveblocks' error `code` (e.g. INVALID_SECRET_KEY): usually the secret key
+    /// is wrong; keep the job until it is fixed.
+    KeyRejected { status: u16, code: String },
     /// Another 4xx (e.g. 422): keep the job, back off to the maximum, alert.
     Rejected { status: u16, reason: String },
 }
@@ -40,8 +41,8 @@ pub enum Delivery {
 pub enum KeyState {
     /// The key was accepted.
     Valid,
-    /// 401/403: the key is wrong.
-    Rejected { status: u16 },
+    /// 401/403 and Liveblocks' error `code`: the key is wrong.
+    Rejected { status: u16, code: String },
     /// 404 or a redirect (3xx) for the rooms listing: `LIVEBLOCKS_API_URL` reaches something
     /// other than Liveblocks' REST API (a path such as `/v2` in it, a proxy, `http://` where
     /// the host redirects to `https://`).
@@ -80,8 +81,10 @@ pub enum AuthorizeError {
     /// 429: Liveblocks answered, but is rate-limiting the project's key; `retry_after` is its
     /// `Retry-After`, when it sent one.
     RateLimited { retry_after: Option<Duration> },
-    /// 401 / 403: the secret key is wrong.
-    KeyRejected { status: u16 },
+    /// 401 / 403 and Liveblocks' error `code`: the secret key is wrong
+    /// (INVALID_SECRET_KEY, WRONG_KEY_USED, ...) or the request was refused for another reason
+    /// (e.g. UNAUTHORIZED_ROOM_ACCESS).
+    KeyRejected { status: u16, code: String },
     /// Another refusal (e.g. 422 for a request Liveblocks finds invalid) or an answer without a
     /// token.
     Rejected { status: u16, reason: String },
@@ -129,6 +132,24 @@ pub fn from_args(args: &LiveblocksArgs) -> anyhow::Result<Option<Arc<dyn Liveblo
 pub const RATE_LIMITED_RETRY: Duration = Duration::from_secs(1);
 /// The longest retry advice passed on from a `Retry-After`.
 pub const RATE_LIMITED_RETRY_MAX: Duration = Duration::from_secs(3600);
+
+/// Liveblocks' error codes that name the secret key itself.
+const KEY_CODES: &[&str] = &[
+    "INVALID_SECRET_KEY",
+    "MISSING_SECRET_KEY",
+    "WRONG_KEY_USED",
+    "INVALID_PUBLIC_KEY",
+];
+
+/// What to tell an operator after a 401/403 with `code`: the key when the code names it, else
+/// nothing beyond the code (e.g. UNAUTHORIZED_ROOM_ACCESS is not the key's fault).
+pub fn key_hint(code: &str) -> &'static str {
+    if KEY_CODES.contains(&code) {
+        ": LIVEBLOCKS_SECRET_KEY is wrong, revoked or not the project's secret key"
+    } else {
+        ""
+    }
+}
 
 /// Issues room access tokens through the shared client; while Liveblocks keeps failing the
 /// gate answers UNAVAILABLE at once instead of holding every caller for a timeout. A 429 is
@@ -188,8 +209,9 @@ impl RoomTokens {
                     after,
                 })
             }
-            Err(AuthorizeError::KeyRejected { status }) => Err(Error::Internal(format!(
-                "Liveblocks rejected LIVEBLOCKS_SECRET_KEY ({status}) for a room token"
+            Err(AuthorizeError::KeyRejected { status, code }) => Err(Error::Internal(format!(
+                "Liveblocks refused a room token with {status} {code}{}",
+                key_hint(&code)
             ))),
             Err(AuthorizeError::Rejected { status, reason }) => Err(Error::Internal(format!(
                 "Liveblocks refused a room token ({status}): {reason}"
@@ -230,6 +252,30 @@ mod tests {
             name: None,
             avatar: None,
             permissions: crate::domain::room_access::WRITE,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_refusal_names_liveblocks_error_code() {
+        for (code, names_key) in [
+            ("UNAUTHORIZED_ROOM_ACCESS", false),
+            ("INVALID_SECRET_KEY", true),
+        ] {
+            let api = Arc::new(Fixed {
+                answer: Mutex::new(Err(AuthorizeError::KeyRejected {
+                    status: 403,
+                    code: code.into(),
+                })),
+                calls: Mutex::new(0),
+            });
+            let tokens = RoomTokens::new(Some(api as Arc<dyn LiveblocksApi>));
+            match tokens.issue(&entry()).await {
+                Err(Error::Internal(m)) => {
+                    assert!(m.contains(&format!("403 {code}")), "{m}");
+                    assert_eq!(m.contains("LIVEBLOCKS_SECRET_KEY"), names_key, "{m}");
+                }
+                other => panic!("{other:?}"),
+            }
         }
     }
 

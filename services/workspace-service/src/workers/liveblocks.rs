@@ -82,16 +82,18 @@ impl JobHandler for CleanupHandler {
                     error: "429 rate limited".into(),
                 },
             ),
-            Delivery::KeyRejected { status } => {
+            Delivery::KeyRejected { status, code } => {
                 self.metrics.liveblocks_key_rejections.inc();
                 self.metrics.liveblocks_key_valid.set(0);
+                let hint = crate::liveblocks::key_hint(code);
                 if !self.key_problem_logged.swap(true, Ordering::SeqCst) {
                     tracing::error!(
                         status,
-                        "Liveblocks rejected LIVEBLOCKS_SECRET_KEY; clean-up jobs become dead until the key is fixed and they are retried"
+                        %code,
+                        "Liveblocks refused a room deletion with {status} {code}{hint}; clean-up jobs become dead until the cause is fixed and they are retried"
                     );
                 }
-                let error = format!("{status}: secret key rejected");
+                let error = format!("{status} {code}{hint}");
                 ("key_rejected", Attempt::Dead { error })
             }
             Delivery::Rejected { status, reason } => {
@@ -195,10 +197,10 @@ pub async fn check_key_loop(
         let state = api.check_key().await;
         let (gauge, shown) = match &state {
             KeyState::Valid => (1, Ok("LIVEBLOCKS_SECRET_KEY accepted".to_owned())),
-            KeyState::Rejected { status } => (
+            KeyState::Rejected { status, code } => (
                 0,
                 Err(format!(
-                    "LIVEBLOCKS_SECRET_KEY rejected ({status}): rooms are not deleted; fix the key, then retry the dead jobs"
+                    "LIVEBLOCKS_SECRET_KEY rejected ({status} {code}): rooms are not deleted; fix the key, then retry the dead jobs"
                 )),
             ),
             KeyState::WrongUrl { status } => (
@@ -213,9 +215,10 @@ pub async fn check_key_loop(
         if last.as_ref() != Some(&state) {
             match &state {
                 KeyState::Valid => tracing::info!("Liveblocks accepted LIVEBLOCKS_SECRET_KEY"),
-                KeyState::Rejected { status } => tracing::error!(
+                KeyState::Rejected { status, code } => tracing::error!(
                     status,
-                    "Liveblocks rejected LIVEBLOCKS_SECRET_KEY: rooms are not deleted until it is fixed"
+                    %code,
+                    "Liveblocks rejected LIVEBLOCKS_SECRET_KEY ({status} {code}): rooms are not deleted until it is fixed"
                 ),
                 KeyState::WrongUrl { status } => tracing::error!(
                     status,
