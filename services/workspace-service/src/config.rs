@@ -50,8 +50,10 @@ pub struct LiveblocksArgs {
     pub liveblocks_key_check_secs: u64,
     /// Seconds after a room's rows were deleted when its Liveblocks room is deleted a second
     /// time (0: never, or 3660 to 86400). Liveblocks creates a room when a client connects to it,
-    /// and a client keeps its access token for up to an hour: one issued just before the
-    /// deletion can bring the room back. The default outlives such a token by 5 minutes.
+    /// and a client keeps its access token until it expires (about an hour): one issued just
+    /// before the deletion can bring the room back. The default outlives such a token by
+    /// 5 minutes. A room token Liveblocks issues living longer than this less 60 s (an hour
+    /// without a sweep) is not handed out.
     #[arg(long, env = "LIVEBLOCKS_SWEEP_AFTER_SECS", default_value_t = 3900)]
     pub liveblocks_sweep_after_secs: u64,
 }
@@ -79,6 +81,17 @@ pub struct CleanupSettings {
     pub sweep_after: Option<Duration>,
 }
 
+impl CleanupSettings {
+    /// The longest-lived room token the service may hand out: one the sweep outlives by
+    /// [`TOKEN_MARGIN_SECS`]. Without a sweep, the hour the earliest sweep assumes: a removed
+    /// member's token still lives no longer than that (docs/security.md).
+    pub fn longest_token(&self) -> Duration {
+        self.sweep_after
+            .unwrap_or(Duration::from_secs(MIN_SWEEP_AFTER_SECS))
+            .saturating_sub(Duration::from_secs(TOKEN_MARGIN_SECS))
+    }
+}
+
 impl Default for CleanupSettings {
     fn default() -> Self {
         Self {
@@ -95,9 +108,14 @@ impl Default for CleanupSettings {
     }
 }
 
-/// The earliest sweep: a Liveblocks access token lives an hour, plus a minute for the call that
-/// issued it.
-pub const MIN_SWEEP_AFTER_SECS: u64 = 3660;
+/// What the sweep keeps beyond the longest token it must outlive: the call that issued the
+/// token (3 s at most) and clock differences between Liveblocks, the pods and the database.
+pub const TOKEN_MARGIN_SECS: u64 = 60;
+
+/// The earliest sweep: a Liveblocks access token lives an hour (a maintainer's word; each
+/// token's own `exp` is checked against the sweep, see [`CleanupSettings::longest_token`]), plus
+/// [`TOKEN_MARGIN_SECS`].
+pub const MIN_SWEEP_AFTER_SECS: u64 = 3600 + TOKEN_MARGIN_SECS;
 
 /// Refuses a `LIVEBLOCKS_API_URL` that is not a bare `http(s)` origin: with a path (`/v2`) every
 /// call would reach a wrong path, and a 404 there must never pass for a room already gone.

@@ -3,12 +3,12 @@
 //! this worker deletes them at Liveblocks.
 //!
 //! 204/404 finish a job's round. Liveblocks creates a room when a client connects to it, and a
-//! client keeps its access token for up to an hour, so a token issued just before the rows'
-//! deletion can bring the room back: the job's first round schedules a second
+//! client keeps its access token until its `exp` (about an hour), so a token issued just before
+//! the rows' deletion can bring the room back: the job's first round schedules a second
 //! (`sweep_after` after the rows' deletion, which enqueued the job) that deletes the room
 //! again. No token for the room is granted after its rows' deletion (room access is decided
-//! on the database; one granted just before reaches its client within the call's 3 s, well
-//! inside the sweep's 5 minutes past an hour).
+//! on the database; one granted just before reaches its client within the call's 3 s), and no
+//! token living longer than `sweep_after` less a minute is handed out (`RoomTokens`).
 //!
 //! A 429 pauses the whole worker for its `Retry-After` and spends no attempt (a rate limit says
 //! nothing about the room); 5xx, timeouts and connection errors back off exponentially with
