@@ -39,6 +39,9 @@ pub enum LiveblocksMode {
     Down,
     /// 429 with `Retry-After: secs`.
     RateLimited { retry_after_secs: u64 },
+    /// 429 with `Retry-After` as an HTTP-date `retry_after_secs` from the answer (RFC 9110's
+    /// other form).
+    RateLimitedUntil { retry_after_secs: u64 },
     /// 422 for every deletion (a permanent refusal).
     Unprocessable,
     /// Not Liveblocks at all (a wrong host, a proxy): a plain 404 page for every request.
@@ -62,6 +65,14 @@ fn failure(mode: &LiveblocksMode) -> Option<hyper::Response<Full<Bytes>>> {
             let mut r = error(429, "TOO_MANY_REQUESTS", "Rate limit exceeded.");
             r.headers_mut()
                 .insert("retry-after", (*retry_after_secs).into());
+            Some(r)
+        }
+        LiveblocksMode::RateLimitedUntil { retry_after_secs } => {
+            let mut r = error(429, "TOO_MANY_REQUESTS", "Rate limit exceeded.");
+            let at = std::time::SystemTime::now() + Duration::from_secs(*retry_after_secs);
+            if let Ok(v) = httpdate::fmt_http_date(at).parse() {
+                r.headers_mut().insert("retry-after", v);
+            }
             Some(r)
         }
         LiveblocksMode::NotLiveblocks => {
@@ -663,6 +674,27 @@ mod tests {
             );
         }
         assert!(live.deleted().is_empty() && live.authorizations().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_rate_limit_can_say_until_when_as_an_http_date() {
+        let live = LiveblocksStandIn::start("sk_test").await.unwrap();
+        live.set_mode(LiveblocksMode::RateLimitedUntil {
+            retry_after_secs: 120,
+        });
+        let r = reqwest::Client::new()
+            .delete(format!("{}/v2/rooms/doc%3A1", live.base_url()))
+            .bearer_auth("sk_test")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 429);
+        let at = httpdate::parse_http_date(r.headers()["retry-after"].to_str().unwrap()).unwrap();
+        let ahead = at
+            .duration_since(std::time::SystemTime::now())
+            .unwrap()
+            .as_secs();
+        assert!((115..=120).contains(&ahead), "{ahead}");
     }
 
     #[tokio::test]

@@ -57,15 +57,26 @@ impl HttpLiveblocks {
     }
 }
 
+/// `Retry-After` (RFC 9110): delta-seconds, or an HTTP-date counted from now (`None` when it
+/// is missing, unreadable or already past: the caller's default applies).
 fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
-    headers
+    retry_after_at(headers, std::time::SystemTime::now())
+}
+
+fn retry_after_at(
+    headers: &reqwest::header::HeaderMap,
+    now: std::time::SystemTime,
+) -> Option<Duration> {
+    let value = headers
         .get(reqwest::header::RETRY_AFTER)?
         .to_str()
         .ok()?
-        .trim()
-        .parse::<u64>()
-        .ok()
-        .map(Duration::from_secs)
+        .trim();
+    if let Ok(secs) = value.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let at = httpdate::parse_http_date(value).ok()?;
+    at.duration_since(now).ok().filter(|d| !d.is_zero())
 }
 
 /// The body of `POST /v2/authorize-user`: one room, its permissions, and the user's info
@@ -339,6 +350,42 @@ mod tests {
         // What fits is sent as it is.
         let fits = user_info(Some("Ada"), Some("https://img/a"));
         assert_eq!(fits.len(), 2);
+    }
+
+    #[test]
+    fn retry_after_is_read_as_seconds_or_as_an_http_date() {
+        let now = std::time::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let header = |v: &str| {
+            let mut h = reqwest::header::HeaderMap::new();
+            h.insert(reqwest::header::RETRY_AFTER, v.parse().unwrap());
+            h
+        };
+        let date = |d: Duration| httpdate::fmt_http_date(now + d);
+        assert_eq!(
+            retry_after_at(&header("120"), now),
+            Some(Duration::from_secs(120))
+        );
+        assert_eq!(
+            retry_after_at(&header(&date(Duration::from_secs(120))), now),
+            Some(Duration::from_secs(120))
+        );
+        // The other two date forms RFC 9110 asks recipients to take (`now` is 22:13:20).
+        assert_eq!(
+            retry_after_at(&header("Tuesday, 14-Nov-23 22:15:20 GMT"), now),
+            Some(Duration::from_secs(120))
+        );
+        assert_eq!(
+            retry_after_at(&header("Tue Nov 14 22:15:20 2023"), now),
+            Some(Duration::from_secs(120))
+        );
+        // Unreadable, or a date not after now: the caller's default.
+        for none in ["", "soon", "-5", "Tue, 14 Nov 2023 22:13:20 GMT"] {
+            assert_eq!(retry_after_at(&header(none), now), None, "{none:?}");
+        }
+        assert_eq!(
+            retry_after_at(&reqwest::header::HeaderMap::new(), now),
+            None
+        );
     }
 
     #[test]
