@@ -50,8 +50,10 @@ pub struct LiveblocksArgs {
     pub liveblocks_key_check_secs: u64,
     /// Seconds after a room's rows were deleted when its Liveblocks room is deleted a second
     /// time (0: never, or 3660 to 86400). Liveblocks creates a room when a client connects to it,
-    /// and a client keeps its access token for up to an hour: one issued just before the
-    /// deletion can bring the room back. The default outlives such a token by 5 minutes.
+    /// and a client keeps its access token until it expires (about an hour): one issued just
+    /// before the deletion can bring the room back. The default outlives such a token by
+    /// 5 minutes. A room token Liveblocks issues living longer than this less 60 s (an hour
+    /// without a sweep) is not handed out.
     #[arg(long, env = "LIVEBLOCKS_SWEEP_AFTER_SECS", default_value_t = 3900)]
     pub liveblocks_sweep_after_secs: u64,
 }
@@ -79,6 +81,17 @@ pub struct CleanupSettings {
     pub sweep_after: Option<Duration>,
 }
 
+impl CleanupSettings {
+    /// The longest-lived room token the service may hand out: one the sweep outlives by
+    /// [`TOKEN_MARGIN_SECS`]. Without a sweep, the hour the earliest sweep assumes: a removed
+    /// member's token still lives no longer than that (docs/security.md).
+    pub fn longest_token(&self) -> Duration {
+        self.sweep_after
+            .unwrap_or(Duration::from_secs(MIN_SWEEP_AFTER_SECS))
+            .saturating_sub(Duration::from_secs(TOKEN_MARGIN_SECS))
+    }
+}
+
 impl Default for CleanupSettings {
     fn default() -> Self {
         Self {
@@ -95,9 +108,14 @@ impl Default for CleanupSettings {
     }
 }
 
-/// The earliest sweep: a Liveblocks access token lives an hour, plus a minute for the call that
-/// issued it.
-pub const MIN_SWEEP_AFTER_SECS: u64 = 3660;
+/// What the sweep keeps beyond the longest token it must outlive: the call that issued the
+/// token (3 s at most) and clock differences between Liveblocks, the pods and the database.
+pub const TOKEN_MARGIN_SECS: u64 = 60;
+
+/// The earliest sweep: a Liveblocks access token lives an hour (a maintainer's word; each
+/// token's own `exp` is checked against the sweep, see [`CleanupSettings::longest_token`]), plus
+/// [`TOKEN_MARGIN_SECS`].
+pub const MIN_SWEEP_AFTER_SECS: u64 = 3600 + TOKEN_MARGIN_SECS;
 
 /// Refuses a `LIVEBLOCKS_API_URL` that is not a bare `http(s)` origin: with a path (`/v2`) every
 /// call would reach a wrong path, and a 404 there must never pass for a room already gone.
@@ -120,6 +138,27 @@ fn check_origin(url: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Refuses a `LIVEBLOCKS_SECRET_KEY` that Liveblocks' own SDK would refuse (`assertSecretKey`:
+/// an `sk_` prefix, then only `[A-Za-z0-9_-]`): a public key, or one copied with a newline or a
+/// space, would otherwise pass for a Liveblocks outage or a rejected key. Never shows the key.
+fn check_secret_key(key: &str) -> Result<(), String> {
+    if key.starts_with("pk_") {
+        return Err("LIVEBLOCKS_SECRET_KEY is a public key (pk_...): give the project's secret key (sk_...) from the Liveblocks dashboard".into());
+    }
+    if !key.starts_with("sk_") {
+        return Err(
+            "LIVEBLOCKS_SECRET_KEY must be a Liveblocks secret key starting with sk_".into(),
+        );
+    }
+    if !key
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    {
+        return Err("LIVEBLOCKS_SECRET_KEY holds characters a Liveblocks key never has (a space, a newline, a quote?): copy it again from the Liveblocks dashboard".into());
+    }
+    Ok(())
+}
+
 /// What a Liveblocks job's lease leaves beyond its call's timeout.
 const LEASE_MARGIN_SECS: u64 = 5;
 
@@ -128,6 +167,13 @@ impl LiveblocksArgs {
     pub fn settings(&self) -> Result<CleanupSettings, String> {
         let out_of_range = |what: &str| Err(format!("{what} is out of range"));
         check_origin(&self.liveblocks_api_url)?;
+        if let Some(key) = self
+            .liveblocks_secret_key
+            .as_ref()
+            .filter(|k| !k.is_empty())
+        {
+            check_secret_key(key.expose())?;
+        }
         if !(1..=256).contains(&self.liveblocks_concurrency) {
             return out_of_range("LIVEBLOCKS_CONCURRENCY (1 to 256)");
         }
@@ -566,5 +612,36 @@ mod tests {
             assert!(settings(good).is_ok(), "{good:?} was refused");
         }
         assert_eq!(defaults.lease, Duration::from_secs(60));
+    }
+
+    #[test]
+    fn a_key_liveblocks_sdk_would_refuse_is_refused_without_showing_it() {
+        for (key, says) in [
+            ("pk_live_abc123", "public key"),
+            ("sk_live_abc123\n", "characters"),
+            (" sk_live_abc123", "sk_"),
+            ("sk_live abc123", "characters"),
+            ("sk_live_abc123é", "characters"),
+            ("live_abc123", "sk_"),
+        ] {
+            let err = settings(&["--liveblocks-secret-key", key]).unwrap_err();
+            assert!(
+                err.contains("LIVEBLOCKS_SECRET_KEY") && err.contains(says),
+                "{key:?}: {err}"
+            );
+            assert!(!err.contains("abc123"), "the key shows in {err}");
+        }
+        for good in [
+            "sk_live_AZaz09_-x",
+            "sk_test_standin",
+            "sk_dev_local_stand_in",
+        ] {
+            assert!(
+                settings(&["--liveblocks-secret-key", good]).is_ok(),
+                "{good}"
+            );
+        }
+        // Unset or empty: no key (rooms stay queued), as before.
+        assert!(settings(&["--liveblocks-secret-key", ""]).is_ok());
     }
 }

@@ -203,7 +203,7 @@ pub async fn run(
         ledger.clone(),
         metrics,
         wakes,
-        liveblocks::RoomTokens::new(liveblocks),
+        liveblocks::RoomTokens::new(liveblocks, cleanup_settings.longest_token()),
         config.watch.calls.response_max_bytes,
         roles,
     );

@@ -42,7 +42,8 @@ pub const WATCH_END_REASONS: &[&str] = &[
 
 /// Outcomes of a room-token call (`liveblocks_room_tokens`): a token issued, refused
 /// (PERMISSION_DENIED), no such room, Liveblocks or the database unavailable, Liveblocks
-/// rate-limiting the key (429), a malformed room id, anything else.
+/// rate-limiting the key (429), a malformed room id, a token Liveblocks issued living longer
+/// than the sweep allows (or whose `exp` cannot be read: withheld), anything else.
 pub const ROOM_TOKEN_OUTCOMES: &[&str] = &[
     "granted",
     "denied",
@@ -50,6 +51,7 @@ pub const ROOM_TOKEN_OUTCOMES: &[&str] = &[
     "unavailable",
     "rate_limited",
     "invalid",
+    "too_long_lived",
     "error",
 ];
 
@@ -157,7 +159,7 @@ impl Metrics {
         }
         registry.register(
             "liveblocks_room_tokens",
-            "AuthorizeLiveblocksRoom calls by outcome (granted, denied, not_found, unavailable, invalid, error)",
+            "AuthorizeLiveblocksRoom calls by outcome (granted, denied, not_found, unavailable, rate_limited, invalid, too_long_lived, error)",
             m.room_tokens.clone(),
         );
         registry.register(
@@ -227,16 +229,20 @@ impl Metrics {
     }
 
     /// Counts one room-token call by its result.
-    pub fn room_token<T>(&self, r: &Result<T, crate::error::Error>) {
+    pub fn room_token<T>(&self, r: &Result<T, crate::liveblocks::Refused>) {
         use crate::error::Error;
+        use crate::liveblocks::Refused::{Status, TooLongLived};
         let outcome = match r {
             Ok(_) => "granted",
-            Err(Error::Denied(_)) => "denied",
-            Err(Error::NotFound(_)) => "not_found",
-            Err(Error::Unavailable(_) | Error::Pool(_)) => "unavailable",
-            Err(Error::RetryAfter { .. }) => "rate_limited",
-            Err(Error::Invalid(_)) => "invalid",
-            Err(_) => "error",
+            Err(TooLongLived(_)) => "too_long_lived",
+            Err(Status(e)) => match e {
+                Error::Denied(_) => "denied",
+                Error::NotFound(_) => "not_found",
+                Error::Unavailable(_) | Error::Pool(_) => "unavailable",
+                Error::RetryAfter { .. } => "rate_limited",
+                Error::Invalid(_) => "invalid",
+                _ => "error",
+            },
         };
         self.room_tokens
             .get_or_create(&OutcomeLabels { outcome })

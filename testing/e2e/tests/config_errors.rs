@@ -132,6 +132,12 @@ fn out_of_range_settings_exit_2_with_one_line_naming_them() {
         ("identity-service", ("USER_READS_PER_MINUTE", "0")),
         ("identity-service", ("USER_CALLS_IN_FLIGHT", "1001")),
         ("workspace-service", ("LIVEBLOCKS_KEY_CHECK_SECS", "1")),
+        // A public key, or a secret key copied with a newline: Liveblocks' SDK refuses both.
+        ("workspace-service", ("LIVEBLOCKS_SECRET_KEY", "pk_live_x")),
+        (
+            "workspace-service",
+            ("LIVEBLOCKS_SECRET_KEY", "sk_live_x\n"),
+        ),
         // No admin role at all, or a key Clerk could not have (it would match no token).
         ("workspace-service", ("ORG_ADMIN_ROLES", ",")),
         ("workspace-service", ("ORG_ADMIN_ROLES", "org:Owner")),

@@ -3,14 +3,21 @@
 //! (see [`crate::liveblocks_identify`]).
 //!
 //! Answers as Liveblocks' published API (v2.openapi.json) does: 204 with no body when the room
-//! existed, 404 `ROOM_NOT_FOUND` once it is gone; 401 `MISSING_SECRET_KEY` without a key and
-//! 403 `INVALID_SECRET_KEY` for a wrong one (on every endpoint); error bodies with `error`,
-//! `message`, `suggestion` and `docs`; the listing answers `{"nextCursor":null,"data":[]}` (no
+//! existed, 404 `ROOM_NOT_FOUND` once it is gone; 401 `MISSING_SECRET_KEY` without a key, 401
+//! `WRONG_KEY_USED` for a public key (`pk_...`) and 403 `INVALID_SECRET_KEY` for a wrong one (on
+//! every endpoint); error bodies with `error`, `message`, `suggestion` and `docs`; the listing
+//! takes a `limit` of 1 to 100 (422 otherwise) and answers `{"nextCursor":null,"data":[]}` (no
 //! live rooms are kept here). It can be told to fail (503), rate-limit (429 with `Retry-After`),
 //! refuse (422), stand for a host that is not Liveblocks (404 pages) or slow down, on every
 //! endpoint, and records every successful deletion, every repeated one (404 after a 204) and the
-//! peak concurrency, overall and per room. One departure: a room nobody connected to is deleted
-//! with 204 (Liveblocks answers 404 for a room it never had); our clean-up treats both as done.
+//! peak concurrency, overall and per room.
+//!
+//! Where Liveblocks documents nothing, the stand-in's answer is its own and marked so: the 503
+//! and 429 bodies, a `Retry-After`, 405 for `/v2/rooms/{id}` calls other than DELETE (get-room
+//! and update-room are not modelled), 404 `NOT_FOUND` for an unknown path, and 404 for a room id
+//! over 128 characters. A room nobody connected to is deleted with 204: Liveblocks' older spec
+//! answers 404 `ROOM_NOT_FOUND` for a room it does not have, its newer lists no 404 for this
+//! call; our clean-up treats both as done.
 
 use crate::http_server::{HttpStandIn, SeenRequest, empty_response, json_response};
 use crate::liveblocks_authorize::{self as authorize, Authorization};
@@ -32,6 +39,9 @@ pub enum LiveblocksMode {
     Down,
     /// 429 with `Retry-After: secs`.
     RateLimited { retry_after_secs: u64 },
+    /// 429 with `Retry-After` as an HTTP-date `retry_after_secs` from the answer (RFC 9110's
+    /// other form).
+    RateLimitedUntil { retry_after_secs: u64 },
     /// 422 for every deletion (a permanent refusal).
     Unprocessable,
     /// Not Liveblocks at all (a wrong host, a proxy): a plain 404 page for every request.
@@ -46,7 +56,8 @@ fn error(status: u16, code: &str, message: &str) -> hyper::Response<Full<Bytes>>
     )
 }
 
-/// The answer of a mode that fails every request, if this one does.
+/// The answer of a mode that fails every request, if this one does. Liveblocks documents no
+/// 503 or 429 body, nor `Retry-After`: these are the stand-in's own.
 fn failure(mode: &LiveblocksMode) -> Option<hyper::Response<Full<Bytes>>> {
     match mode {
         LiveblocksMode::Down => Some(error(503, "SERVICE_UNAVAILABLE", "Service unavailable.")),
@@ -54,6 +65,14 @@ fn failure(mode: &LiveblocksMode) -> Option<hyper::Response<Full<Bytes>>> {
             let mut r = error(429, "TOO_MANY_REQUESTS", "Rate limit exceeded.");
             r.headers_mut()
                 .insert("retry-after", (*retry_after_secs).into());
+            Some(r)
+        }
+        LiveblocksMode::RateLimitedUntil { retry_after_secs } => {
+            let mut r = error(429, "TOO_MANY_REQUESTS", "Rate limit exceeded.");
+            let at = std::time::SystemTime::now() + Duration::from_secs(*retry_after_secs);
+            if let Ok(v) = httpdate::fmt_http_date(at).parse() {
+                r.headers_mut().insert("retry-after", v);
+            }
             Some(r)
         }
         LiveblocksMode::NotLiveblocks => {
@@ -71,7 +90,8 @@ fn failure(mode: &LiveblocksMode) -> Option<hyper::Response<Full<Bytes>>> {
     }
 }
 
-/// The key check of every endpoint: 401 without a secret key, 403 for a wrong one.
+/// The key check of every endpoint: 401 without a secret key or with a public key, 403 for a
+/// wrong one.
 fn key_refusal(expected_auth: &str, req: &SeenRequest) -> Option<hyper::Response<Full<Bytes>>> {
     match req
         .headers
@@ -80,6 +100,11 @@ fn key_refusal(expected_auth: &str, req: &SeenRequest) -> Option<hyper::Response
     {
         Some(v) if v == expected_auth => None,
         None => Some(error(401, "MISSING_SECRET_KEY", "Missing secret key.")),
+        Some(v) if v.starts_with("Bearer pk_") => Some(error(
+            401,
+            "WRONG_KEY_USED",
+            "A public key was used where a secret key is expected.",
+        )),
         Some(_) => Some(error(403, "INVALID_SECRET_KEY", "Invalid secret key.")),
     }
 }
@@ -101,6 +126,8 @@ struct State {
     authorize_requests: u64,
     identifications: Vec<Identification>,
     identify_requests: u64,
+    /// Lifetime of the access tokens issued from now on, seconds.
+    token_secs: u64,
 }
 
 /// A running Liveblocks stand-in.
@@ -147,6 +174,7 @@ impl LiveblocksStandIn {
     pub fn start_on(listener: TcpListener, secret: &str) -> std::io::Result<Self> {
         let state = Arc::new(Mutex::new(State {
             mode: Some(LiveblocksMode::Up),
+            token_secs: authorize::TOKEN_SECS,
             ..State::default()
         }));
         let s = Arc::clone(&state);
@@ -175,6 +203,14 @@ impl LiveblocksStandIn {
     pub fn set_latency(&self, latency: Duration) {
         if let Ok(mut s) = self.state.lock() {
             s.latency = latency;
+        }
+    }
+
+    /// How long the access tokens issued from now on live (`exp - iat`), seconds: an hour
+    /// unless told otherwise, as no published document states Liveblocks' lifetime.
+    pub fn set_token_secs(&self, secs: u64) {
+        if let Ok(mut s) = self.state.lock() {
+            s.token_secs = secs;
         }
     }
 
@@ -287,6 +323,7 @@ async fn handle(
         .strip_prefix("/v2/rooms/")
         .filter(|r| !r.is_empty() && !r.contains('/'))
     else {
+        // Not documented by Liveblocks: the stand-in's own answer to a path it does not serve.
         return error(404, "NOT_FOUND", "Not found.");
     };
     let room = percent_decode(raw_id);
@@ -318,6 +355,7 @@ async fn handle(
         return r;
     }
     if req.method != hyper::Method::DELETE {
+        // Not Liveblocks': get-room and update-room are not modelled here.
         return error(405, "METHOD_NOT_ALLOWED", "Method not allowed.");
     }
     if let Some(r) = key_refusal(expected_auth, &req) {
@@ -326,6 +364,7 @@ async fn handle(
     if mode == LiveblocksMode::Unprocessable {
         return error(422, "UNPROCESSABLE_ENTITY", "The room cannot be deleted.");
     }
+    // An id over Liveblocks' 128 characters: the answer is not documented, 404 is the stand-in's.
     if room.len() > 128 || s.gone.contains(&room) {
         if s.gone.contains(&room) {
             s.not_found.push(room.clone());
@@ -384,7 +423,8 @@ async fn issue_token(
     let issued = match kind {
         TokenKind::Access => authorize::check(&req.body).map(|grant| {
             record(state, |s| {
-                let token = authorize::token(&grant, s.authorizations.len() as u64, now);
+                let token =
+                    authorize::token(&grant, s.authorizations.len() as u64, now, s.token_secs);
                 s.authorizations.push(grant);
                 token
             })
@@ -429,6 +469,19 @@ async fn list_rooms(
     }
     if let Some(r) = key_refusal(expected_auth, req) {
         return r;
+    }
+    // `limit` is 1 to 100 (20 when absent); the 422 is documented, its code is the stand-in's.
+    let limit = req
+        .query
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("limit="))
+        .map(|v| v.parse::<u32>().ok().filter(|l| (1..=100).contains(l)));
+    if limit == Some(None) {
+        return error(
+            422,
+            "INVALID_REQUEST",
+            "limit must be an integer from 1 to 100.",
+        );
     }
     json_response(200, &json!({"nextCursor": null, "data": []}))
 }
@@ -593,6 +646,99 @@ mod tests {
             call(reqwest::Method::GET, "/v2/rooms?limit=1", Some("sk_test")).await,
             (200, None)
         );
+    }
+
+    async fn status_and_code(r: reqwest::RequestBuilder) -> (u16, Option<String>) {
+        let resp = r.send().await.unwrap();
+        let status = resp.status().as_u16();
+        let body: Value = resp.json().await.unwrap_or(Value::Null);
+        (status, body["error"].as_str().map(str::to_owned))
+    }
+
+    #[tokio::test]
+    async fn a_public_key_is_answered_wrong_key_used_on_every_endpoint() {
+        let live = LiveblocksStandIn::start("sk_test").await.unwrap();
+        let base = live.base_url();
+        let c = reqwest::Client::new();
+        for r in [
+            c.get(format!("{base}/v2/rooms?limit=1")),
+            c.delete(format!("{base}/v2/rooms/doc%3A1")),
+            c.post(format!("{base}/v2/authorize-user"))
+                .body(r#"{"userId":"u","permissions":{"doc:1":["room:write"]}}"#),
+            c.post(format!("{base}/v2/identify-user"))
+                .body(r#"{"userId":"u"}"#),
+        ] {
+            assert_eq!(
+                status_and_code(r.bearer_auth("pk_test_abc")).await,
+                (401, Some("WRONG_KEY_USED".into()))
+            );
+        }
+        assert!(live.deleted().is_empty() && live.authorizations().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_rate_limit_can_say_until_when_as_an_http_date() {
+        let live = LiveblocksStandIn::start("sk_test").await.unwrap();
+        live.set_mode(LiveblocksMode::RateLimitedUntil {
+            retry_after_secs: 120,
+        });
+        let r = reqwest::Client::new()
+            .delete(format!("{}/v2/rooms/doc%3A1", live.base_url()))
+            .bearer_auth("sk_test")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 429);
+        let at = httpdate::parse_http_date(r.headers()["retry-after"].to_str().unwrap()).unwrap();
+        let ahead = at
+            .duration_since(std::time::SystemTime::now())
+            .unwrap()
+            .as_secs();
+        assert!((115..=120).contains(&ahead), "{ahead}");
+    }
+
+    #[tokio::test]
+    async fn the_listing_takes_a_limit_of_1_to_100() {
+        let live = LiveblocksStandIn::start("sk_test").await.unwrap();
+        let list = |q: &'static str| {
+            let url = format!("{}/v2/rooms{q}", live.base_url());
+            status_and_code(reqwest::Client::new().get(url).bearer_auth("sk_test"))
+        };
+        for good in ["", "?limit=1", "?limit=100"] {
+            assert_eq!(list(good).await.0, 200, "{good}");
+        }
+        for bad in ["?limit=0", "?limit=101", "?limit=x"] {
+            assert_eq!(list(bad).await.0, 422, "{bad}");
+        }
+    }
+
+    #[tokio::test]
+    async fn access_tokens_live_as_long_as_told() {
+        let live = LiveblocksStandIn::start("sk_test").await.unwrap();
+        let exp_minus_iat = || async {
+            let r: Value = reqwest::Client::new()
+                .post(format!("{}/v2/authorize-user", live.base_url()))
+                .bearer_auth("sk_test")
+                .body(r#"{"userId":"u","permissions":{"doc:1":["room:write"]}}"#)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            let claims = r["token"].as_str().unwrap().split('.').nth(1).unwrap();
+            use base64::Engine;
+            let claims: Value = serde_json::from_slice(
+                &base64::engine::general_purpose::URL_SAFE_NO_PAD
+                    .decode(claims)
+                    .unwrap(),
+            )
+            .unwrap();
+            claims["exp"].as_u64().unwrap() - claims["iat"].as_u64().unwrap()
+        };
+        assert_eq!(exp_minus_iat().await, 3600);
+        live.set_token_secs(7200);
+        assert_eq!(exp_minus_iat().await, 7200);
     }
 
     #[test]

@@ -1,26 +1,47 @@
-//! `POST /v2/authorize-user` of the Liveblocks stand-in: checks the body as Liveblocks
-//! describes it (a `userId`, optional `userInfo`, `permissions` mapping room ids or `*`-ending
-//! patterns to known permissions) and answers `{"token": "<JWT>"}`. The token is shaped like
-//! Liveblocks' access tokens (`k: "acc"`, `uid`, `perms`, `ui`, an hour's `exp`) and carries no
-//! valid signature: only the stand-in's own records say what it grants.
+//! `POST /v2/authorize-user` of the Liveblocks stand-in: checks the body as Liveblocks'
+//! Node SDK (`Session.ts`, `Permission.ts`) sends it (a `userId`, optional `userInfo`,
+//! `permissions` mapping at most 10 room ids or patterns `^([*]|[^*]{1,128}[*]?)$` to known
+//! permissions) and answers `{"token": "<JWT>"}`. The token is shaped like Liveblocks' access
+//! tokens (`k: "acc"`, `uid`, `perms`, `ui`, `iat`, `exp`: an hour by default, see
+//! [`crate::LiveblocksStandIn::set_token_secs`]) and carries no valid signature: only the
+//! stand-in's own records say what it grants.
+//!
+//! Not documented by Liveblocks: its spec lists only 200 and 403 for this endpoint. The 400
+//! `INVALID_JSON` and 422 `INVALID_REQUEST` refusals of a malformed body are this stand-in's
+//! own, so that a test sees a bad body refused rather than a token.
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde_json::{Map, Value, json};
 
-/// The permissions Liveblocks knows.
+/// The permissions Liveblocks knows (`Permission.ts` of liveblocks-core): the room-wide and
+/// per-feature scopes, then the legacy ones it still accepts. Anything else is refused.
 pub const KNOWN_PERMISSIONS: &[&str] = &[
     "room:write",
     "room:read",
+    "room:presence:read",
+    "room:presence:none",
+    "room:storage:read",
+    "room:storage:write",
+    "room:storage:none",
+    "room:comments:read",
+    "room:comments:write",
+    "room:comments:none",
+    "room:feeds:read",
+    "room:feeds:write",
+    "room:feeds:none",
+    // Legacy.
     "room:presence:write",
     "comments:write",
     "comments:read",
+    "feeds:write",
 ];
 /// Most room entries one token may grant.
 pub const MAX_ENTRIES: usize = 10;
 /// Longest `userId` and room id.
 pub const MAX_ID: usize = 128;
-/// How long a stand-in token lives, as Liveblocks' access tokens do (about an hour).
+/// How long a stand-in token lives by default, as Liveblocks' access tokens do (about an hour,
+/// by a maintainer's word; no published document states it).
 pub const TOKEN_SECS: u64 = 3600;
 
 /// One access token the stand-in issued: what it was asked to grant.
@@ -99,14 +120,14 @@ pub fn check(body: &[u8]) -> Result<Authorization, Refusal> {
     let Some(Value::Object(perms)) = obj.get("permissions") else {
         return Err(invalid("permissions must be an object."));
     };
-    if perms.is_empty() || perms.len() > MAX_ENTRIES {
-        return Err(invalid("permissions must hold 1 to 10 entries."));
+    // No entries at all is still taken: the SDK sends it, only warning that it "will not be
+    // supported soon".
+    if perms.len() > MAX_ENTRIES {
+        return Err(invalid("permissions must hold at most 10 entries."));
     }
     let mut permissions = Vec::with_capacity(perms.len());
     for (room, granted) in perms {
-        let pattern_ok =
-            !room.is_empty() && room.len() <= MAX_ID && !room.trim_end_matches('*').contains('*');
-        if !pattern_ok {
+        if !room_pattern_ok(room) {
             return Err(invalid(format!("{room:?} is not a room id or pattern.")));
         }
         let list: Option<Vec<String>> = granted.as_array().and_then(|a| {
@@ -134,8 +155,16 @@ pub fn check(body: &[u8]) -> Result<Authorization, Refusal> {
     })
 }
 
-/// An access-token-shaped JWT for `a` (header, claims, a placeholder signature).
-pub fn token(a: &Authorization, serial: u64, now: u64) -> String {
+/// Whether `room` is a room id or pattern as the SDK checks it: `^([*]|[^*]{1,128}[*]?)$`
+/// (`*` alone, or 1 to 128 characters without `*`, then at most one `*`).
+fn room_pattern_ok(room: &str) -> bool {
+    let base = room.strip_suffix('*').unwrap_or(room);
+    room == "*" || (!base.is_empty() && base.chars().count() <= MAX_ID && !base.contains('*'))
+}
+
+/// An access-token-shaped JWT for `a` (header, claims, a placeholder signature), living
+/// `lifetime` seconds from `now`.
+pub fn token(a: &Authorization, serial: u64, now: u64, lifetime: u64) -> String {
     let perms: Map<String, Value> = a
         .permissions
         .iter()
@@ -144,7 +173,7 @@ pub fn token(a: &Authorization, serial: u64, now: u64) -> String {
     let header = json!({"alg": "RS256", "typ": "JWT"});
     let claims = json!({
         "k": "acc", "pid": "standin", "uid": a.user_id, "perms": perms, "ui": a.user_info,
-        "iat": now, "exp": now + TOKEN_SECS, "jti": format!("standin-{serial}"),
+        "iat": now, "exp": now + lifetime, "jti": format!("standin-{serial}"),
     });
     let part = |v: &Value| URL_SAFE_NO_PAD.encode(v.to_string());
     format!("{}.{}.standin-signature", part(&header), part(&claims))
@@ -202,11 +231,20 @@ mod tests {
             (br#"{"permissions":{"a":["room:write"]}}"#, 422),
             (br#"{"userId":"","permissions":{"a":["room:write"]}}"#, 422),
             (br#"{"userId":"u"}"#, 422),
-            (br#"{"userId":"u","permissions":{}}"#, 422),
             (br#"{"userId":"u","permissions":{"a":["room:admin"]}}"#, 422),
             (br#"{"userId":"u","permissions":{"a":[]}}"#, 422),
             (
                 br#"{"userId":"u","permissions":{"a*b":["room:read"]}}"#,
+                422,
+            ),
+            (
+                br#"{"userId":"u","permissions":{"a**":["room:read"]}}"#,
+                422,
+            ),
+            (br#"{"userId":"u","permissions":{"**":["room:read"]}}"#, 422),
+            (br#"{"userId":"u","permissions":{"":["room:read"]}}"#, 422),
+            (
+                br#"{"userId":"u","permissions":{"a":["room:storage:admin"]}}"#,
                 422,
             ),
             (
@@ -221,5 +259,76 @@ mod tests {
                 String::from_utf8_lossy(bad)
             );
         }
+    }
+
+    #[test]
+    fn room_patterns_are_checked_as_the_sdk_checks_them() {
+        let body = |room: &str| {
+            json!({"userId": "u", "permissions": {room: ["room:read"]}})
+                .to_string()
+                .into_bytes()
+        };
+        let long = "a".repeat(MAX_ID);
+        for good in ["*", "a", "a*", "doc:1", &long, &format!("{long}*")] {
+            assert!(check(&body(good)).is_ok(), "{good:?} refused");
+        }
+        for bad in ["", "**", "a**", "*a", "a*b", &format!("{long}a")] {
+            assert!(check(&body(bad)).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn every_scope_liveblocks_documents_is_taken_and_no_other() {
+        // liveblocks-core's Permission.ts, written out here so that the list above is checked.
+        let documented = [
+            "room:write",
+            "room:read",
+            "room:presence:read",
+            "room:presence:none",
+            "room:storage:read",
+            "room:storage:write",
+            "room:storage:none",
+            "room:comments:write",
+            "room:comments:read",
+            "room:comments:none",
+            "room:feeds:read",
+            "room:feeds:write",
+            "room:feeds:none",
+            "room:presence:write",
+            "comments:write",
+            "comments:read",
+            "feeds:write",
+        ];
+        for scope in documented {
+            let body = json!({"userId": "u", "permissions": {"doc:1": [scope]}});
+            assert!(
+                check(body.to_string().as_bytes()).is_ok(),
+                "{scope} refused"
+            );
+        }
+        for scope in [
+            "room:presence:write:x",
+            "room:admin",
+            "feeds:read",
+            "room:everything",
+        ] {
+            let body = json!({"userId": "u", "permissions": {"doc:1": [scope]}});
+            assert!(check(body.to_string().as_bytes()).is_err(), "{scope} taken");
+        }
+    }
+
+    #[test]
+    fn a_token_without_permissions_is_still_issued_as_the_sdk_expects() {
+        let a = check(br#"{"userId":"u","permissions":{}}"#).unwrap();
+        assert!(a.permissions.is_empty());
+        assert!(admits(&token(&a, 0, 1_000, TOKEN_SECS), "doc:1", 1_001).is_err());
+    }
+
+    #[test]
+    fn the_tokens_lifetime_is_the_one_asked_for() {
+        let a = check(br#"{"userId":"u","permissions":{"doc:1":["room:write"]}}"#).unwrap();
+        let t = token(&a, 0, 1_000, 7_200);
+        assert!(admits(&t, "doc:1", 8_199).is_ok());
+        assert!(admits(&t, "doc:1", 8_200).is_err());
     }
 }

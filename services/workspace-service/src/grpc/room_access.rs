@@ -5,6 +5,7 @@ use super::{R, WorkspaceApi, ok};
 use crate::domain::access::Caller;
 use crate::domain::room_access::{LiveblocksRoom, room_entry};
 use crate::error::Error;
+use crate::liveblocks::Refused;
 use token_auth::Principal;
 use tonic::Request;
 use vbase_proto::workspace::v1 as pb;
@@ -15,14 +16,14 @@ pub(super) async fn authorize_liveblocks_room(
 ) -> R<pb::AuthorizeLiveblocksRoomResponse> {
     let answer = room_token(api, req).await;
     api.metrics.room_token(&answer);
-    ok(answer?)
+    ok(answer.map_err(Error::from)?)
 }
 
 /// The room's entry and its token, counted by outcome by the caller.
 async fn room_token(
     api: &WorkspaceApi,
     req: Request<pb::AuthorizeLiveblocksRoomRequest>,
-) -> Result<pb::AuthorizeLiveblocksRoomResponse, Error> {
+) -> Result<pb::AuthorizeLiveblocksRoomResponse, Refused> {
     // Decided on the database, not the access cache: a token outlives the call by up to an
     // hour, so a removal this replica has not heard yet must not be granted one.
     let caller = Caller::from_principal(req.extensions().get::<Principal>(), api.roles())?;

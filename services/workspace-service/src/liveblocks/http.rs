@@ -14,6 +14,20 @@ const MAX_ANSWER_BYTES: usize = 64 * 1024;
 /// A 404 that is not Liveblocks' `ROOM_NOT_FOUND`: the URL reaches something else.
 const NOT_LIVEBLOCKS: &str = "404 without ROOM_NOT_FOUND: LIVEBLOCKS_API_URL does not reach Liveblocks' REST API (give the bare origin, e.g. https://api.liveblocks.io, without /v2)";
 
+/// Why a redirect (3xx) is a misconfiguration, with where it pointed (a URL, never a key).
+fn redirected(status: u16, headers: &reqwest::header::HeaderMap) -> String {
+    let to: String = headers
+        .get(reqwest::header::LOCATION)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("nowhere")
+        .chars()
+        .take(200)
+        .collect();
+    format!(
+        "{status} redirect to {to}: LIVEBLOCKS_API_URL does not reach Liveblocks' REST API itself (redirects are not followed; give the origin that answers, e.g. https://api.liveblocks.io)"
+    )
+}
+
 /// The real Liveblocks REST API over reqwest.
 #[derive(Debug, Clone)]
 pub struct HttpLiveblocks {
@@ -29,7 +43,13 @@ impl HttpLiveblocks {
     /// (room-token calls after [`AUTHORIZE_TIMEOUT`] if that is shorter).
     pub fn new(base_url: &str, secret: &str, timeout: Duration) -> anyhow::Result<Self> {
         Ok(Self {
-            client: reqwest::Client::builder().timeout(timeout).build()?,
+            // A redirect is never followed: reqwest would drop the key on a change of scheme or
+            // host (the redirected call then looks like a rejected key) or send it to another
+            // host. A 3xx is reported as a wrong LIVEBLOCKS_API_URL instead.
+            client: reqwest::Client::builder()
+                .timeout(timeout)
+                .redirect(reqwest::redirect::Policy::none())
+                .build()?,
             base_url: base_url.trim_end_matches('/').to_owned(),
             secret: secret.into(),
             authorize_timeout: timeout.min(AUTHORIZE_TIMEOUT),
@@ -37,15 +57,26 @@ impl HttpLiveblocks {
     }
 }
 
+/// `Retry-After` (RFC 9110): delta-seconds, or an HTTP-date counted from now (`None` when it
+/// is missing, unreadable or already past: the caller's default applies).
 fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
-    headers
+    retry_after_at(headers, std::time::SystemTime::now())
+}
+
+fn retry_after_at(
+    headers: &reqwest::header::HeaderMap,
+    now: std::time::SystemTime,
+) -> Option<Duration> {
+    let value = headers
         .get(reqwest::header::RETRY_AFTER)?
         .to_str()
         .ok()?
-        .trim()
-        .parse::<u64>()
-        .ok()
-        .map(Duration::from_secs)
+        .trim();
+    if let Ok(secs) = value.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let at = httpdate::parse_http_date(value).ok()?;
+    at.duration_since(now).ok().filter(|d| !d.is_zero())
 }
 
 /// The body of `POST /v2/authorize-user`: one room, its permissions, and the user's info
@@ -108,15 +139,20 @@ async fn body_of(resp: reqwest::Response) -> String {
         .unwrap_or_default()
 }
 
-/// The `error` code of a Liveblocks error body (never the whole body).
+/// The `error` code of a Liveblocks error body (never the whole body; only the characters a
+/// code has, so nothing else from the body reaches a log).
 fn error_code(body: &str) -> String {
     serde_json::from_str::<Value>(body)
         .ok()
         .and_then(|v| {
-            v.get("error")?
-                .as_str()
-                .map(|s| s.chars().take(80).collect())
+            v.get("error")?.as_str().map(|s| {
+                s.chars()
+                    .filter(|c| c.is_ascii_alphanumeric() || *c == '_')
+                    .take(80)
+                    .collect::<String>()
+            })
         })
+        .filter(|code| !code.is_empty())
         .unwrap_or_else(|| "no error code".into())
 }
 
@@ -134,8 +170,13 @@ impl LiveblocksApi for HttpLiveblocks {
             Ok(r) if r.status().is_success() => KeyState::Valid,
             Ok(r) if matches!(r.status().as_u16(), 401 | 403) => KeyState::Rejected {
                 status: r.status().as_u16(),
+                code: error_code(&body_of(r).await),
             },
-            Ok(r) if r.status().as_u16() == 404 => KeyState::WrongUrl,
+            Ok(r) if r.status().as_u16() == 404 || r.status().is_redirection() => {
+                KeyState::WrongUrl {
+                    status: r.status().as_u16(),
+                }
+            }
             Ok(r) => KeyState::Unknown {
                 reason: format!("{} from Liveblocks", r.status().as_u16()),
             },
@@ -165,6 +206,12 @@ impl LiveblocksApi for HttpLiveblocks {
         let status = resp.status().as_u16();
         match status {
             200..=299 => Delivery::Deleted,
+            // Like a 404 from something else: nothing was deleted, and asking again would not
+            // change where the URL leads.
+            300..=399 => Delivery::Rejected {
+                status,
+                reason: redirected(status, resp.headers()),
+            },
             // Only Liveblocks' own "no such room" is done: any other 404 (a path under a wrong
             // base URL, a proxy) would finish every job without deleting anything.
             404 => match capped_body::text(resp, MAX_ANSWER_BYTES).await {
@@ -179,7 +226,10 @@ impl LiveblocksApi for HttpLiveblocks {
                     reason: format!("404 whose body could not be read: {e}"),
                 },
             },
-            401 | 403 => Delivery::KeyRejected { status },
+            401 | 403 => Delivery::KeyRejected {
+                status,
+                code: error_code(&body_of(resp).await),
+            },
             429 => Delivery::RateLimited {
                 after: retry_after(resp.headers()),
             },
@@ -209,7 +259,18 @@ impl LiveblocksApi for HttpLiveblocks {
         let status = resp.status().as_u16();
         match status {
             200..=299 => {}
-            401 | 403 => return Err(AuthorizeError::KeyRejected { status }),
+            300..=399 => {
+                return Err(AuthorizeError::Rejected {
+                    status,
+                    reason: redirected(status, resp.headers()),
+                });
+            }
+            401 | 403 => {
+                return Err(AuthorizeError::KeyRejected {
+                    status,
+                    code: error_code(&body_of(resp).await),
+                });
+            }
             429 => {
                 return Err(AuthorizeError::RateLimited {
                     retry_after: retry_after(resp.headers()),
@@ -292,6 +353,42 @@ mod tests {
     }
 
     #[test]
+    fn retry_after_is_read_as_seconds_or_as_an_http_date() {
+        let now = std::time::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let header = |v: &str| {
+            let mut h = reqwest::header::HeaderMap::new();
+            h.insert(reqwest::header::RETRY_AFTER, v.parse().unwrap());
+            h
+        };
+        let date = |d: Duration| httpdate::fmt_http_date(now + d);
+        assert_eq!(
+            retry_after_at(&header("120"), now),
+            Some(Duration::from_secs(120))
+        );
+        assert_eq!(
+            retry_after_at(&header(&date(Duration::from_secs(120))), now),
+            Some(Duration::from_secs(120))
+        );
+        // The other two date forms RFC 9110 asks recipients to take (`now` is 22:13:20).
+        assert_eq!(
+            retry_after_at(&header("Tuesday, 14-Nov-23 22:15:20 GMT"), now),
+            Some(Duration::from_secs(120))
+        );
+        assert_eq!(
+            retry_after_at(&header("Tue Nov 14 22:15:20 2023"), now),
+            Some(Duration::from_secs(120))
+        );
+        // Unreadable, or a date not after now: the caller's default.
+        for none in ["", "soon", "-5", "Tue, 14 Nov 2023 22:13:20 GMT"] {
+            assert_eq!(retry_after_at(&header(none), now), None, "{none:?}");
+        }
+        assert_eq!(
+            retry_after_at(&reqwest::header::HeaderMap::new(), now),
+            None
+        );
+    }
+
+    #[test]
     fn room_ids_are_encoded_like_encode_uri_component() {
         assert_eq!(encode_room_id("doc:0190-ab"), "doc%3A0190-ab");
         assert_eq!(encode_room_id("a b/c"), "a%20b%2Fc");
@@ -311,6 +408,71 @@ mod tests {
             let _ = s.write_all(answer.as_bytes()).await;
         });
         url
+    }
+
+    /// A redirect is not followed (it would arrive without the key, or take it elsewhere): it
+    /// is a wrong URL for the key check and a permanent refusal for the calls.
+    #[tokio::test]
+    async fn a_redirect_is_reported_as_a_wrong_url_not_followed() {
+        const MOVED: &str = "HTTP/1.1 301 Moved Permanently\r\nlocation: https://127.0.0.1:9/v2/rooms\r\ncontent-length: 0\r\nconnection: close\r\n\r\n";
+        let api =
+            |url: String| HttpLiveblocks::new(&url, "sk_test", Duration::from_secs(5)).unwrap();
+        assert_eq!(
+            api(answer_once(MOVED).await).check_key().await,
+            KeyState::WrongUrl { status: 301 }
+        );
+        match api(answer_once(MOVED).await).delete_room("doc:1").await {
+            Delivery::Rejected {
+                status: 301,
+                reason,
+            } => {
+                assert!(reason.contains("LIVEBLOCKS_API_URL"), "{reason}");
+                assert!(reason.contains("https://127.0.0.1:9/v2/rooms"), "{reason}");
+            }
+            other => panic!("{other:?}"),
+        }
+        let entry = entry(None, None);
+        match api(answer_once(MOVED).await).authorize_user(&entry).await {
+            Err(AuthorizeError::Rejected {
+                status: 301,
+                reason,
+            }) => {
+                assert!(reason.contains("LIVEBLOCKS_API_URL"), "{reason}")
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// A 401/403 keeps Liveblocks' `error` code, so the log names the cause (a room refused is
+    /// not a wrong key).
+    #[tokio::test]
+    async fn a_401_or_403_keeps_liveblocks_error_code() {
+        const REFUSED: &str = "HTTP/1.1 403 Forbidden\r\ncontent-type: application/json\r\ncontent-length: 59\r\nconnection: close\r\n\r\n{\"error\":\"UNAUTHORIZED_ROOM_ACCESS\",\"message\":\"no\\naccess\"}";
+        const WRONG_KEY: &str = "HTTP/1.1 401 Unauthorized\r\ncontent-length: 26\r\nconnection: close\r\n\r\n{\"error\":\"WRONG_KEY_USED\"}";
+        let api =
+            |url: String| HttpLiveblocks::new(&url, "sk_test", Duration::from_secs(5)).unwrap();
+        let entry = entry(None, None);
+        assert_eq!(
+            api(answer_once(REFUSED).await).authorize_user(&entry).await,
+            Err(AuthorizeError::KeyRejected {
+                status: 403,
+                code: "UNAUTHORIZED_ROOM_ACCESS".into()
+            })
+        );
+        assert_eq!(
+            api(answer_once(WRONG_KEY).await).delete_room("doc:1").await,
+            Delivery::KeyRejected {
+                status: 401,
+                code: "WRONG_KEY_USED".into()
+            }
+        );
+        assert_eq!(
+            api(answer_once(WRONG_KEY).await).check_key().await,
+            KeyState::Rejected {
+                status: 401,
+                code: "WRONG_KEY_USED".into()
+            }
+        );
     }
 
     #[tokio::test]

@@ -3,12 +3,12 @@
 //! this worker deletes them at Liveblocks.
 //!
 //! 204/404 finish a job's round. Liveblocks creates a room when a client connects to it, and a
-//! client keeps its access token for up to an hour, so a token issued just before the rows'
-//! deletion can bring the room back: the job's first round schedules a second
+//! client keeps its access token until its `exp` (about an hour), so a token issued just before
+//! the rows' deletion can bring the room back: the job's first round schedules a second
 //! (`sweep_after` after the rows' deletion, which enqueued the job) that deletes the room
 //! again. No token for the room is granted after its rows' deletion (room access is decided
-//! on the database; one granted just before reaches its client within the call's 3 s, well
-//! inside the sweep's 5 minutes past an hour).
+//! on the database; one granted just before reaches its client within the call's 3 s), and no
+//! token living longer than `sweep_after` less a minute is handed out (`RoomTokens`).
 //!
 //! A 429 pauses the whole worker for its `Retry-After` and spends no attempt (a rate limit says
 //! nothing about the room); 5xx, timeouts and connection errors back off exponentially with
@@ -82,16 +82,18 @@ impl JobHandler for CleanupHandler {
                     error: "429 rate limited".into(),
                 },
             ),
-            Delivery::KeyRejected { status } => {
+            Delivery::KeyRejected { status, code } => {
                 self.metrics.liveblocks_key_rejections.inc();
                 self.metrics.liveblocks_key_valid.set(0);
+                let hint = crate::liveblocks::key_hint(code);
                 if !self.key_problem_logged.swap(true, Ordering::SeqCst) {
                     tracing::error!(
                         status,
-                        "Liveblocks rejected LIVEBLOCKS_SECRET_KEY; clean-up jobs become dead until the key is fixed and they are retried"
+                        %code,
+                        "Liveblocks refused a room deletion with {status} {code}{hint}; clean-up jobs become dead until the cause is fixed and they are retried"
                     );
                 }
-                let error = format!("{status}: secret key rejected");
+                let error = format!("{status} {code}{hint}");
                 ("key_rejected", Attempt::Dead { error })
             }
             Delivery::Rejected { status, reason } => {
@@ -195,15 +197,17 @@ pub async fn check_key_loop(
         let state = api.check_key().await;
         let (gauge, shown) = match &state {
             KeyState::Valid => (1, Ok("LIVEBLOCKS_SECRET_KEY accepted".to_owned())),
-            KeyState::Rejected { status } => (
+            KeyState::Rejected { status, code } => (
                 0,
                 Err(format!(
-                    "LIVEBLOCKS_SECRET_KEY rejected ({status}): rooms are not deleted; fix the key, then retry the dead jobs"
+                    "LIVEBLOCKS_SECRET_KEY rejected ({status} {code}): rooms are not deleted; fix the key, then retry the dead jobs"
                 )),
             ),
-            KeyState::WrongUrl => (
+            KeyState::WrongUrl { status } => (
                 0,
-                Err("LIVEBLOCKS_API_URL answered 404 for the rooms listing: it does not reach Liveblocks' REST API; rooms are not deleted".to_owned()),
+                Err(format!(
+                    "LIVEBLOCKS_API_URL answered {status} for the rooms listing: it does not reach Liveblocks' REST API; rooms are not deleted"
+                )),
             ),
             KeyState::Unknown { reason } => (-1, Ok(format!("not checked: {reason}"))),
         };
@@ -211,12 +215,14 @@ pub async fn check_key_loop(
         if last.as_ref() != Some(&state) {
             match &state {
                 KeyState::Valid => tracing::info!("Liveblocks accepted LIVEBLOCKS_SECRET_KEY"),
-                KeyState::Rejected { status } => tracing::error!(
+                KeyState::Rejected { status, code } => tracing::error!(
                     status,
-                    "Liveblocks rejected LIVEBLOCKS_SECRET_KEY: rooms are not deleted until it is fixed"
+                    %code,
+                    "Liveblocks rejected LIVEBLOCKS_SECRET_KEY ({status} {code}): rooms are not deleted until it is fixed"
                 ),
-                KeyState::WrongUrl => tracing::error!(
-                    "LIVEBLOCKS_API_URL answered 404 for the rooms listing: it does not reach Liveblocks' REST API (give the bare origin, without /v2); rooms are not deleted"
+                KeyState::WrongUrl { status } => tracing::error!(
+                    status,
+                    "LIVEBLOCKS_API_URL answered {status} for the rooms listing: it does not reach Liveblocks' REST API (give the bare origin it answers on, without /v2; redirects are not followed); rooms are not deleted"
                 ),
                 KeyState::Unknown { reason } => {
                     tracing::warn!(%reason, "could not check LIVEBLOCKS_SECRET_KEY")

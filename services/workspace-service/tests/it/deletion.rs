@@ -876,7 +876,7 @@ async fn a_rejected_key_makes_jobs_dead_and_keeps_them() {
     assert_eq!(env.liveblocks.requests(), 3, "one attempt each");
     assert!(env.liveblocks.deleted().is_empty());
     assert_eq!(
-        env.count("liveblocks_cleanup_jobs WHERE last_error LIKE '403%'")
+        env.count("liveblocks_cleanup_jobs WHERE last_error LIKE '403 INVALID_SECRET_KEY: LIVEBLOCKS_SECRET_KEY%'")
             .await,
         3
     );

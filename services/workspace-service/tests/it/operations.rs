@@ -215,7 +215,9 @@ async fn the_key_is_checked_at_start() {
     let (code, status) = bad.http_get("/status").await;
     assert_eq!(code, 503, "{status}");
     assert!(
-        status.contains("liveblocks_key: PROBLEM LIVEBLOCKS_SECRET_KEY rejected (403)"),
+        status.contains(
+            "liveblocks_key: PROBLEM LIVEBLOCKS_SECRET_KEY rejected (403 INVALID_SECRET_KEY)"
+        ),
         "{status}"
     );
     assert!(

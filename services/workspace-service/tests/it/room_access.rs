@@ -482,3 +482,53 @@ async fn a_room_brought_back_by_a_token_held_across_its_deletion_is_deleted_agai
         "the stand-in admits a token to its room only"
     );
 }
+
+/// The sweep after a deletion must outlive every token issued before it, and Liveblocks
+/// publishes no token lifetime: a token whose own `exp` lives longer than
+/// `LIVEBLOCKS_SWEEP_AFTER_SECS` less a minute is withheld (INTERNAL, counted), never handed
+/// to the client; an hour's token passes.
+#[tokio::test]
+async fn a_token_living_longer_than_the_sweep_allows_is_withheld() {
+    let env =
+        support::start_custom(true, |c| c.liveblocks.liveblocks_sweep_after_secs = 3900).await;
+    let (_, doc) = fixture(&env).await;
+    let mut c = env.client().await;
+    let member = token_of(&env, "user_m", ORG, "org:member");
+
+    env.liveblocks.set_token_secs(2 * 3600);
+    let e = c
+        .authorize_liveblocks_room(ask(&member, &doc))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::Internal, "{e:?}");
+    assert!(!e.message().contains("ey"), "{e:?}");
+    assert_eq!(
+        env.liveblocks.authorizations().len(),
+        1,
+        "Liveblocks was asked"
+    );
+    assert_eq!(
+        env.metric(r#"liveblocks_room_tokens_total{outcome="too_long_lived"}"#)
+            .await,
+        Some(1.0)
+    );
+    // Just past the bound: 3900 - 60 s.
+    env.liveblocks.set_token_secs(3841);
+    c.authorize_liveblocks_room(ask(&member, &doc))
+        .await
+        .unwrap_err();
+
+    env.liveblocks.set_token_secs(3600);
+    let token = c
+        .authorize_liveblocks_room(ask(&member, &doc))
+        .await
+        .unwrap()
+        .into_inner()
+        .token;
+    env.liveblocks.connect(&token, &doc).unwrap();
+    assert_eq!(
+        env.metric(r#"liveblocks_room_tokens_total{outcome="too_long_lived"}"#)
+            .await,
+        Some(2.0)
+    );
+}

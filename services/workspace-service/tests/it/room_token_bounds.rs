@@ -81,3 +81,27 @@ async fn liveblocks_rate_limiting_one_caller_leaves_the_gate_open_for_the_others
         Some(8.0)
     );
 }
+
+/// `Retry-After` may also be an HTTP-date (RFC 9110): the caller is told the seconds until it,
+/// not the 1 s of an unreadable one.
+#[tokio::test]
+async fn a_retry_after_given_as_an_http_date_is_passed_on_in_seconds() {
+    let env = support::start().await;
+    let (_, doc) = fixture(&env).await;
+    let mut c = env.client().await;
+    let member = token_of(&env, "user_m", ORG, "org:member");
+    env.liveblocks.set_mode(LiveblocksMode::RateLimitedUntil {
+        retry_after_secs: 120,
+    });
+    let e = c
+        .authorize_liveblocks_room(ask(&member, &doc))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::Unavailable, "{e:?}");
+    let retry_after: u64 = e
+        .metadata()
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok()?.parse().ok())
+        .expect("retry-after");
+    assert!((110..=120).contains(&retry_after), "{retry_after}");
+}
