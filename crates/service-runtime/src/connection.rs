@@ -13,7 +13,8 @@
 //!   `max_connection_age_grace` skips the graceful close and only cuts the connection.)
 //!
 //! A deadline that passes makes every read and write fail, so hyper drops the connection and
-//! its permit is released.
+//! its permit is released. So does a response that cuts the connection's
+//! [`Link`](crate::link::Link).
 
 use std::io;
 use std::pin::Pin;
@@ -24,6 +25,8 @@ use tokio::net::TcpStream;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::{Instant, Sleep};
 use tonic::transport::server::{Connected, TcpConnectInfo};
+
+use crate::link::Registered;
 
 /// The client preface of HTTP/2 (RFC 9113, 3.4).
 const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -134,13 +137,17 @@ pub struct Admitted {
     end_of_life: Instant,
     /// Why the connection was cut off, once it was.
     expired: Option<&'static str>,
+    /// What its responses learn of it and may do to it.
+    link: Registered,
 }
 
 impl Admitted {
     /// `stream`, accepted now, counted against the permit's server until dropped.
     pub fn new(stream: TcpStream, permit: OwnedSemaphorePermit, deadlines: Deadlines) -> Self {
         let now = Instant::now();
+        let link = Registered::new(stream.local_addr().ok(), stream.peer_addr().ok());
         Self {
+            link,
             stream,
             _permit: permit,
             handshake: Handshake::START,
@@ -158,6 +165,11 @@ impl Admitted {
             } else {
                 "the peer did not complete its handshake in time"
             };
+            tracing::debug!(reason = why, "closing connection");
+            self.expired = Some(why);
+        }
+        if self.expired.is_none() && self.link.is_cut(cx.waker()) {
+            let why = "a response's client stopped reading";
             tracing::debug!(reason = why, "closing connection");
             self.expired = Some(why);
         }
@@ -208,7 +220,10 @@ impl AsyncWrite for Admitted {
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         self.check_deadline(cx)?;
-        Pin::new(&mut self.stream).poll_flush(cx)
+        ready!(Pin::new(&mut self.stream).poll_flush(cx))?;
+        // hyper flushes the socket only once its own write buffer is empty.
+        self.link.flushed();
+        Poll::Ready(Ok(()))
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
