@@ -5,6 +5,7 @@
 
 use crate::domain::access::Caller;
 use crate::domain::roles::Roles;
+use crate::live::outbox::Transport;
 use crate::live::watch::{Live, Scope};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Limited};
@@ -51,6 +52,16 @@ async fn open(
     roles: &Roles,
 ) -> Result<crate::live::outbox::Body, Status> {
     let (parts, body) = req.into_parts();
+    // tonic-web keeps the request's HTTP version.
+    let transport = match parts.version {
+        http::Version::HTTP_2 => Transport::Http2,
+        _ => Transport::Http1(
+            service_runtime::link::Link::of(&parts.extensions).ok_or_else(|| {
+                // Fail closed: without the link, a stuck response could not be cut.
+                Status::internal("this server cannot carry a watch over HTTP/1.1")
+            })?,
+        ),
+    };
     let principal = parts.extensions.get::<Principal>();
     // The open is decided on the database, not the access cache: a stream outlives the call
     // (until its next access check), so a removal this replica has not heard yet must not
@@ -85,7 +96,8 @@ async fn open(
             (Scope::Workspace(org), resume_token(&m.resume_token)?)
         }
     };
-    live.open(caller, access, expires_at, scope, token).await
+    live.open(transport, caller, access, expires_at, scope, token)
+        .await
 }
 
 /// The one uncompressed gRPC message of a request body.
