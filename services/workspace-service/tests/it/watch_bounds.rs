@@ -459,6 +459,17 @@ async fn over_http1_a_watch_that_ends_unread_closes_its_connection_and_frees_wha
     assert_eq!(grpc_status(&head), None, "a place is free: {head}");
 }
 
+/// The base64 form of gRPC-Web would copy every event outside the replica's count of live
+/// bytes: watches refuse it, saying what to use.
+#[tokio::test]
+async fn a_watch_in_grpc_web_text_is_refused() {
+    let env = start_custom(false, |_| {}).await;
+    let ch = channel(&env, "org_tx", "live").await;
+    let (head, _) = h1_watch(&env, "user_b", "org_tx", &ch, TEXT).await;
+    assert_eq!(grpc_status(&head), Some("12"), "{head}");
+    assert!(head.contains("binary"), "{head}");
+}
+
 /// gRPC-Web content types: binary, and base64 text.
 const WEB: &str = "application/grpc-web+proto";
 const TEXT: &str = "application/grpc-web-text";
