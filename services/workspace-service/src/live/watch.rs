@@ -41,6 +41,13 @@ use vbase_proto::workspace::v1 as pb;
 /// Rows one read of the backlog takes at most (its bytes are bounded by the stream's room).
 const READ_ROWS: i64 = 500;
 
+/// Past this share of `WATCH_MAX_STREAMS` open (in quarters), a user may open another watch
+/// only while holding fewer than [`FAIR_SHARE`]: the last quarter is kept for the users who
+/// have few, so 64 accounts at `WATCH_MAX_PER_USER` cannot take every stream.
+const CROWDED_QUARTERS: usize = 3;
+/// The watches a user may hold on a crowded replica.
+const FAIR_SHARE: usize = 4;
+
 /// What is watched.
 #[derive(Debug, Clone)]
 pub enum Scope {
@@ -155,8 +162,9 @@ impl Live {
         }
     }
 
-    /// Takes one of `caller`'s places among their open streams (users only).
-    fn user_slot(&self, caller: &Caller) -> Result<Option<UserSlot>, Status> {
+    /// Takes one of `caller`'s places among their open streams (users only), `open` streams
+    /// being open on the replica with this one.
+    fn user_slot(&self, caller: &Caller, open: usize) -> Result<Option<UserSlot>, Status> {
         let Some(user) = caller.user_id() else {
             return Ok(None);
         };
@@ -166,6 +174,12 @@ impl Live {
             return Err(Status::resource_exhausted(format!(
                 "this user already has {} watches open on this replica (WATCH_MAX_PER_USER): close one before opening another",
                 self.settings.per_user
+            )));
+        }
+        let crowded = open * 4 > self.settings.max_streams * CROWDED_QUARTERS;
+        if crowded && *n >= FAIR_SHARE {
+            return Err(Status::resource_exhausted(format!(
+                "this replica is serving most of its watch streams, and each user may then have {FAIR_SHARE} open on it: close one, or retry later"
             )));
         }
         *n += 1;
@@ -197,7 +211,8 @@ impl Live {
                 "this replica serves its most watch streams (WATCH_MAX_STREAMS); retry later",
             )
         })?;
-        let slot = self.user_slot(&caller)?;
+        let open = self.settings.max_streams - self.streams.available_permits();
+        let slot = self.user_slot(&caller, open)?;
         // One connection for the whole open: the scope, the hub's first read, the bounds.
         let mut conn = self.pool.get().await.map_err(Error::from)?;
         let workspace = scope.check(&mut conn, &caller).await?;

@@ -312,9 +312,57 @@ async fn past_the_replicas_watch_memory_a_client_reading_its_backlog_goes_on() {
     .await;
     let (_, status) = drain(&mut stuck).await;
     assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
-    assert_eq!(reset(&status), Some(h2::Reason::ENHANCE_YOUR_CALM), "{status:?}");
+    assert_eq!(
+        reset(&status),
+        Some(h2::Reason::ENHANCE_YOUR_CALM),
+        "{status:?}"
+    );
     post(&env, "org_bk", &main, "live").await;
     assert_eq!(what(&next(&mut reader).await), "posted live");
+}
+
+/// Past three quarters of WATCH_MAX_STREAMS, a user holding 4 watches opens no more: the last
+/// quarter is kept for users who have few, so a few accounts cannot take every stream.
+#[tokio::test]
+async fn a_crowded_replica_keeps_its_last_streams_for_users_who_have_few() {
+    let env = start_custom(false, |c| {
+        c.watch.watch_max_streams = 8;
+        c.watch.watch_max_per_user = 7;
+    })
+    .await;
+    let ch = channel(&env, "org_fs", "live").await;
+    let open = |user: &'static str| {
+        let (env, ch) = (&env, ch.clone());
+        async move {
+            env.client()
+                .await
+                .watch_channel(env.member(
+                    user,
+                    "org_fs",
+                    pb::WatchChannelRequest {
+                        channel_id: ch,
+                        resume_token: String::new(),
+                    },
+                ))
+                .await
+                .map(|r| r.into_inner())
+        }
+    };
+    let mut held = Vec::new();
+    for _ in 0..6 {
+        held.push(open("user_b").await.expect("below three quarters"));
+    }
+    let refused = open("user_b").await.unwrap_err();
+    assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
+    assert!(
+        refused.message().contains("most of its watch"),
+        "{refused:?}"
+    );
+    // Users with fewer than 4 still get the last streams.
+    held.push(open("user_c").await.expect("a first watch"));
+    held.push(open("user_d").await.expect("a first watch"));
+    let full = open("user_e").await.unwrap_err();
+    assert_eq!(full.code(), Code::Unavailable, "{full:?}");
 }
 
 /// Two watches whose client stops reading (HTTP/2, 16 KiB windows) fall behind and are ended:
@@ -368,7 +416,11 @@ async fn an_ended_stream_whose_client_is_behind_is_reset_and_keeps_its_place_unt
     let (delivered, status) = drain(&mut stuck[0]).await;
     assert!(delivered < 40, "{delivered}");
     assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
-    assert_eq!(reset(&status), Some(h2::Reason::ENHANCE_YOUR_CALM), "{status:?}");
+    assert_eq!(
+        reset(&status),
+        Some(h2::Reason::ENHANCE_YOUR_CALM),
+        "{status:?}"
+    );
     // Its response is gone: its place is free.
     let mut again = eventually_open(open).await;
     assert_eq!(what(&next(&mut again).await), "caught up");
@@ -494,7 +546,12 @@ async fn h1_watch(
             resume_token: String::new(),
         },
     );
-    let auth = req.metadata().get("authorization").unwrap().to_str().unwrap();
+    let auth = req
+        .metadata()
+        .get("authorization")
+        .unwrap()
+        .to_str()
+        .unwrap();
     let message = req.get_ref().encode_to_vec();
     let mut framed = vec![0];
     framed.extend_from_slice(&(message.len() as u32).to_be_bytes());
@@ -524,7 +581,12 @@ async fn h1_watch(
             .await
             .expect("a response head within 10 s")
             .unwrap();
-        assert_eq!(n, 1, "closed before the head: {}", String::from_utf8_lossy(&head));
+        assert_eq!(
+            n,
+            1,
+            "closed before the head: {}",
+            String::from_utf8_lossy(&head)
+        );
         head.push(b[0]);
     }
     (String::from_utf8(head).unwrap().to_lowercase(), conn)
