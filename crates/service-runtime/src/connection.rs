@@ -17,10 +17,11 @@
 //!   through the [`AdmittedInfo`] tonic puts in each request; pings are not calls. With no call
 //!   in flight, cutting loses nothing but a request that arrives at that very moment.
 //!
-//! A call may also ask for its connection to be cut ([`Activity::cut`]).
+//! A call may also ask for its connection to be cut ([`Activity::cut`]), and so may a response
+//! through the connection's [`Link`](crate::link::Link).
 //!
-//! A deadline that passes, or a cut, makes every read and write fail, so hyper drops the connection and
-//! its permit is released.
+//! A deadline that passes, or a cut, makes every read and write fail, so hyper drops the
+//! connection and its permit is released.
 
 use crate::activity::Activity;
 use std::io;
@@ -33,6 +34,8 @@ use tokio::net::TcpStream;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::{Instant, Sleep};
 use tonic::transport::server::{Connected, TcpConnectInfo};
+
+use crate::link::Registered;
 
 /// The client preface of HTTP/2 (RFC 9113, 3.4).
 const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -160,13 +163,17 @@ pub struct Admitted {
     idle: Pin<Box<Sleep>>,
     /// Why the connection was cut off, once it was.
     expired: Option<&'static str>,
+    /// What its responses learn of it and may do to it.
+    link: Registered,
 }
 
 impl Admitted {
     /// `stream`, accepted now, counted against the permit's server until dropped.
     pub fn new(stream: TcpStream, permit: OwnedSemaphorePermit, deadlines: Deadlines) -> Self {
         let now = Instant::now();
+        let link = Registered::new(stream.local_addr().ok(), stream.peer_addr().ok());
         Self {
+            link,
             stream,
             _permit: permit,
             handshake: Handshake::START,
@@ -209,6 +216,11 @@ impl Admitted {
                 tracing::debug!(reason = why, "closing connection");
                 self.expired = Some(why);
             }
+        }
+        if self.expired.is_none() && self.link.is_cut(cx.waker()) {
+            let why = "a response's client stopped reading";
+            tracing::debug!(reason = why, "closing connection");
+            self.expired = Some(why);
         }
         match self.expired {
             Some(why) => Err(io::Error::new(io::ErrorKind::TimedOut, why)),
@@ -260,7 +272,10 @@ impl AsyncWrite for Admitted {
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         self.check_deadline(cx)?;
-        Pin::new(&mut self.stream).poll_flush(cx)
+        ready!(Pin::new(&mut self.stream).poll_flush(cx))?;
+        // hyper flushes the socket only once its own write buffer is empty.
+        self.link.flushed();
+        Poll::Ready(Ok(()))
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {

@@ -17,6 +17,7 @@ pub mod key_metrics;
 pub mod lent;
 pub mod lifecycle;
 pub mod limits;
+pub mod link;
 pub mod logging;
 pub mod metrics;
 pub mod open_services;

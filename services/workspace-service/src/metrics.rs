@@ -91,6 +91,8 @@ pub struct Metrics {
     pub watch_streams: Gauge,
     /// Watch streams ended, by why.
     pub watch_ends: Family<ReasonLabels, Counter>,
+    /// Watch streams cut because their end could not reach a client that stopped reading.
+    pub watch_cuts: Counter,
     /// Bytes the replica's live events hold (queued for streams, broadcast, being sent).
     pub watch_buffered_bytes: Gauge,
     /// Age of the oldest queued job.
@@ -182,6 +184,11 @@ impl Metrics {
             "workspace_watch_ends",
             "Watch streams ended, by reason (gone: the client left; behind, memory: it did not read; expired, denied, deleted, stopping, too_old, error)",
             m.watch_ends.clone(),
+        );
+        registry.register(
+            "workspace_watch_cuts",
+            "Watch streams ended without their status because the client stopped reading (HTTP/2: stream reset; HTTP/1.1: connection closed)",
+            m.watch_cuts.clone(),
         );
         registry.register(
             "workspace_watch_buffered_bytes",

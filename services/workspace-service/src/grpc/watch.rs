@@ -2,9 +2,14 @@
 //! through the generated server, because their events go out as frames encoded once per
 //! change and shared by every watcher (`crate::live::frames`). The request (one small gRPC
 //! message) is read and checked here; the response body is the stream's outbox.
+//!
+//! Browsers call them with binary gRPC-Web over HTTP/1.1. The text form
+//! (`application/grpc-web-text`) is refused: tonic-web would copy every event into a base64
+//! allocation that the replica's count of live-event bytes (`WATCH_MEMORY_BYTES`) cannot see.
 
 use crate::domain::access::Caller;
 use crate::domain::roles::Roles;
+use crate::live::outbox::Transport;
 use crate::live::watch::{Live, Scope};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Limited};
@@ -51,6 +56,21 @@ async fn open(
     roles: &Roles,
 ) -> Result<crate::live::outbox::Body, Status> {
     let (parts, body) = req.into_parts();
+    if answers_text(&parts.headers) {
+        return Err(Status::unimplemented(
+            "watches are served in binary gRPC-Web (application/grpc-web+proto) or gRPC, not grpc-web-text",
+        ));
+    }
+    // tonic-web keeps the request's HTTP version.
+    let transport = match parts.version {
+        http::Version::HTTP_2 => Transport::Http2,
+        _ => Transport::Http1(
+            service_runtime::link::Link::of(&parts.extensions).ok_or_else(|| {
+                // Fail closed: without the link, a stuck response could not be cut.
+                Status::internal("this server cannot carry a watch over HTTP/1.1")
+            })?,
+        ),
+    };
     let principal = parts.extensions.get::<Principal>();
     // The open is decided on the database, not the access cache: a stream outlives the call
     // (until its next access check), so a removal this replica has not heard yet must not
@@ -85,7 +105,16 @@ async fn open(
             (Scope::Workspace(org), resume_token(&m.resume_token)?)
         }
     };
-    live.open(caller, access, expires_at, scope, token).await
+    live.open(transport, caller, access, expires_at, scope, token)
+        .await
+}
+
+/// Whether tonic-web would answer in base64 (what it reads from `accept`).
+fn answers_text(headers: &http::HeaderMap) -> bool {
+    headers
+        .get_all(http::header::ACCEPT)
+        .iter()
+        .any(|v| v.as_bytes().starts_with(b"application/grpc-web-text"))
 }
 
 /// The one uncompressed gRPC message of a request body.

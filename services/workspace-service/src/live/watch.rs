@@ -12,13 +12,18 @@
 //! expires (UNAUTHENTICATED), when the periodic re-check finds the caller no longer has access
 //! (PERMISSION_DENIED), after the workspace's deletion (PERMISSION_DENIED, once what is queued
 //! is read), and at once when the service starts shutting down (UNAVAILABLE). Ending at once
-//! drops what is queued. A stream that falls behind the hub's broadcast reads what it
-//! missed from the log.
+//! drops what is queued. A client that is behind when its stream ends, or that does not read
+//! the end within the grace, gets no status: the stream is cut ([`Outbox::cut`]: HTTP/2 stream
+//! reset, HTTP/1.1 connection closed), so the HTTP layer frees what it held for it. A stream
+//! that falls behind the hub's broadcast reads what it missed from the log.
+//!
+//! The user's place and the replica's stream permit belong to the response: they are given
+//! back once the HTTP layer dropped its body and the task settled the end.
 
 use super::LiveSettings;
 use super::frames::{self, Frame, Memory};
 use super::hub::Hub;
-use super::outbox::{self, Body, Outbox};
+use super::outbox::{self, Body, Outbox, Transport};
 use crate::domain::access::{Caller, channel_scope};
 use crate::domain::standing::AccessCache;
 use crate::domain::{changes, workspaces};
@@ -28,13 +33,20 @@ use service_runtime::replica::ReadPool;
 use service_runtime::{Lifecycle, Phase, Pool};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, broadcast};
+use tokio::sync::{Semaphore, broadcast};
 use tonic::Status;
 use uuid::Uuid;
 use vbase_proto::workspace::v1 as pb;
 
 /// Rows one read of the backlog takes at most (its bytes are bounded by the stream's room).
 const READ_ROWS: i64 = 500;
+
+/// Past this share of `WATCH_MAX_STREAMS` open (in quarters), a user may open another watch
+/// only while holding fewer than [`FAIR_SHARE`]: the last quarter is kept for the users who
+/// have few, so 64 accounts at `WATCH_MAX_PER_USER` cannot take every stream.
+const CROWDED_QUARTERS: usize = 3;
+/// The watches a user may hold on a crowded replica.
+const FAIR_SHARE: usize = 4;
 
 /// What is watched.
 #[derive(Debug, Clone)]
@@ -150,8 +162,9 @@ impl Live {
         }
     }
 
-    /// Takes one of `caller`'s places among their open streams (users only).
-    fn user_slot(&self, caller: &Caller) -> Result<Option<UserSlot>, Status> {
+    /// Takes one of `caller`'s places among their open streams (users only), `open` streams
+    /// being open on the replica with this one.
+    fn user_slot(&self, caller: &Caller, open: usize) -> Result<Option<UserSlot>, Status> {
         let Some(user) = caller.user_id() else {
             return Ok(None);
         };
@@ -163,6 +176,12 @@ impl Live {
                 self.settings.per_user
             )));
         }
+        let crowded = open * 4 > self.settings.max_streams * CROWDED_QUARTERS;
+        if crowded && *n >= FAIR_SHARE {
+            return Err(Status::resource_exhausted(format!(
+                "this replica is serving most of its watch streams, and each user may then have {FAIR_SHARE} open on it: close one, or retry later"
+            )));
+        }
         *n += 1;
         Ok(Some(UserSlot {
             per_user: Arc::clone(&self.per_user),
@@ -171,9 +190,11 @@ impl Live {
     }
 
     /// Opens a watch of `scope` for `caller` (whose token expires at `expires_at`, Unix
-    /// seconds), after `resume_token` or from now; returns the response body that carries it.
+    /// seconds), after `resume_token` or from now; returns the response body that carries it
+    /// over `transport`.
     pub async fn open(
         &self,
+        transport: Transport,
         caller: Caller,
         access: Option<&AccessCache>,
         expires_at: Option<i64>,
@@ -190,7 +211,8 @@ impl Live {
                 "this replica serves its most watch streams (WATCH_MAX_STREAMS); retry later",
             )
         })?;
-        let slot = self.user_slot(&caller)?;
+        let open = self.settings.max_streams - self.streams.available_permits();
+        let slot = self.user_slot(&caller, open)?;
         // One connection for the whole open: the scope, the hub's first read, the bounds.
         let mut conn = self.pool.get().await.map_err(Error::from)?;
         let workspace = scope.check(&mut conn, &caller).await?;
@@ -216,7 +238,7 @@ impl Live {
                 seq
             }
         };
-        let (outbox, body) = outbox::pair();
+        let (outbox, body) = outbox::pair(transport, (permit, slot));
         let stream = Stream {
             live: self.clone(),
             // The open was decided on the database; the re-checks may use the cache, which
@@ -230,8 +252,6 @@ impl Live {
             reading: true,
             announced: false,
             outbox,
-            _permit: permit,
-            _slot: slot,
         };
         self.metrics.watch_streams.inc();
         tokio::spawn(stream.run(live));
@@ -261,8 +281,6 @@ struct Stream {
     /// `caught_up` was sent.
     announced: bool,
     outbox: Outbox,
-    _permit: OwnedSemaphorePermit,
-    _slot: Option<UserSlot>,
 }
 
 /// Why a stream stopped sending.
@@ -288,20 +306,40 @@ impl Stream {
     async fn run(mut self, mut live: broadcast::Receiver<Arc<Frame>>) {
         let end = self.serve(&mut live).await;
         drop(live);
-        // The stream's places are free before its end is counted (a new open may follow the
-        // count at once).
-        self._slot = None;
         let metrics = self.live.metrics.clone();
-        match end {
-            End::Gone => metrics.watch_ended("gone"),
+        let reason = match end {
+            End::Gone => {
+                // The response is gone: its places are free before its end is counted (a new
+                // open may follow the count at once).
+                drop(self);
+                metrics.watch_ended("gone");
+                metrics.watch_streams.dec();
+                return;
+            }
+            End::Now(_, reason @ ("behind" | "memory")) => {
+                // The client does not read: its end could not reach it.
+                self.outbox.cut();
+                metrics.watch_cuts.inc();
+                reason
+            }
             End::Now(status, reason) => {
-                self.outbox.end_now(&status);
-                metrics.watch_ended(reason);
+                let budget = self.live.settings.stream_bytes;
+                if self.outbox.behind(budget, tokio::time::Instant::now()) {
+                    self.outbox.cut();
+                    metrics.watch_cuts.inc();
+                } else {
+                    self.outbox.end_now(&status);
+                }
+                reason
             }
             End::After(status, reason) => {
                 self.outbox.end_after(&status);
-                metrics.watch_ended(reason);
+                reason
             }
+        };
+        metrics.watch_ended(reason);
+        if self.outbox.settle().await {
+            metrics.watch_cuts.inc();
         }
         metrics.watch_streams.dec();
     }

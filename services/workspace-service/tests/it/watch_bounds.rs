@@ -305,12 +305,318 @@ async fn past_the_replicas_watch_memory_a_client_reading_its_backlog_goes_on() {
         );
     }
     assert_eq!(what(&next(&mut reader).await), "caught up");
+    // It was behind at its end: reset, not sent trailers it could not receive.
+    env.metric_reaches("workspace_watch_ends_total{reason=\"memory\"}", |v| {
+        v == 1.0
+    })
+    .await;
     let (_, status) = drain(&mut stuck).await;
     assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
-    assert!(
-        status.message().contains("WATCH_MEMORY_BYTES"),
+    assert_eq!(
+        reset(&status),
+        Some(h2::Reason::ENHANCE_YOUR_CALM),
         "{status:?}"
     );
     post(&env, "org_bk", &main, "live").await;
     assert_eq!(what(&next(&mut reader).await), "posted live");
+}
+
+/// Past three quarters of WATCH_MAX_STREAMS, a user holding 4 watches opens no more: the last
+/// quarter is kept for users who have few, so a few accounts cannot take every stream.
+#[tokio::test]
+async fn a_crowded_replica_keeps_its_last_streams_for_users_who_have_few() {
+    let env = start_custom(false, |c| {
+        c.watch.watch_max_streams = 8;
+        c.watch.watch_max_per_user = 7;
+    })
+    .await;
+    let ch = channel(&env, "org_fs", "live").await;
+    let open = |user: &'static str| {
+        let (env, ch) = (&env, ch.clone());
+        async move {
+            env.client()
+                .await
+                .watch_channel(env.member(
+                    user,
+                    "org_fs",
+                    pb::WatchChannelRequest {
+                        channel_id: ch,
+                        resume_token: String::new(),
+                    },
+                ))
+                .await
+                .map(|r| r.into_inner())
+        }
+    };
+    let mut held = Vec::new();
+    for _ in 0..6 {
+        held.push(open("user_b").await.expect("below three quarters"));
+    }
+    let refused = open("user_b").await.unwrap_err();
+    assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
+    assert!(
+        refused.message().contains("most of its watch"),
+        "{refused:?}"
+    );
+    // Users with fewer than 4 still get the last streams.
+    held.push(open("user_c").await.expect("a first watch"));
+    held.push(open("user_d").await.expect("a first watch"));
+    let full = open("user_e").await.unwrap_err();
+    assert_eq!(full.code(), Code::Unavailable, "{full:?}");
+}
+
+/// Two watches whose client stops reading (HTTP/2, 16 KiB windows) fall behind and are ended:
+/// each is reset rather than left with trailers it cannot receive, and each keeps its user's
+/// place until its response is gone.
+#[tokio::test]
+async fn an_ended_stream_whose_client_is_behind_is_reset_and_keeps_its_place_until_it_goes() {
+    let env = start_custom(false, |c| {
+        c.watch.watch_buffer_bytes = 64 * 1024;
+        c.watch.watch_max_per_user = 2;
+    })
+    .await;
+    let ch = channel(&env, "org_rs", "live").await;
+    let mut stuck = Vec::new();
+    for _ in 0..2 {
+        let mut s = narrow_watch(&env, "user_b", "org_rs", &ch, "").await;
+        assert_eq!(what(&next(&mut s).await), "caught up");
+        stuck.push(s);
+    }
+    let body = "r".repeat(9_000);
+    for i in 0..40 {
+        post(&env, "org_rs", &ch, &format!("{i} {body}")).await;
+    }
+    env.metric_reaches("workspace_watch_ends_total{reason=\"behind\"}", |v| {
+        v == 2.0
+    })
+    .await;
+    // Ended, but hyper still holds each response (a frame waits for window): they still
+    // count.
+    let open = || async {
+        env.client()
+            .await
+            .watch_channel(env.member(
+                "user_b",
+                "org_rs",
+                pb::WatchChannelRequest {
+                    channel_id: ch.clone(),
+                    resume_token: String::new(),
+                },
+            ))
+            .await
+            .map(|r| r.into_inner())
+    };
+    let capped = open().await.unwrap_err();
+    assert_eq!(capped.code(), Code::ResourceExhausted, "{capped:?}");
+    assert!(
+        capped.message().contains("WATCH_MAX_PER_USER"),
+        "{capped:?}"
+    );
+    // Once the client reads again, the stream is reset: no trailers.
+    let (delivered, status) = drain(&mut stuck[0]).await;
+    assert!(delivered < 40, "{delivered}");
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    assert_eq!(
+        reset(&status),
+        Some(h2::Reason::ENHANCE_YOUR_CALM),
+        "{status:?}"
+    );
+    // Its response is gone: its place is free.
+    let mut again = eventually_open(open).await;
+    assert_eq!(what(&next(&mut again).await), "caught up");
+}
+
+/// The reason of the HTTP/2 stream reset that ended a call, if one did.
+fn reset(status: &tonic::Status) -> Option<h2::Reason> {
+    let mut source = std::error::Error::source(status);
+    while let Some(e) = source {
+        if let Some(h2) = e.downcast_ref::<h2::Error>() {
+            return h2.reason();
+        }
+        source = e.source();
+    }
+    None
+}
+
+/// Retries `open` for a few seconds until it is served.
+async fn eventually_open<F, Fut, T>(open: F) -> T
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Result<T, tonic::Status>>,
+{
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        match open().await {
+            Ok(t) => return t,
+            Err(s) if std::time::Instant::now() < deadline => {
+                assert_eq!(s.code(), Code::ResourceExhausted, "{s:?}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(s) => panic!("still refused: {s:?}"),
+        }
+    }
+}
+
+/// Over HTTP/1.1 gRPC-Web (as through the ingress), watches whose client never reads fill
+/// hyper's write buffer. While their responses are held they count against the user's cap;
+/// once they fall behind and end, their connections are closed, so what hyper held is freed,
+/// not kept until the connection's maximum age.
+#[tokio::test]
+async fn over_http1_a_watch_that_ends_unread_closes_its_connection_and_frees_what_it_held() {
+    let env = start_custom(false, |c| {
+        c.watch.watch_buffer_bytes = 64 * 1024;
+        c.watch.watch_max_per_user = 3;
+    })
+    .await;
+    let ch = channel(&env, "org_h1", "live").await;
+    let mut stuck = Vec::new();
+    for _ in 0..3 {
+        let (head, conn) = h1_watch(&env, "user_b", "org_h1", &ch, WEB).await;
+        assert_eq!(grpc_status(&head), None, "{head}");
+        stuck.push(conn);
+    }
+    let (refused, _) = h1_watch(&env, "user_b", "org_h1", &ch, WEB).await;
+    assert_eq!(grpc_status(&refused), Some("8"), "{refused}");
+    // Until they fall behind: past what the sockets take (the kernel's send buffer grows to
+    // a few MiB), hyper's write buffer (about 400 KiB) and the stream's 64 KiB.
+    let body = "\u{1F600}".repeat(8_000);
+    for i in 0..400 {
+        post(&env, "org_h1", &ch, &format!("{i} {body}")).await;
+        if i % 10 == 9
+            && env
+                .metric("workspace_watch_ends_total{reason=\"behind\"}")
+                .await
+                == Some(3.0)
+        {
+            break;
+        }
+    }
+    env.metric_reaches("workspace_watch_ends_total{reason=\"behind\"}", |v| {
+        v == 3.0
+    })
+    .await;
+    // hyper held the events it had copied (counted: binary gRPC-Web shares the frames); with
+    // the connections closed, nothing of them is left.
+    env.metric_reaches("workspace_watch_buffered_bytes", |v| v < 64.0 * 1024.0)
+        .await;
+    // Each client, reading at last, finds its connection closed without a status.
+    for conn in stuck {
+        let rest = read_to_end(conn).await;
+        assert!(
+            !String::from_utf8_lossy(&rest).contains("grpc-status:"),
+            "the end was sent"
+        );
+    }
+    let (head, _open) = h1_watch(&env, "user_b", "org_h1", &ch, WEB).await;
+    assert_eq!(grpc_status(&head), None, "a place is free: {head}");
+}
+
+/// The base64 form of gRPC-Web would copy every event outside the replica's count of live
+/// bytes: watches refuse it, saying what to use.
+#[tokio::test]
+async fn a_watch_in_grpc_web_text_is_refused() {
+    let env = start_custom(false, |_| {}).await;
+    let ch = channel(&env, "org_tx", "live").await;
+    let (head, _) = h1_watch(&env, "user_b", "org_tx", &ch, TEXT).await;
+    assert_eq!(grpc_status(&head), Some("12"), "{head}");
+    assert!(head.contains("binary"), "{head}");
+}
+
+/// gRPC-Web content types: binary, and base64 text.
+const WEB: &str = "application/grpc-web+proto";
+const TEXT: &str = "application/grpc-web-text";
+
+/// Opens `WatchChannel` over HTTP/1.1 gRPC-Web (`kind`) on a socket with a small receive
+/// buffer, and reads the response head only: (head, the connection, unread after it).
+async fn h1_watch(
+    env: &Env,
+    user: &str,
+    org: &str,
+    channel: &str,
+    kind: &str,
+) -> (String, tokio::net::TcpStream) {
+    use base64::Engine as _;
+    use prost::Message as _;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let req = env.member(
+        user,
+        org,
+        pb::WatchChannelRequest {
+            channel_id: channel.into(),
+            resume_token: String::new(),
+        },
+    );
+    let auth = req
+        .metadata()
+        .get("authorization")
+        .unwrap()
+        .to_str()
+        .unwrap();
+    let message = req.get_ref().encode_to_vec();
+    let mut framed = vec![0];
+    framed.extend_from_slice(&(message.len() as u32).to_be_bytes());
+    framed.extend_from_slice(&message);
+    if kind == TEXT {
+        framed = base64::engine::general_purpose::STANDARD
+            .encode(&framed)
+            .into_bytes();
+    }
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut conn = socket.connect(env.server.addr).await.unwrap();
+    let head = format!(
+        "POST /vbase.workspace.v1.WorkspaceService/WatchChannel HTTP/1.1\r\nhost: {}\r\n\
+         content-type: {kind}\r\naccept: {kind}\r\nx-grpc-web: 1\r\nauthorization: {auth}\r\n\
+         content-length: {}\r\n\r\n",
+        env.server.addr,
+        framed.len()
+    );
+    conn.write_all(head.as_bytes()).await.unwrap();
+    conn.write_all(&framed).await.unwrap();
+    // The head, byte by byte, so nothing of the body is read.
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut b = [0u8];
+        let n = tokio::time::timeout(Duration::from_secs(10), conn.read(&mut b))
+            .await
+            .expect("a response head within 10 s")
+            .unwrap();
+        assert_eq!(
+            n,
+            1,
+            "closed before the head: {}",
+            String::from_utf8_lossy(&head)
+        );
+        head.push(b[0]);
+    }
+    (String::from_utf8(head).unwrap().to_lowercase(), conn)
+}
+
+/// The `grpc-status` of a (lowercased) response head: `None` for a stream that goes on.
+fn grpc_status(head: &str) -> Option<&str> {
+    head.lines()
+        .find_map(|l| l.strip_prefix("grpc-status:"))
+        .map(str::trim)
+}
+
+/// What is left on `conn` until the server closes it (within 10 s).
+async fn read_to_end(mut conn: tokio::net::TcpStream) -> Vec<u8> {
+    use tokio::io::AsyncReadExt;
+    let mut rest = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), async {
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            match conn.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => rest.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await;
+    assert!(
+        read.is_ok(),
+        "the connection is still open after {} bytes",
+        rest.len()
+    );
+    rest
 }
