@@ -265,10 +265,13 @@ impl Outbox {
     }
 
     /// Resolves once the stream's end has reached its client (HTTP/2: hyper took it; HTTP/1.1:
-    /// and flushed it), or the client has gone; a client that is behind before that (anything
-    /// unread past [`UNREAD_GRACE`], the end included) is [cut](Outbox::cut). Returns whether
-    /// it was.
+    /// and flushed it), or the client has gone; a client that stops reading before that
+    /// (something unread, the end included, and nothing taken or flushed for
+    /// [`UNREAD_GRACE`]) is [cut](Outbox::cut). A client still reading a backlog, however
+    /// slowly, gets the end. Returns whether it was cut.
     pub async fn settle(&self) -> bool {
+        // The client's last sign of reading: the end, then each frame taken or flushed since.
+        let mut progress = Instant::now();
         loop {
             let taken = self.shared.taken.notified();
             let dropped = self.shared.dropped.notified();
@@ -286,7 +289,10 @@ impl Outbox {
                 if (s.done && flushed.is_none()) || (s.gone && !s.done) {
                     return false;
                 }
-                let at = self.shared.unread_since(&s).map(|t| t + UNREAD_GRACE);
+                let at = self
+                    .shared
+                    .unread_since(&s)
+                    .map(|t| t.max(progress) + UNREAD_GRACE);
                 (flushed, at)
             };
             if behind_at.is_some_and(|at| at <= Instant::now()) {
@@ -300,9 +306,9 @@ impl Outbox {
                 }
             };
             tokio::select! {
-                _ = taken => {}
+                _ = taken => progress = Instant::now(),
                 _ = dropped => {}
-                _ = flushed => {}
+                _ = flushed => progress = Instant::now(),
                 _ = sleep_until(behind_at) => {}
             }
         }
