@@ -235,22 +235,8 @@ impl Metrics {
             .inc();
     }
 
-    /// Counts one room-token call by its result.
-    pub fn room_token<T>(&self, r: &Result<T, crate::liveblocks::Refused>) {
-        use crate::error::Error;
-        use crate::liveblocks::Refused::{Status, TooLongLived};
-        let outcome = match r {
-            Ok(_) => "granted",
-            Err(TooLongLived(_)) => "too_long_lived",
-            Err(Status(e)) => match e {
-                Error::Denied(_) => "denied",
-                Error::NotFound(_) => "not_found",
-                Error::Unavailable(_) | Error::Pool(_) => "unavailable",
-                Error::RetryAfter { .. } => "rate_limited",
-                Error::Invalid(_) => "invalid",
-                _ => "error",
-            },
-        };
+    /// Counts one room-token call by its outcome (`crate::liveblocks::outcome`).
+    pub fn room_token(&self, outcome: &'static str) {
         self.room_tokens
             .get_or_create(&OutcomeLabels { outcome })
             .inc();

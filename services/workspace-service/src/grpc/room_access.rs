@@ -15,7 +15,7 @@ pub(super) async fn authorize_liveblocks_room(
     req: Request<pb::AuthorizeLiveblocksRoomRequest>,
 ) -> R<pb::AuthorizeLiveblocksRoomResponse> {
     let answer = room_token(api, req).await;
-    api.metrics.room_token(&answer);
+    api.metrics.room_token(crate::liveblocks::outcome(&answer));
     ok(answer.map_err(Error::from)?)
 }
 

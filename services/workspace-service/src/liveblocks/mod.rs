@@ -168,6 +168,22 @@ pub enum Refused {
     TooLongLived(String),
 }
 
+/// The metric label of a room-token call's result.
+pub fn outcome<T>(r: &Result<T, Refused>) -> &'static str {
+    match r {
+        Ok(_) => "granted",
+        Err(Refused::TooLongLived(_)) => "too_long_lived",
+        Err(Refused::Status(e)) => match e {
+            Error::Denied(_) => "denied",
+            Error::NotFound(_) => "not_found",
+            Error::Unavailable(_) | Error::Pool(_) => "unavailable",
+            Error::RetryAfter { .. } => "rate_limited",
+            Error::Invalid(_) => "invalid",
+            _ => "error",
+        },
+    }
+}
+
 impl From<Error> for Refused {
     fn from(e: Error) -> Self {
         Self::Status(e)
