@@ -13,7 +13,7 @@
 //!   `max_connection_age_grace` skips the graceful close and only cuts the connection.)
 //! - **Idle.** After the handshake, a connection with no call in flight for [`Deadlines::idle`]
 //!   is cut off (grpc-go's `MaxConnectionIdle`), so peers that only answer pings cannot hold the
-//!   permits until their maximum age. Calls are counted by [`crate::activity::CountCalls`]
+//!   permits until their maximum age. Calls are counted by [`crate::count_calls::CountCalls`]
 //!   through the [`AdmittedInfo`] tonic puts in each request; pings are not calls. With no call
 //!   in flight, cutting loses nothing but a request that arrives at that very moment.
 //!
@@ -24,6 +24,7 @@
 //! connection and its permit is released.
 
 use crate::activity::Activity;
+use crate::connect_info::AdmittedInfo;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -33,9 +34,9 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::{Instant, Sleep};
-use tonic::transport::server::{Connected, TcpConnectInfo};
+use tonic::transport::server::Connected;
 
-use crate::link::Registered;
+use crate::link::Link;
 
 /// The client preface of HTTP/2 (RFC 9113, 3.4).
 const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -51,16 +52,6 @@ pub struct Deadlines {
     pub lifetime: Duration,
     /// With no call in flight, to the close.
     pub idle: Duration,
-}
-
-/// What tonic puts in every request of an [`Admitted`] connection: the peer's address, and the
-/// connection's calls in flight.
-#[derive(Debug, Clone)]
-pub struct AdmittedInfo {
-    /// The TCP peer, for tonic's `Request::remote_addr`.
-    pub tcp: TcpConnectInfo,
-    /// The connection's calls in flight.
-    pub activity: Arc<Activity>,
 }
 
 /// How far a peer has come in opening its connection.
@@ -164,16 +155,15 @@ pub struct Admitted {
     /// Why the connection was cut off, once it was.
     expired: Option<&'static str>,
     /// What its responses learn of it and may do to it.
-    link: Registered,
+    link: Arc<Link>,
 }
 
 impl Admitted {
     /// `stream`, accepted now, counted against the permit's server until dropped.
     pub fn new(stream: TcpStream, permit: OwnedSemaphorePermit, deadlines: Deadlines) -> Self {
         let now = Instant::now();
-        let link = Registered::new(stream.local_addr().ok(), stream.peer_addr().ok());
         Self {
-            link,
+            link: Arc::new(Link::default()),
             stream,
             _permit: permit,
             handshake: Handshake::START,
@@ -236,6 +226,7 @@ impl Connected for Admitted {
         AdmittedInfo {
             tcp: self.stream.connect_info(),
             activity: Arc::clone(&self.activity),
+            link: Arc::clone(&self.link),
         }
     }
 }

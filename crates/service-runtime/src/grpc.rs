@@ -128,7 +128,7 @@ pub async fn serve_grpc(
     limits
         .server()
         .accept_http1(true)
-        .layer(crate::activity::CountCalls)
+        .layer(crate::count_calls::CountCalls)
         .layer(crate::browser::cors(origins))
         .layer(tonic_web::GrpcWebLayer::new())
         .layer(AuthLayer::new(auth, policy))

@@ -8,23 +8,13 @@
 //! close the connection ([`Link::cut`]) when its client stopped reading, so what hyper holds
 //! for it is freed. Never cut an HTTP/2 connection: it carries other calls.
 //!
-//! Each [`crate::connection::Admitted`] connection has one, registered under its two addresses;
-//! a request finds its own through the `TcpConnectInfo` that tonic puts in its extensions
-//! ([`Link::of`]).
+//! Each [`crate::connection::Admitted`] connection has one; a request finds its own with
+//! [`crate::connect_info::link_of`].
 
 use futures::task::AtomicWaker;
-use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, LazyLock, Mutex, Weak};
 use std::task::Waker;
 use tokio::sync::Notify;
-use tonic::transport::server::TcpConnectInfo;
-
-/// The open connections' links, by (local, peer) address.
-type Registry = Mutex<HashMap<(SocketAddr, SocketAddr), Weak<Link>>>;
-
-static LINKS: LazyLock<Registry> = LazyLock::new(Registry::default);
 
 /// One connection's flush count and kill switch.
 #[derive(Debug, Default)]
@@ -37,14 +27,6 @@ pub struct Link {
 }
 
 impl Link {
-    /// The link of the connection that carried the request whose extensions are `extensions`.
-    pub fn of(extensions: &http::Extensions) -> Option<Arc<Link>> {
-        let info = extensions.get::<TcpConnectInfo>()?;
-        let key = (info.local_addr?, info.remote_addr?);
-        let links = LINKS.lock().unwrap_or_else(|p| p.into_inner());
-        links.get(&key)?.upgrade()
-    }
-
     /// How many times the connection's writer has found its buffer empty so far: a body part
     /// handed over before this count grew has gone out to the socket.
     pub fn flushes(&self) -> u64 {
@@ -82,90 +64,29 @@ impl Link {
     }
 }
 
-/// A connection's link, listed while the connection is open.
-#[derive(Debug)]
-pub(crate) struct Registered {
-    link: Arc<Link>,
-    key: Option<(SocketAddr, SocketAddr)>,
-}
-
-impl Registered {
-    /// A new link for the connection between `local` and `peer` (unlisted when either is
-    /// unknown: no request finds it, and a response then refuses what needs it).
-    pub(crate) fn new(local: Option<SocketAddr>, peer: Option<SocketAddr>) -> Self {
-        let link = Arc::new(Link::default());
-        let key = local.zip(peer);
-        if let Some(key) = key {
-            let mut links = LINKS.lock().unwrap_or_else(|p| p.into_inner());
-            links.insert(key, Arc::downgrade(&link));
-        }
-        Self { link, key }
-    }
-}
-
-impl std::ops::Deref for Registered {
-    type Target = Link;
-
-    fn deref(&self) -> &Link {
-        &self.link
-    }
-}
-
-impl Drop for Registered {
-    fn drop(&mut self) {
-        let Some(key) = self.key else { return };
-        let mut links = LINKS.lock().unwrap_or_else(|p| p.into_inner());
-        // A new connection between the same addresses may have replaced it already.
-        if links
-            .get(&key)
-            .is_some_and(|l| std::ptr::eq(l.as_ptr(), Arc::as_ptr(&self.link)))
-        {
-            links.remove(&key);
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn extensions(local: SocketAddr, peer: SocketAddr) -> http::Extensions {
-        let mut e = http::Extensions::new();
-        e.insert(TcpConnectInfo {
-            local_addr: Some(local),
-            remote_addr: Some(peer),
-        });
-        e
-    }
+    use std::sync::Arc;
 
     #[tokio::test]
-    async fn a_request_finds_its_connections_link_while_it_is_open() {
-        let local: SocketAddr = "127.0.0.1:50051".parse().unwrap();
-        let peer: SocketAddr = "127.0.0.1:40001".parse().unwrap();
-        let registered = Registered::new(Some(local), Some(peer));
-        let found = Link::of(&extensions(local, peer)).expect("listed");
-        assert!(std::ptr::eq(&*found, &*registered));
-        let other: SocketAddr = "127.0.0.1:40002".parse().unwrap();
-        assert!(Link::of(&extensions(local, other)).is_none());
-
-        let seen = found.flushes();
+    async fn a_flush_is_heard_and_a_cut_is_seen() {
+        let link = Arc::new(Link::default());
+        let seen = link.flushes();
         let waiting = tokio::spawn({
-            let found = Arc::clone(&found);
-            async move { found.flushed_after(seen).await }
+            let link = Arc::clone(&link);
+            async move { link.flushed_after(seen).await }
         });
         tokio::task::yield_now().await;
-        registered.flushed();
+        link.flushed();
         tokio::time::timeout(std::time::Duration::from_secs(1), waiting)
             .await
             .expect("a flush is heard")
             .unwrap();
 
         let waker = futures::task::noop_waker();
-        assert!(!registered.is_cut(&waker));
-        found.cut();
-        assert!(registered.is_cut(&waker));
-        drop(found);
-        drop(registered);
-        assert!(Link::of(&extensions(local, peer)).is_none(), "unlisted");
+        assert!(!link.is_cut(&waker));
+        link.cut();
+        assert!(link.is_cut(&waker));
     }
 }

@@ -14,7 +14,7 @@
 //! frees the answer and the permit; a client that reads is never cut.
 
 use crate::activity::Activity;
-use crate::connection::AdmittedInfo;
+use crate::connect_info::AdmittedInfo;
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;

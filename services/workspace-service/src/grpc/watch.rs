@@ -65,7 +65,7 @@ async fn open(
     let transport = match parts.version {
         http::Version::HTTP_2 => Transport::Http2,
         _ => Transport::Http1(
-            service_runtime::link::Link::of(&parts.extensions).ok_or_else(|| {
+            service_runtime::connect_info::link_of(&parts.extensions).ok_or_else(|| {
                 // Fail closed: without the link, a stuck response could not be cut.
                 Status::internal("this server cannot carry a watch over HTTP/1.1")
             })?,
