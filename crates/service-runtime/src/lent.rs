@@ -7,18 +7,25 @@
 //! holding a pooled connection, and other users' calls would wait for the pool. A [`Lent`]
 //! connection not [`returned`](Lent::returned) keeps the call's turn in a task of its own
 //! until the connection has answered everything sent on it, and only then goes back to the
-//! pool (or is closed, if it no longer answers).
+//! pool. One that does not answer within [`DRAIN_WITHIN`] (no statement timeout, a peer gone
+//! silent) or fails is closed instead, and the turn ends with it.
 
 use crate::user_quotas::Turn;
 use diesel_async::AsyncPgConnection;
 use diesel_async::SimpleAsyncConnection;
 use diesel_async::pooled_connection::deadpool::Object;
 use std::ops::{Deref, DerefMut};
+use std::time::Duration;
+
+/// The longest an abandoned connection is waited for before it is closed: past the services'
+/// statement timeout (10 s by default), so only a connection that would hang is closed.
+pub const DRAIN_WITHIN: Duration = Duration::from_secs(30);
 
 /// A pooled connection lent to one call, with the call's turn.
 pub struct Lent {
     conn: Option<Object<AsyncPgConnection>>,
     turn: Option<Turn>,
+    within: Duration,
 }
 
 impl Lent {
@@ -27,7 +34,15 @@ impl Lent {
         Self {
             conn: Some(conn),
             turn,
+            within: DRAIN_WITHIN,
         }
+    }
+
+    /// Waits at most `within` for the connection, if abandoned, instead of [`DRAIN_WITHIN`].
+    #[must_use]
+    pub fn draining_within(mut self, within: Duration) -> Self {
+        self.within = within;
+        self
     }
 
     /// The call got its answer: the connection goes back to the pool as it is.
@@ -64,10 +79,12 @@ impl Drop for Lent {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
+        let within = self.within;
         runtime.spawn(async move {
             let _turn = turn;
-            if conn.batch_execute("").await.is_err() {
-                // It no longer answers: closed instead of going back to the pool.
+            let answered = tokio::time::timeout(within, conn.batch_execute("")).await;
+            if !matches!(answered, Ok(Ok(()))) {
+                // It does not answer: closed instead of going back to the pool.
                 drop(Object::take(conn));
             }
         });

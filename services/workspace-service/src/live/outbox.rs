@@ -267,8 +267,10 @@ impl Outbox {
     /// Resolves once the stream's end has reached its client (HTTP/2: hyper took it; HTTP/1.1:
     /// and flushed it), or the client has gone; a client that stops reading before that
     /// (something unread, the end included, and nothing taken or flushed for
-    /// [`UNREAD_GRACE`]) is [cut](Outbox::cut). A client still reading a backlog, however
-    /// slowly, gets the end. Returns whether it was cut.
+    /// [`UNREAD_GRACE`]) is [cut](Outbox::cut). On HTTP/2 a client still reading a backlog,
+    /// however slowly, gets the end; on HTTP/1.1 progress is a flush of hyper's whole write
+    /// buffer, so a client more than a second from emptying it is cut and resumes with its last
+    /// token. Returns whether it was cut.
     pub async fn settle(&self) -> bool {
         // The client's last sign of reading: the end, then each frame taken or flushed since.
         let mut progress = Instant::now();
