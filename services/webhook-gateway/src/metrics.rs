@@ -58,6 +58,13 @@ impl Metrics {
                 outcome: "failed",
             });
         }
+        // So is every reason a delivery is refused by verification: the alert on a quiet
+        // instance counts each pod's first refusals too.
+        for reason in crate::verify::Rejection::LABELS {
+            let _ = m
+                .verification_failures
+                .get_or_create(&ReasonLabels { reason });
+        }
         registry.register(
             "webhook_requests",
             "Clerk webhooks by event type and outcome",

@@ -27,6 +27,16 @@ pub enum Rejection {
 }
 
 impl Rejection {
+    /// Every metric label.
+    pub const LABELS: [&'static str; 6] = [
+        "missing_header",
+        "bad_header",
+        "bad_timestamp",
+        "stale_timestamp",
+        "future_timestamp",
+        "bad_signature",
+    ];
+
     /// Metric label.
     pub fn label(self) -> &'static str {
         match self {
@@ -259,5 +269,19 @@ mod tests {
         );
         assert_eq!(opaque("svix-timestamp"), Err(Rejection::BadTimestamp));
         assert_eq!(Rejection::InvalidHeader("svix-id").label(), "bad_header");
+    }
+
+    #[test]
+    fn every_label_is_listed() {
+        for r in [
+            Rejection::MissingHeader("svix-id"),
+            Rejection::InvalidHeader("svix-id"),
+            Rejection::BadTimestamp,
+            Rejection::Stale,
+            Rejection::Future,
+            Rejection::BadSignature,
+        ] {
+            assert!(Rejection::LABELS.contains(&r.label()), "{r:?}");
+        }
     }
 }

@@ -74,6 +74,11 @@ async fn failures_are_counted_from_zero_for_every_applied_type() {
         let zero = format!(r#"webhook_requests_total{{event_type="{kind}",outcome="failed"}} 0"#);
         assert!(metrics.lines().any(|l| l == zero), "{zero} in {metrics}");
     }
+    // And every reason of a refusal by verification (VBaseWebhookSignatureFailures).
+    for reason in webhook_gateway::verify::Rejection::LABELS {
+        let zero = format!(r#"webhook_verification_failures_total{{reason="{reason}"}} 0"#);
+        assert!(metrics.lines().any(|l| l == zero), "{zero} in {metrics}");
+    }
 }
 
 #[tokio::test]
