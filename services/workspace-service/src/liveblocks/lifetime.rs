@@ -9,9 +9,14 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde_json::Value;
 use std::time::Duration;
 
+/// The clock skew between Liveblocks and us that [`token_lifetime`] forgives.
+pub const SKEW_SECS: u64 = 300;
+
 /// How long `token` lets its holder in: `exp - iat` when it has an `iat` (both Liveblocks'
-/// clock, so no skew between its clock and ours counts), else `exp - now`. `Err` says why it
-/// cannot be told (no JWT, no numeric `exp`, `exp` not after `iat`): never a part of the token.
+/// clock, so no skew between its clock and ours counts), and never less than `exp - now` less
+/// [`SKEW_SECS`] (an `iat` set just before a far `exp` does not hide it). Without an `iat`,
+/// `exp - now`. `Err` says why it cannot be told (no JWT, no numeric `exp`, `exp` not after
+/// `iat`): never a part of the token.
 pub fn token_lifetime(token: &str, now_unix: u64) -> Result<Duration, &'static str> {
     let mut parts = token.split('.');
     let (Some(_), Some(claims), Some(_), None) =
@@ -33,8 +38,9 @@ pub fn token_lifetime(token: &str, now_unix: u64) -> Result<Duration, &'static s
         None | Some(Value::Null) => now_unix,
         Some(iat) => seconds(iat).ok_or("the token's iat is not a number")?,
     };
+    let left = exp.saturating_sub(now_unix).saturating_sub(SKEW_SECS);
     match exp.checked_sub(from) {
-        Some(secs) if secs > 0 => Ok(Duration::from_secs(secs)),
+        Some(secs) if secs > 0 => Ok(Duration::from_secs(secs.max(left))),
         _ => Err("the token's exp is not after its iat (or now)"),
     }
 }
@@ -73,6 +79,19 @@ mod tests {
         assert_eq!(
             token_lifetime(&jwt(json!({"iat": now, "exp": now as f64 + 59.5})), now),
             Ok(Duration::from_secs(60))
+        );
+        assert_eq!(
+            token_lifetime(&jwt(json!({"iat": now + 5, "exp": now + 3605})), now),
+            Ok(Duration::from_secs(3600)),
+            "issued by a clock 5 s ahead of ours: still an hour"
+        );
+        // An iat just before a far exp does not make a day-long token an hour's.
+        assert_eq!(
+            token_lifetime(
+                &jwt(json!({"iat": now + 86_400 - 3600, "exp": now + 86_400})),
+                now
+            ),
+            Ok(Duration::from_secs(86_400 - SKEW_SECS))
         );
     }
 
