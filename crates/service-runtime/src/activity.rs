@@ -9,17 +9,15 @@
 //! [`crate::connect_info::AdmittedInfo`].
 
 use futures::task::AtomicWaker;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::Waker;
 use tokio::time::Instant;
 
-/// The calls in flight on one connection, since when it has had none, and whether a call asked
-/// for the connection to be cut.
+/// The calls in flight on one connection, and since when it has had none.
 #[derive(Debug)]
 pub struct Activity {
     calls: AtomicUsize,
-    cut: AtomicBool,
     /// When the count last fell to 0 (or the connection was accepted).
     idle_since: Mutex<Instant>,
     /// The connection's task, woken when the count falls to 0 so it arms its idle timer.
@@ -31,7 +29,6 @@ impl Activity {
     pub fn new() -> Arc<Self> {
         Arc::new(Self {
             calls: AtomicUsize::new(0),
-            cut: AtomicBool::new(false),
             idle_since: Mutex::new(Instant::now()),
             connection: AtomicWaker::new(),
         })
@@ -41,19 +38,6 @@ impl Activity {
     pub fn begin(self: &Arc<Self>) -> Call {
         self.calls.fetch_add(1, Ordering::SeqCst);
         Call(Arc::clone(self))
-    }
-
-    /// Asks the connection to cut itself off: for a call whose answer hyper holds and no
-    /// longer polls (a peer that grants no window), which nothing else can end.
-    pub fn cut(&self) {
-        self.cut.store(true, Ordering::SeqCst);
-        self.connection.wake();
-    }
-
-    /// Whether [`Activity::cut`] was called; `waker` hears of it.
-    pub fn is_cut(&self, waker: &Waker) -> bool {
-        self.connection.register(waker);
-        self.cut.load(Ordering::SeqCst)
     }
 
     /// Since when no call has been in flight, or `None` while one is; `waker` hears when the

@@ -17,8 +17,8 @@
 //!   through the [`AdmittedInfo`] tonic puts in each request; pings are not calls. With no call
 //!   in flight, cutting loses nothing but a request that arrives at that very moment.
 //!
-//! A call may also ask for its connection to be cut ([`Activity::cut`]), and so may a response
-//! through the connection's [`Link`](crate::link::Link).
+//! A response may also ask for its connection to be cut, through the connection's
+//! [`Link`](crate::link::Link).
 //!
 //! A deadline that passes, or a cut, makes every read and write fail, so hyper drops the
 //! connection and its permit is released.
@@ -188,11 +188,6 @@ impl Admitted {
             tracing::debug!(reason = why, "closing connection");
             self.expired = Some(why);
         }
-        if self.expired.is_none() && self.activity.is_cut(cx.waker()) {
-            let why = "a call's answer was held past its deadline";
-            tracing::debug!(reason = why, "closing connection");
-            self.expired = Some(why);
-        }
         if self.expired.is_none()
             && self.handshake == Handshake::Done
             && let Some(since) = self.activity.idle_since(cx.waker())
@@ -208,7 +203,7 @@ impl Admitted {
             }
         }
         if self.expired.is_none() && self.link.is_cut(cx.waker()) {
-            let why = "a response's client stopped reading";
+            let why = "a response whose client stopped reading asked for the cut";
             tracing::debug!(reason = why, "closing connection");
             self.expired = Some(why);
         }

@@ -1,4 +1,4 @@
-//! What a response can learn about, and do to, the HTTP/1.1 connection that carries it.
+//! What a response can learn about, and do to, the connection that carries it.
 //!
 //! On HTTP/1.1 hyper copies a response body into its write buffer (up to about 400 KiB) as fast
 //! as the body yields, whether or not the socket takes anything, and it writes the body's end
@@ -6,7 +6,9 @@
 //! connection lives. A [`Link`] tells a response when everything written so far went out
 //! ([`Link::flushes`]: hyper flushes its socket only once its buffer is empty), and lets it
 //! close the connection ([`Link::cut`]) when its client stopped reading, so what hyper holds
-//! for it is freed. Never cut an HTTP/2 connection: it carries other calls.
+//! for it is freed. A cut ends every call the connection carries: a watch cuts only HTTP/1.1
+//! connections (one call at a time); a reflection answer cuts an HTTP/2 one only once it is
+//! held past its deadline, a peer granting no window, which nothing else can end.
 //!
 //! Each [`crate::connection::Admitted`] connection has one; a request finds its own with
 //! [`crate::connect_info::link_of`].

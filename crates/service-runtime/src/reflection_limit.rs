@@ -10,11 +10,11 @@
 //!
 //! hyper polls the body only while the stream has send window: from a peer that grants none it
 //! holds one answer and never asks again, so the body cannot fail. An answer still held
-//! [`CUT_AFTER`] past its deadline therefore cuts its connection ([`Activity::cut`]), which
+//! [`CUT_AFTER`] past its deadline therefore cuts its connection ([`Link::cut`]), which
 //! frees the answer and the permit; a client that reads is never cut.
 
-use crate::activity::Activity;
-use crate::connect_info::AdmittedInfo;
+use crate::connect_info::link_of;
+use crate::link::Link;
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
@@ -94,10 +94,7 @@ where
             return Box::pin(std::future::ready(Ok(refused.into_http())));
         };
         let deadline = Instant::now() + self.limit.deadline;
-        let connection = request
-            .extensions()
-            .get::<AdmittedInfo>()
-            .map(|info| Arc::clone(&info.activity));
+        let connection = link_of(request.extensions());
         let answer = self.inner.call(request);
         Box::pin(async move {
             let response = answer.await?;
@@ -114,7 +111,7 @@ where
 }
 
 /// Cuts `connection` at `at` unless dropped first.
-fn watchdog(connection: Arc<Activity>, at: Instant) -> Watchdog {
+fn watchdog(connection: Arc<Link>, at: Instant) -> Watchdog {
     Watchdog(tokio::spawn(async move {
         tokio::time::sleep_until(at).await;
         tracing::debug!("a reflection answer is held past its deadline: cutting its connection");
