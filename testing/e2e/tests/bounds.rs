@@ -1,8 +1,8 @@
 //! workspace-service as a real process under one member's attack on its memory, and stopping
 //! with watches open. Memory is read from `/proc/<pid>/status` of the real process.
 
-use bytes::Bytes;
 use prost::Message;
+use service_harness::{Unread, unread_call};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 use token_auth::signing::{ServiceTokenMinter, SigningKey};
@@ -134,59 +134,23 @@ fn status_mib(pid: u32, field: &str) -> f64 {
     kib / 1024.0
 }
 
-/// A call whose client never reads the answer: its own HTTP/2 connection, whose response
-/// body is never polled, so the client grants no window after the first 64 KiB (it still
-/// answers pings). Dropping it closes the connection.
-struct Unread {
-    _client: h2::client::SendRequest<Bytes>,
-    _response: http::Response<h2::RecvStream>,
-    connection: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for Unread {
-    fn drop(&mut self) {
-        self.connection.abort();
-    }
-}
-
+/// A call to `method` whose client never reads the answer (`service_harness::unread_call`),
+/// answered with a stream that goes on (no `grpc-status` in its headers).
 async fn unread(
     addr: std::net::SocketAddr,
     method: &str,
     token: &str,
     msg: impl Message,
 ) -> Unread {
-    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let (client, connection) = h2::client::handshake(tcp).await.unwrap();
-    let connection = tokio::spawn(async move {
-        let _ = connection.await;
-    });
-    let mut client = client.ready().await.unwrap();
-    let head = http::Request::post(format!(
-        "http://{addr}/vbase.workspace.v1.WorkspaceService/{method}"
-    ))
-    .header("content-type", "application/grpc")
-    .header("te", "trailers")
-    .header("authorization", format!("Bearer {token}"))
-    .body(())
-    .unwrap();
-    let message = msg.encode_to_vec();
-    let mut framed = vec![0];
-    framed.extend_from_slice(&(message.len() as u32).to_be_bytes());
-    framed.extend_from_slice(&message);
-    let (answer, mut body) = client.send_request(head, false).unwrap();
-    body.send_data(framed.into(), true).unwrap();
-    let response = answer.await.unwrap();
+    let path = format!("/vbase.workspace.v1.WorkspaceService/{method}");
+    let call = unread_call(addr, &path, service_harness::bearer(msg, token)).await;
     assert_eq!(
-        response.headers().get("grpc-status"),
+        call.response.headers().get("grpc-status"),
         None,
         "{method} refused at once: {:?}",
-        response.headers()
+        call.response.headers()
     );
-    Unread {
-        _client: client,
-        _response: response,
-        connection,
-    }
+    call
 }
 
 async fn post(

@@ -863,16 +863,10 @@ async fn the_stop_keeps_to_its_drain_and_worker_budgets() {
 fn reflection_message(
     request: tonic_reflection::pb::v1::server_reflection_request::MessageRequest,
 ) -> bytes::Bytes {
-    use prost::Message;
-    let message = tonic_reflection::pb::v1::ServerReflectionRequest {
+    service_harness::grpc_frame(&tonic_reflection::pb::v1::ServerReflectionRequest {
         host: String::new(),
         message_request: Some(request),
-    }
-    .encode_to_vec();
-    let mut framed = vec![0];
-    framed.extend_from_slice(&(message.len() as u32).to_be_bytes());
-    framed.extend_from_slice(&message);
-    framed.into()
+    })
 }
 
 /// Lists the services by reflection v1alpha (what grpcurl 1.8 speaks), in one short call.
@@ -916,17 +910,7 @@ async fn reflection_calls_are_capped_per_replica_and_reset_at_their_deadline() {
     )
     .await;
     // A client with 16 KiB windows that never reads (so never grants window back).
-    let tcp = tokio::net::TcpStream::connect(server.addr).await.unwrap();
-    let (client, connection) = h2::client::Builder::new()
-        .initial_window_size(16 * 1024)
-        .initial_connection_window_size(16 * 1024)
-        .handshake::<_, bytes::Bytes>(tcp)
-        .await
-        .unwrap();
-    tokio::spawn(async move {
-        let _ = connection.await;
-    });
-    let mut client = client.ready().await.unwrap();
+    let (mut client, _connection) = service_harness::stingy_h2_client(server.addr).await;
     // One call that sends nothing, one that asks for the list, one that asks for a file larger
     // than the window; none ends its request.
     let asks = [

@@ -17,7 +17,7 @@ use tonic::transport::Channel;
 mod unread;
 pub mod upgrade;
 
-pub use unread::{Unread, unread_call};
+pub use unread::{Unread, grpc_frame, stingy_h2_client, unread_call};
 
 /// The shutdown future handed to a service's `run`.
 pub type Shutdown = Pin<Box<dyn Future<Output = ()> + Send>>;

@@ -1,14 +1,44 @@
-//! A call whose client never reads its answer, to hold a service's answer in flight.
+//! Raw gRPC over HTTP/2 for tests that need what tonic's client hides: a client that never
+//! reads its answers, or a message framed by hand.
 
+use bytes::Bytes;
 use prost::Message;
 use std::net::SocketAddr;
 use tonic::Request;
 
-/// A call whose answer its client never reads: an HTTP/2 connection with 16 KiB windows whose
-/// response body is never polled, so no window is ever granted back (the connection still
-/// answers pings). Dropping it closes the connection.
+/// One gRPC message as framed on the wire: uncompressed, its length, the message.
+pub fn grpc_frame(message: &impl Message) -> Bytes {
+    let message = message.encode_to_vec();
+    let mut framed = Vec::with_capacity(5 + message.len());
+    framed.push(0);
+    framed.extend_from_slice(&(message.len() as u32).to_be_bytes());
+    framed.extend_from_slice(&message);
+    framed.into()
+}
+
+/// An HTTP/2 client with 16 KiB windows, stream and connection: a body it never polls gets no
+/// window back, so its server holds the rest (the connection still answers pings). Returns the
+/// client, ready, and the task driving its connection.
+pub async fn stingy_h2_client(
+    addr: SocketAddr,
+) -> (h2::client::SendRequest<Bytes>, tokio::task::JoinHandle<()>) {
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (client, connection) = h2::client::Builder::new()
+        .initial_window_size(16 * 1024)
+        .initial_connection_window_size(16 * 1024)
+        .handshake::<_, Bytes>(tcp)
+        .await
+        .unwrap();
+    let connection = tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    (client.ready().await.unwrap(), connection)
+}
+
+/// A call whose answer its client never reads, on a [`stingy_h2_client`] of its own. Dropping
+/// it closes the connection.
 pub struct Unread {
-    _client: h2::client::SendRequest<bytes::Bytes>,
+    _client: h2::client::SendRequest<Bytes>,
     pub response: http::Response<h2::RecvStream>,
     connection: tokio::task::JoinHandle<()>,
 }
@@ -19,20 +49,10 @@ impl Drop for Unread {
     }
 }
 
-/// Sends `req` to `path` (`/package.Service/Method`) at `addr` and returns once the answer's
-/// headers arrived, never reading its body.
+/// Sends `req` (with its `authorization`) to `path` (`/package.Service/Method`) at `addr` and
+/// returns once the answer's headers arrived, never reading its body.
 pub async fn unread_call<T: Message>(addr: SocketAddr, path: &str, req: Request<T>) -> Unread {
-    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let (client, connection) = h2::client::Builder::new()
-        .initial_window_size(16 * 1024)
-        .initial_connection_window_size(16 * 1024)
-        .handshake::<_, bytes::Bytes>(tcp)
-        .await
-        .unwrap();
-    let connection = tokio::spawn(async move {
-        let _ = connection.await;
-    });
-    let mut client = client.ready().await.unwrap();
+    let (mut client, connection) = stingy_h2_client(addr).await;
     let auth = req
         .metadata()
         .get("authorization")
@@ -45,12 +65,8 @@ pub async fn unread_call<T: Message>(addr: SocketAddr, path: &str, req: Request<
         .header("authorization", auth)
         .body(())
         .unwrap();
-    let message = req.into_inner().encode_to_vec();
-    let mut framed = vec![0];
-    framed.extend_from_slice(&(message.len() as u32).to_be_bytes());
-    framed.extend_from_slice(&message);
     let (answer, mut body) = client.send_request(head, false).unwrap();
-    body.send_data(framed.into(), true).unwrap();
+    body.send_data(grpc_frame(req.get_ref()), true).unwrap();
     let response = answer.await.unwrap();
     Unread {
         _client: client,

@@ -8,15 +8,6 @@ use vbase_proto::identity::v1 as pb;
 
 const PATH: &str = "/vbase.identity.v1.IdentityService/StoreUser";
 
-/// A gRPC-Web request body: one uncompressed message frame.
-fn frame(msg: &impl Message) -> Vec<u8> {
-    let bytes = msg.encode_to_vec();
-    let mut out = vec![0u8];
-    out.extend_from_slice(&(bytes.len() as u32).to_be_bytes());
-    out.extend_from_slice(&bytes);
-    out
-}
-
 /// The frames of a gRPC-Web answer: (the message bytes, the trailers as text).
 fn frames(body: &[u8]) -> (Vec<u8>, String) {
     let (mut data, mut trailers) = (Vec::new(), String::new());
@@ -80,7 +71,7 @@ async fn a_page_of_an_allowed_origin_calls_with_grpc_web_and_others_get_no_grant
             .header("origin", origin)
             .header("content-type", "application/grpc-web+proto")
             .header("x-grpc-web", "1")
-            .body(frame(&pb::StoreUserRequest {}));
+            .body(service_harness::grpc_frame(&pb::StoreUserRequest {}));
         if let Some(t) = token {
             r = r.bearer_auth(t);
         }

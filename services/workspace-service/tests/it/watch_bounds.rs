@@ -536,7 +536,6 @@ async fn h1_watch(
     kind: &str,
 ) -> (String, tokio::net::TcpStream) {
     use base64::Engine as _;
-    use prost::Message as _;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let req = env.member(
         user,
@@ -552,10 +551,7 @@ async fn h1_watch(
         .unwrap()
         .to_str()
         .unwrap();
-    let message = req.get_ref().encode_to_vec();
-    let mut framed = vec![0];
-    framed.extend_from_slice(&(message.len() as u32).to_be_bytes());
-    framed.extend_from_slice(&message);
+    let mut framed = service_harness::grpc_frame(req.get_ref()).to_vec();
     if kind == TEXT {
         framed = base64::engine::general_purpose::STANDARD
             .encode(&framed)
