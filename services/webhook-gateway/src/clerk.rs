@@ -51,21 +51,28 @@ pub struct Envelope {
     #[serde(rename = "type")]
     pub kind: String,
     /// The resource (or a deleted-object stub).
+    #[serde(default)]
     pub data: serde_json::Value,
     /// When the event occurred: milliseconds since the epoch as documented, or seconds as in
-    /// the specification's examples (see [`Envelope::event_time`]).
+    /// the specification's examples (see [`Envelope::event_time`]). Read as any JSON, and
+    /// checked only for the types we apply: an ignored type is acknowledged whatever it holds.
     #[serde(default)]
-    pub timestamp: Option<i64>,
-    /// The Clerk instance, `ins_...`.
+    pub timestamp: serde_json::Value,
+    /// The Clerk instance, `ins_...`; any JSON, checked as `timestamp` is.
     #[serde(default)]
-    pub instance_id: Option<String>,
+    pub instance_id: serde_json::Value,
 }
 
 impl Envelope {
     /// The envelope `timestamp` as a time: below [`SECONDS_BELOW`] it is seconds.
     pub fn event_time(&self) -> Result<Option<prost_types::Timestamp>, Malformed> {
-        match self.timestamp {
-            None => Ok(None),
+        if self.timestamp.is_null() {
+            return Ok(None);
+        }
+        match self.timestamp.as_i64() {
+            None => Err(Malformed(
+                "the envelope timestamp is not a whole number of milliseconds".into(),
+            )),
             Some(t) if t < 0 => Err(Malformed("the envelope timestamp is negative".into())),
             Some(t) if t < SECONDS_BELOW => Ok(Some(timestamp_from_millis(t * 1000))),
             Some(t) => Ok(Some(timestamp_from_millis(t))),
@@ -74,7 +81,15 @@ impl Envelope {
 
     /// The instance id, checked (empty when the envelope has none).
     pub fn instance(&self) -> Result<&str, Malformed> {
-        let id = self.instance_id.as_deref().unwrap_or_default();
+        let id = match &self.instance_id {
+            serde_json::Value::Null => "",
+            serde_json::Value::String(id) => id,
+            _ => {
+                return Err(Malformed(
+                    "instance_id is not a Clerk instance id (ins_...)".into(),
+                ));
+            }
+        };
         let ok = id.is_empty()
             || (id.len() <= 64
                 && id.strip_prefix("ins_").is_some_and(|r| {
@@ -754,8 +769,12 @@ mod tests {
         // An ignored type is acknowledged whatever its envelope says beyond its type.
         for odd in [
             r#""timestamp":-1"#,
+            r#""timestamp":1654012591835.5"#,
+            r#""timestamp":"1654012591835""#,
+            r#""timestamp":{}"#,
             r#""instance_id":"not an instance""#,
             r#""instance_id":"""#,
+            r#""instance_id":7"#,
         ] {
             let body = format!(r#"{{"type":"email.created","data":{{}},"object":"event",{odd}}}"#);
             assert_eq!(
@@ -763,6 +782,22 @@ mod tests {
                 Command::Ignored,
                 "{odd}"
             );
+        }
+        // Nor does it need a `data`.
+        let bare = to_command("m", br#"{"type":"email.created","object":"event"}"#);
+        assert_eq!(bare.unwrap().1, Command::Ignored);
+        // A handled type's envelope is checked.
+        for (odd, says) in [
+            (r#""timestamp":1654012591835.5"#, "not a whole number"),
+            (r#""timestamp":"1654012591835""#, "not a whole number"),
+            (r#""timestamp":-1"#, "negative"),
+            (r#""instance_id":7"#, "instance_id"),
+        ] {
+            let body = format!(
+                r#"{{"type":"user.deleted","data":{{"id":"user_1","deleted":true}},"object":"event",{odd}}}"#
+            );
+            let refused = to_command("m", body.as_bytes()).unwrap_err();
+            assert!(refused.0.contains(says), "{odd}: {refused:?}");
         }
         assert!(to_command("m", b"not json").is_err());
         assert!(to_command("m", br#"{"type":"user.created","data":{"id":"user_1"}}"#).is_err());
