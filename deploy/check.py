@@ -184,7 +184,7 @@ PROMQL = {
     "sum", "max", "min", "avg", "count", "rate", "irate", "increase", "delta", "deriv", "by",
     "without", "and", "or", "unless", "on", "ignoring", "vector", "time", "absent", "absent_over_time",
     "max_over_time", "min_over_time", "avg_over_time", "histogram_quantile", "humanize",
-    "humanizePercentage", "humanizeDuration", "bool", "offset", "le",
+    "humanizePercentage", "humanizeDuration", "bool", "offset", "le", "group", "label_replace",
 }
 
 
