@@ -16,7 +16,7 @@ use crate::domain::{MAX_NAME, Outcome};
 use crate::error::Error;
 use crate::model::paging::{DEFAULT_PAGE, MAX_PAGE, PageRequest, decode_user_key};
 use crate::model::{EventId, ItemKind, OrgId, Role, RoomKind, UserId};
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, SubsecRound, Utc};
 use input_validation as v;
 use uuid::Uuid;
 use vbase_proto::workspace::v1 as pb;
@@ -26,8 +26,10 @@ pub use crate::domain::items::item;
 
 // ------------------------------------------------------------------------ shared pieces
 
+/// A required time, kept to the microsecond as PostgreSQL stores it: two times compared here
+/// are the times the table's checks compare.
 fn required_time(field: &str, t: Option<&prost_types::Timestamp>) -> Result<DateTime<Utc>, Error> {
-    Ok(v::time(field, t)?)
+    Ok(v::time(field, t)?.trunc_subsecs(6))
 }
 
 /// A message body: at most [`MAX_BODY`] characters and [`MAX_BODY_BYTES`] bytes, line breaks

@@ -208,6 +208,12 @@ async fn a_meeting_time_with_nanos_outside_a_second_is_refused() {
         .await,
     );
     assert!(e.contains("ends_at.nanos must be 0..=999999999"), "{e}");
+    // Less than a microsecond apart: the same time once stored (PostgreSQL keeps microseconds).
+    let e = refused(
+        c.schedule_meeting(sched(at(2_000_000_000, 1_000), at(2_000_000_000, 1_500)))
+            .await,
+    );
+    assert!(e.contains("ends_at must be after starts_at"), "{e}");
     assert_eq!(env.count("meetings").await, 0);
     c.schedule_meeting(sched(at(2_000_000_000, 999_999_999), at(2_000_003_600, 0)))
         .await
