@@ -1,4 +1,6 @@
 //! The sync commands the webhook gateway sends (service tokens only), each counted by outcome.
+//! A command's Clerk instance is recorded once the command is valid: reconcile trusts the
+//! instances recorded here (`ListClerkInstances`).
 
 use super::convert::outcome;
 use super::{R, WorkspaceApi, ok};
@@ -17,8 +19,9 @@ pub(super) async fn upsert_workspace(
 ) -> R<pb::UpsertWorkspaceResponse> {
     let result = async {
         let m = req.into_inner();
-        api.ledger.note_instance(&m.instance_id).await?;
+        let instance = m.instance_id.clone();
         let cmd = UpsertWorkspace::try_from(m)?;
+        api.ledger.note_instance(&instance).await?;
         let org = cmd.org.as_str().to_owned();
         let done = api
             .detached(None, async move |mut conn| {
@@ -43,8 +46,9 @@ pub(super) async fn delete_workspace(
 ) -> R<pb::DeleteWorkspaceResponse> {
     let result = async {
         let m = req.into_inner();
-        api.ledger.note_instance(&m.instance_id).await?;
+        let instance = m.instance_id.clone();
         let cmd = DeleteWorkspace::try_from(m)?;
+        api.ledger.note_instance(&instance).await?;
         let org = cmd.org.clone();
         let done = api
             .detached(None, async move |mut conn| {
@@ -77,8 +81,8 @@ where
     MembershipChange: TryFrom<T, Error = Error>,
 {
     let result = async {
-        api.ledger.note_instance(&instance_id).await?;
         let cmd = MembershipChange::try_from(req.into_inner())?;
+        api.ledger.note_instance(&instance_id).await?;
         let key = (cmd.org.as_str().to_owned(), cmd.user.as_str().to_owned());
         let done = api
             .detached(None, async move |mut conn| {
@@ -117,8 +121,9 @@ pub(super) async fn remove_user(
 ) -> R<pb::RemoveUserResponse> {
     let result = async {
         let m = req.into_inner();
-        api.ledger.note_instance(&m.instance_id).await?;
+        let instance = m.instance_id.clone();
         let cmd = RemoveUser::try_from(m)?;
+        api.ledger.note_instance(&instance).await?;
         let user = cmd.user.as_str().to_owned();
         let done = api
             .detached(None, async move |mut conn| {
@@ -146,8 +151,9 @@ pub(super) async fn revoke_user_tokens(
 ) -> R<pb::RevokeUserTokensResponse> {
     let result = async {
         let m = req.into_inner();
-        api.ledger.note_instance(&m.instance_id).await?;
+        let instance = m.instance_id.clone();
         let cmd = RevokeUserTokens::try_from(m)?;
+        api.ledger.note_instance(&instance).await?;
         let user = cmd.user.as_str().to_owned();
         let done = api
             .detached(None, async move |mut conn| {

@@ -238,3 +238,58 @@ async fn a_members_page_token_holding_nul_is_invalid_not_internal() {
         assert!(e.contains("page_token"), "{token}: {e}");
     }
 }
+
+/// A sync command refused as invalid records nothing, its Clerk instance included: reconcile
+/// trusts the instances the services recorded from applied webhooks (`ListClerkInstances`).
+#[tokio::test]
+async fn an_invalid_sync_command_records_no_clerk_instance() {
+    let env = start_with(false).await;
+    let mut c = env.client().await;
+    let instance = || "ins_refused".to_owned();
+    let answers = [
+        c.upsert_workspace(env.service(pb::UpsertWorkspaceCommand {
+            instance_id: instance(),
+            event_id: String::new(),
+            ..support::upsert_ws("e1", 1, "org_a", "Acme")
+        }))
+        .await
+        .map(|_| ()),
+        c.delete_workspace(env.service(pb::DeleteWorkspaceCommand {
+            instance_id: instance(),
+            clerk_org_id: "not an org".into(),
+            ..Default::default()
+        }))
+        .await
+        .map(|_| ()),
+        c.upsert_membership(env.service(pb::UpsertMembershipCommand {
+            instance_id: instance(),
+            ..Default::default()
+        }))
+        .await
+        .map(|_| ()),
+        c.delete_membership(env.service(pb::DeleteMembershipCommand {
+            instance_id: instance(),
+            ..Default::default()
+        }))
+        .await
+        .map(|_| ()),
+        c.remove_user(env.service(pb::RemoveUserCommand {
+            instance_id: instance(),
+            ..Default::default()
+        }))
+        .await
+        .map(|_| ()),
+        c.revoke_user_tokens(env.service(pb::RevokeUserTokensCommand {
+            instance_id: instance(),
+            ..Default::default()
+        }))
+        .await
+        .map(|_| ()),
+    ];
+    for answer in answers {
+        let e = answer.expect_err("an invalid command is refused");
+        assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+    }
+    assert_eq!(env.count("clerk_instances").await, 0);
+    assert_eq!(env.count("workspaces").await, 0);
+}
