@@ -69,6 +69,12 @@ impl LedgerArgs {
     }
 }
 
+/// A reconcile run's report, checked against the run it finishes ([`Ledger::check_run`]).
+pub struct RunReport<'a> {
+    id: uuid::Uuid,
+    run: &'a pb::ReconcileRun,
+}
+
 /// The ledger of one service, over its database.
 #[derive(Clone)]
 pub struct Ledger {
@@ -382,10 +388,27 @@ impl Ledger {
         Ok(pb::ConfirmClerkInstanceResponse {})
     }
 
-    /// Records a finished reconcile run (from `FinishReconcile`; nothing when `run` is absent).
-    pub async fn record_run(&self, run: Option<&pb::ReconcileRun>) -> Result<(), Status> {
-        let Some(run) = run else { return Ok(()) };
+    /// Checks the report `FinishReconcile` carries for run `run_id` (none is fine), before the
+    /// call changes anything: a report must name that run.
+    pub fn check_run(
+        run: Option<&pb::ReconcileRun>,
+        run_id: uuid::Uuid,
+    ) -> Result<Option<RunReport<'_>>, Status> {
+        let Some(run) = run else { return Ok(None) };
         let id = runs::check(run)?;
+        if id != run_id {
+            return Err(Status::invalid_argument(format!(
+                "run.run_id must be the run being finished ({run_id}), got {id}"
+            )));
+        }
+        Ok(Some(RunReport { id, run }))
+    }
+
+    /// Records a finished reconcile run's report, checked by [`Ledger::check_run`].
+    pub async fn record_run(&self, report: Option<RunReport<'_>>) -> Result<(), Status> {
+        let Some(RunReport { id, run }) = report else {
+            return Ok(());
+        };
         let mut conn = self.conn().await?;
         runs::record(&mut conn, id, run)
             .await

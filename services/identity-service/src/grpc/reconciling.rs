@@ -96,7 +96,8 @@ pub(super) async fn finish_reconcile(
 ) -> Result<Response<pb::FinishReconcileResponse>, Status> {
     let m = req.into_inner();
     let run = run_id(&m.run_id)?;
+    let report = delivery_ledger::Ledger::check_run(m.run.as_ref(), run)?;
     reconcile::finish(&api.pool, run).await?;
-    api.ledger.record_run(m.run.as_ref()).await?;
+    api.ledger.record_run(report).await?;
     Ok(Response::new(pb::FinishReconcileResponse {}))
 }

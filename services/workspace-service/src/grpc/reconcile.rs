@@ -210,8 +210,9 @@ pub(super) async fn finish_reconcile(
 ) -> R<pb::FinishReconcileResponse> {
     let m = req.into_inner();
     let run = run_id(&m.run_id)?;
+    let report = delivery_ledger::Ledger::check_run(m.run.as_ref(), run)?;
     let mut conn = api.conn().await?;
     reconcile::finish(&mut conn, run).await?;
-    api.ledger.record_run(m.run.as_ref()).await?;
+    api.ledger.record_run(report).await?;
     ok(pb::FinishReconcileResponse {})
 }

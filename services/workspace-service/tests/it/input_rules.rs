@@ -293,3 +293,44 @@ async fn an_invalid_sync_command_records_no_clerk_instance() {
     assert_eq!(env.count("clerk_instances").await, 0);
     assert_eq!(env.count("workspaces").await, 0);
 }
+
+/// `FinishReconcile` checks the run's report before it forgets the run's candidates: a report
+/// naming another run is refused and nothing is written; the run's own is recorded.
+#[tokio::test]
+async fn a_reconcile_report_naming_another_run_is_refused_before_anything_changes() {
+    let env = start_with(false).await;
+    let mut c = env.client().await;
+    let run = uuid::Uuid::now_v7().to_string();
+    let report = |run_id: String| vbase_proto::ops::v1::ReconcileRun {
+        run_id,
+        completed: true,
+        ..Default::default()
+    };
+    let e = c
+        .finish_reconcile(env.issuers.gateway(
+            "workspace-service",
+            pb::FinishReconcileRequest {
+                run_id: run.clone(),
+                run: Some(report(uuid::Uuid::now_v7().to_string())),
+            },
+        ))
+        .await
+        .expect_err("a report of another run");
+    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+    assert!(
+        e.message()
+            .contains("run.run_id must be the run being finished"),
+        "{e:?}"
+    );
+    assert_eq!(env.count("reconcile_runs").await, 0);
+    c.finish_reconcile(env.issuers.gateway(
+        "workspace-service",
+        pb::FinishReconcileRequest {
+            run_id: run.clone(),
+            run: Some(report(run)),
+        },
+    ))
+    .await
+    .expect("the run's own report");
+    assert_eq!(env.count("reconcile_runs").await, 1);
+}
