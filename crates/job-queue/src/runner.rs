@@ -13,7 +13,7 @@
 use crate::breaker::{Breaker, BreakerSettings, Health, Transition};
 use crate::jobs::{Attempt, JobHandler, JobTable, Leased, Taken};
 use diesel::sql_types::{Array, BigInt, Double, Integer, Nullable, Text, Uuid as SqlUuid};
-use diesel_async::RunQueryDsl;
+use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use futures::FutureExt;
 use service_runtime::db::classify_error;
 use service_runtime::{Pool, prepared};
@@ -354,8 +354,9 @@ fn start<H: JobHandler>(
 }
 
 /// Records results as they come: every result waiting when a statement can start goes into
-/// it (finished jobs in one delete; retries and deaths, which are few, one by one). A result
-/// that cannot be recorded is retried once its lease expires: nothing is lost.
+/// it (finished jobs in one delete, first; retries and deaths, which are few, one by one, each
+/// on its own so that one that cannot be recorded does not lose the others). A result that
+/// cannot be recorded is retried once its lease expires: nothing is lost.
 async fn finish_loop(
     pool: Pool,
     table: &'static JobTable,
@@ -370,79 +371,121 @@ async fn finish_loop(
                 Err(_) => break,
             }
         }
-        if let Err(e) = record(&pool, table, max_attempts, batch).await {
-            classify_error(&e);
-            tracing::warn!(table = table.name, error = %e, "could not record job results; the jobs will be retried");
-        }
+        record(&pool, table, max_attempts, batch).await;
     }
 }
 
-async fn record(
-    pool: &Pool,
-    table: &'static JobTable,
-    max_attempts: i32,
-    batch: Vec<Finished>,
-) -> anyhow::Result<()> {
-    let mut conn = pool.get().await?;
-    let (mut keys, mut tokens) = (Vec::new(), Vec::new());
-    for f in batch {
-        let attempt = match f.attempt {
+/// Longest error text kept with a job (in characters).
+const MAX_ERROR_CHARS: usize = 2000;
+
+/// An error as a job row keeps it: PostgreSQL's text holds no NUL, and the length is capped.
+fn stored_error(error: &str) -> String {
+    error
+        .chars()
+        .filter(|c| *c != '\0')
+        .take(MAX_ERROR_CHARS)
+        .collect()
+}
+
+fn not_recorded(table: &JobTable, key: Option<&str>, e: &anyhow::Error) {
+    classify_error(e);
+    tracing::warn!(table = table.name, key, error = %e, "could not record a job result; the job will be retried");
+}
+
+async fn record(pool: &Pool, table: &'static JobTable, max_attempts: i32, batch: Vec<Finished>) {
+    let mut conn = match pool.get().await {
+        Ok(conn) => conn,
+        Err(e) => return not_recorded(table, None, &e.into()),
+    };
+    let (mut done, mut others) = (Vec::new(), Vec::new());
+    for Finished {
+        job,
+        token,
+        attempt,
+    } in batch
+    {
+        let attempt = match attempt {
             Attempt::Retry { error, .. } | Attempt::Unavailable { error, .. }
-                if f.job.attempts >= max_attempts =>
+                if job.attempts >= max_attempts =>
             {
                 Attempt::Dead {
-                    error: format!("{error} (gave up after {} attempts)", f.job.attempts),
+                    // Cut first, so that the reason survives the cap.
+                    error: format!(
+                        "{} (gave up after {} attempts)",
+                        error.chars().take(MAX_ERROR_CHARS - 64).collect::<String>(),
+                        job.attempts
+                    ),
                 }
             }
             a => a,
         };
-        let taken_back = i32::from(matches!(
-            attempt,
-            Attempt::Deferred { .. } | Attempt::Throttled { .. }
-        ));
         match attempt {
-            Attempt::Done => {
-                keys.push(f.job.key);
-                tokens.push(f.token);
-            }
-            Attempt::Retry { after, error }
-            | Attempt::Unavailable { after, error, .. }
-            | Attempt::Throttled { after, error }
-            | Attempt::Deferred { after, error } => {
-                prepared(table.retry)
-                    .bind::<Text, _>(&f.job.key)
-                    .bind::<SqlUuid, _>(f.token)
-                    .bind::<Nullable<Text>, _>(Some(error))
-                    .bind::<Double, _>(after.as_secs_f64())
-                    .bind::<Integer, _>(taken_back)
-                    .execute(&mut conn)
-                    .await?;
-            }
-            Attempt::Later { after } => {
-                prepared(table.later)
-                    .bind::<Text, _>(&f.job.key)
-                    .bind::<SqlUuid, _>(f.token)
-                    .bind::<Double, _>(after.as_secs_f64())
-                    .execute(&mut conn)
-                    .await?;
-            }
-            Attempt::Dead { error } => {
-                tracing::error!(table = table.name, key = %f.job.key, %error, "job is dead: kept until an operator retries it");
-                prepared(table.bury)
-                    .bind::<Text, _>(&f.job.key)
-                    .bind::<SqlUuid, _>(f.token)
-                    .bind::<Nullable<Text>, _>(Some(error))
-                    .execute(&mut conn)
-                    .await?;
-            }
+            Attempt::Done => done.push((job.key, token)),
+            attempt => others.push((job.key, token, attempt)),
         }
     }
-    if !keys.is_empty() {
-        prepared(table.done)
+    if !done.is_empty() {
+        let (keys, tokens): (Vec<_>, Vec<_>) = done.into_iter().unzip();
+        if let Err(e) = prepared(table.done)
             .bind::<Array<Text>, _>(&keys)
             .bind::<Array<SqlUuid>, _>(&tokens)
             .execute(&mut conn)
-            .await?;
+            .await
+        {
+            not_recorded(table, None, &e.into());
+        }
     }
-    Ok(())
+    for (key, token, attempt) in others {
+        if let Err(e) = record_one(&mut conn, table, &key, token, attempt).await {
+            not_recorded(table, Some(&key), &e.into());
+        }
+    }
+}
+
+/// Records one result that is not a finished job.
+async fn record_one(
+    conn: &mut AsyncPgConnection,
+    table: &JobTable,
+    key: &str,
+    token: Uuid,
+    attempt: Attempt,
+) -> diesel::QueryResult<usize> {
+    let taken_back = i32::from(matches!(
+        attempt,
+        Attempt::Deferred { .. } | Attempt::Throttled { .. }
+    ));
+    match attempt {
+        Attempt::Done => Ok(0),
+        Attempt::Retry { after, error }
+        | Attempt::Unavailable { after, error, .. }
+        | Attempt::Throttled { after, error }
+        | Attempt::Deferred { after, error } => {
+            prepared(table.retry)
+                .bind::<Text, _>(key)
+                .bind::<SqlUuid, _>(token)
+                .bind::<Nullable<Text>, _>(Some(stored_error(&error)))
+                .bind::<Double, _>(after.as_secs_f64())
+                .bind::<Integer, _>(taken_back)
+                .execute(conn)
+                .await
+        }
+        Attempt::Later { after } => {
+            prepared(table.later)
+                .bind::<Text, _>(key)
+                .bind::<SqlUuid, _>(token)
+                .bind::<Double, _>(after.as_secs_f64())
+                .execute(conn)
+                .await
+        }
+        Attempt::Dead { error } => {
+            let error = stored_error(&error);
+            tracing::error!(table = table.name, key, %error, "job is dead: kept until an operator retries it");
+            prepared(table.bury)
+                .bind::<Text, _>(key)
+                .bind::<SqlUuid, _>(token)
+                .bind::<Nullable<Text>, _>(Some(error))
+                .execute(conn)
+                .await
+        }
+    }
 }

@@ -536,3 +536,42 @@ async fn the_breaker_pauses_every_job_while_the_service_is_unavailable() {
     );
     assert_eq!(live(&pool).await, 10, "nothing is lost or dead");
 }
+
+/// Results finished together are recorded each on its own: a retry whose error PostgreSQL
+/// could not store as it was (a NUL byte, from an upstream's answer say) is kept without it,
+/// and neither it nor a failure to record one result loses the jobs done beside it.
+#[tokio::test]
+async fn results_are_recorded_each_on_its_own_and_errors_are_kept_storable() {
+    let (_db, pool) = database().await;
+    let keys: Vec<String> = (0..20).map(|i| format!("job{i:02}")).collect();
+    enqueue(&pool, keys).await;
+    let handler = Recorder::new(
+        |job| {
+            if job.key == "job07" {
+                Attempt::Retry {
+                    after: Duration::from_secs(3600),
+                    error: format!("upstream said \0{}", "x".repeat(5000)),
+                }
+            } else {
+                Attempt::Done
+            }
+        },
+        Duration::from_millis(5),
+    );
+    let (stop, run) = start(&pool, handler.clone(), settings(8, 8, 5));
+    until("every other job done, job07 waiting", async || {
+        let rows = rows(&pool).await;
+        rows.len() == 1 && rows[0].id == "job07" && !rows[0].leased
+    })
+    .await;
+    stop.send(()).unwrap();
+    run.await.unwrap();
+    let mut conn = pool.get().await.unwrap();
+    let failing = job_queue::list(&mut conn, &JOBS, Some(JobState::Failing), "", 10)
+        .await
+        .unwrap();
+    assert_eq!(failing.len(), 1);
+    let error = failing[0].last_error.as_deref().unwrap_or_default();
+    assert!(error.starts_with("upstream said x"), "{}", &error[..40]);
+    assert_eq!(error.chars().count(), 2000);
+}
