@@ -84,14 +84,13 @@ pub async fn post_message(
     conn.transaction::<_, Error, _>(async |conn| {
         let m: MessageRecord = prepared(concat!(
             "INSERT INTO messages (id, channel_id, author_clerk_id, body, created_at, workspace_id)
-             VALUES ($1, $2, $3, $4, $5, $6) RETURNING ",
+             VALUES ($1, $2, $3, $4, clock_timestamp(), $5) RETURNING ",
             message_columns!()
         ))
         .bind::<SqlUuid, _>(Uuid::now_v7())
         .bind::<SqlUuid, _>(new.channel_id)
         .bind::<Text, _>(&author)
         .bind::<Text, _>(&new.body)
-        .bind::<Timestamptz, _>(Utc::now())
         .bind::<SqlUuid, _>(workspace)
         .one(conn)
         .await

@@ -17,22 +17,28 @@ fn reader(caller: &Caller, what: &str) -> Result<String, Error> {
     caller
         .user_id()
         .map(str::to_owned)
-        .ok_or_else(|| Error::Invalid(format!("{what} belong to users: call with a user token")))
+        .ok_or_else(|| Error::Denied(format!("{what} belong to users: call with a user token")))
 }
 
-/// Marks a channel read for the calling user up to `message_id` (or now). Never moves back;
-/// watchers of the channel hear each receipt that moved.
+/// Marks a channel read for the calling user up to `message_id`, or up to the newest message
+/// the channel holds now: a message still being posted, which the user cannot have seen, stays
+/// unread (a receipt at "now" would pass it). Never moves back; watchers of the channel hear
+/// each receipt that moved. `None` when the user has read nothing of a channel without
+/// messages.
 pub async fn mark_read(
     conn: &mut AsyncPgConnection,
     caller: &Caller,
     channel_id: Uuid,
     message_id: Option<Uuid>,
-) -> Result<DateTime<Utc>, Error> {
+) -> Result<Option<DateTime<Utc>>, Error> {
     let user = reader(caller, "read receipts")?;
     let workspace = channel_scope(conn, caller, channel_id).await?;
     require_active_user(conn, caller).await?;
     let at = match message_id {
-        None => Utc::now(),
+        None => match newest(conn, workspace, channel_id).await? {
+            Some(at) => at,
+            None => return receipt(conn, workspace, channel_id, &user).await,
+        },
         Some(mid) => messages::table
             .filter(
                 messages::workspace_id
@@ -85,9 +91,51 @@ pub async fn mark_read(
                 .await?
                 .or_deleted()?;
         }
-        Ok(r.last_read_at)
+        Ok(Some(r.last_read_at))
     })
     .await
+}
+
+/// When the newest message of a channel was posted, if it has any.
+async fn newest(
+    conn: &mut AsyncPgConnection,
+    workspace: Uuid,
+    channel_id: Uuid,
+) -> Result<Option<DateTime<Utc>>, Error> {
+    Ok(messages::table
+        .filter(
+            messages::workspace_id
+                .eq(workspace)
+                .and(messages::channel_id.eq(channel_id)),
+        )
+        .select(diesel::dsl::max(messages::created_at))
+        .one(conn)
+        .await?)
+}
+
+/// The user's receipt for a channel, unchanged.
+async fn receipt(
+    conn: &mut AsyncPgConnection,
+    workspace: Uuid,
+    channel_id: Uuid,
+    user: &str,
+) -> Result<Option<DateTime<Utc>>, Error> {
+    #[derive(QueryableByName)]
+    struct At {
+        #[diesel(sql_type = Timestamptz)]
+        last_read_at: DateTime<Utc>,
+    }
+    let at: Option<At> = prepared(
+        "SELECT last_read_at FROM read_receipts
+          WHERE workspace_id = $1 AND channel_id = $2 AND clerk_user_id = $3",
+    )
+    .bind::<SqlUuid, _>(workspace)
+    .bind::<SqlUuid, _>(channel_id)
+    .bind::<Text, _>(user)
+    .one(conn)
+    .await
+    .optional()?;
+    Ok(at.map(|a| a.last_read_at))
 }
 
 /// Unread messages per channel for the calling user (others' messages after their receipt).

@@ -64,7 +64,7 @@ pub(super) async fn mark_channel_read(
     let (who, m) = api.accept::<_, MarkRead>(req)?;
     let at = receipts::mark_read(&mut *api.conn().await?, &who, m.channel_id, m.message_id).await?;
     ok(pb::MarkChannelReadResponse {
-        last_read_at: Some(timestamp(at)),
+        last_read_at: at.map(timestamp),
     })
 }
 

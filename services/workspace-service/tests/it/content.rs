@@ -530,7 +530,7 @@ async fn unread_counts_follow_read_receipts() {
             message_id: String::new(),
         }))
         .await;
-    assert_eq!(code(r), Some(Code::InvalidArgument));
+    assert_eq!(code(r), Some(Code::PermissionDenied));
 }
 
 #[tokio::test]

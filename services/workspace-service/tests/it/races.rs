@@ -361,3 +361,82 @@ async fn removals_racing_their_rooms_deletion_are_refused() {
     );
     room_deletion_is_last(&env, &ws).await;
 }
+
+/// "Mark read" without a message marks the channel read up to its newest message, not up to
+/// the clock: a message still being posted (its row written, waiting for the workspace's
+/// numbering) when the reader marks the channel read stays unread once it lands.
+#[tokio::test]
+async fn a_message_still_being_posted_when_the_channel_is_marked_read_stays_unread() {
+    let env = start_with(false).await;
+    let ch = channel(&env, "org_read", "news").await;
+    let ws = env.workspace("org_read").await.id;
+    let mut c = env.client().await;
+    let post = |body: &str| {
+        env.member(
+            "user_writer",
+            "org_read",
+            pb::PostMessageRequest {
+                channel_id: ch.clone(),
+                body: body.into(),
+                ..Default::default()
+            },
+        )
+    };
+    c.post_message(post("seen")).await.unwrap();
+    let held = hold_numbering(&env, &ws).await;
+    let posting = tokio::spawn({
+        let (mut c, req) = (c.clone(), post("not seen yet"));
+        async move { c.post_message(req).await }
+    });
+    env.lock_waiters(1).await;
+    // The reader has seen "seen" only; its receipt waits for the numbering too.
+    let marking = tokio::spawn({
+        let req = env.member(
+            "user_reader",
+            "org_read",
+            pb::MarkChannelReadRequest {
+                channel_id: ch.clone(),
+                message_id: String::new(),
+            },
+        );
+        let mut c = c.clone();
+        async move { c.mark_channel_read(req).await }
+    });
+    env.lock_waiters(2).await;
+    drop(held);
+    posting.await.unwrap().unwrap();
+    marking.await.unwrap().unwrap();
+    let counts = c
+        .get_unread_counts(env.member(
+            "user_reader",
+            "org_read",
+            pb::GetUnreadCountsRequest {
+                clerk_org_id: "org_read".into(),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .counts;
+    let unread: Vec<_> = counts
+        .iter()
+        .filter(|u| u.channel_id == ch)
+        .map(|u| u.unread)
+        .collect();
+    assert_eq!(unread, vec![1], "{counts:?}");
+    // A channel without messages: nothing to mark, no receipt.
+    let empty = channel(&env, "org_read", "quiet").await;
+    let r = c
+        .mark_channel_read(env.member(
+            "user_reader",
+            "org_read",
+            pb::MarkChannelReadRequest {
+                channel_id: empty,
+                message_id: String::new(),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.last_read_at, None);
+}
