@@ -191,6 +191,19 @@ impl Caller {
         self.require_admin(action)
     }
 
+    /// Passes for the row's creator `created_by`, for users whose role edits rooms
+    /// (`ORG_EDITOR_ROLES` and the admin roles) and for services (call after the scope check).
+    pub fn require_creator_or_editor(&self, created_by: &str, action: &str) -> Result<(), Error> {
+        match self {
+            Caller::Service => Ok(()),
+            Caller::User { id, .. } if id.as_str() == created_by => Ok(()),
+            _ if self.edits_rooms() => Ok(()),
+            Caller::User { .. } => Err(Error::Denied(format!(
+                "{action} needs a role that edits rooms (ORG_EDITOR_ROLES or ORG_ADMIN_ROLES)"
+            ))),
+        }
+    }
+
     /// The user id, for users.
     pub fn user_id(&self) -> Option<&str> {
         match self {

@@ -219,7 +219,8 @@ async fn item_scope(
     scope_through_room(conn, caller, kind.table(), &sql(kind).scope, item_id).await
 }
 
-/// Renames an item.
+/// Renames an item (its creator, or a role that edits rooms: one that may only read them
+/// renames nothing of others').
 pub async fn rename_item(
     conn: &mut AsyncPgConnection,
     caller: &Caller,
@@ -227,7 +228,12 @@ pub async fn rename_item(
     item_id: Uuid,
     name: &str,
 ) -> Result<ItemRecord, Error> {
-    let (ws, _) = item_scope(conn, caller, kind, item_id).await?;
+    let (ws, creator) = item_scope(conn, caller, kind, item_id).await?;
+    caller.require_creator_or_editor(
+        &creator,
+        &format!("renaming someone else's {}", kind.noun()),
+    )?;
+    require_active_user(conn, caller).await?;
     conn.transaction::<_, Error, _>(async |conn| {
         let item: ItemRecord = prepared(sql(kind).rename)
             .bind::<SqlUuid, _>(ws)

@@ -194,3 +194,85 @@ async fn a_bad_role_setting_stops_the_service_naming_it() {
         );
     }
 }
+
+/// Renaming a room item follows the roles that edit rooms: an editor renames anyone's, a role
+/// that only reads rooms renames its own items and no one else's.
+#[tokio::test]
+async fn only_editors_rename_others_items() {
+    let env = start(false).await;
+    members(&env, &["org:editor", "org:member", "org:guest"]).await;
+    let mut c = env.client().await;
+    let room = c
+        .create_room(by(
+            &env,
+            "org:editor",
+            pb::CreateRoomRequest {
+                clerk_org_id: ORG.into(),
+                kind: pb::RoomKind::Document.into(),
+                name: "Docs".into(),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .room
+        .unwrap();
+    let mut create = async |role: &str, name: &str| {
+        c.create_room_item(by(
+            &env,
+            role,
+            pb::CreateRoomItemRequest {
+                room_id: room.id.clone(),
+                kind: pb::ItemKind::Document.into(),
+                name: name.into(),
+                language: String::new(),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .item
+        .unwrap()
+        .id
+    };
+    let editors = create("org:editor", "Plan").await;
+    let guests = create("org:guest", "Notes").await;
+    let rename = |role: &str, id: &str, name: &str| {
+        by(
+            &env,
+            role,
+            pb::RenameRoomItemRequest {
+                kind: pb::ItemKind::Document.into(),
+                item_id: id.into(),
+                name: name.into(),
+            },
+        )
+    };
+    let mut c = env.client().await;
+    for reader in ["org:member", "org:guest"] {
+        let refused = c
+            .rename_room_item(rename(reader, &editors, "Mine now"))
+            .await
+            .expect_err("a reading role renames no one else's item");
+        assert_eq!(
+            refused.code(),
+            Code::PermissionDenied,
+            "{reader}: {refused:?}"
+        );
+        assert!(
+            refused.message().contains("ORG_EDITOR_ROLES"),
+            "{refused:?}"
+        );
+    }
+    c.rename_room_item(rename("org:guest", &guests, "My notes"))
+        .await
+        .expect("its own item");
+    let renamed = c
+        .rename_room_item(rename("org:editor", &guests, "Team notes"))
+        .await
+        .expect("an editor renames anyone's")
+        .into_inner()
+        .item
+        .unwrap();
+    assert_eq!(renamed.name, "Team notes");
+}
