@@ -478,6 +478,15 @@ pub const HANDLED_EVENT_TYPES: [&str; 9] = [
     "organizationMembership.deleted",
 ];
 
+/// An event type as logs and metric labels carry it: at most 100 printable ASCII characters.
+/// Types we apply are Clerk's own; an ignored one is whatever the signed body said.
+pub fn printable_type(kind: &str) -> String {
+    kind.chars()
+        .filter(|c| c.is_ascii_graphic())
+        .take(100)
+        .collect()
+}
+
 /// Maps a verified body onto the command to send, with its event type and time.
 pub fn to_event(event_id: &str, body: &[u8]) -> Result<Event, Malformed> {
     let env: Envelope =
@@ -486,7 +495,7 @@ pub fn to_event(event_id: &str, body: &[u8]) -> Result<Event, Malformed> {
         // Acknowledged whatever else its envelope holds: nothing of it is applied.
         return Ok(Event {
             event_time: env.event_time().ok().flatten(),
-            kind: env.kind,
+            kind: printable_type(&env.kind),
             command: Command::Ignored,
         });
     }
@@ -783,6 +792,11 @@ mod tests {
                 "{odd}"
             );
         }
+        // Its type is labelled and logged printable and bounded.
+        let odd = format!(r#"{{"type":"a\nb {}","data":{{}}}}"#, "x".repeat(300));
+        let (kind, cmd) = to_command("m", odd.as_bytes()).unwrap();
+        assert_eq!(cmd, Command::Ignored);
+        assert_eq!(kind, format!("ab{}", "x".repeat(98)));
         // Nor does it need a `data`.
         let bare = to_command("m", br#"{"type":"email.created","object":"event"}"#);
         assert_eq!(bare.unwrap().1, Command::Ignored);

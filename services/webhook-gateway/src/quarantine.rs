@@ -51,13 +51,7 @@ pub fn event_type_of(body: &[u8]) -> String {
     serde_json::from_slice::<Typed>(body)
         .ok()
         .and_then(|t| t.kind)
-        .and_then(|k| k.as_str().map(str::to_owned))
-        .map(|k| {
-            k.chars()
-                .filter(|c| c.is_ascii_graphic())
-                .take(100)
-                .collect()
-        })
+        .and_then(|k| k.as_str().map(clerk::printable_type))
         .unwrap_or_default()
 }
 
