@@ -456,6 +456,15 @@ async fn tokens_without_iat_or_living_too_long_are_refused() {
         )
         .unwrap();
     assert_eq!(f.auth.verify(&service), Err(AuthError::MissingIssuedAt));
+    // A service token valid for two hours, against its own one-hour maximum.
+    let service = f
+        .service_key
+        .sign(
+            &json!({"iss": "vbase-internal", "sub": "webhook-gateway", "aud": "identity-service",
+                      "iat": now, "nbf": now, "exp": now + 7200}),
+        )
+        .unwrap();
+    assert_eq!(f.auth.verify(&service), Err(AuthError::LifetimeTooLong));
 }
 
 #[test]
