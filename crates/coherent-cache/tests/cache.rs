@@ -45,6 +45,24 @@ fn a_read_that_raced_an_invalidation_is_not_kept() {
     assert_eq!(c.len(), 1);
 }
 
+/// Forgetting by a predicate or forgetting everything (what a dropped notification and a lost
+/// connection do) also keeps a read that started before it from being stored: that read may
+/// hold what the forgotten change replaced.
+#[test]
+fn a_read_that_raced_a_bulk_forget_is_not_kept() {
+    let c = cache(1 << 20);
+    let forgets: [(&str, &dyn Fn()); 2] = [
+        ("invalidate_where", &|| c.invalidate_where(|_| true)),
+        ("clear", &|| c.clear()),
+    ];
+    for (name, forget) in forgets {
+        let before = c.ticket();
+        forget();
+        c.insert(before, "k".into(), "read before the change".into());
+        assert!(c.is_empty(), "kept across {name}");
+    }
+}
+
 /// PostgreSQL folds an unquoted LISTEN name to lowercase: a name it would fold could never be
 /// heard, so it is refused where the cache is subscribed.
 #[test]
@@ -143,6 +161,8 @@ async fn answers_only_while_it_hears_its_notifications() {
     let listeners = client.query_one(LISTENERS, &[]).await.unwrap();
     assert_eq!(listeners.get::<_, i64>(0), 1);
     c.insert(c.ticket(), "k".into(), "v".into());
+    // A read that started before the cut, stored after: it may hold what went unheard.
+    let before_cut = c.ticket();
     client.batch_execute(CUT).await.unwrap();
     // Back (a new connection, whose pings come back), and empty.
     tokio::time::timeout(Duration::from_secs(10), async {
@@ -158,6 +178,8 @@ async fn answers_only_while_it_hears_its_notifications() {
     assert!(c.fresh());
     assert_eq!(c.get(&"k".to_owned()), None);
     assert!(c.is_empty());
+    c.insert(before_cut, "k".into(), "read before the cut".into());
+    assert!(c.is_empty(), "a read from before the cut was kept");
     let s = c.stats();
     assert_eq!((s.connection_losses, s.entries), (1, 0), "{s:?}");
     let _ = stop_tx.send(());

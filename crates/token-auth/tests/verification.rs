@@ -17,7 +17,7 @@ struct Fixture {
     clerk_jwks: JwksServer,
     clerk_key: SigningKey,
     service_key: SigningKey,
-    _service_jwks: JwksServer,
+    service_jwks: JwksServer,
     auth: Authenticator,
 }
 
@@ -80,7 +80,7 @@ async fn fixture_with(authorized_parties: &[&str], service_callers: &str) -> Fix
         clerk_jwks,
         clerk_key,
         service_key,
-        _service_jwks: service_jwks,
+        service_jwks,
         auth,
     }
 }
@@ -456,6 +456,15 @@ async fn tokens_without_iat_or_living_too_long_are_refused() {
         )
         .unwrap();
     assert_eq!(f.auth.verify(&service), Err(AuthError::MissingIssuedAt));
+    // A service token valid for two hours, against its own one-hour maximum.
+    let service = f
+        .service_key
+        .sign(
+            &json!({"iss": "vbase-internal", "sub": "webhook-gateway", "aud": "identity-service",
+                      "iat": now, "nbf": now, "exp": now + 7200}),
+        )
+        .unwrap();
+    assert_eq!(f.auth.verify(&service), Err(AuthError::LifetimeTooLong));
 }
 
 #[test]
@@ -726,6 +735,61 @@ async fn key_rotation_is_picked_up_and_retired_keys_stop_working() {
         "retired key still accepted"
     );
     assert!(f.auth.verify(&new_token).is_ok());
+}
+
+/// A token remembered as verified is accepted again only while its key is the very key loaded
+/// for its `kid`, not merely some key under that `kid`: a JWKS that puts another key under the
+/// same `kid` ends the old key's tokens at the next refresh, and a service key whose JWK now
+/// binds fewer subjects ends the tokens of the subjects it lost.
+#[tokio::test]
+async fn a_key_replaced_under_the_same_kid_ends_the_tokens_it_verified() {
+    let f = fixture(&[]).await;
+    let old_token = f.user_token_with(json!({}));
+    assert!(f.auth.verify(&old_token).is_ok());
+    let successor = SigningKey::generate_rsa()
+        .unwrap()
+        .with_kid(f.clerk_key.kid());
+    f.clerk_jwks.set_jwks(SigningKey::jwks(&[&successor]));
+    let probe = SigningKey::generate_rsa()
+        .unwrap()
+        .sign(&f.user_claims())
+        .unwrap();
+    assert!(
+        eventually(|| {
+            let _ = f.auth.verify(&probe); // an unknown kid asks for a refresh
+            f.auth.verify(&old_token) == Err(AuthError::BadSignature)
+        })
+        .await,
+        "a token of the replaced key still accepted"
+    );
+    assert!(
+        f.auth
+            .verify(&successor.sign(&f.user_claims()).unwrap())
+            .is_ok()
+    );
+
+    let reporting = f.service_token_of("reporting", "identity-service");
+    let gateway = f.service_token("identity-service");
+    assert!(f.auth.verify(&reporting).is_ok() && f.auth.verify(&gateway).is_ok());
+    let narrowed = SigningKey::from_pem(&f.service_key.private_pem())
+        .unwrap()
+        .with_subjects(&["webhook-gateway"]);
+    assert_eq!(narrowed.kid(), f.service_key.kid());
+    f.service_jwks.set_jwks(SigningKey::jwks(&[&narrowed]));
+    let now = now_secs();
+    let probe = SigningKey::generate_ed25519()
+        .unwrap()
+        .sign(&json!({"iss":"vbase-internal","sub":"ops","aud":"identity-service","iat":now,"nbf":now,"exp":now+120}))
+        .unwrap();
+    assert!(
+        eventually(|| {
+            let _ = f.auth.verify(&probe);
+            f.auth.verify(&reporting) == Err(AuthError::SubjectNotAllowed)
+        })
+        .await,
+        "a subject the key no longer signs still accepted"
+    );
+    assert!(f.auth.verify(&gateway).is_ok());
 }
 
 #[tokio::test]

@@ -326,3 +326,35 @@ async fn collected<T: DeserializeOwned + Positioned>(
     }
     Ok(chunks)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An item listed at `created_at` ms.
+    struct At(i64, &'static str);
+
+    impl Positioned for At {
+        fn position(&self) -> Option<Position> {
+            Some((self.0, self.1.to_owned()))
+        }
+    }
+
+    /// The order is checked across page boundaries too: a page whose first item was created
+    /// before the previous page's last is out of order, though in order within itself.
+    #[test]
+    fn an_item_older_than_the_previous_pages_last_is_out_of_order() {
+        let page = [Ok(At(5, "user_b")), Ok(At(7, "user_c"))];
+        let previous_last = (6, "user_a".to_owned());
+        assert!(in_creation_order("/users", &page, None).is_ok());
+        assert!(in_creation_order("/users", &page, Some(&(5, "user_a".to_owned()))).is_ok());
+        let Err(RunError::Listing(why)) = in_creation_order("/users", &page, Some(&previous_last))
+        else {
+            panic!("accepted an item older than the previous page's last");
+        };
+        assert!(
+            why.contains("user_b") && why.contains("created at 6 ms"),
+            "{why}"
+        );
+    }
+}

@@ -297,6 +297,19 @@ mod tests {
         assert!(!allowed(&decide("ins_b", NONE, &newer).unwrap()));
     }
 
+    /// Another instance seen before the key's last confirmation but confirmed after it (an
+    /// operator pinned the deployment to it since) makes the key's instance doubtful too: the
+    /// later of its first sight and its confirmation counts, not its first sight alone.
+    #[test]
+    fn an_instance_confirmed_after_the_keys_refuses_without_the_flag() {
+        let repinned = [
+            rec("ins_k", "identity-service", 1, Some(5)),
+            rec("ins_a", "workspace-service", 3, Some(10)),
+        ];
+        assert!(!allowed(&decide("ins_k", NONE, &repinned).unwrap()));
+        assert!(allowed(&decide("ins_a", NONE, &repinned).unwrap()));
+    }
+
     #[test]
     fn moving_to_the_keys_instance_is_explicit_and_confirmed() {
         let one = [rec("ins_a", "identity-service", 1, None)];

@@ -1,11 +1,13 @@
 //! `webhook-gateway reconcile`, the built binary, against the stand-in of Clerk's Backend API
 //! and the real services, at the edges of its guards: moving a deployment to another Clerk
 //! instance, a cursor whose user Clerk deleted between pages, the deletion budget's counts,
-//! and a list that answers 404. Each test checks the databases afterwards.
+//! more deletion candidates than one page, and a list that answers 404. Each test checks the
+//! databases afterwards.
 
 use crate::reconcile_guards::*;
 use crate::support::*;
-use stand_ins::{ClerkApiStandIn, DEFAULT_INSTANCE, user_json};
+use serde_json::{Value, json};
+use stand_ins::{ClerkApiStandIn, DEFAULT_INSTANCE, membership_json, org_json, user_json};
 
 /// `--instance K` when the services recorded only other instances stops before listing (a
 /// backfill would copy K's data into ours); `--move-to-instance K` moves the deployment only
@@ -249,6 +251,77 @@ async fn memberships_over_budget_stop_every_deletion() {
     let forced = reconcile(&s, &api.base_url(), &["--allow-mass-delete"], &[]).await;
     assert_eq!(forced.code, Some(0), "{}", forced.stderr);
     assert_eq!(held(&s).await, (39, 3, 0));
+}
+
+/// More deletion candidates of each kind than the services give in one page (500): the sweep
+/// asks for the next page after the last key of the one before, so every candidate is
+/// confirmed once. Ten of each kind, first in the services' order, are still in Clerk but do
+/// not parse in its listing (so the listing does not show them): they are kept, once each, and
+/// the page after them does not list them again.
+#[tokio::test]
+async fn candidates_beyond_one_page_are_each_confirmed_once() {
+    let s = stack(SECRET).await;
+    let api = ClerkApiStandIn::start(KEY).await.unwrap();
+    // Organizations 0 and 1 have 300 members each (users 0 to 300); 2 to 521 none.
+    seed(&api, 1200, 2, 300);
+    for o in 2..522 {
+        let t = C + o as i64;
+        api.put_org(org_json(&org_id(o), "O", &user_id(0), t, t));
+    }
+    let first = reconcile(&s, &api.base_url(), &["--instance", DEFAULT_INSTANCE], &[]).await;
+    assert_eq!(first.code, Some(0), "{}", first.stderr);
+    assert_eq!(held(&s).await, (1200, 522, 600));
+
+    // Users 590 to 599, organizations 2 to 11 and organization 0's first ten memberships stay
+    // in Clerk but do not parse; the rest after them is deleted in Clerk.
+    for i in 590..600 {
+        api.put_user(json!({"id": user_id(i), "object": "user", "created_at": C + i as i64}));
+    }
+    for i in 600..1200 {
+        api.remove_user(&user_id(i));
+    }
+    for o in 2..12 {
+        let t = C + o as i64;
+        let mut org = org_json(&org_id(o), "O", &user_id(0), t, t);
+        org.as_object_mut().unwrap().remove("created_at");
+        api.put_org(org);
+    }
+    for o in 12..522 {
+        api.remove_org(&org_id(o));
+    }
+    for o in 0..2 {
+        for k in 0..300 {
+            let u = o + k;
+            if o == 0 && u < 10 {
+                let t = C + u as i64;
+                let mut m =
+                    membership_json(&membership_id(o, u), &org_id(o), &user_id(u), "", t, t);
+                m["role"] = Value::Null;
+                api.put_membership(m);
+            } else {
+                api.remove_membership(&membership_id(o, u));
+            }
+        }
+    }
+    let ran = reconcile(&s, &api.base_url(), &["--allow-mass-delete"], &[]).await;
+    assert_eq!(ran.code, Some(0), "{}", ran.stderr);
+    for (kind, missing, deleted) in [
+        ("users", 610, 600),
+        ("organizations", 520, 510),
+        ("memberships", 600, 590),
+    ] {
+        assert_eq!(
+            (
+                ran.count(kind, "missing"),
+                ran.count(kind, "deleted"),
+                ran.count(kind, "kept")
+            ),
+            (missing, deleted, 10),
+            "{kind}: {}",
+            ran.summary
+        );
+    }
+    assert_eq!(held(&s).await, (600, 12, 10));
 }
 
 /// An address whose `GET /instance` answers but whose lists all answer a plain 404 (a proxy

@@ -180,6 +180,37 @@ async fn a_deleted_users_token_no_longer_writes() {
         .unwrap();
 }
 
+/// A Liveblocks room token outlives its call by up to an hour: a user deleted in Clerk gets
+/// none, also with a token issued after the deletion (which the membership's standing, dated
+/// by the token, lets through).
+#[tokio::test]
+async fn a_deleted_users_token_gets_no_liveblocks_room() {
+    let env = support::start().await;
+    env.workspace("org_a").await;
+    let room = room(&env, pb::RoomKind::Document).await;
+    let mut c = env.client().await;
+    let ask = || pb::AuthorizeLiveblocksRoomRequest {
+        room_id: room.liveblocks_room_id.clone(),
+    };
+    c.authorize_liveblocks_room(env.member("user_1", "org_a", ask()))
+        .await
+        .unwrap();
+    c.remove_user(env.service(pb::RemoveUserCommand {
+        event_id: "gone".into(),
+        occurred_at: support::ts(support::T0 + 5),
+        clerk_user_id: "user_1".into(),
+        ..Default::default()
+    }))
+    .await
+    .unwrap();
+    let refused = c
+        .authorize_liveblocks_room(env.member("user_1", "org_a", ask()))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::PermissionDenied, "{refused:?}");
+    assert_eq!(env.liveblocks.authorize_requests(), 1, "asked once, before");
+}
+
 /// Seconds after `support::T0` that lie `ahead` seconds after now.
 fn after_now(ahead: i64) -> i64 {
     token_auth::signing::now_secs() - support::T0 + ahead

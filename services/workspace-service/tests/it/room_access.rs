@@ -303,6 +303,45 @@ async fn rooms_that_are_gone_are_not_found() {
     assert_eq!(env.liveblocks.authorize_requests(), 0);
 }
 
+/// A deleted room is hidden at once and purged later: until the purge has run, its row and its
+/// documents' rows are still there, and neither its own room nor a document's gets a token
+/// (NOT_FOUND, Liveblocks never asked), as for a room that never existed.
+#[tokio::test]
+async fn a_deleted_room_not_purged_yet_is_not_found() {
+    let env = support::start().await;
+    let (room, doc) = fixture(&env).await;
+    let mut c = env.client().await;
+    // Holds the room's purge back: it deletes the documents first, then the room.
+    let _purge_held = env.hold("LOCK TABLE documents IN SHARE MODE").await;
+    c.delete_room(env.admin(
+        "user_a",
+        ORG,
+        pb::DeleteRoomRequest {
+            room_id: room.strip_prefix("room:").unwrap().into(),
+        },
+    ))
+    .await
+    .unwrap();
+    let token = token_of(&env, "user_m", ORG, "org:member");
+    for id in [&room, &doc] {
+        let gone = c
+            .authorize_liveblocks_room(ask(&token, id))
+            .await
+            .unwrap_err();
+        assert_eq!(gone.code(), Code::NotFound, "{id}: {gone:?}");
+    }
+    assert_eq!(
+        (
+            env.scalar("SELECT count(*) FROM rooms WHERE deleted_at IS NOT NULL")
+                .await,
+            env.count("documents").await
+        ),
+        (1, 1),
+        "hidden, not purged yet"
+    );
+    assert_eq!(env.liveblocks.authorize_requests(), 0);
+}
+
 #[tokio::test]
 async fn liveblocks_down_answers_unavailable_quickly() {
     let env = support::start().await;
