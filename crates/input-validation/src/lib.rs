@@ -126,7 +126,9 @@ pub fn required_name(field: &str, value: &str, max: usize) -> Result<String, Err
 
 /// Text from a source that cannot be refused (a name Clerk holds), made what [`required_name`]
 /// admits: control characters and bidirectional controls removed, line and paragraph
-/// separators made spaces, surrounding whitespace trimmed; empty when nothing visible is left.
+/// separators made spaces, surrounding whitespace and invisible characters trimmed (not those
+/// that still mean something at an end: [`meaningful_at_an_end`]); empty when nothing visible
+/// is left.
 pub fn displayable(value: &str) -> String {
     let kept: String = value
         .chars()
@@ -142,7 +144,49 @@ pub fn displayable(value: &str) -> String {
     if kept.chars().all(invisible) {
         return String::new();
     }
-    kept.trim().to_owned()
+    kept.trim_matches(|c| invisible(c) && !meaningful_at_an_end(c))
+        .to_owned()
+}
+
+/// An invisible character that still means something at an end of a name: a mark that sets
+/// the direction of what sits next to it ("שלום 2024\u{200F}"), or one that modifies the
+/// character before it (variation selectors as in "❤\u{FE0F}", the combining grapheme joiner,
+/// the tag characters that end a subdivision flag).
+fn meaningful_at_an_end(c: char) -> bool {
+    matches!(
+        c,
+        '\u{061C}'
+            | '\u{200E}'
+            | '\u{200F}'
+            | '\u{034F}'
+            | '\u{180B}'..='\u{180D}'
+            | '\u{180F}'
+            | '\u{FE00}'..='\u{FE0F}'
+            | '\u{E0020}'..='\u{E007F}'
+            | '\u{E0100}'..='\u{E01EF}'
+    )
+}
+
+/// Text from a source that cannot be refused (a name Clerk holds) as the services store and
+/// show it: [`displayable`], cut at `max` characters (on a character boundary). Clerk accepts
+/// names we would refuse; refusing them would lose the whole change.
+pub fn normalized(text: &str, max: usize) -> String {
+    let cut: String = displayable(text).chars().take(max).collect();
+    // The cut may leave only invisible characters (or trailing spaces): judged again.
+    displayable(&cut)
+}
+
+/// A name a user's token claims (Clerk's `name`), as the gateway would store it:
+/// [`normalized`] to [`MAX_NAME_LEN`]; `None` when nothing visible is left.
+pub fn claimed_name(name: &str) -> Option<String> {
+    Some(normalized(name, MAX_NAME_LEN)).filter(|n| !n.is_empty())
+}
+
+/// An image URL a user's token claims (Clerk's `picture`), shown to other users: kept only
+/// when it is an `https` URL that [`url`] accepts (never `javascript:`, `data:` or plain
+/// `http`; Clerk's image URLs are `https`).
+pub fn claimed_image_url(value: &str) -> Option<&str> {
+    (value.starts_with("https://") && url("picture", value).is_ok()).then_some(value)
 }
 
 /// An embedding, override or isolate control of the bidirectional algorithm (and its end).
@@ -463,13 +507,24 @@ mod tests {
         );
         assert_eq!(displayable("a\u{0007}b\n"), "ab");
         assert_eq!(displayable("Ada\u{2029}Lovelace"), "Ada Lovelace");
+        // Invisible characters at the ends go; inside, they stay (Thai and Khmer words use
+        // U+200B, emoji sequences U+200D).
+        assert_eq!(
+            displayable("report\u{202E}fdp.exe\u{200B}"),
+            "reportfdp.exe"
+        );
+        assert_eq!(displayable("\u{FEFF}\u{200D}Ada\u{3164}\u{2060} "), "Ada");
+        assert_eq!(displayable("a\u{200B}b"), "a\u{200B}b");
         for blank in ["\u{200B}", " \u{200B}\u{200D} ", "\u{3164}", "\u{202E}", ""] {
             assert_eq!(displayable(blank), "", "{blank:?}");
         }
         for ok in [
             "👨\u{200D}👩\u{200D}👧",
             "שלום 2024\u{200F}",
+            "\u{200F}2024 שלום",
             "Ünïcödé 名前",
+            "❤\u{FE0F}",
+            "🏴\u{E0067}\u{E0062}\u{E0073}\u{E0063}\u{E0074}\u{E007F}",
         ] {
             assert_eq!(displayable(ok), ok);
             assert_eq!(required_name("name", ok, 100), Ok(ok.to_owned()));
@@ -481,6 +536,53 @@ mod tests {
                 Ok(shown.clone()),
                 "{raw:?}"
             );
+        }
+    }
+
+    #[test]
+    fn normalized_text_is_cut_then_judged_again() {
+        let long = format!("  Ada\u{7}{}  ", "é".repeat(300));
+        let n = normalized(&long, MAX_NAME_LEN);
+        assert_eq!(n.chars().count(), MAX_NAME_LEN);
+        assert!(n.starts_with("Adaé") && !n.chars().any(char::is_control));
+        assert_eq!(normalized(" \u{0} Acme \n", 256), "Acme");
+        // Invisible before the cut (a leading mark is kept), visible only past it: nothing is
+        // left.
+        let hidden = format!("\u{200F}{}A", "\u{200B}".repeat(300));
+        assert_eq!(normalized(&hidden, 256), "");
+        // Leading invisible characters go before the cut; trailing ones the cut leaves go too.
+        assert_eq!(
+            normalized(&format!("{}A", "\u{200B}".repeat(300)), 256),
+            "A"
+        );
+        let tail = format!("Ada{}x", "\u{200B}".repeat(300));
+        assert_eq!(normalized(&tail, 256), "Ada");
+    }
+
+    #[test]
+    fn claimed_names_and_pictures_are_made_fit_to_show() {
+        assert_eq!(
+            claimed_name("report\u{202E}fdp.exe\u{200B}").as_deref(),
+            Some("reportfdp.exe")
+        );
+        for blank in ["\u{200B}\u{3164}", " \u{202E} ", ""] {
+            assert_eq!(claimed_name(blank), None, "{blank:?}");
+        }
+        assert_eq!(
+            claimed_name(&"x".repeat(300)).map(|n| n.chars().count()),
+            Some(MAX_NAME_LEN)
+        );
+        let ok = "https://img.clerk.com/ada.png";
+        assert_eq!(claimed_image_url(ok), Some(ok));
+        for bad in [
+            "http://img.clerk.com/ada.png",
+            "javascript:alert(1)",
+            "data:image/png;base64,AAAA",
+            "https://img.clerk.com/a\u{7}.png",
+            &format!("https://img.clerk.com/{}", "a".repeat(MAX_URL_LEN)),
+            "",
+        ] {
+            assert_eq!(claimed_image_url(bad), None, "{bad:?}");
         }
     }
 
