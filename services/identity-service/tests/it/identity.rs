@@ -321,6 +321,60 @@ async fn store_user_refreshes_name_and_email_from_a_newer_token() {
     assert_eq!(u.image_url, "https://img.clerk.com/Old Name");
 }
 
+/// The name of a user's token is made displayable as the gateway makes Clerk's names (the same
+/// function): bidirectional controls and invisible characters go, so others never see
+/// "report\u{202E}fdp.exe" as "reportexe.pdf". A name with nothing visible left is no name: a
+/// new user is "Anonymous", and a user held keeps the clean name held (the token's other
+/// claims still apply).
+#[tokio::test]
+async fn store_user_shows_others_the_tokens_name_made_displayable() {
+    let env = start().await;
+    let mut c = env.client().await;
+    let store = |id: &str, name: &str, email: &str| {
+        let claims = env.issuers.clerk.claims(id, name, email, None);
+        bearer(pb::StoreUserRequest {}, &env.issuers.clerk.sign(&claims))
+    };
+    // What another user sees of `id`.
+    let name_seen = async |id: &str| {
+        let req = pb::GetUserRequest {
+            clerk_id: id.into(),
+        };
+        let mut c = env.client().await;
+        let found = c.get_user(env.user("user_other", req)).await.unwrap();
+        found.into_inner().user.unwrap().name
+    };
+
+    c.store_user(store("user_rtl", "report\u{202E}fdp.exe\u{200B}", "r@b.co"))
+        .await
+        .unwrap();
+    assert_eq!(name_seen("user_rtl").await, "reportfdp.exe");
+
+    c.store_user(store("user_blank", "\u{200B}\u{3164}\u{202E}", "b@b.co"))
+        .await
+        .unwrap();
+    assert_eq!(name_seen("user_blank").await, "Anonymous");
+
+    // Held with a clean name from Clerk, older than the token: the token's new email is
+    // taken, its invisible name is not.
+    apply(
+        &env,
+        upsert("w1", 1000, "user_held", "Ada Lovelace", "old@b.co"),
+    )
+    .await;
+    let own = c
+        .store_user(store("user_held", "\u{3164}", "new@b.co"))
+        .await
+        .unwrap()
+        .into_inner()
+        .user
+        .unwrap();
+    assert_eq!(
+        (own.name.as_str(), own.email.as_str()),
+        ("Ada Lovelace", "new@b.co")
+    );
+    assert_eq!(name_seen("user_held").await, "Ada Lovelace");
+}
+
 /// A token without a name makes a user named "Anonymous", never named by their email: the name
 /// is what other users see.
 #[tokio::test]
