@@ -243,14 +243,63 @@ pub fn event_id(id: &str) -> Result<(), Error> {
     Ok(())
 }
 
-/// A timestamp that must be present and after 2000-01-01.
+/// How far a source's time (Clerk's, the gateway's) may lie ahead of this service's clock, in
+/// seconds. The clocks differ by seconds; a day is generous. A time further ahead would order
+/// every later change as older (stale) or revoke tokens until then, and stays stored.
+pub const MAX_AHEAD_SECS: i64 = 86_400;
+
+/// The source's own timestamp of a change (`occurred_at`), required: see [`source_time`].
 pub fn occurred_at(ts: Option<&prost_types::Timestamp>) -> Result<DateTime<Utc>, Error> {
     let ts =
         ts.ok_or_else(|| Invalid("occurred_at is required (the source's own timestamp)".into()))?;
-    let dt = DateTime::<Utc>::from_timestamp(ts.seconds, nanos("occurred_at", ts)?)
-        .filter(|d| d.timestamp() >= 946_684_800)
-        .ok_or_else(|| Invalid("occurred_at is out of range".into()))?;
-    Ok(dt)
+    source_time_at("occurred_at", ts, Utc::now())
+}
+
+/// A required time from the source that orders changes or revokes tokens: `nanos` within a
+/// second, on or after 2000-01-01, and at most [`MAX_AHEAD_SECS`] after this service's clock.
+pub fn source_time(
+    field: &str,
+    ts: Option<&prost_types::Timestamp>,
+) -> Result<DateTime<Utc>, Error> {
+    let ts = ts.ok_or_else(|| Invalid(format!("{field} is required")))?;
+    source_time_at(field, ts, Utc::now())
+}
+
+/// Like [`source_time`], and absent is `None`. A present value is never dropped: a malformed
+/// `tokens_revoked_at` must not read as "not banned".
+pub fn optional_source_time(
+    field: &str,
+    ts: Option<&prost_types::Timestamp>,
+) -> Result<Option<DateTime<Utc>>, Error> {
+    ts.map(|ts| source_time_at(field, ts, Utc::now()))
+        .transpose()
+}
+
+/// [`source_time`] against the clock reading `now`.
+fn source_time_at(
+    field: &str,
+    ts: &prost_types::Timestamp,
+    now: DateTime<Utc>,
+) -> Result<DateTime<Utc>, Error> {
+    /// 2000-01-01T00:00:00Z.
+    const EARLIEST: i64 = 946_684_800;
+    let at = DateTime::<Utc>::from_timestamp(ts.seconds, nanos(field, ts)?)
+        .filter(|d| d.timestamp() >= EARLIEST)
+        .ok_or_else(|| {
+            Invalid(format!(
+                "{field} is out of range (before 2000-01-01, or not a time), got {} s",
+                ts.seconds
+            ))
+        })?;
+    if at > now + chrono::TimeDelta::seconds(MAX_AHEAD_SECS) {
+        return Err(Invalid(format!(
+            "{field} is in the future: {} is more than a day after this service's clock ({}); \
+             a source's time may be at most a day ahead",
+            at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+        )));
+    }
+    Ok(at)
 }
 
 /// A required time within protobuf's `Timestamp` range (years 1 to 9999), which every
@@ -282,11 +331,13 @@ fn nanos(field: &str, ts: &prost_types::Timestamp) -> Result<u32, Error> {
         })
 }
 
-/// Optional timestamp (absent or zero = unknown).
-pub fn optional_time(ts: Option<&prost_types::Timestamp>) -> Option<DateTime<Utc>> {
-    ts.filter(|t| t.seconds > 0).and_then(|t| {
-        DateTime::<Utc>::from_timestamp(t.seconds, t.nanos.clamp(0, 999_999_999) as u32)
-    })
+/// An optional time within protobuf's `Timestamp` range (see [`time`]); absent is `None`, and
+/// a present value is never dropped or changed.
+pub fn optional_time(
+    field: &str,
+    ts: Option<&prost_types::Timestamp>,
+) -> Result<Option<DateTime<Utc>>, Error> {
+    ts.map(|ts| time(field, Some(ts))).transpose()
 }
 
 /// A bounded free-text field.
@@ -411,6 +462,81 @@ mod tests {
             );
             let e = occurred_at(Some(&ts(bad))).unwrap_err().to_string();
             assert!(e.contains("occurred_at.nanos must be"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn source_times_may_be_at_most_a_day_ahead() {
+        let now = DateTime::from_timestamp(1_800_000_000, 250_000_000).unwrap();
+        let ts = |seconds, nanos| prost_types::Timestamp { seconds, nanos };
+        let at = |t: prost_types::Timestamp| source_time_at("revoked_at", &t, now);
+        let day = MAX_AHEAD_SECS;
+        for ok in [
+            ts(1_800_000_000 + day, 250_000_000),
+            ts(1_800_000_000 + day, 0),
+            ts(1_800_000_000, 0),
+            ts(946_684_800, 0),
+        ] {
+            assert!(at(ok).is_ok(), "{ok:?}");
+        }
+        for ahead in [
+            ts(1_800_000_000 + day + 1, 250_000_000),
+            ts(1_800_000_000 + day, 250_000_001),
+            ts(1_800_000_000 + 10 * 365 * day, 0),
+            ts(253_402_300_799, 0),
+        ] {
+            let e = at(ahead).unwrap_err().to_string();
+            assert!(
+                e.starts_with("revoked_at is in the future"),
+                "{ahead:?}: {e}"
+            );
+        }
+        for bad in [ts(946_684_799, 0), ts(0, 0), ts(-1, 0), ts(i64::MAX, 0)] {
+            let e = at(bad).unwrap_err().to_string();
+            assert!(e.starts_with("revoked_at is out of range"), "{bad:?}: {e}");
+        }
+        let e = at(ts(1_800_000_000, 2_000_000_000))
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("revoked_at.nanos must be"), "{e}");
+        // With this machine's clock: exactly a day ahead passes, a second more is refused.
+        let now = Utc::now();
+        let (secs, nanos) = (now.timestamp(), now.timestamp_subsec_nanos() as i32);
+        assert!(source_time("event_time", Some(&ts(secs + day, nanos))).is_ok());
+        let e = source_time("event_time", Some(&ts(secs + day + 1, nanos))).unwrap_err();
+        assert!(e.0.starts_with("event_time is in the future"), "{e}");
+        assert!(occurred_at(Some(&ts(secs + day + 1, nanos))).is_err());
+        assert!(source_time("event_time", None).is_err());
+    }
+
+    #[test]
+    fn optional_times_are_absent_or_valid_never_dropped() {
+        let ts = |seconds, nanos| Some(prost_types::Timestamp { seconds, nanos });
+        let now = Utc::now().timestamp();
+        assert_eq!(optional_source_time("created_at", None), Ok(None));
+        assert_eq!(
+            optional_source_time("created_at", ts(1_700_000_000, 5).as_ref()),
+            Ok(DateTime::from_timestamp(1_700_000_000, 5))
+        );
+        for bad in [
+            ts(0, 0),
+            ts(-5, 0),
+            ts(1_700_000_000, -1),
+            ts(1_700_000_000, 2_000_000_000),
+            ts(now + 10 * 365 * MAX_AHEAD_SECS, 0),
+        ] {
+            let e = optional_source_time("tokens_revoked_at", bad.as_ref())
+                .unwrap_err()
+                .to_string();
+            assert!(e.starts_with("tokens_revoked_at"), "{bad:?}: {e}");
+        }
+        assert_eq!(optional_time("range.after_created_at", None), Ok(None));
+        assert_eq!(
+            optional_time("range.after_created_at", ts(1, 0).as_ref()),
+            Ok(DateTime::from_timestamp(1, 0))
+        );
+        for bad in [ts(1, 1_000_000_000), ts(1, -1), ts(i64::MAX, 0)] {
+            assert!(optional_time("range.after_created_at", bad.as_ref()).is_err());
         }
     }
 
