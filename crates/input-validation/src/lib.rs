@@ -126,7 +126,9 @@ pub fn required_name(field: &str, value: &str, max: usize) -> Result<String, Err
 
 /// Text from a source that cannot be refused (a name Clerk holds), made what [`required_name`]
 /// admits: control characters and bidirectional controls removed, line and paragraph
-/// separators made spaces, surrounding whitespace trimmed; empty when nothing visible is left.
+/// separators made spaces, surrounding whitespace and invisible characters trimmed (not those
+/// that still mean something at an end: [`meaningful_at_an_end`]); empty when nothing visible
+/// is left.
 pub fn displayable(value: &str) -> String {
     let kept: String = value
         .chars()
@@ -142,7 +144,49 @@ pub fn displayable(value: &str) -> String {
     if kept.chars().all(invisible) {
         return String::new();
     }
-    kept.trim().to_owned()
+    kept.trim_matches(|c| invisible(c) && !meaningful_at_an_end(c))
+        .to_owned()
+}
+
+/// An invisible character that still means something at an end of a name: a mark that sets
+/// the direction of what sits next to it ("שלום 2024\u{200F}"), or one that modifies the
+/// character before it (variation selectors as in "❤\u{FE0F}", the combining grapheme joiner,
+/// the tag characters that end a subdivision flag).
+fn meaningful_at_an_end(c: char) -> bool {
+    matches!(
+        c,
+        '\u{061C}'
+            | '\u{200E}'
+            | '\u{200F}'
+            | '\u{034F}'
+            | '\u{180B}'..='\u{180D}'
+            | '\u{180F}'
+            | '\u{FE00}'..='\u{FE0F}'
+            | '\u{E0020}'..='\u{E007F}'
+            | '\u{E0100}'..='\u{E01EF}'
+    )
+}
+
+/// Text from a source that cannot be refused (a name Clerk holds) as the services store and
+/// show it: [`displayable`], cut at `max` characters (on a character boundary). Clerk accepts
+/// names we would refuse; refusing them would lose the whole change.
+pub fn normalized(text: &str, max: usize) -> String {
+    let cut: String = displayable(text).chars().take(max).collect();
+    // The cut may leave only invisible characters (or trailing spaces): judged again.
+    displayable(&cut)
+}
+
+/// A name a user's token claims (Clerk's `name`), as the gateway would store it:
+/// [`normalized`] to [`MAX_NAME_LEN`]; `None` when nothing visible is left.
+pub fn claimed_name(name: &str) -> Option<String> {
+    Some(normalized(name, MAX_NAME_LEN)).filter(|n| !n.is_empty())
+}
+
+/// An image URL a user's token claims (Clerk's `picture`), shown to other users: kept only
+/// when it is an `https` URL that [`url`] accepts (never `javascript:`, `data:` or plain
+/// `http`; Clerk's image URLs are `https`).
+pub fn claimed_image_url(value: &str) -> Option<&str> {
+    (value.starts_with("https://") && url("picture", value).is_ok()).then_some(value)
 }
 
 /// An embedding, override or isolate control of the bidirectional algorithm (and its end).
@@ -199,14 +243,63 @@ pub fn event_id(id: &str) -> Result<(), Error> {
     Ok(())
 }
 
-/// A timestamp that must be present and after 2000-01-01.
+/// How far a source's time (Clerk's, the gateway's) may lie ahead of this service's clock, in
+/// seconds. The clocks differ by seconds; a day is generous. A time further ahead would order
+/// every later change as older (stale) or revoke tokens until then, and stays stored.
+pub const MAX_AHEAD_SECS: i64 = 86_400;
+
+/// The source's own timestamp of a change (`occurred_at`), required: see [`source_time`].
 pub fn occurred_at(ts: Option<&prost_types::Timestamp>) -> Result<DateTime<Utc>, Error> {
     let ts =
         ts.ok_or_else(|| Invalid("occurred_at is required (the source's own timestamp)".into()))?;
-    let dt = DateTime::<Utc>::from_timestamp(ts.seconds, nanos("occurred_at", ts)?)
-        .filter(|d| d.timestamp() >= 946_684_800)
-        .ok_or_else(|| Invalid("occurred_at is out of range".into()))?;
-    Ok(dt)
+    source_time_at("occurred_at", ts, Utc::now())
+}
+
+/// A required time from the source that orders changes or revokes tokens: `nanos` within a
+/// second, on or after 2000-01-01, and at most [`MAX_AHEAD_SECS`] after this service's clock.
+pub fn source_time(
+    field: &str,
+    ts: Option<&prost_types::Timestamp>,
+) -> Result<DateTime<Utc>, Error> {
+    let ts = ts.ok_or_else(|| Invalid(format!("{field} is required")))?;
+    source_time_at(field, ts, Utc::now())
+}
+
+/// Like [`source_time`], and absent is `None`. A present value is never dropped: a malformed
+/// `tokens_revoked_at` must not read as "not banned".
+pub fn optional_source_time(
+    field: &str,
+    ts: Option<&prost_types::Timestamp>,
+) -> Result<Option<DateTime<Utc>>, Error> {
+    ts.map(|ts| source_time_at(field, ts, Utc::now()))
+        .transpose()
+}
+
+/// [`source_time`] against the clock reading `now`.
+fn source_time_at(
+    field: &str,
+    ts: &prost_types::Timestamp,
+    now: DateTime<Utc>,
+) -> Result<DateTime<Utc>, Error> {
+    /// 2000-01-01T00:00:00Z.
+    const EARLIEST: i64 = 946_684_800;
+    let at = DateTime::<Utc>::from_timestamp(ts.seconds, nanos(field, ts)?)
+        .filter(|d| d.timestamp() >= EARLIEST)
+        .ok_or_else(|| {
+            Invalid(format!(
+                "{field} is out of range (before 2000-01-01, or not a time), got {} s",
+                ts.seconds
+            ))
+        })?;
+    if at > now + chrono::TimeDelta::seconds(MAX_AHEAD_SECS) {
+        return Err(Invalid(format!(
+            "{field} is in the future: {} is more than a day after this service's clock ({}); \
+             a source's time may be at most a day ahead",
+            at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+        )));
+    }
+    Ok(at)
 }
 
 /// A required time within protobuf's `Timestamp` range (years 1 to 9999), which every
@@ -238,11 +331,13 @@ fn nanos(field: &str, ts: &prost_types::Timestamp) -> Result<u32, Error> {
         })
 }
 
-/// Optional timestamp (absent or zero = unknown).
-pub fn optional_time(ts: Option<&prost_types::Timestamp>) -> Option<DateTime<Utc>> {
-    ts.filter(|t| t.seconds > 0).and_then(|t| {
-        DateTime::<Utc>::from_timestamp(t.seconds, t.nanos.clamp(0, 999_999_999) as u32)
-    })
+/// An optional time within protobuf's `Timestamp` range (see [`time`]); absent is `None`, and
+/// a present value is never dropped or changed.
+pub fn optional_time(
+    field: &str,
+    ts: Option<&prost_types::Timestamp>,
+) -> Result<Option<DateTime<Utc>>, Error> {
+    ts.map(|ts| time(field, Some(ts))).transpose()
 }
 
 /// A bounded free-text field.
@@ -371,6 +466,81 @@ mod tests {
     }
 
     #[test]
+    fn source_times_may_be_at_most_a_day_ahead() {
+        let now = DateTime::from_timestamp(1_800_000_000, 250_000_000).unwrap();
+        let ts = |seconds, nanos| prost_types::Timestamp { seconds, nanos };
+        let at = |t: prost_types::Timestamp| source_time_at("revoked_at", &t, now);
+        let day = MAX_AHEAD_SECS;
+        for ok in [
+            ts(1_800_000_000 + day, 250_000_000),
+            ts(1_800_000_000 + day, 0),
+            ts(1_800_000_000, 0),
+            ts(946_684_800, 0),
+        ] {
+            assert!(at(ok).is_ok(), "{ok:?}");
+        }
+        for ahead in [
+            ts(1_800_000_000 + day + 1, 250_000_000),
+            ts(1_800_000_000 + day, 250_000_001),
+            ts(1_800_000_000 + 10 * 365 * day, 0),
+            ts(253_402_300_799, 0),
+        ] {
+            let e = at(ahead).unwrap_err().to_string();
+            assert!(
+                e.starts_with("revoked_at is in the future"),
+                "{ahead:?}: {e}"
+            );
+        }
+        for bad in [ts(946_684_799, 0), ts(0, 0), ts(-1, 0), ts(i64::MAX, 0)] {
+            let e = at(bad).unwrap_err().to_string();
+            assert!(e.starts_with("revoked_at is out of range"), "{bad:?}: {e}");
+        }
+        let e = at(ts(1_800_000_000, 2_000_000_000))
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("revoked_at.nanos must be"), "{e}");
+        // With this machine's clock: exactly a day ahead passes, a second more is refused.
+        let now = Utc::now();
+        let (secs, nanos) = (now.timestamp(), now.timestamp_subsec_nanos() as i32);
+        assert!(source_time("event_time", Some(&ts(secs + day, nanos))).is_ok());
+        let e = source_time("event_time", Some(&ts(secs + day + 1, nanos))).unwrap_err();
+        assert!(e.0.starts_with("event_time is in the future"), "{e}");
+        assert!(occurred_at(Some(&ts(secs + day + 1, nanos))).is_err());
+        assert!(source_time("event_time", None).is_err());
+    }
+
+    #[test]
+    fn optional_times_are_absent_or_valid_never_dropped() {
+        let ts = |seconds, nanos| Some(prost_types::Timestamp { seconds, nanos });
+        let now = Utc::now().timestamp();
+        assert_eq!(optional_source_time("created_at", None), Ok(None));
+        assert_eq!(
+            optional_source_time("created_at", ts(1_700_000_000, 5).as_ref()),
+            Ok(DateTime::from_timestamp(1_700_000_000, 5))
+        );
+        for bad in [
+            ts(0, 0),
+            ts(-5, 0),
+            ts(1_700_000_000, -1),
+            ts(1_700_000_000, 2_000_000_000),
+            ts(now + 10 * 365 * MAX_AHEAD_SECS, 0),
+        ] {
+            let e = optional_source_time("tokens_revoked_at", bad.as_ref())
+                .unwrap_err()
+                .to_string();
+            assert!(e.starts_with("tokens_revoked_at"), "{bad:?}: {e}");
+        }
+        assert_eq!(optional_time("range.after_created_at", None), Ok(None));
+        assert_eq!(
+            optional_time("range.after_created_at", ts(1, 0).as_ref()),
+            Ok(DateTime::from_timestamp(1, 0))
+        );
+        for bad in [ts(1, 1_000_000_000), ts(1, -1), ts(i64::MAX, 0)] {
+            assert!(optional_time("range.after_created_at", bad.as_ref()).is_err());
+        }
+    }
+
+    #[test]
     fn message_bodies_keep_line_breaks_and_tabs() {
         let body = |v: &str| required_multiline_text("body", v, 100);
         for ok in [
@@ -463,13 +633,24 @@ mod tests {
         );
         assert_eq!(displayable("a\u{0007}b\n"), "ab");
         assert_eq!(displayable("Ada\u{2029}Lovelace"), "Ada Lovelace");
+        // Invisible characters at the ends go; inside, they stay (Thai and Khmer words use
+        // U+200B, emoji sequences U+200D).
+        assert_eq!(
+            displayable("report\u{202E}fdp.exe\u{200B}"),
+            "reportfdp.exe"
+        );
+        assert_eq!(displayable("\u{FEFF}\u{200D}Ada\u{3164}\u{2060} "), "Ada");
+        assert_eq!(displayable("a\u{200B}b"), "a\u{200B}b");
         for blank in ["\u{200B}", " \u{200B}\u{200D} ", "\u{3164}", "\u{202E}", ""] {
             assert_eq!(displayable(blank), "", "{blank:?}");
         }
         for ok in [
             "👨\u{200D}👩\u{200D}👧",
             "שלום 2024\u{200F}",
+            "\u{200F}2024 שלום",
             "Ünïcödé 名前",
+            "❤\u{FE0F}",
+            "🏴\u{E0067}\u{E0062}\u{E0073}\u{E0063}\u{E0074}\u{E007F}",
         ] {
             assert_eq!(displayable(ok), ok);
             assert_eq!(required_name("name", ok, 100), Ok(ok.to_owned()));
@@ -481,6 +662,53 @@ mod tests {
                 Ok(shown.clone()),
                 "{raw:?}"
             );
+        }
+    }
+
+    #[test]
+    fn normalized_text_is_cut_then_judged_again() {
+        let long = format!("  Ada\u{7}{}  ", "é".repeat(300));
+        let n = normalized(&long, MAX_NAME_LEN);
+        assert_eq!(n.chars().count(), MAX_NAME_LEN);
+        assert!(n.starts_with("Adaé") && !n.chars().any(char::is_control));
+        assert_eq!(normalized(" \u{0} Acme \n", 256), "Acme");
+        // Invisible before the cut (a leading mark is kept), visible only past it: nothing is
+        // left.
+        let hidden = format!("\u{200F}{}A", "\u{200B}".repeat(300));
+        assert_eq!(normalized(&hidden, 256), "");
+        // Leading invisible characters go before the cut; trailing ones the cut leaves go too.
+        assert_eq!(
+            normalized(&format!("{}A", "\u{200B}".repeat(300)), 256),
+            "A"
+        );
+        let tail = format!("Ada{}x", "\u{200B}".repeat(300));
+        assert_eq!(normalized(&tail, 256), "Ada");
+    }
+
+    #[test]
+    fn claimed_names_and_pictures_are_made_fit_to_show() {
+        assert_eq!(
+            claimed_name("report\u{202E}fdp.exe\u{200B}").as_deref(),
+            Some("reportfdp.exe")
+        );
+        for blank in ["\u{200B}\u{3164}", " \u{202E} ", ""] {
+            assert_eq!(claimed_name(blank), None, "{blank:?}");
+        }
+        assert_eq!(
+            claimed_name(&"x".repeat(300)).map(|n| n.chars().count()),
+            Some(MAX_NAME_LEN)
+        );
+        let ok = "https://img.clerk.com/ada.png";
+        assert_eq!(claimed_image_url(ok), Some(ok));
+        for bad in [
+            "http://img.clerk.com/ada.png",
+            "javascript:alert(1)",
+            "data:image/png;base64,AAAA",
+            "https://img.clerk.com/a\u{7}.png",
+            &format!("https://img.clerk.com/{}", "a".repeat(MAX_URL_LEN)),
+            "",
+        ] {
+            assert_eq!(claimed_image_url(bad), None, "{bad:?}");
         }
     }
 

@@ -14,31 +14,17 @@
 //! orders anything. Every command names the Clerk instance the envelope came from
 //! (`instance_id`), which the services record.
 
-use input_validation::displayable;
+use input_validation::{displayable, normalized};
 use serde::Deserialize;
 use vbase_proto::identity::v1 as idp;
 use vbase_proto::timestamp_from_millis;
 use vbase_proto::workspace::v1 as wsp;
 
-/// Longest name or slug the services store (`input_validation::MAX_NAME_LEN`).
-pub const MAX_NAME_CHARS: usize = 256;
+/// Longest name or slug the services store.
+pub const MAX_NAME_CHARS: usize = input_validation::MAX_NAME_LEN;
 
 /// Longest role stored (workspace-service's limit); Clerk's custom role keys can be longer.
 pub const MAX_ROLE: usize = 64;
-
-/// Clerk's text as the services store it: made displayable as our own names must be (no
-/// control characters, no bidirectional controls that would reorder what others see, nothing
-/// when nothing visible is left: [`input_validation::displayable`]), cut at `max` characters
-/// (on a character boundary). Clerk accepts names we would refuse; refusing them would lose the
-/// whole event (and, after Svix gives up, the change).
-pub fn normalized(text: &str, max: usize) -> String {
-    let cut: String = input_validation::displayable(text)
-        .chars()
-        .take(max)
-        .collect();
-    // The cut may leave only invisible characters (or trailing spaces): judged again.
-    input_validation::displayable(&cut)
-}
 
 /// An envelope `timestamp` below this is in seconds (10^11 ms is March 1973; 10^11 s is the
 /// year 5138).
@@ -614,12 +600,15 @@ mod tests {
             "Ada Lovelace"
         );
         // Visible only past the cut at 256 characters: what would be stored is invisible.
-        let hidden = format!("{}y", "\u{3164}".repeat(300));
+        let hidden = format!("\u{200F}{}y", "\u{3164}".repeat(300));
         assert_eq!(
             mk(Some(&hidden), Some("x"), Some("ada99")).display_name(),
             "ada99"
         );
-        assert_eq!(normalized(&format!("{}A", "\u{200B}".repeat(300)), 256), "");
+        assert_eq!(
+            normalized(&format!("\u{200F}{}A", "\u{200B}".repeat(300)), 256),
+            ""
+        );
     }
 
     #[test]

@@ -12,10 +12,10 @@ pub(super) async fn store_user(
         .as_user()
         .ok_or_else(|| Status::permission_denied("StoreUser is for user tokens"))?;
     validate::user_id("token sub", &user.user_id)?;
-    let name = user
-        .name
-        .clone()
-        .filter(|n| validate::text("name", n, validate::MAX_NAME_LEN).is_ok());
+    // Made displayable as the gateway makes Clerk's names: the token's name replaces the
+    // gateway's cleaned one when the token is newer. Nothing visible left is no name, which
+    // keeps the name held (or makes a new user "Anonymous").
+    let name = user.name.as_deref().and_then(validate::claimed_name);
     let email = user.email.clone().filter(|e| validate::email(e).is_ok());
     let issued_at =
         chrono::DateTime::from_timestamp(user.issued_at, 0).unwrap_or_else(chrono::Utc::now);

@@ -40,7 +40,7 @@ pub(super) async fn compare_users(
         .map(|u| {
             validate::user_id("users[].clerk_id", &u.clerk_id)?;
             Ok(reconcile::Listed {
-                updated_at: validate::occurred_at(u.occurred_at.as_ref())?,
+                updated_at: validate::source_time("users[].occurred_at", u.occurred_at.as_ref())?,
                 clerk_id: u.clerk_id,
                 name: u.name.trim().to_owned(),
                 email: u.email,
@@ -49,16 +49,25 @@ pub(super) async fn compare_users(
         })
         .collect::<Result<Vec<_>, validate::Invalid>>()?;
     let range = m.range.unwrap_or_default();
-    let position = |t: Option<&prost_types::Timestamp>, id: String| {
-        validate::optional_time(t).map(|t| (t, id))
+    // A position is where a page starts or ends in the listing, not a change: any time
+    // protobuf can hold (the gateway's probe places an empty stretch in 1970).
+    let position = |field, t: Option<&prost_types::Timestamp>, id: String| {
+        Ok::<_, validate::Invalid>(validate::optional_time(field, t)?.map(|t| (t, id)))
     };
     let page = reconcile::Page {
         run,
-        started_at: validate::occurred_at(m.started_at.as_ref())
-            .map_err(|_| Status::invalid_argument("started_at is required"))?,
+        started_at: validate::source_time("started_at", m.started_at.as_ref())?,
         users,
-        after: position(range.after_created_at.as_ref(), range.after_id),
-        through: position(range.through_created_at.as_ref(), range.through_id),
+        after: position(
+            "range.after_created_at",
+            range.after_created_at.as_ref(),
+            range.after_id,
+        )?,
+        through: position(
+            "range.through_created_at",
+            range.through_created_at.as_ref(),
+            range.through_id,
+        )?,
         scope: m.scope_id,
     };
     let results = reconcile::compare(&api.pool, &page).await?;

@@ -27,10 +27,13 @@ impl IdentityApi {
                 name: c.name.trim().to_owned(),
                 email: c.email.clone(),
                 image_url: c.image_url.clone(),
-                created_at: validate::optional_time(c.created_at.as_ref()),
-                event_time: validate::optional_time(c.event_time.as_ref()),
-                // Absent (an older gateway, or not banned) or zero: nothing revoked.
-                tokens_revoked_at: validate::optional_time(c.tokens_revoked_at.as_ref()),
+                created_at: validate::optional_source_time("created_at", c.created_at.as_ref())?,
+                event_time: validate::optional_source_time("event_time", c.event_time.as_ref())?,
+                // Absent (an older gateway, or not banned): nothing revoked.
+                tokens_revoked_at: validate::optional_source_time(
+                    "tokens_revoked_at",
+                    c.tokens_revoked_at.as_ref(),
+                )?,
             })
         })();
         let result = match cmd {
@@ -120,7 +123,7 @@ pub(super) async fn delete_user(
     let c = req.into_inner();
     let cmd = (|| {
         validate::event_id(&c.event_id)?;
-        let occurred_at = validate::optional_time(c.occurred_at.as_ref());
+        let occurred_at = validate::optional_source_time("occurred_at", c.occurred_at.as_ref())?;
         validate::user_id("clerk_id", &c.clerk_id)?;
         Ok::<_, Error>(users::DeleteUser {
             event_id: c.event_id.clone(),

@@ -249,6 +249,103 @@ async fn invalid_input_is_refused_and_writes_nothing() {
     );
 }
 
+/// A sync command's time more than a day ahead of the service's clock, or malformed, is
+/// refused naming the field, and writes nothing: stored, a far-future `occurred_at` would make
+/// every later state of the user stale, a far-future `tokens_revoked_at` would refuse the user's
+/// tokens until then, and a malformed one must not read as "not banned" or "time unknown".
+#[tokio::test]
+async fn sync_times_in_the_future_or_malformed_are_refused_and_write_nothing() {
+    let env = start().await;
+    let mut c = env.client().await;
+    let now = token_auth::signing::now_secs();
+    let decade = ts(now + 10 * 365 * 86_400);
+    let nanos = |nanos| {
+        Some(prost_types::Timestamp {
+            seconds: now - 60,
+            nanos,
+        })
+    };
+    let ok = || upsert("t1", now - 60 - T0, "user_t", "N", "a@b.co");
+    let bad: Vec<(&str, pb::UpsertUserCommand)> = vec![
+        (
+            "occurred_at is in the future",
+            pb::UpsertUserCommand {
+                occurred_at: decade,
+                ..ok()
+            },
+        ),
+        (
+            "tokens_revoked_at is in the future",
+            pb::UpsertUserCommand {
+                tokens_revoked_at: decade,
+                ..ok()
+            },
+        ),
+        (
+            "event_time is in the future",
+            pb::UpsertUserCommand {
+                event_time: decade,
+                ..ok()
+            },
+        ),
+        (
+            "created_at is in the future",
+            pb::UpsertUserCommand {
+                created_at: decade,
+                ..ok()
+            },
+        ),
+        (
+            "tokens_revoked_at.nanos must be",
+            pb::UpsertUserCommand {
+                tokens_revoked_at: nanos(2_000_000_000),
+                ..ok()
+            },
+        ),
+        (
+            "event_time is out of range",
+            pb::UpsertUserCommand {
+                event_time: ts(-1),
+                ..ok()
+            },
+        ),
+        (
+            "created_at.nanos must be",
+            pb::UpsertUserCommand {
+                created_at: nanos(-1),
+                ..ok()
+            },
+        ),
+    ];
+    for (says, cmd) in bad {
+        let err = c.upsert_user(env.service(cmd)).await.unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{says}: {err:?}");
+        assert!(err.message().starts_with(says), "{says}: {err:?}");
+    }
+    for (says, occurred_at) in [
+        ("occurred_at.nanos must be", nanos(2_000_000_000)),
+        ("occurred_at is in the future", decade),
+    ] {
+        let delete = pb::DeleteUserCommand {
+            occurred_at,
+            ..delete("t2", 0, "user_d")
+        };
+        let err = c.delete_user(env.service(delete)).await.unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{says}: {err:?}");
+        assert!(err.message().starts_with(says), "{says}: {err:?}");
+    }
+    // Nothing was written, and neither event id was recorded (a delete applied would have
+    // recorded its own: the same id again would be a duplicate).
+    assert!(stored(&env, "user_t").await.is_none());
+    assert_eq!(apply(&env, ok()).await, CommandOutcome::Applied);
+    let deleted = c
+        .delete_user(env.service(delete("t2", 0, "user_d")))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(deleted.outcome(), CommandOutcome::Applied);
+}
+
 #[tokio::test]
 async fn store_user_creates_from_claims_and_current_user_reads_it() {
     let env = start().await;
@@ -319,6 +416,60 @@ async fn store_user_refreshes_name_and_email_from_a_newer_token() {
     );
     // The image from the webhook is kept.
     assert_eq!(u.image_url, "https://img.clerk.com/Old Name");
+}
+
+/// The name of a user's token is made displayable as the gateway makes Clerk's names (the same
+/// function): bidirectional controls and invisible characters go, so others never see
+/// "report\u{202E}fdp.exe" as "reportexe.pdf". A name with nothing visible left is no name: a
+/// new user is "Anonymous", and a user held keeps the clean name held (the token's other
+/// claims still apply).
+#[tokio::test]
+async fn store_user_shows_others_the_tokens_name_made_displayable() {
+    let env = start().await;
+    let mut c = env.client().await;
+    let store = |id: &str, name: &str, email: &str| {
+        let claims = env.issuers.clerk.claims(id, name, email, None);
+        bearer(pb::StoreUserRequest {}, &env.issuers.clerk.sign(&claims))
+    };
+    // What another user sees of `id`.
+    let name_seen = async |id: &str| {
+        let req = pb::GetUserRequest {
+            clerk_id: id.into(),
+        };
+        let mut c = env.client().await;
+        let found = c.get_user(env.user("user_other", req)).await.unwrap();
+        found.into_inner().user.unwrap().name
+    };
+
+    c.store_user(store("user_rtl", "report\u{202E}fdp.exe\u{200B}", "r@b.co"))
+        .await
+        .unwrap();
+    assert_eq!(name_seen("user_rtl").await, "reportfdp.exe");
+
+    c.store_user(store("user_blank", "\u{200B}\u{3164}\u{202E}", "b@b.co"))
+        .await
+        .unwrap();
+    assert_eq!(name_seen("user_blank").await, "Anonymous");
+
+    // Held with a clean name from Clerk, older than the token: the token's new email is
+    // taken, its invisible name is not.
+    apply(
+        &env,
+        upsert("w1", 1000, "user_held", "Ada Lovelace", "old@b.co"),
+    )
+    .await;
+    let own = c
+        .store_user(store("user_held", "\u{3164}", "new@b.co"))
+        .await
+        .unwrap()
+        .into_inner()
+        .user
+        .unwrap();
+    assert_eq!(
+        (own.name.as_str(), own.email.as_str()),
+        ("Ada Lovelace", "new@b.co")
+    );
+    assert_eq!(name_seen("user_held").await, "Ada Lovelace");
 }
 
 /// A token without a name makes a user named "Anonymous", never named by their email: the name

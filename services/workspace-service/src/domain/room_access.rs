@@ -112,7 +112,10 @@ pub fn permissions_for(caller: &Caller) -> &'static [&'static str] {
 pub struct RoomEntry {
     pub room_id: String,
     pub user_id: String,
+    /// The token's `name` made displayable as Clerk's names are stored
+    /// ([`input_validation::claimed_name`]); none when nothing visible is left.
     pub name: Option<String>,
+    /// The token's `picture` when it is an `https` URL ([`input_validation::claimed_image_url`]).
     pub avatar: Option<String>,
     pub permissions: &'static [&'static str],
 }
@@ -165,8 +168,13 @@ pub async fn room_entry(
     Ok(RoomEntry {
         room_id: room.id(),
         user_id: id.clone(),
-        name: name.clone(),
-        avatar: avatar.clone(),
+        // Other users see both: the token's raw claims could reorder a name or point an image
+        // at any scheme.
+        name: name.as_deref().and_then(input_validation::claimed_name),
+        avatar: avatar
+            .as_deref()
+            .and_then(input_validation::claimed_image_url)
+            .map(str::to_owned),
         permissions: permissions_for(caller),
     })
 }

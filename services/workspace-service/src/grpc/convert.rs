@@ -155,19 +155,19 @@ parse!(pb::UpsertWorkspaceCommand => UpsertWorkspace, |m| {
     Ok(UpsertWorkspace {
         event_id,
         occurred_at,
-        event_time: v::optional_time(m.event_time.as_ref()),
+        event_time: v::optional_source_time("event_time", m.event_time.as_ref())?,
         org,
         name,
         slug: Some(m.slug.trim().to_owned()).filter(|s| !s.is_empty()),
         owner,
-        clerk_created_at: v::optional_time(m.created_at.as_ref()),
+        clerk_created_at: v::optional_source_time("created_at", m.created_at.as_ref())?,
     })
 });
 
 parse!(pb::DeleteWorkspaceCommand => DeleteWorkspace, |m| {
     Ok(DeleteWorkspace {
         event_id: EventId::parse(&m.event_id)?,
-        occurred_at: v::optional_time(m.occurred_at.as_ref()),
+        occurred_at: v::optional_source_time("occurred_at", m.occurred_at.as_ref())?,
         org: OrgId::parse("clerk_org_id", &m.clerk_org_id)?,
     })
 });
@@ -194,8 +194,8 @@ fn membership(f: MembershipFields<'_>, role: Option<&str>) -> Result<MembershipC
         user: UserId::parse("clerk_user_id", f.user)?,
         role: role.map(Role::parse).transpose()?,
         membership_id: f.membership_id.to_owned(),
-        membership_created_at: v::optional_time(f.created_at),
-        event_time: v::optional_time(f.event_time),
+        membership_created_at: v::optional_source_time("membership_created_at", f.created_at)?,
+        event_time: v::optional_source_time("event_time", f.event_time)?,
     })
 }
 
@@ -226,7 +226,7 @@ parse!(pb::DeleteMembershipCommand => MembershipChange, |m| {
 parse!(pb::RemoveUserCommand => RemoveUser, |m| {
     Ok(RemoveUser {
         event_id: EventId::parse(&m.event_id)?,
-        occurred_at: v::optional_time(m.occurred_at.as_ref()),
+        occurred_at: v::optional_source_time("occurred_at", m.occurred_at.as_ref())?,
         user: UserId::parse("clerk_user_id", &m.clerk_user_id)?,
     })
 });
@@ -234,7 +234,7 @@ parse!(pb::RemoveUserCommand => RemoveUser, |m| {
 parse!(pb::RevokeUserTokensCommand => RevokeUserTokens, |m| {
     Ok(RevokeUserTokens {
         event_id: EventId::parse(&m.event_id)?,
-        revoked_at: required_time("revoked_at", m.revoked_at.as_ref())?,
+        revoked_at: v::source_time("revoked_at", m.revoked_at.as_ref())?,
         user: UserId::parse("clerk_user_id", &m.clerk_user_id)?,
     })
 });

@@ -51,15 +51,25 @@ fn page<T>(
     let range = range.ok_or_else(|| {
         Error::Invalid("range is required (the stretch of the listing the page covers)".into())
     })?;
-    let position =
-        |t: Option<&prost_types::Timestamp>, id: String| v::optional_time(t).map(|t| (t, id));
+    // A position is where a page starts or ends in the listing, not a change: any time
+    // protobuf can hold (the gateway's probe places an empty stretch in 1970).
+    let position = |field, t: Option<&prost_types::Timestamp>, id: String| {
+        Ok::<_, Error>(v::optional_time(field, t)?.map(|t| (t, id)))
+    };
     Ok(Page {
         run,
-        started_at: v::occurred_at(started_at)
-            .map_err(|_| Error::Invalid("started_at is required".into()))?,
+        started_at: v::source_time("started_at", started_at)?,
         items,
-        after: position(range.after_created_at.as_ref(), range.after_id),
-        through: position(range.through_created_at.as_ref(), range.through_id),
+        after: position(
+            "range.after_created_at",
+            range.after_created_at.as_ref(),
+            range.after_id,
+        )?,
+        through: position(
+            "range.through_created_at",
+            range.through_created_at.as_ref(),
+            range.through_id,
+        )?,
         scope,
     })
 }
@@ -67,8 +77,7 @@ fn page<T>(
 fn unseen(m: pb::ListUnseenRequest) -> Result<Unseen, Error> {
     Ok(Unseen {
         run: run_id(&m.run_id)?,
-        started_at: v::occurred_at(m.started_at.as_ref())
-            .map_err(|_| Error::Invalid("started_at is required".into()))?,
+        started_at: v::source_time("started_at", m.started_at.as_ref())?,
         after: m.after,
         limit: v::page_size(m.limit, 500, reconcile::MAX_PAGE as i64)?,
         scope: m.scope_id,
@@ -91,9 +100,8 @@ pub(super) async fn compare_workspaces(
         .map(|w| {
             OrgId::parse("workspaces[].clerk_org_id", &w.clerk_org_id)?;
             Ok(ListedOrg {
-                updated_at: v::occurred_at(w.occurred_at.as_ref())?,
-                created_at: v::optional_time(w.created_at.as_ref())
-                    .ok_or_else(|| Error::Invalid("workspaces[].created_at is required".into()))?,
+                updated_at: v::source_time("workspaces[].occurred_at", w.occurred_at.as_ref())?,
+                created_at: v::source_time("workspaces[].created_at", w.created_at.as_ref())?,
                 org: w.clerk_org_id,
                 name: w.name.trim().to_owned(),
                 slug: w.slug.trim().to_owned(),
@@ -131,10 +139,11 @@ pub(super) async fn compare_memberships(
             )?;
             Ok(ListedMembership {
                 role: Role::parse(&c.role)?,
-                created_at: v::optional_time(c.membership_created_at.as_ref()).ok_or_else(
-                    || Error::Invalid("memberships[].membership_created_at is required".into()),
+                created_at: v::source_time(
+                    "memberships[].membership_created_at",
+                    c.membership_created_at.as_ref(),
                 )?,
-                updated_at: v::occurred_at(c.occurred_at.as_ref())?,
+                updated_at: v::source_time("memberships[].occurred_at", c.occurred_at.as_ref())?,
                 org: c.clerk_org_id,
                 user: c.clerk_user_id,
                 membership_id: c.clerk_membership_id,

@@ -162,6 +162,55 @@ async fn a_user_with_a_very_long_name_still_gets_a_token() {
     assert!(long_name.starts_with(info["name"].as_str().unwrap()));
 }
 
+/// Liveblocks shows `userInfo` to the room's other users: the token's name is made
+/// displayable as Clerk's names are stored (no bidirectional controls or invisible characters;
+/// none when nothing visible is left), and its picture is sent only when it is an `https` URL.
+#[tokio::test]
+async fn the_user_info_others_see_is_cleaned_name_and_https_picture_only() {
+    let env = support::start().await;
+    let (_, doc) = fixture(&env).await;
+    let org = OrgClaim {
+        id: ORG.into(),
+        role: "org:member".into(),
+        slug: String::new(),
+    };
+    let cases = [
+        (
+            "report\u{202E}fdp.exe\u{200B}",
+            "javascript:alert(1)",
+            json!({"name": "reportfdp.exe"}),
+        ),
+        (
+            "\u{200B}\u{3164}",
+            "https://img.clerk.com/ada.png",
+            json!({"avatar": "https://img.clerk.com/ada.png"}),
+        ),
+        (
+            "Ada\u{2066} Lovelace",
+            "http://img.clerk.com/ada.png",
+            json!({"name": "Ada Lovelace"}),
+        ),
+    ];
+    for (name, picture, _) in &cases {
+        let mut claims = env
+            .issuers
+            .clerk
+            .claims("user_m", name, "ada@example.com", Some(&org));
+        claims["picture"] = json!(picture);
+        let token = env.issuers.clerk.sign(&claims);
+        env.client()
+            .await
+            .authorize_liveblocks_room(ask(&token, &doc))
+            .await
+            .unwrap();
+    }
+    let issued = env.liveblocks.authorizations();
+    assert_eq!(issued.len(), cases.len());
+    for (grant, (name, _, want)) in issued.iter().zip(&cases) {
+        assert_eq!(&grant.user_info, want, "{name:?}");
+    }
+}
+
 #[tokio::test]
 async fn others_get_no_token() {
     let env = support::start().await;

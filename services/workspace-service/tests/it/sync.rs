@@ -392,3 +392,145 @@ async fn sync_commands_refuse_users_and_bad_input_writes_nothing() {
         .into_inner();
     assert_eq!(ok.outcome(), O::Applied);
 }
+
+/// A sync command's time more than a day ahead of the service's clock, or malformed, is
+/// refused naming the field, and writes nothing: stored, a revocation dated 10 years ahead
+/// would refuse every token of the user for 10 years (the latest time is kept), a far-future
+/// `occurred_at` would make every later state stale, and a malformed optional time must not
+/// read as "unknown".
+#[tokio::test]
+async fn sync_times_in_the_future_or_malformed_are_refused_and_write_nothing() {
+    let env = start_with(false).await;
+    let mut c = env.client().await;
+    let now = token_auth::signing::now_secs();
+    let decade = ts(now + 10 * 365 * 86_400);
+    let nanos = |nanos| {
+        Some(prost_types::Timestamp {
+            seconds: now - 60,
+            nanos,
+        })
+    };
+    let expect_refused = |says: &str, refused: Option<tonic::Status>| {
+        let err = refused.expect("refused");
+        assert_eq!(err.code(), Code::InvalidArgument, "{says}: {err:?}");
+        assert!(err.message().starts_with(says), "{says}: {err:?}");
+    };
+    let revoke = |revoked_at| pb::RevokeUserTokensCommand {
+        event_id: "t-revoke".into(),
+        revoked_at,
+        clerk_user_id: "user_t".into(),
+        ..Default::default()
+    };
+    expect_refused(
+        "revoked_at is in the future",
+        c.revoke_user_tokens(env.service(revoke(decade)))
+            .await
+            .err(),
+    );
+    expect_refused(
+        "revoked_at.nanos must be",
+        c.revoke_user_tokens(env.service(revoke(nanos(2_000_000_000))))
+            .await
+            .err(),
+    );
+    assert_eq!(env.count("user_revocations").await, 0);
+
+    let upsert = || upsert_ws("t-ws", now - 60 - T0, "org_t", "T");
+    for (says, cmd) in [
+        (
+            "occurred_at is in the future",
+            pb::UpsertWorkspaceCommand {
+                occurred_at: decade,
+                ..upsert()
+            },
+        ),
+        (
+            "event_time is in the future",
+            pb::UpsertWorkspaceCommand {
+                event_time: decade,
+                ..upsert()
+            },
+        ),
+        (
+            "created_at.nanos must be",
+            pb::UpsertWorkspaceCommand {
+                created_at: nanos(2_000_000_000),
+                ..upsert()
+            },
+        ),
+    ] {
+        expect_refused(says, c.upsert_workspace(env.service(cmd)).await.err());
+    }
+    let member = || membership("t-m", now - 60 - T0, "org_t", "user_t", "org:member");
+    for (says, cmd) in [
+        (
+            "event_time.nanos must be",
+            pb::UpsertMembershipCommand {
+                event_time: nanos(-1),
+                ..member()
+            },
+        ),
+        (
+            "membership_created_at is out of range",
+            pb::UpsertMembershipCommand {
+                membership_created_at: ts(-1),
+                ..member()
+            },
+        ),
+    ] {
+        expect_refused(says, c.upsert_membership(env.service(cmd)).await.err());
+    }
+    assert_eq!(env.count("workspaces").await, 0);
+    assert_eq!(env.count("memberships").await, 0);
+
+    // Deletes: a malformed time was read as "unknown" and the deletion applied.
+    c.upsert_workspace(env.service(upsert_ws("t-held", 1, "org_held", "Held")))
+        .await
+        .unwrap();
+    let delete = pb::DeleteWorkspaceCommand {
+        occurred_at: nanos(2_000_000_000),
+        ..delete_ws("t-del", 2, "org_held")
+    };
+    expect_refused(
+        "occurred_at.nanos must be",
+        c.delete_workspace(env.service(delete)).await.err(),
+    );
+    let remove = |occurred_at| pb::RemoveUserCommand {
+        event_id: "t-rm".into(),
+        occurred_at,
+        clerk_user_id: "user_t".into(),
+        ..Default::default()
+    };
+    expect_refused(
+        "occurred_at.nanos must be",
+        c.remove_user(env.service(remove(nanos(2_000_000_000))))
+            .await
+            .err(),
+    );
+    expect_refused(
+        "occurred_at is in the future",
+        c.remove_user(env.service(remove(decade))).await.err(),
+    );
+    assert_eq!(env.count("workspace_tombstones").await, 0);
+    assert_eq!(env.count("removed_users").await, 0);
+
+    // No event id was recorded: each applies now.
+    let applied = c
+        .revoke_user_tokens(env.service(revoke(ts(now - 60))))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(applied.outcome(), O::Applied);
+    let applied = c
+        .upsert_workspace(env.service(upsert()))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(applied.outcome(), O::Applied);
+    let applied = c
+        .remove_user(env.service(remove(ts(now - 60))))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(applied.outcome(), O::Applied);
+}
