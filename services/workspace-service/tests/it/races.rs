@@ -180,6 +180,7 @@ async fn writes_racing_their_rooms_deletion_are_refused() {
                 kind: pb::ItemKind::Document.into(),
                 name: "Plan".into(),
                 language: String::new(),
+                request_id: String::new(),
             },
         );
         let mut c = c.clone();
@@ -247,6 +248,7 @@ async fn room(env: &Env, org: &str, kind: pb::RoomKind, name: &str) -> String {
                 clerk_org_id: org.into(),
                 kind: kind.into(),
                 name: name.into(),
+                request_id: String::new(),
             },
         ))
         .await
@@ -278,6 +280,7 @@ async fn removals_racing_their_rooms_deletion_are_refused() {
                 kind: pb::ItemKind::Document.into(),
                 name: "Plan".into(),
                 language: String::new(),
+                request_id: String::new(),
             },
         ))
         .await
@@ -302,6 +305,7 @@ async fn removals_racing_their_rooms_deletion_are_refused() {
                     seconds: 2_000_003_600,
                     nanos: 0,
                 }),
+                request_id: String::new(),
             },
         ))
         .await
