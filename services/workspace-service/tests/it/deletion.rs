@@ -25,9 +25,11 @@ const TABLES: &[&str] = &[
     "whiteboards",
     "meetings",
     "memberships",
+    "create_requests",
 ];
 
-/// Builds content in `org` through the API; returns the Liveblocks room ids it should produce.
+/// Builds content in `org` through the API (each create with a request id); returns the
+/// Liveblocks room ids it should produce.
 async fn populate(env: &Env, org: &str) -> BTreeSet<String> {
     env.workspace(org).await;
     let mut c = env.client().await;
@@ -63,7 +65,7 @@ async fn populate(env: &Env, org: &str) -> BTreeSet<String> {
                 channel_id: ch.id.clone(),
                 body: format!("m{i}"),
                 author_clerk_id: String::new(),
-                request_id: String::new(),
+                request_id: uuid::Uuid::new_v4().to_string(),
             },
         ))
         .await
@@ -93,7 +95,7 @@ async fn populate(env: &Env, org: &str) -> BTreeSet<String> {
                     clerk_org_id: org.into(),
                     kind: kind.into(),
                     name: "r".into(),
-                    request_id: String::new(),
+                    request_id: uuid::Uuid::new_v4().to_string(),
                 },
             ))
             .await
@@ -114,7 +116,7 @@ async fn populate(env: &Env, org: &str) -> BTreeSet<String> {
                                 kind: k.into(),
                                 name: format!("i{n}"),
                                 language: String::new(),
-                                request_id: String::new(),
+                                request_id: uuid::Uuid::new_v4().to_string(),
                             },
                         ))
                         .await
@@ -134,7 +136,7 @@ async fn populate(env: &Env, org: &str) -> BTreeSet<String> {
                         title: "m".into(),
                         starts_at: ts(2_000_000_000),
                         ends_at: ts(2_000_000_060),
-                        request_id: String::new(),
+                        request_id: uuid::Uuid::new_v4().to_string(),
                     },
                 ))
                 .await

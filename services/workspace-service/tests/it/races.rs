@@ -10,7 +10,7 @@ use vbase_proto::workspace::v1 as pb;
 
 /// The workspace's numbering held by the test: each writer passes its checks, then waits, at
 /// its number or at a row the deletion locked, in the order they came.
-async fn hold_numbering(env: &Env, ws: &str) -> Held {
+pub(crate) async fn hold_numbering(env: &Env, ws: &str) -> Held {
     env.hold(&format!(
         "SELECT 1 FROM change_heads WHERE workspace_id = '{ws}' FOR UPDATE"
     ))
