@@ -215,6 +215,7 @@ async fn liveblocks_room(
                 clerk_org_id: org.into(),
                 kind: wsp::RoomKind::Document.into(),
                 name: "Docs".into(),
+                request_id: String::new(),
             },
             service,
         ))
@@ -232,6 +233,7 @@ async fn liveblocks_room(
             kind: wsp::ItemKind::Document.into(),
             name: "Plan".into(),
             language: String::new(),
+            request_id: String::new(),
         },
         service,
     ))

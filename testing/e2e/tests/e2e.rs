@@ -371,6 +371,7 @@ async fn the_seed_lifecycle_end_to_end() {
                 channel_id: general.clone(),
                 body: text.into(),
                 author_clerk_id: String::new(),
+                request_id: String::new(),
             },
         ))
         .await
@@ -403,6 +404,7 @@ async fn the_seed_lifecycle_end_to_end() {
                     clerk_org_id: "org_acme".into(),
                     kind: kind.into(),
                     name: "room".into(),
+                    request_id: String::new(),
                 },
             ))
             .await
@@ -423,6 +425,7 @@ async fn the_seed_lifecycle_end_to_end() {
                             kind: k.into(),
                             name: "item".into(),
                             language: String::new(),
+                            request_id: String::new(),
                         },
                     ))
                     .await
@@ -442,6 +445,7 @@ async fn the_seed_lifecycle_end_to_end() {
                         title: "standup".into(),
                         starts_at: service_harness::ts(2_000_000_000),
                         ends_at: service_harness::ts(2_000_000_900),
+                        request_id: String::new(),
                     },
                 ))
                 .await

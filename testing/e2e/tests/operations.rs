@@ -518,6 +518,7 @@ async fn the_documented_metrics_exist_and_move_as_documented() {
                 clerk_org_id: "org_m".into(),
                 kind: wsp::RoomKind::Conference.into(),
                 name: "standup".into(),
+                request_id: String::new(),
             },
             &caller,
         ))

@@ -109,6 +109,7 @@ impl Ctx {
                     clerk_org_id: org.clone(),
                     kind,
                     name: format!("room {n}"),
+                    request_id: String::new(),
                 });
                 let Ok(room) = self.client.create_room(r).await else {
                     return false;
@@ -137,6 +138,7 @@ impl Ctx {
                     kind,
                     name: format!("item {n}"),
                     language: String::new(),
+                    request_id: String::new(),
                 });
                 let Ok(item) = self.client.create_room_item(r).await else {
                     return false;
@@ -168,6 +170,7 @@ impl Ctx {
                     channel_id,
                     body: body.clone(),
                     author_clerk_id: AUTHOR.into(),
+                    request_id: String::new(),
                 });
                 let Ok(m) = self.client.post_message(r).await else {
                     return false;

@@ -206,6 +206,7 @@ async fn the_services_run_as_a_role_that_changes_no_schema_and_migrate_as_the_ow
             channel_id: channel.id.clone(),
             body: "hello".into(),
             author_clerk_id: String::new(),
+            request_id: String::new(),
         },
     ))
     .await
@@ -218,6 +219,7 @@ async fn the_services_run_as_a_role_that_changes_no_schema_and_migrate_as_the_ow
             clerk_org_id: "org_1".into(),
             kind: wsp::RoomKind::Document as i32,
             name: "spec".into(),
+            request_id: String::new(),
         },
     ))
     .await

@@ -7,6 +7,7 @@ use super::access::{
 use super::changes::record_workspace;
 use super::events::timestamp;
 use super::liveblocks::enqueue;
+use super::requests::{self, Claimed, Kind};
 use crate::error::Error;
 use crate::model::paging::PageRequest;
 use crate::model::{Cursor, ItemKind, Page};
@@ -57,6 +58,8 @@ impl crate::model::paging::WireSize for ItemRecord {
 /// is the item's workspace, in every one but the lookup by id alone.
 struct ItemSql {
     insert: &'static str,
+    /// The item `$2` of workspace `$1`.
+    get: &'static str,
     list: &'static str,
     rename: &'static str,
     delete: &'static str,
@@ -79,6 +82,13 @@ macro_rules! item_sql {
                 ") RETURNING id, room_id, name, ",
                 $lang,
                 ", created_by, created_at, updated_at"
+            ),
+            get: concat!(
+                "SELECT id, room_id, name, ",
+                $lang,
+                ", created_by, created_at, updated_at FROM ",
+                $table,
+                " WHERE workspace_id = $1 AND id = $2"
             ),
             list: concat!(
                 "SELECT id, room_id, name, ",
@@ -143,9 +153,12 @@ pub struct NewItem {
     pub name: String,
     /// A code file's language (empty for other kinds).
     pub language: String,
+    /// The caller's id of this create, the same on its retries ([`requests`]).
+    pub request_id: Option<Uuid>,
 }
 
-/// Creates a document, code file or whiteboard in a room of the matching kind.
+/// Creates a document, code file or whiteboard in a room of the matching kind. A retry of a
+/// create with its request id answers the item it made.
 pub async fn create_item(
     conn: &mut AsyncPgConnection,
     caller: &Caller,
@@ -160,14 +173,33 @@ pub async fn create_item(
             new.kind.table()
         )));
     }
+    let request = new.request_id.map(|id| requests::Request {
+        workspace: ws,
+        requester: requests::requester(caller, None),
+        id,
+        kind: Kind::Item(new.kind),
+        parent: new.room_id,
+    });
+    let id = Uuid::now_v7();
     let q = prepared(sql(new.kind).insert)
         .bind::<SqlUuid, _>(ws)
-        .bind::<SqlUuid, _>(Uuid::now_v7())
+        .bind::<SqlUuid, _>(id)
         .bind::<SqlUuid, _>(new.room_id)
         .bind::<Text, _>(&new.name)
         .bind::<Text, _>(caller.actor());
     conn.transaction::<_, Error, _>(async |conn| {
         hold_room(conn, caller, ws, new.room_id, "room").await?;
+        if let Some(request) = &request
+            && let Claimed::Earlier(earlier) = requests::claim(conn, request, id).await?
+        {
+            let item: Option<ItemRecord> = prepared(sql(new.kind).get)
+                .bind::<SqlUuid, _>(ws)
+                .bind::<SqlUuid, _>(earlier)
+                .one(conn)
+                .await
+                .optional()?;
+            return item.ok_or_else(|| requests::deleted_since(Kind::Item(new.kind)));
+        }
         let item: ItemRecord = if new.kind == ItemKind::CodeFile {
             q.bind::<Text, _>(&new.language).one(conn).await?
         } else {
@@ -320,6 +352,7 @@ mod tests {
             let table = kind.table();
             for stmt in [
                 s.insert,
+                s.get,
                 s.list,
                 s.rename,
                 s.delete,

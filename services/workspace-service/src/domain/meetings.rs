@@ -3,6 +3,7 @@
 use super::access::{Caller, hold_room, lookup_workspace, require_active_user, room_scope, unseen};
 use super::changes::record_workspace;
 use super::events::timestamp;
+use super::requests::{self, Claimed, Kind};
 use crate::error::Error;
 use crate::model::paging::PageRequest;
 use crate::model::{Cursor, Page, RoomKind};
@@ -45,6 +46,8 @@ pub struct NewMeeting {
     pub title: String,
     pub starts_at: DateTime<Utc>,
     pub ends_at: DateTime<Utc>,
+    /// The caller's id of this create, the same on its retries ([`requests`]).
+    pub request_id: Option<Uuid>,
 }
 
 async fn conference_room(
@@ -62,7 +65,8 @@ async fn conference_room(
     Ok(ws)
 }
 
-/// Schedules a meeting in a conference room.
+/// Schedules a meeting in a conference room. A retry with the request's id answers the meeting
+/// it scheduled (cancelled since or not).
 pub async fn schedule_meeting(
     conn: &mut AsyncPgConnection,
     caller: &Caller,
@@ -70,11 +74,30 @@ pub async fn schedule_meeting(
 ) -> Result<MeetingRecord, Error> {
     let ws = conference_room(conn, caller, new.room_id).await?;
     require_active_user(conn, caller).await?;
+    let request = new.request_id.map(|id| requests::Request {
+        workspace: ws,
+        requester: requests::requester(caller, None),
+        id,
+        kind: Kind::Meeting,
+        parent: new.room_id,
+    });
+    let id = Uuid::now_v7();
     conn.transaction::<_, Error, _>(async |conn| {
         hold_room(conn, caller, ws, new.room_id, "room").await?;
+        if let Some(request) = &request
+            && let Claimed::Earlier(earlier) = requests::claim(conn, request, id).await?
+        {
+            let m: Option<MeetingRecord> = meetings::table
+                .find((ws, earlier))
+                .select(MeetingRecord::as_select())
+                .one(conn)
+                .await
+                .optional()?;
+            return m.ok_or_else(|| requests::deleted_since(Kind::Meeting));
+        }
         let m = diesel::insert_into(meetings::table)
             .values((
-                meetings::id.eq(Uuid::now_v7()),
+                meetings::id.eq(id),
                 meetings::workspace_id.eq(ws),
                 meetings::room_id.eq(new.room_id),
                 meetings::title.eq(&new.title),

@@ -6,6 +6,7 @@ use super::access::{
 };
 use super::changes;
 use super::events::timestamp;
+use super::requests::{self, Claimed, Kind};
 use crate::error::Error;
 use crate::model::paging::{FIELD, PageRequest, SMALL, TIMESTAMP, UUID, WireSize};
 use crate::model::{Cursor, Page, UserId};
@@ -65,9 +66,12 @@ pub struct NewMessage {
     pub body: String,
     /// The author a service names (users post as themselves; checked when a service calls).
     pub service_author: String,
+    /// The caller's id of this post, the same on its retries ([`requests`]).
+    pub request_id: Option<Uuid>,
 }
 
 /// Posts a message as the caller (services name the author); watchers of the channel hear it.
+/// A retry of a post with its request id answers the message the post made.
 pub async fn post_message(
     conn: &mut AsyncPgConnection,
     caller: &Caller,
@@ -81,13 +85,28 @@ pub async fn post_message(
     };
     let workspace = channel_scope(conn, caller, new.channel_id).await?;
     require_active_user(conn, caller).await?;
+    let request = new.request_id.map(|id| requests::Request {
+        workspace,
+        requester: requests::requester(caller, Some(&author)),
+        id,
+        kind: Kind::Message,
+        parent: new.channel_id,
+    });
+    let id = Uuid::now_v7();
     conn.transaction::<_, Error, _>(async |conn| {
+        if let Some(request) = &request
+            && let Claimed::Earlier(earlier) = requests::claim(conn, request, id).await?
+        {
+            return find_message(conn, workspace, earlier)
+                .await?
+                .ok_or_else(|| requests::deleted_since(Kind::Message));
+        }
         let m: MessageRecord = prepared(concat!(
             "INSERT INTO messages (id, channel_id, author_clerk_id, body, created_at, workspace_id)
              VALUES ($1, $2, $3, $4, clock_timestamp(), $5) RETURNING ",
             message_columns!()
         ))
-        .bind::<SqlUuid, _>(Uuid::now_v7())
+        .bind::<SqlUuid, _>(id)
         .bind::<SqlUuid, _>(new.channel_id)
         .bind::<Text, _>(&author)
         .bind::<Text, _>(&new.body)
@@ -102,6 +121,24 @@ pub async fn post_message(
         Ok(m)
     })
     .await
+}
+
+/// Message `id` of `workspace`, if it exists.
+async fn find_message(
+    conn: &mut AsyncPgConnection,
+    workspace: Uuid,
+    id: Uuid,
+) -> Result<Option<MessageRecord>, Error> {
+    Ok(prepared(concat!(
+        "SELECT ",
+        message_columns!(),
+        " FROM messages WHERE workspace_id = $1 AND id = $2"
+    ))
+    .bind::<SqlUuid, _>(workspace)
+    .bind::<SqlUuid, _>(id)
+    .one(conn)
+    .await
+    .optional()?)
 }
 
 /// Messages of a channel, newest first, a page of at most its rows and bytes. The bytes are

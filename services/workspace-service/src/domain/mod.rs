@@ -18,6 +18,7 @@ pub mod messages;
 pub mod purge;
 pub mod receipts;
 pub mod reconcile;
+pub mod requests;
 pub mod revocations;
 pub mod roles;
 pub mod room_access;

@@ -6,6 +6,7 @@ use super::access::{Caller, require_active_user, room_scope, unseen};
 use super::changes::record_workspace;
 use super::events::timestamp;
 use super::purge::hide_room;
+use super::requests::{self, Claimed, Kind};
 use crate::error::Error;
 use crate::model::paging::PageRequest;
 use crate::model::{Cursor, OrgId, Page, RoomKind};
@@ -73,9 +74,11 @@ pub struct NewRoom {
     pub org: OrgId,
     pub kind: RoomKind,
     pub name: String,
+    /// The caller's id of this create, the same on its retries ([`requests`]).
+    pub request_id: Option<Uuid>,
 }
 
-/// Creates a room.
+/// Creates a room. A retry of a create with its request id answers the room it made.
 pub async fn create_room(
     conn: &mut AsyncPgConnection,
     caller: &Caller,
@@ -83,10 +86,32 @@ pub async fn create_room(
 ) -> Result<RoomRecord, Error> {
     let ws = workspace_for(conn, caller, &new.org).await?;
     require_active_user(conn, caller).await?;
+    let request = new.request_id.map(|id| requests::Request {
+        workspace: ws.id,
+        requester: requests::requester(caller, None),
+        id,
+        kind: Kind::Room,
+        parent: ws.id,
+    });
+    let id = Uuid::now_v7();
     conn.transaction::<_, Error, _>(async |conn| {
+        if let Some(request) = &request
+            && let Claimed::Earlier(earlier) = requests::claim(conn, request, id).await?
+        {
+            let row: Option<RoomRow> = rooms::table
+                .find((ws.id, earlier))
+                .filter(rooms::deleted_at.is_null())
+                .select(RoomRow::as_select())
+                .one(conn)
+                .await
+                .optional()?;
+            return row
+                .ok_or_else(|| requests::deleted_since(Kind::Room))?
+                .try_into();
+        }
         let row: RoomRow = diesel::insert_into(rooms::table)
             .values((
-                rooms::id.eq(Uuid::now_v7()),
+                rooms::id.eq(id),
                 rooms::workspace_id.eq(ws.id),
                 rooms::kind.eq(new.kind.as_str()),
                 rooms::name.eq(&new.name),

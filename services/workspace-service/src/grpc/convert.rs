@@ -8,6 +8,7 @@ use crate::domain::meetings::NewMeeting;
 use crate::domain::memberships::{ListMembers, MembershipChange};
 use crate::domain::messages::{MAX_BODY, MAX_BODY_BYTES, NewMessage};
 use crate::domain::purge::DeleteWorkspace;
+use crate::domain::requests;
 use crate::domain::revocations::RevokeUserTokens;
 use crate::domain::rooms::{ListRooms, NewRoom};
 use crate::domain::users::RemoveUser;
@@ -287,6 +288,7 @@ parse!(pb::PostMessageRequest => NewMessage, |m| {
         channel_id,
         body: body(&m.body)?,
         service_author: m.author_clerk_id,
+        request_id: requests::parse(&m.request_id)?,
     })
 });
 
@@ -317,7 +319,8 @@ parse!(pb::MarkChannelReadRequest => MarkRead, |m| {
 parse!(pb::CreateRoomRequest => NewRoom, |m| {
     let org = OrgId::parse("clerk_org_id", &m.clerk_org_id)?;
     let kind = room_kind(m.kind)?;
-    Ok(NewRoom { org, kind, name: name(&m.name)? })
+    let name = name(&m.name)?;
+    Ok(NewRoom { org, kind, name, request_id: requests::parse(&m.request_id)? })
 });
 
 parse!(pb::ListRoomsRequest => ListRooms, |m| {
@@ -341,7 +344,8 @@ parse!(pb::CreateRoomItemRequest => NewItem, |m| {
     if kind != ItemKind::CodeFile && !m.language.is_empty() {
         return Err(Error::Invalid("language is for code files only".into()));
     }
-    Ok(NewItem { room_id, kind, name, language: m.language.trim().to_owned() })
+    let request_id = requests::parse(&m.request_id)?;
+    Ok(NewItem { room_id, kind, name, language: m.language.trim().to_owned(), request_id })
 });
 
 parse!(pb::ListRoomItemsRequest => PageOf, |m| {
@@ -375,7 +379,8 @@ parse!(pb::ScheduleMeetingRequest => NewMeeting, |m| {
     if ends_at <= starts_at {
         return Err(Error::Invalid("ends_at must be after starts_at".into()));
     }
-    Ok(NewMeeting { room_id, title, starts_at, ends_at })
+    let request_id = requests::parse(&m.request_id)?;
+    Ok(NewMeeting { room_id, title, starts_at, ends_at, request_id })
 });
 
 parse!(pb::ListMeetingsRequest => PageOf, |m| {

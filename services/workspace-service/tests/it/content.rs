@@ -29,6 +29,7 @@ pub(crate) fn post(ch: &str, body: &str) -> pb::PostMessageRequest {
         channel_id: ch.into(),
         body: body.into(),
         author_clerk_id: String::new(),
+        request_id: String::new(),
     }
 }
 
@@ -272,6 +273,7 @@ async fn messages_post_list_edit_delete() {
             channel_id: ch.id.clone(),
             body: "bot".into(),
             author_clerk_id: "user_bot".into(),
+            request_id: String::new(),
         }))
         .await;
     assert_eq!(
@@ -546,6 +548,7 @@ async fn rooms_items_and_meetings() {
                 clerk_org_id: "org_a".into(),
                 kind: kind.into(),
                 name: name.into(),
+                request_id: String::new(),
             },
         )
     };
@@ -611,6 +614,7 @@ async fn rooms_items_and_meetings() {
                 kind: kind.into(),
                 name: name.into(),
                 language: lang.into(),
+                request_id: String::new(),
             },
         )
     };
@@ -721,6 +725,7 @@ async fn rooms_items_and_meetings() {
                 title: "Sync".into(),
                 starts_at: ts(s),
                 ends_at: ts(e),
+                request_id: String::new(),
             },
         )
     };
@@ -869,6 +874,7 @@ async fn other_workspaces_are_denied_for_every_rpc() {
             clerk_org_id: "org_a".into(),
             kind: pb::RoomKind::Document.into(),
             name: "R".into(),
+            request_id: String::new(),
         }))
         .await
         .unwrap()
@@ -880,6 +886,7 @@ async fn other_workspaces_are_denied_for_every_rpc() {
             clerk_org_id: "org_a".into(),
             kind: pb::RoomKind::Conference.into(),
             name: "C".into(),
+            request_id: String::new(),
         }))
         .await
         .unwrap()
@@ -892,6 +899,7 @@ async fn other_workspaces_are_denied_for_every_rpc() {
             kind: pb::ItemKind::Document.into(),
             name: "D".into(),
             language: String::new(),
+            request_id: String::new(),
         }))
         .await
         .unwrap()
@@ -903,6 +911,7 @@ async fn other_workspaces_are_denied_for_every_rpc() {
             channel_id: ch.id.clone(),
             body: "x".into(),
             author_clerk_id: "user_a".into(),
+            request_id: String::new(),
         }))
         .await
         .unwrap()
@@ -915,6 +924,7 @@ async fn other_workspaces_are_denied_for_every_rpc() {
             title: "M".into(),
             starts_at: ts(2_000_000_000),
             ends_at: ts(2_000_000_100),
+            request_id: String::new(),
         }))
         .await
         .unwrap()
@@ -1025,7 +1035,8 @@ async fn other_workspaces_are_denied_for_every_rpc() {
             pb::CreateRoomRequest {
                 clerk_org_id: org.clone(),
                 kind: pb::RoomKind::Code.into(),
-                name: "x".into()
+                name: "x".into(),
+                request_id: String::new()
             }
         );
         denied!(
@@ -1056,7 +1067,8 @@ async fn other_workspaces_are_denied_for_every_rpc() {
                 room_id: room.id.clone(),
                 kind: pb::ItemKind::Document.into(),
                 name: "x".into(),
-                language: String::new()
+                language: String::new(),
+                request_id: String::new()
             }
         );
         denied!(
@@ -1088,7 +1100,8 @@ async fn other_workspaces_are_denied_for_every_rpc() {
                 room_id: conf.id.clone(),
                 title: "x".into(),
                 starts_at: ts(2_000_000_000),
-                ends_at: ts(2_000_000_100)
+                ends_at: ts(2_000_000_100),
+                request_id: String::new()
             }
         );
         denied!(

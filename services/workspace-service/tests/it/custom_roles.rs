@@ -60,6 +60,7 @@ async fn the_renamed_creator_role_administers_and_org_admin_no_longer_does() {
         channel_id: channel.id.clone(),
         body: "hello".into(),
         author_clerk_id: String::new(),
+        request_id: String::new(),
     };
     let message = c.post_message(by(&env, "org:editor", post)).await.unwrap();
     let delete = || pb::DeleteMessageRequest {
@@ -147,6 +148,7 @@ async fn the_renamed_default_role_edits_rooms_and_others_read() {
         clerk_org_id: ORG.into(),
         kind: pb::RoomKind::Document.into(),
         name: "Docs".into(),
+        request_id: String::new(),
     };
     let room = c.create_room(by(&env, "org:editor", room)).await.unwrap();
     let room_id = room.into_inner().room.unwrap().liveblocks_room_id;

@@ -25,9 +25,11 @@ const TABLES: &[&str] = &[
     "whiteboards",
     "meetings",
     "memberships",
+    "create_requests",
 ];
 
-/// Builds content in `org` through the API; returns the Liveblocks room ids it should produce.
+/// Builds content in `org` through the API (each create with a request id); returns the
+/// Liveblocks room ids it should produce.
 async fn populate(env: &Env, org: &str) -> BTreeSet<String> {
     env.workspace(org).await;
     let mut c = env.client().await;
@@ -63,6 +65,7 @@ async fn populate(env: &Env, org: &str) -> BTreeSet<String> {
                 channel_id: ch.id.clone(),
                 body: format!("m{i}"),
                 author_clerk_id: String::new(),
+                request_id: uuid::Uuid::new_v4().to_string(),
             },
         ))
         .await
@@ -92,6 +95,7 @@ async fn populate(env: &Env, org: &str) -> BTreeSet<String> {
                     clerk_org_id: org.into(),
                     kind: kind.into(),
                     name: "r".into(),
+                    request_id: uuid::Uuid::new_v4().to_string(),
                 },
             ))
             .await
@@ -112,6 +116,7 @@ async fn populate(env: &Env, org: &str) -> BTreeSet<String> {
                                 kind: k.into(),
                                 name: format!("i{n}"),
                                 language: String::new(),
+                                request_id: uuid::Uuid::new_v4().to_string(),
                             },
                         ))
                         .await
@@ -131,6 +136,7 @@ async fn populate(env: &Env, org: &str) -> BTreeSet<String> {
                         title: "m".into(),
                         starts_at: ts(2_000_000_000),
                         ends_at: ts(2_000_000_060),
+                        request_id: uuid::Uuid::new_v4().to_string(),
                     },
                 ))
                 .await
@@ -233,6 +239,7 @@ async fn a_deleted_workspace_is_gone_at_once_and_purged_to_the_last_row() {
             channel_id: channel.id.clone(),
             body: "late".into(),
             author_clerk_id: "user_1".into(),
+            request_id: String::new(),
         }))
         .await
         .unwrap_err();
@@ -663,6 +670,7 @@ async fn rate_limits_are_honoured_with_retry_after() {
             clerk_org_id: "org_a".into(),
             kind: pb::RoomKind::Conference.into(),
             name: "r".into(),
+            request_id: String::new(),
         }))
         .await
         .unwrap()

@@ -103,6 +103,7 @@ async fn invisible_or_reordering_names_are_refused() {
                 clerk_org_id: "org_a".into(),
                 kind: pb::RoomKind::Conference.into(),
                 name: name.into(),
+                request_id: String::new(),
             },
         )
     };
@@ -155,6 +156,7 @@ async fn invisible_or_reordering_names_are_refused() {
                 title: "\u{200B}\u{200C}".into(),
                 starts_at: ts(2_000_000_000),
                 ends_at: ts(2_000_003_600),
+                request_id: String::new(),
             },
         ))
         .await,
@@ -175,6 +177,7 @@ async fn a_meeting_time_with_nanos_outside_a_second_is_refused() {
                 clerk_org_id: "org_a".into(),
                 kind: pb::RoomKind::Conference.into(),
                 name: "Standup".into(),
+                request_id: String::new(),
             },
         ))
         .await
@@ -192,6 +195,7 @@ async fn a_meeting_time_with_nanos_outside_a_second_is_refused() {
                 title: "Sync".into(),
                 starts_at,
                 ends_at,
+                request_id: String::new(),
             },
         )
     };

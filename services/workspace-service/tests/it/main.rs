@@ -5,6 +5,7 @@ mod access_cache;
 mod change_log;
 mod channel_cache;
 mod content;
+mod create_retries;
 mod custom_roles;
 mod deadlines;
 mod deletion;

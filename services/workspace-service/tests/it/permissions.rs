@@ -17,6 +17,7 @@ async fn room(env: &Env, kind: pb::RoomKind) -> pb::Room {
                 clerk_org_id: "org_a".into(),
                 kind: kind.into(),
                 name: "r".into(),
+                request_id: String::new(),
             },
         ))
         .await
@@ -38,6 +39,7 @@ async fn room_items_and_meetings_go_only_by_their_creator_or_an_admin() {
         kind: pb::ItemKind::Document.into(),
         name: name.into(),
         language: String::new(),
+        request_id: String::new(),
     };
     let mine = c
         .create_room_item(env.member("user_1", "org_a", doc("mine")))
@@ -82,6 +84,7 @@ async fn room_items_and_meetings_go_only_by_their_creator_or_an_admin() {
                 title: "Sync".into(),
                 starts_at: support::ts(2_000_000_000),
                 ends_at: support::ts(2_000_003_600),
+                request_id: String::new(),
             },
         ))
         .await
@@ -130,6 +133,7 @@ async fn a_deleted_users_token_no_longer_writes() {
         channel_id: channel.id.clone(),
         body: "hello".into(),
         author_clerk_id: String::new(),
+        request_id: String::new(),
     };
     c.post_message(env.member("user_1", "org_a", post()))
         .await

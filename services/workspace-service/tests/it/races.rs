@@ -10,7 +10,7 @@ use vbase_proto::workspace::v1 as pb;
 
 /// The workspace's numbering held by the test: each writer passes its checks, then waits, at
 /// its number or at a row the deletion locked, in the order they came.
-async fn hold_numbering(env: &Env, ws: &str) -> Held {
+pub(crate) async fn hold_numbering(env: &Env, ws: &str) -> Held {
     env.hold(&format!(
         "SELECT 1 FROM change_heads WHERE workspace_id = '{ws}' FOR UPDATE"
     ))
@@ -180,6 +180,7 @@ async fn writes_racing_their_rooms_deletion_are_refused() {
                 kind: pb::ItemKind::Document.into(),
                 name: "Plan".into(),
                 language: String::new(),
+                request_id: String::new(),
             },
         );
         let mut c = c.clone();
@@ -247,6 +248,7 @@ async fn room(env: &Env, org: &str, kind: pb::RoomKind, name: &str) -> String {
                 clerk_org_id: org.into(),
                 kind: kind.into(),
                 name: name.into(),
+                request_id: String::new(),
             },
         ))
         .await
@@ -278,6 +280,7 @@ async fn removals_racing_their_rooms_deletion_are_refused() {
                 kind: pb::ItemKind::Document.into(),
                 name: "Plan".into(),
                 language: String::new(),
+                request_id: String::new(),
             },
         ))
         .await
@@ -302,6 +305,7 @@ async fn removals_racing_their_rooms_deletion_are_refused() {
                     seconds: 2_000_003_600,
                     nanos: 0,
                 }),
+                request_id: String::new(),
             },
         ))
         .await

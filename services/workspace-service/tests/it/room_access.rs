@@ -64,6 +64,7 @@ pub(crate) async fn fixture(env: &Env) -> (String, String) {
                 clerk_org_id: ORG.into(),
                 kind: pb::RoomKind::Document.into(),
                 name: "Docs".into(),
+                request_id: String::new(),
             },
         ))
         .await
@@ -80,6 +81,7 @@ pub(crate) async fn fixture(env: &Env) -> (String, String) {
                 kind: pb::ItemKind::Document.into(),
                 name: "Plan".into(),
                 language: String::new(),
+                request_id: String::new(),
             },
         ))
         .await

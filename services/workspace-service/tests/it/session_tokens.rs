@@ -21,6 +21,7 @@ async fn v2_session_tokens_carry_the_role_of_their_o_claim() {
                 clerk_org_id: "org_a".into(),
                 kind: pb::RoomKind::Document.into(),
                 name: "r".into(),
+                request_id: String::new(),
             },
         ))
         .await
@@ -38,6 +39,7 @@ async fn v2_session_tokens_carry_the_role_of_their_o_claim() {
                 kind: pb::ItemKind::Document.into(),
                 name: "mine".into(),
                 language: String::new(),
+                request_id: String::new(),
             },
         ))
         .await

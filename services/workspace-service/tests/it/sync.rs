@@ -290,6 +290,7 @@ async fn a_removed_user_loses_memberships_and_receipts_but_messages_stay() {
                 channel_id: general.id.clone(),
                 body: "hi".into(),
                 author_clerk_id: String::new(),
+                request_id: String::new(),
             },
         ))
         .await

@@ -770,6 +770,7 @@ async fn a_workspace_watcher_hears_its_structure_change_until_it_is_deleted() {
                 clerk_org_id: "org_ww".into(),
                 kind: pb::RoomKind::Document.into(),
                 name: "docs".into(),
+                request_id: String::new(),
             },
         ))
         .await
@@ -786,6 +787,7 @@ async fn a_workspace_watcher_hears_its_structure_change_until_it_is_deleted() {
                 kind: pb::ItemKind::Document.into(),
                 name: "plan".into(),
                 language: String::new(),
+                request_id: String::new(),
             },
         ))
         .await

@@ -83,7 +83,7 @@ export const vbase = {
 
   async post(channelId: string, body: string): Promise<void> {
     if (!ws) throw new Error("sign in first");
-    await ws.workspace.postMessage({ channelId, body }, { headers: ws.auth });
+    await ws.workspace.postMessage({ channelId, body, requestId: crypto.randomUUID() }, { headers: ws.auth });
   },
 
   /// Liveblocks' auth callback as the app passes it to `createClient({ authEndpoint })`: the

@@ -131,6 +131,7 @@ pub async fn fanout(stack: &Stack, watchers: usize, posts: usize, rate: f64) -> 
                         channel_id: ch,
                         body: body.clone(),
                         author_clerk_id: "user_fan".into(),
+                        request_id: String::new(),
                     },
                     &t,
                 ))

@@ -209,6 +209,7 @@ pub async fn run(b: &Bench<'_>, report: &mut Report) -> Result<()> {
                             channel_id,
                             body: body(i),
                             author_clerk_id: String::new(),
+                            request_id: String::new(),
                         },
                         &tok,
                     ))

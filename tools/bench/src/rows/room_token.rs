@@ -32,6 +32,7 @@ async fn document_room(wsc: &mut WorkspaceServiceClient<Channel>, token: &str) -
                 clerk_org_id: ORG.into(),
                 kind: wsp::RoomKind::Document.into(),
                 name: "Docs".into(),
+                request_id: String::new(),
             },
             token,
         ))
@@ -46,6 +47,7 @@ async fn document_room(wsc: &mut WorkspaceServiceClient<Channel>, token: &str) -
                 kind: wsp::ItemKind::Document.into(),
                 name: "Plan".into(),
                 language: String::new(),
+                request_id: String::new(),
             },
             token,
         ))

@@ -37,6 +37,8 @@ pub enum Piece {
     Items(ItemKind),
     Meetings,
     Rooms,
+    /// The request ids of the workspace's creates (`create_requests`).
+    Requests,
     /// The workspace's or the room's own row.
     Target,
 }
@@ -85,8 +87,9 @@ pub fn plan(kind: PurgeKind) -> &'static [Planned] {
         one(Meetings, &[]),
         one(Memberships, &[]),
         one(ChangeLog, &[]),
+        one(Requests, &[]),
         one(Rooms, &[DOCUMENTS, CODE_FILES, WHITEBOARDS, Meetings]),
-        one(Target, &[Memberships, ChangeLog, Channels, Rooms]),
+        one(Target, &[Memberships, ChangeLog, Requests, Channels, Rooms]),
     ];
     const ROOM: &[Planned] = &[
         one(DOCUMENTS, &[]),
@@ -112,6 +115,7 @@ impl Piece {
             (Piece::ReadReceipts, _) => "read_receipts",
             (Piece::Items(i), _) => i.table(),
             (Piece::Meetings, _) => "meetings",
+            (Piece::Requests, _) => "create_requests",
             (Piece::Rooms, _) | (Piece::Target, PurgeKind::Room) => "rooms",
             (Piece::Target, PurgeKind::Workspace) => "workspaces",
         }
@@ -218,6 +222,9 @@ fn piece_sql(kind: PurgeKind, piece: Piece) -> [&'static str; 2] {
         (PurgeKind::Workspace, Piece::ReadReceipts) => purge_sql!(plain:
             "read_receipts WHERE ctid = ANY(ARRAY(SELECT ctid FROM read_receipts
                 WHERE workspace_id = $1 LIMIT $3))"),
+        (PurgeKind::Workspace, Piece::Requests) => purge_sql!(plain:
+            "create_requests WHERE ctid = ANY(ARRAY(SELECT ctid FROM create_requests
+                WHERE workspace_id = $1 LIMIT $3))"),
         (PurgeKind::Workspace, Piece::Items(Document)) => items_of_workspace!("documents"),
         (PurgeKind::Workspace, Piece::Items(CodeFile)) => items_of_workspace!("code_files"),
         (PurgeKind::Workspace, Piece::Items(Whiteboard)) => items_of_workspace!("whiteboards"),
@@ -243,7 +250,8 @@ fn piece_sql(kind: PurgeKind, piece: Piece) -> [&'static str; 2] {
             | Piece::Messages
             | Piece::ReadReceipts
             | Piece::Channels
-            | Piece::Rooms,
+            | Piece::Rooms
+            | Piece::Requests,
         ) => unreachable!("no statement: {piece:?} of a {kind:?} purge"),
     }
 }

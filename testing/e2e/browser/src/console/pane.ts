@@ -25,6 +25,9 @@ export class Pane {
   private token = "";
   private watching: AbortController | null = null;
   private shown = new Set<string>();
+  /// The post last refused or unanswered: posting the same text to the same channel again is
+  /// its retry, sent with its request id, so a post that did commit is not made twice.
+  private unsent: { channelId: string; body: string; requestId: string } | null = null;
   private client;
   private directory: Directory = { users: [], memberships: [] };
 
@@ -143,9 +146,14 @@ export class Pane {
 
   private async post() {
     const body = this.body.value.trim();
-    if (!body || !this.channel.value) return;
+    const channelId = this.channel.value;
+    if (!body || !channelId) return;
+    const retry = this.unsent?.channelId === channelId && this.unsent.body === body ? this.unsent : null;
+    const requestId = retry?.requestId ?? crypto.randomUUID();
+    this.unsent = { channelId, body, requestId };
     try {
-      await this.client.postMessage({ channelId: this.channel.value, body }, { headers: auth(this.token) });
+      await this.client.postMessage({ channelId, body, requestId }, { headers: auth(this.token) });
+      this.unsent = null;
       this.body.value = "";
     } catch (e) {
       this.status.textContent = `refused: ${ConnectError.from(e).rawMessage}`;
