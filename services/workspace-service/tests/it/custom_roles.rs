@@ -212,6 +212,7 @@ async fn only_editors_rename_others_items() {
                 clerk_org_id: ORG.into(),
                 kind: pb::RoomKind::Document.into(),
                 name: "Docs".into(),
+                request_id: String::new(),
             },
         ))
         .await
@@ -228,6 +229,7 @@ async fn only_editors_rename_others_items() {
                 kind: pb::ItemKind::Document.into(),
                 name: name.into(),
                 language: String::new(),
+                request_id: String::new(),
             },
         ))
         .await
