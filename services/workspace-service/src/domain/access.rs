@@ -254,20 +254,45 @@ pub async fn hold_room(
     room: Uuid,
     what: &str,
 ) -> Result<(), Error> {
+    let sql = "SELECT true AS _held FROM rooms
+          WHERE workspace_id = $1 AND id = $2 AND deleted_at IS NULL FOR SHARE";
+    hold(conn, caller, sql, workspace, room, what).await
+}
+
+/// Holds channel `channel` of `workspace` live until the caller's transaction ends, as
+/// [`hold_room`] holds a room: a write that takes it comes wholly before the channel's
+/// deletion, or is refused as [`unseen`] `what`.
+pub async fn hold_channel(
+    conn: &mut AsyncPgConnection,
+    caller: &Caller,
+    workspace: Uuid,
+    channel: Uuid,
+    what: &str,
+) -> Result<(), Error> {
+    let sql = "SELECT true AS _held FROM channels
+          WHERE workspace_id = $1 AND id = $2 AND deleted_at IS NULL FOR SHARE";
+    hold(conn, caller, sql, workspace, channel, what).await
+}
+
+async fn hold(
+    conn: &mut AsyncPgConnection,
+    caller: &Caller,
+    sql: &'static str,
+    workspace: Uuid,
+    id: Uuid,
+    what: &str,
+) -> Result<(), Error> {
     #[derive(QueryableByName)]
     struct Held {
         #[diesel(sql_type = diesel::sql_types::Bool)]
         _held: bool,
     }
-    let held: Option<Held> = prepared(
-        "SELECT true AS _held FROM rooms
-          WHERE workspace_id = $1 AND id = $2 AND deleted_at IS NULL FOR SHARE",
-    )
-    .bind::<SqlUuid, _>(workspace)
-    .bind::<SqlUuid, _>(room)
-    .one(conn)
-    .await
-    .optional()?;
+    let held: Option<Held> = prepared(sql)
+        .bind::<SqlUuid, _>(workspace)
+        .bind::<SqlUuid, _>(id)
+        .one(conn)
+        .await
+        .optional()?;
     held.map(|_| ()).ok_or_else(|| unseen(caller, what))
 }
 
@@ -408,10 +433,10 @@ async fn scope(
 const CHANNEL_SCOPE: ScopeSql = ScopeSql {
     in_workspace: "SELECT c.workspace_id, w.clerk_org_id, c.name AS detail
           FROM channels c JOIN workspaces w ON w.id = c.workspace_id
-         WHERE c.workspace_id = $1 AND c.id = $2 AND w.deleted_at IS NULL",
+         WHERE c.workspace_id = $1 AND c.id = $2 AND c.deleted_at IS NULL AND w.deleted_at IS NULL",
     by_id: "SELECT c.workspace_id, w.clerk_org_id, c.name AS detail
           FROM channels c JOIN workspaces w ON w.id = c.workspace_id
-         WHERE c.id = $1 AND w.deleted_at IS NULL",
+         WHERE c.id = $1 AND c.deleted_at IS NULL AND w.deleted_at IS NULL",
 };
 
 const ROOM_SCOPE: ScopeSql = ScopeSql {

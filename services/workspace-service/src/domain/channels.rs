@@ -5,6 +5,7 @@ use super::access::{Caller, channel_scope, require_active_user};
 use super::changes::record_workspace;
 use super::events::timestamp;
 use super::listings::{Listed, Listing, ListingCache, MOST_LISTED};
+use super::purge::hide_channel;
 use super::standing;
 use crate::error::Error;
 use crate::model::paging::PageRequest;
@@ -229,7 +230,7 @@ async fn cached_page(
             let ticket = cache.ticket();
             let rows: Vec<ChannelRecord> = prepared(
                 "SELECT id, workspace_id, name, created_by, created_at, updated_at FROM channels
-                  WHERE workspace_id = $1 ORDER BY created_at, id LIMIT $2",
+                  WHERE workspace_id = $1 AND deleted_at IS NULL ORDER BY created_at, id LIMIT $2",
             )
             .bind::<SqlUuid, _>(ws)
             .bind::<BigInt, _>(MOST_LISTED as i64 + 1)
@@ -255,7 +256,8 @@ async fn channels_after(
 ) -> Result<Vec<ChannelRecord>, Error> {
     let (at, id) = page.after_parts();
     Ok(prepared(
-        "SELECT id, workspace_id, name, created_by, created_at, updated_at FROM channels WHERE workspace_id = $1
+        "SELECT id, workspace_id, name, created_by, created_at, updated_at FROM channels
+          WHERE workspace_id = $1 AND deleted_at IS NULL
            AND ($2::timestamptz IS NULL OR (created_at, id) > ($2, $3))
          ORDER BY created_at, id LIMIT $4",
     )
@@ -278,7 +280,8 @@ const FACTS_AND_CHANNELS: &str = concat!(
     ") f
        LEFT JOIN LATERAL (
          SELECT id, name, created_by, created_at, updated_at FROM channels
-          WHERE workspace_id = f.id AND ($3::timestamptz IS NULL OR (created_at, id) > ($3, $4))
+          WHERE workspace_id = f.id AND deleted_at IS NULL
+            AND ($3::timestamptz IS NULL OR (created_at, id) > ($3, $4))
           ORDER BY created_at, id LIMIT $5) c ON true
       ORDER BY c.created_at, c.id"
 );
@@ -333,15 +336,21 @@ pub async fn rename_channel(
     caller.require_admin("renaming a channel")?;
     let renamed = conn
         .transaction::<_, Error, _>(async |conn| {
-            let c = diesel::update(channels::table.find((ws, channel_id)))
-                .set((
-                    channels::name.eq(name.as_str()),
-                    channels::updated_at.eq(diesel::dsl::now),
-                ))
-                .returning(ChannelRecord::as_returning())
-                .one(conn)
-                .await
-                .map_err(|e| name_taken(e, name))?;
+            // A channel hidden since its scope was checked is not renamed (the update waits
+            // for its deletion, then finds it hidden).
+            let c = diesel::update(
+                channels::table
+                    .find((ws, channel_id))
+                    .filter(channels::deleted_at.is_null()),
+            )
+            .set((
+                channels::name.eq(name.as_str()),
+                channels::updated_at.eq(diesel::dsl::now),
+            ))
+            .returning(ChannelRecord::as_returning())
+            .one(conn)
+            .await
+            .map_err(|e| name_taken(e, name))?;
             record_workspace(conn, ws, Event::ChannelRenamed(c.clone().into()))
                 .await?
                 .or_deleted()?;
@@ -352,48 +361,60 @@ pub async fn rename_channel(
     renamed
 }
 
-/// Messages this transaction has deleted so far (PostgreSQL's own count).
-#[derive(QueryableByName)]
-struct MessagesDeleted {
-    #[diesel(sql_type = BigInt)]
-    messages: i64,
+/// Messages a deleted channel's answer counts at most: counting costs a read of each one's
+/// index entry, and the answer must not wait for a channel of any size.
+pub const DELETED_MESSAGES_COUNTED: i64 = 100_000;
+
+/// What deleting a channel did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChannelDeletion {
+    /// The messages the channel held as it was hidden, at most [`DELETED_MESSAGES_COUNTED`]
+    /// (0 when it was deleted already).
+    pub messages: i64,
+    /// Whether this call queued the purge of its rows.
+    pub purge_queued: bool,
 }
 
-async fn messages_deleted(conn: &mut AsyncPgConnection) -> QueryResult<i64> {
-    let d: MessagesDeleted =
-        prepared("SELECT pg_stat_get_xact_tuples_deleted('messages'::regclass) AS messages")
-            .one(conn)
-            .await?;
-    Ok(d.messages)
-}
-
-/// Deletes a channel with its messages and read receipts (admins); returns messages deleted.
-///
-/// The messages and read receipts go with their channel, in one pass (`ON DELETE CASCADE`),
-/// so the foreign-key check on the channel does not walk them again; their count is the
-/// difference in the transaction's own deleted-row count.
+/// Deletes a channel (admins): hidden at once, with its messages and read receipts, from every
+/// RPC; the purge worker deletes them in the background, in chunks, and the channel's row last.
 pub async fn delete_channel(
     conn: &mut AsyncPgConnection,
     list: &ChannelList,
     caller: &Caller,
     channel_id: Uuid,
-) -> Result<i64, Error> {
+) -> Result<ChannelDeletion, Error> {
     let ws = channel_scope(conn, caller, channel_id).await?;
     caller.require_admin("deleting a channel")?;
     let deleted = conn
         .transaction::<_, Error, _>(async |conn| {
-            let before = messages_deleted(conn).await?;
-            let gone = prepared("DELETE FROM channels WHERE workspace_id = $1 AND id = $2")
-                .bind::<SqlUuid, _>(ws)
-                .bind::<SqlUuid, _>(channel_id)
-                .execute(conn)
-                .await?;
-            if gone == 1 {
-                record_workspace(conn, ws, Event::ChannelDeleted(channel_id.to_string()))
-                    .await?
-                    .or_deleted()?;
+            if !hide_channel(conn, ws, channel_id).await? {
+                return Ok(ChannelDeletion {
+                    messages: 0,
+                    purge_queued: false,
+                });
             }
-            Ok(messages_deleted(conn).await? - before)
+            record_workspace(conn, ws, Event::ChannelDeleted(channel_id.to_string()))
+                .await?
+                .or_deleted()?;
+            #[derive(QueryableByName)]
+            struct Held {
+                #[diesel(sql_type = BigInt)]
+                messages: i64,
+            }
+            // After the hide, which waited for the posts holding the channel: no other comes.
+            let held: Held = prepared(
+                "SELECT count(*) AS messages FROM (SELECT 1 FROM messages
+                  WHERE workspace_id = $1 AND channel_id = $2 LIMIT $3) m",
+            )
+            .bind::<SqlUuid, _>(ws)
+            .bind::<SqlUuid, _>(channel_id)
+            .bind::<BigInt, _>(DELETED_MESSAGES_COUNTED)
+            .one(conn)
+            .await?;
+            Ok(ChannelDeletion {
+                messages: held.messages,
+                purge_queued: true,
+            })
         })
         .await;
     forget(list, ws);

@@ -2,7 +2,7 @@
 //! their author, deleted by their author or an admin.
 
 use super::access::{
-    Caller, channel_scope, lookup_workspace, parent_gone, require_active_user, unseen,
+    Caller, channel_scope, hold_channel, lookup_workspace, parent_gone, require_active_user, unseen,
 };
 use super::changes;
 use super::events::timestamp;
@@ -94,6 +94,7 @@ pub async fn post_message(
     });
     let id = Uuid::now_v7();
     conn.transaction::<_, Error, _>(async |conn| {
+        hold_channel(conn, caller, workspace, new.channel_id, "channel").await?;
         if let Some(request) = &request
             && let Claimed::Earlier(earlier) = requests::claim(conn, request, id).await?
         {
@@ -232,6 +233,7 @@ pub async fn edit_message(
     }
     require_active_user(conn, caller).await?;
     conn.transaction::<_, Error, _>(async |conn| {
+        hold_channel(conn, caller, workspace, m.channel_id, "message").await?;
         let m: MessageRecord = prepared(concat!(
             "UPDATE messages SET body = $2, edited_at = $3 WHERE workspace_id = $4 AND id = $1 RETURNING ",
             message_columns!()

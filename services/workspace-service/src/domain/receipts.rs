@@ -1,7 +1,7 @@
 //! Read receipts: how far each user has read each channel, and the unread counts that follow.
 
 use super::access::workspace_for;
-use super::access::{Caller, channel_scope, parent_gone, require_active_user};
+use super::access::{Caller, channel_scope, hold_channel, parent_gone, require_active_user};
 use crate::error::Error;
 use crate::model::OrgId;
 use crate::schema::messages;
@@ -61,6 +61,7 @@ pub async fn mark_read(
         moved: bool,
     }
     conn.transaction::<_, Error, _>(async |conn| {
+        hold_channel(conn, caller, workspace, channel_id, "channel").await?;
         let r: At = prepared(
             "WITH before AS (
                  SELECT last_read_at FROM read_receipts
@@ -171,7 +172,7 @@ pub async fn unread_counts(
          FROM channels c
          LEFT JOIN read_receipts r
                 ON r.workspace_id = $1 AND r.channel_id = c.id AND r.clerk_user_id = $2
-         WHERE c.workspace_id = $1
+         WHERE c.workspace_id = $1 AND c.deleted_at IS NULL
          ORDER BY c.created_at, c.id
          LIMIT $4",
     )

@@ -56,10 +56,15 @@ pub(super) async fn delete_channel(
     let turn = req.extensions().get::<Turn>().cloned();
     let (who, Id(id)) = api.accept(req)?;
     let list = api.channels.clone();
-    let messages_deleted = api
+    let deleted = api
         .detached(turn, async move |mut conn| {
             channels::delete_channel(&mut conn, &list, &who, id).await
         })
         .await?;
-    ok(pb::DeleteChannelResponse { messages_deleted })
+    if deleted.purge_queued {
+        api.wake_purge();
+    }
+    ok(pb::DeleteChannelResponse {
+        messages_deleted: deleted.messages,
+    })
 }

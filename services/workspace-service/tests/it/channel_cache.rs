@@ -45,13 +45,13 @@ async fn names(env: &Env, c: &mut Client, org: &str, size: i32) -> Vec<String> {
     panic!("more than 1000 pages of {size}: the pages do not end");
 }
 
-/// The channel names of `org` in the database, in page order.
+/// The names of the live (not deleted) channels of `org` in the database, in page order.
 async fn stored(env: &Env, org: &str) -> Vec<String> {
     service_harness::strings(
         env.db.url(),
         &format!(
             "SELECT c.name FROM channels c JOIN workspaces w ON w.id = c.workspace_id
-              WHERE w.clerk_org_id = '{org}' ORDER BY c.created_at, c.id"
+              WHERE w.clerk_org_id = '{org}' AND c.deleted_at IS NULL ORDER BY c.created_at, c.id"
         ),
     )
     .await

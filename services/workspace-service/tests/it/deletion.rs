@@ -984,3 +984,300 @@ async fn a_channel_held_by_a_refused_write_is_waited_for() {
     env.purges_done().await;
     env.assert_only_bookkeeping_left().await;
 }
+
+/// Messages and read receipts of channel `channel` of workspace `ws`, inserted directly and
+/// quickly: the messages' ids ascending, as the service's are, and without the foreign keys'
+/// per-row checks (the rows reference the channel and its workspace).
+async fn fill_channel(env: &Env, ws: &str, channel: &str, messages: u32, receipts: u32) {
+    env.sql(&format!(
+        "BEGIN;
+         SET LOCAL session_replication_role = replica;
+         INSERT INTO messages (id, workspace_id, channel_id, author_clerk_id, body, created_at)
+           SELECT overlay('{channel}' placing lpad(to_hex(g), 12, '0') from 25 for 12)::uuid,
+                  '{ws}', '{channel}', 'user_b', 'm' || g,
+                  now() - interval '1 day' + g * interval '1 millisecond'
+             FROM generate_series(1, {messages}) g;
+         INSERT INTO read_receipts (workspace_id, channel_id, clerk_user_id, last_read_at)
+           SELECT '{ws}', '{channel}', 'user_r' || g, now() - interval '1 hour'
+             FROM generate_series(1, {receipts}) g;
+         COMMIT;
+         ANALYZE messages, read_receipts;"
+    ))
+    .await;
+}
+
+/// A channel whose messages one statement cannot delete within `DB_STATEMENT_TIMEOUT_MS` is
+/// deleted at once: from the answer on it is gone from every RPC (listing, posting, reading,
+/// marking read, watching), its live watch ends and its name is free; the
+/// purge then deletes its messages, receipts and row, and nothing of the workspace's other
+/// channel.
+#[tokio::test]
+async fn a_channel_too_big_to_delete_in_one_statement_is_deleted_at_once_and_purged() {
+    use tonic::Code;
+    // 400,000 messages: one statement deleted 150,000 in about 0.17 s on a 2-core test
+    // machine, so these need over twice the timeout. Chunks of 5,000 rows (deletes of up to 10,000) take
+    // a few milliseconds each.
+    let env = support::start_custom(false, |c| {
+        c.service.db.db_statement_timeout_ms = 200;
+        c.watch.watch_access_recheck_secs = 1;
+        c.purge.purge_chunk_rows = 5_000;
+    })
+    .await;
+    let org = "org_big";
+    let big = crate::watch::channel(&env, org, "big").await;
+    let kept = crate::watch::channel(&env, org, "kept").await;
+    let ws = env.workspace(org).await.id;
+    crate::watch::post(&env, org, &kept, "stays").await;
+    fill_channel(&env, &ws, &big, 400_000, 1_000).await;
+    let mut c = env.client().await;
+    let mut watching = crate::watch::watch(&env, "user_a", org, &big, "").await;
+    while crate::watch::what(&crate::watch::next(&mut watching).await) != "caught up" {}
+
+    let list = |c: &mut pb::workspace_service_client::WorkspaceServiceClient<
+        tonic::transport::Channel,
+    >| {
+        let req = env.member(
+            "user_a",
+            org,
+            pb::ListChannelsRequest {
+                clerk_org_id: org.into(),
+                ..Default::default()
+            },
+        );
+        let mut c = c.clone();
+        async move { c.list_channels(req).await.unwrap().into_inner().channels }
+    };
+    let ids = |l: Vec<pb::Channel>| l.into_iter().map(|ch| ch.id).collect::<Vec<_>>();
+    let live = ids(list(&mut c).await);
+    assert!(live.contains(&big));
+    let others: Vec<_> = live.iter().filter(|id| **id != big).cloned().collect();
+
+    let started = std::time::Instant::now();
+    let answer = c
+        .delete_channel(env.admin(
+            "user_a",
+            org,
+            pb::DeleteChannelRequest {
+                channel_id: big.clone(),
+            },
+        ))
+        .await;
+    let took = started.elapsed();
+    let deleted = answer
+        .unwrap_or_else(|e| panic!("the deletion is answered, in {took:?}: {e:?}"))
+        .into_inner();
+    // Holds the channel's row (its purge deletes it last, long after these checks): what
+    // follows meets a hidden channel, not a purged one.
+    let row = env
+        .hold(&format!(
+            "SELECT 1 FROM channels WHERE id = '{big}' FOR KEY SHARE"
+        ))
+        .await;
+    assert!(took < Duration::from_secs(2), "answered in {took:?}");
+    assert_eq!(
+        deleted.messages_deleted, 100_000,
+        "the messages it held, counted up to the bound"
+    );
+
+    assert_eq!(
+        ids(list(&mut c).await),
+        others,
+        "listed: the other channels only"
+    );
+    let posted = c
+        .post_message(env.member(
+            "user_a",
+            org,
+            pb::PostMessageRequest {
+                channel_id: big.clone(),
+                body: "too late".into(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(posted.code(), Code::PermissionDenied, "{posted:?}");
+    let posted = c
+        .post_message(env.service(pb::PostMessageRequest {
+            channel_id: big.clone(),
+            body: "too late".into(),
+            author_clerk_id: "user_a".into(),
+        }))
+        .await
+        .unwrap_err();
+    assert_eq!(posted.code(), Code::NotFound, "{posted:?}");
+    let listed = c
+        .list_messages(env.member(
+            "user_a",
+            org,
+            pb::ListMessagesRequest {
+                channel_id: big.clone(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(listed.code(), Code::PermissionDenied, "{listed:?}");
+    let read = c
+        .mark_channel_read(env.member(
+            "user_a",
+            org,
+            pb::MarkChannelReadRequest {
+                channel_id: big.clone(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(read.code(), Code::PermissionDenied, "{read:?}");
+    let ended = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match watching.message().await {
+                Ok(Some(_)) => continue,
+                other => return other,
+            }
+        }
+    })
+    .await
+    .expect("the live watch ends")
+    .unwrap_err();
+    assert_eq!(ended.code(), Code::PermissionDenied, "{ended:?}");
+    let reopened = c
+        .watch_channel(env.member(
+            "user_a",
+            org,
+            pb::WatchChannelRequest {
+                channel_id: big.clone(),
+                resume_token: String::new(),
+            },
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(reopened.code(), Code::PermissionDenied, "{reopened:?}");
+    let again = crate::watch::channel(&env, org, "big").await;
+    assert_ne!(again, big);
+    let mut renewed = others.clone();
+    renewed.push(again.clone());
+    assert_eq!(ids(list(&mut c).await), renewed, "the name is free at once");
+    assert_eq!(
+        env.scalar(&format!(
+            "SELECT count(*) FROM channels WHERE id = '{big}' AND deleted_at IS NOT NULL"
+        ))
+        .await,
+        1,
+        "the checks met the channel hidden, its row not yet purged"
+    );
+
+    drop(row);
+    env.purges_done().await;
+    for (table, column) in [
+        ("messages", "channel_id"),
+        ("read_receipts", "channel_id"),
+        ("channels", "id"),
+    ] {
+        assert_eq!(
+            env.scalar(&format!(
+                "SELECT count(*) FROM {table} WHERE {column} = '{big}'"
+            ))
+            .await,
+            0,
+            "{table} of the deleted channel"
+        );
+    }
+    assert_eq!(
+        env.scalar(&format!(
+            "SELECT count(*) FROM messages WHERE channel_id = '{kept}'"
+        ))
+        .await,
+        1,
+        "the other channel keeps its message"
+    );
+    assert_eq!(env.count("channels").await, renewed.len() as i64);
+}
+
+/// A workspace deleted while the purge of one of its channels is queued, then running beside
+/// its own, leaves nothing.
+#[tokio::test]
+async fn a_workspace_deleted_while_its_channel_is_purged_leaves_nothing() {
+    let env = start_with(false).await;
+    let org = "org_both";
+    let ch = crate::watch::channel(&env, org, "doomed").await;
+    crate::watch::channel(&env, org, "other").await;
+    let ws = env.workspace(org).await.id;
+    fill_channel(&env, &ws, &ch, 20_000, 100).await;
+    let held = env.block_purges().await;
+    let mut c = env.client().await;
+    c.delete_channel(env.admin(
+        "user_a",
+        org,
+        pb::DeleteChannelRequest {
+            channel_id: ch.clone(),
+        },
+    ))
+    .await
+    .unwrap();
+    assert_eq!(
+        delete(&env, "d1", org).await.outcome(),
+        pb::CommandOutcome::Applied
+    );
+    assert_eq!(env.count("purge_jobs").await, 2, "both purges queued");
+    drop(held);
+    env.purges_done().await;
+    env.assert_only_bookkeeping_left().await;
+}
+
+/// A deleted channel whose row is still there (its purge waits) is left out of the unread
+/// counts at once.
+#[tokio::test]
+async fn a_deleted_channel_is_gone_from_the_unread_counts_before_its_purge() {
+    let env = start_with(false).await;
+    let org = "org_unread";
+    let ch = crate::watch::channel(&env, org, "noisy").await;
+    crate::watch::post(&env, org, &ch, "unread").await;
+    let mut c = env.client().await;
+    let counts = |c: &mut pb::workspace_service_client::WorkspaceServiceClient<
+        tonic::transport::Channel,
+    >| {
+        let req = env.member(
+            "user_r",
+            org,
+            pb::GetUnreadCountsRequest {
+                clerk_org_id: org.into(),
+            },
+        );
+        let mut c = c.clone();
+        async move {
+            let counts = c.get_unread_counts(req).await.unwrap().into_inner().counts;
+            counts.into_iter().map(|u| u.channel_id).collect::<Vec<_>>()
+        }
+    };
+    let before = counts(&mut c).await;
+    assert!(before.contains(&ch), "{before:?}");
+    // The purge cannot delete the channel's row while this holds it; the deletion can hide it.
+    let _row = env
+        .hold(&format!(
+            "SELECT 1 FROM channels WHERE id = '{ch}' FOR KEY SHARE"
+        ))
+        .await;
+    let deleted = c
+        .delete_channel(env.admin(
+            "user_a",
+            org,
+            pb::DeleteChannelRequest {
+                channel_id: ch.clone(),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(deleted.messages_deleted, 1);
+    let after = counts(&mut c).await;
+    let expected: Vec<_> = before.into_iter().filter(|id| *id != ch).collect();
+    assert_eq!(after, expected);
+    assert_eq!(
+        env.scalar(&format!("SELECT count(*) FROM channels WHERE id = '{ch}'"))
+            .await,
+        1,
+        "counted while its row is there"
+    );
+}

@@ -1,9 +1,9 @@
 //! Deletion in two steps. The command's transaction is short and its cost does not grow with
-//! what it deletes: it marks the workspace (or room) deleted, which hides it and everything in
-//! it from every RPC, and queues a purge job. The purge worker (`workers::purge`) then deletes
-//! the rows in chunks ([`plan`]): each chunk deletes a bounded number of rows of one table in
-//! a transaction of its own and queues the Liveblocks room of every row it deletes in the same
-//! statement, so a chunk either happens whole or not at all.
+//! what it deletes: it marks the workspace (or room, or channel) deleted, which hides it and
+//! everything in it from every RPC, and queues a purge job. The purge worker (`workers::purge`)
+//! then deletes the rows in chunks ([`plan`]): each chunk deletes a bounded number of rows of
+//! one table in a transaction of its own and queues the Liveblocks room of every row it
+//! deletes in the same statement, so a chunk either happens whole or not at all.
 
 mod plan;
 mod windows;
@@ -31,6 +31,8 @@ pub enum PurgeKind {
     Workspace,
     /// A room and its items and meetings.
     Room,
+    /// A channel and its messages and read receipts.
+    Channel,
 }
 
 impl PurgeKind {
@@ -39,6 +41,7 @@ impl PurgeKind {
         match self {
             PurgeKind::Workspace => "workspace",
             PurgeKind::Room => "room",
+            PurgeKind::Channel => "channel",
         }
     }
 
@@ -47,6 +50,7 @@ impl PurgeKind {
         match text {
             "workspace" => Ok(PurgeKind::Workspace),
             "room" => Ok(PurgeKind::Room),
+            "channel" => Ok(PurgeKind::Channel),
             other => Err(Error::Internal(format!("unknown purge kind {other:?}"))),
         }
     }
@@ -174,4 +178,27 @@ pub async fn hide_room(
         Ok(enqueue_purge(conn, PurgeKind::Room, room_id).await?)
     })
     .await
+}
+
+/// Hides channel `channel_id` of `workspace` and queues its purge (inside the caller's
+/// transaction); false if it was deleted already. The update waits for the writes that hold
+/// the channel ([`super::access::hold_channel`]), and those that come after find it hidden.
+pub async fn hide_channel(
+    conn: &mut AsyncPgConnection,
+    workspace: Uuid,
+    channel_id: Uuid,
+) -> Result<bool, Error> {
+    let hidden = prepared(
+        "UPDATE channels SET deleted_at = now()
+          WHERE workspace_id = $1 AND id = $2 AND deleted_at IS NULL",
+    )
+    .bind::<SqlUuid, _>(workspace)
+    .bind::<SqlUuid, _>(channel_id)
+    .execute(conn)
+    .await?;
+    if hidden == 0 {
+        return Ok(false);
+    }
+    enqueue_purge(conn, PurgeKind::Channel, channel_id).await?;
+    Ok(true)
 }

@@ -39,7 +39,7 @@ pub enum Piece {
     Rooms,
     /// The request ids of the workspace's creates (`create_requests`).
     Requests,
-    /// The workspace's or the room's own row.
+    /// The workspace's, the room's or the channel's own row.
     Target,
 }
 
@@ -98,9 +98,19 @@ pub fn plan(kind: PurgeKind) -> &'static [Planned] {
         one(Meetings, &[]),
         one(Target, &[DOCUMENTS, CODE_FILES, WHITEBOARDS, Meetings]),
     ];
+    const CHANNEL: &[Planned] = &[
+        Planned {
+            piece: Messages,
+            shared: true,
+            after: &[],
+        },
+        one(ReadReceipts, &[]),
+        one(Target, &[Messages, ReadReceipts]),
+    ];
     match kind {
         PurgeKind::Workspace => WORKSPACE,
         PurgeKind::Room => ROOM,
+        PurgeKind::Channel => CHANNEL,
     }
 }
 
@@ -109,7 +119,7 @@ impl Piece {
     pub fn table(self, kind: PurgeKind) -> &'static str {
         match (self, kind) {
             (Piece::Messages, _) => "messages",
-            (Piece::Channels, _) => "channels",
+            (Piece::Channels, _) | (Piece::Target, PurgeKind::Channel) => "channels",
             (Piece::Memberships, _) => "memberships",
             (Piece::ChangeLog, _) => "change_log",
             (Piece::ReadReceipts, _) => "read_receipts",
@@ -186,6 +196,15 @@ macro_rules! room_workspace {
     };
 }
 
+/// The workspace of channel `$1` once it is hidden (a channel's purge job names the channel
+/// alone): found through the channels' index on `id`, once per statement. A live channel has
+/// none, so its purge deletes nothing.
+macro_rules! channel_workspace {
+    () => {
+        "(SELECT workspace_id FROM channels WHERE id = $1 AND deleted_at IS NOT NULL)"
+    };
+}
+
 macro_rules! items_of_room {
     ($table:literal) => {
         purge_sql!(queue: concat!(
@@ -242,7 +261,23 @@ fn piece_sql(kind: PurgeKind, piece: Piece) -> [&'static str; 2] {
                 room_workspace!(), " AND room_id = $1 LIMIT $3))")),
         (PurgeKind::Room, Piece::Target) => purge_sql!(queue:
             concat!("rooms WHERE workspace_id = ", room_workspace!(), " AND id = $1 AND $3 > 0")),
-        (PurgeKind::Workspace, Piece::Messages)
+        (PurgeKind::Channel, Piece::ReadReceipts) => purge_sql!(plain:
+            concat!("read_receipts WHERE ctid = ANY(ARRAY(SELECT ctid FROM read_receipts WHERE workspace_id = ",
+                channel_workspace!(), " AND channel_id = $1 LIMIT $3))")),
+        // What messages or receipts are left (written as the channel was hidden) go with it.
+        (PurgeKind::Channel, Piece::Target) => purge_sql!(plain:
+            concat!("channels WHERE workspace_id = ", channel_workspace!(), " AND id = $1 AND $3 > 0")),
+        (PurgeKind::Workspace | PurgeKind::Channel, Piece::Messages)
+        | (
+            PurgeKind::Channel,
+            Piece::Memberships
+            | Piece::ChangeLog
+            | Piece::Channels
+            | Piece::Items(_)
+            | Piece::Meetings
+            | Piece::Rooms
+            | Piece::Requests,
+        )
         | (
             PurgeKind::Room,
             Piece::Memberships
@@ -302,7 +337,7 @@ impl PurgeRun {
             kind,
             target,
             limit,
-            windows: Windows::new(target, limit),
+            windows: Windows::new(kind, target, limit),
             tolerant: AtomicBool::new(false),
         }
     }
@@ -312,7 +347,7 @@ impl PurgeRun {
         self.kind
     }
 
-    /// The workspace's or the room's id.
+    /// The workspace's, the room's or the channel's id.
     pub fn target(&self) -> Uuid {
         self.target
     }
@@ -387,7 +422,7 @@ mod tests {
 
     #[test]
     fn every_piece_has_a_statement_for_its_own_table() {
-        for kind in [PurgeKind::Workspace, PurgeKind::Room] {
+        for kind in [PurgeKind::Workspace, PurgeKind::Room, PurgeKind::Channel] {
             for planned in plan(kind) {
                 let piece = planned.piece;
                 if piece == Piece::Messages {
@@ -416,7 +451,7 @@ mod tests {
 
     #[test]
     fn children_go_before_their_parents() {
-        for kind in [PurgeKind::Workspace, PurgeKind::Room] {
+        for kind in [PurgeKind::Workspace, PurgeKind::Room, PurgeKind::Channel] {
             let plan = plan(kind);
             let position = |p: Piece| plan.iter().position(|q| q.piece == p);
             // Every piece the plan names is in it, before what waits for it.

@@ -1,5 +1,5 @@
 //! The purge of a workspace's messages, newest first, in windows of time across all of its
-//! channels at once.
+//! channels at once (or of one channel's messages, in windows of that channel alone).
 //!
 //! One window is one range of `created_at` in every channel: PostgreSQL reads it through the
 //! channels' index into one bitmap and deletes in physical order, so a page that holds
@@ -8,6 +8,7 @@
 //! a window that held more is deleted again (its rest) before any other. Lanes take windows
 //! from one shared cursor, so they delete neighbouring ranges at once.
 
+use super::PurgeKind;
 use chrono::{DateTime, NaiveDate, TimeDelta, Utc};
 use diesel::QueryableByName;
 use diesel::prelude::*;
@@ -45,6 +46,10 @@ const WINDOW_TO_THE_END: &str = "WITH gone AS (
 /// The channels of a workspace.
 const CHANNELS_OF: &str = "SELECT id FROM channels WHERE workspace_id = $1";
 
+/// The workspace of a hidden channel (none once it is purged, or while it is live).
+const WORKSPACE_OF: &str =
+    "SELECT workspace_id AS id FROM channels WHERE id = $1 AND deleted_at IS NOT NULL";
+
 /// The width of the first window: small, so that even a dense workspace starts with a small
 /// chunk; it grows at most fourfold per window.
 const FIRST_WIDTH: TimeDelta = TimeDelta::milliseconds(1);
@@ -67,10 +72,17 @@ enum Cursor {
     Drained,
 }
 
+/// The channels whose messages the windows delete, and their workspace.
+#[derive(Debug, Clone)]
+struct Channels {
+    workspace: Uuid,
+    ids: Vec<Uuid>,
+}
+
 #[derive(Debug)]
 struct State {
-    /// The workspace's channels (loaded with the first window).
-    channels: Option<Vec<Uuid>>,
+    /// Loaded with the first window.
+    channels: Option<Channels>,
     cursor: Cursor,
     width: TimeDelta,
     /// Windows that held more than one delete took, to be finished first (put back once that
@@ -80,15 +92,18 @@ struct State {
 
 /// The messages' windows of one purge attempt, shared by its lanes.
 pub(super) struct Windows {
-    workspace: Uuid,
+    kind: PurgeKind,
+    /// The workspace's or the channel's id.
+    target: Uuid,
     limit: i64,
     state: Mutex<State>,
 }
 
 impl Windows {
-    pub(super) fn new(workspace: Uuid, limit: i64) -> Self {
+    pub(super) fn new(kind: PurgeKind, target: Uuid, limit: i64) -> Self {
         Self {
-            workspace,
+            kind,
+            target,
             limit,
             state: Mutex::new(State {
                 channels: None,
@@ -119,11 +134,11 @@ impl Windows {
         } else {
             WINDOW_TO_THE_END
         })
-        .bind::<Array<SqlUuid>, _>(&channels)
+        .bind::<Array<SqlUuid>, _>(&channels.ids)
         .bind::<Timestamptz, _>(window.hi)
         .bind::<Nullable<Timestamptz>, _>(window.lo)
         .bind::<BigInt, _>(cap)
-        .bind::<SqlUuid, _>(self.workspace)
+        .bind::<SqlUuid, _>(channels.workspace)
         .one(conn)
         .await?;
         let mut state = self.state.lock().await;
@@ -142,7 +157,7 @@ impl Windows {
             && let Cursor::At(at) = state.cursor
         {
             // An empty window: skip the gap below it to the next message.
-            state.cursor = match newest(conn, self.workspace, &channels, at).await? {
+            state.cursor = match newest(conn, &channels, at).await? {
                 Some(next) => Cursor::At(next),
                 None => Cursor::Drained,
             };
@@ -161,21 +176,16 @@ impl Windows {
     async fn take(
         &self,
         conn: &mut AsyncPgConnection,
-    ) -> QueryResult<Option<(Vec<Uuid>, Window, TimeDelta)>> {
+    ) -> QueryResult<Option<(Channels, Window, TimeDelta)>> {
         let mut state = self.state.lock().await;
-        if state.channels.is_none() {
-            #[derive(QueryableByName)]
-            struct Id {
-                #[diesel(sql_type = SqlUuid)]
-                id: Uuid,
+        let channels = match &state.channels {
+            Some(channels) => channels.clone(),
+            None => {
+                let channels = self.channels(conn).await?;
+                state.channels = Some(channels.clone());
+                channels
             }
-            let ids: Vec<Id> = prepared(CHANNELS_OF)
-                .bind::<SqlUuid, _>(self.workspace)
-                .load(conn)
-                .await?;
-            state.channels = Some(ids.into_iter().map(|c| c.id).collect());
-        }
-        let channels = state.channels.clone().unwrap_or_default();
+        };
         let width = state.width;
         if let Some(window) = state.unfinished.pop() {
             return Ok(Some((channels, window, width)));
@@ -183,15 +193,13 @@ impl Windows {
         let hi = match state.cursor {
             Cursor::Drained => return Ok(None),
             Cursor::At(at) => at,
-            Cursor::Start => {
-                match newest(conn, self.workspace, &channels, DateTime::<Utc>::MAX_UTC).await? {
-                    Some(at) => at,
-                    None => {
-                        state.cursor = Cursor::Drained;
-                        return Ok(None);
-                    }
+            Cursor::Start => match newest(conn, &channels, DateTime::<Utc>::MAX_UTC).await? {
+                Some(at) => at,
+                None => {
+                    state.cursor = Cursor::Drained;
+                    return Ok(None);
                 }
-            }
+            },
         };
         let lo = hi.checked_sub_signed(width).filter(|lo| *lo > floor());
         state.cursor = match lo {
@@ -200,13 +208,50 @@ impl Windows {
         };
         Ok(Some((channels, Window { hi, lo }, width)))
     }
+
+    /// The channels whose messages this purge deletes: none for a channel that is not hidden.
+    async fn channels(&self, conn: &mut AsyncPgConnection) -> QueryResult<Channels> {
+        #[derive(QueryableByName)]
+        struct Id {
+            #[diesel(sql_type = SqlUuid)]
+            id: Uuid,
+        }
+        Ok(match self.kind {
+            PurgeKind::Channel => {
+                let ws: Option<Id> = prepared(WORKSPACE_OF)
+                    .bind::<SqlUuid, _>(self.target)
+                    .one(conn)
+                    .await
+                    .optional()?;
+                match ws {
+                    Some(ws) => Channels {
+                        workspace: ws.id,
+                        ids: vec![self.target],
+                    },
+                    None => Channels {
+                        workspace: Uuid::nil(),
+                        ids: Vec::new(),
+                    },
+                }
+            }
+            PurgeKind::Workspace | PurgeKind::Room => {
+                let ids: Vec<Id> = prepared(CHANNELS_OF)
+                    .bind::<SqlUuid, _>(self.target)
+                    .load(conn)
+                    .await?;
+                Channels {
+                    workspace: self.target,
+                    ids: ids.into_iter().map(|c| c.id).collect(),
+                }
+            }
+        })
+    }
 }
 
-/// The newest message at or below `at` in `channels` of `workspace`.
+/// The newest message at or below `at` in `channels`.
 async fn newest(
     conn: &mut AsyncPgConnection,
-    workspace: Uuid,
-    channels: &[Uuid],
+    channels: &Channels,
     at: DateTime<Utc>,
 ) -> QueryResult<Option<DateTime<Utc>>> {
     #[derive(QueryableByName)]
@@ -215,9 +260,9 @@ async fn newest(
         at: Option<DateTime<Utc>>,
     }
     let row: At = prepared(NEWEST)
-        .bind::<Array<SqlUuid>, _>(channels)
+        .bind::<Array<SqlUuid>, _>(&channels.ids)
         .bind::<Timestamptz, _>(at)
-        .bind::<SqlUuid, _>(workspace)
+        .bind::<SqlUuid, _>(channels.workspace)
         .one(conn)
         .await?;
     Ok(row.at)
