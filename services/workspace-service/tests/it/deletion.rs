@@ -1102,6 +1102,7 @@ async fn a_channel_too_big_to_delete_in_one_statement_is_deleted_at_once_and_pur
             channel_id: big.clone(),
             body: "too late".into(),
             author_clerk_id: "user_a".into(),
+            request_id: String::new(),
         }))
         .await
         .unwrap_err();
