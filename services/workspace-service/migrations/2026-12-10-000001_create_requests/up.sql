@@ -4,9 +4,11 @@
 -- user's Clerk id; `service`, or `service:<author>` for a service's messages), so no one's id
 -- answers another's create. `parent_id` is the message's channel, the item's or meeting's
 -- room, the room's workspace. Rows older than a day go with the change log's hourly prune, a
--- workspace's with its purge.
+-- workspace's with its purge. No foreign key to `workspaces`: the release before this one,
+-- still serving during a rollout, purges workspaces without knowing this table, and every
+-- create would otherwise share-lock its workspace's row.
 CREATE TABLE create_requests (
-    workspace_id uuid NOT NULL REFERENCES workspaces (id),
+    workspace_id uuid NOT NULL,
     requester    text NOT NULL,
     request_id   uuid NOT NULL,
     kind         text NOT NULL

@@ -6,6 +6,4 @@ DELETE FROM channels WHERE deleted_at IS NOT NULL;
 ALTER TABLE purge_jobs DROP CONSTRAINT purge_jobs_kind_check,
     ADD CONSTRAINT purge_jobs_kind_check CHECK (kind IN ('workspace', 'room'));
 
-DROP INDEX channels_live_name_key;
-ALTER TABLE channels ADD CONSTRAINT channels_workspace_id_name_key UNIQUE (workspace_id, name);
 ALTER TABLE channels DROP COLUMN deleted_at;

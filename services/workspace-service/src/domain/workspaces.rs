@@ -180,7 +180,7 @@ pub async fn upsert_workspace(
                     .await?;
                 prepared(
                     "INSERT INTO channels (id, workspace_id, name, created_by) VALUES ($1, $2, $3, 'system')
-                     ON CONFLICT (workspace_id, name) WHERE deleted_at IS NULL DO NOTHING",
+                     ON CONFLICT (workspace_id, name) DO NOTHING",
                 )
                 .bind::<SqlUuid, _>(Uuid::now_v7())
                 .bind::<SqlUuid, _>(id)

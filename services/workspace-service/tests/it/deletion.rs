@@ -1254,12 +1254,9 @@ async fn a_deleted_channel_is_gone_from_the_unread_counts_before_its_purge() {
     };
     let before = counts(&mut c).await;
     assert!(before.contains(&ch), "{before:?}");
-    // The purge cannot delete the channel's row while this holds it; the deletion can hide it.
-    let _row = env
-        .hold(&format!(
-            "SELECT 1 FROM channels WHERE id = '{ch}' FOR KEY SHARE"
-        ))
-        .await;
+    // The purge cannot delete the channel's receipts, so nor its row, while this holds them;
+    // the deletion, which writes no receipt, can hide it.
+    let _receipts = env.hold("LOCK TABLE read_receipts IN SHARE MODE").await;
     let deleted = c
         .delete_channel(env.admin(
             "user_a",
@@ -1281,4 +1278,63 @@ async fn a_deleted_channel_is_gone_from_the_unread_counts_before_its_purge() {
         1,
         "counted while its row is there"
     );
+}
+
+/// The release before this schema, still serving during a rollout, creates a workspace's
+/// `general` channel with `ON CONFLICT (workspace_id, name)`: the names' unique constraint
+/// stays whole (a deleted channel frees its name by being renamed), so that statement works,
+/// also next to a hidden channel of the same name.
+#[tokio::test]
+async fn the_release_befores_channel_insert_works_beside_hidden_channels() {
+    use diesel_async::RunQueryDsl;
+    let env = start_with(false).await;
+    let ws = env.workspace("org_compat").await.id;
+    let general = env
+        .scalar(&format!(
+            "SELECT count(*) FROM channels WHERE workspace_id = '{ws}' AND name = 'general'"
+        ))
+        .await;
+    assert_eq!(general, 1);
+    let mut c = env.client().await;
+    let id = c
+        .list_channels(env.member(
+            "user_a",
+            "org_compat",
+            pb::ListChannelsRequest {
+                clerk_org_id: "org_compat".into(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .channels
+        .into_iter()
+        .find(|ch| ch.name == "general")
+        .unwrap()
+        .id;
+    c.delete_channel(env.admin(
+        "user_a",
+        "org_compat",
+        pb::DeleteChannelRequest { channel_id: id },
+    ))
+    .await
+    .unwrap();
+    let before = format!(
+        "INSERT INTO channels (id, workspace_id, name, created_by) VALUES (gen_random_uuid(), '{ws}', 'general', 'system')
+         ON CONFLICT (workspace_id, name) DO NOTHING"
+    );
+    let mut conn = env.conn().await;
+    for _ in 0..2 {
+        diesel::sql_query(&before)
+            .execute(&mut conn)
+            .await
+            .expect("the release before's statement");
+    }
+    let live = env
+        .scalar(&format!(
+            "SELECT count(*) FROM channels WHERE workspace_id = '{ws}' AND name = 'general' AND deleted_at IS NULL"
+        ))
+        .await;
+    assert_eq!(live, 1);
 }

@@ -189,7 +189,7 @@ pub async fn hide_channel(
     channel_id: Uuid,
 ) -> Result<bool, Error> {
     let hidden = prepared(
-        "UPDATE channels SET deleted_at = now()
+        "UPDATE channels SET deleted_at = now(), name = 'deleted:' || id::text
           WHERE workspace_id = $1 AND id = $2 AND deleted_at IS NULL",
     )
     .bind::<SqlUuid, _>(workspace)
