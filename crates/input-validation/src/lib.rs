@@ -275,6 +275,48 @@ pub fn optional_source_time(
         .transpose()
 }
 
+/// When the source says something was created (a user, an organization, a membership):
+/// any time [`time`] takes, and at most [`MAX_AHEAD_SECS`] after this service's clock. No
+/// floor: Clerk lets an import set a user's `created_at`, 1970 included. Absent is `None`.
+pub fn optional_created_time(
+    field: &str,
+    ts: Option<&prost_types::Timestamp>,
+) -> Result<Option<DateTime<Utc>>, Error> {
+    ts.map(|ts| created_time_at(field, ts, Utc::now()))
+        .transpose()
+}
+
+/// Like [`optional_created_time`], required.
+pub fn created_time(
+    field: &str,
+    ts: Option<&prost_types::Timestamp>,
+) -> Result<DateTime<Utc>, Error> {
+    let ts = ts.ok_or_else(|| Invalid(format!("{field} is required")))?;
+    created_time_at(field, ts, Utc::now())
+}
+
+fn created_time_at(
+    field: &str,
+    ts: &prost_types::Timestamp,
+    now: DateTime<Utc>,
+) -> Result<DateTime<Utc>, Error> {
+    let at = time(field, Some(ts))?;
+    not_ahead(field, at, now)
+}
+
+/// `at`, unless it lies more than [`MAX_AHEAD_SECS`] after `now`.
+fn not_ahead(field: &str, at: DateTime<Utc>, now: DateTime<Utc>) -> Result<DateTime<Utc>, Error> {
+    if at > now + chrono::TimeDelta::seconds(MAX_AHEAD_SECS) {
+        return Err(Invalid(format!(
+            "{field} is in the future: {} is more than a day after this service's clock ({}); \
+             a source's time may be at most a day ahead",
+            at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+        )));
+    }
+    Ok(at)
+}
+
 /// [`source_time`] against the clock reading `now`.
 fn source_time_at(
     field: &str,
@@ -291,15 +333,7 @@ fn source_time_at(
                 ts.seconds
             ))
         })?;
-    if at > now + chrono::TimeDelta::seconds(MAX_AHEAD_SECS) {
-        return Err(Invalid(format!(
-            "{field} is in the future: {} is more than a day after this service's clock ({}); \
-             a source's time may be at most a day ahead",
-            at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-            now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
-        )));
-    }
-    Ok(at)
+    not_ahead(field, at, now)
 }
 
 /// A required time within protobuf's `Timestamp` range (years 1 to 9999), which every
@@ -463,6 +497,25 @@ mod tests {
             let e = occurred_at(Some(&ts(bad))).unwrap_err().to_string();
             assert!(e.contains("occurred_at.nanos must be"), "{bad}: {e}");
         }
+    }
+
+    #[test]
+    fn created_times_have_no_floor_and_are_at_most_a_day_ahead() {
+        let now = DateTime::from_timestamp(1_800_000_000, 0).unwrap();
+        let ts = |seconds, nanos| prost_types::Timestamp { seconds, nanos };
+        let at = |t: prost_types::Timestamp| created_time_at("created_at", &t, now);
+        // An import's epoch or 1995, which Clerk takes as a user's created_at.
+        for ok in [
+            ts(0, 0),
+            ts(800_000_000, 0),
+            ts(1_800_000_000 + MAX_AHEAD_SECS, 0),
+        ] {
+            assert!(at(ok).is_ok(), "{ok:?}");
+        }
+        let ahead = at(ts(1_800_000_000 + MAX_AHEAD_SECS + 1, 0)).unwrap_err();
+        assert!(ahead.0.contains("created_at is in the future"), "{ahead:?}");
+        assert!(at(ts(0, -1)).is_err());
+        assert!(optional_created_time("created_at", None).unwrap().is_none());
     }
 
     #[test]

@@ -27,7 +27,7 @@ impl IdentityApi {
                 name: c.name.trim().to_owned(),
                 email: c.email.clone(),
                 image_url: c.image_url.clone(),
-                created_at: validate::optional_source_time("created_at", c.created_at.as_ref())?,
+                created_at: validate::optional_created_time("created_at", c.created_at.as_ref())?,
                 event_time: validate::optional_source_time("event_time", c.event_time.as_ref())?,
                 // Absent (an older gateway, or not banned): nothing revoked.
                 tokens_revoked_at: validate::optional_source_time(

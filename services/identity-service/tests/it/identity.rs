@@ -344,6 +344,12 @@ async fn sync_times_in_the_future_or_malformed_are_refused_and_write_nothing() {
         .unwrap()
         .into_inner();
     assert_eq!(deleted.outcome(), CommandOutcome::Applied);
+    // When a user was created has no floor: Clerk lets an import set it, the epoch included.
+    let imported = pb::UpsertUserCommand {
+        created_at: Some(prost_types::Timestamp::default()),
+        ..upsert("t3", now - 60 - T0, "user_old", "Old", "old@b.co")
+    };
+    assert_eq!(apply(&env, imported).await, CommandOutcome::Applied);
 }
 
 #[tokio::test]

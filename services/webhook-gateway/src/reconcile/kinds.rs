@@ -127,7 +127,7 @@ async fn unseen_users<C: ClerkBackend>(
 }
 
 /// A stretch of the listing order that holds no user: a comparison over it records no
-/// candidate. (Its position is after the epoch: a time of 0 reads as "none", the whole order.)
+/// candidate. (Its position is a second after the epoch, before anything Clerk lists.)
 fn no_stretch() -> Stretch {
     let nowhere = Some((1000, String::new()));
     Stretch {

@@ -161,7 +161,7 @@ parse!(pb::UpsertWorkspaceCommand => UpsertWorkspace, |m| {
         name,
         slug: Some(m.slug.trim().to_owned()).filter(|s| !s.is_empty()),
         owner,
-        clerk_created_at: v::optional_source_time("created_at", m.created_at.as_ref())?,
+        clerk_created_at: v::optional_created_time("created_at", m.created_at.as_ref())?,
     })
 });
 
@@ -195,7 +195,7 @@ fn membership(f: MembershipFields<'_>, role: Option<&str>) -> Result<MembershipC
         user: UserId::parse("clerk_user_id", f.user)?,
         role: role.map(Role::parse).transpose()?,
         membership_id: f.membership_id.to_owned(),
-        membership_created_at: v::optional_source_time("membership_created_at", f.created_at)?,
+        membership_created_at: v::optional_created_time("membership_created_at", f.created_at)?,
         event_time: v::optional_source_time("event_time", f.event_time)?,
     })
 }

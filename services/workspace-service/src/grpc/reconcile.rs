@@ -101,7 +101,7 @@ pub(super) async fn compare_workspaces(
             OrgId::parse("workspaces[].clerk_org_id", &w.clerk_org_id)?;
             Ok(ListedOrg {
                 updated_at: v::source_time("workspaces[].occurred_at", w.occurred_at.as_ref())?,
-                created_at: v::source_time("workspaces[].created_at", w.created_at.as_ref())?,
+                created_at: v::created_time("workspaces[].created_at", w.created_at.as_ref())?,
                 org: w.clerk_org_id,
                 name: w.name.trim().to_owned(),
                 slug: w.slug.trim().to_owned(),
@@ -139,7 +139,7 @@ pub(super) async fn compare_memberships(
             )?;
             Ok(ListedMembership {
                 role: Role::parse(&c.role)?,
-                created_at: v::source_time(
+                created_at: v::created_time(
                     "memberships[].membership_created_at",
                     c.membership_created_at.as_ref(),
                 )?,

@@ -472,9 +472,9 @@ async fn sync_times_in_the_future_or_malformed_are_refused_and_write_nothing() {
             },
         ),
         (
-            "membership_created_at is out of range",
+            "membership_created_at is in the future",
             pb::UpsertMembershipCommand {
-                membership_created_at: ts(-1),
+                membership_created_at: decade,
                 ..member()
             },
         ),
@@ -534,4 +534,26 @@ async fn sync_times_in_the_future_or_malformed_are_refused_and_write_nothing() {
         .unwrap()
         .into_inner();
     assert_eq!(applied.outcome(), O::Applied);
+}
+
+/// When something was created has no floor: Clerk lets an import set a user's or an
+/// organization's `created_at` to any past time, the epoch included, and their webhooks apply.
+#[tokio::test]
+async fn created_times_from_long_ago_apply() {
+    let env = start_with(false).await;
+    let mut c = env.client().await;
+    let epoch = Some(prost_types::Timestamp::default());
+    c.upsert_workspace(env.service(pb::UpsertWorkspaceCommand {
+        created_at: epoch,
+        ..upsert_ws("t-old-ws", 1, "org_old", "Old")
+    }))
+    .await
+    .expect("an organization created at the epoch");
+    c.upsert_membership(env.service(pb::UpsertMembershipCommand {
+        membership_created_at: ts(800_000_000),
+        ..membership("t-old-m", 2, "org_old", "user_old", "org:member")
+    }))
+    .await
+    .expect("a membership created in 1995");
+    assert_eq!(env.count("memberships").await, 1);
 }
