@@ -393,15 +393,13 @@ pub async fn delete_channel(
                     purge_queued: false,
                 });
             }
-            record_workspace(conn, ws, Event::ChannelDeleted(channel_id.to_string()))
-                .await?
-                .or_deleted()?;
             #[derive(QueryableByName)]
             struct Held {
                 #[diesel(sql_type = BigInt)]
                 messages: i64,
             }
             // After the hide, which waited for the posts holding the channel: no other comes.
+            // Before the workspace's numbering is taken, which every write there waits for.
             let held: Held = prepared(
                 "SELECT count(*) AS messages FROM (SELECT 1 FROM messages
                   WHERE workspace_id = $1 AND channel_id = $2 LIMIT $3) m",
@@ -411,6 +409,9 @@ pub async fn delete_channel(
             .bind::<BigInt, _>(DELETED_MESSAGES_COUNTED)
             .one(conn)
             .await?;
+            record_workspace(conn, ws, Event::ChannelDeleted(channel_id.to_string()))
+                .await?
+                .or_deleted()?;
             Ok(ChannelDeletion {
                 messages: held.messages,
                 purge_queued: true,

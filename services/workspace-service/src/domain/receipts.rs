@@ -22,7 +22,8 @@ fn reader(caller: &Caller, what: &str) -> Result<String, Error> {
 
 /// Marks a channel read for the calling user up to `message_id`, or up to the newest message
 /// the channel holds now: a message still being posted, which the user cannot have seen, stays
-/// unread (a receipt at "now" would pass it). Never moves back; watchers of the channel hear
+/// unread (a receipt at "now" would pass it), unless a later post committed before it (posts
+/// are dated at their insert, numbered at their commit). Never moves back; watchers of the channel hear
 /// each receipt that moved. `None` when the user has read nothing of a channel without
 /// messages.
 pub async fn mark_read(
