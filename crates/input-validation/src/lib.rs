@@ -365,6 +365,17 @@ fn nanos(field: &str, ts: &prost_types::Timestamp) -> Result<u32, Error> {
         })
 }
 
+/// Where a reconcile page starts or ends in a listing: a creation time and an id. A position,
+/// not a change, so any time [`time`] takes (the gateway's probe places an empty stretch in
+/// 1970); no time is no position.
+pub fn listing_position(
+    field: &str,
+    at: Option<&prost_types::Timestamp>,
+    id: String,
+) -> Result<Option<(DateTime<Utc>, String)>, Error> {
+    Ok(optional_time(field, at)?.map(|t| (t, id)))
+}
+
 /// An optional time within protobuf's `Timestamp` range (see [`time`]); absent is `None`, and
 /// a present value is never dropped or changed.
 pub fn optional_time(

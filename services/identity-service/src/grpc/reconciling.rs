@@ -49,21 +49,16 @@ pub(super) async fn compare_users(
         })
         .collect::<Result<Vec<_>, validate::Invalid>>()?;
     let range = m.range.unwrap_or_default();
-    // A position is where a page starts or ends in the listing, not a change: any time
-    // protobuf can hold (the gateway's probe places an empty stretch in 1970).
-    let position = |field, t: Option<&prost_types::Timestamp>, id: String| {
-        Ok::<_, validate::Invalid>(validate::optional_time(field, t)?.map(|t| (t, id)))
-    };
     let page = reconcile::Page {
         run,
         started_at: validate::source_time("started_at", m.started_at.as_ref())?,
         users,
-        after: position(
+        after: validate::listing_position(
             "range.after_created_at",
             range.after_created_at.as_ref(),
             range.after_id,
         )?,
-        through: position(
+        through: validate::listing_position(
             "range.through_created_at",
             range.through_created_at.as_ref(),
             range.through_id,

@@ -51,21 +51,16 @@ fn page<T>(
     let range = range.ok_or_else(|| {
         Error::Invalid("range is required (the stretch of the listing the page covers)".into())
     })?;
-    // A position is where a page starts or ends in the listing, not a change: any time
-    // protobuf can hold (the gateway's probe places an empty stretch in 1970).
-    let position = |field, t: Option<&prost_types::Timestamp>, id: String| {
-        Ok::<_, Error>(v::optional_time(field, t)?.map(|t| (t, id)))
-    };
     Ok(Page {
         run,
         started_at: v::source_time("started_at", started_at)?,
         items,
-        after: position(
+        after: v::listing_position(
             "range.after_created_at",
             range.after_created_at.as_ref(),
             range.after_id,
         )?,
-        through: position(
+        through: v::listing_position(
             "range.through_created_at",
             range.through_created_at.as_ref(),
             range.through_id,
